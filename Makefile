@@ -1,0 +1,36 @@
+# Everything a fresh machine needs: `make demo` and `make test` create the environment themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of PyTorch (a plain `torch` requirement would pull a multi-GB CUDA build).
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/saliencelab demo --out saliencelab-demo/
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/pytest
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+# Peers used only for side-by-side timing (pytorch-grad-cam without torchvision's CUDA build).
+bench: $(STAMP)
+	$(BIN)/pip install -q --no-deps grad-cam==1.5.7 ttach==0.0.3
+	$(BIN)/pip install -q tqdm opencv-python-headless scikit-learn matplotlib
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) saliencelab-demo .pytest_cache

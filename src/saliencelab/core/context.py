@@ -1,0 +1,168 @@
+"""What a method sees: the inputs, the resolved target, the engine, and shared passes.
+
+`Context.capture(...)` returns one forward+backward pass over the batch's own samples with the
+input gradient and/or the activations and gradients of some layers. Captures are memoised, so
+when `sl.explain` is asked for saliency, input×gradient and several gradient-CAMs together, the
+pass they all need runs once; each capture remembers which methods used it for cost accounting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.model import Model
+from .engine import Cost, Engine
+from .errors import SaliencelabError
+from .layers import resolve_layer
+from .targets import PendingTarget, Target, TargetSpec, resolve_target
+
+LayerArg = str | nn.Module | Sequence[str | nn.Module] | None
+
+
+@dataclass
+class MethodOutput:
+    """What a method returns.
+
+    `attributions` is (B, C, H, W) for input-space methods or (B, h, w) / (B, 1, h, w) for layer
+    methods; `maps` defaults to the signed sum over channels of `attributions`.
+    """
+
+    attributions: torch.Tensor
+    maps: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    layer: str | list[str] | None = None
+
+
+@dataclass
+class Capture:
+    """One forward+backward pass over the samples themselves (rows = samples)."""
+
+    backward: str
+    logits: torch.Tensor
+    scores: torch.Tensor
+    input_grad: torch.Tensor | None
+    activations: dict[str, torch.Tensor]
+    gradients: dict[str, torch.Tensor]
+    cost: Cost
+    users: list[str] = field(default_factory=list)
+
+    def covers(self, layers: Sequence[str], input_grad: bool, backward: str) -> bool:
+        return (
+            self.backward == backward
+            and (self.input_grad is not None or not input_grad)
+            and all(n in self.activations for n in layers)
+        )
+
+
+_AUTO_LAYER: dict[int, str] = {}
+
+
+class Context:
+    """The inputs, target and engine of one explanation call, shared by its methods."""
+
+    def __init__(
+        self,
+        model: Model,
+        engine: Engine,
+        x: torch.Tensor,
+        target: Target | PendingTarget,
+    ) -> None:
+        self.model = model
+        self.engine = engine
+        self.x = x
+        self._target = target
+        self.captures: list[Capture] = []
+        self.method: str = ""
+
+    @property
+    def batch(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def target(self) -> Target:
+        if not isinstance(self._target, Target):
+            raise RuntimeError("the target is resolved after the first pass")
+        return self._target
+
+    def resolve(self, spec: TargetSpec, logits: torch.Tensor) -> Target:
+        self._target = resolve_target(spec, logits, self.model.labels)
+        return self._target
+
+    # -- layers --------------------------------------------------------------------------------
+
+    def layer(self, spec: str | nn.Module | None) -> tuple[str, nn.Module]:
+        """(name, module) of a layer; `None` = the model's default or the last spatial layer."""
+        default = self.model.default_layer or _AUTO_LAYER.get(id(self.model.module))
+        name, module = resolve_layer(self.model.module, spec, self.x, default)
+        if spec is None and default is None:
+            _AUTO_LAYER[id(self.model.module)] = name
+        return name, module
+
+    def layers(self, spec: LayerArg) -> dict[str, nn.Module]:
+        """Several layers (for fusion) or one, by name."""
+        specs = spec if isinstance(spec, (list, tuple)) else [spec]
+        return dict(self.layer(s) for s in specs)
+
+    # -- passes --------------------------------------------------------------------------------
+
+    def capture(
+        self,
+        layers: dict[str, nn.Module] | None = None,
+        input_grad: bool = True,
+        backward: str = "plain",
+    ) -> Capture:
+        """One forward+backward pass over the samples, memoised across the call's methods."""
+        layers = layers or {}
+        for cap in self.captures:
+            if cap.covers(list(layers), input_grad, backward):
+                if self.method and self.method not in cap.users:
+                    cap.users.append(self.method)
+                return cap
+        before = self.engine.cost.copy()
+        x, n = self.x, self.batch
+        chunks = list(
+            self.engine.gradients(
+                n, lambda r: x[r], lambda r: r, self._target, layers, input_grad, backward
+            )
+        )
+        cap = Capture(
+            backward=backward,
+            logits=torch.cat([c.logits for c in chunks]),
+            scores=torch.cat([c.scores for c in chunks]),
+            input_grad=torch.cat([c.input_grad for c in chunks]) if input_grad else None,
+            activations={k: torch.cat([c.activations[k] for c in chunks]) for k in layers},
+            gradients={k: torch.cat([c.gradients[k] for c in chunks]) for k in layers},
+            cost=self.engine.cost.since(before),
+            users=[self.method] if self.method else [],
+        )
+        self.captures.append(cap)
+        return cap
+
+    def derive(self, x: torch.Tensor, samples: torch.Tensor) -> Context:
+        """A context over new rows `x` (e.g. noisy copies); row i explains sample `samples[i]`."""
+        t = self.target
+        sub = Target(t.indices[samples.to(t.indices.device)], t.fn)
+        return Context(self.model, self.engine, x, sub)
+
+
+def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(B, h, w) → (B, H, W) by bilinear interpolation (no-op if already that size)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[
+        :, 0
+    ]
+
+
+def check_image_batch(x: torch.Tensor, method: str) -> None:
+    if x.dim() != 4:
+        raise SaliencelabError(
+            f"{method} works on image batches (B, C, H, W), but got a tensor of shape "
+            f"{tuple(x.shape)}."
+        )

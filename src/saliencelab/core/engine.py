@@ -1,0 +1,271 @@
+"""The engine: runs forward and backward passes for the methods, in chunks, and counts them.
+
+Methods never touch autograd or hooks themselves. They describe the rows they need — a function
+from row indices to a batch of inputs, and which original sample each row belongs to — and get
+back, chunk by chunk, what the pass captured: logits, target scores, the input gradient, and the
+activations and gradients of the layers they asked for.
+
+During every pass the model is in eval mode with frozen parameters (restored afterwards), hooks
+are removed in `finally`, and gradient passes work also inside a caller's `torch.no_grad()`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..models.model import Model, logits_of
+from .backward import install_backward_mode
+from .batching import ChunkPlan, default_budget
+from .errors import SaliencelabError
+from .state import Hooks, attribution_mode, usable_input
+from .targets import Target
+
+MakeInputs = Callable[[torch.Tensor], torch.Tensor]
+LayerEdit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class PassChunk:
+    """What one chunk of a pass captured (all detached)."""
+
+    rows: torch.Tensor  # (n,) row indices of this chunk
+    samples: torch.Tensor  # (n,) original sample index of each row
+    inputs: torch.Tensor
+    logits: torch.Tensor
+    scores: torch.Tensor  # (n,) target score of each row
+    input_grad: torch.Tensor | None = None
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)
+    gradients: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Cost:
+    """Rows run through the model: with a backward pass, forward only; and the seconds."""
+
+    grad_rows: int = 0
+    forward_rows: int = 0
+    seconds: float = 0.0
+
+    def copy(self) -> Cost:
+        return Cost(self.grad_rows, self.forward_rows, self.seconds)
+
+    def since(self, before: Cost) -> Cost:
+        return Cost(
+            self.grad_rows - before.grad_rows,
+            self.forward_rows - before.forward_rows,
+            self.seconds - before.seconds,
+        )
+
+
+def _first_tensor(out):
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def _replace_first(out, new):
+    if isinstance(out, torch.Tensor):
+        return new
+    return (new, *out[1:])
+
+
+class Engine:
+    """Runs passes of one model. `chunk_size=None` picks chunk sizes by measurement."""
+
+    def __init__(
+        self,
+        model: Model,
+        chunk_size: int | None = None,
+        memory_budget: int | None = None,
+    ) -> None:
+        self.model = model
+        self.module: nn.Module = model.module
+        self.chunk_size = chunk_size
+        self.memory_budget = memory_budget
+        self.cost = Cost()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def _max_rows(self) -> int:
+        return 256 if self.device.type == "cuda" else 64
+
+    def _plan(self, kind: str, n_rows: int, make_inputs: MakeInputs) -> ChunkPlan:
+        example = make_inputs(torch.arange(1))
+        key = (id(self.module), kind, tuple(example.shape[1:]), example.dtype, self.device.type)
+        budget = self.memory_budget or default_budget(self.device)
+        return ChunkPlan(
+            key, n_rows, fixed=self.chunk_size, max_rows=self._max_rows(), budget=budget
+        )
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Eval mode and frozen parameters for several passes (nested sessions are cheap)."""
+        with attribution_mode(self.module):
+            yield
+
+    # -- passes -------------------------------------------------------------------------------
+
+    def gradients(
+        self,
+        n_rows: int,
+        make_inputs: MakeInputs,
+        sample_of: Callable[[torch.Tensor], torch.Tensor],
+        target: Target,
+        layers: dict[str, nn.Module] | None = None,
+        input_grad: bool = True,
+        backward: str = "plain",
+    ) -> Iterator[PassChunk]:
+        """Forward+backward passes over `n_rows` rows, yielding one :class:`PassChunk` per chunk.
+
+        Gradients are of the target score of each row. `layers` maps names to modules whose
+        outputs (activations) and their gradients are captured. With `input_grad=False` the
+        forward below the first hooked layer builds no graph, so backward stops at the layers.
+        """
+        layers = layers or {}
+        if not input_grad and not layers:
+            raise ValueError("a gradient pass needs input_grad or at least one layer")
+        with self.session(), Hooks() as hooks:
+            captured: dict[str, torch.Tensor] = {}
+
+            def capture(name):
+                def hook(module, inputs, out):
+                    act = _first_tensor(out)
+                    if not isinstance(act, torch.Tensor):
+                        raise SaliencelabError(
+                            f"The layer {name} returns {type(act).__name__}, not a tensor; pick a "
+                            "layer whose output is a tensor."
+                        )
+                    if not act.requires_grad:
+                        torch.set_grad_enabled(True)
+                        act = act.detach().requires_grad_(True)
+                        out = _replace_first(out, act)
+                    captured[name] = act
+                    return out
+
+                return hook
+
+            for name, module in layers.items():
+                hooks.add(module.register_forward_hook(capture(name)))
+            install_backward_mode(self.module, backward, hooks)
+
+            plan = self._plan("grad", n_rows, make_inputs)
+            for rows in plan.chunks():
+                start = time.perf_counter()
+                x = usable_input(make_inputs(rows).to(self.device))
+                captured.clear()
+                with (
+                    torch.enable_grad() if input_grad else torch.no_grad(),
+                    _count_saved_bytes(plan, len(rows)),
+                ):
+                    if input_grad:
+                        x.requires_grad_(True)
+                    logits = logits_of(self.module(x))
+                with torch.enable_grad():
+                    samples = sample_of(rows)
+                    scores = target.scores(logits, samples)
+                    _check_finite(scores)
+                    wrt = ([x] if input_grad else []) + [captured[n] for n in layers]
+                    if not all(t.requires_grad for t in wrt):
+                        raise SaliencelabError(
+                            "The target score does not depend on the input; check that the model "
+                            "is differentiable and that the layer is used in its forward pass."
+                        )
+                    grads = torch.autograd.grad(scores.sum(), wrt)
+                self._sync()
+                seconds = time.perf_counter() - start
+                plan.record(len(rows), seconds)
+                self.cost.grad_rows += len(rows)
+                self.cost.seconds += seconds
+                offset = 1 if input_grad else 0
+                yield PassChunk(
+                    rows=rows,
+                    samples=samples,
+                    inputs=x.detach(),
+                    logits=logits.detach(),
+                    scores=scores.detach(),
+                    input_grad=grads[0] if input_grad else None,
+                    activations={n: captured[n].detach() for n in layers},
+                    gradients={n: grads[offset + i] for i, n in enumerate(layers)},
+                )
+
+    def forwards(
+        self,
+        n_rows: int,
+        make_inputs: MakeInputs,
+        sample_of: Callable[[torch.Tensor], torch.Tensor],
+        target: Target | None = None,
+        edit: tuple[nn.Module, LayerEdit] | None = None,
+    ) -> Iterator[PassChunk]:
+        """Forward-only passes under `torch.inference_mode()`, chunked.
+
+        `edit=(layer, fn)` replaces the layer's output by `fn(output, rows)` (e.g. to ablate
+        channels). Scores are the target's when a target is given.
+        """
+        with self.session(), Hooks() as hooks, torch.inference_mode():
+            current_rows: list[torch.Tensor] = []
+            if edit is not None:
+                layer, fn = edit
+
+                def hook(module, inputs, out):
+                    return _replace_first(out, fn(_first_tensor(out), current_rows[0]))
+
+                hooks.add(layer.register_forward_hook(hook))
+            plan = self._plan("forward", n_rows, make_inputs)
+            for rows in plan.chunks():
+                start = time.perf_counter()
+                x = make_inputs(rows).to(self.device)
+                current_rows[:] = [rows]
+                logits = logits_of(self.module(x))
+                samples = sample_of(rows)
+                scores = target.scores(logits, samples) if target is not None else logits[:, 0]
+                _check_finite(scores)
+                self._sync()
+                seconds = time.perf_counter() - start
+                plan.record(len(rows), seconds)
+                self.cost.forward_rows += len(rows)
+                self.cost.seconds += seconds
+                yield PassChunk(rows, samples, x, logits, scores)
+
+    # -- conveniences --------------------------------------------------------------------------
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits for a batch (forward only, chunked)."""
+        n = x.shape[0]
+        out = [c.logits for c in self.forwards(n, lambda r: x[r], lambda r: r)]
+        return torch.cat(out)
+
+
+@contextmanager
+def _count_saved_bytes(plan: ChunkPlan, rows: int) -> Iterator[None]:
+    """Measure the bytes autograd keeps for backward per row, once per plan (caps chunk sizes)."""
+    if plan.bytes_per_row is not None or plan.fixed is not None:
+        yield
+        return
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield
+    plan.bytes_per_row = max(1, total // rows)
+
+
+def _check_finite(scores: torch.Tensor) -> None:
+    if not torch.isfinite(scores).all():
+        raise SaliencelabError(
+            "The model returned NaN or infinite scores for these inputs; check the input range "
+            "and the model's weights."
+        )

@@ -1,0 +1,191 @@
+"""`sl.explain`: run several methods on one batch, sharing passes, and count what each cost."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models.model import Model, as_model
+from .context import Capture, Context, MethodOutput, upsample
+from .engine import Cost, Engine
+from .errors import SaliencelabError, closest
+from .registry import MethodSpec, get_method
+from .result import Attribution, Explanation
+from .targets import PendingTarget, TargetSpec
+
+MethodsArg = str | Sequence[str] | Mapping[str, Mapping[str, Any]]
+
+
+def _requests(methods: MethodsArg, options: dict[str, Any]) -> list[tuple[MethodSpec, dict]]:
+    """(spec, options) per requested method; keyword options go to every method taking them."""
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    per_method = (
+        {k: dict(v or {}) for k, v in methods.items()}
+        if isinstance(methods, Mapping)
+        else {m: {} for m in methods}
+    )
+    if not per_method:
+        raise SaliencelabError("No method given; pass e.g. methods=['saliency', 'gradcam'].")
+    requests = []
+    used: set[str] = set()
+    for name, own in per_method.items():
+        spec = get_method(name)
+        for key in own:
+            if key not in spec.options:
+                raise SaliencelabError(
+                    f"{name} has no option {key!r}.{closest(key, spec.options)} Its options: "
+                    f"{', '.join(spec.options) or 'none'}."
+                )
+        opts = {k: v for k, v in options.items() if k in spec.options}
+        used.update(opts)
+        opts.update(own)
+        requests.append((spec, {**spec.options, **opts}))
+    unused = set(options) - used
+    if unused:
+        key = sorted(unused)[0]
+        raise SaliencelabError(
+            f"No requested method takes the option {key!r}; check its spelling or the methods' "
+            "options with `saliencelab methods`."
+        )
+    return requests
+
+
+def _as_batch(model: Model, x: Any) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        if x.dim() < 2:
+            raise SaliencelabError(
+                f"Inputs need a batch axis, but got a tensor of shape {tuple(x.shape)}; use "
+                "x.unsqueeze(0) for a single input."
+            )
+        return x
+    if model.preprocess is not None:
+        return model.preprocess(x)
+    raise SaliencelabError(
+        f"Got inputs of type {type(x).__name__} for a model with no preprocessing; pass a tensor."
+    )
+
+
+def _prefetch(ctx: Context, requests: list[tuple[MethodSpec, dict]]) -> Capture | None:
+    """Run each backward mode's shared pass once, with every layer the methods asked for."""
+    wanted: dict[str, tuple[dict[str, nn.Module], bool]] = {}
+    for spec, opts in requests:
+        for sp in spec.shared_passes:
+            layers, grad = wanted.get(sp.backward, ({}, False))
+            if sp.layer:
+                layers = {**layers, **ctx.layers(opts.get("layer"))}
+            wanted[sp.backward] = (layers, grad or sp.input_grad)
+    first = None
+    for backward in sorted(wanted, key=lambda b: b != "plain"):
+        layers, grad = wanted[backward]
+        cap = ctx.capture(layers, grad, backward)
+        first = first or cap
+    return first
+
+
+def explain(
+    model: Model | nn.Module,
+    x: Any,
+    methods: MethodsArg = "saliency",
+    target: TargetSpec = None,
+    *,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    **options: Any,
+) -> Explanation:
+    """Explain a batch with one or several methods.
+
+    Args:
+        model: an `sl.Model` or a plain `nn.Module`.
+        x: input batch (B, C, H, W) (or anything `model.preprocess` accepts).
+        methods: a name, a list or comma-separated string of names, or a dict
+            `{name: {option: value}}` for per-method options.
+        target: None (predicted class), an int, a class name, one per sample, or a callable
+            `logits -> (N,)` scores.
+        chunk_size: rows per chunk in multi-pass methods (default: measured).
+        memory_budget: bytes a pass may use (default: half the free GPU memory / a quarter of RAM).
+        **options: options given to every requested method that takes them (e.g. `n_steps=32`).
+    """
+    start = time.perf_counter()
+    model = as_model(model)
+    x = _as_batch(model, x).to(model.device)
+    requests = _requests(methods, options)
+    engine = Engine(model, chunk_size=chunk_size, memory_budget=memory_budget)
+    ctx = Context(model, engine, x, PendingTarget(target, x.shape[0], model.labels))
+    first = _prefetch(ctx, requests)
+    if first is not None and first.backward == "plain":
+        logits = first.logits
+    else:
+        logits = engine.logits(x)
+    ctx.resolve(target, logits)
+
+    results: dict[str, Attribution] = {}
+    own: dict[str, Cost] = {}
+    for spec, opts in requests:
+        ctx.method = spec.name
+        n_captures = len(ctx.captures)
+        before = engine.cost.copy()
+        t0 = time.perf_counter()
+        out = spec.fn(ctx, **opts)
+        cost = engine.cost.since(before)
+        cost.seconds = time.perf_counter() - t0
+        for cap in ctx.captures[n_captures:]:  # captures first run inside this method
+            cost.grad_rows -= cap.cost.grad_rows
+            cost.forward_rows -= cap.cost.forward_rows
+            cost.seconds -= cap.cost.seconds
+        own[spec.name] = cost
+        results[spec.name] = _attribution(spec, opts, out, ctx)
+
+    total = Cost()
+    for name, a in results.items():
+        caps = [c for c in ctx.captures if name in c.users]
+        c = own[name]
+        a.passes = (c.grad_rows + sum(k.cost.grad_rows for k in caps)) / ctx.batch
+        a.forwards = (c.forward_rows + sum(k.cost.forward_rows for k in caps)) / ctx.batch
+        a.seconds = c.seconds + sum(k.cost.seconds / len(k.users) for k in caps)
+        a.shared_with = tuple(sorted({u for k in caps for u in k.users} - {name}))
+        total.grad_rows += c.grad_rows
+        total.forward_rows += c.forward_rows
+    for k in ctx.captures:
+        total.grad_rows += k.cost.grad_rows
+        total.forward_rows += k.cost.forward_rows
+    return Explanation(
+        attributions=results,
+        inputs=x,
+        logits=logits.detach(),
+        labels=model.labels,
+        total_passes=total.grad_rows / ctx.batch,
+        total_forwards=total.forward_rows / ctx.batch,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _attribution(spec: MethodSpec, opts: dict, out: Any, ctx: Context) -> Attribution:
+    if isinstance(out, torch.Tensor):
+        out = MethodOutput(out)
+    attr = out.attributions
+    if out.maps is not None:
+        maps = out.maps
+    elif attr.dim() == ctx.x.dim():
+        maps = attr.sum(dim=1)
+    else:
+        maps = attr
+    if ctx.x.dim() == 4 and maps.dim() == 3:
+        maps = upsample(maps, ctx.x.shape[-2:])
+    if attr.dim() == 3:
+        attr = maps[:, None]
+    return Attribution(
+        method=spec.name,
+        maps=maps.detach(),
+        attributions=attr.detach(),
+        target=ctx.target.indices.detach().clone(),
+        signed=spec.signed,
+        reduction=spec.reduction,
+        layer=out.layer,
+        params={k: v for k, v in opts.items() if not isinstance(v, torch.Tensor)},
+        extras=out.extras,
+    )

@@ -1,0 +1,79 @@
+"""Finding the layer a layer method (the CAM family, channel maps) works on."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from .errors import SaliencelabError, closest
+from .state import Hooks, eval_mode
+
+log = logging.getLogger("saliencelab")
+
+LayerSpec = str | nn.Module | None
+
+
+def module_name(root: nn.Module, layer: nn.Module) -> str:
+    for name, m in root.named_modules():
+        if m is layer:
+            return name or "(model)"
+    raise SaliencelabError(
+        f"The layer {type(layer).__name__} is not part of the model; pass a submodule of the "
+        "model or its dotted name."
+    )
+
+
+def get_layer(root: nn.Module, name: str) -> nn.Module:
+    """The submodule at a dotted name; an unknown name fails with the closest names suggested."""
+    try:
+        return root.get_submodule(name)
+    except AttributeError:
+        names = [n for n, _ in root.named_modules() if n]
+        raise SaliencelabError(
+            f"The model has no layer named {name!r}.{closest(name, names)} "
+            "Run `saliencelab layers MODEL` or list `model.named_modules()` to see the names."
+        ) from None
+
+
+def find_spatial_layer(root: nn.Module, x: torch.Tensor) -> str:
+    """The last layer to produce a spatial output (B, C, h, w) with h*w > 1, by one forward.
+
+    That is the layer just before global pooling in a CNN: where Grad-CAM is usually computed.
+    Among modules producing the same final tensor (a block and its last activation), the outer
+    one wins, so the name is the readable one.
+    """
+    order: list[tuple[str, torch.Tensor]] = []  # tensors kept alive: ids are not reused
+    with Hooks() as hooks, eval_mode(root), torch.inference_mode():
+        for name, m in root.named_modules():
+            if not name:
+                continue
+
+            def record(mod, inputs, out, name=name):
+                if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-2:].numel() > 1:
+                    order.append((name, out))
+
+            hooks.add(m.register_forward_hook(record))
+        root(x[:1])
+    if not order:
+        raise SaliencelabError(
+            "The model has no layer with a spatial (B, C, H, W) output, which CAM methods need; "
+            "use a gradient method such as saliency or integrated_gradients instead."
+        )
+    return order[-1][0]  # an outer block fires after its last layer, with the same tensor
+
+
+def resolve_layer(root: nn.Module, layer: LayerSpec, x: torch.Tensor, default: str | None = None):
+    """(name, module) of a layer given as a module, a dotted name, or None (found by a probe)."""
+    if isinstance(layer, nn.Module):
+        return module_name(root, layer), layer
+    if isinstance(layer, str):
+        return layer, get_layer(root, layer)
+    if layer is None:
+        name = default or find_spatial_layer(root, x)
+        log.info("using layer %s", name)
+        return name, get_layer(root, name)
+    raise SaliencelabError(
+        f"A layer must be a module, a dotted name or None, not {type(layer).__name__}."
+    )

@@ -1,0 +1,98 @@
+"""The method registry: every saliency method registered by name, with its family and cost.
+
+A method is a function `fn(ctx: Context, **options) -> MethodOutput | Tensor` (see
+`core/context.py`). Methods whose work is one gradient pass plus cheap maths declare that pass in
+`shared_passes`, so `sl.explain` runs it once for all of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import SaliencelabError, closest
+
+
+@dataclass(frozen=True)
+class SharedPass:
+    """One forward+backward pass a method can share: backward mode, input grad, layer grads."""
+
+    backward: str = "plain"
+    input_grad: bool = True
+    layer: bool = False
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    family: str
+    cost: str
+    fn: Callable[..., Any]
+    shared_passes: tuple[SharedPass, ...] = ()
+    signed: bool = True
+    reduction: str = "sum"
+    summary: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def needs_layer(self) -> bool:
+        return "layer" in self.options
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(
+    name: str,
+    *,
+    family: str,
+    cost: str,
+    shared_passes: tuple[SharedPass, ...] = (),
+    signed: bool = True,
+    reduction: str = "sum",
+) -> Callable:
+    """Register a method under `name`. `cost` says its passes per sample, e.g. "n_steps"."""
+
+    def wrap(fn: Callable) -> Callable:
+        params = list(inspect.signature(fn).parameters.values())[1:]
+        options = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+        doc = inspect.getdoc(fn) or ""
+        _REGISTRY[name] = MethodSpec(
+            name=name,
+            family=family,
+            cost=cost,
+            fn=fn,
+            shared_passes=shared_passes,
+            signed=signed,
+            reduction=reduction,
+            summary=doc.splitlines()[0] if doc else "",
+            options=options,
+        )
+        return fn
+
+    return wrap
+
+
+def _load_builtin_methods() -> None:
+    # By module path: the package attribute `saliencelab.methods` is the `methods()` function.
+    importlib.import_module("saliencelab.methods")
+
+
+def get_method(name: str) -> MethodSpec:
+    _load_builtin_methods()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise SaliencelabError(
+            f"Unknown method {name!r}.{closest(name, _REGISTRY)} "
+            "Run `saliencelab methods` to list them."
+        ) from None
+
+
+def methods() -> list[MethodSpec]:
+    """Every registered method, with its family and its cost in passes."""
+    _load_builtin_methods()
+    return sorted(_REGISTRY.values(), key=lambda s: (s.family, s.name))

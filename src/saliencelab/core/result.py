@@ -1,0 +1,126 @@
+"""Results: `Attribution` (one method's maps and what they cost) and `Explanation` (several)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Attribution:
+    """One method's answer for a batch.
+
+    Attributes:
+        method: registered method name.
+        maps: (B, H, W) float tensor at input resolution, signed, not normalised. How the method
+            reduces channels into it is in `reduction`.
+        attributions: the full attribution before channel reduction, (B, C, H, W) for input-space
+            methods; for layer methods (CAM family) `maps` with a channel axis, (B, 1, H, W).
+        target: (B,) LongTensor, the class explained per sample (-1 where a callable decided).
+        signed: whether `maps` can be negative (drawn with a diverging colour map).
+        reduction: how channels were reduced into `maps`, e.g. "sum" or "cam".
+        passes: forward+backward passes this method cost per sample (a shared pass counted in full
+            for each method that used it; see `shared_with`).
+        forwards: extra forward-only passes per sample.
+        seconds: wall time spent on this method (a shared pass's time divided among its users).
+        shared_with: other methods of the same call that reused this method's passes.
+        layer: the layer(s) a layer method used.
+        params: the options the method ran with.
+        extras: method-specific results, e.g. `delta` (IG completeness gap).
+    """
+
+    method: str
+    maps: torch.Tensor
+    attributions: torch.Tensor
+    target: torch.Tensor
+    signed: bool = True
+    reduction: str = "sum"
+    passes: float = 0.0
+    forwards: float = 0.0
+    seconds: float = 0.0
+    shared_with: tuple[str, ...] = ()
+    layer: str | list[str] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        # `a.delta` for `a.extras["delta"]`.
+        extras = self.__dict__.get("extras", {})
+        if name in extras:
+            return extras[name]
+        raise AttributeError(name)
+
+    def to(self, device: str | torch.device) -> Attribution:
+        self.maps = self.maps.to(device)
+        self.attributions = self.attributions.to(device)
+        self.target = self.target.to(device)
+        return self
+
+
+@dataclass
+class Explanation(Mapping[str, Attribution]):
+    """The answers of several methods for one batch, plus the model's predictions.
+
+    `ex["gradcam"]` is an :class:`Attribution`. `ex.probabilities` is (B, num_classes).
+    """
+
+    attributions: dict[str, Attribution]
+    inputs: torch.Tensor
+    logits: torch.Tensor
+    labels: Sequence[str] | None = None
+    total_passes: float = 0.0
+    total_forwards: float = 0.0
+    seconds: float = 0.0
+
+    def __getitem__(self, method: str) -> Attribution:
+        try:
+            return self.attributions[method]
+        except KeyError:
+            from .errors import SaliencelabError, closest
+
+            raise SaliencelabError(
+                f"This explanation has no method {method!r}; it has "
+                f"{', '.join(self.attributions)}.{closest(method, self.attributions)}"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.attributions)
+
+    def __len__(self) -> int:
+        return len(self.attributions)
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        return self.logits.softmax(dim=-1)
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        return self.logits.argmax(dim=-1)
+
+    def label(self, index: int) -> str:
+        if self.labels is not None and 0 <= index < len(self.labels):
+            return self.labels[index]
+        return str(index)
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per (sample, method): prediction, probability, target, passes, seconds."""
+        probs = self.probabilities
+        rows = []
+        for i in range(self.inputs.shape[0]):
+            pred = int(probs[i].argmax())
+            for name, a in self.attributions.items():
+                rows.append(
+                    {
+                        "sample": i,
+                        "predicted": self.label(pred),
+                        "probability": float(probs[i, pred]),
+                        "method": name,
+                        "target": self.label(int(a.target[i])) if a.target[i] >= 0 else "custom",
+                        "passes": a.passes,
+                        "seconds": a.seconds,
+                    }
+                )
+        return rows

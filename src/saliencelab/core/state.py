@@ -1,0 +1,81 @@
+"""Model state during attribution: eval mode, frozen parameters, hooks — always restored.
+
+Freezing parameters (`requires_grad_(False)`) means backward computes only input (and hooked
+activation) gradients: on a 2-core CPU with EfficientNet-Lite0 this makes an input gradient about
+5x cheaper than leaving weight gradients on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+
+@contextmanager
+def frozen_parameters(module: nn.Module) -> Iterator[None]:
+    """Set `requires_grad=False` on every parameter; restore each flag afterwards."""
+    params = list(module.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode; restore each one's `training` flag afterwards."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        module.eval()
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+class Hooks:
+    """A set of hook handles removed together, also when the code inside raises.
+
+    >>> with Hooks() as hooks:
+    ...     hooks.add(layer.register_forward_hook(fn))
+    """
+
+    def __init__(self) -> None:
+        self.handles: list[RemovableHandle] = []
+
+    def add(self, handle: RemovableHandle) -> RemovableHandle:
+        self.handles.append(handle)
+        return handle
+
+    def remove(self) -> None:
+        while self.handles:
+            self.handles.pop().remove()
+
+    def __enter__(self) -> Hooks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+@contextmanager
+def attribution_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode and frozen parameters for the duration of an attribution call."""
+    with eval_mode(module), frozen_parameters(module):
+        yield
+
+
+def usable_input(x: torch.Tensor) -> torch.Tensor:
+    """A detached copy usable in autograd, also if `x` was made under `torch.inference_mode()`."""
+    if x.is_inference():
+        with torch.inference_mode(False):
+            return x.clone()
+    return x.detach()

@@ -1,0 +1,112 @@
+"""Targets: which output score an attribution explains.
+
+Accepted forms: `None` (the predicted class), an int, a per-sample list or tensor, a class name
+from the model's labels, or a callable `logits -> (N,)` scores (it must return one score per row
+of whatever batch it gets, since multi-pass methods call it on perturbed batches).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .errors import SaliencelabError, closest
+
+TargetSpec = int | str | Sequence[int | str] | torch.Tensor | Callable | None
+
+
+@dataclass
+class Target:
+    """A resolved target: class indices (B,) or a score function."""
+
+    indices: torch.Tensor  # (B,) long; -1 where a callable decides
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def scores(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The score of each row of `logits`; `rows[i]` is the original sample of row i."""
+        if self.fn is not None:
+            s = self.fn(logits)
+            if not isinstance(s, torch.Tensor) or s.shape != (logits.shape[0],):
+                got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+                raise SaliencelabError(
+                    f"A target function must return one score per row, shape ({logits.shape[0]},), "
+                    f"but returned {got}."
+                )
+            return s
+        idx = self.indices.to(logits.device)[rows.to(logits.device)]
+        return logits.gather(1, idx[:, None])[:, 0]
+
+
+def _class_index(t: int | str, labels: Sequence[str] | None, n_classes: int) -> int:
+    if isinstance(t, str):
+        if labels is None:
+            raise SaliencelabError(
+                f"The target {t!r} is a class name but this model has no labels; give a class "
+                "index."
+            )
+        if t in labels:
+            return list(labels).index(t)
+        lowered = [label.lower() for label in labels]
+        if t.lower() in lowered:
+            return lowered.index(t.lower())
+        raise SaliencelabError(f"The model has no class named {t!r}.{closest(t, labels)}")
+    t = int(t)
+    if not 0 <= t < n_classes:
+        raise SaliencelabError(
+            f"The target class {t} is out of range: the model has {n_classes} classes (0 to "
+            f"{n_classes - 1})."
+        )
+    return t
+
+
+def resolve_target(
+    target: TargetSpec, logits: torch.Tensor, labels: Sequence[str] | None = None
+) -> Target:
+    """Turn any accepted target form into a :class:`Target` for a batch with these logits."""
+    return _resolve(target, logits.shape[0], logits.shape[-1], labels, logits.argmax(dim=-1))
+
+
+class PendingTarget:
+    """A target resolved on the first chunk of a pass whose rows are the samples themselves.
+
+    Lets the first (shared) gradient pass of `sl.explain` also be the pass that finds the
+    predicted class, so no separate forward is spent on it. `None` scores each row's argmax.
+    """
+
+    def __init__(self, spec: TargetSpec, batch: int, labels: Sequence[str] | None) -> None:
+        self.spec, self.batch, self.labels = spec, batch, labels
+        self.resolved: Target | None = None
+
+    def scores(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if self.spec is None:
+            return logits.gather(1, logits.argmax(dim=1, keepdim=True))[:, 0]
+        if self.resolved is None:
+            self.resolved = _resolve(self.spec, self.batch, logits.shape[-1], self.labels, None)
+        return self.resolved.scores(logits, rows)
+
+
+def _resolve(target, batch, n_classes, labels, predictions) -> Target:
+    device = predictions.device if predictions is not None else None
+    if target is None:
+        return Target(predictions.long())
+    if callable(target) and not isinstance(target, torch.Tensor):
+        return Target(torch.full((batch,), -1, dtype=torch.long, device=device), fn=target)
+    if isinstance(target, torch.Tensor):
+        target = int(target) if target.dim() == 0 else target.tolist()
+    if isinstance(target, (int, str)):
+        idx = _class_index(target, labels, n_classes)
+        return Target(torch.full((batch,), idx, dtype=torch.long, device=device))
+    if isinstance(target, Sequence):
+        if len(target) != batch:
+            raise SaliencelabError(
+                f"Got {len(target)} targets for a batch of {batch} inputs; give one target per "
+                "input, or a single int / class name for all."
+            )
+        idx = [_class_index(t, labels, n_classes) for t in target]
+        return Target(torch.tensor(idx, dtype=torch.long, device=device))
+    raise SaliencelabError(
+        f"A target must be None, an int, a class name, a list, a tensor or a callable, not "
+        f"{type(target).__name__}."
+    )

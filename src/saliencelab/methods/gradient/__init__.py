@@ -1,0 +1,3 @@
+"""Gradient-based methods: saliency, input×gradient, integrated gradients, SmoothGrad…"""
+
+from . import saliency  # noqa: F401

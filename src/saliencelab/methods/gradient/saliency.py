@@ -1,0 +1,39 @@
+"""Saliency and input×gradient: one forward+backward pass, shared with other methods."""
+
+from __future__ import annotations
+
+import torch
+
+from ...core.context import Context
+from ...core.registry import SharedPass, register
+
+INPUT_GRADIENT = SharedPass(backward="plain", input_grad=True)
+
+
+@register(
+    "saliency",
+    family="gradient",
+    cost="1",
+    shared_passes=(INPUT_GRADIENT,),
+    signed=False,
+    reduction="sum of |grad| over channels",
+)
+def saliency(ctx: Context, *, absolute: bool = True) -> torch.Tensor:
+    """Vanilla gradient |dS_c/dx| (Simonyan et al. 2014).
+
+    attributions = |∂S_c/∂x| (or the signed gradient with `absolute=False`); maps sum channels.
+    """
+    grad = ctx.capture(input_grad=True).input_grad
+    return grad.abs() if absolute else grad
+
+
+@register(
+    "input_x_gradient",
+    family="gradient",
+    cost="1",
+    shared_passes=(INPUT_GRADIENT,),
+    reduction="signed sum over channels",
+)
+def input_x_gradient(ctx: Context) -> torch.Tensor:
+    """Input × gradient, x ⊙ ∂S_c/∂x (Shrikumar et al. 2016); maps sum channels."""
+    return ctx.x * ctx.capture(input_grad=True).input_grad

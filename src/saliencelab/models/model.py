@@ -1,0 +1,80 @@
+"""`sl.Model`: an `nn.Module` plus what explaining it needs (preprocessing, labels, layers)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def logits_of(outputs: Any) -> torch.Tensor:
+    """The logits inside a model's output: a tensor, a dict / HF `ModelOutput`, or a tuple."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    if isinstance(outputs, dict) or hasattr(outputs, "keys"):
+        for key in ("logits", "scores", "output", "out"):
+            if key in outputs:
+                return logits_of(outputs[key])
+        return logits_of(next(iter(outputs.values())))
+    if isinstance(outputs, (tuple, list)) and outputs:
+        return logits_of(outputs[0])
+    raise TypeError(f"cannot find a logits tensor in a model output of type {type(outputs)!r}")
+
+
+@dataclass
+class Model:
+    """A model to explain.
+
+    Attributes:
+        module: the wrapped `nn.Module`.
+        preprocess: turns a PIL image (or a list of them) into the model's input batch.
+        labels: class names, index = class id (may be `None`).
+        name: a short name for tables and file names.
+        default_layer: dotted name of the layer CAM methods use when none is given.
+        input_size: (H, W) the model expects, if fixed.
+    """
+
+    module: nn.Module
+    preprocess: Callable[[Any], torch.Tensor] | None = None
+    labels: Sequence[str] | None = None
+    name: str = "model"
+    default_layer: str | None = None
+    input_size: tuple[int, int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.module(x))
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.module.parameters():
+            return p.device
+        for b in self.module.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def label(self, index: int) -> str:
+        if self.labels is not None and 0 <= index < len(self.labels):
+            return self.labels[index]
+        return str(index)
+
+    def to(self, device: str | torch.device) -> Model:
+        self.module.to(device)
+        return self
+
+
+def as_model(model: Model | nn.Module) -> Model:
+    """Accept a `sl.Model` or a plain `nn.Module` everywhere."""
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, nn.Module):
+        return Model(module=model, name=type(model).__name__)
+    from ..core.errors import SaliencelabError
+
+    raise SaliencelabError(
+        f"Expected a saliencelab Model or a torch nn.Module, got {type(model).__name__}; "
+        "wrap your network with sl.Model(module) or load one with sl.load_model(name)."
+    )

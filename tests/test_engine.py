@@ -1,0 +1,157 @@
+"""The engine: targets, layers, hooks and state restored, chunking, shared passes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import saliencelab as sl
+from saliencelab.core.batching import ChunkPlan
+from saliencelab.core.errors import SaliencelabError
+
+
+def _grad(model, x, target):
+    x = x.clone().requires_grad_(True)
+    out = model(x)
+    out.gather(1, target[:, None]).sum().backward()
+    return x.grad
+
+
+def test_saliency_is_the_gradient_of_the_predicted_class(tiny_cnn, images):
+    ex = sl.explain(tiny_cnn, images, methods="saliency", absolute=False)
+    pred = tiny_cnn(images).argmax(1)
+    torch.testing.assert_close(ex["saliency"].attributions, _grad(tiny_cnn, images, pred))
+    assert torch.equal(ex["saliency"].target, pred)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [3, [0, 1, 2, 3], torch.tensor([4, 3, 2, 1]), "c2", lambda out: out[:, 1] - out[:, 0]],
+)
+def test_every_target_form(tiny_cnn, images, target):
+    model = sl.Model(tiny_cnn, labels=["c0", "c1", "c2", "c3", "c4"])
+    ex = sl.explain(model, images, methods="saliency", target=target, absolute=False)
+    x = images.clone().requires_grad_(True)
+    out = tiny_cnn(x)
+    if callable(target) and not isinstance(target, torch.Tensor):
+        target(out).sum().backward()
+        assert (ex["saliency"].target == -1).all()
+    else:
+        idx = {"c2": 2}.get(target, target) if isinstance(target, (str, int)) else target
+        idx = torch.as_tensor(idx).expand(4)
+        out.gather(1, idx[:, None]).sum().backward()
+        assert torch.equal(ex["saliency"].target, idx)
+    torch.testing.assert_close(ex["saliency"].attributions, x.grad)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ([0, 1], "2 targets for a batch of 4"),
+        (7, "out of range"),
+        ("dog", "no class named 'dog'"),
+        (2.5, "must be None"),
+    ],
+)
+def test_bad_targets_are_one_clear_sentence(tiny_cnn, images, target, message):
+    model = sl.Model(tiny_cnn, labels=["c0", "c1", "c2", "c3", "c4"])
+    with pytest.raises(SaliencelabError, match=message):
+        sl.explain(model, images, methods="saliency", target=target)
+
+
+def test_unknown_method_layer_and_option_suggest_names(tiny_cnn, images):
+    with pytest.raises(SaliencelabError, match="Did you mean: saliency"):
+        sl.explain(tiny_cnn, images, methods="salency")
+    with pytest.raises(SaliencelabError, match="Did you mean: .*features.1"):
+        sl.explain(tiny_cnn, images, methods="gradcam", layer="features.l")
+    with pytest.raises(SaliencelabError, match="option 'n_step'"):
+        sl.explain(tiny_cnn, images, methods="saliency", n_step=3)
+
+
+def test_layer_found_automatically_is_the_last_spatial_one(tiny_cnn, images):
+    ex = sl.explain(tiny_cnn, images, methods="gradcam")
+    assert ex["gradcam"].layer == "features"
+    assert ex["gradcam"].maps.shape == (4, 12, 12)
+
+
+def test_model_without_spatial_layer_fails_clearly():
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    with pytest.raises(SaliencelabError, match="no layer with a spatial"):
+        sl.explain(mlp, torch.randn(2, 3, 2, 2), methods="gradcam")
+
+
+def test_state_and_hooks_restored_also_when_a_method_raises(tiny_cnn, images):
+    tiny_cnn.train()
+    tiny_cnn.fc.weight.requires_grad_(False)
+
+    def bad_target(out):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        sl.explain(tiny_cnn, images, methods=["saliency", "gradcam"], target=bad_target)
+    assert tiny_cnn.training and all(m.training for m in tiny_cnn.modules())
+    assert not tiny_cnn.fc.weight.requires_grad
+    assert tiny_cnn.features[0].weight.requires_grad
+    for m in tiny_cnn.modules():
+        assert not m._forward_hooks and not m._backward_hooks and not m._forward_pre_hooks
+
+
+def test_works_inside_no_grad_and_inference_mode(tiny_cnn, images):
+    ref = sl.explain(tiny_cnn, images, methods="saliency")["saliency"].maps
+    with torch.no_grad():
+        a = sl.explain(tiny_cnn, images, methods="saliency")["saliency"].maps
+    with torch.inference_mode():
+        x = images.clone()
+    b = sl.explain(tiny_cnn, x, methods="saliency")["saliency"].maps
+    torch.testing.assert_close(a, ref)
+    torch.testing.assert_close(b, ref)
+
+
+def test_shared_pass_runs_once_and_is_counted_once(tiny_cnn, images):
+    sl.explain(tiny_cnn, images, methods="gradcam")  # finds (and remembers) the layer
+    calls = []
+    tiny_cnn.register_forward_hook(lambda *a: calls.append(1))
+    ex = sl.explain(tiny_cnn, images, methods=["saliency", "input_x_gradient", "gradcam"])
+    assert len(calls) == 1  # one forward (one chunk): the shared pass also found the prediction
+    assert ex.total_passes == 1
+    assert ex["gradcam"].passes == 1
+    assert set(ex["saliency"].shared_with) == {"input_x_gradient", "gradcam"}
+
+
+def test_chunked_pass_equals_one_chunk(tiny_cnn, images):
+    one = sl.explain(tiny_cnn, images, methods="saliency", chunk_size=64)["saliency"].maps
+    small = sl.explain(tiny_cnn, images, methods="saliency", chunk_size=3)["saliency"].maps
+    torch.testing.assert_close(one, small)
+
+
+def test_chunk_plan_grows_while_faster_then_settles():
+    plan = ChunkPlan(key=("test", object()), n_rows=1000, max_rows=64, start=8)
+    sizes = []
+    per_row = {8: 1.0, 16: 0.8, 32: 0.9, 64: 0.5}
+    for rows in plan.chunks():
+        sizes.append(len(rows))
+        plan.record(len(rows), per_row.get(len(rows), 1.0) * len(rows))
+    assert sizes[:3] == [8, 16, 32]
+    assert set(sizes[3:-1]) == {16}  # 32 was slower per row than 16: settle on 16
+    assert sum(sizes) == 1000
+
+
+def test_chunk_plan_respects_the_memory_budget():
+    plan = ChunkPlan(key=("t2", object()), n_rows=100, max_rows=64, bytes_per_row=10, budget=35)
+    assert max(len(r) for r in plan.chunks()) == 3
+
+
+def test_nan_model_is_a_clear_error():
+    class NaNNet(nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :3] * float("nan")
+
+    with pytest.raises(SaliencelabError, match="NaN"):
+        sl.explain(NaNNet(), torch.randn(2, 3, 4, 4), methods="saliency")
+
+
+def test_methods_lists_family_and_cost():
+    specs = {m.name: m for m in sl.methods()}
+    assert specs["saliency"].family == "gradient" and specs["saliency"].cost == "1"
+    assert specs["gradcam"].family == "cam"
