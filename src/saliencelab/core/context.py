@@ -79,6 +79,7 @@ class Context:
         self._target = target
         self.captures: list[Capture] = []
         self.method: str = ""
+        self.logits: torch.Tensor | None = None  # the model's logits on `x`, once known
 
     @property
     def batch(self) -> int:
@@ -92,6 +93,7 @@ class Context:
 
     def resolve(self, spec: TargetSpec, logits: torch.Tensor) -> Target:
         self._target = resolve_target(spec, logits, self.model.labels)
+        self.logits = logits
         return self._target
 
     # -- layers --------------------------------------------------------------------------------
@@ -148,7 +150,9 @@ class Context:
         """A context over new rows `x` (e.g. noisy copies); row i explains sample `samples[i]`."""
         t = self.target
         sub = Target(t.indices[samples.to(t.indices.device)], t.fn)
-        return Context(self.model, self.engine, x, sub)
+        ctx = Context(self.model, self.engine, x, sub)
+        ctx.method = self.method
+        return ctx
 
 
 def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
