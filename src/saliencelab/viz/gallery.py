@@ -1,0 +1,264 @@
+"""One picture per image: the photo and one overlay per method, side by side, labelled."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from ..core.errors import SaliencelabError, closest
+from ..core.result import Attribution, Explanation
+from .colormaps import COLORMAPS, apply_colormap
+from .overlay import _check_image, crop_to_aspect, default_cmap, overlay, select_map
+
+#: Gap between tiles and around the edge, in pixels.
+PAD = 10
+#: Tiles per row before wrapping.
+MAX_COLUMNS = 6
+
+_BACKGROUND = (255, 255, 255)
+_INK = (28, 28, 32)
+_MUTED = (110, 110, 120)
+# Characters the bundled default font lacks, and what to draw instead.
+_FALLBACK = {"\u2014": "-", "\u2013": "-", "\u2212": "-", "\u00d7": "x", "\u2192": "->"}
+
+Attributions = Explanation | Mapping[str, Attribution] | Sequence[Attribution] | Attribution
+
+
+@lru_cache(maxsize=32)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (OSError, ImportError, TypeError):  # no FreeType: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+@lru_cache(maxsize=1024)
+def _glyph_ok(font: Any, ch: str) -> bool:
+    if ch.isascii():
+        return True
+    try:
+        missing = font.getmask("\ufffe")
+        mask = font.getmask(ch)
+        return mask.size != missing.size or bytes(mask) != bytes(missing)
+    except (UnicodeEncodeError, OSError):
+        return False
+
+
+def _drawable(text: str, font: Any) -> str:
+    """`text` with characters the font cannot draw replaced (em dash → hyphen, unknown → ?)."""
+    text = "".join(_FALLBACK.get(ch, ch) for ch in text)
+    return "".join(ch if _glyph_ok(font, ch) else "?" for ch in text)
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
+    """`text`, shortened with an ellipsis until it fits in `width` pixels."""
+    text = _drawable(text, font)
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _line_height(font: Any) -> int:
+    ascent, descent = font.getmetrics()
+    return ascent + descent
+
+
+def _centered(draw: ImageDraw.ImageDraw, x0: int, y: int, width: int, text: str, font, fill):
+    text = _fit(draw, text, font, width)
+    x = x0 + (width - draw.textlength(text, font=font)) / 2
+    draw.text((x, y), text, font=font, fill=fill)
+
+
+def _cost(a: Attribution) -> str:
+    parts = []
+    if a.passes:
+        parts.append(f"{a.passes:g} pass" + ("" if a.passes == 1 else "es"))
+    if a.forwards:
+        parts.append(f"{a.forwards:g} fwd")
+    if a.seconds:
+        parts.append(f"{a.seconds * 1000:.0f} ms" if a.seconds < 1 else f"{a.seconds:.2f} s")
+    return " · ".join(parts)
+
+
+def _as_dict(attributions: Attributions) -> dict[str, Attribution]:
+    if isinstance(attributions, Explanation):
+        return dict(attributions.attributions)
+    if isinstance(attributions, Attribution):
+        return {attributions.method: attributions}
+    if isinstance(attributions, Mapping):
+        return dict(attributions)
+    if isinstance(attributions, Sequence) and all(isinstance(a, Attribution) for a in attributions):
+        return {a.method: a for a in attributions}
+    raise SaliencelabError(
+        f"Expected an Explanation or a dict of Attributions, got {type(attributions).__name__}; "
+        "pass the result of sl.explain(...)."
+    )
+
+
+def predicted(explanation: Explanation, sample: int = 0) -> tuple[str, float]:
+    """The predicted label of `sample` and its probability."""
+    n = explanation.logits.shape[0]
+    if not -n <= sample < n:
+        raise SaliencelabError(
+            f"Sample {sample} is out of range for an explanation of {n} sample(s); "
+            f"pass sample between 0 and {n - 1}."
+        )
+    probs = explanation.probabilities[sample]
+    index = int(probs.argmax())
+    return explanation.label(index), float(probs[index])
+
+
+def colorbar_legend(
+    cmap: str,
+    width: int = 160,
+    height: int = 10,
+    labels: Sequence[str] | None = None,
+    font_size: int = 11,
+) -> Image.Image:
+    """A horizontal colour bar for `cmap` with small labels under its ends (and middle).
+
+    Default labels: "low"/"high" for sequential maps, "negative"/"0"/"positive" for "diverging".
+    """
+    signed = COLORMAPS.get(cmap)
+    if signed is None:
+        apply_colormap(np.zeros(1), cmap)  # raises the unknown-name error
+    values = np.linspace(-1.0 if signed else 0.0, 1.0, width)[None].repeat(height, axis=0)
+    bar = Image.fromarray(apply_colormap(values, cmap), "RGB")
+    if labels is None:
+        labels = ["negative", "0", "positive"] if signed else ["low", "high"]
+    font = _font(font_size)
+    lh = _line_height(font)
+    out = Image.new("RGB", (width, height + 2 + lh), _BACKGROUND)
+    out.paste(bar, (0, 0))
+    draw = ImageDraw.Draw(out)
+    draw.rectangle((0, 0, width - 1, height - 1), outline=(200, 200, 205))
+    for i, text in enumerate(labels):
+        text = _drawable(text, font)
+        tw = draw.textlength(text, font=font)
+        frac = i / (len(labels) - 1) if len(labels) > 1 else 0.5
+        x = min(max(frac * width - tw / 2, 0), width - tw)
+        draw.text((x, height + 2), text, font=font, fill=_MUTED)
+    return out
+
+
+def gallery(
+    image: Image.Image,
+    explanation: Attributions,
+    sample: int = 0,
+    title: str | None = None,
+    tile: int = 224,
+    methods: list[str] | None = None,
+    legend: bool = True,
+) -> Image.Image:
+    """The photo followed by one overlay per method, each labelled with its name and cost.
+
+    With an :class:`Explanation`, the default title is the predicted label and its probability
+    for `sample`; a tile whose method explained another class says which. Wraps after
+    `MAX_COLUMNS` tiles. `legend` adds the colour bars used under the tiles.
+    """
+    if tile < 32:
+        raise SaliencelabError(f"tile must be at least 32 pixels, got {tile}; use e.g. 224.")
+    photo = _check_image(image)
+    attributions = _as_dict(explanation)
+    if methods is not None:
+        for name in methods:
+            if name not in attributions:
+                raise SaliencelabError(
+                    f"There is no method {name!r} to draw; available: {', '.join(attributions)}."
+                    f"{closest(name, attributions)}"
+                )
+        attributions = {name: attributions[name] for name in methods}
+    if not attributions:
+        raise SaliencelabError("There are no attributions to draw; pass at least one method.")
+
+    pred_index = None
+    if isinstance(explanation, Explanation):
+        label, prob = predicted(explanation, sample)
+        pred_index = int(explanation.probabilities[sample].argmax())
+        if title is None:
+            title = f"{label} ({prob:.2f})"
+
+    # Every tile has the aspect ratio of the first map; the photo is cropped like the model does.
+    maps = {name: select_map(a, sample) for name, a in attributions.items()}
+    mh, mw = next(iter(maps.values()))[0].shape
+    tw, th = tile, max(1, round(tile * mh / mw))
+    photo_tile = crop_to_aspect(photo, mw, mh).resize((tw, th), Image.Resampling.LANCZOS)
+
+    tiles: list[tuple[Image.Image, list[str]]] = [
+        (photo_tile, ["input", f"{photo.width} x {photo.height}"])
+    ]
+    cmaps: list[str] = []
+    for name, a in attributions.items():
+        cmaps.append(default_cmap(maps[name][1]))
+        ov = overlay(photo_tile, a, sample=sample)
+        if ov.size != (tw, th):
+            ov = ImageOps.pad(ov, (tw, th), color=_BACKGROUND)
+        lines = [name, _cost(a)]
+        if pred_index is not None and a.target.numel() > sample:
+            target = int(a.target[sample])
+            if target != pred_index:
+                lines.append("target: " + (explanation.label(target) if target >= 0 else "custom"))
+        tiles.append((ov, lines))
+
+    name_font = _font(max(11, tile // 15))
+    small_font = _font(max(9, tile // 19))
+    title_font = _font(max(13, tile // 11))
+    n_lines = max(len(lines) for _, lines in tiles)
+    caption_h = 4 + _line_height(name_font) + (n_lines - 1) * _line_height(small_font)
+    title_h = _line_height(title_font) + PAD if title else 0
+
+    legend_imgs = []
+    if legend:
+        legend_imgs = [colorbar_legend(c, width=min(160, tile)) for c in dict.fromkeys(cmaps)]
+    legend_h = max((im.height for im in legend_imgs), default=0)
+    legend_h = legend_h + PAD if legend_h else 0
+
+    cols = min(len(tiles), MAX_COLUMNS)
+    rows = math.ceil(len(tiles) / cols)
+    width = PAD + cols * (tw + PAD)
+    height = PAD + title_h + rows * (th + caption_h + PAD) + legend_h
+    canvas = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+
+    if title:
+        text = _fit(draw, title, title_font, width - 2 * PAD)
+        draw.text((PAD, PAD), text, font=title_font, fill=_INK)
+    y0 = PAD + title_h
+    for i, (img, lines) in enumerate(tiles):
+        r, c = divmod(i, cols)
+        x = PAD + c * (tw + PAD)
+        y = y0 + r * (th + caption_h + PAD)
+        canvas.paste(img, (x, y))
+        y += th + 4
+        _centered(draw, x, y, tw, lines[0], name_font, _INK)
+        y += _line_height(name_font)
+        for line in lines[1:]:
+            _centered(draw, x, y, tw, line, small_font, _MUTED)
+            y += _line_height(small_font)
+    x = PAD
+    for im in legend_imgs:
+        canvas.paste(im, (x, height - legend_h))
+        x += im.width + 2 * PAD
+    return canvas
+
+
+def save_gallery(
+    image: Image.Image,
+    explanation: Attributions,
+    path: str | Path,
+    **kw: Any,
+) -> Path:
+    """Write :func:`gallery` as PNG to `path` (creating parent folders); returns the path."""
+    path = Path(path)
+    img = gallery(image, explanation, **kw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG")
+    return path

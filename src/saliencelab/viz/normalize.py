@@ -1,0 +1,73 @@
+"""Normalising raw maps for display. Maps themselves stay raw; this is a separate, per-map step."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..core.errors import SaliencelabError
+
+
+def _as_tensor(map: torch.Tensor | np.ndarray) -> torch.Tensor:
+    if isinstance(map, np.ndarray):
+        map = torch.from_numpy(map)
+    if not isinstance(map, torch.Tensor):
+        raise SaliencelabError(
+            f"Expected a saliency map as a tensor or array, got {type(map).__name__}; "
+            "pass `attribution.maps` or an (H, W) array."
+        )
+    return map.detach().float()
+
+
+def percentile(x: torch.Tensor, q: float) -> torch.Tensor:
+    """The `q`-th percentile (0..100, linear interpolation) of each row of a (B, N) tensor."""
+    s, _ = torch.sort(x, dim=1)
+    pos = torch.tensor(q / 100.0 * (s.shape[1] - 1))
+    lo = int(pos.floor())
+    hi = min(lo + 1, s.shape[1] - 1)
+    frac = float(pos - lo)
+    return s[:, lo] * (1.0 - frac) + s[:, hi] * frac
+
+
+def normalize_map(
+    map: torch.Tensor | np.ndarray,
+    signed: bool,
+    clip_percentile: float | None = 99.5,
+) -> torch.Tensor:
+    """Scale each (H, W) map for display, returning a float tensor of the same shape.
+
+    - unsigned: values above the `clip_percentile`-th percentile are clipped, then min-max scaled
+      to [0, 1];
+    - signed: divided by the `clip_percentile`-th percentile of |values| and clipped to [-1, 1],
+      so 0 stays 0 (drawn white) and positive and negative evidence share one scale.
+
+    `clip_percentile=None` uses the maximum. Never NaN: all-zero maps and constant unsigned maps
+    become zeros, a constant signed map becomes its sign, and NaN values are treated as 0.
+    """
+    m = _as_tensor(map)
+    if m.ndim not in (2, 3):
+        raise SaliencelabError(
+            f"Expected a map of shape (H, W) or (B, H, W), got shape {tuple(m.shape)}; "
+            "pass one map or a batch of maps."
+        )
+    if m.numel() == 0:
+        raise SaliencelabError(f"The map of shape {tuple(m.shape)} is empty; pass a non-empty map.")
+    if clip_percentile is not None and not 0.0 < clip_percentile <= 100.0:
+        raise SaliencelabError(
+            f"clip_percentile must be in (0, 100], got {clip_percentile}; use e.g. 99.5 or None."
+        )
+    shape = m.shape
+    flat = torch.nan_to_num(m.reshape(-1, shape[-2] * shape[-1]), nan=0.0)
+    q = 100.0 if clip_percentile is None else float(clip_percentile)
+    if signed:
+        scale = percentile(flat.abs(), q).unsqueeze(1)
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        out = torch.where(scale > 0, flat / safe, torch.zeros_like(flat)).clamp(-1.0, 1.0)
+    else:
+        hi = percentile(flat, q).unsqueeze(1)
+        clipped = torch.minimum(flat, hi)
+        lo = clipped.min(dim=1, keepdim=True).values
+        span = hi - lo
+        safe = torch.where(span > 0, span, torch.ones_like(span))
+        out = torch.where(span > 0, (clipped - lo) / safe, torch.zeros_like(flat)).clamp(0.0, 1.0)
+    return out.reshape(shape)

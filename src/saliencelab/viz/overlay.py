@@ -1,0 +1,162 @@
+"""Heatmaps over photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..core.errors import SaliencelabError
+from ..core.result import Attribution
+from .colormaps import COLORMAPS, apply_colormap, colormap
+from .normalize import _as_tensor, normalize_map
+
+MapLike = Attribution | torch.Tensor | np.ndarray
+
+# Opacity grows as strength**_GAMMA: below 1 so that mid-strength areas are not washed out.
+_GAMMA = 0.7
+
+
+def select_map(map_or_attribution: MapLike, sample: int = 0) -> tuple[torch.Tensor, bool]:
+    """The raw (H, W) map of `sample` and whether it is signed.
+
+    An :class:`Attribution` gives `maps[sample]` and its `signed` flag; a raw (H, W) map is used
+    as is and a raw (B, H, W) batch is indexed by `sample`; a raw map counts as signed when it has
+    negative values.
+    """
+    if isinstance(map_or_attribution, Attribution):
+        maps, signed = _as_tensor(map_or_attribution.maps), bool(map_or_attribution.signed)
+        what = f"attribution {map_or_attribution.method!r}"
+        if maps.ndim != 3:
+            raise SaliencelabError(
+                f"The maps of {what} have shape {tuple(maps.shape)}, expected (B, H, W); "
+                "build the Attribution with one (H, W) map per sample."
+            )
+    else:
+        maps, signed, what = _as_tensor(map_or_attribution), None, "map"
+        if maps.ndim == 2:
+            maps = maps.unsqueeze(0)
+        elif maps.ndim != 3:
+            raise SaliencelabError(
+                f"Expected a map of shape (H, W) or (B, H, W), got shape {tuple(maps.shape)}; "
+                "pass one saliency map, e.g. `attribution.maps[0]`."
+            )
+    n = maps.shape[0]
+    if not -n <= sample < n:
+        raise SaliencelabError(
+            f"Sample {sample} is out of range for the {what} with {n} sample(s); "
+            f"pass sample between 0 and {n - 1}."
+        )
+    m = maps[sample]
+    if m.numel() == 0:
+        raise SaliencelabError(f"The {what} is empty (shape {tuple(m.shape)}); pass a real map.")
+    if signed is None:
+        signed = bool((torch.nan_to_num(m) < 0).any())
+    return m, signed
+
+
+def default_cmap(signed: bool) -> str:
+    """ "diverging" for signed maps, "heat" for unsigned ones."""
+    return "diverging" if signed else "heat"
+
+
+def crop_to_aspect(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Center-crop `image` to the aspect ratio width:height (unchanged if it already has it)."""
+    w, h = image.size
+    target = width / height
+    if abs(w / h - target) <= 0.5 / min(w, h):
+        return image
+    if w / h > target:
+        new_w = max(1, round(h * target))
+        left = (w - new_w) // 2
+        return image.crop((left, 0, left + new_w, h))
+    new_h = max(1, round(w / target))
+    top = (h - new_h) // 2
+    return image.crop((0, top, w, top + new_h))
+
+
+def _check_image(image: Any) -> Image.Image:
+    if not isinstance(image, Image.Image):
+        raise SaliencelabError(
+            f"Expected a PIL image to draw on, got {type(image).__name__}; "
+            "open it with PIL.Image.open(path) or sl.sample_image(...)."
+        )
+    return image.convert("RGB")
+
+
+def _resize(m: torch.Tensor, width: int, height: int) -> np.ndarray:
+    if tuple(m.shape) != (height, width):
+        m = F.interpolate(m[None, None], size=(height, width), mode="bilinear", align_corners=False)
+        m = m[0, 0]
+    return m.numpy()
+
+
+def heatmap(
+    map_or_attribution: MapLike,
+    sample: int = 0,
+    size: tuple[int, int] | None = None,
+    cmap: str | None = None,
+    clip_percentile: float | None = 99.5,
+) -> Image.Image:
+    """The coloured map alone (no photo), at the map's resolution or `size` = (width, height)."""
+    m, signed = select_map(map_or_attribution, sample)
+    name = cmap or default_cmap(signed)
+    colormap(name)  # validate the name
+    values = normalize_map(m, signed=COLORMAPS[name], clip_percentile=clip_percentile)
+    width, height = size if size is not None else (m.shape[1], m.shape[0])
+    return Image.fromarray(apply_colormap(_resize(values, width, height), name), "RGB")
+
+
+def overlay(
+    image: Image.Image,
+    map_or_attribution: MapLike,
+    sample: int = 0,
+    alpha: float = 0.7,
+    cmap: str | None = None,
+    clip_percentile: float | None = 99.5,
+) -> Image.Image:
+    """Draw the map of `sample` over `image`, at the image's resolution.
+
+    If the photo's aspect ratio differs from the map's, it is center-cropped to the map's first
+    (the models center-crop the largest square). Signed maps use the "diverging" colour map and
+    unsigned maps "heat", unless `cmap` says otherwise. `alpha` is the opacity of the colour where
+    the map is strongest; elsewhere the opacity is `alpha * strength ** 0.7` (strength = |value|
+    after normalisation, in [0, 1]), so cold or neutral areas show the photo and mid-strength
+    areas stay visible.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise SaliencelabError(f"alpha must be between 0 and 1, got {alpha}; use e.g. 0.5.")
+    m, signed = select_map(map_or_attribution, sample)
+    photo = crop_to_aspect(_check_image(image), m.shape[1], m.shape[0])
+    name = cmap or default_cmap(signed)
+    colormap(name)  # validate the name
+    values = normalize_map(m, signed=COLORMAPS[name], clip_percentile=clip_percentile)
+    width, height = photo.size
+    v = _resize(values, width, height)
+    colors = apply_colormap(v, name).astype(np.float32)
+    strength = np.clip(np.abs(v), 0.0, 1.0)
+    if name == "gray":
+        strength = np.ones_like(strength)  # gray has no "neutral" colour: blend it uniformly
+    weight = (alpha * strength**_GAMMA)[..., None]
+    base = np.asarray(photo, dtype=np.float32)
+    out = base * (1.0 - weight) + colors * weight
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
+
+
+def save_overlay(
+    image: Image.Image,
+    attribution: MapLike,
+    path: str | Path,
+    sample: int = 0,
+    **kw: Any,
+) -> Path:
+    """Write :func:`overlay` as PNG to `path` (creating parent folders); returns the path."""
+    path = Path(path)
+    img = overlay(image, attribution, sample=sample, **kw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG")
+    return path

@@ -1,0 +1,139 @@
+"""report/: the self-contained HTML index."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+import torch
+from PIL import Image
+
+from saliencelab.core.errors import SaliencelabError
+from saliencelab.core.result import Attribution, Explanation
+from saliencelab.report import ReportEntry, write_index
+
+EVIL = '<script>alert("x")</script>'
+
+
+def png(path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(path)
+    return path
+
+
+def entry(tmp_path, name: str = "cat.jpg", **kw) -> ReportEntry:
+    defaults = dict(
+        name=name,
+        image_path=png(tmp_path / "cat.png"),
+        gallery_path=png(tmp_path / "cat_gallery.png"),
+        overlays={"gradcam": png(tmp_path / "cat_gradcam.png"), "saliency": "cat_saliency.png"},
+        predicted="Egyptian cat",
+        probability=0.71,
+        rows=[
+            {"method": "gradcam", "passes": 1, "seconds": 0.012},
+            {"method": "saliency", "passes": 1, "seconds": 0.02},
+        ],
+        maps_path="cat_maps.pt",
+    )
+    png(tmp_path / "cat_saliency.png")
+    defaults.update(kw)
+    return ReportEntry(**defaults)
+
+
+def test_write_index_shows_everything_with_relative_paths(tmp_path):
+    path = write_index(tmp_path, [entry(tmp_path)], title="My report")
+    assert path == tmp_path / "index.html"
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("<!doctype html>")
+    assert "<title>My report</title>" in text
+    for needle in ["cat.jpg", "Egyptian cat", "0.71", "gradcam", "saliency", "0.012"]:
+        assert needle in text
+    assert 'src="cat_gallery.png"' in text
+    assert 'src="cat_gradcam.png"' in text and 'src="cat_saliency.png"' in text
+    assert 'href="cat_maps.pt"' in text and 'href="cat.png"' in text
+    assert "<table>" in text and "passes" in text
+    assert str(tmp_path) not in text  # no absolute paths
+
+
+def test_self_contained_no_scripts_or_external_assets(tmp_path):
+    text = write_index(tmp_path, [entry(tmp_path)]).read_text(encoding="utf-8")
+    assert "<script" not in text.lower()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
+    assert "<style>" in text and "<link" not in text
+
+
+def test_user_text_is_escaped(tmp_path):
+    bad = entry(
+        tmp_path,
+        name=f"{EVIL}.jpg",
+        predicted=EVIL,
+        overlays={EVIL: png(tmp_path / "x.png")},
+        rows=[{"method": EVIL, "passes": 1, "seconds": 0.1, "target": EVIL}],
+        maps_path=tmp_path / 'we"ird <name>.pt',
+    )
+    failed = ReportEntry(name=EVIL, error=f"Could not read {EVIL}; pass an image file.")
+    text = write_index(tmp_path, [bad, failed], title=EVIL).read_text(encoding="utf-8")
+    assert "<script" not in text.lower()
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in text
+    assert 'href="we%22ird%20%3Cname%3E.pt"' in text
+
+
+def test_error_entries_show_their_sentence(tmp_path):
+    ok = entry(tmp_path)
+    bad = ReportEntry(name="broken.jpg", error="The file broken.jpg is not an image; remove it.")
+    text = write_index(tmp_path, [ok, bad]).read_text(encoding="utf-8")
+    assert "The file broken.jpg is not an image; remove it." in text
+    assert 'class="card error"' in text
+    assert "1 failed" in text
+
+
+def test_embed_inlines_images_as_data_uris(tmp_path):
+    text = write_index(tmp_path, [entry(tmp_path)], embed=True).read_text(encoding="utf-8")
+    srcs = re.findall(r'src="([^"]*)"', text)
+    assert len(srcs) == 3  # gallery + two overlays
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    data = base64.b64decode(srcs[0].split(",", 1)[1])
+    assert data.startswith(b"\x89PNG")
+    assert "http://" not in text and "https://" not in text
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
+
+
+def test_embed_with_missing_file_shows_a_note(tmp_path):
+    e = entry(tmp_path, gallery_path="nowhere.png")
+    text = write_index(tmp_path, [e], embed=True).read_text(encoding="utf-8")
+    assert "image not found: nowhere.png" in text
+
+
+def test_paths_outside_and_relative_to_cwd(tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    png(tmp_path / "shared" / "g.png")
+    monkeypatch.chdir(tmp_path)
+    e = entry(tmp_path, gallery_path="shared/g.png", overlays={}, image_path=None, maps_path=None)
+    text = write_index("report", [e]).read_text(encoding="utf-8")
+    assert 'src="../shared/g.png"' in text
+    assert (out / "index.html").exists()
+
+
+def test_from_explanation(tmp_path):
+    maps = torch.rand(2, 8, 8)
+    atts = {
+        "gradcam": Attribution("gradcam", maps, maps[:, None], torch.tensor([1, 0]), passes=1.0),
+        "saliency": Attribution("saliency", maps, maps[:, None], torch.tensor([1, 0]), passes=1.0),
+    }
+    logits = torch.tensor([[0.0, 3.0], [2.0, 0.0]])
+    ex = Explanation(atts, torch.zeros(2, 3, 8, 8), logits, ["dog", "cat"])
+    e = ReportEntry.from_explanation("two.png", ex, sample=1, maps_path="two.pt")
+    assert e.predicted == "dog"
+    assert e.probability == pytest.approx(torch.softmax(logits[1], 0)[0].item())
+    assert [r["method"] for r in e.rows] == ["gradcam", "saliency"]
+    assert all(r["sample"] == 1 for r in e.rows)
+    text = write_index(tmp_path, [e]).read_text(encoding="utf-8")
+    assert "dog" in text and "two.pt" in text
+    with pytest.raises(SaliencelabError, match="out of range"):
+        ReportEntry.from_explanation("x", ex, sample=5)
+
+
+def test_entries_must_be_report_entries(tmp_path):
+    with pytest.raises(SaliencelabError, match="ReportEntry"):
+        write_index(tmp_path, [{"name": "x"}])

@@ -1,0 +1,293 @@
+"""viz/: colour maps, normalisation, overlays and galleries on synthetic images and maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from saliencelab.core.errors import SaliencelabError
+from saliencelab.core.result import Attribution, Explanation
+from saliencelab.viz import (
+    apply_colormap,
+    colorbar_legend,
+    colormap,
+    gallery,
+    heatmap,
+    normalize_map,
+    overlay,
+    save_gallery,
+    save_overlay,
+)
+from saliencelab.viz.colormaps import luminance
+from saliencelab.viz.gallery import MAX_COLUMNS, PAD
+
+
+def blob(h: int = 32, w: int = 32, cx: float = 0.5, cy: float = 0.5, s: float = 0.15):
+    y, x = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    return torch.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * s**2))
+
+
+def attribution(maps: torch.Tensor, method: str = "m", signed: bool = True, **kw) -> Attribution:
+    b = maps.shape[0]
+    return Attribution(
+        method, maps, maps[:, None], torch.zeros(b, dtype=torch.long), signed=signed, **kw
+    )
+
+
+def photo(w: int = 80, h: int = 60, color=(120, 140, 160)) -> Image.Image:
+    return Image.new("RGB", (w, h), color)
+
+
+# --- colour maps -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["heat", "diverging", "gray"])
+def test_tables_are_256_rgb_uint8(name):
+    lut = colormap(name)
+    assert lut.shape == (256, 3) and lut.dtype == np.uint8
+
+
+def test_heat_runs_dark_to_bright_with_monotonic_luminance():
+    lut = colormap("heat")
+    lum = luminance(lut)
+    assert lum[0] < 0.01 and lum[-1] > 0.8
+    assert np.all(np.diff(lum) > 0)
+
+
+def test_gray_endpoints():
+    out = apply_colormap(np.array([0.0, 1.0]), "gray")
+    assert out.tolist() == [[0, 0, 0], [255, 255, 255]]
+
+
+def test_diverging_zero_is_white_and_ends_are_blue_and_red():
+    out = apply_colormap(torch.tensor([[-1.0, 0.0, 1.0]]), "diverging")
+    assert out.shape == (1, 3, 3)
+    neg, zero, pos = out[0].astype(int)
+    assert zero.tolist() == [255, 255, 255]
+    assert neg[2] > neg[0]  # blue
+    assert pos[0] > pos[2]  # red
+    # lightness falls away from 0 on both sides
+    lum = luminance(colormap("diverging"))
+    assert np.all(np.diff(lum[:128]) >= 0) and np.all(np.diff(lum[128:]) <= 0)
+
+
+def test_apply_colormap_clips_and_handles_nan():
+    out = apply_colormap(np.array([-5.0, np.nan, 7.0]), "heat")
+    lut = colormap("heat")
+    assert out.tolist() == [lut[0].tolist(), lut[0].tolist(), lut[-1].tolist()]
+
+
+def test_unknown_colormap_is_a_user_error():
+    with pytest.raises(SaliencelabError, match="heat"):
+        apply_colormap(np.zeros(3), "haet")
+
+
+# --- normalisation -----------------------------------------------------------------------------
+
+
+def test_signed_normalisation_keeps_zero_at_center():
+    m = torch.tensor([[-2.0, 0.0, 1.0, 4.0]])
+    out = normalize_map(m, signed=True, clip_percentile=None)
+    assert out.tolist() == [[-0.5, 0.0, 0.25, 1.0]]
+
+
+def test_unsigned_normalisation_is_min_max():
+    m = torch.tensor([[2.0, 3.0, 4.0, 6.0]])
+    out = normalize_map(m, signed=False, clip_percentile=None)
+    assert out.tolist() == [[0.0, 0.25, 0.5, 1.0]]
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("value", [0.0, 3.0, -2.0])
+def test_constant_maps_give_no_nan(signed, value):
+    out = normalize_map(torch.full((2, 5, 5), value), signed=signed)
+    assert torch.isfinite(out).all()
+    # unsigned: a constant carries no contrast (all cold); signed: only its sign, 0 stays 0
+    expected = float(np.sign(value)) if signed else 0.0
+    assert (out == expected).all()
+
+
+def test_percentile_clipping_ignores_one_outlier():
+    m = torch.rand(50, 50, generator=torch.Generator().manual_seed(0))
+    m[0, 0] = 1000.0
+    clipped = normalize_map(m, signed=False, clip_percentile=99.0)
+    raw = normalize_map(m, signed=False, clip_percentile=None)
+    assert clipped.max() == 1.0 and clipped.median() > 0.3  # the bulk keeps its contrast
+    assert raw.median() < 0.01  # without clipping the outlier squashes everything
+    signed = normalize_map(m - 0.5, signed=True, clip_percentile=99.0)
+    assert signed.max() == 1.0 and signed.min() >= -1.0 and (signed == 1.0).sum() > 1
+
+
+def test_normalisation_is_per_map_and_keeps_shape_and_raw_map():
+    m = torch.stack([torch.rand(8, 8), 100 * torch.rand(8, 8)])
+    before = m.clone()
+    out = normalize_map(m, signed=False)
+    assert out.shape == m.shape
+    assert torch.allclose(out.amax(dim=(1, 2)), torch.ones(2))
+    assert torch.equal(m, before)
+
+
+def test_normalisation_accepts_numpy_and_rejects_bad_shapes():
+    assert normalize_map(np.ones((4, 4)), signed=True).shape == (4, 4)
+    with pytest.raises(SaliencelabError, match="shape"):
+        normalize_map(torch.zeros(1, 1, 4, 4), signed=True)
+    with pytest.raises(SaliencelabError, match="clip_percentile"):
+        normalize_map(torch.zeros(4, 4), signed=True, clip_percentile=0)
+
+
+# --- overlays ----------------------------------------------------------------------------------
+
+
+def test_overlay_square_photo_keeps_photo_size():
+    out = overlay(photo(64, 64), attribution(blob()[None]))
+    assert isinstance(out, Image.Image) and out.size == (64, 64) and out.mode == "RGB"
+
+
+def test_overlay_crops_a_wide_photo_to_the_map_aspect():
+    # Left third red, middle blue, right third red: the center crop keeps only blue.
+    img = np.zeros((60, 90, 3), np.uint8)
+    img[:, :15] = (255, 0, 0)
+    img[:, 15:75] = (0, 0, 255)
+    img[:, 75:] = (255, 0, 0)
+    out = overlay(Image.fromarray(img), torch.zeros(16, 16), cmap="heat")
+    assert out.size == (60, 60)
+    assert (np.asarray(out) == (0, 0, 255)).all()  # zero heat shows the photo unchanged
+
+
+def test_overlay_crops_a_tall_photo_and_matches_non_square_maps():
+    assert overlay(photo(40, 100), blob(32, 32)).size == (40, 40)
+    assert overlay(photo(100, 100), blob(16, 32)).size == (100, 50)
+
+
+def test_cold_areas_show_the_photo_and_hot_areas_are_coloured():
+    m = torch.zeros(1, 20, 20)
+    m[0, 5:15, 5:15] = 1.0
+    out = np.asarray(overlay(photo(20, 20), attribution(m, signed=False))).astype(int)
+    assert (out[0, 0] == (120, 140, 160)).all()
+    assert np.abs(out[10, 10] - (120, 140, 160)).sum() > 100
+
+
+def test_signed_and_unsigned_pick_different_colour_maps():
+    m = blob()[None]
+    img = photo(32, 32, color=(128, 128, 128))
+    signed = np.asarray(overlay(img, attribution(m, signed=True)))
+    unsigned = np.asarray(overlay(img, attribution(m, signed=False)))
+    assert not np.array_equal(signed, unsigned)
+    assert signed[16, 16, 0] > signed[16, 16, 2]  # diverging: positive is red
+    hot = colormap("heat")[-1].astype(int)
+    assert np.abs(unsigned[16, 16].astype(int) - hot).sum() < np.abs(128 - hot).sum()
+    assert np.array_equal(overlay(img, attribution(m, signed=True), cmap="heat"), unsigned)
+
+
+def test_raw_maps_with_negatives_count_as_signed():
+    img = photo(32, 32, color=(128, 128, 128))
+    m = blob() - blob(cx=0.2, cy=0.2, s=0.05)
+    assert np.array_equal(overlay(img, m), overlay(img, attribution(m[None], signed=True)))
+
+
+def test_overlay_picks_the_sample():
+    maps = torch.stack([blob(cx=0.2), blob(cx=0.8)])
+    a = attribution(maps, signed=False)
+    left = np.asarray(overlay(photo(32, 32), a, sample=0)).astype(int)
+    right = np.asarray(overlay(photo(32, 32), a, sample=1)).astype(int)
+    assert left[16, 6].sum() != right[16, 6].sum()
+    assert np.array_equal(np.asarray(overlay(photo(32, 32), maps, sample=1)), right)
+
+
+def test_overlay_bad_input_is_a_user_error():
+    a = attribution(blob()[None])
+    with pytest.raises(SaliencelabError, match="out of range"):
+        overlay(photo(), a, sample=3)
+    with pytest.raises(SaliencelabError, match="shape"):
+        overlay(photo(), torch.zeros(1, 1, 8, 8))
+    with pytest.raises(SaliencelabError, match="shape"):
+        overlay(photo(), torch.zeros(8))
+    with pytest.raises(SaliencelabError, match="PIL"):
+        overlay(np.zeros((8, 8, 3)), a)
+    with pytest.raises(SaliencelabError, match="alpha"):
+        overlay(photo(), a, alpha=2)
+
+
+def test_save_overlay_creates_folders(tmp_path):
+    path = save_overlay(photo(), attribution(blob()[None]), tmp_path / "a" / "b" / "x.png")
+    assert path.exists()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size == (60, 60)
+
+
+def test_heatmap_alone():
+    a = attribution(blob()[None])
+    assert heatmap(a).size == (32, 32)
+    assert heatmap(a, size=(50, 40)).size == (50, 40)
+
+
+# --- galleries ---------------------------------------------------------------------------------
+
+
+def explanation(n_methods: int, signed_every: int = 2) -> Explanation:
+    atts = {}
+    for i in range(n_methods):
+        m = blob(cx=0.2 + 0.6 * i / max(1, n_methods - 1))[None]
+        atts[f"method{i}"] = attribution(
+            m, f"method{i}", signed=i % signed_every == 0, passes=i + 1, seconds=0.1
+        )
+    logits = torch.tensor([[0.0, 2.0, 0.5]])
+    return Explanation(atts, torch.zeros(1, 3, 32, 32), logits, ["a", "tabby", "c"])
+
+
+def test_gallery_has_one_tile_per_method_plus_photo():
+    tile = 64
+    img = gallery(photo(), explanation(3), tile=tile, legend=False)
+    assert img.width == PAD + 4 * (tile + PAD)
+    wider = gallery(photo(), explanation(4), tile=tile, legend=False)
+    assert wider.width - img.width == tile + PAD
+    assert wider.height == img.height
+
+
+def test_gallery_wraps_into_rows():
+    tile = 48
+    one_row = gallery(photo(), explanation(MAX_COLUMNS - 1), tile=tile, legend=False)
+    two_rows = gallery(photo(), explanation(MAX_COLUMNS + 1), tile=tile, legend=False)
+    assert one_row.width == two_rows.width == PAD + MAX_COLUMNS * (tile + PAD)
+    assert two_rows.height > one_row.height + tile
+
+
+def test_gallery_methods_subset_dict_input_and_legend():
+    ex = explanation(3)
+    sub = gallery(photo(), ex, methods=["method2"], tile=48, legend=False)
+    assert sub.width == PAD + 2 * (48 + PAD)
+    from_dict = gallery(photo(), dict(ex.attributions), tile=48, legend=False)
+    assert from_dict.width == PAD + 4 * (48 + PAD)
+    assert from_dict.height < gallery(photo(), ex, tile=48, legend=False).height  # no title
+    assert gallery(photo(), ex, tile=48).height > gallery(photo(), ex, tile=48, legend=False).height
+
+
+def test_gallery_draws_the_photo_tile():
+    tile = 64
+    img = np.asarray(gallery(photo(color=(10, 200, 30)), explanation(1), tile=tile))
+    assert ((img == (10, 200, 30)).all(axis=-1)).sum() >= tile * tile
+
+
+def test_gallery_bad_input_is_a_user_error():
+    ex = explanation(2)
+    with pytest.raises(SaliencelabError, match="method1"):
+        gallery(photo(), ex, methods=["methd1"])
+    with pytest.raises(SaliencelabError, match="out of range"):
+        gallery(photo(), ex, sample=2)
+    with pytest.raises(SaliencelabError):
+        gallery(photo(), {})
+
+
+def test_gallery_title_with_unusual_characters_and_save(tmp_path):
+    title = "chelsea \u2014 Egyptian cat (0.71) \u4e2d <b>"
+    path = save_gallery(photo(), explanation(2), tmp_path / "g" / "gallery.png", title=title)
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+
+
+def test_colorbar_legend():
+    bar = colorbar_legend("diverging", width=101)
+    assert bar.width == 101
+    assert np.asarray(bar)[5, 50].tolist() == [255, 255, 255]
