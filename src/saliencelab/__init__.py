@@ -11,16 +11,38 @@ from .core.errors import SaliencelabError
 from .core.explain import explain
 from .core.registry import MethodSpec, methods, register
 from .core.result import Attribution, Explanation
+from .data.images import image_paths, load_image
+from .data.labels import imagenet_labels
+from .data.samples import sample_image, sample_images
 from .models.model import Model
+from .models.zoo import list_models, load_model, register_model, register_scheme
+from .report.html import ReportEntry, write_index
+from .viz.gallery import gallery, save_gallery
+from .viz.overlay import overlay, save_overlay
 
 __all__ = [
     "Attribution",
     "Explanation",
     "MethodSpec",
     "Model",
+    "ReportEntry",
     "SaliencelabError",
     "explain",
+    "gallery",
+    "image_paths",
+    "imagenet_labels",
+    "list_models",
+    "load_image",
+    "load_model",
     "methods",
+    "overlay",
     "register",
+    "register_model",
+    "register_scheme",
+    "sample_image",
+    "sample_images",
+    "save_gallery",
+    "save_overlay",
+    "write_index",
 ]
 __version__ = "0.1.0"

@@ -34,7 +34,11 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
     """Put every submodule in eval mode; restore each one's `training` flag afterwards."""
     modes = [(m, m.training) for m in module.modules()]
     try:
-        module.eval()
+        try:
+            module.eval()
+        except NotImplementedError:  # torch.export modules refuse .eval(); set the flags directly
+            for m, _ in modes:
+                m.training = False
         yield
     finally:
         for m, training in modes:

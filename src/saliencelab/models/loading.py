@@ -1,0 +1,317 @@
+"""Loading a user's model from a spec string.
+
+Specs:
+    "path/to/file.py:build"       a factory in a Python file, called as build(**kwargs)
+    "package.module:build"         a factory in an importable module
+    "model.pt2"                    a `torch.export` archive (`torch.export.load(...).module()`)
+    "model.pt" / "model.ts"        a TorchScript file (`torch.jit.load`)
+
+A factory returns an `nn.Module` or an `sl.Model`; `weights=path` then loads a state dict into it
+with `torch.load(..., weights_only=True)`. Pickled whole models (`torch.save(model)`) can run
+arbitrary code when loaded, so they are refused unless `trust_pickle=True`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import os
+import pickle
+import sys
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.errors import SaliencelabError, closest
+from .model import Model
+
+MODEL_FILE_SUFFIXES = frozenset({".pt", ".pth", ".pt2", ".ts", ".jit", ".torchscript", ".ptl"})
+# Keyword arguments of `load_model` that describe the Model rather than go to the factory.
+MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(Model) if f.name != "module")
+
+
+def split_factory_spec(spec: str) -> tuple[str, str] | None:
+    """("file.py" or "package.module", "function") for a factory spec, else None.
+
+    The function part must be a (dotted) Python identifier, so "C:\\models\\net.pt" is a file.
+    """
+    target, sep, func = spec.rpartition(":")
+    if not sep or not target or not all(part.isidentifier() for part in func.split(".")):
+        return None
+    return target, func
+
+
+def looks_like_spec(spec: str) -> bool:
+    """Whether a string names a factory or a model file rather than a registered model name."""
+    if split_factory_spec(spec) is not None:
+        return True
+    return (
+        Path(spec).suffix.lower() in MODEL_FILE_SUFFIXES
+        or "/" in spec
+        or os.sep in spec
+        or Path(spec).is_file()
+    )
+
+
+def load_spec(
+    spec: str,
+    *,
+    weights: str | os.PathLike | None = None,
+    trust_pickle: bool = False,
+    **kwargs: Any,
+) -> Model:
+    """Load a model from a spec (see the module docstring).
+
+    Keyword arguments named like `Model` fields (labels, preprocess, name, default_layer,
+    input_size, extra) set those fields; the rest go to the factory. The module is put in eval mode
+    (a torch.export module cannot switch modes and stays as exported).
+    """
+    model_fields = {k: kwargs.pop(k) for k in list(kwargs) if k in MODEL_FIELDS}
+    factory_spec = split_factory_spec(spec)
+    if factory_spec is not None:
+        model = _from_factory(spec, *factory_spec, kwargs)
+    else:
+        if kwargs:
+            raise SaliencelabError(
+                f"Unexpected option(s) {', '.join(sorted(kwargs))} for model file {spec!r}; "
+                f"options only go to factories ('file.py:build'), the Model fields are "
+                f"{', '.join(sorted(MODEL_FIELDS))}."
+            )
+        model = Model(module=load_model_file(spec, trust_pickle=trust_pickle), name=Path(spec).stem)
+    if weights is not None:
+        load_weights(model.module, weights, trust_pickle=trust_pickle)
+    try:
+        model.module.eval()
+    except NotImplementedError:
+        pass  # a torch.export module: fixed in the mode it was exported in
+    return dataclasses.replace(model, **model_fields) if model_fields else model
+
+
+def _from_factory(spec: str, target: str, func: str, kwargs: dict[str, Any]) -> Model:
+    module = _import_target(target, spec)
+    factory: Any = module
+    for part in func.split("."):
+        if not hasattr(factory, part):
+            names = [n for n in dir(factory) if not n.startswith("_")]
+            raise SaliencelabError(
+                f"{target!r} has no {part!r} (from spec {spec!r}); name a function there that "
+                f"returns an nn.Module.{closest(part, names)}"
+            )
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise SaliencelabError(
+            f"{func!r} in {target!r} is a {type(factory).__name__}, not a function; name a "
+            "function that returns an nn.Module."
+        )
+    try:
+        out = factory(**kwargs)
+    except Exception as e:
+        raise SaliencelabError(
+            f"Calling {func}() from {target!r} raised {type(e).__name__}: {e}; fix the factory or "
+            "the options passed to it."
+        ) from e
+    if isinstance(out, Model):
+        return out
+    if isinstance(out, nn.Module):
+        return Model(module=out, name=func)
+    raise SaliencelabError(
+        f"{func}() from {target!r} returned a {type(out).__name__}, not a model; make it return an "
+        "nn.Module (or an sl.Model)."
+    )
+
+
+def _import_target(target: str, spec: str) -> ModuleType:
+    is_file = target.endswith(".py") or "/" in target or os.sep in target or Path(target).is_file()
+    if is_file:
+        return _import_file(Path(target), spec)
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as e:
+        if e.name and (target == e.name or target.startswith(e.name + ".")):
+            raise SaliencelabError(
+                f"No Python module named {target!r} (from spec {spec!r}); install it, fix the "
+                "name, or give a path to a .py file instead."
+            ) from e
+        raise SaliencelabError(
+            f"Importing {target!r} failed because it needs the missing module {e.name!r}; "
+            "install it."
+        ) from e
+    except Exception as e:
+        raise SaliencelabError(
+            f"Importing {target!r} failed with {type(e).__name__}: {e}; fix the error there."
+        ) from e
+
+
+def _import_file(path: Path, spec: str) -> ModuleType:
+    if not path.exists():
+        raise SaliencelabError(f"Python file {str(path)!r} (from spec {spec!r}) does not exist.")
+    if path.is_dir() or path.suffix != ".py":
+        raise SaliencelabError(
+            f"{str(path)!r} is not a Python file; a factory spec looks like "
+            "'path/to/file.py:build'."
+        )
+    path = path.resolve()
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+    name = f"_saliencelab_user_{path.stem}_{digest}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise SaliencelabError(f"Python cannot import {str(path)!r}; check that it is a .py file.")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[name]
+        raise SaliencelabError(
+            f"Importing {str(path)!r} failed with {type(e).__name__}: {e}; fix the error in that "
+            "file."
+        ) from e
+    finally:
+        if str(path.parent) in sys.path:
+            sys.path.remove(str(path.parent))
+    return module
+
+
+def archive_kind(path: Path) -> str | None:
+    """ "export", "torchscript" or "checkpoint" for PyTorch zip archives, else None."""
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    if any(n == "archive_format" or n.endswith("/archive_format") for n in names):
+        return "export"
+    if any(n.endswith("/constants.pkl") for n in names):
+        return "torchscript"
+    if any(n.endswith("data.pkl") for n in names):
+        return "checkpoint"
+    return None
+
+
+def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> nn.Module:
+    """An `nn.Module` from a torch.export archive, a TorchScript file or (trusted) a pickle."""
+    p = Path(path)
+    if not p.exists():
+        raise SaliencelabError(f"Model file {str(p)!r} does not exist; check the path.")
+    if p.is_dir():
+        raise SaliencelabError(
+            f"{str(p)!r} is a directory; pass a model file (.pt2, TorchScript) or 'file.py:build'."
+        )
+    kind = archive_kind(p)
+    if kind == "export":
+        try:
+            with open(p, "rb") as f:
+                return torch.export.load(f).module()
+        except Exception as e:
+            raise SaliencelabError(
+                f"{str(p)!r} looks like a torch.export archive but failed to load ({e}); re-save "
+                "it with torch.export.save() from this PyTorch version."
+            ) from e
+    if kind == "torchscript":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return torch.jit.load(str(p), map_location="cpu")
+        except Exception as e:
+            raise SaliencelabError(
+                f"{str(p)!r} looks like a TorchScript file but failed to load ({e}); re-save it "
+                "with torch.jit.save() or export it with torch.export.save()."
+            ) from e
+    obj = _torch_load(p, trust_pickle, what="model file")
+    if isinstance(obj, nn.Module):
+        return obj
+    if isinstance(obj, Mapping):
+        raise SaliencelabError(
+            f"{str(p)!r} holds weights (a state dict), not a model; load it into your architecture "
+            f"with load_model('file.py:build', weights={str(p)!r})."
+        )
+    raise SaliencelabError(
+        f"{str(p)!r} holds a {type(obj).__name__}, not a model; pass a torch.export archive "
+        "(.pt2), a TorchScript file, or 'file.py:build'."
+    )
+
+
+def _torch_load(p: Path, trust_pickle: bool, what: str) -> Any:
+    try:
+        return torch.load(p, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # weights_only's verdict on a non-tensor object
+            raise SaliencelabError(
+                f"{str(p)!r} is not a PyTorch {what} (it does not unpickle); pass a torch.export "
+                "archive (.pt2), a TorchScript file, or a state dict saved with "
+                "torch.save(model.state_dict())."
+            ) from e
+        raise SaliencelabError(
+            f"{str(p)!r} contains pickled Python objects, which safe loading (weights_only=True) "
+            "refuses because unpickling can run arbitrary code; save model.state_dict() instead "
+            "(or export the model with torch.export), or pass trust_pickle=True only for a file "
+            "you trust."
+        ) from e
+    except Exception as e:
+        raise SaliencelabError(
+            f"{str(p)!r} is not a PyTorch {what} ({type(e).__name__}); pass a torch.export archive "
+            "(.pt2), a TorchScript file, or a state dict saved with torch.save(model.state_dict())."
+        ) from e
+
+
+def _state_dict_of(obj: Any) -> Mapping[str, Any] | None:
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if not isinstance(obj, Mapping):
+        return None
+    for key in ("state_dict", "model_state_dict", "model"):
+        inner = obj.get(key)
+        if isinstance(inner, Mapping):
+            return inner
+    return obj
+
+
+def load_weights(
+    module: nn.Module, path: str | os.PathLike, trust_pickle: bool = False
+) -> nn.Module:
+    """Load a state dict file into `module` (strict); `{"state_dict": ...}` checkpoints work too.
+
+    A "module." prefix on every key (saved from `nn.DataParallel`) is removed.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SaliencelabError(f"Weights file {str(p)!r} does not exist; check the path.")
+    state = _state_dict_of(_torch_load(p, trust_pickle, what="weights file"))
+    if state is None or not all(isinstance(k, str) for k in state):
+        raise SaliencelabError(
+            f"{str(p)!r} does not hold a state dict; save one with torch.save(model.state_dict(), "
+            "path)."
+        )
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [
+        k
+        for k in expected
+        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or wrong_shape:
+        raise SaliencelabError(
+            f"The weights in {str(p)!r} do not fit the model ({_describe('missing', missing)}, "
+            f"{_describe('unexpected', unexpected)}, {_describe('wrong-shape', wrong_shape)}); "
+            "build the same architecture the weights were saved from."
+        )
+    module.load_state_dict(state, strict=True)
+    return module
+
+
+def _describe(kind: str, keys: list[str]) -> str:
+    if not keys:
+        return f"0 {kind} keys"
+    shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+    return f"{len(keys)} {kind} keys: {shown}"
