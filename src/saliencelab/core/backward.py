@@ -11,6 +11,8 @@ Captum. ReLU6 keeps its own gate (0 < x < 6) under guided backprop.
 
 from __future__ import annotations
 
+from typing import Protocol, Union
+
 import torch
 from torch import nn
 
@@ -54,8 +56,25 @@ def _deconv_hook(module, inputs, out):
     return _DeconvReLU.apply(inputs[0], out)
 
 
-def install_backward_mode(model: nn.Module, mode: str, hooks: Hooks) -> int:
-    """Hook every ReLU module of `model` for `mode`; returns how many were hooked."""
+class BackwardRule(Protocol):
+    """A modified backward pass (LRP rules, DeepLIFT multipliers…) given to the engine.
+
+    `install` registers its hooks (and any reversible model surgery, undone with
+    `hooks.on_exit(undo)`) on `model`; the engine removes them after the pass, also on error.
+    """
+
+    def install(self, model: nn.Module, hooks: Hooks) -> None: ...
+
+
+Backward = Union[str, BackwardRule]  # noqa: UP007
+
+
+def install_backward_mode(model: nn.Module, mode: Backward, hooks: Hooks) -> int:
+    """Hook every ReLU module of `model` for `mode` (or install a rule); returns hooks added."""
+    if not isinstance(mode, str):
+        before = len(hooks.handles)
+        mode.install(model, hooks)
+        return len(hooks.handles) - before
     if mode == "plain":
         return 0
     if mode not in BACKWARD_MODES:

@@ -8,6 +8,7 @@ pass they all need runs once; each capture remembers which methods used it for c
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.model import Model
+from .backward import Backward
 from .engine import Cost, Engine
 from .errors import SaliencelabError
 from .layers import resolve_layer
@@ -43,7 +45,7 @@ class MethodOutput:
 class Capture:
     """One forward+backward pass over the samples themselves (rows = samples)."""
 
-    backward: str
+    backward: Backward
     logits: torch.Tensor
     scores: torch.Tensor
     input_grad: torch.Tensor | None
@@ -52,7 +54,7 @@ class Capture:
     cost: Cost
     users: list[str] = field(default_factory=list)
 
-    def covers(self, layers: Sequence[str], input_grad: bool, backward: str) -> bool:
+    def covers(self, layers: Sequence[str], input_grad: bool, backward: Backward) -> bool:
         return (
             self.backward == backward
             and (self.input_grad is not None or not input_grad)
@@ -60,7 +62,8 @@ class Capture:
         )
 
 
-_AUTO_LAYER: dict[int, str] = {}
+# The layer found by a probe forward, per model (weak keys: a new model never inherits one).
+_AUTO_LAYER: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
 
 class Context:
@@ -100,15 +103,17 @@ class Context:
 
     def layer(self, spec: str | nn.Module | None) -> tuple[str, nn.Module]:
         """(name, module) of a layer; `None` = the model's default or the last spatial layer."""
-        default = self.model.default_layer or _AUTO_LAYER.get(id(self.model.module))
+        default = self.model.default_layer or _AUTO_LAYER.get(self.model.module)
         name, module = resolve_layer(self.model.module, spec, self.x, default)
         if spec is None and default is None:
-            _AUTO_LAYER[id(self.model.module)] = name
+            _AUTO_LAYER[self.model.module] = name
         return name, module
 
     def layers(self, spec: LayerArg) -> dict[str, nn.Module]:
         """Several layers (for fusion) or one, by name."""
         specs = spec if isinstance(spec, (list, tuple)) else [spec]
+        if not specs:
+            raise SaliencelabError("An empty list of layers was given; name at least one layer.")
         return dict(self.layer(s) for s in specs)
 
     # -- passes --------------------------------------------------------------------------------
@@ -117,7 +122,7 @@ class Context:
         self,
         layers: dict[str, nn.Module] | None = None,
         input_grad: bool = True,
-        backward: str = "plain",
+        backward: Backward = "plain",
     ) -> Capture:
         """One forward+backward pass over the samples, memoised across the call's methods."""
         layers = layers or {}

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..models.model import Model, logits_of
-from .backward import install_backward_mode
+from .backward import Backward, install_backward_mode
 from .batching import ChunkPlan, default_budget
 from .errors import SaliencelabError
 from .state import Hooks, attribution_mode, usable_input
@@ -123,7 +123,7 @@ class Engine:
         target: Target,
         layers: dict[str, nn.Module] | None = None,
         input_grad: bool = True,
-        backward: str = "plain",
+        backward: Backward = "plain",
     ) -> Iterator[PassChunk]:
         """Forward+backward passes over `n_rows` rows, yielding one :class:`PassChunk` per chunk.
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backward import Backward
 from .errors import SaliencelabError, closest
 
 
@@ -20,7 +21,7 @@ from .errors import SaliencelabError, closest
 class SharedPass:
     """One forward+backward pass a method can share: backward mode, input grad, layer grads."""
 
-    backward: str = "plain"
+    backward: Backward = "plain"
     input_grad: bool = True
     layer: bool = False
 

@@ -7,7 +7,7 @@ activation) gradients: on a 2-core CPU with EfficientNet-Lite0 this makes an inp
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -53,15 +53,27 @@ class Hooks:
     """
 
     def __init__(self) -> None:
-        self.handles: list[RemovableHandle] = []
+        self.handles: list[RemovableHandle | Callable[[], object]] = []
 
     def add(self, handle: RemovableHandle) -> RemovableHandle:
         self.handles.append(handle)
         return handle
 
+    def on_exit(self, undo: Callable[[], object]) -> None:
+        """Run `undo()` when the hooks are removed (model surgery that must be reverted)."""
+        self.handles.append(undo)
+
     def remove(self) -> None:
+        """Remove hooks and run undo callbacks, last first; all run even if one fails."""
+        errors = []
         while self.handles:
-            self.handles.pop().remove()
+            h = self.handles.pop()
+            try:
+                h.remove() if isinstance(h, RemovableHandle) else h()
+            except Exception as e:  # noqa: BLE001  (keep restoring, re-raise after)
+                errors.append(e)
+        if errors:
+            raise errors[0]
 
     def __enter__(self) -> Hooks:
         return self
