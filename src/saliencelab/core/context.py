@@ -32,13 +32,15 @@ class MethodOutput:
     """What a method returns.
 
     `attributions` is (B, C, H, W) for input-space methods or (B, h, w) / (B, 1, h, w) for layer
-    methods; `maps` defaults to the signed sum over channels of `attributions`.
+    methods; `maps` defaults to the signed sum over channels of `attributions`. `signed`
+    overrides the registered default when the options decide it (e.g. SmoothGrad of |grad|).
     """
 
     attributions: torch.Tensor
     maps: torch.Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     layer: str | list[str] | None = None
+    signed: bool | None = None
 
 
 @dataclass

@@ -1,0 +1,171 @@
+"""Baselines (reference inputs x') for path methods, and the option checks they share.
+
+Integrated gradients takes one baseline per sample (`input_baselines`): "zero", a constant, "blur"
+(a Gaussian blur of the input, Sturmfels et al. 2020), "uniform" (uniform noise in each sample's
+value range, seeded) or a tensor broadcastable to the inputs. Expected gradients takes a
+distribution of baselines shared by all samples (`baseline_distribution`), shape (N, *sample).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...core.errors import SaliencelabError, closest
+
+INPUT_BASELINES = ("zero", "blur", "uniform")
+DISTRIBUTIONS = ("uniform", "zero", "batch")
+
+
+def positive_int(value: Any, name: str, method: str, minimum: int = 1) -> int:
+    """`value` as an int >= `minimum`, else one clear sentence."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)
+    except TypeError:
+        n = None
+    if n is None or n < minimum:
+        raise SaliencelabError(
+            f"{method}: {name} must be an integer of at least {minimum}, got {value!r}."
+        )
+    return n
+
+
+def float_dtype(x: torch.Tensor) -> torch.dtype:
+    return x.dtype if x.is_floating_point() else torch.get_default_dtype()
+
+
+def generator(device: torch.device, seed: int) -> torch.Generator:
+    """A torch.Generator on `device`, seeded."""
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def _as_tensor(value: Any) -> Any:
+    return torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of an image batch (B, C, H, W); `sigma` in pixels.
+
+    The kernel spans ±3σ; borders are extended by replicating the edge pixels.
+    """
+    if sigma <= 0:
+        return x.clone()
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=float_dtype(x))
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    c = x.shape[1]
+    y = F.pad(x.to(kernel.dtype), (radius, radius, radius, radius), mode="replicate")
+    y = F.conv2d(y, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(y, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _sample_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (min, max), shaped to broadcast against `x`."""
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    flat = x.flatten(1)
+    return flat.amin(1).view(shape), flat.amax(1).view(shape)
+
+
+def input_baselines(
+    x: torch.Tensor, baselines: Any, *, method: str, blur_sigma: float = 10.0, seed: int = 0
+) -> torch.Tensor:
+    """One baseline per sample, same shape, dtype and device as `x`."""
+    dtype = float_dtype(x)
+    baselines = _as_tensor(baselines)
+    if isinstance(baselines, torch.Tensor):
+        b = baselines.to(device=x.device, dtype=dtype)
+        try:
+            shape = torch.broadcast_shapes(b.shape, x.shape)
+        except RuntimeError:
+            shape = None
+        if shape != x.shape:
+            raise SaliencelabError(
+                f"{method}: the baselines tensor has shape {tuple(b.shape)}, which does not "
+                f"broadcast to the inputs' shape {tuple(x.shape)}; give one baseline per input or "
+                "one for all (e.g. shape (C, 1, 1) or (1, C, H, W))."
+            )
+        return b.expand(x.shape).clone()
+    if _is_number(baselines):
+        return torch.full_like(x, float(baselines), dtype=dtype)
+    if baselines is None or baselines == "zero":
+        return torch.zeros_like(x, dtype=dtype)
+    if baselines == "blur":
+        if x.dim() != 4:
+            raise SaliencelabError(
+                f"{method}: the 'blur' baseline needs image batches (B, C, H, W), but got inputs "
+                f"of shape {tuple(x.shape)}; use baselines='zero' or a tensor."
+            )
+        if not _is_number(blur_sigma) or blur_sigma < 0:
+            raise SaliencelabError(
+                f"{method}: blur_sigma must be a non-negative number of pixels, got {blur_sigma!r}."
+            )
+        return gaussian_blur(x, float(blur_sigma))
+    if baselines == "uniform":
+        lo, hi = _sample_range(x.to(dtype))
+        u = torch.rand(x.shape, generator=generator(x.device, seed), device=x.device, dtype=dtype)
+        return lo + (hi - lo) * u
+    raise _unknown(baselines, INPUT_BASELINES, method, "a tensor broadcastable to the inputs")
+
+
+def baseline_distribution(
+    x: torch.Tensor, baselines: Any, *, method: str, n_samples: int, gen: torch.Generator
+) -> tuple[torch.Tensor, bool]:
+    """A distribution of baselines (N, *sample shape or broadcastable), and whether it was drawn
+    here with one image per draw (so draw k uses baseline k rather than a random one)."""
+    dtype = float_dtype(x)
+    sample = tuple(x.shape[1:])
+    ones = (1,) + (1,) * len(sample)
+    baselines = _as_tensor(baselines)
+    if isinstance(baselines, torch.Tensor):
+        d = baselines.to(device=x.device, dtype=dtype)
+        if d.dim() == x.dim() - 1:
+            d = d[None]
+        try:
+            ok = d.dim() == x.dim() and torch.broadcast_shapes(d.shape[1:], sample) == sample
+        except RuntimeError:
+            ok = False
+        if not ok or d.shape[0] < 1:
+            raise SaliencelabError(
+                f"{method}: the baselines tensor has shape {tuple(baselines.shape)}, but a "
+                f"distribution of baselines must have shape (N, {', '.join(map(str, sample))}) "
+                "(N reference inputs shaped like one input)."
+            )
+        return d, False
+    if _is_number(baselines):
+        return torch.full(ones, float(baselines), device=x.device, dtype=dtype), False
+    if baselines == "zero":
+        return torch.zeros(ones, device=x.device, dtype=dtype), False
+    if baselines == "batch":
+        if x.shape[0] < 2:
+            raise SaliencelabError(
+                f"{method}: baselines='batch' uses the other inputs of the batch as references, "
+                "but the batch has one input; pass a baselines tensor (N, ...) or 'uniform'."
+            )
+        return x.to(dtype), False
+    if baselines is None or baselines == "uniform":
+        flat = x.to(dtype).flatten()
+        lo, hi = flat.min(), flat.max()
+        u = torch.rand((n_samples, *sample), generator=gen, device=x.device, dtype=dtype)
+        return lo + (hi - lo) * u, True
+    raise _unknown(baselines, DISTRIBUTIONS, method, "a tensor (N, C, H, W) of reference inputs")
+
+
+def _unknown(value: Any, names: tuple[str, ...], method: str, tensor: str) -> SaliencelabError:
+    hint = closest(value, names) if isinstance(value, str) else ""
+    return SaliencelabError(
+        f"{method}: unknown baselines {value!r}.{hint} Use one of "
+        f"{', '.join(repr(n) for n in names)}, a number, or {tensor}."
+    )

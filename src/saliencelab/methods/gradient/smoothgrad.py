@@ -1,0 +1,200 @@
+"""SmoothGrad, SmoothGrad² and VarGrad: a base method averaged over noisy copies of the input.
+
+With A the base method (saliency by default) and x_k = x + ε_k, ε_k ~ N(0, σ²), k = 1..n:
+
+- smoothgrad    (Smilkov et al. 2017, "SmoothGrad: removing noise by adding noise"):
+  (1/n) Σ_k A(x_k)
+- smoothgrad_sq (the squared variant of Smilkov et al.; Hooker et al. 2019): (1/n) Σ_k A(x_k)²
+- vargrad       (Adebayo et al. 2018, "Local explanation methods for deep neural networks lack
+  sensitivity to parameter values"): (1/n) Σ_k A(x_k)² - ((1/n) Σ_k A(x_k))² (population
+  variance, as Captum's NoiseTunnel)
+
+σ = noise_level × (max(x) - min(x)) of each sample, as in the paper, or `stdevs` (absolute).
+The noise is drawn with a seeded torch.Generator on the model's device, one vectorised draw of
+shape (n, B, ...) (k-major; split into groups of draws only when it would exceed 2^26 values),
+and the base method runs once on all noisy rows of a group (the engine chunks them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...core.context import Context, MethodOutput
+from ...core.errors import SaliencelabError, closest
+from ...core.registry import get_method, register
+from .baselines import float_dtype, generator, positive_int
+
+KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
+MAX_NOISY_VALUES = 1 << 26  # noisy input values materialised at once (256 MB in float32)
+
+
+def standard_normal(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor):
+    """N(0, 1) noise of `shape` on `like`'s device and dtype (a seam for tests)."""
+    return torch.randn(shape, generator=gen, device=like.device, dtype=like.dtype)
+
+
+class _Running:
+    """Running mean / mean of squares / variance over draws (Chan et al.'s pairwise update)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind, self.n = kind, 0
+        self.value: torch.Tensor | None = None  # sum, sum of squares, or M2
+        self.mean: torch.Tensor | None = None
+
+    def add(self, a: torch.Tensor) -> None:  # a: (g, B, ...)
+        g = a.shape[0]
+        if self.kind == "smoothgrad":
+            part = a.sum(0)
+        elif self.kind == "smoothgrad_sq":
+            part = (a * a).sum(0)
+        else:
+            mean_b = a.mean(0)
+            part = ((a - mean_b) ** 2).sum(0)
+            if self.mean is not None:
+                d = mean_b - self.mean
+                part = part + d * d * (self.n * g / (self.n + g))
+                mean_b = self.mean + d * (g / (self.n + g))
+            self.mean = mean_b
+        self.value = part if self.value is None else self.value + part
+        self.n += g
+
+    def result(self) -> torch.Tensor:
+        return self.value / self.n
+
+
+def _smooth(
+    ctx: Context,
+    kind: str,
+    base: str,
+    n_samples: int,
+    noise_level: float,
+    stdevs: float | None,
+    seed: int,
+    base_options: dict[str, Any] | None,
+) -> MethodOutput:
+    spec = get_method(base)
+    if spec.name in KINDS:
+        raise SaliencelabError(
+            f"{kind}: the base method cannot itself be {spec.name}; use base='saliency' or "
+            "another gradient method."
+        )
+    own = dict(base_options or {})
+    for key in own:
+        if key not in spec.options:
+            raise SaliencelabError(
+                f"{kind}: the base method {base} has no option {key!r}."
+                f"{closest(key, spec.options)} Its options: {', '.join(spec.options) or 'none'}."
+            )
+    options = {**spec.options, **own}
+    n_samples = positive_int(n_samples, "n_samples", kind)
+
+    x = ctx.x
+    dtype, dev, batch = float_dtype(x), x.device, ctx.batch
+    xf = x.to(dtype)
+    if stdevs is not None:
+        if not _non_negative(stdevs):
+            raise SaliencelabError(f"{kind}: stdevs must be a non-negative number, got {stdevs!r}.")
+        sigma = torch.full((batch,), float(stdevs), device=dev, dtype=dtype)
+    else:
+        if not _non_negative(noise_level):
+            raise SaliencelabError(
+                f"{kind}: noise_level must be a non-negative number (a fraction of each input's "
+                f"value range, e.g. 0.15), got {noise_level!r}."
+            )
+        flat = xf.flatten(1)
+        sigma = noise_level * (flat.amax(1) - flat.amin(1))
+
+    gen = generator(dev, seed)
+    group = max(1, min(n_samples, MAX_NOISY_VALUES // max(1, x.numel())))
+    scale = sigma.view((1, batch) + (1,) * (x.dim() - 1))
+    attributions, maps = _Running(kind), _Running(kind)
+    layer = None
+    for start in range(0, n_samples, group):
+        g = min(group, n_samples - start)
+        noisy = (xf + scale * standard_normal((g, *x.shape), gen, xf)).flatten(0, 1)
+        samples = torch.arange(batch, device=dev).repeat(g)
+        out = spec.fn(ctx.derive(noisy, samples), **options)
+        out = out if isinstance(out, MethodOutput) else MethodOutput(out)
+        attributions.add(out.attributions.reshape(g, batch, *out.attributions.shape[1:]))
+        if out.maps is not None:
+            maps.add(out.maps.reshape(g, batch, *out.maps.shape[1:]))
+        layer = out.layer
+    result = attributions.result()
+    return MethodOutput(
+        result,
+        maps=maps.result() if maps.n else None,
+        extras={"sigma": sigma},
+        layer=layer,
+        signed=kind == "smoothgrad" and get_method(base).signed,
+    )
+
+
+def _non_negative(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+_COST = "n_samples × base"
+
+
+@register("smoothgrad", family="gradient", cost=_COST, reduction="signed sum over channels")
+def smoothgrad(
+    ctx: Context,
+    *,
+    base: str = "saliency",
+    n_samples: int = 25,
+    noise_level: float = 0.15,
+    stdevs: float | None = None,
+    seed: int = 0,
+    base_options: dict[str, Any] | None = None,
+) -> MethodOutput:
+    """SmoothGrad (Smilkov et al. 2017): the base method averaged over noisy copies of the input.
+
+    Options: `base` any gradient method (saliency, input_x_gradient, integrated_gradients,
+    guided_backprop, …) with `base_options`; `n_samples` noisy copies; σ = `noise_level` ×
+    (max - min) of each input, or `stdevs` (absolute, overrides); `seed`.
+    """
+    return _smooth(ctx, "smoothgrad", base, n_samples, noise_level, stdevs, seed, base_options)
+
+
+@register(
+    "smoothgrad_sq",
+    family="gradient",
+    cost=_COST,
+    signed=False,
+    reduction="sum over channels",
+)
+def smoothgrad_sq(
+    ctx: Context,
+    *,
+    base: str = "saliency",
+    n_samples: int = 25,
+    noise_level: float = 0.15,
+    stdevs: float | None = None,
+    seed: int = 0,
+    base_options: dict[str, Any] | None = None,
+) -> MethodOutput:
+    """SmoothGrad² (Smilkov et al. 2017): the mean of the squared base attributions over noise.
+
+    Options as for smoothgrad.
+    """
+    return _smooth(ctx, "smoothgrad_sq", base, n_samples, noise_level, stdevs, seed, base_options)
+
+
+@register("vargrad", family="gradient", cost=_COST, signed=False, reduction="sum over channels")
+def vargrad(
+    ctx: Context,
+    *,
+    base: str = "saliency",
+    n_samples: int = 25,
+    noise_level: float = 0.15,
+    stdevs: float | None = None,
+    seed: int = 0,
+    base_options: dict[str, Any] | None = None,
+) -> MethodOutput:
+    """VarGrad (Adebayo et al. 2018): the variance of the base attributions over noise.
+
+    Options as for smoothgrad.
+    """
+    return _smooth(ctx, "vargrad", base, n_samples, noise_level, stdevs, seed, base_options)
