@@ -23,8 +23,9 @@ from ..models.model import Model, logits_of
 from .backward import Backward, install_backward_mode
 from .batching import ChunkPlan, default_budget
 from .errors import SaliencelabError
+from .layers import get_layer, module_name
 from .state import Hooks, attribution_mode, usable_input
-from .targets import Target
+from .targets import LayerTarget, Target, layer_target
 
 MakeInputs = Callable[[torch.Tensor], torch.Tensor]
 LayerEdit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -71,6 +72,10 @@ def _replace_first(out, new):
     if isinstance(out, torch.Tensor):
         return new
     return (new, *out[1:])
+
+
+class _StopForward(Exception):
+    """Raised by a layer target's hook to end the forward right after its layer."""
 
 
 class Engine:
@@ -169,11 +174,18 @@ class Engine:
                 ):
                     if input_grad:
                         x.requires_grad_(True)
-                    logits = logits_of(self.module(x))
+                    logits = self._output(x, target)
                 with torch.enable_grad():
                     samples = sample_of(rows)
                     scores = target.scores(logits, samples)
                     _check_finite(scores)
+                    missing = [n for n in layers if n not in captured]
+                    if missing:
+                        raise SaliencelabError(
+                            f"The layer {missing[0]} was not reached by the forward pass (a "
+                            "neuron or channel target stops it at its own layer); pick a layer "
+                            "that runs before the target's layer."
+                        )
                     wrt = ([x] if input_grad else []) + [captured[n] for n in layers]
                     if not all(t.requires_grad for t in wrt):
                         raise SaliencelabError(
@@ -225,7 +237,7 @@ class Engine:
                 start = time.perf_counter()
                 x = make_inputs(rows).to(self.device)
                 current_rows[:] = [rows]
-                logits = logits_of(self.module(x))
+                logits = self._output(x, target)
                 samples = sample_of(rows)
                 scores = target.scores(logits, samples) if target is not None else logits[:, 0]
                 _check_finite(scores)
@@ -238,11 +250,50 @@ class Engine:
 
     # -- conveniences --------------------------------------------------------------------------
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's logits for a batch (forward only, chunked)."""
+    def logits(self, x: torch.Tensor, target: LayerTarget | None = None) -> torch.Tensor:
+        """The model's logits for a batch (forward only, chunked); a layer target's readings."""
         n = x.shape[0]
-        out = [c.logits for c in self.forwards(n, lambda r: x[r], lambda r: r)]
+        out = [c.logits for c in self.forwards(n, lambda r: x[r], lambda r: r, target)]
         return torch.cat(out)
+
+    def _output(self, x: torch.Tensor, target) -> torch.Tensor:
+        """The logits of `x`, or for a layer target the readings of its layer.
+
+        A layer target's layer is hooked for this forward, which ends right after the layer's
+        first call (`_StopForward`): the rest of the network is not run.
+        """
+        reader = layer_target(target)
+        if reader is None:
+            return logits_of(self.module(x))
+        layer = reader.layer
+        name = layer if isinstance(layer, str) else module_name(self.module, layer)
+        module = get_layer(self.module, layer) if isinstance(layer, str) else layer
+        seen: list[torch.Tensor] = []
+
+        def stop(mod, inputs, out):
+            seen.append(_first_tensor(out))
+            raise _StopForward
+
+        handle = module.register_forward_hook(stop)
+        try:
+            self.module(x)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if not seen or not isinstance(seen[0], torch.Tensor):
+            raise SaliencelabError(
+                f"The target's layer {name} was not run by the model's forward, or returned no "
+                "tensor; pick a layer the forward uses (see `saliencelab layers MODEL`)."
+            )
+        readings = reader.read(seen[0])
+        if readings.shape[0] != x.shape[0]:
+            raise SaliencelabError(
+                f"The target's layer {name} saw {readings.shape[0]} rows for a batch of "
+                f"{x.shape[0]}; this method changes the batch inside the model, which a neuron or "
+                "channel target cannot follow: use another method."
+            )
+        return readings
 
 
 @contextmanager

@@ -9,13 +9,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models.blackbox import gradients_message, is_blackbox
 from ..models.model import Model, as_model
 from .context import Capture, Context, MethodOutput, upsample
 from .engine import Cost, Engine
 from .errors import SaliencelabError, closest
 from .registry import MethodSpec, get_method
 from .result import Attribution, Explanation
-from .targets import PendingTarget, TargetSpec
+from .targets import PendingTarget, TargetSpec, layer_target
 
 MethodsArg = str | Sequence[str] | Mapping[str, Mapping[str, Any]]
 
@@ -104,8 +105,10 @@ def explain(
         x: input batch (B, C, H, W) (or anything `model.preprocess` accepts).
         methods: a name, a list or comma-separated string of names, or a dict
             `{name: {option: value}}` for per-method options.
-        target: None (predicted class), an int, a class name, one per sample, or a callable
-            `logits -> (N,)` scores.
+        target: None (predicted class), an int, a class name, one per sample, a callable
+            `logits -> (N,)` scores, or a channel / neuron (`sl.channel("_blocks.12", 42)`),
+            whose score is read from its layer (the forward stops there; `logits` then hold
+            the layer's readings).
         chunk_size: rows per chunk in multi-pass methods (default: measured).
         memory_budget: bytes a pass may use (default: half the free GPU memory / a quarter of RAM).
         **options: options given to every requested method that takes them (e.g. `n_steps=32`).
@@ -114,13 +117,17 @@ def explain(
     model = as_model(model)
     x = _as_batch(model, x).to(model.device)
     requests = _requests(methods, options)
+    if is_blackbox(model):
+        for spec, _ in requests:
+            if spec.family != "perturbation":
+                raise SaliencelabError(gradients_message(spec.name))
     engine = Engine(model, chunk_size=chunk_size, memory_budget=memory_budget)
     ctx = Context(model, engine, x, PendingTarget(target, x.shape[0], model.labels))
     first = _prefetch(ctx, requests)
     if first is not None and first.backward == "plain":
         logits = first.logits
     else:
-        logits = engine.logits(x)
+        logits = engine.logits(x, layer_target(target))
     ctx.resolve(target, logits)
 
     results: dict[str, Attribution] = {}
@@ -157,7 +164,7 @@ def explain(
         attributions=results,
         inputs=x,
         logits=logits.detach(),
-        labels=model.labels,
+        labels=None if layer_target(target) else model.labels,  # logits = layer readings
         total_passes=total.grad_rows / ctx.batch,
         total_forwards=total.forward_rows / ctx.batch,
         seconds=time.perf_counter() - start,
@@ -183,7 +190,7 @@ def _attribution(spec: MethodSpec, opts: dict, out: Any, ctx: Context) -> Attrib
         maps=maps.detach(),
         attributions=attr.detach(),
         target=ctx.target.indices.detach().clone(),
-        signed=spec.signed,
+        signed=spec.signed if out.signed is None else out.signed,
         reduction=spec.reduction,
         layer=out.layer,
         params={k: v for k, v in opts.items() if not isinstance(v, torch.Tensor)},

@@ -2,13 +2,15 @@
 
 Accepted forms: `None` (the predicted class), an int, a per-sample list or tensor, a class name
 from the model's labels, or a callable `logits -> (N,)` scores (it must return one score per row
-of whatever batch it gets, since multi-pass methods call it on perturbed batches).
+of whatever batch it gets, since multi-pass methods call it on perturbed batches), or a
+:class:`LayerTarget` (a channel or neuron, e.g. `sl.channel("_blocks.12", 42)`) scored from a layer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -110,3 +112,37 @@ def _resolve(target, batch, n_classes, labels, predictions) -> Target:
         f"A target must be None, an int, a class name, a list, a tensor or a callable, not "
         f"{type(target).__name__}."
     )
+
+
+class LayerTarget:
+    """A target read from one layer's output instead of the model's logits (neurons, channels).
+
+    Subclasses set `layer` (a dotted name or a module of the model) and define `read` and
+    `__call__`. For a pass with such a target the engine hooks the layer, stops the forward right
+    after it (the rest of the network is not run), and uses `read(activation)` (n, ...) in place
+    of the logits: `chunk.logits`, `ctx.logits` and `Explanation.logits` hold these readings, and
+    the score of each row is `self(readings)` (n,). It resolves like a callable target (class
+    index -1), so a derived context keeps it. See `saliencelab.neurons.targets`.
+    """
+
+    layer: str | Any
+
+    def read(self, activation: torch.Tensor) -> torch.Tensor:
+        """The readings (n, ...) of the layer's output (n, ...), used in place of the logits."""
+        raise NotImplementedError
+
+    def __call__(self, readings: torch.Tensor) -> torch.Tensor:
+        """The score (n,) of each row of `read`'s readings."""
+        raise NotImplementedError
+
+    def scores(self, readings: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """As :meth:`Target.scores`, so the engine also takes a bare layer target."""
+        return self(readings)
+
+
+def layer_target(target: Any) -> LayerTarget | None:
+    """The :class:`LayerTarget` behind a target (bare, resolved or pending), or None."""
+    if isinstance(target, LayerTarget):
+        return target
+    inner = target.fn if isinstance(target, Target) else getattr(target, "spec", None)
+    return inner if isinstance(inner, LayerTarget) else None

@@ -1,0 +1,121 @@
+"""Black-box models: explain any callable batch → scores with the forward-only methods.
+
+`blackbox(fn)` wraps a function (an ONNX Runtime session's `run`, a remote model's client, a
+scikit-learn `predict_proba`) in an `nn.Module` with no parameters, so that
+
+>>> model = sl.blackbox(lambda x: session.run(None, {"input": x})[0], numpy=True)
+>>> sl.explain(model, x, methods="occlusion")
+
+works for the perturbation methods (occlusion, rise, feature_ablation, lime, kernelshap), which
+need only forwards. Methods that need gradients or layers fail with one sentence saying so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.errors import SaliencelabError
+from .model import Model
+
+__all__ = ["BlackBox", "blackbox", "is_blackbox"]
+
+FORWARD_ONLY_METHODS = "occlusion, rise, feature_ablation, lime or kernelshap"
+
+
+def gradients_message(method: str = "This method") -> str:
+    return (
+        f"{method} needs gradients; this model is a black-box function; use {FORWARD_ONLY_METHODS}."
+    )
+
+
+class BlackBox(nn.Module):
+    """An `nn.Module` without parameters whose forward calls `fn` on the batch.
+
+    `fn` gets the batch as a torch tensor (or a NumPy array with `numpy=True`) and returns
+    scores (N, classes) or (N,) (one score: it becomes (N, 1)), as a tensor, an array, a list,
+    or a tuple / list whose first item is that (e.g. ONNX Runtime's list of outputs).
+    """
+
+    def __init__(self, fn: Callable[[Any], Any], numpy: bool = False) -> None:
+        super().__init__()
+        if not callable(fn):
+            raise SaliencelabError(
+                f"A black-box model needs a callable batch → scores, not {type(fn).__name__}."
+            )
+        self.fn = fn
+        self.numpy = numpy
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise SaliencelabError(gradients_message())
+        batch = x.detach().cpu().numpy() if self.numpy else x.detach()
+        out = self.fn(batch)
+        return _as_scores(out, x.shape[0], x.device)
+
+    def extra_repr(self) -> str:
+        return f"fn={getattr(self.fn, '__qualname__', type(self.fn).__name__)}, numpy={self.numpy}"
+
+
+def _as_scores(out: Any, n: int, device: torch.device) -> torch.Tensor:
+    if isinstance(out, (tuple, list)) and out and not isinstance(out[0], (int, float)):
+        out = out[0]  # a list of outputs (ONNX Runtime): the first is the scores
+    try:
+        scores = torch.as_tensor(np.asarray(out) if not isinstance(out, torch.Tensor) else out)
+    except (TypeError, ValueError, RuntimeError):
+        scores = None
+    if scores is None or scores.dtype in (torch.bool, torch.complex64, torch.complex128):
+        raise SaliencelabError(
+            f"The black-box function returned {type(out).__name__}, not scores; it must return a "
+            f"tensor or array of shape ({n}, classes) or ({n},)."
+        )
+    if scores.dim() == 1 and scores.shape[0] == n:
+        scores = scores[:, None]
+    if scores.dim() != 2 or scores.shape[0] != n or scores.shape[1] < 1:
+        raise SaliencelabError(
+            f"The black-box function returned shape {tuple(scores.shape)} for a batch of {n} "
+            f"inputs; it must return scores of shape ({n}, classes) or ({n},)."
+        )
+    if not scores.is_floating_point():
+        scores = scores.to(torch.get_default_dtype())
+    return scores.to(device)
+
+
+def blackbox(
+    fn: Callable[[Any], Any],
+    labels: Sequence[str] | None = None,
+    *,
+    numpy: bool = False,
+    preprocess: Callable[[Any], torch.Tensor] | None = None,
+    name: str = "blackbox",
+    input_size: tuple[int, int] | None = None,
+) -> Model:
+    """A `sl.Model` around a callable batch → scores (N, classes) or (N,), for forward-only
+    methods.
+
+    Args:
+        fn: called with each batch of (perturbed) inputs; returns their scores.
+        labels: class names, index = class id.
+        numpy: give `fn` NumPy arrays instead of torch tensors (e.g. ONNX Runtime).
+        preprocess: turns images into the input batch (as for `sl.Model`).
+        name: a short name for tables and file names.
+        input_size: (H, W) the function expects, if fixed.
+    """
+    return Model(
+        module=BlackBox(fn, numpy=numpy),
+        preprocess=preprocess,
+        labels=labels,
+        name=name,
+        input_size=input_size,
+        extra={"blackbox": True},
+    )
+
+
+def is_blackbox(model: Model | nn.Module) -> bool:
+    """Whether the model is a black-box function (forward only: no gradients, no layers)."""
+    module = model.module if isinstance(model, Model) else model
+    return isinstance(module, BlackBox)

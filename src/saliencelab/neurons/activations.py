@@ -1,0 +1,227 @@
+"""Activation maps of a layer: which channels fire on an input, and where.
+
+`activations(model, x, layer)` captures the feature maps A (B, K, h, w) of a layer, ranks the
+channels of each sample, and keeps the top ones upsampled onto the input (bilinear), ready to be
+drawn as a labelled grid over the photo (`ActivationMaps.grid`). Channels are ranked
+
+- `by="activation"`: by their mean activation a_k = (1/hw) Σ_ij A_kij (one forward, stopped
+  right after the layer);
+- `by="contribution"`: by their contribution to the target score S,
+  c_k = (1/hw) Σ_ij (∂S/∂A_kij) · A_kij, the spatial mean of gradient × activation: the k-th
+  term of the first-order Taylor expansion of S in the layer, Σ_k hw·c_k ≈ S - S(A=0), and the
+  spatial mean of channel k's term in HiResCAM / Grad-CAM's weighted sum (Selvaraju et al.,
+  "Grad-CAM", ICCV 2017; Draelos & Carin, "HiResCAM", 2020). One forward+backward pass, with
+  the backward stopped at the layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ..core.context import Context, upsample
+from ..core.engine import Engine
+from ..core.errors import SaliencelabError
+from ..core.layers import resolve_layer
+from ..core.targets import LayerTarget, PendingTarget, Target, TargetSpec, layer_target
+from ..models.model import Model, as_model
+
+RANKINGS = ("activation", "contribution")
+
+
+def as_batch(model: Model, x: Any) -> torch.Tensor:
+    """`x` as an input batch on the model's device: a tensor (B, ...) or what preprocess takes."""
+    if isinstance(x, torch.Tensor):
+        if x.dim() < 2:
+            raise SaliencelabError(
+                f"Inputs need a batch axis, but got a tensor of shape {tuple(x.shape)}; use "
+                "x.unsqueeze(0) for a single input."
+            )
+        return x.to(model.device)
+    if model.preprocess is None:
+        raise SaliencelabError(
+            f"Got inputs of type {type(x).__name__} for a model with no preprocessing; pass a "
+            "tensor, or wrap the model with sl.Model(module, preprocess=...)."
+        )
+    return model.preprocess(x).to(model.device)
+
+
+def check_spatial(name: str, activation: torch.Tensor) -> None:
+    """Fail with one sentence unless the layer's output is a map (B, K, h, w)."""
+    if activation.dim() != 4:
+        raise SaliencelabError(
+            f"The layer {name} outputs shape {tuple(activation.shape)}, not a spatial map "
+            "(B, C, h, w); pick a convolutional layer (list them with `saliencelab layers MODEL "
+            "--spatial`)."
+        )
+
+
+class LayerOutput(LayerTarget):
+    """Reads a layer's whole output (forward-only passes that only want the activations)."""
+
+    def __init__(self, layer: str | nn.Module) -> None:
+        self.layer = layer
+
+    def read(self, activation: torch.Tensor) -> torch.Tensor:
+        return activation
+
+    def __call__(self, readings: torch.Tensor) -> torch.Tensor:
+        return readings.flatten(1).sum(dim=1)
+
+
+def layer_outputs(engine: Engine, x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """The layer's output for every row of `x`: chunked forwards, each stopped at the layer."""
+    reader = LayerOutput(layer)
+    chunks = engine.forwards(x.shape[0], lambda r: x[r.to(x.device)], lambda r: r, reader)
+    return torch.cat([c.logits for c in chunks])
+
+
+@dataclass
+class ActivationMaps:
+    """The channels of one layer on a batch, ranked per sample.
+
+    Attributes:
+        layer: the layer's dotted name.
+        by: "activation" or "contribution", what `values` hold.
+        activations: (B, K, h, w) the layer's feature maps, all channels.
+        values: (B, K) each channel's ranking value: its mean activation, or its contribution
+            (1/hw) Σ_ij ∂S/∂A_kij · A_kij to the target score.
+        channels: (B, top) the top channels of each sample, highest value first.
+        scores: (B, top) their values.
+        maps: (B, top, H, W) their activation maps, upsampled onto the input (bilinear).
+        target: (B,) the explained class of each sample for `by="contribution"` (-1 for a
+            callable or neuron target), else None.
+        labels: the model's class names, for captions.
+    """
+
+    layer: str
+    by: str
+    activations: torch.Tensor
+    values: torch.Tensor
+    channels: torch.Tensor
+    scores: torch.Tensor
+    maps: torch.Tensor
+    target: torch.Tensor | None = None
+    labels: Any = None
+
+    def _sample(self, sample: int) -> int:
+        n = self.values.shape[0]
+        if not -n <= sample < n:
+            raise SaliencelabError(
+                f"Sample {sample} is out of range for activation maps of {n} sample(s); pass "
+                f"sample between 0 and {n - 1}."
+            )
+        return sample % n
+
+    def target_label(self, sample: int = 0) -> str | None:
+        """The explained class of `sample` as a name ("custom" for a callable), or None."""
+        if self.target is None:
+            return None
+        t = int(self.target[self._sample(sample)])
+        if t < 0:
+            return "custom"
+        if self.labels is not None and t < len(self.labels):
+            return str(self.labels[t])
+        return str(t)
+
+    def table(self, sample: int = 0) -> list[dict[str, Any]]:
+        """One row per top channel of `sample`: rank, channel, value, mean and max activation."""
+        i = self._sample(sample)
+        a = self.activations[i].flatten(1)
+        rows = []
+        channels, scores = self.channels[i].tolist(), self.scores[i].tolist()
+        for rank, (c, v) in enumerate(zip(channels, scores, strict=True)):
+            rows.append(
+                {
+                    "rank": rank + 1,
+                    "channel": c,
+                    "value": v,
+                    "mean": float(a[c].mean()),
+                    "max": float(a[c].max()),
+                }
+            )
+        return rows
+
+    def grid(
+        self,
+        image: Image.Image,
+        sample: int = 0,
+        tile: int = 160,
+        columns: int | None = None,
+        title: str | None = None,
+    ) -> Image.Image:
+        """The photo and one tile per top channel: its map over the photo, "ch 42 · 3.1"."""
+        from .grid import activation_grid
+
+        return activation_grid(self, image, self._sample(sample), tile, columns, title)
+
+    def save_grid(self, image: Image.Image, path: str | Path, **kw: Any) -> Path:
+        """Write :meth:`grid` as PNG to `path` (creating parent folders); returns the path."""
+        path = Path(path)
+        img = self.grid(image, **kw)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path, format="PNG")
+        return path
+
+
+def _top(top: int, k: int) -> int:
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise SaliencelabError(f"top must be a whole number of channels, 1 or more, not {top!r}.")
+    return min(top, k)
+
+
+def activations(
+    model: Model | nn.Module,
+    x: Any,
+    layer: str | nn.Module | None = None,
+    top: int = 16,
+    by: str = "activation",
+    target: TargetSpec = None,
+) -> ActivationMaps:
+    """The feature maps of `layer` on `x` and each sample's `top` channels.
+
+    Args:
+        model: an `sl.Model` or a plain `nn.Module`.
+        x: input batch (B, C, H, W), or image(s) the model's preprocess takes.
+        layer: a dotted name, a module, or None (the model's default / last spatial layer).
+        top: channels kept per sample.
+        by: "activation" (mean activation, one forward) or "contribution" (mean over space of
+            gradient × activation for the target score, one forward+backward).
+        target: the score contributions are computed for (`by="contribution"` only): None for
+            the predicted class, a class index or name, a callable, or `sl.channel(...)`.
+    """
+    if by not in RANKINGS:
+        raise SaliencelabError(f"by must be 'activation' or 'contribution', not {by!r}.")
+    if by == "activation" and target is not None:
+        raise SaliencelabError(
+            "A target is used only to rank channels by contribution; pass by='contribution' or "
+            "leave the target out."
+        )
+    model = as_model(model)
+    x = as_batch(model, x)
+    name, module = resolve_layer(model.module, layer, x, model.default_layer)
+    engine = Engine(model)
+    indices = None
+    if by == "activation":
+        a = layer_outputs(engine, x, module)
+        check_spatial(name, a)
+        values = a.mean(dim=(2, 3))
+    else:
+        ctx = Context(model, engine, x, PendingTarget(target, x.shape[0], model.labels))
+        cap = ctx.capture({name: module}, input_grad=False)
+        resolved: Target = ctx.resolve(target, cap.logits)
+        a, g = cap.activations[name], cap.gradients[name]
+        check_spatial(name, a)
+        values = (g * a).mean(dim=(2, 3))
+        indices = resolved.indices.detach().clone()
+    k = _top(top, a.shape[1])
+    scores, channels = values.topk(k, dim=1)
+    picked = a[torch.arange(a.shape[0], device=a.device)[:, None], channels]  # (B, k, h, w)
+    maps = upsample(picked.flatten(0, 1), x.shape[-2:]).view(*channels.shape, *x.shape[-2:])
+    labels = None if layer_target(target) else model.labels
+    return ActivationMaps(name, by, a, values, channels, scores, maps, indices, labels)

@@ -1,0 +1,211 @@
+"""The `saliencelab neurons` command: activation maps of a layer's channels, or dataset examples.
+
+    saliencelab neurons IMAGE --layer _blocks.12 --top 16 --by activation --out DIR
+    saliencelab neurons --examples DIR --layer _blocks.12 --channel 42 --k 9 --out DIR
+
+Added to the app by `register(app)` (cli.py calls it). Errors are SaliencelabError sentences,
+printed by the app's error handling (exit code 2).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+import saliencelab as sl
+
+from .activations import RANKINGS, activations
+from .examples import save_examples_gallery, top_examples
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", text).strip("._") or "layer"
+
+
+def _read_image(text: str):
+    """An image file, or the name of a bundled sample photo."""
+    p = Path(text)
+    if not p.exists() and text in sl.sample_images():
+        return sl.sample_image(text), text
+    if not p.exists():
+        raise sl.SaliencelabError(
+            f"{text!r} is neither an image file nor a sample photo; check the path, or use a "
+            f"sample name such as chelsea."
+        )
+    return sl.load_image(p), p.stem
+
+
+def _grid(model: sl.Model, image: str, layer, top: int, by: str, target, out: Path) -> None:
+    from .examples import model_view
+
+    photo, stem = _read_image(image)
+    x = model.preprocess([photo]).to(model.device)
+    maps = activations(model, x, layer, top=top, by=by, target=target)
+    path = out / f"{_slug(stem)}_{_slug(maps.layer)}_{by}.png"
+    maps.save_grid(model_view(model, photo, x.shape[-2:]), path)
+    table = Table(header_style="bold")
+    table.add_column("rank", justify="right")
+    table.add_column("channel", justify="right")
+    what = "mean activation" if by == "activation" else "contribution"
+    table.add_column(what, justify="right")
+    if by == "contribution":
+        table.add_column("mean activation", justify="right")
+    table.add_column("max activation", justify="right")
+    for row in maps.table():
+        cells = [str(row["rank"]), str(row["channel"]), f"{row['value']:.4g}"]
+        if by == "contribution":
+            cells.append(f"{row['mean']:.4g}")
+        table.add_row(*cells, f"{row['max']:.4g}")
+    console = _console()
+    about = f"{maps.layer}: {maps.activations.shape[1]} channels, top {len(maps.table())} by {what}"
+    if by == "contribution":
+        about += f" to {maps.target_label()}"
+    console.print(about + ".", soft_wrap=True)
+    console.print(table)
+    console.print(f"Grid: [bold]{path}[/bold]", soft_wrap=True)
+
+
+def _examples(
+    model: sl.Model, folder: str, layer, channel: int, k: int, batch_size: int, out: Path
+) -> None:
+    found = top_examples(model, folder, layer, channel, k=k, batch_size=batch_size)
+    first = found[0]
+    path = out / f"examples_{_slug(first.layer)}_ch{channel}.png"
+    save_examples_gallery(found, path)
+    table = Table(header_style="bold")
+    table.add_column("rank", justify="right")
+    table.add_column("image", overflow="fold")
+    table.add_column("max activation", justify="right")
+    table.add_column("unit (y, x)", justify="right")
+    table.add_column("crop (left, top, right, bottom)", justify="right")
+    for rank, ex in enumerate(found, start=1):
+        y, x = ex.location
+        table.add_row(str(rank), ex.source, f"{ex.value:.4g}", f"{y}, {x}", str(ex.box))
+    console = _console()
+    rf = first.field
+    console.print(
+        f"{first.layer}, channel {channel}: the {len(found)} strongest images; receptive field "
+        f"{rf.size[0]}x{rf.size[1]} px, stride {rf.stride[0]}.",
+        soft_wrap=True,
+    )
+    console.print(table)
+    console.print(f"Examples: [bold]{path}[/bold]", soft_wrap=True)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def neurons(
+    image: Annotated[
+        str | None,
+        typer.Argument(
+            help="An image file or sample photo name (e.g. chelsea) to draw the layer's channels "
+            "on; leave out with --examples.",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        str, typer.Option("--model", help="A model name or spec, as for `explain --model`.")
+    ] = DEFAULT_MODEL,
+    layer: Annotated[
+        str | None,
+        typer.Option(
+            "--layer",
+            "-l",
+            help="Layer (see `saliencelab layers MODEL --spatial`) [default: the model's].",
+            show_default=False,
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Channels to draw.")] = 16,
+    by: Annotated[
+        str, typer.Option("--by", help="Rank channels by 'activation' (mean) or 'contribution'.")
+    ] = "activation",
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            "-t",
+            help="Class the contributions are for, an index or a name (--by contribution) "
+            "[default: the predicted class].",
+            show_default=False,
+        ),
+    ] = None,
+    examples: Annotated[
+        str | None,
+        typer.Option(
+            "--examples",
+            help="A folder of images: find those that activate --channel most.",
+            show_default=False,
+        ),
+    ] = None,
+    channel: Annotated[
+        int | None,
+        typer.Option("--channel", "-c", min=0, help="Channel (--examples).", show_default=False),
+    ] = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="Examples to keep (--examples).")] = 9,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Images per forward (--examples).")
+    ] = 16,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("results"),
+    device: Annotated[
+        str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda if available).")
+    ] = "auto",
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="SALIENCELAB_DEBUG",
+            help="Show tracebacks and debug logs (or set SALIENCELAB_DEBUG=1).",
+        ),
+    ] = False,
+) -> None:
+    """Draw a layer's most active channels over an image, or find a channel's top images."""
+    from ..cli import _load_model, _session, parse_target
+
+    with _session(debug):
+        if (image is None) == (examples is None):
+            raise sl.SaliencelabError(
+                ("Give either" if image is None else "Give only one of")
+                + " an IMAGE (to draw the layer's channels on it) or --examples FOLDER with "
+                "--channel (to find the images that activate a channel most)."
+            )
+        if examples is not None:
+            if channel is None:
+                raise sl.SaliencelabError(
+                    "--examples needs --channel N, the channel whose strongest images to find."
+                )
+            if target is not None or by != "activation":
+                raise sl.SaliencelabError(
+                    "--by and --target rank the channels drawn on an IMAGE; leave them out with "
+                    "--examples."
+                )
+            loaded = _load_model(model, device)
+            _examples(loaded, examples, layer, channel, k, batch_size, out)
+            return
+        if channel is not None:
+            raise sl.SaliencelabError(
+                "--channel picks the channel for --examples; to draw one channel's top images "
+                "add --examples FOLDER, or leave --channel out to draw the top channels."
+            )
+        if by not in RANKINGS:
+            raise sl.SaliencelabError(f"--by must be activation or contribution, not {by!r}.")
+        if target is not None and by != "contribution":
+            raise sl.SaliencelabError(
+                "--target is used only with --by contribution; add it or drop --target."
+            )
+        loaded = _load_model(model, device)
+        _grid(loaded, image, layer, top, by, parse_target(target), out)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `neurons` command to the app."""
+    app.command("neurons")(neurons)

@@ -1,0 +1,262 @@
+"""Dataset examples: the images that make one channel fire most (Zeiler & Fergus 2014).
+
+`top_examples(model, images, layer, channel)` runs the images through the model in batches (one
+forward each, under inference mode, stopped right after the layer), scores every image by the
+channel's strongest unit, max_ij A_kij, and keeps the `k` best. Each example carries the crop of
+the image around that unit: its receptive field (computed analytically from the convolutions
+and poolings on the path, see :mod:`.receptive_field`), clipped to the image. Only the running
+top k is kept, so a folder of any size takes bounded memory.
+
+Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks", ECCV 2014 (the image
+patches that activate a feature map most); Olah et al., "Feature Visualization", Distill 2017
+("dataset examples").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageOps
+from torch import nn
+
+from ..core.engine import Engine
+from ..core.errors import SaliencelabError
+from ..core.layers import resolve_layer
+from ..core.targets import LayerTarget
+from ..data.images import image_paths, load_image
+from ..models.model import Model, as_model
+from .activations import check_spatial
+from .grid import Tile, draw_grid, value_text
+from .receptive_field import ReceptiveField, receptive_field
+from .targets import _index, check_channel
+
+log = logging.getLogger("saliencelab")
+
+_PAD_COLOR = (235, 235, 238)  # around a crop that is not square (clipped at the image's edge)
+
+ImagesArg = str | os.PathLike | Image.Image | Iterable[str | os.PathLike | Image.Image]
+
+
+@dataclass
+class Example:
+    """One image that activates the channel strongly.
+
+    Attributes:
+        source: the file path, or "image N" for a PIL image given directly.
+        index: its position among the images read.
+        value: the channel's strongest activation on it, max_ij A_kij.
+        location: (y, x) of that unit in the layer's map.
+        box: (left, top, right, bottom) of the unit's receptive field in the model's input
+            pixels, clipped to the image (right/bottom exclusive).
+        image: the image as the model sees it (e.g. center-cropped and resized).
+        crop: `image` cropped to `box`.
+        activation: (h, w) the channel's map on this image.
+        layer: the layer's dotted name.
+        channel: the channel.
+        field: the layer's receptive field (`box` is its box at `location`).
+    """
+
+    source: str
+    index: int
+    value: float
+    location: tuple[int, int]
+    box: tuple[int, int, int, int]
+    image: Image.Image
+    crop: Image.Image
+    activation: torch.Tensor
+    layer: str = ""
+    channel: int = -1
+    field: ReceptiveField | None = None
+
+
+class _ChannelMap(LayerTarget):
+    """Reads one channel's map (n, h, w) of a layer; the score is its maximum."""
+
+    def __init__(self, layer: nn.Module, name: str, channel: int) -> None:
+        self.layer, self.name, self.channel = layer, name, channel
+
+    def read(self, activation: torch.Tensor) -> torch.Tensor:
+        check_spatial(self.name, activation)
+        check_channel(self.name, activation, self.channel)
+        return activation[:, self.channel]
+
+    def __call__(self, readings: torch.Tensor) -> torch.Tensor:
+        return readings.flatten(1).amax(dim=1)
+
+
+def _sources(images: ImagesArg) -> list[str | Path | Image.Image]:
+    """Files (folders expanded, sorted) and PIL images, in order."""
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        images = [images]
+    out: list[str | Path | Image.Image] = []
+    for item in images:
+        if isinstance(item, Image.Image):
+            out.append(item)
+        elif isinstance(item, (str, os.PathLike)):
+            out.extend(image_paths(item))
+        else:
+            raise SaliencelabError(
+                f"Images must be file paths, folders or PIL images, not {type(item).__name__}."
+            )
+    if not out:
+        raise SaliencelabError("No images were given; pass a folder, files or PIL images.")
+    return out
+
+
+def _name(source: str | Path | Image.Image, index: int) -> str:
+    return f"image {index + 1}" if isinstance(source, Image.Image) else str(source)
+
+
+def _read(source: str | Path | Image.Image) -> Image.Image:
+    return source.convert("RGB") if isinstance(source, Image.Image) else load_image(source)
+
+
+def model_view(model: Model, image: Image.Image, size: Sequence[int]) -> Image.Image:
+    """The image as the model sees it: the model's `extra["display"]`, else resized to (H, W)."""
+    display = model.extra.get("display")
+    shown = display(image) if callable(display) else image
+    height, width = int(size[0]), int(size[1])
+    if shown.size != (width, height):
+        shown = shown.resize((width, height), Image.Resampling.BILINEAR)
+    return shown
+
+
+def top_examples(
+    model: Model | nn.Module,
+    images: ImagesArg,
+    layer: str | nn.Module | None,
+    channel: int,
+    k: int = 9,
+    batch_size: int = 16,
+) -> list[Example]:
+    """The `k` images that activate channel `channel` of `layer` most, best first.
+
+    Args:
+        model: an `sl.Model` with preprocessing (images go through `model.preprocess`).
+        images: a folder, image files, PIL images, or a list of them.
+        layer: a dotted name, a module, or None (the model's default / last spatial layer).
+        channel: the channel k; an image's score is max over positions of A_k.
+        k: examples kept.
+        batch_size: images read and run together.
+
+    An image that cannot be read is logged and skipped.
+    """
+    model = as_model(model)
+    if model.preprocess is None:
+        raise SaliencelabError(
+            "top_examples reads images, but this model has no preprocessing; wrap it with "
+            "sl.Model(module, preprocess=...)."
+        )
+    channel = _index(channel, "channel")
+    k = _index(k, "number of examples k")
+    batch_size = _index(batch_size, "batch size")
+    if k < 1 or batch_size < 1:
+        raise SaliencelabError("k and batch_size must be 1 or more.")
+    sources = _sources(images)
+    engine = Engine(model)
+    module: nn.Module | None = None
+    name = ""
+    reader: _ChannelMap | None = None
+    input_size: tuple[int, ...] = ()
+    # Running top k: value, image index, flat position, and the channel's map, per kept image.
+    best_v = torch.empty(0)
+    best_i = torch.empty(0, dtype=torch.long)
+    best_maps = torch.empty(0)
+    n_ok = 0
+    for start in range(0, len(sources), batch_size):
+        batch, where = [], []
+        for i in range(start, min(start + batch_size, len(sources))):
+            try:
+                batch.append(_read(sources[i]))
+                where.append(i)
+            except SaliencelabError as e:
+                log.warning("skipping %s: %s", _name(sources[i], i), e)
+        if not batch:
+            continue
+        x = model.preprocess(batch).to(model.device)
+        if reader is None:
+            name, module = resolve_layer(model.module, layer, x, model.default_layer)
+            reader = _ChannelMap(module, name, channel)
+            input_size = tuple(x.shape[-2:])
+        chunks = engine.forwards(x.shape[0], lambda r, x=x: x[r.to(x.device)], lambda r: r, reader)
+        maps = torch.cat([c.logits for c in chunks]).float().cpu()  # (n, h, w)
+        n_ok += len(where)
+        values = torch.cat([best_v, maps.flatten(1).amax(dim=1)])
+        index = torch.cat([best_i, torch.tensor(where, dtype=torch.long)])
+        all_maps = torch.cat([best_maps.view(-1, *maps.shape[1:]), maps])
+        keep = values.topk(min(k, values.numel())).indices
+        best_v, best_i, best_maps = values[keep], index[keep], all_maps[keep]
+    if reader is None:
+        raise SaliencelabError("None of the images could be read; check the files.")
+    log.info("ranked %d images by channel %d of %s", n_ok, channel, name)
+    rf = receptive_field(model, module, x[:1])
+    return [
+        _example(model, sources[int(i)], int(i), float(v), m, rf, channel, input_size)
+        for v, i, m in zip(best_v, best_i, best_maps, strict=True)
+    ]
+
+
+def _example(
+    model: Model,
+    source: str | Path | Image.Image,
+    index: int,
+    value: float,
+    amap: torch.Tensor,
+    rf: ReceptiveField,
+    channel: int,
+    input_size: Sequence[int],
+) -> Example:
+    y, x = divmod(int(amap.flatten().argmax()), amap.shape[1])
+    image = model_view(model, _read(source), input_size)
+    box = rf.box(y, x)
+    crop = image.crop(box)
+    return Example(
+        _name(source, index), index, value, (y, x), box, image, crop, amap, rf.layer, channel, rf
+    )
+
+
+def examples_gallery(
+    examples: Sequence[Example],
+    title: str | None = None,
+    tile: int = 128,
+    columns: int | None = None,
+) -> Image.Image:
+    """The examples' crops in a grid, best first, each captioned with its rank, value and file.
+
+    A crop clipped by the image's edge (not square) is scaled to fit and padded in light gray.
+    """
+    if not examples:
+        raise SaliencelabError("There are no examples to draw; pass the result of top_examples.")
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 32:
+        raise SaliencelabError(f"tile must be at least 32 pixels, got {tile!r}; use e.g. 128.")
+    first = examples[0]
+    subtitle = None
+    if title is None and first.layer:
+        title = f"{first.layer}: channel {first.channel}, top {len(examples)} images"
+    if first.field is not None:
+        (h, w), (sy, sx) = first.field.size, first.field.stride
+        subtitle = (
+            f"crops: the receptive field ({h}x{w} px, stride {sy}"
+            + ("" if sy == sx else f"x{sx}")
+            + ") of each image's strongest unit"
+        )
+    tiles = []
+    for rank, ex in enumerate(examples, start=1):
+        crop = ImageOps.pad(ex.crop, (tile, tile), Image.Resampling.LANCZOS, color=_PAD_COLOR)
+        tiles.append(Tile(crop, [f"#{rank} · {value_text(ex.value)}", Path(ex.source).name]))
+    return draw_grid(tiles, columns, title, subtitle)
+
+
+def save_examples_gallery(examples: Sequence[Example], path: str | os.PathLike, **kw: Any) -> Path:
+    """Write :func:`examples_gallery` as PNG to `path` (creating parent folders); returns it."""
+    path = Path(path)
+    img = examples_gallery(examples, **kw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG")
+    return path

@@ -1,0 +1,191 @@
+"""The receptive field of a layer: which input pixels one unit of its map can see.
+
+Computed analytically from the convolution and pooling modules on the path to the layer, per
+axis, with the usual recurrence (Araujo, Norris & Sim, "Computing Receptive Fields of
+Convolutional Neural Networks", Distill 2019): a module with kernel k, dilation d
+(k_eff = d·(k-1)+1), stride s and padding p_before maps the field (size r, jump j, first pixel f)
+of its input to
+
+    r' = r + (k_eff - 1)·j,   j' = j·s,   f' = f - p_before·j,
+
+and unit u of the layer's map sees input pixels f + u·j ... f + u·j + r - 1 (clipped to the
+image). The padding is read from the shapes the module saw: a module that padded more than its
+`padding` attribute says (TensorFlow "same" convolutions such as EfficientNet's `Conv2dSame`)
+padded `total // 2` before, as TensorFlow and PyTorch's padding="same" do.
+
+The path is found by one forward (stopped after the layer) with a hook on every module, tracking
+tensors: a module's input field is that of the tensor it received. A tensor made by a functional
+operation (`h + x` of a residual block, `torch.cat`) gets the widest field seen so far at its
+resolution, the union of its branches. What is not seen: convolutions and pooling done with
+functional calls (`F.conv2d`, `F.max_pool2d`) inside a forward, which are treated as keeping
+the field. The field is the theoretical one (every pixel that can influence the unit), an upper
+bound on the pixels with a nonzero gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..core.errors import SaliencelabError
+from ..core.layers import resolve_layer
+from ..core.state import Hooks, eval_mode
+from ..models.model import Model, as_model
+
+POOLS = (nn.MaxPool2d, nn.AvgPool2d)
+ADAPTIVE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+@dataclass(frozen=True)
+class _Field:
+    """Per axis (y, x): size r, jump j (the stride in input pixels), first pixel f of unit 0."""
+
+    size: tuple[int, int] = (1, 1)
+    jump: tuple[int, int] = (1, 1)
+    first: tuple[int, int] = (0, 0)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def _through(field: _Field, module: nn.Module, size_in, size_out) -> _Field:
+    """The field after a convolution or pooling module that mapped size_in to size_out."""
+    if isinstance(module, ADAPTIVE_POOLS):
+        # Adaptive pooling: windows of about ceil(in / out) pixels every in / out pixels.
+        kernel = tuple(math.ceil(i / o) for i, o in zip(size_in, size_out, strict=True))
+        stride = tuple(max(1, i // o) for i, o in zip(size_in, size_out, strict=True))
+        dilation, padding = (1, 1), (0, 0)
+    else:
+        kernel = _pair(module.kernel_size)
+        stride = _pair(module.stride if module.stride is not None else module.kernel_size)
+        dilation = _pair(getattr(module, "dilation", 1))
+        padding = module.padding
+    sizes, jumps, firsts = [], [], []
+    for axis in range(2):
+        k_eff = dilation[axis] * (kernel[axis] - 1) + 1
+        r, j, f = field.size[axis], field.jump[axis], field.first[axis]
+        implied = max((size_out[axis] - 1) * stride[axis] + k_eff - size_in[axis], 0)
+        if isinstance(padding, str):
+            before = 0 if padding == "valid" else (k_eff - 1) // 2
+        else:
+            p = _pair(padding)[axis]
+            before = implied // 2 if implied > 2 * p else p
+        sizes.append(r + (k_eff - 1) * j)
+        jumps.append(j * stride[axis])
+        firsts.append(f - before * j)
+    return _Field(tuple(sizes), tuple(jumps), tuple(firsts))
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """The receptive field of a layer's units on an input of `input_size`.
+
+    Attributes:
+        layer: the layer's dotted name.
+        size: (height, width) in input pixels of one unit's field (may exceed the input).
+        stride: (y, x) input pixels between neighbouring units.
+        first: (y, x) input pixel where unit (0, 0)'s field starts (negative: in the padding).
+        map_size: (h, w) of the layer's map.
+        input_size: (H, W) of the input.
+    """
+
+    layer: str
+    size: tuple[int, int]
+    stride: tuple[int, int]
+    first: tuple[int, int]
+    map_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+    def box(self, y: int, x: int) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of unit (y, x)'s field in input pixels, clipped to the
+        input; right and bottom are exclusive (PIL's crop box)."""
+        top = self.first[0] + y * self.stride[0]
+        left = self.first[1] + x * self.stride[1]
+        height, width = self.input_size
+        return (
+            max(left, 0),
+            max(top, 0),
+            min(left + self.size[1], width),
+            min(top + self.size[0], height),
+        )
+
+
+class _Stop(Exception):
+    pass
+
+
+def receptive_field(
+    model: Model | nn.Module,
+    layer: str | nn.Module | None,
+    x: torch.Tensor | tuple[int, int] = (224, 224),
+) -> ReceptiveField:
+    """The receptive field of `layer`'s units, analytically (see the module docstring).
+
+    `x` is an example input (1, C, H, W) or an input size (H, W) (then a 3-channel zero image):
+    "same" paddings, and so the fields' positions, depend on the input size.
+    """
+    model = as_model(model)
+    if isinstance(x, tuple):
+        x = torch.zeros(1, 3, *x, device=model.device)
+    x = x[:1].to(model.device)
+    name, target = resolve_layer(model.module, layer, x, model.default_layer)
+    fields: dict[int, _Field] = {}
+    seen: list[tuple[torch.Tensor, _Field]] = []  # keeps tensors alive: ids are not reused
+    result: list[torch.Tensor] = []
+
+    def record(t: torch.Tensor, f: _Field) -> None:
+        fields[id(t)] = f
+        seen.append((t, f))
+
+    def field_of(t: torch.Tensor) -> _Field | None:
+        if id(t) in fields:
+            return fields[id(t)]
+        same = [f for s, f in seen if s.shape[-2:] == t.shape[-2:]]
+        return max(same, key=lambda f: f.size[0] * f.size[1]) if same else None
+
+    def hook(module: nn.Module, inputs, out) -> None:
+        out = out if isinstance(out, torch.Tensor) else None
+        if out is None or out.dim() != 4 or id(out) in fields:
+            return
+        inp = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+        f_in = field_of(inp) if inp is not None and inp.dim() == 4 else None
+        if f_in is not None and isinstance(module, (nn.Conv2d, *POOLS, *ADAPTIVE_POOLS)):
+            f = _through(f_in, module, inp.shape[-2:], out.shape[-2:])
+        elif f_in is not None and not list(module.children()) and inp.shape == out.shape:
+            f = f_in  # an elementwise module (BatchNorm, ReLU, Dropout): the same field
+        else:
+            f = field_of(out)  # a block's functional result: the widest field at its size
+        if f is not None:
+            record(out, f)
+
+    def stop(module: nn.Module, inputs, out) -> None:
+        result.append(out if isinstance(out, torch.Tensor) else out[0])
+        raise _Stop
+
+    with Hooks() as hooks, eval_mode(model.module), torch.inference_mode():
+        for _, m in model.module.named_modules():
+            hooks.add(m.register_forward_hook(hook))
+        hooks.add(target.register_forward_hook(stop))
+        record(x, _Field())
+        try:
+            model.module(x)
+        except _Stop:
+            pass
+    if not result:
+        raise SaliencelabError(
+            f"The layer {name} was not run by the model's forward; pick a layer the forward uses "
+            "(see `saliencelab layers MODEL`)."
+        )
+    out = result[0]
+    if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SaliencelabError(
+            f"The layer {name} outputs {shape}, not a spatial map (B, C, h, w), so its units have "
+            "no receptive field in the image; pick a convolutional layer."
+        )
+    f = field_of(out) or _Field()
+    return ReceptiveField(name, f.size, f.jump, f.first, tuple(out.shape[-2:]), tuple(x.shape[-2:]))
