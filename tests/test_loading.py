@@ -241,3 +241,16 @@ def test_model_file_errors(tmp_path):
         load_model(str(tmp_path / "missing.pt2"))
     with pytest.raises(SaliencelabError, match="Unexpected option"):
         load_model(str(state), width=3)
+
+
+def test_exported_model_keeps_its_layers_for_cam(tmp_path, tiny_cnn):
+    """A torch.export archive is unflattened, so layer hooks fire and Grad-CAM matches."""
+    import saliencelab as sl
+
+    x = torch.randn(2, 3, 12, 12)
+    path = tmp_path / "tiny.pt2"
+    torch.export.save(torch.export.export(tiny_cnn, (x,)), path)
+    loaded = sl.load_model(str(path))
+    got = sl.explain(loaded, x, methods="gradcam", layer="features")["gradcam"].maps
+    want = sl.explain(tiny_cnn, x, methods="gradcam", layer="features")["gradcam"].maps
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -3,7 +3,7 @@
 Specs:
     "path/to/file.py:build"       a factory in a Python file, called as build(**kwargs)
     "package.module:build"         a factory in an importable module
-    "model.pt2"                    a `torch.export` archive (`torch.export.load(...).module()`)
+    "model.pt2"                    a `torch.export` archive (loaded and unflattened)
     "model.pt" / "model.ts"        a TorchScript file (`torch.jit.load`)
 
 A factory returns an `nn.Module` or an `sl.Model`; `weights=path` then loads a state dict into it
@@ -209,7 +209,8 @@ def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> nn.M
     if kind == "export":
         try:
             with open(p, "rb") as f:
-                return torch.export.load(f).module()
+                # Unflattened, the exported module keeps its submodules, so layer hooks fire.
+                return torch.export.unflatten(torch.export.load(f))
         except Exception as e:
             raise SaliencelabError(
                 f"{str(p)!r} looks like a torch.export archive but failed to load ({e}); re-save "

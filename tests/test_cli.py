@@ -1,0 +1,348 @@
+"""The `saliencelab` command line and the explain pipeline behind it (`report/run.py`).
+
+A tiny CNN from a factory file keeps these fast; one test runs the real EfficientNet-Lite0 demo
+on one sample photo.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import saliencelab as sl
+from saliencelab.cli import app, parse_options, parse_target, parse_value
+from saliencelab.report.run import estimated_passes, explain_images, method_requests
+
+LABELS = ["cat", "dog", "bird", "fish", "frog"]
+
+FACTORY = textwrap.dedent(
+    """
+    import numpy as np
+    import torch
+    from torch import nn
+
+    import saliencelab as sl
+
+    LABELS = ["cat", "dog", "bird", "fish", "frog"]
+
+
+    class TinyCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU()
+            )
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(6, len(LABELS))
+
+        def forward(self, x):
+            return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+    def preprocess(images):
+        images = images if isinstance(images, (list, tuple)) else [images]
+        if any(im.width == 13 for im in images):
+            raise sl.SaliencelabError("Images 13 pixels wide are unlucky; resize them.")
+        arrays = [np.asarray(im.convert("RGB").resize((32, 32)), np.float32) / 255 for im in images]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+    def build():
+        torch.manual_seed(0)
+        return sl.Model(TinyCNN().eval(), preprocess=preprocess, labels=LABELS, name="tiny")
+    """
+)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
+
+
+@pytest.fixture
+def tiny(tmp_path) -> str:
+    path = tmp_path / "tiny.py"
+    path.write_text(FACTORY)
+    return f"{path}:build"
+
+
+def photo(path, size=(40, 30), seed=0):
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def flat(text: str) -> str:
+    """Table text without whitespace and box lines (cells may wrap)."""
+    return "".join(ch for ch in text if not ch.isspace() and ch not in "│┃")
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+def test_explain_writes_overlays_gallery_maps_and_index(runner, tiny, tmp_path):
+    a, b = photo(tmp_path / "in" / "a.png"), photo(tmp_path / "in" / "b.jpg", seed=1)
+    out = tmp_path / "out"
+    args = ["explain", str(a), str(b), "--model", tiny, "-m", "saliency,gradcam", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for stem in ("a", "b"):
+        for name in ("saliency", "gradcam", "gallery"):
+            assert Image.open(out / f"{stem}_{name}.png").size[0] > 0
+    with np.load(out / "maps.npz") as maps:
+        assert sorted(maps.files) == sorted(
+            f"{s}/{k}" for s in ("a", "b") for k in ("saliency", "gradcam", "target")
+        )
+        assert maps["a/saliency"].shape == (32, 32) and maps["a/saliency"].dtype == np.float32
+        assert maps["b/gradcam"].shape == (32, 32)
+        assert maps["a/target"].dtype == np.int64 and 0 <= int(maps["a/target"]) < len(LABELS)
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "a.png" in html and "b.jpg" in html and 'src="a_gallery.png"' in html
+    assert "maps.npz" in html
+    # The table: images, predictions, methods, passes; and where the report is.
+    assert "saliency" in result.stdout and "gradcam" in result.stdout
+    assert any(label in result.stdout for label in LABELS)
+    assert "passes" in result.stdout and str(out / "index.html") in result.stdout
+    assert "using layer features" in result.stderr  # the engine's INFO log, shown once
+    assert result.stderr.count("using layer") == 1
+
+
+def test_explain_expands_folders_and_passes_options(runner, tiny, tmp_path):
+    photo(tmp_path / "in" / "x.png")
+    photo(tmp_path / "in" / "y.png", seed=2)
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    args = ["explain", str(tmp_path / "in"), "--model", tiny, "--out", str(out)]
+    args += ["-m", "saliency,integrated_gradients", "--option", "n_steps=4", "--chunk-size", "3"]
+    args += ["--target", "dog", "--embed"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "x_integrated_gradients.png").exists() and (out / "y_gallery.png").exists()
+    assert not (out / "notes_saliency.png").exists()
+    assert "target" in result.stdout and "dog" in result.stdout
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "data:image/png;base64," in html  # --embed
+    with np.load(out / "maps.npz") as maps:
+        assert int(maps["x/target"]) == LABELS.index("dog")
+
+
+def test_bad_image_among_good_ones_is_reported_and_the_rest_written(runner, tiny, tmp_path):
+    good = photo(tmp_path / "good.png")
+    broken = tmp_path / "broken.png"
+    broken.write_text("this is not a PNG")
+    out = tmp_path / "out"
+    args = ["explain", str(good), str(tmp_path / "missing.jpg"), str(broken), "--model", tiny]
+    result = runner.invoke(app, args + ["-m", "saliency", "--out", str(out)])
+    assert result.exit_code == 2
+    assert (out / "good_saliency.png").exists() and (out / "good_gallery.png").exists()
+    assert "Traceback" not in result.output
+    errors = error_lines(result.stderr)
+    assert len(errors) == 2
+    assert "missing.jpg" in errors[0] and "does not exist" in errors[0]
+    assert "broken.png" in errors[1] and "not an image" in errors[1]
+    assert "missing.jpg" in flat(result.stdout) and "failed" in result.stdout  # in the table
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert html.count('class="card error"') == 2 and "good.png" in html
+    with np.load(out / "maps.npz") as maps:
+        assert sorted(maps.files) == ["good/saliency", "good/target"]
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["-m", "gradcm"], "Unknown method 'gradcm'. Did you mean: gradcam"),
+        (["-m", "gradcam", "--layer", "features.9"], "has no layer named 'features.9'"),
+        (["-m", "saliency", "--target", "7"], "out of range"),
+        (["-m", "saliency", "--target", "zebra"], "no class named 'zebra'"),
+        (["-m", "saliency", "--option", "n_stepz=3"], "No requested method takes the option"),
+        (["-m", "saliency", "--option", "n_steps"], "is not of the form key=value"),
+        (["-m", "saliency", "--layer", "features"], "none of the methods saliency uses one"),
+        (["-m", "saliency", "--device", "tpu9"], "Unknown device"),
+        (["-m", "saliency", "--out", "{tmp}/a.png"], "Cannot create the output folder"),
+    ],
+)
+def test_request_errors_are_one_sentence_and_exit_2(runner, tiny, tmp_path, extra, needle):
+    a, b = photo(tmp_path / "a.png"), photo(tmp_path / "b.png", seed=1)
+    out = tmp_path / "out"
+    extra = [arg.replace("{tmp}", str(tmp_path)) for arg in extra]
+    result = runner.invoke(
+        app, ["explain", str(a), str(b), "--model", tiny, "--out", str(out), *extra]
+    )
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and needle in errors[0], result.stderr
+    assert not (out / "a_gallery.png").exists()
+
+
+def test_layer_error_points_to_the_layers_command(runner, tiny, tmp_path):
+    args = ["explain", str(photo(tmp_path / "a.png")), "--model", tiny, "-m", "gradcam"]
+    result = runner.invoke(app, args + ["--layer", "nope", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "saliencelab layers" in result.stderr
+
+
+def test_unknown_model_and_unknown_sample_name(runner, tmp_path):
+    result = runner.invoke(app, ["explain", "chelsea", "--model", "resnet9000", "-m", "saliency"])
+    assert result.exit_code == 2 and "Unknown model 'resnet9000'" in error_lines(result.stderr)[0]
+    result = runner.invoke(app, ["layers", "--image", "chelsaa"])
+    assert result.exit_code == 2
+
+
+def test_debug_shows_the_traceback(runner, tiny, tmp_path):
+    args = ["explain", str(photo(tmp_path / "a.png")), "--model", tiny, "-m", "saliency"]
+    args += ["--target", "7", "--out", str(tmp_path / "o")]
+    for result in (
+        runner.invoke(app, ["--debug", *args]),
+        runner.invoke(app, [*args, "--debug"]),
+        runner.invoke(app, args, env={"SALIENCELAB_DEBUG": "1"}),
+    ):
+        assert result.exit_code == 2
+        assert "Traceback (most recent call last)" in result.stderr
+        assert "SaliencelabError" in result.stderr
+        assert len(error_lines(result.stderr)) == 1
+
+
+def test_usage_errors_keep_typer_exit_code(runner):
+    result = runner.invoke(app, ["explain"])
+    assert result.exit_code == 2
+    result = runner.invoke(app, ["explain", "x.png", "--chunk-size", "0"])
+    assert result.exit_code == 2
+
+
+def test_methods_lists_registered_methods(runner):
+    result = runner.invoke(app, ["methods"])
+    assert result.exit_code == 0
+    for spec in sl.methods():
+        assert spec.name in result.stdout
+    assert "gradient" in result.stdout and "cam" in result.stdout and "layer=auto" in result.stdout
+
+
+def test_models_lists_the_zoo(runner):
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0
+    assert "efficientnet_lite0" in result.stdout and "file.py:build" in result.stdout
+
+
+def test_layers_lists_names_shapes_and_the_default(runner, tiny, tmp_path):
+    result = runner.invoke(app, ["layers", tiny])
+    assert result.exit_code == 0, result.output
+    for name in ("features.0", "features.3", "pool", "fc"):
+        assert name in result.stdout
+    assert "(1, 6, 32, 32)" in result.stdout and "(1, 5)" in result.stdout
+    assert "default" in result.stdout and "CAM methods use features" in result.stdout
+    result = runner.invoke(
+        app, ["layers", tiny, "--spatial", "--image", str(photo(tmp_path / "p.png"))]
+    )
+    assert result.exit_code == 0 and "fc" not in result.stdout.replace("features", "")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_layers_of_a_torchscript_file_explains_why_no_shapes(runner, tmp_path, tiny_cnn):
+    import torch
+
+    path = tmp_path / "tiny.ts"
+    torch.jit.trace(tiny_cnn, torch.zeros(1, 3, 16, 16)).save(str(path))
+    result = runner.invoke(app, ["layers", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "features.0" in result.stdout and "compiledgraph" in flat(result.stdout)
+
+
+def test_demo_with_efficientnet_on_one_sample(runner, tmp_path):
+    out = tmp_path / "demo"
+    result = runner.invoke(
+        app, ["demo", "--out", str(out), "--methods", "saliency,gradcam", "--images", "chelsea"]
+    )
+    assert result.exit_code == 0, result.output
+    for name in ("chelsea_gallery.png", "chelsea_saliency.png", "chelsea_gradcam.png"):
+        assert (out / name).exists()
+    assert "Egyptian cat" in result.stdout or "tabby" in result.stdout
+    assert "using layer _head_act" in result.stderr
+    with np.load(out / "maps.npz") as maps:
+        assert maps["chelsea/gradcam"].shape == (224, 224)
+    assert "index.html" in result.stdout
+
+
+# -- the pipeline as a library ------------------------------------------------------------------
+
+
+def _tiny_model(tmp_path, tiny):
+    return sl.load_model(tiny)
+
+
+def test_explain_images_rows_progress_and_errors(tmp_path, tiny):
+    model = _tiny_model(tmp_path, tiny)
+    calls = []
+    result = explain_images(
+        model,
+        [photo(tmp_path / "a.png"), tmp_path / "nope.png", Image.new("RGB", (20, 20), "red")],
+        "saliency,gradcam",
+        tmp_path / "out",
+        progress=lambda done, total, what: calls.append((done, total, what)),
+    )
+    assert result.n_images == 2 and not result.ok
+    assert [name for name, _ in result.errors] == [str(tmp_path / "nope.png")]
+    assert [r["method"] for r in result.rows if "method" in r] == ["saliency", "gradcam"] * 2
+    assert {"image", "predicted", "probability", "passes", "seconds"} <= set(result.rows[0])
+    assert result.rows[2] == {"image": str(tmp_path / "nope.png"), "error": result.errors[0][1]}
+    assert (tmp_path / "out" / "image-3_gallery.png").exists()
+    done = [c[0] for c in calls]
+    assert done == sorted(done) and calls[-1][0] == calls[-1][1]
+
+
+def test_an_image_failing_inside_the_batch_is_isolated(tmp_path, tiny):
+    model = _tiny_model(tmp_path, tiny)
+    images = [photo(tmp_path / "a.png"), photo(tmp_path / "odd.png", size=(13, 20))]
+    images.append(photo(tmp_path / "c.png", seed=5))
+    result = explain_images(model, images, "saliency", tmp_path / "out")
+    assert result.n_images == 2
+    assert result.errors == [(str(images[1]), "Images 13 pixels wide are unlucky; resize them.")]
+    assert (tmp_path / "out" / "c_gallery.png").exists()
+    assert not (tmp_path / "out" / "odd_gallery.png").exists()
+
+
+def test_explain_images_raises_request_errors(tmp_path, tiny):
+    model = _tiny_model(tmp_path, tiny)
+    images = [photo(tmp_path / "a.png"), photo(tmp_path / "b.png", seed=3)]
+    with pytest.raises(sl.SaliencelabError, match="out of range"):
+        explain_images(model, images, ["saliency"], tmp_path / "out", target=11)
+    with pytest.raises(sl.SaliencelabError, match="Unknown method"):
+        explain_images(model, images, ["nope"], tmp_path / "out")
+
+
+def test_explain_images_same_stem_twice(tmp_path, tiny):
+    model = _tiny_model(tmp_path, tiny)
+    images = [photo(tmp_path / "a" / "x.png"), photo(tmp_path / "b" / "x.png", seed=4)]
+    result = explain_images(model, images, "saliency", tmp_path / "out")
+    assert result.ok
+    with np.load(tmp_path / "out" / "maps.npz") as maps:
+        assert {"x/saliency", "x-2/saliency"} <= set(maps.files)
+
+
+def test_option_parsing():
+    assert parse_value("32") == 32 and parse_value("0.5") == 0.5
+    assert parse_value("true") is True and parse_value("No") is False
+    assert parse_value("none") is None and parse_value("_head_act") == "_head_act"
+    assert parse_options(["n_steps=32", "smoothgrad.noise_level=0.1"]) == {
+        "n_steps": 32,
+        "smoothgrad.noise_level": 0.1,
+    }
+    assert parse_target("3") == 3 and parse_target("tabby cat") == "tabby cat"
+    assert parse_target(None) is None
+
+
+def test_method_requests_routes_options():
+    req = method_requests(["saliency", "gradcam"], layer="x", options={"absolute": False})
+    assert req == {"saliency": {"absolute": False}, "gradcam": {"layer": "x"}}
+    req = method_requests("saliency,gradcam", options={"gradcam.relu": False})
+    assert req == {"saliency": {}, "gradcam": {"relu": False}}
+    with pytest.raises(sl.SaliencelabError, match="not requested"):
+        method_requests(["saliency"], options={"gradcam.relu": False})
+    with pytest.raises(sl.SaliencelabError, match="has no option"):
+        method_requests(["saliency"], options={"saliency.relu": False})
+    assert estimated_passes("saliency") == 1
