@@ -155,3 +155,11 @@ def test_methods_lists_family_and_cost():
     specs = {m.name: m for m in sl.methods()}
     assert specs["saliency"].family == "gradient" and specs["saliency"].cost == "1"
     assert specs["gradcam"].family == "cam"
+
+
+def test_total_forwards_counts_the_forward_that_found_the_prediction(tiny_cnn, images):
+    # integrated_gradients shares no pass: one forward finds the predicted class first.
+    ex = sl.explain(tiny_cnn, images, methods="integrated_gradients", n_steps=4)
+    assert ex.total_passes == 4
+    assert ex.total_forwards >= 1  # the prediction forward (+ IG's baseline forward)
+    assert ex["integrated_gradients"].passes == 4

@@ -147,7 +147,6 @@ def explain(
         own[spec.name] = cost
         results[spec.name] = _attribution(spec, opts, out, ctx)
 
-    total = Cost()
     for name, a in results.items():
         caps = [c for c in ctx.captures if name in c.users]
         c = own[name]
@@ -155,11 +154,9 @@ def explain(
         a.forwards = (c.forward_rows + sum(k.cost.forward_rows for k in caps)) / ctx.batch
         a.seconds = c.seconds + sum(k.cost.seconds / len(k.users) for k in caps)
         a.shared_with = tuple(sorted({u for k in caps for u in k.users} - {name}))
-        total.grad_rows += c.grad_rows
-        total.forward_rows += c.forward_rows
-    for k in ctx.captures:
-        total.grad_rows += k.cost.grad_rows
-        total.forward_rows += k.cost.forward_rows
+    # Everything the engine ran for this call, shared passes once, plus the forward that found
+    # the predicted class when no shared pass did.
+    total = engine.cost
     return Explanation(
         attributions=results,
         inputs=x,
