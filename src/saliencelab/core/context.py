@@ -23,6 +23,7 @@ from .engine import Cost, Engine
 from .errors import SaliencelabError
 from .layers import resolve_layer
 from .targets import PendingTarget, Target, TargetSpec, resolve_target
+from .tokens import find_token_layer, spatial_maps
 
 LayerArg = str | nn.Module | Sequence[str | nn.Module] | None
 
@@ -106,6 +107,10 @@ class Context:
     def layer(self, spec: str | nn.Module | None) -> tuple[str, nn.Module]:
         """(name, module) of a layer; `None` = the model's default or the last spatial layer."""
         default = self.model.default_layer or _AUTO_LAYER.get(self.model.module)
+        if spec is None and default is None:  # vision transformers: the last block's input norm
+            default = find_token_layer(self.model.module, self.x, self.model.extra.get("reshape"))
+            if default is not None:
+                _AUTO_LAYER[self.model.module] = default
         name, module = resolve_layer(self.model.module, spec, self.x, default)
         if spec is None and default is None:
             _AUTO_LAYER[self.model.module] = name
@@ -140,13 +145,20 @@ class Context:
                 n, lambda r: x[r], lambda r: r, self._target, layers, input_grad, backward
             )
         )
+        activations = {k: torch.cat([c.activations[k] for c in chunks]) for k in layers}
+        gradients = {k: torch.cat([c.gradients[k] for c in chunks]) for k in layers}
+        if x.dim() == 4:  # images: token layers (B, T, D) as maps (B, D, h, w) (core/tokens.py)
+            reshape = self.model.extra.get("reshape")
+            activations, gradients = spatial_maps(
+                activations, gradients, x.shape[-2:], self.model.module, reshape
+            )
         cap = Capture(
             backward=backward,
             logits=torch.cat([c.logits for c in chunks]),
             scores=torch.cat([c.scores for c in chunks]),
             input_grad=torch.cat([c.input_grad for c in chunks]) if input_grad else None,
-            activations={k: torch.cat([c.activations[k] for c in chunks]) for k in layers},
-            gradients={k: torch.cat([c.gradients[k] for c in chunks]) for k in layers},
+            activations=activations,
+            gradients=gradients,
             cost=self.engine.cost.since(before),
             users=[self.method] if self.method else [],
         )

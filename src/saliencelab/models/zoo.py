@@ -127,3 +127,15 @@ def _efficientnet_lite0(pretrained: bool = True) -> Model:
     from .efficientnet_lite import efficientnet_lite0
 
     return efficientnet_lite0(pretrained=pretrained)
+
+
+# Registers "hf:PATH" and "minilm" (transformers is imported only when one is loaded).
+from . import hf as _hf  # noqa: E402, F401
+
+
+@register_model("tiny_vit")
+def _tiny_vit(pretrained: bool = True) -> Model:
+    """A 2-block ViT trained in seconds on shapes on noise (tests, demos)."""
+    from .vit import tiny_vit
+
+    return tiny_vit(pretrained=pretrained)
