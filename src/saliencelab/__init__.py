@@ -16,12 +16,41 @@ from .data.labels import imagenet_labels
 from .data.samples import sample_image, sample_images
 from .models.model import Model
 from .models.zoo import list_models, load_model, register_model, register_scheme
+from .neurons import (
+    ActivationMaps,
+    Example,
+    ReceptiveField,
+    activations,
+    channel,
+    conditional_map,
+    examples_gallery,
+    neuron,
+    receptive_field,
+    save_examples_gallery,
+    top_examples,
+)
 from .report.html import ReportEntry, write_index
+from .text import TextModel, continuation, save_text_html, similarity_to
 from .viz.gallery import gallery, save_gallery
 from .viz.overlay import overlay, save_overlay
 
 __all__ = [
+    "ActivationMaps",
     "Attribution",
+    "Example",
+    "ReceptiveField",
+    "TextModel",
+    "activations",
+    "channel",
+    "conditional_map",
+    "continuation",
+    "examples_gallery",
+    "neuron",
+    "receptive_field",
+    "save_examples_gallery",
+    "save_text_html",
+    "similarity_to",
+    "top_examples",
     "Explanation",
     "MethodSpec",
     "Model",

@@ -32,6 +32,7 @@ from rich.text import Text
 import saliencelab as sl
 from saliencelab.neurons.commands import register as register_neurons
 from saliencelab.report.run import RunResult, explain_images, method_requests
+from saliencelab.text.commands import register as register_text
 
 app = typer.Typer(
     name="saliencelab",
@@ -697,6 +698,7 @@ def demo(
 
 
 register_neurons(app)
+register_text(app)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -115,6 +115,9 @@ def explain(
     """
     start = time.perf_counter()
     model = as_model(model)
+    prepare = model.extra.get("prepare")  # per call, e.g. text: tokenise, embed, bind the target
+    if prepare is not None:
+        model, x, target = prepare(x, target)
     x = _as_batch(model, x).to(model.device)
     requests = _requests(methods, options)
     if is_blackbox(model):
@@ -171,6 +174,9 @@ def explain(
 def _attribution(spec: MethodSpec, opts: dict, out: Any, ctx: Context) -> Attribution:
     if isinstance(out, torch.Tensor):
         out = MethodOutput(out)
+    reduce = ctx.model.extra.get("reduce")  # e.g. text: (B, T, D) embedding attributions → words
+    if reduce is not None:
+        out = reduce(out)
     attr = out.attributions
     if out.maps is not None:
         maps = out.maps
@@ -180,7 +186,7 @@ def _attribution(spec: MethodSpec, opts: dict, out: Any, ctx: Context) -> Attrib
         maps = attr
     if ctx.x.dim() == 4 and maps.dim() == 3:
         maps = upsample(maps, ctx.x.shape[-2:])
-    if attr.dim() == 3:
+    if attr.dim() == 3 and ctx.x.dim() != 3:  # a layer map (B, h, w), not token embeddings
         attr = maps[:, None]
     return Attribution(
         method=spec.name,

@@ -104,7 +104,11 @@ def integrated_gradients(
     alphas_np, weights_np = quadrature(rule, n_steps)
     x = ctx.x
     dtype, dev, batch = float_dtype(x), x.device, ctx.batch
-    base = input_baselines(x, baselines, method=name, blur_sigma=blur_sigma, seed=seed)
+    model_baselines = ctx.model.extra.get("baselines")  # a model's own, e.g. text: pad embeddings
+    if model_baselines is not None:
+        base = model_baselines(x, baselines)
+    else:
+        base = input_baselines(x, baselines, method=name, blur_sigma=blur_sigma, seed=seed)
     diff = x.to(dtype) - base
     alphas = torch.as_tensor(alphas_np, dtype=dtype, device=dev)
     weights = torch.as_tensor(weights_np, dtype=dtype, device=dev)

@@ -1,0 +1,155 @@
+"""Feature ablation: the score drop when one feature (a group of input elements) is removed.
+
+    A(e) = S(x) − S(x with feature f(e) replaced by the baseline),   f(e) = mask[e]
+
+for every element e of feature f, one forward per (sample, feature). The features come from an
+integer feature mask (`features.py`): a grid (default), SLIC superpixels, or the user's tensor.
+Equal to Captum's `FeatureAblation` with the same mask and baseline.
+
+Rows are (sample, feature) pairs for the features each sample has, n_rows = Σ_b F_b; each chunk
+is built in one gather of a keep-matrix over the mask (`apply_features`) and run by
+`ctx.engine.forwards`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...core.context import Context, MethodOutput
+from ...core.registry import register
+from .features import (
+    apply_features,
+    clean_scores,
+    n_features,
+    perturbation_baseline,
+)
+from .features import feature_mask as resolve_feature_mask
+from .incremental import crop, local_forwards, plan_local_prefix, used_layer
+
+__all__ = ["feature_ablation", "feature_boxes", "spread_features"]
+
+
+def spread_features(values: torch.Tensor, mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B, F) per-feature values → x-shaped attributions, value of the element's feature."""
+    per_element = values.gather(1, mask.flatten(1)).view(mask.shape)
+    if mask.dim() == x.dim() - 1:
+        per_element = per_element[:, None]
+    return per_element.expand(x.shape)
+
+
+@register(
+    "feature_ablation",
+    family="perturbation",
+    cost="F forwards (F = features per sample)",
+    reduction="score drop of the pixel's feature (summed over channels for per-channel masks)",
+)
+def feature_ablation(
+    ctx: Context,
+    *,
+    feature_mask: Any = None,
+    n_segments: int = 64,
+    baseline: Any = 0.0,
+    blur_sigma: float = 10.0,
+    incremental: bool = True,
+) -> MethodOutput:
+    """Feature ablation: A(e) = S(x) − S(x with e's feature := baseline), one forward per feature.
+
+    `feature_mask`: None (a grid of about `n_segments` cells) | "grid" | "slic" (superpixels) |
+    an integer tensor (H, W), (B, H, W), (B, C, H, W), or (F,) / (B, F) for tabular inputs.
+    `baseline`: a number | "blur" | "mean" | a tensor broadcastable to the inputs. Equals Captum's
+    FeatureAblation with the same mask. extras["feature_mask"] is the mask used.
+
+    `incremental=True` recomputes the model's early layers only around each feature's bounding
+    box when that saves time and reproduces full forwards (`incremental.py`); the result is the
+    same up to float rounding. extras["incremental"] names the layer it ran from.
+    """
+    x = ctx.x
+    dev = x.device
+    mask = resolve_feature_mask(feature_mask, x, n_segments)
+    counts = n_features(mask)  # (B,)
+    starts = torch.cumsum(counts, 0) - counts
+    width = int(counts.max())
+    base = perturbation_baseline(x, baseline, "feature_ablation", blur_sigma).to(x.dtype)
+    features = torch.arange(width, device=dev)
+
+    def split(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = rows.to(dev)
+        samples = torch.searchsorted(starts, rows, right=True) - 1
+        return samples, rows - starts[samples]
+
+    def make_inputs(rows: torch.Tensor) -> torch.Tensor:  # any input shape: one gather
+        samples, f = split(rows)
+        keep = features[None, :] != f[:, None]  # (n, F): every feature but f
+        return apply_features(x, base, mask, keep, samples)
+
+    n_rows = int(counts.sum())
+    prefix, boxes = None, None
+    if incremental and x.dim() == 4:
+        boxes = feature_boxes(mask, width)  # (B, F, 4)
+        prefix = plan_local_prefix(ctx, boxes[features[None, :] < counts[:, None]])
+    if base.dim() == 4 and base.shape[-2:] != (1, 1):
+        base = base.expand(base.shape[0], *x.shape[1:])
+    mask4 = mask if mask.dim() == 4 else mask[:, None]
+
+    def perturbed(rows: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size) -> torch.Tensor:
+        """Image rows (sample, feature f) cropped to `size` at (top, left): f := baseline."""
+        samples, f = split(rows)
+        off = crop(mask4, samples, top, left, size) == f[:, None, None, None]
+        return torch.where(
+            off, crop(base, samples, top, left, size), crop(x, samples, top, left, size)
+        )
+
+    def boxes_of(rows: torch.Tensor) -> torch.Tensor:
+        samples, f = split(rows)
+        return boxes[samples, f]
+
+    clean = clean_scores(ctx)
+    drops = torch.zeros(ctx.batch, width, dtype=clean.dtype, device=dev)
+    check = torch.tensor(sorted({0, n_rows // 2, n_rows - 1}), device=dev)
+
+    def sample_of(rows: torch.Tensor) -> torch.Tensor:
+        return split(rows)[0]
+
+    if x.dim() == 4:
+        chunks = local_forwards(ctx, prefix, n_rows, sample_of, boxes_of, perturbed, check)
+    else:
+        chunks = ctx.engine.forwards(n_rows, make_inputs, sample_of, ctx.target)
+    for chunk in chunks:
+        samples, f = split(chunk.rows)
+        drops[samples, f] = clean[samples] - chunk.scores.to(dev)
+    attributions = spread_features(drops, mask, x).to(x.dtype)
+    maps = None
+    if x.dim() == 2:  # tabular: one value per feature column
+        maps = attributions
+    elif x.dim() == 4 and mask.dim() == 3:  # mask shared by the channels: the pixel's drop
+        maps = drops.gather(1, mask.flatten(1)).view(mask.shape)
+    extras = {"feature_mask": mask, "incremental": used_layer(prefix)}
+    return MethodOutput(attributions, maps=maps, extras=extras)
+
+
+def feature_boxes(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, F, 4) bounding box (top, left, bottom, right) px, bottom/right exclusive, of each
+    feature of an image mask (B, H, W) or (B, C, H, W); features absent from a sample get
+    an empty box."""
+    height, wid = mask.shape[-2:]
+    dev = mask.device
+    ys = torch.arange(height, device=dev)[:, None].expand(height, wid).expand(mask.shape)
+    xs = torch.arange(wid, device=dev)[None, :].expand(height, wid).expand(mask.shape)
+    ids = mask.flatten(1)
+    b = mask.shape[0]
+
+    def reduce(coords: torch.Tensor, how: str, fill: int) -> torch.Tensor:
+        out = torch.full((b, width), fill, dtype=torch.long, device=dev)
+        return out.scatter_reduce(1, ids, coords.flatten(1), how, include_self=True)
+
+    return torch.stack(
+        [
+            reduce(ys, "amin", height),
+            reduce(xs, "amin", wid),
+            reduce(ys, "amax", -1) + 1,
+            reduce(xs, "amax", -1) + 1,
+        ],
+        dim=2,
+    )

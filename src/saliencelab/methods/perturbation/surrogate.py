@@ -1,0 +1,138 @@
+"""Surrogate-model machinery shared by LIME and KernelSHAP: coalitions, their scores, and a
+batched weighted least-squares fit in closed form.
+
+Both methods explain f around x with a linear model g(z) = β_0 + Σ_f β_f z_f over binary
+coalitions z ∈ {0, 1}^F of features: the model sees x where z_f = 1 and a baseline where
+z_f = 0 (:func:`apply_features` on a feature mask). They differ in how the coalitions are drawn,
+how each is weighted, and the constraints on β.
+
+Layout. Sample b of the batch has F_b features (its mask's ids 0..F_b-1) and N_b coalitions.
+Coalitions are held padded, `z` (B, N, F) bool with N = max N_b and F = max F_b: columns
+f ≥ F_b and rows k ≥ N_b are False and weigh nothing. The Σ_b N_b evaluated rows are flat (row r
+is coalition `slot[r]` of sample `sample[r]`), so the engine chunks them freely; each chunk's
+inputs are built in one gather. Each sample's coalitions come from its own
+`torch.Generator(seed)`, so a sample's result depends on its own input only, not on the other
+samples of the batch nor on the chunk size.
+
+The fit solves the normal equations (XᵀWX + D) β = XᵀWy of all samples at once in float64,
+(B, P, P) systems on the model's device; D is a diagonal of ridge penalties, and 1 on the
+padded columns (whose X column is 0), which pins their coefficient to exactly 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...core.context import Context
+from ...core.errors import SaliencelabError
+from .feature_ablation import spread_features
+from .features import apply_features
+
+__all__ = [
+    "Coalitions",
+    "coalition_scores",
+    "feature_attributions",
+    "weighted_least_squares",
+]
+
+
+@dataclass
+class Coalitions:
+    """Padded coalitions of a batch: `z` (B, N, F) bool, `counts` (B,) rows used per sample."""
+
+    z: torch.Tensor
+    counts: torch.Tensor
+
+    @staticmethod
+    def stack(per_sample: list[torch.Tensor], n_features: int) -> Coalitions:
+        """Pad each sample's (N_b, F_b) coalitions to (N, F) with False and stack them."""
+        n = max((z.shape[0] for z in per_sample), default=0)
+        device = per_sample[0].device
+        z = torch.zeros(len(per_sample), n, n_features, dtype=torch.bool, device=device)
+        for b, zb in enumerate(per_sample):  # one copy per sample, not per feature
+            z[b, : zb.shape[0], : zb.shape[1]] = zb
+        counts = torch.tensor([zb.shape[0] for zb in per_sample], device=device)
+        return Coalitions(z, counts)
+
+
+def coalition_scores(
+    ctx: Context,
+    coalitions: Coalitions,
+    mask: torch.Tensor,
+    baseline: torch.Tensor,
+) -> torch.Tensor:
+    """(B, N) float64 target score of every coalition (0 on padded rows), forward passes only.
+
+    Row r of the pass is coalition `slot[r]` of sample `sample[r]`; its input is x[sample] where
+    the coalition keeps the element's feature and the baseline elsewhere, built per chunk.
+    """
+    x, z, counts = ctx.x, coalitions.z, coalitions.counts
+    dev = x.device
+    sample = torch.repeat_interleave(torch.arange(len(counts), device=dev), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(sample), device=dev) - starts[sample]
+
+    def sample_of(rows: torch.Tensor) -> torch.Tensor:
+        return sample[rows.to(dev)]
+
+    def make_inputs(rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.to(dev)
+        s = sample[rows]
+        return apply_features(x, baseline, mask, z[s, slot[rows]], samples=s)
+
+    y = torch.zeros(z.shape[:2], dtype=torch.float64, device=dev)
+    for chunk in ctx.engine.forwards(len(sample), make_inputs, sample_of, ctx.target):
+        rows = chunk.rows.to(dev)
+        y[sample[rows], slot[rows]] = chunk.scores.to(device=dev, dtype=torch.float64)
+    return y
+
+
+def weighted_least_squares(
+    design: torch.Tensor,
+    y: torch.Tensor,
+    weights: torch.Tensor,
+    penalty: torch.Tensor,
+    *,
+    method: str,
+) -> torch.Tensor:
+    """β (B, P) minimising Σ_k w_k (y_k − X_k β)² + Σ_j D_j β_j² for each sample, in float64.
+
+    Closed form: (XᵀWX + diag(D)) β = XᵀWy, solved for all B samples at once. `design` (B, N, P),
+    `y` and `weights` (B, N), `penalty` D (B, P) or (P,). A singular system (too few distinct
+    coalitions for the unknowns) raises one clear sentence.
+    """
+    x = design.to(torch.float64)
+    w = weights.to(torch.float64)
+    wx = x * w[..., None]
+    a = wx.transpose(1, 2) @ x
+    a = a + torch.diag_embed(penalty.to(a).expand(a.shape[:2]))
+    rhs = (wx.transpose(1, 2) @ y.to(torch.float64)[..., None])[..., 0]
+    solve_on = a.device if a.device.type != "mps" else torch.device("cpu")  # no float64 on MPS
+    beta, info = torch.linalg.solve_ex(a.to(solve_on), rhs.to(solve_on))
+    if bool((info != 0).any()) or not bool(torch.isfinite(beta).all()):
+        raise SaliencelabError(
+            f"{method}: the surrogate's least-squares system is singular (too few distinct "
+            "coalitions for the number of features); raise n_samples, use fewer features, or "
+            "regularise with alpha > 0."
+        )
+    return beta.to(design.device)
+
+
+def feature_attributions(
+    values: torch.Tensor, mask: torch.Tensor, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Broadcast per-feature values (B, F) over the inputs: (attributions like x, maps).
+
+    Every element of x gets its feature's value (as Captum's `return_input_shape=True`). maps:
+    for a mask shared by the channels (B, H, W), the feature's value at each pixel; for a
+    per-element mask, the sum over channels; for tabular x (B, F), the attributions themselves.
+    """
+    values = values.to(x.dtype if x.is_floating_point() else torch.get_default_dtype())
+    attributions = spread_features(values, mask, x)
+    if x.dim() == 2:  # tabular: one value per column
+        return attributions, attributions
+    if mask.dim() == x.dim() - 1:  # shared by the channels: the pixel's feature value
+        return attributions, values.gather(1, mask.flatten(1)).view(mask.shape)
+    return attributions, attributions.sum(dim=1)

@@ -1,0 +1,176 @@
+"""DeepLIFT (rescale rule) and DeepLIFT-SHAP.
+
+- DeepLIFT (Shrikumar, Greenside & Kundaje 2017, "Learning Important Features Through
+  Propagating Activation Differences"):
+      φ(x) = (x - x') ⊙ m(x, x'),
+  with m the multipliers of the target score S propagated back from the output by the rescale
+  rule at nonlinearities (see `multipliers.py`). Summation-to-delta: Σ φ = S(x) - S(x'); the gap
+  `delta` = Σ φ - (S(x) - S(x')) is reported per sample in `extras`.
+- DeepLIFT-SHAP (Lundberg & Lee 2017, "A Unified Approach to Interpreting Model Predictions",
+  DeepExplainer; Captum's `DeepLiftShap`): DeepLIFT averaged over a distribution of references,
+      φ(x) = (1/N) Σ_k (x - x'_k) ⊙ m(x, x'_k),   Σ φ = S(x) - (1/N) Σ_k S(x'_k).
+
+Each (input, reference) pair is one row of the engine's gradient pass; `make_inputs` stacks the
+chunk's inputs on its references, [x; x'], so one forward and one backward carry both (cost:
+two rows through the model per pair). DeepLIFT-SHAP's pairs are samples × references, row
+r = reference r // B of sample r % B. Only nonlinearities that are modules get the rescale rule
+(the bundled EfficientNet-Lite0 uses `nn.ReLU6` modules); residual additions are linear and
+need nothing. Max pooling uses Captum's max-pooling rule (see `multipliers.py`).
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ...core.context import Context, MethodOutput
+from ...core.errors import SaliencelabError
+from ...core.registry import register
+from ..gradient.baselines import (
+    baseline_distribution,
+    float_dtype,
+    generator,
+    input_baselines,
+    positive_int,
+)
+from .multipliers import DeepLiftRescale
+
+DEFAULT_UNIFORM_REFERENCES = 16
+
+
+def _check_eps(eps: Any, method: str) -> float:
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or not eps > 0:
+        raise SaliencelabError(f"{method}: eps must be a positive number, got {eps!r}.")
+    return float(eps)
+
+
+def deeplift_pairs(
+    ctx: Context,
+    n_pairs: int,
+    sample_of: Callable[[torch.Tensor], torch.Tensor],
+    reference_of: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    eps: float,
+    method: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DeepLIFT over `n_pairs` (input, reference) pairs, chunked by the engine.
+
+    Pair r explains sample `sample_of(r)` against the reference `reference_of(r)`. Returns the
+    attributions summed per sample (B, ...), and S(x), S(x') of each pair (n_pairs,).
+    """
+    x = ctx.x
+    dtype, dev = float_dtype(x), x.device
+    xf = x.to(dtype)
+    rule = DeepLiftRescale(eps=eps, method=method)
+
+    def make_inputs(rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.to(dev)
+        return torch.cat([xf[sample_of(rows)], reference_of(rows).to(dtype)])
+
+    total = torch.zeros_like(xf)
+    s_x = torch.empty(n_pairs, device=dev, dtype=dtype)
+    s_ref = torch.empty(n_pairs, device=dev, dtype=dtype)
+    for chunk in ctx.engine.gradients(n_pairs, make_inputs, sample_of, ctx.target, backward=rule):
+        n = len(chunk.rows)
+        rows, samples = chunk.rows.to(dev), chunk.samples.to(dev)
+        diff = chunk.inputs[:n] - chunk.inputs[n:]
+        total.index_add_(0, samples, diff * chunk.input_grad[:n])
+        if rule.reference_logits is None:
+            # A neuron / channel target stopped the forward at its layer, before the model's
+            # output: both halves were read and scored. The input half's gradient is still its
+            # own score's (rows are independent and the rule sends nothing to the references).
+            scores = chunk.scores.to(dtype)
+            s_x[rows], s_ref[rows] = scores[:n], scores[n:]
+        else:
+            s_x[rows] = chunk.scores.to(dtype)
+            s_ref[rows] = ctx.target.scores(rule.reference_logits, chunk.samples).to(dtype)
+    # The engine counted one row per pair; each pair also ran its reference row.
+    ctx.engine.cost.grad_rows += n_pairs
+    if rule.reached == 0:
+        warnings.warn(
+            f"{method}: the model has no nonlinearity module DeepLIFT can reach (nn.ReLU, "
+            "nn.Sigmoid, nn.MaxPool2d…), so the result is the gradient times (x - x'); use a "
+            "model whose activations are modules to get the rescale rule.",
+            stacklevel=3,
+        )
+    return total, s_x, s_ref
+
+
+@register("deeplift", family="relevance", cost="2", reduction="signed sum over channels")
+def deeplift(
+    ctx: Context,
+    *,
+    baselines: Any = "zero",
+    blur_sigma: float = 10.0,
+    seed: int = 0,
+    eps: float = 1e-10,
+) -> MethodOutput:
+    """DeepLIFT, rescale rule (Shrikumar et al. 2017): (x - x') ⊙ multipliers of S.
+
+    Options: `baselines` (the reference x') "zero" | a number | "blur" (Gaussian blur of the input
+    with `blur_sigma` pixels) | "uniform" (noise in each sample's range, `seed`) | a tensor
+    broadcastable to the inputs; `eps`: below this |x - x'| a nonlinearity uses its gradient.
+    extras["delta"] (B,) is the summation-to-delta gap Σ φ - (S(x) - S(x')).
+    """
+    name = "deeplift"
+    eps = _check_eps(eps, name)
+    base = input_baselines(ctx.x, baselines, method=name, blur_sigma=blur_sigma, seed=seed)
+    batch = ctx.batch
+    attributions, s_x, s_ref = deeplift_pairs(
+        ctx, batch, lambda r: r.to(base.device), lambda r: base[r], eps=eps, method=name
+    )
+    delta = attributions.flatten(1).sum(1) - (s_x - s_ref)
+    return MethodOutput(attributions, extras={"delta": delta})
+
+
+@register(
+    "deeplift_shap",
+    family="relevance",
+    cost="2 * n_baselines",
+    reduction="signed sum over channels",
+)
+def deeplift_shap(
+    ctx: Context,
+    *,
+    baselines: Any = "uniform",
+    n_baselines: int | None = None,
+    seed: int = 0,
+    eps: float = 1e-10,
+) -> MethodOutput:
+    """DeepLIFT-SHAP (Lundberg & Lee 2017): DeepLIFT averaged over a distribution of references.
+
+    Options: `baselines` a tensor (N, C, H, W) of references | "uniform" (noise images in the
+    batch's value range) | "batch" (the batch's own inputs) | "zero" | a number;
+    `n_baselines` how many references to use: by default all N of a tensor (or "batch"), and
+    16 "uniform" draws; fewer than N samples that many without replacement (`seed`); `eps` as
+    in deeplift. extras["delta"] (B,) is Σ φ - (S(x) - mean_k S(x'_k)).
+    """
+    name = "deeplift_shap"
+    eps = _check_eps(eps, name)
+    if n_baselines is not None:
+        n_baselines = positive_int(n_baselines, "n_baselines", name)
+    x, batch = ctx.x, ctx.batch
+    dev = x.device
+    gen = generator(dev, seed)
+    n_draws = n_baselines or DEFAULT_UNIFORM_REFERENCES
+    dist, _ = baseline_distribution(x, baselines, method=name, n_samples=n_draws, gen=gen)
+    if n_baselines is not None and n_baselines < dist.shape[0]:
+        dist = dist[torch.randperm(dist.shape[0], generator=gen, device=dev)[:n_baselines]]
+    n_refs = dist.shape[0]
+    sample_shape = tuple(x.shape[1:])
+
+    def reference_of(rows: torch.Tensor) -> torch.Tensor:
+        return dist[rows // batch].expand(len(rows), *sample_shape)
+
+    total, s_x, s_ref = deeplift_pairs(
+        ctx, n_refs * batch, lambda r: r.to(dev) % batch, reference_of, eps=eps, method=name
+    )
+    attributions = total / n_refs
+    mean_ref = torch.zeros(batch, device=dev, dtype=s_ref.dtype)
+    mean_ref.index_add_(0, torch.arange(n_refs * batch, device=dev) % batch, s_ref / n_refs)
+    delta = attributions.flatten(1).sum(1) - (s_x[:batch] - mean_ref)
+    return MethodOutput(attributions, extras={"delta": delta, "n_baselines": n_refs})

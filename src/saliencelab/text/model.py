@@ -1,0 +1,362 @@
+"""The text model adapter: a Hugging Face transformer run from token embeddings.
+
+:class:`TextModule` is the `nn.Module` the engine runs. Its input is the embedding-space tensor
+of `inputs.py` (token embeddings plus the attention mask and fixed-token flags of each row); it
+runs the transformer from `inputs_embeds` with each row's own attention mask and returns
+
+- "classification" (…ForSequenceClassification): the class logits (n, C);
+- "embedding" (a bare encoder, sentence-transformers): the sentence embedding (n, D) — the
+  model's pooling (mean over the attention mask, [CLS], or max), normalised when it says so;
+- "causal-lm" (…ForCausalLM / …LMHeadModel): the next-token logits (n, T, V), with position ids
+  counted from each row's first token (rows are padded on the left).
+
+:class:`TextModel` is the `sl.Model` for it. When `sl.explain` starts it tokenises the texts
+(`encoding.py`), embeds them, binds text targets (`targets.py`) and returns a copy of itself that
+knows the call's words. The engine's methods then run unchanged on the embeddings; afterwards
+the model reduces each attribution (B, T, D) to one score per token — the signed sum over the
+embedding (`token_scores="signed"`, default) or its L2 norm (`token_scores="l2"`, a magnitude) —
+and merges subword pieces into words (the sum of their pieces). Results carry `.tokens` (the
+words of each text), `.pieces` and `.piece_scores` (per token, specials included).
+
+Integrated gradients' baselines are built here (`baselines`): the embedding of [PAD] ("pad"), of
+[MASK] ("mask"), zeros ("zero", a number, or a (D,) / (B, T, D) tensor) at every token except
+the fixed ones (special and continuation tokens), which keep their embedding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.context import MethodOutput
+from ..core.errors import SaliencelabError, closest
+from ..core.state import attribution_mode
+from ..models.model import Model
+from .encoding import TextBatch, check_texts, encode
+from .inputs import FLAG_WIDTH, embeddings_of, pack, read_flags, with_embeddings
+from .targets import (
+    ContinuationLogProb,
+    ContinuationTarget,
+    CosineSimilarity,
+    SimilarityTarget,
+)
+
+TASKS = ("classification", "embedding", "causal-lm")
+POOLINGS = ("mean", "cls", "max")
+TOKEN_SCORES = ("signed", "l2")
+BASELINES = ("zero", "pad", "mask")
+
+
+class TextModule(nn.Module):
+    """A Hugging Face transformer run from embedding-space inputs (see the module docstring)."""
+
+    def __init__(
+        self, hf: nn.Module, task: str, pooling: str = "mean", normalize: bool = False
+    ) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise SaliencelabError(f"Unknown text task {task!r}; use one of {', '.join(TASKS)}.")
+        if pooling not in POOLINGS:
+            raise SaliencelabError(
+                f"Unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}."
+            )
+        self.hf = hf
+        self.task = task
+        self.pooling = pooling
+        self.normalize = normalize
+
+    @property
+    def embedding(self) -> nn.Embedding:
+        return self.hf.get_input_embeddings()
+
+    @property
+    def dim(self) -> int:
+        return int(self.embedding.weight.shape[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask, _ = read_flags(x, self.dim)
+        emb = embeddings_of(x, self.dim).to(self.embedding.weight.dtype)
+        kwargs: dict[str, Any] = {"inputs_embeds": emb, "attention_mask": mask.long()}
+        if self.task == "causal-lm":
+            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp_min(0)
+            kwargs["use_cache"] = False
+        out = self.hf(**kwargs)
+        if self.task != "embedding":
+            return out.logits if hasattr(out, "logits") else out[0]
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        return self.pool(hidden, mask)
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Sentence embedding (n, D) of token states (n, T, D) over the attention mask."""
+        m = mask[..., None].to(hidden.dtype)
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        elif self.pooling == "max":
+            pooled = hidden.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
+        else:
+            pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+
+
+@dataclass
+class TextModel(Model):
+    """An `sl.Model` for text (see the module docstring); load one with `sl.load_model`.
+
+    Attributes (besides `Model`'s):
+        tokenizer: a fast Hugging Face tokenizer.
+        task: "classification", "embedding" or "causal-lm".
+        max_length: the most tokens a text may have (longer texts are cut, with a warning).
+        token_scores: "signed" (sum over the embedding) or "l2" (its norm) per token.
+        batch: the tokenised texts of the current `sl.explain` call (set on the call's copy).
+    """
+
+    tokenizer: Any = None
+    task: str = "embedding"
+    max_length: int = 512
+    token_scores: str = "signed"
+    batch: TextBatch | None = None
+
+    def __post_init__(self) -> None:
+        if self.token_scores not in TOKEN_SCORES:
+            raise SaliencelabError(
+                f"token_scores must be 'signed' (sum over the embedding) or 'l2' (its norm), not "
+                f"{self.token_scores!r}."
+            )
+        if self.task not in TASKS:
+            raise SaliencelabError(
+                f"Unknown text task {self.task!r}; use one of {', '.join(TASKS)}."
+            )
+        # Hooks `sl.explain` and integrated gradients look for (see core/explain.py).
+        self.extra = {
+            **self.extra,
+            "prepare": self.prepare,
+            "reduce": self.reduce,
+            "baselines": self.baselines,
+        }
+        if self.preprocess is None:
+            self.preprocess = self.inputs
+
+    # -- the pieces --------------------------------------------------------------------------
+
+    @property
+    def text_module(self) -> TextModule:
+        return self.module  # type: ignore[return-value]
+
+    @property
+    def dim(self) -> int:
+        return self.text_module.dim
+
+    @property
+    def padding_side(self) -> str:
+        return "left" if self.task == "causal-lm" else "right"
+
+    def with_token_scores(self, token_scores: str) -> TextModel:
+        """A copy scoring tokens by "signed" sum or "l2" norm over the embedding."""
+        return dataclasses.replace(self, token_scores=token_scores)
+
+    def encode(self, texts: Any, continuation: str | None = None) -> TextBatch:
+        """Tokenise texts (and a continuation's tokens, for a causal LM) into a TextBatch."""
+        ids = None
+        if continuation is not None:
+            ids = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise SaliencelabError(
+                    f"The continuation {continuation!r} has no tokens; give some text."
+                )
+        return encode(
+            self.tokenizer,
+            check_texts(texts),
+            max_length=self.max_length,
+            padding_side=self.padding_side,
+            continuation_ids=ids,
+            continuation=continuation,
+        )
+
+    def embed(self, batch: TextBatch) -> torch.Tensor:
+        """The engine input (B, T, D + 2R) of a TextBatch: token embeddings and flags."""
+        with torch.no_grad():
+            emb = self.text_module.embedding(batch.ids.to(self.device)).float()
+        return pack(emb, batch.mask.to(self.device), batch.fixed.to(self.device))
+
+    def inputs(self, texts: Any) -> torch.Tensor:
+        """Texts → engine input (the model's `preprocess`)."""
+        return self.embed(self.encode(texts))
+
+    def sentence_embedding(self, texts: Any) -> torch.Tensor:
+        """(B, D) sentence embeddings (the model's pooling), no gradient."""
+        if self.task != "embedding":
+            raise SaliencelabError(
+                f"{self.name} is a {self.task} model, not a sentence-embedding model, so it has no "
+                "sentence embedding to compare texts with; use a classification target."
+            )
+        x = self.inputs(texts)
+        with attribution_mode(self.module), torch.no_grad():
+            return self.module(x)
+
+    # -- targets -----------------------------------------------------------------------------
+
+    def bind_target(self, target: Any) -> Any:
+        """A target as the engine takes it: text specs bound to this model, names checked."""
+        kind = {"embedding": "a sentence-embedding", "causal-lm": "a causal language"}.get(
+            self.task, "a classification"
+        )
+        if isinstance(target, SimilarityTarget):
+            if self.task != "embedding":
+                raise SaliencelabError(
+                    f"similarity_to needs a sentence-embedding model, but {self.name} is "
+                    f"{kind} model; "
+                    + (
+                        "explain a class (target='name') instead."
+                        if self.task == "classification"
+                        else "use sl.continuation(text) instead."
+                    )
+                )
+            return CosineSimilarity(self.sentence_embedding([target.text])[0], target.text)
+        if isinstance(target, ContinuationTarget):
+            if self.task != "causal-lm":
+                raise SaliencelabError(
+                    f"continuation needs a causal language model, but {self.name} is {kind} model; "
+                    + (
+                        "explain a class (target='name') instead."
+                        if self.task == "classification"
+                        else "use sl.similarity_to(text) instead."
+                    )
+                )
+            ids = self.tokenizer(target.text, add_special_tokens=False)["input_ids"]
+            return ContinuationLogProb(list(ids), target.text)
+        if self.task == "classification":
+            self._check_classes(target)
+            return target
+        if target is None or isinstance(target, (str, int, list, tuple)):
+            hint = (
+                "sl.similarity_to(text) (CLI: --compare TEXT)"
+                if self.task == "embedding"
+                else "sl.continuation(text) (CLI: --continuation TEXT)"
+            )
+            raise SaliencelabError(
+                f"{self.name} is {kind} model, which has no classes to explain; give the "
+                f"target {hint}."
+            )
+        return target
+
+    def _check_classes(self, target: Any) -> None:
+        names = [target] if isinstance(target, str) else target
+        if not isinstance(names, (list, tuple)) or self.labels is None:
+            return
+        for name in names:
+            if isinstance(name, str) and name not in self.labels:
+                lowered = [str(label).lower() for label in self.labels]
+                if name.lower() in lowered:
+                    continue
+                raise SaliencelabError(
+                    f"{self.name} has no class named {name!r}; its classes are "
+                    f"{', '.join(map(str, self.labels))}.{closest(name, self.labels)}"
+                )
+
+    # -- hooks for sl.explain ------------------------------------------------------------------
+
+    def prepare(self, x: Any, target: Any) -> tuple[TextModel, torch.Tensor, Any]:
+        """Texts → (this model bound to the call's words, engine input, bound target)."""
+        if isinstance(x, torch.Tensor):  # already an engine input: no words to merge
+            read_flags(x, self.dim)
+            return dataclasses.replace(self, batch=None), x, self.bind_target(target)
+        check_texts(x)
+        cont = target.text if isinstance(target, ContinuationTarget) else None
+        bound_target = self.bind_target(target)
+        batch = self.encode(x, continuation=cont)
+        return dataclasses.replace(self, batch=batch), self.embed(batch), bound_target
+
+    def reduce(self, out: MethodOutput) -> MethodOutput:
+        """A method's output on the embeddings → word scores (maps), with the words.
+
+        Embedding attributions (B, T, D + 2R) become per-token scores (signed sum or L2 norm over
+        D; the flag columns are dropped) and `attributions` (B, T, D). A method that gives
+        per-token maps (B, T) keeps them as token scores. Then maps = per-word sums of token
+        scores (B, W), or the method's own `extras["word_scores"]`.
+        """
+        attr, extras = out.attributions, dict(out.extras)
+        signed = out.signed
+        width = self.dim + 2 * FLAG_WIDTH
+        if out.maps is None and attr.dim() == 3 and attr.shape[-1] == width:
+            attr = attr[..., : self.dim]
+            if self.token_scores == "l2":
+                pieces = attr.norm(dim=-1)
+                signed = False
+            else:
+                pieces = attr.sum(dim=-1)
+            extras["token_scores"] = self.token_scores
+        elif out.maps is not None and out.maps.dim() == 2:
+            pieces = out.maps
+        else:
+            return out
+        batch = self.batch
+        if batch is None or tuple(pieces.shape) != (batch.batch, batch.length):
+            return MethodOutput(attr, maps=pieces, extras=extras, layer=out.layer, signed=signed)
+        pieces = pieces * batch.mask.to(pieces.device)
+        words = extras.pop("word_scores", None)
+        if words is None:
+            words = batch.merge(pieces)
+        extras.update(
+            tokens=[list(w) for w in batch.words],
+            char_spans=[list(sp) for sp in batch.char_spans],
+            pieces=[list(p) for p in batch.pieces],
+            piece_scores=pieces,
+            texts=list(batch.texts),
+        )
+        if batch.continuation is not None:
+            extras["continuation"] = batch.continuation
+        return MethodOutput(attr, maps=words, extras=extras, layer=out.layer, signed=signed)
+
+    # -- baselines -----------------------------------------------------------------------------
+
+    def reference_embedding(self, kind: Any, like: torch.Tensor) -> torch.Tensor:
+        """The embedding that replaces tokens: (D,) for "pad" / "mask" / "zero" / a number, or a
+        tensor broadcastable to (n, T, D)."""
+        dim = self.dim
+        weight = self.text_module.embedding.weight
+        if isinstance(kind, torch.Tensor):
+            ref = kind.to(like.device, like.dtype)
+            try:
+                torch.broadcast_shapes(ref.shape, like.shape[:-1] + (dim,))
+            except RuntimeError:
+                raise SaliencelabError(
+                    f"A text baseline tensor must broadcast to the token embeddings "
+                    f"{tuple(like.shape[:-1]) + (dim,)}, e.g. shape ({dim},), but has shape "
+                    f"{tuple(ref.shape)}."
+                ) from None
+            return ref
+        if kind is None or kind == "zero":
+            return torch.zeros(dim, device=like.device, dtype=like.dtype)
+        if isinstance(kind, numbers.Real) and not isinstance(kind, bool):
+            return torch.full((dim,), float(kind), device=like.device, dtype=like.dtype)
+        if kind in ("pad", "mask"):
+            token = self.tokenizer.pad_token_id if kind == "pad" else self.tokenizer.mask_token_id
+            if kind == "pad" and token is None:
+                token = self.tokenizer.eos_token_id
+            if token is None:
+                raise SaliencelabError(
+                    f"The tokenizer of {self.name} has no {kind} token; use baselines='pad' or "
+                    "'zero'."
+                )
+            return weight[int(token)].detach().to(like.device, like.dtype)
+        hint = closest(kind, BASELINES) if isinstance(kind, str) else ""
+        raise SaliencelabError(
+            f"Unknown text baseline {kind!r}.{hint} For text use 'pad', 'mask' or 'zero' "
+            "(embeddings of that token at every word; special tokens are kept), a number, or a "
+            f"tensor of shape ({self.dim},)."
+        )
+
+    def baselines(self, x: torch.Tensor, kind: Any) -> torch.Tensor:
+        """Integrated gradients' baseline of engine inputs `x`: each non-fixed token's embedding
+        replaced by the reference embedding of `kind`; fixed tokens, padding and flags kept."""
+        mask, fixed = read_flags(x, self.dim)
+        emb = embeddings_of(x, self.dim)
+        ref = self.reference_embedding(kind, emb).expand_as(emb)
+        keep = (fixed | ~mask)[..., None]
+        return with_embeddings(x, torch.where(keep, emb, ref))

@@ -1,0 +1,209 @@
+"""Drawing word scores: a self-contained HTML page and a terminal rendering (Rich).
+
+Each word's background comes from the diverging colour map of `viz/colormaps.py` (blue =
+lowers the score, white = 0, red = raises it), scaled per text and method so that the largest
+|score| is fully saturated: colour(s) = diverging(s / max|s|). Unsigned scores (saliency, L2
+token scores) use the white-to-red half. The page has inline CSS, no scripts and no external
+assets; every piece of text in it (words, texts, names, targets) is HTML-escaped. Hovering a
+word shows its score.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.errors import SaliencelabError
+from ..core.result import Attribution, Explanation
+from ..viz.colormaps import apply_colormap, luminance
+
+PathLike = str | os.PathLike
+
+
+def _attributions(source: Explanation | Attribution | Mapping[str, Attribution]):
+    if isinstance(source, Attribution):
+        items = [(source.method, source)]
+    elif isinstance(source, Mapping):
+        items = list(source.items())
+    else:
+        raise SaliencelabError(
+            f"Expected an explanation or an attribution of texts, not {type(source).__name__}."
+        )
+    for name, a in items:
+        if "tokens" not in a.extras:
+            raise SaliencelabError(
+                f"The attribution {name!r} has no words (.tokens): it was not computed on texts "
+                "with a text model; explain strings with a model from sl.load_model('hf:PATH')."
+            )
+    return items
+
+
+def word_scores(a: Attribution, sample: int) -> tuple[list[str], torch.Tensor]:
+    """(words, their scores) of one text of an attribution."""
+    words = a.extras["tokens"][sample]
+    return words, a.maps[sample, : len(words)].detach().float().cpu()
+
+
+def word_colors(scores: torch.Tensor) -> tuple[np.ndarray, np.ndarray, float]:
+    """(background RGB (n, 3), text RGB (n, 3), scale) for scores (n,), diverging at 0."""
+    scale = float(scores.abs().max()) if scores.numel() else 0.0
+    values = scores / scale if scale > 0 else torch.zeros_like(scores)
+    background = apply_colormap(values, "diverging")
+    dark = luminance(background) < 0.3
+    text = np.where(dark[:, None], 255, 0).astype(np.uint8).repeat(3, axis=1)
+    return background, text, scale
+
+
+def _hex(rgb: np.ndarray) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb))
+
+
+def _legend() -> str:
+    stops = apply_colormap(torch.linspace(-1, 1, 9), "diverging")
+    gradient = ", ".join(_hex(c) for c in stops)
+    return (
+        '<div class="legend"><span>− lowers the score</span>'
+        f'<span class="bar" style="background: linear-gradient(to right, {gradient})"></span>'
+        "<span>raises it +</span></div>"
+        '<p class="note">Colours are scaled per row to its largest |score| (shown on the right); '
+        "hover a word for its score.</p>"
+    )
+
+
+def separators(a: Attribution, sample: int) -> list[str]:
+    """What goes before each word of a text: the original text between the words, with white
+    space collapsed to one space ("" between "<" and "b" in "<b>"); a space if unknown."""
+    words = a.extras["tokens"][sample]
+    texts, spans = a.extras.get("texts"), a.extras.get("char_spans")
+    if not texts or not spans:
+        return [""] + [" "] * (len(words) - 1)
+    text, out, previous = texts[sample], [], 0
+    for start, end in spans[sample]:
+        gap = text[previous:start]
+        out.append(" " if gap and not gap.strip() else " ".join(gap.split()))
+        previous = end
+    out[0] = out[0].strip()
+    return out
+
+
+def _tokens_html(a: Attribution, sample: int) -> str:
+    words, scores = word_scores(a, sample)
+    background, text, _ = word_colors(scores)
+    parts = []
+    for w, sep, s, bg, fg in zip(
+        words, separators(a, sample), scores.tolist(), background, text, strict=True
+    ):
+        title = html.escape(f"{w}: {s:+.4g}", quote=True)
+        parts.append(
+            f'{html.escape(sep)}<span class="w" style="background:{_hex(bg)};color:{_hex(fg)}" '
+            f'title="{title}">{html.escape(w)}</span>'
+        )
+    if a.extras.get("continuation") is not None:
+        escaped = html.escape(a.extras["continuation"])
+        parts.append(f' <span class="ctx" title="continuation (target)">{escaped}</span>')
+    return "".join(parts)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 70em; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 1.6em; }
+.meta, .note { color: #555; font-size: 0.9em; }
+.legend { display: flex; align-items: center; gap: 0.6em; font-size: 0.9em; }
+.bar { display: inline-block; width: 16em; height: 1em; border: 1px solid #ccc; }
+table { border-collapse: collapse; margin-top: 0.5em; }
+td, th { padding: 0.4em 0.8em; border-bottom: 1px solid #eee; text-align: left;
+  vertical-align: top; }
+th { font-weight: 600; white-space: nowrap; }
+td.scale { color: #555; font-size: 0.85em; white-space: nowrap; }
+.tokens { line-height: 2.1; }
+.w { padding: 0.15em 0.3em; border-radius: 0.25em; border: 1px solid #e4e4e4; }
+.ctx { color: #777; font-style: italic; }
+"""
+
+
+def text_html(
+    source: Explanation | Attribution | Mapping[str, Attribution],
+    *,
+    title: str = "saliencelab: text",
+    model: str | None = None,
+    target: str | Mapping[int, str] | None = None,
+) -> str:
+    """A self-contained HTML page colouring each word of each text, one row per method.
+
+    `model` and `target` are shown under the title (`target` may be one string or one per text
+    index).
+    """
+    items = _attributions(source)
+    first = items[0][1]
+    texts = first.extras.get("texts") or [" ".join(words) for words in first.extras["tokens"]]
+    meta = []
+    if model:
+        meta.append(f"model: {html.escape(model)}")
+    if isinstance(target, str):
+        meta.append(f"target: {html.escape(target)}")
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    if meta:
+        parts.append(f'<p class="meta">{" · ".join(meta)}</p>')
+    parts.append(_legend())
+    for b, text in enumerate(texts):
+        parts.append(f"<h2>Text {b + 1}: “{html.escape(text)}”</h2>")
+        if isinstance(target, Mapping) and b in target:
+            parts.append(f'<p class="meta">target: {html.escape(target[b])}</p>')
+        parts.append("<table>")
+        for name, a in items:
+            _, _, scale = word_colors(word_scores(a, b)[1])
+            cells = _tokens_html(a, b)
+            kind = "signed" if a.signed else "magnitude"
+            parts.append(
+                f'<tr><th>{html.escape(name)}</th><td class="tokens">{cells}</td>'
+                f'<td class="scale">max |score| {scale:.3g}<br>{kind}</td></tr>'
+            )
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def save_text_html(
+    source: Explanation | Attribution | Mapping[str, Attribution], path: PathLike, **kwargs: Any
+) -> Path:
+    """Write :func:`text_html` to `path` (folders created); returns the path."""
+    page = text_html(source, **kwargs)
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(page, encoding="utf-8")
+    except OSError as e:
+        raise SaliencelabError(
+            f"Cannot write {str(p)!r} ({e.strerror or e}); choose a writable path."
+        ) from None
+    return p
+
+
+def terminal_text(a: Attribution, sample: int = 0):
+    """The words of one text as a Rich `Text`, each on its colour (for a terminal)."""
+    from rich.color import Color
+    from rich.style import Style
+    from rich.text import Text
+
+    _attributions(a)
+    words, scores = word_scores(a, sample)
+    background, text, _ = word_colors(scores)
+    out = Text()
+    for w, sep, bg, fg in zip(words, separators(a, sample), background, text, strict=True):
+        out.append(sep)
+        style = Style(bgcolor=Color.from_rgb(*map(int, bg)), color=Color.from_rgb(*map(int, fg)))
+        out.append(w, style=style)
+    if a.extras.get("continuation") is not None:
+        out.append(" " + a.extras["continuation"], style="dim italic")
+    return out

