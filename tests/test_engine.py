@@ -163,3 +163,15 @@ def test_total_forwards_counts_the_forward_that_found_the_prediction(tiny_cnn, i
     assert ex.total_passes == 4
     assert ex.total_forwards >= 1  # the prediction forward (+ IG's baseline forward)
     assert ex["integrated_gradients"].passes == 4
+
+
+def test_chunk_plan_shrinks_when_smaller_chunks_are_faster_per_row():
+    plan = ChunkPlan(key=("shrink", object()), n_rows=200, max_rows=64, start=8)
+    per_row = {8: 1.0, 16: 1.2, 4: 0.8, 2: 0.7, 1: 0.9}
+    sizes = []
+    for rows in plan.chunks():
+        sizes.append(len(rows))
+        plan.record(len(rows), per_row[len(rows)] * len(rows))
+    assert sizes[:5] == [8, 16, 4, 2, 1]
+    assert set(sizes[5:-1]) == {2}  # 1 was slower per row than 2: settle on 2 (tail aside)
+    assert sum(sizes) == 200

@@ -14,6 +14,7 @@ from .core.result import Attribution, Explanation
 from .data.images import image_paths, load_image
 from .data.labels import imagenet_labels
 from .data.samples import sample_image, sample_images
+from .models.blackbox import blackbox
 from .models.model import Model
 from .models.zoo import list_models, load_model, register_model, register_scheme
 from .neurons import (
@@ -41,6 +42,7 @@ __all__ = [
     "ReceptiveField",
     "TextModel",
     "activations",
+    "blackbox",
     "channel",
     "conditional_map",
     "continuation",

@@ -4,9 +4,9 @@ Multi-pass methods (IG steps, SmoothGrad samples, Score-CAM channels) run many r
 model. The rows are cut into chunks; the chunk size is (1) the user's `chunk_size` if set, else
 (2) the best size found earlier for the same model, pass kind and input shape, else (3) found
 while doing the real work: start at 8 rows, double while the time per row improves by more than
-3 %, and keep the best. No row is computed twice, so the search costs nothing beyond the
-occasional sub-optimal chunk. The size never exceeds the memory budget divided by the measured
-bytes one row keeps for backward.
+3 % (or, if the start was already the best, halve while that improves), and keep the best. No row
+is computed twice, so the search costs nothing beyond the occasional sub-optimal chunk. The size
+never exceeds the memory budget divided by the measured bytes one row keeps for backward.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class ChunkPlan:
     _times: dict[int, float] = field(default_factory=dict)
     _size: int = 0
     _settled: bool = False
+    _shrinking: bool = False
 
     def __post_init__(self) -> None:
         if self.fixed is not None:
@@ -72,20 +73,35 @@ class ChunkPlan:
             done += size
 
     def record(self, rows: int, seconds: float) -> None:
-        """Learn from a chunk of `rows` rows that took `seconds`."""
+        """Learn from a chunk of `rows` rows that took `seconds`.
+
+        Grow (double) while the time per row improves by more than 3 %; if the starting size was
+        already the best, try halving instead, while that improves. Then settle on the best.
+        """
         if self._settled or rows < self._size:
             return
         self._times[rows] = seconds / rows
         best = min(self._times, key=self._times.get)
-        grown = self._size * 2
+        if self._shrinking:
+            bigger = self._times.get(rows * 2, float("inf"))
+            if self._times[rows] < 0.97 * bigger and rows > 1:
+                self._size = rows // 2
+                return
+            self._settle(best)
+            return
         improving = self._times[rows] < 0.97 * min(
             (t for s, t in self._times.items() if s < rows), default=float("inf")
         )
-        if (len(self._times) == 1 or improving) and grown <= self.cap:
-            self._size = grown
+        if (len(self._times) == 1 or improving) and self._size * 2 <= self.cap:
+            self._size *= 2
+        elif best == self.start and self.start > 1 and len(self._times) > 1:
+            self._shrinking, self._size = True, self.start // 2
         else:
-            self._size, self._settled = best, True
-            _BEST[self.key] = best
+            self._settle(best)
+
+    def _settle(self, size: int) -> None:
+        self._size, self._settled = size, True
+        _BEST[self.key] = size
 
     @property
     def size(self) -> int:
