@@ -1,0 +1,302 @@
+"""Timing, the floor, pass recording and agreement metrics shared by the benchmarks.
+
+- `measure` times several contenders (ours, each peer, the floor) interleaved: after warm-up,
+  each repeat runs every contender once, in an order rotated per repeat, so slow drift or a
+  noisy neighbour on the machine hits all of them alike. The median over repeats is reported.
+- `Floor` is the cost a gradient method cannot go below on this machine: its number of
+  forward+backward passes times the measured cost of one plain pass (model forward + one
+  `torch.autograd.grad` to the input, parameters frozen) at the chunk size the engine used.
+- `record_passes` lists the batch size of every forward the model runs (to find the chunk size
+  and the number of rows a method really ran), optionally keeping the inputs themselves.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+# Which clock the ratios use: "wall" (perf_counter) or "cpu" (process CPU time, all threads).
+# On a machine shared with other jobs, wall time of a 2-thread OpenMP program is inflated many
+# times over and erratically (a thread waits at every barrier for its descheduled partner); CPU
+# time with OMP_WAIT_POLICY=PASSIVE (no spinning at barriers) stays within a few percent.
+CLOCK = "wall"
+
+
+def use_clock(name: str) -> None:
+    global CLOCK
+    if name not in ("wall", "cpu"):
+        raise ValueError(f"unknown clock {name!r}")
+    CLOCK = name
+
+
+@dataclass
+class Stopwatch:
+    """Wall and process CPU time of a block (after `sync`)."""
+
+    sync: Callable[[], None]
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        self.sync()
+        self._w, self._c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sync()
+        self.wall = time.perf_counter() - self._w
+        self.cpu = time.process_time() - self._c
+
+    @property
+    def seconds(self) -> float:
+        return self.cpu if CLOCK == "cpu" else self.wall
+
+
+def make_sync(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+@dataclass
+class Contender:
+    """One thing to time. A `self_timed` function returns its own (wall, cpu) estimate."""
+
+    name: str
+    fn: Callable[[], Any]
+    self_timed: bool = False
+    warmup: int = 1
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    last: Any = None
+    passes: PassLog | None = None  # the forwards its first call ran, if recorded
+
+    @property
+    def times(self) -> list[float]:
+        return self.cpu if CLOCK == "cpu" else self.wall
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "clock": CLOCK,
+            "median_s": self.median,
+            "min_s": min(self.times),
+            "max_s": max(self.times),
+            "wall_s": self.wall,
+            "cpu_s": self.cpu,
+        }
+
+
+def _once(c: Contender, sync: Callable[[], None]) -> tuple[float, float]:
+    gc.collect()
+    with Stopwatch(sync) as sw:
+        out = c.fn()
+    c.last = out
+    return tuple(out) if c.self_timed else (sw.wall, sw.cpu)
+
+
+def measure(
+    contenders: list[Contender],
+    repeats: int,
+    sync: Callable[[], None],
+    log: Callable[[str], None] = print,
+) -> None:
+    """Warm up (`c.warmup` runs each), then time every contender `repeats` times, interleaved
+    and in an order rotated per repeat."""
+    for c in contenders:
+        for _ in range(c.warmup):
+            _once(c, sync)
+    for r in range(repeats):
+        k = r % len(contenders)
+        for c in contenders[k:] + contenders[:k]:
+            wall, cpu = _once(c, sync)
+            c.wall.append(wall)
+            c.cpu.append(cpu)
+        log(
+            f"    repeat {r + 1}/{repeats} ({CLOCK}): "
+            + ", ".join(f"{c.name} {c.times[-1]:.3f}s" for c in contenders)
+        )
+
+
+def paired(a: Contender, b: Contender) -> float:
+    """Median over repeats of a's time / b's time in the same repeat (robust to slow drift)."""
+    return statistics.median(x / y for x, y in zip(a.times, b.times, strict=True))
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    params = list(module.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+
+class Floor:
+    """Plain forward+backward passes of `module`, parameters frozen, at a given chunk size."""
+
+    def __init__(
+        self, module: nn.Module, x: torch.Tensor, targets: torch.Tensor, sync: Callable[[], None]
+    ) -> None:
+        self.module, self.x, self.targets, self.sync = module, x, targets, sync
+        self._inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _batch(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if rows not in self._inputs:
+            reps = math.ceil(rows / self.x.shape[0])
+            x = self.x.repeat(reps, 1, 1, 1)[:rows].contiguous()
+            t = self.targets.repeat(reps)[:rows]
+            self._inputs[rows] = (x, t)
+        return self._inputs[rows]
+
+    def one_pass(self, rows: int) -> Stopwatch:
+        """One forward + autograd.grad(input) over `rows` rows, timed."""
+        x, t = self._batch(rows)
+        with frozen(self.module), torch.enable_grad(), Stopwatch(self.sync) as sw:
+            xi = x.detach().requires_grad_(True)
+            logits = self.module(xi)
+            score = logits.gather(1, t[:, None]).sum()
+            (grad,) = torch.autograd.grad(score, xi)
+        return sw
+
+    def contender(self, total_rows: int, chunk: int, max_timed: int = 3) -> Contender:
+        """Estimated (wall, cpu) seconds for `total_rows` rows in chunks of `chunk`: a plain loop
+        of up to `max_timed` passes at the chunk size, scaled to the number of chunks, plus the
+        last partial chunk if there is one."""
+        chunk = max(1, min(chunk, total_rows))
+        full, rest = divmod(total_rows, chunk)
+        timed = min(full, max_timed)
+
+        def run() -> tuple[float, float]:
+            per = [self.one_pass(chunk) for _ in range(timed)]
+            wall = full * statistics.median(p.wall for p in per)
+            cpu = full * statistics.median(p.cpu for p in per)
+            if rest:
+                last = self.one_pass(rest)
+                wall, cpu = wall + last.wall, cpu + last.cpu
+            return wall, cpu
+
+        return Contender("floor", run, self_timed=True)
+
+    def per_row(self, sizes: list[int], reps: int = 3) -> dict[int, float]:
+        """Seconds per row of one pass at each chunk size (median of `reps`, after a warm-up)."""
+        out = {}
+        for size in sizes:
+            self.one_pass(size)
+            out[size] = statistics.median(self.one_pass(size).seconds for _ in range(reps)) / size
+        return out
+
+
+@dataclass
+class PassLog:
+    """Every forward the model ran: (rows, "grad" or "forward"), and the inputs if kept."""
+
+    calls: list[tuple[int, str]] = field(default_factory=list)
+    inputs: list[torch.Tensor] = field(default_factory=list)
+
+    def rows(self, kind: str) -> int:
+        return sum(n for n, k in self.calls if k == kind)
+
+    def chunk(self) -> int | None:
+        """The most common batch size of the gradient passes (the settled chunk size)."""
+        sizes = Counter(n for n, k in self.calls if k == "grad")
+        if not sizes:
+            return None
+        top = max(sizes.values())
+        return max(n for n, c in sizes.items() if c == top)
+
+    def searching(self) -> bool:
+        """Whether the chunk size was still being searched (several full sizes seen)."""
+        sizes = [n for n, k in self.calls if k == "grad"]
+        return len(set(sizes[:-1])) > 1
+
+
+@contextmanager
+def record_passes(module: nn.Module, keep_inputs: bool = False) -> Iterator[PassLog]:
+    log = PassLog()
+
+    def pre(mod: nn.Module, args: tuple) -> None:
+        x = args[0]
+        kind = "forward" if torch.is_inference_mode_enabled() else "grad"
+        log.calls.append((int(x.shape[0]), kind))
+        if keep_inputs and kind == "grad":
+            log.inputs.append(x.detach().clone())
+
+    handle = module.register_forward_pre_hook(pre)
+    try:
+        yield log
+    finally:
+        handle.remove()
+
+
+def recorded(name: str, fn: Callable[[], Any], module: nn.Module, warmup: int = 1) -> Contender:
+    """A contender whose first call also records the model's forwards (a cheap pre-hook)."""
+    c = Contender(name, fn, warmup=warmup, passes=PassLog())
+
+    def first() -> Any:
+        with record_passes(module) as log:
+            out = fn()
+        c.passes.calls.extend(log.calls)
+        c.fn = fn
+        return out
+
+    c.fn = first
+    return c
+
+
+# -- agreement -------------------------------------------------------------------------------
+
+
+def _flat(t: Any) -> torch.Tensor:
+    t = torch.as_tensor(t).detach().to("cpu", torch.float64)
+    return t.reshape(t.shape[0], -1)
+
+
+def compare(ours: Any, ref: Any) -> dict[str, float]:
+    """Per-sample max relative error (max |ours - ref| / max |ref|) and Pearson correlation;
+    the worst sample of each is reported."""
+    o, r = _flat(ours), _flat(ref)
+    if o.shape != r.shape:
+        raise ValueError(f"shapes differ: {tuple(o.shape)} vs {tuple(r.shape)}")
+    err = (o - r).abs().amax(1) / r.abs().amax(1).clamp_min(1e-30)
+    oc, rc = o - o.mean(1, keepdim=True), r - r.mean(1, keepdim=True)
+    corr = (oc * rc).sum(1) / (oc.norm(dim=1) * rc.norm(dim=1)).clamp_min(1e-30)
+    return {"max_rel_err": float(err.max()), "min_corr": float(corr.min())}
+
+
+def relative_l2(a: Any, b: Any) -> float:
+    """Mean over samples of ||a - b|| / ||b||."""
+    fa, fb = _flat(a), _flat(b)
+    return float(((fa - fb).norm(dim=1) / fb.norm(dim=1).clamp_min(1e-30)).mean())
+
+
+def mean_corr(a: Any, b: Any) -> float:
+    fa, fb = _flat(a), _flat(b)
+    fa, fb = fa - fa.mean(1, keepdim=True), fb - fb.mean(1, keepdim=True)
+    return float(((fa * fb).sum(1) / (fa.norm(dim=1) * fb.norm(dim=1)).clamp_min(1e-30)).mean())
+
+
+def minmax(maps: Any) -> torch.Tensor:
+    """Each map scaled to [0, 1] (as pytorch-grad-cam's `scale_cam_image` does)."""
+    m = torch.as_tensor(maps).detach().to("cpu", torch.float64)
+    m = m.reshape(m.shape[0], *m.shape[-2:])
+    lo = m.flatten(1).amin(1)[:, None, None]
+    m = m - lo
+    return m / (1e-7 + m.flatten(1).amax(1)[:, None, None])
