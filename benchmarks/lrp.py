@@ -13,8 +13,10 @@ so drift or a noisy neighbour hits all alike); median and minimum over repeats a
 - sl.explain (epsilon_plus): the public call, which also runs a forward to resolve the target.
 
 Wall time and this process's CPU time are both reported (CPU time is less disturbed by other
-processes on a shared machine). Target (issue 3): lrp pass / floor <= 2. Timings on a shared CPU
-are noisy: compare the ratios of one run, not seconds across runs.
+processes on a shared machine). On an oversubscribed CPU use `--threads 1`: with several threads
+the waiting threads' spinning dominates both clocks and the ratios mean little.
+Target (issue 3): lrp pass / floor <= 2. Timings on a shared CPU are noisy: compare the ratios
+of one run, not seconds across runs.
 """
 
 from __future__ import annotations

@@ -137,10 +137,10 @@ class LRPRule:
     composite: Composite
     canonizers: Sequence[Canonizer] = field(default_factory=default_canonizers)
     record: bool = False
-    records: list[LayerRecord] = field(default_factory=list, repr=False)
-    _input: torch.Tensor | None = field(default=None, repr=False)
-    _wrapped: torch.Tensor | None = field(default=None, repr=False)
-    _busy: bool = field(default=False, repr=False)
+    records: list[LayerRecord] = field(default_factory=list, init=False, repr=False)
+    _input: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _wrapped: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _busy: bool = field(default=False, init=False, repr=False)
 
     def install(self, model: nn.Module, hooks: Hooks) -> None:
         for canonizer in self.canonizers:

@@ -209,13 +209,13 @@ class ZPlus(Rule):
         if _nonnegative(layer.inputs[0]):  # z⁺ = W⁺ a
             (a,) = _leaves(layer.inputs)
             zp = _modified_forward(layer.module, [a], w.clamp(min=0))
-            s = relevance.div_(zp.detach() + self.stabilizer)
+            # In place: a convolution's backward does not need its output (saves a big alloc).
+            s = relevance.div_(zp.detach().add_(self.stabilizer))
             return _grad([zp], (a,), [s])
         # z⁺ = ½ (W a + |W| |a|) = ½ (z − b + q): g = ½ Wᵀ s + ½ sign(a) |W|ᵀ s with
         # ½ s = ½ R / (z⁺ + stabilizer) = R / (z − b + q + 2·stabilizer).
         q, a = _abs_forward(layer, w)
-        den = q.detach() + layer.z
-        den.add_(2 * self.stabilizer - _bias(layer.module, layer.z))
+        den = q.detach().add_(layer.z).add_(2 * self.stabilizer - _bias(layer.module, layer.z))
         s = relevance.div_(den)
         (gq,) = _grad([q], (a,), [s])
         (gw,) = layer.vjp(s)

@@ -1,0 +1,464 @@
+"""Layer-wise relevance propagation: each rule against its formula, LRP-0 = gradient × input,
+Captum's LRP, conservation, reversible canonizers, and the bundled EfficientNet-Lite0."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import saliencelab as sl
+from saliencelab.core.engine import Engine
+from saliencelab.core.errors import SaliencelabError
+from saliencelab.core.state import Hooks
+from saliencelab.core.targets import Target
+from saliencelab.methods.relevance.lrp import (
+    AlphaBeta,
+    Composite,
+    Epsilon,
+    Flat,
+    Gamma,
+    LRPRule,
+    MBConvResidual,
+    MergeBatchNorm,
+    ResidualSum,
+    WSquare,
+    ZBox,
+    ZPlus,
+)
+from saliencelab.methods.relevance.lrp.canonizers import merged_parameters
+from saliencelab.models.efficientnet_lite import MBConvBlock
+
+LAYERS = (nn.Linear, nn.Conv2d)
+STAB = 1e-6
+
+
+def _sign0(t):
+    return torch.where(t >= 0, 1.0, -1.0).double()
+
+
+def _stab(d, eps=STAB):
+    return d + eps * _sign0(d)
+
+
+def _lrp(model, x, composite, target, **options):
+    return sl.explain(model, x, methods="lrp", target=target, composite=composite, **options)
+
+
+# -- each rule equals its formula on one layer --------------------------------------------------
+
+
+def _one_layer(kind: str) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(3)
+    if kind == "linear":
+        layer, x = nn.Linear(7, 5), torch.randn(3, 7)
+    else:
+        layer, x = nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.randn(3, 3, 6, 6)
+    with torch.no_grad():
+        layer.bias.mul_(3.0)  # biases comparable to the contributions
+    return layer.double().eval(), x.double()
+
+
+def _dense(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor | None = None):
+    """The bias-free layer as a matrix M (out, in), built column by column from unit inputs."""
+    w = layer.weight if weight is None else weight
+    fn = nn.functional.linear if isinstance(layer, nn.Linear) else None
+    n_in = x[0].numel()
+    eye = torch.eye(n_in, dtype=x.dtype).view(n_in, *x.shape[1:])
+    with torch.no_grad():
+        if fn is not None:
+            out = fn(eye, w)
+        else:
+            out = nn.functional.conv2d(eye, w, None, layer.stride, layer.padding)
+    return out.reshape(n_in, -1).T
+
+
+def _bias(layer, z_shape):
+    b = layer.bias.detach()
+    if isinstance(layer, nn.Linear):
+        return b.expand(z_shape)
+    return b.view(-1, 1, 1).expand(z_shape)
+
+
+def _by_hand(rule, layer, x, v):
+    """R_in of every sample by the matrix formula of `rule`; relevance of the output z ⊙ v."""
+    m = _dense(layer, x)
+    out = []
+    for xi, vi in zip(x, v, strict=True):
+        a = xi.flatten()
+        with torch.no_grad():
+            z_full = layer(xi[None])[0]
+        b = _bias(layer, z_full.shape).flatten()
+        z = z_full.flatten()
+        r = z * vi.flatten()
+        c = a[None, :] * m  # c[k, j] = a_j w_jk
+        pos, neg = c.clamp(min=0), c.clamp(max=0)
+        if isinstance(rule, Epsilon):
+            r_in = (c / _stab(z, rule.epsilon)[:, None] * r[:, None]).sum(0)
+        elif isinstance(rule, ZPlus):
+            r_in = (pos / _stab(pos.sum(1))[:, None] * r[:, None]).sum(0)
+        elif isinstance(rule, AlphaBeta):
+            rp = pos / _stab(pos.sum(1))[:, None]
+            rn = neg / _stab(neg.sum(1))[:, None]
+            r_in = ((rule.alpha * rp - rule.beta * rn) * r[:, None]).sum(0)
+        elif isinstance(rule, Gamma):
+            up = (z >= 0)[:, None]
+            cg = c + rule.gamma * torch.where(up, pos, neg)
+            bg = b + rule.gamma * torch.where(z >= 0, b.clamp(min=0), b.clamp(max=0))
+            r_in = (cg / _stab(cg.sum(1) + bg)[:, None] * r[:, None]).sum(0)
+        elif isinstance(rule, ZBox):
+            lo, hi = a.min(), a.max()
+            cb = a[None, :] * m - lo * m.clamp(min=0) - hi * m.clamp(max=0)
+            r_in = (cb / _stab(cb.sum(1))[:, None] * r[:, None]).sum(0)
+        elif isinstance(rule, Flat):
+            support = _dense(layer, x, torch.ones_like(layer.weight))
+            r_in = (support / _stab(support.sum(1))[:, None] * r[:, None]).sum(0)
+        elif isinstance(rule, WSquare):
+            sq = m * m
+            r_in = (sq / _stab(sq.sum(1))[:, None] * r[:, None]).sum(0)
+        out.append(r_in.view_as(xi))
+    return torch.stack(out)
+
+
+RULES = [
+    Epsilon(0.0),
+    Epsilon(0.5),
+    ZPlus(),
+    AlphaBeta(2.0, 1.0),
+    AlphaBeta(1.0, 0.0),
+    Gamma(0.25),
+    Gamma(3.0),
+    ZBox(),
+    Flat(),
+    WSquare(),
+]
+
+
+@pytest.mark.parametrize("sign", ["signed", "nonnegative"])
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+def test_each_rule_equals_its_formula_on_one_layer(rule, kind, sign):
+    layer, x = _one_layer(kind)
+    if sign == "nonnegative":  # (after a ReLU: some rules take a shorter path)
+        x = x.clamp(min=0)
+    model = nn.Sequential(layer, nn.Flatten()).eval()
+    with torch.no_grad():
+        v = torch.randn(model(x).shape, dtype=x.dtype)
+    target = lambda out: (out * v).sum(1)  # noqa: E731  (relevance z ⊙ v on every output)
+    if rule.proportional:
+        composite = Composite([(LAYERS, rule)])
+    else:
+        composite = Composite([], first=rule)
+    got = _lrp(model, x, composite, target)["lrp"].attributions
+    torch.testing.assert_close(got, _by_hand(rule, layer, x, v.view(len(x), -1)))
+
+
+def test_z_box_takes_given_bounds_per_channel():
+    layer, x = _one_layer("conv")
+    low = torch.tensor([-3.0, -2.0, -4.0], dtype=x.dtype).view(1, 3, 1, 1)
+    model = nn.Sequential(layer, nn.Flatten()).eval()
+    got = _lrp(model, x, Composite([], first=ZBox(low, 5.0)), 2)["lrp"].attributions
+    m = _dense(layer, x)
+    lo = low.expand_as(x)[0].flatten()
+    for xi, gi in zip(x, got, strict=True):
+        a = xi.flatten()
+        z = layer(xi[None]).flatten()
+        cb = a[None, :] * m - lo[None, :] * m.clamp(min=0) - 5.0 * m.clamp(max=0)
+        r = torch.zeros_like(z)
+        r[2] = z[2]
+        want = (cb / _stab(cb.sum(1))[:, None] * r[:, None]).sum(0)
+        torch.testing.assert_close(gi.flatten(), want)
+
+
+def test_residual_sum_splits_relevance_in_proportion_to_the_terms():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 6)
+            self.add = ResidualSum()
+
+        def forward(self, x):
+            return self.add(self.fc(x), x)
+
+    torch.manual_seed(0)
+    model = Block().double().eval()
+    x = torch.randn(2, 6, dtype=torch.double)
+    records, _ = _records(model, x, Composite([(ResidualSum, Epsilon(0.1))]), torch.tensor([1, 4]))
+    (rec,) = records
+    h, z = model.fc(x), model(x)
+    den = _stab(z, 0.1)
+    torch.testing.assert_close(rec.relevance_in[0], h / den * rec.relevance_out)
+    torch.testing.assert_close(rec.relevance_in[1], x / den * rec.relevance_out)
+
+
+# -- LRP-0 = gradient × input; Captum's LRP ----------------------------------------------------
+
+
+def _relu_net(bias: bool) -> nn.Module:
+    torch.manual_seed(5)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=bias),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, bias=bias),
+        nn.ReLU6(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8 * 2 * 2, 64, bias=bias),
+        nn.ReLU(),
+        nn.Linear(64, 5, bias=bias),  # wide: each output has positive and negative contributions
+    ).eval()
+
+
+def test_lrp_0_is_gradient_times_input_on_a_bias_free_relu_network(images):
+    model = _relu_net(bias=False)
+    ex = sl.explain(
+        model, images, methods=["lrp", "input_x_gradient"], composite="epsilon", epsilon=0.0
+    )
+    lrp, ixg = ex["lrp"].attributions, ex["input_x_gradient"].attributions
+    assert lrp.abs().sum() > 0
+    torch.testing.assert_close(lrp, ixg, rtol=1e-4, atol=1e-6)
+    # ... and LRP-ε with a large ε is not (the comparison can fail).
+    big = sl.explain(model, images, methods="lrp", composite="epsilon", epsilon=1.0)["lrp"]
+    assert not torch.allclose(big.attributions, ixg, rtol=1e-2, atol=1e-3)
+
+
+def test_epsilon_rule_matches_captum_lrp(tiny_cnn, images):
+    from captum.attr import LRP
+
+    target = tiny_cnn(images).argmax(1)
+    ours = _lrp(tiny_cnn, images, "epsilon", target.tolist(), epsilon=1e-9)["lrp"]
+    theirs = LRP(tiny_cnn).attribute(images.clone(), target=target)
+    torch.testing.assert_close(ours.attributions, theirs.detach(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_relu6_passes_relevance_through_where_it_clips(inplace):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(4, 8, bias=False), nn.ReLU6(inplace=inplace), nn.Linear(8, 3, bias=False)
+    ).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(10)
+        x = torch.randn(5, 4)
+        assert (model[0](x) > 6).any()
+        score = model(x)[:, 0]
+    methods = ["lrp", "input_x_gradient"]
+    ex = sl.explain(model, x, methods=methods, composite="epsilon", epsilon=0.0, target=0)
+    torch.testing.assert_close(ex["lrp"].attributions.sum(1), score)  # bias-free: conserved
+    assert not torch.allclose(ex["input_x_gradient"].attributions.sum(1), score, atol=1e-3)
+    assert model[1].inplace is inplace
+
+
+# -- conservation ---------------------------------------------------------------------------------
+
+
+def _records(model, x, composite, target):
+    rule = LRPRule(composite, canonizers=(), record=True)
+    engine = Engine(sl.Model(model), chunk_size=len(x))
+    (chunk,) = engine.gradients(len(x), lambda r: x[r], lambda r: r, Target(target), backward=rule)
+    return rule.records, chunk
+
+
+@pytest.mark.parametrize(
+    ("rule", "bias"),
+    [
+        (ZPlus(), True),
+        (AlphaBeta(2.0, 1.0), True),
+        (AlphaBeta(1.0, 0.0), True),
+        (Epsilon(1e-9), False),
+    ],
+    ids=["z_plus", "alpha2_beta1", "alpha1_beta0", "epsilon_bias_free"],
+)
+def test_relevance_is_conserved_layer_by_layer(rule, bias, images):
+    model = _relu_net(bias)
+    if bias:  # a positive logit without bias has positive contributions to conserve
+        nn.init.zeros_(model[-1].bias)
+    x = images.abs() if isinstance(rule, AlphaBeta) else images
+    composite = Composite([(LAYERS, rule), (nn.AvgPool2d, Epsilon(1e-9))])
+    with torch.no_grad():
+        logits = model(x)
+    target = logits.argmax(1)
+    assert (logits.max(1).values > 0).all()
+    records, chunk = _records(model, x, composite, target)
+    assert [r.name for r in records] == ["8", "6", "4", "2", "0"]  # backward order
+    for rec in records:
+        out_sum = rec.relevance_out.flatten(1).sum(1)
+        in_sum = rec.relevance_in[0].flatten(1).sum(1)
+        torch.testing.assert_close(in_sum, out_sum, rtol=1e-4, atol=1e-5)
+    for upper, lower in zip(records, records[1:], strict=False):  # through ReLU / ReLU6 / flatten
+        torch.testing.assert_close(
+            lower.relevance_out.flatten(1).sum(1),
+            upper.relevance_in[0].flatten(1).sum(1),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+    total = (chunk.input_grad).flatten(1).sum(1)
+    torch.testing.assert_close(total, chunk.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_epsilon_with_biases_is_not_conservative(images):
+    """The conservation test above can fail: biases absorb relevance under LRP-ε."""
+    records, chunk = _records(
+        _relu_net(bias=True), images, Composite([(LAYERS, Epsilon(1e-9))]), torch.tensor([0] * 4)
+    )
+    gap = chunk.input_grad.flatten(1).sum(1) - chunk.scores
+    assert gap.abs().min() > 1e-3
+
+
+# -- canonizers -----------------------------------------------------------------------------------
+
+
+def _bn_net() -> nn.Module:
+    torch.manual_seed(2)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1, bias=False),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 3, groups=6, padding=1),  # depthwise, with a bias
+        nn.BatchNorm2d(6),
+        nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
+        nn.BatchNorm1d(4),
+    )
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_()  # negative scales too
+                m.bias.normal_()
+    return model.eval()
+
+
+def _snapshot(model):
+    return (
+        list(model.modules()),
+        {n: (p, p.detach().clone()) for n, p in model.named_parameters()},
+        {n: b.detach().clone() for n, b in model.named_buffers()},
+    )
+
+
+def _assert_restored(model, snap):
+    modules, params, buffers = snap
+    assert list(model.modules()) == modules  # the same objects, in the same places
+    now = dict(model.named_parameters())
+    assert now.keys() == params.keys()
+    for name, (obj, value) in params.items():
+        assert now[name] is obj and torch.equal(obj, value)
+    for name, value in model.named_buffers():
+        assert torch.equal(value, buffers[name])
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks and "forward" not in vars(m)
+
+
+def test_merging_batchnorm_keeps_outputs_and_is_undone_exactly(images):
+    model = _bn_net()
+    snap = _snapshot(model)
+    with torch.no_grad():
+        before = model(images)
+    with Hooks() as hooks:
+        assert MergeBatchNorm().apply(model, hooks) == 3
+        assert sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()) == 0
+        with torch.no_grad():
+            merged = model(images)
+    torch.testing.assert_close(merged, before, rtol=1e-5, atol=1e-5)
+    _assert_restored(model, snap)
+    with torch.no_grad():
+        assert torch.equal(model(images), before)
+
+
+def test_canonizers_are_undone_when_the_method_raises(images):
+    model = _bn_net()
+    snap = _snapshot(model)
+
+    def failing_target(out):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        sl.explain(model, images, methods="lrp", target=failing_target)
+    _assert_restored(model, snap)
+
+
+def test_lrp_on_a_batchnorm_net_equals_lrp_on_its_merged_twin(images):
+    """With canonize=True a BN net is explained as the equivalent net with BN merged by hand."""
+    model = _bn_net()
+    twin = copy.deepcopy(model)
+    for layer, bn in ((0, 1), (3, 4), (8, 9)):
+        w, b = merged_parameters(model[layer], model[bn])
+        twin[layer].weight, twin[layer].bias = nn.Parameter(w), nn.Parameter(b)
+        twin[bn] = nn.Identity()
+    composite = "epsilon_alpha2_beta1"
+    ours = _lrp(model, images, composite, 1)["lrp"].attributions
+    want = _lrp(twin, images, composite, 1, canonize=False)["lrp"].attributions
+    torch.testing.assert_close(ours, want)
+    unmerged = _lrp(model, images, composite, 1, canonize=False)["lrp"].attributions
+    assert not torch.allclose(unmerged, want, rtol=1e-3, atol=1e-4)
+
+
+# -- options and errors ------------------------------------------------------------------------
+
+
+def test_non_proportional_rules_only_on_the_input_layer(tiny_cnn, images):
+    composite = Composite([(nn.Linear, Flat())])
+    with pytest.raises(SaliencelabError, match="only to the layer that reads the model's input"):
+        _lrp(tiny_cnn, images, composite, 0)
+
+
+def test_bad_options_are_one_clear_sentence(tiny_cnn, images):
+    with pytest.raises(SaliencelabError, match="unknown composite 'epsilon_pluss'.*epsilon_plus"):
+        _lrp(tiny_cnn, images, "epsilon_pluss", 0)
+    with pytest.raises(SaliencelabError, match="epsilon must be >= 0"):
+        _lrp(tiny_cnn, images, "epsilon", 0, epsilon=-1.0)
+    with pytest.raises(SaliencelabError, match="does not broadcast"):
+        _lrp(tiny_cnn, images, "epsilon_gamma_box", 0, low=torch.zeros(5))
+
+
+def test_lrp_is_listed_with_its_options():
+    spec = {m.name: m for m in sl.methods()}["lrp"]
+    assert spec.family == "relevance"
+    assert spec.options["composite"] == "epsilon_plus" and spec.options["canonize"] is True
+
+
+# -- the bundled EfficientNet-Lite0 ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def effnet() -> sl.Model:
+    return sl.load_model("efficientnet_lite0")
+
+
+def test_lrp_on_efficientnet_points_at_the_cat_and_leaves_the_model_unchanged(effnet):
+    cat = effnet.preprocess(sl.sample_image("chelsea"))
+    cup = effnet.preprocess(sl.sample_image("coffee"))
+    x = torch.cat([cat, cup], dim=3)  # (1, 3, 224, 448): cat | espresso
+    snap = _snapshot(effnet.module)
+    ex = sl.explain(effnet, x, methods="lrp", target="Egyptian cat")  # ex.logits: before LRP
+    maps = ex["lrp"].maps
+    assert maps.shape == (1, 224, 448) and torch.isfinite(maps).all()
+    positive = maps.clamp(min=0)
+    assert positive[..., :224].sum() / positive.sum() > 0.8  # on the cat's side
+    peak = positive.flatten(1).argmax(1) % 448
+    assert peak[0] < 224
+    _assert_restored(effnet.module, snap)
+    with torch.no_grad():
+        assert torch.equal(effnet.module(x), ex.logits)
+
+
+def test_mbconv_residual_canonizer_keeps_outputs_and_is_undone(effnet):
+    model = effnet.module
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    snap = _snapshot(model)
+    with torch.no_grad():
+        before = model(x)
+    with Hooks() as hooks:
+        edits = MBConvResidual().apply(model, hooks)
+        skips = [b for b in model.modules() if isinstance(b, MBConvBlock) and b.has_skip]
+        assert edits == len(skips) == 9
+        assert all(isinstance(b._lrp_sum, ResidualSum) for b in skips)
+        with torch.no_grad():
+            assert torch.equal(model(x), before)
+    _assert_restored(model, snap)
