@@ -1,22 +1,24 @@
 """Feature visualization on EfficientNet-Lite0: its cost over the floor, and batching.
 
-    .venv/bin/python benchmarks/featurevis.py [--steps 256] [--size 224] [--batch-steps 32]
-                                              [--repeats 2] [--threads N] [--device cpu]
+    .venv/bin/python benchmarks/featurevis.py [--steps 256] [--segment 32] [--size 224]
+                                              [--batch-steps 64] [--threads N] [--device cpu]
     .venv/bin/python benchmarks/featurevis.py --gallery docs/images/featurevis_gallery.png
 
 1. One class visualization (batch 1, `--steps` steps, `--size` pixels, param "fft", the default
    transforms) against its floor: `--steps` plain forward + `torch.autograd.grad` passes of the
    same model on a batch of the same shape, parameters frozen. Target (issue 5): <= 1.2x.
-2. A batch of 8 objectives (8 classes, one image each) against one objective, each for
-   `--batch-steps` steps: the cost per image must be lower with the batch. Each is also compared
-   with its own floor (plain passes of the whole batch at once). `visualize` times its first
-   steps to pick how many images go through the model at once (`chunk`); the one it settled on
-   is reported.
+2. A batch of 8 objectives (8 classes, one image each) against one objective, `--batch-steps`
+   steps each: the cost per image must be lower with the batch. Each is also compared with its
+   own floor (plain passes of the whole batch at once). `visualize` times its first steps to pick
+   how many images go through the model at once (`chunk`); the size it settles on is reported.
 
-Contenders are timed interleaved (each repeat runs every contender once, order rotated), and the
-ratio is the median over repeats of the ratio within a repeat. Wall time and this process's CPU
-time are both reported: with one thread on a shared, loaded machine, CPU time is the steadier
-measure. Compare ratios from one run, not seconds across runs.
+On a shared, loaded machine the load drifts by tens of percent within a minute, so the runs are
+cut into segments of `--segment` steps, and the contenders take turns segment by segment (order
+rotated): each visualize segment continues the same images (`param=` an ImageParam), so the
+segments add up to one run of `--steps` steps, each paying the call's setup again (which makes
+the ratio slightly pessimistic). Reported: total time over total time, and the median of the
+per-segment ratios; wall time and this process's CPU time (with one thread, CPU time is the
+steadier). Compare ratios from one run, not seconds across runs.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 import saliencelab as sl
 from saliencelab.featurevis import objectives as O
 from saliencelab.featurevis import visualize
+from saliencelab.featurevis.param import make_param
 from saliencelab.featurevis.visualize import default_normalize
 
 CLASSES = (
@@ -88,40 +91,78 @@ def floor_passes(
     return run
 
 
-def timed(fn: Callable[[], object], sync: Callable[[], None]) -> tuple[float, float, object]:
+class Run:
+    """Segments of one visualization: each call optimises the same images `segment` more steps."""
+
+    def __init__(self, model: sl.Model, classes, size: int, param: str, segment: int) -> None:
+        self.model, self.segment, self.size = model, segment, size
+        self.objs = [O.class_logit(c) for c in classes]
+        self.param = make_param(param, len(classes), size).to(model.device)
+        self.chunk: int | None = None
+        self.last = None
+
+    def __call__(self):
+        self.last = visualize(
+            self.model,
+            self.objs,
+            steps=self.segment,
+            size=self.size,
+            param=self.param,
+            chunk=self.chunk,
+            progress=False,
+        )
+        self.chunk = self.last.chunk  # found in the first (untimed) segment, kept after
+        return self.last
+
+
+def timed(fn: Callable[[], object], sync: Callable[[], None]) -> tuple[float, float]:
     gc.collect()
     sync()
     wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
+    fn()
     sync()
-    return time.perf_counter() - wall, time.process_time() - cpu, out
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def interleaved(
-    contenders: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None]
+def take_turns(
+    contenders: dict[str, Callable[[], object]], segments: int, sync: Callable[[], None]
 ) -> dict[str, dict[str, list[float]]]:
+    """One untimed warm-up segment each, then `segments` timed ones, contenders taking turns."""
     names = list(contenders)
+    for name in names:
+        contenders[name]()
     times = {n: {"wall": [], "cpu": []} for n in names}
-    results = {}
-    for r in range(repeats):
+    for r in range(segments):
         k = r % len(names)
         for name in names[k:] + names[:k]:
-            wall, cpu, out = timed(contenders[name], sync)
+            wall, cpu = timed(contenders[name], sync)
             times[name]["wall"].append(wall)
             times[name]["cpu"].append(cpu)
-            results[name] = out
         print(
-            f"  repeat {r + 1}/{repeats}: "
-            + ", ".join(f"{n} {times[n]['wall'][-1]:.1f}s wall" for n in names),
+            f"  segment {r + 1}/{segments}: "
+            + ", ".join(f"{n} {times[n]['wall'][-1]:.2f}s" for n in names),
             flush=True,
         )
-    times["_results"] = results  # type: ignore[assignment]
     return times
 
 
-def ratio(times, a: str, b: str, kind: str, scale: float = 1.0) -> float:
-    pairs = zip(times[a][kind], times[b][kind], strict=True)
-    return statistics.median(x / (y * scale) for x, y in pairs)
+def ratios(times, a: str, b: str, scale: float = 1.0) -> dict[str, float]:
+    """a / (scale * b): total over total, and the median of per-segment ratios; wall and CPU."""
+    out = {}
+    for kind in ("wall", "cpu"):
+        xs, ys = times[a][kind], times[b][kind]
+        out[f"total_{kind}"] = sum(xs) / (scale * sum(ys))
+        out[f"median_{kind}"] = statistics.median(
+            x / (scale * y) for x, y in zip(xs, ys, strict=True)
+        )
+    return out
+
+
+def _show(r: dict[str, float]) -> str:
+    return (
+        f"{r['total_wall']:.3f} wall, {r['total_cpu']:.3f} CPU (totals); "
+        f"{r['median_wall']:.3f} wall, {r['median_cpu']:.3f} CPU (median of segments)"
+    )
 
 
 def gallery(path: str, steps: int, size: int, device: torch.device, tile: int = 150) -> None:
@@ -173,9 +214,10 @@ def gallery(path: str, steps: int, size: int, device: torch.device, tile: int = 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=256)
+    ap.add_argument("--segment", type=int, default=32)
     ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--batch-steps", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--batch-steps", type=int, default=64)
+    ap.add_argument("--batch-segment", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--param", default="fft")
@@ -196,91 +238,63 @@ def main() -> None:
     if device.type == "cuda":
         where += f", {torch.cuda.get_device_name(device)}"
     print(f"EfficientNet-Lite0, {args.size}x{args.size}, param {args.param}, {where}")
+    report: dict = {"device": where, "size": args.size, "param": args.param}
+    report["torch"] = torch.__version__
 
-    def vis(classes, steps):
-        return lambda: visualize(
-            model,
-            [O.class_logit(c) for c in classes],
-            steps=steps,
-            size=args.size,
-            param=args.param,
-            progress=False,
-        )
-
-    report: dict = {
-        "device": where,
-        "size": args.size,
-        "param": args.param,
-        "torch": torch.__version__,
-    }
-
-    # 1. One class, full run, against its floor.
-    print(f"1. one class visualization, {args.steps} steps, vs {args.steps} plain passes")
-    t1 = interleaved(
-        {
-            "visualize": vis(CLASSES[:1], args.steps),
-            "floor": floor_passes(model, 1, args.size, args.steps, sync),
-        },
-        args.repeats,
-        sync,
+    # 1. One class, against its floor.
+    seg = args.segment
+    n_seg = max(1, args.steps // seg)
+    print(f"1. one class visualization, {n_seg * seg} steps in segments of {seg}, vs plain passes")
+    one = Run(model, CLASSES[:1], args.size, args.param, seg)
+    t1 = take_turns(
+        {"visualize": one, "floor": floor_passes(model, 1, args.size, seg, sync)}, n_seg, sync
     )
-    v = t1["_results"]["visualize"]
     with torch.no_grad():
-        p = model(norm(v.images)).softmax(1)[0, labels.index(CLASSES[0])]
-    one = {
-        "steps": args.steps,
-        "visualize_wall_s": t1["visualize"]["wall"],
-        "floor_wall_s": t1["floor"]["wall"],
-        "visualize_cpu_s": t1["visualize"]["cpu"],
-        "floor_cpu_s": t1["floor"]["cpu"],
-        "ratio_wall": ratio(t1, "visualize", "floor", "wall"),
-        "ratio_cpu": ratio(t1, "visualize", "floor", "cpu"),
-        "probability_of_class": float(p),
-    }
-    report["one_class"] = one
-    print(
-        f"   visualize / floor: {one['ratio_wall']:.3f} wall, {one['ratio_cpu']:.3f} CPU "
-        f"(target <= {TARGET_RATIO}); P({CLASSES[0]}) = {float(p):.3f}"
-    )
+        p = float(model(norm(one.last.images)).softmax(1)[0, labels.index(CLASSES[0])])
+    r1 = ratios(t1, "visualize", "floor")
+    report["one_class"] = {"steps": n_seg * seg, "segment": seg, "ratio": r1, "times": t1}
+    report["one_class"]["probability_of_class"] = p
+    print(f"   visualize / floor: {_show(r1)}; target <= {TARGET_RATIO}")
+    print(f"   P({CLASSES[0]}) = {p:.3f} after {(n_seg + 1) * seg} steps")
 
     # 2. A batch of 8 objectives against one.
-    s = args.batch_steps
-    print(f"2. 8 objectives in one batch vs one objective, {s} steps each")
-    t2 = interleaved(
+    seg = args.batch_segment
+    n_seg = max(1, args.batch_steps // seg)
+    print(
+        f"2. 8 objectives in one batch vs one objective, {n_seg * seg} steps in segments of {seg}"
+    )
+    b1 = Run(model, CLASSES[:1], args.size, args.param, seg)
+    b8 = Run(model, CLASSES, args.size, args.param, seg)
+    t2 = take_turns(
         {
-            "batch1": vis(CLASSES[:1], s),
-            "batch8": vis(CLASSES, s),
-            "floor1": floor_passes(model, 1, args.size, s, sync),
-            "floor8": floor_passes(model, 8, args.size, s, sync),
+            "batch1": b1,
+            "batch8": b8,
+            "floor1": floor_passes(model, 1, args.size, seg, sync),
+            "floor8": floor_passes(model, 8, args.size, seg, sync),
         },
-        args.repeats,
+        n_seg,
         sync,
     )
-    v8 = t2["_results"]["batch8"]
     with torch.no_grad():
-        top = model(norm(v8.images)).argmax(1).tolist()
+        top = model(norm(b8.last.images)).argmax(1).tolist()
+    hits = sum(labels[t] == c for t, c in zip(top, CLASSES, strict=True))
     batch = {
-        "steps": s,
-        "per_image_8_over_1_wall": ratio(t2, "batch8", "batch1", "wall", scale=8.0),
-        "per_image_8_over_1_cpu": ratio(t2, "batch8", "batch1", "cpu", scale=8.0),
-        "batch1_over_floor_cpu": ratio(t2, "batch1", "floor1", "cpu"),
-        "batch8_over_floor_cpu": ratio(t2, "batch8", "floor8", "cpu"),
-        "batch1_over_floor_wall": ratio(t2, "batch1", "floor1", "wall"),
-        "batch8_over_floor_wall": ratio(t2, "batch8", "floor8", "wall"),
-        "times": {k: t2[k] for k in ("batch1", "batch8", "floor1", "floor8")},
-        "batch8_top1_is_requested": [labels[t] == c for t, c in zip(top, CLASSES, strict=True)],
-        "batch8_chunk": v8.chunk,
+        "steps": n_seg * seg,
+        "segment": seg,
+        "per_image_8_over_1": ratios(t2, "batch8", "batch1", scale=8.0),
+        "batch1_over_floor1": ratios(t2, "batch1", "floor1"),
+        "batch8_over_floor8": ratios(t2, "batch8", "floor8"),
+        "floor8_per_image_over_floor1": ratios(t2, "floor8", "floor1", scale=8.0),
+        "chunk": b8.chunk,
+        "batch8_top1_is_requested": hits,
+        "times": t2,
     }
     report["batch_of_8"] = batch
-    print(
-        f"   per image, batch of 8 / batch of 1: {batch['per_image_8_over_1_wall']:.3f} wall, "
-        f"{batch['per_image_8_over_1_cpu']:.3f} CPU (target < 1)"
-    )
-    print(
-        f"   over floor: batch 1 {batch['batch1_over_floor_cpu']:.3f}, batch 8 "
-        f"{batch['batch8_over_floor_cpu']:.3f} (CPU); top-1 = requested class for "
-        f"{sum(batch['batch8_top1_is_requested'])}/8 after {s} steps; chunk found: {v8.chunk}"
-    )
+    print(f"   per image, batch of 8 / batch of 1: {_show(batch['per_image_8_over_1'])}")
+    print(f"   batch 1 / its floor: {_show(batch['batch1_over_floor1'])}")
+    print(f"   batch 8 / its floor: {_show(batch['batch8_over_floor8'])}")
+    print(f"   floor per image, 8 / 1: {_show(batch['floor8_per_image_over_floor1'])}")
+    print(f"   chunk found for the batch of 8: {b8.chunk}; top-1 = requested class for {hits}/8")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

@@ -15,7 +15,8 @@ of `--segments` cells (8×8 = 64 by default, saliencelab's default mask) as feat
 
 Captum runs at its best `perturbations_per_eval` (swept on one image first). Timings are
 interleaved per repeat (harness.measure) and reported as ratios; on a shared CPU they are noisy.
-FLOOR = the same number of plain forwards of the model at the chunk size our engine settled on.
+FLOOR = the same number of plain forwards of the model at the chunk size our engine settled on
+(or `--chunk-size`, to compare at Captum's batch size).
 
 Agreement. Both libraries sample, so the timed outputs are compared by correlation (mean over
 images of the Pearson correlation of the per-feature values); `--self-check` adds ours with
@@ -200,7 +201,9 @@ def compare_methods(label, model, x, target, mask, args, sync) -> dict:
     def ours(method):
         def run():
             with record_passes(module) as passes:
-                out = sl.explain(model, x, method, target=target, **opts)[method]
+                out = sl.explain(
+                    model, x, method, target=target, chunk_size=args.chunk_size, **opts
+                )[method]
             sizes = Counter(k for k, _ in passes.calls)
             chunk[0] = max(sizes, key=lambda k: k * sizes[k])
             return out
@@ -263,6 +266,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--segments", type=int, default=64, help="grid cells (features)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--chunk-size", type=int, default=None, help="our rows per forward (default: measured)"
+    )
     p.add_argument("--models", default="lite0,cheap", help="lite0 and/or cheap (overhead only)")
     p.add_argument("--self-check", action="store_true", help="ours with seed 1 vs seed 0")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"))

@@ -7,6 +7,8 @@ Feature masks shared by the feature-based methods live in `features.py`.
 from . import (  # noqa: F401
     feature_ablation,
     features,
+    kernelshap,
+    lime,
     occlusion,
     rise,
 )
