@@ -14,6 +14,7 @@ from .core.result import Attribution, Explanation
 from .data.images import image_paths, load_image
 from .data.labels import imagenet_labels
 from .data.samples import sample_image, sample_images
+from .featurevis import Visualization, objectives, visualize
 from .models.blackbox import blackbox
 from .models.model import Model
 from .models.zoo import list_models, load_model, register_model, register_scheme
@@ -37,6 +38,7 @@ from .viz.overlay import overlay, save_overlay
 
 __all__ = [
     "ActivationMaps",
+    "Visualization",
     "Attribution",
     "Example",
     "ReceptiveField",
@@ -48,11 +50,13 @@ __all__ = [
     "continuation",
     "examples_gallery",
     "neuron",
+    "objectives",
     "receptive_field",
     "save_examples_gallery",
     "save_text_html",
     "similarity_to",
     "top_examples",
+    "visualize",
     "Explanation",
     "MethodSpec",
     "Model",

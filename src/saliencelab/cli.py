@@ -30,6 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 import saliencelab as sl
+from saliencelab.featurevis.commands import register as register_featurevis
 from saliencelab.neurons.commands import register as register_neurons
 from saliencelab.report.run import RunResult, explain_images, method_requests
 from saliencelab.text.commands import register as register_text
@@ -699,6 +700,7 @@ def demo(
 
 register_neurons(app)
 register_text(app)
+register_featurevis(app)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -59,6 +59,8 @@ class ChunkPlan:
 
     @property
     def cap(self) -> int:
+        if self.fixed is not None:  # the user's chunk size wins
+            return self._size
         cap = self.max_rows
         if self.bytes_per_row and self.budget:
             cap = min(cap, max(1, self.budget // self.bytes_per_row))

@@ -1,0 +1,271 @@
+"""`saliencelab visualize`: feature visualizations of classes, channels or a layer from the CLI.
+
+    saliencelab visualize --class "Egyptian cat" --class espresso
+    saliencelab visualize --layer _blocks.12 --channel 7 --param maco
+    saliencelab visualize --layer _blocks.12 --channel 7 --examples photos/   # + dataset examples
+
+One PNG per image in --out; with several images also a gallery PNG and an index.html.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import saliencelab as sl
+
+from . import objectives as O
+from .param import PARAMS
+from .visualize import Visualization, slug, visualize
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+def _objectives(
+    classes: list[str], layer: str | None, channels: list[int]
+) -> list[tuple[O.Objective, int | None]]:
+    """(objective, channel or None) for each thing asked for, in order: classes, channels."""
+    from ..cli import parse_target
+
+    if channels and layer is None:
+        raise sl.SaliencelabError(
+            "--channel needs --layer NAME, the layer the channel belongs to (see `saliencelab "
+            "layers MODEL --spatial`)."
+        )
+    if classes and layer is not None and not channels:
+        raise sl.SaliencelabError(
+            "--layer alone renders DeepDream for that layer; give --class or --layer, or add "
+            "--channel to render channels of the layer next to the classes."
+        )
+    objs: list[tuple[O.Objective, int | None]] = [
+        (O.class_logit(parse_target(c)), None) for c in classes
+    ]
+    objs += [(O.channel(layer, c), c) for c in channels]
+    if layer is not None and not channels:
+        objs.append((O.layer(layer), None))
+    if not objs:
+        raise sl.SaliencelabError(
+            "Nothing to visualize; give --class NAME (repeatable), --layer NAME --channel N, or "
+            "--layer NAME alone for DeepDream."
+        )
+    return objs
+
+
+def _predictions(model: sl.Model, vis: Visualization, normalize) -> list[tuple[str, float] | None]:
+    """The model's top class and probability on each image (None if it is not a classifier)."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(normalize(vis.images))
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        return [None] * len(vis)
+    probs = logits.softmax(dim=1)
+    top = probs.argmax(dim=1).tolist()
+    return [(model.label(t), float(probs[i, t])) for i, t in enumerate(top)]
+
+
+def visualize_command(
+    model: Annotated[
+        str, typer.Option("--model", help="A model name or spec, as for `explain --model`.")
+    ] = DEFAULT_MODEL,
+    classes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--class",
+            help="A class name or index whose logit to maximise (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+    layer: Annotated[
+        str | None,
+        typer.Option(
+            "--layer",
+            "-l",
+            help="Layer of --channel (see `saliencelab layers MODEL`); alone: DeepDream of it.",
+            show_default=False,
+        ),
+    ] = None,
+    channels: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--channel", "-c", min=0, help="A channel of --layer (repeatable).", show_default=False
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimisation steps.")] = 256,
+    size: Annotated[int, typer.Option("--size", min=16, help="Image size in pixels.")] = 224,
+    param: Annotated[
+        str, typer.Option("--param", help=f"Parameterization: {', '.join(PARAMS)}.")
+    ] = "fft",
+    batch: Annotated[
+        int, typer.Option("--batch", min=1, help="Images per objective (a diverse batch).")
+    ] = 1,
+    diversity: Annotated[
+        float,
+        typer.Option(
+            "--diversity",
+            min=0.0,
+            help="Weight of the diversity term across the batch (with --batch > 1), at --layer "
+            "or the model's default layer.",
+        ),
+    ] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            "--lr", min=0.0, help="Adam learning rate [default: per --param].", show_default=False
+        ),
+    ] = None,
+    examples: Annotated[
+        str | None,
+        typer.Option(
+            "--examples",
+            help="A folder of images: draw the ones that activate each --channel most next to "
+            "its visualization.",
+            show_default=False,
+        ),
+    ] = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="Dataset examples per channel.")] = 8,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("results"),
+    device: Annotated[
+        str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda if available).")
+    ] = "auto",
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="SALIENCELAB_DEBUG",
+            help="Show tracebacks and debug logs (or set SALIENCELAB_DEBUG=1).",
+        ),
+    ] = False,
+) -> None:
+    """Synthesise images that make a class, a channel or a layer fire (feature visualization)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..cli import _load_model, _session
+    from .visualize import default_normalize
+
+    with _session(debug):
+        if param not in PARAMS:
+            raise sl.SaliencelabError(f"--param must be one of {', '.join(PARAMS)}, not {param!r}.")
+        if examples is not None and not channels:
+            raise sl.SaliencelabError(
+                "--examples draws dataset examples next to channel visualizations; add --layer "
+                "NAME --channel N."
+            )
+        asked = _objectives(list(classes or []), layer, list(channels or []))
+        objs = [o for o, _ in asked]
+        loaded = _load_model(model, device)
+        n = len(objs) * batch
+        run_objs: list[O.Objective] = objs
+        if diversity > 0 and batch > 1:
+            div_layer = layer or loaded.default_layer
+            if div_layer is None:
+                raise sl.SaliencelabError(
+                    "--diversity needs a layer: pass --layer NAME (the model has no default)."
+                )
+            run_objs = [o + diversity * O.diversity(div_layer) for o in objs]
+        normalize = default_normalize(loaded)
+        vis = visualize(
+            loaded,
+            run_objs,
+            steps=steps,
+            size=size,
+            param=param,
+            batch=n,
+            seed=seed,
+            lr=lr,
+            normalize=normalize,
+            progress=True,
+        )
+        names = [o.name for o in objs for _ in range(batch)]
+        vis.objectives = names
+        paths = vis.save(out)
+        images = [p for p in paths if not p.name.endswith("_transparent.png")]
+        alphas = {p.name.replace("_transparent.png", ".png"): p for p in paths if p not in images}
+        preds = _predictions(loaded, vis, normalize)
+
+        pairings = {}
+        if examples is not None:
+            pairings = _examples_galleries(
+                loaded, vis, asked, batch, layer, examples, k, out, normalize
+            )
+
+        console = Console(highlight=False)
+        table = Table(header_style="bold")
+        table.add_column("image", justify="right")
+        table.add_column("objective", overflow="fold")
+        table.add_column("value", justify="right")
+        table.add_column("model sees", overflow="fold")
+        table.add_column("file", overflow="fold")
+        for i, path in enumerate(images):
+            pred = preds[i]
+            seen = f"{pred[0]} ({pred[1]:.2f})" if pred else ""
+            table.add_row(str(i), names[i], f"{float(vis.values[i]):.4g}", seen, str(path))
+        console.print(table)
+        console.print(
+            f"{len(images)} image{'s' if len(images) != 1 else ''} ({param}, {steps} steps, "
+            f"{size}x{size}) in {vis.seconds:.1f} s.",
+            soft_wrap=True,
+        )
+        if n > 1 or pairings:
+            gallery = vis.save_gallery(out / "featurevis_gallery.png", tile=min(size, 192))
+            index = _write_html(out, vis, images, alphas, preds, pairings, loaded.name, steps)
+            console.print(f"Gallery: [bold]{gallery}[/bold]", soft_wrap=True)
+            console.print(f"Report: [bold]{index}[/bold]", soft_wrap=True)
+
+
+def _examples_galleries(
+    model, vis, asked, batch, layer, folder, k, out, normalize
+) -> dict[int, Path]:
+    """For each channel asked for: its (first) visualization next to its top dataset examples."""
+    from ..neurons import top_examples
+    from .visualize import examples_picture
+
+    pairings: dict[int, Path] = {}
+    for j, (_, channel) in enumerate(asked):
+        if channel is None:
+            continue
+        found = top_examples(model, folder, layer, channel, k=k)
+        i = j * batch
+        path = out / f"featurevis_examples_{slug(layer)}_ch{channel}.png"
+        examples_picture(model, vis, i, found, normalize).save(path, format="PNG")
+        pairings[i] = path
+    return pairings
+
+
+def _write_html(out, vis, images, alphas, preds, pairings, model_name, steps) -> Path:
+    from ..report.html import ReportEntry, write_index
+
+    entries = []
+    for i, path in enumerate(images):
+        overlays = {}
+        if path.name in alphas:
+            overlays["transparency"] = alphas[path.name]
+        if i in pairings:
+            overlays["visualization"] = path
+        pred = preds[i]
+        entries.append(
+            ReportEntry(
+                name=f"{i}: {vis.objectives[i]}",
+                gallery_path=pairings.get(i, path),
+                overlays=overlays,
+                predicted=pred[0] if pred else None,
+                probability=pred[1] if pred else None,
+                rows=[
+                    {
+                        "method": f"visualize ({vis.param})",
+                        "passes": steps,
+                        "seconds": vis.seconds / len(vis),
+                    }
+                ],
+            )
+        )
+    return write_index(out, entries, title=f"saliencelab: feature visualization of {model_name}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `visualize` command to the app."""
+    app.command("visualize")(visualize_command)

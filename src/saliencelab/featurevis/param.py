@@ -1,0 +1,330 @@
+"""Image parameterizations: learnable parameters -> images (N, 3, H, W) with values in [0, 1].
+
+What is optimised changes which images are easy to reach (Olah et al., "Feature Visualization",
+Distill 2017, section "Preconditioning and Parameterization"):
+
+- :class:`PixelParam` — the pixels themselves (optionally in decorrelated colour);
+- :class:`FourierParam` — the 2-D Fourier spectrum, scaled by 1/f^decay so that every frequency
+  moves about as fast under gradient descent as natural images vary at it (Lucid's "fft" image);
+- :class:`MacoParam` — MACO (Fel et al., "Unlocking Feature Visualization for Deeper Networks with
+  MAgnitude-Constrained Optimization", NeurIPS 2023): only the Fourier *phase* is optimised; the
+  magnitude stays fixed to the mean spectrum of natural images (:mod:`.spectrum`).
+
+Colour: with `decorrelate=True` the three parameter channels are mixed by the square root of the
+ImageNet RGB covariance (:func:`color_sqrt`), so independent parameter channels give pixels whose
+colours correlate like those of natural images. The result is mapped into [0, 1] by a sigmoid, or
+by clipping with gradients that may push values back into range (:func:`to_valid`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..core.errors import SaliencelabError
+
+Size = int | Sequence[int]
+
+#: Eigen-decomposition of the RGB covariance of ImageNet training pixels (values in [0, 1]), from
+#: the PCA colour augmentation of AlexNet (Krizhevsky, Sutskever & Hinton, NeurIPS 2012, section
+#: 4.1), as published with fb.resnet.torch (`datasets/imagenet.lua`, "Lighting"). Columns of
+#: `IMAGENET_EIGVEC` are the eigenvectors (R, G, B components), `IMAGENET_EIGVAL` their variances.
+#: Lucid's `color_correlation_svd_sqrt` is V·sqrt(Λ) of these same numbers (rounded).
+IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
+IMAGENET_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+
+VALID = ("sigmoid", "clip")
+
+
+def imagenet_covariance() -> torch.Tensor:
+    """Σ = V diag(λ) Vᵀ, the 3x3 ImageNet RGB covariance (float64), from the published pairs."""
+    v = torch.tensor(IMAGENET_EIGVEC, dtype=torch.float64)
+    v = v / v.norm(dim=0, keepdim=True)  # the published vectors are rounded to 4 digits
+    return v @ torch.diag(torch.tensor(IMAGENET_EIGVAL, dtype=torch.float64)) @ v.T
+
+
+def color_sqrt(normalize: bool = True) -> torch.Tensor:
+    """The symmetric square root of the ImageNet colour covariance, M = V diag(√λ) Vᵀ (float32).
+
+    M Mᵀ = Σ, so if z has independent unit-variance channels, M z has the colour covariance of
+    ImageNet pixels. With `normalize`, M is divided by its largest column norm (as Lucid does), so
+    the strongest (luminance) direction keeps unit scale and the colour-opponent ones are damped
+    by √(λ₂/λ₁) ≈ 0.29 and √(λ₃/λ₁) ≈ 0.14.
+    """
+    v = torch.tensor(IMAGENET_EIGVEC, dtype=torch.float64)
+    v = v / v.norm(dim=0, keepdim=True)
+    m = v @ torch.diag(torch.tensor(IMAGENET_EIGVAL, dtype=torch.float64).sqrt()) @ v.T
+    if normalize:
+        m = m / m.norm(dim=0).max()
+    return m.float()
+
+
+def decorrelated_to_rgb(t: torch.Tensor) -> torch.Tensor:
+    """Mix the channels of (N, 3, H, W) `t` by :func:`color_sqrt`: rgb[:, i] = Σ_j M_ij t[:, j]."""
+    m = color_sqrt().to(device=t.device, dtype=t.dtype)
+    return torch.einsum("ij,njhw->nihw", m, t)
+
+
+class _ClipInward(torch.autograd.Function):
+    """clamp(x, 0, 1) forward; backward passes a gradient where x is inside [0, 1], or outside it
+    when a descent step (x - lr·g) moves x back towards the range (Lucid's `constrain_L_inf`)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(x)
+        return x.clamp(0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        (x,) = ctx.saved_tensors
+        inward = ((x >= 0) & (x <= 1)) | ((x > 1) & (g > 0)) | ((x < 0) & (g < 0))
+        return g * inward
+
+
+def to_valid(t: torch.Tensor, valid: str = "sigmoid") -> torch.Tensor:
+    """Map unconstrained values into [0, 1]: sigmoid(t), or clip(t + 0.5) with inward gradients."""
+    if valid == "sigmoid":
+        return torch.sigmoid(t)
+    if valid == "clip":
+        return _ClipInward.apply(t + 0.5)
+    raise SaliencelabError(f"valid must be one of {', '.join(VALID)}, not {valid!r}.")
+
+
+def image_size(size: Size, minimum: int = 8) -> tuple[int, int]:
+    """(H, W) from an int or a pair; each must be at least `minimum` pixels."""
+    if isinstance(size, bool):
+        raise SaliencelabError(f"size must be an int or (height, width), not {size!r}.")
+    if isinstance(size, int):
+        size = (size, size)
+    try:
+        h, w = (int(s) for s in size)
+    except (TypeError, ValueError):
+        raise SaliencelabError(
+            f"size must be an int or (height, width), not {size!r}; use e.g. 224."
+        ) from None
+    if h < minimum or w < minimum:
+        raise SaliencelabError(
+            f"The image size must be at least {minimum}x{minimum} pixels, got {h}x{w}."
+        )
+    return h, w
+
+
+def _generator(seed: int | torch.Generator | None) -> torch.Generator:
+    if isinstance(seed, torch.Generator):
+        return seed
+    g = torch.Generator()
+    g.manual_seed(0 if seed is None else int(seed))
+    return g
+
+
+def frequencies(h: int, w: int) -> torch.Tensor:
+    """|f| = √(fy² + fx²) in cycles per pixel for the `rfft2` grid of an HxW image: (H, W//2+1)."""
+    fy = torch.fft.fftfreq(h, dtype=torch.float64)[:, None]
+    fx = torch.fft.rfftfreq(w, dtype=torch.float64)[None, :]
+    return (fy**2 + fx**2).sqrt()
+
+
+def fourier_scale(h: int, w: int, decay: float = 1.0) -> torch.Tensor:
+    """s(f) = 1 / max(f, 1/max(H, W))^decay, normalised so white coefficients keep their variance.
+
+    With `torch.fft.irfft2(..., norm="ortho")` and independent coefficients c = a + ib
+    (a, b ~ N(0, σ²)), pixel variance = (σ²/HW)·Σ_k w_k s_k² over the half plane, where w_k = 4
+    for columns 0 < fx < 1/2 (each stands for two full-plane frequencies of variance 2σ²s²) and
+    w_k = 1 for the columns fx = 0 and fx = 1/2 (irfft2 keeps only their Hermitian part, which
+    halves the variance). Dividing s by √(Σ w s² / HW) makes the pixel variance σ² at any size
+    or decay.
+    """
+    f = frequencies(h, w)
+    s = 1.0 / f.clamp(min=1.0 / max(h, w)) ** decay
+    weight = torch.full_like(s, 4.0)
+    weight[:, 0] = 1.0
+    if w % 2 == 0:
+        weight[:, -1] = 1.0
+    return (s / ((weight * s**2).sum() / (h * w)).sqrt()).float()
+
+
+class ImageParam(nn.Module):
+    """Base class: `forward()` returns the current images (N, 3, H, W) in [0, 1].
+
+    Subclasses keep their learnable tensors as `nn.Parameter`s, so `param.parameters()` is what
+    the optimiser updates.
+    """
+
+    batch: int
+    size: tuple[int, int]
+
+    def forward(self) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class PixelParam(ImageParam):
+    """Pixels: x = valid(t), or valid(M t) with decorrelated colour; t ~ N(0, sd²) at the start."""
+
+    def __init__(
+        self,
+        batch: int,
+        size: Size,
+        decorrelate: bool = False,
+        valid: str = "sigmoid",
+        sd: float = 0.01,
+        seed: int | torch.Generator | None = 0,
+    ) -> None:
+        super().__init__()
+        self.batch, self.size = int(batch), image_size(size)
+        self.decorrelate, self.valid = decorrelate, valid
+        to_valid(torch.zeros(1), valid)  # validate the name now
+        g = _generator(seed)
+        self.pixels = nn.Parameter(torch.randn(self.batch, 3, *self.size, generator=g) * sd)
+
+    def forward(self) -> torch.Tensor:
+        t = self.pixels
+        if self.decorrelate:
+            t = decorrelated_to_rgb(t)
+        return to_valid(t, self.valid)
+
+
+class FourierParam(ImageParam):
+    """Fourier: t = irfft2(s(f) ⊙ (a + ib)) with s(f) ∝ 1/f^decay (:func:`fourier_scale`).
+
+    Natural images have an amplitude spectrum falling roughly as 1/f, so scaling the coefficients
+    by 1/f^decay makes a gradient step change low and high frequencies in those proportions
+    instead of favouring high-frequency noise (Olah et al. 2017; Lucid's `fft_image`). The image
+    is periodic (what wraps around one edge continues at the other). `decorrelate` mixes colours
+    by :func:`color_sqrt` before `valid` maps into [0, 1].
+    """
+
+    def __init__(
+        self,
+        batch: int,
+        size: Size,
+        decay: float = 1.0,
+        decorrelate: bool = True,
+        valid: str = "sigmoid",
+        sd: float = 0.01,
+        seed: int | torch.Generator | None = 0,
+    ) -> None:
+        super().__init__()
+        self.batch, self.size = int(batch), image_size(size)
+        self.decay, self.decorrelate, self.valid = float(decay), decorrelate, valid
+        to_valid(torch.zeros(1), valid)
+        h, w = self.size
+        g = _generator(seed)
+        self.spectrum = nn.Parameter(torch.randn(2, self.batch, 3, h, w // 2 + 1, generator=g) * sd)
+        self.register_buffer("scale", fourier_scale(h, w, self.decay), persistent=False)
+
+    def spatial(self) -> torch.Tensor:
+        """The unconstrained image t (N, 3, H, W) before colour mixing and `valid`."""
+        c = torch.complex(self.spectrum[0], self.spectrum[1]) * self.scale
+        return torch.fft.irfft2(c, s=self.size, norm="ortho")
+
+    def forward(self) -> torch.Tensor:
+        t = self.spatial()
+        if self.decorrelate:
+            t = decorrelated_to_rgb(t)
+        return to_valid(t, self.valid)
+
+
+def standardize(t: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Each channel of each image to zero mean and unit variance over its pixels."""
+    mean = t.mean(dim=(-2, -1), keepdim=True)
+    std = t.std(dim=(-2, -1), keepdim=True, unbiased=False)
+    return (t - mean) / (std + eps)
+
+
+class MacoParam(ImageParam):
+    """MACO: t = standardize(irfft2(r ⊙ e^{iφ})); only the phase φ is learned (Fel et al. 2023).
+
+    r is the mean magnitude spectrum of natural images in decorrelated colour, fixed
+    (:func:`~saliencelab.featurevis.spectrum.natural_magnitude`), so the images keep a natural
+    spectrum however long the optimisation runs; the objective can only arrange *where* the
+    structure is. Each channel is standardised, mixed by :func:`color_sqrt`, multiplied by
+    `contrast` (1.5: the sigmoid then spans most of [0, 1] without saturating much) and mapped
+    into [0, 1] by `valid`. φ starts uniform in [-π, π).
+    """
+
+    def __init__(
+        self,
+        batch: int,
+        size: Size,
+        magnitude: torch.Tensor | None = None,
+        contrast: float = 1.5,
+        valid: str = "sigmoid",
+        seed: int | torch.Generator | None = 0,
+    ) -> None:
+        super().__init__()
+        self.batch, self.size = int(batch), image_size(size)
+        self.contrast, self.valid = float(contrast), valid
+        to_valid(torch.zeros(1), valid)
+        h, w = self.size
+        if magnitude is None:
+            from .spectrum import natural_magnitude
+
+            magnitude = natural_magnitude(h, w)
+        if tuple(magnitude.shape) != (3, h, w // 2 + 1):
+            raise SaliencelabError(
+                f"A MACO magnitude for {h}x{w} images must have shape (3, {h}, {w // 2 + 1}), "
+                f"got {tuple(magnitude.shape)}."
+            )
+        self.register_buffer("magnitude", magnitude.float(), persistent=False)
+        g = _generator(seed)
+        phase = (torch.rand(self.batch, 3, h, w // 2 + 1, generator=g) * 2 - 1) * math.pi
+        self.phase = nn.Parameter(phase)
+
+    def spatial(self) -> torch.Tensor:
+        c = torch.polar(self.magnitude.expand_as(self.phase), self.phase)
+        return standardize(torch.fft.irfft2(c, s=self.size, norm="ortho"))
+
+    def forward(self) -> torch.Tensor:
+        return to_valid(decorrelated_to_rgb(self.spatial()) * self.contrast, self.valid)
+
+
+PARAMS = ("fft", "maco", "pixel", "decorrelated")
+
+
+def make_param(
+    param: str | ImageParam,
+    batch: int,
+    size: Size,
+    seed: int | torch.Generator | None = 0,
+    decay: float = 1.0,
+    valid: str = "sigmoid",
+) -> ImageParam:
+    """The parameterization named `param` ("fft", "maco", "pixel", "decorrelated"), or `param`.
+
+    "fft" is :class:`FourierParam` with decorrelated colour, "decorrelated" is
+    :class:`PixelParam` with decorrelated colour, "pixel" is plain pixels.
+    """
+    if isinstance(param, ImageParam):
+        if param.batch != batch:
+            raise SaliencelabError(
+                f"The parameterization holds {param.batch} images but the run has {batch}; build "
+                f"it with batch={batch}."
+            )
+        if tuple(param.size) != image_size(size):
+            h, w = param.size
+            raise SaliencelabError(
+                f"The parameterization makes {h}x{w} images but size={size!r} was asked for; "
+                f"pass size=({h}, {w})."
+            )
+        return param
+    if param == "fft":
+        return FourierParam(batch, size, decay=decay, decorrelate=True, valid=valid, seed=seed)
+    if param == "decorrelated":
+        return PixelParam(batch, size, decorrelate=True, valid=valid, seed=seed)
+    if param == "pixel":
+        return PixelParam(batch, size, decorrelate=False, valid=valid, seed=seed)
+    if param == "maco":
+        return MacoParam(batch, size, valid=valid, seed=seed)
+    from ..core.errors import closest
+
+    raise SaliencelabError(
+        f"Unknown parameterization {param!r}; use one of {', '.join(PARAMS)} or an ImageParam."
+        f"{closest(str(param), PARAMS)}"
+    )

@@ -1,0 +1,731 @@
+"""Feature visualization: parameterizations, transforms and objectives against their formulas,
+the optimisation loop on a tiny CNN (rises, deterministic, restores the model), and the real-model
+check: class visualizations of EfficientNet-Lite0 are recognised under fresh random transforms.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import typer
+from PIL import Image
+from torch import nn
+from typer.testing import CliRunner
+
+import saliencelab as sl
+from saliencelab.core.errors import SaliencelabError
+from saliencelab.featurevis import objectives as O
+from saliencelab.featurevis import spectrum
+from saliencelab.featurevis import transforms as T
+from saliencelab.featurevis.commands import register
+from saliencelab.featurevis.objectives import Capture
+from saliencelab.featurevis.param import (
+    IMAGENET_EIGVAL,
+    FourierParam,
+    MacoParam,
+    PixelParam,
+    color_sqrt,
+    fourier_scale,
+    frequencies,
+    imagenet_covariance,
+    to_valid,
+)
+from saliencelab.featurevis.visualize import ChunkSearch as VisChunkSearch
+from saliencelab.featurevis.visualize import default_normalize, probe_normalize, visualize
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One thread: on a loaded 2-core machine two threads spin against each other (~10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- parameterizations -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(16, 16), (15, 20)])
+def test_fourier_param_is_the_inverse_rfft_of_the_scaled_spectrum(size):
+    h, w = size
+    p = FourierParam(2, size, decay=1.3, decorrelate=False, seed=3)
+    assert p().shape == (2, 3, h, w)
+    # spatial() = irfft2(scale * (a + ib)) with orthonormal scaling.
+    c = torch.complex(p.spectrum[0], p.spectrum[1]) * p.scale
+    torch.testing.assert_close(p.spatial(), torch.fft.irfft2(c, s=size, norm="ortho"))
+    # Inverse: setting the spectrum to rfft2(image) / scale reproduces any real image exactly.
+    target = torch.randn(2, 3, h, w)
+    coef = torch.fft.rfft2(target, norm="ortho") / p.scale
+    with torch.no_grad():
+        p.spectrum.copy_(torch.stack([coef.real, coef.imag]))
+    torch.testing.assert_close(p.spatial(), target, atol=1e-5, rtol=0)
+    torch.testing.assert_close(p(), torch.sigmoid(target), atol=1e-5, rtol=0)
+
+
+def test_fourier_scale_follows_one_over_f_to_the_decay_and_keeps_white_variance():
+    h, w, decay = 32, 48, 1.5
+    s = fourier_scale(h, w, decay).double()
+    f = frequencies(h, w)
+    expected = 1.0 / f.clamp(min=1.0 / 48) ** decay
+    ratio = s / expected
+    torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0, 0])))
+    assert float(frequencies(4, 4)[1, 1]) == pytest.approx(math.sqrt(2) / 4)
+    # White complex coefficients with variance 1 per part give pixels of variance ~1.
+    g = torch.Generator().manual_seed(0)
+    c = torch.complex(
+        torch.randn(400, h, w // 2 + 1, generator=g), torch.randn(400, h, w // 2 + 1, generator=g)
+    )
+    pixels = torch.fft.irfft2(c * s.float(), s=(h, w), norm="ortho")
+    assert float(pixels.var()) == pytest.approx(1.0, rel=0.05)
+
+
+def test_color_sqrt_is_the_square_root_of_the_imagenet_covariance():
+    cov = imagenet_covariance()
+    m = color_sqrt(normalize=False).double()
+    torch.testing.assert_close(m, m.T)
+    torch.testing.assert_close(m @ m.T, cov, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.linalg.eigvalsh(cov).flip(0),
+        torch.tensor(IMAGENET_EIGVAL, dtype=torch.float64),
+        atol=1e-4,
+        rtol=0,
+    )
+    # An independent reference: Lucid's `color_correlation_svd_sqrt` (V·sqrt(Λ), 2 digits) gives
+    # the same covariance.
+    lucid = torch.tensor(
+        [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=torch.float64
+    )
+    torch.testing.assert_close(lucid @ lucid.T, cov, atol=6e-3, rtol=0)
+    normalized = color_sqrt()
+    assert float(normalized.norm(dim=0).max()) == pytest.approx(1.0)
+    torch.testing.assert_close(normalized.double(), m / m.norm(dim=0).max(), atol=1e-6, rtol=0)
+    # Decorrelated pixels: independent channels t give rgb = M t.
+    p = PixelParam(1, 8, decorrelate=True, valid="clip", seed=0)
+    with torch.no_grad():
+        p.pixels.normal_(0, 0.1)
+    rgb = torch.einsum("ij,njhw->nihw", normalized, p.pixels) + 0.5
+    torch.testing.assert_close(p(), rgb.clamp(0, 1))
+
+
+def test_clip_keeps_gradients_that_point_back_into_range():
+    t = torch.tensor([-0.7, 0.0, 0.7, 0.7], requires_grad=True)  # x = t + 0.5: -0.2, .5, 1.2, 1.2
+    x = to_valid(t, "clip")
+    torch.testing.assert_close(x.detach(), torch.tensor([0.0, 0.5, 1.0, 1.0]))
+    x.backward(torch.tensor([-1.0, 2.0, 3.0, -4.0]))
+    # Below 0 with g < 0 (descent raises x): kept; inside: kept; above 1 with g > 0: kept; above 1
+    # with g < 0 (descent would raise it further): dropped.
+    torch.testing.assert_close(t.grad, torch.tensor([-1.0, 2.0, 3.0, 0.0]))
+    with pytest.raises(SaliencelabError, match="valid must be"):
+        to_valid(t, "tanh")
+
+
+def test_maco_keeps_the_magnitude_and_learns_only_the_phase():
+    h, w = 24, 30
+    p = MacoParam(2, (h, w), seed=1)
+    assert [name for name, _ in p.named_parameters()] == ["phase"]
+    x = p().detach()
+    assert x.shape == (2, 3, h, w) and 0 < float(x.min()) and float(x.max()) < 1
+    spatial = p.spatial()
+    torch.testing.assert_close(spatial.mean(dim=(-2, -1)), torch.zeros(2, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        spatial.std(dim=(-2, -1), unbiased=False), torch.ones(2, 3), atol=1e-4, rtol=0
+    )
+    # |rfft2(image)| is the fixed magnitude up to one factor per channel (the standardisation);
+    # columns fx = 0 and Nyquist are excluded (irfft2 keeps only their Hermitian part).
+    amp = torch.fft.rfft2(spatial, norm="ortho").abs()[..., 1:-1]
+    ratio = amp / p.magnitude[..., 1:-1]
+    torch.testing.assert_close(ratio, ratio[..., :1, :1].expand_as(ratio), rtol=1e-3, atol=1e-5)
+    # A step changes the phase and leaves the magnitude alone.
+    before = p.magnitude.clone()
+    p().sum().backward()
+    assert p.phase.grad is not None and p.phase.grad.abs().sum() > 0
+    assert torch.equal(p.magnitude, before)
+
+
+def test_natural_spectrum_data_file_is_a_reproducible_natural_power_law():
+    table = spectrum.load()
+    mag = np.array(table["log_magnitude"])
+    assert mag.shape == (3, spectrum.RADIUS_BINS, spectrum.ANGLE_BINS)
+    # Natural images: amplitude ~ 1/f^alpha with alpha near 1 (Field 1987; van der Schaaf 1996).
+    assert all(0.8 < s < 1.8 for s in table["slope"]), table["slope"]
+    assert np.all(np.diff(mag.mean(axis=2)[:, 1:-1], axis=1) < 0.05)  # falls with frequency
+    # A fresh estimate with fewer crops agrees with the stored table.
+    fresh = np.array(spectrum.estimate(crops_per_photo=4, seed=1)["log_magnitude"])
+    assert np.abs(fresh - mag)[:, 1:].mean() < 0.25
+    m = spectrum.natural_magnitude(40, 50)
+    assert m.shape == (3, 40, 26) and float(m[:, 0, 0].abs().max()) == 0.0
+    assert bool((m[:, 0, 1] > m[:, 0, 20]).all()) and bool((m[:, 1:] > 0).all())
+
+
+# -- transforms ----------------------------------------------------------------------------------
+
+
+def _ramp(n: int = 1, h: int = 9, w: int = 9) -> torch.Tensor:
+    return torch.arange(n * 3 * h * w, dtype=torch.float32).reshape(n, 3, h, w) / (n * 3 * h * w)
+
+
+def test_pad_jitter_and_crop_are_what_they_say():
+    x = _ramp(2, 8, 10)
+    rng = T.Rng(0)
+    p = T.Pad(3)(x, rng)
+    assert p.shape == (2, 3, 14, 16)
+    assert torch.equal(p[..., 3:-3, 3:-3], x) and bool((p[..., :3, :] == 0.5).all())
+    torch.testing.assert_close(T.Pad(2, "reflect")(x, rng), F.pad(x, [2] * 4, mode="reflect"))
+    j = T.Jitter(3)(x, rng)
+    assert j.shape == (2, 3, 5, 7)
+    offsets = [
+        (dy, dx)
+        for dy in range(4)
+        for dx in range(4)
+        if torch.equal(j, x[..., dy : dy + 5, dx : dx + 7])
+    ]
+    assert len(offsets) == 1
+    c = T.RandomCrop((0.25, 0.25))(x, T.Rng(1))  # a 4x5 box, resized back to 8x10
+    assert c.shape == x.shape
+    found = [
+        (t, left)
+        for t in range(5)
+        for left in range(6)
+        if torch.allclose(
+            c,
+            F.interpolate(
+                x[..., t : t + 4, left : left + 5],
+                size=(8, 10),
+                mode="bilinear",
+                align_corners=False,
+            ),
+        )
+    ]
+    assert len(found) == 1
+
+
+def test_rotation_and_scale_match_their_formulas():
+    x = _ramp(1, 7, 7)
+    torch.testing.assert_close(
+        T.rotate(x, 90.0), torch.rot90(x, 1, dims=(-2, -1)), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(T.rotate(x, 0.0), x, atol=1e-6, rtol=0)
+    s = T.RandomScale([1.5])(x, T.Rng(0))
+    torch.testing.assert_close(
+        s, F.interpolate(x, size=(10, 10), mode="bilinear", align_corners=False)
+    )
+    r = T.RandomRotate(30.0)
+    out = r(x, T.Rng(5))
+    angle = T.Rng(5).uniform(-30.0, 30.0)  # the same draw
+    torch.testing.assert_close(out, T.rotate(x, angle))
+
+
+def test_affine_scales_rotates_and_shifts_in_one_resampling():
+    x = _ramp(2, 8, 8)
+    torch.testing.assert_close(T.affine(x), x, atol=1e-6, rtol=0)
+    # Half the magnification into half the size: each output pixel is the mean of a 2x2 block.
+    torch.testing.assert_close(
+        T.affine(x, scale=0.5, size=4), F.avg_pool2d(x, 2), atol=1e-6, rtol=0
+    )
+    # A shift of (2, -1) pixels: output P shows input P + (2, -1); the rest is the fill value.
+    out = T.affine(x, shift=(2.0, -1.0), fill=0.25)
+    torch.testing.assert_close(out[..., 1:, :-2], x[..., :-1, 2:], atol=1e-6, rtol=0)
+    assert bool((out[..., 0, :] == 0.25).all()) and bool((out[..., :, -2:] == 0.25).all())
+    # A quarter turn of an odd square image, at twice the magnification about the centre.
+    y = _ramp(1, 9, 9)
+    turned = T.affine(y, degrees=90.0)
+    torch.testing.assert_close(turned, torch.rot90(y, 1, dims=(-2, -1)), atol=1e-5, rtol=0)
+    zoom = T.affine(y, scale=2.0)
+    torch.testing.assert_close(zoom[..., 4, 4], y[..., 4, 4])  # the centre stays
+    # Its random version draws (s, θ, dx, dy) from the generator in that order.
+    ra = T.RandomAffine([0.9, 1.1], degrees=10, shift=3, size=6)
+    g = T.Rng(3)
+    s, angle = g.choice([0.9, 1.1]), g.uniform(-10, 10)
+    dx, dy = g.uniform(-3, 3), g.uniform(-3, 3)
+    torch.testing.assert_close(ra(y, T.Rng(3)), T.affine(y, s, angle, (dx, dy), 6))
+
+
+def test_noise_and_seeded_chains_are_repeatable():
+    x = torch.full((4, 3, 64, 64), 0.5)
+    n = T.Noise(0.1)(x, T.Rng(0)) - x
+    assert abs(float(n.mean())) < 0.01 and float(n.std()) == pytest.approx(0.1, rel=0.05)
+    chain = T.standard(48)
+    y = torch.rand(2, 3, 48, 48, requires_grad=True)
+    a, b, c = chain(y, T.Rng(7)), chain(y, T.Rng(7)), chain(y, T.Rng(8))
+    assert a.shape == (2, 3, 48, 48) and torch.equal(a, b) and not torch.equal(a, c)
+    a.sum().backward()
+    assert y.grad is not None and float(y.grad.abs().sum()) > 0
+    assert T.maco(32)(torch.rand(1, 3, 64, 64), T.Rng(0)).shape == (1, 3, 32, 32)
+
+
+# -- objectives ----------------------------------------------------------------------------------
+
+
+def _capture() -> Capture:
+    g = torch.Generator().manual_seed(0)
+    return Capture(
+        activations={
+            "a": torch.randn(3, 4, 5, 6, generator=g),
+            "v": torch.randn(3, 4, generator=g),
+        },
+        logits=torch.randn(3, 5, generator=g),
+        images=torch.rand(3, 3, 6, 7, generator=g),
+        labels=["cat", "dog", "bird", "fish", "frog"],
+    )
+
+
+def test_layer_objectives_match_their_formulas():
+    cap = _capture()
+    a = cap.activations["a"]
+    torch.testing.assert_close(O.neuron("a", 2)(cap), a[:, 2, 2, 3])
+    torch.testing.assert_close(O.neuron("a", 1, x=5, y=0)(cap), a[:, 1, 0, 5])
+    torch.testing.assert_close(O.channel("a", 3)(cap), a[:, 3].mean(dim=(1, 2)))
+    torch.testing.assert_close(O.channel("v", 3)(cap), cap.activations["v"][:, 3])
+    torch.testing.assert_close(O.layer("a")(cap), (a**2).mean(dim=(1, 2, 3)))
+    v = torch.tensor([1.0, -2.0, 0.0, 2.0])
+    by_hand = torch.stack([sum(a[n, c] * v[c] for c in range(4)).mean() / 3.0 for n in range(3)])
+    torch.testing.assert_close(O.direction("a", v)(cap), by_hand)
+    torch.testing.assert_close(O.class_logit("bird")(cap), cap.logits[:, 2])
+    torch.testing.assert_close(O.class_logit(4)(cap), cap.logits[:, 4])
+    for bad, message in [
+        (O.channel("a", 4), "out of range"),
+        (O.neuron("a", 0, x=6), "outside"),
+        (O.class_logit("zebra"), "no class named"),
+        (O.direction("a", [1.0, 2.0]), "one value per channel"),
+    ]:
+        with pytest.raises(SaliencelabError, match=message):
+            bad(cap)
+
+
+def test_diversity_is_minus_the_mean_gram_cosine_to_the_others():
+    cap = _capture()
+    a = cap.activations["a"]
+    grams = [a[n].reshape(4, -1) @ a[n].reshape(4, -1).T for n in range(3)]
+    cos = [
+        [float((grams[i] * grams[j]).sum() / grams[i].norm() / grams[j].norm()) for j in range(3)]
+        for i in range(3)
+    ]
+    expected = torch.tensor([-(sum(cos[i]) - cos[i][i]) / 2 for i in range(3)])
+    torch.testing.assert_close(O.diversity("a")(cap), expected, atol=1e-5, rtol=0)
+    one = Capture(activations={"a": a[:1]})
+    assert torch.equal(O.diversity("a")(one), torch.zeros(1))
+
+
+def test_regularisers_by_hand():
+    x = torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.5, 1.0]])  # one 2x3 image, one channel ...
+    cap = Capture(images=x.expand(1, 3, 2, 3))  # ... repeated over 3 channels
+    # Vertical diffs |.5-0|, |.5-1|, |1-0| -> mean 2/3; horizontal 1, 1, 0, .5 -> mean 5/8.
+    torch.testing.assert_close(O.total_variation()(cap), torch.tensor([2 / 3 + 5 / 8]))
+    torch.testing.assert_close(O.l1()(cap), torch.tensor([2.0 / 6]))  # .5 .5 .5 0 0 .5
+    torch.testing.assert_close(O.l2(0.0)(cap), torch.tensor([2.5 / 6]))  # 0 1 0 .25 .25 1
+    padded = F.pad(x[None, None], [1, 1, 1, 1], mode="replicate")[0, 0]
+    means = torch.stack(
+        [torch.stack([padded[i : i + 3, j : j + 3].mean() for j in range(3)]) for i in range(2)]
+    )
+    torch.testing.assert_close(O.blur()(cap), ((x - means) ** 2).mean().reshape(1))
+    torch.testing.assert_close(means[0, 0], torch.tensor(3.5 / 9))  # (0+0+1)·2 + .5·3
+
+
+def test_objectives_compose_with_plus_minus_and_numbers():
+    cap = _capture()
+    a, b, c = O.channel("a", 0), O.layer("a"), O.class_logit(1)
+    combo = 2 * a - b / 4 + c * 0.5 - O.total_variation()
+    expected = 2 * a(cap) - b(cap) / 4 + 0.5 * c(cap) - O.total_variation()(cap)
+    torch.testing.assert_close(combo(cap), expected)
+    torch.testing.assert_close((-a)(cap), -a(cap))
+    torch.testing.assert_close(sum([a, b, c])(cap), a(cap) + b(cap) + c(cap))
+    assert combo.layers == ("a",) and combo.logits and not (a - b).logits
+    assert "channel(a, 0)" in combo.name and "class_logit(1)" in combo.name
+    with pytest.raises(SaliencelabError, match="not multiplied"):
+        a * b
+    with pytest.raises(SaliencelabError, match="nonzero"):
+        a / 0
+
+
+# -- the optimisation on a tiny CNN -------------------------------------------------------------
+
+
+class Tiny(nn.Module):
+    """Zero-mean 5x5 filters without biases: flat images give 0, structure drives the units."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 5, padding=2), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+        )
+        with torch.no_grad():
+            w = self.features[0].weight
+            w -= w.mean(dim=(1, 2, 3), keepdim=True)
+            self.features[0].bias.zero_()
+            self.features[2].bias.zero_()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+@pytest.fixture
+def tiny() -> sl.Model:
+    module = Tiny()
+    module.train()  # must come back in training mode
+    module.fc.weight.requires_grad_(True)
+    module.features[0].bias.requires_grad_(False)
+    return sl.Model(module, labels=["a", "b", "c", "d"], name="tiny")
+
+
+def _natural(size: int) -> torch.Tensor:
+    photos = [sl.sample_image(n).resize((size, size)) for n in ("chelsea", "coffee", "astronaut")]
+    arr = np.stack([np.asarray(p, dtype=np.float32) / 255 for p in photos])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("param", ["fft", "maco", "pixel", "decorrelated"])
+def test_visualize_raises_the_objective_far_above_noise_and_photos(tiny, param):
+    obj = O.channel("features.3", 5)
+    vis = visualize(tiny, obj, steps=40, size=32, param=param, batch=2, lr=0.2, progress=False)
+    assert vis.images.shape == (2, 3, 32, 32) and vis.history.shape == (40, 2)
+    assert 0 <= float(vis.images.min()) and float(vis.images.max()) <= 1
+    h = vis.history
+    # It rose (MACO starts from full-contrast images, the others from gray).
+    assert bool((h[-5:].mean(0) > (1.5 if param == "maco" else 3) * h[:5].mean(0)).all()), h
+    values = {}
+    for name, images in [
+        ("final", vis.images),
+        ("noise", torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))),
+        ("photos", _natural(32)),
+    ]:
+        with torch.no_grad():
+            a = tiny.module.features(images)
+        values[name] = obj(Capture(activations={"features.3": a}))
+    if param == "maco":
+        # The natural spectrum caps the contrast MACO can put into the 5x5 filters' band.
+        assert float(values["final"].min()) > 2 * float(values["photos"].max()), values
+        assert vis.transparency.shape == (2, 32, 32)
+        assert float(vis.transparency.max()) == pytest.approx(1.0)
+    else:
+        base = max(float(values["noise"].max()), float(values["photos"].max()))
+        assert float(values["final"].min()) > 2 * base, values
+        assert vis.transparency is None
+
+
+def test_visualize_is_deterministic_and_restores_the_model(tiny):
+    flags = [p.requires_grad for p in tiny.module.parameters()]
+    obj = O.channel(tiny.module.features[1], 2) - 0.1 * O.total_variation()
+    a = visualize(tiny, obj, steps=6, size=24, progress=False, seed=3)
+    b = visualize(tiny, obj, steps=6, size=24, progress=False, seed=3)
+    c = visualize(tiny, obj, steps=6, size=24, progress=False, seed=4)
+    assert torch.equal(a.images, b.images) and torch.equal(a.history, b.history)
+    assert not torch.equal(a.images, c.images)
+    assert a.objectives == ["channel(ReLU, 2) - 0.1 * total_variation()"]
+    assert [p.requires_grad for p in tiny.module.parameters()] == flags
+    assert all(m.training for m in tiny.module.modules())
+    assert all(not m._forward_hooks for m in tiny.module.modules())
+
+    def broken(cap):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        visualize(
+            tiny,
+            O.channel("features.1", 0) + O.Objective(broken, "broken"),
+            steps=2,
+            size=16,
+            progress=False,
+        )
+    assert [p.requires_grad for p in tiny.module.parameters()] == flags
+    assert all(m.training for m in tiny.module.modules())
+    assert all(not m._forward_hooks for m in tiny.module.modules())
+
+
+def test_hidden_layer_objectives_stop_the_forward_early(tiny):
+    calls = []
+    handle = tiny.module.fc.register_forward_hook(lambda *a: calls.append(1))
+    visualize(tiny, O.channel("features.1", 0), steps=3, size=16, progress=False)
+    assert calls == []
+    visualize(tiny, O.class_logit("b"), steps=3, size=16, progress=False)
+    assert len(calls) == 3
+    handle.remove()
+
+
+def test_one_run_renders_several_objectives_each_on_its_own_image(tiny):
+    objs = [O.class_logit(0), O.class_logit(3)]
+    vis = visualize(tiny, objs, steps=30, size=24, batch=4, progress=False)
+    assert vis.objectives == ["class_logit(0)"] * 2 + ["class_logit(3)"] * 2
+    with torch.no_grad():
+        logits = tiny.module(vis.images)
+    assert bool((logits[:2, 0] > logits[2:, 0]).all()) and bool(
+        (logits[2:, 3] > logits[:2, 3]).all()
+    )
+    with pytest.raises(SaliencelabError, match="does not split evenly"):
+        visualize(tiny, objs, steps=1, size=16, batch=3, progress=False)
+    with pytest.raises(SaliencelabError, match="no layer named"):
+        visualize(tiny, O.channel("features.9", 0), steps=1, size=16, progress=False)
+    with pytest.raises(SaliencelabError, match="Unknown parameterization"):
+        visualize(tiny, objs, steps=1, size=16, param="fourier", progress=False)
+
+
+def test_chunked_passes_give_the_same_images_as_one_batch(tiny):
+    objs = [O.channel("features.3", 1) - 0.5 * O.total_variation(), O.class_logit("c")]
+    runs = [
+        visualize(tiny, objs, steps=8, size=20, batch=6, param=p, chunk=c, progress=False)
+        for p in ("maco", "fft")
+        for c in (6, 4, 1)
+    ]
+    for group in (runs[:3], runs[3:]):
+        for other in group[1:]:
+            # Equal up to float noise (conv kernels may sum in another order per batch size).
+            torch.testing.assert_close(other.images, group[0].images, atol=1e-4, rtol=0)
+            torch.testing.assert_close(other.history, group[0].history, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(runs[1].transparency, runs[0].transparency, atol=1e-4, rtol=0)
+    assert [r.chunk for r in runs[:3]] == [6, 4, 1]
+    with pytest.raises(SaliencelabError, match="one chunk"):
+        visualize(
+            tiny, O.diversity("features.3"), steps=1, size=16, batch=3, chunk=1, progress=False
+        )
+
+
+def test_chunk_search_halves_while_steps_get_faster():
+    s = VisChunkSearch(8)
+    sizes = []
+    for seconds in [9.0, 1.0, 9.0, 0.8, 9.0, 0.79]:  # each size: a warm-up step, a timed step
+        sizes.append(s.size)
+        s.record(seconds)
+    assert sizes == [8, 8, 4, 4, 2, 2]
+    assert s.settled and s.size == 2  # 1 % faster than 4 is not worth halving again
+    s = VisChunkSearch(8)
+    for seconds in [9.0, 1.0, 9.0, 1.2]:
+        s.record(seconds)
+    assert s.settled and s.size == 8
+    assert VisChunkSearch(1).settled and VisChunkSearch(5, fixed=2).size == 2
+
+
+def test_diversity_term_makes_the_batch_less_alike(tiny):
+    obj = O.channel("features.3", 1)
+    div = O.diversity("features.3")
+    plain = visualize(tiny, obj, steps=25, size=24, batch=3, progress=False, seed=1)
+    diverse = visualize(tiny, obj + 50 * div, steps=25, size=24, batch=3, progress=False, seed=1)
+
+    def diversity(v):
+        with torch.no_grad():
+            return float(
+                div(Capture(activations={"features.3": tiny.module.features(v.images)})).mean()
+            )
+
+    assert diversity(diverse) > diversity(plain) + 0.05, (diversity(diverse), diversity(plain))
+
+
+def test_save_and_gallery(tiny, tmp_path):
+    vis = visualize(
+        tiny,
+        [O.class_logit("a"), O.channel("features.1", 1)],
+        steps=2,
+        size=20,
+        param="maco",
+        progress=False,
+    )
+    paths = vis.save(tmp_path)
+    assert [p.name for p in paths] == [
+        "featurevis_00_class_logit_a.png",
+        "featurevis_00_class_logit_a_transparent.png",
+        "featurevis_01_channel_features_1_1.png",
+        "featurevis_01_channel_features_1_1_transparent.png",
+    ]
+    img = Image.open(paths[0])
+    assert img.size == (20, 20)
+    assert np.array_equal(np.asarray(img), np.asarray(vis.pil(0)))
+    assert Image.open(paths[1]).mode == "RGBA"
+    g = vis.gallery(tile=64)
+    assert g.width > 2 * 64
+
+
+def test_normalisation_is_read_from_the_preprocessing():
+    def preprocess(img):
+        arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255
+        mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+        return torch.from_numpy(((arr - mean) / std).astype(np.float32)).permute(2, 0, 1)[None]
+
+    model = sl.Model(Tiny(), preprocess=preprocess)
+    x = torch.rand(2, 3, 5, 5)
+    expected = (x - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    )[:, None, None]
+    torch.testing.assert_close(default_normalize(model)(x), expected, atol=1e-5, rtol=0)
+    assert probe_normalize(sl.Model(Tiny())) is None
+    torch.testing.assert_close(default_normalize(sl.Model(Tiny()))(x), x)
+    custom = sl.Model(Tiny(), preprocess=preprocess, extra={"normalize": lambda t: 2 * t})
+    torch.testing.assert_close(default_normalize(custom)(x), 2 * x)
+
+
+# -- the real model ------------------------------------------------------------------------------
+
+CLASSES = ["Egyptian cat", "espresso", "goldfish", "volcano", "daisy"]
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return sl.load_model("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def class_visualizations(lite0):
+    return visualize(
+        lite0,
+        [O.class_logit(c) for c in CLASSES],
+        steps=48,
+        size=112,
+        param="fft",
+        seed=0,
+        progress=False,
+    )
+
+
+def test_efficientnet_normalisation_is_found(lite0):
+    x = torch.rand(1, 3, 4, 4)
+    torch.testing.assert_close(
+        default_normalize(lite0)(x), (x * 255 - 127) / 128, atol=1e-5, rtol=0
+    )
+
+
+def test_class_visualizations_are_recognised_under_fresh_transforms(lite0, class_visualizations):
+    vis = class_visualizations
+    labels = list(lite0.labels)
+    idx = torch.tensor([labels.index(c) for c in CLASSES])
+    norm = default_normalize(lite0)
+    chains = {
+        # New draws (another seed) from the optimisation's distribution ...
+        "standard": T.standard(112),
+        # ... and from a wider one: more scale, rotation and shift, plus noise.
+        "wider": T.compose(
+            T.Pad(8),
+            T.Jitter(16),
+            T.RandomAffine([0.8, 0.9, 1.1, 1.2], degrees=15.0, shift=8.0, size=112),
+            T.Noise(0.02),
+        ),
+    }
+    for name, chain in chains.items():
+        rng = T.Rng(12345)
+        with torch.no_grad():
+            probs = torch.stack(
+                [
+                    lite0(norm(chain(vis.images, rng))).softmax(1)[torch.arange(5), idx]
+                    for _ in range(4)
+                ]
+            ).mean(0)
+        recognised = int((probs >= 0.5).sum())
+        assert recognised >= 4, (name, dict(zip(CLASSES, probs.tolist(), strict=True)))
+
+
+def test_class_objective_rises_far_above_noise_and_photos(lite0, class_visualizations):
+    vis = class_visualizations
+    h = vis.history
+    assert bool((h[-4:].mean(0) > h[:4].mean(0) + 10).all())
+    labels = list(lite0.labels)
+    idx = [labels.index(c) for c in CLASSES]
+    norm = default_normalize(lite0)
+    photos = lite0.preprocess(
+        [sl.sample_image(n) for n in ("chelsea", "coffee", "astronaut", "rocket")]
+    )
+    with torch.no_grad():
+        final = lite0(norm(vis.images))[torch.arange(5), idx]
+        noise = lite0(norm(torch.rand(4, 3, 112, 112)))[:, idx].amax(0)
+        natural = lite0(photos)[:, idx].amax(0)  # includes a cat and an espresso photo
+    assert bool((final > 2 * natural).all()), (final, natural)
+    assert bool((final > noise + 20).all()), (final, noise)
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+FACTORY = textwrap.dedent(
+    """
+    import numpy as np
+    import torch
+    from torch import nn
+
+    import saliencelab as sl
+
+
+    def build():
+        torch.manual_seed(0)
+        module = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3),
+        )
+
+        def preprocess(images):
+            images = images if isinstance(images, (list, tuple)) else [images]
+            arrays = [np.asarray(im.convert("RGB").resize((32, 32)), np.float32) / 255
+                      for im in images]
+            return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+        return sl.Model(module.eval(), preprocess=preprocess, labels=["a", "b", "c"], name="tiny")
+    """
+)
+
+
+def test_visualize_command(tmp_path):
+    factory = tmp_path / "tiny.py"
+    factory.write_text(FACTORY)
+    spec = f"{factory}:build"
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    runner = CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
+    out = tmp_path / "out"
+    common = ["visualize", "--model", spec, "--steps", "3", "--size", "24", "--out", str(out)]
+
+    res = runner.invoke(app, [*common, "--class", "b"])
+    assert res.exit_code == 0, res.output
+    assert (out / "featurevis_00_class_logit_b.png").exists()
+    assert not (out / "index.html").exists()
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    res = runner.invoke(
+        app,
+        [
+            *common,
+            "--layer",
+            "2",
+            "--channel",
+            "1",
+            "--channel",
+            "4",
+            "--param",
+            "maco",
+            "--batch",
+            "2",
+            "--diversity",
+            "10",
+            "--examples",
+            str(folder),
+            "--k",
+            "2",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    for name in [
+        "featurevis_03_channel_2_4.png",
+        "featurevis_03_channel_2_4_transparent.png",
+        "featurevis_gallery.png",
+        "featurevis_examples_2_ch1.png",
+        "index.html",
+    ]:
+        assert (out / name).exists(), name
+    assert "channel(2, 4)" in res.output
+
+    for args, message in [
+        (["--layer", "2", "--channel", "9"], "out of range"),
+        (["--channel", "1"], "needs --layer"),
+        ([], "Nothing to visualize"),
+        (["--class", "zebra"], "no class named"),
+        (["--class", "a", "--param", "wavelet"], "--param must be one of"),
+    ]:
+        res = runner.invoke(app, [*common, *args])
+        assert res.exit_code == 2, res.output
+        assert message in " ".join(res.output.split())
