@@ -1,7 +1,8 @@
 """LIME and KernelSHAP: saliencelab vs Captum on EfficientNet-Lite0, same samples per image.
 
     .venv/bin/python benchmarks/surrogates.py [--images 8] [--samples 1000] [--segments 64]
-                                              [--repeats 1] [--device cpu] [--self-check]
+        [--repeats 1] [--device cpu] [--clock wall|cpu] [--chunk-size N] [--models lite0,cheap]
+        [--self-check]
 
 Settings (the same for both libraries): 224×224 images, the predicted class as target, a grid
 of `--segments` cells (8×8 = 64 by default, saliencelab's default mask) as features, baseline
@@ -14,7 +15,11 @@ of `--segments` cells (8×8 = 64 by default, saliencelab's default mask) as feat
   and `SkLearnRidge(alpha=1.0)`, with Captum's own Bernoulli(½) sampler.
 
 Captum runs at its best `perturbations_per_eval` (swept on one image first). Timings are
-interleaved per repeat (harness.measure) and reported as ratios; on a shared CPU they are noisy.
+interleaved per repeat (harness.measure) and reported as ratios (median over repeats of the
+per-repeat ratio); on a shared CPU wall times are noisy, `--clock cpu` is the robust choice.
+`--models cheap` replaces the network by an almost free one (pool + linear): what remains is each
+library's own machinery per sample (sampling, building inputs, weights, the fit), the part that
+dominates when forwards are fast (a GPU).
 FLOOR = the same number of plain forwards of the model at the chunk size our engine settled on
 (or `--chunk-size`, to compare at Captum's batch size).
 
@@ -31,17 +36,36 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-import torch
+_ARGS = sys.argv[1:]
+if "--clock=cpu" in _ARGS or any(
+    a == "--clock" and b == "cpu" for a, b in zip(_ARGS, _ARGS[1:], strict=False)
+):
+    # Before torch loads its OpenMP runtime: idle threads sleep instead of spinning, so process
+    # CPU time counts work, not waiting (see harness.CLOCK).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Contender, compare, make_sync, mean_corr, measure, record_passes  # noqa: E402
+import harness  # noqa: E402
+from harness import (  # noqa: E402
+    Contender,
+    Stopwatch,
+    compare,
+    make_sync,
+    mean_corr,
+    measure,
+    paired,
+    record_passes,
+)
 
 import saliencelab as sl  # noqa: E402
 from saliencelab.methods.perturbation import kernelshap as _ks  # noqa: E402, F401
@@ -86,7 +110,7 @@ def captum_lime(module, perturb=None):
     return make
 
 
-def best_ppe(module, x, target, mask, candidates=(16, 32, 64), n: int = 64) -> dict:
+def best_ppe(module, x, target, mask, candidates=(4, 8, 16, 32, 64), n: int = 64) -> dict:
     """Captum KernelShap seconds per sample at each perturbations_per_eval, on one image."""
     from captum.attr import KernelShap
 
@@ -94,32 +118,33 @@ def best_ppe(module, x, target, mask, candidates=(16, 32, 64), n: int = 64) -> d
     KernelShap(module).attribute(x[:1], n_samples=16, perturbations_per_eval=16, **kw)  # warm-up
     out = {}
     for ppe in candidates:
-        start = time.perf_counter()
-        KernelShap(module).attribute(x[:1], n_samples=n, perturbations_per_eval=ppe, **kw)
-        out[ppe] = (time.perf_counter() - start) / n
+        with Stopwatch(lambda: None) as sw:
+            KernelShap(module).attribute(x[:1], n_samples=n, perturbations_per_eval=ppe, **kw)
+        out[ppe] = sw.seconds / n
     return out
 
 
-def forward_floor(module, x, rows: int, chunk: int, sync) -> float:
-    """Seconds of `rows` plain forwards of x's images in batches of `chunk` (up to 3 timed)."""
+def forward_floor(module, x, rows: int, chunk: int, sync) -> tuple[float, float]:
+    """(wall, cpu) seconds of `rows` plain forwards of x's images in batches of `chunk`: up to 3
+    batches timed, the median scaled to the number of batches, plus the last partial one."""
     batch = x.repeat((chunk + x.shape[0] - 1) // x.shape[0], 1, 1, 1)[:chunk].contiguous()
     full, rest = divmod(rows, chunk)
-    times = []
+    wall = cpu = 0.0
     with torch.inference_mode():
         module(batch)
+        timed = []
         for _ in range(min(3, full)):
-            sync()
-            start = time.perf_counter()
-            module(batch)
-            sync()
-            times.append(time.perf_counter() - start)
-        estimate = full * statistics.median(times) if times else 0.0
+            with Stopwatch(sync) as sw:
+                module(batch)
+            timed.append(sw)
+        if timed:
+            wall = full * statistics.median(t.wall for t in timed)
+            cpu = full * statistics.median(t.cpu for t in timed)
         if rest:
-            start = time.perf_counter()
-            module(batch[:rest])
-            sync()
-            estimate += time.perf_counter() - start
-    return estimate
+            with Stopwatch(sync) as sw:
+                module(batch[:rest])
+            wall, cpu = wall + sw.wall, cpu + sw.cpu
+    return wall, cpu
 
 
 def exact_checks(model, x, target) -> dict:
@@ -237,9 +262,10 @@ def compare_methods(label, model, x, target, mask, args, sync) -> dict:
         ours_f = per_feature(cs[0].last.attributions.cpu(), full_mask)
         corr = mean_corr(ours_f, per_feature(cs[1].last.cpu(), full_mask))
         res = {
+            "clock": harness.CLOCK,
             "seconds": t,
-            "speedup_vs_captum": t["captum"] / t["ours"],
-            "ours_over_floor": t["ours"] / t["floor"],
+            "speedup_vs_captum": paired(cs[1], cs[0]),
+            "ours_over_floor": paired(cs[0], cs[2]),
             "forwards_per_image": cs[0].last.forwards,
             "engine_chunk": chunk[0],
             "corr_with_captum": corr,
@@ -269,10 +295,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--chunk-size", type=int, default=None, help="our rows per forward (default: measured)"
     )
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time, or process CPU time for a shared machine (sets OMP_WAIT_POLICY=PASSIVE)",
+    )
     p.add_argument("--models", default="lite0,cheap", help="lite0 and/or cheap (overhead only)")
     p.add_argument("--self-check", action="store_true", help="ours with seed 1 vs seed 0")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"))
     args = p.parse_args(argv)
+    harness.use_clock(args.clock)
 
     start = time.perf_counter()
     device = torch.device(args.device)
@@ -285,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
     mask = default_feature_mask(x[:1], "grid", args.segments)[:, None]
     log(
         f"{x.shape[0]} images {tuple(x.shape[1:])}, {int(mask.max()) + 1} grid features, "
-        f"{args.samples} samples, {device}, {torch.get_num_threads()} threads"
+        f"{args.samples} samples, {device}, {torch.get_num_threads()} threads, {args.clock} clock"
     )
     results = {}
     wanted = args.models.split(",")
@@ -301,7 +334,12 @@ def main(argv: list[str] | None = None) -> dict:
             f"corr {v['min_corr']:.6f}"
         )
     out = {
-        "settings": {**vars(args), "images_used": names, "torch_threads": torch.get_num_threads()},
+        "settings": {
+            **vars(args),
+            "images_used": names,
+            "torch_threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        },
         "results": results,
         "deterministic_agreement": exact,
         "wall_s": time.perf_counter() - start,
