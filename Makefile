@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# The CPU build of PyTorch (a plain `torch` requirement would pull a multi-GB CUDA build).
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
+	# Peers for cross-checks and benchmarks, without their torchvision/CUDA requirements.
+	$(BIN)/pip install -q --no-deps quantus==0.6.0 grad-cam==1.5.7 ttach==0.0.3
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -26,10 +28,8 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-# Peers used only for side-by-side timing (pytorch-grad-cam without torchvision's CUDA build).
+# Side-by-side timings against the peers (Captum, pytorch-grad-cam, Quantus).
 bench: $(STAMP)
-	$(BIN)/pip install -q --no-deps grad-cam==1.5.7 ttach==0.0.3
-	$(BIN)/pip install -q tqdm opencv-python-headless scikit-learn matplotlib
 	$(BIN)/python benchmarks/run.py
 
 clean:

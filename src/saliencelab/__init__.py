@@ -7,6 +7,7 @@
 """
 
 from . import methods as _builtin_methods  # noqa: F401  (registers them; before `methods` below)
+from . import metrics
 from .core.errors import SaliencelabError
 from .core.explain import explain
 from .core.registry import MethodSpec, methods, register
@@ -15,6 +16,7 @@ from .data.images import image_paths, load_image
 from .data.labels import imagenet_labels
 from .data.samples import sample_image, sample_images
 from .featurevis import Visualization, objectives, visualize
+from .metrics import EvalReport, MetricResult, evaluate
 from .models.blackbox import blackbox
 from .models.model import Model
 from .models.zoo import list_models, load_model, register_model, register_scheme
@@ -37,6 +39,10 @@ from .viz.gallery import gallery, save_gallery
 from .viz.overlay import overlay, save_overlay
 
 __all__ = [
+    "EvalReport",
+    "MetricResult",
+    "evaluate",
+    "metrics",
     "ActivationMaps",
     "Visualization",
     "Attribution",

@@ -1,0 +1,1 @@
+"""Axiomatic metrics, registered by name on import."""

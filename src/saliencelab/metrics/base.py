@@ -1,0 +1,522 @@
+"""The metric contract: `Metric` (update / compute / reset), `EvalBatch` and `MetricResult`.
+
+A metric scores the maps of one explanation method, per sample. It reads what it needs from an
+:class:`EvalBatch` — the model, the inputs, the maps, the targets, ground-truth masks, or an
+`explainer` that recomputes maps for new inputs or a changed model — and returns one value per
+sample (plus, for curve-based scores, the curve behind each value).
+
+Like torchmetrics, a metric object accumulates over a dataset loop::
+
+    m = sl.metrics.get("deletion")(steps=50)
+    for x, maps in loader:
+        m.update(model=model, x=x, maps=maps)
+    result = m.compute()          # MetricResult: values, mean, ci, direction, curves
+
+`compute()` concatenates what `update` saw; `reset()` forgets it. The per-sample values of
+several processes can be merged with `MetricResult.merge`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from ..core.engine import Engine
+from ..core.errors import SaliencelabError, closest
+from ..core.targets import Target, TargetSpec, resolve_target
+from ..models.model import Model, as_model
+from .stats import bootstrap_ci
+
+Direction = Literal["higher", "lower", "none"]
+Needs = Literal["model", "masks", "explainer", "attributions"]
+
+
+class Explainer:
+    """Recomputes one method's explanation for new inputs or a changed model.
+
+    `explainer(model, x, target)` returns the :class:`~saliencelab.Attribution` of the method
+    named at construction with its options, computed by `sl.explain` (so it is chunked and
+    counted like any explanation). Robustness metrics call it on all noisy copies of a batch at
+    once; randomisation metrics call it on randomised copies of the model.
+    """
+
+    def __init__(self, method: str, options: dict[str, Any] | None = None) -> None:
+        self.method = method
+        self.options = dict(options or {})
+        self.passes = 0.0  # forward+backward passes per input row, summed over calls
+        self.forwards = 0.0
+        self.rows = 0
+
+    def __call__(self, model: Model | nn.Module, x: torch.Tensor, target: torch.Tensor | None):
+        from ..core.explain import explain
+
+        ex = explain(model, x, methods={self.method: self.options}, target=target)
+        self.passes += ex.total_passes * x.shape[0]
+        self.forwards += ex.total_forwards * x.shape[0]
+        self.rows += x.shape[0]
+        return ex[self.method]
+
+    def maps(
+        self, model: Model | nn.Module, x: torch.Tensor, target: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(N, H, W) maps of `x` explained for `target`."""
+        return self(model, x, target).maps
+
+    def __repr__(self) -> str:
+        return f"Explainer({self.method!r}, {self.options!r})"
+
+
+@dataclass
+class EvalBatch:
+    """What a metric may read for one batch of one method.
+
+    Attributes:
+        x: (B, C, H, W) model inputs (or (B, ...) for other input kinds).
+        maps: (B, H, W) the method's maps at input resolution, signed, not normalised.
+        target: (B,) long, the class each map explains.
+        model: the model (needed by faithfulness, robustness, randomisation metrics).
+        attributions: (B, C, H, W) the full attribution before channel reduction, when the
+            method has one in input space (completeness, infidelity use it).
+        masks: (B, H, W) bool ground-truth masks (localisation metrics).
+        explainer: recomputes maps (robustness, randomisation, some axiomatic metrics).
+        engine: runs and counts the forwards of this batch (shared by the metrics of one call).
+    """
+
+    x: torch.Tensor
+    maps: torch.Tensor
+    target: torch.Tensor
+    model: Model | None = None
+    attributions: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
+    explainer: Explainer | None = None
+    engine: Engine | None = None
+
+    @property
+    def batch(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    def scores(
+        self,
+        n_rows: int,
+        make_inputs: Callable[[torch.Tensor], torch.Tensor],
+        sample_of: Callable[[torch.Tensor], torch.Tensor],
+        kind: Literal["probability", "logit", "logits"] = "probability",
+    ) -> torch.Tensor:
+        """Forward `n_rows` rows built by `make_inputs(rows)` in chunks; the target's score of each.
+
+        `sample_of(rows)` gives the original sample of each row (its target is used). `kind`
+        "probability" is the softmax probability of the target, "logit" its logit, "logits"
+        returns all logits (n_rows, classes). Runs under `torch.inference_mode()`, model frozen.
+        """
+        engine = self.require_engine()
+        target = Target(self.target)
+        out = torch.empty(0)
+        parts = []
+        for chunk in engine.forwards(n_rows, make_inputs, sample_of, target):
+            if kind == "logits":
+                parts.append(chunk.logits)
+                continue
+            logits = chunk.logits.float()
+            if kind == "probability":
+                logits = logits.softmax(dim=-1)
+            idx = self.target.to(logits.device)[chunk.samples.to(logits.device)]
+            parts.append(logits.gather(1, idx[:, None])[:, 0])
+        if parts:
+            out = torch.cat(parts)
+        return out
+
+    def require_engine(self) -> Engine:
+        if self.engine is None:
+            if self.model is None:
+                raise SaliencelabError("This metric needs the model; pass model=... .")
+            self.engine = Engine(self.model)
+        return self.engine
+
+
+@dataclass
+class Scores:
+    """What `Metric.score` returns for one batch."""
+
+    values: torch.Tensor  # (B,)
+    curves: torch.Tensor | None = None  # (B, K) the curve behind each value
+    curve_x: torch.Tensor | None = None  # (K,) its x axis (e.g. fraction of pixels removed)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-sample (B, ...) tensors
+
+
+@dataclass
+class MetricResult:
+    """A metric's per-sample values and summary.
+
+    `mean` and the bootstrap 95% `ci` skip NaN values (samples where the metric is undefined,
+    e.g. a constant map for a rank correlation); `n` counts the finite ones.
+    """
+
+    metric: str
+    values: torch.Tensor
+    direction: Direction
+    value_range: tuple[float, float]
+    params: dict[str, Any] = field(default_factory=dict)
+    curves: torch.Tensor | None = None
+    curve_x: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    passes: float = 0.0  # forward+backward passes per sample this metric cost
+    forwards: float = 0.0  # forward passes per sample
+    seconds: float = 0.0
+
+    @property
+    def finite(self) -> torch.Tensor:
+        v = self.values.double()
+        return v[torch.isfinite(v)]
+
+    @property
+    def n(self) -> int:
+        return int(self.finite.numel())
+
+    @property
+    def mean(self) -> float:
+        v = self.finite
+        return float(v.mean()) if v.numel() else math.nan
+
+    @property
+    def std(self) -> float:
+        v = self.finite
+        return float(v.std()) if v.numel() > 1 else math.nan
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        return bootstrap_ci(self.finite)
+
+    @property
+    def curve(self) -> torch.Tensor | None:
+        """The mean curve over samples, (K,)."""
+        return None if self.curves is None else self.curves.double().nanmean(dim=0)
+
+    def row(self) -> dict[str, Any]:
+        lo, hi = self.ci
+        return {
+            "metric": self.metric,
+            "mean": self.mean,
+            "ci_low": lo,
+            "ci_high": hi,
+            "n": self.n,
+            "direction": self.direction,
+        }
+
+    @staticmethod
+    def merge(results: Sequence[MetricResult]) -> MetricResult:
+        """One result from the results of several batches or processes of the same metric."""
+        if not results:
+            raise SaliencelabError("Nothing to merge: give at least one MetricResult.")
+        first = results[0]
+        curves = None
+        if all(r.curves is not None for r in results):
+            curves = torch.cat([r.curves.cpu() for r in results])
+        n = sum(r.values.numel() for r in results)
+        per = [(r.values.numel() / max(n, 1)) for r in results]
+        return MetricResult(
+            metric=first.metric,
+            values=torch.cat([r.values.cpu() for r in results]),
+            direction=first.direction,
+            value_range=first.value_range,
+            params=first.params,
+            curves=curves,
+            curve_x=first.curve_x,
+            extras=_cat_extras([r.extras for r in results]),
+            passes=sum(w * r.passes for w, r in zip(per, results, strict=True)),
+            forwards=sum(w * r.forwards for w, r in zip(per, results, strict=True)),
+            seconds=sum(r.seconds for r in results),
+        )
+
+
+def _cat_extras(extras: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    keys = set.intersection(*(set(e) for e in extras)) if extras else set()
+    return {k: torch.cat([e[k].cpu() for e in extras]) for k in sorted(keys)}
+
+
+class Metric:
+    """Base class of all metrics. Subclasses set the class attributes and implement `score`.
+
+    Class attributes:
+        name: registered name, e.g. "deletion".
+        direction: "higher" or "lower" is better, or "none" (descriptive, e.g. similarity in
+            a sanity check where lower means the method passes).
+        value_range: the values' range, e.g. (0, 1).
+        needs: what the batch must carry beyond maps: "model", "masks", "explainer",
+            "attributions".
+        family: faithfulness, robustness, localisation, complexity, randomisation, axiomatic.
+        reference: the paper, "Author et al. Year, Title".
+
+    Subclasses take their parameters as keyword arguments of `__init__` and pass them all to
+    `super().__init__(**params)`; they are kept in `self.params` and as attributes.
+    """
+
+    name: ClassVar[str] = ""
+    direction: ClassVar[Direction] = "higher"
+    value_range: ClassVar[tuple[float, float]] = (-math.inf, math.inf)
+    needs: ClassVar[tuple[Needs, ...]] = ()
+    family: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+        for k, v in params.items():
+            setattr(self, k, v)
+        self.reset()
+
+    # -- to implement ---------------------------------------------------------------------------
+
+    def score(self, batch: EvalBatch) -> Scores:
+        """Score one batch: a value per sample (and the curves behind them, if any)."""
+        raise NotImplementedError
+
+    # -- the stateful contract --------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self._parts: list[Scores] = []
+        self._passes = 0.0
+        self._forwards = 0.0
+        self._seconds = 0.0
+        self._rows = 0
+
+    def update(
+        self,
+        maps: torch.Tensor | None = None,
+        *,
+        x: torch.Tensor | None = None,
+        model: Model | nn.Module | None = None,
+        target: TargetSpec = None,
+        masks: torch.Tensor | None = None,
+        attributions: torch.Tensor | None = None,
+        explainer: Explainer | str | None = None,
+        batch: EvalBatch | None = None,
+    ) -> torch.Tensor:
+        """Score a batch and remember it; returns its (B,) values.
+
+        Give either an :class:`EvalBatch` or its parts. `target=None` scores the model's
+        predicted class; `explainer` may be a method name (recomputed with default options).
+        """
+        import time
+
+        if batch is None:
+            batch = make_batch(
+                maps,
+                x=x,
+                model=model,
+                target=target,
+                masks=masks,
+                attributions=attributions,
+                explainer=explainer,
+            )
+        self.check(batch)
+        engine = batch.engine
+        before = engine.cost.copy() if engine is not None else None
+        ex_before = (
+            (batch.explainer.passes, batch.explainer.forwards) if batch.explainer else (0, 0)
+        )
+        start = time.perf_counter()
+        out = self.score(batch)
+        self._seconds += time.perf_counter() - start
+        if batch.engine is not None:
+            cost = batch.engine.cost.since(before) if before is not None else batch.engine.cost
+            self._passes += cost.grad_rows
+            self._forwards += cost.forward_rows
+        if batch.explainer is not None:
+            self._passes += batch.explainer.passes - ex_before[0]
+            self._forwards += batch.explainer.forwards - ex_before[1]
+        self._rows += batch.batch
+        if out.values.shape != (batch.batch,):
+            raise RuntimeError(
+                f"{self.name} returned values of shape {tuple(out.values.shape)} for a batch of "
+                f"{batch.batch}"
+            )
+        self._parts.append(out)
+        return out.values
+
+    def compute(self) -> MetricResult:
+        """The result over everything `update` saw since the last `reset`."""
+        if not self._parts:
+            raise SaliencelabError(
+                f"{self.name}.compute() was called before any update(); score a batch first."
+            )
+        parts = self._parts
+        curves = None
+        if all(p.curves is not None for p in parts):
+            curves = torch.cat([p.curves.detach().cpu() for p in parts])
+        rows = max(self._rows, 1)
+        return MetricResult(
+            metric=self.name,
+            values=torch.cat([p.values.detach().cpu() for p in parts]),
+            direction=self.direction,
+            value_range=self.value_range,
+            params=dict(self.params),
+            curves=curves,
+            curve_x=None if parts[0].curve_x is None else parts[0].curve_x.detach().cpu(),
+            extras=_cat_extras([p.extras for p in parts]),
+            passes=self._passes / rows,
+            forwards=self._forwards / rows,
+            seconds=self._seconds,
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> MetricResult:
+        """Score one batch from scratch: `reset`, `update`, `compute`."""
+        self.reset()
+        self.update(*args, **kwargs)
+        return self.compute()
+
+    # -- checks ------------------------------------------------------------------------------------
+
+    def check(self, batch: EvalBatch) -> None:
+        """One clear sentence when the batch lacks what this metric needs."""
+        hints = {
+            "model": "pass model=... (this metric runs the model)",
+            "masks": "pass masks=... ((B, H, W) bool ground-truth masks)",
+            "explainer": "pass explainer=<method name> (this metric recomputes explanations)",
+            "attributions": (
+                "give the method's full input-space attributions (an sl.Explanation carries them)"
+            ),
+        }
+        for need in self.needs:
+            if getattr(batch, need) is None:
+                raise SaliencelabError(f"The metric {self.name} needs {need}: {hints[need]}.")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+
+def make_batch(
+    maps: torch.Tensor | None,
+    *,
+    x: torch.Tensor | None = None,
+    model: Model | nn.Module | None = None,
+    target: TargetSpec = None,
+    masks: torch.Tensor | None = None,
+    attributions: torch.Tensor | None = None,
+    explainer: Explainer | str | None = None,
+    engine: Engine | None = None,
+) -> EvalBatch:
+    """Validate the parts of a batch and resolve its target (None → the predicted class)."""
+    if maps is None:
+        raise SaliencelabError("No maps given; pass the (B, H, W) maps to score.")
+    if not isinstance(maps, torch.Tensor):
+        raise SaliencelabError(f"Maps must be a tensor, got {type(maps).__name__}.")
+    if maps.dim() == 4 and maps.shape[1] == 1:
+        maps = maps[:, 0]
+    if maps.dim() < 2:
+        raise SaliencelabError(
+            f"Maps need a batch axis, got shape {tuple(maps.shape)}; use maps.unsqueeze(0)."
+        )
+    if not torch.isfinite(maps).all():
+        raise SaliencelabError("The maps contain NaN or infinite values; check the method.")
+    b = maps.shape[0]
+    m = as_model(model) if model is not None else None
+    if x is not None:
+        if x.shape[0] != b:
+            raise SaliencelabError(
+                f"The maps are for {b} samples but the inputs have {x.shape[0]}; give one map per "
+                "input."
+            )
+        if x.dim() == 4 and maps.dim() == 3 and tuple(maps.shape[-2:]) != tuple(x.shape[-2:]):
+            raise SaliencelabError(
+                f"The maps are {tuple(maps.shape[-2:])} but the inputs are "
+                f"{tuple(x.shape[-2:])}; give maps at input resolution (an sl.Explanation's maps "
+                "are)."
+            )
+    if m is not None and x is not None:
+        x = x.to(m.device)
+    maps = maps.to(x.device) if x is not None else maps
+    if masks is not None:
+        if not isinstance(masks, torch.Tensor):
+            masks = torch.as_tensor(masks)
+        if masks.dim() == 4 and masks.shape[1] == 1:
+            masks = masks[:, 0]
+        if masks.shape != maps.shape:
+            raise SaliencelabError(
+                f"The masks have shape {tuple(masks.shape)} but the maps {tuple(maps.shape)}; "
+                "give one (H, W) mask per map at the maps' resolution."
+            )
+        masks = masks.to(device=maps.device).bool()
+    if attributions is not None and attributions.shape[0] != b:
+        raise SaliencelabError(
+            f"The attributions are for {attributions.shape[0]} samples but the maps for {b}."
+        )
+    if isinstance(explainer, str):
+        explainer = Explainer(explainer)
+    engine = engine or (Engine(m) if m is not None else None)
+    tgt = _resolve_target(target, b, m, x, engine)
+    return EvalBatch(
+        x=x if x is not None else torch.empty(b, 0),
+        maps=maps,
+        target=tgt.to(maps.device),
+        model=m,
+        attributions=attributions,
+        masks=masks,
+        explainer=explainer,
+        engine=engine,
+    )
+
+
+def _resolve_target(
+    target: TargetSpec, b: int, model: Model | None, x: torch.Tensor | None, engine: Engine | None
+) -> torch.Tensor:
+    if isinstance(target, torch.Tensor) and target.dim() == 1 and target.shape[0] == b:
+        return target.long()
+    if isinstance(target, int) and model is None:
+        return torch.full((b,), target, dtype=torch.long)
+    if model is None or x is None or engine is None:
+        if target is None:
+            return torch.full((b,), -1, dtype=torch.long)  # unknown: map-only metrics
+        raise SaliencelabError(
+            "Resolving this target needs the model and inputs; pass model=... and x=... ."
+        )
+    logits = engine.logits(x)
+    resolved = resolve_target(target, logits, model.labels)
+    if resolved.fn is not None:
+        raise SaliencelabError(
+            "Metrics score class probabilities; give a class target (int, name or one per "
+            "sample), not a function."
+        )
+    return resolved.indices
+
+
+# -- the registry ----------------------------------------------------------------------------------
+
+_METRICS: dict[str, type[Metric]] = {}
+
+
+def register_metric(cls: type[Metric]) -> type[Metric]:
+    """Class decorator: make a metric available by its `name` (`sl.evaluate(metrics=[name])`)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in _METRICS and _METRICS[cls.name] is not cls:
+        raise ValueError(f"a metric named {cls.name!r} is already registered")
+    _METRICS[cls.name] = cls
+    return cls
+
+
+def get_metric(name: str) -> type[Metric]:
+    """The metric class registered under `name`."""
+    try:
+        return _METRICS[name]
+    except KeyError:
+        raise SaliencelabError(
+            f"No metric named {name!r}.{closest(name, _METRICS)} See sl.metrics.available()."
+        ) from None
+
+
+def available(family: str | None = None) -> list[str]:
+    """Names of the registered metrics, optionally of one family."""
+    return sorted(n for n, c in _METRICS.items() if family is None or c.family == family)
+
+
+def metric_classes() -> dict[str, type[Metric]]:
+    return dict(_METRICS)

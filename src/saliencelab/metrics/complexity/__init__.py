@@ -1,0 +1,1 @@
+"""Complexity metrics, registered by name on import."""

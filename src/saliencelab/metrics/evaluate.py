@@ -1,0 +1,331 @@
+"""`sl.evaluate`: score several methods' maps with several metrics; `EvalReport` holds the answer.
+
+>>> ex = sl.explain(model, x, methods=["gradcam", "saliency"])
+>>> rep = sl.evaluate(model, x, ex, metrics=["deletion", "insertion", "pointing_game"], masks=m)
+>>> rep.table()                         # method, metric, mean, 95% CI, direction
+>>> rep["gradcam"]["deletion"].values   # per-sample tensor
+>>> rep.curves["gradcam"]["deletion"]   # (N, K) the curves behind a curve-based score
+
+Every report also scores three reference maps (random, centred Gaussian, Sobel edges) unless
+`references=False`, so a reader sees whether a method beats trivial baselines.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.engine import Engine
+from ..core.errors import SaliencelabError, closest
+from ..core.registry import methods as registered_methods
+from ..core.result import Attribution, Explanation
+from ..core.targets import TargetSpec
+from ..methods.reference import REFERENCE_METHODS
+from ..models.model import Model, as_model
+from .base import EvalBatch, Explainer, Metric, MetricResult, get_metric, make_batch
+
+MetricsArg = str | Sequence[str] | Mapping[str, Mapping[str, Any]]
+MapsArg = Explanation | Mapping[str, Attribution | torch.Tensor]
+
+
+@dataclass
+class EvalReport(Mapping[str, dict[str, MetricResult]]):
+    """Results per method and metric: `report[method][metric]` is a :class:`MetricResult`."""
+
+    results: dict[str, dict[str, MetricResult]]
+    references: tuple[str, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, method: str) -> dict[str, MetricResult]:
+        try:
+            return self.results[method]
+        except KeyError:
+            raise SaliencelabError(
+                f"This report has no method {method!r}; it has {', '.join(self.results)}."
+                f"{closest(method, self.results)}"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.results)
+
+    @property
+    def metrics(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for per in self.results.values():
+            seen.update(dict.fromkeys(per))
+        return list(seen)
+
+    @property
+    def curves(self) -> dict[str, dict[str, torch.Tensor]]:
+        """`curves[method][metric]`: (N, K) per-sample curves of the curve-based metrics."""
+        return {
+            m: {k: r.curves for k, r in per.items() if r.curves is not None}
+            for m, per in self.results.items()
+        }
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per (method, metric): mean, bootstrap 95% CI, n, direction, reference."""
+        rows = []
+        for method, per in self.results.items():
+            for result in per.values():
+                rows.append(
+                    {"method": method, **result.row(), "reference": method in self.references}
+                )
+        return rows
+
+    def best(self, metric: str, include_references: bool = False) -> str:
+        """The method with the best mean on `metric` (by its direction)."""
+        rows = [
+            (r[metric].mean, m)
+            for m, r in self.results.items()
+            if metric in r and (include_references or m not in self.references)
+        ]
+        rows = [(v, m) for v, m in rows if not math.isnan(v)]
+        if not rows:
+            raise SaliencelabError(f"No method has a finite score for {metric!r}.")
+        direction = next(r[metric].direction for r in self.results.values() if metric in r)
+        if direction == "none":
+            raise SaliencelabError(f"{metric} has no better direction; there is no best method.")
+        pick = max if direction == "higher" else min
+        return pick(rows)[1]
+
+    def __str__(self) -> str:
+        head = ("method", "metric", "mean", "95% CI", "n", "better")
+        lines = [head]
+        for r in self.table():
+            name = r["method"] + (" (ref)" if r["reference"] else "")
+            ci = f"[{r['ci_low']:.4g}, {r['ci_high']:.4g}]"
+            lines.append((name, r["metric"], f"{r['mean']:.4g}", ci, str(r["n"]), r["direction"]))
+        widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+        return "\n".join(
+            "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines
+        )
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write the table (one row per method and metric) as CSV."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = self.table()
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["method"])
+            writer.writeheader()
+            writer.writerows(rows)
+        return path
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as plain Python: table rows plus per-sample values, params and curves."""
+        out: dict[str, Any] = {"references": list(self.references), "results": {}}
+        for method, per in self.results.items():
+            out["results"][method] = {
+                name: {
+                    **r.row(),
+                    "values": [_num(v) for v in r.values.tolist()],
+                    "value_range": list(r.value_range),
+                    "params": {k: _plain(v) for k, v in r.params.items()},
+                    "passes_per_sample": r.passes,
+                    "forwards_per_sample": r.forwards,
+                    "seconds": r.seconds,
+                    **(
+                        {"curve": [_num(v) for v in r.curve.tolist()]}
+                        if r.curves is not None
+                        else {}
+                    ),
+                    **({"curve_x": r.curve_x.tolist()} if r.curve_x is not None else {}),
+                }
+                for name, r in per.items()
+            }
+        return out
+
+    def to_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    def save_curves(self, folder: str | Path) -> list[Path]:
+        """One PNG per curve-based metric: the mean curve of every method, references dashed."""
+        from ..viz.curves import save_metric_curves
+
+        return save_metric_curves(self, folder)
+
+
+def _num(v: float) -> float | None:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_plain(u) for u in v]
+    return repr(v)
+
+
+def metric_requests(metrics: MetricsArg, options: dict[str, Any]) -> list[Metric]:
+    """Metric objects for the names asked; keyword options go to every metric that takes them."""
+    if isinstance(metrics, str):
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    per_metric = (
+        {k: dict(v or {}) for k, v in metrics.items()}
+        if isinstance(metrics, Mapping)
+        else {m: {} for m in metrics}
+    )
+    if not per_metric:
+        raise SaliencelabError("No metric given; pass e.g. metrics=['deletion', 'insertion'].")
+    out: list[Metric] = []
+    used: set[str] = set()
+    for name, own in per_metric.items():
+        cls = get_metric(name)
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        for key in own:
+            if key not in accepted:
+                raise SaliencelabError(
+                    f"The metric {name} has no option {key!r}.{closest(key, accepted)} Its "
+                    f"options: {', '.join(sorted(accepted)) or 'none'}."
+                )
+        shared = {k: v for k, v in options.items() if k in accepted}
+        used.update(shared)
+        out.append(cls(**{**shared, **own}))
+    unused = set(options) - used
+    if unused:
+        raise SaliencelabError(
+            f"No requested metric takes the option {sorted(unused)[0]!r}; check its spelling."
+        )
+    return out
+
+
+def _maps_of(
+    ex: MapsArg,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, Attribution | None]]:
+    """method → (maps, full input-space attributions or None, the Attribution if any)."""
+    if not isinstance(ex, Mapping):
+        raise SaliencelabError(
+            f"Give an sl.Explanation or a dict {{method: maps}}, not {type(ex).__name__}."
+        )
+    out = {}
+    for name, a in ex.items():
+        if isinstance(a, Attribution):
+            out[name] = (a.maps, a.attributions, a)
+        elif isinstance(a, torch.Tensor):
+            out[name] = (a, None, None)
+        else:
+            raise SaliencelabError(
+                f"The maps of {name!r} are a {type(a).__name__}; give a tensor or an Attribution."
+            )
+    return out
+
+
+def _explainer(name: str, a: Attribution | None) -> Explainer | None:
+    if name not in registered_methods():
+        return None
+    options = {}
+    if a is not None:
+        accepted = registered_methods()[name].options
+        options = {k: v for k, v in a.params.items() if k in accepted}
+    return Explainer(name, options)
+
+
+def evaluate(
+    model: Model | nn.Module,
+    x: torch.Tensor,
+    ex: MapsArg,
+    metrics: MetricsArg = ("deletion", "insertion"),
+    masks: torch.Tensor | None = None,
+    target: TargetSpec = None,
+    *,
+    references: bool | Sequence[str] = True,
+    chunk_size: int | None = None,
+    **options: Any,
+) -> EvalReport:
+    """Score the maps of each method in `ex` with each metric.
+
+    Args:
+        model: the model the maps explain (`sl.Model` or `nn.Module`).
+        x: the (B, C, H, W) inputs the maps are for.
+        ex: an `sl.Explanation`, or a dict `{method: maps (B, H, W) or Attribution}`.
+        metrics: a name, a list or comma-separated string of names, or `{name: {option: v}}`.
+        masks: (B, H, W) bool ground-truth masks, for localisation metrics.
+        target: the class each map explains; default: the target stored with each
+            Attribution, else the predicted class.
+        references: score the random, centred-Gaussian and Sobel reference maps too (True), or
+            only the named ones, or none (False).
+        chunk_size: rows per forward chunk (default: measured).
+        **options: options given to every requested metric that takes them (e.g. `steps=50`).
+    """
+    model = as_model(model)
+    if not isinstance(x, torch.Tensor):
+        raise SaliencelabError(f"Give the inputs as a tensor, not {type(x).__name__}.")
+    x = x.to(model.device)
+    requested = metric_requests(metrics, options)
+    engine = Engine(model, chunk_size=chunk_size)
+    entries = _maps_of(ex)
+    if not entries:
+        raise SaliencelabError("The explanation holds no maps to evaluate.")
+
+    refs: tuple[str, ...] = ()
+    if references:
+        refs = tuple(REFERENCE_METHODS if references is True else references)
+        for name in refs:
+            if name not in REFERENCE_METHODS:
+                raise SaliencelabError(
+                    f"No reference map {name!r}.{closest(name, REFERENCE_METHODS)} They are: "
+                    f"{', '.join(REFERENCE_METHODS)}."
+                )
+        from ..core.explain import explain
+
+        ref_ex = explain(model, x, methods=list(refs))
+        entries.update({n: e for n, e in _maps_of(ref_ex).items() if n not in entries})
+
+    default_target = target
+    if default_target is None:
+        known = [
+            a.target for _, _, a in entries.values() if a is not None and (a.target >= 0).all()
+        ]
+        default_target = known[0] if known else None
+
+    results: dict[str, dict[str, MetricResult]] = {}
+    for name, (maps, attributions, a) in entries.items():
+        method_target = default_target
+        if target is None and a is not None and (a.target >= 0).all():
+            method_target = a.target
+        full = attributions if attributions is not None and attributions.shape == x.shape else None
+        batch: EvalBatch = make_batch(
+            maps,
+            x=x,
+            model=model,
+            target=method_target,
+            masks=masks,
+            attributions=full,
+            explainer=_explainer(name, a),
+            engine=engine,
+        )
+        if default_target is None:
+            default_target = batch.target  # resolve the predicted class once
+        per: dict[str, MetricResult] = {}
+        for metric in requested:
+            if "explainer" in metric.needs and batch.explainer is None:
+                raise SaliencelabError(
+                    f"The metric {metric.name} recomputes explanations, but {name!r} is not a "
+                    "registered method; give maps from sl.explain or drop the metric."
+                )
+            metric.reset()
+            metric.update(batch=batch)
+            per[metric.name] = metric.compute()
+        results[name] = per
+    return EvalReport(results, references=refs, params={"metrics": [m.name for m in requested]})

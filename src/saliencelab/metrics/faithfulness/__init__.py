@@ -1,0 +1,1 @@
+"""Faithfulness metrics, registered by name on import."""

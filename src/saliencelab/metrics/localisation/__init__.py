@@ -1,0 +1,1 @@
+"""Localisation metrics, registered by name on import."""

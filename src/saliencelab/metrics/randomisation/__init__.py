@@ -1,0 +1,1 @@
+"""Randomisation metrics, registered by name on import."""

@@ -1,0 +1,1 @@
+"""Robustness metrics, registered by name on import."""
