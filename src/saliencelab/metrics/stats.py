@@ -27,8 +27,12 @@ def ranks(values: torch.Tensor) -> torch.Tensor:
     new_run = torch.ones_like(sorted_v, dtype=torch.bool)
     new_run[..., 1:] = sorted_v[..., 1:] != sorted_v[..., :-1]
     run_id = new_run.long().cumsum(-1) - 1
-    run_first = torch.zeros_like(sorted_v).scatter_reduce(-1, run_id, pos, "amin", False)
-    run_last = torch.zeros_like(sorted_v).scatter_reduce(-1, run_id, pos, "amax", False)
+    run_first = torch.zeros_like(sorted_v).scatter_reduce(
+        -1, run_id, pos, "amin", include_self=False
+    )
+    run_last = torch.zeros_like(sorted_v).scatter_reduce(
+        -1, run_id, pos, "amax", include_self=False
+    )
     avg = ((run_first + run_last) / 2).gather(-1, run_id)
     return torch.empty_like(v).scatter_(-1, order, avg)
 

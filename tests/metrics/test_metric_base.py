@@ -1,0 +1,194 @@
+"""The metric contract (update / compute / reset), sl.evaluate, EvalReport and the shared stats."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+import saliencelab as sl
+from saliencelab.metrics import Metric, MetricResult, Scores, register_metric
+from saliencelab.metrics.base import _METRICS
+from saliencelab.metrics.stats import (
+    bootstrap_ci,
+    pearson,
+    pixel_order,
+    ranks,
+    spearman,
+    trapezoid,
+)
+
+
+class MeanScore(Metric):
+    """Test metric: the target's probability at x scaled by the map's mean (needs the model)."""
+
+    name = "_test_mean_score"
+    direction = "higher"
+    value_range = (0.0, 1.0)
+    needs = ("model",)
+
+    def __init__(self, steps: int = 3) -> None:
+        super().__init__(steps=steps)
+
+    def score(self, batch):
+        b = batch.batch
+        k = self.steps
+        p = batch.scores(
+            b * k,
+            lambda r: batch.x[r // k] * (r % k + 1)[:, None, None, None] / k,
+            lambda r: r // k,
+        )
+        curves = p.view(b, k)
+        return Scores(curves.mean(1), curves, torch.linspace(0, 1, k))
+
+
+class MapMax(Metric):
+    name = "_test_map_max"
+    direction = "lower"
+    value_range = (-math.inf, math.inf)
+
+    def score(self, batch):
+        return Scores(batch.maps.flatten(1).amax(1))
+
+
+@pytest.fixture(autouse=True)
+def test_metrics():
+    for cls in (MeanScore, MapMax):
+        register_metric(cls)
+    yield
+    for cls in (MeanScore, MapMax):
+        _METRICS.pop(cls.name, None)
+
+
+def test_ranks_and_correlations_match_scipy():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 5, (3, 40), generator=g).double()  # many ties
+    b = torch.randn(3, 40, generator=g).double()
+    for i in range(3):
+        assert np.allclose(ranks(a[i]).numpy(), scipy.stats.rankdata(a[i].numpy()))
+        assert math.isclose(
+            float(spearman(a[i], b[i])), scipy.stats.spearmanr(a[i], b[i]).statistic, rel_tol=1e-9
+        )
+        assert math.isclose(
+            float(pearson(a[i], b[i])), scipy.stats.pearsonr(a[i], b[i]).statistic, rel_tol=1e-9
+        )
+    assert torch.isnan(pearson(torch.ones(5), torch.randn(5)))
+
+
+def test_pixel_order_breaks_ties_by_position():
+    maps = torch.tensor([[[1.0, 3.0], [3.0, 0.0]]])
+    assert pixel_order(maps).tolist() == [[1, 2, 0, 3]]
+    assert pixel_order(maps, descending=False).tolist() == [[3, 0, 1, 2]]
+
+
+def test_trapezoid_and_bootstrap():
+    assert math.isclose(float(trapezoid(torch.tensor([0.0, 1.0]))), 0.5)
+    assert math.isclose(float(trapezoid(torch.tensor([1.0, 1.0, 1.0]))), 1.0)
+    v = torch.randn(200, generator=torch.Generator().manual_seed(3)) + 2
+    lo, hi = bootstrap_ci(v)
+    assert lo < float(v.mean()) < hi
+    se = float(v.std()) / math.sqrt(200)  # the normal interval is close for n = 200
+    assert abs((hi - lo) - 2 * 1.96 * se) < 0.2 * (hi - lo)
+    assert all(math.isnan(c) for c in bootstrap_ci(torch.tensor([1.0])))
+
+
+def test_update_compute_reset_accumulate(tiny_cnn, images):
+    maps = images.sum(1)
+    m = MeanScore(steps=4)
+    first = m.update(maps[:2], x=images[:2], model=tiny_cnn)
+    m.update(maps[2:], x=images[2:], model=tiny_cnn)
+    r = m.compute()
+    whole = MeanScore(steps=4)(maps, x=images, model=tiny_cnn)
+    assert torch.allclose(r.values, whole.values)
+    assert torch.equal(r.values[:2], first)
+    assert r.curves.shape == (4, 4) and r.forwards == 4.0
+    assert r.params == {"steps": 4} and r.direction == "higher"
+    merged = MetricResult.merge(
+        [
+            MeanScore(steps=4)(maps[:1], x=images[:1], model=tiny_cnn),
+            MeanScore(steps=4)(maps[1:], x=images[1:], model=tiny_cnn),
+        ]
+    )
+    assert torch.allclose(merged.values, whole.values)
+    m.reset()
+    with pytest.raises(sl.SaliencelabError, match="before any update"):
+        m.compute()
+
+
+def test_nan_values_are_skipped_in_the_summary():
+    r = MetricResult("x", torch.tensor([1.0, math.nan, 3.0]), "higher", (0, 4))
+    assert r.n == 2 and r.mean == 2.0
+
+
+def test_clear_errors(tiny_cnn, images):
+    maps = images.sum(1)
+    with pytest.raises(sl.SaliencelabError, match="needs model"):
+        MeanScore()(maps, x=images)
+    with pytest.raises(sl.SaliencelabError, match="4 samples but the inputs have 2"):
+        MeanScore()(maps, x=images[:2], model=tiny_cnn)
+    with pytest.raises(sl.SaliencelabError, match="input resolution"):
+        MeanScore()(maps[:, :6, :6], x=images, model=tiny_cnn)
+    with pytest.raises(sl.SaliencelabError, match="NaN"):
+        MapMax()(torch.full((1, 3, 3), math.nan))
+    with pytest.raises(sl.SaliencelabError, match="No metric named '_test_mean_scor'"):
+        sl.metrics.get("_test_mean_scor")
+
+
+def test_evaluate_report(tiny_cnn, images, tmp_path):
+    ex = sl.explain(tiny_cnn, images, methods=["saliency", "gradcam"])
+    rep = sl.evaluate(tiny_cnn, images, ex, metrics=["_test_mean_score", "_test_map_max"], steps=2)
+    assert rep.methods == ["saliency", "gradcam", "random", "center_gaussian", "sobel"]
+    assert rep.references == ("random", "center_gaussian", "sobel")
+    r = rep["gradcam"]["_test_map_max"]
+    assert torch.allclose(r.values, ex["gradcam"].maps.flatten(1).amax(1))
+    assert rep["saliency"]["_test_mean_score"].params == {"steps": 2}
+    assert rep.curves["saliency"]["_test_mean_score"].shape == (4, 2)
+    assert "_test_map_max" not in rep.curves["saliency"]
+    rows = rep.table()
+    assert len(rows) == 10 and {"method", "metric", "mean", "ci_low", "ci_high"} <= set(rows[0])
+    assert "center_gaussian (ref)" in str(rep)
+    with open(rep.to_csv(tmp_path / "m.csv")) as f:
+        assert len(list(csv.DictReader(f))) == 10
+    data = json.loads(rep.to_json(tmp_path / "m.json").read_text())
+    assert len(data["results"]["gradcam"]["_test_map_max"]["values"]) == 4
+    # The map maximum of the constant-free Gaussian reference is 1 at the centre pixel or close.
+    assert rep.best("_test_map_max", include_references=True) in rep.methods
+
+
+def test_evaluate_dict_of_maps_and_options(tiny_cnn, images):
+    maps = {"mine": images.abs().sum(1)}
+    rep = sl.evaluate(
+        tiny_cnn, images, maps, metrics={"_test_mean_score": {"steps": 3}}, references=False
+    )
+    assert rep.methods == ["mine"] and rep.references == ()
+    probs = tiny_cnn(images).softmax(-1)
+    pred = probs.argmax(-1)
+    scale = torch.tensor([1 / 3, 2 / 3, 1.0])
+    want = torch.stack(
+        [tiny_cnn(images * s).softmax(-1).gather(1, pred[:, None])[:, 0] for s in scale], 1
+    ).mean(1)
+    assert torch.allclose(rep["mine"]["_test_mean_score"].values, want, atol=1e-6)
+    with pytest.raises(sl.SaliencelabError, match="no option 'step'"):
+        sl.evaluate(tiny_cnn, images, maps, metrics={"_test_mean_score": {"step": 3}})
+    with pytest.raises(sl.SaliencelabError, match="No requested metric takes the option"):
+        sl.evaluate(tiny_cnn, images, maps, metrics=["_test_map_max"], steps=3)
+
+
+def test_reference_maps(tiny_cnn, images):
+    ex = sl.explain(tiny_cnn, images, methods=["random", "center_gaussian", "sobel"])
+    g = ex["center_gaussian"].maps[0]
+    assert g.shape == (12, 12) and torch.allclose(g, g.flip(0)) and torch.allclose(g, g.flip(1))
+    assert torch.equal(
+        ex["random"].maps, sl.explain(tiny_cnn, images, methods="random")["random"].maps
+    )
+    # Sobel of a vertical step edge: nonzero only next to the edge.
+    step = torch.zeros(1, 3, 6, 6)
+    step[..., 3:] = 1.0
+    s = sl.explain(tiny_cnn, step, methods="sobel")["sobel"].maps[0]
+    assert (s[:, 2:4] > 0).all() and (s[:, :2] == 0).all() and (s[:, 4:] == 0).all()
+    assert torch.allclose(s[:, 2], torch.full((6,), 4.0))
