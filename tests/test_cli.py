@@ -346,3 +346,86 @@ def test_method_requests_routes_options():
     with pytest.raises(sl.SaliencelabError, match="has no option"):
         method_requests(["saliency"], options={"saliency.relu": False})
     assert estimated_passes("saliency") == 1
+
+
+# -- the shared command plumbing (cli_common) ------------------------------------------------------
+
+COMMANDS = ("explain", "neurons", "explain-text", "visualize", "evaluate")
+
+
+def _command_functions():
+    from saliencelab.featurevis.commands import visualize_command
+    from saliencelab.metrics.commands import evaluate_command
+    from saliencelab.neurons.commands import neurons
+    from saliencelab.text.commands import explain_text
+
+    return [cli_explain(), neurons, explain_text, visualize_command, evaluate_command]
+
+
+def cli_explain():
+    from saliencelab import cli
+
+    return cli.explain
+
+
+def test_commands_declare_the_shared_options_once():
+    """--debug and --device come from cli_common in every command (one declaration)."""
+    import typing
+
+    from saliencelab import cli_common
+
+    for fn in _command_functions():
+        hints = typing.get_type_hints(fn, include_extras=True)
+        assert hints["debug"] == cli_common.DebugOption, fn.__name__
+        assert hints["device"] == cli_common.DeviceOption, fn.__name__
+    hints = typing.get_type_hints(cli_explain(), include_extras=True)
+    assert hints["model"] == cli_common.ModelOption and hints["out"] == cli_common.OutOption
+
+
+def test_command_modules_use_cli_common_not_cli():
+    import inspect
+
+    from saliencelab.featurevis import commands as featurevis
+    from saliencelab.metrics import commands as metrics
+    from saliencelab.neurons import commands as neurons
+    from saliencelab.text import commands as text
+
+    for module in (featurevis, metrics, neurons, text):
+        source = inspect.getsource(module)
+        assert "from ..cli import" not in source and "saliencelab.cli " not in source
+        assert "from ..cli_common import" in source
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_the_shared_options(runner, command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    for flag in ("--debug", "--device"):
+        assert flag in result.stdout
+
+
+def test_evaluate_is_registered_with_its_options(runner):
+    result = runner.invoke(app, ["evaluate", "--help"])
+    assert result.exit_code == 0
+    for flag in ("--metrics", "--masks", "--steps", "--option", "--method-option"):
+        assert flag in result.stdout
+    assert "--no-references" in result.stdout and "--batch-size" in result.stdout
+
+
+def test_global_debug_reaches_the_registered_commands(runner, tiny, tmp_path):
+    args = ["neurons", str(tmp_path / "nothing.png"), "--model", tiny, "--out", str(tmp_path)]
+    result = runner.invoke(app, ["--debug", *args])
+    assert result.exit_code == 2
+    assert "Traceback (most recent call last)" in result.stderr
+    assert len(error_lines(result.stderr)) == 1 and "neither an image" in result.stderr
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+
+
+def test_option_errors_name_the_flag_they_came_from():
+    from saliencelab.cli_common import parse_options
+
+    with pytest.raises(sl.SaliencelabError, match="--option n_steps=32 or --option"):
+        parse_options(["n_steps"])
+    with pytest.raises(sl.SaliencelabError, match="write e.g. --method-option a=1 or"):
+        parse_options(["x"], flag="--method-option", examples=("a=1", "m.a=1"))

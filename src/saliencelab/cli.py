@@ -6,11 +6,8 @@ SALIENCELAB_DEBUG=1 adds the traceback); anything else is a bug and keeps its tr
 
 from __future__ import annotations
 
-import logging
-import re
 import sys
 import time
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,22 +15,37 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    SpinnerColumn,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
 import saliencelab as sl
+from saliencelab.cli_common import (
+    DEFAULT_MODEL,
+    STATE,
+    ChunkSizeOption,
+    DebugOption,
+    DeviceOption,
+    EmbedOption,
+    LayerOption,
+    ModelOption,
+    OutOption,
+    TargetOption,
+    load_model,
+    out_console,
+    parse_options,
+    parse_target,
+    parse_value,
+    progress_bar,
+    session,
+    split,
+)
 from saliencelab.featurevis.commands import register as register_featurevis
+from saliencelab.metrics.commands import register as register_metrics
 from saliencelab.neurons.commands import register as register_neurons
 from saliencelab.report.run import RunResult, explain_images, method_requests
 from saliencelab.text.commands import register as register_text
+
+__all__ = ["app", "parse_options", "parse_target", "parse_value"]
 
 app = typer.Typer(
     name="saliencelab",
@@ -43,7 +55,6 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-DEFAULT_MODEL = "efficientnet_lite0"
 #: `explain` runs the first of these that are registered when --methods is not given.
 DEFAULT_METHODS = ("gradcam", "integrated_gradients")
 DEMO_IMAGES = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle")
@@ -65,156 +76,14 @@ DEMO_OPTIONS = {
     "scorecam": {"max_channels": 32},
 }
 
-_state = {"debug": False}
-
-DebugOption = Annotated[
-    bool,
-    typer.Option(
-        "--debug",
-        envvar="SALIENCELAB_DEBUG",
-        help="Show tracebacks and debug logs (or set SALIENCELAB_DEBUG=1).",
-    ),
-]
-
-
-def _out() -> Console:
-    return Console(highlight=False)
-
-
-def _err() -> Console:
-    return Console(stderr=True, highlight=False)
-
 
 @app.callback()
 def main(debug: DebugOption = False) -> None:
     """See what a deep learning model looks at: saliency maps, CAMs, reports."""
-    _state["debug"] = debug
+    STATE["debug"] = debug
 
 
-# -- errors, logging, progress ----------------------------------------------------------------
-
-
-def _fail(message: str, debug: bool) -> None:
-    err = _err()
-    if debug:
-        err.print(Text(traceback.format_exc().rstrip()), soft_wrap=True)
-    err.print(Text("error: " + " ".join(message.split()), style="bold red"), soft_wrap=True)
-
-
-@contextmanager
-def _session(debug: bool) -> Iterator[Console]:
-    """Stderr console with the library's log shown on it; user errors → one sentence, exit 2."""
-    debug = debug or _state["debug"]
-    err = _err()
-    logger = logging.getLogger("saliencelab")
-    handler = _ConsoleHandler(err, show_level=debug)
-    handler.addFilter(_Once())
-    saved = logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if debug else logging.INFO)
-    logger.propagate = False
-    try:
-        yield err
-    except sl.SaliencelabError as e:
-        _fail(str(e), debug)
-        raise typer.Exit(code=2) from None
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
-
-
-class _ConsoleHandler(logging.Handler):
-    """Log records as single lines on a Rich console (above a running progress bar)."""
-
-    _STYLES = {logging.WARNING: "yellow", logging.ERROR: "red", logging.CRITICAL: "bold red"}
-
-    def __init__(self, console: Console, show_level: bool = False) -> None:
-        super().__init__()
-        self.console, self.show_level = console, show_level
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            message = record.getMessage()
-            if self.show_level or record.levelno >= logging.WARNING:
-                message = f"{record.levelname.lower()}: {message}"
-            style = self._STYLES.get(record.levelno, "")
-            self.console.print(Text(message, style=style), soft_wrap=True)
-        except Exception:
-            self.handleError(record)
-
-
-class _Once(logging.Filter):
-    """Show each distinct message once per command ("using layer X" comes once per method)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if message in self.seen:
-            return False
-        self.seen.add(message)
-        return True
-
-
-def _progress(err: Console) -> Progress:
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    )
-
-
-# -- parsing --------------------------------------------------------------------------------------
-
-
-def parse_value(text: str) -> Any:
-    """ "32" → 32, "0.5" → 0.5, "true"/"false"/"yes"/"no" → bool, "none" → None, else the text."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "yes", "on"):
-        return True
-    if lowered in ("false", "no", "off"):
-        return False
-    if lowered in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_options(pairs: list[str] | None) -> dict[str, Any]:
-    """`["n_steps=32", "smoothgrad.noise=0.1"]` → `{"n_steps": 32, "smoothgrad.noise": 0.1}`."""
-    options: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        key = key.strip()
-        if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)?", key):
-            raise sl.SaliencelabError(
-                f"The option {pair!r} is not of the form key=value; write e.g. --option n_steps=32 "
-                "or --option integrated_gradients.n_steps=32."
-            )
-        options[key] = parse_value(value)
-    return options
-
-
-def parse_target(text: str | None) -> int | str | None:
-    if text is None:
-        return None
-    return int(text) if re.fullmatch(r"[+-]?\d+", text.strip()) else text
-
-
-def _split(text: str | None) -> list[str]:
-    return [part.strip() for part in (text or "").split(",") if part.strip()]
+# -- requests -----------------------------------------------------------------------------------
 
 
 def _registered() -> dict[str, sl.MethodSpec]:
@@ -224,26 +93,6 @@ def _registered() -> dict[str, sl.MethodSpec]:
 def _default_methods() -> list[str]:
     names = [m for m in DEFAULT_METHODS if m in _registered()]
     return names or ["saliency"]
-
-
-def _load_model(spec: str, device: str) -> sl.Model:
-    import torch
-
-    model = sl.load_model(spec)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise sl.SaliencelabError(
-            f"Unknown device {device!r}; use cpu, cuda, cuda:N or auto."
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise sl.SaliencelabError(
-            f"--device {device} was asked for, but this PyTorch ({torch.__version__}) sees no CUDA "
-            "GPU; use --device cpu."
-        )
-    return model.to(dev)
 
 
 # -- output ---------------------------------------------------------------------------------------
@@ -314,7 +163,7 @@ def _run(
     err: Console,
     **kw: Any,
 ) -> RunResult:
-    with _progress(err) as progress:
+    with progress_bar(err) as progress:
         task = progress.add_task("starting", total=None)
 
         def advance(done: float, total: float, description: str) -> None:
@@ -345,33 +194,10 @@ def explain(
             show_default=False,
         ),
     ] = None,
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            help="A model name (see `saliencelab models`), 'path/to/file.py:build', "
-            "'package.module:build', a .pt2 or a TorchScript file.",
-        ),
-    ] = DEFAULT_MODEL,
-    target: Annotated[
-        str | None,
-        typer.Option(
-            "--target",
-            "-t",
-            help="Class to explain, an index or a class name (default: the predicted class).",
-            show_default=False,
-        ),
-    ] = None,
-    layer: Annotated[
-        str | None,
-        typer.Option(
-            "--layer",
-            "-l",
-            help="Layer for CAM methods (see `saliencelab layers MODEL`) (default: the model's).",
-            show_default=False,
-        ),
-    ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("results"),
+    model: ModelOption = DEFAULT_MODEL,
+    target: TargetOption = None,
+    layer: LayerOption = None,
+    out: OutOption = Path("results"),
     option: Annotated[
         list[str] | None,
         typer.Option(
@@ -381,27 +207,18 @@ def explain(
             show_default=False,
         ),
     ] = None,
-    chunk_size: Annotated[
-        int | None,
-        typer.Option(
-            "--chunk-size", min=1, help="Rows per pass (default: measured).", show_default=False
-        ),
-    ] = None,
-    device: Annotated[
-        str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda if available).")
-    ] = "auto",
-    embed: Annotated[
-        bool, typer.Option("--embed", help="Inline the images in index.html (one portable file).")
-    ] = False,
+    chunk_size: ChunkSizeOption = None,
+    device: DeviceOption = "auto",
+    embed: EmbedOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Explain images: overlays, galleries, raw maps (maps.npz) and index.html in --out."""
-    with _session(debug) as err:
-        requested = _split(methods) if methods is not None else _default_methods()
+    with session(debug) as err:
+        requested = split(methods) if methods is not None else _default_methods()
         options = parse_options(option)
         # Check the request before loading the model (the engine checks it again).
         method_requests(requested, layer=layer, options=options)
-        loaded = _load_model(model, device)
+        loaded = load_model(model, device)
         result = _run(
             loaded,
             images,
@@ -415,7 +232,7 @@ def explain(
             chunk_size=chunk_size,
             title=f"saliencelab: {loaded.name}",
         )
-        _report(result, _out(), err, show_target=target is not None)
+        _report(result, out_console(), err, show_target=target is not None)
     if result.errors:
         raise typer.Exit(code=2)
 
@@ -440,13 +257,13 @@ def list_methods() -> None:
         if options:
             about.append("\n" + options, style="dim")
         table.add_row(spec.name, spec.family, cost, about)
-    _out().print(table)
+    out_console().print(table)
 
 
 @app.command("models")
 def list_models() -> None:
     """List the model names `--model` accepts (besides your own files)."""
-    out = _out()
+    out = out_console()
     for name in sl.list_models():
         out.print(name + ("  [dim](default)[/dim]" if name == DEFAULT_MODEL else ""))
     out.print(
@@ -477,7 +294,7 @@ def layers(
     debug: DebugOption = False,
 ) -> None:
     """List a model's layers and their output shapes; marks the default CAM layer."""
-    with _session(debug):
+    with session(debug):
         loaded = sl.load_model(model)
         rows, default = _probe_layers(loaded, image)
         table = Table(header_style="bold")
@@ -493,7 +310,7 @@ def layers(
                 mark = Text("yes", style="dim")
             style = "bold" if name == default else None
             table.add_row(name, kind, shape, mark, style=style)
-        out = _out()
+        out = out_console()
         out.print(table)
         called = [shape != "not called" for _, _, shape, _ in rows]
         if rows and not any(sp for *_, sp in rows) and not all(called):
@@ -632,9 +449,7 @@ def _probe_layers(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
-        "saliencelab-demo"
-    ),
+    out: OutOption = Path("saliencelab-demo"),
     methods: Annotated[
         str | None,
         typer.Option(
@@ -653,19 +468,17 @@ def demo(
             show_default=False,
         ),
     ] = None,
-    embed: Annotated[
-        bool, typer.Option("--embed", help="Inline the images in index.html (one portable file).")
-    ] = False,
+    embed: EmbedOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Explain bundled sample photos with EfficientNet-Lite0 and many methods; write a report."""
-    with _session(debug) as err:
+    with session(debug) as err:
         registered = _registered()
         names = (
-            _split(methods) if methods is not None else [m for m in DEMO_METHODS if m in registered]
+            split(methods) if methods is not None else [m for m in DEMO_METHODS if m in registered]
         )
         pictures = (
-            _split(images)
+            split(images)
             if images is not None
             else [name for name in DEMO_IMAGES if name in sl.sample_images()]
         )
@@ -689,8 +502,8 @@ def demo(
             title="saliencelab demo: EfficientNet-Lite0 on sample photos",
         )
         result.seconds = time.perf_counter() - start
-        _report(result, _out(), err, show_target=False)
-        _out().print(
+        _report(result, out_console(), err, show_target=False)
+        out_console().print(
             f"Open [bold]{result.index_path.resolve().as_uri()}[/bold] in a browser.",
             soft_wrap=True,
         )
@@ -701,6 +514,7 @@ def demo(
 register_neurons(app)
 register_text(app)
 register_featurevis(app)
+register_metrics(app)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

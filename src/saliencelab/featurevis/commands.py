@@ -16,19 +16,26 @@ import typer
 
 import saliencelab as sl
 
+from ..cli_common import (
+    DEFAULT_MODEL,
+    DebugOption,
+    DeviceOption,
+    ModelSpecOption,
+    OutOption,
+    load_model,
+    out_console,
+    parse_target,
+    session,
+)
 from . import objectives as O
 from .param import PARAMS
 from .visualize import Visualization, slug, visualize
-
-DEFAULT_MODEL = "efficientnet_lite0"
 
 
 def _objectives(
     classes: list[str], layer: str | None, channels: list[int]
 ) -> list[tuple[O.Objective, int | None]]:
     """(objective, channel or None) for each thing asked for, in order: classes, channels."""
-    from ..cli import parse_target
-
     if channels and layer is None:
         raise sl.SaliencelabError(
             "--channel needs --layer NAME, the layer the channel belongs to (see `saliencelab "
@@ -67,9 +74,7 @@ def _predictions(model: sl.Model, vis: Visualization, normalize) -> list[tuple[s
 
 
 def visualize_command(
-    model: Annotated[
-        str, typer.Option("--model", help="A model name or spec, as for `explain --model`.")
-    ] = DEFAULT_MODEL,
+    model: ModelSpecOption = DEFAULT_MODEL,
     classes: Annotated[
         list[str] | None,
         typer.Option(
@@ -127,27 +132,16 @@ def visualize_command(
         ),
     ] = None,
     k: Annotated[int, typer.Option("--k", min=1, help="Dataset examples per channel.")] = 8,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("results"),
-    device: Annotated[
-        str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda if available).")
-    ] = "auto",
-    debug: Annotated[
-        bool,
-        typer.Option(
-            "--debug",
-            envvar="SALIENCELAB_DEBUG",
-            help="Show tracebacks and debug logs (or set SALIENCELAB_DEBUG=1).",
-        ),
-    ] = False,
+    out: OutOption = Path("results"),
+    device: DeviceOption = "auto",
+    debug: DebugOption = False,
 ) -> None:
     """Synthesise images that make a class, a channel or a layer fire (feature visualization)."""
-    from rich.console import Console
     from rich.table import Table
 
-    from ..cli import _load_model, _session
     from .visualize import default_normalize
 
-    with _session(debug):
+    with session(debug):
         if param not in PARAMS:
             raise sl.SaliencelabError(f"--param must be one of {', '.join(PARAMS)}, not {param!r}.")
         if examples is not None and not channels:
@@ -157,7 +151,7 @@ def visualize_command(
             )
         asked = _objectives(list(classes or []), layer, list(channels or []))
         objs = [o for o, _ in asked]
-        loaded = _load_model(model, device)
+        loaded = load_model(model, device)
         n = len(objs) * batch
         run_objs: list[O.Objective] = objs
         if diversity > 0 and batch > 1:
@@ -193,7 +187,7 @@ def visualize_command(
                 loaded, vis, asked, batch, layer, examples, k, out, normalize
             )
 
-        console = Console(highlight=False)
+        console = out_console()
         table = Table(header_style="bold")
         table.add_column("image", justify="right")
         table.add_column("objective", overflow="fold")

@@ -18,33 +18,30 @@ from rich.table import Table
 
 import saliencelab as sl
 
+from ..cli_common import (
+    DEFAULT_MODEL,
+    DebugOption,
+    DeviceOption,
+    ModelSpecOption,
+    OutOption,
+    load_model,
+    out_console,
+    parse_target,
+    read_image,
+    session,
+)
 from .activations import RANKINGS, activations
 from .examples import save_examples_gallery, top_examples
-
-DEFAULT_MODEL = "efficientnet_lite0"
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^\w.-]+", "_", text).strip("._") or "layer"
 
 
-def _read_image(text: str):
-    """An image file, or the name of a bundled sample photo."""
-    p = Path(text)
-    if not p.exists() and text in sl.sample_images():
-        return sl.sample_image(text), text
-    if not p.exists():
-        raise sl.SaliencelabError(
-            f"{text!r} is neither an image file nor a sample photo; check the path, or use a "
-            f"sample name such as chelsea."
-        )
-    return sl.load_image(p), p.stem
-
-
 def _grid(model: sl.Model, image: str, layer, top: int, by: str, target, out: Path) -> None:
     from .examples import model_view
 
-    photo, stem = _read_image(image)
+    photo, stem = read_image(image)
     x = model.preprocess([photo]).to(model.device)
     maps = activations(model, x, layer, top=top, by=by, target=target)
     path = out / f"{_slug(stem)}_{_slug(maps.layer)}_{by}.png"
@@ -62,7 +59,7 @@ def _grid(model: sl.Model, image: str, layer, top: int, by: str, target, out: Pa
         if by == "contribution":
             cells.append(f"{row['mean']:.4g}")
         table.add_row(*cells, f"{row['max']:.4g}")
-    console = _console()
+    console = out_console()
     about = f"{maps.layer}: {maps.activations.shape[1]} channels, top {len(maps.table())} by {what}"
     if by == "contribution":
         about += f" to {maps.target_label()}"
@@ -87,7 +84,7 @@ def _examples(
     for rank, ex in enumerate(found, start=1):
         y, x = ex.location
         table.add_row(str(rank), ex.source, f"{ex.value:.4g}", f"{y}, {x}", str(ex.box))
-    console = _console()
+    console = out_console()
     rf = first.field
     console.print(
         f"{first.layer}, channel {channel}: the {len(found)} strongest images; receptive field "
@@ -96,12 +93,6 @@ def _examples(
     )
     console.print(table)
     console.print(f"Examples: [bold]{path}[/bold]", soft_wrap=True)
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(highlight=False)
 
 
 def neurons(
@@ -113,9 +104,7 @@ def neurons(
             show_default=False,
         ),
     ] = None,
-    model: Annotated[
-        str, typer.Option("--model", help="A model name or spec, as for `explain --model`.")
-    ] = DEFAULT_MODEL,
+    model: ModelSpecOption = DEFAULT_MODEL,
     layer: Annotated[
         str | None,
         typer.Option(
@@ -155,23 +144,12 @@ def neurons(
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Images per forward (--examples).")
     ] = 16,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("results"),
-    device: Annotated[
-        str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda if available).")
-    ] = "auto",
-    debug: Annotated[
-        bool,
-        typer.Option(
-            "--debug",
-            envvar="SALIENCELAB_DEBUG",
-            help="Show tracebacks and debug logs (or set SALIENCELAB_DEBUG=1).",
-        ),
-    ] = False,
+    out: OutOption = Path("results"),
+    device: DeviceOption = "auto",
+    debug: DebugOption = False,
 ) -> None:
     """Draw a layer's most active channels over an image, or find a channel's top images."""
-    from ..cli import _load_model, _session, parse_target
-
-    with _session(debug):
+    with session(debug):
         if (image is None) == (examples is None):
             raise sl.SaliencelabError(
                 ("Give either" if image is None else "Give only one of")
@@ -188,7 +166,7 @@ def neurons(
                     "--by and --target rank the channels drawn on an IMAGE; leave them out with "
                     "--examples."
                 )
-            loaded = _load_model(model, device)
+            loaded = load_model(model, device)
             _examples(loaded, examples, layer, channel, k, batch_size, out)
             return
         if channel is not None:
@@ -202,7 +180,7 @@ def neurons(
             raise sl.SaliencelabError(
                 "--target is used only with --by contribution; add it or drop --target."
             )
-        loaded = _load_model(model, device)
+        loaded = load_model(model, device)
         _grid(loaded, image, layer, top, by, parse_target(target), out)
 
 

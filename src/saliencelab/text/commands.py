@@ -20,6 +20,15 @@ from rich.text import Text
 
 import saliencelab as sl
 
+from ..cli_common import (
+    DebugOption,
+    DeviceOption,
+    load_model,
+    out_console,
+    parse_options,
+    parse_target,
+    session,
+)
 from .model import TOKEN_SCORES, TextModel
 from .render import save_text_html, terminal_text, word_scores
 from .targets import continuation as continuation_target
@@ -27,12 +36,6 @@ from .targets import similarity_to
 
 DEFAULT_MODEL = "minilm"
 DEFAULT_METHODS = "integrated_gradients"
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(highlight=False)
 
 
 def _target_notes(model: TextModel, ex: sl.Explanation, spec: Any) -> list[str]:
@@ -148,23 +151,13 @@ def explain_text(
             "--out", "-o", help="Write a self-contained HTML page here.", show_default=False
         ),
     ] = None,
-    device: Annotated[
-        str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda if available).")
-    ] = "auto",
-    debug: Annotated[
-        bool,
-        typer.Option(
-            "--debug",
-            envvar="SALIENCELAB_DEBUG",
-            help="Show tracebacks and debug logs (or set SALIENCELAB_DEBUG=1).",
-        ),
-    ] = False,
+    device: DeviceOption = "auto",
+    debug: DebugOption = False,
 ) -> None:
     """Explain texts: each word coloured by how much it moves the model's score."""
-    from ..cli import _load_model, _session, parse_options, parse_target
     from ..report.run import method_requests
 
-    with _session(debug):
+    with session(debug):
         given = [
             name
             for name, v in (
@@ -182,7 +175,7 @@ def explain_text(
         if scores not in TOKEN_SCORES:
             raise sl.SaliencelabError(f"--scores must be signed or l2, not {scores!r}.")
         requests = method_requests(methods, options=parse_options(option))
-        loaded = _load_model(model, device)
+        loaded = load_model(model, device)
         if not isinstance(loaded, TextModel):
             raise sl.SaliencelabError(
                 f"{model!r} is not a text model; use --model minilm or --model hf:PATH (a Hugging "
@@ -197,7 +190,7 @@ def explain_text(
             spec = parse_target(target)
         ex = sl.explain(loaded, list(texts), methods=requests, target=spec)
         notes = _target_notes(loaded, ex, spec)
-        console = _console()
+        console = out_console()
         first = next(iter(ex.values()))
         for b, text in enumerate(first.extras["texts"]):
             console.print(Text(f"Text {b + 1}: {text}", style="bold"), soft_wrap=True)

@@ -1,0 +1,328 @@
+"""What every `saliencelab` command shares: option declarations, the error session, parsing,
+model and image loading, consoles and progress bars.
+
+`cli.py` and the command modules (`neurons`, `explain-text`, `visualize`, `evaluate`) import
+from here, so an option is declared once and behaves the same in every command. Every mistake a
+user can make ends with one red sentence on stderr and exit code 2 (`--debug` or
+SALIENCELAB_DEBUG=1 adds the traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import traceback
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
+
+import saliencelab as sl
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+#: Set by the app's callback (`saliencelab --debug COMMAND`); each command's own --debug adds to it.
+STATE = {"debug": False}
+
+# -- shared option declarations ------------------------------------------------------------------
+
+DebugOption = Annotated[
+    bool,
+    typer.Option(
+        "--debug",
+        envvar="SALIENCELAB_DEBUG",
+        help="Show tracebacks and debug logs (or set SALIENCELAB_DEBUG=1).",
+    ),
+]
+DeviceOption = Annotated[
+    str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda if available).")
+]
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+#: `--model` for the commands that read images (the full list of what it accepts).
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="A model name (see `saliencelab models`), 'path/to/file.py:build', "
+        "'package.module:build', a .pt2 or a TorchScript file.",
+    ),
+]
+#: `--model` for the other commands (points to `explain --model`).
+ModelSpecOption = Annotated[
+    str, typer.Option("--model", help="A model name or spec, as for `explain --model`.")
+]
+TargetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        "-t",
+        help="Class to explain, an index or a class name (default: the predicted class).",
+        show_default=False,
+    ),
+]
+LayerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--layer",
+        "-l",
+        help="Layer for CAM methods (see `saliencelab layers MODEL`) (default: the model's).",
+        show_default=False,
+    ),
+]
+ChunkSizeOption = Annotated[
+    int | None,
+    typer.Option(
+        "--chunk-size", min=1, help="Rows per pass (default: measured).", show_default=False
+    ),
+]
+EmbedOption = Annotated[
+    bool, typer.Option("--embed", help="Inline the images in index.html (one portable file).")
+]
+
+
+# -- consoles, errors, logging, progress ---------------------------------------------------------
+
+
+def out_console() -> Console:
+    """The console for results (stdout)."""
+    return Console(highlight=False)
+
+
+def err_console() -> Console:
+    """The console for logs, progress and errors (stderr)."""
+    return Console(stderr=True, highlight=False)
+
+
+def fail(message: str, debug: bool) -> None:
+    """Print `message` as one red `error:` line (after the traceback when debugging)."""
+    err = err_console()
+    if debug:
+        err.print(Text(traceback.format_exc().rstrip()), soft_wrap=True)
+    err.print(Text("error: " + " ".join(message.split()), style="bold red"), soft_wrap=True)
+
+
+@contextmanager
+def session(debug: bool) -> Iterator[Console]:
+    """Stderr console with the library's log shown on it; user errors → one sentence, exit 2."""
+    debug = debug or STATE["debug"]
+    err = err_console()
+    logger = logging.getLogger("saliencelab")
+    handler = ConsoleHandler(err, show_level=debug)
+    handler.addFilter(Once())
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logger.propagate = False
+    try:
+        yield err
+    except sl.SaliencelabError as e:
+        fail(str(e), debug)
+        raise typer.Exit(code=2) from None
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+class ConsoleHandler(logging.Handler):
+    """Log records as single lines on a Rich console (above a running progress bar)."""
+
+    _STYLES = {logging.WARNING: "yellow", logging.ERROR: "red", logging.CRITICAL: "bold red"}
+
+    def __init__(self, console: Console, show_level: bool = False) -> None:
+        super().__init__()
+        self.console, self.show_level = console, show_level
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if self.show_level or record.levelno >= logging.WARNING:
+                message = f"{record.levelname.lower()}: {message}"
+            style = self._STYLES.get(record.levelno, "")
+            self.console.print(Text(message, style=style), soft_wrap=True)
+        except Exception:
+            self.handleError(record)
+
+
+class Once(logging.Filter):
+    """Show each distinct message once per command ("using layer X" comes once per method)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+def progress_bar(err: Console) -> Progress:
+    """A transient Rich progress bar on `err` (hidden when it is not a terminal)."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+
+# -- parsing --------------------------------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    """ "32" → 32, "0.5" → 0.5, "true"/"false"/"yes"/"no" → bool, "none" → None, else the text."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_options(
+    pairs: list[str] | None,
+    flag: str = "--option",
+    examples: tuple[str, str] = ("n_steps=32", "integrated_gradients.n_steps=32"),
+) -> dict[str, Any]:
+    """`["n_steps=32", "smoothgrad.noise=0.1"]` → `{"n_steps": 32, "smoothgrad.noise": 0.1}`.
+
+    `flag` and `examples` (a plain and a scoped key=value) make the error sentence fit the
+    command option the pairs came from.
+    """
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)?", key):
+            raise sl.SaliencelabError(
+                f"The option {pair!r} is not of the form key=value; write e.g. {flag} "
+                f"{examples[0]} or {flag} {examples[1]}."
+            )
+        options[key] = parse_value(value)
+    return options
+
+
+def parse_target(text: str | None) -> int | str | None:
+    """ "3" → 3 (a class index), "tabby cat" → "tabby cat" (a class name), None → None."""
+    if text is None:
+        return None
+    return int(text) if re.fullmatch(r"[+-]?\d+", text.strip()) else text
+
+
+def split(text: str | None) -> list[str]:
+    """ "a, b,,c" → ["a", "b", "c"]."""
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+# -- models and images ----------------------------------------------------------------------------
+
+
+def load_model(spec: str, device: str) -> sl.Model:
+    """`sl.load_model(spec)` moved to `device` ("auto": CUDA when there is one)."""
+    import torch
+
+    model = sl.load_model(spec)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise sl.SaliencelabError(
+            f"Unknown device {device!r}; use cpu, cuda, cuda:N or auto."
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise sl.SaliencelabError(
+            f"--device {device} was asked for, but this PyTorch ({torch.__version__}) sees no CUDA "
+            "GPU; use --device cpu."
+        )
+    return model.to(dev)
+
+
+def read_image(text: str):
+    """(PIL image, name stem) of an image file or a bundled sample photo's name."""
+    p = Path(text)
+    if not p.exists() and text in sl.sample_images():
+        return sl.sample_image(text), text
+    if not p.exists():
+        raise sl.SaliencelabError(
+            f"{text!r} is neither an image file nor a sample photo; check the path, or use a "
+            f"sample name such as chelsea."
+        )
+    return sl.load_image(p), p.stem
+
+
+class ImageItem:
+    """One image a command was given: `name` (as typed or found), a unique file `stem`, its
+    `path` (None for a sample photo), and `error`, the sentence why it cannot be used, if so."""
+
+    def __init__(self, item: Any) -> None:
+        self._item = item
+
+    @property
+    def name(self) -> str:
+        return self._item.name
+
+    @property
+    def stem(self) -> str:
+        return self._item.stem
+
+    @property
+    def path(self) -> Path | None:
+        return self._item.path
+
+    @property
+    def error(self) -> str | None:
+        return self._item.error
+
+    @error.setter
+    def error(self, sentence: str | None) -> None:
+        self._item.error = sentence
+
+    def load(self):
+        """The RGB PIL image, or None (and `error` set) when it cannot be read."""
+        from .report.run import _load
+
+        if self._item.image is None and self._item.error is None:
+            _load(self._item)
+        return self._item.image
+
+    def release(self) -> None:
+        """Forget the pixels (keep memory flat over a large folder)."""
+        self._item.image = None
+
+
+def collect_images(images: Iterable[str]) -> list[ImageItem]:
+    """One item per image: files as given, folders expanded (sorted), names of sample photos.
+
+    The same rules as `saliencelab explain` (`report.run`): a missing file or a folder without
+    images becomes an item with its `error` set rather than stopping the others.
+    """
+    from .report.run import _collect
+
+    return [ImageItem(item) for item in _collect(images)]

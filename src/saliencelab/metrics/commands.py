@@ -1,0 +1,540 @@
+"""The `saliencelab evaluate` command: score methods' maps with metrics over a folder of images.
+
+    saliencelab evaluate photos/ --model efficientnet_lite0 --methods gradcam,saliency \\
+        --metrics deletion,insertion --steps 20 --out eval/
+    saliencelab evaluate photos/ --metrics pointing_game --masks masks/ --out eval/
+
+Images are read, explained (`sl.explain`) and scored (`sl.evaluate`) in batches of
+--batch-size, and the per-batch results are merged (`MetricResult.merge`), so a folder of many
+images runs in flat memory. Writes `metrics.csv`, `metrics.json` (the table plus per-image values
+and mean curves), `curves/<metric>.png` for curve-based metrics and `bars/<metric>.png` (mean ±
+95% CI) for every metric. A bad image (or one without a mask) is reported and skipped; the run
+then exits with code 2 after writing what it scored. Added to the app by `register(app)`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+import saliencelab as sl
+
+from ..cli_common import (
+    DEFAULT_MODEL,
+    ChunkSizeOption,
+    DebugOption,
+    DeviceOption,
+    ImageItem,
+    LayerOption,
+    ModelOption,
+    OutOption,
+    TargetOption,
+    collect_images,
+    load_model,
+    out_console,
+    parse_options,
+    parse_target,
+    progress_bar,
+    session,
+    split,
+)
+from .base import MetricResult, get_metric
+from .evaluate import EvalReport, metric_requests
+
+DEFAULT_METHODS = "gradcam,saliency"
+DEFAULT_METRICS = "deletion,insertion"
+#: Images explained and scored together (`sl.explain` and the metrics chunk each batch further).
+BATCH_IMAGES = 16
+MASK_SUFFIXES = (".png", ".PNG", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+# -- the request ----------------------------------------------------------------------------------
+
+
+def metric_options(
+    names: list[str], options: dict[str, Any]
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Split `{"steps": 20, "deletion.baseline": 0.5}` into per-metric and shared options.
+
+    `metric.key` goes to that metric only (it must be requested); a plain `key` goes to every
+    requested metric that takes it. Both are checked (`metric_requests`) before any model work.
+    """
+    per: dict[str, dict[str, Any]] = {name: {} for name in names}
+    shared: dict[str, Any] = {}
+    for key, value in options.items():
+        metric, dot, opt = key.rpartition(".")
+        if not dot:
+            shared[key] = value
+            continue
+        if metric not in per:
+            raise sl.SaliencelabError(
+                f"The option {key!r} is for the metric {metric!r}, which was not requested; add "
+                "it to --metrics or drop the option."
+            )
+        per[metric][opt] = value
+    metric_requests(per, shared)  # unknown metric or option: one sentence
+    return per, shared
+
+
+def _mask_paths(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise sl.SaliencelabError(
+            f"--masks {str(folder)!r} is not a folder; give a folder of PNG masks named like the "
+            "images (cat.jpg → cat.png)."
+        )
+    found = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix in MASK_SUFFIXES}
+    if not found:
+        raise sl.SaliencelabError(
+            f"The mask folder {str(folder)!r} holds no PNG masks; give masks named like the images "
+            "(cat.jpg → cat.png), nonzero pixels marking the object."
+        )
+    return found
+
+
+def load_mask(path: Path, model: sl.Model, size: tuple[int, int]):
+    """(H, W) bool mask of a mask file: nonzero = object, mapped to the model's input.
+
+    Nonzero means a nonzero value for gray and palette (label) images, and any nonzero colour
+    channel for colour images.
+    The mask goes through the model's `display` geometry when it has one (the crop and resize
+    the photo gets), then is resized (nearest) to the input size `size`.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("1", "L", "P", "I", "I;16", "F"):  # labels or gray: nonzero value
+                on = np.asarray(im) != 0
+            else:  # colour: any nonzero channel (alpha ignored)
+                on = np.asarray(im.convert("RGB")).any(axis=-1)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise sl.SaliencelabError(
+            f"The mask {str(path)!r} is not an image Pillow can read ({e}); save it as a PNG."
+        ) from e
+    binary = Image.fromarray(np.where(on, 255, 0).astype(np.uint8), "L")
+    display = model.extra.get("display")
+    if callable(display):
+        binary = display(binary.convert("RGB")).convert("L")
+    h, w = size
+    if binary.size != (w, h):
+        binary = binary.resize((w, h), Image.Resampling.NEAREST)
+    return torch.from_numpy(np.asarray(binary) >= 128)
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+class _Run:
+    """Accumulates the per-batch reports of one run and merges them at the end."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, dict[str, list[MetricResult]]] = {}
+        self.references: tuple[str, ...] = ()
+        self.scored: list[ImageItem] = []
+
+    def add(self, report: EvalReport, items: list[ImageItem]) -> None:
+        self.references = report.references
+        for method, per in report.items():
+            slot = self.parts.setdefault(method, {})
+            for metric, result in per.items():
+                slot.setdefault(metric, []).append(result)
+        self.scored.extend(items)
+
+    def report(self, params: dict[str, Any]) -> EvalReport:
+        results = {
+            method: {metric: MetricResult.merge(parts) for metric, parts in per.items()}
+            for method, per in self.parts.items()
+        }
+        return EvalReport(results, references=self.references, params=params)
+
+
+def _prepare(
+    items: list[ImageItem], model: sl.Model, masks: dict[str, Path] | None, shape: list[Any]
+):
+    """Read and preprocess a batch; items that fail get their error set. Returns (good, x, m)."""
+    import torch
+
+    good, xs, ms = [], [], []
+    for item in items:
+        image = item.load()
+        if image is None:
+            continue
+        try:
+            x = model.preprocess([image])
+            if not shape:
+                shape.append(tuple(x.shape[1:]))
+            if tuple(x.shape[1:]) != shape[0]:
+                raise sl.SaliencelabError(
+                    f"It became an input of shape {tuple(x.shape[1:])}, but the first image one of "
+                    f"{shape[0]}; the model's preprocessing must give every image the same size."
+                )
+            mask = None
+            if masks is not None:
+                stem = Path(item.name).stem
+                if stem not in masks:
+                    raise sl.SaliencelabError(
+                        f"There is no mask {stem}.png in the mask folder; add it or leave the "
+                        "image out."
+                    )
+                mask = load_mask(masks[stem], model, tuple(x.shape[-2:]))
+        except sl.SaliencelabError as e:
+            item.error = " ".join(str(e).split())
+            item.release()
+            continue
+        good.append(item)
+        xs.append(x)
+        if mask is not None:
+            ms.append(mask)
+    if not good:
+        return good, None, None
+    return good, torch.cat(xs), (torch.stack(ms) if ms else None)
+
+
+def evaluate_images(
+    model: sl.Model,
+    items: list[ImageItem],
+    methods: dict[str, dict[str, Any]],
+    metrics: dict[str, dict[str, Any]],
+    shared: dict[str, Any],
+    *,
+    masks: dict[str, Path] | None = None,
+    target: Any = None,
+    references: bool = True,
+    batch_images: int = BATCH_IMAGES,
+    chunk_size: int | None = None,
+    progress: Callable[[int, str], None] | None = None,
+) -> tuple[EvalReport | None, list[ImageItem]]:
+    """Explain and score `items` batch by batch; (merged report or None, items scored).
+
+    An image that cannot be read, preprocessed or given its mask gets its `error` set and is
+    skipped. If scoring a batch fails, its images are scored one by one to find the bad ones;
+    an error every image of the first batch gives alike is about the request and is raised.
+    """
+    run = _Run()
+    shape: list[Any] = []
+
+    def score(x, m, done: int, note: str = "") -> EvalReport:
+        n = x.shape[0]
+        what = f"{n} image{'s' if n != 1 else ''}{note}"
+        if progress is not None:
+            progress(done, f"explaining {what}")
+        x = x.to(model.device)
+        ex = sl.explain(model, x, methods=methods, target=target, chunk_size=chunk_size)
+        if progress is not None:
+            progress(done, f"scoring {what}")
+        return sl.evaluate(
+            model,
+            x,
+            ex,
+            metrics=metrics,
+            masks=m,
+            references=references,
+            chunk_size=chunk_size,
+            **shared,
+        )
+
+    for first in range(0, len(items), max(1, batch_images)):
+        batch = items[first : first + batch_images]
+        good, x, m = _prepare(batch, model, masks, shape)
+        if good:
+            try:
+                run.add(score(x, m, first), good)
+            except sl.SaliencelabError as e:
+                if len(good) == 1 and not run.scored:
+                    raise
+                sentences = []
+                for i, item in enumerate(good):
+                    mi = None if m is None else m[i : i + 1]
+                    try:
+                        run.add(score(x[i : i + 1], mi, first + i, " one by one"), [item])
+                    except sl.SaliencelabError as one:
+                        item.error = " ".join(str(one).split())
+                        sentences.append(item.error)
+                if not run.scored and len(set(sentences)) == 1:
+                    raise e from None
+        for item in batch:
+            item.release()
+        if progress is not None:
+            progress(first + len(batch), "")
+    if not run.scored:
+        return None, []
+    params = {"metrics": list(metrics), "methods": list(methods), "model": model.name}
+    return run.report(params), run.scored
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if not math.isfinite(v) else f"{v:.4g}"
+
+
+def results_table(report: EvalReport) -> Table:
+    """method, metric, mean, 95% CI, n, better; grouped by metric, best method in bold."""
+    table = Table(header_style="bold", caption="(ref): a reference map", caption_justify="left")
+    for name, justify in (
+        ("metric", "left"),
+        ("method", "left"),
+        ("mean", "right"),
+        ("95% CI", "right"),
+        ("n", "right"),
+        ("better", "left"),
+    ):
+        table.add_column(name, justify=justify, no_wrap=name != "method", overflow="fold")
+    for i, metric in enumerate(report.metrics):
+        try:
+            best = report.best(metric)
+        except sl.SaliencelabError:
+            best = None
+        rows = [(method, per[metric]) for method, per in report.items() if metric in per]
+        for j, (method, r) in enumerate(rows):
+            first = j == 0
+            lo, hi = r.ci
+            is_ref = method in report.references
+            style = "dim" if is_ref else ("bold" if method == best else None)
+            ci = "n/a" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{lo:.4g}, {hi:.4g}]"
+            table.add_row(
+                metric if first else "",
+                method + (" (ref)" if is_ref else ""),
+                _fmt(r.mean),
+                ci,
+                str(r.n),
+                r.direction if first else "",
+                style=style,
+                end_section=j == len(rows) - 1 and i < len(report.metrics) - 1,
+            )
+    return table
+
+
+def _finite(v: Any) -> Any:
+    """`v` with NaN and infinities as None (JSON has no NaN)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(u) for k, u in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(u) for u in v]
+    return v
+
+
+def _write(
+    report: EvalReport, scored: list[ImageItem], errors: list[ImageItem], out: Path
+) -> list[Path]:
+    from ..viz.curves import save_metric_bars
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise sl.SaliencelabError(
+            f"Cannot create the output folder {str(out)!r} ({e.strerror or e}); choose another "
+            "output folder."
+        ) from e
+    files = [report.to_csv(out / "metrics.csv")]
+    data = {
+        "images": [item.name for item in scored],
+        "errors": [{"image": item.name, "error": item.error} for item in errors],
+        "params": report.params,
+        **report.to_dict(),
+    }
+    path = out / "metrics.json"
+    path.write_text(json.dumps(_finite(data), indent=1, allow_nan=False))
+    files.append(path)
+    files += report.save_curves(out / "curves")
+    files += save_metric_bars(report, out / "bars")
+    return files
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def evaluate_command(
+    images: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, folders of images, or sample photo names (e.g. chelsea).",
+            show_default=False,
+        ),
+    ],
+    model: ModelOption = DEFAULT_MODEL,
+    methods: Annotated[
+        str,
+        typer.Option(
+            "--methods", "-m", help="Comma-separated methods to score (see `saliencelab methods`)."
+        ),
+    ] = DEFAULT_METHODS,
+    metrics: Annotated[
+        str,
+        typer.Option(
+            "--metrics",
+            help="Comma-separated metrics (see sl.metrics.available()), e.g. "
+            "deletion,insertion,pointing_game.",
+        ),
+    ] = DEFAULT_METRICS,
+    masks: Annotated[
+        Path | None,
+        typer.Option(
+            "--masks",
+            help="Folder of ground-truth masks named like the images (cat.jpg → cat.png), "
+            "nonzero = object; needed by localisation metrics.",
+            show_default=False,
+        ),
+    ] = None,
+    out: OutOption = Path("evaluation"),
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps",
+            min=1,
+            help="Steps of the curve-based metrics (the option steps=N of every metric taking it).",
+            show_default=False,
+        ),
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            help="Metric option key=value, repeatable, e.g. baseline=0.5 or deletion.steps=50.",
+            show_default=False,
+        ),
+    ] = None,
+    method_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--method-option",
+            help="Method option key=value, repeatable, e.g. n_steps=16 or "
+            "integrated_gradients.n_steps=16.",
+            show_default=False,
+        ),
+    ] = None,
+    references: Annotated[
+        bool,
+        typer.Option(
+            "--references/--no-references",
+            help="Also score the random, centred-Gaussian and Sobel reference maps.",
+        ),
+    ] = True,
+    target: TargetOption = None,
+    layer: LayerOption = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Images explained and scored together.")
+    ] = BATCH_IMAGES,
+    chunk_size: ChunkSizeOption = None,
+    device: DeviceOption = "auto",
+    debug: DebugOption = False,
+) -> None:
+    """Score methods' maps with metrics over images: table, metrics.csv/.json, curve charts."""
+    from ..report.run import method_requests
+
+    start = time.perf_counter()
+    errors: list[ImageItem] = []
+    with session(debug) as err:
+        requests = method_requests(
+            split(methods),
+            layer=layer,
+            options=parse_options(
+                method_option,
+                flag="--method-option",
+                examples=("n_steps=16", "integrated_gradients.n_steps=16"),
+            ),
+        )
+        names = split(metrics)
+        if not names:
+            raise sl.SaliencelabError(
+                "No metric given; pass e.g. --metrics deletion,insertion (see "
+                "sl.metrics.available())."
+            )
+        options = parse_options(option, examples=("steps=20", "deletion.steps=20"))
+        if steps is not None:
+            if "steps" in options:
+                raise sl.SaliencelabError(
+                    "Give the steps once: --steps N or --option steps=N, not both."
+                )
+            options["steps"] = steps
+        per_metric, shared = metric_options(names, options)
+        needing = [n for n in per_metric if "masks" in get_metric(n).needs]
+        if needing and masks is None:
+            raise sl.SaliencelabError(
+                f"The metric {needing[0]} needs ground-truth masks; pass --masks FOLDER (PNG "
+                "masks named like the images, nonzero = object)."
+            )
+        mask_files = _mask_paths(masks) if masks is not None else None
+        loaded = load_model(model, device)
+        if loaded.preprocess is None:
+            raise sl.SaliencelabError(
+                f"The model {loaded.name!r} has no preprocessing, so it cannot read images; load "
+                "it from a factory ('file.py:build') returning sl.Model(module, preprocess=fn)."
+            )
+        items = collect_images(images)
+        if not items:
+            raise sl.SaliencelabError("No images given; pass image files, folders or sample names.")
+
+        with progress_bar(err) as bar:
+            task = bar.add_task("reading", total=len(items))
+
+            def advance(done: int, description: str) -> None:
+                bar.update(task, completed=done, description=description or "next batch")
+
+            report, scored = evaluate_images(
+                loaded,
+                items,
+                requests,
+                per_metric,
+                shared,
+                masks=mask_files,
+                target=parse_target(target),
+                references=references,
+                batch_images=batch_size,
+                chunk_size=chunk_size,
+                progress=advance,
+            )
+        errors = [item for item in items if item.error is not None]
+        console = out_console()
+
+        def report_errors() -> None:
+            for item in errors:
+                line = f"error: {item.name}: {item.error}"
+                err.print(Text(line, style="bold red"), soft_wrap=True)
+
+        if report is None:
+            report_errors()
+            raise sl.SaliencelabError(
+                f"None of the {len(items)} image{'s' if len(items) != 1 else ''} could be read; "
+                "see the errors above."
+            )
+        files = _write(report, scored, errors, out)
+        console.print(results_table(report))
+        n = len(scored)
+        summary = (
+            f"Scored {n} image{'s' if n != 1 else ''} with {len(requests)} "
+            f"method{'s' if len(requests) != 1 else ''} and {len(per_metric)} "
+            f"metric{'s' if len(per_metric) != 1 else ''} in {time.perf_counter() - start:.1f} s"
+        )
+        if errors:
+            summary += f"; {len(errors)} failed"
+        console.print(summary + ".")
+        console.print(
+            f"Table: [bold]{out / 'metrics.csv'}[/bold], {out / 'metrics.json'}", soft_wrap=True
+        )
+        charts = [p for p in files if p.parent.name == "curves"]
+        if charts:
+            console.print(f"Curves: [bold]{out / 'curves'}[/bold]", soft_wrap=True)
+        console.print(f"Bar charts: {out / 'bars'}", soft_wrap=True)
+        report_errors()
+    if errors:
+        raise typer.Exit(code=2)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `evaluate` command to the app."""
+    app.command("evaluate")(evaluate_command)

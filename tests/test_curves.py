@@ -1,0 +1,144 @@
+"""Charts of evaluation reports (`viz/curves.py`): lines where the values say, dashes for the
+references, bars as long as the means, and clear errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import saliencelab as sl
+from saliencelab.metrics.base import MetricResult
+from saliencelab.metrics.evaluate import EvalReport
+from saliencelab.viz.curves import (
+    PALETTE,
+    REFERENCE_STYLES,
+    _nice_ticks,
+    curve_metrics,
+    plot_metric_bars,
+    plot_metric_curves,
+    save_metric_curves,
+)
+
+
+def result(curve: list[float] | None, values: list[float], direction="lower", metric="deletion"):
+    curves = None if curve is None else torch.tensor([curve, curve], dtype=torch.double)
+    x = None if curve is None else torch.linspace(0, 1, len(curve))
+    return MetricResult(
+        metric, torch.tensor(values), direction, (0.0, 1.0), curves=curves, curve_x=x
+    )
+
+
+def flat_report() -> EvalReport:
+    """Two methods with flat curves at 0.2 and 0.8, a reference at 0.5; and a non-curve metric."""
+    k = 11
+    return EvalReport(
+        {
+            "low": {"deletion": result([0.2] * k, [0.2, 0.2]), "game": result(None, [0.3, 0.3])},
+            "high": {"deletion": result([0.8] * k, [0.8, 0.8]), "game": result(None, [0.9, 0.9])},
+            "random": {"deletion": result([0.5] * k, [0.5, 0.5]), "game": result(None, [0.6, 0.6])},
+        },
+        references=("random",),
+    )
+
+
+def matches(img, colour, tol=30) -> np.ndarray:
+    a = np.asarray(img.convert("RGB"), dtype=np.int64)
+    return (np.abs(a - np.asarray(colour)) <= tol).all(axis=-1)
+
+
+def line_row(mask: np.ndarray) -> int:
+    """The row holding the most pixels of a colour (a horizontal line's row)."""
+    return int(mask.sum(axis=1).argmax())
+
+
+def runs(row: np.ndarray) -> int:
+    """Number of separate runs of True in a boolean row."""
+    return int(np.count_nonzero(np.diff(row.astype(np.int8)) == 1) + row[0])
+
+
+def test_flat_curves_are_drawn_at_their_values_and_references_dashed():
+    img = plot_metric_curves(flat_report(), "deletion", size=(700, 420))
+    assert img.size == (700, 420) and img.mode == "RGB"
+    plot = np.s_[60:364, 80:420]  # inside the plot frame: no labels, no legend, no frame
+    low, high = matches(img, PALETTE[0])[plot], matches(img, PALETTE[1])[plot]
+    ref = matches(img, REFERENCE_STYLES[0][0], tol=30)[plot]
+    y_low, y_high, y_ref = line_row(low), line_row(high), line_row(ref)
+    assert low[y_low].sum() > 300 and high[y_high].sum() > 300  # long horizontal lines
+    assert y_high < y_ref < y_low  # higher values are higher up
+    assert abs((y_low - y_ref) - (y_ref - y_high)) <= 2  # 0.2, 0.5, 0.8: equal gaps, linear axis
+    assert runs(ref[y_ref]) >= 12 and runs(low[y_low]) <= 3  # the reference is dashed, not solid
+
+
+def test_a_falling_curve_falls_and_nan_points_are_skipped():
+    k = 21
+    falling = [1 - i / (k - 1) for i in range(k)]
+    gap = list(falling)
+    gap[10] = math.nan
+    report = EvalReport({"m": {"deletion": result(gap, [0.5, 0.5])}})
+    img = plot_metric_curves(report, "deletion")
+    mask = matches(img, PALETTE[0])
+    plot = mask[:, : int(img.width * 0.6)]  # left of the legend
+    ys, xs = np.nonzero(plot)
+    assert np.corrcoef(xs, ys)[0, 1] > 0.95  # right = lower down: the curve falls
+    middle = np.nonzero(mask.any(axis=0))[0]
+    assert len(middle) > 100
+    # The NaN point breaks the line: a column band without the colour between its two halves.
+    columns = plot.any(axis=0)
+    inside = columns[np.nonzero(columns)[0][0] : np.nonzero(columns)[0][-1]]
+    assert not inside.all()
+
+
+def test_bars_are_as_long_as_the_means():
+    img = plot_metric_bars(flat_report(), "game")
+    tint = [tuple(round(c + (255 - c) * 0.55) for c in col) for col in PALETTE[:2]]
+    short = matches(img, tint[0], tol=6).sum(axis=1).max()
+    long = matches(img, tint[1], tol=6).sum(axis=1).max()
+    assert long / short == pytest.approx(0.9 / 0.3, rel=0.08)
+
+
+def test_real_report_from_sl_evaluate(tiny_cnn, images, tmp_path):
+    ex = sl.explain(tiny_cnn, images[:2], methods=["saliency"])
+    report = sl.evaluate(tiny_cnn, images[:2], ex, metrics=["deletion"], steps=4)
+    assert curve_metrics(report) == ["deletion"]
+    paths = report.save_curves(tmp_path / "curves")
+    assert [p.name for p in paths] == ["deletion.png"]
+    pixels = np.asarray(sl.load_image(paths[0]), dtype=np.float64)
+    assert pixels.std() > 20
+    assert matches(sl.load_image(paths[0]), PALETTE[0]).sum() > 100  # saliency's line
+    assert plot_metric_bars(report, "deletion").width == 760
+
+
+def test_save_metric_curves_writes_only_curve_metrics(tmp_path):
+    paths = save_metric_curves(flat_report(), tmp_path / "c")
+    assert [p.name for p in paths] == ["deletion.png"]
+    no_curves = EvalReport({"m": {"game": result(None, [1.0, 0.0])}})
+    assert save_metric_curves(no_curves, tmp_path / "none") == []
+    assert not (tmp_path / "none").exists()
+
+
+def test_errors_are_one_sentence():
+    report = flat_report()
+    with pytest.raises(sl.SaliencelabError, match="no metric 'deletoin'.*Did you mean.*deletion"):
+        plot_metric_curves(report, "deletoin")
+    with pytest.raises(sl.SaliencelabError, match="has no curves.*plot_metric_bars"):
+        plot_metric_curves(report, "game")
+    with pytest.raises(sl.SaliencelabError, match="no metric 'x'"):
+        plot_metric_bars(report, "x")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_nice_ticks_cover_the_range_with_round_steps(seed):
+    g = torch.Generator().manual_seed(seed)
+    scale = 10.0 ** float(torch.randint(-4, 5, (1,), generator=g))
+    lo, hi = sorted((torch.randn(2, generator=g) * scale).tolist())
+    ticks = _nice_ticks(lo, hi)
+    assert ticks[0] <= lo + 1e-12 and ticks[-1] >= hi - 1e-12
+    assert 4 <= len(ticks) <= 8
+    step = ticks[1] - ticks[0]
+    mantissa = step / 10 ** math.floor(math.log10(step))
+    assert min(abs(mantissa - m) for m in (1, 2, 2.5, 5, 10)) < 1e-6
+    assert np.allclose(np.diff(ticks), step)
+    assert (ticks[-1] - ticks[0]) <= 2.6 * (hi - lo)  # not much wasted room
