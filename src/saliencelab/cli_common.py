@@ -306,10 +306,10 @@ class ImageItem:
 
     def load(self):
         """The RGB PIL image, or None (and `error` set) when it cannot be read."""
-        from .report.run import _load
+        from .report.run import load_entry
 
         if self._item.image is None and self._item.error is None:
-            _load(self._item)
+            load_entry(self._item)
         return self._item.image
 
     def release(self) -> None:
@@ -323,6 +323,6 @@ def collect_images(images: Iterable[str]) -> list[ImageItem]:
     The same rules as `saliencelab explain` (`report.run`): a missing file or a folder without
     images becomes an item with its `error` set rather than stopping the others.
     """
-    from .report.run import _collect
+    from .report.run import collect_entries
 
-    return [ImageItem(item) for item in _collect(images)]
+    return [ImageItem(item) for item in collect_entries(images)]

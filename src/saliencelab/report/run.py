@@ -92,7 +92,7 @@ class RunResult:
 
 
 @dataclass
-class _Item:
+class ImageEntry:
     """One input image: its name in tables, unique file stem, source, and state."""
 
     name: str
@@ -237,15 +237,15 @@ def _stem(text: str, used: set[str]) -> str:
     return unique
 
 
-def _collect(images: Iterable[ImageArg]) -> list[_Item]:
+def collect_entries(images: Iterable[ImageArg]) -> list[ImageEntry]:
     """One item per image: files as given, folders expanded, names of sample photos."""
-    items: list[_Item] = []
+    items: list[ImageEntry] = []
     used: set[str] = set()
     samples = set(sl.sample_images())
     for i, arg in enumerate(images):
         if isinstance(arg, Image.Image):
             name = f"image-{i + 1}"
-            items.append(_Item(name, _stem(name, used), image=arg.convert("RGB")))
+            items.append(ImageEntry(name, _stem(name, used), image=arg.convert("RGB")))
             continue
         text = os.fspath(arg)
         p = Path(text)
@@ -253,23 +253,23 @@ def _collect(images: Iterable[ImageArg]) -> list[_Item]:
             try:
                 found = sl.image_paths(p)
             except sl.SaliencelabError as e:
-                items.append(_Item(text, _stem(p.name, used), path=p, error=str(e)))
+                items.append(ImageEntry(text, _stem(p.name, used), path=p, error=str(e)))
                 continue
-            items.extend(_Item(str(f), _stem(f.stem, used), path=f) for f in found)
+            items.extend(ImageEntry(str(f), _stem(f.stem, used), path=f) for f in found)
         elif text in samples and not p.exists():
-            items.append(_Item(text, _stem(text, used), sample=text))
+            items.append(ImageEntry(text, _stem(text, used), sample=text))
         elif p.exists() or p.suffix or "/" in text or os.sep in text:
-            items.append(_Item(text, _stem(p.stem, used), path=p))
+            items.append(ImageEntry(text, _stem(p.stem, used), path=p))
         else:
             error = (
                 f"{text!r} is neither an image file nor a sample photo; check the path, or use a "
                 f"sample name ({', '.join(sorted(samples))}).{_did_you_mean(text, samples)}"
             )
-            items.append(_Item(text, _stem(text, used), error=error))
+            items.append(ImageEntry(text, _stem(text, used), error=error))
     return items
 
 
-def _load(item: _Item) -> None:
+def load_entry(item: ImageEntry) -> None:
     try:
         if item.sample is not None:
             item.image = sl.sample_image(item.sample)
@@ -381,7 +381,7 @@ def explain_images(
     groups = _groups(requests)
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
-    items = _collect(images)
+    items = collect_entries(images)
     if not items:
         raise sl.SaliencelabError("No images given; pass image files, folders or sample names.")
 
@@ -404,7 +404,7 @@ def explain_images(
             for item in batch:
                 if item.error is None:
                     prog.step(f"reading {item.name}")
-                    _load(item)
+                    load_entry(item)
                 units = _LOAD_UNITS + (per_image + _WRITE_UNITS if item.error else 0.0)
                 prog.step(f"read {item.name}", units)
             good = [it for it in batch if it.error is None]
@@ -440,14 +440,14 @@ def explain_images(
 
 def _explain_batch(
     model: sl.Model,
-    good: list[_Item],
+    good: list[ImageEntry],
     requests: dict[str, dict[str, Any]],
     groups: list[list[str]],
     target: Any,
     chunk_size: int | None,
     prog: _Progress,
     first_batch: bool,
-) -> list[tuple[_Item, sl.Explanation, int]]:
+) -> list[tuple[ImageEntry, sl.Explanation, int]]:
     """Explain the images together; if that fails, one by one to find which image is bad.
 
     An error that every image gives alike is about the request (or the model), not an image:
@@ -465,7 +465,7 @@ def _explain_batch(
             return []
         batch_error = e
     prog.at_least(position, "retrying image by image")
-    done: list[tuple[_Item, sl.Explanation, int]] = []
+    done: list[tuple[ImageEntry, sl.Explanation, int]] = []
     errors: list[sl.SaliencelabError] = []
     for item in good:
         try:
@@ -524,7 +524,7 @@ def _explain(
 
 def _write(
     model: sl.Model,
-    item: _Item,
+    item: ImageEntry,
     ex: sl.Explanation,
     i: int,
     names: list[str],
@@ -607,7 +607,7 @@ def _one_image(ex: sl.Explanation, i: int) -> sl.Explanation:
     )
 
 
-def _write_index(items: list[_Item], out: Path, title: str, embed: bool) -> Path:
+def _write_index(items: list[ImageEntry], out: Path, title: str, embed: bool) -> Path:
     entries = []
     for item in items:
         if item.entry is not None:

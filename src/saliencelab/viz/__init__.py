@@ -1,6 +1,7 @@
-"""Drawing maps: colour maps, normalisation, overlays on photos, and galleries."""
+"""Drawing maps: colour maps, normalisation, overlays on photos, galleries, metric charts."""
 
 from .colormaps import COLORMAPS, apply_colormap, colormap
+from .curves import plot_metric_bars, plot_metric_curves, save_metric_bars, save_metric_curves
 from .gallery import colorbar_legend, gallery, save_gallery
 from .normalize import normalize_map
 from .overlay import heatmap, overlay, save_overlay
@@ -14,6 +15,10 @@ __all__ = [
     "heatmap",
     "normalize_map",
     "overlay",
+    "plot_metric_bars",
+    "plot_metric_curves",
+    "save_metric_bars",
+    "save_metric_curves",
     "save_gallery",
     "save_overlay",
 ]
