@@ -192,3 +192,17 @@ def test_reference_maps(tiny_cnn, images):
     s = sl.explain(tiny_cnn, step, methods="sobel")["sobel"].maps[0]
     assert (s[:, 2:4] > 0).all() and (s[:, :2] == 0).all() and (s[:, 4:] == 0).all()
     assert torch.allclose(s[:, 2], torch.full((6,), 4.0))
+
+
+def test_evaluate_recomputes_registered_methods(tiny_cnn, images):
+    """Metrics that re-explain get an explainer for every registered method, with its options."""
+    ex = sl.explain(tiny_cnn, images[:2], methods={"smoothgrad": {"n_samples": 3}})
+    rep = sl.evaluate(
+        tiny_cnn, images[:2], ex, metrics={"max_sensitivity": {"n_samples": 2}}, references=False
+    )
+    r = rep["smoothgrad"]["max_sensitivity"]
+    assert r.n == 2 and r.passes == 2 * 3  # 2 noisy copies, each explained with 3 noise samples
+    with pytest.raises(sl.SaliencelabError, match="not a registered method"):
+        sl.evaluate(
+            tiny_cnn, images[:2], {"mine": ex["smoothgrad"].maps}, metrics="max_sensitivity"
+        )

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..core.engine import Engine
 from ..core.errors import SaliencelabError, closest
+from ..core.registry import get_method
 from ..core.registry import methods as registered_methods
 from ..core.result import Attribution, Explanation
 from ..core.targets import TargetSpec
@@ -232,11 +233,11 @@ def _maps_of(
 
 
 def _explainer(name: str, a: Attribution | None) -> Explainer | None:
-    if name not in registered_methods():
+    if name not in {spec.name for spec in registered_methods()}:
         return None
     options = {}
     if a is not None:
-        accepted = registered_methods()[name].options
+        accepted = get_method(name).options
         options = {k: v for k, v in a.params.items() if k in accepted}
     return Explainer(name, options)
 

@@ -1,0 +1,242 @@
+"""Max-sensitivity of saliency maps: saliencelab against Quantus and Captum, and against the floor.
+
+    .venv/bin/python benchmarks/metrics_robustness.py
+        [--configs efficientnet_lite0:2x8,shapes_cnn:2x16,shapes_cnn:8x16] [--radius 0.02]
+        [--repeats 3] [--small-repeats 9] [--clock cpu] [--threads 1]
+        [--out benchmarks/out/metrics_robustness.json]
+
+Each config is MODEL:IMAGESxSAMPLES.
+
+On each model, with the same module, images, targets (the predicted classes), maps and noise:
+
+- `ours`: `sl.metrics.get("max_sensitivity")(radius, n_samples).update(maps, x=..., model=...,
+  explainer="saliency")`: all B · n noisy copies explained in one explainer call, chunked by the
+  engine;
+- `quantus`: `quantus.MaxSensitivity(nr_samples=n, normalise=False, abs=False)` with Captum's
+  `Saliency(abs=True)` summed over channels as `explain_func` (a Quantus user's setup), fed our
+  noise through its `perturb_func` so the values can be compared exactly; it explains one noise
+  step (B rows) per pass;
+- `captum`: `captum.metrics.sensitivity_max` with the same explanation function and noise,
+  `max_examples_per_batch` = our chunk size (it also recomputes e(x), B more rows);
+- `floor`: the B · n forward+backward rows the metric needs × the measured cost of one plain
+  forward+backward pass (weights frozen) at the chunk size our engine used.
+
+Reported: ours/floor, quantus/ours, captum/ours (median over interleaved repeats, the chosen
+clock), and the max relative difference of the values. The shapes CNN is `sl.load_model(
+"shapes_cnn")` when it exists; otherwise a small 64×64 CNN stand-in (said so in the output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import saliencelab as sl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Contender, Floor, make_sync, measure, paired, recorded, use_clock  # noqa: E402
+
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+
+
+class StandInCNN(nn.Module):
+    """A small 64×64 CNN (4 conv blocks, ~100k parameters), untrained: the shapes CNN's stand-in."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        chans = [3, 16, 32, 64, 64]
+        layers: list[nn.Module] = []
+        for a, b in zip(chans, chans[1:], strict=False):
+            layers += [nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(), nn.MaxPool2d(2)]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(64, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def load(name: str, images: int) -> tuple[sl.Model, torch.Tensor, str]:
+    if name == "efficientnet_lite0":
+        model = sl.load_model(name)
+        x = model.preprocess([sl.sample_image(PHOTOS[i % len(PHOTOS)]) for i in range(images)])
+        return model, x, name
+    try:
+        model = sl.load_model(name)
+        from saliencelab.data import shapes
+
+        data = shapes.make(images, seed=0)
+        x = data[0] if isinstance(data, (tuple, list)) else data.images
+        return model, x[:images], name
+    except Exception as err:  # noqa: BLE001 - the shapes model may not exist yet
+        print(f"  {name} not available ({type(err).__name__}: {err}); using a stand-in CNN")
+        torch.manual_seed(0)
+        module = StandInCNN().eval()
+        x = torch.rand(images, 3, 64, 64)
+        return sl.Model(module, name="standin_cnn_64"), x, "standin_cnn_64 (shapes CNN stand-in)"
+
+
+def run_model(config: str, args: argparse.Namespace) -> dict:
+    import quantus
+    from captum.attr import Saliency
+    from captum.metrics import sensitivity_max
+
+    name, _, sizes = config.partition(":")
+    images, samples = (int(v) for v in (sizes or "2x8").split("x"))
+    model, x, label = load(name, images)
+    module = model.module.eval()
+    sync = make_sync(x.device)
+    with torch.no_grad():
+        targets = module(x).argmax(1)
+    b, n, radius = x.shape[0], samples, args.radius
+    maps = sl.explain(model, x, "saliency", target=targets)["saliency"].maps
+    metric = sl.metrics.get("max_sensitivity")(radius=radius, n_samples=n, seed=0)
+    from saliencelab.metrics.robustness._noisy import draw_noise
+
+    noise = draw_noise(x, n, radius, "uniform", 0)  # the same noise for everyone
+    steps = noise.view(b, n, -1).numpy()
+    print(f"{label}: {b} images {tuple(x.shape[1:])}, {n} samples, radius {radius}", flush=True)
+
+    def ours():
+        metric.reset()
+        metric.update(maps, x=x, model=model, target=targets, explainer="saliency")
+        return metric.compute().values
+
+    def saliency_maps(inputs, target):
+        if isinstance(inputs, tuple):  # Captum's sensitivity_max hands (and wants) tuples
+            return (saliency_maps(inputs[0], target),)
+        return Saliency(module).attribute(inputs, target=target, abs=True).sum(1)
+
+    def quantus_run():
+        state = {"s": 0}
+
+        def perturb(arr, indices=None, **kwargs):
+            out = arr + steps[:, state["s"]]
+            state["s"] += 1
+            return out
+
+        def explain(model, inputs, targets, **kwargs):
+            t = torch.as_tensor(targets).long()
+            return saliency_maps(torch.as_tensor(inputs), t)[:, None].detach().numpy()
+
+        q = quantus.MaxSensitivity(
+            nr_samples=n, perturb_func=perturb, normalise=False, abs=False, disable_warnings=True
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = q(
+                model=module,
+                x_batch=x.numpy(),
+                y_batch=targets.numpy(),
+                a_batch=maps[:, None].numpy(),
+                explain_func=explain,
+                device="cpu",
+            )
+        return torch.tensor(np.asarray(out), dtype=torch.float64)
+
+    chunk_box = {"chunk": 8}
+
+    def captum_run():
+        state = {"s": 0}
+        per_sample = noise.view(b, n, *x.shape[1:])
+
+        def perturb(inp):  # Captum asks for k copies of each sample per call, sample-major
+            k = inp.shape[0] // b
+            d = per_sample[:, state["s"] : state["s"] + k].reshape(inp.shape)
+            state["s"] += k
+            return inp + d
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return sensitivity_max(
+                saliency_maps,
+                x,
+                perturb_func=perturb,
+                n_perturb_samples=n,
+                max_examples_per_batch=max(b, min(b * n, chunk_box["chunk"])),
+                target=targets,
+            ).double()
+
+    c_ours = recorded("ours", ours, module)
+    contenders = [c_ours]
+    c_ours.fn()  # first call: records our passes (and warms up)
+    c_ours.warmup = 0
+    chunk = c_ours.passes.chunk() or b * n
+    chunk_box["chunk"] = chunk
+    floor = Floor(module, x, targets, sync).contender(b * n, chunk)
+    contenders += [
+        Contender("quantus", quantus_run),
+        Contender("captum", captum_run),
+        floor,
+    ]
+    repeats = args.repeats if name == "efficientnet_lite0" else args.small_repeats
+    measure(contenders, repeats, sync)
+    by = {c.name: c for c in contenders}
+    v_ours = by["ours"].last.double()
+    agree = {
+        k: float(((by[k].last.double() - v_ours).abs() / v_ours.abs().clamp_min(1e-12)).max())
+        for k in ("quantus", "captum")
+    }
+    grad_rows = c_ours.passes.rows("grad")
+    result = {
+        "model": label,
+        "images": b,
+        "samples": n,
+        "radius": radius,
+        "chunk": chunk,
+        "grad_rows_ours": grad_rows,
+        "forward_rows_ours": c_ours.passes.rows("forward"),
+        "median_s": {c.name: c.median for c in contenders},
+        "ratios": {
+            "ours_over_floor": paired(by["ours"], floor),
+            "quantus_over_ours": paired(by["quantus"], by["ours"]),
+            "captum_over_ours": paired(by["captum"], by["ours"]),
+        },
+        "max_rel_diff_of_values": agree,
+        "values_ours": v_ours.tolist(),
+    }
+    print(json.dumps(result["ratios"], indent=2), flush=True)
+    print("max rel diff:", agree, "grad rows", grad_rows, "chunk", chunk, flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--configs", default="efficientnet_lite0:2x8,shapes_cnn:2x16,shapes_cnn:8x16"
+    )
+    parser.add_argument("--radius", type=float, default=0.02)
+    parser.add_argument("--repeats", type=int, default=3, help="on EfficientNet-Lite0")
+    parser.add_argument("--small-repeats", type=int, default=9, help="on the 64×64 CNN")
+    parser.add_argument("--clock", default="cpu", choices=["cpu", "wall"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="benchmarks/out/metrics_robustness.json")
+    args = parser.parse_args(argv)
+    use_clock(args.clock)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = {
+        "settings": {
+            "clock": args.clock,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "quantus": __import__("quantus").__version__,
+            "captum": __import__("captum").__version__,
+        },
+        "models": [run_model(c, args) for c in args.configs.split(",")],
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

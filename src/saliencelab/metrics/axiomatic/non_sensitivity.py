@@ -1,0 +1,137 @@
+"""Non-sensitivity (Nguyen & Martínez 2020): zero attribution exactly where the output ignores."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+
+from ...core.errors import SaliencelabError
+from ..base import EvalBatch, Metric, Scores, register_metric
+from ._common import BaselineSpec, Output, baseline_of, check_baseline, check_output
+
+
+@register_metric
+class NonSensitivity(Metric):
+    """Non-sensitivity violations (Nguyen & Martínez 2020), lower is better.
+
+    Features are taken `features_in_step` at a time in raster order; each group is replaced by
+    the baseline in one forward. A group violates the axiom when its attribution is zero
+    (max |a| / max_image |a| < eps, `normalise=False`: max |a| < eps) but the output moves
+    (|f(x') − f(x)| ≥ eps), or when its attribution is non-zero but the output does not move.
+    The value is the number of violating groups (`fraction=True`: their fraction).
+
+    `unit="pixel"`: a feature is a pixel of the maps, all channels replaced together;
+    `unit="element"`: a feature is one input element (c, h, w), with the full attributions when
+    the batch has them, else the maps broadcast over channels (Quantus' NonSensitivity, which
+    also normalises by the maximum over the whole batch rather than per sample). f is the target's
+    softmax probability (`output="logit"`: its logit). Forwards per sample: 1 + the number of
+    groups, run through the engine in chunks.
+    """
+
+    name = "non_sensitivity"
+    direction = "lower"
+    value_range = (0.0, math.inf)
+    needs = ("model",)
+    family = "axiomatic"
+    reference = (
+        "Nguyen & Martínez 2020, On Quantitative Aspects of Model Interpretability "
+        "(arXiv:2007.07584)"
+    )
+
+    def __init__(
+        self,
+        eps: float = 1e-5,
+        features_in_step: int = 1,
+        baseline: BaselineSpec = "black",
+        unit: Literal["pixel", "element"] = "pixel",
+        normalise: bool = True,
+        output: Output = "probability",
+        fraction: bool = False,
+    ) -> None:
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+            raise SaliencelabError(
+                f"eps must be a positive number (the zero threshold), got {eps!r}."
+            )
+        if (
+            not isinstance(features_in_step, int)
+            or isinstance(features_in_step, bool)
+            or features_in_step < 1
+        ):
+            raise SaliencelabError(
+                f"features_in_step must be a positive integer, got {features_in_step!r}."
+            )
+        if unit not in ("pixel", "element"):
+            raise SaliencelabError(f"unit must be 'pixel' or 'element', got {unit!r}.")
+        check_baseline(baseline)
+        check_output(output)
+        super().__init__(
+            eps=eps,
+            features_in_step=features_in_step,
+            baseline=baseline,
+            unit=unit,
+            normalise=normalise,
+            output=output,
+            fraction=fraction,
+        )
+
+    def _attributions(self, batch: EvalBatch) -> torch.Tensor:
+        """(B, F) |a| per feature, normalised per sample by its maximum if asked."""
+        x = batch.x
+        if self.unit == "pixel":
+            a = batch.maps
+        elif batch.attributions is not None and batch.attributions.shape == x.shape:
+            a = batch.attributions
+        else:
+            a = batch.maps.unsqueeze(1).expand(-1, x.shape[1], -1, -1)
+        a = a.flatten(1).double().abs()
+        if self.normalise:
+            top = a.amax(dim=1, keepdim=True)
+            a = a / torch.where(top > 0, top, torch.ones_like(top))
+        return a
+
+    def score(self, batch: EvalBatch) -> Scores:
+        x = batch.x
+        if x.dim() != 4:
+            raise SaliencelabError(
+                f"non_sensitivity needs (B, C, H, W) image inputs, got shape {tuple(x.shape)}."
+            )
+        b, c, h, w = x.shape
+        k = self.features_in_step
+        a = self._attributions(batch)
+        n_feat = a.shape[1]
+        groups = -(-n_feat // k)
+        base = baseline_of(x, self.baseline).expand_as(x)
+        feat = torch.arange(n_feat, device=x.device)
+        per_pixel = self.unit == "pixel"
+
+        def make(rows: torch.Tensor) -> torch.Tensor:
+            rows = rows.to(x.device)
+            pert = rows < b * groups
+            sample = torch.where(pert, rows // groups, rows - b * groups)
+            group = torch.where(pert, rows % groups, torch.full_like(rows, -1))
+            mask = (feat[None] // k) == group[:, None]  # (n, F); all False for originals
+            mask = mask.view(-1, 1, h, w) if per_pixel else mask.view(-1, c, h, w)
+            return torch.where(mask, base[sample], x[sample])
+
+        def sample_of(rows: torch.Tensor) -> torch.Tensor:
+            return torch.where(rows < b * groups, rows // groups, rows - b * groups)
+
+        kind = "logit" if self.output == "logit" else "probability"
+        f = batch.scores(b * (groups + 1), make, sample_of, kind=kind).double()
+        moved = (f[: b * groups].view(b, groups) - f[b * groups :, None]).abs() >= self.eps
+        pad = groups * k - n_feat
+        a_groups = torch.nn.functional.pad(a, (0, pad)).view(b, groups, k).amax(dim=2)
+        zero = a_groups < self.eps
+        violations = (moved & zero) | (~moved & ~zero)
+        values = violations.sum(1).double()
+        if self.fraction:
+            values = values / groups
+        return Scores(
+            values=values,
+            extras={
+                "zero_but_sensitive": (moved & zero).sum(1),
+                "nonzero_but_insensitive": (~moved & ~zero).sum(1),
+            },
+        )

@@ -1,0 +1,93 @@
+"""What the robustness metrics share: seeded input noise and one batched re-explanation of it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from ...core.batching import default_budget
+from ...core.errors import SaliencelabError
+from ..base import EvalBatch
+
+Noise = Literal["uniform", "gaussian"]
+On = Literal["maps", "attributions"]
+
+
+def check_positive(name: str, value: float, what: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise SaliencelabError(f"{name} must be a positive number ({what}), got {value!r}.")
+
+
+def check_samples(n_samples: int) -> None:
+    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
+        raise SaliencelabError(
+            f"n_samples must be a positive integer (noisy copies per input), got {n_samples!r}."
+        )
+
+
+def draw_noise(
+    x: torch.Tensor, n_samples: int, scale: float, noise: Noise, seed: int
+) -> torch.Tensor:
+    """(B * n_samples, *x.shape[1:]) noise, rows sample-major (row i * n + s is sample i).
+
+    "uniform": U(-scale, scale) per element (a point of the L∞ ball of radius `scale`);
+    "gaussian": N(0, scale²) per element. Drawn on x's device from a generator seeded `seed`.
+    """
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    shape = (x.shape[0] * n_samples, *x.shape[1:])
+    if noise == "uniform":
+        u = torch.rand(shape, generator=gen, device=x.device, dtype=x.dtype)
+        return u.mul_(2 * scale).sub_(scale)
+    if noise == "gaussian":
+        return torch.randn(shape, generator=gen, device=x.device, dtype=x.dtype).mul_(scale)
+    raise SaliencelabError(f"noise must be 'uniform' or 'gaussian', got {noise!r}.")
+
+
+def reference(batch: EvalBatch, on: On) -> torch.Tensor:
+    """e(x): the batch's maps, or its full input-space attributions."""
+    if on == "maps":
+        return batch.maps
+    if on == "attributions":
+        if batch.attributions is None or batch.attributions.shape != batch.x.shape:
+            raise SaliencelabError(
+                "on='attributions' needs the method's full input-space attributions of the "
+                "inputs; pass attributions=... (an sl.Explanation carries them) or use on='maps'."
+            )
+        return batch.attributions
+    raise SaliencelabError(f"on must be 'maps' or 'attributions', got {on!r}.")
+
+
+def explain_noisy(batch: EvalBatch, noisy: torch.Tensor, n_samples: int, on: On) -> torch.Tensor:
+    """Explanations of all noisy rows (B * n, ...), sample-major, for each row's sample's target.
+
+    All rows go to the explainer in one call (it chunks them through the engine); only when the
+    noisy inputs and their explanations would not fit a quarter of the memory budget are they
+    split into as few calls as fit.
+    """
+    explainer = batch.explainer
+    assert explainer is not None and batch.model is not None
+    target = batch.target.repeat_interleave(n_samples)
+    n = noisy.shape[0]
+    row_bytes = noisy[0].numel() * noisy.element_size() * 3  # input, attributions, maps
+    per_call = max(1, min(n, default_budget(batch.device) // 4 // max(row_bytes, 1)))
+    parts = []
+    for start in range(0, n, per_call):
+        rows = slice(start, start + per_call)
+        a = explainer(batch.model, noisy[rows], target[rows])
+        parts.append(a.maps if on == "maps" else a.attributions)
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    if on == "attributions" and out.shape != noisy.shape:
+        raise SaliencelabError(
+            f"The method {explainer.method} has no input-space attributions of the inputs' shape "
+            "(it explains a layer); use on='maps'."
+        )
+    return out
+
+
+def row_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
+    """Norm of each row flattened: "fro"/"l2", "l1" or "linf"."""
+    ords = {"fro": 2, "l2": 2, "l1": 1, "linf": float("inf")}
+    if norm not in ords:
+        raise SaliencelabError(f"norm must be one of {', '.join(ords)}, got {norm!r}.")
+    return torch.linalg.vector_norm(t.flatten(1).double(), ord=ords[norm], dim=1)

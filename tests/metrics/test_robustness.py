@@ -1,0 +1,264 @@
+"""Robustness metrics: max/avg sensitivity and local Lipschitz.
+
+References: a direct loop over samples and noisy copies (one `sl.explain` per copy) with the same
+noise; Captum's `sensitivity_max` fed the same noise through its `perturb_func`; Quantus'
+MaxSensitivity / AvgSensitivity / LocalLipschitzEstimate fed the same noise through a
+`perturb_func` that hands out our noise step by step (so the comparison is exact, not
+statistical); a constant explainer gives 0; the explainer is called once per batch.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import saliencelab as sl
+from saliencelab.core.errors import SaliencelabError
+from saliencelab.metrics.base import Explainer
+from saliencelab.metrics.robustness._noisy import draw_noise
+
+B, N = 3, 4
+
+
+class CountingExplainer(Explainer):
+    def __init__(self, method: str, options: dict | None = None) -> None:
+        super().__init__(method, options)
+        self.calls: list[int] = []
+
+    def __call__(self, model, x, target):
+        self.calls.append(x.shape[0])
+        return super().__call__(model, x, target)
+
+
+@pytest.fixture
+def setup(tiny_cnn, images):
+    x = images[:B]
+    ex = sl.explain(tiny_cnn, x, "saliency")
+    return tiny_cnn, x, ex["saliency"]
+
+
+def _maps(model, x, target):
+    return sl.explain(model, x, "saliency", target=target)["saliency"].maps
+
+
+def _loop_sensitivity(model, x, ref, target, noise, reduce, normalise=True):
+    """Direct formula: one explanation per noisy copy."""
+    out = []
+    for i in range(x.shape[0]):
+        vals = []
+        for s in range(N):
+            xs = x[i : i + 1] + noise[i * N + s : i * N + s + 1]
+            e = _maps(model, xs, target[i : i + 1])[0].double()
+            v = (e - ref[i].double()).norm()
+            if normalise:
+                v = v / ref[i].double().norm()
+            vals.append(v)
+        vals = torch.stack(vals)
+        out.append(vals.max() if reduce == "max" else vals.mean())
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("name,reduce", [("max_sensitivity", "max"), ("avg_sensitivity", "mean")])
+def test_sensitivity_matches_loop(setup, name, reduce):
+    model, x, a = setup
+    m = sl.metrics.get(name)(radius=0.1, n_samples=N, seed=3)
+    values = m.update(a.maps, x=x, model=model, target=a.target, explainer="saliency")
+    noise = draw_noise(x, N, 0.1, "uniform", 3)
+    assert noise.abs().max() <= 0.1 and noise.abs().max() > 0.05
+    ref = _loop_sensitivity(model, x, a.maps, a.target, noise, reduce)
+    torch.testing.assert_close(values, ref, rtol=1e-5, atol=1e-7)
+    assert (values > 0).all()
+
+
+def test_unnormalised_and_gaussian(setup):
+    model, x, a = setup
+    m = sl.metrics.get("max_sensitivity")(
+        radius=0.05, n_samples=N, noise="gaussian", normalise=False, seed=1
+    )
+    values = m.update(a.maps, x=x, model=model, target=a.target, explainer="saliency")
+    noise = draw_noise(x, N, 0.05, "gaussian", 1)
+    assert 0.03 < float(noise.std()) < 0.07
+    ref = _loop_sensitivity(model, x, a.maps, a.target, noise, "max", normalise=False)
+    torch.testing.assert_close(values, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_sensitivity_max_matches_captum(setup):
+    from captum.attr import Saliency
+    from captum.metrics import sensitivity_max
+
+    model, x, a = setup
+    radius = 0.1
+    noise = draw_noise(x, N, radius, "uniform", 0)
+    m = sl.metrics.get("max_sensitivity")(radius=radius, n_samples=N, on="attributions")
+    ours = m.update(
+        a.maps, x=x, model=model, target=a.target, attributions=a.attributions,
+        explainer="saliency",
+    )  # fmt: skip
+    captum = sensitivity_max(
+        Saliency(model).attribute,
+        x,
+        perturb_func=lambda inp: inp + noise,
+        n_perturb_samples=N,
+        target=a.target,
+        abs=True,
+    )
+    torch.testing.assert_close(ours, captum.double(), rtol=1e-4, atol=1e-6)
+
+
+def _quantus_noise(noise: torch.Tensor, kind: str):
+    """A Quantus perturb_func handing out our noise: step s gets noise row i * N + s of sample i."""
+    steps = noise.view(B, N, -1).numpy()
+    state = {"s": 0}
+
+    def perturb(arr, indices=None, **kwargs):
+        out = arr + steps[:, state["s"]]
+        state["s"] += 1
+        return out
+
+    return perturb
+
+
+def _quantus_explain(model, inputs, targets, **kwargs):
+    x = torch.as_tensor(inputs)
+    t = torch.as_tensor(targets).long()
+    return _maps(model, x, t)[:, None].numpy()
+
+
+@pytest.mark.parametrize(
+    "name,cls",
+    [
+        ("max_sensitivity", "MaxSensitivity"),
+        ("avg_sensitivity", "AvgSensitivity"),
+        ("local_lipschitz", "LocalLipschitzEstimate"),
+    ],
+)
+def test_matches_quantus(setup, name, cls):
+    quantus = pytest.importorskip("quantus")
+    model, x, a = setup
+    if name == "local_lipschitz":
+        m = sl.metrics.get(name)(std=0.1, n_samples=N, seed=5)
+        noise = draw_noise(x, N, 0.1, "gaussian", 5)
+    else:
+        m = sl.metrics.get(name)(radius=0.1, n_samples=N, seed=5)
+        noise = draw_noise(x, N, 0.1, "uniform", 5)
+    ours = m.update(a.maps, x=x, model=model, target=a.target, explainer="saliency")
+    metric = getattr(quantus, cls)(
+        nr_samples=N,
+        perturb_func=_quantus_noise(noise, name),
+        normalise=False,
+        abs=False,
+        disable_warnings=True,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = metric(
+            model=model,
+            x_batch=x.numpy(),
+            y_batch=a.target.numpy(),
+            a_batch=a.maps[:, None].numpy(),
+            explain_func=_quantus_explain,
+            device="cpu",
+        )
+    np.testing.assert_allclose(ours.numpy(), np.asarray(theirs), rtol=1e-4, atol=1e-8)
+
+
+def test_lipschitz_matches_loop(setup):
+    model, x, a = setup
+    m = sl.metrics.get("local_lipschitz")(std=0.2, n_samples=N, seed=2)
+    values = m.update(a.maps, x=x, model=model, target=a.target, explainer="saliency")
+    noise = draw_noise(x, N, 0.2, "gaussian", 2)
+    for i in range(B):
+        ratios = []
+        for s in range(N):
+            d = noise[i * N + s]
+            e = _maps(model, x[i : i + 1] + d, a.target[i : i + 1])[0]
+            ratios.append((e - a.maps[i]).double().norm() / d.double().norm())
+        assert torch.isclose(values[i], torch.stack(ratios).max(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["max_sensitivity", "avg_sensitivity", "local_lipschitz"])
+def test_constant_explainer_scores_zero(tiny_cnn, images, name):
+    """The centred-Gaussian reference map does not depend on the input: nothing moves."""
+    maps = sl.explain(tiny_cnn, images, "center_gaussian")["center_gaussian"].maps
+    r = sl.metrics.get(name)(n_samples=3)(
+        maps, x=images, model=tiny_cnn, explainer="center_gaussian"
+    )
+    assert torch.equal(r.values, torch.zeros(len(images), dtype=r.values.dtype))
+
+
+@pytest.mark.parametrize("name", ["max_sensitivity", "avg_sensitivity", "local_lipschitz"])
+def test_explainer_called_once_per_batch(setup, name):
+    model, x, a = setup
+    ex = CountingExplainer("saliency")
+    m = sl.metrics.get(name)(n_samples=5)
+    m.update(a.maps, x=x, model=model, target=a.target, explainer=ex)
+    assert ex.calls == [B * 5]
+    r = m.compute()
+    assert r.passes == pytest.approx(5.0)  # 5 gradient passes per sample, nothing else
+    assert r.extras[{"local_lipschitz": "ratios"}.get(name, "sensitivities")].shape == (B, 5)
+
+
+def test_seed_reproducible_and_changes(setup):
+    model, x, a = setup
+
+    def run(seed):
+        m = sl.metrics.get("max_sensitivity")(n_samples=3, radius=0.1, seed=seed)
+        return m.update(a.maps, x=x, model=model, target=a.target, explainer="saliency")
+
+    assert torch.equal(run(0), run(0))
+    assert not torch.equal(run(0), run(1))
+
+
+def test_weights_and_mode_untouched(setup):
+    model, x, a = setup
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sl.metrics.get("local_lipschitz")(n_samples=2)(
+        a.maps, x=x, model=model, target=a.target, explainer="saliency"
+    )
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        ({"radius": 0.0}, "radius must be a positive number"),
+        ({"radius": -1}, "radius must be a positive number"),
+        ({"n_samples": 0}, "n_samples must be a positive integer"),
+        ({"n_samples": 2.5}, "n_samples must be a positive integer"),
+        ({"noise": "salt"}, "noise must be"),
+        ({"norm": "l3"}, "norm must be"),
+    ],
+)
+def test_bad_options(kwargs, words):
+    with pytest.raises(SaliencelabError, match=words):
+        sl.metrics.get("max_sensitivity")(**kwargs)
+
+
+def test_bad_lipschitz_options():
+    with pytest.raises(SaliencelabError, match="std must be a positive number"):
+        sl.metrics.get("local_lipschitz")(std=0)
+    with pytest.raises(SaliencelabError, match="n_samples must be a positive integer"):
+        sl.metrics.get("local_lipschitz")(n_samples=0)
+
+
+@pytest.mark.parametrize("name", ["max_sensitivity", "avg_sensitivity", "local_lipschitz"])
+def test_missing_explainer_is_one_sentence(setup, name):
+    model, x, a = setup
+    with pytest.raises(SaliencelabError, match="needs explainer") as err:
+        sl.metrics.get(name)().update(a.maps, x=x, model=model)
+    assert str(err.value).count(". ") == 0 and "\n" not in str(err.value)
+
+
+def test_attributions_needed_for_on_attributions(setup):
+    model, x, a = setup
+    with pytest.raises(SaliencelabError, match="on='attributions' needs"):
+        sl.metrics.get("max_sensitivity")(on="attributions").update(
+            a.maps, x=x, model=model, explainer="saliency"
+        )
