@@ -1,0 +1,247 @@
+"""Model-parameter randomisation (MPRT): saliencelab against Quantus, and against the floor.
+
+    .venv/bin/python benchmarks/metrics_randomisation.py [--models efficientnet_lite0,shapes_cnn]
+        [--images efficientnet_lite0=2,shapes_cnn=8] [--layers efficientnet_lite0=4,shapes_cnn=all]
+        [--repeats 3] [--clock cpu] [--threads 1] [--out benchmarks/out/metrics_randomisation.json]
+
+On each model, with the same module, images, targets (the predicted classes), maps and the same
+randomisation (cascading from the output, one parameterised layer per step, the top L layers):
+
+- `ours`: `sl.metrics.get("model_randomisation")(granularity="layer", layers=L, seed=43,
+  similarity="spearman_abs").update(maps, x=..., model=..., explainer="saliency")`: the model
+  randomised in place, one explainer call (the whole batch, chunked by the engine) per step;
+- `quantus`: `quantus.MPRT(layer_order="top_down", seed=42, abs=True, normalise=True,
+  similarity_func=correlation_spearman)` with Captum's `Saliency(abs=True)` summed over channels
+  as `explain_func` (a Quantus user's setup). Quantus re-seeds `seed + 1` before each layer's
+  `reset_parameters()`, the same draws as ours with seed 43, so the per-layer similarities must
+  agree. Quantus randomises every module that has `reset_parameters`; to give it the same top L
+  layers the other modules' `reset_parameters` are hidden from it (their class swapped for a
+  subclass where the attribute raises AttributeError) for the duration of its call. It also
+  recomputes the unrandomised explanation (its "original" entry): L + 1 explanation passes;
+- `quantus_sl`: the same Quantus call with `sl.explain(..., "saliency")` as `explain_func`: the
+  cost of Quantus' machinery around the same explanation as ours;
+- `floor`: L explanation passes (B rows each, forward + backward, weights frozen) at the chunk
+  size our engine used.
+
+Reported: ours/floor, quantus/ours, quantus_sl/ours (median over interleaved repeats, chosen
+clock), and the max abs difference of the per-layer similarity curves (ours vs quantus). The
+shapes CNN is `sl.load_model("shapes_cnn")` when it exists; otherwise a small 64×64 CNN stand-in
+(said so in the output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import saliencelab as sl
+from saliencelab.metrics.randomisation import select_stages
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Contender, Floor, make_sync, measure, paired, recorded, use_clock  # noqa: E402
+
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+
+
+class StandInCNN(nn.Module):
+    """A small 64×64 CNN (4 conv blocks), untrained: the shapes CNN's stand-in."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        chans = [3, 16, 32, 64, 64]
+        layers: list[nn.Module] = []
+        for a, b in zip(chans, chans[1:], strict=False):
+            layers += [nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(), nn.MaxPool2d(2)]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+def load(name: str, images: int) -> tuple[sl.Model, torch.Tensor, str]:
+    if name == "efficientnet_lite0":
+        model = sl.load_model(name)
+        x = model.preprocess([sl.sample_image(PHOTOS[i % len(PHOTOS)]) for i in range(images)])
+        return model, x, name
+    try:
+        model = sl.load_model(name)
+        from saliencelab.data import shapes
+
+        return model, shapes.make(images, seed=0).images[:images], name
+    except Exception as err:  # noqa: BLE001 - the shapes model may not exist yet
+        print(f"  {name} not available ({type(err).__name__}: {err}); using a stand-in CNN")
+        torch.manual_seed(0)
+        x = torch.rand(images, 3, 64, 64)
+        return sl.Model(StandInCNN().eval(), name="standin"), x, "standin_cnn_64 (stand-in)"
+
+
+def _no_attribute(self):
+    raise AttributeError("reset_parameters hidden for this benchmark")
+
+
+@contextmanager
+def only_resettable(module: nn.Module, keep: set[str]):
+    """Hide `reset_parameters` of every module not in `keep` from `hasattr` (Quantus' test)."""
+    swapped, made = [], {}
+    for name, m in module.named_modules():
+        if name not in keep and hasattr(m, "reset_parameters"):
+            cls = type(m)
+            if cls not in made:
+                made[cls] = type(
+                    cls.__name__, (cls,), {"reset_parameters": property(_no_attribute)}
+                )
+            m.__class__ = made[cls]
+            swapped.append((m, cls))
+    try:
+        yield
+    finally:
+        for m, cls in swapped:
+            m.__class__ = cls
+
+
+def run_model(name: str, layers: int | None, images: int, args: argparse.Namespace) -> dict:
+    import quantus
+    from captum.attr import Saliency
+
+    model, x, label = load(name, images)
+    module = model.module.eval()
+    sync = make_sync(x.device)
+    with torch.no_grad():
+        targets = module(x).argmax(1)
+    plan = select_stages(module, layers, "layer")
+    keep = {s.name for s in plan}
+    n_layers, b = len(plan), x.shape[0]
+    maps = sl.explain(model, x, "saliency", target=targets)["saliency"].maps
+    metric = sl.metrics.get("model_randomisation")(
+        granularity="layer", layers=layers, seed=43, similarity="spearman_abs"
+    )
+    print(f"{label}: {b} images {tuple(x.shape[1:])}, top {n_layers} layers", flush=True)
+
+    def ours():
+        metric.reset()
+        metric.update(maps, x=x, model=model, target=targets, explainer="saliency")
+        return metric.compute().curves
+
+    def captum_explain(model, inputs, targets, **kwargs):
+        t = torch.as_tensor(targets).long()
+        a = Saliency(model).attribute(torch.as_tensor(inputs), target=t, abs=True).sum(1)
+        return a[:, None].detach().numpy()
+
+    def sl_explain(model, inputs, targets, **kwargs):
+        t = torch.as_tensor(targets).long()
+        m = sl.explain(model, torch.as_tensor(inputs), "saliency", target=t)["saliency"].maps
+        return m[:, None].numpy()
+
+    def quantus_with(explain):
+        def run():
+            q = quantus.MPRT(
+                similarity_func=quantus.similarity_func.correlation_spearman,
+                layer_order="top_down",
+                seed=42,
+                abs=True,
+                normalise=True,
+                disable_warnings=True,
+            )
+            with warnings.catch_warnings(), only_resettable(module, keep):
+                warnings.simplefilter("ignore")
+                out = q(
+                    model=module,
+                    x_batch=x.numpy(),
+                    y_batch=targets.numpy(),
+                    a_batch=maps[:, None].numpy(),
+                    explain_func=explain,
+                    device="cpu",
+                    batch_size=b,
+                )
+            steps = [k for k in out if k != "original"]
+            return torch.tensor(np.array([out[k] for k in steps]).T, dtype=torch.float64)
+
+        return run
+
+    c_ours = recorded("ours", ours, module)
+    c_ours.fn()  # first call: records our passes (and warms up)
+    c_ours.warmup = 0
+    chunk = c_ours.passes.chunk() or b
+    floor = Floor(module, x, targets, sync).contender(n_layers * b, chunk)
+    contenders = [
+        c_ours,
+        Contender("quantus", quantus_with(captum_explain)),
+        Contender("quantus_sl", quantus_with(sl_explain)),
+        floor,
+    ]
+    measure(contenders, args.repeats, sync)
+    by = {c.name: c for c in contenders}
+    curves = by["ours"].last.double()
+    agree = {k: float((by[k].last - curves).abs().max()) for k in ("quantus", "quantus_sl")}
+    result = {
+        "model": label,
+        "images": b,
+        "layers": [s.name for s in plan],
+        "chunk": chunk,
+        "grad_rows_ours": c_ours.passes.rows("grad"),
+        "median_s": {c.name: c.median for c in contenders},
+        "ratios": {
+            "ours_over_floor": paired(by["ours"], floor),
+            "quantus_over_ours": paired(by["quantus"], by["ours"]),
+            "quantus_sl_over_ours": paired(by["quantus_sl"], by["ours"]),
+        },
+        "max_abs_diff_of_curves": agree,
+        "curve_ours_mean": curves.mean(0).tolist(),
+    }
+    print(json.dumps(result["ratios"], indent=2), flush=True)
+    print("max abs diff:", agree, "grad rows", result["grad_rows_ours"], "chunk", chunk)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="efficientnet_lite0,shapes_cnn")
+    parser.add_argument(
+        "--images", default="efficientnet_lite0=2,shapes_cnn=8", help="images per model (name=n)"
+    )
+    parser.add_argument(
+        "--layers",
+        default="efficientnet_lite0=4,shapes_cnn=all",
+        help="top layers randomised per model (name=k or name=all)",
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clock", default="cpu", choices=["cpu", "wall"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="benchmarks/out/metrics_randomisation.json")
+    args = parser.parse_args(argv)
+    use_clock(args.clock)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    per = dict(kv.split("=") for kv in args.layers.split(",") if kv)
+    n_images = {k: int(v) for k, v in (kv.split("=") for kv in args.images.split(",") if kv)}
+    results = {
+        "settings": {
+            "clock": args.clock,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "quantus": __import__("quantus").__version__,
+        },
+        "models": [],
+    }
+    for m in args.models.split(","):
+        k = per.get(m, "all")
+        layers = None if k == "all" else int(k)
+        results["models"].append(run_model(m, layers, n_images.get(m, 2), args))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""Model-parameter randomisation test (MPRT): Adebayo et al. 2018, Sanity Checks for Saliency Maps.
+
+An explanation that depends on what the model learned must change when the learned weights are
+destroyed. The test re-initialises the model's parameterised layers step by step — cascading
+from the output layer down to the input, or each layer on its own (independent) — recomputes the
+explanation after every step and measures its similarity to the original explanation. A method
+passes when the similarity falls (direction "lower"); a method whose maps stay the same (an edge
+detector, guided backprop) fails.
+
+Layers and stages. A *layer* is a module that owns parameters (or has `reset_parameters` and owns
+buffers, e.g. BatchNorm's running statistics). `granularity="layer"` randomises one layer per
+step, in `named_modules` order reversed (Quantus' MPRT does the same). `granularity="block"`
+(default) groups layers into *stages*: each top-level child of the model is a stage, a container
+(`nn.Sequential`, `nn.ModuleList`, `nn.ModuleDict`) is split into its children, and a
+normalisation layer that is a stage of its own joins the stage before it. EfficientNet-Lite0 so
+has 19 stages: `_conv_stem` (+ `_bn0`), `_blocks.0` … `_blocks.15`, `_conv_head` (+ `_bn1`),
+`_fc`. `layers` restricts the stages: an int k keeps the k stages nearest the output, a list of
+names picks stages or modules (a module = all layers inside it).
+
+Randomisation. `init="reset"` (default) calls each layer's own `reset_parameters()` (PyTorch's
+default initialisation of that layer type; BatchNorm gets weight 1, bias 0 and fresh running
+statistics), with the global RNG seeded to `seed` before each stage inside `torch.random.fork_rng`
+(the caller's RNG state is untouched). Quantus' `MPRT(seed=s)` seeds `s + 1` before each layer,
+so `granularity="layer", seed=s + 1` reproduces its randomisation exactly. `init="normal"` draws
+every parameter of a layer from N(mean, std) of that parameter's original values (a
+scale-preserving alternative to the layer's default init; buffers are kept). A layer with
+parameters but no `reset_parameters`, or with parameterised children, always gets the normal
+draw of its own parameters.
+
+The user's model is randomised in place and restored in `finally` (parameters and buffers copied
+back into the same tensor objects, training flags and `requires_grad` reset), also when the
+explainer raises; so do not use the model from another thread meanwhile.
+
+Value per sample: `value="last"` is the similarity after the last step (fully randomised, for
+cascading; Quantus' `return_last_correlation=True`), `value="mean"` the mean over steps (Quantus'
+`return_average_correlation=True` averages the steps *and* its "original" entry, the similarity
+of the given maps to the recomputed unrandomised ones; ours averages the randomised steps only).
+With `order="independent"`, "last" is the step that randomised only the lowest stage chosen;
+"mean" is usually the value wanted there.
+`curves` (B, steps) hold the per-step similarities, the stage names are in
+`result.params["randomised"]`. Cost: one explanation of the whole batch per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ...core.errors import SaliencelabError, closest
+from ..base import EvalBatch, Metric, Scores, register_metric
+from .similarity import check_similarity, similarity_to
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_NORMS: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+
+
+@dataclass
+class Stage:
+    """One randomisation step: a name and the layers (module names) it re-initialises."""
+
+    name: str
+    layers: list[str] = field(default_factory=list)
+
+
+def _owns_state(m: nn.Module) -> bool:
+    if next(m.parameters(recurse=False), None) is not None:
+        return True
+    return callable(getattr(m, "reset_parameters", None)) and (
+        next(m.buffers(recurse=False), None) is not None
+    )
+
+
+def parameterised_layers(module: nn.Module) -> list[str]:
+    """Names of the modules that own parameters (or resettable buffers), in module order."""
+    return [name for name, m in module.named_modules() if _owns_state(m)]
+
+
+def _stage_key(root: nn.Module, name: str) -> str:
+    if not name:
+        return ""
+    key: list[str] = []
+    mod = root
+    for part in name.split("."):
+        key.append(part)
+        mod = mod._modules[part]
+        if not isinstance(mod, _CONTAINERS):
+            break
+    return ".".join(key)
+
+
+def stages(module: nn.Module, granularity: Literal["block", "layer"] = "block") -> list[Stage]:
+    """The model's randomisation stages, input side first (see the module docstring)."""
+    layers = parameterised_layers(module)
+    if granularity == "layer":
+        return [Stage(name or "<root>", [name]) for name in layers]
+    if granularity != "block":
+        raise SaliencelabError(
+            f"Unknown granularity {granularity!r}; use 'block' (top-level blocks) or 'layer'."
+        )
+    out: list[Stage] = []
+    for name in layers:
+        key = _stage_key(module, name)
+        if out and out[-1].name == (key or "<root>"):
+            out[-1].layers.append(name)
+            continue
+        top = module.get_submodule(key) if key else module
+        if out and isinstance(top, _NORMS) and key:
+            out[-1].layers.append(name)  # a norm layer joins the stage before it
+            continue
+        out.append(Stage(key or "<root>", [name]))
+    return out
+
+
+def select_stages(
+    module: nn.Module,
+    layers: int | str | Sequence[str] | None,
+    granularity: Literal["block", "layer"] = "block",
+) -> list[Stage]:
+    """The stages to randomise, output side first (the cascading order)."""
+    all_stages = stages(module, granularity)
+    if not all_stages:
+        raise SaliencelabError("The model has no parameterised layers to randomise.")
+    if layers is None:
+        chosen = all_stages
+    elif isinstance(layers, bool) or (isinstance(layers, int) and layers < 1):
+        raise SaliencelabError(f"layers must be a positive number of stages, got {layers!r}.")
+    elif isinstance(layers, int):
+        if layers > len(all_stages):
+            raise SaliencelabError(
+                f"layers={layers} asks for more stages than the model's {len(all_stages)} at "
+                f"granularity {granularity!r}; pass at most {len(all_stages)} or None for all."
+            )
+        chosen = all_stages[-layers:]
+    else:
+        names = [layers] if isinstance(layers, str) else list(layers)
+        if not names:
+            raise SaliencelabError("layers is an empty list; name at least one layer or block.")
+        by_name = {s.name: s for s in all_stages}
+        modules = dict(module.named_modules())
+        every = parameterised_layers(module)
+        position = {n: i for i, n in enumerate(every)}
+        chosen = []
+        for n in names:
+            if n in by_name:
+                chosen.append(by_name[n])
+            elif n in modules and n:
+                inside = [m for m in every if m == n or m.startswith(n + ".")]
+                if not inside:
+                    raise SaliencelabError(
+                        f"The module {n!r} has no parameters to randomise; name a layer or block "
+                        "that has weights."
+                    )
+                chosen.append(Stage(n, inside))
+            else:
+                raise SaliencelabError(
+                    f"The model has no layer or block named {n!r}.{closest(n, list(by_name))} "
+                    f"Its blocks: {', '.join(by_name)}."
+                )
+        chosen.sort(key=lambda s: position[s.layers[0]])
+        seen: set[str] = set()
+        for s in chosen:
+            if seen & set(s.layers):
+                raise SaliencelabError(
+                    f"The layers asked for overlap at {s.name!r}; name each layer or block once."
+                )
+            seen.update(s.layers)
+    return list(reversed(chosen))
+
+
+# -- randomise and restore ---------------------------------------------------------------------
+
+
+class _Snapshot:
+    """Saved parameters and buffers of some layers; `restore` puts them back in place."""
+
+    def __init__(self, module: nn.Module, layer_names: Sequence[str]) -> None:
+        self.items: list[tuple[dict, str, torch.Tensor, torch.Tensor]] = []
+        for name in layer_names:
+            m = module.get_submodule(name) if name else module
+            for store in (m._parameters, m._buffers):
+                for key, t in store.items():
+                    if t is not None:
+                        self.items.append((store, key, t, t.detach().clone()))
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for store, key, original, saved in self.items:
+                if store.get(key) is not original:
+                    store[key] = original
+                original.copy_(saved)
+
+
+@contextmanager
+def _flags_kept(module: nn.Module) -> Iterator[None]:
+    training = [(m, m.training) for m in module.modules()]
+    grads = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        yield
+    finally:
+        for m, t in training:
+            m.training = t
+        for p, g in grads:
+            p.requires_grad_(g)
+
+
+def _normal_(m: nn.Module) -> None:
+    with torch.no_grad():
+        for p in m.parameters(recurse=False):
+            mean = p.float().mean()
+            std = p.float().std() if p.numel() > 1 else torch.zeros((), device=p.device)
+            p.copy_(torch.randn_like(p, dtype=torch.float) * torch.nan_to_num(std) + mean)
+
+
+def randomise_stage(
+    module: nn.Module, stage: Stage, seed: int, init: Literal["reset", "normal"] = "reset"
+) -> None:
+    """Re-initialise the stage's layers in place, the global RNG seeded to `seed` (forked)."""
+    devices = sorted({p.device.index or 0 for p in module.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)  # = torch.manual_seed for these devices,
+        for d in devices:  # without its cost of seeding every backend and device
+            with torch.cuda.device(d):
+                torch.cuda.manual_seed(seed)
+        for name in stage.layers:
+            m = module.get_submodule(name) if name else module
+            reset = getattr(m, "reset_parameters", None) or getattr(m, "_reset_parameters", None)
+            leaf = not any(_owns_state(c) for c in m.modules() if c is not m)
+            if init == "reset" and callable(reset) and leaf:
+                reset()
+            else:
+                _normal_(m)
+
+
+@register_metric
+class ModelRandomisation(Metric):
+    """Model-parameter randomisation test (Adebayo et al. 2018); similarity after randomising.
+
+    value = sim(E(f, x), E(f̃_k, x)) for the model f̃_k with stages 1..k re-initialised
+    (cascading, top down) or stage k alone (independent), at the last step or averaged over the
+    steps; sim is "spearman", "spearman_abs", "ssim" or "hog" (see `similarity`). Lower = the
+    explanation depends on the learned weights (the method passes the sanity check).
+
+    Args:
+        order: "cascading" (top layer first, randomisations accumulate) or "independent".
+        similarity: "spearman", "spearman_abs" (Quantus' default, abs=True), "ssim", "hog".
+        layers: None (all stages), k (the k stages nearest the output) or names of blocks /
+            modules.
+        granularity: "block" (top-level blocks, default) or "layer" (every parameterised layer).
+        value: "last" (the fully randomised step) or "mean" (mean over steps).
+        init: "reset" (each layer's `reset_parameters()`) or "normal" (N(mean, std) per tensor).
+        seed: the RNG seed set before each stage's re-initialisation.
+        similarity_options: keyword options of the similarity function (e.g. SSIM `window`).
+    """
+
+    name = "model_randomisation"
+    direction = "lower"
+    value_range = (-1.0, 1.0)
+    needs = ("model", "explainer")
+    family = "randomisation"
+    reference = "Adebayo et al. 2018, Sanity Checks for Saliency Maps"
+
+    def __init__(
+        self,
+        order: Literal["cascading", "independent"] = "cascading",
+        similarity: str = "spearman",
+        layers: int | str | Sequence[str] | None = None,
+        granularity: Literal["block", "layer"] = "block",
+        value: Literal["last", "mean"] = "last",
+        init: Literal["reset", "normal"] = "reset",
+        seed: int = 42,
+        similarity_options: dict[str, Any] | None = None,
+    ) -> None:
+        if order not in ("cascading", "independent"):
+            raise SaliencelabError(f"Unknown order {order!r}; use 'cascading' or 'independent'.")
+        check_similarity(similarity)
+        if granularity not in ("block", "layer"):
+            raise SaliencelabError(
+                f"Unknown granularity {granularity!r}; use 'block' (top-level blocks) or 'layer'."
+            )
+        if value not in ("last", "mean"):
+            raise SaliencelabError(f"Unknown value {value!r}; use 'last' or 'mean'.")
+        if init not in ("reset", "normal"):
+            raise SaliencelabError(f"Unknown init {init!r}; use 'reset' or 'normal'.")
+        super().__init__(
+            order=order,
+            similarity=similarity,
+            layers=layers,
+            granularity=granularity,
+            value=value,
+            init=init,
+            seed=seed,
+            similarity_options=similarity_options,
+        )
+
+    def score(self, batch: EvalBatch) -> Scores:
+        assert batch.model is not None and batch.explainer is not None
+        module = batch.model.module
+        plan = select_stages(module, self.layers, self.granularity)
+        compare = similarity_to(self.similarity, batch.maps, self.similarity_options)
+        self.params["randomised"] = [s.name for s in plan]
+        snapshot = _Snapshot(module, [n for s in plan for n in s.layers])
+        curves = []
+        with _flags_kept(module):
+            try:
+                for stage in plan:
+                    if self.order == "independent":
+                        snapshot.restore()
+                    randomise_stage(module, stage, self.seed, self.init)
+                    maps = batch.explainer.maps(batch.model, batch.x, batch.target)
+                    curves.append(compare(maps))
+            finally:
+                snapshot.restore()
+        curve = torch.stack(curves, dim=1)
+        values = curve[:, -1] if self.value == "last" else curve.nanmean(dim=1)
+        steps = torch.arange(1, len(plan) + 1, dtype=torch.float)
+        return Scores(values=values, curves=curve, curve_x=steps)

@@ -1,0 +1,86 @@
+"""Random-logit test (Sixt, Granz & Landgraf 2020, "When Explanations Lie: Why Many Modified BP
+Attributions Fail"; Quantus' RandomLogit).
+
+A class-sensitive explanation of class c should differ from the explanation of another class c'
+on the same input. Per sample, c' is drawn uniformly from the other classes (a torch generator
+seeded with `seed`, so the same batch always gets the same classes), the maps are recomputed for
+c' and compared with the given maps: value = sim(E(x, c), E(x, c')). Lower is better.
+
+Quantus differences: Quantus draws c' with NumPy (other random classes for the same seed) and, for
+its default SSIM, compares the maps flattened to 1-D; ours compares 2-D maps. With two classes
+c' = 1 − c is forced, which the tests use to compare with Quantus exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...core.errors import SaliencelabError
+from ..base import EvalBatch, Metric, Scores, register_metric
+from .similarity import check_similarity, similarity_to
+
+
+def random_other_class(target: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
+    """(B,) a class ≠ target per sample, uniform over the other `num_classes - 1` (seeded)."""
+    if num_classes < 2:
+        raise SaliencelabError("The random-logit test needs a model with at least two classes.")
+    g = torch.Generator().manual_seed(seed)
+    shift = torch.randint(1, num_classes, (target.shape[0],), generator=g)
+    return (target.cpu() + shift) % num_classes
+
+
+@register_metric
+class RandomLogit(Metric):
+    """Similarity of the target's explanation to a random other class's (Sixt et al. 2020).
+
+    value = sim(E(x, c), E(x, c')), c' uniform over the classes ≠ c (seeded); sim is "ssim"
+    (default, as Quantus), "spearman", "spearman_abs" or "hog". Lower is better. The random
+    classes are returned in `extras["random_class"]`. Cost: one explanation of the batch (plus one
+    forward to count the classes when the model has no labels and `num_classes` is not given).
+    """
+
+    name = "random_logit"
+    direction = "lower"
+    value_range = (-1.0, 1.0)
+    needs = ("model", "explainer")
+    family = "randomisation"
+    reference = "Sixt et al. 2020, When Explanations Lie: Why Many Modified BP Attributions Fail"
+
+    def __init__(
+        self,
+        similarity: str = "ssim",
+        seed: int = 42,
+        num_classes: int | None = None,
+        similarity_options: dict[str, Any] | None = None,
+    ) -> None:
+        check_similarity(similarity)
+        super().__init__(
+            similarity=similarity,
+            seed=seed,
+            num_classes=num_classes,
+            similarity_options=similarity_options,
+        )
+
+    def _classes(self, batch: EvalBatch) -> int:
+        if self.num_classes is not None:
+            return int(self.num_classes)
+        assert batch.model is not None
+        if batch.model.labels is not None:
+            return len(batch.model.labels)
+        return int(batch.require_engine().logits(batch.x[:1]).shape[-1])
+
+    def score(self, batch: EvalBatch) -> Scores:
+        assert batch.explainer is not None
+        compare = similarity_to(self.similarity, batch.maps, self.similarity_options)
+        n = self._classes(batch)
+        if int(batch.target.max()) >= n or int(batch.target.min()) < 0:
+            raise SaliencelabError(
+                f"The targets must be classes in [0, {n}); pass num_classes=... if the model has "
+                "more."
+            )
+        other = random_other_class(batch.target, n, self.seed).to(batch.target.device)
+        maps = batch.explainer.maps(batch.model, batch.x, other)
+        values = compare(maps)
+        return Scores(values=values, extras={"random_class": other})

@@ -1,0 +1,424 @@
+"""Randomisation sanity checks: similarities vs scipy / skimage, MPRT vs a direct loop and vs
+Quantus' MPRT (identical randomisation), random logit vs a loop and Quantus, restoration of the
+model, bad inputs, and the sanity-check finding on EfficientNet-Lite0 (small setting)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from skimage.feature import hog as sk_hog
+from skimage.metrics import structural_similarity
+from torch import nn
+
+import saliencelab as sl
+from saliencelab.core.errors import SaliencelabError
+from saliencelab.metrics.base import Explainer
+from saliencelab.metrics.randomisation import similarity as S
+from saliencelab.metrics.randomisation import stages
+
+MPRT = sl.metrics.get("model_randomisation")
+RandomLogit = sl.metrics.get("random_logit")
+
+
+@pytest.fixture
+def pair() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 40, 37, generator=g)
+    b = a + 0.8 * torch.randn(3, 40, 37, generator=g)
+    b[0] = torch.randn(40, 37, generator=g)  # an unrelated pair
+    b[2, :5] = b[2, 5:10]  # some ties
+    return a, b
+
+
+# -- similarities ----------------------------------------------------------------------------
+
+
+def test_spearman_with_and_without_abs_match_scipy(pair):
+    a, b = pair
+    for absolute in (False, True):
+        ours = S.spearman(a, b, absolute=absolute)
+        f = (lambda t: t.abs()) if absolute else (lambda t: t)
+        ref = [scipy.stats.spearmanr(f(a[i]).flatten(), f(b[i]).flatten())[0] for i in range(3)]
+        np.testing.assert_allclose(ours.numpy(), ref, atol=1e-12)
+    assert not torch.allclose(S.spearman(a, b), S.spearman_abs(a, b))
+    # the cached form used by the metrics (ranks of `a` once, r_b in sorted order)
+    b2 = b.clone()
+    b2[1] = 0.5  # a constant map: undefined
+    for name in ("spearman", "spearman_abs"):
+        cached = S.similarity_to(name, a)(b2)
+        direct = S.spearman(a, b2, absolute=name == "spearman_abs")  # scattered ranks
+        assert torch.isnan(cached[1]) and torch.isnan(direct[1])
+        np.testing.assert_allclose(cached[[0, 2]].numpy(), direct[[0, 2]].numpy(), atol=1e-12)
+
+
+def test_average_ranks_match_scipy_rankdata_with_many_ties():
+    g = torch.Generator().manual_seed(0)
+    v = torch.randint(0, 6, (5, 200), generator=g).float()
+    v[0] = torch.arange(200.0)  # no ties
+    v[1] = 3.0  # all tied
+    v[2, :50], v[2, 50:100] = -0.0, 0.0  # equal values, different bits
+    v[3] = torch.randn(200, generator=g) * 1e30  # negative and huge
+    ref = scipy.stats.rankdata(v.numpy(), axis=1)
+    for dtype in (torch.float32, torch.float64):  # the int-key sort and the plain sort
+        np.testing.assert_array_equal(S.average_ranks(v.to(dtype)).numpy(), ref)
+    a = torch.randn(5, 200, generator=g)
+    np.testing.assert_allclose(
+        S.spearman(v[:, None], a[:, None]).numpy()[2:],
+        [scipy.stats.spearmanr(v[i], a[i])[0] for i in range(2, 5)],
+        atol=1e-12,
+    )
+    assert torch.isnan(S.spearman(v[:, None], a[:, None])[1])  # a constant map: undefined
+
+
+def test_ssim_matches_skimage_gaussian_window(pair):
+    a, b = pair
+    na, nb = S.minmax(a).numpy(), S.minmax(b).numpy()
+    ref = [
+        structural_similarity(
+            na[i], nb[i], data_range=1.0, gaussian_weights=True, sigma=1.5,
+            use_sample_covariance=False,
+        )
+        for i in range(3)
+    ]  # fmt: skip
+    np.testing.assert_allclose(S.ssim(a, b).numpy(), ref, atol=1e-10)
+    assert S.ssim(a, a).allclose(torch.ones(3, dtype=torch.double))
+    # min-max normalisation per map: an affine rescaling of one map changes nothing
+    assert torch.allclose(S.ssim(a, 3 * b + 2), S.ssim(a, b))
+
+
+@pytest.mark.parametrize("orientations,cell,block", [(9, 8, 3), (7, 5, 2)])
+def test_hog_features_and_similarity_match_skimage(pair, orientations, cell, block):
+    a, b = pair
+    na, nb = S.minmax(a).numpy(), S.minmax(b).numpy()
+    kw = dict(orientations=orientations, pixels_per_cell=(cell, cell))
+    kw.update(cells_per_block=(block, block), block_norm="L2-Hys")
+    ref_a = np.stack([sk_hog(na[i], **kw) for i in range(3)])
+    ref_b = np.stack([sk_hog(nb[i], **kw) for i in range(3)])
+    ours = S.hog_features(S.minmax(a), orientations, cell, block)
+    np.testing.assert_allclose(ours.numpy(), ref_a, atol=1e-6)
+    ref = [np.corrcoef(ref_a[i], ref_b[i])[0, 1] for i in range(3)]
+    sim = S.hog(a, b, orientations=orientations, cell=cell, block=block)
+    np.testing.assert_allclose(sim.numpy(), ref, atol=1e-6)
+
+
+def test_similarity_bad_inputs():
+    a = torch.rand(2, 8, 8)
+    with pytest.raises(SaliencelabError, match="Unknown similarity 'spearmann'.*spearman"):
+        S.similarity("spearmann", a, a)
+    with pytest.raises(SaliencelabError, match="smaller than the 11×11 SSIM window"):
+        S.ssim(a, a)
+    with pytest.raises(SaliencelabError, match="too small for HOG"):
+        S.hog(a, a)
+    with pytest.raises(SaliencelabError, match="same shape"):
+        S.spearman(a, torch.rand(2, 8, 9))
+
+
+# -- model randomisation ---------------------------------------------------------------------
+
+
+def _direct_mprt(net, x, target, method, order, seed, stage_layers, sim):
+    """Deep copy, randomise (seeded reset per stage), explain, correlate with scipy: a loop."""
+    original = sl.explain(net, x, method, target=target)[method].maps
+    out = []
+    work = copy.deepcopy(net)
+    for layers in stage_layers:  # output side first
+        if order == "independent":
+            work = copy.deepcopy(net)
+        torch.manual_seed(seed)
+        for name in layers:
+            work.get_submodule(name).reset_parameters()
+        maps = sl.explain(work, x, method, target=target)[method].maps
+        out.append([sim(original[i].flatten(), maps[i].flatten()) for i in range(x.shape[0])])
+    return original, np.array(out).T  # (B, steps)
+
+
+@pytest.mark.parametrize("order", ["cascading", "independent"])
+def test_mprt_matches_a_direct_loop(tiny_cnn, images, order):
+    target = torch.tensor([0, 1, 2, 3])
+    plan = [["fc"], ["features.2"], ["features.0"]]
+
+    def rho(u, v):
+        return scipy.stats.spearmanr(u, v)[0]
+
+    maps, ref = _direct_mprt(tiny_cnn, images, target, "saliency", order, 7, plan, rho)
+    for value in ("last", "mean"):
+        r = MPRT(order=order, seed=7, value=value)(
+            maps, x=images, model=tiny_cnn, target=target, explainer="saliency"
+        )
+        np.testing.assert_allclose(r.curves.numpy(), ref, atol=1e-10)
+        expected = ref[:, -1] if value == "last" else ref.mean(1)
+        np.testing.assert_allclose(r.values.numpy(), expected, atol=1e-10)
+        assert r.params["randomised"] == ["fc", "features.2", "features.0"]
+        assert r.direction == "lower" and r.passes == pytest.approx(3.0)
+
+
+def test_mprt_matches_quantus_mprt_with_the_same_randomisation(tiny_cnn, images):
+    """Quantus seeds `seed + 1` before each layer's reset_parameters() (top_down = our cascading,
+    one layer per step), so ours with seed=s+1 reproduces its randomisation exactly; both explain
+    with the same saliency function and compare |maps| by Spearman (Quantus abs=True)."""
+    quantus = pytest.importorskip("quantus")
+    target = torch.tensor([0, 1, 2, 3])
+    maps = sl.explain(tiny_cnn, images, "saliency", target=target)["saliency"].maps
+
+    def explain(model, inputs, targets, **kwargs):
+        x = torch.as_tensor(inputs, dtype=torch.float32)
+        t = torch.as_tensor(targets).long()
+        return sl.explain(model, x, "saliency", target=t)["saliency"].maps[:, None].numpy()
+
+    q = quantus.MPRT(
+        similarity_func=quantus.similarity_func.correlation_spearman,
+        layer_order="top_down", seed=41, abs=True, normalise=True, disable_warnings=True,
+    )  # fmt: skip
+    scores = q(
+        model=copy.deepcopy(tiny_cnn), x_batch=images.numpy(), y_batch=target.numpy(),
+        a_batch=maps[:, None].numpy(), explain_func=explain, device="cpu",
+    )  # fmt: skip
+    layers = [k for k in scores if k != "original"]
+    ref = np.array([scores[k] for k in layers]).T
+    r = MPRT(granularity="layer", seed=42, similarity="spearman_abs")(
+        maps, x=images, model=tiny_cnn, target=target, explainer="saliency"
+    )
+    assert r.params["randomised"] == layers == ["fc", "features.2", "features.0"]
+    np.testing.assert_allclose(r.curves.numpy(), ref, atol=1e-6)
+
+
+def test_gradient_maps_decorrelate_and_model_independent_maps_do_not(tiny_cnn, images):
+    target = torch.tensor([0, 1, 2, 3])
+    ex = sl.explain(tiny_cnn, images, ["saliency", "sobel"], target=target)
+    kw = dict(x=images, model=tiny_cnn, target=target)
+    grad = MPRT()(ex["saliency"].maps, explainer="saliency", **kw)
+    edges = MPRT()(ex["sobel"].maps, explainer="sobel", **kw)
+    assert grad.mean < 0.5 and grad.curves[:, -1].mean() < grad.curves[:, 0].mean()
+    assert torch.allclose(edges.values, torch.ones(4, dtype=torch.double))
+    ssim = MPRT(similarity="ssim", similarity_options={"window": 7})
+    assert ssim(ex["saliency"].maps, explainer="saliency", **kw).mean < 0.6
+
+
+def _state(net):
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+class _Raising(Explainer):
+    def __init__(self, after: int) -> None:
+        super().__init__("saliency")
+        self.after = after
+
+    def __call__(self, model, x, target):
+        if self.rows >= self.after:
+            raise RuntimeError("explainer failed")
+        return super().__call__(model, x, target)
+
+
+@pytest.mark.parametrize("order", ["cascading", "independent"])
+@pytest.mark.parametrize("init", ["reset", "normal"])
+def test_model_is_restored_also_when_the_explainer_raises(tiny_cnn, images, order, init):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), tiny_cnn.pool)
+    net = nn.Sequential(net, nn.Flatten(), nn.Linear(4, 3))
+    net[0][1].running_mean.uniform_()
+    net.train()
+    net[0].eval()  # mixed training flags
+    net[2].bias.requires_grad_(False)  # mixed requires_grad
+    before = _state(net)
+    params = [id(p) for p in net.parameters()]
+    flags = [m.training for m in net.modules()]
+    grads = [p.requires_grad for p in net.parameters()]
+    x = images
+    maps = torch.rand(4, 12, 12)
+    metric = MPRT(order=order, init=init, granularity="layer")
+    for explainer in ("saliency", _Raising(after=4)):
+        try:
+            metric(maps, x=x, model=net, target=0, explainer=explainer)
+        except RuntimeError as e:
+            assert "explainer failed" in str(e)
+        after = net.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        assert [id(p) for p in net.parameters()] == params
+        assert [m.training for m in net.modules()] == flags
+        assert [p.requires_grad for p in net.parameters()] == grads
+
+
+def test_randomise_stage_reset_and_normal_inits():
+    from saliencelab.metrics.randomisation.parameter import Stage, randomise_stage
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(60, 80), nn.BatchNorm1d(80))
+    with torch.no_grad():
+        net[0].weight.mul_(3).add_(0.5)
+        net[1].running_var.fill_(4.0)
+    stage = Stage("all", ["0", "1"])
+    ref = copy.deepcopy(net)
+    torch.manual_seed(5)
+    ref[0].reset_parameters()
+    ref[1].reset_parameters()
+    work = copy.deepcopy(net)
+    randomise_stage(work, stage, seed=5, init="reset")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(work.state_dict().values(), ref.state_dict().values(), strict=True)
+    )
+    work = copy.deepcopy(net)
+    randomise_stage(work, stage, seed=5, init="normal")
+    w0, w1 = net[0].weight.detach(), work[0].weight.detach()
+    assert not torch.equal(w0, w1)
+    assert abs(float(w1.mean() - w0.mean())) < 0.05 and abs(float(w1.std() / w0.std()) - 1) < 0.05
+    assert torch.equal(work[1].running_var, net[1].running_var)  # normal: buffers untouched
+    again = copy.deepcopy(net)
+    randomise_stage(again, stage, seed=5, init="normal")
+    assert torch.equal(again[0].weight, w1)  # seeded
+
+
+def test_the_rng_state_of_the_caller_is_untouched(tiny_cnn, images):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    maps = torch.rand(4, 12, 12)
+    torch.manual_seed(123)
+    MPRT()(maps, x=images, model=tiny_cnn, target=0, explainer="saliency")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_stages_blocks_layers_and_selection(tiny_cnn, images):
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU())
+    )
+    assert [(s.name, s.layers) for s in stages(net)] == [
+        ("0", ["0", "1"]),  # the norm layer joins the conv before it
+        ("2.0", ["2.0"]),  # a container is split into its children
+    ]
+    assert [s.name for s in stages(net, "layer")] == ["0", "1", "2.0"]
+    maps = torch.rand(4, 12, 12)
+    kw = dict(x=images, model=tiny_cnn, target=0, explainer="saliency")
+    assert MPRT(layers=2)(maps, **kw).params["randomised"] == ["fc", "features.2"]
+    r = MPRT(layers=["features.0", "fc"])(maps, **kw)
+    assert r.params["randomised"] == ["fc", "features.0"] and r.curves.shape == (4, 2)
+    r = MPRT(layers="features")(maps, **kw)  # a module: all layers inside, one step
+    assert r.params["randomised"] == ["features"] and r.curves.shape == (4, 1)
+
+
+def test_mprt_bad_inputs(tiny_cnn, images):
+    maps = torch.rand(4, 12, 12)
+    kw = dict(x=images, model=tiny_cnn, target=0, explainer="saliency")
+    with pytest.raises(SaliencelabError, match="no layer or block named 'fc2'.*Did you mean: fc"):
+        MPRT(layers=["fc2"])(maps, **kw)
+    with pytest.raises(SaliencelabError, match="Unknown similarity 'pearson'"):
+        MPRT(similarity="pearson")
+    with pytest.raises(SaliencelabError, match="Unknown order"):
+        MPRT(order="bottom_up")
+    with pytest.raises(SaliencelabError, match="more stages than the model's 3"):
+        MPRT(layers=5)(maps, **kw)
+    with pytest.raises(SaliencelabError, match="has no parameters to randomise"):
+        MPRT(layers=["pool"])(maps, **kw)
+    with pytest.raises(SaliencelabError, match="needs explainer"):
+        MPRT()(maps, x=images, model=tiny_cnn, target=0)
+    before = _state(tiny_cnn)
+    with pytest.raises(SaliencelabError, match="SSIM window"):
+        MPRT(similarity="ssim", similarity_options={"window": 13})(maps, **kw)
+    with pytest.raises(SaliencelabError, match="Bad similarity_options"):
+        MPRT(similarity="hog", similarity_options={"cells": 4})(maps, **kw)
+    assert all(torch.equal(before[k], v) for k, v in tiny_cnn.state_dict().items())
+
+
+def test_mprt_through_evaluate(tiny_cnn, images):
+    ex = sl.explain(tiny_cnn, images, ["saliency", "guided_backprop"], target=0)
+    rep = sl.evaluate(
+        tiny_cnn, images, ex, metrics={"model_randomisation": {"layers": 2}}, target=0,
+        references=False,
+    )  # fmt: skip
+    r = rep["saliency"]["model_randomisation"]
+    assert r.values.shape == (4,) and r.curves.shape == (4, 2)
+
+
+# -- random logit ----------------------------------------------------------------------------
+
+
+def test_random_logit_matches_a_direct_loop(tiny_cnn, images):
+    target = torch.tensor([0, 1, 2, 3])
+    maps = sl.explain(tiny_cnn, images, "saliency", target=target)["saliency"].maps
+    r = RandomLogit(similarity="spearman", seed=3)(
+        maps, x=images, model=tiny_cnn, target=target, explainer="saliency"
+    )
+    other = r.extras["random_class"]
+    assert (other != target).all() and ((other >= 0) & (other < 5)).all()
+    ref = []
+    for i in range(4):
+        m = sl.explain(tiny_cnn, images[i : i + 1], "saliency", target=int(other[i]))
+        ref.append(scipy.stats.spearmanr(maps[i].flatten(), m["saliency"].maps[0].flatten())[0])
+    np.testing.assert_allclose(r.values.numpy(), ref, atol=1e-10)
+    again = RandomLogit(similarity="spearman", seed=3)(
+        maps, x=images, model=tiny_cnn, target=target, explainer="saliency"
+    )
+    assert torch.equal(again.extras["random_class"], other)
+    # the other classes are drawn uniformly among the classes that are not the target
+    many = sl.metrics.randomisation.random_logit.random_other_class(
+        torch.zeros(5000, dtype=torch.long), 5, 0
+    )
+    counts = torch.bincount(many, minlength=5)
+    assert counts[0] == 0 and (counts[1:] > 1100).all()
+
+
+def test_random_logit_matches_quantus_with_two_classes(images):
+    """With two classes the other class is forced (1 − c), so Quantus' draw is ours."""
+    quantus = pytest.importorskip("quantus")
+    torch.manual_seed(0)
+    from conftest import TinyCNN
+
+    net = TinyCNN(classes=2).eval()
+    target = torch.tensor([0, 1, 1, 0])
+    maps = sl.explain(net, images, "saliency", target=target)["saliency"].maps
+
+    def explain(model, inputs, targets, **kwargs):
+        x, t = torch.as_tensor(inputs), torch.as_tensor(targets).long()
+        return sl.explain(model, x, "saliency", target=t)["saliency"].maps[:, None].numpy()
+
+    q = quantus.RandomLogit(
+        similarity_func=quantus.similarity_func.correlation_spearman, num_classes=2,
+        disable_warnings=True,
+    )  # fmt: skip
+    ref = q(
+        model=net, x_batch=images.numpy(), y_batch=target.numpy(),
+        a_batch=maps[:, None].numpy(), explain_func=explain, device="cpu",
+    )  # fmt: skip
+    r = RandomLogit(similarity="spearman")(
+        maps, x=images, model=net, target=target, explainer="saliency"
+    )
+    assert torch.equal(r.extras["random_class"], 1 - target)
+    np.testing.assert_allclose(r.values.numpy(), np.asarray(ref, dtype=float), atol=1e-6)
+
+
+def test_random_logit_bad_inputs(tiny_cnn, images):
+    maps = torch.rand(4, 12, 12)
+    with pytest.raises(SaliencelabError, match="Unknown similarity"):
+        RandomLogit(similarity="cosine")
+    with pytest.raises(SaliencelabError, match=r"classes in \[0, 3\)"):
+        RandomLogit(num_classes=3)(maps, x=images, model=tiny_cnn, target=4, explainer="saliency")
+
+
+# -- the sanity-check finding on the real model ----------------------------------------------
+
+
+def test_efficientnet_gradient_decorrelates_guided_backprop_does_not():
+    """Adebayo et al.'s finding, small: 1 photograph at 64×64, the top 3 blocks randomised
+    (the full setting is scripts/sanity_checks.py, docs/sanity_checks.md)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: steadier on a loaded CPU, restored below
+    try:
+        _efficientnet_finding()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _efficientnet_finding() -> None:
+    model = sl.load_model("efficientnet_lite0")
+    x = model.preprocess(sl.sample_image("chelsea"))
+    x = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", antialias=True)
+    ex = sl.explain(model, x, ["saliency", "guided_backprop"])
+    kw = dict(x=x, model=model, target=None)
+    metric = MPRT(layers=3)
+    grad = metric(ex["saliency"].maps, explainer="saliency", **kw)
+    guided = metric(ex["guided_backprop"].maps, explainer="guided_backprop", **kw)
+    assert guided.values[0] > 0.9
+    assert grad.values[0] < guided.values[0] - 0.3
