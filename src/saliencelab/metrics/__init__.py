@@ -19,6 +19,7 @@ from .base import (
     register_metric,
 )
 from .evaluate import EvalReport, evaluate
+from .localisation import boxes_to_masks, make_mosaics, per_class_mean
 
 get = get_metric
 
@@ -30,6 +31,9 @@ __all__ = [
     "MetricResult",
     "Scores",
     "available",
+    "boxes_to_masks",
+    "make_mosaics",
+    "per_class_mean",
     "evaluate",
     "get",
     "get_metric",
