@@ -1,0 +1,285 @@
+"""Faithfulness metrics: saliencelab against Quantus 0.6.0, and against the floor.
+
+    .venv/bin/python benchmarks/metrics_faithfulness.py [--clock cpu] [--threads 1]
+        [--models efficientnet_lite0,shapes_cnn] [--methods gradcam,saliency]
+        [--images 2] [--shapes-images 8] [--repeats 2] [--chunk K]
+        [--out benchmarks/out/metrics_faithfulness.json]
+
+For each model (EfficientNet-Lite0 at 224×224 on `sl.sample_images()`, the shapes CNN at 64×64
+on `sl.data.shapes.make`), each method's maps (`sl.explain`, targets = predicted classes) and
+each metric, with the SAME settings on both sides:
+
+- pixel flipping: ours `deletion(steps=S)` vs `quantus.PixelFlipping(features_in_step=
+  C·H·W/S, perturb_baseline=0)` (S whole-pixel steps; Quantus' check that features_in_step
+  divides H·W is switched off, as it cannot hold together with whole pixels when H·W has no
+  factor 3); Quantus' curve is ours without its k = 0 point;
+- region perturbation: ours `aopc_morf(patch_size=P, regions=L)` vs
+  `quantus.RegionPerturbation(patch_size=P, regions_evaluation=L, order="morf")`;
+- faithfulness correlation: ours `faithfulness_correlation(unit="element")` fed the very
+  subsets Quantus draws (numpy seeded and replayed) vs `quantus.FaithfulnessCorrelation`;
+
+all with Quantus' default scores (softmax for the first two, logits for faithfulness
+correlation, as ours), `normalise=False, abs=False` in Quantus, and maps made tie-free (a
+1e-6 raster ramp in float64, given to both) so both rank pixels identically. The floor is the
+forwards ours ran × the measured cost of one plain forward (inference mode, weights frozen) at
+the chunk size the engine settled on (read from a call after its first, which may still
+search). Reported per case: ours/floor, Quantus/ours, and the largest
+difference of the curves (or values; NaN where both are NaN). `--clock cpu` (process CPU
+time) is the steady measure on a shared machine; use it with `--threads 1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import saliencelab as sl
+from saliencelab.core.engine import Engine
+from saliencelab.metrics import make_batch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Contender, Stopwatch, frozen, make_sync, measure, use_clock  # noqa: E402
+
+
+def tie_free(maps: torch.Tensor) -> torch.Tensor:
+    """float64 maps plus a tiny decreasing raster ramp: no two pixels (or patch sums) tie."""
+    m = maps.double()
+    span = float(m.max() - m.min()) or 1.0
+    n = m[0].numel()
+    ramp = torch.arange(n, dtype=torch.float64).view(m.shape[1:]) / n
+    return m - 1e-6 * span * ramp
+
+
+class ChunkLog:
+    """Batch sizes of every forward of a module."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.sizes: list[int] = []
+        self.handle = module.register_forward_pre_hook(
+            lambda m, a: self.sizes.append(int(a[0].shape[0]))
+        )
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def forward_floor(module, x: torch.Tensor, rows: int, chunk: int, sync) -> Contender:
+    """(wall, cpu) of `rows` rows as plain forwards of `chunk` rows (median of 3, scaled)."""
+    chunk = max(1, min(chunk, rows))
+    full, rest = divmod(rows, chunk)
+    batch = x.repeat(-(-chunk // len(x)), 1, 1, 1)[:chunk].contiguous()
+
+    def one(n: int) -> Stopwatch:
+        with frozen(module), torch.inference_mode(), Stopwatch(sync) as sw:
+            module(batch[:n])
+        return sw
+
+    def run() -> tuple[float, float]:
+        per = [one(chunk) for _ in range(3)]
+        wall = full * statistics.median(p.wall for p in per)
+        cpu = full * statistics.median(p.cpu for p in per)
+        if rest:
+            last = one(rest)
+            wall, cpu = wall + last.wall, cpu + last.cpu
+        return wall, cpu
+
+    return Contender("floor", run, self_timed=True)
+
+
+def cases(args, model, x, maps, targets):
+    """(name, ours fn → (values, curves), quantus fn → same, compare key) per metric."""
+    import quantus
+
+    module = model.module
+    b, c, h, w = x.shape
+
+    def run(metric):
+        """The metric on the batch, as `metric(maps, x=..., model=..., target=...)` runs it;
+        with `--chunk k` through an engine of fixed chunk size k (sl.evaluate(chunk_size=k))."""
+
+        def call():
+            engine = Engine(model, chunk_size=args.chunk) if args.chunk else None
+            batch = make_batch(maps, x=x, model=model, target=targets, engine=engine)
+            metric.reset()
+            metric.update(batch=batch)
+            return metric.compute()
+
+        return call
+
+    xn, yn, an = x.numpy(), targets.numpy(), maps[:, None].numpy()
+    common = {"normalise": False, "abs": False, "disable_warnings": True}
+    call = {"model": module, "x_batch": xn, "y_batch": yn, "a_batch": an, "device": "cpu"}
+    out = []
+
+    steps = args.steps
+    if (h * w) % steps:
+        raise SystemExit(f"--steps must divide H·W = {h * w}")
+    deletion = sl.metrics.get("deletion")(steps=steps)
+    pf = quantus.PixelFlipping(features_in_step=c * h * w // steps, perturb_baseline=0.0, **common)
+    # Quantus asserts features_in_step | H·W; whole pixels need C | features_in_step, and with
+    # C = 3 and H·W = 2^k·7^2 both never hold. The assert only checks; switch it off.
+    pf.custom_preprocess = lambda **kwargs: None
+    out.append(
+        (
+            f"deletion(steps={steps})",
+            run(deletion),
+            lambda: np.asarray(pf(**call, softmax=True)),
+            "curve",
+        )
+    )
+
+    patch, regions = args.patch, args.regions
+    aopc = sl.metrics.get("aopc_morf")(patch_size=patch, regions=regions)
+    rp = quantus.RegionPerturbation(
+        patch_size=patch, regions_evaluation=regions, order="morf", perturb_baseline=0.0, **common
+    )
+    out.append(
+        (
+            f"aopc_morf(patch={patch}, regions={regions})",
+            run(aopc),
+            lambda: np.asarray(rp(**call, softmax=True)),
+            "curve",
+        )
+    )
+
+    runs, size = args.runs, args.subset
+    np.random.seed(0)
+    draws = [
+        [np.random.choice(c * h * w, size, replace=False) for _ in range(b)] for _ in range(runs)
+    ]
+    subsets = torch.from_numpy(np.array(draws)).transpose(0, 1)
+    fc = sl.metrics.get("faithfulness_correlation")(
+        subset_size=size, n_samples=runs, unit="element", subsets=subsets
+    )
+    qfc = quantus.FaithfulnessCorrelation(
+        nr_runs=runs, subset_size=size, perturb_baseline=0.0, return_aggregate=False, **common
+    )
+
+    def quantus_fc():
+        np.random.seed(0)  # the draws replayed above
+        return np.asarray(qfc(**call, softmax=False))
+
+    out.append(
+        (
+            f"faithfulness_correlation(runs={runs}, subset={size})",
+            run(fc),
+            quantus_fc,
+            "value",
+        )
+    )
+    return out
+
+
+def bench_model(args, name: str, sync) -> list[dict]:
+    model = sl.load_model(name)
+    module = model.module.eval()
+    if name == "shapes_cnn":
+        from saliencelab.data import shapes
+
+        x = shapes.make(args.shapes_images, seed=0).images
+    else:
+        photos = sl.sample_images()
+        names = [photos[i % len(photos)] for i in range(args.images)]
+        x = model.preprocess([sl.sample_image(n) for n in names])
+    with torch.inference_mode():
+        targets = module(x).argmax(1)
+    ex = sl.explain(model, x, methods=args.methods.split(","), target=targets)
+    rows = []
+    for method in args.methods.split(","):
+        maps = tie_free(ex[method].maps)
+        for label, ours_fn, quantus_fn, key in cases(args, model, x, maps, targets):
+            print(f"{name} {tuple(x.shape)} {method} {label}", flush=True)
+            ours_fn()  # the first call may still search the chunk size (see core/batching.py)
+            log = ChunkLog(module)
+            try:
+                result = ours_fn()  # the chunk sizes the timed calls use
+            finally:
+                log.close()
+            chunk = Counter(log.sizes).most_common(1)[0][0]
+            n_rows = int(round(result.forwards * len(x)))
+            ours = Contender("ours", ours_fn)
+            peer = Contender("quantus", quantus_fn)
+            floor = forward_floor(module, x, n_rows, chunk, sync)
+            measure([ours, peer, floor], args.repeats, sync)
+            q = torch.as_tensor(peer.last, dtype=torch.float64)
+            mine = ours.last.curves[:, 1:] if key == "curve" else ours.last.values
+            both = mine.isfinite() & q.isfinite()  # NaN: a constant side (saturated probability)
+            diff = float((mine - q)[both].abs().max()) if both.any() else float("nan")
+            nan_mismatch = int((mine.isnan() != q.isnan()).sum())
+            row = {
+                "model": name,
+                "input": list(x.shape),
+                "method": method,
+                "metric": label,
+                "forwards_per_sample": result.forwards,
+                "chunk": chunk,
+                "seconds": {c.name: c.median for c in (ours, peer, floor)},
+                "ours_over_floor": ours.median / floor.median,
+                "quantus_over_ours": peer.median / ours.median,
+                f"max_abs_diff_{key}": diff,
+                "nan_mismatches": nan_mismatch,
+            }
+            print(
+                f"  ours/floor {row['ours_over_floor']:.3f}   quantus/ours "
+                f"{row['quantus_over_ours']:.2f}   max |diff| {diff:.2e}",
+                flush=True,
+            )
+            rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="efficientnet_lite0,shapes_cnn")
+    parser.add_argument("--methods", default="gradcam,saliency")
+    parser.add_argument("--images", type=int, default=2, help="EfficientNet images")
+    parser.add_argument("--shapes-images", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=16, help="deletion steps (divides H·W)")
+    parser.add_argument("--patch", type=int, default=16)
+    parser.add_argument("--regions", type=int, default=16)
+    parser.add_argument("--runs", type=int, default=16, help="faithfulness correlation draws")
+    parser.add_argument("--subset", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--chunk", type=int, default=None, help="fixed chunk size (default: the engine's)"
+    )
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="benchmarks/out/metrics_faithfulness.json")
+    args = parser.parse_args(argv)
+    use_clock(args.clock)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    sync = make_sync(torch.device("cpu"))
+    rows = []
+    for name in args.models.split(","):
+        rows += bench_model(args, name, sync)
+    result = {
+        "settings": {**vars(args), "torch": torch.__version__, "quantus": "0.6.0"},
+        "rows": rows,
+    }
+    print("\nmodel               method    metric                                   "
+          "ours/floor  quantus/ours  max|diff|")  # fmt: skip
+    for r in rows:
+        diff = r.get("max_abs_diff_curve", r.get("max_abs_diff_value"))
+        print(
+            f"{r['model']:19s} {r['method']:9s} {r['metric']:40s} {r['ours_over_floor']:10.3f}"
+            f"  {r['quantus_over_ours']:12.2f}  {diff:.1e}"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

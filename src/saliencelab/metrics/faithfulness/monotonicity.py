@@ -1,0 +1,160 @@
+"""Monotonicity (Arya et al. 2019) and monotonicity correlation (Nguyen & Martinez 2020)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..base import EvalBatch, Scores, register_metric
+from ..stats import pixel_order, spearman
+from .perturbation import (
+    FaithfulnessMetric,
+    baseline_like,
+    check_choice,
+    check_positive,
+    check_positive_int,
+    generator,
+    ranked_replacement_scores,
+    ranks_of,
+    run_rows,
+    step_counts,
+)
+
+
+def _ascending_ranks(maps: torch.Tensor, absolute: bool) -> torch.Tensor:
+    m = maps.abs() if absolute else maps
+    return ranks_of(pixel_order(m, descending=False))
+
+
+@register_metric
+class Monotonicity(FaithfulnessMetric):
+    """Monotonicity (Arya et al. 2019; as Quantus' Monotonicity). Higher is better, in [0, 1].
+
+    Pixels are ranked by map value (|map| with `absolute=True`, Quantus' default), ascending,
+    ties by position. Starting from the `baseline`, at step k = 0..steps the first
+    round(k·H·W/steps) pixels (all channels) are copied from the input: features are added in
+    increasing order of importance. The curve is the target's probability at each step; the
+    value is the fraction of the `steps` increments where it does not decrease;
+    `extras["monotonic"]` is 1 where all do (Quantus' boolean). Costs steps + 1 forwards.
+    """
+
+    name = "monotonicity"
+    direction = "higher"
+    value_range = (0.0, 1.0)
+    reference = (
+        "Arya et al. 2019, One Explanation Does Not Fit All: A Toolkit and Taxonomy of AI "
+        "Explainability Techniques"
+    )
+
+    def __init__(
+        self,
+        steps: int = 50,
+        baseline: float | torch.Tensor = 0.0,
+        absolute: bool = True,
+        score: str = "probability",
+    ) -> None:
+        super().__init__(steps=steps, baseline=baseline, absolute=absolute, score=score)
+
+    def score(self, batch: EvalBatch) -> Scores:
+        self.check_batch(batch)
+        _, _, h, w = batch.x.shape
+        steps = check_positive_int(self.name, "steps", self.steps)
+        base = baseline_like(self.name, self.baseline, batch.x)
+        ranks = _ascending_ranks(batch.maps, self.absolute)
+        counts = step_counts(steps, h * w, batch.device)
+        curves = ranked_replacement_scores(
+            batch, ranks, counts, batch.x, base, self.score_kind
+        ).double()
+        up = curves.diff(dim=1) >= 0
+        return Scores(
+            values=up.double().mean(dim=1),
+            curves=curves,
+            curve_x=counts.double().cpu() / (h * w),
+            extras={"monotonic": up.all(dim=1).double()},
+        )
+
+
+@register_metric
+class MonotonicityCorrelation(FaithfulnessMetric):
+    """Monotonicity correlation (Nguyen & Martinez 2020; as Quantus). Higher is better.
+
+    Pixels ranked by (|map| with `absolute=True`) ascending are split into `steps` groups of
+    round(k·H·W/steps) boundaries. Each group alone is replaced (all channels) `n_samples`
+    times, by a uniform value in `uniform_range` per draw (`perturbation="uniform"`, seeded,
+    the same draws for every sample) or by `baseline` (`"baseline"`: one draw). With
+    v_g = mean_draws (f(x_g) − f(x))² / f(x)² (not divided when |f(x)| < eps) and a_g the
+    group's summed attribution, the value is Spearman's correlation of (a_g) and (v_g).
+    Costs steps · n_samples + 1 forwards per sample (steps + 1 with a baseline).
+    """
+
+    name = "monotonicity_correlation"
+    direction = "higher"
+    value_range = (-1.0, 1.0)
+    reference = "Nguyen & Martinez 2020, On quantitative aspects of model interpretability"
+
+    def __init__(
+        self,
+        steps: int = 50,
+        n_samples: int = 10,
+        perturbation: str = "uniform",
+        uniform_range: tuple[float, float] = (0.0, 1.0),
+        baseline: float | torch.Tensor = 0.0,
+        absolute: bool = True,
+        eps: float = 1e-5,
+        seed: int = 0,
+        score: str = "probability",
+    ) -> None:
+        super().__init__(
+            steps=steps,
+            n_samples=n_samples,
+            perturbation=perturbation,
+            uniform_range=uniform_range,
+            baseline=baseline,
+            absolute=absolute,
+            eps=eps,
+            seed=seed,
+            score=score,
+        )
+
+    def score(self, batch: EvalBatch) -> Scores:
+        self.check_batch(batch)
+        b, _, h, w = batch.x.shape
+        steps = check_positive_int(self.name, "steps", self.steps)
+        kind = check_choice(self.name, "perturbation", self.perturbation, ("uniform", "baseline"))
+        draws = check_positive_int(self.name, "n_samples", self.n_samples)
+        eps = check_positive(self.name, "eps", self.eps)
+        if kind == "baseline":
+            draws = 1  # every draw would be the same
+            fill = baseline_like(self.name, self.baseline, batch.x)
+        else:
+            lo, hi = self.uniform_range
+            u = torch.rand(steps, draws, generator=generator(self.seed), dtype=torch.float64)
+            values = (lo + (hi - lo) * u).to(device=batch.device, dtype=batch.x.dtype)
+        ranks = _ascending_ranks(batch.maps, self.absolute)
+        counts = step_counts(steps, h * w, batch.device)
+
+        def make(samples: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            j = (k - 1).clamp(min=0)
+            g, d = j // draws, j % draws
+            r = ranks[samples]
+            m = (r >= counts[g][:, None]) & (r < counts[g + 1][:, None]) & (k > 0)[:, None]
+            m = m.view(-1, 1, h, w)
+            x = batch.x[samples]
+            f = fill[samples] if kind == "baseline" else values[g, d].view(-1, 1, 1, 1)
+            return torch.where(m, f, x)
+
+        scores = run_rows(batch, steps * draws + 1, make, self.score_kind).double()
+        y = scores[:, :1]
+        sq = (scores[:, 1:] - y).square().view(b, steps, draws).mean(dim=2)
+        inv = torch.where(y.abs() >= eps, 1.0 / y.square(), torch.ones_like(y))
+        variance = sq * inv
+        m = batch.maps.abs() if self.absolute else batch.maps
+        group = torch.searchsorted(counts, ranks, right=True) - 1  # (B, H·W) group of each pixel
+        group = group.clamp(max=steps - 1)
+        att = torch.zeros(b, steps, dtype=torch.float64, device=batch.device)
+        att.scatter_add_(1, group, m.flatten(1).double())
+        return Scores(
+            values=spearman(att, variance),
+            curves=variance,
+            curve_x=counts[1:].double().cpu() / (h * w),
+            extras={"group_attributions": att},
+        )

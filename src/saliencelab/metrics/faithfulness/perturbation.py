@@ -1,0 +1,244 @@
+"""Shared machinery of the faithfulness metrics: ranked replacement of pixels, batched forwards.
+
+Every faithfulness metric here perturbs the input in many ways and reads the model's score of
+the target class on each perturbed copy. The copies are rows: row `r` belongs to sample
+`r // K` and is perturbation number `r % K` of it. They are built vectorised, chunk by chunk,
+inside `make_inputs(rows)` and run through `batch.scores` (the engine picks the chunk size and
+counts the forwards), so no metric loops over pixels or steps making one forward each.
+
+Random draws (subsets, noise) depend only on the metric's `seed` and the draw number, not on the
+sample: every sample of a batch sees the same draws. Scores therefore do not depend on how a
+dataset is split into batches (update/compute over two batches equals one call on both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ...core.errors import SaliencelabError
+from ..base import EvalBatch, Metric
+
+ScoreKind = Literal["probability", "logit"]
+
+
+class FaithfulnessMetric(Metric):
+    """Base of the metrics here: they need the model; option `score` picks the model output.
+
+    `score="probability"` reads the softmax probability of the target, `"logit"` its logit.
+    (The option is kept in `params["score"]` and as `self.score_kind`, since `score` is the
+    method every metric implements.)
+    """
+
+    needs = ("model",)
+    family = "faithfulness"
+
+    def __init__(self, **params: object) -> None:
+        super().__init__(**params)
+        self.__dict__.pop("score", None)  # the option must not hide the method
+        self.score_kind: ScoreKind = params.get("score", "probability")  # type: ignore[assignment]
+
+    def check_batch(self, batch: EvalBatch) -> None:
+        check_image_batch(self.name, batch)
+        check_score(self.name, self.score_kind)
+
+
+# -- argument checks -------------------------------------------------------------------------------
+
+
+def check_image_batch(name: str, batch: EvalBatch) -> None:
+    """The faithfulness metrics perturb images: x must be (B, C, H, W) and maps (B, H, W)."""
+    if batch.x.dim() != 4 or batch.maps.dim() != 3:
+        raise SaliencelabError(
+            f"The metric {name} perturbs image pixels and needs inputs (B, C, H, W) with maps "
+            f"(B, H, W); got inputs {tuple(batch.x.shape)} and maps {tuple(batch.maps.shape)}."
+        )
+
+
+def check_positive_int(name: str, option: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise SaliencelabError(
+            f"The option {option} of {name} must be a positive integer, got {value!r}."
+        )
+    return value
+
+
+def check_positive(name: str, option: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise SaliencelabError(
+            f"The option {option} of {name} must be a positive number, got {value!r}."
+        )
+    return float(value)
+
+
+def check_score(name: str, score: str) -> ScoreKind:
+    if score not in ("probability", "logit"):
+        raise SaliencelabError(
+            f"The option score of {name} must be 'probability' (softmax of the target) or "
+            f"'logit', got {score!r}."
+        )
+    return score  # type: ignore[return-value]
+
+
+def check_choice(name: str, option: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise SaliencelabError(
+            f"The option {option} of {name} must be one of {', '.join(map(repr, choices))}, "
+            f"got {value!r}."
+        )
+    return value  # type: ignore[return-value]
+
+
+def baseline_like(
+    name: str, baseline: float | torch.Tensor, x: torch.Tensor, allow_number: bool = False
+) -> torch.Tensor | float:
+    """The baseline as a tensor of x's shape (an expanded view, no copy).
+
+    A number fills every value (with `allow_number=True` it is returned as a float, which
+    `torch.where` takes without materialising a tensor); a tensor must broadcast to x (e.g.
+    (C, 1, 1) per channel, (C, H, W) one image, (B, C, H, W) one per sample).
+    """
+    if isinstance(baseline, bool):
+        baseline = float(baseline)
+    if isinstance(baseline, (int, float)):
+        if allow_number:
+            return float(baseline)
+        return torch.full((1,) * x.dim(), float(baseline), dtype=x.dtype, device=x.device).expand(
+            x.shape
+        )
+    if not isinstance(baseline, torch.Tensor):
+        raise SaliencelabError(
+            f"The baseline of {name} must be a number or a tensor, not {type(baseline).__name__}."
+        )
+    try:
+        shape = torch.broadcast_shapes(baseline.shape, x.shape)
+    except RuntimeError:
+        shape = None
+    if shape != x.shape:
+        raise SaliencelabError(
+            f"The baseline of {name} has shape {tuple(baseline.shape)}, which does not broadcast "
+            f"to the inputs {tuple(x.shape)}; give a number or a tensor like (C, 1, 1), "
+            "(C, H, W) or (B, C, H, W)."
+        )
+    return baseline.to(device=x.device, dtype=x.dtype).expand(x.shape)
+
+
+# -- orders and steps ------------------------------------------------------------------------------
+
+
+def ranks_of(order: torch.Tensor) -> torch.Tensor:
+    """Inverse permutation: `ranks[b, order[b, i]] = i` (the position of each unit in the order)."""
+    pos = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, pos)
+
+
+def step_counts(steps: int, n: int, device: torch.device | None = None) -> torch.Tensor:
+    """(steps + 1,) units replaced at step k = round(k · n / steps), k = 0..steps (half to even)."""
+    k = torch.arange(steps + 1, dtype=torch.float64)
+    return torch.round(k * n / steps).long().to(device)
+
+
+def patch_ids(h: int, w: int, patch: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    """(H*W,) index of the non-overlapping patch of each pixel, and the number of patches.
+
+    When `patch` does not divide a side, the grid is centred (as if the image were padded by
+    floor/ceil of the missing pixels, like Quantus), so border patches are smaller.
+    """
+    ph, pw = (-h) % patch, (-w) % patch
+    rows = (torch.arange(h, device=device) + ph // 2) // patch
+    cols = (torch.arange(w, device=device) + pw // 2) // patch
+    n_w = (w + pw) // patch
+    n = ((h + ph) // patch) * n_w
+    return (rows[:, None] * n_w + cols[None, :]).flatten(), n
+
+
+# -- scoring ---------------------------------------------------------------------------------------
+
+
+def target_scores(batch: EvalBatch, score: ScoreKind) -> torch.Tensor:
+    """(B,) the target's score on the unperturbed inputs (one forward per sample)."""
+    x = batch.x
+    return batch.scores(x.shape[0], lambda r: x[r.to(x.device)], lambda r: r, kind=score)
+
+
+def run_rows(
+    batch: EvalBatch,
+    per_sample: int,
+    make: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    score: ScoreKind,
+) -> torch.Tensor:
+    """(B, per_sample) scores of rows built by `make(samples, k)` (both (n,) long, on x's device).
+
+    Row r is perturbation `k = r % per_sample` of sample `r // per_sample`.
+    """
+    b = batch.x.shape[0]
+    dev = batch.x.device
+
+    def make_inputs(rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.to(dev)
+        return make(rows // per_sample, rows % per_sample)
+
+    out = batch.scores(b * per_sample, make_inputs, lambda r: r // per_sample, kind=score)
+    return out.view(b, per_sample).double()
+
+
+def ranked_replacement_scores(
+    batch: EvalBatch,
+    ranks: torch.Tensor,
+    counts: torch.Tensor,
+    inside: torch.Tensor | float,
+    outside: torch.Tensor,
+    score: ScoreKind,
+) -> torch.Tensor:
+    """(B, K) scores where at step k the pixels with `ranks < counts[k]` come from `inside`.
+
+    `ranks` (B, H*W) is each pixel's position in the order pixels are replaced (several pixels
+    may share one, e.g. all pixels of a patch); the others come from `outside`. `inside` and
+    `outside` are (B, C, H, W) (expanded views are fine), `inside` may be a number. All channels
+    of a pixel move together.
+    """
+    b, c, h, w = batch.x.shape
+    counts = counts.to(ranks.device)
+
+    def make(samples: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        mask = (ranks[samples] < counts[k][:, None]).view(-1, 1, h, w)
+        fill = inside if isinstance(inside, float) else inside[samples]
+        return torch.where(mask, fill, outside[samples])
+
+    return run_rows(batch, counts.numel(), make, score)
+
+
+# -- random draws shared by all samples ------------------------------------------------------------
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+def random_subsets(n_units: int, sizes: torch.Tensor, seed: int) -> torch.Tensor:
+    """(D, n_units) bool: draw d is a uniformly random subset of `sizes[d]` units (seeded, CPU)."""
+    keys = torch.rand(sizes.numel(), n_units, generator=generator(seed))
+    ranks = ranks_of(keys.argsort(dim=1))
+    return ranks < sizes[:, None]
+
+
+# -- blur ------------------------------------------------------------------------------------------
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W) images, std `sigma` pixels.
+
+    Kernel radius int(3·sigma + 0.5), weights normalised to sum 1, borders replicated (the same
+    as `scipy.ndimage.gaussian_filter(..., mode="nearest", truncate=3)`).
+    """
+    radius = max(1, int(3 * sigma + 0.5))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).to(device=x.device, dtype=x.dtype)
+    c = x.shape[1]
+    y = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)

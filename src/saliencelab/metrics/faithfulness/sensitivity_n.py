@@ -1,0 +1,88 @@
+"""Sensitivity-n (Ancona et al. 2018): correlation of attribution sums and output drops per n."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ...core.errors import SaliencelabError
+from ..base import EvalBatch, Scores, register_metric
+from ..stats import pearson
+from .perturbation import (
+    FaithfulnessMetric,
+    baseline_like,
+    check_positive_int,
+    random_subsets,
+    run_rows,
+)
+
+
+@register_metric
+class SensitivityN(FaithfulnessMetric):
+    """Sensitivity-n (Ancona et al. 2018). Higher is better, in [-1, 1].
+
+    For each n = max(1, round(f · H·W)), f in `fractions`, draw `n_samples` random subsets S of
+    n pixels (seeded, the same for every sample), replace them (all channels) by `baseline`, and
+    take the Pearson correlation over the subsets of Σ_{i∈S} map_i with f(x) − f(x_S). The
+    curve is that correlation per n (curve_x = n / (H·W)); the value is its mean over n (NaN
+    entries skipped). Costs len(fractions) · n_samples + 1 forwards per sample.
+
+    Quantus 0.6's SensitivityN computes another quantity (a correlation across the samples of
+    a batch, with cumulative MoRF removal), so it is not comparable to this one.
+    """
+
+    name = "sensitivity_n"
+    direction = "higher"
+    value_range = (-1.0, 1.0)
+    reference = (
+        "Ancona et al. 2018, Towards better understanding of gradient-based attribution methods "
+        "for deep neural networks"
+    )
+
+    def __init__(
+        self,
+        fractions: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8),
+        n_samples: int = 20,
+        baseline: float | torch.Tensor = 0.0,
+        seed: int = 0,
+        score: str = "probability",
+    ) -> None:
+        super().__init__(
+            fractions=tuple(fractions),
+            n_samples=n_samples,
+            baseline=baseline,
+            seed=seed,
+            score=score,
+        )
+
+    def score(self, batch: EvalBatch) -> Scores:
+        self.check_batch(batch)
+        b, _, h, w = batch.x.shape
+        draws = check_positive_int(self.name, "n_samples", self.n_samples)
+        fr = torch.tensor(self.fractions, dtype=torch.float64)
+        if fr.dim() != 1 or fr.numel() == 0 or not ((fr > 0) & (fr <= 1)).all():
+            raise SaliencelabError(
+                f"The fractions of {self.name} must be numbers in (0, 1], got {self.fractions!r}."
+            )
+        ns = torch.round(fr * h * w).long().clamp(min=1)
+        sizes = ns.repeat_interleave(draws)
+        masks = random_subsets(h * w, sizes, self.seed)  # (len(ns) · draws, H·W)
+        fill = baseline_like(self.name, self.baseline, batch.x)
+        dev_masks = masks.to(batch.device)
+
+        def make(samples: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            m = dev_masks[(k - 1).clamp(min=0)] & (k > 0)[:, None]
+            return torch.where(m.view(-1, 1, h, w), fill[samples], batch.x[samples])
+
+        scores = run_rows(batch, sizes.numel() + 1, make, self.score_kind)
+        drops = (scores[:, :1] - scores[:, 1:]).view(b, ns.numel(), draws)
+        sums = (batch.maps.flatten(1).double() @ masks.to(batch.device).double().T).view(
+            b, ns.numel(), draws
+        )
+        curves = pearson(sums, drops)  # (B, len(ns))
+        return Scores(
+            values=curves.nanmean(dim=1),
+            curves=curves,
+            curve_x=ns.double() / (h * w),
+        )

@@ -1,0 +1,681 @@
+"""Faithfulness metrics against slow loop-based formulas, Quantus 0.6.0 and Captum 0.9.0."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import saliencelab as sl
+from saliencelab.core.errors import SaliencelabError
+from saliencelab.metrics.faithfulness import linear_imputation
+from saliencelab.metrics.faithfulness.infidelity import gaussian_perturbations
+from saliencelab.metrics.faithfulness.perturbation import gaussian_blur, random_subsets
+
+H = W = 6
+
+
+@pytest.fixture
+def net(tiny_cnn):
+    """The tiny CNN with a 10× sharper last layer, so perturbations move the probabilities."""
+    with torch.no_grad():
+        tiny_cnn.fc.weight.mul_(10)
+    return tiny_cnn
+
+
+@pytest.fixture
+def x() -> torch.Tensor:
+    torch.manual_seed(3)
+    return torch.randn(2, 3, H, W)
+
+
+@pytest.fixture
+def maps() -> torch.Tensor:
+    torch.manual_seed(4)
+    return torch.randn(2, H, W)  # distinct values: no ties, so every order is unambiguous
+
+
+@pytest.fixture
+def target(net, x) -> torch.Tensor:
+    with torch.no_grad():
+        return net(x).argmax(1)
+
+
+@pytest.fixture(scope="module")
+def quantus():
+    return pytest.importorskip("quantus")
+
+
+# -- slow references -----------------------------------------------------------------------------
+
+
+def prob(net, x: torch.Tensor, t: int, score: str = "probability") -> float:
+    with torch.no_grad():
+        out = net(x[None].double().float())[0].double()
+    return float(out.softmax(0)[t] if score == "probability" else out[t])
+
+
+def trapz(y: list[float], xs: list[float] | None = None) -> float:
+    xs = xs or [i / (len(y) - 1) for i in range(len(y))]
+    return sum((y[i] + y[i + 1]) / 2 * (xs[i + 1] - xs[i]) for i in range(len(y) - 1))
+
+
+def order_desc(m: torch.Tensor) -> list[int]:
+    flat = m.flatten().tolist()
+    return sorted(range(len(flat)), key=lambda i: (-flat[i], i))
+
+
+def order_asc(m: torch.Tensor) -> list[int]:
+    flat = m.flatten().tolist()
+    return sorted(range(len(flat)), key=lambda i: (flat[i], i))
+
+
+def set_pixel(img: torch.Tensor, i: int, value) -> None:
+    img[:, i // img.shape[2], i % img.shape[2]] = value
+
+
+def ref_deletion(net, x, maps, target, steps, baseline):
+    base = torch.as_tensor(baseline, dtype=x.dtype).expand(x.shape[1:])
+    curves, values = [], []
+    for b in range(len(x)):
+        order, ys = order_desc(maps[b]), []
+        for k in range(steps + 1):
+            img = x[b].clone()
+            for i in order[: round(k * H * W / steps)]:
+                set_pixel(img, i, base[:, i // W, i % W])
+            ys.append(prob(net, img, int(target[b])))
+        curves.append(ys)
+        values.append(trapz(ys))
+    return torch.tensor(values), torch.tensor(curves)
+
+
+# -- deletion and insertion ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("baseline", [0.0, 0.5, torch.tensor([0.1, -0.2, 0.3]).view(3, 1, 1)])
+def test_deletion_equals_loop(net, x, maps, target, baseline):
+    r = sl.metrics.get("deletion")(steps=7, baseline=baseline)(maps, x=x, model=net)
+    values, curves = ref_deletion(net, x, maps, target, 7, baseline)
+    torch.testing.assert_close(r.curves, curves.double(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(r.values, values.double(), atol=1e-6, rtol=0)
+    assert r.forwards == 8 and r.direction == "lower"
+    torch.testing.assert_close(r.curve_x[[0, -1]], torch.tensor([0.0, 1.0], dtype=torch.double))
+
+
+def test_blur_equals_scipy(x):
+    from scipy.ndimage import gaussian_filter
+
+    for sigma in (0.8, 1.3, 5.0):
+        ref = gaussian_filter(
+            x.double().numpy(), sigma=(0, 0, sigma, sigma), mode="nearest", truncate=3.0
+        )
+        torch.testing.assert_close(gaussian_blur(x.double(), sigma), torch.from_numpy(ref))
+
+
+def test_insertion_equals_loop(net, x, maps, target):
+    r = sl.metrics.get("insertion")(steps=4, blur_sigma=1.0)(maps, x=x, model=net)
+    blurred = gaussian_blur(x, 1.0)
+    for b in range(len(x)):
+        order, ys = order_desc(maps[b]), []
+        for k in range(5):
+            img = blurred[b].clone()
+            for i in order[: round(k * H * W / 4)]:
+                set_pixel(img, i, x[b, :, i // W, i % W])
+            ys.append(prob(net, img, int(target[b])))
+        torch.testing.assert_close(
+            r.curves[b], torch.tensor(ys, dtype=torch.double), atol=1e-6, rtol=0
+        )
+        assert r.values[b] == pytest.approx(trapz(ys), abs=1e-6)
+    assert r.direction == "higher"
+
+
+def test_deletion_matches_quantus_pixel_flipping(quantus, net, x, maps, target):
+    steps = 6  # 6 pixels per step = 18 channel values
+    q = quantus.PixelFlipping(
+        features_in_step=3 * H * W // steps,
+        perturb_baseline=0.0,
+        normalise=False,
+        abs=False,
+        disable_warnings=True,
+    )(
+        model=net,
+        x_batch=x.numpy(),
+        y_batch=target.numpy(),
+        a_batch=maps[:, None].numpy(),
+        device="cpu",
+        softmax=True,
+    )
+    r = sl.metrics.get("deletion")(steps=steps)(maps, x=x, model=net, target=target)
+    torch.testing.assert_close(
+        r.curves[:, 1:], torch.tensor(q, dtype=torch.double), atol=1e-6, rtol=0
+    )
+
+
+def test_logit_score(net, x, maps, target):
+    r = sl.metrics.get("deletion")(steps=3, score="logit")(maps, x=x, model=net)
+    with torch.no_grad():
+        logit = net(x).gather(1, target[:, None])[:, 0]
+    torch.testing.assert_close(r.curves[:, 0], logit.double(), atol=1e-6, rtol=0)
+
+
+# -- region perturbation -------------------------------------------------------------------------
+
+
+def ref_region(net, x, maps, target, patch, regions, descending, fill):
+    ph, pw = (-H) % patch, (-W) % patch
+    pid = [[((i + ph // 2) // patch) * ((W + pw) // patch) + (j + pw // 2) // patch
+            for j in range(W)] for i in range(H)]  # fmt: skip
+    n_p = max(max(r) for r in pid) + 1
+    out = []
+    for b in range(len(x)):
+        sums = [0.0] * n_p
+        for i in range(H):
+            for j in range(W):
+                sums[pid[i][j]] += float(maps[b, i, j])
+        order = sorted(range(n_p), key=lambda p: (-sums[p] if descending else sums[p], p))
+        img = x[b].clone()
+        f0 = prob(net, img, int(target[b]))
+        drops = [0.0]
+        for p in order[:regions]:
+            for i in range(H):
+                for j in range(W):
+                    if pid[i][j] == p:
+                        img[:, i, j] = fill[:, i, j]
+            drops.append(f0 - prob(net, img, int(target[b])))
+        out.append(drops)
+    return torch.tensor(out, dtype=torch.double)
+
+
+@pytest.mark.parametrize("name,patch,regions", [("aopc_morf", 2, 5), ("aopc_lerf", 4, None)])
+def test_aopc_equals_loop(net, x, maps, target, name, patch, regions):
+    r = sl.metrics.get(name)(patch_size=patch, regions=regions)(maps, x=x, model=net)
+    fill = torch.zeros(3, H, W)
+    drops = ref_region(net, x, maps, target, patch, regions, name == "aopc_morf", fill)
+    torch.testing.assert_close(r.curves, drops, atol=1e-6, rtol=0)
+    torch.testing.assert_close(r.values, drops.mean(1), atol=1e-6, rtol=0)
+
+
+def test_aopc_uniform_noise_equals_loop(net, x, maps, target):
+    m = sl.metrics.get("aopc_morf")(patch_size=3, perturbation="uniform", seed=5)
+    r = m(maps, x=x, model=net)
+    noise = torch.rand(3, H, W, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    drops = ref_region(net, x, maps, target, 3, None, True, noise.float())
+    torch.testing.assert_close(r.curves, drops, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("order,patch", [("morf", 2), ("lerf", 4)])
+def test_aopc_matches_quantus_region_perturbation(quantus, net, x, maps, target, order, patch):
+    n_patches = math.ceil(H / patch) ** 2
+    q = quantus.RegionPerturbation(
+        patch_size=patch,
+        order=order,
+        regions_evaluation=n_patches,
+        perturb_baseline=0.0,
+        normalise=False,
+        abs=False,
+        disable_warnings=True,
+    )(
+        model=net,
+        x_batch=x.numpy(),
+        y_batch=target.numpy(),
+        a_batch=maps[:, None].numpy(),
+        device="cpu",
+        softmax=True,
+    )
+    q = torch.tensor(q, dtype=torch.double)
+    r = sl.metrics.get(f"aopc_{order}")(patch_size=patch, regions=None)(maps, x=x, model=net)
+    torch.testing.assert_close(r.curves[:, 1:], q, atol=1e-6, rtol=0)
+    torch.testing.assert_close(r.values, q.sum(1) / (n_patches + 1), atol=1e-6, rtol=0)
+
+
+# -- faithfulness correlation and sensitivity-n --------------------------------------------------
+
+
+def ref_subset_corr(net, x, maps_or_attr, target, masks, unit, score="probability"):
+    """Pearson over draws of Σ_S a and f(x) − f(x_S) (baseline 0); masks (B, D, units)."""
+    out = []
+    for b in range(len(x)):
+        f0 = prob(net, x[b], int(target[b]), score)
+        a = maps_or_attr[b].flatten().double()
+        sums, drops = [], []
+        for mask in masks[b]:
+            img = x[b].clone()
+            if unit == "pixel":
+                for i in mask.nonzero()[:, 0].tolist():
+                    set_pixel(img, i, 0.0)
+            else:
+                flat = img.view(-1)
+                for i in mask.nonzero()[:, 0].tolist():
+                    flat[i] = 0.0
+            sums.append(float(a[mask].sum()))
+            drops.append(f0 - prob(net, img, int(target[b]), score))
+        out.append(np.corrcoef(sums, drops)[0, 1])
+    return torch.tensor(out, dtype=torch.double)
+
+
+def test_faithfulness_correlation_equals_loop(net, x, maps, target):
+    g = torch.Generator().manual_seed(0)
+    subsets = torch.stack([torch.randperm(H * W, generator=g)[:5] for _ in range(2 * 8)])
+    subsets = subsets.view(2, 8, 5)
+    m = sl.metrics.get("faithfulness_correlation")(subset_size=5, n_samples=8, subsets=subsets)
+    r = m(maps, x=x, model=net)
+    masks = torch.zeros(2, 8, H * W, dtype=torch.bool).scatter_(2, subsets, True)
+    ref = ref_subset_corr(net, x, maps, target, masks, "pixel", "logit")
+    torch.testing.assert_close(r.values, ref, atol=1e-5, rtol=0)
+    assert r.forwards == 9
+
+
+def test_faithfulness_correlation_drawn_subsets(net, x, maps, target):
+    m = sl.metrics.get("faithfulness_correlation")(
+        subset_size=4, n_samples=6, seed=3, score="probability"
+    )
+    r = m(maps, x=x, model=net)
+    keys = torch.rand(6, H * W, generator=torch.Generator().manual_seed(3))
+    masks = torch.zeros(6, H * W, dtype=torch.bool).scatter_(1, keys.topk(4).indices, True)
+    assert (masks.sum(1) == 4).all()
+    ref = ref_subset_corr(net, x, maps, target, masks.expand(2, -1, -1), "pixel")
+    torch.testing.assert_close(r.values, ref, atol=1e-5, rtol=0)
+    other = sl.metrics.get("faithfulness_correlation")(subset_size=4, n_samples=6, seed=4)
+    assert not torch.allclose(other(maps, x=x, model=net).values, r.values)
+
+
+def test_faithfulness_correlation_matches_quantus(quantus, net, x, maps, target):
+    runs, size, n_features = 10, 20, 3 * H * W
+    np.random.seed(7)
+    q = quantus.FaithfulnessCorrelation(
+        nr_runs=runs,
+        subset_size=size,
+        perturb_baseline=0.0,
+        normalise=False,
+        abs=False,
+        return_aggregate=False,
+        disable_warnings=True,
+    )(
+        model=net,
+        x_batch=x.numpy(),
+        y_batch=target.numpy(),
+        a_batch=maps[:, None].numpy(),
+        device="cpu",
+        softmax=False,
+    )
+    np.random.seed(7)  # replay Quantus' draws: run-major, one subset per sample
+    draws = [
+        [np.random.choice(n_features, size, replace=False) for _ in range(2)] for _ in range(runs)
+    ]
+    subsets = torch.from_numpy(np.array(draws)).transpose(0, 1)  # (B, runs, size)
+    m = sl.metrics.get("faithfulness_correlation")(
+        subset_size=size, n_samples=runs, unit="element", subsets=subsets
+    )
+    r = m(maps, x=x, model=net, target=target)
+    torch.testing.assert_close(r.values, torch.tensor(q, dtype=torch.double), atol=1e-5, rtol=0)
+
+
+def test_sensitivity_n_equals_loop(net, x, maps, target):
+    fractions, draws = (0.1, 0.5), 5
+    r = sl.metrics.get("sensitivity_n")(fractions=fractions, n_samples=draws, seed=2)(
+        maps, x=x, model=net
+    )
+    ns = [round(f * H * W) for f in fractions]
+    sizes = torch.tensor(ns).repeat_interleave(draws)
+    masks = random_subsets(H * W, sizes, 2)
+    assert masks.sum(1).tolist() == sizes.tolist()
+    curves = [
+        ref_subset_corr(
+            net, x, maps, target, masks[i * draws : (i + 1) * draws].expand(2, -1, -1), "pixel"
+        )
+        for i in range(len(ns))
+    ]
+    curves = torch.stack(curves, 1)
+    torch.testing.assert_close(r.curves, curves, atol=1e-5, rtol=0)
+    torch.testing.assert_close(r.values, curves.mean(1), atol=1e-5, rtol=0)
+    assert r.forwards == len(ns) * draws + 1
+
+
+# -- infidelity ----------------------------------------------------------------------------------
+
+
+def ref_infidelity(net, x, attr, target, noise, normalize, score="logit"):
+    out = []
+    for b in range(len(x)):
+        f0 = prob(net, x[b], int(target[b]), score)
+        dots = [float((attr[b].double() * i).sum()) for i in noise]
+        drops = [f0 - prob(net, x[b] - i.float(), int(target[b]), score) for i in noise]
+        beta = 1.0
+        if normalize:
+            beta = sum(d * f for d, f in zip(dots, drops, strict=True)) / sum(d * d for d in dots)
+        out.append(sum((beta * d - f) ** 2 for d, f in zip(dots, drops, strict=True)) / len(noise))
+    return torch.tensor(out, dtype=torch.double)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_infidelity_equals_loop_and_captum(net, x, target, normalize):
+    from captum.metrics import infidelity
+
+    torch.manual_seed(8)
+    attr = torch.randn(2, 3, H, W)
+    n, std = 6, 0.3
+    m = sl.metrics.get("infidelity")(n_perturbations=n, std=std, normalize=normalize, seed=1)
+    r = m(attr.sum(1), x=x, model=net, attributions=attr)
+    noise = gaussian_perturbations(n, (3, H, W), std, 1)
+    torch.testing.assert_close(r.values, ref_infidelity(net, x, attr, target, noise, normalize))
+
+    flat = noise.float().repeat(2, 1, 1, 1)  # Captum repeats each sample n times (interleaved)
+
+    def perturb(inputs):
+        return flat, inputs - flat
+
+    cap = infidelity(
+        net, perturb, x, attr, target=target,
+        n_perturb_samples=n, max_examples_per_batch=2 * n, normalize=normalize,
+    )  # fmt: skip
+    torch.testing.assert_close(r.values, cap.double(), atol=1e-6, rtol=1e-4)
+
+
+def test_infidelity_without_attributions_broadcasts_maps(net, x, maps, target):
+    m = sl.metrics.get("infidelity")(n_perturbations=4, std=0.2, score="probability")
+    r = m(maps, x=x, model=net)
+    noise = gaussian_perturbations(4, (3, H, W), 0.2, 0)
+    ref = ref_infidelity(net, x, maps[:, None].expand(x.shape), target, noise, False, "probability")
+    torch.testing.assert_close(r.values, ref)
+
+
+def test_infidelity_matches_quantus(quantus, net, x, target):
+    """Quantus' Infidelity with one whole-image patch and a Gaussian perturb_func is Yeh's."""
+    torch.manual_seed(8)
+    attr = torch.randn(2, 3, H, W)
+    n = 5
+    noise = gaussian_perturbations(n, (3, H, W), 0.25, 2)
+    calls = iter(range(n))
+
+    def perturb(arr, indices, **kwargs):  # x_perturbed = x − I
+        return arr - noise[next(calls)].float().numpy().reshape(1, -1)
+
+    q = quantus.Infidelity(
+        perturb_func=perturb, perturb_patch_sizes=[H], n_perturb_samples=n,
+        normalise=False, abs=False, disable_warnings=True,
+    )(
+        model=net, x_batch=x.numpy(), y_batch=target.numpy(), a_batch=attr.numpy(),
+        device="cpu", softmax=False,
+    )  # fmt: skip
+    m = sl.metrics.get("infidelity")(n_perturbations=n, std=0.25, seed=2)
+    r = m(attr.sum(1), x=x, model=net, attributions=attr, target=target)
+    torch.testing.assert_close(r.values, torch.tensor(q, dtype=torch.double), atol=1e-6, rtol=1e-4)
+
+
+# -- monotonicity --------------------------------------------------------------------------------
+
+
+def ref_monotonicity_curves(net, x, maps, target, steps, baseline=0.0):
+    out = []
+    for b in range(len(x)):
+        order, ys = order_asc(maps[b].abs()), []
+        for k in range(steps + 1):
+            img = torch.full_like(x[b], baseline)
+            for i in order[: round(k * H * W / steps)]:
+                set_pixel(img, i, x[b, :, i // W, i % W])
+            ys.append(prob(net, img, int(target[b])))
+        out.append(ys)
+    return torch.tensor(out, dtype=torch.double)
+
+
+def test_monotonicity_equals_loop(net, x, maps, target):
+    r = sl.metrics.get("monotonicity")(steps=9, baseline=0.2)(maps, x=x, model=net)
+    curves = ref_monotonicity_curves(net, x, maps, target, 9, 0.2)
+    torch.testing.assert_close(r.curves, curves, atol=1e-6, rtol=0)
+    diffs = curves[:, 1:] - curves[:, :-1]
+    torch.testing.assert_close(r.values, (diffs >= 0).double().mean(1))
+    torch.testing.assert_close(r.extras["monotonic"], (diffs >= 0).all(1).double())
+
+
+class _Recorder(torch.nn.Module):
+    """Records the softmax outputs of every forward (to read curves Quantus does not return)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.seen = net, []
+
+    def forward(self, t):
+        out = self.net(t)
+        self.seen.append(out.detach().softmax(1))
+        return out
+
+
+def test_monotonicity_matches_quantus(quantus, net, x, maps, target):
+    steps = 6
+    flat_x = x.numpy().reshape(2, -1)
+
+    def insert_from_x(arr, indices, **kwargs):  # add the features of x (Quantus' default
+        out = arr.copy()  # perturb_func would put the baseline back onto the baseline)
+        rows = np.arange(len(arr))[:, None]
+        out[rows, indices] = flat_x[rows, indices]
+        return out
+
+    rec = _Recorder(net).eval()
+    q = quantus.Monotonicity(
+        features_in_step=3 * H * W // steps, perturb_func=insert_from_x, perturb_baseline=0.0,
+        abs=True, normalise=False, disable_warnings=True,
+    )(
+        model=rec, x_batch=x.numpy(), y_batch=target.numpy(), a_batch=maps[:, None].numpy(),
+        device="cpu", softmax=True,
+    )  # fmt: skip
+    q_curves = torch.stack(rec.seen[-steps:], 1)[torch.arange(2), :, target].double()
+    r = sl.metrics.get("monotonicity")(steps=steps)(maps, x=x, model=net, target=target)
+    torch.testing.assert_close(r.curves[:, 1:], q_curves, atol=1e-6, rtol=0)
+    ours = (r.curves[:, 2:] >= r.curves[:, 1:-1]).all(1)
+    assert ours.tolist() == [bool(v) for v in q]
+
+
+def ref_monotonicity_correlation(net, x, maps, target, steps, fills, eps=1e-5):
+    """fills: (steps, draws) replacement values."""
+    from scipy.stats import spearmanr
+
+    out = []
+    for b in range(len(x)):
+        order = order_asc(maps[b].abs())
+        y = prob(net, x[b], int(target[b]))
+        atts, vars_ = [], []
+        for g in range(steps):
+            group = order[round(g * H * W / steps) : round((g + 1) * H * W / steps)]
+            atts.append(sum(float(maps[b].abs().flatten()[i]) for i in group))
+            sq = []
+            for v in fills[g]:
+                img = x[b].clone()
+                for i in group:
+                    set_pixel(img, i, float(v))
+                sq.append((prob(net, img, int(target[b])) - y) ** 2)
+            vars_.append(np.mean(sq) / (y * y if abs(y) >= eps else 1.0))
+        out.append(spearmanr(atts, vars_).statistic)
+    return torch.tensor(out, dtype=torch.double)
+
+
+def test_monotonicity_correlation_equals_loop(net, x, maps, target):
+    steps, draws = 6, 3
+    m = sl.metrics.get("monotonicity_correlation")(steps=steps, n_samples=draws, seed=9)
+    r = m(maps, x=x, model=net)
+    u = torch.rand(steps, draws, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    ref = ref_monotonicity_correlation(net, x, maps, target, steps, u.float())
+    torch.testing.assert_close(r.values, ref, atol=1e-6, rtol=0)
+    assert r.forwards == steps * draws + 1
+
+
+def test_monotonicity_correlation_matches_quantus(quantus, net, x, maps, target):
+    steps = 12
+    q = quantus.MonotonicityCorrelation(
+        features_in_step=3 * H * W // steps, nr_samples=2, perturb_baseline=0.0,
+        abs=True, normalise=False, disable_warnings=True,
+    )(
+        model=net, x_batch=x.numpy(), y_batch=target.numpy(), a_batch=maps[:, None].numpy(),
+        device="cpu", softmax=True,
+    )  # fmt: skip
+    m = sl.metrics.get("monotonicity_correlation")(steps=steps, perturbation="baseline")
+    r = m(maps, x=x, model=net, target=target)
+    torch.testing.assert_close(r.values, torch.tensor(q, dtype=torch.double), atol=1e-6, rtol=0)
+    assert r.forwards == steps + 1
+
+
+# -- ROAD ----------------------------------------------------------------------------------------
+
+
+def spsolve_imputation(img: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """Independent reference: assemble the sparse system pixel by pixel and solve it (scipy)."""
+    from scipy.sparse import lil_matrix
+    from scipy.sparse.linalg import spsolve
+
+    c, h, w = img.shape
+    ids = {p: k for k, p in enumerate(zip(*np.nonzero(removed), strict=True))}
+    a = lil_matrix((len(ids), len(ids)))
+    rhs = np.zeros((len(ids), c))
+    for (i, j), k in ids.items():
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                ii, jj = i + di, j + dj
+                if (di, dj) == (0, 0) or not (0 <= ii < h and 0 <= jj < w):
+                    continue
+                wt = 1 / 12 if di and dj else 1 / 6
+                a[k, k] += wt
+                if (ii, jj) in ids:
+                    a[k, ids[ii, jj]] -= wt
+                else:
+                    rhs[k] += wt * img[:, ii, jj]
+    sol = spsolve(a.tocsc(), rhs).reshape(len(ids), c)
+    out = img.copy()
+    for (i, j), k in ids.items():
+        out[:, i, j] = sol[k]
+    return out
+
+
+def test_linear_imputation_solves_its_system(quantus):
+    torch.manual_seed(5)
+    img = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    removed = torch.rand(2, 9, 8) < 0.7
+    removed[:, 0, 0] = False
+    filled = linear_imputation(img, removed)
+    from quantus.functions.perturb_func import noisy_linear_imputation
+
+    for b in range(2):
+        ref = spsolve_imputation(img[b].numpy(), removed[b].numpy())
+        torch.testing.assert_close(filled[b], torch.from_numpy(ref), atol=1e-8, rtol=0)
+        idx = removed[b].flatten().nonzero()[:, 0].numpy()
+        q = noisy_linear_imputation(img[b].numpy(), idx, noise=0.0)
+        torch.testing.assert_close(filled[b], torch.from_numpy(q), atol=1e-8, rtol=0)
+    assert torch.equal(
+        filled[~removed[:, None].expand_as(img)], img[~removed[:, None].expand_as(img)]
+    )
+
+
+def test_road_equals_loop(net, x, maps, target):
+    pct = (20, 50, 80)
+    r = sl.metrics.get("road")(percentages=pct, noise=0.0)(maps, x=x, model=net)
+    curves = {"morf": [], "lerf": []}
+    for b in range(len(x)):
+        for name, order in (("morf", order_desc(maps[b])), ("lerf", order_asc(maps[b]))):
+            ys = []
+            for p in pct:
+                removed = np.zeros((H, W), dtype=bool)
+                for i in order[: int(H * W * p / 100)]:
+                    removed[i // W, i % W] = True
+                img = spsolve_imputation(x[b].double().numpy(), removed)
+                ys.append(prob(net, torch.from_numpy(img).float(), int(target[b])))
+            curves[name].append(ys)
+    xs = [p / 100 for p in pct]
+    for name in curves:
+        c = torch.tensor(curves[name], dtype=torch.double)
+        torch.testing.assert_close(r.extras[f"{name}_curve"], c, atol=1e-6, rtol=0)
+        area = torch.tensor([trapz(ys, xs) for ys in curves[name]], dtype=torch.double)
+        torch.testing.assert_close(r.extras[f"{name}_area"], area, atol=1e-6, rtol=0)
+    torch.testing.assert_close(r.values, r.extras["lerf_area"] - r.extras["morf_area"])
+    one = sl.metrics.get("road_morf")(percentages=pct, noise=0.0)(maps, x=x, model=net)
+    torch.testing.assert_close(one.values, r.extras["morf_area"])
+    assert one.forwards == 3 and r.forwards == 6
+
+
+def test_road_noise_only_touches_removed_pixels(net, x, maps):
+    r0 = sl.metrics.get("road_lerf")(percentages=(30, 60), noise=0.0)(maps, x=x, model=net)
+    r1 = sl.metrics.get("road_lerf")(percentages=(30, 60), noise=0.5, seed=1)
+    assert not torch.allclose(r0.values, r1(maps, x=x, model=net).values)
+
+
+# -- the contract: batches, errors, sl.evaluate --------------------------------------------------
+
+SMALL = {
+    "deletion": {"steps": 4},
+    "insertion": {"steps": 4, "blur_sigma": 1.0},
+    "aopc_morf": {"patch_size": 2, "regions": 4},
+    "aopc_lerf": {"patch_size": 3},
+    "road": {"percentages": (30, 60)},
+    "road_morf": {"percentages": (30, 60)},
+    "road_lerf": {"percentages": (30, 60)},
+    "faithfulness_correlation": {"subset_size": 6, "n_samples": 5},
+    "infidelity": {"n_perturbations": 3},
+    "sensitivity_n": {"fractions": (0.2, 0.5), "n_samples": 4},
+    "monotonicity": {"steps": 4},
+    "monotonicity_correlation": {"steps": 4, "n_samples": 2},
+}
+
+
+def test_all_registered():
+    assert set(SMALL) <= set(sl.metrics.available("faithfulness"))
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_two_batches_equal_one_call(net, name):
+    torch.manual_seed(11)
+    x4, maps4 = torch.randn(4, 3, H, W), torch.randn(4, H, W)
+    m = sl.metrics.get(name)(**SMALL[name])
+    whole = m(maps4, x=x4, model=net)
+    m.reset()
+    m.update(maps4[:1], x=x4[:1], model=net)
+    m.update(maps4[1:], x=x4[1:], model=net)
+    parts = m.compute()
+    # float32 forwards of other chunk compositions round differently: compare to ~1e-6
+    tol = {"atol": 1e-6, "rtol": 1e-4, "equal_nan": True}
+    torch.testing.assert_close(parts.values, whole.values, **tol)
+    if whole.curves is not None:
+        torch.testing.assert_close(parts.curves, whole.curves, **tol)
+    assert parts.forwards == whole.forwards > 0
+
+
+@pytest.mark.parametrize(
+    "name,options,words",
+    [
+        ("deletion", {"steps": 0}, "steps"),
+        ("insertion", {"steps": -2}, "steps"),
+        ("monotonicity", {"steps": 2.5}, "steps"),
+        ("aopc_morf", {"patch_size": 7}, "patch_size"),
+        ("deletion", {"baseline": torch.zeros(2, 5)}, "baseline"),
+        ("faithfulness_correlation", {"subset_size": 999}, "subset_size"),
+        ("deletion", {"score": "prob"}, "score"),
+        ("road", {"percentages": (0, 100)}, "percentages"),
+        ("sensitivity_n", {"fractions": (0.0,)}, "fractions"),
+        ("aopc_lerf", {"patch_size": 2, "perturbation": "blur"}, "perturbation"),
+        ("road_morf", {"percentages": (50,)}, "percentages"),
+    ],
+)
+def test_bad_options_give_one_sentence(net, x, maps, name, options, words):
+    with pytest.raises(SaliencelabError) as err:
+        sl.metrics.get(name)(**options)(maps, x=x, model=net)
+    msg = str(err.value)
+    assert words in msg and "\n" not in msg and msg.endswith(".")
+
+
+def test_model_needed(x, maps):
+    with pytest.raises(SaliencelabError, match="needs model"):
+        sl.metrics.get("deletion")()(maps, x=x)
+
+
+def test_evaluate_end_to_end(net, x):
+    ex = sl.explain(net, x, methods=["saliency"])
+    rep = sl.evaluate(net, x, ex, metrics=SMALL, references=False)
+    assert set(rep["saliency"]) == set(SMALL)
+    for name, result in rep["saliency"].items():
+        assert result.values.shape == (2,)
+        assert result.forwards > 0, name
+    # infidelity uses the full attributions sl.explain keeps
+    a = ex["saliency"]
+    direct = sl.metrics.get("infidelity")(n_perturbations=3)(
+        a.maps, x=x, model=net, attributions=a.attributions, target=a.target
+    )
+    torch.testing.assert_close(rep["saliency"]["infidelity"].values, direct.values)
+    assert rep["saliency"]["deletion"].curves.shape == (2, 5)
