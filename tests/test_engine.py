@@ -132,9 +132,22 @@ def test_chunk_plan_grows_while_faster_then_settles():
     for rows in plan.chunks():
         sizes.append(len(rows))
         plan.record(len(rows), per_row.get(len(rows), 1.0) * len(rows))
-    assert sizes[:3] == [8, 16, 32]
-    assert set(sizes[3:-1]) == {16}  # 32 was slower per row than 16: settle on 16
+    assert sizes[:4] == [8, 8, 16, 32]  # the first chunk (warm-up) is not measured
+    assert set(sizes[4:-1]) == {16}  # 32 was slower per row than 16: settle on 16
     assert sum(sizes) == 1000
+
+
+def test_chunk_plan_ignores_the_warm_up_chunk():
+    plan = ChunkPlan(key=("warm", object()), n_rows=200, max_rows=64, start=8)
+    calls = []
+    per_row = {8: 1.0, 16: 1.5, 4: 1.2}
+    for rows in plan.chunks():
+        n = len(rows)
+        calls.append(n)
+        slow = 20.0 if len(calls) == 1 else 1.0  # the first chunk pays warm-up
+        plan.record(n, slow * per_row.get(n, 2.0) * n)
+    # Had the warm-up chunk counted, 16 rows would have looked faster and been kept.
+    assert calls[:4] == [8, 8, 16, 4] and set(calls[4:-1]) == {8}
 
 
 def test_chunk_plan_respects_the_memory_budget():
@@ -172,6 +185,6 @@ def test_chunk_plan_shrinks_when_smaller_chunks_are_faster_per_row():
     for rows in plan.chunks():
         sizes.append(len(rows))
         plan.record(len(rows), per_row[len(rows)] * len(rows))
-    assert sizes[:5] == [8, 16, 4, 2, 1]
-    assert set(sizes[5:-1]) == {2}  # 1 was slower per row than 2: settle on 2 (tail aside)
+    assert sizes[:6] == [8, 8, 16, 4, 2, 1]
+    assert set(sizes[6:-1]) == {2}  # 1 was slower per row than 2: settle on 2 (tail aside)
     assert sum(sizes) == 200

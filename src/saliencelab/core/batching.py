@@ -4,8 +4,10 @@ Multi-pass methods (IG steps, SmoothGrad samples, Score-CAM channels) run many r
 model. The rows are cut into chunks; the chunk size is (1) the user's `chunk_size` if set, else
 (2) the best size found earlier for the same model, pass kind and input shape, else (3) found
 while doing the real work: start at 8 rows, double while the time per row improves by more than
-3 % (or, if the start was already the best, halve while that improves), and keep the best. No row
-is computed twice, so the search costs nothing beyond the occasional sub-optimal chunk. The size
+3 % (or, if the start was already the best, halve while that improves), and keep the best. The
+first chunk is not measured (it pays one-off warm-up: allocations, kernel selection), so the
+start size runs twice. No row is computed twice, so the search costs nothing beyond the
+occasional sub-optimal chunk. The size
 never exceeds the memory budget divided by the measured bytes one row keeps for backward.
 """
 
@@ -48,6 +50,7 @@ class ChunkPlan:
     _size: int = 0
     _settled: bool = False
     _shrinking: bool = False
+    _warm: bool = False
 
     def __post_init__(self) -> None:
         if self.fixed is not None:
@@ -81,6 +84,9 @@ class ChunkPlan:
         already the best, try halving instead, while that improves. Then settle on the best.
         """
         if self._settled or rows < self._size:
+            return
+        if not self._warm:  # the first chunk pays warm-up: not a fair measurement
+            self._warm = True
             return
         self._times[rows] = seconds / rows
         best = min(self._times, key=self._times.get)
