@@ -14,14 +14,17 @@ of `--segments` cells (8×8 = 64 by default, saliencelab's default mask) as feat
   α = 1) vs Captum's `Lime` configured to the same surrogate: that kernel as `similarity_func`
   and `SkLearnRidge(alpha=1.0)`, with Captum's own Bernoulli(½) sampler.
 
-Captum runs at its best `perturbations_per_eval` (swept on one image first). Timings are
+Captum runs at its best `perturbations_per_eval` (swept over 1–64 on one image first) and, when
+that is not 1, also at its documented default of 1 (Captum explains a batch one example at a
+time either way). Timings are
 interleaved per repeat (harness.measure) and reported as ratios (median over repeats of the
 per-repeat ratio); on a shared CPU wall times are noisy, `--clock cpu` is the robust choice.
 `--models cheap` replaces the network by an almost free one (pool + linear): what remains is each
 library's own machinery per sample (sampling, building inputs, weights, the fit), the part that
 dominates when forwards are fast (a GPU).
-FLOOR = the same number of plain forwards of the model at the chunk size our engine settled on
-(or `--chunk-size`, to compare at Captum's batch size).
+FLOOR = the forwards ours runs (the distinct coalitions per image: a coalition drawn twice is
+run once) as plain forwards of the model at the chunk size our engine settled on (or
+`--chunk-size`); "floor nhwc" is the same with a channels-last input, the layout ours uses on CPU.
 
 Agreement. Both libraries sample, so the timed outputs are compared by correlation (mean over
 images of the Pearson correlation of the per-feature values); `--self-check` adds ours with
@@ -71,6 +74,7 @@ import saliencelab as sl  # noqa: E402
 from saliencelab.methods.perturbation import kernelshap as _ks  # noqa: E402, F401
 from saliencelab.methods.perturbation import lime as _lime  # noqa: E402, F401
 from saliencelab.methods.perturbation.features import default_feature_mask  # noqa: E402
+from saliencelab.methods.perturbation.kernelshap import sampled_coalitions  # noqa: E402
 from saliencelab.methods.perturbation.lime import lime_coalitions, lime_weights  # noqa: E402
 
 MODEL = "efficientnet_lite0"
@@ -110,7 +114,7 @@ def captum_lime(module, perturb=None):
     return make
 
 
-def best_ppe(module, x, target, mask, candidates=(4, 8, 16, 32, 64), n: int = 64) -> dict:
+def best_ppe(module, x, target, mask, candidates=(1, 2, 4, 8, 16, 32, 64), n: int = 64) -> dict:
     """Captum KernelShap seconds per sample at each perturbations_per_eval, on one image."""
     from captum.attr import KernelShap
 
@@ -124,10 +128,15 @@ def best_ppe(module, x, target, mask, candidates=(4, 8, 16, 32, 64), n: int = 64
     return out
 
 
-def forward_floor(module, x, rows: int, chunk: int, sync) -> tuple[float, float]:
+def forward_floor(
+    module, x, rows: int, chunk: int, sync, nhwc: bool = False
+) -> tuple[float, float]:
     """(wall, cpu) seconds of `rows` plain forwards of x's images in batches of `chunk`: up to 3
-    batches timed, the median scaled to the number of batches, plus the last partial one."""
+    batches timed, the median scaled to the number of batches, plus the last partial one.
+    `nhwc`: the batch in channels-last layout (what ours feeds the model on CPU)."""
     batch = x.repeat((chunk + x.shape[0] - 1) // x.shape[0], 1, 1, 1)[:chunk].contiguous()
+    if nhwc:
+        batch = batch.contiguous(memory_format=torch.channels_last)
     full, rest = divmod(rows, chunk)
     wall = cpu = 0.0
     with torch.inference_mode():
@@ -242,10 +251,22 @@ def compare_methods(label, model, x, target, mask, args, sync) -> dict:
             x, perturbations_per_eval=ppe, **common
         ),
     }
+    defaults = {  # Captum as documented: perturbations_per_eval=1 (its default)
+        "kernelshap": lambda: KernelShap(module).attribute(x, **common),
+        "lime": lambda: captum_lime(module)(n_feat).attribute(x, **common),
+    }
     results = {"captum_ppe_sweep_s_per_sample": sweep, "captum_ppe": ppe}
     full_mask = mask.expand(b, -1, -1, -1)[:, 0].cpu()
     for method, peer in peers.items():
-        rows = b * (n + 2 if method == "kernelshap" else n)
+        # The forwards ours runs: the distinct coalitions per image (every image has the same
+        # features and seed, so the same coalitions); Captum runs every drawn one.
+        z = (
+            sampled_coalitions(n, n_feat, seed=0)
+            if method == "kernelshap"
+            else lime_coalitions(n, n_feat, seed=0)
+        )
+        distinct = len(torch.unique(z, dim=0)) + (2 if method == "kernelshap" else 0)
+        rows = b * distinct
         cs = [
             Contender("ours", ours(method), warmup=0),
             Contender("captum", peer, warmup=0),
@@ -255,24 +276,40 @@ def compare_methods(label, model, x, target, mask, args, sync) -> dict:
                 self_timed=True,
                 warmup=0,
             ),
+            Contender(
+                "floor nhwc",
+                lambda r=rows: forward_floor(module, x, r, chunk[0], sync, nhwc=True),
+                self_timed=True,
+                warmup=0,
+            ),
         ]
+        if ppe != 1 and args.captum_default:
+            cs.insert(2, Contender("captum default", defaults[method], warmup=0))
         log(f"[{label}] {method}:")
         measure(cs, args.repeats, sync, log)
         t = {c.name: c.median for c in cs}
         ours_f = per_feature(cs[0].last.attributions.cpu(), full_mask)
         corr = mean_corr(ours_f, per_feature(cs[1].last.cpu(), full_mask))
+        by = {c.name: c for c in cs}
         res = {
             "clock": harness.CLOCK,
             "seconds": t,
+            "captum_ppe": ppe,
             "speedup_vs_captum": paired(cs[1], cs[0]),
-            "ours_over_floor": paired(cs[0], cs[2]),
+            "speedup_vs_captum_default": paired(by.get("captum default", cs[1]), cs[0]),
+            "ours_over_floor": paired(cs[0], by["floor"]),
+            "ours_over_floor_nhwc": paired(cs[0], by["floor nhwc"]),
             "forwards_per_image": cs[0].last.forwards,
+            "captum_forwards_per_image": n + (2 if method == "kernelshap" else 0),
             "engine_chunk": chunk[0],
             "corr_with_captum": corr,
         }
         line = (
-            f"  captum/ours {res['speedup_vs_captum']:.2f}x, ours/floor "
-            f"{res['ours_over_floor']:.2f}x, corr with captum {corr:.3f}"
+            f"  captum(ppe {ppe})/ours {res['speedup_vs_captum']:.2f}x, captum(default ppe 1)/"
+            f"ours {res['speedup_vs_captum_default']:.2f}x, ours/floor "
+            f"{res['ours_over_floor']:.2f}x (nhwc floor {res['ours_over_floor_nhwc']:.2f}x), "
+            f"forwards/image ours {res['forwards_per_image']:.0f} vs captum "
+            f"{res['captum_forwards_per_image']}, corr with captum {corr:.3f}"
         )
         if args.self_check:
             again = sl.explain(model, x, method, target=target, seed=1, **opts)[method]
@@ -303,6 +340,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--models", default="lite0,cheap", help="lite0 and/or cheap (overhead only)")
     p.add_argument("--self-check", action="store_true", help="ours with seed 1 vs seed 0")
+    p.add_argument(
+        "--no-captum-default",
+        dest="captum_default",
+        action="store_false",
+        help="skip Captum at its default perturbations_per_eval=1 (when that is not its best)",
+    )
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"))
     args = p.parse_args(argv)
     harness.use_clock(args.clock)

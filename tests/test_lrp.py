@@ -462,3 +462,33 @@ def test_mbconv_residual_canonizer_keeps_outputs_and_is_undone(effnet):
         with torch.no_grad():
             assert torch.equal(model(x), before)
     _assert_restored(model, snap)
+
+
+def test_z_plus_with_signed_inputs_stays_finite_where_every_contribution_is_negative():
+    """Rounding in ½ (z − b + |W||a|) can put z⁺ at or below 0 for a neuron whose contributions
+    are all negative (the motorcycle photo hit it in EfficientNet-Lite0: NaN maps). The direct
+    formula R_j = Σ_k (a_j w_jk)⁺ / (Σ_j' (a_j' w_j'k)⁺ + s) R_k gives 0 for such a neuron."""
+    from saliencelab.methods.relevance.lrp.rules import LayerView
+
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 3).double()
+    a = torch.tensor([[1.5, -2.0, 0.7, -0.3, 2.5, -1.1]], dtype=torch.float64)
+    with torch.no_grad():  # neuron 0: every a_j w_jk < 0, and a large bias (z − b cancels)
+        lin.weight[0] = -torch.sign(a[0]) * torch.tensor([0.3, 0.2, 0.9, 0.4, 0.1, 0.5])
+        lin.bias[0] = 1e8
+    lin = lin.float()
+    a = a.float()
+    z = lin(a).detach()
+    relevance = torch.tensor([[2.0, -1.0, 0.5]])
+    (g,) = ZPlus().propagate(LayerView(lin, (a,), z), relevance.clone())
+    r = a * g
+    contrib = (a[0][:, None] * lin.weight.T).clamp(min=0)  # (6, 3) (a_j w_jk)⁺
+    ref = (contrib / (contrib.sum(0) + 1e-6) * relevance[0]).sum(1)
+    assert torch.isfinite(r).all()
+    torch.testing.assert_close(r[0], ref, atol=1e-5, rtol=1e-4)
+
+
+def test_lrp_on_efficientnet_is_finite_on_the_motorcycle(effnet):
+    x = effnet.preprocess(sl.sample_image("motorcycle"))
+    maps = sl.explain(effnet, x, methods="lrp")["lrp"].maps
+    assert torch.isfinite(maps).all()  # was NaN: a z⁺ denominator at 0 after rounding

@@ -549,3 +549,26 @@ def test_efficientnet_channel_maps_targets_and_receptive_field(tmp_path):
     assert (rf.size, rf.stride, rf.map_size) == ((35, 35), (8, 8), (12, 12))
     assert rf.box(6, 5) == _support_box(model.module, "_blocks.3", 96, 6, 5)
     assert receptive_field(model, "_blocks.12", (96, 96)).size == (531, 531)
+
+
+@pytest.mark.parametrize("by", ["activation", "contribution"])
+def test_activations_on_a_vit_use_its_token_layer_as_a_grid(by):
+    """On a ViT the default layer is the last block's first norm (as for CAMs) and its tokens
+    (B, 1 + h·w, D) arrive as maps (B, D, h, w): compared with a forward hook laid out by hand."""
+    from saliencelab.models.vit import TinyViT
+
+    torch.manual_seed(0)
+    vit = TinyViT(image_size=(16, 24), patch_size=4, dim=16, depth=2, heads=2).eval()
+    x = torch.randn(2, 3, 16, 24)
+    seen = []
+    handle = vit.blocks[1].norm1.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    with torch.no_grad():
+        vit(x)
+    handle.remove()
+    expected = seen[0][:, 1:].transpose(1, 2).reshape(2, 16, 4, 6)  # class token dropped
+    result = activations(vit, x, top=3, by=by)
+    assert result.layer == "blocks.1.norm1"
+    torch.testing.assert_close(result.activations, expected, atol=1e-6, rtol=1e-5)
+    assert result.maps.shape == (2, 3, 16, 24)
+    if by == "activation":
+        torch.testing.assert_close(result.values, expected.mean(dim=(2, 3)))

@@ -19,6 +19,7 @@ from saliencelab.methods.gradient.baselines import gaussian_blur
 # Imported here so the methods are registered even before the package imports them.
 from saliencelab.methods.perturbation import kernelshap, lime  # noqa: F401
 from saliencelab.methods.perturbation.features import default_feature_mask
+from saliencelab.methods.perturbation.kernelshap import sampled_coalitions
 from saliencelab.methods.perturbation.lime import lime_coalitions, lime_weights
 
 
@@ -110,7 +111,9 @@ def test_kernelshap_sampled_keeps_efficiency_and_approaches_shapley():
         )["kernelshap"]
         phi = a.extras["shapley_values"][0]
         assert not a.extras["exact"].any()
-        assert a.forwards == 3002
+        # repeated draws are evaluated once: 2 + the distinct coalitions of the same sampler
+        drawn = sampled_coalitions(3000, m, seed=0, paired=paired)
+        assert a.forwards == 2 + len(torch.unique(drawn, dim=0)) < 3002
         with torch.no_grad():
             gap = model(x)[0, 0] - model(base)[0, 0]
         torch.testing.assert_close(phi.sum(), gap, atol=1e-9, rtol=0)  # efficiency, exactly
@@ -211,7 +214,8 @@ def test_lime_recovers_a_linear_models_coefficients():
     intercept = model(torch.full_like(x, base))[:, 2].detach()
     torch.testing.assert_close(a.extras["intercept"], intercept, atol=1e-8, rtol=0)
     torch.testing.assert_close(a.extras["r2"], torch.ones(2, dtype=torch.float64))
-    assert a.forwards == 50
+    # each sample's 50 coalitions (same seed), a repeated draw evaluated once
+    assert a.forwards == len(torch.unique(lime_coalitions(50, 9, seed=0), dim=0)) < 50
 
 
 def test_lime_on_tabular_inputs_recovers_coefficients():
@@ -317,3 +321,48 @@ def test_bad_options_are_one_clear_sentence(tiny_cnn, images, method, opts, mess
     opts = {"n_segments": 9, **opts}
     with pytest.raises(SaliencelabError, match=message):
         sl.explain(tiny_cnn, images, method, **opts)
+
+
+class ViewsConvOutput(nn.Module):
+    """A CNN whose head uses `.view` on a conv output: that fails on channels-last strides."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 12 * 12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+@pytest.mark.parametrize("make_model", ["tiny_cnn", "views"])
+def test_coalition_scores_match_one_forward_per_drawn_row(make_model, tiny_cnn, images):
+    """Repeated coalitions are run once and NHWC is used where the model allows it; every drawn
+    row's score must still equal a plain forward of its perturbed input (a loop, one at a time)."""
+    from saliencelab.core.context import Context
+    from saliencelab.core.engine import Engine
+    from saliencelab.core.targets import Target
+    from saliencelab.methods.perturbation.features import apply_features, channels_last_ok
+    from saliencelab.methods.perturbation.surrogate import Coalitions, coalition_scores
+
+    torch.manual_seed(1)
+    net = tiny_cnn if make_model == "tiny_cnn" else ViewsConvOutput().eval()
+    model = sl.Model(net)
+    x = images[:2]
+    mask = default_feature_mask(x, "grid", 4)
+    z0 = torch.tensor([[1, 0, 1, 0], [1, 0, 1, 0], [0, 0, 0, 1], [1, 0, 1, 0], [1, 1, 1, 1]])
+    z1 = torch.tensor([[0, 1, 1, 0], [0, 1, 1, 0], [1, 1, 0, 0]])
+    coalitions = Coalitions.stack([z0.bool(), z1.bool()], 4)
+    target = torch.tensor([1, 2])
+    ctx = Context(model, Engine(model, chunk_size=2), x, Target(target))
+    y = coalition_scores(ctx, coalitions, mask, torch.zeros(1, 1, 1, 1))
+    assert ctx.engine.cost.forward_rows == 3 + 2  # distinct (sample, coalition) pairs
+    assert channels_last_ok(ctx) == (make_model == "tiny_cnn")
+    for b, zb in enumerate([z0, z1]):
+        for k, row in enumerate(zb):
+            inp = apply_features(x[b : b + 1], 0.0, mask[b : b + 1], row[None].bool())
+            with torch.no_grad():
+                ref = net(inp)[0, target[b]].double()
+            torch.testing.assert_close(y[b, k], ref, atol=1e-6, rtol=1e-5)
+    assert (y[1, 3:] == 0).all()  # padded rows

@@ -257,3 +257,35 @@ def test_torchvision_vit_runs():
     )
     assert ex["gradcam"].layer == "encoder.layers.encoder_layer_1.ln_1"
     assert all(a.maps.shape == (2, 32, 32) for a in ex.values())
+
+
+def test_ablationcam_on_a_token_layer_matches_a_loop_over_channels(vit_registers):
+    """Ablation-CAM on a ViT token layer (B, T, D): channel k is zeroed in every token; the
+    weights w_k = (y − y_k) / y must equal a direct loop with a forward hook per channel."""
+    model = vit_registers
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 16, 24)
+    layer = model.blocks[1].norm1
+    a = sl.explain(model, x, "ablationcam", target=1, layer="blocks.1.norm1", relu=False)
+    with torch.no_grad():
+        y = model(x)[:, 1]
+        seen = []
+        handle = layer.register_forward_hook(lambda m, i, o: seen.append(o))
+        model(x)
+        handle.remove()
+        tokens = seen[0]  # (2, 1 + 2 + 24, 16)
+        grid = tokens[:, 3:].transpose(1, 2).reshape(2, 16, 4, 6)
+        cam = torch.zeros(2, 4, 6)
+        for k in range(16):
+
+            def zero_k(m, i, o, k=k):
+                o = o.clone()
+                o[..., k] = 0
+                return o
+
+            handle = layer.register_forward_hook(zero_k)
+            yk = model(x)[:, 1]
+            handle.remove()
+            cam += ((y - yk) / y)[:, None, None] * grid[:, k]
+    ref = torch.nn.functional.interpolate(cam[:, None], size=(16, 24), mode="bilinear")[:, 0]
+    torch.testing.assert_close(a["ablationcam"].maps, ref, atol=1e-5, rtol=1e-4)

@@ -29,6 +29,7 @@ from ..core.engine import Engine
 from ..core.errors import SaliencelabError
 from ..core.layers import resolve_layer
 from ..core.targets import LayerTarget, PendingTarget, Target, TargetSpec, layer_target
+from ..core.tokens import find_token_layer, to_grid
 from ..models.model import Model, as_model
 
 RANKINGS = ("activation", "contribution")
@@ -188,7 +189,8 @@ def activations(
     Args:
         model: an `sl.Model` or a plain `nn.Module`.
         x: input batch (B, C, H, W), or image(s) the model's preprocess takes.
-        layer: a dotted name, a module, or None (the model's default / last spatial layer).
+        layer: a dotted name, a module, or None (the model's default / last spatial layer; for
+            a vision transformer the last block's first norm, its tokens laid on the patch grid).
         top: channels kept per sample.
         by: "activation" (mean activation, one forward) or "contribution" (mean over space of
             gradient × activation for the target score, one forward+backward).
@@ -204,11 +206,17 @@ def activations(
         )
     model = as_model(model)
     x = as_batch(model, x)
-    name, module = resolve_layer(model.module, layer, x, model.default_layer)
+    default = model.default_layer
+    reshape = model.extra.get("reshape")
+    if layer is None and default is None:  # vision transformers: as Context.layer
+        default = find_token_layer(model.module, x, reshape)
+    name, module = resolve_layer(model.module, layer, x, default)
     engine = Engine(model)
     indices = None
     if by == "activation":
         a = layer_outputs(engine, x, module)
+        if x.dim() == 4:  # token layers (B, T, D) as maps (B, D, h, w) (core/tokens.py)
+            a = to_grid(a, x.shape[-2:], module=model.module, reshape=reshape, name=name)
         check_spatial(name, a)
         values = a.mean(dim=(2, 3))
     else:

@@ -143,15 +143,24 @@ def _ablated_scores(ctx: Context, module: nn.Module, name: str, k: int, rows: _C
         return x[rows.split(r)[0]]
 
     def ablate(out: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        if out.dim() != 4 or out.shape[1] != k:
+        # The channel axis: 1 of a map (n, K, h, w); the last of tokens (n, T, K) (transformer
+        # layers, every token's channel k is zeroed) or of a channels-last map (n, h, w, K).
+        if out.dim() == 4 and out.shape[1] == k:
+            axis = 1
+        elif out.dim() in (3, 4) and out.shape[-1] == k:
+            axis = out.dim() - 1
+        else:
             raise SaliencelabError(
                 f"The layer {name} gave an output of shape {tuple(out.shape)} while ablating, "
-                f"not (n, {k}, h, w); pick a layer that runs once per forward."
+                f"not (n, {k}, h, w) or tokens (n, T, {k}); pick a layer that runs once per "
+                "forward."
             )
         _, channels = rows.split(r)
-        keep = torch.ones(out.shape[:2], dtype=out.dtype, device=out.device)
+        keep = torch.ones(out.shape[0], k, dtype=out.dtype, device=out.device)
         keep[torch.arange(out.shape[0], device=out.device), channels.to(out.device)] = 0
-        return out * keep[:, :, None, None]
+        shape = [out.shape[0]] + [1] * (out.dim() - 1)
+        shape[axis] = k
+        return out * keep.view(shape)
 
     chunks = ctx.engine.forwards(
         rows.n_rows, make_inputs, rows.sample_of, ctx.target, edit=(module, ablate)

@@ -51,7 +51,7 @@ from ...core.engine import PassChunk
 from ...core.state import Hooks
 from ...core.targets import layer_target
 from ...models.model import logits_of
-from .features import clean_scores
+from .features import channels_last_ok, clean_scores
 
 log = logging.getLogger("saliencelab")
 
@@ -415,19 +415,24 @@ def local_forwards(
     dev = ctx.x.device
     size = tuple(ctx.x.shape[-2:])
     stash: list[torch.Tensor] = []
+    # Channels-last rows where the model allows it (faster on CPU, `channels_last_ok`): the full
+    # inputs, the crops through the prefix, and the pasted activations the rest runs from.
+    layout = torch.channels_last if channels_last_ok(ctx) else torch.contiguous_format
 
     def full_inputs(rows: torch.Tensor) -> torch.Tensor:
         zero = torch.zeros(len(rows), dtype=torch.long, device=dev)
-        return perturbed(rows.to(dev), zero, zero, size)
+        return perturbed(rows.to(dev), zero, zero, size).contiguous(memory_format=layout)
 
     def local_inputs(rows: torch.Tensor) -> torch.Tensor:
         rows = rows.to(dev)
         acts = prefix.activations(
             sample_of(rows).to(dev),
             boxes_of(rows),
-            lambda top, left: perturbed(rows, top, left, prefix.crop_px),
+            lambda top, left: perturbed(rows, top, left, prefix.crop_px).contiguous(
+                memory_format=layout
+            ),
         )
-        stash[:] = [acts]
+        stash[:] = [acts.contiguous(memory_format=layout) if acts.dim() == 4 else acts]
         return prefix.dummy.expand(len(rows), -1, -1, -1)
 
     def passes(local: bool, rows_total: int, rows_map=None) -> Iterator[PassChunk]:

@@ -97,7 +97,10 @@ def _exact_up_to(value: Any) -> int:
 @register(
     "kernelshap",
     family="perturbation",
-    cost="2 + min(n_samples, 2^M − 2) forwards (2^M when M ≤ exact_up_to; M = features)",
+    cost=(
+        "2 + min(n_samples, 2^M − 2) forwards at most (2^M when M ≤ exact_up_to; M = features; "
+        "repeated coalitions run once)"
+    ),
     reduction="Shapley value of the feature",
 )
 def kernelshap(

@@ -68,7 +68,12 @@ def _positive_number(value: Any, name: str, minimum_ok: bool) -> float:
     return float(value)
 
 
-@register("lime", family="perturbation", cost="n_samples forwards", reduction="feature coefficient")
+@register(
+    "lime",
+    family="perturbation",
+    cost="n_samples forwards at most (repeated coalitions run once)",
+    reduction="feature coefficient",
+)
 def lime(
     ctx: Context,
     *,

@@ -28,7 +28,7 @@ import torch
 from ...core.context import Context
 from ...core.errors import SaliencelabError
 from .feature_ablation import spread_features
-from .features import apply_features
+from .features import apply_features, channels_last_ok
 
 __all__ = [
     "Coalitions",
@@ -65,27 +65,43 @@ def coalition_scores(
 ) -> torch.Tensor:
     """(B, N) float64 target score of every coalition (0 on padded rows), forward passes only.
 
-    Row r of the pass is coalition `slot[r]` of sample `sample[r]`; its input is x[sample] where
-    the coalition keeps the element's feature and the baseline elsewhere, built per chunk.
+    A coalition drawn more than once for the same sample (KernelSHAP's sampler draws the small
+    and large sizes often) is evaluated once: the forwards run over the distinct (sample,
+    coalition) pairs only, and each drawn row takes its pair's score. Row r of the pass is
+    distinct pair r; its input is x[sample] where the coalition keeps the element's feature and
+    the baseline elsewhere, built per chunk (channels-last where that is faster, see
+    `channels_last_ok`).
     """
     x, z, counts = ctx.x, coalitions.z, coalitions.counts
     dev = x.device
     sample = torch.repeat_interleave(torch.arange(len(counts), device=dev), counts)
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.arange(len(sample), device=dev) - starts[sample]
+    drawn = z[sample, slot]  # (R, F) every drawn row
+    keyed = torch.cat([sample[:, None], drawn.to(torch.long)], dim=1)
+    distinct, inverse = torch.unique(keyed, dim=0, return_inverse=True)
+    u_sample, u_keep = distinct[:, 0], distinct[:, 1:].bool()
+    layout = torch.channels_last if channels_last_ok(ctx) else torch.contiguous_format
+    if layout == torch.channels_last:  # rows gathered from NHWC sources come out NHWC: no copy
+        x = x.contiguous(memory_format=layout)
+        if baseline.dim() == 4 and baseline.shape[-2:] != (1, 1):
+            baseline = baseline.contiguous(memory_format=layout)
+
+    shared = bool((mask == mask[:1]).all())  # one mask for every sample (e.g. the grid)
 
     def sample_of(rows: torch.Tensor) -> torch.Tensor:
-        return sample[rows.to(dev)]
+        return u_sample[rows.to(dev)]
 
     def make_inputs(rows: torch.Tensor) -> torch.Tensor:
         rows = rows.to(dev)
-        s = sample[rows]
-        return apply_features(x, baseline, mask, z[s, slot[rows]], samples=s)
+        out = apply_features(x, baseline, mask, u_keep[rows], u_sample[rows], shared)
+        return out.contiguous(memory_format=layout)  # a no-op when already in that layout
 
+    scores = torch.zeros(len(distinct), dtype=torch.float64, device=dev)
+    for chunk in ctx.engine.forwards(len(distinct), make_inputs, sample_of, ctx.target):
+        scores[chunk.rows.to(dev)] = chunk.scores.to(device=dev, dtype=torch.float64)
     y = torch.zeros(z.shape[:2], dtype=torch.float64, device=dev)
-    for chunk in ctx.engine.forwards(len(sample), make_inputs, sample_of, ctx.target):
-        rows = chunk.rows.to(dev)
-        y[sample[rows], slot[rows]] = chunk.scores.to(device=dev, dtype=torch.float64)
+    y[sample, slot] = scores[inverse]
     return y
 
 

@@ -38,7 +38,14 @@ from ....core.registry import register
 from ....core.state import Hooks
 from .canonizers import Canonizer, default_canonizers
 from .composites import PRESETS, Composite, composite_from_name
-from .rules import LayerView, Pass, Rule, pass_through
+from .rules import (
+    NONNEGATIVE_ACTIVATIONS,
+    NONNEGATIVE_MARK,
+    LayerView,
+    Pass,
+    Rule,
+    pass_through,
+)
 
 
 @dataclass
@@ -91,6 +98,7 @@ class _Call:
     module: nn.Module
     rule: Rule
     graph: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None  # (output, inputs)
+    nonnegative: bool = False  # its input came out of a ReLU-like activation
 
     def _vjp(self, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(∂z/∂input)ᵀ s through the layer's own graph from the forward (no recomputation)."""
@@ -104,7 +112,8 @@ class _Call:
         relevance = out * grad
         recorded = relevance.clone() if self.owner.record else None
         inputs = tuple(t.detach() for t in inputs)
-        view = LayerView(self.module, inputs, out, self._vjp if self.graph is not None else None)
+        vjp = self._vjp if self.graph is not None else None
+        view = LayerView(self.module, inputs, out, vjp, known_nonnegative=self.nonnegative)
         owner, busy = self.owner, self.owner._busy
         owner._busy = True  # a rule's recomputation must not re-enter the hooks
         try:
@@ -178,7 +187,10 @@ class LRPRule:
         z = inputs[0]
         if not isinstance(z, torch.Tensor) or not z.requires_grad or z.shape != out.shape:
             return None
-        return pass_through(z, out)
+        result = pass_through(z, out)
+        if isinstance(module, NONNEGATIVE_ACTIVATIONS):
+            setattr(result, NONNEGATIVE_MARK, True)
+        return result
 
     def _layer_hook(self, name: str, rule: Rule, module: nn.Module, inputs, out):
         if self._busy:
@@ -201,7 +213,8 @@ class LRPRule:
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in inputs):
             return None
         call = _Call(self, name, module, rule)
-        if rule.proportional and out.grad_fn is not None and len(inputs) == 1:
+        call.nonnegative = len(inputs) == 1 and getattr(inputs[0], NONNEGATIVE_MARK, False)
+        if rule.proportional and rule.uses_vjp and out.grad_fn is not None and len(inputs) == 1:
             # Several inputs may depend on each other (h = f(x), h + x): their partial
             # derivatives need a recomputation on independent leaves, not this graph.
             call.graph = (out, tuple(inputs))

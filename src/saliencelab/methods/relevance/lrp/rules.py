@@ -43,8 +43,10 @@ propagates g ("relevance per unit of activation") from layer to layer, so a laye
 (flatten, padding, dropout in eval, max pooling, additions in `forward`) passes it on as a plain
 gradient, which for a bias-free linear map *is* LRP-0. The product Wᵀs needed by epsilon, gamma
 and alpha-beta comes from the layer's own autograd graph (`LayerView.vjp`), so LRP-ε costs no
-extra forward. Signed inputs use (a w)^± = ½ (a w ± |a| |w|): one extra forward q = |W| |a|
-gives the positive and the negative parts of every output.
+extra forward. Gamma and alpha-beta on signed inputs use (a w)^± = ½ (a w ± |a| |w|): one extra
+forward q = |W| |a| gives the positive and the negative parts of every output. z-plus runs one
+forward of W⁺ on non-negative inputs (known from a ReLU-like producer, else checked), and on
+signed ones two, W⁺ a⁺ + W⁻ a⁻: sums of non-negative terms, so z⁺ ≈ 0 cannot come out ≤ 0.
 
 Z-box, flat and w-square are not proportional (a zero pixel can get relevance): they return the
 relevance itself and may only be used on the layer that reads the model's input.
@@ -88,6 +90,7 @@ class LayerView:
     inputs: Tensors
     z: torch.Tensor
     _vjp: Callable[[torch.Tensor], Tensors] | None = None
+    known_nonnegative: bool = False  # the first input is a ReLU-like output (no check needed)
 
     def vjp(self, s: torch.Tensor) -> Tensors:
         if self._vjp is not None:
@@ -169,6 +172,7 @@ class Rule:
     """
 
     proportional: bool = True
+    uses_vjp: bool = True  # whether `LayerView.vjp` (the layer's own graph) may be called
     name: str = "rule"
 
     def propagate(self, layer: LayerView, relevance: torch.Tensor) -> Tensors:
@@ -199,6 +203,7 @@ class ZPlus(Rule):
     """z⁺ (= α1β0): c_jk = (a_j w_jk)⁺ = a⁺_j w⁺_jk + a⁻_j w⁻_jk, bias ignored (conservative)."""
 
     name = "z_plus"
+    uses_vjp = False
 
     def __init__(self, stabilizer: float = STABILIZER) -> None:
         self.stabilizer = stabilizer
@@ -206,20 +211,22 @@ class ZPlus(Rule):
     def propagate(self, layer, relevance):
         w = _weight(layer.module, self.name)
         # z⁺ >= 0, so its stabilised form is z⁺ + s.
-        if _nonnegative(layer.inputs[0]):  # z⁺ = W⁺ a
+        if layer.known_nonnegative or _nonnegative(layer.inputs[0]):  # z⁺ = W⁺ a
             (a,) = _leaves(layer.inputs)
             zp = _modified_forward(layer.module, [a], w.clamp(min=0))
             # In place: a convolution's backward does not need its output (saves a big alloc).
             s = relevance.div_(zp.detach().add_(self.stabilizer))
             return _grad([zp], (a,), [s])
-        # z⁺ = ½ (W a + |W| |a|) = ½ (z − b + q): g = ½ Wᵀ s + ½ sign(a) |W|ᵀ s with
-        # ½ s = ½ R / (z⁺ + stabilizer) = R / (z − b + q + 2·stabilizer).
-        q, a = _abs_forward(layer, w)
-        den = q.detach().add_(layer.z).add_(2 * self.stabilizer - _bias(layer.module, layer.z))
-        s = relevance.div_(den)
-        (gq,) = _grad([q], (a,), [s])
-        (gw,) = layer.vjp(s)
-        return (gw.add_(gq),)
+        # Signed inputs: z⁺ = W⁺ a⁺ + W⁻ a⁻, two forwards of non-negative terms, and its
+        # gradient W⁺ᵀ s where a > 0, W⁻ᵀ s where a < 0. (The cheaper ½ (z − b + |W| |a|) and
+        # ½ Wᵀs + ½ sign(a) |W|ᵀs cancel large terms: where z⁺ ≈ 0 that left the denominator at
+        # or below 0 after rounding, NaN maps on real photos, or ~1e6 × rounding in g.)
+        (a,) = _leaves(layer.inputs)
+        module = layer.module
+        zp = _modified_forward(module, [a.clamp(min=0)], w.clamp(min=0))
+        zp = zp + _modified_forward(module, [a.clamp(max=0)], w.clamp(max=0))
+        s = relevance.div_(zp.detach().add_(self.stabilizer))
+        return _grad([zp], (a,), [s])
 
 
 class AlphaBeta(Rule):
@@ -241,8 +248,12 @@ class AlphaBeta(Rule):
         w = _weight(layer.module, self.name)
         q, a = _abs_forward(layer, w)
         z = layer.z - _bias(layer.module, layer.z)
-        sp = divide(relevance, (z + q.detach()).mul_(0.5), self.stabilizer).mul_(0.5 * self.alpha)
-        sn = divide(relevance, (z - q.detach()).mul_(0.5), self.stabilizer).mul_(0.5 * self.beta)
+        # Σ(a w)⁺ = ½ (z + q) >= 0 and Σ(a w)⁻ = ½ (z − q) <= 0; clamped against rounding, which
+        # could give them the wrong sign (and the stabiliser with it) where they are ~0.
+        pos = (z + q.detach()).mul_(0.5).clamp_min_(0.0)
+        neg = (z - q.detach()).mul_(0.5).clamp_max_(0.0)
+        sp = divide(relevance, pos.add_(self.stabilizer), 0.0).mul_(0.5 * self.alpha)
+        sn = divide(relevance, neg.sub_(self.stabilizer), 0.0).mul_(0.5 * self.beta)
         (gq,) = _grad([q], (a,), [sp + sn])
         (gw,) = layer.vjp(sp.sub_(sn))
         return (gw.add_(gq),)
@@ -369,9 +380,40 @@ class Pass(Rule):
     name = "pass"
 
 
+class _Holder:
+    """Tensors handed to an autograd Function without being its inputs (so a returned tensor is
+    a fresh output, not a view of an input that would have to be cloned)."""
+
+    __slots__ = ("out", "ratio")
+
+    def __init__(self, out: torch.Tensor, ratio: torch.Tensor) -> None:
+        self.out, self.ratio = out, ratio
+
+
+class _PassThrough(torch.autograd.Function):
+    """Forward: the activation's own output, not copied. Backward: g_z = g · ratio."""
+
+    @staticmethod
+    def forward(ctx, held: _Holder, z: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(held.ratio)
+        return held.out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (ratio,) = ctx.saved_tensors
+        return None, grad * ratio
+
+
 def pass_through(z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """The activation's output as z ⊙ [f(z) / z]_detached: backward g_z = g · f(z) / z, so the
-    relevance z·g_z equals f(z)·g. The value equals f(z) up to rounding; the ratio is set to 0
-    where it is not finite (z = 0, where the relevance z·g_z is 0 anyway)."""
-    ratio = (out.detach() / z.detach()).nan_to_num_(0.0, 0.0, 0.0)
-    return z * ratio
+    """The activation's output f(z) with backward g_z = g · [f(z) / z], so the relevance z·g_z
+    equals f(z)·g. The ratio is set to 0 where it is not finite (z = 0, where the relevance z·g_z
+    is 0 anyway). The output is f(z) itself (an alias of `out`, no copy); the ratio is kept
+    apart, so a later in-place change of the output does not alter the backward."""
+    held = out.detach()
+    ratio = torch.div(held, z.detach()).nan_to_num_(0.0, 0.0, 0.0)
+    return _PassThrough.apply(_Holder(held, ratio), z)
+
+
+# Activations whose output is never negative: a layer reading one skips the sign check.
+NONNEGATIVE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Hardsigmoid, nn.Softplus)
+NONNEGATIVE_MARK = "_saliencelab_nonnegative"
