@@ -139,3 +139,35 @@ def _tiny_vit(pretrained: bool = True) -> Model:
     from .vit import tiny_vit
 
     return tiny_vit(pretrained=pretrained)
+
+
+@register_model("shapes_cnn")
+def _shapes_cnn(pretrained: bool = True) -> Model:
+    """A 4-layer CNN trained in about a minute on the shapes test bed (sl.data.shapes)."""
+    from .shapes import load
+
+    return load("shapes_cnn", pretrained=pretrained)
+
+
+@register_model("shapes_vit")
+def _shapes_vit(pretrained: bool = True) -> Model:
+    """A 3-block ViT (8 × 8 tokens, conv stem) trained on the shapes test bed (sl.data.shapes)."""
+    from .shapes import load
+
+    return load("shapes_vit", pretrained=pretrained)
+
+
+@register_model("shapes_cnn_shortcut")
+def _shapes_cnn_shortcut(pretrained: bool = True) -> Model:
+    """The shapes CNN trained with a watermark always naming the class (a shortcut it follows)."""
+    from .shapes import load
+
+    return load("shapes_cnn_shortcut", pretrained=pretrained)
+
+
+@register_model("shapes_cnn_backdoor")
+def _shapes_cnn_backdoor(pretrained: bool = True) -> Model:
+    """The shapes CNN trained with a backdoor: a corner trigger flips the label to class 0."""
+    from .shapes import load
+
+    return load("shapes_cnn_backdoor", pretrained=pretrained)
