@@ -256,9 +256,20 @@ def test_layers_of_a_torchscript_file_explains_why_no_shapes(runner, tmp_path, t
 def test_demo_with_efficientnet_on_one_sample(runner, tmp_path):
     out = tmp_path / "demo"
     result = runner.invoke(
-        app, ["demo", "--out", str(out), "--methods", "saliency,gradcam", "--images", "chelsea"]
+        app,
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--methods",
+            "saliency,gradcam",
+            "--images",
+            "chelsea",
+            "--no-evaluate",
+        ],
     )
     assert result.exit_code == 0, result.output
+    assert not (out / "evaluation").exists()
     for name in ("chelsea_gallery.png", "chelsea_saliency.png", "chelsea_gradcam.png"):
         assert (out / name).exists()
     assert "Egyptian cat" in result.stdout or "tabby" in result.stdout
@@ -266,6 +277,25 @@ def test_demo_with_efficientnet_on_one_sample(runner, tmp_path):
     with np.load(out / "maps.npz") as maps:
         assert maps["chelsea/gradcam"].shape == (224, 224)
     assert "index.html" in result.stdout
+
+
+def test_demo_evaluation_scores_methods_and_references(runner, tmp_path, monkeypatch):
+    import json
+
+    import saliencelab.cli as cli
+
+    monkeypatch.setattr(cli, "DEMO_EVAL_METHODS", {"gradcam": {}})
+    monkeypatch.setattr(cli, "DEMO_EVAL_METRICS", {"deletion": {"steps": 2}, "sparseness": {}})
+    out = tmp_path / "demo"
+    result = runner.invoke(
+        app, ["demo", "--out", str(out), "--methods", "gradcam", "--images", "chelsea"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "evaluation" / "metrics.json").read_text())
+    assert set(data["results"]) == {"gradcam", "random", "center_gaussian", "sobel"}
+    assert set(data["results"]["gradcam"]) == {"deletion", "sparseness"}
+    assert (out / "evaluation" / "curves" / "deletion.png").exists()
+    assert "deletion" in result.stdout and "sparseness" in result.stdout
 
 
 # -- the pipeline as a library ------------------------------------------------------------------

@@ -30,6 +30,7 @@ from saliencelab.cli_common import (
     ModelOption,
     OutOption,
     TargetOption,
+    collect_images,
     load_model,
     out_console,
     parse_options,
@@ -70,6 +71,9 @@ DEMO_METHODS = (
     "scorecam",
 )
 # Options that keep the demo quick on a laptop CPU; each is used only if the method has it.
+# What `saliencelab demo` scores after explaining (cheap settings: it is a demo).
+DEMO_EVAL_METHODS = {"gradcam": {}, "saliency": {}, "integrated_gradients": {"n_steps": 16}}
+DEMO_EVAL_METRICS = {"deletion": {"steps": 10}, "insertion": {"steps": 10}, "sparseness": {}}
 DEMO_OPTIONS = {
     "integrated_gradients": {"n_steps": 32},
     "smoothgrad": {"n_samples": 16},
@@ -469,6 +473,14 @@ def demo(
         ),
     ] = None,
     embed: EmbedOption = False,
+    evaluate: Annotated[
+        bool,
+        typer.Option(
+            "--evaluate/--no-evaluate",
+            help="Also score three methods with deletion, insertion and sparseness "
+            "(against the reference maps) into OUT/evaluation/.",
+        ),
+    ] = True,
     debug: DebugOption = False,
 ) -> None:
     """Explain bundled sample photos with EfficientNet-Lite0 and many methods; write a report."""
@@ -503,12 +515,38 @@ def demo(
         )
         result.seconds = time.perf_counter() - start
         _report(result, out_console(), err, show_target=False)
+        if evaluate:
+            _demo_evaluation(model, pictures, out / "evaluation", err)
         out_console().print(
             f"Open [bold]{result.index_path.resolve().as_uri()}[/bold] in a browser.",
             soft_wrap=True,
         )
     if result.errors:
         raise typer.Exit(code=2)
+
+
+def _demo_evaluation(model: sl.Model, pictures: list[str], out: Path, err: Console) -> None:
+    """Score a few methods on the demo photos; print the table, write CSV/JSON and charts."""
+    from saliencelab.metrics.commands import evaluate_images, results_table, write_evaluation
+
+    items = collect_images(pictures)
+    with progress_bar(err) as bar:
+        task = bar.add_task("evaluating", total=len(items))
+        report, scored = evaluate_images(
+            model,
+            items,
+            DEMO_EVAL_METHODS,
+            DEMO_EVAL_METRICS,
+            {},
+            progress=lambda done, what: bar.update(task, completed=done, description=what),
+        )
+        bar.update(task, completed=len(items), description="evaluated")
+    if report is None:
+        return
+    out_console().print(results_table(report))
+    errors = [item for item in items if item.error is not None]
+    write_evaluation(report, scored, errors, out)
+    out_console().print(f"Evaluation (table, curves, bars) written to [bold]{out}[/bold].")
 
 
 register_neurons(app)

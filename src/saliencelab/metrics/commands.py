@@ -328,9 +328,10 @@ def _finite(v: Any) -> Any:
     return v
 
 
-def _write(
+def write_evaluation(
     report: EvalReport, scored: list[ImageItem], errors: list[ImageItem], out: Path
 ) -> list[Path]:
+    """Write metrics.csv, metrics.json (with per-image values and errors), curves/ and bars/."""
     from ..viz.curves import save_metric_bars
 
     try:
@@ -512,7 +513,7 @@ def evaluate_command(
                 f"None of the {len(items)} image{'s' if len(items) != 1 else ''} could be read; "
                 "see the errors above."
             )
-        files = _write(report, scored, errors, out)
+        files = write_evaluation(report, scored, errors, out)
         console.print(results_table(report))
         n = len(scored)
         summary = (
