@@ -24,6 +24,7 @@ from .backward import Backward, install_backward_mode
 from .batching import ChunkPlan, default_budget
 from .errors import SaliencelabError
 from .layers import get_layer, module_name
+from .layout import channels_last_ok
 from .state import Hooks, attribution_mode, usable_input
 from .targets import LayerTarget, Target, layer_target
 
@@ -219,12 +220,15 @@ class Engine:
         target: Target | None = None,
         edit: tuple[nn.Module, LayerEdit] | None = None,
     ) -> Iterator[PassChunk]:
-        """Forward-only passes under `torch.inference_mode()`, chunked.
+        """Forward-only passes under `torch.inference_mode()`, chunked; channels-last on CPU.
 
         `edit=(layer, fn)` replaces the layer's output by `fn(output, rows)` (e.g. to ablate
         channels). Scores are the target's when a target is given.
         """
         with self.session(), Hooks() as hooks, torch.inference_mode():
+            # Channels-last rows on CPU where the model gives the same output (core/layout.py).
+            example = make_inputs(torch.arange(1)).to(self.device)
+            nhwc = channels_last_ok(self.module, example)
             current_rows: list[torch.Tensor] = []
             if edit is not None:
                 layer, fn = edit
@@ -237,6 +241,8 @@ class Engine:
             for rows in plan.chunks():
                 start = time.perf_counter()
                 x = make_inputs(rows).to(self.device)
+                if nhwc:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 current_rows[:] = [rows]
                 logits = self._output(x, target)
                 samples = sample_of(rows)

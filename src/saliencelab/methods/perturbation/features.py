@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import weakref
 from typing import Any
 
 import numpy as np
@@ -31,6 +30,7 @@ import torch
 
 from ...core.context import Context
 from ...core.errors import SaliencelabError, closest
+from ...core.layout import channels_last_ok as layout_ok
 
 __all__ = [
     "FEATURE_KINDS",
@@ -46,7 +46,6 @@ __all__ = [
 
 FEATURE_KINDS = ("grid", "slic")
 BASELINES = ("zero", "blur", "mean")
-_LAYOUT_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {key: bool}
 
 
 def _grid_ids(length: int, parts: int, device: torch.device) -> torch.Tensor:
@@ -240,35 +239,10 @@ def apply_features(
 def channels_last_ok(ctx: Context) -> bool:
     """Whether this call's perturbed image rows should be built channels-last (NHWC).
 
-    Forward-only passes of convolutional networks on CPU run 1.5–2× faster per row when the input
-    is channels-last (oneDNN convolutions without layout conversions; measured on
-    EfficientNet-Lite0, benchmarks/README.md). Used only for 4-D float inputs on CPU, and only
-    if one probe row through the model in both layouts runs and gives the same output up to
-    float rounding (a model may `.view` a conv output, which fails on NHWC strides). The answer
-    is cached per (model, input shape, dtype).
+    See `core/layout.py`: on CPU, for 4-D float inputs, when a probe row gives the same output.
     """
-    x = ctx.x
-    if x.dim() != 4 or not x.is_floating_point() or x.device.type != "cpu":
-        return False
-    module = ctx.model.module
-    key = (tuple(x.shape[1:]), x.dtype)
-    known = _LAYOUT_OK.setdefault(module, {})
-    if key in known:
-        return known[key]
-    from ...models.model import logits_of
-
-    ok = False
-    with ctx.engine.session(), torch.inference_mode():
-        row = x[:1].detach()
-        try:
-            plain = logits_of(module(row.contiguous()))
-            fast = logits_of(module(row.contiguous(memory_format=torch.channels_last)))
-            tol = 1e-4 * float(plain.abs().max()) + 1e-6
-            ok = plain.shape == fast.shape and bool(((plain - fast).abs() <= tol).all())
-        except Exception:  # noqa: BLE001  (any failure: keep the model's usual layout)
-            ok = False
-    known[key] = ok
-    return ok
+    with ctx.engine.session():
+        return layout_ok(ctx.model.module, ctx.x)
 
 
 def perturbation_baseline(
