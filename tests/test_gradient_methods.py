@@ -429,8 +429,10 @@ def test_ig_runs_as_few_python_steps_as_chunks(tiny_cnn, images):
     calls = []
     tiny_cnn.register_forward_hook(lambda *a: calls.append(a[1][0].shape[0]))
     sl.explain(tiny_cnn, images, methods="integrated_gradients", n_steps=50, chunk_size=40)
-    # one forward for the target, then 200 rows in chunks of 40, then S(x') in one forward
-    assert calls == [4, 40, 40, 40, 40, 40, 4]
+    # one forward for the target, then 200 rows in chunks of 40, then S(x') in one forward; the
+    # engine may probe once with one row in each layout whether channels-last gives the same output
+    assert [c for c in calls if c != 1] == [4, 40, 40, 40, 40, 40, 4]
+    assert calls.count(1) <= 2
 
 
 @pytest.mark.parametrize("method", ["guided_backprop", "deconvnet"])

@@ -28,6 +28,10 @@ from .layout import channels_last_ok
 from .state import Hooks, attribution_mode, usable_input
 from .targets import LayerTarget, Target, layer_target
 
+# Passes of at least this many rows feed channels-last rows on CPU (core/layout.py); shorter
+# ones are not worth the one-off probe.
+NHWC_MIN_ROWS = 16
+
 MakeInputs = Callable[[torch.Tensor], torch.Tensor]
 LayerEdit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -142,6 +146,11 @@ class Engine:
         if not input_grad and not layers:
             raise ValueError("a gradient pass needs input_grad or at least one layer")
         with self.session(), Hooks() as hooks:
+            # Channels-last rows on CPU where the model gives the same output (core/layout.py);
+            # probed before any hook is installed. Gradients are handed back contiguous.
+            nhwc = n_rows >= NHWC_MIN_ROWS and channels_last_ok(
+                self.module, make_inputs(torch.arange(1)).to(self.device)
+            )
             captured: dict[str, torch.Tensor] = {}
 
             def capture(name):
@@ -169,6 +178,8 @@ class Engine:
             for rows in plan.chunks():
                 start = time.perf_counter()
                 x = usable_input(make_inputs(rows).to(self.device))
+                if nhwc:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 captured.clear()
                 with (
                     torch.enable_grad() if input_grad else torch.no_grad(),
@@ -204,12 +215,12 @@ class Engine:
                 yield PassChunk(
                     rows=rows,
                     samples=samples,
-                    inputs=x.detach(),
+                    inputs=x.detach().contiguous(),
                     logits=logits.detach(),
                     scores=scores.detach(),
-                    input_grad=grads[0] if input_grad else None,
-                    activations={n: captured[n].detach() for n in layers},
-                    gradients={n: grads[offset + i] for i, n in enumerate(layers)},
+                    input_grad=grads[0].contiguous() if input_grad else None,
+                    activations={n: captured[n].detach().contiguous() for n in layers},
+                    gradients={n: grads[offset + i].contiguous() for i, n in enumerate(layers)},
                 )
 
     def forwards(
@@ -227,8 +238,9 @@ class Engine:
         """
         with self.session(), Hooks() as hooks, torch.inference_mode():
             # Channels-last rows on CPU where the model gives the same output (core/layout.py).
-            example = make_inputs(torch.arange(1)).to(self.device)
-            nhwc = channels_last_ok(self.module, example)
+            nhwc = n_rows >= NHWC_MIN_ROWS and channels_last_ok(
+                self.module, make_inputs(torch.arange(1)).to(self.device)
+            )
             current_rows: list[torch.Tensor] = []
             if edit is not None:
                 layer, fn = edit
