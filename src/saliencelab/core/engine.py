@@ -30,7 +30,7 @@ from .targets import LayerTarget, Target, layer_target
 
 # Passes of at least this many rows feed channels-last rows on CPU (core/layout.py); shorter
 # ones are not worth the one-off probe.
-NHWC_MIN_ROWS = 16
+NHWC_MIN_ROWS = 8
 
 MakeInputs = Callable[[torch.Tensor], torch.Tensor]
 LayerEdit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
