@@ -188,3 +188,17 @@ def test_chunk_plan_shrinks_when_smaller_chunks_are_faster_per_row():
     assert sizes[:6] == [8, 8, 16, 4, 2, 1]
     assert set(sizes[6:-1]) == {2}  # 1 was slower per row than 2: settle on 2 (tail aside)
     assert sum(sizes) == 200
+
+
+def test_chunk_search_goes_on_across_short_passes():
+    key = ("resume", object())
+    per_row = {8: 1.0, 16: 1.5, 4: 0.8, 2: 0.6, 1: 0.9}
+    sizes = []
+    for _ in range(6):  # passes of 20 rows each: too short to finish the search alone
+        plan = ChunkPlan(key=key, n_rows=20, max_rows=64, start=8)
+        for rows in plan.chunks():
+            sizes.append(len(rows))
+            plan.record(len(rows), per_row[len(rows)] * len(rows))
+    settled = ChunkPlan(key=key, n_rows=20, max_rows=64, start=8)
+    assert settled.size == 2  # found over several passes
+    assert 16 in sizes and 1 in sizes

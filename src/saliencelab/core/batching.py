@@ -7,8 +7,10 @@ while doing the real work: start at 8 rows, double while the time per row improv
 3 % (or, if the start was already the best, halve while that improves), and keep the best. The
 first chunk is not measured (it pays one-off warm-up: allocations, kernel selection), so the
 start size runs twice. No row is computed twice, so the search costs nothing beyond the
-occasional sub-optimal chunk. The size
-never exceeds the memory budget divided by the measured bytes one row keeps for backward.
+occasional sub-optimal chunk. A pass too short to finish the search leaves it where it got, and
+the next pass of the same model and shape goes on from there (a dataset loop converges within a
+few batches). The size never exceeds the memory budget divided by the measured bytes one row
+keeps for backward.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 _BEST: dict[tuple, int] = {}
+_PARTIAL: dict[tuple, tuple[dict[int, float], int, bool]] = {}  # a search a short pass left open
 
 
 def default_budget(device: torch.device) -> int:
@@ -57,6 +60,9 @@ class ChunkPlan:
             self._size, self._settled = max(1, int(self.fixed)), True
         elif self.key in _BEST:
             self._size, self._settled = _BEST[self.key], True
+        elif self.key in _PARTIAL:  # go on with the search an earlier, shorter pass began
+            times, self._size, self._shrinking = _PARTIAL[self.key]
+            self._times, self._warm = dict(times), True
         else:
             self._size = min(self.start, self.max_rows)
 
@@ -78,6 +84,12 @@ class ChunkPlan:
             done += size
 
     def record(self, rows: int, seconds: float) -> None:
+        """Learn from a chunk of `rows` rows that took `seconds` (see `_learn`)."""
+        self._learn(rows, seconds)
+        if not self._settled and self._times:
+            _PARTIAL[self.key] = (dict(self._times), self._size, self._shrinking)
+
+    def _learn(self, rows: int, seconds: float) -> None:
         """Learn from a chunk of `rows` rows that took `seconds`.
 
         Grow (double) while the time per row improves by more than 3 %; if the starting size was
@@ -110,6 +122,7 @@ class ChunkPlan:
     def _settle(self, size: int) -> None:
         self._size, self._settled = size, True
         _BEST[self.key] = size
+        _PARTIAL.pop(self.key, None)
 
     @property
     def size(self) -> int:
@@ -119,3 +132,4 @@ class ChunkPlan:
 def forget_chunk_sizes() -> None:
     """Forget every measured chunk size (e.g. after moving a model to another device)."""
     _BEST.clear()
+    _PARTIAL.clear()
