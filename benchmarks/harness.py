@@ -300,3 +300,18 @@ def minmax(maps: Any) -> torch.Tensor:
     lo = m.flatten(1).amin(1)[:, None, None]
     m = m - lo
     return m / (1e-7 + m.flatten(1).amax(1)[:, None, None])
+
+
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+
+
+def benchmark_inputs(name: str, images: int) -> tuple[Any, torch.Tensor, str]:
+    """(model, inputs, label) for the metric benchmarks: EfficientNet-Lite0 on sample photos at
+    224×224, or a bundled shapes model on `sl.data.shapes.make(images, seed=0)` at 64×64."""
+    import saliencelab as sl
+
+    model = sl.load_model(name)
+    if name.startswith("shapes"):
+        return model, model.preprocess(sl.data.shapes.make(images, seed=0)), name
+    photos = [sl.sample_image(PHOTOS[i % len(PHOTOS)]) for i in range(images)]
+    return model, model.preprocess(photos), name

@@ -46,42 +46,16 @@ import saliencelab as sl
 from saliencelab.metrics.randomisation import select_stages
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Contender, Floor, make_sync, measure, paired, recorded, use_clock  # noqa: E402
-
-PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
-
-
-class StandInCNN(nn.Module):
-    """A small 64×64 CNN (4 conv blocks), untrained: the shapes CNN's stand-in."""
-
-    def __init__(self, classes: int = 4) -> None:
-        super().__init__()
-        chans = [3, 16, 32, 64, 64]
-        layers: list[nn.Module] = []
-        for a, b in zip(chans, chans[1:], strict=False):
-            layers += [nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(), nn.MaxPool2d(2)]
-        self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(64, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).mean((2, 3)))
-
-
-def load(name: str, images: int) -> tuple[sl.Model, torch.Tensor, str]:
-    if name == "efficientnet_lite0":
-        model = sl.load_model(name)
-        x = model.preprocess([sl.sample_image(PHOTOS[i % len(PHOTOS)]) for i in range(images)])
-        return model, x, name
-    try:
-        model = sl.load_model(name)
-        from saliencelab.data import shapes
-
-        return model, shapes.make(images, seed=0).images[:images], name
-    except Exception as err:  # noqa: BLE001 - the shapes model may not exist yet
-        print(f"  {name} not available ({type(err).__name__}: {err}); using a stand-in CNN")
-        torch.manual_seed(0)
-        x = torch.rand(images, 3, 64, 64)
-        return sl.Model(StandInCNN().eval(), name="standin"), x, "standin_cnn_64 (stand-in)"
+from harness import (  # noqa: E402
+    Contender,
+    Floor,
+    benchmark_inputs,
+    make_sync,
+    measure,
+    paired,
+    recorded,
+    use_clock,
+)
 
 
 def _no_attribute(self):
@@ -112,7 +86,7 @@ def run_model(name: str, layers: int | None, images: int, args: argparse.Namespa
     import quantus
     from captum.attr import Saliency
 
-    model, x, label = load(name, images)
+    model, x, label = benchmark_inputs(name, images)
     module = model.module.eval()
     sync = make_sync(x.device)
     with torch.no_grad():
