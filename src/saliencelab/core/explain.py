@@ -15,6 +15,7 @@ from .context import Capture, Context, MethodOutput, upsample
 from .engine import Cost, Engine
 from .errors import SaliencelabError, closest
 from .registry import MethodSpec, get_method
+from .requests import named_requests
 from .result import Attribution, Explanation
 from .targets import PendingTarget, TargetSpec, layer_target
 
@@ -23,15 +24,7 @@ MethodsArg = str | Sequence[str] | Mapping[str, Mapping[str, Any]]
 
 def _requests(methods: MethodsArg, options: dict[str, Any]) -> list[tuple[MethodSpec, dict]]:
     """(spec, options) per requested method; keyword options go to every method taking them."""
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    per_method = (
-        {k: dict(v or {}) for k, v in methods.items()}
-        if isinstance(methods, Mapping)
-        else {m: {} for m in methods}
-    )
-    if not per_method:
-        raise SaliencelabError("No method given; pass e.g. methods=['saliency', 'gradcam'].")
+    per_method = named_requests(methods, "method", "methods=['saliency', 'gradcam']")
     requests = []
     used: set[str] = set()
     for name, own in per_method.items():

@@ -46,6 +46,7 @@ from ..cli_common import (
     session,
     split,
 )
+from ..core.requests import split_dotted
 from .base import MetricResult, get_metric
 from .evaluate import EvalReport, metric_requests
 
@@ -68,18 +69,7 @@ def metric_options(
     requested metric that takes it. Both are checked (`metric_requests`) before any model work.
     """
     per: dict[str, dict[str, Any]] = {name: {} for name in names}
-    shared: dict[str, Any] = {}
-    for key, value in options.items():
-        metric, dot, opt = key.rpartition(".")
-        if not dot:
-            shared[key] = value
-            continue
-        if metric not in per:
-            raise sl.SaliencelabError(
-                f"The option {key!r} is for the metric {metric!r}, which was not requested; add "
-                "it to --metrics or drop the option."
-            )
-        per[metric][opt] = value
+    shared = split_dotted(options, per, "metric", "--metrics")
     metric_requests(per, shared)  # unknown metric or option: one sentence
     return per, shared
 

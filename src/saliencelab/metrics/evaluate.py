@@ -28,6 +28,7 @@ from ..core.engine import Engine
 from ..core.errors import SaliencelabError, closest
 from ..core.registry import get_method
 from ..core.registry import methods as registered_methods
+from ..core.requests import named_requests
 from ..core.result import Attribution, Explanation
 from ..core.targets import TargetSpec
 from ..methods.reference import REFERENCE_METHODS
@@ -180,15 +181,7 @@ def _plain(v: Any) -> Any:
 
 def metric_requests(metrics: MetricsArg, options: dict[str, Any]) -> list[Metric]:
     """Metric objects for the names asked; keyword options go to every metric that takes them."""
-    if isinstance(metrics, str):
-        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
-    per_metric = (
-        {k: dict(v or {}) for k, v in metrics.items()}
-        if isinstance(metrics, Mapping)
-        else {m: {} for m in metrics}
-    )
-    if not per_metric:
-        raise SaliencelabError("No metric given; pass e.g. metrics=['deletion', 'insertion'].")
+    per_metric = named_requests(metrics, "metric", "metrics=['deletion', 'insertion']")
     out: list[Metric] = []
     used: set[str] = set()
     for name, own in per_metric.items():

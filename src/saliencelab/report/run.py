@@ -44,6 +44,7 @@ from PIL import Image
 from torch import nn
 
 import saliencelab as sl
+from saliencelab.core.requests import named_requests, split_dotted
 
 ImageArg = str | os.PathLike | Image.Image
 #: `progress(completed, total, description)`: work units done so far, units in all, current step.
@@ -128,35 +129,16 @@ def method_requests(
             option for a method not requested, or a layer with no layer method.
     """
     specs = {s.name: s for s in sl.methods()}
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    per_method = (
-        {str(k): dict(v or {}) for k, v in methods.items()}
-        if isinstance(methods, Mapping)
-        else {str(m): {} for m in methods}
+    per_method = named_requests(
+        methods, "method", "--methods saliency,gradcam (see `saliencelab methods`)"
     )
-    if not per_method:
-        raise sl.SaliencelabError(
-            "No method given; pass e.g. --methods saliency,gradcam (see `saliencelab methods`)."
-        )
     for name in per_method:
         if name not in specs:
             raise sl.SaliencelabError(
                 f"Unknown method {name!r}.{_did_you_mean(name, specs)} "
                 "Run `saliencelab methods` to list them."
             )
-    shared: dict[str, Any] = {}
-    for key, value in (options or {}).items():
-        method, dot, opt = key.rpartition(".")
-        if not dot:
-            shared[key] = value
-            continue
-        if method not in per_method:
-            raise sl.SaliencelabError(
-                f"The option {key!r} is for the method {method!r}, which was not requested; add "
-                f"it to the methods or drop the option."
-            )
-        per_method[method][opt] = value
+    shared = split_dotted(options, per_method, "method", "the methods")
     if layer is not None:
         shared["layer"] = layer
     for name, own in per_method.items():
