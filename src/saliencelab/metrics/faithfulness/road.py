@@ -177,8 +177,17 @@ class Road(_Road):
         )
 
 
+class _OneOrder(_Road):
+    """ROAD with one order: the value is the area under its curve."""
+
+    def score(self, batch: EvalBatch) -> Scores:
+        curves, x_axis = self.curves(batch)
+        c = curves[self.orders[0]]
+        return Scores(values=trapezoid(c, x_axis.to(c.device)), curves=c, curve_x=x_axis)
+
+
 @register_metric
-class RoadMoRF(_Road):
+class RoadMoRF(_OneOrder):
     """ROAD, most relevant first: area under the MoRF curve (see `road`). Lower is better."""
 
     name = "road_morf"
@@ -186,22 +195,12 @@ class RoadMoRF(_Road):
     value_range = (0.0, 1.0)
     orders = ("morf",)
 
-    def score(self, batch: EvalBatch) -> Scores:
-        curves, x_axis = self.curves(batch)
-        c = curves["morf"]
-        return Scores(values=trapezoid(c, x_axis.to(c.device)), curves=c, curve_x=x_axis)
-
 
 @register_metric
-class RoadLeRF(_Road):
+class RoadLeRF(_OneOrder):
     """ROAD, least relevant first: area under the LeRF curve (see `road`). Higher is better."""
 
     name = "road_lerf"
     direction = "higher"
     value_range = (0.0, 1.0)
     orders = ("lerf",)
-
-    def score(self, batch: EvalBatch) -> Scores:
-        curves, x_axis = self.curves(batch)
-        c = curves["lerf"]
-        return Scores(values=trapezoid(c, x_axis.to(c.device)), curves=c, curve_x=x_axis)
