@@ -125,15 +125,16 @@ def test_chunked_pass_equals_one_chunk(tiny_cnn, images):
     torch.testing.assert_close(one, small)
 
 
-def test_chunk_plan_grows_while_faster_then_settles():
+def test_chunk_plan_tries_the_ladder_and_settles_on_the_fastest():
     plan = ChunkPlan(key=("test", object()), n_rows=1000, max_rows=64, start=8)
     sizes = []
-    per_row = {8: 1.0, 16: 0.8, 32: 0.9, 64: 0.5}
+    per_row = {8: 1.0, 16: 0.8, 32: 0.9, 64: 0.5}  # not monotonic: 32 is slower than 16
     for rows in plan.chunks():
         sizes.append(len(rows))
         plan.record(len(rows), per_row.get(len(rows), 1.0) * len(rows))
-    assert sizes[:4] == [8, 8, 16, 32]  # the first chunk (warm-up) is not measured
-    assert set(sizes[4:-1]) == {16}  # 32 was slower per row than 16: settle on 16
+    # warm-up chunk, then up the ladder to the cap, then down from the start to one row
+    assert sizes[:8] == [8, 8, 16, 32, 64, 4, 2, 1]
+    assert set(sizes[8:-1]) == {64}
     assert sum(sizes) == 1000
 
 
@@ -147,7 +148,7 @@ def test_chunk_plan_ignores_the_warm_up_chunk():
         slow = 20.0 if len(calls) == 1 else 1.0  # the first chunk pays warm-up
         plan.record(n, slow * per_row.get(n, 2.0) * n)
     # Had the warm-up chunk counted, 16 rows would have looked faster and been kept.
-    assert calls[:4] == [8, 8, 16, 4] and set(calls[4:-1]) == {8}
+    assert calls[:6] == [8, 8, 16, 4, 2, 1] and set(calls[6:-1]) == {8}
 
 
 def test_chunk_plan_respects_the_memory_budget():
@@ -180,13 +181,13 @@ def test_total_forwards_counts_the_forward_that_found_the_prediction(tiny_cnn, i
 
 def test_chunk_plan_shrinks_when_smaller_chunks_are_faster_per_row():
     plan = ChunkPlan(key=("shrink", object()), n_rows=200, max_rows=64, start=8)
-    per_row = {8: 1.0, 16: 1.2, 4: 0.8, 2: 0.7, 1: 0.9}
+    per_row = {8: 1.0, 16: 1.2, 32: 2.0, 4: 0.8, 2: 0.7, 1: 0.9}
     sizes = []
     for rows in plan.chunks():
         sizes.append(len(rows))
         plan.record(len(rows), per_row[len(rows)] * len(rows))
-    assert sizes[:6] == [8, 8, 16, 4, 2, 1]
-    assert set(sizes[6:-1]) == {2}  # 1 was slower per row than 2: settle on 2 (tail aside)
+    assert sizes[:7] == [8, 8, 16, 32, 4, 2, 1]  # 32 is 2x the best: stop growing
+    assert set(sizes[7:-1]) == {2}  # 1 was slower per row than 2: settle on 2 (tail aside)
     assert sum(sizes) == 200
 
 

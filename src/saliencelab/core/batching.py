@@ -3,11 +3,11 @@
 Multi-pass methods (IG steps, SmoothGrad samples, Score-CAM channels) run many rows through the
 model. The rows are cut into chunks; the chunk size is (1) the user's `chunk_size` if set, else
 (2) the best size found earlier for the same model, pass kind and input shape, else (3) found
-while doing the real work: start at 8 rows, double while the time per row improves by more than
-3 % (or, if the start was already the best, halve while that improves), and keep the best. The
+while doing the real work: start at 8 rows, double while the time per row stays within 1.5× of
+the best, then halve from the start down to one row, and keep the fastest per row. The
 first chunk is not measured (it pays one-off warm-up: allocations, kernel selection), so the
-start size runs twice. No row is computed twice, so the search costs nothing beyond the
-occasional sub-optimal chunk. A pass too short to finish the search leaves it where it got, and
+start size runs twice. No row is computed twice, so the search costs nothing beyond a few
+sub-optimal chunks. A pass too short to finish the search leaves it where it got, and
 the next pass of the same model and shape goes on from there (a dataset loop converges within a
 few batches). The size never exceeds the memory budget divided by the measured bytes one row
 keeps for backward.
@@ -92,8 +92,10 @@ class ChunkPlan:
     def _learn(self, rows: int, seconds: float) -> None:
         """Learn from a chunk of `rows` rows that took `seconds`.
 
-        Grow (double) while the time per row improves by more than 3 %; if the starting size was
-        already the best, try halving instead, while that improves. Then settle on the best.
+        Try each size of the ladder once: doubling from the start while the time per row stays
+        within 1.5× of the best so far (and the cap allows), then halving from the start down to
+        one row (cheap chunks; per-row cost is not monotonic in the size on every CPU). Then
+        settle on the fastest per row.
         """
         if self._settled or rows < self._size:
             return
@@ -102,22 +104,17 @@ class ChunkPlan:
             return
         self._times[rows] = seconds / rows
         best = min(self._times, key=self._times.get)
-        if self._shrinking:
-            bigger = self._times.get(rows * 2, float("inf"))
-            if self._times[rows] < 0.97 * bigger and rows > 1:
-                self._size = rows // 2
+        if not self._shrinking:
+            bigger = rows * 2
+            if bigger <= self.cap and self._times[rows] < 1.5 * self._times[best]:
+                self._size = bigger
                 return
-            self._settle(best)
+            self._shrinking = True
+        smaller = min(self._times) // 2
+        if smaller >= 1:
+            self._size = smaller
             return
-        improving = self._times[rows] < 0.97 * min(
-            (t for s, t in self._times.items() if s < rows), default=float("inf")
-        )
-        if (len(self._times) == 1 or improving) and self._size * 2 <= self.cap:
-            self._size *= 2
-        elif best == self.start and self.start > 1 and len(self._times) > 1:
-            self._shrinking, self._size = True, self.start // 2
-        else:
-            self._settle(best)
+        self._settle(best)
 
     def _settle(self, size: int) -> None:
         self._size, self._settled = size, True
