@@ -147,10 +147,9 @@ class Engine:
             raise ValueError("a gradient pass needs input_grad or at least one layer")
         with self.session(), Hooks() as hooks:
             # Channels-last rows on CPU where the model gives the same output (core/layout.py);
-            # probed (outputs and input gradients) before any hook is installed; gradients are
-            # handed back contiguous.
+            # probed before any hook is installed. Gradients are handed back contiguous.
             nhwc = n_rows >= NHWC_MIN_ROWS and channels_last_ok(
-                self.module, make_inputs(torch.arange(1)).to(self.device), gradients=True
+                self.module, make_inputs(torch.arange(1)).to(self.device)
             )
             captured: dict[str, torch.Tensor] = {}
 
