@@ -356,6 +356,7 @@ def test_coalition_scores_match_one_forward_per_drawn_row(make_model, tiny_cnn, 
     coalitions = Coalitions.stack([z0.bool(), z1.bool()], 4)
     target = torch.tensor([1, 2])
     ctx = Context(model, Engine(model, chunk_size=2), x, Target(target))
+    ctx.engine.probe_layout(x)  # as sl.explain does before any method runs
     y = coalition_scores(ctx, coalitions, mask, torch.zeros(1, 1, 1, 1))
     assert ctx.engine.cost.forward_rows == 3 + 2  # distinct (sample, coalition) pairs
     assert channels_last_ok(ctx) == (make_model == "tiny_cnn")

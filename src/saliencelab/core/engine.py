@@ -24,7 +24,7 @@ from .backward import Backward, install_backward_mode
 from .batching import ChunkPlan, default_budget
 from .errors import SaliencelabError
 from .layers import get_layer, module_name
-from .layout import channels_last_ok
+from .layout import channels_last_known, probe_channels_last
 from .state import Hooks, attribution_mode, usable_input
 from .targets import LayerTarget, Target, layer_target
 
@@ -118,6 +118,15 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def probe_layout(self, x: torch.Tensor) -> bool:
+        """Find out once whether inputs like `x` may run channels-last (core/layout.py).
+
+        Call before any method hooks the model (`sl.explain` and the metrics do); passes of at
+        least `NHWC_MIN_ROWS` rows then use channels-last where the probe said so.
+        """
+        with self.session():
+            return probe_channels_last(self.module, x.to(self.device))
+
     @contextmanager
     def session(self) -> Iterator[None]:
         """Eval mode and frozen parameters for several passes (nested sessions are cheap)."""
@@ -148,7 +157,7 @@ class Engine:
         with self.session(), Hooks() as hooks:
             # Channels-last rows on CPU where the model gives the same output (core/layout.py);
             # probed before any hook is installed. Gradients are handed back contiguous.
-            nhwc = n_rows >= NHWC_MIN_ROWS and channels_last_ok(
+            nhwc = n_rows >= NHWC_MIN_ROWS and channels_last_known(
                 self.module, make_inputs(torch.arange(1)).to(self.device)
             )
             captured: dict[str, torch.Tensor] = {}
@@ -238,7 +247,7 @@ class Engine:
         """
         with self.session(), Hooks() as hooks, torch.inference_mode():
             # Channels-last rows on CPU where the model gives the same output (core/layout.py).
-            nhwc = n_rows >= NHWC_MIN_ROWS and channels_last_ok(
+            nhwc = n_rows >= NHWC_MIN_ROWS and channels_last_known(
                 self.module, make_inputs(torch.arange(1)).to(self.device)
             )
             current_rows: list[torch.Tensor] = []

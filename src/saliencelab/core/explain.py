@@ -118,6 +118,8 @@ def explain(
             if spec.family != "perturbation":
                 raise SaliencelabError(gradients_message(spec.name))
     engine = Engine(model, chunk_size=chunk_size, memory_budget=memory_budget)
+    if layer_target(target) is None:  # a layer target's forward stops early: no full probe
+        engine.probe_layout(x)  # before any method hooks the model
     ctx = Context(model, engine, x, PendingTarget(target, x.shape[0], model.labels))
     first = _prefetch(ctx, requests)
     if first is not None and first.backward == "plain":

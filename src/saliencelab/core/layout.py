@@ -20,16 +20,34 @@ from ..models.model import logits_of
 _LAYOUT_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {key: bool}
 
 
-def channels_last_ok(module: nn.Module, example: torch.Tensor) -> bool:
+def _key(x: torch.Tensor) -> tuple | None:
+    if x.dim() != 4 or not x.is_floating_point() or x.device.type != "cpu":
+        return None
+    return (tuple(x.shape[1:]), x.dtype)
+
+
+def channels_last_known(module: nn.Module, example: torch.Tensor) -> bool:
+    """Whether an earlier probe found rows like `example` safe channels-last (never probes).
+
+    Passes ask this, not `probe_channels_last`: by the time a pass runs, a method may have
+    hooked the model (e.g. to record attention weights), and a probe forward would be recorded.
+    """
+    key = _key(example)
+    return key is not None and _LAYOUT_OK.get(module, {}).get(key, False)
+
+
+def probe_channels_last(module: nn.Module, example: torch.Tensor) -> bool:
     """Whether rows like `example` (one row or more) may be fed to `module` channels-last.
 
-    Call with the model in the state it will run in (eval mode, frozen); runs at most two
-    one-row forwards per (model, shape, dtype), under `torch.inference_mode()`.
+    Call at the start of a call, before any method hooks the model, with the model in the
+    state it will run in (eval mode, frozen); runs at most two one-row forwards per (model,
+    shape, dtype), under `torch.inference_mode()`, through `module.forward` (the model's own
+    top-level hooks do not see the probe).
     """
     x = example
-    if x.dim() != 4 or not x.is_floating_point() or x.device.type != "cpu":
+    key = _key(x)
+    if key is None:
         return False
-    key = (tuple(x.shape[1:]), x.dtype)
     known = _LAYOUT_OK.setdefault(module, {})
     if key in known:
         return known[key]
@@ -37,8 +55,8 @@ def channels_last_ok(module: nn.Module, example: torch.Tensor) -> bool:
     with torch.inference_mode():
         row = x[:1].detach()
         try:
-            plain = logits_of(module(row.contiguous()))
-            fast = logits_of(module(row.contiguous(memory_format=torch.channels_last)))
+            plain = logits_of(module.forward(row.contiguous()))
+            fast = logits_of(module.forward(row.contiguous(memory_format=torch.channels_last)))
             tol = 1e-4 * float(plain.abs().max()) + 1e-6
             ok = plain.shape == fast.shape and bool(((plain - fast).abs() <= tol).all())
         except Exception:  # noqa: BLE001  (any failure: keep the model's usual layout)

@@ -452,6 +452,8 @@ def make_batch(
     if isinstance(explainer, str):
         explainer = Explainer(explainer)
     engine = engine or (Engine(m) if m is not None else None)
+    if engine is not None and x is not None:
+        engine.probe_layout(x)
     tgt = _resolve_target(target, b, m, x, engine)
     return EvalBatch(
         x=x if x is not None else torch.empty(b, 0),

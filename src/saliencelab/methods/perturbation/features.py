@@ -30,7 +30,7 @@ import torch
 
 from ...core.context import Context
 from ...core.errors import SaliencelabError, closest
-from ...core.layout import channels_last_ok as layout_ok
+from ...core.layout import channels_last_known
 
 __all__ = [
     "FEATURE_KINDS",
@@ -239,10 +239,10 @@ def apply_features(
 def channels_last_ok(ctx: Context) -> bool:
     """Whether this call's perturbed image rows should be built channels-last (NHWC).
 
-    See `core/layout.py`: on CPU, for 4-D float inputs, when a probe row gives the same output.
+    See `core/layout.py`: on CPU, for 4-D float inputs, when the probe `sl.explain` ran at its
+    start found that a row gives the same output either way.
     """
-    with ctx.engine.session():
-        return layout_ok(ctx.model.module, ctx.x)
+    return channels_last_known(ctx.model.module, ctx.x)
 
 
 def perturbation_baseline(
