@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from saliencelab.core.state import frozen_parameters as frozen  # noqa: F401  (re-exported)
+
 # Which clock the ratios use: "wall" (perf_counter) or "cpu" (process CPU time, all threads).
 # On a machine shared with other jobs, wall time of a 2-thread OpenMP program is inflated many
 # times over and erratically (a thread waits at every barrier for its descheduled partner); CPU
@@ -134,19 +136,6 @@ def measure(
 def paired(a: Contender, b: Contender) -> float:
     """Median over repeats of a's time / b's time in the same repeat (robust to slow drift)."""
     return statistics.median(x / y for x, y in zip(a.times, b.times, strict=True))
-
-
-@contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    params = list(module.parameters())
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in zip(params, flags, strict=True):
-            p.requires_grad_(flag)
 
 
 class Floor:
@@ -302,7 +291,17 @@ def minmax(maps: Any) -> torch.Tensor:
     return m / (1e-7 + m.flatten(1).amax(1)[:, None, None])
 
 
-PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+# Sample photographs, RGB ones first (the gray ones are converted to RGB by sample_image).
+IMAGES = (
+    "chelsea",
+    "astronaut",
+    "coffee",
+    "motorcycle",
+    "rocket",
+    "retina",
+    "hubble_deep_field",
+    "immunohistochemistry",
+)
 
 
 def benchmark_inputs(name: str, images: int) -> tuple[Any, torch.Tensor, str]:
@@ -313,5 +312,5 @@ def benchmark_inputs(name: str, images: int) -> tuple[Any, torch.Tensor, str]:
     model = sl.load_model(name)
     if name.startswith("shapes"):
         return model, model.preprocess(sl.data.shapes.make(images, seed=0)), name
-    photos = [sl.sample_image(PHOTOS[i % len(PHOTOS)]) for i in range(images)]
+    photos = [sl.sample_image(IMAGES[i % len(IMAGES)]) for i in range(images)]
     return model, model.preprocess(photos), name

@@ -24,8 +24,10 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -34,16 +36,9 @@ from saliencelab.core.engine import Engine
 from saliencelab.core.targets import Target
 from saliencelab.methods.relevance.lrp import PRESETS, LRPRule, composite_from_name
 
-IMAGES = (
-    "chelsea",
-    "astronaut",
-    "coffee",
-    "motorcycle",
-    "rocket",
-    "retina",
-    "hubble_deep_field",
-    "immunohistochemistry",
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import IMAGES  # noqa: E402
+
 TARGET_RATIO = 2.0
 
 

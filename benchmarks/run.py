@@ -23,21 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-_ARGS = sys.argv[1:]
-if "--clock=cpu" in _ARGS or any(
-    a == "--clock" and b == "cpu" for a, b in zip(_ARGS, _ARGS[1:], strict=False)
-):
-    # Before torch (and its OpenMP runtime) loads: threads sleep instead of spinning at
-    # barriers, so process CPU time counts work, not waiting (see harness.CLOCK).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import torch  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+import clock_env  # noqa: E402, F401  (before torch: OMP_WAIT_POLICY for --clock cpu)
 import harness  # noqa: E402
 import peers  # noqa: E402
+import torch  # noqa: E402
 from harness import (  # noqa: E402
+    IMAGES,
     Contender,
     Floor,
     compare,
@@ -54,16 +46,6 @@ from saliencelab.core.registry import MethodSpec  # noqa: E402
 MODEL = "efficientnet_lite0"
 LAYER = "_head_act"
 # RGB photographs first (the gray ones are converted to RGB by sample_image).
-IMAGES = (
-    "chelsea",
-    "astronaut",
-    "coffee",
-    "motorcycle",
-    "rocket",
-    "retina",
-    "hubble_deep_field",
-    "immunohistochemistry",
-)
 N_STEPS = 50  # integrated gradients
 N_SAMPLES = 25  # SmoothGrad
 SEVEN = (

@@ -46,20 +46,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-_ARGS = sys.argv[1:]
-if "--clock=cpu" in _ARGS or any(
-    a == "--clock" and b == "cpu" for a, b in zip(_ARGS, _ARGS[1:], strict=False)
-):
-    # Before torch loads its OpenMP runtime: idle threads sleep instead of spinning, so process
-    # CPU time counts work, not waiting (see harness.CLOCK).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import torch  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+import clock_env  # noqa: E402, F401  (before torch: OMP_WAIT_POLICY for --clock cpu)
 import harness  # noqa: E402
+import torch  # noqa: E402
 from harness import (  # noqa: E402
+    IMAGES,
     Contender,
     Stopwatch,
     compare,
@@ -78,16 +70,6 @@ from saliencelab.methods.perturbation.kernelshap import sampled_coalitions  # no
 from saliencelab.methods.perturbation.lime import lime_coalitions, lime_weights  # noqa: E402
 
 MODEL = "efficientnet_lite0"
-IMAGES = (
-    "chelsea",
-    "astronaut",
-    "coffee",
-    "motorcycle",
-    "rocket",
-    "retina",
-    "hubble_deep_field",
-    "immunohistochemistry",
-)
 KERNEL_WIDTH, ALPHA = 0.25, 1.0
 
 
