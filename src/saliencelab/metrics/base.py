@@ -119,7 +119,6 @@ class EvalBatch:
         """
         engine = self.require_engine()
         target = Target(self.target)
-        out = torch.empty(0)
         parts = []
         for chunk in engine.forwards(n_rows, make_inputs, sample_of, target):
             if kind == "logits":
@@ -130,9 +129,7 @@ class EvalBatch:
                 logits = logits.softmax(dim=-1)
             idx = self.target.to(logits.device)[chunk.samples.to(logits.device)]
             parts.append(logits.gather(1, idx[:, None])[:, 0])
-        if parts:
-            out = torch.cat(parts)
-        return out
+        return torch.cat(parts) if parts else torch.empty(0)
 
     def require_engine(self) -> Engine:
         if self.engine is None:

@@ -322,15 +322,10 @@ def write_evaluation(
     report: EvalReport, scored: list[ImageItem], errors: list[ImageItem], out: Path
 ) -> list[Path]:
     """Write metrics.csv, metrics.json (with per-image values and errors), curves/ and bars/."""
+    from ..report.run import output_folder
     from ..viz.curves import save_metric_bars
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise sl.SaliencelabError(
-            f"Cannot create the output folder {str(out)!r} ({e.strerror or e}); choose another "
-            "output folder."
-        ) from e
+    out = output_folder(out)
     files = [report.to_csv(out / "metrics.csv")]
     data = {
         "images": [item.name for item in scored],

@@ -219,6 +219,19 @@ def _stem(text: str, used: set[str]) -> str:
     return unique
 
 
+def output_folder(path: str | os.PathLike) -> Path:
+    """Create the output folder (and parents); one sentence if that is not possible."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise sl.SaliencelabError(
+            f"Cannot create the output folder {str(out)!r} ({e.strerror or e}); choose another "
+            "output folder."
+        ) from e
+    return out
+
+
 def collect_entries(images: Iterable[ImageArg]) -> list[ImageEntry]:
     """One item per image: files as given, folders expanded, names of sample photos."""
     items: list[ImageEntry] = []
@@ -367,14 +380,7 @@ def explain_images(
     if not items:
         raise sl.SaliencelabError("No images given; pass image files, folders or sample names.")
 
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise sl.SaliencelabError(
-            f"Cannot create the output folder {str(out)!r} ({e.strerror or e}); choose another "
-            "output folder."
-        ) from e
+    out = output_folder(out_dir)
     result = RunResult(out, out / "index.html", None, names)
     per_image = sum(max(estimated_passes(n, requests[n]) for n in g) for g in groups)
     prog = _Progress(progress, len(items) * (_LOAD_UNITS + per_image + _WRITE_UNITS))
