@@ -24,7 +24,7 @@ from .backward import Backward, install_backward_mode
 from .batching import ChunkPlan, default_budget
 from .errors import SaliencelabError
 from .layers import get_layer, module_name
-from .layout import channels_last_known, probe_channels_last
+from .layout import channels_last_known, probe_channels_last, probed
 from .state import Hooks, attribution_mode, usable_input
 from .targets import LayerTarget, Target, layer_target
 
@@ -124,8 +124,11 @@ class Engine:
         Call before any method hooks the model (`sl.explain` and the metrics do); passes of at
         least `NHWC_MIN_ROWS` rows then use channels-last where the probe said so.
         """
+        x = x.to(self.device)
+        if probed(self.module, x):  # no session (eval mode, frozen weights) needed
+            return channels_last_known(self.module, x)
         with self.session():
-            return probe_channels_last(self.module, x.to(self.device))
+            return probe_channels_last(self.module, x)
 
     @contextmanager
     def session(self) -> Iterator[None]:

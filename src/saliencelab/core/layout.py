@@ -36,6 +36,12 @@ def channels_last_known(module: nn.Module, example: torch.Tensor) -> bool:
     return key is not None and _LAYOUT_OK.get(module, {}).get(key, False)
 
 
+def probed(module: nn.Module, example: torch.Tensor) -> bool:
+    """Whether rows like `example` need no probe (already probed, or never channels-last)."""
+    key = _key(example)
+    return key is None or key in _LAYOUT_OK.get(module, {})
+
+
 def probe_channels_last(module: nn.Module, example: torch.Tensor) -> bool:
     """Whether rows like `example` (one row or more) may be fed to `module` channels-last.
 
