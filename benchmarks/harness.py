@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gc
 import math
 import statistics
@@ -62,6 +63,27 @@ class Stopwatch:
     @property
     def seconds(self) -> float:
         return self.cpu if CLOCK == "cpu" else self.wall
+
+
+def setup_device(args: argparse.Namespace) -> torch.device:
+    """`--device`, checked; fills in the clock (cpu on CPU, wall on CUDA) and, on CPU, 1 thread."""
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
+    if args.clock is None:
+        args.clock = "wall" if cuda else "cpu"
+    elif cuda and args.clock == "cpu":
+        print("warning: --clock cpu on CUDA counts host CPU time only, not GPU time", flush=True)
+    if args.threads is None and not cuda:
+        args.threads = 1
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def make_sync(device: torch.device) -> Callable[[], None]:

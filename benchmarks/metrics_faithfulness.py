@@ -1,7 +1,7 @@
 """Faithfulness metrics: saliencelab against Quantus 0.6.0, and against the floor.
 
-    .venv/bin/python benchmarks/metrics_faithfulness.py [--clock cpu] [--threads 1]
-        [--models efficientnet_lite0,shapes_cnn] [--methods gradcam,saliency]
+    .venv/bin/python benchmarks/metrics_faithfulness.py [--device cpu|cuda] [--clock cpu]
+        [--threads 1] [--models efficientnet_lite0,shapes_cnn] [--methods gradcam,saliency]
         [--images 2] [--shapes-images 8] [--repeats 2] [--chunk K]
         [--out benchmarks/out/metrics_faithfulness.json]
 
@@ -25,7 +25,10 @@ forwards ours ran × the measured cost of one plain forward (inference mode, wei
 the chunk size the engine settled on (read from a call after its first, which may still
 search). Reported per case: ours/floor, Quantus/ours, and the largest
 difference of the curves (or values; NaN where both are NaN). `--clock cpu` (process CPU
-time) is the steady measure on a shared machine; use it with `--threads 1`.
+time) is the steady measure on a shared machine; use it with `--threads 1` (the defaults on
+CPU). With `--device cuda` the model, inputs, maps and targets live on the GPU, Quantus runs
+with `device="cuda"`, every timer synchronises the GPU, and the clock defaults to wall (CPU
+time does not count GPU work); `--threads` is then left to torch unless given.
 """
 
 from __future__ import annotations
@@ -46,7 +49,16 @@ from saliencelab.core.engine import Engine
 from saliencelab.metrics import make_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Contender, Stopwatch, frozen, make_sync, measure, use_clock  # noqa: E402
+from harness import (  # noqa: E402
+    Contender,
+    Stopwatch,
+    device_name,
+    frozen,
+    make_sync,
+    measure,
+    setup_device,
+    use_clock,
+)
 
 
 def tie_free(maps: torch.Tensor) -> torch.Tensor:
@@ -54,7 +66,7 @@ def tie_free(maps: torch.Tensor) -> torch.Tensor:
     m = maps.double()
     span = float(m.max() - m.min()) or 1.0
     n = m[0].numel()
-    ramp = torch.arange(n, dtype=torch.float64).view(m.shape[1:]) / n
+    ramp = torch.arange(n, dtype=torch.float64, device=m.device).view(m.shape[1:]) / n
     return m - 1e-6 * span * ramp
 
 
@@ -114,9 +126,10 @@ def cases(args, model, x, maps, targets):
 
         return call
 
-    xn, yn, an = x.numpy(), targets.numpy(), maps[:, None].numpy()
+    # Quantus takes numpy arrays and moves them to `device` itself (torch.Tensor(x).to(device)).
+    xn, yn, an = x.cpu().numpy(), targets.cpu().numpy(), maps[:, None].cpu().numpy()
     common = {"normalise": False, "abs": False, "disable_warnings": True}
-    call = {"model": module, "x_batch": xn, "y_batch": yn, "a_batch": an, "device": "cpu"}
+    call = {"model": module, "x_batch": xn, "y_batch": yn, "a_batch": an, "device": args.device}
     out = []
 
     steps = args.steps
@@ -178,23 +191,24 @@ def cases(args, model, x, maps, targets):
     return out
 
 
-def bench_model(args, name: str, sync) -> list[dict]:
-    model = sl.load_model(name)
+def bench_model(args, name: str, device: torch.device, sync) -> list[dict]:
+    model = sl.load_model(name).to(device)
     module = model.module.eval()
     if name == "shapes_cnn":
         from saliencelab.data import shapes
 
-        x = shapes.make(args.shapes_images, seed=0).images
+        # contiguous: the einsum in shapes.make gives another layout on some torch versions
+        x = shapes.make(args.shapes_images, seed=0).images.to(device).contiguous()
     else:
         photos = sl.sample_images()
         names = [photos[i % len(photos)] for i in range(args.images)]
-        x = model.preprocess([sl.sample_image(n) for n in names])
+        x = model.preprocess([sl.sample_image(n) for n in names]).to(device)
     with torch.inference_mode():
         targets = module(x).argmax(1)
     ex = sl.explain(model, x, methods=args.methods.split(","), target=targets)
     rows = []
     for method in args.methods.split(","):
-        maps = tie_free(ex[method].maps)
+        maps = tie_free(ex[method].maps.to(device))
         for label, ours_fn, quantus_fn, key in cases(args, model, x, maps, targets):
             print(f"{name} {tuple(x.shape)} {method} {label}", flush=True)
             ours_fn()  # the first call may still search the chunk size (see core/batching.py)
@@ -209,8 +223,8 @@ def bench_model(args, name: str, sync) -> list[dict]:
             peer = Contender("quantus", quantus_fn)
             floor = forward_floor(module, x, n_rows, chunk, sync)
             measure([ours, peer, floor], args.repeats, sync)
-            q = torch.as_tensor(peer.last, dtype=torch.float64)
-            mine = ours.last.curves[:, 1:] if key == "curve" else ours.last.values
+            q = torch.as_tensor(peer.last, dtype=torch.float64)  # numpy: on the CPU
+            mine = (ours.last.curves[:, 1:] if key == "curve" else ours.last.values).cpu()
             both = mine.isfinite() & q.isfinite()  # NaN: a constant side (saturated probability)
             diff = float((mine - q)[both].abs().max()) if both.any() else float("nan")
             nan_mismatch = int((mine.isnan() != q.isnan()).sum())
@@ -251,20 +265,35 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--chunk", type=int, default=None, help="fixed chunk size (default: the engine's)"
     )
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default=None, help="default: cpu on CPU, wall on CUDA"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: 1 on CPU, torch's on CUDA)",
+    )
     parser.add_argument("--out", default="benchmarks/out/metrics_faithfulness.json")
     args = parser.parse_args(argv)
+    device = setup_device(args)
     use_clock(args.clock)
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    sync = make_sync(torch.device("cpu"))
+    sync = make_sync(device)
+    print(f"device {device_name(device)}, {args.clock} clock", flush=True)
     rows = []
     for name in args.models.split(","):
-        rows += bench_model(args, name, sync)
+        rows += bench_model(args, name, device, sync)
     result = {
-        "settings": {**vars(args), "torch": torch.__version__, "quantus": "0.6.0"},
+        "settings": {
+            **vars(args),
+            "device_name": device_name(device),
+            "torch": torch.__version__,
+            "quantus": "0.6.0",
+        },
         "rows": rows,
     }
     print("\nmodel               method    metric                                   "

@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/metrics_randomisation.py [--models efficientnet_lite0,shapes_cnn]
         [--images efficientnet_lite0=2,shapes_cnn=8] [--layers efficientnet_lite0=4,shapes_cnn=all]
-        [--repeats 3] [--clock cpu] [--threads 1] [--out benchmarks/out/metrics_randomisation.json]
+        [--repeats 3] [--device cpu|cuda] [--clock cpu] [--threads 1]
+        [--out benchmarks/out/metrics_randomisation.json]
 
 On each model, with the same module, images, targets (the predicted classes), maps and the same
 randomisation (cascading from the output, one parameterised layer per step, the top L layers):
@@ -27,6 +28,12 @@ Reported: ours/floor, quantus/ours, quantus_sl/ours (median over interleaved rep
 clock), and the max abs difference of the per-layer similarity curves (ours vs quantus). The
 shapes CNN is `sl.load_model("shapes_cnn")` when it exists; otherwise a small 64×64 CNN stand-in
 (said so in the output).
+
+With `--device cuda` the module, images, targets and maps live on the GPU (Quantus gets
+`device="cuda"` and numpy copies, the explanation functions move them back; ours and Quantus both
+seed the CUDA generator too, so the randomisations still match), every timer synchronises the
+GPU, and the clock defaults to wall (CPU time does not count GPU work); `--threads` is then left
+to torch unless given. On CPU: `--clock cpu --threads 1`.
 """
 
 from __future__ import annotations
@@ -50,10 +57,12 @@ from harness import (  # noqa: E402
     Contender,
     Floor,
     benchmark_inputs,
+    device_name,
     make_sync,
     measure,
     paired,
     recorded,
+    setup_device,
     use_clock,
 )
 
@@ -82,13 +91,16 @@ def only_resettable(module: nn.Module, keep: set[str]):
             m.__class__ = cls
 
 
-def run_model(name: str, layers: int | None, images: int, args: argparse.Namespace) -> dict:
+def run_model(
+    name: str, layers: int | None, images: int, args: argparse.Namespace, device: torch.device
+) -> dict:
     import quantus
     from captum.attr import Saliency
 
-    model, x, label = benchmark_inputs(name, images)
+    model, x, label = benchmark_inputs(name, images)  # on the CPU
+    model, x = model.to(device), x.to(device).contiguous()  # shapes: layout varies by torch
     module = model.module.eval()
-    sync = make_sync(x.device)
+    sync = make_sync(device)
     with torch.no_grad():
         targets = module(x).argmax(1)
     plan = select_stages(module, layers, "layer")
@@ -105,15 +117,18 @@ def run_model(name: str, layers: int | None, images: int, args: argparse.Namespa
         metric.update(maps, x=x, model=model, target=targets, explainer="saliency")
         return metric.compute().curves
 
+    # Quantus hands numpy arrays to these and wants numpy back.
     def captum_explain(model, inputs, targets, **kwargs):
-        t = torch.as_tensor(targets).long()
-        a = Saliency(model).attribute(torch.as_tensor(inputs), target=t, abs=True).sum(1)
-        return a[:, None].detach().numpy()
+        t = torch.as_tensor(targets, device=device).long()
+        xs = torch.as_tensor(inputs, device=device)
+        a = Saliency(model).attribute(xs, target=t, abs=True).sum(1)
+        return a[:, None].detach().cpu().numpy()
 
     def sl_explain(model, inputs, targets, **kwargs):
-        t = torch.as_tensor(targets).long()
-        m = sl.explain(model, torch.as_tensor(inputs), "saliency", target=t)["saliency"].maps
-        return m[:, None].numpy()
+        t = torch.as_tensor(targets, device=device).long()
+        xs = torch.as_tensor(inputs, device=device)
+        m = sl.explain(model, xs, "saliency", target=t)["saliency"].maps
+        return m[:, None].cpu().numpy()
 
     def quantus_with(explain):
         def run():
@@ -129,11 +144,11 @@ def run_model(name: str, layers: int | None, images: int, args: argparse.Namespa
                 warnings.simplefilter("ignore")
                 out = q(
                     model=module,
-                    x_batch=x.numpy(),
-                    y_batch=targets.numpy(),
-                    a_batch=maps[:, None].numpy(),
+                    x_batch=x.cpu().numpy(),
+                    y_batch=targets.cpu().numpy(),
+                    a_batch=maps[:, None].cpu().numpy(),
                     explain_func=explain,
-                    device="cpu",
+                    device=args.device,
                     batch_size=b,
                 )
             steps = [k for k in out if k != "original"]
@@ -154,8 +169,8 @@ def run_model(name: str, layers: int | None, images: int, args: argparse.Namespa
     ]
     measure(contenders, args.repeats, sync)
     by = {c.name: c for c in contenders}
-    curves = by["ours"].last.double()
-    agree = {k: float((by[k].last - curves).abs().max()) for k in ("quantus", "quantus_sl")}
+    curves = by["ours"].last.double().cpu()  # compared on the CPU
+    agree = {k: float((by[k].last.cpu() - curves).abs().max()) for k in ("quantus", "quantus_sl")}
     result = {
         "model": label,
         "images": b,
@@ -188,17 +203,28 @@ def main(argv: list[str] | None = None) -> dict:
         help="top layers randomised per model (name=k or name=all)",
     )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--clock", default="cpu", choices=["cpu", "wall"])
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--clock", default=None, choices=["cpu", "wall"], help="default: cpu on CPU, wall on CUDA"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: 1 on CPU, torch's on CUDA)",
+    )
     parser.add_argument("--out", default="benchmarks/out/metrics_randomisation.json")
     args = parser.parse_args(argv)
+    device = setup_device(args)
     use_clock(args.clock)
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(f"device {device_name(device)}, {args.clock} clock", flush=True)
     per = dict(kv.split("=") for kv in args.layers.split(",") if kv)
     n_images = {k: int(v) for k, v in (kv.split("=") for kv in args.images.split(",") if kv)}
     results = {
         "settings": {
+            "device": device_name(device),
             "clock": args.clock,
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
@@ -209,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     for m in args.models.split(","):
         k = per.get(m, "all")
         layers = None if k == "all" else int(k)
-        results["models"].append(run_model(m, layers, n_images.get(m, 2), args))
+        results["models"].append(run_model(m, layers, n_images.get(m, 2), args, device))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/metrics_robustness.py
         [--configs efficientnet_lite0:2x8,shapes_cnn:2x16,shapes_cnn:8x16] [--radius 0.02]
-        [--repeats 3] [--small-repeats 9] [--clock cpu] [--threads 1]
+        [--repeats 3] [--small-repeats 9] [--device cpu|cuda] [--clock cpu] [--threads 1]
         [--out benchmarks/out/metrics_robustness.json]
 
 Each config is MODEL:IMAGESxSAMPLES.
@@ -24,6 +24,11 @@ On each model, with the same module, images, targets (the predicted classes), ma
 Reported: ours/floor, quantus/ours, captum/ours (median over interleaved repeats, the chosen
 clock), and the max relative difference of the values. The shapes CNN is `sl.load_model(
 "shapes_cnn")` when it exists; otherwise a small 64×64 CNN stand-in (said so in the output).
+
+With `--device cuda` the module, images, targets, maps and noise live on the GPU (Quantus gets
+`device="cuda"` and numpy copies, its explanation function moves them back), every timer
+synchronises the GPU, and the clock defaults to wall (CPU time does not count GPU work);
+`--threads` is then left to torch unless given. On CPU: `--clock cpu --threads 1`.
 """
 
 from __future__ import annotations
@@ -44,24 +49,27 @@ from harness import (  # noqa: E402
     Contender,
     Floor,
     benchmark_inputs,
+    device_name,
     make_sync,
     measure,
     paired,
     recorded,
+    setup_device,
     use_clock,
 )
 
 
-def run_model(config: str, args: argparse.Namespace) -> dict:
+def run_model(config: str, args: argparse.Namespace, device: torch.device) -> dict:
     import quantus
     from captum.attr import Saliency
     from captum.metrics import sensitivity_max
 
     name, _, sizes = config.partition(":")
     images, samples = (int(v) for v in (sizes or "2x8").split("x"))
-    model, x, label = benchmark_inputs(name, images)
+    model, x, label = benchmark_inputs(name, images)  # on the CPU
+    model, x = model.to(device), x.to(device).contiguous()  # shapes: layout varies by torch
     module = model.module.eval()
-    sync = make_sync(x.device)
+    sync = make_sync(device)
     with torch.no_grad():
         targets = module(x).argmax(1)
     b, n, radius = x.shape[0], samples, args.radius
@@ -69,8 +77,8 @@ def run_model(config: str, args: argparse.Namespace) -> dict:
     metric = sl.metrics.get("max_sensitivity")(radius=radius, n_samples=n, seed=0)
     from saliencelab.metrics.robustness._noisy import draw_noise
 
-    noise = draw_noise(x, n, radius, "uniform", 0)  # the same noise for everyone
-    steps = noise.view(b, n, -1).numpy()
+    noise = draw_noise(x, n, radius, "uniform", 0)  # the same noise for everyone (x's device)
+    steps = noise.view(b, n, -1).cpu().numpy()  # Quantus perturbs numpy arrays
     print(f"{label}: {b} images {tuple(x.shape[1:])}, {n} samples, radius {radius}", flush=True)
 
     def ours():
@@ -91,9 +99,10 @@ def run_model(config: str, args: argparse.Namespace) -> dict:
             state["s"] += 1
             return out
 
-        def explain(model, inputs, targets, **kwargs):
-            t = torch.as_tensor(targets).long()
-            return saliency_maps(torch.as_tensor(inputs), t)[:, None].detach().numpy()
+        def explain(model, inputs, targets, **kwargs):  # numpy in, numpy out
+            t = torch.as_tensor(targets, device=device).long()
+            xs = torch.as_tensor(inputs, device=device)
+            return saliency_maps(xs, t)[:, None].detach().cpu().numpy()
 
         q = quantus.MaxSensitivity(
             nr_samples=n, perturb_func=perturb, normalise=False, abs=False, disable_warnings=True
@@ -102,11 +111,11 @@ def run_model(config: str, args: argparse.Namespace) -> dict:
             warnings.simplefilter("ignore")
             out = q(
                 model=module,
-                x_batch=x.numpy(),
-                y_batch=targets.numpy(),
-                a_batch=maps[:, None].numpy(),
+                x_batch=x.cpu().numpy(),
+                y_batch=targets.cpu().numpy(),
+                a_batch=maps[:, None].cpu().numpy(),
                 explain_func=explain,
-                device="cpu",
+                device=args.device,
             )
         return torch.tensor(np.asarray(out), dtype=torch.float64)
 
@@ -124,14 +133,15 @@ def run_model(config: str, args: argparse.Namespace) -> dict:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return sensitivity_max(
+            values = sensitivity_max(
                 saliency_maps,
                 x,
                 perturb_func=perturb,
                 n_perturb_samples=n,
                 max_examples_per_batch=max(b, min(b * n, chunk_box["chunk"])),
                 target=targets,
-            ).double()
+            )
+        return values.double()
 
     c_ours = recorded("ours", ours, module)
     contenders = [c_ours]
@@ -148,9 +158,9 @@ def run_model(config: str, args: argparse.Namespace) -> dict:
     repeats = args.repeats if name == "efficientnet_lite0" else args.small_repeats
     measure(contenders, repeats, sync)
     by = {c.name: c for c in contenders}
-    v_ours = by["ours"].last.double()
+    v_ours = by["ours"].last.double().cpu()  # compared on the CPU
     agree = {
-        k: float(((by[k].last.double() - v_ours).abs() / v_ours.abs().clamp_min(1e-12)).max())
+        k: float(((by[k].last.double().cpu() - v_ours).abs() / v_ours.abs().clamp_min(1e-12)).max())
         for k in ("quantus", "captum")
     }
     grad_rows = c_ours.passes.rows("grad")
@@ -184,22 +194,33 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--radius", type=float, default=0.02)
     parser.add_argument("--repeats", type=int, default=3, help="on EfficientNet-Lite0")
     parser.add_argument("--small-repeats", type=int, default=9, help="on the 64×64 CNN")
-    parser.add_argument("--clock", default="cpu", choices=["cpu", "wall"])
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--clock", default=None, choices=["cpu", "wall"], help="default: cpu on CPU, wall on CUDA"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: 1 on CPU, torch's on CUDA)",
+    )
     parser.add_argument("--out", default="benchmarks/out/metrics_robustness.json")
     args = parser.parse_args(argv)
+    device = setup_device(args)
     use_clock(args.clock)
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(f"device {device_name(device)}, {args.clock} clock", flush=True)
     results = {
         "settings": {
+            "device": device_name(device),
             "clock": args.clock,
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "quantus": __import__("quantus").__version__,
             "captum": __import__("captum").__version__,
         },
-        "models": [run_model(c, args) for c in args.configs.split(",")],
+        "models": [run_model(c, args, device) for c in args.configs.split(",")],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """Occlusion on EfficientNet-Lite0 at 224×224: saliencelab against Captum, and against the floor.
 
     .venv/bin/python benchmarks/perturbation.py [--images 8] [--window 16] [--stride 8]
-        [--ppe 1,2,4,8] [--repeats 1] [--threads N] [--out benchmarks/out/perturbation.json]
+        [--ppe 1,2,4,8] [--repeats 1] [--device cpu|cuda] [--threads N]
+        [--out benchmarks/out/perturbation.json]
 
 Contenders, on the same module, images, targets (the predicted classes) and settings:
 
@@ -17,7 +18,10 @@ Contenders, on the same module, images, targets (the predicted classes) and sett
 Reported: wall seconds and process CPU seconds (all threads) of each, the ratio best Captum /
 ours, ours_full / floor and ours / floor, the chunk size, and the max abs difference of the maps
 (ours vs the best Captum run, ours vs ours_full). On a machine shared with other jobs, wall
-times are noisy; with `--threads 1` CPU seconds are the steadier measure.
+times are noisy; with `--threads 1` CPU seconds are the steadier measure. With `--device cuda`
+the module, images and targets live on the GPU, every timer synchronises it, and wall seconds
+are the measure (CPU seconds count only the host's work); each contender runs once untimed
+first, and the maps are compared on the CPU.
 """
 
 from __future__ import annotations
@@ -47,9 +51,17 @@ PHOTOS = (
 )
 
 
-def _timed(fn):
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device):
+    """(fn(), wall seconds, process CPU seconds), the device synchronised before and after."""
+    _sync(device)
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     out = fn()
+    _sync(device)
     return out, time.perf_counter() - start_wall, time.process_time() - start_cpu
 
 
@@ -74,7 +86,7 @@ def _forward_cost(module, x, rows: int, reps: int = 3) -> tuple[float, float]:
     batch = x.repeat(-(-rows // len(x)), 1, 1, 1)[:rows].contiguous()
     with torch.inference_mode():
         module(batch)
-        runs = [_timed(lambda: module(batch))[1:] for _ in range(reps)]
+        runs = [_timed(lambda: module(batch), x.device)[1:] for _ in range(reps)]
     return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
@@ -85,23 +97,32 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--stride", type=int, default=8)
     parser.add_argument("--ppe", default="1,2,4,8", help="Captum perturbations_per_eval sweep")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="benchmarks/out/perturbation.json")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        device_name = f"cuda ({torch.cuda.get_device_name(device)})"
+        where = f"{device_name}; wall seconds are the measure"
+    else:
+        device_name, where = "cpu", f"cpu, torch threads {torch.get_num_threads()}"
 
-    model = sl.load_model("efficientnet_lite0")
+    model = sl.load_model("efficientnet_lite0").to(device)
     module = model.module.eval()
     names = [PHOTOS[i % len(PHOTOS)] for i in range(args.images)]
-    x = model.preprocess([sl.sample_image(n) for n in names])
+    x = model.preprocess([sl.sample_image(n) for n in names]).to(device)
     with torch.inference_mode():
         targets = module(x).argmax(1)
     w, s = args.window, args.stride
     n_win = (-(-(224 - w) // s) + 1) ** 2
     print(
         f"occlusion window {w} stride {s}: {n_win} windows × {len(x)} images = "
-        f"{n_win * len(x)} forwards; torch threads {torch.get_num_threads()}",
+        f"{n_win * len(x)} forwards; {where}",
         flush=True,
     )
 
@@ -133,12 +154,15 @@ def main(argv: list[str] | None = None) -> dict:
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in contenders}
     outputs, chunks, incremental_layer = {}, {}, None
     names_order = list(contenders)
+    if device.type == "cuda":  # first CUDA calls load kernels and pick algorithms: not timed
+        for fn in contenders.values():
+            fn()
     for r in range(args.repeats):
         order = names_order[r % len(names_order) :] + names_order[: r % len(names_order)]
         for name in order:
             rows = _Rows(module)
             try:
-                out, wall, cpu = _timed(contenders[name])
+                out, wall, cpu = _timed(contenders[name], device)
             finally:
                 rows.close()
             times[name].append((wall, cpu))
@@ -147,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
                 if name == "ours":
                     incremental_layer = out.extras["incremental"]
                 out = out.attributions
-            outputs[name] = out
+            outputs[name] = out.detach().cpu()  # compared on the CPU
             print(f"  {name:14s} wall {wall:8.2f} s   cpu {cpu:8.2f} s", flush=True)
 
     med = {
@@ -167,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
             "stride": s,
             "windows": n_win,
             "forwards": n_rows,
+            "device": device_name,
             "threads": torch.get_num_threads(),
             "captum": __import__("captum").__version__,
             "torch": torch.__version__,

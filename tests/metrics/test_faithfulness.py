@@ -100,7 +100,9 @@ def test_deletion_equals_loop(net, x, maps, target, baseline):
     values, curves = ref_deletion(net, x, maps, target, 7, baseline)
     torch.testing.assert_close(r.curves, curves.double(), atol=1e-6, rtol=0)
     torch.testing.assert_close(r.values, values.double(), atol=1e-6, rtol=0)
-    assert r.forwards == 8 and r.direction == "lower"
+    # Steps 1..6 run per sample; step 0 (the input) was run resolving the predicted class and
+    # step 7 (all baseline, the same image for every sample) runs once for the batch.
+    assert r.forwards == 6 + 1 / len(x) and r.direction == "lower"
     torch.testing.assert_close(r.curve_x[[0, -1]], torch.tensor([0.0, 1.0], dtype=torch.double))
 
 
@@ -264,7 +266,7 @@ def test_faithfulness_correlation_equals_loop(net, x, maps, target):
     masks = torch.zeros(2, 8, H * W, dtype=torch.bool).scatter_(2, subsets, True)
     ref = ref_subset_corr(net, x, maps, target, masks, "pixel", "logit")
     torch.testing.assert_close(r.values, ref, atol=1e-5, rtol=0)
-    assert r.forwards == 9
+    assert r.forwards == 8  # the input's row came with the predicted class
 
 
 def test_faithfulness_correlation_drawn_subsets(net, x, maps, target):
@@ -330,7 +332,7 @@ def test_sensitivity_n_equals_loop(net, x, maps, target):
     curves = torch.stack(curves, 1)
     torch.testing.assert_close(r.curves, curves, atol=1e-5, rtol=0)
     torch.testing.assert_close(r.values, curves.mean(1), atol=1e-5, rtol=0)
-    assert r.forwards == len(ns) * draws + 1
+    assert r.forwards == len(ns) * draws  # + the input's row, run resolving the target
 
 
 # -- infidelity ----------------------------------------------------------------------------------
@@ -497,7 +499,7 @@ def test_monotonicity_correlation_equals_loop(net, x, maps, target):
     u = torch.rand(steps, draws, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     ref = ref_monotonicity_correlation(net, x, maps, target, steps, u.float())
     torch.testing.assert_close(r.values, ref, atol=1e-6, rtol=0)
-    assert r.forwards == steps * draws + 1
+    assert r.forwards == steps * draws  # + the input's row, run resolving the target
 
 
 def test_monotonicity_correlation_matches_quantus(quantus, net, x, maps, target):
@@ -634,7 +636,39 @@ def test_two_batches_equal_one_call(net, name):
     torch.testing.assert_close(parts.values, whole.values, **tol)
     if whole.curves is not None:
         torch.testing.assert_close(parts.curves, whole.curves, **tol)
-    assert parts.forwards == whole.forwards > 0
+    # A row shared by all samples (the all-baseline image) runs once per batch.
+    assert whole.forwards <= parts.forwards <= whole.forwards + 1 and whole.forwards > 0
+
+
+def test_input_and_shared_rows_run_once(net, x, maps, target):
+    """The input's scores are run once per batch for all metrics; the all-baseline image once."""
+    batch = sl.metrics.make_batch(maps, x=x, model=net, target=target)
+    assert batch.input_logits is None  # a given target needs no forward
+    deletion = sl.metrics.get("deletion")(steps=4)
+    deletion.update(batch=batch)
+    assert deletion.compute().forwards == 1 + 3 + 1 / len(x)  # input, steps 1-3, shared step 4
+    assert batch.input_logits is not None
+    torch.testing.assert_close(batch.input_logits, net(x))
+    corr = sl.metrics.get("faithfulness_correlation")(subset_size=5, n_samples=3)
+    corr.update(batch=batch)
+    assert corr.compute().forwards == 3  # the input's row is reused
+    # A per-sample baseline is no shared image: its last step runs per sample.
+    per_sample = sl.metrics.get("deletion")(steps=4, baseline=torch.rand(len(x), 3, 1, 1))
+    per_sample.update(batch=batch)
+    assert per_sample.compute().forwards == 4
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_non_contiguous_inputs(net, name):
+    """Inputs laid out any way (here a permuted HWC array) score like contiguous ones."""
+    torch.manual_seed(5)
+    hwc, maps2 = torch.randn(2, H, W, 3), torch.randn(2, H, W)
+    x_perm = hwc.permute(0, 3, 1, 2)
+    assert not x_perm.is_contiguous()
+    m = sl.metrics.get(name)(**SMALL[name])
+    a = m(maps2, x=x_perm, model=net)
+    b = m(maps2, x=x_perm.contiguous(), model=net)
+    torch.testing.assert_close(a.values, b.values, atol=1e-6, rtol=1e-4, equal_nan=True)
 
 
 @pytest.mark.parametrize(

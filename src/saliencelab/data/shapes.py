@@ -258,7 +258,8 @@ def make(
 
     # Smooth field: bilinear upsampling of the 4 × 4 grid as two matrix products.
     up = F.interpolate(torch.eye(4)[:, None], size=size, mode="linear", align_corners=False)[:, 0]
-    images = torch.einsum("ih,ncij,jw->nchw", up, field, up).add_(grey[:, None, None, None])
+    images = torch.einsum("ih,ncij,jw->nchw", up, field, up).contiguous()
+    images.add_(grey[:, None, None, None])
     # The object, drawn in a window of the largest box side (moved inside the image where it
     # would stick out), then placed; only the window's pixels are touched.
     win_top, win_left = top.clamp(max=size - hi), left.clamp(max=size - hi)

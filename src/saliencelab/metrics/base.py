@@ -85,6 +85,9 @@ class EvalBatch:
         masks: (B, H, W) bool ground-truth masks (localisation metrics).
         explainer: recomputes maps (robustness, randomisation, some axiomatic metrics).
         engine: runs and counts the forwards of this batch (shared by the metrics of one call).
+        input_logits: (B, classes) the model's logits on `x`, kept once computed (when the
+            predicted class was resolved, or by the first metric that asks `input_scores`), so
+            the metrics of one call run the unperturbed inputs once.
     """
 
     x: torch.Tensor
@@ -95,6 +98,7 @@ class EvalBatch:
     masks: torch.Tensor | None = None
     explainer: Explainer | None = None
     engine: Engine | None = None
+    input_logits: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -119,17 +123,47 @@ class EvalBatch:
         """
         engine = self.require_engine()
         target = Target(self.target)
-        parts = []
-        for chunk in engine.forwards(n_rows, make_inputs, sample_of, target):
-            if kind == "logits":
-                parts.append(chunk.logits)
-                continue
-            logits = chunk.logits.float()
-            if kind == "probability":
-                logits = logits.softmax(dim=-1)
-            idx = self.target.to(logits.device)[chunk.samples.to(logits.device)]
-            parts.append(logits.gather(1, idx[:, None])[:, 0])
+        parts = [
+            self.pick(chunk.logits, chunk.samples, kind)
+            for chunk in engine.forwards(n_rows, make_inputs, sample_of, target)
+        ]
         return torch.cat(parts) if parts else torch.empty(0)
+
+    def pick(
+        self,
+        logits: torch.Tensor,
+        samples: torch.Tensor,
+        kind: Literal["probability", "logit", "logits"],
+    ) -> torch.Tensor:
+        """The score `kind` of rows with these `logits` (N, classes), row i explaining the
+        target of sample `samples[i]`: all logits, the target's logit or its softmax probability."""
+        if kind == "logits":
+            return logits
+        logits = logits.float()
+        if kind == "probability":
+            logits = logits.softmax(dim=-1)
+        idx = self.target.to(logits.device)[samples.to(logits.device)]
+        return logits.gather(1, idx[:, None])[:, 0]
+
+    def input_scores(
+        self, kind: Literal["probability", "logit", "logits"] = "probability"
+    ) -> torch.Tensor:
+        """(B,) the target's score on the unperturbed inputs: one forward per sample, run once
+        per batch and kept in `input_logits` for every metric that scores this batch."""
+        if self.input_logits is None:
+            x = self.x
+            self.input_logits = self.scores(
+                x.shape[0], lambda r: x[r.to(x.device)], lambda r: r, kind="logits"
+            )
+        return self.pick(self.input_logits, torch.arange(self.batch), kind)
+
+    def shared_row_scores(
+        self, row: torch.Tensor, kind: Literal["probability", "logit", "logits"]
+    ) -> torch.Tensor:
+        """(B,) each sample's target score on one input `row` (1, C, H, W) that is the same for
+        every sample (e.g. the all-baseline image): one forward in all."""
+        logits = self.scores(1, lambda r: row, lambda r: r, kind="logits")
+        return self.pick(logits.expand(self.batch, -1), torch.arange(self.batch), kind)
 
     def require_engine(self) -> Engine:
         if self.engine is None:
@@ -430,6 +464,8 @@ def make_batch(
             )
     if m is not None and x is not None:
         x = x.to(m.device)
+    if x is not None:
+        x = x.contiguous()  # e.g. a permuted HWC array: the metrics view rows flat
     maps = maps.to(x.device) if x is not None else maps
     if masks is not None:
         if not isinstance(masks, torch.Tensor):
@@ -451,7 +487,7 @@ def make_batch(
     engine = engine or (Engine(m) if m is not None else None)
     if engine is not None and x is not None:
         engine.probe_layout(x)
-    tgt = _resolve_target(target, b, m, x, engine)
+    tgt, input_logits = _resolve_target(target, b, m, x, engine)
     return EvalBatch(
         x=x if x is not None else torch.empty(b, 0),
         maps=maps,
@@ -461,19 +497,21 @@ def make_batch(
         masks=masks,
         explainer=explainer,
         engine=engine,
+        input_logits=input_logits,
     )
 
 
 def _resolve_target(
     target: TargetSpec, b: int, model: Model | None, x: torch.Tensor | None, engine: Engine | None
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B,) class indices, and the logits on x when resolving them took a forward."""
     if isinstance(target, torch.Tensor) and target.dim() == 1 and target.shape[0] == b:
-        return target.long()
+        return target.long(), None
     if isinstance(target, int) and model is None:
-        return torch.full((b,), target, dtype=torch.long)
+        return torch.full((b,), target, dtype=torch.long), None
     if model is None or x is None or engine is None:
         if target is None:
-            return torch.full((b,), -1, dtype=torch.long)  # unknown: map-only metrics
+            return torch.full((b,), -1, dtype=torch.long), None  # unknown: map-only metrics
         raise SaliencelabError(
             "Resolving this target needs the model and inputs; pass model=... and x=... ."
         )
@@ -484,7 +522,7 @@ def _resolve_target(
             "Metrics score class probabilities; give a class target (int, name or one per "
             "sample), not a function."
         )
-    return resolved.indices
+    return resolved.indices, logits
 
 
 # -- the registry ----------------------------------------------------------------------------------

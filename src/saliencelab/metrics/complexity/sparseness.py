@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..base import EvalBatch, Metric, Scores, register_metric
+from ..stats import sorted_values
 from ._common import magnitudes, nan_where_zero
 
 
@@ -31,7 +32,7 @@ class Sparseness(Metric):
         super().__init__()
 
     def score(self, batch: EvalBatch) -> Scores:
-        a = magnitudes(batch).sort(dim=1).values.double()
+        a = sorted_values(magnitudes(batch)).double()
         n = a.shape[1]
         i = torch.arange(1, n + 1, dtype=torch.double, device=a.device)
         total = a.sum(1)

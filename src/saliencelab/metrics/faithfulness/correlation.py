@@ -13,6 +13,7 @@ from .perturbation import (
     check_choice,
     check_positive_int,
     generator,
+    input_first,
     run_rows,
 )
 
@@ -79,13 +80,14 @@ def subset_drop_scores(
     def make(samples: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         d = (k - 1).clamp(min=0)
         rows = idx[samples, d] if per_sample else idx[0, d]
-        out = batch.x[samples].clone().view(len(samples), -1)
+        out = batch.x[samples].clone().reshape(len(samples), -1)
         keep = (k == 0)[:, None]
         fills = fill[samples].reshape(len(samples), -1).gather(1, rows)
         out.scatter_(1, rows, torch.where(keep, out.gather(1, rows), fills))
         return out.view(-1, c, h, w)
 
-    return run_rows(batch, draws + 1, make, score)  # type: ignore[arg-type]
+    known = input_first(batch, score)  # type: ignore[arg-type]
+    return run_rows(batch, draws + 1, make, score, known)  # type: ignore[arg-type]
 
 
 @register_metric

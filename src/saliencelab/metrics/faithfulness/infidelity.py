@@ -11,6 +11,7 @@ from .perturbation import (
     check_positive,
     check_positive_int,
     generator,
+    input_first,
     run_rows,
 )
 
@@ -62,7 +63,8 @@ class Infidelity(FaithfulnessMetric):
             i = noise_x[(k - 1).clamp(min=0)] * (k > 0).view(-1, 1, 1, 1)
             return batch.x[samples] - i
 
-        scores = run_rows(batch, n + 1, make, self.score_kind).double()
+        known = input_first(batch, self.score_kind)
+        scores = run_rows(batch, n + 1, make, self.score_kind, known)
         drops = scores[:, :1] - scores[:, 1:]  # f(x) - f(x - I), (B, n)
         a = unit_attributions(batch, "element")  # (B, C·H·W)
         dots = a @ noise.to(batch.device).reshape(n, -1).T  # Iᵀa, (B, n)

@@ -13,6 +13,7 @@ from .perturbation import (
     check_positive,
     check_positive_int,
     generator,
+    input_first,
     ranked_replacement_scores,
     ranks_of,
     run_rows,
@@ -142,7 +143,8 @@ class MonotonicityCorrelation(FaithfulnessMetric):
             f = fill[samples] if kind == "baseline" else values[g, d].view(-1, 1, 1, 1)
             return torch.where(m, f, x)
 
-        scores = run_rows(batch, steps * draws + 1, make, self.score_kind).double()
+        known = input_first(batch, self.score_kind)
+        scores = run_rows(batch, steps * draws + 1, make, self.score_kind, known)
         y = scores[:, :1]
         sq = (scores[:, 1:] - y).square().view(b, steps, draws).mean(dim=2)
         inv = torch.where(y.abs() >= eps, 1.0 / y.square(), torch.ones_like(y))

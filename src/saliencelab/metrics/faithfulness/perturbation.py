@@ -158,31 +158,42 @@ def patch_ids(h: int, w: int, patch: int, device: torch.device) -> tuple[torch.T
 # -- scoring ---------------------------------------------------------------------------------------
 
 
-def target_scores(batch: EvalBatch, score: ScoreKind) -> torch.Tensor:
-    """(B,) the target's score on the unperturbed inputs (one forward per sample)."""
-    x = batch.x
-    return batch.scores(x.shape[0], lambda r: x[r.to(x.device)], lambda r: r, kind=score)
-
-
 def run_rows(
     batch: EvalBatch,
     per_sample: int,
     make: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     score: ScoreKind,
+    known: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(B, per_sample) scores of rows built by `make(samples, k)` (both (n,) long, on x's device).
 
-    Row r is perturbation `k = r % per_sample` of sample `r // per_sample`.
+    Row r is perturbation `k = r % per_sample` of sample `r // per_sample`. `known` gives the
+    (B,) scores of perturbations that need no forward of their own (k = 0 is often the input
+    itself, see `EvalBatch.input_scores`); only the others are built and run.
     """
     b = batch.x.shape[0]
     dev = batch.x.device
+    known = known or {}
+    todo = torch.tensor([k for k in range(per_sample) if k not in known], dtype=torch.long)
+    n = todo.numel()
+    out = torch.empty(b, per_sample, dtype=torch.float64, device=dev)
+    for k, values in known.items():
+        out[:, k] = values.to(dev)
+    if n:
+        todo_dev = todo.to(dev)
 
-    def make_inputs(rows: torch.Tensor) -> torch.Tensor:
-        rows = rows.to(dev)
-        return make(rows // per_sample, rows % per_sample)
+        def make_inputs(rows: torch.Tensor) -> torch.Tensor:
+            rows = rows.to(dev)
+            return make(rows // n, todo_dev[rows % n])
 
-    out = batch.scores(b * per_sample, make_inputs, lambda r: r // per_sample, kind=score)
-    return out.view(b, per_sample).double()
+        scores = batch.scores(b * n, make_inputs, lambda r: r // n, kind=score)
+        out[:, todo.to(dev)] = scores.view(b, n).double()
+    return out
+
+
+def input_first(batch: EvalBatch, score: ScoreKind) -> dict[int, torch.Tensor]:
+    """`known` for `run_rows` when perturbation 0 is the unperturbed input."""
+    return {0: batch.input_scores(score)}
 
 
 def ranked_replacement_scores(
@@ -199,6 +210,10 @@ def ranked_replacement_scores(
     may share one, e.g. all pixels of a patch); the others come from `outside`. `inside` and
     `outside` are (B, C, H, W) (expanded views are fine), `inside` may be a number. All channels
     of a pixel move together.
+
+    A step that replaces no pixel, or every pixel, is one side whole: the input itself (scored
+    once per batch), or an image shared by all samples (a number, or a tensor expanded over the
+    batch: one forward for the batch); such steps run no rows of their own.
     """
     b, c, h, w = batch.x.shape
     counts = counts.to(ranks.device)
@@ -208,7 +223,34 @@ def ranked_replacement_scores(
         fill = inside if isinstance(inside, float) else inside[samples]
         return torch.where(mask, fill, outside[samples])
 
-    return run_rows(batch, counts.numel(), make, score)
+    whole: dict[int, torch.Tensor] = {}
+    seen: dict[int, torch.Tensor | None] = {}  # per side: its scores, or None (rows needed)
+    every = int(ranks.max()) + 1 if ranks.numel() else 0
+    for k, count in enumerate(counts.tolist()):
+        side = outside if count <= 0 else inside if count >= every else None
+        if side is None:
+            continue
+        if id(side) not in seen:
+            seen[id(side)] = _whole_image_scores(batch, side, score)
+        if seen[id(side)] is not None:
+            whole[k] = seen[id(side)]
+    return run_rows(batch, counts.numel(), make, score, known=whole)
+
+
+def _whole_image_scores(
+    batch: EvalBatch, image: torch.Tensor | float, score: ScoreKind
+) -> torch.Tensor | None:
+    """(B,) scores of a whole image side that needs no per-sample row, else None."""
+    x = batch.x
+    if image is x:
+        return batch.input_scores(score)
+    if isinstance(image, float):
+        row = torch.full((1, *x.shape[1:]), image, dtype=x.dtype, device=x.device)
+    elif image.shape[0] == 1 or image.stride(0) == 0:  # expanded over the batch
+        row = image[:1]
+    else:
+        return None
+    return batch.shared_row_scores(row, score)
 
 
 # -- random draws shared by all samples ------------------------------------------------------------

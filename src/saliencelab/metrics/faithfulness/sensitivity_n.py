@@ -13,6 +13,7 @@ from .perturbation import (
     FaithfulnessMetric,
     baseline_like,
     check_positive_int,
+    input_first,
     random_subsets,
     run_rows,
 )
@@ -75,7 +76,8 @@ class SensitivityN(FaithfulnessMetric):
             m = dev_masks[(k - 1).clamp(min=0)] & (k > 0)[:, None]
             return torch.where(m.view(-1, 1, h, w), fill[samples], batch.x[samples])
 
-        scores = run_rows(batch, sizes.numel() + 1, make, self.score_kind)
+        known = input_first(batch, self.score_kind)
+        scores = run_rows(batch, sizes.numel() + 1, make, self.score_kind, known)
         drops = (scores[:, :1] - scores[:, 1:]).view(b, ns.numel(), draws)
         sums = (batch.maps.flatten(1).double() @ masks.to(batch.device).double().T).view(
             b, ns.numel(), draws
