@@ -28,6 +28,12 @@ from torch import nn
 
 from saliencelab.core.state import frozen_parameters as frozen  # noqa: F401  (re-exported)
 
+# On CUDA every contender computes in true float32: PyTorch's default TF32 convolutions round each
+# layer to ~1e-3 in a way that depends on the batch size, which would hide real disagreements
+# between contenders that chunk differently. (No effect on the CPU.)
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
 # Which clock the ratios use: "wall" (perf_counter) or "cpu" (process CPU time, all threads).
 # On a machine shared with other jobs, wall time of a 2-thread OpenMP program is inflated many
 # times over and erratically (a thread waits at every barrier for its descheduled partner); CPU

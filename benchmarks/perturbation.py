@@ -39,6 +39,9 @@ from captum.attr import Occlusion
 
 import saliencelab as sl
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402, F401  (true float32 on CUDA)
+
 PHOTOS = (
     "chelsea",
     "coffee",

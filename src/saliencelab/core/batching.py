@@ -4,7 +4,8 @@ Multi-pass methods (IG steps, SmoothGrad samples, Score-CAM channels) run many r
 model. The rows are cut into chunks; the chunk size is (1) the user's `chunk_size` if set, else
 (2) the best size found earlier for the same model, pass kind and input shape, else (3) found
 while doing the real work: start at 8 rows, double while the time per row stays within 1.5× of
-the best, then halve from the start down to one row, and keep the fastest per row. The
+the best (a size that looks slower gets a second chunk first), then halve from the start down
+to one row, and keep the fastest per row. The
 first chunk is not measured (it pays one-off warm-up: allocations, kernel selection), so the
 start size runs twice. No row is computed twice, so the search costs nothing beyond a few
 sub-optimal chunks. A pass too short to finish the search leaves it where it got, and
@@ -15,6 +16,7 @@ keeps for backward.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -92,8 +94,10 @@ class ChunkPlan:
     def _learn(self, rows: int, seconds: float) -> None:
         """Learn from a chunk of `rows` rows that took `seconds`.
 
-        Try each size of the ladder once: doubling from the start while the time per row stays
-        within 1.5× of the best so far (and the cap allows), then halving from the start down to
+        Try each size of the ladder: doubling from the start while the time per row stays
+        within 1.5× of the best so far (and the cap allows; a size that looks slower is run a
+        second time before the doubling stops, since the first chunk of a new size may pay
+        one-off costs, e.g. loading GPU kernels for it), then halving from the start down to
         one row (cheap chunks; per-row cost is not monotonic in the size on every CPU). Then
         settle on the fastest per row.
         """
@@ -102,13 +106,16 @@ class ChunkPlan:
         if not self._warm:  # the first chunk pays warm-up: not a fair measurement
             self._warm = True
             return
-        self._times[rows] = seconds / rows
+        first = rows not in self._times
+        self._times[rows] = min(seconds / rows, self._times.get(rows, math.inf))
         best = min(self._times, key=self._times.get)
         if not self._shrinking:
             bigger = rows * 2
             if bigger <= self.cap and self._times[rows] < 1.5 * self._times[best]:
                 self._size = bigger
                 return
+            if first and rows != best:
+                return  # a size's first chunk may pay one-off costs (GPU kernels): once more
             self._shrinking = True
         smaller = min(self._times) // 2
         if smaller >= 1:

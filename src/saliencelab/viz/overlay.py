@@ -92,7 +92,7 @@ def _resize(m: torch.Tensor, width: int, height: int) -> np.ndarray:
     if tuple(m.shape) != (height, width):
         m = F.interpolate(m[None, None], size=(height, width), mode="bilinear", align_corners=False)
         m = m[0, 0]
-    return m.numpy()
+    return m.detach().cpu().numpy()
 
 
 def heatmap(

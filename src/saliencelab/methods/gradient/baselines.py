@@ -47,6 +47,12 @@ def generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
+def cpu_generator(seed: int) -> torch.Generator:
+    """A seeded CPU generator, for draws that must not depend on the device: tensors drawn
+    from it and then moved give the same explanation on the CPU and on any GPU."""
+    return generator(torch.device("cpu"), seed)
+
+
 def _as_tensor(value: Any) -> Any:
     return torch.from_numpy(value) if isinstance(value, np.ndarray) else value
 
@@ -124,7 +130,8 @@ def baseline_distribution(
     x: torch.Tensor, baselines: Any, *, method: str, n_samples: int, gen: torch.Generator
 ) -> tuple[torch.Tensor, bool]:
     """A distribution of baselines (N, *sample shape or broadcastable), and whether it was drawn
-    here with one image per draw (so draw k uses baseline k rather than a random one)."""
+    here with one image per draw (so draw k uses baseline k rather than a random one). `gen` is
+    a CPU generator (`cpu_generator`): the drawn baselines do not depend on the device."""
     dtype = float_dtype(x)
     sample = tuple(x.shape[1:])
     ones = (1,) + (1,) * len(sample)
@@ -158,7 +165,7 @@ def baseline_distribution(
     if baselines is None or baselines == "uniform":
         flat = x.to(dtype).flatten()
         lo, hi = flat.min(), flat.max()
-        u = torch.rand((n_samples, *sample), generator=gen, device=x.device, dtype=dtype)
+        u = torch.rand((n_samples, *sample), generator=gen, dtype=dtype).to(x.device)
         return lo + (hi - lo) * u, True
     raise _unknown(baselines, DISTRIBUTIONS, method, "a tensor (N, C, H, W) of reference inputs")
 

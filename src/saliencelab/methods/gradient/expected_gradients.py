@@ -26,17 +26,18 @@ import torch
 from ...core.context import Context
 from ...core.errors import SaliencelabError
 from ...core.registry import register
-from .baselines import baseline_distribution, float_dtype, generator, positive_int
+from .baselines import baseline_distribution, cpu_generator, float_dtype, positive_int
 
 
 def row_noise(rows: torch.Tensor, shape: tuple[int, ...], seed: int, like: torch.Tensor):
-    """Standard normal noise (len(rows), *shape), row r from a generator seeded by (seed, r)."""
-    out = torch.empty((len(rows), *shape), device=like.device, dtype=like.dtype)
-    gen = torch.Generator(device=like.device)
+    """Standard normal noise (len(rows), *shape), row r from a CPU generator seeded by (seed, r)
+    (the same noise on every device), moved to `like`'s device."""
+    out = torch.empty((len(rows), *shape), dtype=like.dtype)
+    gen = torch.Generator()
     for i, r in enumerate(rows.tolist()):
         gen.manual_seed((int(seed) & 0xFFFF_FFFF) << 32 | r)
         out[i].normal_(generator=gen)
-    return out
+    return out.to(like.device)
 
 
 @register(
@@ -66,14 +67,14 @@ def expected_gradients(
     x = ctx.x
     dtype, dev, batch = float_dtype(x), x.device, ctx.batch
     xf = x.to(dtype)
-    gen = generator(dev, seed)
+    gen = cpu_generator(seed)  # baselines, α and indices: the same draws on every device
     dist, own_draws = baseline_distribution(x, baselines, method=name, n_samples=n_samples, gen=gen)
     n_rows = n_samples * batch
-    alphas = torch.rand(n_rows, generator=gen, device=dev, dtype=dtype)
+    alphas = torch.rand(n_rows, generator=gen, dtype=dtype).to(dev)
     if own_draws:
         index = torch.arange(n_rows, device=dev) // batch
     else:
-        index = torch.randint(dist.shape[0], (n_rows,), generator=gen, device=dev)
+        index = torch.randint(dist.shape[0], (n_rows,), generator=gen).to(dev)
     shape = (-1,) + (1,) * (x.dim() - 1)
     cache: dict[str, torch.Tensor] = {}
 

@@ -32,8 +32,8 @@ from ...core.errors import SaliencelabError
 from ...core.registry import register
 from ..gradient.baselines import (
     baseline_distribution,
+    cpu_generator,
     float_dtype,
-    generator,
     input_baselines,
     positive_int,
 )
@@ -155,11 +155,11 @@ def deeplift_shap(
         n_baselines = positive_int(n_baselines, "n_baselines", name)
     x, batch = ctx.x, ctx.batch
     dev = x.device
-    gen = generator(dev, seed)
+    gen = cpu_generator(seed)  # the same references on every device
     n_draws = n_baselines or DEFAULT_UNIFORM_REFERENCES
     dist, _ = baseline_distribution(x, baselines, method=name, n_samples=n_draws, gen=gen)
     if n_baselines is not None and n_baselines < dist.shape[0]:
-        dist = dist[torch.randperm(dist.shape[0], generator=gen, device=dev)[:n_baselines]]
+        dist = dist[torch.randperm(dist.shape[0], generator=gen)[:n_baselines].to(dev)]
     n_refs = dist.shape[0]
     sample_shape = tuple(x.shape[1:])
 

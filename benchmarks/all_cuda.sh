@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Every side-by-side benchmark on a CUDA GPU, in one go: the numbers recorded in README.md
+# ("On a GPU"). Usage: benchmarks/all_cuda.sh OUT_DIR [PYTHON] [PART...]
+# PART is any of: check run perturbation lrp faithfulness robustness randomisation surrogates
+# (default: all). Each part's JSON and log land in OUT_DIR; the last lines of each log are its
+# table. Peers (Captum, Quantus, pytorch-grad-cam) must be importable.
+set -u
+out=${1:?usage: benchmarks/all_cuda.sh OUT_DIR [PYTHON] [PART...]}
+py=${2:-python3}
+shift $(($# < 2 ? $# : 2))
+parts=${*:-check run perturbation lrp faithfulness robustness randomisation surrogates}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
+step() {  # step NAME COMMAND...: run, log, keep going on failure
+    local name=$1
+    shift
+    echo "=== $name: $*"
+    local start=$SECONDS
+    "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    tail -n 25 "$out/$name.log"
+    echo "=== $name: exit $rc, $((SECONDS - start)) s"
+}
+
+for part in $parts; do
+    case $part in
+    check) step check "$py" scripts/gpu_check.py --device cuda --out "$out/gpu_check.json" \
+        --models "${GPU_CHECK_MODELS:-shapes_cnn,shapes_vit,efficientnet_lite0,minilm}" ;;
+    run) step run "$py" benchmarks/run.py --device cuda --out "$out/run" ;;
+    perturbation) step perturbation "$py" benchmarks/perturbation.py --device cuda --repeats 5 \
+        --ppe 1,8,32,128 --out "$out/perturbation.json" ;;
+    surrogates) step surrogates "$py" benchmarks/surrogates.py --device cuda --repeats 2 \
+        --out "$out/surrogates" ;;
+    lrp) step lrp "$py" benchmarks/lrp.py --device cuda ;;
+    faithfulness) step faithfulness "$py" benchmarks/metrics_faithfulness.py --device cuda \
+        --repeats 5 --out "$out/metrics_faithfulness.json" ;;
+    robustness) step robustness "$py" benchmarks/metrics_robustness.py --device cuda \
+        --out "$out/metrics_robustness.json" ;;
+    randomisation) step randomisation "$py" benchmarks/metrics_randomisation.py --device cuda \
+        --out "$out/metrics_randomisation.json" ;;
+    *) echo "unknown part $part" ;;
+    esac
+done
