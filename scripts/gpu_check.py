@@ -6,7 +6,10 @@
 For every model (shapes_cnn and shapes_vit on 4 synthetic shapes, EfficientNet-Lite0 on 2
 photos, MiniLM on 2 sentences) and every registered method, the method runs once with the model
 and inputs on the CPU and once on `--device` (a second copy of the model, loaded the same way and
-moved there). The maps are compared: max |cpu − dev| / max |cpu| ("rel") and Pearson correlation.
+moved there). The maps are compared: ‖cpu − dev‖₂ / ‖cpu‖₂ ("rel") and Pearson correlation.
+The default --rtol 5e-3 allows what float32 does to gradients at ReLU6 kinks (EfficientNet-Lite0:
+saliency 5e-4, integrated gradients 9e-4, expected gradients 2.3e-3 on an H100, correlation
+1.0000); a device bug moves a map by O(1).
 A method that does not apply to a model must raise `SaliencelabError` on both ("n/a").
 
 Then every registered metric scores the same CPU maps (saliency, integrated gradients) of
@@ -46,13 +49,12 @@ from saliencelab.core.result import Attribution
 
 # Methods whose draws come from the device's RNG (torch.Generator(device=x.device)): on CUDA
 # their maps differ from the CPU's even with the same seed. (rise and the random reference draw
-# on the CPU, as do the baselines of expected_gradients and deeplift_shap, so they must match.)
+# on the CPU, as do the baselines of expected_gradients and deeplift_shap and the coalitions of
+# lime and kernelshap, so they must match.)
 SAMPLED_METHODS = {
     "smoothgrad",
     "smoothgrad_sq",
     "vargrad",
-    "lime",
-    "kernelshap",
 }
 # Metrics drawing from the device's RNG (noise around x; re-initialised layers).
 SAMPLED_METRICS = {"avg_sensitivity", "max_sensitivity", "local_lipschitz", "model_randomisation"}
@@ -506,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", help=f"comma-separated subset of {','.join(ALL_MODELS)}")
     p.add_argument("--methods", help="comma-separated subset of the registered methods")
     p.add_argument("--metrics", help="comma-separated subset of the registered metrics")
-    p.add_argument("--rtol", type=float, default=1e-3, help="max rel diff of deterministic rows")
+    p.add_argument("--rtol", type=float, default=5e-3, help="max rel diff of deterministic rows")
     p.add_argument(
         "--discrete-tol", type=float, default=0.05, help="max abs diff of values, counting metrics"
     )

@@ -97,6 +97,18 @@ def test_state_and_hooks_restored_also_when_a_method_raises(tiny_cnn, images):
         assert not m._forward_hooks and not m._backward_hooks and not m._forward_pre_hooks
 
 
+def test_mixed_training_flags_come_back_exactly(tiny_cnn, images):
+    """Some submodules training, some not (e.g. a frozen backbone): each flag is restored."""
+    tiny_cnn.train()
+    tiny_cnn.features[0].eval()
+    before = {name: m.training for name, m in tiny_cnn.named_modules()}
+    seen = []
+    tiny_cnn.features[0].register_forward_pre_hook(lambda m, a: seen.append(m.training))
+    sl.explain(tiny_cnn, images, methods="saliency")
+    assert seen and not any(seen)  # eval mode inside the call
+    assert {name: m.training for name, m in tiny_cnn.named_modules()} == before
+
+
 def test_works_inside_no_grad_and_inference_mode(tiny_cnn, images):
     ref = sl.explain(tiny_cnn, images, methods="saliency")["saliency"].maps
     with torch.no_grad():

@@ -25,6 +25,7 @@ import torch
 
 _BEST: dict[tuple, int] = {}
 _PARTIAL: dict[tuple, tuple[dict[int, float], int, bool]] = {}  # a search a short pass left open
+_BYTES: dict[tuple, int] = {}  # bytes one row keeps for backward, measured once per key
 
 
 def default_budget(device: torch.device) -> int:
@@ -58,6 +59,8 @@ class ChunkPlan:
     _warm: bool = False
 
     def __post_init__(self) -> None:
+        if self.bytes_per_row is None:
+            self.bytes_per_row = _BYTES.get(self.key)
         if self.fixed is not None:
             self._size, self._settled = max(1, int(self.fixed)), True
         elif self.key in _BEST:
@@ -132,8 +135,13 @@ class ChunkPlan:
     def size(self) -> int:
         return self._size
 
+    def remember_bytes(self, bytes_per_row: int) -> None:
+        """The measured bytes per row, kept for every later plan of the same key."""
+        self.bytes_per_row = _BYTES[self.key] = max(1, int(bytes_per_row))
+
 
 def forget_chunk_sizes() -> None:
     """Forget every measured chunk size (e.g. after moving a model to another device)."""
     _BEST.clear()
     _PARTIAL.clear()
+    _BYTES.clear()

@@ -329,7 +329,8 @@ class Engine:
 
 @contextmanager
 def _count_saved_bytes(plan: ChunkPlan, rows: int) -> Iterator[None]:
-    """Measure the bytes autograd keeps for backward per row, once per plan (caps chunk sizes)."""
+    """Measure the bytes autograd keeps for backward per row, once per model, pass kind and
+    input shape (caps chunk sizes)."""
     if plan.bytes_per_row is not None or plan.fixed is not None:
         yield
         return
@@ -342,7 +343,7 @@ def _count_saved_bytes(plan: ChunkPlan, rows: int) -> Iterator[None]:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield
-    plan.bytes_per_row = max(1, total // rows)
+    plan.remember_bytes(total // rows)
 
 
 def _check_finite(scores: torch.Tensor) -> None:

@@ -37,7 +37,7 @@ import torch
 from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError
 from ...core.registry import register
-from ..gradient.baselines import generator, positive_int
+from ..gradient.baselines import cpu_generator, positive_int
 from .features import feature_mask as make_feature_mask
 from .features import n_features, perturbation_baseline
 from .surrogate import Coalitions, coalition_scores, feature_attributions, weighted_least_squares
@@ -65,18 +65,19 @@ def sampled_coalitions(
 ) -> torch.Tensor:
     """(n, M) bool coalitions drawn ∝ the Shapley kernel (sizes, then uniform subsets), seeded.
 
-    With `paired`, rows 2k and 2k+1 are a draw and its complement.
+    With `paired`, rows 2k and 2k+1 are a draw and its complement. Drawn on the CPU (the same
+    coalitions on every device), returned on `device`.
     """
-    gen = generator(torch.device(device), seed)
+    gen = cpu_generator(seed)
     draws = (n + 1) // 2 if paired else n
-    sizes = torch.arange(1, m, device=device)
+    sizes = torch.arange(1, m)
     mass = (m - 1) / (sizes * (m - sizes)).to(torch.float64)
     size = sizes[torch.multinomial(mass, draws, replacement=True, generator=gen)]
-    keys = torch.rand((draws, m), generator=gen, device=device)
+    keys = torch.rand((draws, m), generator=gen)
     z = keys.argsort(dim=1).argsort(dim=1) < size[:, None]  # s of M features, uniformly
     if paired:
         z = torch.stack([z, ~z], dim=1).reshape(-1, m)
-    return z[:n]
+    return z[:n].to(device)
 
 
 def _exact_up_to(value: Any) -> int:

@@ -4,7 +4,7 @@ of Any Classifier", KDD 2016) on feature masks, batched, fitted in closed form.
 For each sample with F features:
 
 1. draw coalitions z ∈ {0, 1}^F: the all-ones coalition, then n_samples − 1 with each z_f an
-   independent Bernoulli(½) (a `torch.Generator` seeded with `seed`);
+   independent Bernoulli(½) (a CPU `torch.Generator` seeded with `seed`);
 2. score the target on x with the features where z_f = 0 set to the baseline: y(z);
 3. weigh each coalition by the exponential kernel of the paper (§3.4),
    π(z) = exp(−d(z)² / σ²), d(z) = 1 − cos(z, 1) = 1 − sqrt(|z| / F) (d = 1 for z = 0),
@@ -34,7 +34,7 @@ import torch
 from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError
 from ...core.registry import register
-from ..gradient.baselines import generator, positive_int
+from ..gradient.baselines import cpu_generator, positive_int
 from .features import feature_mask as make_feature_mask
 from .features import n_features, perturbation_baseline
 from .surrogate import Coalitions, coalition_scores, feature_attributions, weighted_least_squares
@@ -45,10 +45,11 @@ __all__ = ["lime", "lime_coalitions", "lime_weights"]
 def lime_coalitions(
     n_samples: int, n_feat: int, seed: int, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """(n_samples, n_feat) bool: the all-ones coalition, then Bernoulli(½) draws (seeded)."""
-    gen = generator(torch.device(device), seed)
-    draws = torch.rand((n_samples - 1, n_feat), generator=gen, device=device) < 0.5
-    return torch.cat([torch.ones(1, n_feat, dtype=torch.bool, device=device), draws])
+    """(n_samples, n_feat) bool: the all-ones coalition, then Bernoulli(½) draws (seeded, on the
+    CPU: the same coalitions on every device), on `device`."""
+    draws = torch.rand((n_samples - 1, n_feat), generator=cpu_generator(seed)) < 0.5
+    ones = torch.ones(1, n_feat, dtype=torch.bool)
+    return torch.cat([ones, draws]).to(device)
 
 
 def lime_weights(z: torch.Tensor, n_feat: torch.Tensor, kernel_width: float) -> torch.Tensor:
