@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 _BEST: dict[tuple, int] = {}
-_PARTIAL: dict[tuple, tuple[dict[int, float], int, bool]] = {}  # a search a short pass left open
+_PARTIAL: dict[tuple, tuple[dict[int, float], dict[int, int], int, bool]] = {}  # a search left open
 _BYTES: dict[tuple, int] = {}  # bytes one row keeps for backward, measured once per key
 
 
@@ -53,6 +53,7 @@ class ChunkPlan:
     bytes_per_row: int | None = None
     budget: int | None = None
     _times: dict[int, float] = field(default_factory=dict)
+    _tries: dict[int, int] = field(default_factory=dict)
     _size: int = 0
     _settled: bool = False
     _shrinking: bool = False
@@ -66,8 +67,8 @@ class ChunkPlan:
         elif self.key in _BEST:
             self._size, self._settled = _BEST[self.key], True
         elif self.key in _PARTIAL:  # go on with the search an earlier, shorter pass began
-            times, self._size, self._shrinking = _PARTIAL[self.key]
-            self._times, self._warm = dict(times), True
+            times, tries, self._size, self._shrinking = _PARTIAL[self.key]
+            self._times, self._tries, self._warm = dict(times), dict(tries), True
         else:
             self._size = min(self.start, self.max_rows)
 
@@ -92,7 +93,7 @@ class ChunkPlan:
         """Learn from a chunk of `rows` rows that took `seconds` (see `_learn`)."""
         self._learn(rows, seconds)
         if not self._settled and self._times:
-            _PARTIAL[self.key] = (dict(self._times), self._size, self._shrinking)
+            _PARTIAL[self.key] = (dict(self._times), dict(self._tries), self._size, self._shrinking)
 
     def _learn(self, rows: int, seconds: float) -> None:
         """Learn from a chunk of `rows` rows that took `seconds`.
@@ -102,14 +103,17 @@ class ChunkPlan:
         second time before the doubling stops, since the first chunk of a new size may pay
         one-off costs, e.g. loading GPU kernels for it), then halving from the start down to
         one row (cheap chunks; per-row cost is not monotonic in the size on every CPU). Then
-        settle on the fastest per row.
+        give each size within 1.5× of the best that ran only once a second chunk (other work on
+        the machine only ever adds time, so one slow chunk must not rule a size out) and settle
+        on the fastest per row (the minimum over each size's chunks).
         """
         if self._settled or rows < self._size:
             return
         if not self._warm:  # the first chunk pays warm-up: not a fair measurement
             self._warm = True
             return
-        first = rows not in self._times
+        self._tries[rows] = self._tries.get(rows, 0) + 1
+        first = self._tries[rows] == 1
         self._times[rows] = min(seconds / rows, self._times.get(rows, math.inf))
         best = min(self._times, key=self._times.get)
         if not self._shrinking:
@@ -123,6 +127,14 @@ class ChunkPlan:
         smaller = min(self._times) // 2
         if smaller >= 1:
             self._size = smaller
+            return
+        again = [
+            size
+            for size, t in self._times.items()
+            if size != best and self._tries[size] == 1 and t < 1.5 * self._times[best]
+        ]
+        if again:
+            self._size = min(again[0], self.cap)
             return
         self._settle(best)
 
