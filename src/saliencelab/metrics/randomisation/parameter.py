@@ -43,6 +43,7 @@ With `order="independent"`, "last" is the step that randomised only the lowest s
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -223,21 +224,31 @@ def _normal_(m: nn.Module) -> None:
 def randomise_stage(
     module: nn.Module, stage: Stage, seed: int, init: Literal["reset", "normal"] = "reset"
 ) -> None:
-    """Re-initialise the stage's layers in place, the global RNG seeded to `seed` (forked)."""
-    devices = sorted({p.device.index or 0 for p in module.parameters() if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=devices):
-        torch.default_generator.manual_seed(seed)  # = torch.manual_seed for these devices,
-        for d in devices:  # without its cost of seeding every backend and device
-            with torch.cuda.device(d):
-                torch.cuda.manual_seed(seed)
+    """Re-initialise the stage's layers in place, from the CPU's global RNG seeded to `seed`
+    (forked, so the caller's RNG state is untouched).
+
+    A layer on another device is re-initialised as a CPU copy whose values are then copied in:
+    the same seed gives the same random weights on every device.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
         for name in stage.layers:
             m = module.get_submodule(name) if name else module
-            reset = getattr(m, "reset_parameters", None) or getattr(m, "_reset_parameters", None)
+            state = [*m.parameters(), *m.buffers()]
+            on_cpu = m if all(t.device.type == "cpu" for t in state) else copy.deepcopy(m).cpu()
+            reset = getattr(on_cpu, "reset_parameters", None) or getattr(
+                on_cpu, "_reset_parameters", None
+            )
             leaf = not any(_owns_state(c) for c in m.modules() if c is not m)
             if init == "reset" and callable(reset) and leaf:
                 reset()
             else:
-                _normal_(m)
+                _normal_(on_cpu)
+            if on_cpu is not m:
+                drawn = [*on_cpu.parameters(), *on_cpu.buffers()]
+                with torch.no_grad():
+                    for t, value in zip(state, drawn, strict=True):
+                        t.copy_(value)
 
 
 @register_metric

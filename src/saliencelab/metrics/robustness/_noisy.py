@@ -32,15 +32,16 @@ def draw_noise(
     """(B * n_samples, *x.shape[1:]) noise, rows sample-major (row i * n + s is sample i).
 
     "uniform": U(-scale, scale) per element (a point of the L∞ ball of radius `scale`);
-    "gaussian": N(0, scale²) per element. Drawn on x's device from a generator seeded `seed`.
+    "gaussian": N(0, scale²) per element. Drawn on the CPU from a generator seeded `seed`, then
+    moved to x's device: the same noise, and so the same values, on every device.
     """
-    gen = torch.Generator(device=x.device).manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     shape = (x.shape[0] * n_samples, *x.shape[1:])
     if noise == "uniform":
-        u = torch.rand(shape, generator=gen, device=x.device, dtype=x.dtype)
-        return u.mul_(2 * scale).sub_(scale)
+        u = torch.rand(shape, generator=gen, dtype=x.dtype)
+        return u.mul_(2 * scale).sub_(scale).to(x.device)
     if noise == "gaussian":
-        return torch.randn(shape, generator=gen, device=x.device, dtype=x.dtype).mul_(scale)
+        return torch.randn(shape, generator=gen, dtype=x.dtype).mul_(scale).to(x.device)
     raise SaliencelabError(f"noise must be 'uniform' or 'gaussian', got {noise!r}.")
 
 
