@@ -71,8 +71,23 @@ class Stopwatch:
         return self.cpu if CLOCK == "cpu" else self.wall
 
 
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """`--device`, `--clock` and `--threads`, as `setup_device` reads them."""
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--clock", default=None, choices=["cpu", "wall"], help="default: cpu on CPU, wall on CUDA"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: 1 on CPU, torch's on CUDA)",
+    )
+
+
 def setup_device(args: argparse.Namespace) -> torch.device:
-    """`--device`, checked; fills in the clock (cpu on CPU, wall on CUDA) and, on CPU, 1 thread."""
+    """`--device`, checked; the clock (cpu on CPU, wall on CUDA) and threads (1 on CPU) set and
+    printed."""
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -83,6 +98,10 @@ def setup_device(args: argparse.Namespace) -> torch.device:
         print("warning: --clock cpu on CUDA counts host CPU time only, not GPU time", flush=True)
     if args.threads is None and not cuda:
         args.threads = 1
+    use_clock(args.clock)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"device {device_name(device)}, {args.clock} clock", flush=True)
     return device
 
 

@@ -52,12 +52,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
     Contender,
     Stopwatch,
+    add_device_options,
     device_name,
     frozen,
     make_sync,
     measure,
     setup_device,
-    use_clock,
 )
 
 
@@ -265,25 +265,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--chunk", type=int, default=None, help="fixed chunk size (default: the engine's)"
     )
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument(
-        "--clock", choices=("wall", "cpu"), default=None, help="default: cpu on CPU, wall on CUDA"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch threads (default: 1 on CPU, torch's on CUDA)",
-    )
+    add_device_options(parser)
     parser.add_argument("--out", default="benchmarks/out/metrics_faithfulness.json")
     args = parser.parse_args(argv)
     device = setup_device(args)
-    use_clock(args.clock)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     sync = make_sync(device)
-    print(f"device {device_name(device)}, {args.clock} clock", flush=True)
     rows = []
     for name in args.models.split(","):
         rows += bench_model(args, name, device, sync)

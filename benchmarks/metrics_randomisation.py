@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
     Contender,
     Floor,
+    add_device_options,
     benchmark_inputs,
     device_name,
     make_sync,
@@ -63,7 +64,6 @@ from harness import (  # noqa: E402
     paired,
     recorded,
     setup_device,
-    use_clock,
 )
 
 
@@ -203,23 +203,10 @@ def main(argv: list[str] | None = None) -> dict:
         help="top layers randomised per model (name=k or name=all)",
     )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument(
-        "--clock", default=None, choices=["cpu", "wall"], help="default: cpu on CPU, wall on CUDA"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch threads (default: 1 on CPU, torch's on CUDA)",
-    )
+    add_device_options(parser)
     parser.add_argument("--out", default="benchmarks/out/metrics_randomisation.json")
     args = parser.parse_args(argv)
     device = setup_device(args)
-    use_clock(args.clock)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"device {device_name(device)}, {args.clock} clock", flush=True)
     per = dict(kv.split("=") for kv in args.layers.split(",") if kv)
     n_images = {k: int(v) for k, v in (kv.split("=") for kv in args.images.split(",") if kv)}
     results = {

@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
     Contender,
     Floor,
+    add_device_options,
     benchmark_inputs,
     device_name,
     make_sync,
@@ -55,7 +56,6 @@ from harness import (  # noqa: E402
     paired,
     recorded,
     setup_device,
-    use_clock,
 )
 
 
@@ -194,23 +194,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--radius", type=float, default=0.02)
     parser.add_argument("--repeats", type=int, default=3, help="on EfficientNet-Lite0")
     parser.add_argument("--small-repeats", type=int, default=9, help="on the 64×64 CNN")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument(
-        "--clock", default=None, choices=["cpu", "wall"], help="default: cpu on CPU, wall on CUDA"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch threads (default: 1 on CPU, torch's on CUDA)",
-    )
+    add_device_options(parser)
     parser.add_argument("--out", default="benchmarks/out/metrics_robustness.json")
     args = parser.parse_args(argv)
     device = setup_device(args)
-    use_clock(args.clock)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"device {device_name(device)}, {args.clock} clock", flush=True)
     results = {
         "settings": {
             "device": device_name(device),
