@@ -91,6 +91,18 @@ def ref_deletion(net, x, maps, target, steps, baseline):
     return torch.tensor(values), torch.tensor(curves)
 
 
+def run_quantus(metric, model, x, target, a, softmax: bool) -> np.ndarray:
+    """A Quantus metric called as its documentation shows, on CPU numpy copies of the batch."""
+    return metric(
+        model=model,
+        x_batch=x.numpy(),
+        y_batch=target.numpy(),
+        a_batch=a.numpy(),
+        device="cpu",
+        softmax=softmax,
+    )
+
+
 # -- deletion and insertion ----------------------------------------------------------------------
 
 
@@ -135,18 +147,18 @@ def test_insertion_equals_loop(net, x, maps, target):
 
 def test_deletion_matches_quantus_pixel_flipping(quantus, net, x, maps, target):
     steps = 6  # 6 pixels per step = 18 channel values
-    q = quantus.PixelFlipping(
-        features_in_step=3 * H * W // steps,
-        perturb_baseline=0.0,
-        normalise=False,
-        abs=False,
-        disable_warnings=True,
-    )(
-        model=net,
-        x_batch=x.numpy(),
-        y_batch=target.numpy(),
-        a_batch=maps[:, None].numpy(),
-        device="cpu",
+    q = run_quantus(
+        quantus.PixelFlipping(
+            features_in_step=3 * H * W // steps,
+            perturb_baseline=0.0,
+            normalise=False,
+            abs=False,
+            disable_warnings=True,
+        ),
+        net,
+        x,
+        target,
+        maps[:, None],
         softmax=True,
     )
     r = sl.metrics.get("deletion")(steps=steps)(maps, x=x, model=net, target=target)
@@ -210,20 +222,20 @@ def test_aopc_uniform_noise_equals_loop(net, x, maps, target):
 @pytest.mark.parametrize("order,patch", [("morf", 2), ("lerf", 4)])
 def test_aopc_matches_quantus_region_perturbation(quantus, net, x, maps, target, order, patch):
     n_patches = math.ceil(H / patch) ** 2
-    q = quantus.RegionPerturbation(
-        patch_size=patch,
-        order=order,
-        regions_evaluation=n_patches,
-        perturb_baseline=0.0,
-        normalise=False,
-        abs=False,
-        disable_warnings=True,
-    )(
-        model=net,
-        x_batch=x.numpy(),
-        y_batch=target.numpy(),
-        a_batch=maps[:, None].numpy(),
-        device="cpu",
+    q = run_quantus(
+        quantus.RegionPerturbation(
+            patch_size=patch,
+            order=order,
+            regions_evaluation=n_patches,
+            perturb_baseline=0.0,
+            normalise=False,
+            abs=False,
+            disable_warnings=True,
+        ),
+        net,
+        x,
+        target,
+        maps[:, None],
         softmax=True,
     )
     q = torch.tensor(q, dtype=torch.double)
@@ -286,20 +298,20 @@ def test_faithfulness_correlation_drawn_subsets(net, x, maps, target):
 def test_faithfulness_correlation_matches_quantus(quantus, net, x, maps, target):
     runs, size, n_features = 10, 20, 3 * H * W
     np.random.seed(7)
-    q = quantus.FaithfulnessCorrelation(
-        nr_runs=runs,
-        subset_size=size,
-        perturb_baseline=0.0,
-        normalise=False,
-        abs=False,
-        return_aggregate=False,
-        disable_warnings=True,
-    )(
-        model=net,
-        x_batch=x.numpy(),
-        y_batch=target.numpy(),
-        a_batch=maps[:, None].numpy(),
-        device="cpu",
+    q = run_quantus(
+        quantus.FaithfulnessCorrelation(
+            nr_runs=runs,
+            subset_size=size,
+            perturb_baseline=0.0,
+            normalise=False,
+            abs=False,
+            return_aggregate=False,
+            disable_warnings=True,
+        ),
+        net,
+        x,
+        target,
+        maps[:, None],
         softmax=False,
     )
     np.random.seed(7)  # replay Quantus' draws: run-major, one subset per sample
@@ -394,12 +406,12 @@ def test_infidelity_matches_quantus(quantus, net, x, target):
     def perturb(arr, indices, **kwargs):  # x_perturbed = x − I
         return arr - noise[next(calls)].float().numpy().reshape(1, -1)
 
-    q = quantus.Infidelity(
+    q = run_quantus(
+        quantus.Infidelity(
         perturb_func=perturb, perturb_patch_sizes=[H], n_perturb_samples=n,
         normalise=False, abs=False, disable_warnings=True,
-    )(
-        model=net, x_batch=x.numpy(), y_batch=target.numpy(), a_batch=attr.numpy(),
-        device="cpu", softmax=False,
+    ),
+        net, x, target, attr, softmax=False,
     )  # fmt: skip
     m = sl.metrics.get("infidelity")(n_perturbations=n, std=0.25, seed=2)
     r = m(attr.sum(1), x=x, model=net, attributions=attr, target=target)
@@ -455,12 +467,12 @@ def test_monotonicity_matches_quantus(quantus, net, x, maps, target):
         return out
 
     rec = _Recorder(net).eval()
-    q = quantus.Monotonicity(
+    q = run_quantus(
+        quantus.Monotonicity(
         features_in_step=3 * H * W // steps, perturb_func=insert_from_x, perturb_baseline=0.0,
         abs=True, normalise=False, disable_warnings=True,
-    )(
-        model=rec, x_batch=x.numpy(), y_batch=target.numpy(), a_batch=maps[:, None].numpy(),
-        device="cpu", softmax=True,
+    ),
+        rec, x, target, maps[:, None], softmax=True,
     )  # fmt: skip
     q_curves = torch.stack(rec.seen[-steps:], 1)[torch.arange(2), :, target].double()
     r = sl.metrics.get("monotonicity")(steps=steps)(maps, x=x, model=net, target=target)
@@ -504,12 +516,12 @@ def test_monotonicity_correlation_equals_loop(net, x, maps, target):
 
 def test_monotonicity_correlation_matches_quantus(quantus, net, x, maps, target):
     steps = 12
-    q = quantus.MonotonicityCorrelation(
+    q = run_quantus(
+        quantus.MonotonicityCorrelation(
         features_in_step=3 * H * W // steps, nr_samples=2, perturb_baseline=0.0,
         abs=True, normalise=False, disable_warnings=True,
-    )(
-        model=net, x_batch=x.numpy(), y_batch=target.numpy(), a_batch=maps[:, None].numpy(),
-        device="cpu", softmax=True,
+    ),
+        net, x, target, maps[:, None], softmax=True,
     )  # fmt: skip
     m = sl.metrics.get("monotonicity_correlation")(steps=steps, perturbation="baseline")
     r = m(maps, x=x, model=net, target=target)
