@@ -25,9 +25,7 @@ def check_baseline(baseline: BaselineSpec) -> None:
         )
 
 
-def check_output(output: str) -> None:
-    if output not in ("logit", "probability"):
-        raise SaliencelabError(f"output must be 'logit' or 'probability', got {output!r}.")
+OUTPUTS = ("logit", "probability")  # what the axiomatic metrics may read of the model
 
 
 def baseline_of(x: torch.Tensor, baseline: BaselineSpec) -> torch.Tensor:

@@ -7,7 +7,8 @@ import math
 import torch
 
 from ..base import EvalBatch, Metric, Scores, register_metric
-from ._common import BaselineSpec, Output, baseline_of, check_baseline, check_output
+from ..checks import check_choice
+from ._common import OUTPUTS, BaselineSpec, Output, baseline_of, check_baseline
 
 
 @register_metric
@@ -36,7 +37,7 @@ class Completeness(Metric):
         self, baseline: BaselineSpec = 0.0, output: Output = "logit", relative: bool = False
     ) -> None:
         check_baseline(baseline)
-        check_output(output)
+        check_choice(self.name, "output", output, OUTPUTS)
         super().__init__(baseline=baseline, output=output, relative=relative)
 
     def output_difference(self, batch: EvalBatch) -> torch.Tensor:

@@ -17,6 +17,7 @@ from ...core.errors import SaliencelabError
 from ...core.state import attribution_mode
 from ...models.model import Model
 from ..base import EvalBatch, Metric, Scores, register_metric
+from ..checks import check_choice
 
 
 def first_layer(module: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
@@ -138,10 +139,8 @@ class InputInvariance(Metric):
         rtol: float = 1e-5,
         on: Literal["maps", "attributions"] = "maps",
     ) -> None:
-        if measure not in ("fraction", "mae"):
-            raise SaliencelabError(f"measure must be 'fraction' or 'mae', got {measure!r}.")
-        if on not in ("maps", "attributions"):
-            raise SaliencelabError(f"on must be 'maps' or 'attributions', got {on!r}.")
+        check_choice(self.name, "measure", measure, ("fraction", "mae"))
+        check_choice(self.name, "on", on, ("maps", "attributions"))
         if not (atol >= 0 and rtol >= 0):
             raise SaliencelabError("atol and rtol must be non-negative numbers.")
         super().__init__(shift=shift, measure=measure, atol=atol, rtol=rtol, on=on)

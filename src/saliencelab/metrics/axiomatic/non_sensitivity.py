@@ -9,7 +9,8 @@ import torch
 
 from ...core.errors import SaliencelabError
 from ..base import EvalBatch, Metric, Scores, register_metric
-from ._common import BaselineSpec, Output, baseline_of, check_baseline, check_output
+from ..checks import check_choice, check_positive, check_positive_int
+from ._common import OUTPUTS, BaselineSpec, Output, baseline_of, check_baseline
 
 
 @register_metric
@@ -50,22 +51,11 @@ class NonSensitivity(Metric):
         output: Output = "probability",
         fraction: bool = False,
     ) -> None:
-        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
-            raise SaliencelabError(
-                f"eps must be a positive number (the zero threshold), got {eps!r}."
-            )
-        if (
-            not isinstance(features_in_step, int)
-            or isinstance(features_in_step, bool)
-            or features_in_step < 1
-        ):
-            raise SaliencelabError(
-                f"features_in_step must be a positive integer, got {features_in_step!r}."
-            )
-        if unit not in ("pixel", "element"):
-            raise SaliencelabError(f"unit must be 'pixel' or 'element', got {unit!r}.")
+        check_positive(self.name, "eps", eps, "the zero threshold")
+        check_positive_int(self.name, "features_in_step", features_in_step)
+        check_choice(self.name, "unit", unit, ("pixel", "element"))
         check_baseline(baseline)
-        check_output(output)
+        check_choice(self.name, "output", output, OUTPUTS)
         super().__init__(
             eps=eps,
             features_in_step=features_in_step,

@@ -6,12 +6,11 @@ import torch
 
 from ...core.errors import SaliencelabError
 from ..base import EvalBatch, Scores, register_metric
+from ..checks import check_choice, check_positive_int
 from ..stats import pearson
 from .perturbation import (
     FaithfulnessMetric,
     baseline_like,
-    check_choice,
-    check_positive_int,
     generator,
     input_first,
     run_rows,

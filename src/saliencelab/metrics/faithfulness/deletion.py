@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 
 from ..base import EvalBatch, Scores, register_metric
+from ..checks import check_positive, check_positive_int
 from ..stats import pixel_order, trapezoid
 from .perturbation import (
     FaithfulnessMetric,
     baseline_like,
-    check_positive,
-    check_positive_int,
     gaussian_blur,
     ranked_replacement_scores,
     ranks_of,

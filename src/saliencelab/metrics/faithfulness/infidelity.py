@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 
 from ..base import EvalBatch, Scores, register_metric
+from ..checks import check_positive, check_positive_int
 from .correlation import unit_attributions
 from .perturbation import (
     FaithfulnessMetric,
-    check_positive,
-    check_positive_int,
     generator,
     input_first,
     run_rows,

@@ -5,13 +5,11 @@ from __future__ import annotations
 import torch
 
 from ..base import EvalBatch, Scores, register_metric
+from ..checks import check_choice, check_positive, check_positive_int
 from ..stats import pixel_order, spearman
 from .perturbation import (
     FaithfulnessMetric,
     baseline_like,
-    check_choice,
-    check_positive,
-    check_positive_int,
     generator,
     input_first,
     ranked_replacement_scores,

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ...core.errors import SaliencelabError
 from ..base import EvalBatch, Metric
+from ..checks import check_choice
 
 ScoreKind = Literal["probability", "logit"]
 
@@ -58,38 +59,8 @@ def check_image_batch(name: str, batch: EvalBatch) -> None:
         )
 
 
-def check_positive_int(name: str, option: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise SaliencelabError(
-            f"The option {option} of {name} must be a positive integer, got {value!r}."
-        )
-    return value
-
-
-def check_positive(name: str, option: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise SaliencelabError(
-            f"The option {option} of {name} must be a positive number, got {value!r}."
-        )
-    return float(value)
-
-
 def check_score(name: str, score: str) -> ScoreKind:
-    if score not in ("probability", "logit"):
-        raise SaliencelabError(
-            f"The option score of {name} must be 'probability' (softmax of the target) or "
-            f"'logit', got {score!r}."
-        )
-    return score  # type: ignore[return-value]
-
-
-def check_choice(name: str, option: str, value: object, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise SaliencelabError(
-            f"The option {option} of {name} must be one of {', '.join(map(repr, choices))}, "
-            f"got {value!r}."
-        )
-    return value  # type: ignore[return-value]
+    return check_choice(name, "score", score, ("probability", "logit"))  # type: ignore[return-value]
 
 
 def baseline_like(

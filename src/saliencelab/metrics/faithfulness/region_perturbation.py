@@ -6,11 +6,10 @@ import torch
 
 from ...core.errors import SaliencelabError
 from ..base import EvalBatch, Scores, register_metric
+from ..checks import check_choice, check_positive_int
 from .perturbation import (
     FaithfulnessMetric,
     baseline_like,
-    check_choice,
-    check_positive_int,
     generator,
     patch_ids,
     ranked_replacement_scores,

@@ -8,11 +8,11 @@ import torch
 
 from ...core.errors import SaliencelabError
 from ..base import EvalBatch, Scores, register_metric
+from ..checks import check_positive_int
 from ..stats import pearson
 from .perturbation import (
     FaithfulnessMetric,
     baseline_like,
-    check_positive_int,
     input_first,
     random_subsets,
     run_rows,

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ...core.errors import SaliencelabError
 from ..base import EvalBatch, Metric, MetricResult, Scores, register_metric
+from ..checks import check_choice
 from ._common import flat_maps_and_masks, nan_where, target_extras
 
 Ties = Literal["any", "first", "expected"]
@@ -73,8 +74,7 @@ class PointingGame(Metric):
     def __init__(self, tolerance: float = 15, ties: Ties = "any") -> None:
         if tolerance < 0:
             raise SaliencelabError(f"tolerance must be ≥ 0 pixels, got {tolerance}.")
-        if ties not in ("any", "first", "expected"):
-            raise SaliencelabError(f"Unknown ties={ties!r}; use 'any', 'first' or 'expected'.")
+        check_choice(self.name, "ties", ties, ("any", "first", "expected"))
         super().__init__(tolerance=tolerance, ties=ties)
 
     def score(self, batch: EvalBatch) -> Scores:

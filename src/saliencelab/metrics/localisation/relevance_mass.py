@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ...core.errors import SaliencelabError
 from ..base import EvalBatch, Metric, Scores, register_metric
+from ..checks import check_choice
 from ._common import (
     Part,
     flat_maps_and_masks,
@@ -39,7 +39,7 @@ class RelevanceMass(Metric):
     reference = _ARRAS
 
     def __init__(self, part: Part = "positive") -> None:
-        relevance_part_check(part)
+        check_choice(self.name, "part", part, ("positive", "absolute", "signed"))
         super().__init__(part=part)
 
     def score(self, batch: EvalBatch) -> Scores:
@@ -74,10 +74,3 @@ class RelevanceRank(Metric):
         k = m.sum(1)
         values = ratio(top_k_hits(v, m, k), k.double())
         return Scores(values=values, extras=target_extras(batch))
-
-
-def relevance_part_check(part: str) -> None:
-    if part not in ("positive", "absolute", "signed"):
-        raise SaliencelabError(
-            f"Unknown part={part!r}; use 'positive' (the paper), 'absolute' or 'signed'."
-        )

@@ -54,6 +54,7 @@ from torch import nn
 
 from ...core.errors import SaliencelabError, closest
 from ..base import EvalBatch, Metric, Scores, register_metric
+from ..checks import check_choice
 from .similarity import check_similarity, similarity_to
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -290,17 +291,11 @@ class ModelRandomisation(Metric):
         seed: int = 42,
         similarity_options: dict[str, Any] | None = None,
     ) -> None:
-        if order not in ("cascading", "independent"):
-            raise SaliencelabError(f"Unknown order {order!r}; use 'cascading' or 'independent'.")
+        check_choice(self.name, "order", order, ("cascading", "independent"))
         check_similarity(similarity)
-        if granularity not in ("block", "layer"):
-            raise SaliencelabError(
-                f"Unknown granularity {granularity!r}; use 'block' (top-level blocks) or 'layer'."
-            )
-        if value not in ("last", "mean"):
-            raise SaliencelabError(f"Unknown value {value!r}; use 'last' or 'mean'.")
-        if init not in ("reset", "normal"):
-            raise SaliencelabError(f"Unknown init {init!r}; use 'reset' or 'normal'.")
+        check_choice(self.name, "granularity", granularity, ("block", "layer"))
+        check_choice(self.name, "value", value, ("last", "mean"))
+        check_choice(self.name, "init", init, ("reset", "normal"))
         super().__init__(
             order=order,
             similarity=similarity,

@@ -14,18 +14,6 @@ Noise = Literal["uniform", "gaussian"]
 On = Literal["maps", "attributions"]
 
 
-def check_positive(name: str, value: float, what: str) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise SaliencelabError(f"{name} must be a positive number ({what}), got {value!r}.")
-
-
-def check_samples(n_samples: int) -> None:
-    if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
-        raise SaliencelabError(
-            f"n_samples must be a positive integer (noisy copies per input), got {n_samples!r}."
-        )
-
-
 def draw_noise(
     x: torch.Tensor, n_samples: int, scale: float, noise: Noise, seed: int
 ) -> torch.Tensor:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ...core.errors import SaliencelabError
 from ..base import EvalBatch, Metric, Scores, register_metric
+from ..checks import check_choice, check_positive, check_positive_int
 from ._noisy import (
     On,
-    check_positive,
-    check_samples,
     draw_noise,
     explain_noisy,
     reference,
@@ -45,12 +43,10 @@ class LocalLipschitz(Metric):
         on: On = "maps",
         seed: int = 0,
     ) -> None:
-        check_positive("std", std, "the noise's standard deviation")
-        check_samples(n_samples)
-        if noise not in ("uniform", "gaussian"):
-            raise SaliencelabError(f"noise must be 'uniform' or 'gaussian', got {noise!r}.")
-        if on not in ("maps", "attributions"):
-            raise SaliencelabError(f"on must be 'maps' or 'attributions', got {on!r}.")
+        check_positive(self.name, "std", std, "the noise's standard deviation")
+        check_positive_int(self.name, "n_samples", n_samples, "noisy copies per input")
+        check_choice(self.name, "noise", noise, ("uniform", "gaussian"))
+        check_choice(self.name, "on", on, ("maps", "attributions"))
         super().__init__(std=std, n_samples=n_samples, noise=noise, on=on, seed=seed)
 
     def ratios(self, batch: EvalBatch) -> torch.Tensor:

@@ -6,13 +6,11 @@ from typing import ClassVar
 
 import torch
 
-from ...core.errors import SaliencelabError
 from ..base import EvalBatch, Metric, Scores, register_metric
+from ..checks import check_choice, check_positive, check_positive_int
 from ._noisy import (
     Noise,
     On,
-    check_positive,
-    check_samples,
     draw_noise,
     explain_noisy,
     reference,
@@ -40,14 +38,12 @@ class _Sensitivity(Metric):
         on: On = "maps",
         seed: int = 0,
     ) -> None:
-        check_positive("radius", radius, "the noise's L∞ radius, or its std for noise='gaussian'")
-        check_samples(n_samples)
-        if noise not in ("uniform", "gaussian"):
-            raise SaliencelabError(f"noise must be 'uniform' or 'gaussian', got {noise!r}.")
-        if norm not in ("fro", "l2", "l1", "linf"):
-            raise SaliencelabError(f"norm must be 'fro', 'l2', 'l1' or 'linf', got {norm!r}.")
-        if on not in ("maps", "attributions"):
-            raise SaliencelabError(f"on must be 'maps' or 'attributions', got {on!r}.")
+        what = "the noise's L∞ radius, or its std for noise='gaussian'"
+        check_positive(self.name, "radius", radius, what)
+        check_positive_int(self.name, "n_samples", n_samples, "noisy copies per input")
+        check_choice(self.name, "noise", noise, ("uniform", "gaussian"))
+        check_choice(self.name, "norm", norm, ("fro", "l2", "l1", "linf"))
+        check_choice(self.name, "on", on, ("maps", "attributions"))
         super().__init__(
             radius=radius,
             n_samples=n_samples,

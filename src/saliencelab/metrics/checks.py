@@ -1,0 +1,41 @@
+"""Option checks shared by every metric: one sentence naming the option, the metric and what to
+give instead (raised as `SaliencelabError` when the metric is built or run)."""
+
+from __future__ import annotations
+
+from ..core.errors import SaliencelabError
+
+
+def _listing(choices: tuple[object, ...]) -> str:
+    quoted = [repr(c) for c in choices]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def check_choice(name: str, option: str, value: object, choices: tuple[str, ...]) -> str:
+    """`value` if it is one of `choices`, else an error listing them."""
+    if value not in choices:
+        raise SaliencelabError(
+            f"Unknown {option} {value!r} for {name} ({option} must be one of {len(choices)} "
+            f"choices); use {_listing(choices)}."
+        )
+    return value  # type: ignore[return-value]
+
+
+def check_positive(name: str, option: str, value: object, what: str = "") -> float:
+    """`value` as a float if it is a number > 0; `what` says what the option means."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        meaning = f" ({what})" if what else ""
+        raise SaliencelabError(
+            f"{option} must be a positive number{meaning} for {name}, got {value!r}."
+        )
+    return float(value)
+
+
+def check_positive_int(name: str, option: str, value: object, what: str = "") -> int:
+    """`value` if it is an integer ≥ 1; `what` says what the option counts."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        meaning = f" ({what})" if what else ""
+        raise SaliencelabError(
+            f"{option} must be a positive integer{meaning} for {name}, got {value!r}."
+        )
+    return value
