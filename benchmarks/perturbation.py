@@ -40,18 +40,7 @@ from captum.attr import Occlusion
 import saliencelab as sl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402, F401  (true float32 on CUDA)
-
-PHOTOS = (
-    "chelsea",
-    "coffee",
-    "astronaut",
-    "rocket",
-    "motorcycle",
-    "retina",
-    "immunohistochemistry",
-    "hubble_deep_field",
-)
+import harness  # noqa: E402  (also: true float32 on CUDA)
 
 
 def _sync(device: torch.device) -> None:
@@ -115,10 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         device_name, where = "cpu", f"cpu, torch threads {torch.get_num_threads()}"
 
-    model = sl.load_model("efficientnet_lite0").to(device)
+    model, x, _ = harness.benchmark_inputs("efficientnet_lite0", args.images)
+    model, x = model.to(device), x.to(device)
     module = model.module.eval()
-    names = [PHOTOS[i % len(PHOTOS)] for i in range(args.images)]
-    x = model.preprocess([sl.sample_image(n) for n in names]).to(device)
     with torch.inference_mode():
         targets = module(x).argmax(1)
     w, s = args.window, args.stride

@@ -33,7 +33,7 @@ from torch.profiler import ProfilerActivity, profile
 import saliencelab as sl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import IMAGES, frozen, make_sync  # noqa: E402
+from harness import benchmark_inputs, frozen, make_sync  # noqa: E402
 
 RUNTIME_CALLS = ("cudaLaunchKernel", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy")
 
@@ -59,10 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     sync = make_sync(device)
-    model = sl.load_model("efficientnet_lite0").to(device)
+    model, x, _ = benchmark_inputs("efficientnet_lite0", args.rows)
+    model, x = model.to(device), x.to(device)
     module = model.module.eval()
-    names = [IMAGES[i % len(IMAGES)] for i in range(args.rows)]
-    x = model.preprocess([sl.sample_image(n) for n in names]).to(device)
     with torch.no_grad():
         target = module(x).argmax(1)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
