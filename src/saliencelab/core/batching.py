@@ -4,13 +4,14 @@ Multi-pass methods (IG steps, SmoothGrad samples, Score-CAM channels) run many r
 model. The rows are cut into chunks; the chunk size is (1) the user's `chunk_size` if set, else
 (2) the best size found earlier for the same model, pass kind and input shape, else (3) found
 while doing the real work: start at 8 rows, double while the time per row stays within 1.5× of
-the best (a size that looks slower gets a second chunk first), then halve from the start down
-to one row, and keep the fastest per row. The
-first chunk is not measured (it pays one-off warm-up: allocations, kernel selection), so the
-start size runs twice. No row is computed twice, so the search costs nothing beyond a few
-sub-optimal chunks. A pass too short to finish the search leaves it where it got, and
-the next pass of the same model and shape goes on from there (a dataset loop converges within a
-few batches). The size never exceeds the memory budget divided by the measured bytes one row
+the best, then halve from the start down to one row, and keep the fastest per row. A size
+measured once gets a second chunk when it stops the climb, and before the search settles when
+it is within 1.5× of the best: a new size's first chunk may load GPU kernels, and other work on
+the machine only ever adds time. The first chunk is not measured (it pays one-off warm-up:
+allocations, kernel selection), so the start size runs twice. No row is computed twice, so the
+search costs nothing beyond a few sub-optimal chunks. A pass too short to finish the search
+leaves it where it got, and the next pass of the same model and shape goes on from there (a
+dataset loop converges within a few batches). The size never exceeds the memory budget divided by the measured bytes one row
 keeps for backward.
 """
 

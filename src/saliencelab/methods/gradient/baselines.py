@@ -121,7 +121,7 @@ def input_baselines(
         return gaussian_blur(x, float(blur_sigma))
     if baselines == "uniform":
         lo, hi = _sample_range(x.to(dtype))
-        u = torch.rand(x.shape, generator=generator(x.device, seed), device=x.device, dtype=dtype)
+        u = torch.rand(x.shape, generator=cpu_generator(seed), dtype=dtype).to(x.device)
         return lo + (hi - lo) * u
     raise _unknown(baselines, INPUT_BASELINES, method, "a tensor broadcastable to the inputs")
 
