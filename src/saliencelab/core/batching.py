@@ -11,8 +11,8 @@ the machine only ever adds time. The first chunk is not measured (it pays one-of
 allocations, kernel selection), so the start size runs twice. No row is computed twice, so the
 search costs nothing beyond a few sub-optimal chunks. A pass too short to finish the search
 leaves it where it got, and the next pass of the same model and shape goes on from there (a
-dataset loop converges within a few batches). The size never exceeds the memory budget divided by the measured bytes one row
-keeps for backward.
+dataset loop converges within a few batches). The size never exceeds the memory budget divided
+by the measured bytes one row keeps for backward.
 """
 
 from __future__ import annotations
