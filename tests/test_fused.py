@@ -1,12 +1,13 @@
-"""BatchNorm folding for plain passes (core/fused.py): the formula, when it must not fold, the
-cache, and that the engine uses the copy only for hook-free forward passes."""
+"""BatchNorm folding for plain forward passes (core/fused.py): the formula, when it must not
+fold, restoring the model, weight edits, and that the engine folds only hook-free passes."""
 
+import pytest
 import torch
 from torch import nn
 
 import saliencelab as sl
-from saliencelab.core import fused
 from saliencelab.core.engine import Engine
+from saliencelab.core.fused import folded, has_hooks
 from saliencelab.models.model import Model
 
 
@@ -39,82 +40,105 @@ class ConvBN(nn.Module):
         return self.fc(z.relu().mean((2, 3)))
 
 
-def test_fold_matches_the_formula_and_shares_the_rest():
+def _state(model: nn.Module) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same_state(model: nn.Module, before: dict) -> bool:
+    return all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_fold_matches_the_formula_and_is_undone():
     torch.manual_seed(0)
     model = _randomise_bn(ConvBN(bias=True))
     x = torch.randn(2, 3, 8, 8)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    copy = fused.folded_copy(model, x)
-    assert copy is not None and isinstance(copy.bn, nn.Identity)
-    bn, conv = model.bn, model.conv
-    s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    torch.testing.assert_close(copy.conv.weight, conv.weight * s[:, None, None, None])
-    torch.testing.assert_close(copy.conv.bias, (conv.bias - bn.running_mean) * s + bn.bias)
-    assert copy.fc.weight is model.fc.weight  # untouched layers are shared, not copied
-    assert not any(p.requires_grad for p in copy.conv.parameters())
+    before, params = _state(model), dict(model.named_parameters())
     with torch.no_grad():
-        torch.testing.assert_close(copy(x), model(x), rtol=1e-5, atol=1e-6)
-    for k, v in model.state_dict().items():  # the model itself is unchanged
-        assert torch.equal(v, before[k])
-    assert isinstance(model.bn, nn.BatchNorm2d)
+        expected = model(x)
+        with folded(model, x) as did:
+            assert did
+            bn, conv = model.bn, model.conv
+            s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            w, b = params["conv.weight"], params["conv.bias"]
+            torch.testing.assert_close(conv.weight, w * s[:, None, None, None])
+            torch.testing.assert_close(conv.bias, (b - bn.running_mean) * s + bn.bias)
+            assert torch.equal(bn(x), x)  # the BatchNorm passes its input through
+            torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
+    assert _same_state(model, before)
+    assert dict(model.named_parameters()) == params  # the very same parameter objects
+    assert "forward" not in model.bn.__dict__
 
 
 def test_linear_then_batchnorm1d_without_affine():
     torch.manual_seed(1)
     model = _randomise_bn(nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6, affine=False)))
     x = torch.randn(3, 5)
-    copy = fused.folded_copy(model, x)
-    assert copy is not None and isinstance(copy[1], nn.Identity)
     with torch.no_grad():
-        torch.testing.assert_close(copy(x), model(x), rtol=1e-5, atol=1e-6)
+        expected = model(x)
+        with folded(model, x) as did:
+            assert did
+            torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_no_fold_where_it_would_change_the_model():
     torch.manual_seed(2)
     x = torch.randn(2, 3, 8, 8)
-    # the conv output is also read by the residual sum: the probe check rejects the copy
-    assert fused.folded_copy(_randomise_bn(ConvBN(reuse=True)), x) is None
-    # batch statistics in eval mode (no running stats): nothing to fold
+    cases = {"conv output read twice (the probe check rejects)": _randomise_bn(ConvBN(reuse=True))}
     plain = ConvBN()
-    plain.bn = nn.BatchNorm2d(4, track_running_stats=False)
-    assert fused.folded_copy(plain.eval(), x) is None
-    # a BatchNorm module called twice (shared) is left alone
+    plain.bn = nn.BatchNorm2d(4, track_running_stats=False)  # batch statistics in eval mode
+    cases["no running statistics"] = plain.eval()
     conv1, conv2, bn = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
-    shared = _randomise_bn(nn.Sequential(conv1, bn, conv2, bn))
-    assert fused.folded_copy(shared, x) is None
+    cases["a shared BatchNorm"] = _randomise_bn(nn.Sequential(conv1, bn, conv2, bn))
+    cases["training mode"] = _randomise_bn(ConvBN()).train()
+    for name, model in cases.items():
+        before = _state(model)
+        with torch.no_grad(), folded(model, x) as did:
+            assert not did, name
+        assert _same_state(model, before), name
 
 
-def test_cache_follows_weight_edits_and_device_moves():
+def test_weight_edits_dtype_nesting_and_errors():
     torch.manual_seed(3)
     model = _randomise_bn(ConvBN())
     x = torch.randn(2, 3, 8, 8)
-    first = fused.folded_copy(model, x)
-    assert fused.folded_copy(model, x) is first  # kept
     with torch.no_grad():
-        model.bn.running_var.mul_(4.0)  # an in-place edit bumps the version: rebuilt
-    second = fused.folded_copy(model, x)
-    assert second is not first
-    with torch.no_grad():
-        torch.testing.assert_close(second(x), model(x), rtol=1e-5, atol=1e-6)
-    model.double()  # new storage and dtype: rebuilt
-    third = fused.folded_copy(model, x.double())
-    assert third is not second and third.conv.weight.dtype == torch.float64
+        with folded(model, x):
+            pass
+        model.bn.running_var.mul_(4.0)  # an in-place edit: the folded weights follow
+        with folded(model, x, probe=False) as did:  # pairs known: no probe needed
+            assert did
+            torch.testing.assert_close(model(x), ConvBN.forward(model, x), rtol=1e-5, atol=1e-6)
+        expected = model(x)
+        with folded(model, x) as did:
+            assert did
+            torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
+            with folded(model, x) as again:  # already folded: not twice
+                assert not again
+                torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
+        model.double()  # new storage and dtype
+        with folded(model, x.double()):
+            assert model.conv.weight.dtype == torch.float64
+            torch.testing.assert_close(model(x.double()), expected.double(), rtol=1e-5, atol=1e-6)
+        before = _state(model)
+        with pytest.raises(RuntimeError, match="boom"), folded(model, x.double()):
+            raise RuntimeError("boom")
+        assert _same_state(model, before) and "forward" not in model.bn.__dict__
 
 
 def test_has_hooks():
     model = ConvBN()
-    assert not fused.has_hooks(model)
+    assert not has_hooks(model)
     handle = model.fc.register_forward_hook(lambda m, i, o: None)
-    assert fused.has_hooks(model)
+    assert has_hooks(model)
     handle.remove()
-    assert not fused.has_hooks(model)
+    assert not has_hooks(model)
 
 
-def test_engine_forwards_use_the_copy_only_without_hooks():
+def test_engine_folds_only_hook_free_forward_passes():
     torch.manual_seed(4)
     module = _randomise_bn(ConvBN())
     model = Model(module=module)
-    x = torch.randn(20, 3, 8, 8)  # at least FOLD_MIN_ROWS rows: worth a copy
+    x = torch.randn(20, 3, 8, 8)  # at least FOLD_MIN_ROWS rows: worth the probe
     with torch.no_grad():
         expected = module(x)
 
@@ -125,13 +149,14 @@ def test_engine_forwards_use_the_copy_only_without_hooks():
     original_forward = module.bn.forward
     module.bn.forward = lambda t: calls.append(len(t)) or original_forward(t)  # not a hook
     torch.testing.assert_close(scores(Engine(model)), expected, rtol=1e-5, atol=1e-6)
-    assert calls == [1]  # only the copy's one-row probe ran the model's own BatchNorm
-    # Engine.logits runs the model itself: exactly model(x)
+    assert calls == [1]  # only the one-row probe ran the BatchNorm itself
+    assert module.bn.__dict__["forward"] is not original_forward  # the test's own, put back
+    # Engine.logits does not fold: exactly model(x)
     assert torch.equal(Engine(model).logits(x), expected)
     assert sum(calls) == 1 + len(x)
-    # a user's hook must see every row: the model itself runs
+    # a user's hook must see the model as it is
     seen = []
-    handle = module.register_forward_hook(lambda m, i, o: seen.append(len(o)))
+    handle = module.bn.register_forward_hook(lambda m, i, o: seen.append(len(o)))
     try:
         torch.testing.assert_close(scores(Engine(model)), expected, rtol=1e-5, atol=1e-6)
     finally:
@@ -139,15 +164,20 @@ def test_engine_forwards_use_the_copy_only_without_hooks():
     assert sum(seen) == len(x)
 
 
-def test_folded_shapes_cnn_and_efficientnet():
+def test_folds_the_shapes_cnn_and_efficientnet():
     for name, x in [
         ("shapes_cnn", sl.data.shapes.make(2, seed=0).images.contiguous()),
         ("efficientnet_lite0", torch.randn(1, 3, 224, 224)),
     ]:
         module = sl.load_model(name).module.eval()
-        copy = fused.folded_copy(module, x)
-        assert copy is not None, name
-        assert not any(isinstance(m, nn.BatchNorm2d) for m in copy.modules())
         with torch.no_grad():
             ref = module(x)
-            torch.testing.assert_close(copy(x), ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+            with folded(module, x) as did:
+                assert did, name
+                assert all(
+                    "forward" in m.__dict__
+                    for m in module.modules()
+                    if isinstance(m, nn.BatchNorm2d)
+                )
+                out = module(x)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +23,7 @@ from ..models.model import Model, logits_of
 from .backward import Backward, install_backward_mode
 from .batching import ChunkPlan, default_budget
 from .errors import SaliencelabError
-from .fused import folded_copy, has_hooks
+from .fused import folded, has_hooks
 from .layers import get_layer, module_name
 from .layout import channels_last_known, probe_channels_last, probed
 from .state import Hooks, attribution_mode, usable_input
@@ -33,9 +33,9 @@ from .targets import LayerTarget, Target, layer_target
 # ones are not worth the one-off probe.
 NHWC_MIN_ROWS = 8
 
-# Forward passes of at least this many rows make a BatchNorm-folded copy of the model
-# (core/fused.py) if none is kept: making one costs about two one-row forwards, and saves 12-28 %
-# of every row.
+# Forward passes of at least this many rows look for BatchNorm layers to fold (core/fused.py) if
+# the model's are not known yet: the probe costs about two one-row forwards, and folding saves
+# 12-28 % of every row.
 FOLD_MIN_ROWS = 16
 
 MakeInputs = Callable[[torch.Tensor], torch.Tensor]
@@ -120,12 +120,12 @@ class Engine:
             budget = default_budget(device)
         return ChunkPlan(key, n_rows, fixed=self.chunk_size, max_rows=max_rows, budget=budget)
 
-    def _folded(self, example: torch.Tensor, n_rows: int) -> nn.Module:
-        """The model with BatchNorm folded for a hook-free pass, else the model itself (a copy
-        is made for passes of at least `FOLD_MIN_ROWS` rows; a kept one serves any pass)."""
-        if has_hooks(self.module):
-            return self.module
-        return folded_copy(self.module, example, build=n_rows >= FOLD_MIN_ROWS) or self.module
+    def _folding(self, fold: bool, example: torch.Tensor, n_rows: int) -> AbstractContextManager:
+        """BatchNorm folded in place for a plain pass of a model without hooks (core/fused.py);
+        the probe that finds the pairs runs for passes of at least `FOLD_MIN_ROWS` rows."""
+        if not fold or has_hooks(self.module):
+            return nullcontext()
+        return folded(self.module, example, probe=n_rows >= FOLD_MIN_ROWS)
 
     @staticmethod
     def _sync(device: torch.device) -> None:
@@ -262,17 +262,17 @@ class Engine:
 
         `edit=(layer, fn)` replaces the layer's output by `fn(output, rows)` (e.g. to ablate
         channels). Scores are the target's when a target is given. Plain passes (no edit, no
-        layer target) run the BatchNorm-folded copy of the model (core/fused.py), the same
-        function up to float rounding; `fold=False` runs the model itself.
+        layer target, no hook on the model) run with BatchNorm folded in place (core/fused.py),
+        the same function up to float rounding; `fold=False` runs the model as it is.
         """
-        with self.session(), Hooks() as hooks, torch.inference_mode():
+        with self.session(), Hooks() as hooks, torch.inference_mode(), ExitStack() as stack:
             dev = self.device
             example = make_inputs(torch.arange(1)).to(dev)
+            # A plain pass runs with BatchNorm folded (core/fused.py).
+            plain = fold and edit is None and layer_target(target) is None
+            stack.enter_context(self._folding(plain, example, n_rows))
             # Channels-last rows on CPU where the model gives the same output (core/layout.py).
             nhwc = n_rows >= NHWC_MIN_ROWS and channels_last_known(self.module, example)
-            # A plain pass runs the BatchNorm-folded copy where there is one (core/fused.py).
-            plain = fold and edit is None and layer_target(target) is None
-            module = self._folded(example, n_rows) if plain else self.module
             current_rows: list[torch.Tensor] = []
             if edit is not None:
                 layer, fn = edit
@@ -288,7 +288,7 @@ class Engine:
                 if nhwc:
                     x = x.contiguous(memory_format=torch.channels_last)
                 current_rows[:] = [rows]
-                logits = logits_of(module(x)) if plain else self._output(x, target)
+                logits = self._output(x, target)
                 samples = sample_of(rows)
                 scores = target.scores(logits, samples) if target is not None else logits[:, 0]
                 _check_finite(scores)
@@ -304,7 +304,7 @@ class Engine:
     def logits(self, x: torch.Tensor, target: LayerTarget | None = None) -> torch.Tensor:
         """The model's logits for a batch (forward only, chunked); a layer target's readings.
 
-        Run by the model itself (not the folded copy), so they equal `model(x)` exactly.
+        Run without BatchNorm folding (core/fused.py), so they equal `model(x)` exactly.
         """
         n = x.shape[0]
         chunks = self.forwards(n, lambda r: x[r], lambda r: r, target, fold=False)

@@ -1,35 +1,39 @@
-"""A copy of a model with BatchNorm folded into the layer before it, for plain passes.
+"""BatchNorm folded into the layer before it, in place, for the engine's plain forward passes.
 
 In eval mode BatchNorm is an affine map per channel, y = γ·(z − μ)/√(σ² + ε) + β (Ioffe &
 Szegedy 2015). When z is the output of a convolution or linear layer that nothing else reads,
 the map folds into that layer's weights: W' = s·W, b' = s·(b − μ) + β with s = γ/√(σ² + ε)
 (the standard inference fusion; `torch.nn.utils.fusion` computes it). The folded model computes
-the same function up to float rounding with one pass less over every activation BatchNorm
-reads. Measured on one CPU thread with channels-last rows: 1.13× faster forwards of the shapes
-CNN at 8 rows, 1.28× of EfficientNet-Lite0 (benchmarks/README.md).
+the same function up to float rounding (~1e-6 relative) with one pass less over every activation
+BatchNorm reads. Measured on one CPU thread with channels-last rows: 1.13× faster forwards of
+the shapes CNN at 8 rows, 1.28× of EfficientNet-Lite0 (benchmarks/README.md).
 
-The engine runs its plain forward-only passes through this copy (no layer edit, no layer target,
-`Engine.forwards`): the perturbation methods and the metrics, whose scores move by float
-rounding (~1e-6 relative). Gradient passes run the model itself: the gradient of a network with
-clamps (ReLU6) is not continuous, and that rounding flips units sitting at a clamp; on
-EfficientNet-Lite0 photos the input gradient then differed by up to 2 % of its largest value
-(max-relative; 0.1-0.6 % in L2), against 1.5× faster passes. So do `Engine.logits` (exactly
-`model(x)`) and any pass of a model that carries a hook (a method recording attention, a
-user's hook).
+`folded(module, example)` folds for the duration of a `with` block and puts everything back on
+exit: each folded layer gets the folded weight and bias, each folded BatchNorm passes its input
+through. Everything else is the model itself (its attributes, its other layers).
 
-- Pairs are found by one probe forward: a BatchNorm whose input is the very tensor a
-  convolution or linear layer returned, each module called once.
-- The copy shares every other parameter and buffer with the model (no memory but the folded
-  layers), and is kept only if its output on the probe equals the model's up to float rounding.
-- It is kept per model and rebuilt when any parameter or buffer changes: their identities,
-  storage and in-place versions are its key (an edit through `.data`, which bypasses version
-  counting, is not seen; use `torch.no_grad()` and in-place ops, as optimisers do).
+- Pairs are found once per model structure by a probe forward of one row: a BatchNorm (eval
+  mode, running statistics) whose input is the very tensor a convolution or linear layer
+  returned, each of the two called once. They are kept only if the folded model's output on the
+  probe equals the model's up to float rounding (a layer output also read elsewhere fails it).
+- The folded weights are kept per pair and recomputed when a source tensor changes (its
+  identity, storage or in-place version; an edit through `.data`, which bypasses version
+  counting, is not seen: use `torch.no_grad()` and in-place ops, as optimisers do).
+
+The engine folds only its plain forward-only passes (no layer edit, no layer target, no hook on
+the model: `Engine.forwards`): the perturbation methods and the metrics. Gradient passes run the
+model as it is: the gradient of a network with clamps (ReLU6) is not continuous, and rounding
+flips units sitting at a clamp; on EfficientNet-Lite0 photos the folded model's input gradient
+differed by up to 2 % of its largest value (max-relative; 0.1-0.6 % in L2). So does
+`Engine.logits` (exactly `model(x)`).
 """
 
 from __future__ import annotations
 
-import copy
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -40,7 +44,8 @@ from ..models.model import logits_of
 from .state import Hooks
 
 _Foldable = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (key, copy | None)
+_PAIRS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (structure, pairs)
+_ACTIVE: weakref.WeakSet = weakref.WeakSet()  # models folded right now (no folding twice)
 
 
 def has_hooks(module: nn.Module) -> bool:
@@ -59,107 +64,147 @@ def has_hooks(module: nn.Module) -> bool:
     )
 
 
-def _state_key(module: nn.Module) -> tuple:
-    tensors = [*module.parameters(), *module.buffers()]
-    return tuple((id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
+def _versions(*tensors: torch.Tensor | None) -> tuple:
+    return tuple(
+        None if t is None else (id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors
+    )
 
 
-def folded_copy(module: nn.Module, example: torch.Tensor, build: bool = True) -> nn.Module | None:
-    """The model with its BatchNorm layers folded (see the module docstring), or None when it
-    has none to fold or the copy does not reproduce the model on `example` (one row is used).
-    With `build=False` only a copy kept from earlier is returned (building one costs two
-    one-row forwards).
+def _pass_through(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+    return x
 
+
+@dataclass(eq=False)
+class _Pair:
+    """A layer and the BatchNorm that reads its output; the folded weights, kept."""
+
+    layer: nn.Module
+    bn: _BatchNorm
+    sources: tuple = ()
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+
+    def folded_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        layer, bn = self.layer, self.bn
+        sources = (
+            *_versions(layer.weight, layer.bias, bn.running_mean, bn.running_var),
+            *_versions(bn.weight, bn.bias),
+            bn.eps,
+        )
+        if sources != self.sources:
+            mean, var = bn.running_mean, bn.running_var
+            with torch.no_grad():
+                gamma, beta = bn.weight, bn.bias
+                if gamma is None:  # no affine part: γ = 1, β = 0
+                    gamma, beta = torch.ones_like(mean), torch.zeros_like(mean)
+                linear = isinstance(layer, nn.Linear)
+                fuse = fuse_linear_bn_weights if linear else fuse_conv_bn_weights
+                weight, bias = fuse(layer.weight, layer.bias, mean, var, bn.eps, gamma, beta)
+            self.weight, self.bias = weight.requires_grad_(False), bias.requires_grad_(False)
+            self.sources = sources
+        return self.weight, self.bias
+
+
+@contextmanager
+def folded(module: nn.Module, example: torch.Tensor, probe: bool = True) -> Iterator[bool]:
+    """Fold the model's BatchNorm layers in place inside the block (yields whether any was).
+
+    `example`: a batch like the pass's inputs (one row is used by the probe). With
+    `probe=False` only pairs found earlier are used (finding them costs two one-row forwards).
     Call with the model in the state it runs in (eval mode, frozen) and no hooks on it.
     """
+    pairs = None if module in _ACTIVE else _pairs(module, example, probe)
+    if not pairs:
+        yield False
+        return
+    with _swapped(module, pairs):
+        yield True
+
+
+@contextmanager
+def _swapped(module: nn.Module, pairs: list[_Pair]) -> Iterator[None]:
+    saved = []
+    _ACTIVE.add(module)
     try:
-        key = _state_key(module)
-    except RuntimeError:  # inference tensors have no version counter: no way to see edits
-        return None
-    cached = _COPIES.get(module)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    if not build:
-        return None
-    folded = _build(module, example[:1].detach())
-    _COPIES[module] = (key, folded)
-    return folded
+        for pair in pairs:
+            params, state = pair.layer._parameters, pair.bn.__dict__
+            weight, bias = pair.folded_weights()
+            saved.append((pair, params["weight"], params["bias"], state.get("forward")))
+            params["weight"], params["bias"] = weight, bias
+            state["forward"] = _pass_through
+        yield
+    finally:
+        for pair, weight, bias, forward in reversed(saved):
+            pair.layer._parameters["weight"], pair.layer._parameters["bias"] = weight, bias
+            if forward is None:
+                del pair.bn.__dict__["forward"]
+            else:
+                pair.bn.__dict__["forward"] = forward
+        _ACTIVE.discard(module)
 
 
 def _foldable_bn(m: nn.Module) -> bool:
     return isinstance(m, _BatchNorm) and not m.training and m.running_mean is not None
 
 
-def _find_pairs(module: nn.Module, row: torch.Tensor) -> tuple[list[tuple[str, str]], torch.Tensor]:
-    """(layer name, BatchNorm name) pairs seen in a probe forward, and the probe's output."""
-    outputs: dict[int, tuple[str, torch.Tensor]] = {}  # id(output) -> (layer, output kept alive)
-    calls: dict[str, int] = {}
-    pairs: list[tuple[str, str]] = []
+def _pairs(module: nn.Module, example: torch.Tensor, probe: bool) -> list[_Pair] | None:
+    """The verified pairs of the model's current structure (found and cached on first use)."""
+    if any(t.is_inference() for t in (*module.parameters(), *module.buffers())):
+        return None  # no version counters: edits could not be seen
+    structure = tuple(
+        (id(m), id(m.__dict__.get("forward")), _foldable_bn(m)) for m in module.modules()
+    )
+    cached = _PAIRS.get(module)
+    if cached is not None and cached[0] == structure:
+        return cached[1]
+    if not probe or not any(foldable for *_, foldable in structure):
+        return None
+    if any(m.training for m in module.modules()):
+        return None  # a probe forward would update batch statistics
+    row = example[:1].detach()
+    try:
+        with torch.no_grad():
+            pairs, plain = _find_pairs(module, row)
+            if pairs:
+                with _swapped(module, pairs):
+                    fast = logits_of(module.forward(row))
+                tol = 1e-4 * float(plain.abs().max()) + 1e-6
+                same = fast.shape == plain.shape and bool(((fast - plain).abs() <= tol).all())
+                pairs = pairs if same else None
+    except Exception:  # noqa: BLE001  (a model the probe cannot run: use it as it is)
+        pairs = None
+    _PAIRS[module] = (structure, pairs or None)
+    return pairs or None
 
-    def layer_hook(name):
-        def hook(m, inputs, out):
-            calls[name] = calls.get(name, 0) + 1
-            if isinstance(out, torch.Tensor):
-                outputs[id(out)] = (name, out)
 
-        return hook
+def _find_pairs(module: nn.Module, row: torch.Tensor) -> tuple[list[_Pair], torch.Tensor]:
+    """Layer → BatchNorm pairs seen in a probe forward, and the probe's output."""
+    outputs: dict[int, tuple[nn.Module, torch.Tensor]] = {}  # id(output) -> (layer, output)
+    calls: dict[nn.Module, int] = {}
+    seen: list[tuple[nn.Module, nn.Module]] = []
 
-    def bn_hook(name):
-        def hook(m, inputs):
-            calls[name] = calls.get(name, 0) + 1
-            x = inputs[0] if inputs else None
-            if isinstance(x, torch.Tensor) and id(x) in outputs and outputs[id(x)][1] is x:
-                pairs.append((outputs[id(x)][0], name))
+    def layer_hook(m, inputs, out):
+        calls[m] = calls.get(m, 0) + 1
+        if isinstance(out, torch.Tensor):
+            outputs[id(out)] = (m, out)
 
-        return hook
+    def bn_hook(m, inputs):
+        calls[m] = calls.get(m, 0) + 1
+        x = inputs[0] if inputs else None
+        if isinstance(x, torch.Tensor) and id(x) in outputs and outputs[id(x)][1] is x:
+            seen.append((outputs[id(x)][0], m))
 
     with Hooks() as hooks:
-        for name, m in module.named_modules():
+        for m in module.modules():
             if isinstance(m, _Foldable):
-                hooks.add(m.register_forward_hook(layer_hook(name)))
+                hooks.add(m.register_forward_hook(layer_hook))
             elif _foldable_bn(m):
-                hooks.add(m.register_forward_pre_hook(bn_hook(name)))
+                hooks.add(m.register_forward_pre_hook(bn_hook))
         out = logits_of(module.forward(row))
-    used = [layer for layer, _ in pairs]
+    layers = [layer for layer, _ in seen]
     pairs = [
-        (layer, bn)
-        for layer, bn in pairs
-        if calls[layer] == 1 and calls[bn] == 1 and used.count(layer) == 1
+        _Pair(layer, bn)
+        for layer, bn in seen
+        if calls[layer] == 1 and calls[bn] == 1 and layers.count(layer) == 1
     ]
     return pairs, out
-
-
-def _fold(layer: nn.Module, bn: _BatchNorm) -> tuple[nn.Parameter, nn.Parameter]:
-    args = (bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
-    if isinstance(layer, nn.Linear):
-        if bn.weight is None:  # fuse_linear_bn_weights needs the affine parameters
-            ones = torch.ones_like(bn.running_mean)
-            args = (bn.running_mean, bn.running_var, bn.eps, ones, torch.zeros_like(ones))
-        return fuse_linear_bn_weights(layer.weight, layer.bias, *args)
-    return fuse_conv_bn_weights(layer.weight, layer.bias, *args)
-
-
-def _build(module: nn.Module, row: torch.Tensor) -> nn.Module | None:
-    with torch.no_grad():
-        try:
-            pairs, plain = _find_pairs(module, row)
-        except Exception:  # noqa: BLE001  (a model the probe cannot run: use it as it is)
-            return None
-        if not pairs:
-            return None
-        shared = {id(t): t for t in (*module.parameters(), *module.buffers())}
-        folded = copy.deepcopy(module, memo=shared)
-        for layer_name, bn_name in pairs:
-            layer = folded.get_submodule(layer_name)
-            weight, bias = _fold(layer, folded.get_submodule(bn_name))
-            layer.weight, layer.bias = weight.requires_grad_(False), bias.requires_grad_(False)
-            parent, _, attr = bn_name.rpartition(".")
-            setattr(folded.get_submodule(parent), attr, nn.Identity())
-        try:
-            fast = logits_of(folded.forward(row))
-        except Exception:  # noqa: BLE001
-            return None
-    tol = 1e-4 * float(plain.abs().max()) + 1e-6
-    if fast.shape != plain.shape or not bool(((fast - plain).abs() <= tol).all()):
-        return None
-    return folded
