@@ -1,9 +1,17 @@
-"""ROAD: Remove And Debias (Rong et al. 2022) with noisy linear imputation, solved in torch."""
+"""ROAD: Remove And Debias (Rong et al. 2022), with noisy linear imputation.
+
+The imputation is a sparse linear system per image: exact sparse LU (SciPy's SuperLU, in
+nested dissection order) on the CPU, batched conjugate gradients in torch on other devices.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache, lru_cache
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -11,6 +19,149 @@ from ...core.errors import SaliencelabError
 from ..base import EvalBatch, Scores, register_metric
 from ..stats import pixel_order, trapezoid
 from .perturbation import FaithfulnessMetric, generator, ranks_of, run_rows
+
+# The 8 neighbours (dy, dx) of a pixel and their weights: 1/6 direct, 1/12 diagonal (Rong et al.).
+_OFFSETS = ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
+_WEIGHTS = np.array([1 / 6] * 4 + [1 / 12] * 4)
+
+
+def linear_imputation(
+    x: torch.Tensor, removed: torch.Tensor, tol: float | None = None, max_iter: int | None = None
+) -> torch.Tensor:
+    """Fill the `removed` pixels of `x` so each equals the weighted mean of its neighbours.
+
+    x: (N, C, H, W); removed: (N, 1, H, W) or (N, H, W) bool (N may be 1 to share one mask).
+    For every removed pixel i and channel, s_i·v_i = Σ_j w_ij·v_j over the 8 neighbours j inside
+    the image, w = 1/6 (direct) and 1/12 (diagonal), s_i = Σ_j w_ij; known pixels keep their
+    values (Rong et al. 2022, "A Consistent and Efficient Evaluation Strategy for Attribution
+    Methods"; Quantus' `noisy_linear_imputation` without the noise). The system of the removed
+    pixels is symmetric positive definite as long as the image keeps a known pixel; an image
+    with every pixel removed has nothing to interpolate from and is filled with 0.
+
+    On the CPU each image's system is solved exactly (sparse LU in float64, its C channels as C
+    right-hand sides of one factorisation, images on `torch.get_num_threads()` threads; the
+    result carries no autograd graph) and `tol` and `max_iter` are unused. On other devices (or
+    without SciPy) all systems are solved at once, batched, by conjugate gradients (see
+    `_conjugate_gradients`) to a relative residual `tol`.
+    """
+    if removed.dim() == 3:
+        removed = removed[:, None]
+    if x.device.type == "cpu" and _superlu() is not None:
+        return _direct(x, removed)
+    return _conjugate_gradients(x, removed, tol, max_iter)
+
+
+# -- exact sparse solve on the CPU -----------------------------------------------------------------
+
+
+@cache
+def _superlu() -> Any:
+    """SciPy's (csc_matrix, splu), imported on first use (SciPy comes with scikit-image); None
+    without SciPy."""
+    try:
+        from scipy.sparse import csc_matrix
+        from scipy.sparse.linalg import splu
+    except ImportError:  # pragma: no cover - scikit-image requires SciPy
+        return None
+    return csc_matrix, splu
+
+
+def _direct(x: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """`linear_imputation` by one sparse LU per image (CPU tensors). SciPy's SuperLU releases
+    the GIL, so with torch using several threads the images are solved on as many threads."""
+    n, c, h, w = x.shape
+    out = x.detach().to(torch.float64, copy=True).numpy()
+    masks = (removed.detach().expand(n, 1, h, w) != 0).reshape(n, h, w).numpy()
+    jobs = []
+    for img, mask in zip(out, masks, strict=True):
+        ys, xs = np.nonzero(mask)
+        if ys.size == h * w:
+            img[:] = 0.0
+        elif ys.size:
+            jobs.append((img, ys, xs))
+    workers = min(torch.get_num_threads(), len(jobs))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda job: _solve_image(*job), jobs))
+    else:
+        for job in jobs:
+            _solve_image(*job)
+    return torch.from_numpy(out).to(x.dtype)
+
+
+def _solve_image(img: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> None:
+    """Overwrite the removed pixels (ys, xs) of img (C, H, W), float64, with the solution.
+
+    The unknowns are numbered in nested dissection order (`_grid`), so the LU factors of the
+    grid-like system stay sparse (fill ~ k log k for k unknowns); no pivoting is needed as the
+    matrix is symmetric positive definite.
+    """
+    csc_matrix, splu = _superlu()
+    c, h, w = img.shape
+    rank, steps, s = _grid(h, w)
+    order = np.argsort(rank[ys, xs])
+    ys, xs = ys[order], xs[order]
+    k = ys.size
+    at = (ys + 1) * (w + 2) + xs + 1  # position in the zero-padded image
+    ids = np.full((h + 2) * (w + 2), -1, dtype=np.int32)  # unknown number, -1 if known/outside
+    ids[at] = np.arange(k, dtype=np.int32)
+    near = at[:, None] + steps  # (k, 8) padded positions of the neighbours
+    padded = np.zeros((c, h + 2, w + 2))
+    padded[:, 1:-1, 1:-1] = img
+    padded = padded.reshape(c, -1)
+    padded[:, at] = 0.0
+    rhs = padded[:, near] @ _WEIGHTS  # (C, k): Σ_j w_ij v_j over the known neighbours j
+    # Row i of A: s_i on the diagonal, -w_ij for each removed neighbour j. A is symmetric, so
+    # these rows, stored as CSR, are its CSC arrays.
+    cols = np.concatenate([np.arange(k, dtype=np.int32)[:, None], ids[near]], axis=1)
+    vals = np.concatenate([s[ys, xs][:, None], np.broadcast_to(-_WEIGHTS, (k, 8))], axis=1)
+    keep = cols >= 0
+    indptr = np.zeros(k + 1, dtype=np.int32)
+    np.cumsum(keep.sum(1), out=indptr[1:])
+    a = csc_matrix((vals[keep], cols[keep], indptr), shape=(k, k))
+    lu = splu(a, permc_spec="NATURAL", diag_pivot_thresh=0.0)
+    img[:, ys, xs] = lu.solve(np.ascontiguousarray(rhs.T)).T
+
+
+@lru_cache(maxsize=8)
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For an H×W image: the nested dissection rank of every pixel (H, W); the flat offsets of
+    the 8 neighbours in the zero-padded (H+2)×(W+2) image; s = Σ_j w_ij per pixel (H, W).
+
+    Nested dissection (George 1973): cut the grid by its middle row if it is taller than wide,
+    else by its middle column; number both halves recursively, then the cut. Blocks of at most
+    16 pixels (or 2 wide) are numbered row by row. An 8-neighbour stencil never crosses a whole
+    row or column, so eliminating one half never touches the other: the fill-in of each half
+    stays within it and its cut.
+    """
+    parts: list[np.ndarray] = []
+
+    def split(block: np.ndarray) -> None:
+        bh, bw = block.shape
+        if bh * bw <= 16 or min(bh, bw) <= 2:
+            parts.append(block.ravel())
+        elif bh >= bw:
+            split(block[: bh // 2])
+            split(block[bh // 2 + 1 :])
+            parts.append(block[bh // 2])
+        else:
+            split(block[:, : bw // 2])
+            split(block[:, bw // 2 + 1 :])
+            parts.append(block[:, bw // 2])
+
+    split(np.arange(h * w).reshape(h, w))
+    rank = np.empty(h * w, dtype=np.int64)
+    rank[np.concatenate(parts)] = np.arange(h * w)
+    steps = np.array([dy * (w + 2) + dx for dy, dx in _OFFSETS])
+    inside = np.pad(np.ones((h, w)), 1)
+    s = sum(
+        wt * inside[1 + dy : h + 1 + dy, 1 + dx : w + 1 + dx]
+        for (dy, dx), wt in zip(_OFFSETS, _WEIGHTS, strict=True)
+    )
+    return rank.reshape(h, w), steps, s
+
+
+# -- batched conjugate gradients (CUDA and other devices) ------------------------------------------
 
 
 def _neighbours(v: torch.Tensor) -> torch.Tensor:
@@ -27,23 +178,17 @@ def _neighbours(v: torch.Tensor) -> torch.Tensor:
     return direct / 6 + diagonal / 12
 
 
-def linear_imputation(
-    x: torch.Tensor, removed: torch.Tensor, tol: float | None = None, max_iter: int | None = None
+def _conjugate_gradients(
+    x: torch.Tensor, removed: torch.Tensor, tol: float | None, max_iter: int | None
 ) -> torch.Tensor:
-    """Fill the `removed` pixels of `x` so each equals the weighted mean of its neighbours.
+    """`linear_imputation` on x's device: every image and channel at once, batched.
 
-    x: (N, C, H, W); removed: (N, 1, H, W) or (N, H, W) bool. For every removed pixel i,
-    s_i·v_i = Σ_j w_ij·v_j, with w = 1/6 (direct) and 1/12 (diagonal) over the neighbours j
-    inside the image and s_i = Σ_j w_ij; known pixels keep their values (Rong et al. 2022).
-    The sparse symmetric positive definite system of each image and channel is solved at once,
-    batched, by conjugate gradients with a Jacobi preconditioner, started from the solution of
-    the same problem at half resolution (nested iteration), to a relative residual `tol`
-    (default 1e-10 in float64; 1e-5 otherwise, where float32 inputs are solved in float32, which
-    leaves errors near 1e-3 of the value range, below the default imputation noise). Each
-    connected hole needs a known pixel next to it (any hole but the whole image has one).
+    Conjugate gradients with a Jacobi preconditioner, started from the solution of the same
+    problem at half resolution (nested iteration), to a relative residual `tol` (default 1e-10
+    in float64; 1e-5 otherwise, where float32 inputs are solved in float32, which leaves errors
+    near 1e-3 of the value range, below the default imputation noise), at most `max_iter`
+    iterations (default 20·(H + W) + 100). removed: (N or 1, 1, H, W).
     """
-    if removed.dim() == 3:
-        removed = removed[:, None]
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if tol is None:
         tol = 1e-10 if dtype == torch.float64 else 1e-5
@@ -154,7 +299,8 @@ class Road(_Road):
     neighbours (`linear_imputation`), plus Gaussian noise of std `noise` (one seeded noise
     image shared by all samples and steps). Curves: the target's probability per percentage;
     areas: trapezoid over p/100. `extras` keeps both curves and areas. Costs 2 · len(percentages)
-    forwards per sample (plus the batched imputation solves).
+    forwards per sample, plus as many imputations (an exact sparse solve per row on the CPU,
+    batched conjugate gradients elsewhere).
     """
 
     name = "road"

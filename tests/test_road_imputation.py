@@ -1,0 +1,169 @@
+"""ROAD's linear imputation: the CPU direct solve and the conjugate gradients (the CUDA path)
+against a dense solve of the same system, written out pixel by pixel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from saliencelab.metrics.faithfulness import linear_imputation
+from saliencelab.metrics.faithfulness.road import _conjugate_gradients, _grid
+
+
+def dense_imputation(img: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """s_i·v_i - Σ_{j removed} w_ij·v_j = Σ_{j known} w_ij·x_j for every removed pixel i, over
+    the in-image 8-neighbours (w = 1/6 direct, 1/12 diagonal), solved densely."""
+    c, h, w = img.shape
+    pixels = list(zip(*np.nonzero(removed), strict=True))
+    ids = {p: k for k, p in enumerate(pixels)}
+    a = np.zeros((len(pixels), len(pixels)))
+    rhs = np.zeros((len(pixels), c))
+    for (i, j), k in ids.items():
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                ii, jj = i + di, j + dj
+                if (di, dj) == (0, 0) or not (0 <= ii < h and 0 <= jj < w):
+                    continue
+                weight = 1 / 12 if di and dj else 1 / 6
+                a[k, k] += weight
+                if (ii, jj) in ids:
+                    a[k, ids[ii, jj]] -= weight
+                else:
+                    rhs[k] += weight * img[:, ii, jj]
+    out = img.copy()
+    if pixels:
+        sol = np.linalg.solve(a, rhs)
+        for (i, j), k in ids.items():
+            out[:, i, j] = sol[k]
+    return out
+
+
+def _mask(h: int, w: int, kind: str) -> torch.Tensor:
+    m = torch.zeros(h, w, dtype=torch.bool)
+    if kind == "corner":
+        m[0, 0] = True
+    elif kind == "corners":
+        m[0, 0] = m[0, -1] = m[-1, 0] = m[-1, -1] = True
+    elif kind == "border":
+        m[0], m[-1], m[:, 0], m[:, -1] = True, True, True, True
+    elif kind == "top_row_right_column":
+        m[0], m[:, -1] = True, True
+    elif kind == "all_but_centre":
+        m[:] = True
+        m[h // 2, w // 2] = False
+    elif kind == "all_but_corner":
+        m[:] = True
+        m[-1, -1] = False
+    elif kind == "block":
+        m[1 : h - 1, 2 : w - 1] = True
+    else:  # random, 70 %
+        m = torch.rand(h, w, generator=torch.Generator().manual_seed(h * w)) < 0.7
+        m[h // 2, 0] = False
+    return m
+
+
+KINDS = [
+    "corner",
+    "corners",
+    "border",
+    "top_row_right_column",
+    "all_but_centre",
+    "all_but_corner",
+    "block",
+    "random",
+]
+SIZES = [(6, 6), (5, 8), (9, 7), (1, 7), (6, 1)]
+
+
+def _case(h: int, w: int, kind: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    removed = torch.stack([_mask(h, w, kind), _mask(h, w, "random")])
+    if removed.all(dim=(1, 2)).any():  # a 1-pixel-wide image with every pixel removed
+        removed[:, 0, 0] = False
+    return x.to(dtype), removed
+
+
+def _reference(x: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    ref = [dense_imputation(x[i].double().numpy(), removed[i].numpy()) for i in range(len(x))]
+    return torch.from_numpy(np.stack(ref))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("size", SIZES)
+def test_direct_solve_equals_dense(size, kind, dtype):
+    x, removed = _case(*size, kind, dtype)
+    out = linear_imputation(x, removed)
+    assert out.dtype == dtype and out.shape == x.shape
+    ref = _reference(x, removed)
+    atol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(out.double(), ref, atol=atol, rtol=0)
+    known = ~removed[:, None].expand_as(x)
+    assert torch.equal(out[known], x[known])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("size", [(6, 6), (9, 7), (1, 7)])
+def test_conjugate_gradients_equal_dense(size, kind, dtype):
+    x, removed = _case(*size, kind, dtype)
+    out = _conjugate_gradients(x, removed[:, None], None, None)
+    atol = 1e-8 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(out.double(), _reference(x, removed), atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("pattern", ["smooth", "random"])
+def test_direct_solve_equals_conjugate_gradients_on_64x64(pattern):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 64, 64, generator=g, dtype=torch.float64)
+    if pattern == "smooth":
+        score = torch.nn.functional.interpolate(torch.rand(2, 1, 5, 5, generator=g), size=64)
+    else:
+        score = torch.rand(2, 1, 64, 64, generator=g)
+    removed = score > score.flatten(1).quantile(0.3, dim=1)[:, None, None, None]  # 70 %
+    cg = _conjugate_gradients(x, removed, 1e-12, None)
+    torch.testing.assert_close(linear_imputation(x, removed), cg, atol=1e-9, rtol=0)
+
+
+def test_mask_shapes_broadcast_and_edge_cases():
+    x, removed = _case(6, 5, "block", torch.float32)
+    out = linear_imputation(x, removed)
+    torch.testing.assert_close(linear_imputation(x, removed[:, None]), out, atol=0, rtol=0)
+    one = linear_imputation(x, removed[:1, None])  # one mask for the whole batch
+    torch.testing.assert_close(one[1], linear_imputation(x[1:], removed[:1])[0], atol=0, rtol=0)
+    assert torch.equal(linear_imputation(x, torch.zeros_like(removed)), x)
+    every = torch.ones_like(removed)  # nothing to interpolate from: 0, as the CG path gives
+    assert torch.equal(linear_imputation(x, every), torch.zeros_like(x))
+    assert torch.equal(_conjugate_gradients(x, every[:, None], None, None), torch.zeros_like(x))
+    with torch.inference_mode():
+        torch.testing.assert_close(linear_imputation(x, removed), out, atol=0, rtol=0)
+    assert linear_imputation(x.requires_grad_(), removed).dtype == torch.float32
+
+
+def test_threads_give_the_same_result():
+    x, removed = _case(9, 7, "random", torch.float32)
+    x, removed = x.repeat(3, 1, 1, 1), removed.repeat(3, 1, 1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = linear_imputation(x, removed)
+        torch.set_num_threads(3)
+        assert torch.equal(linear_imputation(x, removed), one)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_nested_dissection_rank_is_a_permutation():
+    for h, w in [(1, 1), (1, 9), (7, 3), (31, 64)]:
+        rank, steps, s = _grid(h, w)
+        assert sorted(rank.ravel().tolist()) == list(range(h * w))
+        assert steps.shape == (8,) and s.shape == (h, w)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_conjugate_gradients_equal_cpu_direct_solve():
+    x, removed = _case(9, 7, "random", torch.float64)
+    out = linear_imputation(x.cuda(), removed.cuda())
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), linear_imputation(x, removed), atol=1e-8, rtol=0)
