@@ -246,3 +246,17 @@ def test_chunk_search_goes_on_across_short_passes():
     settled = ChunkPlan(key=key, n_rows=20, max_rows=64, start=8)
     assert settled.size == 2  # found over several passes
     assert 16 in sizes and 1 in sizes
+
+
+def test_chunk_search_learns_from_passes_shorter_than_the_next_size():
+    """Passes of 30 rows: once the ladder reaches 32, each pass is one chunk of 30. That chunk
+    counts as a size of its own; the search goes on down and settles (it used to stay at one
+    30-row chunk forever)."""
+    key = ("short passes", object())
+    per_row = {8: 0.5, 16: 0.6, 30: 2.0, 4: 0.45, 2: 0.4, 1: 0.9}
+    for _ in range(12):
+        plan = ChunkPlan(key=key, n_rows=30, max_rows=32, start=8)
+        for rows in plan.chunks():
+            plan.record(len(rows), per_row.get(len(rows), 1.0) * len(rows))
+    settled = ChunkPlan(key=key, n_rows=30, max_rows=32, start=8)
+    assert settled.size == 2

@@ -11,8 +11,10 @@ the machine only ever adds time. The first chunk is not measured (it pays one-of
 allocations, kernel selection), so the start size runs twice. No row is computed twice, so the
 search costs nothing beyond a few sub-optimal chunks. A pass too short to finish the search
 leaves it where it got, and the next pass of the same model and shape goes on from there (a
-dataset loop converges within a few batches). The size never exceeds the memory budget divided
-by the measured bytes one row keeps for backward.
+dataset loop converges within a few batches); a whole pass shorter than the size to try counts
+as a size of its own. The engine times the model's part of a chunk, not the building of its
+inputs (ROAD's imputation would otherwise steer the choice). The size never exceeds the memory
+budget divided by the measured bytes one row keeps for backward.
 """
 
 from __future__ import annotations
@@ -108,8 +110,9 @@ class ChunkPlan:
         the machine only ever adds time, so one slow chunk must not rule a size out) and settle
         on the fastest per row (the minimum over each size's chunks).
         """
-        if self._settled or rows < self._size:
-            return
+        if self._settled or (rows < self._size and rows < self.n_rows):
+            return  # a pass's short last chunk says little (a whole pass shorter than the size
+            # counts as that size: else passes of a fixed length below it would never learn)
         if not self._warm:  # the first chunk pays warm-up: not a fair measurement
             self._warm = True
             return

@@ -206,6 +206,7 @@ class Engine:
                 x = usable_input(make_inputs(rows).to(dev))
                 if nhwc:
                     x = x.contiguous(memory_format=torch.channels_last)
+                built = time.perf_counter()
                 captured.clear()
                 with (
                     torch.enable_grad() if input_grad else torch.no_grad(),
@@ -233,10 +234,10 @@ class Engine:
                         )
                     grads = torch.autograd.grad(scores.sum(), wrt)
                 self._sync(dev)
-                seconds = time.perf_counter() - start
-                plan.record(len(rows), seconds)
+                end = time.perf_counter()
+                plan.record(len(rows), end - built)
                 self.cost.grad_rows += len(rows)
-                self.cost.seconds += seconds
+                self.cost.seconds += end - start
                 offset = 1 if input_grad else 0
                 yield PassChunk(
                     rows=rows,
@@ -287,16 +288,17 @@ class Engine:
                 x = make_inputs(rows).to(dev)
                 if nhwc:
                     x = x.contiguous(memory_format=torch.channels_last)
+                built = time.perf_counter()
                 current_rows[:] = [rows]
                 logits = self._output(x, target)
                 samples = sample_of(rows)
                 scores = target.scores(logits, samples) if target is not None else logits[:, 0]
                 _check_finite(scores)
                 self._sync(dev)
-                seconds = time.perf_counter() - start
-                plan.record(len(rows), seconds)
+                end = time.perf_counter()
+                plan.record(len(rows), end - built)
                 self.cost.forward_rows += len(rows)
-                self.cost.seconds += seconds
+                self.cost.seconds += end - start
                 yield PassChunk(rows, samples, x, logits, scores)
 
     # -- conveniences --------------------------------------------------------------------------
