@@ -84,6 +84,15 @@ class _Pair:
     weight: torch.Tensor | None = None
     bias: torch.Tensor | None = None
 
+    def still_foldable(self) -> bool:
+        """The BatchNorm still uses running statistics, and neither module's forward was
+        replaced on the instance since the pair was found."""
+        return (
+            _foldable_bn(self.bn)
+            and "forward" not in self.bn.__dict__
+            and "forward" not in self.layer.__dict__
+        )
+
     def folded_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         layer, bn = self.layer, self.bn
         sources = (
@@ -114,21 +123,31 @@ def folded(module: nn.Module, example: torch.Tensor, probe: bool = True) -> Iter
     Call with the model in the state it runs in (eval mode, frozen) and no hooks on it.
     """
     pairs = None if module in _ACTIVE else _pairs(module, example, probe)
+    if pairs and not all(pair.still_foldable() for pair in pairs):
+        pairs = None
     if not pairs:
         yield False
         return
-    with _swapped(module, pairs):
+    try:
+        weights = [pair.folded_weights() for pair in pairs]
+    except RuntimeError:  # an inference tensor has no version counter: edits would go unseen
+        weights = None
+    if weights is None:
+        yield False
+        return
+    with _swapped(module, pairs, weights):
         yield True
 
 
 @contextmanager
-def _swapped(module: nn.Module, pairs: list[_Pair]) -> Iterator[None]:
+def _swapped(
+    module: nn.Module, pairs: list[_Pair], weights: list[tuple[torch.Tensor, torch.Tensor]]
+) -> Iterator[None]:
     saved = []
     _ACTIVE.add(module)
     try:
-        for pair in pairs:
+        for pair, (weight, bias) in zip(pairs, weights, strict=True):
             params, state = pair.layer._parameters, pair.bn.__dict__
-            weight, bias = pair.folded_weights()
             saved.append((pair, params["weight"], params["bias"], state.get("forward")))
             params["weight"], params["bias"] = weight, bias
             state["forward"] = _pass_through
@@ -148,25 +167,27 @@ def _foldable_bn(m: nn.Module) -> bool:
 
 
 def _pairs(module: nn.Module, example: torch.Tensor, probe: bool) -> list[_Pair] | None:
-    """The verified pairs of the model's current structure (found and cached on first use)."""
-    if any(t.is_inference() for t in (*module.parameters(), *module.buffers())):
-        return None  # no version counters: edits could not be seen
-    structure = tuple(
-        (id(m), id(m.__dict__.get("forward")), _foldable_bn(m)) for m in module.modules()
-    )
+    """The verified pairs of the model's current structure (its submodules; found and cached
+    on first use). The state of each pair is checked when folding (`_Pair.still_foldable`)."""
     cached = _PAIRS.get(module)
+    if cached is None and not probe:
+        return None
+    structure = tuple(map(id, module.modules()))
     if cached is not None and cached[0] == structure:
         return cached[1]
-    if not probe or not any(foldable for *_, foldable in structure):
+    if not probe:
         return None
-    if any(m.training for m in module.modules()):
-        return None  # a probe forward would update batch statistics
+    if any(m.training for m in module.modules()) or not any(map(_foldable_bn, module.modules())):
+        return None  # nothing to fold, or a probe forward would update batch statistics
+    if any(t.is_inference() for t in (*module.parameters(), *module.buffers())):
+        return None  # no version counters: edits could not be seen
     row = example[:1].detach()
     try:
         with torch.no_grad():
             pairs, plain = _find_pairs(module, row)
             if pairs:
-                with _swapped(module, pairs):
+                weights = [pair.folded_weights() for pair in pairs]
+                with _swapped(module, pairs, weights):
                     fast = logits_of(module.forward(row))
                 tol = 1e-4 * float(plain.abs().max()) + 1e-6
                 same = fast.shape == plain.shape and bool(((fast - plain).abs() <= tol).all())
