@@ -49,8 +49,8 @@ Where the rest of ours goes: one more call with timers wrapped around parts of t
 passes: building rows, model, scores), `rows` (the metrics' `make_inputs`, inside engine),
 `explain` (the explainer's `sl.explain` calls, engine inside) and per metric the non-forward
 work: ROAD's imputation solve (inside rows), insertion's blur, the map similarity of MPRT and
-random-logit, MPRT's re-initialisation, input-invariance's shifted copy of the model, the
-robustness metrics' noise. `--profile` also prints a torch.profiler table of one call.
+random-logit, MPRT's re-initialisation, input-invariance's shift offset (two calls of the first
+layer), the robustness metrics' noise. `--profile` also prints a torch.profiler table of one call.
 
 Map-only metrics (localisation, complexity: no forwards) are listed as such; metrics_maps.py
 times them. `--clock cpu --threads 1` are the CPU defaults (`harness.setup_device`); with
@@ -331,7 +331,7 @@ def _parts(metric: str) -> list[tuple[Any, str, str, str]]:
             ("metrics.randomisation.random_logit", "similarity_to", "similarity", "result")
         ],
         "input_invariance": [
-            ("metrics.axiomatic.input_invariance", "shifted_model", "shifted copy", "call")
+            ("metrics.axiomatic.input_invariance", "layer_offset", "shift offset", "call")
         ],
         "max_sensitivity": [("metrics.robustness.sensitivity", "draw_noise", "noise", "call")],
         "local_lipschitz": [("metrics.robustness.lipschitz", "draw_noise", "noise", "call")],

@@ -7,11 +7,15 @@ difference, read through its `output_func`, and its boolean), NonSensitivity (th
 `normalise=False`, or one sample with normalisation, since Quantus normalises by the batch
 maximum) and InputInvariance (its boolean equals "fraction == 0" on a model without zero
 padding, where its bias shift is exact; with a perturb_func that shifts every element, as its
-default one misses the first element of each sample).
+default one misses the first element of each sample). Input invariance shifts the model in
+place: its values equal those of a deep-copied shifted model (the implementation it replaced),
+the model is bit-identical afterwards, and every forward it runs is counted.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import warnings
 
 import numpy as np
@@ -22,6 +26,7 @@ from torch import nn
 import saliencelab as sl
 from saliencelab.core.errors import SaliencelabError
 from saliencelab.metrics.axiomatic.input_invariance import shifted_model
+from saliencelab.metrics.base import Explainer
 
 
 class SmoothNet(nn.Module):
@@ -42,6 +47,14 @@ class PadConv(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(nn.functional.pad(x, (1, 1, 1, 1)))
+
+
+class Doubled(nn.Conv2d):
+    """2 × a convolution: still affine, but its output comes from a multiplication (the shift
+    correction does not change it in place)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2.0
 
 
 class LeftHalf(nn.Module):
@@ -230,22 +243,215 @@ def test_non_sensitivity_matches_quantus(smooth, x8, batch):
 # -- input invariance ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("padding", [0, 1, "inside"])
-def test_shifted_model_absorbs_the_shift(x8, padding):
+def _case(first: str, x8: torch.Tensor) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """(net, inputs, shift): SmoothNet with a first layer of each kind, "pad0" (no padding: the
+    bias absorbs the shift), "pad1" (zero padding: a hook), "inside" (pads in its forward: a
+    hook), "nobias" (no padding, no bias: a hook), "doubled" (padding, output of a product: a
+    hook, not in place); or "linear", an MLP on (B, D) inputs (the bias absorbs the shift, one
+    value per feature)."""
     torch.manual_seed(0)
-    net = SmoothNet(padding=0 if padding == "inside" else padding).eval()
-    if padding == "inside":
+    if first == "linear":
+        net = nn.Sequential(nn.Linear(12, 5), nn.Tanh(), nn.Linear(5, 3))
+        return net.eval(), x8.flatten(1)[:, :12].contiguous(), torch.linspace(-1.0, 2.0, 12)
+    net = SmoothNet(padding=1 if first == "pad1" else 0)
+    if first == "inside":
         net.conv = PadConv(3, 4, 3)
-    model = sl.models.model.as_model(net)
-    shift = torch.tensor([-1.0, 0.5, 2.0])
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    m2 = shifted_model(model, x8, shift)
+    if first == "nobias":
+        net.conv = nn.Conv2d(3, 4, 3, bias=False)
+    if first == "doubled":
+        net.conv = Doubled(3, 4, 3, padding=1)
+    return net.eval(), x8, torch.tensor([-1.0, 0.5, 2.0])
+
+
+def _shifted(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    return x + shift.view(1, -1, *[1] * (x.dim() - 2))
+
+
+FIRSTS = ["pad0", "pad1", "inside", "nobias", "doubled", "linear"]
+
+
+def _reference_shifted_copy(net: nn.Module, x: torch.Tensor, shift: torch.Tensor) -> nn.Module:
+    """The implementation before the in-place one: a deep copy whose first layer absorbs the
+    shift (bias b − W·shift where the offset is the same at every position, a new bias if the
+    layer had none; else a hook subtracting the offset map)."""
+    name = "0" if isinstance(net, nn.Sequential) else "conv"  # the nets of `_case`
+    copied = copy.deepcopy(net)
+    layer = copied.get_submodule(name)
     with torch.no_grad():
-        torch.testing.assert_close(
-            m2.module(x8 + shift.view(1, 3, 1, 1)), net(x8), rtol=1e-5, atol=1e-5
+        probe = shift.reshape(1, -1, *[1] * (x.dim() - 2)).expand(1, *x.shape[1:]).contiguous()
+        offset = layer(probe) - layer(torch.zeros_like(probe))
+    flat = offset.flatten(2) if offset.dim() > 2 else offset.unsqueeze(-1)
+    per_channel = flat[..., :1]
+    with torch.no_grad():
+        if torch.allclose(flat, per_channel.expand_as(flat), rtol=1e-6, atol=1e-7):
+            if layer.bias is None:
+                layer.bias = nn.Parameter(-per_channel.flatten().clone())
+            else:
+                layer.bias.add_(-per_channel.flatten().to(layer.bias))
+        else:
+            layer.register_forward_hook(lambda m, i, out: out - offset.to(out.dtype))
+    return copied
+
+
+def _bytes(net: nn.Module) -> dict[str, tuple[int, torch.Tensor]]:
+    """Each parameter's and buffer's identity and exact bits."""
+    return {
+        k: (id(v), v.detach().clone().contiguous().view(torch.uint8))
+        for k, v in [*net.named_parameters(), *net.named_buffers()]
+    }
+
+
+def _assert_untouched(net: nn.Module, before: dict, flags: tuple) -> None:
+    after = _bytes(net)
+    assert after.keys() == before.keys()
+    for k, (ident, bits) in before.items():
+        assert after[k][0] == ident, k
+        assert torch.equal(after[k][1], bits), k
+    assert _flags(net) == flags
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
+
+
+def _flags(net: nn.Module) -> tuple[list[bool], list[bool]]:
+    return [m.training for m in net.modules()], [p.requires_grad for p in net.parameters()]
+
+
+@pytest.mark.parametrize("first", FIRSTS)
+def test_shifted_model_absorbs_the_shift(x8, first):
+    net, x, shift = _case(first, x8)
+    model = sl.models.model.as_model(net)
+    before, flags = _bytes(net), _flags(net)
+    with torch.no_grad():
+        y = net(x)
+    with shifted_model(model, x, shift) as m2, torch.no_grad():
+        assert m2.module is net  # in place: no copy
+        torch.testing.assert_close(m2.module(_shifted(x, shift)), y, rtol=1e-5, atol=1e-5)
+    _assert_untouched(net, before, flags)
+
+
+@pytest.mark.parametrize("first", FIRSTS)
+@pytest.mark.parametrize("method", ["saliency", "input_x_gradient"])
+@pytest.mark.parametrize("measure", ["fraction", "mae"])
+def test_input_invariance_equals_the_copy_based_reference(x8, first, method, measure):
+    net, x, shift = _case(first, x8)
+    net.train()  # a model in training mode: eval for the passes, restored after
+    if first == "linear":
+        net[0].bias.requires_grad_(False)  # mixed requires_grad
+    on = "attributions" if first == "linear" else "maps"
+    a = sl.explain(net, x, method)[method]
+    before, flags = _bytes(net), _flags(net)
+    metric = sl.metrics.get("input_invariance")(shift=shift.tolist(), measure=measure, on=on)
+    # (B, D) inputs: the maps are one number per sample; score the attributions
+    maps, kw = (a.maps, {}) if on == "maps" else (a.attributions, {"attributions": a.attributions})
+    r = metric(maps, x=x, model=net, target=a.target, explainer=method, **kw)
+    _assert_untouched(net, before, flags)
+
+    ref_net = _reference_shifted_copy(net, x, shift)
+    a2 = sl.explain(ref_net, _shifted(x, shift), method, target=a.target)[method]
+    ref, out = (a.maps, a2.maps) if on == "maps" else (a.attributions, a2.attributions)
+    ref, out = ref.double(), out.double()
+    if measure == "mae":
+        expected = (ref - out).abs().flatten(1).mean(1)
+    else:
+        expected = (~torch.isclose(ref, out, rtol=1e-5, atol=1e-4)).flatten(1).double().mean(1)
+    # The same layers, weights and rows: bit-equal, except a bias-free layer, which gets a hook
+    # here where the reference gave it a bias (equal to float rounding).
+    if first == "nobias":
+        torch.testing.assert_close(r.values, expected, rtol=1e-6, atol=1e-9)
+    else:
+        assert torch.equal(r.values, expected)
+    if method == "saliency":
+        assert (r.values == 0).all() if measure == "fraction" else r.values.max() < 1e-6
+
+
+class _Raising(Explainer):
+    """Raises inside the explanation, while the model is shifted."""
+
+    def __init__(self) -> None:
+        super().__init__("saliency")
+
+    def __call__(self, model, x, target):
+        super().__call__(model, x, target)  # runs on the shifted model, then fails
+        raise RuntimeError("explainer failed")
+
+
+@pytest.mark.parametrize("first", FIRSTS)
+def test_model_is_restored_when_the_explainer_raises(x8, first):
+    net, x, _ = _case(first, x8)
+    net.train()
+    maps = torch.rand(3, *x.shape[2:]) if x.dim() == 4 else torch.rand(x.shape)
+    before, flags = _bytes(net), _flags(net)
+    versions = [p._version for p in net.parameters()]
+    with pytest.raises(RuntimeError, match="explainer failed"):
+        sl.metrics.get("input_invariance")()(maps, x=x, model=net, explainer=_Raising())
+    _assert_untouched(net, before, flags)
+    # A bias changed in place is copied back in place: its version counter moved (caches keyed
+    # on it, e.g. core/fused.py's folded weights, see the change); nothing else was written.
+    moved = [p._version != v for p, v in zip(net.parameters(), versions, strict=True)]
+    shifted_bias = {"pad0": "conv.bias", "linear": "0.bias"}.get(first)  # the others: a hook
+    assert moved == [name == shifted_bias for name, _ in net.named_parameters()]
+
+
+class _ReadsInputTwice(nn.Module):
+    """Its first layer gets the input unchanged, but the input is read again later: a shift
+    absorbed in the first layer still changes the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.tanh(self.conv(x)).mean((2, 3))) + x.mean((1, 2, 3))[:, None]
+
+
+def test_input_invariance_refuses_a_model_that_does_not_absorb_the_shift(x8):
+    torch.manual_seed(0)
+    net = _ReadsInputTwice().eval()
+    before, flags = _bytes(net), _flags(net)
+    with pytest.raises(SaliencelabError, match="gives outputs .* away from the model's"):
+        sl.metrics.get("input_invariance")()(
+            torch.rand(3, 8, 8), x=x8, model=net, explainer="saliency"
         )
-    for k, v in net.state_dict().items():
-        assert torch.equal(v, before[k])
+    _assert_untouched(net, before, flags)
+
+
+class _Reversed(Explainer):
+    """Explains the rows in reverse order: its first forward does not start with the first row,
+    so the metric runs the shifted model's first row itself."""
+
+    def __call__(self, model, x, target):
+        a = super().__call__(model, x.flip(0), target.flip(0))
+        return dataclasses.replace(a, maps=a.maps.flip(0), attributions=a.attributions.flip(0))
+
+
+@pytest.mark.parametrize("first", ["pad0", "pad1"])
+@pytest.mark.parametrize("explainer", ["saliency", "gradcam", "integrated_gradients", "reversed"])
+def test_input_invariance_counts_every_forward(x8, first, explainer):
+    net, _, _ = _case(first, x8)
+    # explained once before, as a user does: the layout probe and Grad-CAM's layer search run
+    # once per model (uncounted by sl.explain: core/layout.py, core/layers.py)
+    method = "saliency" if explainer == "reversed" else explainer
+    a = sl.explain(net, x8, method)[method]
+    rows = {"forward": 0, "grad": 0}
+
+    def pre(mod, args):
+        rows["forward" if torch.is_inference_mode_enabled() else "grad"] += args[0].shape[0]
+
+    handle = net.register_forward_pre_hook(pre)
+    try:
+        ex = _Reversed("saliency") if explainer == "reversed" else explainer
+        # target given: a target of None is resolved by a forward before the metric runs
+        metric = sl.metrics.get("input_invariance")()
+        r = metric(a.maps, x=x8, model=net, target=a.target, explainer=ex)
+    finally:
+        handle.remove()
+    b = x8.shape[0]
+    assert round(r.forwards * b) == rows["forward"]
+    assert round(r.passes * b) == rows["grad"]
+    # one row finds the first layer and the logits to check; the explanation's first forward
+    # gives the shifted model's logits, except where it does not start with the first row
+    if explainer in ("saliency", "reversed"):
+        assert rows == {"forward": 1 + (explainer == "reversed"), "grad": b}
 
 
 @pytest.mark.parametrize("padding", [0, 1])

@@ -3,39 +3,53 @@ change the explanation."""
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
 from torch import nn
 
-from ...core.engine import Engine
 from ...core.errors import SaliencelabError
 from ...core.state import attribution_mode
-from ...models.model import Model
+from ...models.model import Model, logits_of
 from ..base import EvalBatch, Metric, Scores, register_metric
 from ..checks import check_choice
 
+# Backward nodes of convolution and linear layers, which do not keep the layer's output: the
+# shift correction may change it in place.
+_OUTPUT_NOT_SAVED = frozenset({"ConvolutionBackward0", "AddmmBackward0", "MmBackward0"})
 
-def first_layer(module: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
-    """The first leaf module the forward of `x` runs, and its name (one forward, no grad)."""
-    names = {m: n for n, m in module.named_modules()}
+
+def first_layer(
+    module: nn.Module,
+    x: torch.Tensor,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[str, nn.Module, torch.Tensor]:
+    """The first leaf module the forward of `x` runs, its name, and the forward's logits.
+
+    `forward(x)` runs the model (default: the module in eval mode under inference mode); the
+    metric passes its engine's `logits`, so this one forward is counted and its logits reused.
+    """
     seen: list[tuple[nn.Module, torch.Tensor | None]] = []
     hooks = []
 
     def pre(mod: nn.Module, args: tuple) -> None:
         if not seen:
             seen.append((mod, args[0] if args and isinstance(args[0], torch.Tensor) else None))
+            for hk in hooks:  # the rest of the forward runs without hooks
+                hk.remove()
 
     for m in module.modules():
         if not list(m.children()):
             hooks.append(m.register_forward_pre_hook(pre))
     try:
-        with attribution_mode(module), torch.inference_mode():
-            module(x)
+        if forward is None:
+            with attribution_mode(module), torch.inference_mode():
+                logits = logits_of(module(x))
+        else:
+            logits = forward(x)
     finally:
         for hk in hooks:
             hk.remove()
@@ -45,63 +59,133 @@ def first_layer(module: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
             "first layer is an nn.Conv2d or nn.Linear."
         )
     mod, inp = seen[0]
+    name = next(n for n, m in module.named_modules() if m is mod)
     if not isinstance(mod, (nn.Conv2d, nn.Linear)):
         raise SaliencelabError(
             f"input_invariance needs the model's first layer to be an nn.Conv2d or nn.Linear "
-            f"that absorbs the shift, but it is {names[mod] or 'the model'} "
+            f"that absorbs the shift, but it is {name or 'the model'} "
             f"({type(mod).__name__}); use a model that starts with one."
         )
-    if inp is None or inp.shape != x.shape or not torch.equal(inp, x):
+    if inp is None or inp.shape != x.shape or not torch.equal(inp, x.to(inp.device)):
         raise SaliencelabError(
-            f"The first layer {names[mod]} does not get the model's input unchanged (the model "
+            f"The first layer {name} does not get the model's input unchanged (the model "
             "transforms it first), so a shift of the input cannot be absorbed there; "
             "input_invariance cannot score this model."
         )
-    return names[mod], mod
+    return name, mod, logits
 
 
-def shifted_model(model: Model, x: torch.Tensor, shift: torch.Tensor) -> Model:
-    """A deep copy of `model` whose first layer absorbs an input shift: f'(x + shift) = f(x).
+def layer_offset(layer: nn.Module, x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """(1, *out) the layer's response to the input shift, layer(shift) − layer(0), on one row
+    shaped like `x` (two calls of the layer alone). The layer is affine, so
+    layer(z + shift) = layer(z) + offset; running the layer itself also covers subclasses that
+    pad inside their forward."""
+    device = next(layer.parameters()).device
+    probe = shift.to(device, x.dtype).reshape(1, -1, *[1] * (x.dim() - 2))
+    probe = probe.expand(1, *x.shape[1:]).contiguous()
+    with torch.no_grad(), attribution_mode(layer):
+        return layer(probe) - layer(torch.zeros_like(probe))
 
-    The layer's response to the shift, layer(shift) − layer(0), is measured on the copy. Where
-    it is the same at every position (a Linear layer, a Conv2d without zero padding) the bias
-    becomes b − W·shift (Kindermans et al.). With zero padding the border outputs see unshifted
-    zeros, so the exact correction is position-dependent: a forward hook on the copy subtracts
-    it from the layer's output. The user's model is not touched.
+
+def uniform_offset(offset: torch.Tensor) -> torch.Tensor | None:
+    """(C,) the offset of each output channel if it is the same at every position (to float
+    rounding: allclose with rtol 1e-6, atol 1e-7), else None."""
+    flat = offset.flatten(2) if offset.dim() > 2 else offset.unsqueeze(-1)
+    per_channel = flat[..., :1]
+    same = ((flat - per_channel).abs() <= 1e-7 + 1e-6 * per_channel.abs()).all()
+    return per_channel.flatten() if bool(same) else None
+
+
+@contextmanager
+def shifted_model(
+    model: Model, x: torch.Tensor, shift: torch.Tensor, layer: str | None = None
+) -> Iterator[Model]:
+    """`model` itself, its first layer absorbing an input shift inside the block:
+    f'(x + shift) = f(x) (Kindermans et al. 2017). `layer`: the first layer's name (default:
+    found by `first_layer`, one forward).
+
+    Where the layer's response to the shift (`layer_offset`) is the same at every position (a
+    Linear layer, a Conv2d without zero padding) and the layer has a bias, the bias b becomes
+    b − W·shift, in place. With zero padding the border outputs see unshifted zeros, so the
+    exact correction is position-dependent: a forward hook on the layer subtracts the offset from
+    its output (also for a layer without a bias). On exit, also on an error, the model is as it
+    was: the same tensor objects with the same values (the bias copied back in place, so its
+    version counter tells caches of the weights, e.g. core/fused.py, that it changed twice) and
+    no hook left.
     """
-    name, _ = first_layer(model.module, x[:1])
-    module = copy.deepcopy(model.module)
-    layer = module.get_submodule(name)
-    with torch.no_grad(), attribution_mode(module):
-        # The layer is affine: layer(z + shift) = layer(z) + [layer(shift) − layer(0)]. Running
-        # the layer itself also covers subclasses that pad inside their forward.
-        probe = shift.to(x.dtype).reshape(1, -1, *[1] * (x.dim() - 2)).expand(1, *x.shape[1:])
-        probe = probe.contiguous()
-        offset = layer(probe) - layer(torch.zeros_like(probe))
-        flat = offset.flatten(2) if offset.dim() > 2 else offset.unsqueeze(-1)
-        per_channel = flat[..., :1]
-        if torch.allclose(flat, per_channel.expand_as(flat), rtol=1e-6, atol=1e-7):
-            _add_bias(layer, -per_channel.flatten())
-        else:
-            fixed = offset.detach().clone()
+    module = model.module
+    name = first_layer(module, x[:1])[0] if layer is None else layer
+    first = module.get_submodule(name)
+    offset = layer_offset(first, x, shift)
+    bias = first._parameters.get("bias")
+    per_channel = None
+    if isinstance(bias, torch.Tensor) and not bias.is_inference():
+        per_channel = uniform_offset(offset)
+    if per_channel is not None:
+        saved = bias.detach().clone()
+        try:
+            with torch.no_grad():
+                bias.add_(-per_channel.to(bias))
+            yield model
+        finally:
+            with torch.no_grad():
+                first._parameters["bias"] = bias  # the same object, also if a caller swapped it
+                bias.copy_(saved)
+        return
+    # Subtracted in place where nothing keeps the output for backward (a new output tensor costs
+    # its page faults, ~1 ms a pass on the shapes CNN), with the offset in the dtype, device and
+    # memory layout of the output: subtracting an NCHW tensor from a channels-last one (the
+    # engine's rows on CPU) is ~10× slower.
+    kept: dict[tuple, torch.Tensor] = {}
 
-            def hook(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
-                if out.shape[1:] != fixed.shape[1:]:
-                    raise SaliencelabError(
-                        "input_invariance built its shifted model for inputs of shape "
-                        f"{tuple(x.shape[1:])}; explain inputs of that shape."
-                    )
-                return out - fixed.to(out.dtype)
+    def hook(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+        if out.shape[1:] != offset.shape[1:]:
+            raise SaliencelabError(
+                "input_invariance built its shifted model for inputs of shape "
+                f"{tuple(x.shape[1:])}; explain inputs of that shape."
+            )
+        nhwc = out.dim() == 4 and out.is_contiguous(memory_format=torch.channels_last)
+        key = (out.dtype, out.device, nhwc)
+        if key not in kept:
+            layout = torch.channels_last if nhwc else torch.contiguous_format
+            kept[key] = offset.to(out.device, out.dtype).contiguous(memory_format=layout)
+        fn = out.grad_fn
+        if not out.requires_grad or (fn is not None and fn.name() in _OUTPUT_NOT_SAVED):
+            return out.sub_(kept[key])
+        return out - kept[key]
 
-            layer.register_forward_hook(hook)
-    return dataclasses.replace(model, module=module)
+    handle = first.register_forward_hook(hook)
+    try:
+        yield model
+    finally:
+        handle.remove()
 
 
-def _add_bias(layer: nn.Conv2d | nn.Linear, delta: torch.Tensor) -> None:
-    if layer.bias is None:
-        layer.bias = nn.Parameter(delta.clone(), requires_grad=layer.weight.requires_grad)
-    else:
-        layer.bias.add_(delta.to(layer.bias))
+@contextmanager
+def first_output(module: nn.Module, row: torch.Tensor) -> Iterator[list[torch.Tensor]]:
+    """The logits of `row` (1, ...) read from the first forward of `module` inside the block, if
+    that forward's batch starts with `row` (else nothing): the explanation's own first forward,
+    which finds the logits of its inputs. The hook removes itself after that forward."""
+    seen: list[torch.Tensor] = []
+
+    def hook(mod: nn.Module, args: tuple, out: object) -> None:
+        handle.remove()
+        z = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if (
+            z is not None
+            and z.dim() == row.dim()
+            and z.shape[0] >= 1
+            and z.shape[1:] == row.shape[1:]
+            and z.dtype == row.dtype
+            and torch.equal(z[:1], row.to(z.device))
+        ):
+            seen.append(logits_of(out)[:1].detach().clone())
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 @register_metric
@@ -109,16 +193,20 @@ class InputInvariance(Metric):
     """Input invariance (Kindermans et al. 2017, The (Un)reliability of Saliency Methods), lower
     is better.
 
-    The input is shifted by a constant, x₂ = x + shift (per channel if a sequence), and a copy of
-    the model is given a first layer that absorbs it (bias b − W·shift), so both models have the
-    same outputs and gradients. The explanation of x₂ on the shifted model is compared with the
-    map of x: `measure="fraction"` is the fraction of map values (or attributions with
-    `on="attributions"`) that changed, i.e. not `torch.isclose(a, a₂, rtol, atol)`;
-    `measure="mae"` is the mean |a − a₂|. Gradients and Grad-CAM score 0; input × gradient and
-    IG with a zero baseline do not. Needs the model's first layer to be an nn.Conv2d or
-    nn.Linear that gets the input unchanged. Quantus' InputInvariance returns, per sample,
-    whether all values are close (`np.isclose`, atol 1e-4): it is True exactly where
-    `measure="fraction"` gives 0.
+    The input is shifted by a constant, x₂ = x + shift (per channel if a sequence), and the
+    model's first layer is made to absorb it (bias b − W·shift; `shifted_model`: in place for
+    the call, put back exactly afterwards), so both models have the same outputs and gradients.
+    The explanation of x₂ on the shifted model is compared with the map of x:
+    `measure="fraction"` is the fraction of map values (or attributions with `on="attributions"`)
+    that changed, i.e. not `torch.isclose(a, a₂, rtol, atol)`; `measure="mae"` is the mean
+    |a − a₂|. Gradients and Grad-CAM score 0; input × gradient and IG with a zero baseline do
+    not. Needs the model's first layer to be an nn.Conv2d or nn.Linear that gets the input
+    unchanged. Quantus' InputInvariance returns, per sample, whether all values are close
+    (`np.isclose`, atol 1e-4): it is True exactly where `measure="fraction"` gives 0.
+
+    Cost: the explanation of x₂, and one forward of x's first row, which finds the first layer
+    and gives the logits the shifted model's are checked against (those of x₂'s first row are
+    read from the explanation's own forward); all counted in `forwards` / `passes`.
     """
 
     name = "input_invariance"
@@ -165,16 +253,22 @@ class InputInvariance(Metric):
             )
         s = self._shift(x)
         x2 = x + s.view(1, -1, *[1] * (x.dim() - 2))
-        model2 = shifted_model(batch.model, x, s)
-        # The shifted model must give the same outputs (one row each; eval mode, weights frozen).
-        before = batch.require_engine().logits(x[:1])
-        gap = float((Engine(model2).logits(x2[:1]) - before).abs().max())
+        engine = batch.require_engine()
+        # One counted forward of the first row finds the first layer and the model's logits.
+        name, _, before = first_layer(batch.model.module, x[:1], engine.logits)
+        with shifted_model(batch.model, x, s, layer=name) as model2:
+            with first_output(model2.module, x2[:1]) as seen:
+                out = self.explainer_output(batch, model2, x2)
+            # The shifted model's logits of the first row: from the explanation's own forward
+            # where it ran that row first, else one more (counted) forward.
+            after = seen[0] if seen else engine.logits(x2[:1])
+        # The shifted model must give the same outputs (eval mode, weights frozen).
+        gap = float((after.to(before) - before).abs().max())
         if not gap <= 1e-3 * (1 + float(before.abs().max())):
             raise SaliencelabError(
                 f"The model with the shift absorbed in its first layer gives outputs {gap:.3g} "
                 "away from the model's, so input_invariance cannot score this model."
             )
-        out = self.explainer_output(batch, model2, x2)
         ref = batch.maps if self.on == "maps" else batch.attributions
         if ref is None or ref.shape != out.shape:
             raise SaliencelabError(
