@@ -203,3 +203,15 @@ def test_folds_the_shapes_cnn_and_efficientnet():
                 )
                 out = module(x)
         torch.testing.assert_close(out, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_a_replaced_parameter_is_seen_even_if_its_id_could_be_reused():
+    torch.manual_seed(6)
+    model = _randomise_bn(ConvBN())
+    x = torch.randn(2, 3, 8, 8)
+    for _ in range(5):  # fresh parameters: version 0, and the allocator may reuse the memory
+        model.conv.weight = nn.Parameter(torch.randn_like(model.conv.weight))
+        with torch.no_grad():
+            expected = model(x)
+            with folded(model, x):
+                torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)

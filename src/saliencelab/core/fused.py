@@ -16,9 +16,10 @@ through. Everything else is the model itself (its attributes, its other layers).
   mode, running statistics) whose input is the very tensor a convolution or linear layer
   returned, each of the two called once. They are kept only if the folded model's output on the
   probe equals the model's up to float rounding (a layer output also read elsewhere fails it).
-- The folded weights are kept per pair and recomputed when a source tensor changes (its
-  identity, storage or in-place version; an edit through `.data`, which bypasses version
-  counting, is not seen: use `torch.no_grad()` and in-place ops, as optimisers do).
+- The folded weights are kept per pair and recomputed when a source tensor changes (another
+  tensor, new storage or a new in-place version; an in-place edit through `.data`, which
+  bypasses version counting, is not seen: use `torch.no_grad()` and in-place ops, as
+  optimisers do).
 
 The engine folds only its plain forward-only passes (no layer edit, no layer target, no hook on
 the model: `Engine.forwards`): the perturbation methods and the metrics. Gradient passes run the
@@ -64,9 +65,14 @@ def has_hooks(module: nn.Module) -> bool:
     )
 
 
-def _versions(*tensors: torch.Tensor | None) -> tuple:
-    return tuple(
-        None if t is None else (id(t), t._version, t.data_ptr(), t.dtype, t.device) for t in tensors
+def _same_sources(kept: tuple, tensors: tuple) -> bool:
+    """Whether `tensors` are the very tensors kept (held, so their ids cannot be reused by new
+    ones), unchanged since: the same in-place version and storage (a move to another dtype or
+    device, or a `.data` assignment, gives new storage)."""
+    return len(kept) == len(tensors) and all(
+        (t is None and k is None)
+        or (k is not None and t is k[0] and t._version == k[1] and t.data_ptr() == k[2])
+        for k, t in zip(kept, tensors, strict=True)
     )
 
 
@@ -80,7 +86,8 @@ class _Pair:
 
     layer: nn.Module
     bn: _BatchNorm
-    sources: tuple = ()
+    sources: tuple = ()  # (tensor, version, data_ptr) of each source when last folded
+    eps: float = 0.0
     weight: torch.Tensor | None = None
     bias: torch.Tensor | None = None
 
@@ -95,12 +102,8 @@ class _Pair:
 
     def folded_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         layer, bn = self.layer, self.bn
-        sources = (
-            *_versions(layer.weight, layer.bias, bn.running_mean, bn.running_var),
-            *_versions(bn.weight, bn.bias),
-            bn.eps,
-        )
-        if sources != self.sources:
+        tensors = (layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+        if not _same_sources(self.sources, tensors) or self.eps != bn.eps:
             mean, var = bn.running_mean, bn.running_var
             with torch.no_grad():
                 gamma, beta = bn.weight, bn.bias
@@ -110,7 +113,10 @@ class _Pair:
                 fuse = fuse_linear_bn_weights if linear else fuse_conv_bn_weights
                 weight, bias = fuse(layer.weight, layer.bias, mean, var, bn.eps, gamma, beta)
             self.weight, self.bias = weight.requires_grad_(False), bias.requires_grad_(False)
-            self.sources = sources
+            self.sources = tuple(
+                None if t is None else (t, t._version, t.data_ptr()) for t in tensors
+            )
+            self.eps = bn.eps
         return self.weight, self.bias
 
 
