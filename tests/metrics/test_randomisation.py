@@ -5,6 +5,7 @@ model, bad inputs, and the sanity-check finding on EfficientNet-Lite0 (small set
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from torch import nn
 
 import saliencelab as sl
 from saliencelab.core.errors import SaliencelabError
+from saliencelab.metrics import stats
 from saliencelab.metrics.base import Explainer
 from saliencelab.metrics.randomisation import similarity as S
 from saliencelab.metrics.randomisation import stages
@@ -63,8 +65,13 @@ def test_average_ranks_match_scipy_rankdata_with_many_ties():
     v[2, :50], v[2, 50:100] = -0.0, 0.0  # equal values, different bits
     v[3] = torch.randn(200, generator=g) * 1e30  # negative and huge
     ref = scipy.stats.rankdata(v.numpy(), axis=1)
-    for dtype in (torch.float32, torch.float64):  # the int-key sort and the plain sort
-        np.testing.assert_array_equal(S.average_ranks(v.to(dtype)).numpy(), ref)
+    for dtype in (torch.float32, torch.float64):  # NumPy's int-key sort / argsort
+        np.testing.assert_array_equal(stats.ranks(v.to(dtype)).numpy(), ref)
+    half = stats.ranks(v[:3].half())  # exact in float16: sorted as float32 keys
+    np.testing.assert_array_equal(half.numpy(), ref[:3])
+    ints = torch.randint(-3, 3, (3, 200), generator=g)  # torch.sort (the path off the CPU)
+    ref = scipy.stats.rankdata(ints.numpy(), axis=1)
+    np.testing.assert_array_equal(stats.ranks(ints).numpy(), ref)
     a = torch.randn(5, 200, generator=g)
     np.testing.assert_allclose(
         S.spearman(v[:, None], a[:, None]).numpy()[2:],
@@ -72,6 +79,60 @@ def test_average_ranks_match_scipy_rankdata_with_many_ties():
         atol=1e-12,
     )
     assert torch.isnan(S.spearman(v[:, None], a[:, None])[1])  # a constant map: undefined
+
+
+def saliency_like(n: int, h: int, w: int, seed: int) -> torch.Tensor:
+    """Maps with many ties: rectified, rounded to a few levels, one map all zero."""
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.randn(n, h, w, generator=g).relu().mul(3).round()
+    maps[-1] = 0.0
+    return maps
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tied", [False, True])
+def test_spearman_random_and_tied_maps_match_scipy(dtype, tied):
+    g = torch.Generator().manual_seed(1)
+    if tied:
+        a, b = saliency_like(4, 33, 30, seed=2), saliency_like(4, 33, 30, seed=3)
+        a[-1] = torch.randn(33, 30, generator=g).round()  # b's last map is constant
+    else:
+        a, b = torch.randn(4, 33, 30, generator=g), torch.randn(4, 33, 30, generator=g)
+    b[1] = 0.8 * a[1] - b[1]  # a correlated pair
+    a, b = a.to(dtype), b.to(dtype)
+    na, nb = a.flatten(1).numpy(), b.flatten(1).numpy()
+    for name in ("spearman", "spearman_abs"):
+        f = np.abs if name == "spearman_abs" else (lambda z: z)
+        with warnings.catch_warnings():  # scipy warns on the constant map (NaN)
+            warnings.simplefilter("ignore", scipy.stats.ConstantInputWarning)
+            ref = [scipy.stats.spearmanr(f(na[i]), f(nb[i]))[0] for i in range(4)]
+        for ours in (S.similarity(name, a, b), S.spearman(a, b, name == "spearman_abs")):
+            assert ours.dtype == torch.float64
+            np.testing.assert_allclose(ours.numpy(), ref, atol=1e-12)  # NaN where scipy's is
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("window", [11, 7])
+def test_ssim_random_and_tied_maps_match_skimage(dtype, tied, window):
+    g = torch.Generator().manual_seed(4)
+    if tied:
+        a, b = saliency_like(3, 40, 29, seed=5), saliency_like(3, 40, 29, seed=6)
+    else:
+        a, b = torch.randn(3, 40, 29, generator=g), torch.randn(3, 40, 29, generator=g)
+    a, b = a.to(dtype), b.to(dtype)
+    na, nb = S.minmax(a).numpy(), S.minmax(b).numpy()
+    kw = dict(data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    # skimage's Gaussian is truncated at 3.5 σ: the window is 2 * int(3.5 σ + 0.5) + 1 wide
+    sigma = 1.5 if window == 11 else 0.9
+    kw["sigma"] = sigma
+    ref = [structural_similarity(na[i], nb[i], **kw) for i in range(3)]
+    opts = {"window": window, "sigma": sigma}
+    np.testing.assert_allclose(S.similarity("ssim", a, b, opts).numpy(), ref, atol=1e-12)
+    np.testing.assert_allclose(S.ssim(a, b, **opts).numpy(), ref, atol=1e-12)
+    # normalise=False on maps already in [0, 1]: the same values
+    raw = S.ssim(S.minmax(a), S.minmax(b), normalise=False, **opts)
+    np.testing.assert_allclose(raw.numpy(), ref, atol=1e-12)
 
 
 def test_ssim_matches_skimage_gaussian_window(pair):
@@ -115,6 +176,12 @@ def test_similarity_bad_inputs():
         S.hog(a, a)
     with pytest.raises(SaliencelabError, match="same shape"):
         S.spearman(a, torch.rand(2, 8, 9))
+    big = torch.rand(2, 16, 16)
+    for name, opts in [("ssim", {"windw": 7}), ("spearman_abs", {"absolute": True})]:
+        with pytest.raises(SaliencelabError, match=f"Bad similarity_options for '{name}'"):
+            S.similarity_to(name, big, opts)
+    with pytest.raises(SaliencelabError, match="odd size"):
+        S.similarity_to("ssim", big, {"window": 6})
 
 
 # -- model randomisation ---------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Similarity of two batches of saliency maps, as used by the sanity checks (Adebayo et al. 2018).
 
 Every function takes two (B, H, W) batches and returns (B,) float64 similarities, computed in
-torch on the maps' device, one per pair of maps:
+torch on the maps' device (Spearman's sort in NumPy when that is the CPU), one per pair of maps:
 
 - `spearman`: Spearman rank correlation of the pixel values (Pearson correlation of average
   ranks, ties averaged as in `scipy.stats.spearmanr`); `absolute=True` ranks |map| instead
@@ -21,15 +21,15 @@ Undefined values (a constant map in a correlation) are NaN.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ...core.errors import SaliencelabError, closest
-from ..stats import pearson
+from ..stats import pearson, ranks, sorted_ranks
 
 
 def _pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,54 +53,6 @@ def minmax(maps: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, (m - lo) / span.clamp_min(1e-300), torch.zeros_like(m))
 
 
-def _sort_rows(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted keys and their positions per row of a (B, N) tensor.
-
-    float32 (and narrower) values are sorted as one flat int64 tensor of keys (row << 32 | the
-    float's bits mapped to an order-preserving unsigned int): on CPU about 3× faster than a
-    row-wise float sort. Equal keys ⇔ equal values (-0.0 is folded into +0.0 first).
-    """
-    b, n = values.shape
-    if values.dtype not in (torch.float32, torch.float16, torch.bfloat16) or b * n == 0:
-        return torch.sort(values, dim=-1)
-    bits = (values.float() + 0.0).view(torch.int32).long()
-    # negative floats: flip all bits but the sign, so signed int order = float order
-    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + 2**31
-    rows = torch.arange(b, device=values.device, dtype=torch.long)[:, None] << 32
-    keys, flat = torch.sort((rows | bits).flatten())
-    order = flat.view(b, n) - torch.arange(b, device=values.device)[:, None] * n
-    return keys.view(b, n), order
-
-
-def _sorted_ranks(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(order, average rank of each sorted position, number of distinct values) per row."""
-    s, order = _sort_rows(values)
-    n = s.shape[-1]
-    dtype = torch.float32 if n < 2**23 else torch.double  # ranks and half-ranks exact
-    pos = torch.arange(1, n + 1, dtype=dtype, device=s.device).expand(s.shape)
-    starts = torch.ones_like(s, dtype=torch.bool)
-    starts[..., 1:] = s[..., 1:] != s[..., :-1]
-    runs = starts.sum(-1)
-    if bool((runs == n).all()):
-        return order, pos, runs
-    ends = torch.ones_like(starts)
-    ends[..., :-1] = starts[..., 1:]
-    first = torch.where(starts, pos, 0.0).cummax(-1).values
-    last = torch.where(ends, pos, float(n + 1)).flip(-1).cummin(-1).values.flip(-1)
-    return order, (first + last) / 2, runs
-
-
-def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Ranks along the last axis (1 = smallest), ties sharing their average rank, as float64.
-
-    Same as `scipy.stats.rankdata` / `stats.ranks`, faster: one unstable sort (ties are averaged,
-    so their order does not matter) and O(N) scans for the first / last position of each run.
-    """
-    order, avg, _ = _sorted_ranks(values)
-    out = torch.empty(avg.shape, dtype=avg.dtype, device=avg.device).scatter_(-1, order, avg)
-    return out.double()
-
-
 def _spearman_to_ranks(ranks: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """`f(values)`: Spearman correlation of fixed (B, N) average `ranks` with each row of values.
 
@@ -111,12 +63,18 @@ def _spearman_to_ranks(ranks: torch.Tensor) -> Callable[[torch.Tensor], torch.Te
     mean = (n + 1) / 2
     ra = ranks.double() - mean
     na = ra.square().sum(-1)
+    centred = torch.arange(1, n + 1, dtype=torch.double, device=ra.device) - mean  # no ties
+    nc = centred.square().sum()
 
     def rho(values: torch.Tensor) -> torch.Tensor:
-        order, avg, runs = _sorted_ranks(values)
-        rb = avg.double() - mean
-        num = (ra.gather(-1, order) * rb).sum(-1)
-        den = (na * rb.square().sum(-1)).sqrt()
+        order, rb, runs = sorted_ranks(values)
+        g = ra.gather(-1, order)  # r_a − m in b's sorted order
+        if rb is None:
+            num, nb = g @ centred, nc
+        else:
+            rb = rb - mean
+            num, nb = (g * rb).sum(-1), rb.square().sum(-1)
+        den = (na * nb).sqrt()
         ok = (den > 0) & (runs > 1) & (na > 0)
         return torch.where(ok, num / den.clamp_min(1e-300), torch.full_like(num, math.nan))
 
@@ -129,7 +87,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor, absolute: bool = False) -> torch.
     a, b = a.flatten(1), b.flatten(1)
     if absolute:
         a, b = a.abs(), b.abs()
-    return pearson(average_ranks(a), average_ranks(b))
+    return _spearman_to_ranks(ranks(a))(b)
 
 
 def spearman_abs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -137,10 +95,70 @@ def spearman_abs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return spearman(a, b, absolute=True)
 
 
-def _gaussian_window(size: int, sigma: float, device: torch.device) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.double, device=device) - (size - 1) / 2
-    w = torch.exp(-0.5 * (x / sigma) ** 2)
-    return w / w.sum()
+def _gaussian_taps(size: int, sigma: float) -> list[float]:
+    """The `size` weights of a normalised Gaussian of standard deviation `sigma`, centred."""
+    w = [math.exp(-0.5 * ((i - (size - 1) / 2) / sigma) ** 2) for i in range(size)]
+    return [v / math.fsum(w) for v in w]
+
+
+def _valid_filter(maps: torch.Tensor, taps: list[float]) -> torch.Tensor:
+    """The separable filter `taps` ⊗ `taps` over (N, H, W) maps at the positions where it lies
+    inside ('valid'): (N, H − k + 1, W − k + 1), as k shifted-slice multiply-adds per axis.
+
+    On the CPU (float64) about 1.5× faster than F.conv2d on 64² maps and 19× on 224² maps.
+    """
+    k = len(taps)
+    oh, ow = maps.shape[-2] - k + 1, maps.shape[-1] - k + 1
+    rows = maps[:, :oh] * taps[0]
+    for i in range(1, k):
+        rows.add_(maps[:, i : i + oh], alpha=taps[i])
+    out = rows[..., :ow] * taps[0]
+    for i in range(1, k):
+        out.add_(rows[..., i : i + ow], alpha=taps[i])
+    return out
+
+
+def _ssim_to(
+    a: torch.Tensor,
+    window: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    normalise: bool = True,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`f(b)` = `ssim(a, b, ...)`, with a's normalised map, local means and variances computed
+    once: each call filters 3 maps per pair (y, y², xy) instead of 5."""
+    h, w = a.shape[-2:]
+    if window % 2 == 0 or window < 1:
+        raise SaliencelabError(f"The SSIM window must be an odd size, got {window}.")
+    if min(h, w) < window:
+        raise SaliencelabError(
+            f"The maps are {h}×{w}, smaller than the {window}×{window} SSIM window; use larger "
+            "maps or pass a smaller odd window (similarity_options={'window': 7})."
+        )
+    taps = _gaussian_taps(window, sigma)
+    n, oh, ow = a.shape[0], h - window + 1, w - window + 1
+    x = minmax(a) if normalise else a.double()
+    mx, mxx = (
+        _valid_filter(torch.stack([x, x * x], 1).view(-1, h, w), taps).view(n, 2, oh, ow).unbind(1)
+    )
+    mx2 = mx * mx
+    vx = mxx - mx2
+    c1, c2 = k1**2, k2**2
+
+    def ssim_to(b: torch.Tensor) -> torch.Tensor:
+        _, b = _pair(a, b)
+        y = minmax(b) if normalise else b.double()
+        stack = torch.stack([y, y * y, x * y], 1).view(-1, h, w)
+        my, myy, mxy = _valid_filter(stack, taps).view(n, 3, oh, ow).unbind(1)
+        mxy_ = mx * my
+        my2 = my * my
+        s = ((2 * mxy_ + c1) * (2 * (mxy - mxy_) + c2)) / (
+            (mx2 + my2 + c1) * (vx + (myy - my2) + c2)
+        )
+        return s.mean(dim=(-2, -1))
+
+    return ssim_to
 
 
 def ssim(
@@ -160,27 +178,7 @@ def ssim(
     positions where the `window` × `window` window lies inside the map.
     """
     a, b = _pair(a, b)
-    h, w = a.shape[-2:]
-    if window % 2 == 0 or window < 1:
-        raise SaliencelabError(f"The SSIM window must be an odd size, got {window}.")
-    if min(h, w) < window:
-        raise SaliencelabError(
-            f"The maps are {h}×{w}, smaller than the {window}×{window} SSIM window; use larger "
-            "maps or pass a smaller odd window (similarity_options={'window': 7})."
-        )
-    x = minmax(a) if normalise else a.double()
-    y = minmax(b) if normalise else b.double()
-    g = _gaussian_window(window, sigma, x.device)
-    stack = torch.stack([x, y, x * x, y * y, x * y], dim=1).reshape(-1, 1, h, w)
-    # Separable 'valid' Gaussian filter: rows, then columns.
-    f = F.conv2d(stack, g.view(1, 1, window, 1))
-    f = F.conv2d(f, g.view(1, 1, 1, window))
-    f = f.reshape(x.shape[0], 5, h - window + 1, w - window + 1)
-    mx, my, mxx, myy, mxy = f.unbind(1)
-    vx, vy, cxy = mxx - mx * mx, myy - my * my, mxy - mx * my
-    c1, c2 = k1**2, k2**2
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return s.mean(dim=(-2, -1))
+    return _ssim_to(a, window, sigma, k1, k2, normalise)(b)
 
 
 def hog_features(
@@ -284,39 +282,39 @@ def similarity_to(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """`f(b)` = similarity `name` of the fixed maps `a` to maps `b`, (B,).
 
-    What depends on `a` alone (its ranks, normalised map, HOG features) is computed once, so
-    comparing one original explanation with many recomputed ones costs half. The options are
-    checked here, on the first map, so a bad option fails before any model pass.
+    What depends on `a` alone (its ranks; its normalised map, local means and variances; its HOG
+    features) is computed once, so comparing one original explanation with many recomputed ones
+    costs about half. The options are checked here, so a bad option fails before any model pass.
     """
     check_similarity(name)
     opts = dict(options or {})
     fn = SIMILARITIES[name]
+    a, _ = _pair(a, a)
     try:
-        fn(a[:1], a[:1], **opts)
+        inspect.signature(fn).bind(a, a, **opts)
+        if name in ("spearman", "spearman_abs"):
+            absolute = name == "spearman_abs" or bool(opts.get("absolute", False))
+            flat = a.flatten(1)
+            rho = _spearman_to_ranks(ranks(flat.abs() if absolute else flat))
+
+            def spearman_to(b: torch.Tensor) -> torch.Tensor:
+                _, b = _pair(a, b)
+                fb = b.flatten(1)
+                return rho(fb.abs() if absolute else fb)
+
+            return spearman_to
+        if name == "hog":
+            normalise = opts.pop("normalise", True)
+            fa = hog_features(minmax(a) if normalise else a, **opts)
+
+            def hog_to(b: torch.Tensor) -> torch.Tensor:
+                _, b = _pair(a, b)
+                return pearson(fa, hog_features(minmax(b) if normalise else b, **opts))
+
+            return hog_to
+        return _ssim_to(a, **opts)
     except TypeError as e:
         raise SaliencelabError(
             f"Bad similarity_options for {name!r} ({e}); see the options of "
             f"saliencelab.metrics.randomisation.similarity.{fn.__name__}."
         ) from None
-    a = a[:, 0] if a.dim() == 4 and a.shape[1] == 1 else a
-    if name in ("spearman", "spearman_abs"):
-        absolute = name == "spearman_abs" or bool(opts.get("absolute", False))
-        flat = a.flatten(1)
-        rho = _spearman_to_ranks(average_ranks(flat.abs() if absolute else flat))
-
-        def spearman_to(b: torch.Tensor) -> torch.Tensor:
-            _, b = _pair(a, b)
-            fb = b.flatten(1)
-            return rho(fb.abs() if absolute else fb)
-
-        return spearman_to
-    if name == "hog":
-        normalise = opts.pop("normalise", True)
-        fa = hog_features(minmax(a) if normalise else a, **opts)
-
-        def hog_to(b: torch.Tensor) -> torch.Tensor:
-            _, b = _pair(a, b)
-            return pearson(fa, hog_features(minmax(b) if normalise else b, **opts))
-
-        return hog_to
-    return lambda b: fn(a, b, **opts)
