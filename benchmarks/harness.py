@@ -351,6 +351,16 @@ IMAGES = (
 )
 
 
+def tie_free(maps: torch.Tensor) -> torch.Tensor:
+    """float64 maps minus a tiny increasing raster ramp (1e-6 of their range over the image): no
+    two pixels (or patch sums) tie, so every library ranks the pixels the same way."""
+    m = maps.double()
+    span = float(m.max() - m.min()) or 1.0
+    n = m[0].numel()
+    ramp = torch.arange(n, dtype=torch.float64, device=m.device).view(m.shape[1:]) / n
+    return m - 1e-6 * span * ramp
+
+
 def benchmark_inputs(name: str, images: int) -> tuple[Any, torch.Tensor, str]:
     """(model, inputs, label) for the metric benchmarks: EfficientNet-Lite0 on sample photos at
     224×224, or a bundled shapes model on `sl.data.shapes.make(images, seed=0)` at 64×64."""

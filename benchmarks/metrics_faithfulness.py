@@ -58,16 +58,8 @@ from harness import (  # noqa: E402
     make_sync,
     measure,
     setup_device,
+    tie_free,
 )
-
-
-def tie_free(maps: torch.Tensor) -> torch.Tensor:
-    """float64 maps plus a tiny decreasing raster ramp: no two pixels (or patch sums) tie."""
-    m = maps.double()
-    span = float(m.max() - m.min()) or 1.0
-    n = m[0].numel()
-    ramp = torch.arange(n, dtype=torch.float64, device=m.device).view(m.shape[1:]) / n
-    return m - 1e-6 * span * ramp
 
 
 class ChunkLog:

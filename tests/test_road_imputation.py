@@ -11,14 +11,14 @@ from saliencelab.metrics.faithfulness import linear_imputation
 from saliencelab.metrics.faithfulness.road import _conjugate_gradients, _grid
 
 
-def dense_imputation(img: np.ndarray, removed: np.ndarray) -> np.ndarray:
-    """s_i·v_i - Σ_{j removed} w_ij·v_j = Σ_{j known} w_ij·x_j for every removed pixel i, over
-    the in-image 8-neighbours (w = 1/6 direct, 1/12 diagonal), solved densely."""
+def imputation_system(img: np.ndarray, removed: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The system written out pixel by pixel: s_i·v_i - Σ_{j removed} w_ij·v_j = Σ_{j known}
+    w_ij·x_j for every removed pixel i, over the in-image 8-neighbours (w = 1/6 direct, 1/12
+    diagonal). Returns (pixel -> unknown number, dense matrix, right-hand sides (k, C))."""
     c, h, w = img.shape
-    pixels = list(zip(*np.nonzero(removed), strict=True))
-    ids = {p: k for k, p in enumerate(pixels)}
-    a = np.zeros((len(pixels), len(pixels)))
-    rhs = np.zeros((len(pixels), c))
+    ids = {p: k for k, p in enumerate(zip(*np.nonzero(removed), strict=True))}
+    a = np.zeros((len(ids), len(ids)))
+    rhs = np.zeros((len(ids), c))
     for (i, j), k in ids.items():
         for di in (-1, 0, 1):
             for dj in (-1, 0, 1):
@@ -31,12 +31,30 @@ def dense_imputation(img: np.ndarray, removed: np.ndarray) -> np.ndarray:
                     a[k, ids[ii, jj]] -= weight
                 else:
                     rhs[k] += weight * img[:, ii, jj]
+    return ids, a, rhs
+
+
+def _filled(img: np.ndarray, ids: dict, sol: np.ndarray) -> np.ndarray:
     out = img.copy()
-    if pixels:
-        sol = np.linalg.solve(a, rhs)
-        for (i, j), k in ids.items():
-            out[:, i, j] = sol[k]
+    for (i, j), k in ids.items():
+        out[:, i, j] = sol[k]
     return out
+
+
+def dense_imputation(img: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """The system solved densely (numpy)."""
+    ids, a, rhs = imputation_system(img, removed)
+    return _filled(img, ids, np.linalg.solve(a, rhs)) if ids else img.copy()
+
+
+def spsolve_imputation(img: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """The same system as a sparse matrix, solved by scipy's spsolve (another solver)."""
+    from scipy.sparse import csc_matrix
+    from scipy.sparse.linalg import spsolve
+
+    ids, a, rhs = imputation_system(img, removed)
+    sol = spsolve(csc_matrix(a), rhs).reshape(len(ids), -1)
+    return _filled(img, ids, sol)
 
 
 def _mask(h: int, w: int, kind: str) -> torch.Tensor:
@@ -167,3 +185,23 @@ def test_cuda_conjugate_gradients_equal_cpu_direct_solve():
     out = linear_imputation(x.cuda(), removed.cuda())
     assert out.device.type == "cuda"
     torch.testing.assert_close(out.cpu(), linear_imputation(x, removed), atol=1e-8, rtol=0)
+
+
+def test_linear_imputation_solves_its_system():
+    quantus = pytest.importorskip("quantus")
+    torch.manual_seed(5)
+    img = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    removed = torch.rand(2, 9, 8) < 0.7
+    removed[:, 0, 0] = False
+    filled = linear_imputation(img, removed)
+    noisy_linear_imputation = quantus.functions.perturb_func.noisy_linear_imputation
+
+    for b in range(2):
+        ref = spsolve_imputation(img[b].numpy(), removed[b].numpy())
+        torch.testing.assert_close(filled[b], torch.from_numpy(ref), atol=1e-8, rtol=0)
+        idx = removed[b].flatten().nonzero()[:, 0].numpy()
+        q = noisy_linear_imputation(img[b].numpy(), idx, noise=0.0)
+        torch.testing.assert_close(filled[b], torch.from_numpy(q), atol=1e-8, rtol=0)
+    assert torch.equal(
+        filled[~removed[:, None].expand_as(img)], img[~removed[:, None].expand_as(img)]
+    )
