@@ -85,6 +85,16 @@ def add_device_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_metric_inputs(parser: argparse.ArgumentParser, methods: str | None = None) -> None:
+    """`--models`, `--methods` (when `methods` gives its default), `--images` (EfficientNet
+    photos) and `--shapes-images`: the inputs of the metric benchmarks (`benchmark_inputs`)."""
+    parser.add_argument("--models", default="efficientnet_lite0,shapes_cnn")
+    if methods is not None:
+        parser.add_argument("--methods", default=methods)
+    parser.add_argument("--images", type=int, default=2, help="EfficientNet photos")
+    parser.add_argument("--shapes-images", type=int, default=8)
+
+
 def setup_device(args: argparse.Namespace) -> torch.device:
     """`--device`, checked; the clock (cpu on CPU, wall on CUDA) and threads (1 on CPU) set and
     printed."""

@@ -53,6 +53,7 @@ from harness import (  # noqa: E402
     Contender,
     Stopwatch,
     add_device_options,
+    add_metric_inputs,
     device_name,
     frozen,
     make_sync,
@@ -244,10 +245,7 @@ def bench_model(args, name: str, device: torch.device, sync) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="efficientnet_lite0,shapes_cnn")
-    parser.add_argument("--methods", default="gradcam,saliency")
-    parser.add_argument("--images", type=int, default=2, help="EfficientNet images")
-    parser.add_argument("--shapes-images", type=int, default=8)
+    add_metric_inputs(parser, methods="gradcam,saliency")
     parser.add_argument("--steps", type=int, default=16, help="deletion steps (divides H·W)")
     parser.add_argument("--patch", type=int, default=16)
     parser.add_argument("--regions", type=int, default=16)

@@ -87,6 +87,7 @@ from harness import (  # noqa: E402
     Floor,
     Stopwatch,
     add_device_options,
+    add_metric_inputs,
     benchmark_inputs,
     device_name,
     frozen,
@@ -564,10 +565,8 @@ def table(rows: list[dict], map_only: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="efficientnet_lite0,shapes_cnn")
+    add_metric_inputs(parser)
     parser.add_argument("--metrics", default="all", help="comma-separated, or all")
-    parser.add_argument("--images", type=int, default=2, help="EfficientNet photos")
-    parser.add_argument("--shapes-images", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="on EfficientNet-Lite0")
     parser.add_argument("--small-repeats", type=int, default=9, help="on the shapes CNN")
     parser.add_argument("--max-warmup", type=int, default=12, help="calls to settle the chunks")

@@ -67,6 +67,7 @@ from harness import (  # noqa: E402
     Contender,
     Stopwatch,
     add_device_options,
+    add_metric_inputs,
     benchmark_inputs,
     device_name,
     frozen,
@@ -326,10 +327,7 @@ def bench(args, name: str, method: str, model, x, targets, maps, device, sync) -
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="shapes_cnn,efficientnet_lite0")
-    parser.add_argument("--methods", default="saliency,gradcam")
-    parser.add_argument("--images", type=int, default=2, help="EfficientNet photos")
-    parser.add_argument("--shapes-images", type=int, default=8)
+    add_metric_inputs(parser, methods="saliency,gradcam")
     parser.add_argument("--percentages", default="10,20,30,40,50,60,70,80,90")
     parser.add_argument("--repeats", type=int, default=2)
     add_device_options(parser)
