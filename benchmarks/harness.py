@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import math
 import statistics
 import time
@@ -21,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -359,6 +361,14 @@ IMAGES = (
     "hubble_deep_field",
     "immunohistochemistry",
 )
+
+
+def write_json(path: str | Path, result: Any) -> None:
+    """Write a benchmark's results (folders made as needed; objects JSON lacks as str)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {out}")
 
 
 def tie_free(maps: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,6 @@ time does not count GPU work); `--threads` is then left to torch unless given.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import warnings
@@ -60,6 +59,7 @@ from harness import (  # noqa: E402
     measure,
     setup_device,
     tie_free,
+    write_json,
 )
 
 
@@ -281,9 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{r['model']:19s} {r['method']:9s} {r['metric']:40s} {r['ours_over_floor']:10.3f}"
             f"  {r['quantus_over_ours']:12.2f}  {diff:.1e}"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     return result
 
 

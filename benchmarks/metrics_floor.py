@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
 import statistics
 import sys
@@ -96,6 +95,7 @@ from harness import (  # noqa: E402
     paired,
     record_passes,
     setup_device,
+    write_json,
 )
 
 # Small, default-ish settings: a few seconds per call on EfficientNet-Lite0 on one CPU thread.
@@ -615,10 +615,7 @@ def main(argv: list[str] | None = None) -> dict:
         "no_forwards": map_only_metrics(),
     }
     print("\n" + table(rows, result["no_forwards"]))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"wrote {out}")
+    write_json(args.out, result)
     return result
 
 

@@ -64,6 +64,7 @@ from harness import (  # noqa: E402
     paired,
     recorded,
     setup_device,
+    write_json,
 )
 
 
@@ -223,10 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
         k = per.get(m, "all")
         layers = None if k == "all" else int(k)
         results["models"].append(run_model(m, layers, n_images.get(m, 2), args, device))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, results)
     return results
 
 

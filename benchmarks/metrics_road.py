@@ -75,6 +75,7 @@ from harness import (  # noqa: E402
     measure,
     setup_device,
     tie_free,
+    write_json,
 )
 
 
@@ -369,10 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
             f" {fl['ours_over_floor']:15.2f} {fl.get('ours_cg_over_floor', float('nan')):13.2f}"
             f" {fl['ours_over_floor_plus_imputation']:16.2f}"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, result)
     return result
 
 

@@ -56,6 +56,7 @@ from harness import (  # noqa: E402
     paired,
     recorded,
     setup_device,
+    write_json,
 )
 
 
@@ -209,10 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "models": [run_model(c, args, device) for c in args.configs.split(",")],
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, results)
     return results
 
 

@@ -211,10 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(result["ratios"], indent=2))
     print(json.dumps(result["max_abs_diff"], indent=2))
     print(json.dumps(result["floor_seconds"], indent=2))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    harness.write_json(args.out, result)
     return result
 
 

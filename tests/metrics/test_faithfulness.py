@@ -91,6 +91,10 @@ def ref_deletion(net, x, maps, target, steps, baseline):
     return torch.tensor(values), torch.tensor(curves)
 
 
+# Quantus options every comparison here uses: raw maps, no warnings.
+PLAIN = {"normalise": False, "abs": False, "disable_warnings": True}
+
+
 def run_quantus(metric, model, x, target, a, softmax: bool) -> np.ndarray:
     """A Quantus metric called as its documentation shows, on CPU numpy copies of the batch."""
     return metric(
@@ -151,9 +155,7 @@ def test_deletion_matches_quantus_pixel_flipping(quantus, net, x, maps, target):
         quantus.PixelFlipping(
             features_in_step=3 * H * W // steps,
             perturb_baseline=0.0,
-            normalise=False,
-            abs=False,
-            disable_warnings=True,
+            **PLAIN,
         ),
         net,
         x,
@@ -228,9 +230,7 @@ def test_aopc_matches_quantus_region_perturbation(quantus, net, x, maps, target,
             order=order,
             regions_evaluation=n_patches,
             perturb_baseline=0.0,
-            normalise=False,
-            abs=False,
-            disable_warnings=True,
+            **PLAIN,
         ),
         net,
         x,
@@ -303,10 +303,8 @@ def test_faithfulness_correlation_matches_quantus(quantus, net, x, maps, target)
             nr_runs=runs,
             subset_size=size,
             perturb_baseline=0.0,
-            normalise=False,
-            abs=False,
             return_aggregate=False,
-            disable_warnings=True,
+            **PLAIN,
         ),
         net,
         x,
@@ -409,7 +407,7 @@ def test_infidelity_matches_quantus(quantus, net, x, target):
     q = run_quantus(
         quantus.Infidelity(
         perturb_func=perturb, perturb_patch_sizes=[H], n_perturb_samples=n,
-        normalise=False, abs=False, disable_warnings=True,
+        **PLAIN,
     ),
         net, x, target, attr, softmax=False,
     )  # fmt: skip
