@@ -113,10 +113,19 @@ def run_model(
     )
     print(f"{label}: {b} images {tuple(x.shape[1:])}, top {n_layers} layers", flush=True)
 
-    def ours():
-        metric.reset()
-        metric.update(maps, x=x, model=model, target=targets, explainer="saliency")
-        return metric.compute().curves
+    stepwise = sl.metrics.get("model_randomisation")(
+        granularity="layer", layers=layers, seed=43, similarity="spearman_abs", batched=False
+    )
+
+    def run_metric(m):
+        def run():
+            m.reset()
+            m.update(maps, x=x, model=model, target=targets, explainer="saliency")
+            return m.compute().curves
+
+        return run
+
+    ours = run_metric(metric)
 
     # Quantus hands numpy arrays to these and wants numpy back.
     def captum_explain(model, inputs, targets, **kwargs):
@@ -164,6 +173,7 @@ def run_model(
     floor = Floor(module, x, targets, sync).contender(n_layers * b, chunk)
     contenders = [
         c_ours,
+        Contender("ours_stepwise", run_metric(stepwise)),
         Contender("quantus", quantus_with(captum_explain)),
         Contender("quantus_sl", quantus_with(sl_explain)),
         floor,
@@ -171,16 +181,20 @@ def run_model(
     measure(contenders, args.repeats, sync)
     by = {c.name: c for c in contenders}
     curves = by["ours"].last.double().cpu()  # compared on the CPU
-    agree = {k: float((by[k].last.cpu() - curves).abs().max()) for k in ("quantus", "quantus_sl")}
+    peers = ("ours_stepwise", "quantus", "quantus_sl")
+    agree = {k: float((by[k].last.cpu() - curves).abs().max()) for k in peers}
     result = {
         "model": label,
         "images": b,
         "layers": [s.name for s in plan],
         "chunk": chunk,
         "grad_rows_ours": c_ours.passes.rows("grad"),
+        "explanation_calls_ours": metric.compute().params["calls"],
         "median_s": {c.name: c.median for c in contenders},
         "ratios": {
             "ours_over_floor": paired(by["ours"], floor),
+            "stepwise_over_ours": paired(by["ours_stepwise"], by["ours"]),
+            "stepwise_over_floor": paired(by["ours_stepwise"], floor),
             "quantus_over_ours": paired(by["quantus"], by["ours"]),
             "quantus_sl_over_ours": paired(by["quantus_sl"], by["ours"]),
         },

@@ -275,14 +275,16 @@ class _Raising(Explainer):
         self.after = after
 
     def __call__(self, model, x, target):
-        if self.rows >= self.after:
+        out = super().__call__(model, x, target)
+        if self.rows > self.after:
             raise RuntimeError("explainer failed")
-        return super().__call__(model, x, target)
+        return out
 
 
+@pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("order", ["cascading", "independent"])
 @pytest.mark.parametrize("init", ["reset", "normal"])
-def test_model_is_restored_also_when_the_explainer_raises(tiny_cnn, images, order, init):
+def test_model_is_restored_also_when_the_explainer_raises(tiny_cnn, images, order, init, batched):
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), tiny_cnn.pool)
     net = nn.Sequential(net, nn.Flatten(), nn.Linear(4, 3))
     net[0][1].running_mean.uniform_()
@@ -295,12 +297,15 @@ def test_model_is_restored_also_when_the_explainer_raises(tiny_cnn, images, orde
     grads = [p.requires_grad for p in net.parameters()]
     x = images
     maps = torch.rand(4, 12, 12)
-    metric = MPRT(order=order, init=init, granularity="layer")
-    for explainer in ("saliency", _Raising(after=4)):
-        try:
+    metric = MPRT(order=order, init=init, granularity="layer", batched=batched)
+    # batched, the one call raises with the layers' two weight versions installed
+    for explainer in ("saliency", _Raising(after=4), _Raising(after=0)):
+        if isinstance(explainer, _Raising):
+            with pytest.raises(RuntimeError, match="explainer failed"):
+                metric(maps, x=x, model=net, target=0, explainer=explainer)
+        else:
             metric(maps, x=x, model=net, target=0, explainer=explainer)
-        except RuntimeError as e:
-            assert "explainer failed" in str(e)
+        assert not any("forward" in m.__dict__ for m in net.modules())
         after = net.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before)
         assert [id(p) for p in net.parameters()] == params
@@ -397,6 +402,147 @@ def test_mprt_through_evaluate(tiny_cnn, images):
     )  # fmt: skip
     r = rep["saliency"]["model_randomisation"]
     assert r.values.shape == (4,) and r.curves.shape == (4, 2)
+
+
+# -- several randomised models in one explanation call -----------------------------------------
+
+
+class _Chunked(Explainer):
+    """The method's explanation at a fixed chunk size (rows of several steps share a chunk)."""
+
+    def __init__(self, method: str, chunk: int | None, **options) -> None:
+        super().__init__(method, options)
+        self.chunk = chunk
+
+    def __call__(self, model, x, target):
+        self.rows += x.shape[0]
+        ex = sl.explain(model, x, {self.method: self.options}, target=target, chunk_size=self.chunk)
+        return ex[self.method]
+
+
+def _bn_cnn() -> nn.Module:
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(),
+        nn.Conv2d(5, 5, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        nn.Linear(20, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 4),
+    )  # fmt: skip
+    net[1].running_mean.uniform_(-0.5, 0.5)
+    net[1].running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+@pytest.mark.parametrize("order", ["cascading", "independent"])
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("saliency", {}),
+        ("integrated_gradients", {"n_steps": 3}),  # rows of a sample are not contiguous
+        ("gradcam", {"layer": "3"}),
+        ("rise", {"n_masks": 6, "cell": 4}),  # forward-only passes
+    ],
+)
+@pytest.mark.parametrize("chunk", [None, 3, 5, 9])
+def test_batched_mprt_equals_one_call_per_step(images, order, method, options, chunk):
+    """K randomised models as one call of K·B rows (each randomised layer computes each row with
+    its step's weights) give the maps of K calls of B rows; chunk sizes 3 and 5 mix the steps
+    inside chunks and split the rows of a sample; 9 puts rows of one version on both sides of
+    the other's (independent order)."""
+    net = _bn_cnn()
+    target = torch.tensor([0, 1, 2, 3])
+    maps = torch.rand(4, 12, 12)
+    kw = dict(x=images, model=net, target=target)
+    before = _state(net)
+    results = {}
+    for batched in (True, False):
+        metric = MPRT(order=order, batched=batched, layers=5, granularity="layer")
+        explainer = _Chunked(method, chunk, **options)
+        r = metric(maps, explainer=explainer, **kw)
+        assert explainer.rows == 4 * 5  # every step's rows, in one call or five
+        assert r.params["calls"] == (1 if batched else 5)
+        results[batched] = r.curves
+        assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+        assert not any("forward" in m.__dict__ for m in net.modules())
+    torch.testing.assert_close(results[True], results[False], atol=1e-5, rtol=0, equal_nan=True)
+
+
+def test_mprt_runs_one_call_per_step_where_it_cannot_batch(images):
+    """Non-row-wise methods (draws per batch position, or weights read by the method), a layer
+    type not known to be row-wise, and a row-wise layer that sees other rows than the chunk's
+    (found during the call) all fall back to one call per step, with the same values."""
+    net = _bn_cnn()
+    maps = torch.rand(4, 12, 12)
+    kw = dict(granularity="layer", layers=3)
+    for explainer in (
+        "smoothgrad",
+        "lrp",
+        Explainer("integrated_gradients", {"baselines": "uniform"}),
+    ):
+        r = MPRT(**kw)(maps, x=images, model=net, target=0, explainer=explainer)
+        assert r.params["calls"] == 3
+
+    class Scale(nn.Module):  # owns a parameter; not a known row-wise layer
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.tensor(1.5))
+
+        def forward(self, x):
+            return x * self.weight
+
+    scaled = nn.Sequential(_bn_cnn(), Scale())
+    r = MPRT(**kw)(maps, x=images, model=scaled, target=0, explainer="saliency")
+    assert r.params["calls"] == 3 and r.params["randomised"][0] == "1"
+
+    class Gated(nn.Module):  # a Linear called on one row of its own, not the chunk's rows
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _bn_cnn()
+            self.gate = nn.Linear(1, 4)
+
+        def forward(self, x):
+            return self.net(x) + self.gate(torch.ones(1, 1))
+
+    gated = Gated().eval()
+    r = MPRT(**kw)(maps, x=images, model=gated, target=0, explainer="saliency")
+    ref = MPRT(batched=False, **kw)(maps, x=images, model=gated, target=0, explainer="saliency")
+    assert r.params["calls"] == 3 and r.params["randomised"][0] == "gate"
+    torch.testing.assert_close(r.curves, ref.curves, atol=1e-6, rtol=0)
+    assert not any("forward" in m.__dict__ for m in gated.modules())
+
+
+def test_weight_versions_computes_each_row_with_its_version():
+    """A linear layer with two weight versions: row i of a chunk gets W_v(i) x_i + b_v(i), and
+    the input gradient of row i is W_v(i)ᵀ (the definition, row by row)."""
+    from saliencelab.core.row_versions import NotRowwise, chunk_samples, weight_versions
+
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 2)
+    other = {"weight": torch.randn(2, 3), "bias": torch.randn(2)}
+    samples = torch.tensor([4, 1, 5, 0, 2, 3])  # group = sample // 2: 2, 0, 2, 0, 1, 1
+    uses_other = [False, True, True]  # groups 1 and 2 use the other version
+    x = torch.randn(6, 3, requires_grad=True)
+    with (
+        weight_versions(
+            layer, {"": other}, lambda s: [v // 2 for v in s.tolist()], {"": uses_other}
+        ),
+        chunk_samples(samples),
+    ):
+        out = layer(x)
+    rows_other = torch.tensor([True, False, True, False, True, True])
+    w = torch.where(rows_other[:, None, None], other["weight"], layer.weight.detach())
+    b = torch.where(rows_other[:, None], other["bias"], layer.bias.detach())
+    torch.testing.assert_close(out, torch.einsum("noi,ni->no", w, x) + b)
+    (grad,) = torch.autograd.grad(out[:, 0].sum(), x)
+    torch.testing.assert_close(grad, w[:, 0, :])
+    assert "forward" not in layer.__dict__
+    with pytest.raises(ValueError, match="not a row-wise layer"):
+        with weight_versions(nn.Sequential(layer), {"": other}, list, {"": uses_other}):
+            pass
+    with weight_versions(layer, {"": other}, lambda s: [0] * len(s), {"": uses_other}):
+        torch.testing.assert_close(layer(x[:1]), x[:1] @ layer.weight.T + layer.bias)  # a probe
+        with pytest.raises(NotRowwise), chunk_samples(samples):
+            layer(x[:4])  # not the chunk's rows
+    assert "forward" not in layer.__dict__
 
 
 # -- random logit ----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from .errors import SaliencelabError
 from .fused import folded, has_hooks
 from .layers import get_layer, module_name
 from .layout import channels_last_known, probe_channels_last, probed
+from .row_versions import chunk_samples
 from .state import Hooks, attribution_mode, usable_input
 from .targets import LayerTarget, Target, layer_target
 
@@ -173,7 +174,9 @@ class Engine:
             raise ValueError("a gradient pass needs input_grad or at least one layer")
         with self.session(), Hooks() as hooks:
             # Channels-last rows on CPU where the model gives the same output (core/layout.py);
-            # probed before any hook is installed. Gradients are handed back contiguous.
+            # probed before any hook is installed. The rows and their input gradients are handed
+            # back in that layout (the methods' maths does not care; a copy per chunk would),
+            # layer activations and gradients contiguous.
             dev = self.device
             example = make_inputs(torch.arange(1)).to(dev)
             nhwc = n_rows >= NHWC_MIN_ROWS and channels_last_known(self.module, example)
@@ -208,15 +211,16 @@ class Engine:
                     x = x.contiguous(memory_format=torch.channels_last)
                 built = time.perf_counter()
                 captured.clear()
+                samples = sample_of(rows)
                 with (
                     torch.enable_grad() if input_grad else torch.no_grad(),
                     _count_saved_bytes(plan, len(rows)),
+                    chunk_samples(samples),
                 ):
                     if input_grad:
                         x.requires_grad_(True)
                     logits = self._output(x, target)
                 with torch.enable_grad():
-                    samples = sample_of(rows)
                     scores = target.scores(logits, samples)
                     _check_finite(scores)
                     missing = [n for n in layers if n not in captured]
@@ -242,10 +246,10 @@ class Engine:
                 yield PassChunk(
                     rows=rows,
                     samples=samples,
-                    inputs=x.detach().contiguous(),
+                    inputs=x.detach(),
                     logits=logits.detach(),
                     scores=scores.detach(),
-                    input_grad=grads[0].contiguous() if input_grad else None,
+                    input_grad=grads[0] if input_grad else None,
                     activations={n: captured[n].detach().contiguous() for n in layers},
                     gradients={n: grads[offset + i].contiguous() for i, n in enumerate(layers)},
                 )
@@ -290,8 +294,9 @@ class Engine:
                     x = x.contiguous(memory_format=torch.channels_last)
                 built = time.perf_counter()
                 current_rows[:] = [rows]
-                logits = self._output(x, target)
                 samples = sample_of(rows)
+                with chunk_samples(samples):
+                    logits = self._output(x, target)
                 scores = target.scores(logits, samples) if target is not None else logits[:, 0]
                 _check_finite(scores)
                 self._sync(dev)

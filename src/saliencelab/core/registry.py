@@ -37,10 +37,19 @@ class MethodSpec:
     reduction: str = "sum"
     summary: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    rowwise: bool | Callable[[dict[str, Any]], bool] = False
 
     @property
     def needs_layer(self) -> bool:
         return "layer" in self.options
+
+    def is_rowwise(self, options: dict[str, Any]) -> bool:
+        """Whether, with these options, the method reads the model only through the engine's
+        passes and explains each sample from its own rows alone (no draws that depend on the
+        sample's position in the batch): then several weight versions can share one call
+        (`core/row_versions.py`)."""
+        rowwise = self.rowwise
+        return bool(rowwise({**self.options, **options}) if callable(rowwise) else rowwise)
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
@@ -54,8 +63,10 @@ def register(
     shared_passes: tuple[SharedPass, ...] = (),
     signed: bool = True,
     reduction: str = "sum",
+    rowwise: bool | Callable[[dict[str, Any]], bool] = False,
 ) -> Callable:
-    """Register a method under `name`. `cost` says its passes per sample, e.g. "n_steps"."""
+    """Register a method under `name`. `cost` says its passes per sample, e.g. "n_steps";
+    `rowwise` see `MethodSpec.is_rowwise` (a bool, or a function of the options)."""
 
     def wrap(fn: Callable) -> Callable:
         params = list(inspect.signature(fn).parameters.values())[1:]
@@ -71,6 +82,7 @@ def register(
             reduction=reduction,
             summary=doc.splitlines()[0] if doc else "",
             options=options,
+            rowwise=rowwise,
         )
         return fn
 

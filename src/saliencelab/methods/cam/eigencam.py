@@ -34,6 +34,7 @@ def principal_projection(a: torch.Tensor, center: bool = False) -> torch.Tensor:
     shared_passes=(LAYER_GRADIENT,),
     signed=False,
     reduction="cam",
+    rowwise=True,
 )
 def eigencam(
     ctx: Context,

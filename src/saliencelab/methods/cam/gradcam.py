@@ -80,6 +80,7 @@ _CAM = {
     "shared_passes": (LAYER_GRADIENT,),
     "signed": False,
     "reduction": "cam",
+    "rowwise": True,
 }
 
 
@@ -169,6 +170,7 @@ def layercam(
     shared_passes=(LAYER_GRADIENT, GUIDED_INPUT_GRADIENT),
     signed=True,
     reduction="sum over channels",
+    rowwise=True,
 )
 def guided_gradcam(
     ctx: Context, *, layer: LayerArg = None, relu: bool = True, fusion: str = "mean"

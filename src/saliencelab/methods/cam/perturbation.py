@@ -81,6 +81,7 @@ def _scorecam_scores(ctx: Context, a: torch.Tensor, rows: _ChannelRows, weightin
     shared_passes=(LAYER_GRADIENT,),
     signed=False,
     reduction="cam",
+    rowwise=True,
 )
 def scorecam(
     ctx: Context,
@@ -175,6 +176,7 @@ def _ablated_scores(ctx: Context, module: nn.Module, name: str, k: int, rows: _C
     shared_passes=(LAYER_GRADIENT,),
     signed=False,
     reduction="cam",
+    rowwise=True,
 )
 def ablationcam(
     ctx: Context,

@@ -40,6 +40,7 @@ def _modified_gradient(ctx: Context, backward: str, method: str) -> torch.Tensor
     cost="1",
     shared_passes=(GUIDED,),
     reduction="signed sum over channels",
+    rowwise=True,
 )
 def guided_backprop(ctx: Context) -> torch.Tensor:
     """Guided backpropagation (Springenberg et al. 2015): ReLUs pass back [x>0]·max(grad, 0)."""
@@ -52,6 +53,7 @@ def guided_backprop(ctx: Context) -> torch.Tensor:
     cost="1",
     shared_passes=(DECONV,),
     reduction="signed sum over channels",
+    rowwise=True,
 )
 def deconvnet(ctx: Context) -> torch.Tensor:
     """Deconvnet (Zeiler & Fergus 2014): ReLUs pass back max(grad, 0), ignoring the input."""

@@ -82,6 +82,12 @@ def target_scores(ctx: Context, inputs: torch.Tensor) -> torch.Tensor:
     family="gradient",
     cost="n_steps",
     reduction="signed sum over channels",
+    # uniform-noise baselines are drawn for the whole batch at once; a tensor may be per batch
+    rowwise=lambda options: (
+        options["baselines"] != "uniform"
+        if isinstance(options["baselines"], str)
+        else isinstance(options["baselines"], int | float)
+    ),
 )
 def integrated_gradients(
     ctx: Context,

@@ -17,6 +17,7 @@ INPUT_GRADIENT = SharedPass(backward="plain", input_grad=True)
     shared_passes=(INPUT_GRADIENT,),
     signed=False,
     reduction="sum of |grad| over channels",
+    rowwise=True,
 )
 def saliency(ctx: Context, *, absolute: bool = True) -> torch.Tensor:
     """Vanilla gradient |dS_c/dx| (Simonyan et al. 2014).
@@ -33,6 +34,7 @@ def saliency(ctx: Context, *, absolute: bool = True) -> torch.Tensor:
     cost="1",
     shared_passes=(INPUT_GRADIENT,),
     reduction="signed sum over channels",
+    rowwise=True,
 )
 def input_x_gradient(ctx: Context) -> torch.Tensor:
     """Input × gradient, x ⊙ ∂S_c/∂x (Shrikumar et al. 2016); maps sum channels."""

@@ -44,6 +44,11 @@ def spread_features(values: torch.Tensor, mask: torch.Tensor, x: torch.Tensor) -
     family="perturbation",
     cost="F forwards (F = features per sample)",
     reduction="score drop of the pixel's feature (summed over channels for per-channel masks)",
+    # incremental forwards run crops outside the chunk's rows; a mask tensor is per batch
+    rowwise=lambda options: (
+        not options["incremental"]
+        and (options["feature_mask"] is None or isinstance(options["feature_mask"], str))
+    ),
 )
 def feature_ablation(
     ctx: Context,

@@ -76,6 +76,10 @@ def _spread(values: torch.Tensor, size, window, stride) -> torch.Tensor:
     family="perturbation",
     cost="windows = (⌈(H−h)/s⌉+1)·(⌈(W−w)/s⌉+1) forwards",
     reduction="mean score drop of the windows covering the pixel (same for every channel)",
+    # incremental forwards run crops outside the chunk's rows; a baseline tensor may be per batch
+    rowwise=lambda options: (
+        not options["incremental"] and not isinstance(options["baseline"], torch.Tensor)
+    ),
 )
 def occlusion(
     ctx: Context,

@@ -93,6 +93,7 @@ def _check(n_masks, cell, p_keep) -> tuple[int, int, float]:
     family="perturbation",
     cost="n_masks forwards",
     reduction="score-weighted mean of the masks (same for every channel)",
+    rowwise=True,  # the masks depend on (seed, mask index) only
 )
 def rise(
     ctx: Context,

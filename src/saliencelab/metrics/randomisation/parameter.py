@@ -38,7 +38,18 @@ of the given maps to the recomputed unrandomised ones; ours averages the randomi
 With `order="independent"`, "last" is the step that randomised only the lowest stage chosen;
 "mean" is usually the value wanted there.
 `curves` (B, steps) hold the per-step similarities, the stage names are in
-`result.params["randomised"]`. Cost: one explanation of the whole batch per step.
+`result.params["randomised"]`.
+
+Cost: one explanation of the batch per step, and by default (`batched=True`) several steps share
+one explanation call: the batch is repeated once per step and every randomised layer computes
+each row with its step's weights (`core/row_versions.py`), so the K randomised models run as one
+model on K·B rows, in chunks as large as memory allows, instead of K calls of B rows. This needs
+a method that explains each sample from its own rows through the engine's passes
+(`MethodSpec.is_rowwise`: the gradient, CAM and forward-only perturbation methods without
+position-dependent draws) and randomised layers whose rows are independent (convolutions, linear
+layers, embeddings, normalisation layers); otherwise, or with `batched=False`, the steps run one
+call each. Both give the same values up to float rounding. `result.params["calls"]` says how many
+explanation calls ran.
 """
 
 from __future__ import annotations
@@ -53,11 +64,16 @@ import torch
 from torch import nn
 
 from ...core.errors import SaliencelabError, closest
+from ...core.registry import get_method
+from ...core.row_versions import NotRowwise, is_rowwise, weight_versions
 from ..base import EvalBatch, Metric, Scores, register_metric
 from ..checks import check_choice
 from .similarity import check_similarity, similarity_to
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+# Steps share an explanation call while the repeated inputs take at most this many bytes.
+BATCHED_INPUT_BYTES = 64 * 2**20
 _NORMS: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,
     nn.LayerNorm,
@@ -271,6 +287,8 @@ class ModelRandomisation(Metric):
         init: "reset" (each layer's `reset_parameters()`) or "normal" (N(mean, std) per tensor).
         seed: the RNG seed set before each stage's re-initialisation.
         similarity_options: keyword options of the similarity function (e.g. SSIM `window`).
+        batched: several steps in one explanation call where the method and layers allow it
+            (the same values up to float rounding; see the module docstring).
     """
 
     name = "model_randomisation"
@@ -290,6 +308,7 @@ class ModelRandomisation(Metric):
         init: Literal["reset", "normal"] = "reset",
         seed: int = 42,
         similarity_options: dict[str, Any] | None = None,
+        batched: bool = True,
     ) -> None:
         check_choice(self.name, "order", order, ("cascading", "independent"))
         check_similarity(similarity)
@@ -305,6 +324,7 @@ class ModelRandomisation(Metric):
             init=init,
             seed=seed,
             similarity_options=similarity_options,
+            batched=batched,
         )
 
     def score(self, batch: EvalBatch) -> Scores:
@@ -314,18 +334,90 @@ class ModelRandomisation(Metric):
         compare = similarity_to(self.similarity, batch.maps, self.similarity_options)
         self.params["randomised"] = [s.name for s in plan]
         snapshot = _Snapshot(module, [n for s in plan for n in s.layers])
-        curves = []
         with _flags_kept(module):
             try:
-                for stage in plan:
-                    if self.order == "independent":
-                        snapshot.restore()
-                    randomise_stage(module, stage, self.seed, self.init)
-                    maps = batch.explainer.maps(batch.model, batch.x, batch.target)
-                    curves.append(compare(maps))
+                maps = None
+                if self._can_batch(batch, plan):
+                    maps = self._batched(batch, plan, snapshot)
+                if maps is None:
+                    maps = self._one_call_per_step(batch, plan, snapshot)
             finally:
                 snapshot.restore()
-        curve = torch.stack(curves, dim=1)
+        curve = torch.stack([compare(m) for m in maps], dim=1)
         values = curve[:, -1] if self.value == "last" else curve.nanmean(dim=1)
         steps = torch.arange(1, len(plan) + 1, dtype=torch.float)
         return Scores(values=values, curves=curve, curve_x=steps)
+
+    def _randomised(self, step: int, stage_index: int) -> bool:
+        """Whether step `step` runs stage `stage_index` randomised (both counted from the top)."""
+        if self.order == "cascading":
+            return stage_index <= step
+        return stage_index == step
+
+    def _one_call_per_step(
+        self, batch: EvalBatch, plan: list[Stage], snapshot: _Snapshot
+    ) -> list[torch.Tensor]:
+        """The maps of every step, one explanation call per step on the randomised model."""
+        assert batch.explainer is not None
+        maps = []
+        for stage in plan:
+            if self.order == "independent":
+                snapshot.restore()
+            randomise_stage(batch.model.module, stage, self.seed, self.init)
+            maps.append(batch.explainer.maps(batch.model, batch.x, batch.target))
+        self.params["calls"] = len(plan)
+        return maps
+
+    def _can_batch(self, batch: EvalBatch, plan: list[Stage]) -> bool:
+        assert batch.model is not None and batch.explainer is not None
+        if not self.batched or len(plan) < 2:
+            return False
+        spec = get_method(batch.explainer.method)
+        if not spec.is_rowwise(batch.explainer.options):
+            return False
+        module = batch.model.module
+        layers = [module.get_submodule(n) if n else module for s in plan for n in s.layers]
+        return len({id(m) for m in layers}) == len(layers) and all(map(is_rowwise, layers))
+
+    def _batched(
+        self, batch: EvalBatch, plan: list[Stage], snapshot: _Snapshot
+    ) -> list[torch.Tensor] | None:
+        """The maps of every step from explanation calls of several steps each (None when a
+        layer turns out not to see the chunk's rows: then the caller runs one call per step)."""
+        assert batch.model is not None and batch.explainer is not None
+        module, n = batch.model.module, batch.batch
+        others: dict[str, dict[str, torch.Tensor]] = {}
+        stage_of: dict[str, int] = {}
+        for j, stage in enumerate(plan):  # the same draws as one call per step makes
+            randomise_stage(module, stage, self.seed, self.init)
+            for name in stage.layers:
+                m = module.get_submodule(name) if name else module
+                state = {**m._parameters, **m._buffers}
+                others[name] = {k: t.detach().clone() for k, t in state.items() if t is not None}
+                stage_of[name] = j
+        snapshot.restore()
+        steps = len(plan)
+        uses_other = {
+            name: [self._randomised(k, j) for k in range(steps)] for name, j in stage_of.items()
+        }
+        per_call = max(1, min(steps, BATCHED_INPUT_BYTES // max(1, batch.x.nbytes)))
+        maps: list[torch.Tensor] = []
+        calls = 0
+        for first in range(0, steps, per_call):
+            k = min(per_call, steps - first)
+
+            def step_of(samples: torch.Tensor, first: int = first) -> list[int]:
+                return [first + s // n for s in samples.tolist()]
+
+            x = batch.x.repeat(k, *([1] * (batch.x.dim() - 1)))
+            try:
+                with weight_versions(module, others, step_of, uses_other):
+                    out = batch.explainer.maps(batch.model, x, batch.target.repeat(k))
+            except NotRowwise:
+                if maps:
+                    raise
+                return None
+            calls += 1
+            maps.extend(out.split(n))
+        self.params["calls"] = calls
+        return maps
