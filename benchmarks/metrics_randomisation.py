@@ -9,8 +9,11 @@ On each model, with the same module, images, targets (the predicted classes), ma
 randomisation (cascading from the output, one parameterised layer per step, the top L layers):
 
 - `ours`: `sl.metrics.get("model_randomisation")(granularity="layer", layers=L, seed=43,
-  similarity="spearman_abs").update(maps, x=..., model=..., explainer="saliency")`: the model
-  randomised in place, one explainer call (the whole batch, chunked by the engine) per step;
+  similarity="spearman_abs").update(maps, x=..., model=..., explainer="saliency")`: the L
+  randomised models as one explanation call of L·B rows (each randomised layer computes each row
+  with its step's weights, `core/row_versions.py`), chunked by the engine;
+- `ours_stepwise`: the same with `batched=False`: the model randomised in place, one explanation
+  call of B rows per step (its curves must equal ours to rounding);
 - `quantus`: `quantus.MPRT(layer_order="top_down", seed=42, abs=True, normalise=True,
   similarity_func=correlation_spearman)` with Captum's `Saliency(abs=True)` summed over channels
   as `explain_func` (a Quantus user's setup). Quantus re-seeds `seed + 1` before each layer's
@@ -24,8 +27,9 @@ randomisation (cascading from the output, one parameterised layer per step, the 
 - `floor`: L explanation passes (B rows each, forward + backward, weights frozen) at the chunk
   size our engine used.
 
-Reported: ours/floor, quantus/ours, quantus_sl/ours (median over interleaved repeats, chosen
-clock), and the max abs difference of the per-layer similarity curves (ours vs quantus). The
+Reported: ours/floor, stepwise/ours, stepwise/floor, quantus/ours, quantus_sl/ours (median over
+interleaved repeats, chosen clock), our explanation calls, and the max abs difference of the
+per-layer similarity curves (ours vs stepwise, quantus and quantus_sl). The
 shapes CNN is `sl.load_model("shapes_cnn")` when it exists; otherwise a small 64×64 CNN stand-in
 (said so in the output).
 
