@@ -207,6 +207,34 @@ def test_nan_model_is_a_clear_error():
         sl.explain(NaNNet(), torch.randn(2, 3, 4, 4), methods="saliency")
 
 
+@pytest.mark.parametrize("deferred", [False, True])
+@pytest.mark.parametrize("method", ["integrated_gradients", "occlusion"])
+def test_a_nan_in_any_chunk_is_found_also_with_deferred_checks(monkeypatch, deferred, method):
+    """Once the chunk size is settled, GPU passes gather the chunks' finiteness checks on the
+    device and read them once after the last chunk (`engine.DEFERRED_CHECK_DEVICES`); here the
+    CPU stands in. A NaN in the last chunk only is still a clear error, and finite passes give
+    the same maps."""
+    from saliencelab.core import engine
+
+    if deferred:
+        monkeypatch.setattr(engine, "DEFERRED_CHECK_DEVICES", ("cpu", "cuda"))
+
+    class NaNForLargeRows(nn.Module):  # NaN for the IG rows nearest the input only
+        def forward(self, x):
+            s = x.flatten(1)[:, :3]
+            return torch.where(s.abs().sum(1, keepdim=True) > 2.9, s * float("nan"), s)
+
+    x = torch.ones(2, 3, 8, 8)
+    opts = {"integrated_gradients": {"n_steps": 16}, "occlusion": {"window": 2, "stride": 2}}
+    with pytest.raises(SaliencelabError, match="NaN"):
+        sl.explain(NaNForLargeRows(), x, {method: opts[method]}, target=0, chunk_size=4)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(192, 3))
+    maps = sl.explain(net, x, {method: opts[method]}, target=0, chunk_size=4)[method].maps
+    monkeypatch.setattr(engine, "DEFERRED_CHECK_DEVICES", ())
+    ref = sl.explain(net, x, {method: opts[method]}, target=0, chunk_size=4)[method].maps
+    torch.testing.assert_close(maps, ref, atol=0, rtol=0)
+
+
 def test_methods_lists_family_and_cost():
     specs = {m.name: m for m in sl.methods()}
     assert specs["saliency"].family == "gradient" and specs["saliency"].cost == "1"

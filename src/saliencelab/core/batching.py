@@ -151,6 +151,11 @@ class ChunkPlan:
     def size(self) -> int:
         return self._size
 
+    @property
+    def settled(self) -> bool:
+        """Whether the size is decided (the user's, or found): chunk times teach nothing."""
+        return self._settled
+
     def remember_bytes(self, bytes_per_row: int) -> None:
         """The measured bytes per row, kept for every later plan of the same key."""
         self.bytes_per_row = _BYTES[self.key] = max(1, int(bytes_per_row))

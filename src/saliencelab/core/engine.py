@@ -39,6 +39,10 @@ NHWC_MIN_ROWS = 8
 # 12-28 % of every row.
 FOLD_MIN_ROWS = 16
 
+# Devices where, once the chunk size is settled, a pass does not wait for each chunk: the
+# finiteness of the scores is gathered on the device and checked (one wait) after the last chunk.
+DEFERRED_CHECK_DEVICES = ("cuda",)
+
 MakeInputs = Callable[[torch.Tensor], torch.Tensor]
 LayerEdit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -128,11 +132,6 @@ class Engine:
             return nullcontext()
         return folded(self.module, example, probe=n_rows >= FOLD_MIN_ROWS)
 
-    @staticmethod
-    def _sync(device: torch.device) -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     def probe_layout(self, x: torch.Tensor) -> bool:
         """Find out once whether inputs like `x` may run channels-last (core/layout.py).
 
@@ -204,6 +203,7 @@ class Engine:
             install_backward_mode(self.module, backward, hooks)
 
             plan = self._plan("grad", n_rows, example, dev)
+            checks = _FiniteChecks(plan, dev)
             for rows in plan.chunks():
                 start = time.perf_counter()
                 x = usable_input(make_inputs(rows).to(dev))
@@ -222,7 +222,7 @@ class Engine:
                     logits = self._output(x, target)
                 with torch.enable_grad():
                     scores = target.scores(logits, samples)
-                    _check_finite(scores)
+                    checks.add(scores)
                     missing = [n for n in layers if n not in captured]
                     if missing:
                         raise SaliencelabError(
@@ -237,7 +237,7 @@ class Engine:
                             "is differentiable and that the layer is used in its forward pass."
                         )
                     grads = torch.autograd.grad(scores.sum(), wrt)
-                self._sync(dev)
+                checks.wait()
                 end = time.perf_counter()
                 plan.record(len(rows), end - built)
                 self.cost.grad_rows += len(rows)
@@ -253,6 +253,7 @@ class Engine:
                     activations={n: captured[n].detach().contiguous() for n in layers},
                     gradients={n: grads[offset + i].contiguous() for i, n in enumerate(layers)},
                 )
+            self.cost.seconds += checks.finish()
 
     def forwards(
         self,
@@ -287,6 +288,7 @@ class Engine:
 
                 hooks.add(layer.register_forward_hook(hook))
             plan = self._plan("forward", n_rows, example, dev)
+            checks = _FiniteChecks(plan, dev)
             for rows in plan.chunks():
                 start = time.perf_counter()
                 x = make_inputs(rows).to(dev)
@@ -298,13 +300,14 @@ class Engine:
                 with chunk_samples(samples):
                     logits = self._output(x, target)
                 scores = target.scores(logits, samples) if target is not None else logits[:, 0]
-                _check_finite(scores)
-                self._sync(dev)
+                checks.add(scores)
+                checks.wait()
                 end = time.perf_counter()
                 plan.record(len(rows), end - built)
                 self.cost.forward_rows += len(rows)
                 self.cost.seconds += end - start
                 yield PassChunk(rows, samples, x, logits, scores)
+            self.cost.seconds += checks.finish()
 
     # -- conveniences --------------------------------------------------------------------------
 
@@ -377,8 +380,47 @@ def _count_saved_bytes(plan: ChunkPlan, rows: int) -> Iterator[None]:
     plan.remember_bytes(total // rows)
 
 
-def _check_finite(scores: torch.Tensor) -> None:
-    if not torch.isfinite(scores).all():
+class _FiniteChecks:
+    """The finiteness check of each chunk's scores, and the wait for the device.
+
+    While the chunk size is being measured, and on the CPU, every chunk is checked and (on a
+    GPU) waited for, so its time is real. Once the size is settled, on `DEFERRED_CHECK_DEVICES`
+    the chunks' checks are gathered on the device and read once after the last chunk: the host
+    queues the next chunk while the device works, and no chunk waits (`finish` waits once, and
+    returns the seconds it waited, which the pass's cost counts).
+    """
+
+    def __init__(self, plan: ChunkPlan, device: torch.device) -> None:
+        self.plan, self.device = plan, device
+        self.all_finite: torch.Tensor | None = None
+
+    def _deferred(self) -> bool:
+        return self.plan.settled and self.device.type in DEFERRED_CHECK_DEVICES
+
+    def add(self, scores: torch.Tensor) -> None:
+        if not self._deferred():
+            _check_finite(torch.isfinite(scores).all())
+            return
+        finite = torch.isfinite(scores).all()
+        self.all_finite = finite if self.all_finite is None else self.all_finite & finite
+
+    def wait(self) -> None:
+        """Wait for the device, unless the checks are deferred."""
+        if self.device.type == "cuda" and not self._deferred():
+            torch.cuda.synchronize(self.device)
+
+    def finish(self) -> float:
+        """Check the gathered chunks (waiting for the device once); the seconds it waited."""
+        if self.all_finite is None:
+            return 0.0
+        start = time.perf_counter()
+        _check_finite(self.all_finite)
+        self.all_finite = None
+        return time.perf_counter() - start
+
+
+def _check_finite(all_finite: torch.Tensor) -> None:
+    if not bool(all_finite):
         raise SaliencelabError(
             "The model returned NaN or infinite scores for these inputs; check the input range "
             "and the model's weights."
