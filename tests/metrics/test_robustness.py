@@ -208,8 +208,9 @@ def test_seed_reproducible_and_changes(setup):
         m = sl.metrics.get("max_sensitivity")(n_samples=3, radius=0.1, seed=seed)
         return m.update(a.maps, x=x, model=model, target=a.target, explainer="saliency")
 
-    assert torch.equal(run(0), run(0))
-    assert not torch.equal(run(0), run(1))
+    # the same noise; the chunk-size search may still be cutting the rows differently per call
+    torch.testing.assert_close(run(0), run(0), atol=1e-6, rtol=0)
+    assert not torch.allclose(run(0), run(1), atol=1e-3)
 
 
 def test_weights_and_mode_untouched(setup):

@@ -10,11 +10,13 @@ it is within 1.5× of the best: a new size's first chunk may load GPU kernels, a
 the machine only ever adds time. The first chunk is not measured (it pays one-off warm-up:
 allocations, kernel selection), so the start size runs twice. No row is computed twice, so the
 search costs nothing beyond a few sub-optimal chunks. A pass too short to finish the search
-leaves it where it got, and the next pass of the same model and shape goes on from there (a
-dataset loop converges within a few batches); a whole pass shorter than the size to try counts
-as a size of its own. The engine times the model's part of a chunk, not the building of its
-inputs (ROAD's imputation would otherwise steer the choice). The size never exceeds the memory
-budget divided by the measured bytes one row keeps for backward.
+leaves it where it got (its warm-up included), and the next pass of the same model and shape
+goes on from there (a dataset loop converges within a few batches); a whole pass shorter than
+the size to try counts as a size of its own, and ends the climb (such passes cannot try larger
+chunks), so passes of one chunk each (8 images explained per call) also find their size. The
+engine times the model's part of a chunk, not the building of its inputs (ROAD's imputation
+would otherwise steer the choice). The size never exceeds the memory budget divided by the
+measured bytes one row keeps for backward.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ class ChunkPlan:
     def record(self, rows: int, seconds: float) -> None:
         """Learn from a chunk of `rows` rows that took `seconds` (see `_learn`)."""
         self._learn(rows, seconds)
-        if not self._settled and self._times:
+        if not self._settled and (self._times or self._warm):
             _PARTIAL[self.key] = (dict(self._times), dict(self._tries), self._size, self._shrinking)
 
     def _learn(self, rows: int, seconds: float) -> None:
@@ -114,20 +116,21 @@ class ChunkPlan:
             return  # a pass's short last chunk says little (a whole pass shorter than the size
             # counts as that size: else passes of a fixed length below it would never learn)
         if not self._warm:  # the first chunk pays warm-up: not a fair measurement
-            self._warm = True
+            self._warm = True  # (kept for the next pass: one-chunk passes learn from the 2nd)
             return
+        short = rows < self._size  # a whole pass shorter than the size to try
         self._tries[rows] = self._tries.get(rows, 0) + 1
         first = self._tries[rows] == 1
         self._times[rows] = min(seconds / rows, self._times.get(rows, math.inf))
         best = min(self._times, key=self._times.get)
         if not self._shrinking:
             bigger = rows * 2
-            if bigger <= self.cap and self._times[rows] < 1.5 * self._times[best]:
+            if not short and bigger <= self.cap and self._times[rows] < 1.5 * self._times[best]:
                 self._size = bigger
                 return
-            if first and rows != best:
+            if first and rows != best and not short:
                 return  # a size's first chunk may pay one-off costs (GPU kernels): once more
-            self._shrinking = True
+            self._shrinking = True  # (passes this short cannot try larger chunks)
         smaller = min(self._times) // 2
         if smaller >= 1:
             self._size = smaller
