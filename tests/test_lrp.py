@@ -4,12 +4,15 @@ Captum's LRP, conservation, reversible canonizers, and the bundled EfficientNet-
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import saliencelab as sl
+from saliencelab.core.derived import forget
 from saliencelab.core.engine import Engine
 from saliencelab.core.errors import SaliencelabError
 from saliencelab.core.state import Hooks
@@ -23,6 +26,7 @@ from saliencelab.methods.relevance.lrp import (
     LRPRule,
     MBConvResidual,
     MergeBatchNorm,
+    Pass,
     ResidualSum,
     WSquare,
     ZBox,
@@ -54,6 +58,10 @@ def _one_layer(kind: str) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(3)
     if kind == "linear":
         layer, x = nn.Linear(7, 5), torch.randn(3, 7)
+    elif kind == "linear_3d":  # channels last, rows in between
+        layer, x = nn.Linear(4, 5), torch.randn(3, 2, 4)
+    elif kind == "grouped_conv":  # (rules run grouped layers as separate forwards)
+        layer, x = nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), torch.randn(3, 4, 6, 6)
     else:
         layer, x = nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.randn(3, 3, 6, 6)
     with torch.no_grad():
@@ -71,7 +79,7 @@ def _dense(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor | None = None
         if fn is not None:
             out = fn(eye, w)
         else:
-            out = nn.functional.conv2d(eye, w, None, layer.stride, layer.padding)
+            out = nn.functional.conv2d(eye, w, None, layer.stride, layer.padding, 1, layer.groups)
     return out.reshape(n_in, -1).T
 
 
@@ -136,19 +144,23 @@ RULES = [
 ]
 
 
-@pytest.mark.parametrize("sign", ["signed", "nonnegative"])
-@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("sign", ["signed", "nonnegative", "after_relu6"])
+@pytest.mark.parametrize("kind", ["linear", "linear_3d", "conv", "grouped_conv"])
 @pytest.mark.parametrize("rule", RULES, ids=repr)
 def test_each_rule_equals_its_formula_on_one_layer(rule, kind, sign):
     layer, x = _one_layer(kind)
-    if sign == "nonnegative":  # (after a ReLU: some rules take a shorter path)
-        x = x.clamp(min=0)
     model = nn.Sequential(layer, nn.Flatten()).eval()
+    if sign != "signed":  # (non-negative inputs: some rules take a shorter path)
+        x = x.clamp(min=0)
+    if sign == "after_relu6":  # known non-negative (x < 6: the pass-through keeps R)
+        if not rule.proportional:
+            pytest.skip("a rule for the input layer only")
+        model = nn.Sequential(nn.ReLU6(), layer, nn.Flatten()).eval()
     with torch.no_grad():
         v = torch.randn(model(x).shape, dtype=x.dtype)
     target = lambda out: (out * v).sum(1)  # noqa: E731  (relevance z ⊙ v on every output)
     if rule.proportional:
-        composite = Composite([(LAYERS, rule)])
+        composite = Composite([(LAYERS, rule), (nn.ReLU6, Pass())])
     else:
         composite = Composite([], first=rule)
     got = _lrp(model, x, composite, target)["lrp"].attributions
@@ -397,6 +409,181 @@ def test_lrp_on_a_batchnorm_net_equals_lrp_on_its_merged_twin(images):
     torch.testing.assert_close(ours, want)
     unmerged = _lrp(model, images, composite, 1, canonize=False)["lrp"].attributions
     assert not torch.allclose(unmerged, want, rtol=1e-3, atol=1e-4)
+
+
+# -- kept weights, in-place edits, fused activations ---------------------------------------------
+
+
+class _Ops(TorchDispatchMode):
+    """The ATen ops run inside the block, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = Counter()
+
+    def total(self):
+        return self.names.total()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _fresh(model):
+    """A copy of the model: other parameter objects, so nothing kept for `model` applies."""
+    return copy.deepcopy(model)
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus", "epsilon_gamma_box", "epsilon_alpha2_beta1"])
+def test_kept_weights_are_rebuilt_when_the_weights_change(composite, images):
+    # float64: alpha-beta on signed inputs amplifies float32 rounding (see rules.AlphaBeta)
+    model, images = _bn_net().double(), images.double()
+    snap = _snapshot(model)
+    forget(model)
+    with _Ops() as cold:
+        first = _lrp(model, images, composite, 1)["lrp"].attributions
+    with _Ops() as warm:
+        again = _lrp(model, images, composite, 1)["lrp"].attributions
+    assert torch.equal(again, first)
+    # The merged BatchNorms and the rules' weight copies were kept from the first call.
+    assert warm.names["rsqrt"] == 0 < cold.names["rsqrt"]
+    assert warm.total() <= cold.total() - 6 * 3
+    _assert_restored(model, snap)
+
+    edits = [
+        lambda m: m[0].weight.mul_(-1.5),  # a conv weight, in place (as an optimiser step)
+        lambda m: m[1].weight.neg_(),  # a BatchNorm scale: flips the merged weight's signs
+        lambda m: m[9].running_var.mul_(4.0),  # a BatchNorm statistic: halves the logits
+        lambda m: m[3].weight.neg_(),  # a depthwise conv's weight
+    ]
+    for edit in edits:
+        with torch.no_grad():
+            edit(model)
+        got = _lrp(model, images, composite, 1)["lrp"].attributions
+        want = _lrp(_fresh(model), images, composite, 1)["lrp"].attributions
+        assert (got - first).abs().max() > 1e-3 * first.abs().max()  # (stale: equal)
+        torch.testing.assert_close(got, want)
+        first = got
+
+    model[3].weight = nn.Parameter(torch.randn_like(model[3].weight))  # another tensor object
+    got = _lrp(model, images, composite, 1)["lrp"].attributions
+    torch.testing.assert_close(got, _lrp(_fresh(model), images, composite, 1)["lrp"].attributions)
+
+    model.train()  # a train-mode forward updates running statistics without a version bump
+    with torch.no_grad():
+        model(images * 3 + 1)
+    model.eval()
+    got = _lrp(model, images, composite, 1)["lrp"].attributions
+    torch.testing.assert_close(got, _lrp(_fresh(model), images, composite, 1)["lrp"].attributions)
+
+    model.float()  # new storage (float32: equal up to rounding, amplified by alpha-beta)
+    got = _lrp(model, images.float(), composite, 1)["lrp"].attributions
+    want = _lrp(_fresh(model), images.float(), composite, 1)["lrp"].attributions
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0.05 * want.abs().max())
+
+
+def test_parameters_and_hooks_are_restored_after_each_call(images):
+    model = _bn_net()
+    snap = _snapshot(model)
+    seen = []
+    model[0].register_forward_hook(lambda m, i, o: seen.append(m.weight))
+    for composite in ("epsilon_plus", "epsilon_alpha2_beta1", "epsilon_plus"):
+        _lrp(model, images, composite, 0)
+        assert len(model[0]._forward_hooks) == 1  # the user's hook, and only it
+        for m in model.modules():
+            assert m is model[0] or not m._forward_hooks
+            assert not m._forward_pre_hooks and "forward" not in vars(m)
+        now = dict(model.named_parameters())
+        for name, (obj, value) in snap[1].items():
+            assert now[name] is obj and torch.equal(obj, value)
+        assert list(model.modules()) == snap[0]
+    # In the LRP passes the conv ran with its merged weight, one kept object; outside, its own.
+    merged = [w for w in seen if w is not model[0].weight]
+    assert len(merged) >= 3 and all(w is merged[0] for w in merged)  # (one per chunk)
+    model(images)
+    assert seen[-1] is model[0].weight
+
+
+class _Block(nn.Module):
+    """conv → BatchNorm → activation, with the activation reading a copy (`fuse=False`, so
+    the pass-through runs on its own), a second reader of the conv's output (`skip`), and the
+    output edited in place (`inplace`): all compute the same function."""
+
+    def __init__(self, act: nn.Module, fuse: bool = True, skip: bool = False, inplace=False):
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.act = act
+        self.head = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.AdaptiveAvgPool2d(1))
+        self.fc = nn.Linear(6, 4)
+        self.fuse, self.skip, self.inplace = fuse, skip, inplace
+        with torch.no_grad():
+            self.bn.running_mean.normal_()
+            self.bn.weight.normal_()
+            self.conv.weight.mul_(4)
+
+    def forward(self, x):
+        h = self.bn(self.conv(x))
+        a = self.act(h if self.fuse else h.clone())
+        if self.inplace:
+            a.mul_(0.5).add_(1.0)
+            h += 0.25
+        else:
+            a = a * 0.5 + 1.0
+            h = h + 0.25
+        if self.skip:
+            a = a + h
+        return self.fc(self.head(a).flatten(1))
+
+
+@pytest.mark.parametrize("act", [nn.ReLU6(), nn.SiLU(), nn.Hardswish()], ids=repr)
+@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("composite", ["epsilon", "epsilon_plus", "epsilon_gamma_box"])
+def test_fused_activation_equals_the_pass_through(act, skip, composite, images):
+    """The activation after a hooked layer hands relevance f(z) ⊙ g to the layer (no ratio);
+    with a second reader of z, or z or f(z) edited in place later, the result is the same."""
+    separate = _Block(act, fuse=False, skip=skip).eval()
+    want = _lrp(separate, images, composite, 2)["lrp"].attributions
+    for inplace in (False, True):
+        model = _Block(act, fuse=True, skip=skip, inplace=inplace).eval()
+        with torch.no_grad():
+            assert torch.allclose(model(images), separate(images), atol=1e-6)
+        got = _lrp(model, images, composite, 2)["lrp"].attributions
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max())
+
+
+def test_layer_output_edited_in_place_gives_the_same_relevance(images):
+    """ResNet's `out += identity` and an in-place ReLU right after a merged BatchNorm edit the
+    hooked layer's output: its rule recomputes it (no copy of every output is kept)."""
+
+    class Res(nn.Module):
+        def __init__(self, inplace):
+            super().__init__()
+            torch.manual_seed(6)
+            self.conv1, self.bn1 = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+            self.relu = nn.ReLU(inplace=inplace)
+            self.conv2 = nn.Conv2d(3, 3, 3, padding=1)
+            self.fc = nn.Linear(3 * 12 * 12, 4)
+            self.inplace = inplace
+
+        def forward(self, x):
+            out = self.relu(self.bn1(self.conv1(x)))
+            out2 = self.conv2(out)
+            if self.inplace:
+                out2 += x
+            else:
+                out2 = out2 + x
+            return self.fc(out2.flatten(1))
+
+    # float64: alpha-beta's ½(a·w ± |a|·|w|) cancels, and in float32 its maps move by
+    # rounding with the memory layout and chunking alone
+    x = images.double()
+    for composite in ("epsilon", "epsilon_plus", "epsilon_alpha2_beta1"):
+        want = _lrp(Res(False).double().eval(), x, composite, 3)["lrp"].attributions
+        got = _lrp(Res(True).double().eval(), x, composite, 3)["lrp"].attributions
+        torch.testing.assert_close(got, want)
 
 
 # -- options and errors ------------------------------------------------------------------------

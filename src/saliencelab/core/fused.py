@@ -42,6 +42,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from ..models.model import logits_of
+from .derived import kept
 from .state import Hooks
 
 _Foldable = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -65,17 +66,6 @@ def has_hooks(module: nn.Module) -> bool:
     )
 
 
-def _same_sources(kept: tuple, tensors: tuple) -> bool:
-    """Whether `tensors` are the very tensors kept (held, so their ids cannot be reused by new
-    ones), unchanged since: the same in-place version and storage (a move to another dtype or
-    device, or a `.data` assignment, gives new storage)."""
-    return len(kept) == len(tensors) and all(
-        (t is None and k is None)
-        or (k is not None and t is k[0] and t._version == k[1] and t.data_ptr() == k[2])
-        for k, t in zip(kept, tensors, strict=True)
-    )
-
-
 def _pass_through(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
     return x
 
@@ -86,10 +76,6 @@ class _Pair:
 
     layer: nn.Module
     bn: _BatchNorm
-    sources: tuple = ()  # (tensor, version, data_ptr) of each source when last folded
-    eps: float = 0.0
-    weight: torch.Tensor | None = None
-    bias: torch.Tensor | None = None
 
     def still_foldable(self) -> bool:
         """The BatchNorm still uses running statistics, and neither module's forward was
@@ -101,23 +87,24 @@ class _Pair:
         )
 
     def folded_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """W', b' of the layer with the BatchNorm folded in, kept until a source changes
+        (`core/derived.py`; a train-mode BatchNorm forward updates the running statistics
+        without a version bump, so `num_batches_tracked` is a source too)."""
         layer, bn = self.layer, self.bn
-        tensors = (layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
-        if not _same_sources(self.sources, tensors) or self.eps != bn.eps:
+        sources = (layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+
+        def fold() -> tuple[torch.Tensor, torch.Tensor]:
             mean, var = bn.running_mean, bn.running_var
-            with torch.no_grad():
-                gamma, beta = bn.weight, bn.bias
-                if gamma is None:  # no affine part: γ = 1, β = 0
-                    gamma, beta = torch.ones_like(mean), torch.zeros_like(mean)
-                linear = isinstance(layer, nn.Linear)
-                fuse = fuse_linear_bn_weights if linear else fuse_conv_bn_weights
-                weight, bias = fuse(layer.weight, layer.bias, mean, var, bn.eps, gamma, beta)
-            self.weight, self.bias = weight.requires_grad_(False), bias.requires_grad_(False)
-            self.sources = tuple(
-                None if t is None else (t, t._version, t.data_ptr()) for t in tensors
-            )
-            self.eps = bn.eps
-        return self.weight, self.bias
+            gamma, beta = bn.weight, bn.bias
+            if gamma is None:  # no affine part: γ = 1, β = 0
+                gamma, beta = torch.ones_like(mean), torch.zeros_like(mean)
+            linear = isinstance(layer, nn.Linear)
+            fuse = fuse_linear_bn_weights if linear else fuse_conv_bn_weights
+            weight, bias = fuse(layer.weight, layer.bias, mean, var, bn.eps, gamma, beta)
+            return weight.requires_grad_(False), bias.requires_grad_(False)
+
+        key = ("folded into", id(layer), bn.eps)
+        return kept(bn, key, (*sources, bn.num_batches_tracked), fold)
 
 
 @contextmanager
@@ -134,13 +121,7 @@ def folded(module: nn.Module, example: torch.Tensor, probe: bool = True) -> Iter
     if not pairs:
         yield False
         return
-    try:
-        weights = [pair.folded_weights() for pair in pairs]
-    except RuntimeError:  # an inference tensor has no version counter: edits would go unseen
-        weights = None
-    if weights is None:
-        yield False
-        return
+    weights = [pair.folded_weights() for pair in pairs]
     with _swapped(module, pairs, weights):
         yield True
 

@@ -19,6 +19,14 @@ where biases, ε or non-conservative rules absorb or add relevance).
 Reached are modules only: an operation written in `forward` gets its plain gradient, which is
 LRP-0 for linear operations (sums, means, padding, reshapes) but not LRP for products (gating,
 attention). Each hooked module call is handled separately, so modules used twice work.
+
+Kernels per pass (on a GPU at small batches the pass is bound by kernel launches, so they are
+counted: `benchmarks/lrp.py`). A hooked layer returns its own output, not a copy: its rule
+reads it back, and recomputes it if it was changed in place since (`out += x`, an in-place
+ReLU after a merged BatchNorm). A pass-through activation right after a hooked layer (ReLU6 of
+conv → BN → ReLU6) is fused into that layer: the layer's relevance is f(z) ⊙ g directly, instead
+of a ratio f(z) / z computed forward and multiplied backward. Weight copies (merged BatchNorm,
+W⁺, |W|, ...) are kept across passes until the weights change (`core/derived.py`).
 """
 
 from __future__ import annotations
@@ -45,7 +53,10 @@ from .rules import (
     Pass,
     Rule,
     pass_through,
+    zero_at_zero,
 )
+
+CALL_MARK = "_saliencelab_lrp_call"  # on a hooked layer's output: its `_Call`
 
 
 @dataclass
@@ -59,20 +70,20 @@ class LayerRecord:
 
 
 class _LayerRelevance(torch.autograd.Function):
-    """Forward: the layer's output as computed. Backward: the layer's LRP rule."""
+    """Forward: the layer's output as computed (an alias, not a copy). Backward: its rule."""
 
     @staticmethod
-    def forward(ctx, call: _Call, out: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, call: _Call, *inputs: torch.Tensor) -> torch.Tensor:
         ctx.call = call
-        ctx.save_for_backward(out, *inputs)
-        return out.clone()
+        ctx.save_for_backward(*inputs)
+        out, call.returned = call.returned, None
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        out, *inputs = ctx.saved_tensors
-        grads = ctx.call.backward(tuple(inputs), out, grad)
-        needed = ctx.needs_input_grad[2:]
-        return (None, None, *(g if n else None for g, n in zip(grads, needed, strict=True)))
+        grads = ctx.call.backward(ctx.saved_tensors, grad)
+        needed = ctx.needs_input_grad[1:]
+        return (None, *(g if n else None for g, n in zip(grads, needed, strict=True)))
 
 
 class _InputRelevance(torch.autograd.Function):
@@ -90,6 +101,42 @@ class _InputRelevance(torch.autograd.Function):
 
 
 @dataclass(eq=False)
+class _Activation:
+    """A pass-through activation fused into the layer whose output it reads (see `_Fused`)."""
+
+    module: nn.Module
+    out: torch.Tensor  # f(z), an alias of the activation's output
+    version: int
+    returned: torch.Tensor | None = None
+    grad: torch.Tensor | None = None  # g at f(z), set by the backward
+
+    def value(self, z: torch.Tensor) -> torch.Tensor:
+        """f(z) as the forward computed it (recomputed if changed in place since)."""
+        if self.out._version == self.version:
+            return self.out
+        with torch.no_grad():
+            return self.module.forward(z)
+
+
+class _Fused(torch.autograd.Function):
+    """A pass-through activation right after a hooked layer, R(z) = R(f(z)): forward f(z) as
+    computed; backward hands g = ∂S/∂f(z) on unchanged (no kernel) and leaves it to the layer,
+    whose relevance is then f(z) ⊙ g: the same as z ⊙ (g ⊙ f(z) / z) of `pass_through`, without
+    the ratio's two kernels forward and one backward."""
+
+    @staticmethod
+    def forward(ctx, act: _Activation, z: torch.Tensor) -> torch.Tensor:
+        ctx.act = act
+        out, act.returned = act.returned, None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        ctx.act.grad = grad
+        return None, grad
+
+
+@dataclass(eq=False)
 class _Call:
     """One call of a hooked layer: what its backward needs."""
 
@@ -97,8 +144,12 @@ class _Call:
     name: str
     module: nn.Module
     rule: Rule
+    z: torch.Tensor  # the output, an alias of what the layer returned
+    version: int = 0  # z's in-place version when the layer returned it
+    returned: torch.Tensor | None = None  # handed to `_LayerRelevance` (another alias)
     graph: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None  # (output, inputs)
     nonnegative: bool = False  # its input came out of a ReLU-like activation
+    activation: _Activation | None = None  # fused into this call
 
     def _vjp(self, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(∂z/∂input)ᵀ s through the layer's own graph from the forward (no recomputation)."""
@@ -108,27 +159,51 @@ class _Call:
         grads = iter(torch.autograd.grad(out, need, s, allow_unused=True, materialize_grads=True))
         return tuple(next(grads) if t.requires_grad else torch.zeros_like(t) for t in inputs)
 
-    def backward(self, inputs: tuple[torch.Tensor, ...], out: torch.Tensor, grad: torch.Tensor):
-        relevance = out * grad
-        recorded = relevance.clone() if self.owner.record else None
-        inputs = tuple(t.detach() for t in inputs)
-        vjp = self._vjp if self.graph is not None else None
-        view = LayerView(self.module, inputs, out, vjp, known_nonnegative=self.nonnegative)
+    def unchanged(self) -> bool:
+        return self.z._version == self.version
+
+    def _output(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """z as the forward computed it: recomputed when the returned output was changed in
+        place since (e.g. `out += x` or an in-place activation after a merged BatchNorm)."""
+        if self.unchanged():
+            return self.z
+        self.graph = None  # its output was changed too
+        with torch.no_grad():
+            return self.module.forward(*inputs)
+
+    def _relevance(self, z: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """R = z ⊙ g at the output; with a fused activation f, R = f(z) ⊙ g_f + z ⊙ g_other,
+        where g = g_f + g_other sums what f and any other reader of z sent back."""
+        act, self.activation = self.activation, None
+        if act is None or act.grad is None:
+            return z * grad
+        f, g_f = act.value(z), act.grad
+        if grad is g_f:  # f is z's only reader (autograd handed its gradient on as it was)
+            return f * g_f
+        return torch.sub(grad, g_f).mul_(z).addcmul_(f, g_f)
+
+    def backward(self, inputs: tuple[torch.Tensor, ...], grad: torch.Tensor):
         owner, busy = self.owner, self.owner._busy
         owner._busy = True  # a rule's recomputation must not re-enter the hooks
         try:
+            inputs = tuple(t.detach() for t in inputs)
+            z = self._output(inputs)
+            relevance = self._relevance(z, grad)
+            recorded = relevance.clone() if owner.record else None
+            vjp = self._vjp if self.graph is not None else None
+            view = LayerView(self.module, inputs, z, vjp, known_nonnegative=self.nonnegative)
             with torch.enable_grad():
                 result = self.rule.propagate(view, relevance)
         finally:
             owner._busy = busy
             self.graph = None
-        if self.owner.record:
+        if owner.record:
             r_in = (
                 tuple(a * g for a, g in zip(inputs, result, strict=True))
                 if self.rule.proportional
                 else result
             )
-            self.owner.records.append(LayerRecord(self.name, self.rule, recorded, r_in))
+            owner.records.append(LayerRecord(self.name, self.rule, recorded, r_in))
         return result
 
 
@@ -187,7 +262,19 @@ class LRPRule:
         z = inputs[0]
         if not isinstance(z, torch.Tensor) or not z.requires_grad or z.shape != out.shape:
             return None
-        result = pass_through(z, out)
+        call = getattr(z, CALL_MARK, None)
+        if (
+            call is not None
+            and call.activation is None
+            and call.unchanged()  # z is the layer's output as computed
+            and zero_at_zero(module)  # f(z) ⊙ g = z ⊙ (g ⊙ f(z) / z), also at z = 0
+        ):
+            held = out.detach()
+            act = _Activation(module, held, held._version, returned=out.detach())
+            call.activation = act
+            result = _Fused.apply(act, z)
+        else:
+            result = pass_through(z, out)
         if isinstance(module, NONNEGATIVE_ACTIVATIONS):
             setattr(result, NONNEGATIVE_MARK, True)
         return result
@@ -212,13 +299,16 @@ class LRPRule:
             inputs = (self._input,)
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in inputs):
             return None
-        call = _Call(self, name, module, rule)
+        z = out.detach()
+        call = _Call(self, name, module, rule, z, z._version, returned=out.detach())
         call.nonnegative = len(inputs) == 1 and getattr(inputs[0], NONNEGATIVE_MARK, False)
         if rule.proportional and rule.uses_vjp and out.grad_fn is not None and len(inputs) == 1:
             # Several inputs may depend on each other (h = f(x), h + x): their partial
             # derivatives need a recomputation on independent leaves, not this graph.
             call.graph = (out, tuple(inputs))
-        return _LayerRelevance.apply(call, out.detach(), *inputs)
+        result = _LayerRelevance.apply(call, *inputs)
+        setattr(result, CALL_MARK, call)  # for an activation reading it (`_Fused`)
+        return result
 
 
 def _check_options(epsilon: float, gamma: float) -> None:

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from ....core.derived import kept
 from ....core.state import Hooks
 from ....models.efficientnet_lite import MBConvBlock
 
@@ -88,37 +89,49 @@ class MergeBatchNorm:
     """Merge each eval-mode BatchNorm into the Conv / Linear registered right before it.
 
     The layer gets W', b' as new frozen parameters and the BN is replaced by `nn.Identity` in its
-    parent; undo puts back the original parameter objects and the BN module.
+    parent; undo puts back the original parameter objects and the BN module. W', b' are kept
+    for the next pass until a source changes (`core/derived.py`).
     """
 
     def apply(self, model: nn.Module, hooks: Hooks) -> int:
         edits = 0
         for parent in list(model.modules()):
-            children = list(parent.named_children())
+            children = list(parent._modules.items())
             for (_, layer), (name, bn) in zip(children, children[1:], strict=False):
                 if (
                     isinstance(bn, _BatchNorm)
                     and bn.running_mean is not None
                     and bn.running_var is not None
                     and _out_features(layer) == bn.num_features
+                    and "weight" in layer._parameters  # not a parametrized weight
                 ):
                     self._merge(parent, name, layer, bn, hooks)
                     edits += 1
         return edits
 
     @staticmethod
-    def _merge(parent: nn.Module, name: str, layer: nn.Module, bn: nn.Module, hooks: Hooks):
-        weight, bias = merged_parameters(layer, bn)
-        original = (layer.weight, layer.bias)
+    def _merge(parent: nn.Module, name: str, layer: nn.Module, bn: _BatchNorm, hooks: Hooks):
+        sources = (layer.weight, layer.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        weight, bias = kept(
+            bn,
+            ("merged", bn.eps),
+            (*sources, bn.num_batches_tracked),
+            lambda: tuple(
+                nn.Parameter(t, requires_grad=False) for t in merged_parameters(layer, bn)
+            ),
+        )
+        params = layer._parameters
+        original = (params["weight"], params["bias"])
 
         def undo() -> None:
-            layer.weight, layer.bias = original
-            setattr(parent, name, bn)
+            params["weight"], params["bias"] = original
+            parent._modules[name] = bn
 
+        # Swapped in the modules' dicts (what `setattr` does, without its checks: this runs for
+        # every BatchNorm on every pass).
         hooks.on_exit(undo)  # registered first: a failure half-way is undone too
-        layer.weight = nn.Parameter(weight, requires_grad=False)
-        layer.bias = nn.Parameter(bias, requires_grad=False)
-        setattr(parent, name, nn.Identity())
+        params["weight"], params["bias"] = weight, bias
+        parent._modules[name] = kept(bn, "identity", (), nn.Identity)
 
 
 def _mbconv_forward(block: MBConvBlock, x: torch.Tensor) -> torch.Tensor:
@@ -139,7 +152,7 @@ class MBConvResidual:
         for block in list(model.modules()):
             if type(block) is MBConvBlock and block.has_skip and "forward" not in vars(block):
                 hooks.on_exit(partial(_undo_mbconv, block))
-                block.add_module(SUM_NAME, ResidualSum())
+                block._modules[SUM_NAME] = kept(block, SUM_NAME, (), ResidualSum)
                 block.forward = types.MethodType(_mbconv_forward, block)
                 edits += 1
         return edits
@@ -147,8 +160,7 @@ class MBConvResidual:
 
 def _undo_mbconv(block: nn.Module) -> None:
     vars(block).pop("forward", None)
-    if SUM_NAME in block._modules:
-        delattr(block, SUM_NAME)
+    block._modules.pop(SUM_NAME, None)
 
 
 def default_canonizers() -> tuple[Canonizer, ...]:

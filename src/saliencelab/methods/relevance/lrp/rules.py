@@ -43,10 +43,15 @@ propagates g ("relevance per unit of activation") from layer to layer, so a laye
 (flatten, padding, dropout in eval, max pooling, additions in `forward`) passes it on as a plain
 gradient, which for a bias-free linear map *is* LRP-0. The product Wᵀs needed by epsilon, gamma
 and alpha-beta comes from the layer's own autograd graph (`LayerView.vjp`), so LRP-ε costs no
-extra forward. Gamma and alpha-beta on signed inputs use (a w)^± = ½ (a w ± |a| |w|): one extra
-forward q = |W| |a| gives the positive and the negative parts of every output. z-plus runs one
-forward of W⁺ on non-negative inputs (known from a ReLU-like producer, else checked), and on
-signed ones two, W⁺ a⁺ + W⁻ a⁻: sums of non-negative terms, so z⁺ ≈ 0 cannot come out ≤ 0.
+extra forward. Gamma, and alpha-beta on signed inputs, use (a w)^± = ½ (a w ± |a| |w|): one
+extra forward q = |W| |a| gives the positive and the negative parts of every output;
+alpha-beta on inputs known to be non-negative (a ReLU-like producer) runs W⁺ a and W⁻ a
+instead. z-plus runs one forward of W⁺ on non-negative inputs (known, or checked on the CPU),
+and on signed ones W⁺ a⁺ + W⁻ a⁻: sums of non-negative terms, so z⁺ ≈ 0 cannot come out ≤ 0.
+Several weights on the same input (or the same output) run as one forward of the weights
+concatenated (not for grouped convolutions). Stabilisers are constant biases of these
+forwards, and the weight copies are kept across passes (`core/derived.py`): a GPU pass at small
+batches is bound by the number of kernels.
 
 Z-box, flat and w-square are not proportional (a zero pixel can get relevance): they return the
 relevance itself and may only be used on the layer that reads the model's input.
@@ -65,6 +70,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.modules.conv import _ConvNd
 
+from ....core.derived import kept
 from ....core.errors import SaliencelabError
 
 Tensors = tuple[torch.Tensor, ...]
@@ -72,10 +78,23 @@ Tensors = tuple[torch.Tensor, ...]
 STABILIZER = 1e-6
 
 
+_SCALARS: dict[tuple, torch.Tensor] = {}
+
+
+def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """`value` as a 0-dim tensor of like's dtype and device, made once (a fill kernel each
+    time otherwise)."""
+    key = (value, like.dtype, like.device)
+    t = _SCALARS.get(key)
+    if t is None:
+        t = _SCALARS[key] = torch.full((), value, dtype=like.dtype, device=like.device)
+    return t
+
+
 def divide(num: torch.Tensor, den: torch.Tensor, eps: float) -> torch.Tensor:
     """num / (den + eps·sign(den)) with sign(0) = +1, and 0 where that denominator is 0."""
     if eps > 0:
-        d = torch.copysign(den.new_full((), eps), den).add_(den)
+        d = torch.copysign(_scalar(eps, den), den).add_(den)
         return torch.div(num, d, out=d) if num.shape == d.shape else num / d
     out = num / den
     return out.masked_fill_((den == 0).expand_as(out), 0.0)
@@ -101,10 +120,13 @@ class LayerView:
 
 
 def _modified_forward(
-    module: nn.Module, inputs: Sequence[torch.Tensor], weight: torch.Tensor
+    module: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The module's own `forward` (padding included, e.g. TF "same" convs) with another weight
-    and no bias; hooks are not run.
+    and bias (default none); hooks are not run.
 
     The weight and bias are swapped in the module's parameter dict for this one call (much
     cheaper than `torch.func.functional_call`, which is used for parametrized modules).
@@ -112,26 +134,39 @@ def _modified_forward(
     params = module._parameters
     if "weight" not in params:
         overrides = {"weight": weight}
-        if getattr(module, "bias", None) is not None:
-            overrides["bias"] = None
+        if bias is not None or getattr(module, "bias", None) is not None:
+            overrides["bias"] = bias
         return functional_call(module, overrides, tuple(inputs))
     saved = dict(params)
     try:
         params["weight"] = weight
-        if "bias" in params:
-            params["bias"] = None
+        if "bias" in params or bias is not None:
+            params["bias"] = bias
         return module.forward(*inputs)
     finally:
+        params.clear()
         params.update(saved)
 
 
-def _weight(module: nn.Module, rule: str) -> torch.Tensor:
+def _check_layer(module: nn.Module, rule: str) -> None:
     if not isinstance(module, (nn.Linear, _ConvNd)) or getattr(module, "transposed", False):
         raise SaliencelabError(
             f"The {rule} rule needs a Linear or Conv layer, but got {type(module).__name__}; "
             "assign it only to Linear / Conv layers in the composite."
         )
-    return module.weight
+
+
+def _derived(module: nn.Module, key: tuple, make: Callable[[torch.Tensor], torch.Tensor]):
+    """make(W) for the module's weight W, kept until W changes (`core/derived.py`): the weight
+    copies of a rule are not rebuilt every pass."""
+    w = module.weight
+    return kept(module, key, (w,), lambda: make(w))
+
+
+def _channel_bias(module: nn.Module, key: tuple, make: Callable[[torch.Tensor], torch.Tensor]):
+    """make(b) per output channel for the module's bias b (zeros if it has none), kept."""
+    w, b = module.weight, module.bias
+    return kept(module, key, (w, b), lambda: make(w.new_zeros(w.shape[0]) if b is None else b))
 
 
 def _bias(module: nn.Module, z: torch.Tensor) -> torch.Tensor | float:
@@ -153,13 +188,22 @@ def _grad(outputs: list[torch.Tensor], inputs: Tensors, grads: list[torch.Tensor
 
 
 def _nonnegative(a: torch.Tensor) -> bool:
-    return a.numel() == 0 or bool(a.min() >= 0)
+    return a.numel() == 0 or a.min().item() >= 0
 
 
-def _abs_forward(layer: LayerView, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q, a) with q = f(|a|; |W|) built on a fresh leaf a: (a w)^± = ½ (a w ± q)."""
-    (a,) = _leaves(layer.inputs)
-    return _modified_forward(layer.module, [a.abs()], w.abs()), a
+def _abs_part(layer: LayerView, w_abs: torch.Tensor, bias: torch.Tensor | None):
+    """(m, leaf, signed): m = f(|a|; |W|-like weight, bias) on a fresh leaf (|a| or a)."""
+    (a,) = layer.inputs
+    signed = not layer.known_nonnegative
+    leaf = (a.abs() if signed else a.detach()).requires_grad_(True)
+    return _modified_forward(layer.module, [leaf], w_abs, bias), leaf, signed
+
+
+def _combine(gw: torch.Tensor, gm: torch.Tensor, a: torch.Tensor, signed: bool) -> torch.Tensor:
+    """gw + sign(a) ⊙ gm: the gradient of f(a; W) and of f(|a|; |W|) summed. (For a known
+    non-negative a, sign(a) is taken as 1: it differs at a = 0 only, where R = a ⊙ g is 0 and
+    the ReLU-like producer passes nothing back.)"""
+    return torch.addcmul(gw, torch.sgn(a), gm) if signed else gw.add_(gm)
 
 
 class Rule:
@@ -199,8 +243,87 @@ class Epsilon(Rule):
         return layer.vjp(divide(relevance, layer.z, self.epsilon))
 
 
+def _channel_dim(module: nn.Module, t: torch.Tensor) -> int:
+    """The channel dimension of a layer's input or output: last for Linear, 1 for Conv."""
+    return t.dim() - 1 if isinstance(module, nn.Linear) else 1
+
+
+def _stab_bias(module: nn.Module, s: float) -> torch.Tensor:
+    """The constant bias s per output channel (the stabiliser added inside the forward)."""
+    return _derived(module, ("stabilizer", s), lambda w: w.new_full((w.shape[0],), s))
+
+
+def _one_forward(module: nn.Module) -> bool:
+    """Whether several weights run as one forward of their concatenation (more channels). Not
+    for grouped convolutions: with several channels per group they miss the fast depthwise
+    kernels (on the CPU, 10x slower)."""
+    return getattr(module, "groups", 1) == 1
+
+
+def _forward_parts_in(
+    module: nn.Module,
+    key: str,
+    weights: Callable[[torch.Tensor], list[torch.Tensor]],
+    parts: list[torch.Tensor],
+    bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Callable[[torch.Tensor], list[torch.Tensor]]]:
+    """z = Σ_c f(parts[c]; W_c) + bias with W_c = weights(W) (kept), and grads(s): the gradient
+    of z · s to each part. One forward of [W_1 W_2 ...] on the concatenated parts if it can."""
+    if _one_forward(module):
+        w = _derived(module, (key, "cat"), lambda w: torch.cat(weights(w), dim=1))
+        d = _channel_dim(module, parts[0])
+        leaf = torch.cat(parts, dim=d).requires_grad_(True)
+        z = _modified_forward(module, [leaf], w, bias)
+        return z, lambda s: list(_grad([z], (leaf,), [s])[0].chunk(len(parts), dim=d))
+    ws = _derived(module, (key, "list"), weights)
+    leaves = tuple(p.detach().requires_grad_(True) for p in parts)
+    z = _modified_forward(module, [leaves[0]], ws[0], bias)
+    for p, w in zip(leaves[1:], ws[1:], strict=True):
+        z = z + _modified_forward(module, [p], w)
+    return z, lambda s: list(_grad([z], leaves, [s]))
+
+
+def _forward_parts_out(
+    module: nn.Module,
+    key: str,
+    weights: Callable[[torch.Tensor], list[torch.Tensor]],
+    biases: list[float],
+    a: torch.Tensor,
+) -> tuple[list[torch.Tensor], Callable[[], torch.Tensor]]:
+    """z_r = f(a; W_r) + b_r (constant biases) with W_r = weights(W) (kept), detached, and
+    grads(): the gradient of Σ_r z_r · s_r to a, where the caller has overwritten each z_r in
+    place with its s_r. One forward of [W_1; W_2; ...] if it can."""
+    (leaf,) = _leaves((a,))
+    if _one_forward(module):
+
+        def cat(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.cat(weights(w)), torch.cat([w.new_full((w.shape[0],), b) for b in biases])
+
+        w, b = _derived(module, (key, "cat", *biases), cat)
+        z = _modified_forward(module, [leaf], w, b)
+        out = z.detach()  # (a convolution's backward does not read its output)
+        parts = list(out.chunk(len(biases), dim=_channel_dim(module, a)))
+        return parts, lambda: _grad([z], (leaf,), [out])[0]
+    ws = _derived(module, (key, "list"), weights)
+    zs = [
+        _modified_forward(module, [leaf], w, _stab_bias(module, b))
+        for w, b in zip(ws, biases, strict=True)
+    ]
+    parts = [z.detach() for z in zs]
+    return parts, lambda: _grad(zs, (leaf,), parts)[0]
+
+
+def _plus_minus(w: torch.Tensor) -> list[torch.Tensor]:
+    return [w.clamp(min=0), w.clamp(max=0)]
+
+
 class ZPlus(Rule):
-    """z⁺ (= α1β0): c_jk = (a_j w_jk)⁺ = a⁺_j w⁺_jk + a⁻_j w⁻_jk, bias ignored (conservative)."""
+    """z⁺ (= α1β0): c_jk = (a_j w_jk)⁺ = a⁺_j w⁺_jk + a⁻_j w⁻_jk, bias ignored (conservative).
+
+    z⁺ + s (s the stabiliser; z⁺ >= 0) is one forward of W⁺ with the constant bias s on a
+    non-negative input; on a signed one, one forward of [W⁺ W⁻] (+ s) on the channels
+    [a⁺, a⁻]. g = W⁺ᵀ(R / (z⁺ + s)) where a >= 0, W⁻ᵀ(R / (z⁺ + s)) where a < 0.
+    """
 
     name = "z_plus"
     uses_vjp = False
@@ -209,30 +332,38 @@ class ZPlus(Rule):
         self.stabilizer = stabilizer
 
     def propagate(self, layer, relevance):
-        w = _weight(layer.module, self.name)
-        # z⁺ >= 0, so its stabilised form is z⁺ + s.
-        if layer.known_nonnegative or _nonnegative(layer.inputs[0]):  # z⁺ = W⁺ a
-            (a,) = _leaves(layer.inputs)
-            zp = _modified_forward(layer.module, [a], w.clamp(min=0))
-            # In place: a convolution's backward does not need its output (saves a big alloc).
-            s = relevance.div_(zp.detach().add_(self.stabilizer))
-            return _grad([zp], (a,), [s])
-        # Signed inputs: z⁺ = W⁺ a⁺ + W⁻ a⁻, two forwards of non-negative terms, and its
-        # gradient W⁺ᵀ s where a > 0, W⁻ᵀ s where a < 0. (The cheaper ½ (z − b + |W| |a|) and
-        # ½ Wᵀs + ½ sign(a) |W|ᵀs cancel large terms: where z⁺ ≈ 0 that left the denominator at
-        # or below 0 after rounding, NaN maps on real photos, or ~1e6 × rounding in g.)
-        (a,) = _leaves(layer.inputs)
         module = layer.module
-        zp = _modified_forward(module, [a.clamp(min=0)], w.clamp(min=0))
-        zp = zp + _modified_forward(module, [a.clamp(max=0)], w.clamp(max=0))
-        s = relevance.div_(zp.detach().add_(self.stabilizer))
-        return _grad([zp], (a,), [s])
+        _check_layer(module, self.name)
+        stab = _stab_bias(module, self.stabilizer)
+        (a,) = layer.inputs
+        # The sign check reads a value back, a host synchronisation on an accelerator: there
+        # the signed path (the same result for any sign) runs without it.
+        if layer.known_nonnegative or (a.device.type == "cpu" and _nonnegative(a)):
+            w_plus = _derived(module, ("w+",), lambda w: w.clamp(min=0))
+            (leaf,) = _leaves(layer.inputs)
+            zp = _modified_forward(module, [leaf], w_plus, stab)
+            # In place: a convolution's backward does not need its output (saves a big alloc).
+            return _grad([zp], (leaf,), [relevance.div_(zp.detach())])
+        # Sums of non-negative terms (the cheaper ½ (z − b + |W| |a|) cancels large terms:
+        # where z⁺ ≈ 0 it left the denominator at or below 0 after rounding, NaN maps on real
+        # photos).
+        parts = [a.clamp(min=0), a.clamp(max=0)]
+        zp, grads = _forward_parts_in(module, "w+ w-", _plus_minus, parts, stab)
+        g_pos, g_neg = grads(relevance.div_(zp.detach()))
+        return (torch.where(a < 0, g_neg, g_pos),)
 
 
 class AlphaBeta(Rule):
     """LRP-αβ: α (a w)⁺ / Σ(a w)⁺ − β (a w)⁻ / Σ(a w)⁻, bias ignored; conservative if α − β = 1.
 
-    With (a w)^± = ½ (a w ± |a||w|): g = ½ Wᵀ(α s⁺ − β s⁻) + ½ sign(a) |W|ᵀ(α s⁺ + β s⁻).
+    Non-negative input (after a ReLU-like activation): P = Σ(a w)⁺ = W⁺a, N = Σ(a w)⁻ = W⁻a:
+    one forward of [W⁺; W⁻] with the bias [s; −s] (s the stabiliser), and its gradient
+    g = W⁺ᵀ(α R / (P + s)) − W⁻ᵀ(β R / (N − s)): sums of one-signed terms.
+
+    Signed input: with (a w)^± = ½ (a w ± |a||w|) and q = |W||a|, P = ½ (z − b + q),
+    N = ½ (z − b − q); s⁺ = α R / (2 (P + s)), s⁻ = β R / (2 (N − s)):
+    g = Wᵀ(s⁺ − s⁻) + sign(a) |W|ᵀ(s⁺ + s⁻). Where N (or P) is ~0, s⁻ ~ R / s and its two
+    terms cancel only up to rounding: ill-conditioned, but one forward of |W| instead of four.
     """
 
     name = "alpha_beta"
@@ -245,24 +376,45 @@ class AlphaBeta(Rule):
         self.stabilizer = stabilizer
 
     def propagate(self, layer, relevance):
-        w = _weight(layer.module, self.name)
-        q, a = _abs_forward(layer, w)
-        z = layer.z - _bias(layer.module, layer.z)
-        # Σ(a w)⁺ = ½ (z + q) >= 0 and Σ(a w)⁻ = ½ (z − q) <= 0; clamped against rounding, which
-        # could give them the wrong sign (and the stabiliser with it) where they are ~0.
-        pos = (z + q.detach()).mul_(0.5).clamp_min_(0.0)
-        neg = (z - q.detach()).mul_(0.5).clamp_max_(0.0)
-        sp = divide(relevance, pos.add_(self.stabilizer), 0.0).mul_(0.5 * self.alpha)
-        sn = divide(relevance, neg.sub_(self.stabilizer), 0.0).mul_(0.5 * self.beta)
-        (gq,) = _grad([q], (a,), [sp + sn])
-        (gw,) = layer.vjp(sp.sub_(sn))
-        return (gw.add_(gq),)
+        module = layer.module
+        _check_layer(module, self.name)
+        if layer.known_nonnegative:
+            return self._nonnegative(layer, relevance)
+        s2 = 2 * self.stabilizer
+        w_abs = _derived(module, ("|w|",), torch.abs)
+        q, leaf, signed = _abs_part(layer, w_abs, None)
+        z = layer.z
+        t = z - _bias(module, z) if module.bias is not None else z
+        # 2 (P + s) and 2 (N − s), P and N clamped against rounding, which could give them the
+        # wrong sign (and the stabiliser with it) where they are ~0.
+        pos = torch.add(t, q.detach()).clamp_(min=0.0).add_(s2)
+        neg = torch.sub(t, q.detach()).clamp_(max=0.0).sub_(s2)
+        sp = torch.div(relevance, pos, out=pos)  # s⁺ = α · this
+        sn = torch.div(relevance, neg, out=neg)  # s⁻ = β · this
+        if self.alpha != 1.0:
+            sp.mul_(self.alpha)
+        (gq,) = _grad([q], (leaf,), [torch.add(sp, sn, alpha=self.beta)])
+        (gw,) = layer.vjp(sp.sub_(sn, alpha=self.beta))
+        return (_combine(gw, gq, layer.inputs[0], signed),)
+
+    def _nonnegative(self, layer: LayerView, relevance: torch.Tensor) -> Tensors:
+        s = self.stabilizer
+        (p, n), grads = _forward_parts_out(
+            layer.module, "w+; w-", _plus_minus, [s, -s], layer.inputs[0]
+        )  # P + s, N − s
+        torch.div(relevance, p, out=p).mul_(self.alpha)
+        torch.div(relevance, n, out=n).mul_(-self.beta)
+        return (grads(),)
 
 
 class Gamma(Rule):
     """LRP-γ: c_jk = a_j w_jk + γ (a_j w_jk)^σk, bias b_k + γ b_k^σk, σk = sign(z_k).
 
-    z' = z + γ (½ (Wa + σ |W||a|) + b^σ): g = (1 + γ/2) Wᵀ s + (γ/2) sign(a) |W|ᵀ (σ s).
+    With (a w)^σ = ½ (a w + σ |a||w|) and b^σ = ½ (b + σ |b|) the stabilised denominator is
+    z' = (1 + γ/2) z + σ ((γ/2)(|W||a| + |b|) + s) = σ (1 + γ/2) (|z| + m), where
+    m = κ (|W||a| + |b|) + s / (1 + γ/2), κ = (γ/2) / (1 + γ/2): one forward of κ|W| with a
+    constant bias. g = (1 + γ/2) Wᵀ(R / z') + (γ/2) sign(a) |W|ᵀ(σ R / z'), i.e. with
+    s' = R / (σ (|z| + m)) and u = R / (|z| + m): g = Wᵀ s' + sign(a) (κ|W|)ᵀ u.
     """
 
     name = "gamma"
@@ -272,26 +424,32 @@ class Gamma(Rule):
         self.stabilizer = stabilizer
 
     def propagate(self, layer, relevance):
-        w = _weight(layer.module, self.name)
-        g = self.gamma
+        module = layer.module
+        _check_layer(module, self.name)
+        c = 1 + 0.5 * self.gamma
+        kappa = 0.5 * self.gamma / c
+        w_m = _derived(module, ("gamma w", kappa), lambda w: w.abs().mul_(kappa))
+        b_m = _channel_bias(
+            module,
+            ("gamma b", kappa, self.stabilizer),
+            lambda b: b.abs().mul_(kappa).add_(self.stabilizer / c),
+        )
+        m, leaf, signed = _abs_part(layer, w_m, b_m)
         z = layer.z
-        b = _bias(layer.module, z)
-        sigma = torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
-        q, a = _abs_forward(layer, w)
-        bz = b + torch.zeros_like(z)
-        b_sigma = torch.where(z >= 0, bz.clamp(min=0), bz.clamp(max=0))
-        zg = z + g * (0.5 * (z - b + sigma * q.detach()) + b_sigma)
-        s = divide(relevance, zg, self.stabilizer)
-        (gq,) = _grad([q], (a,), [(0.5 * g) * sigma * s])
-        (gw,) = layer.vjp((1 + 0.5 * g) * s)
-        return (gw.add_(gq),)
+        den = torch.abs(z).add_(m.detach())  # |z| + m > 0
+        u = torch.div(relevance, den)
+        s = torch.div(relevance, den.copysign_(z), out=relevance)
+        (gm,) = _grad([m], (leaf,), [u])
+        (gw,) = layer.vjp(s)
+        return (_combine(gw, gm, layer.inputs[0], signed),)
 
 
 class ZBox(Rule):
     """z^B for the input layer, pixels in [low, high]: c_jk = x_j w_jk − l_j w⁺_jk − h_j w⁻_jk.
 
     `low` / `high`: numbers or tensors broadcastable to the input; `None` = each sample's own
-    minimum / maximum.
+    minimum / maximum. c_jk = (x_j − l_j) w⁺_jk + (x_j − h_j) w⁻_jk: one forward of [W⁺ W⁻]
+    on the channels [x − l, x − h], whose gradient g gives R_j = Σ (inputs ⊙ g) over the parts.
     """
 
     name = "z_box"
@@ -314,7 +472,7 @@ class ZBox(Rule):
             value = reduce(x, dim=dims, keepdim=True) if dims else x
         bound = torch.as_tensor(value, dtype=x.dtype, device=x.device)
         try:
-            return bound.expand_as(x).detach().clone().requires_grad_(True)
+            return bound.expand_as(x)
         except RuntimeError:
             raise SaliencelabError(
                 f"The z-box bound of shape {tuple(bound.shape)} does not broadcast to the input "
@@ -323,18 +481,14 @@ class ZBox(Rule):
 
     def propagate(self, layer, relevance):
         module = layer.module
-        w = _weight(module, self.name)
-        (x,) = _leaves(layer.inputs)
+        _check_layer(module, self.name)
+        (x,) = layer.inputs
         low = self._bound(self.low, x, torch.amin)
         high = self._bound(self.high, x, torch.amax)
-        zb = (
-            _modified_forward(module, [x], w)
-            - _modified_forward(module, [low], w.clamp(min=0))
-            - _modified_forward(module, [high], w.clamp(max=0))
-        )
-        s = divide(relevance, zb.detach(), self.stabilizer)
-        gx, gl, gh = _grad([zb], (x, low, high), [s])
-        return (x.detach() * gx + low.detach() * gl + high.detach() * gh,)
+        parts = [x - low, x - high]
+        zb, grads = _forward_parts_in(module, "w+ w-", _plus_minus, parts)
+        g_low, g_high = grads(divide(relevance, zb.detach(), self.stabilizer))
+        return (g_low.mul_(parts[0]).addcmul_(g_high, parts[1]),)
 
 
 class _InputFree(Rule):
@@ -349,9 +503,11 @@ class _InputFree(Rule):
         raise NotImplementedError
 
     def propagate(self, layer, relevance):
-        w = _weight(layer.module, self.name)
+        _check_layer(layer.module, self.name)
         ones = torch.ones_like(layer.inputs[0], requires_grad=True)
-        zf = _modified_forward(layer.module, [ones], self._weights(w))
+        zf = _modified_forward(
+            layer.module, [ones], _derived(layer.module, (self.name,), self._weights)
+        )
         s = divide(relevance, zf.detach(), self.stabilizer)
         return _grad([zf], (ones,), [s])
 
@@ -412,6 +568,30 @@ def pass_through(z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     held = out.detach()
     ratio = torch.div(held, z.detach()).nan_to_num_(0.0, 0.0, 0.0)
     return _PassThrough.apply(_Holder(held, ratio), z)
+
+
+# Activations with f(0) = 0 (Hardtanh: when its range holds 0).
+ZERO_AT_ZERO = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Mish,
+    nn.Tanh,
+    nn.Softsign,
+)
+
+
+def zero_at_zero(module: nn.Module) -> bool:
+    """Whether the activation module maps 0 to 0 (known types only)."""
+    if isinstance(module, nn.Hardtanh):
+        return module.min_val <= 0 <= module.max_val
+    return isinstance(module, ZERO_AT_ZERO)
 
 
 # Activations whose output is never negative: a layer reading one skips the sign check.
