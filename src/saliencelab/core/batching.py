@@ -13,7 +13,8 @@ search costs nothing beyond a few sub-optimal chunks. A pass too short to finish
 leaves it where it got (its warm-up included), and the next pass of the same model and shape
 goes on from there (a dataset loop converges within a few batches); a whole pass shorter than
 the size to try counts as a size of its own, and ends the climb (such passes cannot try larger
-chunks), so passes of one chunk each (8 images explained per call) also find their size. The
+chunks), so passes of one chunk each (8 images explained per call) also find their size; a pass
+shorter than the start size (8) teaches nothing. The
 engine times the model's part of a chunk, not the building of its inputs (ROAD's imputation
 would otherwise steer the choice). The size never exceeds the memory budget divided by the
 measured bytes one row keeps for backward.
@@ -119,6 +120,9 @@ class ChunkPlan:
             self._warm = True  # (kept for the next pass: one-chunk passes learn from the 2nd)
             return
         short = rows < self._size  # a whole pass shorter than the size to try
+        if short and rows < self.start:
+            return  # shorter than the start size: says nothing about the sizes tried (a 1-row
+            # pass would otherwise end the climb and settle the search on 1 row)
         self._tries[rows] = self._tries.get(rows, 0) + 1
         first = self._tries[rows] == 1
         self._times[rows] = min(seconds / rows, self._times.get(rows, math.inf))
