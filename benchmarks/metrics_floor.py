@@ -50,7 +50,9 @@ passes: building rows, model, scores), `rows` (the metrics' `make_inputs`, insid
 `explain` (the explainer's `sl.explain` calls, engine inside) and per metric the non-forward
 work: ROAD's imputation solve (inside rows), insertion's blur, the map similarity of MPRT and
 random-logit, MPRT's re-initialisation, input-invariance's shift offset (two calls of the first
-layer), the robustness metrics' noise. `--profile` also prints a torch.profiler table of one call.
+layer), the noise of the robustness metrics and infidelity, sensitivity-n's random subsets
+(seeded draws, kept by the metric for its next batch of the same shape: 0 once drawn).
+`--profile` also prints a torch.profiler table of one call.
 
 Map-only metrics (localisation, complexity: no forwards) are listed as such; metrics_maps.py
 times them. `--clock cpu --threads 1` are the CPU defaults (`harness.setup_device`); with
@@ -334,11 +336,16 @@ def _parts(metric: str) -> list[tuple[Any, str, str, str]]:
         "input_invariance": [
             ("metrics.axiomatic.input_invariance", "layer_offset", "shift offset", "call")
         ],
-        "max_sensitivity": [("metrics.robustness.sensitivity", "draw_noise", "noise", "call")],
-        "local_lipschitz": [("metrics.robustness.lipschitz", "draw_noise", "noise", "call")],
+        "max_sensitivity": [("metrics.robustness._noisy", "draw_noise", "noise", "call")],
+        "infidelity": [
+            ("metrics.faithfulness.infidelity", "gaussian_perturbations", "noise", "call")
+        ],
+        "sensitivity_n": [
+            ("metrics.faithfulness.sensitivity_n", "random_subsets", "subsets", "call")
+        ],
     }
     own["road_morf"] = own["road_lerf"] = own["road"]
-    own["avg_sensitivity"] = own["max_sensitivity"]
+    own["avg_sensitivity"] = own["local_lipschitz"] = own["max_sensitivity"]
     return parts + [(_module(m), a, label, how) for m, a, label, how in own.get(metric, [])]
 
 

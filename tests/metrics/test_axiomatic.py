@@ -353,12 +353,11 @@ def test_input_invariance_equals_the_copy_based_reference(x8, first, method, mea
         expected = (ref - out).abs().flatten(1).mean(1)
     else:
         expected = (~torch.isclose(ref, out, rtol=1e-5, atol=1e-4)).flatten(1).double().mean(1)
-    # The same layers, weights and rows: bit-equal, except a bias-free layer, which gets a hook
-    # here where the reference gave it a bias (equal to float rounding).
-    if first == "nobias":
-        torch.testing.assert_close(r.values, expected, rtol=1e-6, atol=1e-9)
-    else:
-        assert torch.equal(r.values, expected)
+    # The same layers, weights and rows: equal to float rounding (a bias-free layer gets a hook
+    # here where the reference gave it a bias; and the engine's chunk-size search may cut the
+    # rows of the in-place model, explained three times by now, into other chunks than those of
+    # the fresh copy, which rounds differently).
+    torch.testing.assert_close(r.values, expected, rtol=1e-6, atol=1e-9)
     if method == "saliency":
         assert (r.values == 0).all() if measure == "fraction" else r.values.max() < 1e-6
 

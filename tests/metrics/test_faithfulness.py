@@ -12,7 +12,14 @@ import saliencelab as sl
 from saliencelab.core.errors import SaliencelabError
 from saliencelab.metrics.faithfulness import linear_imputation
 from saliencelab.metrics.faithfulness.infidelity import gaussian_perturbations
-from saliencelab.metrics.faithfulness.perturbation import gaussian_blur, random_subsets
+from saliencelab.metrics.faithfulness.perturbation import (
+    LastDraw,
+    as_01,
+    gaussian_blur,
+    random_subsets,
+    replaced,
+)
+from saliencelab.metrics.stats import pixel_order
 
 H = W = 6
 
@@ -678,3 +685,138 @@ def test_evaluate_end_to_end(net, x):
     )
     torch.testing.assert_close(rep["saliency"]["infidelity"].values, direct.values)
     assert rep["saliency"]["deletion"].curves.shape == (2, 5)
+
+
+# -- row building --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_replaced_equals_torch_where(dtype):
+    """Rows built by arithmetic with 0/1 masks are torch.where's rows, for every kind of fill."""
+    torch.manual_seed(6)
+    n, c, h, w = 5, 3, 4, 7
+    outside = torch.randn(n, c, h, w).to(dtype)
+    outside[0, 0, 0] = 0.0
+    for mask_shape in [(n, 1, h, w), (n, c, h, w)]:
+        keep = (torch.rand(mask_shape) < 0.5).to(dtype)
+        insides = [
+            0.0,
+            -1.5,
+            torch.randn(n, c, h, w),
+            torch.randn(n, 1, 1, 1),
+            torch.randn(1, c, 1, 1),
+        ]
+        for inside in insides:
+            inside = inside if isinstance(inside, float) else inside.to(dtype)
+            expected = torch.where(keep == 0, inside, outside)
+            assert torch.equal(replaced(outside, keep, inside), expected)
+        # one image for every row (an expanded baseline) broadcasts
+        one = outside[:1]
+        assert torch.equal(replaced(one, keep, 0.5), torch.where(keep == 0, 0.5, one))
+
+
+def test_as_01_is_the_comparison():
+    torch.manual_seed(7)
+    a, b = torch.randint(0, 5, (4, 9)).float(), torch.randint(0, 5, (4, 1)).float()
+    for compare in (torch.lt, torch.ge, torch.ne, torch.eq):
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            out = as_01(compare, a, b, dtype)
+            assert out.dtype == dtype and torch.equal(out, compare(a, b).to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("descending", [True, False])
+def test_pixel_order_is_a_stable_sort(dtype, descending):
+    """NumPy's keyed sort on the CPU gives torch's stable order: ties by position, -0.0 = 0.0."""
+    torch.manual_seed(8)
+    m = (torch.randn(3, 9, 11) * 3).round()  # many ties
+    m[0, 0, :4] = -0.0
+    m[0, 1, :4] = 0.0
+    m[1, 2, 3] = -1e-30  # a negative number close to zero
+    m = m.to(dtype)
+    stable = torch.sort(m.flatten(1), dim=1, descending=descending, stable=True).indices
+    assert torch.equal(pixel_order(m, descending), stable)
+    m[2, 0, 0] = float("nan")  # not finite: torch.sort decides
+    stable = torch.sort(m.flatten(1), dim=1, descending=descending, stable=True).indices
+    assert torch.equal(pixel_order(m, descending), stable)
+
+
+def test_last_draw_is_kept_per_key():
+    draws = []
+
+    def draw(size):
+        draws.append(size)
+        return torch.rand(size)
+
+    kept = LastDraw()
+    a = kept.get((3,), lambda: draw(3))
+    assert kept.get((3,), lambda: draw(3)) is a and draws == [3]
+    b = kept.get((4,), lambda: draw(4))
+    assert b.shape == (4,) and draws == [3, 4]
+    assert kept.get((3,), lambda: draw(3)) is not a and draws == [3, 4, 3]  # only the last
+    kept.MAX_VALUES = 2
+    kept.get((5,), lambda: draw(5))
+    kept.get((5,), lambda: draw(5))
+    assert draws == [3, 4, 3, 5, 5]  # too large to keep
+
+
+@pytest.mark.parametrize(
+    "name,options,drawn",
+    [
+        ("infidelity", {"n_perturbations": 3}, "gaussian_perturbations"),
+        ("sensitivity_n", {"fractions": (0.2, 0.5), "n_samples": 3}, "random_subsets"),
+        ("faithfulness_correlation", {"n_samples": 3, "subset_size": 5}, "subset_indices"),
+    ],
+)
+def test_seeded_draws_are_drawn_once_per_shape(net, monkeypatch, name, options, drawn):
+    """A metric keeps its seeded draws for the next batch of the same shape: the same values as
+    a fresh metric, drawn once; another shape draws again."""
+    module = {
+        "infidelity": "saliencelab.metrics.faithfulness.infidelity",
+        "sensitivity_n": "saliencelab.metrics.faithfulness.sensitivity_n",
+        "faithfulness_correlation": "saliencelab.metrics.faithfulness.correlation",
+    }[name]
+    calls = []
+    original = getattr(__import__(module, fromlist=[drawn]), drawn)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(f"{module}.{drawn}", counted)
+    torch.manual_seed(9)
+    xa, ma = torch.randn(3, 3, H, W), torch.randn(3, H, W)
+    xb, mb = torch.randn(2, 3, H + 2, W), torch.randn(2, H + 2, W)
+    m = sl.metrics.get(name)(**options)
+    first = m(ma, x=xa, model=net).values
+    again = m(ma[:2], x=xa[:2], model=net).values  # another batch size, same shape per sample
+    assert len(calls) == 1
+    m(mb, x=xb, model=net)
+    assert len(calls) == 2
+    fresh = sl.metrics.get(name)(**options)(ma[:2], x=xa[:2], model=net).values
+    # the same draws; forwards in other chunks round differently
+    tol = {"atol": 1e-6, "rtol": 1e-5, "equal_nan": True}
+    torch.testing.assert_close(again, fresh, **tol)
+    torch.testing.assert_close(first[:2], again, **tol)
+
+
+def test_shared_image_is_a_row_of_the_main_pass(net, x, maps, target, monkeypatch):
+    """The all-baseline image (the same for every sample) runs once, as one more row of the pass
+    of the perturbed rows, not as a one-row pass of its own."""
+    from saliencelab.core.engine import Engine
+
+    passes = []
+    forwards = Engine.forwards
+
+    def recorded(self, n_rows, *args, **kwargs):
+        passes.append(n_rows)
+        return forwards(self, n_rows, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "forwards", recorded)
+    r = sl.metrics.get("deletion")(steps=4)(maps, x=x, model=net, target=target)
+    assert passes == [len(x), 3 * len(x) + 1]  # the inputs; steps 1-3 of each sample and step 4
+    assert r.forwards == 1 + 3 + 1 / len(x)
+    passes.clear()
+    m = sl.metrics.get("monotonicity")(steps=3, baseline=0.25)  # step 0 is the shared image
+    m(maps, x=x, model=net, target=target)
+    assert passes == [len(x), 2 * len(x) + 1]

@@ -263,3 +263,66 @@ def test_attributions_needed_for_on_attributions(setup):
         sl.metrics.get("max_sensitivity")(on="attributions").update(
             a.maps, x=x, model=model, explainer="saliency"
         )
+
+
+@pytest.mark.parametrize("name", ["max_sensitivity", "local_lipschitz"])
+def test_noise_is_drawn_once_per_shape(setup, images, monkeypatch, name):
+    """The seeded noise is kept for the next batch of the same shape (the same values as a fresh
+    metric's), and drawn again for another shape or seed."""
+    from saliencelab.metrics.robustness import _noisy
+
+    calls = []
+    original = _noisy.draw_noise
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_noisy, "draw_noise", counted)
+    model, x, a = setup
+    kw = {"x": x, "model": model, "target": a.target, "explainer": "saliency"}
+    m = sl.metrics.get(name)(n_samples=N, seed=4)
+    first = m(a.maps, **kw).values
+    again = m(a.maps, **kw).values
+    assert len(calls) == 1
+    torch.testing.assert_close(again, first, rtol=1e-5, atol=1e-7)
+    fresh = sl.metrics.get(name)(n_samples=N, seed=4)(a.maps, **kw).values  # draws its own
+    torch.testing.assert_close(again, fresh, rtol=1e-5, atol=1e-7)
+    m(a.maps[:2], **{**kw, "x": x[:2], "target": a.target[:2]})  # another batch shape
+    assert len(calls) == 3
+    m.seed = 5
+    changed = m(a.maps, **kw).values
+    assert len(calls) == 4 and not torch.allclose(changed, first)
+
+
+def test_noisy_copies_and_distances_equal_repeated_rows():
+    """Broadcasting x and the reference over the noisy copies gives what repeating them does."""
+    from saliencelab.metrics.robustness._noisy import distances, noisy_copies, row_norm
+
+    torch.manual_seed(12)
+    x, ref = torch.randn(3, 2, 5, 4), torch.randn(3, 5, 4)
+    delta = draw_noise(x, N, 0.1, "gaussian", 0)
+    assert torch.equal(noisy_copies(x, delta), x.repeat_interleave(N, 0) + delta)
+    explained = torch.randn(3 * N, 5, 4)
+    for norm in ("fro", "l1", "linf"):
+        direct = row_norm(explained.double() - ref.double().repeat_interleave(N, 0), norm)
+        assert torch.equal(distances(explained, ref, N, norm), direct.view(3, N))
+    # channels-last attributions (the engine's layout for image rows) are flattened in order
+    nhwc = torch.randn(3 * N, 2, 5, 4).contiguous(memory_format=torch.channels_last)
+    ref4 = torch.randn(3, 2, 5, 4)
+    direct = row_norm(nhwc.double() - ref4.double().repeat_interleave(N, 0), "fro")
+    assert torch.equal(distances(nhwc, ref4, N, "fro"), direct.view(3, N))
+
+
+@pytest.mark.parametrize("channels", [1, 3, 8, 16])
+def test_channel_sum_of_channels_last_attributions(channels):
+    """The maps of channels-last attributions are their sum over channels, in channel order."""
+    from saliencelab.core.explain import channel_sum
+
+    torch.manual_seed(13)
+    a = torch.randn(4, channels, 6, 5)
+    nhwc = a.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(channel_sum(nhwc), a.sum(dim=1), rtol=0, atol=1e-6)
+    if channels <= 4:
+        assert torch.equal(channel_sum(nhwc), a.sum(dim=1))
+    assert torch.equal(channel_sum(a), a.sum(dim=1))

@@ -11,9 +11,15 @@ import torch
 def pixel_order(maps: torch.Tensor, descending: bool = True) -> torch.Tensor:
     """(B, H*W) pixel indices sorted by map value; ties keep raster order (row-major position).
 
-    `descending=True` is the "most relevant first" (MoRF) order.
+    `descending=True` is the "most relevant first" (MoRF) order. The same order as a stable
+    `torch.sort`; on the CPU float32 (and narrower) maps are sorted by NumPy as one int64 key per
+    pixel (`_float_keys`: 8 × 64² maps, one thread, about 7× faster than the stable torch.sort).
     """
     flat = maps.flatten(1)
+    if _keyed(flat) and np.isfinite(flat.detach().float().numpy()).all():  # NaN: torch.sort
+        keys = _float_keys(flat, descending)
+        keys.sort(axis=-1)
+        return torch.from_numpy(keys & 0xFFFFFFFF)
     return torch.sort(flat, dim=1, descending=descending, stable=True).indices
 
 
@@ -39,25 +45,42 @@ def _sort_rows(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     float64 by `np.argsort` (3.5× faster than torch.sort). Elsewhere torch.sort. Equal keys ⇔
     equal values (-0.0 is folded into +0.0 first).
     """
-    b, n = values.shape
-    if values.device.type != "cpu" or b * n == 0 or n >= 2**31:
+    if not _keyed(values):
+        if values.device.type == "cpu" and values.dtype == torch.float64 and values.numel():
+            v = values.detach().numpy()
+            order = np.argsort(v, axis=-1)
+            return torch.from_numpy(order), _run_starts(
+                torch.from_numpy(np.take_along_axis(v, order, -1))
+            )
         s, order = torch.sort(values, dim=-1)
         return order, _run_starts(s)
-    if values.dtype in (torch.float32, torch.float16, torch.bfloat16):
-        bits = (values.detach().float().numpy() + np.float32(0.0)).view(np.int32)
-        # negative floats: flip all bits but the sign, so signed int order = float order
-        bits = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))
-        keys = (bits.astype(np.int64) << 32) | np.arange(n, dtype=np.int64)
-        keys.sort(axis=-1)
-        return torch.from_numpy(keys & 0xFFFFFFFF), _run_starts(torch.from_numpy(keys >> 32))
-    if values.dtype == torch.float64:
-        v = values.detach().numpy()
-        order = np.argsort(v, axis=-1)
-        return torch.from_numpy(order), _run_starts(
-            torch.from_numpy(np.take_along_axis(v, order, -1))
-        )
-    s, order = torch.sort(values, dim=-1)
-    return order, _run_starts(s)
+    keys = _float_keys(values)
+    keys.sort(axis=-1)
+    return torch.from_numpy(keys & 0xFFFFFFFF), _run_starts(torch.from_numpy(keys >> 32))
+
+
+def _keyed(values: torch.Tensor) -> bool:
+    """Whether (B, N) values can be sorted as `_float_keys`: CPU float32 or narrower."""
+    return (
+        values.device.type == "cpu"
+        and values.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        and values.numel() > 0
+        and values.shape[-1] < 2**31
+    )
+
+
+def _float_keys(values: torch.Tensor, descending: bool = False) -> np.ndarray:
+    """(B, N) int64 sort keys of float32 (or narrower) values: the float's bits mapped to an
+    order-preserving int32 in the high half (-0.0 folded into +0.0 first; `descending`: the
+    bits inverted, which reverses the order) and the position in the low half, so equal values
+    keep their positions' order. Sorting the keys ascending sorts the values stably."""
+    n = values.shape[-1]
+    bits = (values.detach().float().numpy() + np.float32(0.0)).view(np.int32)
+    # negative floats: flip all bits but the sign, so signed int order = float order
+    bits = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))
+    if descending:
+        bits = ~bits
+    return (bits.astype(np.int64) << 32) | np.arange(n, dtype=np.int64)
 
 
 def _run_starts(s: torch.Tensor) -> torch.Tensor:

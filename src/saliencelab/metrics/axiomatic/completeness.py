@@ -8,6 +8,7 @@ import torch
 
 from ..base import EvalBatch, Metric, Scores, register_metric
 from ..checks import check_choice
+from ..faithfulness.perturbation import replaced, rows_of
 from ._common import OUTPUTS, BaselineSpec, Output, baseline_of, check_baseline
 
 
@@ -44,12 +45,13 @@ class Completeness(Metric):
         """(B,) f(x) − f(x') of the target class."""
         x = batch.x
         b = x.shape[0]
-        base = baseline_of(x, self.baseline).expand_as(x)
+        base = baseline_of(x, self.baseline)  # broadcastable to x
 
         def make(rows: torch.Tensor) -> torch.Tensor:
             rows = rows.to(x.device)
             idx = rows % b
-            return torch.where((rows < b).view(-1, *[1] * (x.dim() - 1)), x[idx], base[idx])
+            keep = (rows < b).to(x.dtype).view(-1, *[1] * (x.dim() - 1))  # 1: x, 0: baseline
+            return replaced(rows_of(x, idx), keep, rows_of(base, idx))
 
         kind = "logit" if self.output == "logit" else "probability"
         f = batch.scores(2 * b, make, lambda rows: rows % b, kind=kind).double()

@@ -91,8 +91,12 @@ def uniform_offset(offset: torch.Tensor) -> torch.Tensor | None:
     """(C,) the offset of each output channel if it is the same at every position (to float
     rounding: allclose with rtol 1e-6, atol 1e-7), else None."""
     flat = offset.flatten(2) if offset.dim() > 2 else offset.unsqueeze(-1)
-    per_channel = flat[..., :1]
-    same = ((flat - per_channel).abs() <= 1e-7 + 1e-6 * per_channel.abs()).all()
+    per_channel = flat[..., 0]
+    # the largest |v - v0| of each channel is at its smallest or largest value
+    lo, hi = flat.flatten(0, -2).aminmax(dim=-1)
+    lo, hi = lo.view(per_channel.shape), hi.view(per_channel.shape)
+    gap = torch.maximum(hi - per_channel, per_channel - lo)
+    same = (gap <= 1e-7 + 1e-6 * per_channel.abs()).all()
     return per_channel.flatten() if bool(same) else None
 
 

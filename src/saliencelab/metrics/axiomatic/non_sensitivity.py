@@ -10,6 +10,7 @@ import torch
 from ...core.errors import SaliencelabError
 from ..base import EvalBatch, Metric, Scores, register_metric
 from ..checks import check_choice, check_positive, check_positive_int
+from ..faithfulness.perturbation import as_01, exact_float, replaced, rows_of
 from ._common import OUTPUTS, BaselineSpec, Output, baseline_of, check_baseline
 
 
@@ -92,18 +93,19 @@ class NonSensitivity(Metric):
         a = self._attributions(batch)
         n_feat = a.shape[1]
         groups = -(-n_feat // k)
-        base = baseline_of(x, self.baseline).expand_as(x)
-        feat = torch.arange(n_feat, device=x.device)
-        per_pixel = self.unit == "pixel"
+        base = baseline_of(x, self.baseline)  # broadcastable to x
+        exact = exact_float(groups)
+        feature_group = (torch.arange(n_feat, device=x.device) // k).to(exact)
+        shape = (-1, 1, h, w) if self.unit == "pixel" else (-1, c, h, w)
 
         def make(rows: torch.Tensor) -> torch.Tensor:
             rows = rows.to(x.device)
             pert = rows < b * groups
             sample = torch.where(pert, rows // groups, rows - b * groups)
             group = torch.where(pert, rows % groups, torch.full_like(rows, -1))
-            mask = (feat[None] // k) == group[:, None]  # (n, F); all False for originals
-            mask = mask.view(-1, 1, h, w) if per_pixel else mask.view(-1, c, h, w)
-            return torch.where(mask, base[sample], x[sample])
+            # 1 where the feature keeps x: all of an original row (group -1)
+            keep = as_01(torch.ne, feature_group, group.to(exact)[:, None], x.dtype).view(shape)
+            return replaced(rows_of(x, sample), keep, rows_of(base, sample))
 
         def sample_of(rows: torch.Tensor) -> torch.Tensor:
             return torch.where(rows < b * groups, rows // groups, rows - b * groups)

@@ -64,26 +64,34 @@ def subset_sums(a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def subset_drop_scores(
-    batch: EvalBatch, idx: torch.Tensor, unit: str, fill: torch.Tensor, score: str
+    batch: EvalBatch, idx: torch.Tensor, unit: str, fill: torch.Tensor | float, score: str
 ) -> torch.Tensor:
     """(B, 1 + D) scores: column 0 the input itself, column d + 1 with draw d's units replaced
-    by `fill`. `idx` (1 or B, D, size) unit indices (pixels: all channels move together)."""
+    by `fill` (a number, or a tensor broadcastable to x). `idx` (1 or B, D, size) unit indices
+    (pixels: all channels move together)."""
     b, c, h, w = batch.x.shape
     idx = idx.to(batch.device)
     per_sample = idx.shape[0] > 1
-    draws = idx.shape[1]
     if unit == "pixel":  # a pixel's index in every channel plane
         planes = torch.arange(c, device=batch.device).view(1, 1, c, 1) * (h * w)
         idx = (idx[:, :, None, :] + planes).flatten(2)
+    draws = idx.shape[1]
+    if not isinstance(fill, float):  # one flat row per sample, or one for all
+        fill = fill[:1] if fill.stride(0) == 0 else fill
+        fill = fill.reshape(fill.shape[0], -1)
 
     def make(samples: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        d = (k - 1).clamp(min=0)
-        rows = idx[samples, d] if per_sample else idx[0, d]
-        out = batch.x[samples].clone().reshape(len(samples), -1)
-        keep = (k == 0)[:, None]
-        fills = fill[samples].reshape(len(samples), -1).gather(1, rows)
-        out.scatter_(1, rows, torch.where(keep, out.gather(1, rows), fills))
-        return out.view(-1, c, h, w)
+        # k >= 1 only: k = 0, the input itself, is known
+        d = k - 1
+        cols = idx[samples, d] if per_sample else idx[0].index_select(0, d)
+        out = batch.x.index_select(0, samples)  # a new tensor, filled in place
+        flat = out.view(len(samples), -1)
+        if isinstance(fill, float):
+            flat.scatter_(1, cols, fill)
+        else:
+            src = fill.index_select(0, samples) if fill.shape[0] > 1 else fill
+            flat.scatter_(1, cols, src.expand(len(samples), -1).gather(1, cols))
+        return out
 
     known = input_first(batch, score)  # type: ignore[arg-type]
     return run_rows(batch, draws + 1, make, score, known)  # type: ignore[arg-type]
@@ -140,8 +148,14 @@ class FaithfulnessCorrelation(FaithfulnessMetric):
                 f"The subset_size {size} of {self.name} exceeds the {n_units} {unit}s of the "
                 "input; give a smaller subset_size."
             )
-        idx = subset_indices(self.name, self.subsets, b, n_units, size, draws, self.seed)
-        fill = baseline_like(self.name, self.baseline, batch.x)
+        if self.subsets is None:  # drawn: the same for every batch of this shape
+            idx = self._draws.get(
+                (n_units, size, draws, self.seed),
+                lambda: subset_indices(self.name, None, b, n_units, size, draws, self.seed),
+            )
+        else:
+            idx = subset_indices(self.name, self.subsets, b, n_units, size, draws, self.seed)
+        fill = baseline_like(self.name, self.baseline, batch.x, allow_number=True)
         scores = subset_drop_scores(batch, idx, unit, fill, self.score_kind)
         drops = scores[:, :1] - scores[:, 1:]
         sums = subset_sums(unit_attributions(batch, unit), idx)

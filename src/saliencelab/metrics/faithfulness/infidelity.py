@@ -55,12 +55,15 @@ class Infidelity(FaithfulnessMetric):
         self.check_batch(batch)
         n = check_positive_int(self.name, "n_perturbations", self.n_perturbations)
         std = check_positive(self.name, "std", self.std)
-        noise = gaussian_perturbations(n, tuple(batch.x.shape[1:]), std, self.seed)
+        shape = tuple(batch.x.shape[1:])
+        noise = self._draws.get(
+            (n, shape, std, self.seed), lambda: gaussian_perturbations(n, shape, std, self.seed)
+        )
         noise_x = noise.to(device=batch.device, dtype=batch.x.dtype)
 
         def make(samples: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-            i = noise_x[(k - 1).clamp(min=0)] * (k > 0).view(-1, 1, 1, 1)
-            return batch.x[samples] - i
+            # x - I_(k-1); k >= 1 only (k = 0, the input itself, is known)
+            return batch.x.index_select(0, samples).sub_(noise_x.index_select(0, k - 1))
 
         known = input_first(batch, self.score_kind)
         scores = run_rows(batch, n + 1, make, self.score_kind, known)

@@ -9,11 +9,15 @@ from ..checks import check_choice, check_positive, check_positive_int
 from ..stats import pixel_order, spearman
 from .perturbation import (
     FaithfulnessMetric,
+    as_01,
     baseline_like,
+    exact_float,
     generator,
     input_first,
     ranked_replacement_scores,
     ranks_of,
+    replaced,
+    rows_of,
     run_rows,
     step_counts,
 )
@@ -57,7 +61,7 @@ class Monotonicity(FaithfulnessMetric):
         self.check_batch(batch)
         _, _, h, w = batch.x.shape
         steps = check_positive_int(self.name, "steps", self.steps)
-        base = baseline_like(self.name, self.baseline, batch.x)
+        base = baseline_like(self.name, self.baseline, batch.x, allow_number=True)
         ranks = _ascending_ranks(batch.maps, self.absolute)
         counts = step_counts(steps, h * w, batch.device)
         curves = ranked_replacement_scores(
@@ -117,29 +121,38 @@ class MonotonicityCorrelation(FaithfulnessMetric):
     def score(self, batch: EvalBatch) -> Scores:
         self.check_batch(batch)
         b, _, h, w = batch.x.shape
+        dtype = batch.x.dtype
         steps = check_positive_int(self.name, "steps", self.steps)
         kind = check_choice(self.name, "perturbation", self.perturbation, ("uniform", "baseline"))
         draws = check_positive_int(self.name, "n_samples", self.n_samples)
         eps = check_positive(self.name, "eps", self.eps)
         if kind == "baseline":
             draws = 1  # every draw would be the same
-            fill = baseline_like(self.name, self.baseline, batch.x)
+            fill = baseline_like(self.name, self.baseline, batch.x, allow_number=True)
         else:
             lo, hi = self.uniform_range
             u = torch.rand(steps, draws, generator=generator(self.seed), dtype=torch.float64)
             values = (lo + (hi - lo) * u).to(device=batch.device, dtype=batch.x.dtype)
         ranks = _ascending_ranks(batch.maps, self.absolute)
         counts = step_counts(steps, h * w, batch.device)
+        # the group of each pixel: g where counts[g] <= rank < counts[g + 1]
+        group = torch.searchsorted(counts, ranks, right=True) - 1  # (B, H·W)
+        exact = exact_float(steps)
+        fgroup = group.to(exact)
+
+        def keep_of(samples: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+            """(n, 1, H, W) 1 where the pixel is not in the row's group g."""
+            mask = as_01(torch.ne, fgroup.index_select(0, samples), g.to(exact)[:, None], dtype)
+            return mask.view(-1, 1, h, w)
 
         def make(samples: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-            j = (k - 1).clamp(min=0)
-            g, d = j // draws, j % draws
-            r = ranks[samples]
-            m = (r >= counts[g][:, None]) & (r < counts[g + 1][:, None]) & (k > 0)[:, None]
-            m = m.view(-1, 1, h, w)
-            x = batch.x[samples]
-            f = fill[samples] if kind == "baseline" else values[g, d].view(-1, 1, 1, 1)
-            return torch.where(m, f, x)
+            # group g replaced by draw d; k >= 1 only (k = 0, the input itself, is known)
+            g, d = (k - 1) // draws, (k - 1) % draws
+            if kind == "uniform":
+                f = values[g, d].view(-1, 1, 1, 1)
+            else:
+                f = fill if isinstance(fill, float) else rows_of(fill, samples)
+            return replaced(rows_of(batch.x, samples), keep_of(samples, g), f)
 
         known = input_first(batch, self.score_kind)
         scores = run_rows(batch, steps * draws + 1, make, self.score_kind, known)
@@ -148,10 +161,8 @@ class MonotonicityCorrelation(FaithfulnessMetric):
         inv = torch.where(y.abs() >= eps, 1.0 / y.square(), torch.ones_like(y))
         variance = sq * inv
         m = batch.maps.abs() if self.absolute else batch.maps
-        group = torch.searchsorted(counts, ranks, right=True) - 1  # (B, H·W) group of each pixel
-        group = group.clamp(max=steps - 1)
         att = torch.zeros(b, steps, dtype=torch.float64, device=batch.device)
-        att.scatter_add_(1, group, m.flatten(1).double())
+        att.scatter_add_(1, group.clamp(max=steps - 1), m.flatten(1).double())
         return Scores(
             values=spearman(att, variance),
             curves=variance,

@@ -15,6 +15,8 @@ from .perturbation import (
     baseline_like,
     input_first,
     random_subsets,
+    replaced,
+    rows_of,
     run_rows,
 )
 
@@ -68,13 +70,18 @@ class SensitivityN(FaithfulnessMetric):
             )
         ns = torch.round(fr * h * w).long().clamp(min=1)
         sizes = ns.repeat_interleave(draws)
-        masks = random_subsets(h * w, sizes, self.seed)  # (len(ns) · draws, H·W)
-        fill = baseline_like(self.name, self.baseline, batch.x)
-        dev_masks = masks.to(batch.device)
+        masks = self._draws.get(  # (len(ns) · draws, H·W)
+            (h * w, tuple(sizes.tolist()), self.seed),
+            lambda: random_subsets(h * w, sizes, self.seed),
+        )
+        fill = baseline_like(self.name, self.baseline, batch.x, allow_number=True)
+        keep = (~masks).to(device=batch.device, dtype=batch.x.dtype)  # 1: the pixel stays
 
         def make(samples: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-            m = dev_masks[(k - 1).clamp(min=0)] & (k > 0)[:, None]
-            return torch.where(m.view(-1, 1, h, w), fill[samples], batch.x[samples])
+            # subset k - 1 replaced; k >= 1 only (k = 0, the input itself, is known)
+            inside = fill if isinstance(fill, float) else rows_of(fill, samples)
+            row_keep = keep.index_select(0, k - 1).view(-1, 1, h, w)
+            return replaced(rows_of(batch.x, samples), row_keep, inside)
 
         known = input_first(batch, self.score_kind)
         scores = run_rows(batch, sizes.numel() + 1, make, self.score_kind, known)

@@ -50,7 +50,9 @@ def minmax(maps: torch.Tensor) -> torch.Tensor:
     m = maps.double()
     lo = m.amin(dim=(-2, -1), keepdim=True)
     span = m.amax(dim=(-2, -1), keepdim=True) - lo
-    return torch.where(span > 0, (m - lo) / span.clamp_min(1e-300), torch.zeros_like(m))
+    # a constant map divides its zeros by infinity: one pass over the maps, no torch.where
+    span = torch.where(span > 0, span.clamp_min(1e-300), math.inf)
+    return (m - lo).div_(span)
 
 
 def _spearman_to_ranks(ranks: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -127,7 +129,8 @@ def _ssim_to(
     normalise: bool = True,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """`f(b)` = `ssim(a, b, ...)`, with a's normalised map, local means and variances computed
-    once: each call filters 3 maps per pair (y, y², xy) instead of 5."""
+    once: the first call filters the 5 maps of each pair (x, x², y, y², xy) in one go, later
+    calls 3 (y, y², xy)."""
     h, w = a.shape[-2:]
     if window % 2 == 0 or window < 1:
         raise SaliencelabError(f"The SSIM window must be an odd size, got {window}.")
@@ -139,18 +142,20 @@ def _ssim_to(
     taps = _gaussian_taps(window, sigma)
     n, oh, ow = a.shape[0], h - window + 1, w - window + 1
     x = minmax(a) if normalise else a.double()
-    mx, mxx = (
-        _valid_filter(torch.stack([x, x * x], 1).view(-1, h, w), taps).view(n, 2, oh, ow).unbind(1)
-    )
-    mx2 = mx * mx
-    vx = mxx - mx2
+    kept: list[torch.Tensor] = []  # a's local mean, its square and variance, once filtered
     c1, c2 = k1**2, k2**2
 
     def ssim_to(b: torch.Tensor) -> torch.Tensor:
         _, b = _pair(a, b)
         y = minmax(b) if normalise else b.double()
-        stack = torch.stack([y, y * y, x * y], 1).view(-1, h, w)
-        my, myy, mxy = _valid_filter(stack, taps).view(n, 3, oh, ow).unbind(1)
+        maps = [y, y * y, x * y] if kept else [x, x * x, y, y * y, x * y]
+        stack = torch.stack(maps, 1).view(-1, h, w)
+        means = _valid_filter(stack, taps).view(n, len(maps), oh, ow).unbind(1)
+        if not kept:
+            mx, mxx, *means = means
+            kept.extend([mx, mx * mx, mxx - mx * mx])
+        mx, mx2, vx = kept
+        my, myy, mxy = means
         mxy_ = mx * my
         my2 = my * my
         s = ((2 * mxy_ + c1) * (2 * (mxy - mxy_) + c2)) / (

@@ -9,6 +9,7 @@ import torch
 from ...core.batching import default_budget
 from ...core.errors import SaliencelabError
 from ..base import EvalBatch
+from ..faithfulness.perturbation import LastDraw
 
 Noise = Literal["uniform", "gaussian"]
 On = Literal["maps", "attributions"]
@@ -31,6 +32,35 @@ def draw_noise(
     if noise == "gaussian":
         return torch.randn(shape, generator=gen, dtype=x.dtype).mul_(scale).to(x.device)
     raise SaliencelabError(f"noise must be 'uniform' or 'gaussian', got {noise!r}.")
+
+
+def noise_key(x: torch.Tensor, n_samples: int, scale: float, noise: Noise, seed: int) -> tuple:
+    """Everything `draw_noise` depends on."""
+    return (tuple(x.shape), x.dtype, x.device, n_samples, float(scale), noise, int(seed))
+
+
+def kept_noise(
+    draws: LastDraw, x: torch.Tensor, n_samples: int, scale: float, noise: Noise, seed: int
+) -> torch.Tensor:
+    """`draw_noise(x, n_samples, scale, noise, seed)`, kept in `draws` for the next batch like x
+    (the same noise: it is seeded). Read-only."""
+    key = noise_key(x, n_samples, scale, noise, seed)
+    return draws.get(key, lambda: draw_noise(x, n_samples, scale, noise, seed))
+
+
+def noisy_copies(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """(B * n, ...) x_i + δ_(i·n + k), rows sample-major like `draw_noise` (one pass, no
+    repeated copy of x)."""
+    b = x.shape[0]
+    return (x.unsqueeze(1) + delta.view(b, -1, *x.shape[1:])).view(delta.shape)
+
+
+def distances(explained: torch.Tensor, ref: torch.Tensor, n: int, norm: str) -> torch.Tensor:
+    """(B, n) ‖e(x'_(i,k)) − e(x_i)‖ of the (B * n, ...) explanations of the noisy copies,
+    sample-major, against the (B, ...) reference (float64, broadcast: no repeated copy)."""
+    b = ref.shape[0]
+    diff = explained.double().reshape(b, n, -1) - ref.double().reshape(b, 1, -1)
+    return row_norm(diff.view(b * n, -1), norm).view(b, n)
 
 
 def reference(batch: EvalBatch, on: On) -> torch.Tensor:

@@ -6,10 +6,14 @@ import torch
 
 from ..base import EvalBatch, Metric, Scores, register_metric
 from ..checks import check_choice, check_positive, check_positive_int
+from ..faithfulness.perturbation import LastDraw
 from ._noisy import (
     On,
-    draw_noise,
+    distances,
     explain_noisy,
+    kept_noise,
+    noise_key,
+    noisy_copies,
     reference,
     row_norm,
 )
@@ -48,16 +52,20 @@ class LocalLipschitz(Metric):
         check_choice(self.name, "noise", noise, ("uniform", "gaussian"))
         check_choice(self.name, "on", on, ("maps", "attributions"))
         super().__init__(std=std, n_samples=n_samples, noise=noise, on=on, seed=seed)
+        self._draws = LastDraw()  # the noise, kept for the next batch of the same shape
+        self._norms = LastDraw()  # and the norm of each noise row
 
     def ratios(self, batch: EvalBatch) -> torch.Tensor:
         """(B, n_samples) ‖e(x) − e(x'_k)‖₂ / ‖x − x'_k‖₂ of each noisy copy."""
         ref = reference(batch, self.on)
         n = self.n_samples
         x = batch.x
-        delta = draw_noise(x, n, self.std, self.noise, self.seed)  # type: ignore[arg-type]
-        explained = explain_noisy(batch, x.repeat_interleave(n, dim=0) + delta, n, self.on)
-        num = row_norm(explained.double() - ref.double().repeat_interleave(n, dim=0), "l2")
-        return (num / row_norm(delta, "l2")).view(x.shape[0], n)
+        delta = kept_noise(self._draws, x, n, self.std, self.noise, self.seed)  # type: ignore[arg-type]
+        explained = explain_noisy(batch, noisy_copies(x, delta), n, self.on)
+        num = distances(explained, ref, n, "l2")
+        key = noise_key(x, n, self.std, self.noise, self.seed)  # type: ignore[arg-type]
+        den = self._norms.get(key, lambda: row_norm(delta, "l2"))
+        return num / den.view(x.shape[0], n)
 
     def score(self, batch: EvalBatch) -> Scores:
         r = self.ratios(batch)

@@ -8,11 +8,14 @@ import torch
 
 from ..base import EvalBatch, Metric, Scores, register_metric
 from ..checks import check_choice, check_positive, check_positive_int
+from ..faithfulness.perturbation import LastDraw
 from ._noisy import (
     Noise,
     On,
-    draw_noise,
+    distances,
     explain_noisy,
+    kept_noise,
+    noisy_copies,
     reference,
     row_norm,
 )
@@ -53,18 +56,16 @@ class _Sensitivity(Metric):
             on=on,
             seed=seed,
         )
+        self._draws = LastDraw()  # the noise, kept for the next batch of the same shape
 
     def sensitivities(self, batch: EvalBatch) -> torch.Tensor:
         """(B, n_samples) the sensitivity of each noisy copy."""
         ref = reference(batch, self.on)
         n = self.n_samples
         x = batch.x
-        noisy = x.repeat_interleave(n, dim=0).add_(
-            draw_noise(x, n, self.radius, self.noise, self.seed)
-        )
-        explained = explain_noisy(batch, noisy, n, self.on)
-        diff = explained.double() - ref.double().repeat_interleave(n, dim=0)
-        sens = row_norm(diff, self.norm).view(x.shape[0], n)
+        delta = kept_noise(self._draws, x, n, self.radius, self.noise, self.seed)
+        explained = explain_noisy(batch, noisy_copies(x, delta), n, self.on)
+        sens = distances(explained, ref, n, self.norm)
         if self.normalise:
             # ‖e(x)‖ = 0 divides by 1, as Captum's sensitivity_max does.
             den = row_norm(ref, self.norm)
