@@ -402,22 +402,19 @@ def test_mprt_through_evaluate(tiny_cnn, images):
     )  # fmt: skip
     r = rep["saliency"]["model_randomisation"]
     assert r.values.shape == (4,) and r.curves.shape == (4, 2)
+    rows = []
+    handle = tiny_cnn.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    try:  # the chunk size reaches the explanations the metric recomputes
+        sl.evaluate(
+            tiny_cnn, images, ex, metrics={"model_randomisation": {"layers": 2}}, target=0,
+            references=False, chunk_size=3,
+        )  # fmt: skip
+    finally:
+        handle.remove()
+    assert rows and max(rows) <= 3
 
 
 # -- several randomised models in one explanation call -----------------------------------------
-
-
-class _Chunked(Explainer):
-    """The method's explanation at a fixed chunk size (rows of several steps share a chunk)."""
-
-    def __init__(self, method: str, chunk: int | None, **options) -> None:
-        super().__init__(method, options)
-        self.chunk = chunk
-
-    def __call__(self, model, x, target):
-        self.rows += x.shape[0]
-        ex = sl.explain(model, x, {self.method: self.options}, target=target, chunk_size=self.chunk)
-        return ex[self.method]
 
 
 def _bn_cnn() -> nn.Module:
@@ -456,7 +453,7 @@ def test_batched_mprt_equals_one_call_per_step(images, order, method, options, c
     results = {}
     for batched in (True, False):
         metric = MPRT(order=order, batched=batched, layers=5, granularity="layer")
-        explainer = _Chunked(method, chunk, **options)
+        explainer = Explainer(method, options, chunk_size=chunk)
         r = metric(maps, explainer=explainer, **kw)
         assert explainer.rows == 4 * 5  # every step's rows, in one call or five
         assert r.params["calls"] == (1 if batched else 5)

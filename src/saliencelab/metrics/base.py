@@ -45,9 +45,12 @@ class Explainer:
     once; randomisation metrics call it on randomised copies of the model.
     """
 
-    def __init__(self, method: str, options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, method: str, options: dict[str, Any] | None = None, chunk_size: int | None = None
+    ) -> None:
         self.method = method
         self.options = dict(options or {})
+        self.chunk_size = chunk_size  # rows per chunk of its passes (None: measured)
         self.passes = 0.0  # forward+backward passes per input row, summed over calls
         self.forwards = 0.0
         self.rows = 0
@@ -55,7 +58,8 @@ class Explainer:
     def __call__(self, model: Model | nn.Module, x: torch.Tensor, target: torch.Tensor | None):
         from ..core.explain import explain
 
-        ex = explain(model, x, methods={self.method: self.options}, target=target)
+        methods = {self.method: self.options}
+        ex = explain(model, x, methods=methods, target=target, chunk_size=self.chunk_size)
         self.passes += ex.total_passes * x.shape[0]
         self.forwards += ex.total_forwards * x.shape[0]
         self.rows += x.shape[0]

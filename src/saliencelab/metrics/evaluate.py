@@ -225,14 +225,14 @@ def _maps_of(
     return out
 
 
-def _explainer(name: str, a: Attribution | None) -> Explainer | None:
+def _explainer(name: str, a: Attribution | None, chunk_size: int | None) -> Explainer | None:
     if name not in {spec.name for spec in registered_methods()}:
         return None
     options = {}
     if a is not None:
         accepted = get_method(name).options
         options = {k: v for k, v in a.params.items() if k in accepted}
-    return Explainer(name, options)
+    return Explainer(name, options, chunk_size=chunk_size)
 
 
 def evaluate(
@@ -259,7 +259,8 @@ def evaluate(
             Attribution, else the predicted class.
         references: score the random, centred-Gaussian and Sobel reference maps too (True), or
             only the named ones, or none (False).
-        chunk_size: rows per forward chunk (default: measured).
+        chunk_size: rows per chunk of the metrics' passes and of the explanations the
+            robustness and randomisation metrics recompute (default: measured).
         **options: options given to every requested metric that takes them (e.g. `steps=50`).
     """
     model = as_model(model)
@@ -306,7 +307,7 @@ def evaluate(
             target=method_target,
             masks=masks,
             attributions=full,
-            explainer=_explainer(name, a),
+            explainer=_explainer(name, a, chunk_size),
             engine=engine,
         )
         if default_target is None:
