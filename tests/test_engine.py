@@ -316,3 +316,14 @@ def test_chunk_search_learns_from_passes_shorter_than_the_next_size():
             plan.record(len(rows), per_row.get(len(rows), 1.0) * len(rows))
     settled = ChunkPlan(key=key, n_rows=30, max_rows=32, start=8)
     assert settled.size == 2
+
+
+def test_attributions_of_channels_last_rows_come_back_contiguous():
+    """The engine runs image rows channels-last on the CPU; the attributions it hands back are
+    plain contiguous tensors (a user's `.view` works), their maps the channel sums."""
+    model = sl.load_model("shapes_cnn")  # runs channels-last on the CPU (core/layout.py)
+    x = model.preprocess(sl.data.shapes.make(8, seed=0)).contiguous()
+    a = sl.explain(model, x, "saliency", target=0)
+    attr = a["saliency"].attributions
+    assert attr.is_contiguous() and attr.view(8, -1).shape == (8, 3 * 64 * 64)
+    torch.testing.assert_close(a["saliency"].maps, attr.sum(dim=1), rtol=0, atol=0)

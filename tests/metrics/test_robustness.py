@@ -312,17 +312,3 @@ def test_noisy_copies_and_distances_equal_repeated_rows():
     ref4 = torch.randn(3, 2, 5, 4)
     direct = row_norm(nhwc.double() - ref4.double().repeat_interleave(N, 0), "fro")
     assert torch.equal(distances(nhwc, ref4, N, "fro"), direct.view(3, N))
-
-
-@pytest.mark.parametrize("channels", [1, 3, 8, 16])
-def test_channel_sum_of_channels_last_attributions(channels):
-    """The maps of channels-last attributions are their sum over channels, in channel order."""
-    from saliencelab.core.explain import channel_sum
-
-    torch.manual_seed(13)
-    a = torch.randn(4, channels, 6, 5)
-    nhwc = a.contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(channel_sum(nhwc), a.sum(dim=1), rtol=0, atol=1e-6)
-    if channels <= 4:
-        assert torch.equal(channel_sum(nhwc), a.sum(dim=1))
-    assert torch.equal(channel_sum(a), a.sum(dim=1))

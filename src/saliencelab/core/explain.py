@@ -166,21 +166,6 @@ def explain(
     )
 
 
-def channel_sum(attr: torch.Tensor) -> torch.Tensor:
-    """The sum over axis 1 (channels) of (B, C, ...) attributions.
-
-    Channels-last attributions (the engine hands back input gradients in the rows' layout) with
-    2 to 4 channels are summed plane by plane, in channel order, which gives the bits of
-    `sum(dim=1)`: reducing the innermost storage axis of length 3 took 6× longer (64 × 3 × 64²).
-    """
-    if attr.dim() < 3 or attr.is_contiguous() or not 2 <= attr.shape[1] <= 4:
-        return attr.sum(dim=1)
-    out = attr[:, 0] + attr[:, 1]
-    for c in range(2, attr.shape[1]):
-        out += attr[:, c]
-    return out
-
-
 def _attribution(spec: MethodSpec, opts: dict, out: Any, ctx: Context) -> Attribution:
     if isinstance(out, torch.Tensor):
         out = MethodOutput(out)
@@ -191,7 +176,7 @@ def _attribution(spec: MethodSpec, opts: dict, out: Any, ctx: Context) -> Attrib
     if out.maps is not None:
         maps = out.maps
     elif attr.dim() == ctx.x.dim():
-        maps = channel_sum(attr)
+        maps = attr.sum(dim=1)
     else:
         maps = attr
     if ctx.x.dim() == 4 and maps.dim() == 3:
