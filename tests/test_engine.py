@@ -97,6 +97,34 @@ def test_state_and_hooks_restored_also_when_a_method_raises(tiny_cnn, images):
         assert not m._forward_hooks and not m._backward_hooks and not m._forward_pre_hooks
 
 
+def test_nested_sessions_restore_when_the_last_ends_in_any_order(tiny_cnn):
+    """Passes are generators: an outer session may end before an inner one. The state stays
+    eval/frozen until the last session of the module ends, then comes back exactly."""
+    from saliencelab.core.state import attribution_mode
+
+    tiny_cnn.train()
+    tiny_cnn.fc.weight.requires_grad_(False)
+
+    def state():
+        return (
+            [m.training for m in tiny_cnn.modules()],
+            [p.requires_grad for p in tiny_cnn.parameters()],
+        )
+
+    before = state()
+    outer, inner = attribution_mode(tiny_cnn), attribution_mode(tiny_cnn)
+    outer.__enter__()
+    inner.__enter__()
+    outer.__exit__(None, None, None)  # the outer one ends first
+    modes, grads = state()
+    assert not any(modes) and not any(grads)
+    inner.__exit__(None, None, None)
+    assert state() == before
+    with attribution_mode(tiny_cnn):  # a fresh session after all ended sets the state again
+        assert not any(state()[1])
+    assert state() == before
+
+
 def test_mixed_training_flags_come_back_exactly(tiny_cnn, images):
     """Some submodules training, some not (e.g. a frozen backbone): each flag is restored."""
     tiny_cnn.train()

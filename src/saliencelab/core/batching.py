@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -34,17 +35,31 @@ _PARTIAL: dict[tuple, tuple[dict[int, float], dict[int, int], int, bool]] = {}  
 _BYTES: dict[tuple, int] = {}  # bytes one row keeps for backward, measured once per key
 
 
+_RAM_READ: list[float] = [-math.inf, 0]  # (monotonic time, bytes) of the last RAM reading
+RAM_READING_SECONDS = 1.0  # how long a reading of the available RAM is used
+
+
 def default_budget(device: torch.device) -> int:
-    """Bytes a pass may use: half the free GPU memory, or a quarter of the available RAM."""
+    """Bytes a pass may use: half the free GPU memory, or a quarter of the available RAM (read
+    at most once per `RAM_READING_SECONDS`: every gradient pass asks)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.5)
+    now = time.monotonic()
+    if now - _RAM_READ[0] > RAM_READING_SECONDS:
+        _RAM_READ[:] = [now, _available_ram()]
+    return int(_RAM_READ[1]) // 4
+
+
+def _available_ram() -> int:
     try:
         with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024 // 4
-    except (OSError, KeyError, ValueError):
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8)
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
 @dataclass

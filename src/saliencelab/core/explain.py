@@ -118,6 +118,18 @@ def explain(
             if spec.family != "perturbation":
                 raise SaliencelabError(gradients_message(spec.name))
     engine = Engine(model, chunk_size=chunk_size, memory_budget=memory_budget)
+    with engine.session():  # one for the call: the passes' own sessions then cost nothing
+        return _explain(model, engine, x, requests, target, start)
+
+
+def _explain(
+    model: Model,
+    engine: Engine,
+    x: torch.Tensor,
+    requests: list[tuple[MethodSpec, dict]],
+    target: TargetSpec,
+    start: float,
+) -> Explanation:
     if layer_target(target) is None:  # a layer target's forward stops early: no full probe
         engine.probe_layout(x)  # before any method hooks the model
     ctx = Context(model, engine, x, PendingTarget(target, x.shape[0], model.labels))

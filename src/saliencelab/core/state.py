@@ -8,8 +8,10 @@ activation) gradients. Measured on a 2-core CPU with EfficientNet-Lite0 (benchma
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -95,11 +97,37 @@ class Hooks:
         self.remove()
 
 
+@dataclass
+class _Session:
+    depth: int
+    undo: ExitStack
+
+
+_SESSIONS: weakref.WeakKeyDictionary[nn.Module, _Session] = weakref.WeakKeyDictionary()
+
+
 @contextmanager
 def attribution_mode(module: nn.Module) -> Iterator[None]:
-    """Eval mode and frozen parameters for the duration of an attribution call."""
-    with eval_mode(module), frozen_parameters(module):
+    """Eval mode and frozen parameters for the duration of an attribution call.
+
+    Nested calls on the same module (every pass of `sl.explain` opens one) cost nothing: the
+    first sets the state, and it is restored when the last one open ends, in whatever order
+    they end (passes are generators).
+    """
+    session = _SESSIONS.get(module)
+    if session is None:
+        with ExitStack() as stack:
+            stack.enter_context(eval_mode(module))
+            stack.enter_context(frozen_parameters(module))
+            session = _SESSIONS[module] = _Session(0, stack.pop_all())
+    session.depth += 1
+    try:
         yield
+    finally:
+        session.depth -= 1
+        if session.depth == 0:
+            del _SESSIONS[module]
+            session.undo.close()
 
 
 def usable_input(x: torch.Tensor) -> torch.Tensor:
