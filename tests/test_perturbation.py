@@ -172,6 +172,25 @@ def test_incremental_occlusion_equals_full_forwards_and_captum(tiny_efficientnet
     torch.testing.assert_close(inc.attributions, theirs, atol=1e-5, rtol=0)
 
 
+def test_incremental_passes_run_with_batchnorm_folded(tiny_efficientnet, monkeypatch):
+    """The pasting hook would keep the engine from folding BatchNorm (core/fused.py), so the
+    incremental passes fold it themselves: no perturbed row goes through a BatchNorm."""
+    normalised: list[int] = []
+    batch_norm = torch.nn.functional.batch_norm
+
+    def counting(x, *args, **kwargs):
+        normalised.append(x.shape[0])
+        return batch_norm(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "batch_norm", counting)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    ex = sl.explain(tiny_efficientnet, x, methods="occlusion", window=8, stride=8)["occlusion"]
+    assert ex.extras["incremental"] is not None
+    rows = x.shape[0] * ex.extras["windows"][0] * ex.extras["windows"][1]
+    unfolded = sum(n for n in normalised if n > 1)  # the clean and probe forwards: 1-2 rows
+    assert normalised and unfolded < rows  # folded: each of the 128 rows would count ×(BNs)
+
+
 def test_incremental_feature_ablation_equals_full_forwards_and_captum(tiny_efficientnet):
     torch.manual_seed(11)
     x = torch.randn(2, 3, 64, 64)

@@ -150,6 +150,17 @@ class Engine:
         with attribution_mode(self.module):
             yield
 
+    @contextmanager
+    def folded_session(self, example: torch.Tensor) -> Iterator[bool]:
+        """A session with BatchNorm folded in place (core/fused.py) for forward-only work that
+        hooks the model itself, which `forwards` would then run unfolded: e.g. incremental
+        occlusion, whose hook pastes activations at an early layer. Enter it before installing
+        any hook. Yields whether anything was folded. Not for gradients (see core/fused.py).
+        `example`: inputs like the passes' (its first row runs the probe that finds the pairs).
+        """
+        with self.session(), self._folding(True, example.to(self.device), FOLD_MIN_ROWS) as f:
+            yield bool(f)
+
     # -- passes -------------------------------------------------------------------------------
 
     def gradients(

@@ -446,7 +446,16 @@ def local_forwards(
         with _replacing(prefix, lambda _: stash[0]):
             yield from chunks
 
-    if prefix is not None:
+    if prefix is None:
+        yield from passes(False, n_rows)
+        return
+    # The engine folds BatchNorm only into passes of an unhooked model; these passes hook the
+    # model (the pasting), so the fold is set up here, before the hook, for all of them, and
+    # P(x) is recomputed folded: pasted and recomputed cells then come from the same weights.
+    with ctx.engine.folded_session(ctx.x) as fold:
+        if fold:
+            with torch.inference_mode():
+                prefix.clean = prefix.run(ctx.x)
         check_rows = check_rows.to(dev)
         full = torch.cat([c.scores for c in passes(False, len(check_rows), check_rows)])
         drops = clean_scores(ctx)[sample_of(check_rows).to(dev)] - full.to(dev)
@@ -457,7 +466,7 @@ def local_forwards(
             prefix.used = False
         if not prefix.used:
             log.info("incremental inference from %s disagrees with full forwards", prefix.name)
-    yield from passes(prefix is not None and prefix.used, n_rows)
+        yield from passes(prefix.used, n_rows)
 
 
 def used_layer(prefix: LocalPrefix | None) -> str | None:
