@@ -254,6 +254,38 @@ def test_chunk_plan_respects_the_memory_budget():
     assert max(len(r) for r in plan.chunks()) == 3
 
 
+def test_chunk_sizes_are_chosen_by_cpu_time_on_one_cpu_thread():
+    """Time spent waiting for the core (other jobs, here a sleep inside the model) does not
+    count on one CPU thread, so it cannot steer the search; with several threads wall time
+    does (it is what they save)."""
+    import time
+
+    from saliencelab.core import batching
+    from saliencelab.core.engine import Engine, chunk_clock
+
+    class Sleepy(nn.Module):  # chunks of 8+ rows wait 2 ms a row: slower per row on a wall clock
+        def forward(self, x):
+            if x.shape[0] >= 8:
+                time.sleep(0.002 * x.shape[0])
+            return x.flatten(1)[:, :3]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert chunk_clock(torch.device("cpu")) is time.perf_counter
+        torch.set_num_threads(1)
+        assert chunk_clock(torch.device("cpu")) is time.process_time
+        engine, x = Engine(sl.Model(Sleepy())), torch.randn(4, 3, 2, 2)
+        for _ in range(3):
+            for _ in engine.forwards(64, lambda r: x[r % 4], lambda r: r % 4):
+                pass
+        plan = engine._plan("forward", 64, x[:1], torch.device("cpu"))
+        assert plan.settled and plan.size >= 8  # a wall clock would settle below 8 rows
+    finally:
+        torch.set_num_threads(threads)
+        batching.forget_chunk_sizes()
+
+
 def test_nan_model_is_a_clear_error():
     class NaNNet(nn.Module):
         def forward(self, x):
