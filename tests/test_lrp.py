@@ -33,7 +33,7 @@ from saliencelab.methods.relevance.lrp import (
     ZPlus,
 )
 from saliencelab.methods.relevance.lrp.canonizers import merged_parameters
-from saliencelab.models.efficientnet_lite import MBConvBlock
+from saliencelab.models.efficientnet_lite import Conv2dSame, MBConvBlock
 
 LAYERS = (nn.Linear, nn.Conv2d)
 STAB = 1e-6
@@ -165,6 +165,59 @@ def test_each_rule_equals_its_formula_on_one_layer(rule, kind, sign):
         composite = Composite([], first=rule)
     got = _lrp(model, x, composite, target)["lrp"].attributions
     torch.testing.assert_close(got, _by_hand(rule, layer, x, v.view(len(x), -1)))
+
+
+@pytest.mark.parametrize(
+    ("layer", "shape", "nhwc"),
+    [
+        (nn.Linear(6, 4), (3, 6), False),
+        (nn.Linear(6, 4), (2, 5, 6), False),
+        (nn.Conv1d(3, 4, 3, stride=2, padding=1), (2, 3, 9), False),
+        (nn.Conv2d(3, 4, 3, stride=2, padding=(1, 2), dilation=2), (2, 3, 11, 10), False),
+        (nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), (2, 4, 7, 7), True),
+        (nn.Conv3d(2, 3, 3, padding=1), (1, 2, 5, 5, 5), False),
+        (Conv2dSame(3, 4, 3, stride=2), (2, 3, 9, 8), False),  # asymmetric padding
+        (Conv2dSame(3, 4, 5, stride=1), (2, 3, 9, 8), True),
+        (Conv2dSame(4, 4, 3, stride=2, groups=4), (2, 4, 10, 10), True),
+    ],
+)
+def test_direct_vjp_equals_autograd(layer, shape, nhwc):
+    """Rules take (∂z/∂a)ᵀ s of Linear / Conv layers from the transposed map directly, not
+    from a nested autograd.grad: the same numbers, for any weight handed to them."""
+    from saliencelab.methods.relevance.lrp.rules import _direct_vjp
+
+    torch.manual_seed(0)
+    a = torch.randn(shape)
+    if nhwc:
+        a = a.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn_like(layer.weight)  # e.g. W⁺ or |W|: not the layer's own
+    leaf = a.clone().requires_grad_(True)
+    params = layer._parameters
+    saved, params["weight"] = params["weight"], weight
+    try:
+        z = layer(leaf)
+        s = torch.randn_like(z)
+        (expected,) = torch.autograd.grad(z, leaf, s)
+        direct = _direct_vjp(layer, a, weight)
+    finally:
+        params["weight"] = saved
+    assert direct is not None
+    torch.testing.assert_close(direct(s), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_direct_vjp_is_not_used_where_the_forward_is_unknown():
+    from saliencelab.methods.relevance.lrp.rules import _direct_vjp
+
+    class Shifted(nn.Conv2d):  # a forward of its own: only autograd knows its gradient
+        def forward(self, x):
+            return super().forward(x + 1)
+
+    conv = nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")
+    assert _direct_vjp(conv, torch.randn(1, 2, 5, 5), conv.weight) is None
+    shifted = Shifted(2, 2, 3)
+    assert _direct_vjp(shifted, torch.randn(1, 2, 5, 5), shifted.weight) is None
+    same = nn.Conv2d(2, 2, 3, padding="same")
+    assert _direct_vjp(same, torch.randn(1, 2, 5, 5), same.weight) is None
 
 
 def test_z_box_takes_given_bounds_per_channel():

@@ -50,13 +50,15 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[in
 class Conv2dSame(nn.Conv2d):
     """`nn.Conv2d` with TensorFlow "same" padding computed from the input size at each call."""
 
+    def same_padding(self, shape: Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((top, bottom), (left, right)) zero rows and columns added to an input of `shape`."""
+        return (
+            same_padding(shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0]),
+            same_padding(shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1]),
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom = same_padding(
-            x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0]
-        )
-        left, right = same_padding(
-            x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1]
-        )
+        (top, bottom), (left, right) = self.same_padding(x.shape)
         if top or bottom or left or right:
             x = F.pad(x, [left, right, top, bottom])
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
