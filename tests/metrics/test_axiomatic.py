@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import warnings
 
 import numpy as np
@@ -24,9 +25,12 @@ import torch
 from torch import nn
 
 import saliencelab as sl
+from saliencelab.core.engine import Engine
 from saliencelab.core.errors import SaliencelabError
+from saliencelab.metrics.axiomatic._common import baseline_of
 from saliencelab.metrics.axiomatic.input_invariance import shifted_model
-from saliencelab.metrics.base import Explainer
+from saliencelab.metrics.base import Explainer, make_batch
+from saliencelab.models.model import as_model
 
 
 class SmoothNet(nn.Module):
@@ -93,7 +97,14 @@ def test_completeness_formula(smooth, x8):
     delta = f[torch.arange(3), t] - f0[torch.arange(3), t]
     expected = (a.attributions.double().sum((1, 2, 3)) - delta).abs()
     torch.testing.assert_close(r.values, expected, rtol=1e-6, atol=1e-6)
-    assert r.forwards == pytest.approx(2.0)
+    # The inputs' logits come from the forward that resolved the predicted class: only the
+    # baselines run. With the target given, the inputs run too.
+    assert r.forwards == pytest.approx(1.0)
+    given = sl.metrics.get("completeness")()(
+        a.maps, x=x8, model=smooth, target=t, attributions=a.attributions
+    )
+    torch.testing.assert_close(given.values, expected, rtol=1e-6, atol=1e-6)
+    assert given.forwards == pytest.approx(2.0)
     # Probabilities, a named baseline and the relative gap.
     r = sl.metrics.get("completeness")(baseline="black", output="probability", relative=True)(
         a.maps, x=x8, model=smooth, attributions=a.attributions
@@ -116,6 +127,41 @@ def test_completeness_ig_near_zero_saliency_not(smooth, x8):
     sal = m(ex["saliency"].maps, x=x8, model=smooth, attributions=ex["saliency"].attributions)
     assert (ig < 1e-4).all()
     assert (sal.values > 0.05).all()
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4, 8])
+def test_completeness_any_chunking_and_layout(smooth, x8, chunk):
+    """The 3 samples' 6 rows (inputs, then baselines; only the baselines where resolving the
+    predicted class already gave the inputs' logits) cut in chunks of 1, 2, 4 or 8: chunks of
+    inputs only, baselines only or both give the formula's values, and every row reaches the
+    model in the layout the engine feeds (channels-last where its probe found that safe)."""
+    a = sl.explain(smooth, x8, "input_x_gradient")["input_x_gradient"]
+    t = a.target
+    cases = [(b, t) for b in (0.0, -0.5, "black", x8[1], x8.flip(0))] + [("black", None)]
+    for baseline, target in cases:
+        with torch.no_grad():
+            f = smooth(x8).double()
+            f0 = smooth(baseline_of(x8, baseline).expand_as(x8).contiguous()).double()
+        delta = f[torch.arange(3), t] - f0[torch.arange(3), t]
+        expected = (a.attributions.double().sum((1, 2, 3)) - delta).abs()
+        engine = Engine(as_model(smooth), chunk_size=chunk)
+        batch = make_batch(a.maps, x=x8, model=smooth, target=target,
+                           attributions=a.attributions, engine=engine)  # fmt: skip
+        assert (batch.input_logits is None) == (target is not None)
+        layouts: list[bool] = []
+
+        def pre(mod, args, layouts=layouts):
+            layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+
+        handle = smooth.register_forward_pre_hook(pre)
+        try:
+            values = sl.metrics.get("completeness")(baseline=baseline).update(batch=batch)
+        finally:
+            handle.remove()
+        torch.testing.assert_close(values, expected, rtol=1e-6, atol=1e-6)
+        rows = 6 if target is not None else 3
+        assert len(layouts) == -(-rows // chunk)
+        assert set(layouts) == {batch.row_layout() == torch.channels_last}
 
 
 def test_completeness_uses_maps_without_attributions(smooth, x8):
@@ -451,6 +497,68 @@ def test_input_invariance_counts_every_forward(x8, first, explainer):
     # gives the shifted model's logits, except where it does not start with the first row
     if explainer in ("saliency", "reversed"):
         assert rows == {"forward": 1 + (explainer == "reversed"), "grad": b}
+
+
+class _Switchable(nn.Module):
+    """A conv net whose forward may start scaling its input (the first layer then no longer gets
+    it unchanged)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+        self.scale = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.tanh(self.conv(x * 2 if self.scale else x)).mean((2, 3)))
+
+
+def test_input_invariance_remembers_first_layer_and_offset_until_they_change(x8):
+    """The first layer and its response to the shift are kept per model between calls; an
+    in-place weight edit, a new weight, other conv settings or another shift are seen, and a
+    first layer that stops getting the input unchanged is looked for again."""
+    torch.manual_seed(0)
+    net = _Switchable().eval()
+
+    def score(shift=-1.0):
+        maps = sl.explain(net, x8, "saliency")["saliency"].maps  # of the model as it is now
+        m = sl.metrics.get("input_invariance")(shift=shift)
+        return m(maps, x=x8, model=net, explainer="saliency")
+
+    assert (score().values == 0).all()
+    with torch.no_grad():
+        net.conv.weight.mul_(1.5)  # a stale offset would make the shifted model's outputs differ
+    assert (score().values == 0).all()
+    net.conv.weight = nn.Parameter(torch.randn_like(net.conv.weight))
+    assert (score().values == 0).all()
+    net.conv.padding = (0, 0)  # the offset is now the same everywhere
+    assert (score([0.5, -1.0, 2.0]).values == 0).all()
+    r = score()
+    assert (r.values == 0).all() and float(r.extras["output_gap"].max()) < 1e-5
+    net.scale = True
+    with pytest.raises(SaliencelabError, match="does not get the model's input unchanged"):
+        score()
+    net.scale = False
+    net.conv = nn.Sequential(nn.Identity(), nn.Conv2d(3, 4, 3))  # "conv" is not a layer now
+    with pytest.raises(SaliencelabError, match="first layer to be an nn.Conv2d or nn.Linear"):
+        score()
+
+
+def test_changed_fraction_is_isclose():
+    """The fast finite path of the 'fraction' measure equals isclose, and NaN or infinities
+    follow isclose's rules."""
+    from saliencelab.metrics.axiomatic.input_invariance import changed_fraction
+
+    torch.manual_seed(3)
+    a = torch.randn(4, 50, dtype=torch.float64)
+    b = a + torch.randn_like(a) * torch.logspace(-7, -2, 50, dtype=torch.float64)
+    b[0, :5] = a[0, :5] * (1 + 1e-5)  # at the relative tolerance
+    for rtol, atol in ((1e-5, 1e-4), (0.0, 1e-6), (1e-3, 0.0)):
+        expected = (~torch.isclose(a, b, rtol=rtol, atol=atol)).double().mean(1)
+        assert torch.equal(changed_fraction(a, b, rtol, atol), expected)
+    b[1, 0], b[2, 1], a[3, 2], b[3, 2] = math.nan, math.inf, -math.inf, -math.inf
+    expected = (~torch.isclose(a, b, rtol=1e-5, atol=1e-4)).double().mean(1)
+    assert torch.equal(changed_fraction(a, b, 1e-5, 1e-4), expected)
 
 
 @pytest.mark.parametrize("padding", [0, 1])

@@ -13,7 +13,7 @@ import torch
 
 import saliencelab as sl
 from saliencelab.metrics import Metric, MetricResult, Scores, register_metric
-from saliencelab.metrics.base import _METRICS
+from saliencelab.metrics.base import _METRICS, all_finite
 from saliencelab.metrics.stats import (
     bootstrap_ci,
     pearson,
@@ -206,3 +206,25 @@ def test_evaluate_recomputes_registered_methods(tiny_cnn, images):
         sl.evaluate(
             tiny_cnn, images[:2], {"mine": ex["smoothgrad"].maps}, metrics="max_sensitivity"
         )
+
+
+def test_all_finite_matches_isfinite():
+    """The maps' check (one aminmax) agrees with isfinite().all() for every dtype and position of
+    a NaN or an infinity."""
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        for n in (1, 7, 8, 33, 4099):
+            t = torch.randn(n).to(dtype)
+            assert all_finite(t)
+            for bad in (math.nan, math.inf, -math.inf):
+                for pos in {0, n // 2, n - 1}:
+                    u = t.clone()
+                    u[pos] = bad
+                    assert not all_finite(u), (dtype, n, bad, pos)
+    assert all_finite(torch.empty(0, 4)) and all_finite(torch.arange(5))
+    assert not all_finite(torch.tensor([1 + 1j, complex(math.nan, 0)]))
+    # a non-contiguous view
+    t = torch.randn(4, 6, 5).transpose(1, 2)
+    t[2, 3, 1] = math.nan
+    assert not all_finite(t)
+    with pytest.raises(sl.SaliencelabError, match="NaN or infinite"):
+        MapMax()(t)

@@ -312,3 +312,8 @@ def test_noisy_copies_and_distances_equal_repeated_rows():
     ref4 = torch.randn(3, 2, 5, 4)
     direct = row_norm(nhwc.double() - ref4.double().repeat_interleave(N, 0), "fro")
     assert torch.equal(distances(nhwc, ref4, N, "fro"), direct.view(3, N))
+    # the float64 difference is taken in place on a copy: float64 explanations are not changed
+    explained64 = explained.double()
+    before = explained64.clone()
+    distances(explained64, ref, N, "fro")
+    assert torch.equal(explained64, before)

@@ -57,9 +57,11 @@ def noisy_copies(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 def distances(explained: torch.Tensor, ref: torch.Tensor, n: int, norm: str) -> torch.Tensor:
     """(B, n) ‖e(x'_(i,k)) − e(x_i)‖ of the (B * n, ...) explanations of the noisy copies,
-    sample-major, against the (B, ...) reference (float64, broadcast: no repeated copy)."""
+    sample-major, against the (B, ...) reference (float64, broadcast: no repeated copy of it)."""
     b = ref.shape[0]
-    diff = explained.double().reshape(b, n, -1) - ref.double().reshape(b, 1, -1)
+    flat = explained.reshape(b, n, -1)
+    diff = flat.to(torch.float64, memory_format=torch.contiguous_format, copy=True)
+    diff.sub_(ref.double().reshape(b, 1, -1))  # in place: a copy of its own
     return row_norm(diff.view(b * n, -1), norm).view(b, n)
 
 
