@@ -128,8 +128,10 @@ def test_ssim_random_and_tied_maps_match_skimage(dtype, tied, window):
     kw["sigma"] = sigma
     ref = [structural_similarity(na[i], nb[i], **kw) for i in range(3)]
     opts = {"window": window, "sigma": sigma}
-    np.testing.assert_allclose(S.similarity("ssim", a, b, opts).numpy(), ref, atol=1e-12)
-    np.testing.assert_allclose(S.ssim(a, b, **opts).numpy(), ref, atol=1e-12)
+    # float32 maps are compared in float32 (test_ssim_in_float32_agrees_with_float64)
+    tol = dict(atol=1e-12, rtol=0) if dtype == torch.float64 else dict(atol=1e-6, rtol=0)
+    np.testing.assert_allclose(S.similarity("ssim", a, b, opts).numpy(), ref, **tol)
+    np.testing.assert_allclose(S.ssim(a, b, **opts).numpy(), ref, **tol)
     # normalise=False on maps already in [0, 1]: the same values
     raw = S.ssim(S.minmax(a), S.minmax(b), normalise=False, **opts)
     np.testing.assert_allclose(raw.numpy(), ref, atol=1e-12)
@@ -145,10 +147,76 @@ def test_ssim_matches_skimage_gaussian_window(pair):
         )
         for i in range(3)
     ]  # fmt: skip
-    np.testing.assert_allclose(S.ssim(a, b).numpy(), ref, atol=1e-10)
+    np.testing.assert_allclose(S.ssim(a.double(), b.double()).numpy(), ref, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(S.ssim(a, b).numpy(), ref, atol=1e-6, rtol=0)  # float32
     assert S.ssim(a, a).allclose(torch.ones(3, dtype=torch.double))
     # min-max normalisation per map: an affine rescaling of one map changes nothing
     assert torch.allclose(S.ssim(a, 3 * b + 2), S.ssim(a, b))
+
+
+def test_ssim_in_float32_agrees_with_float64():
+    """float32 maps are compared in float32: the local moments E[x²], E[xy] carry relative
+    rounding of ~1e-7, which the variances subtract from μ² (cancellation where a map is flat
+    far from 0); C1 = 1e-4 and C2 = 9e-4 bound the error in every window. With the maps shifted
+    so that their zero stays 0 (flat zero regions filter exactly), sparse and signed maps
+    agree with float64 to ~1e-8 here (1e-6 asserted). Maps flat far from their zero keep the
+    cancellation, ~1e-5: every pixel near 1 but one, or signed maps normalised beforehand
+    (normalise=False: their zero, now at ~0.5, is no longer known)."""
+    g = torch.Generator().manual_seed(7)
+    sparse = torch.randn(6, 48, 40, generator=g).relu() ** 3  # peaked, exact zeros
+    signed = torch.randn(6, 48, 40, generator=g) * (torch.rand(6, 48, 40, generator=g) < 0.3)
+    flat_one = 1 - 0.01 * torch.rand(6, 48, 40, generator=g)
+    flat_one[:, 0, 0] = 0
+    cases = [(sparse, 1e-6, 1e-6), (signed, 1e-6, 1e-4), (flat_one, 1e-4, 1e-4)]
+    for maps, atol, raw_atol in cases:
+        other = maps.roll(3, dims=-1) + 0.1 * maps.std() * torch.randn(maps.shape, generator=g)
+        for a, b in [(maps, other), (other, maps), (maps, maps.flip(0))]:
+            ref = S.ssim(a.double(), b.double())
+            ours = S.ssim(a, b)
+            assert ours.dtype == torch.float64
+            np.testing.assert_allclose(ours.numpy(), ref.numpy(), atol=atol, rtol=0)
+            raw = S.ssim(S.minmax(a).float(), S.minmax(b).float(), normalise=False)
+            np.testing.assert_allclose(raw.numpy(), ref.numpy(), atol=raw_atol, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["spearman", "spearman_abs", "ssim", "hog"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_similarity_to_takes_stacked_batches(name, dtype):
+    """f(b) of K batches stacked (K·B maps) equals f of each batch (MPRT compares its steps in
+    one call)."""
+    g = torch.Generator().manual_seed(8)
+    a = saliency_like(3, 33, 30, seed=9).to(dtype) + 0.1 * torch.rand(3, 33, 30, generator=g)
+    steps = [a + s * torch.randn(3, 33, 30, generator=g, dtype=dtype) for s in (0.1, 1.0)]
+    steps.append(saliency_like(3, 33, 30, seed=10).to(dtype))  # ties, one constant map
+    opts = {"cell": 4} if name == "hog" else None
+    f = S.similarity_to(name, a, opts)
+    one_by_one = torch.cat([S.similarity_to(name, a, opts)(b) for b in steps])
+    stacked = f(torch.cat(steps))
+    assert stacked.shape == (9,) and stacked.dtype == torch.float64
+    np.testing.assert_allclose(stacked.numpy(), one_by_one.numpy(), atol=1e-12, rtol=0)
+    assert f(steps[0]).shape == (3,)  # and f goes on taking single batches
+    with pytest.raises(SaliencelabError, match="same shape"):
+        f(torch.cat(steps)[:4])
+
+
+def test_spearman_tie_corrections_match_scipy_with_long_and_many_runs():
+    """Spearman's ties are corrections at the tied sorted positions only: runs at the start
+    and end of a row, runs of one pixel pair, a row that is one run, rows of many short runs."""
+    g = torch.Generator().manual_seed(11)
+    b = torch.randn(6, 300, generator=g)
+    b[0, :40] = b[0].min() - 1  # a long run at the start (the smallest values)
+    b[0, -25:] = b[0].max() + 1  # and at the end
+    b[1, ::2] = b[1, 1::2]  # 150 runs of two
+    b[2] = 4.0  # constant: NaN
+    b[3] = torch.randint(0, 3, (300,), generator=g).float()  # three long runs
+    b[4, 10], b[4, 200] = b[4, 50], b[4, 50]  # one run of three, spread out
+    a = torch.randn(6, 300, generator=g)
+    a[5] = torch.randint(0, 7, (300,), generator=g).float()  # ties on the reference side
+    rho = S.similarity_to("spearman", a[:, None])(b[:, None])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.stats.ConstantInputWarning)
+        ref = [scipy.stats.spearmanr(a[i], b[i])[0] for i in range(6)]
+    np.testing.assert_allclose(rho.numpy(), ref, atol=1e-12)
 
 
 @pytest.mark.parametrize("orientations,cell,block", [(9, 8, 3), (7, 5, 2)])
