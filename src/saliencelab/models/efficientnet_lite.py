@@ -59,9 +59,11 @@ class Conv2dSame(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (top, bottom), (left, right) = self.same_padding(x.shape)
-        if top or bottom or left or right:
-            x = F.pad(x, [left, right, top, bottom])
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        if top == bottom and left == right:  # symmetric (stride 1): the convolution pads
+            pad = (top, left)  # (no padded copy of the input: a fill and a copy saved)
+        else:
+            x, pad = F.pad(x, [left, right, top, bottom]), (0, 0)
+        return F.conv2d(x, self.weight, self.bias, self.stride, pad, self.dilation, self.groups)
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:

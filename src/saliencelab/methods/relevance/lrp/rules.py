@@ -179,10 +179,10 @@ def _direct_vjp(
         return None
     if forward is Conv2dSame.forward:
         (top, bottom), (left, right) = module.same_padding(a.shape)
+        if top == bottom and left == right:  # symmetric: the convolution pads
+            return lambda s: _conv_input_grad(module, a, weight, s, (top, left))
         h, w = a.shape[-2:]
         shape = (*a.shape[:-2], h + top + bottom, w + left + right)
-        if shape == tuple(a.shape):
-            return lambda s: _conv_input_grad(module, a, weight, s, (0, 0))
         return lambda s: _conv_input_grad(module, _empty_like(a, shape), weight, s, (0, 0))[
             ..., top : top + h, left : left + w
         ]
