@@ -383,7 +383,10 @@ def test_attributions_of_channels_last_rows_come_back_contiguous():
     plain contiguous tensors (a user's `.view` works), their maps the channel sums."""
     model = sl.load_model("shapes_cnn")  # runs channels-last on the CPU (core/layout.py)
     x = model.preprocess(sl.data.shapes.make(8, seed=0)).contiguous()
-    a = sl.explain(model, x, "saliency", target=0)
+    a = sl.explain(model, x, ["saliency", "deeplift", "input_x_gradient"], target=0)
     attr = a["saliency"].attributions
     assert attr.is_contiguous() and attr.view(8, -1).shape == (8, 3 * 64 * 64)
     torch.testing.assert_close(a["saliency"].maps, attr.sum(dim=1), rtol=0, atol=0)
+    # also where a method computes with the rows as fed (channels-last `PassChunk.inputs`)
+    assert a["deeplift"].attributions.is_contiguous()
+    assert a["input_x_gradient"].attributions.is_contiguous()

@@ -53,7 +53,7 @@ class PassChunk:
 
     rows: torch.Tensor  # (n,) row indices of this chunk
     samples: torch.Tensor  # (n,) original sample index of each row
-    inputs: torch.Tensor
+    inputs: torch.Tensor  # the rows as fed to the model (channels-last where the engine used it)
     logits: torch.Tensor
     scores: torch.Tensor  # (n,) target score of each row
     input_grad: torch.Tensor | None = None
@@ -184,8 +184,9 @@ class Engine:
             raise ValueError("a gradient pass needs input_grad or at least one layer")
         with self.session(), Hooks() as hooks:
             # Channels-last rows on CPU where the model gives the same output (core/layout.py);
-            # probed before any hook is installed. Everything is handed back contiguous, so
-            # attributions are plain tensors for the user (a copy of ~0.1 ms per 8×3×64² chunk).
+            # probed before any hook is installed. Gradients and activations are handed back
+            # contiguous, so attributions are plain tensors for the user (a copy of ~0.1 ms per
+            # 8×3×64² chunk); the inputs as they were fed.
             dev = self.device
             example = make_inputs(torch.arange(1)).to(dev)
             nhwc = n_rows >= NHWC_MIN_ROWS and channels_last_known(self.module, example)
@@ -256,7 +257,7 @@ class Engine:
                 yield PassChunk(
                     rows=rows,
                     samples=samples,
-                    inputs=x.detach().contiguous(),
+                    inputs=x.detach(),  # as fed (channels-last on CPU), as `forwards` does
                     logits=logits.detach(),
                     scores=scores.detach(),
                     input_grad=grads[0].contiguous() if input_grad else None,
