@@ -50,8 +50,9 @@ passes: building rows, model, scores), `rows` (the metrics' `make_inputs`, insid
 `explain` (the explainer's `sl.explain` calls, engine inside) and per metric the non-forward
 work: ROAD's imputation solve (inside rows), insertion's blur, the map similarity of MPRT and
 random-logit, MPRT's re-initialisation, input-invariance's shift offset (W·shift, kept per
-layer until its weight changes: 0 once kept), the noise of the robustness metrics and infidelity, sensitivity-n's random subsets
-(seeded draws, kept by the metric for its next batch of the same shape: 0 once drawn).
+layer until its weight changes: 0 once kept), the noise of the robustness metrics and
+infidelity, sensitivity-n's random subsets (seeded draws, kept by the metric for its next batch
+of the same shape: 0 once drawn).
 `--profile` also prints a torch.profiler table of one call.
 
 Map-only metrics (localisation, complexity: no forwards) are listed as such; metrics_maps.py

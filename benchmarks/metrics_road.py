@@ -12,8 +12,9 @@ order is the same for everyone. The removed pixels of each row are ROAD's: for e
 order (MoRF, LeRF) and percentage p, the floor(p·H·W/100) top or bottom pixels of the map.
 
 (a) `imputation`: all those rows (B · 2 · P) filled without noise by
-  - `ours`: `linear_imputation` (on the CPU an exact sparse LU per row), in chunks of the
-    metric's chunk size;
+  - `ours`: `linear_imputation` (on the CPU an exact solve per row: LAPACK's band Cholesky
+    while the band is narrow, 64×64 images and the sparser 224×224 rows, else SciPy's SuperLU
+    in nested dissection order), in chunks of the metric's chunk size;
   - `cg`: the batched conjugate gradients (`road._conjugate_gradients`: the CUDA path, and the
     CPU path before the direct solve), same chunks; on CUDA it is `ours` and is left out;
   - `quantus`: `quantus.functions.perturb_func.noisy_linear_imputation(x_i, pixel indices,

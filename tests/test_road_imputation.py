@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from saliencelab.metrics.faithfulness import linear_imputation
-from saliencelab.metrics.faithfulness.road import _conjugate_gradients, _grid
+from saliencelab.metrics.faithfulness import linear_imputation, road
+from saliencelab.metrics.faithfulness.road import _conjugate_gradients, _grid, _solve_image
 
 
 def imputation_system(img: np.ndarray, removed: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -144,6 +144,67 @@ def test_direct_solve_equals_conjugate_gradients_on_64x64(pattern):
     torch.testing.assert_close(linear_imputation(x, removed), cg, atol=1e-9, rtol=0)
 
 
+def _masks(h: int, w: int) -> dict[str, np.ndarray]:
+    """Removed-pixel masks like ROAD's: noisy (saliency-like) and smooth (Grad-CAM-like) maps
+    at 10, 50 and 90 %, plus a few shapes."""
+    g = torch.Generator().manual_seed(h * w)
+    noisy = torch.rand(h, w, generator=g, dtype=torch.float64)
+    coarse = torch.rand(1, 1, 4, 4, generator=g, dtype=torch.float64)
+    smooth = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear")[0, 0]
+    out = {}
+    for name, score in (("noisy", noisy), ("smooth", smooth)):
+        ranks = score.flatten().argsort(descending=True).argsort().view(h, w)
+        for p in (10, 50, 90):
+            out[f"{name}{p}"] = (ranks < p * h * w // 100).numpy()
+    for kind in ("corner", "border", "all_but_centre", "block"):
+        out[kind] = _mask(h, w, kind).numpy()
+    return out
+
+
+@pytest.mark.parametrize("size", [(64, 64), (23, 40), (40, 23), (3, 50), (100, 100)])
+def test_band_and_sparse_lu_solves_agree(size, monkeypatch):
+    """`_solve_image`'s two exact solvers (LAPACK band Cholesky, SuperLU in nested dissection
+    order) give the same values, and they solve the system (residual) on ROAD-like masks."""
+    monkeypatch.setattr(road, "_BAND", float("inf"))  # the band solve at any bandwidth
+    h, w = size
+    img = torch.rand(3, h, w, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for name, mask in _masks(h, w).items():
+        if mask.all() or not mask.any():
+            continue
+        known = img.masked_fill(torch.from_numpy(mask), 0.0)[None]
+        near = road._neighbours(known)[0].numpy()
+        with road._scipy()[2].limit(limits=1, user_api="blas"):  # as `_direct` does
+            band = _solve_image(mask, near, band=True)
+            lu = _solve_image(mask, near, band=False)
+        assert band.shape == (3, int(mask.sum()))
+        np.testing.assert_allclose(band, lu, atol=1e-11, rtol=0, err_msg=name)
+        # residual of the system: s_i·v_i - Σ_j w_ij·v_j over all neighbours = 0 at removed i
+        v = known[0].clone()
+        v[:, torch.from_numpy(mask)] = torch.from_numpy(band)
+        s = torch.from_numpy(_grid(h, w)[2])
+        residual = (s * v - road._neighbours(v[None])[0])[:, torch.from_numpy(mask)]
+        assert residual.abs().max() < 1e-12, name
+    if size == (64, 64):  # within the band solve's reach: it is what linear_imputation uses
+        monkeypatch.undo()
+        mask = _masks(h, w)["noisy90"]
+        u, _ = road._band_pairs(mask)
+        assert u <= w + 1 and u * u <= road._BAND * np.log2(mask.sum())
+
+
+def test_without_threadpoolctl_the_sparse_lu_is_used(monkeypatch):
+    """Without threadpoolctl (to keep SciPy's BLAS on one thread) only SuperLU solves; the
+    values are the same."""
+    x, removed = _case(9, 7, "random", torch.float64)
+    ref = linear_imputation(x, removed)
+    calls = []
+    band, sparse, _ = road._scipy()
+    monkeypatch.setattr(road, "_scipy", lambda: (band, sparse, None))
+    solve = road._superlu_solve
+    monkeypatch.setattr(road, "_superlu_solve", lambda *a: calls.append(1) or solve(*a))
+    torch.testing.assert_close(linear_imputation(x, removed), ref, atol=1e-13, rtol=0)
+    assert len(calls) == 2
+
+
 def test_mask_shapes_broadcast_and_edge_cases():
     x, removed = _case(6, 5, "block", torch.float32)
     out = linear_imputation(x, removed)
@@ -162,6 +223,7 @@ def test_mask_shapes_broadcast_and_edge_cases():
 def test_threads_give_the_same_result():
     x, removed = _case(9, 7, "random", torch.float32)
     x, removed = x.repeat(3, 1, 1, 1), removed.repeat(3, 1, 1)
+    removed[::2, :4] = True  # systems of several sizes: the band buffers are reused per thread
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
