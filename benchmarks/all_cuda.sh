@@ -2,13 +2,14 @@
 # Every side-by-side benchmark on a CUDA GPU, in one go: the numbers recorded in README.md
 # ("On a GPU"). Usage: benchmarks/all_cuda.sh OUT_DIR [PYTHON] [PART...]
 # PART is any of: check run perturbation lrp faithfulness robustness randomisation surrogates
+# floor (every metric against its floor: issue 6's target)
 # (default: all). Each part's JSON and log land in OUT_DIR; the last lines of each log are its
 # table. Peers (Captum, Quantus, pytorch-grad-cam) must be importable.
 set -u
 out=${1:?usage: benchmarks/all_cuda.sh OUT_DIR [PYTHON] [PART...]}
 py=${2:-python3}
 shift $(($# < 2 ? $# : 2))
-parts=${*:-check run perturbation lrp faithfulness robustness randomisation surrogates}
+parts=${*:-check run perturbation lrp faithfulness robustness randomisation surrogates floor}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 
@@ -39,6 +40,8 @@ for part in $parts; do
         --out "$out/metrics_robustness.json" ;;
     randomisation) step randomisation "$py" benchmarks/metrics_randomisation.py --device cuda \
         --out "$out/metrics_randomisation.json" ;;
+    floor) step floor "$py" benchmarks/metrics_floor.py --device cuda --repeats 3 \
+        --out "$out/metrics_floor.json" ;;
     *) echo "unknown part $part" ;;
     esac
 done
