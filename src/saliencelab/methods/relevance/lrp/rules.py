@@ -168,7 +168,8 @@ def _direct_vjp(
     of the convolution, cropped by the padding). None for anything else (autograd then).
 
     A nested `torch.autograd.grad` costs ~90 µs of host time per call, and an LRP pass of
-    EfficientNet-Lite0 made 60: at small batches (and on a GPU) that was a quarter of the pass.
+    EfficientNet-Lite0 made 60 (at batch 1, 32×32 the pass got 5-10 % cheaper without them;
+    benchmarks/README.md).
     """
     if "forward" in module.__dict__:
         return None
