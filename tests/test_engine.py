@@ -286,6 +286,53 @@ def test_chunk_sizes_are_chosen_by_cpu_time_on_one_cpu_thread():
         batching.forget_chunk_sizes()
 
 
+class _SmallMemory(nn.Module):
+    """Raises the out-of-memory error a GPU would for batches above `limit` rows."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit, self.batches = limit, []
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.batches.append(x.shape[0])
+        return self.fc(self.conv(x).relu().mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "occlusion"])
+def test_a_chunk_out_of_device_memory_is_run_again_in_halves(method):
+    """A chunk that runs out of device memory comes again at half the size (gradient and
+    forward passes), later passes stay below it, and the result is the same."""
+    from saliencelab.core import batching
+
+    torch.manual_seed(0)
+    small, roomy = _SmallMemory(limit=5), _SmallMemory(limit=10**6)
+    roomy.load_state_dict(small.state_dict())
+    x = torch.randn(3, 3, 8, 8)
+    opts = {"n_steps": 16} if method == "integrated_gradients" else {"window": 4, "stride": 2}
+    try:
+        ours = sl.explain(small, x, method, target=1, **opts)[method].attributions
+        assert max(small.batches) <= 5
+        again = len(small.batches)
+        sl.explain(small, x, method, target=1, **opts)  # no chunk above the halved size
+        assert max(small.batches[again:]) <= 5
+        ref = sl.explain(roomy, x, method, target=1, chunk_size=2, **opts)[method].attributions
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    finally:
+        batching.forget_chunk_sizes()
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in small.modules())
+
+
+def test_a_single_row_out_of_device_memory_is_a_clear_error():
+    model = _SmallMemory(limit=0)
+    with pytest.raises(SaliencelabError, match="ran out of memory for a single row"):
+        sl.explain(model, torch.randn(2, 3, 8, 8), "saliency", target=0)
+    assert all(p.requires_grad for p in model.parameters())  # the state came back
+
+
 def test_nan_model_is_a_clear_error():
     class NaNNet(nn.Module):
         def forward(self, x):

@@ -33,6 +33,7 @@ import torch
 _BEST: dict[tuple, int] = {}
 _PARTIAL: dict[tuple, tuple[dict[int, float], dict[int, int], int, bool]] = {}  # a search left open
 _BYTES: dict[tuple, int] = {}  # bytes one row keeps for backward, measured once per key
+_CAPS: dict[tuple, int] = {}  # rows per chunk that ran out of device memory, halved, per key
 
 
 _RAM_READ: list[float] = [-math.inf, 0]  # (monotonic time, bytes) of the last RAM reading
@@ -79,6 +80,7 @@ class ChunkPlan:
     _settled: bool = False
     _shrinking: bool = False
     _warm: bool = False
+    _redo: bool = False
 
     def __post_init__(self) -> None:
         if self.bytes_per_row is None:
@@ -97,18 +99,32 @@ class ChunkPlan:
     def cap(self) -> int:
         if self.fixed is not None:  # the user's chunk size wins
             return self._size
-        cap = self.max_rows
+        cap = min(self.max_rows, _CAPS.get(self.key, self.max_rows))
         if self.bytes_per_row and self.budget:
             cap = min(cap, max(1, self.budget // self.bytes_per_row))
         return cap
 
     def chunks(self) -> Iterator[torch.Tensor]:
-        """Row indices of each chunk in order; call `record` after each."""
+        """Row indices of each chunk in order; call `record` after each (or `out_of_memory`,
+        after which the same rows come again in smaller chunks)."""
         done = 0
         while done < self.n_rows:
             size = min(self._size, self.cap, self.n_rows - done)
+            self._redo = False
             yield torch.arange(done, done + size)
-            done += size
+            if not self._redo:
+                done += size
+
+    def out_of_memory(self, rows: int) -> bool:
+        """A chunk of `rows` rows ran out of device memory: chunks of this model, pass kind and
+        input shape are capped at half of it from now on (this pass included: its rows come
+        again) and the search settles there. False if it was one row (nothing smaller)."""
+        if rows <= 1:
+            return False
+        _CAPS[self.key] = rows // 2
+        self._settle(rows // 2)
+        self._redo = True
+        return True
 
     def record(self, rows: int, seconds: float) -> None:
         """Learn from a chunk of `rows` rows that took `seconds` (see `_learn`)."""
@@ -188,3 +204,4 @@ def forget_chunk_sizes() -> None:
     _BEST.clear()
     _PARTIAL.clear()
     _BYTES.clear()
+    _CAPS.clear()

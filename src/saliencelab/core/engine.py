@@ -218,38 +218,44 @@ class Engine:
             clock = chunk_clock(dev)
             for rows in plan.chunks():
                 start = time.perf_counter()
-                x = usable_input(make_inputs(rows).to(dev))
-                if nhwc:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                built = clock()
-                captured.clear()
-                samples = sample_of(rows)
-                with (
-                    torch.enable_grad() if input_grad else torch.no_grad(),
-                    _count_saved_bytes(plan, len(rows)),
-                    chunk_samples(samples),
-                ):
-                    if input_grad:
-                        x.requires_grad_(True)
-                    logits = self._output(x, target)
-                with torch.enable_grad():
-                    scores = target.scores(logits, samples)
-                    checks.add(scores)
-                    missing = [n for n in layers if n not in captured]
-                    if missing:
-                        raise SaliencelabError(
-                            f"The layer {missing[0]} was not reached by the forward pass (a "
-                            "neuron or channel target stops it at its own layer); pick a layer "
-                            "that runs before the target's layer."
-                        )
-                    wrt = ([x] if input_grad else []) + [captured[n] for n in layers]
-                    if not all(t.requires_grad for t in wrt):
-                        raise SaliencelabError(
-                            "The target score does not depend on the input; check that the model "
-                            "is differentiable and that the layer is used in its forward pass."
-                        )
-                    grads = torch.autograd.grad(scores.sum(), wrt)
-                checks.wait()
+                try:
+                    x = usable_input(make_inputs(rows).to(dev))
+                    if nhwc:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    built = clock()
+                    captured.clear()
+                    samples = sample_of(rows)
+                    with (
+                        torch.enable_grad() if input_grad else torch.no_grad(),
+                        _count_saved_bytes(plan, len(rows)),
+                        chunk_samples(samples),
+                    ):
+                        if input_grad:
+                            x.requires_grad_(True)
+                        logits = self._output(x, target)
+                    with torch.enable_grad():
+                        scores = target.scores(logits, samples)
+                        checks.add(scores)
+                        missing = [n for n in layers if n not in captured]
+                        if missing:
+                            raise SaliencelabError(
+                                f"The layer {missing[0]} was not reached by the forward pass (a "
+                                "neuron or channel target stops it at its own layer); pick a layer "
+                                "that runs before the target's layer."
+                            )
+                        wrt = ([x] if input_grad else []) + [captured[n] for n in layers]
+                        if not all(t.requires_grad for t in wrt):
+                            raise SaliencelabError(
+                                "The target score does not depend on the input; check that the "
+                                "model is differentiable and that the layer is used in its "
+                                "forward pass."
+                            )
+                        grads = torch.autograd.grad(scores.sum(), wrt)
+                    checks.wait()
+                except torch.OutOfMemoryError:
+                    captured.clear()
+                    _out_of_memory(plan, len(rows), dev)
+                    continue
                 plan.record(len(rows), clock() - built)
                 self.cost.grad_rows += len(rows)
                 self.cost.seconds += time.perf_counter() - start
@@ -303,17 +309,21 @@ class Engine:
             clock = chunk_clock(dev)
             for rows in plan.chunks():
                 start = time.perf_counter()
-                x = make_inputs(rows).to(dev)
-                if nhwc:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                built = clock()
-                current_rows[:] = [rows]
-                samples = sample_of(rows)
-                with chunk_samples(samples):
-                    logits = self._output(x, target)
-                scores = target.scores(logits, samples) if target is not None else logits[:, 0]
-                checks.add(scores)
-                checks.wait()
+                try:
+                    x = make_inputs(rows).to(dev)
+                    if nhwc:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    built = clock()
+                    current_rows[:] = [rows]
+                    samples = sample_of(rows)
+                    with chunk_samples(samples):
+                        logits = self._output(x, target)
+                    scores = target.scores(logits, samples) if target is not None else logits[:, 0]
+                    checks.add(scores)
+                    checks.wait()
+                except torch.OutOfMemoryError:
+                    _out_of_memory(plan, len(rows), dev)
+                    continue
                 plan.record(len(rows), clock() - built)
                 self.cost.forward_rows += len(rows)
                 self.cost.seconds += time.perf_counter() - start
@@ -370,6 +380,19 @@ class Engine:
                 "channel target cannot follow: use another method."
             )
         return readings
+
+
+def _out_of_memory(plan: ChunkPlan, rows: int, device: torch.device) -> None:
+    """A chunk ran out of device memory: its rows come again in chunks of half the size (and
+    every later pass of the kind stays below it, core/batching.py); one clear sentence when a
+    single row does not fit."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if not plan.out_of_memory(rows):
+        raise SaliencelabError(
+            f"The {device.type} device ran out of memory for a single row of this pass; free "
+            "memory on it, use smaller inputs, or run the model on the CPU."
+        ) from None
 
 
 def chunk_clock(device: torch.device) -> Callable[[], float]:
