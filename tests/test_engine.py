@@ -326,6 +326,19 @@ def test_a_chunk_out_of_device_memory_is_run_again_in_halves(method):
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in small.modules())
 
 
+def test_chunk_search_ceilings_per_device_and_pass_kind():
+    """GPU forward-only passes may climb to 1024-row chunks (no activations kept for backward;
+    out-of-memory chunks are halved), gradient passes to 256, a CPU's to 32."""
+    from saliencelab.core.engine import Engine
+
+    engine, x = Engine(sl.Model(_SmallMemory(limit=10))), torch.randn(1, 3, 8, 8)
+    assert engine._plan("forward", 5000, x, torch.device("cuda")).cap == 1024
+    assert engine._plan("forward", 5000, x, torch.device("cpu")).cap == 32
+    engine.memory_budget = 10**12  # (the default budget would ask the GPU for its free memory)
+    assert engine._plan("grad", 5000, x, torch.device("cuda")).cap == 256
+    assert engine._plan("grad", 5000, x, torch.device("cpu")).cap == 32
+
+
 def test_a_single_row_out_of_device_memory_is_a_clear_error():
     model = _SmallMemory(limit=0)
     with pytest.raises(SaliencelabError, match="ran out of memory for a single row"):
