@@ -26,6 +26,16 @@ def _key(x: torch.Tensor) -> tuple | None:
     return (tuple(x.shape[1:]), x.dtype)
 
 
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """`torch.channels_last` for a 4-D tensor laid out NHWC (and not plain contiguous as well,
+    e.g. one channel), else `torch.contiguous_format`: the layout to make a tensor in that is
+    combined with `t` without a conversion."""
+    nhwc = t.dim() == 4 and not t.is_contiguous()
+    if nhwc and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def channels_last_known(module: nn.Module, example: torch.Tensor) -> bool:
     """Whether an earlier probe found rows like `example` safe channels-last (never probes).
 

@@ -162,14 +162,6 @@ class EvalBatch:
             )
         return self.pick(self.input_logits, torch.arange(self.batch), kind)
 
-    def shared_row_scores(
-        self, row: torch.Tensor, kind: Literal["probability", "logit", "logits"]
-    ) -> torch.Tensor:
-        """(B,) each sample's target score on one input `row` (1, C, H, W) that is the same for
-        every sample (e.g. the all-baseline image): one forward in all."""
-        logits = self.scores(1, lambda r: row, lambda r: r, kind="logits")
-        return self.pick(logits.expand(self.batch, -1), torch.arange(self.batch), kind)
-
     def row_layout(self) -> torch.memory_format:
         """The memory format the engine feeds rows like `x` to the model in: channels-last
         where its layout probe found that safe (4-D float inputs on the CPU, core/layout.py),

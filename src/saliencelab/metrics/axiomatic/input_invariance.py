@@ -14,6 +14,7 @@ from torch import nn
 
 from ...core.derived import kept
 from ...core.errors import SaliencelabError
+from ...core.layout import memory_format_of
 from ...core.state import attribution_mode
 from ...models.model import Model, logits_of
 from ..base import EvalBatch, Metric, Scores, all_finite, register_metric
@@ -232,10 +233,9 @@ def shifted_model(
                 "input_invariance built its shifted model for inputs of shape "
                 f"{tuple(x.shape[1:])}; explain inputs of that shape."
             )
-        nhwc = out.dim() == 4 and out.is_contiguous(memory_format=torch.channels_last)
-        layout = torch.channels_last if nhwc else torch.contiguous_format
+        layout = memory_format_of(out)
         like_out = derived(
-            (out.dtype, out.device, nhwc),
+            (out.dtype, out.device, layout),
             lambda: offset.to(out.device, out.dtype).contiguous(memory_format=layout),
         )
         fn = out.grad_fn

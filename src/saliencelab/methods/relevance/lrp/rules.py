@@ -75,6 +75,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from ....core.derived import kept
 from ....core.errors import SaliencelabError
+from ....core.layout import memory_format_of
 from ....models.efficientnet_lite import Conv2dSame
 
 Tensors = tuple[torch.Tensor, ...]
@@ -195,8 +196,7 @@ def _direct_vjp(
 def _empty_like(a: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """An uninitialised tensor of `shape` in a's memory layout (only its shape and layout are
     read: they set the layout of the input gradient)."""
-    fmt = torch.channels_last if _nhwc(a) else torch.contiguous_format
-    return torch.empty(shape, dtype=a.dtype, device=a.device, memory_format=fmt)
+    return torch.empty(shape, dtype=a.dtype, device=a.device, memory_format=memory_format_of(a))
 
 
 def _conv_input_grad(
@@ -223,15 +223,6 @@ def _conv_input_grad(
         module.groups,
         (True, False, False),
     )[0]
-
-
-def _nhwc(t: torch.Tensor) -> bool:
-    """Whether t is a channels-last 4-D tensor (and not also plain contiguous)."""
-    return (
-        t.dim() == 4
-        and not t.is_contiguous()
-        and t.is_contiguous(memory_format=torch.channels_last)
-    )
 
 
 def _linear_forward(
