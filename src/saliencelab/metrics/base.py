@@ -76,6 +76,32 @@ class Explainer:
         return f"Explainer({self.method!r}, {self.options!r})"
 
 
+class LastDraw:
+    """The seeded draw a metric made last (noise, random subsets), kept for its next batch.
+
+    Such draws depend only on the options and the inputs' shape (every sample and every batch of
+    that shape sees the same ones), so a loop over equal batches draws them once: drawing is
+    serial on the CPU (10 × 3 × 64² Gaussian values took 7 % of infidelity on the shapes CNN).
+    Kept while at most `MAX_VALUES` values. The kept tensor is shared: callers must not edit it.
+    """
+
+    MAX_VALUES = 2**24
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._value: torch.Tensor | None = None
+
+    def get(self, key: tuple, draw: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """`draw()`, or the tensor it gave for the same `key` (everything the draw depends on)
+        last time."""
+        if self._value is not None and key == self._key:
+            return self._value
+        value = draw()
+        keep = value.numel() <= self.MAX_VALUES
+        self._key, self._value = (key, value) if keep else (None, None)
+        return value
+
+
 @dataclass
 class EvalBatch:
     """What a metric may read for one batch of one method.

@@ -8,8 +8,7 @@ import torch
 
 from ...core.batching import default_budget
 from ...core.errors import SaliencelabError
-from ..base import EvalBatch
-from ..faithfulness.perturbation import LastDraw
+from ..base import EvalBatch, LastDraw
 
 Noise = Literal["uniform", "gaussian"]
 On = Literal["maps", "attributions"]

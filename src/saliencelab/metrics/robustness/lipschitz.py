@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..base import EvalBatch, Metric, Scores, register_metric
+from ..base import EvalBatch, LastDraw, Metric, Scores, register_metric
 from ..checks import check_choice, check_positive, check_positive_int
-from ..faithfulness.perturbation import LastDraw
 from ._noisy import (
     On,
     distances,

@@ -6,9 +6,8 @@ from typing import ClassVar
 
 import torch
 
-from ..base import EvalBatch, Metric, Scores, register_metric
+from ..base import EvalBatch, LastDraw, Metric, Scores, register_metric
 from ..checks import check_choice, check_positive, check_positive_int
-from ..faithfulness.perturbation import LastDraw
 from ._noisy import (
     Noise,
     On,
