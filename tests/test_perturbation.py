@@ -22,6 +22,7 @@ from saliencelab.methods.perturbation.features import (
     n_features,
     perturbation_baseline,
 )
+from saliencelab.methods.perturbation.incremental import _spread
 from saliencelab.methods.perturbation.rise import RiseMasks
 from saliencelab.models.blackbox import blackbox
 from saliencelab.models.efficientnet_lite import Conv2dSame, MBConvBlock
@@ -210,9 +211,60 @@ def test_incremental_feature_ablation_equals_full_forwards_and_captum(tiny_effic
         torch.testing.assert_close(inc.attributions[b : b + 1], theirs, atol=1e-5, rtol=0)
 
 
+def _levels_of(model: nn.Module, x: torch.Tensor, boxes: torch.Tensor):
+    from saliencelab.core.context import Context
+    from saliencelab.core.engine import Engine
+    from saliencelab.core.targets import Target
+    from saliencelab.methods.perturbation.incremental import plan_local_prefix
+
+    wrapped = sl.Model(model)
+    ctx = Context(wrapped, Engine(wrapped), x, Target(torch.zeros(len(x), dtype=torch.long)))
+    return plan_local_prefix(ctx, boxes)
+
+
+def test_incremental_levels_recompute_exactly_the_changed_cells(tiny_efficientnet):
+    """Through several levels of crops: every cell of every level's map that a window changes
+    lies in the level's predicted changed range, and the pasted map of the last level equals
+    the layers run on the whole occluded image."""
+    torch.manual_seed(14)
+    x = torch.randn(2, 3, 64, 64)
+    tops, lefts = torch.meshgrid(torch.arange(0, 57, 8), torch.arange(0, 57, 8), indexing="ij")
+    boxes = torch.stack([tops, lefts, tops + 8, lefts + 8], -1).view(-1, 4)
+    prefix = _levels_of(tiny_efficientnet, x, boxes)
+    assert prefix is not None and len(prefix.levels) >= 2  # crops of crops really ran
+    rows = torch.tensor([0, 9, 27, 36, 63])  # corners, edges and inside (an 8 × 8 grid)
+    samples = torch.tensor([0, 1, 0, 1, 1])
+    occluded = x[samples].clone()
+    for i, (top, left, bottom, right) in enumerate(boxes[rows].tolist()):
+        occluded[i, :, top:bottom, left:right] = 0.0
+
+    def crops_of(top, left):
+        size = prefix.levels[0].crop_in
+        ys = top[:, None, None] + torch.arange(size[0])[None, :, None]
+        xs = left[:, None, None] + torch.arange(size[1])[None, None, :]
+        return occluded[torch.arange(len(rows))[:, None, None], :, ys, xs].permute(0, 3, 1, 2)
+
+    with torch.inference_mode():
+        acts = prefix.activations(samples, boxes[rows], crops_of)
+        clean, dirty = x[samples], occluded
+        ranges = (boxes[rows, 0], boxes[rows, 2] - 1, boxes[rows, 1], boxes[rows, 3] - 1)
+        for level in prefix.levels:
+            for m in level.modules:
+                clean, dirty = m(clean), m(dirty)
+            r0, r1, c0, c1 = ranges = _spread(ranges, level.steps, level.grid)
+            changed = (clean != dirty).any(dim=1)  # (n, h, w)
+            ys = torch.arange(level.grid[0])[None, :, None]
+            xs = torch.arange(level.grid[1])[None, None, :]
+            inside = (ys >= r0[:, None, None]) & (ys <= r1[:, None, None])
+            inside = inside & (xs >= c0[:, None, None]) & (xs <= c1[:, None, None])
+            assert changed.any() and not (changed & ~inside).any()
+    torch.testing.assert_close(acts, dirty, atol=1e-5, rtol=0)
+
+
 def test_incremental_check_on_real_rows_catches_a_wrong_plan(tiny_efficientnet, monkeypatch):
-    """With the influence margins forced to 0 the crops are too small: the check on real rows
-    must see it and fall back to full forwards."""
+    """With the crops' margins forced to 0 (each crop starts at the first changed cell, whose
+    receptive field reaches before it) the crops are wrong: the check on real rows must see it
+    and fall back to full forwards."""
     import importlib
 
     occlusion_module = importlib.import_module("saliencelab.methods.perturbation.occlusion")
@@ -220,7 +272,8 @@ def test_incremental_check_on_real_rows_catches_a_wrong_plan(tiny_efficientnet, 
 
     def wrong(ctx, boxes):
         prefix = plan(ctx, boxes)
-        prefix.before, prefix.after = (0, 0), (0, 0)
+        for level in prefix.levels:
+            level.margin = (0, 0)
         return prefix
 
     monkeypatch.setattr(occlusion_module, "plan_local_prefix", wrong)

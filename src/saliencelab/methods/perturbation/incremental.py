@@ -2,38 +2,47 @@
 "Incremental and Approximate Inference for Faster Occlusion-based Deep CNN Explanations",
 SIGMOD 2019).
 
-An occluded input differs from x only inside a small box, so the output of an early layer L
-differs from its clean output only inside the box's *influence region*. For each perturbed row
-we therefore run the layers up to L (the prefix P) on a crop around the box, paste the cells of
-the influence region into the clean activation P(x), and run the model from L on. The result is
-the full forward's, up to float rounding: the crop is wide enough that every pasted cell sees
-its whole receptive field, and the crop's edges are either image edges or far enough away.
+An occluded input differs from x only inside a small box, so each layer's output differs from
+its clean output only inside the box's *influence region*, which grows layer by layer. While that
+region is small, a layer need only be computed on a crop around it. The early layers are split
+into *levels*: level 1 runs on crops of the perturbed image; each later level on crops of the
+previous level's map, built from its clean map (computed once per image) with the cells the
+previous level recomputed pasted in; the cells the last level recomputed are pasted into its
+clean map, and the model runs from there on whole maps. Each crop is wide enough that every
+cell kept sees its whole receptive field, and its edges are the map's edges or far enough away,
+so the result is the full forward's up to float rounding.
 
-How the prefix is found, for any `nn.Module` (nothing is assumed about the architecture):
+How the levels are found, for any `nn.Module` (nothing is assumed about the architecture):
 
 1. One probe forward records the tree of module calls. The prefix is the longest chain of calls
    starting at the model's input where each call's input is the previous call's output (the same
    tensor object), descending into a module when its children form such a chain themselves
    (e.g. `nn.Sequential`s, a block without a skip connection). Running the chain's modules one
-   after another is then exactly what the model does up to L.
-2. For every candidate L with a spatial output (K, h, w), h = H / S_h, w = W / S_w: a block of
-   the input aligned to every candidate's stride is set to NaN (and, separately, to noise); the
-   output cells that change give how many cells before (α) and after (β) the changed blocks
-   are influenced. A box
-   covering blocks [b0, b1] changes cells [b0 − α, b1 + β]; cell j depends on blocks
-   [j − β, j + α]; so a crop of blocks [b0 − α − β, b1 + α + β] (shifted to stay inside the
-   image) computes every changed cell exactly. A layer whose output depends on the whole input
-   (global pooling, attention) gets a crop as large as the image and is never chosen.
-3. L is chosen where the prefix's share of a forward times the fraction of it saved is
-   largest, less the cost of writing each row's activations at L (a forward's cost taken as
-   the elements its leaf modules write: CPU and GPU inference of such networks is mostly
-   memory-bound); the plan is used only if it saves at least 15 % of a forward.
-4. Checks before use: the model run from L on the clean P(x) must reproduce the clean logits, and
-   a few real perturbed rows (corners and centre) must score as their full forwards. Any failure
-   falls back to full forwards.
+   after another is then exactly what the model does. (A block with a skip connection is one
+   call of the chain.)
+2. Each call of the chain with maps in and out, (K, H, W) → (K', h, w), H = s·h, W = s'·w, is
+   probed on its clean input with a block of s × s' cells set to NaN (and, separately, to
+   noise): the output cells that change give how far a changed block reaches, α cells before
+   and β after it. A changed range of input cells [r0, r1] then changes at most the output
+   cells [⌊r0/s⌋ − α, ⌊r1/s⌋ + β], and output cell j depends only on input blocks
+   [j − β, j + α]; composed over the calls of a level, these give its changed ranges and its
+   receptive field (lo cells before, hi after), so a crop of the level's output cells
+   [o0 − ⌈lo/S⌉, o1 + ⌈hi/S⌉] (S: the level's stride; shifted to stay inside the map)
+   computes the changed cells [o0, o1] exactly. A global operation (pooling, attention,
+   normalisation over the map) reaches the whole map: crops as large as the map, no saving.
+3. The split into levels minimises an estimated cost per row (dynamic programming over where
+   levels end): each level's calls scaled by its crop's share of their maps, plus building each
+   later level's input, plus pasting into the last level's map, plus the rest of the model on
+   whole maps; a call's cost taken as the elements it writes (CPU and GPU inference of such
+   networks is mostly memory-bound; BatchNorm counts nothing, the engine folds it). The plan is
+   used only if it saves at least 15 % of a forward.
+4. Checks before use: the model run from the last level on the clean maps must reproduce the
+   clean logits, and a few real perturbed rows (corners and centre) must score as their full
+   forwards. Any failure falls back to full forwards.
 
-During the passes a forward hook on L replaces L's output by the pasted activations, and the
-model's own input is a tiny dummy batch, so the layers before L cost next to nothing.
+During the passes a forward hook on the last level's layer replaces its output by the pasted
+activations, and the model's own input is a tiny dummy batch, so the layers before it cost next
+to nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...core.context import Context
 from ...core.engine import PassChunk
@@ -56,7 +66,11 @@ from .features import channels_last_ok, clean_scores
 log = logging.getLogger("saliencelab")
 
 MIN_SAVING = 0.15  # use the plan only if it saves at least this fraction of a forward
-PASTE_COST = 1.5  # cost of building a row's activations at the layer, per element written
+PASTE_COST = 1.5  # cost of pasting into the last level's map, per element of the map
+WINDOW_COST = 3.0  # cost of building a later level's input, per element (two gathers, a select)
+
+Pair = tuple[int, int]
+Ranges = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # r0, r1, c0, c1 (n,)
 
 
 @dataclass
@@ -127,84 +141,192 @@ def _prefix_chain(root_call: _Call) -> list[_Call]:
     return chain
 
 
+def _volume(call: _Call) -> int:
+    """Elements written by the leaf modules of a call: the cost proxy (inference on these
+    networks is mostly memory-bound, so time follows the activations written). BatchNorm
+    counts nothing: the engine folds it into the layer before (core/fused.py)."""
+    if call.children:
+        return sum(_volume(c) for c in call.children)
+    if isinstance(call.module, _BatchNorm) or not call.shape:
+        return 0
+    return math.prod(call.shape)
+
+
+# -- changed ranges and receptive fields ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Step:
+    """A layer (or a layer and the stride-1 layers after it): a block of `stride` input cells
+    changes the output cells from `before` cells before its index to `after` cells after."""
+
+    stride: Pair
+    before: Pair
+    after: Pair
+
+
+def _merged(steps: list[_Step]) -> list[_Step]:
+    """The same steps with each stride-1 step folded into the one before (margins add)."""
+    out: list[_Step] = []
+    for st in steps:
+        if out and st.stride == (1, 1):
+            last = out[-1]
+            before = (last.before[0] + st.before[0], last.before[1] + st.before[1])
+            after = (last.after[0] + st.after[0], last.after[1] + st.after[1])
+            out[-1] = _Step(last.stride, before, after)
+        else:
+            out.append(st)
+    return out
+
+
+def _spread(ranges: Ranges, steps: list[_Step], grid: Pair) -> Ranges:
+    """Changed cell ranges (inclusive, per row) through `steps`, then clipped to `grid`.
+
+    Each step maps [r0, r1] to [⌊r0/s⌋ − α, ⌊r1/s⌋ + β]; clipping once at the end equals
+    clipping after every step, because ⌊max(0, r)/s⌋ = max(0, ⌊r/s⌋) (and likewise at the far
+    edge, the maps' sizes being multiples of the strides)."""
+    r0, r1, c0, c1 = ranges
+    for st in steps:
+        (sh, sw), (ah, aw), (bh, bw) = st.stride, st.before, st.after
+        r0, r1 = r0 // sh - ah, r1 // sh + bh
+        c0, c1 = c0 // sw - aw, c1 // sw + bw
+    h, w = grid
+    return r0.clamp_min(0), r1.clamp_max(h - 1), c0.clamp_min(0), c1.clamp_max(w - 1)
+
+
+# -- levels ---------------------------------------------------------------------------------
+
+
 @dataclass
-class LocalPrefix:
-    """A prefix P of the model (up to `layer`) and how to recompute it on crops."""
+class Level:
+    """Calls of the chain run on crops: `stride` input cells (the image's pixels, or the
+    previous level's cells) per output cell, `grid` output cells, `crop` of them per row."""
 
     modules: list[nn.Module]
-    layer: nn.Module
     name: str
-    stride: tuple[int, int]  # input pixels per output cell
-    grid: tuple[int, int]  # (h, w) output cells
-    before: tuple[int, int]  # α: cells before a changed block that change
-    after: tuple[int, int]  # β: cells after a changed block that change
-    crop: tuple[int, int]  # crop size in cells
-    clean: torch.Tensor  # (B, K, h, w) = P(x)
-    dummy: torch.Tensor  # (1, C, t, t) tiny input that runs the model to `layer`
+    steps: list[_Step]
+    stride: Pair
+    grid: Pair
+    crop: Pair
+    margin: Pair  # output cells a crop starts before the first changed one: ⌈lo / S⌉
+    clean: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (B, K, h, w)
+
+    @property
+    def crop_in(self) -> Pair:
+        """The crop in input cells."""
+        return self.crop[0] * self.stride[0], self.crop[1] * self.stride[1]
+
+    def origin(self, changed: Ranges) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's crop origin (top, left) in output cells, kept inside the map."""
+        (h, w), (lh, lw), (mh, mw) = self.grid, self.crop, self.margin
+        return (changed[0] - mh).clamp(0, h - lh), (changed[2] - mw).clamp(0, w - lw)
+
+
+@dataclass
+class _Patch:
+    """A level's output on crops at (top, left), recomputed cells `changed` (per row)."""
+
+    level: Level
+    out: torch.Tensor  # (n, K, lh, lw)
+    top: torch.Tensor
+    left: torch.Tensor
+    changed: Ranges
+
+    def values(self, samples: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
+        """(n, len rows, len cols, K): the level's map of each row's perturbed input at the cells
+        rows (n, a) × cols (n, b): recomputed where changed, clean elsewhere."""
+        (lh, lw), dev = self.level.crop, self.out.device
+        r0, r1, c0, c1 = (t[:, None] for t in self.changed)
+        inside = ((rows >= r0) & (rows <= r1))[:, :, None] & ((cols >= c0) & (cols <= c1))[:, None]
+        n = torch.arange(len(rows), device=dev)[:, None, None]
+        at_r = (rows - self.top[:, None]).clamp(0, lh - 1)[:, :, None]
+        at_c = (cols - self.left[:, None]).clamp(0, lw - 1)[:, None, :]
+        new = self.out.permute(0, 2, 3, 1)[n, at_r, at_c]
+        clean = self.level.clean.permute(0, 2, 3, 1)[
+            samples[:, None, None], rows[:, :, None], cols[:, None, :]
+        ]
+        return torch.where(inside[..., None], new, clean)
+
+    def window(self, samples, top, left, size: Pair) -> torch.Tensor:
+        """(n, K, size) crops of the map at cell origins (top, left): the next level's input."""
+        dev = self.out.device
+        rows = top[:, None] + torch.arange(size[0], device=dev)
+        cols = left[:, None] + torch.arange(size[1], device=dev)
+        return self.values(samples, rows, cols).permute(0, 3, 1, 2)
+
+    def pasted(self, samples: torch.Tensor) -> torch.Tensor:
+        """(n, K, h, w): the whole map of each row, the recomputed cells pasted in."""
+        (lh, lw), dev = self.level.crop, self.out.device
+        rows = self.top[:, None] + torch.arange(lh, device=dev)
+        cols = self.left[:, None] + torch.arange(lw, device=dev)
+        n = torch.arange(len(samples), device=dev)[:, None, None]
+        acts = self.level.clean[samples]  # a new tensor (advanced indexing copies)
+        acts.permute(0, 2, 3, 1)[n, rows[:, :, None], cols[:, None, :]] = self.values(
+            samples, rows, cols
+        )
+        return acts
+
+
+@dataclass
+class LocalPrefix:
+    """The levels run on crops, and how the model is run from the last one on."""
+
+    levels: list[Level]
+    dummy: torch.Tensor  # (1, C, t, t) tiny input that runs the model to the last level
     saving: float  # estimated fraction of a forward saved
     busy: bool = False
     used: bool = False  # whether it passed the check on real rows and ran
 
     @property
-    def crop_px(self) -> tuple[int, int]:
-        return self.crop[0] * self.stride[0], self.crop[1] * self.stride[1]
+    def layer(self) -> nn.Module:
+        """The module whose output the passes replace (the last level's last call)."""
+        return self.levels[-1].modules[-1]
 
-    def run(self, x: torch.Tensor) -> torch.Tensor:
-        """P(x): the prefix modules one after another."""
+    @property
+    def name(self) -> str:
+        return self.levels[-1].name
+
+    def _run(self, modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
         self.busy = True
         try:
-            for m in self.modules:
+            for m in modules:
                 x = m(x)
         finally:
             self.busy = False
         return x
 
-    def cells(self, boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """For boxes (n, 4) = (top, left, bottom, right) px, bottom/right exclusive: the crop's
-        first cell (row, col) and the changed cells [r0, r1] × [c0, c1], inclusive."""
-        (sh, sw), (h, w) = self.stride, self.grid
-        (ah, aw), (bh, bw), (lh, lw) = self.before, self.after, self.crop
-        b0, b1 = boxes[:, 0] // sh, (boxes[:, 2] - 1) // sh
-        q0, q1 = boxes[:, 1] // sw, (boxes[:, 3] - 1) // sw
-        top = (b0 - ah - bh).clamp(0, h - lh)
-        left = (q0 - aw - bw).clamp(0, w - lw)
-        return (
-            top,
-            left,
-            (b0 - ah).clamp_min(0),
-            (b1 + bh).clamp_max(h - 1),
-            (q0 - aw).clamp_min(0),
-            (q1 + bw).clamp_max(w - 1),
-        )
+    def compute_clean(self, x: torch.Tensor) -> None:
+        """Each level's map of the clean inputs x (B, C, H, W)."""
+        for level in self.levels:
+            x = level.clean = self._run(level.modules, x)
 
     def activations(
         self,
         samples: torch.Tensor,
         boxes: torch.Tensor,
         crops_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        layout: torch.memory_format = torch.contiguous_format,
     ) -> torch.Tensor:
-        """(n, K, h, w) activations at `layer` of the perturbed rows.
+        """(n, K, h, w) activations at the last level of the perturbed rows.
 
-        `crops_of(top_px, left_px)` builds the perturbed inputs cropped to `crop_px` at those
-        origins (n, C, crop_h, crop_w); `boxes` (n, 4) bound what each row perturbs."""
-        top, left, r0, r1, c0, c1 = self.cells(boxes)
-        out = self.run(crops_of(top * self.stride[0], left * self.stride[1]))
-        lh, lw = self.crop
-        if tuple(out.shape[-2:]) != (lh, lw):
-            raise RuntimeError(f"crop output {tuple(out.shape)} is not {lh}×{lw} cells")
-        dev = out.device
-        rows = top[:, None] + torch.arange(lh, device=dev)  # (n, lh)
-        cols = left[:, None] + torch.arange(lw, device=dev)  # (n, lw)
-        n = torch.arange(len(samples), device=dev)[:, None, None]
-        s = samples[:, None, None]
-        clean_crop = self.clean.permute(0, 2, 3, 1)[s, rows[:, :, None], cols[:, None, :]]
-        in_r = (rows >= r0[:, None]) & (rows <= r1[:, None])
-        in_c = (cols >= c0[:, None]) & (cols <= c1[:, None])
-        changed = (in_r[:, :, None] & in_c[:, None, :])[..., None]  # (n, lh, lw, 1)
-        values = torch.where(changed, out.permute(0, 2, 3, 1), clean_crop)
-        acts = self.clean[samples]  # a new tensor (advanced indexing copies)
-        acts.permute(0, 2, 3, 1)[n, rows[:, :, None], cols[:, None, :]] = values
-        return acts
+        `crops_of(top_px, left_px)` builds the perturbed inputs cropped to the first level's
+        `crop_in` at those origins (n, C, crop_h, crop_w); `boxes` (n, 4) px (top, left,
+        bottom, right; bottom/right exclusive) bound what each row perturbs."""
+        ranges: Ranges = (boxes[:, 0], boxes[:, 2] - 1, boxes[:, 1], boxes[:, 3] - 1)
+        patch: _Patch | None = None
+        for level in self.levels:
+            changed = _spread(ranges, level.steps, level.grid)
+            top, left = level.origin(changed)
+            (sh, sw), size = level.stride, level.crop_in
+            if patch is None:
+                inputs = crops_of(top * sh, left * sw)
+            else:
+                inputs = patch.window(samples, top * sh, left * sw, size)
+            out = self._run(level.modules, inputs.contiguous(memory_format=layout))
+            if tuple(out.shape[-2:]) != level.crop:
+                raise RuntimeError(f"crop output {tuple(out.shape)} is not {level.crop} cells")
+            patch, ranges = _Patch(level, out, top, left, changed), changed
+        return patch.pasted(samples)
 
 
 def crop(t: torch.Tensor, samples, top, left, size: tuple[int, int]) -> torch.Tensor:
@@ -225,57 +347,122 @@ def crop(t: torch.Tensor, samples, top, left, size: tuple[int, int]) -> torch.Te
     return t[s, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
 
 
-def _blocks_spanned(boxes: torch.Tensor, stride: tuple[int, int]) -> tuple[int, int]:
-    sh, sw = stride
-    nh = (boxes[:, 2] - 1) // sh - boxes[:, 0] // sh + 1
-    nw = (boxes[:, 3] - 1) // sw - boxes[:, 1] // sw + 1
-    return int(nh.max()), int(nw.max())
+# -- planning -----------------------------------------------------------------------------------
 
 
 @dataclass
-class _Candidate:
-    index: int  # position in the chain
-    stride: tuple[int, int]
-    grid: tuple[int, int]
+class _Atom:
+    """A call of the chain with maps in and out, and how far a changed block reaches."""
+
+    call: _Call
+    step: _Step
+    grid: Pair
+    volume: int
 
 
-def _candidates(chain: list[_Call], counts: dict[int, int], size) -> list[_Candidate]:
-    """Chain positions with a spatial output (K, h, w), h and w dividing the input's H and W,
-    whose module runs once per forward (so a hook on it fires exactly once)."""
-    out = []
-    for i, call in enumerate(chain):
-        shape = call.shape
-        if shape is None or len(shape) != 4 or counts.get(id(call.module)) != 1:
-            continue
-        h, w = shape[-2:]
-        if h >= 2 and w >= 2 and size[0] % h == 0 and size[1] % w == 0:
-            out.append(_Candidate(i, (size[0] // h, size[1] // w), (h, w)))
-    return out
-
-
-def _volume(call: _Call) -> int:
-    """Elements written by the leaf modules of a call: the cost proxy (inference on these
-    networks is mostly memory-bound, so time follows the activations written)."""
-    if call.children:
-        return sum(_volume(c) for c in call.children)
-    return math.prod(call.shape) if call.shape else 0
-
-
-def _probe_batch(x: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, tuple]:
-    """The clean sample, then the same with a centre block (aligned to `block` pixels) set to
-    NaN, and to noise. Returns the batch and the block's pixel box."""
-    bh, bw = block
-    top, left = (x.shape[-2] // bh) // 2 * bh, (x.shape[-1] // bw) // 2 * bw
-    nan, noise = x[:1].clone(), x[:1].clone()
-    nan[:, :, top : top + bh, left : left + bw] = float("nan")
+def _probe_atoms(chain: list[_Call], x: torch.Tensor) -> list[_Atom]:
+    """The chain's calls from the input on, each run on its clean input with a centre block of
+    its stride set to NaN and to noise; the output cells that change give its margins. Stops
+    at the first call whose input or output is not a map dividing evenly."""
+    atoms: list[_Atom] = []
+    h = x[:1]
     gen = torch.Generator(device="cpu").manual_seed(0)
-    values = torch.randn((1, x.shape[1], bh, bw), generator=gen) * 3 + 1
-    noise[:, :, top : top + bh, left : left + bw] = values.to(noise)
-    return torch.cat([x[:1], nan, noise]), (top, left, top + bh, left + bw)
+    for call in chain:
+        if call.shape is None or len(call.shape) != 4 or h.dim() != 4:
+            break
+        (height, width), (oh, ow) = h.shape[-2:], call.shape[-2:]
+        if oh < 1 or ow < 1 or height % oh or width % ow:
+            break
+        sh, sw = height // oh, width // ow
+        qh, qw = oh // 2, ow // 2  # the centre block
+        block = (slice(None), slice(qh * sh, (qh + 1) * sh), slice(qw * sw, (qw + 1) * sw))
+        batch = h.expand(3, *h.shape[1:]).clone()
+        batch[1][block] = float("nan")
+        noise = torch.randn((h.shape[1], sh, sw), generator=gen) * 3 + 1
+        batch[2][block] = noise.to(batch)
+        out = call.module(batch)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape[1:]) != tuple(call.shape[1:]):
+            break
+        changed = (out[1:].isnan() | (out[1:] != out[:1])).any(dim=1).any(dim=0)
+        ys, xs = changed.nonzero(as_tuple=True)
+        before, after = (0, 0), (0, 0)
+        if len(ys):
+            before = (max(0, qh - int(ys.min())), max(0, qw - int(xs.min())))
+            after = (max(0, int(ys.max()) - qh), max(0, int(xs.max()) - qw))
+        atoms.append(_Atom(call, _Step((sh, sw), before, after), (oh, ow), _volume(call)))
+        h = out[:1]
+    return atoms
+
+
+@dataclass
+class _Option:
+    cost: float  # estimated cost per row of the levels up to here
+    start: int  # the atom the level starts after (−1: the image)
+    crop: Pair
+    margin: Pair
+    stride: Pair
+
+
+def _plan_levels(
+    atoms: list[_Atom], boxes: torch.Tensor, last_ok: Callable[[int], bool], total: int
+) -> tuple[list[tuple[int, int, _Option]], float] | None:
+    """The levels (first atom, last atom, option) minimising the estimated cost per row, and
+    the fraction of a forward they save; None if no split saves anything."""
+    ranges: Ranges = (boxes[:, 0], boxes[:, 2] - 1, boxes[:, 1], boxes[:, 3] - 1)
+    spans: list[Pair] = []  # the widest changed range at each atom, in its cells
+    for atom in atoms:
+        ranges = _spread(ranges, [atom.step], atom.grid)
+        r0, r1, c0, c1 = ranges
+        spans.append((int((r1 - r0).max()) + 1, int((c1 - c0).max()) + 1))
+    cum = [0]
+    for atom in atoms:
+        cum.append(cum[-1] + atom.volume)
+    channels = [atom.call.shape[1] for atom in atoms]
+    best: dict[int, _Option] = {-1: _Option(0.0, -1, (0, 0), (0, 0), (1, 1))}
+    for b, atom in enumerate(atoms):
+        (h, w) = atom.grid
+        if h < 2 or w < 2:
+            continue
+        # Levels ending at b, starting after a = b − 1, b − 2, …: the receptive field of
+        # atoms a+1..b grows one atom at a time (output cell 0 needs input cells [u, v]).
+        options, u, v, stride = [], [0, 0], [0, 0], [1, 1]
+        for a in range(b - 1, -2, -1):
+            step = atoms[a + 1].step
+            for d in range(2):
+                s = step.stride[d]
+                u[d], v[d] = (u[d] - step.after[d]) * s, (v[d] + step.before[d]) * s + s - 1
+                stride[d] *= s
+            if a not in best:
+                continue
+            # ⌈lo / S⌉ cells before the changed ones, ⌈hi / S⌉ after (lo = −u, hi = v − S + 1)
+            mh, mw = -(u[0] // stride[0]), -(u[1] // stride[1])
+            lh = min(h, spans[b][0] + mh + -(-(v[0] - stride[0] + 1) // stride[0]))
+            lw = min(w, spans[b][1] + mw + -(-(v[1] - stride[1] + 1) // stride[1]))
+            cost = best[a].cost + (cum[b + 1] - cum[a + 1]) * (lh * lw) / (h * w)
+            if a >= 0:
+                cost += WINDOW_COST * channels[a] * lh * stride[0] * lw * stride[1]
+            options.append(_Option(cost, a, (lh, lw), (mh, mw), (stride[0], stride[1])))
+        best[b] = min(options, key=lambda o: o.cost)
+    ends = [b for b in best if b >= 0 and last_ok(b)]
+    if not ends:
+        return None
+
+    def planned(b: int) -> float:
+        (h, w) = atoms[b].grid
+        return best[b].cost + PASTE_COST * channels[b] * h * w + total - cum[b + 1]
+
+    last = min(ends, key=planned)
+    levels = []
+    b = last
+    while b >= 0:
+        option = best[b]
+        levels.append((option.start + 1, b, option))
+        b = option.start
+    return levels[::-1], 1 - planned(last) / total
 
 
 def plan_local_prefix(ctx: Context, boxes: torch.Tensor) -> LocalPrefix | None:
-    """A prefix that saves work for perturbations inside `boxes` (M, 4) px, or None."""
+    """Levels that save work for perturbations inside `boxes` (M, 4) px, or None."""
     x = ctx.x
     if x.dim() != 4 or not x.is_floating_point() or not any(ctx.model.module.children()):
         return None  # not images, or no layers to split at (e.g. a black-box function)
@@ -289,67 +476,35 @@ def plan_local_prefix(ctx: Context, boxes: torch.Tensor) -> LocalPrefix | None:
 
 def _plan(ctx: Context, boxes: torch.Tensor) -> LocalPrefix | None:
     x, module = ctx.x, ctx.model.module
-    size = tuple(x.shape[-2:])
     root, counts = _record_calls(module, x[:1])
-    chain = _prefix_chain(root)
-    candidates = _candidates(chain, counts, size)
-    block = (
-        math.lcm(*(c.stride[0] for c in candidates)) if candidates else 0,
-        math.lcm(*(c.stride[1] for c in candidates)) if candidates else 0,
-    )
-    if not candidates or 2 * block[0] > size[0] or 2 * block[1] > size[1]:
+    atoms = _probe_atoms(_prefix_chain(root), x)
+    if not atoms:
         return None
-    total = _volume(root)
-    done = 0
 
-    # One batch (clean, NaN block, noise block) through the chain; at each candidate, how far
-    # the block's influence reaches and what a crop would save. Stop once crops are the image.
-    batch, probe_box = _probe_batch(x, block)
-    best, by_index = None, {c.index: c for c in candidates}
-    for i, call in enumerate(chain[: candidates[-1].index + 1]):
-        batch = call.module(batch)
-        done += _volume(call)
-        c = by_index.get(i)
-        if c is None:
-            continue
-        (sh, sw), (h, w) = c.stride, c.grid
-        b0, b1 = probe_box[0] // sh, probe_box[2] // sh - 1
-        q0, q1 = probe_box[1] // sw, probe_box[3] // sw - 1
-        changed = (batch[1:].isnan() | (batch[1:] != batch[:1])).any(dim=1).any(dim=0)
-        ys, xs = changed.nonzero(as_tuple=True)
-        if len(ys):
-            ah, bh = max(0, b0 - int(ys.min())), max(0, int(ys.max()) - b1)
-            aw, bw = max(0, q0 - int(xs.min())), max(0, int(xs.max()) - q1)
-        else:
-            ah = bh = aw = bw = 0
-        nh, nw = _blocks_spanned(boxes, c.stride)
-        lh, lw = min(h, nh + 2 * (ah + bh)), min(w, nw + 2 * (aw + bw))
-        if lh == h and lw == w:
-            break
-        # Saved: the prefix outside the crop; spent: writing each row's activations.
-        pasted = PASTE_COST * math.prod(call.shape)
-        saving = (done * (1 - (lh * lw) / (h * w)) - pasted) / total
-        if best is None or saving > best[0]:
-            best = (saving, c, (ah, aw), (bh, bw), (lh, lw))
-    if best is None or best[0] < MIN_SAVING:
+    def hookable(b: int) -> bool:  # its output can be replaced: the module runs once
+        return counts.get(id(atoms[b].call.module)) == 1
+
+    found = _plan_levels(atoms, boxes.to(x.device), hookable, _volume(root))
+    if found is None or found[1] < MIN_SAVING:
         return None
-    saving, c, before, after, crop_cells = best
-    prefix = LocalPrefix(
-        modules=[call.module for call in chain[: c.index + 1]],
-        layer=chain[c.index].module,
-        name=chain[c.index].name,
-        stride=c.stride,
-        grid=c.grid,
-        before=before,
-        after=after,
-        crop=crop_cells,
-        clean=torch.empty(0),
-        dummy=x[:1, :, : c.stride[0], : c.stride[1]].clone(),
-        saving=saving,
-    )
-    # The model run from the layer on the clean P(x) must give the clean logits.
-    prefix.clean = prefix.run(x)
-    with _replacing(prefix, lambda rows: prefix.clean):
+    chosen, saving = found
+    levels = [
+        Level(
+            modules=[atom.call.module for atom in atoms[first : last + 1]],
+            name=atoms[last].call.name,
+            steps=_merged([atom.step for atom in atoms[first : last + 1]]),
+            stride=option.stride,
+            grid=atoms[last].grid,
+            crop=option.crop,
+            margin=option.margin,
+        )
+        for first, last, option in chosen
+    ]
+    total = (math.prod(lv.stride[0] for lv in levels), math.prod(lv.stride[1] for lv in levels))
+    prefix = LocalPrefix(levels, dummy=x[:1, :, : total[0], : total[1]].clone(), saving=saving)
+    # The model run from the last level on its clean map must give the clean logits.
+    prefix.compute_clean(x)
+    with _replacing(prefix, lambda rows: prefix.levels[-1].clean):
         logits = logits_of(module(prefix.dummy.expand(len(x), -1, -1, -1)))
     known = ctx.logits is not None and layer_target(ctx.target) is None
     reference = ctx.logits if known else logits_of(module(x))
@@ -357,10 +512,9 @@ def _plan(ctx: Context, boxes: torch.Tensor) -> LocalPrefix | None:
         log.info("incremental inference: the model run from %s differs", prefix.name)
         return None
     log.info(
-        "incremental inference from %s: crops of %s of %s cells, ~%.0f%% of each forward saved",
-        prefix.name,
-        prefix.crop,
-        prefix.grid,
+        "incremental inference in %d level(s), %s, ~%.0f%% of each forward saved",
+        len(levels),
+        ", ".join(f"to {lv.name}: crops of {lv.crop} of {lv.grid} cells" for lv in levels),
         100 * saving,
     )
     return prefix
@@ -374,7 +528,7 @@ def _close(a: torch.Tensor, b: torch.Tensor, spread: float = 0.0) -> bool:
 
 
 class _replacing:
-    """Forward hook on the prefix's layer returning `acts(rows)` (except inside `prefix.run`)."""
+    """Forward hook on the prefix's layer returning `acts(rows)` (except while the levels run)."""
 
     def __init__(self, prefix: LocalPrefix, acts: Callable[[object], torch.Tensor]) -> None:
         self.prefix, self.acts = prefix, acts
@@ -425,14 +579,14 @@ def local_forwards(
 
     def local_inputs(rows: torch.Tensor) -> torch.Tensor:
         rows = rows.to(dev)
+        first = prefix.levels[0].crop_in
         acts = prefix.activations(
             sample_of(rows).to(dev),
             boxes_of(rows),
-            lambda top, left: perturbed(rows, top, left, prefix.crop_px).contiguous(
-                memory_format=layout
-            ),
+            lambda top, left: perturbed(rows, top, left, first),
+            layout,
         )
-        stash[:] = [acts.contiguous(memory_format=layout) if acts.dim() == 4 else acts]
+        stash[:] = [acts.contiguous(memory_format=layout)]
         return prefix.dummy.expand(len(rows), -1, -1, -1)
 
     def passes(local: bool, rows_total: int, rows_map=None) -> Iterator[PassChunk]:
@@ -451,11 +605,11 @@ def local_forwards(
         return
     # The engine folds BatchNorm only into passes of an unhooked model; these passes hook the
     # model (the pasting), so the fold is set up here, before the hook, for all of them, and
-    # P(x) is recomputed folded: pasted and recomputed cells then come from the same weights.
-    with ctx.engine.folded_session(ctx.x) as fold:
-        if fold:
-            with torch.inference_mode():
-                prefix.clean = prefix.run(ctx.x)
+    # the clean maps are recomputed folded (pasted and recomputed cells then come from the
+    # same weights), in the rows' layout.
+    with ctx.engine.folded_session(ctx.x):
+        with torch.inference_mode():
+            prefix.compute_clean(ctx.x.contiguous(memory_format=layout))
         check_rows = check_rows.to(dev)
         full = torch.cat([c.scores for c in passes(False, len(check_rows), check_rows)])
         drops = clean_scores(ctx)[sample_of(check_rows).to(dev)] - full.to(dev)
