@@ -32,10 +32,12 @@ How the levels are found, for any `nn.Module` (nothing is assumed about the arch
    normalisation over the map) reaches the whole map: crops as large as the map, no saving.
 3. The split into levels minimises an estimated cost per row (dynamic programming over where
    levels end): each level's calls scaled by its crop's share of their maps, plus building each
-   later level's input, plus pasting into the last level's map, plus the rest of the model on
-   whole maps; a call's cost taken as the elements it writes (CPU and GPU inference of such
-   networks is mostly memory-bound; BatchNorm counts nothing, the engine folds it). The plan is
-   used only if it saves at least 15 % of a forward.
+   later level's input, plus a fixed 1 % of a forward per level, plus pasting into the last
+   level's map, plus the rest of the model on whole maps; a call's cost taken as the elements it
+   writes (CPU and GPU inference of such networks is mostly memory-bound; BatchNorm counts
+   nothing, the engine folds it). The plan is used only if it saves at least 25 % of a forward
+   (below that, measured on a small ViT's patch embedding, the crops' fixed costs ate the
+   saving).
 4. Checks before use: the model run from the last level on the clean maps must reproduce the
    clean logits, and a few real perturbed rows (corners and centre) must score as their full
    forwards. Any failure falls back to full forwards.
@@ -65,9 +67,10 @@ from .features import channels_last_ok, clean_scores
 
 log = logging.getLogger("saliencelab")
 
-MIN_SAVING = 0.15  # use the plan only if it saves at least this fraction of a forward
+MIN_SAVING = 0.25  # use the plan only if it saves at least this fraction of a forward
 PASTE_COST = 1.5  # cost of pasting into the last level's map, per element of the map
 WINDOW_COST = 3.0  # cost of building a later level's input, per element (two gathers, a select)
+LEVEL_COST = 0.01  # fixed cost of a level (indices, small kernels), as a share of a forward
 
 Pair = tuple[int, int]
 Ranges = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # r0, r1, c0, c1 (n,)
@@ -439,6 +442,7 @@ def _plan_levels(
             lh = min(h, spans[b][0] + mh + -(-(v[0] - stride[0] + 1) // stride[0]))
             lw = min(w, spans[b][1] + mw + -(-(v[1] - stride[1] + 1) // stride[1]))
             cost = best[a].cost + (cum[b + 1] - cum[a + 1]) * (lh * lw) / (h * w)
+            cost += LEVEL_COST * total
             if a >= 0:
                 cost += WINDOW_COST * channels[a] * lh * stride[0] * lw * stride[1]
             options.append(_Option(cost, a, (lh, lw), (mh, mw), (stride[0], stride[1])))
