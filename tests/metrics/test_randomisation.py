@@ -219,6 +219,32 @@ def test_spearman_tie_corrections_match_scipy_with_long_and_many_runs():
     np.testing.assert_allclose(rho.numpy(), ref, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["spearman", "spearman_abs"])
+def test_spearman_sorted_keys_path_equals_the_generic_path(name):
+    """On the CPU float32 maps are ranked as int64 keys carrying 2 r_a through b's sort; float64
+    maps take the generic path (sort positions, gather r_a): the same exact sums, so the same
+    values bit for bit, with ties on both sides, ±0.0 and stacked batches."""
+    g = torch.Generator().manual_seed(3)
+    a = (torch.randn(4, 16, 16, generator=g) * 3).round()  # many ties
+    b = torch.randn(12, 16, 16, generator=g)
+    b[1::3] = (b[1::3] * 2).round()
+    b[2, :4] = -0.0
+    b[2, 4:8] = 0.0
+    b[5] = -1.5  # constant: NaN
+    a[3, :, :5] = -a[3, :, :5]
+    keyed = S.similarity_to(name, a)(b)
+    generic = S.similarity_to(name, a.double())(b.double())
+    assert torch.equal(keyed.isnan(), generic.isnan()) and keyed.isnan().sum() == 1
+    assert torch.equal(keyed.nan_to_num(), generic.nan_to_num())
+    fa, fb = a.flatten(1), b.flatten(1)
+    if name == "spearman_abs":
+        fa, fb = fa.abs(), fb.abs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.stats.ConstantInputWarning)
+        ref = [scipy.stats.spearmanr(fa[i % 4], fb[i])[0] for i in range(12)]
+    np.testing.assert_allclose(keyed.numpy(), ref, atol=1e-12)
+
+
 @pytest.mark.parametrize("orientations,cell,block", [(9, 8, 3), (7, 5, 2)])
 def test_hog_features_and_similarity_match_skimage(pair, orientations, cell, block):
     a, b = pair
@@ -409,6 +435,16 @@ def test_randomise_stage_reset_and_normal_inits():
     again = copy.deepcopy(net)
     randomise_stage(again, stage, seed=5, init="normal")
     assert torch.equal(again[0].weight, w1)  # seeded
+    # in_place=False: the same draws, returned; the model is left as it was
+    for init in ("reset", "normal"):
+        work, kept = copy.deepcopy(net), copy.deepcopy(net)
+        randomise_stage(work, stage, seed=5, init=init)
+        draws = randomise_stage(kept, stage, seed=5, init=init, in_place=False)
+        for name in stage.layers:
+            for key, t in {**work.get_submodule(name).state_dict()}.items():
+                assert torch.equal(draws[name][key], t)
+        for a, b in zip(kept.state_dict().values(), net.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
 
 
 def test_the_rng_state_of_the_caller_is_untouched(tiny_cnn, images):

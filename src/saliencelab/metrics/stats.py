@@ -13,11 +13,11 @@ def pixel_order(maps: torch.Tensor, descending: bool = True) -> torch.Tensor:
 
     `descending=True` is the "most relevant first" (MoRF) order. The same order as a stable
     `torch.sort`; on the CPU float32 (and narrower) maps are sorted by NumPy as one int64 key per
-    pixel (`_float_keys`: 8 × 64² maps, one thread, about 7× faster than the stable torch.sort).
+    pixel (`float_keys`: 8 × 64² maps, one thread, about 7× faster than the stable torch.sort).
     """
     flat = maps.flatten(1)
-    if _keyed(flat) and np.isfinite(flat.detach().float().numpy()).all():  # NaN: torch.sort
-        keys = _float_keys(flat, descending)
+    if keyed(flat) and np.isfinite(flat.detach().float().numpy()).all():  # NaN: torch.sort
+        keys = float_keys(flat, descending)
         keys.sort(axis=-1)
         return torch.from_numpy(keys & 0xFFFFFFFF)
     return torch.sort(flat, dim=1, descending=descending, stable=True).indices
@@ -45,7 +45,7 @@ def sort_rows(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     float64 by `np.argsort` (3.5× faster than torch.sort). Elsewhere torch.sort. Equal keys ⇔
     equal values (-0.0 is folded into +0.0 first).
     """
-    if not _keyed(values):
+    if not keyed(values):
         if values.device.type == "cpu" and values.dtype == torch.float64 and values.numel():
             v = values.detach().numpy()
             order = np.argsort(v, axis=-1)
@@ -54,13 +54,13 @@ def sort_rows(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             )
         s, order = torch.sort(values, dim=-1)
         return order, _run_starts(s)
-    keys = _float_keys(values)
+    keys = float_keys(values)
     keys.sort(axis=-1)
     return torch.from_numpy(keys & 0xFFFFFFFF), _run_starts(torch.from_numpy(keys >> 32))
 
 
-def _keyed(values: torch.Tensor) -> bool:
-    """Whether (B, N) values can be sorted as `_float_keys`: CPU float32 or narrower."""
+def keyed(values: torch.Tensor) -> bool:
+    """Whether (B, N) values can be sorted as `float_keys`: CPU float32 or narrower."""
     return (
         values.device.type == "cpu"
         and values.dtype in (torch.float32, torch.float16, torch.bfloat16)
@@ -69,18 +69,53 @@ def _keyed(values: torch.Tensor) -> bool:
     )
 
 
-def _float_keys(values: torch.Tensor, descending: bool = False) -> np.ndarray:
+def float_keys(
+    values: torch.Tensor,
+    descending: bool = False,
+    low: np.ndarray | None = None,
+    absolute: bool = False,
+) -> np.ndarray:
     """(B, N) int64 sort keys of float32 (or narrower) values: the float's bits mapped to an
     order-preserving int32 in the high half (-0.0 folded into +0.0 first; `descending`: the
-    bits inverted, which reverses the order) and the position in the low half, so equal values
-    keep their positions' order. Sorting the keys ascending sorts the values stably."""
+    bits inverted, which reverses the order; `absolute`: the bits of |value|) and in the low half
+    the position, or `low` (non-negative int64 below 2³¹, broadcast against the rows: a payload
+    carried through the sort), so equal values keep their positions' (or payloads') order.
+    Sorting the keys ascending sorts the values stably."""
     n = values.shape[-1]
+    # in place on one temporary: large fresh arrays cost page faults
     bits = (values.detach().float().numpy() + np.float32(0.0)).view(np.int32)
-    # negative floats: flip all bits but the sign, so signed int order = float order
-    bits = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))
+    if absolute:
+        bits &= np.int32(0x7FFFFFFF)  # |value|: the sign bit cleared (-0.0 → +0.0 too)
+    else:
+        # negative floats: flip all bits but the sign, so signed int order = float order
+        sign = bits >> 31
+        sign &= np.int32(0x7FFFFFFF)
+        bits ^= sign
     if descending:
-        bits = ~bits
-    return (bits.astype(np.int64) << 32) | np.arange(n, dtype=np.int64)
+        np.invert(bits, out=bits)
+    keys = bits.astype(np.int64)
+    keys <<= 32
+    if low is None:
+        keys |= np.arange(n, dtype=np.int64)
+    else:
+        rows = keys.reshape(-1, *low.shape)  # a view: `low` repeated over stacked batches
+        rows |= low
+    return keys
+
+
+def sorted_key_halves(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(high, low) int32 halves of int64 `keys` (`float_keys`), as strided views (no copy)."""
+    halves = keys.view(np.int32).reshape(*keys.shape, 2)
+    high, low = (1, 0) if np.little_endian else (0, 1)
+    return halves[..., high], halves[..., low]
+
+
+def tied_from_sorted(high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`tied_positions` of (R, N) sorted values `high` (NumPy, any dtype with equality): the
+    flat indices of the sorted positions in a run of ≥ 2 equal values and their shifts."""
+    n = high.shape[-1]
+    same = np.flatnonzero(high[:, 1:] == high[:, :-1])  # (R, N - 1) flat: position p + 1
+    return _tied(same + same // max(n - 1, 1) + 1)
 
 
 def _run_starts(s: torch.Tensor) -> torch.Tensor:
@@ -100,19 +135,23 @@ def tied_positions(starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     consecutive positions that continue a run, plus the position before it (position 0 of a row
     always starts a run, so no run crosses rows).
     """
-    cont = np.flatnonzero(~starts.cpu().numpy())
-    if cont.size:
-        new = np.empty(cont.size, dtype=bool)  # where a run's continuation begins
-        new[0] = True
-        np.not_equal(cont[1:], cont[:-1] + 1, out=new[1:])
-        head = np.flatnonzero(new)
-        first, last = cont[head] - 1, cont[np.append(head[1:], cont.size) - 1]
-        length = last - first + 1
-        flat = np.arange(length.sum()) + np.repeat(first - (np.cumsum(length) - length), length)
-        shift = np.repeat((first + last) / 2, length) - flat
-    else:
-        flat, shift = cont, np.zeros(0)
+    flat, shift = _tied(np.flatnonzero(~starts.cpu().numpy()))
     return torch.from_numpy(flat).to(starts.device), torch.from_numpy(shift).to(starts.device)
+
+
+def _tied(cont: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(flat, shift) of `tied_positions` from `cont`, the sorted flat indices of the positions
+    that continue a run (equal to the value before them in their row)."""
+    if not cont.size:
+        return cont, np.zeros(0)
+    new = np.empty(cont.size, dtype=bool)  # where a run's continuation begins
+    new[0] = True
+    np.not_equal(cont[1:], cont[:-1] + 1, out=new[1:])
+    head = np.flatnonzero(new)
+    first, last = cont[head] - 1, cont[np.append(head[1:], cont.size) - 1]
+    length = last - first + 1
+    flat = np.arange(length.sum()) + np.repeat(first - (np.cumsum(length) - length), length)
+    return flat, np.repeat((first + last) / 2, length) - flat
 
 
 def sorted_ranks(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -134,9 +173,20 @@ def sorted_ranks(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | Non
 def ranks(values: torch.Tensor) -> torch.Tensor:
     """Ranks along the last axis (1 = smallest), ties sharing their average rank, as float64
     (scipy's `rankdata`): one unstable sort (ties are averaged, so their order does not matter),
-    O(N) scans for the first / last rank of each run, a scatter."""
+    O(N) scans for the first / last rank of each run, a scatter. On the CPU, float32 (and
+    narrower) values are ranked in NumPy (`float_keys`: the sorted keys carry the positions)."""
     shape = values.shape
-    order, avg, _ = sorted_ranks(values.reshape(-1, shape[-1]))
+    flat = values.reshape(-1, shape[-1])
+    if keyed(flat):
+        keys = float_keys(flat)
+        keys.sort(axis=-1)
+        avg = np.tile(np.arange(1, shape[-1] + 1, dtype=np.float64), (flat.shape[0], 1))
+        tied, shift = tied_from_sorted(sorted_key_halves(keys)[0])
+        avg.reshape(-1)[tied] += shift
+        order = torch.from_numpy(keys & 0xFFFFFFFF)  # torch's scatter: 5× NumPy's
+        out = torch.empty(order.shape, dtype=torch.double)
+        return out.scatter_(-1, order, torch.from_numpy(avg)).reshape(shape)
+    order, avg, _ = sorted_ranks(flat)
     if avg is None:
         avg = torch.arange(1, order.shape[-1] + 1, dtype=torch.double, device=order.device)
     out = torch.empty(order.shape, dtype=torch.double, device=order.device)

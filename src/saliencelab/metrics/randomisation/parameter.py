@@ -27,9 +27,11 @@ scale-preserving alternative to the layer's default init; buffers are kept). A l
 parameters but no `reset_parameters`, or with parameterised children, always gets the normal
 draw of its own parameters.
 
-The user's model is randomised in place and restored in `finally` (parameters and buffers copied
-back into the same tensor objects, training flags and `requires_grad` reset), also when the
-explainer raises; so do not use the model from another thread meanwhile.
+Batched steps (below) leave the model's tensors alone: each layer draws into copies of its own
+parameters and buffers (swapped in for the draw, swapped back in `finally`). One call per step
+randomises the model in place and restores it in `finally` (parameters and buffers copied back
+into the same tensor objects); training flags and `requires_grad` are reset either way, also
+when the explainer raises; so do not use the model from another thread meanwhile.
 
 Value per sample: `value="last"` is the similarity after the last step (fully randomised, for
 cascading; Quantus' `return_last_correlation=True`), `value="mean"` the mean over steps (Quantus'
@@ -54,7 +56,6 @@ explanation calls ran.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -220,8 +221,10 @@ class _Snapshot:
 
 @contextmanager
 def _flags_kept(module: nn.Module) -> Iterator[None]:
-    training = [(m, m.training) for m in module.modules()]
-    grads = [(p, p.requires_grad) for p in module.parameters()]
+    training, grads = [], []
+    for m in module.modules():  # one walk (modules() and parameters() walk twice)
+        training.append((m, m.training))
+        grads.extend((p, p.requires_grad) for p in m._parameters.values() if p is not None)
     try:
         yield
     finally:
@@ -240,33 +243,54 @@ def _normal_(m: nn.Module) -> None:
 
 
 def randomise_stage(
-    module: nn.Module, stage: Stage, seed: int, init: Literal["reset", "normal"] = "reset"
-) -> None:
-    """Re-initialise the stage's layers in place, from the CPU's global RNG seeded to `seed`
-    (forked, so the caller's RNG state is untouched).
+    module: nn.Module,
+    stage: Stage,
+    seed: int,
+    init: Literal["reset", "normal"] = "reset",
+    in_place: bool = True,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Re-initialise the stage's layers from the CPU's global RNG seeded to `seed` (forked, so
+    the caller's RNG state is untouched); the new parameters and buffers of each layer by name.
 
-    A layer on another device is re-initialised as a CPU copy whose values are then copied in:
-    the same seed gives the same random weights on every device.
+    Each layer draws into CPU copies of its own parameters and buffers, swapped into the layer
+    for the draw (so the same seed gives the same weights on every device, and `init="normal"`
+    sees the current values); `in_place` then copies them into the layer's tensors, otherwise
+    the layer is left as it was.
     """
+    draws: dict[str, dict[str, torch.Tensor]] = {}
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         for name in stage.layers:
             m = module.get_submodule(name) if name else module
-            state = [*m.parameters(), *m.buffers()]
-            on_cpu = m if all(t.device.type == "cpu" for t in state) else copy.deepcopy(m).cpu()
-            reset = getattr(on_cpu, "reset_parameters", None) or getattr(
-                on_cpu, "_reset_parameters", None
-            )
-            leaf = not any(_owns_state(c) for c in m.modules() if c is not m)
-            if init == "reset" and callable(reset) and leaf:
-                reset()
-            else:
-                _normal_(on_cpu)
-            if on_cpu is not m:
-                drawn = [*on_cpu.parameters(), *on_cpu.buffers()]
+            own = [
+                (store, key, t)
+                for store in (m._parameters, m._buffers)
+                for key, t in store.items()
+                if t is not None
+            ]
+            for store, key, t in own:
+                own_copy = t.detach().to("cpu", copy=True)
+                is_param = store is m._parameters
+                store[key] = nn.Parameter(own_copy, t.requires_grad) if is_param else own_copy
+            try:
+                reset = getattr(m, "reset_parameters", None) or getattr(
+                    m, "_reset_parameters", None
+                )
+                leaf = not any(_owns_state(c) for c in m.modules() if c is not m)
+                if init == "reset" and callable(reset) and leaf:
+                    reset()
+                else:
+                    _normal_(m)
+                drawn = {key: store[key].detach().to(t.device) for store, key, t in own}
+            finally:
+                for store, key, t in own:
+                    store[key] = t
+            if in_place:
                 with torch.no_grad():
-                    for t, value in zip(state, drawn, strict=True):
-                        t.copy_(value)
+                    for _store, key, t in own:
+                        t.copy_(drawn[key])
+            draws[name] = drawn
+    return draws
 
 
 @register_metric
@@ -334,16 +358,12 @@ class ModelRandomisation(Metric):
         plan = select_stages(module, self.layers, self.granularity)
         compare = similarity_to(self.similarity, batch.maps, self.similarity_options)
         self.params["randomised"] = [s.name for s in plan]
-        snapshot = _Snapshot(module, [n for s in plan for n in s.layers])
         with _flags_kept(module):
-            try:
-                maps = None
-                if self._can_batch(batch, plan):
-                    maps = self._batched(batch, plan, snapshot)
-                if maps is None:
-                    maps = self._one_call_per_step(batch, plan, snapshot)
-            finally:
-                snapshot.restore()
+            maps = None
+            if self._can_batch(batch, plan):
+                maps = self._batched(batch, plan)
+            if maps is None:
+                maps = self._one_call_per_step(batch, plan)
         # one comparison per block of steps (an explanation call's output, whose size the
         # batching bounds): (steps·B,) → (B, steps)
         curve = torch.cat([compare(m) for m in maps]).view(len(plan), -1).T.contiguous()
@@ -357,18 +377,21 @@ class ModelRandomisation(Metric):
             return stage_index <= step
         return stage_index == step
 
-    def _one_call_per_step(
-        self, batch: EvalBatch, plan: list[Stage], snapshot: _Snapshot
-    ) -> list[torch.Tensor]:
-        """The maps of every step, one explanation call per step on the randomised model (a list
-        of (B, H, W) batches in step order)."""
-        assert batch.explainer is not None
+    def _one_call_per_step(self, batch: EvalBatch, plan: list[Stage]) -> list[torch.Tensor]:
+        """The maps of every step, one explanation call per step on the model randomised in
+        place (restored after): a list of (B, H, W) batches in step order."""
+        assert batch.model is not None and batch.explainer is not None
+        module = batch.model.module
+        snapshot = _Snapshot(module, [n for s in plan for n in s.layers])
         maps = []
-        for stage in plan:
-            if self.order == "independent":
-                snapshot.restore()
-            randomise_stage(batch.model.module, stage, self.seed, self.init)
-            maps.append(batch.explainer.maps(batch.model, batch.x, batch.target))
+        try:
+            for stage in plan:
+                if self.order == "independent":
+                    snapshot.restore()
+                randomise_stage(module, stage, self.seed, self.init)
+                maps.append(batch.explainer.maps(batch.model, batch.x, batch.target))
+        finally:
+            snapshot.restore()
         self.params["calls"] = len(plan)
         return maps
 
@@ -383,9 +406,7 @@ class ModelRandomisation(Metric):
         layers = [module.get_submodule(n) if n else module for s in plan for n in s.layers]
         return len({id(m) for m in layers}) == len(layers) and all(map(is_rowwise, layers))
 
-    def _batched(
-        self, batch: EvalBatch, plan: list[Stage], snapshot: _Snapshot
-    ) -> list[torch.Tensor] | None:
+    def _batched(self, batch: EvalBatch, plan: list[Stage]) -> list[torch.Tensor] | None:
         """The maps of every step from explanation calls of several steps each: a list of
         (k·B, H, W) blocks in step order (None when a layer turns out not to see the chunk's
         rows: then the caller runs one call per step)."""
@@ -394,13 +415,8 @@ class ModelRandomisation(Metric):
         others: dict[str, dict[str, torch.Tensor]] = {}
         stage_of: dict[str, int] = {}
         for j, stage in enumerate(plan):  # the same draws as one call per step makes
-            randomise_stage(module, stage, self.seed, self.init)
-            for name in stage.layers:
-                m = module.get_submodule(name) if name else module
-                state = {**m._parameters, **m._buffers}
-                others[name] = {k: t.detach().clone() for k, t in state.items() if t is not None}
-                stage_of[name] = j
-        snapshot.restore()
+            others.update(randomise_stage(module, stage, self.seed, self.init, in_place=False))
+            stage_of.update((name, j) for name in stage.layers)
         steps = len(plan)
         uses_other = {
             name: [self._randomised(k, j) for k in range(steps)] for name, j in stage_of.items()
