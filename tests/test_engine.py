@@ -397,6 +397,18 @@ def test_total_forwards_counts_the_forward_that_found_the_prediction(tiny_cnn, i
     assert ex["integrated_gradients"].passes == 4
 
 
+@pytest.mark.parametrize("method", ["guided_backprop", "deconvnet"])
+def test_guided_passes_find_the_prediction_without_a_forward(tiny_cnn, images, method):
+    """Guided backprop and deconvnet change only the backward: their pass's logits are the
+    model's, so no separate forward runs to find the predicted class."""
+    ex = sl.explain(tiny_cnn, images, methods=method)
+    assert ex.total_passes == 1 and ex.total_forwards == 0
+    with torch.no_grad():
+        logits = tiny_cnn(images)
+    torch.testing.assert_close(ex.logits, logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(ex[method].target, logits.argmax(1))
+
+
 def test_chunk_plan_shrinks_when_smaller_chunks_are_faster_per_row():
     plan = ChunkPlan(key=("shrink", object()), n_rows=200, max_rows=64, start=8)
     per_row = {8: 1.0, 16: 1.2, 32: 2.0, 4: 0.8, 2: 0.7, 1: 0.9}

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..models.blackbox import gradients_message, is_blackbox
 from ..models.model import Model, as_model
+from .backward import BACKWARD_MODES
 from .context import Capture, Context, MethodOutput, upsample
 from .engine import Cost, Engine
 from .errors import SaliencelabError, closest
@@ -134,8 +135,8 @@ def _explain(
         engine.probe_layout(x)  # before any method hooks the model
     ctx = Context(model, engine, x, PendingTarget(target, x.shape[0], model.labels))
     first = _prefetch(ctx, requests)
-    if first is not None and first.backward == "plain":
-        logits = first.logits
+    if first is not None and first.backward in BACKWARD_MODES:
+        logits = first.logits  # plain, guided and deconv passes run the model's own forward
     else:
         logits = engine.logits(x, layer_target(target))
     ctx.resolve(target, logits)
