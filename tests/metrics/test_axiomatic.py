@@ -98,13 +98,14 @@ def test_completeness_formula(smooth, x8):
     expected = (a.attributions.double().sum((1, 2, 3)) - delta).abs()
     torch.testing.assert_close(r.values, expected, rtol=1e-6, atol=1e-6)
     # The inputs' logits come from the forward that resolved the predicted class: only the
-    # baselines run. With the target given, the inputs run too.
-    assert r.forwards == pytest.approx(1.0)
+    # baseline runs, one row for the 3 samples (they share it). With the target given, the
+    # inputs run too.
+    assert r.forwards == pytest.approx(1 / 3)
     given = sl.metrics.get("completeness")()(
         a.maps, x=x8, model=smooth, target=t, attributions=a.attributions
     )
     torch.testing.assert_close(given.values, expected, rtol=1e-6, atol=1e-6)
-    assert given.forwards == pytest.approx(2.0)
+    assert given.forwards == pytest.approx(4 / 3)
     # Probabilities, a named baseline and the relative gap.
     r = sl.metrics.get("completeness")(baseline="black", output="probability", relative=True)(
         a.maps, x=x8, model=smooth, attributions=a.attributions
@@ -131,10 +132,11 @@ def test_completeness_ig_near_zero_saliency_not(smooth, x8):
 
 @pytest.mark.parametrize("chunk", [1, 2, 4, 8])
 def test_completeness_any_chunking_and_layout(smooth, x8, chunk):
-    """The 3 samples' 6 rows (inputs, then baselines; only the baselines where resolving the
-    predicted class already gave the inputs' logits) cut in chunks of 1, 2, 4 or 8: chunks of
-    inputs only, baselines only or both give the formula's values, and every row reaches the
-    model in the layout the engine feeds (channels-last where its probe found that safe)."""
+    """The 3 samples' rows (inputs, then baselines: one row for a baseline they share, else 3;
+    only the baselines where resolving the predicted class already gave the inputs' logits) cut
+    in chunks of 1, 2, 4 or 8: chunks of inputs only, baselines only or both give the formula's
+    values, and every row reaches the model in the layout the engine feeds (channels-last where
+    its probe found that safe)."""
     a = sl.explain(smooth, x8, "input_x_gradient")["input_x_gradient"]
     t = a.target
     cases = [(b, t) for b in (0.0, -0.5, "black", x8[1], x8.flip(0))] + [("black", None)]
@@ -159,7 +161,10 @@ def test_completeness_any_chunking_and_layout(smooth, x8, chunk):
         finally:
             handle.remove()
         torch.testing.assert_close(values, expected, rtol=1e-6, atol=1e-6)
-        rows = 6 if target is not None else 3
+        shared = isinstance(baseline, float) or (
+            isinstance(baseline, torch.Tensor) and baseline.dim() < x8.dim()
+        )
+        rows = (3 if target is not None else 0) + (1 if shared else 3)
         assert len(layouts) == -(-rows // chunk)
         assert set(layouts) == {batch.row_layout() == torch.channels_last}
 

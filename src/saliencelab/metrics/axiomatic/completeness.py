@@ -20,8 +20,9 @@ class Completeness(Metric):
     ("black"), maximum ("white") or mean ("mean") of its values. `relative=True` divides by
     |f(x) − f(x')| (NaN where that is 0). Σ a sums the full input-space attributions when the
     batch has them, else the maps. Integrated Gradients with enough steps scores ≈ 0 (its
-    completeness axiom); plain gradients do not. 2 forwards per sample (1 where the batch
-    already holds the inputs' logits, e.g. from resolving the predicted class).
+    completeness axiom); plain gradients do not. Forwards: one per input (none where the batch
+    already holds the inputs' logits, e.g. from resolving the predicted class), plus one per
+    baseline: B for per-sample baselines, one for a baseline every sample shares.
 
     Quantus' `Completeness` tests exact equality of the same two sides (a boolean); this is the
     size of the gap.
@@ -44,14 +45,19 @@ class Completeness(Metric):
     def output_difference(self, batch: EvalBatch) -> torch.Tensor:
         """(B,) f(x) − f(x') of the target class.
 
-        One pass over 2B rows, the B inputs then their B baselines (where the batch already
-        holds the inputs' logits, `EvalBatch.input_logits`, only the baselines run). Each chunk
-        of rows is copied straight into the memory layout the engine feeds: one copy, no 0/1
-        blend of the two sides, no conversion copy in the engine.
+        One pass over the B inputs then the baselines (where the batch already holds the
+        inputs' logits, `EvalBatch.input_logits`, only the baselines run): one baseline row
+        when all samples share the baseline (a number, or a tensor without a batch of its own),
+        scored for every sample's target, else B. Each chunk of rows is copied straight into
+        the memory layout the engine feeds: one copy, no 0/1 blend of the two sides, no
+        conversion copy in the engine.
         """
         x = batch.x
         b = x.shape[0]
         base = baseline_of(x, self.baseline)  # broadcastable to x
+        if isinstance(self.baseline, (int, float)):
+            base = base[:1]  # the same image for every sample
+        shared = base.shape[0] == 1
         layout = batch.row_layout()
         kind = "logit" if self.output == "logit" else "probability"
         known = batch.input_logits is not None
@@ -67,14 +73,25 @@ class Completeness(Metric):
                 out[:k].copy_(x[lo : lo + k])
             if k < n:
                 j = lo + k - b  # the sample of the first baseline row
-                side = base[:1] if base.shape[0] == 1 else base[j : j + n - k]
+                side = base[:1] if shared else base[j : j + n - k]
                 out[k:].copy_(side.expand(n - k, *x.shape[1:]))
             return out
 
-        f = batch.scores(2 * b - first, make, lambda rows: (rows + first) % b, kind=kind).double()
-        if known:
-            return batch.input_scores(kind).double().to(f.device) - f
-        return f[:b] - f[b:]
+        def sample_of(rows: torch.Tensor) -> torch.Tensor:
+            return (rows + first) % b  # a shared baseline row: sample 0 (scored for all below)
+
+        n_rows = b - first + (1 if shared else b)
+        f = batch.scores(n_rows, make, sample_of, kind="logits" if shared else kind)
+        if shared:
+            everyone = torch.arange(b, device=f.device)
+            f_base = batch.pick(f[-1:].expand(b, -1), everyone, kind).double()
+            f_x = None if known else batch.pick(f[:b], everyone, kind).double()
+        else:
+            f = f.double()
+            f_base, f_x = f[b - first :], None if known else f[:b]
+        if f_x is None:
+            f_x = batch.input_scores(kind).double().to(f_base.device)
+        return f_x - f_base
 
     def score(self, batch: EvalBatch) -> Scores:
         full = batch.attributions
