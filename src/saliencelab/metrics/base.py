@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ..core.engine import Engine
+from ..core.engine import Engine, all_finite
 from ..core.errors import SaliencelabError, closest
 from ..core.layout import channels_last_known
 from ..core.targets import Target, TargetSpec, resolve_target
@@ -531,18 +531,6 @@ def make_batch(
         engine=engine,
         input_logits=input_logits,
     )
-
-
-def all_finite(t: torch.Tensor) -> bool:
-    """Whether every value of `t` is finite. For floats one `aminmax` reduction (it propagates
-    NaN, so a NaN, +inf or -inf fails `lo > -inf and hi < inf`): ~10× faster than
-    `isfinite(t).all()` on the CPU (90 µs for 8 × 64² values)."""
-    if t.numel() == 0 or not (t.is_floating_point() or t.is_complex()):
-        return True
-    if t.is_complex():
-        return bool(torch.isfinite(t).all())
-    lo, hi = torch.aminmax(t)
-    return bool((lo > -math.inf) & (hi < math.inf))
 
 
 def _resolve_target(
