@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from saliencelab.core.cpu_memory import reuse_freed_memory
 from saliencelab.core.state import frozen_parameters as frozen  # noqa: F401  (re-exported)
 
 # On CUDA every contender computes in true float32: PyTorch's default TF32 convolutions round each
@@ -74,7 +75,7 @@ class Stopwatch:
 
 
 def add_device_options(parser: argparse.ArgumentParser) -> None:
-    """`--device`, `--clock` and `--threads`, as `setup_device` reads them."""
+    """`--device`, `--clock`, `--threads` and `--malloc`, as `setup_device` reads them."""
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
         "--clock", default=None, choices=["cpu", "wall"], help="default: cpu on CPU, wall on CUDA"
@@ -85,6 +86,25 @@ def add_device_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="torch threads (default: 1 on CPU, torch's on CUDA)",
     )
+    add_malloc_option(parser)
+
+
+def add_malloc_option(parser: argparse.ArgumentParser) -> None:
+    """`--malloc`, as `use_malloc` reads it."""
+    parser.add_argument(
+        "--malloc",
+        default="reuse",
+        choices=["reuse", "default"],
+        help="reuse: glibc keeps freed memory (sl.reuse_freed_memory, as the CLI); default: as is",
+    )
+
+
+def use_malloc(args: argparse.Namespace) -> str:
+    """Apply `--malloc` (core/cpu_memory.py) and say what it did. All contenders share the
+    process and so the allocator: ratios stay fair either way; absolute times are lower with
+    "reuse" (no page faults from memory given back and mapped again)."""
+    reused = getattr(args, "malloc", "default") == "reuse" and reuse_freed_memory()
+    return "freed memory reused" if reused else "malloc as is"
 
 
 def add_metric_inputs(parser: argparse.ArgumentParser, methods: str | None = None) -> None:
@@ -113,7 +133,7 @@ def setup_device(args: argparse.Namespace) -> torch.device:
     use_clock(args.clock)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"device {device_name(device)}, {args.clock} clock", flush=True)
+    print(f"device {device_name(device)}, {args.clock} clock, {use_malloc(args)}", flush=True)
     return device
 
 

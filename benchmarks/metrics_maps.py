@@ -44,7 +44,15 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Contender, make_sync, measure, paired, use_clock  # noqa: E402
+from harness import (
+    Contender,
+    add_malloc_option,
+    make_sync,
+    measure,
+    paired,
+    use_clock,
+    use_malloc,
+)  # noqa: E402
 
 import saliencelab as sl  # noqa: E402
 from saliencelab.metrics import make_batch  # noqa: E402
@@ -95,10 +103,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     parser.add_argument("--threads", type=int, default=1)
+    add_malloc_option(parser)
     parser.add_argument("--out", default="benchmarks/out/metrics_maps.json")
     args = parser.parse_args(argv)
     use_clock(args.clock)
     torch.set_num_threads(args.threads)
+    print(use_malloc(args), flush=True)
     import quantus
 
     sync = make_sync(torch.device("cpu"))

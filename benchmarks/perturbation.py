@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None)
+    harness.add_malloc_option(parser)
     parser.add_argument("--out", default="benchmarks/out/perturbation.json")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--device cuda: torch sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(harness.use_malloc(args), flush=True)
     if device.type == "cuda":
         device_name = f"cuda ({torch.cuda.get_device_name(device)})"
         where = f"{device_name}; wall seconds are the measure"

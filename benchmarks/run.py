@@ -703,6 +703,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "sets OMP_WAIT_POLICY=PASSIVE)",
     )
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"))
+    harness.add_malloc_option(p)
     args = p.parse_args(argv)
     chosen = [ALIASES.get(m.strip(), m.strip()) for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in BENCHES]
@@ -715,6 +716,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     harness.use_clock(args.clock)
+    log(harness.use_malloc(args))
     start = time.perf_counter()
     bench = Bench(args)
     log(

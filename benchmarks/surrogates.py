@@ -329,8 +329,10 @@ def main(argv: list[str] | None = None) -> dict:
         help="skip Captum at its default perturbations_per_eval=1 (when that is not its best)",
     )
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"))
+    harness.add_malloc_option(p)
     args = p.parse_args(argv)
     harness.use_clock(args.clock)
+    print(harness.use_malloc(args), flush=True)
 
     start = time.perf_counter()
     device = torch.device(args.device)

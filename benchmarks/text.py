@@ -31,7 +31,14 @@ from captum.attr import IntegratedGradients
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import Contender, make_sync, measure, paired  # noqa: E402
+from harness import (
+    Contender,
+    add_malloc_option,
+    make_sync,
+    measure,
+    paired,
+    use_malloc,
+)  # noqa: E402
 
 import saliencelab as sl  # noqa: E402
 from saliencelab.text import similarity_to  # noqa: E402
@@ -44,10 +51,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    add_malloc_option(parser)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/text.json"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(use_malloc(args), flush=True)
 
     tm = sl.load_model("minilm")
     hf = tm.module.hf.eval()

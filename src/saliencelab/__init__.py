@@ -8,6 +8,7 @@
 
 from . import methods as _builtin_methods  # noqa: F401  (registers them; before `methods` below)
 from . import metrics
+from .core.cpu_memory import reuse_freed_memory
 from .core.errors import SaliencelabError
 from .core.explain import explain
 from .core.registry import MethodSpec, methods, register
@@ -78,6 +79,7 @@ __all__ = [
     "methods",
     "overlay",
     "register",
+    "reuse_freed_memory",
     "register_model",
     "register_scheme",
     "sample_image",

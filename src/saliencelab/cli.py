@@ -85,6 +85,7 @@ DEMO_OPTIONS = {
 def main(debug: DebugOption = False) -> None:
     """See what a deep learning model looks at: saliency maps, CAMs, reports."""
     STATE["debug"] = debug
+    sl.reuse_freed_memory()  # our own process: freed CPU memory is reused (core/cpu_memory.py)
 
 
 # -- requests -----------------------------------------------------------------------------------
