@@ -420,6 +420,10 @@ def moved(a: Attribution, device: torch.device) -> Attribution:
 def check_metrics(case: Case, device: torch.device, args, names: list[str]) -> list[Row]:
     data = sl.data.shapes.make(4, seed=0)
     masks_cpu, masks_dev = data.masks, data.masks.to(device)
+    # focus scores 2×2 mosaics: its masks must be unions of quadrants (two per sample here)
+    quads = torch.tensor([[1, 0, 0, 1], [0, 1, 1, 0], [1, 1, 0, 0], [0, 0, 1, 1]], dtype=torch.bool)
+    h, w = data.masks.shape[-2:]
+    mosaic = quads.view(4, 2, 2).repeat_interleave(h // 2, 1).repeat_interleave(w // 2, 2)
     opts = {m: case.options.get(m, {}) for m in METRIC_MAPS}
     ex = sl.explain(case.cpu, case.x_cpu, methods=opts, target=case.target())
     maps_cpu = {m: ex[m] for m in METRIC_MAPS}
@@ -428,6 +432,7 @@ def check_metrics(case: Case, device: torch.device, args, names: list[str]) -> l
     rows = []
     for name in names:
         options = metric_options(name, args.quick)
+        m_cpu, m_dev = (mosaic, mosaic.to(device)) if name == "focus" else (masks_cpu, masks_dev)
 
         def run(model, x, maps, masks, options=options, name=name):
             rep = sl.evaluate(
@@ -438,13 +443,13 @@ def check_metrics(case: Case, device: torch.device, args, names: list[str]) -> l
         for method in METRIC_MAPS:
             rows.append(Row("metric", case.name, f"{name}[{method}]"))
         try:
-            v_cpu, cpu_s = timed(lambda: run(case.cpu, case.x_cpu, maps_cpu, masks_cpu), sync)
+            v_cpu, cpu_s = timed(lambda m=m_cpu: run(case.cpu, case.x_cpu, maps_cpu, m), sync)
         except Exception as e:
             for row in rows[-len(METRIC_MAPS) :]:
                 row.status, row.note = "FAIL", f"cpu: {short(e)}"
             continue
         try:
-            v_dev, dev_s = timed(lambda: run(case.dev, case.x_dev, maps_dev, masks_dev), sync)
+            v_dev, dev_s = timed(lambda m=m_dev: run(case.dev, case.x_dev, maps_dev, m), sync)
         except Exception as e:
             for row in rows[-len(METRIC_MAPS) :]:
                 row.status, row.note = "FAIL", f"{device.type}: {short(e)}"

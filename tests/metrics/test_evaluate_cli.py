@@ -257,6 +257,8 @@ def test_options_reach_the_metrics(runner, tiny, folder, tmp_path, probe):
         (["--option", "stepz=3"], "No requested metric takes the option 'stepz'"),
         (["--option", "deletion.stepz=3"], "The metric deletion has no option 'stepz'"),
         (["--option", "road.steps=3"], "is for the metric 'road', which was not requested"),
+        (["--option", "deletion.steps=0"], "steps must be a positive integer for deletion"),
+        (["--metrics", "road", "--option", "percentages=50"], "The percentages of road"),
         (["--option", "steps"], "is not of the form key=value; write e.g. --option steps=20"),
         (["--steps", "3", "--option", "steps=4"], "Give the steps once"),
         (["--method-option", "n_stepz=3"], "No requested method takes the option 'n_stepz'"),

@@ -666,6 +666,56 @@ def test_bad_options_give_one_sentence(net, x, maps, name, options, words):
     assert words in msg and "\n" not in msg and msg.endswith(".")
 
 
+@pytest.mark.parametrize(
+    "name,options,words",
+    [
+        ("deletion", {"steps": 0}, "steps"),
+        ("deletion", {"score": "prob"}, "score"),
+        ("deletion", {"baseline": "black"}, "baseline"),
+        ("insertion", {"blur_sigma": 0.0}, "blur_sigma"),
+        ("aopc_morf", {"patch_size": 0}, "patch_size"),
+        ("aopc_morf", {"regions": 0}, "regions"),
+        ("aopc_lerf", {"perturbation": "blur"}, "perturbation"),
+        ("monotonicity", {"steps": 2.5}, "steps"),
+        ("monotonicity_correlation", {"n_samples": 0}, "n_samples"),
+        ("monotonicity_correlation", {"perturbation": "blur"}, "perturbation"),
+        ("monotonicity_correlation", {"eps": -1.0}, "eps"),
+        ("infidelity", {"n_perturbations": 0}, "n_perturbations"),
+        ("infidelity", {"std": 0.0}, "std"),
+        ("sensitivity_n", {"fractions": (0.0,)}, "fractions"),
+        ("sensitivity_n", {"fractions": "0.5"}, "fractions"),
+        ("sensitivity_n", {"n_samples": 0}, "n_samples"),
+        ("faithfulness_correlation", {"unit": "channel"}, "unit"),
+        ("faithfulness_correlation", {"subset_size": 0}, "subset_size"),
+        ("road", {"percentages": (50,)}, "percentages"),
+        ("road_lerf", {"percentages": 50}, "percentages"),
+        ("road_morf", {"noise": -0.1}, "noise"),
+    ],
+)
+def test_bad_option_values_fail_when_the_metric_is_built(name, options, words):
+    """Options are checked by the constructor, so sl.evaluate and the CLI (which build the
+    metrics first) fail before any model work."""
+    with pytest.raises(SaliencelabError) as err:
+        sl.metrics.get(name)(**options)
+    msg = str(err.value)
+    assert words in msg and "\n" not in msg and msg.endswith(".")
+
+
+def test_option_sequences_may_be_arrays(net, x, maps):
+    import numpy as np
+
+    pct = np.array([30, 60])
+    a = sl.metrics.get("road")(percentages=pct)(maps, x=x, model=net)
+    b = sl.metrics.get("road")(percentages=(30, 60))(maps, x=x, model=net)
+    torch.testing.assert_close(a.values, b.values, atol=1e-6, rtol=1e-4)  # chunking rounds
+    assert a.params["percentages"] == (30, 60)
+    fr = torch.tensor([0.2, 0.5])
+    c = sl.metrics.get("sensitivity_n")(fractions=fr, n_samples=4)(maps, x=x, model=net)
+    d = sl.metrics.get("sensitivity_n")(fractions=(0.2, 0.5), n_samples=4)(maps, x=x, model=net)
+    torch.testing.assert_close(c.values, d.values, atol=1e-6, rtol=1e-4, equal_nan=True)
+    assert c.params["fractions"] == pytest.approx((0.2, 0.5))
+
+
 def test_model_needed(x, maps):
     with pytest.raises(SaliencelabError, match="needs model"):
         sl.metrics.get("deletion")()(maps, x=x)

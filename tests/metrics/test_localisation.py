@@ -49,6 +49,14 @@ def random_case(b=6, h=9, w=10, seed=0, p=0.3):
     return maps, masks
 
 
+def quadrant_masks(quadrants: torch.Tensor, h: int, w: int, top: int, left: int) -> torch.Tensor:
+    """(B, H, W) masks on the quadrants marked in (B, 4) (top-left, top-right, bottom-left,
+    bottom-right), the rows split at `top` and the columns at `left`."""
+    rows = (torch.arange(h) >= top).long()[:, None]
+    cols = (torch.arange(w) >= left).long()[None, :]
+    return quadrants.bool()[:, 2 * rows + cols]
+
+
 # -- loop-based references ------------------------------------------------------------------------
 
 
@@ -347,6 +355,39 @@ def test_focus_matches_loop_and_quantus(quantus):
     assert q[5] == 0 and math.isnan(got[5])
 
 
+def test_focus_takes_unions_of_mosaic_quadrants_only():
+    """Focus is the relevance on the target's quadrants of a 2×2 mosaic: a mask must be a union
+    of whole quadrants (any of the 16, split at the middle, or one pixel off it as a nearest
+    resize puts it). An ordinary object mask gets one sentence pointing to make_mosaics (it
+    used to give relevance mass under another name)."""
+    quads = torch.tensor(list(itertools.product([False, True], repeat=4)))  # all 16 unions
+    for h, w in [(8, 10), (7, 9), (12, 12)]:
+        maps = torch.randn(16, h, w, dtype=torch.float64).abs()
+        for top, left in [(h // 2, w // 2), ((h + 1) // 2, (w - 1) // 2)]:
+            masks = quadrant_masks(quads, h, w, top, left)
+            got = run("focus", maps, masks)
+            want = [ref_mass(maps[i], masks[i]) for i in range(16)]
+            torch.testing.assert_close(got, torch.tensor(want).double(), equal_nan=True)
+    g = torch.Generator().manual_seed(3)
+    images = torch.randn((8, 1, 32, 32), generator=g)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    for size in (None, 224, 225, (97, 131), (5, 7)):
+        mos = make_mosaics(images, labels, n=6, seed=1, size=size)
+        maps = torch.rand(mos.masks.shape, generator=g)
+        assert run("focus", maps, mos.masks, target=mos.target).isfinite().all()
+    maps = torch.rand(3, 12, 12, generator=g)
+    objects = torch.zeros(3, 12, 12, dtype=torch.bool)
+    objects[:, 3:8, 4:9] = True  # a box, as the shapes' masks are
+    halves = quadrant_masks(torch.tensor([[1, 1, 0, 0]] * 3), 12, 12, 6, 6)
+    off = quadrant_masks(torch.tensor([[1, 0, 1, 0]] * 3), 12, 12, 6, 3)  # split far off
+    for bad in (objects, halves ^ objects, off):
+        bad = torch.cat([halves[:1], bad[1:]])  # the first sample is a fine mosaic mask
+        with pytest.raises(SaliencelabError, match="make_mosaics") as err:
+            run("focus", maps, bad)
+        msg = str(err.value)
+        assert "sample 1 " in msg and "\n" not in msg and msg.endswith(".")
+
+
 def test_focus_end_to_end_with_evaluate(tiny_cnn):
     g = torch.Generator().manual_seed(13)
     images = torch.randn((8, 3, 6, 6), generator=g)
@@ -405,6 +446,9 @@ def test_mask_errors(name):
         m.score(batch)
     empty = torch.zeros(2, 6, 6, dtype=torch.bool)
     empty[1, 2:4, 2:4] = True
+    if name == "focus":  # a union of quadrants of a 2×2 mosaic
+        empty[1] = False
+        empty[1, :3, 3:] = True
     values = m(maps, masks=empty).values
     assert math.isnan(values[0]) and math.isfinite(values[1])  # empty mask: undefined
 
@@ -412,6 +456,10 @@ def test_mask_errors(name):
 @pytest.mark.parametrize("name", ALL)
 def test_update_compute_over_two_batches(name):
     maps, masks = random_case(b=6, seed=14)
+    if name == "focus":  # a union of quadrants of a 2×2 mosaic
+        masks = quadrant_masks(
+            torch.rand(6, 4, generator=torch.Generator().manual_seed(1)) < 0.5, 9, 10, 4, 5
+        )
     target = torch.arange(6) % 3
     m = metric(name, k=5) if name == "top_k_intersection" else metric(name)
     m.update(maps[:4], masks=masks[:4], target=target[:4])

@@ -208,6 +208,105 @@ def test_evaluate_recomputes_registered_methods(tiny_cnn, images):
         )
 
 
+def _forwards(net):
+    """A list that records the rows of every forward of `net`, and the hook's handle."""
+    rows: list[int] = []
+    return rows, net.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+
+
+@pytest.mark.parametrize(
+    "metrics,kw,words",
+    [
+        ({"deletion": {"steps": 0}}, {}, "steps must be a positive integer for deletion"),
+        ({"insertion": {"blur_sigma": 0}}, {}, "blur_sigma"),
+        ({"aopc_morf": {"perturbation": "blur"}}, {}, "perturbation"),
+        ({"faithfulness_correlation": {"unit": "channel"}}, {}, "unit"),
+        ({"road": {"percentages": (50,)}}, {}, "percentages"),
+        ({"infidelity": {"std": -1.0}}, {}, "std"),
+        ({"monotonicity_correlation": {"eps": 0}}, {}, "eps"),
+        ({"sensitivity_n": {"n_samples": 0}}, {}, "n_samples"),
+        ({"model_randomisation": {"layers": 0}}, {}, "layers"),
+        ({"model_randomisation": {"similarity_options": {"windw": 7}}}, {}, "similarity_options"),
+        ({"random_logit": {"num_classes": 1}}, {}, "num_classes"),
+        ({"deletion": {}, "pointing_game": {}}, {}, "needs masks"),
+        ("deletion", {"references": ["sobel", "edges"]}, "No reference map 'edges'"),
+    ],
+)
+def test_evaluate_checks_the_request_before_any_model_work(tiny_cnn, images, metrics, kw, words):
+    """Bad option values, a missing mask or a bad reference name fail before sl.evaluate runs
+    the model or explains anything (the metric objects check their options when built)."""
+    ex = sl.explain(tiny_cnn, images, methods="saliency", target=0)
+    rows, handle = _forwards(tiny_cnn)
+    try:
+        with pytest.raises(sl.SaliencelabError, match=words) as err:
+            sl.evaluate(tiny_cnn, images, ex, metrics=metrics, **kw)
+    finally:
+        handle.remove()
+    assert rows == [] and "\n" not in str(err.value)
+
+
+def test_evaluate_needs_registered_methods_before_any_model_work(tiny_cnn, images):
+    rows, handle = _forwards(tiny_cnn)
+    try:
+        with pytest.raises(sl.SaliencelabError, match="'mine' is not a registered method"):
+            sl.evaluate(tiny_cnn, images, {"mine": images.sum(1)}, metrics="max_sensitivity")
+    finally:
+        handle.remove()
+    assert rows == []
+
+
+def test_references_take_a_name_or_comma_separated_names(tiny_cnn, images):
+    maps = {"mine": images.abs().sum(1)}
+    rep = sl.evaluate(tiny_cnn, images, maps, metrics="_test_map_max", references="sobel")
+    assert rep.references == ("sobel",) and rep.methods == ["mine", "sobel"]
+    rep = sl.evaluate(tiny_cnn, images, maps, metrics="_test_map_max", references="sobel, random")
+    assert rep.references == ("sobel", "random")
+    rep = sl.evaluate(tiny_cnn, images, maps, metrics="_test_map_max", references=["random"])
+    assert rep.references == ("random",)
+    with pytest.raises(sl.SaliencelabError, match="No reference map 'yes'"):
+        sl.evaluate(tiny_cnn, images, maps, metrics="_test_map_max", references="yes")
+    with pytest.raises(sl.SaliencelabError, match="references must be True, False"):
+        sl.evaluate(tiny_cnn, images, maps, metrics="_test_map_max", references=1)
+
+
+def test_a_function_as_explainer_is_refused_in_one_sentence(tiny_cnn, images):
+    """The documented explainer is a registered method's name or an sl.metrics.Explainer; a
+    plain function gets one sentence saying so (it was an AttributeError), before any pass."""
+    maps = images.abs().sum(1)
+
+    def mine(model, x, target=None):
+        return x.abs().sum(1)
+
+    before = {k: v.clone() for k, v in tiny_cnn.state_dict().items()}
+    rows, handle = _forwards(tiny_cnn)
+    try:
+        for name, options in [("model_randomisation", {}), ("max_sensitivity", {"n_samples": 2})]:
+            with pytest.raises(sl.SaliencelabError, match="method name") as err:
+                sl.metrics.get(name)(**options)(maps, x=images, model=tiny_cnn, explainer=mine)
+            msg = str(err.value)
+            assert "sl.metrics.Explainer" in msg and "\n" not in msg and msg.endswith(".")
+    finally:
+        handle.remove()
+    assert rows == []
+    assert all(torch.equal(before[k], v) for k, v in tiny_cnn.state_dict().items())
+    with pytest.raises(sl.SaliencelabError, match="Unknown method 'saliencey'"):
+        sl.metrics.Explainer("saliencey")
+    r = sl.metrics.get("max_sensitivity")(n_samples=2)(
+        maps, x=images, model=tiny_cnn, explainer=sl.metrics.Explainer("saliency")
+    )
+    assert r.n == 4
+
+
+def test_a_metric_called_without_inputs_says_so(tiny_cnn, images):
+    maps = images.sum(1)
+    for name in ("deletion", "model_randomisation", "max_sensitivity", "completeness"):
+        with pytest.raises(sl.SaliencelabError, match=r"needs the inputs: pass x=\.\.\.") as err:
+            sl.metrics.get(name)()(maps, model=tiny_cnn, explainer="saliency")
+        assert "(4, 0)" not in str(err.value)
+    with pytest.raises(sl.SaliencelabError, match="needs model"):  # no model, no inputs
+        sl.metrics.get("deletion")()(maps)
+
+
 def test_all_finite_matches_isfinite():
     """The maps' check (one aminmax) agrees with isfinite().all() for every dtype and position of
     a NaN or an infinity."""

@@ -49,11 +49,11 @@ def test_spearman_with_and_without_abs_match_scipy(pair):
     assert not torch.allclose(S.spearman(a, b), S.spearman_abs(a, b))
     # the cached form used by the metrics (ranks of `a` once, r_b in sorted order)
     b2 = b.clone()
-    b2[1] = 0.5  # a constant map: undefined
+    b2[1] = 0.5  # a constant map: no ranking, similarity 0 (scipy: NaN)
     for name in ("spearman", "spearman_abs"):
         cached = S.similarity_to(name, a)(b2)
         direct = S.spearman(a, b2, absolute=name == "spearman_abs")  # scattered ranks
-        assert torch.isnan(cached[1]) and torch.isnan(direct[1])
+        assert cached[1] == 0 and direct[1] == 0
         np.testing.assert_allclose(cached[[0, 2]].numpy(), direct[[0, 2]].numpy(), atol=1e-12)
 
 
@@ -78,7 +78,7 @@ def test_average_ranks_match_scipy_rankdata_with_many_ties():
         [scipy.stats.spearmanr(v[i], a[i])[0] for i in range(2, 5)],
         atol=1e-12,
     )
-    assert torch.isnan(S.spearman(v[:, None], a[:, None])[1])  # a constant map: undefined
+    assert S.spearman(v[:, None], a[:, None])[1] == 0  # a constant map: no ranking, 0
 
 
 def saliency_like(n: int, h: int, w: int, seed: int) -> torch.Tensor:
@@ -105,10 +105,12 @@ def test_spearman_random_and_tied_maps_match_scipy(dtype, tied):
         f = np.abs if name == "spearman_abs" else (lambda z: z)
         with warnings.catch_warnings():  # scipy warns on the constant map (NaN)
             warnings.simplefilter("ignore", scipy.stats.ConstantInputWarning)
-            ref = [scipy.stats.spearmanr(f(na[i]), f(nb[i]))[0] for i in range(4)]
+            ref = np.array([scipy.stats.spearmanr(f(na[i]), f(nb[i]))[0] for i in range(4)])
+        # a constant map has no ranking: similarity 0 where scipy's is NaN (tied: b's last map)
+        assert np.isnan(ref[-1]) == tied and np.isfinite(ref[:-1]).all()
         for ours in (S.similarity(name, a, b), S.spearman(a, b, name == "spearman_abs")):
             assert ours.dtype == torch.float64
-            np.testing.assert_allclose(ours.numpy(), ref, atol=1e-12)  # NaN where scipy's is
+            np.testing.assert_allclose(ours.numpy(), np.nan_to_num(ref, nan=0.0), atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -207,16 +209,15 @@ def test_spearman_tie_corrections_match_scipy_with_long_and_many_runs():
     b[0, :40] = b[0].min() - 1  # a long run at the start (the smallest values)
     b[0, -25:] = b[0].max() + 1  # and at the end
     b[1, ::2] = b[1, 1::2]  # 150 runs of two
-    b[2] = 4.0  # constant: NaN
+    b[2] = 4.0  # constant: 0 (scipy: NaN)
     b[3] = torch.randint(0, 3, (300,), generator=g).float()  # three long runs
     b[4, 10], b[4, 200] = b[4, 50], b[4, 50]  # one run of three, spread out
     a = torch.randn(6, 300, generator=g)
     a[5] = torch.randint(0, 7, (300,), generator=g).float()  # ties on the reference side
     rho = S.similarity_to("spearman", a[:, None])(b[:, None])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", scipy.stats.ConstantInputWarning)
-        ref = [scipy.stats.spearmanr(a[i], b[i])[0] for i in range(6)]
-    np.testing.assert_allclose(rho.numpy(), ref, atol=1e-12)
+    ref = [scipy.stats.spearmanr(a[i], b[i])[0] for i in (0, 1, 3, 4, 5)]
+    np.testing.assert_allclose(rho[[0, 1, 3, 4, 5]].numpy(), ref, atol=1e-12)
+    assert rho[2] == 0
 
 
 @pytest.mark.parametrize("name", ["spearman", "spearman_abs"])
@@ -230,19 +231,20 @@ def test_spearman_sorted_keys_path_equals_the_generic_path(name):
     b[1::3] = (b[1::3] * 2).round()
     b[2, :4] = -0.0
     b[2, 4:8] = 0.0
-    b[5] = -1.5  # constant: NaN
+    b[5] = -1.5  # constant, against a constant map too: 1
+    b[6] = 2.0  # constant, against a ranked map: 0
+    a[1] = 0.25  # constant: 0 against the ranked maps 9 and 1 (b[1] is tied, not constant)
     a[3, :, :5] = -a[3, :, :5]
     keyed = S.similarity_to(name, a)(b)
     generic = S.similarity_to(name, a.double())(b.double())
-    assert torch.equal(keyed.isnan(), generic.isnan()) and keyed.isnan().sum() == 1
-    assert torch.equal(keyed.nan_to_num(), generic.nan_to_num())
+    assert torch.equal(keyed, generic)
+    assert keyed[5] == 1 and keyed[1] == keyed[9] == keyed[6] == 0 and keyed.isfinite().all()
     fa, fb = a.flatten(1), b.flatten(1)
     if name == "spearman_abs":
         fa, fb = fa.abs(), fb.abs()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", scipy.stats.ConstantInputWarning)
-        ref = [scipy.stats.spearmanr(fa[i % 4], fb[i])[0] for i in range(12)]
-    np.testing.assert_allclose(keyed.numpy(), ref, atol=1e-12)
+    ranked = [i for i in range(12) if i not in (1, 5, 6, 9)]
+    ref = [scipy.stats.spearmanr(fa[i % 4], fb[i])[0] for i in ranked]
+    np.testing.assert_allclose(keyed[ranked].numpy(), ref, atol=1e-12)
 
 
 @pytest.mark.parametrize("orientations,cell,block", [(9, 8, 3), (7, 5, 2)])
@@ -258,6 +260,36 @@ def test_hog_features_and_similarity_match_skimage(pair, orientations, cell, blo
     ref = [np.corrcoef(ref_a[i], ref_b[i])[0, 1] for i in range(3)]
     sim = S.hog(a, b, orientations=orientations, cell=cell, block=block)
     np.testing.assert_allclose(sim.numpy(), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_constant_map_has_similarity_zero_and_two_constant_maps_one(dtype):
+    """The stated convention (similarity.py): a constant map has no ranking and no gradients,
+    so its Spearman (of maps or |maps|) and HOG similarity to a non-constant map is 0; two
+    constant maps rank and normalise alike (all tied, all zero), so theirs is 1, as SSIM's
+    (scipy and Quantus give NaN in both cases). Cached and direct forms agree."""
+    g = torch.Generator().manual_seed(21)
+    a = torch.randn(4, 24, 24, generator=g, dtype=dtype)
+    b = a + 0.5 * torch.randn(4, 24, 24, generator=g, dtype=dtype)
+    a[1] = 3.0  # constant original, ranked comparison
+    b[2] = 0.0  # constant comparison, ranked original
+    a[3], b[3] = -1.0, 7.0  # both constant (different values)
+    signs = torch.ones(24, 24, dtype=dtype)
+    signs[::2] = -1
+    opts = {"hog": {"cell": 4, "block": 2}, "ssim": {"window": 7}}
+    for name in ("spearman", "spearman_abs", "hog", "ssim"):
+        cached = S.similarity_to(name, a, opts.get(name))(b)
+        direct = S.similarity(name, a, b, opts.get(name))
+        assert torch.equal(cached, direct) and direct.isfinite().all()
+        if name != "ssim":  # SSIM is defined on constant maps already; both constant: 1
+            assert direct[1] == 0 and direct[2] == 0
+            assert 0.3 < direct[0] < 1
+        assert direct[3] == 1
+    # |map| constant but the map not: 0 for spearman_abs only
+    flip = a.clone()
+    flip[0] = 2 * signs
+    assert S.spearman_abs(flip, b)[0] == 0 and S.spearman(flip, b)[0] != 0
+    assert S.spearman_abs(flip[:1], 5 * signs[None])[0] == 1
 
 
 def test_similarity_bad_inputs():
@@ -701,6 +733,37 @@ def test_random_logit_matches_quantus_with_two_classes(images):
     )
     assert torch.equal(r.extras["random_class"], 1 - target)
     np.testing.assert_allclose(r.values.numpy(), np.asarray(ref, dtype=float), atol=1e-6)
+
+
+class _ConstantRows(Explainer):
+    """Saliency, with the maps of samples 1 and 3 made constant (as Grad-CAM's are once the top
+    blocks are random: the ReLU of a negative CAM is all zero)."""
+
+    def __call__(self, model, x, target):
+        out = super().__call__(model, x, target)
+        out.maps[1::2] = 0.0
+        return out
+
+
+@pytest.mark.parametrize("similarity", ["spearman", "spearman_abs", "hog"])
+@pytest.mark.parametrize("batched", [True, False])
+def test_constant_randomised_maps_score_zero_not_nan(tiny_cnn, images, similarity, batched):
+    """A constant recomputed map has no ranking (no HOG gradients), so its similarity to the
+    original is 0: every sample counts in the mean (NaN there had made methods whose maps go
+    flat look less sensitive to randomisation than they are)."""
+    target = torch.tensor([0, 1, 2, 3])
+    maps = sl.explain(tiny_cnn, images, "saliency", target=target)["saliency"].maps
+    kw = dict(x=images, model=tiny_cnn, target=target, explainer=_ConstantRows("saliency"))
+    opts = {"cell": 3, "block": 2} if similarity == "hog" else None
+    for value in ("last", "mean"):
+        r = MPRT(similarity=similarity, value=value, batched=batched, similarity_options=opts)(
+            maps, **kw
+        )
+        assert r.n == 4 and r.curves.isfinite().all()
+        assert (r.curves[1::2] == 0).all() and (r.values[1::2] == 0).all()
+        assert r.mean == pytest.approx(float(r.values.mean()))
+    r = RandomLogit(similarity=similarity, similarity_options=opts)(maps, **kw)
+    assert r.n == 4 and (r.values[1::2] == 0).all()
 
 
 def test_random_logit_bad_inputs(tiny_cnn, images):

@@ -50,3 +50,20 @@ def test_focus_on_mosaics_of_shapes():
     # Two of four quadrants hold the target class: chance is 0.5, the centre Gaussian sits at it.
     assert abs(rep["center_gaussian"]["focus"].mean - 0.5) < 0.05
     assert rep["gradcam"]["focus"].mean > 0.8
+
+
+def test_gradcam_randomisation_counts_the_samples_whose_maps_go_flat():
+    """The audit's case: with the top 3 blocks of the shapes CNN random, Grad-CAM's map of most
+    samples is constant (the ReLU of a negative CAM). Such a map has no ranking, so its Spearman
+    similarity to the original is 0 (was NaN, and the mean skipped those samples)."""
+    model = sl.load_model("shapes_cnn")
+    x = model.preprocess(sl.data.shapes.make(8, seed=0))
+    ex = sl.explain(model, x, methods="gradcam")
+    rep = sl.evaluate(
+        model, x, ex, metrics={"model_randomisation": {"layers": 3}}, references=False
+    )
+    r = rep["gradcam"]["model_randomisation"]
+    assert r.n == 8 and r.values.isfinite().all()
+    flat = r.values == 0
+    assert 1 <= int(flat.sum()) < 8
+    assert r.mean == pytest.approx(float(r.values[~flat].sum()) / 8)

@@ -29,6 +29,7 @@ from torch import nn
 from ..core.engine import Engine, all_finite
 from ..core.errors import SaliencelabError, closest
 from ..core.layout import channels_last_known
+from ..core.registry import get_method
 from ..core.targets import Target, TargetSpec, resolve_target
 from ..models.model import Model, as_model
 from .stats import bootstrap_ci
@@ -43,12 +44,15 @@ class Explainer:
     `explainer(model, x, target)` returns the :class:`~saliencelab.Attribution` of the method
     named at construction with its options, computed by `sl.explain` (so it is chunked and
     counted like any explanation). Robustness metrics call it on all noisy copies of a batch at
-    once; randomisation metrics call it on randomised copies of the model.
+    once; randomisation metrics call it on randomised copies of the model. The method must be
+    registered (`sl.register`), so it is known at construction (an unknown name fails there)
+    and its cost is counted; a plain function is not an explainer.
     """
 
     def __init__(
         self, method: str, options: dict[str, Any] | None = None, chunk_size: int | None = None
     ) -> None:
+        get_method(method)  # an unknown name: one sentence now, before any model work
         self.method = method
         self.options = dict(options or {})
         self.chunk_size = chunk_size  # rows per chunk of its passes (None: measured)
@@ -136,6 +140,11 @@ class EvalBatch:
         return self.x.shape[0]
 
     @property
+    def has_inputs(self) -> bool:
+        """Whether inputs were given: without them `make_batch` puts a (B, 0) placeholder."""
+        return not (self.x.dim() == 2 and self.x.shape[1] == 0)
+
+    @property
     def device(self) -> torch.device:
         return self.x.device
 
@@ -220,7 +229,7 @@ class MetricResult:
     """A metric's per-sample values and summary.
 
     `mean` and the bootstrap 95% `ci` skip NaN values (samples where the metric is undefined,
-    e.g. a constant map for a rank correlation); `n` counts the finite ones.
+    e.g. an empty mask for a localisation metric); `n` counts the finite ones.
     """
 
     metric: str
@@ -365,7 +374,8 @@ class Metric:
         """Score a batch and remember it; returns its (B,) values.
 
         Give either an :class:`EvalBatch` or its parts. `target=None` scores the model's
-        predicted class; `explainer` may be a method name (recomputed with default options).
+        predicted class; `explainer` is a registered method's name (recomputed with default
+        options) or an :class:`Explainer` (a method with options).
         """
         import time
 
@@ -442,7 +452,10 @@ class Metric:
         hints = {
             "model": "pass model=... (this metric runs the model)",
             "masks": "pass masks=... ((B, H, W) bool ground-truth masks)",
-            "explainer": "pass explainer=<method name> (this metric recomputes explanations)",
+            "explainer": (
+                "pass explainer=<method name> or sl.metrics.Explainer(name, options) (this "
+                "metric recomputes explanations)"
+            ),
             "attributions": (
                 "give the method's full input-space attributions (an sl.Explanation carries them)"
             ),
@@ -450,6 +463,11 @@ class Metric:
         for need in self.needs:
             if getattr(batch, need) is None:
                 raise SaliencelabError(f"The metric {self.name} needs {need}: {hints[need]}.")
+        if ("model" in self.needs or "explainer" in self.needs) and not batch.has_inputs:
+            raise SaliencelabError(
+                f"The metric {self.name} needs the inputs: pass x=... (the (B, C, H, W) inputs "
+                "the maps explain)."
+            )
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
@@ -516,6 +534,13 @@ def make_batch(
         )
     if isinstance(explainer, str):
         explainer = Explainer(explainer)
+    elif explainer is not None and not isinstance(explainer, Explainer):
+        what = "function" if callable(explainer) else type(explainer).__name__
+        raise SaliencelabError(
+            f"explainer must be a method name (explainer='gradcam') or "
+            f"sl.metrics.Explainer('gradcam', {{options}}), not a {what}; register your own "
+            "method with @sl.register to recompute it."
+        )
     engine = engine or (Engine(m) if m is not None else None)
     if engine is not None and x is not None:
         engine.probe_layout(x)

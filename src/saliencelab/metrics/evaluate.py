@@ -225,6 +225,50 @@ def _maps_of(
     return out
 
 
+def _reference_names(references: bool | str | Sequence[str] | None) -> tuple[str, ...]:
+    """The reference maps asked for: all (True), none (False, None, empty), or the named ones
+    (a name, a comma-separated string or a list of names), each checked."""
+    if references is True:
+        return REFERENCE_METHODS
+    if references is False or references is None:
+        return ()
+    if isinstance(references, str):
+        names = [n.strip() for n in references.split(",") if n.strip()]
+    elif isinstance(references, Sequence) and all(isinstance(n, str) for n in references):
+        names = list(references)
+    else:
+        raise SaliencelabError(
+            f"references must be True, False, a reference name or a list of them "
+            f"({', '.join(REFERENCE_METHODS)}), not {references!r}."
+        )
+    for name in names:
+        if name not in REFERENCE_METHODS:
+            raise SaliencelabError(
+                f"No reference map {name!r}.{closest(name, REFERENCE_METHODS)} They are: "
+                f"{', '.join(REFERENCE_METHODS)}."
+            )
+    return tuple(dict.fromkeys(names))
+
+
+def _check_request(requested: list[Metric], names: list[str], masks: object) -> None:
+    """What the metrics need that the call lacks, before any model work: masks, and a
+    registered method to recompute for every method the explanation-recomputing metrics score."""
+    registered = {spec.name for spec in registered_methods()}
+    for metric in requested:
+        if "masks" in metric.needs and masks is None:
+            raise SaliencelabError(
+                f"The metric {metric.name} needs masks: pass masks=... ((B, H, W) bool "
+                "ground-truth masks)."
+            )
+        if "explainer" in metric.needs:
+            for name in names:
+                if name not in registered:
+                    raise SaliencelabError(
+                        f"The metric {metric.name} recomputes explanations, but {name!r} is not "
+                        "a registered method; give maps from sl.explain or drop the metric."
+                    )
+
+
 def _explainer(name: str, a: Attribution | None, chunk_size: int | None) -> Explainer | None:
     if name not in {spec.name for spec in registered_methods()}:
         return None
@@ -243,7 +287,7 @@ def evaluate(
     masks: torch.Tensor | None = None,
     target: TargetSpec = None,
     *,
-    references: bool | Sequence[str] = True,
+    references: bool | str | Sequence[str] = True,
     chunk_size: int | None = None,
     **options: Any,
 ) -> EvalReport:
@@ -258,30 +302,28 @@ def evaluate(
         target: the class each map explains; default: the target stored with each
             Attribution, else the predicted class.
         references: score the random, centred-Gaussian and Sobel reference maps too (True), or
-            only the named ones, or none (False).
+            only the named ones (a name, a comma-separated string or a list), or none (False).
         chunk_size: rows per chunk of the metrics' passes and of the explanations the
             robustness and randomisation metrics recompute (default: measured).
         **options: options given to every requested metric that takes them (e.g. `steps=50`).
+
+    The request (metric names and option values, reference names, masks for the metrics that
+    need them, registered methods for the metrics that recompute explanations) is checked
+    before the model runs or any reference map is computed.
     """
     model = as_model(model)
     if not isinstance(x, torch.Tensor):
         raise SaliencelabError(f"Give the inputs as a tensor, not {type(x).__name__}.")
     x = x.to(model.device)
-    requested = metric_requests(metrics, options)
-    engine = Engine(model, chunk_size=chunk_size)
+    requested = metric_requests(metrics, options)  # each metric checks its options when built
+    refs = _reference_names(references)
     entries = _maps_of(ex)
     if not entries:
         raise SaliencelabError("The explanation holds no maps to evaluate.")
+    _check_request(requested, list(entries), masks)  # the references are registered methods
+    engine = Engine(model, chunk_size=chunk_size)
 
-    refs: tuple[str, ...] = ()
-    if references:
-        refs = tuple(REFERENCE_METHODS if references is True else references)
-        for name in refs:
-            if name not in REFERENCE_METHODS:
-                raise SaliencelabError(
-                    f"No reference map {name!r}.{closest(name, REFERENCE_METHODS)} They are: "
-                    f"{', '.join(REFERENCE_METHODS)}."
-                )
+    if refs:
         from ..core.explain import explain
 
         ref_ex = explain(model, x, methods=list(refs))
@@ -314,11 +356,6 @@ def evaluate(
             default_target = batch.target  # resolve the predicted class once
         per: dict[str, MetricResult] = {}
         for metric in requested:
-            if "explainer" in metric.needs and batch.explainer is None:
-                raise SaliencelabError(
-                    f"The metric {metric.name} recomputes explanations, but {name!r} is not a "
-                    "registered method; give maps from sl.explain or drop the metric."
-                )
             metric.reset()
             metric.update(batch=batch)
             per[metric.name] = metric.compute()

@@ -126,6 +126,9 @@ class FaithfulnessCorrelation(FaithfulnessMetric):
         subsets: torch.Tensor | None = None,
         score: str = "logit",
     ) -> None:
+        check_choice(self.name, "unit", unit, ("pixel", "element"))
+        check_positive_int(self.name, "subset_size", subset_size)
+        check_positive_int(self.name, "n_samples", n_samples)
         super().__init__(
             subset_size=subset_size,
             n_samples=n_samples,
@@ -139,10 +142,8 @@ class FaithfulnessCorrelation(FaithfulnessMetric):
     def score(self, batch: EvalBatch) -> Scores:
         self.check_batch(batch)
         b, c, h, w = batch.x.shape
-        unit = check_choice(self.name, "unit", self.unit, ("pixel", "element"))
+        unit, size, draws = self.unit, self.subset_size, self.n_samples
         n_units = h * w if unit == "pixel" else c * h * w
-        size = check_positive_int(self.name, "subset_size", self.subset_size)
-        draws = check_positive_int(self.name, "n_samples", self.n_samples)
         if self.subsets is None and size > n_units:
             raise SaliencelabError(
                 f"The subset_size {size} of {self.name} exceeds the {n_units} {unit}s of the "

@@ -26,10 +26,6 @@ class _Curve(FaithfulnessMetric):
         "Petsiuk et al. 2018, RISE: Randomized Input Sampling for Explanation of Black-box Models"
     )
 
-    def _check(self, batch: EvalBatch) -> None:
-        self.check_batch(batch)
-        check_positive_int(self.name, "steps", self.steps)
-
     def _curve(
         self, batch: EvalBatch, inside: torch.Tensor | float, outside: torch.Tensor
     ) -> Scores:
@@ -58,10 +54,11 @@ class Deletion(_Curve):
     def __init__(
         self, steps: int = 100, baseline: float | torch.Tensor = 0.0, score: str = "probability"
     ) -> None:
+        check_positive_int(self.name, "steps", steps)
         super().__init__(steps=steps, baseline=baseline, score=score)
 
     def score(self, batch: EvalBatch) -> Scores:
-        self._check(batch)
+        self.check_batch(batch)
         base = baseline_like(self.name, self.baseline, batch.x, allow_number=True)
         return self._curve(batch, base, batch.x)
 
@@ -81,10 +78,11 @@ class Insertion(_Curve):
     def __init__(
         self, steps: int = 100, blur_sigma: float = 5.0, score: str = "probability"
     ) -> None:
+        check_positive_int(self.name, "steps", steps)
+        check_positive(self.name, "blur_sigma", blur_sigma)
         super().__init__(steps=steps, blur_sigma=blur_sigma, score=score)
 
     def score(self, batch: EvalBatch) -> Scores:
-        self._check(batch)
-        sigma = check_positive(self.name, "blur_sigma", self.blur_sigma)
-        blurred = gaussian_blur(batch.x, sigma)
+        self.check_batch(batch)
+        blurred = gaussian_blur(batch.x, float(self.blur_sigma))
         return self._curve(batch, batch.x, blurred)

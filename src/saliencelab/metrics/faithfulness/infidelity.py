@@ -47,14 +47,15 @@ class Infidelity(FaithfulnessMetric):
         seed: int = 0,
         score: str = "logit",
     ) -> None:
+        check_positive_int(self.name, "n_perturbations", n_perturbations)
+        check_positive(self.name, "std", std)
         super().__init__(
             n_perturbations=n_perturbations, std=std, normalize=normalize, seed=seed, score=score
         )
 
     def score(self, batch: EvalBatch) -> Scores:
         self.check_batch(batch)
-        n = check_positive_int(self.name, "n_perturbations", self.n_perturbations)
-        std = check_positive(self.name, "std", self.std)
+        n, std = self.n_perturbations, float(self.std)
         shape = tuple(batch.x.shape[1:])
         noise = self._draws.get(
             (n, shape, std, self.seed), lambda: gaussian_perturbations(n, shape, std, self.seed)

@@ -55,12 +55,13 @@ class Monotonicity(FaithfulnessMetric):
         absolute: bool = True,
         score: str = "probability",
     ) -> None:
+        check_positive_int(self.name, "steps", steps)
         super().__init__(steps=steps, baseline=baseline, absolute=absolute, score=score)
 
     def score(self, batch: EvalBatch) -> Scores:
         self.check_batch(batch)
         _, _, h, w = batch.x.shape
-        steps = check_positive_int(self.name, "steps", self.steps)
+        steps = self.steps
         base = baseline_like(self.name, self.baseline, batch.x, allow_number=True)
         ranks = _ascending_ranks(batch.maps, self.absolute)
         counts = step_counts(steps, h * w, batch.device)
@@ -106,6 +107,10 @@ class MonotonicityCorrelation(FaithfulnessMetric):
         seed: int = 0,
         score: str = "probability",
     ) -> None:
+        check_positive_int(self.name, "steps", steps)
+        check_positive_int(self.name, "n_samples", n_samples)
+        check_choice(self.name, "perturbation", perturbation, ("uniform", "baseline"))
+        check_positive(self.name, "eps", eps)
         super().__init__(
             steps=steps,
             n_samples=n_samples,
@@ -122,10 +127,7 @@ class MonotonicityCorrelation(FaithfulnessMetric):
         self.check_batch(batch)
         b, _, h, w = batch.x.shape
         dtype = batch.x.dtype
-        steps = check_positive_int(self.name, "steps", self.steps)
-        kind = check_choice(self.name, "perturbation", self.perturbation, ("uniform", "baseline"))
-        draws = check_positive_int(self.name, "n_samples", self.n_samples)
-        eps = check_positive(self.name, "eps", self.eps)
+        steps, kind, draws, eps = self.steps, self.perturbation, self.n_samples, float(self.eps)
         if kind == "baseline":
             draws = 1  # every draw would be the same
             fill = baseline_like(self.name, self.baseline, batch.x, allow_number=True)

@@ -39,6 +39,9 @@ class FaithfulnessMetric(Metric):
     family = "faithfulness"
 
     def __init__(self, **params: object) -> None:
+        check_score(self.name, params.get("score", "probability"))  # type: ignore[arg-type]
+        if "baseline" in params:
+            check_baseline(self.name, params["baseline"])
         super().__init__(**params)
         self.__dict__.pop("score", None)  # the option must not hide the method
         self.score_kind: ScoreKind = params.get("score", "probability")  # type: ignore[assignment]
@@ -46,7 +49,6 @@ class FaithfulnessMetric(Metric):
 
     def check_batch(self, batch: EvalBatch) -> None:
         check_image_batch(self.name, batch)
-        check_score(self.name, self.score_kind)
 
 
 # -- argument checks -------------------------------------------------------------------------------
@@ -63,6 +65,35 @@ def check_image_batch(name: str, batch: EvalBatch) -> None:
 
 def check_score(name: str, score: str) -> ScoreKind:
     return check_choice(name, "score", score, ("probability", "logit"))  # type: ignore[return-value]
+
+
+def as_numbers(values: object) -> torch.Tensor | None:
+    """A sequence (list, tuple, array, tensor) of numbers as a 1-D float64 tensor; None if it
+    is not one (for the checks of options like ROAD's percentages; such an option is kept as
+    `as_tuple(values)`)."""
+    if isinstance(values, (str, bytes)):
+        return None
+    try:
+        t = torch.as_tensor(values, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return t if t.dim() == 1 else None
+
+
+def as_tuple(values: object) -> tuple:
+    """A list or tuple as a tuple; an array or tensor as a tuple of Python floats."""
+    if isinstance(values, (list, tuple)):
+        return tuple(values)
+    return tuple(torch.as_tensor(values, dtype=torch.float64).tolist())
+
+
+def check_baseline(name: str, baseline: object) -> None:
+    """A baseline is a number or a tensor (its shape is checked against the inputs later,
+    `baseline_like`)."""
+    if not isinstance(baseline, (int, float, torch.Tensor)):
+        raise SaliencelabError(
+            f"The baseline of {name} must be a number or a tensor, not {type(baseline).__name__}."
+        )
 
 
 def baseline_like(

@@ -36,6 +36,10 @@ class _RegionPerturbation(FaithfulnessMetric):
         seed: int = 0,
         score: str = "probability",
     ) -> None:
+        check_positive_int(self.name, "patch_size", patch_size)
+        if regions is not None:
+            check_positive_int(self.name, "regions", regions)
+        check_choice(self.name, "perturbation", perturbation, ("baseline", "uniform"))
         super().__init__(
             patch_size=patch_size,
             regions=regions,
@@ -49,23 +53,20 @@ class _RegionPerturbation(FaithfulnessMetric):
     def score(self, batch: EvalBatch) -> Scores:
         self.check_batch(batch)
         b, c, h, w = batch.x.shape
-        p = check_positive_int(self.name, "patch_size", self.patch_size)
+        p = self.patch_size
         if p > min(h, w):
             raise SaliencelabError(
                 f"The patch_size {p} of {self.name} is larger than the {h}×{w} image; give a "
                 f"patch_size of at most {min(h, w)}."
             )
-        kind = check_choice(self.name, "perturbation", self.perturbation, ("baseline", "uniform"))
         ids, n_patches = patch_ids(h, w, p, batch.device)
-        regions = n_patches
-        if self.regions is not None:
-            regions = min(check_positive_int(self.name, "regions", self.regions), n_patches)
+        regions = n_patches if self.regions is None else min(self.regions, n_patches)
         # Relevance of each patch, and the rank of each pixel's patch in the order.
         sums = torch.zeros(b, n_patches, dtype=torch.float64, device=batch.device)
         sums.index_add_(1, ids, batch.maps.flatten(1).double())
         order = torch.sort(sums, dim=1, descending=self.descending, stable=True).indices
         pixel_ranks = ranks_of(order).gather(1, ids.expand(b, -1))
-        if kind == "baseline":
+        if self.perturbation == "baseline":
             fill = baseline_like(self.name, self.baseline, batch.x, allow_number=True)
         else:
             lo, hi = self.uniform_range

@@ -21,7 +21,14 @@ import torch.nn.functional as F
 from ...core.errors import SaliencelabError
 from ..base import EvalBatch, Scores, register_metric
 from ..stats import pixel_order, trapezoid
-from .perturbation import FaithfulnessMetric, generator, ranks_of, run_rows
+from .perturbation import (
+    FaithfulnessMetric,
+    as_numbers,
+    as_tuple,
+    generator,
+    ranks_of,
+    run_rows,
+)
 
 # The 8 neighbours (dy, dx) of a pixel and their weights: 1/6 direct, 1/12 diagonal (Rong et al.).
 _OFFSETS = ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
@@ -348,20 +355,21 @@ class _Road(FaithfulnessMetric):
         seed: int = 0,
         score: str = "probability",
     ) -> None:
-        super().__init__(percentages=tuple(percentages), noise=noise, seed=seed, score=score)
+        pct = as_numbers(percentages)
+        if pct is None or pct.numel() < 2 or not ((pct > 0) & (pct < 100)).all():
+            raise SaliencelabError(
+                f"The percentages of {self.name} must be at least two numbers in (0, 100) (the "
+                f"areas are over them), got {percentages!r}."
+            )
+        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
+            raise SaliencelabError(f"The noise of {self.name} must be ≥ 0, got {noise!r}.")
+        super().__init__(percentages=as_tuple(percentages), noise=noise, seed=seed, score=score)
 
     def curves(self, batch: EvalBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """{order: (B, P) scores} and the x axis (P,) = percentages / 100."""
         self.check_batch(batch)
         b, c, h, w = batch.x.shape
         pct = torch.tensor(self.percentages, dtype=torch.float64)
-        if pct.dim() != 1 or pct.numel() < 2 or not ((pct > 0) & (pct < 100)).all():
-            raise SaliencelabError(
-                f"The percentages of {self.name} must be at least two numbers in (0, 100) (the "
-                f"areas are over them), got {self.percentages!r}."
-            )
-        if not isinstance(self.noise, (int, float)) or self.noise < 0:
-            raise SaliencelabError(f"The noise of {self.name} must be ≥ 0, got {self.noise!r}.")
         counts = (pct * h * w / 100).long().to(batch.device)  # floor, as Quantus
         ranks = torch.stack(
             [ranks_of(pixel_order(batch.maps, descending=o == "morf")) for o in self.orders], 1

@@ -12,6 +12,8 @@ from ..checks import check_positive_int
 from ..stats import pearson
 from .perturbation import (
     FaithfulnessMetric,
+    as_numbers,
+    as_tuple,
     baseline_like,
     input_first,
     random_subsets,
@@ -19,6 +21,15 @@ from .perturbation import (
     rows_of,
     run_rows,
 )
+
+
+def check_fractions(name: str, fractions: object) -> None:
+    """One sentence unless `fractions` are one or more numbers in (0, 1]."""
+    fr = as_numbers(fractions)
+    if fr is None or fr.numel() == 0 or not ((fr > 0) & (fr <= 1)).all():
+        raise SaliencelabError(
+            f"The fractions of {name} must be numbers in (0, 1], got {fractions!r}."
+        )
 
 
 @register_metric
@@ -51,8 +62,10 @@ class SensitivityN(FaithfulnessMetric):
         seed: int = 0,
         score: str = "probability",
     ) -> None:
+        check_fractions(self.name, fractions)
+        check_positive_int(self.name, "n_samples", n_samples)
         super().__init__(
-            fractions=tuple(fractions),
+            fractions=as_tuple(fractions),
             n_samples=n_samples,
             baseline=baseline,
             seed=seed,
@@ -62,12 +75,8 @@ class SensitivityN(FaithfulnessMetric):
     def score(self, batch: EvalBatch) -> Scores:
         self.check_batch(batch)
         b, _, h, w = batch.x.shape
-        draws = check_positive_int(self.name, "n_samples", self.n_samples)
+        draws = self.n_samples
         fr = torch.tensor(self.fractions, dtype=torch.float64)
-        if fr.dim() != 1 or fr.numel() == 0 or not ((fr > 0) & (fr <= 1)).all():
-            raise SaliencelabError(
-                f"The fractions of {self.name} must be numbers in (0, 1], got {self.fractions!r}."
-            )
         ns = torch.round(fr * h * w).long().clamp(min=1)
         sizes = ns.repeat_interleave(draws)
         masks = self._draws.get(  # (len(ns) · draws, H·W)

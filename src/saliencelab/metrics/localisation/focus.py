@@ -108,6 +108,32 @@ def make_mosaics(
     return Mosaics(x=x, masks=masks, target=target.to(dev), quadrants=quadrants, sources=sources)
 
 
+def _split_near_middle(masks: torch.Tensor) -> torch.Tensor:
+    """(B,) whether every (H, W) mask's rows are the first row up to some row r and the last
+    row from r on, with r within one pixel of H / 2 (or all rows equal)."""
+    h = masks.shape[1]
+    like_first = (masks == masks[:, :1]).all(-1)  # (B, H)
+    like_last = (masks == masks[:, -1:]).all(-1)
+    r = like_first.long().cumprod(1).sum(1)  # rows before the first that differs from row 0
+    before = torch.arange(h, device=masks.device) < r[:, None]
+    return (r == h) | ((like_last | before).all(1) & ((2 * r - h).abs() <= 2))
+
+
+def check_mosaic_masks(name: str, masks: torch.Tensor) -> None:
+    """One sentence unless each (H, W) mask of (B, H, W) is a union of whole quadrants of a 2×2
+    mosaic: the mask is constant on each of the four blocks cut by a row and a column within
+    one pixel of the middle (a nearest resize of a mosaic's mask, `make_mosaics(size=...)`,
+    moves the cut by up to one pixel)."""
+    ok = _split_near_middle(masks) & _split_near_middle(masks.transpose(1, 2))
+    if not bool(ok.all()):
+        i = int(torch.nonzero(~ok)[0, 0])
+        raise SaliencelabError(
+            f"The metric {name} scores 2×2 mosaics, so each mask must be a union of whole "
+            f"quadrants, but the mask of sample {i} is not; build the mosaics, their masks and "
+            "targets with sl.metrics.make_mosaics."
+        )
+
+
 @register_metric
 class Focus(Metric):
     """Focus (Arias-Duart et al. 2022): the share of positive relevance on the target's images.
@@ -115,7 +141,9 @@ class Focus(Metric):
     On a 2×2 mosaic (see :func:`make_mosaics`) with `masks` marking the quadrants of the target
     class: value = Σ_{p ∈ mask} max(R_p, 0) / Σ_p max(R_p, 0). Quantus 0.6.0 `Focus` adds 1e-9 to
     the denominator; here a map with no positive relevance gives NaN (undefined), as does an
-    empty mask.
+    empty mask. Each mask must be a union of whole quadrants (Quantus takes the quadrants'
+    labels, `Mosaics.quadrants`); any other mask is refused, since the value would then be the
+    relevance mass of an object, not Focus.
     """
 
     name = "focus"
@@ -130,6 +158,12 @@ class Focus(Metric):
 
     def score(self, batch: EvalBatch) -> Scores:
         v, m = flat_maps_and_masks(batch, self.name)
+        if batch.maps.dim() != 3:
+            raise SaliencelabError(
+                f"The metric {self.name} needs (B, H, W) maps of 2×2 mosaics, got maps of shape "
+                f"{tuple(batch.maps.shape)}."
+            )
+        check_mosaic_masks(self.name, m.view(batch.maps.shape))
         r = v.clamp(min=0)
         values = nan_where(ratio(total(r, m), total(r)), ~m.any(1))
         return Scores(values=values, extras=target_extras(batch))

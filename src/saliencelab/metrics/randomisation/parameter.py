@@ -140,6 +140,23 @@ def stages(module: nn.Module, granularity: Literal["block", "layer"] = "block") 
     return out
 
 
+def check_layers(layers: object) -> None:
+    """One sentence unless `layers` is None, a positive int, a name or a list of names (what
+    can be checked without the model; `select_stages` checks the names against it)."""
+    if layers is None or isinstance(layers, str):
+        return
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        if layers < 1:
+            raise SaliencelabError(f"layers must be a positive number of stages, got {layers!r}.")
+        return
+    if not isinstance(layers, Sequence) or not all(isinstance(n, str) for n in layers):
+        raise SaliencelabError(
+            f"layers must be None, a number of stages or layer / block names, got {layers!r}."
+        )
+    if not layers:
+        raise SaliencelabError("layers is an empty list; name at least one layer or block.")
+
+
 def select_stages(
     module: nn.Module,
     layers: int | str | Sequence[str] | None,
@@ -149,10 +166,9 @@ def select_stages(
     all_stages = stages(module, granularity)
     if not all_stages:
         raise SaliencelabError("The model has no parameterised layers to randomise.")
+    check_layers(layers)
     if layers is None:
         chosen = all_stages
-    elif isinstance(layers, bool) or (isinstance(layers, int) and layers < 1):
-        raise SaliencelabError(f"layers must be a positive number of stages, got {layers!r}.")
     elif isinstance(layers, int):
         if layers > len(all_stages):
             raise SaliencelabError(
@@ -162,8 +178,6 @@ def select_stages(
         chosen = all_stages[-layers:]
     else:
         names = [layers] if isinstance(layers, str) else list(layers)
-        if not names:
-            raise SaliencelabError("layers is an empty list; name at least one layer or block.")
         by_name = {s.name: s for s in all_stages}
         modules = dict(module.named_modules())
         every = parameterised_layers(module)
@@ -300,7 +314,9 @@ class ModelRandomisation(Metric):
     value = sim(E(f, x), E(f̃_k, x)) for the model f̃_k with stages 1..k re-initialised
     (cascading, top down) or stage k alone (independent), at the last step or averaged over the
     steps; sim is "spearman", "spearman_abs", "ssim" or "hog" (see `similarity`). Lower = the
-    explanation depends on the learned weights (the method passes the sanity check).
+    explanation depends on the learned weights (the method passes the sanity check). A map that
+    is constant on one side only (e.g. Grad-CAM gone flat once the top blocks are random) has
+    similarity 0, on both sides 1 (`similarity`'s convention), so every sample counts.
 
     Args:
         order: "cascading" (top layer first, randomisations accumulate) or "independent".
@@ -336,7 +352,8 @@ class ModelRandomisation(Metric):
         batched: bool = True,
     ) -> None:
         check_choice(self.name, "order", order, ("cascading", "independent"))
-        check_similarity(similarity)
+        check_similarity(similarity, similarity_options)
+        check_layers(layers)
         check_choice(self.name, "granularity", granularity, ("block", "layer"))
         check_choice(self.name, "value", value, ("last", "mean"))
         check_choice(self.name, "init", init, ("reset", "normal"))

@@ -13,6 +13,7 @@ c' = 1 − c is forced, which the tests use to compare with Quantus exactly.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -36,7 +37,8 @@ class RandomLogit(Metric):
     """Similarity of the target's explanation to a random other class's (Sixt et al. 2020).
 
     value = sim(E(x, c), E(x, c')), c' uniform over the classes ≠ c (seeded); sim is "ssim"
-    (default, as Quantus), "spearman", "spearman_abs" or "hog". Lower is better. The random
+    (default, as Quantus), "spearman", "spearman_abs" or "hog" (a constant map on one side
+    gives 0, on both 1: `similarity`'s convention; Quantus gives NaN). Lower is better. The random
     classes are returned in `extras["random_class"]`. Cost: one explanation of the batch (plus one
     forward to count the classes when the model has no labels and `num_classes` is not given).
     """
@@ -55,7 +57,16 @@ class RandomLogit(Metric):
         num_classes: int | None = None,
         similarity_options: dict[str, Any] | None = None,
     ) -> None:
-        check_similarity(similarity)
+        check_similarity(similarity, similarity_options)
+        if num_classes is not None and (
+            isinstance(num_classes, bool)
+            or not isinstance(num_classes, numbers.Integral)
+            or num_classes < 2
+        ):
+            raise SaliencelabError(
+                f"num_classes must be None (read from the model) or at least 2, got "
+                f"{num_classes!r}."
+            )
         super().__init__(
             similarity=similarity,
             seed=seed,

@@ -18,13 +18,24 @@ torch on the maps' device (Spearman's sort in NumPy on the CPU, its ties in NumP
   2005) of the two min-max normalised maps; `hog_features` equals `skimage.feature.hog` with the
   same `orientations`, `pixels_per_cell`, `cells_per_block` and L2-Hys block normalisation.
 
-Undefined values (a constant map in a correlation) are NaN.
+Constant maps. A rank or HOG correlation involving a constant map is 0/0 (SciPy and Quantus
+give NaN). Here it is defined, so that a sanity check counts every sample: a constant map has no
+ranking (every pixel tied) and no gradients (its HOG features are all zero), so it carries none
+of the other map's structure: its similarity to a non-constant map is 0. Two constant maps are
+the same map once ranked or normalised (all tied, all zero; SSIM already gives them 1, and a
+similarity must give sim(a, a) = 1), so theirs is 1: an explanation that is flat before and
+after randomisation did not change. In general: with the correlation ρ = s_ab / √(s_aa s_bb)
+of ranks (Spearman) or of HOG features, ρ = 0 when exactly one of s_aa, s_bb is 0 and ρ = 1
+when both are (`_correlation`). Without this, MPRT skipped the samples whose randomised
+Grad-CAM went flat and reported the mean of the others (Grad-CAM looked less sensitive to
+randomisation than it is).
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +46,6 @@ from ...core.errors import SaliencelabError, closest
 from ..stats import (
     float_keys,
     keyed,
-    pearson,
     ranks,
     sort_rows,
     sorted_key_halves,
@@ -73,6 +83,15 @@ def minmax(maps: torch.Tensor) -> torch.Tensor:
     return (m - lo).div_(span)
 
 
+def _correlation(num: torch.Tensor, na: torch.Tensor, nb: torch.Tensor) -> torch.Tensor:
+    """num / √(na · nb), the correlation from the centred cross sum `num` and the centred sums
+    of squares `na`, `nb` (≥ 0), with the convention for constant sides (module docstring):
+    0 when exactly one of na, nb is 0, 1 when both are."""
+    den = (na * nb).sqrt()
+    constant = ((na == 0) & (nb == 0)).to(num.dtype)  # both: 1, one: 0
+    return torch.where(den > 0, num / den.clamp_min(1e-300), constant)
+
+
 def _spearman_to(a: torch.Tensor, absolute: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """`f(values)`: Spearman correlation of the fixed (B, N) rows `a` (of |a| when `absolute`)
     with each row of values ((K·B, N): row i with row i mod B of `a`).
@@ -84,7 +103,7 @@ def _spearman_to(a: torch.Tensor, absolute: bool = False) -> Callable[[torch.Ten
     Σ g_p (r_b − m) = Σ g_p (p + 1 − m) + Σ_tied g_p s_p, g = r_a − m in b's order, and, as
     Σ s_p (p + 1 − m) = −Σ s_p² over every run, Σ (r_b − m)² = Σ (p + 1 − m)² − Σ_tied s_p².
     Every term is a multiple of 1/4 below 2⁵¹, so all sums are exact in float64 (na, nb are 0
-    for a constant map, whose correlation is NaN).
+    exactly for a constant map: ρ is then 0, or 1 against another constant map; `_correlation`).
 
     On the CPU, float32 (and narrower) values are sorted as int64 keys whose low half carries
     2 r_a of the pixel (`stats.float_keys`), so the sort itself puts r_a in b's order (no
@@ -147,21 +166,22 @@ def _spearman_to(a: torch.Tensor, absolute: bool = False) -> Callable[[torch.Ten
                 row = flat // n
                 num.index_add_(0, row, g.view(-1)[flat] * shift)
                 nb.index_add_(0, row, shift.square(), alpha=-1)
-        den = (na.repeat(k) * nb).sqrt()
-        ok = den > 0  # na, nb are exact: 0 exactly for a constant map
-        return torch.where(ok, num / den.clamp_min(1e-300), torch.full_like(num, math.nan))
+        return _correlation(num, na.to(num.device).repeat(k), nb)
 
     return rho
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor, absolute: bool = False) -> torch.Tensor:
-    """(B,) Spearman rank correlation of each pair of maps, of |maps| when `absolute`."""
+    """(B,) Spearman rank correlation of each pair of maps, of |maps| when `absolute`; a
+    constant map (|map| when `absolute`) gives 0, two constant maps 1 (see the module
+    docstring; SciPy gives NaN)."""
     a, b = _pair(a, b)
     return _spearman_to(a.flatten(1), absolute)(b.flatten(1))
 
 
 def spearman_abs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(B,) Spearman rank correlation of |a| and |b|."""
+    """(B,) Spearman rank correlation of |a| and |b| (0 where one |map| is constant, 1 where
+    both are)."""
     return spearman(a, b, absolute=True)
 
 
@@ -361,13 +381,24 @@ def hog(
     block: int = 3,
     normalise: bool = True,
 ) -> torch.Tensor:
-    """(B,) Pearson correlation of the HOG features of each pair of (min-max normalised) maps."""
+    """(B,) Pearson correlation of the HOG features of each pair of (min-max normalised) maps.
+
+    A constant map has all-zero features: its similarity to a non-constant map is 0, to another
+    constant map 1 (see the module docstring; NumPy's corrcoef gives NaN)."""
     a, b = _pair(a, b)
     if normalise:
         a, b = minmax(a), minmax(b)
     fa = hog_features(a, orientations, cell, block)
     fb = hog_features(b, orientations, cell, block)
-    return pearson(fa, fb)
+    return _feature_correlation(fa, fb)
+
+
+def _feature_correlation(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of the rows of two (N, F) feature batches, `_correlation`'s
+    convention where a row is constant."""
+    fa = fa - fa.mean(-1, keepdim=True)
+    fb = fb - fb.mean(-1, keepdim=True)
+    return _correlation((fa * fb).sum(-1), fa.square().sum(-1), fb.square().sum(-1))
 
 
 SIMILARITIES: dict[str, Callable[..., torch.Tensor]] = {
@@ -381,13 +412,31 @@ SIMILARITIES: dict[str, Callable[..., torch.Tensor]] = {
 _SIGNATURES = {name: inspect.signature(fn) for name, fn in SIMILARITIES.items()}
 
 
-def check_similarity(name: str) -> None:
-    """One clear sentence when `name` is not a known similarity."""
+def check_similarity(name: str, options: dict[str, Any] | None = None) -> None:
+    """One clear sentence when `name` is not a known similarity or `options` are not its
+    keyword options (an even SSIM window too): what a metric checks when it is built."""
     if name not in SIMILARITIES:
         raise SaliencelabError(
             f"Unknown similarity {name!r}; pick one of {', '.join(SIMILARITIES)}."
             f"{closest(name, SIMILARITIES)}"
         )
+    if options is not None and not isinstance(options, dict):
+        raise SaliencelabError(
+            f"similarity_options must be a dict of keyword options, not "
+            f"{type(options).__name__}; e.g. similarity_options={{'window': 7}}."
+        )
+    opts = options or {}
+    try:
+        _SIGNATURES[name].bind(None, None, **opts)  # the option names (inspect: ~25 µs)
+    except TypeError as e:
+        raise SaliencelabError(
+            f"Bad similarity_options for {name!r} ({e}); see the options of "
+            f"saliencelab.metrics.randomisation.similarity.{SIMILARITIES[name].__name__}."
+        ) from None
+    window = opts.get("window", 11)
+    whole = isinstance(window, numbers.Integral) and not isinstance(window, bool)
+    if name == "ssim" and (not whole or window % 2 == 0 or window < 1):
+        raise SaliencelabError(f"The SSIM window must be an odd size, got {window!r}.")
 
 
 def similarity(
@@ -407,12 +456,10 @@ def similarity_to(
     features) is computed once, so comparing one original explanation with many recomputed ones
     costs about half. The options are checked here, so a bad option fails before any model pass.
     """
-    check_similarity(name)
+    check_similarity(name, options)
     opts = dict(options or {})
-    fn = SIMILARITIES[name]
     a, _ = _pair(a, a)
     try:
-        _SIGNATURES[name].bind(a, a, **opts)  # the option names (inspect.signature: ~25 µs)
         if name in ("spearman", "spearman_abs"):
             absolute = name == "spearman_abs" or bool(opts.get("absolute", False))
             rho = _spearman_to(a.flatten(1), absolute)
@@ -429,12 +476,12 @@ def similarity_to(
             def hog_to(b: torch.Tensor) -> torch.Tensor:
                 _, b = _pair(a, b, stacked=True)
                 fb = hog_features(minmax(b) if normalise else b, **opts)
-                return pearson(fa.repeat(b.shape[0] // fa.shape[0], 1), fb)
+                return _feature_correlation(fa.repeat(b.shape[0] // fa.shape[0], 1), fb)
 
             return hog_to
         return _ssim_to(a, **opts)
-    except TypeError as e:
+    except TypeError as e:  # an option of the wrong type
         raise SaliencelabError(
             f"Bad similarity_options for {name!r} ({e}); see the options of "
-            f"saliencelab.metrics.randomisation.similarity.{fn.__name__}."
+            f"saliencelab.metrics.randomisation.similarity.{SIMILARITIES[name].__name__}."
         ) from None
