@@ -4,8 +4,10 @@
     .venv/bin/python scripts/train_shapes.py --only shapes_cnn
 
 Each recipe (`saliencelab.models.shapes.RECIPES`) is seeded and runs on one CPU thread, so the
-same torch version gives the same weights bit for bit (the script says whether a file changed).
-Prints the accuracy on 1000 held-out images and the training time of each.
+same torch version gives the same weights bit for bit: the script says whether each result is
+identical to the bundled weights (`src/saliencelab/data/`, read before writing, whatever --out
+is) or how far it is from them. Prints the accuracy on 1000 held-out images and the training time
+of each.
 """
 
 from __future__ import annotations
@@ -19,8 +21,48 @@ import torch
 from saliencelab.models.shapes import DATA_DIR, RECIPES, train
 
 
-def digest(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else None
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def load_bundled(name: str) -> dict[str, torch.Tensor] | None:
+    """The bundled state dict of the recipe `name`, or None when there is no such file."""
+    path = DATA_DIR / RECIPES[name].file
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+
+def compare_weights(state: dict[str, torch.Tensor], bundled: dict[str, torch.Tensor] | None) -> str:
+    """How `state` compares with the bundled weights, as a phrase: "identical to the bundled
+    weights" (same names, shapes, dtypes and values bit for bit), or "differs from the bundled
+    weights (...)": the first name, shape or dtype mismatch, else max |Δ| = the largest |a - b|
+    over the floating-point tensors, else the first integer tensor (a counter) that differs."""
+    if bundled is None:
+        return "no bundled weights to compare with"
+    missing, extra = sorted(set(bundled) - set(state)), sorted(set(state) - set(bundled))
+    if missing or extra:
+        what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        return f"differs from the bundled weights ({what})"
+    worst, where, other = 0.0, "", ""
+    for key, ref in bundled.items():
+        ours = state[key]
+        if ours.shape != ref.shape or ours.dtype != ref.dtype:
+            return (
+                f"differs from the bundled weights ({key}: {tuple(ours.shape)} {ours.dtype}, "
+                f"bundled {tuple(ref.shape)} {ref.dtype})"
+            )
+        if torch.equal(ours, ref):
+            continue
+        if not ref.is_floating_point():  # a counter such as num_batches_tracked
+            other = other or key
+            continue
+        delta = (ours.double() - ref.double()).abs().nan_to_num(nan=float("inf")).max().item()
+        if not where or delta > worst:
+            worst, where = delta, key
+    if where:
+        return f"differs from the bundled weights (max |Δ| {worst:.3g} in {where})"
+    if other:
+        return f"differs from the bundled weights (in {other})"
+    return "identical to the bundled weights"
 
 
 def main() -> None:
@@ -29,21 +71,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DATA_DIR, help="folder for the .pt files")
     parser.add_argument("--steps", type=int, default=None, help="override the steps (testing)")
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # deterministic, and on models this small the fastest
     torch.use_deterministic_algorithms(True)
     for name in args.only or list(RECIPES):
         model = train(name, steps=args.steps, verbose=True)
         path = args.out / RECIPES[name].file
-        before = digest(path)
+        bundled = load_bundled(name)  # before writing: --out may be the bundled folder
         state = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
         torch.save(state, path)
-        after = digest(path)
         extra = model.extra
         print(
             f"{name}: accuracy {extra['accuracy']:.3f} after {extra['train_seconds']:.1f} s "
             f"({extra['train_cpu_seconds']:.1f} s CPU); wrote {path} "
-            f"({path.stat().st_size / 1024:.0f} KiB, sha256 {after}, "
-            f"{'unchanged' if before == after else 'changed'})",
+            f"({path.stat().st_size / 1024:.0f} KiB, sha256 {digest(path)}), "
+            f"{compare_weights(state, bundled)}",
             flush=True,
         )
 

@@ -223,6 +223,55 @@ def test_methods_lists_registered_methods(runner):
     assert "gradient" in result.stdout and "cam" in result.stdout and "layer=auto" in result.stdout
 
 
+def test_methods_shows_the_allowed_values_from_the_methods_constants(runner):
+    from saliencelab.methods.cam.common import FUSIONS
+    from saliencelab.methods.perturbation.features import BASELINES, FEATURE_KINDS
+    from saliencelab.methods.relevance.lrp import PRESETS
+
+    result = runner.invoke(app, ["methods"])
+    assert result.exit_code == 0, result.output
+    text = flat(result.stdout)
+    assert flat("composite: " + " | ".join(map(repr, PRESETS))) in text
+    assert flat(f"fusion: {' | '.join(map(repr, FUSIONS))}") in text
+    assert flat(" | ".join(map(repr, BASELINES)) + " | a number | a tensor") in text
+    assert flat(" | ".join(map(repr, FEATURE_KINDS))) in text
+    assert "composite='epsilon_plus'" in text and "layer=auto" in text  # the defaults stay
+
+
+def test_methods_name_shows_one_method_in_detail(runner):
+    from saliencelab.methods.relevance.lrp import PRESETS
+
+    result = runner.invoke(app, ["methods", "lrp", "occlusion"])
+    assert result.exit_code == 0, result.output
+    text = flat(result.stdout)
+    assert "allowedvalues" in text and all(repr(p) in text for p in PRESETS)
+    assert flat("'zero' | 'blur' | 'mean' | a number") in text  # occlusion's baseline
+    assert flat("Layer-wise relevance propagation") in text and "Occlusion" in text
+    result = runner.invoke(app, ["methods", "lpr"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert error_lines(result.stderr) == [
+        "error: Unknown method 'lpr'. Did you mean: lrp? Run `saliencelab methods` to list them."
+    ]
+
+
+def test_every_option_named_by_a_string_lists_its_allowed_values():
+    """An option whose default is a name gets its allowed values shown, the default among them
+    (a new option of that kind needs an entry in `cli.option_values`)."""
+    from saliencelab.cli import accepted_values, option_values
+
+    table = option_values()
+    unlisted = {("attention_rollout", "row"), ("grad_rollout", "row")}  # 'auto', 'mean' or an int
+    for spec in sl.methods():
+        for option, default in spec.options.items():
+            allowed = accepted_values(spec, option, table)
+            if isinstance(default, str) and (spec.name, option) not in unlisted:
+                assert allowed, f"{spec.name}.{option}"
+                assert repr(default) in allowed or option == "base", f"{spec.name}.{option}"
+    keys = {f"{s.name}.{o}" for s in sl.methods() for o in s.options}
+    keys |= {o for s in sl.methods() for o in s.options}
+    assert set(table) <= keys  # no entry for an option that no longer exists
+
+
 def test_models_lists_the_zoo(runner):
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0
@@ -440,6 +489,49 @@ def test_evaluate_is_registered_with_its_options(runner):
     for flag in ("--metrics", "--masks", "--steps", "--option", "--method-option"):
         assert flag in result.stdout
     assert "--no-references" in result.stdout and "--batch-size" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "extra,words",
+    [
+        (["--option", "deletion.steps=0"], "steps must be a positive integer for deletion"),
+        (["--option", "steps=0"], "steps must be a positive integer"),
+        (["--option", "deletion.baseline=gray"], "baseline"),
+        (["--option", "deletion.stpes=5"], "has no option 'stpes'"),
+        (["--metrics", "deletoin"], "No metric named 'deletoin'"),
+        (["--metrics", "deletion", "--option", "window=3"], "No requested metric takes"),
+        (["--metrics", "pointing_game"], "needs ground-truth masks"),
+        (["--methods", "gradcma"], "Unknown method 'gradcma'"),
+    ],
+)
+def test_evaluate_checks_metrics_before_loading_or_explaining(
+    runner, tiny, tmp_path, monkeypatch, extra, words
+):
+    """A bad metric request fails in one sentence before the model is loaded or explained
+    (`using layer ...` was printed, the explanation having run, before the error)."""
+    from saliencelab import cli_common
+    from saliencelab.metrics import commands
+
+    calls: list[str] = []
+
+    def record(name, fn):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(commands, "load_model", record("load_model", cli_common.load_model))
+    monkeypatch.setattr(sl, "explain", record("explain", sl.explain))
+    image = photo(tmp_path / "in" / "a.png")
+    args = ["evaluate", str(image), "--model", tiny, "--methods", "gradcam", "--metrics"]
+    args += ["deletion", "--out", str(tmp_path / "eval"), "--no-references", *extra]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and words in lines[0], result.stderr
+    assert "using layer" not in result.stderr and calls == []
+    assert not (tmp_path / "eval").exists()
 
 
 def test_global_debug_reaches_the_registered_commands(runner, tiny, tmp_path):

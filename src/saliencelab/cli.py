@@ -40,6 +40,7 @@ from saliencelab.cli_common import (
     session,
     split,
 )
+from saliencelab.core.registry import get_method
 from saliencelab.featurevis.commands import register as register_featurevis
 from saliencelab.metrics.commands import register as register_metrics
 from saliencelab.neurons.commands import register as register_neurons
@@ -242,27 +243,121 @@ def explain(
         raise typer.Exit(code=2)
 
 
+def option_values() -> dict[str, tuple[str, ...]]:
+    """What a method option accepts where it is one of a fixed set of names, keyed by
+    "method.option" or, for every method that has it, by the option's name: the names (quoted,
+    from the constants the methods check against), then the other kinds of value in words."""
+    from saliencelab.methods.attention.rollout import HEAD_FUSIONS
+    from saliencelab.methods.cam.common import FUSIONS
+    from saliencelab.methods.cam.perturbation import WEIGHTINGS
+    from saliencelab.methods.gradient.baselines import DISTRIBUTIONS, INPUT_BASELINES
+    from saliencelab.methods.gradient.integrated_gradients import RULES
+    from saliencelab.methods.gradient.smoothgrad import KINDS
+    from saliencelab.methods.perturbation.features import BASELINES, FEATURE_KINDS
+    from saliencelab.methods.relevance.lrp import PRESETS
+    from saliencelab.text.leave_one_out import REMOVALS, UNITS
+
+    def names(values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(repr(v) for v in values)
+
+    per_sample = (*names(INPUT_BASELINES), "a number", "a tensor broadcastable to the inputs")
+    distribution = (*names(DISTRIBUTIONS), "a number", "a tensor (N, C, H, W) of references")
+    return {
+        "fusion": names(FUSIONS),
+        "weighting": names(WEIGHTINGS),
+        "head_fusion": names(HEAD_FUSIONS),
+        "rule": names(RULES),
+        "composite": (*names(PRESETS), "an lrp Composite"),
+        "baseline": (*names(BASELINES), "a number", "a tensor broadcastable to the inputs"),
+        "feature_mask": ("None (a grid)", *names(FEATURE_KINDS), "an integer tensor of ids"),
+        "base": (f"a method name other than {', '.join(KINDS)}",),
+        "unit": names(UNITS),
+        "removal": names(REMOVALS),
+        "integrated_gradients.baselines": per_sample,
+        "deeplift.baselines": per_sample,
+        "expected_gradients.baselines": distribution,
+        "deeplift_shap.baselines": distribution,
+    }
+
+
+def accepted_values(spec: sl.MethodSpec, option: str, table: dict[str, tuple[str, ...]]) -> str:
+    """ "'mean' | 'max'" for a method option with a fixed set of names, else ""."""
+    values = table.get(f"{spec.name}.{option}", table.get(option, ()))
+    return " | ".join(values)
+
+
+def _default(option: str, value: Any) -> str:
+    return "auto" if option == "layer" and value is None else repr(value)
+
+
 @app.command("methods")
-def list_methods() -> None:
-    """List the registered methods: family, cost in passes per sample, options, summary."""
-    table = Table(header_style="bold", show_lines=True)
-    table.add_column("method", style="bold", no_wrap=True)
-    table.add_column("family", no_wrap=True)
-    table.add_column("passes per sample", ratio=1, overflow="fold")
-    table.add_column("summary and options (defaults)", ratio=3, overflow="fold")
-    for spec in sl.methods():
+def list_methods(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Method names to show in detail: every option, its default and the values it "
+            "accepts, and the method's description.",
+            show_default=False,
+        ),
+    ] = None,
+    debug: DebugOption = False,
+) -> None:
+    """List the registered methods (family, passes per sample, summary, options with their
+    defaults and allowed values), or describe the methods NAMES in detail."""
+    with session(debug):
+        table = option_values()
+        if names:
+            specs = [get_method(name) for name in names]  # an unknown name: one sentence
+            for spec in specs:
+                _method_detail(spec, table)
+            return
+        _method_table(sl.methods(), table)
+
+
+def _method_table(specs: list[sl.MethodSpec], table: dict[str, tuple[str, ...]]) -> None:
+    out = Table(header_style="bold", show_lines=True)
+    out.add_column("method", style="bold", no_wrap=True)
+    out.add_column("family", no_wrap=True)
+    out.add_column("passes per sample", ratio=1, overflow="fold")
+    out.add_column("summary and options (defaults, allowed values)", ratio=3, overflow="fold")
+    for spec in specs:
         cost = str(spec.cost)
         if cost in spec.options:
             cost = f"{cost} ({spec.options[cost]!r})"
-        options = ", ".join(
-            f"{k}={'auto' if k == 'layer' and v is None else repr(v)}"
-            for k, v in spec.options.items()
-        )
         about = Text(spec.summary)
-        if options:
-            about.append("\n" + options, style="dim")
-        table.add_row(spec.name, spec.family, cost, about)
-    out_console().print(table)
+        if spec.options:
+            defaults = ", ".join(f"{k}={_default(k, v)}" for k, v in spec.options.items())
+            about.append("\n" + defaults, style="dim")
+        for k in spec.options:
+            allowed = accepted_values(spec, k, table)
+            if allowed:
+                about.append(f"\n{k}: {allowed}", style="dim")
+        out.add_row(spec.name, spec.family, cost, about)
+    out_console().print(out)
+    out_console().print(
+        "[dim]`saliencelab methods NAME` shows one method's description and options.[/dim]"
+    )
+
+
+def _method_detail(spec: sl.MethodSpec, table: dict[str, tuple[str, ...]]) -> None:
+    import inspect
+
+    console = out_console()
+    console.print(
+        Text.assemble((spec.name, "bold"), f"  {spec.family}, passes per sample: {spec.cost}"),
+        soft_wrap=True,
+    )
+    console.print(Text(inspect.getdoc(spec.fn) or spec.summary), soft_wrap=True)
+    if not spec.options:
+        console.print(Text("No options.", style="dim"))
+        return
+    options = Table(header_style="bold")
+    options.add_column("option", style="bold", no_wrap=True)
+    options.add_column("default", overflow="fold")
+    options.add_column("allowed values", ratio=1, overflow="fold")
+    for k, v in spec.options.items():
+        options.add_row(k, _default(k, v), accepted_values(spec, k, table))
+    console.print(options)
 
 
 @app.command("models")

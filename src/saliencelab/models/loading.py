@@ -122,6 +122,11 @@ def _from_factory(spec: str, target: str, func: str, kwargs: dict[str, Any]) -> 
         return out
     if isinstance(out, nn.Module):
         return Model(module=out, name=func)
+    if callable(out) and not isinstance(out, type):
+        raise SaliencelabError(
+            f"{func}() from {target!r} returned a {type(out).__name__}, not a model; to explain a "
+            "function batch → scores, make it return sl.blackbox(fn) (forward-only methods)."
+        )
     raise SaliencelabError(
         f"{func}() from {target!r} returned a {type(out).__name__}, not a model; make it return an "
         "nn.Module (or an sl.Model)."

@@ -67,14 +67,29 @@ class Model:
 
 
 def as_model(model: Model | nn.Module) -> Model:
-    """Accept a `sl.Model` or a plain `nn.Module` everywhere."""
+    """Accept a `sl.Model` or a plain `nn.Module` everywhere; a plain function is refused with a
+    pointer to `sl.blackbox`."""
     if isinstance(model, Model):
         return model
     if isinstance(model, nn.Module):
         return Model(module=model, name=type(model).__name__)
     from ..core.errors import SaliencelabError
 
+    kind = type(model).__name__
+    if isinstance(model, type) and issubclass(model, nn.Module):
+        raise SaliencelabError(
+            f"Expected a saliencelab Model or a torch nn.Module, got the class {model.__name__}; "
+            f"build the network first, e.g. {model.__name__}(...)."
+        )
+    if callable(model):
+        from .blackbox import FORWARD_ONLY_METHODS
+
+        raise SaliencelabError(
+            f"Expected a saliencelab Model or a torch nn.Module, got {kind}; to explain a plain "
+            "callable batch → scores, wrap it with sl.blackbox(fn) (numpy=True if it takes NumPy "
+            f"arrays) and use {FORWARD_ONLY_METHODS}."
+        )
     raise SaliencelabError(
-        f"Expected a saliencelab Model or a torch nn.Module, got {type(model).__name__}; "
+        f"Expected a saliencelab Model or a torch nn.Module, got {kind}; "
         "wrap your network with sl.Model(module) or load one with sl.load_model(name)."
     )
