@@ -17,7 +17,7 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 # A thousand touched 30 KiB blocks (heap blocks, below any mmap threshold), freed together, again
 # and again: glibc's defaults give the freed top of the heap back each round (~7,000 page faults
 # of 4 KiB pages); kept, the rounds after the first reuse it. (Blocks of several MiB showed the
-# same standalone, but under pytest the dynamic mmap threshold sometimes stopped the faults by
+# same standalone, but under pytest the dynamic mmap threshold often stopped the faults by
 # itself.) Run in a fresh process: the setting is process-wide.
 LOOP = """
 import resource, sys, torch
@@ -43,10 +43,12 @@ def _loop(mode: str) -> tuple[bool, list[int]]:
 def test_reused_memory_stops_the_page_faults_of_a_free_and_allocate_loop():
     applied, reused = _loop("reuse")
     assert applied
-    assert reused[0] > 3000  # 30 MiB touched a round
-    assert max(reused[2:]) < 0.05 * reused[0]
+    # Without it each round faults ~7,000 pages in again, though not always: where some block
+    # lands above the freed ones, glibc cannot give the top back (seen once in a full suite run,
+    # from round 3 on), so only the kept side is asserted; the other is in the message.
     _, default = _loop("default")
-    assert min(default[2:]) > 0.5 * default[0]  # the premise: glibc's defaults fault each round
+    assert reused[0] > 3000, (reused, default)  # 30 MiB touched a round
+    assert max(reused[2:]) < 0.05 * reused[0], (reused, default)
 
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")

@@ -243,47 +243,10 @@ def explain(
         raise typer.Exit(code=2)
 
 
-def option_values() -> dict[str, tuple[str, ...]]:
-    """What a method option accepts where it is one of a fixed set of names, keyed by
-    "method.option" or, for every method that has it, by the option's name: the names (quoted,
-    from the constants the methods check against), then the other kinds of value in words."""
-    from saliencelab.methods.attention.rollout import HEAD_FUSIONS
-    from saliencelab.methods.cam.common import FUSIONS
-    from saliencelab.methods.cam.perturbation import WEIGHTINGS
-    from saliencelab.methods.gradient.baselines import DISTRIBUTIONS, INPUT_BASELINES
-    from saliencelab.methods.gradient.integrated_gradients import RULES
-    from saliencelab.methods.gradient.smoothgrad import KINDS
-    from saliencelab.methods.perturbation.features import BASELINES, FEATURE_KINDS
-    from saliencelab.methods.relevance.lrp import PRESETS
-    from saliencelab.text.leave_one_out import REMOVALS, UNITS
-
-    def names(values: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(repr(v) for v in values)
-
-    per_sample = (*names(INPUT_BASELINES), "a number", "a tensor broadcastable to the inputs")
-    distribution = (*names(DISTRIBUTIONS), "a number", "a tensor (N, C, H, W) of references")
-    return {
-        "fusion": names(FUSIONS),
-        "weighting": names(WEIGHTINGS),
-        "head_fusion": names(HEAD_FUSIONS),
-        "rule": names(RULES),
-        "composite": (*names(PRESETS), "an lrp Composite"),
-        "baseline": (*names(BASELINES), "a number", "a tensor broadcastable to the inputs"),
-        "feature_mask": ("None (a grid)", *names(FEATURE_KINDS), "an integer tensor of ids"),
-        "base": (f"a method name other than {', '.join(KINDS)}",),
-        "unit": names(UNITS),
-        "removal": names(REMOVALS),
-        "integrated_gradients.baselines": per_sample,
-        "deeplift.baselines": per_sample,
-        "expected_gradients.baselines": distribution,
-        "deeplift_shap.baselines": distribution,
-    }
-
-
-def accepted_values(spec: sl.MethodSpec, option: str, table: dict[str, tuple[str, ...]]) -> str:
-    """ "'mean' | 'max'" for a method option with a fixed set of names, else ""."""
-    values = table.get(f"{spec.name}.{option}", table.get(option, ()))
-    return " | ".join(values)
+def accepted_values(spec: sl.MethodSpec, option: str) -> str:
+    """ "'mean' | 'max'" for a method option whose accepted values the method declares
+    (`register(choices=...)`), else ""."""
+    return " | ".join(spec.choices.get(option, ()))
 
 
 def _default(option: str, value: Any) -> str:
@@ -305,16 +268,15 @@ def list_methods(
     """List the registered methods (family, passes per sample, summary, options with their
     defaults and allowed values), or describe the methods NAMES in detail."""
     with session(debug):
-        table = option_values()
         if names:
             specs = [get_method(name) for name in names]  # an unknown name: one sentence
             for spec in specs:
-                _method_detail(spec, table)
+                _method_detail(spec)
             return
-        _method_table(sl.methods(), table)
+        _method_table(sl.methods())
 
 
-def _method_table(specs: list[sl.MethodSpec], table: dict[str, tuple[str, ...]]) -> None:
+def _method_table(specs: list[sl.MethodSpec]) -> None:
     out = Table(header_style="bold", show_lines=True)
     out.add_column("method", style="bold", no_wrap=True)
     out.add_column("family", no_wrap=True)
@@ -329,7 +291,7 @@ def _method_table(specs: list[sl.MethodSpec], table: dict[str, tuple[str, ...]])
             defaults = ", ".join(f"{k}={_default(k, v)}" for k, v in spec.options.items())
             about.append("\n" + defaults, style="dim")
         for k in spec.options:
-            allowed = accepted_values(spec, k, table)
+            allowed = accepted_values(spec, k)
             if allowed:
                 about.append(f"\n{k}: {allowed}", style="dim")
         out.add_row(spec.name, spec.family, cost, about)
@@ -339,7 +301,7 @@ def _method_table(specs: list[sl.MethodSpec], table: dict[str, tuple[str, ...]])
     )
 
 
-def _method_detail(spec: sl.MethodSpec, table: dict[str, tuple[str, ...]]) -> None:
+def _method_detail(spec: sl.MethodSpec) -> None:
     import inspect
 
     console = out_console()
@@ -356,7 +318,7 @@ def _method_detail(spec: sl.MethodSpec, table: dict[str, tuple[str, ...]]) -> No
     options.add_column("default", overflow="fold")
     options.add_column("allowed values", ratio=1, overflow="fold")
     for k, v in spec.options.items():
-        options.add_row(k, _default(k, v), accepted_values(spec, k, table))
+        options.add_row(k, _default(k, v), accepted_values(spec, k))
     console.print(options)
 
 

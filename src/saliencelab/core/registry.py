@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ class MethodSpec:
     summary: str = ""
     options: dict[str, Any] = field(default_factory=dict)
     rowwise: bool | Callable[[dict[str, Any]], bool] = False
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def needs_layer(self) -> bool:
@@ -55,6 +56,11 @@ class MethodSpec:
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
+def quoted(names: Iterable[str]) -> tuple[str, ...]:
+    """("'mean'", "'max'") for ("mean", "max"): option names as `choices` lists them."""
+    return tuple(repr(name) for name in names)
+
+
 def register(
     name: str,
     *,
@@ -64,13 +70,32 @@ def register(
     signed: bool = True,
     reduction: str = "sum",
     rowwise: bool | Callable[[dict[str, Any]], bool] = False,
+    choices: dict[str, tuple[str, ...]] | None = None,
 ) -> Callable:
     """Register a method under `name`. `cost` says its passes per sample, e.g. "n_steps";
-    `rowwise` see `MethodSpec.is_rowwise` (a bool, or a function of the options)."""
+    `rowwise` see `MethodSpec.is_rowwise` (a bool, or a function of the options); `choices` maps
+    an option to the values it accepts, in words for `saliencelab methods`: the names quoted
+    (`quoted(NAMES)`, from the constant the method checks against), then the other kinds of
+    value, e.g. {"fusion": quoted(FUSIONS)} or {"baseline": (*quoted(BASELINES), "a number")}."""
+    choices = dict(choices or {})
+    for option, values in choices.items():
+        if isinstance(values, str) or not all(isinstance(v, str) for v in values):
+            raise SaliencelabError(
+                f"register({name!r}, choices=...): {option!r} must map to a tuple of strings "
+                f"(the values in words), not {values!r}."
+            )
+    choices = {k: tuple(v) for k, v in choices.items()}
 
     def wrap(fn: Callable) -> Callable:
         params = list(inspect.signature(fn).parameters.values())[1:]
         options = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+        for option in choices:
+            if option not in options:
+                raise SaliencelabError(
+                    f"register({name!r}, choices=...) names {option!r}, which is not an option "
+                    f"of {fn.__qualname__}.{closest(option, options)} "
+                    f"Its options: {', '.join(options) or 'none'}."
+                )
         doc = inspect.getdoc(fn) or ""
         _REGISTRY[name] = MethodSpec(
             name=name,
@@ -83,6 +108,7 @@ def register(
             summary=doc.splitlines()[0] if doc else "",
             options=options,
             rowwise=rowwise,
+            choices=choices,
         )
         return fn
 

@@ -21,7 +21,7 @@ import torch
 
 from ..core.context import Context, MethodOutput
 from ..core.errors import SaliencelabError, closest
-from ..core.registry import register
+from ..core.registry import quoted, register
 from ..methods.perturbation.features import clean_scores
 from .inputs import with_embeddings
 
@@ -63,6 +63,7 @@ def _units(model, unit: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, 
     family="perturbation",
     cost="U forwards (U = words, or tokens, per text)",
     reduction="score drop when the word (token) is removed",
+    choices={"unit": quoted(UNITS), "removal": quoted(REMOVALS)},
 )
 def leave_one_out(ctx: Context, *, unit: str = "word", removal: str = "delete") -> MethodOutput:
     """Leave-one-out for text (Li et al. 2016): A(u) = S(x) − S(x without word or token u).

@@ -20,12 +20,13 @@ import torch
 from ...core.attention import attention_forwards, attention_gradients
 from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError
-from ...core.registry import register
+from ...core.registry import quoted, register
 from ...core.tokens import model_hints, token_grid, token_scores_to_grid
 
 __all__ = ["attention_rollout", "grad_rollout", "gradient_rollout", "rollout"]
 
 HEAD_FUSIONS = ("mean", "max", "min")
+ROWS = ("auto", "mean")  # the named values of `row`; else a token index
 Row = int | str
 
 
@@ -101,11 +102,12 @@ def gradient_rollout(
 
 
 def _check_row(row: Row) -> None:
-    if row in ("auto", "mean"):
+    if row in ROWS:
         return
     if isinstance(row, bool) or not isinstance(row, int):
         raise SaliencelabError(
-            f"row must be 'auto', 'mean' or a token index (0 for the class token), not {row!r}."
+            f"row must be {', '.join(quoted(ROWS))} or a token index (0 for the class token), "
+            f"not {row!r}."
         )
 
 
@@ -162,6 +164,8 @@ def _gather(ctx: Context, chunks, reduce) -> MethodOutput:
 
 # -- methods ------------------------------------------------------------------------------------
 
+_ROW_CHOICES = (*quoted(ROWS), "a token index (0 for the class token)")
+
 
 @register(
     "attention_rollout",
@@ -169,6 +173,7 @@ def _gather(ctx: Context, chunks, reduce) -> MethodOutput:
     cost="1 forward (no backward)",
     signed=False,
     reduction="rollout",
+    choices={"head_fusion": quoted(HEAD_FUSIONS), "row": _ROW_CHOICES},
 )
 def attention_rollout(
     ctx: Context,
@@ -205,7 +210,14 @@ def attention_rollout(
     )
 
 
-@register("grad_rollout", family="attention", cost="1", signed=False, reduction="rollout")
+@register(
+    "grad_rollout",
+    family="attention",
+    cost="1",
+    signed=False,
+    reduction="rollout",
+    choices={"row": _ROW_CHOICES},
+)
 def grad_rollout(ctx: Context, *, normalize: bool = False, row: Row = "auto") -> MethodOutput:
     """Gradient-weighted attention rollout, class-specific (Chefer, Gur & Wolf 2021b).
 

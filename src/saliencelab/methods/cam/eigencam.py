@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from ...core.context import Context, LayerArg, MethodOutput
-from ...core.registry import register
-from .common import LAYER_GRADIENT, cam_layers, fuse, layer_pass
+from ...core.registry import quoted, register
+from .common import FUSIONS, LAYER_GRADIENT, cam_layers, fuse, layer_pass
 
 __all__ = ["eigencam", "principal_projection"]
 
@@ -35,6 +35,7 @@ def principal_projection(a: torch.Tensor, center: bool = False) -> torch.Tensor:
     signed=False,
     reduction="cam",
     rowwise=True,
+    choices={"fusion": quoted(FUSIONS)},
 )
 def eigencam(
     ctx: Context,

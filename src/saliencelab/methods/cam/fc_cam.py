@@ -7,8 +7,8 @@ from torch import nn
 from ...core.context import Context, LayerArg, MethodOutput
 from ...core.errors import SaliencelabError
 from ...core.layers import get_layer, module_name
-from ...core.registry import register
-from .common import LAYER_GRADIENT, cam_layers, fuse, layer_pass, weighted_sum
+from ...core.registry import quoted, register
+from .common import FUSIONS, LAYER_GRADIENT, cam_layers, fuse, layer_pass, weighted_sum
 
 
 def find_classifier(root: nn.Module, fc: str | nn.Module | None) -> tuple[str, nn.Linear]:
@@ -45,6 +45,7 @@ def find_classifier(root: nn.Module, fc: str | nn.Module | None) -> tuple[str, n
     shared_passes=(LAYER_GRADIENT,),
     signed=False,
     reduction="cam",
+    choices={"fusion": quoted(FUSIONS)},
 )
 def cam(
     ctx: Context,

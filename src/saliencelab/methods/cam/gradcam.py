@@ -18,8 +18,16 @@ from collections.abc import Callable
 import torch
 
 from ...core.context import Context, LayerArg, MethodOutput, check_image_batch, upsample
-from ...core.registry import SharedPass, register
-from .common import LAYER_GRADIENT, cam_layers, fuse, layer_pass, nonzero_divide, weighted_sum
+from ...core.registry import SharedPass, quoted, register
+from .common import (
+    FUSIONS,
+    LAYER_GRADIENT,
+    cam_layers,
+    fuse,
+    layer_pass,
+    nonzero_divide,
+    weighted_sum,
+)
 
 __all__ = ["LAYER_GRADIENT", "gradient_cam"]
 
@@ -81,6 +89,7 @@ _CAM = {
     "signed": False,
     "reduction": "cam",
     "rowwise": True,
+    "choices": {"fusion": quoted(FUSIONS)},
 }
 
 
@@ -171,6 +180,7 @@ def layercam(
     signed=True,
     reduction="sum over channels",
     rowwise=True,
+    choices={"fusion": quoted(FUSIONS)},
 )
 def guided_gradcam(
     ctx: Context, *, layer: LayerArg = None, relu: bool = True, fusion: str = "mean"

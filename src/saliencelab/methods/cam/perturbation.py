@@ -15,8 +15,9 @@ from torch import nn
 
 from ...core.context import Context, LayerArg, MethodOutput, check_image_batch
 from ...core.errors import SaliencelabError
-from ...core.registry import register
+from ...core.registry import quoted, register
 from .common import (
+    FUSIONS,
     LAYER_GRADIENT,
     cam_layers,
     fuse,
@@ -82,6 +83,7 @@ def _scorecam_scores(ctx: Context, a: torch.Tensor, rows: _ChannelRows, weightin
     signed=False,
     reduction="cam",
     rowwise=True,
+    choices={"weighting": quoted(WEIGHTINGS), "fusion": quoted(FUSIONS)},
 )
 def scorecam(
     ctx: Context,
@@ -177,6 +179,7 @@ def _ablated_scores(ctx: Context, module: nn.Module, name: str, k: int, rows: _C
     signed=False,
     reduction="cam",
     rowwise=True,
+    choices={"fusion": quoted(FUSIONS)},
 )
 def ablationcam(
     ctx: Context,

@@ -18,9 +18,18 @@ import torch
 import torch.nn.functional as F
 
 from ...core.errors import SaliencelabError, closest
+from ...core.registry import quoted
 
 INPUT_BASELINES = ("zero", "blur", "uniform")
 DISTRIBUTIONS = ("uniform", "zero", "batch")
+# What `baselines` accepts, in words (`register(choices=...)`): per-sample baselines ...
+INPUT_BASELINE_CHOICES = (
+    *quoted(INPUT_BASELINES),
+    "a number",
+    "a tensor broadcastable to the inputs",
+)
+# ... and a distribution of references.
+DISTRIBUTION_CHOICES = (*quoted(DISTRIBUTIONS), "a number", "a tensor (N, C, H, W) of references")
 
 
 def positive_int(value: Any, name: str, method: str, minimum: int = 1) -> int:

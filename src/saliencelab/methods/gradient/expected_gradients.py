@@ -26,7 +26,13 @@ import torch
 from ...core.context import Context
 from ...core.errors import SaliencelabError
 from ...core.registry import register
-from .baselines import baseline_distribution, cpu_generator, float_dtype, positive_int
+from .baselines import (
+    DISTRIBUTION_CHOICES,
+    baseline_distribution,
+    cpu_generator,
+    float_dtype,
+    positive_int,
+)
 
 
 def row_noise(rows: torch.Tensor, shape: tuple[int, ...], seed: int, like: torch.Tensor):
@@ -45,6 +51,7 @@ def row_noise(rows: torch.Tensor, shape: tuple[int, ...], seed: int, like: torch
     family="gradient",
     cost="n_samples",
     reduction="signed sum over channels",
+    choices={"baselines": DISTRIBUTION_CHOICES},
 )
 def expected_gradients(
     ctx: Context,

@@ -20,8 +20,8 @@ import torch
 
 from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError, closest
-from ...core.registry import register
-from .baselines import float_dtype, input_baselines, positive_int
+from ...core.registry import quoted, register
+from .baselines import INPUT_BASELINE_CHOICES, float_dtype, input_baselines, positive_int
 
 RULES = (
     "gausslegendre",
@@ -88,6 +88,7 @@ def target_scores(ctx: Context, inputs: torch.Tensor) -> torch.Tensor:
         if isinstance(options["baselines"], str)
         else isinstance(options["baselines"], int | float)
     ),
+    choices={"baselines": INPUT_BASELINE_CHOICES, "rule": quoted(RULES)},
 )
 def integrated_gradients(
     ctx: Context,

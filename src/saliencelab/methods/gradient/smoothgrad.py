@@ -136,9 +136,16 @@ def _non_negative(value: Any) -> bool:
 
 
 _COST = "n_samples × base"
+_CHOICES = {"base": (f"a method name other than {', '.join(KINDS)}",)}
 
 
-@register("smoothgrad", family="gradient", cost=_COST, reduction="signed sum over channels")
+@register(
+    "smoothgrad",
+    family="gradient",
+    cost=_COST,
+    reduction="signed sum over channels",
+    choices=_CHOICES,
+)
 def smoothgrad(
     ctx: Context,
     *,
@@ -164,6 +171,7 @@ def smoothgrad(
     cost=_COST,
     signed=False,
     reduction="sum over channels",
+    choices=_CHOICES,
 )
 def smoothgrad_sq(
     ctx: Context,
@@ -182,7 +190,14 @@ def smoothgrad_sq(
     return _smooth(ctx, "smoothgrad_sq", base, n_samples, noise_level, stdevs, seed, base_options)
 
 
-@register("vargrad", family="gradient", cost=_COST, signed=False, reduction="sum over channels")
+@register(
+    "vargrad",
+    family="gradient",
+    cost=_COST,
+    signed=False,
+    reduction="sum over channels",
+    choices=_CHOICES,
+)
 def vargrad(
     ctx: Context,
     *,

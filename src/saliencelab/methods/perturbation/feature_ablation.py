@@ -20,6 +20,8 @@ import torch
 from ...core.context import Context, MethodOutput
 from ...core.registry import register
 from .features import (
+    BASELINE_CHOICES,
+    FEATURE_MASK_CHOICES,
     apply_features,
     clean_scores,
     n_features,
@@ -49,6 +51,7 @@ def spread_features(values: torch.Tensor, mask: torch.Tensor, x: torch.Tensor) -
         not options["incremental"]
         and (options["feature_mask"] is None or isinstance(options["feature_mask"], str))
     ),
+    choices={"feature_mask": FEATURE_MASK_CHOICES, "baseline": BASELINE_CHOICES},
 )
 def feature_ablation(
     ctx: Context,

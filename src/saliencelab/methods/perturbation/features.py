@@ -31,6 +31,7 @@ import torch
 from ...core.context import Context
 from ...core.errors import SaliencelabError, closest
 from ...core.layout import channels_last_known
+from ...core.registry import quoted
 
 __all__ = [
     "FEATURE_KINDS",
@@ -46,6 +47,9 @@ __all__ = [
 
 FEATURE_KINDS = ("grid", "slic")
 BASELINES = ("zero", "blur", "mean")
+# What `feature_mask` and `baseline` accept, in words (`register(choices=...)`).
+FEATURE_MASK_CHOICES = ("None (a grid)", *quoted(FEATURE_KINDS), "an integer tensor of ids")
+BASELINE_CHOICES = (*quoted(BASELINES), "a number", "a tensor broadcastable to the inputs")
 
 
 def _grid_ids(length: int, parts: int, device: torch.device) -> torch.Tensor:

@@ -38,8 +38,8 @@ from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError
 from ...core.registry import register
 from ..gradient.baselines import cpu_generator, positive_int
+from .features import BASELINE_CHOICES, FEATURE_MASK_CHOICES, n_features, perturbation_baseline
 from .features import feature_mask as make_feature_mask
-from .features import n_features, perturbation_baseline
 from .surrogate import Coalitions, coalition_scores, feature_attributions, weighted_least_squares
 
 __all__ = ["enumerated_coalitions", "kernelshap", "sampled_coalitions", "shapley_kernel"]
@@ -103,6 +103,7 @@ def _exact_up_to(value: Any) -> int:
         "repeated coalitions run once)"
     ),
     reduction="Shapley value of the feature",
+    choices={"feature_mask": FEATURE_MASK_CHOICES, "baseline": BASELINE_CHOICES},
 )
 def kernelshap(
     ctx: Context,

@@ -35,8 +35,8 @@ from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError
 from ...core.registry import register
 from ..gradient.baselines import cpu_generator, positive_int
+from .features import BASELINE_CHOICES, FEATURE_MASK_CHOICES, n_features, perturbation_baseline
 from .features import feature_mask as make_feature_mask
-from .features import n_features, perturbation_baseline
 from .surrogate import Coalitions, coalition_scores, feature_attributions, weighted_least_squares
 
 __all__ = ["lime", "lime_coalitions", "lime_weights"]
@@ -74,6 +74,7 @@ def _positive_number(value: Any, name: str, minimum_ok: bool) -> float:
     family="perturbation",
     cost="n_samples forwards at most (repeated coalitions run once)",
     reduction="feature coefficient",
+    choices={"feature_mask": FEATURE_MASK_CHOICES, "baseline": BASELINE_CHOICES},
 )
 def lime(
     ctx: Context,

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ...core.context import Context, MethodOutput, check_image_batch
 from ...core.errors import SaliencelabError
 from ...core.registry import register
-from .features import clean_scores, perturbation_baseline
+from .features import BASELINE_CHOICES, clean_scores, perturbation_baseline
 from .incremental import crop, local_forwards, plan_local_prefix, used_layer
 
 __all__ = ["occlusion", "window_grid"]
@@ -80,6 +80,7 @@ def _spread(values: torch.Tensor, size, window, stride) -> torch.Tensor:
     rowwise=lambda options: (
         not options["incremental"] and not isinstance(options["baseline"], torch.Tensor)
     ),
+    choices={"baseline": BASELINE_CHOICES},
 )
 def occlusion(
     ctx: Context,

@@ -31,6 +31,8 @@ from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError
 from ...core.registry import register
 from ..gradient.baselines import (
+    DISTRIBUTION_CHOICES,
+    INPUT_BASELINE_CHOICES,
     baseline_distribution,
     cpu_generator,
     float_dtype,
@@ -100,7 +102,13 @@ def deeplift_pairs(
     return total, s_x, s_ref
 
 
-@register("deeplift", family="relevance", cost="2", reduction="signed sum over channels")
+@register(
+    "deeplift",
+    family="relevance",
+    cost="2",
+    reduction="signed sum over channels",
+    choices={"baselines": INPUT_BASELINE_CHOICES},
+)
 def deeplift(
     ctx: Context,
     *,
@@ -132,6 +140,7 @@ def deeplift(
     family="relevance",
     cost="2 * n_baselines",
     reduction="signed sum over channels",
+    choices={"baselines": DISTRIBUTION_CHOICES},
 )
 def deeplift_shap(
     ctx: Context,

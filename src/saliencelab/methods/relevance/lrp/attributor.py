@@ -42,7 +42,7 @@ from torch import nn
 
 from ....core.context import Context, MethodOutput
 from ....core.errors import SaliencelabError
-from ....core.registry import register
+from ....core.registry import quoted, register
 from ....core.state import Hooks
 from .canonizers import Canonizer, default_canonizers
 from .composites import PRESETS, Composite, composite_from_name
@@ -342,6 +342,7 @@ def _check_same_logits(ctx: Context, logits: torch.Tensor) -> None:
     family="relevance",
     cost="1",
     reduction="signed sum over channels",
+    choices={"composite": (*quoted(PRESETS), "an lrp Composite")},
 )
 def lrp(
     ctx: Context,

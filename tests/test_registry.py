@@ -1,0 +1,80 @@
+"""The method registry: `register(choices=...)`, what each method declares it accepts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import saliencelab as sl
+from saliencelab.core.errors import SaliencelabError
+from saliencelab.core.registry import _REGISTRY, get_method, quoted, register
+
+
+def _method(ctx, *, fusion: str = "mean", row: int | str = "auto") -> torch.Tensor:
+    """A test method."""
+    return ctx.x
+
+
+@pytest.fixture
+def scratch_name():
+    name = "_test_registry_method"
+    yield name
+    _REGISTRY.pop(name, None)
+
+
+def test_register_stores_choices(scratch_name):
+    register(scratch_name, family="test", cost="0", choices={"fusion": ["'mean'", "'max'"]})(
+        _method
+    )
+    spec = get_method(scratch_name)
+    assert spec.choices == {"fusion": ("'mean'", "'max'")}
+    assert "choices={'fusion': (\"'mean'\", \"'max'\")}" in repr(spec)
+    assert quoted(("mean", "max")) == ("'mean'", "'max'")
+
+
+def test_register_refuses_choices_for_an_unknown_option(scratch_name):
+    with pytest.raises(SaliencelabError) as info:
+        register(scratch_name, family="test", cost="0", choices={"fusoin": ("'mean'",)})(_method)
+    assert str(info.value) == (
+        f"register('{scratch_name}', choices=...) names 'fusoin', which is not an option of "
+        "_method. Did you mean: fusion? Its options: fusion, row."
+    )
+    assert scratch_name not in _REGISTRY
+    with pytest.raises(SaliencelabError, match="must map to a tuple of strings"):
+        register(scratch_name, family="test", cost="0", choices={"fusion": "'mean'"})
+
+
+def test_builtin_choices_come_from_the_constants_the_methods_check():
+    from saliencelab.methods.attention.rollout import HEAD_FUSIONS, ROWS
+    from saliencelab.methods.cam.common import FUSIONS
+    from saliencelab.methods.gradient.baselines import DISTRIBUTIONS, INPUT_BASELINES
+    from saliencelab.methods.perturbation.features import BASELINES, FEATURE_KINDS
+    from saliencelab.methods.relevance.lrp import PRESETS
+
+    def starts_with(name: str, option: str, names: tuple[str, ...]) -> None:
+        declared = get_method(name).choices[option]
+        assert declared[: len(names)] == tuple(map(repr, names)), (name, option)
+
+    starts_with("attention_rollout", "head_fusion", HEAD_FUSIONS)
+    for name in ("attention_rollout", "grad_rollout"):
+        starts_with(name, "row", ROWS)
+    for spec in sl.methods():
+        if "fusion" in spec.options:
+            starts_with(spec.name, "fusion", FUSIONS)
+    starts_with("integrated_gradients", "baselines", INPUT_BASELINES)
+    starts_with("deeplift_shap", "baselines", DISTRIBUTIONS)
+    starts_with("occlusion", "baseline", BASELINES)
+    assert get_method("lime").choices["feature_mask"][1:3] == tuple(map(repr, FEATURE_KINDS))
+    starts_with("lrp", "composite", PRESETS)
+
+
+def test_rollout_row_check_uses_its_names():
+    from saliencelab.methods.attention.rollout import _check_row
+
+    for row in ("auto", "mean", 0, -1):
+        _check_row(row)
+    with pytest.raises(SaliencelabError) as info:
+        _check_row("first")
+    assert str(info.value) == (
+        "row must be 'auto', 'mean' or a token index (0 for the class token), not 'first'."
+    )
