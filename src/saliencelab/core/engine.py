@@ -25,7 +25,7 @@ from .backward import Backward, install_backward_mode
 from .batching import ChunkPlan, default_budget
 from .errors import SaliencelabError
 from .fused import folded, has_hooks
-from .layers import get_layer, module_name
+from .layers import get_layer, module_name, refuse_script
 from .layout import channels_last_known, probe_channels_last, probed
 from .row_versions import chunk_samples
 from .state import Hooks, attribution_mode, usable_input
@@ -222,8 +222,11 @@ class Engine:
                 return hook
 
             for name, module in layers.items():
+                refuse_script(module)
                 hooks.add(module.register_forward_hook(capture(name)))
-            install_backward_mode(self.module, backward, hooks)
+            # Modes acting through hooks check, after the first forward, that their hooks ran.
+            check = install_backward_mode(self.module, backward, hooks)
+            reached_output = layer_target(target) is None
 
             plan = self._plan("grad", n_rows, example, dev)
             checks = _FiniteChecks(plan, dev)
@@ -244,7 +247,12 @@ class Engine:
                     ):
                         if input_grad:
                             x.requires_grad_(True)
-                        logits = self._output(x, target)
+                        if check is None:
+                            logits = self._output(x, target)
+                        else:
+                            with check.watch():
+                                logits = self._output(x, target)
+                            check.after_forward(reached_output)
                     with torch.enable_grad():
                         scores = target.scores(logits, samples)
                         checks.add(scores)
@@ -315,6 +323,7 @@ class Engine:
                 def hook(module, inputs, out):
                     return _replace_first(out, fn(_first_tensor(out), current_rows[0]))
 
+                refuse_script(layer)
                 hooks.add(layer.register_forward_hook(hook))
             plan = self._plan("forward", n_rows, example, dev)
             checks = _FiniteChecks(plan, dev)
@@ -372,6 +381,7 @@ class Engine:
             seen.append(_first_tensor(out))
             raise _StopForward
 
+        refuse_script(module)
         handle = module.register_forward_hook(stop)
         try:
             self.module(x)

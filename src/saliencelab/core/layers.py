@@ -14,8 +14,23 @@ log = logging.getLogger("saliencelab")
 
 LayerSpec = str | nn.Module | None
 
+# Worded as `saliencelab layers` words it for a compiled model (cli.py).
+SCRIPT_LAYERS = (
+    "A TorchScript model runs as one compiled graph, so layer methods (CAMs, layer targets) "
+    "cannot hook its layers; load the Python model from 'file.py:build' (or a torch.export .pt2 "
+    "file) to use them, or use a method without layers such as saliency."
+)
+
+
+def refuse_script(module: nn.Module) -> None:
+    """One sentence instead of PyTorch's `register_forward_hook is not supported on
+    ScriptModules` for a layer (or model) that is TorchScript."""
+    if isinstance(module, torch.jit.ScriptModule):
+        raise SaliencelabError(SCRIPT_LAYERS)
+
 
 def module_name(root: nn.Module, layer: nn.Module) -> str:
+    refuse_script(layer)
     for name, m in root.named_modules():
         if m is layer:
             return name or "(model)"
@@ -27,6 +42,7 @@ def module_name(root: nn.Module, layer: nn.Module) -> str:
 
 def get_layer(root: nn.Module, name: str) -> nn.Module:
     """The submodule at a dotted name; an unknown name fails with the closest names suggested."""
+    refuse_script(root)
     try:
         return root.get_submodule(name)
     except AttributeError:
@@ -44,6 +60,7 @@ def find_spatial_layer(root: nn.Module, x: torch.Tensor) -> str:
     Among modules producing the same final tensor (a block and its last activation), the outer
     one wins, so the name is the readable one.
     """
+    refuse_script(root)
     order: list[tuple[str, torch.Tensor]] = []  # tensors kept alive: ids are not reused
     with Hooks() as hooks, eval_mode(root), torch.inference_mode():
         for name, m in root.named_modules():

@@ -3,7 +3,9 @@
 Specs:
     "path/to/file.py:build"       a factory in a Python file, called as build(**kwargs)
     "package.module:build"         a factory in an importable module
-    "model.pt2"                    a `torch.export` archive (loaded and unflattened)
+    "model.pt2"                    a `torch.export` archive (loaded and unflattened); one
+                                   exported with a fixed batch size is refused, as the engine
+                                   runs chunks of other sizes (export with torch.export.Dim)
     "model.pt" / "model.ts"        a TorchScript file (`torch.jit.load`)
 
 A factory returns an `nn.Module` or an `sl.Model`; `weights=path` then loads a state dict into it
@@ -201,6 +203,19 @@ def archive_kind(path: Path) -> str | None:
     return None
 
 
+def static_batch(program: torch.export.ExportedProgram) -> int | None:
+    """The batch size (first dimension) an exported program's first input is fixed to, or None
+    if it was exported with a dynamic batch (a symbolic size) or takes no tensor."""
+    names = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in names:
+            val = node.meta.get("val")
+            if isinstance(val, torch.Tensor) and val.dim() >= 1 and isinstance(val.shape[0], int):
+                return val.shape[0]
+            return None
+    return None
+
+
 def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> nn.Module:
     """An `nn.Module` from a torch.export archive, a TorchScript file or (trusted) a pickle."""
     p = Path(path)
@@ -214,13 +229,24 @@ def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> nn.M
     if kind == "export":
         try:
             with open(p, "rb") as f:
-                # Unflattened, the exported module keeps its submodules, so layer hooks fire.
-                return torch.export.unflatten(torch.export.load(f))
+                program = torch.export.load(f)
+            batch = static_batch(program)
+            # Unflattened, the exported module keeps its submodules, so layer hooks fire.
+            module = torch.export.unflatten(program)
         except Exception as e:
             raise SaliencelabError(
                 f"{str(p)!r} looks like a torch.export archive but failed to load ({e}); re-save "
                 "it with torch.export.save() from this PyTorch version."
             ) from e
+        if batch is not None:
+            raise SaliencelabError(
+                f"{str(p)!r} was exported for batches of exactly {batch} row(s) (torch.export "
+                "fixes the example input's batch size unless told otherwise), but saliencelab "
+                "runs models on batches of other sizes; export it with a dynamic batch: "
+                "torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},"
+                ")) with an example x of 2 or more rows."
+            )
+        return module
     if kind == "torchscript":
         try:
             with warnings.catch_warnings():
@@ -258,8 +284,8 @@ def _torch_load(p: Path, trust_pickle: bool, what: str) -> Any:
         raise SaliencelabError(
             f"{str(p)!r} contains pickled Python objects, which safe loading (weights_only=True) "
             "refuses because unpickling can run arbitrary code; save model.state_dict() instead "
-            "(or export the model with torch.export), or pass trust_pickle=True only for a file "
-            "you trust."
+            "(or export the model with torch.export), or pass trust_pickle=True (--trust-pickle "
+            "on the command line) only for a file you trust."
         ) from e
     except Exception as e:
         raise SaliencelabError(

@@ -6,8 +6,10 @@
   at each ReLU, R_in = max(R_out, 0), whatever the input.
 
 Attribution = the modified gradient ∂̃S/∂x, signed (as in Captum). Each is one shared
-forward+backward pass (`core/backward.py` hooks the `nn.ReLU` / `nn.ReLU6` modules; functional
-ReLUs are not reached, so a model without ReLU modules gets the plain gradient and a warning).
+forward+backward pass (`core/backward.py` hooks the `nn.ReLU` / `nn.ReLU6` modules). Functional
+ReLUs are not reached: a forward whose ReLUs are all functional, or a TorchScript / torch.export
+model, raises; one with some functional ReLUs warns; a model without any ReLU gets the plain
+gradient and a warning.
 """
 
 from __future__ import annotations

@@ -32,10 +32,12 @@ engine scores and differentiates those) and keeps the reference half's in `refer
 
 Like Captum, only nonlinearities that are modules are reached: a functional `F.relu` or
 `torch.sigmoid` in a `forward` is differentiated as usual (its gradient at x), and
-summation-to-delta no longer holds. Non-elementwise modules other than max pooling (softmax,
-adaptive max pooling, attention) also keep their gradient. In-place activations are switched to
-out-of-place for the pass (their inputs are needed) and restored afterwards. Every module must
-see the batch on its first axis.
+summation-to-delta no longer holds (the `delta` extra shows it). If none of the hooked modules
+ran in the first forward (all called functionally), or the model is compiled (TorchScript,
+torch.export), the pass raises instead of returning gradient × (x - x'). Non-elementwise
+modules other than max pooling (softmax, adaptive max pooling, attention) also keep their
+gradient. In-place activations are switched to out-of-place for the pass (their inputs are
+needed) and restored afterwards. Every module must see the batch on its first axis.
 """
 
 from __future__ import annotations
@@ -193,11 +195,12 @@ class DeepLiftRescale:
         self.method = method
         self.reference_logits: torch.Tensor | None = None
         self.reached = 0
+        self.fired = 0  # calls of the hooks since install
         self._rows = 0
         self._names: dict[int, str] = {}
 
     def install(self, model: nn.Module, hooks: Hooks) -> None:
-        self.reached = 0
+        self.reached = self.fired = 0
         for name, module in model.named_modules():
             if isinstance(module, ELEMENTWISE):
                 hook = self._rescale_hook
@@ -213,6 +216,19 @@ class DeepLiftRescale:
             self.reached += 1
         hooks.add(model.register_forward_pre_hook(self._start))
         hooks.add(model.register_forward_hook(self._split_logits))
+
+    def check_forward(self, reached_output: bool) -> None:
+        """After the first forward: hooked nonlinearities must have run, else the result would be
+        gradient × (x - x') without a word. Not all of them need to (unused modules); a forward
+        stopped by a layer target is not checked."""
+        if self.reached and not self.fired and reached_output:
+            raise SaliencelabError(
+                f"{self.method} applies the rescale rule through hooks on the model's "
+                f"nonlinearity modules, but none of the {self.reached} hooked (e.g. "
+                f"{next(iter(self._names.values()))}) ran in its forward (it calls their "
+                "functional form, or runs them compiled): explain a model whose forward calls "
+                "those modules, or use input_x_gradient."
+            )
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -242,6 +258,7 @@ class DeepLiftRescale:
         return inp
 
     def _rescale_hook(self, module: nn.Module, inputs: tuple, out):
+        self.fired += 1
         inp = self._pair(module, inputs, out)
         if inp is None or inp.shape != out.shape:
             return None
@@ -249,6 +266,7 @@ class DeepLiftRescale:
         return _Multiply.apply(inp, out.detach(), multipliers)
 
     def _maxpool_hook(self, module: nn.Module, inputs: tuple, out):
+        self.fired += 1
         inp = self._pair(module, inputs, out)
         dims = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}[type(module)]
         if inp is None or inp.dim() != dims + 2:  # unbatched pooling: keep the gradient

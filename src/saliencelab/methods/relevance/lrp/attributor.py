@@ -18,7 +18,10 @@ where biases, ε or non-conservative rules absorb or add relevance).
 
 Reached are modules only: an operation written in `forward` gets its plain gradient, which is
 LRP-0 for linear operations (sums, means, padding, reshapes) but not LRP for products (gating,
-attention). Each hooked module call is handled separately, so modules used twice work.
+attention). Each hooked module call is handled separately, so modules used twice work. If none
+of the layers given a rule ran in the first forward (their functional form was called), or the
+model is compiled (TorchScript, torch.export), the pass raises instead of returning
+gradient × input; a Python model where no layer gets a rule only warns.
 
 Kernels per pass (on a GPU at small batches the pass is bound by kernel launches, so they are
 counted: `benchmarks/lrp.py`). A hooked layer returns its own output, not a copy: its rule
@@ -35,11 +38,12 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ....core.backward import refuse_compiled
 from ....core.context import Context, MethodOutput
 from ....core.errors import SaliencelabError
 from ....core.registry import quoted, register
@@ -225,12 +229,17 @@ class LRPRule:
     _input: torch.Tensor | None = field(default=None, init=False, repr=False)
     _wrapped: torch.Tensor | None = field(default=None, init=False, repr=False)
     _busy: bool = field(default=False, init=False, repr=False)
+    # Layers given a (non pass-through) rule at install, and calls of their hooks since.
+    _layers: list[str] = field(default_factory=list, init=False, repr=False)
+    _fired: int = field(default=0, init=False, repr=False)
+    method: ClassVar[str] = "lrp"
 
     def install(self, model: nn.Module, hooks: Hooks) -> None:
         for canonizer in self.canonizers:
             canonizer.apply(model, hooks)
         hooks.on_exit(self._forget_input)
         hooks.add(model.register_forward_pre_hook(self._wrap_input))
+        self._layers, self._fired = [], 0
         for name, module, rule in self.composite.assign(model):
             if isinstance(rule, Pass):
                 hook = self._pass_hook
@@ -239,7 +248,20 @@ class LRPRule:
                     module.inplace = False
             else:
                 hook = partial(self._layer_hook, name, rule)
+                self._layers.append(name or "(model)")
             hooks.add(module.register_forward_hook(hook))
+
+    def check_forward(self, reached_output: bool) -> None:
+        """After the first forward: the layers given a rule must have run (an error, not a map
+        that is silently gradient × input). Layers that exist but are not all called are fine
+        (unused heads); a forward stopped by a layer target is not checked."""
+        if self._layers and not self._fired and reached_output:
+            raise SaliencelabError(
+                f"lrp applies its rules through hooks on the model's layers, but none of the "
+                f"{len(self._layers)} given a rule (e.g. {self._layers[0]}) ran in its forward "
+                "(it calls their functional form, or runs them compiled): explain a model whose "
+                "forward calls those modules, or use input_x_gradient."
+            )
 
     # -- hooks --------------------------------------------------------------------------------
 
@@ -282,6 +304,7 @@ class LRPRule:
     def _layer_hook(self, name: str, rule: Rule, module: nn.Module, inputs, out):
         if self._busy:
             return None
+        self._fired += 1
         if not isinstance(out, torch.Tensor) or not all(
             isinstance(t, torch.Tensor) for t in inputs
         ):
@@ -372,6 +395,7 @@ def lrp(
             f"lrp: composite must be one of {', '.join(PRESETS)} or a Composite, not "
             f"{type(composite).__name__}."
         )
+    refuse_compiled(ctx.model.module, "lrp")  # before the warning below, which it would explain
     if not composite.assign(ctx.model.module):
         warnings.warn(
             "lrp: no layer of the model gets a rule from this composite, so the result is "
