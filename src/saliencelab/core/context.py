@@ -9,7 +9,8 @@ pass they all need runs once; each capture remembers which methods used it for c
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,8 @@ class MethodOutput:
     """What a method returns.
 
     `attributions` is (B, C, H, W) for input-space methods or (B, h, w) / (B, 1, h, w) for layer
-    methods; `maps` defaults to the signed sum over channels of `attributions`. `signed`
+    methods; `maps` defaults to the signed sum over channels of `attributions` (for tabular
+    inputs (B, F), which have no channel axis, to `attributions` themselves). `signed`
     overrides the registered default when the options decide it (e.g. SmoothGrad of |grad|).
     """
 
@@ -86,6 +88,7 @@ class Context:
         self.captures: list[Capture] = []
         self.method: str = ""
         self.logits: torch.Tensor | None = None  # the model's logits on `x`, once known
+        self._default_layer: tuple[str, nn.Module] | None = None  # layer=None, once resolved
 
     @property
     def batch(self) -> int:
@@ -105,7 +108,10 @@ class Context:
     # -- layers --------------------------------------------------------------------------------
 
     def layer(self, spec: str | nn.Module | None) -> tuple[str, nn.Module]:
-        """(name, module) of a layer; `None` = the model's default or the last spatial layer."""
+        """(name, module) of a layer; `None` = the model's default or the last spatial layer
+        (resolved, and logged, once per call)."""
+        if spec is None and self._default_layer is not None:
+            return self._default_layer
         default = self.model.default_layer or _AUTO_LAYER.get(self.model.module)
         if spec is None and default is None:  # vision transformers: the last block's input norm
             default = find_token_layer(self.model.module, self.x, self.model.extra.get("reshape"))
@@ -114,6 +120,8 @@ class Context:
         name, module = resolve_layer(self.model.module, spec, self.x, default)
         if spec is None and default is None:
             _AUTO_LAYER[self.model.module] = name
+        if spec is None:
+            self._default_layer = (name, module)
         return name, module
 
     def layers(self, spec: LayerArg) -> dict[str, nn.Module]:
@@ -176,6 +184,16 @@ class Context:
         ctx = Context(self.model, self.engine, x, sub)
         ctx.method = self.method
         return ctx
+
+
+@contextmanager
+def autograd_allowed() -> Iterator[None]:
+    """Autograd on for a public entry point, also when called inside `torch.no_grad()` or
+    `torch.inference_mode()` (where even `enable_grad` records nothing). The caller's modes are
+    restored on exit. Works as a decorator too: `@autograd_allowed()`.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 def _joined(parts: list[torch.Tensor]) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import numbers
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -12,7 +14,7 @@ from torch import nn
 from ..models.blackbox import gradients_message, is_blackbox
 from ..models.model import Model, as_model
 from .backward import BACKWARD_MODES
-from .context import Capture, Context, MethodOutput, upsample
+from .context import Capture, Context, MethodOutput, autograd_allowed, upsample
 from .engine import Cost, Engine
 from .errors import SaliencelabError, closest
 from .registry import MethodSpec, get_method
@@ -51,18 +53,73 @@ def _requests(methods: MethodsArg, options: dict[str, Any]) -> list[tuple[Method
 
 
 def _as_batch(model: Model, x: Any) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        if x.dim() < 2:
+    """The inputs as a batch on the model's device, in its parameters' floating dtype."""
+    if not isinstance(x, torch.Tensor):
+        if model.preprocess is None:
             raise SaliencelabError(
-                f"Inputs need a batch axis, but got a tensor of shape {tuple(x.shape)}; use "
-                "x.unsqueeze(0) for a single input."
+                f"Got inputs of type {type(x).__name__} for a model with no preprocessing; pass a "
+                "tensor."
             )
+        x = model.preprocess(x)
+    if x.dim() < 2 or (x.dim() == 3 and model.input_size is not None):
+        raise SaliencelabError(
+            f"Inputs need a batch axis, but got a tensor of shape {tuple(x.shape)}; use "
+            "x.unsqueeze(0) for a single input."
+        )
+    x = x.to(model.device)
+    if x.is_inference():  # made under torch.inference_mode(): a copy autograd can use
+        x = x.clone()
+    dtype = _parameter_dtype(model)
+    if dtype is None:  # a black box (no parameters) gets its inputs as they are
         return x
-    if model.preprocess is not None:
-        return model.preprocess(x)
-    raise SaliencelabError(
-        f"Got inputs of type {type(x).__name__} for a model with no preprocessing; pass a tensor."
-    )
+    # Integer inputs pass as they are (token ids for an embedding); a model that cannot take
+    # them fails in its forward, and `_input_error` says so in one sentence.
+    return x.to(dtype) if x.is_floating_point() else x
+
+
+def _parameter_dtype(model: Model) -> torch.dtype | None:
+    """The dtype of the model's first floating parameter (or buffer); None if it has none."""
+    for t in itertools.chain(model.module.parameters(), model.module.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def _check_sizes(chunk_size: Any, memory_budget: Any) -> None:
+    for name, value, example in (
+        ("chunk_size", chunk_size, "chunk_size=16"),
+        ("memory_budget", memory_budget, "memory_budget=2 * 1024**3 (2 GiB)"),
+    ):
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+        if value is not None and not ok:
+            raise SaliencelabError(
+                f"{name} must be None or a positive int, not {type(value).__name__} "
+                f"{value!r}; pass e.g. {example}."
+            )
+
+
+def _input_error(model: Model, x: torch.Tensor, err: Exception) -> SaliencelabError | None:
+    """One sentence for `err` when the model cannot run a plain forward on one row of `x` (a
+    wrong shape, channel count or dtype for it), keeping the key part of `err`'s message; None
+    when that forward runs (the failure was elsewhere: `err` stays as it is). Only run after a
+    call failed, so a good call costs nothing."""
+    try:
+        with torch.inference_mode():
+            model.module(x[:1])
+    except Exception:  # noqa: BLE001  (any failure of a plain forward is the inputs')
+        first = str(err).strip().split("\n")[0][:300]
+        single = " (a single image (C, H, W) needs x.unsqueeze(0))" if x.dim() == 3 else ""
+        if not (x.is_floating_point() or x.is_complex()):
+            single += (
+                f"; {x.dtype} inputs such as uint8 images need preprocessing first "
+                "(model.preprocess(image), or x.float() / 255 with the model's normalisation)"
+            )
+        return SaliencelabError(
+            f"The model cannot run on inputs of shape {tuple(x.shape)} and dtype {x.dtype} "
+            f"({type(err).__name__}: {first}); give a batch (B, ...) with the layout, channels "
+            f"and size the model expects{single}, e.g. from model.preprocess(images)."
+        )
+    return None
 
 
 def _prefetch(ctx: Context, requests: list[tuple[MethodSpec, dict]]) -> Capture | None:
@@ -96,7 +153,10 @@ def explain(
 
     Args:
         model: an `sl.Model` or a plain `nn.Module`.
-        x: input batch (B, C, H, W) (or anything `model.preprocess` accepts).
+        x: input batch (B, C, H, W), or tabular (B, F), or anything `model.preprocess`
+            accepts. Floating inputs are cast to the model's parameter dtype (e.g. float64 →
+            float32); integer inputs (token ids) are passed as they are, and a model that
+            cannot take them (uint8 images) fails with one sentence: preprocess them first.
         methods: a name, a list or comma-separated string of names, or a dict
             `{name: {option: value}}` for per-method options.
         target: None (predicted class), an int, a class name, one per sample, a callable
@@ -106,21 +166,35 @@ def explain(
         chunk_size: rows per chunk in multi-pass methods (default: measured).
         memory_budget: bytes a pass may use (default: half the free GPU memory / a quarter of RAM).
         **options: options given to every requested method that takes them (e.g. `n_steps=32`).
+
+    Works inside `torch.no_grad()` and `torch.inference_mode()`: the call turns autograd on
+    for itself and restores the caller's modes. Maps are (B, H, W) for images, (B, F) for
+    tabular inputs (one value per feature, no reduction).
     """
     start = time.perf_counter()
-    model = as_model(model)
-    prepare = model.extra.get("prepare")  # per call, e.g. text: tokenise, embed, bind the target
-    if prepare is not None:
-        model, x, target = prepare(x, target)
-    x = _as_batch(model, x).to(model.device)
-    requests = _requests(methods, options)
-    if is_blackbox(model):
-        for spec, _ in requests:
-            if spec.family != "perturbation":
-                raise SaliencelabError(gradients_message(spec.name))
-    engine = Engine(model, chunk_size=chunk_size, memory_budget=memory_budget)
-    with engine.session():  # one for the call: the passes' own sessions then cost nothing
-        return _explain(model, engine, x, requests, target, start)
+    _check_sizes(chunk_size, memory_budget)
+    with autograd_allowed():  # also inside a caller's no_grad / inference_mode
+        model = as_model(model)
+        prepare = model.extra.get("prepare")  # per call, e.g. text: tokenise, embed, bind target
+        if prepare is not None:
+            model, x, target = prepare(x, target)
+        x = _as_batch(model, x)
+        requests = _requests(methods, options)
+        if is_blackbox(model):
+            for spec, _ in requests:
+                if spec.family != "perturbation":
+                    raise SaliencelabError(gradients_message(spec.name))
+        engine = Engine(model, chunk_size=chunk_size, memory_budget=memory_budget)
+        with engine.session():  # one for the call: the passes' own sessions then cost nothing
+            try:
+                return _explain(model, engine, x, requests, target, start)
+            except (RuntimeError, ValueError, TypeError, IndexError) as err:
+                if isinstance(err, SaliencelabError):
+                    raise
+                wrapped = _input_error(model, x, err)
+                if wrapped is None:
+                    raise
+                raise wrapped from None
 
 
 def _explain(
@@ -186,12 +260,15 @@ def _attribution(spec: MethodSpec, opts: dict, out: Any, ctx: Context) -> Attrib
     if reduce is not None:
         out = reduce(out)
     attr = out.attributions
+    reduction = spec.reduction
     if out.maps is not None:
         maps = out.maps
-    elif attr.dim() == ctx.x.dim():
+    elif attr.dim() == ctx.x.dim() and attr.dim() > 2:  # (B, C, ...): sum over channels
         maps = attr.sum(dim=1)
-    else:
+    else:  # tabular (B, F) inputs have no channel axis: one value per feature
         maps = attr
+        if reduce is None and ctx.x.dim() == 2 and attr.shape == ctx.x.shape:
+            reduction = "none (one value per feature)"
     if ctx.x.dim() == 4 and maps.dim() == 3:
         maps = upsample(maps, ctx.x.shape[-2:])
     if attr.dim() == 3 and ctx.x.dim() != 3:  # a layer map (B, h, w), not token embeddings
@@ -202,7 +279,7 @@ def _attribution(spec: MethodSpec, opts: dict, out: Any, ctx: Context) -> Attrib
         attributions=attr.detach(),
         target=ctx.target.indices.detach().clone(),
         signed=spec.signed if out.signed is None else out.signed,
-        reduction=spec.reduction,
+        reduction=reduction,
         layer=out.layer,
         params={k: v for k, v in opts.items() if not isinstance(v, torch.Tensor)},
         extras=out.extras,

@@ -19,6 +19,20 @@ def named_requests(asked: Requests, what: str, example: str) -> dict[str, dict[s
     """`{name: {own options}}` from any accepted form; one sentence when nothing is asked."""
     if isinstance(asked, str):
         asked = [m.strip() for m in asked.split(",") if m.strip()]
+    if isinstance(asked, Mapping):
+        for options in asked.values():
+            if options is not None and not isinstance(options, Mapping):
+                raise SaliencelabError(
+                    f"Each {what}'s options must be a dict {{option: value}}, not "
+                    f"{type(options).__name__}; pass e.g. {{'name': {{'option': value}}}}."
+                )
+    else:
+        items = asked if isinstance(asked, Sequence) else [asked]
+        for m in items:
+            if not isinstance(m, str):
+                raise SaliencelabError(
+                    f"A {what} is named by a string, not {type(m).__name__}; pass e.g. {example}."
+                )
     per = (
         {str(k): dict(v or {}) for k, v in asked.items()}
         if isinstance(asked, Mapping)

@@ -15,10 +15,12 @@ class Attribution:
 
     Attributes:
         method: registered method name.
-        maps: (B, H, W) float tensor at input resolution, signed, not normalised. How the method
-            reduces channels into it is in `reduction`.
+        maps: (B, H, W) float tensor at input resolution, signed, not normalised; (B, F) for
+            tabular inputs (B, F), one value per feature. How the method reduces channels into
+            it is in `reduction` ("none (one value per feature)" for tabular inputs).
         attributions: the full attribution before channel reduction, (B, C, H, W) for input-space
-            methods; for layer methods (CAM family) `maps` with a channel axis, (B, 1, H, W).
+            methods ((B, F) for tabular inputs); for layer methods (CAM family) `maps` with a
+            channel axis, (B, 1, H, W).
         target: (B,) LongTensor, the class explained per sample (-1 where a callable decided).
         signed: whether `maps` can be negative (drawn with a diverging colour map).
         reduction: how channels were reduced into `maps`, e.g. "sum" or "cam".

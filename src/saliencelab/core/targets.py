@@ -8,6 +8,7 @@ of whatever batch it gets, since multi-pass methods call it on perturbed batches
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,11 @@ def _class_index(t: int | str, labels: Sequence[str] | None, n_classes: int) -> 
         if t.lower() in lowered:
             return lowered.index(t.lower())
         raise SaliencelabError(f"The model has no class named {t!r}.{closest(t, labels)}")
+    if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+        raise SaliencelabError(
+            f"A class target must be an int or a class name, not {type(t).__name__} ({t!r}); "
+            "give e.g. target=3, target='tabby', or one per input."
+        )
     t = int(t)
     if not 0 <= t < n_classes:
         raise SaliencelabError(
@@ -96,8 +102,13 @@ def _resolve(target, batch, n_classes, labels, predictions) -> Target:
     if callable(target) and not isinstance(target, torch.Tensor):
         return Target(torch.full((batch,), -1, dtype=torch.long, device=device), fn=target)
     if isinstance(target, torch.Tensor):
-        target = int(target) if target.dim() == 0 else target.tolist()
-    if isinstance(target, (int, str)):
+        if target.dim() > 1 or target.is_floating_point() or target.dtype == torch.bool:
+            raise SaliencelabError(
+                f"A tensor target must hold integer class indices, 0-D or (B,), but got shape "
+                f"{tuple(target.shape)} and dtype {target.dtype}; flatten it, e.g. t.view(-1)."
+            )
+        target = target.item() if target.dim() == 0 else target.tolist()
+    if isinstance(target, (numbers.Integral, str)):  # a bool is refused by _class_index
         idx = _class_index(target, labels, n_classes)
         return Target(torch.full((batch,), idx, dtype=torch.long, device=device))
     if isinstance(target, Sequence):

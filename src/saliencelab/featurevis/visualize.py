@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..core.context import autograd_allowed
 from ..core.errors import SaliencelabError
 from ..core.layers import get_layer, module_name
 from ..core.state import Hooks, attribution_mode
@@ -382,6 +383,7 @@ def _progress(enabled: bool):
     return progress
 
 
+@autograd_allowed()  # optimises the image: also inside no_grad / inference_mode
 def visualize(
     model: Model | nn.Module,
     objective: Objective | int | str | Sequence[Objective | int | str],

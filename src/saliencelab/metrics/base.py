@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from ..core.context import autograd_allowed
 from ..core.engine import Engine, all_finite
 from ..core.errors import SaliencelabError, closest
 from ..core.layout import channels_last_known
@@ -359,6 +360,7 @@ class Metric:
         self._seconds = 0.0
         self._rows = 0
 
+    @autograd_allowed()  # also inside a caller's no_grad / inference_mode
     def update(
         self,
         maps: torch.Tensor | None = None,

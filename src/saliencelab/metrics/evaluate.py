@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.context import autograd_allowed
 from ..core.engine import Engine
 from ..core.errors import SaliencelabError, closest
 from ..core.registry import get_method
@@ -279,6 +280,7 @@ def _explainer(name: str, a: Attribution | None, chunk_size: int | None) -> Expl
     return Explainer(name, options, chunk_size=chunk_size)
 
 
+@autograd_allowed()  # also inside a caller's no_grad / inference_mode
 def evaluate(
     model: Model | nn.Module,
     x: torch.Tensor,

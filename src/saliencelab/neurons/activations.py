@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..core.context import Context, upsample
+from ..core.context import Context, autograd_allowed, upsample
 from ..core.engine import Engine
 from ..core.errors import SaliencelabError
 from ..core.layers import resolve_layer
@@ -176,6 +176,7 @@ def _top(top: int, k: int) -> int:
     return min(top, k)
 
 
+@autograd_allowed()  # by="contribution" needs gradients, also inside no_grad / inference_mode
 def activations(
     model: Model | nn.Module,
     x: Any,

@@ -1,0 +1,176 @@
+"""`sl.explain` on what callers really pass: inside no_grad / inference_mode, tabular batches,
+and inputs, targets and options it must refuse in one sentence (model state left as it was)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import saliencelab as sl
+from saliencelab.core.errors import SaliencelabError
+
+CONTEXTS = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
+METHODS = {  # one of each family, small options
+    "saliency": {},
+    "guided_backprop": {},
+    "integrated_gradients": {"n_steps": 4},
+    "gradcam": {},
+    "lrp": {},
+    "deeplift": {},
+    "occlusion": {"window": 6, "stride": 6},
+}
+
+
+def _state(model: nn.Module) -> tuple:
+    hooks = sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in model.modules()
+    )
+    return model.training, [p.requires_grad for p in model.parameters()], hooks
+
+
+# -- called inside torch.no_grad() / torch.inference_mode() ----------------------------------------
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
+def test_every_family_works_when_called_inside_the_context(tiny_cnn, images, context):
+    ref = sl.explain(tiny_cnn, images, methods=METHODS)
+    with CONTEXTS[context]():
+        x = images.clone()  # an inference tensor under inference_mode
+        ex = sl.explain(tiny_cnn, x, methods=METHODS)
+        modes = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    assert modes == (False, context == "inference_mode")  # the caller's modes are kept
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    for name in METHODS:
+        torch.testing.assert_close(ex[name].maps, ref[name].maps, msg=name)
+        assert not ex[name].maps.is_inference()
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
+def test_a_metric_works_when_called_inside_the_context(tiny_cnn, images, context):
+    ex = sl.explain(tiny_cnn, images, methods="saliency")
+    kw = dict(metrics="max_sensitivity", references=False, n_samples=2)  # re-explains: gradients
+    ref = sl.evaluate(tiny_cnn, images, ex, **kw)
+    with CONTEXTS[context]():
+        got = sl.evaluate(tiny_cnn, images, ex, **kw)
+    a, b = ref["saliency"]["max_sensitivity"], got["saliency"]["max_sensitivity"]
+    torch.testing.assert_close(b.values, a.values)
+
+
+# -- tabular (B, F) inputs: one value per feature -----------------------------------------------
+
+
+@pytest.fixture
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+
+
+TABULAR = ["saliency", "input_x_gradient", "integrated_gradients", "guided_backprop", "lrp"]
+
+
+@pytest.mark.parametrize("method", [*TABULAR, "smoothgrad"])
+def test_tabular_maps_keep_one_value_per_feature(mlp, method):
+    x = torch.rand(4, 8)
+    a = sl.explain(mlp, x, methods=method)[method]
+    assert a.maps.shape == (4, 8) and a.attributions.shape == (4, 8)
+    torch.testing.assert_close(a.maps, a.attributions)
+    assert a.reduction == "none (one value per feature)"
+
+
+def test_tabular_saliency_is_the_absolute_gradient_per_feature(mlp):
+    x = torch.rand(4, 8)
+    a = sl.explain(mlp, x, methods="saliency", target=1)["saliency"]
+    xx = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(mlp(xx)[:, 1].sum(), xx)
+    torch.testing.assert_close(a.maps, grad.abs())
+
+
+def test_tabular_perturbation_methods_keep_their_own_reduction(mlp):
+    a = sl.explain(mlp, torch.rand(4, 8), methods="feature_ablation")["feature_ablation"]
+    assert a.maps.shape == (4, 8)
+    assert a.reduction != "none (one value per feature)"
+
+
+def test_image_maps_still_sum_over_channels(tiny_cnn, images):
+    a = sl.explain(tiny_cnn, images, methods="input_x_gradient")["input_x_gradient"]
+    torch.testing.assert_close(a.maps, a.attributions.sum(1))
+    assert a.reduction == "signed sum over channels"
+
+
+# -- inputs converted or refused ----------------------------------------------------------------
+
+
+def test_float64_inputs_are_cast_to_the_models_dtype(tiny_cnn, images):
+    ref = sl.explain(tiny_cnn, images, methods="saliency")["saliency"].maps
+    a = sl.explain(tiny_cnn, images.double(), methods="saliency")["saliency"]
+    assert a.maps.dtype == torch.float32
+    torch.testing.assert_close(a.maps, ref)
+
+
+BAD = {
+    "3-D image": (dict(x="single"), "x.unsqueeze(0)"),
+    "1 channel": (dict(x="gray"), "to have 3 channels"),
+    "1 channel, gradcam": (dict(x="gray", methods="gradcam"), "to have 3 channels"),
+    "uint8": (dict(x="uint8"), "need preprocessing first"),
+    "2-D tensor target": (dict(target=torch.tensor([[1], [2], [3], [4]])), "0-D or (B,)"),
+    "bool target": (dict(target=True), "not bool"),
+    "float in target list": (dict(target=[1, 2.5, 0, 0]), "not float"),
+    "memory_budget string": (dict(memory_budget="1GB"), "memory_budget"),
+    "chunk_size zero": (dict(chunk_size=0), "chunk_size"),
+    "methods None": (dict(methods=None), "named by a string"),
+    "method options not a dict": (dict(methods={"saliency": 3}), "must be a dict"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_inputs_get_one_sentence_and_the_model_is_left_as_it_was(tiny_cnn, images, case):
+    kw, words = BAD[case]
+    xs = {
+        "single": images[0],
+        "gray": images[:, :1],
+        "uint8": (images * 40 + 128).clamp(0, 255).to(torch.uint8),
+    }
+    kw = {"methods": "saliency", **kw}
+    x = xs.get(kw.pop("x", None), images)
+    tiny_cnn.train()  # the call puts it in eval mode: it must come back in train mode
+    before = _state(tiny_cnn)
+    with pytest.raises(SaliencelabError) as info:
+        sl.explain(tiny_cnn, x, **kw)
+    assert words in str(info.value)
+    assert "\n" not in str(info.value)
+    assert _state(tiny_cnn) == before
+
+
+def test_a_3d_input_is_refused_up_front_when_the_model_knows_its_input_size(tiny_cnn, images):
+    model = sl.Model(module=tiny_cnn, input_size=(12, 12))
+    with pytest.raises(SaliencelabError, match="batch axis"):
+        sl.explain(model, images[0], methods="saliency")
+
+
+def test_errors_not_caused_by_the_inputs_keep_their_traceback(tiny_cnn, images):
+    def broken(logits):
+        raise RuntimeError("a bug in the target function")
+
+    with pytest.raises(RuntimeError, match="a bug in the target function"):
+        sl.explain(tiny_cnn, images, methods="saliency", target=broken)
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
+def test_gradient_entry_points_beyond_explain_work_inside_the_context(tiny_cnn, images, context):
+    ex = sl.explain(tiny_cnn, images, methods="saliency")
+    kw = dict(metrics="model_randomisation", references=False)  # randomises weights in place
+    ref = sl.evaluate(tiny_cnn, images, ex, **kw)["saliency"]["model_randomisation"].values
+    act = sl.activations(tiny_cnn, images, top=2, by="contribution").values
+    vis = sl.visualize(tiny_cnn, 0, steps=2, size=16)
+    with CONTEXTS[context]():
+        got = sl.evaluate(tiny_cnn, images, ex, **kw)["saliency"]["model_randomisation"].values
+        act2 = sl.activations(tiny_cnn, images, top=2, by="contribution").values
+        vis2 = sl.visualize(tiny_cnn, 0, steps=2, size=16)
+        modes = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    assert modes == (False, context == "inference_mode")
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(act2, act)
+    torch.testing.assert_close(vis2.images, vis.images)
+    assert not any(p.is_inference() for p in tiny_cnn.parameters())
