@@ -21,16 +21,23 @@ from rich.text import Text
 import saliencelab as sl
 from saliencelab.cli_common import (
     DEFAULT_MODEL,
+    MAX_PIXELS,
     STATE,
     ChunkSizeOption,
     DebugOption,
     DeviceOption,
     EmbedOption,
+    InputSizeOption,
     LayerOption,
+    MaxPixelsOption,
     ModelOption,
+    NormalizeOption,
     OutOption,
     TargetOption,
+    TrustPickleOption,
+    WeightsOption,
     collect_images,
+    keep_words,
     load_model,
     out_console,
     parse_options,
@@ -141,7 +148,7 @@ def _results_table(result: RunResult, show_target: bool) -> Table:
         cells = [row["image"] if first else "", prediction if first else "", row["method"]]
         cells += [row["target"]] if show_target else []
         table.add_row(*cells, passes, _seconds(row["seconds"]))
-    return table
+    return keep_words(table)
 
 
 def _report(result: RunResult, out: Console, err: Console, show_target: bool) -> None:
@@ -215,6 +222,11 @@ def explain(
     ] = None,
     chunk_size: ChunkSizeOption = None,
     device: DeviceOption = "auto",
+    input_size: InputSizeOption = None,
+    normalize: NormalizeOption = None,
+    weights: WeightsOption = None,
+    trust_pickle: TrustPickleOption = False,
+    max_pixels: MaxPixelsOption = MAX_PIXELS,
     embed: EmbedOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -224,7 +236,15 @@ def explain(
         options = parse_options(option)
         # Check the request before loading the model (the engine checks it again).
         method_requests(requested, layer=layer, options=options)
-        loaded = load_model(model, device)
+        loaded = load_model(
+            model,
+            device,
+            input_size=input_size,
+            normalize=normalize,
+            weights=weights,
+            trust_pickle=trust_pickle,
+            reads_images=True,
+        )
         result = _run(
             loaded,
             images,
@@ -237,6 +257,7 @@ def explain(
             embed=embed,
             chunk_size=chunk_size,
             title=f"saliencelab: {loaded.name}",
+            max_pixels=max_pixels,
         )
         _report(result, out_console(), err, show_target=target is not None)
     if result.errors:
@@ -295,7 +316,7 @@ def _method_table(specs: list[sl.MethodSpec]) -> None:
             if allowed:
                 about.append(f"\n{k}: {allowed}", style="dim")
         out.add_row(spec.name, spec.family, cost, about)
-    out_console().print(out)
+    out_console().print(keep_words(out))
     out_console().print(
         "[dim]`saliencelab methods NAME` shows one method's description and options.[/dim]"
     )
@@ -319,7 +340,7 @@ def _method_detail(spec: sl.MethodSpec) -> None:
     options.add_column("allowed values", ratio=1, overflow="fold")
     for k, v in spec.options.items():
         options.add_row(k, _default(k, v), accepted_values(spec, k))
-    console.print(options)
+    console.print(keep_words(options))
 
 
 @app.command("models")
@@ -353,12 +374,25 @@ def layers(
     spatial: Annotated[
         bool, typer.Option("--spatial", help="Only layers with (B, C, H, W) outputs (for CAMs).")
     ] = False,
+    device: DeviceOption = "auto",
+    input_size: InputSizeOption = None,
+    normalize: NormalizeOption = None,
+    weights: WeightsOption = None,
+    trust_pickle: TrustPickleOption = False,
+    max_pixels: MaxPixelsOption = MAX_PIXELS,
     debug: DebugOption = False,
 ) -> None:
     """List a model's layers and their output shapes; marks the default CAM layer."""
     with session(debug):
-        loaded = sl.load_model(model)
-        rows, default = _probe_layers(loaded, image)
+        loaded = load_model(
+            model,
+            device,
+            input_size=input_size,
+            normalize=normalize,
+            weights=weights,
+            trust_pickle=trust_pickle,
+        )
+        rows, default = _probe_layers(loaded, image, max_pixels)
         table = Table(header_style="bold")
         table.add_column("layer", overflow="fold")
         table.add_column("type", overflow="fold")
@@ -373,7 +407,7 @@ def layers(
             style = "bold" if name == default else None
             table.add_row(name, kind, shape, mark, style=style)
         out = out_console()
-        out.print(table)
+        out.print(keep_words(table))
         called = [shape != "not called" for _, _, shape, _ in rows]
         if rows and not any(sp for *_, sp in rows) and not all(called):
             out.print(
@@ -389,7 +423,7 @@ def layers(
             )
 
 
-def _probe_input(model: sl.Model, image: str | None):
+def _probe_input(model: sl.Model, image: str | None, max_pixels: int = MAX_PIXELS):
     import torch
 
     if image is None and model.preprocess is not None:
@@ -397,13 +431,14 @@ def _probe_input(model: sl.Model, image: str | None):
     if image is not None:
         if model.preprocess is None:
             raise sl.SaliencelabError(
-                f"The model {model.name!r} has no preprocessing, so it cannot read --image; leave "
-                "--image out to probe it with zeros."
+                f"The model {model.name!r} has no preprocessing, so it cannot read --image; add "
+                "--input-size N (and --normalize) to give it one, or leave --image out to probe "
+                "it with zeros."
             )
         p = Path(image)
         if not p.exists() and image in sl.sample_images():
             return model.preprocess([sl.sample_image(image)])
-        return model.preprocess([sl.load_image(p)])
+        return model.preprocess([sl.load_image(p, max_pixels=max_pixels)])
     shape = _exported_input_shape(model.module)
     if shape is not None:
         return torch.zeros(shape)
@@ -455,7 +490,7 @@ def _shape(out: Any) -> str:
 
 
 def _probe_layers(
-    model: sl.Model, image: str | None
+    model: sl.Model, image: str | None, max_pixels: int = MAX_PIXELS
 ) -> tuple[list[tuple[str, str, str, bool]], str | None]:
     """(name, type, output shape, spatial) per named submodule, and the default CAM layer.
 
@@ -465,7 +500,7 @@ def _probe_layers(
     """
     import torch
 
-    x = _probe_input(model, image).to(model.device)
+    x = _probe_input(model, image, max_pixels).to(model.device)
     shapes: dict[str, str] = {}
     spatial: dict[str, bool] = {}
     order: list[str] = []
@@ -535,10 +570,13 @@ def demo(
         bool,
         typer.Option(
             "--evaluate/--no-evaluate",
-            help="Also score three methods with deletion, insertion and sparseness "
-            "(against the reference maps) into OUT/evaluation/.",
+            help="Also score the methods of "
+            f"{', '.join(DEMO_EVAL_METHODS)} that --methods includes with deletion, insertion and "
+            "sparseness (against the reference maps) into OUT/evaluation/.",
         ),
     ] = True,
+    device: DeviceOption = "auto",
+    max_pixels: MaxPixelsOption = MAX_PIXELS,
     debug: DebugOption = False,
 ) -> None:
     """Explain bundled sample photos with EfficientNet-Lite0 and many methods; write a report."""
@@ -559,8 +597,10 @@ def demo(
             for k, v in DEMO_OPTIONS.get(m, {}).items()
             if k in registered[m].options
         }
+        scored = demo_eval_methods(names) if evaluate else {}
         start = time.perf_counter()
-        model = sl.load_model(DEFAULT_MODEL)
+        model = load_model(DEFAULT_MODEL, device)
+        evaluation = out / "evaluation"
         result = _run(
             model,
             pictures,
@@ -570,11 +610,26 @@ def demo(
             options=options,
             embed=embed,
             title="saliencelab demo: EfficientNet-Lite0 on sample photos",
+            max_pixels=max_pixels,
+            links=[
+                (
+                    "Evaluation: deletion, insertion, sparseness",
+                    (evaluation / "index.html").resolve(),
+                )
+            ]
+            if scored
+            else [],
         )
         result.seconds = time.perf_counter() - start
         _report(result, out_console(), err, show_target=False)
-        if evaluate:
-            _demo_evaluation(model, pictures, out / "evaluation", err)
+        if scored:
+            _demo_evaluation(model, pictures, scored, evaluation, err, max_pixels)
+        elif evaluate:
+            err.print(
+                f"No method of the demo's evaluation set ({', '.join(DEMO_EVAL_METHODS)}) was "
+                "chosen, so nothing was scored.",
+                soft_wrap=True,
+            )
         out_console().print(
             f"Open [bold]{result.index_path.resolve().as_uri()}[/bold] in a browser.",
             soft_wrap=True,
@@ -583,17 +638,32 @@ def demo(
         raise typer.Exit(code=2)
 
 
-def _demo_evaluation(model: sl.Model, pictures: list[str], out: Path, err: Console) -> None:
-    """Score a few methods on the demo photos; print the table, write CSV/JSON and charts."""
-    from saliencelab.metrics.commands import evaluate_images, results_table, write_evaluation
+def demo_eval_methods(names: list[str]) -> dict[str, dict[str, Any]]:
+    """The methods `demo` scores: those of DEMO_EVAL_METHODS the user chose, with their cheap
+    settings (the others can cost many passes per image and metric step)."""
+    return {m: dict(DEMO_EVAL_METHODS[m]) for m in DEMO_EVAL_METHODS if m in names}
 
-    items = collect_images(pictures)
+
+def _demo_evaluation(
+    model: sl.Model,
+    pictures: list[str],
+    methods: dict[str, dict[str, Any]],
+    out: Path,
+    err: Console,
+    max_pixels: int = MAX_PIXELS,
+) -> None:
+    """Score a few methods on the demo photos; print the table, write CSV/JSON, charts and a page
+    showing them (out/index.html, linked from the report)."""
+    from saliencelab.metrics.commands import evaluate_images, results_table, write_evaluation
+    from saliencelab.report.html import write_figures_page
+
+    items = collect_images(pictures, max_pixels=max_pixels)
     with progress_bar(err) as bar:
         task = bar.add_task("evaluating", total=len(items))
         report, scored = evaluate_images(
             model,
             items,
-            DEMO_EVAL_METHODS,
+            methods,
             DEMO_EVAL_METRICS,
             {},
             progress=lambda done, what: bar.update(task, completed=done, description=what),
@@ -603,7 +673,17 @@ def _demo_evaluation(model: sl.Model, pictures: list[str], out: Path, err: Conso
         return
     out_console().print(results_table(report))
     errors = [item for item in items if item.error is not None]
-    write_evaluation(report, scored, errors, out)
+    files = write_evaluation(report, scored, errors, out)
+    pngs = [f for f in files if f.suffix == ".png"]
+    figures = [(f"{f.stem} ({f.parent.name})", f) for f in pngs]
+    others = [f for f in files if f.suffix != ".png"]
+    write_figures_page(
+        out,
+        figures,
+        others,
+        title="saliencelab demo: evaluation",
+        back=out.parent / "index.html",
+    )
     out_console().print(f"Evaluation (table, curves, bars) written to [bold]{out}[/bold].")
 
 

@@ -27,6 +27,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Table
 from rich.text import Text
 
 import saliencelab as sl
@@ -63,6 +64,54 @@ ModelOption = Annotated[
 ModelSpecOption = Annotated[
     str, typer.Option("--model", help="A model name or spec, as for `explain --model`.")
 ]
+#: How a model without preprocessing (a plain nn.Module, TorchScript, .pt2) reads images.
+InputSizeOption = Annotated[
+    int | None,
+    typer.Option(
+        "--input-size",
+        min=1,
+        help="Give the model a preprocessing: the central square of each image resized to N x N, "
+        "pixels in [0, 1], then --normalize (for a plain nn.Module, TorchScript or .pt2 model; "
+        "replaces a model's own preprocessing).",
+        show_default=False,
+    ),
+]
+NormalizeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--normalize",
+        help="With --input-size: 'imagenet' ((x - mean) / std with the ImageNet mean and std), "
+        "'none' (x in [0, 1], the default), 'MEAN,STD' (one value each) or 'M1,M2,M3,S1,S2,S3' "
+        "(per RGB channel).",
+        show_default=False,
+    ),
+]
+WeightsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights",
+        help="A state dict (or checkpoint holding one) to load into a --model factory or file.",
+        show_default=False,
+    ),
+]
+TrustPickleOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle",
+        help="Allow pickled whole models / checkpoints (torch.save(model)); they can run "
+        "arbitrary code when loaded, so only for files you trust.",
+    ),
+]
+MaxPixelsOption = Annotated[
+    int,
+    typer.Option(
+        "--max-pixels",
+        min=1,
+        help="Refuse image files with more pixels than this (read from the header first).",
+    ),
+]
+#: The library's default limit (`sl.load_image(max_pixels=...)`).
+MAX_PIXELS = 50_000_000
 TargetOption = Annotated[
     str | None,
     typer.Option(
@@ -185,6 +234,46 @@ def progress_bar(err: Console) -> Progress:
     )
 
 
+def keep_words(table: Table, longest: int = 10, width: int | None = None) -> Table:
+    """Give each wrapping column room for its header's words and its cells' longest word (up to
+    `longest` characters), so a narrow terminal or a pipe (80 columns) wraps between words, never
+    inside "prediction"; cell words give way when they would not fit in `width` (the console's).
+
+    Rich crops a table whose pinned columns leave too little room instead of narrowing the
+    others, so the widths are budgeted here: ratios are dropped, and the wrapping columns that
+    want more than their minimum share what is left of `width` (their `max_width`).
+    """
+    width = width or out_console().width
+    heads, words, longs, fixed = [], [], [], 0
+    for column in table.columns:
+        texts = [str(column.header)] + [
+            cell.plain if isinstance(cell, Text) else str(cell) for cell in column.cells
+        ]
+        if column.no_wrap:
+            fixed += max(len(line) for t in texts for line in t.splitlines() or [""])
+            heads.append(0), words.append(0), longs.append(0)
+            continue
+        heads.append(max((len(w) for w in str(column.header).split()), default=0))
+        words.append(max((len(w) for t in texts[1:] for w in t.split()), default=0))
+        longs.append(max((len(line) for t in texts for line in t.splitlines()), default=0))
+    room = width - (3 * len(table.columns) + 1) - fixed
+    pins = [max(h, min(w, longest)) for h, w in zip(heads, words, strict=True)]
+    if sum(pins) > room:
+        pins = heads
+    if sum(pins) > room:
+        return table  # too narrow for any promise: leave it to Rich
+    wrapping = [c for c in table.columns if not c.no_wrap]
+    stretchy = [i for i, c in enumerate(table.columns) if not c.no_wrap and longs[i] > pins[i]]
+    share = (room - sum(pins)) // max(1, len(stretchy))
+    for i, column in enumerate(table.columns):
+        column.ratio = None
+        if column in wrapping:
+            column.min_width = pins[i]
+            if i in stretchy:
+                column.max_width = pins[i] + share
+    return table
+
+
 # -- parsing --------------------------------------------------------------------------------------
 
 
@@ -243,11 +332,118 @@ def split(text: str | None) -> list[str]:
 # -- models and images ----------------------------------------------------------------------------
 
 
-def load_model(spec: str, device: str) -> sl.Model:
-    """`sl.load_model(spec)` moved to `device` ("auto": CUDA when there is one)."""
+#: `--normalize imagenet`: the ImageNet RGB mean and standard deviation (of pixels in [0, 1]).
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def parse_normalize(text: str | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """ "imagenet" → the ImageNet (mean, std); "none" / None → None; "0.5,0.5" → ((0.5,), (0.5,));
+    six numbers → per-channel (mean, std)."""
+    if text is None or text.strip().lower() == "none":
+        return None
+    if text.strip().lower() == "imagenet":
+        return IMAGENET_MEAN_STD
+    try:
+        values = tuple(float(v) for v in split(text))
+    except ValueError:
+        values = ()
+    if len(values) not in (2, 6) or any(v <= 0 for v in values[len(values) // 2 :]):
+        raise sl.SaliencelabError(
+            f"--normalize {text!r} is not understood; use imagenet, none, MEAN,STD (e.g. 0.5,0.5) "
+            "or six numbers M1,M2,M3,S1,S2,S3 (positive standard deviations)."
+        )
+    half = len(values) // 2
+    return values[:half], values[half:]
+
+
+class SquarePreprocess:
+    """Images → float32 (B, 3, N, N): the central square, resized to N x N (bilinear, PIL widens
+    the filter when shrinking), pixels x / 255 in [0, 1], then (x - mean) / std if given.
+
+    Built by `--input-size N --normalize ...` for models that bring no preprocessing; `display`
+    is the image as the model sees it (for overlays), `normalize` the last step alone (for
+    feature visualization, which optimises images in [0, 1]).
+    """
+
+    def __init__(
+        self, size: int, mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    ) -> None:
+        self.size, self.mean_std = size, mean_std
+
+    def display(self, image: Any) -> Any:
+        from PIL import Image
+
+        pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
+        pil = pil.convert("RGB")
+        w, h = pil.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        square = pil.crop((left, top, left + side, top + side))  # crop first: no outside pixels
+        return square.resize((self.size, self.size), Image.Resampling.BILINEAR)
+
+    def normalize(self, x: Any) -> Any:
+        """(x - mean) / std per channel, on x's device (identity without --normalize)."""
+        if self.mean_std is None:
+            return x
+        mean, std = (x.new_tensor(v).view(1, -1, 1, 1) for v in self.mean_std)
+        return (x - mean) / std
+
+    def __call__(self, images: Any) -> Any:
+        import numpy as np
+        import torch
+
+        batch = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not batch:
+            raise sl.SaliencelabError("Got an empty list of images; pass at least one image.")
+        arrays = [np.asarray(self.display(im), dtype=np.float32) / 255.0 for im in batch]
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        return self.normalize(x)
+
+
+def load_model(
+    spec: str,
+    device: str = "auto",
+    *,
+    input_size: int | None = None,
+    normalize: str | None = None,
+    weights: Path | None = None,
+    trust_pickle: bool = False,
+    reads_images: bool = False,
+) -> sl.Model:
+    """`sl.load_model(spec, weights=..., trust_pickle=...)` moved to `device` ("auto": CUDA when
+    there is one), with a :class:`SquarePreprocess` when `input_size` is given.
+
+    `reads_images`: the command feeds the model images, so a model without preprocessing is
+    refused here with the options that give it one.
+    """
+    import dataclasses
+
     import torch
 
-    model = sl.load_model(spec)
+    if normalize is not None and input_size is None:
+        raise sl.SaliencelabError(
+            "--normalize goes with --input-size N, the size the model reads images at; add "
+            "--input-size."
+        )
+    mean_std = parse_normalize(normalize)  # check it before the (slow) load
+    kwargs: dict[str, Any] = {}
+    if weights is not None:
+        kwargs["weights"] = weights
+    if trust_pickle:
+        kwargs["trust_pickle"] = True
+    model = sl.load_model(spec, **kwargs)
+    if input_size is not None:
+        pre = SquarePreprocess(input_size, mean_std)
+        extra = {**model.extra, "display": pre.display, "normalize": pre.normalize}
+        model = dataclasses.replace(
+            model, preprocess=pre, input_size=(input_size, input_size), extra=extra
+        )
+    if reads_images and model.preprocess is None:
+        raise sl.SaliencelabError(
+            f"The model {model.name!r} has no preprocessing, so it cannot read images; add "
+            "--input-size N (the side it takes, e.g. 224) and --normalize imagenet|none|MEAN,STD "
+            "to give it one."
+        )
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -264,7 +460,7 @@ def load_model(spec: str, device: str) -> sl.Model:
     return model.to(dev)
 
 
-def read_image(text: str):
+def read_image(text: str, max_pixels: int = MAX_PIXELS):
     """(PIL image, name stem) of an image file or a bundled sample photo's name."""
     p = Path(text)
     if not p.exists() and text in sl.sample_images():
@@ -274,7 +470,7 @@ def read_image(text: str):
             f"{text!r} is neither an image file nor a sample photo; check the path, or use a "
             f"sample name such as chelsea."
         )
-    return sl.load_image(p), p.stem
+    return sl.load_image(p, max_pixels=max_pixels), p.stem
 
 
 class ImageItem:
@@ -317,7 +513,7 @@ class ImageItem:
         self._item.image = None
 
 
-def collect_images(images: Iterable[str]) -> list[ImageItem]:
+def collect_images(images: Iterable[str], max_pixels: int = MAX_PIXELS) -> list[ImageItem]:
     """One item per image: files as given, folders expanded (sorted), names of sample photos.
 
     The same rules as `saliencelab explain` (`report.run`): a missing file or a folder without
@@ -325,4 +521,4 @@ def collect_images(images: Iterable[str]) -> list[ImageItem]:
     """
     from .report.run import collect_entries
 
-    return [ImageItem(item) for item in collect_entries(images)]
+    return [ImageItem(item) for item in collect_entries(images, max_pixels=max_pixels)]

@@ -50,7 +50,8 @@ def load_image(path: PathLike, max_pixels: int = 50_000_000) -> Image.Image:
                 if w * h > max_pixels:
                     raise SaliencelabError(
                         f"{str(p)!r} is {w}x{h} = {w * h:,} pixels, over the limit of "
-                        f"{max_pixels:,}; downscale it first or pass a larger max_pixels."
+                        f"{max_pixels:,}; downscale it first, or raise the limit (max_pixels= "
+                        "in Python, --max-pixels on the command line)."
                     )
                 im.load()
                 try:

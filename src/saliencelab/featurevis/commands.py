@@ -20,8 +20,13 @@ from ..cli_common import (
     DEFAULT_MODEL,
     DebugOption,
     DeviceOption,
+    InputSizeOption,
     ModelSpecOption,
+    NormalizeOption,
     OutOption,
+    TrustPickleOption,
+    WeightsOption,
+    keep_words,
     load_model,
     out_console,
     parse_target,
@@ -71,6 +76,26 @@ def _predictions(model: sl.Model, vis: Visualization, normalize) -> list[tuple[s
     probs = logits.softmax(dim=1)
     top = probs.argmax(dim=1).tolist()
     return [(model.label(t), float(probs[i, t])) for i, t in enumerate(top)]
+
+
+def strongest_units(
+    model: sl.Model, vis: Visualization, layer: str, channels: dict[int, int], normalize
+) -> dict[int, float]:
+    """{image index: max_yx A[channel, y, x] at `layer`} on each visualization itself (no
+    transforms): the number the dataset-examples figure shows under the visualization."""
+    import torch
+
+    from ..core.layers import get_layer
+    from ..core.state import Hooks, attribution_mode
+
+    seen: list[torch.Tensor] = []
+    rows = sorted(channels)
+    with attribution_mode(model.module), Hooks() as hooks, torch.no_grad():
+        hooks.add(
+            get_layer(model.module, layer).register_forward_hook(lambda m, i, o: seen.append(o))
+        )
+        model.module(normalize(vis.images[rows].to(model.device)))
+    return {i: float(seen[0][j, channels[i]].amax()) for j, i in enumerate(rows)}
 
 
 def visualize_command(
@@ -134,6 +159,10 @@ def visualize_command(
     k: Annotated[int, typer.Option("--k", min=1, help="Dataset examples per channel.")] = 8,
     out: OutOption = Path("results"),
     device: DeviceOption = "auto",
+    input_size: InputSizeOption = None,
+    normalize: NormalizeOption = None,
+    weights: WeightsOption = None,
+    trust_pickle: TrustPickleOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Synthesise images that make a class, a channel or a layer fire (feature visualization)."""
@@ -151,7 +180,15 @@ def visualize_command(
             )
         asked = _objectives(list(classes or []), layer, list(channels or []))
         objs = [o for o, _ in asked]
-        loaded = load_model(model, device)
+        loaded = load_model(
+            model,
+            device,
+            input_size=input_size,
+            normalize=normalize,
+            weights=weights,
+            trust_pickle=trust_pickle,
+            reads_images=examples is not None,
+        )
         n = len(objs) * batch
         run_objs: list[O.Objective] = objs
         if diversity > 0 and batch > 1:
@@ -191,14 +228,30 @@ def visualize_command(
         table = Table(header_style="bold")
         table.add_column("image", justify="right")
         table.add_column("objective", overflow="fold")
-        table.add_column("value", justify="right")
+        table.add_column("objective value", justify="right")
+        units: dict[int, float] = {}
+        if pairings:  # the examples figure's number: the channel's strongest unit
+            table.add_column("strongest unit", justify="right")
+            units = strongest_units(
+                loaded, vis, layer, {i: asked[i // batch][1] for i in pairings}, normalize
+            )
         table.add_column("model sees", overflow="fold")
         table.add_column("file", overflow="fold")
         for i, path in enumerate(images):
             pred = preds[i]
             seen = f"{pred[0]} ({pred[1]:.2f})" if pred else ""
-            table.add_row(str(i), names[i], f"{float(vis.values[i]):.4g}", seen, str(path))
-        console.print(table)
+            cells = [str(i), names[i], f"{float(vis.values[i]):.4g}"]
+            if pairings:
+                cells.append(f"{units[i]:.4g}" if i in units else "")
+            table.add_row(*cells, seen, str(path))
+        console.print(keep_words(table))
+        if pairings:
+            console.print(
+                "objective value: the objective on the final image (a channel's mean activation "
+                "over positions); strongest unit: the channel's maximum over positions, the "
+                "value the examples figure shows for the visualization and each example.",
+                soft_wrap=True,
+            )
         console.print(
             f"{len(images)} image{'s' if len(images) != 1 else ''} ({param}, {steps} steps, "
             f"{size}x{size}) in {vis.seconds:.1f} s.",

@@ -29,15 +29,22 @@ import saliencelab as sl
 
 from ..cli_common import (
     DEFAULT_MODEL,
+    MAX_PIXELS,
     ChunkSizeOption,
     DebugOption,
     DeviceOption,
     ImageItem,
+    InputSizeOption,
     LayerOption,
+    MaxPixelsOption,
     ModelOption,
+    NormalizeOption,
     OutOption,
     TargetOption,
+    TrustPickleOption,
+    WeightsOption,
     collect_images,
+    keep_words,
     load_model,
     out_console,
     parse_options,
@@ -304,7 +311,7 @@ def results_table(report: EvalReport) -> Table:
                 style=style,
                 end_section=j == len(rows) - 1 and i < len(report.metrics) - 1,
             )
-    return table
+    return keep_words(table)
 
 
 def _finite(v: Any) -> Any:
@@ -417,6 +424,11 @@ def evaluate_command(
     ] = BATCH_IMAGES,
     chunk_size: ChunkSizeOption = None,
     device: DeviceOption = "auto",
+    input_size: InputSizeOption = None,
+    normalize: NormalizeOption = None,
+    weights: WeightsOption = None,
+    trust_pickle: TrustPickleOption = False,
+    max_pixels: MaxPixelsOption = MAX_PIXELS,
     debug: DebugOption = False,
 ) -> None:
     """Score methods' maps with metrics over images: table, metrics.csv/.json, curve charts."""
@@ -455,13 +467,16 @@ def evaluate_command(
                 "masks named like the images, nonzero = object)."
             )
         mask_files = _mask_paths(masks) if masks is not None else None
-        loaded = load_model(model, device)
-        if loaded.preprocess is None:
-            raise sl.SaliencelabError(
-                f"The model {loaded.name!r} has no preprocessing, so it cannot read images; load "
-                "it from a factory ('file.py:build') returning sl.Model(module, preprocess=fn)."
-            )
-        items = collect_images(images)
+        loaded = load_model(
+            model,
+            device,
+            input_size=input_size,
+            normalize=normalize,
+            weights=weights,
+            trust_pickle=trust_pickle,
+            reads_images=True,
+        )
+        items = collect_images(images, max_pixels=max_pixels)
         if not items:
             raise sl.SaliencelabError("No images given; pass image files, folders or sample names.")
 

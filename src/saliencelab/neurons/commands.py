@@ -20,10 +20,17 @@ import saliencelab as sl
 
 from ..cli_common import (
     DEFAULT_MODEL,
+    MAX_PIXELS,
     DebugOption,
     DeviceOption,
+    InputSizeOption,
+    MaxPixelsOption,
     ModelSpecOption,
+    NormalizeOption,
     OutOption,
+    TrustPickleOption,
+    WeightsOption,
+    keep_words,
     load_model,
     out_console,
     parse_target,
@@ -38,10 +45,19 @@ def _slug(text: str) -> str:
     return re.sub(r"[^\w.-]+", "_", text).strip("._") or "layer"
 
 
-def _grid(model: sl.Model, image: str, layer, top: int, by: str, target, out: Path) -> None:
+def _grid(
+    model: sl.Model,
+    image: str,
+    layer,
+    top: int,
+    by: str,
+    target,
+    out: Path,
+    max_pixels: int = MAX_PIXELS,
+) -> None:
     from .examples import model_view
 
-    photo, stem = read_image(image)
+    photo, stem = read_image(image, max_pixels)
     x = model.preprocess([photo]).to(model.device)
     maps = activations(model, x, layer, top=top, by=by, target=target)
     path = out / f"{_slug(stem)}_{_slug(maps.layer)}_{by}.png"
@@ -64,7 +80,7 @@ def _grid(model: sl.Model, image: str, layer, top: int, by: str, target, out: Pa
     if by == "contribution":
         about += f" to {maps.target_label()}"
     console.print(about + ".", soft_wrap=True)
-    console.print(table)
+    console.print(keep_words(table))
     console.print(f"Grid: [bold]{path}[/bold]", soft_wrap=True)
 
 
@@ -91,7 +107,7 @@ def _examples(
         f"{rf.size[0]}x{rf.size[1]} px, stride {rf.stride[0]}.",
         soft_wrap=True,
     )
-    console.print(table)
+    console.print(keep_words(table))
     console.print(f"Examples: [bold]{path}[/bold]", soft_wrap=True)
 
 
@@ -146,9 +162,26 @@ def neurons(
     ] = 16,
     out: OutOption = Path("results"),
     device: DeviceOption = "auto",
+    input_size: InputSizeOption = None,
+    normalize: NormalizeOption = None,
+    weights: WeightsOption = None,
+    trust_pickle: TrustPickleOption = False,
+    max_pixels: MaxPixelsOption = MAX_PIXELS,
     debug: DebugOption = False,
 ) -> None:
     """Draw a layer's most active channels over an image, or find a channel's top images."""
+
+    def load() -> sl.Model:
+        return load_model(
+            model,
+            device,
+            input_size=input_size,
+            normalize=normalize,
+            weights=weights,
+            trust_pickle=trust_pickle,
+            reads_images=True,
+        )
+
     with session(debug):
         if (image is None) == (examples is None):
             raise sl.SaliencelabError(
@@ -166,8 +199,7 @@ def neurons(
                     "--by and --target rank the channels drawn on an IMAGE; leave them out with "
                     "--examples."
                 )
-            loaded = load_model(model, device)
-            _examples(loaded, examples, layer, channel, k, batch_size, out)
+            _examples(load(), examples, layer, channel, k, batch_size, out)
             return
         if channel is not None:
             raise sl.SaliencelabError(
@@ -180,8 +212,7 @@ def neurons(
             raise sl.SaliencelabError(
                 "--target is used only with --by contribution; add it or drop --target."
             )
-        loaded = load_model(model, device)
-        _grid(loaded, image, layer, top, by, parse_target(target), out)
+        _grid(load(), image, layer, top, by, parse_target(target), out, max_pixels)
 
 
 def register(app: typer.Typer) -> None:

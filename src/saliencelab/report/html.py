@@ -12,7 +12,7 @@ import html
 import math
 import mimetypes
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,6 +268,7 @@ def render_index(
     out_dir: PathLike = ".",
     title: str = "saliencelab",
     embed: bool = False,
+    links: Sequence[tuple[str, PathLike]] = (),
 ) -> str:
     """The HTML of the report (see :func:`write_index`), with paths relative to `out_dir`."""
     out_dir = Path(out_dir)
@@ -289,11 +290,15 @@ def render_index(
         summary += f" · {failed} failed"
     nav = ""
     if len(entries) > 1:
-        links = []
+        jumps = []
         for i, e in enumerate(entries):
             bad = ' class="bad"' if e.error is not None else ""
-            links.append(f'<a href="#entry-{i}"{bad}>{_e(e.name)}</a>')
-        nav = "<nav>" + "".join(links) + "</nav>"
+            jumps.append(f'<a href="#entry-{i}"{bad}>{_e(e.name)}</a>')
+        nav = "<nav>" + "".join(jumps) + "</nav>"
+    extra = ""
+    if links:
+        anchors = (f'<a href="{_href(path, out_dir)}">{_e(text)}</a>' for text, path in links)
+        extra = '<p class="links">' + " · ".join(anchors) + "</p>"
     cards = "\n".join(_card(i, e, out_dir, embed) for i, e in enumerate(entries))
     if not entries:
         cards = '<p class="missing">No images.</p>'
@@ -302,7 +307,7 @@ def render_index(
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>"
-        f'<header><h1>{_e(title)}</h1><p class="summary">{_e(summary)}</p></header>'
+        f'<header><h1>{_e(title)}</h1><p class="summary">{_e(summary)}</p>{extra}</header>'
         f"{nav}\n<main>\n{cards}\n</main>"
         "<footer>Made with saliencelab.</footer></body></html>\n"
     )
@@ -313,15 +318,54 @@ def write_index(
     entries: Iterable[ReportEntry],
     title: str = "saliencelab",
     embed: bool = False,
+    links: Sequence[tuple[str, PathLike]] = (),
 ) -> Path:
     """Write `out_dir/index.html` (creating the folder) and return its path.
 
     Image and maps paths may be absolute, relative to `out_dir`, or relative to the working
     directory; the page links them relative to itself. With `embed=True` images are inlined as
     base64 data URIs, so `index.html` can be moved or mailed alone (the raw-maps link stays a link).
+    `links` are (text, path) pairs shown under the title, e.g. ("Evaluation", "evaluation/").
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"
-    path.write_text(render_index(entries, out_dir, title=title, embed=embed), encoding="utf-8")
+    html = render_index(entries, out_dir, title=title, embed=embed, links=links)
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def write_figures_page(
+    out_dir: PathLike,
+    figures: Sequence[tuple[str, PathLike]],
+    files: Sequence[PathLike] = (),
+    title: str = "saliencelab",
+    back: PathLike | None = None,
+    embed: bool = False,
+) -> Path:
+    """Write `out_dir/index.html`: (caption, image) figures and links to `files` (e.g. the
+    evaluation's charts and its metrics.csv), with a link `back` to the main report."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    links = [f'<a href="{_href(f, out_dir)}">{_e(Path(f).name)}</a>' for f in files]
+    if back is not None:
+        links.insert(0, f'<a href="{_href(back, out_dir)}">back to the report</a>')
+    head = '<p class="links">' + " · ".join(links) + "</p>" if links else ""
+    cards = "\n".join(
+        f'<article class="card"><h2>{_e(caption)}</h2>{_img(path, out_dir, embed, caption)}'
+        "</article>"
+        for caption, path in figures
+    )
+    cards = cards or '<p class="missing">No figures.</p>'
+    page = (
+        "<!doctype html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>"
+        f"<header><h1>{_e(title)}</h1>{head}</header>"
+        f"\n<main>\n{cards}\n</main>"
+        "<footer>Made with saliencelab.</footer></body></html>\n"
+    )
+    path = out_dir / "index.html"
+    path.write_text(page, encoding="utf-8")
     return path

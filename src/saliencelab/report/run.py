@@ -104,6 +104,7 @@ class ImageEntry:
     error: str | None = None
     entry: sl.ReportEntry | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
+    max_pixels: int = 50_000_000
 
 
 # -- the request ----------------------------------------------------------------------------------
@@ -232,8 +233,9 @@ def output_folder(path: str | os.PathLike) -> Path:
     return out
 
 
-def collect_entries(images: Iterable[ImageArg]) -> list[ImageEntry]:
-    """One item per image: files as given, folders expanded, names of sample photos."""
+def collect_entries(images: Iterable[ImageArg], max_pixels: int = 50_000_000) -> list[ImageEntry]:
+    """One item per image: files as given, folders expanded, names of sample photos; files with
+    more than `max_pixels` pixels are refused when read (see `sl.load_image`)."""
     items: list[ImageEntry] = []
     used: set[str] = set()
     samples = set(sl.sample_images())
@@ -261,6 +263,8 @@ def collect_entries(images: Iterable[ImageArg]) -> list[ImageEntry]:
                 f"sample name ({', '.join(sorted(samples))}).{_did_you_mean(text, samples)}"
             )
             items.append(ImageEntry(text, _stem(text, used), error=error))
+    for item in items:
+        item.max_pixels = max_pixels
     return items
 
 
@@ -269,7 +273,7 @@ def load_entry(item: ImageEntry) -> None:
         if item.sample is not None:
             item.image = sl.sample_image(item.sample)
         elif item.path is not None:
-            item.image = sl.load_image(item.path)
+            item.image = sl.load_image(item.path, max_pixels=item.max_pixels)
     except sl.SaliencelabError as e:
         item.error = _sentence(e)
 
@@ -336,6 +340,8 @@ def explain_images(
     chunk_size: int | None = None,
     batch_images: int = BATCH_IMAGES,
     title: str = "saliencelab",
+    max_pixels: int = 50_000_000,
+    links: Sequence[tuple[str, str | os.PathLike]] = (),
 ) -> RunResult:
     """Explain images with several methods and write overlays, galleries, maps and index.html.
 
@@ -354,6 +360,8 @@ def explain_images(
         chunk_size: rows per chunk inside `sl.explain` (default: measured).
         batch_images: images explained together per `sl.explain` call.
         title: the report's title.
+        max_pixels: image files with more pixels are recorded as errors (`sl.load_image`).
+        links: (text, path) pairs linked from the top of index.html (e.g. an evaluation page).
 
     Returns:
         A :class:`RunResult` with the table rows and the errors of the images that failed.
@@ -367,16 +375,17 @@ def explain_images(
         model = sl.load_model(model)
     if model.preprocess is None:
         raise sl.SaliencelabError(
-            f"The model {model.name!r} has no preprocessing, so it cannot read images; load it "
-            "from a factory ('file.py:build') returning sl.Model(module, preprocess=fn), where fn "
-            "turns a list of PIL images into the model's input batch."
+            f"The model {model.name!r} has no preprocessing, so it cannot read images; pass "
+            "preprocess=fn (a list of PIL images → the input batch) to sl.load_model or "
+            "sl.Model, or on the command line add --input-size N and --normalize "
+            "imagenet|none|MEAN,STD."
         )
     requests = method_requests(methods, layer=layer, options=options)
     names = list(requests)
     groups = _groups(requests)
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
-    items = collect_entries(images)
+    items = collect_entries(images, max_pixels=max_pixels)
     if not items:
         raise sl.SaliencelabError("No images given; pass image files, folders or sample names.")
 
@@ -408,7 +417,7 @@ def explain_images(
             for item in batch:
                 item.image = None  # free this batch's pixels
             prog.at_least(prog.total * (first + len(batch)) / len(items))
-            result.index_path = _write_index(items, out, title, embed)
+            result.index_path = _write_index(items, out, title, embed, links)
     finally:
         maps.close()
     if maps.written:
@@ -595,11 +604,17 @@ def _one_image(ex: sl.Explanation, i: int) -> sl.Explanation:
     )
 
 
-def _write_index(items: list[ImageEntry], out: Path, title: str, embed: bool) -> Path:
+def _write_index(
+    items: list[ImageEntry],
+    out: Path,
+    title: str,
+    embed: bool,
+    links: Sequence[tuple[str, str | os.PathLike]] = (),
+) -> Path:
     entries = []
     for item in items:
         if item.entry is not None:
             entries.append(item.entry)
         elif item.error is not None:
             entries.append(sl.ReportEntry(name=item.name, image_path=item.path, error=item.error))
-    return sl.write_index(out, entries, title=title, embed=embed)
+    return sl.write_index(out, entries, title=title, embed=embed, links=links)

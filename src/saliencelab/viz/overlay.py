@@ -19,6 +19,12 @@ MapLike = Attribution | torch.Tensor | np.ndarray
 
 # Opacity grows as strength**_GAMMA: below 1 so that mid-strength areas are not washed out.
 _GAMMA = 0.7
+# Signed maps (input-space gradients: IG, input x gradient, guided backprop) are sparse speckle:
+# their opacity grows faster, their colour is at least half-saturated (never near-white), and
+# the photo under them is shown in gray, dimmed, so red and blue are the only colours.
+_SIGNED_GAMMA = 0.5
+_SIGNED_FLOOR = 0.5
+_SIGNED_PHOTO = 0.75
 
 
 def select_map(map_or_attribution: MapLike, sample: int = 0) -> tuple[torch.Tensor, bool]:
@@ -125,8 +131,13 @@ def overlay(
     (the models center-crop the largest square). Signed maps use the "diverging" colour map and
     unsigned maps "heat", unless `cmap` says otherwise. `alpha` is the opacity of the colour where
     the map is strongest; elsewhere the opacity is `alpha * strength ** 0.7` (strength = |value|
-    after normalisation, in [0, 1]), so cold or neutral areas show the photo and mid-strength
-    areas stay visible.
+    after normalisation by the `clip_percentile`-th percentile, in [0, 1]), so cold or neutral
+    areas show the photo and mid-strength areas stay visible.
+
+    With "diverging" (signed maps) the sign picks the hue and the strength the opacity: the
+    opacity is `alpha * strength ** 0.5`, the colour that of `sign * max(strength, 0.5)` (no
+    washed-out near-white tints), and the photo is drawn in gray at 75% brightness, so sparse
+    pixel-level evidence stays visible over a colourful photo.
     """
     if not 0.0 <= alpha <= 1.0:
         raise SaliencelabError(f"alpha must be between 0 and 1, got {alpha}; use e.g. 0.5.")
@@ -137,13 +148,19 @@ def overlay(
     values = normalize_map(m, signed=COLORMAPS[name], clip_percentile=clip_percentile)
     width, height = photo.size
     v = _resize(values, width, height)
-    colors = apply_colormap(v, name).astype(np.float32)
     strength = np.clip(np.abs(v), 0.0, 1.0)
-    if name == "gray":
-        strength = np.ones_like(strength)  # gray has no "neutral" colour: blend it uniformly
-    weight = (alpha * strength**_GAMMA)[..., None]
     base = np.asarray(photo, dtype=np.float32)
-    out = base * (1.0 - weight) + colors * weight
+    if name == "diverging":
+        colors = apply_colormap(np.sign(v) * np.maximum(strength, _SIGNED_FLOOR), name)
+        weight = (alpha * strength**_SIGNED_GAMMA)[..., None]
+        gray = base @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 luma
+        base = np.repeat(gray[..., None] * _SIGNED_PHOTO, 3, axis=2)
+    else:
+        colors = apply_colormap(v, name)
+        if name == "gray":
+            strength = np.ones_like(strength)  # gray has no "neutral" colour: blend it uniformly
+        weight = (alpha * strength**_GAMMA)[..., None]
+    out = base * (1.0 - weight) + colors.astype(np.float32) * weight
     return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
 
 
