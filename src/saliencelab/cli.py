@@ -237,13 +237,7 @@ def explain(
         # Check the request before loading the model (the engine checks it again).
         method_requests(requested, layer=layer, options=options)
         loaded = load_model(
-            model,
-            device,
-            input_size=input_size,
-            normalize=normalize,
-            weights=weights,
-            trust_pickle=trust_pickle,
-            reads_images=True,
+            model, device, input_size, normalize, weights, trust_pickle, reads_images=True
         )
         result = _run(
             loaded,
@@ -384,14 +378,7 @@ def layers(
 ) -> None:
     """List a model's layers and their output shapes; marks the default CAM layer."""
     with session(debug):
-        loaded = load_model(
-            model,
-            device,
-            input_size=input_size,
-            normalize=normalize,
-            weights=weights,
-            trust_pickle=trust_pickle,
-        )
+        loaded = load_model(model, device, input_size, normalize, weights, trust_pickle)
         rows, default = _probe_layers(loaded, image, max_pixels)
         table = Table(header_style="bold")
         table.add_column("layer", overflow="fold")

@@ -403,11 +403,11 @@ class SquarePreprocess:
 def load_model(
     spec: str,
     device: str = "auto",
-    *,
     input_size: int | None = None,
     normalize: str | None = None,
     weights: Path | None = None,
     trust_pickle: bool = False,
+    *,
     reads_images: bool = False,
 ) -> sl.Model:
     """`sl.load_model(spec, weights=..., trust_pickle=...)` moved to `device` ("auto": CUDA when

@@ -183,10 +183,10 @@ def visualize_command(
         loaded = load_model(
             model,
             device,
-            input_size=input_size,
-            normalize=normalize,
-            weights=weights,
-            trust_pickle=trust_pickle,
+            input_size,
+            normalize,
+            weights,
+            trust_pickle,
             reads_images=examples is not None,
         )
         n = len(objs) * batch

@@ -468,13 +468,7 @@ def evaluate_command(
             )
         mask_files = _mask_paths(masks) if masks is not None else None
         loaded = load_model(
-            model,
-            device,
-            input_size=input_size,
-            normalize=normalize,
-            weights=weights,
-            trust_pickle=trust_pickle,
-            reads_images=True,
+            model, device, input_size, normalize, weights, trust_pickle, reads_images=True
         )
         items = collect_images(images, max_pixels=max_pixels)
         if not items:

@@ -173,13 +173,7 @@ def neurons(
 
     def load() -> sl.Model:
         return load_model(
-            model,
-            device,
-            input_size=input_size,
-            normalize=normalize,
-            weights=weights,
-            trust_pickle=trust_pickle,
-            reads_images=True,
+            model, device, input_size, normalize, weights, trust_pickle, reads_images=True
         )
 
     with session(debug):
