@@ -5,8 +5,10 @@
 - deconvnet (Zeiler & Fergus 2014): pass back the ReLU of the gradient, ignoring the input:
   R_in = max(R_out, 0).
 
-Both act on activation modules (`nn.ReLU`, `nn.ReLU6`), as in Captum. ReLU6 keeps its own gate
-(0 < x < 6) under guided backprop.
+Both act on activation modules (`nn.ReLU`, `nn.ReLU6`). ReLU6 keeps its own gate (0 < x < 6)
+under guided backprop. (Captum 0.9 hooks `nn.ReLU` only: on a ReLU6 network such as
+EfficientNet-Lite0 its GuidedBackprop and Deconvolution return the plain gradient; with each
+ReLU6 replaced by an `nn.ReLU` subclass computing relu6 the two libraries agree exactly.)
 
 Every mode that acts through hooks checks, after the first forward of a pass, that its hooks
 took effect (`BackwardCheck`), since a hook that never runs leaves the plain gradient, silently:
