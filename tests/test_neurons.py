@@ -572,3 +572,20 @@ def test_activations_on_a_vit_use_its_token_layer_as_a_grid(by):
     assert result.maps.shape == (2, 3, 16, 24)
     if by == "activation":
         torch.testing.assert_close(result.values, expected.mean(dim=(2, 3)))
+
+
+def test_top_examples_skip_files_over_max_pixels(tmp_path):
+    """Files with more pixels than `max_pixels` are skipped (logged), as `sl.load_image` does;
+    the limit is the caller's (the CLI's --max-pixels), not only the library default."""
+    for i, value in enumerate((0.3, 0.9)):
+        _red_square(value, 5, 5).save(tmp_path / f"small{i}.png")  # 24 x 24 = 576 pixels
+    _red_square(1.0, 5, 5, size=40).save(tmp_path / "big.png")  # 1600 pixels, the strongest
+    detector = _detector()
+    model = sl.Model(  # the top-left 24 x 24 of each image
+        detector.module,
+        preprocess=lambda ims: detector.preprocess([im.crop((0, 0, 24, 24)) for im in ims]),
+    )
+    everything = top_examples(model, tmp_path, "1", 0, k=3)
+    assert everything[0].source.endswith("big.png")
+    kept = top_examples(model, tmp_path, "1", 0, k=3, max_pixels=1000)
+    assert sorted(ex.source.rsplit("/", 1)[-1] for ex in kept) == ["small0.png", "small1.png"]

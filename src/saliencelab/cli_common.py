@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 import saliencelab as sl
+from saliencelab.data.images import MAX_PIXELS
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -110,8 +111,6 @@ MaxPixelsOption = Annotated[
         help="Refuse image files with more pixels than this (read from the header first).",
     ),
 ]
-#: The library's default limit (`sl.load_image(max_pixels=...)`).
-MAX_PIXELS = 50_000_000
 TargetOption = Annotated[
     str | None,
     typer.Option(

@@ -327,3 +327,18 @@ def test_all_finite_matches_isfinite():
     assert not all_finite(t)
     with pytest.raises(sl.SaliencelabError, match="NaN or infinite"):
         MapMax()(t)
+
+
+def test_float64_inputs_are_cast_to_the_models_dtype(tiny_cnn, images):
+    """float64 inputs to a float32 model: the metrics run them in the model's dtype (they raised
+    'expected scalar type Double but found Float' from the model's first layer)."""
+    ex = sl.explain(tiny_cnn, images, methods="saliency")
+    maps = ex["saliency"].maps
+    kw = dict(metrics=["deletion", "max_sensitivity", "completeness"], references=False)
+    ref = sl.evaluate(tiny_cnn, images, ex, **kw)["saliency"]
+    got = sl.evaluate(tiny_cnn, images.double(), ex, **kw)["saliency"]
+    for name in kw["metrics"]:
+        torch.testing.assert_close(got[name].values, ref[name].values)
+    deletion = sl.metrics.get("deletion")(steps=4)
+    one = deletion(maps, x=images.double(), model=tiny_cnn).values
+    torch.testing.assert_close(one, deletion(maps, x=images, model=tiny_cnn).values)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import numbers
 import time
 from collections.abc import Mapping, Sequence
@@ -12,7 +11,7 @@ import torch
 from torch import nn
 
 from ..models.blackbox import gradients_message, is_blackbox
-from ..models.model import Model, as_model
+from ..models.model import Model, as_model, as_model_input
 from .backward import BACKWARD_MODES
 from .context import Capture, Context, MethodOutput, autograd_allowed, upsample
 from .engine import Cost, Engine
@@ -66,23 +65,12 @@ def _as_batch(model: Model, x: Any) -> torch.Tensor:
             f"Inputs need a batch axis, but got a tensor of shape {tuple(x.shape)}; use "
             "x.unsqueeze(0) for a single input."
         )
-    x = x.to(model.device)
-    if x.is_inference():  # made under torch.inference_mode(): a copy autograd can use
-        x = x.clone()
-    dtype = _parameter_dtype(model)
-    if dtype is None:  # a black box (no parameters) gets its inputs as they are
-        return x
     # Integer inputs pass as they are (token ids for an embedding); a model that cannot take
     # them fails in its forward, and `_input_error` says so in one sentence.
-    return x.to(dtype) if x.is_floating_point() else x
-
-
-def _parameter_dtype(model: Model) -> torch.dtype | None:
-    """The dtype of the model's first floating parameter (or buffer); None if it has none."""
-    for t in itertools.chain(model.module.parameters(), model.module.buffers()):
-        if t.is_floating_point():
-            return t.dtype
-    return None
+    x = as_model_input(model, x)
+    if x.is_inference():  # made under torch.inference_mode(): a copy autograd can use
+        x = x.clone()
+    return x
 
 
 def _check_sizes(chunk_size: Any, memory_budget: Any) -> None:

@@ -20,7 +20,10 @@ _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 PathLike = str | os.PathLike
 
 
-def load_image(path: PathLike, max_pixels: int = 50_000_000) -> Image.Image:
+MAX_PIXELS = 50_000_000  # image files with more pixels are refused (read from the header)
+
+
+def load_image(path: PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Read an image file as an 8-bit RGB PIL image.
 
     The size is checked from the header before any pixel is decoded. EXIF orientation is applied.

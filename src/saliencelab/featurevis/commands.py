@@ -18,9 +18,11 @@ import saliencelab as sl
 
 from ..cli_common import (
     DEFAULT_MODEL,
+    MAX_PIXELS,
     DebugOption,
     DeviceOption,
     InputSizeOption,
+    MaxPixelsOption,
     ModelSpecOption,
     NormalizeOption,
     OutOption,
@@ -163,6 +165,7 @@ def visualize_command(
     normalize: NormalizeOption = None,
     weights: WeightsOption = None,
     trust_pickle: TrustPickleOption = False,
+    max_pixels: MaxPixelsOption = MAX_PIXELS,
     debug: DebugOption = False,
 ) -> None:
     """Synthesise images that make a class, a channel or a layer fire (feature visualization)."""
@@ -221,7 +224,7 @@ def visualize_command(
         pairings = {}
         if examples is not None:
             pairings = _examples_galleries(
-                loaded, vis, asked, batch, layer, examples, k, out, normalize
+                loaded, vis, asked, batch, layer, examples, k, out, normalize, max_pixels
             )
 
         console = out_console()
@@ -265,7 +268,7 @@ def visualize_command(
 
 
 def _examples_galleries(
-    model, vis, asked, batch, layer, folder, k, out, normalize
+    model, vis, asked, batch, layer, folder, k, out, normalize, max_pixels: int = MAX_PIXELS
 ) -> dict[int, Path]:
     """For each channel asked for: its (first) visualization next to its top dataset examples."""
     from ..neurons import top_examples
@@ -275,7 +278,7 @@ def _examples_galleries(
     for j, (_, channel) in enumerate(asked):
         if channel is None:
             continue
-        found = top_examples(model, folder, layer, channel, k=k)
+        found = top_examples(model, folder, layer, channel, k=k, max_pixels=max_pixels)
         i = j * batch
         path = out / f"featurevis_examples_{slug(layer)}_ch{channel}.png"
         examples_picture(model, vis, i, found, normalize).save(path, format="PNG")

@@ -32,7 +32,7 @@ from ..core.errors import SaliencelabError, closest
 from ..core.layout import channels_last_known
 from ..core.registry import get_method
 from ..core.targets import Target, TargetSpec, resolve_target
-from ..models.model import Model, as_model
+from ..models.model import Model, as_model, as_model_input
 from .stats import bootstrap_ci
 
 Direction = Literal["higher", "lower", "none"]
@@ -515,7 +515,7 @@ def make_batch(
                 "are)."
             )
     if m is not None and x is not None:
-        x = x.to(m.device)
+        x = as_model_input(m, x)  # on its device, float64 inputs in a float32 model's dtype
     if x is not None:
         x = x.contiguous()  # e.g. a permuted HWC array: the metrics view rows flat
     maps = maps.to(x.device) if x is not None else maps

@@ -33,7 +33,7 @@ from ..core.requests import named_requests
 from ..core.result import Attribution, Explanation
 from ..core.targets import TargetSpec
 from ..methods.reference import REFERENCE_METHODS
-from ..models.model import Model, as_model
+from ..models.model import Model, as_model, as_model_input
 from .base import EvalBatch, Explainer, Metric, MetricResult, get_metric, make_batch
 
 MetricsArg = str | Sequence[str] | Mapping[str, Mapping[str, Any]]
@@ -316,7 +316,7 @@ def evaluate(
     model = as_model(model)
     if not isinstance(x, torch.Tensor):
         raise SaliencelabError(f"Give the inputs as a tensor, not {type(x).__name__}.")
-    x = x.to(model.device)
+    x = as_model_input(model, x)
     requested = metric_requests(metrics, options)  # each metric checks its options when built
     refs = _reference_names(references)
     entries = _maps_of(ex)

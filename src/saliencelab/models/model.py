@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,23 @@ class Model:
     def to(self, device: str | torch.device) -> Model:
         self.module.to(device)
         return self
+
+
+def parameter_dtype(model: Model) -> torch.dtype | None:
+    """The dtype of the model's first floating parameter (or buffer), which its inputs are cast
+    to (float64 inputs to a float32 model); None when it has none (a black box)."""
+    for t in itertools.chain(model.module.parameters(), model.module.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def as_model_input(model: Model, x: torch.Tensor) -> torch.Tensor:
+    """`x` on the model's device, floating inputs in its parameter dtype (integer inputs, e.g.
+    token ids, as they are)."""
+    x = x.to(model.device)
+    dtype = parameter_dtype(model)
+    return x.to(dtype) if dtype is not None and x.is_floating_point() else x
 
 
 def as_model(model: Model | nn.Module) -> Model:

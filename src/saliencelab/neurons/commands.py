@@ -85,9 +85,18 @@ def _grid(
 
 
 def _examples(
-    model: sl.Model, folder: str, layer, channel: int, k: int, batch_size: int, out: Path
+    model: sl.Model,
+    folder: str,
+    layer,
+    channel: int,
+    k: int,
+    batch_size: int,
+    out: Path,
+    max_pixels: int = MAX_PIXELS,
 ) -> None:
-    found = top_examples(model, folder, layer, channel, k=k, batch_size=batch_size)
+    found = top_examples(
+        model, folder, layer, channel, k=k, batch_size=batch_size, max_pixels=max_pixels
+    )
     first = found[0]
     path = out / f"examples_{_slug(first.layer)}_ch{channel}.png"
     save_examples_gallery(found, path)
@@ -193,7 +202,7 @@ def neurons(
                     "--by and --target rank the channels drawn on an IMAGE; leave them out with "
                     "--examples."
                 )
-            _examples(load(), examples, layer, channel, k, batch_size, out)
+            _examples(load(), examples, layer, channel, k, batch_size, out, max_pixels)
             return
         if channel is not None:
             raise sl.SaliencelabError(

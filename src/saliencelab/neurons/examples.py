@@ -29,7 +29,7 @@ from ..core.engine import Engine
 from ..core.errors import SaliencelabError
 from ..core.layers import resolve_layer
 from ..core.targets import LayerTarget
-from ..data.images import image_paths, load_image
+from ..data.images import MAX_PIXELS, image_paths, load_image
 from ..models.model import Model, as_model
 from .activations import check_spatial
 from .grid import Tile, draw_grid, value_text
@@ -113,8 +113,10 @@ def _name(source: str | Path | Image.Image, index: int) -> str:
     return f"image {index + 1}" if isinstance(source, Image.Image) else str(source)
 
 
-def _read(source: str | Path | Image.Image) -> Image.Image:
-    return source.convert("RGB") if isinstance(source, Image.Image) else load_image(source)
+def _read(source: str | Path | Image.Image, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    return load_image(source, max_pixels=max_pixels)
 
 
 def model_view(model: Model, image: Image.Image, size: Sequence[int]) -> Image.Image:
@@ -134,6 +136,7 @@ def top_examples(
     channel: int,
     k: int = 9,
     batch_size: int = 16,
+    max_pixels: int = MAX_PIXELS,
 ) -> list[Example]:
     """The `k` images that activate channel `channel` of `layer` most, best first.
 
@@ -144,6 +147,7 @@ def top_examples(
         channel: the channel k; an image's score is max over positions of A_k.
         k: examples kept.
         batch_size: images read and run together.
+        max_pixels: image files with more pixels are skipped (as `sl.load_image`).
 
     An image that cannot be read is logged and skipped.
     """
@@ -173,7 +177,7 @@ def top_examples(
         batch, where = [], []
         for i in range(start, min(start + batch_size, len(sources))):
             try:
-                batch.append(_read(sources[i]))
+                batch.append(_read(sources[i], max_pixels))
                 where.append(i)
             except SaliencelabError as e:
                 log.warning("skipping %s: %s", _name(sources[i], i), e)
@@ -197,7 +201,7 @@ def top_examples(
     log.info("ranked %d images by channel %d of %s", n_ok, channel, name)
     rf = receptive_field(model, module, x[:1])
     return [
-        _example(model, sources[int(i)], int(i), float(v), m, rf, channel, input_size)
+        _example(model, sources[int(i)], int(i), float(v), m, rf, channel, input_size, max_pixels)
         for v, i, m in zip(best_v, best_i, best_maps, strict=True)
     ]
 
@@ -211,9 +215,10 @@ def _example(
     rf: ReceptiveField,
     channel: int,
     input_size: Sequence[int],
+    max_pixels: int = MAX_PIXELS,
 ) -> Example:
     y, x = divmod(int(amap.flatten().argmax()), amap.shape[1])
-    image = model_view(model, _read(source), input_size)
+    image = model_view(model, _read(source, max_pixels), input_size)
     box = rf.box(y, x)
     crop = image.crop(box)
     return Example(

@@ -34,7 +34,10 @@ from ...core.layout import channels_last_known
 from ...core.registry import quoted
 
 __all__ = [
+    "BASELINES",
+    "BASELINE_CHOICES",
     "FEATURE_KINDS",
+    "FEATURE_MASK_CHOICES",
     "apply_features",
     "check_feature_mask",
     "channels_last_ok",
