@@ -430,3 +430,43 @@ def test_default_layer_and_options_are_listed(tiny_cnn, images):
         assert specs[name].family == "cam"
         assert {"layer", "fusion"} <= set(specs[name].options)
     assert specs["scorecam"].cost.startswith("1 + K forwards")
+
+
+class InPlaceAfterLayer(nn.Module):
+    """conv → BatchNorm → in-place ReLU (module and functional) → pool → linear: the CAM layer's
+    output is changed in place by the op after it."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.act = nn.ReLU(inplace=True)
+        self.functional = functional
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.bn(self.conv(x))
+        a = F.relu_(a) if self.functional else self.act(a)
+        return self.fc(a.mean((2, 3)))
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_cam_layer_followed_by_an_in_place_op(functional):
+    """Grad-CAM of a layer whose output the model then changes in place (F.relu_, ReLU(inplace))
+    uses the layer's own output (it crashed on the leaf the capture made, or, in a pass shared
+    with an input gradient, read the activations after the in-place ReLU)."""
+    torch.manual_seed(0)
+    model = InPlaceAfterLayer(functional).eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(3, 3, 10, 10)
+    a = model.bn(model.conv(x)).detach().requires_grad_(True)  # the layer's output, pre-ReLU
+    logits = model.fc(F.relu(a).mean((2, 3)))
+    target = logits.argmax(1)
+    (g,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), a)
+    cam = F.relu((g.mean((2, 3), keepdim=True) * a).sum(1)).detach()  # 10 x 10: no upsampling
+    alone = sl.explain(model, x, methods="gradcam", layer="bn")["gradcam"].maps
+    shared = sl.explain(model, x, methods=["saliency", "gradcam"], layer="bn")["gradcam"].maps
+    torch.testing.assert_close(alone, cam)
+    torch.testing.assert_close(shared, cam)

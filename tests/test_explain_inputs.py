@@ -157,6 +157,34 @@ def test_errors_not_caused_by_the_inputs_keep_their_traceback(tiny_cnn, images):
         sl.explain(tiny_cnn, images, methods="saliency", target=broken)
 
 
+class _FailsAfter(torch.nn.Module):
+    """Runs the wrapped network, then raises the user's error: the inputs are fine."""
+
+    def __init__(self, net: torch.nn.Module, error: Exception) -> None:
+        super().__init__()
+        self.net, self.error = net, error
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.net(x)
+        raise self.error
+
+
+class _UserError(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug in the model"), _UserError("its own")])
+@pytest.mark.parametrize("method", ["saliency", "gradcam", "occlusion"])
+def test_the_models_own_errors_propagate_as_they_are(tiny_cnn, images, error, method):
+    """A model that fails on every call past its first layer (or with its own exception type)
+    is not reported as a bad-input error: the user's exception comes back, the same object."""
+    model = _FailsAfter(tiny_cnn, error)
+    options = {"layer": "net.features.2"} if method == "gradcam" else {}
+    with pytest.raises(type(error)) as raised:
+        sl.explain(model, images, methods={method: options})
+    assert raised.value is error
+
+
 @pytest.mark.parametrize("context", CONTEXTS)
 def test_gradient_entry_points_beyond_explain_work_inside_the_context(tiny_cnn, images, context):
     ex = sl.explain(tiny_cnn, images, methods="saliency")

@@ -215,9 +215,11 @@ class Engine:
                     if not act.requires_grad:
                         torch.set_grad_enabled(True)
                         act = act.detach().requires_grad_(True)
-                        out = _replace_first(out, act)
                     captured[name] = act
-                    return out
+                    # The model goes on with a copy: an in-place operation after the layer
+                    # (F.relu_, x += ...) then neither changes the captured activations nor
+                    # hits the leaf made above (one copy of the layer's output per chunk).
+                    return _replace_first(out, act.clone())
 
                 return hook
 

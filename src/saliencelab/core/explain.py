@@ -87,27 +87,46 @@ def _check_sizes(chunk_size: Any, memory_budget: Any) -> None:
 
 
 def _input_error(model: Model, x: torch.Tensor, err: Exception) -> SaliencelabError | None:
-    """One sentence for `err` when the model cannot run a plain forward on one row of `x` (a
-    wrong shape, channel count or dtype for it), keeping the key part of `err`'s message; None
-    when that forward runs (the failure was elsewhere: `err` stays as it is). Only run after a
-    call failed, so a good call costs nothing."""
+    """One sentence for `err` when the inputs are at fault, keeping the key part of `err`'s
+    message; None when they may not be (`err` then propagates as it is).
+
+    The inputs are blamed only when a plain forward of one row of `x` fails inside the model's
+    first layer (a wrong shape, channel count or dtype for it: `err` of the built-in type, not
+    a subclass the user raised). A failure further in, or before any layer, may be the model's
+    own bug and is left alone, as is anything a black box raises. Only run after a call
+    failed, so a good call costs nothing.
+    """
+    if type(err) not in (RuntimeError, ValueError, TypeError, IndexError) or is_blackbox(model):
+        return None
+    entered: list[nn.Module] = []
+
+    def note(module: nn.Module, args: tuple) -> None:
+        entered.append(module)
+
+    leaves = [m for m in model.module.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_pre_hook(note) for m in leaves]
     try:
         with torch.inference_mode():
             model.module(x[:1])
-    except Exception:  # noqa: BLE001  (any failure of a plain forward is the inputs')
-        first = str(err).strip().split("\n")[0][:300]
-        single = " (a single image (C, H, W) needs x.unsqueeze(0))" if x.dim() == 3 else ""
-        if not (x.is_floating_point() or x.is_complex()):
-            single += (
-                f"; {x.dtype} inputs such as uint8 images need preprocessing first "
-                "(model.preprocess(image), or x.float() / 255 with the model's normalisation)"
-            )
-        return SaliencelabError(
-            f"The model cannot run on inputs of shape {tuple(x.shape)} and dtype {x.dtype} "
-            f"({type(err).__name__}: {first}); give a batch (B, ...) with the layout, channels "
-            f"and size the model expects{single}, e.g. from model.preprocess(images)."
+        return None  # one row runs: the failure was elsewhere
+    except Exception:  # noqa: BLE001  (where it failed is what matters, not what)
+        if len(entered) != 1:  # before any layer, or past the first one: maybe the model's bug
+            return None
+    finally:
+        for h in handles:
+            h.remove()
+    first = str(err).strip().split("\n")[0][:300]
+    single = " (a single image (C, H, W) needs x.unsqueeze(0))" if x.dim() == 3 else ""
+    if not (x.is_floating_point() or x.is_complex()):
+        single += (
+            f"; {x.dtype} inputs such as uint8 images need preprocessing first "
+            "(model.preprocess(image), or x.float() / 255 with the model's normalisation)"
         )
-    return None
+    return SaliencelabError(
+        f"The model's first layer cannot take inputs of shape {tuple(x.shape)} and dtype "
+        f"{x.dtype} ({type(err).__name__}: {first}); give a batch (B, ...) with the layout, "
+        f"channels and size the model expects{single}, e.g. from model.preprocess(images)."
+    )
 
 
 def _prefetch(ctx: Context, requests: list[tuple[MethodSpec, dict]]) -> Capture | None:
