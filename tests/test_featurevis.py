@@ -298,6 +298,16 @@ def test_layer_objectives_match_their_formulas():
             bad(cap)
 
 
+def test_explain_targets_are_objectives_of_the_same_quantity():
+    """sl.channel / sl.neuron (the explain targets) given to visualize read what they read in
+    sl.explain: a channel's mean activation, one unit (the centre by default)."""
+    cap = _capture()
+    a = cap.activations["a"]
+    torch.testing.assert_close(O.as_objective(sl.channel("a", 3))(cap), a[:, 3].mean(dim=(1, 2)))
+    torch.testing.assert_close(O.as_objective(sl.neuron("a", 2))(cap), a[:, 2, 2, 3])
+    torch.testing.assert_close(O.as_objective(sl.neuron("a", 1, y=0, x=5))(cap), a[:, 1, 0, 5])
+
+
 def test_diversity_is_minus_the_mean_gram_cosine_to_the_others():
     cap = _capture()
     a = cap.activations["a"]

@@ -228,6 +228,8 @@ def _forwards(net):
         ({"model_randomisation": {"layers": 0}}, {}, "layers"),
         ({"model_randomisation": {"similarity_options": {"windw": 7}}}, {}, "similarity_options"),
         ({"random_logit": {"num_classes": 1}}, {}, "num_classes"),
+        ({"deletion": {}, "model_randomisation": {"layers": 99}}, {}, "more stages than"),
+        ({"model_randomisation": {"layers": ["fc", "nope"]}}, {}, "nope"),
         ({"deletion": {}, "pointing_game": {}}, {}, "needs masks"),
         ("deletion", {"references": ["sobel", "edges"]}, "No reference map 'edges'"),
     ],

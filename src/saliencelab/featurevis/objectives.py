@@ -411,11 +411,19 @@ def blur() -> Objective:
 
 
 def as_objective(obj: object) -> Objective:
-    """`obj` if it is an Objective; an int or class name becomes :func:`class_logit`."""
+    """`obj` if it is an Objective; an int or class name becomes :func:`class_logit`; the
+    explain targets `sl.channel(layer, c)` and `sl.neuron(layer, c, y, x)` become the same
+    quantity as an objective (:func:`channel`, :func:`neuron`)."""
+    from ..neurons.targets import ChannelTarget, NeuronTarget
+
     if isinstance(obj, Objective):
         return obj
     if isinstance(obj, (str, numbers.Integral)) and not isinstance(obj, bool):
         return class_logit(obj)
+    if isinstance(obj, ChannelTarget):
+        return channel(obj.layer, obj.channel)
+    if isinstance(obj, NeuronTarget):
+        return neuron(obj.layer, obj.channel, x=obj.x, y=obj.y)
     raise SaliencelabError(
         f"Expected an objective (e.g. sl.objectives.channel('_blocks.12', 7)), a class index or a "
         f"class name, not {type(obj).__name__}."

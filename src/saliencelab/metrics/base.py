@@ -351,6 +351,10 @@ class Metric:
         """Score one batch: a value per sample (and the curves behind them, if any)."""
         raise NotImplementedError
 
+    def check_model(self, model: Model) -> None:
+        """One sentence if the options do not fit `model` (e.g. layers it does not have);
+        `sl.evaluate` calls it before any model work. Default: nothing to check."""
+
     # -- the stateful contract --------------------------------------------------------------------
 
     def reset(self) -> None:

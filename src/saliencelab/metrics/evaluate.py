@@ -251,11 +251,13 @@ def _reference_names(references: bool | str | Sequence[str] | None) -> tuple[str
     return tuple(dict.fromkeys(names))
 
 
-def _check_request(requested: list[Metric], names: list[str], masks: object) -> None:
-    """What the metrics need that the call lacks, before any model work: masks, and a
-    registered method to recompute for every method the explanation-recomputing metrics score."""
+def _check_request(requested: list[Metric], names: list[str], masks: object, model: Model) -> None:
+    """What the metrics need that the call lacks, before any model work: masks, a registered
+    method to recompute for every method the explanation-recomputing metrics score, and options
+    that fit the model (`Metric.check_model`)."""
     registered = {spec.name for spec in registered_methods()}
     for metric in requested:
+        metric.check_model(model)
         if "masks" in metric.needs and masks is None:
             raise SaliencelabError(
                 f"The metric {metric.name} needs masks: pass masks=... ((B, H, W) bool "
@@ -322,7 +324,7 @@ def evaluate(
     entries = _maps_of(ex)
     if not entries:
         raise SaliencelabError("The explanation holds no maps to evaluate.")
-    _check_request(requested, list(entries), masks)  # the references are registered methods
+    _check_request(requested, list(entries), masks, model)  # the references are registered methods
     engine = Engine(model, chunk_size=chunk_size)
 
     if refs:

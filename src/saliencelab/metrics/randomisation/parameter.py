@@ -67,6 +67,7 @@ from torch import nn
 from ...core.errors import SaliencelabError, closest
 from ...core.registry import get_method
 from ...core.row_versions import NotRowwise, is_rowwise, weight_versions
+from ...models.model import Model
 from ..base import EvalBatch, Metric, Scores, register_metric
 from ..checks import check_choice
 from .similarity import check_similarity, similarity_to
@@ -368,6 +369,9 @@ class ModelRandomisation(Metric):
             similarity_options=similarity_options,
             batched=batched,
         )
+
+    def check_model(self, model: Model) -> None:
+        select_stages(model.module, self.layers, self.granularity)  # the layers asked for exist
 
     def score(self, batch: EvalBatch) -> Scores:
         assert batch.model is not None and batch.explainer is not None
