@@ -344,3 +344,72 @@ def test_float64_inputs_are_cast_to_the_models_dtype(tiny_cnn, images):
     deletion = sl.metrics.get("deletion")(steps=4)
     one = deletion(maps, x=images.double(), model=tiny_cnn).values
     torch.testing.assert_close(one, deletion(maps, x=images, model=tiny_cnn).values)
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("max_sensitivity", {"n_samples": 3}),
+        ("avg_sensitivity", {"n_samples": 3}),
+        ("local_lipschitz", {"n_samples": 3}),
+        ("random_logit", {"similarity": "spearman"}),
+    ],
+)
+def test_seeded_draws_do_not_depend_on_the_batching(tiny_cnn, name, options):
+    """A dataset scored in batches (of other sizes and positions) gives each image the value of
+    one call: noise is shared by the samples, random classes are seeded by the image itself."""
+    torch.manual_seed(0)
+    x = torch.randn(7, 3, 12, 12)
+    maps = sl.explain(tiny_cnn, x, methods="saliency")["saliency"].maps
+    metric = sl.metrics.get(name)(**options)
+    one = metric(maps, x=x, model=tiny_cnn, explainer="saliency").values
+    metric.reset()
+    for part in ([4, 0, 6], [1], [2, 5, 3]):
+        rows = torch.tensor(part)
+        metric.update(maps[rows], x=x[rows], model=tiny_cnn, explainer="saliency")
+    batched = metric.compute().values
+    order = torch.tensor([4, 0, 6, 1, 2, 5, 3])
+    torch.testing.assert_close(batched, one[order])
+
+
+def test_the_random_reference_map_is_the_images_own_in_any_batch(tiny_cnn):
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 12, 12)
+    whole = sl.explain(tiny_cnn, x, methods="random")["random"].maps
+    alone = torch.cat(
+        [sl.explain(tiny_cnn, x[i : i + 1], methods="random")["random"].maps for i in (3, 1)]
+    )
+    torch.testing.assert_close(alone, whole[[3, 1]])
+    assert not torch.equal(whole[0], whole[1])  # images get their own maps
+
+
+def test_merge_refuses_results_of_other_metrics_or_settings(tiny_cnn, images):
+    maps = sl.explain(tiny_cnn, images, methods="saliency")["saliency"].maps
+    run = dict(x=images, model=tiny_cnn)
+    deletion = sl.metrics.get("deletion")(steps=4)(maps, **run)
+    insertion = sl.metrics.get("insertion")(steps=4)(maps, **run)
+    other_base = sl.metrics.get("deletion")(steps=4, baseline=0.5)(maps, **run)
+    other_steps = sl.metrics.get("deletion")(steps=5)(maps, **run)
+    for bad, words in [
+        (insertion, "different metrics"),
+        (other_base, "baseline"),
+        (other_steps, "steps"),
+    ]:
+        with pytest.raises(sl.SaliencelabError, match=words):
+            MetricResult.merge([deletion, bad])
+    twice = MetricResult.merge([deletion, deletion])
+    assert twice.values.shape == (2 * images.shape[0],)
+
+
+def test_logit_scores_widen_the_value_range_and_json_stays_strict(tiny_cnn, images, tmp_path):
+    """Areas and drops of a probability lie in (0, 1) / (-1, 1); of a logit anywhere. The
+    report's JSON has no NaN literal (a single sample's CI is NaN): strict parsers read it."""
+    assert sl.metrics.get("deletion")().value_range == (0.0, 1.0)
+    for name in ("deletion", "insertion", "aopc_morf", "aopc_lerf"):
+        assert sl.metrics.get(name)(score="logit").value_range == (-math.inf, math.inf)
+    ex = sl.explain(tiny_cnn, images[:1], methods="saliency")
+    rep = sl.evaluate(tiny_cnn, images[:1], ex, metrics={"deletion": {"score": "logit"}})
+    path = rep.to_json(tmp_path / "r.json")
+    data = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    row = data["results"]["saliency"]["deletion"]
+    assert row["value_range"] == [None, None] and row["ci_low"] is None

@@ -700,7 +700,7 @@ def test_random_logit_matches_a_direct_loop(tiny_cnn, images):
     assert torch.equal(again.extras["random_class"], other)
     # the other classes are drawn uniformly among the classes that are not the target
     many = sl.metrics.randomisation.random_logit.random_other_class(
-        torch.zeros(5000, dtype=torch.long), 5, 0
+        torch.zeros(5000, dtype=torch.long), 5, 0, torch.randn(5000, 3)
     )
     counts = torch.bincount(many, minlength=5)
     assert counts[0] == 0 and (counts[1:] > 1100).all()

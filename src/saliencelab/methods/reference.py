@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..core.context import Context, MethodOutput
 from ..core.registry import register
+from ..core.seeds import sample_generators
 
 REFERENCE_METHODS = ("random", "center_gaussian", "sobel")
 
@@ -29,10 +30,11 @@ def _spatial(ctx: Context) -> tuple[int, int, int]:
 
 @register("random", family="reference", cost="0", signed=False, reduction="none")
 def random_map(ctx: Context, *, seed: int = 0) -> MethodOutput:
-    """Uniform noise U(0, 1) per pixel, from a generator seeded with `seed` (same on every call)."""
+    """Uniform noise U(0, 1) per pixel, each image's from a generator seeded with `seed` and the
+    image itself (`core/seeds.py`): the same map for the same image on every call, in any batch."""
     b, h, w = _spatial(ctx)
-    g = torch.Generator().manual_seed(seed)
-    maps = torch.rand(b, h, w, generator=g).to(ctx.x.device)
+    gens = sample_generators(ctx.x, seed)
+    maps = torch.stack([torch.rand(h, w, generator=g) for g in gens]).to(ctx.x.device)
     return MethodOutput(maps[:, None], maps=maps)
 
 

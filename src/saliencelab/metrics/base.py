@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -290,6 +291,8 @@ class MetricResult:
         if not results:
             raise SaliencelabError("Nothing to merge: give at least one MetricResult.")
         first = results[0]
+        for r in results[1:]:
+            _check_mergeable(first, r)
         curves = None
         if all(r.curves is not None for r in results):
             curves = torch.cat([r.curves.cpu() for r in results])
@@ -307,6 +310,43 @@ class MetricResult:
             passes=sum(w * r.passes for w, r in zip(per, results, strict=True)),
             forwards=sum(w * r.forwards for w, r in zip(per, results, strict=True)),
             seconds=sum(r.seconds for r in results),
+        )
+
+
+# Parameters a run records about itself (not settings): they may differ between batches.
+_RUN_PARAMS = frozenset({"calls"})
+
+
+def _check_mergeable(a: MetricResult, b: MetricResult) -> None:
+    """One sentence unless `b` comes from the same metric with the same settings as `a`."""
+    if a.metric != b.metric:
+        raise SaliencelabError(
+            f"Cannot merge results of different metrics ({a.metric} and {b.metric})."
+        )
+    for key in sorted((set(a.params) | set(b.params)) - _RUN_PARAMS):
+        u, v = a.params.get(key), b.params.get(key)
+        if isinstance(u, torch.Tensor) or isinstance(v, torch.Tensor):
+            same = (
+                isinstance(u, torch.Tensor)
+                and isinstance(v, torch.Tensor)
+                and u.shape == v.shape
+                and torch.equal(u.cpu(), v.cpu())
+            )
+        else:
+            try:
+                same = bool(u == v)
+            except (ValueError, RuntimeError, TypeError):  # arrays: elementwise ==
+                same = np.array_equal(np.asarray(u), np.asarray(v))
+        if not same:
+            raise SaliencelabError(
+                f"Cannot merge {a.metric} results computed with other settings ({key}: {u!r} "
+                f"and {v!r}); merge results of one metric object or of equal settings."
+            )
+    if (a.curves is None) != (b.curves is None) or (
+        a.curves is not None and b.curves is not None and a.curves.shape[1:] != b.curves.shape[1:]
+    ):
+        raise SaliencelabError(
+            f"Cannot merge {a.metric} results whose curves differ in length or presence."
         )
 
 

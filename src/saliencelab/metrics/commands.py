@@ -55,7 +55,7 @@ from ..cli_common import (
 )
 from ..core.requests import split_dotted
 from .base import MetricResult, get_metric
-from .evaluate import EvalReport, metric_requests
+from .evaluate import EvalReport, json_safe, metric_requests
 
 DEFAULT_METHODS = "gradcam,saliency"
 DEFAULT_METRICS = "deletion,insertion"
@@ -314,17 +314,6 @@ def results_table(report: EvalReport) -> Table:
     return keep_words(table)
 
 
-def _finite(v: Any) -> Any:
-    """`v` with NaN and infinities as None (JSON has no NaN)."""
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: _finite(u) for k, u in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_finite(u) for u in v]
-    return v
-
-
 def write_evaluation(
     report: EvalReport, scored: list[ImageItem], errors: list[ImageItem], out: Path
 ) -> list[Path]:
@@ -341,7 +330,7 @@ def write_evaluation(
         **report.to_dict(),
     }
     path = out / "metrics.json"
-    path.write_text(json.dumps(_finite(data), indent=1, allow_nan=False))
+    path.write_text(json.dumps(json_safe(data), indent=1, allow_nan=False))
     files.append(path)
     files += report.save_curves(out / "curves")
     files += save_metric_bars(report, out / "bars")

@@ -158,7 +158,7 @@ class EvalReport(Mapping[str, dict[str, MetricResult]]):
     def to_json(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
+        path.write_text(json.dumps(json_safe(self.to_dict()), indent=1, allow_nan=False))
         return path
 
     def save_curves(self, folder: str | Path) -> list[Path]:
@@ -166,6 +166,18 @@ class EvalReport(Mapping[str, dict[str, MetricResult]]):
         from ..viz.curves import save_metric_curves
 
         return save_metric_curves(self, folder)
+
+
+def json_safe(v: Any) -> Any:
+    """`v` with NaN and infinities as None, in nested dicts, lists and tuples (JSON has no NaN:
+    a strict parser refuses the `NaN` literal Python would write)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: json_safe(u) for k, u in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(u) for u in v]
+    return v
 
 
 def _num(v: float) -> float | None:

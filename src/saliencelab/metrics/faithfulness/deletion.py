@@ -22,6 +22,7 @@ class _Curve(FaithfulnessMetric):
 
     direction = "lower"
     value_range = (0.0, 1.0)
+    range_of_probabilities = True
     reference = (
         "Petsiuk et al. 2018, RISE: Randomized Input Sampling for Explanation of Black-box Models"
     )

@@ -13,6 +13,7 @@ dataset is split into batches (update/compute over two batches equals one call o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -37,6 +38,9 @@ class FaithfulnessMetric(Metric):
 
     needs = ("model",)
     family = "faithfulness"
+    #: Whether `value_range` holds for probabilities only (areas and drops of a probability):
+    #: with `score="logit"` the range is then (-inf, inf).
+    range_of_probabilities = False
 
     def __init__(self, **params: object) -> None:
         check_score(self.name, params.get("score", "probability"))  # type: ignore[arg-type]
@@ -45,6 +49,8 @@ class FaithfulnessMetric(Metric):
         super().__init__(**params)
         self.__dict__.pop("score", None)  # the option must not hide the method
         self.score_kind: ScoreKind = params.get("score", "probability")  # type: ignore[assignment]
+        if self.range_of_probabilities and self.score_kind == "logit":
+            self.value_range = (-math.inf, math.inf)  # type: ignore[misc]
         self._draws = LastDraw()  # seeded draws, kept for the next batch of the same shape
 
     def check_batch(self, batch: EvalBatch) -> None:

@@ -22,6 +22,7 @@ class _RegionPerturbation(FaithfulnessMetric):
 
     descending: bool = True
     value_range = (-1.0, 1.0)
+    range_of_probabilities = True
     reference = (
         "Samek et al. 2017, Evaluating the visualization of what a deep neural network has learned"
     )

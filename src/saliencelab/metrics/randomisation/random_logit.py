@@ -3,8 +3,9 @@ Attributions Fail"; Quantus' RandomLogit).
 
 A class-sensitive explanation of class c should differ from the explanation of another class c'
 on the same input. Per sample, c' is drawn uniformly from the other classes (a torch generator
-seeded with `seed`, so the same batch always gets the same classes), the maps are recomputed for
-c' and compared with the given maps: value = sim(E(x, c), E(x, c')). Lower is better.
+seeded with `seed` and the sample's input, so an image gets the same class in any batch: a
+dataset scored in batches gives the values of one call), the maps are recomputed for c' and
+compared with the given maps: value = sim(E(x, c), E(x, c')). Lower is better.
 
 Quantus differences: Quantus draws c' with NumPy (other random classes for the same seed) and, for
 its default SSIM, compares the maps flattened to 1-D; ours compares 2-D maps. With two classes
@@ -19,16 +20,22 @@ from typing import Any
 import torch
 
 from ...core.errors import SaliencelabError
+from ...core.seeds import sample_generators
 from ..base import EvalBatch, Metric, Scores, register_metric
 from .similarity import check_similarity, similarity_to
 
 
-def random_other_class(target: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
-    """(B,) a class ≠ target per sample, uniform over the other `num_classes - 1` (seeded)."""
+def random_other_class(
+    target: torch.Tensor, num_classes: int, seed: int, x: torch.Tensor
+) -> torch.Tensor:
+    """(B,) a class ≠ target per sample, uniform over the other `num_classes - 1`, drawn from a
+    generator seeded with `seed` and the sample's input (`core/seeds.py`): the same class for
+    the same image in any batch."""
     if num_classes < 2:
         raise SaliencelabError("The random-logit test needs a model with at least two classes.")
-    g = torch.Generator().manual_seed(seed)
-    shift = torch.randint(1, num_classes, (target.shape[0],), generator=g)
+    shift = torch.cat(
+        [torch.randint(1, num_classes, (1,), generator=g) for g in sample_generators(x, seed)]
+    )
     return (target.cpu() + shift) % num_classes
 
 
@@ -91,7 +98,7 @@ class RandomLogit(Metric):
                 f"The targets must be classes in [0, {n}); pass num_classes=... if the model has "
                 "more."
             )
-        other = random_other_class(batch.target, n, self.seed).to(batch.target.device)
+        other = random_other_class(batch.target, n, self.seed, batch.x).to(batch.target.device)
         maps = batch.explainer.maps(batch.model, batch.x, other)
         values = compare(maps)
         return Scores(values=values, extras={"random_class": other})

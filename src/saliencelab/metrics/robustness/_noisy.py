@@ -17,20 +17,24 @@ On = Literal["maps", "attributions"]
 def draw_noise(
     x: torch.Tensor, n_samples: int, scale: float, noise: Noise, seed: int
 ) -> torch.Tensor:
-    """(B * n_samples, *x.shape[1:]) noise, rows sample-major (row i * n + s is sample i).
+    """(B * n_samples, *x.shape[1:]) noise, rows sample-major (row i * n + s is sample i's
+    draw s): the same n draws δ_1..δ_n for every sample, so a sample's value does not depend on
+    its batch or its position in it (a dataset scored in batches gives the values of one call).
 
     "uniform": U(-scale, scale) per element (a point of the L∞ ball of radius `scale`);
     "gaussian": N(0, scale²) per element. Drawn on the CPU from a generator seeded `seed`, then
     moved to x's device: the same noise, and so the same values, on every device.
     """
     gen = torch.Generator().manual_seed(seed)
-    shape = (x.shape[0] * n_samples, *x.shape[1:])
+    shape = (n_samples, *x.shape[1:])
     if noise == "uniform":
-        u = torch.rand(shape, generator=gen, dtype=x.dtype)
-        return u.mul_(2 * scale).sub_(scale).to(x.device)
-    if noise == "gaussian":
-        return torch.randn(shape, generator=gen, dtype=x.dtype).mul_(scale).to(x.device)
-    raise SaliencelabError(f"noise must be 'uniform' or 'gaussian', got {noise!r}.")
+        d = torch.rand(shape, generator=gen, dtype=x.dtype).mul_(2 * scale).sub_(scale)
+    elif noise == "gaussian":
+        d = torch.randn(shape, generator=gen, dtype=x.dtype).mul_(scale)
+    else:
+        raise SaliencelabError(f"noise must be 'uniform' or 'gaussian', got {noise!r}.")
+    d = d.to(x.device)
+    return d.unsqueeze(0).expand(x.shape[0], *d.shape).reshape(x.shape[0] * n_samples, *d.shape[1:])
 
 
 def noise_key(x: torch.Tensor, n_samples: int, scale: float, noise: Noise, seed: int) -> tuple:

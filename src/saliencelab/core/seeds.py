@@ -1,0 +1,36 @@
+"""Seeds per sample, from the sample itself: draws that do not depend on the batching.
+
+A draw made for "row i of this batch" changes when the same image sits at another position or
+in a batch of another size, so a dataset scored in batches of 4 and in one call would give other
+values. Seeding each sample's draw with (seed, a hash of the sample's values) instead gives every
+image its own draw wherever it is: the same image, the same draw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+
+def sample_seeds(x: torch.Tensor, seed: int) -> list[int]:
+    """One 63-bit seed per row of `x`: BLAKE2b of `seed` and the row's bytes (on the CPU)."""
+    rows = x.detach().cpu().contiguous()
+    if rows.dtype == torch.bfloat16:  # NumPy has no bfloat16: hash its bits
+        rows = rows.view(torch.int16)
+    flat = rows.reshape(rows.shape[0], -1).numpy()
+    prefix = int(seed).to_bytes(8, "little", signed=True)
+    return [
+        int.from_bytes(
+            hashlib.blake2b(prefix + np.ascontiguousarray(r).tobytes(), digest_size=8).digest(),
+            "little",
+        )
+        >> 1
+        for r in flat
+    ]
+
+
+def sample_generators(x: torch.Tensor, seed: int) -> list[torch.Generator]:
+    """A CPU generator per row of `x`, seeded by `sample_seeds`."""
+    return [torch.Generator().manual_seed(s) for s in sample_seeds(x, seed)]
