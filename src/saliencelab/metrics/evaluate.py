@@ -211,8 +211,12 @@ def metric_requests(metrics: MetricsArg, options: dict[str, Any]) -> list[Metric
         out.append(cls(**{**shared, **own}))
     unused = set(options) - used
     if unused:
+        key = sorted(unused)[0]
+        every = {k for m in out for k in m.params}
         raise SaliencelabError(
-            f"No requested metric takes the option {sorted(unused)[0]!r}; check its spelling."
+            f"No requested metric takes the option {key!r} (requested: "
+            f"{', '.join(m.name for m in out)}).{closest(key, every)} Drop it, or request a "
+            "metric that takes it."
         )
     return out
 

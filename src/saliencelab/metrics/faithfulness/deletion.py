@@ -75,6 +75,7 @@ class Insertion(_Curve):
 
     name = "insertion"
     direction = "higher"
+    curve_labels = ("fraction restored", "score (mean over samples)")  # the curves' axes
 
     def __init__(
         self, steps: int = 100, blur_sigma: float = 5.0, score: str = "probability"
