@@ -732,3 +732,23 @@ def test_lrp_on_efficientnet_is_finite_on_the_motorcycle(effnet):
     x = effnet.preprocess(sl.sample_image("motorcycle"))
     maps = sl.explain(effnet, x, methods="lrp")["lrp"].maps
     assert torch.isfinite(maps).all()  # was NaN: a z⁺ denominator at 0 after rounding
+
+
+def test_channel_target_on_a_layer_followed_by_batchnorm():
+    """A channel target on a conv that a BatchNorm follows reads the conv's own output: the
+    canonizer leaves that conv unmerged (merging changed the target, and the logit check
+    raised). LRP-0 then equals the target's input x gradient, canonized or not."""
+    model = sl.load_model("shapes_cnn")
+    x = sl.data.shapes.make(3, seed=0).images
+    target = sl.channel("features.8", 5)  # Conv2d, then BatchNorm2d features.9
+    xi = x.clone().requires_grad_(True)
+    acts = {}
+    handle = model.module.features[8].register_forward_hook(lambda m, i, o: acts.update(a=o))
+    model.module(xi)
+    handle.remove()
+    (g,) = torch.autograd.grad(acts["a"][:, 5].mean(dim=(1, 2)).sum(), xi)
+    expected = (g * x).sum(1)
+    for canonize in (True, False):
+        opts = {"composite": "epsilon", "epsilon": 0.0, "canonize": canonize}
+        got = sl.explain(model, x, methods={"lrp": opts}, target=target)["lrp"].maps
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-4)

@@ -22,8 +22,8 @@ from ..models.model import Model
 from .backward import Backward
 from .engine import Cost, Engine
 from .errors import SaliencelabError
-from .layers import resolve_layer
-from .targets import PendingTarget, Target, TargetSpec, resolve_target
+from .layers import get_layer, resolve_layer
+from .targets import PendingTarget, Target, TargetSpec, layer_target, resolve_target
 from .tokens import find_token_layer, spatial_maps
 
 LayerArg = str | nn.Module | Sequence[str | nn.Module] | None
@@ -99,6 +99,14 @@ class Context:
         if not isinstance(self._target, Target):
             raise RuntimeError("the target is resolved after the first pass")
         return self._target
+
+    def target_layer(self) -> nn.Module | None:
+        """The module a neuron or channel target reads (the forward stops there), or None."""
+        reader = layer_target(self._target)
+        if reader is None:
+            return None
+        layer = reader.layer
+        return get_layer(self.model.module, layer) if isinstance(layer, str) else layer
 
     def resolve(self, spec: TargetSpec, logits: torch.Tensor) -> Target:
         self._target = resolve_target(spec, logits, self.model.labels)

@@ -402,7 +402,9 @@ def lrp(
             "gradient × input.",
             stacklevel=2,
         )
-    rule = LRPRule(composite, canonizers=default_canonizers() if canonize else ())
+    read = ctx.target_layer()  # a neuron / channel target's layer keeps its own output
+    canonizers = default_canonizers(keep=() if read is None else (read,)) if canonize else ()
+    rule = LRPRule(composite, canonizers=canonizers)
     cap = ctx.capture(input_grad=True, backward=rule)
     _check_same_logits(ctx, cap.logits)
     relevance = cap.input_grad

@@ -29,6 +29,7 @@ same logits and says so if not.
 from __future__ import annotations
 
 import types
+from collections.abc import Sequence
 from functools import partial
 from typing import Protocol
 
@@ -90,8 +91,13 @@ class MergeBatchNorm:
 
     The layer gets W', b' as new frozen parameters and the BN is replaced by `nn.Identity` in its
     parent; undo puts back the original parameter objects and the BN module. W', b' are kept
-    for the next pass until a source changes (`core/derived.py`).
+    for the next pass until a source changes (`core/derived.py`). Layers in `keep` are left as
+    they are: a neuron or channel target reads its layer's own output, which a merge would
+    change (the forward stops there, so the BN after it never runs).
     """
+
+    def __init__(self, keep: Sequence[nn.Module] = ()) -> None:
+        self.keep = tuple(keep)
 
     def apply(self, model: nn.Module, hooks: Hooks) -> int:
         edits = 0
@@ -104,6 +110,7 @@ class MergeBatchNorm:
                     and bn.running_var is not None
                     and _out_features(layer) == bn.num_features
                     and "weight" in layer._parameters  # not a parametrized weight
+                    and not any(layer is k for k in self.keep)
                 ):
                     self._merge(parent, name, layer, bn, hooks)
                     edits += 1
@@ -163,6 +170,7 @@ def _undo_mbconv(block: nn.Module) -> None:
     block._modules.pop(SUM_NAME, None)
 
 
-def default_canonizers() -> tuple[Canonizer, ...]:
-    """BN merging, then residual sums of the bundled EfficientNet-Lite."""
-    return (MergeBatchNorm(), MBConvResidual())
+def default_canonizers(keep: Sequence[nn.Module] = ()) -> tuple[Canonizer, ...]:
+    """BN merging (not into the layers in `keep`), then residual sums of the bundled
+    EfficientNet-Lite."""
+    return (MergeBatchNorm(keep), MBConvResidual())
