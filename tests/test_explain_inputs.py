@@ -113,7 +113,7 @@ BAD = {
     "3-D image": (dict(x="single"), "x.unsqueeze(0)"),
     "1 channel": (dict(x="gray"), "to have 3 channels"),
     "1 channel, gradcam": (dict(x="gray", methods="gradcam"), "to have 3 channels"),
-    "uint8": (dict(x="uint8"), "need preprocessing first"),
+    "uint8": (dict(x="uint8"), "preprocess images first"),
     "2-D tensor target": (dict(target=torch.tensor([[1], [2], [3], [4]])), "0-D or (B,)"),
     "bool target": (dict(target=True), "not bool"),
     "float in target list": (dict(target=[1, 2.5, 0, 0]), "not float"),
@@ -202,3 +202,34 @@ def test_gradient_entry_points_beyond_explain_work_inside_the_context(tiny_cnn, 
     torch.testing.assert_close(act2, act)
     torch.testing.assert_close(vis2.images, vis.images)
     assert not any(p.is_inference() for p in tiny_cnn.parameters())
+
+
+class _Bag(torch.nn.Module):
+    """Token ids (B, T) → mean embedding → linear: a model whose inputs are integers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids).mean(1))
+
+
+def test_integer_token_ids_work_with_perturbation_methods_and_refuse_gradients():
+    """Feature ablation on token ids gives real-valued score drops (they were cast to the ids'
+    int64 and truncated to 0), equal to the drops by hand; gradient methods say in one sentence
+    that integer inputs have no gradients."""
+    torch.manual_seed(0)
+    model, ids = _Bag().eval(), torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    maps = sl.explain(model, ids, methods="feature_ablation", target=0)["feature_ablation"].maps
+    assert maps.dtype == torch.float32
+    with torch.no_grad():
+        clean = model(ids)[:, 0]
+        for j in range(4):
+            ablated = ids.clone()
+            ablated[:, j] = 0  # the baseline 0 as a token id
+            torch.testing.assert_close(maps[:, j], clean - model(ablated)[:, 0])
+    with pytest.raises(sl.SaliencelabError, match="saliency needs gradients") as err:
+        sl.explain(model, ids, methods="saliency")
+    assert "\n" not in str(err.value)

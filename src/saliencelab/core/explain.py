@@ -86,6 +86,15 @@ def _check_sizes(chunk_size: Any, memory_budget: Any) -> None:
             )
 
 
+def _needs_input_gradient(spec: MethodSpec) -> bool:
+    """Whether the method differentiates the score with respect to the inputs (gradient and
+    relevance methods, and any method sharing an input-gradient pass, e.g. guided Grad-CAM);
+    CAMs, rollouts, perturbation and reference maps do not, so they also take integer inputs."""
+    if spec.family in ("gradient", "relevance"):
+        return True
+    return any(p.input_grad for p in spec.shared_passes)
+
+
 def _input_error(model: Model, x: torch.Tensor, err: Exception) -> SaliencelabError | None:
     """One sentence for `err` when the inputs are at fault, keeping the key part of `err`'s
     message; None when they may not be (`err` then propagates as it is).
@@ -191,6 +200,16 @@ def explain(
             for spec, _ in requests:
                 if spec.family != "perturbation":
                     raise SaliencelabError(gradients_message(spec.name))
+        if not (x.is_floating_point() or x.is_complex()):
+            for spec, _ in requests:
+                if _needs_input_gradient(spec):
+                    raise SaliencelabError(
+                        f"{spec.name} needs gradients with respect to the inputs, which {x.dtype} "
+                        "inputs do not have: preprocess images first (model.preprocess(image), "
+                        "or x.float() / 255 with the model's normalisation); token ids need a "
+                        "text model (sl.TextModel, which explains the embeddings) or a "
+                        "perturbation method."
+                    )
         engine = Engine(model, chunk_size=chunk_size, memory_budget=memory_budget)
         with engine.session():  # one for the call: the passes' own sessions then cost nothing
             try:

@@ -127,7 +127,10 @@ def feature_ablation(
     for chunk in chunks:
         samples, f = split(chunk.rows)
         drops[samples, f] = clean[samples] - chunk.scores.to(dev)
-    attributions = spread_features(drops, mask, x).to(x.dtype)
+    # in the inputs' dtype, but never an integer one (token ids): score drops are real numbers
+    attributions = spread_features(drops, mask, x)
+    if x.is_floating_point():
+        attributions = attributions.to(x.dtype)
     maps = None
     if x.dim() == 2:  # tabular: one value per feature column
         maps = attributions

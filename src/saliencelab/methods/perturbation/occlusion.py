@@ -154,6 +154,8 @@ def occlusion(
     total = _spread(drops, (height, width), (wh, ww), (sh, sw))
     count = _spread(torch.ones_like(drops[:1]), (height, width), (wh, ww), (sh, sw))
     maps = total / count
-    attributions = maps[:, None].expand(x.shape).to(x.dtype)
+    attributions = maps[:, None].expand(x.shape)
+    if x.is_floating_point():  # never an integer dtype: score drops are real numbers
+        attributions = attributions.to(x.dtype)
     extras = {"windows": (nh, nw), "incremental": used_layer(prefix)}
     return MethodOutput(attributions, maps=maps, extras=extras)
