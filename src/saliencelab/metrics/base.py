@@ -230,8 +230,8 @@ class Scores:
 class MetricResult:
     """A metric's per-sample values and summary.
 
-    `mean` and the bootstrap 95% `ci` skip NaN values (samples where the metric is undefined,
-    e.g. an empty mask for a localisation metric); `n` counts the finite ones.
+    `mean` and the bootstrap 95% `ci` skip NaN and infinite values (samples where the metric is
+    undefined, e.g. an empty mask for a localisation metric); `n` counts the finite ones.
     """
 
     metric: str
