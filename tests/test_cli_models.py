@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from saliencelab import cli_common
 from saliencelab.cli import app, demo_eval_methods, layers
+from saliencelab.models.square import SquarePreprocess
 from saliencelab.report.html import write_figures_page, write_index
 
 PLAIN = textwrap.dedent(
@@ -79,7 +80,8 @@ def test_plain_module_needs_input_size_and_gets_it(runner, plain, tmp_path):
 
 
 def test_square_preprocess_crops_resizes_and_normalizes():
-    pre = cli_common.SquarePreprocess(8, cli_common.parse_normalize("0.5,0.25"))
+    mean, std = cli_common.parse_normalize("0.5,0.25")
+    pre = SquarePreprocess(8, mean, std, divisor=255.0)  # as load_model builds it
     img = Image.new("RGB", (30, 10), (255, 0, 0))
     x = pre([img, img])
     assert x.shape == (2, 3, 8, 8) and x.dtype == torch.float32

@@ -32,6 +32,7 @@ from rich.text import Text
 
 import saliencelab as sl
 from saliencelab.data.images import MAX_PIXELS
+from saliencelab.models.square import SquarePreprocess
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -355,50 +356,6 @@ def parse_normalize(text: str | None) -> tuple[tuple[float, ...], tuple[float, .
     return values[:half], values[half:]
 
 
-class SquarePreprocess:
-    """Images → float32 (B, 3, N, N): the central square, resized to N x N (bilinear, PIL widens
-    the filter when shrinking), pixels x / 255 in [0, 1], then (x - mean) / std if given.
-
-    Built by `--input-size N --normalize ...` for models that bring no preprocessing; `display`
-    is the image as the model sees it (for overlays), `normalize` the last step alone (for
-    feature visualization, which optimises images in [0, 1]).
-    """
-
-    def __init__(
-        self, size: int, mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None
-    ) -> None:
-        self.size, self.mean_std = size, mean_std
-
-    def display(self, image: Any) -> Any:
-        from PIL import Image
-
-        pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
-        pil = pil.convert("RGB")
-        w, h = pil.size
-        side = min(w, h)
-        left, top = (w - side) // 2, (h - side) // 2
-        square = pil.crop((left, top, left + side, top + side))  # crop first: no outside pixels
-        return square.resize((self.size, self.size), Image.Resampling.BILINEAR)
-
-    def normalize(self, x: Any) -> Any:
-        """(x - mean) / std per channel, on x's device (identity without --normalize)."""
-        if self.mean_std is None:
-            return x
-        mean, std = (x.new_tensor(v).view(1, -1, 1, 1) for v in self.mean_std)
-        return (x - mean) / std
-
-    def __call__(self, images: Any) -> Any:
-        import numpy as np
-        import torch
-
-        batch = list(images) if isinstance(images, (list, tuple)) else [images]
-        if not batch:
-            raise sl.SaliencelabError("Got an empty list of images; pass at least one image.")
-        arrays = [np.asarray(self.display(im), dtype=np.float32) / 255.0 for im in batch]
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-        return self.normalize(x)
-
-
 def load_model(
     spec: str,
     device: str = "auto",
@@ -432,7 +389,8 @@ def load_model(
         kwargs["trust_pickle"] = True
     model = sl.load_model(spec, **kwargs)
     if input_size is not None:
-        pre = SquarePreprocess(input_size, mean_std)
+        mean, std = mean_std if mean_std is not None else (None, None)
+        pre = SquarePreprocess(input_size, mean, std, divisor=255.0)  # pixels in [0, 1] first
         extra = {**model.extra, "display": pre.display, "normalize": pre.normalize}
         model = dataclasses.replace(
             model, preprocess=pre, input_size=(input_size, input_size), extra=extra

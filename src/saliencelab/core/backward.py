@@ -142,6 +142,21 @@ def refuse_compiled(model: nn.Module, method: str, what: str = "layers") -> None
         )
 
 
+def require_hooks_ran(
+    method: str, what: str, hooked: list[str], fired: int, reached_output: bool
+) -> None:
+    """One sentence when a rule hooked modules (`hooked`, their names) but none of its hooks ran
+    in a forward that reached the output (the model calls their functional form, or runs them
+    compiled): its map would silently be the plain gradient's. Some may stay unused (heads)."""
+    if hooked and not fired and reached_output:
+        raise SaliencelabError(
+            f"{method} applies its rules through hooks on the model's {what}, but none of the "
+            f"{len(hooked)} hooked (e.g. {hooked[0]}) ran in its forward (it calls their "
+            "functional form, or runs them compiled): explain a model whose forward calls those "
+            "modules, or use input_x_gradient."
+        )
+
+
 class BackwardCheck:
     """Whether an installed mode's hooks took effect: `watch()` around the forwards, then
     `after_forward(reached_output)`; only the pass's first completed forward is checked."""

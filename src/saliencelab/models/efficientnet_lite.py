@@ -8,7 +8,6 @@ follow that state dict exactly. Every activation is its own `nn.ReLU6` module so
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +17,7 @@ from torch import nn
 
 from ..core.errors import SaliencelabError
 from .model import Model
+from .square import SquarePreprocess
 
 INPUT_SIZE = (224, 224)
 PIXEL_MEAN = 127.0
@@ -129,23 +129,8 @@ class EfficientNetLite(nn.Module):
         return self._fc(self._dropout(x))
 
 
-def _to_pil(img: Any) -> Image.Image:
-    if isinstance(img, Image.Image):
-        return img
-    if isinstance(img, np.ndarray):
-        if img.dtype != np.uint8 or not (
-            img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))
-        ):
-            raise SaliencelabError(
-                f"Expected an HxWx3 uint8 image array, got shape {img.shape} and dtype "
-                f"{img.dtype}; "
-                "convert it with (array * 255).clip(0, 255).astype('uint8') or pass a PIL image."
-            )
-        return Image.fromarray(img)
-    raise SaliencelabError(
-        f"Cannot preprocess an object of type {type(img).__name__}; pass a PIL image, a list of "
-        "PIL images, or an HxWx3 uint8 NumPy array (load files with sl.load_image(path))."
-    )
+# The largest central square, resized to 224 x 224; x = (pixel - 127) / 128.
+_SQUARE = SquarePreprocess(INPUT_SIZE, PIXEL_MEAN, PIXEL_STD)
 
 
 def display(img: Image.Image | np.ndarray) -> Image.Image:
@@ -153,24 +138,12 @@ def display(img: Image.Image | np.ndarray) -> Image.Image:
 
     Bilinear resampling; PIL widens the filter when shrinking, so downscaling is antialiased.
     """
-    pil = _to_pil(img)
-    if pil.mode != "RGB":
-        pil = pil.convert("RGBA").convert("RGB") if "A" in pil.getbands() else pil.convert("RGB")
-    w, h = pil.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    square = pil.crop((left, top, left + side, top + side))  # crop first: no pixels from outside
-    return square.resize(INPUT_SIZE[::-1], Image.Resampling.BILINEAR)
+    return _SQUARE.display(img)
 
 
 def preprocess(img: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
     """Image(s) -> float32 (B, 3, 224, 224) with x = (pixel - 127) / 128 (RGB, center-cropped)."""
-    images = list(img) if isinstance(img, (list, tuple)) else [img]
-    if not images:
-        raise SaliencelabError("Got an empty list of images; pass at least one image.")
-    arrays = [np.asarray(display(im), dtype=np.float32) for im in images]
-    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    return ((batch - PIXEL_MEAN) / PIXEL_STD).contiguous()
+    return _SQUARE(img)
 
 
 def _pretrained_state_dict() -> dict[str, torch.Tensor]:

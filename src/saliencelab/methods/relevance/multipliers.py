@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...core.backward import require_hooks_ran
 from ...core.errors import SaliencelabError
 from ...core.state import Hooks
 from ...models.model import logits_of
@@ -221,14 +222,8 @@ class DeepLiftRescale:
         """After the first forward: hooked nonlinearities must have run, else the result would be
         gradient × (x - x') without a word. Not all of them need to (unused modules); a forward
         stopped by a layer target is not checked."""
-        if self.reached and not self.fired and reached_output:
-            raise SaliencelabError(
-                f"{self.method} applies the rescale rule through hooks on the model's "
-                f"nonlinearity modules, but none of the {self.reached} hooked (e.g. "
-                f"{next(iter(self._names.values()))}) ran in its forward (it calls their "
-                "functional form, or runs them compiled): explain a model whose forward calls "
-                "those modules, or use input_x_gradient."
-            )
+        hooked = list(self._names.values())  # the modules hooked by this rule's install
+        require_hooks_ran(self.method, "nonlinearity modules", hooked, self.fired, reached_output)
 
     # -- hooks ---------------------------------------------------------------------------------
 

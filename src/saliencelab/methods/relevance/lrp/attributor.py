@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ....core.backward import refuse_compiled
+from ....core.backward import refuse_compiled, require_hooks_ran
 from ....core.context import Context, MethodOutput
 from ....core.errors import SaliencelabError
 from ....core.registry import quoted, register
@@ -255,13 +255,7 @@ class LRPRule:
         """After the first forward: the layers given a rule must have run (an error, not a map
         that is silently gradient × input). Layers that exist but are not all called are fine
         (unused heads); a forward stopped by a layer target is not checked."""
-        if self._layers and not self._fired and reached_output:
-            raise SaliencelabError(
-                f"lrp applies its rules through hooks on the model's layers, but none of the "
-                f"{len(self._layers)} given a rule (e.g. {self._layers[0]}) ran in its forward "
-                "(it calls their functional form, or runs them compiled): explain a model whose "
-                "forward calls those modules, or use input_x_gradient."
-            )
+        require_hooks_ran("lrp", "layers", self._layers, self._fired, reached_output)
 
     # -- hooks --------------------------------------------------------------------------------
 
