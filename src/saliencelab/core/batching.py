@@ -10,11 +10,13 @@ it is within 1.5× of the best: a new size's first chunk may load GPU kernels, a
 the machine only ever adds time. The first chunk is not measured (it pays one-off warm-up:
 allocations, kernel selection), so the start size runs twice. No row is computed twice, so the
 search costs nothing beyond a few sub-optimal chunks. A pass too short to finish the search
-leaves it where it got (its warm-up included), and the next pass of the same model and shape
-goes on from there (a dataset loop converges within a few batches); a whole pass shorter than
-the size to try counts as a size of its own, and ends the climb (such passes cannot try larger
-chunks), so passes of one chunk each (8 images explained per call) also find their size; a pass
-shorter than the start size (8) teaches nothing. The
+leaves it where it got (its warm-up included), and the next pass of the same model, shape and
+length class goes on from there (a dataset loop converges within a few batches); a whole pass
+shorter than the size to try counts as a size of its own, and ends the climb (such passes cannot
+try larger chunks), so passes of one chunk each (8 images explained per call) also find their
+size; a pass shorter than the start size (8) teaches nothing. Passes search apart by length
+class (the largest power of two up to their length, at most the ceiling): an 8-row pass that
+ends its climb at 8 must not stop a pass of 8000 rows on a GPU from trying 1024. The
 engine times the model's part of a chunk, not the building of its inputs (ROAD's imputation
 would otherwise steer the choice). The size never exceeds the memory budget divided by the
 measured bytes one row keeps for backward.
@@ -81,16 +83,23 @@ class ChunkPlan:
     _shrinking: bool = False
     _warm: bool = False
     _redo: bool = False
+    _search: tuple = field(default=(), init=False)
 
     def __post_init__(self) -> None:
         if self.bytes_per_row is None:
             self.bytes_per_row = _BYTES.get(self.key)
+        # The search's own key: the pass's length class (bytes per row and out-of-memory caps
+        # hold for every length, so they stay under `key`).
+        reach = min(self.max_rows, 1 << max(0, self.n_rows.bit_length() - 1))
+        self._search = (*self.key, reach)
         if self.fixed is not None:
             self._size, self._settled = max(1, int(self.fixed)), True
-        elif self.key in _BEST:
-            self._size, self._settled = _BEST[self.key], True
-        elif self.key in _PARTIAL:  # go on with the search an earlier, shorter pass began
-            times, tries, self._size, self._shrinking = _PARTIAL[self.key]
+        elif reach < self.start:  # shorter than the start size: one chunk, nothing to learn
+            self._size, self._settled = min(self.start, self.max_rows), True
+        elif self._search in _BEST:
+            self._size, self._settled = _BEST[self._search], True
+        elif self._search in _PARTIAL:  # go on with the search an earlier, shorter pass began
+            times, tries, self._size, self._shrinking = _PARTIAL[self._search]
             self._times, self._tries, self._warm = dict(times), dict(tries), True
         else:
             self._size = min(self.start, self.max_rows)
@@ -130,7 +139,12 @@ class ChunkPlan:
         """Learn from a chunk of `rows` rows that took `seconds` (see `_learn`)."""
         self._learn(rows, seconds)
         if not self._settled and (self._times or self._warm):
-            _PARTIAL[self.key] = (dict(self._times), dict(self._tries), self._size, self._shrinking)
+            _PARTIAL[self._search] = (
+                dict(self._times),
+                dict(self._tries),
+                self._size,
+                self._shrinking,
+            )
 
     def _learn(self, rows: int, seconds: float) -> None:
         """Learn from a chunk of `rows` rows that took `seconds`.
@@ -182,8 +196,8 @@ class ChunkPlan:
 
     def _settle(self, size: int) -> None:
         self._size, self._settled = size, True
-        _BEST[self.key] = size
-        _PARTIAL.pop(self.key, None)
+        _BEST[self._search] = size
+        _PARTIAL.pop(self._search, None)
 
     @property
     def size(self) -> int:
