@@ -34,8 +34,9 @@ shapes CNN is `sl.load_model("shapes_cnn")` when it exists; otherwise a small 64
 (said so in the output).
 
 With `--device cuda` the module, images, targets and maps live on the GPU (Quantus gets
-`device="cuda"` and numpy copies, the explanation functions move them back; ours and Quantus both
-seed the CUDA generator too, so the randomisations still match), every timer synchronises the
+`device="cuda"` and numpy copies, the explanation functions move them back; ours draws the new
+weights on the CPU, and so does Quantus here: the kept layers' `reset_parameters` moves the layer
+to the CPU for the draw, so the randomisations still match), every timer synchronises the
 GPU, and the clock defaults to wall (CPU time does not count GPU work); `--threads` is then left
 to torch unless given. On CPU: `--clock cpu --threads 1`.
 """
@@ -76,19 +77,36 @@ def _no_attribute(self):
     raise AttributeError("reset_parameters hidden for this benchmark")
 
 
+def _reset_on_cpu(cls):
+    """`cls.reset_parameters` drawn on the CPU and moved back (as ours draws, so that the same
+    seed gives the same weights on a GPU; Quantus' own call would draw from the CUDA
+    generator)."""
+
+    def reset_parameters(self):
+        device = next(t.device for t in self.state_dict().values())
+        self.to("cpu")
+        cls.reset_parameters(self)
+        self.to(device)
+
+    return reset_parameters
+
+
 @contextmanager
-def only_resettable(module: nn.Module, keep: set[str]):
-    """Hide `reset_parameters` of every module not in `keep` from `hasattr` (Quantus' test)."""
+def only_resettable(module: nn.Module, keep: set[str], draw_on_cpu: bool = False):
+    """Hide `reset_parameters` of every module not in `keep` from `hasattr` (Quantus' test);
+    with `draw_on_cpu`, the kept modules draw their new weights on the CPU."""
     swapped, made = [], {}
     for name, m in module.named_modules():
-        if name not in keep and hasattr(m, "reset_parameters"):
-            cls = type(m)
-            if cls not in made:
-                made[cls] = type(
-                    cls.__name__, (cls,), {"reset_parameters": property(_no_attribute)}
-                )
-            m.__class__ = made[cls]
-            swapped.append((m, cls))
+        if not hasattr(m, "reset_parameters"):
+            continue
+        cls, kept = type(m), name in keep
+        if kept and not draw_on_cpu:
+            continue
+        if (cls, kept) not in made:
+            reset = _reset_on_cpu(cls) if kept else property(_no_attribute)
+            made[cls, kept] = type(cls.__name__, (cls,), {"reset_parameters": reset})
+        m.__class__ = made[cls, kept]
+        swapped.append((m, cls))
     try:
         yield
     finally:
@@ -154,7 +172,7 @@ def run_model(
                 normalise=True,
                 disable_warnings=True,
             )
-            with warnings.catch_warnings(), only_resettable(module, keep):
+            with warnings.catch_warnings(), only_resettable(module, keep, device.type != "cpu"):
                 warnings.simplefilter("ignore")
                 out = q(
                     model=module,
