@@ -274,7 +274,7 @@ def _neighbours(v: torch.Tensor) -> torch.Tensor:
     p = F.pad(v, (1, 1, 1, 1))
     direct = p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
     diagonal = p[..., :-2, :-2] + p[..., :-2, 2:] + p[..., 2:, :-2] + p[..., 2:, 2:]
-    return direct / 6 + diagonal / 12
+    return torch.add(direct, diagonal, alpha=0.5).div_(6)
 
 
 def _conjugate_gradients(
@@ -282,8 +282,9 @@ def _conjugate_gradients(
 ) -> torch.Tensor:
     """`linear_imputation` on x's device: every image and channel at once, batched.
 
-    Conjugate gradients with a Jacobi preconditioner, started from the solution of the same
-    problem at half resolution (nested iteration), to a relative residual `tol` (default 1e-10
+    Conjugate gradients with a Jacobi preconditioner D = diag(s), started from the solution of
+    the same problem at half resolution (nested iteration), to a relative residual `tol` in the
+    D⁻¹ norm, ‖r‖/‖b‖ with ‖r‖² = Σ r²/s (within a factor 1.6 of the plain one; default 1e-10
     in float64; 1e-5 otherwise, where float32 inputs are solved in float32, which leaves errors
     near 1e-3 of the value range, below the default imputation noise), at most `max_iter`
     iterations (default 20·(H + W) + 100). removed: (N or 1, 1, H, W).
@@ -312,29 +313,33 @@ def _solve(known: torch.Tensor, m: torch.Tensor, tol: float, max_iter: int | Non
         up = F.interpolate(guess, scale_factor=2, mode="bilinear", align_corners=False)
         u = up[..., :h, :w] * m
 
-    def apply(v: torch.Tensor) -> torch.Tensor:  # A v on the removed pixels
-        return (s * v - _neighbours(v)) * m
+    def apply(v: torch.Tensor) -> torch.Tensor:  # A v on the removed pixels (v is 0 elsewhere)
+        return torch.addcmul(s * v, _neighbours(v), m, value=-1)  # s v - (N v) m
 
-    b = _neighbours(known) * m
+    # Each iteration is a few fused updates (on a GPU at these sizes the time is kernel
+    # launches: 25 kernels per iteration, was 40), and convergence is read from the
+    # preconditioned residual r·z = Σ r²/s the iteration computes anyway, against tol²·(b·D⁻¹b).
+    inv_s = 1 / s
+    b = _neighbours(known).mul_(m)
     r = b - apply(u)
-    z = r / s
+    z = r * inv_s
     p = z.clone()
     rz = (r * z).sum(dim=(2, 3), keepdim=True)
-    b_norm = b.square().sum(dim=(2, 3), keepdim=True).sqrt().clamp(min=1e-30)
+    stop = (b * b * inv_s).sum(dim=(2, 3), keepdim=True).mul_(tol * tol)
     limit = max_iter if max_iter is not None else 20 * (h + w) + 100
     tiny = torch.finfo(known.dtype).tiny
     for _ in range(limit):
-        if ((r.square().sum(dim=(2, 3), keepdim=True).sqrt() / b_norm) <= tol).all():
+        if bool((rz <= stop).all()):
             break
         ap = apply(p)
-        pap = (p * ap).sum(dim=(2, 3), keepdim=True)
-        alpha = torch.where(pap > 0, rz / pap.clamp(min=tiny), torch.zeros_like(pap))
-        u = u + alpha * p
-        r = r - alpha * ap
-        z = r / s
+        # α = r·z / p·Ap (0 for a system already solved: p = 0 there, and so is r·z)
+        alpha = rz / (p * ap).sum(dim=(2, 3), keepdim=True).clamp_(min=tiny)
+        u.addcmul_(alpha, p)
+        r.addcmul_(alpha, ap, value=-1)
+        torch.mul(r, inv_s, out=z)
         rz_new = (r * z).sum(dim=(2, 3), keepdim=True)
-        beta = torch.where(rz > 0, rz_new / rz.clamp(min=tiny), torch.zeros_like(rz))
-        p = z + beta * p
+        beta = rz_new / rz.clamp(min=tiny)
+        p = torch.addcmul(z, beta, p)
         rz = rz_new
     return u
 
