@@ -312,6 +312,44 @@ def test_chunk_sizes_are_chosen_by_cpu_time_on_one_cpu_thread():
         batching.forget_chunk_sizes()
 
 
+def test_settled_plans_do_not_read_the_chunk_clock(monkeypatch, tiny_cnn, images):
+    """The chunk clock (CPU time: a system call, 0.5-0.8 ms a read right after a convolution on a
+    loaded VM) is read only while the search learns: a settled plan, the user's chunk size or a
+    size found earlier, runs its chunks without reading it, in both kinds of pass."""
+    import itertools
+
+    from saliencelab.core import batching, engine
+    from saliencelab.core.targets import Target
+
+    reads = []
+    ticks = itertools.count()
+
+    def clock(device):
+        def read():
+            reads.append(1)
+            return 0.001 * next(ticks)
+
+        return read
+
+    monkeypatch.setattr(engine, "chunk_clock", clock)
+    x, t = images[:4], Target(torch.zeros(4, dtype=torch.long))
+    fixed = engine.Engine(sl.Model(tiny_cnn), chunk_size=2)
+    assert len(list(fixed.forwards(12, lambda r: x[r % 4], lambda r: r % 4, t))) == 6
+    assert len(list(fixed.gradients(12, lambda r: x[r % 4], lambda r: r % 4, t))) == 6
+    assert reads == []
+    searching = engine.Engine(sl.Model(tiny_cnn))
+    try:
+        for _ in range(20):  # until the search settles
+            list(searching.forwards(64, lambda r: x[r % 4], lambda r: r % 4, t))
+        assert reads
+        assert searching._plan("forward", 64, x[:1], torch.device("cpu")).settled
+        reads.clear()
+        list(searching.forwards(64, lambda r: x[r % 4], lambda r: r % 4, t))
+        assert reads == []
+    finally:
+        batching.forget_chunk_sizes()
+
+
 class _SmallMemory(nn.Module):
     """Raises the out-of-memory error a GPU would for batches above `limit` rows."""
 
