@@ -655,6 +655,8 @@ def test_input_invariance_bad_first_layer(x8):
     [
         ("completeness", {"baseline": "grey"}, "baseline must be"),
         ("completeness", {"output": "softmax"}, "output must be"),
+        ("completeness", {"baseline": math.nan}, "baseline of completeness must be finite"),
+        ("non_sensitivity", {"baseline": torch.full((3, 1, 1), -math.inf)}, "must be finite"),
         ("non_sensitivity", {"eps": 0}, "eps must be a positive number"),
         ("non_sensitivity", {"features_in_step": 0}, "features_in_step must be a positive"),
         ("non_sensitivity", {"unit": "patch"}, "unit must be"),

@@ -690,6 +690,9 @@ def test_bad_options_give_one_sentence(net, x, maps, name, options, words):
         ("road", {"percentages": (50,)}, "percentages"),
         ("road_lerf", {"percentages": 50}, "percentages"),
         ("road_morf", {"noise": -0.1}, "noise"),
+        ("road", {"noise": math.nan}, "noise must be a finite number"),
+        ("deletion", {"baseline": math.nan}, "baseline of deletion must be finite"),
+        ("monotonicity", {"baseline": torch.tensor([0.0, math.inf])}, "must be finite"),
     ],
 )
 def test_bad_option_values_fail_when_the_metric_is_built(name, options, words):

@@ -478,7 +478,32 @@ def test_bad_parameters_say_what_to_do():
         metric("pointing_game", ties="all")
     with pytest.raises(SaliencelabError, match="use 'positive'"):
         metric("relevance_mass", part="negative")
-    with pytest.raises(SaliencelabError, match="positive pixel count or fraction"):
-        metric("top_k_intersection", k=0)
+    for k in (0, 1.5, math.inf, math.nan, True):
+        with pytest.raises(SaliencelabError, match="whole pixel count ≥ 1 or a fraction"):
+            metric("top_k_intersection", k=k)
+    for tolerance in (math.nan, math.inf, -1e-9):
+        with pytest.raises(SaliencelabError, match="tolerance must be a finite number ≥ 0"):
+            metric("pointing_game", tolerance=tolerance)
+    with pytest.raises(SaliencelabError, match="eps must be a finite number ≥ 0"):
+        metric("effective_complexity", eps=math.nan)  # (NaN passed `eps < 0`: all scored 0)
+
+
+@pytest.mark.parametrize("tolerance", [0, 1, 2.5])
+def test_pointing_game_on_feature_maps(tolerance):
+    """(B, D) maps of tabular inputs are one row of D features (the tolerance in features), as
+    the other localisation metrics read them; the game on the same maps as (B, 1, D) images."""
+    maps = torch.tensor([[0.1, 0.9, 0.2, 0.3, 0.0], [0.1, 0.2, 0.3, 0.0, 0.8], [0.5, 0, 0, 0, 0]])
+    masks = torch.zeros(3, 5, dtype=torch.bool)
+    masks[:, 2] = True
+    flat = metric("pointing_game", tolerance=tolerance)(
+        maps, masks=masks, target=torch.zeros(3, dtype=torch.long)
+    )
+    image = metric("pointing_game", tolerance=tolerance)(
+        maps[:, None], masks=masks[:, None], target=torch.zeros(3, dtype=torch.long)
+    )
+    assert torch.equal(flat.values, image.values)
+    # the maximum at feature 1, 4, 0; the object at 2: within 1 feature for the first only
+    expected = {0: [0.0, 0.0, 0.0], 1: [1.0, 0.0, 0.0], 2.5: [1.0, 1.0, 1.0]}[tolerance]
+    assert flat.values.tolist() == expected
     with pytest.raises(SaliencelabError, match="radius must be"):
         dilate_masks(torch.ones(1, 3, 3, dtype=torch.bool), -2)

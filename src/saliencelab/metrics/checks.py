@@ -3,6 +3,10 @@ give instead (raised as `SaliencelabError` when the metric is built or run)."""
 
 from __future__ import annotations
 
+import math
+
+import torch
+
 from ..core.errors import SaliencelabError
 
 
@@ -29,6 +33,31 @@ def check_positive(name: str, option: str, value: object, what: str = "") -> flo
             f"{option} must be a positive number{meaning} for {name}, got {value!r}."
         )
     return float(value)
+
+
+def check_at_least(name: str, option: str, value: object, minimum: float, what: str = "") -> float:
+    """`value` as a float if it is a finite number ≥ `minimum` (NaN and infinities refused: they
+    would fail later, far from the option, or pass a comparison silently)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (ok and math.isfinite(value) and value >= minimum):  # type: ignore[arg-type]
+        meaning = f" ({what})" if what else ""
+        raise SaliencelabError(
+            f"{option} must be a finite number ≥ {minimum:g}{meaning} for {name}, got {value!r}."
+        )
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_finite_tensor(name: str, option: str, value: object) -> None:
+    """A number or tensor option holds no NaN or infinity (else the model's scores would be NaN,
+    and the error would blame the model)."""
+    if isinstance(value, torch.Tensor):
+        finite = value.numel() == 0 or bool(torch.isfinite(value).all())
+    else:
+        finite = not isinstance(value, (int, float)) or math.isfinite(value)
+    if not finite:
+        raise SaliencelabError(
+            f"The {option} of {name} must be finite, but it holds NaN or infinite values."
+        )
 
 
 def check_positive_int(name: str, option: str, value: object, what: str = "") -> int:

@@ -7,13 +7,14 @@ from typing import Literal
 import torch
 
 from ...core.errors import SaliencelabError
+from ..checks import check_finite_tensor
 
 BaselineSpec = float | str | torch.Tensor
 Output = Literal["logit", "probability"]
 _NAMED = ("black", "white", "mean")
 
 
-def check_baseline(baseline: BaselineSpec) -> None:
+def check_baseline(name: str, baseline: BaselineSpec) -> None:
     if isinstance(baseline, str) and baseline not in _NAMED:
         raise SaliencelabError(
             f"baseline must be a number, a tensor or one of {', '.join(_NAMED)}, got {baseline!r}."
@@ -23,6 +24,7 @@ def check_baseline(baseline: BaselineSpec) -> None:
             f"baseline must be a number, a tensor or one of {', '.join(_NAMED)}, got "
             f"{type(baseline).__name__}."
         )
+    check_finite_tensor(name, "baseline", baseline)
 
 
 OUTPUTS = ("logit", "probability")  # what the axiomatic metrics may read of the model

@@ -38,7 +38,7 @@ class Completeness(Metric):
     def __init__(
         self, baseline: BaselineSpec = 0.0, output: Output = "logit", relative: bool = False
     ) -> None:
-        check_baseline(baseline)
+        check_baseline(self.name, baseline)
         check_choice(self.name, "output", output, OUTPUTS)
         super().__init__(baseline=baseline, output=output, relative=relative)
 

@@ -55,7 +55,7 @@ class NonSensitivity(Metric):
         check_positive(self.name, "eps", eps, "the zero threshold")
         check_positive_int(self.name, "features_in_step", features_in_step)
         check_choice(self.name, "unit", unit, ("pixel", "element"))
-        check_baseline(baseline)
+        check_baseline(self.name, baseline)
         check_choice(self.name, "output", output, OUTPUTS)
         super().__init__(
             eps=eps,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ...core.errors import SaliencelabError
 from ..base import EvalBatch, Metric, Scores, register_metric
+from ..checks import check_at_least
 from ._common import magnitudes
 
 
@@ -27,8 +27,7 @@ class EffectiveComplexity(Metric):
     )
 
     def __init__(self, eps: float = 1e-5, relative: bool = True, fraction: bool = False) -> None:
-        if eps < 0:
-            raise SaliencelabError(f"eps must be ≥ 0, got {eps}.")
+        check_at_least(self.name, "eps", eps, 0, "the threshold")
         super().__init__(eps=eps, relative=relative, fraction=fraction)
 
     def score(self, batch: EvalBatch) -> Scores:

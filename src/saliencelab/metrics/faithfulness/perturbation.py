@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ...core.errors import SaliencelabError
 from ...core.targets import Target
 from ..base import EvalBatch, LastDraw, Metric
-from ..checks import check_choice
+from ..checks import check_choice, check_finite_tensor
 
 ScoreKind = Literal["probability", "logit"]
 
@@ -100,6 +100,7 @@ def check_baseline(name: str, baseline: object) -> None:
         raise SaliencelabError(
             f"The baseline of {name} must be a number or a tensor, not {type(baseline).__name__}."
         )
+    check_finite_tensor(name, "baseline", baseline)
 
 
 def baseline_like(

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ...core.errors import SaliencelabError
 from ..base import EvalBatch, Scores, register_metric
+from ..checks import check_at_least
 from ..stats import pixel_order, trapezoid
 from .perturbation import (
     FaithfulnessMetric,
@@ -366,8 +367,7 @@ class _Road(FaithfulnessMetric):
                 f"The percentages of {self.name} must be at least two numbers in (0, 100) (the "
                 f"areas are over them), got {percentages!r}."
             )
-        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
-            raise SaliencelabError(f"The noise of {self.name} must be ≥ 0, got {noise!r}.")
+        check_at_least(self.name, "noise", noise, 0, "the std of the imputation noise")
         super().__init__(percentages=as_tuple(percentages), noise=noise, seed=seed, score=score)
 
     def curves(self, batch: EvalBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

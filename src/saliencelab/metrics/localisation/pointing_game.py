@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ...core.errors import SaliencelabError
 from ..base import EvalBatch, Metric, MetricResult, Scores, register_metric
-from ..checks import check_choice
+from ..checks import check_at_least, check_choice
 from ._common import flat_maps_and_masks, nan_where, target_extras
 
 Ties = Literal["any", "first", "expected"]
@@ -72,15 +72,15 @@ class PointingGame(Metric):
     )
 
     def __init__(self, tolerance: float = 15, ties: Ties = "any") -> None:
-        if tolerance < 0:
-            raise SaliencelabError(f"tolerance must be ≥ 0 pixels, got {tolerance}.")
+        check_at_least(self.name, "tolerance", tolerance, 0, "pixels")
         check_choice(self.name, "ties", ties, ("any", "first", "expected"))
         super().__init__(tolerance=tolerance, ties=ties)
 
     def score(self, batch: EvalBatch) -> Scores:
         v, m = flat_maps_and_masks(batch, self.name)
         b = v.shape[0]
-        h, w = batch.maps.shape[-2:]
+        # (B, H, W) maps, or (B, D) feature maps as one row of D (tolerance in features)
+        h, w = batch.maps.shape[-2:] if batch.maps.dim() >= 3 else (1, batch.maps.shape[-1])
         first = v.argmax(1)  # the first maximal pixel in raster order
         if self.ties == "first":
             hit = near_mask(first, m.reshape(b, h, w), self.tolerance)

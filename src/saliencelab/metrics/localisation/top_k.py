@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ...core.errors import SaliencelabError
@@ -32,8 +34,12 @@ class TopKIntersection(Metric):
     )
 
     def __init__(self, k: float = 1000, concept_influence: bool = False) -> None:
-        if not k > 0:
-            raise SaliencelabError(f"k must be a positive pixel count or fraction, got {k}.")
+        number = isinstance(k, (int, float)) and not isinstance(k, bool)
+        if not (number and (0 < k < 1 or (k >= 1 and math.isfinite(k) and k == int(k)))):
+            raise SaliencelabError(
+                f"k must be a whole pixel count ≥ 1 or a fraction in (0, 1) for {self.name}, "
+                f"got {k!r}."
+            )
         super().__init__(k=k, concept_influence=concept_influence)
 
     def pixels(self, n: int) -> int:
