@@ -231,6 +231,7 @@ def _forwards(net):
         ({"deletion": {}, "model_randomisation": {"layers": 99}}, {}, "more stages than"),
         ({"model_randomisation": {"layers": ["fc", "nope"]}}, {}, "nope"),
         ({"deletion": {}, "pointing_game": {}}, {}, "needs masks"),
+        ("deletion,pointing_game", {"masks": torch.ones(4, 6, 12)}, "masks have shape"),
         ("deletion", {"references": ["sobel", "edges"]}, "No reference map 'edges'"),
     ],
 )
@@ -245,6 +246,38 @@ def test_evaluate_checks_the_request_before_any_model_work(tiny_cnn, images, met
     finally:
         handle.remove()
     assert rows == [] and "\n" not in str(err.value)
+
+
+def test_report_is_a_mapping(tiny_cnn, images):
+    """`in` and `.get` answer (Mapping's own catch KeyError, and the report's [] raises one
+    sentence instead); `best` of a metric not scored says so."""
+    rep = sl.evaluate(tiny_cnn, images, {"mine": images.abs().sum(1)}, metrics="_test_map_max")
+    assert "mine" in rep and "gradcam" not in rep
+    assert rep.get("gradcam") is None and rep.get("gradcam", {}) == {}
+    assert rep.get("mine") is rep["mine"] and dict(rep)["mine"] is rep["mine"]
+    with pytest.raises(sl.SaliencelabError, match="no method 'gradcam'"):
+        rep["gradcam"]
+    with pytest.raises(sl.SaliencelabError, match="no metric 'deletion'; it scored _test_map_max"):
+        rep.best("deletion")
+
+
+@pytest.mark.parametrize("labels", [None, ["a", "b", "c", "d", "e"]])
+@pytest.mark.parametrize("bad", [99, -5])
+def test_a_target_out_of_range_is_one_sentence(tiny_cnn, images, labels, bad):
+    """A per-sample tensor of classes (no forward spent resolving it) is checked against the
+    model's labels when it has them, else where the scores are read."""
+    model = sl.Model(tiny_cnn, labels=labels)
+    target = torch.tensor([0, 1, 2, bad])
+    with pytest.raises(sl.SaliencelabError, match=f"target class {bad} is out of range") as err:
+        sl.evaluate(model, images, {"m": images.abs().sum(1)}, metrics="deletion", target=target)
+    assert "\n" not in str(err.value)
+    with pytest.raises(sl.SaliencelabError, match="out of range"):
+        sl.metrics.get("completeness")()(images.sum(1), x=images, model=model, target=target)
+
+
+def test_one_map_without_batch_axis_says_so(tiny_cnn, images):
+    with pytest.raises(sl.SaliencelabError, match=r"one map without a batch axis.*unsqueeze"):
+        sl.metrics.get("deletion")()(images[0, 0], x=images, model=tiny_cnn)
 
 
 def test_evaluate_needs_registered_methods_before_any_model_work(tiny_cnn, images):

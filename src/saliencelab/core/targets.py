@@ -38,8 +38,23 @@ class Target:
                     f"but returned {got}."
                 )
             return s
-        idx = self.indices.to(logits.device)[rows.to(logits.device)]
+        return gather_classes(logits, self.indices.to(logits.device)[rows.to(logits.device)])
+
+
+def gather_classes(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(N,) `logits[i, idx[i]]`; a class index out of range is one sentence (checked only when
+    the gather fails: nothing is spent on the usual case)."""
+    try:
         return logits.gather(1, idx[:, None])[:, 0]
+    except (RuntimeError, IndexError):
+        n = logits.shape[-1]
+        bad = idx[(idx < 0) | (idx >= n)]
+        if not bad.numel():
+            raise
+        raise SaliencelabError(
+            f"The target class {int(bad[0])} is out of range: the model has {n} classes (0 to "
+            f"{n - 1})."
+        ) from None
 
 
 def _class_index(t: int | str, labels: Sequence[str] | None, n_classes: int) -> int:

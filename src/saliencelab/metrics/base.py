@@ -32,7 +32,7 @@ from ..core.engine import Engine, all_finite
 from ..core.errors import SaliencelabError, closest
 from ..core.layout import channels_last_known
 from ..core.registry import get_method
-from ..core.targets import Target, TargetSpec, resolve_target
+from ..core.targets import Target, TargetSpec, gather_classes, resolve_target
 from ..models.model import Model, as_model, as_model_input
 from .stats import bootstrap_ci
 
@@ -184,8 +184,7 @@ class EvalBatch:
         logits = logits.float()
         if kind == "probability":
             logits = logits.softmax(dim=-1)
-        idx = self.target.to(logits.device)[samples.to(logits.device)]
-        return logits.gather(1, idx[:, None])[:, 0]
+        return gather_classes(logits, self.target.to(logits.device)[samples.to(logits.device)])
 
     def input_scores(
         self, kind: Literal["probability", "logit", "logits"] = "probability"
@@ -520,6 +519,22 @@ class Metric:
         return f"{type(self).__name__}({args})"
 
 
+def masks_for(masks: object, maps: torch.Tensor) -> torch.Tensor:
+    """`masks` as a tensor shaped like `maps` ((B, 1, H, W) squeezed), else one sentence."""
+    if not isinstance(masks, torch.Tensor):
+        masks = torch.as_tensor(masks)
+    if masks.dim() == 4 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    squeezed = maps.dim() == 4 and maps.shape[1] == 1
+    shape = maps.shape[:1] + maps.shape[2:] if squeezed else maps.shape
+    if masks.shape != shape:
+        raise SaliencelabError(
+            f"The masks have shape {tuple(masks.shape)} but the maps {tuple(shape)}; give one "
+            "(H, W) mask per map at the maps' resolution."
+        )
+    return masks
+
+
 def make_batch(
     maps: torch.Tensor | None,
     *,
@@ -547,6 +562,12 @@ def make_batch(
     b = maps.shape[0]
     m = as_model(model) if model is not None else None
     if x is not None:
+        unbatched = x.dim() == maps.dim() + 2 and tuple(maps.shape) == tuple(x.shape[-2:])
+        if unbatched and b != x.shape[0]:
+            raise SaliencelabError(
+                f"The maps have shape {tuple(maps.shape)}, one map without a batch axis, but the "
+                f"inputs are {tuple(x.shape)}; give (B, H, W) maps, e.g. maps.unsqueeze(0) for one."
+            )
         if x.shape[0] != b:
             raise SaliencelabError(
                 f"The maps are for {b} samples but the inputs have {x.shape[0]}; give one map per "
@@ -564,16 +585,7 @@ def make_batch(
         x = x.contiguous()  # e.g. a permuted HWC array: the metrics view rows flat
     maps = maps.to(x.device) if x is not None else maps
     if masks is not None:
-        if not isinstance(masks, torch.Tensor):
-            masks = torch.as_tensor(masks)
-        if masks.dim() == 4 and masks.shape[1] == 1:
-            masks = masks[:, 0]
-        if masks.shape != maps.shape:
-            raise SaliencelabError(
-                f"The masks have shape {tuple(masks.shape)} but the maps {tuple(maps.shape)}; "
-                "give one (H, W) mask per map at the maps' resolution."
-            )
-        masks = masks.to(device=maps.device).bool()
+        masks = masks_for(masks, maps).to(device=maps.device).bool()
     if attributions is not None and attributions.shape[0] != b:
         raise SaliencelabError(
             f"The attributions are for {attributions.shape[0]} samples but the maps for {b}."
@@ -609,7 +621,15 @@ def _resolve_target(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B,) class indices, and the logits on x when resolving them took a forward."""
     if isinstance(target, torch.Tensor) and target.dim() == 1 and target.shape[0] == b:
-        return target.long(), None
+        t = target.long()
+        if model is not None and b:
+            lo, hi = int(t.min()), int(t.max())
+            n = len(model.labels) if model.labels is not None else None
+            if lo < 0 or (n is not None and hi >= n):
+                bad = lo if lo < 0 else hi
+                known = f"the model has {n} classes" if n is not None else "classes start at 0"
+                raise SaliencelabError(f"The target class {bad} is out of range: {known}.")
+        return t, None
     if isinstance(target, int) and model is None:
         return torch.full((b,), target, dtype=torch.long), None
     if model is None or x is None or engine is None:

@@ -279,7 +279,8 @@ def _fmt(v: float) -> str:
 
 def results_table(report: EvalReport) -> Table:
     """method, metric, mean, 95% CI, n, better; grouped by metric, best method in bold."""
-    table = Table(header_style="bold", caption="(ref): a reference map", caption_justify="left")
+    caption = "(ref): a reference map" if report.references else None
+    table = Table(header_style="bold", caption=caption, caption_justify="left")
     for name, justify in (
         ("metric", "left"),
         ("method", "left"),

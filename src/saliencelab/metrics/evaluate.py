@@ -34,7 +34,7 @@ from ..core.result import Attribution, Explanation
 from ..core.targets import TargetSpec
 from ..methods.reference import REFERENCE_METHODS
 from ..models.model import Model, as_model, as_model_input
-from .base import EvalBatch, Explainer, Metric, MetricResult, get_metric, make_batch
+from .base import EvalBatch, Explainer, Metric, MetricResult, get_metric, make_batch, masks_for
 
 MetricsArg = str | Sequence[str] | Mapping[str, Mapping[str, Any]]
 MapsArg = Explanation | Mapping[str, Attribution | torch.Tensor]
@@ -56,6 +56,12 @@ class EvalReport(Mapping[str, dict[str, MetricResult]]):
                 f"This report has no method {method!r}; it has {', '.join(self.results)}."
                 f"{closest(method, self.results)}"
             ) from None
+
+    def __contains__(self, method: object) -> bool:
+        return method in self.results
+
+    def get(self, method: str, default: Any = None) -> Any:  # (Mapping's catches KeyError only)
+        return self.results.get(method, default)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.results)
@@ -94,6 +100,11 @@ class EvalReport(Mapping[str, dict[str, MetricResult]]):
 
     def best(self, metric: str, include_references: bool = False) -> str:
         """The method with the best mean on `metric` (by its direction)."""
+        if metric not in self.metrics:
+            raise SaliencelabError(
+                f"This report has no metric {metric!r}; it scored {', '.join(self.metrics)}."
+                f"{closest(metric, self.metrics)}"
+            )
         rows = [
             (r[metric].mean, m)
             for m, r in self.results.items()
@@ -267,11 +278,14 @@ def _reference_names(references: bool | str | Sequence[str] | None) -> tuple[str
     return tuple(dict.fromkeys(names))
 
 
-def _check_request(requested: list[Metric], names: list[str], masks: object, model: Model) -> None:
-    """What the metrics need that the call lacks, before any model work: masks, a registered
-    method to recompute for every method the explanation-recomputing metrics score, and options
-    that fit the model (`Metric.check_model`)."""
+def _check_request(
+    requested: list[Metric], entries: dict[str, Any], masks: object, model: Model
+) -> None:
+    """What the metrics need that the call lacks, before any model work: masks (shaped like the
+    maps), a registered method to recompute for every method the explanation-recomputing metrics
+    score, and options that fit the model (`Metric.check_model`)."""
     registered = {spec.name for spec in registered_methods()}
+    names = list(entries)
     for metric in requested:
         metric.check_model(model)
         if "masks" in metric.needs and masks is None:
@@ -279,6 +293,9 @@ def _check_request(requested: list[Metric], names: list[str], masks: object, mod
                 f"The metric {metric.name} needs masks: pass masks=... ((B, H, W) bool "
                 "ground-truth masks)."
             )
+        if "masks" in metric.needs:
+            for maps, _, _ in entries.values():
+                masks_for(masks, maps)
         if "explainer" in metric.needs:
             for name in names:
                 if name not in registered:
@@ -340,7 +357,7 @@ def evaluate(
     entries = _maps_of(ex)
     if not entries:
         raise SaliencelabError("The explanation holds no maps to evaluate.")
-    _check_request(requested, list(entries), masks, model)  # the references are registered methods
+    _check_request(requested, entries, masks, model)  # the references are registered methods
     engine = Engine(model, chunk_size=chunk_size)
 
     if refs:
