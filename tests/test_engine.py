@@ -50,6 +50,9 @@ def test_every_target_form(tiny_cnn, images, target):
     [
         ([0, 1], "2 targets for a batch of 4"),
         (7, "out of range"),
+        (torch.tensor([0, 9, 1, -2]), "target class 9 is out of range"),  # the first bad one
+        (torch.tensor([0, 1, -2, 9]), "target class -2 is out of range"),
+        (torch.tensor([0, 1, 2]), "3 targets for a batch of 4"),
         ("dog", "no class named 'dog'"),
         (2.5, "must be None"),
     ],

@@ -84,11 +84,21 @@ def _class_index(t: int | str, labels: Sequence[str] | None, n_classes: int) -> 
     return t
 
 
+def _checked_indices(t: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """`t` if every class index in it is in [0, n_classes), else `_class_index`'s sentence for
+    the first one that is not (one reduction, one read: no Python loop over the batch)."""
+    lo, hi = torch.stack(list(torch.aminmax(t))).tolist()
+    if lo < 0 or hi >= n_classes:
+        _class_index(int(t[(t < 0) | (t >= n_classes)][0]), None, n_classes)
+    return t
+
+
 def resolve_target(
     target: TargetSpec, logits: torch.Tensor, labels: Sequence[str] | None = None
 ) -> Target:
     """Turn any accepted target form into a :class:`Target` for a batch with these logits."""
-    return _resolve(target, logits.shape[0], logits.shape[-1], labels, logits.argmax(dim=-1))
+    predictions = logits.argmax(dim=-1) if target is None else None  # (only None needs them)
+    return _resolve(target, logits.shape[0], logits.shape[-1], labels, predictions, logits.device)
 
 
 class PendingTarget:
@@ -110,8 +120,8 @@ class PendingTarget:
         return self.resolved.scores(logits, rows)
 
 
-def _resolve(target, batch, n_classes, labels, predictions) -> Target:
-    device = predictions.device if predictions is not None else None
+def _resolve(target, batch, n_classes, labels, predictions, device=None) -> Target:
+    device = predictions.device if predictions is not None else device
     if target is None:
         return Target(predictions.long())
     if callable(target) and not isinstance(target, torch.Tensor):
@@ -122,6 +132,8 @@ def _resolve(target, batch, n_classes, labels, predictions) -> Target:
                 f"A tensor target must hold integer class indices, 0-D or (B,), but got shape "
                 f"{tuple(target.shape)} and dtype {target.dtype}; flatten it, e.g. t.view(-1)."
             )
+        if target.dim() == 1 and target.shape[0] == batch and batch:
+            return Target(_checked_indices(target.long(), n_classes).to(device, copy=True))
         target = target.item() if target.dim() == 0 else target.tolist()
     if isinstance(target, (numbers.Integral, str)):  # a bool is refused by _class_index
         idx = _class_index(target, labels, n_classes)
