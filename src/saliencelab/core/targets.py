@@ -8,6 +8,7 @@ of whatever batch it gets, since multi-pass methods call it on perturbed batches
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,14 +48,8 @@ def gather_classes(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     try:
         return logits.gather(1, idx[:, None])[:, 0]
     except (RuntimeError, IndexError):
-        n = logits.shape[-1]
-        bad = idx[(idx < 0) | (idx >= n)]
-        if not bad.numel():
-            raise
-        raise SaliencelabError(
-            f"The target class {int(bad[0])} is out of range: the model has {n} classes (0 to "
-            f"{n - 1})."
-        ) from None
+        check_class_indices(idx, logits.shape[-1])
+        raise  # (another cause)
 
 
 def _class_index(t: int | str, labels: Sequence[str] | None, n_classes: int) -> int:
@@ -77,19 +72,29 @@ def _class_index(t: int | str, labels: Sequence[str] | None, n_classes: int) -> 
         )
     t = int(t)
     if not 0 <= t < n_classes:
-        raise SaliencelabError(
-            f"The target class {t} is out of range: the model has {n_classes} classes (0 to "
-            f"{n_classes - 1})."
-        )
+        raise _out_of_range(t, n_classes)
     return t
 
 
-def _checked_indices(t: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """`t` if every class index in it is in [0, n_classes), else `_class_index`'s sentence for
-    the first one that is not (one reduction, one read: no Python loop over the batch)."""
+def _out_of_range(t: int, n_classes: int | None) -> SaliencelabError:
+    known = (
+        f"the model has {n_classes} classes (0 to {n_classes - 1})"
+        if n_classes is not None
+        else "classes start at 0"
+    )
+    return SaliencelabError(f"The target class {t} is out of range: {known}.")
+
+
+def check_class_indices(t: torch.Tensor, n_classes: int | None) -> torch.Tensor:
+    """`t` if every class index in it is in [0, n_classes) (n_classes None: unknown, only ≥ 0),
+    else one sentence naming the first that is not (one reduction, one read: no Python loop
+    over the batch)."""
+    if not t.numel():
+        return t
+    n = n_classes if n_classes is not None else math.inf
     lo, hi = torch.stack(list(torch.aminmax(t))).tolist()
-    if lo < 0 or hi >= n_classes:
-        _class_index(int(t[(t < 0) | (t >= n_classes)][0]), None, n_classes)
+    if lo < 0 or hi >= n:
+        raise _out_of_range(int(t[(t < 0) | (t >= n)][0]), n_classes)
     return t
 
 
@@ -133,7 +138,7 @@ def _resolve(target, batch, n_classes, labels, predictions, device=None) -> Targ
                 f"{tuple(target.shape)} and dtype {target.dtype}; flatten it, e.g. t.view(-1)."
             )
         if target.dim() == 1 and target.shape[0] == batch and batch:
-            return Target(_checked_indices(target.long(), n_classes).to(device, copy=True))
+            return Target(check_class_indices(target.long(), n_classes).to(device, copy=True))
         target = target.item() if target.dim() == 0 else target.tolist()
     if isinstance(target, (numbers.Integral, str)):  # a bool is refused by _class_index
         idx = _class_index(target, labels, n_classes)

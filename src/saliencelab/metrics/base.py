@@ -32,7 +32,13 @@ from ..core.engine import Engine, all_finite
 from ..core.errors import SaliencelabError, closest
 from ..core.layout import channels_last_known
 from ..core.registry import get_method
-from ..core.targets import Target, TargetSpec, gather_classes, resolve_target
+from ..core.targets import (
+    Target,
+    TargetSpec,
+    check_class_indices,
+    gather_classes,
+    resolve_target,
+)
 from ..models.model import Model, as_model, as_model_input
 from .stats import bootstrap_ci
 
@@ -622,13 +628,8 @@ def _resolve_target(
     """(B,) class indices, and the logits on x when resolving them took a forward."""
     if isinstance(target, torch.Tensor) and target.dim() == 1 and target.shape[0] == b:
         t = target.long()
-        if model is not None and b:
-            lo, hi = int(t.min()), int(t.max())
-            n = len(model.labels) if model.labels is not None else None
-            if lo < 0 or (n is not None and hi >= n):
-                bad = lo if lo < 0 else hi
-                known = f"the model has {n} classes" if n is not None else "classes start at 0"
-                raise SaliencelabError(f"The target class {bad} is out of range: {known}.")
+        if model is not None:  # the labels give the classes; else `gather_classes` checks them
+            check_class_indices(t, len(model.labels) if model.labels is not None else None)
         return t, None
     if isinstance(target, int) and model is None:
         return torch.full((b,), target, dtype=torch.long), None

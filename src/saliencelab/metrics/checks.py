@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from ..core.engine import all_finite
 from ..core.errors import SaliencelabError
 
 
@@ -51,7 +52,7 @@ def check_finite_tensor(name: str, option: str, value: object) -> None:
     """A number or tensor option holds no NaN or infinity (else the model's scores would be NaN,
     and the error would blame the model)."""
     if isinstance(value, torch.Tensor):
-        finite = value.numel() == 0 or bool(torch.isfinite(value).all())
+        finite = all_finite(value)
     else:
         finite = not isinstance(value, (int, float)) or math.isfinite(value)
     if not finite:

@@ -286,6 +286,9 @@ def _check_request(
     score, and options that fit the model (`Metric.check_model`)."""
     registered = {spec.name for spec in registered_methods()}
     names = list(entries)
+    if masks is not None and any("masks" in metric.needs for metric in requested):
+        for maps, _, _ in entries.values():
+            masks_for(masks, maps)
     for metric in requested:
         metric.check_model(model)
         if "masks" in metric.needs and masks is None:
@@ -293,9 +296,6 @@ def _check_request(
                 f"The metric {metric.name} needs masks: pass masks=... ((B, H, W) bool "
                 "ground-truth masks)."
             )
-        if "masks" in metric.needs:
-            for maps, _, _ in entries.values():
-                masks_for(masks, maps)
         if "explainer" in metric.needs:
             for name in names:
                 if name not in registered:
