@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+import torch.nn.functional as F
 from skimage.feature import hog as sk_hog
 from skimage.metrics import structural_similarity
 from torch import nn
@@ -643,7 +644,15 @@ def test_mprt_runs_one_call_per_step_where_it_cannot_batch(images):
     assert not any("forward" in m.__dict__ for m in gated.modules())
 
 
-def test_weight_versions_computes_each_row_with_its_version():
+@pytest.mark.parametrize(
+    "samples",
+    [
+        [4, 1, 5, 0, 2, 3],  # versions T F T F T T: interleaved, gathered by index
+        [0, 1, 2, 3, 4, 5],  # F F T T T T: two stretches
+        [4, 0, 1, 5, 2, 3],  # T F F T T T: three stretches
+    ],
+)
+def test_weight_versions_computes_each_row_with_its_version(samples):
     """A linear layer with two weight versions: row i of a chunk gets W_v(i) x_i + b_v(i), and
     the input gradient of row i is W_v(i)ᵀ (the definition, row by row)."""
     from saliencelab.core.row_versions import NotRowwise, chunk_samples, weight_versions
@@ -651,7 +660,7 @@ def test_weight_versions_computes_each_row_with_its_version():
     torch.manual_seed(0)
     layer = nn.Linear(3, 2)
     other = {"weight": torch.randn(2, 3), "bias": torch.randn(2)}
-    samples = torch.tensor([4, 1, 5, 0, 2, 3])  # group = sample // 2: 2, 0, 2, 0, 1, 1
+    samples = torch.tensor(samples)  # group = sample // 2
     uses_other = [False, True, True]  # groups 1 and 2 use the other version
     x = torch.randn(6, 3, requires_grad=True)
     with (
@@ -661,7 +670,7 @@ def test_weight_versions_computes_each_row_with_its_version():
         chunk_samples(samples),
     ):
         out = layer(x)
-    rows_other = torch.tensor([True, False, True, False, True, True])
+    rows_other = samples // 2 >= 1
     w = torch.where(rows_other[:, None, None], other["weight"], layer.weight.detach())
     b = torch.where(rows_other[:, None], other["bias"], layer.bias.detach())
     torch.testing.assert_close(out, torch.einsum("noi,ni->no", w, x) + b)
@@ -676,6 +685,32 @@ def test_weight_versions_computes_each_row_with_its_version():
         with pytest.raises(NotRowwise), chunk_samples(samples):
             layer(x[:4])  # not the chunk's rows
     assert "forward" not in layer.__dict__
+
+
+def test_weight_versions_keep_channels_last_gradients():
+    """Rows of a chunk in stretches of one version each: the input gradient keeps the rows'
+    channels-last layout (gathering the stretches into zeros would give every layer below a
+    gradient to convert), and equals each stretch's own convolution's."""
+    from saliencelab.core.row_versions import chunk_samples, weight_versions
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    other = {"weight": torch.randn(4, 3, 3, 3), "bias": torch.randn(4)}
+    x = torch.randn(6, 3, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with (
+        weight_versions(conv, {"": other}, lambda s: [v // 3 for v in s.tolist()], {"": [0, 1]}),
+        chunk_samples(torch.arange(6)),
+    ):
+        out = conv(x)
+    (grad,) = torch.autograd.grad(out.square().sum(), x)
+    assert grad.is_contiguous(memory_format=torch.channels_last)
+    top = x[:3].detach().requires_grad_()
+    bottom = x[3:].detach().requires_grad_()
+    y = torch.cat([conv(top), F.conv2d(bottom, other["weight"], other["bias"], padding=1)])
+    torch.testing.assert_close(out, y)
+    torch.testing.assert_close(
+        grad, torch.cat(torch.autograd.grad(y.square().sum(), [top, bottom]))
+    )
 
 
 # -- random logit ----------------------------------------------------------------------------
