@@ -661,7 +661,7 @@ def test_weight_versions_computes_each_row_with_its_version(samples):
     layer = nn.Linear(3, 2)
     other = {"weight": torch.randn(2, 3), "bias": torch.randn(2)}
     samples = torch.tensor(samples)  # group = sample // 2
-    uses_other = [False, True, True]  # groups 1 and 2 use the other version
+    uses_other = [0, 1, 1]  # groups 1 and 2 use the other version (any truthy value)
     x = torch.randn(6, 3, requires_grad=True)
     with (
         weight_versions(

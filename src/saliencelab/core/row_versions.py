@@ -121,7 +121,7 @@ def _versioned_forward(
             raise NotRowwise(type(module).__name__)
         if x.shape[0] != samples.shape[0]:
             raise NotRowwise(type(module).__name__)
-        flags = [uses_other[g] for g in groups(samples)]
+        flags = [bool(uses_other[g]) for g in groups(samples)]
         runs = _runs(flags)
         if len(runs) == 1:
             return run(runs[0][0], x)
