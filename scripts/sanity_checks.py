@@ -35,15 +35,17 @@ TITLES = {"saliency": "Gradient", "gradcam": "Grad-CAM", "guided_backprop": "Gui
 
 
 class Recording(Explainer):
-    """An Explainer that keeps every batch of maps it recomputes."""
+    """An Explainer that keeps the maps it recomputes, one (B, H, W) block per step: a call may
+    explain several steps at once (the batch repeated once per step, in step order)."""
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, batch: int) -> None:
         super().__init__(method)
+        self.batch = batch
         self.recorded: list[torch.Tensor] = []
 
     def __call__(self, model, x, target):
         out = super().__call__(model, x, target)
-        self.recorded.append(out.maps.detach().cpu())
+        self.recorded.extend(out.maps.detach().cpu().split(self.batch))
         return out
 
 
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> dict:
     out: dict = {"photos": photos, "target": target, "methods": {}}
     for method in methods:
         start = time.perf_counter()
-        rec = Recording(method)
+        rec = Recording(method, x.shape[0])
         metric = sl.metrics.get("model_randomisation")(order="cascading", similarity="spearman")
         res = metric(ex[method].maps, x=x, model=model, target=target, explainer=rec)
         maps = torch.stack(rec.recorded, dim=1)  # (B, steps, H, W)
