@@ -270,15 +270,22 @@ def test_gradcam_points_at_the_object_and_beats_the_reference_maps(cnn):
 
 
 def test_vit_maps_point_at_the_object():
-    """Pointing game on 32 fresh images, tolerance 3. Measured: attention rollout 28, Grad-CAM
-    28 (at the last block's norm1); centre Gaussian 16 (these 32 objects happen to be rather
-    central). On 64 images: rollout 59, Grad-CAM 54, LayerCAM 61, centre Gaussian 25."""
+    """Pointing game on 32 fresh images, tolerance 3, as the README quotes it (`sl.evaluate`'s
+    `pointing_game`: a disk of 3 pixels, any maximal pixel). Measured: attention rollout 28,
+    Grad-CAM 29 (at the last block's norm1), centre Gaussian 15 (these 32 objects happen to be
+    rather central); with this file's square dilation and the first maximum, Grad-CAM 28. On 64
+    images: rollout 59, Grad-CAM 54, LayerCAM 61, centre Gaussian 25."""
     vit = sl.load_model("shapes_vit")
     data = shapes.make(32, seed=99)
     methods = ["attention_rollout", "gradcam"]
     ex = sl.explain(vit, data.images, methods=methods)
-    hits = {m: int(pointing_game(ex[m].maps, data.masks).sum()) for m in methods}
+    rep = sl.evaluate(
+        vit, data.images, ex, {"pointing_game": {"tolerance": 3}}, data.masks, references=False
+    )
+    hits = {m: int(rep[m]["pointing_game"].values.sum()) for m in methods}
     assert all(h >= 24 for h in hits.values()), hits
+    square = {m: int(pointing_game(ex[m].maps, data.masks).sum()) for m in methods}
+    assert all(abs(square[m] - hits[m]) <= 2 for m in methods), (square, hits)
 
 
 def test_shortcut_model_follows_the_watermark():

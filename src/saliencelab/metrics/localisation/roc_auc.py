@@ -9,7 +9,8 @@ from ._common import flat_maps_and_masks, ratio, target_extras
 
 @register_metric
 class RocAuc(Metric):
-    """Area under the ROC curve of the map's values as scores of "pixel in the mask".
+    """Area under the ROC curve of the map's values as scores of "pixel in the mask" (Fawcett
+    2006, An introduction to ROC analysis; a localisation score in Quantus, Hedström et al. 2023).
 
     By the Mann–Whitney identity, with average ranks r (ties share their mean rank),
     P = |mask| and Q = N − P:  AUC = (Σ_{p ∈ mask} r_p − P(P + 1)/2) / (P · Q),
