@@ -208,6 +208,39 @@ def test_evaluate_recomputes_registered_methods(tiny_cnn, images):
         )
 
 
+def test_evaluate_takes_the_explainer_of_maps_it_cannot_recompute(tiny_cnn, images):
+    """explainer=: one for every map, or a dict by map name; the same values as the map's own
+    registered method."""
+    x = images[:2]
+    ex = sl.explain(tiny_cnn, x, methods={"smoothgrad": {"n_samples": 3}})
+    metrics = {"max_sensitivity": {"n_samples": 2}}
+    own = sl.evaluate(tiny_cnn, x, ex, metrics, references=False)["smoothgrad"]
+    maps = {"mine": ex["smoothgrad"].maps}
+    smooth = sl.metrics.Explainer("smoothgrad", {"n_samples": 3})
+    for explainer in (smooth, {"mine": smooth}):
+        r = sl.evaluate(tiny_cnn, x, maps, metrics, references=False, explainer=explainer)
+        torch.testing.assert_close(
+            r["mine"]["max_sensitivity"].values, own["max_sensitivity"].values
+        )
+        assert r["mine"]["max_sensitivity"].passes == 2 * 3
+    by_name = sl.evaluate(tiny_cnn, x, maps, metrics, references=False, explainer="saliency")
+    assert by_name["mine"]["max_sensitivity"].passes == 2
+    with pytest.raises(sl.SaliencelabError, match="names 'other', which the explanation"):
+        sl.evaluate(tiny_cnn, x, maps, metrics, explainer={"other": "saliency"})
+    with pytest.raises(sl.SaliencelabError, match="not function .for 'mine'"):
+        sl.evaluate(tiny_cnn, x, maps, metrics, explainer=lambda m, x, t: x)
+    with pytest.raises(sl.SaliencelabError, match="Unknown method 'salency'"):
+        sl.evaluate(tiny_cnn, x, maps, metrics, explainer="salency")
+    with pytest.raises(sl.SaliencelabError, match="explainer=\\{'mine': 'saliency'\\}"):
+        sl.evaluate(tiny_cnn, x, maps, metrics)
+
+
+def test_an_undefined_interval_prints_as_n_a(tiny_cnn, images):
+    rep = sl.evaluate(tiny_cnn, images[:1], {"mine": images[:1].sum(1)}, "_test_map_max")
+    assert "n/a" in str(rep) and "nan" not in str(rep)
+    assert "[" in str(sl.evaluate(tiny_cnn, images, {"mine": images.sum(1)}, "_test_map_max"))
+
+
 def _forwards(net):
     """A list that records the rows of every forward of `net`, and the hook's handle."""
     rows: list[int] = []

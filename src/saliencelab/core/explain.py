@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numbers
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -93,6 +94,21 @@ def _needs_input_gradient(spec: MethodSpec) -> bool:
     if spec.family in ("gradient", "relevance"):
         return True
     return any(p.input_grad for p in spec.shared_passes)
+
+
+@contextmanager
+def input_errors_explained(model: Model, x: torch.Tensor) -> Iterator[None]:
+    """A failure in the block that the inputs caused (`_input_error`) re-raised as one sentence
+    about them; any other error propagates as it is."""
+    try:
+        yield
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        if isinstance(err, SaliencelabError):
+            raise
+        wrapped = _input_error(model, x, err)
+        if wrapped is None:
+            raise
+        raise wrapped from None
 
 
 def _input_error(model: Model, x: torch.Tensor, err: Exception) -> SaliencelabError | None:
@@ -211,16 +227,9 @@ def explain(
                         "perturbation method."
                     )
         engine = Engine(model, chunk_size=chunk_size, memory_budget=memory_budget)
-        with engine.session():  # one for the call: the passes' own sessions then cost nothing
-            try:
-                return _explain(model, engine, x, requests, target, start)
-            except (RuntimeError, ValueError, TypeError, IndexError) as err:
-                if isinstance(err, SaliencelabError):
-                    raise
-                wrapped = _input_error(model, x, err)
-                if wrapped is None:
-                    raise
-                raise wrapped from None
+        # One session for the call: the passes' own sessions then cost nothing.
+        with engine.session(), input_errors_explained(model, x):
+            return _explain(model, engine, x, requests, target, start)
 
 
 def _explain(

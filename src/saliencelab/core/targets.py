@@ -98,6 +98,15 @@ def check_class_indices(t: torch.Tensor, n_classes: int | None) -> torch.Tensor:
     return t
 
 
+def check_tensor_target(target: torch.Tensor) -> None:
+    """One sentence unless `target` holds integer class indices, 0-D or (B,)."""
+    if target.dim() > 1 or target.is_floating_point() or target.dtype == torch.bool:
+        raise SaliencelabError(
+            f"A tensor target must hold integer class indices, 0-D or (B,), but got shape "
+            f"{tuple(target.shape)} and dtype {target.dtype}; e.g. t.long().view(-1)."
+        )
+
+
 def resolve_target(
     target: TargetSpec, logits: torch.Tensor, labels: Sequence[str] | None = None
 ) -> Target:
@@ -132,11 +141,7 @@ def _resolve(target, batch, n_classes, labels, predictions, device=None) -> Targ
     if callable(target) and not isinstance(target, torch.Tensor):
         return Target(torch.full((batch,), -1, dtype=torch.long, device=device), fn=target)
     if isinstance(target, torch.Tensor):
-        if target.dim() > 1 or target.is_floating_point() or target.dtype == torch.bool:
-            raise SaliencelabError(
-                f"A tensor target must hold integer class indices, 0-D or (B,), but got shape "
-                f"{tuple(target.shape)} and dtype {target.dtype}; flatten it, e.g. t.view(-1)."
-            )
+        check_tensor_target(target)
         if target.dim() == 1 and target.shape[0] == batch and batch:
             return Target(check_class_indices(target.long(), n_classes).to(device, copy=True))
         target = target.item() if target.dim() == 0 else target.tolist()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -30,12 +31,14 @@ from torch import nn
 from ..core.context import autograd_allowed
 from ..core.engine import Engine, all_finite
 from ..core.errors import SaliencelabError, closest
+from ..core.explain import input_errors_explained
 from ..core.layout import channels_last_known
 from ..core.registry import get_method
 from ..core.targets import (
     Target,
     TargetSpec,
     check_class_indices,
+    check_tensor_target,
     gather_classes,
     resolve_target,
 )
@@ -431,15 +434,16 @@ class Metric:
         import time
 
         if batch is None:
-            batch = make_batch(
-                maps,
-                x=x,
-                model=model,
-                target=target,
-                masks=masks,
-                attributions=attributions,
-                explainer=explainer,
-            )
+            with _inputs_blamed(model, x):  # e.g. the forward that finds the predicted class
+                batch = make_batch(
+                    maps,
+                    x=x,
+                    model=model,
+                    target=target,
+                    masks=masks,
+                    attributions=attributions,
+                    explainer=explainer,
+                )
         self.check(batch)
         engine = batch.engine
         before = engine.cost.copy() if engine is not None else None
@@ -447,7 +451,8 @@ class Metric:
             (batch.explainer.passes, batch.explainer.forwards) if batch.explainer else (0, 0)
         )
         start = time.perf_counter()
-        out = self.score(batch)
+        with _inputs_blamed(batch.model, batch.x):
+            out = self.score(batch)
         self._seconds += time.perf_counter() - start
         if batch.engine is not None:
             cost = batch.engine.cost.since(before) if before is not None else batch.engine.cost
@@ -541,6 +546,14 @@ def masks_for(masks: object, maps: torch.Tensor) -> torch.Tensor:
     return masks
 
 
+def _inputs_blamed(model: Model | nn.Module | None, x: object) -> AbstractContextManager:
+    """A failure of the model that the inputs caused, as one sentence about them
+    (`core/explain.py`); nothing to blame without a model and input tensors."""
+    if model is None or not isinstance(x, torch.Tensor) or x.numel() == 0:
+        return nullcontext()
+    return input_errors_explained(as_model(model), x)
+
+
 def make_batch(
     maps: torch.Tensor | None,
     *,
@@ -563,10 +576,18 @@ def make_batch(
         raise SaliencelabError(
             f"Maps need a batch axis, got shape {tuple(maps.shape)}; use maps.unsqueeze(0)."
         )
+    if maps.shape[0] == 0:
+        raise SaliencelabError("The batch is empty; give at least one map to score.")
+    if maps.is_complex():
+        raise SaliencelabError("The maps are complex numbers; give real-valued maps.")
+    if not maps.is_floating_point():  # a 0/1 or integer map scores as its float values
+        maps = maps.float()
     if not all_finite(maps):
         raise SaliencelabError("The maps contain NaN or infinite values; check the method.")
     b = maps.shape[0]
     m = as_model(model) if model is not None else None
+    if x is not None and not isinstance(x, torch.Tensor):
+        raise SaliencelabError(f"Give the inputs as a tensor, not {type(x).__name__}.")
     if x is not None:
         unbatched = x.dim() == maps.dim() + 2 and tuple(maps.shape) == tuple(x.shape[-2:])
         if unbatched and b != x.shape[0]:
@@ -578,6 +599,18 @@ def make_batch(
             raise SaliencelabError(
                 f"The maps are for {b} samples but the inputs have {x.shape[0]}; give one map per "
                 "input."
+            )
+        if m is not None and not x.is_floating_point():
+            raise SaliencelabError(
+                f"The inputs are {x.dtype}; the metrics change input values, so give float "
+                "inputs as the model takes them (model.preprocess(images), or x.float() / 255 "
+                "for 0-255 pixels)."
+            )
+        if (x.dim() == 4 and maps.dim() != 3) or (x.dim() == 2 and maps.shape != x.shape):
+            want = "(B, H, W) maps, one per image" if x.dim() == 4 else "maps shaped like them"
+            raise SaliencelabError(
+                f"The maps have shape {tuple(maps.shape)} for inputs of shape {tuple(x.shape)}; "
+                f"give {want}."
             )
         if x.dim() == 4 and maps.dim() == 3 and tuple(maps.shape[-2:]) != tuple(x.shape[-2:]):
             raise SaliencelabError(
@@ -595,6 +628,12 @@ def make_batch(
     if attributions is not None and attributions.shape[0] != b:
         raise SaliencelabError(
             f"The attributions are for {attributions.shape[0]} samples but the maps for {b}."
+        )
+    if attributions is not None and x is not None and attributions.shape != x.shape:
+        raise SaliencelabError(
+            f"The attributions have shape {tuple(attributions.shape)} but the inputs "
+            f"{tuple(x.shape)}; give input-space attributions (an Attribution's .attributions) "
+            "or none."
         )
     if isinstance(explainer, str):
         explainer = Explainer(explainer)
@@ -626,6 +665,8 @@ def _resolve_target(
     target: TargetSpec, b: int, model: Model | None, x: torch.Tensor | None, engine: Engine | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B,) class indices, and the logits on x when resolving them took a forward."""
+    if isinstance(target, torch.Tensor):
+        check_tensor_target(target)
     if isinstance(target, torch.Tensor) and target.dim() == 1 and target.shape[0] == b:
         t = target.long()
         if model is not None:  # the labels give the classes; else `gather_classes` checks them

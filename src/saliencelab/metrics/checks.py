@@ -61,11 +61,26 @@ def check_finite_tensor(name: str, option: str, value: object) -> None:
         )
 
 
-def check_positive_int(name: str, option: str, value: object, what: str = "") -> int:
-    """`value` if it is an integer ≥ 1; `what` says what the option counts."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+def check_positive_int(
+    name: str, option: str, value: object, what: str = "", minimum: int = 1
+) -> int:
+    """`value` if it is an integer ≥ `minimum` (1); `what` says what the option counts."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         meaning = f" ({what})" if what else ""
-        raise SaliencelabError(
-            f"{option} must be a positive integer{meaning} for {name}, got {value!r}."
-        )
+        kind = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        raise SaliencelabError(f"{option} must be {kind}{meaning} for {name}, got {value!r}.")
     return value
+
+
+def check_range(name: str, option: str, value: object) -> tuple[float, float]:
+    """`value` as (lo, hi) if it is two finite numbers with lo < hi."""
+    try:
+        lo, hi = (float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        lo = hi = math.nan
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise SaliencelabError(
+            f"{option} of {name} must be two finite numbers (low, high) with low < high, "
+            f"got {value!r}."
+        )
+    return lo, hi

@@ -55,7 +55,7 @@ from ..cli_common import (
 )
 from ..core.requests import split_dotted
 from .base import MetricResult, get_metric
-from .evaluate import EvalReport, json_safe, metric_requests
+from .evaluate import EvalReport, format_ci, json_safe, metric_requests
 
 DEFAULT_METHODS = "gradcam,saliency"
 DEFAULT_METRICS = "deletion,insertion"
@@ -301,7 +301,7 @@ def results_table(report: EvalReport) -> Table:
             lo, hi = r.ci
             is_ref = method in report.references
             style = "dim" if is_ref else ("bold" if method == best else None)
-            ci = "n/a" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{lo:.4g}, {hi:.4g}]"
+            ci = format_ci(lo, hi)
             table.add_row(
                 metric if first else "",
                 method + (" (ref)" if is_ref else ""),

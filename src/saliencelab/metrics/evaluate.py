@@ -27,6 +27,7 @@ from torch import nn
 from ..core.context import autograd_allowed
 from ..core.engine import Engine
 from ..core.errors import SaliencelabError, closest
+from ..core.explain import input_errors_explained
 from ..core.registry import get_method
 from ..core.registry import methods as registered_methods
 from ..core.requests import named_requests
@@ -38,6 +39,14 @@ from .base import EvalBatch, Explainer, Metric, MetricResult, get_metric, make_b
 
 MetricsArg = str | Sequence[str] | Mapping[str, Mapping[str, Any]]
 MapsArg = Explanation | Mapping[str, Attribution | torch.Tensor]
+ExplainerArg = str | Explainer | Mapping[str, str | Explainer] | None
+
+
+def format_ci(low: float, high: float) -> str:
+    """A confidence interval as printed: "[low, high]", "n/a" where it is undefined (one sample)."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "n/a"
+    return f"[{low:.4g}, {high:.4g}]"
 
 
 @dataclass
@@ -124,7 +133,7 @@ class EvalReport(Mapping[str, dict[str, MetricResult]]):
         lines = [head]
         for r in self.table():
             name = r["method"] + (" (ref)" if r["reference"] else "")
-            ci = f"[{r['ci_low']:.4g}, {r['ci_high']:.4g}]"
+            ci = format_ci(r["ci_low"], r["ci_high"])
             lines.append((name, r["metric"], f"{r['mean']:.4g}", ci, str(r["n"]), r["direction"]))
         widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
         return "\n".join(
@@ -278,13 +287,44 @@ def _reference_names(references: bool | str | Sequence[str] | None) -> tuple[str
     return tuple(dict.fromkeys(names))
 
 
+def _given_explainers(
+    explainer: ExplainerArg, names: list[str], chunk_size: int | None
+) -> dict[str, Explainer]:
+    """`sl.evaluate`'s `explainer=` as one Explainer per map name: one for every map, or a dict
+    by map name (each a registered method's name or an Explainer; an unknown name is one
+    sentence here, before any model work)."""
+    if explainer is None:
+        return {}
+    given = explainer if isinstance(explainer, Mapping) else dict.fromkeys(names, explainer)
+    unknown = [n for n in given if n not in names]
+    if unknown:
+        raise SaliencelabError(
+            f"explainer= names {unknown[0]!r}, which the explanation does not hold (it holds "
+            f"{', '.join(names)})."
+        )
+    out = {}
+    for name, e in given.items():
+        if not isinstance(e, (str, Explainer)):
+            raise SaliencelabError(
+                f"explainer= takes a method name or sl.metrics.Explainer(name, options), not "
+                f"{type(e).__name__} (for {name!r}); register your own method with @sl.register."
+            )
+        out[name] = Explainer(e, chunk_size=chunk_size) if isinstance(e, str) else e
+    return out
+
+
 def _check_request(
-    requested: list[Metric], entries: dict[str, Any], masks: object, model: Model
+    requested: list[Metric],
+    entries: dict[str, Any],
+    masks: object,
+    model: Model,
+    explainers: Mapping[str, Explainer],
 ) -> None:
     """What the metrics need that the call lacks, before any model work: masks (shaped like the
-    maps), a registered method to recompute for every method the explanation-recomputing metrics
-    score, and options that fit the model (`Metric.check_model`)."""
-    registered = {spec.name for spec in registered_methods()}
+    maps), a registered method (or a given explainer) to recompute for every method the
+    explanation-recomputing metrics score, and options that fit the model
+    (`Metric.check_model`)."""
+    registered = {spec.name for spec in registered_methods()} | set(explainers)
     names = list(entries)
     if masks is not None and any("masks" in metric.needs for metric in requested):
         for maps, _, _ in entries.values():
@@ -301,7 +341,8 @@ def _check_request(
                 if name not in registered:
                     raise SaliencelabError(
                         f"The metric {metric.name} recomputes explanations, but {name!r} is not "
-                        "a registered method; give maps from sl.explain or drop the metric."
+                        "a registered method; give maps from sl.explain, name the method that "
+                        f"recomputes them (explainer={{{name!r}: 'saliency'}}) or drop the metric."
                     )
 
 
@@ -326,6 +367,7 @@ def evaluate(
     *,
     references: bool | str | Sequence[str] = True,
     chunk_size: int | None = None,
+    explainer: ExplainerArg = None,
     **options: Any,
 ) -> EvalReport:
     """Score the maps of each method in `ex` with each metric.
@@ -342,6 +384,11 @@ def evaluate(
             only the named ones (a name, a comma-separated string or a list), or none (False).
         chunk_size: rows per chunk of the metrics' passes and of the explanations the
             robustness and randomisation metrics recompute (default: measured).
+        explainer: what recomputes the maps for those metrics: a registered method's name or
+            `sl.metrics.Explainer(name, options)` for every map in `ex` (not the references),
+            or a dict by map name
+            (e.g. `{"mine": Explainer("smoothgrad", {"n_samples": 8})}`); default: each map's
+            own method (its name in `ex`, with the options its Attribution records).
         **options: options given to every requested metric that takes them (e.g. `steps=50`).
 
     The request (metric names and option values, reference names, masks for the metrics that
@@ -351,13 +398,16 @@ def evaluate(
     model = as_model(model)
     if not isinstance(x, torch.Tensor):
         raise SaliencelabError(f"Give the inputs as a tensor, not {type(x).__name__}.")
+    if not x.dim() or x.shape[0] == 0:
+        raise SaliencelabError(f"The batch is empty (inputs of shape {tuple(x.shape)}).")
     x = as_model_input(model, x)
     requested = metric_requests(metrics, options)  # each metric checks its options when built
     refs = _reference_names(references)
     entries = _maps_of(ex)
     if not entries:
         raise SaliencelabError("The explanation holds no maps to evaluate.")
-    _check_request(requested, entries, masks, model)  # the references are registered methods
+    given = _given_explainers(explainer, list(entries), chunk_size)
+    _check_request(requested, entries, masks, model, given)  # references: registered methods
     engine = Engine(model, chunk_size=chunk_size)
 
     if refs:
@@ -379,16 +429,17 @@ def evaluate(
         if target is None and a is not None and (a.target >= 0).all():
             method_target = a.target
         full = attributions if attributions is not None and attributions.shape == x.shape else None
-        batch: EvalBatch = make_batch(
-            maps,
-            x=x,
-            model=model,
-            target=method_target,
-            masks=masks,
-            attributions=full,
-            explainer=_explainer(name, a, chunk_size),
-            engine=engine,
-        )
+        with input_errors_explained(model, x):  # e.g. the forward finding the predicted class
+            batch: EvalBatch = make_batch(
+                maps,
+                x=x,
+                model=model,
+                target=method_target,
+                masks=masks,
+                attributions=full,
+                explainer=given.get(name) or _explainer(name, a, chunk_size),
+                engine=engine,
+            )
         if default_target is None:
             default_target = batch.target  # resolve the predicted class once
         per: dict[str, MetricResult] = {}

@@ -322,6 +322,14 @@ class InputInvariance(Metric):
         check_choice(self.name, "on", on, ("maps", "attributions"))
         if not (atol >= 0 and rtol >= 0):
             raise SaliencelabError("atol and rtol must be non-negative numbers.")
+        try:
+            values = torch.as_tensor(shift, dtype=torch.float64).flatten()
+        except (TypeError, ValueError, RuntimeError):
+            values = None
+        if values is None or not values.numel() or not bool(values.isfinite().all()):
+            raise SaliencelabError(
+                f"shift of {self.name} must be a finite number or one per channel, got {shift!r}."
+            )
         super().__init__(shift=shift, measure=measure, atol=atol, rtol=rtol, on=on)
 
     def _shift(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,13 +28,18 @@ def subset_indices(
     if subsets is None:
         keys = torch.rand(draws, n_units, generator=generator(seed))
         return keys.topk(size, dim=1).indices[None]
-    subsets = torch.as_tensor(subsets).long().cpu()
+    subsets = torch.as_tensor(subsets)
+    if subsets.is_floating_point() or subsets.is_complex() or subsets.dtype == torch.bool:
+        raise SaliencelabError(
+            f"The subsets of {name} are {subsets.dtype}; give integer unit indices."
+        )
+    subsets = subsets.long().cpu()
     if subsets.dim() == 2:
         subsets = subsets[None]
-    if subsets.dim() != 3 or subsets.shape[0] not in (1, b):
+    if subsets.dim() != 3 or subsets.shape[0] not in (1, b) or subsets.shape[1] < 2:
         raise SaliencelabError(
             f"The subsets of {name} have shape {tuple(subsets.shape)}; give unit indices as "
-            f"(draws, size) or (batch={b}, draws, size)."
+            f"(draws, size) or (batch={b}, draws, size), with at least 2 draws to correlate."
         )
     if subsets.numel() and (subsets.min() < 0 or subsets.max() >= n_units):
         raise SaliencelabError(
@@ -128,7 +133,7 @@ class FaithfulnessCorrelation(FaithfulnessMetric):
     ) -> None:
         check_choice(self.name, "unit", unit, ("pixel", "element"))
         check_positive_int(self.name, "subset_size", subset_size)
-        check_positive_int(self.name, "n_samples", n_samples)
+        check_positive_int(self.name, "n_samples", n_samples, "a correlation needs 2", minimum=2)
         super().__init__(
             subset_size=subset_size,
             n_samples=n_samples,

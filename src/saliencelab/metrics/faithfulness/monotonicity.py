@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..base import EvalBatch, Scores, register_metric
-from ..checks import check_choice, check_positive, check_positive_int
+from ..checks import check_choice, check_positive, check_positive_int, check_range
 from ..stats import pixel_order, spearman
 from .perturbation import (
     FaithfulnessMetric,
@@ -110,6 +110,7 @@ class MonotonicityCorrelation(FaithfulnessMetric):
         check_positive_int(self.name, "steps", steps)
         check_positive_int(self.name, "n_samples", n_samples)
         check_choice(self.name, "perturbation", perturbation, ("uniform", "baseline"))
+        check_range(self.name, "uniform_range", uniform_range)
         check_positive(self.name, "eps", eps)
         super().__init__(
             steps=steps,

@@ -6,7 +6,7 @@ import torch
 
 from ...core.errors import SaliencelabError
 from ..base import EvalBatch, Scores, register_metric
-from ..checks import check_choice, check_positive_int
+from ..checks import check_choice, check_positive_int, check_range
 from .perturbation import (
     FaithfulnessMetric,
     baseline_like,
@@ -41,6 +41,7 @@ class _RegionPerturbation(FaithfulnessMetric):
         if regions is not None:
             check_positive_int(self.name, "regions", regions)
         check_choice(self.name, "perturbation", perturbation, ("baseline", "uniform"))
+        check_range(self.name, "uniform_range", uniform_range)
         super().__init__(
             patch_size=patch_size,
             regions=regions,

@@ -63,7 +63,7 @@ class SensitivityN(FaithfulnessMetric):
         score: str = "probability",
     ) -> None:
         check_fractions(self.name, fractions)
-        check_positive_int(self.name, "n_samples", n_samples)
+        check_positive_int(self.name, "n_samples", n_samples, "a correlation needs 2", minimum=2)
         super().__init__(
             fractions=as_tuple(fractions),
             n_samples=n_samples,
