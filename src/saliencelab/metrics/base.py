@@ -451,8 +451,12 @@ class Metric:
             (batch.explainer.passes, batch.explainer.forwards) if batch.explainer else (0, 0)
         )
         start = time.perf_counter()
-        with _inputs_blamed(batch.model, batch.x):
-            out = self.score(batch)
+        # One session (eval mode, frozen weights) for all the metric's passes: each pass's own
+        # then costs nothing, where entering one walks the model (~0.1 ms on the shapes CNN,
+        # ~0.7 ms on EfficientNet-Lite0).
+        with engine.session() if engine is not None else nullcontext():
+            with _inputs_blamed(batch.model, batch.x):
+                out = self.score(batch)
         self._seconds += time.perf_counter() - start
         if batch.engine is not None:
             cost = batch.engine.cost.since(before) if before is not None else batch.engine.cost
