@@ -228,11 +228,15 @@ def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> nn.M
     kind = archive_kind(p)
     if kind == "export":
         try:
-            with open(p, "rb") as f:
+            # torch's own deprecation notices while it reads the archive are not the user's to act
+            # on (e.g. a FutureWarning about LeafSpec): quiet, so a refusal below is one sentence.
+            with open(p, "rb") as f, warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
                 program = torch.export.load(f)
+                # Unflattened, the exported module keeps its submodules, so layer hooks fire.
+                module = torch.export.unflatten(program)
             batch = static_batch(program)
-            # Unflattened, the exported module keeps its submodules, so layer hooks fire.
-            module = torch.export.unflatten(program)
         except Exception as e:
             raise SaliencelabError(
                 f"{str(p)!r} looks like a torch.export archive but failed to load ({e}); re-save "
