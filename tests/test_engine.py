@@ -555,3 +555,25 @@ def test_lime_climbs_to_large_chunks_where_a_chunk_costs_the_same_whatever_its_r
     finally:
         batching.forget_chunk_sizes()
     assert max(batches) == 256
+
+
+def test_a_failed_probe_forward_is_not_remembered_as_no_channels_last():
+    """The layout probe's plain forward failing (bad rows, a transient error) teaches nothing
+    about the layout: the next probe runs again and finds channels-last safe."""
+    from saliencelab.core.layout import channels_last_known, probe_channels_last
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten()).eval()
+    calls = []
+
+    def flaky(module, args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("transient")
+
+    handle = net[0].register_forward_pre_hook(flaky)
+    x = torch.randn(2, 3, 8, 8)
+    try:
+        assert not probe_channels_last(net, x) and not channels_last_known(net, x)
+        assert probe_channels_last(net, x) and channels_last_known(net, x)
+    finally:
+        handle.remove()

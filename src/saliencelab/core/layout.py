@@ -67,15 +67,17 @@ def probe_channels_last(module: nn.Module, example: torch.Tensor) -> bool:
     known = _LAYOUT_OK.setdefault(module, {})
     if key in known:
         return known[key]
-    ok = False
     with torch.inference_mode():
         row = x[:1].detach()
         try:
             plain = logits_of(module.forward(row.contiguous()))
+        except Exception:  # noqa: BLE001  (the rows fail as they are: the pass will say why)
+            return False  # nothing learnt about the layout: not remembered, the next call probes
+        try:
             fast = logits_of(module.forward(row.contiguous(memory_format=torch.channels_last)))
             tol = 1e-4 * float(plain.abs().max()) + 1e-6
             ok = plain.shape == fast.shape and bool(((plain - fast).abs() <= tol).all())
-        except Exception:  # noqa: BLE001  (any failure: keep the model's usual layout)
+        except Exception:  # noqa: BLE001  (any failure channels-last: keep the usual layout)
             ok = False
     known[key] = ok
     return ok
