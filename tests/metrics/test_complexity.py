@@ -117,6 +117,17 @@ def test_entropy_matches_loop_and_extremes():
     torch.testing.assert_close(normalised, want / math.log(63), equal_nan=True)
 
 
+def test_normalised_entropy_of_two_and_one_pixel_maps():
+    """Normalised entropy H / ln n by hand on the smallest maps: a constant 1×2 map is uniform
+    (1), a 2×1 map (1, 3) has H(1/4, 3/4) / ln 2, a one-hot pair 0, a single pixel 0."""
+    pair = torch.tensor([[[2.0, -2.0]], [[0.0, 5.0]]])
+    assert run("entropy", pair, normalised=True).tolist() == pytest.approx([1.0, 0.0])
+    quarter = torch.tensor([[[1.0], [3.0]]])
+    h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75)) / math.log(2)
+    assert run("entropy", quarter, normalised=True)[0] == pytest.approx(h)
+    assert run("entropy", torch.full((1, 1, 1), 4.0), normalised=True)[0] == 0.0
+
+
 def test_entropy_matches_quantus(quantus):
     maps = random_maps(seed=3)
     want = quantus_scores(quantus, quantus.Complexity, maps)

@@ -192,6 +192,28 @@ def test_pointing_game_ties_on_a_constant_map():
     assert run("pointing_game", a, mask, tolerance=0, ties="expected")[0] == 2 / 16
 
 
+def test_pointing_game_default_tolerance_is_15_pixels():
+    """The default-constructed metric dilates by the paper's 15 px disk: hand-computed
+    Euclidean distances from a one-pixel mask at (5, 5) (9² + 12² = 15²)."""
+    mask = torch.zeros(1, 30, 30, dtype=torch.bool)
+    mask[0, 5, 5] = True
+    cases = [((5, 15), 1.0), ((14, 17), 1.0), ((5, 20), 1.0), ((5, 21), 0.0), ((17, 15), 0.0)]
+    for (y, x), hit in cases:  # distances 10, 15, 15, 16, √244 ≈ 15.6
+        a = torch.zeros(1, 30, 30)
+        a[0, y, x] = 1.0
+        assert metric("pointing_game")(a, masks=mask).values[0] == hit, (y, x)
+
+
+def test_pointing_game_default_ties_count_any_maximum():
+    """Default ties="any" (Quantus 0.6.0): a constant map scores 1 for any non-empty mask, here
+    one 35 px from pixel (0, 0), which "first" would take (and miss even at tolerance 15)."""
+    a = torch.ones(2, 30, 30)
+    mask = torch.zeros(2, 30, 30, dtype=torch.bool)
+    mask[0, 25, 25] = True
+    mask[1, 20:, 28:] = True
+    assert metric("pointing_game")(a, masks=mask).values.tolist() == [1.0, 1.0]
+
+
 def test_pointing_game_matches_quantus(quantus):
     maps, masks = random_case(b=8, seed=1)
     maps[2, 0, 0] = maps[2].max() + 1  # a hit on the always-set pixel
@@ -288,6 +310,18 @@ def test_top_k_fraction_and_too_large_k():
     torch.testing.assert_close(by_fraction, run("top_k_intersection", maps, masks, k=12))
     with pytest.raises(SaliencelabError, match="more than the 100 pixels"):
         run("top_k_intersection", maps, masks)  # default k = 1000
+
+
+def test_top_k_fraction_rounds_to_nearest():
+    """A fraction k stands for round(k · n) pixels, not the truncation: hand-computed on a
+    descending 1×10 map, k · n = 3.7 → the 4 highest pixels (truncating would take 3)."""
+    a = torch.arange(10.0, 0.0, -1.0)[None, None]  # pixel i has the (i + 1)-th highest value
+    mask = torch.zeros(1, 1, 10, dtype=torch.bool)
+    mask[0, 0, 3] = True  # the 4th highest pixel only
+    assert run("top_k_intersection", a, mask, k=0.37)[0] == pytest.approx(1 / 4)
+    mask[0, 0, :2] = True  # pixels 0, 1 and 3: 3 of the top 4
+    assert run("top_k_intersection", a, mask, k=0.37)[0] == pytest.approx(3 / 4)
+    assert run("top_k_intersection", a, mask, k=0.32)[0] == pytest.approx(2 / 3)  # 3.2 → 3
 
 
 # -- ROC-AUC ---------------------------------------------------------------------------------------

@@ -157,6 +157,31 @@ def test_ssim_matches_skimage_gaussian_window(pair):
     assert torch.allclose(S.ssim(a, 3 * b + 2), S.ssim(a, b))
 
 
+def _np_minmax(a: np.ndarray) -> np.ndarray:
+    """Min-max normalisation to [0, 1] in NumPy, a constant map to zeros (the module docstring)."""
+    span = a.max() - a.min()
+    return (a - a.min()) / span if span > 0 else np.zeros_like(a)
+
+
+def _sk_ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    """skimage's SSIM with the documented settings on NumPy min-max normalised maps."""
+    na, nb = _np_minmax(a.double().numpy()), _np_minmax(b.double().numpy())
+    return structural_similarity(
+        na, nb, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
+
+
+def test_ssim_similarity_to_defaults_match_skimage(pair):
+    """The cached SSIM the metrics use (`similarity_to("ssim")`, no options) has ssim's
+    documented defaults: skimage with σ = 1.5 on min-max normalised maps."""
+    a, b = pair
+    ref = [_sk_ssim(a[i], b[i]) for i in range(3)]
+    for dtype, atol in ((torch.float64, 1e-12), (torch.float32, 1e-6)):
+        got = S.similarity_to("ssim", a.to(dtype))(b.to(dtype))
+        np.testing.assert_allclose(got.numpy(), ref, atol=atol, rtol=0)
+    np.testing.assert_allclose(S.similarity("ssim", a, b).numpy(), ref, atol=1e-6, rtol=0)
+
+
 def test_ssim_in_float32_agrees_with_float64():
     """float32 maps are compared in float32: the local moments E[x²], E[xy] carry relative
     rounding of ~1e-7, which the variances subtract from μ² (cancellation where a map is flat
@@ -348,6 +373,42 @@ def test_mprt_matches_a_direct_loop(tiny_cnn, images, order):
         np.testing.assert_allclose(r.values.numpy(), expected, atol=1e-10)
         assert r.params["randomised"] == ["fc", "features.2", "features.0"]
         assert r.direction == "lower" and r.passes == pytest.approx(3.0)
+
+
+def test_mprt_default_similarity_is_signed_spearman(tiny_cnn, images):
+    """Default-constructed MPRT compares signed maps (input × gradient) by Spearman of the
+    signed values: scipy.stats.spearmanr in a direct loop (|maps| would rank differently)."""
+    target = torch.tensor([0, 1, 2, 3])
+    plan = [["fc"], ["features.2"], ["features.0"]]
+
+    def rho(u, v):
+        return scipy.stats.spearmanr(u, v)[0]
+
+    def rho_abs(u, v):
+        return scipy.stats.spearmanr(u.abs(), v.abs())[0]
+
+    method = "input_x_gradient"
+    maps, ref = _direct_mprt(tiny_cnn, images, target, method, "cascading", 42, plan, rho)
+    assert (maps < 0).any() and (maps > 0).any()
+    _, ref_abs = _direct_mprt(tiny_cnn, images, target, method, "cascading", 42, plan, rho_abs)
+    assert np.abs(ref - ref_abs).max() > 0.05  # the test tells signed from absolute ranks
+    r = MPRT()(maps, x=images, model=tiny_cnn, target=target, explainer=method)
+    np.testing.assert_allclose(r.curves.numpy(), ref, atol=1e-10)
+    np.testing.assert_allclose(r.values.numpy(), ref[:, -1], atol=1e-10)
+
+
+def test_mprt_ssim_matches_skimage_in_a_direct_loop(tiny_cnn, images):
+    """MPRT with similarity="ssim" and no options: skimage's SSIM (σ = 1.5, data range 1 on
+    min-max normalised maps) of the original and randomised maps of a direct loop."""
+    target = torch.tensor([0, 1, 2, 3])
+    plan = [["fc"], ["features.2"], ["features.0"]]
+
+    def sim(u, v):
+        return _sk_ssim(u.view(12, 12), v.view(12, 12))
+
+    maps, ref = _direct_mprt(tiny_cnn, images, target, "saliency", "cascading", 42, plan, sim)
+    r = MPRT(similarity="ssim")(maps, x=images, model=tiny_cnn, target=target, explainer="saliency")
+    np.testing.assert_allclose(r.curves.numpy(), ref, atol=1e-6, rtol=0)
 
 
 def test_mprt_matches_quantus_mprt_with_the_same_randomisation(tiny_cnn, images):
@@ -739,6 +800,21 @@ def test_random_logit_matches_a_direct_loop(tiny_cnn, images):
     )
     counts = torch.bincount(many, minlength=5)
     assert counts[0] == 0 and (counts[1:] > 1100).all()
+
+
+def test_random_logit_default_ssim_matches_skimage(tiny_cnn, images):
+    """Default-constructed random logit: skimage's SSIM (σ = 1.5, data range 1 on min-max
+    normalised maps, the 11 × 11 window's valid positions) of the target's map and the random
+    class's map, each explained directly."""
+    target = torch.tensor([0, 1, 2, 3])
+    maps = sl.explain(tiny_cnn, images, "saliency", target=target)["saliency"].maps
+    r = RandomLogit()(maps, x=images, model=tiny_cnn, target=target, explainer="saliency")
+    other = r.extras["random_class"]
+    ref = []
+    for i in range(4):
+        m = sl.explain(tiny_cnn, images[i : i + 1], "saliency", target=int(other[i]))
+        ref.append(_sk_ssim(maps[i], m["saliency"].maps[0]))
+    np.testing.assert_allclose(r.values.numpy(), ref, atol=1e-6, rtol=0)
 
 
 def test_random_logit_matches_quantus_with_two_classes(images):
