@@ -16,6 +16,7 @@ from saliencelab.metrics.faithfulness.perturbation import (
     LastDraw,
     as_01,
     gaussian_blur,
+    patch_ids,
     random_subsets,
     replaced,
 )
@@ -81,6 +82,22 @@ def order_asc(m: torch.Tensor) -> list[int]:
 
 def set_pixel(img: torch.Tensor, i: int, value) -> None:
     img[:, i // img.shape[2], i % img.shape[2]] = value
+
+
+class record_inputs:
+    """Context manager keeping a copy of every batch `net` is called with (a forward pre-hook)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.net, self.seen = net, []
+
+    def __enter__(self) -> list[torch.Tensor]:
+        self.hook = self.net.register_forward_pre_hook(
+            lambda mod, args: self.seen.append(args[0].detach().clone())
+        )
+        return self.seen
+
+    def __exit__(self, *exc) -> None:
+        self.hook.remove()
 
 
 def ref_deletion(net, x, maps, target, steps, baseline):
@@ -156,6 +173,18 @@ def test_insertion_equals_loop(net, x, maps, target):
     assert r.direction == "higher"
 
 
+def test_insertion_default_starts_from_a_sigma_5_blur(net, x, maps, target):
+    """The documented default blur_sigma=5: step 0 is scipy's Gaussian filter with sigma 5."""
+    from scipy.ndimage import gaussian_filter
+
+    m = sl.metrics.get("insertion")(steps=2)
+    assert m.params["blur_sigma"] == 5.0
+    r = m(maps, x=x, model=net)
+    ref = gaussian_filter(x.double().numpy(), sigma=(0, 0, 5, 5), mode="nearest", truncate=3.0)
+    start = [prob(net, torch.from_numpy(ref[b]).float(), int(target[b])) for b in range(len(x))]
+    torch.testing.assert_close(r.curves[:, 0], torch.tensor(start, dtype=torch.double))
+
+
 def test_deletion_matches_quantus_pixel_flipping(quantus, net, x, maps, target):
     steps = 6  # 6 pixels per step = 18 channel values
     q = run_quantus(
@@ -226,6 +255,47 @@ def test_aopc_uniform_noise_equals_loop(net, x, maps, target):
     noise = torch.rand(3, H, W, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     drops = ref_region(net, x, maps, target, 3, None, True, noise.float())
     torch.testing.assert_close(r.curves, drops, atol=1e-6, rtol=0)
+
+
+def test_patch_ids_centre_the_grid_with_floor_padding_first():
+    """Hand-made layouts: the missing pixels pad floor(pad/2) before and ceil(pad/2) after."""
+    ids, n = patch_ids(7, 7, 4, torch.device("cpu"))  # pad 1: 0 before, 1 after
+    side = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    assert n == 4
+    assert ids.view(7, 7).tolist() == (side[:, None] * 2 + side[None, :]).tolist()
+    ids, n = patch_ids(5, 6, 4, torch.device("cpu"))  # rows pad 3: 1 + 2; cols pad 2: 1 + 1
+    assert n == 4
+    assert ids.view(5, 6).tolist() == [
+        [0, 0, 0, 1, 1, 1],
+        [0, 0, 0, 1, 1, 1],
+        [0, 0, 0, 1, 1, 1],
+        [2, 2, 2, 3, 3, 3],
+        [2, 2, 2, 3, 3, 3],
+    ]
+
+
+def test_aopc_matches_quantus_on_an_odd_padding(quantus, net):
+    """7×7 inputs, patch 4 (one pixel of padding): Quantus pads it after the image."""
+    torch.manual_seed(12)
+    x7, maps7 = torch.randn(2, 3, 7, 7), torch.randn(2, 7, 7)
+    with torch.no_grad():
+        target = net(x7).argmax(1)
+    q = run_quantus(
+        quantus.RegionPerturbation(
+            patch_size=4, order="morf", regions_evaluation=4, perturb_baseline=0.0, **PLAIN
+        ),
+        net,
+        x7,
+        target,
+        maps7[:, None],
+        softmax=True,
+    )
+    r = sl.metrics.get("aopc_morf")(patch_size=4, regions=None)(
+        maps7, x=x7, model=net, target=target
+    )
+    torch.testing.assert_close(
+        r.curves[:, 1:], torch.tensor(np.asarray(q), dtype=torch.double), atol=1e-6, rtol=0
+    )
 
 
 @pytest.mark.parametrize("order,patch", [("morf", 2), ("lerf", 4)])
@@ -302,6 +372,19 @@ def test_faithfulness_correlation_drawn_subsets(net, x, maps, target):
     assert not torch.allclose(other(maps, x=x, model=net).values, r.values)
 
 
+def test_faithfulness_correlation_default_subset_size(net):
+    """The documented default subset_size=224: every perturbed image the model sees has exactly
+    224 of its 16×16 pixels set to the baseline 0 (the input has no zero)."""
+    m = sl.metrics.get("faithfulness_correlation")()
+    assert m.params["subset_size"] == 224
+    torch.manual_seed(13)
+    x16, maps16 = torch.randn(1, 3, 16, 16), torch.randn(1, 16, 16)
+    with record_inputs(net) as seen:
+        m(maps16, x=x16, model=net, target=[0])
+    zeroed = (torch.cat(seen) == 0).all(dim=1).flatten(1).sum(1)
+    assert sorted(zeroed.tolist()) == [0] + [224] * 100  # the input, then the draws
+
+
 def test_faithfulness_correlation_matches_quantus(quantus, net, x, maps, target):
     runs, size, n_features = 10, 20, 3 * H * W
     np.random.seed(7)
@@ -350,6 +433,23 @@ def test_sensitivity_n_equals_loop(net, x, maps, target):
     torch.testing.assert_close(r.curves, curves, atol=1e-5, rtol=0)
     torch.testing.assert_close(r.values, curves.mean(1), atol=1e-5, rtol=0)
     assert r.forwards == len(ns) * draws  # + the input's row, run resolving the target
+
+
+def test_sensitivity_n_skips_nan_entries(net, x, maps, target):
+    """Fraction 1.0 replaces every pixel in every draw (constant sums: a NaN correlation); the
+    value is the mean of the finite entries, here the one at n = 18 against the slow loop."""
+    draws = 5
+    r = sl.metrics.get("sensitivity_n")(fractions=(0.5, 1.0), n_samples=draws, seed=2)(
+        maps, x=x, model=net
+    )
+    assert torch.isnan(r.curves[:, 1]).all()
+    keys = torch.rand(2 * draws, H * W, generator=torch.Generator().manual_seed(2))
+    smallest = keys[:draws].topk(H * W // 2, largest=False).indices  # the 18 smallest keys
+    masks = torch.zeros(draws, H * W, dtype=torch.bool).scatter_(1, smallest, True)
+    ref = ref_subset_corr(net, x, maps, target, masks.expand(2, -1, -1), "pixel")
+    assert torch.isfinite(ref).all()
+    torch.testing.assert_close(r.curves[:, 0], ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(r.values, ref, atol=1e-5, rtol=0)
 
 
 # -- infidelity ----------------------------------------------------------------------------------
@@ -446,6 +546,25 @@ def test_monotonicity_equals_loop(net, x, maps, target):
     diffs = curves[:, 1:] - curves[:, :-1]
     torch.testing.assert_close(r.values, (diffs >= 0).double().mean(1))
     torch.testing.assert_close(r.extras["monotonic"], (diffs >= 0).all(1).double())
+
+
+class _SumModel(torch.nn.Module):
+    """Logits (Σ x, 0): class 0's probability sigmoid(Σ x) grows as positive pixels come in."""
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        s = t.sum(dim=(1, 2, 3))
+        return torch.stack([s, torch.zeros_like(s)], 1)
+
+
+def test_monotonicity_counts_flat_steps_as_monotone():
+    """8 steps over 4 pixels: round(k/2) = 0 0 1 2 2 2 3 4 4 pixels restored, so half the steps
+    change nothing. A flat step does not decrease: the value is 1 (hand-computed curve)."""
+    x1 = torch.tensor([[[[0.1, 0.2], [0.3, 0.4]]]])
+    maps1 = torch.tensor([[[0.1, 0.4], [0.3, 0.2]]])  # ascending: pixels 0, 3, 2, 1
+    r = sl.metrics.get("monotonicity")(steps=8)(maps1, x=x1, model=_SumModel(), target=[0])
+    sums = torch.tensor([0.0, 0.0, 0.1, 0.5, 0.5, 0.5, 0.8, 1.0, 1.0], dtype=torch.double)
+    torch.testing.assert_close(r.curves[0], torch.sigmoid(sums), atol=1e-6, rtol=0)
+    assert r.values.tolist() == [1.0] and r.extras["monotonic"].tolist() == [1.0]
 
 
 class _Recorder(torch.nn.Module):
@@ -565,10 +684,45 @@ def test_road_equals_loop(net, x, maps, target):
     assert one.forwards == 3 and r.forwards == 6
 
 
-def test_road_noise_only_touches_removed_pixels(net, x, maps):
+def road_rows(net, x, maps, target, **options) -> torch.Tensor:
+    """The (B·P, C, H, W) images ROAD-MoRF runs, as the model sees them (sample-major)."""
+    with record_inputs(net) as seen:
+        sl.metrics.get("road_morf")(**options)(maps, x=x, model=net, target=target)
+    return torch.cat(seen)
+
+
+def test_road_noise_only_touches_removed_pixels(net, x, maps, target):
+    """The images the model sees: kept pixels are the input exactly, every removed pixel
+    (the top floor(p·H·W/100) by map, by hand) differs from its noise-free imputation."""
     r0 = sl.metrics.get("road_lerf")(percentages=(30, 60), noise=0.0)(maps, x=x, model=net)
     r1 = sl.metrics.get("road_lerf")(percentages=(30, 60), noise=0.5, seed=1)
     assert not torch.allclose(r0.values, r1(maps, x=x, model=net).values)
+    pct = (30, 60)
+    plain = road_rows(net, x, maps, target, percentages=pct, noise=0.0)
+    noisy = road_rows(net, x, maps, target, percentages=pct, noise=0.5, seed=1)
+    assert noisy.shape == (len(x) * len(pct), 3, H, W)
+    for b in range(len(x)):
+        for j, p in enumerate(pct):
+            removed = torch.zeros(H * W, dtype=torch.bool)
+            removed[order_desc(maps[b])[: H * W * p // 100]] = True
+            removed = removed.view(H, W)
+            row, row0 = noisy[b * len(pct) + j], plain[b * len(pct) + j]
+            assert torch.equal(row[:, ~removed], x[b][:, ~removed])
+            assert torch.equal(row0[:, ~removed], x[b][:, ~removed])
+            assert (row[:, removed] != row0[:, removed]).all()
+
+
+def test_road_default_noise_is_small(net, x, maps, target):
+    """The default noise std is 0.01: the noisy minus noise-free removed pixels have a sample
+    std near 0.01 (21 pixels × 3 channels per sample, of one seeded noise image)."""
+    assert sl.metrics.get("road")().params["noise"] == 0.01
+    pct = (30, 60)
+    plain = road_rows(net, x, maps, target, percentages=pct, noise=0.0)
+    noisy = road_rows(net, x, maps, target, percentages=pct)
+    diff = (noisy - plain)[1::2]  # the 60 % rows: 21 removed pixels × 3 channels each
+    values = diff[diff != 0].double()
+    assert values.numel() == len(x) * 21 * 3
+    assert 0.006 < float(values.std()) < 0.016
 
 
 # -- the contract: batches, errors, sl.evaluate --------------------------------------------------
