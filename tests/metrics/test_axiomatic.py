@@ -178,6 +178,24 @@ def test_completeness_uses_maps_without_attributions(smooth, x8):
     torch.testing.assert_close(with_maps, with_attr, rtol=1e-5, atol=1e-5)  # maps sum channels
 
 
+def test_completeness_sums_the_attributions_not_the_maps(smooth, x8):
+    """Σ a sums the full attributions when the batch has them (docstring), even where their
+    channel sum is not the maps: the formula with f computed directly."""
+    torch.manual_seed(4)
+    attributions = torch.randn_like(x8)
+    target = torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        f = smooth(x8).double()[torch.arange(3), target]
+        f0 = smooth(torch.zeros_like(x8)).double()[torch.arange(3), target]
+    for maps in (torch.zeros(3, 8, 8), torch.rand(3, 8, 8) * 50):
+        r = sl.metrics.get("completeness")()(
+            maps, x=x8, model=smooth, target=target, attributions=attributions
+        )
+        total = attributions.double().sum((1, 2, 3))
+        torch.testing.assert_close(r.extras["sum_attributions"], total)
+        torch.testing.assert_close(r.values, (total - (f - f0)).abs(), rtol=1e-6, atol=1e-6)
+
+
 def test_completeness_matches_quantus(smooth, x8):
     quantus = pytest.importorskip("quantus")
     ex = sl.explain(smooth, x8, "integrated_gradients", n_steps=64)["integrated_gradients"]
@@ -266,6 +284,60 @@ def test_non_sensitivity_groups(x8):
         sal.maps, x=x8, model=model, target=sal.target
     )
     assert (r.values == 0).all() and r.forwards == pytest.approx(17.0)
+
+
+def test_non_sensitivity_group_is_zero_only_if_all_its_pixels_are(x8):
+    """Groups of 2 pixels (raster order) on a model reading only the left half: on the left,
+    every other pixel's attribution is zero, so each left group holds one zero and one non-zero
+    pixel (non-zero: no violation, as the output moves); the right half is all non-zero but
+    ignored: its 8 × 2 groups violate. Hand count: 16 of 32 groups."""
+    torch.manual_seed(0)
+    model = LeftHalf().eval()
+    maps = torch.rand(3, 8, 8) + 0.1
+    maps[..., 0:4:2] = 0.0  # columns 0 and 2: the first pixel of each left group
+    target = torch.tensor([0, 1, 2])
+    r = sl.metrics.get("non_sensitivity")(features_in_step=2)(maps, x=x8, model=model,
+                                                               target=target)  # fmt: skip
+    assert r.values.tolist() == [16.0] * 3
+    assert r.extras["zero_but_sensitive"].tolist() == [0] * 3
+    assert r.extras["nonzero_but_insensitive"].tolist() == [16] * 3
+    assert r.forwards == pytest.approx(33.0)
+
+
+def test_non_sensitivity_normalises_per_sample(x8):
+    """Normalisation by each sample's own maximum (docstring; Quantus uses the batch's): a
+    sample's map scaled by 1e-6 scores as unscaled, here 0 violations by hand (attribution
+    non-zero exactly on the left half the model reads); without normalisation its values are
+    below eps, so its 32 left pixels are zero but move the output."""
+    torch.manual_seed(0)
+    model = LeftHalf().eval()
+    maps = torch.rand(3, 8, 8) + 0.1
+    maps[..., 4:] = 0.0
+    maps[1] *= 1e-6
+    target = torch.tensor([0, 1, 2])
+    r = sl.metrics.get("non_sensitivity")()(maps, x=x8, model=model, target=target)
+    assert r.values.tolist() == [0.0, 0.0, 0.0]
+    raw = sl.metrics.get("non_sensitivity")(normalise=False)(maps, x=x8, model=model,
+                                                              target=target)  # fmt: skip
+    assert raw.values.tolist() == [0.0, 32.0, 0.0]
+    assert raw.extras["zero_but_sensitive"].tolist() == [0, 32, 0]
+
+
+def test_non_sensitivity_fraction_is_per_group():
+    """`fraction=True` divides by the number of groups: 4-pixel groups (a half row each) of a
+    map non-zero everywhere, on a model reading the left half: the 8 right groups of 16
+    violate, 8 / 16 = 0.5 (by hand)."""
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 8, 8)
+    torch.manual_seed(0)
+    model = LeftHalf().eval()
+    maps = torch.rand(2, 8, 8) + 0.1
+    target = torch.tensor([0, 2])
+    m = sl.metrics.get("non_sensitivity")
+    count = m(features_in_step=4)(maps, x=x, model=model, target=target)
+    assert count.values.tolist() == [8.0, 8.0]
+    frac = m(features_in_step=4, fraction=True)(maps, x=x, model=model, target=target)
+    assert frac.values.tolist() == [0.5, 0.5]
 
 
 @pytest.mark.parametrize("batch", [3, 1])
@@ -590,6 +662,43 @@ def test_input_invariance_gradients_pass_input_x_gradient_fails(x8, padding):
     assert net.training
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+def test_changed_fraction_uses_the_tolerance_of_the_second_argument():
+    """isclose(a, b) is |a − b| ≤ atol + rtol·|b|: asymmetric for a large rtol. By hand, with
+    rtol 0.5: a = 1, b = 1.8 is close (0.8 ≤ 0.9), a = 1.8, b = 1 is not (0.8 > 0.5); and
+    against isclose on values of very different magnitudes."""
+    from saliencelab.metrics.axiomatic.input_invariance import changed_fraction
+
+    a = torch.tensor([[1.0, 1.0], [1.8, 1.8]], dtype=torch.float64)
+    b = a.flip(0)
+    assert changed_fraction(a, b, 0.5, 0.0).tolist() == [0.0, 1.0]
+    torch.manual_seed(6)
+    a = torch.logspace(-4, 4, 60, dtype=torch.float64).repeat(3, 1)
+    a[1] *= -1
+    b = a * torch.linspace(0.3, 3.0, 60, dtype=torch.float64)[torch.randperm(60)]
+    for rtol, atol in ((0.5, 0.0), (0.5, 1e-3), (0.9, 0.0)):
+        expected = (~torch.isclose(a, b, rtol=rtol, atol=atol)).double().mean(1)
+        assert torch.equal(changed_fraction(a, b, rtol, atol), expected)
+        assert 0 < float(expected.min()) and float(expected.max()) < 1
+
+
+def test_input_invariance_default_shift_is_minus_one(smooth, x8):
+    """The default shift is −1 (signature): the explainer is asked for x₂ = x − 1."""
+    seen = []
+
+    class Recording(Explainer):
+        def __call__(self, model, x, target):
+            seen.append(x.detach().clone())
+            return super().__call__(model, x, target)
+
+    m = sl.metrics.get("input_invariance")()
+    assert m.shift == -1.0
+    a = sl.explain(smooth, x8, "saliency")["saliency"]
+    r = m(a.maps, x=x8, model=smooth, target=a.target, explainer=Recording("saliency"))
+    (x2,) = seen
+    torch.testing.assert_close(x2, x8 - 1.0, rtol=0, atol=1e-6)
+    assert (r.values == 0).all()
 
 
 def _shift_all(arr, indices=None, indexed_axes=None, input_shift=0.0, **kwargs):

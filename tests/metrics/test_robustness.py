@@ -85,6 +85,99 @@ def test_unnormalised_and_gaussian(setup):
     torch.testing.assert_close(values, ref, rtol=1e-5, atol=1e-7)
 
 
+def _direct_norm(d: torch.Tensor, norm: str) -> torch.Tensor:
+    """The norm of a flattened map written out: Σ|d|, max |d| or √Σd²."""
+    d = d.double().flatten()
+    if norm == "l1":
+        return d.abs().sum()
+    if norm == "linf":
+        return d.abs().max()
+    return d.pow(2).sum().sqrt()
+
+
+@pytest.mark.parametrize("norm", ["l1", "linf"])
+def test_normalised_sensitivity_in_other_norms_matches_loop(setup, norm):
+    """Direct loop in the chosen norm, for the distance and for ‖e(x)‖ alike."""
+    model, x, a = setup
+    m = sl.metrics.get("max_sensitivity")(radius=0.1, n_samples=N, norm=norm, seed=3)
+    values = m.update(a.maps, x=x, model=model, target=a.target, explainer="saliency")
+    noise = draw_noise(x, N, 0.1, "uniform", 3)
+    for i in range(B):
+        ref = a.maps[i]
+        sens = [
+            _direct_norm(_maps(model, x[i : i + 1] + noise[i * N + s], a.target[i : i + 1])[0]
+                         - ref, norm) / _direct_norm(ref, norm)
+            for s in range(N)
+        ]  # fmt: skip
+        torch.testing.assert_close(values[i], torch.stack(sens).max(), rtol=1e-5, atol=1e-7)
+
+
+def test_row_norm_is_the_named_norm():
+    """`row_norm` against each norm written out row by row."""
+    from saliencelab.metrics.robustness._noisy import row_norm
+
+    torch.manual_seed(5)
+    t = torch.randn(4, 2, 3, 5)
+    t[1, 0, 2, 3] = -9.0  # the largest magnitude is a negative value
+    for norm in ("fro", "l2", "l1", "linf"):
+        direct = torch.stack([_direct_norm(row, norm) for row in t])
+        torch.testing.assert_close(row_norm(t, norm), direct, rtol=1e-12, atol=0)
+    assert float(row_norm(t, "linf")[1]) == 9.0
+
+
+def test_zero_explanation_gives_the_unnormalised_distance(setup):
+    """An all-zero e(x) divides by 1 (as documented, like Captum): finite values equal to the
+    direct loop's unnormalised distances ‖e(x + δ) − 0‖."""
+    model, x, a = setup
+    zeros = torch.zeros_like(a.maps)
+    noise = draw_noise(x, N, 0.1, "uniform", 3)
+    for name, reduce in (("max_sensitivity", "max"), ("avg_sensitivity", "mean")):
+        m = sl.metrics.get(name)(radius=0.1, n_samples=N, seed=3)
+        values = m.update(zeros, x=x, model=model, target=a.target, explainer="saliency")
+        assert values.isfinite().all() and (values > 0).all()
+        ref = _loop_sensitivity(model, x, zeros, a.target, noise, reduce, normalise=False)
+        torch.testing.assert_close(values, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_uniform_noise_is_centred_in_the_ball():
+    """U(−r, r) per element (docstring): negative and positive values reaching ±r, never beyond,
+    mean ≈ 0; the same draws for every sample."""
+    x = torch.zeros(2, 3, 4, 4)
+    r = 0.1
+    d = draw_noise(x, 64, r, "uniform", 7)
+    assert d.shape == (2 * 64, 3, 4, 4)
+    assert float(d.abs().max()) <= r
+    assert float(d.min()) < -0.09 and float(d.max()) > 0.09
+    assert (d < 0).double().mean() == pytest.approx(0.5, abs=0.05)
+    assert abs(float(d.double().mean())) < 0.005  # 3072 draws: the mean's std is ~0.001
+    assert torch.equal(d[:64], d[64:])
+    g = draw_noise(x, 64, r, "gaussian", 7)
+    assert abs(float(g.double().mean())) < 0.01 and float(g.double().std()) == pytest.approx(
+        r, rel=0.1
+    )
+
+
+@pytest.mark.parametrize("name", ["max_sensitivity", "avg_sensitivity"])
+def test_default_noise_radius(setup, name):
+    """The signature's defaults (radius 0.02, 10 uniform copies): the noisy inputs the explainer
+    sees lie within 0.02 of x in L∞, reaching close to it."""
+    model, x, a = setup
+    seen = []
+
+    class Recording(Explainer):
+        def __call__(self, model, x, target):
+            seen.append(x.detach().clone())
+            return super().__call__(model, x, target)
+
+    m = sl.metrics.get(name)()
+    assert (m.radius, m.n_samples, m.noise) == (0.02, 10, "uniform")
+    m.update(a.maps, x=x, model=model, target=a.target, explainer=Recording("saliency"))
+    (noisy,) = seen
+    d = noisy - x.repeat_interleave(10, 0)
+    assert float(d.abs().max()) <= 0.02 + 1e-6 and float(d.abs().max()) > 0.018
+    assert float(d.min()) < -0.018
+
+
 def test_sensitivity_max_matches_captum(setup):
     from captum.attr import Saliency
     from captum.metrics import sensitivity_max
