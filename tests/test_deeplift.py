@@ -226,6 +226,20 @@ def test_rescale_multiplier_is_the_secant_slope_or_the_gradient_where_nothing_ch
     torch.testing.assert_close(a.attributions, expected)
 
 
+def test_max_pool_fallback_is_the_gradient_at_the_inputs_argmax():
+    """One 2×2 window, S = 2·max, x = (3, 1, 0, -1), x' = (2.8, 5, 0, -1), eps = 0.5.
+    Element 0 changed by 0.2 < eps: its multiplier is the gradient at x, ∂S/∂x_0 = 2 (x's
+    argmax), so φ_0 = 0.2 · 2. Element 1 (Δ = -4): the window's Δy = 3 - 5 = -2 is routed to
+    x''s argmax, m = 2 · (-2) / (-4) = 1, φ_1 = -4. The unchanged elements get 0."""
+    model = nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1, 1, bias=False)).eval()
+    with torch.no_grad():
+        model[2].weight.fill_(2.0)
+    x = torch.tensor([[[[3.0, 1.0], [0.0, -1.0]]]])
+    base = torch.tensor([[[[2.8, 5.0], [0.0, -1.0]]]])
+    a = _run(model, x, target=0, baselines=base, eps=0.5)
+    torch.testing.assert_close(a.attributions, torch.tensor([[[[0.4, -4.0], [0.0, 0.0]]]]))
+
+
 def test_mixed_targets_equal_one_sample_at_a_time(tiny_cnn, images):
     target = [0, 1, 2, 3]
     base = torch.randn_like(images)

@@ -639,6 +639,87 @@ def test_layer_output_edited_in_place_gives_the_same_relevance(images):
         torch.testing.assert_close(got, want)
 
 
+# -- the presets, layer by layer by hand (mutation audit) ----------------------------------------
+
+
+def _chain_net() -> nn.Module:
+    torch.manual_seed(11)
+    return (
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),  # the first layer: the preset's `first` rule, if any
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16, 3),
+        )
+        .double()
+        .eval()
+    )
+
+
+PRESET_RULES = {  # (first conv, second conv) as the composites' docstring lists them
+    "epsilon": (Epsilon, Epsilon),
+    "epsilon_plus": (ZPlus, ZPlus),
+    "epsilon_plus_flat": (Flat, ZPlus),
+    "epsilon_gamma_box": (ZBox, Gamma),
+    "epsilon_alpha2_beta1": (AlphaBeta, AlphaBeta),
+}
+
+
+@pytest.mark.parametrize("epsilon", [None, 0.5])
+@pytest.mark.parametrize("composite", list(PRESET_RULES))
+def test_presets_equal_their_rules_chained_by_hand(composite, epsilon):
+    """Documented defaults: ε = 1e-6 (dense layers and pooling), γ = 0.25, α2β1, z-box bounds
+    the sample's min / max; each layer's relevance by its matrix formula (`_by_hand`)."""
+    model, eps = _chain_net(), 1e-6 if epsilon is None else epsilon
+    torch.manual_seed(12)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    conv1, conv2, pool, _, lin = model
+    with torch.no_grad():
+        z1 = conv1(x)
+        z2 = conv2(z1)
+        p = pool(z2)
+        v = torch.randn(2, 3, dtype=torch.float64)
+        score = (model(x) * v).sum(1)
+    make = {
+        Epsilon: lambda: Epsilon(eps),
+        ZPlus: ZPlus,
+        Flat: Flat,
+        ZBox: ZBox,
+        Gamma: lambda: Gamma(0.25),
+        AlphaBeta: lambda: AlphaBeta(2.0, 1.0),
+    }
+    first, second = (make[r]() for r in PRESET_RULES[composite])
+    r_lin = _by_hand(Epsilon(eps), lin, p.flatten(1), v)
+    leaf = z2.clone().requires_grad_(True)  # pooling: LRP-ε of a linear map without bias
+    (g,) = torch.autograd.grad(pool(leaf), leaf, r_lin.view_as(p) / _stab(p, eps))
+    r_pool = z2 * g
+    r_conv2 = _by_hand(second, conv2, z1, r_pool / z2)
+    want = _by_hand(first, conv1, x, r_conv2 / z1)
+    target = lambda out: (out * v).sum(1)  # noqa: E731
+    options = {} if epsilon is None else {"epsilon": epsilon}
+    got = _lrp(model, x, composite, target, **options)["lrp"]
+    torch.testing.assert_close(got.attributions, want, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(got.delta, got.attributions.flatten(1).sum(1) - score)
+
+
+@pytest.mark.parametrize("rule", [ZPlus(), AlphaBeta(2.0, 1.0), Gamma(0.25)], ids=repr)
+def test_leaky_relu_output_is_signed_for_the_next_layer(rule):
+    """A LeakyReLU's output can be negative: the layer after it must not take the shortcut for
+    non-negative inputs (unlike after ReLU6 in the test above)."""
+    layer, x = _one_layer("linear")
+    act = nn.LeakyReLU(0.3)
+    model = nn.Sequential(act, layer, nn.Flatten()).eval()
+    a = act(x)
+    assert (a < 0).any()
+    with torch.no_grad():
+        v = torch.randn(model(x).shape, dtype=x.dtype)
+    composite = Composite([(LAYERS, rule), (nn.LeakyReLU, Pass())])
+    got = _lrp(model, x, composite, lambda out: (out * v).sum(1))["lrp"].attributions
+    # R = a ⊙ g at the activation's output passes through it unchanged to x
+    torch.testing.assert_close(got, _by_hand(rule, layer, a, v))
+
+
 # -- options and errors ------------------------------------------------------------------------
 
 
