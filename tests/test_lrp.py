@@ -833,3 +833,18 @@ def test_channel_target_on_a_layer_followed_by_batchnorm():
         opts = {"composite": "epsilon", "epsilon": 0.0, "canonize": canonize}
         got = sl.explain(model, x, methods={"lrp": opts}, target=target)["lrp"].maps
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-4)
+
+
+def test_composite_from_name_defaults_are_the_lrp_methods():
+    """Built by name without parameters (the documented `LRPRule(composite_from_name(...))`), a
+    preset has the `lrp` method's default epsilon and gamma."""
+    import inspect
+
+    from saliencelab.core.registry import get_method
+    from saliencelab.methods.relevance.lrp import composite_from_name
+
+    defaults = inspect.signature(composite_from_name).parameters
+    options = get_method("lrp").options
+    assert options["epsilon"] == 1e-6 and options["gamma"] == 0.25  # what its errors suggest
+    assert defaults["epsilon"].default == options["epsilon"]
+    assert defaults["gamma"].default == options["gamma"]
