@@ -470,3 +470,71 @@ def test_cam_layer_followed_by_an_in_place_op(functional):
     shared = sl.explain(model, x, methods=["saliency", "gradcam"], layer="bn")["gradcam"].maps
     torch.testing.assert_close(alone, cam)
     torch.testing.assert_close(shared, cam)
+
+
+# -- documented defaults and channel selection ---------------------------------------------------
+
+
+def test_eigencam_by_default_projects_the_uncentred_activations(pool_cnn, x):
+    """The paper's Eigen-CAM (center=False) is the default: M v₁ of the raw (h·w, K) matrix."""
+    ex = sl.explain(pool_cnn, x, methods="eigencam", layer="features.4")
+    a = activations(pool_cnn, x, pool_cnn.features[4]).double().numpy()
+    cams = []
+    for act in a:
+        m = act.reshape(act.shape[0], -1).T
+        _, _, vt = np.linalg.svd(m, full_matrices=False)
+        proj = m @ vt[0]
+        proj = proj if np.cov(proj, m.mean(axis=1))[0, 1] >= 0 else -proj
+        cams.append(np.maximum(proj, 0).reshape(act.shape[1:]))
+    assert_same(ex["eigencam"].maps, up(torch.tensor(np.stack(cams), dtype=torch.float32)))
+
+
+class AuxHeadCNN(PoolCNN):
+    """PoolCNN with an unused nn.Linear registered before the classifier `fc`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        del self.fc
+        self.aux = nn.Linear(6, 5)
+        self.fc = nn.Linear(6, 5)  # registered again: now after aux in named_modules()
+
+
+def test_cam_default_classifier_is_the_last_linear(x):
+    torch.manual_seed(6)
+    model = AuxHeadCNN().eval()
+    assert [n for n, m in model.named_modules() if isinstance(m, nn.Linear)] == ["aux", "fc"]
+    ex = sl.explain(model, x, methods="cam", target=TARGETS, layer="features.4", relu=False)
+    a = activations(model, x, model.features[4])
+    cam = torch.einsum("bk,bkhw->bhw", model.fc.weight[TARGETS].detach(), a)
+    assert_same(ex["cam"].maps, up(cam))
+
+
+class ChannelsNet(nn.Module):
+    """The input itself is the CAM layer (`feat`), then GAP → linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feat = nn.Identity()
+        self.fc = nn.Linear(2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.feat(x).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("method", ["scorecam", "ablationcam"])
+def test_max_channels_ranks_channels_by_their_mean_not_their_peak(method):
+    """Channel 0: one bright pixel (peak 10, mean 10/16); channel 1: flat 1 (mean 1). With
+    max_channels=1 the kept channel is 1, so the map is a multiple of the flat channel."""
+    torch.manual_seed(7)
+    model = ChannelsNet().eval()
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.tensor([[1.0, 2.0], [0.5, -1.0], [0.0, 0.3]]))
+        model.fc.bias.zero_()
+    x = torch.zeros(1, 2, 4, 4)
+    x[0, 0, 1, 2] = 10.0
+    x[0, 1] = 1.0
+    ex = sl.explain(model, x, methods=method, target=0, layer="feat", max_channels=1)
+    maps = ex[method].maps[0]
+    assert ex[method].forwards == 1
+    assert float(maps.max()) > 0
+    torch.testing.assert_close(maps, torch.full_like(maps, float(maps.mean())))

@@ -586,3 +586,41 @@ def test_image_methods_on_tabular_inputs_are_one_sentence():
     for method in ("occlusion", "rise"):
         with pytest.raises(SaliencelabError, match="works on image batches"):
             sl.explain(mlp, torch.randn(2, 6), methods=method)
+
+
+# -- documented defaults -----------------------------------------------------------------------
+
+
+def test_occlusion_defaults_equal_captum_with_a_16px_window_and_stride_8(tiny_cnn):
+    torch.manual_seed(8)
+    x = torch.randn(2, 3, 24, 24)
+    ex = sl.explain(tiny_cnn, x, methods="occlusion")
+    ours = ex["occlusion"]
+    theirs = Occlusion(tiny_cnn).attribute(
+        x, sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8), baselines=0.0, target=ours.target
+    )
+    torch.testing.assert_close(ours.attributions, theirs, atol=1e-5, rtol=0)
+    assert ours.extras["windows"] == (2, 2) and ours.forwards == 4
+
+
+def test_rise_defaults_are_4000_masks_of_a_7x7_grid_kept_with_probability_half(tiny_cnn, images):
+    x = images[:1]
+    ex = sl.explain(tiny_cnn, x, methods="rise")
+    target = ex["rise"].target
+    masks = RiseMasks(4000, (12, 12), 7, 0.5, seed=0).masks(torch.arange(4000))
+    scores = _target_scores(tiny_cnn, x * masks[:, None], target.expand(4000))
+    expected = (scores[:, None, None] * masks).sum(0, keepdim=True) / (4000 * 0.5)
+    torch.testing.assert_close(ex["rise"].maps, expected, atol=1e-5, rtol=1e-4)
+    assert ex["rise"].forwards == 4000
+
+
+def test_default_grid_cells_are_near_equal_and_numbered_row_major():
+    x = torch.zeros(1, 3, 12, 12)
+    i = torch.arange(12)
+    by_hand = (i[:, None] // 3) * 4 + i[None, :] // 3  # 4 × 4 cells of 3 × 3 pixels
+    assert torch.equal(default_feature_mask(x, "grid", 16)[0], by_hand)
+    # 13 × 17 in 2 × 3 cells: rows 7 + 6, columns 6 + 6 + 5
+    rows = torch.tensor([0] * 7 + [1] * 6)
+    cols = torch.tensor([0] * 6 + [1] * 6 + [2] * 5)
+    odd = default_feature_mask(torch.zeros(1, 3, 13, 17), "grid", 6)[0]
+    assert torch.equal(odd, rows[:, None] * 3 + cols[None, :])

@@ -367,3 +367,89 @@ def test_coalition_scores_match_one_forward_per_drawn_row(make_model, tiny_cnn, 
                 ref = net(inp)[0, target[b]].double()
             torch.testing.assert_close(y[b, k], ref, atol=1e-6, rtol=1e-5)
     assert (y[1, 3:] == 0).all()  # padded rows
+
+
+# -- coalition samplers and per-element masks ------------------------------------------------------
+
+
+def test_lime_coalitions_are_all_ones_then_fair_coin_flips():
+    z = lime_coalitions(2001, 50, seed=3)
+    assert z.shape == (2001, 50) and z[0].all()
+    draws = z[1:].double()
+    assert abs(float(draws.mean()) - 0.5) < 0.01  # 100 000 Bernoulli(½): sd 0.0016
+    assert (draws.mean(0) - 0.5).abs().max() < 0.06  # each feature: 2000 draws, sd 0.011
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_kernelshap_sampler_draws_sizes_in_proportion_to_the_shapley_kernel(paired):
+    """P(|z| = s) ∝ C(M, s) π(s) = (M − 1) / (s (M − s)); each feature equally likely; with
+    `paired` every odd row is the complement of the row before it."""
+    m, n = 6, 40000
+    z = sampled_coalitions(n, m, seed=2, paired=paired)
+    assert z.shape == (n, m)
+    sizes = z.sum(1)
+    assert ((sizes > 0) & (sizes < m)).all()
+    mass = torch.tensor([(m - 1) / (s * (m - s)) for s in range(1, m)], dtype=torch.float64)
+    expected = mass / mass.sum()  # 0.263, 0.164, 0.146, 0.164, 0.263
+    observed = torch.bincount(sizes, minlength=m + 1)[1:m].double() / n
+    assert (observed - expected).abs().max() < 0.01  # sd ≤ 0.0022
+    assert (z.double().mean(0) - 0.5).abs().max() < 0.01  # E|z| = M/2 by symmetry
+    if paired:
+        assert torch.equal(z[1::2], ~z[0::2])
+
+
+def test_kernelshap_per_channel_mask_maps_sum_the_channels(tiny_cnn, images):
+    """One feature per channel (M = 3, exact): the map at every pixel is Σ_c φ_c, which by
+    efficiency is f(x) − f(0)."""
+    mask = torch.arange(3).view(1, 3, 1, 1).expand(1, 3, 12, 12)
+    a = sl.explain(tiny_cnn, images, "kernelshap", target=0, feature_mask=mask)["kernelshap"]
+    assert a.extras["exact"].all()
+    with torch.no_grad():
+        gap = tiny_cnn(images)[:, 0] - tiny_cnn(torch.zeros_like(images))[:, 0]
+    assert float(gap.abs().min()) > 1e-3
+    torch.testing.assert_close(a.maps, gap[:, None, None].expand(4, 12, 12), atol=1e-5, rtol=0)
+    with torch.no_grad():  # base_value is v(∅), the score of the baseline
+        empty = tiny_cnn(torch.zeros_like(images))[:, 0].double()
+    torch.testing.assert_close(a.extras["base_value"], empty, atol=1e-6, rtol=0)
+
+
+def test_lime_defaults_equal_sklearn_weighted_ridge():
+    """Default LIME (1000 coalitions, σ = 0.25, ridge α = 1, baseline 0) is sklearn's Ridge fitted
+    with sample_weight π(z) on the same coalitions; r2 is the weighted R² sklearn's score gives."""
+    from sklearn.linear_model import Ridge
+
+    torch.manual_seed(9)
+    f = 5
+    mlp = nn.Sequential(nn.Linear(f, 8), nn.Tanh(), nn.Linear(8, 3)).double().eval()
+    x = torch.randn(2, f, dtype=torch.float64)
+    a = sl.explain(mlp, x, "lime", target=[1, 2])["lime"]
+    z = lime_coalitions(1000, f, seed=0)
+    d = 1 - torch.sqrt(z.sum(1).double() / f)
+    pi = torch.exp(-(d**2) / 0.25**2).numpy()
+    for b, c in enumerate([1, 2]):
+        with torch.no_grad():
+            y = mlp(torch.where(z, x[b], 0.0))[:, c].numpy()
+        ridge = Ridge(alpha=1.0).fit(z.double().numpy(), y, sample_weight=pi)
+        coef = torch.from_numpy(ridge.coef_)
+        torch.testing.assert_close(a.extras["coefficients"][b], coef, atol=1e-8, rtol=1e-6)
+        torch.testing.assert_close(a.attributions[b], coef, atol=1e-8, rtol=1e-6)
+        assert a.extras["intercept"][b].item() == pytest.approx(ridge.intercept_, abs=1e-8)
+        r2 = ridge.score(z.double().numpy(), y, sample_weight=pi)
+        assert a.extras["r2"][b].item() == pytest.approx(r2, abs=1e-8)
+
+
+def test_lime_of_a_model_blind_to_its_input_is_a_perfect_constant_fit():
+    """y(z) constant: β = 0, intercept = the score, and R² = 1 (as sklearn's r2_score gives for a
+    perfect fit of a constant target)."""
+    from sklearn.metrics import r2_score
+
+    mlp = nn.Sequential(nn.Linear(4, 3)).double().eval()
+    with torch.no_grad():
+        mlp[0].weight.zero_()
+        mlp[0].bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    x = torch.randn(2, 4, dtype=torch.float64)
+    a = sl.explain(mlp, x, "lime", target=2, n_samples=50)["lime"]
+    torch.testing.assert_close(a.extras["coefficients"], torch.zeros(2, 4, dtype=torch.float64))
+    torch.testing.assert_close(a.extras["intercept"], torch.full((2,), 2.0, dtype=torch.float64))
+    assert r2_score([2.0] * 3, [2.0] * 3) == 1.0
+    assert a.extras["r2"].tolist() == [1.0, 1.0]
