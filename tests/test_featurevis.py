@@ -163,6 +163,32 @@ def test_natural_spectrum_data_file_is_a_reproducible_natural_power_law():
     assert bool((m[:, 0, 1] > m[:, 0, 20]).all()) and bool((m[:, 1:] > 0).all())
 
 
+def test_default_fourier_and_maco_images_are_their_formulas():
+    """Defaults the docstrings promise: FourierParam mixes colours by color_sqrt (decorrelate=True)
+    and MacoParam scales by contrast 1.5 before the sigmoid; both written out by hand here."""
+    m = color_sqrt()
+    f = FourierParam(2, (12, 10), seed=4)
+    c = torch.complex(f.spectrum[0], f.spectrum[1]) * fourier_scale(12, 10)
+    t = torch.fft.irfft2(c, s=(12, 10), norm="ortho")
+    torch.testing.assert_close(f(), torch.sigmoid(torch.einsum("ij,njhw->nihw", m, t)))
+    p = MacoParam(2, (12, 10), seed=4)
+    z = torch.fft.irfft2(torch.polar(p.magnitude.expand_as(p.phase), p.phase), s=(12, 10))
+    z = (z - z.mean(dim=(-2, -1), keepdim=True)) / z.std(dim=(-2, -1), keepdim=True, unbiased=False)
+    torch.testing.assert_close(p(), torch.sigmoid(1.5 * torch.einsum("ij,njhw->nihw", m, z)))
+
+
+def test_natural_magnitude_below_the_table_follows_the_fitted_power_law():
+    """Below the lowest frequency bin the amplitude extrapolates |F| ∝ f^-α with the table's
+    slope α: on a 1024-pixel-wide grid fx = 1/1024 and 2/1024 both lie below it (angle 0), so
+    their amplitudes differ by exactly 2^α per channel, the lower frequency the larger."""
+    table = spectrum.load()
+    assert math.log(2 / 1024) < table["log_radius"][0]
+    m = spectrum.natural_magnitude(8, 1024).double()
+    ratio = m[:, 0, 1] / m[:, 0, 2]
+    expected = 2.0 ** torch.tensor(table["slope"], dtype=torch.float64)
+    torch.testing.assert_close(ratio, expected, atol=0, rtol=1e-5)
+
+
 # -- transforms ----------------------------------------------------------------------------------
 
 
@@ -246,6 +272,22 @@ def test_affine_scales_rotates_and_shifts_in_one_resampling():
     torch.testing.assert_close(ra(y, T.Rng(3)), T.affine(y, s, angle, (dx, dy), 6))
 
 
+def test_jitter_offsets_cover_zero_to_d_inclusive():
+    """Jitter(d) crops at (dy, dx) uniform on {0, ..., d}²: over many seeds every offset occurs,
+    read back from where the crop matches the input."""
+    x = _ramp(1, 8, 8)
+    seen = set()
+    for seed in range(60):
+        j = T.Jitter(2)(x, T.Rng(seed))
+        seen |= {
+            (dy, dx)
+            for dy in range(3)
+            for dx in range(3)
+            if torch.equal(j, x[..., dy : dy + 6, dx : dx + 6])
+        }
+    assert seen == {(dy, dx) for dy in range(3) for dx in range(3)}
+
+
 def test_noise_and_seeded_chains_are_repeatable():
     x = torch.full((4, 3, 64, 64), 0.5)
     n = T.Noise(0.1)(x, T.Rng(0)) - x
@@ -298,6 +340,17 @@ def test_layer_objectives_match_their_formulas():
             bad(cap)
 
 
+def test_neuron_centre_is_h_over_2_w_over_2_on_even_maps():
+    """The default unit is at (h // 2, w // 2), as sl.neuron's in sl.explain: on a 4x6 map that
+    is (2, 3), not (1, 2) (odd maps cannot tell the two roundings apart)."""
+    a = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).reshape(2, 3, 4, 6)
+    cap = Capture(activations={"a": a})
+    torch.testing.assert_close(O.neuron("a", 1)(cap), a[:, 1, 2, 3])
+    torch.testing.assert_close(O.as_objective(sl.neuron("a", 1))(cap), a[:, 1, 2, 3])
+    torch.testing.assert_close(O.neuron("a", 1, x=0)(cap), a[:, 1, 2, 0])
+    torch.testing.assert_close(O.neuron("a", 1, y=0)(cap), a[:, 1, 0, 3])
+
+
 def test_explain_targets_are_objectives_of_the_same_quantity():
     """sl.channel / sl.neuron (the explain targets) given to visualize read what they read in
     sl.explain: a channel's mean activation, one unit (the centre by default)."""
@@ -335,6 +388,15 @@ def test_regularisers_by_hand():
     )
     torch.testing.assert_close(O.blur()(cap), ((x - means) ** 2).mean().reshape(1))
     torch.testing.assert_close(means[0, 0], torch.tensor(3.5 / 9))  # (0+0+1)·2 + .5·3
+
+
+def test_blur_gradient_is_a_step_towards_the_blurred_image():
+    """blur() stops the gradient through its target: d/dx mean((x - stopgrad(b(x)))²) is
+    2(x - b(x)) / n, b the 3x3 replicate-padded mean filter written out here with avg_pool2d."""
+    x = torch.rand(1, 3, 5, 6, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    O.blur()(Capture(images=x)).sum().backward()
+    blurred = F.avg_pool2d(F.pad(x.detach(), [1, 1, 1, 1], mode="replicate"), 3, stride=1)
+    torch.testing.assert_close(x.grad, 2 * (x.detach() - blurred) / x.numel())
 
 
 def test_objectives_compose_with_plus_minus_and_numbers():

@@ -423,3 +423,33 @@ def test_mean_row_over_real_tokens_for_mean_pooled_models():
     mask = (ids != 0).double()
     expected = (mask[:, :, None] * r).sum(1) / mask.sum(1, keepdim=True)
     torch.testing.assert_close(got, expected.float(), atol=1e-5, rtol=1e-4)
+
+
+def test_images_without_a_class_token_roll_out_the_mean_of_the_rows(x16):
+    """An average-pooled ViT has no class token in front of its patches, so row="auto" is the
+    mean of R's rows (as row="mean", no token mask: every token is a patch); row=0 is the first
+    patch's own row. Reference: rollout_by_hand on attentions recomputed from the weights."""
+    torch.manual_seed(7)
+    model = TinyViT(
+        image_size=16,
+        patch_size=4,
+        dim=16,
+        depth=2,
+        heads=2,
+        classes=3,
+        pool="avg",
+        class_token=False,
+    ).eval()
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.attn.qkv.weight.mul_(4.0)
+    _, attentions = tiny_vit_by_hand(model, x16)
+    r = rollout_by_hand([a.detach() for a in attentions])  # (3, 16, 16): patches only
+    mean_rows = upsample(r.mean(dim=1).reshape(3, 4, 4).float(), (16, 16))
+    first_row = upsample(r[:, 0].reshape(3, 4, 4).float(), (16, 16))
+    assert not torch.allclose(mean_rows, first_row, atol=1e-3)
+    for row, expected in (("auto", mean_rows), ("mean", mean_rows), (0, first_row)):
+        ex = sl.explain(model, x16, methods={"attention_rollout": {"row": row}})
+        torch.testing.assert_close(
+            ex["attention_rollout"].maps, expected, atol=1e-5, rtol=1e-4, msg=f"row={row!r}"
+        )

@@ -333,6 +333,38 @@ def test_leave_one_out_tokens_and_replacement(classifier, hf_classifier):
     assert abs(float(ex["leave_one_out"].maps[0, 3]) - (clean - score(masked))) < 1e-5
 
 
+def test_leave_one_out_pad_and_zero_replacement(classifier_dir):
+    """removal="pad" puts the [PAD] token's embedding (id 0) at the word's pieces, still attended;
+    removal="zero" zero embeddings (position embeddings still added): by hand on the HF model.
+    BERT initialises the [PAD] row to zeros, so it is set to a non-constant vector first (a
+    constant one would vanish in the embedding LayerNorm), else "pad" and "zero" would agree."""
+    from transformers import AutoModelForSequenceClassification
+
+    tm = sl.load_model(f"hf:{classifier_dir}")
+    hf = AutoModelForSequenceClassification.from_pretrained(classifier_dir).eval()
+    pad = 3 * torch.randn(16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for model in (tm.module.hf, hf):
+            model.get_input_embeddings().weight[0] = pad
+    text = "A man is playing guitar."
+    ids = _ids(tm, text)
+    first, end = tm.encode([text]).word_spans()[0][3]  # "playing" = play ##ing
+
+    def score(emb):
+        with torch.no_grad():
+            return float(hf(inputs_embeds=emb[None]).logits[0, 1])
+
+    emb = hf.get_input_embeddings()(torch.tensor(ids)).detach()
+    clean, drops = score(emb), {}
+    for removal, fill in (("pad", pad), ("zero", torch.zeros(16))):
+        replaced = emb.clone()
+        replaced[first:end] = fill
+        ex = sl.explain(tm, text, methods="leave_one_out", target=1, removal=removal)
+        drops[removal] = float(ex["leave_one_out"].maps[0, 3])
+        assert abs(drops[removal] - (clean - score(replaced))) < 5e-7, removal
+    assert abs(drops["pad"] - drops["zero"]) > 5e-6, drops  # this tiny model barely reacts
+
+
 # -- causal language models ---------------------------------------------------------------------
 
 
@@ -396,6 +428,71 @@ def test_similarity_target_is_cosine_of_mean_pooled_embeddings(encoder_dir):
         rtol=1e-5,
     )
     assert ex["integrated_gradients"].delta.abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("pooling", ["cls", "max"])
+def test_cls_and_max_pooling_are_those_of_the_hf_hidden_states(encoder_dir, tmp_path, pooling):
+    """A sentence-transformers directory asking for [CLS] or max pooling: the sentence embedding
+    is the normalised first hidden state, or the normalised maximum over the real tokens only
+    (padding excluded), computed by hand from the Hugging Face model on a padded batch."""
+    import shutil
+
+    from transformers import AutoModel
+
+    path = tmp_path / pooling
+    shutil.copytree(encoder_dir, path)
+    key = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens"}[pooling]
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({key: True}))
+    enc = sl.load_model(f"hf:{path}")
+    assert (enc.module.pooling, enc.module.normalize) == (pooling, True)
+    hf = AutoModel.from_pretrained(path).eval()
+    texts = ["bad plot", "a man is playing guitar"]  # the first is padded
+    t = enc.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = hf(**t).last_hidden_state
+    real = t["attention_mask"].bool()[..., None]
+    pooled = {
+        "cls": h[:, 0],
+        "max": h.masked_fill(~real, float("-inf")).amax(dim=1),
+    }[pooling]
+    expected = torch.nn.functional.normalize(pooled, dim=-1)
+    torch.testing.assert_close(enc.sentence_embedding(texts), expected, atol=1e-5, rtol=1e-5)
+    # The references are not interchangeable: [CLS] is not a token's maximum, and padding would
+    # change the maximum of the short text.
+    other = {"cls": h[:, 1], "max": h.amax(dim=1)}[pooling]
+    assert not torch.allclose(torch.nn.functional.normalize(other, dim=-1)[0], expected[0])
+
+
+def test_similarity_is_a_cosine_also_without_normalised_embeddings(encoder_dir, tmp_path):
+    """Without a Normalize module the sentence embeddings keep their length, and the target is
+    still the cosine: torch's cosine_similarity of by-hand mean-pooled HF hidden states."""
+    import shutil
+
+    from transformers import AutoModel
+
+    path = tmp_path / "unnormalised"
+    shutil.copytree(encoder_dir, path)
+    modules = json.loads((path / "modules.json").read_text())
+    (path / "modules.json").write_text(
+        json.dumps([m for m in modules if "Normalize" not in m["type"]])
+    )
+    enc = sl.load_model(f"hf:{path}")
+    assert enc.module.normalize is False
+    hf = AutoModel.from_pretrained(path).eval()
+
+    def embed(texts):
+        t = enc.tokenizer(texts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            h = hf(**t).last_hidden_state
+        m = t["attention_mask"][..., None].float()
+        return (h * m).sum(1) / m.sum(1)
+
+    texts = ["a man is playing guitar", "the cat"]
+    e, ref = embed(texts), embed(["the movie was great"])
+    assert float(ref.norm()) != pytest.approx(1.0, abs=1e-2)
+    bound = enc.bind_target(similarity_to("the movie was great"))
+    expected = torch.nn.functional.cosine_similarity(e, ref)
+    torch.testing.assert_close(bound(enc.sentence_embedding(texts)), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_minilm_playing_and_guitar_carry_the_similarity():

@@ -18,6 +18,7 @@ from saliencelab.core.targets import PendingTarget
 from saliencelab.core.tokens import (
     TokenGrid,
     find_token_layer,
+    model_hints,
     to_grid,
     token_grid,
     token_scores_to_grid,
@@ -81,6 +82,28 @@ def test_prefix_count_read_from_the_model():
     assert to_grid(tokens, (32, 32)).shape == (2, 3, 3, 3)
     maps = to_grid(tokens, (32, 32), module=model)
     assert maps.shape == (2, 3, 2, 2) and (maps[:, 2] == 7).all()
+
+
+def test_prefix_count_adds_the_tokens_of_every_prefix_parameter():
+    """A model without `num_prefix_tokens`: its prefix is counted from its parameters, a vector
+    (D,) one token and a (1, n, D) tensor n tokens. Here 1 + 8 = 9 prefix tokens, more than
+    MAX_PREFIX, so a wrong count cannot be rescued by inference (25 tokens would be a 5x5 grid)."""
+
+    class Registers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patch_embed = nn.Conv2d(3, 3, 4, stride=4)
+            self.class_embedding = nn.Parameter(torch.zeros(3))
+            self.register_tokens = nn.Parameter(torch.zeros(1, 8, 3))
+
+    model = Registers()
+    assert model_hints(model) == (9, 4)
+    tokens = _numbered_tokens(9, 4, 4)
+    assert to_grid(tokens, (16, 16)).shape == (2, 3, 5, 5)  # undeclared: inferred, wrongly
+    maps = to_grid(tokens, (16, 16), module=model)
+    rows, cols = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+    assert maps.shape == (2, 3, 4, 4) and (maps[:, 2] == 7).all()
+    assert torch.equal(maps[0, 0], rows.float()) and torch.equal(maps[0, 1], cols.float())
 
 
 def test_channels_last_maps_are_permuted_and_cnn_maps_left_alone():
