@@ -668,3 +668,28 @@ def test_attention_rollout_on_text_gives_word_scores(classifier):
         p = a.piece_scores
         torch.testing.assert_close(a.maps[0, 3], p[0, 4] + p[0, 5])  # "playing" = play + ##ing
         assert (p[1, 4:] == 0).all()  # padding
+
+
+def test_rollout_of_a_mean_pooled_encoder_is_the_mean_of_its_real_token_rows(encoder_dir):
+    """A mean-pooled sentence encoder's output is the mean of its token rows, so rollout's
+    "auto" row is their mean, over real tokens only: R = Π rownorm(½ Ā + ½ I) from the Hugging
+    Face attentions of each text alone (no padding), by hand; the same in a padded batch."""
+    from transformers import AutoModel
+
+    enc = sl.load_model(f"hf:{encoder_dir}")
+    assert enc.extra["rollout_row"] == "mean"
+    hf = AutoModel.from_pretrained(encoder_dir, attn_implementation="eager").eval()
+    texts = ["a man is playing guitar", "the cat"]
+    ex = sl.explain(enc, texts, methods="attention_rollout", target=similarity_to("the cat"))
+    for i, text in enumerate(texts):
+        t = enc.tokenizer([text], return_tensors="pt")
+        with torch.no_grad():
+            att = hf(**t, output_attentions=True).attentions
+        r = torch.eye(att[0].shape[-1], dtype=torch.float64)
+        for a in att:
+            step = 0.5 * a[0].double().mean(0) + 0.5 * torch.eye(r.shape[0], dtype=torch.float64)
+            r = (step / step.sum(1, keepdim=True)) @ r
+        n = r.shape[0]
+        got = ex["attention_rollout"].piece_scores[i, :n].double()
+        torch.testing.assert_close(got, r.mean(0), atol=1e-6, rtol=1e-5)
+        assert (ex["attention_rollout"].piece_scores[i, n:] == 0).all()  # padding

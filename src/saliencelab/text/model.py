@@ -132,15 +132,21 @@ class TextModel(Model):
             raise SaliencelabError(
                 f"Unknown text task {self.task!r}; use one of {', '.join(TASKS)}."
             )
-        # Hooks `sl.explain` and integrated gradients look for (see core/explain.py).
-        self.extra = {
-            **self.extra,
-            "prepare": self.prepare,
-            "reduce": self.reduce,
-            "baselines": self.baselines,
-        }
+        # Hooks `sl.explain` and integrated gradients look for (see core/explain.py), and what
+        # attention rollout reads (methods/attention/rollout.py): which tokens are real, and,
+        # for a mean-pooled sentence encoder, that its output is the mean of the token rows.
+        hooks = {"prepare": self.prepare, "reduce": self.reduce, "baselines": self.baselines}
+        hooks["token_mask"] = self.token_mask
+        pooling = getattr(self.module, "pooling", None)
+        if self.task == "embedding" and pooling == "mean" and "rollout_row" not in self.extra:
+            hooks["rollout_row"] = "mean"
+        self.extra = {**self.extra, **hooks}
         if self.preprocess is None:
             self.preprocess = self.inputs
+
+    def token_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, T) bool: the real tokens (the attention mask) of engine inputs `x`."""
+        return read_flags(x, self.dim)[0]
 
     # -- the pieces --------------------------------------------------------------------------
 
