@@ -142,3 +142,75 @@ def test_nice_ticks_cover_the_range_with_round_steps(seed):
     assert min(abs(mantissa - m) for m in (1, 2, 2.5, 5, 10)) < 1e-6
     assert np.allclose(np.diff(ticks), step)
     assert (ticks[-1] - ticks[0]) <= 2.6 * (hi - lo)  # not much wasted room
+
+
+def _recorded(monkeypatch) -> tuple[list, list]:
+    """Patch the canvas so the lines drawn and the legend entries are recorded."""
+    import saliencelab.viz.curves as curves_mod
+
+    lines: list = []
+    legends: list = []
+    init = curves_mod._Canvas.__init__
+
+    def record_init(self, size, legend, bars=None):
+        legends.append(list(legend))
+        init(self, size, legend, bars)
+
+    def record_line(self, x, y, colour, width, dash):
+        lines.append((x.clone(), y.clone(), colour, dash))
+
+    monkeypatch.setattr(curves_mod._Canvas, "__init__", record_init)
+    monkeypatch.setattr(curves_mod._Canvas, "polyline", record_line)
+    return lines, legends
+
+
+def test_the_plotted_line_is_the_nan_skipping_mean_curve_against_curve_x(monkeypatch):
+    """The values drawn: x = the result's curve_x (uneven here), y = the mean over samples of
+    the curves skipping NaN (hand-computed); the legend's score is the mean of the per-sample
+    values (not of the curve); the reference is dashed, the method solid."""
+    curves = torch.tensor([[1.0, 0.6, math.nan, 0.0], [0.8, 0.2, 0.3, 0.4]], dtype=torch.double)
+    x = torch.tensor([0.0, 0.1, 0.5, 1.0])
+    mine = MetricResult(
+        "deletion", torch.tensor([0.3, 0.4]), "lower", (0, 1), curves=curves, curve_x=x
+    )
+    ref = MetricResult(
+        "deletion", torch.tensor([0.9, 0.5]), "lower", (0, 1), curves=curves.flip(0), curve_x=x
+    )
+    report = EvalReport({"mine": {"deletion": mine}, "random": {"deletion": ref}}, ("random",))
+    lines, legends = _recorded(monkeypatch)
+    plot_metric_curves(report, "deletion")
+    (x0, y0, colour0, dash0), (x1, y1, _, dash1) = lines
+    torch.testing.assert_close(x0, x.double())
+    torch.testing.assert_close(y0, torch.tensor([0.9, 0.4, 0.3, 0.2], dtype=torch.double))
+    torch.testing.assert_close(y1, y0)
+    assert colour0 == PALETTE[0] and dash0 is None and dash1 == REFERENCE_STYLES[0][1]
+    assert [(name, score) for name, score, _, _ in legends[0]] == [
+        ("mine", "0.35"),
+        ("random (ref)", "0.7"),
+    ]
+
+
+def test_bars_show_each_methods_mean_and_interval_and_curve_metrics_need_one_method(monkeypatch):
+    """The bars' data: each method's mean, its bootstrap interval (low, high) and n; a metric
+    with curves for any one method is a curve metric."""
+    import saliencelab.viz.curves as curves_mod
+
+    rows_seen: list = []
+    bars = curves_mod._Canvas.bars
+
+    def record(self, rows, ticks):
+        rows_seen.extend(rows)
+        bars(self, rows, ticks)
+
+    monkeypatch.setattr(curves_mod._Canvas, "bars", record)
+    report = flat_report()
+    report.results["low"]["game"] = result(None, [0.1, 0.3, 0.2, 0.6])
+    plot_metric_bars(report, "game")
+    name, mean, lo, hi, n, _ = rows_seen[0]
+    assert name == "low" and mean == pytest.approx(0.3) and n == 4
+    assert (lo, hi) == report["low"]["game"].ci and lo < mean < hi
+    assert rows_seen[2][0] == "random (ref)"
+    mixed = EvalReport(
+        {"a": {"game": result(None, [1.0])}, "b": {"deletion": result([0.5, 0.4], [0.4])}}
+    )
+    assert curve_metrics(mixed) == ["deletion"]

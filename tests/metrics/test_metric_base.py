@@ -479,3 +479,177 @@ def test_logit_scores_widen_the_value_range_and_json_stays_strict(tiny_cnn, imag
     data = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     row = data["results"]["saliency"]["deletion"]
     assert row["value_range"] == [None, None] and row["ci_low"] is None
+
+
+def test_float32_ranks_average_ties_in_every_row_like_scipy():
+    """float32 rows are ranked through int64 sort keys: ties must be averaged in every row of
+    a batch, not only the first (scipy's rankdata along the last axis is the reference)."""
+    g = torch.Generator().manual_seed(5)
+    a = torch.randint(0, 4, (3, 2, 9), generator=g).float()  # many ties in each row
+    want = scipy.stats.rankdata(a.numpy(), axis=-1)
+    np.testing.assert_array_equal(ranks(a).numpy(), want)
+    b = torch.randn(3, 2, 9, generator=g)
+    rho = spearman(a, b).numpy()
+    for i in range(3):
+        for j in range(2):
+            ref = scipy.stats.spearmanr(a[i, j].numpy(), b[i, j].numpy()).statistic
+            assert math.isclose(float(rho[i, j]), ref, rel_tol=1e-6)
+
+
+def test_result_interval_is_the_95_percent_percentile_bootstrap_of_the_finite_values():
+    """MetricResult.ci (and row()) is the 95% percentile bootstrap of the mean: its ends agree
+    with scipy's percentile bootstrap up to resampling noise, NaN values are left out."""
+    v = torch.randn(300, generator=torch.Generator().manual_seed(7), dtype=torch.double) + 1
+    r = MetricResult("x", torch.cat([v, torch.tensor([math.nan, math.inf])]), "higher", (0, 1))
+    ref = scipy.stats.bootstrap(
+        (v.numpy(),),
+        np.mean,
+        confidence_level=0.95,
+        method="percentile",
+        n_resamples=10000,
+        random_state=0,
+    ).confidence_interval
+    se = float(v.std()) / math.sqrt(v.numel())
+    lo, hi = r.ci
+    assert abs(lo - ref.low) < 0.2 * se and abs(hi - ref.high) < 0.2 * se
+    # a 90% interval would be 1.645 / 1.96 = 0.84 of the width
+    assert (hi - lo) / (ref.high - ref.low) == pytest.approx(1.0, abs=0.07)
+    row = r.row()
+    assert (row["ci_low"], row["ci_high"]) == (lo, hi) and lo < row["mean"] < hi
+    assert row["n"] == 300 and row["mean"] == pytest.approx(float(v.mean()))
+
+
+def test_merge_weights_the_cost_per_sample_by_the_samples_of_each_part():
+    """Merged passes / forwards are per sample over all parts (a part of 1 sample costing 3 and
+    one of 3 samples costing 1 per sample: 6 / 4 = 1.5), seconds add up, values concatenate."""
+    a = MetricResult(
+        "x", torch.tensor([1.0]), "higher", (0, 1), passes=3.0, forwards=5.0, seconds=0.25
+    )
+    b = MetricResult(
+        "x", torch.tensor([2.0, 3.0, 4.0]), "higher", (0, 1), passes=1.0, forwards=1.0, seconds=0.5
+    )
+    m = MetricResult.merge([a, b])
+    assert m.values.tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert m.passes == pytest.approx(1.5) and m.forwards == pytest.approx(2.0)
+    assert m.seconds == pytest.approx(0.75) and m.mean == pytest.approx(2.5)
+
+
+def test_scores_and_input_scores_take_each_samples_own_target(tiny_cnn, images):
+    """Every row is scored for the target of its own sample: hand-computed softmax / logits of
+    the model, with a different class per sample."""
+    from saliencelab.metrics.base import make_batch
+
+    target = torch.tensor([0, 1, 2, 3])
+    rows = torch.arange(4)
+    with torch.no_grad():
+        logits = tiny_cnn(images)
+        want = torch.stack(
+            [tiny_cnn(images * s).softmax(-1)[rows, target] for s in (0.5, 1.0)], 1
+        ).mean(1)
+    r = MeanScore(steps=2)(images.sum(1), x=images, model=tiny_cnn, target=target)
+    torch.testing.assert_close(r.values, want)
+    batch = make_batch(images.sum(1), x=images, model=tiny_cnn, target=target)
+    torch.testing.assert_close(batch.input_scores("logit"), logits[rows, target])
+    torch.testing.assert_close(batch.input_scores(), logits.softmax(-1)[rows, target])
+    torch.testing.assert_close(batch.input_scores("logits"), logits)
+
+
+def _report_of(means: dict[str, list[float]], direction: str) -> sl.metrics.EvalReport:
+    from saliencelab.metrics.evaluate import EvalReport
+
+    return EvalReport(
+        {
+            m: {"d": MetricResult("d", torch.tensor(v, dtype=torch.double), direction, (0, 1))}
+            for m, v in means.items()
+        },
+        references=("random",),
+    )
+
+
+def test_best_follows_the_direction_and_leaves_references_out_unless_asked():
+    means = {"a": [0.2, 0.4], "b": [0.6, 0.8], "random": [0.9, 1.0], "c": [math.nan] * 2}
+    higher, lower = _report_of(means, "higher"), _report_of(means, "lower")
+    assert higher.best("d") == "b" and lower.best("d") == "a"
+    assert higher.best("d", include_references=True) == "random"
+    assert lower.best("d", include_references=True) == "a"
+    with pytest.raises(sl.SaliencelabError, match="no better direction"):
+        _report_of(means, "none").best("d")
+
+
+def test_csv_and_json_rows_hold_each_methods_own_numbers(tmp_path):
+    """The CSV and JSON carry the table's numbers under the right column names: mean, the
+    interval's low and high ends (low ≤ mean ≤ high), n and the reference flag."""
+    rep = _report_of({"a": [0.1, 0.2, 0.6], "random": [0.5, 0.9, 0.7, 0.3]}, "higher")
+    with open(rep.to_csv(tmp_path / "r.csv")) as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    data = json.loads(rep.to_json(tmp_path / "r.json").read_text())["results"]
+    for method, values, ref in (
+        ("a", [0.1, 0.2, 0.6], "False"),
+        ("random", [0.5, 0.9, 0.7, 0.3], "True"),
+    ):
+        lo, hi = rep[method]["d"].ci
+        row = rows[method]
+        assert float(row["mean"]) == pytest.approx(np.mean(values))
+        assert float(row["ci_low"]) == pytest.approx(lo) and float(row["ci_high"]) == pytest.approx(
+            hi
+        )
+        assert float(row["ci_low"]) <= float(row["mean"]) <= float(row["ci_high"])
+        assert row["n"] == str(len(values)) and row["reference"] == ref
+        js = data[method]["d"]
+        assert js["values"] == pytest.approx(values) and js["mean"] == pytest.approx(
+            np.mean(values)
+        )
+        assert (js["ci_low"], js["ci_high"]) == pytest.approx((lo, hi))
+
+
+def test_reference_maps_match_their_formulas_on_a_non_square_image(tiny_cnn):
+    """Sobel: scipy.ndimage's Sobel magnitude of the channel mean with replicated borders
+    (mode "nearest"); centred Gaussian: exp(-d²/2σ²) around ((H-1)/2, (W-1)/2), σ = 0.25 ×
+    the shorter side; random: U(0, 1), another map for another seed."""
+    import scipy.ndimage
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 3, 7, 10, generator=g, dtype=torch.float64).float()
+    ex = sl.explain(tiny_cnn, x, methods=["sobel", "center_gaussian", "random"])
+    gray = x.double().mean(1).numpy()
+    for i in range(2):
+        gy = scipy.ndimage.sobel(gray[i], axis=0, mode="nearest")
+        gx = scipy.ndimage.sobel(gray[i], axis=1, mode="nearest")
+        np.testing.assert_allclose(ex["sobel"].maps[i].numpy(), np.hypot(gx, gy), atol=1e-5)
+    ys, xs = np.mgrid[0:7, 0:10]
+    s = 0.25 * 7
+    want = np.exp(-((ys - 3.0) ** 2 + (xs - 4.5) ** 2) / (2 * s * s))
+    for i in range(2):
+        np.testing.assert_allclose(ex["center_gaussian"].maps[i].numpy(), want, rtol=1e-5)
+    r = ex["random"].maps
+    assert r.shape == (2, 7, 10) and bool(((r >= 0) & (r < 1)).all())
+    other = sl.explain(tiny_cnn, x, methods={"random": {"seed": 1}})["random"].maps
+    assert not torch.equal(r, other)
+
+
+def test_each_attribution_is_scored_for_its_own_target_and_given_maps_win(tiny_cnn, images):
+    """Without target=, every Attribution is scored for the target it was explained for
+    (hand-computed probabilities); a given map named like a reference is not replaced by it."""
+    ex = {
+        "saliency": sl.explain(tiny_cnn, images, methods="saliency", target=0)["saliency"],
+        "gradcam": sl.explain(tiny_cnn, images, methods="gradcam", target=3)["gradcam"],
+        "random": images.abs().sum(1),
+    }
+    rep = sl.evaluate(tiny_cnn, images, ex, metrics=["_test_mean_score", "_test_map_max"], steps=2)
+    with torch.no_grad():
+        probs = [tiny_cnn(images * s).softmax(-1) for s in (0.5, 1.0)]
+    for name, cls in (("saliency", 0), ("gradcam", 3)):
+        want = (probs[0][:, cls] + probs[1][:, cls]) / 2
+        torch.testing.assert_close(rep[name]["_test_mean_score"].values, want)
+    torch.testing.assert_close(
+        rep["random"]["_test_map_max"].values, images.abs().sum(1).flatten(1).amax(1)
+    )
+
+
+def test_an_int_target_without_a_model_is_every_samples_class():
+    """A class given as an int is recorded for every sample when no model predicts one."""
+    maps = torch.rand(3, 5, 5, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(3, 5, 5, dtype=torch.bool)
+    masks[:, 1:3, 1:3] = True
+    r = sl.metrics.get("pointing_game")()(maps, masks=masks, target=2)
+    assert r.extras["target"].tolist() == [2, 2, 2]
