@@ -550,3 +550,76 @@ def test_option_errors_name_the_flag_they_came_from():
         parse_options(["n_steps"])
     with pytest.raises(sl.SaliencelabError, match="write e.g. --method-option a=1 or"):
         parse_options(["x"], flag="--method-option", examples=("a=1", "m.a=1"))
+
+
+def test_option_values_keep_their_types():
+    from saliencelab.cli_common import split
+
+    for text, expected in [
+        ("32", 32),
+        ("-4", -4),
+        ("0.5", 0.5),
+        ("1e-3", 1e-3),
+        ("2E3", 2000.0),
+        ("TRUE", True),
+        (" yes ", True),
+        ("on", True),
+        ("off", False),
+        ("None", None),
+        ("null", None),
+        ("tabby cat", "tabby cat"),
+    ]:
+        got = parse_value(text)
+        assert got == expected and type(got) is type(expected), (text, got)
+    assert parse_options([" n_steps = 8 ", "gradcam.relu=false", "name=a=b"]) == {
+        "n_steps": 8,
+        "gradcam.relu": False,
+        "name": "a=b",
+    }
+    assert split(" saliency, gradcam,,  ig ") == ["saliency", "gradcam", "ig"]
+
+
+def test_targets_are_indices_only_when_they_are_integers():
+    for text, expected in [("3", 3), ("-1", -1), ("+2", 2), (" 7 ", 7)]:
+        got = parse_target(text)
+        assert got == expected and type(got) is int, (text, got)
+    for text in ["tabby cat", "3.5", "7 up", "n01440764"]:
+        assert parse_target(text) == text
+
+
+def test_collect_images_reads_folders_by_suffix_sorted_skipping_hidden(tmp_path):
+    from saliencelab.cli_common import collect_images
+
+    folder = tmp_path / "imgs"
+    for name in ["b.PNG", "a.jpg", "c.Jpeg", ".hidden.png", "notes.txt"]:
+        photo(folder / name) if name != "notes.txt" else (folder / name).write_text("x")
+    photo(folder / "sub" / "deep.png")
+    items = collect_images([str(folder), str(tmp_path / "missing.png")])
+    assert [i.name for i in items[:3]] == [str(folder / n) for n in ["a.jpg", "b.PNG", "c.Jpeg"]]
+    assert len(items) == 4 and items[3].load() is None and "does not exist" in items[3].error
+    deep = sl.image_paths(folder, recursive=True)
+    assert folder / "sub" / "deep.png" in deep and len(deep) == 4
+
+
+def test_loaded_images_are_upright_rgb_with_transparency_on_white(tmp_path):
+    from saliencelab.cli_common import collect_images
+
+    # EXIF orientation 6: the camera was turned, the stored 4x2 pixels are shown rotated 90° CW.
+    stored = np.zeros((2, 4, 3), np.uint8)
+    stored[0, 0] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "turned.png", exif=exif)
+    # 20% opaque red over white: (255, 0.8 * 255, 0.8 * 255); gray 77 stays gray.
+    Image.new("RGBA", (3, 3), (255, 0, 0, 51)).save(tmp_path / "glass.png")
+    Image.new("L", (3, 3), 77).save(tmp_path / "gray.png")
+    # 16-bit gray is stretched from its own min..max: (v - 1000) * 255 / 1000.
+    deep = np.array([[1000, 1200], [1600, 2000]], np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    names = ["turned.png", "glass.png", "gray.png", "deep.png"]
+    items = collect_images([str(tmp_path / n) for n in names])
+    turned, glass, gray, deep_rgb = (np.asarray(item.load()) for item in items)
+    assert (deep_rgb == np.array([[0, 51], [153, 255]])[..., None]).all()
+    np.testing.assert_array_equal(turned, np.rot90(stored, k=-1))  # 90° clockwise
+    assert glass.shape == (3, 3, 3) and (glass == (255, 204, 204)).all()
+    assert gray.shape == (3, 3, 3) and (gray == 77).all()

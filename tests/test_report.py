@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import html
 import re
+from urllib.parse import quote
 
 import pytest
 import torch
@@ -137,3 +139,35 @@ def test_from_explanation(tmp_path):
 def test_entries_must_be_report_entries(tmp_path):
     with pytest.raises(SaliencelabError, match="ReportEntry"):
         write_index(tmp_path, [{"name": "x"}])
+
+
+def test_every_method_and_image_is_listed_and_all_user_text_escaped(tmp_path):
+    safe = html.escape(EVIL, quote=True)
+    overlays = {m: png(tmp_path / f"o{i}.png") for i, m in enumerate(["gradcam", "ig", EVIL])}
+    first = entry(
+        tmp_path,
+        name=f"{EVIL}.jpg",
+        predicted=f"{EVIL} cat",
+        overlays=overlays,
+        rows=[{"method": "gradcam", "passes": 1, "seconds": 0.1, "target": EVIL}],
+    )
+    second = entry(tmp_path, name="dog.jpg", overlays={"smoothgrad": png(tmp_path / "s.png")})
+    failed = ReportEntry(name="broken.jpg", error=f"Could not read {EVIL}; remove it.")
+    text = write_index(tmp_path, [first, second, failed]).read_text(encoding="utf-8")
+    assert "3 images · 5 methods · 1 failed" in text  # gradcam, ig, EVIL, smoothgrad, saliency
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", text)
+    assert captions == ["gradcam", "ig", safe, "smoothgrad"]
+    nav = re.search(r"<nav>(.*?)</nav>", text).group(1)
+    assert re.findall(r'<a href="#entry-(\d)"[^>]*>(.*?)</a>', nav) == [
+        ("0", f"{safe}.jpg"),
+        ("1", "dog.jpg"),
+        ("2", "broken.jpg"),
+    ]
+    assert f"<h2>{safe}.jpg</h2>" in text and f"<b>{safe} cat</b>" in text
+    assert f"<td>{safe}</td>" in text  # the target cell
+    assert f'alt="{safe}.jpg: {safe}"' in text
+    assert f"Could not read {safe}; remove it." in text
+    assert f'src="{quote("o2.png")}"' in text and 'href="cat_maps.pt"' in text
+    assert '<a href="cat_maps.pt">raw maps (cat_maps.pt)</a>' in text
+    assert '<a href="cat.png">original image</a>' in text
+    assert "<script" not in text

@@ -291,3 +291,118 @@ def test_colorbar_legend():
     bar = colorbar_legend("diverging", width=101)
     assert bar.width == 101
     assert np.asarray(bar)[5, 50].tolist() == [255, 255, 255]
+
+
+# --- independent references (numpy / PIL doing the same operation directly) -------------------
+
+
+@pytest.mark.parametrize("q", [37.3, 90.0, 99.5])
+def test_normalisation_matches_numpy_percentile_reference(q):
+    rng = np.random.default_rng(3)
+    m = rng.normal(size=(7, 9)).astype(np.float32) * 3.0
+    ref_unsigned = np.clip((m - m.min()) / (np.percentile(m, q) - m.min()), 0.0, 1.0)
+    ref_signed = np.clip(m / np.percentile(np.abs(m), q), -1.0, 1.0)
+    out_unsigned = normalize_map(torch.from_numpy(m), signed=False, clip_percentile=q).numpy()
+    out_signed = normalize_map(torch.from_numpy(m), signed=True, clip_percentile=q).numpy()
+    np.testing.assert_allclose(out_unsigned, ref_unsigned, atol=1e-5)
+    np.testing.assert_allclose(out_signed, ref_signed, atol=1e-5)
+
+
+def test_percentile_interpolates_between_the_right_neighbours():
+    # 0..9 at q=90: position 8.1, so the 90th percentile is 8.1 (not 8.9); 9 is clipped to 1.
+    m = torch.arange(10, dtype=torch.float32)[None]
+    out = normalize_map(m, signed=False, clip_percentile=90.0)
+    np.testing.assert_allclose(out[0].numpy(), np.minimum(np.arange(10) / 8.1, 1.0), atol=1e-6)
+
+
+def _blend(base: np.ndarray, colors: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    w = weight[..., None]
+    return np.clip(np.rint(base * (1.0 - w) + colors * w), 0, 255).astype(np.uint8)
+
+
+def test_unsigned_overlay_matches_a_hand_computed_blend():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    m = rng.random((6, 6)).astype(np.float32)
+    alpha = 0.6
+    v = (m - m.min()) / (m.max() - m.min())  # clip_percentile=None: plain min-max
+    lut = colormap("heat").astype(np.float64)
+    colors = lut[np.floor(v * 255 + 0.5).astype(int)]
+    expected = _blend(img.astype(np.float64), colors, alpha * v**0.7)
+    got = overlay(Image.fromarray(img), torch.from_numpy(m), alpha=alpha, clip_percentile=None)
+    assert np.abs(np.asarray(got).astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_signed_overlay_matches_a_hand_computed_blend():
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    m = rng.normal(size=(6, 6)).astype(np.float32)
+    alpha = 0.8
+    v = m / np.abs(m).max()
+    s = np.abs(v)
+    lut = colormap("diverging").astype(np.float64)
+    shown = np.sign(v) * np.maximum(s, 0.5)
+    colors = lut[np.floor((shown + 1) / 2 * 255 + 0.5).astype(int)]
+    luma = img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    base = np.repeat(luma[..., None] * 0.75, 3, axis=2)
+    expected = _blend(base, colors, alpha * s**0.5)
+    got = overlay(Image.fromarray(img), torch.from_numpy(m), alpha=alpha, clip_percentile=None)
+    assert np.abs(np.asarray(got).astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_overlay_crops_a_tall_photo_at_its_center():
+    # Top and bottom fifths green, the middle blue: the center square crop keeps only blue.
+    img = np.zeros((100, 60, 3), np.uint8)
+    img[:20] = (0, 255, 0)
+    img[20:80] = (0, 0, 255)
+    img[80:] = (0, 255, 0)
+    out = overlay(Image.fromarray(img), torch.zeros(16, 16), cmap="heat")
+    assert out.size == (60, 60)
+    assert (np.asarray(out) == (0, 0, 255)).all()
+
+
+def test_heatmap_resizes_to_width_by_height():
+    # A map brighter to the right (H=2, W=4) drawn at width 40, height 10: dark left, bright right.
+    m = torch.tensor([[0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 2.0, 3.0]])
+    out = np.asarray(heatmap(m, size=(40, 10), clip_percentile=None)).astype(int)
+    assert out.shape == (10, 40, 3)
+    lut = colormap("heat").astype(int)
+    assert (out[:, 0] == lut[0]).all() and (out[:, -1] == lut[-1]).all()
+    assert (out[0] == out[-1]).all()  # rows are identical: the gradient runs along the width
+
+
+def _captions(monkeypatch) -> list[str]:
+    import importlib
+
+    gallery_module = importlib.import_module("saliencelab.viz.gallery")  # the module, not gallery()
+    texts: list[str] = []
+    real = gallery_module._centered
+
+    def spy(draw, x0, y, width, text, font, fill):
+        texts.append(text)
+        real(draw, x0, y, width, text, font, fill)
+
+    monkeypatch.setattr(gallery_module, "_centered", spy)
+    return texts
+
+
+def test_gallery_captions_photo_size_methods_in_order_and_other_targets(monkeypatch):
+    ex = explanation(3)  # predicted class 1 ("tabby"); every attribution explained class 0 ("a")
+    ex.attributions["method1"].target[:] = 1  # this one explained the predicted class
+    texts = _captions(monkeypatch)
+    gallery(photo(80, 60), ex, methods=["method2", "method0", "method1"], tile=64, legend=False)
+    assert texts[:2] == ["input", "80 x 60"]
+    names = [t for t in texts if t.startswith("method")]
+    assert names == ["method2", "method0", "method1"]
+    assert texts.count("target: a") == 2 and "target: tabby" not in texts
+
+
+def test_gallery_tiles_follow_the_map_aspect():
+    tile = 64
+    wide = attribution(blob(16, 32)[None], "wide")  # H=16, W=32: tiles are 64 x 32
+    img = np.asarray(
+        gallery(photo(100, 100, (10, 200, 30)), {"wide": wide}, tile=tile, legend=False)
+    )
+    green = (img == (10, 200, 30)).all(axis=-1)
+    rows, cols = np.nonzero(green)
+    assert cols.max() - cols.min() + 1 == tile and rows.max() - rows.min() + 1 == tile // 2
