@@ -577,3 +577,213 @@ def test_a_failed_probe_forward_is_not_remembered_as_no_channels_last():
         assert probe_channels_last(net, x) and channels_last_known(net, x)
     finally:
         handle.remove()
+
+
+def test_engine_counts_each_row_once_and_maps_rows_to_their_samples(tiny_cnn, images):
+    """Chunks cover the rows 0..n-1 once, in order; each row's score is its own sample's target
+    logit (reference: the model on that sample); rows are counted once per pass kind."""
+    import time
+
+    from saliencelab.core.engine import Engine
+    from saliencelab.core.targets import Target
+
+    engine = Engine(sl.Model(tiny_cnn), chunk_size=3)
+    t = Target(torch.tensor([4, 0, 2, 1]))
+    with torch.no_grad():
+        ref = tiny_cnn(images)
+    start = time.perf_counter()
+    chunks = list(engine.forwards(7, lambda r: images[r % 4], lambda r: r % 4, t))
+    assert [c.rows.tolist() for c in chunks] == [[0, 1, 2], [3, 4, 5], [6]]
+    for c in chunks:
+        assert torch.equal(c.samples, c.rows % 4)
+        torch.testing.assert_close(c.scores, ref[c.rows % 4, t.indices[c.rows % 4]])
+    assert (engine.cost.forward_rows, engine.cost.grad_rows) == (7, 0)
+    grads = list(engine.gradients(5, lambda r: images[r % 4], lambda r: r % 4, t))
+    wall = time.perf_counter() - start
+    assert torch.equal(torch.cat([c.rows for c in grads]), torch.arange(5))
+    assert (engine.cost.forward_rows, engine.cost.grad_rows) == (7, 5)
+    assert 0 < engine.cost.seconds <= wall
+    before = engine.cost.copy()
+    list(engine.gradients(2, lambda r: images[r], lambda r: r, t))
+    spent = engine.cost.since(before)
+    assert (spent.forward_rows, spent.grad_rows) == (0, 2) and spent.seconds > 0
+
+
+def test_a_layer_target_stops_the_forward_after_its_layer(tiny_cnn, images):
+    """The readings are the layer's channel means (reference: the layer run by hand) and no
+    layer after it runs, in forward and in gradient passes."""
+    from saliencelab.core.engine import Engine
+
+    later = []
+    for m in (tiny_cnn.features[2], tiny_cnn.fc):
+        m.register_forward_hook(lambda m, i, o: later.append(m))
+    target = sl.channel("features.0", 2)
+    engine = Engine(sl.Model(tiny_cnn))
+    readings = engine.logits(images, target)
+    with torch.no_grad():
+        expected = tiny_cnn.features[0](images).mean(dim=(2, 3))
+    torch.testing.assert_close(readings, expected)
+    chunks = list(engine.gradients(4, lambda r: images[r], lambda r: r, target))
+    torch.testing.assert_close(torch.cat([c.scores for c in chunks]), expected[:, 2])
+    assert later == []
+
+
+class _Branchy(nn.Module):
+    """Runs `extra` only for batches whose first value is positive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.extra = nn.Conv2d(4, 4, 1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if x[0, 0, 0, 0] > 0:
+            y = self.extra(y)
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+def test_a_layer_skipped_by_a_later_chunk_is_a_clear_error():
+    """The activations captured by one chunk never stand in for a later chunk's."""
+    from saliencelab.core.engine import Engine
+    from saliencelab.core.targets import Target
+
+    torch.manual_seed(0)
+    model = _Branchy().eval()
+    x = torch.randn(2, 3, 6, 6)
+    x[0, 0, 0, 0], x[1, 0, 0, 0] = 1.0, -1.0  # row 0 runs `extra`, row 1 does not
+    engine = Engine(sl.Model(model), chunk_size=1)
+    passes = engine.gradients(
+        2, lambda r: x[r], lambda r: r, Target(torch.tensor([0, 1])), {"extra": model.extra}
+    )
+    first = next(passes)
+    assert first.activations["extra"].shape == (1, 4, 6, 6)
+    with pytest.raises(SaliencelabError, match="The layer extra was not reached"):
+        next(passes)
+
+
+def test_an_out_of_memory_cap_holds_at_half_for_later_plans_of_any_length():
+    from saliencelab.core import batching
+
+    key = ("oom-cap-test",)
+    try:
+        plan = ChunkPlan(key=key, n_rows=100, max_rows=32)
+        assert plan.out_of_memory(8)
+        assert plan.size == 4
+        for n_rows in (100, 5000):  # another length class: not the settled search
+            assert ChunkPlan(key=key, n_rows=n_rows, max_rows=32).cap == 4
+    finally:
+        batching.forget_chunk_sizes()
+
+
+def test_gradient_passes_feed_channels_last_rows_where_the_probe_allows():
+    from saliencelab.core.engine import NHWC_MIN_ROWS, Engine
+    from saliencelab.core.layout import channels_last_known
+    from saliencelab.core.targets import Target
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 2)).eval()
+    x = torch.randn(NHWC_MIN_ROWS, 3, 8, 8)
+    engine = Engine(sl.Model(net), chunk_size=NHWC_MIN_ROWS)
+    assert engine.probe_layout(x) and channels_last_known(net, x)
+    t = Target(torch.zeros(len(x), dtype=torch.long))
+    for n, nhwc in ((NHWC_MIN_ROWS, True), (NHWC_MIN_ROWS - 1, False)):
+        (chunk,) = engine.gradients(n, lambda r: x[r], lambda r: r, t)
+        assert chunk.inputs.is_contiguous(memory_format=torch.channels_last) == nhwc
+        assert chunk.inputs.is_contiguous() != nhwc
+        assert chunk.input_grad.is_contiguous()
+
+
+@pytest.mark.parametrize(
+    ("target", "index"), [(4, 4), ("c4", 4), ("C1", 1), (["c0", "C3"], [0, 3]), ([4, 0], [4, 0])]
+)
+def test_targets_resolve_to_class_indices_up_to_the_last_class(target, index):
+    """Class names match exactly, else case-insensitively; the last class (n - 1) is valid."""
+    from saliencelab.core.targets import resolve_target
+
+    t = resolve_target(target, torch.zeros(2, 5), ["c0", "c1", "c2", "c3", "c4"])
+    assert t.indices.tolist() == torch.as_tensor(index).expand(2).tolist()
+
+
+@pytest.mark.parametrize("target", [5, [0, 5], torch.tensor([0, 5]), -1])
+def test_a_class_index_equal_to_the_number_of_classes_is_refused_when_resolved(target):
+    from saliencelab.core.targets import resolve_target
+
+    with pytest.raises(SaliencelabError, match=r"target class (5|-1) is out of range"):
+        resolve_target(target, torch.zeros(2, 5))
+
+
+def test_a_tensor_target_one_past_the_last_class_is_one_sentence(tiny_cnn, images):
+    with pytest.raises(SaliencelabError, match="target class 5 is out of range: the model has 5"):
+        sl.explain(tiny_cnn, images, methods="saliency", target=torch.tensor([0, 1, 5, 2]))
+
+
+def test_tensor_targets_are_checked_and_copied_when_resolved():
+    from saliencelab.core.targets import resolve_target
+
+    user = torch.tensor([1, 2])
+    t = resolve_target(user, torch.zeros(2, 5))
+    user[0] = 3  # the caller's tensor changed afterwards: the resolved target keeps its own
+    assert t.indices.tolist() == [1, 2]
+    for bad in (torch.tensor([True, False]), torch.tensor([0.0, 1.0]), torch.zeros(2, 1).long()):
+        with pytest.raises(SaliencelabError, match="must hold integer class indices"):
+            resolve_target(bad, torch.zeros(2, 5))
+
+
+def test_maps_are_upsampled_bilinearly_with_half_pixel_centres():
+    """2×2 → 4×4: output pixel centres (i + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25 (clamped),
+    so each axis is interpolated with weights 0, 1/4, 3/4, 1 (hand-computed)."""
+    from saliencelab.core.context import upsample
+
+    maps = torch.tensor([[[0.0, 1.0], [2.0, 3.0]]])
+    w = torch.tensor([0.0, 0.25, 0.75, 1.0])
+    rows = maps[0, 0][None, :] * (1 - w)[:, None] + maps[0, 1][None, :] * w[:, None]  # (4, 2)
+    expected = rows[:, :1] * (1 - w)[None, :] + rows[:, 1:] * w[None, :]
+    torch.testing.assert_close(upsample(maps, (4, 4))[0], expected)
+    assert upsample(maps, (2, 2)) is maps
+
+
+def test_a_capture_without_the_input_gradient_is_not_reused_for_one_with_it(tiny_cnn, images):
+    """A layer-only pass cannot stand in for one that needs the input gradient; each capture's
+    cost is its own pass (reference: the rows of the batch, and autograd on the model)."""
+    from saliencelab.core.context import Context
+    from saliencelab.core.engine import Engine
+    from saliencelab.core.targets import Target
+
+    engine = Engine(sl.Model(tiny_cnn))
+    target = Target(torch.tensor([0, 1, 2, 3]))
+    list(engine.gradients(3, lambda r: images[r], lambda r: r, target))  # earlier work
+    ctx = Context(sl.Model(tiny_cnn), engine, images, target)
+    layer_only = ctx.capture({"features": tiny_cnn.features}, input_grad=False)
+    assert layer_only.input_grad is None
+    assert (layer_only.cost.grad_rows, layer_only.cost.forward_rows) == (4, 0)
+    full = ctx.capture({}, input_grad=True)
+    assert full is not layer_only and len(ctx.captures) == 2
+    assert (full.cost.grad_rows, full.cost.forward_rows) == (4, 0)
+    torch.testing.assert_close(full.input_grad, _grad(tiny_cnn, images, target.indices))
+    assert ctx.capture({}, input_grad=False) is layer_only  # covers it: reused
+    assert engine.cost.grad_rows == 3 + 4 + 4
+
+
+@pytest.mark.parametrize("flags", [[False, True, False, True, False, True], [True, True, False]])
+def test_rows_use_their_own_weight_version_in_row_order(flags):
+    """Rows interleaved between two weight versions (gathered per version, or split into
+    stretches) come back in row order, each computed with its version (reference: F.linear)."""
+    from saliencelab.core.row_versions import chunk_samples, weight_versions
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 2))
+    w2, b2 = torch.randn(2, 3), torch.randn(2)
+    x = torch.randn(len(flags), 3)
+    samples = torch.arange(len(flags))
+    with (
+        torch.no_grad(),
+        weight_versions(net, {"0": {"weight": w2, "bias": b2}}, lambda s: s.tolist(), {"0": flags}),
+    ):
+        with chunk_samples(samples):
+            out = net(x)
+    for i, f in enumerate(flags):
+        w, b = (w2, b2) if f else (net[0].weight, net[0].bias)
+        torch.testing.assert_close(out[i], nn.functional.linear(x[i], w, b))
+    assert "forward" not in net[0].__dict__

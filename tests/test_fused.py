@@ -225,3 +225,71 @@ def test_a_replaced_parameter_is_seen_even_if_its_id_could_be_reused():
             expected = model(x)
             with folded(model, x):
                 torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_forward_pass_with_a_layer_edit_runs_unfolded():
+    """An edit of the convolution's output must meet the BatchNorm after it (reference: the
+    zeroed output run through the BatchNorm by hand), in a pass long enough to fold."""
+    torch.manual_seed(7)
+    module = _randomise_bn(ConvBN(bias=True))
+    model = Model(module=module)
+    x = torch.randn(20, 3, 8, 8)  # at least FOLD_MIN_ROWS rows
+    with torch.no_grad():
+        z = module.bn(torch.zeros_like(module.conv(x)))
+        expected = module.fc(z.relu().mean((2, 3)))
+    edit = (module.conv, lambda out, rows: out * 0)
+    chunks = Engine(model).forwards(len(x), lambda r: x[r], lambda r: r, edit=edit)
+    torch.testing.assert_close(torch.cat([c.logits for c in chunks]), expected)
+    assert not has_hooks(module) and "forward" not in module.bn.__dict__
+
+
+class SharedConvBN(nn.Module):
+    """A convolution called twice (its second output read by a BatchNorm), then a plain pair."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared, self.bn1 = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+        self.conv2, self.bn2 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.bn1(self.shared(self.shared(x).relu()))
+        return self.bn2(self.conv2(y)).mean((2, 3))
+
+
+def test_a_layer_called_twice_is_not_folded_but_the_other_pairs_are():
+    """Folding into a layer run twice would change its first call: that pair is left out, and
+    the model's other pair still folds (reference: torch's fusion formula)."""
+    torch.manual_seed(8)
+    model = _randomise_bn(SharedConvBN())
+    x = torch.randn(2, 3, 8, 8)
+    before = _state(model)
+    with torch.no_grad():
+        expected = model(x)
+        with folded(model, x) as did:
+            assert did
+            assert torch.equal(model.shared.weight, before["shared.weight"])
+            assert "forward" not in model.bn1.__dict__
+            bn = model.bn2
+            s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            w = before["conv2.weight"] * s[:, None, None, None]
+            torch.testing.assert_close(model.conv2.weight, w)
+            torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
+    assert _same_state(model, before)
+
+
+def test_a_changed_eps_refolds_the_weights():
+    torch.manual_seed(9)
+    model = _randomise_bn(ConvBN(bias=True))
+    x = torch.randn(2, 3, 8, 8)
+    w, b = model.conv.weight.detach().clone(), model.conv.bias.detach().clone()
+    with torch.no_grad():
+        for eps in (1e-5, 0.5):
+            model.bn.eps = eps
+            expected = model(x)
+            with folded(model, x) as did:
+                assert did
+                bn = model.bn
+                s = bn.weight / torch.sqrt(bn.running_var + eps)
+                torch.testing.assert_close(model.conv.weight, w * s[:, None, None, None])
+                torch.testing.assert_close(model.conv.bias, (b - bn.running_mean) * s + bn.bias)
+                torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)

@@ -78,3 +78,26 @@ def test_rollout_row_check_uses_its_names():
     assert str(info.value) == (
         "row must be 'auto', 'mean' or a token index (0 for the class token), not 'first'."
     )
+
+
+def _documented(ctx, positional=0, *, steps: int = 3, mode: str = "a") -> torch.Tensor:
+    """First line of the summary.
+
+    More detail that the summary leaves out.
+    """
+    return ctx.x
+
+
+def test_register_keeps_keyword_only_options_and_the_first_doc_line(scratch_name):
+    register(scratch_name, family="test", cost="0", rowwise=lambda o: o["mode"] == "b")(_documented)
+    spec = get_method(scratch_name)
+    assert spec.options == {"steps": 3, "mode": "a"}  # not `positional`
+    assert spec.summary == "First line of the summary."
+    assert not spec.is_rowwise({}) and spec.is_rowwise({"mode": "b"})  # the call's options win
+
+
+def test_methods_are_listed_by_family_then_name():
+    specs = sl.methods()
+    keys = [(s.family, s.name) for s in specs]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    assert len({s.family for s in specs}) > 1
