@@ -135,8 +135,12 @@ class TextModel(Model):
         # Hooks `sl.explain` and integrated gradients look for (see core/explain.py), and what
         # attention rollout reads (methods/attention/rollout.py): which tokens are real, and,
         # for a mean-pooled sentence encoder, that its output is the mean of the token rows.
-        hooks = {"prepare": self.prepare, "reduce": self.reduce, "baselines": self.baselines}
-        hooks["token_mask"] = self.token_mask
+        hooks = {
+            "prepare": self.prepare,
+            "reduce": self.reduce,
+            "baselines": self.baselines,
+            "token_mask": self.token_mask,
+        }
         pooling = getattr(self.module, "pooling", None)
         if self.task == "embedding" and pooling == "mean" and "rollout_row" not in self.extra:
             hooks["rollout_row"] = "mean"
