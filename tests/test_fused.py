@@ -196,6 +196,39 @@ def test_engine_folds_only_hook_free_forward_passes():
     assert sum(seen) == len(x)
 
 
+def test_a_short_pass_folds_a_fresh_model_and_a_single_row_does_not_probe():
+    """Small metric batches (8 images) fold from their first pass: the probe is kept per model,
+    so every later pass gains. A one-row pass neither probes nor folds."""
+    from saliencelab.core.engine import FOLD_MIN_ROWS
+
+    assert FOLD_MIN_ROWS == 2
+    calls = []
+
+    class CountingBN(nn.BatchNorm2d):
+        def forward(self, t):
+            calls.append(len(t))
+            return super().forward(t)
+
+    torch.manual_seed(5)
+    for rows, folds in ((1, False), (FOLD_MIN_ROWS, True), (8, True)):
+        module = _randomise_bn(ConvBN())
+        counting = CountingBN(4).eval()
+        counting.load_state_dict(module.bn.state_dict())
+        module.bn = counting
+        x = torch.randn(rows, 3, 8, 8)
+        with torch.no_grad():
+            expected = module(x)
+        calls.clear()
+        chunks = Engine(Model(module=module), chunk_size=rows).forwards(
+            rows, lambda r, x=x: x[r], lambda r: r
+        )
+        torch.testing.assert_close(
+            torch.cat([c.logits for c in chunks]), expected, rtol=1e-5, atol=1e-6
+        )
+        # folded: only the one-row probe ran the BatchNorm; else the pass ran it on every row
+        assert calls == ([1] if folds else [rows]), rows
+
+
 def test_folds_the_shapes_cnn_and_efficientnet():
     for name, x in [
         ("shapes_cnn", sl.data.shapes.make(2, seed=0).images.contiguous()),

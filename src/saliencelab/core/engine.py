@@ -36,9 +36,11 @@ from .targets import LayerTarget, Target, layer_target
 NHWC_MIN_ROWS = 8
 
 # Forward passes of at least this many rows look for BatchNorm layers to fold (core/fused.py) if
-# the model's are not known yet: the probe costs about two one-row forwards, and folding saves
-# 12-28 % of every row.
-FOLD_MIN_ROWS = 16
+# the model's are not known yet. The probe costs about two one-row forwards once per model
+# structure (its answer is kept), and folding saves 12-28 % of every row of every later pass:
+# worth it from the first pass of two rows (at 16, the shapes CNN's metrics on 8 images never
+# folded, and their forwards ran 1.13x slower than they could).
+FOLD_MIN_ROWS = 2
 
 # The largest chunk the search tries, per device type and pass kind. On a CPU large chunks are
 # not faster per row (64 was slower than 8; Lite0 forwards are cheapest at 2-4 rows) and cost
