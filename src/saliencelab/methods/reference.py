@@ -7,25 +7,69 @@ eye). They cost no pass.
 
 from __future__ import annotations
 
+import math
+import operator
+
 import torch
 import torch.nn.functional as F
 
 from ..core.context import Context, MethodOutput
+from ..core.errors import SaliencelabError
 from ..core.registry import register
 from ..core.seeds import sample_generators
 
 REFERENCE_METHODS = ("random", "center_gaussian", "sobel")
 
+#: `sample_seeds` packs the seed into 8 signed bytes.
+SEED_RANGE = (-(2**63), 2**63 - 1)
+SIGMA_MEANING = "the Gaussian's σ as a fraction of the image's shorter side, e.g. 0.25"
+
 
 def _spatial(ctx: Context) -> tuple[int, int, int]:
     x = ctx.x
     if x.dim() != 4:
-        from ..core.errors import SaliencelabError
-
         raise SaliencelabError(
             f"Reference maps are for images (B, C, H, W), got inputs of shape {tuple(x.shape)}."
         )
     return x.shape[0], x.shape[-2], x.shape[-1]
+
+
+def check_seed(name: str, seed: object) -> int:
+    """`seed` as an int if it is an integer (a Python or NumPy int, not a bool) that fits the 64
+    signed bits `sample_seeds` hashes; a float such as 1.5 is refused, not truncated."""
+    try:
+        n = None if isinstance(seed, bool) else operator.index(seed)  # type: ignore[arg-type]
+    except TypeError:
+        n = None
+    lo, hi = SEED_RANGE
+    if n is None or not lo <= n <= hi:
+        raise SaliencelabError(
+            f"seed must be an integer from -2**63 to 2**63 - 1 for {name}, got {seed!r}."
+        )
+    return n
+
+
+def check_sigma(name: str, sigma: object, h: int, w: int) -> float:
+    """`sigma` as a float if it is a finite number > 0 whose Gaussian is not 0 (or NaN) at every
+    pixel of an h × w image: a σ far below a pixel underflows float32 (σ = 1e-4 on 64 × 64)."""
+    from ..metrics.checks import check_positive  # here: the metrics package imports this module
+
+    s = check_positive(name, "sigma", sigma, SIGMA_MEANING)  # numbers only, NaN and ≤ 0 refused
+    if not math.isfinite(s):  # +inf passes check_positive; it would give a constant map
+        raise SaliencelabError(
+            f"sigma must be a finite positive number ({SIGMA_MEANING}) for {name}, got {sigma!r}."
+        )
+    # The pixel nearest the centre is the map's largest value: 0 or NaN there means no map.
+    d2_min = 0.25 * (h % 2 == 0) + 0.25 * (w % 2 == 0)
+    spread = s * min(h, w)
+    peak = torch.exp(-torch.tensor(d2_min, dtype=torch.float32) / (2 * spread * spread))
+    if not peak > 0:
+        raise SaliencelabError(
+            f"sigma {sigma!r} is too small for {name} on {h}×{w} images: the Gaussian underflows "
+            f"float32, leaving no pixel above 0; use a larger sigma, e.g. 1/{min(h, w)} (σ of one "
+            "pixel) or more."
+        )
+    return s
 
 
 @register("random", family="reference", cost="0", signed=False, reduction="none")
@@ -33,7 +77,7 @@ def random_map(ctx: Context, *, seed: int = 0) -> MethodOutput:
     """Uniform noise U(0, 1) per pixel, each image's from a generator seeded with `seed` and the
     image itself (`core/seeds.py`): the same map for the same image on every call, in any batch."""
     b, h, w = _spatial(ctx)
-    gens = sample_generators(ctx.x, seed)
+    gens = sample_generators(ctx.x, check_seed("random", seed))
     maps = torch.stack([torch.rand(h, w, generator=g) for g in gens]).to(ctx.x.device)
     return MethodOutput(maps[:, None], maps=maps)
 
@@ -42,7 +86,7 @@ def random_map(ctx: Context, *, seed: int = 0) -> MethodOutput:
 def center_gaussian(ctx: Context, *, sigma: float = 0.25) -> MethodOutput:
     """exp(-d²/2σ²) around the image centre, σ = `sigma` × the shorter side (centre bias)."""
     b, h, w = _spatial(ctx)
-    s = sigma * min(h, w)
+    s = check_sigma("center_gaussian", sigma, h, w) * min(h, w)
     ys = torch.arange(h, dtype=torch.float32, device=ctx.x.device) - (h - 1) / 2
     xs = torch.arange(w, dtype=torch.float32, device=ctx.x.device) - (w - 1) / 2
     d2 = ys[:, None] ** 2 + xs[None, :] ** 2
