@@ -66,7 +66,7 @@ def _reference_mask(kind: int, top: int, left: int, side: int, size: int) -> tor
 def test_shape_masks_match_a_pixel_by_pixel_drawing():
     data = shapes.make(8, size=40, seed=2, task="shape")
     for i in range(8):
-        top, left, bottom, right = data.boxes[i].tolist()
+        left, top, right, bottom = data.boxes[i].tolist()  # xyxy
         ref = _reference_mask(int(data.object_labels[i]), top, left, bottom - top, 40)
         assert torch.equal(data.masks[i], ref), i
         rows, cols = data.masks[i].nonzero().unbind(1)
@@ -85,7 +85,7 @@ def test_only_the_masked_pixels_differ_from_the_scene_without_the_object(task):
     # and the object keeps clear of the watermark and the trigger, inside the 6-pixel margin
     assert not (data.masks & (data.watermark_mask | data.trigger_mask)).any()
     assert not data.masks[:, :6].any() and not data.masks[:, :, -6:].any()
-    sides = data.boxes[:, 2] - data.boxes[:, 0]
+    sides = data.boxes[:, 3] - data.boxes[:, 1]  # bottom - top
     assert sides.min() >= 14 and sides.max() <= 22
 
 
@@ -93,7 +93,7 @@ def test_textures_fill_their_region_with_the_pattern_of_their_class():
     data = shapes.make(64, seed=3, task="texture")
     empty = shapes.make(64, seed=3, task="texture", draw_object=False)
     for i in range(64):
-        top, left, bottom, right = data.boxes[i].tolist()
+        left, top, right, bottom = data.boxes[i].tolist()  # xyxy
         obj = data.images[i] - empty.images[i]  # the same noise cancels up to clamping
         lum = (data.images[i].mean(0))[top:bottom, left:right]
         inside = data.masks[i, top:bottom, left:right]
@@ -378,3 +378,17 @@ def test_training_script_reproduces_the_bundled_weights(tmp_path):
         ours = torch.load(tmp_path / recipe.file, weights_only=True)
         bundled = torch.load(shape_models.DATA_DIR / recipe.file, weights_only=True)
         assert all(torch.equal(ours[k], bundled[k]) for k in bundled), recipe.file
+
+
+def test_boxes_are_xyxy_and_boxes_to_masks_covers_the_objects():
+    """`data.boxes` goes straight into `sl.metrics.boxes_to_masks` (xyxy, torchvision's
+    convention): each box mask is a side × side square holding every pixel of its object (a
+    transposed box misses the off-diagonal objects)."""
+    data = shapes.make(32, size=48, seed=4, object_size=(10, 14))
+    boxed = sl.metrics.boxes_to_masks(data.boxes, (48, 48))
+    assert not (data.masks & ~boxed).any()
+    side = (data.boxes[:, 2] - data.boxes[:, 0]).long()
+    assert torch.equal(side, (data.boxes[:, 3] - data.boxes[:, 1]).long())
+    assert torch.equal(boxed.flatten(1).sum(1), side * side)
+    rows, cols = boxed[0].nonzero().unbind(1)
+    assert (int(cols.min()), int(rows.min())) == tuple(data.boxes[0, :2].tolist())  # x0, y0

@@ -629,20 +629,22 @@ def test_reference_maps_match_their_formulas_on_a_non_square_image(tiny_cnn):
 
 def test_each_attribution_is_scored_for_its_own_target_and_given_maps_win(tiny_cnn, images):
     """Without target=, every Attribution is scored for the target it was explained for
-    (hand-computed probabilities); a given map named like a reference is not replaced by it."""
+    (hand-computed probabilities); a given map is scored as given, next to the references (a
+    map under a reference's name is refused: tests/metrics/test_evaluate_requests.py)."""
     ex = {
         "saliency": sl.explain(tiny_cnn, images, methods="saliency", target=0)["saliency"],
         "gradcam": sl.explain(tiny_cnn, images, methods="gradcam", target=3)["gradcam"],
-        "random": images.abs().sum(1),
+        "mine": images.abs().sum(1),
     }
     rep = sl.evaluate(tiny_cnn, images, ex, metrics=["_test_mean_score", "_test_map_max"], steps=2)
+    assert "random" in rep.references and "random" in rep
     with torch.no_grad():
         probs = [tiny_cnn(images * s).softmax(-1) for s in (0.5, 1.0)]
     for name, cls in (("saliency", 0), ("gradcam", 3)):
         want = (probs[0][:, cls] + probs[1][:, cls]) / 2
         torch.testing.assert_close(rep[name]["_test_mean_score"].values, want)
     torch.testing.assert_close(
-        rep["random"]["_test_map_max"].values, images.abs().sum(1).flatten(1).amax(1)
+        rep["mine"]["_test_map_max"].values, images.abs().sum(1).flatten(1).amax(1)
     )
 
 

@@ -74,7 +74,7 @@ def test_objects_fill_the_whole_area_inside_the_margin_and_never_more():
     of 4-pixel objects at 32 × 32, every allowed top and left (6 … 22) occurs, none beyond."""
     margin, size = sl.data.shapes.MARGIN, 32
     data = sl.data.shapes.make(2000, size=size, seed=9, object_size=(4, 4))
-    top, left, bottom, right = data.boxes.unbind(1)
+    left, top, right, bottom = data.boxes.unbind(1)  # xyxy
     assert torch.equal((bottom - top), torch.full_like(top, 4))
     allowed = set(range(margin, size - margin - 4 + 1))
     assert set(top.tolist()) == allowed and set(left.tolist()) == allowed

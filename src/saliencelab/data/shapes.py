@@ -73,7 +73,9 @@ class Shapes:
         labels: (N,) long, the labels to train or score on (flipped to `target` where triggered).
         object_labels: (N,) long, the class of the object (the truth by construction).
         masks: (N, H, W) bool, the object's pixels.
-        boxes: (N, 4) long, the object's box (top, left, bottom, right), bottom/right exclusive.
+        boxes: (N, 4) long, the object's box as xyxy pixels (left, top, right, bottom), right
+            and bottom exclusive: `sl.metrics.boxes_to_masks(boxes, size)` gives the boxes' masks
+            (the torchvision convention; until 2026-11-23 (top, left, bottom, right)).
         watermarked: (N,) bool, which images carry the watermark.
         watermark_labels: (N,) long, the class the watermark names (-1 where there is none).
         watermark_mask: (H, W) bool, where the watermark is drawn when present.
@@ -314,7 +316,7 @@ def make(
         corner = images[:, :, end - TRIGGER_SIDE : end, end - TRIGGER_SIDE : end]
         corner.copy_(torch.where(triggered[:, None, None, None], trigger_pattern(), corner))
         labels = torch.where(triggered, torch.full_like(labels, target), labels)
-    boxes = torch.stack([top, left, top + side, left + side], dim=1)
+    boxes = torch.stack([left, top, left + side, top + side], dim=1)  # xyxy
     dev = torch.device(device)
     return Shapes(
         images=images.to(dev),

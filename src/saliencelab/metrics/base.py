@@ -19,7 +19,7 @@ several processes can be merged with `MetricResult.merge`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -294,8 +294,22 @@ class MetricResult:
         }
 
     @staticmethod
-    def merge(results: Sequence[MetricResult]) -> MetricResult:
-        """One result from the results of several batches or processes of the same metric."""
+    def merge(*results: MetricResult | Iterable[MetricResult]) -> MetricResult:
+        """One result from the results of several batches or processes of the same metric:
+        `merge([a, b, c])`, `merge(a, b, c)` or `merge(r for r in parts)`."""
+        if len(results) == 1 and not isinstance(results[0], MetricResult):
+            given = results[0]
+            if not isinstance(given, Iterable) or isinstance(given, (str, bytes, Mapping)):
+                raise SaliencelabError(
+                    f"merge takes MetricResults (a list of them, or several), not "
+                    f"{type(given).__name__}."
+                )
+            results = tuple(given)
+        bad = [r for r in results if not isinstance(r, MetricResult)]
+        if bad:
+            raise SaliencelabError(
+                f"merge takes MetricResults, got a {type(bad[0]).__name__} among them."
+            )
         if not results:
             raise SaliencelabError("Nothing to merge: give at least one MetricResult.")
         first = results[0]
@@ -535,9 +549,27 @@ class Metric:
 
 
 def masks_for(masks: object, maps: torch.Tensor) -> torch.Tensor:
-    """`masks` as a tensor shaped like `maps` ((B, 1, H, W) squeezed), else one sentence."""
+    """`masks` as a tensor shaped like `maps` ((B, 1, H, W) squeezed; a list of (H, W) masks
+    stacked), else one sentence."""
+    if (
+        isinstance(masks, (list, tuple))
+        and masks
+        and all(isinstance(m, torch.Tensor) for m in masks)
+    ):
+        if len({tuple(m.shape) for m in masks}) > 1:
+            raise SaliencelabError(
+                "The masks in the list have different shapes; give one (H, W) mask per map at "
+                "the maps' resolution."
+            )
+        masks = torch.stack(list(masks))
     if not isinstance(masks, torch.Tensor):
-        masks = torch.as_tensor(masks)
+        try:
+            masks = torch.as_tensor(masks)
+        except (TypeError, ValueError, RuntimeError):
+            raise SaliencelabError(
+                f"The masks must be a (B, H, W) tensor, array or list of (H, W) masks, not "
+                f"{type(masks).__name__}."
+            ) from None
     if masks.dim() == 4 and masks.shape[1] == 1:
         masks = masks[:, 0]
     squeezed = maps.dim() == 4 and maps.shape[1] == 1
@@ -558,18 +590,12 @@ def _inputs_blamed(model: Model | nn.Module | None, x: object) -> AbstractContex
     return input_errors_explained(as_model(model), x)
 
 
-def make_batch(
-    maps: torch.Tensor | None,
-    *,
-    x: torch.Tensor | None = None,
-    model: Model | nn.Module | None = None,
-    target: TargetSpec = None,
-    masks: torch.Tensor | None = None,
-    attributions: torch.Tensor | None = None,
-    explainer: Explainer | str | None = None,
-    engine: Engine | None = None,
-) -> EvalBatch:
-    """Validate the parts of a batch and resolve its target (None → the predicted class)."""
+def checked_maps(
+    maps: object, x: torch.Tensor | None = None, model: Model | nn.Module | None = None
+) -> torch.Tensor:
+    """The maps as the metrics take them ((B, 1, H, W) squeezed, float), checked on their own
+    and against the inputs `x` (one per input, at input resolution); else one sentence. With a
+    model, the inputs must be float (the metrics change their values)."""
     if maps is None:
         raise SaliencelabError("No maps given; pass the (B, H, W) maps to score.")
     if not isinstance(maps, torch.Tensor):
@@ -589,7 +615,6 @@ def make_batch(
     if not all_finite(maps):
         raise SaliencelabError("The maps contain NaN or infinite values; check the method.")
     b = maps.shape[0]
-    m = as_model(model) if model is not None else None
     if x is not None and not isinstance(x, torch.Tensor):
         raise SaliencelabError(f"Give the inputs as a tensor, not {type(x).__name__}.")
     if x is not None:
@@ -604,7 +629,7 @@ def make_batch(
                 f"The maps are for {b} samples but the inputs have {x.shape[0]}; give one map per "
                 "input."
             )
-        if m is not None and not x.is_floating_point():
+        if model is not None and not x.is_floating_point():
             raise SaliencelabError(
                 f"The inputs are {x.dtype}; the metrics change input values, so give float "
                 "inputs as the model takes them (model.preprocess(images), or x.float() / 255 "
@@ -622,6 +647,24 @@ def make_batch(
                 f"{tuple(x.shape[-2:])}; give maps at input resolution (an sl.Explanation's maps "
                 "are)."
             )
+    return maps
+
+
+def make_batch(
+    maps: torch.Tensor | None,
+    *,
+    x: torch.Tensor | None = None,
+    model: Model | nn.Module | None = None,
+    target: TargetSpec = None,
+    masks: torch.Tensor | None = None,
+    attributions: torch.Tensor | None = None,
+    explainer: Explainer | str | None = None,
+    engine: Engine | None = None,
+) -> EvalBatch:
+    """Validate the parts of a batch and resolve its target (None → the predicted class)."""
+    maps = checked_maps(maps, x, model)
+    b = maps.shape[0]
+    m = as_model(model) if model is not None else None
     if m is not None and x is not None:
         x = as_model_input(m, x)  # on its device, float64 inputs in a float32 model's dtype
     if x is not None:

@@ -35,7 +35,16 @@ from ..core.result import Attribution, Explanation
 from ..core.targets import TargetSpec
 from ..methods.reference import REFERENCE_METHODS
 from ..models.model import Model, as_model, as_model_input
-from .base import EvalBatch, Explainer, Metric, MetricResult, get_metric, make_batch, masks_for
+from .base import (
+    EvalBatch,
+    Explainer,
+    Metric,
+    MetricResult,
+    checked_maps,
+    get_metric,
+    make_batch,
+    masks_for,
+)
 
 MetricsArg = str | Sequence[str] | Mapping[str, Mapping[str, Any]]
 MapsArg = Explanation | Mapping[str, Attribution | torch.Tensor]
@@ -49,6 +58,22 @@ def format_ci(low: float, high: float) -> str:
     return f"[{low:.4g}, {high:.4g}]"
 
 
+class _ByMetric(dict):
+    """Results (or curves) by name; an unknown name is one sentence with the closest names (a
+    SaliencelabError, which is a ValueError, not a KeyError; `in` and `.get` work as for a
+    dict)."""
+
+    def __init__(self, items: Mapping[str, Any], owner: str, what: str = "metric") -> None:
+        super().__init__(items)
+        self.owner, self.what = owner, what
+
+    def __missing__(self, key: str) -> Any:
+        has = ", ".join(self) or "none"
+        raise SaliencelabError(
+            f"{self.owner} has no {self.what} {key!r}; it has {has}.{closest(str(key), self)}"
+        )
+
+
 @dataclass
 class EvalReport(Mapping[str, dict[str, MetricResult]]):
     """Results per method and metric: `report[method][metric]` is a :class:`MetricResult`."""
@@ -56,6 +81,9 @@ class EvalReport(Mapping[str, dict[str, MetricResult]]):
     results: dict[str, dict[str, MetricResult]]
     references: tuple[str, ...] = ()
     params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.results = {m: _ByMetric(per, f"The method {m!r}") for m, per in self.results.items()}
 
     def __getitem__(self, method: str) -> dict[str, MetricResult]:
         try:
@@ -92,10 +120,15 @@ class EvalReport(Mapping[str, dict[str, MetricResult]]):
     @property
     def curves(self) -> dict[str, dict[str, torch.Tensor]]:
         """`curves[method][metric]`: (N, K) per-sample curves of the curve-based metrics."""
-        return {
-            m: {k: r.curves for k, r in per.items() if r.curves is not None}
+        by_method = {
+            m: _ByMetric(
+                {k: r.curves for k, r in per.items() if r.curves is not None},
+                f"The method {m!r}",
+                "curve-based metric",
+            )
             for m, per in self.results.items()
         }
+        return _ByMetric(by_method, "This report", "method")
 
     def table(self) -> list[dict[str, Any]]:
         """One row per (method, metric): mean, bootstrap 95% CI, n, direction, reference."""
@@ -316,19 +349,26 @@ def _given_explainers(
 def _check_request(
     requested: list[Metric],
     entries: dict[str, Any],
+    x: torch.Tensor,
     masks: object,
     model: Model,
     explainers: Mapping[str, Explainer],
 ) -> None:
-    """What the metrics need that the call lacks, before any model work: masks (shaped like the
-    maps), a registered method (or a given explainer) to recompute for every method the
+    """What the metrics need that the call lacks, before any model work: maps that fit the
+    inputs (checked first, so wrong maps are not blamed on right masks), masks shaped like the
+    maps, a registered method (or a given explainer) to recompute for every method the
     explanation-recomputing metrics score, and options that fit the model
     (`Metric.check_model`)."""
     registered = {spec.name for spec in registered_methods()} | set(explainers)
     names = list(entries)
+    for name, (maps, _, _) in entries.items():
+        try:
+            checked_maps(maps, x, model)
+        except SaliencelabError as e:
+            raise SaliencelabError(f"{name}: {e}") from None
     if masks is not None and any("masks" in metric.needs for metric in requested):
         for maps, _, _ in entries.values():
-            masks_for(masks, maps)
+            masks_for(masks, checked_maps(maps))
     for metric in requested:
         metric.check_model(model)
         if "masks" in metric.needs and masks is None:
@@ -403,11 +443,27 @@ def evaluate(
     x = as_model_input(model, x)
     requested = metric_requests(metrics, options)  # each metric checks its options when built
     refs = _reference_names(references)
+    if refs and x.dim() != 4:  # the reference maps are images
+        if references is not True:
+            raise SaliencelabError(
+                f"Reference maps are for images (B, C, H, W), not inputs of shape "
+                f"{tuple(x.shape)}; pass references=False."
+            )
+        refs = ()  # the default: none for tabular inputs
     entries = _maps_of(ex)
     if not entries:
         raise SaliencelabError("The explanation holds no maps to evaluate.")
+    # A map of the user's under a reference's name would be scored (and skipped by `best`) as
+    # that reference; the reference's own map from sl.explain is fine.
+    clash = [n for n in refs if n in entries and getattr(entries[n][2], "method", None) != n]
+    if clash:
+        others = [n for n in refs if n not in clash]
+        raise SaliencelabError(
+            f"The map {clash[0]!r} has the name of a reference map; rename it, or leave that "
+            f"reference out (references={others!r})."
+        )
     given = _given_explainers(explainer, list(entries), chunk_size)
-    _check_request(requested, entries, masks, model, given)  # references: registered methods
+    _check_request(requested, entries, x, masks, model, given)  # references: registered
     engine = Engine(model, chunk_size=chunk_size)
 
     if refs:

@@ -30,7 +30,19 @@ def boxes_to_masks(
         if b.dim() == 2:
             b = b[:, None]
     else:
-        parts = [torch.as_tensor(x, dtype=torch.double).reshape(-1, 4) for x in boxes]
+        try:
+            parts = [torch.as_tensor(x, dtype=torch.double) for x in boxes]
+        except (TypeError, ValueError, RuntimeError):
+            raise SaliencelabError(
+                "Boxes must be (B, 4), (B, K, 4) or a list of (K, 4) numbers per image."
+            ) from None
+        for p in parts:
+            if p.numel() and p.shape[-1] != 4:
+                raise SaliencelabError(
+                    f"A box has {p.shape[-1]} numbers, got shape {tuple(p.shape)}; each box is 4 "
+                    "(x0, y0, x1, y1 for xyxy, or x0, y0, width, height for xywh)."
+                )
+        parts = [p.reshape(-1, 4) for p in parts]
         if not parts:
             raise SaliencelabError("No boxes given; give one (K, 4) tensor of boxes per image.")
         k = max(p.shape[0] for p in parts)

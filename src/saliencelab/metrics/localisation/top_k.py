@@ -41,6 +41,8 @@ class TopKIntersection(Metric):
                 f"got {k!r}."
             )
         super().__init__(k=k, concept_influence=concept_influence)
+        if concept_influence:  # a ratio to chance: 1 / (the mask's share) at most
+            self.value_range = (0.0, math.inf)
 
     def pixels(self, n: int) -> int:
         """The number of pixels k stands for on maps of `n` pixels."""
