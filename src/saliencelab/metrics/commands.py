@@ -8,8 +8,11 @@ Images are read, explained (`sl.explain`) and scored (`sl.evaluate`) in batches 
 --batch-size, and the per-batch results are merged (`MetricResult.merge`), so a folder of many
 images runs in flat memory. Writes `metrics.csv`, `metrics.json` (the table plus per-image values
 and mean curves), `curves/<metric>.png` for curve-based metrics and `bars/<metric>.png` (mean ±
-95% CI) for every metric. A bad image (or one without a mask) is reported and skipped; the run
-then exits with code 2 after writing what it scored. Added to the app by `register(app)`.
+95% CI) for every metric; metrics.json's `params` record the settings the numbers depend on
+and the class explained per image. A bad image (or one without a mask, or with a mask of another
+size) is reported and skipped; the run then exits with code 2 after writing what it scored. An
+empty mask gets a warning (localisation metrics are undefined there) and the run goes on. Added
+to the app by `register(app)`.
 """
 
 from __future__ import annotations
@@ -96,13 +99,20 @@ def _mask_paths(folder: Path) -> dict[str, Path]:
     return found
 
 
-def load_mask(path: Path, model: sl.Model, size: tuple[int, int]):
+def load_mask(
+    path: Path,
+    model: sl.Model,
+    size: tuple[int, int],
+    image_size: tuple[int, int] | None = None,
+):
     """(H, W) bool mask of a mask file: nonzero = object, mapped to the model's input.
 
     Nonzero means a nonzero value for gray and palette (label) images, and any nonzero colour
     channel for colour images.
     The mask goes through the model's `display` geometry when it has one (the crop and resize
-    the photo gets), then is resized (nearest) to the input size `size`.
+    the photo gets), then is resized (nearest) to the input size `size`. With `image_size`
+    (W, H), the size of the image the mask belongs to, a mask of another size is refused: it
+    would be stretched onto the photo and mark the wrong pixels.
     """
     import numpy as np
     import torch
@@ -119,6 +129,12 @@ def load_mask(path: Path, model: sl.Model, size: tuple[int, int]):
         raise sl.SaliencelabError(
             f"The mask {str(path)!r} is not an image Pillow can read ({e}); save it as a PNG."
         ) from e
+    if image_size is not None and (on.shape[1], on.shape[0]) != tuple(image_size):
+        raise sl.SaliencelabError(
+            f"The mask {str(path)!r} is {on.shape[1]}×{on.shape[0]} pixels but its image is "
+            f"{image_size[0]}×{image_size[1]}; give a mask of the image's own size (nonzero = "
+            "object)."
+        )
     binary = Image.fromarray(np.where(on, 255, 0).astype(np.uint8), "L")
     display = model.extra.get("display")
     if callable(display):
@@ -139,14 +155,23 @@ class _Run:
         self.parts: dict[str, dict[str, list[MetricResult]]] = {}
         self.references: tuple[str, ...] = ()
         self.scored: list[ImageItem] = []
+        self.explained: list[dict[str, Any]] = []  # per scored image: the class explained
+        self.method_params: dict[str, dict[str, Any]] = {}  # what each method ran with
 
-    def add(self, report: EvalReport, items: list[ImageItem]) -> None:
+    def add(self, report: EvalReport, items: list[ImageItem], ex: Any = None) -> None:
         self.references = report.references
         for method, per in report.items():
             slot = self.parts.setdefault(method, {})
             for metric, result in per.items():
                 slot.setdefault(metric, []).append(result)
         self.scored.extend(items)
+        if ex is not None:
+            self.explained += _explained(ex, items)
+            if not self.method_params:
+                self.method_params = {
+                    name: {**_plain(a.params), **({"layer": _plain(a.layer)} if a.layer else {})}
+                    for name, a in ex.items()
+                }
 
     def report(self, params: dict[str, Any]) -> EvalReport:
         results = {
@@ -156,10 +181,55 @@ class _Run:
         return EvalReport(results, references=self.references, params=params)
 
 
+def _plain(v: Any) -> Any:
+    """`v` as JSON-able Python: numbers, strings, lists and dicts as they are, the rest repr'd."""
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, dict):
+        return {str(k): _plain(u) for k, u in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(u) for u in v]
+    return repr(v)
+
+
+def _explained(ex: Any, items: list[ImageItem]) -> list[dict[str, Any]]:
+    """Per image of a batch, the class its maps explain: {"image", "class", "label"}.
+
+    The methods of one `sl.explain` call explain the same class; should they not, "class" and
+    "label" are per method. -1 (a callable target decided) is written as None, "custom".
+    """
+
+    def one(target: int) -> tuple[int | None, str]:
+        return (target, ex.label(target)) if target >= 0 else (None, "custom")
+
+    rows = []
+    for i, item in enumerate(items):
+        per = {name: one(int(a.target[i])) for name, a in ex.items()}
+        if len(set(per.values())) <= 1:
+            index, label = next(iter(per.values()), (None, "custom"))
+            rows.append({"image": item.name, "class": index, "label": label})
+        else:
+            rows.append(
+                {
+                    "image": item.name,
+                    "class": {name: c for name, (c, _) in per.items()},
+                    "label": {name: lab for name, (_, lab) in per.items()},
+                }
+            )
+    return rows
+
+
 def _prepare(
-    items: list[ImageItem], model: sl.Model, masks: dict[str, Path] | None, shape: list[Any]
+    items: list[ImageItem],
+    model: sl.Model,
+    masks: dict[str, Path] | None,
+    shape: list[Any],
+    empty: list[str] | None = None,
 ):
-    """Read and preprocess a batch; items that fail get their error set. Returns (good, x, m)."""
+    """Read and preprocess a batch; items that fail get their error set. Returns (good, x, m).
+
+    The names of images whose mask is empty at the model's input are appended to `empty`.
+    """
     import torch
 
     good, xs, ms = [], [], []
@@ -184,7 +254,7 @@ def _prepare(
                         f"There is no mask {stem}.png in the mask folder; add it or leave the "
                         "image out."
                     )
-                mask = load_mask(masks[stem], model, tuple(x.shape[-2:]))
+                mask = load_mask(masks[stem], model, tuple(x.shape[-2:]), image_size=image.size)
         except sl.SaliencelabError as e:
             item.error = " ".join(str(e).split())
             item.release()
@@ -193,6 +263,8 @@ def _prepare(
         xs.append(x)
         if mask is not None:
             ms.append(mask)
+            if empty is not None and not bool(mask.any()):
+                empty.append(item.name)
     if not good:
         return good, None, None
     return good, torch.cat(xs), (torch.stack(ms) if ms else None)
@@ -211,26 +283,34 @@ def evaluate_images(
     batch_images: int = BATCH_IMAGES,
     chunk_size: int | None = None,
     progress: Callable[[int, str], None] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[EvalReport | None, list[ImageItem]]:
     """Explain and score `items` batch by batch; (merged report or None, items scored).
 
     An image that cannot be read, preprocessed or given its mask gets its `error` set and is
     skipped. If scoring a batch fails, its images are scored one by one to find the bad ones;
     an error every image of the first batch gives alike is about the request and is raised.
+
+    The report's `params` record what changes the numbers, so that a run can be repeated:
+    the model, methods and metrics with their options, the target, the batch size and, per
+    scored image, the class explained (`explained`); `settings` (e.g. the command's
+    --input-size) are added as given. With masks, `empty_masks` names the scored images whose
+    mask is empty at the model's input (localisation metrics are undefined for them).
     """
     run = _Run()
     shape: list[Any] = []
+    empty: list[str] = []
 
-    def score(x, m, done: int, note: str = "") -> EvalReport:
+    def score(x, m, done: int, note: str = "") -> tuple[EvalReport, Any]:
         n = x.shape[0]
-        what = f"{n} image{'s' if n != 1 else ''}{note}"
+        what = _count(n, "image") + note
         if progress is not None:
             progress(done, f"explaining {what}")
         x = x.to(model.device)
         ex = sl.explain(model, x, methods=methods, target=target, chunk_size=chunk_size)
         if progress is not None:
             progress(done, f"scoring {what}")
-        return sl.evaluate(
+        report = sl.evaluate(
             model,
             x,
             ex,
@@ -240,13 +320,15 @@ def evaluate_images(
             chunk_size=chunk_size,
             **shared,
         )
+        return report, ex
 
     for first in range(0, len(items), max(1, batch_images)):
         batch = items[first : first + batch_images]
-        good, x, m = _prepare(batch, model, masks, shape)
+        good, x, m = _prepare(batch, model, masks, shape, empty)
         if good:
             try:
-                run.add(score(x, m, first), good)
+                report, ex = score(x, m, first)
+                run.add(report, good, ex)
             except sl.SaliencelabError as e:
                 if len(good) == 1 and not run.scored:
                     raise
@@ -254,7 +336,8 @@ def evaluate_images(
                 for i, item in enumerate(good):
                     mi = None if m is None else m[i : i + 1]
                     try:
-                        run.add(score(x[i : i + 1], mi, first + i, " one by one"), [item])
+                        report, ex = score(x[i : i + 1], mi, first + i, " one by one")
+                        run.add(report, [item], ex)
                     except sl.SaliencelabError as one:
                         item.error = " ".join(str(one).split())
                         sentences.append(item.error)
@@ -266,7 +349,24 @@ def evaluate_images(
             progress(first + len(batch), "")
     if not run.scored:
         return None, []
-    params = {"metrics": list(metrics), "methods": list(methods), "model": model.name}
+    params: dict[str, Any] = {
+        "metrics": list(metrics),
+        "methods": list(methods),
+        "model": model.name,
+        "target": target if isinstance(target, (int, str)) or target is None else repr(target),
+        "method_options": _plain(methods),
+        "method_params": run.method_params,
+        "metric_options": _plain(metrics),
+        "shared_metric_options": _plain(shared),
+        "references": references,
+        "batch_size": batch_images,
+        "chunk_size": chunk_size,
+        **_plain(settings or {}),
+        "explained": run.explained,
+    }
+    if masks is not None:
+        scored = {item.name for item in run.scored}
+        params["empty_masks"] = [name for name in empty if name in scored]
     return run.report(params), run.scored
 
 
@@ -336,6 +436,31 @@ def write_evaluation(
     files += report.save_curves(out / "curves")
     files += save_metric_bars(report, out / "bars")
     return files
+
+
+# -- messages -------------------------------------------------------------------------------------
+
+
+def _count(n: int, noun: str) -> str:
+    """ "1 image", "3 images"."""
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
+def unreadable(n: int) -> str:
+    """The sentence when none of the `n` images given could be scored."""
+    if n == 1:
+        return "The image could not be read; see the error above."
+    return f"None of the {n} images could be read; see the errors above."
+
+
+def empty_mask_warning(names: list[str], metrics: list[str]) -> str:
+    """One line naming the images whose mask is empty, and the metrics undefined for them."""
+    these = "this image" if len(names) == 1 else "these images"
+    return (
+        f"warning: empty mask (no object pixel at the model's input) for "
+        f"{_count(len(names), 'image')}: {', '.join(names)}; {', '.join(metrics)} "
+        f"{'is' if len(metrics) == 1 else 'are'} undefined for {these} (left out of n)."
+    )
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -482,6 +607,13 @@ def evaluate_command(
                 batch_images=batch_size,
                 chunk_size=chunk_size,
                 progress=advance,
+                settings={
+                    "layer": layer,
+                    "input_size": input_size,
+                    "normalize": normalize,
+                    "weights": None if weights is None else str(weights),
+                    "device": str(loaded.device),
+                },
             )
         errors = [item for item in items if item.error is not None]
         console = out_console()
@@ -493,17 +625,15 @@ def evaluate_command(
 
         if report is None:
             report_errors()
-            raise sl.SaliencelabError(
-                f"None of the {len(items)} image{'s' if len(items) != 1 else ''} could be read; "
-                "see the errors above."
-            )
+            raise sl.SaliencelabError(unreadable(len(items)))
+        empty = report.params.get("empty_masks") or []
+        if empty and needing:
+            err.print(Text(empty_mask_warning(empty, needing), style="yellow"), soft_wrap=True)
         files = write_evaluation(report, scored, errors, out)
         console.print(results_table(report))
-        n = len(scored)
         summary = (
-            f"Scored {n} image{'s' if n != 1 else ''} with {len(requests)} "
-            f"method{'s' if len(requests) != 1 else ''} and {len(per_metric)} "
-            f"metric{'s' if len(per_metric) != 1 else ''} in {time.perf_counter() - start:.1f} s"
+            f"Scored {_count(len(scored), 'image')} with {_count(len(requests), 'method')} and "
+            f"{_count(len(per_metric), 'metric')} in {time.perf_counter() - start:.1f} s"
         )
         if errors:
             summary += f"; {len(errors)} failed"

@@ -108,6 +108,12 @@ def plot_metric_curves(
     ys = torch.cat([y for _, _, y, _, _ in lines])
     x_ticks = _nice_ticks(*_finite_range(xs, (0.0, 1.0)))
     y_ticks = _nice_ticks(*_finite_range(ys, (0.0, 1.0)))
+    x_names = None
+    if _is_integer(xs):  # steps: whole-number ticks, named by the layers if the result has them
+        names = _step_names(curves.values(), xs)
+        x_ticks, x_names = _step_ticks(*_finite_range(xs, (0.0, 1.0)), names)
+        if names is not None and xlabel is None:
+            labels = (_step_axis_label(first), labels[1])
 
     legend = []
     method_colour = 0
@@ -126,7 +132,7 @@ def plot_metric_curves(
     canvas = _Canvas(size, legend)
     canvas.title(f"{metric} ({_DIRECTION.get(first.direction, first.direction)})")
     canvas.subtitle(f"mean curve over {n} sample{'s' if n != 1 else ''}; legend: score (mean)")
-    canvas.axes(x_ticks, y_ticks, labels[0], labels[1])
+    canvas.axes(x_ticks, y_ticks, labels[0], labels[1], x_names=x_names)
     for (_, x, y, _, _), (_, _, colour, dash) in zip(lines, legend, strict=True):
         canvas.polyline(x, y, colour, width=2.0, dash=dash)
     canvas.legend()
@@ -234,6 +240,56 @@ def _curve_labels(
         unit = all(float(x.min()) >= 0 and float(x.max()) <= 1 for _, x, _, _, _ in lines)
         xlabel = "fraction perturbed" if unit else "step"
     return xlabel, ylabel or "score (mean over samples)"
+
+
+def _is_integer(x: torch.Tensor) -> bool:
+    """Whether the finite values of `x` are whole numbers (steps; a 0..1 fraction has others)."""
+    x = x[torch.isfinite(x)]
+    return x.numel() > 0 and bool((x == x.round()).all())
+
+
+def _step_names(results: Any, xs: torch.Tensor) -> list[str] | None:
+    """The names of the steps 1..K when a result records them (`params["randomised"]`: the
+    layers a randomisation metric re-initialised at each step) and its x axis is 1..K."""
+    for r in results:
+        names = r.params.get("randomised")
+        if not isinstance(names, (list, tuple)) or not names:
+            continue
+        steps = torch.arange(1, len(names) + 1, dtype=torch.double)
+        x = r.curve_x
+        if x is not None and x.numel() == len(names) and torch.equal(x.double().cpu(), steps):
+            return [str(n) for n in names]
+    return None
+
+
+def _step_ticks(
+    lo: float, hi: float, names: Sequence[str] | None = None, most: int = 10
+) -> tuple[list[float], list[str] | None]:
+    """Whole-number ticks covering [lo, hi] (steps of 1, 2, 5, 10, ...; about `most` at most),
+    and with `names` (the names of steps 1..K) each tick's name (a tick per step, thinned to
+    `most` if there are more)."""
+    if names is not None:
+        k = len(names)
+        every = max(1, math.ceil(k / most))
+        steps = list(range(1, k + 1, every))
+        steps[-1] = k  # always name the last step (the fully randomised model)
+        return [float(t) for t in steps], [names[t - 1] for t in steps]
+    start, stop = math.floor(lo), math.ceil(hi)
+    stop = max(stop, start + 1)
+    scale = 1
+    while True:  # steps of 1, 2, 5 × 10^k: the first that needs at most `most` ticks
+        for m in (1, 2, 5):
+            step = m * scale
+            first, last = start // step * step, -(-stop // step) * step
+            if (last - first) // step + 1 <= most:
+                return [float(t) for t in range(first, last + 1, step)], None
+        scale *= 10
+
+
+def _step_axis_label(r: MetricResult) -> str:
+    if r.params.get("order") == "independent":
+        return "randomised layer (one at a time)"
+    return "randomised down to layer (cascading from the output)"
 
 
 def _finite_range(v: torch.Tensor, default: tuple[float, float]) -> tuple[float, float]:
@@ -355,31 +411,67 @@ class _Canvas:
         lo, hi = self.y_range
         return y1 - (y - lo) / (hi - lo) * (y1 - y0)
 
-    def axes(self, x_ticks: list[float], y_ticks: list[float], xlabel: str, ylabel: str) -> None:
+    def axes(
+        self,
+        x_ticks: list[float],
+        y_ticks: list[float],
+        xlabel: str,
+        ylabel: str,
+        x_names: Sequence[str] | None = None,
+    ) -> None:
+        """Grid, ticks and axis labels; `x_names` label the x ticks instead of their values
+        (turned upright, the plot made shorter for them, when they do not fit side by side)."""
         s = _SCALE
         d = self.draw
         x0, y0, x1, y1 = self.box
         self.x_range = _margin(x_ticks)
         self.y_range = _margin(y_ticks)
         lh = _line_height(self.f_small)
+        x_text = (
+            [_drawable(n, self.f_small) for n in x_names]
+            if x_names is not None
+            else [_fmt_tick(t, x_ticks) for t in x_ticks]
+        )
+        widths = [d.textlength(t, font=self.f_small) for t in x_text]
+        room = min((b - a for a, b in zip(x_ticks[:-1], x_ticks[1:], strict=True)), default=1.0)
+        room = room / (self.x_range[1] - self.x_range[0]) * (x1 - x0)
+        upright = x_names is not None and max(widths, default=0) > room - 6 * s
+        label_h = lh
+        if upright:
+            label_h = int(min(max(widths), self.img.height * 0.3))
+            x_text = [_fit(d, t, self.f_small, label_h) for t in x_text]
+            y1 -= label_h - lh
+            self.box = (x0, y0, x1, y1)
         for t in y_ticks:
             y = self.py(t)
             d.line([(x0, y), (x1, y)], fill=_GRID, width=s)
             label = _fmt_tick(t, y_ticks)
             w = d.textlength(label, font=self.f_small)
             d.text((x0 - 6 * s - w, y - lh / 2), label, font=self.f_small, fill=_MUTED)
-        for t in x_ticks:
+        for t, label in zip(x_ticks, x_text, strict=True):
             x = self.px(t)
             d.line([(x, y0), (x, y1)], fill=_GRID, width=s)
             d.line([(x, y1), (x, y1 + 4 * s)], fill=_AXIS, width=s)
-            label = _fmt_tick(t, x_ticks)
-            w = d.textlength(label, font=self.f_small)
-            d.text((x - w / 2, y1 + 6 * s), label, font=self.f_small, fill=_MUTED)
+            if upright:  # reads upwards, ending at the tick
+                self._upright_text(label, x, y1 + 6 * s)
+            else:
+                w = d.textlength(label, font=self.f_small)
+                d.text((x - w / 2, y1 + 6 * s), label, font=self.f_small, fill=_MUTED)
         d.rectangle((x0, y0, x1, y1), outline=_AXIS, width=s)
         xlabel = _fit(d, xlabel, self.f_text, x1 - x0)
         w = d.textlength(xlabel, font=self.f_text)
-        d.text(((x0 + x1 - w) / 2, y1 + 8 * s + lh), xlabel, font=self.f_text, fill=_INK)
+        d.text(((x0 + x1 - w) / 2, y1 + 8 * s + label_h), xlabel, font=self.f_text, fill=_INK)
         self._vertical_label(ylabel, (y0 + y1) / 2)
+
+    def _upright_text(self, text: str, cx: float, top: float) -> None:
+        """`text` turned a quarter left (reading upwards), centred on `cx`, its end at `top`."""
+        w = int(self.draw.textlength(text, font=self.f_small)) + 2
+        h = _line_height(self.f_small) + 2
+        tile = Image.new("L", (w, h), 0)
+        ImageDraw.Draw(tile).text((1, 1), text, font=self.f_small, fill=255)
+        tile = tile.rotate(90, expand=True)
+        ink = Image.new("RGB", tile.size, _MUTED)
+        self.img.paste(ink, (int(cx - tile.width / 2), int(top)), tile)
 
     def _vertical_label(self, text: str, cy: float) -> None:
         s = _SCALE
@@ -452,7 +544,14 @@ class _Canvas:
         s = _SCALE
         d = self.draw
         x0, y0, x1, y1 = self.box
-        self.x_range = _margin(ticks)
+        texts = [f"{mean:.3g} (n={n})" for _, mean, _, _, n, _ in rows]
+        self.x_range, label_x = _bar_layout(
+            [(mean, lo, hi) for _, mean, lo, hi, _, _ in rows],
+            ticks,
+            (x0, x1),
+            [d.textlength(t, font=self.f_small) for t in texts],
+            gap=6 * s,
+        )
         lh = _line_height(self.f_small)
         for t in ticks:
             x = self.px(t)
@@ -463,7 +562,7 @@ class _Canvas:
         zero = self.px(0.0)
         band = (y1 - y0) / max(len(rows), 1)
         lt = _line_height(self.f_text)
-        for i, (name, mean, lo, hi, n, colour) in enumerate(rows):
+        for i, (name, mean, lo, hi, _, colour) in enumerate(rows):
             cy = y0 + band * (i + 0.5)
             label = _fit(d, name, self.f_text, x0 - 12 * s)
             w = d.textlength(label, font=self.f_text)
@@ -482,12 +581,7 @@ class _Canvas:
                 d.line([(a, cy), (b, cy)], fill=_INK, width=s)
                 for e in (a, b):
                     d.line([(e, cy - half / 2), (e, cy + half / 2)], fill=_INK, width=s)
-            text = f"{mean:.3g} (n={n})"
-            right = max(xm, zero, self.px(hi) if math.isfinite(hi) else xm) + 6 * s
-            tw = d.textlength(text, font=self.f_small)
-            if right + tw > x1 - 2 * s:  # no room right of the bar: inside it, on the left
-                right = min(xm, zero) + 6 * s
-            d.text((right, cy - lh / 2), text, font=self.f_small, fill=_INK)
+            d.text((label_x[i], cy - lh / 2), texts[i], font=self.f_small, fill=_INK)
         d.line([(zero, y0), (zero, y1)], fill=_AXIS, width=s)
         d.rectangle((x0, y0, x1, y1), outline=_AXIS, width=s)
 
@@ -495,9 +589,65 @@ class _Canvas:
         return self.img.resize(self.size, Image.Resampling.LANCZOS)
 
 
+def _bar_layout(
+    rows: Sequence[tuple[float, float, float]],
+    ticks: Sequence[float],
+    frame: tuple[float, float],
+    widths: Sequence[float],
+    gap: float,
+    keep: float = 0.5,
+) -> tuple[tuple[float, float], list[float | None]]:
+    """The bar chart's value range and the x (pixels) where each row's value label starts.
+
+    `rows` are (mean, CI low, CI high), `frame` the plot's left and right edge in pixels,
+    `widths` the labels' widths in pixels. A label goes right of everything its row draws (the
+    bar from 0, the mean and the CI whisker with its caps), `gap` pixels on: the value range
+    (the ticks' `_margin`) is widened on the right until every label fits there, the ticks
+    keeping at least `keep` of the width. A label that still does not fit goes left of its row
+    when there is room, else right of it all the same (past the frame, never over the whisker).
+    None for a row whose mean is not finite (drawn as "n/a").
+    """
+    lo, hi = _margin(ticks)
+    left, right = frame
+    width = right - left
+    pad = gap / 3  # room between a label and the frame
+
+    def ends(mean: float, low: float, high: float) -> tuple[float, float]:
+        whisker = (low, high) if math.isfinite(low) and math.isfinite(high) else (mean, mean)
+        return min(mean, 0.0, whisker[0]), max(mean, 0.0, whisker[1])
+
+    top = hi
+    widest = lo + (hi - lo) / keep
+    for (mean, low, high), w in zip(rows, widths, strict=True):
+        if not math.isfinite(mean):
+            continue
+        share = (width - gap - w - pad) / width  # where the row may end, as a share of the width
+        if share <= 0:
+            continue
+        end = ends(mean, low, high)[1]
+        top = max(top, min(lo + (end - lo) / share, widest))
+    span = top - lo
+
+    def px(v: float) -> float:
+        return left + (v - lo) / span * width
+
+    xs: list[float | None] = []
+    for (mean, low, high), w in zip(rows, widths, strict=True):
+        if not math.isfinite(mean):
+            xs.append(None)
+            continue
+        start, end = ends(mean, low, high)
+        x = px(end) + gap
+        if x + w > right - pad and px(start) - gap - w >= left + pad:
+            x = px(start) - gap - w
+        xs.append(x)
+    return (lo, top), xs
+
+
 def _margin(ticks: Sequence[float], share: float = 0.03) -> tuple[float, float]:
-    """The axis range: the ticks' span and a little room, so lines at the ends clear the frame."""
-    pad = (ticks[-1] - ticks[0]) * share
+    """The axis range: the ticks' span and a little room, so lines at the ends clear the frame
+    (half a unit either side of a single tick)."""
+    pad = (ticks[-1] - ticks[0]) * share or 0.5
     return ticks[0] - pad, ticks[-1] + pad
 
 
