@@ -128,6 +128,32 @@ def test_nested_sessions_restore_when_the_last_ends_in_any_order(tiny_cnn):
     assert state() == before
 
 
+def test_the_session_walk_is_torchs_modules_and_parameters():
+    """`submodules` / `_parameters` (the session's one walk) give exactly `module.modules()` and
+    `module.parameters()`, in order: a module and a parameter shared by two branches counted
+    once, a `None` child skipped, a shared module met first deep in an earlier branch."""
+    from saliencelab.core.state import _parameters, attribution_mode, submodules
+
+    shared = nn.Linear(2, 2)
+    net = nn.Sequential(
+        nn.Sequential(nn.ReLU(), nn.Sequential(shared)), shared, nn.Sequential(nn.Tanh(), shared)
+    )
+    net.add_module("absent", None)
+    tied = nn.Linear(2, 2)
+    tied.weight = shared.weight  # one parameter in two modules
+    net.add_module("tied", tied)
+    for model in (net, sl.load_model("shapes_cnn").module):
+        assert [id(m) for m in submodules(model)] == [id(m) for m in model.modules()]
+        params = _parameters(submodules(model))
+        assert [id(p) for p in params] == [id(p) for p in model.parameters()]
+    net.train()
+    with attribution_mode(net):
+        assert not any(m.training for m in net.modules())
+        assert not any(p.requires_grad for p in net.parameters())
+    assert all(m.training for m in net.modules())
+    assert all(p.requires_grad for p in net.parameters())
+
+
 def test_mixed_training_flags_come_back_exactly(tiny_cnn, images):
     """Some submodules training, some not (e.g. a frozen backbone): each flag is restored."""
     tiny_cnn.train()

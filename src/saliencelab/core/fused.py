@@ -43,7 +43,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from ..models.model import logits_of
 from .derived import kept
-from .state import Hooks
+from .state import Hooks, submodules
 
 _Foldable = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _PAIRS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (structure, pairs)
@@ -62,7 +62,7 @@ def has_hooks(module: nn.Module) -> bool:
         return True
     return any(
         m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-        for m in module.modules()
+        for m in submodules(module)
     )
 
 
@@ -159,7 +159,7 @@ def _pairs(module: nn.Module, example: torch.Tensor, probe: bool) -> list[_Pair]
     cached = _PAIRS.get(module)
     if cached is None and not probe:
         return None
-    structure = tuple(map(id, module.modules()))
+    structure = tuple(map(id, submodules(module)))
     if cached is not None and cached[0] == structure:
         return cached[1]
     if not probe:

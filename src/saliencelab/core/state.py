@@ -18,15 +18,49 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 
+def submodules(module: nn.Module) -> list[nn.Module]:
+    """`list(module.modules())`, in the same order (depth first, each module once), about 2×
+    faster: it builds no dotted names. Every attribution call walks the model to set and
+    restore its state (`attribution_mode`)."""
+    out: list[nn.Module] = []
+    seen: set[int] = set()
+
+    def visit(m: nn.Module) -> None:
+        if id(m) in seen:
+            return
+        seen.add(id(m))
+        out.append(m)
+        for child in m._modules.values():
+            if child is not None:
+                visit(child)
+
+    visit(module)
+    return out
+
+
+def _parameters(modules: list[nn.Module]) -> list[nn.Parameter]:
+    """The parameters of `modules` (a `submodules` list), each once: `module.parameters()`."""
+    seen: set[int] = set()
+    out = []
+    for m in modules:
+        for p in m._parameters.values():
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
 @contextmanager
-def frozen_parameters(module: nn.Module) -> Iterator[None]:
+def frozen_parameters(module: nn.Module, modules: list[nn.Module] | None = None) -> Iterator[None]:
     """Set `requires_grad=False` on every parameter; restore each flag afterwards.
 
     Only the parameters that require gradients are touched (none, for a model already frozen):
     on a GPU, where a small batch is bound by Python and kernel launches, a per-call loop over
-    every parameter showed up in the profile (benchmarks/profile_call.py).
+    every parameter showed up in the profile (benchmarks/profile_call.py). `modules`: the
+    model's `submodules`, where the caller has them.
     """
-    trainable = [p for p in module.parameters() if p.requires_grad]
+    mods = submodules(module) if modules is None else modules
+    trainable = [p for p in _parameters(mods) if p.requires_grad]
     try:
         for p in trainable:
             p.requires_grad_(False)
@@ -37,13 +71,14 @@ def frozen_parameters(module: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
+def eval_mode(module: nn.Module, modules: list[nn.Module] | None = None) -> Iterator[None]:
     """Put every submodule in eval mode; restore each one's `training` flag afterwards.
 
     A model already in eval mode (the usual case) is not touched: `module.eval()` and the
-    restore loop cost ~2 ms per call on EfficientNet-Lite0's ~300 modules.
+    restore loop cost ~2 ms per call on EfficientNet-Lite0's ~300 modules. `modules`: the
+    model's `submodules`, where the caller has them.
     """
-    modes = [(m, m.training) for m in module.modules()]
+    modes = [(m, m.training) for m in (submodules(module) if modules is None else modules)]
     if not any(training for _, training in modes):
         yield
         return
@@ -116,9 +151,10 @@ def attribution_mode(module: nn.Module) -> Iterator[None]:
     """
     session = _SESSIONS.get(module)
     if session is None:
+        modules = submodules(module)  # one walk for both
         with ExitStack() as stack:
-            stack.enter_context(eval_mode(module))
-            stack.enter_context(frozen_parameters(module))
+            stack.enter_context(eval_mode(module, modules))
+            stack.enter_context(frozen_parameters(module, modules))
             session = _SESSIONS[module] = _Session(0, stack.pop_all())
     session.depth += 1
     try:
