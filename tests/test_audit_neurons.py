@@ -1,0 +1,446 @@
+"""Audit of saliencelab.neurons: edges the main tests leave open (found by mutation).
+
+Sample ranges, the activation table, class names of targets, layer targets on a linear layer,
+conditional relevance maps, dataset examples on non-square images clipped at the border,
+receptive fields of adaptive pooling, "same" padding, non-square kernels and parallel branches,
+the grid's colour map and layout, and the `neurons` command's options. References: forward
+hooks and autograd by hand, the gradient support of a unit, known stimuli, the docstrings.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+from PIL import Image, ImageChops
+from torch import nn
+from typer.testing import CliRunner
+
+import saliencelab as sl
+from saliencelab.core.errors import SaliencelabError
+from saliencelab.neurons import (
+    activations,
+    channel,
+    conditional_map,
+    neuron,
+    receptive_field,
+    top_examples,
+)
+from saliencelab.neurons.commands import register
+
+
+def _hooked(model: nn.Module, layer: str, x: torch.Tensor):
+    """The logits and the layer's output (kept in the graph) of a plain forward."""
+    seen = {}
+    handle = model.get_submodule(layer).register_forward_hook(
+        lambda m, i, o: seen.setdefault("a", o)
+    )
+    try:
+        out = model(x)
+    finally:
+        handle.remove()
+    return out, seen["a"]
+
+
+class _Stop(Exception):
+    pass
+
+
+def _upto(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """The layer's output (kept in the graph), by a forward stopped right after it."""
+    seen = []
+
+    def stop(m, i, o):
+        seen.append(o)
+        raise _Stop
+
+    handle = model.get_submodule(layer).register_forward_hook(stop)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def _support_box(model: nn.Module, layer: str, size, y: int, x: int):
+    """(left, top, right, bottom) of the input pixels with a nonzero gradient of unit (y, x)."""
+    height, width = (size, size) if isinstance(size, int) else size
+    torch.manual_seed(0)
+    inp = torch.rand(2, 3, height, width, requires_grad=True)
+    a = _upto(model, layer, inp)
+    a[:, :, y, x].sum().backward()
+    support = inp.grad.abs().sum(dim=(0, 1)) > 0
+    ys, xs = support.any(1).nonzero().flatten(), support.any(0).nonzero().flatten()
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def _positive(model: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.abs() + 0.01)
+    return model.eval()
+
+
+# -- activation maps -------------------------------------------------------------------------------
+
+
+def test_activation_maps_accept_samples_0_to_n_minus_1_only(tiny_cnn, images):
+    """The docstring's range: sample between 0 and n - 1 (negatives count from the end)."""
+    am = activations(tiny_cnn, images, "features.1", top=2)
+    assert am.table(-4) == am.table(0) and am.table(3) == am.table(-1)
+    for bad in (4, -5):
+        with pytest.raises(SaliencelabError, match=f"Sample {bad} is out of range"):
+            am.table(bad)
+    with pytest.raises(SaliencelabError, match="Sample 4 is out of range"):
+        am.grid(Image.new("RGB", (12, 12)), sample=4)
+
+
+def test_activation_table_rows_are_ranked_from_1_with_the_samples_own_statistics(tiny_cnn, images):
+    """Each row's mean and max are those of the sample's own map (a forward hook), ranks 1..k."""
+    am = activations(tiny_cnn, images, "features.3", top=3)
+    with torch.no_grad():
+        _, a = _hooked(tiny_cnn, "features.3", images)
+    for sample in (1, 2):
+        means = a[sample].mean(dim=(1, 2))
+        order = means.argsort(descending=True)[:3].tolist()
+        rows = am.table(sample)
+        assert [r["rank"] for r in rows] == [1, 2, 3]
+        assert [r["channel"] for r in rows] == order
+        for r in rows:
+            c = r["channel"]
+            assert r["value"] == pytest.approx(float(means[c]), rel=1e-5)
+            assert r["mean"] == pytest.approx(float(means[c]), rel=1e-5)
+            assert r["max"] == pytest.approx(float(a[sample, c].max()), rel=1e-5)
+
+
+def test_contribution_target_label_names_class_0_and_custom_targets(tiny_cnn, images):
+    """target_label: the class's name, also for class 0; "custom" only for a callable target."""
+    model = sl.Model(tiny_cnn, labels=["zero", "one", "two", "three", "four"])
+    am = activations(model, images, "features.3", top=2, by="contribution", target=0)
+    assert am.target.tolist() == [0, 0, 0, 0]
+    assert [am.target_label(i) for i in range(4)] == ["zero"] * 4
+    custom = activations(
+        model, images, "features.3", top=2, by="contribution", target=lambda s: s[:, 1]
+    )
+    assert custom.target_label(0) == "custom"
+    assert activations(model, images, "features.3", top=2).target_label(0) is None
+
+
+# -- channel and neuron targets on a layer without positions ---------------------------------------
+
+
+@pytest.mark.parametrize("make", [channel, neuron])
+def test_a_unit_of_a_linear_layer_is_its_output(tiny_cnn, images, make):
+    """On a (B, K) layer, channel/neuron k read the output itself: the gradient is that of
+    logit k, by autograd (class 4's logits are negative here, so a sign change shows)."""
+    x = images.clone().requires_grad_(True)
+    logits = tiny_cnn(x)
+    assert (logits[:, 4] < 0).all()
+    logits[:, 4].sum().backward()
+    ex = sl.explain(tiny_cnn, images, methods="saliency", absolute=False, target=make("fc", 4))
+    torch.testing.assert_close(ex["saliency"].attributions, x.grad)
+    torch.testing.assert_close(ex.logits, logits.detach())  # the readings are the logits
+
+
+def test_neuron_positions_are_checked_on_both_axes(tiny_cnn, images):
+    """A position outside the map fails on x as well as on y (features.1 is 12 x 12)."""
+    for y, x in ((0, 12), (12, 0), (11, 12)):
+        with pytest.raises(SaliencelabError, match="outside the 12x12 map"):
+            sl.explain(tiny_cnn, images, methods="saliency", target=neuron("features.1", 0, y, x))
+    sl.explain(tiny_cnn, images, methods="saliency", target=neuron("features.1", 0, 11, 11))
+
+
+def test_a_bool_is_not_a_channel_index():
+    """`True` is an int to Python, but not a channel: refused as the docstring's integers."""
+    for make in (lambda: channel("features.1", True), lambda: neuron("features.1", 0, y=False)):
+        with pytest.raises(SaliencelabError, match="must be an integer"):
+            make()
+
+
+# -- conditional maps with relevance methods -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "layer"), [("lrp", "features.3"), ("deeplift", "features.2")])
+def test_conditional_relevance_maps_sum_to_the_methods_map(tiny_cnn, images, method, layer):
+    """Relevance methods are accepted, and their backward is linear in the gradient at the
+    layer, so the channels' conditional maps sum to the method's map (module docstring)."""
+    full = sl.explain(tiny_cnn, images, methods=method, target=1)[method].attributions
+    parts = [
+        conditional_map(tiny_cnn, images, layer, k, target=1, method=method).attributions
+        for k in range(6)
+    ]
+    torch.testing.assert_close(sum(parts), full, atol=1e-7, rtol=1e-5)
+    assert not torch.allclose(parts[0], full)
+
+
+# -- dataset examples ------------------------------------------------------------------------------
+
+
+def _spot_detector() -> sl.Model:
+    """Layer "0": channel 0 weighs red with 1 at the centre of its 3x3 kernel, 0.5 around it (so
+    a single red pixel peaks exactly at its own unit); any image size."""
+    conv = nn.Conv2d(3, 2, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0] = 0.5
+        conv.weight[0, 0, 1, 1] = 1.0
+        conv.weight[1, 1] = 1.0
+    module = nn.Sequential(conv, nn.ReLU()).eval()
+
+    def preprocess(images):
+        images = images if isinstance(images, (list, tuple)) else [images]
+        arrays = [np.asarray(im.convert("RGB"), np.float32) / 255 for im in images]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    return sl.Model(module, preprocess=preprocess, name="spots")
+
+
+def _red_pixel(value: float, y: int, x: int, height: int = 16, width: int = 24) -> Image.Image:
+    img = np.zeros((height, width, 3), np.uint8)
+    img[y, x, 0] = round(255 * value)
+    return Image.fromarray(img)
+
+
+def test_top_examples_on_wide_images_locate_the_unit_and_clip_its_box():
+    """Images 16 high, 24 wide with one red pixel: the unit is the pixel (y, x), its 3x3 field
+    the box around it clipped to the image (by hand), the image is the model's 24 x 16 view."""
+    spots = [(0.5, 5, 9), (1.0, 15, 23), (0.8, 0, 20), (0.3, 7, 2)]
+    images = [_red_pixel(v, y, x) for v, y, x in spots]
+    found = top_examples(_spot_detector(), images, "0", 0, k=3, batch_size=2)
+    assert [ex.index for ex in found] == [1, 2, 0]
+    for ex in found:
+        value, y, x = spots[ex.index]
+        assert ex.location == (y, x)
+        assert ex.value == pytest.approx(round(255 * value) / 255, rel=1e-6)
+        assert ex.box == (max(x - 1, 0), max(y - 1, 0), min(x + 2, 24), min(y + 2, 16))
+        assert ex.image.size == (24, 16)
+        assert ex.crop.size == (ex.box[2] - ex.box[0], ex.box[3] - ex.box[1])
+        assert ex.activation.shape == (16, 24)
+    assert found[0].box == (22, 14, 24, 16)  # the corner pixel: clipped right and below
+    assert found[0].field.input_size == (16, 24) and found[0].field.map_size == (16, 24)
+
+
+def test_examples_show_the_image_at_the_models_input_size():
+    """A model that resizes 48 x 32 photos to 24 x 16: each example's image is 24 wide, 16 high
+    (model_view's docstring: resized to (H, W)), and its crop is cut from that view."""
+    detector = _spot_detector()
+    model = sl.Model(
+        detector.module,
+        preprocess=lambda ims: detector.preprocess(
+            [im.resize((24, 16), Image.Resampling.NEAREST) for im in ims]
+        ),
+    )
+    big = np.zeros((32, 48, 3), np.uint8)
+    big[10:12, 30:32, 0] = 255  # a 2 x 2 block: one red pixel at (5, 15) after the resize
+    (ex,) = top_examples(model, [Image.fromarray(big)], "0", 0, k=1)
+    assert ex.image.size == (24, 16) and ex.location == (5, 15)
+    red = np.asarray(ex.crop)[..., 0]  # the view is resized bilinearly: the block is blurred
+    assert red.shape == (3, 3) and red[1, 1] == red.max() > 0  # centred on the unit's pixel
+
+
+def test_top_examples_need_at_least_one_example():
+    """k = 0 keeps nothing: refused with the sentence for k and batch_size."""
+    with pytest.raises(SaliencelabError, match="k and batch_size must be 1 or more"):
+        top_examples(_spot_detector(), [_red_pixel(1.0, 3, 3)], "0", 0, k=0)
+
+
+# -- receptive fields ------------------------------------------------------------------------------
+
+
+def test_receptive_field_of_adaptive_pooling_is_its_windows():
+    """AdaptiveAvgPool2d(3) on 10 x 7: windows [floor(i·n/3), ceil((i+1)·n/3)), 4 rows and 3
+    columns wide, every 3 rows and 2 columns; every unit's box equals its gradient support."""
+    model = _positive(nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(3)))
+    rf = receptive_field(model, "1", (10, 7))
+    assert (rf.size, rf.stride, rf.first, rf.map_size) == ((4, 3), (3, 2), (0, 0), (3, 3))
+    for y in range(3):
+        for x in range(3):
+            assert rf.box(y, x) == _support_box(model, "1", (10, 7), y, x), (y, x)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # PyTorch's note
+def test_receptive_field_of_same_padding_with_an_even_kernel():
+    """padding="same" with a 4 x 4 kernel pads 1 before and 2 after (PyTorch); the boxes at the
+    corners and inside equal the gradient support."""
+    model = _positive(nn.Sequential(nn.Conv2d(3, 2, 4, padding="same")))
+    rf = receptive_field(model, "0", (12, 12))
+    assert (rf.size, rf.first) == ((4, 4), (-1, -1))
+    for y, x in ((0, 0), (5, 6), (11, 11)):
+        assert rf.box(y, x) == _support_box(model, "0", 12, y, x), (y, x)
+
+
+def test_receptive_field_of_a_non_square_kernel_on_a_non_square_input():
+    """A 3 x 5 kernel (padding 1, 2) then a 2 x 2 average pool: size (4, 6), stride 2; the boxes
+    equal the gradient support (height from the rows, width from the columns)."""
+    model = _positive(nn.Sequential(nn.Conv2d(3, 2, (3, 5), padding=(1, 2)), nn.AvgPool2d(2)))
+    rf = receptive_field(model, "1", (12, 20))
+    assert (rf.size, rf.stride, rf.first, rf.map_size) == ((4, 6), (2, 2), (-1, -2), (6, 10))
+    for y, x in ((0, 0), (2, 5), (5, 9)):
+        assert rf.box(y, x) == _support_box(model, "1", (12, 20), y, x), (y, x)
+
+
+class _TwoBranches(nn.Module):
+    """A 5x5 branch computed first, then a 3x3 conv → ReLU branch at the same resolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide = nn.Conv2d(3, 2, 5, padding=2)
+        self.narrow = nn.Conv2d(3, 2, 3, padding=1)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.wide(x) + self.act(self.narrow(x))
+
+
+def test_receptive_field_of_an_activation_is_that_of_its_own_input():
+    """A ReLU after the 3x3 conv sees 3x3 pixels, though a 5x5 branch ran before it at the same
+    resolution (an Inception-like block); the block's sum sees 5x5. Gradient support agrees."""
+    model = _positive(nn.Sequential(_TwoBranches()))
+    act = receptive_field(model, "0.act", (12, 12))
+    assert act.size == (3, 3) and act.box(4, 5) == _support_box(model, "0.act", 12, 4, 5)
+    block = receptive_field(model, "0", (12, 12))
+    assert block.size == (5, 5) and block.box(4, 5) == _support_box(model, "0", 12, 4, 5)
+
+
+# -- the grid --------------------------------------------------------------------------------------
+
+
+def test_activation_grid_colour_map_is_diverging_only_for_negative_activations(
+    tiny_cnn, images, monkeypatch
+):
+    """activation_grid's docstring: "diverging" when the layer has negative activations on the
+    sample, else "heat" (a ReLU output has zeros but no negatives)."""
+    from saliencelab.neurons import grid
+
+    used = []
+    real = grid.overlay
+
+    def spy(*args, **kw):
+        used.append(kw.get("cmap"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(grid, "overlay", spy)
+    photo = Image.new("RGB", (12, 12), (120, 120, 120))
+    relu = activations(tiny_cnn, images, "features.1", top=2)
+    assert (relu.activations[0] == 0).any() and not (relu.activations[0] < 0).any()
+    relu.grid(photo, tile=32)
+    assert used == ["heat", "heat"]
+    used.clear()
+    conv = activations(tiny_cnn, images, "features.0", top=2)
+    assert (conv.activations[0] < 0).any()
+    conv.grid(photo, tile=32)
+    assert used == ["diverging", "diverging"]
+
+
+def test_activation_grid_has_no_empty_columns(tiny_cnn, images):
+    """Asked for more columns than tiles, the grid ends one margin after its last tile, as
+    with exactly as many columns (no blank tile columns on the right)."""
+    from saliencelab.viz.gallery import PAD
+
+    am = activations(tiny_cnn, images, "features.1", top=3)
+    photo = Image.new("RGB", (12, 12), (120, 120, 120))
+    img = am.grid(photo, tile=32, columns=10)
+    content = ImageChops.difference(img, Image.new("RGB", img.size, (255, 255, 255))).getbbox()
+    assert img.width - content[2] <= PAD
+    assert img.size == am.grid(photo, tile=32, columns=3).size
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+FACTORY = textwrap.dedent(
+    """
+    import numpy as np
+    import torch
+    from torch import nn
+
+    import saliencelab as sl
+
+
+    def build():
+        torch.manual_seed(0)
+        module = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3),
+        ).eval()
+
+        def preprocess(images):
+            images = images if isinstance(images, (list, tuple)) else [images]
+            arrays = [np.asarray(im.convert("RGB"), np.float32) / 255 for im in images]
+            return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+        return sl.Model(module, preprocess=preprocess, labels=["a", "b", "c"], name="tiny")
+    """
+)
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    """(invoke, folder of 5 photos 20 x 20, the factory's model), run in tmp_path (short paths)."""
+    monkeypatch.chdir(tmp_path)
+    Path("tiny.py").write_text(FACTORY)
+    spec = "tiny.py:build"
+    folder = Path("photos")
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        pixels = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"p{i}.png")
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    runner = CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
+
+    def invoke(*args):
+        return runner.invoke(app, ["neurons", *args, "--model", spec, "--out", "out"])
+
+    return invoke, folder, sl.load_model(spec)
+
+
+def _table_rows(output: str) -> list[list[str]]:
+    return [
+        [cell.strip() for cell in line.strip("│").split("│")]
+        for line in output.splitlines()
+        if line.startswith("│")
+    ]
+
+
+def test_neurons_command_draws_top_channels_by_mean_activation(cli):
+    """--top 2: two rows, the two channels of layer 1 with the largest mean (forward hook)."""
+    invoke, folder, model = cli
+    res = invoke(str(folder / "p3.png"), "--layer", "1", "--top", "2")
+    assert res.exit_code == 0, res.output
+    x = model.preprocess([Image.open(folder / "p3.png")])
+    with torch.no_grad():
+        _, a = _hooked(model.module, "1", x)
+    means = a[0].mean(dim=(1, 2))
+    rows = _table_rows(res.output)
+    assert [int(r[1]) for r in rows] == means.argsort(descending=True)[:2].tolist()
+    assert [int(r[0]) for r in rows] == [1, 2]
+
+
+def test_neurons_command_examples_keep_k_images(cli):
+    """--k 3 lists the 3 photos whose channel 2 of layer 3 peaks highest (forward hook)."""
+    invoke, folder, model = cli
+    res = invoke("--examples", str(folder), "--layer", "3", "--channel", "2", "--k", "3")
+    assert res.exit_code == 0, res.output
+    x = model.preprocess([Image.open(folder / f"p{i}.png") for i in range(5)])
+    with torch.no_grad():
+        _, a = _hooked(model.module, "3", x)
+    best = a[:, 2].flatten(1).amax(1).argsort(descending=True)[:3].tolist()
+    rows = _table_rows(res.output)
+    assert [r[1] for r in rows] == [str(folder / f"p{i}.png") for i in best]
+    assert [int(r[0]) for r in rows] == [1, 2, 3]
+
+
+def test_neurons_command_refuses_target_without_contribution(cli):
+    """--target is for --by contribution (its help says so): with the default ranking, exit 2."""
+    invoke, folder, _ = cli
+    res = invoke(str(folder / "p0.png"), "--layer", "1", "--target", "b")
+    assert res.exit_code == 2
+    assert "--target is used only with --by contribution" in " ".join(res.output.split())
