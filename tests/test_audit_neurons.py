@@ -166,7 +166,18 @@ def test_a_bool_is_not_a_channel_index():
 # -- conditional maps with relevance methods -------------------------------------------------------
 
 
-@pytest.mark.parametrize(("method", "layer"), [("lrp", "features.3"), ("deeplift", "features.2")])
+@pytest.mark.parametrize(
+    ("method", "layer"),
+    [
+        ("lrp", "features.3"),
+        ("deeplift", "features.2"),
+        # the method's own rule hooks the layer too (LRP at a conv, DeepLIFT at a ReLU): the
+        # gate used to be cut out of the graph, and every channel gave the whole map
+        ("lrp", "features.2"),
+        ("deeplift", "features.3"),
+        ("deeplift", "features.1"),
+    ],
+)
 def test_conditional_relevance_maps_sum_to_the_methods_map(tiny_cnn, images, method, layer):
     """Relevance methods are accepted, and their backward is linear in the gradient at the
     layer, so the channels' conditional maps sum to the method's map (module docstring)."""
@@ -176,7 +187,17 @@ def test_conditional_relevance_maps_sum_to_the_methods_map(tiny_cnn, images, met
         for k in range(6)
     ]
     torch.testing.assert_close(sum(parts), full, atol=1e-7, rtol=1e-5)
-    assert not torch.allclose(parts[0], full)
+    assert not any(torch.allclose(p, full) for p in parts)
+
+
+@pytest.mark.parametrize("method", ["deconvnet", "deeplift_shap"])
+def test_a_conditional_map_at_a_layer_the_method_hooks_is_restricted(tiny_cnn, images, method):
+    """At a ReLU that deconvnet's and DeepLIFT-SHAP's rules hook themselves, a channel's map is
+    not the whole map (it was, exactly, before the gate ran after the method's hook)."""
+    full = sl.explain(tiny_cnn, images, methods=method, target=1)[method].attributions
+    one = conditional_map(tiny_cnn, images, "features.1", 2, target=1, method=method)
+    assert not torch.allclose(one.attributions, full)
+    assert not tiny_cnn.features[1]._forward_hooks and not tiny_cnn.features[1]._forward_pre_hooks
 
 
 # -- dataset examples ------------------------------------------------------------------------------

@@ -110,7 +110,15 @@ def conditional_map(
     x = as_batch(model, x)
     name, module = resolve_layer(model.module, layer, x, model.default_layer)
     with Hooks() as hooks:
-        hooks.add(module.register_forward_hook(channel_gate(name, channel)))
+        gate = hooks.add(module.register_forward_hook(channel_gate(name, channel)))
+
+        def gate_last(mod: nn.Module, args: Any) -> None:
+            # The method's own hooks on this layer (DeepLIFT's and LRP's rules, deconvnet's)
+            # are registered after the gate and rebuild the output from a detached copy; the
+            # gate must wrap what they return, or it is cut out of the graph.
+            mod._forward_hooks.move_to_end(gate.id)
+
+        hooks.add(module.register_forward_pre_hook(gate_last))
         ex = explain(model, x, methods=method, target=target, **options)
     a = ex[method]
     a.layer = name
