@@ -502,3 +502,14 @@ def test_hf_loading_restores_the_transformers_log_level(bert_dir):
         assert hf_logging.get_verbosity() == hf_logging.INFO
     finally:
         hf_logging.set_verbosity(before)
+
+
+def test_an_unconvertible_transparent_mode_is_one_sentence():
+    """Pillow cannot convert "La" (premultiplied luminance + alpha) to RGBA: one sentence, as
+    for the modes without transparency (was a bare ValueError)."""
+    from PIL import Image
+
+    from saliencelab.data.images import to_rgb
+
+    with pytest.raises(sl.SaliencelabError, match="Cannot convert an image in Pillow mode 'La'"):
+        to_rgb(Image.new("La", (2, 2)))

@@ -91,13 +91,13 @@ def to_rgb(im: Image.Image) -> Image.Image:
     if im.mode in _HIGH_DEPTH_MODES:
         return Image.fromarray(stretch_to_uint8(np.asarray(im))).convert("RGB")
     bands = im.getbands()
-    if "A" in bands or "a" in bands or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
     try:
+        if "A" in bands or "a" in bands or "transparency" in im.info:
+            rgba = im.convert("RGBA")
+            white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
         return im.convert("RGB")
-    except ValueError as e:
+    except ValueError as e:  # e.g. "La", which Pillow cannot convert
         raise SaliencelabError(
             f"Cannot convert an image in Pillow mode {im.mode!r} to RGB; save it as an RGB or "
             "grayscale PNG or JPEG."
