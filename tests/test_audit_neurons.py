@@ -17,6 +17,7 @@ import pytest
 import torch
 import typer
 from PIL import Image, ImageChops
+from test_neurons import _hooked, _upto  # the same layer readings as there
 from torch import nn
 from typer.testing import CliRunner
 
@@ -31,41 +32,6 @@ from saliencelab.neurons import (
     top_examples,
 )
 from saliencelab.neurons.commands import register
-
-
-def _hooked(model: nn.Module, layer: str, x: torch.Tensor):
-    """The logits and the layer's output (kept in the graph) of a plain forward."""
-    seen = {}
-    handle = model.get_submodule(layer).register_forward_hook(
-        lambda m, i, o: seen.setdefault("a", o)
-    )
-    try:
-        out = model(x)
-    finally:
-        handle.remove()
-    return out, seen["a"]
-
-
-class _Stop(Exception):
-    pass
-
-
-def _upto(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
-    """The layer's output (kept in the graph), by a forward stopped right after it."""
-    seen = []
-
-    def stop(m, i, o):
-        seen.append(o)
-        raise _Stop
-
-    handle = model.get_submodule(layer).register_forward_hook(stop)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return seen[0]
 
 
 def _support_box(model: nn.Module, layer: str, size, y: int, x: int):
