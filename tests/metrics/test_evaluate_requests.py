@@ -149,3 +149,22 @@ def test_top_k_with_concept_influence_declares_an_unbounded_range():
     assert ratio.values.item() == pytest.approx(1024 / 100)
     lo, hi = ratio.value_range
     assert lo == 0.0 and hi == float("inf") and lo <= ratio.values.item() <= hi
+
+
+def test_empty_masks_are_named_in_a_warning(shapes_batch):
+    """Localisation metrics are NaN on an empty mask and n drops: a warning names those samples
+    (the CLI names the images itself, without this warning)."""
+    import warnings
+
+    from saliencelab.metrics.evaluate import EmptyMaskWarning
+
+    model, x, ex, data = shapes_batch
+    masks = data.masks.clone()
+    masks[[1, 3]] = False
+    with pytest.warns(EmptyMaskWarning, match=r"2 of 4 masks are empty \(samples 1, 3\)"):
+        rep = sl.evaluate(model, x, ex, metrics="pointing_game", masks=masks, references=False)
+    assert rep["gradcam"]["pointing_game"].n == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # full masks, or no localisation metric: no warning
+        sl.evaluate(model, x, ex, metrics="pointing_game", masks=data.masks, references=False)
+        sl.evaluate(model, x, ex, metrics="sparseness", masks=masks, references=False)

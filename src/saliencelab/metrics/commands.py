@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -58,7 +59,7 @@ from ..cli_common import (
 )
 from ..core.requests import split_dotted
 from .base import MetricResult, get_metric
-from .evaluate import EvalReport, format_ci, json_safe, metric_requests
+from .evaluate import EmptyMaskWarning, EvalReport, format_ci, json_safe, metric_requests
 
 DEFAULT_METHODS = "gradcam,saliency"
 DEFAULT_METRICS = "deletion,insertion"
@@ -310,16 +311,18 @@ def evaluate_images(
         ex = sl.explain(model, x, methods=methods, target=target, chunk_size=chunk_size)
         if progress is not None:
             progress(done, f"scoring {what}")
-        report = sl.evaluate(
-            model,
-            x,
-            ex,
-            metrics=metrics,
-            masks=m,
-            references=references,
-            chunk_size=chunk_size,
-            **shared,
-        )
+        with warnings.catch_warnings():  # empty masks: the command names the images itself
+            warnings.simplefilter("ignore", EmptyMaskWarning)
+            report = sl.evaluate(
+                model,
+                x,
+                ex,
+                metrics=metrics,
+                masks=m,
+                references=references,
+                chunk_size=chunk_size,
+                **shared,
+            )
         return report, ex
 
     for first in range(0, len(items), max(1, batch_images)):

@@ -16,6 +16,7 @@ import csv
 import inspect
 import json
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -386,6 +387,24 @@ def _check_request(
                     )
 
 
+class EmptyMaskWarning(UserWarning):
+    """Some masks are empty: the localisation metrics are undefined (NaN) on those images."""
+
+
+def _warn_empty_masks(masks: torch.Tensor) -> None:
+    """A warning naming the samples whose mask is empty (their localisation values are NaN and
+    left out of n), so a run does not lose them silently."""
+    empty = (~masks.bool().flatten(1).any(1)).nonzero().flatten().tolist()
+    if empty:
+        shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+        warnings.warn(
+            f"{len(empty)} of {masks.shape[0]} masks are empty (samples {shown}): the "
+            "localisation metrics are undefined there (NaN, left out of n).",
+            EmptyMaskWarning,
+            stacklevel=3,
+        )
+
+
 def _explainer(name: str, a: Attribution | None, chunk_size: int | None) -> Explainer | None:
     if name not in {spec.name for spec in registered_methods()}:
         return None
@@ -464,6 +483,8 @@ def evaluate(
         )
     given = _given_explainers(explainer, list(entries), chunk_size)
     _check_request(requested, entries, x, masks, model, given)  # references: registered
+    if masks is not None and any("masks" in m.needs for m in requested):
+        _warn_empty_masks(masks_for(masks, checked_maps(next(iter(entries.values()))[0])))
     engine = Engine(model, chunk_size=chunk_size)
 
     if refs:
