@@ -233,3 +233,46 @@ def test_integer_token_ids_work_with_perturbation_methods_and_refuse_gradients()
     with pytest.raises(sl.SaliencelabError, match="saliency needs gradients") as err:
         sl.explain(model, ids, methods="saliency")
     assert "\n" not in str(err.value)
+
+
+def test_a_class_name_of_two_classes_is_refused_not_resolved_to_the_first():
+    """ImageNet names two classes "crane" (134 the bird, 517 the machine) and two "maillot":
+    the name is ambiguous, so it is one sentence asking for the index (was: silently 134)."""
+    from saliencelab.core.targets import _class_index
+    from saliencelab.data.labels import imagenet_labels
+
+    labels = imagenet_labels()
+    assert [i for i, n in enumerate(labels) if n == "crane"] == [134, 517]
+    with pytest.raises(SaliencelabError, match=r"'crane' names 2 classes \(134, 517\)"):
+        _class_index("crane", labels, len(labels))
+    with pytest.raises(SaliencelabError, match=r"'Maillot' names 2 classes \(638, 639\)"):
+        _class_index("Maillot", labels, len(labels))
+    assert _class_index("tabby", labels, len(labels)) == labels.index("tabby")
+    assert _class_index("Tabby", labels, len(labels)) == labels.index("tabby")
+
+
+def test_an_empty_batch_is_one_sentence(tiny_cnn, images):
+    before = _state(tiny_cnn)
+    with pytest.raises(SaliencelabError, match="The batch is empty"):
+        sl.explain(tiny_cnn, images[:0], methods="gradcam")
+    assert _state(tiny_cnn) == before
+
+
+def test_smoothgrad_of_magnitudes_does_not_call_its_reduction_signed(tiny_cnn, images):
+    """SmoothGrad of saliency (|grad|) is unsigned: its `reduction` must not say "signed"."""
+    ex = sl.explain(
+        tiny_cnn,
+        images[:2],
+        methods={"smoothgrad": {"n_samples": 2}, "input_x_gradient": {}},
+        target=0,
+    )
+    sg = ex["smoothgrad"]
+    assert not sg.signed and bool((sg.maps >= 0).all())
+    assert sg.reduction == "sum over channels"
+    assert ex["input_x_gradient"].reduction == "signed sum over channels"
+
+
+def test_a_gallery_of_plain_tensors_names_save_overlay(tmp_path):
+    img = sl.sample_image("chelsea")
+    with pytest.raises(SaliencelabError, match=r"'mine' is a Tensor; .*sl\.save_overlay"):
+        sl.save_gallery(img, {"mine": torch.rand(1, 224, 224)}, tmp_path / "g.png")

@@ -68,6 +68,8 @@ def _as_batch(model: Model, x: Any) -> torch.Tensor:
         )
     # Integer inputs pass as they are (token ids for an embedding); a model that cannot take
     # them fails in its forward, and `_input_error` says so in one sentence.
+    if x.shape[0] == 0:
+        raise SaliencelabError(f"The batch is empty (inputs of shape {tuple(x.shape)}).")
     x = as_model_input(model, x)
     if x.is_inference():  # made under torch.inference_mode(): a copy autograd can use
         x = x.clone()
@@ -306,6 +308,9 @@ def _attribution(spec: MethodSpec, opts: dict, out: Any, ctx: Context) -> Attrib
             reduction = "none (one value per feature)"
     if ctx.x.dim() == 4 and maps.dim() == 3:
         maps = upsample(maps, ctx.x.shape[-2:])
+    signed = spec.signed if out.signed is None else out.signed
+    if not signed and reduction.startswith("signed "):  # e.g. SmoothGrad of |grad|
+        reduction = reduction.removeprefix("signed ")
     if attr.dim() == 3 and ctx.x.dim() != 3:  # a layer map (B, h, w), not token embeddings
         attr = maps[:, None]
     return Attribution(
@@ -313,7 +318,7 @@ def _attribution(spec: MethodSpec, opts: dict, out: Any, ctx: Context) -> Attrib
         maps=maps.detach(),
         attributions=attr.detach(),
         target=ctx.target.indices.detach().clone(),
-        signed=spec.signed if out.signed is None else out.signed,
+        signed=signed,
         reduction=reduction,
         layer=out.layer,
         params={k: v for k, v in opts.items() if not isinstance(v, torch.Tensor)},

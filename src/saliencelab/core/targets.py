@@ -59,11 +59,17 @@ def _class_index(t: int | str, labels: Sequence[str] | None, n_classes: int) -> 
                 f"The target {t!r} is a class name but this model has no labels; give a class "
                 "index."
             )
-        if t in labels:
-            return list(labels).index(t)
-        lowered = [label.lower() for label in labels]
-        if t.lower() in lowered:
-            return lowered.index(t.lower())
+        names = list(labels)
+        found = [i for i, label in enumerate(names) if label == t]
+        if not found:
+            found = [i for i, label in enumerate(names) if label.lower() == t.lower()]
+        if len(found) > 1:  # e.g. ImageNet's "crane": the bird (134) and the machine (517)
+            raise SaliencelabError(
+                f"The class name {t!r} names {len(found)} classes "
+                f"({', '.join(map(str, found))}); give the class index instead."
+            )
+        if found:
+            return found[0]
         raise SaliencelabError(f"The model has no class named {t!r}.{closest(t, labels)}")
     if isinstance(t, bool) or not isinstance(t, numbers.Integral):
         raise SaliencelabError(

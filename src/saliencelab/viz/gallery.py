@@ -94,6 +94,13 @@ def _as_dict(attributions: Attributions) -> dict[str, Attribution]:
     if isinstance(attributions, Attribution):
         return {attributions.method: attributions}
     if isinstance(attributions, Mapping):
+        bad = [k for k, a in attributions.items() if not isinstance(a, Attribution)]
+        if bad:
+            raise SaliencelabError(
+                f"The gallery draws Attributions (from sl.explain), but {bad[0]!r} is a "
+                f"{type(attributions[bad[0]]).__name__}; draw your own maps with "
+                "sl.save_overlay(image, maps, path)."
+            )
         return dict(attributions)
     if isinstance(attributions, Sequence) and all(isinstance(a, Attribution) for a in attributions):
         return {a.method: a for a in attributions}
