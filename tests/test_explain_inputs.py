@@ -276,3 +276,25 @@ def test_a_gallery_of_plain_tensors_names_save_overlay(tmp_path):
     img = sl.sample_image("chelsea")
     with pytest.raises(SaliencelabError, match=r"'mine' is a Tensor; .*sl\.save_overlay"):
         sl.save_gallery(img, {"mine": torch.rand(1, 224, 224)}, tmp_path / "g.png")
+
+
+def test_explanations_print_as_a_summary_with_counted_passes(tiny_cnn, images):
+    """`print(ex)` was every tensor and label; now one line each, "1 pass" in the singular."""
+    from saliencelab.core.result import cost_text
+
+    ex = sl.explain(tiny_cnn, images[:2], methods=["saliency", "gradcam"], target=0)
+    text = repr(ex)
+    assert text.startswith("Explanation(2 methods: saliency, gradcam; inputs (2, 3, 12, 12)")
+    assert "1 pass per sample" in text and "\n" not in text and len(text) < 300
+    assert repr(ex["gradcam"]).startswith("Attribution(gradcam: maps (2, 12, 12), unsigned")
+    assert cost_text(1, 0) == "1 pass" and cost_text(50, 1) == "50 passes + 1 forward"
+    assert cost_text(0, 2.5) == "2.5 forwards" and cost_text(0, 0) == "no pass"
+
+
+def test_a_nan_map_is_refused_not_drawn_as_the_bare_photo(tmp_path):
+    img = sl.sample_image("chelsea")
+    bad = torch.rand(1, 224, 224)
+    bad[0, 3, 4] = float("nan")
+    with pytest.raises(SaliencelabError, match="NaN or infinite values"):
+        sl.save_overlay(img, bad, tmp_path / "x.png")
+    assert sl.save_overlay(img, torch.nan_to_num(bad), tmp_path / "y.png").exists()

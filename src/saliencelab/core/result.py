@@ -9,6 +9,18 @@ from typing import Any
 import torch
 
 
+def cost_text(passes: float, forwards: float) -> str:
+    """ "1 pass + 2 forwards": the passes (forward + backward) and forward-only passes per sample
+    that are not zero, in the singular for one."""
+
+    def count(n: float, one: str, many: str) -> str:
+        return f"{n:g} {one if n == 1 else many}"
+
+    parts = [count(passes, "pass", "passes")] if passes else []
+    parts += [count(forwards, "forward", "forwards")] if forwards else []
+    return " + ".join(parts) or "no pass"
+
+
 @dataclass
 class Attribution:
     """One method's answer for a batch.
@@ -55,6 +67,15 @@ class Attribution:
             return extras[name]
         raise AttributeError(name)
 
+    def __repr__(self) -> str:
+        """A summary, not every value of the maps."""
+        layer = f", layer {self.layer}" if self.layer else ""
+        return (
+            f"Attribution({self.method}: maps {tuple(self.maps.shape)}, "
+            f"{'signed' if self.signed else 'unsigned'}, {self.reduction}{layer}; "
+            f"{cost_text(self.passes, self.forwards)} per sample, {self.seconds:.2f} s)"
+        )
+
     def to(self, device: str | torch.device) -> Attribution:
         self.maps = self.maps.to(device)
         self.attributions = self.attributions.to(device)
@@ -93,6 +114,17 @@ class Explanation(Mapping[str, Attribution]):
 
     def __len__(self) -> int:
         return len(self.attributions)
+
+    def __repr__(self) -> str:
+        """A summary (the dataclass repr printed every tensor and all the labels)."""
+        preds = [self.label(int(i)) for i in self.predictions[:4]]
+        more = ", ..." if self.inputs.shape[0] > 4 else ""
+        return (
+            f"Explanation({len(self.attributions)} methods: {', '.join(self.attributions)}; "
+            f"inputs {tuple(self.inputs.shape)}; predicted {', '.join(preds)}{more}; "
+            f"{cost_text(self.total_passes, self.total_forwards)} per sample, "
+            f"{self.seconds:.2f} s)"
+        )
 
     @property
     def probabilities(self) -> torch.Tensor:

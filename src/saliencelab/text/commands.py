@@ -29,6 +29,7 @@ from ..cli_common import (
     parse_target,
     session,
 )
+from ..core.result import cost_text
 from .model import TOKEN_SCORES, TextModel
 from .render import save_text_html, terminal_text, word_scores
 from .targets import continuation as continuation_target
@@ -63,9 +64,7 @@ def _target_notes(model: TextModel, ex: sl.Explanation, spec: Any) -> list[str]:
 
 
 def _cost(a: sl.Attribution) -> str:
-    parts = [f"{a.passes:g} passes"] if a.passes else []
-    parts += [f"{a.forwards:g} forwards"] if a.forwards else []
-    return " + ".join(parts) or "no extra pass"
+    return cost_text(a.passes, a.forwards)
 
 
 def _scores_table(ex: sl.Explanation, sample: int) -> Table:

@@ -60,6 +60,10 @@ def select_map(map_or_attribution: MapLike, sample: int = 0) -> tuple[torch.Tens
     m = maps[sample]
     if m.numel() == 0:
         raise SaliencelabError(f"The {what} is empty (shape {tuple(m.shape)}); pass a real map.")
+    if m.is_floating_point() and not bool(torch.isfinite(m).all()):  # else drawn as the photo
+        raise SaliencelabError(
+            f"The {what} has NaN or infinite values (sample {sample}); check how it was computed."
+        )
     if signed is None:
         signed = bool((torch.nan_to_num(m) < 0).any())
     return m, signed
