@@ -373,6 +373,18 @@ def test_explain_images_rows_progress_and_errors(tmp_path, tiny):
     assert done == sorted(done) and calls[-1][0] == calls[-1][1]
 
 
+def test_a_run_that_explains_nothing_leaves_no_earlier_maps_behind(tmp_path, tiny):
+    """The folder's maps.npz is this run's: a later failed run into the same folder removes the
+    earlier run's, which its report would not mention (was left, as if this run wrote it)."""
+    model = _tiny_model(tmp_path, tiny)
+    out = tmp_path / "out"
+    first = explain_images(model, [photo(tmp_path / "a.png")], "saliency", out)
+    assert first.maps_path == out / "maps.npz" and first.maps_path.is_file()
+    again = explain_images(model, [tmp_path / "nope.png"], "saliency", out)
+    assert again.n_images == 0 and again.maps_path is None
+    assert not (out / "maps.npz").exists()
+
+
 def test_an_image_failing_inside_the_batch_is_isolated(tmp_path, tiny):
     model = _tiny_model(tmp_path, tiny)
     images = [photo(tmp_path / "a.png"), photo(tmp_path / "odd.png", size=(13, 20))]

@@ -423,6 +423,8 @@ def explain_images(
     if maps.written:
         result.maps_path = maps.path
         result.files.append(maps.path)
+    elif maps.path.is_file():  # an earlier run's maps: they would pass for this run's
+        maps.path.unlink()
     result.files.append(result.index_path)
     for item in items:
         if item.error is not None:
