@@ -298,3 +298,12 @@ def test_a_nan_map_is_refused_not_drawn_as_the_bare_photo(tmp_path):
     with pytest.raises(SaliencelabError, match="NaN or infinite values"):
         sl.save_overlay(img, bad, tmp_path / "x.png")
     assert sl.save_overlay(img, torch.nan_to_num(bad), tmp_path / "y.png").exists()
+
+
+def test_an_unknown_class_of_a_small_model_lists_its_classes():
+    model = sl.load_model("shapes_cnn")
+    x = sl.data.shapes.make(1, seed=0).images
+    with pytest.raises(SaliencelabError, match=r"named .Egyptian cat.\. Its classes are: "):
+        sl.explain(model, x, methods="saliency", target="Egyptian cat")
+    with pytest.raises(SaliencelabError, match=r"Did you mean: square"):
+        sl.explain(model, x, methods="saliency", target="squares")

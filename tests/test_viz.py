@@ -406,3 +406,15 @@ def test_gallery_tiles_follow_the_map_aspect():
     green = (img == (10, 200, 30)).all(axis=-1)
     rows, cols = np.nonzero(green)
     assert cols.max() - cols.min() + 1 == tile and rows.max() - rows.min() + 1 == tile // 2
+
+
+def test_a_flat_map_gets_a_caption_line_saying_so():
+    """An all-zero map draws as the bare photo: its tile gets one more caption line ("flat map
+    (all 0)"), so the gallery is one small line taller than with a map that has structure."""
+    m = blob(cx=0.5)[None]
+    atts = {"ok": attribution(m, "ok", signed=False, passes=1, seconds=0.1)}
+    flat = {"ok": attribution(torch.zeros_like(m), "ok", signed=False, passes=1, seconds=0.1)}
+    with_structure = gallery(photo(), atts, tile=64, legend=False)
+    zero = gallery(photo(), flat, tile=64, legend=False)
+    assert zero.width == with_structure.width and zero.height > with_structure.height
+    assert zero.height - with_structure.height < 20  # one line of the small font

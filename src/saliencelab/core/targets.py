@@ -70,7 +70,10 @@ def _class_index(t: int | str, labels: Sequence[str] | None, n_classes: int) -> 
             )
         if found:
             return found[0]
-        raise SaliencelabError(f"The model has no class named {t!r}.{closest(t, labels)}")
+        hint = closest(t, labels)
+        if not hint and len(labels) <= 20:  # a few classes: list them all
+            hint = f" Its classes are: {', '.join(labels)}."
+        raise SaliencelabError(f"The model has no class named {t!r}.{hint}")
     if isinstance(t, bool) or not isinstance(t, numbers.Integral):
         raise SaliencelabError(
             f"A class target must be an int or a class name, not {type(t).__name__} ({t!r}); "

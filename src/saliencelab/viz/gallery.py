@@ -209,6 +209,9 @@ def gallery(
         if ov.size != (tw, th):
             ov = ImageOps.pad(ov, (tw, th), color=_BACKGROUND)
         lines = [name, _cost(a)]
+        m = maps[name][0]
+        if bool(m.max() == m.min()):  # drawn, it would look like the bare photo
+            lines.append(f"flat map (all {float(m.flatten()[0]):.3g})")
         if pred_index is not None and a.target.numel() > sample:
             target = int(a.target[sample])
             if target != pred_index:
