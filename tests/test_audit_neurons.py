@@ -431,3 +431,44 @@ def test_neurons_command_refuses_target_without_contribution(cli):
     res = invoke(str(folder / "p0.png"), "--layer", "1", "--target", "b")
     assert res.exit_code == 2
     assert "--target is used only with --by contribution" in " ".join(res.output.split())
+
+
+class _FunctionalPooling(nn.Module):
+    """The tutorial style: pooling done with F.max_pool2d inside forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 16, 3)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(nn.functional.relu(self.conv1(x)), 2)
+        x = nn.functional.max_pool2d(nn.functional.relu(self.conv2(x)), 2)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_receptive_field_behind_functional_pooling_is_refused_not_one_pixel():
+    """Was: size (1, 1), stride (1, 1) for conv2, whose units really see 8 × 8 pixels at stride 2
+    (the gradient support); the analysis cannot follow F.max_pool2d, so it says so. Before the
+    pooling (conv1) the field is still the conv's 3 × 3."""
+    torch.manual_seed(0)
+    net = _FunctionalPooling().eval()
+    with pytest.raises(SaliencelabError, match="conv2 cannot be followed.*F.max_pool2d"):
+        receptive_field(net, "conv2", torch.rand(1, 3, 32, 32))
+    rf = receptive_field(net, "conv1", torch.rand(1, 3, 32, 32))
+    assert (rf.size, rf.stride) == ((3, 3), (1, 1))
+
+
+def test_the_default_probe_is_the_models_input_size_and_channels():
+    """Without `x`: the model's `input_size` (the shapes CNN: 64 × 64, so its real map size) and
+    the first convolution's channels (a 1-channel model works; a wrong given input is one
+    sentence)."""
+    model = sl.load_model("shapes_cnn")
+    rf = receptive_field(model, "features.4")
+    x = sl.data.shapes.make(1, seed=0).images
+    assert rf.input_size == (64, 64)
+    assert rf.map_size == tuple(_upto(model.module.eval(), "features.4", x).shape[-2:])
+    gray = nn.Sequential(nn.Conv2d(1, 4, 5), nn.ReLU()).eval()
+    assert receptive_field(gray, "0").size == (5, 5)
+    with pytest.raises(SaliencelabError):
+        receptive_field(gray, "0", torch.rand(1, 3, 16, 16))

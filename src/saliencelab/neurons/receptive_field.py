@@ -17,8 +17,10 @@ The path is found by one forward (stopped after the layer) with a hook on every 
 tensors: a module's input field is that of the tensor it received. A tensor made by a functional
 operation (`h + x` of a residual block, `torch.cat`) gets the widest field seen so far at its
 resolution, the union of its branches. What is not seen: convolutions and pooling done with
-functional calls (`F.conv2d`, `F.max_pool2d`) inside a forward, which are treated as keeping
-the field. The field is the theoretical one (every pixel that can influence the unit), an upper
+functional calls (`F.conv2d`, `F.max_pool2d`) inside a forward. Where one changed the resolution
+on the path to the layer, the field cannot be followed and that is one sentence (it used to
+come back as 1 × 1); one that keeps the resolution is taken as keeping the field. The field is
+the theoretical one (every pixel that can influence the unit), an upper
 bound on the pixels with a nonzero gradient.
 """
 
@@ -31,8 +33,9 @@ import torch
 from torch import nn
 
 from ..core.errors import SaliencelabError
+from ..core.explain import input_errors_explained
 from ..core.layers import resolve_layer
-from ..core.state import Hooks, eval_mode
+from ..core.state import Hooks, eval_mode, submodules
 from ..models.model import Model, as_model
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d)
@@ -121,16 +124,21 @@ class _Stop(Exception):
 def receptive_field(
     model: Model | nn.Module,
     layer: str | nn.Module | None,
-    x: torch.Tensor | tuple[int, int] = (224, 224),
+    x: torch.Tensor | tuple[int, int] | None = None,
 ) -> ReceptiveField:
     """The receptive field of `layer`'s units, analytically (see the module docstring).
 
-    `x` is an example input (1, C, H, W) or an input size (H, W) (then a 3-channel zero image):
-    "same" paddings, and so the fields' positions, depend on the input size.
+    `x` is an example input (1, C, H, W) or an input size (H, W) (then a zero image with as many
+    channels as the model's first convolution takes); None: the model's `input_size`, else
+    224 × 224. "Same" paddings, and so the fields' positions, depend on the input size.
     """
     model = as_model(model)
+    if x is None:
+        x = tuple(model.input_size) if model.input_size is not None else (224, 224)
     if isinstance(x, tuple):
-        x = torch.zeros(1, 3, *x, device=model.device)
+        convs = [m for m in submodules(model.module) if isinstance(m, nn.Conv2d)]
+        channels = convs[0].in_channels if convs else 3
+        x = torch.zeros(1, channels, *x, device=model.device)
     x = x[:1].to(model.device)
     name, target = resolve_layer(model.module, layer, x, model.default_layer)
     fields: dict[int, _Field] = {}
@@ -172,7 +180,8 @@ def receptive_field(
         hooks.add(target.register_forward_hook(stop))
         record(x, _Field())
         try:
-            model.module(x)
+            with input_errors_explained(model, x):
+                model.module(x)
         except _Stop:
             pass
     if not result:
@@ -187,5 +196,11 @@ def receptive_field(
             f"The layer {name} outputs {shape}, not a spatial map (B, C, h, w), so its units have "
             "no receptive field in the image; pick a convolutional layer."
         )
-    f = field_of(out) or _Field()
+    f = field_of(out)
+    if f is None:
+        raise SaliencelabError(
+            f"The receptive field of {name} cannot be followed: on the way to it the map's size "
+            "changed in an operation that is not a module (e.g. F.max_pool2d or F.conv2d in "
+            "forward); write those as modules (nn.MaxPool2d, nn.Conv2d) to get receptive fields."
+        )
     return ReceptiveField(name, f.size, f.jump, f.first, tuple(out.shape[-2:]), tuple(x.shape[-2:]))
