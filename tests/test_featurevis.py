@@ -801,3 +801,6 @@ def test_visualize_command(tmp_path):
         res = runner.invoke(app, [*common, *args])
         assert res.exit_code == 2, res.output
         assert message in " ".join(res.output.split())
+    # an image so large it would exhaust memory (5000 px: killed at 23 GB) is refused first
+    res = runner.invoke(app, [*common, "--class", "a", "--size", "5000"])
+    assert res.exit_code == 2 and "--size" in res.output and "1024" in res.output, res.output

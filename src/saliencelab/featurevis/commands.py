@@ -126,7 +126,9 @@ def visualize_command(
         ),
     ] = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimisation steps.")] = 256,
-    size: Annotated[int, typer.Option("--size", min=16, help="Image size in pixels.")] = 224,
+    size: Annotated[
+        int, typer.Option("--size", min=16, max=1024, help="Image size in pixels (16-1024).")
+    ] = 224,
     param: Annotated[
         str, typer.Option("--param", help=f"Parameterization: {', '.join(PARAMS)}.")
     ] = "fft",
