@@ -472,3 +472,13 @@ def test_the_default_probe_is_the_models_input_size_and_channels():
     assert receptive_field(gray, "0").size == (5, 5)
     with pytest.raises(SaliencelabError):
         receptive_field(gray, "0", torch.rand(1, 3, 16, 16))
+
+
+def test_activation_maps_print_as_a_summary():
+    model = sl.load_model("shapes_cnn")
+    x = sl.data.shapes.make(2, seed=0).images
+    am = activations(model, x, "features.4", top=3)
+    text = repr(am)
+    expected = ", ".join(str(int(c)) for c in am.channels[0])
+    assert text.startswith("ActivationMaps(features.4, by activation: 2 samples, ")
+    assert f"top channels of sample 0: {expected})" in text and len(text) < 300

@@ -110,6 +110,16 @@ class ActivationMaps:
     target: torch.Tensor | None = None
     labels: Any = None
 
+    def __repr__(self) -> str:
+        """A summary (the dataclass repr printed every activation and all the labels)."""
+        top = ", ".join(str(int(c)) for c in self.channels[0, :8]) if self.channels.numel() else ""
+        more = ", ..." if self.channels.shape[-1] > 8 else ""
+        return (
+            f"ActivationMaps({self.layer}, by {self.by}: {self.values.shape[0]} samples, "
+            f"{self.values.shape[1]} channels of {tuple(self.activations.shape[-2:])}; "
+            f"top channels of sample 0: {top}{more})"
+        )
+
     def _sample(self, sample: int) -> int:
         n = self.values.shape[0]
         if not -n <= sample < n:
