@@ -9,7 +9,6 @@ hooks and autograd by hand, the gradient support of a unit, known stimuli, the d
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 import torch
 import typer
 from PIL import Image, ImageChops
-from test_neurons import _hooked, _upto  # the same layer readings as there
+from test_neurons import FACTORY, _hooked, _upto  # the same readings and CLI model
 from torch import nn
 from typer.testing import CliRunner
 
@@ -339,31 +338,6 @@ def test_activation_grid_has_no_empty_columns(tiny_cnn, images):
 
 
 # -- command line ----------------------------------------------------------------------------------
-
-FACTORY = textwrap.dedent(
-    """
-    import numpy as np
-    import torch
-    from torch import nn
-
-    import saliencelab as sl
-
-
-    def build():
-        torch.manual_seed(0)
-        module = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3),
-        ).eval()
-
-        def preprocess(images):
-            images = images if isinstance(images, (list, tuple)) else [images]
-            arrays = [np.asarray(im.convert("RGB"), np.float32) / 255 for im in images]
-            return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-        return sl.Model(module, preprocess=preprocess, labels=["a", "b", "c"], name="tiny")
-    """
-)
 
 
 @pytest.fixture

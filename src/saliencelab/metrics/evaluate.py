@@ -354,22 +354,24 @@ def _check_request(
     masks: object,
     model: Model,
     explainers: Mapping[str, Explainer],
-) -> None:
+) -> torch.Tensor | None:
     """What the metrics need that the call lacks, before any model work: maps that fit the
     inputs (checked first, so wrong maps are not blamed on right masks), masks shaped like the
     maps, a registered method (or a given explainer) to recompute for every method the
     explanation-recomputing metrics score, and options that fit the model
-    (`Metric.check_model`)."""
+    (`Metric.check_model`). Returns the masks as a tensor where a metric needs them."""
     registered = {spec.name for spec in registered_methods()} | set(explainers)
     names = list(entries)
+    checked = []
     for name, (maps, _, _) in entries.items():
         try:
-            checked_maps(maps, x, model)
+            checked.append(checked_maps(maps, x, model))
         except SaliencelabError as e:
             raise SaliencelabError(f"{name}: {e}") from None
+    mask_tensor = None
     if masks is not None and any("masks" in metric.needs for metric in requested):
-        for maps, _, _ in entries.values():
-            masks_for(masks, checked_maps(maps))
+        for maps in checked:
+            mask_tensor = masks_for(masks, maps)
     for metric in requested:
         metric.check_model(model)
         if "masks" in metric.needs and masks is None:
@@ -385,6 +387,7 @@ def _check_request(
                         "a registered method; give maps from sl.explain, name the method that "
                         f"recomputes them (explainer={{{name!r}: 'saliency'}}) or drop the metric."
                     )
+    return mask_tensor
 
 
 class EmptyMaskWarning(UserWarning):
@@ -482,9 +485,9 @@ def evaluate(
             f"reference out (references={others!r})."
         )
     given = _given_explainers(explainer, list(entries), chunk_size)
-    _check_request(requested, entries, x, masks, model, given)  # references: registered
-    if masks is not None and any("masks" in m.needs for m in requested):
-        _warn_empty_masks(masks_for(masks, checked_maps(next(iter(entries.values()))[0])))
+    checked_masks = _check_request(requested, entries, x, masks, model, given)
+    if checked_masks is not None:  # a metric needs them
+        _warn_empty_masks(checked_masks)
     engine = Engine(model, chunk_size=chunk_size)
 
     if refs:
