@@ -16,7 +16,13 @@ import pytest
 import torch
 import typer
 from PIL import Image, ImageChops
-from test_neurons import FACTORY, _hooked, _upto  # the same readings and CLI model
+from test_neurons import (  # the same readings and CLI model
+    FACTORY,
+    _hooked,
+    _positive,
+    _support_box,
+    _upto,
+)
 from torch import nn
 from typer.testing import CliRunner
 
@@ -31,26 +37,6 @@ from saliencelab.neurons import (
     top_examples,
 )
 from saliencelab.neurons.commands import register
-
-
-def _support_box(model: nn.Module, layer: str, size, y: int, x: int):
-    """(left, top, right, bottom) of the input pixels with a nonzero gradient of unit (y, x)."""
-    height, width = (size, size) if isinstance(size, int) else size
-    torch.manual_seed(0)
-    inp = torch.rand(2, 3, height, width, requires_grad=True)
-    a = _upto(model, layer, inp)
-    a[:, :, y, x].sum().backward()
-    support = inp.grad.abs().sum(dim=(0, 1)) > 0
-    ys, xs = support.any(1).nonzero().flatten(), support.any(0).nonzero().flatten()
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-
-
-def _positive(model: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(p.abs() + 0.01)
-    return model.eval()
-
 
 # -- activation maps -------------------------------------------------------------------------------
 

@@ -298,10 +298,13 @@ def test_conditional_map_rejects_methods_without_a_backward(tiny_cnn, images):
 # -- receptive fields ------------------------------------------------------------------------------
 
 
-def _support_box(model: nn.Module, layer: str, size: int, y: int, x: int):
-    """(left, top, right, bottom) of the pixels with a nonzero gradient of unit (y, x)."""
+def _support_box(model: nn.Module, layer: str, size, y: int, x: int):
+    """(left, top, right, bottom) of the input pixels with a nonzero gradient of unit (y, x).
+
+    ``size`` is one side of a square input or ``(height, width)``."""
+    height, width = (size, size) if isinstance(size, int) else size
     torch.manual_seed(0)
-    inp = torch.rand(2, 3, size, size, requires_grad=True)
+    inp = torch.rand(2, 3, height, width, requires_grad=True)
     a = _upto(model, layer, inp)
     a[:, :, y, x].sum().backward()
     support = inp.grad.abs().sum(dim=(0, 1)) > 0
