@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 import saliencelab as sl
+from saliencelab.core import batching
 from saliencelab.core.batching import ChunkPlan
 from saliencelab.core.errors import SaliencelabError
 
@@ -203,8 +206,37 @@ def test_chunk_plan_tries_the_ladder_and_settles_on_the_fastest():
         plan.record(len(rows), per_row.get(len(rows), 1.0) * len(rows))
     # warm-up chunk, then up the ladder to the cap, then down from the start to one row
     assert sizes[:8] == [8, 8, 16, 32, 64, 4, 2, 1]
-    assert set(sizes[8:-1]) == {64}
+    assert plan.size == 64
+    _assert_balanced(sizes[8:], 64, cap=64)
     assert sum(sizes) == 1000
+
+
+def _assert_balanced(sizes: list[int], size: int, cap: int) -> None:
+    """The rows after the search settled: near-equal chunks (at most one row apart), about as
+    many as `size` gives (k = round(rows / size), more only where the cap needs them)."""
+    rows = sum(sizes)
+    k = max(-(-rows // cap), math.floor(rows / size + 0.5), 1)
+    assert len(sizes) == k and max(sizes) - min(sizes) <= 1 and max(sizes) <= cap
+
+
+@pytest.mark.parametrize(
+    ("rows", "size", "cap", "fixed", "expected"),
+    [
+        (9, 8, 32, None, [9]),  # not 8 and a lone row
+        (12, 8, 32, None, [6, 6]),
+        (20, 8, 32, None, [7, 7, 6]),
+        (9, 8, 8, None, [5, 4]),  # never above the cap
+        (7, 8, 32, None, [7]),
+        (9, 8, 32, 8, [8, 1]),  # the user's chunk size is kept exactly
+    ],
+)
+def test_a_settled_plan_cuts_its_rows_into_near_equal_chunks(rows, size, cap, fixed, expected):
+    key = ("balanced", object())
+    if fixed is None:
+        batching._BEST[(*key, min(cap, 1 << (rows.bit_length() - 1)))] = size
+    plan = ChunkPlan(key=key, n_rows=rows, fixed=fixed, max_rows=cap, start=8)
+    assert plan.settled
+    assert [len(r) for r in plan.chunks()] == expected
 
 
 def test_chunk_plan_ignores_the_warm_up_chunk():
@@ -219,7 +251,8 @@ def test_chunk_plan_ignores_the_warm_up_chunk():
     # Had the warm-up chunk counted, 16 rows would have looked faster and been kept.
     # 16 looks slower: it gets a second chunk before the search turns down.
     # Then 4 (within 1.5× of the best, run once) gets a second chunk before settling on 8.
-    assert calls[:8] == [8, 8, 16, 16, 4, 2, 1, 4] and set(calls[8:-1]) == {8}
+    assert calls[:8] == [8, 8, 16, 16, 4, 2, 1, 4] and plan.size == 8
+    _assert_balanced(calls[8:], 8, cap=64)
 
 
 def test_chunk_plan_retries_a_new_size_that_paid_one_off_costs():
@@ -234,7 +267,8 @@ def test_chunk_plan_retries_a_new_size_that_paid_one_off_costs():
         seen.add(n)
         plan.record(n, 0.008 + 0.0003 * n + one_off)  # launch-bound: bigger is faster per row
     assert sizes[:12] == [8, 8, 16, 16, 32, 32, 64, 64, 128, 128, 256, 256]
-    assert set(sizes[16:-1]) == {256}
+    assert plan.size == 256
+    _assert_balanced(sizes[16:], 256, cap=256)
 
 
 def test_chunk_plan_is_not_misled_by_one_slow_chunk():
