@@ -1,12 +1,15 @@
 """Where a small metric call's time goes beyond its passes: completeness on the shapes CNN.
 
-    .venv/bin/python benchmarks/metric_overhead.py [--images 8] [--repeats 40] [--threads 1]
+    .venv/bin/python benchmarks/metric_overhead.py [--images 8] [--chunk N] [--repeats 40]
+        [--threads 1] [--malloc reuse|default]
 
 Completeness (metrics/axiomatic/completeness.py) with a shared zero baseline needs B + 1 forward
 rows: the B inputs and one baseline row. Every contender below runs exactly those rows, in
-chunks of 8 then the rest (the engine's chunk size fixed at 8, so all run the same passes), on
-channels-last rows, and they are timed interleaved (CPU time of one torch thread, the median of
-`--repeats` rounds of 10 calls; ratios are medians of the per-round ratios):
+chunks of `--chunk` then the rest (default B + 1: one chunk, as the engine's plan runs 9 rows at
+a found size of 8; the engine's chunk size is fixed to it, so all run the same passes), on
+channels-last rows, with freed memory reused as in every benchmark (`--malloc`), and they are
+timed interleaved (CPU time of one torch thread, the median of `--repeats` rounds of 10 calls;
+ratios are medians of the per-round ratios):
 
 - `floor`: the plain forwards of those rows, the model as it is (metrics_floor.py's floor);
 - `floor, folded`: the same with BatchNorm folded (core/fused.py), as the engine runs them;
@@ -26,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -38,12 +43,17 @@ from saliencelab.core.targets import Target
 from saliencelab.metrics.axiomatic.completeness import Completeness
 from saliencelab.metrics.base import make_batch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import add_malloc_option, use_malloc  # noqa: E402
 
-def contenders(model: sl.Model, x: torch.Tensor) -> dict[str, Callable[[], torch.Tensor | None]]:
+
+def contenders(
+    model: sl.Model, x: torch.Tensor, chunk: int
+) -> dict[str, Callable[[], torch.Tensor | None]]:
     module = model.module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    b, chunk = x.shape[0], 8
+    b = x.shape[0]
     with torch.inference_mode():
         t = module(x).argmax(1)
     saliency = sl.explain(model, x, methods=["saliency"], target=t)["saliency"]
@@ -125,12 +135,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--chunk", type=int, default=None, help="rows per chunk (B + 1)")
     parser.add_argument("--threads", type=int, default=1)
+    add_malloc_option(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    print(use_malloc(args))
     model = sl.load_model("shapes_cnn")
     x = sl.data.shapes.make(args.images, seed=0).images.contiguous()
-    fns = contenders(model, x)
+    fns = contenders(model, x, args.chunk or args.images + 1)
     values = {k: fn() for k, fn in fns.items()}
     ref = values["by hand"]
     for k in ("engine", "metric"):
