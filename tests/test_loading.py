@@ -72,6 +72,33 @@ def test_unknown_name_suggests_close_names():
         load_model("efficientnet_lite")
 
 
+def test_model_names_match_in_any_case():
+    """`sl.load_model` and `--model` find registered names and scheme prefixes ignoring case."""
+
+    @register_model("_Test_Mixed")
+    def mixed() -> Model:
+        return Model(module=Tiny(), name="mixed")
+
+    @register_scheme("_TestScheme")
+    def scheme(rest: str) -> Model:
+        return Model(module=Tiny(), name=rest)
+
+    for name in ("_Test_Mixed", "_test_mixed", "_TEST_MIXED"):
+        assert load_model(name).name == "mixed"
+    assert load_model("_testscheme:a/B").name == "a/B"  # the rest keeps its case
+    assert load_model("Shapes_CNN", pretrained=False).name == "shapes_cnn"
+
+
+def test_cli_model_names_match_in_any_case():
+    from typer.testing import CliRunner
+
+    from saliencelab.cli import app
+
+    res = CliRunner().invoke(app, ["layers", "SHAPES_CNN", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "features.3" in res.output
+
+
 def test_unknown_builder_option():
     with pytest.raises(SaliencelabError, match="options are: pretrained"):
         load_model("efficientnet_lite0", pretrainde=False)

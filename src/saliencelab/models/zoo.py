@@ -64,7 +64,8 @@ def load_model(name_or_spec: str | os.PathLike | nn.Module | Model, **kwargs: An
     """A `Model` from a registered name, a "scheme:rest" string, a user spec, or a module.
 
     Args:
-        name_or_spec: a name from `list_models()`; "prefix:rest" for a registered scheme;
+        name_or_spec: a name from `list_models()` (in any case: "EfficientNet_Lite0" works);
+            "prefix:rest" for a registered scheme (the prefix in any case too);
             "file.py:build" / "package.module:build" / a .pt2 or TorchScript file (see
             `saliencelab.models.loading`); or an `nn.Module` / `Model` to wrap.
         **kwargs: options of the builder (e.g. `pretrained=False`), or for specs `weights=`,
@@ -81,12 +82,13 @@ def load_model(name_or_spec: str | os.PathLike | nn.Module | Model, **kwargs: An
             f"({', '.join(list_models())}), a spec like 'file.py:build', or an nn.Module."
         )
     spec = os.fspath(name_or_spec)
-    name = spec if spec in _MODELS else spec.lower()
-    if name in _MODELS:
+    name = _registered(spec, _MODELS)
+    if name is not None:
         return _call_builder(name, _MODELS[name], (), kwargs)
     prefix, sep, rest = spec.partition(":")
-    if sep and prefix in _SCHEMES:
-        return _call_builder(f"{prefix}:", _SCHEMES[prefix], (rest,), kwargs)
+    scheme = _registered(prefix, _SCHEMES) if sep else None
+    if scheme is not None:
+        return _call_builder(f"{scheme}:", _SCHEMES[scheme], (rest,), kwargs)
     if loading.looks_like_spec(spec):
         return loading.load_spec(spec, **kwargs)
     raise SaliencelabError(
@@ -94,6 +96,14 @@ def load_model(name_or_spec: str | os.PathLike | nn.Module | Model, **kwargs: An
         "'path/to/file.py:build' or 'package.module:build', or a .pt2 / TorchScript file."
         + closest(spec, _MODELS)
     )
+
+
+def _registered(name: str, registry: dict[str, Callable[..., Model]]) -> str | None:
+    """The registered key `name` stands for: itself, else the one equal to it ignoring case
+    ("EfficientNet_Lite0" is "efficientnet_lite0"); None if there is none."""
+    if name in registry:
+        return name
+    return next((key for key in registry if key.casefold() == name.casefold()), None)
 
 
 def _call_builder(
