@@ -5,6 +5,7 @@ check: class visualizations of EfficientNet-Lite0 are recognised under fresh ran
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import textwrap
 
@@ -735,6 +736,47 @@ FACTORY = textwrap.dedent(
         return sl.Model(module.eval(), preprocess=preprocess, labels=["a", "b", "c"], name="tiny")
     """
 )
+
+
+def test_visualize_draws_at_the_models_input_size_unless_told(tiny, tmp_path):
+    """Without a size the images are the model's input size (shapes_cnn: 64 x 64), else 224;
+    an explicit size wins, in Python and on the command line."""
+    objective = O.channel("features.2", 1)
+    sized = dataclasses.replace(tiny, input_size=(20, 28))
+    assert sl.visualize(sized, objective, steps=1, progress=False).images.shape[-2:] == (20, 28)
+    told = sl.visualize(sized, objective, steps=1, size=24, progress=False)
+    assert told.images.shape[-2:] == (24, 24)
+    assert sl.visualize(tiny, objective, steps=1, progress=False).images.shape[-2:] == (224, 224)
+    assert sl.load_model("shapes_cnn").input_size == (64, 64)
+
+    factory = tmp_path / "tiny.py"
+    factory.write_text(FACTORY.replace('name="tiny")', 'name="tiny", input_size=(20, 20))'))
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    runner = CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
+    common = ["visualize", "--model", f"{factory}:build", "--steps", "1", "--class", "b"]
+    for extra, side in (([], 20), (["--size", "24"], 24)):
+        out = tmp_path / f"out{side}"
+        res = runner.invoke(app, [*common, *extra, "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        assert f"{side}x{side} px" in res.output
+        assert Image.open(out / "featurevis_00_class_logit_b.png").size == (side, side)
+
+
+def test_class_with_layer_but_no_channel_says_what_conflicts(tmp_path):
+    factory = tmp_path / "tiny.py"
+    factory.write_text(FACTORY)
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    runner = CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
+    args = ["visualize", "--model", f"{factory}:build", "--class", "b", "--layer", "2"]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path)])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert "error: --class and --layer were given without --channel" in text
+    assert "--layer NAME --channel N" in text and "--class NAME alone" in text
 
 
 def test_visualize_command(tmp_path):

@@ -36,7 +36,7 @@ from ..cli_common import (
 )
 from . import objectives as O
 from .param import PARAMS
-from .visualize import Visualization, slug, visualize
+from .visualize import Visualization, default_size, slug, visualize
 
 
 def _objectives(
@@ -50,8 +50,11 @@ def _objectives(
         )
     if classes and layer is not None and not channels:
         raise sl.SaliencelabError(
-            "--layer alone renders DeepDream for that layer; give --class or --layer, or add "
-            "--channel to render channels of the layer next to the classes."
+            "--class and --layer were given without --channel, which do not go together: --layer "
+            "without --channel asks for DeepDream of the whole layer, a different run from "
+            "class images. Give --class NAME alone (class images), --layer NAME alone "
+            "(DeepDream), or --layer NAME --channel N (channels of the layer, also next to "
+            "--class)."
         )
     objs: list[tuple[O.Objective, int | None]] = [
         (O.class_logit(parse_target(c)), None) for c in classes
@@ -127,8 +130,15 @@ def visualize_command(
     ] = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimisation steps.")] = 256,
     size: Annotated[
-        int, typer.Option("--size", min=16, max=1024, help="Image size in pixels (16-1024).")
-    ] = 224,
+        int | None,
+        typer.Option(
+            "--size",
+            min=16,
+            max=1024,
+            help="Image size in pixels (16-1024) [default: the model's input size, else 224].",
+            show_default=False,
+        ),
+    ] = None,
     param: Annotated[
         str, typer.Option("--param", help=f"Parameterization: {', '.join(PARAMS)}.")
     ] = "fft",
@@ -208,7 +218,7 @@ def visualize_command(
             loaded,
             run_objs,
             steps=steps,
-            size=size,
+            size=size if size is not None else default_size(loaded),  # the model's, else 224
             param=param,
             batch=n,
             seed=seed,
@@ -257,13 +267,16 @@ def visualize_command(
                 "value the examples figure shows for the visualization and each example.",
                 soft_wrap=True,
             )
+        height, width = vis.images.shape[-2:]
         console.print(
             f"{len(images)} image{'s' if len(images) != 1 else ''} ({param}, {steps} steps, "
-            f"{size}x{size}) in {vis.seconds:.1f} s.",
+            f"{width}x{height} px) in {vis.seconds:.1f} s.",
             soft_wrap=True,
         )
         if n > 1 or pairings:
-            gallery = vis.save_gallery(out / "featurevis_gallery.png", tile=min(size, 192))
+            gallery = vis.save_gallery(
+                out / "featurevis_gallery.png", tile=max(min(width, 192), 128)
+            )
             index = _write_html(out, vis, images, alphas, preds, pairings, loaded.name, steps)
             console.print(f"Gallery: [bold]{gallery}[/bold]", soft_wrap=True)
             console.print(f"Report: [bold]{index}[/bold]", soft_wrap=True)

@@ -4,7 +4,7 @@ An :class:`Objective` maps what one step captured (:class:`Capture`: hooked laye
 logits, the images) to one value per image, shape (N,). `sl.visualize` maximises the sum over the
 batch (or, given a list of objectives, objective i on image i).
 
-- :func:`neuron`: one unit, A[n, c, y, x] (the centre unless x, y are given);
+- :func:`neuron`: one unit, A[n, c, y, x] (the centre unless y, x are given);
 - :func:`channel`: a channel's mean, (1/hw) Σ_yx A[n, c, y, x] (Erhan et al. 2009);
 - :func:`layer`: DeepDream, the mean square of the whole layer, mean(A²) (Mordvintsev et al. 2015);
 - :func:`direction`: a direction in activation space, mean_yx ⟨A[n, :, y, x], v⟩ / ‖v‖;
@@ -200,15 +200,18 @@ def capture_name(capture: Capture, module: nn.Module) -> str:
 # -- layer objectives ------------------------------------------------------------------------------
 
 
-def neuron(layer: LayerRef, channel: int, x: int | None = None, y: int | None = None) -> Objective:
-    """One unit: A[n, channel, y, x]; the centre (h // 2, w // 2) of the map when x, y are None.
+def neuron(
+    layer: LayerRef, channel: int, *, y: int | None = None, x: int | None = None
+) -> Objective:
+    """One unit: A[n, channel, y, x] (row y, column x, keywords only, as `sl.neuron`'s order);
+    the centre (h // 2, w // 2) of the map when y, x are None.
 
     The transforms change the map's size a little from step to step, so the centre follows it.
     """
     layer = layer_key(layer)
     c = _index(channel, "channel")
-    x = None if x is None else _index(x, "x")
     y = None if y is None else _index(y, "y")
+    x = None if x is None else _index(x, "x")
     name = _label(layer)
 
     def fn(cap: Capture) -> torch.Tensor:
@@ -223,13 +226,12 @@ def neuron(layer: LayerRef, channel: int, x: int | None = None, y: int | None = 
         yy = h // 2 if y is None else y
         xx = w // 2 if x is None else x
         if not (0 <= yy < h and 0 <= xx < w):
-            raise SaliencelabError(
-                f"The position (x={xx}, y={yy}) is outside the {w}x{h} map of {name}; pick x < "
-                f"{w} and y < {h}, or leave them out for the centre."
-            )
+            from ..neurons.targets import position_error
+
+            raise position_error(name, yy, xx, h, w)
         return a[:, c, yy, xx]
 
-    where = "" if x is None and y is None else f", x={x}, y={y}"
+    where = "" if x is None and y is None else f", y={y}, x={x}"
     return Objective(fn, f"neuron({name}, {c}{where})", [layer])
 
 
@@ -423,7 +425,7 @@ def as_objective(obj: object) -> Objective:
     if isinstance(obj, ChannelTarget):
         return channel(obj.layer, obj.channel)
     if isinstance(obj, NeuronTarget):
-        return neuron(obj.layer, obj.channel, x=obj.x, y=obj.y)
+        return neuron(obj.layer, obj.channel, y=obj.y, x=obj.x)
     raise SaliencelabError(
         f"Expected an objective (e.g. sl.objectives.channel('_blocks.12', 7)), a class index or a "
         f"class name, not {type(obj).__name__}."

@@ -383,13 +383,25 @@ def _progress(enabled: bool):
     return progress
 
 
+#: The image side when the model does not say what it takes.
+DEFAULT_SIZE = 224
+
+
+def default_size(model: Model) -> int | tuple[int, int]:
+    """The model's `input_size` (H, W) when it has one, else :data:`DEFAULT_SIZE`."""
+    if model.input_size is None:
+        return DEFAULT_SIZE
+    h, w = model.input_size
+    return int(h), int(w)
+
+
 @autograd_allowed()  # optimises the image: also inside no_grad / inference_mode
 def visualize(
     model: Model | nn.Module,
     objective: Objective | int | str | Sequence[Objective | int | str],
     *,
     steps: int = 256,
-    size: Size = 224,
+    size: Size | None = None,
     param: str | ImageParam = "fft",
     batch: int | None = None,
     seed: int = 0,
@@ -411,6 +423,8 @@ def visualize(
             list of them: objective i is optimised on image(s) i, all in one batch.
         steps: optimisation steps (each one forward + backward of the batch).
         size: image size, an int or (H, W); the model sees exactly this size every step.
+            Default: the model's `input_size` when it has one (64 x 64 for `shapes_cnn`), else
+            224 (:func:`default_size`).
         param: "fft" (Fourier, 1/f^decay, decorrelated colour), "maco", "decorrelated",
             "pixel", or an :class:`~saliencelab.featurevis.param.ImageParam`.
         batch: images; default one per objective. With one objective, a batch gives several
@@ -437,7 +451,7 @@ def visualize(
     module = m.module
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise SaliencelabError(f"steps must be a positive integer, not {steps!r}.")
-    hw = image_size(size)
+    hw = image_size(default_size(m) if size is None else size)
     objs, n = _objectives(objective, batch)
     name = _param_name(param)
     if lr is None:
