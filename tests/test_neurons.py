@@ -409,6 +409,28 @@ def test_top_examples_rank_a_known_stimulus_and_crop_its_location(tmp_path):
     assert Image.open(path).size[0] > 100
 
 
+def test_examples_gallery_wraps_its_subtitle_instead_of_cutting_it(monkeypatch):
+    """With one or two examples the picture is narrow: the subtitle (the receptive field's size
+    and stride) is drawn in full on several lines (it was cut with an ellipsis)."""
+    from PIL import ImageDraw
+
+    drawn: list[str] = []
+    real = ImageDraw.ImageDraw.text
+
+    def spy(self, xy, text, *args, **kwargs):
+        drawn.append(text)
+        return real(self, xy, text, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", spy)
+    found = top_examples(_detector(), [_red_square(0.5, 2, 2)], "1", 0, k=1)
+    img = sl.examples_gallery(found, tile=64)
+    subtitle = "crops: the receptive field (3x3 px, stride 1) of each image's strongest unit"
+    title = "1: channel 0, top 1 image"
+    head = drawn[: [t.startswith("#1") for t in drawn].index(True)]  # before the captions
+    assert " ".join(head) == f"{title} {subtitle}" and not any("…" in t for t in head)
+    assert len(head) > 2 and img.width == 10 + 64 + 10  # one tile: the text had to wrap
+
+
 def test_top_examples_bad_inputs(tmp_path):
     model = _detector()
     images = [_red_square(0.5, 2, 2)]
@@ -521,6 +543,57 @@ def test_neurons_command(tmp_path):
         res = runner.invoke(app, ["neurons", *args, "--model", spec, "--out", str(out)])
         assert res.exit_code == 2, res.output
         assert message in " ".join(res.output.split())
+
+
+def test_neurons_command_draws_at_most_64_channels_and_says_so(tmp_path):
+    """--top 100 on a 70-channel layer lists all 70 channels but draws the top 64 (8 columns, as
+    a 64-tile grid; 70 tiles would take 9), with a warning saying so."""
+    factory = tmp_path / "wide.py"
+    factory.write_text(
+        FACTORY.replace("nn.Conv2d(3, 6, 3", "nn.Conv2d(3, 70, 3").replace(
+            "nn.Conv2d(6, 6, 3", "nn.Conv2d(70, 6, 3"
+        )
+    )
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8)).save(photo)
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    runner = CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
+    out = tmp_path / "out"
+    args = ["neurons", str(photo), "--model", f"{factory}:build", "--layer", "1"]
+    res = runner.invoke(app, [*args, "--top", "100", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "warning: the grid draws the top 64 of the 70 channels ranked" in text
+    assert "1: 70 channels, top 70 by mean activation." in text  # the table lists them all
+    pad, tile = 10, 160
+    columns = 8  # ceil(sqrt(64)); the photo has its own column on the left
+    width = Image.open(out / "p_1_activation.png").width
+    assert width == pad + tile + 3 * pad + columns * (tile + pad)
+    res = runner.invoke(app, [*args, "--top", "64", "--out", str(out)])
+    assert res.exit_code == 0 and "warning" not in res.output
+
+
+def test_neuron_positions_read_row_then_column_in_every_message(tiny_cnn, images):
+    """sl.neuron (explain) and sl.objectives.neuron (visualize) word an outside position alike:
+    (y, x), row then column, on a height x width map (one said (x, y) on a width x height map)."""
+    from saliencelab.featurevis.objectives import Capture
+
+    with pytest.raises(SaliencelabError) as explain_error:
+        sl.explain(
+            tiny_cnn, images[:, :, :, :6], methods="saliency", target=neuron("features.1", 0, 2, 7)
+        )
+    cap = Capture(activations={"features.1": torch.zeros(1, 6, 12, 6)})
+    with pytest.raises(SaliencelabError) as visualize_error:
+        sl.objectives.neuron("features.1", 0, y=2, x=7)(cap)
+    for error in (explain_error, visualize_error):
+        assert (
+            "The position (y=2, x=7) (row y, column x) is outside the 12x6 map (height x "
+            "width)" in str(error.value)
+        )
+    with pytest.raises(TypeError):  # y and x by name: the order of sl.neuron's is not guessed
+        sl.objectives.neuron("features.1", 0, 2, 7)
 
 
 # -- the real model --------------------------------------------------------------------------------

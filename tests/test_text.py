@@ -547,6 +547,19 @@ def test_bad_input_gets_one_clear_sentence(classifier, encoder_dir, tmp_path, ca
         sl.explain(torch.nn.Linear(4, 2), torch.zeros(1, 4), target=similarity_to("x"))
 
 
+def test_cam_methods_on_text_say_why_and_what_works(classifier):
+    """A CAM needs a spatial layer, which text models lack: the sentence says so and names the
+    text methods (was the images' "no layer with a spatial output"), before any tokenising."""
+    for method in ("gradcam", "scorecam"):
+        with pytest.raises(SaliencelabError) as e:
+            sl.explain(classifier, "the movie", methods=["saliency", method])
+        message = _one_sentence(e)
+        assert message.startswith(f"{method} is a CAM method, which needs a convolutional")
+        assert "text models have none" in message
+        for name in ("saliency", "integrated_gradients", "leave_one_out", "attention_rollout"):
+            assert name in message and name in {spec.name for spec in sl.methods()}
+
+
 def test_too_long_text_is_cut_with_a_warning_saying_where(classifier, caplog):
     text = " ".join(["the movie was great"] * 10)  # 40 words; the model takes 24 tokens
     with caplog.at_level(logging.WARNING, logger="saliencelab"):

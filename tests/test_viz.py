@@ -391,7 +391,7 @@ def test_gallery_captions_photo_size_methods_in_order_and_other_targets(monkeypa
     ex.attributions["method1"].target[:] = 1  # this one explained the predicted class
     texts = _captions(monkeypatch)
     gallery(photo(80, 60), ex, methods=["method2", "method0", "method1"], tile=64, legend=False)
-    assert texts[:2] == ["input", "80 x 60"]
+    assert texts[:3] == ["input", "model saw 32 x 32", "original 80 x 60"]
     names = [t for t in texts if t.startswith("method")]
     assert names == ["method2", "method0", "method1"]
     assert texts.count("target: a") == 2 and "target: tabby" not in texts
@@ -414,7 +414,8 @@ def test_a_flat_map_gets_a_caption_line_saying_so():
     m = blob(cx=0.5)[None]
     atts = {"ok": attribution(m, "ok", signed=False, passes=1, seconds=0.1)}
     flat = {"ok": attribution(torch.zeros_like(m), "ok", signed=False, passes=1, seconds=0.1)}
-    with_structure = gallery(photo(), atts, tile=64, legend=False)
-    zero = gallery(photo(), flat, tile=64, legend=False)
+    seen = photo(32, 32)  # the map's size: the input's caption has two lines, not three
+    with_structure = gallery(seen, atts, tile=64, legend=False)
+    zero = gallery(seen, flat, tile=64, legend=False)
     assert zero.width == with_structure.width and zero.height > with_structure.height
     assert zero.height - with_structure.height < 20  # one line of the small font

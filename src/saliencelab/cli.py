@@ -122,9 +122,12 @@ def _results_table(result: RunResult, show_target: bool) -> Table:
         if shared
         else None
     )
+    # A channel or neuron target has no class prediction: the column gives what was explained
+    # and its reading ("channel 26 of features.3: 3.21") instead.
+    layer_target = any("error" not in row and row["probability"] is None for row in result.rows)
     table = Table(header_style="bold", caption=caption, caption_justify="left")
     table.add_column("image", overflow="fold", ratio=1)
-    table.add_column("prediction", overflow="fold", ratio=1)
+    table.add_column("explained" if layer_target else "prediction", overflow="fold", ratio=1)
     table.add_column("method", no_wrap=True)
     if show_target:
         table.add_column("target", overflow="fold", ratio=1)
@@ -143,8 +146,12 @@ def _results_table(result: RunResult, show_target: bool) -> Table:
         if row.get("forwards"):
             passes += f" + {row['forwards']:g} fwd"
         passes += "*" if row.get("shared_with") else (" " if shared else "")
-        prediction = Text(row["predicted"])
-        prediction.append(f" {row['probability']:.2f}", style="dim")
+        if row["probability"] is None:
+            prediction = Text(f"{row['target']}:")
+            prediction.append(f" {row['target_value']:.3g}", style="dim")
+        else:
+            prediction = Text(row["predicted"])
+            prediction.append(f" {row['probability']:.2f}", style="dim")
         cells = [row["image"] if first else "", prediction if first else "", row["method"]]
         cells += [row["target"]] if show_target else []
         table.add_row(*cells, passes, _seconds(row["seconds"]))

@@ -209,11 +209,15 @@ def explain(
     _check_sizes(chunk_size, memory_budget)
     with autograd_allowed():  # also inside a caller's no_grad / inference_mode
         model = as_model(model)
+        requests = _requests(methods, options)
+        check = model.extra.get("check_method")  # e.g. text: CAMs need a spatial layer
+        if check is not None:
+            for spec, _ in requests:
+                check(spec.name, spec.family)
         prepare = model.extra.get("prepare")  # per call, e.g. text: tokenise, embed, bind target
         if prepare is not None:
             model, x, target = prepare(x, target)
         x = _as_batch(model, x)
-        requests = _requests(methods, options)
         if is_blackbox(model):
             for spec, _ in requests:
                 if spec.family != "perturbation":
@@ -279,14 +283,16 @@ def _explain(
     # Everything the engine ran for this call, shared passes once, plus the forward that found
     # the predicted class when no shared pass did.
     total = engine.cost
+    reading = layer_target(target)  # a channel / neuron: the logits are its layer's readings
     return Explanation(
         attributions=results,
         inputs=x,
         logits=logits.detach(),
-        labels=None if layer_target(target) else model.labels,  # logits = layer readings
+        labels=None if reading is not None else model.labels,
         total_passes=total.grad_rows / ctx.batch,
         total_forwards=total.forward_rows / ctx.batch,
         seconds=time.perf_counter() - start,
+        layer_target=reading,
     )
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from .targets import LayerTarget
+
 
 def cost_text(passes: float, forwards: float) -> str:
     """ "1 pass + 2 forwards": the passes (forward + backward) and forward-only passes per sample
@@ -87,7 +89,11 @@ class Attribution:
 class Explanation(Mapping[str, Attribution]):
     """The answers of several methods for one batch, plus the model's predictions.
 
-    `ex["gradcam"]` is an :class:`Attribution`. `ex.probabilities` is (B, num_classes).
+    `ex["gradcam"]` is an :class:`Attribution`. For a class target `ex.probabilities` is
+    (B, num_classes). For a channel or neuron target (`sl.channel(...)`, `sl.neuron(...)`)
+    `layer_target` is that target, `logits` hold the layer's readings (one per channel),
+    `probabilities` is None (a softmax over channels is no probability) and `target_values`
+    (B,) is the reading that was explained, e.g. channel 26's mean activation.
     """
 
     attributions: dict[str, Attribution]
@@ -97,6 +103,7 @@ class Explanation(Mapping[str, Attribution]):
     total_passes: float = 0.0
     total_forwards: float = 0.0
     seconds: float = 0.0
+    layer_target: LayerTarget | None = None
 
     def __getitem__(self, method: str) -> Attribution:
         try:
@@ -117,42 +124,79 @@ class Explanation(Mapping[str, Attribution]):
 
     def __repr__(self) -> str:
         """A summary (the dataclass repr printed every tensor and all the labels)."""
-        preds = [self.label(int(i)) for i in self.predictions[:4]]
-        more = ", ..." if self.inputs.shape[0] > 4 else ""
+        n = self.inputs.shape[0]
+        more = ", ..." if n > 4 else ""
+        if self.layer_target is not None:
+            what = "explained " + ", ".join(self.target_text(i) for i in range(min(n, 4)))
+        else:
+            what = "predicted " + ", ".join(self.label(int(i)) for i in self.predictions[:4])
         return (
             f"Explanation({len(self.attributions)} methods: {', '.join(self.attributions)}; "
-            f"inputs {tuple(self.inputs.shape)}; predicted {', '.join(preds)}{more}; "
+            f"inputs {tuple(self.inputs.shape)}; {what}{more}; "
             f"{cost_text(self.total_passes, self.total_forwards)} per sample, "
             f"{self.seconds:.2f} s)"
         )
 
     @property
-    def probabilities(self) -> torch.Tensor:
+    def probabilities(self) -> torch.Tensor | None:
+        """(B, num_classes) softmax of the logits; None for a channel or neuron target."""
+        if self.layer_target is not None:
+            return None
         return self.logits.softmax(dim=-1)
 
     @property
     def predictions(self) -> torch.Tensor:
+        """(B,) the top class; for a channel or neuron target, the most active channel."""
         return self.logits.argmax(dim=-1)
+
+    @property
+    def target_values(self) -> torch.Tensor | None:
+        """(B,) the layer reading explained (a channel's mean activation, a unit's value) for a
+        channel or neuron target; None for a class target."""
+        if self.layer_target is None:
+            return None
+        return self.layer_target(self.logits)
+
+    def target_text(self, sample: int = 0) -> str:
+        """ "channel 26 of features.3: 3.21" (what was explained and its value) for a channel
+        or neuron target; "tabby (0.51)" (the predicted class and its probability) otherwise."""
+        if self.layer_target is not None:
+            values = self.layer_target(self.logits)
+            return f"{self.layer_target}: {float(values[sample]):.3g}"
+        probs = self.logits[sample].softmax(dim=-1)
+        index = int(probs.argmax())
+        return f"{self.label(index)} ({float(probs[index]):.2f})"
 
     def label(self, index: int) -> str:
         if self.labels is not None and 0 <= index < len(self.labels):
             return self.labels[index]
         return str(index)
 
+    def target_label(self, attribution: Attribution, sample: int) -> str:
+        """What `attribution` explained for `sample`: a class name, the channel or neuron
+        ("channel 26 of features.3"), or "custom" (a callable target)."""
+        t = int(attribution.target[sample])
+        if t >= 0:
+            return self.label(t)
+        return str(self.layer_target) if self.layer_target is not None else "custom"
+
     def table(self) -> list[dict[str, Any]]:
-        """One row per (sample, method): prediction, probability, target, passes, seconds."""
+        """One row per (sample, method): prediction and probability (None for a channel or
+        neuron target, whose reading is in "target_value"), target, passes, seconds."""
         probs = self.probabilities
+        values = self.target_values
         rows = []
         for i in range(self.inputs.shape[0]):
-            pred = int(probs[i].argmax())
+            pred = int(self.logits[i].argmax())
             for name, a in self.attributions.items():
                 rows.append(
                     {
                         "sample": i,
-                        "predicted": self.label(pred),
-                        "probability": float(probs[i, pred]),
+                        "predicted": None if probs is None else self.label(pred),
+                        "probability": None if probs is None else float(probs[i, pred]),
                         "method": name,
-                        "target": self.label(int(a.target[i])) if a.target[i] >= 0 else "custom",
+                        "target": self.target_label(a, i),
+                        "target_value": None if values is None else float(values[i]),
                         "passes": a.passes,
                         "seconds": a.seconds,
                     }

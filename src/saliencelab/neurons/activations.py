@@ -98,6 +98,8 @@ class ActivationMaps:
         target: (B,) the explained class of each sample for `by="contribution"` (-1 for a
             callable or neuron target), else None.
         labels: the model's class names, for captions.
+        target_name: what a target of -1 explained, e.g. "channel 26 of features.3" for a
+            channel target (None: "custom", a callable).
     """
 
     layer: str
@@ -109,6 +111,7 @@ class ActivationMaps:
     maps: torch.Tensor
     target: torch.Tensor | None = None
     labels: Any = None
+    target_name: str | None = None
 
     def __repr__(self) -> str:
         """A summary (the dataclass repr printed every activation and all the labels)."""
@@ -130,12 +133,13 @@ class ActivationMaps:
         return sample % n
 
     def target_label(self, sample: int = 0) -> str | None:
-        """The explained class of `sample` as a name ("custom" for a callable), or None."""
+        """The explained class of `sample` as a name, the channel or neuron of a layer target
+        ("channel 26 of features.3"), "custom" for a callable; None when ranked by activation."""
         if self.target is None:
             return None
         t = int(self.target[self._sample(sample)])
         if t < 0:
-            return "custom"
+            return self.target_name or "custom"
         if self.labels is not None and t < len(self.labels):
             return str(self.labels[t])
         return str(t)
@@ -165,11 +169,17 @@ class ActivationMaps:
         tile: int = 160,
         columns: int | None = None,
         title: str | None = None,
+        original_size: tuple[int, int] | None = None,
     ) -> Image.Image:
-        """The photo and one tile per top channel: its map over the photo, "ch 42 · 3.1"."""
+        """The photo and one tile per top channel: its map over the photo, "ch 42 · 3.1".
+
+        `original_size`: the photo's (width, height) when `image` is already the model's view,
+        for the input caption (see :func:`~saliencelab.neurons.grid.activation_grid`).
+        """
         from .grid import activation_grid
 
-        return activation_grid(self, image, self._sample(sample), tile, columns, title)
+        sample = self._sample(sample)
+        return activation_grid(self, image, sample, tile, columns, title, original_size)
 
     def save_grid(self, image: Image.Image, path: str | Path, **kw: Any) -> Path:
         """Write :meth:`grid` as PNG to `path` (creating parent folders); returns the path."""
@@ -242,5 +252,7 @@ def activations(
     scores, channels = values.topk(k, dim=1)
     picked = a[torch.arange(a.shape[0], device=a.device)[:, None], channels]  # (B, k, h, w)
     maps = upsample(picked.flatten(0, 1), x.shape[-2:]).view(*channels.shape, *x.shape[-2:])
-    labels = None if layer_target(target) else model.labels
-    return ActivationMaps(name, by, a, values, channels, scores, maps, indices, labels)
+    reading = layer_target(target)
+    labels = None if reading is not None else model.labels
+    target_name = None if reading is None else str(reading)
+    return ActivationMaps(name, by, a, values, channels, scores, maps, indices, labels, target_name)

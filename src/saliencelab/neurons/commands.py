@@ -9,6 +9,8 @@ printed by the app's error handling (exit code 2).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 from pathlib import Path
 from typing import Annotated
@@ -40,6 +42,12 @@ from ..cli_common import (
 from .activations import RANKINGS, activations
 from .examples import save_examples_gallery, top_examples
 
+log = logging.getLogger("saliencelab")
+
+#: The most channels `neurons IMAGE` draws in its grid PNG (the table lists every one asked
+#: for): 64 tiles of 160 px make a ~1.6k x 1.8k px image of ~2.4 MB; 1000 made one of 7.7 MB.
+MAX_GRID_CHANNELS = 64
+
 
 def _slug(text: str) -> str:
     return re.sub(r"[^\w.-]+", "_", text).strip("._") or "layer"
@@ -61,7 +69,14 @@ def _grid(
     x = model.preprocess([photo]).to(model.device)
     maps = activations(model, x, layer, top=top, by=by, target=target)
     path = out / f"{_slug(stem)}_{_slug(maps.layer)}_{by}.png"
-    maps.save_grid(model_view(model, photo, x.shape[-2:]), path)
+    drawn = maps
+    ranked = maps.channels.shape[1]
+    if ranked > MAX_GRID_CHANNELS:
+        n = MAX_GRID_CHANNELS
+        drawn = dataclasses.replace(
+            maps, channels=maps.channels[:, :n], scores=maps.scores[:, :n], maps=maps.maps[:, :n]
+        )
+    drawn.save_grid(model_view(model, photo, x.shape[-2:]), path, original_size=photo.size)
     table = Table(header_style="bold")
     table.add_column("rank", justify="right")
     table.add_column("channel", justify="right")
@@ -82,6 +97,16 @@ def _grid(
     console.print(about + ".", soft_wrap=True)
     console.print(keep_words(table))
     console.print(f"Grid: [bold]{path}[/bold]", soft_wrap=True)
+    if ranked > MAX_GRID_CHANNELS:
+        log.warning(
+            "the grid draws the top %d of the %d channels ranked (at most %d, to keep the PNG "
+            "small); the table lists all %d. Use sl.activations(...).save_grid(...) in Python to "
+            "draw more.",
+            MAX_GRID_CHANNELS,
+            ranked,
+            MAX_GRID_CHANNELS,
+            ranked,
+        )
 
 
 def _examples(
@@ -139,7 +164,14 @@ def neurons(
             show_default=False,
         ),
     ] = None,
-    top: Annotated[int, typer.Option("--top", min=1, help="Channels to draw.")] = 16,
+    top: Annotated[
+        int,
+        typer.Option(
+            "--top",
+            min=1,
+            help=f"Channels to rank and list; the grid draws at most {MAX_GRID_CHANNELS} of them.",
+        ),
+    ] = 16,
     by: Annotated[
         str, typer.Option("--by", help="Rank channels by 'activation' (mean) or 'contribution'.")
     ] = "activation",

@@ -243,7 +243,8 @@ def examples_gallery(
     first = examples[0]
     subtitle = None
     if title is None and first.layer:
-        title = f"{first.layer}: channel {first.channel}, top {len(examples)} images"
+        n = len(examples)
+        title = f"{first.layer}: channel {first.channel}, top {n} image{'s' if n != 1 else ''}"
     if first.field is not None:
         (h, w), (sy, sx) = first.field.size, first.field.stride
         subtitle = (

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageDraw, ImageOps
 
 from ..core.errors import SaliencelabError
-from ..viz.gallery import PAD, _centered, _fit, _font, _line_height, colorbar_legend
+from ..viz.gallery import PAD, _centered, _font, _line_height, colorbar_legend, input_caption, wrap
 from ..viz.overlay import _check_image, crop_to_aspect, overlay
 
 if TYPE_CHECKING:
@@ -63,9 +63,6 @@ def draw_grid(
     title_font = _font(max(14, tw // 9))
     n_lines = max(len(t.lines) for t in [*tiles, *([lead] if lead else [])])
     caption_h = 4 + _line_height(name_font) + max(0, n_lines - 1) * _line_height(small_font)
-    title_h = _line_height(title_font) if title else 0
-    title_h += _line_height(small_font) + 2 if subtitle else 0
-    title_h += PAD if title_h else 0
 
     left = PAD + (tw + 3 * PAD if lead else 0)
     grid_h = rows * (th + caption_h + PAD)
@@ -74,20 +71,27 @@ def draw_grid(
     width = left + cols * (tw + PAD)
     if legend_below:
         width = max(width, legend.width + 2 * PAD)
+    # Title and subtitle wrap between words to the picture's width (a narrow grid of one or
+    # two examples cut them short before).
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    title_lines = wrap(measure, title, title_font, width - 2 * PAD) if title else []
+    sub_lines = wrap(measure, subtitle, small_font, width - 2 * PAD) if subtitle else []
+    title_h = len(title_lines) * _line_height(title_font)
+    title_h += len(sub_lines) * _line_height(small_font) + 2 if sub_lines else 0
+    title_h += PAD if title_h else 0
     height = PAD + title_h + max(grid_h, lead_h if lead else 0)
     height += legend.height + PAD if legend_below else 0
     canvas = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(canvas)
 
     y = PAD
-    if title:
-        text = _fit(draw, title, title_font, width - 2 * PAD)
-        draw.text((PAD, y), text, font=title_font, fill=_INK)
+    for line in title_lines:
+        draw.text((PAD, y), line, font=title_font, fill=_INK)
         y += _line_height(title_font)
-    if subtitle:
-        y += 2
-        text = _fit(draw, subtitle, small_font, width - 2 * PAD)
-        draw.text((PAD, y), text, font=small_font, fill=_MUTED)
+    y += 2 if sub_lines else 0
+    for line in sub_lines:
+        draw.text((PAD, y), line, font=small_font, fill=_MUTED)
+        y += _line_height(small_font)
     y0 = PAD + title_h
 
     def put(tile: Tile, x: int, y: int) -> int:
@@ -119,11 +123,14 @@ def activation_grid(
     tile: int = 160,
     columns: int | None = None,
     title: str | None = None,
+    original_size: tuple[int, int] | None = None,
 ) -> Image.Image:
     """The photo, then each top channel's map over a gray copy of it, captioned "ch 42 · 3.1".
 
     One colour map for every tile: "diverging" when the layer has negative activations on this
-    sample, else "heat". Each tile is normalised on its own (its value is in the caption).
+    sample, else "heat". Each tile is normalised on its own (its value is in the caption). The
+    photo's caption gives the size the model saw, and the original's when it differs
+    (`original_size` (width, height) when `image` is already the model's view, else `image`'s).
     """
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 32:
         raise SaliencelabError(f"tile must be at least 32 pixels, got {tile!r}; use e.g. 160.")
@@ -157,5 +164,6 @@ def activation_grid(
         subtitle += "; tiles show activations, captions contributions"
     labels = ["negative", "0", "positive"] if signed else ["low", "high"]
     legend = colorbar_legend(cmap, width=min(160, tw), labels=labels)
-    lead = Tile(photo_tile, ["input", f"{photo.width} x {photo.height}"])
+    seen = (maps.maps.shape[-1], maps.maps.shape[-2])  # maps are at the input's resolution
+    lead = Tile(photo_tile, input_caption(seen, original_size or photo.size))
     return draw_grid(tiles, columns, title, subtitle, lead, legend)

@@ -61,6 +61,16 @@ def check_channel(name: str, activation: torch.Tensor, channel: int) -> int:
     return k
 
 
+def position_error(name: str, y: int, x: int, height: int, width: int) -> SaliencelabError:
+    """One sentence for a unit (row y, column x) outside a height x width map; every neuron
+    message gives positions in this order, (y, x), as `sl.neuron` takes them."""
+    return SaliencelabError(
+        f"The position (y={y}, x={x}) (row y, column x) is outside the {height}x{width} map "
+        f"(height x width) of the layer {name}; use y in 0..{height - 1} and x in "
+        f"0..{width - 1}, or leave them out for the centre."
+    )
+
+
 class ChannelTarget(LayerTarget):
     """The mean activation of channel `channel` of `layer`: S = (1/hw) Σ_ij A_kij."""
 
@@ -80,6 +90,10 @@ class ChannelTarget(LayerTarget):
     def __repr__(self) -> str:
         return f"channel({self.name!r}, {self.channel})"
 
+    def __str__(self) -> str:
+        """ "channel 26 of features.3", as galleries, reports and the CLI name it."""
+        return f"channel {self.channel} of {self.name}"
+
 
 class NeuronTarget(LayerTarget):
     """One unit: S = A_kyx, channel `channel` of `layer` at row `y`, column `x`.
@@ -96,16 +110,14 @@ class NeuronTarget(LayerTarget):
         self.channel = _index(channel, "channel")
         self.y = None if y is None else _index(y, "row y")
         self.x = None if x is None else _index(x, "column x")
+        self.read_at: tuple[int, int] | None = None  # (y, x) of the last read (the centre)
 
     def position(self, height: int, width: int) -> tuple[int, int]:
         """(y, x) on a map of this size: the given one (checked) or the centre."""
         y = height // 2 if self.y is None else self.y
         x = width // 2 if self.x is None else self.x
         if not (0 <= y < height and 0 <= x < width):
-            raise SaliencelabError(
-                f"The position (y={y}, x={x}) is outside the {height}x{width} map of the layer "
-                f"{self.name}; use y in 0..{height - 1} and x in 0..{width - 1}."
-            )
+            raise position_error(self.name, y, x, height, width)
         return y, x
 
     def read(self, activation: torch.Tensor) -> torch.Tensor:
@@ -120,6 +132,7 @@ class NeuronTarget(LayerTarget):
                 "convolutional layer."
             )
         y, x = self.position(*activation.shape[-2:])
+        self.read_at = (y, x)
         return activation[:, :, y, x]
 
     def __call__(self, readings: torch.Tensor) -> torch.Tensor:
@@ -128,6 +141,17 @@ class NeuronTarget(LayerTarget):
     def __repr__(self) -> str:
         where = "" if self.y is None and self.x is None else f", y={self.y}, x={self.x}"
         return f"neuron({self.name!r}, {self.channel}{where})"
+
+    def __str__(self) -> str:
+        """ "channel 26 of features.3 at (y=3, x=4)": row y, column x of the channel's map (where
+        it was last read: the centre when y and x were left out)."""
+        at: tuple[int | None, int | None] | None = self.read_at
+        if at is None and (self.y is not None or self.x is not None):
+            at = (self.y, self.x)  # not read yet
+        if at is None:  # a layer without positions (B, K)
+            return f"channel {self.channel} of {self.name}"
+        where = ", ".join(f"{k}={v}" for k, v in zip("yx", at, strict=True) if v is not None)
+        return f"channel {self.channel} of {self.name} at ({where})"
 
 
 def channel(layer: LayerRef, c: int) -> ChannelTarget:

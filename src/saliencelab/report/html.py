@@ -38,6 +38,9 @@ class ReportEntry:
         overlays: method name → overlay PNG.
         predicted: the predicted label.
         probability: its probability (0..1).
+        explained: for a channel or neuron target, what was explained and its reading, e.g.
+            "channel 26 of features.3: 3.21", shown instead of a prediction (which the layer's
+            readings do not give).
         rows: one dict per method with keys "method", "passes", "seconds" and optionally
             "forwards" and "target" (e.g. the rows of `Explanation.table()` for this sample).
         maps_path: the file with the raw maps (linked).
@@ -50,6 +53,7 @@ class ReportEntry:
     overlays: dict[str, PathLike] = field(default_factory=dict)
     predicted: str | None = None
     probability: float | None = None
+    explained: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
     maps_path: PathLike | None = None
     error: str | None = None
@@ -66,7 +70,8 @@ class ReportEntry:
         overlays: Mapping[str, PathLike] | None = None,
         maps_path: PathLike | None = None,
     ) -> ReportEntry:
-        """An entry for `sample` of `explanation`: prediction, probability and cost rows."""
+        """An entry for `sample` of `explanation`: prediction, probability and cost rows (for
+        a channel or neuron target: what was explained and its reading instead)."""
         n = explanation.logits.shape[0]
         if not -n <= sample < n:
             raise SaliencelabError(
@@ -75,15 +80,23 @@ class ReportEntry:
             )
         sample = sample % n
         rows = [r for r in explanation.table() if r["sample"] == sample]
-        probs = explanation.probabilities[sample]
-        index = int(probs.argmax())
+        probs = explanation.probabilities
+        predicted: str | None = None
+        probability: float | None = None
+        explained: str | None = None
+        if probs is None:  # a channel or neuron target: its layer's readings, no classes
+            explained = explanation.target_text(sample)
+        else:
+            index = int(probs[sample].argmax())
+            predicted, probability = explanation.label(index), float(probs[sample, index])
         return cls(
             name=name,
             image_path=image_path,
             gallery_path=gallery_path,
             overlays=dict(overlays or {}),
-            predicted=explanation.label(index),
-            probability=float(probs[index]),
+            predicted=predicted,
+            probability=probability,
+            explained=explained,
             rows=rows,
             maps_path=maps_path,
         )
@@ -231,6 +244,8 @@ def _card(i: int, entry: ReportEntry, out_dir: Path, embed: bool) -> str:
         if entry.probability is not None and math.isfinite(entry.probability):
             prob = f'<span class="prob">{entry.probability:.2f}</span>'
         parts.append(f'<span class="pred"><b>{_e(entry.predicted)}</b>{prob}</span>')
+    elif entry.explained is not None:
+        parts.append(f'<span class="pred">explained: <b>{_e(entry.explained)}</b></span>')
     parts.append("</div>")
     if entry.probability is not None and math.isfinite(entry.probability):
         width = min(max(entry.probability, 0.0), 1.0) * 100

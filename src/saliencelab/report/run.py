@@ -68,9 +68,11 @@ class RunResult:
         maps_path: `out_dir/maps.npz`, or None when no image was explained.
         methods: the methods run, in order.
         rows: one dict per (image, method) in input order, with keys image, predicted,
-            probability, method, target, passes, forwards, seconds (per image), layer,
-            shared_with (methods of the run that reused this method's pass); an image
-            that failed has one row with keys image and error.
+            probability, method, target, target_value, passes, forwards, seconds (per image),
+            layer, shared_with (methods of the run that reused this method's pass); for a
+            channel or neuron target predicted and probability are None, target names the
+            channel ("channel 26 of features.3") and target_value is its reading (else None);
+            an image that failed has one row with keys image and error.
         errors: (image, sentence) for every image that could not be explained.
         files: every file written.
         n_images: images explained.
@@ -351,7 +353,8 @@ def explain_images(
             (`sl.sample_images()`), or PIL images.
         methods: names (list or comma-separated) or `{name: {option: value}}`.
         out_dir: output folder (created).
-        target: None (each image's predicted class), a class index, or a class name.
+        target: None (each image's predicted class), a class index, a class name, or a
+            channel or neuron (`sl.channel(layer, c)`, `sl.neuron(layer, c, y, x)`).
         layer: layer for the layer methods (default: the model's, or found automatically).
         options: method options; `key` goes to every method taking it, `method.key` to one.
         progress: called as `progress(completed, total, description)` after each step (an image
@@ -518,6 +521,7 @@ def _explain(
         total_passes=sum(p.total_passes for p in parts),
         total_forwards=sum(p.total_forwards for p in parts),
         seconds=sum(p.seconds for p in parts),
+        layer_target=first.layer_target,
     )
 
 
@@ -533,9 +537,13 @@ def _write(
 ) -> None:
     display = model.extra.get("display")
     shown = display(item.image) if callable(display) else item.image
-    probs = ex.probabilities[i]
-    pred = int(probs.argmax())
-    label, prob = ex.label(pred), float(probs[pred])
+    probs, values = ex.probabilities, ex.target_values
+    label: str | None = None
+    prob: float | None = None
+    if probs is not None:  # a class prediction (not a channel or neuron target's readings)
+        pred = int(probs[i].argmax())
+        label, prob = ex.label(pred), float(probs[i, pred])
+    value = None if values is None else float(values[i])
     batch = ex.logits.shape[0]
 
     overlays: dict[str, str] = {}
@@ -546,14 +554,14 @@ def _write(
         result.files.append(path)
         overlays[name] = path.name
         maps.add(f"{item.stem}/{name}", a.maps[i].detach().float().cpu().numpy())
-        t = int(a.target[i])
         rows.append(
             {
                 "image": item.name,
                 "predicted": label,
                 "probability": prob,
                 "method": name,
-                "target": ex.label(t) if t >= 0 else "custom",
+                "target": ex.target_label(a, i),
+                "target_value": value,
                 "passes": a.passes,
                 "forwards": a.forwards,
                 "seconds": a.seconds / batch,
@@ -566,12 +574,15 @@ def _write(
         shown,
         _one_image(ex, i),
         out / f"{item.stem}_gallery.png",
-        title=f"{item.name}: {label} ({prob:.2f})",
+        title=f"{item.name}: {ex.target_text(i)}",
+        original_size=item.image.size,
     )
     result.files.append(gallery)
     item.rows = rows
-    # The report shows the target only when some method explained another class than predicted.
-    columns = [c for c in _REPORT_COLUMNS if c != "target" or any(r[c] != label for r in rows)]
+    # The report shows the target only when some method explained another class than predicted
+    # (a channel or neuron target is named in the card's head instead).
+    headline = label if ex.layer_target is None else str(ex.layer_target)
+    columns = [c for c in _REPORT_COLUMNS if c != "target" or any(r[c] != headline for r in rows)]
     item.entry = sl.ReportEntry(
         name=item.name,
         image_path=item.path.resolve() if item.path is not None else None,
@@ -579,6 +590,7 @@ def _write(
         overlays=overlays,
         predicted=label,
         probability=prob,
+        explained=None if ex.layer_target is None else ex.target_text(i),
         rows=[{k: r[k] for k in columns} for r in rows],
         maps_path=maps.path.name,
     )

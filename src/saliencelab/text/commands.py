@@ -46,7 +46,7 @@ def _target_notes(model: TextModel, ex: sl.Explanation, spec: Any) -> list[str]:
     n = ex.logits.shape[0]
     if model.task == "classification":
         a = next(iter(ex.attributions.values()))
-        probs = ex.probabilities
+        probs = ex.logits.softmax(dim=-1)  # a classifier's class logits
         notes = []
         for b in range(n):
             c = int(a.target[b])

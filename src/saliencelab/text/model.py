@@ -48,6 +48,16 @@ from .targets import (
 )
 
 TASKS = ("classification", "embedding", "causal-lm")
+#: The methods documented for text (README, "Text"), named when a method cannot run on text.
+TEXT_METHODS = (
+    "saliency",
+    "input_x_gradient",
+    "integrated_gradients",
+    "smoothgrad",
+    "leave_one_out",
+    "attention_rollout",
+    "grad_rollout",
+)
 POOLINGS = ("mean", "cls", "max")
 TOKEN_SCORES = ("signed", "l2")
 BASELINES = ("zero", "pad", "mask")
@@ -136,6 +146,7 @@ class TextModel(Model):
         # attention rollout reads (methods/attention/rollout.py): which tokens are real, and,
         # for a mean-pooled sentence encoder, that its output is the mean of the token rows.
         hooks = {
+            "check_method": self.check_method,
             "prepare": self.prepare,
             "reduce": self.reduce,
             "baselines": self.baselines,
@@ -270,6 +281,16 @@ class TextModel(Model):
                 )
 
     # -- hooks for sl.explain ------------------------------------------------------------------
+
+    def check_method(self, name: str, family: str) -> None:
+        """One sentence for a method text models cannot run: the CAM family needs a layer with a
+        spatial (B, C, H, W) output, and a transformer's layers give token sequences."""
+        if family == "cam":
+            raise SaliencelabError(
+                f"{name} is a CAM method, which needs a convolutional (spatial) layer with a "
+                f"(B, C, H, W) output; text models have none (their layers output token "
+                f"sequences). For text use {', '.join(TEXT_METHODS[:-1])} or {TEXT_METHODS[-1]}."
+            )
 
     def prepare(self, x: Any, target: Any) -> tuple[TextModel, torch.Tensor, Any]:
         """Texts → (this model bound to the call's words, engine input, bound target)."""

@@ -66,6 +66,18 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
     return text + "…"
 
 
+def wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> list[str]:
+    """`text` broken between words into lines that fit in `width` pixels (a single word wider
+    than that is shortened with an ellipsis)."""
+    lines: list[str] = []
+    for word in _drawable(text, font).split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return [_fit(draw, line, font, width) for line in lines]
+
+
 def _line_height(font: Any) -> int:
     ascent, descent = font.getmetrics()
     return ascent + descent
@@ -110,17 +122,22 @@ def _as_dict(attributions: Attributions) -> dict[str, Attribution]:
     )
 
 
-def predicted(explanation: Explanation, sample: int = 0) -> tuple[str, float]:
-    """The predicted label of `sample` and its probability."""
+def _check_sample(explanation: Explanation, sample: int) -> None:
     n = explanation.logits.shape[0]
     if not -n <= sample < n:
         raise SaliencelabError(
             f"Sample {sample} is out of range for an explanation of {n} sample(s); "
             f"pass sample between 0 and {n - 1}."
         )
-    probs = explanation.probabilities[sample]
-    index = int(probs.argmax())
-    return explanation.label(index), float(probs[index])
+
+
+def input_caption(seen: tuple[int, int], original: tuple[int, int]) -> list[str]:
+    """The input tile's caption: the (width, height) the model saw, and the original photo's
+    when it differs (the model's preprocessing cropped or resized it)."""
+    lines = ["input", f"model saw {seen[0]} x {seen[1]}"]
+    if tuple(original) != tuple(seen):
+        lines.append(f"original {original[0]} x {original[1]}")
+    return lines
 
 
 def colorbar_legend(
@@ -164,12 +181,17 @@ def gallery(
     tile: int = 224,
     methods: list[str] | None = None,
     legend: bool = True,
+    original_size: tuple[int, int] | None = None,
 ) -> Image.Image:
     """The photo followed by one overlay per method, each labelled with its name and cost.
 
     With an :class:`Explanation`, the default title is the predicted label and its probability
-    for `sample`; a tile whose method explained another class says which. Wraps after
-    `MAX_COLUMNS` tiles. `legend` adds the colour bars used under the tiles.
+    for `sample`; a tile whose method explained another class says which. For a channel or
+    neuron target the title is what was explained and its value instead, e.g. "channel 26 of
+    features.3: 3.21". Wraps after `MAX_COLUMNS` tiles. `legend` adds the colour bars used under
+    the tiles. The input tile's caption gives the size the model saw and, when it differs, the
+    original photo's: `original_size` (width, height) when `image` is already the model's view
+    (as the CLI draws), else `image`'s size.
     """
     if tile < 32:
         raise SaliencelabError(f"tile must be at least 32 pixels, got {tile}; use e.g. 224.")
@@ -188,20 +210,20 @@ def gallery(
 
     pred_index = None
     if isinstance(explanation, Explanation):
-        label, prob = predicted(explanation, sample)
-        pred_index = int(explanation.probabilities[sample].argmax())
+        _check_sample(explanation, sample)
         if title is None:
-            title = f"{label} ({prob:.2f})"
+            title = explanation.target_text(sample)
+        if explanation.layer_target is None:  # (the title says which channel was explained)
+            pred_index = int(explanation.predictions[sample])
 
     # Every tile has the aspect ratio of the first map; the photo is cropped like the model does.
     maps = {name: select_map(a, sample) for name, a in attributions.items()}
-    mh, mw = next(iter(maps.values()))[0].shape
+    mh, mw = next(iter(maps.values()))[0].shape  # maps are at the model's input resolution
     tw, th = tile, max(1, round(tile * mh / mw))
     photo_tile = crop_to_aspect(photo, mw, mh).resize((tw, th), Image.Resampling.LANCZOS)
 
-    tiles: list[tuple[Image.Image, list[str]]] = [
-        (photo_tile, ["input", f"{photo.width} x {photo.height}"])
-    ]
+    caption = input_caption((mw, mh), original_size or photo.size)
+    tiles: list[tuple[Image.Image, list[str]]] = [(photo_tile, caption)]
     cmaps: list[str] = []
     for name, a in attributions.items():
         cmaps.append(default_cmap(maps[name][1]))
@@ -215,7 +237,7 @@ def gallery(
         if pred_index is not None and a.target.numel() > sample:
             target = int(a.target[sample])
             if target != pred_index:
-                lines.append("target: " + (explanation.label(target) if target >= 0 else "custom"))
+                lines.append("target: " + explanation.target_label(a, sample))
         tiles.append((ov, lines))
 
     name_font = _font(max(11, tile // 15))
@@ -223,7 +245,6 @@ def gallery(
     title_font = _font(max(13, tile // 11))
     n_lines = max(len(lines) for _, lines in tiles)
     caption_h = 4 + _line_height(name_font) + (n_lines - 1) * _line_height(small_font)
-    title_h = _line_height(title_font) + PAD if title else 0
 
     legend_imgs = []
     if legend:
@@ -234,13 +255,16 @@ def gallery(
     cols = min(len(tiles), MAX_COLUMNS)
     rows = math.ceil(len(tiles) / cols)
     width = PAD + cols * (tw + PAD)
+    title_lines = wrap(
+        ImageDraw.Draw(Image.new("RGB", (1, 1))), title or "", title_font, width - 2 * PAD
+    )
+    title_h = len(title_lines) * _line_height(title_font) + PAD if title_lines else 0
     height = PAD + title_h + rows * (th + caption_h + PAD) + legend_h
     canvas = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(canvas)
 
-    if title:
-        text = _fit(draw, title, title_font, width - 2 * PAD)
-        draw.text((PAD, PAD), text, font=title_font, fill=_INK)
+    for i, line in enumerate(title_lines):
+        draw.text((PAD, PAD + i * _line_height(title_font)), line, font=title_font, fill=_INK)
     y0 = PAD + title_h
     for i, (img, lines) in enumerate(tiles):
         r, c = divmod(i, cols)
