@@ -635,3 +635,36 @@ def test_loaded_images_are_upright_rgb_with_transparency_on_white(tmp_path):
     np.testing.assert_array_equal(turned, np.rot90(stored, k=-1))  # 90° clockwise
     assert glass.shape == (3, 3, 3) and (glass == (255, 204, 204)).all()
     assert gray.shape == (3, 3, 3) and (gray == 77).all()
+
+
+def test_results_written_to_a_pipe_are_laid_out_120_columns_wide(monkeypatch, capsys):
+    """rich lays out a non-terminal at 80 columns, which wrapped "center_gaussian (ref)" in the
+    evaluation table of a piped run; COLUMNS, when set, still wins."""
+    from rich.table import Table
+
+    from saliencelab.cli_common import PIPED_WIDTH, out_console
+
+    def printed(columns: str | None) -> list[str]:
+        if columns is None:
+            monkeypatch.delenv("COLUMNS", raising=False)
+        else:
+            monkeypatch.setenv("COLUMNS", columns)
+        table = Table()
+        for name in ("metric", "method", "mean", "95% CI", "n", "direction"):
+            table.add_column(name, no_wrap=name != "method", overflow="fold")
+        table.add_row(
+            "faithfulness_correlation",
+            "center_gaussian (ref)",
+            "0.3993",
+            "[0.3993, 0.3993]",
+            "5",
+            "higher",
+        )
+        out_console().print(table)
+        return capsys.readouterr().out.splitlines()
+
+    assert PIPED_WIDTH == 120
+    assert any("center_gaussian (ref)" in line for line in printed(None))
+    narrow = printed("60")
+    assert max(map(len, narrow)) <= 60
+    assert not any("center_gaussian (ref)" in line for line in narrow)

@@ -10,6 +10,7 @@ SALIENCELAB_DEBUG=1 adds the traceback).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import traceback
 from collections.abc import Iterable, Iterator
@@ -144,9 +145,18 @@ EmbedOption = Annotated[
 # -- consoles, errors, logging, progress ---------------------------------------------------------
 
 
+# Result tables written to a file or a pipe (no terminal, no COLUMNS) are laid out this wide:
+# rich's default of 80 columns wrapped names such as "center_gaussian (ref)" in the logs.
+PIPED_WIDTH = 120
+
+
 def out_console() -> Console:
-    """The console for results (stdout)."""
-    return Console(highlight=False)
+    """The console for results (stdout): the terminal's width, or `PIPED_WIDTH` columns when
+    stdout is a file or a pipe and COLUMNS is not set."""
+    console = Console(highlight=False)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = Console(highlight=False, width=PIPED_WIDTH)
+    return console
 
 
 def err_console() -> Console:
