@@ -538,3 +538,22 @@ def test_max_channels_ranks_channels_by_their_mean_not_their_peak(method):
     assert ex[method].forwards == 1
     assert float(maps.max()) > 0
     torch.testing.assert_close(maps, torch.full_like(maps, float(maps.mean())))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+def test_a_cam_of_a_channel_target_defaults_to_the_targets_layer(tiny_cnn, images, method):
+    """The forward ends at a channel target's layer, so the model's default CAM layer (or the
+    last spatial one) would never run. With no layer given, the CAM is taken at the target's
+    own layer, where S = mean A_k has ∂S/∂A_c = 1/hw on channel k and 0 elsewhere: Grad-CAM is
+    ReLU(Σ_c α_c A_c) = ReLU(A_k) / hw, and Layer-CAM ReLU(Σ_c ReLU(∂S/∂A_c) A_c) the same."""
+    k = 3
+    ex = sl.explain(tiny_cnn, images, methods=method, target=sl.channel("features.2", k))
+    seen = {}
+    handle = tiny_cnn.features[2].register_forward_hook(lambda m, i, o: seen.setdefault("a", o))
+    with torch.no_grad():
+        tiny_cnn(images)
+    handle.remove()
+    a = seen["a"][:, k]
+    expected = a.clamp(min=0) / (a.shape[-2] * a.shape[-1])
+    assert ex[method].layer == "features.2"
+    torch.testing.assert_close(ex[method].maps, expected, rtol=1e-5, atol=1e-7)

@@ -8,6 +8,7 @@ pass they all need runs once; each capture remembers which methods used it for c
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,6 +26,8 @@ from .errors import SaliencelabError
 from .layers import get_layer, resolve_layer
 from .targets import PendingTarget, Target, TargetSpec, layer_target, resolve_target
 from .tokens import find_token_layer, spatial_maps
+
+log = logging.getLogger("saliencelab")
 
 LayerArg = str | nn.Module | Sequence[str | nn.Module] | None
 
@@ -117,10 +120,19 @@ class Context:
 
     def layer(self, spec: str | nn.Module | None) -> tuple[str, nn.Module]:
         """(name, module) of a layer; `None` = the model's default or the last spatial layer
-        (resolved, and logged, once per call)."""
+        (resolved, and logged, once per call). With a channel or neuron target, `None` is the
+        target's own layer: the forward ends there, so a later default would never run (a CAM
+        of a channel at its layer is that channel's activation map, Grad-CAM's weights being
+        ∂S/∂A)."""
         if spec is None and self._default_layer is not None:
             return self._default_layer
         default = self.model.default_layer or _AUTO_LAYER.get(self.model.module)
+        reader = layer_target(self._target)
+        if spec is None and reader is not None:
+            spec = reader.layer  # (a name or a module, as the target was given)
+            self._default_layer = resolve_layer(self.model.module, spec, self.x)
+            log.info("using the target's layer %s", self._default_layer[0])
+            return self._default_layer
         if spec is None and default is None:  # vision transformers: the last block's input norm
             default = find_token_layer(self.model.module, self.x, self.model.extra.get("reshape"))
             if default is not None:
