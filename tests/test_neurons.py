@@ -217,8 +217,10 @@ def test_bad_layer_targets_are_one_sentence(tiny_cnn, images):
         sl.explain(tiny_cnn, images, methods="saliency", target=channel("features.1", 9))
     with pytest.raises(SaliencelabError, match=r"outside the 12x12 map"):
         sl.explain(tiny_cnn, images, methods="saliency", target=neuron("features.1", 0, 12, 0))
-    with pytest.raises(SaliencelabError, match="was not reached"):
-        sl.explain(tiny_cnn, images, methods="gradcam", target=channel("features.1", 0))
+    with pytest.raises(SaliencelabError, match="was not reached"):  # a layer after the target's
+        sl.explain(
+            tiny_cnn, images, methods="gradcam", layer="features.3", target=channel("features.1", 0)
+        )
     with pytest.raises(SaliencelabError, match="no layer named"):
         sl.explain(tiny_cnn, images, methods="saliency", target=channel("features.9", 0))
     with pytest.raises(SaliencelabError, match="must be 0 or more"):
