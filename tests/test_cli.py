@@ -385,6 +385,24 @@ def test_a_run_that_explains_nothing_leaves_no_earlier_maps_behind(tmp_path, tin
     assert not (out / "maps.npz").exists()
 
 
+def test_a_reused_out_folder_names_the_files_an_earlier_run_left(runner, tiny, tmp_path):
+    """Nothing is deleted (they may be wanted), but the earlier run's overlays are named so they
+    are not taken for this run's; a user's own files (a .txt) are not listed."""
+    a = photo(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    common = ["explain", str(a), "--model", tiny, "--out", str(out)]
+    first = runner.invoke(app, [*common, "-m", "saliency,gradcam"])
+    assert first.exit_code == 0 and "note:" not in first.output, first.output
+    (out / "notes.txt").write_text("mine")
+    second = runner.invoke(app, [*common, "-m", "saliency"])
+    assert second.exit_code == 0, second.output
+    note = [line for line in second.output.splitlines() if line.startswith("note:")]
+    assert len(note) == 1 and "1 file this run did not write (a_gradcam.png)" in note[0]
+    assert (out / "a_gradcam.png").exists()  # kept
+    again = runner.invoke(app, [*common, "-m", "saliency,gradcam"])
+    assert again.exit_code == 0 and "note:" not in again.output, again.output
+
+
 def test_an_image_failing_inside_the_batch_is_isolated(tmp_path, tiny):
     model = _tiny_model(tmp_path, tiny)
     images = [photo(tmp_path / "a.png"), photo(tmp_path / "odd.png", size=(13, 20))]

@@ -832,6 +832,18 @@ def test_visualize_command(tmp_path):
     ]:
         assert (out / name).exists(), name
     assert "channel(2, 4)" in res.output
+    # The first run's image is still in the folder: named as an earlier run's.
+    assert "1 file this run did not write (featurevis_00_class_logit_b.png)" in res.output
+
+    # One image into the same folder: no gallery or index.html of its own, so the earlier run's
+    # are named, not left to pass for this run's.
+    res = runner.invoke(app, [*common, "--class", "b"])
+    assert res.exit_code == 0, res.output
+    older = sorted(p.name for p in out.iterdir() if p.name != "featurevis_00_class_logit_b.png")
+    assert "index.html" in older and "featurevis_gallery.png" in older
+    shown = ", ".join(older[:3]) + ", ..."
+    assert f"{len(older)} files this run did not write ({shown})" in res.output
+    assert (out / "index.html").exists()  # nothing deleted
 
     for args, message in [
         (["--layer", "2", "--channel", "9"], "out of range"),

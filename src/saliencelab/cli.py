@@ -39,6 +39,7 @@ from saliencelab.cli_common import (
     collect_images,
     keep_words,
     load_model,
+    note_older_files,
     out_console,
     parse_options,
     parse_target,
@@ -173,6 +174,7 @@ def _report(result: RunResult, out: Console, err: Console, show_target: bool) ->
         out.print(f"Raw maps: {result.maps_path}", soft_wrap=True)
     for image, sentence in result.errors:
         err.print(Text(f"error: {image}: {sentence}", style="bold red"), soft_wrap=True)
+    note_older_files(err, result.out_dir, result.files)
 
 
 def _run(

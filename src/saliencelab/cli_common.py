@@ -164,6 +164,41 @@ def err_console() -> Console:
     return Console(stderr=True, highlight=False)
 
 
+#: What the commands write into --out; other files there are the user's own business.
+OUTPUT_SUFFIXES = (".png", ".npz", ".html")
+
+
+def older_files(folder: Path, written: Iterable[Path]) -> list[Path]:
+    """The PNG, NPZ and HTML files directly in `folder` that this run did not write (an
+    earlier run's, in a reused --out folder), sorted by name."""
+    if not folder.is_dir():
+        return []
+    mine = {Path(p).resolve() for p in written}
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in OUTPUT_SUFFIXES and p.resolve() not in mine
+    )
+
+
+def note_older_files(err: Console, folder: Path, written: Iterable[Path]) -> list[Path]:
+    """One line naming the files of an earlier run left in `folder` (nothing is deleted: they
+    may be results the user wants), so they are not taken for this run's; returns them."""
+    older = older_files(folder, written)
+    if older:
+        shown = ", ".join(p.name for p in older[:3]) + (", ..." if len(older) > 3 else "")
+        n = len(older)
+        err.print(
+            Text(
+                f"note: {folder} also holds {n} file{'s' if n != 1 else ''} this run did not "
+                f"write ({shown}): an earlier run's, not part of this one.",
+                style="yellow",
+            ),
+            soft_wrap=True,
+        )
+    return older
+
+
 def fail(message: str, debug: bool) -> None:
     """Print `message` as one red `error:` line (after the traceback when debugging)."""
     err = err_console()

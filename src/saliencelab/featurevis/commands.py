@@ -30,6 +30,7 @@ from ..cli_common import (
     WeightsOption,
     keep_words,
     load_model,
+    note_older_files,
     out_console,
     parse_target,
     session,
@@ -185,7 +186,7 @@ def visualize_command(
 
     from .visualize import default_normalize
 
-    with session(debug):
+    with session(debug) as err:
         if param not in PARAMS:
             raise sl.SaliencelabError(f"--param must be one of {', '.join(PARAMS)}, not {param!r}.")
         if examples is not None and not channels:
@@ -280,6 +281,8 @@ def visualize_command(
             index = _write_html(out, vis, images, alphas, preds, pairings, loaded.name, steps)
             console.print(f"Gallery: [bold]{gallery}[/bold]", soft_wrap=True)
             console.print(f"Report: [bold]{index}[/bold]", soft_wrap=True)
+            paths += [gallery, index]
+        note_older_files(err, out, [*paths, *pairings.values()])
 
 
 def _examples_galleries(
