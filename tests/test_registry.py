@@ -96,6 +96,26 @@ def test_register_keeps_keyword_only_options_and_the_first_doc_line(scratch_name
     assert not spec.is_rowwise({}) and spec.is_rowwise({"mode": "b"})  # the call's options win
 
 
+def _wrapped(ctx) -> torch.Tensor:
+    """A summary sentence long enough that it wraps
+    onto a second line.
+
+    More detail.
+    """
+    return ctx.x
+
+
+def test_the_summary_is_the_whole_first_paragraph(scratch_name):
+    """`saliencelab methods` and the README's table show the summary: a first sentence that wraps
+    is kept whole (the `random` reference map's used to stop at "seeded with `seed` and the")."""
+    register(scratch_name, family="test", cost="0")(_wrapped)
+    assert get_method(scratch_name).summary == (
+        "A summary sentence long enough that it wraps onto a second line."
+    )
+    cut = [s.name for s in sl.methods() if not s.summary.endswith(".")]
+    assert cut == [], cut
+
+
 def test_methods_are_listed_by_family_then_name():
     specs = sl.methods()
     keys = [(s.family, s.name) for s in specs]

@@ -96,6 +96,7 @@ def register(
                     f"of {fn.__qualname__}.{closest(option, options)} "
                     f"Its options: {', '.join(options) or 'none'}."
                 )
+        # The summary is the docstring's first paragraph, a sentence that may wrap over lines.
         doc = inspect.getdoc(fn) or ""
         _REGISTRY[name] = MethodSpec(
             name=name,
@@ -105,7 +106,7 @@ def register(
             shared_passes=shared_passes,
             signed=signed,
             reduction=reduction,
-            summary=doc.splitlines()[0] if doc else "",
+            summary=" ".join(doc.split("\n\n")[0].split()),
             options=options,
             rowwise=rowwise,
             choices=choices,

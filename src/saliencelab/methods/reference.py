@@ -75,7 +75,10 @@ def check_sigma(name: str, sigma: object, h: int, w: int) -> float:
 @register("random", family="reference", cost="0", signed=False, reduction="none")
 def random_map(ctx: Context, *, seed: int = 0) -> MethodOutput:
     """Uniform noise U(0, 1) per pixel, each image's from a generator seeded with `seed` and the
-    image itself (`core/seeds.py`): the same map for the same image on every call, in any batch."""
+    image itself: the same map for the same image on every call, in any batch.
+
+    The per-image generators come from `core/seeds.py`.
+    """
     b, h, w = _spatial(ctx)
     gens = sample_generators(ctx.x, check_seed("random", seed))
     maps = torch.stack([torch.rand(h, w, generator=g) for g in gens]).to(ctx.x.device)
