@@ -31,7 +31,8 @@ class Attribution:
         method: registered method name.
         maps: (B, H, W) float tensor at input resolution, signed, not normalised; (B, F) for
             tabular inputs (B, F), one value per feature. How the method reduces channels into
-            it is in `reduction` ("none (one value per feature)" for tabular inputs).
+            it is in `reduction` ("none (one value per feature)" for tabular inputs; the
+            perturbation methods keep their own).
         attributions: the full attribution before channel reduction, (B, C, H, W) for input-space
             methods ((B, F) for tabular inputs); for layer methods (CAM family) `maps` with a
             channel axis, (B, 1, H, W).
