@@ -525,11 +525,35 @@ def test_blackbox_with_one_score_per_input(tiny_cnn, images):
     torch.testing.assert_close(ex["occlusion"].maps, ref["occlusion"].maps, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("method", ["saliency", "gradcam", "integrated_gradients"])
-def test_gradient_methods_on_a_blackbox_are_one_sentence(tiny_cnn, images, method):
+@pytest.mark.parametrize(
+    ("method", "needs"),
+    [
+        ("saliency", "gradients"),
+        ("gradcam", "the model's layers and gradients"),
+        ("integrated_gradients", "gradients"),
+    ],
+)
+def test_gradient_methods_on_a_blackbox_are_one_sentence(tiny_cnn, images, method, needs):
     model = blackbox(lambda t: tiny_cnn(t))
-    with pytest.raises(SaliencelabError, match=f"^{method} needs gradients; this model is a bl"):
+    with pytest.raises(SaliencelabError, match=f"^{method} needs {needs}; this model is a bl"):
         sl.explain(model, images, methods=method)
+
+
+def test_reference_maps_and_evaluate_run_on_a_blackbox(tiny_cnn, images):
+    """The reference maps need nothing of the model, and sl.evaluate scores them by default:
+    on a black box both were refused as "needs gradients"."""
+    model = blackbox(lambda t: tiny_cnn(t))
+    refs = ["random", "center_gaussian", "sobel"]
+    ex = sl.explain(model, images, methods=refs)
+    plain = sl.explain(tiny_cnn, images, methods=refs)
+    for name in refs:
+        torch.testing.assert_close(ex[name].maps, plain[name].maps)
+    occ = sl.explain(model, images, methods="occlusion", window=6, stride=6, target=2)
+    rep = sl.evaluate(model, images, occ, metrics=["deletion"], target=2)
+    ref = sl.evaluate(tiny_cnn, images, occ, metrics=["deletion"], target=2)
+    assert set(rep.results) == {"occlusion", *refs}
+    for name in rep.results:
+        torch.testing.assert_close(rep[name]["deletion"].values, ref[name]["deletion"].values)
 
 
 @pytest.mark.parametrize(

@@ -218,10 +218,10 @@ def explain(
         if prepare is not None:
             model, x, target = prepare(x, target)
         x = _as_batch(model, x)
-        if is_blackbox(model):
-            for spec, _ in requests:
-                if spec.family != "perturbation":
-                    raise SaliencelabError(gradients_message(spec.name))
+        if is_blackbox(model):  # only forwards: perturbation methods, and the reference maps
+            for spec, _ in requests:  # (which need nothing of the model)
+                if spec.family not in ("perturbation", "reference"):
+                    raise SaliencelabError(gradients_message(spec.name, spec.family))
         if not (x.is_floating_point() or x.is_complex()):
             for spec, _ in requests:
                 if _needs_input_gradient(spec):

@@ -27,10 +27,11 @@ __all__ = ["BlackBox", "blackbox", "is_blackbox"]
 FORWARD_ONLY_METHODS = "occlusion, rise, feature_ablation, lime or kernelshap"
 
 
-def gradients_message(method: str = "This method") -> str:
-    return (
-        f"{method} needs gradients; this model is a black-box function; use {FORWARD_ONLY_METHODS}."
-    )
+def gradients_message(method: str = "This method", family: str = "gradient") -> str:
+    """One sentence for a method a black box cannot run: the CAM family needs the model's layers
+    as well as gradients."""
+    what = "the model's layers and gradients" if family == "cam" else "gradients"
+    return f"{method} needs {what}; this model is a black-box function; use {FORWARD_ONLY_METHODS}."
 
 
 class BlackBox(nn.Module):
