@@ -45,7 +45,10 @@ def spread_features(values: torch.Tensor, mask: torch.Tensor, x: torch.Tensor) -
     "feature_ablation",
     family="perturbation",
     cost="F forwards (F = features per sample)",
-    reduction="score drop of the pixel's feature (summed over channels for per-channel masks)",
+    reduction=(
+        "score drop of the feature each pixel or value belongs to (summed over channels for "
+        "per-channel masks)"
+    ),
     # incremental forwards run crops outside the chunk's rows; a mask tensor is per batch
     rowwise=lambda options: (
         not options["incremental"]
