@@ -33,7 +33,6 @@ from saliencelab.cli_common import (
     ModelOption,
     NormalizeOption,
     OutOption,
-    TargetOption,
     TrustPickleOption,
     WeightsOption,
     collect_images,
@@ -41,6 +40,7 @@ from saliencelab.cli_common import (
     load_model,
     note_older_files,
     out_console,
+    parse_explain_target,
     parse_options,
     parse_target,
     parse_value,
@@ -196,6 +196,17 @@ def _run(
 
 # -- commands -------------------------------------------------------------------------------------
 
+ExplainTargetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        "-t",
+        help="Class to explain, an index or a class name (default: the predicted class); or a "
+        "channel's mean activation, channel:LAYER:C, or one unit, neuron:LAYER:C[:Y:X].",
+        show_default=False,
+    ),
+]
+
 
 @app.command()
 def explain(
@@ -217,7 +228,7 @@ def explain(
         ),
     ] = None,
     model: ModelOption = DEFAULT_MODEL,
-    target: TargetOption = None,
+    target: ExplainTargetOption = None,
     layer: LayerOption = None,
     out: OutOption = Path("results"),
     option: Annotated[
@@ -254,7 +265,7 @@ def explain(
             requested,
             out,
             err,
-            target=parse_target(target),
+            target=parse_explain_target(target),
             layer=layer,
             options=options,
             embed=embed,

@@ -369,6 +369,26 @@ def parse_target(text: str | None) -> int | str | None:
     return int(text) if re.fullmatch(r"[+-]?\d+", text.strip()) else text
 
 
+def parse_explain_target(text: str | None) -> Any:
+    """`parse_target`, and a layer reading: "channel:LAYER:C" → `sl.channel(LAYER, C)` (the
+    channel's mean activation), "neuron:LAYER:C" or "neuron:LAYER:C:Y:X" → `sl.neuron(...)`
+    (the unit at row Y, column X; the map's centre when left out)."""
+    kind, sep, rest = (text or "").partition(":")
+    kind = kind.strip().lower()
+    if not sep or kind not in ("channel", "neuron"):
+        return parse_target(text)
+    layer, *numbers = (p.strip() for p in rest.split(":"))
+    counts = (1, 3) if kind == "neuron" else (1,)
+    if not layer or len(numbers) not in counts or not all(n.isdigit() for n in numbers):
+        form = "neuron:LAYER:C or neuron:LAYER:C:Y:X" if kind == "neuron" else "channel:LAYER:C"
+        raise sl.SaliencelabError(
+            f"--target {text!r} is not {form} (LAYER a name from `saliencelab layers MODEL`; C "
+            "the channel, Y and X the row and column: whole numbers), e.g. channel:_blocks.12:7."
+        )
+    ints = [int(n) for n in numbers]
+    return sl.channel(layer, ints[0]) if kind == "channel" else sl.neuron(layer, *ints)
+
+
 def split(text: str | None) -> list[str]:
     """ "a, b,,c" → ["a", "b", "c"]."""
     return [part.strip() for part in (text or "").split(",") if part.strip()]
