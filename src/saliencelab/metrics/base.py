@@ -19,6 +19,7 @@ several processes can be merged with `MetricResult.merge`.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -191,6 +192,13 @@ class EvalBatch:
         if kind == "logits":
             return logits
         logits = logits.float()
+        if kind == "probability" and logits.shape[-1] == 1:
+            # softmax over one score is 1 whatever the input: every curve would be flat
+            raise SaliencelabError(
+                "The model gives one score per input, whose softmax probability is always 1; "
+                "score that score itself with score='logit' (output='logit' for completeness "
+                "and non_sensitivity)."
+            )
         if kind == "probability":
             logits = logits.softmax(dim=-1)
         return gather_classes(logits, self.target.to(logits.device)[samples.to(logits.device)])
@@ -542,10 +550,50 @@ class Metric:
                 f"The metric {self.name} needs the inputs: pass x=... (the (B, C, H, W) inputs "
                 "the maps explain)."
             )
+        if batch.model is not None:
+            check_model_kind(self, batch.model)
+        if bool((batch.target < 0).any()):
+            check_class_target(self)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
+
+
+def runs_model(metric: Metric) -> bool:
+    """Whether the metric reads the model: its scores, or maps it recomputes."""
+    return "model" in metric.needs or "explainer" in metric.needs
+
+
+def check_model_kind(metric: Metric, model: Model) -> None:
+    """One sentence when `metric` runs a model it cannot: a text model (its inputs are token
+    embeddings, which the metrics neither perturb nor re-explain)."""
+    from ..text.model import TextModel  # (imports no transformers)
+
+    if runs_model(metric) and isinstance(model, TextModel):
+        raise SaliencelabError(
+            f"The metric {metric.name} runs the model on changed or re-explained inputs, which "
+            "saliencelab does not do for text models; score text maps with the metrics that "
+            "read only the maps: complexity, or localisation with (B, words) masks."
+        )
+
+
+def check_class_target(metric: Metric, maps: str = "the maps") -> None:
+    """One sentence when `metric` needs the class the maps explain but they explain none (a
+    channel, neuron or function target: class -1)."""
+    if not runs_model(metric):
+        return  # it reads only the maps (and masks)
+    if "explainer" in metric.needs:
+        what = "recomputes the maps for the class they explain"
+        todo = "it cannot score them"
+    else:
+        what = "scores the class the maps explain"
+        todo = "pass target=<class> (an int, a class name or one per sample) to score a class"
+    raise SaliencelabError(
+        f"The metric {metric.name} {what}, but {maps} explain a channel, neuron or function "
+        f"target, not a class; {todo}, or use the localisation and complexity metrics, which "
+        "read only the maps."
+    )
 
 
 def masks_for(masks: object, maps: torch.Tensor) -> torch.Tensor:
@@ -712,10 +760,25 @@ def _resolve_target(
     target: TargetSpec, b: int, model: Model | None, x: torch.Tensor | None, engine: Engine | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B,) class indices, and the logits on x when resolving them took a forward."""
+    if isinstance(target, (list, tuple)) and all(
+        isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in target
+    ):  # class indices: no model needed to read them
+        if len(target) != b:
+            raise SaliencelabError(
+                f"Got {len(target)} targets for a batch of {b} maps; give one target per map, or "
+                "a single int / class name for all."
+            )
+        target = torch.tensor([int(t) for t in target], dtype=torch.long)
     if isinstance(target, torch.Tensor):
         check_tensor_target(target)
+    if callable(target) and not isinstance(target, torch.Tensor):
+        # a channel, neuron or function target: the maps explain no class (-1, as an
+        # Attribution records it); the metrics that need one say so (`check_class_target`)
+        return torch.full((b,), -1, dtype=torch.long), None
     if isinstance(target, torch.Tensor) and target.dim() == 1 and target.shape[0] == b:
         t = target.long()
+        if bool((t == -1).all()):  # an Attribution's target of a channel, neuron or function
+            return t, None
         if model is not None:  # the labels give the classes; else `gather_classes` checks them
             check_class_indices(t, len(model.labels) if model.labels is not None else None)
         return t, None
@@ -728,13 +791,7 @@ def _resolve_target(
             "Resolving this target needs the model and inputs; pass model=... and x=... ."
         )
     logits = engine.logits(x)
-    resolved = resolve_target(target, logits, model.labels)
-    if resolved.fn is not None:
-        raise SaliencelabError(
-            "Metrics score class probabilities; give a class target (int, name or one per "
-            "sample), not a function."
-        )
-    return resolved.indices, logits
+    return resolve_target(target, logits, model.labels).indices, logits
 
 
 # -- the registry ----------------------------------------------------------------------------------

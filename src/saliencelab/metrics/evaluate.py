@@ -13,6 +13,7 @@ Every report also scores three reference maps (random, centred Gaussian, Sobel e
 from __future__ import annotations
 
 import csv
+import dataclasses
 import inspect
 import json
 import math
@@ -36,11 +37,14 @@ from ..core.result import Attribution, Explanation
 from ..core.targets import TargetSpec
 from ..methods.reference import REFERENCE_METHODS
 from ..models.model import Model, as_model, as_model_input
+from ..text.model import TextModel
 from .base import (
     EvalBatch,
     Explainer,
     Metric,
     MetricResult,
+    check_class_target,
+    check_model_kind,
     checked_maps,
     get_metric,
     make_batch,
@@ -354,6 +358,7 @@ def _check_request(
     masks: object,
     model: Model,
     explainers: Mapping[str, Explainer],
+    target: TargetSpec = None,
 ) -> torch.Tensor | None:
     """What the metrics need that the call lacks, before any model work: maps that fit the
     inputs (checked first, so wrong maps are not blamed on right masks), masks shaped like the
@@ -373,7 +378,13 @@ def _check_request(
         for maps in checked:
             mask_tensor = masks_for(masks, maps)
     for metric in requested:
+        check_model_kind(metric, model)
         metric.check_model(model)
+        if callable(target) and not isinstance(target, torch.Tensor):
+            check_class_target(metric)  # a channel, neuron or function target
+        for name, (_, _, a) in entries.items():
+            if target is None and a is not None and bool((a.target < 0).any()):
+                check_class_target(metric, f"the maps of {name!r}")
         if "masks" in metric.needs and masks is None:
             raise SaliencelabError(
                 f"The metric {metric.name} needs masks: pass masks=... ((B, H, W) bool "
@@ -406,6 +417,28 @@ def _warn_empty_masks(masks: torch.Tensor) -> None:
             EmptyMaskWarning,
             stacklevel=3,
         )
+
+
+def _text_rows(batch: EvalBatch, a: Attribution | None) -> list[EvalBatch]:
+    """The batch to score, as one batch per text when its word maps are padded: a text model's
+    (B, W) maps hold zeros after each text's own words (`a.tokens`), which would count as words
+    of no relevance (and a text's sparseness or ROC-AUC would depend on the texts beside it)."""
+    tokens = a.extras.get("tokens") if a is not None else None
+    width = batch.maps.shape[-1]
+    if batch.maps.dim() != 2 or not tokens or all(len(t) == width for t in tokens):
+        return [batch]
+    return [
+        dataclasses.replace(
+            batch,
+            x=batch.x[i : i + 1],
+            maps=batch.maps[i : i + 1, : len(words)],
+            target=batch.target[i : i + 1],
+            masks=None if batch.masks is None else batch.masks[i : i + 1, : len(words)],
+            attributions=None,
+            input_logits=None,
+        )
+        for i, words in enumerate(tokens)
+    ]
 
 
 def _explainer(name: str, a: Attribution | None, chunk_size: int | None) -> Explainer | None:
@@ -458,6 +491,8 @@ def evaluate(
     before the model runs or any reference map is computed.
     """
     model = as_model(model)
+    if isinstance(model, TextModel) and not isinstance(x, torch.Tensor):
+        x = model.preprocess(x)  # the texts, as sl.explain takes them
     if not isinstance(x, torch.Tensor):
         raise SaliencelabError(f"Give the inputs as a tensor, not {type(x).__name__}.")
     if not x.dim() or x.shape[0] == 0:
@@ -485,7 +520,7 @@ def evaluate(
             f"reference out (references={others!r})."
         )
     given = _given_explainers(explainer, list(entries), chunk_size)
-    checked_masks = _check_request(requested, entries, x, masks, model, given)
+    checked_masks = _check_request(requested, entries, x, masks, model, given, target)
     if checked_masks is not None:  # a metric needs them
         _warn_empty_masks(checked_masks)
     engine = Engine(model, chunk_size=chunk_size)
@@ -506,7 +541,9 @@ def evaluate(
     results: dict[str, dict[str, MetricResult]] = {}
     for name, (maps, attributions, a) in entries.items():
         method_target = default_target
-        if target is None and a is not None and (a.target >= 0).all():
+        if target is None and a is not None:
+            # the class it explains, or -1 for a channel, neuron or function target (scored
+            # only by the metrics that read the maps alone: `_check_request`)
             method_target = a.target
         full = attributions if attributions is not None and attributions.shape == x.shape else None
         with input_errors_explained(model, x):  # e.g. the forward finding the predicted class
@@ -520,12 +557,14 @@ def evaluate(
                 explainer=given.get(name) or _explainer(name, a, chunk_size),
                 engine=engine,
             )
-        if default_target is None:
+        if default_target is None and bool((batch.target >= 0).all()):
             default_target = batch.target  # resolve the predicted class once
         per: dict[str, MetricResult] = {}
+        parts = _text_rows(batch, a)
         for metric in requested:
             metric.reset()
-            metric.update(batch=batch)
+            for part in parts:
+                metric.update(batch=part)
             per[metric.name] = metric.compute()
         results[name] = per
     return EvalReport(results, references=refs, params={"metrics": [m.name for m in requested]})

@@ -16,6 +16,7 @@ from ...core.derived import kept
 from ...core.errors import SaliencelabError
 from ...core.layout import memory_format_of
 from ...core.state import attribution_mode
+from ...models.blackbox import is_blackbox
 from ...models.model import Model, logits_of
 from ..base import EvalBatch, Metric, Scores, all_finite, register_metric
 from ..checks import check_choice
@@ -343,8 +344,17 @@ class InputInvariance(Metric):
             )
         return s
 
+    def check_model(self, model: Model) -> None:
+        if is_blackbox(model):
+            raise SaliencelabError(
+                "input_invariance absorbs a shift of the inputs into the model's first layer, "
+                "which a black-box function does not expose; it needs a model whose first layer "
+                "is an nn.Conv2d or nn.Linear."
+            )
+
     def score(self, batch: EvalBatch) -> Scores:
         assert batch.model is not None and batch.explainer is not None
+        self.check_model(batch.model)
         x = batch.x
         if x.dim() not in (2, 4):
             raise SaliencelabError(

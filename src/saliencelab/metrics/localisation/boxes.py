@@ -36,6 +36,11 @@ def boxes_to_masks(
             raise SaliencelabError(
                 "Boxes must be (B, 4), (B, K, 4) or a list of (K, 4) numbers per image."
             ) from None
+        if any(p.dim() == 0 for p in parts):
+            raise SaliencelabError(
+                "Boxes must be (B, 4), (B, K, 4) or a list of (K, 4) numbers per image, not a "
+                "flat list of numbers; give one image's box as [[x0, y0, x1, y1]]."
+            )
         for p in parts:
             if p.numel() and p.shape[-1] != 4:
                 raise SaliencelabError(

@@ -67,10 +67,11 @@ from torch import nn
 from ...core.errors import SaliencelabError, closest
 from ...core.registry import get_method
 from ...core.row_versions import NotRowwise, is_rowwise, weight_versions
+from ...models.blackbox import is_blackbox
 from ...models.model import Model
 from ..base import EvalBatch, Metric, Scores, register_metric
 from ..checks import check_choice
-from .similarity import check_similarity, similarity_to
+from .similarity import check_image_maps, check_similarity, similarity_to
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -164,6 +165,11 @@ def select_stages(
     granularity: Literal["block", "layer"] = "block",
 ) -> list[Stage]:
     """The stages to randomise, output side first (the cascading order)."""
+    if is_blackbox(module):
+        raise SaliencelabError(
+            "model_randomisation re-initialises the model's layers, which a black-box function "
+            "does not expose; it needs the model itself (an nn.Module with parameters)."
+        )
     all_stages = stages(module, granularity)
     if not all_stages:
         raise SaliencelabError("The model has no parameterised layers to randomise.")
@@ -376,6 +382,7 @@ class ModelRandomisation(Metric):
     def score(self, batch: EvalBatch) -> Scores:
         assert batch.model is not None and batch.explainer is not None
         module = batch.model.module
+        check_image_maps(self.name, batch.maps)
         plan = select_stages(module, self.layers, self.granularity)
         compare = similarity_to(self.similarity, batch.maps, self.similarity_options)
         self.params["randomised"] = [s.name for s in plan]

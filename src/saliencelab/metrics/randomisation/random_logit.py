@@ -22,7 +22,7 @@ import torch
 from ...core.errors import SaliencelabError
 from ...core.seeds import sample_generators
 from ..base import EvalBatch, Metric, Scores, register_metric
-from .similarity import check_similarity, similarity_to
+from .similarity import check_image_maps, check_similarity, similarity_to
 
 
 def random_other_class(
@@ -91,6 +91,7 @@ class RandomLogit(Metric):
 
     def score(self, batch: EvalBatch) -> Scores:
         assert batch.explainer is not None
+        check_image_maps(self.name, batch.maps)
         compare = similarity_to(self.similarity, batch.maps, self.similarity_options)
         n = self._classes(batch)
         if int(batch.target.max()) >= n or int(batch.target.min()) < 0:

@@ -73,6 +73,17 @@ def _pair(
     return a, b.to(a.device)
 
 
+def check_image_maps(metric: str, maps: torch.Tensor) -> None:
+    """One sentence unless `maps` are (B, H, W) image maps ((B, 1, H, W) squeezed): the
+    similarities compare 2-D maps, so tabular (B, F) and text (B, W) maps are refused before
+    any model work."""
+    if maps.dim() != 3 and not (maps.dim() == 4 and maps.shape[1] == 1):
+        raise SaliencelabError(
+            f"The metric {metric} compares (B, H, W) image maps, not maps of shape "
+            f"{tuple(maps.shape)}; it does not score tabular or text maps."
+        )
+
+
 def minmax(maps: torch.Tensor) -> torch.Tensor:
     """Each (H, W) map rescaled to [0, 1] (float64); a constant map becomes all zeros."""
     m = maps.double()
