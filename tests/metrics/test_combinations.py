@@ -9,33 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_bad_input import FAST, MODEL_METRICS  # the same fast settings
 from torch import nn
 
 import saliencelab as sl
 from saliencelab.core.errors import SaliencelabError
 from saliencelab.metrics.base import metric_classes
 
-FAST = {
-    "aopc_lerf": {"patch_size": 4, "regions": 4},
-    "aopc_morf": {"patch_size": 4, "regions": 4},
-    "avg_sensitivity": {"n_samples": 2},
-    "max_sensitivity": {"n_samples": 2},
-    "local_lipschitz": {"n_samples": 2},
-    "deletion": {"steps": 4},
-    "insertion": {"steps": 4},
-    "monotonicity": {"steps": 4},
-    "monotonicity_correlation": {"steps": 4, "n_samples": 2},
-    "faithfulness_correlation": {"subset_size": 16, "n_samples": 3},
-    "infidelity": {"n_perturbations": 2},
-    "non_sensitivity": {"features_in_step": 36},
-    "road": {"percentages": (20, 60)},
-    "road_lerf": {"percentages": (20, 60)},
-    "road_morf": {"percentages": (20, 60)},
-    "sensitivity_n": {"fractions": (0.1, 0.5), "n_samples": 2},
-    "model_randomisation": {"layers": 2},
-    "random_logit": {"similarity": "spearman"},
-}
-MODEL_METRICS = sorted(n for n, c in metric_classes().items() if "model" in c.needs)
 PROBABILITY_METRICS = [
     name
     for name in MODEL_METRICS
