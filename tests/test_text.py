@@ -251,7 +251,7 @@ def test_integrated_gradients_matches_captum_on_embeddings(classifier, hf_classi
 def test_smoothgrad_noise_leaves_each_rows_attention_mask_intact(classifier, hf_classifier):
     """SmoothGrad on a padded batch equals the mean of by-hand gradients at the same noisy
     embeddings with each text's true attention mask (the flag columns survive the noise)."""
-    from saliencelab.methods.gradient.baselines import generator
+    from saliencelab.core.seeds import sample_generators
     from saliencelab.methods.gradient.smoothgrad import standard_normal
 
     texts = ["A man is playing guitar.", "bad plot"]
@@ -267,7 +267,7 @@ def test_smoothgrad_noise_leaves_each_rows_attention_mask_intact(classifier, hf_
         base_options={"absolute": False},
     )
     x = classifier.inputs(texts)
-    noise = standard_normal((n, *x.shape), generator(x.device, 3), x)
+    noise = standard_normal((n, *x.shape), sample_generators(x, 3), x)
     enc = classifier.tokenizer(texts, padding=True, return_tensors="pt")
     emb = hf_classifier.get_input_embeddings()(enc["input_ids"]).detach()
     noisy = (emb[None] + sigma * noise[..., :16]).flatten(0, 1).requires_grad_(True)

@@ -10,9 +10,11 @@ With A the base method (saliency by default) and x_k = x + ε_k, ε_k ~ N(0, σ�
   variance, as Captum's NoiseTunnel)
 
 σ = noise_level × (max(x) - min(x)) of each sample, as in the paper, or `stdevs` (absolute).
-The noise is drawn with a seeded torch.Generator on the model's device, one vectorised draw of
-shape (n, B, ...) (k-major; split into groups of draws only when it would exceed 2^26 values),
-and the base method runs once on all noisy rows of a group (the engine chunks them).
+Each sample's noise comes from its own CPU generator seeded by `seed` and the sample's values
+(core/seeds.py), so a sample gets the same noise, and the same map, alone or at any position of
+any batch, on any device. The draws form one tensor (n, B, ...) (k-major; split into groups of
+draws only when it would exceed 2^26 values), and the base method runs once on all noisy rows
+of a group (the engine chunks them).
 """
 
 from __future__ import annotations
@@ -24,15 +26,21 @@ import torch
 from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError, closest
 from ...core.registry import get_method, register
-from .baselines import float_dtype, generator, positive_int
+from ...core.seeds import sample_generators
+from .baselines import float_dtype, positive_int
 
 KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 MAX_NOISY_VALUES = 1 << 26  # noisy input values materialised at once (256 MB in float32)
 
 
-def standard_normal(shape: tuple[int, ...], gen: torch.Generator, like: torch.Tensor):
-    """N(0, 1) noise of `shape` on `like`'s device and dtype (a seam for tests)."""
-    return torch.randn(shape, generator=gen, device=like.device, dtype=like.dtype)
+def standard_normal(
+    shape: tuple[int, ...], gens: list[torch.Generator], like: torch.Tensor
+) -> torch.Tensor:
+    """N(0, 1) noise (g, B, ...) on `like`'s device and dtype, column b from `gens[b]` (one
+    CPU generator per sample: its noise does not depend on the batch; a seam for tests)."""
+    g, _, *sample = shape
+    cols = [torch.randn((g, *sample), generator=gen, dtype=like.dtype) for gen in gens]
+    return torch.stack(cols, 1).to(like.device)
 
 
 class _Running:
@@ -106,14 +114,14 @@ def _smooth(
         flat = xf.flatten(1)
         sigma = noise_level * (flat.amax(1) - flat.amin(1))
 
-    gen = generator(dev, seed)
+    gens = sample_generators(x, seed)  # per sample: the same noise in any batch
     group = max(1, min(n_samples, MAX_NOISY_VALUES // max(1, x.numel())))
     scale = sigma.view((1, batch) + (1,) * (x.dim() - 1))
     attributions, maps = _Running(kind), _Running(kind)
     layer = None
     for start in range(0, n_samples, group):
         g = min(group, n_samples - start)
-        noisy = (xf + scale * standard_normal((g, *x.shape), gen, xf)).flatten(0, 1)
+        noisy = (xf + scale * standard_normal((g, *x.shape), gens, xf)).flatten(0, 1)
         samples = torch.arange(batch, device=dev).repeat(g)
         out = spec.fn(ctx.derive(noisy, samples), **options)
         out = out if isinstance(out, MethodOutput) else MethodOutput(out)
