@@ -52,6 +52,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import torch
@@ -60,6 +61,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...core.context import Context
 from ...core.engine import PassChunk
+from ...core.errors import SaliencelabError
 from ...core.state import Hooks
 from ...core.targets import layer_target
 from ...models.model import logits_of
@@ -611,7 +613,7 @@ def local_forwards(
     # model (the pasting), so the fold is set up here, before the hook, for all of them, and
     # the clean maps are recomputed folded (pasted and recomputed cells then come from the
     # same weights), in the rows' layout.
-    with ctx.engine.folded_session(ctx.x):
+    with _session(ctx):
         with torch.inference_mode():
             prefix.compute_clean(ctx.x.contiguous(memory_format=layout))
         check_rows = check_rows.to(dev)
@@ -620,11 +622,19 @@ def local_forwards(
         try:
             inc = torch.cat([c.scores for c in passes(True, len(check_rows), check_rows)])
             prefix.used = _close(inc, full, float(drops.abs().max()))
-        except RuntimeError:
+        except (RuntimeError, SaliencelabError):  # e.g. a neuron's layer ran on a crop
             prefix.used = False
         if not prefix.used:
             log.info("incremental inference from %s disagrees with full forwards", prefix.name)
         yield from passes(prefix.used, n_rows)
+
+
+def _session(ctx: Context) -> AbstractContextManager:
+    """The passes' session: BatchNorm folded in, except for a channel or neuron target, whose
+    layer may be a convolution that folding would change (it would read the BatchNorm's output)."""
+    if layer_target(ctx.target) is not None:
+        return ctx.engine.session()
+    return ctx.engine.folded_session(ctx.x)
 
 
 def used_layer(prefix: LocalPrefix | None) -> str | None:
