@@ -560,6 +560,19 @@ def test_cam_methods_on_text_say_why_and_what_works(classifier):
             assert name in message and name in {spec.name for spec in sl.methods()}
 
 
+@pytest.mark.parametrize(
+    "method", ["occlusion", "rise", "feature_ablation", "lime", "kernelshap", "sobel", "random"]
+)
+def test_image_perturbations_and_references_on_text_say_why_and_what_works(classifier, method):
+    """They perturb or draw over (B, C, H, W) images: on text they quoted an internal shape
+    such as "(3, 13, 272)" or asked for a feature_mask; the sentence now names leave_one_out."""
+    with pytest.raises(SaliencelabError) as e:
+        sl.explain(classifier, "the movie was great", methods=method)
+    message = _one_sentence(e)
+    assert message.startswith(f"{method} is an image ")
+    assert "leave_one_out removes each word in turn" in message
+
+
 def test_too_long_text_is_cut_with_a_warning_saying_where(classifier, caplog):
     text = " ".join(["the movie was great"] * 10)  # 40 words; the model takes 24 tokens
     with caplog.at_level(logging.WARNING, logger="saliencelab"):

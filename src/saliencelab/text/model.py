@@ -284,12 +284,21 @@ class TextModel(Model):
 
     def check_method(self, name: str, family: str) -> None:
         """One sentence for a method text models cannot run: the CAM family needs a layer with a
-        spatial (B, C, H, W) output, and a transformer's layers give token sequences."""
+        spatial (B, C, H, W) output, and a transformer's layers give token sequences; the image
+        perturbations (windows, masks, superpixels) and reference maps (image centre, edges) have
+        no meaning on words, which `leave_one_out` removes one at a time instead."""
+        use = f"For text use {', '.join(TEXT_METHODS[:-1])} or {TEXT_METHODS[-1]}."
         if family == "cam":
             raise SaliencelabError(
                 f"{name} is a CAM method, which needs a convolutional (spatial) layer with a "
                 f"(B, C, H, W) output; text models have none (their layers output token "
-                f"sequences). For text use {', '.join(TEXT_METHODS[:-1])} or {TEXT_METHODS[-1]}."
+                f"sequences). {use}"
+            )
+        if family in ("perturbation", "reference") and name not in TEXT_METHODS:
+            what = "an image reference map" if family == "reference" else "an image perturbation"
+            raise SaliencelabError(
+                f"{name} is {what} (pixels, windows or masks of a (B, C, H, W) image), which "
+                f"text models do not take; leave_one_out removes each word in turn instead. {use}"
             )
 
     def prepare(self, x: Any, target: Any) -> tuple[TextModel, torch.Tensor, Any]:
