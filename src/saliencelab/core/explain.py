@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models.blackbox import FORWARD_ONLY_METHODS, gradients_message, is_blackbox
+from ..models.blackbox import gradients_message, is_blackbox
 from ..models.model import Model, as_model, as_model_input
 from .backward import BACKWARD_MODES
 from .context import Capture, Context, MethodOutput, autograd_allowed, upsample
@@ -74,17 +74,6 @@ def _as_batch(model: Model, x: Any) -> torch.Tensor:
     if x.is_inference():  # made under torch.inference_mode(): a copy autograd can use
         x = x.clone()
     return x
-
-
-def _blackbox_message(spec: MethodSpec) -> str:
-    """Why a black box cannot run `spec`: rollouts read the model's attention layers (the
-    plain rollout needs no gradient), the rest gradients (CAMs also layers)."""
-    if spec.family == "attention":
-        return (
-            f"{spec.name} reads the attention matrices of the model's attention layers; this "
-            f"model is a black-box function; use {FORWARD_ONLY_METHODS}."
-        )
-    return gradients_message(spec.name, spec.family)
 
 
 def _check_sizes(chunk_size: Any, memory_budget: Any) -> None:
@@ -232,7 +221,7 @@ def explain(
         if is_blackbox(model):  # only forwards: perturbation methods, and the reference maps
             for spec, _ in requests:  # (which need nothing of the model)
                 if spec.family not in ("perturbation", "reference"):
-                    raise SaliencelabError(_blackbox_message(spec))
+                    raise SaliencelabError(gradients_message(spec.name, spec.family))
         if not (x.is_floating_point() or x.is_complex()):
             for spec, _ in requests:
                 if _needs_input_gradient(spec):

@@ -44,6 +44,7 @@ from ..core.targets import (
     resolve_target,
 )
 from ..models.model import Model, as_model, as_model_input
+from ..text.model import TextModel  # (imports no transformers)
 from .stats import bootstrap_ci
 
 Direction = Literal["higher", "lower", "none"]
@@ -568,8 +569,6 @@ def runs_model(metric: Metric) -> bool:
 def check_model_kind(metric: Metric, model: Model) -> None:
     """One sentence when `metric` runs a model it cannot: a text model (its inputs are token
     embeddings, which the metrics neither perturb nor re-explain)."""
-    from ..text.model import TextModel  # (imports no transformers)
-
     if runs_model(metric) and isinstance(model, TextModel):
         raise SaliencelabError(
             f"The metric {metric.name} runs the model on changed or re-explained inputs, which "

@@ -377,14 +377,19 @@ def _check_request(
     if masks is not None and any("masks" in metric.needs for metric in requested):
         for maps in checked:
             mask_tensor = masks_for(masks, maps)
+    # Maps that explain no class (a channel, neuron or function target: class -1), found once.
+    classless = [
+        name
+        for name, (_, _, a) in entries.items()
+        if target is None and a is not None and bool((a.target < 0).any())
+    ]
     for metric in requested:
         check_model_kind(metric, model)
         metric.check_model(model)
         if callable(target) and not isinstance(target, torch.Tensor):
             check_class_target(metric)  # a channel, neuron or function target
-        for name, (_, _, a) in entries.items():
-            if target is None and a is not None and bool((a.target < 0).any()):
-                check_class_target(metric, f"the maps of {name!r}")
+        for name in classless:
+            check_class_target(metric, f"the maps of {name!r}")
         if "masks" in metric.needs and masks is None:
             raise SaliencelabError(
                 f"The metric {metric.name} needs masks: pass masks=... ((B, H, W) bool "

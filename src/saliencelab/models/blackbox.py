@@ -28,8 +28,13 @@ FORWARD_ONLY_METHODS = "occlusion, rise, feature_ablation, lime or kernelshap"
 
 
 def gradients_message(method: str = "This method", family: str = "gradient") -> str:
-    """One sentence for a method a black box cannot run: the CAM family needs the model's layers
-    as well as gradients."""
+    """One sentence for a method a black box cannot run: the rollouts read the model's attention
+    layers, the CAM family its layers and gradients, the rest its gradients."""
+    if family == "attention":
+        return (
+            f"{method} reads the attention matrices of the model's attention layers; this model "
+            f"is a black-box function; use {FORWARD_ONLY_METHODS}."
+        )
     what = "the model's layers and gradients" if family == "cam" else "gradients"
     return f"{method} needs {what}; this model is a black-box function; use {FORWARD_ONLY_METHODS}."
 
