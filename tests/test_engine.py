@@ -11,7 +11,10 @@ from torch import nn
 import saliencelab as sl
 from saliencelab.core import batching
 from saliencelab.core.batching import ChunkPlan
+from saliencelab.core.engine import Engine
 from saliencelab.core.errors import SaliencelabError
+from saliencelab.core.targets import Target
+from saliencelab.models.model import as_model
 
 
 def _grad(model, x, target):
@@ -195,6 +198,31 @@ def test_chunked_pass_equals_one_chunk(tiny_cnn, images):
     one = sl.explain(tiny_cnn, images, methods="saliency", chunk_size=64)["saliency"].maps
     small = sl.explain(tiny_cnn, images, methods="saliency", chunk_size=3)["saliency"].maps
     torch.testing.assert_close(one, small)
+
+
+def test_a_given_example_saves_building_a_row_and_must_match_the_rows(tiny_cnn, images):
+    """`example=` replaces the one-row probe built by `make_inputs` (called only for the
+    chunks), and rows unlike it are refused (the plan and layout were chosen for it)."""
+    engine = Engine(as_model(tiny_cnn), chunk_size=2)
+    asked: list[int] = []
+
+    def make(rows: torch.Tensor) -> torch.Tensor:
+        asked.append(len(rows))
+        return images[rows]
+
+    n = images.shape[0]
+    target = Target(torch.zeros(n, dtype=torch.long))
+    with_example = engine.forwards(n, make, lambda r: r, target, example=images[:1])
+    got = torch.cat([c.logits for c in with_example])
+    assert asked == [2] * (n // 2) + [1] * (n % 2)  # no extra one-row call for the example
+    torch.testing.assert_close(got, tiny_cnn.eval()(images), rtol=1e-5, atol=1e-5)
+    grads = engine.gradients(n, make, lambda r: r, target, example=images[:1])
+    assert sum(len(c.rows) for c in grads) == n
+    unlike = images[:1, :, :4]  # rows of another shape
+    with pytest.raises(RuntimeError, match="example"):
+        list(engine.forwards(n, make, lambda r: r, target, example=unlike))
+    with pytest.raises(RuntimeError, match="example"):
+        list(engine.gradients(n, make, lambda r: r, target, example=images[:1].double()))
 
 
 def test_chunk_plan_tries_the_ladder_and_settles_on_the_fastest():

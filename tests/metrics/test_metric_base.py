@@ -308,6 +308,34 @@ def test_a_target_out_of_range_is_one_sentence(tiny_cnn, images, labels, bad):
         sl.metrics.get("completeness")()(images.sum(1), x=images, model=model, target=target)
 
 
+@pytest.mark.parametrize("target", [None, torch.tensor([3, 1, 4, 1])])
+def test_the_target_classes_are_read_once_per_batch(monkeypatch, tiny_cnn, images, target):
+    """make_batch's check of the classes, the metric's check for class-less maps and random
+    logit's range check share one read of the target's (min, max)."""
+    import saliencelab.metrics.base as base
+
+    reads = []
+
+    def counted(t):
+        reads.append(t.clone())
+        return sl.core.targets.class_bounds(t)
+
+    monkeypatch.setattr(base, "class_bounds", counted)
+    metric = sl.metrics.get("random_logit")(similarity="spearman")
+    metric(images.abs().sum(1), x=images, model=tiny_cnn, target=target, explainer="saliency")
+    assert len(reads) == 1
+    expected = target if target is not None else tiny_cnn.eval()(images).argmax(1)
+    assert torch.equal(reads[0], expected)
+    batch = base.make_batch(images.sum(1), x=images, model=tiny_cnn, target=target)
+    lo, hi = batch.target_bounds()
+    assert (lo, hi) == (int(expected.min()), int(expected.max()))
+    channel = torch.full((4,), -1)  # an Attribution's target of a channel: no class
+    batch = base.make_batch(images.sum(1), x=images, model=tiny_cnn, target=channel)
+    assert batch.target_bounds() == (-1, -1)
+    with pytest.raises(sl.SaliencelabError, match="class"):
+        sl.metrics.get("deletion")()(images.sum(1), x=images, model=tiny_cnn, target=channel)
+
+
 def test_one_map_without_batch_axis_says_so(tiny_cnn, images):
     with pytest.raises(sl.SaliencelabError, match=r"one map without a batch axis.*unsqueeze"):
         sl.metrics.get("deletion")()(images[0, 0], x=images, model=tiny_cnn)

@@ -186,12 +186,14 @@ class Engine:
         layers: dict[str, nn.Module] | None = None,
         input_grad: bool = True,
         backward: Backward = "plain",
+        example: torch.Tensor | None = None,
     ) -> Iterator[PassChunk]:
         """Forward+backward passes over `n_rows` rows, yielding one :class:`PassChunk` per chunk.
 
         Gradients are of the target score of each row. `layers` maps names to modules whose
         outputs (activations) and their gradients are captured. With `input_grad=False` the
         forward below the first hooked layer builds no graph, so backward stops at the layers.
+        `example`: rows like the pass's (see `forwards`).
         """
         layers = layers or {}
         if not input_grad and not layers:
@@ -202,7 +204,7 @@ class Engine:
             # contiguous, so attributions are plain tensors for the user (a copy of ~0.1 ms per
             # 8×3×64² chunk); the inputs as they were fed.
             dev = self.device
-            example = make_inputs(torch.arange(1)).to(dev)
+            example = _example(make_inputs, example, dev)
             nhwc = n_rows >= NHWC_MIN_ROWS and channels_last_known(self.module, example)
             captured: dict[str, torch.Tensor] = {}
 
@@ -238,7 +240,7 @@ class Engine:
             for rows in plan.chunks():
                 start = time.perf_counter()
                 try:
-                    x = usable_input(make_inputs(rows).to(dev))
+                    x = usable_input(_rows_like(make_inputs(rows), example))
                     if nhwc:
                         x = x.contiguous(memory_format=torch.channels_last)
                     learning = not plan.settled
@@ -306,6 +308,7 @@ class Engine:
         target: Target | None = None,
         edit: tuple[nn.Module, LayerEdit] | None = None,
         fold: bool = True,
+        example: torch.Tensor | None = None,
     ) -> Iterator[PassChunk]:
         """Forward-only passes under `torch.inference_mode()`, chunked; channels-last on CPU.
 
@@ -313,10 +316,13 @@ class Engine:
         channels). Scores are the target's when a target is given. Plain passes (no edit, no
         layer target, no hook on the model) run with BatchNorm folded in place (core/fused.py),
         the same function up to float rounding; `fold=False` runs the model as it is.
+        `example`: rows like the pass's (shape, dtype; a fold probe may run its first row),
+        where the caller has them at hand (e.g. the inputs `x[:1]`); else `make_inputs` builds
+        one row for it. The first chunk must match it.
         """
         with self.session(), Hooks() as hooks, torch.inference_mode(), ExitStack() as stack:
             dev = self.device
-            example = make_inputs(torch.arange(1)).to(dev)
+            example = _example(make_inputs, example, dev)
             # A plain pass runs with BatchNorm folded (core/fused.py).
             plain = fold and edit is None and layer_target(target) is None
             stack.enter_context(self._folding(plain, example, n_rows))
@@ -337,7 +343,7 @@ class Engine:
             for rows in plan.chunks():
                 start = time.perf_counter()
                 try:
-                    x = make_inputs(rows).to(dev)
+                    x = _rows_like(make_inputs(rows), example)
                     if nhwc:
                         x = x.contiguous(memory_format=torch.channels_last)
                     learning = not plan.settled
@@ -410,6 +416,28 @@ class Engine:
                 "channel target cannot follow: use another method."
             )
         return readings
+
+
+def _example(
+    make_inputs: MakeInputs, example: torch.Tensor | None, device: torch.device
+) -> torch.Tensor:
+    """Rows like a pass's: the caller's `example`, else one row built by `make_inputs`."""
+    if example is None:
+        return make_inputs(torch.arange(1)).to(device)
+    return example if example.device == device else example.to(device)
+
+
+def _rows_like(x: torch.Tensor, example: torch.Tensor) -> torch.Tensor:
+    """`x`, a chunk of rows, on the example's device, after checking it is like the pass's
+    example (the chunk plan and the layout were chosen for rows of its shape and dtype)."""
+    if x.device != example.device:
+        x = x.to(example.device)
+    if x.shape[1:] != example.shape[1:] or x.dtype != example.dtype:
+        raise RuntimeError(
+            f"a pass's rows are {tuple(x.shape[1:])} {x.dtype} but its example is "
+            f"{tuple(example.shape[1:])} {example.dtype}"
+        )
+    return x
 
 
 def _out_of_memory(plan: ChunkPlan, rows: int, device: torch.device) -> None:
@@ -508,7 +536,7 @@ def all_finite(t: torch.Tensor) -> bool:
         return True
     if t.is_complex():
         return bool(torch.isfinite(t).all())
-    lo, hi = torch.aminmax(t.detach())  # (no autograd node for a check)
+    lo, hi = torch.aminmax(t.detach() if t.requires_grad else t)  # (no autograd node)
     if t.device.type == "cpu":
         return math.isfinite(lo.item()) and math.isfinite(hi.item())
     return bool((lo > -math.inf) & (hi < math.inf))

@@ -39,7 +39,20 @@ class Target:
                     f"but returned {got}."
                 )
             return s
-        return gather_classes(logits, self.indices.to(logits.device)[rows.to(logits.device)])
+        return class_scores(logits, self.indices, rows)
+
+
+def class_scores(
+    logits: torch.Tensor, classes: torch.Tensor, samples: torch.Tensor | None
+) -> torch.Tensor:
+    """(N,) `logits[i, classes[samples[i]]]`: row i scored for the class of its sample
+    (`samples` None: row i is sample i). Moves the indices only when they live elsewhere."""
+    dev = logits.device
+    if classes.device != dev:
+        classes = classes.to(dev)
+    if samples is not None:
+        classes = classes[samples if samples.device == dev else samples.to(dev)]
+    return gather_classes(logits, classes)
 
 
 def gather_classes(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -94,14 +107,22 @@ def _out_of_range(t: int, n_classes: int | None) -> SaliencelabError:
     return SaliencelabError(f"The target class {t} is out of range: {known}.")
 
 
-def check_class_indices(t: torch.Tensor, n_classes: int | None) -> torch.Tensor:
+def class_bounds(t: torch.Tensor) -> tuple[int, int]:
+    """(min, max) of the class indices `t` (non-empty), in one reduction and one read."""
+    lo, hi = torch.stack(list(torch.aminmax(t))).tolist()
+    return int(lo), int(hi)
+
+
+def check_class_indices(
+    t: torch.Tensor, n_classes: int | None, bounds: tuple[int, int] | None = None
+) -> torch.Tensor:
     """`t` if every class index in it is in [0, n_classes) (n_classes None: unknown, only ≥ 0),
     else one sentence naming the first that is not (one reduction, one read: no Python loop
-    over the batch)."""
+    over the batch; none where the caller knows `bounds`, `class_bounds(t)`)."""
     if not t.numel():
         return t
     n = n_classes if n_classes is not None else math.inf
-    lo, hi = torch.stack(list(torch.aminmax(t))).tolist()
+    lo, hi = bounds if bounds is not None else class_bounds(t)
     if lo < 0 or hi >= n:
         raise _out_of_range(int(t[(t < 0) | (t >= n)][0]), n_classes)
     return t

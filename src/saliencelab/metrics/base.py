@@ -40,7 +40,8 @@ from ..core.targets import (
     TargetSpec,
     check_class_indices,
     check_tensor_target,
-    gather_classes,
+    class_bounds,
+    class_scores,
     resolve_target,
 )
 from ..models.model import Model, as_model, as_model_input
@@ -147,10 +148,19 @@ class EvalBatch:
     explainer: Explainer | None = None
     engine: Engine | None = None
     input_logits: torch.Tensor | None = None
+    # (min, max) of `target`, read once (`target_bounds`); make_batch fills it where it read them
+    _bounds: tuple[int, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def batch(self) -> int:
         return self.x.shape[0]
+
+    def target_bounds(self) -> tuple[int, int]:
+        """(min, max) of the target classes, read from the tensor once per batch (-1 marks a map
+        that explains no class: a channel, neuron or function target)."""
+        if self._bounds is None:
+            self._bounds = class_bounds(self.target) if self.target.numel() else (0, -1)
+        return self._bounds
 
     @property
     def has_inputs(self) -> bool:
@@ -172,24 +182,24 @@ class EvalBatch:
 
         `sample_of(rows)` gives the original sample of each row (its target is used). `kind`
         "probability" is the softmax probability of the target, "logit" its logit, "logits"
-        returns all logits (n_rows, classes). Runs under `torch.inference_mode()`, model frozen.
+        returns all logits (n_rows, classes). The rows are like `x` (shape, dtype). Runs under
+        `torch.inference_mode()`, model frozen.
         """
         engine = self.require_engine()
         target = Target(self.target)
-        parts = [
-            self.pick(chunk.logits, chunk.samples, kind)
-            for chunk in engine.forwards(n_rows, make_inputs, sample_of, target)
-        ]
+        chunks = engine.forwards(n_rows, make_inputs, sample_of, target, example=self.x[:1])
+        parts = [self.pick(chunk.logits, chunk.samples, kind) for chunk in chunks]
         return torch.cat(parts) if parts else torch.empty(0)
 
     def pick(
         self,
         logits: torch.Tensor,
-        samples: torch.Tensor,
+        samples: torch.Tensor | None,
         kind: Literal["probability", "logit", "logits"],
     ) -> torch.Tensor:
         """The score `kind` of rows with these `logits` (N, classes), row i explaining the
-        target of sample `samples[i]`: all logits, the target's logit or its softmax probability."""
+        target of sample `samples[i]` (None: of sample i): all logits, the target's logit or its
+        softmax probability."""
         if kind == "logits":
             return logits
         logits = logits.float()
@@ -202,7 +212,7 @@ class EvalBatch:
             )
         if kind == "probability":
             logits = logits.softmax(dim=-1)
-        return gather_classes(logits, self.target.to(logits.device)[samples.to(logits.device)])
+        return class_scores(logits, self.target, samples)
 
     def input_scores(
         self, kind: Literal["probability", "logit", "logits"] = "probability"
@@ -214,7 +224,7 @@ class EvalBatch:
             self.input_logits = self.scores(
                 x.shape[0], lambda r: x[r.to(x.device)], lambda r: r, kind="logits"
             )
-        return self.pick(self.input_logits, torch.arange(self.batch), kind)
+        return self.pick(self.input_logits, None, kind)
 
     def row_layout(self) -> torch.memory_format:
         """The memory format the engine feeds rows like `x` to the model in: channels-last
@@ -553,7 +563,7 @@ class Metric:
             )
         if batch.model is not None:
             check_model_kind(self, batch.model)
-        if bool((batch.target < 0).any()):
+        if batch.target_bounds()[0] < 0:
             check_class_target(self)
 
     def __repr__(self) -> str:
@@ -741,11 +751,11 @@ def make_batch(
     engine = engine or (Engine(m) if m is not None else None)
     if engine is not None and x is not None:
         engine.probe_layout(x)
-    tgt, input_logits = _resolve_target(target, b, m, x, engine)
-    return EvalBatch(
+    tgt, input_logits, bounds = _resolve_target(target, b, m, x, engine)
+    batch = EvalBatch(
         x=x if x is not None else torch.empty(b, 0),
         maps=maps,
-        target=tgt.to(maps.device),
+        target=tgt if tgt.device == maps.device else tgt.to(maps.device),
         model=m,
         attributions=attributions,
         masks=masks,
@@ -753,12 +763,16 @@ def make_batch(
         engine=engine,
         input_logits=input_logits,
     )
+    batch._bounds = bounds
+    return batch
 
 
 def _resolve_target(
     target: TargetSpec, b: int, model: Model | None, x: torch.Tensor | None, engine: Engine | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B,) class indices, and the logits on x when resolving them took a forward."""
+) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int] | None]:
+    """(B,) class indices, the logits on x when resolving them took a forward, and the indices'
+    (min, max) where they were read (else None: `EvalBatch.target_bounds` reads them)."""
+    unknown = (-1, -1)  # the maps explain no class: the metrics that need one say so
     if isinstance(target, (list, tuple)) and all(
         isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in target
     ):  # class indices: no model needed to read them
@@ -773,24 +787,26 @@ def _resolve_target(
     if callable(target) and not isinstance(target, torch.Tensor):
         # a channel, neuron or function target: the maps explain no class (-1, as an
         # Attribution records it); the metrics that need one say so (`check_class_target`)
-        return torch.full((b,), -1, dtype=torch.long), None
+        return torch.full((b,), -1, dtype=torch.long), None, unknown
     if isinstance(target, torch.Tensor) and target.dim() == 1 and target.shape[0] == b:
         t = target.long()
-        if bool((t == -1).all()):  # an Attribution's target of a channel, neuron or function
-            return t, None
+        bounds = class_bounds(t) if b else None
+        if bounds == unknown:  # an Attribution's target of a channel, neuron or function
+            return t, None, bounds
         if model is not None:  # the labels give the classes; else `gather_classes` checks them
-            check_class_indices(t, len(model.labels) if model.labels is not None else None)
-        return t, None
+            n = len(model.labels) if model.labels is not None else None
+            check_class_indices(t, n, bounds)
+        return t, None, bounds
     if isinstance(target, int) and model is None:
-        return torch.full((b,), target, dtype=torch.long), None
+        return torch.full((b,), target, dtype=torch.long), None, (target, target)
     if model is None or x is None or engine is None:
-        if target is None:
-            return torch.full((b,), -1, dtype=torch.long), None  # unknown: map-only metrics
+        if target is None:  # unknown: map-only metrics
+            return torch.full((b,), -1, dtype=torch.long), None, unknown
         raise SaliencelabError(
             "Resolving this target needs the model and inputs; pass model=... and x=... ."
         )
     logits = engine.logits(x)
-    return resolve_target(target, logits, model.labels).indices, logits
+    return resolve_target(target, logits, model.labels).indices, logits, None
 
 
 # -- the registry ----------------------------------------------------------------------------------

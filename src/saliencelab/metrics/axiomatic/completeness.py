@@ -83,9 +83,8 @@ class Completeness(Metric):
         n_rows = b - first + (1 if shared else b)
         f = batch.scores(n_rows, make, sample_of, kind="logits" if shared else kind)
         if shared:
-            everyone = torch.arange(b, device=f.device)
-            f_base = batch.pick(f[-1:].expand(b, -1), everyone, kind).double()
-            f_x = None if known else batch.pick(f[:b], everyone, kind).double()
+            f_base = batch.pick(f[-1:].expand(b, -1), None, kind).double()
+            f_x = None if known else batch.pick(f[:b], None, kind).double()
         else:
             f = f.double()
             f_base, f_x = f[b - first :], None if known else f[:b]

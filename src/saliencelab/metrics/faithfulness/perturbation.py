@@ -233,7 +233,10 @@ def run_rows(
     regular = torch.empty(b * n, dtype=torch.float64, device=dev)
     shared_logits: list[torch.Tensor | None] = [None] * len(images)
     engine = batch.require_engine()
-    for chunk in engine.forwards(total, make_inputs, sample_of, Target(batch.target)):
+    chunks = engine.forwards(
+        total, make_inputs, sample_of, Target(batch.target), example=batch.x[:1]
+    )
+    for chunk in chunks:
         rows = chunk.rows.to(dev)
         own = rows < b * n
         if bool(own.all()):

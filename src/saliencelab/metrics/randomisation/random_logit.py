@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ...core.errors import SaliencelabError
-from ...core.seeds import sample_generators
+from ...core.seeds import sample_seeds
 from ..base import EvalBatch, Metric, Scores, register_metric
 from .similarity import check_image_maps, check_similarity, similarity_to
 
@@ -28,14 +28,13 @@ from .similarity import check_image_maps, check_similarity, similarity_to
 def random_other_class(
     target: torch.Tensor, num_classes: int, seed: int, x: torch.Tensor
 ) -> torch.Tensor:
-    """(B,) a class ≠ target per sample, uniform over the other `num_classes - 1`, drawn from a
-    generator seeded with `seed` and the sample's input (`core/seeds.py`): the same class for
-    the same image in any batch."""
+    """(B,) a class ≠ target per sample, uniform over the other `num_classes - 1`: the target
+    shifted by 1 + s mod (num_classes − 1), s the sample's 63-bit seed from `seed` and its input
+    (`core/seeds.py`; uniform to within (num_classes − 1) / 2⁶³): the same class for the same
+    image in any batch."""
     if num_classes < 2:
         raise SaliencelabError("The random-logit test needs a model with at least two classes.")
-    shift = torch.cat(
-        [torch.randint(1, num_classes, (1,), generator=g) for g in sample_generators(x, seed)]
-    )
+    shift = torch.tensor([1 + s % (num_classes - 1) for s in sample_seeds(x, seed)])
     return (target.cpu() + shift) % num_classes
 
 
@@ -94,7 +93,8 @@ class RandomLogit(Metric):
         check_image_maps(self.name, batch.maps)
         compare = similarity_to(self.similarity, batch.maps, self.similarity_options)
         n = self._classes(batch)
-        if int(batch.target.max()) >= n or int(batch.target.min()) < 0:
+        lo, hi = batch.target_bounds()
+        if hi >= n or lo < 0:
             raise SaliencelabError(
                 f"The targets must be classes in [0, {n}); pass num_classes=... if the model has "
                 "more."
