@@ -156,7 +156,7 @@ def test_empty_masks_are_named_in_a_warning(shapes_batch):
     (the CLI names the images itself, without this warning)."""
     import warnings
 
-    from saliencelab.metrics.evaluate import EmptyMaskWarning
+    from saliencelab.metrics import EmptyMaskWarning
 
     model, x, ex, data = shapes_batch
     masks = data.masks.clone()
@@ -168,3 +168,15 @@ def test_empty_masks_are_named_in_a_warning(shapes_batch):
         warnings.simplefilter("error")  # full masks, or no localisation metric: no warning
         sl.evaluate(model, x, ex, metrics="pointing_game", masks=data.masks, references=False)
         sl.evaluate(model, x, ex, metrics="sparseness", masks=masks, references=False)
+    # one warning per call, however many metrics and maps score the masks
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        sl.evaluate(model, x, ex, metrics=["pointing_game", "relevance_mass"], masks=masks)
+    assert [type(w.message) for w in seen] == [EmptyMaskWarning]
+    # a metric object used alone says it too, pointing at the caller's line
+    maps = ex["gradcam"].maps
+    for metric in (sl.metrics.get("pointing_game")(), sl.metrics.get("relevance_rank")()):
+        with pytest.warns(EmptyMaskWarning, match=r"2 of 4 masks are empty") as got:
+            values = metric.update(maps, masks=masks)
+        assert got[0].filename == __file__
+        assert values[[1, 3]].isnan().all() and values[[0, 2]].isfinite().all()

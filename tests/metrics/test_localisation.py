@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -33,8 +34,33 @@ from saliencelab.metrics.localisation import (
 )
 
 
+class _Metric:
+    """A metric whose calls with masks expect an `EmptyMaskWarning` exactly when a mask is
+    empty (the values there are NaN), naming those samples."""
+
+    def __init__(self, m) -> None:
+        self.m = m
+
+    def __call__(self, maps, *args, masks=None, **kwargs):
+        if masks is None:
+            return self.m(maps, *args, **kwargs)
+        empty = (~masks.bool().flatten(1).any(1)).nonzero().flatten().tolist()
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            out = self.m(maps, *args, masks=masks, **kwargs)
+        said = [str(w.message) for w in seen if w.category is sl.metrics.EmptyMaskWarning]
+        if empty:
+            assert len(said) == 1 and f"(samples {', '.join(map(str, empty[:10]))}" in said[0]
+        else:
+            assert not said
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.m, name)
+
+
 def metric(name: str, **params):
-    return sl.metrics.get(name)(**params)
+    return _Metric(sl.metrics.get(name)(**params))
 
 
 def run(name: str, maps, masks, target=None, **params) -> torch.Tensor:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -92,6 +93,24 @@ class Explainer:
 
     def __repr__(self) -> str:
         return f"Explainer({self.method!r}, {self.options!r})"
+
+
+class EmptyMaskWarning(UserWarning):
+    """Some masks are empty: the localisation metrics are undefined (NaN) on those images."""
+
+
+def warn_empty_masks(masks: torch.Tensor, stacklevel: int = 2) -> None:
+    """A warning naming the samples whose mask is empty (their localisation values are NaN and
+    left out of n), so a run does not lose them silently."""
+    empty = (~masks.bool().flatten(1).any(1)).nonzero().flatten().tolist()
+    if empty:
+        shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+        warnings.warn(
+            f"{len(empty)} of {masks.shape[0]} masks are empty (samples {shown}): the "
+            "localisation metrics are undefined there (NaN, left out of n).",
+            EmptyMaskWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 class LastDraw:
@@ -478,6 +497,8 @@ class Metric:
                     explainer=explainer,
                 )
         self.check(batch)
+        if "masks" in self.needs:
+            warn_empty_masks(batch.masks, stacklevel=3)  # (update, its autograd wrapper)
         engine = batch.engine
         before = engine.cost.copy() if engine is not None else None
         ex_before = (

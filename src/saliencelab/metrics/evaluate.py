@@ -39,6 +39,7 @@ from ..methods.reference import REFERENCE_METHODS
 from ..models.model import Model, as_model, as_model_input
 from ..text.model import TextModel
 from .base import (
+    EmptyMaskWarning,
     EvalBatch,
     Explainer,
     Metric,
@@ -49,6 +50,7 @@ from .base import (
     get_metric,
     make_batch,
     masks_for,
+    warn_empty_masks,
 )
 
 MetricsArg = str | Sequence[str] | Mapping[str, Mapping[str, Any]]
@@ -406,24 +408,6 @@ def _check_request(
     return mask_tensor
 
 
-class EmptyMaskWarning(UserWarning):
-    """Some masks are empty: the localisation metrics are undefined (NaN) on those images."""
-
-
-def _warn_empty_masks(masks: torch.Tensor) -> None:
-    """A warning naming the samples whose mask is empty (their localisation values are NaN and
-    left out of n), so a run does not lose them silently."""
-    empty = (~masks.bool().flatten(1).any(1)).nonzero().flatten().tolist()
-    if empty:
-        shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
-        warnings.warn(
-            f"{len(empty)} of {masks.shape[0]} masks are empty (samples {shown}): the "
-            "localisation metrics are undefined there (NaN, left out of n).",
-            EmptyMaskWarning,
-            stacklevel=3,
-        )
-
-
 def _text_rows(batch: EvalBatch, a: Attribution | None) -> list[EvalBatch]:
     """The batch to score, as one batch per text when its word maps are padded: a text model's
     (B, W) maps hold zeros after each text's own words (`a.tokens`), which would count as words
@@ -526,8 +510,8 @@ def evaluate(
         )
     given = _given_explainers(explainer, list(entries), chunk_size)
     checked_masks = _check_request(requested, entries, x, masks, model, given, target)
-    if checked_masks is not None:  # a metric needs them
-        _warn_empty_masks(checked_masks)
+    if checked_masks is not None:  # a metric needs them: one warning for the call
+        warn_empty_masks(checked_masks, stacklevel=3)
     engine = Engine(model, chunk_size=chunk_size)
 
     if refs:
@@ -568,8 +552,10 @@ def evaluate(
         parts = _text_rows(batch, a)
         for metric in requested:
             metric.reset()
-            for part in parts:
-                metric.update(batch=part)
+            with warnings.catch_warnings():  # warned once above, not per method and metric
+                warnings.simplefilter("ignore", EmptyMaskWarning)
+                for part in parts:
+                    metric.update(batch=part)
             per[metric.name] = metric.compute()
         results[name] = per
     return EvalReport(results, references=refs, params={"metrics": [m.name for m in requested]})
