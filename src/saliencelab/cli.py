@@ -36,6 +36,7 @@ from saliencelab.cli_common import (
     TrustPickleOption,
     WeightsOption,
     collect_images,
+    exported_input_shape,
     keep_words,
     load_model,
     note_older_files,
@@ -45,12 +46,14 @@ from saliencelab.cli_common import (
     parse_target,
     parse_value,
     progress_bar,
+    require_an_image,
     session,
     split,
 )
 from saliencelab.core.registry import get_method
 from saliencelab.featurevis.commands import register as register_featurevis
 from saliencelab.metrics.commands import register as register_metrics
+from saliencelab.models.blackbox import is_blackbox
 from saliencelab.neurons.commands import register as register_neurons
 from saliencelab.report.run import RunResult, explain_images, method_requests
 from saliencelab.text.commands import register as register_text
@@ -116,17 +119,23 @@ def _seconds(s: float) -> str:
     return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
 
 
+#: Printed under the results table when some methods shared a pass (as a line of its own: a
+#: table caption wraps at the table's width, leaving "each" alone on a second line).
+SHARED_NOTE = "* one forward+backward pass shared by the methods marked *, counted for each"
+
+
+def _predicted(label: str) -> str:
+    """A model without class names predicts "3": say "class 3" (a bare number next to the
+    probability read as two numbers)."""
+    return f"class {label}" if label.isdigit() else label
+
+
 def _results_table(result: RunResult, show_target: bool) -> Table:
     shared = any(row.get("shared_with") for row in result.rows)
-    caption = (
-        "* one forward+backward pass shared by the methods marked *, counted for each"
-        if shared
-        else None
-    )
     # A channel or neuron target has no class prediction: the column gives what was explained
     # and its reading ("channel 26 of features.3: 3.21") instead.
     layer_target = any("error" not in row and row["probability"] is None for row in result.rows)
-    table = Table(header_style="bold", caption=caption, caption_justify="left")
+    table = Table(header_style="bold")
     table.add_column("image", overflow="fold", ratio=1)
     table.add_column("explained" if layer_target else "prediction", overflow="fold", ratio=1)
     table.add_column("method", no_wrap=True)
@@ -151,7 +160,7 @@ def _results_table(result: RunResult, show_target: bool) -> Table:
             prediction = Text(f"{row['target']}:")
             prediction.append(f" {row['target_value']:.3g}", style="dim")
         else:
-            prediction = Text(row["predicted"])
+            prediction = Text(_predicted(row["predicted"]))
             prediction.append(f" {row['probability']:.2f}", style="dim")
         cells = [row["image"] if first else "", prediction if first else "", row["method"]]
         cells += [row["target"]] if show_target else []
@@ -161,6 +170,8 @@ def _results_table(result: RunResult, show_target: bool) -> Table:
 
 def _report(result: RunResult, out: Console, err: Console, show_target: bool) -> None:
     out.print(_results_table(result, show_target))
+    if any(row.get("shared_with") for row in result.rows):
+        out.print(SHARED_NOTE, soft_wrap=True)
     n_ok, n_bad = result.n_images, len(result.errors)
     summary = (
         f"Explained {n_ok} image{'s' if n_ok != 1 else ''} with {len(result.methods)} "
@@ -256,6 +267,8 @@ def explain(
         options = parse_options(option)
         # Check the request before loading the model (the engine checks it again).
         method_requests(requested, layer=layer, options=options)
+        target_spec = parse_explain_target(target)
+        require_an_image(images, err, max_pixels)  # none readable: stop before writing
         loaded = load_model(
             model, device, input_size, normalize, weights, trust_pickle, reads_images=True
         )
@@ -265,7 +278,7 @@ def explain(
             requested,
             out,
             err,
-            target=parse_explain_target(target),
+            target=target_spec,
             layer=layer,
             options=options,
             embed=embed,
@@ -300,8 +313,11 @@ def list_methods(
     ] = None,
     debug: DebugOption = False,
 ) -> None:
-    """List the registered methods (family, passes per sample, summary, options with their
-    defaults and allowed values), or describe the methods NAMES in detail."""
+    """List the registered methods (family, cost, summary, options), or describe NAMES in detail.
+
+    The table gives each method's family, passes per sample, summary, and its options with their
+    defaults and allowed values.
+    """
     with session(debug):
         if names:
             specs = [get_method(name) for name in names]  # an unknown name: one sentence
@@ -399,6 +415,12 @@ def layers(
     """List a model's layers and their output shapes; marks the default CAM layer."""
     with session(debug):
         loaded = load_model(model, device, input_size, normalize, weights, trust_pickle)
+        if is_blackbox(loaded):
+            raise sl.SaliencelabError(
+                f"{model!r} is a black-box function (sl.blackbox): it has no layers to list, and "
+                "only the perturbation methods (occlusion, rise, feature_ablation, lime, "
+                "kernelshap) and the reference maps explain it."
+            )
         rows, default = _probe_layers(loaded, image, max_pixels)
         table = Table(header_style="bold")
         table.add_column("layer", overflow="fold")
@@ -406,7 +428,7 @@ def layers(
         table.add_column("output shape", overflow="fold")
         table.add_column("CAM", no_wrap=True)
         for name, kind, shape, is_spatial in rows:
-            if spatial and not is_spatial:
+            if spatial and not is_spatial and name != default:  # a ViT's default: token layer
                 continue
             mark = Text("default", style="bold green") if name == default else ""
             if not mark and is_spatial:
@@ -416,7 +438,14 @@ def layers(
         out = out_console()
         out.print(keep_words(table))
         called = [shape != "not called" for _, _, shape, _ in rows]
-        if rows and not any(sp for *_, sp in rows) and not all(called):
+        text = isinstance(loaded, sl.TextModel)
+        if text:
+            out.print(
+                "A text model has no spatial (B, C, H, W) layer, so CAM methods do not apply to "
+                "it; explain texts with `saliencelab explain-text`.",
+                soft_wrap=True,
+            )
+        elif rows and not any(sp for *_, sp in rows) and not all(called):
             out.print(
                 "[yellow]Most layers did not report an output: a TorchScript or torch.export "
                 "model runs as one compiled graph, so layer methods (CAMs) cannot hook its "
@@ -430,9 +459,20 @@ def layers(
             )
 
 
+#: What `layers` feeds a text model for its probe forward.
+PROBE_TEXT = "A man is playing a guitar."
+
+
 def _probe_input(model: sl.Model, image: str | None, max_pixels: int = MAX_PIXELS):
     import torch
 
+    if isinstance(model, sl.TextModel):
+        if image is not None:
+            raise sl.SaliencelabError(
+                f"{model.name!r} is a text model, so it cannot read --image; leave --image out "
+                "(its layers are probed with a sample sentence)."
+            )
+        return model.preprocess([PROBE_TEXT])
     if image is None and model.preprocess is not None:
         return model.preprocess([sl.sample_image("chelsea")])
     if image is not None:
@@ -446,27 +486,11 @@ def _probe_input(model: sl.Model, image: str | None, max_pixels: int = MAX_PIXEL
         if not p.exists() and image in sl.sample_images():
             return model.preprocess([sl.sample_image(image)])
         return model.preprocess([sl.load_image(p, max_pixels=max_pixels)])
-    shape = _exported_input_shape(model.module)
-    if shape is not None:
-        return torch.zeros(shape)
+    shape = exported_input_shape(model.module)
+    if shape is not None and all(d is not None for d in shape[1:]):
+        return torch.zeros((1 if shape[0] is None else shape[0], *shape[1:]))
     h, w = model.input_size or (224, 224)
     return torch.zeros(1, 3, h, w)
-
-
-def _exported_input_shape(module: Any) -> tuple[int, ...] | None:
-    """The example input shape a torch.export module was traced with, if it is one."""
-    import torch.fx
-
-    if not isinstance(module, torch.fx.GraphModule):
-        return None
-    for node in module.graph.nodes:
-        if node.op == "placeholder":
-            val = node.meta.get("val")
-            try:
-                return tuple(int(d) for d in val.shape)
-            except (AttributeError, TypeError, ValueError):
-                return None  # symbolic sizes: fall back to input_size
-    return None
 
 
 @contextmanager
@@ -543,12 +567,25 @@ def _probe_layers(
     finally:
         for h in handles:
             h.remove()
-    default = model.default_layer or (order[-1] if order else None)
+    default = model.default_layer or _token_layer(model, x) or (order[-1] if order else None)
     rows = [
         (name, type(m).__name__, shapes.get(name, "not called"), spatial.get(name, False))
         for name, m in modules
     ]
     return rows, default
+
+
+def _token_layer(model: sl.Model, x: Any) -> str | None:
+    """A vision transformer's default CAM layer, as the engine finds it (the last block's first
+    norm, whose (B, T, D) output is laid on the patch grid), or None for other models."""
+    from saliencelab.core.tokens import find_token_layer
+
+    if isinstance(model, sl.TextModel):
+        return None
+    try:
+        return find_token_layer(model.module, x, model.extra.get("reshape"))
+    except sl.SaliencelabError:  # e.g. a grid it cannot lay the tokens on: the spatial layer
+        return None
 
 
 @app.command()
@@ -605,6 +642,8 @@ def demo(
             if k in registered[m].options
         }
         scored = demo_eval_methods(names) if evaluate else {}
+        method_requests(names, options=options)
+        require_an_image(pictures, err, max_pixels)  # none readable: stop before writing
         start = time.perf_counter()
         model = load_model(DEFAULT_MODEL, device)
         evaluation = out / "evaluation"

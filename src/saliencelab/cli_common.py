@@ -309,14 +309,40 @@ def keep_words(table: Table, longest: int = 10, width: int | None = None) -> Tab
         return table  # too narrow for any promise: leave it to Rich
     wrapping = [c for c in table.columns if not c.no_wrap]
     stretchy = [i for i, c in enumerate(table.columns) if not c.no_wrap and longs[i] > pins[i]]
-    share = (room - sum(pins)) // max(1, len(stretchy))
+    extra = _share(
+        room - sum(pins),
+        {i: longs[i] - pins[i] for i in stretchy},
+        {i: table.columns[i].ratio or 1 for i in stretchy},
+    )
     for i, column in enumerate(table.columns):
         column.ratio = None
         if column in wrapping:
             column.min_width = pins[i]
             if i in stretchy:
-                column.max_width = pins[i] + share
+                column.max_width = pins[i] + extra[i]
     return table
+
+
+def _share(room: int, wants: dict[int, int], weights: dict[int, int]) -> dict[int, int]:
+    """Split `room` columns among the columns `wants` (what each needs to show its longest
+    line), in proportion to their `weights` (a column's ratio): a column wanting less than its
+    part gets what it wants, and the rest goes to the others (so a short column does not leave
+    room unused while a long one folds its file names)."""
+    given = {i: 0 for i in wants}
+    open_ = set(wants)
+    while open_ and room > 0:
+        total = sum(weights[i] for i in open_)
+        parts = {i: room * weights[i] // total for i in open_}
+        done = {i for i in open_ if wants[i] <= parts[i]}
+        if not done:  # every column wants more than its part: give the parts and stop
+            for i in open_:
+                given[i] += parts[i]
+            break
+        for i in done:
+            given[i] += wants[i]
+            room -= wants[i]
+        open_ -= done
+    return given
 
 
 # -- parsing --------------------------------------------------------------------------------------
@@ -366,6 +392,11 @@ def parse_target(text: str | None) -> int | str | None:
     """ "3" → 3 (a class index), "tabby cat" → "tabby cat" (a class name), None → None."""
     if text is None:
         return None
+    if not text.strip():
+        raise sl.SaliencelabError(
+            "--target is empty; give a class index or name, or leave --target out to explain "
+            "the predicted class."
+        )
     return int(text) if re.fullmatch(r"[+-]?\d+", text.strip()) else text
 
 
@@ -380,10 +411,15 @@ def parse_explain_target(text: str | None) -> Any:
     layer, *numbers = (p.strip() for p in rest.split(":"))
     counts = (1, 3) if kind == "neuron" else (1,)
     if not layer or len(numbers) not in counts or not all(n.isdigit() for n in numbers):
-        form = "neuron:LAYER:C or neuron:LAYER:C:Y:X" if kind == "neuron" else "channel:LAYER:C"
+        if kind == "neuron":
+            form = "neuron:LAYER:C or neuron:LAYER:C:Y:X"
+            example = "neuron:_blocks.12:7 or neuron:_blocks.12:7:3:4"
+            numbers_are = "C the channel, Y and X the row and column"
+        else:
+            form, example, numbers_are = "channel:LAYER:C", "channel:_blocks.12:7", "C the channel"
         raise sl.SaliencelabError(
-            f"--target {text!r} is not {form} (LAYER a name from `saliencelab layers MODEL`; C "
-            "the channel, Y and X the row and column: whole numbers), e.g. channel:_blocks.12:7."
+            f"--target {text!r} is not {form} (LAYER a name from `saliencelab layers MODEL`; "
+            f"{numbers_are}: whole numbers), e.g. {example}."
         )
     ints = [int(n) for n in numbers]
     return sl.channel(layer, ints[0]) if kind == "channel" else sl.neuron(layer, *ints)
@@ -453,6 +489,20 @@ def load_model(
     if trust_pickle:
         kwargs["trust_pickle"] = True
     model = sl.load_model(spec, **kwargs)
+    if reads_images and isinstance(model, sl.TextModel):
+        raise sl.SaliencelabError(
+            f"{spec!r} is a text model, which reads texts, not images; explain texts with "
+            f"`saliencelab explain-text TEXT --model {spec}`."
+        )
+    exported = exported_image_size(model.module)
+    if input_size is not None and exported is not None and exported != (input_size, input_size):
+        h, w = exported
+        fix = f"use --input-size {h}" if h == w else "export it for square inputs"
+        raise sl.SaliencelabError(
+            f"{spec!r} was exported for {h} x {w} images (torch.export fixes the example "
+            f"input's height and width unless told otherwise), so it cannot read --input-size "
+            f"{input_size}; {fix}, or export it with dynamic height and width."
+        )
     if input_size is not None:
         mean, std = mean_std if mean_std is not None else (None, None)
         pre = SquarePreprocess(input_size, mean, std, divisor=255.0)  # pixels in [0, 1] first
@@ -461,10 +511,15 @@ def load_model(
             model, preprocess=pre, input_size=(input_size, input_size), extra=extra
         )
     if reads_images and model.preprocess is None:
+        size = exported or model.input_size
+        side = (
+            f"the side it takes: {size[0]}"
+            if size is not None and size[0] == size[1]
+            else "the side it takes, e.g. 224"
+        )
         raise sl.SaliencelabError(
-            f"The model {model.name!r} has no preprocessing, so it cannot read images; add "
-            "--input-size N (the side it takes, e.g. 224) and --normalize imagenet|none|MEAN,STD "
-            "to give it one."
+            f"The model {spec!r} has no preprocessing, so it cannot read images; add "
+            f"--input-size N ({side}) and --normalize imagenet|none|MEAN,STD to give it one."
         )
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -480,6 +535,32 @@ def load_model(
             "GPU; use --device cpu."
         )
     return model.to(dev)
+
+
+def exported_input_shape(module: Any) -> tuple[int | None, ...] | None:
+    """The input shape a torch.export model was traced with (None for a dynamic dimension,
+    such as an exported dynamic batch), or None when `module` is not an exported model."""
+    import torch
+    import torch.fx
+
+    graph = getattr(module, "graph", None)
+    if isinstance(module, torch.jit.ScriptModule) or not isinstance(graph, torch.fx.Graph):
+        return None
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            shape = getattr(node.meta.get("val"), "shape", None)
+            if shape is None:
+                return None
+            return tuple(d if isinstance(d, int) else None for d in shape)
+    return None
+
+
+def exported_image_size(module: Any) -> tuple[int, int] | None:
+    """(height, width) a torch.export image model was fixed to at export, else None."""
+    shape = exported_input_shape(module)
+    if shape is None or len(shape) != 4 or shape[2] is None or shape[3] is None:
+        return None
+    return shape[2], shape[3]
 
 
 def read_image(text: str, max_pixels: int = MAX_PIXELS):
@@ -544,3 +625,27 @@ def collect_images(images: Iterable[str], max_pixels: int = MAX_PIXELS) -> list[
     from .report.run import collect_entries
 
     return [ImageItem(item) for item in collect_entries(images, max_pixels=max_pixels)]
+
+
+def require_an_image(images: Iterable[str], err: Console, max_pixels: int = MAX_PIXELS) -> None:
+    """Stop before anything is written when none of `images` can be read.
+
+    A run whose every image is bad (a missing file, an empty folder, a file that is not an
+    image) would otherwise write an index.html of error cards over an earlier run's report in a
+    reused --out folder. Reads images only until one loads (usually the first). Each bad image is
+    named on `err`; one sentence ends the command (exit code 2).
+    """
+    items = collect_images(images, max_pixels=max_pixels)
+    if not items:
+        raise sl.SaliencelabError("No images given; pass image files, folders or sample names.")
+    for item in items:
+        if item.error is None and item.load() is not None:
+            item.release()
+            return
+    if len(items) == 1:
+        raise sl.SaliencelabError(f"{items[0].name}: {items[0].error} Nothing was written.")
+    for item in items:
+        err.print(Text(f"error: {item.name}: {item.error}", style="bold red"), soft_wrap=True)
+    raise sl.SaliencelabError(
+        f"None of the {len(items)} images could be read (see above); nothing was written."
+    )
