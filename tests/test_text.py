@@ -651,6 +651,15 @@ def test_cli_explain_text_prints_words_and_writes_html(classifier_dir, tmp_path)
     assert result.exit_code == 0, result.output
     assert "playing" in result.output and "class positive (p = " in result.output
     assert "leave_one_out" in result.output and out.exists()
+    # a name without .html is a folder (new or not) for index.html, not a file of that name
+    for folder in (tmp_path / "new", tmp_path):
+        result = runner.invoke(
+            app,
+            ["explain-text", "A man is playing guitar.", "--model", f"hf:{classifier_dir}",
+             "--methods", "leave_one_out", "--out", f"{folder}/", "--device", "cpu"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert (folder / "index.html").is_file()
     result = runner.invoke(
         app,
         [

@@ -147,7 +147,10 @@ def explain_text(
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", "-o", help="Write a self-contained HTML page here.", show_default=False
+            "--out",
+            "-o",
+            help="Write a self-contained HTML page: a .html file, or a folder for index.html.",
+            show_default=False,
         ),
     ] = None,
     device: DeviceOption = "auto",
@@ -203,7 +206,9 @@ def explain_text(
         costs = ", ".join(f"{name} {_cost(a)}" for name, a in ex.items())
         console.print(f"Cost per text: {costs}; {ex.seconds:.1f} s.", soft_wrap=True)
         if out is not None:
-            path = out / "index.html" if out.is_dir() else out
+            # a page's name (.html) is the file; anything else is a folder (made if new) for
+            # index.html, as --out is for the other commands ("results/" loses its slash)
+            path = out if out.suffix.lower() in {".html", ".htm"} else out / "index.html"
             target_note = dict(enumerate(notes))
             save_text_html(
                 ex, path, title=f"saliencelab: {loaded.name}", model=loaded.name, target=target_note
