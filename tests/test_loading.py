@@ -213,6 +213,12 @@ def test_factory_errors(tmp_path, factory_file):
             load_model(spec)
     with pytest.raises(SaliencelabError, match="raised TypeError"):
         load_model(f"{factory_file}:build", depth=3)
+    # no close name: the file's own functions and classes, not what it imports (torch, nn)
+    with pytest.raises(SaliencelabError, match="no 'create'") as err:
+        load_model(f"{factory_file}:create")
+    assert str(err.value).endswith("It defines: Net, build, not_a_model.")
+    with pytest.raises(SaliencelabError, match=r"is a Python file; name the function.*:build'"):
+        load_model(str(factory_file))  # the ':build' left out
     missing = tmp_path / "w.pt"
     with pytest.raises(SaliencelabError, match="Weights file .* does not exist"):
         load_model(f"{factory_file}:build", weights=missing)
@@ -274,6 +280,21 @@ def test_model_file_errors(tmp_path):
     with pytest.raises(SaliencelabError, match="pickled Python objects"):
         load_model(str(pickled))
     assert isinstance(load_model(str(pickled), trust_pickle=True).module, Tiny)
+
+    # a trusted pickle whose class's module is not importable here names that module
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "netdef.py").write_text(FACTORY)
+    sys.path.insert(0, str(code))
+    try:
+        import netdef
+
+        torch.save(netdef.build(), tmp_path / "elsewhere.pt")
+    finally:
+        sys.path.remove(str(code))
+        sys.modules.pop("netdef", None)
+    with pytest.raises(SaliencelabError, match="not importable here \\(the module 'netdef'\\)"):
+        load_model(str(tmp_path / "elsewhere.pt"), trust_pickle=True)
 
     junk = tmp_path / "junk.pt"
     junk.write_text("not a model")

@@ -102,10 +102,13 @@ def _from_factory(spec: str, target: str, func: str, kwargs: dict[str, Any]) -> 
     factory: Any = module
     for part in func.split("."):
         if not hasattr(factory, part):
-            names = [n for n in dir(factory) if not n.startswith("_")]
+            names = _callables(factory)
+            hint = closest(part, names)
+            if not hint and names and len(names) <= 12:
+                hint = f" It defines: {', '.join(names)}."
             raise SaliencelabError(
                 f"{target!r} has no {part!r} (from spec {spec!r}); name a function there that "
-                f"returns an nn.Module.{closest(part, names)}"
+                f"returns an nn.Module.{hint}"
             )
         factory = getattr(factory, part)
     if not callable(factory):
@@ -133,6 +136,20 @@ def _from_factory(spec: str, target: str, func: str, kwargs: dict[str, Any]) -> 
         f"{func}() from {target!r} returned a {type(out).__name__}, not a model; make it return an "
         "nn.Module (or an sl.Model)."
     )
+
+
+def _callables(owner: Any) -> list[str]:
+    """The public functions and classes `owner` offers as factories: for a module, those it
+    defines itself (not `torch` or `nn` it imports), else its public callables."""
+    own = owner.__name__ if isinstance(owner, ModuleType) else None
+    found = []
+    for n in dir(owner):
+        obj = getattr(owner, n, None)
+        if n.startswith("_") or not callable(obj) or isinstance(obj, ModuleType):
+            continue
+        if own is None or getattr(obj, "__module__", None) == own:
+            found.append(n)
+    return found
 
 
 def _import_target(target: str, spec: str) -> ModuleType:
@@ -225,6 +242,11 @@ def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> nn.M
         raise SaliencelabError(
             f"{str(p)!r} is a directory; pass a model file (.pt2, TorchScript) or 'file.py:build'."
         )
+    if p.suffix == ".py":
+        raise SaliencelabError(
+            f"{str(p)!r} is a Python file; name the function in it that returns the model: "
+            f"'{p}:build' (build being that function's name)."
+        )
     kind = archive_kind(p)
     if kind == "export":
         try:
@@ -290,6 +312,21 @@ def _torch_load(p: Path, trust_pickle: bool, what: str) -> Any:
             "refuses because unpickling can run arbitrary code; save model.state_dict() instead "
             "(or export the model with torch.export), or pass trust_pickle=True (--trust-pickle "
             "on the command line) only for a file you trust."
+        ) from e
+    except (ModuleNotFoundError, AttributeError) as e:
+        if not trust_pickle:
+            raise SaliencelabError(
+                f"{str(p)!r} is not a PyTorch {what} ({type(e).__name__}); pass a torch.export "
+                "archive (.pt2), a TorchScript file, or a state dict saved with "
+                "torch.save(model.state_dict())."
+            ) from e
+        # a pickled whole model names the module and class that defined it
+        missing = f"the module {e.name!r}" if isinstance(e, ModuleNotFoundError) else f"{e}"
+        raise SaliencelabError(
+            f"{str(p)!r} is a pickled model whose code is not importable here ({missing}); run "
+            "from the folder of the code that defined the model's class or add it to "
+            "PYTHONPATH, or better, save model.state_dict() and load it with "
+            "'file.py:build' and weights=."
         ) from e
     except Exception as e:
         raise SaliencelabError(
