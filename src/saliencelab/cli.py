@@ -124,12 +124,6 @@ def _seconds(s: float) -> str:
 SHARED_NOTE = "* one forward+backward pass shared by the methods marked *, counted for each"
 
 
-def _predicted(label: str) -> str:
-    """A model without class names predicts "3": say "class 3" (a bare number next to the
-    probability read as two numbers)."""
-    return f"class {label}" if label.isdigit() else label
-
-
 def _results_table(result: RunResult, show_target: bool) -> Table:
     shared = any(row.get("shared_with") for row in result.rows)
     # A channel or neuron target has no class prediction: the column gives what was explained
@@ -160,7 +154,7 @@ def _results_table(result: RunResult, show_target: bool) -> Table:
             prediction = Text(f"{row['target']}:")
             prediction.append(f" {row['target_value']:.3g}", style="dim")
         else:
-            prediction = Text(_predicted(row["predicted"]))
+            prediction = Text(row["predicted"])
             prediction.append(f" {row['probability']:.2f}", style="dim")
         cells = [row["image"] if first else "", prediction if first else "", row["method"]]
         cells += [row["target"]] if show_target else []

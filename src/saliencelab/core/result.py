@@ -169,9 +169,11 @@ class Explanation(Mapping[str, Attribution]):
         return f"{self.label(index)} ({float(probs[index]):.2f})"
 
     def label(self, index: int) -> str:
+        """The class's name, or "class 3" for a model without class names (a bare "3" beside a
+        probability reads as two numbers)."""
         if self.labels is not None and 0 <= index < len(self.labels):
             return self.labels[index]
-        return str(index)
+        return f"class {index}"
 
     def target_label(self, attribution: Attribution, sample: int) -> str:
         """What `attribution` explained for `sample`: a class name, the channel or neuron
