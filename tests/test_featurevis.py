@@ -858,3 +858,168 @@ def test_visualize_command(tmp_path):
     # an image so large it would exhaust memory (5000 px: killed at 23 GB) is refused first
     res = runner.invoke(app, [*common, "--class", "a", "--size", "5000"])
     assert res.exit_code == 2 and "--size" in res.output and "1024" in res.output, res.output
+
+
+# -- review fixes: layer outputs, token layers, unsupported models, stuck objectives -------------
+
+
+class _PairBlock(nn.Module):
+    """A block returning (map, something else), as many blocks do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor):
+        a = self.conv(x)
+        return a, a.mean()
+
+
+class _PairNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = _PairBlock()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, _ = self.block(x)
+        return self.fc(a.mean((2, 3)))
+
+
+def _state(module: nn.Module):
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+    return module.training, [p.requires_grad for p in module.parameters()], hooks
+
+
+def test_layer_objectives_read_the_first_tensor_of_a_tuple_output():
+    """A layer returning a tuple used to fail with AttributeError ('tuple' has no 'dim')."""
+    torch.manual_seed(0)
+    net = _PairNet().train()
+    net.fc.weight.requires_grad_(False)
+    before = _state(net)
+    obj = O.channel("block", 1)
+    vis = visualize(net, obj, steps=2, size=16, transforms="none", progress=False)
+    with torch.no_grad():
+        expected = net.block.conv(vis.images)[:, 1].mean()
+    assert _state(net) == before
+    neuron = visualize(net, O.neuron("block", 1, y=2, x=3), steps=1, size=16, progress=False)
+    assert neuron.values.shape == (1,)
+    # the final image's value, recomputed, is the channel mean of the tuple's first element
+    cap = Capture(activations={"block": net.block.conv(vis.images)})
+    assert torch.allclose(obj(cap), expected.view(1), atol=1e-6)
+
+
+class _Twice(nn.Module):
+    """One convolution applied twice: a layer with two calls per forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.shared = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.shared(torch.tanh(self.stem(x)))
+        h = self.shared(torch.tanh(h))
+        return self.fc(h.mean((2, 3)))
+
+
+def test_a_layer_called_twice_is_read_at_its_first_call_with_or_without_logits():
+    """With a class term the forward ran on and the second call overwrote the first: the same
+    channel objective then read another tensor than without it."""
+    torch.manual_seed(0)
+    net = _Twice()
+    kw = dict(steps=3, size=16, transforms="none", progress=False, seed=1)
+    alone = visualize(net, O.channel("shared", 2), **kw)
+    with_logits = visualize(net, O.channel("shared", 2) + 0 * O.class_logit(0), **kw)
+    assert torch.allclose(alone.history, with_logits.history, atol=1e-6)
+    still = visualize(net, O.channel("shared", 2) + 0 * O.class_logit(0), **{**kw, "lr": 1e-12})
+    with torch.no_grad():
+        first = net.shared(torch.tanh(net.stem(still.images)))[:, 2].mean()
+    assert float(first) == pytest.approx(float(still.values[0]), abs=1e-5)
+
+
+def test_channel_and_neuron_objectives_on_a_vit_read_features_on_the_patch_grid():
+    """Channel c of a ViT token layer (B, 65, 48) was token c (channel 60 was accepted, 48 was
+    refused as out of range of '65 channels'); now it is feature c on the 8x8 grid."""
+    model = sl.load_model("shapes_vit")
+    layer = "blocks.2.norm1"
+    with pytest.raises(SaliencelabError, match=r"has 48 channels \(0 to 47\)"):
+        visualize(model, O.channel(layer, 60), steps=1, progress=False)
+    vis = visualize(model, O.channel(layer, 47), steps=1, lr=1e-12, transforms="none")
+    am = sl.activations(model, default_normalize(model)(vis.images), layer=layer, top=48)
+    assert float(am.values[0, 47]) == pytest.approx(float(vis.values[0]), rel=1e-3, abs=1e-4)
+    with pytest.raises(SaliencelabError, match=r"outside the 8x8 map"):
+        visualize(model, O.neuron(layer, 3, y=9, x=0), steps=1, progress=False)
+    visualize(model, sl.neuron(layer, 3, y=7, x=7), steps=1, progress=False)
+
+
+def test_black_boxes_and_text_models_are_refused_in_one_sentence():
+    bb = sl.blackbox(lambda a: a.flatten(1)[:, :3])
+    with pytest.raises(SaliencelabError, match="black-box function") as err:
+        visualize(bb, 0, steps=1, size=16, progress=False)
+    assert "\n" not in str(err.value)
+    text = sl.Model(nn.Linear(4, 2), extra={"prepare": lambda x, t: (x, t)}, name="texty")
+    with pytest.raises(SaliencelabError, match="text model texty"):
+        visualize(text, 0, steps=1, size=16, progress=False)
+
+
+def test_an_objective_that_never_moves_warns_and_names_the_layer_before_the_relu(caplog):
+    """A channel behind a ReLU that is off on the starting image has a zero gradient: the
+    result is the starting gray, which used to come back without a word."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    with torch.no_grad():
+        conv.bias.fill_(-100.0)  # never fires on images in [0, 1]
+    net = nn.Sequential(nn.Sequential(conv, nn.ReLU()), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with caplog.at_level("WARNING", logger="saliencelab"):
+        vis = visualize(net, O.channel("0", 1), steps=3, size=16, progress=False)
+    assert float(vis.values[0]) == 0.0
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "stayed at 0 for all 3 steps" in text and "e.g. 0.0" in text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="saliencelab"):
+        visualize(net, O.channel("0.0", 1), steps=3, size=16, progress=False)
+    assert not caplog.records
+
+
+def test_cli_diversity_values_are_labelled_with_the_diversity_term(tmp_path):
+    """The table showed 'layer(2)' next to values that include the weighted diversity term
+    (negative values for a mean square)."""
+    factory = tmp_path / "tiny.py"
+    factory.write_text(FACTORY)
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    runner = CliRunner(env={"COLUMNS": "250", "SALIENCELAB_DEBUG": None})
+    out = tmp_path / "out"
+    args = ["visualize", "--model", f"{factory}:build", "--layer", "2", "--steps", "2"]
+    args += ["--size", "24", "--batch", "2", "--diversity", "10", "--out", str(out)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "layer(2) + 10 * diversity(2)" in " ".join(res.output.split())
+    assert (out / "featurevis_00_layer_2.png").exists()
+
+
+def test_cli_examples_are_found_before_the_optimisation(tmp_path, monkeypatch):
+    """A layer the examples cannot use failed only after the whole optimisation had run."""
+    import saliencelab.featurevis.commands as commands
+
+    factory = tmp_path / "tiny.py"
+    factory.write_text(FACTORY)
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+
+    def no_run(*a, **k):
+        raise AssertionError("visualize ran before the examples were checked")
+
+    monkeypatch.setattr(commands, "visualize", no_run)
+    runner = CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
+    res = runner.invoke(
+        app,
+        ["visualize", "--model", f"{factory}:build", "--layer", "2", "--channel", "9"]
+        + ["--examples", str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
+    )
+    assert res.exit_code == 2, res.output
+    assert "AssertionError" not in res.output

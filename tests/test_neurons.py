@@ -667,3 +667,135 @@ def test_top_examples_skip_files_over_max_pixels(tmp_path):
     assert everything[0].source.endswith("big.png")
     kept = top_examples(model, tmp_path, "1", 0, k=3, max_pixels=1000)
     assert sorted(ex.source.rsplit("/", 1)[-1] for ex in kept) == ["small0.png", "small1.png"]
+
+
+# -- review fixes: inputs, unsupported models, token layers --------------------------------------
+
+
+def _tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2),
+    )  # fmt: skip
+
+
+def _flags(module: nn.Module):
+    return module.training, [p.requires_grad for p in module.parameters()], _no_hooks(module)
+
+
+def test_activations_takes_float64_and_refuses_bad_inputs_in_one_sentence():
+    """Wrong channels, a missing batch axis and uint8 images raised torch's RuntimeError /
+    ValueError with a traceback; float64 failed instead of being cast as sl.explain does."""
+    net = _tiny_cnn().train()
+    net[0].weight.requires_grad_(False)
+    before = _flags(net)
+    x = torch.rand(2, 3, 16, 16)
+    ref = sl.activations(net, x, layer="2", top=2)
+    same = sl.activations(net, x.double(), layer="2", top=2)
+    assert torch.allclose(ref.values, same.values, atol=1e-5)
+    bad = [
+        (x[:, :1], "first layer cannot take inputs of shape (2, 1, 16, 16)"),
+        (x[0], "x.unsqueeze(0)"),
+        ((x * 255).to(torch.uint8), "uint8 images need preprocessing"),
+        (x[:0], "The batch is empty"),
+    ]
+    for inputs, message in bad:
+        for by in ("activation", "contribution"):
+            with pytest.raises(SaliencelabError) as err:
+                sl.activations(net, inputs, layer="2", by=by)
+            assert message in str(err.value) and "\n" not in str(err.value)
+            assert _flags(net) == before
+    rf = sl.receptive_field(net, "2", x.double()[:1])  # float64 example input: cast too
+    assert rf.size == (3, 3) and _flags(net) == before
+
+
+def test_black_boxes_and_text_models_are_refused_by_every_neuron_tool():
+    """They used to get the CAM sentence ("use a gradient method such as saliency"), wrong for a
+    black box, or a message about the wrong input shape."""
+    bb = sl.blackbox(lambda a: a.flatten(1)[:, :3])
+    text = sl.Model(nn.Linear(4, 2), extra={"prepare": lambda x, t: (x, t)}, name="texty")
+    x = torch.rand(1, 3, 8, 8)
+    photo = Image.new("RGB", (8, 8))
+    calls = [
+        lambda m: sl.activations(m, x),
+        lambda m: sl.conditional_map(m, x, None, 0),
+        lambda m: sl.receptive_field(m, None, (8, 8)),
+        lambda m: sl.top_examples(m, [photo], None, 0),
+    ]
+    for model, message in ((bb, "black-box function"), (text, "text model texty")):
+        for call in calls:
+            with pytest.raises(SaliencelabError, match=message) as err:
+                call(model)
+            assert "\n" not in str(err.value)
+
+
+def test_channel_targets_on_vit_tokens_read_features_on_the_patch_grid():
+    """sl.channel on a ViT token layer (B, 65, 48) read token c (channel 60 'in range of 65
+    channels'); it now reads feature c of the patch tokens, in sl.activations and sl.explain
+    alike (a Conv1d's (B, C, L) channels on signal inputs stay axis 1)."""
+    model = sl.load_model("shapes_vit")
+    x = model.preprocess(sl.data.shapes.make(2, seed=0))
+    layer = "blocks.2.norm1"
+    am = sl.activations(model, x, layer=layer, top=48)
+    ranked = sl.activations(model, x, layer=layer, by="contribution", target=sl.channel(layer, 5))
+    assert ranked.target_label() == f"channel 5 of {layer}"
+    with pytest.raises(SaliencelabError, match=r"has 48 channels"):
+        sl.activations(model, x, layer=layer, by="contribution", target=sl.channel(layer, 60))
+    # the score's gradient is that of feature 5's grid mean: its contribution is its own mean
+    grid_mean = am.values[:, 5]
+    assert torch.allclose(ranked.values[:, 5] * 64, grid_mean, rtol=1e-3, atol=1e-4)
+    # sl.explain: the gradient of feature 5's mean over the 64 patch tokens (class token out)
+    got = sl.explain(model, x, methods="saliency", target=sl.channel(layer, 5))["saliency"]
+    xg = x.clone().requires_grad_(True)
+    seen = []
+    handle = model.module.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.append(o))
+    try:
+        model.module.eval()(xg)
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(seen[0][:, 1:, 5].mean(1).sum(), xg)
+    torch.testing.assert_close(got.attributions, grad.abs(), rtol=1e-4, atol=1e-6)
+    with pytest.raises(SaliencelabError, match=r"has 48 channels"):
+        sl.explain(model, x, methods="saliency", target=sl.channel(layer, 60))
+    # a Conv1d on signals: channel c is axis 1 of its (B, C, L) output, as before
+    net = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Conv1d(4, 3, 3)).eval()
+    signal = torch.randn(2, 2, 16, requires_grad=True)
+    out = sl.explain(net, signal.detach(), methods="saliency", target=sl.channel("0", 3))
+    (want,) = torch.autograd.grad(net[0](signal)[:, 3].mean(1).sum(), signal)
+    torch.testing.assert_close(out["saliency"].attributions, want.abs(), rtol=1e-5, atol=1e-7)
+
+
+def test_conditional_map_on_vit_tokens_gates_the_feature_not_the_token():
+    from saliencelab.core.tokens import token_layout
+    from saliencelab.neurons.conditional import _keep_mask
+
+    model = sl.load_model("shapes_vit")
+    x = model.preprocess(sl.data.shapes.make(2, seed=0))
+    a = torch.zeros(1, 65, 48)
+    with token_layout(model, x):
+        keep = _keep_mask("blocks.2.norm1", a, 5)
+        with pytest.raises(SaliencelabError, match=r"has 48 channels"):
+            _keep_mask("blocks.2.norm1", a, 60)
+    expected = torch.zeros(1, 65, 48)
+    expected[0, 1:, 5] = 1  # feature 5 of the 64 patch tokens; the class token is no channel
+    assert torch.equal(keep, expected)
+    with pytest.raises(SaliencelabError, match=r"has 48 channels"):
+        sl.conditional_map(model, x, None, 60)
+    assert sl.conditional_map(model, x, None, 5).maps.shape == (2, 64, 64)
+
+
+def test_examples_command_says_one_image_in_the_singular(tmp_path):
+    factory = tmp_path / "net.py"
+    factory.write_text(FACTORY)
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8)).save(photo)
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    runner = CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
+    args = ["neurons", "--examples", str(photo), "--model", f"{factory}:build", "--layer", "3"]
+    res = runner.invoke(app, [*args, "--channel", "2", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "the 1 strongest image;" in text and "1 images" not in text

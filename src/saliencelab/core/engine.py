@@ -30,6 +30,7 @@ from .layout import channels_last_known, probe_channels_last, probed
 from .row_versions import chunk_samples
 from .state import Hooks, attribution_mode, usable_input
 from .targets import LayerTarget, Target, layer_target
+from .tokens import token_layout
 
 # Passes of at least this many rows feed channels-last rows on CPU (core/layout.py); shorter
 # ones are not worth the one-off probe.
@@ -408,7 +409,8 @@ class Engine:
                 f"The target's layer {name} was not run by the model's forward, or returned no "
                 "tensor; pick a layer the forward uses (see `saliencelab layers MODEL`)."
             )
-        readings = reader.read(seen[0])
+        with token_layout(self.model, x):  # a ViT's tokens read on the patch grid
+            readings = reader.read(seen[0])
         if readings.shape[0] != x.shape[0]:
             raise SaliencelabError(
                 f"The target's layer {name} saw {readings.shape[0]} rows for a batch of "

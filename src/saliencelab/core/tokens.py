@@ -24,9 +24,11 @@ pytorch-grad-cam's `reshape_transform`), or a grid (h, w) meaning "the last h·w
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -324,3 +326,42 @@ def find_token_layer(
         root(x[:1])
     n = before_last_attention[0]
     return order[n - 1] if n > 0 else None
+
+
+# -- channel and neuron targets on token layers ------------------------------------------------
+
+#: How the current call lays a layer's token sequence (B, T, D) on the image: (image size (H, W),
+#: the model's module, its `extra["reshape"]`), set by :func:`token_layout`; None outside.
+_LAYOUT: contextvars.ContextVar[tuple[tuple[int, int], nn.Module, Reshape] | None] = (
+    contextvars.ContextVar("saliencelab_token_layout", default=None)
+)
+
+
+@contextlib.contextmanager
+def token_layout(model: object, x: object) -> Iterator[None]:
+    """Within the block, channel and neuron targets read a 3-D layer output of an image model
+    (inputs `x` (B, C, H, W)) as a vision transformer's tokens (B, T, D) laid on the patch grid
+    (B, D, h, w), as `sl.activations` and the CAMs do: channel c is feature c of the patch
+    tokens, not token c. For other inputs (e.g. signals (B, C, L)) nothing changes: a (B, C, L)
+    output's channels are its axis 1. The engine reads layer targets inside it."""
+    layout = None
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        extra = getattr(model, "extra", None)
+        reshape = extra.get("reshape") if isinstance(extra, dict) else None
+        module = getattr(model, "module", model)
+        layout = ((int(x.shape[-2]), int(x.shape[-1])), module, reshape)
+    token = _LAYOUT.set(layout)
+    try:
+        yield
+    finally:
+        _LAYOUT.reset(token)
+
+
+def as_layer_map(name: str, activation: torch.Tensor) -> torch.Tensor:
+    """`activation`, with a token sequence (B, T, D) laid on the patch grid (B, D, h, w) inside a
+    :func:`token_layout` of image inputs; anything else as it is."""
+    layout = _LAYOUT.get()
+    if layout is None or not isinstance(activation, torch.Tensor) or activation.dim() != 3:
+        return activation
+    size, module, reshape = layout
+    return to_grid(activation, size, module=module, reshape=reshape, name=name)

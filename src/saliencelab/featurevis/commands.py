@@ -93,15 +93,18 @@ def strongest_units(
 
     from ..core.layers import get_layer
     from ..core.state import Hooks, attribution_mode
+    from .visualize import as_map
 
-    seen: list[torch.Tensor] = []
+    seen: list[object] = []
     rows = sorted(channels)
+    images = vis.images[rows].to(model.device)
     with attribution_mode(model.module), Hooks() as hooks, torch.no_grad():
         hooks.add(
             get_layer(model.module, layer).register_forward_hook(lambda m, i, o: seen.append(o))
         )
-        model.module(normalize(vis.images[rows].to(model.device)))
-    return {i: float(seen[0][j, channels[i]].amax()) for j, i in enumerate(rows)}
+        model.module(normalize(images))
+    a = as_map(model, seen[0], images.shape[-2:], layer)  # the layer's first call
+    return {i: float(a[j, channels[i]].amax()) for j, i in enumerate(rows)}
 
 
 def visualize_command(
@@ -184,6 +187,7 @@ def visualize_command(
     """Synthesise images that make a class, a channel or a layer fire (feature visualization)."""
     from rich.table import Table
 
+    from ..neurons.activations import refuse_unsupported
     from .visualize import default_normalize
 
     with session(debug) as err:
@@ -205,6 +209,7 @@ def visualize_command(
             trust_pickle,
             reads_images=examples is not None,
         )
+        refuse_unsupported(loaded, "Feature visualization")  # before any other note
         n = len(objs) * batch
         run_objs: list[O.Objective] = objs
         if diversity > 0 and batch > 1:
@@ -214,6 +219,9 @@ def visualize_command(
                     "--diversity needs a layer: pass --layer NAME (the model has no default)."
                 )
             run_objs = [o + diversity * O.diversity(div_layer) for o in objs]
+        found = {}
+        if examples is not None:  # first: a bad folder or layer fails before the optimisation
+            found = _find_examples(loaded, asked, layer, examples, k, max_pixels)
         normalize = default_normalize(loaded)
         vis = visualize(
             loaded,
@@ -228,17 +236,14 @@ def visualize_command(
             progress=True,
         )
         names = [o.name for o in objs for _ in range(batch)]
-        vis.objectives = names
+        optimised = vis.objectives  # with the diversity term, whose weight the values include
+        vis.objectives = names  # short names for the files, tiles and report
         paths = vis.save(out)
         images = [p for p in paths if not p.name.endswith("_transparent.png")]
         alphas = {p.name.replace("_transparent.png", ".png"): p for p in paths if p not in images}
         preds = _predictions(loaded, vis, normalize)
 
-        pairings = {}
-        if examples is not None:
-            pairings = _examples_galleries(
-                loaded, vis, asked, batch, layer, examples, k, out, normalize, max_pixels
-            )
+        pairings = _examples_galleries(loaded, vis, asked, batch, layer, found, out, normalize)
 
         console = out_console()
         table = Table(header_style="bold")
@@ -256,7 +261,7 @@ def visualize_command(
         for i, path in enumerate(images):
             pred = preds[i]
             seen = f"{pred[0]} ({pred[1]:.2f})" if pred else ""
-            cells = [str(i), names[i], f"{float(vis.values[i]):.4g}"]
+            cells = [str(i), optimised[i], f"{float(vis.values[i]):.4g}"]
             if pairings:
                 cells.append(f"{units[i]:.4g}" if i in units else "")
             table.add_row(*cells, seen, str(path))
@@ -275,8 +280,11 @@ def visualize_command(
             soft_wrap=True,
         )
         if n > 1 or pairings:
+            note = None
+            if run_objs is not objs:  # the values are those of the objective + diversity
+                note = f"values include + {diversity:g} * diversity across the batch"
             gallery = vis.save_gallery(
-                out / "featurevis_gallery.png", tile=max(min(width, 192), 128)
+                out / "featurevis_gallery.png", tile=max(min(width, 192), 128), note=note
             )
             index = _write_html(out, vis, images, alphas, preds, pairings, loaded.name, steps)
             console.print(f"Gallery: [bold]{gallery}[/bold]", soft_wrap=True)
@@ -285,18 +293,26 @@ def visualize_command(
         note_older_files(err, out, [*paths, *pairings.values()])
 
 
+def _find_examples(model, asked, layer, folder, k, max_pixels: int = MAX_PIXELS) -> dict[int, list]:
+    """{index in `asked`: the channel's top dataset examples} for each channel asked for."""
+    from ..neurons import top_examples
+
+    return {
+        j: top_examples(model, folder, layer, channel, k=k, max_pixels=max_pixels)
+        for j, (_, channel) in enumerate(asked)
+        if channel is not None
+    }
+
+
 def _examples_galleries(
-    model, vis, asked, batch, layer, folder, k, out, normalize, max_pixels: int = MAX_PIXELS
+    model, vis, asked, batch, layer, examples, out, normalize
 ) -> dict[int, Path]:
     """For each channel asked for: its (first) visualization next to its top dataset examples."""
-    from ..neurons import top_examples
     from .visualize import examples_picture
 
     pairings: dict[int, Path] = {}
-    for j, (_, channel) in enumerate(asked):
-        if channel is None:
-            continue
-        found = top_examples(model, folder, layer, channel, k=k, max_pixels=max_pixels)
+    for j, found in examples.items():
+        channel = asked[j][1]
         i = j * batch
         path = out / f"featurevis_examples_{slug(layer)}_ch{channel}.png"
         examples_picture(model, vis, i, found, normalize).save(path, format="PNG")

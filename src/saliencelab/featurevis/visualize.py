@@ -30,6 +30,7 @@ from ..core.errors import SaliencelabError
 from ..core.layers import get_layer, module_name
 from ..core.state import Hooks, attribution_mode
 from ..models.model import Model, as_model, logits_of
+from ..neurons.activations import refuse_unsupported
 from . import transforms as T
 from .objectives import Capture, Objective, as_objective
 from .param import ImageParam, MacoParam, Size, image_size, make_param
@@ -127,8 +128,10 @@ class Visualization:
         columns: int | None = None,
         title: str | None = None,
         labels: Sequence[str] | None = None,
+        note: str | None = None,
     ) -> Image.Image:
-        """All images in a labelled grid (objective and final value under each)."""
+        """All images in a labelled grid (objective and final value under each); `note` is added
+        to the subtitle (e.g. what else the values include)."""
         from ..neurons.grid import Tile, draw_grid, value_text
 
         labels = list(labels) if labels is not None else self.objectives
@@ -144,6 +147,8 @@ class Visualization:
                 )
         steps = self.history.shape[0]
         subtitle = f"{self.param}, {steps} steps, seed {self.seed}"
+        if note:
+            subtitle += f"; {note}"
         return draw_grid(tiles, columns, title, subtitle)
 
     def save_gallery(self, path: str | Path, **kw) -> Path:
@@ -178,12 +183,14 @@ def examples_picture(
     m = as_model(model)
     first = examples[0]
     norm = normalize if normalize is not None else default_normalize(m)
-    seen: list[torch.Tensor] = []
+    seen: list[object] = []
     layer = get_layer(m.module, first.layer)
+    image = vis.images[index : index + 1].to(m.device)
     with attribution_mode(m.module), Hooks() as hooks, torch.no_grad():
         hooks.add(layer.register_forward_hook(lambda mod, i, out: seen.append(out)))
-        m.module(norm(vis.images[index : index + 1]))
-    value = float(seen[0][0, first.channel].amax())
+        m.module(norm(image))
+    a = as_map(m, seen[0], image.shape[-2:], first.layer)  # the layer's first call
+    value = float(a[0, first.channel].amax())
     lead = Tile(
         vis.pil(index).resize((tile, tile), Image.Resampling.LANCZOS),
         ["visualization", value_text(value)],
@@ -205,6 +212,29 @@ def examples_picture(
         "the channel's strongest unit on each image",
         lead=lead,
     )
+
+
+def layer_output(out: object, name: str) -> torch.Tensor:
+    """A hooked layer's output as a tensor: the first element of a tuple or list output."""
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise SaliencelabError(
+            f"The layer {name} returns {type(out).__name__}, not a tensor; pick a layer whose "
+            "output is a tensor."
+        )
+    return out
+
+
+def as_map(model: Model, out: object, image_size: Sequence[int], name: str) -> torch.Tensor:
+    """A layer's output as the library reads it everywhere else (`sl.activations`, the CAMs): the
+    first tensor of a tuple, and a vision transformer's tokens (N, T, D) laid on the patch grid
+    (N, D, h, w) (class and register tokens dropped), so channel c is feature c, not token c."""
+    from ..core.tokens import to_grid
+
+    t = layer_output(out, name)
+    reshape = model.extra.get("reshape") if isinstance(model.extra, dict) else None
+    return to_grid(t, image_size, module=model.module, reshape=reshape, name=name)
 
 
 def slug(text: str) -> str:
@@ -448,6 +478,7 @@ def visualize(
         a :class:`Visualization` (images in [0, 1], objective history, MACO transparency).
     """
     m = as_model(model)
+    refuse_unsupported(m, "Feature visualization")
     module = m.module
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise SaliencelabError(f"steps must be a positive integer, not {steps!r}.")
@@ -499,11 +530,16 @@ def visualize(
         task = bar.add_task(f"visualize ({name})", total=steps)
         capture = Capture(labels=m.labels, names=names)
 
+        seen_size: list[torch.Size] = [torch.Size(hw)]  # what the model sees this step
+
         def record(lname: str):
             def hook(mod, inputs, out):
-                capture.activations[lname] = out
+                if lname in capture.activations:  # a layer called twice: its first call, as
+                    return None  # the engine reads it (and the forward stops after it)
+                capture.activations[lname] = as_map(m, out, seen_size[0], lname)
                 if not need_logits and len(capture.activations) == len(layers):
                     raise _Stop
+                return None
 
             return hook
 
@@ -513,6 +549,7 @@ def visualize(
         def run(x: torch.Tensor, images: torch.Tensor, rows: range) -> torch.Tensor:
             """The objective values of images `rows` (model inputs x, images before transforms)."""
             capture.activations, capture.logits, capture.images = {}, None, images
+            seen_size[0] = x.shape[-2:]
             try:
                 capture.logits = logits_of(module(x))
             except _Stop:
@@ -562,6 +599,7 @@ def visualize(
     with torch.no_grad():
         final = image_param().detach().clamp(0, 1)
     seconds = time.perf_counter() - start
+    _warn_stuck(history, objs, module, layers)
     transparency = None
     if accumulated is not None:
         from ..viz.normalize import normalize_map
@@ -644,4 +682,48 @@ def _check_values(obj: Objective, v: torch.Tensor, n: int) -> None:
         raise SaliencelabError(
             f"The objective {obj.name} must return one value per image, shape ({n},), but "
             f"returned {got}."
+        )
+
+
+_RELUS = (nn.ReLU, nn.ReLU6)
+
+
+def _before_relu(root: nn.Module, name: str, module: nn.Module) -> str | None:
+    """The layer just before the ReLU that ends `module` (a ReLU, or a Sequential ending in one),
+    when it has a name: its pre-activation, where a channel has a gradient even when it is off."""
+    if isinstance(module, nn.Sequential) and len(module) > 1 and isinstance(module[-1], _RELUS):
+        return f"{name}.{len(module) - 2}"
+    if isinstance(module, _RELUS):
+        parent_name, _, last = name.rpartition(".")
+        parent = root.get_submodule(parent_name) if parent_name else root
+        if isinstance(parent, nn.Sequential) and last.isdigit() and int(last) > 0:
+            return f"{parent_name}.{int(last) - 1}" if parent_name else str(int(last) - 1)
+    return None
+
+
+def _warn_stuck(
+    history: torch.Tensor, objs: list[Objective], root: nn.Module, layers: dict[str, nn.Module]
+) -> None:
+    """Warn when an image's objective never moved: its gradient was zero from the start (a
+    channel behind a ReLU that does not fire on the starting noise), so the image is the
+    starting gray, not a visualization."""
+    if history.shape[0] < 2:
+        return
+    stuck = (history == history[0]).all(dim=0)
+    for name in dict.fromkeys(objs[i].name for i in stuck.nonzero().flatten().tolist()):
+        hint = ""
+        for lname in next(o for o in objs if o.name == name).layers:
+            key = lname if isinstance(lname, str) else module_name(root, lname)
+            before = _before_relu(root, key, layers[key]) if key in layers else None
+            if before is not None:
+                hint = f" (e.g. {before}, the layer before the ReLU of {key})"
+                break
+        log.warning(
+            "%s stayed at %.4g for all %d steps: its gradient was zero (a unit behind a ReLU "
+            "that never fired), so the image is the starting one, not a visualization; pick the "
+            "layer before the ReLU%s, or another channel.",
+            name,
+            float(history[0][[o.name for o in objs].index(name)]),
+            history.shape[0],
+            hint,
         )

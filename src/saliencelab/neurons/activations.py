@@ -27,29 +27,53 @@ from torch import nn
 from ..core.context import Context, autograd_allowed, upsample
 from ..core.engine import Engine
 from ..core.errors import SaliencelabError
+from ..core.explain import input_errors_explained
 from ..core.layers import resolve_layer
 from ..core.targets import LayerTarget, PendingTarget, Target, TargetSpec, layer_target
-from ..core.tokens import find_token_layer, to_grid
+from ..core.tokens import find_token_layer, to_grid, token_layout
 from ..models.model import Model, as_model
 
 RANKINGS = ("activation", "contribution")
 
 
+def refuse_unsupported(model: Model, what: str) -> None:
+    """One sentence for a model without the layers these tools read: a black-box function (no
+    layers, no gradients) or a text model (token ids, no spatial maps)."""
+    from ..models.blackbox import is_blackbox
+    from ..text.model import TextModel
+
+    if is_blackbox(model):
+        raise SaliencelabError(
+            f"{what} cannot be computed for a black-box function, which exposes no layers and no "
+            "gradients; use an nn.Module (or sl.Model) instead."
+        )
+    if isinstance(model, TextModel) or model.extra.get("prepare") is not None:
+        raise SaliencelabError(
+            f"{what} cannot be computed for the text model {model.name}, which reads token ids "
+            "and has no layers with spatial maps (B, C, h, w); explain texts with sl.explain and "
+            "the text methods (integrated_gradients, leave_one_out, ...)."
+        )
+
+
 def as_batch(model: Model, x: Any) -> torch.Tensor:
-    """`x` as an input batch on the model's device: a tensor (B, ...) or what preprocess takes."""
-    if isinstance(x, torch.Tensor):
-        if x.dim() < 2:
-            raise SaliencelabError(
-                f"Inputs need a batch axis, but got a tensor of shape {tuple(x.shape)}; use "
-                "x.unsqueeze(0) for a single input."
-            )
-        return x.to(model.device)
-    if model.preprocess is None:
+    """`x` as an input batch on the model's device, as `sl.explain` takes it: a tensor (B, ...)
+    (float inputs cast to the model's parameter dtype, e.g. float64 -> float32) or what
+    `model.preprocess` takes; a missing batch axis (one (C, H, W) image for a model with 2-D
+    convolutions, which would run it unbatched) or an empty batch is one sentence."""
+    from ..core.explain import _as_batch
+
+    if not isinstance(x, torch.Tensor) and model.preprocess is None:
         raise SaliencelabError(
             f"Got inputs of type {type(x).__name__} for a model with no preprocessing; pass a "
             "tensor, or wrap the model with sl.Model(module, preprocess=...)."
         )
-    return model.preprocess(x).to(model.device)
+    images = any(isinstance(m, nn.Conv2d) for m in model.module.modules())
+    if images and isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[0] in (1, 3):
+        raise SaliencelabError(
+            f"Inputs need a batch axis, but got a tensor of shape {tuple(x.shape)}, one image "
+            "(C, H, W); use x.unsqueeze(0) for a single input."
+        )
+    return _as_batch(model, x)
 
 
 def check_spatial(name: str, activation: torch.Tensor) -> None:
@@ -226,7 +250,15 @@ def activations(
             "leave the target out."
         )
     model = as_model(model)
+    refuse_unsupported(model, "Activation maps")
     x = as_batch(model, x)
+    with input_errors_explained(model, x), token_layout(model, x):
+        return _activations(model, x, layer, top, by, target)
+
+
+def _activations(
+    model: Model, x: torch.Tensor, layer: Any, top: int, by: str, target: TargetSpec
+) -> ActivationMaps:
     default = model.default_layer
     reshape = model.extra.get("reshape")
     if layer is None and default is None:  # vision transformers: as Context.layer

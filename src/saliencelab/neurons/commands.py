@@ -137,7 +137,8 @@ def _examples(
     console = out_console()
     rf = first.field
     console.print(
-        f"{first.layer}, channel {channel}: the {len(found)} strongest images; receptive field "
+        f"{first.layer}, channel {channel}: the {len(found)} strongest "
+        f"image{'s' if len(found) != 1 else ''}; receptive field "
         f"{rf.size[0]}x{rf.size[1]} px, stride {rf.stride[0]}.",
         soft_wrap=True,
     )

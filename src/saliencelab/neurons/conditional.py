@@ -29,14 +29,15 @@ import torch
 from torch import nn
 
 from ..core.errors import SaliencelabError
-from ..core.explain import explain
+from ..core.explain import explain, input_errors_explained
 from ..core.layers import resolve_layer
 from ..core.registry import get_method
 from ..core.result import Attribution
 from ..core.state import Hooks
 from ..core.targets import TargetSpec
+from ..core.tokens import as_layer_map, find_token_layer, token_layout
 from ..models.model import Model, as_model
-from .activations import as_batch
+from .activations import as_batch, refuse_unsupported
 from .targets import _index, check_channel
 
 #: Families whose maps come from a backward pass through the layer, which the gate restricts.
@@ -57,16 +58,35 @@ class _GateGradient(torch.autograd.Function):
         return grad * keep, None
 
 
+def _keep_mask(name: str, a: torch.Tensor, channel: int) -> torch.Tensor:
+    """1 where the layer's output `a` holds channel `channel`, 0 elsewhere (broadcastable).
+
+    A vision transformer's tokens (B, T, D) are read on the patch grid (B, D, h, w), as
+    `sl.activations` reads them: the mask marks the entries that channel of the map is read
+    from (found by laying each entry's index on the grid), so it keeps feature `channel` of the
+    patch tokens (not token `channel`, nor the class token).
+    """
+    if a.dim() != 3:
+        k = check_channel(name, a, channel)
+        keep = torch.zeros((1, k) + (1,) * (a.dim() - 2), dtype=a.dtype, device=a.device)
+        keep[:, channel] = 1
+        return keep
+    index = torch.arange(a[:1].numel(), dtype=torch.float64, device=a.device).view_as(a[:1])
+    grid = as_layer_map(name, index)
+    check_channel(name, grid, channel)
+    keep = torch.zeros(index.numel(), dtype=a.dtype, device=a.device)
+    keep[grid[:, channel].flatten().long()] = 1
+    return keep.view_as(a[:1])
+
+
 def channel_gate(name: str, channel: int):
     """A forward hook keeping only `channel`'s gradient at the layer it is registered on."""
 
     def hook(module: nn.Module, inputs: Any, out: Any) -> Any:
         a = out if isinstance(out, torch.Tensor) else out[0]
-        k = check_channel(name, a, channel)
+        keep = _keep_mask(name, a, channel)
         if not a.requires_grad:  # forward-only pass: nothing flows back
             return None
-        keep = torch.zeros((1, k) + (1,) * (a.dim() - 2), dtype=a.dtype, device=a.device)
-        keep[:, channel] = 1
         gated = _GateGradient.apply(a, keep)
         return gated if isinstance(out, torch.Tensor) else (gated, *out[1:])
 
@@ -107,9 +127,14 @@ def conditional_map(
         )
     channel = _index(channel, "channel")
     model = as_model(model)
+    refuse_unsupported(model, "A conditional map")
     x = as_batch(model, x)
-    name, module = resolve_layer(model.module, layer, x, model.default_layer)
-    with Hooks() as hooks:
+    default = model.default_layer
+    if layer is None and default is None:  # vision transformers: as sl.activations
+        default = find_token_layer(model.module, x, model.extra.get("reshape"))
+    with input_errors_explained(model, x):
+        name, module = resolve_layer(model.module, layer, x, default)
+    with Hooks() as hooks, token_layout(model, x):
         gate = hooks.add(module.register_forward_hook(channel_gate(name, channel)))
 
         def gate_last(mod: nn.Module, args: Any) -> None:

@@ -151,7 +151,10 @@ def top_examples(
 
     An image that cannot be read is logged and skipped.
     """
+    from .activations import refuse_unsupported
+
     model = as_model(model)
+    refuse_unsupported(model, "Dataset examples")
     if model.preprocess is None:
         raise SaliencelabError(
             "top_examples reads images, but this model has no preprocessing; wrap it with "
@@ -198,7 +201,7 @@ def top_examples(
         best_v, best_i, best_maps = values[keep], index[keep], all_maps[keep]
     if reader is None:
         raise SaliencelabError("None of the images could be read; check the files.")
-    log.info("ranked %d images by channel %d of %s", n_ok, channel, name)
+    log.info("ranked %d image%s by channel %d of %s", n_ok, "s" * (n_ok != 1), channel, name)
     rf = receptive_field(model, module, x[:1])
     return [
         _example(model, sources[int(i)], int(i), float(v), m, rf, channel, input_size, max_pixels)

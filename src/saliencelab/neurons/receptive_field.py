@@ -36,7 +36,7 @@ from ..core.errors import SaliencelabError
 from ..core.explain import input_errors_explained
 from ..core.layers import resolve_layer
 from ..core.state import Hooks, eval_mode, submodules
-from ..models.model import Model, as_model
+from ..models.model import Model, as_model, as_model_input
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 ADAPTIVE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -132,14 +132,24 @@ def receptive_field(
     channels as the model's first convolution takes); None: the model's `input_size`, else
     224 × 224. "Same" paddings, and so the fields' positions, depend on the input size.
     """
+    from .activations import refuse_unsupported
+
     model = as_model(model)
+    refuse_unsupported(model, "A receptive field")
     if x is None:
         x = tuple(model.input_size) if model.input_size is not None else (224, 224)
+    if isinstance(x, list):
+        x = tuple(x)
     if isinstance(x, tuple):
         convs = [m for m in submodules(model.module) if isinstance(m, nn.Conv2d)]
         channels = convs[0].in_channels if convs else 3
         x = torch.zeros(1, channels, *x, device=model.device)
-    x = x[:1].to(model.device)
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] < 1:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise SaliencelabError(
+            f"x must be an example input (1, C, H, W) or an input size (H, W), not {got}."
+        )
+    x = as_model_input(model, x[:1])
     name, target = resolve_layer(model.module, layer, x, model.default_layer)
     fields: dict[int, _Field] = {}
     seen: list[tuple[torch.Tensor, _Field]] = []  # keeps tensors alive: ids are not reused

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..core.errors import SaliencelabError
 from ..core.targets import LayerTarget
+from ..core.tokens import as_layer_map
 
 LayerRef = str | nn.Module
 
@@ -81,6 +82,7 @@ class ChannelTarget(LayerTarget):
 
     def read(self, activation: torch.Tensor) -> torch.Tensor:
         """(n, K): every channel's mean over the positions (the output itself for (n, K))."""
+        activation = as_layer_map(self.name, activation)
         check_channel(self.name, activation, self.channel)
         return activation.flatten(2).mean(dim=2) if activation.dim() > 2 else activation
 
@@ -122,6 +124,7 @@ class NeuronTarget(LayerTarget):
 
     def read(self, activation: torch.Tensor) -> torch.Tensor:
         """(n, K): every channel's value at (y, x)."""
+        activation = as_layer_map(self.name, activation)
         check_channel(self.name, activation, self.channel)
         if activation.dim() == 2 and self.y is None and self.x is None:
             return activation
