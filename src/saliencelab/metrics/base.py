@@ -18,6 +18,8 @@ several processes can be merged with `MetricResult.merge`.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 import warnings
@@ -439,6 +441,11 @@ class Metric:
     family: ClassVar[str] = ""
     reference: ClassVar[str] = ""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _checked_options(cls.__init__)  # type: ignore[method-assign]
+
     def __init__(self, **params: Any) -> None:
         self.params = params
         for k, v in params.items():
@@ -454,6 +461,15 @@ class Metric:
     def check_model(self, model: Model) -> None:
         """One sentence if the options do not fit `model` (e.g. layers it does not have);
         `sl.evaluate` calls it before any model work. Default: nothing to check."""
+
+    def check_inputs(
+        self, x: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> None:
+        """One sentence if the options do not fit inputs `x` and checked `maps` (and `masks`,
+        for the metrics that need them) of these shapes (e.g. a patch larger than the image, a
+        top-k larger than the map); `sl.evaluate` calls it for every map before any model work,
+        so such a request fails before another metric's results are computed and lost. Cheap:
+        shapes and options only. Default: nothing to check."""
 
     # -- the stateful contract --------------------------------------------------------------------
 
@@ -592,6 +608,37 @@ class Metric:
         return f"{type(self).__name__}({args})"
 
 
+def _checked_options(init: Callable[..., None]) -> Callable[..., None]:
+    """`init` refusing options it does not take in one sentence naming them and the closest
+    options (a SaliencelabError, not Python's TypeError): `sl.metrics.get("deletion")(stepz=5)`
+    fails as `sl.evaluate(metrics={"deletion": {"stepz": 5}})` does."""
+    signature = inspect.signature(init)
+    accepted = [p for p in signature.parameters if p != "self"]
+
+    @functools.wraps(init)
+    def checked(self: Metric, *args: Any, **kwargs: Any) -> None:
+        try:
+            signature.bind(self, *args, **kwargs)
+        except TypeError:
+            name = getattr(type(self), "name", "") or type(self).__name__
+            unknown = [k for k in kwargs if k not in accepted]
+            if not accepted:
+                raise SaliencelabError(f"The metric {name} takes no options.") from None
+            if unknown:
+                raise SaliencelabError(
+                    f"The metric {name} has no option {unknown[0]!r}."
+                    f"{closest(unknown[0], accepted)} Its options: "
+                    f"{', '.join(sorted(accepted)) or 'none'}."
+                ) from None
+            raise SaliencelabError(
+                f"The metric {name} takes its options by keyword ({', '.join(accepted)}), e.g. "
+                f"sl.metrics.get({name!r})({accepted[0]}=...)."
+            ) from None
+        init(self, *args, **kwargs)
+
+    return checked
+
+
 def runs_model(metric: Metric) -> bool:
     """Whether the metric reads the model: its scores, or maps it recomputes."""
     return "model" in metric.needs or "explainer" in metric.needs
@@ -648,6 +695,19 @@ def masks_for(masks: object, maps: torch.Tensor) -> torch.Tensor:
                 f"The masks must be a (B, H, W) tensor, array or list of (H, W) masks, not "
                 f"{type(masks).__name__}."
             ) from None
+    if masks.is_complex() or (masks.is_floating_point() and not all_finite(masks)):
+        raise SaliencelabError(
+            "The masks contain NaN, infinite or complex values; give bool masks (True on the "
+            "object) or 0/1 numbers."
+        )
+    if masks.is_floating_point():
+        # soft masks (a resized or predicted mask) would count every nonzero pixel as object
+        off = masks[(masks != 0) & (masks != 1)]
+        if off.numel():
+            raise SaliencelabError(
+                f"The masks hold values other than 0 and 1 (e.g. {float(off[0]):.3g}); give bool "
+                "masks (True on the object), e.g. masks > 0.5 for soft masks."
+            )
     if masks.dim() == 4 and masks.shape[1] == 1:
         masks = masks[:, 0]
     squeezed = maps.dim() == 4 and maps.shape[1] == 1
@@ -695,6 +755,16 @@ def checked_maps(
     b = maps.shape[0]
     if x is not None and not isinstance(x, torch.Tensor):
         raise SaliencelabError(f"Give the inputs as a tensor, not {type(x).__name__}.")
+    if (
+        x is not None
+        and x.dim() == 3
+        and tuple(maps.shape[-2:]) == tuple(x.shape[-2:])
+        and (maps.dim() == 2 or maps.shape[0] != x.shape[0])
+    ):  # one (C, H, W) image: its channels would be read as the batch
+        raise SaliencelabError(
+            f"The inputs have shape {tuple(x.shape)}, one image without a batch axis; give "
+            "(B, C, H, W) inputs, e.g. x.unsqueeze(0) for one, with (B, H, W) maps."
+        )
     if x is not None:
         unbatched = x.dim() == maps.dim() + 2 and tuple(maps.shape) == tuple(x.shape[-2:])
         if unbatched and b != x.shape[0]:

@@ -17,6 +17,7 @@ import dataclasses
 import inspect
 import json
 import math
+import numbers
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -148,7 +149,8 @@ class EvalReport(Mapping[str, dict[str, MetricResult]]):
         return rows
 
     def best(self, metric: str, include_references: bool = False) -> str:
-        """The method with the best mean on `metric` (by its direction)."""
+        """The method with the best mean on `metric` (by its direction); of methods tied on
+        it, the first in the report's order (the explanation's)."""
         if metric not in self.metrics:
             raise SaliencelabError(
                 f"This report has no metric {metric!r}; it scored {', '.join(self.metrics)}."
@@ -166,7 +168,8 @@ class EvalReport(Mapping[str, dict[str, MetricResult]]):
         if direction == "none":
             raise SaliencelabError(f"{metric} has no better direction; there is no best method.")
         pick = max if direction == "higher" else min
-        return pick(rows)[1]
+        top = pick(v for v, _ in rows)
+        return next(m for v, m in rows if v == top)  # a tie: the first in the report's order
 
     def __str__(self) -> str:
         head = ("method", "metric", "mean", "95% CI", "n", "better")
@@ -302,6 +305,17 @@ def _maps_of(
     return out
 
 
+def check_chunk_size(chunk_size: object) -> None:
+    """One sentence unless `chunk_size` is None or a positive int (as `sl.explain` checks it):
+    0 or -1 would otherwise pass to the engine, which reads them as 1 row per chunk."""
+    ok = isinstance(chunk_size, numbers.Integral) and not isinstance(chunk_size, bool)
+    if chunk_size is not None and not (ok and chunk_size > 0):
+        raise SaliencelabError(
+            f"chunk_size must be None or a positive int, not {type(chunk_size).__name__} "
+            f"{chunk_size!r}; pass e.g. chunk_size=16."
+        )
+
+
 def _reference_names(references: bool | str | Sequence[str] | None) -> tuple[str, ...]:
     """The reference maps asked for: all (True), none (False, None, empty), or the named ones
     (a name, a comma-separated string or a list of names), each checked."""
@@ -405,6 +419,12 @@ def _check_request(
                         "a registered method; give maps from sl.explain, name the method that "
                         f"recomputes them (explainer={{{name!r}: 'saliency'}}) or drop the metric."
                     )
+        # options that do not fit these inputs, maps or masks (a patch or top-k larger than
+        # the image, an SSIM window larger than the maps, masks that are not mosaic quadrants):
+        # refused now, not after the metrics before this one have run
+        own_masks = mask_tensor if "masks" in metric.needs else None
+        for maps in {tuple(m.shape): m for m in checked}.values():
+            metric.check_inputs(x, maps, own_masks)
     return mask_tensor
 
 
@@ -479,6 +499,7 @@ def evaluate(
     need them, registered methods for the metrics that recompute explanations) is checked
     before the model runs or any reference map is computed.
     """
+    check_chunk_size(chunk_size)
     model = as_model(model)
     if isinstance(model, TextModel) and not isinstance(x, torch.Tensor):
         x = model.preprocess(x)  # the texts, as sl.explain takes them

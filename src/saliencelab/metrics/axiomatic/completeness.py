@@ -42,6 +42,12 @@ class Completeness(Metric):
         check_choice(self.name, "output", output, OUTPUTS)
         super().__init__(baseline=baseline, output=output, relative=relative)
 
+    def check_inputs(
+        self, x: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> None:
+        if isinstance(self.baseline, torch.Tensor):
+            baseline_of(x, self.baseline)  # one that does not broadcast: one sentence
+
     def output_difference(self, batch: EvalBatch) -> torch.Tensor:
         """(B,) f(x) − f(x') of the target class.
 

@@ -344,6 +344,15 @@ class InputInvariance(Metric):
             )
         return s
 
+    def check_inputs(
+        self, x: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> None:
+        if x.dim() not in (2, 4):
+            raise SaliencelabError(
+                f"input_invariance needs (B, C, H, W) or (B, D) inputs, got {tuple(x.shape)}."
+            )
+        self._shift(x)  # one per channel: one sentence
+
     def check_model(self, model: Model) -> None:
         if is_blackbox(model):
             raise SaliencelabError(

@@ -67,6 +67,13 @@ class NonSensitivity(Metric):
             fraction=fraction,
         )
 
+    def check_inputs(
+        self, x: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> None:
+        check_image_inputs(x)
+        if isinstance(self.baseline, torch.Tensor):
+            baseline_of(x, self.baseline)  # one that does not broadcast: one sentence
+
     def _attributions(self, batch: EvalBatch) -> torch.Tensor:
         """(B, F) |a| per feature, normalised per sample by its maximum if asked."""
         x = batch.x
@@ -84,10 +91,7 @@ class NonSensitivity(Metric):
 
     def score(self, batch: EvalBatch) -> Scores:
         x = batch.x
-        if x.dim() != 4:
-            raise SaliencelabError(
-                f"non_sensitivity needs (B, C, H, W) image inputs, got shape {tuple(x.shape)}."
-            )
+        check_image_inputs(x)
         b, c, h, w = x.shape
         k = self.features_in_step
         a = self._attributions(batch)
@@ -126,4 +130,11 @@ class NonSensitivity(Metric):
                 "zero_but_sensitive": (moved & zero).sum(1),
                 "nonzero_but_insensitive": (~moved & ~zero).sum(1),
             },
+        )
+
+
+def check_image_inputs(x: torch.Tensor) -> None:
+    if x.dim() != 4:
+        raise SaliencelabError(
+            f"non_sensitivity needs (B, C, H, W) image inputs, got shape {tuple(x.shape)}."
         )

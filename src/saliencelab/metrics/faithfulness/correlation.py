@@ -144,16 +144,23 @@ class FaithfulnessCorrelation(FaithfulnessMetric):
             score=score,
         )
 
+    def check_inputs(
+        self, x: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> None:
+        super().check_inputs(x, maps, masks)
+        c, h, w = x.shape[1:]
+        n_units = h * w if self.unit == "pixel" else c * h * w
+        if self.subsets is None and self.subset_size > n_units:
+            raise SaliencelabError(
+                f"The subset_size {self.subset_size} of {self.name} exceeds the {n_units} "
+                f"{self.unit}s of the input; give a smaller subset_size."
+            )
+
     def score(self, batch: EvalBatch) -> Scores:
-        self.check_batch(batch)
+        self.check_inputs(batch.x, batch.maps)
         b, c, h, w = batch.x.shape
         unit, size, draws = self.unit, self.subset_size, self.n_samples
         n_units = h * w if unit == "pixel" else c * h * w
-        if self.subsets is None and size > n_units:
-            raise SaliencelabError(
-                f"The subset_size {size} of {self.name} exceeds the {n_units} {unit}s of the "
-                "input; give a smaller subset_size."
-            )
         if self.subsets is None:  # drawn: the same for every batch of this shape
             idx = self._draws.get(
                 (n_units, size, draws, self.seed),

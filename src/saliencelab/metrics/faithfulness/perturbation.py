@@ -56,16 +56,29 @@ class FaithfulnessMetric(Metric):
     def check_batch(self, batch: EvalBatch) -> None:
         check_image_batch(self.name, batch)
 
+    def check_inputs(
+        self, x: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> None:
+        """Image inputs and maps, and a baseline tensor that broadcasts to the inputs."""
+        check_image_shapes(self.name, x, maps)
+        if isinstance(self.params.get("baseline"), torch.Tensor):
+            baseline_like(self.name, self.params["baseline"], x)
+
 
 # -- argument checks -------------------------------------------------------------------------------
 
 
 def check_image_batch(name: str, batch: EvalBatch) -> None:
     """The faithfulness metrics perturb images: x must be (B, C, H, W) and maps (B, H, W)."""
-    if batch.x.dim() != 4 or batch.maps.dim() != 3:
+    check_image_shapes(name, batch.x, batch.maps)
+
+
+def check_image_shapes(name: str, x: torch.Tensor, maps: torch.Tensor) -> None:
+    """`check_image_batch` on the inputs and maps themselves."""
+    if x.dim() != 4 or maps.dim() != 3:
         raise SaliencelabError(
             f"The metric {name} perturbs image pixels and needs inputs (B, C, H, W) with maps "
-            f"(B, H, W); got inputs {tuple(batch.x.shape)} and maps {tuple(batch.maps.shape)}."
+            f"(B, H, W); got inputs {tuple(x.shape)} and maps {tuple(maps.shape)}."
         )
 
 

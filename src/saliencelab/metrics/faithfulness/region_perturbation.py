@@ -52,15 +52,22 @@ class _RegionPerturbation(FaithfulnessMetric):
             score=score,
         )
 
-    def score(self, batch: EvalBatch) -> Scores:
-        self.check_batch(batch)
-        b, c, h, w = batch.x.shape
+    def check_inputs(
+        self, x: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> None:
+        super().check_inputs(x, maps, masks)
+        h, w = x.shape[-2:]
         p = self.patch_size
         if p > min(h, w):
             raise SaliencelabError(
                 f"The patch_size {p} of {self.name} is larger than the {h}×{w} image; give a "
                 f"patch_size of at most {min(h, w)}."
             )
+
+    def score(self, batch: EvalBatch) -> Scores:
+        self.check_inputs(batch.x, batch.maps)
+        b, c, h, w = batch.x.shape
+        p = self.patch_size
         ids, n_patches = patch_ids(h, w, p, batch.device)
         regions = n_patches if self.regions is None else min(self.regions, n_patches)
         # Relevance of each patch, and the rank of each pixel's patch in the order.

@@ -156,14 +156,20 @@ class Focus(Metric):
     def __init__(self) -> None:
         super().__init__()
 
-    def score(self, batch: EvalBatch) -> Scores:
-        v, m = flat_maps_and_masks(batch, self.name)
-        if batch.maps.dim() != 3:
+    def check_inputs(
+        self, x: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> None:
+        if maps.dim() != 3:
             raise SaliencelabError(
                 f"The metric {self.name} needs (B, H, W) maps of 2×2 mosaics, got maps of shape "
-                f"{tuple(batch.maps.shape)}."
+                f"{tuple(maps.shape)}."
             )
-        check_mosaic_masks(self.name, m.view(batch.maps.shape))
+        if masks is not None and masks.shape == maps.shape:
+            check_mosaic_masks(self.name, masks.bool())
+
+    def score(self, batch: EvalBatch) -> Scores:
+        v, m = flat_maps_and_masks(batch, self.name)
+        self.check_inputs(batch.x, batch.maps, m.view(batch.maps.shape))
         r = v.clamp(min=0)
         values = nan_where(ratio(total(r, m), total(r)), ~m.any(1))
         return Scores(values=values, extras=target_extras(batch))

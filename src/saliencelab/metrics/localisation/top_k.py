@@ -54,6 +54,11 @@ class TopKIntersection(Metric):
             )
         return k
 
+    def check_inputs(
+        self, x: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> None:
+        self.pixels(maps[0].numel())  # k larger than a map: one sentence
+
     def score(self, batch: EvalBatch) -> Scores:
         v, m = flat_maps_and_masks(batch, self.name)
         b, n = v.shape

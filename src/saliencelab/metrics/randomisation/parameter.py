@@ -71,7 +71,7 @@ from ...models.blackbox import is_blackbox
 from ...models.model import Model
 from ..base import EvalBatch, Metric, Scores, register_metric
 from ..checks import check_choice
-from .similarity import check_image_maps, check_similarity, similarity_to
+from .similarity import check_image_maps, check_similarity, check_similarity_fits, similarity_to
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -375,6 +375,11 @@ class ModelRandomisation(Metric):
             similarity_options=similarity_options,
             batched=batched,
         )
+
+    def check_inputs(
+        self, x: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> None:
+        check_similarity_fits(self.name, self.similarity, self.similarity_options, maps)
 
     def check_model(self, model: Model) -> None:
         select_stages(model.module, self.layers, self.granularity)  # the layers asked for exist

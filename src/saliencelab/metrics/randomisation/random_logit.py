@@ -21,8 +21,9 @@ import torch
 
 from ...core.errors import SaliencelabError
 from ...core.seeds import sample_seeds
+from ...models.model import Model
 from ..base import EvalBatch, Metric, Scores, register_metric
-from .similarity import check_image_maps, check_similarity, similarity_to
+from .similarity import check_image_maps, check_similarity, check_similarity_fits, similarity_to
 
 
 def random_other_class(
@@ -79,6 +80,19 @@ class RandomLogit(Metric):
             num_classes=num_classes,
             similarity_options=similarity_options,
         )
+
+    def check_inputs(
+        self, x: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> None:
+        check_similarity_fits(self.name, self.similarity, self.similarity_options, maps)
+
+    def check_model(self, model: Model) -> None:
+        n = len(model.labels) if model.labels is not None else None
+        if self.num_classes is not None and n is not None and self.num_classes > n:
+            raise SaliencelabError(
+                f"num_classes={self.num_classes} is more than the model's {n} classes; pass at "
+                f"most {n}, or None to read it from the model."
+            )
 
     def _classes(self, batch: EvalBatch) -> int:
         if self.num_classes is not None:

@@ -84,6 +84,16 @@ def check_image_maps(metric: str, maps: torch.Tensor) -> None:
         )
 
 
+def check_similarity_fits(
+    metric: str, name: str, options: dict[str, Any] | None, maps: torch.Tensor
+) -> None:
+    """One sentence unless `maps` are image maps the similarity `name` with `options` can
+    compare (an SSIM window or HOG blocks no larger than the maps): what `sl.evaluate` checks
+    before any model work. Prepares the similarity of one map, so it costs next to nothing."""
+    check_image_maps(metric, maps)
+    similarity_to(name, maps[:1], options)
+
+
 def minmax(maps: torch.Tensor) -> torch.Tensor:
     """Each (H, W) map rescaled to [0, 1] (float64); a constant map becomes all zeros."""
     m = maps.double()
