@@ -347,6 +347,36 @@ def test_no_readable_image_is_one_sentence(runner, tiny, tmp_path):
     assert not (out / "metrics.csv").exists()
 
 
+def test_an_empty_folder_alone_is_one_sentence_before_the_model_loads(runner, tmp_path):
+    """One error line (it used to add "The image could not be read; see the error above."),
+    and the model is not even loaded (a model spec that would fail is never reached)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = ["evaluate", str(empty), "--model", str(tmp_path / "never_loaded.py:build")]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and "holds no image files" in errors[0]
+    assert "Nothing was written" in errors[0] and not (tmp_path / "out").exists()
+
+
+def test_the_metrics_command_lists_and_describes_the_metrics(runner):
+    result = runner.invoke(app, ["metrics"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for name in sl.metrics.available():
+        assert name in result.output
+    assert "maps only" in result.output and "masks" in result.output  # what each needs
+    assert "steps=100" in result.output  # deletion's options with their defaults
+    one = runner.invoke(app, ["metrics", "pointing_game"])
+    assert one.exit_code == 0 and "localisation, higher is better, values in [0, 1]" in one.output
+    assert "tolerance = 15" in one.output and "Zhang et al. 2018" in one.output
+    bad = runner.invoke(app, ["metrics", "deletoin"])
+    assert bad.exit_code == 2 and error_lines(bad.stderr) == [
+        "error: No metric named 'deletoin'. Did you mean: deletion? See sl.metrics.available() "
+        "(`saliencelab metrics` in the shell)."
+    ]
+
+
 def test_an_image_failing_inside_a_batch_is_isolated(runner, tiny, folder, tmp_path, probe):
     Image.new("RGB", (40, 30), "white").save(folder / "bright.png")  # sorted: a, b, bad, bright
     out = tmp_path / "out"

@@ -921,7 +921,8 @@ def get_metric(name: str) -> type[Metric]:
         return _METRICS[name]
     except KeyError:
         raise SaliencelabError(
-            f"No metric named {name!r}.{closest(name, _METRICS)} See sl.metrics.available()."
+            f"No metric named {name!r}.{closest(name, _METRICS)} See sl.metrics.available() "
+            "(`saliencelab metrics` in the shell)."
         ) from None
 
 

@@ -54,6 +54,7 @@ from ..cli_common import (
     parse_options,
     parse_target,
     progress_bar,
+    require_an_image,
     session,
     split,
 )
@@ -488,7 +489,7 @@ def evaluate_command(
         str,
         typer.Option(
             "--metrics",
-            help="Comma-separated metrics (see sl.metrics.available()), e.g. "
+            help="Comma-separated metrics (see `saliencelab metrics`), e.g. "
             "deletion,insertion,pointing_game.",
         ),
     ] = DEFAULT_METRICS,
@@ -568,7 +569,7 @@ def evaluate_command(
         if not names:
             raise sl.SaliencelabError(
                 "No metric given; pass e.g. --metrics deletion,insertion (see "
-                "sl.metrics.available())."
+                "`saliencelab metrics`)."
             )
         options = parse_options(option, examples=("steps=20", "deletion.steps=20"))
         if steps is not None:
@@ -585,6 +586,7 @@ def evaluate_command(
                 "masks named like the images, nonzero = object)."
             )
         mask_files = _mask_paths(masks) if masks is not None else None
+        require_an_image(images, err, max_pixels)  # none readable: stop before the model loads
         loaded = load_model(
             model, device, input_size, normalize, weights, trust_pickle, reads_images=True
         )
@@ -653,6 +655,89 @@ def evaluate_command(
         raise typer.Exit(code=2)
 
 
+def option_defaults(cls: type) -> dict[str, Any]:
+    """{option: default} of a metric class (its constructor's keyword options)."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    return {
+        k: p.default
+        for k, p in params.items()
+        if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+def metric_summary(cls: type) -> str:
+    """The first paragraph of a metric's docstring, on one line."""
+    import inspect
+
+    return " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())
+
+
+def list_metrics(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Metric names to show in detail: the formula, paper and every option.",
+            show_default=False,
+        ),
+    ] = None,
+    debug: DebugOption = False,
+) -> None:
+    """List the registered metrics (family, better, needs, summary, options), or NAMES in detail.
+
+    "needs" says what `evaluate` must be given: masks for the localisation metrics; the model
+    (always given by the command) for the metrics that run it.
+    """
+    with session(debug):
+        if names:
+            console = out_console()
+            for name in names:
+                cls = get_metric(name)  # an unknown name: one sentence with the closest
+                _metric_detail(console, cls)
+            return
+        table = Table(header_style="bold", show_lines=True)
+        table.add_column("metric", style="bold", no_wrap=True)
+        table.add_column("family", no_wrap=True)
+        table.add_column("better", no_wrap=True)
+        table.add_column("needs", ratio=1, overflow="fold")
+        table.add_column("summary and options (defaults)", ratio=4, overflow="fold")
+        for name in sl.metrics.available():
+            cls = get_metric(name)
+            about = Text(metric_summary(cls))
+            options = option_defaults(cls)
+            if options:
+                about.append("\n" + ", ".join(f"{k}={v!r}" for k, v in options.items()), "dim")
+            needs = ", ".join(n for n in cls.needs) or "maps only"
+            table.add_row(name, cls.family, cls.direction, needs, about)
+        out = out_console()
+        out.print(keep_words(table))
+        out.print(
+            "[dim]`saliencelab metrics NAME` shows one metric's formula, paper and options; use "
+            "them with `saliencelab evaluate IMAGES --metrics NAME --option KEY=VALUE`.[/dim]"
+        )
+
+
+def _metric_detail(console: Any, cls: type) -> None:
+    import inspect
+
+    low, high = cls.value_range
+    console.print(
+        Text.assemble(
+            (cls.name, "bold"),
+            f"  {cls.family}, {cls.direction} is better, values in [{low:g}, {high:g}]",
+        ),
+        soft_wrap=True,
+    )
+    console.print(Text(inspect.getdoc(cls) or ""), soft_wrap=True)
+    options = option_defaults(cls)
+    if not options:
+        console.print(Text("No options.", style="dim"))
+    for k, v in options.items():
+        console.print(Text(f"  {k} = {v!r}"), soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
-    """Add the `evaluate` command to the app."""
+    """Add the `evaluate` and `metrics` commands to the app."""
     app.command("evaluate")(evaluate_command)
+    app.command("metrics")(list_metrics)
