@@ -46,7 +46,9 @@ NOT_QUADRANT[:, 1:3, 1:3] = True
     "metric, options, masks, words",
     [
         ("top_k_intersection", {}, QUADRANT, r"k=1000 is more than the 64 pixels"),
-        ("faithfulness_correlation", {}, None, r"subset_size 224 .* exceeds the 64 pixels"),
+        ("faithfulness_correlation", {}, None, r"subset_size 224 .* not less than the 64"),
+        # every subset the whole image: no correlation (was NaN for every sample, n = 0)
+        ("faithfulness_correlation", {"subset_size": 64}, None, r"give a subset_size below 64"),
         ("aopc_morf", {"patch_size": 20}, None, r"patch_size 20 of aopc_morf is larger"),
         ("random_logit", {}, None, r"smaller than the 11×11 SSIM window"),
         ("model_randomisation", {"similarity": "ssim"}, None, r"smaller than the 11×11 SSIM"),

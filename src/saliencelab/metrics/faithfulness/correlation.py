@@ -150,10 +150,11 @@ class FaithfulnessCorrelation(FaithfulnessMetric):
         super().check_inputs(x, maps, masks)
         c, h, w = x.shape[1:]
         n_units = h * w if self.unit == "pixel" else c * h * w
-        if self.subsets is None and self.subset_size > n_units:
+        if self.subsets is None and self.subset_size >= n_units:
+            # every subset would be the whole input: all of them the same, no correlation
             raise SaliencelabError(
-                f"The subset_size {self.subset_size} of {self.name} exceeds the {n_units} "
-                f"{self.unit}s of the input; give a smaller subset_size."
+                f"The subset_size {self.subset_size} of {self.name} is not less than the "
+                f"{n_units} {self.unit}s of the input; give a subset_size below {n_units}."
             )
 
     def score(self, batch: EvalBatch) -> Scores:
