@@ -76,6 +76,11 @@ def test_unknown_method_layer_and_option_suggest_names(tiny_cnn, images):
         sl.explain(tiny_cnn, images, methods="gradcam", layer="features.l")
     with pytest.raises(SaliencelabError, match="option 'n_step'"):
         sl.explain(tiny_cnn, images, methods="saliency", n_step=3)
+    # nothing close: a small model's layers are all listed
+    names = ", ".join(n for n, _ in tiny_cnn.named_modules() if n)
+    with pytest.raises(SaliencelabError, match=f"Its layers: {names}\\. Run") as err:
+        sl.explain(tiny_cnn, images, methods="gradcam", layer="backbone")
+    assert "Did you mean" not in str(err.value)
 
 
 def test_layer_found_automatically_is_the_last_spatial_one(tiny_cnn, images):

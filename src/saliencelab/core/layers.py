@@ -47,8 +47,11 @@ def get_layer(root: nn.Module, name: str) -> nn.Module:
         return root.get_submodule(name)
     except AttributeError:
         names = [n for n, _ in root.named_modules() if n]
+        hint = closest(name, names)
+        if not hint and names and len(names) <= 20:  # a small model: all its layers
+            hint = f" Its layers: {', '.join(names)}."
         raise SaliencelabError(
-            f"The model has no layer named {name!r}.{closest(name, names)} "
+            f"The model has no layer named {name!r}.{hint} "
             "Run `saliencelab layers MODEL` or list `model.named_modules()` to see the names."
         ) from None
 
