@@ -151,12 +151,11 @@ def test_one_unreadable_image_is_one_singular_sentence(runner, tmp_path):
     bad.write_text("not a picture")
     result = evaluate(runner, bad, tmp_path / "out", "-m", "saliency", "--steps", "2")
     assert result.exit_code == 2
-    assert lines(result.stderr, "error:")[-1] == (
-        "error: The image could not be read; see the error above."
-    )
+    (line,) = lines(result.stderr, "error:")  # one line, naming the file; no model loaded
+    assert line.startswith(f"error: {bad}: ") and line.endswith("Nothing was written.")
     assert "None of the 1" not in result.stderr
-    assert unreadable(1) == "The image could not be read; see the error above."
-    assert unreadable(2) == "None of the 2 images could be read; see the errors above."
+    assert unreadable(1) == "The image could not be scored; see the error above."
+    assert unreadable(2) == "None of the 2 images could be scored; see the errors above."
 
 
 # -- bar labels -----------------------------------------------------------------------------------

@@ -451,10 +451,11 @@ def _count(n: int, noun: str) -> str:
 
 
 def unreadable(n: int) -> str:
-    """The sentence when none of the `n` images given could be scored."""
+    """The sentence when none of the `n` images given could be scored (they were readable:
+    `require_an_image` stops a run where none is, before the model loads)."""
     if n == 1:
-        return "The image could not be read; see the error above."
-    return f"None of the {n} images could be read; see the errors above."
+        return "The image could not be scored; see the error above."
+    return f"None of the {n} images could be scored; see the errors above."
 
 
 def empty_mask_warning(names: list[str], metrics: list[str]) -> str:
