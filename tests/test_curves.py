@@ -214,3 +214,24 @@ def test_bars_show_each_methods_mean_and_interval_and_curve_metrics_need_one_met
         {"a": {"game": result(None, [1.0])}, "b": {"deletion": result([0.5, 0.4], [0.4])}}
     )
     assert curve_metrics(mixed) == ["deletion"]
+
+
+@pytest.mark.parametrize("size", [(300, 120), (0, 0), (760.5, 460), 760])
+def test_a_chart_too_small_to_read_is_one_sentence(size):
+    """(300, 120) drew every label over its neighbours; (0, 0) failed inside PIL (ValueError)."""
+    with pytest.raises(sl.SaliencelabError, match="size must be"):
+        plot_metric_curves(flat_report(), "deletion", size=size)
+    with pytest.raises(sl.SaliencelabError, match="size must be"):
+        plot_metric_bars(flat_report(), "game", size=size)
+    assert plot_metric_curves(flat_report(), "deletion", size=(400, 260)).size == (400, 260)
+
+
+def test_bars_into_a_folder_that_cannot_be_made_is_one_sentence(tmp_path):
+    """save_metric_bars used to raise FileExistsError / NotADirectoryError with a traceback."""
+    from saliencelab.viz.curves import save_metric_bars
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(sl.SaliencelabError, match="Cannot create the folder"):
+        save_metric_bars(flat_report(), tmp_path / "file" / "bars")
+    paths = save_metric_bars(flat_report(), tmp_path / "bars")
+    assert [p.name for p in paths] == ["deletion.png", "game.png"]

@@ -171,3 +171,83 @@ def test_every_method_and_image_is_listed_and_all_user_text_escaped(tmp_path):
     assert '<a href="cat_maps.pt">raw maps (cat_maps.pt)</a>' in text
     assert '<a href="cat.png">original image</a>' in text
     assert "<script" not in text
+
+
+def _tiny_model():
+    import numpy as np
+    from torch import nn
+
+    import saliencelab as sl
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+
+    def prep(images):
+        images = images if isinstance(images, list) else [images]
+        arrays = [
+            np.asarray(im.convert("RGB").resize((16, 16)), dtype=np.float32) / 255 for im in images
+        ]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+    return sl.Model(net, preprocess=prep, name="tiny")
+
+
+def test_overlays_of_a_model_without_display_are_drawn_at_most_1024_px(tmp_path):
+    """A model without `display` had its overlays drawn on the photo itself: a 4000 x 3000 photo
+    under a 16 x 16 map gave 3000 x 3000 overlays (5-6 MB each, 16 MB with --embed)."""
+    from saliencelab.report.run import MAX_DRAWN_SIDE, explain_images
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (2400, 1800), (90, 120, 200)).save(big)
+    result = explain_images(_tiny_model(), [big], "saliency", tmp_path / "out")
+    assert result.ok
+    overlay = Image.open(tmp_path / "out" / "big_saliency.png")
+    assert overlay.size == (MAX_DRAWN_SIDE * 3 // 4, MAX_DRAWN_SIDE * 3 // 4) == (768, 768)
+    # the gallery still says how large the original was
+    assert result.rows[0]["image"] == str(big)
+
+
+def test_a_report_that_cannot_be_written_is_one_sentence_and_keeps_the_old_page(
+    tmp_path, monkeypatch
+):
+    """write_index wrote index.html in place (a failed write left half a page) and let
+    IsADirectoryError / FileExistsError through with a traceback."""
+    out = tmp_path / "out"
+    page = write_index(out, [entry(tmp_path)])
+    before = page.read_text(encoding="utf-8")
+    real_replace = __import__("os").replace
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("saliencelab.report.html.os.replace", full_disk)
+    with pytest.raises(SaliencelabError, match="No space left on device"):
+        write_index(out, [entry(tmp_path, name="dog.jpg")])
+    monkeypatch.setattr("saliencelab.report.html.os.replace", real_replace)
+    assert page.read_text(encoding="utf-8") == before
+    assert sorted(p.name for p in out.iterdir()) == ["index.html"]  # no temporary file left
+
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "index.html").mkdir()
+    with pytest.raises(SaliencelabError, match="index.html' is a folder; give a file name for"):
+        write_index(tmp_path / "busy", [entry(tmp_path)])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SaliencelabError, match="Cannot create the report folder"):
+        write_index(tmp_path / "file" / "out", [entry(tmp_path)])
+
+
+def test_an_embedded_page_does_not_link_the_original_photo(tmp_path):
+    """With embed=True the page is one file to send on; its "original image" link pointed to
+    a file beside the sender's report (e.g. "../photos/cat.png"), broken for the reader."""
+    photo_path = png(tmp_path / "photos" / "cat.png")
+    e = entry(tmp_path, image_path=photo_path)
+    text = write_index(tmp_path / "out", [e], embed=True).read_text(encoding="utf-8")
+    assert "original image" not in text and "photos/cat.png" not in text
+    linked = write_index(tmp_path / "out", [e]).read_text(encoding="utf-8")
+    assert 'href="../photos/cat.png">original image' in linked

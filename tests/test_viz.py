@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -104,9 +106,20 @@ def test_unsigned_normalisation_is_min_max():
 def test_constant_maps_give_no_nan(signed, value):
     out = normalize_map(torch.full((2, 5, 5), value), signed=signed)
     assert torch.isfinite(out).all()
-    # unsigned: a constant carries no contrast (all cold); signed: only its sign, 0 stays 0
-    expected = float(np.sign(value)) if signed else 0.0
-    assert (out == expected).all()
+    # a constant carries no contrast: all cold (unsigned) or all 0 (signed), never full strength
+    assert (out == 0.0).all()
+
+
+@pytest.mark.parametrize("value", [-3.0, 3.0, 1e-30])
+def test_a_constant_signed_map_draws_as_the_bare_photo(value):
+    """A constant signed map used to become its sign, full strength: -3 everywhere painted the
+    whole photo dark blue, like the strongest possible map."""
+    pic = Image.new("RGB", (32, 32), (120, 160, 200))
+    a = attribution(torch.full((1, 8, 8), value), "flat", signed=True)
+    drawn = np.asarray(overlay(pic, a), dtype=np.float64)
+    # the diverging overlay shows the photo in gray, dimmed; nothing is drawn over it
+    gray = np.asarray(pic, dtype=np.float64) @ np.array([0.299, 0.587, 0.114]) * 0.75
+    assert np.abs(drawn - gray[..., None]).max() <= 1.0
 
 
 def test_percentile_clipping_ignores_one_outlier():
@@ -419,3 +432,89 @@ def test_a_flat_map_gets_a_caption_line_saying_so():
     zero = gallery(seen, flat, tile=64, legend=False)
     assert zero.width == with_structure.width and zero.height > with_structure.height
     assert zero.height - with_structure.height < 20  # one line of the small font
+
+
+# --- writing pictures ----------------------------------------------------------------------------
+
+
+def test_saving_to_a_folder_or_under_a_file_is_one_sentence(tmp_path):
+    """A folder as the path, or a parent that is a file, used to raise IsADirectoryError or
+    FileNotFoundError with a traceback."""
+    a = attribution(blob()[None])
+    with pytest.raises(SaliencelabError, match="is a folder"):
+        save_overlay(photo(), a, tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SaliencelabError, match="Cannot write the picture"):
+        save_gallery(photo(), {"m": a}, tmp_path / "file" / "g.png")
+
+
+def test_a_failed_save_leaves_the_existing_file_as_it_was(tmp_path, monkeypatch):
+    """The picture is written beside the path and moved over it when complete: a write that
+    fails half-way used to leave a truncated PNG in place of the old one."""
+    path = tmp_path / "cat.png"
+    path.write_bytes(b"the old picture")
+    real_save = Image.Image.save
+
+    def broken(self, fp, *args, **kwargs):
+        fp.write(b"half a pic")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", broken)
+    with pytest.raises(SaliencelabError, match="No space left on device"):
+        save_overlay(photo(), attribution(blob()[None]), path)
+    assert path.read_bytes() == b"the old picture"
+    assert [p.name for p in tmp_path.iterdir()] == ["cat.png"]  # no temporary file left
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    save_overlay(photo(), attribution(blob()[None]), path)
+    assert Image.open(path).format == "PNG" and Image.open(path).size == (60, 60)
+
+
+def test_the_suffix_picks_the_format(tmp_path):
+    """ "cat.jpg" used to get PNG bytes under a JPEG name; no or an unknown suffix is PNG."""
+    a = attribution(blob()[None])
+    assert Image.open(save_overlay(photo(), a, tmp_path / "cat.jpg")).format == "JPEG"
+    assert Image.open(save_overlay(photo(), a, tmp_path / "cat")).format == "PNG"
+    assert Image.open(save_gallery(photo(), {"m": a}, tmp_path / "g.webp")).format == "WEBP"
+
+
+def test_infinite_values_colour_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rgb = apply_colormap(torch.tensor([float("inf"), -float("inf"), float("nan")]), "heat")
+    lut = colormap("heat")
+    assert rgb.tolist() == [lut[255].tolist(), lut[0].tolist(), lut[0].tolist()]
+
+
+@pytest.mark.parametrize("bad", ["99", True, [99]])
+def test_a_clip_percentile_that_is_no_number_is_one_sentence(bad):
+    with pytest.raises(SaliencelabError, match="clip_percentile"):
+        normalize_map(blob(), signed=False, clip_percentile=bad)
+
+
+@pytest.mark.parametrize("size", [(0, 10), (-5, 10), (10.5, 10), 10])
+def test_a_heatmap_size_that_is_no_size_is_one_sentence(size):
+    """(0, 10) used to reach F.interpolate and fail with a RuntimeError."""
+    with pytest.raises(SaliencelabError, match="size must be"):
+        heatmap(blob(), size=size)
+
+
+def test_a_colour_bar_of_no_width_is_one_sentence():
+    """width=0 used to fail inside PIL's rectangle drawing with a ValueError."""
+    with pytest.raises(SaliencelabError, match="width must be"):
+        colorbar_legend("heat", width=0)
+
+
+def test_a_tall_map_keeps_its_tiles_within_the_tile_size():
+    """`tile` is the longer side: a 40 x 300 map used to give tiles 224 wide and 1680 high."""
+    tall = attribution(torch.rand(1, 300, 40), "integrated_gradients", signed=False)
+    img = gallery(photo(512, 512), {"integrated_gradients": tall}, tile=224, legend=False)
+    assert img.height < 224 + 120
+    # the column stays wide enough for the method's name
+    assert img.width >= PAD + 2 * (160 + PAD)
+
+
+def test_accented_letters_lose_their_accents_not_the_letter():
+    """The bundled font has ASCII only: "café" was drawn "caf?"."""
+    from saliencelab.viz.gallery import _drawable, _font
+
+    assert _drawable("café Ünïcode — 中", _font(12)) == "cafe Unicode - ?"

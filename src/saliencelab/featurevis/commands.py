@@ -35,6 +35,7 @@ from ..cli_common import (
     parse_target,
     session,
 )
+from ..viz.io import save_image
 from . import objectives as O
 from .param import PARAMS
 from .visualize import Visualization, default_size, slug, visualize
@@ -315,7 +316,7 @@ def _examples_galleries(
         channel = asked[j][1]
         i = j * batch
         path = out / f"featurevis_examples_{slug(layer)}_ch{channel}.png"
-        examples_picture(model, vis, i, found, normalize).save(path, format="PNG")
+        save_image(examples_picture(model, vis, i, found, normalize), path)
         pairings[i] = path
     return pairings
 

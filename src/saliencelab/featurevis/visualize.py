@@ -31,6 +31,7 @@ from ..core.layers import get_layer, module_name
 from ..core.state import Hooks, attribution_mode
 from ..models.model import Model, as_model, logits_of
 from ..neurons.activations import refuse_unsupported
+from ..viz.io import save_image
 from . import transforms as T
 from .objectives import Capture, Objective, as_objective
 from .param import ImageParam, MacoParam, Size, image_size, make_param
@@ -114,7 +115,7 @@ class Visualization:
         paths = []
         for i, name in enumerate(self.file_names(prefix)):
             path = out / name
-            self.pil(i).save(path, format="PNG")
+            save_image(self.pil(i), path)
             paths.append(path)
             if self.transparency is not None:
                 tpath = out / name.replace(".png", "_transparent.png")
@@ -152,10 +153,8 @@ class Visualization:
         return draw_grid(tiles, columns, title, subtitle)
 
     def save_gallery(self, path: str | Path, **kw) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.gallery(**kw).save(path, format="PNG")
-        return path
+        """Write :meth:`gallery` to `path` (PNG unless its suffix names another format)."""
+        return save_image(self.gallery(**kw), path)
 
 
 def examples_picture(

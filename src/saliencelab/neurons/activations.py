@@ -32,6 +32,7 @@ from ..core.layers import resolve_layer
 from ..core.targets import LayerTarget, PendingTarget, Target, TargetSpec, layer_target
 from ..core.tokens import find_token_layer, to_grid, token_layout
 from ..models.model import Model, as_model
+from ..viz.io import save_image
 
 RANKINGS = ("activation", "contribution")
 
@@ -206,12 +207,9 @@ class ActivationMaps:
         return activation_grid(self, image, sample, tile, columns, title, original_size)
 
     def save_grid(self, image: Image.Image, path: str | Path, **kw: Any) -> Path:
-        """Write :meth:`grid` as PNG to `path` (creating parent folders); returns the path."""
-        path = Path(path)
-        img = self.grid(image, **kw)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        img.save(path, format="PNG")
-        return path
+        """Write :meth:`grid` to `path` (creating parent folders; PNG unless its suffix names
+        another format); returns the path."""
+        return save_image(self.grid(image, **kw), path)
 
 
 def _top(top: int, k: int) -> int:

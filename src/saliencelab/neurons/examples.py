@@ -31,6 +31,7 @@ from ..core.layers import resolve_layer
 from ..core.targets import LayerTarget
 from ..data.images import MAX_PIXELS, image_paths, load_image
 from ..models.model import Model, as_model
+from ..viz.io import save_image
 from .activations import check_spatial
 from .grid import Tile, draw_grid, value_text
 from .receptive_field import ReceptiveField, receptive_field
@@ -263,9 +264,6 @@ def examples_gallery(
 
 
 def save_examples_gallery(examples: Sequence[Example], path: str | os.PathLike, **kw: Any) -> Path:
-    """Write :func:`examples_gallery` as PNG to `path` (creating parent folders); returns it."""
-    path = Path(path)
-    img = examples_gallery(examples, **kw)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG")
-    return path
+    """Write :func:`examples_gallery` to `path` (creating parent folders; PNG unless its suffix
+    names another format); returns it."""
+    return save_image(examples_gallery(examples, **kw), path)

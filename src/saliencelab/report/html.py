@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..core.errors import SaliencelabError
+from ..core.files import write_whole
 from ..core.result import Explanation
 
 PathLike = str | os.PathLike
@@ -270,7 +271,8 @@ def _card(i: int, entry: ReportEntry, out_dir: Path, embed: bool) -> str:
     if entry.maps_path is not None:
         label = _e(Path(entry.maps_path).name)
         links.append(f'<a href="{_href(entry.maps_path, out_dir)}">raw maps ({label})</a>')
-    if entry.image_path is not None:
+    if entry.image_path is not None and not embed:  # (embedded: the page goes out alone, and a
+        # relative link to the photo would break there and show the sender's folders)
         links.append(f'<a href="{_href(entry.image_path, out_dir)}">original image</a>')
     if links:
         parts.append('<p class="links">' + " · ".join(links) + "</p>")
@@ -339,15 +341,14 @@ def write_index(
 
     Image and maps paths may be absolute, relative to `out_dir`, or relative to the working
     directory; the page links them relative to itself. With `embed=True` images are inlined as
-    base64 data URIs, so `index.html` can be moved or mailed alone (the raw-maps link stays a link).
+    base64 data URIs, so `index.html` can be moved or mailed alone (the raw-maps link stays a link;
+    the link to the original photo, a file elsewhere on this machine, is left out).
     `links` are (text, path) pairs shown under the title, e.g. ("Evaluation", "evaluation/").
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _folder(out_dir)
     path = out_dir / "index.html"
     html = render_index(entries, out_dir, title=title, embed=embed, links=links)
-    path.write_text(html, encoding="utf-8")
-    return path
+    return _write_page(path, html)
 
 
 def write_figures_page(
@@ -360,8 +361,7 @@ def write_figures_page(
 ) -> Path:
     """Write `out_dir/index.html`: (caption, image) figures and links to `files` (e.g. the
     evaluation's charts and its metrics.csv), with a link `back` to the main report."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _folder(out_dir)
     links = [f'<a href="{_href(f, out_dir)}">{_e(Path(f).name)}</a>' for f in files]
     if back is not None:
         links.insert(0, f'<a href="{_href(back, out_dir)}">back to the report</a>')
@@ -381,6 +381,22 @@ def write_figures_page(
         f"\n<main>\n{cards}\n</main>"
         "<footer>Made with saliencelab.</footer></body></html>\n"
     )
-    path = out_dir / "index.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    return _write_page(out_dir / "index.html", page)
+
+
+def _folder(out_dir: PathLike) -> Path:
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SaliencelabError(
+            f"Cannot create the report folder {str(out)!r} ({e.strerror or e}); choose another "
+            "output folder."
+        ) from e
+    return out
+
+
+def _write_page(path: Path, text: str) -> Path:
+    """Write `text` to `path` whole (a failed write leaves the page that was there); one
+    sentence if it cannot be written (`core/files.py`)."""
+    return write_whole(path, lambda f: f.write(text.encode("utf-8")), "the report")

@@ -53,6 +53,9 @@ ProgressFn = Callable[[float, float, str], None]
 #: Images preprocessed and explained together (one `sl.explain` batch, chunked inside).
 BATCH_IMAGES = 32
 
+#: The longest side of the photo overlays are drawn on, for models without a `display`.
+MAX_DRAWN_SIDE = 1024
+
 _LOAD_UNITS = 1.0  # progress units for reading one image ...
 _WRITE_UNITS = 1.0  # ... and for writing its overlays and gallery; one pass per image is 1 unit
 _REPORT_COLUMNS = ("method", "target", "passes", "forwards", "seconds")
@@ -536,7 +539,7 @@ def _write(
     result: RunResult,
 ) -> None:
     display = model.extra.get("display")
-    shown = display(item.image) if callable(display) else item.image
+    shown = display(item.image) if callable(display) else _drawable_size(item.image)
     probs, values = ex.probabilities, ex.target_values
     label: str | None = None
     prob: float | None = None
@@ -594,6 +597,17 @@ def _write(
         rows=[{k: r[k] for k in columns} for r in rows],
         maps_path=maps.path.name,
     )
+
+
+def _drawable_size(image: Image.Image) -> Image.Image:
+    """`image`, shrunk to at most `MAX_DRAWN_SIDE` pixels on its longer side: a model without a
+    `display` (the image as it sees it) gets its overlays drawn on the photo itself, and a
+    4000 x 3000 photo under a 64 x 64 map made 3000 x 3000 overlays of 5-6 MB each."""
+    if max(image.size) <= MAX_DRAWN_SIDE:
+        return image
+    small = image.copy()
+    small.thumbnail((MAX_DRAWN_SIDE, MAX_DRAWN_SIDE), Image.Resampling.LANCZOS)
+    return small
 
 
 def _one_image(ex: sl.Explanation, i: int) -> sl.Explanation:

@@ -83,8 +83,8 @@ def apply_colormap(values: torch.Tensor | np.ndarray, name: str = "heat") -> np.
         v = np.asarray(values, dtype=np.float32)
     if COLORMAPS[name]:
         v = (v + 1.0) * 0.5
-    v = np.nan_to_num(v, nan=0.5 if COLORMAPS[name] else 0.0)
-    index = np.clip(np.floor(v * 255.0 + 0.5), 0, 255).astype(np.intp)
+    v = np.clip(np.nan_to_num(v, nan=0.5 if COLORMAPS[name] else 0.0), 0.0, 1.0)
+    index = np.floor(v * 255.0 + 0.5).astype(np.intp)
     return lut[index]
 
 

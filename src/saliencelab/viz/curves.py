@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 
 from ..core.errors import SaliencelabError, closest
 from .gallery import _BACKGROUND, _INK, _MUTED, _drawable, _fit, _font, _line_height
+from .io import save_image
 
 if TYPE_CHECKING:
     from ..metrics.base import MetricResult
@@ -47,6 +48,7 @@ REFERENCE_STYLES = (
     ((150, 150, 155), (2.0, 3.0)),
     ((80, 80, 85), (9.0, 3.0, 2.0, 3.0)),
 )
+_MIN_CURVES = (400, 260)  # the smallest curve chart whose labels do not collide
 _SCALE = 2  # drawn at this factor, then downsampled (antialiasing)
 _GRID = (232, 232, 236)
 _AXIS = (90, 90, 98)
@@ -88,6 +90,7 @@ def plot_metric_curves(
     Raises:
         SaliencelabError: `metric` is not in the report, or has no curves.
     """
+    _check_size(size, _MIN_CURVES, "plot_metric_curves")
     results = _results_of(report, metric)
     curves = {m: r for m, r in results.items() if r.curves is not None and r.curves.numel()}
     if not curves:
@@ -167,7 +170,9 @@ def plot_metric_bars(
         [v for _, mean, lo, hi, _, _ in rows for v in (mean, lo, hi)] + [0.0], dtype=torch.double
     )
     ticks = _nice_ticks(*_finite_range(values, (0.0, 1.0)))
-    width, height = size or (760, 110 + 34 * len(rows))
+    size = (760, 110 + 34 * len(rows)) if size is None else size
+    _check_size(size, (_MIN_CURVES[0], 90 + 20 * len(rows)), "plot_metric_bars")
+    width, height = size
     canvas = _Canvas((width, height), [], bars=[r[0] for r in rows])
     canvas.title(f"{metric} ({_DIRECTION.get(first.direction, first.direction)})")
     canvas.subtitle("mean over samples with bootstrap 95% confidence interval")
@@ -181,30 +186,45 @@ def save_metric_curves(report: EvalReport, folder: str | Path) -> list[Path]:
     names = curve_metrics(report)
     if not names:
         return []
+    _make_folder(folder)
+    return [
+        save_image(plot_metric_curves(report, metric), folder / f"{_file_stem(metric)}.png")
+        for metric in names
+    ]
+
+
+def save_metric_bars(report: EvalReport, folder: str | Path) -> list[Path]:
+    """One bar chart PNG per metric of `report`, `folder/<metric>.png`; returns the paths."""
+    folder = Path(folder)
+    _make_folder(folder)
+    return [
+        save_image(plot_metric_bars(report, metric), folder / f"{_file_stem(metric)}.png")
+        for metric in report.metrics
+    ]
+
+
+def _make_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SaliencelabError(
             f"Cannot create the folder {str(folder)!r} ({e.strerror or e}); choose another folder."
         ) from e
-    paths = []
-    for metric in names:
-        path = folder / f"{_file_stem(metric)}.png"
-        plot_metric_curves(report, metric).save(path, format="PNG")
-        paths.append(path)
-    return paths
 
 
-def save_metric_bars(report: EvalReport, folder: str | Path) -> list[Path]:
-    """One bar chart PNG per metric of `report`, `folder/<metric>.png`; returns the paths."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for metric in report.metrics:
-        path = folder / f"{_file_stem(metric)}.png"
-        plot_metric_bars(report, metric).save(path, format="PNG")
-        paths.append(path)
-    return paths
+def _check_size(size: Any, least: tuple[int, int], what: str) -> None:
+    """One sentence unless `size` is (width, height) of whole numbers at least `least` (smaller
+    charts draw their labels over each other)."""
+    ok = (
+        isinstance(size, (tuple, list))
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+    )
+    if not ok or size[0] < least[0] or size[1] < least[1]:
+        raise SaliencelabError(
+            f"{what}: size must be (width, height) in pixels, at least {least[0]} x {least[1]} "
+            f"for this chart (smaller ones overlap their labels), got {size!r}."
+        )
 
 
 # -- data helpers ----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -14,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from ..core.errors import SaliencelabError, closest
 from ..core.result import Attribution, Explanation
 from .colormaps import COLORMAPS, apply_colormap
+from .io import save_image
 from .overlay import _check_image, crop_to_aspect, default_cmap, overlay, select_map
 
 #: Gap between tiles and around the edge, in pixels.
@@ -50,10 +52,17 @@ def _glyph_ok(font: Any, ch: str) -> bool:
         return False
 
 
+def _plain(ch: str) -> str:
+    """`ch` without its accents ("é" → "e", "Å" → "A"), or "?" when that leaves nothing."""
+    base = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+    return base if base and base.isascii() and base.isprintable() else "?"
+
+
 def _drawable(text: str, font: Any) -> str:
-    """`text` with characters the font cannot draw replaced (em dash → hyphen, unknown → ?)."""
+    """`text` with characters the font cannot draw replaced (em dash → hyphen, "é" → "e",
+    unknown → ?)."""
     text = "".join(_FALLBACK.get(ch, ch) for ch in text)
-    return "".join(ch if _glyph_ok(font, ch) else "?" for ch in text)
+    return "".join(ch if _glyph_ok(font, ch) else _plain(ch) for ch in text)
 
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
@@ -154,6 +163,11 @@ def colorbar_legend(
     signed = COLORMAPS.get(cmap)
     if signed is None:
         apply_colormap(np.zeros(1), cmap)  # raises the unknown-name error
+    for what, v in (("width", width), ("height", height), ("font_size", font_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise SaliencelabError(
+                f"colorbar_legend: {what} must be a positive whole number of pixels, got {v!r}."
+            )
     values = np.linspace(-1.0 if signed else 0.0, 1.0, width)[None].repeat(height, axis=0)
     bar = Image.fromarray(apply_colormap(values, cmap), "RGB")
     if labels is None:
@@ -189,12 +203,15 @@ def gallery(
     for `sample`; a tile whose method explained another class says which. For a channel or
     neuron target the title is what was explained and its value instead, e.g. "channel 26 of
     features.3: 3.21". Wraps after `MAX_COLUMNS` tiles. `legend` adds the colour bars used under
-    the tiles. The input tile's caption gives the size the model saw and, when it differs, the
+    the tiles. `tile` is the longer side of a tile in pixels (tiles keep the maps' aspect
+    ratio). The input tile's caption gives the size the model saw and, when it differs, the
     original photo's: `original_size` (width, height) when `image` is already the model's view
     (as the CLI draws), else `image`'s size.
     """
-    if tile < 32:
-        raise SaliencelabError(f"tile must be at least 32 pixels, got {tile}; use e.g. 224.")
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 32:
+        raise SaliencelabError(
+            f"tile must be a whole number of pixels, at least 32, got {tile!r}; use e.g. 224."
+        )
     photo = _check_image(image)
     attributions = _as_dict(explanation)
     if methods is not None:
@@ -219,7 +236,13 @@ def gallery(
     # Every tile has the aspect ratio of the first map; the photo is cropped like the model does.
     maps = {name: select_map(a, sample) for name, a in attributions.items()}
     mh, mw = next(iter(maps.values()))[0].shape  # maps are at the model's input resolution
-    tw, th = tile, max(1, round(tile * mh / mw))
+    # `tile` is a tile's longer side: a tall map (40 wide, 300 high) used to make tiles `tile`
+    # wide and 7.5 times as high (a 224-px gallery 1786 px high)
+    if mh > mw:
+        tw, th = max(1, round(tile * mw / mh)), tile
+    else:
+        tw, th = tile, max(1, round(tile * mh / mw))
+    cw = max(tw, min(tile, 160))  # a column: the tile, centred, with room for its captions
     photo_tile = crop_to_aspect(photo, mw, mh).resize((tw, th), Image.Resampling.LANCZOS)
 
     caption = input_caption((mw, mh), original_size or photo.size)
@@ -248,13 +271,13 @@ def gallery(
 
     legend_imgs = []
     if legend:
-        legend_imgs = [colorbar_legend(c, width=min(160, tile)) for c in dict.fromkeys(cmaps)]
+        legend_imgs = [colorbar_legend(c, width=min(160, cw)) for c in dict.fromkeys(cmaps)]
     legend_h = max((im.height for im in legend_imgs), default=0)
     legend_h = legend_h + PAD if legend_h else 0
 
     cols = min(len(tiles), MAX_COLUMNS)
     rows = math.ceil(len(tiles) / cols)
-    width = PAD + cols * (tw + PAD)
+    width = PAD + cols * (cw + PAD)
     title_lines = wrap(
         ImageDraw.Draw(Image.new("RGB", (1, 1))), title or "", title_font, width - 2 * PAD
     )
@@ -268,14 +291,14 @@ def gallery(
     y0 = PAD + title_h
     for i, (img, lines) in enumerate(tiles):
         r, c = divmod(i, cols)
-        x = PAD + c * (tw + PAD)
+        x = PAD + c * (cw + PAD)
         y = y0 + r * (th + caption_h + PAD)
-        canvas.paste(img, (x, y))
+        canvas.paste(img, (x + (cw - tw) // 2, y))
         y += th + 4
-        _centered(draw, x, y, tw, lines[0], name_font, _INK)
+        _centered(draw, x, y, cw, lines[0], name_font, _INK)
         y += _line_height(name_font)
         for line in lines[1:]:
-            _centered(draw, x, y, tw, line, small_font, _MUTED)
+            _centered(draw, x, y, cw, line, small_font, _MUTED)
             y += _line_height(small_font)
     x = PAD
     for im in legend_imgs:
@@ -290,9 +313,10 @@ def save_gallery(
     path: str | Path,
     **kw: Any,
 ) -> Path:
-    """Write :func:`gallery` as PNG to `path` (creating parent folders); returns the path."""
-    path = Path(path)
+    """Write :func:`gallery` to `path` (creating parent folders); returns the path.
+
+    PNG unless the suffix names another format Pillow writes; the file is replaced whole or, on
+    an error (one sentence), left as it was.
+    """
     img = gallery(image, explanation, **kw)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG")
-    return path
+    return save_image(img, path)

@@ -41,8 +41,9 @@ def normalize_map(
     - signed: divided by the `clip_percentile`-th percentile of |values| and clipped to [-1, 1],
       so 0 stays 0 (drawn white) and positive and negative evidence share one scale.
 
-    `clip_percentile=None` uses the maximum. Never NaN: all-zero maps and constant unsigned maps
-    become zeros, a constant signed map becomes its sign, and NaN values are treated as 0.
+    `clip_percentile=None` uses the maximum. Never NaN: constant maps (all-zero or not, signed
+    or not) become zeros, so a map without contrast is drawn as the bare photo and never as a
+    strong one, and NaN values are treated as 0.
     """
     m = _as_tensor(map)
     if m.ndim not in (2, 3):
@@ -52,7 +53,11 @@ def normalize_map(
         )
     if m.numel() == 0:
         raise SaliencelabError(f"The map of shape {tuple(m.shape)} is empty; pass a non-empty map.")
-    if clip_percentile is not None and not 0.0 < clip_percentile <= 100.0:
+    if clip_percentile is not None and (
+        isinstance(clip_percentile, bool)
+        or not isinstance(clip_percentile, (int, float))
+        or not 0.0 < clip_percentile <= 100.0
+    ):
         raise SaliencelabError(
             f"clip_percentile must be in (0, 100], got {clip_percentile}; use e.g. 99.5 or None."
         )
@@ -60,7 +65,10 @@ def normalize_map(
     flat = torch.nan_to_num(m.reshape(-1, shape[-2] * shape[-1]), nan=0.0)
     q = 100.0 if clip_percentile is None else float(clip_percentile)
     if signed:
-        scale = percentile(flat.abs(), q).unsqueeze(1)
+        # A constant map has no contrast: zero its scale (a constant -3 used to become -1
+        # everywhere, a full-strength blue over the whole photo).
+        constant = (flat == flat[:, :1]).all(dim=1, keepdim=True)
+        scale = percentile(flat.abs(), q).unsqueeze(1).masked_fill(constant, 0.0)
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         out = torch.where(scale > 0, flat / safe, torch.zeros_like(flat)).clamp(-1.0, 1.0)
     else:

@@ -13,6 +13,7 @@ from PIL import Image
 from ..core.errors import SaliencelabError
 from ..core.result import Attribution
 from .colormaps import COLORMAPS, apply_colormap, colormap
+from .io import save_image
 from .normalize import _as_tensor, normalize_map
 
 MapLike = Attribution | torch.Tensor | np.ndarray
@@ -117,6 +118,15 @@ def heatmap(
     name = cmap or default_cmap(signed)
     colormap(name)  # validate the name
     values = normalize_map(m, signed=COLORMAPS[name], clip_percentile=clip_percentile)
+    if size is not None and not (
+        isinstance(size, (tuple, list))
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        raise SaliencelabError(
+            f"size must be (width, height) in whole pixels, both positive, got {size!r}; "
+            "use e.g. (224, 224) or None for the map's own size."
+        )
     width, height = size if size is not None else (m.shape[1], m.shape[0])
     return Image.fromarray(apply_colormap(_resize(values, width, height), name), "RGB")
 
@@ -175,9 +185,10 @@ def save_overlay(
     sample: int = 0,
     **kw: Any,
 ) -> Path:
-    """Write :func:`overlay` as PNG to `path` (creating parent folders); returns the path."""
-    path = Path(path)
+    """Write :func:`overlay` to `path` (creating parent folders); returns the path.
+
+    PNG unless the suffix names another format Pillow writes (".jpg", ".webp"); the file is
+    replaced whole or, on an error (one sentence), left as it was.
+    """
     img = overlay(image, attribution, sample=sample, **kw)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG")
-    return path
+    return save_image(img, path)
