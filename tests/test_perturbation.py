@@ -636,6 +636,9 @@ def test_rise_defaults_are_4000_masks_of_a_7x7_grid_kept_with_probability_half(t
     expected = (scores[:, None, None] * masks).sum(0, keepdim=True) / (4000 * 0.5)
     torch.testing.assert_close(ex["rise"].maps, expected, atol=1e-5, rtol=1e-4)
     assert ex["rise"].forwards == 4000
+    # a mean score per pixel, all offset by the mean score: drawn min-max (the paper's figures),
+    # not centred on zero, where the offset painted every pixel one colour
+    assert ex["rise"].signed is False
 
 
 def test_default_grid_cells_are_near_equal_and_numbered_row_major():

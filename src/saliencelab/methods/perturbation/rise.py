@@ -94,6 +94,9 @@ def _check(n_masks, cell, p_keep) -> tuple[int, int, float]:
     cost="n_masks forwards",
     reduction="score-weighted mean of the masks (same for every channel)",
     rowwise=True,  # the masks depend on (seed, mask index) only
+    # a mean score where each pixel is kept, offset by the mean score everywhere: drawn min-max
+    # as in the paper (centred on zero, the offset painted every pixel one colour)
+    signed=False,
 )
 def rise(
     ctx: Context,
