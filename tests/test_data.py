@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import saliencelab as sl
 from saliencelab.core.errors import SaliencelabError
 from saliencelab.data.images import image_paths, load_image, stretch_to_uint8, to_rgb
 from saliencelab.data.labels import imagenet_labels
@@ -268,3 +270,24 @@ def test_image_paths_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SaliencelabError, match="holds no image files"):
         image_paths(tmp_path / "empty")
+
+
+def test_preprocess_reads_any_mode_as_load_image_does():
+    """A 16-bit grayscale photo or an RGBA one given to a model's preprocess is read like
+    `sl.load_image` reads the file (its plain convert('RGB') made 16-bit gray white and dropped
+    the alpha, showing the colours hidden under transparent pixels)."""
+    from saliencelab.models.square import SquarePreprocess
+
+    gray16 = Image.fromarray(np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16))
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., 0] = 255  # red everywhere, transparent on the left half
+    rgba[:, 32:, 3] = 255
+    photos = [gray16, Image.fromarray(rgba, "RGBA")]
+    pre = SquarePreprocess(64, divisor=255.0)
+    shapes = sl.load_model("shapes_cnn").preprocess
+    for photo in photos:
+        want = np.asarray(to_rgb(photo), np.float32).transpose(2, 0, 1) / 255.0
+        np.testing.assert_allclose(pre(photo)[0].numpy(), want, atol=1e-6)
+        assert torch.equal(shapes(photo)[0], torch.from_numpy(want.copy()))
+    assert 0.4 < float(pre(gray16).mean()) < 0.6  # a ramp, not white
+    assert float(pre(photos[1])[0, 1, :, :32].mean()) == 1.0  # transparent: white, not red

@@ -44,6 +44,7 @@ from torch import nn
 
 from ..core.errors import SaliencelabError
 from ..data import shapes as shapes_data
+from ..data.images import to_rgb
 from .model import Model
 from .vit import TinyViT
 
@@ -164,7 +165,7 @@ def preprocess(img: Any) -> torch.Tensor:
             raise SaliencelabError("Got an empty list of images; pass at least one image.")
         return torch.cat([preprocess(i) for i in img])
     elif isinstance(img, Image.Image):
-        x = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.uint8).copy())
+        x = torch.from_numpy(np.asarray(to_rgb(img), dtype=np.uint8).copy())
         x = x.permute(2, 0, 1)
     elif isinstance(img, np.ndarray):
         x = torch.from_numpy(img.copy())

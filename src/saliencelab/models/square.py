@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from ..core.errors import SaliencelabError
+from ..data.images import to_rgb
 
 Stat = float | Sequence[float]
 
@@ -61,9 +62,9 @@ class SquarePreprocess:
         self.mean, self.std, self.divisor = mean, std, divisor
 
     def display(self, image: Any) -> Image.Image:
-        pil = to_pil(image)
-        if pil.mode != "RGB":  # modes with alpha go through RGBA (alpha dropped)
-            pil = (pil.convert("RGBA") if "A" in pil.getbands() else pil).convert("RGB")
+        # any mode to 8-bit RGB as `sl.load_image` reads files: 16-bit and float grayscale
+        # stretched (a plain convert made them white), transparency composited on white
+        pil = to_rgb(to_pil(image))
         w, h = pil.size
         side = min(w, h)
         left, top = (w - side) // 2, (h - side) // 2
