@@ -728,3 +728,180 @@ def test_rollout_of_a_mean_pooled_encoder_is_the_mean_of_its_real_token_rows(enc
         got = ex["attention_rollout"].piece_scores[i, :n].double()
         torch.testing.assert_close(got, r.mean(0), atol=1e-6, rtol=1e-5)
         assert (ex["attention_rollout"].piece_scores[i, n:] == 0).all()  # padding
+
+
+# -- scores, limits and pages that say what happened ----------------------------------------------
+
+
+def _cli_app():
+    import typer
+
+    from saliencelab.text.commands import register
+
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        pass
+
+    register(app)
+    return app
+
+
+@pytest.fixture(scope="module")
+def whitespace_classifier_dir(classifier_dir, tmp_path_factory):
+    """The tiny classifier with a tokenizer that splits on white space only (as SentencePiece
+    tokenizers do), so that "[/b]" is one word."""
+    import shutil
+
+    from tokenizers import pre_tokenizers
+
+    path = tmp_path_factory.mktemp("bert-ws")
+    shutil.copytree(classifier_dir, path, dirs_exist_ok=True)
+    tok = _tokenizer(bert=True)
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save_pretrained(path)
+    return path
+
+
+def test_cli_table_shows_small_scores_and_prints_words_and_paths_as_they_are(
+    classifier_dir, whitespace_classifier_dir, tmp_path
+):
+    """The tiny classifier's words move its logit by ~1e-6: a fixed "+0.0000" showed none of
+    them. Words and the page's path were printed as Rich markup: "[/b]" raised a MarkupError
+    (a traceback) and "[red]" vanished."""
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    args = ["--target", "positive", "--methods", "leave_one_out", "--device", "cpu"]
+    result = runner.invoke(
+        _cli_app(), ["explain-text", "the movie", "--model", f"hf:{classifier_dir}", *args]
+    )
+    assert result.exit_code == 0, result.output
+    assert "0.0000" not in result.output
+    from saliencelab.text.commands import score_text
+
+    tm = sl.load_model(f"hf:{classifier_dir}")
+    ex = sl.explain(tm, "the movie", methods="leave_one_out", target="positive")
+
+    for value in ex["leave_one_out"].maps[0].tolist():
+        assert 0 < abs(value) < 1e-3 and score_text(value) in result.output
+    out = tmp_path / "x[" / "b]y.html"  # "x[/b]y.html": a folder "x[" and a page "b]y.html"
+    text = "[/b] the [red]movie"
+    result = runner.invoke(
+        _cli_app(),
+        ["explain-text", text, "--model", f"hf:{whitespace_classifier_dir}", *args, "--out",
+         str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "[/b]" in result.output and "[red]movie" in result.output
+    assert f"HTML: {out}" in " ".join(result.output.split()) and out.is_file()
+
+
+def test_non_finite_baselines_are_refused_in_one_sentence(classifier):
+    """A NaN baseline ran the model and blamed it ("The model returned NaN ...")."""
+    for baselines in (float("nan"), float("inf"), torch.full((16,), float("nan"))):
+        with pytest.raises(SaliencelabError, match="must be finite|must be a finite") as e:
+            sl.explain(
+                classifier,
+                "the movie",
+                methods="integrated_gradients",
+                target=1,
+                baselines=baselines,
+            )
+        _one_sentence(e)
+
+
+def test_a_max_length_without_room_for_a_word_says_so(classifier_dir):
+    """max_length=2 (just [CLS] and [SEP]) was said to be a too long continuation, and
+    max_length=0 was accepted when loading."""
+    with pytest.raises(SaliencelabError, match="max_length must be a positive") as e:
+        sl.load_model(f"hf:{classifier_dir}", max_length=0)
+    _one_sentence(e)
+    tm = sl.load_model(f"hf:{classifier_dir}", max_length=2)
+    with pytest.raises(SaliencelabError) as e:
+        sl.explain(tm, "the movie", methods="saliency", target=1)
+    message = _one_sentence(e)
+    assert "continuation" not in message
+    assert "no room for a word after its 2 special tokens" in message and "at least 3" in message
+
+
+def test_a_cut_text_says_so_on_the_page_and_in_the_terminal(classifier, tmp_path, caplog):
+    """The warning went to the log only: the page showed the whole text above the explained
+    words with nothing saying that the rest was never seen by the model."""
+    from saliencelab.text import save_text_html, terminal_text
+
+    long = " ".join(["the movie was great"] * 10)
+    with caplog.at_level(logging.WARNING, logger="saliencelab"):
+        ex = sl.explain(classifier, [long, "bad plot"], methods="saliency", target=1)
+    a = ex["saliency"]
+    end = len(" ".join(long.split()[:22]))
+    assert a.extras["cut"] == [end, None]
+    page = save_text_html(ex, tmp_path / "t.html").read_text()
+    assert page.count(f"cut after character {end} (…") == 1 and page.count("… (cut)") == 1
+    assert terminal_text(a, 0).plain.endswith("… (cut: the rest is not explained)")
+    assert terminal_text(a, 1).plain == "bad plot"
+    whole = sl.explain(classifier, "bad plot", methods="saliency", target=1)["saliency"]
+    assert "cut" not in whole.extras
+
+
+def test_rollout_on_a_causal_lm_says_it_is_for_encoders(gpt2_dir):
+    """It said "no attention layer saliencelab can read ... use a gradient or CAM method"."""
+    lm = sl.load_model(f"hf:{gpt2_dir}")
+    for method in ("attention_rollout", "grad_rollout"):
+        with pytest.raises(SaliencelabError) as e:
+            sl.explain(lm, "the cat sat", methods=method, target=continuation(" mat"))
+        message = _one_sentence(e)
+        assert message.startswith(f"{method} is for encoders") and "CAM" not in message
+        assert "leave_one_out" in message
+
+
+def test_leave_one_out_keeps_a_token_before_a_continuation(gpt2_dir):
+    """Deleting a one-word prompt left the LM nothing to predict the continuation from: its
+    first token's log-probability was read at a padding position, so the drop of "cat" changed
+    with the batch it was in (0.006 alone, 0.028 beside a longer text). Now one sentence; a
+    replacement in place keeps the position and gives the same drop alone and in a batch."""
+    lm = sl.load_model(f"hf:{gpt2_dir}")
+    target = continuation(" mat")
+    for unit in ("word", "token"):
+        with pytest.raises(SaliencelabError, match="cannot delete 'cat' from text 2") as e:
+            sl.explain(
+                lm, ["the cat sat", "cat"], methods="leave_one_out", target=target, unit=unit
+            )
+        assert f"the text's only {unit}" in _one_sentence(e)
+    alone = sl.explain(lm, "cat", methods="leave_one_out", target=target, removal="pad")
+    batch = sl.explain(
+        lm, ["the cat sat on the", "cat"], methods="leave_one_out", target=target, removal="pad"
+    )
+    torch.testing.assert_close(
+        batch["leave_one_out"].maps[1, :1], alone["leave_one_out"].maps[0], atol=1e-6, rtol=1e-5
+    )
+    two = sl.explain(lm, ["a cat"], methods="leave_one_out", target=target)  # still runs
+    assert two["leave_one_out"].maps.shape == (1, 2)
+
+
+@pytest.mark.parametrize("model", ["classifier", "gpt2"])
+def test_padding_does_not_change_a_texts_scores(classifier, gpt2_dir, model):
+    """A short text's word scores are the same alone and in a batch beside a longer text
+    (right padding for encoders, left padding for causal LMs)."""
+    if model == "gpt2":
+        tm, target = sl.load_model(f"hf:{gpt2_dir}"), continuation(" mat")
+        methods = ["saliency", "input_x_gradient", "integrated_gradients", "leave_one_out"]
+    else:
+        tm, target = classifier, "positive"
+        methods = [
+            "saliency",
+            "input_x_gradient",
+            "integrated_gradients",
+            "leave_one_out",
+            "attention_rollout",
+            "grad_rollout",
+        ]
+    short, long = "a man sat", "the cat sat on the mat . the movie was great"
+    alone = sl.explain(tm, [short], methods=methods, target=target, n_steps=8)
+    batch = sl.explain(tm, [long, short], methods=methods, target=target, n_steps=8)
+    for name in methods:
+        a, b = alone[name], batch[name]
+        assert b.tokens[1] == a.tokens[0] == ["a", "man", "sat"]
+        torch.testing.assert_close(b.maps[1, :3], a.maps[0], atol=1e-6, rtol=1e-4, msg=name)
+        assert (b.maps[1, 3:] == 0).all()

@@ -77,9 +77,15 @@ def _scores_table(ex: sl.Explanation, sample: int) -> Table:
     for a in ex.values():
         words, scores = word_scores(a, sample)
         columns.append(scores.tolist())
-    for i, word in enumerate(words):
-        table.add_row(word, *(f"{col[i]:+.4f}" for col in columns))
+    for i, word in enumerate(words):  # Text: a word such as "[/b]" is no Rich markup
+        table.add_row(Text(word), *(score_text(col[i]) for col in columns))
     return table
+
+
+def score_text(value: float) -> str:
+    """A word score with 4 significant digits: "+0.1314", "-4.83e-06" (a fixed "+0.0000" hid
+    the scores of models whose words move the score by little)."""
+    return "+0" if value == 0 else f"{value:+.4g}"
 
 
 def explain_text(
@@ -213,7 +219,7 @@ def explain_text(
             save_text_html(
                 ex, path, title=f"saliencelab: {loaded.name}", model=loaded.name, target=target_note
             )
-            console.print(f"HTML: [bold]{path}[/bold]", soft_wrap=True)
+            console.print(Text.assemble("HTML: ", (str(path), "bold")), soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

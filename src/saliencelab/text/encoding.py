@@ -7,7 +7,9 @@ A :class:`TextBatch` holds B texts padded to T tokens:
   special tokens ([CLS], [SEP], <s>, …) and the tokens of a continuation target. Baselines keep
   them as they are and word scores leave them out;
 - `word` (B, T) the index of the word each token belongs to (-1 for fixed tokens and padding);
-- `pieces` the token strings and `words` the words of each text.
+- `pieces` the token strings and `words` the words of each text;
+- `cut` per text, the character after which a text too long for the model was cut (None when
+  the whole text fits), so that pages and tables can say what was not explained.
 
 Words are the tokenizer's own word split (`word_ids()` of a fast tokenizer: the words of its
 pre-tokenizer, e.g. "playing" and "." for BERT). The text of a word is the span of the original
@@ -47,6 +49,8 @@ class TextBatch:
     start: torch.Tensor  # (B,) position of each text's first token (left padding shifts it)
     padding_side: str = "right"
     continuation: str | None = None
+    cut: list[int | None] | None = None  # per text, the character it was cut after (None: whole)
+    n_continuation: int = 0  # K: the continuation's tokens, the last K of every row
 
     @property
     def batch(self) -> int:
@@ -153,12 +157,20 @@ def encode(
         )
     extra = list(continuation_ids or [])
     budget = max_length - len(extra)
-    if budget < 1 + tokenizer.num_special_tokens_to_add():
+    specials = tokenizer.num_special_tokens_to_add()
+    if budget < 1 + specials:
+        if extra:
+            raise SaliencelabError(
+                f"The continuation has {len(extra)} tokens, which leaves no room for the text in "
+                f"the {max_length} tokens this model takes; give a shorter continuation."
+            )
         raise SaliencelabError(
-            f"The continuation has {len(extra)} tokens, which leaves no room for the text in the "
-            f"{max_length} tokens this model takes; give a shorter continuation."
+            f"The model takes at most {max_length} tokens, which leaves no room for a word after "
+            f"its {specials} special tokens; load it with a larger max_length (at least "
+            f"{specials + 1})."
         )
     rows: list[tuple] = []
+    cut: list[int | None] = []
     for i, text in enumerate(texts):
         enc = tokenizer(
             text,
@@ -195,6 +207,9 @@ def encode(
         end = max(b for _, b in spans)
         if text[end:].strip() and len(ids) >= budget:
             _cut_warning(i, text, end, max_length)
+            cut.append(end)
+        else:
+            cut.append(None)
         if extra:
             ids += extra
             special += [True] * len(extra)
@@ -232,4 +247,6 @@ def encode(
         start=start,
         padding_side=padding_side,
         continuation=continuation,
+        cut=cut,
+        n_continuation=len(extra),
     )

@@ -5,10 +5,11 @@
 (Li, Monroe & Jurafsky 2016, "Understanding Neural Networks through Representation Erasure";
 occlusion of Zeiler & Fergus 2014 with one-word windows). Removed means deleted by default: the
 unit's tokens leave the sequence, the tokens after it move up one place (position ids follow)
-and the row ends with one more padding position — exactly the model's score on the text typed
-without that word. `removal="pad" | "mask" | "zero"` instead replaces the unit's token
-embeddings by the [PAD] / [MASK] embedding or zeros, in place. Special tokens ([CLS], [SEP]) and
-a continuation's tokens are never removed.
+and the row ends with one more padding position — the model's score on the text typed without
+that word, unless its neighbours would then be tokenised anew (deleting "'" from "isn't" keeps
+the pieces "isn" and "t"; the typed "isnt" may split otherwise). `removal="pad" | "mask" |
+"zero"` instead replaces the unit's token embeddings by the [PAD] / [MASK] embedding or zeros,
+in place. Special tokens ([CLS], [SEP]) and a continuation's tokens are never removed.
 
 Rows are (text, unit) pairs, one forward each (Σ_b U_b rows), built chunk by chunk in one
 vectorised gather over the embedding-space inputs and run by `ctx.engine.forwards` (inference
@@ -58,6 +59,27 @@ def _units(model, unit: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, 
     return tuple(torch.tensor(v, dtype=torch.long) for v in (samples, starts, lengths, index))
 
 
+def _check_context_left(batch, unit: str, samples, starts, lengths, index) -> None:
+    """One sentence when deleting a unit would leave a causal LM no token before the
+    continuation: the logits that predict its first token would be read at a padding position,
+    whose value depends on the batch (the drop would be noise, not the word's effect)."""
+    tokens = batch.mask.sum(dim=1) - batch.n_continuation  # (B,) tokens before the continuation
+    left = tokens[samples] - lengths
+    if not bool((left < 1).any()):
+        return
+    u = int((left < 1).nonzero()[0, 0])
+    b = int(samples[u])
+    if unit == "word":
+        what = batch.words[b][int(index[u])]
+    else:  # a position in the padded row
+        what = batch.pieces[b][int(starts[u]) - int(batch.start[b])]
+    raise SaliencelabError(
+        f"leave_one_out cannot delete {what!r} from text {b + 1}: it is the text's only {unit}, "
+        "and a causal language model needs a token before the continuation to predict it from; "
+        "give a longer text, or removal='pad', 'mask' or 'zero' (replace it in place)."
+    )
+
+
 @register(
     "leave_one_out",
     family="perturbation",
@@ -89,7 +111,10 @@ def leave_one_out(ctx: Context, *, unit: str = "word", removal: str = "delete") 
     x = ctx.x
     dev = x.device
     n_pos, dim = x.shape[1], model.dim
-    u_sample, u_start, u_len, u_index = (t.to(dev) for t in _units(model, unit))
+    units = _units(model, unit)
+    if removal == "delete" and batch.continuation is not None:
+        _check_context_left(batch, unit, *units)
+    u_sample, u_start, u_len, u_index = (t.to(dev) for t in units)
     positions = torch.arange(n_pos, device=dev)
     left = batch.padding_side == "left"
     ref = None if removal == "delete" else model.reference_embedding(removal, x[..., :dim])

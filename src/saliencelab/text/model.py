@@ -26,6 +26,7 @@ the fixed ones (special and continuation tokens), which keep their embedding.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +142,14 @@ class TextModel(Model):
         if self.task not in TASKS:
             raise SaliencelabError(
                 f"Unknown text task {self.task!r}; use one of {', '.join(TASKS)}."
+            )
+        if (
+            isinstance(self.max_length, bool)
+            or not isinstance(self.max_length, numbers.Integral)
+            or self.max_length < 1
+        ):
+            raise SaliencelabError(
+                f"max_length must be a positive number of tokens, not {self.max_length!r}."
             )
         # Hooks `sl.explain` and integrated gradients look for (see core/explain.py), and what
         # attention rollout reads (methods/attention/rollout.py): which tokens are real, and,
@@ -286,13 +295,22 @@ class TextModel(Model):
         """One sentence for a method text models cannot run: the CAM family needs a layer with a
         spatial (B, C, H, W) output, and a transformer's layers give token sequences; the image
         perturbations (windows, masks, superpixels) and reference maps (image centre, edges) have
-        no meaning on words, which `leave_one_out` removes one at a time instead."""
+        no meaning on words, which `leave_one_out` removes one at a time instead. Attention
+        rollout follows an encoder's attention, not a causal language model's."""
         use = f"For text use {', '.join(TEXT_METHODS[:-1])} or {TEXT_METHODS[-1]}."
         if family == "cam":
             raise SaliencelabError(
                 f"{name} is a CAM method, which needs a convolutional (spatial) layer with a "
                 f"(B, C, H, W) output; text models have none (their layers output token "
                 f"sequences). {use}"
+            )
+        if family == "attention" and self.task == "causal-lm":
+            methods = [m for m in TEXT_METHODS if m not in ("attention_rollout", "grad_rollout")]
+            raise SaliencelabError(
+                f"{name} is for encoders (it follows the attention of the [CLS] row of a "
+                f"classifier, or of a sentence encoder's tokens), and {self.name} is a causal "
+                f"language model, whose tokens attend only to the ones before them; use "
+                f"{', '.join(methods[:-1])} or {methods[-1]}."
             )
         if family in ("perturbation", "reference") and name not in TEXT_METHODS:
             what = "an image reference map" if family == "reference" else "an image perturbation"
@@ -349,6 +367,8 @@ class TextModel(Model):
             piece_scores=pieces,
             texts=list(batch.texts),
         )
+        if batch.cut is not None and any(c is not None for c in batch.cut):
+            extras["cut"] = list(batch.cut)
         if batch.continuation is not None:
             extras["continuation"] = batch.continuation
         return MethodOutput(attr, maps=words, extras=extras, layer=out.layer, signed=signed)
@@ -361,6 +381,11 @@ class TextModel(Model):
         dim = self.dim
         weight = self.text_module.embedding.weight
         if isinstance(kind, torch.Tensor):
+            if kind.is_floating_point() and not bool(torch.isfinite(kind).all()):
+                raise SaliencelabError(
+                    "A text baseline tensor must be finite, but it has NaN or infinite values; "
+                    "use 'pad', 'mask', 'zero' or a finite tensor."
+                )
             ref = kind.to(like.device, like.dtype)
             try:
                 torch.broadcast_shapes(ref.shape, like.shape[:-1] + (dim,))
@@ -374,6 +399,11 @@ class TextModel(Model):
         if kind is None or kind == "zero":
             return torch.zeros(dim, device=like.device, dtype=like.dtype)
         if isinstance(kind, numbers.Real) and not isinstance(kind, bool):
+            if not math.isfinite(kind):
+                raise SaliencelabError(
+                    f"A text baseline must be a finite number, not {kind!r}; use 'pad', 'mask', "
+                    "'zero' or a number such as 0.0."
+                )
             return torch.full((dim,), float(kind), device=like.device, dtype=like.dtype)
         if kind in ("pad", "mask"):
             token = self.tokenizer.pad_token_id if kind == "pad" else self.tokenizer.mask_token_id

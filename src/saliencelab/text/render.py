@@ -5,7 +5,8 @@ lowers the score, white = 0, red = raises it), scaled per text and method so tha
 |score| is fully saturated: colour(s) = diverging(s / max|s|). Unsigned scores (saliency, L2
 token scores) use the white-to-red half. The page has inline CSS, no scripts and no external
 assets; every piece of text in it (words, texts, names, targets) is HTML-escaped. Hovering a
-word shows its score.
+word shows its score. A text cut to the model's length says where, on the page and in the
+terminal.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from ..core.errors import SaliencelabError
+from ..core.files import write_whole
 from ..core.result import Attribution, Explanation
 from ..viz.colormaps import apply_colormap, luminance
 
@@ -104,10 +106,18 @@ def _tokens_html(a: Attribution, sample: int) -> str:
             f'{html.escape(sep)}<span class="w" style="background:{_hex(bg)};color:{_hex(fg)}" '
             f'title="{title}">{html.escape(w)}</span>'
         )
+    if cut_at(a, sample) is not None:
+        parts.append(' <span class="ctx" title="the rest is not explained">… (cut)</span>')
     if a.extras.get("continuation") is not None:
         escaped = html.escape(a.extras["continuation"])
         parts.append(f' <span class="ctx" title="continuation (target)">{escaped}</span>')
     return "".join(parts)
+
+
+def cut_at(a: Attribution, sample: int) -> int | None:
+    """The character a text too long for the model was cut after, or None (the whole text)."""
+    cut = a.extras.get("cut")
+    return None if not cut else cut[sample]
 
 
 _CSS = """
@@ -160,6 +170,12 @@ def text_html(
         parts.append(f"<h2>Text {b + 1}: “{html.escape(text)}”</h2>")
         if isinstance(target, Mapping) and b in target:
             parts.append(f'<p class="meta">target: {html.escape(target[b])}</p>')
+        end = cut_at(first, b)
+        if end is not None:
+            parts.append(
+                f'<p class="meta">Longer than the model takes: cut after character {end} '
+                f"(…{html.escape(text[max(0, end - 40) : end])}); the rest is not explained.</p>"
+            )
         parts.append("<table>")
         for name, a in items:
             _, _, scale = word_colors(word_scores(a, b)[1])
@@ -177,17 +193,10 @@ def text_html(
 def save_text_html(
     source: Explanation | Attribution | Mapping[str, Attribution], path: PathLike, **kwargs: Any
 ) -> Path:
-    """Write :func:`text_html` to `path` (folders created); returns the path."""
+    """Write :func:`text_html` to `path` (folders created; replaced whole, one sentence if it
+    cannot be written, `core/files.py`); returns the path."""
     page = text_html(source, **kwargs)
-    p = Path(path)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(page, encoding="utf-8")
-    except OSError as e:
-        raise SaliencelabError(
-            f"Cannot write {str(p)!r} ({e.strerror or e}); choose a writable path."
-        ) from None
-    return p
+    return write_whole(path, lambda f: f.write(page.encode("utf-8")), "the page")
 
 
 def terminal_text(a: Attribution, sample: int = 0):
@@ -204,6 +213,8 @@ def terminal_text(a: Attribution, sample: int = 0):
         out.append(sep)
         style = Style(bgcolor=Color.from_rgb(*map(int, bg)), color=Color.from_rgb(*map(int, fg)))
         out.append(w, style=style)
+    if cut_at(a, sample) is not None:
+        out.append(" … (cut: the rest is not explained)", style="dim italic")
     if a.extras.get("continuation") is not None:
         out.append(" " + a.extras["continuation"], style="dim italic")
     return out
