@@ -391,6 +391,16 @@ def test_continuation_log_probability_and_deletion_with_left_padding(gpt2_dir):
         for w in range(len(prompt)):  # one token per word here
             by_hand = logp(prompt) - logp(prompt[:w] + prompt[w + 1 :])
             assert abs(float(ex["leave_one_out"].maps[b, w]) - by_hand) < 1e-4
+    # the explanation reports the score explained, not a "predicted class" of (B, T, V) logits
+    # (repr, table and target_text used to raise on them)
+    values = [logp(_ids(lm, t)) for t in texts]
+    torch.testing.assert_close(ex.target_values, torch.tensor(values), atol=1e-4, rtol=0)
+    assert (
+        ex.probabilities is None and ex.target_text(1) == f"continuation(' mat'): {values[1]:.3g}"
+    )
+    assert "explained continuation(' mat'): " in repr(ex)
+    row = ex.table()[0]
+    assert row["predicted"] is None and row["target"] == "continuation(' mat')"
     a = ex["integrated_gradients"]
     assert a.tokens[0] == ["the", "cat", "sat", "on", "the"] and a.continuation == " mat"
     assert a.delta.abs().max() < 1e-3
@@ -428,6 +438,10 @@ def test_similarity_target_is_cosine_of_mean_pooled_embeddings(encoder_dir):
         rtol=1e-5,
     )
     assert ex["integrated_gradients"].delta.abs().max() < 1e-3
+    # no "predicted class 27" from the argmax of an embedding: the similarity explained instead
+    torch.testing.assert_close(ex.target_values, got, atol=1e-6, rtol=0)
+    assert ex.probabilities is None and ex.table()[0]["predicted"] is None
+    assert repr(ex).count("similarity_to('the movie was great'): ") == 2
 
 
 @pytest.mark.parametrize("pooling", ["cls", "max"])

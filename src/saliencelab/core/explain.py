@@ -284,15 +284,21 @@ def _explain(
     # the predicted class when no shared pass did.
     total = engine.cost
     reading = layer_target(target)  # a channel / neuron: the logits are its layer's readings
+    # a model whose outputs are no classes (a text model's sentence embedding or next-token
+    # logits): its function target is what was explained, and there is no predicted class
+    score = None
+    if reading is None and not model.extra.get("outputs_are_classes", True) and callable(target):
+        score = target
     return Explanation(
         attributions=results,
         inputs=x,
         logits=logits.detach(),
-        labels=None if reading is not None else model.labels,
+        labels=None if reading is not None or score is not None else model.labels,
         total_passes=total.grad_rows / ctx.batch,
         total_forwards=total.forward_rows / ctx.batch,
         seconds=time.perf_counter() - start,
         layer_target=reading,
+        score_target=score,
     )
 
 

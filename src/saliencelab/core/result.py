@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +94,10 @@ class Explanation(Mapping[str, Attribution]):
     (B, num_classes). For a channel or neuron target (`sl.channel(...)`, `sl.neuron(...)`)
     `layer_target` is that target, `logits` hold the layer's readings (one per channel),
     `probabilities` is None (a softmax over channels is no probability) and `target_values`
-    (B,) is the reading that was explained, e.g. channel 26's mean activation.
+    (B,) is the reading that was explained, e.g. channel 26's mean activation. Likewise for a
+    score target of a model whose outputs are no classes (`score_target`, e.g. a text model's
+    `sl.similarity_to(...)` on its sentence embedding, `sl.continuation(...)` on next-token
+    logits): `target_values` is the score explained, and there is no predicted class.
     """
 
     attributions: dict[str, Attribution]
@@ -105,6 +108,13 @@ class Explanation(Mapping[str, Attribution]):
     total_forwards: float = 0.0
     seconds: float = 0.0
     layer_target: LayerTarget | None = None
+    score_target: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def explained(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """What was explained when it is no class: the channel or neuron target, or the score
+        target of a model whose outputs are no classes; None for a class target."""
+        return self.layer_target if self.layer_target is not None else self.score_target
 
     def __getitem__(self, method: str) -> Attribution:
         try:
@@ -127,7 +137,7 @@ class Explanation(Mapping[str, Attribution]):
         """A summary (the dataclass repr printed every tensor and all the labels)."""
         n = self.inputs.shape[0]
         more = ", ..." if n > 4 else ""
-        if self.layer_target is not None:
+        if self.explained is not None:
             what = "explained " + ", ".join(self.target_text(i) for i in range(min(n, 4)))
         else:
             what = "predicted " + ", ".join(self.label(int(i)) for i in self.predictions[:4])
@@ -140,8 +150,9 @@ class Explanation(Mapping[str, Attribution]):
 
     @property
     def probabilities(self) -> torch.Tensor | None:
-        """(B, num_classes) softmax of the logits; None for a channel or neuron target."""
-        if self.layer_target is not None:
+        """(B, num_classes) softmax of the logits; None for a channel or neuron target or a
+        model whose outputs are no classes (`explained`)."""
+        if self.explained is not None:
             return None
         return self.logits.softmax(dim=-1)
 
@@ -153,17 +164,20 @@ class Explanation(Mapping[str, Attribution]):
     @property
     def target_values(self) -> torch.Tensor | None:
         """(B,) the layer reading explained (a channel's mean activation, a unit's value) for a
-        channel or neuron target; None for a class target."""
-        if self.layer_target is None:
+        channel or neuron target, the score explained for a `score_target`; None for a class
+        target."""
+        explained = self.explained
+        if explained is None:
             return None
-        return self.layer_target(self.logits)
+        return explained(self.logits).detach()
 
     def target_text(self, sample: int = 0) -> str:
-        """ "channel 26 of features.3: 3.21" (what was explained and its value) for a channel
-        or neuron target; "tabby (0.51)" (the predicted class and its probability) otherwise."""
-        if self.layer_target is not None:
-            values = self.layer_target(self.logits)
-            return f"{self.layer_target}: {float(values[sample]):.3g}"
+        """ "channel 26 of features.3: 3.21" or "similarity_to('a dog'): 0.53" (what was
+        explained and its value) for a channel, neuron or score target; "tabby (0.51)" (the
+        predicted class and its probability) otherwise."""
+        values = self.target_values
+        if values is not None:
+            return f"{self.explained}: {float(values[sample]):.3g}"
         probs = self.logits[sample].softmax(dim=-1)
         index = int(probs.argmax())
         return f"{self.label(index)} ({float(probs[index]):.2f})"
@@ -176,12 +190,13 @@ class Explanation(Mapping[str, Attribution]):
         return f"class {index}"
 
     def target_label(self, attribution: Attribution, sample: int) -> str:
-        """What `attribution` explained for `sample`: a class name, the channel or neuron
-        ("channel 26 of features.3"), or "custom" (a callable target)."""
+        """What `attribution` explained for `sample`: a class name, the channel, neuron or score
+        ("channel 26 of features.3", "similarity_to('a dog')"), or "custom" (a callable target
+        of a classifier)."""
         t = int(attribution.target[sample])
         if t >= 0:
             return self.label(t)
-        return str(self.layer_target) if self.layer_target is not None else "custom"
+        return str(self.explained) if self.explained is not None else "custom"
 
     def table(self) -> list[dict[str, Any]]:
         """One row per (sample, method): prediction and probability (None for a channel or

@@ -525,6 +525,7 @@ def _explain(
         total_forwards=sum(p.total_forwards for p in parts),
         seconds=sum(p.seconds for p in parts),
         layer_target=first.layer_target,
+        score_target=first.score_target,
     )
 
 
@@ -584,7 +585,7 @@ def _write(
     item.rows = rows
     # The report shows the target only when some method explained another class than predicted
     # (a channel or neuron target is named in the card's head instead).
-    headline = label if ex.layer_target is None else str(ex.layer_target)
+    headline = label if ex.explained is None else str(ex.explained)
     columns = [c for c in _REPORT_COLUMNS if c != "target" or any(r[c] != headline for r in rows)]
     item.entry = sl.ReportEntry(
         name=item.name,
@@ -593,7 +594,7 @@ def _write(
         overlays=overlays,
         predicted=label,
         probability=prob,
-        explained=None if ex.layer_target is None else ex.target_text(i),
+        explained=None if ex.explained is None else ex.target_text(i),
         rows=[{k: r[k] for k in columns} for r in rows],
         maps_path=maps.path.name,
     )

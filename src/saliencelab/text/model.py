@@ -160,6 +160,9 @@ class TextModel(Model):
             "reduce": self.reduce,
             "baselines": self.baselines,
             "token_mask": self.token_mask,
+            # a classifier's outputs are class logits; an encoder's sentence embedding and a
+            # language model's next-token logits are not (core/explain.py: no predicted class)
+            "outputs_are_classes": self.task == "classifier",
         }
         pooling = getattr(self.module, "pooling", None)
         if self.task == "embedding" and pooling == "mean" and "rollout_row" not in self.extra:

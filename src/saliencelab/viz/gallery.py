@@ -230,7 +230,7 @@ def gallery(
         _check_sample(explanation, sample)
         if title is None:
             title = explanation.target_text(sample)
-        if explanation.layer_target is None:  # (the title says which channel was explained)
+        if explanation.explained is None:  # (the title says which channel was explained)
             pred_index = int(explanation.predictions[sample])
 
     # Every tile has the aspect ratio of the first map; the photo is cropped like the model does.
