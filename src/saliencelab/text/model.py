@@ -160,6 +160,7 @@ class TextModel(Model):
             "reduce": self.reduce,
             "baselines": self.baselines,
             "token_mask": self.token_mask,
+            "noise_mask": self.noise_mask,  # SmoothGrad: real tokens' embeddings only
             # a classifier's outputs are class logits; an encoder's sentence embedding and a
             # language model's next-token logits are not (core/explain.py: no predicted class)
             "outputs_are_classes": self.task == "classifier",
@@ -174,6 +175,12 @@ class TextModel(Model):
     def token_mask(self, x: torch.Tensor) -> torch.Tensor:
         """(n, T) bool: the real tokens (the attention mask) of engine inputs `x`."""
         return read_flags(x, self.dim)[0]
+
+    def noise_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, T, D + 2R) bool: the embedding columns of the real tokens of engine inputs `x`,
+        where SmoothGrad adds noise (not the padding, not the attention-flag columns)."""
+        columns = torch.arange(x.shape[-1], device=x.device) < self.dim
+        return self.token_mask(x).to(x.device)[..., None] & columns
 
     # -- the pieces --------------------------------------------------------------------------
 

@@ -15,6 +15,11 @@ Each sample's noise comes from its own CPU generator seeded by `seed` and the sa
 any batch, on any device. The draws form one tensor (n, B, ...) (k-major; split into groups of
 draws only when it would exceed 2^26 values), and the base method runs once on all noisy rows
 of a group (the engine chunks them).
+
+A model may say where noise goes (`extra["noise_mask"](x)`, bool like x): a text model's real
+tokens' embedding columns, not its padding nor its attention-flag columns. Each sample's σ,
+seed and noise then come from those values alone, in order, so a text's map does not depend on
+the padding its batch gives it.
 """
 
 from __future__ import annotations
@@ -41,6 +46,19 @@ def standard_normal(
     g, _, *sample = shape
     cols = [torch.randn((g, *sample), generator=gen, dtype=like.dtype) for gen in gens]
     return torch.stack(cols, 1).to(like.device)
+
+
+def masked_normal(
+    g: int, where: torch.Tensor, gens: list[torch.Generator], like: torch.Tensor
+) -> torch.Tensor:
+    """N(0, 1) noise (g, B, ...) at `where` (B, ...) and 0 elsewhere: sample b's values, in
+    order, drawn from `gens[b]` (their number is the sample's own, not the batch's)."""
+    out = torch.zeros((g, *like.shape), dtype=like.dtype, device=like.device)
+    for b, gen in enumerate(gens):
+        n = int(where[b].sum())
+        draws = torch.randn((g, n), generator=gen, dtype=like.dtype).to(like.device)
+        out[:, b].masked_scatter_(where[b].expand(g, *where.shape[1:]), draws)
+    return out
 
 
 class _Running:
@@ -111,17 +129,33 @@ def _smooth(
                 f"{kind}: noise_level must be a non-negative number (a fraction of each input's "
                 f"value range, e.g. 0.15), got {noise_level!r}."
             )
-        flat = xf.flatten(1)
-        sigma = noise_level * (flat.amax(1) - flat.amin(1))
+        sigma = None  # from each sample's values, below
 
-    gens = sample_generators(x, seed)  # per sample: the same noise in any batch
+    hook = ctx.model.extra.get("noise_mask")  # e.g. text: real tokens' embedding columns
+    where = None if hook is None else hook(x).to(dev)
+    if where is None:
+        flat = xf.flatten(1)
+        gens = sample_generators(x, seed)  # per sample: the same noise in any batch
+    else:  # each sample's own values, in order: the same whatever the padding
+        flat_rows = [xf[i][where[i]] for i in range(batch)]
+        gens = [sample_generators(r[None], seed)[0] for r in flat_rows]
+    if sigma is None:
+        if where is None:
+            spread = flat.amax(1) - flat.amin(1)
+        else:
+            spread = torch.stack([r.amax() - r.amin() for r in flat_rows])
+        sigma = noise_level * spread
     group = max(1, min(n_samples, MAX_NOISY_VALUES // max(1, x.numel())))
     scale = sigma.view((1, batch) + (1,) * (x.dim() - 1))
     attributions, maps = _Running(kind), _Running(kind)
     layer = None
     for start in range(0, n_samples, group):
         g = min(group, n_samples - start)
-        noisy = (xf + scale * standard_normal((g, *x.shape), gens, xf)).flatten(0, 1)
+        if where is None:
+            noise = standard_normal((g, *x.shape), gens, xf)
+        else:
+            noise = masked_normal(g, where, gens, xf)
+        noisy = (xf + scale * noise).flatten(0, 1)
         samples = torch.arange(batch, device=dev).repeat(g)
         out = spec.fn(ctx.derive(noisy, samples), **options)
         out = out if isinstance(out, MethodOutput) else MethodOutput(out)
