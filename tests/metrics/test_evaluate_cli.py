@@ -369,7 +369,7 @@ def test_the_metrics_command_lists_and_describes_the_metrics(runner):
     assert "steps=100" in result.output  # deletion's options with their defaults
     one = runner.invoke(app, ["metrics", "pointing_game"])
     assert one.exit_code == 0 and "localisation, higher is better, values in [0, 1]" in one.output
-    assert "tolerance = 15" in one.output and "Zhang et al. 2018" in one.output
+    assert "tolerance = None" in one.output and "Zhang et al. 2018" in one.output
     bad = runner.invoke(app, ["metrics", "deletoin"])
     assert bad.exit_code == 2 and error_lines(bad.stderr) == [
         "error: No metric named 'deletoin'. Did you mean: deletion? See sl.metrics.available() "

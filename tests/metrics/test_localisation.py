@@ -181,6 +181,21 @@ def test_dilate_masks_matches_loop_and_scipy(radius):
             assert np.array_equal(ours[i].numpy(), expect)
 
 
+def test_pointing_game_default_tolerance_is_15_px_on_images_and_0_on_features():
+    """Words or features (B, F) have no distance: a maximum next to the mask used to count as a
+    hit within 15 positions."""
+    feats = torch.tensor([[0.1, 0.9, 0.2, 0.0]])
+    mask = torch.tensor([[False, False, True, False]])  # the maximum sits next to the mask
+    assert float(run("pointing_game", feats, mask)[0]) == 0.0
+    assert float(run("pointing_game", feats, mask, tolerance=1)[0]) == 1.0
+    image = torch.zeros(1, 40, 40)
+    image[0, 5, 5] = 1.0
+    near = torch.zeros(1, 40, 40, dtype=torch.bool)
+    near[0, 5, 19] = True  # 14 px away: within the default 15 px
+    assert float(run("pointing_game", image, near)[0]) == 1.0
+    assert float(run("pointing_game", image, near, tolerance=13)[0]) == 0.0
+
+
 def test_pointing_game_tolerance_hand_made():
     mask = torch.zeros(1, 9, 9, dtype=torch.bool)
     mask[0, 4, 4] = True

@@ -47,12 +47,19 @@ def dilate_masks(masks: torch.Tensor, radius: float) -> torch.Tensor:
     return out[:, 0]
 
 
+#: The default tolerance on image maps, in pixels (Zhang et al. 2018, at 224 × 224).
+IMAGE_TOLERANCE = 15
+
+
 @register_metric
 class PointingGame(Metric):
     """Pointing game (Zhang et al. 2018): is the map's maximum on the object?
 
     value = 1 if argmax(map) lies within `tolerance` pixels of the ground-truth mask, else 0
     (the mask is dilated by a disk of that radius; the paper uses 15 pixels at 224×224).
+    `tolerance=None` (default): 15 pixels on (B, H, W) image maps, 0 on (B, F) maps of
+    features or words, whose neighbours are no nearer than any other (a given tolerance there
+    counts positions along the row).
 
     Ties in the maximum: `ties="any"` (default) counts a hit if any maximal pixel is in the
     dilated mask, as Quantus 0.6.0 does (so a constant map scores 1 whenever the mask is not
@@ -71,8 +78,9 @@ class PointingGame(Metric):
         "Zhang et al. 2018, Top-down Neural Attention by Excitation Backprop (IJCV 126:1084)"
     )
 
-    def __init__(self, tolerance: float = 15, ties: Ties = "any") -> None:
-        check_at_least(self.name, "tolerance", tolerance, 0, "pixels")
+    def __init__(self, tolerance: float | None = None, ties: Ties = "any") -> None:
+        if tolerance is not None:
+            check_at_least(self.name, "tolerance", tolerance, 0, "pixels")
         check_choice(self.name, "ties", ties, ("any", "first", "expected"))
         super().__init__(tolerance=tolerance, ties=ties)
 
@@ -80,22 +88,24 @@ class PointingGame(Metric):
         v, m = flat_maps_and_masks(batch, self.name)
         b = v.shape[0]
         # (B, H, W) maps, or (B, D) feature maps as one row of D (tolerance in features)
-        h, w = batch.maps.shape[-2:] if batch.maps.dim() >= 3 else (1, batch.maps.shape[-1])
+        image = batch.maps.dim() >= 3
+        h, w = batch.maps.shape[-2:] if image else (1, batch.maps.shape[-1])
+        tolerance = self.tolerance
+        if tolerance is None:
+            tolerance = IMAGE_TOLERANCE if image else 0
         first = v.argmax(1)  # the first maximal pixel in raster order
         if self.ties == "first":
-            hit = near_mask(first, m.reshape(b, h, w), self.tolerance)
+            hit = near_mask(first, m.reshape(b, h, w), tolerance)
         else:
             is_max = v == v.max(1, keepdim=True).values
             n_max = is_max.sum(1)
             # One maximal pixel (the usual case): the mask pixels in its disk decide, O(B·r²).
-            hit = near_mask(first, m.reshape(b, h, w), self.tolerance)
+            hit = near_mask(first, m.reshape(b, h, w), tolerance)
             tied = torch.nonzero(n_max > 1)[:, 0]
             if tied.numel():  # several maxima: dilate those rows' masks by the disk
                 zone = m[tied]
-                if self.tolerance >= 1:
-                    zone = dilate_masks(zone.reshape(-1, h, w), self.tolerance).reshape(
-                        len(tied), -1
-                    )
+                if tolerance >= 1:
+                    zone = dilate_masks(zone.reshape(-1, h, w), tolerance).reshape(len(tied), -1)
                 on = (is_max[tied] & zone).sum(1).double()
                 hit[tied] = (on > 0).double() if self.ties == "any" else on / n_max[tied]
         values = nan_where(hit, ~m.any(1))
