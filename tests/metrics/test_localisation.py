@@ -196,6 +196,13 @@ def test_pointing_game_default_tolerance_is_15_px_on_images_and_0_on_features():
     assert float(run("pointing_game", image, near, tolerance=13)[0]) == 0.0
 
 
+def test_top_k_on_feature_or_word_maps_speaks_of_features():
+    with pytest.raises(SaliencelabError, match="more than the 7 features or words of the maps"):
+        run("top_k_intersection", torch.rand(2, 7), torch.ones(2, 7, dtype=torch.bool))
+    with pytest.raises(SaliencelabError, match="more than the 35 pixels of the maps"):
+        run("top_k_intersection", torch.rand(2, 5, 7), torch.ones(2, 5, 7, dtype=torch.bool))
+
+
 def test_pointing_game_tolerance_hand_made():
     mask = torch.zeros(1, 9, 9, dtype=torch.bool)
     mask[0, 4, 4] = True

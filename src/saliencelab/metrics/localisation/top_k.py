@@ -44,12 +44,13 @@ class TopKIntersection(Metric):
         if concept_influence:  # a ratio to chance: 1 / (the mask's share) at most
             self.value_range = (0.0, math.inf)
 
-    def pixels(self, n: int) -> int:
-        """The number of pixels k stands for on maps of `n` pixels."""
+    def pixels(self, n: int, unit: str = "pixels") -> int:
+        """The number of pixels k stands for on maps of `n` pixels (`unit`: "features" for
+        (B, F) maps of features or words)."""
         k = max(1, round(self.k * n)) if self.k < 1 else int(self.k)
         if k > n:
             raise SaliencelabError(
-                f"k={self.k} is more than the {n} pixels of the maps; give a smaller k or a "
+                f"k={self.k} is more than the {n} {unit} of the maps; give a smaller k or a "
                 "fraction such as k=0.05."
             )
         return k
@@ -57,14 +58,20 @@ class TopKIntersection(Metric):
     def check_inputs(
         self, x: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None
     ) -> None:
-        self.pixels(maps[0].numel())  # k larger than a map: one sentence
+        self.pixels(maps[0].numel(), _unit(maps))  # k larger than a map: one sentence
 
     def score(self, batch: EvalBatch) -> Scores:
         v, m = flat_maps_and_masks(batch, self.name)
         b, n = v.shape
-        k = self.pixels(n)
+        k = self.pixels(n, _unit(batch.maps))
         values = top_k_hits(v, m, torch.full((b,), k, dtype=torch.long, device=v.device)) / k
         if self.concept_influence:
             values = values * n / m.sum(1).clamp(min=1)
         values = nan_where(values, ~m.any(1))
         return Scores(values=values, extras=target_extras(batch))
+
+
+def _unit(maps: torch.Tensor) -> str:
+    """What a map's values are: "pixels" of (B, H, W) maps, "features" of (B, F) maps (tabular
+    features, or a text's words)."""
+    return "pixels" if maps.dim() >= 3 else "features or words"
