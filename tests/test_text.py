@@ -833,9 +833,10 @@ def test_non_finite_baselines_are_refused_in_one_sentence(classifier):
 def test_a_max_length_without_room_for_a_word_says_so(classifier_dir):
     """max_length=2 (just [CLS] and [SEP]) was said to be a too long continuation, and
     max_length=0 was accepted when loading."""
-    with pytest.raises(SaliencelabError, match="max_length must be a positive") as e:
-        sl.load_model(f"hf:{classifier_dir}", max_length=0)
-    _one_sentence(e)
+    for bad in (0, 2.5, True):  # (2.5 and True were read as 2 and 1)
+        with pytest.raises(SaliencelabError, match="max_length must be a positive") as e:
+            sl.load_model(f"hf:{classifier_dir}", max_length=bad)
+        _one_sentence(e)
     tm = sl.load_model(f"hf:{classifier_dir}", max_length=2)
     with pytest.raises(SaliencelabError) as e:
         sl.explain(tm, "the movie", methods="saliency", target=1)

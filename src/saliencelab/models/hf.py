@@ -178,7 +178,11 @@ def load_text_model(
         labels = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(n)]
     limit = _max_length(config, tokenizer, sentence_max)
     if max_length is not None:
-        limit = min(limit, int(max_length))
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise SaliencelabError(
+                f"max_length must be a positive whole number of tokens, not {max_length!r}."
+            )
+        limit = min(limit, max_length)
     return TextModel(
         module=TextModule(hf, task, pooling=pooling, normalize=normalize),
         labels=labels,
