@@ -11,6 +11,7 @@ from PIL import Image
 
 from saliencelab.core.errors import SaliencelabError
 from saliencelab.core.result import Attribution, Explanation
+from saliencelab.data import shapes
 from saliencelab.viz import (
     apply_colormap,
     colorbar_legend,
@@ -218,7 +219,7 @@ def test_overlay_bad_input_is_a_user_error():
     with pytest.raises(SaliencelabError, match="shape"):
         overlay(photo(), torch.zeros(8))
     with pytest.raises(SaliencelabError, match="PIL"):
-        overlay(np.zeros((8, 8, 3)), a)
+        overlay("cat.png", a)  # a path, not an image (arrays of pixels are taken)
     with pytest.raises(SaliencelabError, match="alpha"):
         overlay(photo(), a, alpha=2)
 
@@ -518,3 +519,19 @@ def test_accented_letters_lose_their_accents_not_the_letter():
     from saliencelab.viz.gallery import _drawable, _font
 
     assert _drawable("café Ünïcode — 中", _font(12)) == "cafe Unicode - ?"
+
+
+def test_a_photo_given_as_a_tensor_or_array_draws_as_the_pil_image():
+    """Galleries and overlays refused tensors ("Expected a PIL image"), so the shapes data had to
+    be converted by hand; a normalised model input (values outside [0, 1]) is refused."""
+    data = shapes.make(1, seed=0)
+    pixels = (data.images[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+    photo = Image.fromarray(pixels)
+    m = torch.randn(64, 64)
+    want = np.asarray(overlay(photo, m))
+    for given in (data.images[0], data.images[0].numpy(), pixels, torch.from_numpy(pixels)):
+        np.testing.assert_array_equal(np.asarray(overlay(given, m)), want)
+    with pytest.raises(SaliencelabError, match=r"pixels in \[0, 1\].*not the model's"):
+        overlay(data.images[0] * 4 - 2, m)
+    with pytest.raises(SaliencelabError, match="got shape \\(5, 64, 64\\)"):
+        overlay(torch.rand(5, 64, 64), m)
