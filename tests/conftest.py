@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 import torch
 from torch import nn
@@ -35,3 +37,28 @@ def tiny_cnn() -> nn.Module:
 def images() -> torch.Tensor:
     torch.manual_seed(1)
     return torch.randn(4, 3, 12, 12)
+
+
+#: A factory file defining a tiny CNN (`build()`), for tests that load a model from a spec.
+CNN_FACTORY = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+
+    class CNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+    def build():
+        torch.manual_seed(0)
+        return CNN()
+    """
+)

@@ -11,6 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from conftest import CNN_FACTORY
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
@@ -19,28 +20,10 @@ from typer.testing import CliRunner
 from saliencelab import cli_common
 from saliencelab.cli import app, list_methods
 
-FACTORY = textwrap.dedent(
+FACTORY = CNN_FACTORY + textwrap.dedent(
     """
-    import torch
-    from torch import nn
 
     import saliencelab as sl
-
-
-    class CNN(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
-            self.pool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(4, 3)
-
-        def forward(self, x):
-            return self.fc(self.pool(self.features(x)).flatten(1))
-
-
-    def build():
-        torch.manual_seed(0)
-        return CNN().eval()
 
 
     def labelled():

@@ -4,12 +4,12 @@ link, tables that wrap between words, and the visualize table next to the exampl
 
 from __future__ import annotations
 
-import textwrap
 import typing
 
 import numpy as np
 import pytest
 import torch
+from conftest import CNN_FACTORY
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
@@ -20,28 +20,7 @@ from saliencelab.cli import app, demo_eval_methods, layers
 from saliencelab.models.square import SquarePreprocess
 from saliencelab.report.html import write_figures_page, write_index
 
-PLAIN = textwrap.dedent(
-    """
-    import torch
-    from torch import nn
-
-
-    class CNN(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
-            self.pool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(4, 3)
-
-        def forward(self, x):
-            return self.fc(self.pool(self.features(x)).flatten(1))
-
-
-    def build():
-        torch.manual_seed(0)
-        return CNN()
-    """
-)
+PLAIN = CNN_FACTORY
 
 
 @pytest.fixture
