@@ -154,8 +154,8 @@ def _results_table(result: RunResult, show_target: bool) -> Table:
             prediction = Text(f"{row['target']}:")
             prediction.append(f" {row['target_value']:.3g}", style="dim")
         else:
-            prediction = Text(row["predicted"])
-            prediction.append(f" {row['probability']:.2f}", style="dim")
+            prediction = Text(row["predicted"])  # "tabby (0.51)", as the gallery titles
+            prediction.append(f" ({row['probability']:.2f})", style="dim")
         cells = [row["image"] if first else "", prediction if first else "", row["method"]]
         cells += [row["target"]] if show_target else []
         table.add_row(*cells, passes, _seconds(row["seconds"]))

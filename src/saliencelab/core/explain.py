@@ -144,15 +144,14 @@ def _input_error(model: Model, x: torch.Tensor, err: Exception) -> SaliencelabEr
             h.remove()
     first = str(err).strip().split("\n")[0][:300]
     single = " (a single image (C, H, W) needs x.unsqueeze(0))" if x.dim() == 3 else ""
+    source = "e.g. from model.preprocess(images)"
     if not (x.is_floating_point() or x.is_complex()):
-        single += (
-            f"; {x.dtype} inputs such as uint8 images need preprocessing first "
-            "(model.preprocess(image), or x.float() / 255 with the model's normalisation)"
-        )
+        single += f"; {x.dtype} inputs such as uint8 images need preprocessing first"
+        source = "e.g. model.preprocess(images), or x.float() / 255 with the model's normalisation"
     return SaliencelabError(
         f"The model's first layer cannot take inputs of shape {tuple(x.shape)} and dtype "
         f"{x.dtype} ({type(err).__name__}: {first}); give a batch (B, ...) with the layout, "
-        f"channels and size the model expects{single}, e.g. from model.preprocess(images)."
+        f"channels and size the model expects{single}, {source}."
     )
 
 

@@ -44,6 +44,15 @@ class MethodSpec:
     def needs_layer(self) -> bool:
         return "layer" in self.options
 
+    def __repr__(self) -> str:
+        """One line a person can read: name, family, cost and options with their defaults (the
+        dataclass repr printed the function and every field)."""
+        options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return (
+            f"<method {self.name} ({self.family}): passes per sample {self.cost}; "
+            f"{options or 'no options'}>"
+        )
+
     def is_rowwise(self, options: dict[str, Any]) -> bool:
         """Whether, with these options, the method reads the model only through the engine's
         passes and explains each sample from its own rows alone (no draws that depend on the

@@ -142,7 +142,8 @@ class Explanation(Mapping[str, Attribution]):
         else:
             what = "predicted " + ", ".join(self.label(int(i)) for i in self.predictions[:4])
         return (
-            f"Explanation({len(self.attributions)} methods: {', '.join(self.attributions)}; "
+            f"Explanation({len(self.attributions)} method{'' if len(self) == 1 else 's'}: "
+            f"{', '.join(self.attributions)}; "
             f"inputs {tuple(self.inputs.shape)}; {what}{more}; "
             f"{cost_text(self.total_passes, self.total_forwards)} per sample, "
             f"{self.seconds:.2f} s)"

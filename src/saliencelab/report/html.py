@@ -263,7 +263,8 @@ def _card(i: int, entry: ReportEntry, out_dir: Path, embed: bool) -> str:
         )
         opened = "" if entry.gallery_path is not None else " open"
         parts.append(
-            f"<details{opened}><summary>Overlays at full resolution ({len(entry.overlays)})"
+            f"<details{opened}><summary>Overlays, one per method, at the model's resolution "
+            f"({len(entry.overlays)})"
             f'</summary><div class="overlays">{figures}</div></details>'
         )
     parts.append(_table(entry.rows))

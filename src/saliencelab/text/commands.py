@@ -85,7 +85,7 @@ def _scores_table(ex: sl.Explanation, sample: int) -> Table:
 def score_text(value: float) -> str:
     """A word score with 4 significant digits: "+0.1314", "-4.83e-06" (a fixed "+0.0000" hid
     the scores of models whose words move the score by little)."""
-    return "+0" if value == 0 else f"{value:+.4g}"
+    return "+0" if value == 0 else f"{value:+#.4g}"  # (#: trailing zeros kept, "+0.1100")
 
 
 def explain_text(
