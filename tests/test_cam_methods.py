@@ -557,3 +557,31 @@ def test_a_cam_of_a_channel_target_defaults_to_the_targets_layer(tiny_cnn, image
     expected = a.clamp(min=0) / (a.shape[-2] * a.shape[-1])
     assert ex[method].layer == "features.2"
     torch.testing.assert_close(ex[method].maps, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "words"),
+    [
+        ("gradcam", {"relu": "yes"}, "relu must be True or False"),
+        ("layercam", {"relu": None}, "relu must be True or False"),
+        ("cam", {"relu": "no"}, "relu must be True or False"),
+        ("scorecam", {"relu": "no"}, "relu must be True or False"),
+        ("guided_gradcam", {"relu": "no"}, "relu must be True or False"),
+        ("eigencam", {"center": "x"}, "center must be True or False"),
+        ("ablationcam", {"max_channels": 1.5}, "max_channels must be at least 1, a whole"),
+        ("scorecam", {"max_channels": "4"}, "max_channels must be at least 1, a whole"),
+    ],
+)
+def test_bad_flags_and_channel_counts_are_one_sentence(pool_cnn, x, method, options, words):
+    """A string flag is not read by its truth value ("no" would be True), and a fractional
+    channel count is not truncated."""
+    with pytest.raises(SaliencelabError, match=words):
+        sl.explain(pool_cnn, x, methods={method: options}, target=TARGETS)
+
+
+def test_relu_flag_takes_0_and_1(pool_cnn, x):
+    def run(relu):
+        return sl.explain(pool_cnn, x, methods={"gradcam": {"relu": relu}})["gradcam"]
+
+    assert torch.equal(run(0).maps, run(False).maps)
+    assert torch.equal(run(1).maps, run(True).maps)

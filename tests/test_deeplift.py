@@ -342,3 +342,23 @@ def test_efficientnet_lite0_on_chelsea():
     assert a.delta.abs().item() < 1e-4 * gap.abs().item()
     torch.testing.assert_close(a.attributions.sum().view(1), gap, atol=1e-3, rtol=1e-4)
     assert a.maps.shape == (1, 224, 224) and a.passes == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("deeplift", {"baselines": "uniform", "seed": "a"}),
+        ("deeplift", {"seed": 1.5}),
+        ("deeplift_shap", {"seed": None}),
+        ("deeplift_shap", {"seed": 2**70}),
+    ],
+)
+def test_a_bad_seed_is_one_sentence(method, options):
+    x = torch.randn(2, 12)
+    with pytest.raises(SaliencelabError, match="seed must be an integer"):
+        _run(_mlp(), x, method, **options)
+
+
+def test_a_nan_baseline_is_one_sentence():
+    with pytest.raises(SaliencelabError, match="finite number"):
+        _run(_mlp(), torch.randn(2, 12), "deeplift", baselines=float("nan"))

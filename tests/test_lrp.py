@@ -848,3 +848,21 @@ def test_composite_from_name_defaults_are_the_lrp_methods():
     assert options["epsilon"] == 1e-6 and options["gamma"] == 0.25  # what its errors suggest
     assert defaults["epsilon"].default == options["epsilon"]
     assert defaults["gamma"].default == options["gamma"]
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"composite": "epsilon_gamma_box", "low": "a"}, "bound low must be None"),
+        ({"composite": "epsilon_gamma_box", "high": [1.0]}, "bound high must be None"),
+        ({"composite": "epsilon_gamma_box", "low": float("nan")}, "finite number"),
+        ({"composite": "epsilon_gamma_box", "low": 1.0, "high": -1.0}, "bounds are reversed"),
+        ({"canonize": "no"}, "canonize must be True or False"),
+    ],
+)
+def test_bad_options_are_one_sentence(images, options, words):
+    with pytest.raises(SaliencelabError, match=words):
+        sl.explain(_relu_net(bias=True), images, methods={"lrp": options}, target=0)
+    if "canonize" not in options:  # the rule itself checks its bounds, also when built by hand
+        with pytest.raises(SaliencelabError, match=words):
+            ZBox(options.get("low"), options.get("high"))

@@ -651,3 +651,36 @@ def test_default_grid_cells_are_near_equal_and_numbered_row_major():
     cols = torch.tensor([0] * 6 + [1] * 6 + [2] * 5)
     odd = default_feature_mask(torch.zeros(1, 3, 13, 17), "grid", 6)[0]
     assert torch.equal(odd, rows[:, None] * 3 + cols[None, :])
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "words"),
+    [
+        ("lime", {"seed": "a"}, "seed must be an integer"),
+        ("lime", {"seed": 1.7}, "seed must be an integer"),
+        ("rise", {"seed": None}, "seed must be an integer"),
+        ("rise", {"seed": 2**70}, "seed must be an integer"),
+        ("kernelshap", {"seed": "a"}, "seed must be an integer"),
+        ("kernelshap", {"paired": "no"}, "paired must be True or False"),
+        ("occlusion", {"incremental": "no"}, "incremental must be True or False"),
+        ("feature_ablation", {"incremental": "no"}, "incremental must be True or False"),
+        ("occlusion", {"baseline": float("nan")}, "baseline must be a finite number"),
+        ("feature_ablation", {"baseline": "blur", "blur_sigma": True}, "blur_sigma must be"),
+        ("occlusion", {"baseline": "blur", "blur_sigma": float("inf")}, "blur_sigma must be"),
+    ],
+)
+def test_bad_flags_seeds_and_baselines_are_one_sentence(tiny_cnn, images, method, options, words):
+    opts = {"n_samples": 40, "n_segments": 4, "n_masks": 4, "window": 8, "stride": 8}
+    spec = next(s for s in sl.methods() if s.name == method)
+    opts = {k: v for k, v in opts.items() if k in spec.options}
+    with pytest.raises(SaliencelabError, match=words):
+        sl.explain(tiny_cnn, images, methods={method: {**opts, **options}})
+
+
+def test_a_blur_sigma_far_beyond_the_image_runs(tiny_cnn, images):
+    """A huge blur_sigma (the blurred image tends to its edges' mean) is computed with an
+    image-sized kernel; a ±3σ one asked for petabytes."""
+    a = sl.explain(
+        tiny_cnn, images, methods="occlusion", window=8, stride=8, baseline="blur", blur_sigma=1e9
+    )["occlusion"]
+    assert torch.isfinite(a.maps).all()

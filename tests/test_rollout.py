@@ -453,3 +453,15 @@ def test_images_without_a_class_token_roll_out_the_mean_of_the_rows(x16):
         torch.testing.assert_close(
             ex["attention_rollout"].maps, expected, atol=1e-5, rtol=1e-4, msg=f"row={row!r}"
         )
+
+
+def test_grad_rollout_normalize_must_be_a_bool(toy_vit):
+    """normalize="no" is refused rather than read as True."""
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.raises(SaliencelabError, match="normalize must be True or False"):
+        sl.explain(toy_vit, x, methods={"grad_rollout": {"normalize": "no"}})
+
+    def run(n):
+        return sl.explain(toy_vit, x, methods={"grad_rollout": {"normalize": n}})
+
+    assert torch.equal(run(1)["grad_rollout"].maps, run(True)["grad_rollout"].maps)

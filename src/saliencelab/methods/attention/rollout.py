@@ -22,6 +22,7 @@ from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError
 from ...core.registry import quoted, register
 from ...core.tokens import model_hints, token_grid, token_scores_to_grid
+from ..options import check_flag
 
 __all__ = ["attention_rollout", "grad_rollout", "gradient_rollout", "rollout"]
 
@@ -234,9 +235,10 @@ def grad_rollout(ctx: Context, *, normalize: bool = False, row: Row = "auto") ->
     Encoder-Decoder Transformers", ICCV 2021.
     """
     _check_row(row)
+    normalize = check_flag(normalize, "normalize", "grad_rollout")
     chunks = attention_gradients(ctx.engine, ctx.x, ctx.target, method="grad_rollout")
     return _gather(
         ctx,
         chunks,
-        lambda x, w, g: _pick_row(ctx, gradient_rollout(w, g, bool(normalize)), row, x),
+        lambda x, w, g: _pick_row(ctx, gradient_rollout(w, g, normalize), row, x),
     )

@@ -15,7 +15,9 @@ to the input. A fused map is returned at input resolution, because the layers' r
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,6 +25,7 @@ from torch import nn
 from ...core.context import Capture, Context, LayerArg, MethodOutput, check_image_batch, upsample
 from ...core.errors import SaliencelabError
 from ...core.registry import SharedPass
+from ..options import check_flag
 
 # The one forward+backward pass all gradient CAMs share: the activations of their layers and the
 # gradient of the target score with respect to them (backward stops at the layers).
@@ -31,8 +34,11 @@ LAYER_GRADIENT = SharedPass(backward="plain", input_grad=False, layer=True)
 FUSIONS = ("mean", "max")
 
 
-def cam_layers(ctx: Context, layer: LayerArg, fusion: str) -> dict[str, nn.Module]:
+def cam_layers(
+    ctx: Context, layer: LayerArg, fusion: str, relu: Any = True
+) -> dict[str, nn.Module]:
     """The layers of a CAM call (one, or several to fuse), with the options checked first."""
+    check_flag(relu, "relu", ctx.method or "A CAM")
     if fusion not in FUSIONS:
         raise SaliencelabError(
             f"fusion must be one of {', '.join(map(repr, FUSIONS))}, not {fusion!r}."
@@ -105,13 +111,20 @@ def nonzero_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 def selected_channels(a: torch.Tensor, max_channels: int | None) -> torch.Tensor:
     """(B, m) channel indices per sample: all K, or the `max_channels` of highest mean."""
     b, k = a.shape[:2]
+    if max_channels is not None:
+        try:  # an integer (a float such as 1.5 is refused, not truncated)
+            m = None if isinstance(max_channels, bool) else operator.index(max_channels)
+        except TypeError:
+            m = None
+        if m is None or m < 1:
+            raise SaliencelabError(
+                f"max_channels must be at least 1, a whole number of channels (or None for all), "
+                f"not {max_channels!r}."
+            )
+        max_channels = m
     if max_channels is None or max_channels >= k:
         return torch.arange(k, device=a.device).expand(b, k)
-    if int(max_channels) < 1:
-        raise SaliencelabError(
-            f"max_channels must be at least 1 (or None for all), not {max_channels}."
-        )
-    return a.mean(dim=(2, 3)).topk(int(max_channels), dim=1).indices
+    return a.mean(dim=(2, 3)).topk(max_channels, dim=1).indices
 
 
 def gather_channels(a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch
 
 from ...core.context import Context, LayerArg, MethodOutput
 from ...core.registry import quoted, register
+from ..options import check_flag
 from .common import FUSIONS, LAYER_GRADIENT, cam_layers, fuse, layer_pass
 
 __all__ = ["eigencam", "principal_projection"]
@@ -59,7 +60,8 @@ def eigencam(
 
     Muhammad & Yeasin, "Eigen-CAM: Class Activation Map using Principal Components", IJCNN 2020.
     """
-    layers = cam_layers(ctx, layer, fusion)
+    center = check_flag(center, "center", "eigencam")
+    layers = cam_layers(ctx, layer, fusion, relu)
     cap = layer_pass(ctx, layers)
     maps = {}
     for name in layers:

@@ -65,7 +65,7 @@ def cam(
 
     Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR 2016.
     """
-    layers = cam_layers(ctx, layer, fusion)
+    layers = cam_layers(ctx, layer, fusion, relu)
     fc_name, linear = find_classifier(ctx.model.module, fc)
     target = ctx.target
     if target.fn is not None or bool((target.indices < 0).any()):

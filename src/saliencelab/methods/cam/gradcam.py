@@ -40,7 +40,7 @@ def gradient_cam(
     ctx: Context, layer: LayerArg, relu: bool, fusion: str, weights: WeightFn
 ) -> MethodOutput:
     """ReLU(Σ_k w_k ⊙ A_k) at each layer with w = weights(A, G) from the shared pass; fused."""
-    layers = cam_layers(ctx, layer, fusion)
+    layers = cam_layers(ctx, layer, fusion, relu)
     cap = layer_pass(ctx, layers)
     maps = {}
     for name in layers:

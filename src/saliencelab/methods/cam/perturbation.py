@@ -126,7 +126,7 @@ def scorecam(
             "scorecam with weighting='probability' needs class targets, not a target function; "
             "use weighting='softmax'."
         )
-    layers = cam_layers(ctx, layer, fusion)
+    layers = cam_layers(ctx, layer, fusion, relu)
     cap = layer_pass(ctx, layers)
     maps = {}
     for name in layers:
@@ -200,7 +200,7 @@ def ablationcam(
     Desai & Ramaswamy, "Ablation-CAM: Visual Explanations for Deep Convolutional Network via
     Gradient-free Localization", WACV 2020.
     """
-    layers = cam_layers(ctx, layer, fusion)
+    layers = cam_layers(ctx, layer, fusion, relu)
     cap = layer_pass(ctx, layers)
     y = cap.scores[:, None]
     maps = {}

@@ -70,21 +70,50 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+_EXACT_TAIL = 1 << 22  # kernel radii summed term by term; beyond, the tails by erf
+
+
+def _blur_kernel(sigma: float, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The normalised Gaussian kernel over ±3σ for an axis of `n` pixels, cut at ±(n - 1) with
+    the cut tails' weights added to its two ends: past n - 1 pixels every replicate-padded
+    value is the edge pixel, so the blur is the same as with the whole kernel, while a σ far
+    larger than the image costs an image-sized kernel, not a 3σ one."""
+    radius = max(1, math.ceil(3 * sigma))
+    kept = min(radius, max(n - 1, 1))
+    t = torch.arange(0, kept + 1, dtype=torch.float64)
+    half = torch.exp(-0.5 * (t / sigma) ** 2)  # offsets 0..kept
+    if radius > kept:  # Σ over offsets kept+1..radius
+        if radius <= _EXACT_TAIL:
+            rest = torch.arange(kept + 1, radius + 1, dtype=torch.float64)
+            tail = float(torch.exp(-0.5 * (rest / sigma) ** 2).sum())
+        else:  # the sum as an integral (offsets far below σ: the relative error is ~1/radius)
+            s = sigma * math.sqrt(2.0)
+            tail = (
+                sigma
+                * math.sqrt(math.pi / 2)
+                * (math.erf((radius + 0.5) / s) - math.erf((kept + 0.5) / s))
+            )
+        half[-1] += tail
+    kernel = torch.cat([half.flip(0), half[1:]])
+    return (kernel / kernel.sum()).to(device=device, dtype=dtype)
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of an image batch (B, C, H, W); `sigma` in pixels.
 
-    The kernel spans ±3σ; borders are extended by replicating the edge pixels.
+    The kernel spans ±3σ; borders are extended by replicating the edge pixels. (For a σ beyond
+    the image, the kernel is folded to the image's size with the same result: `_blur_kernel`.)
     """
     if sigma <= 0:
         return x.clone()
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=float_dtype(x))
-    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    c = x.shape[1]
-    y = F.pad(x.to(kernel.dtype), (radius, radius, radius, radius), mode="replicate")
-    y = F.conv2d(y, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(y, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    dtype = float_dtype(x)
+    c, height, width = x.shape[1], x.shape[-2], x.shape[-1]
+    kh = _blur_kernel(sigma, height, dtype, x.device)
+    kw = _blur_kernel(sigma, width, dtype, x.device)
+    rh, rw = len(kh) // 2, len(kw) // 2
+    y = F.pad(x.to(dtype), (rw, rw, rh, rh), mode="replicate")
+    y = F.conv2d(y, kw.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(y, kh.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def _sample_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,6 +143,7 @@ def input_baselines(
             )
         return b.expand(x.shape).clone()
     if _is_number(baselines):
+        _check_finite(baselines, method)
         return torch.full_like(x, float(baselines), dtype=dtype)
     if baselines is None or baselines == "zero":
         return torch.zeros_like(x, dtype=dtype)
@@ -123,9 +153,10 @@ def input_baselines(
                 f"{method}: the 'blur' baseline needs image batches (B, C, H, W), but got inputs "
                 f"of shape {tuple(x.shape)}; use baselines='zero' or a tensor."
             )
-        if not _is_number(blur_sigma) or blur_sigma < 0:
+        if not _is_number(blur_sigma) or not math.isfinite(blur_sigma) or blur_sigma < 0:
             raise SaliencelabError(
-                f"{method}: blur_sigma must be a non-negative number of pixels, got {blur_sigma!r}."
+                f"{method}: blur_sigma must be a finite non-negative number of pixels, got "
+                f"{blur_sigma!r}."
             )
         return gaussian_blur(x, float(blur_sigma))
     if baselines == "uniform":
@@ -161,6 +192,7 @@ def baseline_distribution(
             )
         return d, False
     if _is_number(baselines):
+        _check_finite(baselines, method)
         return torch.full(ones, float(baselines), device=x.device, dtype=dtype), False
     if baselines == "zero":
         return torch.zeros(ones, device=x.device, dtype=dtype), False
@@ -177,6 +209,14 @@ def baseline_distribution(
         u = torch.rand((n_samples, *sample), generator=gen, dtype=dtype).to(x.device)
         return lo + (hi - lo) * u, True
     raise _unknown(baselines, DISTRIBUTIONS, method, "a tensor (N, C, H, W) of reference inputs")
+
+
+def _check_finite(value: float, method: str) -> None:
+    if not math.isfinite(value):
+        raise SaliencelabError(
+            f"{method}: the baselines must be a finite number, got {value!r}; use e.g. "
+            "baselines=0.0 or 'zero'."
+        )
 
 
 def _unknown(value: Any, names: tuple[str, ...], method: str, tensor: str) -> SaliencelabError:

@@ -19,6 +19,7 @@ generator seeded by (seed, row), so chunk sizes never change the result.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ import torch
 from ...core.context import Context
 from ...core.errors import SaliencelabError
 from ...core.registry import register
+from ..reference import check_seed
 from .baselines import (
     DISTRIBUTION_CHOICES,
     baseline_distribution,
@@ -69,8 +71,12 @@ def expected_gradients(
     """
     name = "expected_gradients"
     n_samples = positive_int(n_samples, "n_samples", name)
-    if not isinstance(stdevs, (int, float)) or isinstance(stdevs, bool) or stdevs < 0:
-        raise SaliencelabError(f"{name}: stdevs must be a non-negative number, got {stdevs!r}.")
+    seed = check_seed(name, seed)
+    ok = isinstance(stdevs, (int, float)) and not isinstance(stdevs, bool)
+    if not ok or not math.isfinite(stdevs) or stdevs < 0:
+        raise SaliencelabError(
+            f"{name}: stdevs must be a finite non-negative number, got {stdevs!r}."
+        )
     x = ctx.x
     dtype, dev, batch = float_dtype(x), x.device, ctx.batch
     xf = x.to(dtype)

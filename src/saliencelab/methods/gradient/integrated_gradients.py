@@ -21,6 +21,7 @@ import torch
 from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError, closest
 from ...core.registry import quoted, register
+from ..reference import check_seed
 from .baselines import INPUT_BASELINE_CHOICES, float_dtype, input_baselines, positive_int
 
 RULES = (
@@ -108,6 +109,7 @@ def integrated_gradients(
     completeness gap Σ IG - (S(x) - S(x')).
     """
     name = "integrated_gradients"
+    seed = check_seed(name, seed)
     alphas_np, weights_np = quadrature(rule, n_steps)
     x = ctx.x
     dtype, dev, batch = float_dtype(x), x.device, ctx.batch

@@ -6,6 +6,7 @@ import torch
 
 from ...core.context import Context
 from ...core.registry import SharedPass, register
+from ..options import check_flag
 
 INPUT_GRADIENT = SharedPass(backward="plain", input_grad=True)
 
@@ -24,6 +25,7 @@ def saliency(ctx: Context, *, absolute: bool = True) -> torch.Tensor:
 
     attributions = |∂S_c/∂x| (or the signed gradient with `absolute=False`); maps sum channels.
     """
+    absolute = check_flag(absolute, "absolute", "saliency")
     grad = ctx.capture(input_grad=True).input_grad
     return grad.abs() if absolute else grad
 

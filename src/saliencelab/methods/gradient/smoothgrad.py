@@ -24,6 +24,8 @@ the padding its batch gives it.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -32,6 +34,7 @@ from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError, closest
 from ...core.registry import get_method, register
 from ...core.seeds import sample_generators
+from ..reference import check_seed
 from .baselines import float_dtype, positive_int
 
 KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
@@ -100,6 +103,17 @@ def _smooth(
     seed: int,
     base_options: dict[str, Any] | None,
 ) -> MethodOutput:
+    if not isinstance(base, str):
+        raise SaliencelabError(
+            f"{kind}: base must be a method's name, e.g. base='saliency', not "
+            f"{type(base).__name__} {base!r}."
+        )
+    if base_options is not None and not isinstance(base_options, Mapping):
+        raise SaliencelabError(
+            f"{kind}: base_options must be a dict of the base method's options, e.g. "
+            f"base_options={{'n_steps': 16}}, not {type(base_options).__name__} {base_options!r}."
+        )
+    seed = check_seed(kind, seed)
     spec = get_method(base)
     if spec.name in KINDS:
         raise SaliencelabError(
@@ -174,7 +188,13 @@ def _smooth(
 
 
 def _non_negative(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    """A finite number >= 0 (an infinite σ would only give the model NaN inputs)."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
 
 
 _COST = "n_samples × base"

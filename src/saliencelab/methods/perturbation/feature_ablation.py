@@ -19,6 +19,7 @@ import torch
 
 from ...core.context import Context, MethodOutput
 from ...core.registry import register
+from ..options import check_flag
 from .features import (
     BASELINE_CHOICES,
     FEATURE_MASK_CHOICES,
@@ -76,6 +77,7 @@ def feature_ablation(
     box when that saves time and reproduces full forwards (`incremental.py`); the result is the
     same up to float rounding. extras["incremental"] names the layer it ran from.
     """
+    incremental = check_flag(incremental, "incremental", "feature_ablation")
     x = ctx.x
     dev = x.device
     mask = resolve_feature_mask(feature_mask, x, n_segments)

@@ -278,6 +278,11 @@ def perturbation_baseline(
             )
         return b.view((1,) * (x.dim() - b.dim()) + tuple(b.shape))
     if isinstance(baseline, numbers.Real) and not isinstance(baseline, bool):
+        if not math.isfinite(baseline):
+            raise SaliencelabError(
+                f"{method}: the baseline must be a finite number, got {baseline!r}; use e.g. "
+                "baseline=0.0, 'blur' or 'mean'."
+            )
         return torch.full((1,) * x.dim(), float(baseline), dtype=dtype, device=x.device)
     if baseline == "zero":
         return torch.zeros((1,) * x.dim(), dtype=dtype, device=x.device)
@@ -289,9 +294,11 @@ def perturbation_baseline(
     if baseline == "mean":
         return x.to(dtype).mean(dim=(2, 3), keepdim=True)
     if baseline == "blur":
-        if not isinstance(blur_sigma, numbers.Real) or blur_sigma < 0:
+        ok = isinstance(blur_sigma, numbers.Real) and not isinstance(blur_sigma, bool)
+        if not ok or not math.isfinite(blur_sigma) or blur_sigma < 0:
             raise SaliencelabError(
-                f"{method}: blur_sigma must be a non-negative number of pixels, got {blur_sigma!r}."
+                f"{method}: blur_sigma must be a finite non-negative number of pixels, got "
+                f"{blur_sigma!r}."
             )
         from ..gradient.baselines import gaussian_blur
 

@@ -38,6 +38,8 @@ from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError
 from ...core.registry import register
 from ..gradient.baselines import cpu_generator, positive_int
+from ..options import check_flag
+from ..reference import check_seed
 from .features import BASELINE_CHOICES, FEATURE_MASK_CHOICES, n_features, perturbation_baseline
 from .features import feature_mask as make_feature_mask
 from .surrogate import Coalitions, coalition_scores, feature_attributions, weighted_least_squares
@@ -128,6 +130,8 @@ def kernelshap(
     exact (B,) whether enumerated, feature_mask.
     """
     name = "kernelshap"
+    seed = check_seed(name, seed)
+    paired = check_flag(paired, "paired", name)
     n_samples = positive_int(n_samples, "n_samples", name, minimum=1)
     exact_up_to = _exact_up_to(exact_up_to)
     x = ctx.x

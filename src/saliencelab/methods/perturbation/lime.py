@@ -35,6 +35,7 @@ from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError
 from ...core.registry import register
 from ..gradient.baselines import cpu_generator, positive_int
+from ..reference import check_seed
 from .features import BASELINE_CHOICES, FEATURE_MASK_CHOICES, n_features, perturbation_baseline
 from .features import feature_mask as make_feature_mask
 from .surrogate import Coalitions, coalition_scores, feature_attributions, weighted_least_squares
@@ -100,6 +101,7 @@ def lime(
     of the surrogate, feature_mask.
     """
     name = "lime"
+    seed = check_seed(name, seed)
     n_samples = positive_int(n_samples, "n_samples", name, minimum=1)
     kernel_width = _positive_number(kernel_width, "kernel_width", minimum_ok=False)
     alpha = _positive_number(alpha, "alpha", minimum_ok=True)

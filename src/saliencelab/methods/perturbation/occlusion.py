@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from ...core.context import Context, MethodOutput, check_image_batch
 from ...core.errors import SaliencelabError
 from ...core.registry import register
+from ..options import check_flag
 from .features import BASELINE_CHOICES, clean_scores, perturbation_baseline
 from .incremental import crop, local_forwards, plan_local_prefix, used_layer
 
@@ -104,6 +105,7 @@ def occlusion(
     map is the same up to float rounding. extras["incremental"] names the layer it ran from.
     """
     check_image_batch(ctx.x, "occlusion")
+    incremental = check_flag(incremental, "incremental", "occlusion")
     x = ctx.x
     batch, _, height, width = x.shape
     wh, ww = _pair(window, "window")

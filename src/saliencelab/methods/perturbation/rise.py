@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ...core.context import Context, MethodOutput, check_image_batch
 from ...core.errors import SaliencelabError
 from ...core.registry import register
+from ..reference import check_seed
 
 __all__ = ["RiseMasks", "rise"]
 
@@ -114,6 +115,7 @@ def rise(
     """
     check_image_batch(ctx.x, "rise")
     n_masks, cell, p_keep = _check(n_masks, cell, p_keep)
+    seed = check_seed("rise", seed)
     x = ctx.x
     batch, _, height, width = x.shape
     dev = x.device

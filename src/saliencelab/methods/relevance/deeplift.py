@@ -39,6 +39,7 @@ from ..gradient.baselines import (
     input_baselines,
     positive_int,
 )
+from ..reference import check_seed
 from .multipliers import DeepLiftRescale
 
 DEFAULT_UNIFORM_REFERENCES = 16
@@ -126,6 +127,7 @@ def deeplift(
     """
     name = "deeplift"
     eps = _check_eps(eps, name)
+    seed = check_seed(name, seed)
     base = input_baselines(ctx.x, baselines, method=name, blur_sigma=blur_sigma, seed=seed)
     batch = ctx.batch
     attributions, s_x, s_ref = deeplift_pairs(
@@ -160,6 +162,7 @@ def deeplift_shap(
     """
     name = "deeplift_shap"
     eps = _check_eps(eps, name)
+    seed = check_seed(name, seed)
     if n_baselines is not None:
         n_baselines = positive_int(n_baselines, "n_baselines", name)
     x, batch = ctx.x, ctx.batch

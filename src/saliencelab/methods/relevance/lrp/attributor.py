@@ -48,6 +48,7 @@ from ....core.context import Context, MethodOutput
 from ....core.errors import SaliencelabError
 from ....core.registry import quoted, register
 from ....core.state import Hooks
+from ...options import check_flag
 from .canonizers import Canonizer, default_canonizers
 from .composites import PRESETS, Composite, composite_from_name
 from .rules import (
@@ -382,6 +383,7 @@ def lrp(
     residual sums through a proportional rule (undone after). extras["delta"] (B,) is Σ R − S.
     """
     _check_options(epsilon, gamma)
+    canonize = check_flag(canonize, "canonize", "lrp")
     if isinstance(composite, str):
         composite = composite_from_name(composite, epsilon, gamma, low, high)
     elif not isinstance(composite, Composite):

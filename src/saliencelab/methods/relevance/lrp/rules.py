@@ -65,6 +65,8 @@ g_z = g · f(z) / z (`pass_through`); for ReLU and LeakyReLU that is their own g
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -561,6 +563,23 @@ class ZBox(Rule):
         high: float | torch.Tensor | None = None,
         stabilizer: float = STABILIZER,
     ) -> None:
+        for name, value in (("low", low), ("high", high)):
+            number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if not (value is None or isinstance(value, torch.Tensor) or number):
+                raise SaliencelabError(
+                    f"lrp: the z-box bound {name} must be None (each sample's own "
+                    f"{'minimum' if name == 'low' else 'maximum'}), a number or a tensor "
+                    f"broadcastable to the inputs, not {type(value).__name__} {value!r}."
+                )
+            if number and not math.isfinite(value):
+                raise SaliencelabError(
+                    f"lrp: the z-box bound {name} must be a finite number, got {value!r}."
+                )
+        if all(isinstance(v, numbers.Real) for v in (low, high)) and low > high:
+            raise SaliencelabError(
+                f"lrp: the z-box bounds are reversed (low={low!r} > high={high!r}); give the "
+                "inputs' lowest possible value as low and their highest as high."
+            )
         self.low = low
         self.high = high
         self.stabilizer = stabilizer
