@@ -669,12 +669,10 @@ def test_blur_of_a_sigma_far_beyond_the_image_is_the_full_kernels_blur():
     assert torch.isfinite(ig.maps).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core/backward.py `_deconv` reads an in-place ReLU's input after relu_ rewrote it, so "
-    "the gradient goes through the ReLU's own backward (its x > 0 gate): fix belongs in core",
-)
 def test_deconvnet_is_the_same_with_in_place_relus():
+    """An in-place ReLU overwrote the input the deconv hook read, so the gradient went through
+    the ReLU's own x > 0 gate (101 % off); the input is now kept before the module runs, and
+    guided backprop (which reads only the output) is the same either way too."""
     torch.manual_seed(0)
 
     def net(inplace):
@@ -685,5 +683,15 @@ def test_deconvnet_is_the_same_with_in_place_relus():
     a, b = net(True), net(False)
     b.load_state_dict(a.state_dict())
     x = torch.randn(2, 3, 6, 6)
-    ours = _run(a, x, "deconvnet", target=0).attributions
-    torch.testing.assert_close(ours, _run(b, x, "deconvnet", target=0).attributions)
+    for method in ("deconvnet", "guided_backprop"):
+        ours = _run(a, x, method, target=0).attributions
+        torch.testing.assert_close(ours, _run(b, x, method, target=0).attributions, msg=method)
+    # a module used twice, in place: each call's own input is kept
+    relu = nn.ReLU(inplace=True)
+    twice = nn.Sequential(nn.Conv2d(3, 4, 3), relu, nn.Conv2d(4, 4, 1), relu, nn.Flatten()).eval()
+    plain = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.ReLU(), nn.Flatten()
+    ).eval()
+    plain.load_state_dict(twice.state_dict())
+    want = _run(plain, x, "deconvnet", target=5).attributions
+    torch.testing.assert_close(_run(twice, x, "deconvnet", target=5).attributions, want)

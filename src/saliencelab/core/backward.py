@@ -84,14 +84,29 @@ class _DeconvReLU(torch.autograd.Function):
         return grad.clamp(min=0), None
 
 
-def _guided(inputs, out):
+def _guided(module, inputs, out):
     # The module's own backward applies (x > 0); clamping the incoming gradient first gives
     # (x > 0) * max(grad, 0).
     return _PositiveGradient.apply(out)
 
 
-def _deconv(inputs, out):
-    return _DeconvReLU.apply(inputs[0], out)
+class _Deconv:
+    """Deconvnet's hooks: the output's gradient goes to the module's input as max(grad, 0),
+    around the module's own backward. An in-place ReLU (`inplace=True`) overwrites its input,
+    whose history then runs through the ReLU's own gated backward: its pre-hook keeps the
+    input and feeds the module a copy (one copy per call, for in-place modules only)."""
+
+    def __init__(self) -> None:
+        self.kept: dict[nn.Module, torch.Tensor] = {}
+
+    def before(self, module, inputs):
+        if not getattr(module, "inplace", False):
+            return None
+        self.kept[module] = inputs[0]
+        return (inputs[0].clone(), *inputs[1:])
+
+    def __call__(self, module, inputs, out):
+        return _DeconvReLU.apply(self.kept.pop(module, inputs[0]), out)
 
 
 class BackwardRule(Protocol):
@@ -205,7 +220,7 @@ class _ReluCheck(BackwardCheck):
             self.fired += 1
             if isinstance(module, nn.ReLU):
                 self.relu_fired += 1
-            return fn(inputs, out)
+            return fn(module, inputs, out)
 
         return hook
 
@@ -254,8 +269,11 @@ def install_backward_mode(model: nn.Module, mode: Backward, hooks: Hooks) -> Bac
     method = MODE_METHODS[mode]
     refuse_compiled(model, method, "nn.ReLU modules")
     check = _ReluCheck(method)
-    hook = check.hook(_guided if mode == "guided" else _deconv)
+    deconv = _Deconv() if mode == "deconv" else None
+    hook = check.hook(_guided if deconv is None else deconv)
     for m in model.modules():
         if isinstance(m, RELU_MODULES):
+            if deconv is not None and getattr(m, "inplace", False):
+                hooks.add(m.register_forward_pre_hook(deconv.before))
             hooks.add(m.register_forward_hook(hook))
     return check
