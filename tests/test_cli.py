@@ -386,6 +386,34 @@ def test_a_run_that_explains_nothing_leaves_no_earlier_maps_behind(tmp_path, tin
     assert not (out / "maps.npz").exists()
 
 
+def test_maps_npz_is_always_a_whole_file(tmp_path, tiny):
+    """maps.npz was written in place: an interrupted run left half a zip (np.load failed on
+    it). The arrays now go to a temporary file moved over it when the run ends; a run stopped
+    after writing maps leaves neither that nor the earlier run's file (its page would pass them
+    off as its own), and one stopped before any map leaves the folder as it was."""
+    model = _tiny_model(tmp_path, tiny)
+    out = tmp_path / "out"
+    images = [photo(tmp_path / f"{i}.png", seed=i) for i in range(3)]
+    explain_images(model, images[:1], "saliency", out)
+    with np.load(out / "maps.npz") as maps:
+        assert sorted(maps.files) == ["0/saliency", "0/target"]
+
+    def stop(done, total, what):  # the user presses Ctrl-C while image 2 is written
+        if what.startswith("writing") and what.endswith("2.png"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        explain_images(model, images, "saliency", out, progress=stop, batch_images=1)
+    assert not (out / "maps.npz").exists()
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+    explain_images(model, images[:1], "saliency", out)
+    with pytest.raises(sl.SaliencelabError):  # refused before any map: the folder is kept
+        explain_images(model, images, "no_such_method", out)
+    with np.load(out / "maps.npz") as maps:
+        assert sorted(maps.files) == ["0/saliency", "0/target"]
+
+
 def test_a_reused_out_folder_names_the_files_an_earlier_run_left(runner, tiny, tmp_path):
     """Nothing is deleted (they may be wanted), but the earlier run's overlays are named so they
     are not taken for this run's; a user's own files (a .txt) are not listed."""

@@ -32,6 +32,7 @@ import difflib
 import math
 import os
 import re
+import secrets
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -291,21 +292,38 @@ def _sentence(e: BaseException) -> str:
 
 
 class _MapsWriter:
-    """Writes arrays into one standard .npz file as they come (np.load reads it)."""
+    """Writes arrays into one standard .npz file as they come (np.load reads it).
+
+    They go to a temporary file beside `path`, moved over it by `close()`: `path` is always a
+    whole file (an interrupted run used to leave half a zip there), and `discard()` drops the
+    temporary file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         self._zip: zipfile.ZipFile | None = None
 
     def add(self, key: str, array: np.ndarray) -> None:
         if self._zip is None:
-            self._zip = zipfile.ZipFile(self.path, "w", allowZip64=True)
+            self._zip = zipfile.ZipFile(self._tmp, "x", allowZip64=True)
         with self._zip.open(key + ".npy", "w", force_zip64=True) as f:
             np.lib.format.write_array(f, np.asarray(array, order="C"), allow_pickle=False)
 
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
+            os.replace(self._tmp, self.path)
+
+    def discard(self) -> None:
+        """The run stopped: no maps of it. The temporary file goes, and so does an earlier
+        run's `path` once this run had written maps (its page, written batch by batch, would
+        pass them off as its own); a run stopped before any map keeps the folder as it was."""
+        if self._zip is None:
+            return
+        self._zip.close()
+        self._zip = None
+        self._tmp.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
 
     @property
     def written(self) -> bool:
@@ -424,8 +442,10 @@ def explain_images(
                 item.image = None  # free this batch's pixels
             prog.at_least(prog.total * (first + len(batch)) / len(items))
             result.index_path = _write_index(items, out, title, embed, links)
-    finally:
-        maps.close()
+    except BaseException:  # (KeyboardInterrupt too)
+        maps.discard()
+        raise
+    maps.close()
     if maps.written:
         result.maps_path = maps.path
         result.files.append(maps.path)
