@@ -111,6 +111,21 @@ def test_random_logit_num_classes_beyond_the_models_labels_is_refused_first():
         sl.evaluate(model, x, ex, metrics={"deletion": {}, "random_logit": {"num_classes": 9}})
 
 
+@pytest.mark.parametrize("target", [None, 2, [0, 2], "tensor"])
+def test_random_logit_num_classes_below_a_class_explained_is_refused_first(small, target):
+    """Was: 'targets must be classes in [0, 2)' after deletion had run for every map."""
+    net, x, maps = small
+    if target == "tensor":
+        target = torch.tensor([2, 0])
+    if target is None:  # the classes the explanation records
+        maps = sl.explain(net, x, methods="saliency", target=[2, 1])
+        net.calls = 0
+    request = {"deletion": {}, "random_logit": {"num_classes": 2, "similarity": "spearman"}}
+    with pytest.raises(sl.SaliencelabError, match=r"explain class 2, beyond num_classes=2"):
+        sl.evaluate(net, x, maps, metrics=request, target=target)
+    assert net.calls == 0
+
+
 @pytest.mark.parametrize(
     "args, kwargs, words",
     [

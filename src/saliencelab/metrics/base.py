@@ -462,6 +462,11 @@ class Metric:
         """One sentence if the options do not fit `model` (e.g. layers it does not have);
         `sl.evaluate` calls it before any model work. Default: nothing to check."""
 
+    def check_classes(self, highest: int) -> None:
+        """One sentence if the options do not fit maps explaining classes up to `highest` (e.g.
+        random logit's `num_classes`); `sl.evaluate` calls it before any model work where the
+        classes are known by then. Default: nothing to check."""
+
     def check_inputs(
         self, x: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None
     ) -> None:

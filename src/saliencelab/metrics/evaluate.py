@@ -367,6 +367,24 @@ def _given_explainers(
     return out
 
 
+def _highest_class(target: TargetSpec, entries: dict[str, Any]) -> int | None:
+    """The largest class index the maps explain, where it is known before any model work: the
+    `target` given as an index, a list or a tensor of them, else (no target) the classes the
+    explanations record; None otherwise (a class name, a callable, predicted classes)."""
+    if isinstance(target, numbers.Integral) and not isinstance(target, bool):
+        return int(target)
+    if isinstance(target, (list, tuple)) and target and all(
+        isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in target
+    ):
+        return max(int(t) for t in target)
+    if isinstance(target, torch.Tensor) and target.numel() and not target.is_floating_point():
+        return int(target.max())
+    if target is None:
+        known = [int(a.target.max()) for _, _, a in entries.values() if a is not None]
+        return max(known) if known and max(known) >= 0 else None
+    return None
+
+
 def _check_request(
     requested: list[Metric],
     entries: dict[str, Any],
@@ -399,9 +417,12 @@ def _check_request(
         for name, (_, _, a) in entries.items()
         if target is None and a is not None and bool((a.target < 0).any())
     ]
+    highest = _highest_class(target, entries)
     for metric in requested:
         check_model_kind(metric, model)
         metric.check_model(model)
+        if highest is not None:
+            metric.check_classes(highest)
         if callable(target) and not isinstance(target, torch.Tensor):
             check_class_target(metric)  # a channel, neuron or function target
         for name in classless:

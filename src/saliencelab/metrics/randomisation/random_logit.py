@@ -94,6 +94,14 @@ class RandomLogit(Metric):
                 f"most {n}, or None to read it from the model."
             )
 
+    def check_classes(self, highest: int) -> None:
+        if self.num_classes is not None and highest >= self.num_classes:
+            raise SaliencelabError(
+                f"The maps explain class {highest}, beyond num_classes={self.num_classes} of "
+                f"random_logit; pass num_classes of at least {highest + 1}, or None to read it "
+                "from the model."
+            )
+
     def _classes(self, batch: EvalBatch) -> int:
         if self.num_classes is not None:
             return int(self.num_classes)
