@@ -373,8 +373,10 @@ def _highest_class(target: TargetSpec, entries: dict[str, Any]) -> int | None:
     explanations record; None otherwise (a class name, a callable, predicted classes)."""
     if isinstance(target, numbers.Integral) and not isinstance(target, bool):
         return int(target)
-    if isinstance(target, (list, tuple)) and target and all(
-        isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in target
+    if (
+        isinstance(target, (list, tuple))
+        and target
+        and all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in target)
     ):
         return max(int(t) for t in target)
     if isinstance(target, torch.Tensor) and target.numel() and not target.is_floating_point():
