@@ -220,8 +220,9 @@ def smoothgrad(
 ) -> MethodOutput:
     """SmoothGrad (Smilkov et al. 2017): the base method averaged over noisy copies of the input.
 
-    Options: `base` any gradient method (saliency, input_x_gradient, integrated_gradients,
-    guided_backprop, …) with `base_options`; `n_samples` noisy copies; σ = `noise_level` ×
+    Options: `base` a gradient method as in the paper (saliency, input_x_gradient,
+    integrated_gradients, guided_backprop, …; any other registered method works too, as with
+    Captum's NoiseTunnel) with `base_options`; `n_samples` noisy copies; σ = `noise_level` ×
     (max - min) of each input, or `stdevs` (absolute, overrides); `seed`.
     """
     return _smooth(ctx, "smoothgrad", base, n_samples, noise_level, stdevs, seed, base_options)
