@@ -858,11 +858,14 @@ def test_composite_from_name_defaults_are_the_lrp_methods():
         ({"composite": "epsilon_gamma_box", "low": float("nan")}, "finite number"),
         ({"composite": "epsilon_gamma_box", "low": 1.0, "high": -1.0}, "bounds are reversed"),
         ({"canonize": "no"}, "canonize must be True or False"),
+        # bounds a composite without z-box would ignore (they were, silently)
+        ({"composite": "epsilon_plus", "low": 0.0}, "composite='epsilon_plus' does not use"),
+        ({"high": 1.0}, "composite='epsilon_plus' does not use"),
     ],
 )
 def test_bad_options_are_one_sentence(images, options, words):
     with pytest.raises(SaliencelabError, match=words):
         sl.explain(_relu_net(bias=True), images, methods={"lrp": options}, target=0)
-    if "canonize" not in options:  # the rule itself checks its bounds, also when built by hand
+    if options.get("composite") == "epsilon_gamma_box":  # the rule checks its bounds itself
         with pytest.raises(SaliencelabError, match=words):
             ZBox(options.get("low"), options.get("high"))

@@ -384,6 +384,14 @@ def lrp(
     """
     _check_options(epsilon, gamma)
     canonize = check_flag(canonize, "canonize", "lrp")
+    box = composite == "epsilon_gamma_box" if isinstance(composite, str) else False
+    if (low is not None or high is not None) and not box:
+        name = composite if isinstance(composite, str) else "a Composite"
+        raise SaliencelabError(
+            f"lrp: low / high are the pixel bounds of the z-box rule of "
+            f"composite='epsilon_gamma_box', which composite={name!r} does not use (they would "
+            "be ignored); pick that composite, or give your Composite's ZBox(low, high) itself."
+        )
     if isinstance(composite, str):
         composite = composite_from_name(composite, epsilon, gamma, low, high)
     elif not isinstance(composite, Composite):
