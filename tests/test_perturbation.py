@@ -658,6 +658,8 @@ def test_default_grid_cells_are_near_equal_and_numbered_row_major():
     [
         ("lime", {"seed": "a"}, "seed must be an integer"),
         ("lime", {"seed": 1.7}, "seed must be an integer"),
+        # the all-ones coalition alone: every coefficient was 0, silently
+        ("lime", {"n_samples": 1}, "n_samples must be an integer of at least 2"),
         ("rise", {"seed": None}, "seed must be an integer"),
         ("rise", {"seed": 2**70}, "seed must be an integer"),
         ("kernelshap", {"seed": "a"}, "seed must be an integer"),

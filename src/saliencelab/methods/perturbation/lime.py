@@ -102,7 +102,8 @@ def lime(
     """
     name = "lime"
     seed = check_seed(name, seed)
-    n_samples = positive_int(n_samples, "n_samples", name, minimum=1)
+    # one sample is the all-ones coalition alone: nothing varies, every coefficient is 0
+    n_samples = positive_int(n_samples, "n_samples", name, minimum=2)
     kernel_width = _positive_number(kernel_width, "kernel_width", minimum_ok=False)
     alpha = _positive_number(alpha, "alpha", minimum_ok=True)
     x = ctx.x
