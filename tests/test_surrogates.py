@@ -308,7 +308,7 @@ def test_registered_as_perturbation_methods():
     [
         ("lime", {"feature_mask": torch.zeros(5, 5, dtype=torch.long)}, "does not fit inputs"),
         ("lime", {"alpha": 0.0, "n_samples": 9}, "fewer than the 10 unknowns"),
-        ("lime", {"n_samples": 0}, "n_samples must be an integer of at least 1"),
+        ("lime", {"n_samples": 0}, "n_samples must be an integer of at least 2"),
         ("lime", {"kernel_width": 0}, "kernel_width must be a positive number"),
         ("lime", {"alpha": -1}, "alpha must be a non-negative number"),
         ("lime", {"baseline": "blurr"}, "unknown baseline 'blurr'"),
