@@ -446,6 +446,7 @@ def test_similarity_target_is_cosine_of_mean_pooled_embeddings(encoder_dir):
     torch.testing.assert_close(ex.target_values, got, atol=1e-6, rtol=0)
     assert ex.probabilities is None and ex.table()[0]["predicted"] is None
     assert repr(ex).count("similarity_to('the movie was great'): ") == 2
+    assert "; 2 texts of up to " in repr(ex)  # not the engine input's (B, T, D + flags) shape
 
 
 @pytest.mark.parametrize("pooling", ["cls", "max"])

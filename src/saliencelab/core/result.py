@@ -141,10 +141,14 @@ class Explanation(Mapping[str, Attribution]):
             what = "explained " + ", ".join(self.target_text(i) for i in range(min(n, 4)))
         else:
             what = "predicted " + ", ".join(self.label(int(i)) for i in self.predictions[:4])
+        inputs = f"inputs {tuple(self.inputs.shape)}"
+        first = next(iter(self.attributions.values()), None)
+        if first is not None and first.extras.get("texts") is not None:  # (embeddings + flags)
+            inputs = f"{n} text{'' if n == 1 else 's'} of up to {self.inputs.shape[1]} tokens"
         return (
             f"Explanation({len(self.attributions)} method{'' if len(self) == 1 else 's'}: "
             f"{', '.join(self.attributions)}; "
-            f"inputs {tuple(self.inputs.shape)}; {what}{more}; "
+            f"{inputs}; {what}{more}; "
             f"{cost_text(self.total_passes, self.total_forwards)} per sample, "
             f"{self.seconds:.2f} s)"
         )
