@@ -291,3 +291,14 @@ def test_preprocess_reads_any_mode_as_load_image_does():
         assert torch.equal(shapes(photo)[0], torch.from_numpy(want.copy()))
     assert 0.4 < float(pre(gray16).mean()) < 0.6  # a ramp, not white
     assert float(pre(photos[1])[0, 1, :, :32].mean()) == 1.0  # transparent: white, not red
+
+
+def test_a_misspelt_class_name_suggests_the_near_names_only():
+    """ "Egyptian kat" suggested "Egyptian cat, Persian cat, tank": difflib's 0.5 cutoff let a
+    far name in behind a near one; names well behind the best are dropped now."""
+    from saliencelab.core.errors import closest
+
+    labels = imagenet_labels()
+    assert closest("Egyptian kat", labels) == " Did you mean: Egyptian cat?"
+    assert closest("crane", ["crane", "crane", "crate"]).count("crane") == 2  # equal: both kept
+    assert closest("zzzz", labels) == ""

@@ -19,6 +19,9 @@ def closest(name: str, candidates: Iterable[str], n: int = 3) -> str:
     """`" Did you mean: a, b?"` for the candidates closest to `name`, or `""` if none is close."""
     names = list(candidates)
     close = difflib.get_close_matches(name, names, n=n, cutoff=0.5)
+    if close:  # drop the far ones behind a near one ("tank" after "Egyptian cat")
+        ratio = [difflib.SequenceMatcher(None, name, c).ratio() for c in close]
+        close = [c for c, r in zip(close, ratio, strict=True) if r >= ratio[0] - 0.2]
     if not close:
         close = [c for c in names if name.lower() in c.lower()][:n]
     return f" Did you mean: {', '.join(close)}?" if close else ""
