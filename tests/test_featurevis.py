@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import textwrap
 
 import numpy as np
@@ -794,6 +795,9 @@ def test_visualize_command(tmp_path):
     assert res.exit_code == 0, res.output
     assert (out / "featurevis_00_class_logit_b.png").exists()
     assert not (out / "index.html").exists()
+    # the folder once in the header, file names whole in the rows (a long path was folded)
+    assert f"file (in {out})" in res.output
+    assert re.search(r"│ featurevis_00_class_logit_b\.png +│", res.output)
 
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -258,14 +258,14 @@ def visualize_command(
                 loaded, vis, layer, {i: asked[i // batch][1] for i in pairings}, normalize
             )
         table.add_column("model sees", overflow="fold")
-        table.add_column("file", overflow="fold")
+        table.add_column(f"file (in {out})", overflow="fold")
         for i, path in enumerate(images):
             pred = preds[i]
             seen = f"{pred[0]} ({pred[1]:.2f})" if pred else ""
             cells = [str(i), optimised[i], f"{float(vis.values[i]):.4g}"]
             if pairings:
                 cells.append(f"{units[i]:.4g}" if i in units else "")
-            table.add_row(*cells, seen, str(path))
+            table.add_row(*cells, seen, path.name)  # (the folder once, in the header)
         console.print(keep_words(table))
         if pairings:
             console.print(
