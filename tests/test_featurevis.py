@@ -41,6 +41,14 @@ from saliencelab.featurevis.visualize import ChunkSearch as VisChunkSearch
 from saliencelab.featurevis.visualize import default_normalize, probe_normalize, visualize
 
 
+def command_app() -> typer.Typer:
+    """A Typer app with this module's command registered, as the CLI adds it."""
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    return app
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """One thread: on a loaded 2-core machine two threads spin against each other (~10x slower)."""
@@ -752,9 +760,7 @@ def test_visualize_draws_at_the_models_input_size_unless_told(tiny, tmp_path):
 
     factory = tmp_path / "tiny.py"
     factory.write_text(FACTORY.replace('name="tiny")', 'name="tiny", input_size=(20, 20))'))
-    app = typer.Typer()
-    app.callback()(lambda: None)
-    register(app)
+    app = command_app()
     runner = CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
     common = ["visualize", "--model", f"{factory}:build", "--steps", "1", "--class", "b"]
     for extra, side in (([], 20), (["--size", "24"], 24)):
@@ -768,9 +774,7 @@ def test_visualize_draws_at_the_models_input_size_unless_told(tiny, tmp_path):
 def test_class_with_layer_but_no_channel_says_what_conflicts(tmp_path):
     factory = tmp_path / "tiny.py"
     factory.write_text(FACTORY)
-    app = typer.Typer()
-    app.callback()(lambda: None)
-    register(app)
+    app = command_app()
     runner = CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
     args = ["visualize", "--model", f"{factory}:build", "--class", "b", "--layer", "2"]
     res = runner.invoke(app, [*args, "--out", str(tmp_path)])
@@ -784,9 +788,7 @@ def test_visualize_command(tmp_path):
     factory = tmp_path / "tiny.py"
     factory.write_text(FACTORY)
     spec = f"{factory}:build"
-    app = typer.Typer()
-    app.callback()(lambda: None)
-    register(app)
+    app = command_app()
     runner = CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
     out = tmp_path / "out"
     common = ["visualize", "--model", spec, "--steps", "3", "--size", "24", "--out", str(out)]
@@ -992,9 +994,7 @@ def test_cli_diversity_values_are_labelled_with_the_diversity_term(tmp_path):
     (negative values for a mean square)."""
     factory = tmp_path / "tiny.py"
     factory.write_text(FACTORY)
-    app = typer.Typer()
-    app.callback()(lambda: None)
-    register(app)
+    app = command_app()
     runner = CliRunner(env={"COLUMNS": "250", "SALIENCELAB_DEBUG": None})
     out = tmp_path / "out"
     args = ["visualize", "--model", f"{factory}:build", "--layer", "2", "--steps", "2"]
@@ -1011,9 +1011,7 @@ def test_cli_examples_are_found_before_the_optimisation(tmp_path, monkeypatch):
 
     factory = tmp_path / "tiny.py"
     factory.write_text(FACTORY)
-    app = typer.Typer()
-    app.callback()(lambda: None)
-    register(app)
+    app = command_app()
 
     def no_run(*a, **k):
         raise AssertionError("visualize ran before the examples were checked")

@@ -74,6 +74,14 @@ def _no_hooks(model: nn.Module) -> bool:
     )
 
 
+def command_app() -> typer.Typer:
+    """A Typer app with this module's command registered, as the CLI adds it."""
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    return app
+
+
 # -- activation maps -------------------------------------------------------------------------------
 
 
@@ -485,9 +493,7 @@ def test_neurons_command(tmp_path):
     for i in range(5):
         pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"p{i}.png")
-    app = typer.Typer()
-    app.callback()(lambda: None)
-    register(app)
+    app = command_app()
     runner = CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
     out = tmp_path / "out"
 
@@ -558,9 +564,7 @@ def test_neurons_command_draws_at_most_64_channels_and_says_so(tmp_path):
     )
     photo = tmp_path / "p.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8)).save(photo)
-    app = typer.Typer()
-    app.callback()(lambda: None)
-    register(app)
+    app = command_app()
     runner = CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
     out = tmp_path / "out"
     args = ["neurons", str(photo), "--model", f"{factory}:build", "--layer", "1"]
@@ -790,9 +794,7 @@ def test_examples_command_says_one_image_in_the_singular(tmp_path):
     factory.write_text(FACTORY)
     photo = tmp_path / "p.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8)).save(photo)
-    app = typer.Typer()
-    app.callback()(lambda: None)
-    register(app)
+    app = command_app()
     runner = CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
     args = ["neurons", "--examples", str(photo), "--model", f"{factory}:build", "--layer", "3"]
     res = runner.invoke(app, [*args, "--channel", "2", "--out", str(tmp_path / "o")])

@@ -11,6 +11,25 @@ from typing import BinaryIO
 from .errors import SaliencelabError
 
 
+def make_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create the folder `path` (and its parents); one sentence naming `what` it is if that is
+    not possible (a file in the way, no permission)."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SaliencelabError(
+            f"Cannot create the {what} {str(folder)!r} ({e.strerror or e}); choose another "
+            "output folder."
+        ) from e
+    return folder
+
+
+def temporary_beside(path: Path) -> Path:
+    """A fresh hidden name in `path`'s folder for writing `path` before moving it into place."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
 def write_whole(path: str | os.PathLike, write: Callable[[BinaryIO], None], what: str) -> Path:
     """Write a file with `write(f)` (creating parent folders) and return its path.
 
@@ -28,7 +47,7 @@ def write_whole(path: str | os.PathLike, write: Callable[[BinaryIO], None], what
     tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        candidate = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        candidate = temporary_beside(path)
         with open(candidate, "xb") as f:  # (the umask applies, as for a plain open)
             tmp = candidate
             write(f)

@@ -109,6 +109,9 @@ class Explanation(Mapping[str, Attribution]):
     seconds: float = 0.0
     layer_target: LayerTarget | None = None
     score_target: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # target_values, kept for the logits and target they were read from (a language model's
+    # score is a log-softmax over (B, T, V): repr, tables and per-image pages ask for it often)
+    _values: tuple[Any, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def explained(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -174,7 +177,10 @@ class Explanation(Mapping[str, Attribution]):
         explained = self.explained
         if explained is None:
             return None
-        return explained(self.logits).detach()
+        kept = self._values
+        if kept is None or kept[0] is not self.logits or kept[1] is not explained:
+            kept = self._values = (self.logits, explained, explained(self.logits).detach())
+        return kept[2]
 
     def target_text(self, sample: int = 0) -> str:
         """ "channel 26 of features.3: 3.21" or "similarity_to('a dog'): 0.53" (what was

@@ -263,15 +263,9 @@ def metric_requests(metrics: MetricsArg, options: dict[str, Any]) -> list[Metric
     for name, own in per_metric.items():
         cls = get_metric(name)
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        for key in own:
-            if key not in accepted:
-                raise SaliencelabError(
-                    f"The metric {name} has no option {key!r}.{closest(key, accepted)} Its "
-                    f"options: {', '.join(sorted(accepted)) or 'none'}."
-                )
         shared = {k: v for k, v in options.items() if k in accepted}
         used.update(shared)
-        out.append(cls(**{**shared, **own}))
+        out.append(cls(**{**shared, **own}))  # an option of its own it lacks: one sentence
     unused = set(options) - used
     if unused:
         key = sorted(unused)[0]

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..core.errors import SaliencelabError
-from ..core.files import write_whole
+from ..core.files import make_folder, write_whole
 from ..core.result import Explanation
 
 PathLike = str | os.PathLike
@@ -346,7 +346,7 @@ def write_index(
     the link to the original photo, a file elsewhere on this machine, is left out).
     `links` are (text, path) pairs shown under the title, e.g. ("Evaluation", "evaluation/").
     """
-    out_dir = _folder(out_dir)
+    out_dir = make_folder(out_dir, "report folder")
     path = out_dir / "index.html"
     html = render_index(entries, out_dir, title=title, embed=embed, links=links)
     return _write_page(path, html)
@@ -362,7 +362,7 @@ def write_figures_page(
 ) -> Path:
     """Write `out_dir/index.html`: (caption, image) figures and links to `files` (e.g. the
     evaluation's charts and its metrics.csv), with a link `back` to the main report."""
-    out_dir = _folder(out_dir)
+    out_dir = make_folder(out_dir, "report folder")
     links = [f'<a href="{_href(f, out_dir)}">{_e(Path(f).name)}</a>' for f in files]
     if back is not None:
         links.insert(0, f'<a href="{_href(back, out_dir)}">back to the report</a>')
@@ -383,18 +383,6 @@ def write_figures_page(
         "<footer>Made with saliencelab.</footer></body></html>\n"
     )
     return _write_page(out_dir / "index.html", page)
-
-
-def _folder(out_dir: PathLike) -> Path:
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SaliencelabError(
-            f"Cannot create the report folder {str(out)!r} ({e.strerror or e}); choose another "
-            "output folder."
-        ) from e
-    return out
 
 
 def _write_page(path: Path, text: str) -> Path:

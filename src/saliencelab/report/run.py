@@ -32,7 +32,6 @@ import difflib
 import math
 import os
 import re
-import secrets
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -45,6 +44,7 @@ from PIL import Image
 from torch import nn
 
 import saliencelab as sl
+from saliencelab.core.files import make_folder, temporary_beside
 from saliencelab.core.requests import named_requests, split_dotted
 
 ImageArg = str | os.PathLike | Image.Image
@@ -228,15 +228,7 @@ def _stem(text: str, used: set[str]) -> str:
 
 def output_folder(path: str | os.PathLike) -> Path:
     """Create the output folder (and parents); one sentence if that is not possible."""
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise sl.SaliencelabError(
-            f"Cannot create the output folder {str(out)!r} ({e.strerror or e}); choose another "
-            "output folder."
-        ) from e
-    return out
+    return make_folder(path, "output folder")
 
 
 def collect_entries(images: Iterable[ImageArg], max_pixels: int = 50_000_000) -> list[ImageEntry]:
@@ -300,7 +292,7 @@ class _MapsWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        self._tmp = temporary_beside(path)
         self._zip: zipfile.ZipFile | None = None
 
     def add(self, key: str, array: np.ndarray) -> None:

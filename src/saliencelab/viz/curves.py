@@ -22,6 +22,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..core.errors import SaliencelabError, closest
+from ..core.files import make_folder
 from .gallery import _BACKGROUND, _INK, _MUTED, _drawable, _fit, _font, _line_height
 from .io import save_image
 
@@ -182,11 +183,10 @@ def plot_metric_bars(
 
 def save_metric_curves(report: EvalReport, folder: str | Path) -> list[Path]:
     """One PNG per curve-based metric of `report`, `folder/<metric>.png`; returns the paths."""
-    folder = Path(folder)
     names = curve_metrics(report)
     if not names:
         return []
-    _make_folder(folder)
+    folder = make_folder(folder, "folder")
     return [
         save_image(plot_metric_curves(report, metric), folder / f"{_file_stem(metric)}.png")
         for metric in names
@@ -195,21 +195,11 @@ def save_metric_curves(report: EvalReport, folder: str | Path) -> list[Path]:
 
 def save_metric_bars(report: EvalReport, folder: str | Path) -> list[Path]:
     """One bar chart PNG per metric of `report`, `folder/<metric>.png`; returns the paths."""
-    folder = Path(folder)
-    _make_folder(folder)
+    folder = make_folder(folder, "folder")
     return [
         save_image(plot_metric_bars(report, metric), folder / f"{_file_stem(metric)}.png")
         for metric in report.metrics
     ]
-
-
-def _make_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SaliencelabError(
-            f"Cannot create the folder {str(folder)!r} ({e.strerror or e}); choose another folder."
-        ) from e
 
 
 def _check_size(size: Any, least: tuple[int, int], what: str) -> None:
