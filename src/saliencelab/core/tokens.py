@@ -331,10 +331,25 @@ def find_token_layer(
 # -- channel and neuron targets on token layers ------------------------------------------------
 
 #: How the current call lays a layer's token sequence (B, T, D) on the image: (image size (H, W),
-#: the model's module, its `extra["reshape"]`), set by :func:`token_layout`; None outside.
-_LAYOUT: contextvars.ContextVar[tuple[tuple[int, int], nn.Module, Reshape] | None] = (
-    contextvars.ContextVar("saliencelab_token_layout", default=None)
+#: the model), set by :func:`token_layout`; None outside.
+_LAYOUT: contextvars.ContextVar[tuple[tuple[int, int], object] | None] = contextvars.ContextVar(
+    "saliencelab_token_layout", default=None
 )
+
+
+def model_reshape(model: object) -> Reshape | None:
+    """The token layout a model declares (`sl.Model(module, extra={"reshape": ...})`), or None."""
+    extra = getattr(model, "extra", None)
+    return extra.get("reshape") if isinstance(extra, dict) else None
+
+
+def model_to_grid(
+    model: object, t: torch.Tensor, image_size: Sequence[int], name: str = "the layer"
+) -> torch.Tensor:
+    """:func:`to_grid` with what the model declares: its module's prefix tokens and patch size,
+    and its `extra["reshape"]` (an `sl.Model`, or a plain module)."""
+    module = getattr(model, "module", model)
+    return to_grid(t, image_size, module=module, reshape=model_reshape(model), name=name)
 
 
 @contextlib.contextmanager
@@ -346,10 +361,7 @@ def token_layout(model: object, x: object) -> Iterator[None]:
     output's channels are its axis 1. The engine reads layer targets inside it."""
     layout = None
     if isinstance(x, torch.Tensor) and x.dim() == 4:
-        extra = getattr(model, "extra", None)
-        reshape = extra.get("reshape") if isinstance(extra, dict) else None
-        module = getattr(model, "module", model)
-        layout = ((int(x.shape[-2]), int(x.shape[-1])), module, reshape)
+        layout = ((int(x.shape[-2]), int(x.shape[-1])), model)
     token = _LAYOUT.set(layout)
     try:
         yield
@@ -363,5 +375,5 @@ def as_layer_map(name: str, activation: torch.Tensor) -> torch.Tensor:
     layout = _LAYOUT.get()
     if layout is None or not isinstance(activation, torch.Tensor) or activation.dim() != 3:
         return activation
-    size, module, reshape = layout
-    return to_grid(activation, size, module=module, reshape=reshape, name=name)
+    size, model = layout
+    return model_to_grid(model, activation, size, name)

@@ -229,11 +229,9 @@ def as_map(model: Model, out: object, image_size: Sequence[int], name: str) -> t
     """A layer's output as the library reads it everywhere else (`sl.activations`, the CAMs): the
     first tensor of a tuple, and a vision transformer's tokens (N, T, D) laid on the patch grid
     (N, D, h, w) (class and register tokens dropped), so channel c is feature c, not token c."""
-    from ..core.tokens import to_grid
+    from ..core.tokens import model_to_grid
 
-    t = layer_output(out, name)
-    reshape = model.extra.get("reshape") if isinstance(model.extra, dict) else None
-    return to_grid(t, image_size, module=model.module, reshape=reshape, name=name)
+    return model_to_grid(model, layer_output(out, name), image_size, name)
 
 
 def slug(text: str) -> str:
