@@ -124,9 +124,18 @@ def test_preprocess_crops_the_central_square():
     assert preprocess(img).min().item() == pytest.approx(1.0)
 
 
+def test_preprocess_takes_float_photos_in_0_1_as_the_overlays_do():
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    as_float = pixels.astype(np.float32) / 255
+    assert torch.equal(preprocess(as_float), preprocess(pixels))
+    assert torch.equal(preprocess(torch.from_numpy(as_float).permute(2, 0, 1)), preprocess(pixels))
+
+
 def test_preprocess_rejects_bad_input():
-    with pytest.raises(SaliencelabError, match="uint8"):
-        preprocess(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(SaliencelabError, match=r"\[0, 1\].*not the model's normalised input"):
+        preprocess(np.full((8, 8, 3), -0.5, np.float32))
+    with pytest.raises(SaliencelabError, match="uint8; got shape"):
+        preprocess(np.zeros((8, 8, 3), np.int32))
     with pytest.raises(SaliencelabError, match="PIL image"):
         preprocess("cat.jpg")
     with pytest.raises(SaliencelabError, match="empty"):

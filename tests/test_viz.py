@@ -535,3 +535,13 @@ def test_a_photo_given_as_a_tensor_or_array_draws_as_the_pil_image():
         overlay(data.images[0] * 4 - 2, m)
     with pytest.raises(SaliencelabError, match="got shape \\(5, 64, 64\\)"):
         overlay(torch.rand(5, 64, 64), m)
+
+
+def test_an_rgba_photo_array_draws_as_the_rgba_pil_image_laid_on_white():
+    """One reader (`data.images.as_rgb_image`) serves overlays and preprocessing: RGBA arrays,
+    which `preprocess` took and overlays refused, draw as the PIL image they are."""
+    rgba = np.random.default_rng(1).integers(0, 256, (32, 32, 4), dtype=np.uint8)
+    m = torch.randn(32, 32)
+    want = np.asarray(overlay(Image.fromarray(rgba, "RGBA"), m))
+    np.testing.assert_array_equal(np.asarray(overlay(rgba, m)), want)
+    np.testing.assert_array_equal(np.asarray(overlay(rgba.transpose(2, 0, 1), m)), want)

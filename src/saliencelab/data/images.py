@@ -6,8 +6,10 @@ import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..core.errors import SaliencelabError
@@ -102,6 +104,40 @@ def to_rgb(im: Image.Image) -> Image.Image:
             f"Cannot convert an image in Pillow mode {im.mode!r} to RGB; save it as an RGB or "
             "grayscale PNG or JPEG."
         ) from e
+
+
+def as_rgb_image(image: Any, purpose: str = "to use") -> Image.Image:
+    """A photo as 8-bit RGB, read as :func:`load_image` reads files: a PIL image (any mode), or a
+    tensor or array (H, W), (H, W, C) or (C, H, W) with C = 1, 3 or 4 (RGBA, laid on white),
+    uint8 or float in [0, 1] (e.g. `sl.data.shapes` images). `purpose` ("to draw on", "to
+    preprocess") words the one-sentence refusal of anything else."""
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if not isinstance(image, (torch.Tensor, np.ndarray)):
+        raise SaliencelabError(
+            f"Expected a photo {purpose}, got {type(image).__name__}; pass a PIL image (open "
+            "files with sl.load_image(path)) or an image tensor or array."
+        )
+    a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
+        a = a.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    shaped = a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))
+    if shaped and np.issubdtype(a.dtype, np.floating):
+        if not (np.isfinite(a).all() and a.min() >= 0.0 and a.max() <= 1.0):
+            raise SaliencelabError(
+                f"An image tensor {purpose} must hold pixels in [0, 1], but its values run from "
+                f"{float(np.nanmin(a)):.3g} to {float(np.nanmax(a)):.3g}; pass the photo (e.g. "
+                "sl.sample_image(...) or the [0, 1] image), not the model's normalised input."
+            )
+        a = (a * 255.0 + 0.5).astype(np.uint8)
+    if not shaped or a.dtype != np.uint8:
+        raise SaliencelabError(
+            f"Expected a photo {purpose}: a (3, H, W) or (H, W, 3) tensor or array of floats in "
+            f"[0, 1] or uint8; got shape {tuple(a.shape)} and dtype {a.dtype}."
+        )
+    return to_rgb(Image.fromarray(np.ascontiguousarray(a)))
 
 
 def stretch_to_uint8(a: np.ndarray) -> np.ndarray:

@@ -15,29 +15,9 @@ import torch
 from PIL import Image
 
 from ..core.errors import SaliencelabError
-from ..data.images import to_rgb
+from ..data.images import as_rgb_image
 
 Stat = float | Sequence[float]
-
-
-def to_pil(img: Any) -> Image.Image:
-    """A PIL image from a PIL image or an H x W (x 3 or 4) uint8 array; one sentence otherwise."""
-    if isinstance(img, Image.Image):
-        return img
-    if isinstance(img, np.ndarray):
-        if img.dtype != np.uint8 or not (
-            img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))
-        ):
-            raise SaliencelabError(
-                f"Expected an HxWx3 uint8 image array, got shape {img.shape} and dtype "
-                f"{img.dtype}; "
-                "convert it with (array * 255).clip(0, 255).astype('uint8') or pass a PIL image."
-            )
-        return Image.fromarray(img)
-    raise SaliencelabError(
-        f"Cannot preprocess an object of type {type(img).__name__}; pass a PIL image, a list of "
-        "PIL images, or an HxWx3 uint8 NumPy array (load files with sl.load_image(path))."
-    )
 
 
 class SquarePreprocess:
@@ -64,7 +44,7 @@ class SquarePreprocess:
     def display(self, image: Any) -> Image.Image:
         # any mode to 8-bit RGB as `sl.load_image` reads files: 16-bit and float grayscale
         # stretched (a plain convert made them white), transparency composited on white
-        pil = to_rgb(to_pil(image))
+        pil = as_rgb_image(image, "to preprocess")
         w, h = pil.size
         side = min(w, h)
         left, top = (w - side) // 2, (h - side) // 2

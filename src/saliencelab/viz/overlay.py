@@ -12,6 +12,7 @@ from PIL import Image
 
 from ..core.errors import SaliencelabError
 from ..core.result import Attribution
+from ..data.images import as_rgb_image
 from .colormaps import COLORMAPS, apply_colormap, colormap
 from .io import save_image
 from .normalize import _as_tensor, normalize_map
@@ -90,42 +91,6 @@ def crop_to_aspect(image: Image.Image, width: int, height: int) -> Image.Image:
     return image.crop((0, top, w, top + new_h))
 
 
-def _check_image(image: Any) -> Image.Image:
-    """The picture to draw on, as 8-bit RGB: a PIL image (any mode, read as `sl.load_image`
-    reads files), or a photo as a tensor or array, (3, H, W) or (H, W, 3) or (H, W), float in
-    [0, 1] (e.g. `sl.data.shapes` images) or uint8."""
-    from ..data.images import to_rgb
-
-    if isinstance(image, Image.Image):
-        return to_rgb(image)
-    if isinstance(image, (torch.Tensor, np.ndarray)):
-        a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-        if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
-            a = a.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
-        if a.ndim == 3 and a.shape[-1] == 1:
-            a = a[..., 0]
-        shaped = a.ndim == 2 or (a.ndim == 3 and a.shape[-1] == 3)
-        if shaped and a.dtype == np.uint8:
-            return to_rgb(Image.fromarray(a))
-        if shaped and np.issubdtype(a.dtype, np.floating):
-            if not (np.isfinite(a).all() and a.min() >= 0.0 and a.max() <= 1.0):
-                raise SaliencelabError(
-                    f"An image tensor to draw on must hold pixels in [0, 1], but its values run "
-                    f"from {float(np.nanmin(a)):.3g} to {float(np.nanmax(a)):.3g}; pass the photo "
-                    "(e.g. sl.sample_image(...) or the [0, 1] image), not the model's normalised "
-                    "input."
-                )
-            return to_rgb(Image.fromarray((a * 255.0 + 0.5).astype(np.uint8)))
-        raise SaliencelabError(
-            f"Expected an image to draw on: a PIL image, or a (3, H, W) / (H, W, 3) tensor or "
-            f"array of floats in [0, 1] or uint8; got shape {tuple(a.shape)} and dtype {a.dtype}."
-        )
-    raise SaliencelabError(
-        f"Expected a PIL image to draw on, got {type(image).__name__}; "
-        "open it with PIL.Image.open(path) or sl.sample_image(...)."
-    )
-
-
 def _resize(m: torch.Tensor, width: int, height: int) -> np.ndarray:
     if tuple(m.shape) != (height, width):
         m = F.interpolate(m[None, None], size=(height, width), mode="bilinear", align_corners=False)
@@ -183,7 +148,7 @@ def overlay(
     if not 0.0 <= alpha <= 1.0:
         raise SaliencelabError(f"alpha must be between 0 and 1, got {alpha}; use e.g. 0.5.")
     m, signed = select_map(map_or_attribution, sample)
-    photo = crop_to_aspect(_check_image(image), m.shape[1], m.shape[0])
+    photo = crop_to_aspect(as_rgb_image(image, "to draw on"), m.shape[1], m.shape[0])
     name = cmap or default_cmap(signed)
     colormap(name)  # validate the name
     values = normalize_map(m, signed=COLORMAPS[name], clip_percentile=clip_percentile)
