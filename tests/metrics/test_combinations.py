@@ -19,8 +19,7 @@ from saliencelab.metrics.base import metric_classes
 PROBABILITY_METRICS = [
     name
     for name in MODEL_METRICS
-    if "probability"
-    in [metric_classes()[name](**FAST.get(name, {})).params.get(k) for k in ("score", "output")]
+    if metric_classes()[name](**FAST.get(name, {})).reads_probabilities
 ]
 
 
@@ -35,10 +34,37 @@ def test_a_model_with_one_score_is_refused_by_the_probability_metrics(tiny_cnn, 
         metric = metric_classes()[name](**FAST.get(name, {}))
         with pytest.raises(SaliencelabError, match="^The model gives one score per input, whose"):
             metric(maps, x=x, model=one, target=0)
+    for name in set(MODEL_METRICS) - set(PROBABILITY_METRICS):  # the others do not read it
+        metric = metric_classes()[name](**FAST.get(name, {}))
+        try:
+            metric(maps, x=x, model=one, target=0)
+        except SaliencelabError as e:
+            assert "one score per input" not in str(e), name
     # its logit is what it scores: the same values as the model's class-1 logit
     got = sl.metrics.get("deletion")(steps=4, score="logit")(maps, x=x, model=one, target=0)
     want = sl.metrics.get("deletion")(steps=4, score="logit")(maps, x=x, model=tiny_cnn, target=1)
     torch.testing.assert_close(got.values, want.values)
+
+
+def test_evaluate_refuses_a_one_score_model_before_any_metric_runs(tiny_cnn, images):
+    """The refusal came at the probability metric's first forward, after the metrics before it
+    had run (their results lost); now one forward of one row finds it first."""
+    x = images[:2]
+    rows = []
+
+    def one_score(t: torch.Tensor) -> torch.Tensor:
+        rows.append(t.shape[0])
+        return tiny_cnn(t)[:, 1]
+
+    one = sl.blackbox(one_score)
+    maps = {"mine": x.abs().sum(1)}
+    metrics = {"completeness": {"output": "logit"}, "deletion": {"steps": 2}}
+    with pytest.raises(SaliencelabError, match="^deletion: The model gives one score per"):
+        sl.evaluate(one, x, maps, metrics=metrics, target=0, references=False)
+    assert rows == [1]
+    metrics = {"completeness": {"output": "logit"}, "deletion": {"steps": 2, "score": "logit"}}
+    rep = sl.evaluate(one, x, maps, metrics=metrics, target=0, references=False)
+    assert rep["mine"]["deletion"].values.shape == (2,)
 
 
 def test_maps_of_a_channel_are_scored_only_by_the_metrics_that_read_maps(tiny_cnn, images):

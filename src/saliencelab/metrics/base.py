@@ -226,11 +226,7 @@ class EvalBatch:
         logits = logits.float()
         if kind == "probability" and logits.shape[-1] == 1:
             # softmax over one score is 1 whatever the input: every curve would be flat
-            raise SaliencelabError(
-                "The model gives one score per input, whose softmax probability is always 1; "
-                "score that score itself with score='logit' (output='logit' for completeness "
-                "and non_sensitivity)."
-            )
+            raise SaliencelabError(ONE_SCORE)
         if kind == "probability":
             logits = logits.softmax(dim=-1)
         return class_scores(logits, self.target, samples)
@@ -462,6 +458,12 @@ class Metric:
         """One sentence if the options do not fit `model` (e.g. layers it does not have);
         `sl.evaluate` calls it before any model work. Default: nothing to check."""
 
+    @property
+    def reads_probabilities(self) -> bool:
+        """Whether it scores the target's softmax probability (its `score` or `output` option is
+        "probability"), which a model giving one score per input cannot have (`ONE_SCORE`)."""
+        return "probability" in (self.params.get("score"), self.params.get("output"))
+
     def check_classes(self, highest: int) -> None:
         """One sentence if the options do not fit maps explaining classes up to `highest` (e.g.
         random logit's `num_classes`); `sl.evaluate` calls it before any model work where the
@@ -647,6 +649,13 @@ def _checked_options(init: Callable[..., None]) -> Callable[..., None]:
 def runs_model(metric: Metric) -> bool:
     """Whether the metric reads the model: its scores, or maps it recomputes."""
     return "model" in metric.needs or "explainer" in metric.needs
+
+
+#: The sentence for a probability read of a model that gives one score per input.
+ONE_SCORE = (
+    "The model gives one score per input, whose softmax probability is always 1; score that "
+    "score itself with score='logit' (output='logit' for completeness and non_sensitivity)."
+)
 
 
 def check_model_kind(metric: Metric, model: Model) -> None:

@@ -40,6 +40,7 @@ from ..methods.reference import REFERENCE_METHODS
 from ..models.model import Model, as_model, as_model_input
 from ..text.model import TextModel
 from .base import (
+    ONE_SCORE,
     EmptyMaskWarning,
     EvalBatch,
     Explainer,
@@ -551,6 +552,11 @@ def evaluate(
     if checked_masks is not None:  # a metric needs them: one warning for the call
         warn_empty_masks(checked_masks, stacklevel=3)
     engine = Engine(model, chunk_size=chunk_size)
+    probability = [m.name for m in requested if m.reads_probabilities]
+    if probability:  # a one-score model: refused before any metric runs (one row's forward)
+        with input_errors_explained(model, x):
+            if engine.logits(x[:1]).shape[-1] == 1:
+                raise SaliencelabError(f"{probability[0]}: {ONE_SCORE}")
 
     if refs:
         from ..core.explain import explain
