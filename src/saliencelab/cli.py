@@ -33,6 +33,7 @@ from saliencelab.cli_common import (
     ModelOption,
     NormalizeOption,
     OutOption,
+    TargetOption,
     TrustPickleOption,
     WeightsOption,
     collect_images,
@@ -201,17 +202,6 @@ def _run(
 
 # -- commands -------------------------------------------------------------------------------------
 
-ExplainTargetOption = Annotated[
-    str | None,
-    typer.Option(
-        "--target",
-        "-t",
-        help="Class to explain, an index or a class name (default: the predicted class); or a "
-        "channel's mean activation, channel:LAYER:C, or one unit, neuron:LAYER:C[:Y:X].",
-        show_default=False,
-    ),
-]
-
 
 @app.command()
 def explain(
@@ -233,7 +223,7 @@ def explain(
         ),
     ] = None,
     model: ModelOption = DEFAULT_MODEL,
-    target: ExplainTargetOption = None,
+    target: TargetOption = None,
     layer: LayerOption = None,
     out: OutOption = Path("results"),
     option: Annotated[

@@ -118,7 +118,8 @@ TargetOption = Annotated[
     typer.Option(
         "--target",
         "-t",
-        help="Class to explain, an index or a class name (default: the predicted class).",
+        help="Class to explain, an index or a class name (default: the predicted class); or a "
+        "channel's mean activation, channel:LAYER:C, or one unit, neuron:LAYER:C[:Y:X].",
         show_default=False,
     ),
 ]

@@ -264,6 +264,7 @@ def test_options_reach_the_metrics(runner, tiny, folder, tmp_path, probe):
         (["--method-option", "n_stepz=3"], "No requested method takes the option 'n_stepz'"),
         (["-m", "gradcm"], "Unknown method 'gradcm'"),
         (["--metrics", "pointing_game"], "needs ground-truth masks; pass --masks"),
+        (["--target", "channel:features.0:1"], "explain a channel, neuron or function target"),
         (["--masks", "{tmp}/nowhere"], "is not a folder"),
         (["--target", "9"], "out of range"),
         (["--device", "tpu9"], "Unknown device"),
@@ -281,6 +282,29 @@ def test_request_errors_are_one_sentence_exit_2_and_write_nothing(
     errors = error_lines(result.stderr)
     assert len(errors) == 1 and needle in errors[0], result.stderr
     assert not out.exists()
+
+
+def test_a_channel_target_is_scored_by_the_metrics_that_read_the_maps(
+    runner, tiny, folder, tmp_path
+):
+    """`evaluate --target` took class targets only (`explain --target` took channel:LAYER:C and
+    neuron:LAYER:C[:Y:X]); a channel's maps are scored by the complexity and localisation
+    metrics as sl.evaluate scores sl.explain's maps of sl.channel."""
+    out = tmp_path / "out"
+    args = ["evaluate", *(str(folder / f"{n}.png") for n in NAMES[:3]), "--model", tiny]
+    args += ["-m", "gradcam,saliency", "--metrics", "sparseness,entropy"]
+    result = runner.invoke(app, [*args, "--target", "channel:features.0:1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    model = sl.load_model(tiny)
+    x = model.preprocess([sl.load_image(folder / f"{n}.png") for n in NAMES[:3]])
+    ex = sl.explain(model, x, methods=["gradcam", "saliency"], target=sl.channel("features.0", 1))
+    want = sl.evaluate(model, x, ex, metrics=["sparseness", "entropy"])
+    results = json.loads((out / "metrics.json").read_text())["results"]
+    for method in ("gradcam", "saliency", "sobel"):
+        for metric in ("sparseness", "entropy"):
+            values = [math.nan if v is None else v for v in results[method][metric]["values"]]
+            got = torch.tensor(values, dtype=torch.double)
+            torch.testing.assert_close(got, want[method][metric].values.double(), equal_nan=True)
 
 
 def test_masks_follow_the_images_and_a_missing_mask_is_reported(runner, tiny, folder, tmp_path):

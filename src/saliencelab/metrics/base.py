@@ -679,7 +679,10 @@ def check_class_target(metric: Metric, maps: str = "the maps") -> None:
         todo = "it cannot score them"
     else:
         what = "scores the class the maps explain"
-        todo = "pass target=<class> (an int, a class name or one per sample) to score a class"
+        todo = (
+            "pass target=<class> (an int, a class name or one per sample; --target on the "
+            "command line) to score a class"
+        )
     raise SaliencelabError(
         f"The metric {metric.name} {what}, but {maps} explain a channel, neuron or function "
         f"target, not a class; {todo}, or use the localisation and complexity metrics, which "

@@ -51,15 +51,15 @@ from ..cli_common import (
     keep_words,
     load_model,
     out_console,
+    parse_explain_target,
     parse_options,
-    parse_target,
     progress_bar,
     require_an_image,
     session,
     split,
 )
 from ..core.requests import split_dotted
-from .base import MetricResult, get_metric
+from .base import MetricResult, check_class_target, get_metric
 from .evaluate import EmptyMaskWarning, EvalReport, format_ci, json_safe, metric_requests
 
 DEFAULT_METHODS = "gradcam,saliency"
@@ -299,6 +299,9 @@ def evaluate_images(
     --input-size) are added as given. With masks, `empty_masks` names the scored images whose
     mask is empty at the model's input (localisation metrics are undefined for them).
     """
+    if callable(target):  # a channel or neuron target: refused before any image is explained
+        for metric in metric_requests(metrics, shared):
+            check_class_target(metric)
     run = _Run()
     shape: list[Any] = []
     empty: list[str] = []
@@ -608,7 +611,7 @@ def evaluate_command(
                 per_metric,
                 shared,
                 masks=mask_files,
-                target=parse_target(target),
+                target=parse_explain_target(target),
                 references=references,
                 batch_images=batch_size,
                 chunk_size=chunk_size,
