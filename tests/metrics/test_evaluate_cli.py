@@ -307,6 +307,21 @@ def test_a_channel_target_is_scored_by_the_metrics_that_read_the_maps(
             torch.testing.assert_close(got, want[method][metric].values.double(), equal_nan=True)
 
 
+def test_a_reused_out_folder_names_the_earlier_runs_charts(runner, tiny, folder, tmp_path):
+    """A second run into the same --out with other metrics left the first run's curve and bar
+    charts beside a metrics.json that no longer held them, unmentioned (explain notes them)."""
+    out = tmp_path / "out"
+    args = ["evaluate", str(folder / "a.png"), "--model", tiny, "-m", "saliency", "--out", str(out)]
+    first = runner.invoke(app, [*args, "--metrics", "deletion", "--steps", "2"])
+    assert first.exit_code == 0 and "note:" not in first.stderr, first.output
+    second = runner.invoke(app, [*args, "--metrics", "sparseness"])
+    assert second.exit_code == 0, second.output
+    notes = [line for line in second.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 2, second.stderr  # curves/ and bars/, nothing deleted
+    assert "deletion.png" in notes[0] and "deletion.png" in notes[1]
+    assert (out / "curves" / "deletion.png").exists() and (out / "bars" / "deletion.png").exists()
+
+
 def test_masks_follow_the_images_and_a_missing_mask_is_reported(runner, tiny, folder, tmp_path):
     masks = tmp_path / "masks"
     masks.mkdir()

@@ -50,6 +50,7 @@ from ..cli_common import (
     collect_images,
     keep_words,
     load_model,
+    note_older_files,
     out_console,
     parse_explain_target,
     parse_options,
@@ -654,6 +655,8 @@ def evaluate_command(
         if charts:
             console.print(f"Curves: [bold]{out / 'curves'}[/bold]", soft_wrap=True)
         console.print(f"Bar charts: {out / 'bars'}", soft_wrap=True)
+        for folder in (out, out / "curves", out / "bars"):  # a reused --out: charts not ours
+            note_older_files(err, folder, files)
         report_errors()
     if errors:
         raise typer.Exit(code=2)
