@@ -7,6 +7,9 @@ activations and gradients of the layers they asked for.
 
 During every pass the model is in eval mode with frozen parameters (restored afterwards), hooks
 are removed in `finally`, and gradient passes work also inside a caller's `torch.no_grad()`.
+A user's own hooks on the model stay registered and run in every pass, on the rows the pass
+feeds (chunks, perturbed copies); BatchNorm is then not folded (core/fused.py). The model must
+return one row of scores per input row; a layer read by a pass must run once per forward.
 """
 
 from __future__ import annotations
@@ -208,9 +211,17 @@ class Engine:
             example = _example(make_inputs, example, dev)
             nhwc = n_rows >= NHWC_MIN_ROWS and channels_last_known(self.module, example)
             captured: dict[str, torch.Tensor] = {}
+            # Inside the chunk's forward (a checkpoint's recomputation in backward: no 2nd call).
+            forwarding = [False]
 
             def capture(name):
                 def hook(module, inputs, out):
+                    if forwarding[0] and name in captured:
+                        raise SaliencelabError(
+                            f"The layer {name} runs more than once in one forward (a module used "
+                            "twice, e.g. shared or weight-tied), so it has no single output to "
+                            "read; pick a layer that runs once."
+                        )
                     act = _first_tensor(out)
                     if not isinstance(act, torch.Tensor):
                         raise SaliencelabError(
@@ -255,12 +266,18 @@ class Engine:
                     ):
                         if input_grad:
                             x.requires_grad_(True)
-                        if check is None:
-                            logits = self._output(x, target)
-                        else:
-                            with check.watch():
+                        forwarding[0] = True
+                        try:
+                            if check is None:
                                 logits = self._output(x, target)
-                            check.after_forward(reached_output)
+                            else:
+                                with check.watch():
+                                    logits = self._output(x, target)
+                                check.after_forward(reached_output)
+                        finally:
+                            forwarding[0] = False
+                        if reached_output:
+                            _check_rows(logits, len(rows))
                     with torch.enable_grad():
                         scores = target.scores(logits, samples)
                         checks.add(scores)
@@ -272,13 +289,14 @@ class Engine:
                                 "that runs before the target's layer."
                             )
                         wrt = ([x] if input_grad else []) + [captured[n] for n in layers]
-                        if not all(t.requires_grad for t in wrt):
-                            raise SaliencelabError(
-                                "The target score does not depend on the input; check that the "
-                                "model is differentiable and that the layer is used in its "
-                                "forward pass."
-                            )
-                        grads = torch.autograd.grad(scores.sum(), wrt)
+                        names = ["the input"] if input_grad else []
+                        names += [f"the layer {n}" for n in layers]
+                        if not scores.requires_grad:
+                            raise SaliencelabError(_no_gradient(" or ".join(names), bool(layers)))
+                        grads = torch.autograd.grad(scores.sum(), wrt, allow_unused=True)
+                        unused = [n for n, g in zip(names, grads, strict=True) if g is None]
+                        if unused:
+                            raise SaliencelabError(_no_gradient(unused[0], bool(layers)))
                     checks.wait()
                 except torch.OutOfMemoryError:
                     captured.clear()
@@ -325,7 +343,8 @@ class Engine:
             dev = self.device
             example = _example(make_inputs, example, dev)
             # A plain pass runs with BatchNorm folded (core/fused.py).
-            plain = fold and edit is None and layer_target(target) is None
+            reached_output = layer_target(target) is None
+            plain = fold and edit is None and reached_output
             stack.enter_context(self._folding(plain, example, n_rows))
             # Channels-last rows on CPU where the model gives the same output (core/layout.py).
             nhwc = n_rows >= NHWC_MIN_ROWS and channels_last_known(self.module, example)
@@ -353,6 +372,8 @@ class Engine:
                     samples = sample_of(rows)
                     with chunk_samples(samples):
                         logits = self._output(x, target)
+                    if reached_output:
+                        _check_rows(logits, len(rows))
                     scores = target.scores(logits, samples) if target is not None else logits[:, 0]
                     checks.add(scores)
                     checks.wait()
@@ -440,6 +461,30 @@ def _rows_like(x: torch.Tensor, example: torch.Tensor) -> torch.Tensor:
             f"{tuple(example.shape[1:])} {example.dtype}"
         )
     return x
+
+
+def _no_gradient(what: str, layers: bool) -> str:
+    """The sentence for a target score with no gradient to `what` (the input, a layer)."""
+    layer = ", or the layer does not lead to the score" if layers else ""
+    pick = " (or pick a layer the score is computed from)" if layers else ""
+    return (
+        f"The target score has no gradient to {what} (the model's output is integer, detached, "
+        f"or computed under torch.no_grad() in its forward{layer}); make the forward "
+        f"differentiable{pick}, or use a perturbation method such as occlusion."
+    )
+
+
+def _check_rows(logits: torch.Tensor, n: int) -> None:
+    """One sentence unless the model's output has one row per input row (`n`): a forward that
+    changes the batch (or returns one number) would give each input another row's scores."""
+    if logits.dim() and logits.shape[0] == n:
+        return
+    rows = logits.shape[0] if logits.dim() else 0
+    got = f"{rows} row{'s' * (rows != 1)} of scores" if logits.dim() else "a single number"
+    raise SaliencelabError(
+        f"The model returned {got} for a batch of {n} input{'s' * (n != 1)}; its forward must "
+        "return one row of scores per input, in the inputs' order."
+    )
 
 
 def _out_of_memory(plan: ChunkPlan, rows: int, device: torch.device) -> None:

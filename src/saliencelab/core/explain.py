@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import numbers
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -70,7 +71,7 @@ def _as_batch(model: Model, x: Any) -> torch.Tensor:
     # them fails in its forward, and `_input_error` says so in one sentence.
     if x.shape[0] == 0:
         raise SaliencelabError(f"The batch is empty (inputs of shape {tuple(x.shape)}).")
-    x = as_model_input(model, x)
+    x = as_model_input(model, x).detach()  # (the caller's graph is not kept in the result)
     if x.is_inference():  # made under torch.inference_mode(): a copy autograd can use
         x = x.clone()
     return x
@@ -125,6 +126,14 @@ def _input_error(model: Model, x: torch.Tensor, err: Exception) -> SaliencelabEr
     """
     if type(err) not in (RuntimeError, ValueError, TypeError, IndexError) or is_blackbox(model):
         return None
+    weights = itertools.chain(model.module.parameters(), model.module.buffers())
+    if "nference tensor" in str(err) and any(t.is_inference() for t in weights):
+        return SaliencelabError(
+            "The model's weights were made under torch.inference_mode() (inference tensors), "
+            "which gradients and weight randomisation cannot use; build or load the model "
+            "outside it (torch.no_grad() is fine), or explain it with a perturbation method "
+            "such as occlusion."
+        )
     entered: list[nn.Module] = []
 
     def note(module: nn.Module, args: tuple) -> None:

@@ -61,21 +61,25 @@ def find_spatial_layer(root: nn.Module, x: torch.Tensor) -> str:
 
     That is the layer just before global pooling in a CNN: where Grad-CAM is usually computed.
     Among modules producing the same final tensor (a block and its last activation), the outer
-    one wins, so the name is the readable one.
+    one wins, so the name is the readable one. A module that runs more than once (shared or
+    weight-tied) has no single output, and is passed over.
     """
     refuse_script(root)
     order: list[tuple[str, torch.Tensor]] = []  # tensors kept alive: ids are not reused
+    calls: dict[str, int] = {}
     with Hooks() as hooks, eval_mode(root), torch.inference_mode():
         for name, m in root.named_modules():
             if not name:
                 continue
 
             def record(mod, inputs, out, name=name):
+                calls[name] = calls.get(name, 0) + 1
                 if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-2:].numel() > 1:
                     order.append((name, out))
 
             hooks.add(m.register_forward_hook(record))
         root(x[:1])
+    order = [(name, out) for name, out in order if calls[name] == 1]
     if not order:
         raise SaliencelabError(
             "The model has no layer with a spatial (B, C, H, W) output, which CAM methods need; "

@@ -67,7 +67,11 @@ def frozen_parameters(module: nn.Module, modules: list[nn.Module] | None = None)
         yield
     finally:
         for p in trainable:
-            p.requires_grad_(True)
+            try:
+                p.requires_grad_(True)
+            except RuntimeError:  # a parameter made under torch.inference_mode(): only there
+                with torch.inference_mode():  # may an inference tensor require grad again
+                    p.requires_grad_(True)
 
 
 @contextmanager

@@ -61,8 +61,21 @@ def gather_classes(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     try:
         return logits.gather(1, idx[:, None])[:, 0]
     except (RuntimeError, IndexError):
+        check_class_logits(logits)
         check_class_indices(idx, logits.shape[-1])
         raise  # (another cause)
+
+
+def check_class_logits(logits: torch.Tensor) -> torch.Tensor:
+    """`logits` if they are (N, classes), else one sentence: a class target reads a class score
+    per row, which an output of another shape (a segmentation map, features) does not have."""
+    if logits.dim() != 2:
+        raise SaliencelabError(
+            f"The model's output has shape {tuple(logits.shape)}, not (batch, classes), so it "
+            "has no class to explain; give target= a function of the output returning one "
+            "score per row (e.g. lambda out: out[:, 1].mean(dim=(1, 2)))."
+        )
+    return logits
 
 
 def _class_index(t: int | str, labels: Sequence[str] | None, n_classes: int) -> int:
@@ -100,9 +113,11 @@ def _class_index(t: int | str, labels: Sequence[str] | None, n_classes: int) -> 
 
 def _out_of_range(t: int, n_classes: int | None) -> SaliencelabError:
     known = (
-        f"the model has {n_classes} classes (0 to {n_classes - 1})"
-        if n_classes is not None
-        else "classes start at 0"
+        "classes start at 0"
+        if n_classes is None
+        else "the model has one score (class 0)"
+        if n_classes == 1
+        else f"the model has {n_classes} classes (0 to {n_classes - 1})"
     )
     return SaliencelabError(f"The target class {t} is out of range: {known}.")
 
@@ -141,6 +156,8 @@ def resolve_target(
     target: TargetSpec, logits: torch.Tensor, labels: Sequence[str] | None = None
 ) -> Target:
     """Turn any accepted target form into a :class:`Target` for a batch with these logits."""
+    if not callable(target) or isinstance(target, torch.Tensor):
+        check_class_logits(logits)
     predictions = logits.argmax(dim=-1) if target is None else None  # (only None needs them)
     return _resolve(target, logits.shape[0], logits.shape[-1], labels, predictions, logits.device)
 
@@ -158,6 +175,7 @@ class PendingTarget:
 
     def scores(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         if self.spec is None:
+            check_class_logits(logits)
             return logits.gather(1, logits.argmax(dim=1, keepdim=True))[:, 0]
         if self.resolved is None:
             self.resolved = _resolve(self.spec, self.batch, logits.shape[-1], self.labels, None)

@@ -10,19 +10,37 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.errors import SaliencelabError
+
+LOGITS_KEYS = ("logits", "scores", "output", "out")
+
 
 def logits_of(outputs: Any) -> torch.Tensor:
-    """The logits inside a model's output: a tensor, a dict / HF `ModelOutput`, or a tuple."""
+    """The logits inside a model's output: a tensor, a dict / HF `ModelOutput`, or a tuple.
+
+    A dict's entry under one of `LOGITS_KEYS`, else its only entry (several others: refused,
+    never a guess); a tuple's first item. One score per input, (B,), reads as (B, 1), as a
+    black box's does."""
     if isinstance(outputs, torch.Tensor):
-        return outputs
+        return outputs[:, None] if outputs.dim() == 1 else outputs
     if isinstance(outputs, dict) or hasattr(outputs, "keys"):
-        for key in ("logits", "scores", "output", "out"):
+        for key in LOGITS_KEYS:
             if key in outputs:
                 return logits_of(outputs[key])
-        return logits_of(next(iter(outputs.values())))
+        keys = list(outputs.keys())
+        if len(keys) == 1:
+            return logits_of(outputs[keys[0]])
+        raise SaliencelabError(
+            f"The model returned a {type(outputs).__name__} with the keys "
+            f"{', '.join(map(repr, keys)) or 'none'} and none of {', '.join(LOGITS_KEYS)}, so "
+            "its scores are not known; return them under the key 'logits' (or first in a tuple)."
+        )
     if isinstance(outputs, (tuple, list)) and outputs:
         return logits_of(outputs[0])
-    raise TypeError(f"cannot find a logits tensor in a model output of type {type(outputs)!r}")
+    raise SaliencelabError(
+        f"The model returned {type(outputs).__name__}, not scores; its forward must return a "
+        "tensor (batch, classes), or a dict or tuple holding one."
+    )
 
 
 @dataclass
@@ -91,8 +109,6 @@ def as_model(model: Model | nn.Module) -> Model:
         return model
     if isinstance(model, nn.Module):
         return Model(module=model, name=type(model).__name__)
-    from ..core.errors import SaliencelabError
-
     kind = type(model).__name__
     if isinstance(model, type) and issubclass(model, nn.Module):
         raise SaliencelabError(

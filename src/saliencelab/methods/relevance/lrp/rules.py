@@ -72,8 +72,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call
 from torch.nn.modules.conv import _ConvNd
+from torch.nn.utils import parametrize
 
 from ....core.derived import kept
 from ....core.errors import SaliencelabError
@@ -140,23 +140,32 @@ def _modified_forward(
     and bias (default none); hooks are not run.
 
     The weight and bias are swapped in the module's parameter dict for this one call (much
-    cheaper than `torch.func.functional_call`, which is used for parametrized modules).
+    cheaper than `torch.func.functional_call`). A parametrized module (weight norm, spectral
+    norm: `torch.nn.utils.parametrize`) runs as its class before the parametrizations for the
+    call, so its forward reads the weight given as it is: assigning it through the
+    parametrization (what `functional_call` does) would run the given weight through it again
+    and write it back into the parametrization's originals (a spectral-normed layer's weight
+    divided by its norm, for good).
     """
     params = module._parameters
-    if "weight" not in params:
-        overrides = {"weight": weight}
-        if bias is not None or getattr(module, "bias", None) is not None:
-            overrides["bias"] = bias
-        return functional_call(module, overrides, tuple(inputs))
+    cls = type(module)
+    parametrized = parametrize.is_parametrized(module)
     saved = dict(params)
     try:
+        had_bias = "bias" in params or (
+            parametrized and parametrize.is_parametrized(module, "bias")
+        )
+        if parametrized:
+            module.__class__ = parametrize.type_before_parametrizations(module)
         params["weight"] = weight
-        if "bias" in params or bias is not None:
+        if had_bias or bias is not None:
             params["bias"] = bias
         return module.forward(*inputs)
     finally:
         params.clear()
         params.update(saved)
+        if parametrized:
+            module.__class__ = cls
 
 
 _CONV_FORWARDS = (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
