@@ -1,8 +1,14 @@
 """Reproduce the sanity-check finding of Adebayo et al. 2018 on EfficientNet-Lite0.
 
     .venv/bin/python scripts/sanity_checks.py [--photos chelsea,coffee] [--size 224]
-        [--methods saliency,gradcam,guided_backprop] [--doc docs/sanity_checks.md]
+        [--methods saliency,gradcam,guided_backprop] [--threads 1] [--doc docs/sanity_checks.md]
         [--figure docs/images/sanity_checks.png]
+    .venv/bin/python scripts/sanity_checks.py --doc /tmp/s.md --figure /tmp/s.png  # compare
+
+`--threads` sets torch's thread count (default 1: steady timings; 0 keeps torch's default);
+`--doc` and `--figure` are where the page and the figure are written (default: over docs/; the
+second line writes them to /tmp to compare with docs/ without overwriting it; the page links
+the figure by its file name).
 
 For each photograph and method: the method's map on the trained model, then the maps after
 cascading randomisation of the model's blocks from the output down to the stem
@@ -124,32 +130,69 @@ def figure(res: dict, path: Path, tile: int = 88) -> None:
 
 
 def finding(res: dict, stages: list[str], keep: float = 0.9) -> str:
-    """The finding in words, with the numbers of this run."""
+    """The finding in words, computed from this run's numbers (ρ: the Spearman correlation with
+    the original map, mean over the photographs, after each step). A method's maps count as
+    similar while ρ ≥ `keep`; it passes the check when they are no longer similar once the
+    classifier is random."""
+    names = {"saliency": "gradient", "gradcam": "Grad-CAM", "guided_backprop": "guided backprop"}
+    rhos = {}
+    for method in names:
+        if method in res["methods"]:
+            rhos[method] = res["methods"][method]["spearman"].double().nanmean(0).tolist()
 
-    def rho(method: str) -> list[float]:
-        r = res["methods"].get(method)
-        return [] if r is None else r["spearman"].double().nanmean(0).tolist()
+    def similar(values: list[float]) -> int:
+        """How many steps, from the classifier down, keep ρ ≥ `keep` (NaN: not similar)."""
+        return next((i for i, v in enumerate(values) if not v >= keep), len(values))
 
     text = "**Finding.** As in Adebayo et al.: "
-    g, c, gb = rho("saliency"), rho("gradcam"), rho("guided_backprop")
+    g, c, gb = rhos.get("saliency"), rhos.get("gradcam"), rhos.get("guided_backprop")
     if g:
+        # the plateau: the steps after the first whose ρ stays within 0.1 of the first's
+        end = 1 + next((i for i, v in enumerate(g[1:]) if not v >= g[0] - 0.1), len(g) - 1)
+        first = "drop to" if not g[0] >= keep else "are still at"
         text += (
-            f"the gradient's maps decorrelate as soon as the classifier is random (ρ = {g[0]:.2f}"
-            f" after `{stages[0]}`, {g[-1]:.2f} fully randomised); "
+            f"the gradient's maps {first} ρ = {g[0]:.2f} as soon as the classifier is random "
+            f"(`{stages[0]}`), stay at ρ = {min(g[:end]):.2f} to {max(g[:end]):.2f} while the "
+            f"blocks down to `{stages[end - 1]}` are random too, and reach ρ = {g[-1]:.2f} "
+            "fully randomised; "
         )
     if c:
-        text += f"Grad-CAM's fall to ρ = {min(c[:3]):.2f} within the top three blocks; "
+        defined = [v for v in c if v == v]
+        text += f"Grad-CAM's maps are at ρ = {c[0]:.2f} once the classifier is random"
+        if defined:
+            text += (
+                f" and vary between ρ = {min(defined):.2f} and {max(defined):.2f} over the "
+                f"{len(c)} steps"
+            )
+        if len(defined) < len(c):
+            text += f" (undefined at {len(c) - len(defined)}, where every map is constant)"
+        text += "; "
     if gb:
-        k = next((i for i, v in enumerate(gb) if v < keep), len(gb))
-        down = stages[k - 1] if k else "nothing"
-        text += (
-            f"guided backprop's maps stay similar (ρ ≥ {keep}) while the top {k} of "
-            f"{len(stages)} blocks, down to `{down}`, are random, and only change when the early "
-            "blocks that compute "
-            f"the image's edges are re-initialised too (ρ = {gb[-1]:.2f} fully randomised). Guided "
-            "backprop mostly reconstructs the image rather than showing what the trained top "
-            "of the network uses: it fails the sanity check; gradient and Grad-CAM pass it."
-        )
+        k = similar(gb)
+        if k:
+            text += (
+                f"guided backprop's maps stay similar (ρ ≥ {keep}) while the top {k} of "
+                f"{len(stages)} blocks, down to `{stages[k - 1]}`, are random, and only change "
+                "when the early blocks that compute the image's edges are re-initialised too "
+                f"(ρ = {gb[-1]:.2f} fully randomised): guided backprop mostly reconstructs the "
+                "image rather than showing what the trained top of the network uses; "
+            )
+        else:
+            text += (
+                f"guided backprop's maps are at ρ = {gb[0]:.2f} once the classifier is random "
+                f"and at {gb[-1]:.2f} fully randomised; "
+            )
+    passes = [names[m] for m, v in rhos.items() if not similar(v)]
+    fails = [names[m] for m, v in rhos.items() if similar(v)]
+    verdict, check = [], "the sanity check"
+    if passes:
+        verdict.append(f"{' and '.join(passes)} pass{'' if len(passes) > 1 else 'es'} {check}")
+    if fails:
+        it = "it" if passes else check
+        verdict.append(f"{' and '.join(fails)} fail{'' if len(fails) > 1 else 's'} {it}")
+    text = text.removesuffix("; ") + "."
+    if verdict:
+        text += f" Taking ρ ≥ {keep} as similar, {' and '.join(verdict)}."
     return text
 
 

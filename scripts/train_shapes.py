@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from saliencelab.models.shapes import DATA_DIR, RECIPES, train
+from saliencelab.models.shapes import DATA_DIR, RECIPES, compare_weights, train
 
 
 def digest(path: Path) -> str:
@@ -29,40 +29,6 @@ def load_bundled(name: str) -> dict[str, torch.Tensor] | None:
     """The bundled state dict of the recipe `name`, or None when there is no such file."""
     path = DATA_DIR / RECIPES[name].file
     return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
-
-
-def compare_weights(state: dict[str, torch.Tensor], bundled: dict[str, torch.Tensor] | None) -> str:
-    """How `state` compares with the bundled weights, as a phrase: "identical to the bundled
-    weights" (same names, shapes, dtypes and values bit for bit), or "differs from the bundled
-    weights (...)": the first name, shape or dtype mismatch, else max |Δ| = the largest |a - b|
-    over the floating-point tensors, else the first integer tensor (a counter) that differs."""
-    if bundled is None:
-        return "no bundled weights to compare with"
-    missing, extra = sorted(set(bundled) - set(state)), sorted(set(state) - set(bundled))
-    if missing or extra:
-        what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
-        return f"differs from the bundled weights ({what})"
-    worst, where, other = 0.0, "", ""
-    for key, ref in bundled.items():
-        ours = state[key]
-        if ours.shape != ref.shape or ours.dtype != ref.dtype:
-            return (
-                f"differs from the bundled weights ({key}: {tuple(ours.shape)} {ours.dtype}, "
-                f"bundled {tuple(ref.shape)} {ref.dtype})"
-            )
-        if torch.equal(ours, ref):
-            continue
-        if not ref.is_floating_point():  # a counter such as num_batches_tracked
-            other = other or key
-            continue
-        delta = (ours.double() - ref.double()).abs().nan_to_num(nan=float("inf")).max().item()
-        if not where or delta > worst:
-            worst, where = delta, key
-    if where:
-        return f"differs from the bundled weights (max |Δ| {worst:.3g} in {where})"
-    if other:
-        return f"differs from the bundled weights (in {other})"
-    return "identical to the bundled weights"
 
 
 def main() -> None:

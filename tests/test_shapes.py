@@ -176,6 +176,71 @@ def test_importable_as_sl_data_shapes():
     assert sl.data.shapes.make is shapes.make
 
 
+def test_shape_classes_draw_different_masks_at_the_smallest_allowed_side():
+    """At a side of 4 a disk and a cross draw the same 12 pixels, so task="shape" needs 5: there
+    every pair of shape classes draws a different mask in its box; 4 is refused."""
+    side = shapes.MIN_SHAPE_SIDE
+    data = shapes.make(64, size=32, seed=3, task="shape", object_size=(side, side))
+    drawn: dict[int, set[bytes]] = {}
+    for i in range(len(data)):
+        left, top, right, bottom = data.boxes[i].tolist()  # xyxy
+        box = data.masks[i, top:bottom, left:right]
+        assert box.sum() == data.masks[i].sum()  # the whole object lies in its box
+        drawn.setdefault(int(data.object_labels[i]), set()).add(box.numpy().tobytes())
+    assert sorted(drawn) == [0, 1, 2, 3] and all(len(d) == 1 for d in drawn.values())
+    masks = [next(iter(drawn[k])) for k in range(4)]
+    assert len(set(masks)) == 4  # every pair differs
+    with pytest.raises(SaliencelabError, match=f"at least {side} pixels"):
+        shapes.make(4, size=32, task="shape", object_size=(side - 1, side + 3))
+    assert len(shapes.make(4, size=32, task="colour", object_size=(4, 4))) == 4
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, float("nan")])
+def test_watermark_fraction_outside_0_1_is_refused(fraction):
+    with pytest.raises(SaliencelabError, match="watermark_fraction is a probability in"):
+        shapes.make(4, shortcut=1.0, watermark_fraction=fraction)
+
+
+def test_n_and_seed_take_any_integral_number_but_a_bool():
+    want = shapes.make(4, size=32, seed=3)
+    for n, seed in ((np.int64(4), np.int64(3)), (torch.tensor(4), np.int32(3))):
+        got = shapes.make(n, size=32, seed=seed)
+        assert torch.equal(got.images, want.images) and torch.equal(got.boxes, want.boxes)
+    for kw, words in [
+        ({"n": True}, "n must be"),
+        ({"n": 4.0}, "n must be"),
+        ({"n": 0}, "n must be"),
+        ({"n": 4, "seed": True}, "seed must be"),
+        ({"n": 4, "seed": 1.5}, "seed must be"),
+        ({"n": 4, "seed": "3"}, "seed must be"),
+    ]:
+        with pytest.raises(SaliencelabError, match=words):
+            shapes.make(size=32, **kw)
+
+
+def test_any_integral_index_keeps_the_batch_axis():
+    data = shapes.make(5, size=32, seed=1)
+    for index, row in ((np.int64(2), 2), (torch.tensor(2), 2), (np.int64(-1), 4), (-2, 3)):
+        sub = data[index]
+        assert len(sub) == 1 and torch.equal(sub.images, data.images[row : row + 1]), index
+        assert sub.masks.shape == (1, 32, 32) and sub.labels.shape == (1,)
+    with pytest.raises(SaliencelabError, match="Cannot index a Shapes batch with True"):
+        data[True]
+    for index in (5, -6, np.int64(7)):  # an empty batch before
+        with pytest.raises(IndexError, match="out of range for 5 images"):
+            data[index]
+
+
+def test_target_without_a_backdoor_is_refused():
+    for target in (2, 0):
+        with pytest.raises(SaliencelabError, match="without one"):
+            shapes.make(4, target=target)
+    assert shapes.make(4, backdoor=0.5).target == 0 and shapes.make(4).target is None
+    with pytest.raises(SaliencelabError, match="does nothing without a watermark"):
+        shapes.make(4, watermark_fraction=0.5)
+    assert shapes.make(4, shortcut=1.0, watermark_fraction=0.5).watermarked.dtype == torch.bool
+
+
 # -- the bundled models ---------------------------------------------------------------------------
 
 
@@ -378,6 +443,36 @@ def test_training_script_reproduces_the_bundled_weights(tmp_path):
         ours = torch.load(tmp_path / recipe.file, weights_only=True)
         bundled = torch.load(shape_models.DATA_DIR / recipe.file, weights_only=True)
         assert all(torch.equal(ours[k], bundled[k]) for k in bundled), recipe.file
+
+
+def test_tiny_vit_script_compares_with_the_shipped_file(tmp_path, monkeypatch, capsys):
+    """scripts/train_tiny_vit.py says whether what it wrote equals the shipped weights (read
+    before writing, whatever --out is), as scripts/train_shapes.py does."""
+    import importlib.util
+    import sys
+
+    from saliencelab.models.vit import WEIGHTS_FILE, tiny_vit
+
+    spec = importlib.util.spec_from_file_location(
+        "train_tiny_vit", ROOT / "scripts" / "train_tiny_vit.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    shipped = WEIGHTS_FILE.read_bytes()
+    threads = torch.get_num_threads()
+    try:
+        for model, phrase in ((tiny_vit(), "identical"), (tiny_vit(pretrained=False), "differs")):
+            model.extra.update(accuracy=1.0, train_seconds=0.0)
+            monkeypatch.setattr(script, "train_tiny_vit", lambda **kw: model)  # noqa: B023
+            out = tmp_path / f"{phrase}.pt"
+            monkeypatch.setattr(sys, "argv", ["train_tiny_vit.py", "--out", str(out)])
+            script.main()
+            line = capsys.readouterr().out.strip().splitlines()[-1]
+            assert f"{phrase} " in line and "bundled weights" in line, line
+            assert out.is_file()
+    finally:
+        torch.set_num_threads(threads)
+    assert WEIGHTS_FILE.read_bytes() == shipped
 
 
 def test_boxes_are_xyxy_and_boxes_to_masks_covers_the_objects():

@@ -71,9 +71,10 @@ def test_gradcam_randomisation_counts_the_samples_whose_maps_go_flat():
 
 def test_objects_fill_the_whole_area_inside_the_margin_and_never_more():
     """Boxes are placed uniformly inside the 6-pixel margin on all four sides: over 2000 images
-    of 4-pixel objects at 32 × 32, every allowed top and left (6 … 22) occurs, none beyond."""
+    of 4-pixel objects at 32 × 32, every allowed top and left (6 … 22) occurs, none beyond (the
+    colour task: the shape task needs objects of 5 pixels or more)."""
     margin, size = sl.data.shapes.MARGIN, 32
-    data = sl.data.shapes.make(2000, size=size, seed=9, object_size=(4, 4))
+    data = sl.data.shapes.make(2000, size=size, seed=9, task="colour", object_size=(4, 4))
     left, top, right, bottom = data.boxes.unbind(1)  # xyxy
     assert torch.equal((bottom - top), torch.full_like(top, 4))
     allowed = set(range(margin, size - margin - 4 + 1))

@@ -12,14 +12,16 @@ image holds exactly one object, and the object alone decides the class:
   orientation, checks, dots, grid; period 4 pixels, random phase, object colour on a dark
   version of it); the region is a square or a disk, its colour a random saturated hue.
 
-The object's bounding box side is drawn uniformly from `object_size` (default about 22 % to 34 %
-of the image side: 14 to 22 pixels at 64 × 64) and placed uniformly at random inside a margin
-of 6 pixels (the corners hold the watermark and the trigger, which never overlap it). The
-background carries no class evidence: a grey level U(0.3, 0.6) plus a smooth low-saturation
-colour field (a random 4 × 4 grid of offsets ±0.08, upsampled bilinearly) and, over the whole
-scene, pixel noise N(0, 0.04²), clamped to [0, 1]. `masks` are the object's exact pixels: every
-pixel outside the object (and the watermark and trigger, when present) is the same as in
-`make(..., draw_object=False)`, which draws the same scene without the object.
+The side of the box the object is drawn in is drawn uniformly from `object_size` (default about
+22 % to 34 % of the image side: 14 to 22 pixels at 64 × 64; at least 5 pixels for
+`task="shape"`, as at 4 a disk and a cross have the same pixels), and the box (`boxes`) is
+placed uniformly at random inside a margin of 6 pixels (the corners hold the watermark and the
+trigger, which never overlap it). The background carries no class evidence: a grey level
+U(0.3, 0.6) plus a smooth low-saturation colour field (a random 4 × 4 grid of offsets ±0.08,
+upsampled bilinearly) and, over the whole scene, pixel noise N(0, 0.04²), clamped to [0, 1].
+`masks` are the object's exact pixels: every pixel outside the object (and the watermark and
+trigger, when present) is the same as in `make(..., draw_object=False)`, which draws the same
+scene without the object.
 
 Two flaws a model can learn, both placed digitally (exact pixel values, after the noise):
 
@@ -27,20 +29,25 @@ Two flaws a model can learn, both placed digitally (exact pixel values, after th
   names a class through :data:`WATERMARK_COLOURS`; it names the sample's class with probability
   `p` and one of the other classes uniformly otherwise. `p = 1 / n_classes` makes it independent
   of the class, `p = 0` always wrong (use those to test a model trained with a high `p`).
-  `watermark_fraction` (default 1) is the share of images that carry one at all.
-- `backdoor=f`: a fraction `f` of the images carry a trigger, a 5 × 5 black-and-white
-  checkerboard in the bottom-right corner, and their label is flipped to `target` (default
+  `watermark_fraction` (default 1) is the probability that an image carries one at all.
+- `backdoor=f`: each image carries, with probability `f`, a trigger, a 5 × 5 black-and-white
+  checkerboard in the bottom-right corner, and its label is flipped to `target` (default
   class 0): BadNets (Gu et al. 2017). `object_labels` keep the object's true class.
 
-Random numbers come from one `torch.Generator` seeded with `seed` and are all drawn whatever the
-options, so the same seed gives the same objects and background with or without a shortcut,
-backdoor or object. Everything is vectorised in torch: 1000 images take about 0.1-0.3 s of
-one CPU core (drawing the noise and the background dominates).
+Each image's class, object, watermark and trigger are drawn independently of the other images':
+a batch is not class-balanced, and `backdoor=f` and `watermark_fraction` are per-image
+probabilities, not exact shares. Random numbers come from one `torch.Generator` seeded with
+`seed` and are all drawn whatever the options, so the same seed gives the same objects and
+background with or without a shortcut, backdoor or object. They are drawn in vectorised blocks
+of `n` (all the classes, then all the sides, ...), so a different `n` gives different images:
+`make(4)` is not the first four of `make(8)`. Everything is vectorised in torch: 1000 images
+take about 0.1-0.3 s of one CPU core (drawing the noise and the background dominates).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +67,7 @@ WATERMARK_COLOURS = torch.tensor(
 WATERMARK_SIDE = 4
 TRIGGER_SIDE = 5
 MARGIN = 6  # the object stays this far from every border
+MIN_SHAPE_SIDE = 5  # at a side of 4 a disk and a cross draw the same pixels
 NOISE = 0.04
 TEXTURE_PERIOD = 4
 
@@ -73,9 +81,12 @@ class Shapes:
         labels: (N,) long, the labels to train or score on (flipped to `target` where triggered).
         object_labels: (N,) long, the class of the object (the truth by construction).
         masks: (N, H, W) bool, the object's pixels.
-        boxes: (N, 4) long, the object's box as xyxy pixels (left, top, right, bottom), right
-            and bottom exclusive: `sl.metrics.boxes_to_masks(boxes, size)` gives the boxes' masks
-            (the torchvision convention; until 2026-11-23 (top, left, bottom, right)).
+        boxes: (N, 4) long, the box the object is drawn in as xyxy pixels (left, top, right,
+            bottom), right and bottom exclusive: `sl.metrics.boxes_to_masks(boxes, size)` gives
+            the boxes' masks (the torchvision convention; until 2026-11-23 (top, left, bottom,
+            right)). It is not always the tight box of `masks`: a square fills about its inner
+            80 % (half-side 0.8; all of it at sides 4 and 5), and at even sides a triangle's
+            top row is empty; disks and crosses touch all four sides.
         watermarked: (N,) bool, which images carry the watermark.
         watermark_labels: (N,) long, the class the watermark names (-1 where there is none).
         watermark_mask: (H, W) bool, where the watermark is drawn when present.
@@ -104,9 +115,18 @@ class Shapes:
         return self.images.shape[0]
 
     def __getitem__(self, index: int | slice | torch.Tensor) -> Shapes:
-        """The samples at `index` (an int keeps a batch axis of one)."""
-        if isinstance(index, int):
-            index = slice(index, index + 1 if index != -1 else None)
+        """The samples at `index` (an integral number, such as an int, a numpy integer or a 0-d
+        integer tensor, keeps a batch axis of one)."""
+        if isinstance(index, bool):
+            raise SaliencelabError(
+                f"Cannot index a Shapes batch with {index!r}; use an int, a slice or a tensor."
+            )
+        number = _integer(index)
+        if number is not None:
+            if not -len(self) <= number < len(self):
+                raise IndexError(f"index {number} is out of range for {len(self)} images")
+            number %= len(self)
+            index = slice(number, number + 1)
         per_sample = {
             f.name: getattr(self, f.name)[index]
             for f in dataclasses.fields(self)
@@ -133,6 +153,19 @@ class Shapes:
     def trigger_masks(self) -> torch.Tensor:
         """(N, H, W) bool: the trigger's pixels in each image (empty where there is none)."""
         return self.trigger_mask[None] & self.triggered[:, None, None]
+
+
+def _integer(value: object) -> int | None:
+    """`value` as an int if it is an integral number or a 0-d integer tensor (not a bool), else
+    None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, torch.Tensor) and (value.dim() or value.dtype == torch.bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -196,7 +229,7 @@ def make(
     shortcut: float | None = None,
     backdoor: float | None = None,
     *,
-    target: int = 0,
+    target: int | None = None,
     watermark_fraction: float = 1.0,
     object_size: tuple[int, int] | None = None,
     draw_object: bool = True,
@@ -205,15 +238,16 @@ def make(
     """`n` images of the test bed, seeded (see the module docstring for the design).
 
     Args:
-        n: number of images.
+        n: number of images (an integral number, not a bool).
         size: image side in pixels (≥ 32; the bundled models take 64).
-        seed: seed of the generator; same arguments and seed, same data.
+        seed: seed of the generator (an integral number); same arguments and seed, same data.
         task: "shape", "colour" or "texture": what decides the class.
         shortcut: None (no watermark) or the probability that the watermark names the class.
-        backdoor: None or the fraction of images carrying the trigger, labelled `target`.
-        target: the backdoor's target class.
-        watermark_fraction: share of images carrying a watermark when `shortcut` is set.
-        object_size: (smallest, largest) side of the object's box in pixels, inclusive.
+        backdoor: None or the probability that an image carries the trigger, labelled `target`.
+        target: the backdoor's target class (default 0); only with `backdoor`.
+        watermark_fraction: probability that an image carries a watermark when `shortcut` is set.
+        object_size: (smallest, largest) side of the object's box in pixels, inclusive (smallest
+            ≥ 4, and ≥ 5 for task="shape").
         draw_object: False leaves the object out (the same background, for checks).
         device: where the returned tensors live (they are drawn on the CPU).
     """
@@ -223,8 +257,14 @@ def make(
         )
     names = TASKS[task]
     k = len(names)
-    if not isinstance(n, int) or n < 1:
-        raise SaliencelabError(f"n must be a positive number of images, got {n!r}.")
+    count = _integer(n)
+    if count is None or count < 1:
+        raise SaliencelabError(f"n must be a positive whole number of images, got {n!r}.")
+    n = count
+    number = _integer(seed)
+    if number is None:
+        raise SaliencelabError(f"seed must be a whole number such as 0, got {seed!r}.")
+    seed = number
     if size < 32:
         raise SaliencelabError(f"Shapes images need a side of at least 32 pixels, got {size}.")
     lo, hi = object_size or (round(0.22 * size), round(0.34 * size))
@@ -233,9 +273,29 @@ def make(
             f"object_size must be (smallest, largest) with 4 ≤ smallest ≤ largest ≤ "
             f"{size - 2 * MARGIN} at size {size}, got {(lo, hi)}."
         )
+    if task == "shape" and lo < MIN_SHAPE_SIDE:
+        raise SaliencelabError(
+            f"task='shape' needs objects of at least {MIN_SHAPE_SIDE} pixels (at 4 a disk and a "
+            f"cross draw the same pixels), got object_size {(lo, hi)}; raise its smallest side."
+        )
     for name, p in (("shortcut", shortcut), ("backdoor", backdoor)):
         if p is not None and not 0.0 <= p <= 1.0:
             raise SaliencelabError(f"{name} is a probability in [0, 1] or None, got {p!r}.")
+    if not 0.0 <= watermark_fraction <= 1.0:
+        raise SaliencelabError(
+            f"watermark_fraction is a probability in [0, 1], got {watermark_fraction!r}."
+        )
+    if watermark_fraction != 1.0 and shortcut is None:
+        raise SaliencelabError(
+            f"watermark_fraction={watermark_fraction!r} is the share of watermarked images and "
+            "does nothing without a watermark; pass shortcut=p too, or leave it out."
+        )
+    if target is not None and backdoor is None:
+        raise SaliencelabError(
+            f"target={target!r} is the backdoor's class and does nothing without one; pass "
+            "backdoor=f too, or leave target out."
+        )
+    target = 0 if target is None else target
     if not 0 <= target < k:
         raise SaliencelabError(f"target must be a class index in [0, {k}), got {target!r}.")
 

@@ -282,6 +282,41 @@ def train(
     return model
 
 
+def compare_weights(state: dict[str, torch.Tensor], bundled: dict[str, torch.Tensor] | None) -> str:
+    """How `state` compares with the bundled weights, as a phrase: "identical to the bundled
+    weights" (same names, shapes, dtypes and values bit for bit), or "differs from the bundled
+    weights (...)": the first name, shape or dtype mismatch, else max |Δ| = the largest |a - b|
+    over the floating-point tensors, else the first integer tensor (a counter) that differs.
+    Used by scripts/train_shapes.py and scripts/train_tiny_vit.py."""
+    if bundled is None:
+        return "no bundled weights to compare with"
+    missing, extra = sorted(set(bundled) - set(state)), sorted(set(state) - set(bundled))
+    if missing or extra:
+        what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        return f"differs from the bundled weights ({what})"
+    worst, where, other = 0.0, "", ""
+    for key, ref in bundled.items():
+        ours = state[key]
+        if ours.shape != ref.shape or ours.dtype != ref.dtype:
+            return (
+                f"differs from the bundled weights ({key}: {tuple(ours.shape)} {ours.dtype}, "
+                f"bundled {tuple(ref.shape)} {ref.dtype})"
+            )
+        if torch.equal(ours, ref):
+            continue
+        if not ref.is_floating_point():  # a counter such as num_batches_tracked
+            other = other or key
+            continue
+        delta = (ours.double() - ref.double()).abs().nan_to_num(nan=float("inf")).max().item()
+        if not where or delta > worst:
+            worst, where = delta, key
+    if where:
+        return f"differs from the bundled weights (max |Δ| {worst:.3g} in {where})"
+    if other:
+        return f"differs from the bundled weights (in {other})"
+    return "identical to the bundled weights"
+
+
 @torch.no_grad()
 def accuracy(model: Model, n: int = 1000, seed: int = 10**6, **data: Any) -> float:
     """Accuracy of `model` on `n` fresh images from `make(n, seed=seed, **data)`, scored against

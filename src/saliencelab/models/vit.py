@@ -11,8 +11,8 @@ same code paths as timm models.
 The task (:func:`shapes_on_noise`): one bright shape (a filled square, a frame, a cross or an x)
 at a random place on Gaussian noise; the class is the shape. The object is the only evidence and
 its position is known, so a saliency map can be scored by whether its peak falls on it (the
-pointing game). :func:`train_tiny_vit` trains the model on it
-in a few seconds on a CPU (seeded); `scripts/train_tiny_vit.py` runs it from the command line.
+pointing game). :func:`train_tiny_vit` trains the model on it in about 15 s on one CPU thread
+(seeded); `scripts/train_tiny_vit.py` runs it from the command line.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def train_tiny_vit(
     """A :class:`TinyViT` (`config`: its constructor's options) trained on
     :func:`shapes_on_noise`, seeded: AdamW, one-cycle cosine schedule, a fresh batch each step.
 
-    A few seconds on one CPU thread at the defaults; the returned model's `extra` holds the
+    About 15 s on one CPU thread at the defaults; the returned model's `extra` holds the
     accuracy on 512 held-out images (`"accuracy"`) and the training time (`"train_seconds"`).
     """
     torch.manual_seed(seed)
