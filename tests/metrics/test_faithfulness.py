@@ -543,9 +543,24 @@ def test_monotonicity_equals_loop(net, x, maps, target):
     r = sl.metrics.get("monotonicity")(steps=9, baseline=0.2)(maps, x=x, model=net)
     curves = ref_monotonicity_curves(net, x, maps, target, 9, 0.2)
     torch.testing.assert_close(r.curves, curves, atol=1e-6, rtol=0)
-    diffs = curves[:, 1:] - curves[:, :-1]
+    diffs = curves[:, 2:] - curves[:, 1:-1]  # after each addition: the baseline alone is no step
     torch.testing.assert_close(r.values, (diffs >= 0).double().mean(1))
     torch.testing.assert_close(r.extras["monotonic"], (diffs >= 0).all(1).double())
+
+
+def test_monotonicity_does_not_count_the_step_from_the_baseline_alone():
+    """Arya et al. (AIX360) and Quantus read the predictions after each addition: a curve that
+    falls from the baseline alone to the first group and then rises is monotonic (the step from
+    the baseline was counted: 0.75 and not monotonic, against Quantus' True)."""
+    x1 = torch.tensor([[[[0.9, 0.7], [0.6, 0.0]]]])
+    maps1 = torch.tensor([[[4.0, 3.0], [2.0, 1.0]]])  # ascending: pixels 3, 2, 1, 0
+    r = sl.metrics.get("monotonicity")(steps=4, baseline=0.5, absolute=False)
+    got = r(maps1, x=x1, model=_SumModel(), target=[0])  # sigmoid(Σ), Σ = 2.0 (baseline alone),
+    sums = torch.tensor([2.0, 1.5, 1.6, 1.8, 2.2], dtype=torch.double)  # then rising
+    torch.testing.assert_close(got.curves[0], torch.sigmoid(sums), atol=1e-6, rtol=0)
+    assert got.values.tolist() == [1.0] and got.extras["monotonic"].tolist() == [1.0]
+    with pytest.raises(SaliencelabError, match="steps must be at least 2"):
+        sl.metrics.get("monotonicity")(steps=1)
 
 
 class _SumModel(torch.nn.Module):
@@ -601,8 +616,7 @@ def test_monotonicity_matches_quantus(quantus, net, x, maps, target):
     q_curves = torch.stack(rec.seen[-steps:], 1)[torch.arange(2), :, target].double()
     r = sl.metrics.get("monotonicity")(steps=steps)(maps, x=x, model=net, target=target)
     torch.testing.assert_close(r.curves[:, 1:], q_curves, atol=1e-6, rtol=0)
-    ours = (r.curves[:, 2:] >= r.curves[:, 1:-1]).all(1)
-    assert ours.tolist() == [bool(v) for v in q]
+    assert r.extras["monotonic"].tolist() == [float(v) for v in q]
 
 
 def ref_monotonicity_correlation(net, x, maps, target, steps, fills, eps=1e-5):

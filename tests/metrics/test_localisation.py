@@ -299,6 +299,9 @@ def test_relevance_mass_matches_loop(part):
     torch.testing.assert_close(got, want.double(), equal_nan=True)
     assert math.isnan(got[3])
     assert math.isnan(got[4]) == (part == "positive")
+    lo, hi = sl.metrics.get("relevance_mass")(part=part).value_range  # (0, 1) said for signed
+    finite = got[torch.isfinite(got)]
+    assert bool(((finite >= lo) & (finite <= hi)).all()) and (hi == math.inf) == (part == "signed")
 
 
 def test_relevance_mass_matches_quantus(quantus):

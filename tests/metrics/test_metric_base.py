@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import math
 
@@ -507,6 +508,41 @@ def test_logit_scores_widen_the_value_range_and_json_stays_strict(tiny_cnn, imag
     data = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     row = data["results"]["saliency"]["deletion"]
     assert row["value_range"] == [None, None] and row["ci_low"] is None
+
+
+def test_every_metric_scoring_logits_stays_inside_its_declared_range(tiny_cnn, images):
+    """With score="logit" (output="logit") the values are areas, drops or gaps of logits; a
+    range declared for probabilities must widen (ROAD kept (0, 1) and (-1, 1) while scoring
+    -3.4 and -6.5). Checked on logits scaled up so that they leave any probability range."""
+    from test_bad_input import FAST
+
+    from saliencelab.metrics.base import metric_classes
+
+    loud = torch.nn.Sequential(tiny_cnn, torch.nn.Flatten(), _Scale(40.0))
+    x = images[:2]
+    maps = sl.explain(loud, x, methods="saliency")["saliency"].maps
+    checked = []
+    for name, cls in metric_classes().items():
+        options = set(inspect.signature(cls.__init__).parameters)
+        key = "score" if "score" in options else "output" if "output" in options else None
+        if key is None:
+            continue
+        metric = cls(**{**FAST.get(name, {}), key: "logit"})
+        values = metric(maps, x=x, model=loud, target=[0, 1]).values
+        lo, hi = metric.value_range
+        finite = values[torch.isfinite(values)]
+        assert bool(((finite >= lo) & (finite <= hi)).all()), (name, values, (lo, hi))
+        checked.append(name)
+    assert {"deletion", "road", "road_morf", "completeness"} <= set(checked)
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return t * self.factor
 
 
 def test_float32_ranks_average_ties_in_every_row_like_scipy():

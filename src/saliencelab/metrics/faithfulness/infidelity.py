@@ -29,7 +29,11 @@ class Infidelity(FaithfulnessMetric):
     (B, C, H, W) attribution when the batch carries one (an sl.Explanation of a gradient-type
     method does), else the map broadcast over channels. With `normalize=True` the attribution
     is first scaled by the optimal β = E[Iᵀa · Δf] / E[(Iᵀa)²] (Captum's `normalize`).
-    Equals `captum.metrics.infidelity` given the same perturbations. f is the target's logit
+    Equals `captum.metrics.infidelity` given the same perturbations. Without `normalize` (the
+    default, as Captum's) the value scales with the map (a map ×10 scores ~100× more, and an
+    all-zero map can beat a good one): compare methods with `normalize=True`, which Yeh et
+    al.'s own evaluation code always applies (it also draws I as the difference to a noisy
+    baseline, std 0.2, rather than noise around x). f is the target's logit
     by default, as in Quantus and Captum's usual forward (`score="probability"`: its softmax
     probability). Costs n_perturbations + 1 forwards per sample.
     """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ...core.errors import SaliencelabError
 from ..base import EvalBatch, Scores, register_metric
 from ..checks import check_choice, check_positive, check_positive_int, check_range
 from ..stats import pixel_order, spearman
@@ -35,9 +36,11 @@ class Monotonicity(FaithfulnessMetric):
     Pixels are ranked by map value (|map| with `absolute=True`, Quantus' default), ascending,
     ties by position. Starting from the `baseline`, at step k = 0..steps the first
     round(k·H·W/steps) pixels (all channels) are copied from the input: features are added in
-    increasing order of importance. The curve is the target's probability at each step; the
-    value is the fraction of the `steps` increments where it does not decrease;
-    `extras["monotonic"]` is 1 where all do (Quantus' boolean). Costs steps + 1 forwards.
+    increasing order of importance. The curve is the target's probability at each step (step 0,
+    the baseline alone, drawn for reference). As in Arya et al.'s AIX360 and Quantus, whose
+    sequence is the prediction after each addition, the value is the fraction of the steps − 1
+    increments from step 1 on where it does not decrease; `extras["monotonic"]` is 1 where all
+    do (Quantus' boolean). Costs steps + 1 forwards; `steps` ≥ 2.
     """
 
     name = "monotonicity"
@@ -56,6 +59,11 @@ class Monotonicity(FaithfulnessMetric):
         score: str = "probability",
     ) -> None:
         check_positive_int(self.name, "steps", steps)
+        if steps < 2:
+            raise SaliencelabError(
+                f"steps must be at least 2 for {self.name} (it scores the increments between "
+                f"additions), got {steps}."
+            )
         super().__init__(steps=steps, baseline=baseline, absolute=absolute, score=score)
 
     def score(self, batch: EvalBatch) -> Scores:
@@ -68,7 +76,7 @@ class Monotonicity(FaithfulnessMetric):
         curves = ranked_replacement_scores(
             batch, ranks, counts, batch.x, base, self.score_kind
         ).double()
-        up = curves.diff(dim=1) >= 0
+        up = curves[:, 1:].diff(dim=1) >= 0  # after each addition (not the baseline alone)
         return Scores(
             values=up.double().mean(dim=1),
             curves=curves,

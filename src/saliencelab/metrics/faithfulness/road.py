@@ -348,6 +348,7 @@ def _solve(known: torch.Tensor, m: torch.Tensor, tol: float, max_iter: int | Non
 class _Road(FaithfulnessMetric):
     """Curves of removing top (MoRF) or bottom (LeRF) pixels, refilled by noisy imputation."""
 
+    range_of_probabilities = True  # areas of a probability: any value with score="logit"
     reference = (
         "Rong et al. 2022, A Consistent and Efficient Evaluation Strategy for Attribution "
         "Methods (ROAD)"

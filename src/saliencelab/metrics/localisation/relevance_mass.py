@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ..base import EvalBatch, Metric, Scores, register_metric
 from ..checks import check_choice
 from ._common import (
@@ -41,6 +43,8 @@ class RelevanceMass(Metric):
     def __init__(self, part: Part = "positive") -> None:
         check_choice(self.name, "part", part, ("positive", "absolute", "signed"))
         super().__init__(part=part)
+        if part == "signed":  # a share of signed sums: any value
+            self.value_range = (-math.inf, math.inf)  # type: ignore[misc]
 
     def score(self, batch: EvalBatch) -> Scores:
         v, m = flat_maps_and_masks(batch, self.name)
