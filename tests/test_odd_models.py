@@ -363,3 +363,24 @@ def test_inputs_inside_a_graph_are_explained_and_not_kept_with_it():
     torch.testing.assert_close(ex["saliency"].maps, _saliency_by_hand(model, x.detach()))
     assert z.grad is None and not ex.inputs.requires_grad
     torch.testing.assert_close(ex.inputs, x.detach())
+
+
+class NaNForBright(Net):
+    """NaN scores for inputs whose mean is above 0.6 (here samples 1 and 3)."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        bright = x.mean(dim=(1, 2, 3)) > 0.6
+        return torch.where(bright[:, None], torch.full_like(out, float("nan")), out)
+
+
+@pytest.mark.parametrize("method", ["saliency", "occlusion"])
+def test_nan_scores_name_the_samples_they_came_from(method):
+    """The sentence said "for these inputs" without saying which; on a dataset that leaves the
+    user bisecting the batch."""
+    x = _inputs(4) * 0.5
+    x[[1, 3]] += 0.5
+    with pytest.raises(
+        SaliencelabError, match=r"NaN or infinite scores \(for the rows of samples 1, 3\)"
+    ):
+        sl.explain(NaNForBright().eval(), x, methods=method, target=0)

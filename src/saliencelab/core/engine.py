@@ -280,7 +280,7 @@ class Engine:
                             _check_rows(logits, len(rows))
                     with torch.enable_grad():
                         scores = target.scores(logits, samples)
-                        checks.add(scores)
+                        checks.add(scores, samples)
                         missing = [n for n in layers if n not in captured]
                         if missing:
                             raise SaliencelabError(
@@ -375,7 +375,7 @@ class Engine:
                     if reached_output:
                         _check_rows(logits, len(rows))
                     scores = target.scores(logits, samples) if target is not None else logits[:, 0]
-                    checks.add(scores)
+                    checks.add(scores, samples)
                     checks.wait()
                 except torch.OutOfMemoryError:
                     _out_of_memory(plan, len(rows), dev)
@@ -551,9 +551,11 @@ class _FiniteChecks:
     def _deferred(self) -> bool:
         return self.plan.settled and self.device.type in DEFERRED_CHECK_DEVICES
 
-    def add(self, scores: torch.Tensor) -> None:
+    def add(self, scores: torch.Tensor, samples: torch.Tensor | None = None) -> None:
+        """Check a chunk's scores (`samples`: the sample of each row, named on failure)."""
         if not self._deferred():
-            _check_finite(all_finite(scores))
+            if not all_finite(scores):
+                _check_finite(False, _bad_samples(scores, samples))
             return
         finite = torch.isfinite(scores).all()
         self.all_finite = finite if self.all_finite is None else self.all_finite & finite
@@ -589,9 +591,20 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool((lo > -math.inf) & (hi < math.inf))
 
 
-def _check_finite(finite: torch.Tensor | bool) -> None:
+def _bad_samples(scores: torch.Tensor, samples: torch.Tensor | None) -> list[int]:
+    """The samples (batch indices) of the rows whose scores are not all finite."""
+    bad = ~torch.isfinite(scores.detach().reshape(scores.shape[0], -1)).all(1)
+    rows = bad.nonzero()[:, 0].cpu()
+    return sorted(set((samples.cpu()[rows] if samples is not None else rows).tolist()))
+
+
+def _check_finite(finite: torch.Tensor | bool, samples: list[int] | None = None) -> None:
     if not bool(finite):
+        which = ""
+        if samples:
+            shown = ", ".join(map(str, samples[:5])) + (", ..." if len(samples) > 5 else "")
+            which = f" (for the rows of sample{'s' * (len(samples) > 1)} {shown})"
         raise SaliencelabError(
-            "The model returned NaN or infinite scores for these inputs; check the input range "
-            "and the model's weights."
+            f"The model returned NaN or infinite scores{which}; check those inputs' range and "
+            "the model's weights."
         )
