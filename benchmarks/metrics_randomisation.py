@@ -9,19 +9,22 @@ On each model, with the same module, images, targets (the predicted classes), ma
 randomisation (cascading from the output, one parameterised layer per step, the top L layers):
 
 - `ours`: `sl.metrics.get("model_randomisation")(granularity="layer", layers=L, seed=43,
-  similarity="spearman_abs").update(maps, x=..., model=..., explainer="saliency")`: the L
-  randomised models as one explanation call of L·B rows (each randomised layer computes each row
-  with its step's weights, `core/row_versions.py`), chunked by the engine;
+  seeding="same", similarity="spearman_abs").update(maps, x=..., model=..., explainer="saliency")`
+  (`seeding="same"`: Quantus' seeding, not our default per-layer seeds, so that the weights
+  match Quantus'; the cost is the same either way): the L randomised models as one
+  explanation call of L·B rows (each randomised layer computes each row with its step's
+  weights, `core/row_versions.py`), chunked by the engine;
 - `ours_stepwise`: the same with `batched=False`: the model randomised in place, one explanation
   call of B rows per step (its curves must equal ours to rounding);
 - `quantus`: `quantus.MPRT(layer_order="top_down", seed=42, abs=True, normalise=True,
   similarity_func=correlation_spearman)` with Captum's `Saliency(abs=True)` summed over channels
   as `explain_func` (a Quantus user's setup). Quantus re-seeds `seed + 1` before each layer's
-  `reset_parameters()`, the same draws as ours with seed 43, so the per-layer similarities must
-  agree. Quantus randomises every module that has `reset_parameters`; to give it the same top L
-  layers the other modules' `reset_parameters` are hidden from it (their class swapped for a
-  subclass where the attribute raises AttributeError) for the duration of its call. It also
-  recomputes the unrandomised explanation (its "original" entry): L + 1 explanation passes;
+  `reset_parameters()`, the same draws as ours with seed 43 and `seeding="same"`, so the
+  per-layer similarities must agree. Quantus randomises every module that has
+  `reset_parameters`; to give it the same top L layers the other modules' `reset_parameters`
+  are hidden from it (their class swapped for a subclass where the attribute raises
+  AttributeError) for the duration of its call. It also recomputes the unrandomised
+  explanation (its "original" entry): L + 1 explanation passes;
 - `quantus_sl`: the same Quantus call with `sl.explain(..., "saliency")` as `explain_func`: the
   cost of Quantus' machinery around the same explanation as ours;
 - `floor`: L explanation passes (B rows each, forward + backward, weights frozen) at the chunk
@@ -130,13 +133,19 @@ def run_model(
     keep = {s.name for s in plan}
     n_layers, b = len(plan), x.shape[0]
     maps = sl.explain(model, x, "saliency", target=targets)["saliency"].maps
+    # seeding="same": Quantus' scheme (the seed set before each layer), so the weights match
     metric = sl.metrics.get("model_randomisation")(
-        granularity="layer", layers=layers, seed=43, similarity="spearman_abs"
+        granularity="layer", layers=layers, seed=43, seeding="same", similarity="spearman_abs"
     )
     print(f"{label}: {b} images {tuple(x.shape[1:])}, top {n_layers} layers", flush=True)
 
     stepwise = sl.metrics.get("model_randomisation")(
-        granularity="layer", layers=layers, seed=43, similarity="spearman_abs", batched=False
+        granularity="layer",
+        layers=layers,
+        seed=43,
+        seeding="same",
+        similarity="spearman_abs",
+        batched=False,
     )
 
     def run_metric(m):

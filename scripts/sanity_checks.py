@@ -236,13 +236,6 @@ def document(res: dict, path: Path, figure_path: Path, args: argparse.Namespace)
             vals.append(r["ssim"][:, k].double().nanmean().item())
             row += "".join(f" {v:.2f} |" if v == v else " – |" for v in vals)
         lines.append(row)
-    if any("– |" in line for line in lines):
-        lines += [
-            "",
-            "– : the recomputed map is constant for every photograph (Grad-CAM's ReLU zeroes it "
-            "when all channel weights turn negative), so a rank correlation is undefined; its "
-            "SSIM with the original is still defined (and low).",
-        ]
     last = {m: res["methods"][m]["spearman"][:, -1].double().nanmean().item() for m in methods}
     summary = ", ".join(f"{TITLES.get(m, m)} ρ = {v:.2f}" for m, v in last.items())
     lines += [

@@ -5,6 +5,7 @@ model, bad inputs, and the sanity-check finding on EfficientNet-Lite0 (small set
 from __future__ import annotations
 
 import copy
+import hashlib
 import warnings
 
 import numpy as np
@@ -290,9 +291,9 @@ def test_hog_features_and_similarity_match_skimage(pair, orientations, cell, blo
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_a_constant_map_has_similarity_zero_and_two_constant_maps_one(dtype):
-    """The stated convention (similarity.py): a constant map has no ranking and no gradients,
-    so its Spearman (of maps or |maps|) and HOG similarity to a non-constant map is 0; two
-    constant maps rank and normalise alike (all tied, all zero), so theirs is 1, as SSIM's
+    """The stated convention (similarity.py): a constant map has no ranking, no gradients and
+    no contrast, so its Spearman (of maps or |maps|), HOG and SSIM similarity to a non-constant
+    map is 0; two constant maps rank and normalise alike (all tied, all zero), so theirs is 1
     (scipy and Quantus give NaN in both cases). Cached and direct forms agree."""
     g = torch.Generator().manual_seed(21)
     a = torch.randn(4, 24, 24, generator=g, dtype=dtype)
@@ -307,15 +308,38 @@ def test_a_constant_map_has_similarity_zero_and_two_constant_maps_one(dtype):
         cached = S.similarity_to(name, a, opts.get(name))(b)
         direct = S.similarity(name, a, b, opts.get(name))
         assert torch.equal(cached, direct) and direct.isfinite().all()
-        if name != "ssim":  # SSIM is defined on constant maps already; both constant: 1
-            assert direct[1] == 0 and direct[2] == 0
-            assert 0.3 < direct[0] < 1
+        assert direct[1] == 0 and direct[2] == 0
+        assert 0.3 < direct[0] < 1
         assert direct[3] == 1
+        stacked = S.similarity_to(name, a, opts.get(name))(torch.cat([b, a]))  # K = 2 batches
+        assert torch.equal(stacked[:4], direct) and stacked[[5, 7]].tolist() == [1.0, 1.0]
+        assert stacked[4:].tolist() == pytest.approx([1.0] * 4, abs=1e-6)  # float32 SSIM: ~1e-7
     # |map| constant but the map not: 0 for spearman_abs only
     flip = a.clone()
     flip[0] = 2 * signs
     assert S.spearman_abs(flip, b)[0] == 0 and S.spearman(flip, b)[0] != 0
     assert S.spearman_abs(flip[:1], 5 * signs[None])[0] == 1
+
+
+@pytest.mark.parametrize("normalise", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ssim_of_a_map_gone_flat_is_zero_not_near_one(dtype, normalise):
+    """A sparse map (mostly 0) against a constant one: min-max normalisation makes the constant
+    map all zeros, whose SSIM to the sparse map was ~0.95 from luminance alone (an explanation
+    gone flat after randomisation looked unchanged); the constant-map rule makes it 0, in either
+    argument, and leaves the non-constant pairs of the batch at skimage's value."""
+    sparse = torch.zeros(3, 64, 64, dtype=dtype)
+    sparse[:, 30:34, 30:34] = 1.0
+    sparse[2] = torch.linspace(0, 1, 64, dtype=dtype).repeat(64, 1)  # a smooth ramp
+    flat = torch.full((3, 64, 64), 0.7, dtype=dtype)
+    flat[1] = sparse[1].roll(5, -1)  # a non-constant pair stays skimage's SSIM
+    for a, b in ((sparse, flat), (flat, sparse)):
+        got = S.ssim(a, b, normalise=normalise)
+        assert got[0] == 0 and got[2] == 0
+        ref = _sk_ssim(a[1], b[1])
+        np.testing.assert_allclose(float(got[1]), ref, atol=1e-6, rtol=0)
+        assert 0 < ref < 0.99
+    assert S.ssim(flat[:1], torch.zeros(1, 64, 64, dtype=dtype), normalise=normalise) == 1
 
 
 def test_similarity_bad_inputs():
@@ -339,33 +363,43 @@ def test_similarity_bad_inputs():
 # -- model randomisation ---------------------------------------------------------------------
 
 
-def _direct_mprt(net, x, target, method, order, seed, stage_layers, sim):
-    """Deep copy, randomise (seeded reset per stage), explain, correlate with scipy: a loop."""
+def _layer_seed(seed: int, name: str) -> int:
+    """The documented per-layer seed: the first 63 bits of SHA-1 of f"{seed}:{name}"."""
+    return int.from_bytes(hashlib.sha1(f"{seed}:{name}".encode()).digest()[:8], "little") >> 1
+
+
+def _direct_mprt(net, x, target, method, order, seed, stage_layers, sim, seeding="per_layer"):
+    """Deep copy, randomise (reset seeded per layer, or once per stage with seeding="same"),
+    explain, correlate with scipy: a loop."""
     original = sl.explain(net, x, method, target=target)[method].maps
     out = []
     work = copy.deepcopy(net)
     for layers in stage_layers:  # output side first
         if order == "independent":
             work = copy.deepcopy(net)
-        torch.manual_seed(seed)
+        if seeding == "same":
+            torch.manual_seed(seed)
         for name in layers:
+            if seeding != "same":
+                torch.manual_seed(_layer_seed(seed, name))
             work.get_submodule(name).reset_parameters()
         maps = sl.explain(work, x, method, target=target)[method].maps
         out.append([sim(original[i].flatten(), maps[i].flatten()) for i in range(x.shape[0])])
     return original, np.array(out).T  # (B, steps)
 
 
+@pytest.mark.parametrize("seeding", ["per_layer", "same"])
 @pytest.mark.parametrize("order", ["cascading", "independent"])
-def test_mprt_matches_a_direct_loop(tiny_cnn, images, order):
+def test_mprt_matches_a_direct_loop(tiny_cnn, images, order, seeding):
     target = torch.tensor([0, 1, 2, 3])
     plan = [["fc"], ["features.2"], ["features.0"]]
 
     def rho(u, v):
         return scipy.stats.spearmanr(u, v)[0]
 
-    maps, ref = _direct_mprt(tiny_cnn, images, target, "saliency", order, 7, plan, rho)
+    maps, ref = _direct_mprt(tiny_cnn, images, target, "saliency", order, 7, plan, rho, seeding)
     for value in ("last", "mean"):
-        r = MPRT(order=order, seed=7, value=value)(
+        r = MPRT(order=order, seed=7, value=value, seeding=seeding)(
             maps, x=images, model=tiny_cnn, target=target, explainer="saliency"
         )
         np.testing.assert_allclose(r.curves.numpy(), ref, atol=1e-10)
@@ -413,8 +447,9 @@ def test_mprt_ssim_matches_skimage_in_a_direct_loop(tiny_cnn, images):
 
 def test_mprt_matches_quantus_mprt_with_the_same_randomisation(tiny_cnn, images):
     """Quantus seeds `seed + 1` before each layer's reset_parameters() (top_down = our cascading,
-    one layer per step), so ours with seed=s+1 reproduces its randomisation exactly; both explain
-    with the same saliency function and compare |maps| by Spearman (Quantus abs=True)."""
+    one layer per step), so ours with seed=s+1, seeding="same" reproduces its randomisation
+    exactly; both explain with the same saliency function and compare |maps| by Spearman
+    (Quantus abs=True). Our default per-layer seeds draw other weights: other values."""
     quantus = pytest.importorskip("quantus")
     target = torch.tensor([0, 1, 2, 3])
     maps = sl.explain(tiny_cnn, images, "saliency", target=target)["saliency"].maps
@@ -434,11 +469,13 @@ def test_mprt_matches_quantus_mprt_with_the_same_randomisation(tiny_cnn, images)
     )  # fmt: skip
     layers = [k for k in scores if k != "original"]
     ref = np.array([scores[k] for k in layers]).T
-    r = MPRT(granularity="layer", seed=42, similarity="spearman_abs")(
-        maps, x=images, model=tiny_cnn, target=target, explainer="saliency"
-    )
+    kw = dict(x=images, model=tiny_cnn, target=target, explainer="saliency")
+    metric = MPRT(granularity="layer", seed=42, similarity="spearman_abs", seeding="same")
+    r = metric(maps, **kw)
     assert r.params["randomised"] == layers == ["fc", "features.2", "features.0"]
     np.testing.assert_allclose(r.curves.numpy(), ref, atol=1e-6)
+    own = MPRT(granularity="layer", seed=42, similarity="spearman_abs")(maps, **kw)
+    assert np.abs(own.curves.numpy() - ref).max() > 1e-3
 
 
 def test_gradient_maps_decorrelate_and_model_independent_maps_do_not(tiny_cnn, images):
@@ -510,16 +547,18 @@ def test_randomise_stage_reset_and_normal_inits():
         net[0].weight.mul_(3).add_(0.5)
         net[1].running_var.fill_(4.0)
     stage = Stage("all", ["0", "1"])
-    ref = copy.deepcopy(net)
-    torch.manual_seed(5)
-    ref[0].reset_parameters()
-    ref[1].reset_parameters()
-    work = copy.deepcopy(net)
-    randomise_stage(work, stage, seed=5, init="reset")
-    assert all(
-        torch.equal(a, b)
-        for a, b in zip(work.state_dict().values(), ref.state_dict().values(), strict=True)
-    )
+    for seeding in ("per_layer", "same"):
+        ref = copy.deepcopy(net)
+        for name in ("0", "1"):  # per layer: each its own seed; same: one seed for the stage
+            if seeding == "per_layer" or name == "0":
+                torch.manual_seed(_layer_seed(5, name) if seeding == "per_layer" else 5)
+            ref.get_submodule(name).reset_parameters()
+        work = copy.deepcopy(net)
+        randomise_stage(work, stage, seed=5, init="reset", seeding=seeding)
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(work.state_dict().values(), ref.state_dict().values(), strict=True)
+        )
     work = copy.deepcopy(net)
     randomise_stage(work, stage, seed=5, init="normal")
     w0, w1 = net[0].weight.detach(), work[0].weight.detach()
@@ -539,6 +578,66 @@ def test_randomise_stage_reset_and_normal_inits():
                 assert torch.equal(draws[name][key], t)
         for a, b in zip(kept.state_dict().values(), net.state_dict().values(), strict=True):
             assert torch.equal(a, b)
+
+
+class _Recording(Explainer):
+    """Saliency, recording the module's parameters at every call (one call per step)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__("saliency")
+        self.net, self.states = net, []
+
+    def __call__(self, model, x, target):
+        self.states.append(_state(self.net))
+        return super().__call__(model, x, target)
+
+
+def test_each_layer_gets_its_own_draw_the_same_in_either_order(images):
+    """Adebayo et al. re-initialise each layer with its own independent draw: by default
+    (seeding="per_layer") two layers of the same shape get different weights, and a layer gets
+    the same weights in cascading and independent order and whether its stage holds other
+    layers or not. seeding="same" (Quantus' scheme: the seed set before every stage) gives
+    same-shaped layers identical weights."""
+    from saliencelab.metrics.randomisation.parameter import Stage, randomise_stage
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+    before = _state(net)
+    maps = torch.rand(4, 12, 12)
+    for seeding in ("per_layer", "same"):
+        states = {}
+        for order in ("cascading", "independent"):
+            rec = _Recording(net)
+            r = MPRT(order=order, seeding=seeding, batched=False)(
+                maps, x=images, model=net, target=0, explainer=rec
+            )
+            assert r.params["randomised"] == ["8", "4", "2", "0"]
+            states[order] = rec.states
+        for step, name in enumerate(["8", "4", "2", "0"]):  # stage `name` randomised at `step`
+            for key in ("weight", "bias"):
+                cascading = states["cascading"][step][f"{name}.{key}"]
+                assert torch.equal(cascading, states["independent"][step][f"{name}.{key}"])
+                assert not torch.equal(cascading, before[f"{name}.{key}"])
+        last = states["cascading"][-1]  # every stage randomised
+        same_weights = torch.equal(last["2.weight"], last["4.weight"])
+        assert same_weights == (seeding == "same")
+        if seeding == "per_layer":
+            corr = torch.corrcoef(
+                torch.stack([last["2.weight"].flatten(), last["4.weight"].flatten()])
+            )
+            assert abs(float(corr[0, 1])) < 0.5
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    # per layer: a layer's draw does not depend on the other layers of its stage
+    alone = randomise_stage(net, Stage("4", ["4"]), seed=42, in_place=False)
+    shared = randomise_stage(net, Stage("both", ["2", "4"]), seed=42, in_place=False)
+    assert all(torch.equal(alone["4"][k], shared["4"][k]) for k in ("weight", "bias"))
+    assert not torch.equal(shared["2"]["weight"], shared["4"]["weight"])
+    with pytest.raises(SaliencelabError, match="Unknown seeding 'layer'.*per_layer"):
+        MPRT(seeding="layer")
 
 
 def test_the_rng_state_of_the_caller_is_untouched(tiny_cnn, images):
@@ -856,12 +955,13 @@ class _ConstantRows(Explainer):
         return out
 
 
-@pytest.mark.parametrize("similarity", ["spearman", "spearman_abs", "hog"])
+@pytest.mark.parametrize("similarity", ["spearman", "spearman_abs", "hog", "ssim"])
 @pytest.mark.parametrize("batched", [True, False])
 def test_constant_randomised_maps_score_zero_not_nan(tiny_cnn, images, similarity, batched):
-    """A constant recomputed map has no ranking (no HOG gradients), so its similarity to the
-    original is 0: every sample counts in the mean (NaN there had made methods whose maps go
-    flat look less sensitive to randomisation than they are)."""
+    """A constant recomputed map has no ranking (no HOG gradients, no SSIM contrast), so its
+    similarity to the original is 0: every sample counts in the mean (NaN there had made
+    methods whose maps go flat look less sensitive to randomisation than they are; SSIM's ~1
+    had made them look unchanged)."""
     target = torch.tensor([0, 1, 2, 3])
     maps = sl.explain(tiny_cnn, images, "saliency", target=target)["saliency"].maps
     kw = dict(x=images, model=tiny_cnn, target=target, explainer=_ConstantRows("saliency"))

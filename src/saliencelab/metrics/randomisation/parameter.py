@@ -19,13 +19,24 @@ names picks stages or modules (a module = all layers inside it).
 
 Randomisation. `init="reset"` (default) calls each layer's own `reset_parameters()` (PyTorch's
 default initialisation of that layer type; BatchNorm gets weight 1, bias 0 and fresh running
-statistics), with the global RNG seeded to `seed` before each stage inside `torch.random.fork_rng`
-(the caller's RNG state is untouched). Quantus' `MPRT(seed=s)` seeds `s + 1` before each layer,
-so `granularity="layer", seed=s + 1` reproduces its randomisation exactly. `init="normal"` draws
-every parameter of a layer from N(mean, std) of that parameter's original values (a
-scale-preserving alternative to the layer's default init; buffers are kept). A layer with
-parameters but no `reset_parameters`, or with parameterised children, always gets the normal
-draw of its own parameters.
+statistics). `init="normal"` draws every parameter of a layer from N(mean, std) of that
+parameter's original values (a scale-preserving alternative to the layer's default init;
+buffers are kept). A layer with parameters but no `reset_parameters`, or with parameterised
+children, always gets the normal draw of its own parameters. Every draw comes from the CPU's
+global RNG inside `torch.random.fork_rng` (the caller's RNG state is untouched; the same weights
+on every device), seeded as `seeding` says:
+
+- `seeding="per_layer"` (default): before each layer, with `layer_seed(seed, name)` = the first
+  63 bits of SHA-1 of the text f"{seed}:{name}" (`name` the layer's module name, "" for the
+  root), so every layer gets its own independent draw, as Adebayo et al. 2018 re-initialise
+  each layer. A layer's weights depend only on `seed` and its name: the same in cascading and
+  independent order, at either granularity, whichever other layers are chosen.
+- `seeding="same"`: `seed` itself before each stage (then the stage's layers draw in turn), as
+  Quantus' MPRT does (it seeds `s + 1` before each layer): with `granularity="layer"`,
+  `seed=s + 1, seeding="same"` reproduces `quantus.MPRT(seed=s)`'s randomisation exactly, which
+  is what it is for (comparisons with Quantus). Stages whose layers have the same shapes then get
+  identical "random" weights (on EfficientNet-Lite0 `_blocks.6`/`7`, `9`/`10`, `12`/`13`/`14`),
+  which are not independent re-initialisations.
 
 Batched steps (below) leave the model's tensors alone: each layer draws into copies of its own
 parameters and buffers (swapped in for the draw, swapped back in `finally`). One call per step
@@ -56,6 +67,7 @@ explanation calls ran.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -263,25 +275,44 @@ def _normal_(m: nn.Module) -> None:
             p.copy_(torch.randn_like(p, dtype=torch.float) * torch.nan_to_num(std) + mean)
 
 
+SEEDINGS = ("per_layer", "same")
+
+
+def layer_seed(seed: int, name: str) -> int:
+    """The seed of the layer `name` (its module name, "" for the root) under
+    `seeding="per_layer"`: the first 63 bits of SHA-1 of the text f"{seed}:{name}" (stable
+    across runs and platforms, unlike Python's `hash`)."""
+    digest = hashlib.sha1(f"{int(seed)}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 def randomise_stage(
     module: nn.Module,
     stage: Stage,
     seed: int,
     init: Literal["reset", "normal"] = "reset",
     in_place: bool = True,
+    seeding: Literal["per_layer", "same"] = "per_layer",
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """Re-initialise the stage's layers from the CPU's global RNG seeded to `seed` (forked, so
-    the caller's RNG state is untouched); the new parameters and buffers of each layer by name.
+    """Re-initialise the stage's layers from the CPU's global RNG (forked, so the caller's RNG
+    state is untouched), seeded to `layer_seed(seed, name)` before each layer (`seeding=
+    "per_layer"`) or to `seed` once before the stage (`"same"`, Quantus' scheme; module
+    docstring); the new parameters and buffers of each layer by name.
 
     Each layer draws into CPU copies of its own parameters and buffers, swapped into the layer
     for the draw (so the same seed gives the same weights on every device, and `init="normal"`
     sees the current values); `in_place` then copies them into the layer's tensors, otherwise
     the layer is left as it was.
     """
+    if seeding not in SEEDINGS:
+        raise SaliencelabError(f"Unknown seeding {seeding!r}; use 'per_layer' or 'same'.")
     draws: dict[str, dict[str, torch.Tensor]] = {}
     with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
+        if seeding == "same":
+            torch.default_generator.manual_seed(seed)
         for name in stage.layers:
+            if seeding != "same":
+                torch.default_generator.manual_seed(layer_seed(seed, name))
             m = module.get_submodule(name) if name else module
             own = [
                 (store, key, t)
@@ -320,7 +351,9 @@ class ModelRandomisation(Metric):
 
     value = sim(E(f, x), E(f̃_k, x)) for the model f̃_k with stages 1..k re-initialised
     (cascading, top down) or stage k alone (independent), at the last step or averaged over the
-    steps; sim is "spearman", "spearman_abs", "ssim" or "hog" (see `similarity`). Lower = the
+    steps; each re-initialised layer ℓ gets init(ℓ) drawn from the CPU RNG seeded to
+    layer_seed(seed, ℓ) (its own independent draw, the same at every step; `seeding`). sim is
+    "spearman", "spearman_abs", "ssim" or "hog" (see `similarity`). Lower = the
     explanation depends on the learned weights (the method passes the sanity check). A map that
     is constant on one side only (e.g. Grad-CAM gone flat once the top blocks are random) has
     similarity 0, on both sides 1 (`similarity`'s convention), so every sample counts.
@@ -333,7 +366,13 @@ class ModelRandomisation(Metric):
         granularity: "block" (top-level blocks, default) or "layer" (every parameterised layer).
         value: "last" (the fully randomised step) or "mean" (mean over steps).
         init: "reset" (each layer's `reset_parameters()`) or "normal" (N(mean, std) per tensor).
-        seed: the RNG seed set before each stage's re-initialisation.
+        seed: the RNG seed from which every layer's re-initialisation is drawn.
+        seeding: "per_layer" (default): each layer draws from its own seed, `layer_seed(seed,
+            name)` (SHA-1 of f"{seed}:{name}"), so every layer gets an independent draw (as in
+            Adebayo et al.) and the same weights in either order. "same": the RNG is seeded to
+            `seed` before every stage, Quantus' MPRT scheme, kept only to reproduce Quantus
+            (`granularity="layer", seed=s + 1, seeding="same"` = `quantus.MPRT(seed=s)`): stages
+            with same-shaped layers then get identical weights (see the module docstring).
         similarity_options: keyword options of the similarity function (e.g. SSIM `window`).
         batched: several steps in one explanation call where the method and layers allow it
             (the same values up to float rounding; see the module docstring).
@@ -357,6 +396,7 @@ class ModelRandomisation(Metric):
         seed: int = 42,
         similarity_options: dict[str, Any] | None = None,
         batched: bool = True,
+        seeding: Literal["per_layer", "same"] = "per_layer",
     ) -> None:
         check_choice(self.name, "order", order, ("cascading", "independent"))
         check_similarity(similarity, similarity_options)
@@ -364,6 +404,7 @@ class ModelRandomisation(Metric):
         check_choice(self.name, "granularity", granularity, ("block", "layer"))
         check_choice(self.name, "value", value, ("last", "mean"))
         check_choice(self.name, "init", init, ("reset", "normal"))
+        check_choice(self.name, "seeding", seeding, SEEDINGS)
         super().__init__(
             order=order,
             similarity=similarity,
@@ -374,6 +415,7 @@ class ModelRandomisation(Metric):
             seed=seed,
             similarity_options=similarity_options,
             batched=batched,
+            seeding=seeding,
         )
 
     def check_inputs(
@@ -421,7 +463,7 @@ class ModelRandomisation(Metric):
             for stage in plan:
                 if self.order == "independent":
                     snapshot.restore()
-                randomise_stage(module, stage, self.seed, self.init)
+                randomise_stage(module, stage, self.seed, self.init, seeding=self.seeding)
                 maps.append(batch.explainer.maps(batch.model, batch.x, batch.target))
         finally:
             snapshot.restore()
@@ -448,7 +490,10 @@ class ModelRandomisation(Metric):
         others: dict[str, dict[str, torch.Tensor]] = {}
         stage_of: dict[str, int] = {}
         for j, stage in enumerate(plan):  # the same draws as one call per step makes
-            others.update(randomise_stage(module, stage, self.seed, self.init, in_place=False))
+            draws = randomise_stage(
+                module, stage, self.seed, self.init, in_place=False, seeding=self.seeding
+            )
+            others.update(draws)
             stage_of.update((name, j) for name in stage.layers)
         steps = len(plan)
         uses_other = {

@@ -7,9 +7,17 @@ seeded with `seed` and the sample's input, so an image gets the same class in an
 dataset scored in batches gives the values of one call), the maps are recomputed for c' and
 compared with the given maps: value = sim(E(x, c), E(x, c')). Lower is better.
 
-Quantus differences: Quantus draws c' with NumPy (other random classes for the same seed) and, for
-its default SSIM, compares the maps flattened to 1-D; ours compares 2-D maps. With two classes
-c' = 1 − c is forced, which the tests use to compare with Quantus exactly.
+Quantus differences: Quantus draws c' with NumPy (other random classes for the same seed). Its
+default SSIM is not ours: Quantus divides each batch of maps by its largest |value|
+(`normalise_by_max`), flattens every map to 1-D and calls `skimage.metrics.structural_similarity`
+with its defaults, a 7-pixel uniform window and sample covariance, and the data range max − min
+of the two maps together. Ours (`similarity.ssim`) compares the 2-D maps with the 11 × 11
+Gaussian window (σ = 1.5) of Wang et al. 2004 and population covariance, on each map min-max
+normalised to [0, 1] (data range 1), and a constant map gets 0 (1 against another constant map)
+where Quantus' SSIM gives ~0.99 (an all-zero map against a sparse one) or NaN (two constant
+maps). The values differ (0.38 for ours, 0.09 for Quantus' on a pair of correlated 32 × 32
+noise maps). With two classes c' = 1 − c is forced, which the tests use to compare with
+Quantus exactly (by Spearman).
 """
 
 from __future__ import annotations
@@ -44,10 +52,12 @@ class RandomLogit(Metric):
     """Similarity of the target's explanation to a random other class's (Sixt et al. 2020).
 
     value = sim(E(x, c), E(x, c')), c' uniform over the classes ≠ c (seeded); sim is "ssim"
-    (default, as Quantus), "spearman", "spearman_abs" or "hog" (a constant map on one side
-    gives 0, on both 1: `similarity`'s convention; Quantus gives NaN). Lower is better. The random
-    classes are returned in `extras["random_class"]`. Cost: one explanation of the batch (plus one
-    forward to count the classes when the model has no labels and `num_classes` is not given).
+    (default; Quantus' default is SSIM too, with other settings: module docstring), "spearman",
+    "spearman_abs" or "hog". A constant map on one side gives 0, on both 1, for every sim
+    (`similarity`'s convention; Quantus gives NaN for the correlations, and its SSIM ~1 for an
+    all-zero map against a sparse one). Lower is better. The random classes are returned in
+    `extras["random_class"]`. Cost: one explanation of the batch (plus one forward to count the
+    classes when the model has no labels and `num_classes` is not given).
     """
 
     name = "random_logit"

@@ -9,26 +9,31 @@ torch on the maps' device (Spearman's sort in NumPy on the CPU, its ties in NumP
   ("Spearman rank correlation with absolute value" of Adebayo et al.).
 - `ssim`: structural similarity (Wang et al. 2004, "Image quality assessment: from error
   visibility to structural similarity"), Gaussian window 11 × 11 with σ = 1.5, K1 = 0.01,
-  K2 = 0.03, on maps min-max normalised to [0, 1] per map (data range 1; a constant map becomes
-  all zeros), averaged over the window positions that lie inside the map. Equals
+  K2 = 0.03, on maps min-max normalised to [0, 1] per map (data range 1), averaged over the
+  window positions that lie inside the map. For non-constant maps it equals
   `skimage.metrics.structural_similarity(a, b, data_range=1, gaussian_weights=True, sigma=1.5,
   use_sample_covariance=False)` on the normalised maps (to ~1e-12 for float64 maps; float32
-  maps are compared in float32, to ~1e-7 of that, see `_ssim_to`).
+  maps are compared in float32, to ~1e-7 of that, see `_ssim_to`); a constant map follows the
+  convention below instead.
 - `hog`: Pearson correlation of the histogram-of-oriented-gradients features (Dalal & Triggs
   2005) of the two min-max normalised maps; `hog_features` equals `skimage.feature.hog` with the
   same `orientations`, `pixels_per_cell`, `cells_per_block` and L2-Hys block normalisation.
 
 Constant maps. A rank or HOG correlation involving a constant map is 0/0 (SciPy and Quantus
 give NaN). Here it is defined, so that a sanity check counts every sample: a constant map has no
-ranking (every pixel tied) and no gradients (its HOG features are all zero), so it carries none
-of the other map's structure: its similarity to a non-constant map is 0. Two constant maps are
-the same map once ranked or normalised (all tied, all zero; SSIM already gives them 1, and a
+ranking (every pixel tied), no gradients (its HOG features are all zero) and no contrast (SSIM's
+σ = 0), so it carries none of the other map's structure: its similarity to a non-constant map
+is 0. Two constant maps are the same map once ranked or normalised (all tied, all zero, and a
 similarity must give sim(a, a) = 1), so theirs is 1: an explanation that is flat before and
-after randomisation did not change. In general: with the correlation ρ = s_ab / √(s_aa s_bb)
-of ranks (Spearman) or of HOG features, ρ = 0 when exactly one of s_aa, s_bb is 0 and ρ = 1
-when both are (`_correlation`). Without this, MPRT skipped the samples whose randomised
-Grad-CAM went flat and reported the mean of the others (Grad-CAM looked less sensitive to
-randomisation than it is).
+after randomisation did not change. One rule for every similarity (`_flat_rule`): 0 when
+exactly one of the two maps is constant (|map| for `spearman_abs`; max = min exactly, before
+any normalisation), 1 when both are, the similarity's own value otherwise. For the
+correlations ρ = s_ab / √(s_aa s_bb) of ranks (Spearman) or HOG features, "constant" is
+s_aa = 0 (`_correlation`). SSIM needs the rule too: min-max normalisation makes a constant map
+all zeros, and SSIM's luminance term alone then rated it ~0.95 similar to a sparse map (mostly
+zeros; a map that went flat looked unchanged) and ~0 to a smooth ramp. Without the rule, MPRT
+skipped the samples whose randomised Grad-CAM went flat (NaN) and reported the mean of the
+others (Grad-CAM looked less sensitive to randomisation than it is).
 """
 
 from __future__ import annotations
@@ -104,13 +109,19 @@ def minmax(maps: torch.Tensor) -> torch.Tensor:
     return (m - lo).div_(span)
 
 
+def _flat_rule(value: torch.Tensor, flat_a: torch.Tensor, flat_b: torch.Tensor) -> torch.Tensor:
+    """`value` with the convention for constant maps (module docstring): 0 where exactly one of
+    `flat_a`, `flat_b` (bool, the map is constant) holds, 1 where both do."""
+    return torch.where(flat_a | flat_b, (flat_a & flat_b).to(value.dtype), value)
+
+
 def _correlation(num: torch.Tensor, na: torch.Tensor, nb: torch.Tensor) -> torch.Tensor:
     """num / √(na · nb), the correlation from the centred cross sum `num` and the centred sums
-    of squares `na`, `nb` (≥ 0), with the convention for constant sides (module docstring):
-    0 when exactly one of na, nb is 0, 1 when both are."""
+    of squares `na`, `nb` (≥ 0), with the convention for constant sides (`_flat_rule`; a side is
+    constant when its sum of squares is 0): 0 when exactly one of na, nb is 0, 1 when both are."""
     den = (na * nb).sqrt()
-    constant = ((na == 0) & (nb == 0)).to(num.dtype)  # both: 1, one: 0
-    return torch.where(den > 0, num / den.clamp_min(1e-300), constant)
+    rho = torch.where(den > 0, num / den.clamp_min(1e-300), 0.0)
+    return _flat_rule(rho, na == 0, nb == 0)
 
 
 def _spearman_to(a: torch.Tensor, absolute: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -238,21 +249,23 @@ def _valid_filter(maps: torch.Tensor, taps: list[float]) -> torch.Tensor:
 
 def _anchored(
     maps: torch.Tensor, normalise: bool, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(v, offset) with v + offset = the maps as SSIM sees them (min-max normalised when
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(v, offset, flat) with v + offset = the maps as SSIM sees them (min-max normalised when
     `normalise`), v = 0 where the map is 0 (or, for a map that does not cross 0, at its value
-    nearest 0). SSIM's variances and covariance do not change under the shift, and computed
-    from v they lose nothing to cancellation where maps are flat at 0: in float32 the values
-    then agree with float64 to ~1e-7 on signed maps too (~1e-6 from unshifted maps)."""
+    nearest 0), and flat (N,) whether each map is constant. SSIM's variances and covariance do
+    not change under the shift, and computed from v they lose nothing to cancellation where
+    maps are flat at 0: in float32 the values then agree with float64 to ~1e-7 on signed maps
+    too (~1e-6 from unshifted maps)."""
     m = maps.to(dtype)
     lo = m.amin(dim=(-2, -1), keepdim=True)
     hi = m.amax(dim=(-2, -1), keepdim=True)
+    flat = (hi == lo).view(-1)
     zero = torch.minimum(torch.maximum(lo, torch.zeros_like(lo)), hi)
     if not normalise:
-        return m - zero, zero
+        return m - zero, zero, flat
     span = hi - lo
     span = torch.where(span > 0, span, math.inf)  # a constant map becomes all zeros
-    return (m - zero) / span, (zero - lo) / span
+    return (m - zero) / span, (zero - lo) / span, flat
 
 
 def _ssim_to(
@@ -265,7 +278,7 @@ def _ssim_to(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """`f(b)` = `ssim(a, b, ...)` (b may hold K batches stacked), with a's local statistics
     computed once: the first call filters the 5 maps of each pair (x, x², y, y², xy) in one go,
-    later calls 3 (y, y², xy).
+    later calls 3 (y, y², xy). A pair with a constant map gets `_flat_rule`'s 0 or 1.
 
     float32 (and narrower) maps are compared in float32, the mean over the windows taken in
     float64 (one call on 8 × 64² maps: ~1.6× faster than in float64). Against float64 it agrees
@@ -284,14 +297,14 @@ def _ssim_to(
     taps = _gaussian_taps(window, sigma)
     n, oh, ow = a.shape[0], h - window + 1, w - window + 1
     dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
-    x, x_offset = _anchored(a, normalise, dtype)
+    x, x_offset, flat_x = _anchored(a, normalise, dtype)
     kept: list[torch.Tensor] = []  # a's local statistics (see below)
     c1, c2 = k1**2, k2**2
 
     def ssim_to(b: torch.Tensor) -> torch.Tensor:
         _, b = _pair(a, b, stacked=True)
         k = b.shape[0] // max(n, 1)  # batches stacked
-        y, y_offset = _anchored(b, normalise, dtype)
+        y, y_offset, flat_y = _anchored(b, normalise, dtype)
         # The maps to filter, (x, x² once,) then y, y², xy of each pair.
         fresh = not kept
         first = 2 * n if fresh else 0
@@ -314,7 +327,8 @@ def _ssim_to(
         variance_y = torch.addcmul(myy, my, my, value=-1)
         contrast = torch.addcmul(mxy, mx, my, value=-1).mul_(2).add_(c2)  # 2 σxy + C2
         contrast.div_(variance_y.add_(con_x))
-        return luminance.mul_(contrast).mean(dim=(-2, -1), dtype=torch.float64).view(-1)
+        value = luminance.mul_(contrast).mean(dim=(-2, -1), dtype=torch.float64).view(-1)
+        return _flat_rule(value, flat_x.repeat(k), flat_y)
 
     return ssim_to
 
@@ -333,7 +347,9 @@ def ssim(
     SSIM(x, y) = (2 μx μy + C1)(2 σxy + C2) / ((μx² + μy² + C1)(σx² + σy² + C2)) with local
     Gaussian-weighted means, variances and covariance, C1 = (K1 L)², C2 = (K2 L)², L = 1 (the
     maps are min-max normalised to [0, 1] first unless `normalise=False`), averaged over the
-    positions where the `window` × `window` window lies inside the map.
+    positions where the `window` × `window` window lies inside the map. A constant map's
+    similarity to a non-constant map is 0, two constant maps' 1 (module docstring; normalised,
+    a constant map would be all zeros, rated ~1 similar to a sparse map by luminance alone).
     """
     a, b = _pair(a, b)
     return _ssim_to(a, window, sigma, k1, k2, normalise)(b)
