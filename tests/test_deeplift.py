@@ -259,6 +259,28 @@ def test_chunk_size_one_equals_one_chunk(method, tiny_cnn, images):
     torch.testing.assert_close(small.delta, one.delta)
 
 
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("deeplift", {"baselines": "uniform"}), ("deeplift_shap", {"n_baselines": 4})],
+)
+def test_uniform_references_are_the_samples_own_not_its_rows(tiny_cnn, method, options):
+    """A sample gets the same map alone, first in a batch of 4 and third in it: its uniform
+    references are drawn from `seed` and its own values, in its own range (the other inputs
+    have other ranges), not by row or from the batch's range (up to rounding)."""
+    torch.manual_seed(3)
+    x = torch.rand(1, 3, 12, 12)
+    others = torch.rand(3, 3, 12, 12) * torch.tensor([1.0, 3.0, 0.5]).view(3, 1, 1, 1)
+    first, third = torch.cat([x, others]), torch.cat([others[:2], x, others[2:]])
+    alone = _run(tiny_cnn, x, method, target=torch.tensor([2]), **options)
+    at0 = _run(tiny_cnn, first, method, target=torch.tensor([2, 0, 1, 3]), **options)
+    at2 = _run(tiny_cnn, third, method, target=torch.tensor([0, 1, 2, 3]), **options)
+    torch.testing.assert_close(at0.attributions[0], alone.attributions[0])
+    torch.testing.assert_close(at2.attributions[2], alone.attributions[0])
+    torch.testing.assert_close(at2.delta[2], alone.delta[0], atol=1e-5, rtol=0)
+    small = sl.explain(tiny_cnn, third, methods=method, target=at2.target, chunk_size=1, **options)
+    torch.testing.assert_close(small[method].attributions, at2.attributions)
+
+
 # -- safety --------------------------------------------------------------------------------------
 
 

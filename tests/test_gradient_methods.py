@@ -401,19 +401,24 @@ def _eg_baselines(model, x, w, **options):
     return x - a.attributions / w
 
 
-def test_expected_gradients_uniform_references_span_the_batch_range_and_are_shared(x_small):
+def test_expected_gradients_uniform_references_span_each_samples_range(x_small):
+    # One draw on S = w·x: x - EG / w is the draw's reference x'. Mapped with each sample's own
+    # range to u = (x' - lo) / (hi - lo), it looks like U(0, 1) (not the batch's range), and
+    # each sample has its own reference (drawn from its own generator, not shared by row k).
     model = _linear()
     w = model[1].weight[TARGETS].view(x_small.shape)
-    lo, hi = x_small.min(), x_small.max()  # the batch's range, not each sample's
-    one = _eg_baselines(model, x_small, w, n_samples=1)  # draw 0: one noise image for all
+    one = _eg_baselines(model, x_small, w, n_samples=1).flatten(1)
+    flat = x_small.flatten(1)
+    lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
     u = (one - lo) / (hi - lo)
-    assert u.min() < 0.05 and u.max() > 0.95 and abs(u.mean() - 0.5) < 0.1
-    # "draw k of every input uses image k": every input sees the same mean reference
-    three = _eg_baselines(model, x_small, w, n_samples=3)
+    assert (u.amin(1) > -1e-9).all() and (u.amax(1) < 1 + 1e-9).all()
+    assert (u.amin(1) < 0.15).all() and (u.amax(1) > 0.85).all()  # 48 values each
+    assert ((u.mean(1) - 0.5).abs() < 0.15).all()
     for i in range(1, 4):
-        torch.testing.assert_close(three[i], three[0])
-        torch.testing.assert_close(one[i], one[0])
-    assert not torch.allclose(three[0], one[0])
+        assert not torch.allclose(u[i], u[0])
+    # a fresh noise image per draw: three draws average to another reference than draw 0's
+    three = _eg_baselines(model, x_small, w, n_samples=3).flatten(1)
+    assert not torch.allclose(three, one)
 
 
 def test_expected_gradients_input_noise_has_std_stdevs(x_small):
@@ -510,6 +515,49 @@ def test_chunk_size_3_equals_one_chunk(tiny_cnn, images, method, options):
     one = sl.explain(tiny_cnn, images, methods={method: options}, chunk_size=64)[method]
     small = sl.explain(tiny_cnn, images, methods={method: options}, chunk_size=3)[method]
     torch.testing.assert_close(one.attributions, small.attributions)
+
+
+def _one_sample_in_three_batches(model, method, options, run):
+    """Sample x's attributions alone, first in a batch of 4 and third in it; the other three
+    inputs have other ranges (one three times brighter), so a batch-wide range would move."""
+    torch.manual_seed(3)
+    x = torch.rand(1, 3, 12, 12)
+    others = torch.rand(3, 3, 12, 12) * torch.tensor([1.0, 3.0, 0.5]).view(3, 1, 1, 1)
+    first, third = torch.cat([x, others]), torch.cat([others[:2], x, others[2:]])
+    alone = run(model, x, method, torch.tensor([2]), **options).attributions[0]
+    at0 = run(model, first, method, torch.tensor([2, 0, 1, 3]), **options).attributions[0]
+    at2 = run(model, third, method, torch.tensor([0, 1, 2, 3]), **options).attributions[2]
+    return alone, at0, at2
+
+
+SAMPLE_DRAWN = [
+    ("integrated_gradients", {"baselines": "uniform", "n_steps": 4}),
+    ("expected_gradients", {"n_samples": 4}),
+    ("expected_gradients", {"n_samples": 4, "stdevs": 0.1}),
+    ("expected_gradients", {"n_samples": 4, "baselines": "tensor"}),
+]
+
+
+@pytest.mark.parametrize(("method", "options"), SAMPLE_DRAWN)
+def test_random_draws_are_the_samples_own_not_its_rows(tiny_cnn, method, options):
+    """A sample gets the same map alone, first in a batch of 4 and third in it: its uniform
+    baseline / references, α's, reference indices and input noise are seeded by `seed` and the
+    sample's values, over its own value range, not by its row or the batch (up to rounding)."""
+    if options.get("baselines") == "tensor":
+        torch.manual_seed(5)
+        options = {**options, "baselines": torch.rand(6, 3, 12, 12)}
+    alone, at0, at2 = _one_sample_in_three_batches(tiny_cnn, method, options, _run)
+    torch.testing.assert_close(at0, alone)
+    torch.testing.assert_close(at2, alone)
+
+    def in_chunks_of_3(model, x, method, target, **options):  # draws made per chunk of rows
+        return sl.explain(model, x, methods={method: options}, target=target, chunk_size=3)[method]
+
+    torch.testing.assert_close(
+        _one_sample_in_three_batches(tiny_cnn, method, options, in_chunks_of_3)[2], alone
+    )
+    reseeded = _one_sample_in_three_batches(tiny_cnn, method, {**options, "seed": 1}, _run)[0]
+    assert not torch.allclose(reseeded, alone)  # and the draws still follow the seed
 
 
 def test_passes_reported(tiny_cnn, images):

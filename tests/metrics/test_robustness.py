@@ -410,3 +410,35 @@ def test_noisy_copies_and_distances_equal_repeated_rows():
     before = explained64.clone()
     distances(explained64, ref, N, "fro")
     assert torch.equal(explained64, before)
+
+
+SAMPLE_DRAWN = [
+    ("integrated_gradients", {"baselines": "uniform", "n_steps": 4}),
+    ("expected_gradients", {"n_samples": 4}),
+    ("expected_gradients", {"n_samples": 4, "stdevs": 0.1}),
+    ("deeplift", {"baselines": "uniform"}),
+    ("deeplift_shap", {"n_baselines": 4}),
+]
+
+
+@pytest.mark.parametrize(("method", "options"), SAMPLE_DRAWN)
+def test_seeded_explainers_explain_noisy_copies_with_their_samples_draws(tiny_cnn, method, options):
+    """Noise of radius 1e-9 is below half a float32 ulp of inputs in [0.25, 1]: every noisy
+    copy equals its input bit for bit, so a method whose draws are the sample's own gives the
+    reference map again (0), though the copy of sample i is row i·n + k of the B·n-row call
+    and the reference row i of B (draws by row gave ~0.5 here). At the default radius, a
+    sample's value is the same alone as in the batch."""
+    torch.manual_seed(4)
+    x = 0.25 + 0.75 * torch.rand(3, 3, 12, 12)
+    target = torch.tensor([0, 2, 4])
+    maps = sl.explain(tiny_cnn, x, methods={method: options}, target=target)[method].maps
+    explainer = Explainer(method, options)
+    kw = dict(model=tiny_cnn, explainer=explainer)
+    tiny = sl.metrics.get("max_sensitivity")(radius=1e-9, n_samples=3)
+    assert torch.equal(x + 1e-9, x)
+    values = tiny(maps, x=x, target=target, **kw).values
+    assert values.abs().max() < 1e-6
+    m = sl.metrics.get("max_sensitivity")(n_samples=3)
+    batch = m(maps, x=x, target=target, **kw).values
+    alone = m(maps[1:2], x=x[1:2], target=target[1:2], **kw).values
+    torch.testing.assert_close(alone[0], batch[1], rtol=1e-4, atol=1e-6)

@@ -4,6 +4,12 @@ A draw made for "row i of this batch" changes when the same image sits at anothe
 in a batch of another size, so a dataset scored in batches of 4 and in one call would give other
 values. Seeding each sample's draw with (seed, a hash of the sample's values) instead gives every
 image its own draw wherever it is: the same image, the same draw.
+
+Used by SmoothGrad / SmoothGrad² / VarGrad (the noise), integrated gradients and DeepLIFT with
+"uniform" baselines, expected gradients (α's, reference indices, uniform references and input
+noise), DeepLIFT-SHAP's "uniform" references and the `random` reference map. The draws change
+with any change of the sample's bytes: an input perturbed by less than its float rounding keeps
+its draws, any larger change gets new ones (the robustness metrics' noisy copies included).
 """
 
 from __future__ import annotations
@@ -32,5 +38,6 @@ def sample_seeds(x: torch.Tensor, seed: int) -> list[int]:
 
 
 def sample_generators(x: torch.Tensor, seed: int) -> list[torch.Generator]:
-    """A CPU generator per row of `x`, seeded by `sample_seeds`."""
+    """A CPU generator per row of `x`, seeded by `sample_seeds` (torch's CPU generator keeps the
+    seed's low 32 bits)."""
     return [torch.Generator().manual_seed(s) for s in sample_seeds(x, seed)]

@@ -3,7 +3,13 @@
 Integrated gradients takes one baseline per sample (`input_baselines`): "zero", a constant, "blur"
 (a Gaussian blur of the input, Sturmfels et al. 2020), "uniform" (uniform noise in each sample's
 value range, seeded) or a tensor broadcastable to the inputs. Expected gradients takes a
-distribution of baselines shared by all samples (`baseline_distribution`), shape (N, *sample).
+distribution of baselines (`baseline_distribution`): a tensor (N, *sample) shared by all samples,
+or "uniform": noise images drawn per sample in its own value range (`UniformReferences`).
+
+Random baselines are a function of the sample, not of its row: each sample's draws come from CPU
+generators seeded by `seed` and the sample's values (`core/seeds.py`), over its own value range,
+so an input gets the same baselines, and the same map, alone or at any position of any batch
+and on every device.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +26,7 @@ import torch.nn.functional as F
 
 from ...core.errors import SaliencelabError, closest
 from ...core.registry import quoted
+from ...core.seeds import sample_generators
 
 INPUT_BASELINES = ("zero", "blur", "uniform")
 DISTRIBUTIONS = ("uniform", "zero", "batch")
@@ -123,6 +131,51 @@ def _sample_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return flat.amin(1).view(shape), flat.amax(1).view(shape)
 
 
+def draw_seeds(gens: list[torch.Generator], n: int) -> torch.Tensor:
+    """(B, n) int64 on the CPU: row b holds `n` seeds drawn from `gens[b]` (sample b's generator),
+    one per draw, so that draw k of sample b can be made on its own (in whichever chunk its row
+    falls, again after a retry) by `seeded_draws`."""
+    if not gens:
+        return torch.empty((0, n), dtype=torch.long)
+    return torch.stack([torch.randint(0, 1 << 62, (n,), generator=g) for g in gens])
+
+
+def seeded_draws(
+    seeds: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, *, uniform: bool, normal: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """For each of `seeds` (one per row): U(0, 1) then N(0, 1) values of `shape` (each only if
+    asked), from a CPU generator seeded with it: (len(seeds), *shape) tensors on the CPU."""
+    n = len(seeds)
+    u = torch.empty((n, *shape), dtype=dtype) if uniform else None
+    e = torch.empty((n, *shape), dtype=dtype) if normal else None
+    gen = torch.Generator()
+    for j, s in enumerate(seeds.tolist()):
+        gen.manual_seed(s)
+        if u is not None:
+            u[j].uniform_(generator=gen)
+        if e is not None:
+            e[j].normal_(generator=gen)
+    return u, e
+
+
+@dataclass(frozen=True)
+class UniformReferences:
+    """The "uniform" distribution of references, drawn per sample: reference k of sample b is
+    lo_b + (hi_b - lo_b) · u_bk, u_bk ~ U(0, 1)^d, with [lo_b, hi_b] sample b's own value range and
+    u_bk drawn from a CPU generator seeded by draw k's seed from sample b's generator (`seed` and
+    the sample's values: `draw_seeds`, `seeded_draws`). A reference depends on its sample and k
+    only, not on the batch, the row or the device; references are drawn per chunk of rows, never
+    all B · n at once."""
+
+    lo: torch.Tensor  # (B, 1, ..., 1), the inputs' device and float dtype
+    span: torch.Tensor  # hi - lo, same shape
+    n: int  # references per sample
+
+    def take(self, samples: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The references of `samples` (on the inputs' device) from their U(0, 1) draws `u`."""
+        return torch.addcmul(self.lo[samples], self.span[samples], u.to(self.lo.device))
+
+
 def input_baselines(
     x: torch.Tensor, baselines: Any, *, method: str, blur_sigma: float = 10.0, seed: int = 0
 ) -> torch.Tensor:
@@ -159,19 +212,21 @@ def input_baselines(
                 f"{blur_sigma!r}."
             )
         return gaussian_blur(x, float(blur_sigma))
-    if baselines == "uniform":
+    if baselines == "uniform":  # per sample: its own range, a generator seeded by its values
         lo, hi = _sample_range(x.to(dtype))
-        u = torch.rand(x.shape, generator=cpu_generator(seed), dtype=dtype).to(x.device)
-        return lo + (hi - lo) * u
+        sample = tuple(x.shape[1:])
+        rows = [torch.rand(sample, generator=g, dtype=dtype) for g in sample_generators(x, seed)]
+        u = torch.stack(rows) if rows else torch.empty((0, *sample), dtype=dtype)
+        return lo + (hi - lo) * u.to(x.device)
     raise _unknown(baselines, INPUT_BASELINES, method, "a tensor broadcastable to the inputs")
 
 
 def baseline_distribution(
-    x: torch.Tensor, baselines: Any, *, method: str, n_samples: int, gen: torch.Generator
-) -> tuple[torch.Tensor, bool]:
-    """A distribution of baselines (N, *sample shape or broadcastable), and whether it was drawn
-    here with one image per draw (so draw k uses baseline k rather than a random one). `gen` is
-    a CPU generator (`cpu_generator`): the drawn baselines do not depend on the device."""
+    x: torch.Tensor, baselines: Any, *, method: str, n_samples: int
+) -> torch.Tensor | UniformReferences:
+    """A distribution of baselines: a tensor (N, *sample shape or broadcastable) shared by all
+    samples, or for "uniform" (the default) `n_samples` noise references per sample in its own
+    value range (`UniformReferences`: the caller draws them per row with the samples' seeds)."""
     dtype = float_dtype(x)
     sample = tuple(x.shape[1:])
     ones = (1,) + (1,) * len(sample)
@@ -190,24 +245,22 @@ def baseline_distribution(
                 f"distribution of baselines must have shape (N, {', '.join(map(str, sample))}) "
                 "(N reference inputs shaped like one input)."
             )
-        return d, False
+        return d
     if _is_number(baselines):
         _check_finite(baselines, method)
-        return torch.full(ones, float(baselines), device=x.device, dtype=dtype), False
+        return torch.full(ones, float(baselines), device=x.device, dtype=dtype)
     if baselines == "zero":
-        return torch.zeros(ones, device=x.device, dtype=dtype), False
+        return torch.zeros(ones, device=x.device, dtype=dtype)
     if baselines == "batch":
         if x.shape[0] < 2:
             raise SaliencelabError(
                 f"{method}: baselines='batch' uses the other inputs of the batch as references, "
                 "but the batch has one input; pass a baselines tensor (N, ...) or 'uniform'."
             )
-        return x.to(dtype), False
+        return x.to(dtype)
     if baselines is None or baselines == "uniform":
-        flat = x.to(dtype).flatten()
-        lo, hi = flat.min(), flat.max()
-        u = torch.rand((n_samples, *sample), generator=gen, dtype=dtype).to(x.device)
-        return lo + (hi - lo) * u, True
+        lo, hi = _sample_range(x.to(dtype))
+        return UniformReferences(lo, hi - lo, n_samples)
     raise _unknown(baselines, DISTRIBUTIONS, method, "a tensor (N, C, H, W) of reference inputs")
 
 

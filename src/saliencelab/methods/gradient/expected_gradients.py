@@ -8,13 +8,16 @@ i.e. integrated gradients averaged over a distribution D of baselines, estimated
 with `n_samples` draws (x', α, ε) per input. Completeness holds in expectation:
 E[Σ EG] = S(x) - E_{x'}[S(x')].
 
-Default D ("uniform"): `n_samples` images of uniform noise spanning the batch's value range,
-drawn once with the seed (draw k of every input uses image k). Erion et al. use training data
-as D: pass such a tensor (N, C, H, W), or "batch" to use the batch's own inputs.
+Default D ("uniform"): images of uniform noise spanning the input's own value range, a fresh
+one for each draw. Erion et al. use training data as D: pass such a tensor (N, C, H, W) (each
+draw picks one of its N references at random), or "batch" to use the batch's own inputs (the
+one choice whose result depends, by definition, on the other inputs of the batch).
 
-Randomness is reproducible and independent of chunking: α and the baseline indices are drawn
-once (vectorised) with a seeded generator; the input noise ε of each row is drawn from a
-generator seeded by (seed, row), so chunk sizes never change the result.
+The draws are a function of the input, not of its row: each input's α's, reference indices and
+per-draw seeds come from a CPU generator seeded by `seed` and the input's values
+(`core/seeds.py`), and draw k's noise (its uniform reference, its ε) from a CPU generator seeded
+by draw k's seed. So an input gets the same map alone or at any position of any batch (up to
+float rounding), on every device, and whatever the chunk sizes.
 """
 
 from __future__ import annotations
@@ -27,25 +30,17 @@ import torch
 from ...core.context import Context
 from ...core.errors import SaliencelabError
 from ...core.registry import register
+from ...core.seeds import sample_generators
 from ..reference import check_seed
 from .baselines import (
     DISTRIBUTION_CHOICES,
+    UniformReferences,
     baseline_distribution,
-    cpu_generator,
+    draw_seeds,
     float_dtype,
     positive_int,
+    seeded_draws,
 )
-
-
-def row_noise(rows: torch.Tensor, shape: tuple[int, ...], seed: int, like: torch.Tensor):
-    """Standard normal noise (len(rows), *shape), row r from a CPU generator seeded by (seed, r)
-    (the same noise on every device), moved to `like`'s device."""
-    out = torch.empty((len(rows), *shape), dtype=like.dtype)
-    gen = torch.Generator()
-    for i, r in enumerate(rows.tolist()):
-        gen.manual_seed((int(seed) & 0xFFFF_FFFF) << 32 | r)
-        out[i].normal_(generator=gen)
-    return out.to(like.device)
 
 
 @register(
@@ -65,9 +60,10 @@ def expected_gradients(
 ) -> torch.Tensor:
     """Expected gradients / GradientSHAP (Erion et al. 2021): IG averaged over random baselines.
 
-    Options: `baselines` a tensor (N, C, H, W) of reference inputs | "uniform" (default: noise
-    images in the batch's range) | "batch" | "zero" | a number; `n_samples` Monte Carlo draws
-    per input; `stdevs` std of Gaussian noise added to the input in each draw; `seed`.
+    Options: `baselines` a tensor (N, C, H, W) of reference inputs | "uniform" (default: a noise
+    image in the input's own range per draw) | "batch" | "zero" | a number; `n_samples` Monte
+    Carlo draws per input; `stdevs` std of Gaussian noise added to the input in each draw;
+    `seed`. The draws are seeded by `seed` and the input itself: the same map in any batch.
     """
     name = "expected_gradients"
     n_samples = positive_int(n_samples, "n_samples", name)
@@ -80,14 +76,20 @@ def expected_gradients(
     x = ctx.x
     dtype, dev, batch = float_dtype(x), x.device, ctx.batch
     xf = x.to(dtype)
-    gen = cpu_generator(seed)  # baselines, α and indices: the same draws on every device
-    dist, own_draws = baseline_distribution(x, baselines, method=name, n_samples=n_samples, gen=gen)
+    sample = tuple(x.shape[1:])
+    dist = baseline_distribution(x, baselines, method=name, n_samples=n_samples)
+    uniform = isinstance(dist, UniformReferences)
+    # Per input, from its own CPU generator (seed and its values): the same draws in any batch
+    # and on every device. (B, n_samples) each; draw k of input b is row k·B + b.
+    gens = sample_generators(x, seed)
+    alphas = torch.stack([torch.rand(n_samples, generator=g, dtype=dtype) for g in gens]).to(dev)
+    index = None
+    if not uniform:
+        n_refs = dist.shape[0]
+        index = torch.stack([torch.randint(n_refs, (n_samples,), generator=g) for g in gens])
+        index = index.to(dev)
+    seeds = draw_seeds(gens, n_samples) if uniform or stdevs > 0 else None
     n_rows = n_samples * batch
-    alphas = torch.rand(n_rows, generator=gen, dtype=dtype).to(dev)
-    if own_draws:
-        index = torch.arange(n_rows, device=dev) // batch
-    else:
-        index = torch.randint(dist.shape[0], (n_rows,), generator=gen).to(dev)
     shape = (-1,) + (1,) * (x.dim() - 1)
     cache: dict[str, torch.Tensor] = {}
 
@@ -95,17 +97,24 @@ def expected_gradients(
         """(x', x̃ - x') of these rows (row r: draw r // B of sample r % B), cached for one chunk."""
         if "rows" in cache and torch.equal(cache["rows"], rows):
             return cache["base"], cache["diff"]
-        idx = rows.to(dev)
-        xt = xf[idx % batch]
-        if stdevs > 0:
-            xt = xt + stdevs * row_noise(rows, tuple(x.shape[1:]), seed, xt)
-        base = dist[index[idx]]
+        cpu = rows.cpu()
+        b, k = (cpu % batch).to(dev), (cpu // batch).to(dev)
+        xt = xf[b]
+        u = eps = None
+        if seeds is not None:
+            u, eps = seeded_draws(
+                seeds[cpu % batch, cpu // batch], sample, dtype, uniform=uniform, normal=stdevs > 0
+            )
+        if eps is not None:
+            xt = xt + stdevs * eps.to(dev)
+        base = dist.take(b, u) if uniform else dist[index[b, k]].expand_as(xt)
         cache.update(rows=rows, base=base, diff=xt - base)
         return base, cache["diff"]
 
     def make_inputs(rows: torch.Tensor) -> torch.Tensor:
         base, diff = diff_of(rows)
-        return torch.addcmul(base, alphas[rows.to(dev)].view(shape), diff)
+        r = rows.to(dev)
+        return torch.addcmul(base, alphas[r % batch, r // batch].view(shape), diff)
 
     total = torch.zeros_like(xf)
     for chunk in ctx.engine.gradients(n_rows, make_inputs, lambda r: r % batch, ctx.target):

@@ -83,7 +83,8 @@ def target_scores(ctx: Context, inputs: torch.Tensor) -> torch.Tensor:
     family="gradient",
     cost="n_steps",
     reduction="signed sum over channels",
-    # uniform-noise baselines are drawn for the whole batch at once; a tensor may be per batch
+    # a tensor may be per batch; "uniform" baselines are drawn per sample from its own values
+    # (the same for a repeated row), but stay off here: one call per step
     rowwise=lambda options: (
         options["baselines"] != "uniform"
         if isinstance(options["baselines"], str)
@@ -104,9 +105,9 @@ def integrated_gradients(
 
     Options: `n_steps` quadrature points; `baselines` "zero" | a number | "blur" (Gaussian blur
     of the input with `blur_sigma` pixels) | "uniform" (uniform noise in each sample's range,
-    `seed`) | a tensor broadcastable to the inputs; `rule` "gausslegendre" | "riemann_left" |
-    "riemann_right" | "riemann_middle" | "riemann_trapezoid". extras["delta"] (B,) is the
-    completeness gap Σ IG - (S(x) - S(x')).
+    seeded by `seed` and the sample's values: the same in any batch) | a tensor broadcastable
+    to the inputs; `rule` "gausslegendre" | "riemann_left" | "riemann_right" | "riemann_middle"
+    | "riemann_trapezoid". extras["delta"] (B,) is the completeness gap Σ IG - (S(x) - S(x')).
     """
     name = "integrated_gradients"
     seed = check_seed(name, seed)

@@ -30,14 +30,18 @@ import torch
 from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError
 from ...core.registry import register
+from ...core.seeds import sample_generators
 from ..gradient.baselines import (
     DISTRIBUTION_CHOICES,
     INPUT_BASELINE_CHOICES,
+    UniformReferences,
     baseline_distribution,
     cpu_generator,
+    draw_seeds,
     float_dtype,
     input_baselines,
     positive_int,
+    seeded_draws,
 )
 from ..reference import check_seed
 from .multipliers import DeepLiftRescale
@@ -154,11 +158,13 @@ def deeplift_shap(
 ) -> MethodOutput:
     """DeepLIFT-SHAP (Lundberg & Lee 2017): DeepLIFT averaged over a distribution of references.
 
-    Options: `baselines` a tensor (N, C, H, W) of references | "uniform" (noise images in the
-    batch's value range) | "batch" (the batch's own inputs) | "zero" | a number;
+    Options: `baselines` a tensor (N, C, H, W) of references | "uniform" (noise images in each
+    input's own value range, drawn per input from `seed` and its values: the same map in any
+    batch) | "batch" (the batch's own inputs) | "zero" | a number;
     `n_baselines` how many references to use: by default all N of a tensor (or "batch"), and
-    16 "uniform" draws; fewer than N samples that many without replacement (`seed`); `eps` as
-    in deeplift. extras["delta"] (B,) is Σ φ - (S(x) - mean_k S(x'_k)).
+    16 "uniform" draws; fewer than N samples that many without replacement (`seed`), the same
+    subset for every input; `eps` as in deeplift. extras["delta"] (B,) is
+    Σ φ - (S(x) - mean_k S(x'_k)).
     """
     name = "deeplift_shap"
     eps = _check_eps(eps, name)
@@ -167,16 +173,31 @@ def deeplift_shap(
         n_baselines = positive_int(n_baselines, "n_baselines", name)
     x, batch = ctx.x, ctx.batch
     dev = x.device
-    gen = cpu_generator(seed)  # the same references on every device
     n_draws = n_baselines or DEFAULT_UNIFORM_REFERENCES
-    dist, _ = baseline_distribution(x, baselines, method=name, n_samples=n_draws, gen=gen)
-    if n_baselines is not None and n_baselines < dist.shape[0]:
-        dist = dist[torch.randperm(dist.shape[0], generator=gen)[:n_baselines].to(dev)]
-    n_refs = dist.shape[0]
+    dist = baseline_distribution(x, baselines, method=name, n_samples=n_draws)
     sample_shape = tuple(x.shape[1:])
+    if isinstance(dist, UniformReferences):
+        # Reference k of input b from draw k's seed of b's own generator (seed and its values):
+        # the same references in any batch and on every device, drawn per chunk of pairs.
+        seeds = draw_seeds(sample_generators(x, seed), dist.n)
+        n_refs = dist.n
+        dtype = float_dtype(x)
 
-    def reference_of(rows: torch.Tensor) -> torch.Tensor:
-        return dist[rows // batch].expand(len(rows), *sample_shape)
+        def reference_of(rows: torch.Tensor) -> torch.Tensor:
+            cpu = rows.cpu()
+            u, _ = seeded_draws(
+                seeds[cpu % batch, cpu // batch], sample_shape, dtype, uniform=True, normal=False
+            )
+            return dist.take((cpu % batch).to(dev), u)
+
+    else:  # one distribution for all inputs (a subset of it: the same for every input)
+        if n_baselines is not None and n_baselines < dist.shape[0]:
+            keep = torch.randperm(dist.shape[0], generator=cpu_generator(seed))[:n_baselines]
+            dist = dist[keep.to(dev)]
+        n_refs = dist.shape[0]
+
+        def reference_of(rows: torch.Tensor) -> torch.Tensor:
+            return dist[rows // batch].expand(len(rows), *sample_shape)
 
     total, s_x, s_ref = deeplift_pairs(
         ctx, n_refs * batch, lambda r: r.to(dev) % batch, reference_of, eps=eps, method=name
