@@ -743,3 +743,19 @@ def test_deconvnet_is_the_same_with_in_place_relus():
     plain.load_state_dict(twice.state_dict())
     want = _run(plain, x, "deconvnet", target=5).attributions
     torch.testing.assert_close(_run(twice, x, "deconvnet", target=5).attributions, want)
+
+
+def test_signed_gradients_are_labelled_signed_and_so_is_their_smoothgrad(tiny_cnn, images):
+    """saliency(absolute=False) returned a signed map labelled unsigned (drawn with the
+    unsigned heat colours, negative values clipped), and SmoothGrad of it inherited the label."""
+    methods = {
+        "saliency": {"absolute": False},
+        "smoothgrad": {"n_samples": 2, "base_options": {"absolute": False}},
+    }
+    ex = sl.explain(tiny_cnn, images[:2], methods=methods)
+    for name in methods:
+        assert ex[name].signed and bool((ex[name].maps < 0).any()), name
+    plain = sl.explain(
+        tiny_cnn, images[:2], methods={"saliency": {}, "smoothgrad": {"n_samples": 2}}
+    )
+    assert not plain["saliency"].signed and not plain["smoothgrad"].signed

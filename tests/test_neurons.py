@@ -274,6 +274,18 @@ def test_conditional_maps_sum_to_input_times_gradient(tiny_cnn, images):
     assert _no_hooks(tiny_cnn)
 
 
+def test_conditional_maps_of_a_vits_token_layer_sum_to_input_times_gradient():
+    """On a token layer (B, T, D) channel c is feature c of the patch tokens; the class token's
+    entries belonged to no channel, so the gradient through them was dropped from every map and
+    the channels' maps summed to 0.03 off a map of scale 0.036 (they now go with their feature)."""
+    vit = sl.load_model("tiny_vit")
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    full = sl.explain(vit, x, methods="input_x_gradient", target=0)["input_x_gradient"].maps
+    d = vit.module.blocks[0].norm1.normalized_shape[0]
+    total = sum(conditional_map(vit, x, "blocks.0", k, target=0).maps for k in range(d))
+    torch.testing.assert_close(total, full, rtol=1e-4, atol=1e-6)
+
+
 def test_conditional_integrated_gradients_is_the_channels_conductance(tiny_cnn):
     torch.manual_seed(3)
     x = torch.randn(1, 3, 4, 4)
@@ -782,7 +794,7 @@ def test_conditional_map_on_vit_tokens_gates_the_feature_not_the_token():
         with pytest.raises(SaliencelabError, match=r"has 48 channels"):
             _keep_mask("blocks.2.norm1", a, 60)
     expected = torch.zeros(1, 65, 48)
-    expected[0, 1:, 5] = 1  # feature 5 of the 64 patch tokens; the class token is no channel
+    expected[0, :, 5] = 1  # feature 5 of the 64 patch tokens, and of the class token
     assert torch.equal(keep, expected)
     with pytest.raises(SaliencelabError, match=r"has 48 channels"):
         sl.conditional_map(model, x, None, 60)

@@ -64,7 +64,10 @@ def _keep_mask(name: str, a: torch.Tensor, channel: int) -> torch.Tensor:
     A vision transformer's tokens (B, T, D) are read on the patch grid (B, D, h, w), as
     `sl.activations` reads them: the mask marks the entries that channel of the map is read
     from (found by laying each entry's index on the grid), so it keeps feature `channel` of the
-    patch tokens (not token `channel`, nor the class token).
+    patch tokens (not token `channel`). Entries the grid does not read (the class and register
+    tokens) count as their feature's channel too, where the grid's channels are the tokens'
+    features: every entry then belongs to exactly one channel, and the maps of all channels
+    still sum to the unconditional map.
     """
     if a.dim() != 3:
         k = check_channel(name, a, channel)
@@ -76,7 +79,13 @@ def _keep_mask(name: str, a: torch.Tensor, channel: int) -> torch.Tensor:
     check_channel(name, grid, channel)
     keep = torch.zeros(index.numel(), dtype=a.dtype, device=a.device)
     keep[grid[:, channel].flatten().long()] = 1
-    return keep.view_as(a[:1])
+    keep = keep.view_as(a[:1])
+    if grid.shape[1] == a.shape[-1]:  # the prefix tokens' entries: by their feature
+        read = torch.zeros(index.numel(), dtype=torch.bool, device=a.device)
+        read[grid.flatten().long()] = True
+        feature = torch.arange(a.shape[-1], device=a.device) == channel
+        keep[~read.view_as(a[:1]) & feature] = 1
+    return keep
 
 
 def channel_gate(name: str, channel: int):

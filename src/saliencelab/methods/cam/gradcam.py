@@ -120,7 +120,9 @@ def gradcam_plus_plus(
     linear in A (a ReLU network), so ∂ⁿY_c/∂A_kijⁿ = Y_c G_kijⁿ: the α above is its
     α = ∂²Y/∂A² / (2 ∂²Y/∂A² + Σ_ab A_kab ∂³Y/∂A³), and its weights Σ α ReLU(∂Y/∂A) are the
     w_k above times Y_c > 0, a per-sample scale we drop (as pytorch-grad-cam does). α is 0 where
-    its denominator is 0 (pytorch-grad-cam adds 1e-6 instead).
+    its denominator is 0 (pytorch-grad-cam adds 1e-6 instead). The derivation assumes A ≥ 0 (a
+    layer after a ReLU); on signed activations (a ViT's LayerNorm output, its default layer) the
+    denominators can come near 0 and the α's are unstable.
 
     Chattopadhay et al., "Grad-CAM++: Generalized Gradient-Based Visual Explanations for Deep
     Convolutional Networks", WACV 2018.
@@ -134,7 +136,8 @@ def xgradcam(
 ) -> MethodOutput:
     """XGrad-CAM: the gradient averaged with the channel's normalised activations (Fu et al. 2020).
 
-    L = ReLU(Σ_k w_k A_k),  w_k = Σ_ij (A_kij / Σ_ab A_kab) ∂S_c/∂A_kij.
+    L = ReLU(Σ_k w_k A_k),  w_k = Σ_ij (A_kij / Σ_ab A_kab) ∂S_c/∂A_kij. Its axioms assume A ≥ 0
+    (a layer after a ReLU); on signed activations Σ_ab A_kab can be near 0.
 
     Fu et al., "Axiom-based Grad-CAM: Towards Accurate Visualization and Explanation of CNNs",
     BMVC 2020.
@@ -164,7 +167,9 @@ def layercam(
     """LayerCAM: positive gradient ⊙ activation, summed over channels (Jiang et al. 2021).
 
     L = ReLU(Σ_k ReLU(∂S_c/∂A_k) ⊙ A_k). Meant also for shallow layers: pass `layer=[...]` to
-    fuse several.
+    fuse several. Jiang et al. (Eq. 9) fuse layers by the element-wise max of tanh(2 · M / max M):
+    `fusion="max"` orders the pixels exactly so (tanh is increasing; each map is divided by its
+    peak, not squashed), while the default `"mean"` (pytorch-grad-cam's) can reorder them.
 
     Jiang et al., "LayerCAM: Exploring Hierarchical Class Activation Maps for Localization",
     IEEE TIP 2021.

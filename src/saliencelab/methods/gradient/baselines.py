@@ -254,7 +254,7 @@ def baseline_distribution(
     if baselines == "batch":
         if x.shape[0] < 2:
             raise SaliencelabError(
-                f"{method}: baselines='batch' uses the other inputs of the batch as references, "
+                f"{method}: baselines='batch' uses the inputs of the batch as references, "
                 "but the batch has one input; pass a baselines tensor (N, ...) or 'uniform'."
             )
         return x.to(dtype)

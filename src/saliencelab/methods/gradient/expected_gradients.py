@@ -6,12 +6,14 @@ axiomatic attribution priors and expected gradients"); the same estimator is Gra
 
 i.e. integrated gradients averaged over a distribution D of baselines, estimated by Monte Carlo
 with `n_samples` draws (x', α, ε) per input. Completeness holds in expectation:
-E[Σ EG] = S(x) - E_{x'}[S(x')].
+E[Σ EG] = E_ε[S(x + ε)] - E_{x'}[S(x')] (S(x) - E_{x'}[S(x')] without input noise).
 
 Default D ("uniform"): images of uniform noise spanning the input's own value range, a fresh
 one for each draw. Erion et al. use training data as D: pass such a tensor (N, C, H, W) (each
-draw picks one of its N references at random), or "batch" to use the batch's own inputs (the
-one choice whose result depends, by definition, on the other inputs of the batch).
+draw picks one of its N references at random), or "batch" to use the batch's inputs as the
+empirical distribution, the explained input itself included (a draw of itself adds 0, so with B
+inputs the estimate is (B − 1)/B of the one over the others alone; the one choice whose result
+depends, by definition, on the other inputs of the batch).
 
 The draws are a function of the input, not of its row: each input's α's, reference indices and
 per-draw seeds come from a CPU generator seeded by `seed` and the input's values

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ...core.context import Context
+from ...core.context import Context, MethodOutput
 from ...core.registry import SharedPass, register
 from ..options import check_flag
 
@@ -20,14 +20,15 @@ INPUT_GRADIENT = SharedPass(backward="plain", input_grad=True)
     reduction="sum of |grad| over channels",
     rowwise=True,
 )
-def saliency(ctx: Context, *, absolute: bool = True) -> torch.Tensor:
+def saliency(ctx: Context, *, absolute: bool = True) -> MethodOutput:
     """Vanilla gradient |dS_c/dx| (Simonyan et al. 2014).
 
-    attributions = |∂S_c/∂x| (or the signed gradient with `absolute=False`); maps sum channels.
+    attributions = |∂S_c/∂x| (or the signed gradient with `absolute=False`, a signed map); maps
+    sum channels (Simonyan et al. take the maximum of |∂S_c/∂x| over channels).
     """
     absolute = check_flag(absolute, "absolute", "saliency")
     grad = ctx.capture(input_grad=True).input_grad
-    return grad.abs() if absolute else grad
+    return MethodOutput(grad.abs(), signed=False) if absolute else MethodOutput(grad, signed=True)
 
 
 @register(

@@ -4,10 +4,17 @@ With A the base method (saliency by default) and x_k = x + ε_k, ε_k ~ N(0, σ�
 
 - smoothgrad    (Smilkov et al. 2017, "SmoothGrad: removing noise by adding noise"):
   (1/n) Σ_k A(x_k)
-- smoothgrad_sq (the squared variant of Smilkov et al.; Hooker et al. 2019): (1/n) Σ_k A(x_k)²
+- smoothgrad_sq (SG-SQ, Hooker et al. 2019, "A Benchmark for Interpretability Methods in Deep
+  Neural Networks", §4.1): (1/n) Σ_k A(x_k)²
 - vargrad       (Adebayo et al. 2018, "Local explanation methods for deep neural networks lack
   sensitivity to parameter values"): (1/n) Σ_k A(x_k)² - ((1/n) Σ_k A(x_k))² (population
   variance, as Captum's NoiseTunnel)
+
+The default base, saliency, is |∂S/∂x| (as Captum's NoiseTunnel over Saliency): SmoothGrad
+then averages |gradient| and VarGrad takes the variance of |gradient|. The papers average and
+take the variance of the signed gradient (Smilkov et al. take the absolute value only to draw
+the map): `base_options={"absolute": False}` gives that (a signed SmoothGrad map; VarGrad's
+Var ∂S/∂x = E[g²] − (E g)², where the default gives E[g²] − (E|g|)²).
 
 σ = noise_level × (max(x) - min(x)) of each sample, as in the paper, or `stdevs` (absolute).
 Each sample's noise comes from its own CPU generator seeded by `seed` and the sample's values
@@ -45,10 +52,16 @@ def standard_normal(
     shape: tuple[int, ...], gens: list[torch.Generator], like: torch.Tensor
 ) -> torch.Tensor:
     """N(0, 1) noise (g, B, ...) on `like`'s device and dtype, column b from `gens[b]` (one
-    CPU generator per sample: its noise does not depend on the batch; a seam for tests)."""
+    CPU generator per sample: its noise does not depend on the batch; a seam for tests). Each
+    draw is its own `randn` call: torch's CPU normal sampler fills a tensor in blocks of 16, so
+    one call of g draws gives other numbers than g calls of one whenever a sample's size is
+    not a multiple of 16, and the group size g depends on the batch."""
     g, _, *sample = shape
-    cols = [torch.randn((g, *sample), generator=gen, dtype=like.dtype) for gen in gens]
-    return torch.stack(cols, 1).to(like.device)
+    out = torch.empty((g, len(gens), *sample), dtype=like.dtype)
+    for b, gen in enumerate(gens):
+        for k in range(g):
+            out[k, b] = torch.randn(sample, generator=gen, dtype=like.dtype)
+    return out.to(like.device)
 
 
 def masked_normal(
@@ -58,9 +71,9 @@ def masked_normal(
     order, drawn from `gens[b]` (their number is the sample's own, not the batch's)."""
     out = torch.zeros((g, *like.shape), dtype=like.dtype, device=like.device)
     for b, gen in enumerate(gens):
-        n = int(where[b].sum())
-        draws = torch.randn((g, n), generator=gen, dtype=like.dtype).to(like.device)
-        out[:, b].masked_scatter_(where[b].expand(g, *where.shape[1:]), draws)
+        n = int(where[b].sum())  # one call per draw, as `standard_normal`
+        draws = torch.stack([torch.randn(n, generator=gen, dtype=like.dtype) for _ in range(g)])
+        out[:, b].masked_scatter_(where[b].expand(g, *where.shape[1:]), draws.to(like.device))
     return out
 
 
@@ -162,7 +175,7 @@ def _smooth(
     group = max(1, min(n_samples, MAX_NOISY_VALUES // max(1, x.numel())))
     scale = sigma.view((1, batch) + (1,) * (x.dim() - 1))
     attributions, maps = _Running(kind), _Running(kind)
-    layer = None
+    layer, base_signed = None, spec.signed
     for start in range(0, n_samples, group):
         g = min(group, n_samples - start)
         if where is None:
@@ -177,13 +190,14 @@ def _smooth(
         if out.maps is not None:
             maps.add(out.maps.reshape(g, batch, *out.maps.shape[1:]))
         layer = out.layer
+        base_signed = spec.signed if out.signed is None else out.signed  # as its options say
     result = attributions.result()
     return MethodOutput(
         result,
         maps=maps.result() if maps.n else None,
         extras={"sigma": sigma},
         layer=layer,
-        signed=kind == "smoothgrad" and get_method(base).signed,
+        signed=kind == "smoothgrad" and base_signed,
     )
 
 
@@ -246,7 +260,7 @@ def smoothgrad_sq(
     seed: int = 0,
     base_options: dict[str, Any] | None = None,
 ) -> MethodOutput:
-    """SmoothGrad² (Smilkov et al. 2017): the mean of the squared base attributions over noise.
+    """SmoothGrad² (Hooker et al. 2019): the mean of the squared base attributions over noise.
 
     Options as for smoothgrad.
     """

@@ -6,9 +6,10 @@ For each sample with F features:
 1. draw coalitions z ∈ {0, 1}^F: the all-ones coalition, then n_samples − 1 with each z_f an
    independent Bernoulli(½) (a CPU `torch.Generator` seeded with `seed`);
 2. score the target on x with the features where z_f = 0 set to the baseline: y(z);
-3. weigh each coalition by the exponential kernel of the paper (§3.4),
-   π(z) = exp(−d(z)² / σ²), d(z) = 1 − cos(z, 1) = 1 − sqrt(|z| / F) (d = 1 for z = 0),
-   σ = `kernel_width`;
+3. weigh each coalition by the paper's exponential kernel (§3.4), π(z) = exp(−d(z)² / σ²),
+   with the cosine distance over z of the `lime` package's image explainer (Ribeiro et al.
+   suggest cosine for text and L2 for images), d(z) = 1 − cos(z, 1) = 1 − sqrt(|z| / F)
+   (d = 1 for z = 0), σ = `kernel_width`;
 4. fit g(z) = β_0 + Σ_f β_f z_f by weighted ridge regression,
    min_β Σ_z π(z) (y(z) − g(z))² + α Σ_{f≥1} β_f² (intercept not penalised),
    in closed form: (XᵀΠX + αD) β = XᵀΠy, all samples at once (`surrogate.py`).

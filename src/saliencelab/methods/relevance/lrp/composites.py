@@ -15,9 +15,13 @@ in zennit):
     epsilon_gamma_box     first layer z^B, convolutions LRP-γ, dense layers LRP-ε
     epsilon_alpha2_beta1  convolutions LRP-α2β1, dense layers LRP-ε
 
-In every preset average pooling, un-merged BatchNorm and residual sums (`ResidualSum`) get LRP-ε
-(they are linear maps with non-negative weights, so ε just stabilises), and activations other
-than ReLU / LeakyReLU get the pass-through rule (for those two it is their gradient).
+In every preset average pooling and residual sums (`ResidualSum`) get LRP-ε (linear maps with
+non-negative weights, so ε just stabilises). A BatchNorm that could not be merged into the layer
+before it (e.g. one after a ReLU; `canonize=False`) gets LRP-ε as the affine map it is: its
+shift absorbs relevance and a negative scale flips its sign, as a layer's bias and weights do,
+and LRP-0 stays gradient × input (zennit gives such a BatchNorm the pass-through rule instead,
+which conserves relevance but breaks that identity). Activations other than ReLU / LeakyReLU
+get the pass-through rule (for those two it is their gradient).
 """
 
 from __future__ import annotations
