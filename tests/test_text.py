@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -121,6 +122,33 @@ def gpt2_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def gpt2_classifier_dir(tmp_path_factory):
+    """A decoder's sequence classifier: it scores the last position (HF finds the last real
+    token from input_ids, which an embeddings-fed model does not have)."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(3)
+    config = GPT2Config(
+        vocab_size=len(WORDS),
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        n_positions=24,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        id2label={0: "negative", 1: "positive"},
+    )
+    path = tmp_path_factory.mktemp("gpt2-cls")
+    GPT2ForSequenceClassification(config).eval().save_pretrained(path)
+    _tokenizer(bert=False).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
 def classifier(classifier_dir):
     return sl.load_model(f"hf:{classifier_dir}")
 
@@ -166,14 +194,14 @@ def test_saliency_and_input_x_gradient_are_embedding_gradients(classifier, hf_cl
         texts,
         methods=["saliency", "input_x_gradient"],
         target="positive",
-        absolute=False,
     )
     enc = classifier.tokenizer(texts, padding=True, return_tensors="pt")
     emb, grad = _embedding_grad(hf_classifier, enc["input_ids"], enc["attention_mask"], 1)
     mask = enc["attention_mask"].bool()
     sal, ixg = ex["saliency"], ex["input_x_gradient"]
     assert sal.attributions.shape == grad.shape  # the flag columns are dropped
-    torch.testing.assert_close(sal.attributions * mask[..., None], grad * mask[..., None])
+    torch.testing.assert_close(sal.attributions * mask[..., None], grad.abs() * mask[..., None])
+    torch.testing.assert_close(sal.piece_scores, grad.abs().sum(-1) * mask)
     torch.testing.assert_close(ixg.piece_scores, (emb * grad).sum(-1).detach() * mask)
     # Subword pieces merged into words; a word's score is the sum of its pieces'.
     assert sal.tokens == [["A", "man", "is", "playing", "guitar", "."], ["bad", "plot"]]
@@ -182,6 +210,67 @@ def test_saliency_and_input_x_gradient_are_embedding_gradients(classifier, hf_cl
     merged = torch.stack([p[1], p[2], p[3], p[4] + p[5], p[6] + p[7], p[8]])
     torch.testing.assert_close(ixg.maps[0, :6], merged)
     assert ixg.maps.shape == (2, 6) and (ixg.maps[1, 2:] == 0).all()
+
+
+def test_a_decoder_classifier_scores_each_text_at_its_last_token_in_any_batch(
+    gpt2_classifier_dir,
+):
+    """A GPT-2 classifier scores its last position. Padded on the right, a short text beside a
+    longer one was scored at a [PAD] (its logits and maps moved with the batch); now such a
+    classifier is found by a probe and its texts are padded on the left with their own
+    position ids: the logits of Hugging Face on the text's input_ids alone, in any batch."""
+    from transformers import AutoModelForSequenceClassification
+
+    tm = sl.load_model(f"hf:{gpt2_classifier_dir}")
+    assert tm.task == "classification" and tm.padding_side == "left"
+    assert tm.extra["rollout_row"] == -1  # the position it scores
+    hf = AutoModelForSequenceClassification.from_pretrained(gpt2_classifier_dir).eval()
+    short, long = "bad plot", "the movie was great and the cat sat on the mat"
+    with torch.no_grad():
+        want = hf(input_ids=torch.tensor([tm.tokenizer(short)["input_ids"]])).logits[0]
+    methods = {"integrated_gradients": {"n_steps": 8}}
+    alone = sl.explain(tm, [short], methods=methods, target="positive")
+    beside = sl.explain(tm, [long, short], methods=methods, target="positive")
+    torch.testing.assert_close(alone.logits[0], want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(beside.logits[1], want, atol=1e-5, rtol=1e-5)
+    a, b = alone["integrated_gradients"].maps[0], beside["integrated_gradients"].maps[1, :2]
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_an_encoder_classifier_keeps_right_padding(classifier):
+    assert classifier.padding_side == "right" and "rollout_row" not in classifier.extra
+
+
+def test_a_classifier_explained_for_a_function_target_keeps_its_classes(classifier):
+    """The task name was misspelt in the check ("classifier"), so a text classifier's outputs
+    counted as no classes: with a function target the explanation lost its labels and
+    probabilities (predicted None), unlike an image classifier's."""
+    margin = lambda logits: logits[:, 1] - logits[:, 0]  # noqa: E731
+    ex = sl.explain(classifier, ["the movie was great"], methods="saliency", target=margin)
+    assert ex.labels == ["negative", "positive"] and ex.probabilities is not None
+    assert ex.table()[0]["predicted"] in ("negative", "positive")
+
+
+def test_rollout_discard_counts_each_texts_own_tokens(classifier):
+    """discard_ratio dropped ⌊r·T²⌋ entries of the padded T×T matrices, padding included: a
+    short text's map moved with the longest text of its batch."""
+    methods = {"attention_rollout": {"discard_ratio": 0.5}}
+    short, long = "bad plot", "a man is playing guitar and the cat sat on the mat"
+    alone = sl.explain(classifier, [short], methods=methods, target=1)["attention_rollout"]
+    beside = sl.explain(classifier, [long, short], methods=methods, target=1)["attention_rollout"]
+    torch.testing.assert_close(alone.maps[0], beside.maps[1, :2], atol=1e-6, rtol=1e-5)
+
+
+def test_signed_gradients_summed_over_a_layernormed_embedding_are_refused(classifier):
+    """BERT's LayerNorm ignores a shift of all of a token's embedding values, so the gradient
+    sums to 0 over them: signed token scores were rounding noise (~1e-8 against gradients of
+    ~0.2), labelled signed. Input × gradient, |gradient| and L2 scores are unaffected."""
+    signed = {"absolute": False}
+    for methods in ({"saliency": signed}, {"smoothgrad": {"n_samples": 2, "base_options": signed}}):
+        with pytest.raises(SaliencelabError, match="sums to ~0 over each token's embedding"):
+            sl.explain(classifier, "bad plot", methods=methods, target=1)
+    ex = sl.explain(classifier.with_token_scores("l2"), "bad plot", methods="saliency", target=1)
+    assert bool((ex["saliency"].maps > 0).all())
 
 
 def test_l2_token_scores_are_the_norm_of_the_attribution(classifier, hf_classifier):
@@ -251,33 +340,29 @@ def test_integrated_gradients_matches_captum_on_embeddings(classifier, hf_classi
 def test_smoothgrad_noise_leaves_each_rows_attention_mask_intact(classifier, hf_classifier):
     """SmoothGrad on a padded batch equals the mean of by-hand gradients at the same noisy
     embeddings with each text's true attention mask (the flag columns survive the noise). The
-    noise goes on each text's real tokens' embeddings only, drawn from a generator seeded by
-    those values (so it does not depend on the padding)."""
+    noise goes on each text's own tokens' embeddings only ([CLS] and [SEP] kept, as integrated
+    gradients keeps them), drawn from a generator seeded by those values (so it does not depend
+    on the padding)."""
     from saliencelab.core.seeds import sample_seeds
 
     texts = ["A man is playing guitar.", "bad plot"]
     n, sigma = 3, 0.5
     ex = sl.explain(
-        classifier,
-        texts,
-        methods="smoothgrad",
-        target=1,
-        n_samples=n,
-        stdevs=sigma,
-        seed=3,
-        base_options={"absolute": False},
+        classifier, texts, methods="smoothgrad", target=1, n_samples=n, stdevs=sigma, seed=3
     )
     enc = classifier.tokenizer(texts, padding=True, return_tensors="pt")
     emb = hf_classifier.get_input_embeddings()(enc["input_ids"]).detach()
     noise = torch.zeros(n, *emb.shape)
     for i, length in enumerate(enc["attention_mask"].sum(1).tolist()):
-        own = emb[i, :length].flatten()  # the text's own tokens (right padding)
+        own = emb[i, 1 : length - 1].flatten()  # the text's own tokens: not [CLS] nor [SEP]
         gen = torch.Generator().manual_seed(sample_seeds(own[None], 3)[0])
-        noise[:, i, :length] = torch.randn((n, own.numel()), generator=gen).view(n, length, -1)
+        draws = [torch.randn(own.numel(), generator=gen) for _ in range(n)]
+        noise[:, i, 1 : length - 1] = torch.stack(draws).view(n, length - 2, -1)
     noisy = (emb[None] + sigma * noise).flatten(0, 1).requires_grad_(True)
     mask = enc["attention_mask"].repeat(n, 1)
     hf_classifier(inputs_embeds=noisy, attention_mask=mask).logits[:, 1].sum().backward()
-    expected = noisy.grad.view(n, 2, *emb.shape[1:]).mean(0) * enc["attention_mask"][..., None]
+    grads = noisy.grad.abs().view(n, 2, *emb.shape[1:])
+    expected = grads.mean(0) * enc["attention_mask"][..., None]
     got = ex["smoothgrad"].attributions * enc["attention_mask"][..., None]
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
@@ -449,11 +534,16 @@ def test_similarity_target_is_cosine_of_mean_pooled_embeddings(encoder_dir):
     assert "; 2 texts of up to " in repr(ex)  # not the engine input's (B, T, D + flags) shape
 
 
+@pytest.mark.parametrize("config", ["flag", "name"])
 @pytest.mark.parametrize("pooling", ["cls", "max"])
-def test_cls_and_max_pooling_are_those_of_the_hf_hidden_states(encoder_dir, tmp_path, pooling):
-    """A sentence-transformers directory asking for [CLS] or max pooling: the sentence embedding
-    is the normalised first hidden state, or the normalised maximum over the real tokens only
-    (padding excluded), computed by hand from the Hugging Face model on a padded batch."""
+def test_cls_and_max_pooling_are_those_of_the_hf_hidden_states(
+    encoder_dir, tmp_path, pooling, config
+):
+    """A sentence-transformers directory asking for [CLS] or max pooling, as older versions write
+    it (`pooling_mode_cls_token: true`) or newer ones (`pooling_mode: "cls"`, which loaded as
+    mean pooling): the sentence embedding is the normalised first hidden state, or the
+    normalised maximum over the real tokens only (padding excluded), computed by hand from the
+    Hugging Face model on a padded batch."""
     import shutil
 
     from transformers import AutoModel
@@ -461,7 +551,8 @@ def test_cls_and_max_pooling_are_those_of_the_hf_hidden_states(encoder_dir, tmp_
     path = tmp_path / pooling
     shutil.copytree(encoder_dir, path)
     key = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens"}[pooling]
-    (path / "1_Pooling" / "config.json").write_text(json.dumps({key: True}))
+    cfg = {key: True} if config == "flag" else {"pooling_mode": pooling}
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(cfg))
     enc = sl.load_model(f"hf:{path}")
     assert (enc.module.pooling, enc.module.normalize) == (pooling, True)
     hf = AutoModel.from_pretrained(path).eval()
@@ -480,6 +571,33 @@ def test_cls_and_max_pooling_are_those_of_the_hf_hidden_states(encoder_dir, tmp_
     # change the maximum of the short text.
     other = {"cls": h[:, 1], "max": h.amax(dim=1)}[pooling]
     assert not torch.allclose(torch.nn.functional.normalize(other, dim=-1)[0], expected[0])
+
+
+@pytest.mark.parametrize(
+    ("pooling", "extra", "words"),
+    [
+        ({"pooling_mode": "lasttoken"}, None, "pools token states by lasttoken"),
+        ({"pooling_mode": ["mean", "max"]}, None, "by mean + max"),
+        ({"pooling_mode_mean_sqrt_len_tokens": True}, None, "by mean_sqrt_len_tokens"),
+        ({"pooling_mode": "mean"}, "Dense", "has a Dense module (2_Dense)"),
+    ],
+)
+def test_a_sentence_transformer_we_cannot_reproduce_is_refused(
+    encoder_dir, tmp_path, pooling, extra, words
+):
+    """Other poolings and modules after pooling (Dense) change the embedding: they loaded as
+    mean pooling without them, and the maps explained another function than the model's."""
+    import shutil
+
+    path = tmp_path / "st"
+    shutil.copytree(encoder_dir, path)
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    if extra:
+        modules = json.loads((path / "modules.json").read_text())
+        modules.append({"path": f"2_{extra}", "type": f"sentence_transformers.models.{extra}"})
+        (path / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(SaliencelabError, match=re.escape(words)):
+        sl.load_model(f"hf:{path}")
 
 
 def test_similarity_is_a_cosine_also_without_normalised_embeddings(encoder_dir, tmp_path):

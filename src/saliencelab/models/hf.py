@@ -67,22 +67,57 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
+#: sentence-transformers' pooling modes, as older versions name them in a Pooling config
+#: (`pooling_mode_cls_token: true`, ...) and newer ones (`pooling_mode: "cls"` or a list).
+_POOLING_FLAGS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+def _pooling_modes(cfg: dict[str, Any]) -> list[str]:
+    """The pooling modes a sentence-transformers Pooling config turns on (mean if none)."""
+    mode = cfg.get("pooling_mode")
+    if isinstance(mode, str):
+        return [mode]
+    if isinstance(mode, list) and mode:
+        return [str(m) for m in mode]
+    return [name for key, name in _POOLING_FLAGS.items() if cfg.get(key)] or ["mean"]
+
+
 def _sentence_transformers(path: Path) -> tuple[str, bool, int | None] | None:
-    """(pooling, normalise, max_seq_length) of a sentence-transformers directory, else None."""
+    """(pooling, normalise, max_seq_length) of a sentence-transformers directory, else None.
+
+    Its modules must be the transformer, one Pooling by mean, [CLS] or max, and optionally
+    Normalize: any other pooling or module (Dense, ...) changes the embedding, and is refused in
+    one sentence rather than explained as a different function."""
     modules = _read_json(path / "modules.json")
     if not isinstance(modules, list) or not modules:
         return None
     pooling, normalize = "mean", False
     for m in modules:
         kind = str(m.get("type", ""))
-        if kind.endswith("Pooling"):
-            cfg = _read_json(path / str(m.get("path", "")) / "config.json")
-            if cfg.get("pooling_mode_cls_token"):
-                pooling = "cls"
-            elif cfg.get("pooling_mode_max_tokens"):
-                pooling = "max"
-        elif kind.endswith("Normalize"):
+        short = kind.rsplit(".", 1)[-1]
+        if short == "Pooling":
+            modes = _pooling_modes(_read_json(path / str(m.get("path", "")) / "config.json"))
+            if len(modes) != 1 or modes[0] not in ("mean", "cls", "max"):
+                raise SaliencelabError(
+                    f"The sentence-transformers model in {path} pools token states by "
+                    f"{' + '.join(modes)}; saliencelab explains mean, cls or max pooling only."
+                )
+            pooling = modes[0]
+        elif short == "Normalize":
             normalize = True
+        elif short != "Transformer":
+            raise SaliencelabError(
+                f"The sentence-transformers model in {path} has a {short} module "
+                f"({m.get('path') or kind}), which saliencelab does not apply, so its embeddings "
+                "would not be the model's; use a model made of Transformer, Pooling and Normalize."
+            )
     max_len = _read_json(path / "sentence_bert_config.json").get("max_seq_length")
     return pooling, normalize, int(max_len) if isinstance(max_len, int) else None
 

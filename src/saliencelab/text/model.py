@@ -81,6 +81,7 @@ class TextModule(nn.Module):
         self.task = task
         self.pooling = pooling
         self.normalize = normalize
+        self._reads_last: bool | None = None  # `reads_last_position`, probed once
 
     @property
     def embedding(self) -> nn.Embedding:
@@ -90,12 +91,32 @@ class TextModule(nn.Module):
     def dim(self) -> int:
         return int(self.embedding.weight.shape[1])
 
+    def reads_last_position(self) -> bool:
+        """Whether a classifier scores its last position (a decoder's sequence classifier:
+        GPT-2, Llama, ...; from embeddings Hugging Face cannot find the last real token), so
+        right padding would score a [PAD]: its texts are padded on the left instead, with their
+        own position ids. Found once by a probe: two tokens, then the same with one padding
+        token after them, masked; an encoder's [CLS] scores do not move, a decoder's do."""
+        if self._reads_last is None:
+            self._reads_last = False
+            if self.task == "classification":
+                w = self.embedding.weight.detach()
+                emb = w[torch.arange(3, device=w.device) % w.shape[0]][None]  # (1, 3, D)
+                mask = torch.tensor([[1, 1, 0]], device=w.device)
+                with attribution_mode(self), torch.no_grad():
+                    two = self.hf(inputs_embeds=emb[:, :2], attention_mask=mask[:, :2]).logits
+                    padded = self.hf(inputs_embeds=emb, attention_mask=mask).logits
+                tol = 1e-5 * (1.0 + float(two.abs().max()))
+                self._reads_last = not bool(((two - padded).abs() <= tol).all())
+        return self._reads_last
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask, _ = read_flags(x, self.dim)
         emb = embeddings_of(x, self.dim).to(self.embedding.weight.dtype)
         kwargs: dict[str, Any] = {"inputs_embeds": emb, "attention_mask": mask.long()}
-        if self.task == "causal-lm":
+        if self.task == "causal-lm" or self.reads_last_position():  # left-padded rows
             kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        if self.task == "causal-lm":
             kwargs["use_cache"] = False
         out = self.hf(**kwargs)
         if self.task != "embedding":
@@ -163,11 +184,17 @@ class TextModel(Model):
             "noise_mask": self.noise_mask,  # SmoothGrad: real tokens' embeddings only
             # a classifier's outputs are class logits; an encoder's sentence embedding and a
             # language model's next-token logits are not (core/explain.py: no predicted class)
-            "outputs_are_classes": self.task == "classifier",
+            "outputs_are_classes": self.task == "classification",
         }
+        # The row of attention rollout that stands for the output: the mean of the real tokens'
+        # rows for an encoder pooling them all (mean or max), the last position for a
+        # left-padded classifier that scores it (GPT-2's), else the first token ([CLS]).
         pooling = getattr(self.module, "pooling", None)
-        if self.task == "embedding" and pooling == "mean" and "rollout_row" not in self.extra:
-            hooks["rollout_row"] = "mean"
+        if "rollout_row" not in self.extra:
+            if self.task == "embedding" and pooling in ("mean", "max"):
+                hooks["rollout_row"] = "mean"
+            elif self.task == "classification" and self.text_module.reads_last_position():
+                hooks["rollout_row"] = -1
         self.extra = {**self.extra, **hooks}
         if self.preprocess is None:
             self.preprocess = self.inputs
@@ -177,10 +204,13 @@ class TextModel(Model):
         return read_flags(x, self.dim)[0]
 
     def noise_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, T, D + 2R) bool: the embedding columns of the real tokens of engine inputs `x`,
-        where SmoothGrad adds noise (not the padding, not the attention-flag columns)."""
+        """(n, T, D + 2R) bool: the embedding columns of the text's own tokens in engine inputs
+        `x`, where SmoothGrad adds noise: not the padding, not the fixed tokens ([CLS], [SEP], a
+        continuation's tokens: context, kept as integrated gradients' baselines keep them),
+        not the flag columns."""
+        real, fixed = read_flags(x, self.dim)
         columns = torch.arange(x.shape[-1], device=x.device) < self.dim
-        return self.token_mask(x).to(x.device)[..., None] & columns
+        return (real & ~fixed).to(x.device)[..., None] & columns
 
     # -- the pieces --------------------------------------------------------------------------
 
@@ -194,7 +224,10 @@ class TextModel(Model):
 
     @property
     def padding_side(self) -> str:
-        return "left" if self.task == "causal-lm" else "right"
+        """Left for a causal LM and a classifier that scores its last position (so every text
+        ends at the last position: `TextModule.reads_last_position`), else right."""
+        left = self.task == "causal-lm" or self.text_module.reads_last_position()
+        return "left" if left else "right"
 
     def with_token_scores(self, token_scores: str) -> TextModel:
         """A copy scoring tokens by "signed" sum or "l2" norm over the embedding."""
@@ -358,6 +391,7 @@ class TextModel(Model):
                 signed = False
             else:
                 pieces = attr.sum(dim=-1)
+                _refuse_vanishing_sums(pieces, attr, signed)
             extras["token_scores"] = self.token_scores
         elif out.maps is not None and out.maps.dim() == 2:
             pieces = out.maps
@@ -440,3 +474,20 @@ class TextModel(Model):
         ref = self.reference_embedding(kind, emb).expand_as(emb)
         keep = (fixed | ~mask)[..., None]
         return with_embeddings(x, torch.where(keep, emb, ref))
+
+
+def _refuse_vanishing_sums(sums: torch.Tensor, attr: torch.Tensor, signed: bool | None) -> None:
+    """One sentence when signed per-token sums of embedding attributions are all ~0 while the
+    attributions are not: a signed gradient on a transformer whose embeddings go through
+    LayerNorm (BERT, MiniLM, GPT-2), which ignores a shift of all of a token's values, so its
+    gradient sums to 0 over them and the map would be rounding noise."""
+    if not signed or attr.numel() == 0:
+        return
+    size = float(attr.abs().sum(dim=-1).max())
+    if size > 0 and float(sums.abs().max()) <= 1e-4 * size:
+        raise SaliencelabError(
+            "The signed gradient sums to ~0 over each token's embedding (this model's "
+            "LayerNorm ignores a shift of all of a token's values), so signed token scores would "
+            "be rounding noise; use |gradient| (saliency's default), input_x_gradient, or "
+            "token_scores='l2'."
+        )

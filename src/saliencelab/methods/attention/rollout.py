@@ -12,6 +12,7 @@ weight-producing ones for the pass and restores them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import closing
 
@@ -51,28 +52,43 @@ def fuse_heads(a: torch.Tensor, fusion: str = "mean") -> torch.Tensor:
     )
 
 
-def discard_lowest(a: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Each sample's ⌊ratio·T²⌋ smallest entries of (B, T, T) set to 0, entry (0, 0) (the class
-    token's attention to itself) kept, as in Gildenblat's reference code (vit-explain)."""
+def discard_lowest(a: torch.Tensor, ratio: float, real: torch.Tensor | None = None) -> torch.Tensor:
+    """Each sample's ⌊ratio·n²⌋ smallest entries of (B, T, T) set to 0, entry (0, 0) (the class
+    token's attention to itself) kept, as in Gildenblat's reference code (vit-explain). With
+    `real` (B, T) bool, the real tokens of padded texts, n is each sample's own number of real
+    tokens and only entries between real tokens are candidates, so a text's map does not depend
+    on the padding its batch gives it; without, n = T."""
     b, t, _ = a.shape
-    flat = a.reshape(b, t * t)
-    k = int(t * t * ratio)
-    if k == 0:
+    if ratio == 0:
         return a
+    real = torch.ones(b, t, dtype=torch.bool, device=a.device) if real is None else real.bool()
+    flat = a.reshape(b, t * t)
+    pairs = (real[:, :, None] & real[:, None, :]).reshape(b, t * t).to(a.device)
+    n = real.sum(dim=1).double()
+    k = torch.floor(n * n * ratio).long().to(a.device)  # per sample
+    most = int(k.max())
+    if most == 0:
+        return a
+    lowest = flat.masked_fill(~pairs, math.inf).topk(most, dim=1, largest=False).indices
+    dropped = torch.arange(most, device=a.device)[None] < k[:, None]
     keep = torch.ones_like(flat, dtype=torch.bool)
-    keep.scatter_(1, flat.topk(k, dim=1, largest=False).indices, False)
+    keep.scatter_(1, lowest, ~dropped)
     keep[:, 0] = True
     return (flat * keep).view(b, t, t)
 
 
 def rollout(
-    weights: Sequence[torch.Tensor], head_fusion: str = "mean", discard_ratio: float = 0.0
+    weights: Sequence[torch.Tensor],
+    head_fusion: str = "mean",
+    discard_ratio: float = 0.0,
+    real: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """R = Â_L ⋯ Â_2 Â_1 with Â_l = rownorm(0.5·Ā_l + 0.5·I), Ā_l the heads of A_l fused (and
-    its lowest `discard_ratio` entries dropped); rownorm divides each row by its sum."""
+    its lowest `discard_ratio` entries dropped, among the `real` tokens'); rownorm divides each
+    row by its sum."""
     r = None
     for a in weights:
-        fused = discard_lowest(fuse_heads(_float(a), head_fusion), discard_ratio)
+        fused = discard_lowest(fuse_heads(_float(a), head_fusion), discard_ratio, real)
         eye = torch.eye(fused.shape[-1], dtype=fused.dtype, device=fused.device)
         step = 0.5 * fused + 0.5 * eye
         step = step / step.sum(dim=-1, keepdim=True)
@@ -206,9 +222,13 @@ def attention_rollout(
     fuse_heads(torch.zeros(1, 1, 1, 1), head_fusion)  # validates before any pass
     _check_row(row)
     chunks = attention_forwards(ctx.engine, ctx.x, ctx.target, method="attention_rollout")
-    return _gather(
-        ctx, chunks, lambda x, w: _pick_row(ctx, rollout(w, head_fusion, discard_ratio), row, x)
-    )
+    token_mask = ctx.model.extra.get("token_mask")  # padded texts: their real tokens
+
+    def reduce(x: torch.Tensor, w: Sequence[torch.Tensor]) -> torch.Tensor:
+        real = token_mask(x) if token_mask is not None else None
+        return _pick_row(ctx, rollout(w, head_fusion, discard_ratio, real), row, x)
+
+    return _gather(ctx, chunks, reduce)
 
 
 @register(
