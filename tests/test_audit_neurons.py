@@ -280,6 +280,129 @@ def test_receptive_field_of_an_activation_is_that_of_its_own_input():
     assert block.size == (5, 5) and block.box(4, 5) == _support_box(model, "0", 12, 4, 5)
 
 
+def _contains(box, inner) -> bool:
+    return box[0] <= inner[0] and box[1] <= inner[1] and box[2] >= inner[2] and box[3] >= inner[3]
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), [(5, 3), (10, 4), (3, 5), (7, 3)])
+def test_receptive_field_of_adaptive_pooling_contains_every_window(n_in, n_out):
+    """Adaptive pooling of n_in rows into n_out (and 8 columns into 4): every unit's box contains
+    its window [floor(i·n_in/n_out), ceil((i+1)·n_in/n_out)) (the gradient support), and equals it
+    where the windows are evenly spaced (7 -> 3; 8 -> 4). Was kernel ceil(in/out), stride
+    in // out: 5 -> 3 gave unit 2 rows 2-3 for its window 3-4, 3 -> 5 boxes past the image."""
+    model = _positive(nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d((n_out, 4))))
+    rf = receptive_field(model, "1", (n_in, 8))
+    for y in range(n_out):
+        for x in range(4):
+            support = _support_box(model, "1", (n_in, 8), y, x)
+            assert _contains(rf.box(y, x), support), (y, x, rf.box(y, x), support)
+            assert rf.box(y, x)[0::2] == support[0::2]  # columns: 8 -> 4 is exact
+            if (n_in, n_out) == (7, 3):
+                assert rf.box(y, x) == support
+    if (n_in, n_out) == (5, 3):  # windows: rows 0-1, 1-3, 3-4; boxes 3 rows every row
+        assert [rf.box(y, 0)[1::2] for y in range(3)] == [(0, 3), (1, 4), (2, 5)]
+
+
+@pytest.mark.parametrize(
+    "pad",
+    [nn.ZeroPad2d(1), nn.ConstantPad2d(1, 0.5), nn.ReflectionPad2d(1), nn.ReplicationPad2d(1)],
+    ids=lambda p: type(p).__name__,
+)
+def test_receptive_field_of_a_pad_module_is_an_offset(pad):
+    """Was size 1 x 1 (the pad's output took the field seen at its size, the input's): a pad
+    moves the field (f' = f - p·j), so a valid 3x3 conv after a 1-pixel pad sees 3 x 3 pixels
+    from -1; every box tried equals the gradient support."""
+    model = _positive(nn.Sequential(pad, nn.Conv2d(3, 2, 3)))
+    rf = receptive_field(model, "1", (16, 16))
+    assert (rf.size, rf.stride, rf.first, rf.map_size) == ((3, 3), (1, 1), (-1, -1), (16, 16))
+    for y, x in ((0, 0), (1, 1), (5, 0), (15, 15)):
+        assert rf.box(y, x) == _support_box(model, "1", 16, y, x), (y, x)
+
+
+@pytest.mark.parametrize(
+    ("layers", "size", "field"),
+    [
+        ([nn.ReflectionPad2d(2), nn.Conv2d(3, 2, 5)], 16, (5, 5)),  # was 1 x 1
+        ([nn.Conv2d(3, 2, 3), nn.ZeroPad2d(1), nn.Conv2d(2, 2, 3)], 16, (5, 5)),  # was 3 x 3
+        ([nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(3, 2, 3, 2), nn.Conv2d(2, 2, 3, 2)], 32, (7, 7)),
+    ],
+    ids=["reflect-conv5", "conv-pad-conv", "pad-right-bottom-strided"],
+)
+def test_receptive_fields_through_pads_match_the_gradient_support(layers, size, field):
+    """Pads before a kernel of 2p + 1, a pad between two valid convs back to the input size (its
+    output used to take the input's 1 x 1 field), and a pad on the right and bottom only before
+    strided convs (used to be refused as "not a module"): boxes equal the gradient support."""
+    model = _positive(nn.Sequential(*layers))
+    last = str(len(layers) - 1)
+    rf = receptive_field(model, last, (size, size))
+    assert rf.size == field
+    h, w = rf.map_size
+    for y, x in ((0, 0), (1, 2), (h // 2, w // 2), (h - 1, w - 1)):
+        assert rf.box(y, x) == _support_box(model, last, size, y, x), (y, x)
+
+
+class _FunctionalResize(nn.Module):
+    """Two strided convs, then F.interpolate back up (or F.pad around a valid conv), then a conv."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a = nn.Conv2d(3, 2, 3, stride=2, padding=1)
+        self.b = nn.Conv2d(2, 2, 3, stride=2, padding=1)
+        self.valid = nn.Conv2d(3, 2, 3)
+        self.c = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        if self.how == "interpolate":  # 16 -> 8 -> 4 -> 8, a size the first conv had
+            return self.c(nn.functional.interpolate(self.b(self.a(x)), scale_factor=2.0))
+        return self.c(nn.functional.pad(self.valid(x), [1, 1, 1, 1]))  # 16 -> 14 -> 16
+
+
+@pytest.mark.parametrize("how", ["upsample", "interpolate", "pad"])
+def test_a_receptive_field_after_a_size_change_not_followed_is_refused(how):
+    """nn.Upsample / F.interpolate after strided convs, and F.pad in forward, land on a size a
+    tensor had before; the field used to be the widest one seen at that size (wrong boxes, no
+    error). Now it is the sentence asking for the module form."""
+    if how == "upsample":
+        model = nn.Sequential(
+            nn.Conv2d(3, 2, 3, 2, 1),
+            nn.Conv2d(2, 2, 3, 2, 1),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(2, 2, 3, padding=1),
+        )
+        layer = "3"
+    else:
+        model, layer = _FunctionalResize(how), "c"
+    with pytest.raises(SaliencelabError, match=f"{layer} cannot be followed") as err:
+        receptive_field(model.eval(), layer, (16, 16))
+    assert "\n" not in str(err.value) and str(err.value).endswith("to get receptive fields.")
+
+
+class _GatedChannelsLast(nn.Module):
+    """A squeeze-and-excitation gate (1 x 1 maps), then a ConvNeXt-style channels-last MLP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.squeeze = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(4, 4, 1), nn.Sigmoid())
+        self.dw = nn.Conv2d(4, 4, 7, padding=3, groups=4)
+        self.norm, self.mlp = nn.LayerNorm(4), nn.Linear(4, 4)
+        self.out = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        h = self.conv(x)
+        h = h * self.squeeze(h)
+        h = h + self.mlp(self.norm(self.dw(h).permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        return self.out(h)
+
+
+def test_a_gate_and_a_channels_last_block_keep_their_branch_fields():
+    """The functional results after a squeeze-and-excitation gate (1 x 1, not counted) and a
+    permuted channels-last MLP take the field of their branch: 3 + 6 = 9 pixels, not refused."""
+    rf = receptive_field(_positive(_GatedChannelsLast()), "out", (16, 16))
+    assert (rf.size, rf.stride, rf.first) == ((9, 9), (1, 1), (-4, -4))
+
+
 # -- the grid --------------------------------------------------------------------------------------
 
 

@@ -327,7 +327,10 @@ def diversity(layer: LayerRef) -> Objective:
     G_n = A_n A_nᵀ is the (C, C) Gram matrix of image n's activations at `layer` (A_n:
     C x positions), Ĝ = G / ‖G‖_F; ⟨Ĝ_n, Ĝ_j⟩ is the cosine similarity of the two images'
     "styles" (Gatys et al. 2015). Maximising d pushes the batch's images apart (Olah et al. 2017,
-    "Diversity"). Add it with a weight, e.g. `channel(...) + 100 * diversity(layer)`.
+    "Diversity"). Add it with a weight, e.g. `channel(...) + 100 * diversity(layer)`. The loss
+    sums over images, so weight w weighs the similarity of each pair by 2w/(N-1) against the
+    summed objective; Lucid's `channel - 1e2 * diversity` (a batch mean of the channel, a sum of
+    pair similarities over N) matches w = 100·(N-1).
     """
     layer = layer_key(layer)
 
@@ -401,8 +404,10 @@ def box_blur(x: torch.Tensor) -> torch.Tensor:
 def blur() -> Objective:
     """mean (x - stopgrad(blur₃ₓ₃(x)))² per image: pulls each pixel towards its neighbours' mean.
 
-    A penalty: subtract it. Its gradient 2(x - blur(x)) is a step of a 3x3 blur each iteration
-    (Nguyen, Yosinski & Clune 2015's "blur every few steps", as a smooth term).
+    A penalty: subtract it. Its gradient 2(x - blur(x)) / (C·H·W) (the loss is a mean over the
+    image's C·H·W values) points from the 3x3 blur to x, so a descent step moves each pixel
+    towards its blurred value (Nguyen, Yosinski & Clune 2015's "blur every few steps", as a smooth
+    term).
     """
 
     def fn(cap: Capture) -> torch.Tensor:

@@ -32,7 +32,8 @@ Size = int | Sequence[int]
 #: the PCA colour augmentation of AlexNet (Krizhevsky, Sutskever & Hinton, NeurIPS 2012, section
 #: 4.1), as published with fb.resnet.torch (`datasets/imagenet.lua`, "Lighting"). Columns of
 #: `IMAGENET_EIGVEC` are the eigenvectors (R, G, B components), `IMAGENET_EIGVAL` their variances.
-#: Lucid's `color_correlation_svd_sqrt` is V·sqrt(Λ) of these same numbers (rounded).
+#: Lucid's `color_correlation_svd_sqrt` is V·sqrt(Λ) of these same numbers (rounded); ours
+#: (:func:`color_sqrt`) is the symmetric root V·sqrt(Λ)·Vᵀ, another square root of the same Σ.
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
 IMAGENET_EIGVEC = (
     (-0.5675, 0.7192, 0.4009),
@@ -54,9 +55,13 @@ def color_sqrt(normalize: bool = True) -> torch.Tensor:
     """The symmetric square root of the ImageNet colour covariance, M = V diag(√λ) Vᵀ (float32).
 
     M Mᵀ = Σ, so if z has independent unit-variance channels, M z has the colour covariance of
-    ImageNet pixels. With `normalize`, M is divided by its largest column norm (as Lucid does), so
-    the strongest (luminance) direction keeps unit scale and the colour-opponent ones are damped
-    by √(λ₂/λ₁) ≈ 0.29 and √(λ₃/λ₁) ≈ 0.14.
+    ImageNet pixels. With `normalize`, M is divided by its largest column norm, max_j √Σ_jj
+    (Lucid divides its V·√Λ by its largest column norm too): unit-variance z then gives RGB
+    channels of standard deviation 0.98, 0.95 and 1, and the eigen-directions (luminance, then
+    two colour-opponent ones) gains √λᵢ / max_j √Σ_jj ≈ 1.61, 0.47 and 0.23, in Lucid's
+    proportions √(λᵢ/λ₁) ≈ 1 : 0.29 : 0.14 but not its scale (Lucid's luminance gain is 1, its
+    columns being the scaled eigenvectors). The defaults (`contrast`, learning rates) are tuned
+    to this scale.
     """
     v = torch.tensor(IMAGENET_EIGVEC, dtype=torch.float64)
     v = v / v.norm(dim=0, keepdim=True)
@@ -181,7 +186,8 @@ class PixelParam(ImageParam):
         self.decorrelate, self.valid = decorrelate, valid
         to_valid(torch.zeros(1), valid)  # validate the name now
         g = _generator(seed)
-        self.pixels = nn.Parameter(torch.randn(self.batch, 3, *self.size, generator=g) * sd)
+        pixels = [torch.randn(3, *self.size, generator=g) for _ in range(self.batch)]
+        self.pixels = nn.Parameter(torch.stack(pixels) * sd)  # image i: the i-th draw
 
     def forward(self) -> torch.Tensor:
         t = self.pixels
@@ -197,7 +203,9 @@ class FourierParam(ImageParam):
     by 1/f^decay makes a gradient step change low and high frequencies in those proportions
     instead of favouring high-frequency noise (Olah et al. 2017; Lucid's `fft_image`). The image
     is periodic (what wraps around one edge continues at the other). `decorrelate` mixes colours
-    by :func:`color_sqrt` before `valid` maps into [0, 1].
+    by :func:`color_sqrt` before `valid` maps into [0, 1]. `spectrum` is (N, 2, 3, H, W//2+1),
+    real and imaginary parts; image i's are the i-th draw of the seeded generator, so an image
+    does not depend on the batch size.
     """
 
     def __init__(
@@ -216,12 +224,13 @@ class FourierParam(ImageParam):
         to_valid(torch.zeros(1), valid)
         h, w = self.size
         g = _generator(seed)
-        self.spectrum = nn.Parameter(torch.randn(2, self.batch, 3, h, w // 2 + 1, generator=g) * sd)
+        spectra = [torch.randn(2, 3, h, w // 2 + 1, generator=g) for _ in range(self.batch)]
+        self.spectrum = nn.Parameter(torch.stack(spectra) * sd)
         self.register_buffer("scale", fourier_scale(h, w, self.decay), persistent=False)
 
     def spatial(self) -> torch.Tensor:
         """The unconstrained image t (N, 3, H, W) before colour mixing and `valid`."""
-        c = torch.complex(self.spectrum[0], self.spectrum[1]) * self.scale
+        c = torch.complex(self.spectrum[:, 0], self.spectrum[:, 1]) * self.scale
         return torch.fft.irfft2(c, s=self.size, norm="ortho")
 
     def forward(self) -> torch.Tensor:
@@ -246,7 +255,13 @@ class MacoParam(ImageParam):
     spectrum however long the optimisation runs; the objective can only arrange *where* the
     structure is. Each channel is standardised, mixed by :func:`color_sqrt`, multiplied by
     `contrast` (1.5: the sigmoid then spans most of [0, 1] without saturating much) and mapped
-    into [0, 1] by `valid`. φ starts uniform in [-π, π).
+    into [0, 1] by `valid`. φ starts uniform in [-π, π), image i's from the i-th draw.
+
+    Simplified from the authors' implementation (Xplique's `maco`): there φ starts N(0, 1) and
+    is standardised (zero mean, unit std) at every forward, the whole image is standardised at
+    once (here each channel), colours are mixed by Lucid's normalised V·√Λ without a contrast
+    factor, and the image is 512 x 512 (here the model's input size), optimised by Nadam with
+    learning rate 1 (here Adam, 0.2) under 32 crops per step (:func:`~.transforms.maco`).
     """
 
     def __init__(
@@ -274,8 +289,8 @@ class MacoParam(ImageParam):
             )
         self.register_buffer("magnitude", magnitude.float(), persistent=False)
         g = _generator(seed)
-        phase = (torch.rand(self.batch, 3, h, w // 2 + 1, generator=g) * 2 - 1) * math.pi
-        self.phase = nn.Parameter(phase)
+        phase = [torch.rand(3, h, w // 2 + 1, generator=g) for _ in range(self.batch)]
+        self.phase = nn.Parameter((torch.stack(phase) * 2 - 1) * math.pi)
 
     def spatial(self) -> torch.Tensor:
         c = torch.polar(self.magnitude.expand_as(self.phase), self.phase)

@@ -8,9 +8,10 @@ crops and noise.
 
 Every transform is a callable `t(x, rng) -> x` on a batch (N, C, H, W), written in torch and
 differentiable in x. Random parameters come from `rng` (:class:`Rng`: one seeded CPU generator for
-the parameters, one on the images' device for noise), drawn once per call and shared by the batch,
-so a run with a seed is repeatable. :func:`compose` chains transforms; :func:`standard` is the
-default chain, ending at a fixed output size so the model always sees the same input shape.
+the parameters, drawn once per call and shared by the batch; one generator per image on the
+images' device for noise), so a run with a seed is repeatable and image i's draws do not depend
+on the batch size. :func:`compose` chains transforms; :func:`standard` is the default chain,
+ending at a fixed output size so the model always sees the same input shape.
 """
 
 from __future__ import annotations
@@ -26,17 +27,31 @@ from .param import Size, image_size
 
 
 class Rng:
-    """Seeded random sources for transforms: `.cpu` (parameters) and `.device` (noise tensors)."""
+    """Seeded random sources for transforms: `.cpu` for the parameters (shared by the batch) and,
+    for noise (:meth:`normal`), image i's own generator on `.device`, seeded with seed + 1 + i.
+
+    The noise has its own generators, so the parameters drawn after it (and image i's noise) are
+    the same whatever the batch size.
+    """
 
     def __init__(self, seed: int = 0, device: torch.device | str = "cpu") -> None:
+        self.seed = int(seed)
         self.device = torch.device(device)
         self.cpu = torch.Generator()
-        self.cpu.manual_seed(int(seed))
-        if self.device.type == "cpu":
-            self.noise = self.cpu
-        else:
-            self.noise = torch.Generator(device=self.device)
-            self.noise.manual_seed(int(seed) + 1)
+        self.cpu.manual_seed(self.seed)
+        self._noise: list[torch.Generator] = []  # one per image, made when first needed
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        """ε ~ N(0, 1) shaped like the batch `x` (N, ...), image i's from its own generator."""
+        while len(self._noise) < x.shape[0]:
+            g = torch.Generator(device=self.device)
+            g.manual_seed(self.seed + 1 + len(self._noise))
+            self._noise.append(g)
+        eps = [
+            torch.randn(x.shape[1:], generator=g, device=self.device, dtype=x.dtype)
+            for g in self._noise[: x.shape[0]]
+        ]
+        return torch.stack(eps).to(x.device)
 
     def uniform(self, low: float, high: float) -> float:
         return low + (high - low) * float(torch.rand((), generator=self.cpu))
@@ -96,7 +111,11 @@ class Jitter:
 
 
 class RandomScale:
-    """Resize by a factor s drawn from `scales` (bilinear): (H, W) -> (round(sH), round(sW))."""
+    """Resize by a factor s drawn from `scales` (bilinear): (H, W) -> (round(sH), round(sW)).
+
+    The size changes, so a later resize to a fixed size (the one `visualize` appends to a list of
+    transforms) undoes the magnification; :class:`RandomAffine` scales into a fixed size.
+    """
 
     def __init__(self, scales: Sequence[float]) -> None:
         self.scales = [float(s) for s in scales]
@@ -231,8 +250,7 @@ class Noise:
     def __call__(self, x: torch.Tensor, rng: Rng) -> torch.Tensor:
         if self.std == 0:
             return x
-        eps = torch.randn(x.shape, generator=rng.noise, device=rng.device, dtype=x.dtype)
-        return x + self.std * eps.to(x.device)
+        return x + self.std * rng.normal(x)
 
     def __repr__(self) -> str:
         return f"Noise({self.std:g})"
@@ -359,7 +377,13 @@ def standard(size: Size) -> Compose:
 
 
 def maco(size: Size) -> Compose:
-    """MACO's chain: a random crop of 25-100% of the image resized to `size`, plus noise 0.05."""
+    """MACO's chain: a random crop of 25-100% of the image resized to `size`, plus noise 0.05.
+
+    Simplified from Fel et al. 2023 (their Xplique `maco`): one crop per step, shared by the
+    batch, at a uniform place, and noise N(0, 0.05²); they average the objective over 32 crops
+    per step whose side shrinks linearly from 50 % to 5 % of the image (centres N(0.5, 0.15²)),
+    with noise N(0, 0.08²) + U(-0.04, 0.04), on a 512 x 512 image.
+    """
     return compose(RandomCrop((0.25, 1.0), size), Noise(0.05))
 
 

@@ -16,6 +16,7 @@ import logging
 import math
 import re
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -378,6 +379,13 @@ def _transforms(transforms, param: str | ImageParam, size: tuple[int, int]) -> T
     if transforms == "default":
         return T.maco(size) if _param_name(param) == "maco" else T.standard(size)
     if isinstance(transforms, (list, tuple)):
+        if _scale_undone(transforms):
+            warnings.warn(
+                "RandomScale in a list of transforms is undone by the resize to `size` that "
+                "follows the list; use T.RandomAffine(scales, size=size) to vary the "
+                "magnification.",
+                stacklevel=4,  # visualize, its autograd_allowed wrapper, the caller
+            )
         return T.compose(*transforms, T.Resize(size))
     if callable(transforms):
         return transforms
@@ -385,6 +393,18 @@ def _transforms(transforms, param: str | ImageParam, size: tuple[int, int]) -> T
         f"transforms must be 'default', 'standard', 'maco', 'none', a callable (x, rng) -> x or "
         f"a list of them, not {transforms!r}."
     )
+
+
+def _scale_undone(transforms: Sequence[T.Transform]) -> bool:
+    """Whether a RandomScale in the list is followed by no crop or affine to a fixed size, so the
+    resize to `size` appended to the list restores the magnification it changed."""
+    fixed = False
+    for t in reversed(transforms):
+        if isinstance(t, (T.RandomCrop, T.RandomAffine)) and t.size is not None:
+            fixed = True
+        elif isinstance(t, T.RandomScale) and not fixed:
+            return True
+    return False
 
 
 def _param_name(param: str | ImageParam) -> str:
@@ -456,11 +476,16 @@ def visualize(
             "pixel", or an :class:`~saliencelab.featurevis.param.ImageParam`.
         batch: images; default one per objective. With one objective, a batch gives several
             images for it (add `sl.objectives.diversity(layer)` to make them differ).
-        seed: seeds the initial parameters and the random transforms.
+        seed: seeds the initial parameters and the random transforms. Image i starts from the
+            i-th draw and gets noise from its own generator, and the transforms' parameters
+            are shared by the batch, so image i does not depend on the batch size or the other
+            images' objectives (up to the model's batched kernels, see `chunk`), unless an
+            objective is batchwise (diversity).
         lr: Adam's learning rate (default per param, :data:`DEFAULT_LR`).
         transforms: "default" (:func:`~.transforms.standard`, or :func:`~.transforms.maco` for
             MACO), "standard", "maco", "none", a callable `(x, rng) -> x`, or a list of them
-            (followed by a resize to `size`).
+            (followed by a resize to `size`, which undoes a :class:`~.transforms.RandomScale`:
+            a warning says so).
         normalize: maps images in [0, 1] to the model's input range; default
             :func:`default_normalize` (found from the model's preprocessing).
         decay: the Fourier parameterization's 1/f exponent.

@@ -13,20 +13,30 @@ image). The padding is read from the shapes the module saw: a module that padded
 `padding` attribute says (TensorFlow "same" convolutions such as EfficientNet's `Conv2dSame`)
 padded `total // 2` before, as TensorFlow and PyTorch's padding="same" do.
 
+Pad modules (nn.ZeroPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d) only move the
+field: r and j stay, f' = f - p_before·j (the padding is an offset, Araujo et al. 2019).
+Reflection and replication pads are taken as zero padding, exact when a unit that reads the
+padding also reads the pixels it mirrors (pad p before a kernel of at least 2p + 1, their usual
+use). Adaptive pooling from n to m cells has windows [floor(i·n/m), ceil((i+1)·n/m)) (PyTorch);
+they get the smallest evenly spaced boxes (stride max(1, n // m)) that contain them, exact when
+the windows are evenly spaced (n a multiple of m, 10 → 3, 7 → 3) and an upper bound otherwise
+(5 → 3: windows of 2, 3 and 2 pixels get boxes of 3).
+
 The path is found by one forward (stopped after the layer) with a hook on every module, tracking
-tensors: a module's input field is that of the tensor it received. A tensor made by a functional
-operation (`h + x` of a residual block, `torch.cat`) gets the widest field seen so far at its
-resolution, the union of its branches. What is not seen: convolutions and pooling done with
-functional calls (`F.conv2d`, `F.max_pool2d`) inside a forward. Where one changed the resolution
-on the path to the layer, the field cannot be followed and that is one sentence (it used to
-come back as 1 × 1); one that keeps the resolution is taken as keeping the field. The field is
-the theoretical one (every pixel that can influence the unit), an upper
-bound on the pixels with a nonzero gradient.
+tensors: a module's input field is that of the tensor it received. A tensor no module made
+(`h + x` of a residual block, `torch.cat`, a squeeze-and-excitation product `x * gate`) gets the
+widest field among the tensors of its size recorded since the map last changed size (1 × 1 gates
+skipped, so a global gate is not counted), the union of its branches. A size change the analysis
+cannot follow is refused in one sentence: pooling or convolution written as functional calls
+(`F.max_pool2d`, `F.conv2d`, `F.pad`) in a forward, and resampling (nn.Upsample,
+`F.interpolate`, transposed convolutions), whose field has no integer stride; a module that
+keeps the resolution is taken as keeping the field. A functional resize to the size of the map
+computed just before it is not noticed. The field is the theoretical one (every pixel that can
+influence the unit), an upper bound on the pixels with a nonzero gradient.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +50,8 @@ from ..models.model import Model, as_model, as_model_input
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 ADAPTIVE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+PADS = (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d)
+FOLLOWED = (nn.Conv2d, *POOLS, *ADAPTIVE_POOLS, *PADS)
 
 
 @dataclass(frozen=True)
@@ -55,30 +67,43 @@ def _pair(v) -> tuple[int, int]:
     return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
+def _adaptive(n_in: int, n_out: int) -> tuple[int, int, int]:
+    """(kernel, stride, padding before) of evenly spaced windows containing adaptive pooling's
+    windows [floor(i·n_in/n_out), ceil((i+1)·n_in/n_out)), i < n_out (PyTorch's)."""
+    stride = max(1, n_in // n_out)
+    starts = [i * n_in // n_out - i * stride for i in range(n_out)]
+    ends = [-(-(i + 1) * n_in // n_out) - i * stride for i in range(n_out)]
+    first = min(starts)
+    return max(ends) - first, stride, -first
+
+
 def _through(field: _Field, module: nn.Module, size_in, size_out) -> _Field:
-    """The field after a convolution or pooling module that mapped size_in to size_out."""
-    if isinstance(module, ADAPTIVE_POOLS):
-        # Adaptive pooling: windows of about ceil(in / out) pixels every in / out pixels.
-        kernel = tuple(math.ceil(i / o) for i, o in zip(size_in, size_out, strict=True))
-        stride = tuple(max(1, i // o) for i, o in zip(size_in, size_out, strict=True))
-        dilation, padding = (1, 1), (0, 0)
-    else:
-        kernel = _pair(module.kernel_size)
-        stride = _pair(module.stride if module.stride is not None else module.kernel_size)
-        dilation = _pair(getattr(module, "dilation", 1))
-        padding = module.padding
+    """The field after a convolution, pooling or pad module that mapped size_in to size_out."""
+    if isinstance(module, PADS):
+        left, _, top, _ = module.padding  # (left, right, top, bottom): only an offset
+        before = (top, left)
+        firsts = tuple(field.first[a] - before[a] * field.jump[a] for a in range(2))
+        return _Field(field.size, field.jump, firsts)
     sizes, jumps, firsts = [], [], []
     for axis in range(2):
-        k_eff = dilation[axis] * (kernel[axis] - 1) + 1
-        r, j, f = field.size[axis], field.jump[axis], field.first[axis]
-        implied = max((size_out[axis] - 1) * stride[axis] + k_eff - size_in[axis], 0)
-        if isinstance(padding, str):
-            before = 0 if padding == "valid" else (k_eff - 1) // 2
+        n_in, n_out = size_in[axis], size_out[axis]
+        if isinstance(module, ADAPTIVE_POOLS):
+            k_eff, stride, before = _adaptive(n_in, n_out)
         else:
-            p = _pair(padding)[axis]
-            before = implied // 2 if implied > 2 * p else p
+            kernel = _pair(module.kernel_size)[axis]
+            stride = _pair(module.stride if module.stride is not None else module.kernel_size)
+            stride = stride[axis]
+            k_eff = _pair(getattr(module, "dilation", 1))[axis] * (kernel - 1) + 1
+            padding = module.padding
+            if isinstance(padding, str):
+                before = 0 if padding == "valid" else (k_eff - 1) // 2
+            else:
+                p = _pair(padding)[axis]
+                implied = max((n_out - 1) * stride + k_eff - n_in, 0)
+                before = implied // 2 if implied > 2 * p else p
+        r, j, f = field.size[axis], field.jump[axis], field.first[axis]
         sizes.append(r + (k_eff - 1) * j)
-        jumps.append(j * stride[axis])
+        jumps.append(j * stride)
         firsts.append(f - before * j)
     return _Field(tuple(sizes), tuple(jumps), tuple(firsts))
 
@@ -151,34 +176,48 @@ def receptive_field(
         )
     x = as_model_input(model, x[:1])
     name, target = resolve_layer(model.module, layer, x, model.default_layer)
-    fields: dict[int, _Field] = {}
-    seen: list[tuple[torch.Tensor, _Field]] = []  # keeps tensors alive: ids are not reused
+    fields: dict[int, _Field | None] = {}  # None: derived from the input, cannot be followed
+    seen: list[tuple[torch.Tensor, _Field | None]] = []  # keeps tensors alive: ids not reused
     result: list[torch.Tensor] = []
 
-    def record(t: torch.Tensor, f: _Field) -> None:
+    def record(t: torch.Tensor, f: _Field | None) -> None:
         fields[id(t)] = f
         seen.append((t, f))
 
     def field_of(t: torch.Tensor) -> _Field | None:
+        """t's recorded field; for a tensor no module made, the widest field among the tensors
+        of its size recorded since the map last changed size (1 x 1 gates skipped); None when
+        there are none or one of them cannot be followed."""
         if id(t) in fields:
             return fields[id(t)]
-        same = [f for s, f in seen if s.shape[-2:] == t.shape[-2:]]
-        return max(same, key=lambda f: f.size[0] * f.size[1]) if same else None
+        same = []
+        for s, f in reversed(seen):
+            if s.shape[-2:] == t.shape[-2:]:
+                same.append(f)
+            elif tuple(s.shape[-2:]) != (1, 1):
+                break
+        if not same or None in same:
+            return None
+        return max(same, key=lambda f: f.size[0] * f.size[1])
 
     def hook(module: nn.Module, inputs, out) -> None:
-        out = out if isinstance(out, torch.Tensor) else None
-        if out is None or out.dim() != 4 or id(out) in fields:
+        if not isinstance(out, torch.Tensor) or out.dim() != 4 or id(out) in fields:
             return
         inp = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
-        f_in = field_of(inp) if inp is not None and inp.dim() == 4 else None
-        if f_in is not None and isinstance(module, (nn.Conv2d, *POOLS, *ADAPTIVE_POOLS)):
-            f = _through(f_in, module, inp.shape[-2:], out.shape[-2:])
-        elif f_in is not None and not list(module.children()) and inp.shape == out.shape:
-            f = f_in  # an elementwise module (BatchNorm, ReLU, Dropout): the same field
-        else:
-            f = field_of(out)  # a block's functional result: the widest field at its size
-        if f is not None:
+        if inp is None or inp.dim() != 4 or list(module.children()):
+            f = field_of(out)  # a block's functional result (a residual sum): see field_of
+            if f is not None:
+                record(out, f)
+            return
+        f_in = field_of(inp)
+        if isinstance(module, FOLLOWED):
+            # None when the input came through a size change not followed (F.pad, F.interpolate).
+            f = None if f_in is None else _through(f_in, module, inp.shape[-2:], out.shape[-2:])
             record(out, f)
+        elif f_in is not None and inp.shape == out.shape:
+            record(out, f_in)  # an elementwise module (BatchNorm, ReLU, Dropout): the same field
+        elif f_in is not None and sorted(inp.shape) != sorted(out.shape):
+            record(out, None)  # a resampling module (nn.Upsample, ConvTranspose2d): not followed
 
     def stop(module: nn.Module, inputs, out) -> None:
         result.append(out if isinstance(out, torch.Tensor) else out[0])
@@ -210,7 +249,9 @@ def receptive_field(
     if f is None:
         raise SaliencelabError(
             f"The receptive field of {name} cannot be followed: on the way to it the map's size "
-            "changed in an operation that is not a module (e.g. F.max_pool2d or F.conv2d in "
-            "forward); write those as modules (nn.MaxPool2d, nn.Conv2d) to get receptive fields."
+            "changed in an operation that is not a module (e.g. F.max_pool2d, F.conv2d or F.pad "
+            "in forward) or in upsampling (nn.Upsample, F.interpolate, a transposed "
+            "convolution); write pooling, convolutions and padding as modules (nn.MaxPool2d, "
+            "nn.Conv2d, nn.ZeroPad2d) to get receptive fields."
         )
     return ReceptiveField(name, f.size, f.jump, f.first, tuple(out.shape[-2:]), tuple(x.shape[-2:]))
