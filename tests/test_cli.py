@@ -774,3 +774,18 @@ def test_explain_a_channel_from_the_shell(runner, tiny, tmp_path):
     assert f"channel 4 of features.2: {reading:.3g}" in result.output
     with np.load(tmp_path / "maps.npz") as maps:
         assert maps["a/gradcam"].shape == (32, 32)
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        ("visualize", "[default: the model's input size, else 224]"),
+        ("visualize", "[default: per --param]"),
+        ("neurons", "[default: the model's]"),
+        ("neurons", "[default: the predicted class]"),
+    ],
+)
+def test_defaults_written_in_an_options_help_are_shown(runner, command, shown):
+    """Rich read "[default: ...]" in a help text as markup and dropped it ("(16-1024) .")."""
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0 and shown in " ".join(result.output.split())

@@ -140,7 +140,7 @@ def visualize_command(
             "--size",
             min=16,
             max=1024,
-            help="Image size in pixels (16-1024) [default: the model's input size, else 224].",
+            help="Image size in pixels (16-1024) \\[default: the model's input size, else 224].",
             show_default=False,
         ),
     ] = None,
@@ -163,7 +163,7 @@ def visualize_command(
     lr: Annotated[
         float | None,
         typer.Option(
-            "--lr", min=0.0, help="Adam learning rate [default: per --param].", show_default=False
+            "--lr", min=0.0, help="Adam learning rate \\[default: per --param].", show_default=False
         ),
     ] = None,
     examples: Annotated[

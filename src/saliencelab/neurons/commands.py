@@ -161,7 +161,7 @@ def neurons(
         typer.Option(
             "--layer",
             "-l",
-            help="Layer (see `saliencelab layers MODEL --spatial`) [default: the model's].",
+            help="Layer (see `saliencelab layers MODEL --spatial`) \\[default: the model's].",
             show_default=False,
         ),
     ] = None,
@@ -182,7 +182,7 @@ def neurons(
             "--target",
             "-t",
             help="Class the contributions are for, an index or a name (--by contribution) "
-            "[default: the predicted class].",
+            "\\[default: the predicted class].",
             show_default=False,
         ),
     ] = None,
