@@ -10,6 +10,7 @@ SALIENCELAB_DEBUG=1 adds the traceback).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import traceback
@@ -449,10 +450,14 @@ def parse_normalize(text: str | None) -> tuple[tuple[float, ...], tuple[float, .
         values = tuple(float(v) for v in split(text))
     except ValueError:
         values = ()
-    if len(values) not in (2, 6) or any(v <= 0 for v in values[len(values) // 2 :]):
+    if (
+        len(values) not in (2, 6)
+        or not all(math.isfinite(v) for v in values)  # nan passed `v <= 0` and made NaN inputs
+        or any(v <= 0 for v in values[len(values) // 2 :])
+    ):
         raise sl.SaliencelabError(
             f"--normalize {text!r} is not understood; use imagenet, none, MEAN,STD (e.g. 0.5,0.5) "
-            "or six numbers M1,M2,M3,S1,S2,S3 (positive standard deviations)."
+            "or six numbers M1,M2,M3,S1,S2,S3 (finite, with positive standard deviations)."
         )
     half = len(values) // 2
     return values[:half], values[half:]
@@ -535,7 +540,24 @@ def load_model(
             f"--device {device} was asked for, but this PyTorch ({torch.__version__}) sees no CUDA "
             "GPU; use --device cpu."
         )
-    return model.to(dev)
+    count = torch.cuda.device_count() if dev.type == "cuda" else 0
+    if dev.type == "cuda" and dev.index is not None and dev.index >= count:
+        raise sl.SaliencelabError(
+            f"--device {device} was asked for, but this machine has {count} CUDA GPU(s), "
+            f"cuda:0 to cuda:{count - 1}; pick one of them, or use --device cuda."
+        )
+    if dev.type == "meta":
+        raise sl.SaliencelabError(
+            "--device meta holds no values, so nothing can be explained on it; use cpu, cuda, "
+            "cuda:N or auto."
+        )
+    try:
+        return model.to(dev)
+    except (RuntimeError, AssertionError) as e:  # e.g. mps on a PyTorch built without it
+        raise sl.SaliencelabError(
+            f"--device {device} cannot be used with this PyTorch ({torch.__version__}): "
+            f"{' '.join(str(e).split())[:160]}; use cpu, cuda, cuda:N or auto."
+        ) from e
 
 
 def exported_input_shape(module: Any) -> tuple[int | None, ...] | None:

@@ -15,16 +15,18 @@ arbitrary code when loaded, so they are refused unless `trust_pickle=True`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import os
 import pickle
 import sys
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -38,6 +40,9 @@ from .model import Model
 MODEL_FILE_SUFFIXES = frozenset({".pt", ".pth", ".pt2", ".ts", ".jit", ".torchscript", ".ptl"})
 # Keyword arguments of `load_model` that describe the Model rather than go to the factory.
 MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(Model) if f.name != "module")
+# Prefixes a wrapper puts before every key of the state dict it saves: nn.DataParallel and
+# DistributedDataParallel ("module."), torch.compile ("_orig_mod.").
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def split_factory_spec(spec: str) -> tuple[str, str] | None:
@@ -59,7 +64,7 @@ def looks_like_spec(spec: str) -> bool:
         Path(spec).suffix.lower() in MODEL_FILE_SUFFIXES
         or "/" in spec
         or os.sep in spec
-        or Path(spec).is_file()
+        or Path(spec).exists()
     )
 
 
@@ -73,13 +78,14 @@ def load_spec(
     """Load a model from a spec (see the module docstring).
 
     Keyword arguments named like `Model` fields (labels, preprocess, name, default_layer,
-    input_size, extra) set those fields; the rest go to the factory. The module is put in eval mode
+    input_size, extra) set those fields, unless the factory has a parameter of that name (then it
+    gets them); the rest go to the factory. The module is put in eval mode
     (a torch.export module cannot switch modes and stays as exported).
     """
     model_fields = {k: kwargs.pop(k) for k in list(kwargs) if k in MODEL_FIELDS}
     factory_spec = split_factory_spec(spec)
     if factory_spec is not None:
-        model = _from_factory(spec, *factory_spec, kwargs)
+        model = _from_factory(spec, *factory_spec, kwargs, model_fields)
     else:
         if kwargs:
             raise SaliencelabError(
@@ -97,7 +103,11 @@ def load_spec(
     return dataclasses.replace(model, **model_fields) if model_fields else model
 
 
-def _from_factory(spec: str, target: str, func: str, kwargs: dict[str, Any]) -> Model:
+def _from_factory(
+    spec: str, target: str, func: str, kwargs: dict[str, Any], model_fields: dict[str, Any]
+) -> Model:
+    """The factory's model; the `model_fields` the factory names as parameters (a
+    `build(input_size=...)`) move to its `kwargs`, since they are meant for it."""
     module = _import_target(target, spec)
     factory: Any = module
     for part in func.split("."):
@@ -116,9 +126,11 @@ def _from_factory(spec: str, target: str, func: str, kwargs: dict[str, Any]) -> 
             f"{func!r} in {target!r} is a {type(factory).__name__}, not a function; name a "
             "function that returns an nn.Module."
         )
+    for name in [k for k in model_fields if _names_parameter(factory, k)]:
+        kwargs[name] = model_fields.pop(name)
     try:
         out = factory(**kwargs)
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         raise SaliencelabError(
             f"Calling {func}() from {target!r} raised {type(e).__name__}: {e}; fix the factory or "
             "the options passed to it."
@@ -135,6 +147,39 @@ def _from_factory(spec: str, target: str, func: str, kwargs: dict[str, Any]) -> 
     raise SaliencelabError(
         f"{func}() from {target!r} returned a {type(out).__name__}, not a model; make it return an "
         "nn.Module (or an sl.Model)."
+    )
+
+
+def _names_parameter(factory: Any, name: str) -> bool:
+    """Whether `factory` has a parameter `name` that a keyword can set."""
+    try:
+        param = inspect.signature(factory).parameters.get(name)
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+
+
+@contextlib.contextmanager
+def _importing(folder: str, argv0: str) -> Iterator[None]:
+    """While a user's code is imported or unpickled: `folder` first on sys.path (so it finds its
+    neighbours; the `saliencelab` command, unlike `python`, does not put the working folder
+    there), and sys.argv without saliencelab's own arguments (a module-level parse_args() would
+    read them as its own)."""
+    sys.path.insert(0, folder)
+    argv, sys.argv = sys.argv, [argv0]
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        if folder in sys.path:
+            sys.path.remove(folder)  # the first one: ours
+
+
+def _exited(what: str, e: SystemExit) -> str:
+    return (
+        f"{what} exited (SystemExit: {e.code}) instead of defining the model: code that runs on "
+        "import, such as argparse's parse_args() or sys.exit(), belongs under "
+        '`if __name__ == "__main__":`.'
     )
 
 
@@ -157,7 +202,10 @@ def _import_target(target: str, spec: str) -> ModuleType:
     if is_file:
         return _import_file(Path(target), spec)
     try:
-        return importlib.import_module(target)
+        with _importing(os.getcwd(), target):
+            return importlib.import_module(target)
+    except SystemExit as e:
+        raise SaliencelabError(_exited(f"Importing {target!r}", e)) from e
     except ModuleNotFoundError as e:
         if e.name and (target == e.name or target.startswith(e.name + ".")):
             raise SaliencelabError(
@@ -190,18 +238,18 @@ def _import_file(path: Path, spec: str) -> ModuleType:
         raise SaliencelabError(f"Python cannot import {str(path)!r}; check that it is a .py file.")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
-    sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
     try:
-        module_spec.loader.exec_module(module)
+        with _importing(str(path.parent), str(path)):
+            module_spec.loader.exec_module(module)
+    except SystemExit as e:
+        del sys.modules[name]
+        raise SaliencelabError(_exited(f"Importing {str(path)!r}", e)) from e
     except Exception as e:
         del sys.modules[name]
         raise SaliencelabError(
             f"Importing {str(path)!r} failed with {type(e).__name__}: {e}; fix the error in that "
             "file."
         ) from e
-    finally:
-        if str(path.parent) in sys.path:
-            sys.path.remove(str(path.parent))
     return module
 
 
@@ -239,8 +287,14 @@ def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> nn.M
     if not p.exists():
         raise SaliencelabError(f"Model file {str(p)!r} does not exist; check the path.")
     if p.is_dir():
+        if (p / "config.json").is_file():
+            raise SaliencelabError(
+                f"{str(p)!r} is a directory with a config.json; load a Hugging Face model "
+                f"directory with the hf: prefix, 'hf:{p}'."
+            )
         raise SaliencelabError(
-            f"{str(p)!r} is a directory; pass a model file (.pt2, TorchScript) or 'file.py:build'."
+            f"{str(p)!r} is a directory; pass a model file (.pt2, TorchScript), 'file.py:build', "
+            "or 'hf:PATH' for a Hugging Face model directory."
         )
     if p.suffix == ".py":
         raise SaliencelabError(
@@ -298,14 +352,24 @@ def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> nn.M
 
 
 def _torch_load(p: Path, trust_pickle: bool, what: str) -> Any:
+    # what to pass instead: a weights file can only be a state dict
+    instead = (
+        "pass a torch.export archive (.pt2), a TorchScript file, or a state dict saved with "
+        "torch.save(model.state_dict())"
+        if what == "model file"
+        else "pass a state dict saved with torch.save(model.state_dict(), path)"
+    )
     try:
-        return torch.load(p, map_location="cpu", weights_only=not trust_pickle)
+        if not trust_pickle:
+            return torch.load(p, map_location="cpu", weights_only=True)
+        # a pickled whole model names the module of its class: found from the working folder,
+        # as with `python` (the `saliencelab` command does not put it on sys.path)
+        with _importing(os.getcwd(), sys.argv[0]):
+            return torch.load(p, map_location="cpu", weights_only=False)
     except pickle.UnpicklingError as e:
         if "Unsupported global" not in str(e):  # weights_only's verdict on a non-tensor object
             raise SaliencelabError(
-                f"{str(p)!r} is not a PyTorch {what} (it does not unpickle); pass a torch.export "
-                "archive (.pt2), a TorchScript file, or a state dict saved with "
-                "torch.save(model.state_dict())."
+                f"{str(p)!r} is not a PyTorch {what} (it does not unpickle); {instead}."
             ) from e
         raise SaliencelabError(
             f"{str(p)!r} contains pickled Python objects, which safe loading (weights_only=True) "
@@ -316,9 +380,7 @@ def _torch_load(p: Path, trust_pickle: bool, what: str) -> Any:
     except (ModuleNotFoundError, AttributeError) as e:
         if not trust_pickle:
             raise SaliencelabError(
-                f"{str(p)!r} is not a PyTorch {what} ({type(e).__name__}); pass a torch.export "
-                "archive (.pt2), a TorchScript file, or a state dict saved with "
-                "torch.save(model.state_dict())."
+                f"{str(p)!r} is not a PyTorch {what} ({type(e).__name__}); {instead}."
             ) from e
         # a pickled whole model names the module and class that defined it
         missing = f"the module {e.name!r}" if isinstance(e, ModuleNotFoundError) else f"{e}"
@@ -330,8 +392,7 @@ def _torch_load(p: Path, trust_pickle: bool, what: str) -> Any:
         ) from e
     except Exception as e:
         raise SaliencelabError(
-            f"{str(p)!r} is not a PyTorch {what} ({type(e).__name__}); pass a torch.export archive "
-            "(.pt2), a TorchScript file, or a state dict saved with torch.save(model.state_dict())."
+            f"{str(p)!r} is not a PyTorch {what} ({type(e).__name__}); {instead}."
         ) from e
 
 
@@ -344,7 +405,24 @@ def _state_dict_of(obj: Any) -> Mapping[str, Any] | None:
         inner = obj.get(key)
         if isinstance(inner, Mapping):
             return inner
+        if isinstance(inner, nn.Module):  # {"model": model} (a trusted pickle)
+            return inner.state_dict()
     return obj
+
+
+def _without_wrapper_prefixes(
+    state: Mapping[str, Any], expected: Mapping[str, Any]
+) -> Mapping[str, Any]:
+    """`state` without the `WRAPPER_PREFIXES` its keys all share, as many of them as make the
+    most keys the model's (a model whose own keys start with "module." keeps them)."""
+    candidates = [state]
+    while candidates[-1]:
+        last = candidates[-1]
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in last)), None)
+        if prefix is None:
+            break
+        candidates.append({k[len(prefix) :]: v for k, v in last.items()})
+    return max(candidates, key=lambda c: sum(k in expected for k in c))  # the first of equals
 
 
 def load_weights(
@@ -352,20 +430,28 @@ def load_weights(
 ) -> nn.Module:
     """Load a state dict file into `module` (strict); `{"state_dict": ...}` checkpoints work too.
 
-    A "module." prefix on every key (saved from `nn.DataParallel`) is removed.
+    A "module." prefix on every key (saved from `nn.DataParallel`) or "_orig_mod." (from
+    `torch.compile`) is removed, unless the model's own keys have it.
     """
     p = Path(path)
     if not p.is_file():
         raise SaliencelabError(f"Weights file {str(p)!r} does not exist; check the path.")
+    kind = archive_kind(p)
+    if kind in ("export", "torchscript"):
+        what = "a torch.export archive" if kind == "export" else "a TorchScript model"
+        raise SaliencelabError(
+            f"The weights file {str(p)!r} is {what}, not a state dict; load it as the model "
+            f"itself (load_model({str(p)!r}), --model {p} on the command line), or save "
+            "model.state_dict() to load into a factory's model."
+        )
     state = _state_dict_of(_torch_load(p, trust_pickle, what="weights file"))
     if state is None or not all(isinstance(k, str) for k in state):
         raise SaliencelabError(
             f"{str(p)!r} does not hold a state dict; save one with torch.save(model.state_dict(), "
             "path)."
         )
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
     expected = module.state_dict()
+    state = _without_wrapper_prefixes(state, expected)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong_shape = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,26 @@ class Model:
     default_layer: str | None = None
     input_size: tuple[int, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        size = self.input_size
+        if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+            size = (size, size)  # one side, as --input-size N: a square
+        if size is not None:
+            if (
+                not isinstance(size, Sequence)
+                or len(size) != 2
+                or not all(
+                    isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1
+                    for n in size
+                )
+            ):
+                raise SaliencelabError(
+                    f"input_size must be (height, width) in pixels, or one number for a square, "
+                    f"not {self.input_size!r}."
+                )
+            size = (int(size[0]), int(size[1]))
+        self.input_size = size
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return logits_of(self.module(x))

@@ -82,6 +82,12 @@ def load_model(name_or_spec: str | os.PathLike | nn.Module | Model, **kwargs: An
             f"({', '.join(list_models())}), a spec like 'file.py:build', or an nn.Module."
         )
     spec = os.fspath(name_or_spec)
+    if not spec.strip():
+        raise SaliencelabError(
+            f"No model was named (an empty string); pass a model name "
+            f"({', '.join(list_models())}), a spec like 'file.py:build', or a .pt2 / TorchScript "
+            "file."
+        )
     name = _registered(spec, _MODELS)
     if name is not None:
         return _call_builder(name, _MODELS[name], (), kwargs)
