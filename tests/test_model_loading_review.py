@@ -276,3 +276,25 @@ def test_devices_this_pytorch_cannot_use_are_one_sentence(runner, plain, monkeyp
     result = runner.invoke(app, [*base, "cuda:3"])
     assert result.exit_code == 2
     assert "this machine has 1 CUDA GPU(s), cuda:0 to cuda:0" in one_line(result.stderr)
+
+
+def test_a_factory_spec_without_a_function_a_config_file_and_the_factorys_own_error(tmp_path):
+    """'net.py:' was an "Unknown model"; hf:dir/config.json said the directory had no
+    config.json; a factory's own SaliencelabError came wrapped in "raised SaliencelabError: ..."."""
+    import saliencelab as sl
+    from saliencelab.core.errors import SaliencelabError
+
+    with pytest.raises(
+        SaliencelabError, match=r"names a Python file but no function.*net\.py:build"
+    ):
+        sl.load_model("net.py:")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SaliencelabError, match="is the model's config file; give its folder"):
+        sl.load_model(f"hf:{tmp_path / 'config.json'}")
+    factory = tmp_path / "own.py"
+    factory.write_text(
+        "from saliencelab.core.errors import SaliencelabError\n"
+        "def build():\n    raise SaliencelabError('Give build() a size.')\n"
+    )
+    with pytest.raises(SaliencelabError, match=r"^Give build\(\) a size\.$"):
+        sl.load_model(f"{factory}:build")

@@ -161,6 +161,10 @@ def load_text_model(
             f"The model directory {str(p)!r} does not exist; give the folder a Hugging Face model "
             "was saved to with save_pretrained()."
         )
+    if p.is_file() and p.name == "config.json":
+        raise SaliencelabError(
+            f"{str(p)!r} is the model's config file; give its folder, 'hf:{p.parent}'."
+        )
     if not p.is_dir() or not (p / "config.json").is_file():
         raise SaliencelabError(
             f"{str(p)!r} is not a Hugging Face model directory (it has no config.json); give the "

@@ -60,6 +60,11 @@ def looks_like_spec(spec: str) -> bool:
     """Whether a string names a factory or a model file rather than a registered model name."""
     if split_factory_spec(spec) is not None:
         return True
+    if spec.endswith(".py:"):
+        raise SaliencelabError(
+            f"{spec!r} names a Python file but no function; name the function in it that returns "
+            f"the model: '{spec}build' (build being that function's name)."
+        )
     return (
         Path(spec).suffix.lower() in MODEL_FILE_SUFFIXES
         or "/" in spec
@@ -130,6 +135,8 @@ def _from_factory(
         kwargs[name] = model_fields.pop(name)
     try:
         out = factory(**kwargs)
+    except SaliencelabError:
+        raise  # the factory's own sentence, as it wrote it
     except (Exception, SystemExit) as e:
         raise SaliencelabError(
             f"Calling {func}() from {target!r} raised {type(e).__name__}: {e}; fix the factory or "
