@@ -98,12 +98,10 @@ def encoder_dir(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory):
-    from transformers import GPT2Config, GPT2LMHeadModel
+def _gpt2_config(**kw):
+    from transformers import GPT2Config
 
-    torch.manual_seed(2)
-    config = GPT2Config(
+    return GPT2Config(
         vocab_size=len(WORDS),
         n_embd=16,
         n_layer=2,
@@ -114,9 +112,17 @@ def gpt2_dir(tmp_path_factory):
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
+        **kw,
     )
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(2)
     path = tmp_path_factory.mktemp("gpt2")
-    GPT2LMHeadModel(config).eval().save_pretrained(path)
+    GPT2LMHeadModel(_gpt2_config()).eval().save_pretrained(path)
     _tokenizer(bert=False).save_pretrained(path)
     return path
 
@@ -125,23 +131,10 @@ def gpt2_dir(tmp_path_factory):
 def gpt2_classifier_dir(tmp_path_factory):
     """A decoder's sequence classifier: it scores the last position (HF finds the last real
     token from input_ids, which an embeddings-fed model does not have)."""
-    from transformers import GPT2Config, GPT2ForSequenceClassification
+    from transformers import GPT2ForSequenceClassification
 
     torch.manual_seed(3)
-    config = GPT2Config(
-        vocab_size=len(WORDS),
-        n_embd=16,
-        n_layer=2,
-        n_head=2,
-        n_positions=24,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=0,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        id2label={0: "negative", 1: "positive"},
-    )
+    config = _gpt2_config(pad_token_id=0, id2label={0: "negative", 1: "positive"})
     path = tmp_path_factory.mktemp("gpt2-cls")
     GPT2ForSequenceClassification(config).eval().save_pretrained(path)
     _tokenizer(bert=False).save_pretrained(path)
