@@ -70,6 +70,8 @@ FLOOR_TARGET = 1.2
 SEVEN_TARGET = 1.3
 # Agreement thresholds: exact computations / IG (Gauss-Legendre on both) / maps in [0, 1].
 EXACT_REL = 1e-4
+# Equal up to the model's rounding where the two sides run the same rows in other batch sizes.
+ROUNDING_REL, ROUNDING_CORR = 1e-2, 1 - 1e-6
 
 
 def log(msg: str) -> None:
@@ -386,6 +388,13 @@ class Bench:
                 )()
             fixed = compare(ours, ref)
             fixed["ok"] = fixed["max_rel_err"] <= EXACT_REL
+            # The same noisy rows in other batches: ours in the engine's chunks, Captum all in
+            # one. The model's kernels round differently per batch size, and ReLU6's clamps
+            # then flip a few gradients (EfficientNet-Lite0, chunks of 2 against one batch of
+            # 200: 2.6e-3 by hand, both sides in plain torch; 0 when the batches are the same).
+            if not fixed["ok"] and fixed["max_rel_err"] <= ROUNDING_REL:
+                fixed["ok"] = fixed["min_corr"] >= ROUNDING_CORR
+                fixed["rounding"] = "other batch sizes (ours: the engine's chunks; Captum: one)"
             out["fixed_noise"] = fixed
         else:
             out["fixed_noise"] = f"not possible: {note}"
@@ -585,6 +594,8 @@ def fmt_agreement(agree: Any) -> str:
         )
     if "ok" in agree:
         bits.append("ok" if agree["ok"] else "**DISAGREE**")
+        if agree["ok"] and "rounding" in agree:
+            bits[-1] = f"ok up to rounding ({agree['rounding']})"
     return ", ".join(bits)
 
 
