@@ -52,6 +52,7 @@ from saliencelab.cli_common import (
     split,
 )
 from saliencelab.core.registry import get_method
+from saliencelab.data.samples import is_sample_image
 from saliencelab.featurevis.commands import register as register_featurevis
 from saliencelab.metrics.commands import register as register_metrics
 from saliencelab.models.blackbox import is_blackbox
@@ -467,7 +468,7 @@ def _probe_input(model: sl.Model, image: str | None, max_pixels: int = MAX_PIXEL
                 "it with zeros."
             )
         p = Path(image)
-        if not p.exists() and image in sl.sample_images():
+        if not p.exists() and is_sample_image(image):
             return model.preprocess([sl.sample_image(image)])
         return model.preprocess([sl.load_image(p, max_pixels=max_pixels)])
     shape = exported_input_shape(model.module)

@@ -34,6 +34,7 @@ from rich.text import Text
 
 import saliencelab as sl
 from saliencelab.data.images import MAX_PIXELS
+from saliencelab.data.samples import is_sample_image
 from saliencelab.models.square import SquarePreprocess
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -589,7 +590,7 @@ def exported_image_size(module: Any) -> tuple[int, int] | None:
 def read_image(text: str, max_pixels: int = MAX_PIXELS):
     """(PIL image, name stem) of an image file or a bundled sample photo's name."""
     p = Path(text)
-    if not p.exists() and text in sl.sample_images():
+    if not p.exists() and is_sample_image(text):
         return sl.sample_image(text), text
     if not p.exists():
         raise sl.SaliencelabError(

@@ -32,7 +32,6 @@ _SAMPLES: dict[str, Callable[[], np.ndarray]] = {
         "astronaut",  # Eileen Collins, RGB
         "brick",  # gray
         "camera",  # cameraman, gray
-        "cat",  # scikit-image's alias of "chelsea"
         "chelsea",  # a tabby cat, RGB
         "clock",  # gray
         "coffee",  # a cup of espresso, RGB
@@ -49,15 +48,24 @@ _SAMPLES: dict[str, Callable[[], np.ndarray]] = {
     )
 }
 _SAMPLES["motorcycle"] = _motorcycle  # left view of the stereo pair, RGB
+#: Other names of the same photos (scikit-image's `cat` is `chelsea`): accepted, not listed.
+_ALIASES = {"cat": "chelsea"}
 
 
 def sample_images() -> list[str]:
-    """Names accepted by :func:`sample_image`, sorted."""
+    """The sample photos' names, each photo once, sorted (:func:`sample_image` also takes the
+    aliases in `_ALIASES`)."""
     return sorted(_SAMPLES)
+
+
+def is_sample_image(name: str) -> bool:
+    """Whether :func:`sample_image` takes `name` (a listed name or an alias)."""
+    return name in _SAMPLES or name in _ALIASES
 
 
 def sample_image(name: str) -> Image.Image:
     """A sample photograph from scikit-image as an RGB PIL image (gray ones converted to RGB)."""
+    name = _ALIASES.get(name, name)
     if name not in _SAMPLES:
         raise SaliencelabError(
             f"Unknown sample image {name!r}; pick one of {', '.join(sample_images())}."

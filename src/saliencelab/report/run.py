@@ -46,6 +46,7 @@ from torch import nn
 import saliencelab as sl
 from saliencelab.core.files import make_folder, temporary_beside
 from saliencelab.core.requests import named_requests, split_dotted
+from saliencelab.data.samples import is_sample_image
 
 ImageArg = str | os.PathLike | Image.Image
 #: `progress(completed, total, description)`: work units done so far, units in all, current step.
@@ -251,7 +252,7 @@ def collect_entries(images: Iterable[ImageArg], max_pixels: int = 50_000_000) ->
                 items.append(ImageEntry(text, _stem(p.name, used), path=p, error=str(e)))
                 continue
             items.extend(ImageEntry(str(f), _stem(f.stem, used), path=f) for f in found)
-        elif text in samples and not p.exists():
+        elif is_sample_image(text) and not p.exists():
             items.append(ImageEntry(text, _stem(text, used), sample=text))
         elif p.exists() or p.suffix or "/" in text or os.sep in text:
             items.append(ImageEntry(text, _stem(p.stem, used), path=p))
