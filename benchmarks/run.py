@@ -394,7 +394,7 @@ class Bench:
             # 200: 2.6e-3 by hand, both sides in plain torch; 0 when the batches are the same).
             if not fixed["ok"] and fixed["max_rel_err"] <= ROUNDING_REL:
                 fixed["ok"] = fixed["min_corr"] >= ROUNDING_CORR
-                fixed["rounding"] = "other batch sizes (ours: the engine's chunks; Captum: one)"
+                fixed["rounding"] = "ours in the engine's chunks, Captum in one batch"
             out["fixed_noise"] = fixed
         else:
             out["fixed_noise"] = f"not possible: {note}"
@@ -571,7 +571,7 @@ def fmt_agreement(agree: Any) -> str:
         return str(agree) if agree else "—"
     parts = []
     for label, a in agree.items():
-        if label in ("ok", "compared"):
+        if label in ("ok", "compared", "rounding"):
             continue
         if isinstance(a, dict):
             parts.append(f"{label.replace('_', ' ')}: {fmt_agreement(a)}")
