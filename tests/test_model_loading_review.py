@@ -298,3 +298,13 @@ def test_a_factory_spec_without_a_function_a_config_file_and_the_factorys_own_er
     )
     with pytest.raises(SaliencelabError, match=r"^Give build\(\) a size\.$"):
         sl.load_model(f"{factory}:build")
+
+
+def test_weights_for_a_registered_model_say_where_weights_go(tmp_path):
+    """'does not accept weights (got an unexpected keyword argument ...)' named the builder's
+    options but not what --weights is for."""
+    import saliencelab as sl
+    from saliencelab.core.errors import SaliencelabError
+
+    with pytest.raises(SaliencelabError, match=r"comes with its weights.*'file\.py:build'"):
+        sl.load_model("shapes_cnn", weights=tmp_path / "w.pt")

@@ -120,6 +120,12 @@ def _call_builder(
         inspect.signature(builder).bind(*args, **kwargs)
     except TypeError as e:
         params = [p for p in inspect.signature(builder).parameters][len(args) :]
+        if "weights" in kwargs and "weights" not in params:
+            raise SaliencelabError(
+                f"Model {name!r} comes with its weights; weights=... (--weights) loads a state "
+                "dict into a factory's or a model file's model: give 'file.py:build' (or a .pt2 "
+                "/ TorchScript file) with it."
+            ) from e
         raise SaliencelabError(
             f"Model {name!r} does not accept {', '.join(sorted(kwargs)) or 'these arguments'} "
             f"({e}); its options are: {', '.join(params) or 'none'}."
