@@ -15,17 +15,23 @@ from .errors import SaliencelabError
 Requests = str | Sequence[str] | Mapping[str, Mapping[str, Any] | None]
 
 
+def check_options(options: Any, subject: str, example: str) -> None:
+    """One sentence unless `options` is None or a dict of keyword options ({option: value}):
+    `subject` names them ("smoothgrad: base_options"), `example` shows a right one."""
+    if options is not None and not isinstance(options, Mapping):
+        raise SaliencelabError(
+            f"{subject} must be a dict {{option: value}}, not {type(options).__name__} "
+            f"{options!r}; pass e.g. {example}."
+        )
+
+
 def named_requests(asked: Requests, what: str, example: str) -> dict[str, dict[str, Any]]:
     """`{name: {own options}}` from any accepted form; one sentence when nothing is asked."""
     if isinstance(asked, str):
         asked = [m.strip() for m in asked.split(",") if m.strip()]
     if isinstance(asked, Mapping):
-        for options in asked.values():
-            if options is not None and not isinstance(options, Mapping):
-                raise SaliencelabError(
-                    f"Each {what}'s options must be a dict {{option: value}}, not "
-                    f"{type(options).__name__}; pass e.g. {{'name': {{'option': value}}}}."
-                )
+        for name, options in asked.items():
+            check_options(options, f"The {what} {name!r}'s options", "{'option': value}")
     else:
         items = asked if isinstance(asked, Sequence) else [asked]
         for m in items:

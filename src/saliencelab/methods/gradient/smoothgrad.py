@@ -32,7 +32,6 @@ the padding its batch gives it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -40,6 +39,7 @@ import torch
 from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError, closest
 from ...core.registry import get_method, register
+from ...core.requests import check_options
 from ...core.seeds import sample_generators
 from ..reference import check_seed
 from .baselines import float_dtype, positive_int
@@ -121,11 +121,7 @@ def _smooth(
             f"{kind}: base must be a method's name, e.g. base='saliency', not "
             f"{type(base).__name__} {base!r}."
         )
-    if base_options is not None and not isinstance(base_options, Mapping):
-        raise SaliencelabError(
-            f"{kind}: base_options must be a dict of the base method's options, e.g. "
-            f"base_options={{'n_steps': 16}}, not {type(base_options).__name__} {base_options!r}."
-        )
+    check_options(base_options, f"{kind}: base_options", "base_options={'n_steps': 16}")
     seed = check_seed(kind, seed)
     spec = get_method(base)
     if spec.name in KINDS:

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from ...core.errors import SaliencelabError, closest
+from ...core.requests import check_options
 from ..stats import (
     float_keys,
     keyed,
@@ -457,11 +458,7 @@ def check_similarity(name: str, options: dict[str, Any] | None = None) -> None:
             f"Unknown similarity {name!r}; pick one of {', '.join(SIMILARITIES)}."
             f"{closest(name, SIMILARITIES)}"
         )
-    if options is not None and not isinstance(options, dict):
-        raise SaliencelabError(
-            f"similarity_options must be a dict of keyword options, not "
-            f"{type(options).__name__}; e.g. similarity_options={{'window': 7}}."
-        )
+    check_options(options, "similarity_options", "similarity_options={'window': 7}")
     opts = options or {}
     try:
         _SIGNATURES[name].bind(None, None, **opts)  # the option names (inspect: ~25 µs)
