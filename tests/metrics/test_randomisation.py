@@ -668,6 +668,28 @@ def test_stages_blocks_layers_and_selection(tiny_cnn, images):
     assert r.params["randomised"] == ["features"] and r.curves.shape == (4, 1)
 
 
+def test_a_parametrized_layer_is_one_step_with_its_originals():
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        weight_norm(nn.Conv2d(3, 4, 3, padding=1)), nn.ReLU(), nn.Flatten(),
+        spectral_norm(nn.Linear(4 * 6 * 6, 3)),
+    )  # fmt: skip
+    expected = [
+        ("0", ["0", "0.parametrizations.weight"]),
+        ("3", ["3", "3.parametrizations.weight"]),
+    ]
+    for granularity in ("layer", "block"):  # the weight's originals were a step of their own
+        assert [(s.name, s.layers) for s in stages(net, granularity)] == expected
+    x = torch.randn(2, 3, 6, 6)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    maps = sl.explain(net, x, ["saliency"], target=0)["saliency"].maps
+    r = MPRT(granularity="layer")(maps, x=x, model=net, target=0, explainer="saliency")
+    assert r.params["randomised"] == ["3", "0"] and r.curves.shape == (2, 2)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
 def test_mprt_bad_inputs(tiny_cnn, images):
     maps = torch.rand(4, 12, 12)
     kw = dict(x=images, model=tiny_cnn, target=0, explainer="saliency")

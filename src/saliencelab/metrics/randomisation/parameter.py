@@ -15,7 +15,9 @@ step, in `named_modules` order reversed (Quantus' MPRT does the same). `granular
 normalisation layer that is a stage of its own joins the stage before it. EfficientNet-Lite0 so
 has 19 stages: `_conv_stem` (+ `_bn0`), `_blocks.0` … `_blocks.15`, `_conv_head` (+ `_bn1`),
 `_fc`. `layers` restricts the stages: an int k keeps the k stages nearest the output, a list of
-names picks stages or modules (a module = all layers inside it).
+names picks stages or modules (a module = all layers inside it). A layer parametrized with
+`torch.nn.utils.parametrize` (`weight_norm`, `spectral_norm`) is one step at either granularity,
+together with the module that holds its originals (`conv.parametrizations.weight`).
 
 Randomisation. `init="reset"` (default) calls each layer's own `reset_parameters()` (PyTorch's
 default initialisation of that layer type; BatchNorm gets weight 1, bias 0 and fresh running
@@ -75,6 +77,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrize import is_parametrized
 
 from ...core.errors import SaliencelabError, closest
 from ...core.registry import get_method
@@ -118,6 +121,16 @@ def parameterised_layers(module: nn.Module) -> list[str]:
     return [name for name, m in module.named_modules() if _owns_state(m)]
 
 
+def _parametrized_owner(root: nn.Module, name: str) -> str:
+    """The layer whose parametrization the module `name` holds (`torch.nn.utils.parametrize`:
+    the originals of `conv.weight` live in `conv.parametrizations.weight`), else `name`."""
+    parts = name.split(".")
+    if "parametrizations" not in parts:
+        return name
+    owner = ".".join(parts[: parts.index("parametrizations")])
+    return owner if is_parametrized(root.get_submodule(owner)) else name
+
+
 def _stage_key(root: nn.Module, name: str) -> str:
     if not name:
         return ""
@@ -135,7 +148,14 @@ def stages(module: nn.Module, granularity: Literal["block", "layer"] = "block") 
     """The model's randomisation stages, input side first (see the module docstring)."""
     layers = parameterised_layers(module)
     if granularity == "layer":
-        return [Stage(name or "<root>", [name]) for name in layers]
+        out_layers: list[Stage] = []
+        for name in layers:
+            owner = _parametrized_owner(module, name)
+            if out_layers and out_layers[-1].name == (owner or "<root>"):
+                out_layers[-1].layers.append(name)  # a parametrization joins its layer
+            else:
+                out_layers.append(Stage(owner or "<root>", [name]))
+        return out_layers
     if granularity != "block":
         raise SaliencelabError(
             f"Unknown granularity {granularity!r}; use 'block' (top-level blocks) or 'layer'."
