@@ -28,6 +28,7 @@ from .backward import Backward, install_backward_mode
 from .batching import ChunkPlan, default_budget
 from .errors import SaliencelabError
 from .fused import folded, has_hooks
+from .inplace import inplace_activations
 from .layers import get_layer, module_name, refuse_script
 from .layout import channels_last_known, probe_channels_last, probed
 from .row_versions import chunk_samples
@@ -143,12 +144,24 @@ class Engine:
             budget = default_budget(device)
         return ChunkPlan(key, n_rows, fixed=self.chunk_size, max_rows=max_rows, budget=budget)
 
-    def _folding(self, fold: bool, example: torch.Tensor, n_rows: int) -> AbstractContextManager:
-        """BatchNorm folded in place for a plain pass of a model without hooks (core/fused.py);
-        the probe that finds the pairs runs for passes of at least `FOLD_MIN_ROWS` rows."""
+    def _folding(
+        self, fold: bool, example: torch.Tensor, n_rows: int, inplace: bool = False
+    ) -> AbstractContextManager:
+        """BatchNorm folded in place for a plain pass of a model without hooks (core/fused.py)
+        and, with `inplace` (passes that add no hook of their own), its activations run in
+        place (core/inplace.py); the probes run for passes of at least `FOLD_MIN_ROWS` rows."""
         if not fold or has_hooks(self.module):
             return nullcontext()
-        return folded(self.module, example, probe=n_rows >= FOLD_MIN_ROWS)
+        probe = n_rows >= FOLD_MIN_ROWS
+        if not inplace:
+            return folded(self.module, example, probe=probe)
+        return self._folded_inplace(example, probe)
+
+    @contextmanager
+    def _folded_inplace(self, example: torch.Tensor, probe: bool) -> Iterator[bool]:
+        with folded(self.module, example, probe=probe) as did:
+            with inplace_activations(self.module, example, probe=probe):
+                yield did
 
     def probe_layout(self, x: torch.Tensor) -> bool:
         """Find out once whether inputs like `x` may run channels-last (core/layout.py).
@@ -334,7 +347,8 @@ class Engine:
         `edit=(layer, fn)` replaces the layer's output by `fn(output, rows)` (e.g. to ablate
         channels). Scores are the target's when a target is given. Plain passes (no edit, no
         layer target, no hook on the model) run with BatchNorm folded in place (core/fused.py),
-        the same function up to float rounding; `fold=False` runs the model as it is.
+        the same function up to float rounding, and activations in place where nothing else
+        reads their inputs (core/inplace.py); `fold=False` runs the model as it is.
         `example`: rows like the pass's (shape, dtype; a fold probe may run its first row),
         where the caller has them at hand (e.g. the inputs `x[:1]`); else `make_inputs` builds
         one row for it. The first chunk must match it.
@@ -345,7 +359,7 @@ class Engine:
             # A plain pass runs with BatchNorm folded (core/fused.py).
             reached_output = layer_target(target) is None
             plain = fold and edit is None and reached_output
-            stack.enter_context(self._folding(plain, example, n_rows))
+            stack.enter_context(self._folding(plain, example, n_rows, inplace=True))
             # Channels-last rows on CPU where the model gives the same output (core/layout.py).
             nhwc = n_rows >= NHWC_MIN_ROWS and channels_last_known(self.module, example)
             current_rows: list[torch.Tensor] = []
