@@ -5,10 +5,14 @@ model. The rows are cut into chunks; the chunk size is (1) the user's `chunk_siz
 (2) the best size found earlier for the same model, pass kind and input shape, else (3) found
 while doing the real work: start at 8 rows, double while the time per row stays within 1.5× of
 the best, then halve from the start down to one row, and keep the fastest per row. A size
-measured once gets a second chunk when it stops the climb, and before the search settles when
-it is within 1.5× of the best: a new size's first chunk may load GPU kernels, and other work on
-the machine only ever adds time. The first chunk is not measured (it pays one-off warm-up:
-allocations, kernel selection), so the start size runs twice. No row is computed twice, so the
+measured once gets a second chunk when it stops the climb, and before the search settles each
+size within 1.5× of the best runs again while it has run no more often than the best (up to 3
+chunks): a new size's first chunk may load GPU kernels, other work on the machine only ever adds
+time, and a best that won by one lucky chunk meets its rivals again in the machine's present
+state (on this project's shared CPU, 8-row gradient passes of the shapes CNN settled on chunks
+of 4, 1.2× slower per row, in 2 of 8 fresh processes; 0 of 8 since). The first chunk is not
+measured (it pays one-off warm-up: allocations, kernel selection), so the start size runs
+twice. No row is computed twice, so the
 search costs nothing beyond a few sub-optimal chunks. A pass too short to finish the search
 leaves it where it got (its warm-up included), and the next pass of the same model, shape and
 length class goes on from there (a dataset loop converges within a few batches); a whole pass
@@ -31,6 +35,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+
+# The most chunks a size gets before the search settles (see `ChunkPlan._learn`).
+MAX_TRIES = 3
 
 _BEST: dict[tuple, int] = {}
 _PARTIAL: dict[tuple, tuple[dict[int, float], dict[int, int], int, bool]] = {}  # a search left open
@@ -164,9 +171,10 @@ class ChunkPlan:
         second time before the doubling stops, since the first chunk of a new size may pay
         one-off costs, e.g. loading GPU kernels for it), then halving from the start down to
         one row (cheap chunks; per-row cost is not monotonic in the size on every CPU). Then
-        give each size within 1.5× of the best that ran only once a second chunk (other work on
-        the machine only ever adds time, so one slow chunk must not rule a size out) and settle
-        on the fastest per row (the minimum over each size's chunks).
+        run each size within 1.5× of the best again while it has run no more often than the
+        best, up to `MAX_TRIES` chunks (other work on the machine only ever adds time, so one
+        slow chunk must not rule a size out, nor one fast chunk crown it) and settle on the
+        fastest per row (the minimum over each size's chunks).
         """
         if self._settled or (rows < self._size and rows < self.n_rows):
             return  # a pass's short last chunk says little (a whole pass shorter than the size
@@ -197,7 +205,10 @@ class ChunkPlan:
         again = [
             size
             for size, t in self._times.items()
-            if size != best and self._tries[size] == 1 and t < 1.5 * self._times[best]
+            if size != best
+            and t < 1.5 * self._times[best]
+            and self._tries[size] <= self._tries[best]
+            and self._tries[size] < MAX_TRIES
         ]
         if again:
             self._size = min(again[0], self.cap)
