@@ -242,6 +242,25 @@ def _balanced(rows: int, size: int, cap: int) -> int:
     return -(-rows // k)
 
 
+def row_range(rows: torch.Tensor) -> tuple[int, int]:
+    """(lo, hi): the rows of one chunk of a pass, lo .. hi - 1.
+
+    `ChunkPlan.chunks` hands a pass's rows out as ranges, in order, in CPU tensors, so a chunk
+    is read from its first row and its length, on the host. On a GPU, moving the
+    rows to the device (or indexing or testing a device tensor with them) waits for the device
+    once per chunk: a copy from host memory waits for the work queued before it.
+    """
+    lo = int(rows[0])
+    return lo, lo + rows.numel()
+
+
+def row_slice(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`table[rows]` for the rows of one chunk (`row_range`), as a view: a per-row table made
+    on the device (e.g. the sample of each row) is read with no wait for the device."""
+    lo, hi = row_range(rows)
+    return table[lo:hi]
+
+
 def forget_chunk_sizes() -> None:
     """Forget every measured chunk size (e.g. after moving a model to another device)."""
     _BEST.clear()

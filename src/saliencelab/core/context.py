@@ -21,6 +21,7 @@ from torch import nn
 
 from ..models.model import Model
 from .backward import Backward
+from .batching import row_slice
 from .engine import Cost, Engine
 from .errors import SaliencelabError
 from .layers import get_layer, resolve_layer
@@ -170,7 +171,7 @@ class Context:
         x, n = self.x, self.batch
 
         def rows_of(r: torch.Tensor) -> torch.Tensor:  # a copy: the pass may change it
-            return x.index_select(0, r.to(x.device))  # ~10× faster than x[r] on the CPU
+            return row_slice(x, r).clone()  # (a slice: no chunk waits for a GPU)
 
         chunks = list(
             self.engine.gradients(

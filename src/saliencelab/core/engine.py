@@ -25,7 +25,7 @@ from torch import nn
 
 from ..models.model import Model, logits_of
 from .backward import Backward, install_backward_mode
-from .batching import ChunkPlan, default_budget
+from .batching import ChunkPlan, default_budget, row_slice
 from .errors import SaliencelabError
 from .fused import folded, has_hooks
 from .inplace import inplace_activations
@@ -409,7 +409,10 @@ class Engine:
         Run without BatchNorm folding (core/fused.py), so they equal `model(x)` exactly.
         """
         n = x.shape[0]
-        chunks = self.forwards(n, lambda r: x[r], lambda r: r, target, fold=False)
+        samples = torch.arange(n, device=x.device)
+        chunks = self.forwards(
+            n, lambda r: row_slice(x, r), lambda r: row_slice(samples, r), target, fold=False
+        )  # (slices of device tensors: no chunk waits for a GPU)
         out = [c.logits for c in chunks]
         return torch.cat(out)
 

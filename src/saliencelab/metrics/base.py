@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.batching import row_slice
 from ..core.context import autograd_allowed
 from ..core.engine import Engine, all_finite
 from ..core.errors import SaliencelabError, closest
@@ -204,7 +205,9 @@ class EvalBatch:
         `sample_of(rows)` gives the original sample of each row (its target is used). `kind`
         "probability" is the softmax probability of the target, "logit" its logit, "logits"
         returns all logits (n_rows, classes). The rows are like `x` (shape, dtype). Runs under
-        `torch.inference_mode()`, model frozen.
+        `torch.inference_mode()`, model frozen. `rows` are a range of CPU indices: read them
+        with `core.batching.row_range` / `row_slice`, and give the samples on x's device, so
+        that no chunk waits for a GPU.
         """
         engine = self.require_engine()
         target = Target(self.target)
@@ -238,8 +241,12 @@ class EvalBatch:
         per batch and kept in `input_logits` for every metric that scores this batch."""
         if self.input_logits is None:
             x = self.x
+            samples = torch.arange(x.shape[0], device=x.device)
             self.input_logits = self.scores(
-                x.shape[0], lambda r: x[r.to(x.device)], lambda r: r, kind="logits"
+                x.shape[0],
+                lambda r: row_slice(x, r).clone(),  # a copy: the pass may change it
+                lambda r: row_slice(samples, r),
+                kind="logits",
             )
         return self.pick(self.input_logits, None, kind)
 

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ...core.batching import row_range, row_slice
 from ..base import EvalBatch, Metric, Scores, register_metric
 from ..checks import check_choice
 from ._common import OUTPUTS, BaselineSpec, Output, baseline_of, check_baseline
@@ -70,8 +71,8 @@ class Completeness(Metric):
         first = b if known else 0  # the first row to run: 0 (inputs) or b (baselines)
 
         def make(rows: torch.Tensor) -> torch.Tensor:
-            # The engine's chunks are ranges of rows, in order (as `EvalBatch.scores` reads them).
-            n, lo = rows.numel(), int(rows[0]) + first
+            # The engine's chunks are ranges of rows, in order (`row_range`).
+            n, lo = rows.numel(), row_range(rows)[0] + first
             shape = (n, *x.shape[1:])
             out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
             k = max(0, min(n, b - lo))  # rows lo .. lo + k - 1 are inputs, the rest baselines
@@ -83,10 +84,14 @@ class Completeness(Metric):
                 out[k:].copy_(side.expand(n - k, *x.shape[1:]))
             return out
 
-        def sample_of(rows: torch.Tensor) -> torch.Tensor:
-            return (rows + first) % b  # a shared baseline row: sample 0 (scored for all below)
-
         n_rows = b - first + (1 if shared else b)
+        # the sample of each row, on the device (a shared baseline row: sample 0, scored for all
+        # below)
+        samples = (torch.arange(n_rows, device=x.device) + first) % b
+
+        def sample_of(rows: torch.Tensor) -> torch.Tensor:
+            return row_slice(samples, rows)
+
         f = batch.scores(n_rows, make, sample_of, kind="logits" if shared else kind)
         if shared:
             f_base = batch.pick(f[-1:].expand(b, -1), None, kind).double()

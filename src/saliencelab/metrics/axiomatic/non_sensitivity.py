@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 
+from ...core.batching import row_range, row_slice
 from ...core.errors import SaliencelabError
 from ..base import EvalBatch, Metric, Scores, register_metric
 from ..checks import check_choice, check_positive, check_positive_int
@@ -102,20 +103,26 @@ class NonSensitivity(Metric):
         feature_group = (torch.arange(n_feat, device=x.device) // k).to(exact)
         shape = (-1, 1, h, w) if self.unit == "pixel" else (-1, c, h, w)
 
+        # the sample and the feature group of every row (-1: none, an original row), made once
+        # on the device and read per chunk as slices (`row_range`)
+        n_rows = b * (groups + 1)
+        every = torch.arange(n_rows, device=x.device)
+        pert = every < b * groups
+        sample_of_row = torch.where(pert, every // groups, every - b * groups)
+        group_of_row = torch.where(pert, every % groups, torch.full_like(every, -1)).to(exact)
+
         def make(rows: torch.Tensor) -> torch.Tensor:
-            rows = rows.to(x.device)
-            pert = rows < b * groups
-            sample = torch.where(pert, rows // groups, rows - b * groups)
-            group = torch.where(pert, rows % groups, torch.full_like(rows, -1))
+            lo, hi = row_range(rows)
+            sample = sample_of_row[lo:hi]
             # 1 where the feature keeps x: all of an original row (group -1)
-            keep = as_01(torch.ne, feature_group, group.to(exact)[:, None], x.dtype).view(shape)
+            keep = as_01(torch.ne, feature_group, group_of_row[lo:hi, None], x.dtype).view(shape)
             return replaced(rows_of(x, sample), keep, rows_of(base, sample))
 
         def sample_of(rows: torch.Tensor) -> torch.Tensor:
-            return torch.where(rows < b * groups, rows // groups, rows - b * groups)
+            return row_slice(sample_of_row, rows)
 
         kind = "logit" if self.output == "logit" else "probability"
-        f = batch.scores(b * (groups + 1), make, sample_of, kind=kind).double()
+        f = batch.scores(n_rows, make, sample_of, kind=kind).double()
         moved = (f[: b * groups].view(b, groups) - f[b * groups :, None]).abs() >= self.eps
         pad = groups * k - n_feat
         a_groups = torch.nn.functional.pad(a, (0, pad)).view(b, groups, k).amax(dim=2)

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ...core.batching import row_range, row_slice
 from ...core.errors import SaliencelabError
 from ...core.targets import Target
 from ..base import EvalBatch, LastDraw, Metric
@@ -212,54 +213,59 @@ def run_rows(
             images.append(image)
         image_of[k] = i
     todo_list = [k for k in range(per_sample) if k not in known and k not in shared]
-    todo = torch.tensor(todo_list, dtype=torch.long)
-    n = todo.numel()
+    todo = torch.tensor(todo_list, dtype=torch.long, device=dev)
+    n = len(todo_list)
     out = torch.empty(b, per_sample, dtype=torch.float64, device=dev)
     for k, values in known.items():
         out[:, k] = values.to(dev)
     total = b * n + len(images)
     if not total:
         return out
-    # the sample and the perturbation of every row, looked up per chunk (shared rows: sample 0)
+    # The sample and the perturbation of every row (shared rows: sample 0), read per chunk as
+    # slices: a chunk is a range of rows (`row_range`), the samples' own rows before b·n and the
+    # shared images after, so which is which is known on the host, with no wait for the device.
     sample_of_row = torch.arange(b, device=dev).repeat_interleave(n)
     sample_of_row = torch.cat([sample_of_row, sample_of_row.new_zeros(len(images))])
-    k_of_row = todo.to(dev).repeat(b)
+    k_of_row = todo.repeat(b)
     extra = torch.cat(images).to(batch.x) if images else None
 
     def make_inputs(rows: torch.Tensor) -> torch.Tensor:
-        rows = rows.to(dev)
-        own = rows < b * n
-        if extra is None or bool(own.all()):
-            return make(sample_of_row.index_select(0, rows), k_of_row.index_select(0, rows))
-        if not bool(own.any()):
-            return extra.index_select(0, rows - b * n)
-        mine = rows[own]
-        built = make(sample_of_row.index_select(0, mine), k_of_row.index_select(0, mine))
-        full = built.new_empty((len(rows), *built.shape[1:]))
-        full[own] = built
-        full[~own] = extra.index_select(0, rows[~own] - b * n)
+        lo, hi = row_range(rows)
+        mine = min(hi, b * n)  # rows lo .. mine - 1 are the samples' own
+        if mine <= lo:
+            assert extra is not None
+            return extra[lo - b * n : hi - b * n]
+        built = make(sample_of_row[lo:mine], k_of_row[lo:mine])
+        if mine == hi:
+            return built
+        assert extra is not None
+        full = built.new_empty((hi - lo, *built.shape[1:]))
+        full[: mine - lo] = built
+        full[mine - lo :] = extra[: hi - b * n]
         return full
 
     def sample_of(rows: torch.Tensor) -> torch.Tensor:
-        return sample_of_row.index_select(0, rows.to(dev))
+        return row_slice(sample_of_row, rows)
 
-    regular = torch.empty(b * n, dtype=torch.float64, device=dev)
+    regular: list[torch.Tensor] = []  # the scores of the samples' own rows, chunk by chunk
     shared_logits: list[torch.Tensor | None] = [None] * len(images)
     engine = batch.require_engine()
     chunks = engine.forwards(
         total, make_inputs, sample_of, Target(batch.target), example=batch.x[:1]
     )
     for chunk in chunks:
-        rows = chunk.rows.to(dev)
-        own = rows < b * n
-        if bool(own.all()):
-            regular[rows] = batch.pick(chunk.logits, chunk.samples, score).double()
+        lo, hi = row_range(chunk.rows)
+        mine = min(hi, b * n)
+        if mine == hi:
+            regular.append(batch.pick(chunk.logits, chunk.samples, score))
             continue
-        regular[rows[own]] = batch.pick(chunk.logits[own], chunk.samples[own], score).double()
-        for r, logits in zip((rows[~own] - b * n).tolist(), chunk.logits[~own], strict=True):
-            shared_logits[r] = logits[None]
+        if mine > lo:
+            own = slice(0, mine - lo)
+            regular.append(batch.pick(chunk.logits[own], chunk.samples[own], score))
+        for r in range(max(lo, mine), hi):  # the shared images' rows
+            shared_logits[r - b * n] = chunk.logits[r - lo][None]
     if n:
-        out[:, todo.to(dev)] = regular.view(b, n)
+        out[:, todo] = torch.cat(regular).double().view(b, n)
     everyone = torch.arange(b, device=dev)
     for k, i in image_of.items():
         logits = shared_logits[i]
