@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import saliencelab as sl
-from saliencelab.metrics.base import make_batch
+from saliencelab.metrics.base import Explainer, make_batch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "sync_count.py"
 
@@ -85,3 +85,28 @@ def test_a_chunk_is_read_as_a_range():
     table = torch.arange(10) * 3
     assert row_range(torch.arange(4, 7)) == (4, 7)
     assert torch.equal(row_slice(table, torch.arange(4, 7)), table[4:7])
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [("max_sensitivity", {"n_samples": 6}), ("input_invariance", {}), ("random_logit", {})],
+)
+def test_recomputed_explanations_do_not_wait_per_chunk(sync_count, tiny_cnn, images, name, options):
+    """The explanation passes (gradients of `sl.explain`) slice their rows and samples on the
+    device: no wait per chunk (the samples were host rows, copied for the target's scores)."""
+    maps = torch.rand(4, 12, 12, generator=torch.Generator().manual_seed(2))
+    target = torch.tensor([0, 1, 2, 3])
+    metric = sl.metrics.get(name)(**options)
+
+    def count(chunk: int):
+        explainer = Explainer("saliency", chunk_size=chunk)  # its passes at `chunk` rows too
+
+        def call():
+            return metric(maps, x=images, model=tiny_cnn, target=target, explainer=explainer)
+
+        return sync_count.count_syncs(call, chunk=chunk, warmup=1)
+
+    (few, few_chunks), (many, many_chunks) = count(4), count(1)
+    assert many_chunks > few_chunks > 0
+    grown = {k: (few.sites[k], many.sites[k]) for k in many.sites if many.sites[k] > few.sites[k]}
+    assert not grown, f"syncs per chunk (chunks {few_chunks}, {many_chunks}): {grown}"

@@ -170,14 +170,17 @@ class Context:
         before = self.engine.cost.copy()
         x, n = self.x, self.batch
 
+        samples = torch.arange(n, device=x.device)  # row i is sample i
+
         def rows_of(r: torch.Tensor) -> torch.Tensor:  # a copy: the pass may change it
-            return row_slice(x, r).clone()  # (a slice: no chunk waits for a GPU)
+            return row_slice(x, r).clone()  # (slices of device tensors: no chunk waits for a GPU)
 
         chunks = list(
             self.engine.gradients(
-                n, rows_of, lambda r: r, self._target, layers, input_grad, backward
+                n, rows_of, lambda r: row_slice(samples, r), self._target, layers, input_grad,
+                backward,
             )
-        )
+        )  # fmt: skip
         activations = {k: _joined([c.activations[k] for c in chunks]) for k in layers}
         gradients = {k: _joined([c.gradients[k] for c in chunks]) for k in layers}
         if x.dim() == 4:  # images: token layers (B, T, D) as maps (B, D, h, w) (core/tokens.py)
