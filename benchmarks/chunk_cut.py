@@ -22,6 +22,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from saliencelab.core import batching
 from saliencelab.metrics.base import metric_classes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import add_malloc_option, use_malloc  # noqa: E402
+from harness import add_malloc_option, alternated, use_malloc  # noqa: E402
 
 SETTINGS = {"deletion": {"steps": 16}, "insertion": {"steps": 16}}
 
@@ -92,20 +93,15 @@ def compare(name: str, images: int, repeats: int) -> dict:
         )
         return metric.compute().values
 
-    cuts = {"old": old_cut, "new": batching._balanced}
     new_cut = batching._balanced
-    times: dict[str, list[float]] = {k: [] for k in cuts}
-    values: dict[str, torch.Tensor] = {}
+
+    def use(cut: Callable) -> Callable[[], None]:
+        return lambda: setattr(batching, "_balanced", cut)
+
     try:
-        for _ in range(15):  # the chunk search settles, the allocator warms up
-            call()
-        for _ in range(repeats):
-            for k, cut in cuts.items():
-                batching._balanced = cut
-                start = time.process_time()
-                for _ in range(3):
-                    values[k] = call()
-                times[k].append((time.process_time() - start) / 3)
+        times, values = alternated(
+            {"old": use(old_cut), "new": use(new_cut)}, call, repeats, warmup=15
+        )  # fmt: skip
     finally:
         batching._balanced = new_cut
     diff = float((values["old"].double() - values["new"].double()).abs().max())

@@ -217,6 +217,35 @@ def paired(a: Contender, b: Contender) -> float:
     return statistics.median(x / y for x, y in zip(a.times, b.times, strict=True))
 
 
+def alternated(
+    ways: dict[str, Callable[[], None]],
+    call: Callable[[], Any],
+    repeats: int,
+    warmup: int = 8,
+    per_round: int = 3,
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """The same `call` under several ways of the library (`ways[name]()` switches to one: e.g.
+    a module attribute swapped), alternated: `warmup` calls per way, then `repeats` rounds that
+    time `per_round` calls of each way (process CPU time, the order reversed every other round).
+    Returns the seconds per call of each way per round and each way's last value. The caller
+    switches back to its own way afterwards."""
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    values: dict[str, Any] = {}
+    for switch in ways.values():
+        switch()
+        for _ in range(warmup):  # chunk searches settle, the allocator warms up
+            call()
+    for r in range(repeats):
+        order = list(ways.items()) if r % 2 == 0 else list(reversed(ways.items()))
+        for name, switch in order:
+            switch()
+            start = time.process_time()
+            for _ in range(per_round):
+                values[name] = call()
+            times[name].append((time.process_time() - start) / per_round)
+    return times, values
+
+
 class Floor:
     """Plain forward+backward passes of `module`, parameters frozen, at a given chunk size."""
 

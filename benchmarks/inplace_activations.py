@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +38,7 @@ from saliencelab.core.engine import Engine
 from saliencelab.metrics.base import metric_classes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import add_malloc_option, benchmark_inputs, use_malloc  # noqa: E402
+from harness import add_malloc_option, alternated, benchmark_inputs, use_malloc  # noqa: E402
 
 CASES = ("shapes:deletion", "shapes:completeness", "shapes:occlusion", "lite0:forwards")
 
@@ -88,22 +87,14 @@ def _case(name: str) -> Callable[[], torch.Tensor]:
 def compare(name: str, repeats: int) -> dict:
     call = _case(name)
     real = engine_module.inplace_activations
-    ways = {"in place": real, "off": _switched_off}
-    times: dict[str, list[float]] = {k: [] for k in ways}
-    values: dict[str, torch.Tensor] = {}
+
+    def use(way: Callable) -> Callable[[], None]:
+        return lambda: setattr(engine_module, "inplace_activations", way)
+
     try:
-        for way in ways.values():
-            engine_module.inplace_activations = way
-            for _ in range(8):  # the chunk search settles, the allocator warms up
-                call()
-        for r in range(repeats):
-            order = list(ways.items()) if r % 2 == 0 else list(reversed(ways.items()))
-            for k, way in order:
-                engine_module.inplace_activations = way
-                start = time.process_time()
-                for _ in range(3):
-                    values[k] = call()
-                times[k].append((time.process_time() - start) / 3)
+        times, values = alternated(
+            {"in place": use(real), "off": use(_switched_off)}, call, repeats
+        )  # fmt: skip
     finally:
         engine_module.inplace_activations = real
     diff = float((values["in place"].double() - values["off"].double()).abs().max())
