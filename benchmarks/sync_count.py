@@ -1,16 +1,22 @@
-"""Host-device synchronisations of one metric call, per call and per chunk: what would make the
-host wait for a GPU, counted on the CPU.
+"""Host-device synchronisations of one metric or method call, per call and per chunk: what
+would make the host wait for a GPU, counted on the CPU.
 
-    .venv/bin/python benchmarks/sync_count.py [--metrics deletion,insertion,...] [--images 8]
-        [--chunks 4,8] [--where]
+    .venv/bin/python benchmarks/sync_count.py [--metrics deletion,insertion,...|all]
+        [--methods occlusion,lime,...|all] [--images 8] [--chunks 4,8] [--where]
 
-The call is op_count.py's: metrics_floor.py's `ours` on the shapes CNN
-(`sl.data.shapes.make(8, seed=0)`, the saliency maps of the predicted classes, the metric's
-small settings from metrics_floor.py; the explainer is saliency at the same fixed chunk size),
-after two warm-up calls, with every engine's chunk size fixed. It runs once per chunk size of
+Metrics (`--metrics`, and the default without `--methods`): the call is op_count.py's:
+metrics_floor.py's `ours` on the shapes CNN (`sl.data.shapes.make(8, seed=0)`, the saliency maps
+of the predicted classes, the metric's small settings from metrics_floor.py; the explainer is
+saliency at the same fixed chunk size). Methods (`--methods`): `sl.explain(model, x, {method:
+options}, target=..., chunk_size=...)` on the same images and predicted classes, for each entry
+of `METHODS` (every method registered for CNN images, with settings that give several
+chunks, some also with other options: occlusion and feature ablation without incremental
+inference, `_full`; not the attention rollouts, which need a transformer, nor text's
+leave_one_out). Each call runs
+after two warm-up calls, with every engine's chunk size fixed, once per chunk size of
 `--chunks` (default 4 and 8 rows): a site whose count differs between them runs per chunk
 (`per chunk` = its extra syncs over the extra chunks), the others per call. A chunk is one row
-range the engine hands out (`ChunkPlan.chunks`), explanation passes included.
+range the engine hands out (`ChunkPlan.chunks`), every pass of the call included.
 
 On a GPU the host waits for the device (everything queued before) when it reads a value of a
 device tensor or copies between host and device memory. Counted (a `TorchDispatchMode` for the
@@ -18,7 +24,8 @@ ATen operators, `torch.Tensor` methods swapped for the call for the rest), each 
 of the library that caused it (the innermost frame in `saliencelab/`, and the metric's frame
 that led there when that one is outside `metrics/`):
 
-- `item`: `aten._local_scalar_dense` (`item()`, `bool(t)`, `int(t)`, `float(t)`, `if t:`),
+- `item`: `aten._local_scalar_dense` and, under `torch.inference_mode()` (where it reaches
+  the mode undecomposed), `aten.item` (`item()`, `bool(t)`, `int(t)`, `float(t)`, `if t:`),
   `nonzero` (also `torch.where(cond)`), `masked_select`, `equal`, `unique`, `bincount`,
   `repeat_interleave` with tensor repeats, indexing with a boolean mask (`t[mask]`; a mask
   assignment of more than one value: `t[mask] = values`);
@@ -28,7 +35,10 @@ that led there when that one is outside `metrics/`):
 - `to device`: a host tensor copied to the device: `.to(dev)` of it, `torch.tensor(...)` with
   `device=`, or a host tensor (not a 0-D scalar) used with device tensors (e.g. a device tensor
   indexed by it). From pageable host memory such a copy waits for the work queued on the
-  stream (`cudaMemcpy` semantics; PyTorch's blocking copy synchronises the stream).
+  stream (`cudaMemcpy` semantics; PyTorch's blocking copy synchronises the stream). Not
+  counted: `.to(dev, non_blocking=True)` of a host tensor made by `.pin_memory()` (queued
+  behind the device's work; without a GPU, `pin_memory` is swapped for a host copy that the
+  counter remembers as pinned).
 
 Only device tensors count. On the CPU every tensor is on one device, so each tensor is tagged
 as the host or device tensor it would be with the model on CUDA: the engine's chunk rows
@@ -46,11 +56,16 @@ and is counted where it meets device tensors; the call therefore gets x, maps an
 outside the counter.
 
 Code paths that differ by device run as on CUDA: the engine's finiteness checks are deferred
-to the end of each pass (`core/engine.py`, `DEFERRED_CHECK_DEVICES`), and ROAD imputes by
-batched conjugate gradients (its CUDA path; on the CPU it solves with SciPy). Other CPU-only
-branches (`metrics/stats.py`'s NumPy sorts) run as on the CPU.
+to the end of each pass (`core/engine.py`, `DEFERRED_CHECK_DEVICES`), ROAD imputes by batched
+conjugate gradients (its CUDA path; on the CPU it solves with SciPy), DeepLIFT's rescale rule
+always takes the derivative and LRP's z⁺ the signed path (no read of the values on the host:
+`HOST_CHECK_DEVICES` in methods/relevance/multipliers.py and lrp/rules.py), and the seeded draws
+of expected gradients and DeepLIFT-SHAP go to the device from pinned memory (`queued_copy`,
+`PINNED_COPY_DEVICES` in methods/gradient/baselines.py). Other CPU-only branches
+(`metrics/stats.py`'s NumPy sorts) run as on the CPU.
 
-`count_syncs` counts any call this way (tests/metrics/test_device_syncs.py uses it).
+`count_syncs` counts any call this way (tests/metrics/test_device_syncs.py and
+tests/test_method_syncs.py use it).
 """
 
 from __future__ import annotations
@@ -72,6 +87,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import saliencelab as sl
 import saliencelab.core.engine as engine_module
 from saliencelab.core.batching import ChunkPlan
+from saliencelab.methods.gradient import baselines as baselines_module
+from saliencelab.methods.relevance import multipliers as multipliers_module
+from saliencelab.methods.relevance.lrp import rules as lrp_rules_module
 from saliencelab.metrics import Explainer
 from saliencelab.metrics.faithfulness import road as road_module
 
@@ -80,6 +98,7 @@ aten = torch.ops.aten
 # ATen operators that read a device tensor's values on the host (their output size or value).
 READS = {
     aten._local_scalar_dense.default: "item",
+    aten.item.default: "item",  # (under inference mode `item()` reaches the mode undecomposed)
     aten.is_nonzero.default: "item",
     aten.nonzero.default: "nonzero",
     aten.masked_select.default: "masked_select",
@@ -96,6 +115,7 @@ INDEX_PUT = {aten.index_put_.default, aten.index_put.default, aten._index_put_im
 # Frames between an operator's caller and `__torch_dispatch__`.
 MACHINERY = ("torch/_dynamo/", "torch/_compile.py", "torch/utils/_python_dispatch.py")
 SCRIPT = {str(Path(__file__).resolve())}  # frames of the counter itself
+_MISSING = object()
 
 
 def _caller():
@@ -230,9 +250,14 @@ def counted_methods(counter: SyncCounter) -> Iterator[None]:
     device and tag their results. (`.numpy()` of a device tensor fails on CUDA: where the library
     calls it on one, it is in a branch only the CPU takes, and is not counted.)"""
     T = torch.Tensor
-    names = ("to", "cpu", "tolist")
+    names = ("to", "cpu", "tolist", "pin_memory")
     own = {name: T.__dict__[name] for name in names if name in T.__dict__}  # else the C base's
     saved = {name: getattr(T, name) for name in names}
+    pinned: dict[int, weakref.ref] = {}  # host copies made by `pin_memory`, by id
+
+    def is_pinned(t: torch.Tensor) -> bool:
+        ref = pinned.get(id(t))
+        return ref is not None and ref() is t
 
     def moved(t: torch.Tensor, out: torch.Tensor, host: bool) -> torch.Tensor:
         # the copy a GPU would make: a new tensor with the new tag
@@ -255,7 +280,8 @@ def counted_methods(counter: SyncCounter) -> Iterator[None]:
             frame = _caller()
             to_host = "cpu" in (str(dest) if isinstance(dest, str) else _call_text(frame))
         if counter.is_host(self) and not to_host:
-            counter.note("to device")
+            if not (is_pinned(self) and kwargs.get("non_blocking")):  # else queued: no wait
+                counter.note("to device")
             return moved(self, out, False)
         if not counter.is_host(self) and to_host:
             counter.note("to host")
@@ -277,7 +303,13 @@ def counted_methods(counter: SyncCounter) -> Iterator[None]:
 
         return read
 
-    T.to, T.cpu = to, cpu  # type: ignore[method-assign]
+    def pin_memory(self, *args: Any, **kwargs: Any):
+        # (no pinned memory without a GPU: a host copy, remembered as pinned)
+        out = self.clone()
+        pinned[id(out)] = weakref.ref(out, lambda _, i=id(out): pinned.pop(i, None))
+        return out
+
+    T.to, T.cpu, T.pin_memory = to, cpu, pin_memory  # type: ignore[method-assign]
     T.tolist = reader("tolist")  # type: ignore[method-assign]
     try:
         yield
@@ -301,24 +333,29 @@ def as_on_cuda(chunk: int) -> Iterator[list[int]]:
             chunks[0] += 1
             yield rows
 
-    saved = (
-        engine_module.Engine.__init__.__defaults__,
-        engine_module.DEFERRED_CHECK_DEVICES,
-        road_module._scipy,
-    )
-    engine_module.Engine.__init__.__defaults__ = (chunk, None)
-    engine_module.DEFERRED_CHECK_DEVICES = ("cuda", "cpu")
-    road_module._scipy = lambda: None  # ROAD's conjugate gradients
+    # (object, attribute, value as on CUDA); an attribute the library lacks (a version before
+    # the switch) is added for the call and removed after
+    patches = [
+        (engine_module.Engine.__init__, "__defaults__", (chunk, None)),
+        (engine_module, "DEFERRED_CHECK_DEVICES", ("cuda", "cpu")),
+        (road_module, "_scipy", lambda: None),  # ROAD's conjugate gradients
+        (multipliers_module, "HOST_CHECK_DEVICES", ()),  # DeepLIFT: the derivative, no check
+        (lrp_rules_module, "HOST_CHECK_DEVICES", ()),  # LRP z+: the signed path, no sign check
+        (baselines_module, "PINNED_COPY_DEVICES", ("cuda", "cpu")),  # seeded draws: pinned
+    ]
+    saved = [(obj, name, getattr(obj, name, _MISSING)) for obj, name, _ in patches]
+    for obj, name, value in patches:
+        setattr(obj, name, value)
     ChunkPlan.chunks = counted  # type: ignore[method-assign]
     try:
         yield chunks
     finally:
         ChunkPlan.chunks = plain  # type: ignore[method-assign]
-        (
-            engine_module.Engine.__init__.__defaults__,
-            engine_module.DEFERRED_CHECK_DEVICES,
-            road_module._scipy,
-        ) = saved
+        for obj, name, value in saved:
+            if value is _MISSING:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, value)
 
 
 def inputs(images: int):
@@ -373,22 +410,72 @@ def count(name: str, setup, chunk: int) -> tuple[SyncCounter, int]:
     return count_syncs(call, chunk)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--metrics", default="all", help="comma-separated, or all")
-    parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--chunks", default="4,8", help="two chunk sizes (rows)")
-    parser.add_argument("--where", action="store_true", help="list the sites")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    small, large = (int(c) for c in args.chunks.split(","))
-    names = _metrics_floor().model_metrics() if args.metrics == "all" else args.metrics.split(",")
-    setup = inputs(args.images)
-    print(f"shapes CNN, {args.images} images; chunks of {small} and {large} rows")
-    print(f"{'metric':26s} {'chunks':>9s} {'syncs':>11s} {'per chunk':>9s} {'per call':>8s}")
+# The methods' calls (`--methods`): each registered method that runs on the shapes CNN, with
+# settings that give several chunks at 4 and 8 rows on 8 images. A name here is a method, or a
+# method and options (occlusion and feature ablation run with and without incremental inference).
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "saliency": ("saliency", {}),
+    "input_x_gradient": ("input_x_gradient", {}),
+    "guided_backprop": ("guided_backprop", {}),
+    "deconvnet": ("deconvnet", {}),
+    "integrated_gradients": ("integrated_gradients", {"n_steps": 4}),
+    "smoothgrad": ("smoothgrad", {"n_samples": 4}),
+    "smoothgrad_sq": ("smoothgrad_sq", {"n_samples": 4}),
+    "vargrad": ("vargrad", {"n_samples": 4}),
+    "smoothgrad_ig": (
+        "smoothgrad",
+        {"n_samples": 2, "base": "integrated_gradients", "base_options": {"n_steps": 2}},
+    ),
+    "expected_gradients": ("expected_gradients", {"n_samples": 4}),
+    "expected_gradients_batch": ("expected_gradients", {"n_samples": 4, "baselines": "batch"}),
+    "deeplift": ("deeplift", {}),
+    "deeplift_shap": ("deeplift_shap", {"n_baselines": 4}),
+    "deeplift_shap_batch": ("deeplift_shap", {"baselines": "batch"}),
+    "lrp": ("lrp", {}),
+    "lrp_box": ("lrp", {"composite": "epsilon_gamma_box"}),
+    "lrp_alpha_beta": ("lrp", {"composite": "epsilon_alpha2_beta1"}),
+    "cam": ("cam", {}),
+    "gradcam": ("gradcam", {}),
+    "gradcam_plus_plus": ("gradcam_plus_plus", {}),
+    "xgradcam": ("xgradcam", {}),
+    "hirescam": ("hirescam", {}),
+    "layercam": ("layercam", {}),
+    "guided_gradcam": ("guided_gradcam", {}),
+    "eigencam": ("eigencam", {}),
+    "scorecam": ("scorecam", {"max_channels": 8}),
+    "scorecam_probability": ("scorecam", {"max_channels": 8, "weighting": "probability"}),
+    "ablationcam": ("ablationcam", {"max_channels": 8}),
+    "occlusion": ("occlusion", {"window": 16, "stride": 8}),
+    "occlusion_full": ("occlusion", {"window": 16, "stride": 8, "incremental": False}),
+    "feature_ablation": ("feature_ablation", {"n_segments": 16}),
+    "feature_ablation_full": ("feature_ablation", {"n_segments": 16, "incremental": False}),
+    "rise": ("rise", {"n_masks": 8, "cell": 4}),
+    "lime": ("lime", {"n_segments": 16, "n_samples": 16}),
+    "kernelshap": ("kernelshap", {"n_segments": 16, "n_samples": 40}),
+    "kernelshap_exact": ("kernelshap", {"n_segments": 4}),
+    "random": ("random", {}),
+    "center_gaussian": ("center_gaussian", {}),
+    "sobel": ("sobel", {}),
+}
+
+
+def count_method(name: str, setup, chunk: int) -> tuple[SyncCounter, int]:
+    """The syncs of one `sl.explain` call of `METHODS[name]` on `setup` (`inputs`) at `chunk`
+    rows a chunk, and its chunks."""
+    model, x, target, _ = setup
+    method, options = METHODS[name]
+
+    def call():
+        return sl.explain(model, x, {method: options}, target=target, chunk_size=chunk)
+
+    return count_syncs(call, chunk)
+
+
+def report(names: list[str], count_one, small: int, large: int, where: bool) -> dict:
+    """Count each of `names` (`count_one(name, chunk)`) at both chunk sizes and print its row."""
     result = {}
     for name in names:
-        (a, n_a), (b, n_b) = count(name, setup, small), count(name, setup, large)
+        (a, n_a), (b, n_b) = count_one(name, small), count_one(name, large)
         keys = sorted(set(a.sites) | set(b.sites))
         per_chunk = {k: (a.sites[k], b.sites[k]) for k in keys if a.sites[k] != b.sites[k]}
         per_call = {k: a.sites[k] for k in keys if a.sites[k] == b.sites[k]}
@@ -399,7 +486,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{name:26s} {n_a:4d}/{n_b:<4d} {total_a:5d}/{total_b:<5d} {rate:9.2f} "
             f"{sum(per_call.values()):8d}"
         )
-        if args.where:
+        if where:
             for (kind, inner, via), (x, y) in per_chunk.items():
                 print(f"    chunk {x:4d}/{y:<4d} {kind:13s} {inner}" + (f" <- {via}" * bool(via)))
             for (kind, inner, via), x in per_call.items():
@@ -411,6 +498,36 @@ def main(argv: list[str] | None = None) -> dict:
             "per_chunk_sites": {" ".join(k).strip(): v for k, v in per_chunk.items()},
             "per_call_sites": {" ".join(k).strip(): v for k, v in per_call.items()},
         }
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--metrics", default=None, help="comma-separated, or all (the default without --methods)"
+    )
+    parser.add_argument(
+        "--methods", default=None, help=f"comma-separated, or all: {', '.join(METHODS)}"
+    )
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--chunks", default="4,8", help="two chunk sizes (rows)")
+    parser.add_argument("--where", action="store_true", help="list the sites")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    small, large = (int(c) for c in args.chunks.split(","))
+    metrics = args.metrics if args.metrics is not None or args.methods is not None else "all"
+    setup = inputs(args.images)
+    print(f"shapes CNN, {args.images} images; chunks of {small} and {large} rows")
+    print(f"{'call':26s} {'chunks':>9s} {'syncs':>11s} {'per chunk':>9s} {'per call':>8s}")
+    result = {}
+    if metrics is not None:
+        names = _metrics_floor().model_metrics() if metrics == "all" else metrics.split(",")
+        result.update(report(names, lambda n, c: count(n, setup, c), small, large, args.where))
+    if args.methods is not None:
+        names = list(METHODS) if args.methods == "all" else args.methods.split(",")
+        result.update(
+            report(names, lambda n, c: count_method(n, setup, c), small, large, args.where)
+        )
     return result
 
 

@@ -19,6 +19,7 @@ from contextlib import closing
 import torch
 
 from ...core.attention import attention_forwards, attention_gradients
+from ...core.batching import row_range
 from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError
 from ...core.registry import quoted, register
@@ -61,12 +62,16 @@ def discard_lowest(a: torch.Tensor, ratio: float, real: torch.Tensor | None = No
     b, t, _ = a.shape
     if ratio == 0:
         return a
+    # Every token real: the most entries to drop, known on the host (no wait for a GPU per
+    # layer and chunk); else read back from the samples' own counts.
+    most = math.floor(t * t * ratio) if real is None else None
     real = torch.ones(b, t, dtype=torch.bool, device=a.device) if real is None else real.bool()
     flat = a.reshape(b, t * t)
     pairs = (real[:, :, None] & real[:, None, :]).reshape(b, t * t).to(a.device)
     n = real.sum(dim=1).double()
     k = torch.floor(n * n * ratio).long().to(a.device)  # per sample
-    most = int(k.max())
+    if most is None:
+        most = int(k.max())
     if most == 0:
         return a
     lowest = flat.masked_fill(~pairs, math.inf).topk(most, dim=1, largest=False).indices
@@ -175,7 +180,8 @@ def _gather(ctx: Context, chunks, reduce) -> MethodOutput:
             layers = len(recorded[0])
             if out is None:
                 out = scores.new_zeros(ctx.batch, scores.shape[1])
-            out.index_copy_(0, chunk.rows.to(out.device), scores)
+            lo, hi = row_range(chunk.rows)  # (a range read on the host: no wait for a GPU)
+            out[lo:hi] = scores
     return _output(ctx, out, layers)
 
 

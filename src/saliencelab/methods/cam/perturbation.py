@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...core.batching import row_slice
 from ...core.context import Context, LayerArg, MethodOutput, check_image_batch
 from ...core.errors import SaliencelabError
 from ...core.registry import quoted, register
@@ -34,23 +35,26 @@ WEIGHTINGS = ("softmax", "probability")
 
 
 class _ChannelRows:
-    """Row r of a pass over B samples × m channels: sample r // m, channel idx[r // m, r % m]."""
+    """Row r of a pass over B samples × m channels: sample r // m, channel idx[r // m, r % m].
+
+    Both are per-row tables on the device, sliced by a chunk's rows (the engine's CPU ranges:
+    moved to a GPU, or indexing its tensors, they would wait for it every chunk)."""
 
     def __init__(self, idx: torch.Tensor) -> None:
         self.idx = idx
         self.batch, self.m = idx.shape
+        self.samples = torch.arange(self.n_rows, device=idx.device) // self.m
+        self.channels = idx.reshape(-1)  # row-major: entry r is idx[r // m, r % m]
 
     @property
     def n_rows(self) -> int:
         return self.batch * self.m
 
     def sample_of(self, rows: torch.Tensor) -> torch.Tensor:
-        return rows // self.m
+        return row_slice(self.samples, rows)
 
     def split(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = rows.to(self.idx.device)
-        samples = rows // self.m
-        return samples, self.idx[samples, rows % self.m]
+        return self.sample_of(rows), row_slice(self.channels, rows)
 
 
 def _scorecam_scores(ctx: Context, a: torch.Tensor, rows: _ChannelRows, weighting: str):

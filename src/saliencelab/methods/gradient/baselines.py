@@ -140,6 +140,22 @@ def draw_seeds(gens: list[torch.Generator], n: int) -> torch.Tensor:
     return torch.stack([torch.randint(0, 1 << 62, (n,), generator=g) for g in gens])
 
 
+# Devices whose copies of host tensors go through pinned memory, queued (`queued_copy`).
+PINNED_COPY_DEVICES = ("cuda",)
+
+
+def queued_copy(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`, without waiting for the device when `t` is in host memory.
+
+    A copy from pageable host memory to a GPU waits for all the work queued on the device
+    before it; from pinned memory with `non_blocking=True` it is queued behind that work, and
+    the host goes on (PyTorch's caching host allocator keeps the pinned block until the copy
+    has run). For values drawn on the host per chunk of a pass (`seeded_draws`)."""
+    if t.device.type != "cpu" or device.type not in PINNED_COPY_DEVICES:
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def seeded_draws(
     seeds: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, *, uniform: bool, normal: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -173,7 +189,7 @@ class UniformReferences:
 
     def take(self, samples: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """The references of `samples` (on the inputs' device) from their U(0, 1) draws `u`."""
-        return torch.addcmul(self.lo[samples], self.span[samples], u.to(self.lo.device))
+        return torch.addcmul(self.lo[samples], self.span[samples], queued_copy(u, self.lo.device))
 
 
 def input_baselines(

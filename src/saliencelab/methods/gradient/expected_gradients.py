@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ...core.batching import row_slice
 from ...core.context import Context
 from ...core.errors import SaliencelabError
 from ...core.registry import register
@@ -41,6 +42,7 @@ from .baselines import (
     draw_seeds,
     float_dtype,
     positive_int,
+    queued_copy,
     seeded_draws,
 )
 
@@ -94,32 +96,38 @@ def expected_gradients(
     n_rows = n_samples * batch
     shape = (-1,) + (1,) * (x.dim() - 1)
     cache: dict[str, torch.Tensor] = {}
+    # Row r: draw r // B of sample r % B. Per-row tables on the device, sliced per chunk (the
+    # engine's chunk rows are CPU ranges: moved to a GPU, they would wait for it every chunk);
+    # the seeds are indexed on the host by the rows themselves.
+    ids = torch.arange(n_rows, device=dev)
+    draws, samples = ids // batch, ids % batch
+
+    def sample_of(rows: torch.Tensor) -> torch.Tensor:
+        return row_slice(samples, rows)
 
     def diff_of(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x', x̃ - x') of these rows (row r: draw r // B of sample r % B), cached for one chunk."""
-        if "rows" in cache and torch.equal(cache["rows"], rows):
+        if "rows" in cache and torch.equal(cache["rows"], rows):  # (CPU rows: no wait)
             return cache["base"], cache["diff"]
-        cpu = rows.cpu()
-        b, k = (cpu % batch).to(dev), (cpu // batch).to(dev)
+        b, k = sample_of(rows), row_slice(draws, rows)
         xt = xf[b]
         u = eps = None
         if seeds is not None:
-            u, eps = seeded_draws(
-                seeds[cpu % batch, cpu // batch], sample, dtype, uniform=uniform, normal=stdevs > 0
-            )
+            row_seeds = seeds[rows % batch, rows // batch]  # (host seeds, host rows)
+            u, eps = seeded_draws(row_seeds, sample, dtype, uniform=uniform, normal=stdevs > 0)
         if eps is not None:
-            xt = xt + stdevs * eps.to(dev)
+            xt = xt + stdevs * queued_copy(eps, dev)
         base = dist.take(b, u) if uniform else dist[index[b, k]].expand_as(xt)
         cache.update(rows=rows, base=base, diff=xt - base)
         return base, cache["diff"]
 
     def make_inputs(rows: torch.Tensor) -> torch.Tensor:
         base, diff = diff_of(rows)
-        r = rows.to(dev)
-        return torch.addcmul(base, alphas[r % batch, r // batch].view(shape), diff)
+        k = row_slice(draws, rows)
+        return torch.addcmul(base, alphas[sample_of(rows), k].view(shape), diff)
 
     total = torch.zeros_like(xf)
-    for chunk in ctx.engine.gradients(n_rows, make_inputs, lambda r: r % batch, ctx.target):
+    for chunk in ctx.engine.gradients(n_rows, make_inputs, sample_of, ctx.target):
         _, diff = diff_of(chunk.rows)
-        total.index_add_(0, chunk.samples.to(dev), diff * chunk.input_grad)
+        total.index_add_(0, chunk.samples, diff * chunk.input_grad)
     return total / n_samples

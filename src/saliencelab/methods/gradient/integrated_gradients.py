@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...core.batching import row_slice
 from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError, closest
 from ...core.registry import quoted, register
@@ -72,8 +73,10 @@ def _shape(x: torch.Tensor) -> tuple[int, ...]:
 def target_scores(ctx: Context, inputs: torch.Tensor) -> torch.Tensor:
     """S of each row of `inputs` (row r is of sample r % B), forward only."""
     n, batch = inputs.shape[0], ctx.batch
+    samples = torch.arange(n, device=inputs.device) % batch
+    # (slices of device tensors per chunk: no chunk waits for a GPU)
     chunks = ctx.engine.forwards(
-        n, lambda r: inputs[r.to(inputs.device)], lambda r: r % batch, ctx.target
+        n, lambda r: row_slice(inputs, r), lambda r: row_slice(samples, r), ctx.target
     )
     return torch.cat([c.scores for c in chunks])
 
@@ -124,16 +127,23 @@ def integrated_gradients(
     weights = torch.as_tensor(weights_np, dtype=dtype, device=dev)
     shape = _shape(x)
 
+    # Row r: step r // B of sample r % B. Per-row tables on the device, sliced per chunk (the
+    # engine's chunk rows are CPU ranges: moved to a GPU, they would wait for it every chunk).
+    n_rows = len(alphas_np) * batch
+    ids = torch.arange(n_rows, device=dev)
+    steps, samples = ids // batch, ids % batch
+
+    def sample_of(rows: torch.Tensor) -> torch.Tensor:
+        return row_slice(samples, rows)
+
     def make_inputs(rows: torch.Tensor) -> torch.Tensor:
-        rows = rows.to(dev)
-        b = rows % batch
-        return torch.addcmul(base[b], alphas[rows // batch].view(shape), diff[b])
+        b = sample_of(rows)
+        return torch.addcmul(base[b], alphas[row_slice(steps, rows)].view(shape), diff[b])
 
     total = torch.zeros_like(diff)
-    n_rows = len(alphas_np) * batch
-    for chunk in ctx.engine.gradients(n_rows, make_inputs, lambda r: r % batch, ctx.target):
-        k = chunk.rows.to(dev) // batch
-        total.index_add_(0, chunk.samples.to(dev), chunk.input_grad * weights[k].view(shape))
+    for chunk in ctx.engine.gradients(n_rows, make_inputs, sample_of, ctx.target):
+        k = row_slice(steps, chunk.rows)
+        total.index_add_(0, chunk.samples, chunk.input_grad * weights[k].view(shape))
     attributions = diff * total
 
     if ctx.logits is not None:

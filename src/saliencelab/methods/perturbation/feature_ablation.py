@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ...core.batching import row_slice
 from ...core.context import Context, MethodOutput
 from ...core.registry import register
 from ..options import check_flag
@@ -88,16 +89,14 @@ def feature_ablation(
     features = torch.arange(width, device=dev)
 
     def split(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = rows.to(dev)
+        """(sample, feature) of rows given as indices on the device (`ids`)."""
         samples = torch.searchsorted(starts, rows, right=True) - 1
         return samples, rows - starts[samples]
 
-    def make_inputs(rows: torch.Tensor) -> torch.Tensor:  # any input shape: one gather
-        samples, f = split(rows)
-        keep = features[None, :] != f[:, None]  # (n, F): every feature but f
-        return apply_features(x, base, mask, keep, samples)
-
     n_rows = int(counts.sum())
+    # Every row's index on the device: a chunk's rows (the engine's CPU range) slice it, as
+    # moving them to a GPU, or indexing its tensors with them, would wait for it every chunk.
+    ids = torch.arange(n_rows, device=dev)
     prefix, boxes = None, None
     if incremental and x.dim() == 4:
         boxes = feature_boxes(mask, width)  # (B, F, 4)
@@ -127,10 +126,21 @@ def feature_ablation(
 
     if x.dim() == 4:
         chunks = local_forwards(ctx, prefix, n_rows, sample_of, boxes_of, perturbed, check)
-    else:
-        chunks = ctx.engine.forwards(n_rows, make_inputs, sample_of, ctx.target)
+    else:  # any other input shape: one gather per chunk
+        # one baseline value: read once here, not once per chunk by `apply_features`
+        fill = float(base.reshape(())) if base.numel() == 1 else base
+
+        def make_inputs(rows: torch.Tensor) -> torch.Tensor:
+            samples, f = split(row_slice(ids, rows))
+            keep = features[None, :] != f[:, None]  # (n, F): every feature but f
+            return apply_features(x, fill, mask, keep, samples)
+
+        def samples_of(rows: torch.Tensor) -> torch.Tensor:
+            return sample_of(row_slice(ids, rows))
+
+        chunks = ctx.engine.forwards(n_rows, make_inputs, samples_of, ctx.target)
     for chunk in chunks:
-        samples, f = split(chunk.rows)
+        samples, f = split(row_slice(ids, chunk.rows))
         drops[samples, f] = clean[samples] - chunk.scores.to(dev)
     # in the inputs' dtype, but never an integer one (token ids): score drops are real numbers
     attributions = spread_features(drops, mask, x)

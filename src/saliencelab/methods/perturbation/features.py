@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...core.batching import row_slice
 from ...core.context import Context
 from ...core.errors import SaliencelabError, closest
 from ...core.layout import channels_last_known
@@ -315,5 +316,8 @@ def clean_scores(ctx: Context) -> torch.Tensor:
     rows = torch.arange(ctx.batch, device=ctx.x.device)
     if ctx.logits is not None:
         return ctx.target.scores(ctx.logits, rows).to(ctx.x.device)
-    chunks = ctx.engine.forwards(ctx.batch, lambda r: ctx.x[r], lambda r: r, ctx.target)
+    # (slices of device tensors per chunk: no chunk waits for a GPU)
+    chunks = ctx.engine.forwards(
+        ctx.batch, lambda r: row_slice(ctx.x, r), lambda r: row_slice(rows, r), ctx.target
+    )
     return torch.cat([c.scores for c in chunks]).to(ctx.x.device)

@@ -59,6 +59,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ...core.batching import row_slice
 from ...core.context import Context
 from ...core.engine import PassChunk
 from ...core.errors import SaliencelabError
@@ -568,9 +569,11 @@ def local_forwards(
     """Forward passes over `n_rows` perturbed rows (as `ctx.engine.forwards`), run incrementally
     from `prefix` when it reproduces the full forwards on `check_rows`.
 
-    `perturbed(rows, top, left, size)` builds the rows' perturbed inputs cropped to `size` at
-    pixel origins (top, left) (n,) (the whole input: zeros and (H, W)); `boxes_of(rows)` (n, 4)
-    px bounds what each row perturbs.
+    The callbacks get rows as indices on the inputs' device: `sample_of(rows)` their samples,
+    `perturbed(rows, top, left, size)` their perturbed inputs cropped to `size` at pixel origins
+    (top, left) (n,) (the whole input: zeros and (H, W)), `boxes_of(rows)` (n, 4) px bounds what
+    each row perturbs. (The engine's chunk rows are CPU ranges: each chunk's indices are a
+    slice of a table on the device, as moving them to a GPU would wait for it every chunk.)
     """
     dev = ctx.x.device
     size = tuple(ctx.x.shape[-2:])
@@ -581,13 +584,12 @@ def local_forwards(
 
     def full_inputs(rows: torch.Tensor) -> torch.Tensor:
         zero = torch.zeros(len(rows), dtype=torch.long, device=dev)
-        return perturbed(rows.to(dev), zero, zero, size).contiguous(memory_format=layout)
+        return perturbed(rows, zero, zero, size).contiguous(memory_format=layout)
 
     def local_inputs(rows: torch.Tensor) -> torch.Tensor:
-        rows = rows.to(dev)
         first = prefix.levels[0].crop_in
         acts = prefix.activations(
-            sample_of(rows).to(dev),
+            sample_of(rows),
             boxes_of(rows),
             lambda top, left: perturbed(rows, top, left, first),
             layout,
@@ -595,19 +597,24 @@ def local_forwards(
         stash[:] = [acts.contiguous(memory_format=layout)]
         return prefix.dummy.expand(len(rows), -1, -1, -1)
 
-    def passes(local: bool, rows_total: int, rows_map=None) -> Iterator[PassChunk]:
+    def passes(local: bool, table: torch.Tensor) -> Iterator[PassChunk]:
+        """Forwards over the rows `table` (indices on the device; a chunk is a slice of it)."""
         make = local_inputs if local else full_inputs
-        mapped_make = make if rows_map is None else (lambda r: make(rows_map[r.to(dev)]))
-        mapped_of = sample_of if rows_map is None else (lambda r: sample_of(rows_map[r.to(dev)]))
-        chunks = ctx.engine.forwards(rows_total, mapped_make, mapped_of, ctx.target)
+        chunks = ctx.engine.forwards(
+            len(table),
+            lambda r: make(row_slice(table, r)),
+            lambda r: sample_of(row_slice(table, r)),
+            ctx.target,
+        )
         if not local:
             yield from chunks
             return
         with _replacing(prefix, lambda _: stash[0]):
             yield from chunks
 
+    all_rows = torch.arange(n_rows, device=dev)
     if prefix is None:
-        yield from passes(False, n_rows)
+        yield from passes(False, all_rows)
         return
     # The engine folds BatchNorm only into passes of an unhooked model; these passes hook the
     # model (the pasting), so the fold is set up here, before the hook, for all of them, and
@@ -617,16 +624,16 @@ def local_forwards(
         with torch.inference_mode():
             prefix.compute_clean(ctx.x.contiguous(memory_format=layout))
         check_rows = check_rows.to(dev)
-        full = torch.cat([c.scores for c in passes(False, len(check_rows), check_rows)])
-        drops = clean_scores(ctx)[sample_of(check_rows).to(dev)] - full.to(dev)
+        full = torch.cat([c.scores for c in passes(False, check_rows)])
+        drops = clean_scores(ctx)[sample_of(check_rows)] - full.to(dev)
         try:
-            inc = torch.cat([c.scores for c in passes(True, len(check_rows), check_rows)])
+            inc = torch.cat([c.scores for c in passes(True, check_rows)])
             prefix.used = _close(inc, full, float(drops.abs().max()))
         except (RuntimeError, SaliencelabError):  # e.g. a neuron's layer ran on a crop
             prefix.used = False
         if not prefix.used:
             log.info("incremental inference from %s disagrees with full forwards", prefix.name)
-        yield from passes(prefix.used, n_rows)
+        yield from passes(prefix.used, all_rows)
 
 
 def _session(ctx: Context) -> AbstractContextManager:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ...core.batching import row_range
 from ...core.context import Context, MethodOutput, check_image_batch
 from ...core.errors import SaliencelabError
 from ...core.registry import register
@@ -149,9 +150,9 @@ def occlusion(
         perturbed,
         check,
     )
-    for chunk in chunks:
-        rows = chunk.rows.to(dev)
-        drops[rows] = clean[rows // n_win] - chunk.scores.to(dev)
+    for chunk in chunks:  # (rows lo .. hi - 1: no chunk waits for a GPU)
+        lo, hi = row_range(chunk.rows)
+        drops[lo:hi] = clean[chunk.samples] - chunk.scores.to(dev)
     drops = drops.view(batch, nh, nw)
     total = _spread(drops, (height, width), (wh, ww), (sh, sw))
     count = _spread(torch.ones_like(drops[:1]), (height, width), (wh, ww), (sh, sw))

@@ -25,6 +25,7 @@ import operator
 import torch
 import torch.nn.functional as F
 
+from ...core.batching import row_range, row_slice
 from ...core.context import Context, MethodOutput, check_image_batch
 from ...core.errors import SaliencelabError
 from ...core.registry import register
@@ -122,21 +123,27 @@ def rise(
     dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
     masks = RiseMasks(n_masks, (height, width), cell, p_keep, seed, dev, dtype)
     chunk_masks: dict[str, torch.Tensor] = {}
+    # Row r = mask r // B of sample r % B: per-row tables on the device, sliced per chunk (the
+    # engine's chunk rows are CPU ranges: moved to a GPU, they would wait for it every chunk).
+    ids = torch.arange(batch * n_masks, device=dev)
+    mask_of, samples = ids // batch, ids % batch
 
-    # Row r = mask r // B of sample r % B: a chunk's rows share few masks, built once.
+    def sample_of(rows: torch.Tensor) -> torch.Tensor:
+        return row_slice(samples, rows)
+
+    # A chunk's rows share few masks, built once: masks first .. last, read from its range.
     def make_inputs(rows: torch.Tensor) -> torch.Tensor:
-        rows = rows.to(dev)
-        first = int(rows[0]) // batch
-        ids = torch.arange(first, int(rows[-1]) // batch + 1, device=dev)
-        m = masks.masks(ids)
-        chunk_masks["first"], chunk_masks["m"] = torch.tensor(first), m
-        return x[rows % batch] * m[rows // batch - first][:, None]
+        lo, hi = row_range(rows)
+        first = lo // batch
+        m = masks.masks(torch.arange(first, (hi - 1) // batch + 1, device=dev))
+        chunk_masks["m"] = m
+        return x[sample_of(rows)] * m[row_slice(mask_of, rows) - first][:, None]
 
     total = torch.zeros(batch, height, width, dtype=dtype, device=dev)
-    chunks = ctx.engine.forwards(batch * n_masks, make_inputs, lambda r: r % batch, ctx.target)
+    chunks = ctx.engine.forwards(batch * n_masks, make_inputs, sample_of, ctx.target)
     for chunk in chunks:
-        rows = chunk.rows.to(dev)
-        m = chunk_masks["m"][rows // batch - int(chunk_masks["first"])]
-        total.index_add_(0, rows % batch, m * chunk.scores.to(dev, dtype)[:, None, None])
+        first = row_range(chunk.rows)[0] // batch
+        m = chunk_masks["m"][row_slice(mask_of, chunk.rows) - first]
+        total.index_add_(0, chunk.samples, m * chunk.scores.to(dev, dtype)[:, None, None])
     maps = total / (n_masks * p_keep)
     return MethodOutput(maps[:, None].expand(x.shape), maps=maps)

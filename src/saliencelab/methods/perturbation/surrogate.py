@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...core.batching import row_range, row_slice
 from ...core.context import Context
 from ...core.errors import SaliencelabError
 from .feature_ablation import spread_features
@@ -88,18 +89,24 @@ def coalition_scores(
             baseline = baseline.contiguous(memory_format=layout)
 
     shared = bool((mask == mask[:1]).all())  # one mask for every sample (e.g. the grid)
+    base: float | torch.Tensor = baseline
+    if baseline.numel() == 1:  # read once here, not once per chunk by `apply_features`
+        base = float(baseline.reshape(()))
 
+    # A chunk's rows slice the tables of distinct pairs (the engine's chunk rows are CPU ranges:
+    # moved to a GPU, or indexing its tensors, they would wait for it every chunk).
     def sample_of(rows: torch.Tensor) -> torch.Tensor:
-        return u_sample[rows.to(dev)]
+        return row_slice(u_sample, rows)
 
     def make_inputs(rows: torch.Tensor) -> torch.Tensor:
-        rows = rows.to(dev)
-        out = apply_features(x, baseline, mask, u_keep[rows], u_sample[rows], shared)
+        keep = row_slice(u_keep, rows)
+        out = apply_features(x, base, mask, keep, sample_of(rows), shared)
         return out.contiguous(memory_format=layout)  # a no-op when already in that layout
 
     scores = torch.zeros(len(distinct), dtype=torch.float64, device=dev)
     for chunk in ctx.engine.forwards(len(distinct), make_inputs, sample_of, ctx.target):
-        scores[chunk.rows.to(dev)] = chunk.scores.to(device=dev, dtype=torch.float64)
+        lo, hi = row_range(chunk.rows)
+        scores[lo:hi] = chunk.scores.to(device=dev, dtype=torch.float64)
     y = torch.zeros(z.shape[:2], dtype=torch.float64, device=dev)
     y[sample, slot] = scores[inverse]
     return y

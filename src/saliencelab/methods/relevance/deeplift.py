@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ...core.batching import row_range, row_slice
 from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError
 from ...core.registry import register
@@ -57,25 +58,28 @@ def _check_eps(eps: Any, method: str) -> float:
 
 def deeplift_pairs(
     ctx: Context,
-    n_pairs: int,
-    sample_of: Callable[[torch.Tensor], torch.Tensor],
+    samples: torch.Tensor,
     reference_of: Callable[[torch.Tensor], torch.Tensor],
     *,
     eps: float,
     method: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DeepLIFT over `n_pairs` (input, reference) pairs, chunked by the engine.
+    """DeepLIFT over (input, reference) pairs, one per entry of `samples`, chunked by the engine.
 
-    Pair r explains sample `sample_of(r)` against the reference `reference_of(r)`. Returns the
-    attributions summed per sample (B, ...), and S(x), S(x') of each pair (n_pairs,).
+    Pair r explains sample `samples[r]` (on the inputs' device: a chunk's pairs are a slice of
+    it) against the references `reference_of(rows)` of a chunk's pairs `rows` (the engine's CPU
+    range). Returns the attributions summed per sample (B, ...), and S(x), S(x') of each pair.
     """
     x = ctx.x
     dtype, dev = float_dtype(x), x.device
     xf = x.to(dtype)
+    n_pairs = len(samples)
     rule = DeepLiftRescale(eps=eps, method=method)
 
+    def sample_of(rows: torch.Tensor) -> torch.Tensor:
+        return row_slice(samples, rows)
+
     def make_inputs(rows: torch.Tensor) -> torch.Tensor:
-        rows = rows.to(dev)
         return torch.cat([xf[sample_of(rows)], reference_of(rows).to(dtype)])
 
     total = torch.zeros_like(xf)
@@ -83,18 +87,18 @@ def deeplift_pairs(
     s_ref = torch.empty(n_pairs, device=dev, dtype=dtype)
     for chunk in ctx.engine.gradients(n_pairs, make_inputs, sample_of, ctx.target, backward=rule):
         n = len(chunk.rows)
-        rows, samples = chunk.rows.to(dev), chunk.samples.to(dev)
+        lo, hi = row_range(chunk.rows)
         diff = chunk.inputs[:n] - chunk.inputs[n:]
-        total.index_add_(0, samples, diff * chunk.input_grad[:n])
+        total.index_add_(0, chunk.samples, diff * chunk.input_grad[:n])
         if rule.reference_logits is None:
             # A neuron / channel target stopped the forward at its layer, before the model's
             # output: both halves were read and scored. The input half's gradient is still its
             # own score's (rows are independent and the rule sends nothing to the references).
             scores = chunk.scores.to(dtype)
-            s_x[rows], s_ref[rows] = scores[:n], scores[n:]
+            s_x[lo:hi], s_ref[lo:hi] = scores[:n], scores[n:]
         else:
-            s_x[rows] = chunk.scores.to(dtype)
-            s_ref[rows] = ctx.target.scores(rule.reference_logits, chunk.samples).to(dtype)
+            s_x[lo:hi] = chunk.scores.to(dtype)
+            s_ref[lo:hi] = ctx.target.scores(rule.reference_logits, chunk.samples).to(dtype)
     # The engine counted one row per pair; each pair also ran its reference row.
     ctx.engine.cost.grad_rows += n_pairs
     if rule.reached == 0:
@@ -134,8 +138,9 @@ def deeplift(
     seed = check_seed(name, seed)
     base = input_baselines(ctx.x, baselines, method=name, blur_sigma=blur_sigma, seed=seed)
     batch = ctx.batch
+    samples = torch.arange(batch, device=base.device)  # pair i: sample i and its baseline
     attributions, s_x, s_ref = deeplift_pairs(
-        ctx, batch, lambda r: r.to(base.device), lambda r: base[r], eps=eps, method=name
+        ctx, samples, lambda r: row_slice(base, r), eps=eps, method=name
     )
     delta = attributions.flatten(1).sum(1) - (s_x - s_ref)
     return MethodOutput(attributions, extras={"delta": delta})
@@ -176,34 +181,35 @@ def deeplift_shap(
     n_draws = n_baselines or DEFAULT_UNIFORM_REFERENCES
     dist = baseline_distribution(x, baselines, method=name, n_samples=n_draws)
     sample_shape = tuple(x.shape[1:])
-    if isinstance(dist, UniformReferences):
+    uniform = isinstance(dist, UniformReferences)
+    if uniform:
         # Reference k of input b from draw k's seed of b's own generator (seed and its values):
         # the same references in any batch and on every device, drawn per chunk of pairs.
         seeds = draw_seeds(sample_generators(x, seed), dist.n)
         n_refs = dist.n
         dtype = float_dtype(x)
-
-        def reference_of(rows: torch.Tensor) -> torch.Tensor:
-            cpu = rows.cpu()
-            u, _ = seeded_draws(
-                seeds[cpu % batch, cpu // batch], sample_shape, dtype, uniform=True, normal=False
-            )
-            return dist.take((cpu % batch).to(dev), u)
-
     else:  # one distribution for all inputs (a subset of it: the same for every input)
         if n_baselines is not None and n_baselines < dist.shape[0]:
             keep = torch.randperm(dist.shape[0], generator=cpu_generator(seed))[:n_baselines]
             dist = dist[keep.to(dev)]
         n_refs = dist.shape[0]
+    # Pair r: reference r // B of sample r % B. Per-pair tables on the device, sliced per chunk
+    # (the engine's chunk rows are CPU ranges: moved to a GPU, they would wait for it every
+    # chunk); the seeds are indexed on the host by the rows themselves.
+    ids = torch.arange(n_refs * batch, device=dev)
+    refs, samples = ids // batch, ids % batch
 
-        def reference_of(rows: torch.Tensor) -> torch.Tensor:
-            return dist[rows // batch].expand(len(rows), *sample_shape)
+    def reference_of(rows: torch.Tensor) -> torch.Tensor:
+        if uniform:
+            u, _ = seeded_draws(
+                seeds[rows % batch, rows // batch], sample_shape, dtype, uniform=True, normal=False
+            )
+            return dist.take(row_slice(samples, rows), u)
+        return dist[row_slice(refs, rows)].expand(len(rows), *sample_shape)
 
-    total, s_x, s_ref = deeplift_pairs(
-        ctx, n_refs * batch, lambda r: r.to(dev) % batch, reference_of, eps=eps, method=name
-    )
+    total, s_x, s_ref = deeplift_pairs(ctx, samples, reference_of, eps=eps, method=name)
     attributions = total / n_refs
     mean_ref = torch.zeros(batch, device=dev, dtype=s_ref.dtype)
-    mean_ref.index_add_(0, torch.arange(n_refs * batch, device=dev) % batch, s_ref / n_refs)
+    mean_ref.index_add_(0, samples, s_ref / n_refs)
     delta = attributions.flatten(1).sum(1) - (s_x[:batch] - mean_ref)
     return MethodOutput(attributions, extras={"delta": delta, "n_baselines": n_refs})

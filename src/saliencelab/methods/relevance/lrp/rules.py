@@ -83,6 +83,10 @@ from ....models.efficientnet_lite import Conv2dSame
 Tensors = tuple[torch.Tensor, ...]
 
 STABILIZER = 1e-6
+# Devices where z⁺ reads on the host whether a layer's input is non-negative, to run the cheaper
+# one-signed forward (`ZPlus`). On a GPU the read would wait for the device at every such layer
+# of every chunk, so there the signed path (the same result for any sign) runs without it.
+HOST_CHECK_DEVICES = ("cpu",)
 
 
 _SCALARS: dict[tuple, torch.Tensor] = {}
@@ -448,9 +452,8 @@ class ZPlus(Rule):
         _check_layer(module, self.name)
         stab = _stab_bias(module, self.stabilizer)
         (a,) = layer.inputs
-        # The sign check reads a value back, a host synchronisation on an accelerator: there
-        # the signed path (the same result for any sign) runs without it.
-        if layer.known_nonnegative or (a.device.type == "cpu" and _nonnegative(a)):
+        # (the sign check reads a value back: on the host only, `HOST_CHECK_DEVICES`)
+        if layer.known_nonnegative or (a.device.type in HOST_CHECK_DEVICES and _nonnegative(a)):
             w_plus = _derived(module, ("w+",), lambda w: w.clamp(min=0))
             zp, vjp = _linear_forward(module, a.detach(), w_plus, stab)
             # In place: a convolution's backward does not need its output (saves a big alloc).
