@@ -382,6 +382,18 @@ def count_syncs(call: Callable[[], object], chunk: int, warmup: int = 2) -> tupl
     return counter, chunks[0]
 
 
+def syncs_per_chunk(call_at: Callable[[int], Callable[[], object]], few: int = 7, many: int = 2):
+    """The sites whose syncs grow with the chunks: `call_at(chunk)` is the call to count with
+    every engine at `chunk` rows a chunk, counted at `few` and at `many` rows (several times
+    the chunks). {site: (syncs at few, syncs at many)}, empty when no chunk waits. Raises if
+    `many` did not run twice the chunks of `few` (the comparison would say little)."""
+    a, a_chunks = count_syncs(call_at(few), chunk=few, warmup=1)
+    b, b_chunks = count_syncs(call_at(many), chunk=many, warmup=1)
+    if not b_chunks >= 2 * a_chunks > 0:
+        raise AssertionError(f"chunks {a_chunks} at {few} rows, {b_chunks} at {many}")
+    return {k: (a.sites[k], b.sites[k]) for k in b.sites if b.sites[k] > a.sites[k]}
+
+
 def _metrics_floor():
     """benchmarks/metrics_floor.py (imported here, not at import: the tests load this file)."""
     here = str(Path(__file__).resolve().parent)

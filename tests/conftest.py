@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,6 +40,17 @@ def tiny_cnn() -> nn.Module:
 def images() -> torch.Tensor:
     torch.manual_seed(1)
     return torch.randn(4, 3, 12, 12)
+
+
+@pytest.fixture(scope="session")
+def sync_count():
+    """benchmarks/sync_count.py, whose counter finds what would make a chunk wait for a GPU."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sync_count.py"
+    spec = importlib.util.spec_from_file_location("sync_count", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sync_count"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 #: A factory file defining a tiny CNN (`build()`), for tests that load a model from a spec.

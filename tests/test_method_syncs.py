@@ -6,26 +6,10 @@ takes the code paths CUDA takes: the same call at two chunk sizes must count the
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import saliencelab as sl
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sync_count.py"
-
-
-@pytest.fixture(scope="module")
-def sync_count():
-    spec = importlib.util.spec_from_file_location("sync_count", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sync_count"] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 # Options that give several chunks at 2 rows on 4 images of 12 × 12 (tiny_cnn): every method
 # with passes of its own, and the one-pass methods as guards.
@@ -66,17 +50,12 @@ def test_syncs_do_not_grow_with_the_chunks(sync_count, tiny_cnn, images, case):
     method, options = METHODS[case]
     target = torch.tensor([0, 1, 2, 3])  # made outside the counter: a device tensor there
 
-    def counted(chunk: int):
-        def call():
-            return sl.explain(tiny_cnn, images, {method: options}, target=target, chunk_size=chunk)
+    def call_at(chunk: int):
+        return lambda: sl.explain(
+            tiny_cnn, images, {method: options}, target=target, chunk_size=chunk
+        )  # fmt: skip
 
-        return sync_count.count_syncs(call, chunk=chunk, warmup=1)
-
-    few, few_chunks = counted(7)
-    many, many_chunks = counted(2)
-    assert many_chunks >= 2 * few_chunks > 0
-    grown = {k: (few.sites[k], many.sites[k]) for k in many.sites if many.sites[k] > few.sites[k]}
-    assert not grown, f"syncs per chunk (chunks {few_chunks}, {many_chunks}): {grown}"
+    assert not sync_count.syncs_per_chunk(call_at)
 
 
 @pytest.mark.parametrize(
@@ -90,17 +69,11 @@ def test_incremental_inference_does_not_wait_per_chunk(sync_count, tiny_cnn, met
     x = torch.randn(4, 3, 32, 32)
     results = []
 
-    def counted(chunk: int):
-        def call():
-            results.append(sl.explain(tiny_cnn, x, {method: options}, chunk_size=chunk))
+    def call_at(chunk: int):
+        return lambda: results.append(sl.explain(tiny_cnn, x, {method: options}, chunk_size=chunk))
 
-        return sync_count.count_syncs(call, chunk=chunk, warmup=1)
-
-    (few, few_chunks), (many, many_chunks) = counted(8), counted(2)
+    assert not sync_count.syncs_per_chunk(call_at, few=8)
     assert results[-1][method].extras["incremental"] is not None  # the crops ran
-    assert many_chunks >= 2 * few_chunks > 0
-    grown = {k: (few.sites[k], many.sites[k]) for k in many.sites if many.sites[k] > few.sites[k]}
-    assert not grown, f"syncs per chunk (chunks {few_chunks}, {many_chunks}): {grown}"
 
 
 def test_tabular_perturbations_do_not_wait_per_chunk(sync_count):
@@ -111,16 +84,10 @@ def test_tabular_perturbations_do_not_wait_per_chunk(sync_count):
     x = torch.randn(4, 6)
     methods = {"feature_ablation": {}, "lime": {"n_samples": 12}, "kernelshap": {}}
 
-    def counted(chunk: int):
-        def call():
-            return sl.explain(model.eval(), x, methods, target=0, chunk_size=chunk)
+    def call_at(chunk: int):
+        return lambda: sl.explain(model.eval(), x, methods, target=0, chunk_size=chunk)
 
-        return sync_count.count_syncs(call, chunk=chunk, warmup=1)
-
-    (few, few_chunks), (many, many_chunks) = counted(7), counted(2)
-    assert many_chunks >= 2 * few_chunks > 0
-    grown = {k: (few.sites[k], many.sites[k]) for k in many.sites if many.sites[k] > few.sites[k]}
-    assert not grown, f"syncs per chunk (chunks {few_chunks}, {many_chunks}): {grown}"
+    assert not sync_count.syncs_per_chunk(call_at)
 
 
 def test_queued_copy_gives_the_tensor_on_the_device():
@@ -129,3 +96,29 @@ def test_queued_copy_gives_the_tensor_on_the_device():
     t = torch.randn(3, 4)
     out = queued_copy(t, torch.device("cpu"))
     assert out.device.type == "cpu" and torch.equal(out, t)
+
+
+@pytest.mark.parametrize("method", ["attention_rollout", "grad_rollout"])
+def test_rollouts_do_not_wait_per_chunk(sync_count, method):
+    """The attention passes (core/attention.py) slice their rows and samples on the device."""
+    model = sl.load_model("shapes_vit")
+    x = sl.data.shapes.make(4, seed=0).images
+
+    def call_at(chunk: int):
+        return lambda: sl.explain(model, x, method, target=0, chunk_size=chunk)
+
+    assert not sync_count.syncs_per_chunk(call_at, few=4, many=1)
+
+
+def test_layer_readings_do_not_wait_per_chunk(sync_count, tiny_cnn, images):
+    """A layer's outputs over a batch (neurons/activations.py, the channel maps of
+    `sl.neurons`) slice their rows on the device."""
+    from saliencelab.core.engine import Engine
+    from saliencelab.neurons.activations import layer_outputs
+
+    layer = dict(tiny_cnn.named_modules())["features.0"]
+
+    def call_at(chunk: int):
+        return lambda: layer_outputs(Engine(sl.Model(tiny_cnn), chunk_size=chunk), images, layer)
+
+    assert not sync_count.syncs_per_chunk(call_at, few=4, many=1)

@@ -415,6 +415,23 @@ def test_leave_one_out_tokens_and_replacement(classifier, hf_classifier):
     assert abs(float(ex["leave_one_out"].maps[0, 3]) - (clean - score(masked))) < 1e-5
 
 
+@pytest.mark.parametrize("removal", ["delete", "mask"])
+def test_leave_one_out_does_not_wait_per_chunk(classifier, sync_count, removal):
+    """Its units are slices of tables made on the device: no chunk waits for a GPU there. (The
+    text model's own forward still reads back its flag columns' check, and Hugging Face's
+    forward its attention mask's: per forward, not counted here.)"""
+    texts = ["A man is playing guitar.", "the movie was great"]
+
+    def call_at(chunk: int):
+        return lambda: sl.explain(
+            classifier, texts, methods="leave_one_out", target=0, removal=removal,
+            chunk_size=chunk,
+        )  # fmt: skip
+
+    grown = sync_count.syncs_per_chunk(call_at, few=8, many=2)
+    assert not [site for site in grown if "leave_one_out" in " ".join(site)], grown
+
+
 def test_leave_one_out_pad_and_zero_replacement(classifier_dir):
     """removal="pad" puts the [PAD] token's embedding (id 0) at the word's pieces, still attended;
     removal="zero" zero embeddings (position embeddings still added): by hand on the HF model.

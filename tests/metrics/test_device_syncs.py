@@ -6,27 +6,11 @@ chunk sizes must count the same."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import saliencelab as sl
 from saliencelab.metrics.base import Explainer, make_batch
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "sync_count.py"
-
-
-@pytest.fixture(scope="module")
-def sync_count():
-    spec = importlib.util.spec_from_file_location("sync_count", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sync_count"] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 # Options that give several chunks at 2 rows, and rows of shared images (deletion's all-baseline
 # image, completeness' shared baseline) next to the samples' own rows.
@@ -51,14 +35,10 @@ def test_syncs_do_not_grow_with_the_chunks(sync_count, tiny_cnn, images, name):
     target = torch.tensor([0, 1, 2, 3])  # made outside the counter: a device tensor there
     metric = sl.metrics.get(name)(**METRICS[name])
 
-    def call():
-        return metric(maps, x=x, model=model, target=target)
+    def call_at(chunk: int):
+        return lambda: metric(maps, x=x, model=model, target=target)
 
-    few, few_chunks = sync_count.count_syncs(call, chunk=7, warmup=1)
-    many, many_chunks = sync_count.count_syncs(call, chunk=2, warmup=1)
-    assert many_chunks >= 2 * few_chunks > 0
-    grown = {k: (few.sites[k], many.sites[k]) for k in many.sites if many.sites[k] > few.sites[k]}
-    assert not grown, f"syncs per chunk (chunks {few_chunks}, {many_chunks}): {grown}"
+    assert not sync_count.syncs_per_chunk(call_at)
 
 
 def test_input_scores_wait_once_per_pass(sync_count, tiny_cnn, images):
@@ -98,15 +78,8 @@ def test_recomputed_explanations_do_not_wait_per_chunk(sync_count, tiny_cnn, ima
     target = torch.tensor([0, 1, 2, 3])
     metric = sl.metrics.get(name)(**options)
 
-    def count(chunk: int):
+    def call_at(chunk: int):
         explainer = Explainer("saliency", chunk_size=chunk)  # its passes at `chunk` rows too
+        return lambda: metric(maps, x=images, model=tiny_cnn, target=target, explainer=explainer)
 
-        def call():
-            return metric(maps, x=images, model=tiny_cnn, target=target, explainer=explainer)
-
-        return sync_count.count_syncs(call, chunk=chunk, warmup=1)
-
-    (few, few_chunks), (many, many_chunks) = count(4), count(1)
-    assert many_chunks > few_chunks > 0
-    grown = {k: (few.sites[k], many.sites[k]) for k in many.sites if many.sites[k] > few.sites[k]}
-    assert not grown, f"syncs per chunk (chunks {few_chunks}, {many_chunks}): {grown}"
+    assert not sync_count.syncs_per_chunk(call_at, few=4, many=1)

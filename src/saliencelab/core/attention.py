@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .batching import batch_rows
 from .engine import Engine, PassChunk
 from .errors import SaliencelabError
 from .state import Hooks
@@ -277,7 +278,7 @@ def attention_forwards(
     recorder = AttentionRecorder(gradients=False, method=method)
     with Hooks() as hooks:
         recorder.install(engine.module, hooks)
-        passes = engine.forwards(x.shape[0], lambda r: x[r], lambda r: r, target)
+        passes = engine.forwards(x.shape[0], *batch_rows(x), target)
         with closing(passes):
             for chunk in passes:
                 yield chunk, recorder.take()[0]
@@ -297,8 +298,7 @@ def attention_gradients(
         layers = dict([_first_embedding(engine.module, method)])
     passes = engine.gradients(
         x.shape[0],
-        lambda r: x[r],
-        lambda r: r,
+        *batch_rows(x, copy=True),
         target,
         layers=layers,
         input_grad=layers is None,

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -259,6 +259,19 @@ def row_slice(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     on the device (e.g. the sample of each row) is read with no wait for the device."""
     lo, hi = row_range(rows)
     return table[lo:hi]
+
+
+def batch_rows(
+    x: torch.Tensor, copy: bool = False
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """`make_inputs` and `sample_of` of a pass over the rows of `x`, row i being sample i: each
+    chunk's rows are a slice of `x` (`copy`: a copy of it, for a pass that may change its
+    inputs) and its samples a slice of an arange made once on x's device (`row_slice`: no
+    chunk waits for a GPU)."""
+    samples = torch.arange(x.shape[0], device=x.device)
+    if copy:
+        return (lambda r: row_slice(x, r).clone()), (lambda r: row_slice(samples, r))
+    return (lambda r: row_slice(x, r)), (lambda r: row_slice(samples, r))
 
 
 def forget_chunk_sizes() -> None:

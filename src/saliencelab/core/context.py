@@ -21,7 +21,7 @@ from torch import nn
 
 from ..models.model import Model
 from .backward import Backward
-from .batching import row_slice
+from .batching import batch_rows
 from .engine import Cost, Engine
 from .errors import SaliencelabError
 from .layers import get_layer, resolve_layer
@@ -170,17 +170,8 @@ class Context:
         before = self.engine.cost.copy()
         x, n = self.x, self.batch
 
-        samples = torch.arange(n, device=x.device)  # row i is sample i
-
-        def rows_of(r: torch.Tensor) -> torch.Tensor:  # a copy: the pass may change it
-            return row_slice(x, r).clone()  # (slices of device tensors: no chunk waits for a GPU)
-
-        chunks = list(
-            self.engine.gradients(
-                n, rows_of, lambda r: row_slice(samples, r), self._target, layers, input_grad,
-                backward,
-            )
-        )  # fmt: skip
+        rows = batch_rows(x, copy=True)  # (a copy: the pass may change its rows)
+        chunks = list(self.engine.gradients(n, *rows, self._target, layers, input_grad, backward))
         activations = {k: _joined([c.activations[k] for c in chunks]) for k in layers}
         gradients = {k: _joined([c.gradients[k] for c in chunks]) for k in layers}
         if x.dim() == 4:  # images: token layers (B, T, D) as maps (B, D, h, w) (core/tokens.py)

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..models.model import Model, logits_of
 from .backward import Backward, install_backward_mode
-from .batching import ChunkPlan, default_budget, row_slice
+from .batching import ChunkPlan, batch_rows, default_budget
 from .errors import SaliencelabError
 from .fused import folded, has_hooks
 from .inplace import inplace_activations
@@ -409,10 +409,7 @@ class Engine:
         Run without BatchNorm folding (core/fused.py), so they equal `model(x)` exactly.
         """
         n = x.shape[0]
-        samples = torch.arange(n, device=x.device)
-        chunks = self.forwards(
-            n, lambda r: row_slice(x, r), lambda r: row_slice(samples, r), target, fold=False
-        )  # (slices of device tensors: no chunk waits for a GPU)
+        chunks = self.forwards(n, *batch_rows(x), target, fold=False)
         out = [c.logits for c in chunks]
         return torch.cat(out)
 

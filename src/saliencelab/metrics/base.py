@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.batching import row_slice
+from ..core.batching import batch_rows
 from ..core.context import autograd_allowed
 from ..core.engine import Engine, all_finite
 from ..core.errors import SaliencelabError, closest
@@ -241,13 +241,9 @@ class EvalBatch:
         per batch and kept in `input_logits` for every metric that scores this batch."""
         if self.input_logits is None:
             x = self.x
-            samples = torch.arange(x.shape[0], device=x.device)
             self.input_logits = self.scores(
-                x.shape[0],
-                lambda r: row_slice(x, r).clone(),  # a copy: the pass may change it
-                lambda r: row_slice(samples, r),
-                kind="logits",
-            )
+                x.shape[0], *batch_rows(x, copy=True), kind="logits"
+            )  # (a copy: the pass may change it)
         return self.pick(self.input_logits, None, kind)
 
     def row_layout(self) -> torch.memory_format:

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..core.batching import batch_rows
 from ..core.context import Context, autograd_allowed, upsample
 from ..core.engine import Engine
 from ..core.errors import SaliencelabError
@@ -103,7 +104,7 @@ class LayerOutput(LayerTarget):
 def layer_outputs(engine: Engine, x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     """The layer's output for every row of `x`: chunked forwards, each stopped at the layer."""
     reader = LayerOutput(layer)
-    chunks = engine.forwards(x.shape[0], lambda r: x[r.to(x.device)], lambda r: r, reader)
+    chunks = engine.forwards(x.shape[0], *batch_rows(x), reader)
     return torch.cat([c.logits for c in chunks])
 
 

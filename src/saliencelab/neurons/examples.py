@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
+from ..core.batching import batch_rows
 from ..core.engine import Engine
 from ..core.errors import SaliencelabError
 from ..core.layers import resolve_layer
@@ -192,7 +193,7 @@ def top_examples(
             name, module = resolve_layer(model.module, layer, x, model.default_layer)
             reader = _ChannelMap(module, name, channel)
             input_size = tuple(x.shape[-2:])
-        chunks = engine.forwards(x.shape[0], lambda r, x=x: x[r.to(x.device)], lambda r: r, reader)
+        chunks = engine.forwards(x.shape[0], *batch_rows(x), reader)
         maps = torch.cat([c.logits for c in chunks]).float().cpu()  # (n, h, w)
         n_ok += len(where)
         values = torch.cat([best_v, maps.flatten(1).amax(dim=1)])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core.batching import row_range, row_slice
 from ..core.context import Context, MethodOutput
 from ..core.errors import SaliencelabError, closest
 from ..core.registry import quoted, register
@@ -120,9 +121,8 @@ def leave_one_out(ctx: Context, *, unit: str = "word", removal: str = "delete") 
     ref = None if removal == "delete" else model.reference_embedding(removal, x[..., :dim])
 
     def make_inputs(rows: torch.Tensor) -> torch.Tensor:
-        rows = rows.to(dev)
-        start, length = u_start[rows, None], u_len[rows, None]
-        rows_x = x[u_sample[rows]]
+        start, length = row_slice(u_start, rows)[:, None], row_slice(u_len, rows)[:, None]
+        rows_x = x[row_slice(u_sample, rows)]
         if ref is not None:  # replace the unit's embeddings in place
             inside = (positions >= start) & (positions < start + length)
             emb = torch.where(inside[..., None], ref, rows_x[..., :dim])
@@ -142,11 +142,12 @@ def leave_one_out(ctx: Context, *, unit: str = "word", removal: str = "delete") 
     clean = clean_scores(ctx)
     n_units = len(u_sample)
     drops = torch.empty(n_units, dtype=clean.dtype, device=dev)
+    # (a chunk's units are slices of the tables on the device: no chunk waits for a GPU)
     for chunk in ctx.engine.forwards(
-        n_units, make_inputs, lambda r: u_sample[r.to(dev)], ctx.target
+        n_units, make_inputs, lambda r: row_slice(u_sample, r), ctx.target
     ):
-        rows = chunk.rows.to(dev)
-        drops[rows] = clean[u_sample[rows]] - chunk.scores.to(dev)
+        lo, hi = row_range(chunk.rows)
+        drops[lo:hi] = clean[chunk.samples] - chunk.scores.to(dev)
 
     pieces = torch.zeros(ctx.batch, n_pos, dtype=drops.dtype, device=dev)
     extras: dict = {"unit": unit, "removal": removal}

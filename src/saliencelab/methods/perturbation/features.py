@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...core.batching import row_slice
+from ...core.batching import batch_rows
 from ...core.context import Context
 from ...core.errors import SaliencelabError, closest
 from ...core.layout import channels_last_known
@@ -317,7 +317,5 @@ def clean_scores(ctx: Context) -> torch.Tensor:
     if ctx.logits is not None:
         return ctx.target.scores(ctx.logits, rows).to(ctx.x.device)
     # (slices of device tensors per chunk: no chunk waits for a GPU)
-    chunks = ctx.engine.forwards(
-        ctx.batch, lambda r: row_slice(ctx.x, r), lambda r: row_slice(rows, r), ctx.target
-    )
+    chunks = ctx.engine.forwards(ctx.batch, *batch_rows(ctx.x), ctx.target)
     return torch.cat([c.scores for c in chunks]).to(ctx.x.device)
