@@ -3,9 +3,9 @@
 An elementwise activation module with an `inplace` switch (`nn.ReLU`, `nn.ReLU6`, `nn.SiLU`, …)
 may overwrite its input instead of writing a new tensor when nothing else reads that input: the
 same values (the same kernel, written into the input's memory), one tensor less written and
-read per activation. `benchmarks/inplace_activations.py` (one CPU thread, values equal): deletion
-and full occlusion on 8 shapes images (4 ReLU) take 0.90× the time with the switches off,
-8-row forwards of EfficientNet-Lite0 (33 ReLU6) 0.975× (benchmarks/README.md).
+read per activation. `benchmarks/inplace_activations.py` (one CPU thread, values equal, two
+runs): deletion on 8 shapes images (4 ReLU) takes 0.89-0.90× the time it takes with the switches
+off, full occlusion 0.90-0.96×, 8-row forwards of EfficientNet-Lite0 (33 ReLU6) 0.94-0.98×.
 
 `inplace_activations(module, example)` turns the switches on for a `with` block and puts every
 switch back on exit. Which activations may run in place is found once per model structure (and
