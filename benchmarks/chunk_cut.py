@@ -32,7 +32,7 @@ from saliencelab.core import batching
 from saliencelab.metrics.base import metric_classes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import add_malloc_option, alternated, use_malloc  # noqa: E402
+from harness import ab_summary, add_malloc_option, alternated, use_malloc  # noqa: E402
 
 SETTINGS = {"deletion": {"steps": 16}, "insertion": {"steps": 16}}
 
@@ -104,20 +104,13 @@ def compare(name: str, images: int, repeats: int) -> dict:
         )  # fmt: skip
     finally:
         batching._balanced = new_cut
-    diff = float((values["old"].double() - values["new"].double()).abs().max())
-    assert diff < 1e-5, f"{name}: the cuts disagree by {diff}"
-    ratio = statistics.median(n / o for n, o in zip(times["new"], times["old"], strict=True))
-    row = {
-        "metric": name,
-        "images": images,
-        "old_ms": statistics.median(times["old"]) * 1e3,
-        "new_ms": statistics.median(times["new"]) * 1e3,
-        "new_over_old": ratio,
-        "max_diff": diff,
-    }
+    ab = ab_summary(times, values, "new", "old")
+    assert ab["max_diff"] < 1e-5, f"{name}: the cuts disagree by {ab['max_diff']}"
+    row = {"metric": name, "images": images, "old_ms": ab["old_ms"], "new_ms": ab["new_ms"],
+           "new_over_old": ab["ratio"], "max_diff": ab["max_diff"]}  # fmt: skip
     print(
         f"{name:14s} {images:3d} images: old {row['old_ms']:7.1f} ms, new {row['new_ms']:7.1f} ms,"
-        f" new / old {ratio:.3f}, max |diff| {diff:.1e}"
+        f" new / old {ab['ratio']:.3f}, max |diff| {ab['max_diff']:.1e}"
     )
     return row
 

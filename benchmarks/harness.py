@@ -246,6 +246,21 @@ def alternated(
     return times, values
 
 
+def ab_summary(
+    times: dict[str, list[float]], values: dict[str, Any], new: str, old: str
+) -> dict[str, float]:
+    """`alternated`'s result for two ways: the median milliseconds of each, the median of the
+    per-round ratios new / old, and the largest difference of their values."""
+    diff = float((values[new].double() - values[old].double()).abs().max())
+    ratio = statistics.median(a / b for a, b in zip(times[new], times[old], strict=True))
+    return {
+        "new_ms": statistics.median(times[new]) * 1e3,
+        "old_ms": statistics.median(times[old]) * 1e3,
+        "ratio": ratio,
+        "max_diff": diff,
+    }
+
+
 class Floor:
     """Plain forward+backward passes of `module`, parameters frozen, at a given chunk size."""
 

@@ -24,7 +24,6 @@ Cases:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,7 +37,13 @@ from saliencelab.core.engine import Engine
 from saliencelab.metrics.base import metric_classes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import add_malloc_option, alternated, benchmark_inputs, use_malloc  # noqa: E402
+from harness import (  # noqa: E402
+    ab_summary,
+    add_malloc_option,
+    alternated,
+    benchmark_inputs,
+    use_malloc,
+)
 
 CASES = ("shapes:deletion", "shapes:completeness", "shapes:occlusion", "lite0:forwards")
 
@@ -97,18 +102,12 @@ def compare(name: str, repeats: int) -> dict:
         )  # fmt: skip
     finally:
         engine_module.inplace_activations = real
-    diff = float((values["in place"].double() - values["off"].double()).abs().max())
-    ratio = statistics.median(a / b for a, b in zip(times["in place"], times["off"], strict=True))
-    row = {
-        "case": name,
-        "in_place_ms": statistics.median(times["in place"]) * 1e3,
-        "off_ms": statistics.median(times["off"]) * 1e3,
-        "in_place_over_off": ratio,
-        "max_diff": diff,
-    }
+    ab = ab_summary(times, values, "in place", "off")
+    row = {"case": name, "in_place_ms": ab["new_ms"], "off_ms": ab["old_ms"],
+           "in_place_over_off": ab["ratio"], "max_diff": ab["max_diff"]}  # fmt: skip
     print(
         f"{name:20s} in place {row['in_place_ms']:7.1f} ms, off {row['off_ms']:7.1f} ms, "
-        f"in place / off {ratio:.3f}, max |diff| {diff:.1e}"
+        f"in place / off {ab['ratio']:.3f}, max |diff| {ab['max_diff']:.1e}"
     )
     return row
 
