@@ -11,19 +11,18 @@ chunks): a new size's first chunk may load GPU kernels, other work on the machin
 time, and a best that won by one lucky chunk meets its rivals again in the machine's present
 state (on this project's shared CPU, 8-row gradient passes of the shapes CNN settled on chunks
 of 4, 1.2× slower per row, in 2 of 8 fresh processes; 0 of 8 since). The first chunk is not
-measured (it pays one-off warm-up: allocations, kernel selection), so the start size runs
-twice. No row is computed twice, so the
-search costs nothing beyond a few sub-optimal chunks. A pass too short to finish the search
-leaves it where it got (its warm-up included), and the next pass of the same model, shape and
-length class goes on from there (a dataset loop converges within a few batches); a whole pass
-shorter than the size to try counts as a size of its own, and ends the climb (such passes cannot
-try larger chunks), so passes of one chunk each (8 images explained per call) also find their
-size; a pass shorter than the start size (8) teaches nothing. Passes search apart by length
-class (the largest power of two up to their length, at most the ceiling): an 8-row pass that
-ends its climb at 8 must not stop a pass of 8000 rows on a GPU from trying 1024. The
-engine times the model's part of a chunk, not the building of its inputs (ROAD's imputation
-would otherwise steer the choice). The size never exceeds the memory budget divided by the
-measured bytes one row keeps for backward.
+measured (it pays one-off warm-up: allocations, kernel selection), so the start size runs twice.
+No row is computed twice, so the search costs nothing beyond a few sub-optimal chunks. A pass
+too short to finish the search leaves it where it got (its warm-up included), and the next pass
+of the same model, shape and length class goes on from there (a dataset loop converges within a
+few batches); a whole pass shorter than the size to try counts as a size of its own, and ends
+the climb (such passes cannot try larger chunks), so passes of one chunk each (8 images
+explained per call) also find their size; a pass shorter than the start size (8) teaches
+nothing. Passes search apart by length class (the largest power of two up to their length, at
+most the ceiling): an 8-row pass that ends its climb at 8 must not stop a pass of 8000 rows on a
+GPU from trying 1024. The engine times the model's part of a chunk, not the building of its
+inputs (ROAD's imputation would otherwise steer the choice). The size never exceeds the memory
+budget divided by the measured bytes one row keeps for backward.
 """
 
 from __future__ import annotations
@@ -246,9 +245,9 @@ def row_range(rows: torch.Tensor) -> tuple[int, int]:
     """(lo, hi): the rows of one chunk of a pass, lo .. hi - 1.
 
     `ChunkPlan.chunks` hands a pass's rows out as ranges, in order, in CPU tensors, so a chunk
-    is read from its first row and its length, on the host. On a GPU, moving the
-    rows to the device (or indexing or testing a device tensor with them) waits for the device
-    once per chunk: a copy from host memory waits for the work queued before it.
+    is read from its first row and its length, on the host. On a GPU, moving the rows to the
+    device (or indexing or testing a device tensor with them) waits for the device once per
+    chunk: a copy from host memory waits for the work queued before it.
     """
     lo = int(rows[0])
     return lo, lo + rows.numel()
