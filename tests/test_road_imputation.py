@@ -131,6 +131,33 @@ def test_conjugate_gradients_equal_dense(size, kind, dtype):
     torch.testing.assert_close(out.double(), _reference(x, removed), atol=atol, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", KINDS)
+def test_conjugate_gradients_read_their_convergence_every_8_iterations_on_a_gpu(
+    kind, dtype, monkeypatch, sync_count
+):
+    """Off the host (`HOST_CHECK_DEVICES`, as on CUDA) the convergence test is read every
+    `CONVERGENCE_CHECK_EVERY` iterations: the same solution to the tolerance, a fraction of
+    the waits for the device (each read waits for it)."""
+    x, removed = _case(17, 19, kind, dtype)
+    atol = 1e-8 if dtype == torch.float64 else 1e-4
+
+    def waits() -> tuple[torch.Tensor, int]:
+        out = []
+        counter, _ = sync_count.count_syncs(
+            lambda: out.append(_conjugate_gradients(x, removed[:, None], None, None)), chunk=8
+        )
+        return out[-1], sum(counter.sites.values())
+
+    monkeypatch.setattr(road, "CONVERGENCE_CHECK_EVERY", 1)
+    every, every_waits = waits()  # (sync_count runs the CUDA path: no host check)
+    monkeypatch.setattr(road, "CONVERGENCE_CHECK_EVERY", 8)
+    spaced, spaced_waits = waits()
+    torch.testing.assert_close(spaced.double(), _reference(x, removed), atol=atol, rtol=0)
+    torch.testing.assert_close(every.double(), _reference(x, removed), atol=atol, rtol=0)
+    assert spaced_waits <= every_waits // 4 + 2, (spaced_waits, every_waits)
+
+
 @pytest.mark.parametrize("pattern", ["smooth", "random"])
 def test_direct_solve_equals_conjugate_gradients_on_64x64(pattern):
     g = torch.Generator().manual_seed(0)
