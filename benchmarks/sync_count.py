@@ -3,6 +3,11 @@ would make the host wait for a GPU, counted on the CPU.
 
     .venv/bin/python benchmarks/sync_count.py [--metrics deletion,insertion,...|all]
         [--methods occlusion,lime,...|all] [--images 8] [--chunks 4,8] [--where]
+        [--device cpu|cuda]
+
+With `--device cuda` the same calls run on a GPU and the real waits are counted instead
+(`CudaSyncs`: PyTorch's sync debug mode warns at each, counted per library line): the check of
+the counts below on the hardware they are about (benchmarks/all_cuda.sh, part `syncs`).
 
 Metrics (`--metrics`, and the default without `--methods`): the call is op_count.py's:
 metrics_floor.py's `ours` on the shapes CNN (`sl.data.shapes.make(8, seed=0)`, the saliency maps
@@ -75,6 +80,7 @@ from __future__ import annotations
 import argparse
 import linecache
 import sys
+import warnings
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -324,9 +330,10 @@ def counted_methods(counter: SyncCounter) -> Iterator[None]:
 
 
 @contextmanager
-def as_on_cuda(chunk: int) -> Iterator[list[int]]:
-    """Every engine at `chunk` rows a chunk, the code paths CUDA takes (see the docstring), and a
-    count of the chunks handed out (a list of one int)."""
+def as_on_cuda(chunk: int, simulate: bool = True) -> Iterator[list[int]]:
+    """Every engine at `chunk` rows a chunk, the code paths CUDA takes (see the docstring; with
+    `simulate=False`, on a real GPU, only the chunk size), and a count of the chunks handed out
+    (a list of one int)."""
     chunks = [0]
     plain = ChunkPlan.chunks
 
@@ -346,6 +353,8 @@ def as_on_cuda(chunk: int) -> Iterator[list[int]]:
         (lrp_rules_module, "HOST_CHECK_DEVICES", ()),  # LRP z+: the signed path, no sign check
         (baselines_module, "PINNED_COPY_DEVICES", ("cuda", "cpu")),  # seeded draws: pinned
     ]
+    if not simulate:
+        patches = patches[:1]
     saved = [(obj, name, getattr(obj, name, _MISSING)) for obj, name, _ in patches]
     for obj, name, value in patches:
         setattr(obj, name, value)
@@ -361,19 +370,57 @@ def as_on_cuda(chunk: int) -> Iterator[list[int]]:
                 setattr(obj, name, value)
 
 
-def inputs(images: int):
-    """(model, x, target, saliency explanation): op_count.py's call set-up."""
-    model = sl.load_model("shapes_cnn")
-    x = sl.data.shapes.make(images, seed=0).images.contiguous()
+def inputs(images: int, device: str = "cpu"):
+    """(model, x, target, saliency explanation): op_count.py's call set-up, on `device`."""
+    model = sl.load_model("shapes_cnn").to(device)
+    x = sl.data.shapes.make(images, seed=0).images.contiguous().to(device)
     with torch.no_grad():
         target = model.module.eval()(x).argmax(1)
     ex = sl.explain(model, x, methods=["saliency"], target=target)["saliency"]
     return model, x, target, ex
 
 
-def count_syncs(call: Callable[[], object], chunk: int, warmup: int = 2) -> tuple[SyncCounter, int]:
+class CudaSyncs:
+    """The waits of a call on a real GPU, per site (as `SyncCounter.sites`): PyTorch's sync
+    debug mode (`torch.cuda.set_sync_debug_mode("warn")`) warns at every call that waits for
+    the device (a read of a device value, a blocking copy), each warning counted at the library
+    line that caused it."""
+
+    def __init__(self) -> None:
+        self.sites: Counter[tuple[str, str, str]] = Counter()
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        def show(*args: Any, **kwargs: Any) -> None:
+            inner, via = _sites(sys._getframe(1))
+            self.sites[("cuda sync", inner, via)] += 1
+
+        torch.cuda.synchronize()
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = show
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                yield
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+
+def count_syncs(
+    call: Callable[[], object], chunk: int, warmup: int = 2, real: bool = False
+) -> tuple[SyncCounter | CudaSyncs, int]:
     """The syncs of one `call()`, after `warmup` calls, with every engine at `chunk` rows a
-    chunk (`as_on_cuda`), and the chunks it ran."""
+    chunk (`as_on_cuda`), and the chunks it ran. `real`: the call runs on a GPU, whose waits
+    are counted by PyTorch (`CudaSyncs`) instead of simulated."""
+    if real:
+        cuda = CudaSyncs()
+        with as_on_cuda(chunk, simulate=False) as chunks:
+            for _ in range(warmup):
+                call()
+            chunks[0] = 0
+            with cuda.counting():
+                call()
+        return cuda, chunks[0]
     counter = SyncCounter()
     with as_on_cuda(chunk) as chunks, counter, counted_methods(counter):
         for _ in range(warmup):
@@ -407,7 +454,7 @@ def _metrics_floor():
     return metrics_floor
 
 
-def count(name: str, setup, chunk: int) -> tuple[SyncCounter, int]:
+def count(name: str, setup, chunk: int) -> tuple[SyncCounter | CudaSyncs, int]:
     """The syncs of one call of metric `name` on `setup` (`inputs`) and its chunks."""
     floor = _metrics_floor()
     model, x, target, ex = setup
@@ -422,7 +469,7 @@ def count(name: str, setup, chunk: int) -> tuple[SyncCounter, int]:
         )  # fmt: skip
         return metric.compute()
 
-    return count_syncs(call, chunk)
+    return count_syncs(call, chunk, real=x.is_cuda)
 
 
 # The methods' calls (`--methods`): each registered method that runs on the shapes CNN, with
@@ -474,7 +521,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def count_method(name: str, setup, chunk: int) -> tuple[SyncCounter, int]:
+def count_method(name: str, setup, chunk: int) -> tuple[SyncCounter | CudaSyncs, int]:
     """The syncs of one `sl.explain` call of `METHODS[name]` on `setup` (`inputs`) at `chunk`
     rows a chunk, and its chunks."""
     model, x, target, _ = setup
@@ -483,7 +530,7 @@ def count_method(name: str, setup, chunk: int) -> tuple[SyncCounter, int]:
     def call():
         return sl.explain(model, x, {method: options}, target=target, chunk_size=chunk)
 
-    return count_syncs(call, chunk)
+    return count_syncs(call, chunk, real=x.is_cuda)
 
 
 def report(names: list[str], count_one, small: int, large: int, where: bool) -> dict:
@@ -527,12 +574,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--chunks", default="4,8", help="two chunk sizes (rows)")
     parser.add_argument("--where", action="store_true", help="list the sites")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu (simulated, the default) or cuda (real waits)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     small, large = (int(c) for c in args.chunks.split(","))
     metrics = args.metrics if args.metrics is not None or args.methods is not None else "all"
-    setup = inputs(args.images)
-    print(f"shapes CNN, {args.images} images; chunks of {small} and {large} rows")
+    setup = inputs(args.images, args.device)
+    print(f"shapes CNN, {args.images} images on {args.device}; chunks of {small} and {large} rows")
     print(f"{'call':26s} {'chunks':>9s} {'syncs':>11s} {'per chunk':>9s} {'per call':>8s}")
     result = {}
     if metrics is not None:

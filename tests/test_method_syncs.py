@@ -122,3 +122,20 @@ def test_layer_readings_do_not_wait_per_chunk(sync_count, tiny_cnn, images):
         return lambda: layer_outputs(Engine(sl.Model(tiny_cnn), chunk_size=chunk), images, layer)
 
     assert not sync_count.syncs_per_chunk(call_at, few=4, many=1)
+
+
+def test_real_gpu_waits_are_counted_from_the_sync_debug_mode_warnings(sync_count, monkeypatch):
+    """`sync_count.py --device cuda` counts PyTorch's sync debug warnings (no GPU here: the
+    mode switch and the device wait are stubbed, the warnings raised by hand)."""
+    import warnings
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    before = warnings.showwarning
+    cuda = sync_count.CudaSyncs()
+    with cuda.counting():
+        for _ in range(3):
+            warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+    assert sum(cuda.sites.values()) == 3 and modes == ["warn", "default"]
+    assert warnings.showwarning is before
