@@ -384,3 +384,33 @@ def test_nan_scores_name_the_samples_they_came_from(method):
         SaliencelabError, match=r"NaN or infinite scores \(for the rows of samples 1, 3\)"
     ):
         sl.explain(NaNForBright().eval(), x, methods=method, target=0)
+
+
+class _ShiftsItsInput(nn.Module):
+    """A first layer that changes its input in place (`x -= 0.5`), as some hand-written
+    normalisations do."""
+
+    def forward(self, x):
+        x -= 0.5
+        return x
+
+
+@pytest.mark.parametrize(
+    "methods",
+    ["rise", "feature_ablation", "lime", "kernelshap", {"occlusion": {"window": 4, "stride": 2}}],
+)
+def test_a_model_that_changes_its_input_in_place_leaves_the_callers_tensor_alone(methods):
+    """Every probe (layout, BatchNorm folding, activations in place, incremental planning) and
+    every pass runs the model on copies of the caller's rows, never on views of them."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        _ShiftsItsInput(), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+    x = torch.rand(4, 3, 8, 8)
+    kept = x.clone()
+    sl.explain(net, x, methods, target=0)
+    assert torch.equal(x, kept)
+    sl.evaluate(net, x, {"m": torch.rand(4, 8, 8)}, metrics=["deletion", "completeness"],
+                target=0, references=False)  # fmt: skip
+    assert torch.equal(x, kept)

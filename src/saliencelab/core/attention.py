@@ -298,7 +298,7 @@ def attention_gradients(
         layers = dict([_first_embedding(engine.module, method)])
     passes = engine.gradients(
         x.shape[0],
-        *batch_rows(x, copy=True),
+        *batch_rows(x),
         target,
         layers=layers,
         input_grad=layers is None,

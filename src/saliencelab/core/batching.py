@@ -261,16 +261,14 @@ def row_slice(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 def batch_rows(
-    x: torch.Tensor, copy: bool = False
+    x: torch.Tensor,
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
     """`make_inputs` and `sample_of` of a pass over the rows of `x`, row i being sample i: each
-    chunk's rows are a slice of `x` (`copy`: a copy of it, for a pass that may change its
-    inputs) and its samples a slice of an arange made once on x's device (`row_slice`: no
-    chunk waits for a GPU)."""
+    chunk's rows are a copy of a slice of `x` (a model or a pass may change its inputs in
+    place; the caller's `x` stays as it was) and its samples a slice of an arange made once on
+    x's device (`row_slice`: no chunk waits for a GPU)."""
     samples = torch.arange(x.shape[0], device=x.device)
-    if copy:
-        return (lambda r: row_slice(x, r).clone()), (lambda r: row_slice(samples, r))
-    return (lambda r: row_slice(x, r)), (lambda r: row_slice(samples, r))
+    return (lambda r: row_slice(x, r).clone()), (lambda r: row_slice(samples, r))
 
 
 def forget_chunk_sizes() -> None:

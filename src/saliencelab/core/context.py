@@ -170,7 +170,7 @@ class Context:
         before = self.engine.cost.copy()
         x, n = self.x, self.batch
 
-        rows = batch_rows(x, copy=True)  # (a copy: the pass may change its rows)
+        rows = batch_rows(x)
         chunks = list(self.engine.gradients(n, *rows, self._target, layers, input_grad, backward))
         activations = {k: _joined([c.activations[k] for c in chunks]) for k in layers}
         gradients = {k: _joined([c.gradients[k] for c in chunks]) for k in layers}

@@ -143,7 +143,7 @@ def _input_error(model: Model, x: torch.Tensor, err: Exception) -> SaliencelabEr
     handles = [m.register_forward_pre_hook(note) for m in leaves]
     try:
         with torch.inference_mode():
-            model.module(x[:1])
+            model.module(x[:1].clone())  # (a copy: a model may change its input)
         return None  # one row runs: the failure was elsewhere
     except Exception:  # noqa: BLE001  (where it failed is what matters, not what)
         if len(entered) != 1:  # before any layer, or past the first one: maybe the model's bug

@@ -168,7 +168,7 @@ def _pairs(module: nn.Module, example: torch.Tensor, probe: bool) -> list[_Pair]
         return None  # nothing to fold, or a probe forward would update batch statistics
     if any(t.is_inference() for t in (*module.parameters(), *module.buffers())):
         return None  # no version counters: edits could not be seen
-    row = example[:1].detach()
+    row = example[:1].detach().clone()  # (a copy: a model may change its input)
     try:
         with torch.no_grad():
             pairs, plain = _find_pairs(module, row)

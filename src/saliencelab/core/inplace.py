@@ -96,7 +96,7 @@ def _activations(module: nn.Module, example: torch.Tensor, probe: bool) -> list[
     chosen: list[nn.Module] = []
     if candidates and not isinstance(module, torch.jit.ScriptModule):
         try:
-            chosen = _probe(module, example[:1].detach(), candidates)
+            chosen = _probe(module, example[:1].detach().clone(), candidates)
         except Exception:  # noqa: BLE001  (a model the probe cannot run: leave it as it is)
             chosen = []
     found[key] = chosen

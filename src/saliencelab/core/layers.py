@@ -78,7 +78,7 @@ def find_spatial_layer(root: nn.Module, x: torch.Tensor) -> str:
                     order.append((name, out))
 
             hooks.add(m.register_forward_hook(record))
-        root(x[:1])
+        root(x[:1].clone())  # (a copy: a model may change its input)
     order = [(name, out) for name, out in order if calls[name] == 1]
     if not order:
         raise SaliencelabError(

@@ -68,7 +68,7 @@ def probe_channels_last(module: nn.Module, example: torch.Tensor) -> bool:
     if key in known:
         return known[key]
     with torch.inference_mode():
-        row = x[:1].detach()
+        row = x[:1].detach().clone()  # (a copy: a model may change its input)
         try:
             plain = logits_of(module.forward(row.contiguous()))
         except Exception:  # noqa: BLE001  (the rows fail as they are: the pass will say why)

@@ -323,7 +323,7 @@ def find_token_layer(
             if id(m) in attention:
                 hooks.add(m.register_forward_pre_hook(attention_starts))
             hooks.add(m.register_forward_hook(record(name)))
-        root(x[:1])
+        root(x[:1].clone())  # (a copy: a model may change its input)
     n = before_last_attention[0]
     return order[n - 1] if n > 0 else None
 

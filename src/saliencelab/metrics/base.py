@@ -241,9 +241,7 @@ class EvalBatch:
         per batch and kept in `input_logits` for every metric that scores this batch."""
         if self.input_logits is None:
             x = self.x
-            self.input_logits = self.scores(
-                x.shape[0], *batch_rows(x, copy=True), kind="logits"
-            )  # (a copy: the pass may change it)
+            self.input_logits = self.scores(x.shape[0], *batch_rows(x), kind="logits")
         return self.pick(self.input_logits, None, kind)
 
     def row_layout(self) -> torch.memory_format:

@@ -371,7 +371,7 @@ def _probe_atoms(chain: list[_Call], x: torch.Tensor) -> list[_Atom]:
     its stride set to NaN and to noise; the output cells that change give its margins. Stops
     at the first call whose input or output is not a map dividing evenly."""
     atoms: list[_Atom] = []
-    h = x[:1]
+    h = x[:1].clone()  # (a copy: a layer may change its input)
     gen = torch.Generator(device="cpu").manual_seed(0)
     for call in chain:
         if call.shape is None or len(call.shape) != 4 or h.dim() != 4:
@@ -483,7 +483,7 @@ def plan_local_prefix(ctx: Context, boxes: torch.Tensor) -> LocalPrefix | None:
 
 def _plan(ctx: Context, boxes: torch.Tensor) -> LocalPrefix | None:
     x, module = ctx.x, ctx.model.module
-    root, counts = _record_calls(module, x[:1])
+    root, counts = _record_calls(module, x[:1].clone())  # (a model may change its input)
     atoms = _probe_atoms(_prefix_chain(root), x)
     if not atoms:
         return None
