@@ -414,3 +414,12 @@ def test_a_model_that_changes_its_input_in_place_leaves_the_callers_tensor_alone
     sl.evaluate(net, x, {"m": torch.rand(4, 8, 8)}, metrics=["deletion", "completeness"],
                 target=0, references=False)  # fmt: skip
     assert torch.equal(x, kept)
+
+
+def test_a_gradient_method_on_a_model_that_changes_its_input_in_place_is_one_sentence():
+    net = nn.Sequential(_ShiftsItsInput(), nn.Flatten(), nn.Linear(12, 3)).eval()
+    x = torch.rand(2, 3, 2, 2)
+    kept = x.clone()
+    with pytest.raises(SaliencelabError, match="changes its input in place.*x = x - mean"):
+        sl.explain(net, x, "saliency", target=0)
+    assert torch.equal(x, kept)

@@ -134,6 +134,12 @@ def _input_error(model: Model, x: torch.Tensor, err: Exception) -> SaliencelabEr
             "outside it (torch.no_grad() is fine), or explain it with a perturbation method "
             "such as occlusion."
         )
+    if "leaf Variable that requires grad is being used in an in-place operation" in str(err):
+        return SaliencelabError(
+            "The model changes its input in place (e.g. `x -= mean` in its forward), which "
+            "autograd refuses for the input whose gradient a method takes; write it out of place "
+            "(`x = x - mean`), or explain it with a perturbation method such as occlusion."
+        )
     entered: list[nn.Module] = []
 
     def note(module: nn.Module, args: tuple) -> None:
