@@ -30,6 +30,21 @@ class TinyCNN(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
+class TwiceConv(nn.Module):
+    """One convolution applied twice (shared weights): a layer with two calls per forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.shared = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.shared(torch.tanh(self.stem(x)))
+        h = self.shared(torch.tanh(h))
+        return self.fc(h.mean((2, 3)))
+
+
 @pytest.fixture
 def tiny_cnn() -> nn.Module:
     torch.manual_seed(0)

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import typer
+from conftest import TwiceConv
 from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
@@ -974,26 +975,11 @@ def test_layer_objectives_read_the_first_tensor_of_a_tuple_output():
     assert torch.allclose(obj(cap), expected.view(1), atol=1e-6)
 
 
-class _Twice(nn.Module):
-    """One convolution applied twice: a layer with two calls per forward."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 4, 3, padding=1)
-        self.shared = nn.Conv2d(4, 4, 3, padding=1)
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.shared(torch.tanh(self.stem(x)))
-        h = self.shared(torch.tanh(h))
-        return self.fc(h.mean((2, 3)))
-
-
 def test_a_layer_called_twice_is_read_at_its_first_call_with_or_without_logits():
     """With a class term the forward ran on and the second call overwrote the first: the same
     channel objective then read another tensor than without it."""
     torch.manual_seed(0)
-    net = _Twice()
+    net = TwiceConv()
     kw = dict(steps=3, size=16, transforms="none", progress=False, seed=1)
     alone = visualize(net, O.channel("shared", 2), **kw)
     with_logits = visualize(net, O.channel("shared", 2) + 0 * O.class_logit(0), **kw)

@@ -12,6 +12,7 @@ import collections
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TwiceConv
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -224,31 +225,17 @@ def test_a_score_without_gradient_is_one_sentence():
             sl.explain(aux, x, methods=methods, layer="aux")
 
 
-class Tied(nn.Module):
-    """One convolution applied twice (shared weights)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
-        self.shared = nn.Conv2d(6, 6, 3, padding=1)
-        self.fc = nn.Linear(6, 4)
-
-    def forward(self, x):
-        x = F.relu(self.shared(F.relu(self.shared(F.relu(self.conv1(x))))))
-        return self.fc(x.mean((2, 3)))
-
-
 def test_a_layer_run_twice_is_refused_and_the_automatic_layer_passes_it_over():
     """A module called twice in one forward has no single output: a CAM of it is one sentence
     (its last call was read, silently; a second call feeding nothing the score reads raised
     autograd's error), and `layer=None` picks the last spatial layer that runs once."""
-    model = Tied().eval()
+    model = TwiceConv().eval()
     x = _inputs()
     for method in ("gradcam", "scorecam", "eigencam"):
         with pytest.raises(SaliencelabError, match="runs more than once"):
             sl.explain(model, x, methods=method, layer="shared")
     ex = sl.explain(model, x, methods="gradcam")
-    assert ex["gradcam"].layer == "conv1"
+    assert ex["gradcam"].layer == "stem"
     # methods that do not read the layer are fine with it
     ex = sl.explain(model, x, methods=["saliency", "lrp"])
     torch.testing.assert_close(ex["saliency"].maps, _saliency_by_hand(model, x))
