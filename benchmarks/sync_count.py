@@ -61,15 +61,13 @@ and is counted where it meets device tensors; the call therefore gets x, maps an
 outside the counter.
 
 Code paths that differ by device run as on CUDA: the engine's finiteness checks are deferred to
-the end of each pass (`core/engine.py`, `DEFERRED_CHECK_DEVICES`), ROAD imputes by batched
-conjugate gradients (its CUDA path; on the CPU it solves with SciPy; their convergence read
-every `CONVERGENCE_CHECK_EVERY` iterations: `HOST_CHECK_DEVICES` in
-metrics/faithfulness/road.py), DeepLIFT's rescale rule always takes the derivative and LRP's z⁺
-the signed path (no read of the values on the host: `HOST_CHECK_DEVICES` in
-methods/relevance/multipliers.py and lrp/rules.py), and the seeded draws of expected gradients
-and DeepLIFT-SHAP go to the device from pinned memory (`queued_copy`, `PINNED_COPY_DEVICES` in
-methods/gradient/baselines.py). Other CPU-only branches (`metrics/stats.py`'s NumPy sorts) run
-as on the CPU.
+the end of each pass (`core/engine.py`, `DEFERRED_CHECK_DEVICES`); reads are not free
+(`FREE_READ_DEVICES` there), so ROAD's conjugate gradients (its CUDA path; on the CPU it solves
+with SciPy) read their convergence every `CONVERGENCE_CHECK_EVERY` iterations, DeepLIFT's
+rescale rule always takes the derivative and LRP's z⁺ the signed path; and the seeded draws of
+expected gradients and DeepLIFT-SHAP go to the device from pinned memory (`queued_copy`,
+`PINNED_COPY_DEVICES` in methods/gradient/baselines.py). Other CPU-only branches
+(`metrics/stats.py`'s NumPy sorts) run as on the CPU.
 
 `count_syncs` counts any call this way (tests/metrics/test_device_syncs.py and
 tests/test_method_syncs.py use it).
@@ -96,8 +94,6 @@ import saliencelab as sl
 import saliencelab.core.engine as engine_module
 from saliencelab.core.batching import ChunkPlan
 from saliencelab.methods.gradient import baselines as baselines_module
-from saliencelab.methods.relevance import multipliers as multipliers_module
-from saliencelab.methods.relevance.lrp import rules as lrp_rules_module
 from saliencelab.metrics import Explainer
 from saliencelab.metrics.faithfulness import road as road_module
 
@@ -348,9 +344,9 @@ def as_on_cuda(chunk: int, simulate: bool = True) -> Iterator[list[int]]:
         (engine_module.Engine.__init__, "__defaults__", (chunk, None)),
         (engine_module, "DEFERRED_CHECK_DEVICES", ("cuda", "cpu")),
         (road_module, "_scipy", lambda: None),  # ROAD's conjugate gradients
-        (road_module, "HOST_CHECK_DEVICES", ()),  # their convergence read every 8 iterations
-        (multipliers_module, "HOST_CHECK_DEVICES", ()),  # DeepLIFT: the derivative, no check
-        (lrp_rules_module, "HOST_CHECK_DEVICES", ()),  # LRP z+: the signed path, no sign check
+        # reads are not free: ROAD's convergence read every 8 iterations, DeepLIFT's derivative
+        # and LRP z+'s signed path without their checks
+        (engine_module, "FREE_READ_DEVICES", ()),
         (baselines_module, "PINNED_COPY_DEVICES", ("cuda", "cpu")),  # seeded draws: pinned
     ]
     if not simulate:

@@ -136,9 +136,9 @@ def test_conjugate_gradients_equal_dense(size, kind, dtype):
 def test_conjugate_gradients_read_their_convergence_every_8_iterations_on_a_gpu(
     kind, dtype, monkeypatch, sync_count
 ):
-    """Off the host (`HOST_CHECK_DEVICES`, as on CUDA) the convergence test is read every
-    `CONVERGENCE_CHECK_EVERY` iterations: the same solution to the tolerance, a fraction of
-    the waits for the device (each read waits for it)."""
+    """Where reads are not free (`core.engine.free_reads`, as on CUDA) the convergence test is
+    read every `CONVERGENCE_CHECK_EVERY` iterations: the same solution to the tolerance, a
+    fraction of the waits for the device (each read waits for it)."""
     x, removed = _case(17, 19, kind, dtype)
     atol = 1e-8 if dtype == torch.float64 else 1e-4
 

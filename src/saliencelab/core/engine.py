@@ -32,7 +32,7 @@ from .inplace import inplace_activations
 from .layers import get_layer, module_name, refuse_script
 from .layout import channels_last_known, probe_channels_last, probed
 from .row_versions import chunk_samples
-from .state import Hooks, attribution_mode, usable_input
+from .state import Hooks, attribution_mode, submodules, usable_input
 from .targets import LayerTarget, Target, layer_target
 from .tokens import token_layout
 
@@ -62,6 +62,18 @@ MAX_CHUNK_ROWS = {
 # Devices where, once the chunk size is settled, a pass does not wait for each chunk: the
 # finiteness of the scores is gathered on the device and checked (one wait) after the last chunk.
 DEFERRED_CHECK_DEVICES = ("cuda",)
+
+# Devices where reading a tensor's value on the host costs no wait (the host is the device).
+# Elsewhere (a GPU) a read waits for all the work queued there, so an optional check or shortcut
+# that reads a value (DeepLIFT's small-difference test, LRP z⁺'s sign test, ROAD's convergence
+# test) is skipped or spaced out (`free_reads`).
+FREE_READ_DEVICES = ("cpu",)
+
+
+def free_reads(device: torch.device) -> bool:
+    """Whether reading a value of a tensor on `device` costs the host no wait."""
+    return device.type in FREE_READ_DEVICES
+
 
 MakeInputs = Callable[[torch.Tensor], torch.Tensor]
 LayerEdit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -150,17 +162,22 @@ class Engine:
         """BatchNorm folded in place for a plain pass of a model without hooks (core/fused.py)
         and, with `inplace` (passes that add no hook of their own), its activations run in
         place (core/inplace.py); the probes run for passes of at least `FOLD_MIN_ROWS` rows."""
-        if not fold or has_hooks(self.module):
+        if not fold:
+            return nullcontext()
+        modules = submodules(self.module)  # one walk for the hook check, the fold and in place
+        if has_hooks(self.module, modules):
             return nullcontext()
         probe = n_rows >= FOLD_MIN_ROWS
         if not inplace:
-            return folded(self.module, example, probe=probe)
-        return self._folded_inplace(example, probe)
+            return folded(self.module, example, probe=probe, modules=modules)
+        return self._folded_inplace(example, probe, modules)
 
     @contextmanager
-    def _folded_inplace(self, example: torch.Tensor, probe: bool) -> Iterator[bool]:
-        with folded(self.module, example, probe=probe) as did:
-            with inplace_activations(self.module, example, probe=probe):
+    def _folded_inplace(
+        self, example: torch.Tensor, probe: bool, modules: list[nn.Module]
+    ) -> Iterator[bool]:
+        with folded(self.module, example, probe=probe, modules=modules) as did:
+            with inplace_activations(self.module, example, probe=probe, modules=modules):
                 yield did
 
     def probe_layout(self, x: torch.Tensor) -> bool:

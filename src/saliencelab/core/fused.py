@@ -50,7 +50,7 @@ _PAIRS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (st
 _ACTIVE: weakref.WeakSet = weakref.WeakSet()  # models folded right now (no folding twice)
 
 
-def has_hooks(module: nn.Module) -> bool:
+def has_hooks(module: nn.Module, modules: list[nn.Module] | None = None) -> bool:
     """Whether any submodule (or the global registry) has a forward or backward hook."""
     glob = nn.modules.module
     if (
@@ -62,7 +62,7 @@ def has_hooks(module: nn.Module) -> bool:
         return True
     return any(
         m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-        for m in submodules(module)
+        for m in (submodules(module) if modules is None else modules)
     )
 
 
@@ -108,14 +108,20 @@ class _Pair:
 
 
 @contextmanager
-def folded(module: nn.Module, example: torch.Tensor, probe: bool = True) -> Iterator[bool]:
+def folded(
+    module: nn.Module,
+    example: torch.Tensor,
+    probe: bool = True,
+    modules: list[nn.Module] | None = None,
+) -> Iterator[bool]:
     """Fold the model's BatchNorm layers in place inside the block (yields whether any was).
 
     `example`: a batch like the pass's inputs (one row is used by the probe). With
     `probe=False` only pairs found earlier are used (finding them costs two one-row forwards).
     Call with the model in the state it runs in (eval mode, frozen) and no hooks on it.
+    `modules`: its `submodules`, where the caller has them (one walk for several checks).
     """
-    pairs = None if module in _ACTIVE else _pairs(module, example, probe)
+    pairs = None if module in _ACTIVE else _pairs(module, example, probe, modules)
     if pairs and not all(pair.still_foldable() for pair in pairs):
         pairs = None
     if not pairs:
@@ -153,13 +159,15 @@ def _foldable_bn(m: nn.Module) -> bool:
     return isinstance(m, _BatchNorm) and not m.training and m.running_mean is not None
 
 
-def _pairs(module: nn.Module, example: torch.Tensor, probe: bool) -> list[_Pair] | None:
+def _pairs(
+    module: nn.Module, example: torch.Tensor, probe: bool, modules: list[nn.Module] | None = None
+) -> list[_Pair] | None:
     """The verified pairs of the model's current structure (its submodules; found and cached
     on first use). The state of each pair is checked when folding (`_Pair.still_foldable`)."""
     cached = _PAIRS.get(module)
     if cached is None and not probe:
         return None
-    structure = tuple(map(id, submodules(module)))
+    structure = tuple(map(id, submodules(module) if modules is None else modules))
     if cached is not None and cached[0] == structure:
         return cached[1]
     if not probe:

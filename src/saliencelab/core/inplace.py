@@ -62,15 +62,19 @@ _FOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 @contextmanager
 def inplace_activations(
-    module: nn.Module, example: torch.Tensor, probe: bool = True
+    module: nn.Module,
+    example: torch.Tensor,
+    probe: bool = True,
+    modules: list[nn.Module] | None = None,
 ) -> Iterator[int]:
     """Run the model's qualifying activations in place inside the block (yields how many).
 
     `example`: a batch like the pass's inputs (its first row is probed). With `probe=False`
     only a choice found earlier is used. Call with the model in the state it runs in (eval
     mode, frozen, no hooks, BatchNorm folded or not), and add no hook inside the block.
+    `modules`: its `submodules`, where the caller has them.
     """
-    chosen = _activations(module, example, probe)
+    chosen = _activations(module, example, probe, modules)
     switched = [(m, m.inplace) for m in chosen if not m.inplace]
     try:
         for m, _ in switched:
@@ -81,11 +85,13 @@ def inplace_activations(
             m.inplace = before
 
 
-def _activations(module: nn.Module, example: torch.Tensor, probe: bool) -> list[nn.Module]:
+def _activations(
+    module: nn.Module, example: torch.Tensor, probe: bool, modules: list[nn.Module] | None
+) -> list[nn.Module]:
     """The activations of the model's current structure that may run in place (found by the
     probe on first use, kept per structure and per set of modules whose forward is replaced on
     the instance: BatchNorm folded (core/fused.py), layers with row versions)."""
-    modules = submodules(module)
+    modules = submodules(module) if modules is None else modules
     key = (tuple(map(id, modules)), tuple(id(m) for m in modules if "forward" in m.__dict__))
     found = _FOUND.setdefault(module, {})
     if key in found:

@@ -26,6 +26,7 @@ from .features import (
     FEATURE_MASK_CHOICES,
     apply_features,
     clean_scores,
+    fill_value,
     n_features,
     perturbation_baseline,
 )
@@ -127,8 +128,7 @@ def feature_ablation(
     if x.dim() == 4:
         chunks = local_forwards(ctx, prefix, n_rows, sample_of, boxes_of, perturbed, check)
     else:  # any other input shape: one gather per chunk
-        # one baseline value: read once here, not once per chunk by `apply_features`
-        fill = float(base.reshape(())) if base.numel() == 1 else base
+        fill = fill_value(base)
 
         def make_inputs(rows: torch.Tensor) -> torch.Tensor:
             samples, f = split(row_slice(ids, rows))

@@ -205,6 +205,13 @@ def n_features(mask: torch.Tensor) -> torch.Tensor:
     return mask.flatten(1).amax(dim=1) + 1
 
 
+def fill_value(baseline: torch.Tensor) -> float | torch.Tensor:
+    """A baseline as `apply_features` takes it per chunk: one value as a number, read on the host
+    once per call (`apply_features` would read it for every chunk: a wait for a GPU each), else
+    the tensor itself."""
+    return float(baseline.reshape(())) if baseline.numel() == 1 else baseline
+
+
 def apply_features(
     x: torch.Tensor,
     baseline: float | torch.Tensor,

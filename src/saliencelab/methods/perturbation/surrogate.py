@@ -29,7 +29,7 @@ from ...core.batching import row_range, row_slice
 from ...core.context import Context
 from ...core.errors import SaliencelabError
 from .feature_ablation import spread_features
-from .features import apply_features, channels_last_ok
+from .features import apply_features, channels_last_ok, fill_value
 
 __all__ = [
     "Coalitions",
@@ -89,9 +89,7 @@ def coalition_scores(
             baseline = baseline.contiguous(memory_format=layout)
 
     shared = bool((mask == mask[:1]).all())  # one mask for every sample (e.g. the grid)
-    base: float | torch.Tensor = baseline
-    if baseline.numel() == 1:  # read once here, not once per chunk by `apply_features`
-        base = float(baseline.reshape(()))
+    base = fill_value(baseline)
 
     # A chunk's rows slice the tables of distinct pairs (the engine's chunk rows are CPU ranges:
     # moved to a GPU, or indexing its tensors, they would wait for it every chunk).

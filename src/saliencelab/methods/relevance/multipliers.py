@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core.backward import require_hooks_ran
+from ...core.engine import free_reads
 from ...core.errors import SaliencelabError
 from ...core.state import Hooks
 from ...models.model import logits_of
@@ -80,10 +81,6 @@ ELEMENTWISE = (
     nn.Threshold,
 )
 MAXPOOLS = {nn.MaxPool1d: F.max_pool1d, nn.MaxPool2d: F.max_pool2d, nn.MaxPool3d: F.max_pool3d}
-# Devices where `rescale_multipliers` reads on the host whether any |x - x'| is below eps, to
-# skip the derivative when none is (the same values either way). On a GPU the read would wait
-# for the device at every nonlinearity of every chunk, so there the derivative is always used.
-HOST_CHECK_DEVICES = ("cpu",)
 
 
 def _safe_ratio(num: torch.Tensor, den: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
@@ -117,7 +114,9 @@ def rescale_multipliers(
     dx = inp[:n] - inp[n:]
     ratio = (out[:n] - out[n:]).div_(dx)  # inf / NaN where Δx = 0: replaced next
     small = dx.abs_() < eps
-    if inp.device.type not in HOST_CHECK_DEVICES or bool(small.any()):
+    # Reading whether any |x - x'| is below eps saves the derivative (the same values either
+    # way) where the read is free; on a GPU it would wait at every nonlinearity of every chunk.
+    if not free_reads(inp.device) or bool(small.any()):
         return torch.where(small, _derivative(module, inp[:n]), ratio)
     return ratio
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...core.engine import free_reads
 from ...core.errors import SaliencelabError
 from ..base import EvalBatch, Scores, register_metric
 from ..checks import check_at_least
@@ -298,12 +299,10 @@ def _conjugate_gradients(
     return (x.to(dtype) * (1 - m) + u * m).to(x.dtype)
 
 
-# Devices where the conjugate gradients read their convergence test on the host every
-# iteration. Elsewhere (a GPU) the read waits for the device, and the host could not queue the
-# next iterations while the device works: there it is read every `CONVERGENCE_CHECK_EVERY`
-# iterations, and a system that converged in between takes a few more steps (smaller
-# residuals, the same solution to the tolerance).
-HOST_CHECK_DEVICES = ("cpu",)
+# Where reads wait for the device (`core.engine.free_reads`: a GPU), the host could not queue
+# the next iterations while the device works: there the conjugate gradients read their
+# convergence test every this many iterations, and a system that converged in between takes a
+# few more steps (smaller residuals, the same solution to the tolerance).
 CONVERGENCE_CHECK_EVERY = 8
 
 
@@ -313,7 +312,7 @@ def _solve(known: torch.Tensor, m: torch.Tensor, tol: float, max_iter: int | Non
     m = m.expand(n, c, h, w)
     s = _neighbours(torch.ones(1, 1, h, w, dtype=known.dtype, device=known.device))
     u = torch.zeros_like(known)
-    on_host = known.device.type in HOST_CHECK_DEVICES
+    on_host = free_reads(known.device)
     # (with nothing removed the coarse guess is 0, as is u: the test only saves work on the host)
     if min(h, w) >= 8 and (not on_host or bool(m.any())):
         # Nested iteration: the half-resolution problem gives a smooth first guess.

@@ -76,6 +76,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils import parametrize
 
 from ....core.derived import kept
+from ....core.engine import free_reads
 from ....core.errors import SaliencelabError
 from ....core.layout import memory_format_of
 from ....models.efficientnet_lite import Conv2dSame
@@ -83,10 +84,6 @@ from ....models.efficientnet_lite import Conv2dSame
 Tensors = tuple[torch.Tensor, ...]
 
 STABILIZER = 1e-6
-# Devices where z⁺ reads on the host whether a layer's input is non-negative, to run the cheaper
-# one-signed forward (`ZPlus`). On a GPU the read would wait for the device at every such layer
-# of every chunk, so there the signed path (the same result for any sign) runs without it.
-HOST_CHECK_DEVICES = ("cpu",)
 
 
 _SCALARS: dict[tuple, torch.Tensor] = {}
@@ -452,8 +449,9 @@ class ZPlus(Rule):
         _check_layer(module, self.name)
         stab = _stab_bias(module, self.stabilizer)
         (a,) = layer.inputs
-        # (the sign check reads a value back: on the host only, `HOST_CHECK_DEVICES`)
-        if layer.known_nonnegative or (a.device.type in HOST_CHECK_DEVICES and _nonnegative(a)):
+        # The sign check reads a value back: where that waits for the device (a GPU, at every
+        # such layer of every chunk) the signed path (the same result for any sign) runs.
+        if layer.known_nonnegative or (free_reads(a.device) and _nonnegative(a)):
             w_plus = _derived(module, ("w+",), lambda w: w.clamp(min=0))
             zp, vjp = _linear_forward(module, a.detach(), w_plus, stab)
             # In place: a convolution's backward does not need its output (saves a big alloc).
