@@ -19,10 +19,11 @@ Cases:
   `incremental=False`: the incremental passes hook the model, and run with the switches off);
 - `lite0:forwards`: `Engine.forwards` of 8 rows of 2 photos at 224×224 (the passes of every
   perturbation method and metric on EfficientNet-Lite0);
-- `shapes:saliency`, `shapes:random_logit`, `shapes:model_randomisation`: plain gradient passes
-  (`Engine.gradients`, where only `nn.ReLU` switches): `sl.explain` of saliency on the 8 shapes
-  images, and the two metrics recomputing saliency maps (MPRT with `layers=4`: 32 rows in one
-  call).
+- `shapes:saliency`, `shapes:random_logit`, `shapes:model_randomisation`,
+  `shapes:input_invariance`: plain gradient passes (`Engine.gradients`, where only `nn.ReLU`
+  switches): `sl.explain` of saliency on the 8 shapes images, and the metrics recomputing
+  saliency maps (MPRT with `layers=4`: 32 rows in one call; input invariance on the shifted
+  model).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ CASES = (
     "shapes:saliency",
     "shapes:random_logit",
     "shapes:model_randomisation",
+    "shapes:input_invariance",
 )
 
 

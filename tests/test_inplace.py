@@ -281,3 +281,18 @@ def test_the_gradient_probe_sees_an_overwritten_tensor_only_backward_reads():
     (ref,) = torch.autograd.grad(model(leaf)[:, 0].sum(), leaf)
     maps = sl.explain(Model(model), x, ["saliency"], target=0)["saliency"].maps
     torch.testing.assert_close(maps, ref.abs().sum(1), rtol=1e-5, atol=1e-7)
+
+
+def test_input_invariance_explains_its_shifted_model_with_relu_in_place():
+    """The shift correction of a zero-padded first layer is a corrected forward, not a hook, so
+    the shifted model's gradient pass gets the plain-pass speed-ups."""
+    model, spy = _spy_model()  # its convolution pads with zeros: a position-dependent offset
+    x = torch.randn(4, 3, 6, 6)
+    target = torch.zeros(4, dtype=torch.long)
+    maps = sl.explain(model, x, ["saliency"], target=target)["saliency"].maps
+    spy.calls.clear()
+    metric = sl.metrics.get("input_invariance")()
+    r = metric(maps, x=x, model=model, target=target, explainer="saliency")
+    assert True in spy.calls and spy.inplace is False
+    assert (r.values == 0).all()  # gradients are input invariant
+    assert not any("forward" in m.__dict__ for m in model.module.modules())

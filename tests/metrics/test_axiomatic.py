@@ -368,10 +368,10 @@ def test_non_sensitivity_matches_quantus(smooth, x8, batch):
 
 def _case(first: str, x8: torch.Tensor) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """(net, inputs, shift): SmoothNet with a first layer of each kind, "pad0" (no padding: the
-    bias absorbs the shift), "pad1" (zero padding: a hook), "inside" (pads in its forward: a
-    hook), "nobias" (no padding, no bias: a hook), "doubled" (padding, output of a product: a
-    hook, not in place); or "linear", an MLP on (B, D) inputs (the bias absorbs the shift, one
-    value per feature)."""
+    bias absorbs the shift), "pad1" (zero padding: a corrected forward), "inside" (pads in its
+    forward: a corrected forward), "nobias" (no padding, no bias: a corrected forward), "doubled"
+    (padding, output of a product: corrected, not in place); or "linear", an MLP on (B, D)
+    inputs (the bias absorbs the shift, one value per feature)."""
     torch.manual_seed(0)
     if first == "linear":
         net = nn.Sequential(nn.Linear(12, 5), nn.Tanh(), nn.Linear(5, 3))
@@ -432,6 +432,7 @@ def _assert_untouched(net: nn.Module, before: dict, flags: tuple) -> None:
         assert torch.equal(after[k][1], bits), k
     assert _flags(net) == flags
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
+    assert not any("forward" in m.__dict__ for m in net.modules())  # the layer's own forward
 
 
 def _flags(net: nn.Module) -> tuple[list[bool], list[bool]]:
@@ -476,10 +477,10 @@ def test_input_invariance_equals_the_copy_based_reference(x8, first, method, mea
         expected = (ref - out).abs().flatten(1).mean(1)
     else:
         expected = (~torch.isclose(ref, out, rtol=1e-5, atol=1e-4)).flatten(1).double().mean(1)
-    # The same layers, weights and rows: equal to float rounding (a bias-free layer gets a hook
-    # here where the reference gave it a bias; and the engine's chunk-size search may cut the
-    # rows of the in-place model, explained three times by now, into other chunks than those of
-    # the fresh copy, which rounds differently).
+    # The same layers, weights and rows: equal to float rounding (a bias-free layer gets a
+    # corrected forward here where the reference gave it a bias; and the engine's chunk-size
+    # search may cut the rows of the in-place model, explained three times by now, into other
+    # chunks than those of the fresh copy, which rounds differently).
     torch.testing.assert_close(r.values, expected, rtol=1e-6, atol=1e-9)
     if method == "saliency":
         assert (r.values == 0).all() if measure == "fraction" else r.values.max() < 1e-6
@@ -509,7 +510,7 @@ def test_model_is_restored_when_the_explainer_raises(x8, first):
     # A bias changed in place is copied back in place: its version counter moved (caches keyed
     # on it, e.g. core/fused.py's folded weights, see the change); nothing else was written.
     moved = [p._version != v for p, v in zip(net.parameters(), versions, strict=True)]
-    shifted_bias = {"pad0": "conv.bias", "linear": "0.bias"}.get(first)  # the others: a hook
+    shifted_bias = {"pad0": "conv.bias", "linear": "0.bias"}.get(first)  # others: a forward
     assert moved == [name == shifted_bias for name, _ in net.named_parameters()]
 
 

@@ -39,6 +39,7 @@ from ..core.errors import SaliencelabError, closest
 from ..core.explain import input_errors_explained
 from ..core.layout import channels_last_known
 from ..core.registry import get_method
+from ..core.result import Explanation
 from ..core.targets import (
     Target,
     TargetSpec,
@@ -79,6 +80,12 @@ class Explainer:
         self.rows = 0
 
     def __call__(self, model: Model | nn.Module, x: torch.Tensor, target: torch.Tensor | None):
+        return self.explain(model, x, target)[self.method]
+
+    def explain(
+        self, model: Model | nn.Module, x: torch.Tensor, target: torch.Tensor | None
+    ) -> Explanation:
+        """The whole :class:`~saliencelab.Explanation` (with the model's logits of `x`)."""
         from ..core.explain import explain
 
         methods = {self.method: self.options}
@@ -86,7 +93,7 @@ class Explainer:
         self.passes += ex.total_passes * x.shape[0]
         self.forwards += ex.total_forwards * x.shape[0]
         self.rows += x.shape[0]
-        return ex[self.method]
+        return ex
 
     def maps(
         self, model: Model | nn.Module, x: torch.Tensor, target: torch.Tensor | None

@@ -15,10 +15,11 @@ from torch import nn
 from ...core.derived import kept
 from ...core.errors import SaliencelabError
 from ...core.layout import memory_format_of
+from ...core.result import Attribution
 from ...core.state import attribution_mode
 from ...models.blackbox import is_blackbox
 from ...models.model import Model, logits_of
-from ..base import EvalBatch, Metric, Scores, all_finite, register_metric
+from ..base import EvalBatch, Explainer, Metric, Scores, all_finite, register_metric
 from ..checks import check_choice
 
 # Backward nodes of convolution and linear layers, which do not keep the layer's output: the
@@ -187,11 +188,14 @@ def shifted_model(
     Where the layer's response to the shift (`layer_offset`) is the same at every position (a
     Linear layer, a Conv2d without zero padding) and the layer has a bias, the bias b becomes
     b − W·shift, in place. With zero padding the border outputs see unshifted zeros, so the
-    exact correction is position-dependent: a forward hook on the layer subtracts the offset from
-    its output (also for a layer without a bias). On exit, also on an error, the model is as it
-    was: the same tensor objects with the same values (the bias copied back in place, so its
-    version counter tells caches of the weights, e.g. core/fused.py, that it changed twice) and
-    no hook left.
+    exact correction is position-dependent: the layer's forward is replaced on the instance by
+    one that subtracts the offset from its output (also for a layer without a bias; the layer's
+    own forward hooks see the corrected output). Not a hook: a model with hooks runs its passes
+    as it is, while one without them gets the engine's plain-pass speed-ups (activations in
+    place, core/inplace.py). On exit, also on an error, the model is as it was: the same tensor
+    objects with the same values (the bias copied back in place, so its version counter tells
+    caches of the weights, e.g. core/fused.py, that it changed twice) and the layer's forward
+    its own again.
     """
     module = model.module
     name = first_layer(module, x[:1])[0] if layer is None else layer
@@ -228,7 +232,7 @@ def shifted_model(
     # engine's rows on CPU) is ~10× slower. The copies are kept with a kept offset (the
     # channels-last copy of the shapes CNN's took 0.13 ms a call).
 
-    def hook(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+    def corrected(out: torch.Tensor) -> torch.Tensor:
         if out.shape[1:] != offset.shape[1:]:
             raise SaliencelabError(
                 "input_invariance built its shifted model for inputs of shape "
@@ -244,38 +248,20 @@ def shifted_model(
             return out.sub_(like_out)
         return out - like_out
 
-    handle = first.register_forward_hook(hook)
+    previous = first.__dict__.get("forward")  # an instance-level forward of its own, if any
+    own_forward = first.forward
+
+    def forward(*args, **kwargs):
+        return corrected(own_forward(*args, **kwargs))
+
+    first.forward = forward
     try:
         yield model
     finally:
-        handle.remove()
-
-
-@contextmanager
-def first_output(module: nn.Module, row: torch.Tensor) -> Iterator[list[torch.Tensor]]:
-    """The logits of `row` (1, ...) read from the first forward of `module` inside the block, if
-    that forward's batch starts with `row` (else nothing): the explanation's own first forward,
-    which finds the logits of its inputs. The hook removes itself after that forward."""
-    seen: list[torch.Tensor] = []
-
-    def hook(mod: nn.Module, args: tuple, out: object) -> None:
-        handle.remove()
-        z = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        if (
-            z is not None
-            and z.dim() == row.dim()
-            and z.shape[0] >= 1
-            and z.shape[1:] == row.shape[1:]
-            and z.dtype == row.dtype
-            and torch.equal(z[:1], row.to(z.device))
-        ):
-            seen.append(logits_of(out)[:1].detach().clone())
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield seen
-    finally:
-        handle.remove()
+        if previous is None:
+            first.__dict__.pop("forward", None)
+        else:
+            first.__dict__["forward"] = previous
 
 
 @register_metric
@@ -375,11 +361,12 @@ class InputInvariance(Metric):
         # One counted forward of the first row finds the first layer and the model's logits.
         name, _, before = first_layer(batch.model.module, x[:1], engine.logits)
         with shifted_model(batch.model, x, s, layer=name) as model2:
-            with first_output(model2.module, x2[:1]) as seen:
-                out = self.explainer_output(batch, model2, x2)
-            # The shifted model's logits of the first row: from the explanation's own forward
-            # where it ran that row first, else one more (counted) forward.
-            after = seen[0] if seen else engine.logits(x2[:1])
+            a2, logits = _explained(batch.explainer, model2, x2, batch.target)
+            # The shifted model's logits of the first row: the explanation's own (sl.explain
+            # finds the logits of its rows), or from one more (counted) forward for an
+            # explainer that computes its answer its own way.
+            after = logits[:1] if logits is not None else engine.logits(x2[:1])
+        out = a2.maps if self.on == "maps" else a2.attributions
         # The shifted model must give the same outputs (eval mode, weights frozen).
         gap = float((after.to(before) - before).abs().max())
         if not gap <= 1e-3 * (1 + float(before.abs().max())):
@@ -400,10 +387,16 @@ class InputInvariance(Metric):
             values = changed_fraction(ref, out, self.rtol, self.atol)
         return Scores(values=values, extras={"output_gap": torch.full((x.shape[0],), gap)})
 
-    def explainer_output(self, batch: EvalBatch, model2: Model, x2: torch.Tensor) -> torch.Tensor:
-        assert batch.explainer is not None
-        a = batch.explainer(model2, x2, batch.target)
-        return a.maps if self.on == "maps" else a.attributions
+
+def _explained(
+    explainer: Explainer, model: Model, x: torch.Tensor, target: torch.Tensor | None
+) -> tuple[Attribution, torch.Tensor | None]:
+    """The explainer's answer for `x` and, for a plain `Explainer` (`sl.explain`), the model's
+    logits of `x` that came with it (None from a subclass with a `__call__` of its own)."""
+    if type(explainer).__call__ is Explainer.__call__:
+        ex = explainer.explain(model, x, target)
+        return ex[explainer.method], ex.logits
+    return explainer(model, x, target), None
 
 
 def changed_fraction(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
