@@ -7,8 +7,9 @@ Each case is a call a user makes that runs the engine's plain forward or gradien
 the engine turns the switches of the qualifying activation modules on (`nn.ReLU` of the shapes
 CNN, the 33 `nn.ReLU6` of EfficientNet-Lite0 in forward passes). The same call is timed with
 `Engine` as it is ("in place") and with `core.engine.inplace_activations` replaced by a context
-that switches nothing and `core.engine.inplace_choice` by one that chooses nothing ("off"), alternated in one process after warm-up (CPU time of one torch thread, freed memory
-reused as in every benchmark). Reported: the median of the per-round ratios in place / off,
+that switches nothing and `core.engine.inplace_choice` by one that chooses nothing ("off"),
+alternated in one process after warm-up (CPU time of one torch thread, freed memory reused as
+in every benchmark). Reported: the median of the per-round ratios in place / off,
 and the largest difference of the two calls' values (the activations write the same values,
 so 0 is expected).
 
@@ -19,9 +20,10 @@ Cases:
   `incremental=False`: the incremental passes hook the model, and run with the switches off);
 - `lite0:forwards`: `Engine.forwards` of 8 rows of 2 photos at 224×224 (the passes of every
   perturbation method and metric on EfficientNet-Lite0);
-- `shapes:saliency`, `shapes:random_logit`, `shapes:model_randomisation`,
-  `shapes:input_invariance`: plain gradient passes (`Engine.gradients`, where only `nn.ReLU`
-  switches): `sl.explain` of saliency on the 8 shapes images, and the metrics recomputing
+- `shapes:saliency`, `shapes:gradcam`, `shapes:random_logit`, `shapes:model_randomisation`,
+  `shapes:input_invariance`: gradient passes with the plain backward (`Engine.gradients`, where
+  only `nn.ReLU` switches): `sl.explain` of saliency and of Grad-CAM (its default layer
+  captured) on the 8 shapes images, and the metrics recomputing
   saliency maps (MPRT with `layers=4`: 32 rows in one call; input invariance on the shifted
   model).
 """
@@ -56,6 +58,7 @@ CASES = (
     "shapes:occlusion",
     "lite0:forwards",
     "shapes:saliency",
+    "shapes:gradcam",
     "shapes:random_logit",
     "shapes:model_randomisation",
     "shapes:input_invariance",
@@ -93,8 +96,8 @@ def _case(name: str) -> Callable[[], torch.Tensor]:
     if what == "occlusion":  # full forwards (incremental occlusion hooks the model)
         methods = {"occlusion": {"window": 8, "stride": 4, "incremental": False}}
         return lambda: sl.explain(model, x, methods=methods, target=target)["occlusion"].maps
-    if what == "saliency":  # one gradient pass
-        return lambda: sl.explain(model, x, methods=["saliency"], target=target)["saliency"].maps
+    if what in ("saliency", "gradcam"):  # one gradient pass
+        return lambda: sl.explain(model, x, methods=[what], target=target)[what].maps
     saliency = sl.explain(model, x, methods=["saliency"], target=target)["saliency"]
     settings = {"deletion": {"steps": 16}, "model_randomisation": {"layers": 4}}.get(what, {})
     metric = metric_classes()[what](**settings)

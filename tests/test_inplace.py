@@ -206,8 +206,31 @@ def test_the_switch_is_off_between_a_gradient_pass_chunks():
     assert seen == [False, False, False] and spy.calls[-3:] == [True, True, True]
 
 
-@pytest.mark.parametrize("method", ["gradcam", "guided_backprop", "deeplift"])
-def test_gradient_passes_that_read_layers_or_hook_backward_stay_out_of_place(method):
+@pytest.mark.parametrize(
+    "method, layer",
+    [("gradcam", "0"), ("gradcam", "2"), ("gradcam_plus_plus", "1"), ("layercam", "2")],
+)
+def test_gradient_cams_run_relu_in_place_with_the_same_maps(method, layer, monkeypatch):
+    """The captured layer is kept while the model goes on with a copy: the convolution, the
+    BatchNorm feeding the ReLU, or the in-place ReLU itself."""
+    model, spy = _spy_model()
+    x = torch.randn(8, 3, 6, 6)
+    methods = {method: {"layer": layer}}
+
+    def maps() -> torch.Tensor:
+        return sl.explain(model, x, methods, target=0)[method].maps
+
+    monkeypatch.setattr(engine_module, "inplace_choice", lambda *a, **k: [])
+    off = maps()
+    monkeypatch.undo()
+    spy.calls.clear()
+    on = maps()
+    assert spy.calls[-1] is True and spy.inplace is False
+    assert torch.equal(on, off)
+
+
+@pytest.mark.parametrize("method", ["guided_backprop", "deeplift"])
+def test_gradient_passes_that_hook_backward_stay_out_of_place(method):
     model, spy = _spy_model()
     x = torch.randn(4, 3, 6, 6)
     spy.calls.clear()

@@ -183,9 +183,9 @@ class Engine:
     def _inplace_gradients(
         self, example: torch.Tensor, n_rows: int, plain: bool
     ) -> list[nn.Module]:
-        """The activations a plain gradient pass may run in place (core/inplace.py, `grad`):
-        none for a pass that reads layers or a model with hooks; probed for passes of at
-        least `FOLD_MIN_ROWS` rows."""
+        """The activations a gradient pass with the plain backward may run in place
+        (core/inplace.py, `grad`): none for a model with hooks; probed for passes of at least
+        `FOLD_MIN_ROWS` rows."""
         if not plain:
             return []
         modules = submodules(self.module)
@@ -255,9 +255,11 @@ class Engine:
             example = _example(make_inputs, example, dev)
             nhwc = n_rows >= NHWC_MIN_ROWS and channels_last_known(self.module, example)
             # Activations in place (core/inplace.py) where nothing of ours or the user's reads
-            # them: no layer captured, the plain backward, no hook on the model. Switched on
-            # around each chunk's forward only (the caller runs between chunks).
-            plain = not layers and input_grad and isinstance(backward, str) and backward == "plain"
+            # them: the plain backward and no hook on the model. A captured layer's output is
+            # kept while the model goes on with a copy (`capture`), which an activation after it
+            # may overwrite. Chosen before any hook of ours is installed; switched on around
+            # each chunk's forward only (the caller runs between chunks).
+            plain = isinstance(backward, str) and backward == "plain"
             inplace = self._inplace_gradients(example, n_rows, plain)
             captured: dict[str, torch.Tensor] = {}
             # Inside the chunk's forward (a checkpoint's recomputation in backward: no 2nd call).

@@ -22,9 +22,10 @@ without them exactly. Reads the operators do not show are not seen (a tensor kep
 for later use outside its forward, `.data` aliases): the engine's passes read only the output.
 
 The engine runs its plain forward-only passes this way (`Engine.forwards`, where it folds
-BatchNorm: no layer edit, no layer target, no hook on the model), and its plain gradient passes
-(`Engine.gradients` with no layer captured, the plain backward and no hook on the model: the
-saliency family, integrated gradients, SmoothGrad, the explanations the metrics recompute).
+BatchNorm: no layer edit, no layer target, no hook on the model), and its gradient passes with
+the plain backward on a model without hooks (`Engine.gradients`: the saliency family,
+integrated gradients, SmoothGrad, Grad-CAM and the other gradient CAMs, the explanations the
+metrics recompute; a layer the pass captures is kept while the model goes on with a copy).
 There backward must also not need what an activation overwrites. The gradient probe
 (`grad=True`) records the forward with autograd on, where autograd keeping an operator's output
 for its backward (e.g. a sigmoid's) shows as a read of it (`aten.detach`), and then runs the
@@ -37,8 +38,9 @@ switched there (`GRAD_ACTIVATIONS`): measured on one CPU thread (forward + input
 rows through three 32-channel convolutions at 64×64, values equal), in place / off is 0.89-0.95
 for ReLU, 0.94-1.05 for ReLU6, 1.04 for Hardtanh and Threshold, 1.0 for LeakyReLU, Hardswish and
 Mish, and 1.13 for SiLU (autograd keeps a copy of its input). Forward + input gradient of the
-shapes CNN (4 ReLU) on 8 rows: 0.93. Hooks that read activations (CAMs, guided backprop,
-DeepLIFT) keep the switches off: they would see overwritten tensors.
+shapes CNN (4 ReLU) on 8 rows: 0.93. Backward rules that hook activations (guided backprop,
+deconvolution, DeepLIFT, LRP) and a user's hooks keep the switches off: they may read the
+tensors an activation would overwrite.
 """
 
 from __future__ import annotations
