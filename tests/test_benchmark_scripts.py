@@ -1,0 +1,120 @@
+"""The benchmark scripts that swap library internals for their A/B comparisons or timers must keep
+running as the library changes: a renamed function or attribute, or a changed signature, breaks
+them without any other test noticing. Each runs `main(argv)` at its smallest settings here (a
+few seconds in all), on the shapes CNN, with its outputs under tmp_path."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+import saliencelab as sl
+from saliencelab.core import batching
+from saliencelab.core import engine as engine_module
+from saliencelab.core.engine import Engine
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _script(name: str):
+    """benchmarks/<name>.py as a module (its folder on sys.path, as when run: the scripts import
+    harness.py and one another by name)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """The scripts set torch's threads (one, as they time): put them back for the other tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_inplace_activations_switches_the_engine_off_and_on(monkeypatch):
+    """The script replaces `core.engine.inplace_activations` and `inplace_choice` by stand-ins
+    ("off"): they must still be what the engine calls, and the values must not move."""
+    script = _script("inplace_activations")
+    called: Counter[str] = Counter()
+    off, none = script._switched_off, script._none_chosen
+
+    def counted_off(*args, **kwargs):
+        called["inplace_activations"] += 1
+        return off(*args, **kwargs)
+
+    def counted_none(*args, **kwargs):
+        called["inplace_choice"] += 1
+        return none(*args, **kwargs)
+
+    monkeypatch.setattr(script, "_switched_off", counted_off)
+    monkeypatch.setattr(script, "_none_chosen", counted_none)
+    real = engine_module.inplace_activations, engine_module.inplace_choice
+    cases = "shapes:completeness,shapes:saliency,shapes:gradcam"
+    rows = script.main(["--cases", cases, "--repeats", "1", "--malloc", "default"])
+    assert [r["case"] for r in rows] == cases.split(",")
+    assert all(r["max_diff"] == 0 and math.isfinite(r["in_place_over_off"]) for r in rows)
+    # forward passes (completeness) and gradient passes (saliency, Grad-CAM) ran "off"
+    assert called["inplace_activations"] > 0 and called["inplace_choice"] > 0
+    assert (engine_module.inplace_activations, engine_module.inplace_choice) == real
+
+
+def test_chunk_cut_old_and_new_cut_agree():
+    """The script swaps `core.batching._balanced` for the old cut (same signature)."""
+    script = _script("chunk_cut")
+    new_cut = batching._balanced
+    rows = script.main(
+        ["--images", "9", "--metrics", "completeness", "--repeats", "1", "--malloc", "default"]
+    )
+    assert [(r["metric"], r["images"]) for r in rows] == [("completeness", 9)]
+    assert batching._balanced is new_cut
+
+
+def test_op_count_fixes_the_engine_chunk_size(monkeypatch):
+    """The script sets `Engine.__init__.__defaults__` to (chunk, None): the defaults must still
+    be (chunk_size, memory_budget), and the model's operators must be told from the library's."""
+    script = _script("op_count")
+    monkeypatch.setattr(Engine.__init__, "__defaults__", Engine.__init__.__defaults__)
+    result = script.main(["--metrics", "completeness", "--images", "2", "--chunk", "2"])
+    engine = Engine(sl.load_model("shapes_cnn"))
+    assert engine.chunk_size == 2 and engine.memory_budget is None
+    assert result["completeness"]["model"] > 0 and result["completeness"]["library"] > 0
+
+
+def test_metric_overhead_layers_give_the_same_values():
+    """The script calls `Engine.forwards`, `folded` and `make_batch(engine=...)` directly (and
+    checks by hand, engine and metric agree)."""
+    script = _script("metric_overhead")
+    result = script.main(["--images", "2", "--repeats", "1", "--malloc", "default"])
+    assert {"floor", "floor, folded", "by hand", "engine", "metric"} <= set(result)
+    assert all(math.isfinite(v["over_floor"]) for k, v in result.items() if k != "tiny_op_us")
+
+
+def test_metrics_floor_quick_times_the_parts(tmp_path):
+    """The script wraps library functions with timers (`_parts`); each must exist, and the
+    explainer's calls must be seen where a metric makes them (input invariance)."""
+    script = _script("metrics_floor")
+    for name in script.model_metrics():
+        for owner, attr, _, _ in script._parts(name):
+            where = vars(owner) if isinstance(owner, type) else dir(owner)
+            assert attr in where, f"{name}: {owner} has no {attr}"
+    out = tmp_path / "metrics_floor.json"
+    argv = ["--quick", "--metrics", "completeness,input_invariance", "--malloc", "default"]
+    result = script.main([*argv, "--out", str(out)])
+    assert out.exists()
+    parts = {r["metric"]: r["parts_seconds"] for r in result["rows"]}
+    assert set(parts) == {"completeness", "input_invariance"}
+    assert {"engine", "explain", "shift offset"} <= set(parts["input_invariance"])
+    assert all(r["values_agree"] for r in result["rows"])
