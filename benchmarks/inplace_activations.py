@@ -20,12 +20,12 @@ Cases:
   `incremental=False`: the incremental passes hook the model, and run with the switches off);
 - `lite0:forwards`: `Engine.forwards` of 8 rows of 2 photos at 224×224 (the passes of every
   perturbation method and metric on EfficientNet-Lite0);
-- `shapes:saliency`, `shapes:gradcam`, `shapes:random_logit`, `shapes:model_randomisation`,
-  `shapes:input_invariance`: gradient passes with the plain backward (`Engine.gradients`, where
-  only `nn.ReLU` switches): `sl.explain` of saliency and of Grad-CAM (its default layer
-  captured) on the 8 shapes images, and the metrics recomputing
-  saliency maps (MPRT with `layers=4`: 32 rows in one call; input invariance on the shifted
-  model).
+- `shapes:saliency`, `shapes:gradcam`, `shapes:smoothgrad`, `shapes:random_logit`,
+  `shapes:model_randomisation`, `shapes:input_invariance`: gradient passes with the plain
+  backward (`Engine.gradients`, where only `nn.ReLU` switches): `sl.explain` of saliency, of
+  Grad-CAM (its default layer captured) and of SmoothGrad (25 noisy rows per image) on the 8
+  shapes images, and the metrics recomputing saliency maps (MPRT with `layers=4`: 32 rows in one
+  call; input invariance on the shifted model).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ CASES = (
     "lite0:forwards",
     "shapes:saliency",
     "shapes:gradcam",
+    "shapes:smoothgrad",
     "shapes:random_logit",
     "shapes:model_randomisation",
     "shapes:input_invariance",
@@ -96,7 +97,7 @@ def _case(name: str) -> Callable[[], torch.Tensor]:
     if what == "occlusion":  # full forwards (incremental occlusion hooks the model)
         methods = {"occlusion": {"window": 8, "stride": 4, "incremental": False}}
         return lambda: sl.explain(model, x, methods=methods, target=target)["occlusion"].maps
-    if what in ("saliency", "gradcam"):  # one gradient pass
+    if what in ("saliency", "gradcam", "smoothgrad"):  # gradient passes
         return lambda: sl.explain(model, x, methods=[what], target=target)[what].maps
     saliency = sl.explain(model, x, methods=["saliency"], target=target)["saliency"]
     settings = {"deletion": {"steps": 16}, "model_randomisation": {"layers": 4}}.get(what, {})
