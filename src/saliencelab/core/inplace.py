@@ -33,16 +33,16 @@ row's backward with the activations in place: the choice is kept only if no erro
 (autograd's version counters catch a kept tensor that was overwritten) and the input gradient
 equals the one without them exactly (a custom `autograd.Function` may keep its output where no
 counter sees it). An activation's own backward reads its result (ReLU, ReLU6) or its input
-(SiLU, which autograd then keeps a copy of). Only `nn.ReLU` is
-switched there (`GRAD_ACTIVATIONS`): measured on one CPU thread (forward + input gradient of 8
-rows through three 32-channel convolutions at 64×64, values equal), in place / off is 0.89-0.95
-for ReLU, 0.94-1.05 for ReLU6, 1.04 for Hardtanh and Threshold, 1.0 for LeakyReLU, Hardswish and
-Mish, and 1.13 for SiLU (autograd keeps a copy of its input). Forward + input gradient of the
-shapes CNN (4 ReLU) on 8 rows as a bare loop: 0.93-0.95; in a call of one such pass
-(`sl.explain` of saliency, random logit, MPRT, input invariance) 0.98-1.0, within noise;
-SmoothGrad of 8 shapes images (200 rows): 0.96-0.97 (benchmarks/inplace_activations.py). Backward rules that hook activations (guided backprop,
-deconvolution, DeepLIFT, LRP) and a user's hooks keep the switches off: they may read the
-tensors an activation would overwrite.
+(SiLU, which autograd then keeps a copy of). Only `nn.ReLU` is switched there
+(`GRAD_ACTIVATIONS`): measured on one CPU thread (forward + input gradient of 8 rows through
+three 32-channel convolutions at 64×64, values equal), in place / off is 0.89-0.95 for ReLU,
+0.94-1.05 for ReLU6, 1.04 for Hardtanh and Threshold, 1.0 for LeakyReLU, Hardswish and Mish,
+and 1.13 for SiLU (autograd keeps a copy of its input). Forward + input gradient of the shapes
+CNN (4 ReLU) on 8 rows as a bare loop: 0.93-0.95; in a call of one such pass (`sl.explain` of
+saliency, random logit, MPRT, input invariance) 0.98-1.0, within noise; SmoothGrad of 8 shapes
+images (200 rows): 0.96-0.97 (benchmarks/inplace_activations.py). Backward rules that hook
+activations (guided backprop, deconvolution, DeepLIFT, LRP) and a user's hooks keep the
+switches off: they may read the tensors an activation would overwrite.
 """
 
 from __future__ import annotations
