@@ -78,7 +78,7 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (
 # The activations switched in passes that run backward (see the module docstring).
 GRAD_ACTIVATIONS: tuple[type[nn.Module], ...] = (nn.ReLU,)
 
-# module -> {(structure, folded): the activations that may run in place}
+# module -> {(grad, structure, replaced forwards): the activations that may run in place}
 _FOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -88,17 +88,17 @@ def inplace_activations(
     example: torch.Tensor,
     probe: bool = True,
     modules: list[nn.Module] | None = None,
-    grad: bool = False,
 ) -> Iterator[int]:
-    """Run the model's qualifying activations in place inside the block (yields how many).
+    """Run the model's qualifying activations in place inside the block (yields how many), for
+    forward-only passes (passes that run backward: `inplace_choice(..., grad=True)` and
+    `switched_on`).
 
     `example`: a batch like the pass's inputs (its first row is probed). With `probe=False`
     only a choice found earlier is used. Call with the model in the state it runs in (eval
     mode, frozen, no hooks, BatchNorm folded or not), and add no hook inside the block.
-    `modules`: its `submodules`, where the caller has them. `grad`: for passes that run
-    backward (a choice of its own, checked by the gradient probe).
+    `modules`: its `submodules`, where the caller has them.
     """
-    chosen = inplace_choice(module, example, probe, modules, grad)
+    chosen = inplace_choice(module, example, probe, modules)
     with switched_on(chosen):
         yield len(chosen)
 
@@ -125,9 +125,10 @@ def inplace_choice(
     grad: bool = False,
 ) -> list[nn.Module]:
     """The activations of the model's current structure that may run in place (found by the
-    probe on first use, kept per structure, per kind of pass (`grad`) and per set of modules
-    whose forward is replaced on the instance: BatchNorm folded (core/fused.py), layers with
-    row versions). Arguments as `inplace_activations`."""
+    probe on first use, kept per structure, per kind of pass and per set of modules whose
+    forward is replaced on the instance: BatchNorm folded (core/fused.py), layers with row
+    versions, input invariance's first layer). Arguments as `inplace_activations`; `grad`: for
+    passes that run backward (only `GRAD_ACTIVATIONS`, checked by the gradient probe)."""
     modules = submodules(module) if modules is None else modules
     key = (
         grad,
