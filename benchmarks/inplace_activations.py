@@ -3,13 +3,12 @@
     .venv/bin/python benchmarks/inplace_activations.py [--cases shapes:deletion,...]
         [--repeats 15] [--threads 1] [--malloc reuse|default]
 
-Each case is a call a user makes that runs the engine's plain forward or gradient passes, where
-the engine turns the switches of the qualifying activation modules on (`nn.ReLU` of the shapes
-CNN, the 33 `nn.ReLU6` of EfficientNet-Lite0 in forward passes). The same call is timed with
-`Engine` as it is ("in place") and with `core.engine.inplace_activations` replaced by a context
-that switches nothing and `core.engine.inplace_choice` by one that chooses nothing ("off"),
-alternated in one process after warm-up (CPU time of one torch thread, freed memory reused as
-in every benchmark). Reported: the median of the per-round ratios in place / off,
+Each case is a call a user makes that runs the engine's plain forward passes, where the engine
+turns the switches of the qualifying activation modules on (`nn.ReLU` of the shapes CNN, the
+33 `nn.ReLU6` of EfficientNet-Lite0). The same call is timed with `Engine` as it is ("in
+place") and with `core.engine.inplace_activations` replaced by a context that switches nothing
+("off"), alternated in one process after warm-up (CPU time of one torch thread, freed memory
+reused as in every benchmark). Reported: the median of the per-round ratios in place / off,
 and the largest difference of the two calls' values (the activations write the same values,
 so 0 is expected).
 
@@ -19,13 +18,7 @@ Cases:
 - `shapes:occlusion`: `sl.explain` of occlusion on 8 shapes images (8×8 windows, stride 4,
   `incremental=False`: the incremental passes hook the model, and run with the switches off);
 - `lite0:forwards`: `Engine.forwards` of 8 rows of 2 photos at 224×224 (the passes of every
-  perturbation method and metric on EfficientNet-Lite0);
-- `shapes:saliency`, `shapes:gradcam`, `shapes:smoothgrad`, `shapes:random_logit`,
-  `shapes:model_randomisation`, `shapes:input_invariance`: gradient passes with the plain
-  backward (`Engine.gradients`, where only `nn.ReLU` switches): `sl.explain` of saliency, of
-  Grad-CAM (its default layer captured) and of SmoothGrad (25 noisy rows per image) on the 8
-  shapes images, and the metrics recomputing saliency maps (MPRT with `layers=4`: 32 rows in one
-  call; input invariance on the shifted model).
+  perturbation method and metric on EfficientNet-Lite0).
 """
 
 from __future__ import annotations
@@ -52,27 +45,12 @@ from harness import (  # noqa: E402
     use_malloc,
 )
 
-CASES = (
-    "shapes:deletion",
-    "shapes:completeness",
-    "shapes:occlusion",
-    "lite0:forwards",
-    "shapes:saliency",
-    "shapes:gradcam",
-    "shapes:smoothgrad",
-    "shapes:random_logit",
-    "shapes:model_randomisation",
-    "shapes:input_invariance",
-)
+CASES = ("shapes:deletion", "shapes:completeness", "shapes:occlusion", "lite0:forwards")
 
 
 @contextmanager
 def _switched_off(*args, **kwargs) -> Iterator[int]:
     yield 0
-
-
-def _none_chosen(*args, **kwargs) -> list:
-    return []
 
 
 def _case(name: str) -> Callable[[], torch.Tensor]:
@@ -97,21 +75,14 @@ def _case(name: str) -> Callable[[], torch.Tensor]:
     if what == "occlusion":  # full forwards (incremental occlusion hooks the model)
         methods = {"occlusion": {"window": 8, "stride": 4, "incremental": False}}
         return lambda: sl.explain(model, x, methods=methods, target=target)["occlusion"].maps
-    if what in ("saliency", "gradcam", "smoothgrad"):  # gradient passes
-        return lambda: sl.explain(model, x, methods=[what], target=target)[what].maps
     saliency = sl.explain(model, x, methods=["saliency"], target=target)["saliency"]
-    settings = {"deletion": {"steps": 16}, "model_randomisation": {"layers": 4}}.get(what, {})
+    settings = {"deletion": {"steps": 16}}.get(what, {})
     metric = metric_classes()[what](**settings)
 
     def call() -> torch.Tensor:
         metric.reset()
         metric.update(
-            saliency.maps,
-            x=x,
-            model=model,
-            target=target,
-            attributions=saliency.attributions,
-            explainer="saliency",
+            saliency.maps, x=x, model=model, target=target, attributions=saliency.attributions
         )
         return metric.compute().values
 
@@ -120,20 +91,17 @@ def _case(name: str) -> Callable[[], torch.Tensor]:
 
 def compare(name: str, repeats: int) -> dict:
     call = _case(name)
-    real = engine_module.inplace_activations, engine_module.inplace_choice
+    real = engine_module.inplace_activations
 
-    def use(ways: tuple[Callable, Callable]) -> Callable[[], None]:
-        def switch() -> None:
-            engine_module.inplace_activations, engine_module.inplace_choice = ways
-
-        return switch
+    def use(way: Callable) -> Callable[[], None]:
+        return lambda: setattr(engine_module, "inplace_activations", way)
 
     try:
         times, values = alternated(
-            {"in place": use(real), "off": use((_switched_off, _none_chosen))}, call, repeats
+            {"in place": use(real), "off": use(_switched_off)}, call, repeats
         )  # fmt: skip
     finally:
-        engine_module.inplace_activations, engine_module.inplace_choice = real
+        engine_module.inplace_activations = real
     ab = ab_summary(times, values, "in place", "off")
     row = {"case": name, "in_place_ms": ab["new_ms"], "off_ms": ab["old_ms"],
            "in_place_over_off": ab["ratio"], "max_diff": ab["max_diff"]}  # fmt: skip

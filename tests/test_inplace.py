@@ -6,11 +6,9 @@ import torch
 from torch import nn
 
 import saliencelab as sl
-import saliencelab.core.engine as engine_module
 from saliencelab.core.engine import Engine
 from saliencelab.core.fused import folded
-from saliencelab.core.inplace import ACTIVATIONS, inplace_activations, inplace_choice
-from saliencelab.core.targets import Target
+from saliencelab.core.inplace import ACTIVATIONS, inplace_activations
 from saliencelab.models.model import Model
 
 
@@ -149,7 +147,7 @@ def test_the_engine_runs_plain_forwards_in_place_and_puts_the_switch_back():
     torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-6)  # (BatchNorm folded)
 
 
-def test_not_in_place_with_a_users_hook():
+def test_not_in_place_with_a_users_hook_or_in_gradient_passes():
     model, spy = _spy_model()
     x = torch.randn(4, 3, 6, 6)
     handle = model.module[0].register_forward_hook(lambda m, i, o: None)
@@ -157,165 +155,70 @@ def test_not_in_place_with_a_users_hook():
         spy.calls.clear()
         _forward_scores(Engine(model), x)
         assert spy.calls and not any(spy.calls)
-        sl.explain(model, x, ["saliency"], target=0)
-        assert spy.calls and not any(spy.calls)
     finally:
         handle.remove()
-
-
-def _saliency(model: Model, x: torch.Tensor, monkeypatch=None) -> torch.Tensor:
-    if monkeypatch is not None:  # every choice empty: the pass as it was before
-        monkeypatch.setattr(engine_module, "inplace_choice", lambda *a, **k: [])
-    try:
-        return sl.explain(model, x, ["saliency"], target=0)["saliency"].maps
-    finally:
-        if monkeypatch is not None:
-            monkeypatch.undo()
-
-
-@pytest.mark.parametrize("name, size", [("shapes_cnn", 64), ("tiny", 6)])
-def test_plain_gradient_passes_run_relu_in_place_with_the_same_maps(name, size, monkeypatch):
-    if name == "tiny":
-        model, spy = _spy_model()
-    else:
-        model, spy = sl.load_model(name), None
-    x = torch.randn(8, 3, size, size)
-    kept = x.clone()
-    off = _saliency(model, x, monkeypatch)
-    if spy is not None:
-        spy.calls.clear()
-    on = _saliency(model, x)
-    assert torch.equal(on, off) and torch.equal(x, kept)
-    assert not any(_switches(model.module))
-    if spy is not None:  # the pass's forward ran in place (the probe's runs both ways)
-        assert spy.calls[-1] is True and spy.inplace is False
-    else:  # the choice kept for gradient passes: all 4 ReLU
-        assert len(inplace_choice(model.module, x, probe=False, grad=True)) == 4
-
-
-def test_the_switch_is_off_between_a_gradient_pass_chunks():
-    """The caller runs its own code between chunks: the switches are on around the forward."""
-    model, spy = _spy_model()
-    x = torch.randn(6, 3, 6, 6)
-    engine = Engine(model, chunk_size=2)
     spy.calls.clear()
-    seen = []
-    target = Target(torch.zeros(6, dtype=torch.long))
-    for _chunk in engine.gradients(6, lambda r: x[r], lambda r: r, target, example=x[:2]):
-        seen.append(spy.inplace)
-    assert seen == [False, False, False] and spy.calls[-3:] == [True, True, True]
-
-
-@pytest.mark.parametrize(
-    "method, layer",
-    [("gradcam", "0"), ("gradcam", "2"), ("gradcam_plus_plus", "1"), ("layercam", "2")],
-)
-def test_gradient_cams_run_relu_in_place_with_the_same_maps(method, layer, monkeypatch):
-    """The captured layer is kept while the model goes on with a copy: the convolution, the
-    BatchNorm feeding the ReLU, or the in-place ReLU itself."""
-    model, spy = _spy_model()
-    x = torch.randn(8, 3, 6, 6)
-    methods = {method: {"layer": layer}}
-
-    def maps() -> torch.Tensor:
-        return sl.explain(model, x, methods, target=0)[method].maps
-
-    monkeypatch.setattr(engine_module, "inplace_choice", lambda *a, **k: [])
-    off = maps()
-    monkeypatch.undo()
-    spy.calls.clear()
-    on = maps()
-    assert spy.calls[-1] is True and spy.inplace is False
-    assert torch.equal(on, off)
-
-
-@pytest.mark.parametrize("method", ["guided_backprop", "deeplift"])
-def test_gradient_passes_that_hook_backward_stay_out_of_place(method):
-    model, spy = _spy_model()
-    x = torch.randn(4, 3, 6, 6)
-    spy.calls.clear()
-    sl.explain(model, x, [method], target=0)
+    sl.explain(model, x, ["saliency"], target=0)
     assert spy.calls and not any(spy.calls)
 
 
-class Saved(nn.Module):
-    """conv → `first` → ReLU: the ReLU's input is a tensor `first` may keep for its backward."""
+def test_the_switch_comes_back_when_the_pass_fails():
+    model, spy = _spy_model()
+    x = torch.randn(4, 3, 6, 6)
+    engine = Engine(model)
+    _forward_scores(engine, x)  # probes and settles
 
-    def __init__(self, first: nn.Module, act: nn.Module) -> None:
+    def bad_rows(rows):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        list(engine.forwards(4, bad_rows, lambda rows: rows, example=x[:1]))
+    assert spy.inplace is False
+
+
+def test_a_new_structure_is_probed_again():
+    torch.manual_seed(0)
+    model = _frozen(Net())
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad(), inplace_activations(model, x) as n:
+        assert n == 1
+    model.reuse = "view"  # same modules: the kept choice holds for the structure
+    model.act = nn.ReLU()  # a new module: probed again
+    with torch.no_grad(), inplace_activations(model, x) as n:
+        assert n == 0
+
+
+class Tokens(nn.Module):
+    """Reads its convolution's output twice: once through `.contiguous()` of a transposed view,
+    which copies NCHW rows but returns a view of channels-last ones (a ReLU in place on it would
+    then overwrite the map that `head` reads)."""
+
+    def __init__(self) -> None:
         super().__init__()
-        self.conv, self.first, self.act = nn.Conv2d(3, 4, 3, padding=1), first, act
-        self.fc = nn.Linear(4, 2)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.act = nn.ReLU()
+        self.fc, self.head = nn.Linear(8, 4), nn.Linear(8, 4)
 
     def forward(self, x):
-        return self.fc(self.act(self.first(self.conv(x))).mean((2, 3)))
+        h = self.conv(x)
+        t = h.flatten(2).transpose(1, 2).contiguous()
+        return self.fc(self.act(t).mean(1)) + self.head(h.mean((2, 3)))
 
 
-@pytest.mark.parametrize(
-    "first, act, forward, grad",
-    [
-        (nn.Identity(), nn.ReLU(), 1, 1),  # the convolution keeps its input, not its output
-        (nn.Sigmoid(), nn.ReLU(), 1, 0),  # autograd keeps sigmoid's output: a read (detach)
-        (nn.Tanh(), nn.ReLU(), 1, 0),
-        (nn.Identity(), nn.SiLU(), 1, 0),  # in place it would be slower (a copy of its input)
-        (nn.Identity(), nn.ReLU6(), 1, 0),  # no faster in place (GRAD_ACTIVATIONS)
-    ],
-)
-def test_the_gradient_probe_keeps_what_autograd_needs(first, act, forward, grad):
+def test_the_probe_runs_in_the_passs_memory_layout():
     torch.manual_seed(0)
-    model = _frozen(Saved(first, act))
-    x = torch.randn(4, 3, 6, 6)
-    assert len(inplace_choice(model, x, grad=False)) == forward
-    assert len(inplace_choice(model, x, grad=True)) == grad
-    leaf = x.clone().requires_grad_(True)
-    (ref,) = torch.autograd.grad(model(leaf)[:, 0].sum(), leaf)
-    maps = sl.explain(Model(model), x, ["saliency"], target=0)["saliency"].maps
-    torch.testing.assert_close(maps, ref.abs().sum(1), rtol=1e-5, atol=1e-7)
-    assert not model.act.inplace
-
-
-class KeepsOutput(torch.autograd.Function):
-    """3x whose backward reads its output kept on ctx (not `save_for_backward`: autograd then
-    neither records a read of it nor checks its version)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.y = x * 3
-        return ctx.y
-
-    @staticmethod
-    def backward(ctx, g):
-        return g * ctx.y.mean()  # reads every value, those ReLU would zero in place too
-
-
-class Kept(Saved):
-    def forward(self, x):
-        return self.fc(self.act(KeepsOutput.apply(self.conv(x))).mean((2, 3)))
-
-
-def test_the_gradient_probe_sees_an_overwritten_tensor_only_backward_reads():
-    """Operator records and the probe's output both let the ReLU run in place (a forward-only
-    pass may); only the probe's backward shows that the input gradient would change."""
-    torch.manual_seed(0)
-    model = _frozen(Kept(nn.Identity(), nn.ReLU()))
-    x = torch.randn(4, 3, 6, 6)
-    assert len(inplace_choice(model, x, grad=False)) == 1
-    assert len(inplace_choice(model, x, grad=True)) == 0
-    leaf = x.clone().requires_grad_(True)
-    (ref,) = torch.autograd.grad(model(leaf)[:, 0].sum(), leaf)
-    maps = sl.explain(Model(model), x, ["saliency"], target=0)["saliency"].maps
-    torch.testing.assert_close(maps, ref.abs().sum(1), rtol=1e-5, atol=1e-7)
-
-
-def test_input_invariance_explains_its_shifted_model_with_relu_in_place():
-    """The shift correction of a zero-padded first layer is a corrected forward, not a hook, so
-    the shifted model's gradient pass gets the plain-pass speed-ups."""
-    model, spy = _spy_model()  # its convolution pads with zeros: a position-dependent offset
-    x = torch.randn(4, 3, 6, 6)
-    target = torch.zeros(4, dtype=torch.long)
-    maps = sl.explain(model, x, ["saliency"], target=target)["saliency"].maps
-    spy.calls.clear()
-    metric = sl.metrics.get("input_invariance")()
-    r = metric(maps, x=x, model=model, target=target, explainer="saliency")
-    assert True in spy.calls and spy.inplace is False
-    assert (r.values == 0).all()  # gradients are input invariant
-    assert not any("forward" in m.__dict__ for m in model.module.modules())
+    model = Model(_frozen(Tokens()))
+    x = torch.randn(8, 3, 8, 8)
+    engine = Engine(model)
+    assert engine.probe_layout(x)  # the passes of 8 rows run channels-last
+    with torch.no_grad():
+        plain = model.module(x)
+    torch.testing.assert_close(_forward_scores(engine, x), plain, rtol=1e-5, atol=1e-5)
+    nchw = x[:1]
+    cl = x[:1].contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        with inplace_activations(model.module, nchw) as n_nchw:
+            pass
+        with inplace_activations(model.module, cl) as n_cl:
+            pass
+    assert (n_nchw, n_cl) == (1, 0)

@@ -368,10 +368,10 @@ def test_non_sensitivity_matches_quantus(smooth, x8, batch):
 
 def _case(first: str, x8: torch.Tensor) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """(net, inputs, shift): SmoothNet with a first layer of each kind, "pad0" (no padding: the
-    bias absorbs the shift), "pad1" (zero padding: a corrected forward), "inside" (pads in its
-    forward: a corrected forward), "nobias" (no padding, no bias: a corrected forward), "doubled"
-    (padding, output of a product: corrected, not in place); or "linear", an MLP on (B, D)
-    inputs (the bias absorbs the shift, one value per feature)."""
+    bias absorbs the shift), "pad1" (zero padding: a hook), "inside" (pads in its forward: a
+    hook), "nobias" (no padding, no bias: a hook), "doubled" (padding, output of a product: a
+    hook, not in place); or "linear", an MLP on (B, D) inputs (the bias absorbs the shift, one
+    value per feature)."""
     torch.manual_seed(0)
     if first == "linear":
         net = nn.Sequential(nn.Linear(12, 5), nn.Tanh(), nn.Linear(5, 3))
@@ -432,7 +432,7 @@ def _assert_untouched(net: nn.Module, before: dict, flags: tuple) -> None:
         assert torch.equal(after[k][1], bits), k
     assert _flags(net) == flags
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
-    assert not any("forward" in m.__dict__ for m in net.modules())  # the layer's own forward
+    assert not any("forward" in m.__dict__ for m in net.modules())  # no forward replaced
 
 
 def _flags(net: nn.Module) -> tuple[list[bool], list[bool]]:
@@ -477,10 +477,10 @@ def test_input_invariance_equals_the_copy_based_reference(x8, first, method, mea
         expected = (ref - out).abs().flatten(1).mean(1)
     else:
         expected = (~torch.isclose(ref, out, rtol=1e-5, atol=1e-4)).flatten(1).double().mean(1)
-    # The same layers, weights and rows: equal to float rounding (a bias-free layer gets a
-    # corrected forward here where the reference gave it a bias; and the engine's chunk-size
-    # search may cut the rows of the in-place model, explained three times by now, into other
-    # chunks than those of the fresh copy, which rounds differently).
+    # The same layers, weights and rows: equal to float rounding (a bias-free layer gets a hook
+    # here where the reference gave it a bias; and the engine's chunk-size search may cut the
+    # rows of the in-place model, explained three times by now, into other chunks than those of
+    # the fresh copy, which rounds differently).
     torch.testing.assert_close(r.values, expected, rtol=1e-6, atol=1e-9)
     if method == "saliency":
         assert (r.values == 0).all() if measure == "fraction" else r.values.max() < 1e-6
@@ -510,7 +510,7 @@ def test_model_is_restored_when_the_explainer_raises(x8, first):
     # A bias changed in place is copied back in place: its version counter moved (caches keyed
     # on it, e.g. core/fused.py's folded weights, see the change); nothing else was written.
     moved = [p._version != v for p, v in zip(net.parameters(), versions, strict=True)]
-    shifted_bias = {"pad0": "conv.bias", "linear": "0.bias"}.get(first)  # others: a forward
+    shifted_bias = {"pad0": "conv.bias", "linear": "0.bias"}.get(first)  # the others: a hook
     assert moved == [name == shifted_bias for name, _ in net.named_parameters()]
 
 
@@ -539,8 +539,8 @@ def test_input_invariance_refuses_a_model_that_does_not_absorb_the_shift(x8):
 
 
 class _Reversed(Explainer):
-    """Explains the rows in reverse order: its first forward does not start with the first row,
-    so the metric runs the shifted model's first row itself."""
+    """Explains the rows in reverse order with a `__call__` of its own: the metric does not see
+    the explanation's logits, so it runs the shifted model's first row itself."""
 
     def __call__(self, model, x, target):
         a = super().__call__(model, x.flip(0), target.flip(0))
@@ -575,6 +575,47 @@ def test_input_invariance_counts_every_forward(x8, first, explainer):
     # gives the shifted model's logits, except where it does not start with the first row
     if explainer in ("saliency", "reversed"):
         assert rows == {"forward": 1 + (explainer == "reversed"), "grad": b}
+
+
+@pytest.mark.parametrize("composite", ["epsilon_gamma_box", "epsilon_plus_flat"])
+def test_input_invariance_of_lrp_rules_that_ignore_the_shift(composite):
+    """z^B (bounded box) and flat rules at the first layer give the same relevance for x and
+    x + shift: the correction of a zero-padded first layer must reach the model's forward only,
+    not the layer's forwards that LRP runs with other weights (W⁺, W⁻, ones) swapped in."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    ).eval()  # fmt: skip
+    x, target = torch.rand(4, 3, 16, 16), torch.arange(4)
+    options = {"composite": composite}
+    maps = sl.explain(net, x, {"lrp": options}, target=target)["lrp"].maps
+    metric = sl.metrics.get("input_invariance")(measure="mae")
+    explainer = Explainer("lrp", options)
+    r = metric(maps, x=x, model=net, target=target, explainer=explainer)
+    assert (r.values / maps.abs().flatten(1).mean(1)).max() < 1e-5
+
+
+def test_input_invariance_leaves_batchnorm_foldable():
+    """A forward-only explainer on the shifted model must not make the engine remember the
+    model as unfoldable (its folded first layer would subtract the unfolded offset)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(8, 4),
+    ).eval()  # fmt: skip
+    bn = net[1]  # statistics far from the identity: a fold that ignored the offset would show
+    (
+        bn.running_mean.uniform_(-1, 1),
+        bn.running_var.uniform_(0.2, 3),
+        bn.weight.data.uniform_(0.5, 2),
+    )
+    x, target = torch.rand(4, 3, 12, 12), torch.arange(4)
+    maps = torch.rand(4, 12, 12)
+    explainer = Explainer("occlusion", {"window": 4, "stride": 4})
+    sl.metrics.get("input_invariance")()(maps, x=x, model=net, target=target, explainer=explainer)
+    with Engine(as_model(net)).folded_session(x) as did:
+        assert did
 
 
 class _Switchable(nn.Module):

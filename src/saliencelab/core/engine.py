@@ -28,7 +28,7 @@ from .backward import Backward, install_backward_mode
 from .batching import ChunkPlan, batch_rows, default_budget
 from .errors import SaliencelabError
 from .fused import folded, has_hooks
-from .inplace import inplace_activations, inplace_choice, switched_on
+from .inplace import inplace_activations
 from .layers import get_layer, module_name, refuse_script
 from .layout import channels_last_known, probe_channels_last, probed
 from .row_versions import chunk_samples
@@ -180,20 +180,6 @@ class Engine:
             with inplace_activations(self.module, example, probe=probe, modules=modules):
                 yield did
 
-    def _inplace_gradients(
-        self, example: torch.Tensor, n_rows: int, plain: bool
-    ) -> list[nn.Module]:
-        """The activations a gradient pass with the plain backward may run in place
-        (core/inplace.py, `grad`): none for a model with hooks; probed for passes of at least
-        `FOLD_MIN_ROWS` rows."""
-        if not plain:
-            return []
-        modules = submodules(self.module)
-        if has_hooks(self.module, modules):
-            return []
-        probe = n_rows >= FOLD_MIN_ROWS
-        return inplace_choice(self.module, example, probe=probe, modules=modules, grad=True)
-
     def probe_layout(self, x: torch.Tensor) -> bool:
         """Find out once whether inputs like `x` may run channels-last (core/layout.py).
 
@@ -254,13 +240,6 @@ class Engine:
             dev = self.device
             example = _example(make_inputs, example, dev)
             nhwc = n_rows >= NHWC_MIN_ROWS and channels_last_known(self.module, example)
-            # Activations in place (core/inplace.py) where nothing of ours or the user's reads
-            # them: the plain backward and no hook on the model. A captured layer's output is
-            # kept while the model goes on with a copy (`capture`), which an activation after it
-            # may overwrite. Chosen before any hook of ours is installed; switched on around
-            # each chunk's forward only (the caller runs between chunks).
-            plain = isinstance(backward, str) and backward == "plain"
-            inplace = self._inplace_gradients(example, n_rows, plain)
             captured: dict[str, torch.Tensor] = {}
             # Inside the chunk's forward (a checkpoint's recomputation in backward: no 2nd call).
             forwarding = [False]
@@ -314,7 +293,6 @@ class Engine:
                         torch.enable_grad() if input_grad else torch.no_grad(),
                         _count_saved_bytes(plan, len(rows)),
                         chunk_samples(samples),
-                        switched_on(inplace),
                     ):
                         if input_grad:
                             x.requires_grad_(True)
@@ -398,9 +376,13 @@ class Engine:
             # A plain pass runs with BatchNorm folded (core/fused.py).
             reached_output = layer_target(target) is None
             plain = fold and edit is None and reached_output
-            stack.enter_context(self._folding(plain, example, n_rows, inplace=True))
             # Channels-last rows on CPU where the model gives the same output (core/layout.py).
             nhwc = n_rows >= NHWC_MIN_ROWS and channels_last_known(self.module, example)
+            # The probes run a row in the pass's layout: an op may return a copy in one layout
+            # and a view in the other (`.contiguous()`, `reshape`), so which activations may
+            # overwrite their input depends on it (core/inplace.py).
+            probe_row = example.contiguous(memory_format=torch.channels_last) if nhwc else example
+            stack.enter_context(self._folding(plain, probe_row, n_rows, inplace=True))
             current_rows: list[torch.Tensor] = []
             if edit is not None:
                 layer, fn = edit

@@ -9,8 +9,10 @@ off, full occlusion 0.90-0.96×, 8-row forwards of EfficientNet-Lite0 (33 ReLU6)
 
 `inplace_activations(module, example)` turns the switches on for a `with` block and puts every
 switch back on exit. Which activations may run in place is found once per model structure (and
-per set of forwards replaced on the instance, as folding BatchNorm does) by a probe forward of
-one row (`example[:1]`) that records every ATen operator (a `TorchDispatchMode`): an activation
+per set of forwards replaced on the instance, as folding BatchNorm does, and per memory layout
+of the rows: `.contiguous()` or `reshape` copy NCHW rows but may return a view of channels-last
+ones, so the engine probes a row in its pass's layout) by a probe forward of one row
+(`example[:1]`) that records every ATen operator (a `TorchDispatchMode`): an activation
 qualifies when, at every call, its input
 
 - is the output of an operator of this forward (not the model's input, a parameter or a buffer)
@@ -20,29 +22,15 @@ qualifies when, at every call, its input
 The choice is kept only if the probe's output with those activations in place equals the output
 without them exactly. Reads the operators do not show are not seen (a tensor kept by the model
 for later use outside its forward, `.data` aliases): the engine's passes read only the output.
+Nor are reads that the probe's forward does not make: a forward whose Python reads an
+activation's input only for some batch sizes, flags or values (a model with such a forward runs
+as it is when it carries any hook: a hook turns every plain-pass speed-up off).
 
 The engine runs its plain forward-only passes this way (`Engine.forwards`, where it folds
-BatchNorm: no layer edit, no layer target, no hook on the model), and its gradient passes with
-the plain backward on a model without hooks (`Engine.gradients`: the saliency family,
-integrated gradients, SmoothGrad, Grad-CAM and the other gradient CAMs, the explanations the
-metrics recompute; a layer the pass captures is kept while the model goes on with a copy).
-There backward must also not need what an activation overwrites. The gradient probe
-(`grad=True`) records the forward with autograd on, where autograd keeping an operator's output
-for its backward (e.g. a sigmoid's) shows as a read of it (`aten.detach`), and then runs the
-row's backward with the activations in place: the choice is kept only if no error is raised
-(autograd's version counters catch a kept tensor that was overwritten) and the input gradient
-equals the one without them exactly (a custom `autograd.Function` may keep its output where no
-counter sees it). An activation's own backward reads its result (ReLU, ReLU6) or its input
-(SiLU, which autograd then keeps a copy of). Only `nn.ReLU` is switched there
-(`GRAD_ACTIVATIONS`): measured on one CPU thread (forward + input gradient of 8 rows through
-three 32-channel convolutions at 64×64, values equal), in place / off is 0.89-0.95 for ReLU,
-0.94-1.05 for ReLU6, 1.04 for Hardtanh and Threshold, 1.0 for LeakyReLU, Hardswish and Mish,
-and 1.13 for SiLU (autograd keeps a copy of its input). Forward + input gradient of the shapes
-CNN (4 ReLU) on 8 rows as a bare loop: 0.93-0.95; in a call of one such pass (`sl.explain` of
-saliency, random logit, MPRT, input invariance) 0.98-1.0, within noise; SmoothGrad of 8 shapes
-images (200 rows): 0.96-0.97 (benchmarks/inplace_activations.py). Backward rules that hook
-activations (guided backprop, deconvolution, DeepLIFT, LRP) and a user's hooks keep the
-switches off: they may read the tensors an activation would overwrite.
+BatchNorm: no layer edit, no layer target, no hook on the model). Gradient passes run the model
+as it is: measured in the eighteenth session (benchmarks/README.md), ReLU in place there saved
+3-4 % on SmoothGrad and nothing measurable on a one-pass call, not worth a map that a model's
+unseen read could change.
 """
 
 from __future__ import annotations
@@ -57,6 +45,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from ..models.model import logits_of
+from .layout import memory_format_of
 from .state import Hooks, submodules
 
 # Elementwise activations whose `inplace` switch gives the same values written into the input.
@@ -75,10 +64,7 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.Threshold,
 )
 
-# The activations switched in passes that run backward (see the module docstring).
-GRAD_ACTIVATIONS: tuple[type[nn.Module], ...] = (nn.ReLU,)
-
-# module -> {(grad, structure, replaced forwards): the activations that may run in place}
+# module -> {(structure, folded): the activations that may run in place}
 _FOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -89,64 +75,46 @@ def inplace_activations(
     probe: bool = True,
     modules: list[nn.Module] | None = None,
 ) -> Iterator[int]:
-    """Run the model's qualifying activations in place inside the block (yields how many), for
-    forward-only passes (passes that run backward: `inplace_choice(..., grad=True)` and
-    `switched_on`).
+    """Run the model's qualifying activations in place inside the block (yields how many).
 
     `example`: a batch like the pass's inputs (its first row is probed). With `probe=False`
     only a choice found earlier is used. Call with the model in the state it runs in (eval
     mode, frozen, no hooks, BatchNorm folded or not), and add no hook inside the block.
     `modules`: its `submodules`, where the caller has them.
     """
-    chosen = inplace_choice(module, example, probe, modules)
-    with switched_on(chosen):
-        yield len(chosen)
-
-
-@contextmanager
-def switched_on(chosen: list[nn.Module]) -> Iterator[None]:
-    """The `inplace` switches of `chosen` (from `inplace_choice`) on inside the block, each put
-    back on exit (a few µs: a pass that yields between chunks switches around each chunk)."""
-    switched = [m for m in chosen if not m.inplace]
+    chosen = _activations(module, example, probe, modules)
+    switched = [(m, m.inplace) for m in chosen if not m.inplace]
     try:
-        for m in switched:
+        for m, _ in switched:
             m.inplace = True
-        yield
+        yield len(chosen)
     finally:
-        for m in switched:
-            m.inplace = False
+        for m, before in switched:
+            m.inplace = before
 
 
-def inplace_choice(
-    module: nn.Module,
-    example: torch.Tensor,
-    probe: bool = True,
-    modules: list[nn.Module] | None = None,
-    grad: bool = False,
+def _activations(
+    module: nn.Module, example: torch.Tensor, probe: bool, modules: list[nn.Module] | None
 ) -> list[nn.Module]:
     """The activations of the model's current structure that may run in place (found by the
-    probe on first use, kept per structure, per kind of pass and per set of modules whose
-    forward is replaced on the instance: BatchNorm folded (core/fused.py), layers with row
-    versions, input invariance's first layer). Arguments as `inplace_activations`; `grad`: for
-    passes that run backward (only `GRAD_ACTIVATIONS`, checked by the gradient probe)."""
+    probe on first use, kept per structure and per set of modules whose forward is replaced on
+    the instance: BatchNorm folded (core/fused.py), layers with row versions)."""
     modules = submodules(module) if modules is None else modules
     key = (
-        grad,
         tuple(map(id, modules)),
         tuple(id(m) for m in modules if "forward" in m.__dict__),
+        memory_format_of(example),  # a copy in one layout may be a view in the other
     )
     found = _FOUND.setdefault(module, {})
     if key in found:
         return found[key]
     if not probe:
         return []
-    candidates = [
-        m for m in modules if _is_switchable(m) and (not grad or isinstance(m, GRAD_ACTIVATIONS))
-    ]
+    candidates = [m for m in modules if _is_switchable(m)]
     chosen: list[nn.Module] = []
     if candidates and not isinstance(module, torch.jit.ScriptModule):
         try:
-            chosen = _probe(module, example[:1].detach().clone(), candidates, grad)
+            chosen = _probe(module, example[:1].detach().clone(), candidates)
         except Exception:  # noqa: BLE001  (a model the probe cannot run: leave it as it is)
             chosen = []
     found[key] = chosen
@@ -179,53 +147,40 @@ class _Reads(TorchDispatchMode):
         return out
 
 
-def _run(module: nn.Module, row: torch.Tensor, grad: bool) -> tuple[torch.Tensor, ...]:
-    """The probe row's logits and, with `grad`, the gradient of their sum to the row."""
-    if not grad:
-        with torch.no_grad():
-            return (logits_of(module.forward(row)),)
-    leaf = row.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        out = logits_of(module.forward(leaf))
-        (g,) = torch.autograd.grad(out.sum(), leaf)
-    return out.detach(), g
-
-
-def _probe(
-    module: nn.Module, row: torch.Tensor, candidates: list[nn.Module], grad: bool = False
-) -> list[nn.Module]:
+def _probe(module: nn.Module, row: torch.Tensor, candidates: list[nn.Module]) -> list[nn.Module]:
     """The candidates whose every call reads a tensor of its own (see the module docstring),
-    checked to leave the probe's output (and, with `grad`, its input gradient) unchanged."""
+    checked to leave the probe's output unchanged."""
     fed: dict[nn.Module, list[torch.Tensor]] = {m: [] for m in candidates}
 
     def pre(m: nn.Module, args: tuple) -> None:
         fed[m].append(args[0] if args and isinstance(args[0], torch.Tensor) else None)
 
-    with Hooks() as hooks:
-        for m in candidates:
-            hooks.add(m.register_forward_pre_hook(pre))
-        with torch.set_grad_enabled(grad):  # the forward as the pass runs it (no backward)
+    with torch.no_grad():
+        with Hooks() as hooks:
+            for m in candidates:
+                hooks.add(m.register_forward_pre_hook(pre))
             with _Reads() as seen:
-                plain_out = logits_of(module.forward(row.requires_grad_(grad)))
-    del plain_out
-    row = row.detach()
-    chosen = [
-        m
-        for m, inputs in fed.items()
-        if not m.inplace
-        and inputs
-        and all(
-            t is not None
-            and t._base is None
-            and id(t) in seen.made
-            and seen.reads.get(id(t), 0) == 1
-            for t in inputs
-        )
-    ]
-    if not chosen:
-        return []
-    plain = _run(module, row, grad)
-    with switched_on(chosen):
-        fast = _run(module, row, grad)  # autograd raises if a saved tensor was overwritten
-    same = all(torch.equal(a, b) for a, b in zip(fast, plain, strict=True))
-    return chosen if same else []
+                plain = logits_of(module.forward(row))
+        chosen = [
+            m
+            for m, inputs in fed.items()
+            if not m.inplace
+            and inputs
+            and all(
+                t is not None
+                and t._base is None
+                and id(t) in seen.made
+                and seen.reads.get(id(t), 0) == 1
+                for t in inputs
+            )
+        ]
+        if not chosen:
+            return []
+        for m in chosen:
+            m.inplace = True
+        try:
+            fast = logits_of(module.forward(row))
+        finally:
+            for m in chosen:
+                m.inplace = False
+    return chosen if torch.equal(fast, plain) else []

@@ -188,14 +188,14 @@ def shifted_model(
     Where the layer's response to the shift (`layer_offset`) is the same at every position (a
     Linear layer, a Conv2d without zero padding) and the layer has a bias, the bias b becomes
     b − W·shift, in place. With zero padding the border outputs see unshifted zeros, so the
-    exact correction is position-dependent: the layer's forward is replaced on the instance by
-    one that subtracts the offset from its output (also for a layer without a bias; the layer's
-    own forward hooks see the corrected output). Not a hook: a model with hooks runs its passes
-    as it is, while one without them gets the engine's plain-pass speed-ups (activations in
-    place, core/inplace.py). On exit, also on an error, the model is as it was: the same tensor
-    objects with the same values (the bias copied back in place, so its version counter tells
-    caches of the weights, e.g. core/fused.py, that it changed twice) and the layer's forward
-    its own again.
+    exact correction is position-dependent: a forward hook on the layer subtracts the offset from
+    its output (also for a layer without a bias). A hook, not a replaced forward: LRP's rules run
+    the layer's own forward with other weights swapped in (W⁺, flat ones), which must not get
+    the offset of W, and the engine neither folds BatchNorm into a hooked model (the folded
+    layer would still subtract the unfolded offset) nor remembers it unfoldable. On exit, also
+    on an error, the model is as it was: the same tensor objects with the same values (the bias
+    copied back in place, so its version counter tells caches of the weights, e.g.
+    core/fused.py, that it changed twice) and no hook left.
     """
     module = model.module
     name = first_layer(module, x[:1])[0] if layer is None else layer
@@ -232,7 +232,7 @@ def shifted_model(
     # engine's rows on CPU) is ~10× slower. The copies are kept with a kept offset (the
     # channels-last copy of the shapes CNN's took 0.13 ms a call).
 
-    def corrected(out: torch.Tensor) -> torch.Tensor:
+    def hook(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
         if out.shape[1:] != offset.shape[1:]:
             raise SaliencelabError(
                 "input_invariance built its shifted model for inputs of shape "
@@ -248,20 +248,11 @@ def shifted_model(
             return out.sub_(like_out)
         return out - like_out
 
-    previous = first.__dict__.get("forward")  # an instance-level forward of its own, if any
-    own_forward = first.forward
-
-    def forward(*args, **kwargs):
-        return corrected(own_forward(*args, **kwargs))
-
-    first.forward = forward
+    handle = first.register_forward_hook(hook)
     try:
         yield model
     finally:
-        if previous is None:
-            first.__dict__.pop("forward", None)
-        else:
-            first.__dict__["forward"] = previous
+        handle.remove()
 
 
 @register_metric
