@@ -22,7 +22,6 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,7 +31,7 @@ from saliencelab.core import batching
 from saliencelab.metrics.base import metric_classes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ab_summary, add_malloc_option, alternated, use_malloc  # noqa: E402
+from harness import ab_swapped, add_malloc_option, use_malloc  # noqa: E402
 
 SETTINGS = {"deletion": {"steps": 16}, "insertion": {"steps": 16}}
 
@@ -93,18 +92,8 @@ def compare(name: str, images: int, repeats: int) -> dict:
         )
         return metric.compute().values
 
-    new_cut = batching._balanced
-
-    def use(cut: Callable) -> Callable[[], None]:
-        return lambda: setattr(batching, "_balanced", cut)
-
-    try:
-        times, values = alternated(
-            {"old": use(old_cut), "new": use(new_cut)}, call, repeats, warmup=15
-        )  # fmt: skip
-    finally:
-        batching._balanced = new_cut
-    ab = ab_summary(times, values, "new", "old")
+    ways = {"old": old_cut, "new": batching._balanced}
+    ab = ab_swapped(batching, "_balanced", ways, call, repeats, "new", "old", warmup=15)
     assert ab["max_diff"] < 1e-5, f"{name}: the cuts disagree by {ab['max_diff']}"
     row = {"metric": name, "images": images, "old_ms": ab["old_ms"], "new_ms": ab["new_ms"],
            "new_over_old": ab["ratio"], "max_diff": ab["max_diff"]}  # fmt: skip

@@ -261,6 +261,28 @@ def ab_summary(
     }
 
 
+def ab_swapped(
+    owner: Any,
+    attr: str,
+    ways: dict[str, Any],
+    call: Callable[[], Any],
+    repeats: int,
+    new: str,
+    old: str,
+    **options: Any,
+) -> dict[str, float]:
+    """`ab_summary` of `alternated` over versions of `owner.attr` (`ways`: name -> the object
+    put there for that way, e.g. a library function and its stand-in); `owner.attr` is put
+    back afterwards, also on an error. `options`: `alternated`'s."""
+    real = getattr(owner, attr)
+    switches = {name: (lambda v=v: setattr(owner, attr, v)) for name, v in ways.items()}
+    try:
+        times, values = alternated(switches, call, repeats, **options)
+    finally:
+        setattr(owner, attr, real)
+    return ab_summary(times, values, new, old)
+
+
 class Floor:
     """Plain forward+backward passes of `module`, parameters frozen, at a given chunk size."""
 

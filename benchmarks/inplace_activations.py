@@ -37,13 +37,7 @@ from saliencelab.core.engine import Engine
 from saliencelab.metrics.base import metric_classes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (  # noqa: E402
-    ab_summary,
-    add_malloc_option,
-    alternated,
-    benchmark_inputs,
-    use_malloc,
-)
+from harness import ab_swapped, add_malloc_option, benchmark_inputs, use_malloc  # noqa: E402
 
 CASES = ("shapes:deletion", "shapes:completeness", "shapes:occlusion", "lite0:forwards")
 
@@ -91,18 +85,8 @@ def _case(name: str) -> Callable[[], torch.Tensor]:
 
 def compare(name: str, repeats: int) -> dict:
     call = _case(name)
-    real = engine_module.inplace_activations
-
-    def use(way: Callable) -> Callable[[], None]:
-        return lambda: setattr(engine_module, "inplace_activations", way)
-
-    try:
-        times, values = alternated(
-            {"in place": use(real), "off": use(_switched_off)}, call, repeats
-        )  # fmt: skip
-    finally:
-        engine_module.inplace_activations = real
-    ab = ab_summary(times, values, "in place", "off")
+    ways = {"in place": engine_module.inplace_activations, "off": _switched_off}
+    ab = ab_swapped(engine_module, "inplace_activations", ways, call, repeats, "in place", "off")
     row = {"case": name, "in_place_ms": ab["new_ms"], "off_ms": ab["old_ms"],
            "in_place_over_off": ab["ratio"], "max_diff": ab["max_diff"]}  # fmt: skip
     print(
