@@ -150,6 +150,32 @@ def test_layer_methods_on_torchscript_say_why(net, x, layer):
     _assert_clean(compiled, training=True)
 
 
+@pytest.mark.parametrize("how", ["script", "trace"])
+@pytest.mark.parametrize(
+    "metric, why",
+    [
+        ("input_invariance", "absorbs a shift of the inputs into the model's first layer"),
+        ("model_randomisation", "re-initialises the model's layers"),
+    ],
+)
+def test_metrics_that_change_the_layers_refuse_torchscript(net, x, how, metric, why):
+    """Were: RuntimeError `register_forward_pre_hook` / `get_submodule is not supported on
+    ScriptModules`; the metrics that only run the model score it (same values as the Python
+    model's)."""
+    compiled = _scripted(net, x, how)
+    ex = sl.explain(net, x, methods="saliency", target=1)
+    with pytest.raises(SaliencelabError, match=f"^{metric} {why}.*TorchScript model"):
+        sl.evaluate(compiled, x, ex, metrics=metric, target=1, references=False)
+    _assert_clean(compiled)
+    scripted, python = (
+        sl.evaluate(m, x, ex, metrics="completeness", target=1, references=False)["saliency"][
+            "completeness"
+        ].values
+        for m in (compiled, net)
+    )
+    torch.testing.assert_close(scripted, python)
+
+
 def test_a_scripted_submodule_is_refused_too(x):
     torch.manual_seed(0)
     inner = _scripted(BNNet().eval(), x, "script")

@@ -8,6 +8,7 @@ left exactly as it was."""
 from __future__ import annotations
 
 import collections
+import warnings
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from conftest import TwiceConv
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
+from torch.utils.checkpoint import checkpoint
 
 import saliencelab as sl
 from saliencelab.core.errors import SaliencelabError
@@ -223,6 +225,46 @@ def test_a_score_without_gradient_is_one_sentence():
     for methods in ("gradcam", ["saliency", "gradcam"]):
         with pytest.raises(SaliencelabError, match="no gradient to the layer aux"):
             sl.explain(aux, x, methods=methods, layer="aux")
+
+
+class Checkpointed(Net):
+    """The features run through `torch.utils.checkpoint` (reentrant or not)."""
+
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.reentrant = reentrant
+
+    def forward(self, x):
+        f = checkpoint(self.features, x, use_reentrant=self.reentrant)
+        return self.fc(f.mean((2, 3)))
+
+
+def test_a_checkpointed_forward_works_and_a_reentrant_one_is_one_sentence():
+    """A non-reentrant checkpoint gives the maps of the same model without it; a reentrant one
+    (which autograd.grad cannot pass) stops gradient methods with one sentence naming the fix
+    (was autograd's RuntimeError; Grad-CAM's said only "no gradient"), occlusion works, and
+    the model is left as it was."""
+    x = _inputs()
+    plain = Checkpointed(reentrant=False).eval()
+    reference = _saliency_by_hand(plain, x)
+    torch.testing.assert_close(sl.explain(plain, x, methods="saliency")["saliency"].maps, reference)
+    model = Checkpointed(reentrant=True).eval()
+    model.load_state_dict(plain.state_dict())
+    before = _state(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: "None of the inputs have requires_grad=True"
+        for name in ("saliency", "integrated_gradients", "smoothgrad", "input_x_gradient"):
+            with pytest.raises(SaliencelabError, match="use_reentrant=False"):
+                sl.explain(model, x, methods=name)
+            _assert_same_state(model, before)
+        with pytest.raises(SaliencelabError, match="reentrant torch.utils.checkpoint"):
+            sl.explain(model, x, methods={"gradcam": {"layer": "conv2"}})
+        _assert_same_state(model, before)
+        occlusion = sl.explain(model, x, methods="occlusion", window=4, stride=4)["occlusion"]
+    torch.testing.assert_close(
+        occlusion.maps,
+        sl.explain(plain, x, methods="occlusion", window=4, stride=4)["occlusion"].maps,
+    )
 
 
 def test_a_layer_run_twice_is_refused_and_the_automatic_layer_passes_it_over():

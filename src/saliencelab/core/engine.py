@@ -323,7 +323,7 @@ class Engine:
                         names += [f"the layer {n}" for n in layers]
                         if not scores.requires_grad:
                             raise SaliencelabError(_no_gradient(" or ".join(names), bool(layers)))
-                        grads = torch.autograd.grad(scores.sum(), wrt, allow_unused=True)
+                        grads = _input_gradients(scores.sum(), wrt)
                         unused = [n for n, g in zip(names, grads, strict=True) if g is None]
                         if unused:
                             raise SaliencelabError(_no_gradient(unused[0], bool(layers)))
@@ -498,13 +498,30 @@ def _rows_like(x: torch.Tensor, example: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _input_gradients(score: torch.Tensor, wrt: list[torch.Tensor]) -> tuple:
+    """`torch.autograd.grad(score, wrt)`; a reentrant checkpoint in the model's forward (which
+    autograd.grad cannot go through) is one sentence instead of autograd's RuntimeError."""
+    try:
+        return torch.autograd.grad(score, wrt, allow_unused=True)
+    except RuntimeError as error:
+        if "use_reentrant=True" not in str(error):
+            raise
+        raise SaliencelabError(
+            "The model's forward runs torch.utils.checkpoint with use_reentrant=True, which "
+            "gradients to the input or a layer cannot go through; call it with "
+            "use_reentrant=False (the same memory saving), or use a perturbation method such as "
+            "occlusion."
+        ) from None
+
+
 def _no_gradient(what: str, layers: bool) -> str:
     """The sentence for a target score with no gradient to `what` (the input, a layer)."""
     layer = ", or the layer does not lead to the score" if layers else ""
     pick = " (or pick a layer the score is computed from)" if layers else ""
     return (
         f"The target score has no gradient to {what} (the model's output is integer, detached, "
-        f"or computed under torch.no_grad() in its forward{layer}); make the forward "
+        f"or computed under torch.no_grad() or a reentrant torch.utils.checkpoint in its "
+        f"forward{layer}); make the forward "
         f"differentiable{pick}, or use a perturbation method such as occlusion."
     )
 

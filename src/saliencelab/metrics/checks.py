@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from ..core.engine import all_finite
 from ..core.errors import SaliencelabError
@@ -84,3 +85,13 @@ def check_range(name: str, option: str, value: object) -> tuple[float, float]:
             f"got {value!r}."
         )
     return lo, hi
+
+
+def refuse_script_model(name: str, module: nn.Module, needs: str) -> None:
+    """One sentence where `module` is TorchScript and the metric `name` `needs` its layers (a
+    hook, re-initialising them), which TorchScript does not allow (was PyTorch's RuntimeError)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        raise SaliencelabError(
+            f"{name} {needs}, which a TorchScript model does not allow; load the Python model "
+            "(from 'file.py:build') to score it."
+        )
