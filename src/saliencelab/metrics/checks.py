@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from ..core.backward import compiled_kind
 from ..core.engine import all_finite
 from ..core.errors import SaliencelabError
 
@@ -87,11 +88,19 @@ def check_range(name: str, option: str, value: object) -> tuple[float, float]:
     return lo, hi
 
 
-def refuse_script_model(name: str, module: nn.Module, needs: str) -> None:
-    """One sentence where `module` is TorchScript and the metric `name` `needs` its layers (a
-    hook, re-initialising them), which TorchScript does not allow (was PyTorch's RuntimeError)."""
-    if isinstance(module, torch.jit.ScriptModule):
+def refuse_compiled_model(
+    name: str,
+    module: nn.Module,
+    needs: str,
+    kinds: tuple[str, ...] = ("TorchScript", "torch.export"),
+) -> None:
+    """One sentence where `module` is compiled (`core.backward.compiled_kind`, one of `kinds`)
+    and the metric `name` `needs` its layers as Python modules (a hook on them, re-initialising
+    them), which the compiled graph hides (was PyTorch's RuntimeError, or an error blaming the
+    model's first layer)."""
+    kind = compiled_kind(module)
+    if kind in kinds:
         raise SaliencelabError(
-            f"{name} {needs}, which a TorchScript model does not allow; load the Python model "
+            f"{name} {needs}, which a {kind} model does not allow; load the Python model "
             "(from 'file.py:build') to score it."
         )

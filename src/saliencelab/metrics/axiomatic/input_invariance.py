@@ -20,7 +20,7 @@ from ...core.state import attribution_mode
 from ...models.blackbox import is_blackbox
 from ...models.model import Model, logits_of
 from ..base import EvalBatch, Explainer, Metric, Scores, all_finite, register_metric
-from ..checks import check_choice, refuse_script_model
+from ..checks import check_choice, refuse_compiled_model
 
 # Backward nodes of convolution and linear layers, which do not keep the layer's output: the
 # shift correction may change it in place.
@@ -337,7 +337,7 @@ class InputInvariance(Metric):
                 "which a black-box function does not expose; it needs a model whose first layer "
                 "is an nn.Conv2d or nn.Linear."
             )
-        refuse_script_model(
+        refuse_compiled_model(
             self.name, model.module, "absorbs a shift of the inputs into the model's first layer"
         )
 

@@ -85,7 +85,7 @@ from ...core.row_versions import NotRowwise, is_rowwise, weight_versions
 from ...models.blackbox import is_blackbox
 from ...models.model import Model
 from ..base import EvalBatch, Metric, Scores, register_metric
-from ..checks import check_choice, refuse_script_model
+from ..checks import check_choice, refuse_compiled_model
 from .similarity import check_image_maps, check_similarity, check_similarity_fits, similarity_to
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -202,7 +202,9 @@ def select_stages(
             "model_randomisation re-initialises the model's layers, which a black-box function "
             "does not expose; it needs the model itself (an nn.Module with parameters)."
         )
-    refuse_script_model("model_randomisation", module, "re-initialises the model's layers")
+    refuse_compiled_model(
+        "model_randomisation", module, "re-initialises the model's layers", ("TorchScript",)
+    )
     all_stages = stages(module, granularity)
     if not all_stages:
         raise SaliencelabError("The model has no parameterised layers to randomise.")
