@@ -163,6 +163,31 @@ def test_layer_methods_on_torchscript_say_why(net, x, layer):
 
 
 @pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, x: sl.explain(m, x, methods="gradcam"),
+        lambda m, x: sl.explain(m, x, methods="eigencam", layer="features.4"),
+        lambda m, x: sl.explain(m, x, methods="saliency", target=sl.channel("features.4", 0)),
+        lambda m, x: sl.explain(m, x, methods="cam", layer=m.features),
+        lambda m, x: sl.activations(m, x, layer="features.4"),
+    ],
+)
+def test_layer_methods_on_a_flat_export_graph_point_to_unflatten(net, x, tmp_path, call):
+    """`ExportedProgram.module()` keeps submodules that only hold weights: CAMs said "no layer
+    with a spatial output" and named layers were "not reached (a neuron or channel target
+    stops it...)". Now one sentence pointing to the unflattened model, which works."""
+    flat = _exported(net, x, tmp_path, "program")
+    before = _flags_and_hooks(flat)
+    with pytest.raises(SaliencelabError, match="^A torch.export program's module.*unflatten"):
+        call(flat, x)
+    assert _flags_and_hooks(flat) == before
+    unflattened = _exported(net, x, tmp_path, "file")
+    want = sl.explain(net, x, methods="gradcam", target=1)["gradcam"].maps
+    got = sl.explain(unflattened, x, methods="gradcam", target=1)["gradcam"].maps
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize(
     "how, metric, why",
     [
         (how, "input_invariance", "absorbs a shift of the inputs into the model's first layer")

@@ -257,7 +257,10 @@ def test_a_checkpointed_forward_works_and_a_reentrant_one_is_one_sentence():
             with pytest.raises(SaliencelabError, match="use_reentrant=False"):
                 sl.explain(model, x, methods=name)
             _assert_same_state(model, before)
-        with pytest.raises(SaliencelabError, match="reentrant torch.utils.checkpoint"):
+        with pytest.raises(
+            SaliencelabError,
+            match="layer conv2 .*or a reentrant torch.utils.checkpoint",
+        ):
             sl.explain(model, x, methods={"gradcam": {"layer": "conv2"}})
         _assert_same_state(model, before)
         occlusion = sl.explain(model, x, methods="occlusion", window=4, stride=4)["occlusion"]
@@ -265,6 +268,31 @@ def test_a_checkpointed_forward_works_and_a_reentrant_one_is_one_sentence():
         occlusion.maps,
         sl.explain(plain, x, methods="occlusion", window=4, stride=4)["occlusion"].maps,
     )
+
+
+class Recomputed(Net):
+    """A non-reentrant checkpoint around a block that runs other operators when called again
+    (as a forward changed by hooks between the forward and the backward's recomputation)."""
+
+    calls = 0
+
+    def block(self, x):
+        self.calls += 1
+        h = self.conv1(x)
+        return h * torch.sigmoid(h) if self.calls % 2 else F.relu(h)
+
+    def forward(self, x):
+        f = F.relu(self.conv2(checkpoint(self.block, x, use_reentrant=False)))
+        return self.fc(f.mean((2, 3)))
+
+
+def test_a_checkpoint_recomputing_another_forward_is_one_sentence():
+    """torch's CheckpointError (the recomputation saved other tensors) is one sentence."""
+    model = Recomputed().eval()
+    before = _state(model)
+    with pytest.raises(SaliencelabError, match="recomputation in the backward did not repeat"):
+        sl.explain(model, _inputs(), methods="saliency")
+    _assert_same_state(model, before)
 
 
 def test_a_layer_run_twice_is_refused_and_the_automatic_layer_passes_it_over():

@@ -94,6 +94,9 @@ def test_tabular_inputs_get_no_reference_maps_by_default():
     assert torch.allclose(rep["saliency"]["sparseness"].values, gini.values)
     with pytest.raises(sl.SaliencelabError, match="references=False"):
         sl.evaluate(lin, x, ex, metrics="sparseness", references=["sobel"])
+    for name in ("random", "center_gaussian", "sobel"):  # as methods: what to use instead
+        with pytest.raises(sl.SaliencelabError, match=r"got inputs of shape \(4, 5\); .*saliency"):
+            sl.explain(lin, x, methods=name)
 
 
 def test_unknown_metric_and_curve_names_are_one_sentence(shapes_batch):

@@ -668,6 +668,20 @@ def test_stages_blocks_layers_and_selection(tiny_cnn, images):
     assert r.params["randomised"] == ["features"] and r.curves.shape == (4, 1)
 
 
+def test_stages_look_inside_a_data_parallel_wrapper(tiny_cnn, images):
+    """nn.DataParallel holds the model as `module`: its stages are the model's (was one stage,
+    `module`, so layers=2 asked "for more stages than the model's 1")."""
+    wrapped = nn.DataParallel(tiny_cnn)
+    assert [(s.name, s.layers) for s in stages(wrapped)] == [
+        (f"module.{s.name}", [f"module.{n}" for n in s.layers]) for s in stages(tiny_cnn)
+    ]
+    before = {k: v.clone() for k, v in wrapped.state_dict().items()}
+    maps = sl.explain(tiny_cnn, images, ["saliency"], target=0)["saliency"].maps
+    r = MPRT(layers=2)(maps, x=images, model=wrapped, target=0, explainer="saliency")
+    assert r.params["randomised"] == ["module.fc", "module.features.2"]
+    assert all(torch.equal(before[k], v) for k, v in wrapped.state_dict().items())
+
+
 def test_a_parametrized_layer_is_one_step_with_its_originals():
     from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 

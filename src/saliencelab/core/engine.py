@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import CheckpointError
 
 from ..models.model import Model, logits_of
 from .backward import Backward, install_backward_mode
@@ -504,6 +505,13 @@ def _input_gradients(score: torch.Tensor, wrt: list[torch.Tensor]) -> tuple:
     try:
         return torch.autograd.grad(score, wrt, allow_unused=True)
     except RuntimeError as error:
+        if isinstance(error, CheckpointError):
+            raise SaliencelabError(
+                "The model's forward runs torch.utils.checkpoint, whose recomputation in the "
+                "backward did not repeat the forward (the forward differs between calls, or "
+                "the method's hooks change it); explain the model without checkpointing, or "
+                "use a perturbation method such as occlusion."
+            ) from None
         if "use_reentrant=True" not in str(error):
             raise
         raise SaliencelabError(

@@ -7,6 +7,7 @@ import logging
 import torch
 from torch import nn
 
+from .backward import compiled_kind
 from .errors import SaliencelabError, closest
 from .state import Hooks, eval_mode
 
@@ -22,14 +23,27 @@ SCRIPT_LAYERS = (
 )
 
 
+FLAT_EXPORT_LAYERS = (
+    "A torch.export program's module() is one flat graph of operators, so layer methods (CAMs, "
+    "layer targets) find no layers to hook; load the .pt2 file with sl.load_model (which "
+    "unflattens it) or pass torch.export.unflatten(program), or use a method without layers "
+    "such as saliency."
+)
+
+
 def refuse_script(module: nn.Module) -> None:
     """One sentence instead of PyTorch's `register_forward_hook is not supported on
-    ScriptModules` for a layer (or model) that is TorchScript."""
+    ScriptModules` for a layer (or model) that is TorchScript, and instead of "no spatial
+    layer" / "layer not reached" for a flat torch.export graph (`ExportedProgram.module()`),
+    whose submodules only hold weights (the graph calls operators, never them)."""
     if isinstance(module, torch.jit.ScriptModule):
         raise SaliencelabError(SCRIPT_LAYERS)
+    if isinstance(module, torch.fx.GraphModule) and compiled_kind(module) == "torch.export":
+        raise SaliencelabError(FLAT_EXPORT_LAYERS)
 
 
 def module_name(root: nn.Module, layer: nn.Module) -> str:
+    refuse_script(root)
     refuse_script(layer)
     for name, m in root.named_modules():
         if m is layer:

@@ -29,7 +29,8 @@ def _spatial(ctx: Context) -> tuple[int, int, int]:
     x = ctx.x
     if x.dim() != 4:
         raise SaliencelabError(
-            f"Reference maps are for images (B, C, H, W), got inputs of shape {tuple(x.shape)}."
+            f"Reference maps are for images (B, C, H, W), got inputs of shape {tuple(x.shape)}; "
+            "explain these inputs with a gradient or perturbation method such as saliency."
         )
     return x.shape[0], x.shape[-2], x.shape[-1]
 

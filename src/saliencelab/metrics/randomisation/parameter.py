@@ -11,8 +11,9 @@ Layers and stages. A *layer* is a module that owns parameters (or has `reset_par
 buffers, e.g. BatchNorm's running statistics). `granularity="layer"` randomises one layer per
 step, in `named_modules` order reversed (Quantus' MPRT does the same). `granularity="block"`
 (default) groups layers into *stages*: each top-level child of the model is a stage, a container
-(`nn.Sequential`, `nn.ModuleList`, `nn.ModuleDict`) is split into its children, and a
-normalisation layer that is a stage of its own joins the stage before it. EfficientNet-Lite0 so
+(`nn.Sequential`, `nn.ModuleList`, `nn.ModuleDict`, and a `DataParallel` wrapper) is split
+into its children, and a normalisation layer that is a stage of its own joins the stage before
+it. EfficientNet-Lite0 so
 has 19 stages: `_conv_stem` (+ `_bn0`), `_blocks.0` … `_blocks.15`, `_conv_head` (+ `_bn1`),
 `_fc`. `layers` restricts the stages: an int k keeps the k stages nearest the output, a list of
 names picks stages or modules (a module = all layers inside it). A layer parametrized with
@@ -88,7 +89,9 @@ from ..base import EvalBatch, Metric, Scores, register_metric
 from ..checks import check_choice, refuse_compiled_model
 from .similarity import check_image_maps, check_similarity, check_similarity_fits, similarity_to
 
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)  # split into their children
+# Hold the model as `module`: its stages are the model's.
+_WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
 
 # Steps share an explanation call while the repeated inputs take at most this many bytes.
 BATCHED_INPUT_BYTES = 64 * 2**20
@@ -138,8 +141,9 @@ def _stage_key(root: nn.Module, name: str) -> str:
     mod = root
     for part in name.split("."):
         key.append(part)
+        wrapped = isinstance(mod, _WRAPPERS)
         mod = mod._modules[part]
-        if not isinstance(mod, _CONTAINERS):
+        if not (wrapped or isinstance(mod, _CONTAINERS)):
             break
     return ".".join(key)
 
