@@ -130,7 +130,8 @@ def deeplift(
 
     Options: `baselines` (the reference x') "zero" | a number | "blur" (Gaussian blur of the input
     with `blur_sigma` pixels) | "uniform" (noise in each sample's range, `seed`) | a tensor
-    broadcastable to the inputs; `eps`: below this |x - x'| a nonlinearity uses its gradient.
+    broadcastable to the inputs; `eps`: below this |x - x'| a nonlinearity uses its gradient
+    (at least the smallest normal number of the dtype: 6.1e-5 in float16).
     extras["delta"] (B,) is the summation-to-delta gap Σ φ - (S(x) - S(x')).
     """
     name = "deeplift"

@@ -83,6 +83,13 @@ ELEMENTWISE = (
 MAXPOOLS = {nn.MaxPool1d: F.max_pool1d, nn.MaxPool2d: F.max_pool2d, nn.MaxPool3d: F.max_pool3d}
 
 
+def below(dx_abs: torch.Tensor, eps: float) -> torch.Tensor:
+    """|Δx| < eps, with eps raised to the smallest normal number of Δx's dtype: the comparison
+    runs in that dtype, where a smaller eps would round to 0 (float16: 1e-10 → 0, so Δx = 0 was
+    never "small" and 0 / 0 stayed NaN). float32 / float64 / bfloat16 keep eps as it is."""
+    return dx_abs < max(eps, torch.finfo(dx_abs.dtype).tiny)
+
+
 def _safe_ratio(num: torch.Tensor, den: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
     """num / den, and 0 where `small` (no inf or NaN anywhere)."""
     return torch.where(small, torch.zeros_like(num), num / torch.where(small, 1.0, den))
@@ -113,7 +120,7 @@ def rescale_multipliers(
     n = inp.shape[0] // 2
     dx = inp[:n] - inp[n:]
     ratio = (out[:n] - out[n:]).div_(dx)  # inf / NaN where Δx = 0: replaced next
-    small = dx.abs_() < eps
+    small = below(dx.abs_(), eps)
     # Reading whether any |x - x'| is below eps saves the derivative (the same values either
     # way) where the read is free; on a GPU it would wait at every nonlinearity of every chunk.
     if not free_reads(inp.device) or bool(small.any()):
@@ -179,7 +186,7 @@ class _MaxPoolRescale(torch.autograd.Function):
 
         parts = scatter(idx, g * (top - y_ref)) + scatter(idx_ref, g * (y - top))
         dx = x - x_ref
-        small = dx.abs() < ctx.eps
+        small = below(dx.abs(), ctx.eps)
         multiplier = torch.where(small, scatter(idx, g), _safe_ratio(parts, dx, small))
         return _with_zero_half(multiplier), None, None, None
 

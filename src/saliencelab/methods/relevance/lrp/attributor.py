@@ -161,7 +161,16 @@ class _Call:
         out, inputs = self.graph
         self.graph = None
         need = [t for t in inputs if t.requires_grad]
-        grads = iter(torch.autograd.grad(out, need, s, allow_unused=True, materialize_grads=True))
+        # Inside a non-reentrant torch.utils.checkpoint the graph's saved tensors were dropped:
+        # this backward (a graph task of its own) recomputes the checkpointed region, which must
+        # save what its forward saved, so the hooks run there as in the forward (not `_busy`).
+        owner, busy = self.owner, self.owner._busy
+        owner._busy = False
+        try:
+            grads = torch.autograd.grad(out, need, s, allow_unused=True, materialize_grads=True)
+        finally:
+            owner._busy = busy
+        grads = iter(grads)
         return tuple(next(grads) if t.requires_grad else torch.zeros_like(t) for t in inputs)
 
     def unchanged(self) -> bool:
@@ -273,6 +282,16 @@ class LRPRule:
         self._wrapped = _InputRelevance.apply(x)
         return (self._wrapped, *args[1:])
 
+    def _reads_input(self, inputs: tuple[Any, ...]) -> bool:
+        """Whether a layer's only input is the model's input as wrapped by `_wrap_input`. A
+        non-reentrant torch.utils.checkpoint's recomputation may unpack it as another tensor
+        object: the same node's output (its grad_fn) is that input too."""
+        wrapped = self._wrapped
+        if wrapped is None or len(inputs) != 1:
+            return False
+        a = inputs[0]
+        return a is wrapped or (a.grad_fn is not None and a.grad_fn is wrapped.grad_fn)
+
     def _pass_hook(self, module: nn.Module, inputs: tuple[Any, ...], out: Any):
         if self._busy or not isinstance(out, torch.Tensor) or not inputs:
             return None
@@ -308,7 +327,7 @@ class LRPRule:
                 "other than tensors; give it no rule in the composite."
             )
         if not rule.proportional:
-            if self._wrapped is None or inputs[0] is not self._wrapped or len(inputs) != 1:
+            if not self._reads_input(inputs):
                 raise SaliencelabError(
                     f"lrp: the {rule.name} rule applies only to the layer that reads the model's "
                     f"input, but {name} reads another tensor; use it as a composite's first-layer "

@@ -22,8 +22,9 @@ Every edit is registered with `hooks.on_exit(undo)` right after it is made, so t
 restores the original modules and the original parameter *objects* (bit-identical, still tied to
 any optimizer) after the pass, also when it fails. BN layers are paired with the Conv / Linear
 registered right before them in the same parent (true of `nn.Sequential` stacks, torchvision /
-timm blocks and EfficientNet-Lite0); the `lrp` method checks that the canonized model gives the
-same logits and says so if not.
+timm blocks and EfficientNet-Lite0), each BN once even where the same modules are registered in
+several parents; the `lrp` method checks that the canonized model gives the same logits and
+says so if not.
 """
 
 from __future__ import annotations
@@ -101,20 +102,38 @@ class MergeBatchNorm:
 
     def apply(self, model: nn.Module, hooks: Hooks) -> int:
         edits = 0
+        # A module may be registered in several parents (`self.conv`, `self.bn` and again in
+        # `self.block = nn.Sequential(self.conv, self.bn)`): each BN is merged once, and its
+        # other slots after the same layer are only replaced by the identity (merging it again
+        # would scale the layer's weights twice). A layer takes at most one BN.
+        merged: dict[int, nn.Module] = {}  # id(bn) -> the layer it was merged into
+        folded: set[int] = set()  # ids of those layers
         for parent in list(model.modules()):
             children = list(parent._modules.items())
             for (_, layer), (name, bn) in zip(children, children[1:], strict=False):
-                if (
+                if id(bn) in merged:
+                    if merged[id(bn)] is layer:
+                        self._replace(parent, name, bn, hooks)
+                elif (
                     isinstance(bn, _BatchNorm)
                     and bn.running_mean is not None
                     and bn.running_var is not None
                     and _out_features(layer) == bn.num_features
                     and "weight" in layer._parameters  # not a parametrized weight
                     and not any(layer is k for k in self.keep)
+                    and id(layer) not in folded
                 ):
                     self._merge(parent, name, layer, bn, hooks)
+                    merged[id(bn)] = layer
+                    folded.add(id(layer))
                     edits += 1
         return edits
+
+    @staticmethod
+    def _replace(parent: nn.Module, name: str, bn: _BatchNorm, hooks: Hooks) -> None:
+        """Another slot of a BN already merged: the identity there too, undone after."""
+        hooks.on_exit(partial(parent._modules.__setitem__, name, bn))
+        parent._modules[name] = kept(bn, "identity", (), nn.Identity)
 
     @staticmethod
     def _merge(parent: nn.Module, name: str, layer: nn.Module, bn: _BatchNorm, hooks: Hooks):
