@@ -5,6 +5,7 @@ axis named as such, and ties in `EvalReport.best`."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -161,6 +162,9 @@ def test_metric_objects_keep_their_signature_and_positional_options():
     [
         (torch.full((2, 8, 8), 0.5), r"values other than 0 and 1 \(e\.g\. 0\.5\)"),
         (torch.full((2, 8, 8), float("nan")), r"NaN, infinite or complex"),
+        # integer masks too (were read as mask != 0): label maps, 0/255 images
+        (torch.full((2, 8, 8), 2), r"values other than 0 and 1 \(e\.g\. 2\).*masks == k"),
+        (torch.full((2, 8, 8), 255, dtype=torch.int64), r"e\.g\. 255\)"),  # uint8 0/255 is fine
     ],
 )
 def test_soft_or_nan_masks_are_refused(small, masks, words):
@@ -214,3 +218,19 @@ def test_best_of_tied_methods_is_the_first_in_the_reports_order(small):
     )
     assert rep.best("pointing_game") == "zeta"  # higher is better
     assert rep.best("entropy") == "zeta"  # lower is better
+
+
+def test_refusals_say_what_to_give_instead(small):
+    """Each sentence names the fix (were: what was wrong only)."""
+    net, x, maps = small
+    m = maps["saliency"].maps
+    cases = [
+        (lambda: sl.evaluate(net, x, {}, metrics="sparseness"), r"dict of at least one"),
+        (lambda: sl.metrics.get("sparseness")()(m.numpy()), r"torch\.from_numpy\(maps\)"),
+        (lambda: sl.explain(net, x, methods="saliency", target=np.array([0, 1])), "as_tensor"),
+        (lambda: sl.explain(net, x, methods="saliency", target=99), "target=None for each"),
+        (lambda: sl.evaluate(net, x, maps, metrics="deletion", target=99), "target=None"),
+    ]
+    for call, words in cases:
+        with pytest.raises(sl.SaliencelabError, match=words):
+            call()

@@ -342,6 +342,28 @@ def test_ssim_of_a_map_gone_flat_is_zero_not_near_one(dtype, normalise):
     assert S.ssim(flat[:1], torch.zeros(1, 64, 64, dtype=dtype), normalise=normalise) == 1
 
 
+def test_similarities_of_equal_maps_are_one_not_above(tiny_cnn, images):
+    """float32 SSIM of a map with itself came out 1 + ~3e-8, outside the value range [-1, 1]
+    (random logit hit it where the random class's map equalled the target's)."""
+    torch.manual_seed(0)
+    maps = torch.rand(8, 64, 64)
+    for name in ("ssim", "spearman", "spearman_abs", "hog"):
+        assert (S.similarity(name, maps, maps.clone()) == 1).all(), name
+
+
+@pytest.mark.parametrize("metric", ["random_logit", "model_randomisation"])
+def test_maps_that_require_grad_are_scored_as_their_values(tiny_cnn, images, metric):
+    """Was: SSIM's out= buffers raised autograd's RuntimeError on maps requiring grad."""
+    torch.manual_seed(0)
+    maps = torch.rand(4, 12, 12)
+    settings = {"layers": 2, "similarity": "ssim"} if metric == "model_randomisation" else {}
+    kw = dict(x=images, model=tiny_cnn, target=0, explainer="saliency")
+    want = sl.metrics.get(metric)(**settings)(maps, **kw).values
+    for given in (maps.clone().requires_grad_(), maps.clone().requires_grad_() * 1.0):
+        got = sl.metrics.get(metric)(**settings)(given, **kw).values
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_similarity_bad_inputs():
     a = torch.rand(2, 8, 8)
     with pytest.raises(SaliencelabError, match="Unknown similarity 'spearmann'.*spearman"):

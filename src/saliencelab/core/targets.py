@@ -119,7 +119,10 @@ def _out_of_range(t: int, n_classes: int | None) -> SaliencelabError:
         if n_classes == 1
         else f"the model has {n_classes} classes (0 to {n_classes - 1})"
     )
-    return SaliencelabError(f"The target class {t} is out of range: {known}.")
+    return SaliencelabError(
+        f"The target class {t} is out of range: {known}; pass a class in that range, or "
+        "target=None for each input's predicted class."
+    )
 
 
 def class_bounds(t: torch.Tensor) -> tuple[int, int]:
@@ -204,9 +207,10 @@ def _resolve(target, batch, n_classes, labels, predictions, device=None) -> Targ
             )
         idx = [_class_index(t, labels, n_classes) for t in target]
         return Target(torch.tensor(idx, dtype=torch.long, device=device))
+    hint = "; pass torch.as_tensor(target)" if type(target).__module__ == "numpy" else ""
     raise SaliencelabError(
         f"A target must be None, an int, a class name, a list, a tensor or a callable, not "
-        f"{type(target).__name__}."
+        f"{type(target).__name__}{hint}."
     )
 
 

@@ -725,13 +725,15 @@ def masks_for(masks: object, maps: torch.Tensor) -> torch.Tensor:
             "The masks contain NaN, infinite or complex values; give bool masks (True on the "
             "object) or 0/1 numbers."
         )
-    if masks.is_floating_point():
-        # soft masks (a resized or predicted mask) would count every nonzero pixel as object
-        off = masks[(masks != 0) & (masks != 1)]
+    if masks.dtype != torch.bool:
+        # soft masks (a resized or predicted mask) would count every nonzero pixel as object,
+        # label maps every labelled one; 0/255 uint8 masks (a mask image) are fine
+        off = masks[(masks != 0) & (masks != 1) & ((masks != 255) | (masks.dtype != torch.uint8))]
         if off.numel():
             raise SaliencelabError(
                 f"The masks hold values other than 0 and 1 (e.g. {float(off[0]):.3g}); give bool "
-                "masks (True on the object), e.g. masks > 0.5 for soft masks."
+                "masks (True on the object), e.g. masks > 0.5 for soft masks, masks == k for "
+                "class k of a label map."
             )
     if masks.dim() == 4 and masks.shape[1] == 1:
         masks = masks[:, 0]
@@ -762,7 +764,11 @@ def checked_maps(
     if maps is None:
         raise SaliencelabError("No maps given; pass the (B, H, W) maps to score.")
     if not isinstance(maps, torch.Tensor):
-        raise SaliencelabError(f"Maps must be a tensor, got {type(maps).__name__}.")
+        hint = " (torch.from_numpy(maps))" if isinstance(maps, np.ndarray) else ""
+        raise SaliencelabError(
+            f"Maps must be a (B, H, W) tensor, got {type(maps).__name__}; pass a tensor{hint}."
+        )
+    maps = maps.detach()  # scored, never differentiated (the similarities write into buffers)
     if maps.dim() == 4 and maps.shape[1] == 1:
         maps = maps[:, 0]
     if maps.dim() < 2:

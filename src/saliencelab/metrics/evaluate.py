@@ -537,7 +537,10 @@ def evaluate(
         refs = ()  # the default: none for tabular inputs
     entries = _maps_of(ex)
     if not entries:
-        raise SaliencelabError("The explanation holds no maps to evaluate.")
+        raise SaliencelabError(
+            "The explanation holds no maps to evaluate; give an sl.explain result or a dict "
+            "of at least one (B, H, W) map, e.g. {'mine': maps}."
+        )
     # A map of the user's under a reference's name would be scored (and skipped by `best`) as
     # that reference; the reference's own map from sl.explain is fine.
     clash = [n for n in refs if n in entries and getattr(entries[n][2], "method", None) != n]

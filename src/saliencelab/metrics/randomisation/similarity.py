@@ -121,7 +121,7 @@ def _correlation(num: torch.Tensor, na: torch.Tensor, nb: torch.Tensor) -> torch
     of squares `na`, `nb` (≥ 0), with the convention for constant sides (`_flat_rule`; a side is
     constant when its sum of squares is 0): 0 when exactly one of na, nb is 0, 1 when both are."""
     den = (na * nb).sqrt()
-    rho = torch.where(den > 0, num / den.clamp_min(1e-300), 0.0)
+    rho = torch.where(den > 0, num / den.clamp_min(1e-300), 0.0).clamp_(-1.0, 1.0)  # rounding
     return _flat_rule(rho, na == 0, nb == 0)
 
 
@@ -329,7 +329,8 @@ def _ssim_to(
         contrast = torch.addcmul(mxy, mx, my, value=-1).mul_(2).add_(c2)  # 2 σxy + C2
         contrast.div_(variance_y.add_(con_x))
         value = luminance.mul_(contrast).mean(dim=(-2, -1), dtype=torch.float64).view(-1)
-        return _flat_rule(value, flat_x.repeat(k), flat_y)
+        # SSIM ≤ 1 (= 1 for equal maps), which float32 rounding may pass by ~1e-8
+        return _flat_rule(value.clamp_(-1.0, 1.0), flat_x.repeat(k), flat_y)
 
     return ssim_to
 
