@@ -30,7 +30,7 @@ from .batching import ChunkPlan, batch_rows, default_budget
 from .errors import SaliencelabError
 from .fused import folded, has_hooks
 from .inplace import inplace_activations
-from .layers import get_layer, module_name, refuse_script
+from .layers import get_layer, module_name, refuse_unhookable
 from .layout import channels_last_known, probe_channels_last, probed
 from .row_versions import chunk_samples
 from .state import Hooks, attribution_mode, submodules, usable_input
@@ -271,7 +271,7 @@ class Engine:
                 return hook
 
             for name, module in layers.items():
-                refuse_script(module)
+                refuse_unhookable(module)
                 hooks.add(module.register_forward_hook(capture(name)))
             # Modes acting through hooks check, after the first forward, that their hooks ran.
             check = install_backward_mode(self.module, backward, hooks)
@@ -391,7 +391,7 @@ class Engine:
                 def hook(module, inputs, out):
                     return _replace_first(out, fn(_first_tensor(out), current_rows[0]))
 
-                refuse_script(layer)
+                refuse_unhookable(layer)
                 hooks.add(layer.register_forward_hook(hook))
             plan = self._plan("forward", n_rows, example, dev)
             checks = _FiniteChecks(plan, dev)
@@ -453,7 +453,7 @@ class Engine:
             seen.append(_first_tensor(out))
             raise _StopForward
 
-        refuse_script(module)
+        refuse_unhookable(module)
         handle = module.register_forward_hook(stop)
         try:
             self.module(x)

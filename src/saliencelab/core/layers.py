@@ -31,7 +31,7 @@ FLAT_EXPORT_LAYERS = (
 )
 
 
-def refuse_script(module: nn.Module) -> None:
+def refuse_unhookable(module: nn.Module) -> None:
     """One sentence instead of PyTorch's `register_forward_hook is not supported on
     ScriptModules` for a layer (or model) that is TorchScript, and instead of "no spatial
     layer" / "layer not reached" for a flat torch.export graph (`ExportedProgram.module()`),
@@ -43,8 +43,8 @@ def refuse_script(module: nn.Module) -> None:
 
 
 def module_name(root: nn.Module, layer: nn.Module) -> str:
-    refuse_script(root)
-    refuse_script(layer)
+    refuse_unhookable(root)
+    refuse_unhookable(layer)
     for name, m in root.named_modules():
         if m is layer:
             return name or "(model)"
@@ -56,7 +56,7 @@ def module_name(root: nn.Module, layer: nn.Module) -> str:
 
 def get_layer(root: nn.Module, name: str) -> nn.Module:
     """The submodule at a dotted name; an unknown name fails with the closest names suggested."""
-    refuse_script(root)
+    refuse_unhookable(root)
     try:
         return root.get_submodule(name)
     except AttributeError:
@@ -78,7 +78,7 @@ def find_spatial_layer(root: nn.Module, x: torch.Tensor) -> str:
     one wins, so the name is the readable one. A module that runs more than once (shared or
     weight-tied) has no single output, and is passed over.
     """
-    refuse_script(root)
+    refuse_unhookable(root)
     order: list[tuple[str, torch.Tensor]] = []  # tensors kept alive: ids are not reused
     calls: dict[str, int] = {}
     with Hooks() as hooks, eval_mode(root), torch.inference_mode():

@@ -13,12 +13,12 @@ step, in `named_modules` order reversed (Quantus' MPRT does the same). `granular
 (default) groups layers into *stages*: each top-level child of the model is a stage, a container
 (`nn.Sequential`, `nn.ModuleList`, `nn.ModuleDict`, and a `DataParallel` wrapper) is split
 into its children, and a normalisation layer that is a stage of its own joins the stage before
-it. EfficientNet-Lite0 so
-has 19 stages: `_conv_stem` (+ `_bn0`), `_blocks.0` … `_blocks.15`, `_conv_head` (+ `_bn1`),
-`_fc`. `layers` restricts the stages: an int k keeps the k stages nearest the output, a list of
-names picks stages or modules (a module = all layers inside it). A layer parametrized with
-`torch.nn.utils.parametrize` (`weight_norm`, `spectral_norm`) is one step at either granularity,
-together with the module that holds its originals (`conv.parametrizations.weight`).
+it. EfficientNet-Lite0 so has 19 stages: `_conv_stem` (+ `_bn0`), `_blocks.0` … `_blocks.15`,
+`_conv_head` (+ `_bn1`), `_fc`. `layers` restricts the stages: an int k keeps the k stages
+nearest the output, a list of names picks stages or modules (a module = all layers inside it).
+A layer parametrized with `torch.nn.utils.parametrize` (`weight_norm`, `spectral_norm`) is one
+step at either granularity, together with the module that holds its originals
+(`conv.parametrizations.weight`).
 
 Randomisation. `init="reset"` (default) calls each layer's own `reset_parameters()` (PyTorch's
 default initialisation of that layer type; BatchNorm gets weight 1, bias 0 and fresh running
