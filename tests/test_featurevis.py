@@ -594,20 +594,22 @@ def test_one_run_renders_several_objectives_each_on_its_own_image(tiny):
 
 
 def test_chunked_passes_give_the_same_images_as_one_batch(tiny):
+    """In float64: Adam's first steps are about lr·sign(g), so a float32 gradient at the rounding
+    level of the batched kernels (which sum in another order per batch size and CPU) moves an
+    image by ~1e-2; float64 rounding is far below any gradient the objectives give."""
+    tiny.module.double()
     objs = [O.channel("features.3", 1) - 0.5 * O.total_variation(), O.class_logit("c")]
-    # Seed 1: Adam's first steps are about lr·sign(g), so for some seeds a gradient at the
-    # rounding level of the batched kernels moves an "fft" image by ~1e-2 (seeds 0 and 2).
     runs = [
         visualize(tiny, objs, steps=8, size=20, batch=6, param=p, chunk=c, seed=1, progress=False)
         for p in ("maco", "fft")
         for c in (6, 4, 1)
     ]
+    assert all(r.images.dtype == torch.float64 for r in runs)
     for group in (runs[:3], runs[3:]):
         for other in group[1:]:
-            # Equal up to float noise (conv kernels may sum in another order per batch size).
-            torch.testing.assert_close(other.images, group[0].images, atol=1e-4, rtol=0)
-            torch.testing.assert_close(other.history, group[0].history, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(runs[1].transparency, runs[0].transparency, atol=1e-4, rtol=0)
+            torch.testing.assert_close(other.images, group[0].images, atol=1e-9, rtol=0)
+            torch.testing.assert_close(other.history, group[0].history, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(runs[1].transparency, runs[0].transparency, atol=1e-9, rtol=0)
     assert [r.chunk for r in runs[:3]] == [6, 4, 1]
     with pytest.raises(SaliencelabError, match="one chunk"):
         visualize(
@@ -620,13 +622,36 @@ def test_an_image_is_the_same_alone_or_first_in_a_batch(param):
     """Image 0 of visualize([A, B]) is visualize(A)'s image, default transforms (MACO's noise
     included): each image starts from its own draw and has its own noise generator. chunk=1 lets
     the model see one image at a time, so its batched kernels' rounding, which Adam amplifies,
-    stays out of the comparison (diversity, batchwise, is the documented exception)."""
+    stays out of the comparison (diversity, batchwise, is the documented exception). In float64,
+    so that the rounding of batched FFTs and transforms stays far below the gradients."""
     model = sl.load_model("shapes_cnn")
+    model.module.double()
     a, b = O.channel("features.12", 3), O.channel("features.12", 5)
     kw = {"param": param, "steps": 4, "size": 50, "chunk": 1, "progress": False}
     alone, first = visualize(model, a, **kw), visualize(model, [a, b], **kw)
-    torch.testing.assert_close(first.images[0], alone.images[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(first.history[:, 0], alone.history[:, 0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(first.images[0], alone.images[0], atol=1e-9, rtol=0)
+    torch.testing.assert_close(first.history[:, 0], alone.history[:, 0], atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_a_model_in_another_dtype_gets_its_inputs_in_that_dtype(tiny, dtype):
+    """The images are optimised in float32 (float64 for a float64 model) and cast to the model's
+    dtype on the way in; the run follows the float32 run up to the dtype's precision."""
+    kw = {"steps": 20, "size": 16, "lr": 0.2, "seed": 0, "progress": False}
+    obj = O.channel("features.3", 5)
+    reference = visualize(tiny, obj, **kw)
+    tiny.module.to(dtype)
+    seen = []
+    handle = tiny.module.features.register_forward_pre_hook(lambda m, i: seen.append(i[0].dtype))
+    try:
+        vis = visualize(tiny, obj, **kw)
+    finally:
+        handle.remove()
+    assert set(seen) == {dtype}
+    assert vis.images.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert vis.history[-1, 0] > 10 * vis.history[0, 0] > 0  # it rose as in float32
+    tol = {torch.float64: 1e-5, torch.float16: 1e-1, torch.bfloat16: 1e-1}[dtype]
+    torch.testing.assert_close(vis.history.float(), reference.history, rtol=tol, atol=1e-4)
 
 
 def test_chunk_search_halves_while_steps_get_faster():

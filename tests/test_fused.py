@@ -183,8 +183,9 @@ def test_engine_folds_only_hook_free_forward_passes():
     torch.testing.assert_close(scores(Engine(model)), expected, rtol=1e-5, atol=1e-6)
     assert calls == [1]  # only the one-row probe ran the BatchNorm itself
     assert "forward" not in module.bn.__dict__  # put back
-    # Engine.logits does not fold: exactly model(x)
-    assert torch.equal(Engine(model).logits(x), expected)
+    # Engine.logits does not fold: every row runs the BatchNorm itself, and the logits are
+    # model(x) up to the rounding of the channels-last convolution (not bit-equal on every CPU)
+    torch.testing.assert_close(Engine(model).logits(x), expected, rtol=1e-6, atol=1e-7)
     assert sum(calls) == 1 + len(x)
     # a user's hook must see the model as it is
     seen = []

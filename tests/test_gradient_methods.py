@@ -174,16 +174,17 @@ def test_riemann_rules_are_exact_on_the_degree_they_should_be():
 
 
 def test_ig_completeness_with_gauss_legendre_and_worse_with_left_riemann():
-    model = _smooth_cnn().float()
+    # float64: one gap is 4e-4, so float32 rounding alone (1e-8 of logits ~1) is 1e-4 of it
+    model = _smooth_cnn()
     torch.manual_seed(1)
-    x = torch.randn(4, 3, 12, 12)
+    x = torch.randn(4, 3, 12, 12, dtype=torch.float64)
     logits = model(x).detach()
     gap = (
         logits.gather(1, TARGETS[:, None])[:, 0]
         - model(torch.zeros_like(x)).detach().gather(1, TARGETS[:, None])[:, 0]
     )
     gl = _run(model, x, "integrated_gradients", n_steps=64)
-    assert (gl.delta.abs() / gap.abs()).max() < 1e-4
+    assert (gl.delta.abs() / gap.abs()).max() < 1e-8
     torch.testing.assert_close(gl.attributions.flatten(1).sum(1) - gap, gl.delta)
     left = _run(model, x, "integrated_gradients", n_steps=8, rule="riemann_left")
     assert (left.delta.abs() / gap.abs()).max() > 1e-2

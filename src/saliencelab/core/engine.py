@@ -428,7 +428,8 @@ class Engine:
     def logits(self, x: torch.Tensor, target: LayerTarget | None = None) -> torch.Tensor:
         """The model's logits for a batch (forward only, chunked); a layer target's readings.
 
-        Run without BatchNorm folding (core/fused.py), so they equal `model(x)` exactly.
+        Run without BatchNorm folding (core/fused.py), so they equal `model(x)` up to the
+        rounding of the channels-last layout on CPU (core/layout.py).
         """
         n = x.shape[0]
         chunks = self.forwards(n, *batch_rows(x), target, fold=False)

@@ -30,7 +30,7 @@ from ..core.context import autograd_allowed
 from ..core.errors import SaliencelabError
 from ..core.layers import get_layer, module_name
 from ..core.state import Hooks, attribution_mode
-from ..models.model import Model, as_model, logits_of
+from ..models.model import Model, as_model, logits_of, parameter_dtype
 from ..neurons.activations import refuse_unsupported
 from ..viz.io import save_image
 from . import transforms as T
@@ -512,7 +512,12 @@ def visualize(
     if not lr > 0:
         raise SaliencelabError(f"lr must be positive, not {lr}.")
     device = m.device
-    image_param = make_param(param, n, hw, seed=seed, decay=decay, valid=valid).to(device)
+    # The images are optimised in float32 (float64 for a float64 model); the model sees them in
+    # its own dtype (a float16 model gets float16 inputs, its gradients come back as float32).
+    model_dtype = parameter_dtype(m) or torch.float32
+    dtype = torch.float64 if model_dtype == torch.float64 else torch.float32
+    image_param = make_param(param, n, hw, seed=seed, decay=decay, valid=valid)
+    image_param = image_param.to(device=device, dtype=dtype)
     transform = _transforms(transforms, param, hw)
     norm = normalize if normalize is not None else default_normalize(m)
     rng = T.Rng(seed, device)
@@ -545,8 +550,8 @@ def visualize(
     search = ChunkSearch(n, fixed=n if batchwise else chunk)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
-    history = torch.zeros(steps, n, device=device)
-    accumulated = torch.zeros(n, *hw, device=device) if maco else None
+    history = torch.zeros(steps, n, device=device, dtype=dtype)
+    accumulated = torch.zeros(n, *hw, device=device, dtype=dtype) if maco else None
     start = time.perf_counter()
     with attribution_mode(module), Hooks() as hooks, _progress(progress) as bar:
         task = bar.add_task(f"visualize ({name})", total=steps)
@@ -587,7 +592,7 @@ def visualize(
             images = image_param()
             if maco:
                 images.retain_grad()
-            x = norm(transform(images, rng))
+            x = norm(transform(images, rng)).to(model_dtype)
             size = search.size
             if size >= n:
                 values = run(x, images, range(n))
