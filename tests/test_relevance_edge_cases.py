@@ -87,6 +87,13 @@ def test_deeplift_on_a_float16_model_is_finite_and_close_to_float32(method):
 # -- LRP on a model whose conv and BatchNorm are registered twice ---------------------------------
 
 
+def _blocks(x: torch.Tensor, *blocks: nn.Module, ckpt: bool) -> torch.Tensor:
+    """The blocks in turn, each under a non-reentrant checkpoint when `ckpt`."""
+    for block in blocks:
+        x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x)
+    return x
+
+
 class _Twice(nn.Module):
     """conv1 and bn registered as attributes and again in block1 (the forward uses block1)."""
 
@@ -100,12 +107,7 @@ class _Twice(nn.Module):
         self.fc = nn.Linear(6, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.ckpt:
-            h = checkpoint(self.block1, x, use_reentrant=False)
-            h = checkpoint(self.block2, h, use_reentrant=False)
-        else:
-            h = self.block2(self.block1(x))
-        return self.fc(h.mean(dim=(2, 3)))
+        return self.fc(_blocks(x, self.block1, self.block2, ckpt=self.ckpt).mean(dim=(2, 3)))
 
 
 class _Once(nn.Module):
@@ -164,12 +166,7 @@ class _BlocksCkpt(nn.Module):
         self.fc = nn.Linear(6, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.ckpt:
-            h = checkpoint(self.block1, x, use_reentrant=False)
-            h = checkpoint(self.block2, h, use_reentrant=False)
-        else:
-            h = self.block2(self.block1(x))
-        return self.fc(self.pool(h).flatten(1))
+        return self.fc(self.pool(_blocks(x, self.block1, self.block2, ckpt=self.ckpt)).flatten(1))
 
 
 @pytest.mark.parametrize(
