@@ -480,8 +480,9 @@ def test_input_invariance_equals_the_copy_based_reference(x8, first, method, mea
     # The same layers, weights and rows: equal to float rounding (a bias-free layer gets a hook
     # here where the reference gave it a bias; and the engine's chunk-size search may cut the
     # rows of the in-place model, explained three times by now, into other chunks than those of
-    # the fresh copy, which rounds differently).
-    torch.testing.assert_close(r.values, expected, rtol=1e-6, atol=1e-9)
+    # the fresh copy, which rounds differently). Saliency's MAE is that rounding itself, ~1e-8
+    # on some CPUs' kernels.
+    torch.testing.assert_close(r.values, expected, rtol=1e-6, atol=1e-7)
     if method == "saliency":
         assert (r.values == 0).all() if measure == "fraction" else r.values.max() < 1e-6
 
