@@ -585,3 +585,30 @@ def test_relu_flag_takes_0_and_1(pool_cnn, x):
 
     assert torch.equal(run(0).maps, run(False).maps)
     assert torch.equal(run(1).maps, run(True).maps)
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["cam", "gradcam", "gradcam_plus_plus", "xgradcam", "hirescam", "layercam", "eigencam"]
+    + ["scorecam", "ablationcam"],
+)
+def test_a_cam_without_its_relu_is_signed(pool_cnn, x, method):
+    """relu=False keeps the signed weighted sum: the map says signed (drawn centred on zero) and
+    is the ReLU'd map where positive; with the ReLU it is unsigned and never negative. At a layer
+    of the input's resolution (12 × 12), so that no upsampling stands between the two."""
+    layer = "features.4" if method == "cam" else "features.1"  # CAM: the layer before the GAP
+    opts = {"layer": layer}
+    with_relu = sl.explain(pool_cnn, x, methods={method: opts}, target=TARGETS)[method]
+    off = {**opts, "relu": False}
+    without = sl.explain(pool_cnn, x, methods={method: off}, target=TARGETS)[method]
+    assert not with_relu.signed and with_relu.maps.min() >= 0
+    assert without.signed
+    # Grad-CAM++, LayerCAM and Score-CAM weigh these post-ReLU activations by non-negative
+    # weights, and EigenCAM's projection is mostly positive here: the others go negative
+    if method in ("cam", "gradcam", "xgradcam", "hirescam", "ablationcam"):
+        assert without.maps.min() < 0
+    if method != "cam":
+        torch.testing.assert_close(without.maps.clamp(min=0), with_relu.maps)
+    both = {"relu": False, "layer": ["features.1", "features.4"]}
+    if method != "cam":
+        assert sl.explain(pool_cnn, x, methods={method: both})[method].signed

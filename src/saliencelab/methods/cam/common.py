@@ -79,8 +79,11 @@ def weighted_sum(a: torch.Tensor, weights: torch.Tensor, relu: bool = True) -> t
     return cam.clamp(min=0) if relu else cam
 
 
-def fuse(ctx: Context, maps: Mapping[str, torch.Tensor], fusion: str = "mean") -> MethodOutput:
-    """One layer's map as is; several layers' maps fused at input resolution.
+def fuse(
+    ctx: Context, maps: Mapping[str, torch.Tensor], fusion: str = "mean", relu: bool = True
+) -> MethodOutput:
+    """One layer's map as is; several layers' maps fused at input resolution; signed when the
+    maps were not passed through the ReLU (`relu=False`).
 
     Fusion: each layer's map (B, h_l, w_l) is upsampled bilinearly to the input (H, W) and divided
     by its largest absolute value per sample (its max for a non-negative map, so each layer
@@ -89,8 +92,9 @@ def fuse(ctx: Context, maps: Mapping[str, torch.Tensor], fusion: str = "mean") -
     their `"max"` (each pixel keeps the strongest layer's evidence).
     """
     names = list(maps)
+    signed = None if relu else True  # the registered default (unsigned) unless the ReLU is off
     if len(names) == 1:
-        return MethodOutput(maps[names[0]], layer=names[0])
+        return MethodOutput(maps[names[0]], layer=names[0], signed=signed)
     size = ctx.x.shape[-2:]
     scaled = []
     for name in names:
@@ -99,7 +103,7 @@ def fuse(ctx: Context, maps: Mapping[str, torch.Tensor], fusion: str = "mean") -
         scaled.append(m / torch.where(peak > 0, peak, torch.ones_like(peak)))
     stack = torch.stack(scaled)
     fused = stack.mean(dim=0) if fusion == "mean" else stack.amax(dim=0)
-    return MethodOutput(fused, layer=names)
+    return MethodOutput(fused, layer=names, signed=signed)
 
 
 def nonzero_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:

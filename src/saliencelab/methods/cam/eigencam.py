@@ -67,4 +67,4 @@ def eigencam(
     for name in layers:
         proj = principal_projection(cap.activations[name], center)
         maps[name] = proj.clamp(min=0) if relu else proj
-    return fuse(ctx, maps, fusion)
+    return fuse(ctx, maps, fusion, relu)

@@ -91,7 +91,7 @@ def cam(
                 "classifier with fc=..., or use gradcam."
             )
         maps[name] = weighted_sum(a, weights.to(a.dtype), relu)
-    return fuse(ctx, maps, fusion)
+    return fuse(ctx, maps, fusion, relu)
 
 
 __all__ = ["cam", "find_classifier"]

@@ -46,7 +46,7 @@ def gradient_cam(
     for name in layers:
         a, g = cap.activations[name], cap.gradients[name]
         maps[name] = weighted_sum(a, weights(a, g), relu)
-    return fuse(ctx, maps, fusion)
+    return fuse(ctx, maps, fusion, relu)
 
 
 # -- channel weights -----------------------------------------------------------------------------

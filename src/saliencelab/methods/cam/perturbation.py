@@ -139,7 +139,7 @@ def scorecam(
         scores = _scorecam_scores(ctx, a, rows, weighting)
         alpha = scores.softmax(dim=1) if weighting == "softmax" else scores
         maps[name] = weighted_sum(gather_channels(a, rows.idx), alpha.to(a.dtype), relu)
-    return fuse(ctx, maps, fusion)
+    return fuse(ctx, maps, fusion, relu)
 
 
 def _ablated_scores(ctx: Context, module: nn.Module, name: str, k: int, rows: _ChannelRows):
@@ -214,4 +214,4 @@ def ablationcam(
         ablated = _ablated_scores(ctx, module, name, a.shape[1], rows)
         weights = nonzero_divide(y - ablated, y.expand_as(ablated))
         maps[name] = weighted_sum(gather_channels(a, rows.idx), weights.to(a.dtype), relu)
-    return fuse(ctx, maps, fusion)
+    return fuse(ctx, maps, fusion, relu)
