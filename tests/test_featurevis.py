@@ -654,6 +654,19 @@ def test_a_model_in_another_dtype_gets_its_inputs_in_that_dtype(tiny, dtype):
     torch.testing.assert_close(vis.history.float(), reference.history, rtol=tol, atol=1e-4)
 
 
+@pytest.mark.parametrize("param", ["fft", "maco"])
+def test_a_float64_model_sees_the_float32_runs_draws(param):
+    """Starting draws and transform noise are drawn in float32 whatever the model's dtype, so a
+    float64 copy of a model follows the float32 run (MACO's noise was drawn in float64 before)."""
+    m32, m64 = sl.load_model("shapes_cnn"), sl.load_model("shapes_cnn")
+    m64.module.double()
+    kw = {"param": param, "steps": 4, "size": 32, "progress": False}
+    a, b = visualize(m32, 1, **kw), visualize(m64, 1, **kw)
+    torch.testing.assert_close(b.history.float(), a.history, rtol=1e-4, atol=1e-5)
+    # mean, not max: a float32 gradient at rounding level may flip one pixel's first Adam step
+    assert (b.images.float() - a.images).abs().mean() < 1e-4
+
+
 def test_chunk_search_halves_while_steps_get_faster():
     s = VisChunkSearch(8)
     sizes = []

@@ -42,16 +42,17 @@ class Rng:
         self._noise: list[torch.Generator] = []  # one per image, made when first needed
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
-        """ε ~ N(0, 1) shaped like the batch `x` (N, ...), image i's from its own generator."""
+        """ε ~ N(0, 1) shaped like the batch `x` (N, ...), image i's from its own generator;
+        drawn in float32 whatever x's dtype, so a float64 run sees the float32 run's noise."""
         while len(self._noise) < x.shape[0]:
             g = torch.Generator(device=self.device)
             g.manual_seed(self.seed + 1 + len(self._noise))
             self._noise.append(g)
         eps = [
-            torch.randn(x.shape[1:], generator=g, device=self.device, dtype=x.dtype)
+            torch.randn(x.shape[1:], generator=g, device=self.device)
             for g in self._noise[: x.shape[0]]
         ]
-        return torch.stack(eps).to(x.device)
+        return torch.stack(eps).to(x.device, x.dtype)
 
     def uniform(self, low: float, high: float) -> float:
         return low + (high - low) * float(torch.rand((), generator=self.cpu))
