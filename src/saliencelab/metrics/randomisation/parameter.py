@@ -326,10 +326,10 @@ def randomise_stage(
     "per_layer"`) or to `seed` once before the stage (`"same"`, Quantus' scheme; module
     docstring); the new parameters and buffers of each layer by name.
 
-    Each layer draws into CPU copies of its own parameters and buffers, swapped into the layer
-    for the draw (so the same seed gives the same weights on every device, and `init="normal"`
-    sees the current values); `in_place` then copies them into the layer's tensors, otherwise
-    the layer is left as it was.
+    Each layer draws into CPU float32 copies of its own parameters and buffers, swapped into the
+    layer for the draw (so the same seed gives the same weights on every device and in every
+    floating dtype, and `init="normal"` sees the current values); `in_place` then copies them
+    into the layer's tensors, otherwise the layer is left as it was.
     """
     if seeding not in SEEDINGS:
         raise SaliencelabError(f"Unknown seeding {seeding!r}; use 'per_layer' or 'same'.")
@@ -348,7 +348,10 @@ def randomise_stage(
                 if t is not None
             ]
             for store, key, t in own:
-                own_copy = t.detach().to("cpu", copy=True)
+                # float32 copies for every floating dtype: a float64 or float16 model gets the
+                # float32 model's weights (rounded to its dtype), not other draws
+                dtype = torch.float32 if t.is_floating_point() else t.dtype
+                own_copy = t.detach().to("cpu", dtype, copy=True)
                 is_param = store is m._parameters
                 store[key] = nn.Parameter(own_copy, t.requires_grad) if is_param else own_copy
             try:
@@ -360,7 +363,7 @@ def randomise_stage(
                     reset()
                 else:
                     _normal_(m)
-                drawn = {key: store[key].detach().to(t.device) for store, key, t in own}
+                drawn = {key: store[key].detach().to(t.device, t.dtype) for store, key, t in own}
             finally:
                 for store, key, t in own:
                     store[key] = t

@@ -22,18 +22,19 @@ def draw_noise(
     its batch or its position in it (a dataset scored in batches gives the values of one call).
 
     "uniform": U(-scale, scale) per element (a point of the L∞ ball of radius `scale`);
-    "gaussian": N(0, scale²) per element. Drawn on the CPU from a generator seeded `seed`, then
-    moved to x's device: the same noise, and so the same values, on every device.
+    "gaussian": N(0, scale²) per element. Drawn in float32 on the CPU from a generator seeded
+    `seed`, then moved to x's device and dtype: the same noise, and so the same values, on every
+    device and in every floating dtype.
     """
     gen = torch.Generator().manual_seed(seed)
     shape = (n_samples, *x.shape[1:])
     if noise == "uniform":
-        d = torch.rand(shape, generator=gen, dtype=x.dtype).mul_(2 * scale).sub_(scale)
+        d = torch.rand(shape, generator=gen).mul_(2 * scale).sub_(scale)
     elif noise == "gaussian":
-        d = torch.randn(shape, generator=gen, dtype=x.dtype).mul_(scale)
+        d = torch.randn(shape, generator=gen).mul_(scale)
     else:
         raise SaliencelabError(f"noise must be 'uniform' or 'gaussian', got {noise!r}.")
-    d = d.to(x.device)
+    d = d.to(x.device, x.dtype)
     return d.unsqueeze(0).expand(x.shape[0], *d.shape).reshape(x.shape[0] * n_samples, *d.shape[1:])
 
 

@@ -1,0 +1,45 @@
+"""The metrics' random draws do not depend on the model's floating dtype.
+
+A float64 copy of a model, scored on the same float32 images and maps, gets the float32 model's
+values up to rounding: noise, re-initialised weights and random classes are drawn in float32 (or
+from the values, not their dtype's bytes) and cast. Deterministic metrics agree to ~1e-7, so a
+difference beyond rounding is a draw that followed the dtype.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import saliencelab as sl
+
+METRICS = {
+    "model_randomisation": {"layers": 3},
+    "max_sensitivity": {"n_samples": 3},
+    "avg_sensitivity": {"n_samples": 3},
+    "local_lipschitz": {"n_samples": 3},
+    # random_logit: after sample_seeds hashes float32 values (methods sweep fix)
+}
+
+
+@pytest.fixture(scope="module")
+def setting():
+    m32 = sl.load_model("shapes_cnn")
+    x = m32.preprocess(sl.data.shapes.make(4, seed=0))
+    maps = {"saliency": sl.explain(m32, x, methods="saliency")["saliency"].maps}
+    return m32, x, maps
+
+
+@pytest.mark.parametrize("metric", list(METRICS))
+def test_a_float64_model_scores_as_the_float32_model(setting, metric):
+    m32, x, maps = setting
+    m64 = sl.load_model("shapes_cnn")
+    m64.module.double()
+    values = [
+        sl.evaluate(
+            m, x, maps, metrics={metric: METRICS[metric]}, explainer="saliency", references=False
+        )["saliency"][metric].values
+        for m in (m32, m64)
+    ]
+    torch.testing.assert_close(values[1], values[0], rtol=1e-4, atol=1e-5)
+    assert next(m64.module.parameters()).dtype == torch.float64  # restored in its dtype
