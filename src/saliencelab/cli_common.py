@@ -9,6 +9,8 @@ SALIENCELAB_DEBUG=1 adds the traceback).
 
 from __future__ import annotations
 
+import ast
+import json
 import logging
 import math
 import os
@@ -351,20 +353,55 @@ def _share(room: int, wants: dict[int, int], weights: dict[int, int]) -> dict[in
 # -- parsing --------------------------------------------------------------------------------------
 
 
+def _number(text: str) -> int | float | None:
+    """ "32" → 32, "0.5" → 0.5, else None."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return None
+
+
+def _literal(text: str) -> Any:
+    """A Python literal ("(8, 8)", "{'absolute': False}") or else a JSON value
+    ('{"absolute": false}'), read without running code (`ast.literal_eval`, `json.loads`); a
+    list becomes a tuple ("[8, 8]" → (8, 8)). Text that is neither: one sentence."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError):
+            raise sl.SaliencelabError(
+                f"The option value {text!r} is neither a Python nor a JSON literal; write e.g. "
+                "window=(8,8), window=8,8 or base_options=\"{'absolute': False}\" (quoted "
+                "for the shell)."
+            ) from None
+    return tuple(value) if isinstance(value, list) else value
+
+
 def parse_value(text: str) -> Any:
-    """ "32" → 32, "0.5" → 0.5, "true"/"false"/"yes"/"no" → bool, "none" → None, else the text."""
-    lowered = text.strip().lower()
+    """ "32" → 32, "0.5" → 0.5, "true"/"false"/"yes"/"no" → bool, "none" → None, "8,8" → (8, 8)
+    (numbers separated by commas), "(8, 8)" / "[8, 8]" → (8, 8), "{'absolute': False}" (or
+    JSON) → a dict, else the text."""
+    stripped = text.strip()
+    lowered = stripped.lower()
     if lowered in ("true", "yes", "on"):
         return True
     if lowered in ("false", "no", "off"):
         return False
     if lowered in ("none", "null"):
         return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
+    number = _number(text)
+    if number is not None:
+        return number
+    if stripped[:1] in ("(", "[", "{"):
+        return _literal(stripped)
+    if "," in stripped:
+        parts = [_number(part) for part in stripped.split(",")]
+        if all(part is not None for part in parts):
+            return tuple(parts)
     return text
 
 

@@ -18,7 +18,7 @@ METRICS = {
     "max_sensitivity": {"n_samples": 3},
     "avg_sensitivity": {"n_samples": 3},
     "local_lipschitz": {"n_samples": 3},
-    # random_logit: after sample_seeds hashes float32 values (methods sweep fix)
+    "random_logit": {},
 }
 
 

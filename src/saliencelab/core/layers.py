@@ -55,8 +55,16 @@ def module_name(root: nn.Module, layer: nn.Module) -> str:
 
 
 def get_layer(root: nn.Module, name: str) -> nn.Module:
-    """The submodule at a dotted name; an unknown name fails with the closest names suggested."""
+    """The submodule at a dotted name; an unknown name fails with the closest names suggested,
+    an empty one (which `get_submodule` reads as the whole model) with one sentence."""
     refuse_unhookable(root)
+    if not name.strip():
+        examples = [n for n, _ in root.named_modules() if n][:3]
+        example = f" such as {', '.join(map(repr, examples))}" if examples else ""
+        raise SaliencelabError(
+            f"The layer name is empty ({name!r}); give a layer's dotted name{example} (run "
+            "`saliencelab layers MODEL` or list `model.named_modules()` to see them)."
+        )
     try:
         return root.get_submodule(name)
     except AttributeError:

@@ -8,8 +8,12 @@ image its own draw wherever it is: the same image, the same draw.
 Used by SmoothGrad / SmoothGrad² / VarGrad (the noise), integrated gradients and DeepLIFT with
 "uniform" baselines, expected gradients (α's, reference indices, uniform references and input
 noise), DeepLIFT-SHAP's "uniform" references and the `random` reference map. The draws change
-with any change of the sample's bytes: an input perturbed by less than its float rounding keeps
+with any change of the sample's values: an input perturbed by less than its float rounding keeps
 its draws, any larger change gets new ones (the robustness metrics' noisy copies included).
+
+Floating values are hashed as float32, whatever their dtype: a float32 image cast to float64 (or
+float16) for a model of that dtype gets the float32 model's seed, and so, with the draws made in
+float32 and then cast, its noise (a float32 sample hashes its own bytes, as it always has).
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import torch
 def sample_seeds(x: torch.Tensor, seed: int) -> list[int]:
     """One 63-bit seed per row of `x`: SHA-1 of `seed` and the row's bytes (on the CPU; SHA-1
     runs on the CPU's hash instructions: ~40 µs for a 3 × 64² float32 row here, where BLAKE2b
-    took ~95 µs; a seed needs no cryptographic strength)."""
-    rows = x.detach().cpu().contiguous()
-    if rows.dtype == torch.bfloat16:  # NumPy has no bfloat16: hash its bits
-        rows = rows.view(torch.int16)
+    took ~95 µs; a seed needs no cryptographic strength). Floating rows are hashed as float32
+    values, so a sample's seed does not depend on the model's dtype."""
+    rows = x.detach().cpu()
+    if rows.is_floating_point() and rows.dtype != torch.float32:
+        rows = rows.float()  # float64: rounded as the float32 input was; halves: exact
+    rows = rows.contiguous()
     flat = rows.reshape(rows.shape[0], -1).numpy()
     prefix = int(seed).to_bytes(8, "little", signed=True)
     seeds = []

@@ -24,7 +24,7 @@ from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError
 from ...core.registry import quoted, register
 from ...core.tokens import model_hints, token_grid, token_scores_to_grid
-from ..options import check_flag
+from ..options import check_flag, is_number
 
 __all__ = ["attention_rollout", "grad_rollout", "gradient_rollout", "rollout"]
 
@@ -124,13 +124,25 @@ def gradient_rollout(
 
 
 def _check_row(row: Row) -> None:
-    if row in ROWS:
+    """A named row or a token index; a negative index counts from the end, as in Python (-1:
+    the last token, the row a left-padded decoder classifier scores: `text/model.py`)."""
+    if isinstance(row, str) and row in ROWS:
         return
     if isinstance(row, bool) or not isinstance(row, int):
         raise SaliencelabError(
             f"row must be {', '.join(quoted(ROWS))} or a token index (0 for the class token), "
             f"not {row!r}."
         )
+
+
+def _check_discard_ratio(value: float) -> float:
+    """`value` as a float if it is a number in [0, 1) (text, None and bools refused)."""
+    if not is_number(value) or not 0 <= value < 1:
+        raise SaliencelabError(
+            f"attention_rollout: discard_ratio must be in [0, 1) (a number such as 0.9), not "
+            f"{value!r}."
+        )
+    return float(value)
 
 
 def _pick_row(ctx: Context, r: torch.Tensor, row: Row, inputs: torch.Tensor) -> torch.Tensor:
@@ -154,7 +166,10 @@ def _pick_row(ctx: Context, r: torch.Tensor, row: Row, inputs: torch.Tensor) -> 
         return (w[:, :, None] * r).sum(dim=1) / w.sum(dim=1, keepdim=True).clamp_min(1.0)
     _check_row(row)
     if not -t <= row < t:
-        raise SaliencelabError(f"row={row} is out of range for {t} tokens (0 to {t - 1}).")
+        raise SaliencelabError(
+            f"row={row} is out of range for {t} tokens: give 0 to {t - 1}, or -{t} to -1 to "
+            "count from the end (-1 the last token)."
+        )
     return r[:, row]
 
 
@@ -187,7 +202,7 @@ def _gather(ctx: Context, chunks, reduce) -> MethodOutput:
 
 # -- methods ------------------------------------------------------------------------------------
 
-_ROW_CHOICES = (*quoted(ROWS), "a token index (0 for the class token)")
+_ROW_CHOICES = (*quoted(ROWS), "a token index (0 for the class token, -1 for the last)")
 
 
 @register(
@@ -218,13 +233,13 @@ def attention_rollout(
     which keeps the class token's own entry); `row` the token whose row is the map ("auto": the
     model's `extra["rollout_row"]` if set, e.g. "mean" for a mean-pooled sentence encoder, else
     the class token, or the mean of the rows for images without one; "mean": the mean of the
-    rows of real tokens, per the model's `extra["token_mask"]`; or an index). Images give a map
+    rows of real tokens, per the model's `extra["token_mask"]`; or an index, negative ones
+    counting from the end as in Python: -1 the last token). Images give a map
     on the patch grid (B, h, w), other inputs one score per token (B, T).
 
     Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020.
     """
-    if discard_ratio != discard_ratio or not 0.0 <= float(discard_ratio) < 1.0:
-        raise SaliencelabError(f"discard_ratio must be in [0, 1), not {discard_ratio!r}.")
+    discard_ratio = _check_discard_ratio(discard_ratio)
     fuse_heads(torch.zeros(1, 1, 1, 1), head_fusion)  # validates before any pass
     _check_row(row)
     chunks = attention_forwards(ctx.engine, ctx.x, ctx.target, method="attention_rollout")

@@ -9,7 +9,11 @@ or "uniform": noise images drawn per sample in its own value range (`UniformRefe
 Random baselines are a function of the sample, not of its row: each sample's draws come from CPU
 generators seeded by `seed` and the sample's values (`core/seeds.py`), over its own value range,
 so an input gets the same baselines, and the same map, alone or at any position of any batch
-and on every device.
+and on every device. The draws are made in float32 and cast to the inputs' dtype, so a float64
+(or float16) copy of a model gets the float32 model's baselines, up to the cast.
+
+`baselines=None` is each method's default, as Captum's: "zero" for per-sample baselines,
+"uniform" for a distribution.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch.nn.functional as F
 from ...core.errors import SaliencelabError, closest
 from ...core.registry import quoted
 from ...core.seeds import sample_generators
+from ..options import check_blur_sigma
 
 INPUT_BASELINES = ("zero", "blur", "uniform")
 DISTRIBUTIONS = ("uniform", "zero", "batch")
@@ -160,10 +165,11 @@ def seeded_draws(
     seeds: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, *, uniform: bool, normal: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """For each of `seeds` (one per row): U(0, 1) then N(0, 1) values of `shape` (each only if
-    asked), from a CPU generator seeded with it: (len(seeds), *shape) tensors on the CPU."""
+    asked), from a CPU generator seeded with it: (len(seeds), *shape) tensors on the CPU, drawn
+    in float32 and cast to `dtype` (the same values for every model dtype)."""
     n = len(seeds)
-    u = torch.empty((n, *shape), dtype=dtype) if uniform else None
-    e = torch.empty((n, *shape), dtype=dtype) if normal else None
+    u = torch.empty((n, *shape), dtype=torch.float32) if uniform else None
+    e = torch.empty((n, *shape), dtype=torch.float32) if normal else None
     gen = torch.Generator()
     for j, s in enumerate(seeds.tolist()):
         gen.manual_seed(s)
@@ -171,7 +177,7 @@ def seeded_draws(
             u[j].uniform_(generator=gen)
         if e is not None:
             e[j].normal_(generator=gen)
-    return u, e
+    return (None if u is None else u.to(dtype)), (None if e is None else e.to(dtype))
 
 
 @dataclass(frozen=True)
@@ -195,7 +201,9 @@ class UniformReferences:
 def input_baselines(
     x: torch.Tensor, baselines: Any, *, method: str, blur_sigma: float = 10.0, seed: int = 0
 ) -> torch.Tensor:
-    """One baseline per sample, same shape, dtype and device as `x`."""
+    """One baseline per sample, same shape, dtype and device as `x`; None is "zero" (the
+    default). `blur_sigma` is checked whatever the baselines (`check_blur_sigma`)."""
+    blur_sigma = check_blur_sigma(blur_sigma, method)
     dtype = float_dtype(x)
     baselines = _as_tensor(baselines)
     if isinstance(baselines, torch.Tensor):
@@ -222,18 +230,14 @@ def input_baselines(
                 f"{method}: the 'blur' baseline needs image batches (B, C, H, W), but got inputs "
                 f"of shape {tuple(x.shape)}; use baselines='zero' or a tensor."
             )
-        if not _is_number(blur_sigma) or not math.isfinite(blur_sigma) or blur_sigma < 0:
-            raise SaliencelabError(
-                f"{method}: blur_sigma must be a finite non-negative number of pixels, got "
-                f"{blur_sigma!r}."
-            )
-        return gaussian_blur(x, float(blur_sigma))
+        return gaussian_blur(x, blur_sigma)
     if baselines == "uniform":  # per sample: its own range, a generator seeded by its values
         lo, hi = _sample_range(x.to(dtype))
         sample = tuple(x.shape[1:])
-        rows = [torch.rand(sample, generator=g, dtype=dtype) for g in sample_generators(x, seed)]
-        u = torch.stack(rows) if rows else torch.empty((0, *sample), dtype=dtype)
-        return lo + (hi - lo) * u.to(x.device)
+        gens = sample_generators(x, seed)  # drawn in float32 whatever the model's dtype
+        rows = [torch.rand(sample, generator=g, dtype=torch.float32) for g in gens]
+        u = torch.stack(rows) if rows else torch.empty((0, *sample), dtype=torch.float32)
+        return lo + (hi - lo) * u.to(x.device, dtype)
     raise _unknown(baselines, INPUT_BASELINES, method, "a tensor broadcastable to the inputs")
 
 
@@ -242,7 +246,8 @@ def baseline_distribution(
 ) -> torch.Tensor | UniformReferences:
     """A distribution of baselines: a tensor (N, *sample shape or broadcastable) shared by all
     samples, or for "uniform" (the default) `n_samples` noise references per sample in its own
-    value range (`UniformReferences`: the caller draws them per row with the samples' seeds)."""
+    value range (`UniformReferences`: the caller draws them per row with the samples' seeds);
+    None is "uniform"."""
     dtype = float_dtype(x)
     sample = tuple(x.shape[1:])
     ones = (1,) + (1,) * len(sample)

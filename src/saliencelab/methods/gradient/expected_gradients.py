@@ -64,10 +64,11 @@ def expected_gradients(
 ) -> torch.Tensor:
     """Expected gradients / GradientSHAP (Erion et al. 2021): IG averaged over random baselines.
 
-    Options: `baselines` a tensor (N, C, H, W) of reference inputs | "uniform" (default: a noise
-    image in the input's own range per draw) | "batch" | "zero" | a number; `n_samples` Monte
-    Carlo draws per input; `stdevs` std of Gaussian noise added to the input in each draw;
-    `seed`. The draws are seeded by `seed` and the input itself: the same map in any batch.
+    Options: `baselines` a tensor (N, C, H, W) of reference inputs | "uniform" (the default, also
+    None: a noise image in the input's own range per draw) | "batch" | "zero" | a number;
+    `n_samples` Monte Carlo draws per input; `stdevs` std of Gaussian noise added to the input in
+    each draw; `seed`. The draws are seeded by `seed` and the input itself: the same map in any
+    batch.
     """
     name = "expected_gradients"
     n_samples = positive_int(n_samples, "n_samples", name)
@@ -86,7 +87,8 @@ def expected_gradients(
     # Per input, from its own CPU generator (seed and its values): the same draws in any batch
     # and on every device. (B, n_samples) each; draw k of input b is row k·B + b.
     gens = sample_generators(x, seed)
-    alphas = torch.stack([torch.rand(n_samples, generator=g, dtype=dtype) for g in gens]).to(dev)
+    alphas = torch.stack([torch.rand(n_samples, generator=g, dtype=torch.float32) for g in gens])
+    alphas = alphas.to(dev, dtype)  # drawn in float32: the same for every model dtype
     index = None
     if not uniform:
         n_refs = dist.shape[0]

@@ -22,6 +22,7 @@ from ...core.batching import row_slice
 from ...core.context import Context, MethodOutput
 from ...core.errors import SaliencelabError, closest
 from ...core.registry import quoted, register
+from ..options import check_blur_sigma
 from ..reference import check_seed
 from .baselines import INPUT_BASELINE_CHOICES, float_dtype, input_baselines, positive_int
 
@@ -106,14 +107,16 @@ def integrated_gradients(
 ) -> MethodOutput:
     """Integrated gradients (Sundararajan et al. 2017): (x - x') ⊙ ∫ ∂S/∂x along the straight path.
 
-    Options: `n_steps` quadrature points; `baselines` "zero" | a number | "blur" (Gaussian blur
-    of the input with `blur_sigma` pixels) | "uniform" (uniform noise in each sample's range,
-    seeded by `seed` and the sample's values: the same in any batch) | a tensor broadcastable
-    to the inputs; `rule` "gausslegendre" | "riemann_left" | "riemann_right" | "riemann_middle"
-    | "riemann_trapezoid". extras["delta"] (B,) is the completeness gap Σ IG - (S(x) - S(x')).
+    Options: `n_steps` quadrature points; `baselines` "zero" (the default; also None, as
+    Captum's) | a number | "blur" (Gaussian blur of the input with `blur_sigma` pixels) |
+    "uniform" (uniform noise in each sample's range, seeded by `seed` and the sample's values:
+    the same in any batch) | a tensor broadcastable to the inputs; `rule` "gausslegendre" |
+    "riemann_left" | "riemann_right" | "riemann_middle" | "riemann_trapezoid". extras["delta"]
+    (B,) is the completeness gap Σ IG - (S(x) - S(x')).
     """
     name = "integrated_gradients"
     seed = check_seed(name, seed)
+    blur_sigma = check_blur_sigma(blur_sigma, name)  # also when a model makes its baselines
     alphas_np, weights_np = quadrature(rule, n_steps)
     x = ctx.x
     dtype, dev, batch = float_dtype(x), x.device, ctx.batch

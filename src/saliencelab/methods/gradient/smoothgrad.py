@@ -19,14 +19,19 @@ Var ∂S/∂x = E[g²] − (E g)², where the default gives E[g²] − (E|g|)²)
 σ = noise_level × (max(x) - min(x)) of each sample, as in the paper, or `stdevs` (absolute).
 Each sample's noise comes from its own CPU generator seeded by `seed` and the sample's values
 (core/seeds.py), so a sample gets the same noise, and the same map, alone or at any position of
-any batch, on any device. The draws form one tensor (n, B, ...) (k-major; split into groups of
-draws only when it would exceed 2^26 values), and the base method runs once on all noisy rows
-of a group (the engine chunks them).
+any batch, on any device, and whatever the model's dtype (drawn in float32 and cast: a float64
+copy of a model gets the float32 model's noise). The draws form one tensor (n, B, ...) (k-major;
+split into groups of draws only when it would exceed 2^26 values), and the base method runs once
+on all noisy rows of a group (the engine chunks them).
 
 A model may say where noise goes (`extra["noise_mask"](x)`, bool like x): a text model's real
 tokens' embedding columns, not its padding nor its attention-flag columns. Each sample's σ,
 seed and noise then come from those values alone, in order, so a text's map does not depend on
 the padding its batch gives it.
+
+With a half-precision model (float16, bfloat16), SmoothGrad² and VarGrad square and average in
+float32 and return float32 attributions and maps: the squares of gradients of ~1e-5 lie below
+float16's smallest number (6e-8) and would all be 0.
 """
 
 from __future__ import annotations
@@ -51,34 +56,43 @@ MAX_NOISY_VALUES = 1 << 26  # noisy input values materialised at once (256 MB in
 def standard_normal(
     shape: tuple[int, ...], gens: list[torch.Generator], like: torch.Tensor
 ) -> torch.Tensor:
-    """N(0, 1) noise (g, B, ...) on `like`'s device and dtype, column b from `gens[b]` (one
-    CPU generator per sample: its noise does not depend on the batch; a seam for tests). Each
-    draw is its own `randn` call: torch's CPU normal sampler fills a tensor in blocks of 16, so
-    one call of g draws gives other numbers than g calls of one whenever a sample's size is
-    not a multiple of 16, and the group size g depends on the batch."""
+    """N(0, 1) noise (g, B, ...) on `like`'s device and dtype, column b from `gens[b]` (one CPU
+    generator per sample: its noise does not depend on the batch; a seam for tests), drawn in
+    float32 and cast (the same noise for every model dtype). Each draw is its own `randn` call:
+    torch's CPU normal sampler fills a tensor in blocks of 16, so one call of g draws gives
+    other numbers than g calls of one whenever a sample's size is not a multiple of 16, and the
+    group size g depends on the batch."""
     g, _, *sample = shape
-    out = torch.empty((g, len(gens), *sample), dtype=like.dtype)
+    out = torch.empty((g, len(gens), *sample), dtype=torch.float32)
     for b, gen in enumerate(gens):
         for k in range(g):
-            out[k, b] = torch.randn(sample, generator=gen, dtype=like.dtype)
-    return out.to(like.device)
+            out[k, b] = torch.randn(sample, generator=gen, dtype=torch.float32)
+    return out.to(like.device, like.dtype)
 
 
 def masked_normal(
     g: int, where: torch.Tensor, gens: list[torch.Generator], like: torch.Tensor
 ) -> torch.Tensor:
     """N(0, 1) noise (g, B, ...) at `where` (B, ...) and 0 elsewhere: sample b's values, in
-    order, drawn from `gens[b]` (their number is the sample's own, not the batch's)."""
+    order, drawn from `gens[b]` (their number is the sample's own, not the batch's) in float32
+    and cast to `like`'s dtype."""
     out = torch.zeros((g, *like.shape), dtype=like.dtype, device=like.device)
     for b, gen in enumerate(gens):
         n = int(where[b].sum())  # one call per draw, as `standard_normal`
-        draws = torch.stack([torch.randn(n, generator=gen, dtype=like.dtype) for _ in range(g)])
-        out[:, b].masked_scatter_(where[b].expand(g, *where.shape[1:]), draws.to(like.device))
+        draws = [torch.randn(n, generator=gen, dtype=torch.float32) for _ in range(g)]
+        draws = torch.stack(draws).to(like.device, like.dtype)
+        out[:, b].masked_scatter_(where[b].expand(g, *where.shape[1:]), draws)
     return out
 
 
+HALF = (torch.float16, torch.bfloat16)
+
+
 class _Running:
-    """Running mean / mean of squares / variance over draws (Chan et al.'s pairwise update)."""
+    """Running mean / mean of squares / variance over draws (Chan et al.'s pairwise update).
+
+    Squares of half-precision values are taken in float32 (the result is then float32): the
+    square of a float16 gradient of 1e-5 is 0 in float16."""
 
     def __init__(self, kind: str) -> None:
         self.kind, self.n = kind, 0
@@ -87,6 +101,8 @@ class _Running:
 
     def add(self, a: torch.Tensor) -> None:  # a: (g, B, ...)
         g = a.shape[0]
+        if self.kind != "smoothgrad" and a.dtype in HALF:
+            a = a.float()
         if self.kind == "smoothgrad":
             part = a.sum(0)
         elif self.kind == "smoothgrad_sq":
@@ -137,21 +153,22 @@ def _smooth(
                 f"{closest(key, spec.options)} Its options: {', '.join(spec.options) or 'none'}."
             )
     options = {**spec.options, **own}
-    n_samples = positive_int(n_samples, "n_samples", kind)
+    # one sample has no variance: VarGrad's map would be 0 everywhere
+    n_samples = positive_int(n_samples, "n_samples", kind, minimum=2 if kind == "vargrad" else 1)
 
     x = ctx.x
     dtype, dev, batch = float_dtype(x), x.device, ctx.batch
     xf = x.to(dtype)
+    if not _non_negative(noise_level):  # checked also when stdevs overrides it
+        raise SaliencelabError(
+            f"{kind}: noise_level must be a non-negative number (a fraction of each input's "
+            f"value range, e.g. 0.15), got {noise_level!r}."
+        )
     if stdevs is not None:
         if not _non_negative(stdevs):
             raise SaliencelabError(f"{kind}: stdevs must be a non-negative number, got {stdevs!r}.")
         sigma = torch.full((batch,), float(stdevs), device=dev, dtype=dtype)
     else:
-        if not _non_negative(noise_level):
-            raise SaliencelabError(
-                f"{kind}: noise_level must be a non-negative number (a fraction of each input's "
-                f"value range, e.g. 0.15), got {noise_level!r}."
-            )
         sigma = None  # from each sample's values, below
 
     hook = ctx.model.extra.get("noise_mask")  # e.g. text: real tokens' embedding columns
@@ -233,7 +250,8 @@ def smoothgrad(
     Options: `base` a gradient method as in the paper (saliency, input_x_gradient,
     integrated_gradients, guided_backprop, …; any other registered method works too, as with
     Captum's NoiseTunnel) with `base_options`; `n_samples` noisy copies; σ = `noise_level` ×
-    (max - min) of each input, or `stdevs` (absolute, overrides); `seed`.
+    (max - min) of each input, or `stdevs` (absolute, overrides); `seed` (with the input's
+    values: the same noise in any batch and for any model dtype).
     """
     return _smooth(ctx, "smoothgrad", base, n_samples, noise_level, stdevs, seed, base_options)
 
@@ -258,7 +276,8 @@ def smoothgrad_sq(
 ) -> MethodOutput:
     """SmoothGrad² (Hooker et al. 2019): the mean of the squared base attributions over noise.
 
-    Options as for smoothgrad.
+    Options as for smoothgrad. A half-precision model gets float32 maps (squares of small
+    gradients underflow float16).
     """
     return _smooth(ctx, "smoothgrad_sq", base, n_samples, noise_level, stdevs, seed, base_options)
 
@@ -283,6 +302,7 @@ def vargrad(
 ) -> MethodOutput:
     """VarGrad (Adebayo et al. 2018): the variance of the base attributions over noise.
 
-    Options as for smoothgrad.
+    Options as for smoothgrad; `n_samples` at least 2 (one sample has no variance). A
+    half-precision model gets float32 maps, as for smoothgrad_sq.
     """
     return _smooth(ctx, "vargrad", base, n_samples, noise_level, stdevs, seed, base_options)

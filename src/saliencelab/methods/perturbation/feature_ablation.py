@@ -20,6 +20,7 @@ import torch
 from ...core.batching import row_slice
 from ...core.context import Context, MethodOutput
 from ...core.registry import register
+from ..gradient.baselines import positive_int
 from ..options import check_flag
 from .features import (
     BASELINE_CHOICES,
@@ -72,7 +73,8 @@ def feature_ablation(
 
     `feature_mask`: None (a grid of about `n_segments` cells) | "grid" | "slic" (superpixels) |
     an integer tensor (H, W), (B, H, W), (B, C, H, W), or (F,) / (B, F) for tabular inputs.
-    `baseline`: a number | "blur" | "mean" | a tensor broadcastable to the inputs. Equals Captum's
+    `baseline`: a number | "blur" (`blur_sigma` px) | "mean" | a tensor broadcastable to the
+    inputs | None (the default, 0.0); `n_segments` a positive int. Equals Captum's
     FeatureAblation with the same mask. extras["feature_mask"] is the mask used.
 
     `incremental=True` recomputes the model's early layers only around each feature's bounding
@@ -80,6 +82,7 @@ def feature_ablation(
     same up to float rounding. extras["incremental"] names the layer it ran from.
     """
     incremental = check_flag(incremental, "incremental", "feature_ablation")
+    n_segments = positive_int(n_segments, "n_segments", "feature_ablation")
     x = ctx.x
     dev = x.device
     mask = resolve_feature_mask(feature_mask, x, n_segments)

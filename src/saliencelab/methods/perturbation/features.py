@@ -33,6 +33,7 @@ from ...core.context import Context
 from ...core.errors import SaliencelabError, closest
 from ...core.layout import channels_last_known
 from ...core.registry import quoted
+from ..options import check_blur_sigma
 
 __all__ = [
     "BASELINES",
@@ -113,7 +114,7 @@ def default_feature_mask(
             f"A default feature mask needs images (B, C, H, W) or tabular rows (B, F), but got a "
             f"tensor of shape {tuple(x.shape)}; pass a feature_mask tensor."
         )
-    if not isinstance(n_segments, int) or n_segments < 1:
+    if isinstance(n_segments, bool) or not isinstance(n_segments, int) or n_segments < 1:
         raise SaliencelabError(f"n_segments must be a positive int, not {n_segments!r}.")
     b, _, h, w = x.shape
     if kind == "slic":
@@ -265,10 +266,12 @@ def perturbation_baseline(
 ) -> torch.Tensor:
     """What removed elements become, a tensor of x's dimensions, (B or 1, ...) broadcastable to x.
 
-    `baseline`: a number (0.0 = "zero"); "blur" = a Gaussian blur of each image with
-    `blur_sigma` pixels; "mean" = each image's per-channel mean; or a tensor broadcastable to x
-    (one per sample (B, ...) or one for all, e.g. (C, 1, 1)).
+    `baseline`: a number (0.0 = "zero"); None = the methods' default, 0.0 (as Captum's
+    `baselines=None`); "blur" = a Gaussian blur of each image with `blur_sigma` pixels; "mean" =
+    each image's per-channel mean; or a tensor broadcastable to x (one per sample (B, ...) or one
+    for all, e.g. (C, 1, 1)). `blur_sigma` is checked whatever the baseline (`check_blur_sigma`).
     """
+    blur_sigma = check_blur_sigma(blur_sigma, method)
     dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
     if isinstance(baseline, np.ndarray):
         baseline = torch.from_numpy(baseline)
@@ -292,7 +295,7 @@ def perturbation_baseline(
                 "baseline=0.0, 'blur' or 'mean'."
             )
         return torch.full((1,) * x.dim(), float(baseline), dtype=dtype, device=x.device)
-    if baseline == "zero":
+    if baseline is None or baseline == "zero":
         return torch.zeros((1,) * x.dim(), dtype=dtype, device=x.device)
     if baseline in ("blur", "mean") and x.dim() != 4:
         raise SaliencelabError(
@@ -302,15 +305,9 @@ def perturbation_baseline(
     if baseline == "mean":
         return x.to(dtype).mean(dim=(2, 3), keepdim=True)
     if baseline == "blur":
-        ok = isinstance(blur_sigma, numbers.Real) and not isinstance(blur_sigma, bool)
-        if not ok or not math.isfinite(blur_sigma) or blur_sigma < 0:
-            raise SaliencelabError(
-                f"{method}: blur_sigma must be a finite non-negative number of pixels, got "
-                f"{blur_sigma!r}."
-            )
         from ..gradient.baselines import gaussian_blur
 
-        return gaussian_blur(x.to(dtype), float(blur_sigma))
+        return gaussian_blur(x.to(dtype), blur_sigma)
     hint = closest(baseline, BASELINES) if isinstance(baseline, str) else ""
     raise SaliencelabError(
         f"{method}: unknown baseline {baseline!r}.{hint} Use a number, 'blur', 'mean' or a tensor "

@@ -82,6 +82,13 @@ def sampled_coalitions(
     return z[:n].to(device)
 
 
+# What a user can do about a singular system (kernelshap has no ridge penalty).
+SINGULAR = (
+    "raise n_samples or exact_up_to (to enumerate every coalition), or use fewer features "
+    "(n_segments or a coarser feature_mask)"
+)
+
+
 def _exact_up_to(value: Any) -> int:
     try:
         if isinstance(value, bool):
@@ -126,13 +133,14 @@ def kernelshap(
     enumerates every coalition, giving exact Shapley values; otherwise n_samples coalitions are
     drawn ∝ π (`paired` with their complements, `seed`). Options: `feature_mask` None (grid of
     about `n_segments` cells) | "grid" | "slic" | an integer tensor; `baseline` a number | "blur"
-    (`blur_sigma` px) | "mean" | a tensor. extras: shapley_values (B, M), base_value v(∅) (B,),
-    exact (B,) whether enumerated, feature_mask.
+    (`blur_sigma` px) | "mean" | a tensor | None (the default, 0.0). extras: shapley_values
+    (B, M), base_value v(∅) (B,), exact (B,) whether enumerated, feature_mask.
     """
     name = "kernelshap"
     seed = check_seed(name, seed)
     paired = check_flag(paired, "paired", name)
     n_samples = positive_int(n_samples, "n_samples", name, minimum=1)
+    n_segments = positive_int(n_segments, "n_segments", name)
     exact_up_to = _exact_up_to(exact_up_to)
     x = ctx.x
     dev = x.device
@@ -176,7 +184,7 @@ def kernelshap(
     design = (z - z_last[..., None]) * free[:, None, :]
     target = y[:, 2:] - empty[:, None] - z_last * delta[:, None]
     penalty = (~free).to(torch.float64)  # 1 pins the eliminated and padded columns to 0
-    phi = weighted_least_squares(design, target, w, penalty, method=name)
+    phi = weighted_least_squares(design, target, w, penalty, method=name, remedy=SINGULAR)
     phi = phi.scatter(1, last.view(-1, 1), (delta - phi.sum(1))[:, None])
 
     attributions, maps = feature_attributions(phi, mask, x)

@@ -63,6 +63,12 @@ def lime_weights(z: torch.Tensor, n_feat: torch.Tensor, kernel_width: float) -> 
     return torch.exp(-(distance**2) / kernel_width**2)
 
 
+# What a user can do about a singular system (alpha = 0 with too few distinct coalitions).
+SINGULAR = (
+    "raise n_samples, use fewer features (n_segments or a coarser feature_mask), or set alpha > 0"
+)
+
+
 def _positive_number(value: Any, name: str, minimum_ok: bool) -> float:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not minimum_ok):
@@ -93,18 +99,19 @@ def lime(
     """LIME (Ribeiro et al. 2016): coefficients of a locally weighted linear surrogate.
 
     g(z) = β_0 + Σ_f β_f z_f fitted to the target score on n_samples coalitions z (all-ones, then
-    Bernoulli(½) per feature, `seed`), weighted by π(z) = exp(−d(z)²/σ²), d(z) the cosine
-    distance of z to all-ones, σ = `kernel_width`, ridge penalty `alpha` on β_1..F; each element
-    gets its feature's β_f. Options: `feature_mask` None (a grid of about `n_segments` cells) |
-    "grid" | "slic" | an integer tensor (images (B, H, W); tabular (B, F)); `baseline` a number |
-    "blur" (`blur_sigma` px) | "mean" | a tensor. With alpha=0, n_samples must be at least the
-    number of features + 1. extras: coefficients (B, F), intercept (B,), r2 (B,) weighted R²
-    of the surrogate, feature_mask.
+    Bernoulli(½) per feature, `seed`), weighted by π(z) = exp(−d(z)²/σ²), d(z) the cosine distance
+    of z to all-ones, σ = `kernel_width`, ridge penalty `alpha` on β_1..F; each element gets its
+    feature's β_f. Options: `feature_mask` None (a grid of about `n_segments` cells) | "grid" |
+    "slic" | an integer tensor (images (B, H, W); tabular (B, F)); `baseline` a number | "blur"
+    (`blur_sigma` px) | "mean" | a tensor | None (the default, 0.0). With alpha=0, n_samples must be
+    at least the number of features + 1. extras: coefficients (B, F), intercept (B,), r2 (B,)
+    weighted R² of the surrogate, feature_mask.
     """
     name = "lime"
     seed = check_seed(name, seed)
     # one sample is the all-ones coalition alone: nothing varies, every coefficient is 0
     n_samples = positive_int(n_samples, "n_samples", name, minimum=2)
+    n_segments = positive_int(n_segments, "n_segments", name)
     kernel_width = _positive_number(kernel_width, "kernel_width", minimum_ok=False)
     alpha = _positive_number(alpha, "alpha", minimum_ok=True)
     x = ctx.x
@@ -129,7 +136,7 @@ def lime(
     penalty = torch.full((len(counts), widest + 1), alpha, dtype=torch.float64, device=x.device)
     penalty[:, 0] = 0.0  # the intercept is not penalised
     penalty[:, 1:][padded] = 1.0  # padded features: X column 0, so β_f = 0 exactly
-    beta = weighted_least_squares(design, y, weights, penalty, method=name)
+    beta = weighted_least_squares(design, y, weights, penalty, method=name, remedy=SINGULAR)
     coef, intercept = beta[:, 1:], beta[:, 0]
 
     fit = (design @ beta[..., None])[..., 0]

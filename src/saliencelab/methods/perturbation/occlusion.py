@@ -99,7 +99,7 @@ def occlusion(
     Captum's Occlusion with sliding_window_shapes=(C, h, w), strides=(C, s, s). Options:
     `window` (int or (h, w)), `stride` (int or (h, w)), `baseline` a number | "blur" (Gaussian
     blur, `blur_sigma` pixels) | "mean" (per-channel mean of the image) | a tensor
-    broadcastable to the inputs. maps = A (not summed over channels).
+    broadcastable to the inputs | None (the default, 0.0). maps = A (not summed over channels).
 
     `incremental=True` recomputes the model's early layers only around each window when that
     saves time and reproduces full forwards (`incremental.py`, Nakandala et al. 2019); the

@@ -19,7 +19,6 @@ n_rows = B × N, run by `ctx.engine.forwards`; Σ S·M is accumulated per sample
 from __future__ import annotations
 
 import math
-import numbers
 import operator
 
 import torch
@@ -29,6 +28,7 @@ from ...core.batching import row_range, row_slice
 from ...core.context import Context, MethodOutput, check_image_batch
 from ...core.errors import SaliencelabError
 from ...core.registry import register
+from ..options import is_number
 from ..reference import check_seed
 
 __all__ = ["RiseMasks", "rise"]
@@ -85,7 +85,7 @@ def _check(n_masks, cell, p_keep) -> tuple[int, int, float]:
         return v
 
     n_masks, cell = positive(n_masks, "n_masks"), positive(cell, "cell")
-    if not isinstance(p_keep, numbers.Real) or not 0 < p_keep <= 1:
+    if not is_number(p_keep) or not 0 < p_keep <= 1:
         raise SaliencelabError(f"rise: p_keep must be a probability in (0, 1], not {p_keep!r}.")
     return n_masks, cell, float(p_keep)
 

@@ -117,12 +117,14 @@ def weighted_least_squares(
     penalty: torch.Tensor,
     *,
     method: str,
+    remedy: str,
 ) -> torch.Tensor:
     """β (B, P) minimising Σ_k w_k (y_k − X_k β)² + Σ_j D_j β_j² for each sample, in float64.
 
     Closed form: (XᵀWX + diag(D)) β = XᵀWy, solved for all B samples at once. `design` (B, N, P),
     `y` and `weights` (B, N), `penalty` D (B, P) or (P,). A singular system (too few distinct
-    coalitions for the unknowns) raises one clear sentence.
+    coalitions for the unknowns) raises one clear sentence ending with `remedy`, what the
+    method's user can change (LIME's ridge `alpha`; KernelSHAP has none).
     """
     x = design.to(torch.float64)
     w = weights.to(torch.float64)
@@ -135,8 +137,7 @@ def weighted_least_squares(
     if bool((info != 0).any()) or not bool(torch.isfinite(beta).all()):
         raise SaliencelabError(
             f"{method}: the surrogate's least-squares system is singular (too few distinct "
-            "coalitions for the number of features); raise n_samples, use fewer features, or "
-            "regularise with alpha > 0."
+            f"coalitions for the number of features); {remedy}."
         )
     return beta.to(design.device)
 

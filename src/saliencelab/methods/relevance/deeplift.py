@@ -128,8 +128,9 @@ def deeplift(
 ) -> MethodOutput:
     """DeepLIFT, rescale rule (Shrikumar et al. 2017): (x - x') ⊙ multipliers of S.
 
-    Options: `baselines` (the reference x') "zero" | a number | "blur" (Gaussian blur of the input
-    with `blur_sigma` pixels) | "uniform" (noise in each sample's range, `seed`) | a tensor
+    Options: `baselines` (the reference x') "zero" (the default; also None, as Captum's) | a
+    number | "blur" (Gaussian blur of the input with `blur_sigma` pixels, a number checked
+    whatever the baselines) | "uniform" (noise in each sample's range, `seed`) | a tensor
     broadcastable to the inputs; `eps`: below this |x - x'| a nonlinearity uses its gradient
     (at least the smallest normal number of the dtype: 6.1e-5 in float16).
     extras["delta"] (B,) is the summation-to-delta gap Σ φ - (S(x) - S(x')).
@@ -164,9 +165,9 @@ def deeplift_shap(
 ) -> MethodOutput:
     """DeepLIFT-SHAP (Lundberg & Lee 2017): DeepLIFT averaged over a distribution of references.
 
-    Options: `baselines` a tensor (N, C, H, W) of references | "uniform" (noise images in each
-    input's own value range, drawn per input from `seed` and its values: the same map in any
-    batch) | "batch" (the batch's own inputs) | "zero" | a number;
+    Options: `baselines` a tensor (N, C, H, W) of references | "uniform" (the default, also
+    None: noise images in each input's own value range, drawn per input from `seed` and its
+    values: the same map in any batch) | "batch" (the batch's own inputs) | "zero" | a number;
     `n_baselines` how many references to use: by default all N of a tensor (or "batch"), and
     16 "uniform" draws; fewer than N samples that many without replacement (`seed`), the same
     subset for every input; `eps` as in deeplift. extras["delta"] (B,) is
