@@ -56,6 +56,7 @@ from saliencelab.data.samples import is_sample_image
 from saliencelab.featurevis.commands import register as register_featurevis
 from saliencelab.metrics.commands import register as register_metrics
 from saliencelab.models.blackbox import is_blackbox
+from saliencelab.models.model import as_model_input
 from saliencelab.neurons.commands import register as register_neurons
 from saliencelab.report.run import RunResult, explain_images, method_requests
 from saliencelab.text.commands import register as register_text
@@ -516,7 +517,7 @@ def _probe_layers(
     """
     import torch
 
-    x = _probe_input(model, image, max_pixels).to(model.device)
+    x = as_model_input(model, _probe_input(model, image, max_pixels))  # its device and dtype
     shapes: dict[str, str] = {}
     spatial: dict[str, bool] = {}
     order: list[str] = []

@@ -35,6 +35,7 @@ from ..cli_common import (
     parse_target,
     session,
 )
+from ..models.model import as_model_input
 from ..viz.io import save_image
 from . import objectives as O
 from .param import PARAMS
@@ -72,12 +73,18 @@ def _objectives(
     return objs
 
 
+def _as_input(model: sl.Model, normalize):
+    """`normalize`, then the cast to the model's device and dtype (the visualizations are float32
+    images; a float16 model takes float16 inputs, as in the optimisation)."""
+    return lambda images: as_model_input(model, normalize(images))
+
+
 def _predictions(model: sl.Model, vis: Visualization, normalize) -> list[tuple[str, float] | None]:
     """The model's top class and probability on each image (None if it is not a classifier)."""
     import torch
 
     with torch.no_grad():
-        logits = model(normalize(vis.images))
+        logits = model(_as_input(model, normalize)(vis.images))
     if logits.dim() != 2 or logits.shape[1] < 2:
         return [None] * len(vis)
     probs = logits.softmax(dim=1)
@@ -103,7 +110,7 @@ def strongest_units(
         hooks.add(
             get_layer(model.module, layer).register_forward_hook(lambda m, i, o: seen.append(o))
         )
-        model.module(normalize(images))
+        model.module(_as_input(model, normalize)(images))
     a = as_map(model, seen[0], images.shape[-2:], layer)  # the layer's first call
     return {i: float(a[j, channels[i]].amax()) for j, i in enumerate(rows)}
 
@@ -316,7 +323,7 @@ def _examples_galleries(
         channel = asked[j][1]
         i = j * batch
         path = out / f"featurevis_examples_{slug(layer)}_ch{channel}.png"
-        save_image(examples_picture(model, vis, i, found, normalize), path)
+        save_image(examples_picture(model, vis, i, found, _as_input(model, normalize)), path)
         pairings[i] = path
     return pairings
 

@@ -31,7 +31,7 @@ from ..core.errors import SaliencelabError
 from ..core.layers import resolve_layer
 from ..core.targets import LayerTarget
 from ..data.images import MAX_PIXELS, image_paths, load_image
-from ..models.model import Model, as_model
+from ..models.model import Model, as_model, as_model_input
 from ..viz.io import save_image
 from .activations import check_spatial
 from .grid import Tile, draw_grid, value_text
@@ -188,7 +188,7 @@ def top_examples(
                 log.warning("skipping %s: %s", _name(sources[i], i), e)
         if not batch:
             continue
-        x = model.preprocess(batch).to(model.device)
+        x = as_model_input(model, model.preprocess(batch))  # the model's device and dtype
         if reader is None:
             name, module = resolve_layer(model.module, layer, x, model.default_layer)
             reader = _ChannelMap(module, name, channel)

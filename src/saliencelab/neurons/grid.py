@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageDraw, ImageOps
 
 from ..core.errors import SaliencelabError
-from ..data.images import as_rgb_image
 from ..viz.gallery import PAD, _centered, _font, _line_height, colorbar_legend, input_caption, wrap
-from ..viz.overlay import crop_to_aspect, overlay
+from ..viz.overlay import crop_to_aspect, overlay, photo_to_draw_on
 
 if TYPE_CHECKING:
     from .activations import ActivationMaps
@@ -135,7 +134,7 @@ def activation_grid(
     """
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 32:
         raise SaliencelabError(f"tile must be at least 32 pixels, got {tile!r}; use e.g. 160.")
-    photo = as_rgb_image(image, "to draw on")
+    photo = photo_to_draw_on(image)
     h, w = maps.maps.shape[-2:]
     tw, th = tile, max(1, round(tile * h / w))
     photo_tile = crop_to_aspect(photo, w, h).resize((tw, th), Image.Resampling.LANCZOS)

@@ -14,10 +14,9 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from ..core.errors import SaliencelabError, closest
 from ..core.result import Attribution, Explanation
-from ..data.images import as_rgb_image
 from .colormaps import COLORMAPS, apply_colormap
 from .io import save_image
-from .overlay import crop_to_aspect, default_cmap, overlay, select_map
+from .overlay import crop_to_aspect, default_cmap, overlay, photo_to_draw_on, select_map
 
 #: Gap between tiles and around the edge, in pixels.
 PAD = 10
@@ -213,7 +212,7 @@ def gallery(
         raise SaliencelabError(
             f"tile must be a whole number of pixels, at least 32, got {tile!r}; use e.g. 224."
         )
-    photo = as_rgb_image(image, "to draw on")
+    photo = photo_to_draw_on(image)
     attributions = _as_dict(explanation)
     if methods is not None:
         for name in methods:

@@ -29,6 +29,16 @@ _SIGNED_FLOOR = 0.5
 _SIGNED_PHOTO = 0.75
 
 
+def photo_to_draw_on(image: Any) -> Image.Image:
+    """The photo as 8-bit RGB (`as_rgb_image`); a float tensor in another dtype than float32 /
+    float64 (float16; bfloat16, which NumPy has not) is read as float32 first, so it draws
+    exactly as its float32 copy."""
+    if isinstance(image, torch.Tensor) and image.is_floating_point():
+        if image.dtype not in (torch.float32, torch.float64):
+            image = image.float()
+    return as_rgb_image(image, "to draw on")
+
+
 def select_map(map_or_attribution: MapLike, sample: int = 0) -> tuple[torch.Tensor, bool]:
     """The raw (H, W) map of `sample` and whether it is signed.
 
@@ -148,7 +158,7 @@ def overlay(
     if not 0.0 <= alpha <= 1.0:
         raise SaliencelabError(f"alpha must be between 0 and 1, got {alpha}; use e.g. 0.5.")
     m, signed = select_map(map_or_attribution, sample)
-    photo = crop_to_aspect(as_rgb_image(image, "to draw on"), m.shape[1], m.shape[0])
+    photo = crop_to_aspect(photo_to_draw_on(image), m.shape[1], m.shape[0])
     name = cmap or default_cmap(signed)
     colormap(name)  # validate the name
     values = normalize_map(m, signed=COLORMAPS[name], clip_percentile=clip_percentile)

@@ -18,9 +18,13 @@ from ...core.layout import memory_format_of
 from ...core.result import Attribution
 from ...core.state import attribution_mode
 from ...models.blackbox import is_blackbox
-from ...models.model import Model, logits_of
+from ...models.model import Model, logits_of, parameter_dtype
 from ..base import EvalBatch, Explainer, Metric, Scores, all_finite, register_metric
 from ..checks import check_choice, refuse_compiled_model
+
+# Rounding allowed per sample in a dtype coarser than float32: ROUNDING · ε · max |map| (ε its
+# machine epsilon); the model-free sobel reference differs by up to ~4 ε between x and x + shift.
+ROUNDING = 8
 
 # Backward nodes of convolution and linear layers, which do not keep the layer's output: the
 # shift correction may change it in place.
@@ -271,6 +275,13 @@ class InputInvariance(Metric):
     unchanged. Quantus' InputInvariance returns, per sample, whether all values are close
     (`np.isclose`, atol 1e-4): it is True exactly where `measure="fraction"` gives 0.
 
+    `atol` / `rtol` hold as given in float32 and float64. Where the model, its inputs or the
+    maps are in a coarser dtype (float16, bfloat16), x and x₂ round differently (even the
+    model-free `sobel` map moves by ~4 ε), so a value also counts as unchanged within
+    8 · ε · max |a| of its sample (ε the coarsest dtype's machine epsilon: 9.8e-4 in float16,
+    7.8e-3 in bfloat16), and the shifted model's outputs may differ by 32 ε · (1 + max |logit|)
+    instead of 1e-3 · (1 + max |logit|).
+
     Cost: the explanation of x₂, and one forward of x's first row, which finds the first layer
     and gives the logits the shifted model's are checked against (those of x₂'s first row are
     read from the explanation's own forward); all counted in `forwards` / `passes`. The first
@@ -361,14 +372,16 @@ class InputInvariance(Metric):
             # explainer that computes its answer its own way.
             after = logits[:1] if logits is not None else engine.logits(x2[:1])
         out = a2.maps if self.on == "maps" else a2.attributions
-        # The shifted model must give the same outputs (eval mode, weights frozen).
+        ref = batch.maps if self.on == "maps" else batch.attributions
+        dtypes = [x.dtype, before.dtype, *(t.dtype for t in (ref, out) if t is not None)]
+        eps = rounding_eps(parameter_dtype(batch.model), *dtypes)
+        # The shifted model must give the same outputs (eval mode, weights frozen), to rounding.
         gap = float((after.to(before) - before).abs().max())
-        if not gap <= 1e-3 * (1 + float(before.abs().max())):
+        if not gap <= max(1e-3, 32 * eps) * (1 + float(before.abs().max())):
             raise SaliencelabError(
                 f"The model with the shift absorbed in its first layer gives outputs {gap:.3g} "
                 "away from the model's, so input_invariance cannot score this model."
             )
-        ref = batch.maps if self.on == "maps" else batch.attributions
         if ref is None or ref.shape != out.shape:
             raise SaliencelabError(
                 "on='attributions' needs the method's input-space attributions of the inputs; "
@@ -378,7 +391,12 @@ class InputInvariance(Metric):
         if self.measure == "mae":
             values = (ref - out).abs().flatten(1).mean(1)
         else:
-            values = changed_fraction(ref, out, self.rtol, self.atol)
+            atol = self.atol
+            if eps > torch.finfo(torch.float32).eps:  # rounding of a coarser dtype, per sample
+                peak = ref.abs().nan_to_num(0.0, 0.0, 0.0).flatten(1).amax(1)  # finite values
+                atol = self.atol + ROUNDING * eps * peak
+                atol = atol.view(-1, *[1] * (ref.dim() - 1))
+            values = changed_fraction(ref, out, self.rtol, atol)
         return Scores(values=values, extras={"output_gap": torch.full((x.shape[0],), gap)})
 
 
@@ -393,14 +411,26 @@ def _explained(
     return explainer(model, x, target), None
 
 
-def changed_fraction(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
-    """(B,) the fraction of each sample's values where `torch.isclose(a, b, rtol, atol)` fails.
+def rounding_eps(*dtypes: torch.dtype | None) -> float:
+    """The machine epsilon of the coarsest floating dtype among `dtypes` (0 if none)."""
+    return max(
+        (torch.finfo(d).eps for d in dtypes if d is not None and d.is_floating_point), default=0.0
+    )
+
+
+def changed_fraction(
+    a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float | torch.Tensor
+) -> torch.Tensor:
+    """(B,) the fraction of each sample's values where `torch.isclose(a, b, rtol, atol)` fails;
+    `atol` may also be a tensor broadcast against `b` (e.g. one per sample).
 
     Where every value is finite this is |a − b| > atol + rtol·|b|, the same test, written as
-    0/1 into a float tensor (~3× faster on the CPU than isclose's bool kernels); else isclose
-    itself (its rules for NaN and infinities)."""
+    0/1 into a float tensor (~3× faster on the CPU than isclose's bool kernels); else also
+    isclose's rules for NaN (never close) and infinities (close only to themselves)."""
     if not (all_finite(a) and all_finite(b)):
-        return (~torch.isclose(a, b, rtol=rtol, atol=atol)).flatten(1).double().mean(1)
+        finite = torch.isfinite(a) & torch.isfinite(b)
+        close = torch.where(finite, (a - b).abs() <= atol + rtol * b.abs(), a == b)
+        return (~close).flatten(1).double().mean(1)
     diff = (a - b).abs_()
     changed = torch.gt(diff, b.abs().mul_(rtol).add_(atol), out=torch.empty_like(diff))
     return changed.flatten(1).mean(1)

@@ -48,7 +48,8 @@ from ....core.context import Context, MethodOutput
 from ....core.errors import SaliencelabError
 from ....core.registry import quoted, register
 from ....core.state import Hooks
-from ...options import check_flag
+from ....models.model import parameter_dtype
+from ...options import check_flag, is_number
 from .canonizers import Canonizer, default_canonizers
 from .composites import PRESETS, Composite, composite_from_name
 from .rules import (
@@ -62,6 +63,8 @@ from .rules import (
 )
 
 CALL_MARK = "_saliencelab_lrp_call"  # on a hooked layer's output: its `_Call`
+DEFAULT_EPSILON = 1e-6  # the `lrp` method's defaults (also `composite_from_name`'s)
+DEFAULT_GAMMA = 0.25
 
 
 @dataclass
@@ -348,26 +351,70 @@ class LRPRule:
         return result
 
 
-def _check_options(epsilon: float, gamma: float) -> None:
-    if not epsilon >= 0:
-        raise SaliencelabError(f"lrp: epsilon must be >= 0, got {epsilon}; try 1e-6.")
-    if not gamma >= 0:
-        raise SaliencelabError(f"lrp: gamma must be >= 0, got {gamma}; try 0.25.")
+def _check_number(value: Any, name: str, example: str) -> float:
+    """`value` as a float if it is a finite number >= 0 (a bool is refused, not read as 0 / 1)."""
+    if not is_number(value) or value < 0:
+        raise SaliencelabError(
+            f"lrp: {name} must be >= 0, a finite number (not a bool), got {value!r}; try {example}."
+        )
+    return float(value)
+
+
+def _check_options(
+    epsilon: Any, gamma: Any, composite: str | Composite, dtype: torch.dtype
+) -> tuple[float, float]:
+    """epsilon and gamma as floats; refused when not finite numbers >= 0, when epsilon does not
+    fit in the model's dtype (the stabiliser is a tensor of it), or when the composite does not
+    use them (a value other than the default would be ignored, as low / high are refused)."""
+    epsilon = _check_number(epsilon, "epsilon", "1e-6")
+    gamma = _check_number(gamma, "gamma", "0.25")
+    largest = torch.finfo(dtype).max
+    if epsilon > largest:
+        kind = str(dtype).removeprefix("torch.")
+        raise SaliencelabError(
+            f"lrp: epsilon must be >= 0, a finite number the model's {kind} can hold (at most "
+            f"{largest:.3g}), got {epsilon!r}; try 1e-6."
+        )
+    known = isinstance(composite, Composite) or (
+        isinstance(composite, str) and composite in PRESETS
+    )
+    name = composite if isinstance(composite, str) else "a Composite"
+    if known and gamma != DEFAULT_GAMMA and composite != "epsilon_gamma_box":
+        raise SaliencelabError(
+            f"lrp: gamma is the parameter of the LRP-γ rule of composite='epsilon_gamma_box', "
+            f"which composite={name!r} does not use (it would be ignored); pick that composite, "
+            "or give your Composite's Gamma(gamma) itself."
+        )
+    if epsilon != DEFAULT_EPSILON and isinstance(composite, Composite):
+        raise SaliencelabError(
+            "lrp: epsilon is the parameter of the presets' LRP-ε rule, which a Composite does not "
+            "use (it would be ignored); give your Composite's Epsilon(epsilon) itself."
+        )
+    return epsilon, gamma
 
 
 def _check_same_logits(ctx: Context, logits: torch.Tensor) -> None:
-    """The canonized model must compute what the model computes (else the surgery was wrong)."""
+    """The canonized model must compute what the model computes (else the surgery was wrong).
+
+    Equal up to rounding: max |difference| within max(1e-3, 32 ε) · max |logit|, ε the machine
+    epsilon of the logits' (or the model's, if coarser) dtype: 1e-3 in float32 and float64,
+    0.031 in float16, 0.25 in bfloat16. A wrong merge is off by the size of the outputs.
+    """
     if ctx.logits is None or ctx.logits.shape != logits.shape:
         return
     clean = ctx.logits.to(logits.dtype)
     scale = clean.abs().max().clamp(min=1.0)
     gap = (logits - clean).abs().max()
-    # TF32 convolutions (PyTorch's default on CUDA) round each layer to ~1e-3; a wrong merge
-    # is off by the size of the outputs.
-    tf32 = logits.is_cuda and (
+    eps = torch.finfo(logits.dtype).eps
+    model_dtype = parameter_dtype(ctx.model)
+    if model_dtype is not None:
+        eps = max(eps, torch.finfo(model_dtype).eps)
+    # TF32 convolutions (PyTorch's default on CUDA) keep 10 bits of mantissa, as float16.
+    if logits.is_cuda and (
         torch.backends.cudnn.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
-    )
-    if gap > (3e-2 if tf32 else 1e-3) * scale:
+    ):
+        eps = max(eps, 2.0**-10)
+    if gap > max(1e-3, 32 * eps) * scale:
         raise SaliencelabError(
             f"lrp: the canonized model's outputs differ from the model's by {float(gap):.3g}, so "
             "a BatchNorm was merged into a layer it does not follow; pass canonize=False."
@@ -385,8 +432,8 @@ def lrp(
     ctx: Context,
     *,
     composite: str | Composite = "epsilon_plus",
-    epsilon: float = 1e-6,
-    gamma: float = 0.25,
+    epsilon: float = DEFAULT_EPSILON,
+    gamma: float = DEFAULT_GAMMA,
     low: float | torch.Tensor | None = None,
     high: float | torch.Tensor | None = None,
     canonize: bool = True,
@@ -397,11 +444,14 @@ def lrp(
     with the contributions c_jk of each layer's rule (see `methods/relevance/lrp/rules.py`).
     Options: `composite` (rules per layer) "epsilon_plus" | "epsilon" | "epsilon_plus_flat" |
     "epsilon_gamma_box" | "epsilon_alpha2_beta1" | a `Composite`; `epsilon` of LRP-ε (dense
-    layers, pooling, sums); `gamma` of LRP-γ; `low` / `high` the pixel bounds of z-box (default:
-    each sample's min / max); `canonize` merges BatchNorm into the layer before it and routes
-    residual sums through a proportional rule (undone after). extras["delta"] (B,) is Σ R − S.
+    layers, pooling, sums); `gamma` of LRP-γ (epsilon_gamma_box only); `low` / `high` the pixel
+    bounds of z-box (default: each sample's min / max); epsilon and gamma are finite numbers
+    >= 0, and one a chosen composite would ignore is refused; `canonize` merges BatchNorm into
+    the layer before it and routes residual sums through a proportional rule (undone after).
+    extras["delta"] (B,) is Σ R − S.
     """
-    _check_options(epsilon, gamma)
+    dtype = parameter_dtype(ctx.model) or torch.float32
+    epsilon, gamma = _check_options(epsilon, gamma, composite, dtype)
     canonize = check_flag(canonize, "canonize", "lrp")
     box = composite == "epsilon_gamma_box" if isinstance(composite, str) else False
     if (low is not None or high is not None) and not box:
