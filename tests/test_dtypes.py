@@ -6,6 +6,7 @@ is compared with the float32 model's on the same inputs.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import textwrap
 
@@ -349,3 +350,49 @@ def test_overlays_take_a_photo_tensor_in_any_float_dtype(data, x, dtype):
     )
     maps = sl.activations(model, x[:1], layer="features.10", top=2)
     assert np.array_equal(np.asarray(maps.grid(photo)), np.asarray(maps.grid(same)))
+
+
+# -- what methods compute from a half model's gradients: in float32 -------------------------------
+
+
+def _small_gradient_cnn() -> nn.Module:
+    """A CNN whose input and layer gradients are ~1e-4: their cubes (Grad-CAM++), products
+    (guided Grad-CAM) and squares lie below float16's smallest number (6e-8)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()
+    with torch.no_grad():
+        net[-1].weight.mul_(1e-2)
+    return net
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["gradcam", "gradcam_plus_plus", "xgradcam", "layercam", "guided_gradcam"]
+    + ["integrated_gradients", "smoothgrad_sq", "lrp"],
+)
+@pytest.mark.parametrize("dtype", LOW)
+def test_half_models_maps_are_computed_in_float32(method, dtype):
+    """The model runs in its dtype; its gradients and activations reach the method in float32,
+    so the maps follow the float32 model's (they were all zeros in float16 for Grad-CAM++ and
+    guided Grad-CAM) up to the rounding of the model's own pass."""
+    net = _small_gradient_cnn()
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 16, 16).to(dtype).float()  # exact in both dtypes
+    target = [1, 2]
+    want = sl.explain(net, x, methods=method, target=target)[method]
+    half = copy.deepcopy(net).to(dtype)
+    got = sl.explain(half, x, methods=method, target=target)[method]
+    assert got.maps.dtype == torch.float32 and got.attributions.dtype == torch.float32
+    assert want.maps.abs().max() > 0
+    # (the input gradients, ~1e-4, are float16 subnormals: saliency itself is 5 % off there)
+    tol = {torch.float16: 0.15, torch.bfloat16: 0.3}[dtype]
+    rel = (got.maps - want.maps).norm() / want.maps.norm()
+    assert rel < tol, float(rel)

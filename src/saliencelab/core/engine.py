@@ -113,6 +113,20 @@ class Cost:
         )
 
 
+def captured_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype gradient passes hand their gradients and activations to methods in, and that
+    methods accumulate them in: float32 for a float16 / bfloat16 model, else the model's own."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def captured_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A gradient or activation as methods receive it: contiguous, and float32 where the model
+    runs in float16 / bfloat16, so that what a method computes from it (Grad-CAM++'s cubed
+    gradients, SmoothGrad²'s squares, sums over IG's steps) neither underflows nor rounds at
+    half precision (a gradient of 1e-3 cubed is below float16's smallest number)."""
+    return t.to(captured_dtype(t.dtype), memory_format=torch.contiguous_format)
+
+
 def _first_tensor(out):
     return out if isinstance(out, torch.Tensor) else out[0]
 
@@ -344,9 +358,9 @@ class Engine:
                     inputs=x.detach(),  # as fed (channels-last on CPU), as `forwards` does
                     logits=logits.detach(),
                     scores=scores.detach(),
-                    input_grad=grads[0].contiguous() if input_grad else None,
-                    activations={n: captured[n].detach().contiguous() for n in layers},
-                    gradients={n: grads[offset + i].contiguous() for i, n in enumerate(layers)},
+                    input_grad=captured_tensor(grads[0]) if input_grad else None,
+                    activations={n: captured_tensor(captured[n].detach()) for n in layers},
+                    gradients={n: captured_tensor(grads[offset + i]) for i, n in enumerate(layers)},
                 )
             self.cost.seconds += checks.finish()
 

@@ -68,7 +68,7 @@ def _scorecam_scores(ctx: Context, a: torch.Tensor, rows: _ChannelRows, weightin
         )
         low = up.amin(dim=(2, 3), keepdim=True)
         mask = nonzero_divide(up - low, up.amax(dim=(2, 3), keepdim=True) - low)
-        return x[samples] * mask
+        return x[samples] * mask.to(x.dtype)  # (the activations may be float32, x half)
 
     scores = []
     for chunk in ctx.engine.forwards(rows.n_rows, make_inputs, rows.sample_of, ctx.target):

@@ -31,6 +31,7 @@ import torch
 
 from ...core.batching import row_slice
 from ...core.context import Context
+from ...core.engine import captured_dtype
 from ...core.errors import SaliencelabError
 from ...core.registry import register
 from ...core.seeds import sample_generators
@@ -128,7 +129,7 @@ def expected_gradients(
         k = row_slice(draws, rows)
         return torch.addcmul(base, alphas[sample_of(rows), k].view(shape), diff)
 
-    total = torch.zeros_like(xf)
+    total = torch.zeros_like(xf, dtype=captured_dtype(xf.dtype))  # float32 for half models
     for chunk in ctx.engine.gradients(n_rows, make_inputs, sample_of, ctx.target):
         _, diff = diff_of(chunk.rows)
         total.index_add_(0, chunk.samples, diff * chunk.input_grad)

@@ -20,6 +20,7 @@ import torch
 
 from ...core.batching import row_slice
 from ...core.context import Context, MethodOutput
+from ...core.engine import captured_dtype
 from ...core.errors import SaliencelabError, closest
 from ...core.registry import quoted, register
 from ..options import check_blur_sigma
@@ -143,7 +144,7 @@ def integrated_gradients(
         b = sample_of(rows)
         return torch.addcmul(base[b], alphas[row_slice(steps, rows)].view(shape), diff[b])
 
-    total = torch.zeros_like(diff)
+    total = torch.zeros_like(diff, dtype=captured_dtype(diff.dtype))  # float32 for half models
     for chunk in ctx.engine.gradients(n_rows, make_inputs, sample_of, ctx.target):
         k = row_slice(steps, chunk.rows)
         total.index_add_(0, chunk.samples, chunk.input_grad * weights[k].view(shape))

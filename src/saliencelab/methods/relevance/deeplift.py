@@ -29,6 +29,7 @@ import torch
 
 from ...core.batching import row_range, row_slice
 from ...core.context import Context, MethodOutput
+from ...core.engine import captured_dtype
 from ...core.errors import SaliencelabError
 from ...core.registry import register
 from ...core.seeds import sample_generators
@@ -82,7 +83,7 @@ def deeplift_pairs(
     def make_inputs(rows: torch.Tensor) -> torch.Tensor:
         return torch.cat([xf[sample_of(rows)], reference_of(rows).to(dtype)])
 
-    total = torch.zeros_like(xf)
+    total = torch.zeros_like(xf, dtype=captured_dtype(dtype))  # float32 for half models
     s_x = torch.empty(n_pairs, device=dev, dtype=dtype)
     s_ref = torch.empty(n_pairs, device=dev, dtype=dtype)
     for chunk in ctx.engine.gradients(n_pairs, make_inputs, sample_of, ctx.target, backward=rule):
