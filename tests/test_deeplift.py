@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from captum.attr import DeepLift, DeepLiftShap
@@ -236,7 +238,8 @@ def test_max_pool_fallback_is_the_gradient_at_the_inputs_argmax():
         model[2].weight.fill_(2.0)
     x = torch.tensor([[[[3.0, 1.0], [0.0, -1.0]]]])
     base = torch.tensor([[[[2.8, 5.0], [0.0, -1.0]]]])
-    a = _run(model, x, target=0, baselines=base, eps=0.5)
+    with pytest.warns(UserWarning, match="summation-to-delta is off by up to 10%"):
+        a = _run(model, x, target=0, baselines=base, eps=0.5)  # Σφ = -3.6, ΔS = -4
     torch.testing.assert_close(a.attributions, torch.tensor([[[[0.4, -4.0], [0.0, 0.0]]]]))
 
 
@@ -384,3 +387,33 @@ def test_a_bad_seed_is_one_sentence(method, options):
 def test_a_nan_baseline_is_one_sentence():
     with pytest.raises(SaliencelabError, match="finite number"):
         _run(_mlp(), torch.randn(2, 12), "deeplift", baselines=float("nan"))
+
+
+class _FunctionalAttention(nn.Module):
+    """A linear map, then x ⊙ softmax(x) (a product and a softmax no module hooks reach)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.fc, self.relu, self.out = nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.fc(x))
+        return self.out(h * h.softmax(dim=-1))
+
+
+@pytest.mark.parametrize("method", ["deeplift", "deeplift_shap"])
+def test_a_gap_in_summation_to_delta_is_warned(method):
+    """The rescale rule conserves S(x) - S(x') through the modules it reaches (no warning on
+    the MLP, every nonlinearity a module); a product and softmax it does not reach break it,
+    and the call says by how much (the largest |delta| / |S(x) - S(x')|)."""
+    torch.manual_seed(6)
+    x = torch.randn(4, 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sl.explain(_mlp(), x, methods=method, target=0)
+    with pytest.warns(UserWarning, match="summation-to-delta is off by up to") as seen:
+        a = sl.explain(_FunctionalAttention().eval(), x, methods=method, target=0)[method]
+    gap = a.attributions.sum(1) - a.extras["delta"]  # S(x) - S(x') (mean over references)
+    share = float((a.extras["delta"].abs() / gap.abs()).max())
+    assert share > 0.01 and f"{share:.0%}" in str(seen[0].message)

@@ -112,6 +112,29 @@ def deeplift_pairs(
     return total, s_x, s_ref
 
 
+def warn_unconserved(
+    delta: torch.Tensor, gap: torch.Tensor, scores: torch.Tensor, method: str
+) -> None:
+    """Warn when summation-to-delta fails: |delta| above 1 % of |S(x) - S(x')| (plus the float
+    rounding of the scores) for some sample. The rescale rule conserves the score difference
+    exactly through the modules it reaches; a gap this large means the model computes
+    nonlinearities it does not reach, whose gradient is taken instead (one host read a call)."""
+    rounding = 64 * torch.finfo(scores.dtype).eps * scores.abs().clamp(min=1.0)
+    off = delta.abs() > 1e-2 * gap.abs() + rounding
+    if not bool(off.any()):
+        return
+    share = float((delta.abs() / gap.abs().clamp(min=torch.finfo(gap.dtype).tiny)).max())
+    warnings.warn(
+        f"{method}: summation-to-delta is off by up to {share:.0%} of S(x) - S(x') "
+        "(extras['delta']): the model computes nonlinearities the rescale rule does not reach "
+        "(functional calls such as F.relu or torch.sigmoid, attention's softmax and products, "
+        "normalisation layers), where it takes their gradient, or an eps so large that "
+        "changed inputs take the gradient too; integrated_gradients keeps completeness on any "
+        "differentiable model.",
+        stacklevel=3,
+    )
+
+
 @register(
     "deeplift",
     family="relevance",
@@ -146,6 +169,7 @@ def deeplift(
         ctx, samples, lambda r: row_slice(base, r), eps=eps, method=name
     )
     delta = attributions.flatten(1).sum(1) - (s_x - s_ref)
+    warn_unconserved(delta, s_x - s_ref, s_x, name)
     return MethodOutput(attributions, extras={"delta": delta})
 
 
@@ -215,4 +239,5 @@ def deeplift_shap(
     mean_ref = torch.zeros(batch, device=dev, dtype=s_ref.dtype)
     mean_ref.index_add_(0, samples, s_ref / n_refs)
     delta = attributions.flatten(1).sum(1) - (s_x[:batch] - mean_ref)
+    warn_unconserved(delta, s_x[:batch] - mean_ref, s_x[:batch], name)
     return MethodOutput(attributions, extras={"delta": delta, "n_baselines": n_refs})
