@@ -12,6 +12,17 @@ import torch
 from torch import nn
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    tiny models run as fast on one, and on a loaded 2-core machine two threads spin against each
+    other (~10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class TinyCNN(nn.Module):
     """conv → ReLU → conv → ReLU → global average pool → linear."""
 

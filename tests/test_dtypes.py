@@ -65,13 +65,7 @@ BUILD = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: on a loaded 2-core machine two threads spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def shapes_cnn(dtype: torch.dtype = torch.float32) -> sl.Model:

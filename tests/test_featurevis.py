@@ -51,13 +51,7 @@ def command_app() -> typer.Typer:
     return app
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: on a loaded 2-core machine two threads spin against each other (~10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- parameterizations -----------------------------------------------------------------------------

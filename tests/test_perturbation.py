@@ -27,14 +27,7 @@ from saliencelab.methods.perturbation.rise import RiseMasks
 from saliencelab.models.blackbox import blackbox
 from saliencelab.models.efficientnet_lite import Conv2dSame, MBConvBlock
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast and does not wait on a busy machine's other cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
