@@ -235,7 +235,7 @@ def test_a_report_that_cannot_be_written_is_one_sentence_and_keeps_the_old_page(
 
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "index.html").mkdir()
-    with pytest.raises(SaliencelabError, match="index.html' is a folder; give a file name for"):
+    with pytest.raises(SaliencelabError, match="index.html' is a folder, so the report cannot be"):
         write_index(tmp_path / "busy", [entry(tmp_path)])
     (tmp_path / "file").write_text("x")
     with pytest.raises(SaliencelabError, match="Cannot create the report folder"):

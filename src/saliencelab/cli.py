@@ -32,6 +32,7 @@ from saliencelab.cli_common import (
     MaxPixelsOption,
     ModelOption,
     NormalizeOption,
+    OneLineErrors,
     OutOption,
     TargetOption,
     TrustPickleOption,
@@ -46,14 +47,17 @@ from saliencelab.cli_common import (
     parse_options,
     parse_target,
     parse_value,
+    print_catalogue,
     progress_bar,
     require_an_image,
     session,
     split,
 )
+from saliencelab.core.files import check_outputs
 from saliencelab.core.registry import get_method
 from saliencelab.data.samples import is_sample_image
 from saliencelab.featurevis.commands import register as register_featurevis
+from saliencelab.metrics.commands import evaluation_outputs
 from saliencelab.metrics.commands import register as register_metrics
 from saliencelab.models.blackbox import is_blackbox
 from saliencelab.models.model import as_model_input
@@ -65,6 +69,7 @@ __all__ = ["app", "parse_options", "parse_target", "parse_value"]
 
 app = typer.Typer(
     name="saliencelab",
+    cls=OneLineErrors,  # a usage mistake is one `error:` line, as every other mistake
     help="See what a deep learning model looks at.",
     no_args_is_help=True,
     add_completion=False,
@@ -248,7 +253,7 @@ def explain(
     debug: DebugOption = False,
 ) -> None:
     """Explain images: overlays, galleries, raw maps (maps.npz) and index.html in --out."""
-    with session(debug) as err:
+    with session(debug, out) as err:
         requested = split(methods) if methods is not None else _default_methods()
         options = parse_options(option)
         # Check the request before loading the model (the engine checks it again).
@@ -319,6 +324,7 @@ def _method_table(specs: list[sl.MethodSpec]) -> None:
     out.add_column("family", no_wrap=True)
     out.add_column("passes per sample", ratio=1, overflow="fold")
     out.add_column("summary and options (defaults, allowed values)", ratio=3, overflow="fold")
+    heads = []
     for spec in specs:
         cost = str(spec.cost)
         if cost in spec.options:
@@ -332,7 +338,10 @@ def _method_table(specs: list[sl.MethodSpec]) -> None:
             if allowed:
                 about.append(f"\n{k}: {allowed}", style="dim")
         out.add_row(spec.name, spec.family, cost, about)
-    out_console().print(keep_words(out))
+        heads.append(
+            Text.assemble((spec.name, "bold"), f"  {spec.family}, passes per sample: {cost}")
+        )
+    print_catalogue(out, heads)
     out_console().print(
         "[dim]`saliencelab methods NAME` shows one method's description and options.[/dim]"
     )
@@ -610,7 +619,7 @@ def demo(
     debug: DebugOption = False,
 ) -> None:
     """Explain bundled sample photos with EfficientNet-Lite0 and many methods; write a report."""
-    with session(debug) as err:
+    with session(debug, out) as err:
         registered = _registered()
         names = (
             split(methods) if methods is not None else [m for m in DEMO_METHODS if m in registered]
@@ -629,10 +638,12 @@ def demo(
         }
         scored = demo_eval_methods(names) if evaluate else {}
         method_requests(names, options=options)
+        evaluation = out / "evaluation"
+        if scored:  # a folder in the way of a chart: refused before any work
+            check_outputs(evaluation_outputs(evaluation, DEMO_EVAL_METRICS, report=True))
         require_an_image(pictures, err, max_pixels)  # none readable: stop before writing
         start = time.perf_counter()
         model = load_model(DEFAULT_MODEL, device)
-        evaluation = out / "evaluation"
         result = _run(
             model,
             pictures,
@@ -655,7 +666,7 @@ def demo(
         result.seconds = time.perf_counter() - start
         _report(result, out_console(), err, show_target=False)
         if scored:
-            _demo_evaluation(model, pictures, scored, evaluation, err, max_pixels)
+            _demo_evaluation(model, pictures, scored, evaluation, err, max_pixels, embed)
         elif evaluate:
             err.print(
                 f"No method of the demo's evaluation set ({', '.join(DEMO_EVAL_METHODS)}) was "
@@ -683,9 +694,10 @@ def _demo_evaluation(
     out: Path,
     err: Console,
     max_pixels: int = MAX_PIXELS,
+    embed: bool = False,
 ) -> None:
     """Score a few methods on the demo photos; print the table, write CSV/JSON, charts and a page
-    showing them (out/index.html, linked from the report)."""
+    showing them (out/index.html, linked from the report; `embed`: its charts inlined)."""
     from saliencelab.metrics.commands import evaluate_images, results_table, write_evaluation
     from saliencelab.report.html import write_figures_page
 
@@ -715,6 +727,7 @@ def _demo_evaluation(
         others,
         title="saliencelab demo: evaluation",
         back=out.parent / "index.html",
+        embed=embed,
     )
     out_console().print(f"Evaluation (table, curves, bars) written to [bold]{out}[/bold].")
 

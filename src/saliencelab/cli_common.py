@@ -33,8 +33,15 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
+
+try:  # newer typers parse with their own copy of click, whose errors these are
+    from typer._click import exceptions as click_errors
+except ImportError:  # typer < 0.2x: the click package
+    from click import exceptions as click_errors
 
 import saliencelab as sl
+from saliencelab.core.files import FolderInTheWay, new_folder, remove_if_empty
 from saliencelab.data.images import MAX_PIXELS
 from saliencelab.data.samples import is_sample_image
 from saliencelab.models.square import SquarePreprocess
@@ -143,7 +150,10 @@ ChunkSizeOption = Annotated[
     ),
 ]
 EmbedOption = Annotated[
-    bool, typer.Option("--embed", help="Inline the images in index.html (one portable file).")
+    bool,
+    typer.Option(
+        "--embed", help="Inline the images in the HTML pages (each page one portable file)."
+    ),
 ]
 
 
@@ -212,9 +222,29 @@ def fail(message: str, debug: bool) -> None:
     err.print(Text("error: " + " ".join(message.split()), style="bold red"), soft_wrap=True)
 
 
+#: Python wordings in library sentences, and what a command-line user writes instead.
+CLI_WORDS = {
+    "or target=None for each input's predicted class": (
+        "or leave --target out to explain each input's predicted class"
+    ),
+}
+
+
+def command_line_words(message: str) -> str:
+    """`message` with its Python wordings (`CLI_WORDS`) put as the command line's."""
+    for python, cli in CLI_WORDS.items():
+        message = message.replace(python, cli)
+    return message
+
+
 @contextmanager
-def session(debug: bool) -> Iterator[Console]:
-    """Stderr console with the library's log shown on it; user errors → one sentence, exit 2."""
+def session(debug: bool, out: Path | None = None) -> Iterator[Console]:
+    """Stderr console with the library's log shown on it; user errors → one sentence, exit 2.
+
+    `out`, the command's output folder, is created first (a file in its place stops the command
+    before any work) and removed again if the command fails before writing into it, so a
+    refused request leaves no empty folder behind.
+    """
     debug = debug or STATE["debug"]
     err = err_console()
     logger = logging.getLogger("saliencelab")
@@ -224,15 +254,57 @@ def session(debug: bool) -> Iterator[Console]:
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
     logger.propagate = False
+    created: list[Path] = []
+    done = False
     try:
+        if out is not None:
+            created = new_folder(out)
         yield err
+        done = True
+    except FolderInTheWay as e:  # the command named the file itself: move the folder, or --out
+        fail(e.advice("another --out"), debug)
+        raise typer.Exit(code=2) from None
     except sl.SaliencelabError as e:
-        fail(str(e), debug)
+        fail(command_line_words(str(e)), debug)
         raise typer.Exit(code=2) from None
     finally:
+        if not done:
+            remove_if_empty(created)
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
+
+
+class OneLineErrors(TyperGroup):
+    """The app's command group: a usage mistake (a bad option value, a missing argument, an
+    unknown command) is one red `error:` line and a "Try '... --help'" hint on stderr, exit
+    code 2, as every other mistake is, instead of a boxed panel; `--help` is left as it is."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent=None, **extra: Any):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click_errors.ClickException as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # `saliencelab` alone: the help
+                raise
+            usage_error(e)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click_errors.ClickException as e:
+            usage_error(e)
+
+
+def usage_error(e: Any) -> None:
+    """Print `e` as one `error:` line (and the help hint of a usage error); exit with its code."""
+    fail(e.format_message(), debug=False)
+    ctx = getattr(e, "ctx", None)
+    if ctx is not None and ctx.command.get_help_option(ctx) is not None:
+        help_name = ctx.help_option_names[0]
+        err_console().print(
+            Text(f"Try '{ctx.command_path} {help_name}' for help.", style="dim"), soft_wrap=True
+        )
+    raise typer.Exit(code=e.exit_code)
 
 
 class ConsoleHandler(logging.Handler):
@@ -326,6 +398,37 @@ def keep_words(table: Table, longest: int = 10, width: int | None = None) -> Tab
             if i in stretchy:
                 column.max_width = pins[i] + extra[i]
     return table
+
+
+#: The fewest characters a catalogue's summary column (`methods`, `metrics`) is drawn in; a
+#: narrower terminal gets each entry as a heading line with its summary under it instead (the
+#: table wrapped the summary a word or a few letters a line: 4,431 lines at 60 columns).
+MIN_SUMMARY_WIDTH = 40
+
+
+def print_catalogue(table: Table, heads: list[Text], width: int | None = None) -> None:
+    """Print `table`, whose last column is a long summary, if `width` (the console's) leaves
+    that column `MIN_SUMMARY_WIDTH` characters next to the others; else, row by row, the
+    heading `heads[i]` with the row's summary indented under it and a blank line after."""
+    console = out_console()
+    width = width or console.width
+    *others, summary = table.columns
+    used = 3 * len(table.columns) + 1  # borders and padding
+    for column in others:
+        texts = [cell.plain if isinstance(cell, Text) else str(cell) for cell in column.cells]
+        words = [len(w) for w in str(column.header).split()]
+        lines = [len(line) for text in texts for line in text.splitlines()]
+        used += max(words + lines, default=0)
+    if width - used >= MIN_SUMMARY_WIDTH:
+        console.print(keep_words(table, width=width))
+        return
+    for head, about in zip(heads, summary.cells, strict=True):
+        console.print(head)
+        about = about if isinstance(about, Text) else Text(str(about))
+        for line in about.wrap(console, max(width - 2, 20)):
+            line.rstrip()
+            console.print(Text("  ").append_text(line))
+        console.print()
 
 
 def _share(room: int, wants: dict[int, int], weights: dict[int, int]) -> dict[int, int]:

@@ -4,11 +4,72 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
 from .errors import SaliencelabError
+
+
+class FolderInTheWay(SaliencelabError):
+    """A folder stands where a file is to be written.
+
+    `path` and `what` (e.g. "the picture") let the command line give its own advice: there every
+    file name is the tool's choice, so the user can only move that folder or pick another --out.
+    """
+
+    def __init__(self, path: str | os.PathLike, what: str, message: str | None = None) -> None:
+        self.path, self.what = Path(path), what
+        super().__init__(message or self.advice())
+
+    def advice(self, another: str = "another output folder") -> str:
+        """The sentence for a file whose name the tool chose: remove the folder, or `another`."""
+        return (
+            f"{str(self.path)!r} is a folder, so {self.what} cannot be written there; remove or "
+            f"rename that folder, or choose {another}."
+        )
+
+
+def check_outputs(files: Iterable[tuple[str | os.PathLike, str]]) -> None:
+    """Check, before any work, that each (path, what it is) a run will write can be written:
+    no folder stands in its place and no file in place of one of its folders. One sentence
+    (:class:`FolderInTheWay` for a folder) otherwise, so that a run never stops halfway
+    through writing its results."""
+    for path, what in files:
+        path = Path(path)
+        if path.is_dir():
+            raise FolderInTheWay(path, what)
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise SaliencelabError(
+                        f"{str(parent)!r} is a file, where the folder of {what} is to be made; "
+                        "remove or rename that file, or choose another output folder."
+                    )
+                break
+
+
+def new_folder(path: str | os.PathLike, what: str = "output folder") -> list[Path]:
+    """`make_folder(path, what)`, returning the folders this call created (deepest first;
+    none when `path` was there), for :func:`remove_if_empty` to take back."""
+    folder = Path(path)
+    created = []
+    for p in (folder, *folder.parents):
+        if p.exists():
+            break
+        created.append(p)
+    make_folder(folder, what)
+    return created
+
+
+def remove_if_empty(folders: Iterable[Path]) -> None:
+    """Remove `folders` (deepest first) while they are empty: a run that stopped before writing
+    anything leaves no empty folder behind."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): leave it and its parents
+            return
 
 
 def make_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
@@ -40,9 +101,11 @@ def write_whole(path: str | os.PathLike, write: Callable[[BinaryIO], None], what
     """
     path = Path(path)
     if path.is_dir():
-        raise SaliencelabError(
+        raise FolderInTheWay(
+            path,
+            what,
             f"{str(path)!r} is a folder; give a file name for {what}, e.g. "
-            f"{str(path / 'out')!r} with its suffix."
+            f"{str(path / 'out')!r} with its suffix.",
         )
     tmp: Path | None = None
     try:

@@ -118,7 +118,13 @@ def as_rgb_image(image: Any, purpose: str = "to use") -> Image.Image:
             f"Expected a photo {purpose}, got {type(image).__name__}; pass a PIL image (open "
             "files with sl.load_image(path)) or an image tensor or array."
         )
-    a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
+            t = t.float()  # bfloat16, float8, ...: float dtypes NumPy does not have
+        a = t.numpy()
+    else:
+        a = np.asarray(image)
     if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
         a = a.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
     if a.ndim == 3 and a.shape[-1] == 1:

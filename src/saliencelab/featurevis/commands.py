@@ -35,6 +35,7 @@ from ..cli_common import (
     parse_target,
     session,
 )
+from ..core.files import check_outputs
 from ..models.model import as_model_input
 from ..viz.io import save_image
 from . import objectives as O
@@ -71,6 +72,51 @@ def _objectives(
             "--layer NAME alone for DeepDream."
         )
     return objs
+
+
+def _check_classes(model: sl.Model, classes: list[str]) -> None:
+    """One sentence, in the command's words, for a --class index the model does not have (when
+    its classes are known); names are checked, with suggestions, by the objective."""
+    n = len(model.labels) if model.labels is not None else None
+    for text in classes:
+        c = parse_target(text)
+        if n is not None and isinstance(c, int) and not 0 <= c < n:
+            raise sl.SaliencelabError(
+                f"--class {c} is out of range: the model has {n} classes (0 to {n - 1}); give a "
+                "class in that range, or a class name."
+            )
+
+
+def _outputs(
+    out: Path,
+    objs: list[O.Objective],
+    batch: int,
+    param: str,
+    layer: str | None,
+    asked: list[tuple[O.Objective, int | None]],
+    examples: bool,
+) -> list[tuple[Path, str]]:
+    """(path, what it is) of every file the command writes into `out` (`Visualization.save`'s
+    names, the gallery and page, the examples figures), checked before the optimisation."""
+    names = [o.name for o in objs for _ in range(batch)]
+    files = []
+    for i, name in enumerate(names):
+        stem = f"featurevis_{i:02d}_{slug(name)}"  # as `Visualization.file_names`
+        files.append((out / f"{stem}.png", "the picture"))
+        if param == "maco":
+            files.append((out / f"{stem}_transparent.png", "the picture"))
+    if len(names) > 1 or examples:
+        files += [
+            (out / "featurevis_gallery.png", "the gallery"),
+            (out / "index.html", "the report"),
+        ]
+    if examples:
+        files += [
+            (out / f"featurevis_examples_{slug(layer)}_ch{channel}.png", "the examples figure")
+            for _, channel in asked
+            if channel is not None
+        ]
+    return files
 
 
 def _as_input(model: sl.Model, normalize):
@@ -198,9 +244,14 @@ def visualize_command(
     from ..neurons.activations import refuse_unsupported
     from .visualize import default_normalize
 
-    with session(debug) as err:
+    with session(debug, out) as err:
         if param not in PARAMS:
             raise sl.SaliencelabError(f"--param must be one of {', '.join(PARAMS)}, not {param!r}.")
+        if diversity > 0 and batch < 2:  # (in Python, diversity of a one-image batch is 0)
+            raise sl.SaliencelabError(
+                "--diversity pushes the --batch images of each objective apart, so it needs "
+                "--batch 2 or more; add e.g. --batch 4, or leave --diversity out."
+            )
         if examples is not None and not channels:
             raise sl.SaliencelabError(
                 "--examples draws dataset examples next to channel visualizations; add --layer "
@@ -218,7 +269,9 @@ def visualize_command(
             reads_images=examples is not None,
         )
         refuse_unsupported(loaded, "Feature visualization")  # before any other note
+        _check_classes(loaded, classes or [])
         n = len(objs) * batch
+        check_outputs(_outputs(out, objs, batch, param, layer, asked, examples is not None))
         run_objs: list[O.Objective] = objs
         if diversity > 0 and batch > 1:
             div_layer = layer or loaded.default_layer

@@ -17,11 +17,13 @@ to the app by `register(app)`.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,11 +56,13 @@ from ..cli_common import (
     out_console,
     parse_explain_target,
     parse_options,
+    print_catalogue,
     progress_bar,
     require_an_image,
     session,
     split,
 )
+from ..core.files import check_outputs, write_whole
 from ..core.requests import split_dotted
 from .base import MetricResult, check_class_target, get_metric
 from .evaluate import EmptyMaskWarning, EvalReport, format_ci, json_safe, metric_requests
@@ -423,24 +427,57 @@ def results_table(report: EvalReport) -> Table:
     return keep_words(table)
 
 
+def evaluation_outputs(
+    out: Path, metrics: Iterable[str], report: bool = False
+) -> list[tuple[Path, str]]:
+    """(path, what it is) of each file `write_evaluation` may write for `metrics` into `out`
+    (with `report`, also the demo's page, index.html), for `check_outputs` before any work: a
+    folder in the way then stops the run before it starts, not halfway through its files."""
+    from ..viz.curves import _file_stem  # the charts' file names
+
+    files = [(out / "metrics.csv", "the metrics table"), (out / "metrics.json", "the metrics")]
+    for metric in metrics:
+        files.append((out / "curves" / f"{_file_stem(metric)}.png", "a curve chart"))
+        files.append((out / "bars" / f"{_file_stem(metric)}.png", "a bar chart"))
+    if report:
+        files.append((out / "index.html", "the report"))
+    return files
+
+
+def _csv_text(report: EvalReport) -> str:
+    """The table of `report` as CSV text, one row per method and metric (`EvalReport.to_csv`)."""
+    rows = report.table()
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["method"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
 def write_evaluation(
     report: EvalReport, scored: list[ImageItem], errors: list[ImageItem], out: Path
 ) -> list[Path]:
-    """Write metrics.csv, metrics.json (with per-image values and errors), curves/ and bars/."""
+    """Write metrics.csv, metrics.json (with per-image values and errors), curves/ and bars/.
+
+    Every path is checked first (`evaluation_outputs`), and each file is written whole, so a
+    folder in the way leaves no table written without the rest."""
     from ..report.run import output_folder
     from ..viz.curves import save_metric_bars
 
+    check_outputs(evaluation_outputs(out, report.metrics))
     out = output_folder(out)
-    files = [report.to_csv(out / "metrics.csv")]
     data = {
         "images": [item.name for item in scored],
         "errors": [{"image": item.name, "error": item.error} for item in errors],
         "params": report.params,
         **report.to_dict(),
     }
-    path = out / "metrics.json"
-    path.write_text(json.dumps(json_safe(data), indent=1, allow_nan=False))
-    files.append(path)
+    table = _csv_text(report).encode("utf-8")
+    page = json.dumps(json_safe(data), indent=1, allow_nan=False).encode("utf-8")
+    files = [
+        write_whole(out / "metrics.csv", lambda f: f.write(table), "the metrics table"),
+        write_whole(out / "metrics.json", lambda f: f.write(page), "the metrics"),
+    ]
     files += report.save_curves(out / "curves")
     files += save_metric_bars(report, out / "bars")
     return files
@@ -560,7 +597,7 @@ def evaluate_command(
 
     start = time.perf_counter()
     errors: list[ImageItem] = []
-    with session(debug) as err:
+    with session(debug, out) as err:
         requests = method_requests(
             split(methods),
             layer=layer,
@@ -591,6 +628,7 @@ def evaluate_command(
                 "masks named like the images, nonzero = object)."
             )
         mask_files = _mask_paths(masks) if masks is not None else None
+        check_outputs(evaluation_outputs(out, per_metric))  # a folder in the way: before work
         require_an_image(images, err, max_pixels)  # none readable: stop before the model loads
         loaded = load_model(
             model, device, input_size, normalize, weights, trust_pickle, reads_images=True
@@ -709,6 +747,7 @@ def list_metrics(
         table.add_column("better", no_wrap=True)
         table.add_column("needs", ratio=1, overflow="fold")
         table.add_column("summary and options (defaults)", ratio=4, overflow="fold")
+        heads = []
         for name in sl.metrics.available():
             cls = get_metric(name)
             about = Text(metric_summary(cls))
@@ -717,9 +756,13 @@ def list_metrics(
                 about.append("\n" + ", ".join(f"{k}={v!r}" for k, v in options.items()), "dim")
             needs = ", ".join(n for n in cls.needs) or "maps only"
             table.add_row(name, cls.family, cls.direction, needs, about)
-        out = out_console()
-        out.print(keep_words(table))
-        out.print(
+            heads.append(
+                Text.assemble(
+                    (name, "bold"), f"  {cls.family}, {cls.direction} is better, needs: {needs}"
+                )
+            )
+        print_catalogue(table, heads)
+        out_console().print(
             "[dim]`saliencelab metrics NAME` shows one metric's formula, paper and options; use "
             "them with `saliencelab evaluate IMAGES --metrics NAME --option KEY=VALUE`.[/dim]"
         )

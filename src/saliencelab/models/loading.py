@@ -397,9 +397,9 @@ def _torch_load(p: Path, trust_pickle: bool, what: str) -> Any:
             "PYTHONPATH, or better, save model.state_dict() and load it with "
             "'file.py:build' and weights=."
         ) from e
-    except Exception as e:
+    except Exception as e:  # (the exception's type, e.g. KeyError, tells a user nothing)
         raise SaliencelabError(
-            f"{str(p)!r} is not a PyTorch {what} ({type(e).__name__}); {instead}."
+            f"{str(p)!r} is not a PyTorch {what} (torch.load cannot read it); {instead}."
         ) from e
 
 
@@ -441,6 +441,11 @@ def load_weights(
     `torch.compile`) is removed, unless the model's own keys have it.
     """
     p = Path(path)
+    if p.is_dir():
+        raise SaliencelabError(
+            f"{str(p)!r} is a folder, not a weights file; give the path of a state dict file "
+            "(saved with torch.save(model.state_dict(), path))."
+        )
     if not p.is_file():
         raise SaliencelabError(f"Weights file {str(p)!r} does not exist; check the path.")
     kind = archive_kind(p)

@@ -218,7 +218,7 @@ def neurons(
             model, device, input_size, normalize, weights, trust_pickle, reads_images=True
         )
 
-    with session(debug):
+    with session(debug, out):
         if (image is None) == (examples is None):
             raise sl.SaliencelabError(
                 ("Give either" if image is None else "Give only one of")

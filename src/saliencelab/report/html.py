@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..core.errors import SaliencelabError
-from ..core.files import make_folder, write_whole
+from ..core.files import check_outputs, make_folder, write_whole
 from ..core.result import Explanation
 
 PathLike = str | os.PathLike
@@ -347,6 +347,7 @@ def write_index(
     `links` are (text, path) pairs shown under the title, e.g. ("Evaluation", "evaluation/").
     """
     out_dir = make_folder(out_dir, "report folder")
+    check_outputs([(out_dir / "index.html", "the report")])  # a name we chose: not user advice
     path = out_dir / "index.html"
     html = render_index(entries, out_dir, title=title, embed=embed, links=links)
     return _write_page(path, html)
@@ -363,6 +364,7 @@ def write_figures_page(
     """Write `out_dir/index.html`: (caption, image) figures and links to `files` (e.g. the
     evaluation's charts and its metrics.csv), with a link `back` to the main report."""
     out_dir = make_folder(out_dir, "report folder")
+    check_outputs([(out_dir / "index.html", "the report")])  # a name we chose: not user advice
     links = [f'<a href="{_href(f, out_dir)}">{_e(Path(f).name)}</a>' for f in files]
     if back is not None:
         links.insert(0, f'<a href="{_href(back, out_dir)}">back to the report</a>')

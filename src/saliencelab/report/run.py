@@ -44,7 +44,12 @@ from PIL import Image
 from torch import nn
 
 import saliencelab as sl
-from saliencelab.core.files import make_folder, temporary_beside
+from saliencelab.core.files import (
+    FolderInTheWay,
+    check_outputs,
+    make_folder,
+    temporary_beside,
+)
 from saliencelab.core.requests import named_requests, split_dotted
 from saliencelab.data.samples import is_sample_image
 
@@ -305,7 +310,16 @@ class _MapsWriter:
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
-            os.replace(self._tmp, self.path)
+            try:
+                os.replace(self._tmp, self.path)
+            except OSError as e:  # e.g. a folder made in its place during the run
+                self._tmp.unlink(missing_ok=True)
+                if self.path.is_dir():
+                    raise FolderInTheWay(self.path, "the raw maps") from e
+                raise sl.SaliencelabError(
+                    f"Cannot write the raw maps {str(self.path)!r} ({e.strerror or e}); choose "
+                    "another output folder."
+                ) from e
 
     def discard(self) -> None:
         """The run stopped: no maps of it. The temporary file goes, and so does an earlier
@@ -406,6 +420,7 @@ def explain_images(
     if not items:
         raise sl.SaliencelabError("No images given; pass image files, folders or sample names.")
 
+    check_outputs(run_outputs(Path(out_dir), items, names))  # before any work or file
     out = output_folder(out_dir)
     result = RunResult(out, out / "index.html", None, names)
     per_image = sum(max(estimated_passes(n, requests[n]) for n in g) for g in groups)
@@ -454,6 +469,15 @@ def explain_images(
     prog.at_least(prog.total, "done")
     result.seconds = time.perf_counter() - start
     return result
+
+
+def run_outputs(out: Path, items: list[ImageEntry], names: list[str]) -> list[tuple[Path, str]]:
+    """(path, what it is) of every file `explain_images` writes into `out` for `items`."""
+    files = [(out / "index.html", "the report"), (out / "maps.npz", "the raw maps")]
+    for item in items:
+        files += [(out / f"{item.stem}_{name}.png", "an overlay") for name in names]
+        files.append((out / f"{item.stem}_gallery.png", "a gallery"))
+    return files
 
 
 def _explain_batch(
