@@ -12,6 +12,14 @@ import torch
 from torch import nn
 
 
+@pytest.fixture
+def runner():
+    """The CLI's test runner: a wide terminal (tables unwrapped), no debug tracebacks."""
+    from typer.testing import CliRunner
+
+    return CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a test module (`pytestmark = pytest.mark.usefixtures("one_thread")`):

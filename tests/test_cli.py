@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 import saliencelab as sl
 from saliencelab.cli import app, parse_options, parse_target, parse_value
@@ -57,11 +56,6 @@ FACTORY = textwrap.dedent(
         return sl.Model(TinyCNN().eval(), preprocess=preprocess, labels=LABELS, name="tiny")
     """
 )
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from conftest import CNN_FACTORY
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
-from typer.testing import CliRunner
 
 from saliencelab import cli_common
 from saliencelab.cli import app, list_methods
@@ -35,11 +34,6 @@ FACTORY = CNN_FACTORY + textwrap.dedent(
         return sl.blackbox(lambda a: net(a))
     """
 )
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 import saliencelab as sl
 import saliencelab.viz.curves as curves_mod
@@ -25,11 +24,6 @@ from saliencelab.metrics.evaluate import EvalReport
 from saliencelab.viz.curves import _bar_layout, _margin, _step_ticks, plot_metric_curves
 
 NAMES = ["img0", "img1", "img2"]
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
 
 
 @pytest.fixture

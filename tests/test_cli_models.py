@@ -13,7 +13,6 @@ from conftest import CNN_FACTORY
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
-from typer.testing import CliRunner
 
 from saliencelab import cli_common
 from saliencelab.cli import app, demo_eval_methods, layers
@@ -21,11 +20,6 @@ from saliencelab.models.square import SquarePreprocess
 from saliencelab.report.html import write_figures_page, write_index
 
 PLAIN = CNN_FACTORY
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
 
 
 @pytest.fixture

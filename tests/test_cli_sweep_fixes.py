@@ -14,7 +14,6 @@ import pytest
 import torch
 from conftest import CNN_FACTORY
 from PIL import Image
-from typer.testing import CliRunner
 
 import saliencelab as sl
 from saliencelab.cli import app
@@ -22,11 +21,6 @@ from saliencelab.core.errors import SaliencelabError
 from saliencelab.viz.io import save_image
 
 MODEL = "shapes_cnn"  # small and bundled: no download
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
 
 
 @pytest.fixture

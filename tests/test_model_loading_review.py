@@ -13,7 +13,6 @@ import pytest
 import torch
 from conftest import CNN_FACTORY
 from torch import nn
-from typer.testing import CliRunner
 
 from saliencelab.cli import app
 from saliencelab.core.errors import SaliencelabError
@@ -42,11 +41,6 @@ NET = textwrap.dedent(
 )
 
 X = torch.randn(2, 3, 8, 8)
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
 
 
 @pytest.fixture

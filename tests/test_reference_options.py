@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 import saliencelab as sl
 from saliencelab.cli import app
@@ -119,11 +118,6 @@ def test_sobel_takes_no_options(tiny_cnn, images):
 
 
 # -- command line ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
 
 
 @pytest.fixture

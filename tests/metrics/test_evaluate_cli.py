@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 import saliencelab as sl
 from saliencelab.cli import app
@@ -104,11 +103,6 @@ def probe():
     yield CurveProbe
     for cls in (CurveProbe, PickyProbe):
         base._METRICS.pop(cls.name, None)
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
 
 
 @pytest.fixture
