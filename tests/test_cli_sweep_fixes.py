@@ -173,6 +173,15 @@ def test_visualize_and_evaluate_refusals_leave_no_output_folder(runner, photo, t
     assert not out.exists()
 
 
+def test_an_output_folder_that_cannot_be_made_leaves_no_parent_behind(runner, photo, tmp_path):
+    """`--out new/<a name too long for the file system>`: `new` is made, the name fails; the
+    refusal takes `new` back (it was made by this call and is empty)."""
+    out = tmp_path / "new" / ("x" * 300)
+    args = ["explain", photo, "--model", MODEL, "-m", "saliency", "--out", str(out)]
+    assert "Cannot create the output folder" in one_error(runner.invoke(app, args))
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_refusal_keeps_an_output_folder_that_was_there(runner, photo, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()

@@ -47,3 +47,31 @@ def test_a_float64_model_scores_as_the_float32_model(setting, metric):
     rtol = 2e-2 if metric in ("model_randomisation", "random_logit") else 1e-4
     torch.testing.assert_close(values[1], values[0], rtol=rtol, atol=1e-5)
     assert next(m64.module.parameters()).dtype == torch.float64  # restored in its dtype
+
+
+def test_draws_do_not_follow_torchs_default_dtype():
+    """The float32 draws name their dtype: a user's torch.set_default_dtype(torch.float64) does
+    not change the noise of the robustness metrics, nor feature visualization's draws."""
+    from saliencelab.featurevis.param import make_param
+    from saliencelab.featurevis.transforms import Rng
+    from saliencelab.metrics.robustness._noisy import draw_noise
+
+    x = torch.zeros(2, 3, 8, 8)
+
+    def draws():
+        return [
+            draw_noise(x, 3, 0.1, "uniform", seed=4),
+            draw_noise(x, 3, 0.1, "gaussian", seed=4),
+            Rng(seed=2).normal(x),
+            *[make_param(p, 2, (8, 8), seed=3)().detach() for p in ("fft", "pixel", "maco")],
+        ]
+
+    plain = draws()
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        wide = draws()
+    finally:
+        torch.set_default_dtype(before)
+    for a, b in zip(plain, wide, strict=True):
+        torch.testing.assert_close(b.float(), a, rtol=0, atol=1e-6)

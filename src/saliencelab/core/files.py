@@ -58,7 +58,11 @@ def new_folder(path: str | os.PathLike, what: str = "output folder") -> list[Pat
         if p.exists():
             break
         created.append(p)
-    make_folder(folder, what)
+    try:
+        make_folder(folder, what)
+    except SaliencelabError:  # e.g. a parent made, then a name too long: take the parent back
+        remove_if_empty(created)
+        raise
     return created
 
 
@@ -66,9 +70,11 @@ def remove_if_empty(folders: Iterable[Path]) -> None:
     """Remove `folders` (deepest first) while they are empty: a run that stopped before writing
     anything leaves no empty folder behind."""
     for folder in folders:
+        if folder.name in (".", "..") or not os.path.isdir(folder):
+            continue  # never made (a name the call failed on) or not a folder of its own
         try:
             folder.rmdir()
-        except OSError:  # not empty (or gone): leave it and its parents
+        except OSError:  # not empty: leave it and its parents
             return
 
 

@@ -11,9 +11,10 @@ noise), DeepLIFT-SHAP's "uniform" references and the `random` reference map. The
 with any change of the sample's values: an input perturbed by less than its float rounding keeps
 its draws, any larger change gets new ones (the robustness metrics' noisy copies included).
 
-Floating values are hashed as float32, whatever their dtype: a float32 image cast to float64 (or
-float16) for a model of that dtype gets the float32 model's seed, and so, with the draws made in
-float32 and then cast, its noise (a float32 sample hashes its own bytes, as it always has).
+Floating values are hashed as float32, whatever their dtype: a float32 image cast to float64
+for a model of that dtype gets the float32 model's seed, and so, with the draws made in float32
+and then cast, its noise (a float32 sample hashes its own bytes, as it always has). A float16 or
+bfloat16 model rounds the image first, so it gets other seeds (other values, other draws).
 """
 
 from __future__ import annotations

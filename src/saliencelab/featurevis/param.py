@@ -186,7 +186,9 @@ class PixelParam(ImageParam):
         self.decorrelate, self.valid = decorrelate, valid
         to_valid(torch.zeros(1), valid)  # validate the name now
         g = _generator(seed)
-        pixels = [torch.randn(3, *self.size, generator=g) for _ in range(self.batch)]
+        pixels = [
+            torch.randn(3, *self.size, generator=g, dtype=torch.float32) for _ in range(self.batch)
+        ]
         self.pixels = nn.Parameter(torch.stack(pixels) * sd)  # image i: the i-th draw
 
     def forward(self) -> torch.Tensor:
@@ -224,7 +226,10 @@ class FourierParam(ImageParam):
         to_valid(torch.zeros(1), valid)
         h, w = self.size
         g = _generator(seed)
-        spectra = [torch.randn(2, 3, h, w // 2 + 1, generator=g) for _ in range(self.batch)]
+        spectra = [
+            torch.randn(2, 3, h, w // 2 + 1, generator=g, dtype=torch.float32)
+            for _ in range(self.batch)
+        ]
         self.spectrum = nn.Parameter(torch.stack(spectra) * sd)
         self.register_buffer("scale", fourier_scale(h, w, self.decay), persistent=False)
 
@@ -289,7 +294,10 @@ class MacoParam(ImageParam):
             )
         self.register_buffer("magnitude", magnitude.float(), persistent=False)
         g = _generator(seed)
-        phase = [torch.rand(3, h, w // 2 + 1, generator=g) for _ in range(self.batch)]
+        phase = [
+            torch.rand(3, h, w // 2 + 1, generator=g, dtype=torch.float32)
+            for _ in range(self.batch)
+        ]
         self.phase = nn.Parameter((torch.stack(phase) * 2 - 1) * math.pi)
 
     def spatial(self) -> torch.Tensor:

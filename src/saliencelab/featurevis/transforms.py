@@ -49,7 +49,7 @@ class Rng:
             g.manual_seed(self.seed + 1 + len(self._noise))
             self._noise.append(g)
         eps = [
-            torch.randn(x.shape[1:], generator=g, device=self.device)
+            torch.randn(x.shape[1:], generator=g, device=self.device, dtype=torch.float32)
             for g in self._noise[: x.shape[0]]
         ]
         return torch.stack(eps).to(x.device, x.dtype)

@@ -10,7 +10,8 @@ Random baselines are a function of the sample, not of its row: each sample's dra
 generators seeded by `seed` and the sample's values (`core/seeds.py`), over its own value range,
 so an input gets the same baselines, and the same map, alone or at any position of any batch
 and on every device. The draws are made in float32 and cast to the inputs' dtype, so a float64
-(or float16) copy of a model gets the float32 model's baselines, up to the cast.
+copy of a model gets the float32 model's baselines (a half-precision copy rounds the inputs, and
+so seeds them differently).
 
 `baselines=None` is each method's default, as Captum's: "zero" for per-sample baselines,
 "uniform" for a distribution.

@@ -29,9 +29,9 @@ def draw_noise(
     gen = torch.Generator().manual_seed(seed)
     shape = (n_samples, *x.shape[1:])
     if noise == "uniform":
-        d = torch.rand(shape, generator=gen).mul_(2 * scale).sub_(scale)
+        d = torch.rand(shape, generator=gen, dtype=torch.float32).mul_(2 * scale).sub_(scale)
     elif noise == "gaussian":
-        d = torch.randn(shape, generator=gen).mul_(scale)
+        d = torch.randn(shape, generator=gen, dtype=torch.float32).mul_(scale)
     else:
         raise SaliencelabError(f"noise must be 'uniform' or 'gaussian', got {noise!r}.")
     d = d.to(x.device, x.dtype)
