@@ -40,7 +40,7 @@ from ..models.model import as_model_input
 from ..viz.io import save_image
 from . import objectives as O
 from .param import PARAMS
-from .visualize import Visualization, default_size, slug, visualize
+from .visualize import Visualization, default_size, picture_names, slug, visualize
 
 
 def _objectives(
@@ -98,13 +98,12 @@ def _outputs(
 ) -> list[tuple[Path, str]]:
     """(path, what it is) of every file the command writes into `out` (`Visualization.save`'s
     names, the gallery and page, the examples figures), checked before the optimisation."""
-    names = [o.name for o in objs for _ in range(batch)]
+    names = picture_names([o.name for o in objs for _ in range(batch)])
     files = []
-    for i, name in enumerate(names):
-        stem = f"featurevis_{i:02d}_{slug(name)}"  # as `Visualization.file_names`
-        files.append((out / f"{stem}.png", "the picture"))
+    for name in names:
+        files.append((out / name, "the picture"))
         if param == "maco":
-            files.append((out / f"{stem}_transparent.png", "the picture"))
+            files.append((out / name.replace(".png", "_transparent.png"), "the picture"))
     if len(names) > 1 or examples:
         files += [
             (out / "featurevis_gallery.png", "the gallery"),
@@ -112,11 +111,16 @@ def _outputs(
         ]
     if examples:
         files += [
-            (out / f"featurevis_examples_{slug(layer)}_ch{channel}.png", "the examples figure")
+            (_examples_path(out, layer, channel), "the examples figure")
             for _, channel in asked
             if channel is not None
         ]
     return files
+
+
+def _examples_path(out: Path, layer: str | None, channel: int) -> Path:
+    """Where the examples figure of a channel goes."""
+    return out / f"featurevis_examples_{slug(layer)}_ch{channel}.png"
 
 
 def _as_input(model: sl.Model, normalize):
@@ -375,7 +379,7 @@ def _examples_galleries(
     for j, found in examples.items():
         channel = asked[j][1]
         i = j * batch
-        path = out / f"featurevis_examples_{slug(layer)}_ch{channel}.png"
+        path = _examples_path(out, layer, channel)
         save_image(examples_picture(model, vis, i, found, _as_input(model, normalize)), path)
         pairings[i] = path
     return pairings

@@ -45,6 +45,12 @@ DEFAULT_LR = {"fft": 0.1, "decorrelated": 0.05, "pixel": 0.05, "maco": 0.2}
 Normalize = Callable[[torch.Tensor], torch.Tensor]
 
 
+def picture_names(objectives: Sequence[str], prefix: str = "featurevis") -> list[str]:
+    """The file name of each image of a run with these objective names (one per image):
+    `prefix_00_channel_blocks_12_7.png` (`Visualization.save`; the CLI checks them first)."""
+    return [f"{prefix}_{i:02d}_{slug(name)}.png" for i, name in enumerate(objectives)]
+
+
 @dataclass
 class Visualization:
     """The result of :func:`visualize`.
@@ -107,7 +113,7 @@ class Visualization:
 
     def file_names(self, prefix: str = "featurevis") -> list[str]:
         """`prefix_00_channel_blocks_12_7.png`, one per image."""
-        return [f"{prefix}_{i:02d}_{slug(name)}.png" for i, name in enumerate(self.objectives)]
+        return picture_names(self.objectives, prefix)
 
     def save(self, directory: str | Path, prefix: str = "featurevis") -> list[Path]:
         """Write each image as PNG into `directory` (created); MACO adds `*_transparent.png`."""

@@ -17,8 +17,6 @@ to the app by `register(app)`.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
@@ -433,25 +431,15 @@ def evaluation_outputs(
     """(path, what it is) of each file `write_evaluation` may write for `metrics` into `out`
     (with `report`, also the demo's page, index.html), for `check_outputs` before any work: a
     folder in the way then stops the run before it starts, not halfway through its files."""
-    from ..viz.curves import _file_stem  # the charts' file names
+    from ..viz.curves import chart_stem
 
     files = [(out / "metrics.csv", "the metrics table"), (out / "metrics.json", "the metrics")]
     for metric in metrics:
-        files.append((out / "curves" / f"{_file_stem(metric)}.png", "a curve chart"))
-        files.append((out / "bars" / f"{_file_stem(metric)}.png", "a bar chart"))
+        files.append((out / "curves" / f"{chart_stem(metric)}.png", "a curve chart"))
+        files.append((out / "bars" / f"{chart_stem(metric)}.png", "a bar chart"))
     if report:
         files.append((out / "index.html", "the report"))
     return files
-
-
-def _csv_text(report: EvalReport) -> str:
-    """The table of `report` as CSV text, one row per method and metric (`EvalReport.to_csv`)."""
-    rows = report.table()
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["method"])
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue()
 
 
 def write_evaluation(
@@ -472,10 +460,9 @@ def write_evaluation(
         "params": report.params,
         **report.to_dict(),
     }
-    table = _csv_text(report).encode("utf-8")
     page = json.dumps(json_safe(data), indent=1, allow_nan=False).encode("utf-8")
     files = [
-        write_whole(out / "metrics.csv", lambda f: f.write(table), "the metrics table"),
+        report.to_csv(out / "metrics.csv"),
         write_whole(out / "metrics.json", lambda f: f.write(page), "the metrics"),
     ]
     files += report.save_curves(out / "curves")

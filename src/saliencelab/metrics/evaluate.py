@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import inspect
+import io
 import json
 import math
 import numbers
@@ -31,6 +32,7 @@ from ..core.context import autograd_allowed
 from ..core.engine import Engine
 from ..core.errors import SaliencelabError, closest
 from ..core.explain import input_errors_explained
+from ..core.files import write_whole
 from ..core.registry import get_method
 from ..core.registry import methods as registered_methods
 from ..core.requests import named_requests
@@ -184,16 +186,20 @@ class EvalReport(Mapping[str, dict[str, MetricResult]]):
             "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines
         )
 
-    def to_csv(self, path: str | Path) -> Path:
-        """Write the table (one row per method and metric) as CSV."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def csv_text(self) -> str:
+        """The table (one row per method and metric) as CSV text."""
         rows = self.table()
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["method"])
-            writer.writeheader()
-            writer.writerows(rows)
-        return path
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["method"])
+        writer.writeheader()
+        writer.writerows(rows)
+        return text.getvalue()
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write the table as CSV, whole (`core.files.write_whole`: never half a file)."""
+        path = Path(path)
+        table = self.csv_text().encode("utf-8")
+        return write_whole(path, lambda f: f.write(table), "the metrics table")
 
     def to_dict(self) -> dict[str, Any]:
         """Everything as plain Python: table rows plus per-sample values, params and curves."""

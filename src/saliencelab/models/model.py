@@ -115,6 +115,14 @@ def parameter_dtype(model: Model) -> torch.dtype | None:
     return None
 
 
+def rounding_eps(*dtypes: torch.dtype | None) -> float:
+    """The machine epsilon of the coarsest floating dtype among `dtypes` (0 if none): the
+    rounding a check between two computations in those dtypes must allow."""
+    return max(
+        (torch.finfo(d).eps for d in dtypes if d is not None and d.is_floating_point), default=0.0
+    )
+
+
 def as_model_input(model: Model, x: torch.Tensor) -> torch.Tensor:
     """`x` on the model's device, floating inputs in its parameter dtype (integer inputs, e.g.
     token ids, as they are)."""

@@ -188,7 +188,7 @@ def save_metric_curves(report: EvalReport, folder: str | Path) -> list[Path]:
         return []
     folder = make_folder(folder, "folder")
     return [
-        save_image(plot_metric_curves(report, metric), folder / f"{_file_stem(metric)}.png")
+        save_image(plot_metric_curves(report, metric), folder / f"{chart_stem(metric)}.png")
         for metric in names
     ]
 
@@ -197,7 +197,7 @@ def save_metric_bars(report: EvalReport, folder: str | Path) -> list[Path]:
     """One bar chart PNG per metric of `report`, `folder/<metric>.png`; returns the paths."""
     folder = make_folder(folder, "folder")
     return [
-        save_image(plot_metric_bars(report, metric), folder / f"{_file_stem(metric)}.png")
+        save_image(plot_metric_bars(report, metric), folder / f"{chart_stem(metric)}.png")
         for metric in report.metrics
     ]
 
@@ -353,7 +353,8 @@ def _fmt_score(v: float) -> str:
     return "n/a" if not math.isfinite(v) else f"{v:.4g}"
 
 
-def _file_stem(name: str) -> str:
+def chart_stem(name: str) -> str:
+    """A metric's chart file name without suffix: `curves/<stem>.png`, `bars/<stem>.png`."""
     return re.sub(r"[^\w.-]+", "_", name).strip("._") or "metric"
 
 

@@ -18,7 +18,7 @@ from ...core.layout import memory_format_of
 from ...core.result import Attribution
 from ...core.state import attribution_mode
 from ...models.blackbox import is_blackbox
-from ...models.model import Model, logits_of, parameter_dtype
+from ...models.model import Model, logits_of, parameter_dtype, rounding_eps
 from ..base import EvalBatch, Explainer, Metric, Scores, all_finite, register_metric
 from ..checks import check_choice, refuse_compiled_model
 
@@ -409,13 +409,6 @@ def _explained(
         ex = explainer.explain(model, x, target)
         return ex[explainer.method], ex.logits
     return explainer(model, x, target), None
-
-
-def rounding_eps(*dtypes: torch.dtype | None) -> float:
-    """The machine epsilon of the coarsest floating dtype among `dtypes` (0 if none)."""
-    return max(
-        (torch.finfo(d).eps for d in dtypes if d is not None and d.is_floating_point), default=0.0
-    )
 
 
 def changed_fraction(

@@ -48,7 +48,7 @@ from ....core.context import Context, MethodOutput
 from ....core.errors import SaliencelabError
 from ....core.registry import quoted, register
 from ....core.state import Hooks
-from ....models.model import parameter_dtype
+from ....models.model import parameter_dtype, rounding_eps
 from ...options import check_flag, is_number
 from .canonizers import Canonizer, default_canonizers
 from .composites import PRESETS, Composite, composite_from_name
@@ -405,10 +405,7 @@ def _check_same_logits(ctx: Context, logits: torch.Tensor) -> None:
     clean = ctx.logits.to(logits.dtype)
     scale = clean.abs().max().clamp(min=1.0)
     gap = (logits - clean).abs().max()
-    eps = torch.finfo(logits.dtype).eps
-    model_dtype = parameter_dtype(ctx.model)
-    if model_dtype is not None:
-        eps = max(eps, torch.finfo(model_dtype).eps)
+    eps = rounding_eps(logits.dtype, parameter_dtype(ctx.model))
     # TF32 convolutions (PyTorch's default on CUDA) keep 10 bits of mantissa, as float16.
     if logits.is_cuda and (
         torch.backends.cudnn.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
