@@ -21,6 +21,7 @@ from .errors import SaliencelabError, closest
 from .registry import MethodSpec, get_method
 from .requests import named_requests
 from .result import Attribution, Explanation
+from .state import attribution_mode
 from .targets import PendingTarget, TargetSpec, layer_target
 
 MethodsArg = str | Sequence[str] | Mapping[str, Mapping[str, Any]]
@@ -148,7 +149,9 @@ def _input_error(model: Model, x: torch.Tensor, err: Exception) -> SaliencelabEr
     leaves = [m for m in model.module.modules() if next(m.children(), None) is None]
     handles = [m.register_forward_pre_hook(note) for m in leaves]
     try:
-        with torch.inference_mode():
+        # eval mode (restored after): a model in train mode must not update its BatchNorm
+        # statistics from a diagnostic forward
+        with attribution_mode(model.module), torch.inference_mode():
             model.module(x[:1].clone())  # (a copy: a model may change its input)
         return None  # one row runs: the failure was elsewhere
     except Exception:  # noqa: BLE001  (where it failed is what matters, not what)

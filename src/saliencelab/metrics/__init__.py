@@ -7,6 +7,7 @@
 
 from . import axiomatic, complexity, faithfulness, localisation, randomisation, robustness  # noqa: F401
 from .base import (
+    CurvesDroppedWarning,
     EmptyMaskWarning,
     EvalBatch,
     Explainer,
@@ -25,6 +26,7 @@ from .localisation import boxes_to_masks, make_mosaics, per_class_mean
 get = get_metric
 
 __all__ = [
+    "CurvesDroppedWarning",
     "EmptyMaskWarning",
     "EvalBatch",
     "EvalReport",

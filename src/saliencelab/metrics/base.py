@@ -359,9 +359,7 @@ class MetricResult:
         first = results[0]
         for r in results[1:]:
             _check_mergeable(first, r)
-        curves = None
-        if all(r.curves is not None for r in results):
-            curves = torch.cat([r.curves.cpu() for r in results])
+        curves, curve_x = joined_curves(first.metric, results)
         n = sum(r.values.numel() for r in results)
         per = [(r.values.numel() / max(n, 1)) for r in results]
         return MetricResult(
@@ -371,8 +369,8 @@ class MetricResult:
             value_range=first.value_range,
             params=first.params,
             curves=curves,
-            curve_x=first.curve_x,
-            extras=_cat_extras([r.extras for r in results]),
+            curve_x=curve_x,
+            extras=_cat_extras(first.metric, [r.extras for r in results]),
             passes=sum(w * r.passes for w, r in zip(per, results, strict=True)),
             forwards=sum(w * r.forwards for w, r in zip(per, results, strict=True)),
             seconds=sum(r.seconds for r in results),
@@ -408,17 +406,55 @@ def _check_mergeable(a: MetricResult, b: MetricResult) -> None:
                 f"Cannot merge {a.metric} results computed with other settings ({key}: {u!r} "
                 f"and {v!r}); merge results of one metric object or of equal settings."
             )
-    if (a.curves is None) != (b.curves is None) or (
-        a.curves is not None and b.curves is not None and a.curves.shape[1:] != b.curves.shape[1:]
-    ):
-        raise SaliencelabError(
-            f"Cannot merge {a.metric} results whose curves differ in length or presence."
+
+
+class CurvesDroppedWarning(UserWarning):
+    """Batches scored together whose curves do not line up (other lengths or x axes)."""
+
+
+def joined_curves(
+    metric: str, parts: Sequence[Scores | MetricResult]
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(curves, curve_x) of several batches' results as one: their curves stacked, on the x
+    axis they share. Batches of other image sizes give curves of other lengths or x axes (e.g.
+    deletion's step fractions round(k·H·W/steps)/(H·W)); their values are still right, but no
+    common x axis holds the curves, so they are left out (None, None) with a warning rather
+    than drawn against the wrong x. Copies: editing a result never changes the metric."""
+    if not parts or any(p.curves is None for p in parts):
+        return None, None
+    xs = [p.curve_x for p in parts]
+    same_x = all(x is None for x in xs) or (
+        all(x is not None for x in xs)
+        and all(x.shape == xs[0].shape and torch.equal(x.cpu(), xs[0].cpu()) for x in xs)
+    )
+    if not same_x or any(p.curves.shape[1:] != parts[0].curves.shape[1:] for p in parts):
+        warnings.warn(
+            f"The {metric} curves of these batches do not line up (images of other sizes give "
+            "curves of other lengths or x axes): the values are kept, the curves left out; score "
+            "images of one size together to keep the curves.",
+            CurvesDroppedWarning,
+            stacklevel=3,
         )
+        return None, None
+    curves = torch.cat([p.curves.detach().cpu() for p in parts])
+    return curves, None if xs[0] is None else xs[0].detach().cpu().clone()
 
 
-def _cat_extras(extras: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def _cat_extras(metric: str, extras: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The per-sample extras of several batches as one; an entry whose rows differ in shape
+    between batches (e.g. region perturbation's curves at other image sizes) is left out with
+    a warning, as `joined_curves` does."""
     keys = set.intersection(*(set(e) for e in extras)) if extras else set()
-    return {k: torch.cat([e[k].cpu() for e in extras]) for k in sorted(keys)}
+    lined_up = {k for k in keys if len({tuple(e[k].shape[1:]) for e in extras}) == 1}
+    if keys - lined_up:
+        warnings.warn(
+            f"The {metric} extras {sorted(keys - lined_up)} of these batches differ in shape "
+            "(images of other sizes): they are left out; score images of one size together to "
+            "keep them.",
+            CurvesDroppedWarning,
+            stacklevel=3,
+        )
+    return {k: torch.cat([e[k].cpu() for e in extras]) for k in sorted(lined_up)}
 
 
 class Metric:
@@ -557,7 +593,7 @@ class Metric:
                 f"{batch.batch}"
             )
         self._parts.append(out)
-        return out.values
+        return out.values.clone()  # a copy: editing it must not change what compute() sees
 
     def compute(self) -> MetricResult:
         """The result over everything `update` saw since the last `reset`."""
@@ -566,9 +602,7 @@ class Metric:
                 f"{self.name}.compute() was called before any update(); score a batch first."
             )
         parts = self._parts
-        curves = None
-        if all(p.curves is not None for p in parts):
-            curves = torch.cat([p.curves.detach().cpu() for p in parts])
+        curves, curve_x = joined_curves(self.name, parts)
         rows = max(self._rows, 1)
         return MetricResult(
             metric=self.name,
@@ -577,8 +611,8 @@ class Metric:
             value_range=self.value_range,
             params=dict(self.params),
             curves=curves,
-            curve_x=None if parts[0].curve_x is None else parts[0].curve_x.detach().cpu(),
-            extras=_cat_extras([p.extras for p in parts]),
+            curve_x=curve_x,
+            extras=_cat_extras(self.name, [p.extras for p in parts]),
             passes=self._passes / rows,
             forwards=self._forwards / rows,
             seconds=self._seconds,
