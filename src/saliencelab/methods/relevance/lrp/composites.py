@@ -20,8 +20,10 @@ non-negative weights, so ε just stabilises). A BatchNorm that could not be merg
 before it (e.g. one after a ReLU; `canonize=False`) gets LRP-ε as the affine map it is: its
 shift absorbs relevance and a negative scale flips its sign, as a layer's bias and weights do,
 and LRP-0 stays gradient × input (zennit gives such a BatchNorm the pass-through rule instead,
-which conserves relevance but breaks that identity). Activations other than ReLU / LeakyReLU
-get the pass-through rule (for those two it is their gradient).
+which conserves relevance but breaks that identity). Elementwise activations other than ReLU /
+LeakyReLU / PReLU (for those the gradient is the pass-through) get the pass-through rule
+(`PASS_ACTIVATIONS`: tanh, sigmoid, softplus, GELU, SiLU, …): R(z) = R(f(z)), so relevance is
+conserved through them. Where f(0) ≠ 0 (sigmoid, softplus) a unit with z exactly 0 passes none.
 """
 
 from __future__ import annotations
@@ -50,8 +52,28 @@ AVERAGE_POOLS = (
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveAvgPool3d,
 )
-# Elementwise activations whose gradient is not already the pass-through g·f(z)/z.
-PASS_ACTIVATIONS = (nn.Hardtanh, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish)
+# Elementwise activations whose gradient is not already the pass-through g·f(z)/z (ReLU,
+# LeakyReLU, PReLU and RReLU in eval mode are piecewise z·c: their gradient is f(z)/z).
+PASS_ACTIVATIONS = (
+    nn.Hardtanh,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Mish,
+    nn.Tanh,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.Softshrink,
+    nn.Hardshrink,
+    nn.Threshold,
+    nn.Sigmoid,
+    nn.Hardsigmoid,
+    nn.LogSigmoid,
+    nn.Softplus,
+)
 
 
 @dataclass(frozen=True, eq=False)
