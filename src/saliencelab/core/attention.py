@@ -11,7 +11,8 @@ also when the pass raises (`Hooks.on_exit`):
   `need_weights=True, average_attn_weights=False` (the caller still gets what it asked for), with
   PyTorch's fused encoder "fast path" off (`torch.backends.mha.set_fastpath_enabled`);
 - Hugging Face models: `config._attn_implementation = "eager"` on every config of the model; the
-  layers named in the model's `_can_record_outputs["attentions"]` (or, for older models, classes
+  layers named in the model's `_can_record_outputs["attentions"]` (their class, and their layer
+  name where one is given, e.g. GPT-2's `.attn`) (or, for older models, classes
   named `*SelfAttention`, with `output_attentions=True`) return A as their second output;
 - timm-style attention (timm's `Attention` and this project's :class:`~saliencelab.models.vit.
   Attention`): `fused_attn = False`; A is the output of its `attn_drop` module.
@@ -68,9 +69,10 @@ class AttentionLayer:
 # -- finding attention layers -------------------------------------------------------------------
 
 
-def _hf_attention_specs(model: nn.Module) -> list[tuple[Any, int]]:
-    """(class or class-name suffix, output index) of the attention layers of HF sub-models."""
-    specs: list[tuple[Any, int]] = []
+def _hf_attention_specs(model: nn.Module) -> list[tuple[Any, int, str | None]]:
+    """(class or class-name suffix, output index, layer name or None) of the attention layers
+    of HF sub-models."""
+    specs: list[tuple[Any, int, str | None]] = []
     for m in model.modules():
         record = getattr(type(m), "_can_record_outputs", None)
         if not isinstance(record, dict) or "attentions" not in record:
@@ -78,12 +80,23 @@ def _hf_attention_specs(model: nn.Module) -> list[tuple[Any, int]]:
         entries = record["attentions"]
         for entry in entries if isinstance(entries, list) else [entries]:
             if isinstance(entry, (type, str)):
-                specs.append((entry, 1))
+                specs.append((entry, 1, None))
             else:  # transformers' OutputRecorder(target_class, index, layer_name, class_name)
                 target = getattr(entry, "target_class", None) or getattr(entry, "class_name", None)
-                if target is not None and getattr(entry, "layer_name", None) is None:
-                    specs.append((target, int(getattr(entry, "index", 1))))
+                if target is not None:
+                    index = int(getattr(entry, "index", 1))
+                    specs.append((target, index, getattr(entry, "layer_name", None)))
     return specs
+
+
+def _hf_match(name: str, m: nn.Module, target: Any, layer_name: str | None) -> bool:
+    """Whether module `m` called `name` is the layer a spec names: its class (or a name suffix)
+    and, when the spec gives one, its layer name as a dotted part of `name` (as transformers
+    matches it: GPT-2's self-attention `.attn`, not its cross-attention `.crossattention`)."""
+    hit = isinstance(m, target) if isinstance(target, type) else name.endswith(target)
+    if hit and layer_name is not None:
+        hit = f".{layer_name.strip('.')}." in f".{name}."
+    return hit
 
 
 def _is_hf(model: nn.Module) -> bool:
@@ -108,9 +121,8 @@ def attention_layers(model: nn.Module) -> list[AttentionLayer]:
         ):
             found.append(AttentionLayer(name, m, "timm"))
         elif specs:
-            for target, index in specs:
-                hit = isinstance(m, target) if isinstance(target, type) else name.endswith(target)
-                if hit:
+            for target, index, layer_name in specs:
+                if _hf_match(name, m, target, layer_name):
                     found.append(AttentionLayer(name, m, "hf", index))
                     break
         elif hf and type(m).__name__.endswith("SelfAttention"):  # transformers 4.x models
@@ -171,6 +183,12 @@ class AttentionRecorder:
         self._mha_calls: dict[int, list[tuple[bool, bool]]] = {}
 
     def install(self, model: nn.Module, hooks: Hooks) -> None:
+        if any(getattr(_hf_config(m), "is_encoder_decoder", False) for m in model.modules()):
+            raise SaliencelabError(
+                f"{self.method} chains the self-attention of one stack of layers, and this "
+                "model is an encoder-decoder (its encoder's and decoder's attentions are over "
+                "different tokens); use a gradient method such as integrated_gradients."
+            )
         self.layers = attention_layers(model)
         if not self.layers:
             raise SaliencelabError(NO_ATTENTION.format(method=self.method))

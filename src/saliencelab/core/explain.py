@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import numbers
 import time
@@ -322,6 +323,8 @@ def _explain(
 def _attribution(spec: MethodSpec, opts: dict, out: Any, ctx: Context) -> Attribution:
     if isinstance(out, torch.Tensor):
         out = MethodOutput(out)
+    if out.signed is None:  # the registered default, also for `reduce` (text: signed sums)
+        out = dataclasses.replace(out, signed=spec.signed)
     reduce = ctx.model.extra.get("reduce")  # e.g. text: (B, T, D) embedding attributions → words
     if reduce is not None:
         out = reduce(out)
@@ -337,7 +340,7 @@ def _attribution(spec: MethodSpec, opts: dict, out: Any, ctx: Context) -> Attrib
             reduction = "none (one value per feature)"
     if ctx.x.dim() == 4 and maps.dim() == 3:
         maps = upsample(maps, ctx.x.shape[-2:])
-    signed = spec.signed if out.signed is None else out.signed
+    signed = bool(out.signed)
     if not signed and reduction.startswith("signed "):  # e.g. SmoothGrad of |grad|
         reduction = reduction.removeprefix("signed ")
     if attr.dim() == 3 and ctx.x.dim() != 3:  # a layer map (B, h, w), not token embeddings

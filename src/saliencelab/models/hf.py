@@ -194,6 +194,12 @@ def load_text_model(
                 f"{' '.join(str(e).split())[:160]}); save a fast tokenizer there with "
                 "tokenizer.save_pretrained()."
             ) from e
+        if getattr(config, "is_encoder_decoder", False):
+            raise SaliencelabError(
+                f"The model in {str(p)!r} is an encoder-decoder ({config.model_type}), which "
+                "the text methods do not read (they feed one stack of layers the token "
+                "embeddings); use an encoder (BERT-like) or a decoder (GPT-like) model."
+            )
         task = task or _task_of(config, sentence is not None)
         auto = {
             "classification": tf.AutoModelForSequenceClassification,

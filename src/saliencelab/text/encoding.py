@@ -122,15 +122,16 @@ def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
     return start + len(piece) - len(piece.lstrip()), end - len(piece) + len(piece.rstrip())
 
 
-def _cut_warning(i: int, text: str, end: int, max_length: int) -> None:
+def _cut_warning(name: str, text: str, end: int, max_length: int, rest: str) -> None:
     tail = " ".join(text[max(0, end - 40) : end].split())
     log.warning(
-        "Text %d is longer than the %d tokens this model takes: it was cut after character %d "
-        "(…%s), the rest is not explained.",
-        i + 1,
+        "%s is longer than the %d tokens this model takes: it was cut after character %d "
+        "(…%s), the rest is %s.",
+        name,
         max_length,
         end,
         tail,
+        rest,
     )
 
 
@@ -142,11 +143,14 @@ def encode(
     padding_side: str = "right",
     continuation_ids: Sequence[int] | None = None,
     continuation: str | None = None,
+    name: str | None = None,
 ) -> TextBatch:
     """Tokenise `texts` (checked) into a :class:`TextBatch`.
 
-    Texts longer than `max_length` tokens (special tokens and continuation included) are cut,
-    with a warning on the "saliencelab" logger saying after which character. `continuation_ids`
+    Texts longer than `max_length` tokens (special tokens and continuation included) are cut at
+    their end (whatever the tokenizer's `truncation_side`), with a warning on the "saliencelab"
+    logger saying after which character; it names "Text i", or `name` for a text compared with
+    rather than explained (a similarity target's text). `continuation_ids`
     are appended to every text as fixed tokens (a continuation target of a causal LM).
     """
     texts = check_texts(texts)
@@ -171,14 +175,24 @@ def encode(
         )
     rows: list[tuple] = []
     cut: list[int | None] = []
-    for i, text in enumerate(texts):
-        enc = tokenizer(
-            text,
-            truncation=True,
-            max_length=budget,
-            return_offsets_mapping=True,
-            return_special_tokens_mask=True,
-        )
+    # The start of a text is what is explained: cut its end (a tokenizer saved with
+    # truncation_side="left" would drop the start silently), then put the setting back.
+    side = getattr(tokenizer, "truncation_side", "right")
+    tokenizer.truncation_side = "right"
+    try:
+        encodings = [
+            tokenizer(
+                text,
+                truncation=True,
+                max_length=budget,
+                return_offsets_mapping=True,
+                return_special_tokens_mask=True,
+            )
+            for text in texts
+        ]
+    finally:
+        tokenizer.truncation_side = side
+    for i, (text, enc) in enumerate(zip(texts, encodings, strict=True)):
         ids = list(enc["input_ids"])
         special = [bool(s) for s in enc["special_tokens_mask"]]
         offsets = enc["offset_mapping"]
@@ -206,7 +220,10 @@ def encode(
         words = [text[a:b] for a, b in spans]
         end = max(b for _, b in spans)
         if text[end:].strip() and len(ids) >= budget:
-            _cut_warning(i, text, end, max_length)
+            if name is None:
+                _cut_warning(f"Text {i + 1}", text, end, max_length, "not explained")
+            else:
+                _cut_warning(name, text, end, max_length, "not compared")
             cut.append(end)
         else:
             cut.append(None)

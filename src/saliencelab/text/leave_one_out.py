@@ -9,7 +9,9 @@ and the row ends with one more padding position — the model's score on the tex
 that word, unless its neighbours would then be tokenised anew (deleting "'" from "isn't" keeps
 the pieces "isn" and "t"; the typed "isnt" may split otherwise). `removal="pad" | "mask" |
 "zero"` instead replaces the unit's token embeddings by the [PAD] / [MASK] embedding or zeros,
-in place. Special tokens ([CLS], [SEP]) and a continuation's tokens are never removed.
+in place. Special tokens ([CLS], [SEP]) and a continuation's tokens are never removed; deleting
+a text's only word is refused when nothing would be left to read (a model without special
+tokens, or a causal LM, which needs a token before its continuation).
 
 Rows are (text, unit) pairs, one forward each (Σ_b U_b rows), built chunk by chunk in one
 vectorised gather over the embedding-space inputs and run by `ctx.engine.forwards` (inference
@@ -60,10 +62,12 @@ def _units(model, unit: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, 
     return tuple(torch.tensor(v, dtype=torch.long) for v in (samples, starts, lengths, index))
 
 
-def _check_context_left(batch, unit: str, samples, starts, lengths, index) -> None:
-    """One sentence when deleting a unit would leave a causal LM no token before the
-    continuation: the logits that predict its first token would be read at a padding position,
-    whose value depends on the batch (the drop would be noise, not the word's effect)."""
+def _check_context_left(model, unit: str, samples, starts, lengths, index) -> None:
+    """One sentence when deleting a unit would leave a row no token to read: a text's only word
+    on a model without special tokens (GPT-2's classifier), whose row would be empty, or on a
+    causal LM, which needs a token before the continuation (its first token's logits would be
+    read at a padding position, whose value depends on the batch)."""
+    batch = model.batch
     tokens = batch.mask.sum(dim=1) - batch.n_continuation  # (B,) tokens before the continuation
     left = tokens[samples] - lengths
     if not bool((left < 1).any()):
@@ -74,10 +78,15 @@ def _check_context_left(batch, unit: str, samples, starts, lengths, index) -> No
         what = batch.words[b][int(index[u])]
     else:  # a position in the padded row
         what = batch.pieces[b][int(starts[u]) - int(batch.start[b])]
+    if batch.continuation is not None:
+        why = "a causal language model needs a token before the continuation to predict it from"
+    else:
+        why = f"{model.name} has no other token (no special tokens) to read without it"
+    kinds = [repr(k) for k in ("pad", "mask") if model._token_id(k) is not None]
+    use = f"{', '.join(kinds)} or 'zero'" if kinds else "'zero'"
     raise SaliencelabError(
         f"leave_one_out cannot delete {what!r} from text {b + 1}: it is the text's only {unit}, "
-        "and a causal language model needs a token before the continuation to predict it from; "
-        "give a longer text, or removal='pad', 'mask' or 'zero' (replace it in place)."
+        f"and {why}; give a longer text, or removal={use} (replace it in place)."
     )
 
 
@@ -113,12 +122,14 @@ def leave_one_out(ctx: Context, *, unit: str = "word", removal: str = "delete") 
     dev = x.device
     n_pos, dim = x.shape[1], model.dim
     units = _units(model, unit)
-    if removal == "delete" and batch.continuation is not None:
-        _check_context_left(batch, unit, *units)
+    ref = None  # delete
+    if removal == "delete":
+        _check_context_left(model, unit, *units)
+    else:
+        ref = model.reference_embedding(removal, x[..., :dim], "removal")
     u_sample, u_start, u_len, u_index = (t.to(dev) for t in units)
     positions = torch.arange(n_pos, device=dev)
     left = batch.padding_side == "left"
-    ref = None if removal == "delete" else model.reference_embedding(removal, x[..., :dim])
 
     def make_inputs(rows: torch.Tensor) -> torch.Tensor:
         start, length = row_slice(u_start, rows)[:, None], row_slice(u_len, rows)[:, None]

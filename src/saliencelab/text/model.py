@@ -4,7 +4,8 @@
 of `inputs.py` (token embeddings plus the attention mask and fixed-token flags of each row); it
 runs the transformer from `inputs_embeds` with each row's own attention mask and returns
 
-- "classification" (…ForSequenceClassification): the class logits (n, C);
+- "classification" (…ForSequenceClassification): the class logits (n, C) (a config without a
+  pad_token_id, GPT-2's default, gets one for the call, so batches run; restored after);
 - "embedding" (a bare encoder, sentence-transformers): the sentence embedding (n, D) — the
   model's pooling (mean over the attention mask, [CLS], or max), normalised when it says so;
 - "causal-lm" (…ForCausalLM / …LMHeadModel): the next-token logits (n, T, V), with position ids
@@ -118,7 +119,18 @@ class TextModule(nn.Module):
             kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp_min(0)
         if self.task == "causal-lm":
             kwargs["use_cache"] = False
-        out = self.hf(**kwargs)
+        config = getattr(self.hf, "config", None)
+        if self.task != "classification" or getattr(config, "pad_token_id", 0) is not None:
+            out = self.hf(**kwargs)
+        else:
+            # A decoder's classifier without a pad token id (GPT-2's default) refuses batches of
+            # more than one text; from embeddings it reads the last position (the rows are
+            # padded on the left) and never the id's value, so any id does for the call.
+            config.pad_token_id = 0
+            try:
+                out = self.hf(**kwargs)
+            finally:
+                config.pad_token_id = None
         if self.task != "embedding":
             return out.logits if hasattr(out, "logits") else out[0]
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
@@ -233,8 +245,11 @@ class TextModel(Model):
         """A copy scoring tokens by "signed" sum or "l2" norm over the embedding."""
         return dataclasses.replace(self, token_scores=token_scores)
 
-    def encode(self, texts: Any, continuation: str | None = None) -> TextBatch:
-        """Tokenise texts (and a continuation's tokens, for a causal LM) into a TextBatch."""
+    def encode(
+        self, texts: Any, continuation: str | None = None, name: str | None = None
+    ) -> TextBatch:
+        """Tokenise texts (and a continuation's tokens, for a causal LM) into a TextBatch;
+        `name` names a text compared with, not explained, in the warning if it is cut."""
         ids = None
         if continuation is not None:
             ids = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
@@ -249,6 +264,7 @@ class TextModel(Model):
             padding_side=self.padding_side,
             continuation_ids=ids,
             continuation=continuation,
+            name=name,
         )
 
     def embed(self, batch: TextBatch) -> torch.Tensor:
@@ -261,14 +277,15 @@ class TextModel(Model):
         """Texts → engine input (the model's `preprocess`)."""
         return self.embed(self.encode(texts))
 
-    def sentence_embedding(self, texts: Any) -> torch.Tensor:
-        """(B, D) sentence embeddings (the model's pooling), no gradient."""
+    def sentence_embedding(self, texts: Any, name: str | None = None) -> torch.Tensor:
+        """(B, D) sentence embeddings (the model's pooling), no gradient; `name` names the
+        text in the warning if it is cut (default "Text i")."""
         if self.task != "embedding":
             raise SaliencelabError(
                 f"{self.name} is a {self.task} model, not a sentence-embedding model, so it has no "
                 "sentence embedding to compare texts with; use a classification target."
             )
-        x = self.inputs(texts)
+        x = self.embed(self.encode(texts, name=name))
         with attribution_mode(self.module), torch.no_grad():
             return self.module(x)
 
@@ -290,7 +307,9 @@ class TextModel(Model):
                         else "use sl.continuation(text) instead."
                     )
                 )
-            return CosineSimilarity(self.sentence_embedding([target.text])[0], target.text)
+            name = "The comparison text of similarity_to"
+            embedding = self.sentence_embedding([target.text], name=name)[0]
+            return CosineSimilarity(embedding, target.text)
         if isinstance(target, ContinuationTarget):
             if self.task != "causal-lm":
                 raise SaliencelabError(
@@ -391,7 +410,8 @@ class TextModel(Model):
                 signed = False
             else:
                 pieces = attr.sum(dim=-1)
-                _refuse_vanishing_sums(pieces, attr, signed)
+                # `signed`: the method's options or its registered default (core/explain.py)
+                _refuse_vanishing_sums(pieces, attr, bool(signed))
             extras["token_scores"] = self.token_scores
         elif out.maps is not None and out.maps.dim() == 2:
             pieces = out.maps
@@ -419,9 +439,12 @@ class TextModel(Model):
 
     # -- baselines -----------------------------------------------------------------------------
 
-    def reference_embedding(self, kind: Any, like: torch.Tensor) -> torch.Tensor:
+    def reference_embedding(
+        self, kind: Any, like: torch.Tensor, option: str = "baselines"
+    ) -> torch.Tensor:
         """The embedding that replaces tokens: (D,) for "pad" / "mask" / "zero" / a number, or a
-        tensor broadcastable to (n, T, D)."""
+        tensor broadcastable to (n, T, D). `option` is the option `kind` came from, for errors
+        ("baselines" of integrated gradients, "removal" of leave-one-out)."""
         dim = self.dim
         weight = self.text_module.embedding.weight
         if isinstance(kind, torch.Tensor):
@@ -450,13 +473,18 @@ class TextModel(Model):
                 )
             return torch.full((dim,), float(kind), device=like.device, dtype=like.dtype)
         if kind in ("pad", "mask"):
-            token = self.tokenizer.pad_token_id if kind == "pad" else self.tokenizer.mask_token_id
-            if kind == "pad" and token is None:
-                token = self.tokenizer.eos_token_id
+            token = self._token_id(kind)
             if token is None:
+                others = ["delete"] if option == "removal" else []
+                others += [
+                    k for k in ("pad", "mask") if k != kind and self._token_id(k) is not None
+                ]
+                names = [repr(k) for k in [*others, "zero"]]
+                use = " or ".join([", ".join(names[:-1]), names[-1]]) if others else names[0]
+                stand_in = " (nor an end-of-text token to stand in)" if kind == "pad" else ""
                 raise SaliencelabError(
-                    f"The tokenizer of {self.name} has no {kind} token; use baselines='pad' or "
-                    "'zero'."
+                    f"The tokenizer of {self.name} has no {kind} token{stand_in}; use "
+                    f"{option}={use}."
                 )
             return weight[int(token)].detach().to(like.device, like.dtype)
         hint = closest(kind, BASELINES) if isinstance(kind, str) else ""
@@ -465,6 +493,13 @@ class TextModel(Model):
             "(embeddings of that token at every word; special tokens are kept), a number, or a "
             f"tensor of shape ({self.dim},)."
         )
+
+    def _token_id(self, kind: str) -> int | None:
+        """The id of the [PAD] token (the end-of-text token if there is none) or [MASK]."""
+        if kind == "mask":
+            return self.tokenizer.mask_token_id
+        token = self.tokenizer.pad_token_id
+        return self.tokenizer.eos_token_id if token is None else token
 
     def baselines(self, x: torch.Tensor, kind: Any) -> torch.Tensor:
         """Integrated gradients' baseline of engine inputs `x`: each non-fixed token's embedding
@@ -476,7 +511,7 @@ class TextModel(Model):
         return with_embeddings(x, torch.where(keep, emb, ref))
 
 
-def _refuse_vanishing_sums(sums: torch.Tensor, attr: torch.Tensor, signed: bool | None) -> None:
+def _refuse_vanishing_sums(sums: torch.Tensor, attr: torch.Tensor, signed: bool) -> None:
     """One sentence when signed per-token sums of embedding attributions are all ~0 while the
     attributions are not: a signed gradient on a transformer whose embeddings go through
     LayerNorm (BERT, MiniLM, GPT-2), which ignores a shift of all of a token's values, so its

@@ -12,6 +12,7 @@ terminal.
 from __future__ import annotations
 
 import html
+import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +38,10 @@ def _attributions(source: Explanation | Attribution | Mapping[str, Attribution])
         raise SaliencelabError(
             f"Expected an explanation or an attribution of texts, not {type(source).__name__}."
         )
+    if not items:
+        raise SaliencelabError(
+            "The explanation has no attributions to draw; explain texts with at least one method."
+        )
     for name, a in items:
         if "tokens" not in a.extras:
             raise SaliencelabError(
@@ -48,6 +53,12 @@ def _attributions(source: Explanation | Attribution | Mapping[str, Attribution])
 
 def word_scores(a: Attribution, sample: int) -> tuple[list[str], torch.Tensor]:
     """(words, their scores) of one text of an attribution."""
+    n = len(a.extras["tokens"])
+    if isinstance(sample, bool) or not isinstance(sample, numbers.Integral) or not -n <= sample < n:
+        raise SaliencelabError(
+            f"sample must be the index of one of the {n} texts explained (0 to {n - 1}), not "
+            f"{sample!r}."
+        )
     words = a.extras["tokens"][sample]
     return words, a.maps[sample, : len(words)].detach().float().cpu()
 
