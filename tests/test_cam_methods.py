@@ -612,3 +612,13 @@ def test_a_cam_without_its_relu_is_signed(pool_cnn, x, method):
     both = {"relu": False, "layer": ["features.1", "features.4"]}
     if method != "cam":
         assert sl.explain(pool_cnn, x, methods={method: both})[method].signed
+
+
+def test_a_layer_the_forward_never_runs_is_named_as_such(tiny_cnn, images):
+    """A CAM at a layer the model has but its forward does not use: the sentence said a neuron
+    or channel target had stopped the forward, though the target was a class."""
+    tiny_cnn.unused = nn.Conv2d(3, 3, 1)
+    with pytest.raises(SaliencelabError) as e:
+        sl.explain(tiny_cnn, images, methods="gradcam", layer="unused", target=0)
+    message = str(e.value)
+    assert "was not run by the model's forward" in message and "target" not in message

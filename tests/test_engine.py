@@ -772,7 +772,9 @@ def test_a_layer_skipped_by_a_later_chunk_is_a_clear_error():
     )
     first = next(passes)
     assert first.activations["extra"].shape == (1, 4, 6, 6)
-    with pytest.raises(SaliencelabError, match="The layer extra was not reached"):
+    with pytest.raises(
+        SaliencelabError, match="The layer extra was not run by the model.s forward"
+    ):
         next(passes)
 
 

@@ -328,11 +328,7 @@ class Engine:
                         checks.add(scores, samples)
                         missing = [n for n in layers if n not in captured]
                         if missing:
-                            raise SaliencelabError(
-                                f"The layer {missing[0]} was not reached by the forward pass (a "
-                                "neuron or channel target stops it at its own layer); pick a layer "
-                                "that runs before the target's layer."
-                            )
+                            raise SaliencelabError(_not_reached(missing[0], reached_output))
                         wrt = ([x] if input_grad else []) + [captured[n] for n in layers]
                         names = ["the input"] if input_grad else []
                         names += [f"the layer {n}" for n in layers]
@@ -490,6 +486,20 @@ class Engine:
                 "channel target cannot follow: use another method."
             )
         return readings
+
+
+def _not_reached(name: str, reached_output: bool) -> str:
+    """Why a layer captured in a gradient pass has no output: the forward did not run it, or
+    stopped at a neuron or channel target's layer before it."""
+    if reached_output:
+        return (
+            f"The layer {name} was not run by the model's forward; pick a layer the forward "
+            "uses (see `saliencelab layers MODEL`)."
+        )
+    return (
+        f"The layer {name} was not reached by the forward pass (a neuron or channel target "
+        "stops it at its own layer); pick a layer that runs before the target's layer."
+    )
 
 
 def _example(

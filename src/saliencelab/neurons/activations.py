@@ -16,6 +16,8 @@ drawn as a labelled grid over the photo (`ActivationMaps.grid`). Channels are ra
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +31,13 @@ from ..core.context import Context, autograd_allowed, upsample
 from ..core.engine import Engine
 from ..core.errors import SaliencelabError
 from ..core.explain import input_errors_explained
-from ..core.layers import resolve_layer
+from ..core.layers import refuse_unhookable, resolve_layer
+from ..core.state import Hooks
 from ..core.targets import LayerTarget, PendingTarget, Target, TargetSpec, layer_target
 from ..core.tokens import find_token_layer, to_grid, token_layout
 from ..models.model import Model, as_model
 from ..viz.io import save_image
+from .targets import ChannelTarget, NeuronTarget
 
 RANKINGS = ("activation", "contribution")
 
@@ -78,6 +82,37 @@ def as_batch(model: Model, x: Any) -> torch.Tensor:
     return _as_batch(model, x)
 
 
+def not_run(name: str, target: TargetSpec = None) -> SaliencelabError:
+    """One sentence for a layer the model's forward did not run: not used at all, or (with a
+    neuron or channel target) not before the target's layer, where the forward stops."""
+    reader = layer_target(target)
+    if reader is None:
+        return SaliencelabError(
+            f"The layer {name} was not run by the model's forward; pick a layer the forward uses "
+            "(see `saliencelab layers MODEL`)."
+        )
+    what = str(reader) if isinstance(reader, (ChannelTarget, NeuronTarget)) else "a layer target"
+    return SaliencelabError(
+        f"The layer {name} was not run by the model's forward before the target ({what}) was "
+        "read, where the forward stops; pick a layer that runs before the target's layer or "
+        "the target's layer itself (see `saliencelab layers MODEL`)."
+    )
+
+
+@contextmanager
+def watched(module: nn.Module) -> Iterator[list[bool]]:
+    """A flag, [True] once `module`'s forward ran while inside (its hook removed on exit)."""
+    refuse_unhookable(module)
+    ran = [False]
+
+    def hook(mod: nn.Module, inputs: Any, out: Any) -> None:
+        ran[0] = True
+
+    with Hooks() as hooks:
+        hooks.add(module.register_forward_hook(hook))
+        yield ran
+
+
 def check_spatial(name: str, activation: torch.Tensor) -> None:
     """Fail with one sentence unless the layer's output is a map (B, K, h, w)."""
     if activation.dim() != 4:
@@ -101,10 +136,19 @@ class LayerOutput(LayerTarget):
         return readings.flatten(1).sum(dim=1)
 
 
-def layer_outputs(engine: Engine, x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-    """The layer's output for every row of `x`: chunked forwards, each stopped at the layer."""
+def layer_outputs(
+    engine: Engine, x: torch.Tensor, layer: nn.Module, name: str | None = None
+) -> torch.Tensor:
+    """The layer's output for every row of `x`: chunked forwards, each stopped at the layer.
+    A layer the forward does not run is one sentence about `name` (its dotted name)."""
     reader = LayerOutput(layer)
-    chunks = engine.forwards(x.shape[0], *batch_rows(x), reader)
+    with watched(layer) as ran:
+        try:
+            chunks = list(engine.forwards(x.shape[0], *batch_rows(x), reader))
+        except SaliencelabError:
+            if ran[0]:
+                raise
+            raise not_run(name or type(layer).__name__) from None
     return torch.cat([c.logits for c in chunks])
 
 
@@ -266,14 +310,20 @@ def _activations(
     engine = Engine(model)
     indices = None
     if by == "activation":
-        a = layer_outputs(engine, x, module)
+        a = layer_outputs(engine, x, module, name)
         if x.dim() == 4:  # token layers (B, T, D) as maps (B, D, h, w) (core/tokens.py)
             a = to_grid(a, x.shape[-2:], module=model.module, reshape=reshape, name=name)
         check_spatial(name, a)
         values = a.mean(dim=(2, 3))
     else:
         ctx = Context(model, engine, x, PendingTarget(target, x.shape[0], model.labels))
-        cap = ctx.capture({name: module}, input_grad=False)
+        with watched(module) as ran:
+            try:
+                cap = ctx.capture({name: module}, input_grad=False)
+            except SaliencelabError:
+                if ran[0]:
+                    raise
+                raise not_run(name, target) from None
         resolved: Target = ctx.resolve(target, cap.logits)
         a, g = cap.activations[name], cap.gradients[name]
         check_spatial(name, a)

@@ -19,6 +19,13 @@ squared variants such as saliency's default or smoothgrad_sq), so
 
 whenever every path from the input to the score goes through the layer (a block output of a
 sequential backbone; not a layer inside a residual branch, whose skip path bypasses it).
+
+A neuron or channel target (`sl.channel(layer', c')`) stops the forward at its own layer. At the
+gated layer itself the target reads the gated output, so the map of channel k is the method's
+map of the target restricted to channel k: for a target on channel c' (whose gradient at the
+layer lies on channel c' alone) the whole map when k = c', and 0 for every other channel. A
+gated layer the forward does not run (not used, or after the target's layer) would leave the
+gradient unrestricted, so it is one sentence instead.
 """
 
 from __future__ import annotations
@@ -31,14 +38,14 @@ from torch import nn
 
 from ..core.errors import SaliencelabError
 from ..core.explain import explain, input_errors_explained
-from ..core.layers import resolve_layer
+from ..core.layers import get_layer, resolve_layer
 from ..core.registry import get_method
 from ..core.result import Attribution
 from ..core.state import Hooks
-from ..core.targets import TargetSpec
+from ..core.targets import LayerTarget, TargetSpec, layer_target
 from ..core.tokens import as_layer_map, find_token_layer, token_layout
 from ..models.model import Model, as_model
-from .activations import as_batch, refuse_unsupported
+from .activations import as_batch, not_run, refuse_unsupported
 from .targets import _index, check_channel
 
 #: Families whose maps come from a backward pass through the layer, which the gate restricts.
@@ -89,18 +96,59 @@ def _keep_mask(name: str, a: torch.Tensor, channel: int) -> torch.Tensor:
     return keep
 
 
-def channel_gate(name: str, channel: int):
+class _Gated:
+    """Whether the gate's layer ran, and whether the gate went into a gradient pass."""
+
+    def __init__(self) -> None:
+        self.ran = False
+        self.gated = False
+
+    def apply(self, name: str, a: torch.Tensor, channel: int) -> torch.Tensor:
+        """`a` with only `channel`'s gradient kept (`a` itself in a forward-only pass)."""
+        self.ran = True
+        keep = _keep_mask(name, a, channel)
+        if not a.requires_grad:  # forward-only pass: nothing flows back
+            return a
+        self.gated = True
+        return _GateGradient.apply(a, keep)
+
+
+def channel_gate(name: str, channel: int, state: _Gated | None = None):
     """A forward hook keeping only `channel`'s gradient at the layer it is registered on."""
+    state = state or _Gated()
 
     def hook(module: nn.Module, inputs: Any, out: Any) -> Any:
         a = out if isinstance(out, torch.Tensor) else out[0]
-        keep = _keep_mask(name, a, channel)
-        if not a.requires_grad:  # forward-only pass: nothing flows back
+        gated = state.apply(name, a, channel)
+        if gated is a:
             return None
-        gated = _GateGradient.apply(a, keep)
         return gated if isinstance(out, torch.Tensor) else (gated, *out[1:])
 
     return hook
+
+
+class _GatedReading(LayerTarget):
+    """A neuron or channel target read at the gated layer itself: it reads the gated output.
+
+    The forward stops at the target's layer before any later hook there, so the gate goes into
+    the reading instead of a hook."""
+
+    def __init__(self, reader: LayerTarget, name: str, channel: int, state: _Gated) -> None:
+        self.reader, self.name, self.channel, self.state = reader, name, channel, state
+        self.layer = reader.layer
+
+    def read(self, activation: torch.Tensor) -> torch.Tensor:
+        return self.reader.read(self.state.apply(self.name, activation, self.channel))
+
+    def __call__(self, readings: torch.Tensor) -> torch.Tensor:
+        return self.reader(readings)
+
+    def __str__(self) -> str:
+        return str(self.reader)
+
+
+def _module(root: nn.Module, layer: str | nn.Module) -> nn.Module:
+    return get_layer(root, layer) if isinstance(layer, str) else layer
 
 
 def conditional_map(
@@ -126,7 +174,10 @@ def conditional_map(
 
     Returns the method's :class:`~saliencelab.Attribution` with `layer` set and
     `extras["channel"]`. The conditional maps of all channels sum to the unconditional map
-    (see the module docstring for when).
+    (see the module docstring for when). A neuron or channel target at `layer` itself gives
+    channel k its share of the target's gradient (for a target on channel c': the whole map
+    when k = c', else 0); a `layer` the forward does not run before the target is read (or at
+    all) is one sentence.
     """
     spec = get_method(method)
     if spec.family not in BACKWARD_FAMILIES:
@@ -144,21 +195,35 @@ def conditional_map(
         default = find_token_layer(model.module, x, model.extra.get("reshape"))
     with input_errors_explained(model, x):
         name, module = resolve_layer(model.module, layer, x, default)
+    reader = layer_target(target)
+    state = _Gated()
     with Hooks() as hooks, token_layout(model, x):
-        gate = hooks.add(module.register_forward_hook(channel_gate(name, channel)))
+        if reader is not None and _module(model.module, reader.layer) is module:
+            target = _GatedReading(reader, name, channel, state)  # read at the gated layer
+        else:
+            gate = hooks.add(module.register_forward_hook(channel_gate(name, channel, state)))
 
-        def gate_last(mod: nn.Module, args: Any) -> None:
-            # The method's own hooks on this layer (DeepLIFT's and LRP's rules, deconvnet's)
-            # are registered after the gate and rebuild the output from a detached copy; the
-            # gate must wrap what they return, or it is cut out of the graph.
-            mod._forward_hooks.move_to_end(gate.id)
+            def gate_last(mod: nn.Module, args: Any) -> None:
+                # The method's own hooks on this layer (DeepLIFT's and LRP's rules,
+                # deconvnet's) are registered after the gate and rebuild the output from a
+                # detached copy; the gate must wrap what they return, or it is cut out of the
+                # graph.
+                mod._forward_hooks.move_to_end(gate.id)
 
-        hooks.add(module.register_forward_pre_hook(gate_last))
+            hooks.add(module.register_forward_pre_hook(gate_last))
         with warnings.catch_warnings():
             # The gate passes one channel's share of the score on purpose: DeepLIFT's check
             # that the map sums to S(x) - S(x') would call that a gap.
             warnings.filterwarnings("ignore", message=".*summation-to-delta is off")
             ex = explain(model, x, methods=method, target=target, **options)
+    if not state.ran:  # the gate never applied: the map would be the unrestricted one
+        raise not_run(name, reader)
+    if not state.gated:
+        raise SaliencelabError(
+            f"The output of the layer {name} carries no gradient in the model's forward "
+            "(computed under torch.no_grad() or detached), so a conditional map cannot restrict "
+            "it; pick a layer the score's gradient flows through."
+        )
     a = ex[method]
     a.layer = name
     a.extras["channel"] = channel

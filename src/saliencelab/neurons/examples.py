@@ -2,10 +2,12 @@
 
 `top_examples(model, images, layer, channel)` runs the images through the model in batches (one
 forward each, under inference mode, stopped right after the layer), scores every image by the
-channel's strongest unit, max_ij A_kij, and keeps the `k` best. Each example carries the crop of
-the image around that unit: its receptive field (computed analytically from the convolutions
-and poolings on the path, see :mod:`.receptive_field`), clipped to the image. Only the running
-top k is kept, so a folder of any size takes bounded memory.
+channel's strongest unit, max_ij A_kij, and keeps the `k` best (sorted by (-value, index): of
+equal values the earlier image, whatever the batch size). Each example carries the crop of the
+image around that unit: its receptive field (computed analytically from the convolutions and
+poolings on the path, see :mod:`.receptive_field`), clipped to the image (the nearest pixel for
+a unit that sees only padding). Only the running top k is kept, so a folder of any size takes
+bounded memory.
 
 Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks", ECCV 2014 (the image
 patches that activate a feature map most); Olah et al., "Feature Visualization", Distill 2017
@@ -55,7 +57,8 @@ class Example:
         value: the channel's strongest activation on it, max_ij A_kij.
         location: (y, x) of that unit in the layer's map.
         box: (left, top, right, bottom) of the unit's receptive field in the model's input
-            pixels, clipped to the image (right/bottom exclusive).
+            pixels, clipped to the image (right/bottom exclusive; at least one pixel, the
+            nearest, for a unit whose field lies wholly in the padding).
         image: the image as the model sees it (e.g. center-cropped and resized).
         crop: `image` cropped to `box`.
         activation: (h, w) the channel's map on this image.
@@ -140,7 +143,8 @@ def top_examples(
     batch_size: int = 16,
     max_pixels: int = MAX_PIXELS,
 ) -> list[Example]:
-    """The `k` images that activate channel `channel` of `layer` most, best first.
+    """The `k` images that activate channel `channel` of `layer` most, best first (of equal
+    values, the earlier image first).
 
     Args:
         model: an `sl.Model` with preprocessing (images go through `model.preprocess`).
@@ -151,7 +155,9 @@ def top_examples(
         batch_size: images read and run together.
         max_pixels: image files with more pixels are skipped (as `sl.load_image`).
 
-    An image that cannot be read is logged and skipped.
+    An image that cannot be read is logged and skipped. A preprocess may keep each image's own
+    size (a fully convolutional model): every example then has its own map and receptive field
+    (each batch must still be one tensor, e.g. `batch_size=1`).
     """
     from .activations import refuse_unsupported
 
@@ -172,11 +178,10 @@ def top_examples(
     module: nn.Module | None = None
     name = ""
     reader: _ChannelMap | None = None
-    input_size: tuple[int, ...] = ()
-    # Running top k: value, image index, flat position, and the channel's map, per kept image.
-    best_v = torch.empty(0)
-    best_i = torch.empty(0, dtype=torch.long)
-    best_maps = torch.empty(0)
+    # Running top k, best first (ties: the earlier image first): (value, image index, the
+    # channel's map (h, w), the input's shape (C, H, W), its dtype), so images of different sizes
+    # each keep their own map and field.
+    best: list[tuple[float, int, torch.Tensor, tuple[int, ...], torch.dtype]] = []
     n_ok = 0
     for start in range(0, len(sources), batch_size):
         batch, where = [], []
@@ -192,22 +197,23 @@ def top_examples(
         if reader is None:
             name, module = resolve_layer(model.module, layer, x, model.default_layer)
             reader = _ChannelMap(module, name, channel)
-            input_size = tuple(x.shape[-2:])
         chunks = engine.forwards(x.shape[0], *batch_rows(x), reader)
         maps = torch.cat([c.logits for c in chunks]).float().cpu()  # (n, h, w)
         n_ok += len(where)
-        values = torch.cat([best_v, maps.flatten(1).amax(dim=1)])
-        index = torch.cat([best_i, torch.tensor(where, dtype=torch.long)])
-        all_maps = torch.cat([best_maps.view(-1, *maps.shape[1:]), maps])
-        keep = values.topk(min(k, values.numel())).indices
-        best_v, best_i, best_maps = values[keep], index[keep], all_maps[keep]
-    if reader is None:
+        values = maps.flatten(1).amax(dim=1).tolist()
+        shape = tuple(x.shape[1:])
+        best += [(v, i, m, shape, x.dtype) for v, i, m in zip(values, where, maps, strict=True)]
+        best = sorted(best, key=lambda e: (-e[0], e[1]))[:k]
+    if reader is None or module is None:
         raise SaliencelabError("None of the images could be read; check the files.")
     log.info("ranked %d image%s by channel %d of %s", n_ok, "s" * (n_ok != 1), channel, name)
-    rf = receptive_field(model, module, x[:1])
+    fields: dict[tuple[int, ...], ReceptiveField] = {}  # one per input shape
+    for _, _, _, shape, dtype in best:
+        if shape not in fields:
+            fields[shape] = receptive_field(model, module, torch.zeros((1, *shape), dtype=dtype))
     return [
-        _example(model, sources[int(i)], int(i), float(v), m, rf, channel, input_size, max_pixels)
-        for v, i, m in zip(best_v, best_i, best_maps, strict=True)
+        _example(model, sources[i], i, v, m, fields[shape], channel, shape[-2:], max_pixels)
+        for v, i, m, shape, _ in best
     ]
 
 

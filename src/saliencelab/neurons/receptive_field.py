@@ -9,9 +9,11 @@ of its input to
     r' = r + (k_eff - 1)·j,   j' = j·s,   f' = f - p_before·j,
 
 and unit u of the layer's map sees input pixels f + u·j ... f + u·j + r - 1 (clipped to the
-image). The padding is read from the shapes the module saw: a module that padded more than its
-`padding` attribute says (TensorFlow "same" convolutions such as EfficientNet's `Conv2dSame`)
-padded `total // 2` before, as TensorFlow and PyTorch's padding="same" do.
+image; a unit that sees only padding gets the image's nearest pixel). The padding is read from
+the shapes the module saw: a module that padded more than its `padding` attribute says
+(TensorFlow "same" convolutions such as EfficientNet's `Conv2dSame`) padded `total // 2` before,
+as TensorFlow and PyTorch's padding="same" do. A pool with `ceil_mode=True` pads only at the end
+for its extra last window (PyTorch), so p_before stays its `padding`.
 
 Pad modules (nn.ZeroPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d) only move the
 field: r and j stay, f' = f - p_before·j (the padding is an offset, Araujo et al. 2019).
@@ -30,13 +32,15 @@ skipped, so a global gate is not counted), the union of its branches. A size cha
 cannot follow is refused in one sentence: pooling or convolution written as functional calls
 (`F.max_pool2d`, `F.conv2d`, `F.pad`) in a forward, and resampling (nn.Upsample,
 `F.interpolate`, transposed convolutions), whose field has no integer stride; a module that
-keeps the resolution is taken as keeping the field. A functional resize to the size of the map
-computed just before it is not noticed. The field is the theoretical one (every pixel that can
-influence the unit), an upper bound on the pixels with a nonzero gradient.
+keeps the resolution (h, w) is taken as keeping the field, whatever it does to the channels. A
+functional resize to the size of the map computed just before it is not noticed. The field is
+the theoretical one (every pixel that can influence the unit), an upper bound on the pixels with
+a nonzero gradient.
 """
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +51,7 @@ from ..core.explain import input_errors_explained
 from ..core.layers import resolve_layer
 from ..core.state import Hooks, eval_mode, submodules
 from ..models.model import Model, as_model, as_model_input
+from .targets import position_error
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 ADAPTIVE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -77,6 +82,17 @@ def _adaptive(n_in: int, n_out: int) -> tuple[int, int, int]:
     return max(ends) - first, stride, -first
 
 
+def _out_size(n_in: int, k_eff: int, stride: int, padding: int, ceil: bool) -> int:
+    """PyTorch's output size of a convolution or pooling with `padding` on both sides:
+    ⌊(n + 2p - k_eff) / s⌋ + 1, or with `ceil` ⌈·⌉ + 1 less a last window that would start in
+    the end padding."""
+    span = n_in + 2 * padding - k_eff
+    if not ceil:
+        return span // stride + 1
+    n_out = -(-span // stride) + 1
+    return n_out - 1 if (n_out - 1) * stride >= n_in + padding else n_out
+
+
 def _through(field: _Field, module: nn.Module, size_in, size_out) -> _Field:
     """The field after a convolution, pooling or pad module that mapped size_in to size_out."""
     if isinstance(module, PADS):
@@ -99,8 +115,11 @@ def _through(field: _Field, module: nn.Module, size_in, size_out) -> _Field:
                 before = 0 if padding == "valid" else (k_eff - 1) // 2
             else:
                 p = _pair(padding)[axis]
-                implied = max((n_out - 1) * stride + k_eff - n_in, 0)
-                before = implied // 2 if implied > 2 * p else p
+                ceil = bool(getattr(module, "ceil_mode", False))
+                if n_out == _out_size(n_in, k_eff, stride, p, ceil):
+                    before = p  # as it says (ceil mode's extra window pads only at the end)
+                else:  # it padded more than it says ("same"): total // 2 before
+                    before = max((n_out - 1) * stride + k_eff - n_in, 0) // 2
         r, j, f = field.size[axis], field.jump[axis], field.first[axis]
         sizes.append(r + (k_eff - 1) * j)
         jumps.append(j * stride)
@@ -130,16 +149,33 @@ class ReceptiveField:
 
     def box(self, y: int, x: int) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) of unit (y, x)'s field in input pixels, clipped to the
-        input; right and bottom are exclusive (PIL's crop box)."""
-        top = self.first[0] + y * self.stride[0]
-        left = self.first[1] + x * self.stride[1]
-        height, width = self.input_size
-        return (
-            max(left, 0),
-            max(top, 0),
-            min(left + self.size[1], width),
-            min(top + self.size[0], height),
-        )
+        input; right and bottom are exclusive (PIL's crop box).
+
+        The field of unit u spans f + u·j ... f + u·j + r - 1 on each axis. A unit whose field
+        lies wholly in the padding (it sees no pixel) gets the nearest pixel of the image, so
+        the box is never empty.
+        """
+        height, width = self.map_size
+        if not all(_whole(v) for v in (y, x)):
+            raise SaliencelabError(
+                f"A unit's position (y, x) must be two integers, not ({y!r}, {x!r})."
+            )
+        y, x = int(y), int(x)
+        if not (0 <= y < height and 0 <= x < width):
+            raise position_error(self.layer, y, x, height, width, centre=False)
+        top, bottom = _span(self.first[0] + y * self.stride[0], self.size[0], self.input_size[0])
+        left, right = _span(self.first[1] + x * self.stride[1], self.size[1], self.input_size[1])
+        return left, top, right, bottom
+
+
+def _whole(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _span(start: int, size: int, n: int) -> tuple[int, int]:
+    """[start, start + size) clipped to [0, n), at least one pixel (the nearest) wide."""
+    low = min(max(start, 0), n - 1)
+    return low, max(min(start + size, n), low + 1)
 
 
 class _Stop(Exception):
@@ -166,6 +202,11 @@ def receptive_field(
     if isinstance(x, list):
         x = tuple(x)
     if isinstance(x, tuple):
+        if len(x) != 2 or not all(_whole(v) and v >= 1 for v in x):
+            raise SaliencelabError(
+                f"The input size must be two whole numbers of pixels (H, W), 1 or more, not {x}."
+            )
+        x = (int(x[0]), int(x[1]))
         convs = [m for m in submodules(model.module) if isinstance(m, nn.Conv2d)]
         channels = convs[0].in_channels if convs else 3
         x = torch.zeros(1, channels, *x, device=model.device)
@@ -214,8 +255,9 @@ def receptive_field(
             # None when the input came through a size change not followed (F.pad, F.interpolate).
             f = None if f_in is None else _through(f_in, module, inp.shape[-2:], out.shape[-2:])
             record(out, f)
-        elif f_in is not None and inp.shape == out.shape:
-            record(out, f_in)  # an elementwise module (BatchNorm, ReLU, Dropout): the same field
+        elif f_in is not None and inp.shape[-2:] == out.shape[-2:]:
+            # The same resolution (BatchNorm, ReLU, a channel concatenation): the same field.
+            record(out, f_in)
         elif f_in is not None and sorted(inp.shape) != sorted(out.shape):
             record(out, None)  # a resampling module (nn.Upsample, ConvTranspose2d): not followed
 

@@ -7,7 +7,8 @@ fire". The score of a row is read from the layer, not the logits:
 - :func:`channel`: the channel's mean activation, S = (1/hw) Σ_ij A_kij (Erhan et al. 2009's
   "activation maximisation" objective for a whole feature map; Olah et al. 2017, "Feature
   Visualization", Distill, call it the channel objective);
-- :func:`neuron`: one unit's value, S = A_kyx (at the map's centre unless y, x are given).
+- :func:`neuron`: one unit's value, S = A_kyx (at the map's centre unless y, x are given; on a
+  1-D map (B, C, L), a Conv1d's, S = A_kx).
 
 Both are :class:`~saliencelab.core.targets.LayerTarget` s: the engine hooks the layer, stops the
 forward right after it, and the pass's "logits" are the readings of every channel (B, K) (means,
@@ -62,13 +63,17 @@ def check_channel(name: str, activation: torch.Tensor, channel: int) -> int:
     return k
 
 
-def position_error(name: str, y: int, x: int, height: int, width: int) -> SaliencelabError:
+def position_error(
+    name: str, y: int, x: int, height: int, width: int, centre: bool = True
+) -> SaliencelabError:
     """One sentence for a unit (row y, column x) outside a height x width map; every neuron
-    message gives positions in this order, (y, x), as `sl.neuron` takes them."""
+    message gives positions in this order, (y, x), as `sl.neuron` takes them. `centre`: the
+    caller may leave the position out (then the map's centre)."""
+    leave = ", or leave them out for the centre" if centre else ""
     return SaliencelabError(
         f"The position (y={y}, x={x}) (row y, column x) is outside the {height}x{width} map "
         f"(height x width) of the layer {name}; use y in 0..{height - 1} and x in "
-        f"0..{width - 1}, or leave them out for the centre."
+        f"0..{width - 1}{leave}."
     )
 
 
@@ -100,8 +105,9 @@ class ChannelTarget(LayerTarget):
 class NeuronTarget(LayerTarget):
     """One unit: S = A_kyx, channel `channel` of `layer` at row `y`, column `x`.
 
-    y, x default to the centre of the map (h // 2, w // 2). On a layer without positions (B, K)
-    leave them out: the unit is the channel itself.
+    y, x default to the centre of the map (h // 2, w // 2). On a 1-D map (B, K, L) (a Conv1d's)
+    the unit is at x along L (default L // 2; no y). On a layer without positions (B, K) leave
+    them out: the unit is the channel itself.
     """
 
     def __init__(
@@ -112,7 +118,8 @@ class NeuronTarget(LayerTarget):
         self.channel = _index(channel, "channel")
         self.y = None if y is None else _index(y, "row y")
         self.x = None if x is None else _index(x, "column x")
-        self.read_at: tuple[int, int] | None = None  # (y, x) of the last read (the centre)
+        # (y, x) of the last read (the centre when left out); y is None on a 1-D map.
+        self.read_at: tuple[int | None, int] | None = None
 
     def position(self, height: int, width: int) -> tuple[int, int]:
         """(y, x) on a map of this size: the given one (checked) or the centre."""
@@ -123,16 +130,38 @@ class NeuronTarget(LayerTarget):
         return y, x
 
     def read(self, activation: torch.Tensor) -> torch.Tensor:
-        """(n, K): every channel's value at (y, x)."""
+        """(n, K): every channel's value at (y, x); on a 1-D map (n, K, L) at position x."""
         activation = as_layer_map(self.name, activation)
         check_channel(self.name, activation, self.channel)
-        if activation.dim() == 2 and self.y is None and self.x is None:
-            return activation
+        shape = tuple(activation.shape)
+        if activation.dim() == 2:
+            if self.y is None and self.x is None:
+                return activation
+            raise SaliencelabError(
+                f"The layer {self.name} outputs shape {shape} (B, C), which has no positions, so "
+                "a neuron there needs no (y, x); leave y and x out (the unit is the channel)."
+            )
+        if activation.dim() == 3:  # a 1-D map (B, C, L), e.g. a Conv1d's: x along L
+            length = shape[-1]
+            if self.y is not None:
+                raise SaliencelabError(
+                    f"The layer {self.name} outputs a 1-D map {shape} (B, C, L), which has no "
+                    f"rows; leave y out and give the position along L as x (0..{length - 1}), or "
+                    "leave both out for the centre."
+                )
+            x = length // 2 if self.x is None else self.x
+            if x >= length:
+                raise SaliencelabError(
+                    f"The position x={x} is outside the 1-D map of length {length} of the layer "
+                    f"{self.name}; use x in 0..{length - 1}, or leave it out for the centre."
+                )
+            self.read_at = (None, x)
+            return activation[:, :, x]
         if activation.dim() != 4:
             raise SaliencelabError(
-                f"The layer {self.name} outputs shape {tuple(activation.shape)}, not a map "
-                "(B, C, h, w), so a neuron needs no (y, x) there; leave y and x out, or pick a "
-                "convolutional layer."
+                f"The layer {self.name} outputs shape {shape}, which is neither a map "
+                "(B, C, h, w), a 1-D map (B, C, L) nor (B, C); pick such a layer, or use "
+                "sl.channel for the channel's mean."
             )
         y, x = self.position(*activation.shape[-2:])
         self.read_at = (y, x)
@@ -168,5 +197,6 @@ def channel(layer: LayerRef, c: int) -> ChannelTarget:
 def neuron(
     layer: LayerRef, channel: int, y: int | None = None, x: int | None = None
 ) -> NeuronTarget:
-    """Target one unit: channel `channel` of `layer` at (y, x) (default: the map's centre)."""
+    """Target one unit: channel `channel` of `layer` at (y, x) (default: the map's centre; on a
+    1-D map (B, C, L) give only x)."""
     return NeuronTarget(layer, channel, y, x)
