@@ -110,3 +110,57 @@ CNN_FACTORY = textwrap.dedent(
         return CNN()
     """
 )
+
+
+@pytest.fixture(scope="session")
+def classifier_dir(tmp_path_factory):
+    """A tiny BERT sentiment classifier ("negative", "positive") saved with its tokenizer, built
+    offline with test_text.py's helpers (the text tests share it)."""
+    pytest.importorskip("transformers")
+    from test_text import _bert_config, _tokenizer
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = _bert_config(id2label={0: "negative", 1: "positive"})
+    path = tmp_path_factory.mktemp("bert-cls")
+    BertForSequenceClassification(config).eval().save_pretrained(path)
+    _tokenizer(bert=True).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory):
+    """A tiny GPT-2 language model saved with its tokenizer (test_text.py's helpers)."""
+    pytest.importorskip("transformers")
+    from test_text import _gpt2_config, _tokenizer
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(2)
+    path = tmp_path_factory.mktemp("gpt2")
+    GPT2LMHeadModel(_gpt2_config()).eval().save_pretrained(path)
+    _tokenizer(bert=False).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def gpt2_classifier_dir(tmp_path_factory):
+    """A decoder's sequence classifier: it scores the last position (HF finds the last real
+    token from input_ids, which an embeddings-fed model does not have)."""
+    pytest.importorskip("transformers")
+    from test_text import _gpt2_config, _tokenizer
+    from transformers import GPT2ForSequenceClassification
+
+    torch.manual_seed(3)
+    config = _gpt2_config(pad_token_id=0, id2label={0: "negative", 1: "positive"})
+    path = tmp_path_factory.mktemp("gpt2-cls")
+    GPT2ForSequenceClassification(config).eval().save_pretrained(path)
+    _tokenizer(bert=False).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def classifier(classifier_dir):
+    """The tiny BERT classifier loaded (`classifier_dir`)."""
+    import saliencelab as sl
+
+    return sl.load_model(f"hf:{classifier_dir}")

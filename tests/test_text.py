@@ -64,18 +64,6 @@ def _bert_config(**kw):
 
 
 @pytest.fixture(scope="module")
-def classifier_dir(tmp_path_factory):
-    from transformers import BertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = _bert_config(id2label={0: "negative", 1: "positive"})
-    path = tmp_path_factory.mktemp("bert-cls")
-    BertForSequenceClassification(config).eval().save_pretrained(path)
-    _tokenizer(bert=True).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory):
     """A tiny sentence-transformers directory: BertModel, mean pooling, Normalize."""
     from transformers import BertModel
@@ -114,36 +102,6 @@ def _gpt2_config(**kw):
         attn_pdrop=0.0,
         **kw,
     )
-
-
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory):
-    from transformers import GPT2LMHeadModel
-
-    torch.manual_seed(2)
-    path = tmp_path_factory.mktemp("gpt2")
-    GPT2LMHeadModel(_gpt2_config()).eval().save_pretrained(path)
-    _tokenizer(bert=False).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def gpt2_classifier_dir(tmp_path_factory):
-    """A decoder's sequence classifier: it scores the last position (HF finds the last real
-    token from input_ids, which an embeddings-fed model does not have)."""
-    from transformers import GPT2ForSequenceClassification
-
-    torch.manual_seed(3)
-    config = _gpt2_config(pad_token_id=0, id2label={0: "negative", 1: "positive"})
-    path = tmp_path_factory.mktemp("gpt2-cls")
-    GPT2ForSequenceClassification(config).eval().save_pretrained(path)
-    _tokenizer(bert=False).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def classifier(classifier_dir):
-    return sl.load_model(f"hf:{classifier_dir}")
 
 
 @pytest.fixture(scope="module")

@@ -15,26 +15,18 @@ import torch
 
 pytest.importorskip("transformers")
 
-from test_text import _cli_app, _gpt2_config, _one_sentence, _tokenizer  # noqa: E402
+from test_text import (  # noqa: E402
+    _cli_app,
+    _gpt2_config,
+    _one_sentence,
+    _tokenizer,
+)
 
 import saliencelab as sl  # noqa: E402
 from saliencelab.core.errors import SaliencelabError  # noqa: E402
 from saliencelab.text import continuation, similarity_to, terminal_text, text_html  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def classifier_dir(tmp_path_factory):
-    from test_text import _bert_config
-    from transformers import BertForSequenceClassification
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("bert-cls")
-    config = _bert_config(id2label={0: "negative", 1: "positive"})
-    BertForSequenceClassification(config).eval().save_pretrained(path)
-    _tokenizer(bert=True).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -61,30 +53,9 @@ def _gpt2_classifier(path, **config):
 
 
 @pytest.fixture(scope="module")
-def gpt2_classifier_dir(tmp_path_factory):
-    return _gpt2_classifier(tmp_path_factory.mktemp("gpt2-cls"), pad_token_id=0)
-
-
-@pytest.fixture(scope="module")
 def gpt2_classifier_no_pad_id_dir(tmp_path_factory):
     """GPT-2's default: no pad_token_id in the config (Hugging Face then refuses batches > 1)."""
     return _gpt2_classifier(tmp_path_factory.mktemp("gpt2-cls-nopad"))
-
-
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory):
-    from transformers import GPT2LMHeadModel
-
-    torch.manual_seed(2)
-    path = tmp_path_factory.mktemp("gpt2")
-    GPT2LMHeadModel(_gpt2_config()).eval().save_pretrained(path)
-    _tokenizer(bert=False).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def classifier(classifier_dir):
-    return sl.load_model(f"hf:{classifier_dir}")
 
 
 # -- 1: signed sums of bare-tensor methods ---------------------------------------------------------

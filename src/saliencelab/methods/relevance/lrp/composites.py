@@ -37,7 +37,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ....core.errors import SaliencelabError, closest
 from .canonizers import ResidualSum
-from .rules import AlphaBeta, Epsilon, Flat, Gamma, Pass, Rule, ZBox, ZPlus
+from .rules import ZERO_AT_ZERO, AlphaBeta, Epsilon, Flat, Gamma, Pass, Rule, ZBox, ZPlus
 
 LayerTypes = type | tuple[type, ...]
 
@@ -53,21 +53,10 @@ AVERAGE_POOLS = (
     nn.AdaptiveAvgPool3d,
 )
 # Elementwise activations whose gradient is not already the pass-through g·f(z)/z (ReLU,
-# LeakyReLU, PReLU and RReLU in eval mode are piecewise z·c: their gradient is f(z)/z).
-PASS_ACTIVATIONS = (
+# LeakyReLU, PReLU and RReLU in eval mode are piecewise z·c: their gradient is f(z)/z): those
+# with f(0) = 0 (ReLU6 is a Hardtanh) and those without.
+PASS_ACTIVATIONS = tuple(t for t in ZERO_AT_ZERO if t not in (nn.ReLU, nn.ReLU6, nn.LeakyReLU)) + (
     nn.Hardtanh,
-    nn.ELU,
-    nn.CELU,
-    nn.SELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Hardswish,
-    nn.Mish,
-    nn.Tanh,
-    nn.Softsign,
-    nn.Tanhshrink,
-    nn.Softshrink,
-    nn.Hardshrink,
     nn.Threshold,
     nn.Sigmoid,
     nn.Hardsigmoid,

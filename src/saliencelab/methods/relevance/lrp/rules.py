@@ -711,6 +711,9 @@ ZERO_AT_ZERO = (
     nn.Mish,
     nn.Tanh,
     nn.Softsign,
+    nn.Tanhshrink,
+    nn.Softshrink,
+    nn.Hardshrink,
 )
 
 
