@@ -167,6 +167,13 @@ def test_subsets_and_bad_arguments():
         ({"size": 16}, "at least 32"),
         ({"object_size": (30, 60)}, "object_size"),
         ({"backdoor": 0.1, "target": 4}, "target"),
+        # not whole numbers: target 1.5 was taken (labels cut to 1, .target 1.5), True was
+        # class 1, and the others raised torch's TypeError / ValueError
+        ({"backdoor": 0.1, "target": 1.5}, "target must be a class index"),
+        ({"backdoor": 0.1, "target": True}, "target must be a class index"),
+        ({"size": 64.0}, "whole number of at least 32"),
+        ({"object_size": (8.0, 12)}, "object_size"),
+        ({"seed": 2**64}, "seed must be a whole number"),
     ]:
         with pytest.raises(SaliencelabError, match=words):
             shapes.make(4, **kw)
@@ -292,6 +299,21 @@ def test_preprocess_takes_pil_images_arrays_and_batches(cnn, test_set):
     assert torch.equal(sl.explain(cnn, pil, methods="saliency").predictions, test_set.labels[:4])
     with pytest.raises(SaliencelabError, match="Cannot preprocess"):
         cnn.preprocess("image.png")
+
+
+def test_preprocess_refuses_floats_outside_0_1_and_takes_hwc_and_rgba(cnn, test_set):
+    """0..255 float pixels were taken as they were (accuracy fell from 1.0 to 0.31 with no
+    word); an (H, W, 3) tensor and an RGBA array, which the README lists, were refused. RGBA is
+    laid on white, as files are read: alpha a gives rgb·a + (1 − a)."""
+    x = test_set.images[:2]
+    with pytest.raises(SaliencelabError, match=r"\[0, 1\]"):
+        cnn.preprocess([img.permute(1, 2, 0).numpy() * 255.0 for img in x])
+    with pytest.raises(SaliencelabError, match=r"\[0, 1\]"):
+        cnn.preprocess((x - 0.5) / 0.25)
+    assert torch.equal(cnn.preprocess(x[0].permute(1, 2, 0)), x[:1])
+    alpha = torch.full((1, 64, 64), 0.25)
+    rgba = torch.cat([x[0], alpha]).permute(1, 2, 0).numpy()
+    torch.testing.assert_close(cnn.preprocess(rgba), (x[:1] * 0.25 + 0.75))
 
 
 def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: int = 3) -> torch.Tensor:

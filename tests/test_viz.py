@@ -134,6 +134,23 @@ def test_percentile_clipping_ignores_one_outlier():
     assert signed.max() == 1.0 and signed.min() >= -1.0 and (signed == 1.0).sum() > 1
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_sparse_map_is_drawn_not_taken_for_a_constant_one(signed):
+    """16 lit pixels of 64² (0.4 %, a 4×4 watermark): the 99.5th percentile is the map's
+    minimum, which zeroed the whole map (the overlay was the bare photo). The percentile then
+    gives way to the maximum: the map is min-max scaled (unsigned) or divided by max |m|."""
+    m = torch.zeros(64, 64)
+    m[2:6, 2:6] = 1.0
+    if signed:
+        m[40, 40] = -0.5
+    got = normalize_map(m, signed=signed)
+    want = m / m.abs().max() if signed else (m - m.min()) / (m.max() - m.min())
+    torch.testing.assert_close(got, want)
+    photo = Image.new("RGB", (64, 64), (128, 128, 128))
+    drawn = np.asarray(overlay(photo, m, alpha=1.0))
+    assert not (drawn[3, 3] == np.asarray(photo)[3, 3]).all()
+
+
 def test_normalisation_is_per_map_and_keeps_shape_and_raw_map():
     m = torch.stack([torch.rand(8, 8), 100 * torch.rand(8, 8)])
     before = m.clone()

@@ -262,16 +262,21 @@ def make(
         raise SaliencelabError(f"n must be a positive whole number of images, got {n!r}.")
     n = count
     number = _integer(seed)
-    if number is None:
+    if number is None or not -(2**63) <= number < 2**64:  # what a torch generator takes
         raise SaliencelabError(f"seed must be a whole number such as 0, got {seed!r}.")
     seed = number
-    if size < 32:
-        raise SaliencelabError(f"Shapes images need a side of at least 32 pixels, got {size}.")
+    side = _integer(size)
+    if side is None or side < 32:
+        raise SaliencelabError(
+            f"Shapes images need a side of a whole number of at least 32 pixels, got {size!r}."
+        )
+    size = side
     lo, hi = object_size or (round(0.22 * size), round(0.34 * size))
-    if not 4 <= lo <= hi <= size - 2 * MARGIN:
+    lo, hi = _integer(lo), _integer(hi)
+    if lo is None or hi is None or not 4 <= lo <= hi <= size - 2 * MARGIN:
         raise SaliencelabError(
             f"object_size must be (smallest, largest) with 4 ≤ smallest ≤ largest ≤ "
-            f"{size - 2 * MARGIN} at size {size}, got {(lo, hi)}."
+            f"{size - 2 * MARGIN} at size {size} (whole numbers), got {object_size!r}."
         )
     if task == "shape" and lo < MIN_SHAPE_SIDE:
         raise SaliencelabError(
@@ -295,9 +300,10 @@ def make(
             f"target={target!r} is the backdoor's class and does nothing without one; pass "
             "backdoor=f too, or leave target out."
         )
-    target = 0 if target is None else target
-    if not 0 <= target < k:
+    cls = 0 if target is None else _integer(target)
+    if cls is None or not 0 <= cls < k:
         raise SaliencelabError(f"target must be a class index in [0, {k}), got {target!r}.")
+    target = cls
 
     g = torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731

@@ -155,9 +155,10 @@ def _module(arch: str) -> nn.Module:
 
 
 def preprocess(img: Any) -> torch.Tensor:
-    """A (N, 3, 64, 64) batch in [0, 1] from a `Shapes` batch, a PIL image, a uint8 / float array
-    or tensor (H, W, 3 arrays; (3, H, W) or (N, 3, H, W) tensors), or a list of images; other
-    sizes are resized (bilinear)."""
+    """A (N, 3, 64, 64) batch in [0, 1] from a `Shapes` batch, a PIL image, a uint8 array or
+    tensor or one of floats in [0, 1] ((3, H, W), (H, W, 3), RGBA laid on white, or (N, 3, H, W)),
+    or a list of images; other sizes are resized (bilinear). Floats outside [0, 1] (0..255
+    pixels, or a normalised model input) are refused in one sentence."""
     if isinstance(img, shapes_data.Shapes):
         x = img.images
     elif isinstance(img, (list, tuple)):
@@ -167,12 +168,10 @@ def preprocess(img: Any) -> torch.Tensor:
     elif isinstance(img, Image.Image):
         x = torch.from_numpy(np.asarray(to_rgb(img), dtype=np.uint8).copy())
         x = x.permute(2, 0, 1)
-    elif isinstance(img, np.ndarray):
-        x = torch.from_numpy(img.copy())
-        if x.dim() == 3 and x.shape[-1] in (1, 3) and x.shape[0] not in (1, 3):
-            x = x.permute(2, 0, 1)
-    elif isinstance(img, torch.Tensor):
-        x = img
+    elif isinstance(img, (np.ndarray, torch.Tensor)):
+        x = torch.from_numpy(img.copy()) if isinstance(img, np.ndarray) else img
+        if x.dim() == 3 and x.shape[-1] in (1, 3, 4) and x.shape[0] not in (1, 3, 4):
+            x = x.permute(2, 0, 1)  # (H, W, C) -> (C, H, W)
     else:
         raise SaliencelabError(
             f"Cannot preprocess a {type(img).__name__} for a shapes model; pass a PIL image, an "
@@ -180,12 +179,24 @@ def preprocess(img: Any) -> torch.Tensor:
         )
     if x.dim() == 3:
         x = x[None]
-    if x.dim() != 4 or x.shape[1] not in (1, 3):
+    if x.dim() != 4 or x.shape[1] not in (1, 3, 4):
         raise SaliencelabError(
-            f"Expected RGB images (3, H, W) or (N, 3, H, W), got shape {tuple(x.shape)}; "
-            "pass channels first, or a PIL image."
+            f"Expected RGB images (3, H, W), (H, W, 3) or (N, 3, H, W), got shape "
+            f"{tuple(x.shape)}; pass one of those, or a PIL image."
         )
-    x = x.float() / 255.0 if not x.is_floating_point() else x.float()
+    if x.is_floating_point():
+        x = x.float()
+        if not (torch.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0):
+            raise SaliencelabError(
+                f"Float images for a shapes model must hold pixels in [0, 1], but these run from "
+                f"{float(x.nan_to_num().min()):.3g} to {float(x.nan_to_num().max()):.3g}; divide "
+                "0..255 pixels by 255, or pass uint8 (not the model's normalised input)."
+            )
+    else:
+        x = x.float() / 255.0
+    if x.shape[1] == 4:  # RGBA laid on white, as images read from files are
+        alpha = x[:, 3:]
+        x = x[:, :3] * alpha + (1.0 - alpha)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     if tuple(x.shape[-2:]) != INPUT_SIZE:

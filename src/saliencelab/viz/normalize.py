@@ -41,9 +41,11 @@ def normalize_map(
     - signed: divided by the `clip_percentile`-th percentile of |values| and clipped to [-1, 1],
       so 0 stays 0 (drawn white) and positive and negative evidence share one scale.
 
-    `clip_percentile=None` uses the maximum. Never NaN: constant maps (all-zero or not, signed
-    or not) become zeros, so a map without contrast is drawn as the bare photo and never as a
-    strong one, and NaN values are treated as 0.
+    `clip_percentile=None` uses the maximum, and so does a map whose percentile leaves no
+    contrast (fewer than 100 − `clip_percentile` % of its pixels above its minimum, e.g. a 4×4
+    watermark on a 64×64 map): it is drawn, not taken for a constant one. Never NaN: constant
+    maps (all-zero or not, signed or not) become zeros, so a map without contrast is drawn as the
+    bare photo and never as a strong one, and NaN values are treated as 0.
     """
     m = _as_tensor(map)
     if m.ndim not in (2, 3):
@@ -68,13 +70,17 @@ def normalize_map(
         # A constant map has no contrast: zero its scale (a constant -3 used to become -1
         # everywhere, a full-strength blue over the whole photo).
         constant = (flat == flat[:, :1]).all(dim=1, keepdim=True)
-        scale = percentile(flat.abs(), q).unsqueeze(1).masked_fill(constant, 0.0)
+        size = flat.abs()
+        scale = percentile(size, q).unsqueeze(1)
+        scale = torch.where(scale > 0, scale, size.amax(dim=1, keepdim=True))  # sparse maps
+        scale = scale.masked_fill(constant, 0.0)
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         out = torch.where(scale > 0, flat / safe, torch.zeros_like(flat)).clamp(-1.0, 1.0)
     else:
+        lo = flat.amin(dim=1, keepdim=True)
         hi = percentile(flat, q).unsqueeze(1)
+        hi = torch.where(hi > lo, hi, flat.amax(dim=1, keepdim=True))  # sparse maps: the max
         clipped = torch.minimum(flat, hi)
-        lo = clipped.min(dim=1, keepdim=True).values
         span = hi - lo
         safe = torch.where(span > 0, span, torch.ones_like(span))
         out = torch.where(span > 0, (clipped - lo) / safe, torch.zeros_like(flat)).clamp(0.0, 1.0)
