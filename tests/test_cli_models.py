@@ -209,3 +209,7 @@ def test_visualize_table_shows_the_examples_figure_value(runner, tmp_path):
     assert result.exit_code == 0, result.output
     assert "objective value" in result.stdout and "strongest unit" in result.stdout
     assert "the value the examples figure shows" in one_line(result.stdout)
+    # the objective is the last step's, taken under its random transforms, not on the final
+    # image (as the note said): the strongest unit is the final image's
+    assert "objective at the last optimisation step" in one_line(result.stdout)
+    assert "maximum over positions on the final image" in one_line(result.stdout)

@@ -333,8 +333,9 @@ def visualize_command(
         console.print(keep_words(table))
         if pairings:
             console.print(
-                "objective value: the objective on the final image (a channel's mean activation "
-                "over positions); strongest unit: the channel's maximum over positions, the "
+                "objective value: the objective at the last optimisation step, under that "
+                "step's random transforms (a channel's mean activation over positions); "
+                "strongest unit: the channel's maximum over positions on the final image, the "
                 "value the examples figure shows for the visualization and each example.",
                 soft_wrap=True,
             )

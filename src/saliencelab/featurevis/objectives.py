@@ -161,7 +161,10 @@ def _label(layer: LayerRef) -> str:
 
 
 def _index(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, torch.Tensor)):
+    one_int = (
+        isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point()
+    )
+    if isinstance(value, bool) or not (isinstance(value, numbers.Integral) or one_int):
         raise SaliencelabError(f"The {what} must be an integer, not {value!r}.")
     value = int(value)
     if value < 0:
@@ -290,6 +293,11 @@ def direction(layer: LayerRef, vector: torch.Tensor | Sequence[float]) -> Object
 def _class_index(c: int | str, labels: Sequence[str] | None, n: int) -> int:
     from ..core.targets import _class_index as resolve
 
+    if isinstance(c, int) and not 0 <= c < n:  # (the core's sentence offers target=None)
+        raise SaliencelabError(
+            f"Class {c} is out of range: the model has {n} classes (0 to {n - 1}); pass a class "
+            "in that range or a class name."
+        )
     return resolve(c, labels, n)
 
 
@@ -301,7 +309,8 @@ def class_logit(c: int | str) -> Objective:
     if isinstance(c, bool) or not isinstance(c, (numbers.Integral, str, torch.Tensor)):
         raise SaliencelabError(f"A class must be an index or a class name, not {c!r}.")
     c = c if isinstance(c, str) else int(c)
-    cache: dict[int, int] = {}
+    cache: dict[tuple, int] = {}  # (classes, labels) -> index: a name means another index
+    # on a model whose labels come in another order
 
     def fn(cap: Capture) -> torch.Tensor:
         z = cap.logits
@@ -311,7 +320,7 @@ def class_logit(c: int | str) -> Objective:
                 f"class_logit needs (N, classes) logits from the model, got {shape}; pass a "
                 "classifier or use a layer objective."
             )
-        key = z.shape[1]
+        key = (z.shape[1], None if cap.labels is None else tuple(cap.labels))
         if key not in cache:
             cache[key] = _class_index(c, cap.labels, z.shape[1])
         return z[:, cache[key]]

@@ -104,6 +104,11 @@ class Jitter:
         if self.d == 0:
             return x
         h, w = x.shape[-2:]
+        if self.d >= min(h, w):
+            raise SaliencelabError(
+                f"Jitter({self.d}) would crop the whole {h}×{w} image away; jitter by fewer "
+                f"pixels than its side ({min(h, w) - 1} at most), or make the image larger."
+            )
         dy, dx = rng.integer(0, self.d), rng.integer(0, self.d)
         return x[..., dy : dy + h - self.d, dx : dx + w - self.d]
 
