@@ -252,6 +252,38 @@ def standardize(t: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (t - mean) / (std + eps)
 
 
+def edge_columns(h: int, w: int) -> torch.Tensor:
+    """True on the `rfft2` columns of which irfft2 keeps only the Hermitian part: (H, W//2+1).
+
+    These are the column fx = 0 and, for even W, the Nyquist column fx = W/2: a real image has
+    F(-ky, fx) = conj(F(ky, fx)) there, and irfft2 keeps (c(ky) + conj(c(-ky)))/2 of any other
+    column values given to it.
+    """
+    edges = torch.zeros(h, w // 2 + 1, dtype=torch.bool)
+    edges[:, 0] = True
+    if w % 2 == 0:
+        edges[:, -1] = True
+    return edges
+
+
+def mirror_rows(t: torch.Tensor) -> torch.Tensor:
+    """t at the opposite vertical frequency: out[..., ky, :] = t[..., (-ky) mod H, :]."""
+    h = t.shape[-2]
+    return t[..., (-torch.arange(h, device=t.device)) % h, :]
+
+
+def hermitian_phase(phase: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """φ'(ky) = (φ(ky) − φ(−ky)) / 2 on the `edges` columns (:func:`edge_columns`), φ elsewhere.
+
+    φ' is antisymmetric in ky there, hence 0 on the self-conjugate rows ky = 0 and (even H)
+    ky = H/2, so r(ky)·e^{iφ'(ky)} = conj(r(−ky)·e^{iφ'(−ky)}) for a magnitude symmetric in ky:
+    the coefficients are Hermitian and irfft2 realises them exactly, |F| = r for any φ. The
+    gradient through φ' is antisymmetric as well, so a phase that starts Hermitian stays so
+    under (S)GD or Adam.
+    """
+    return torch.where(edges, (phase - mirror_rows(phase)) / 2, phase)
+
+
 class MacoParam(ImageParam):
     """MACO: t = standardize(irfft2(r ⊙ e^{iφ})); only the phase φ is learned (Fel et al. 2023).
 
@@ -261,6 +293,17 @@ class MacoParam(ImageParam):
     structure is. Each channel is standardised, mixed by :func:`color_sqrt`, multiplied by
     `contrast` (1.5: the sigmoid then spans most of [0, 1] without saturating much) and mapped
     into [0, 1] by `valid`. φ starts uniform in [-π, π), image i's from the i-th draw.
+
+    The magnitude is kept exactly on every column, fx = 0 and Nyquist included: on those two
+    columns irfft2 realises only the Hermitian part of the coefficients, which has amplitude
+    r·|cos((φ(ky) + φ(−ky))/2)|, so a free phase there could change the amplitude (from 0 to r).
+    The phase used is therefore φ'(ky) = (φ(ky) − φ(−ky))/2 on those columns
+    (:func:`hermitian_phase`): antisymmetric in ky, 0 on the real coefficients ky = 0 and
+    ky = H/2, so |rfft2(irfft2(r ⊙ e^{iφ'}))| = r everywhere and standardize scales it by one
+    factor per channel. The starting φ is already of that form (on those columns the draw of
+    0 < ky < H/2 is mirrored to −ky with the opposite sign, the real rows set to 0), so `phase`
+    is the phase actually used. A given magnitude is made symmetric in ky on those columns,
+    r(ky) ← (r(ky) + r(−ky))/2 (irfft2 realises that average anyway; the natural one already is).
 
     Simplified from the authors' implementation (Xplique's `maco`): there φ starts N(0, 1) and
     is standardised (zero mean, unit std) at every forward, the whole image is standardised at
@@ -292,16 +335,29 @@ class MacoParam(ImageParam):
                 f"A MACO magnitude for {h}x{w} images must have shape (3, {h}, {w // 2 + 1}), "
                 f"got {tuple(magnitude.shape)}."
             )
-        self.register_buffer("magnitude", magnitude.float(), persistent=False)
+        edges = edge_columns(h, w)
+        self.register_buffer("edges", edges, persistent=False)
+        magnitude = magnitude.float()
+        on_edges = edges.to(magnitude.device)
+        magnitude = torch.where(on_edges, (magnitude + mirror_rows(magnitude)) / 2, magnitude)
+        self.register_buffer("magnitude", magnitude, persistent=False)
         g = _generator(seed)
         phase = [
             torch.rand(3, h, w // 2 + 1, generator=g, dtype=torch.float32)
             for _ in range(self.batch)
         ]
-        self.phase = nn.Parameter((torch.stack(phase) * 2 - 1) * math.pi)
+        phase = (torch.stack(phase) * 2 - 1) * math.pi
+        # Hermitian on the edge columns, each coefficient's phase still uniform: the rows
+        # ky > H/2 (negative frequencies) take minus the draw of -ky, the real rows take 0.
+        rows = torch.arange(h)[:, None]
+        phase = torch.where(edges & (2 * rows > h), -mirror_rows(phase), phase)
+        phase = torch.where(edges & ((rows == 0) | (2 * rows == h)), 0.0, phase)
+        self.phase = nn.Parameter(phase)
 
     def spatial(self) -> torch.Tensor:
-        c = torch.polar(self.magnitude.expand_as(self.phase), self.phase)
+        """standardize(irfft2(r ⊙ e^{iφ'})), φ' = :func:`hermitian_phase` (N, 3, H, W)."""
+        phase = hermitian_phase(self.phase, self.edges)
+        c = torch.polar(self.magnitude.expand_as(phase), phase)
         return standardize(torch.fft.irfft2(c, s=self.size, norm="ortho"))
 
     def forward(self) -> torch.Tensor:
