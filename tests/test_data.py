@@ -309,3 +309,19 @@ def test_a_misspelt_class_name_suggests_the_near_names_only():
     assert closest("Egyptian kat", labels) == " Did you mean: Egyptian cat?"
     assert closest("crane", ["crane", "crane", "crate"]).count("crane") == 2  # equal: both kept
     assert closest("zzzz", labels) == ""
+
+
+def test_image_paths_skips_files_in_hidden_folders(tmp_path):
+    """recursive=True picked up Jupyter's checkpoint copies (`.ipynb_checkpoints/a.png`): only
+    the file's own name was checked for a leading dot. A hidden folder given itself is read."""
+    hidden = tmp_path / "photos" / ".ipynb_checkpoints"
+    hidden.mkdir(parents=True)
+    (tmp_path / "photos" / "a.png").write_bytes(b"")
+    (hidden / "a-checkpoint.png").write_bytes(b"")
+    (tmp_path / "photos" / "sub").mkdir()
+    (tmp_path / "photos" / "sub" / "b.png").write_bytes(b"")
+    assert image_paths(tmp_path / "photos", recursive=True) == [
+        tmp_path / "photos" / "a.png",
+        tmp_path / "photos" / "sub" / "b.png",
+    ]
+    assert image_paths(hidden) == [hidden / "a-checkpoint.png"]

@@ -372,3 +372,28 @@ def test_examples_command_prints_both_strides(tmp_path):
     res = runner.invoke(command_app(), [*args, "--channel", "1", "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
     assert "receptive field 5x11 px, stride 1x4." in " ".join(res.output.split())
+
+
+def test_top_examples_read_a_pil_image_as_load_image_reads_its_file(tmp_path):
+    """PIL images were read with convert('RGB'): a 16-bit gray photo clipped to white and an
+    RGBA photo's transparent pixels drawn black, where `sl.load_image` of the same file (and
+    every preprocess) stretches 16-bit values and lays transparency on white."""
+    net = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1))
+
+    def preprocess(images):
+        arrays = [np.asarray(im.resize((16, 16)), np.float32) / 255 for im in images]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    model = sl.Model(net.eval(), preprocess=preprocess, input_size=16)
+    gray16 = Image.fromarray((np.arange(256).reshape(16, 16) * 16).astype(np.uint16))
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., 0] = 255
+    rgba[:, 8:, 3] = 255  # red on the right half, transparent (red hidden) on the left
+    for k, photo in enumerate([gray16, Image.fromarray(rgba)]):
+        path = tmp_path / f"photo{k}.png"
+        photo.save(path)
+        (from_pil,) = top_examples(model, [photo], "0", 0, k=1)
+        (from_file,) = top_examples(model, [path], "0", 0, k=1)
+        assert from_pil.value == pytest.approx(from_file.value)
+        assert np.array_equal(np.asarray(from_pil.image), np.asarray(from_file.image))
+    assert np.asarray(from_pil.image)[0, 0].tolist() == [255, 255, 255]  # white, not black

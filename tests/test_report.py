@@ -7,10 +7,12 @@ import html
 import re
 from urllib.parse import quote
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import saliencelab as sl
 from saliencelab.core.errors import SaliencelabError
 from saliencelab.core.result import Attribution, Explanation
 from saliencelab.report import ReportEntry, write_index
@@ -251,3 +253,19 @@ def test_an_embedded_page_does_not_link_the_original_photo(tmp_path):
     assert "original image" not in text and "photos/cat.png" not in text
     linked = write_index(tmp_path / "out", [e]).read_text(encoding="utf-8")
     assert 'href="../photos/cat.png">original image' in linked
+
+
+def test_explain_images_reads_a_pil_image_as_load_image_reads_its_file(tmp_path):
+    """A PIL image given to explain_images was read with convert('RGB'): transparency black and
+    16-bit gray clipped to white, unlike the same picture read from its file."""
+    from saliencelab.report.run import collect_entries
+
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., 2] = 255
+    rgba[:8, :, 3] = 255
+    gray16 = Image.fromarray((np.arange(256).reshape(16, 16) * 200).astype(np.uint16))
+    for k, photo in enumerate([Image.fromarray(rgba), gray16]):
+        path = tmp_path / f"p{k}.png"
+        photo.save(path)
+        (entry,) = collect_entries([photo])
+        assert np.array_equal(np.asarray(entry.image), np.asarray(sl.load_image(path)))

@@ -162,7 +162,8 @@ def stretch_to_uint8(a: np.ndarray) -> np.ndarray:
 def image_paths(paths: PathLike | Iterable[PathLike], recursive: bool = False) -> list[Path]:
     """Files to read: each file as given, each directory expanded to its image files (sorted).
 
-    Image files are recognised by suffix (case-insensitive); hidden files are skipped.
+    Image files are recognised by suffix (case-insensitive); hidden files, and with `recursive`
+    the files inside hidden folders (`.ipynb_checkpoints`, `.git`…), are skipped.
 
     Raises:
         SaliencelabError: a path does not exist, or a directory holds no image files.
@@ -177,7 +178,9 @@ def image_paths(paths: PathLike | Iterable[PathLike], recursive: bool = False) -
             found = sorted(
                 f
                 for f in candidates
-                if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES
+                if f.is_file()
+                and f.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
             )
             if not found:
                 raise SaliencelabError(

@@ -32,7 +32,7 @@ from ..core.engine import Engine
 from ..core.errors import SaliencelabError
 from ..core.layers import resolve_layer
 from ..core.targets import LayerTarget
-from ..data.images import MAX_PIXELS, image_paths, load_image
+from ..data.images import MAX_PIXELS, image_paths, load_image, to_rgb
 from ..models.model import Model, as_model, as_model_input
 from ..viz.io import save_image
 from .activations import check_spatial
@@ -120,7 +120,7 @@ def _name(source: str | Path | Image.Image, index: int) -> str:
 
 def _read(source: str | Path | Image.Image, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if isinstance(source, Image.Image):
-        return source.convert("RGB")
+        return to_rgb(source)  # as `sl.load_image` reads a file: 16-bit stretched, alpha on white
     return load_image(source, max_pixels=max_pixels)
 
 

@@ -51,6 +51,7 @@ from saliencelab.core.files import (
     temporary_beside,
 )
 from saliencelab.core.requests import named_requests, split_dotted
+from saliencelab.data.images import to_rgb
 from saliencelab.data.samples import is_sample_image
 
 ImageArg = str | os.PathLike | Image.Image
@@ -246,7 +247,7 @@ def collect_entries(images: Iterable[ImageArg], max_pixels: int = 50_000_000) ->
     for i, arg in enumerate(images):
         if isinstance(arg, Image.Image):
             name = f"image-{i + 1}"
-            items.append(ImageEntry(name, _stem(name, used), image=arg.convert("RGB")))
+            items.append(ImageEntry(name, _stem(name, used), image=to_rgb(arg)))
             continue
         text = os.fspath(arg)
         p = Path(text)
