@@ -397,3 +397,10 @@ def test_top_examples_read_a_pil_image_as_load_image_reads_its_file(tmp_path):
         assert from_pil.value == pytest.approx(from_file.value)
         assert np.array_equal(np.asarray(from_pil.image), np.asarray(from_file.image))
     assert np.asarray(from_pil.image)[0, 0].tolist() == [255, 255, 255]  # white, not black
+
+
+def test_activation_maps_of_a_conv1d_layer_ask_for_a_2d_one():
+    """On a Conv1d layer the refusal said "pick a convolutional layer", which it is."""
+    net = nn.Sequential(nn.Conv1d(3, 4, 3, padding=1)).eval()
+    with pytest.raises(SaliencelabError, match=r"outputs shape \(2, 4, 8\).*2-D convolutional"):
+        activations(net, torch.rand(2, 3, 8), "0")

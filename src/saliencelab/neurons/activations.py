@@ -118,8 +118,8 @@ def check_spatial(name: str, activation: torch.Tensor) -> None:
     if activation.dim() != 4:
         raise SaliencelabError(
             f"The layer {name} outputs shape {tuple(activation.shape)}, not a spatial map "
-            "(B, C, h, w); pick a convolutional layer (list them with `saliencelab layers MODEL "
-            "--spatial`)."
+            "(B, C, h, w); pick a 2-D convolutional layer (list them with `saliencelab layers "
+            "MODEL --spatial`)."
         )
 
 

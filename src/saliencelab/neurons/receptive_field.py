@@ -285,7 +285,7 @@ def receptive_field(
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise SaliencelabError(
             f"The layer {name} outputs {shape}, not a spatial map (B, C, h, w), so its units have "
-            "no receptive field in the image; pick a convolutional layer."
+            "no receptive field in the image; pick a 2-D convolutional layer."
         )
     f = field_of(out)
     if f is None:

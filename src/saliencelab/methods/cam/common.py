@@ -66,8 +66,8 @@ def check_spatial(name: str, activations: torch.Tensor) -> None:
     if activations.dim() != 4 or activations.shape[-2:].numel() < 2:
         raise SaliencelabError(
             f"The layer {name} outputs shape {tuple(activations.shape)}, not a spatial map "
-            "(B, C, h, w) with h·w > 1, which CAM methods need; pick a convolutional layer before "
-            "the global pooling (or leave layer=None to use the last one)."
+            "(B, C, h, w) with h·w > 1, which CAM methods need; pick a 2-D convolutional layer "
+            "before the global pooling (or leave layer=None to use the last one)."
         )
 
 
