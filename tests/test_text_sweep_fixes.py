@@ -365,3 +365,28 @@ def test_rendering_a_missing_text_or_nothing_says_so(classifier):
     with pytest.raises(SaliencelabError, match="no attributions") as e:
         text_html({})
     _one_sentence(e)
+
+
+@pytest.mark.parametrize("where", ["file_as_folder", "folder_as_page"])
+def test_explain_text_checks_out_before_the_model_loads(tmp_path, runner, monkeypatch, where):
+    """--out that could not be written was found only after the model had loaded and explained
+    every text; now it is one sentence before anything runs."""
+    import saliencelab.text.commands as commands
+
+    if where == "file_as_folder":
+        (tmp_path / "notes").write_text("mine")
+        out = tmp_path / "notes" / "result"
+    else:
+        out = tmp_path / "page.html"
+        out.mkdir()
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(commands, "load_model", no_load)
+    result = runner.invoke(
+        _cli_app(), ["explain-text", "the movie", "--model", "minilm", "--out", str(out)]
+    )
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert ("is a file" if where == "file_as_folder" else "is a folder") in result.output

@@ -29,6 +29,7 @@ from ..cli_common import (
     parse_target,
     session,
 )
+from ..core.files import check_outputs
 from ..core.result import cost_text
 from .model import TOKEN_SCORES, TextModel
 from .render import save_text_html, terminal_text, word_scores
@@ -183,6 +184,12 @@ def explain_text(
         if scores not in TOKEN_SCORES:
             raise sl.SaliencelabError(f"--scores must be signed or l2, not {scores!r}.")
         requests = method_requests(methods, options=parse_options(option))
+        page = None
+        if out is not None:
+            # a page's name (.html) is the file; anything else is a folder (made if new) for
+            # index.html, as --out is for the other commands ("results/" loses its slash)
+            page = out if out.suffix.lower() in {".html", ".htm"} else out / "index.html"
+            check_outputs([(page, "the HTML page")])  # before the model runs, not after
         loaded = load_model(model, device)
         if not isinstance(loaded, TextModel):
             raise sl.SaliencelabError(
@@ -211,15 +218,12 @@ def explain_text(
             console.print(_scores_table(ex, b))
         costs = ", ".join(f"{name} {_cost(a)}" for name, a in ex.items())
         console.print(f"Cost per text: {costs}; {ex.seconds:.1f} s.", soft_wrap=True)
-        if out is not None:
-            # a page's name (.html) is the file; anything else is a folder (made if new) for
-            # index.html, as --out is for the other commands ("results/" loses its slash)
-            path = out if out.suffix.lower() in {".html", ".htm"} else out / "index.html"
+        if page is not None:
             target_note = dict(enumerate(notes))
             save_text_html(
-                ex, path, title=f"saliencelab: {loaded.name}", model=loaded.name, target=target_note
+                ex, page, title=f"saliencelab: {loaded.name}", model=loaded.name, target=target_note
             )
-            console.print(Text.assemble("HTML: ", (str(path), "bold")), soft_wrap=True)
+            console.print(Text.assemble("HTML: ", (str(page), "bold")), soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
