@@ -390,3 +390,16 @@ def test_explain_text_checks_out_before_the_model_loads(tmp_path, runner, monkey
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert ("is a file" if where == "file_as_folder" else "is a folder") in result.output
+
+
+def test_explain_text_prints_control_characters_of_a_text_escaped(classifier_dir, runner):
+    """A text's own escape sequences reached the terminal as they were: "\\x1b[2J" in a review
+    cleared the screen, "\\x1b[31m" restyled what followed."""
+    text = "the \x1b[2Jmovie\x07 was fine\x9b"
+    result = runner.invoke(
+        _cli_app(),
+        ["explain-text", text, "--model", f"hf:{classifier_dir}", "--methods", "leave_one_out"],
+    )
+    assert result.exit_code == 0, result.output
+    assert not any(c in result.output for c in "\x1b\x07\x9b")  # nothing styled: not a tty
+    assert "Text 1: the \\x1b[2Jmovie\\x07 was fine\\x9b" in result.output

@@ -32,7 +32,7 @@ from ..cli_common import (
 from ..core.files import check_outputs
 from ..core.result import cost_text
 from .model import TOKEN_SCORES, TextModel
-from .render import save_text_html, terminal_text, word_scores
+from .render import save_text_html, shown, terminal_text, word_scores
 from .targets import continuation as continuation_target
 from .targets import similarity_to
 
@@ -79,7 +79,7 @@ def _scores_table(ex: sl.Explanation, sample: int) -> Table:
         words, scores = word_scores(a, sample)
         columns.append(scores.tolist())
     for i, word in enumerate(words):  # Text: a word such as "[/b]" is no Rich markup
-        table.add_row(Text(word), *(score_text(col[i]) for col in columns))
+        table.add_row(Text(shown(word)), *(score_text(col[i]) for col in columns))
     return table
 
 
@@ -208,8 +208,8 @@ def explain_text(
         console = out_console()
         first = next(iter(ex.values()))
         for b, text in enumerate(first.extras["texts"]):
-            console.print(Text(f"Text {b + 1}: {text}", style="bold"), soft_wrap=True)
-            console.print(Text(f"{loaded.name}, {notes[b]}", style="dim"), soft_wrap=True)
+            console.print(Text(f"Text {b + 1}: {shown(text)}", style="bold"), soft_wrap=True)
+            console.print(Text(shown(f"{loaded.name}, {notes[b]}"), style="dim"), soft_wrap=True)
             width = max(len(name) for name in ex)
             for name, a in ex.items():
                 line = Text(f"{name:<{width}}  ")

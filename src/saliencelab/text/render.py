@@ -210,6 +210,16 @@ def save_text_html(
     return write_whole(path, lambda f: f.write(page.encode("utf-8")), "the page")
 
 
+def shown(text: str) -> str:
+    """`text` safe to print on a terminal: control characters other than tab and newline (the
+    escape that starts a colour or cursor sequence, bell, carriage return, DEL, C1 codes) are
+    written as `\\xNN` so that a user's text can neither restyle nor rewrite the terminal."""
+    return "".join(
+        f"\\x{ord(c):02x}" if (ord(c) < 32 and c not in "\t\n") or 127 <= ord(c) < 160 else c
+        for c in text
+    )
+
+
 def terminal_text(a: Attribution, sample: int = 0):
     """The words of one text as a Rich `Text`, each on its colour (for a terminal)."""
     from rich.color import Color
@@ -221,11 +231,11 @@ def terminal_text(a: Attribution, sample: int = 0):
     background, text, _ = word_colors(scores)
     out = Text()
     for w, sep, bg, fg in zip(words, separators(a, sample), background, text, strict=True):
-        out.append(sep)
+        out.append(shown(sep))
         style = Style(bgcolor=Color.from_rgb(*map(int, bg)), color=Color.from_rgb(*map(int, fg)))
-        out.append(w, style=style)
+        out.append(shown(w), style=style)
     if cut_at(a, sample) is not None:
         out.append(" … (cut: the rest is not explained)", style="dim italic")
     if a.extras.get("continuation") is not None:
-        out.append(" " + a.extras["continuation"], style="dim italic")
+        out.append(" " + shown(a.extras["continuation"]), style="dim italic")
     return out
