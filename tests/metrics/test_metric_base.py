@@ -700,8 +700,12 @@ def test_each_attribution_is_scored_for_its_own_target_and_given_maps_win(tiny_c
         "gradcam": sl.explain(tiny_cnn, images, methods="gradcam", target=3)["gradcam"],
         "mine": images.abs().sum(1),
     }
-    rep = sl.evaluate(tiny_cnn, images, ex, metrics=["_test_mean_score", "_test_map_max"], steps=2)
+    with pytest.warns(UserWarning, match="explain different classes.*classes of 'saliency'"):
+        rep = sl.evaluate(
+            tiny_cnn, images, ex, metrics=["_test_mean_score", "_test_map_max"], steps=2
+        )
     assert "random" in rep.references and "random" in rep
+    assert rep.params["targets"]["random"] == rep.params["targets"]["mine"] == [0] * len(images)
     with torch.no_grad():
         probs = [tiny_cnn(images * s).softmax(-1) for s in (0.5, 1.0)]
     for name, cls in (("saliency", 0), ("gradcam", 3)):

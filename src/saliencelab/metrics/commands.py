@@ -9,16 +9,16 @@ Images are read, explained (`sl.explain`) and scored (`sl.evaluate`) in batches 
 images runs in flat memory. Writes `metrics.csv`, `metrics.json` (the table plus per-image values
 and mean curves), `curves/<metric>.png` for curve-based metrics and `bars/<metric>.png` (mean ±
 95% CI) for every metric; metrics.json's `params` record the settings the numbers depend on
-and the class explained per image. A bad image (or one without a mask, or with a mask of another
-size) is reported and skipped; the run then exits with code 2 after writing what it scored. An
-empty mask gets a warning (localisation metrics are undefined there) and the run goes on. Added
-to the app by `register(app)`.
+and the class explained per image (the reference maps are scored on that class too). A bad image
+(or one without a mask, with two, or with a mask of another size) is reported and skipped; the
+run then exits with code 2 after writing what it scored. An empty mask gets a warning (localisation
+metrics are undefined there) and the run goes on; --masks is ignored, with a note, when no
+requested metric reads masks. Added to the app by `register(app)`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -63,13 +63,21 @@ from ..cli_common import (
 from ..core.files import check_outputs, write_whole
 from ..core.requests import split_dotted
 from .base import MetricResult, check_class_target, get_metric
-from .evaluate import EmptyMaskWarning, EvalReport, format_ci, json_safe, metric_requests
+from .evaluate import (
+    EmptyMaskWarning,
+    EvalReport,
+    format_ci,
+    format_value,
+    json_safe,
+    metric_requests,
+)
 
 DEFAULT_METHODS = "gradcam,saliency"
 DEFAULT_METRICS = "deletion,insertion"
 #: Images explained and scored together (`sl.explain` and the metrics chunk each batch further).
 BATCH_IMAGES = 16
-MASK_SUFFIXES = (".png", ".PNG", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+#: Mask file suffixes, matched in any case (cat.png, cat.PNG, cat.Tif).
+MASK_SUFFIXES = (".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 # -- the request ----------------------------------------------------------------------------------
@@ -89,19 +97,47 @@ def metric_options(
     return per, shared
 
 
-def _mask_paths(folder: Path) -> dict[str, Path]:
+def _mask_paths(folder: Path) -> dict[str, list[Path]]:
+    """The mask files of `folder` by stem (cat.png, cat.TIF → "cat"), suffixes in any case; a
+    stem with more than one file is refused when an image needs it (`mask_path`)."""
     if not folder.is_dir():
         raise sl.SaliencelabError(
             f"--masks {str(folder)!r} is not a folder; give a folder of PNG masks named like the "
             "images (cat.jpg → cat.png)."
         )
-    found = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix in MASK_SUFFIXES}
+    found: dict[str, list[Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in MASK_SUFFIXES and p.is_file():
+            found.setdefault(p.stem, []).append(p)
     if not found:
         raise sl.SaliencelabError(
-            f"The mask folder {str(folder)!r} holds no PNG masks; give masks named like the images "
-            "(cat.jpg → cat.png), nonzero pixels marking the object."
+            f"The mask folder {str(folder)!r} holds no masks ({_suffixes()}, in any case); give "
+            "masks named like the images (cat.jpg → cat.png), nonzero pixels marking the object."
         )
     return found
+
+
+def _suffixes() -> str:
+    """ ".png, .bmp, .gif, .tif, .tiff or .webp"."""
+    return ", ".join(MASK_SUFFIXES[:-1]) + f" or {MASK_SUFFIXES[-1]}"
+
+
+def mask_path(masks: dict[str, list[Path]], image_name: str) -> Path:
+    """The one mask file of an image (cat.jpg → cat.png, cat.TIF, ...), else one sentence: none,
+    or two (cat.png and cat.bmp) that would have one win unseen."""
+    stem = Path(image_name).stem
+    paths = masks.get(stem, [])
+    if not paths:
+        raise sl.SaliencelabError(
+            f"There is no mask {stem}.png in the mask folder (a mask named {stem} with the suffix "
+            f"{_suffixes()}, in any case); add it or leave the image out."
+        )
+    if len(paths) > 1:
+        names = " and ".join(p.name for p in paths)
+        raise sl.SaliencelabError(
+            f"The mask folder holds {len(paths)} masks for {stem} ({names}); keep one of them."
+        )
+    return paths[0]
 
 
 def load_mask(
@@ -227,7 +263,7 @@ def _explained(ex: Any, items: list[ImageItem]) -> list[dict[str, Any]]:
 def _prepare(
     items: list[ImageItem],
     model: sl.Model,
-    masks: dict[str, Path] | None,
+    masks: dict[str, list[Path]] | None,
     shape: list[Any],
     empty: list[str] | None = None,
 ):
@@ -253,13 +289,8 @@ def _prepare(
                 )
             mask = None
             if masks is not None:
-                stem = Path(item.name).stem
-                if stem not in masks:
-                    raise sl.SaliencelabError(
-                        f"There is no mask {stem}.png in the mask folder; add it or leave the "
-                        "image out."
-                    )
-                mask = load_mask(masks[stem], model, tuple(x.shape[-2:]), image_size=image.size)
+                path = mask_path(masks, item.name)
+                mask = load_mask(path, model, tuple(x.shape[-2:]), image_size=image.size)
         except sl.SaliencelabError as e:
             item.error = " ".join(str(e).split())
             item.release()
@@ -282,7 +313,7 @@ def evaluate_images(
     metrics: dict[str, dict[str, Any]],
     shared: dict[str, Any],
     *,
-    masks: dict[str, Path] | None = None,
+    masks: dict[str, list[Path]] | None = None,
     target: Any = None,
     references: bool = True,
     batch_images: int = BATCH_IMAGES,
@@ -292,8 +323,10 @@ def evaluate_images(
 ) -> tuple[EvalReport | None, list[ImageItem]]:
     """Explain and score `items` batch by batch; (merged report or None, items scored).
 
-    An image that cannot be read, preprocessed or given its mask gets its `error` set and is
-    skipped. If scoring a batch fails, its images are scored one by one to find the bad ones;
+    `masks` (from `_mask_paths`) are read only when a requested metric needs them. An image that
+    cannot be read, preprocessed or given its mask gets its `error` set and is skipped. The
+    reference maps are scored on the class the methods explain (`target`, else the predicted
+    class). If scoring a batch fails, its images are scored one by one to find the bad ones;
     an error every image of the first batch gives alike is about the request and is raised.
 
     The report's `params` record what changes the numbers, so that a run can be repeated:
@@ -302,9 +335,12 @@ def evaluate_images(
     --input-size) are added as given. With masks, `empty_masks` names the scored images whose
     mask is empty at the model's input (localisation metrics are undefined for them).
     """
+    requested = metric_requests(metrics, shared)
     if callable(target):  # a channel or neuron target: refused before any image is explained
-        for metric in metric_requests(metrics, shared):
+        for metric in requested:
             check_class_target(metric)
+    if not any("masks" in metric.needs for metric in requested):
+        masks = None  # as sl.evaluate: masks no metric reads drop no image
     run = _Run()
     shape: list[Any] = []
     empty: list[str] = []
@@ -326,6 +362,7 @@ def evaluate_images(
                 ex,
                 metrics=metrics,
                 masks=m,
+                target=target,
                 references=references,
                 chunk_size=chunk_size,
                 **shared,
@@ -383,10 +420,6 @@ def evaluate_images(
 # -- output ---------------------------------------------------------------------------------------
 
 
-def _fmt(v: float) -> str:
-    return "n/a" if not math.isfinite(v) else f"{v:.4g}"
-
-
 def results_table(report: EvalReport) -> Table:
     """method, metric, mean, 95% CI, n, better; grouped by metric, best method in bold."""
     caption = "(ref): a reference map" if report.references else None
@@ -415,7 +448,7 @@ def results_table(report: EvalReport) -> Table:
             table.add_row(
                 metric if first else "",
                 method + (" (ref)" if is_ref else ""),
-                _fmt(r.mean),
+                format_value(r.mean),
                 ci,
                 str(r.n),
                 r.direction if first else "",
@@ -614,7 +647,14 @@ def evaluate_command(
                 f"The metric {needing[0]} needs ground-truth masks; pass --masks FOLDER (PNG "
                 "masks named like the images, nonzero = object)."
             )
-        mask_files = _mask_paths(masks) if masks is not None else None
+        mask_files = _mask_paths(masks) if masks is not None else None  # a folder of masks
+        if mask_files is not None and not needing:  # as sl.evaluate: no image dropped for them
+            note = (
+                f"note: no requested metric reads masks ({', '.join(per_metric)}), so --masks is "
+                "ignored."
+            )
+            err.print(Text(note, style="yellow"), soft_wrap=True)
+            mask_files = None
         check_outputs(evaluation_outputs(out, per_metric))  # a folder in the way: before work
         require_an_image(images, err, max_pixels)  # none readable: stop before the model loads
         loaded = load_model(

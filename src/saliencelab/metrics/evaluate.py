@@ -7,7 +7,9 @@
 >>> rep.curves["gradcam"]["deletion"]   # (N, K) the curves behind a curve-based score
 
 Every report also scores three reference maps (random, centred Gaussian, Sobel edges) unless
-`references=False`, so a reader sees whether a method beats trivial baselines.
+`references=False`, so a reader sees whether a method beats trivial baselines. They are scored on
+the class the maps explain (`target=`, else the class their Attributions record), not on the
+predicted class; `report.params["targets"]` records the class each method was scored on.
 """
 
 from __future__ import annotations
@@ -54,12 +56,18 @@ from .base import (
     get_metric,
     make_batch,
     masks_for,
+    runs_model,
     warn_empty_masks,
 )
 
 MetricsArg = str | Sequence[str] | Mapping[str, Mapping[str, Any]]
 MapsArg = Explanation | Mapping[str, Attribution | torch.Tensor]
 ExplainerArg = str | Explainer | Mapping[str, str | Explainer] | None
+
+
+def format_value(v: float) -> str:
+    """A mean or score as printed: 4 significant digits, "n/a" where it is undefined (NaN)."""
+    return f"{v:.4g}" if math.isfinite(v) else "n/a"
 
 
 def format_ci(low: float, high: float) -> str:
@@ -180,7 +188,8 @@ class EvalReport(Mapping[str, dict[str, MetricResult]]):
         for r in self.table():
             name = r["method"] + (" (ref)" if r["reference"] else "")
             ci = format_ci(r["ci_low"], r["ci_high"])
-            lines.append((name, r["metric"], f"{r['mean']:.4g}", ci, str(r["n"]), r["direction"]))
+            mean = format_value(r["mean"])
+            lines.append((name, r["metric"], mean, ci, str(r["n"]), r["direction"]))
         widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
         return "\n".join(
             "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines
@@ -197,9 +206,7 @@ class EvalReport(Mapping[str, dict[str, MetricResult]]):
 
     def to_csv(self, path: str | Path) -> Path:
         """Write the table as CSV, whole (`core.files.write_whole`: never half a file)."""
-        path = Path(path)
-        table = self.csv_text().encode("utf-8")
-        return write_whole(path, lambda f: f.write(table), "the metrics table")
+        return _write_text(path, self.csv_text(), "the metrics table")
 
     def to_dict(self) -> dict[str, Any]:
         """Everything as plain Python: table rows plus per-sample values, params and curves."""
@@ -226,16 +233,22 @@ class EvalReport(Mapping[str, dict[str, MetricResult]]):
         return out
 
     def to_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(json_safe(self.to_dict()), indent=1, allow_nan=False))
-        return path
+        """Write `to_dict()` as JSON (NaN as null), whole, as `to_csv` writes the table."""
+        text = json.dumps(json_safe(self.to_dict()), indent=1, allow_nan=False)
+        return _write_text(path, text, "the metrics")
 
     def save_curves(self, folder: str | Path) -> list[Path]:
         """One PNG per curve-based metric: the mean curve of every method, references dashed."""
         from ..viz.curves import save_metric_curves
 
         return save_metric_curves(self, folder)
+
+
+def _write_text(path: str | Path, text: str, what: str) -> Path:
+    """Write `text` (UTF-8) to `path` whole (`core.files.write_whole`): a folder in its place or
+    a file in place of a parent folder is one sentence naming `what` it is."""
+    data = text.encode("utf-8")
+    return write_whole(Path(path), lambda f: f.write(data), what)
 
 
 def json_safe(v: Any) -> Any:
@@ -452,6 +465,35 @@ def _check_request(
     return mask_tensor
 
 
+def _explained_class(
+    entries: dict[str, Any], requested: list[Metric], unrecorded: bool
+) -> torch.Tensor | None:
+    """The class per sample the maps in `entries` explain, for the maps that record none (the
+    reference maps and plain tensors, when `unrecorded`): that of the first Attribution that
+    records a class for every sample; None when none does (then the predicted class).
+
+    Should the Attributions explain different classes, it is still the first one's, and a
+    warning says so where a requested metric reads the class.
+    """
+    known = [
+        (name, a.target.detach().cpu())
+        for name, (_, _, a) in entries.items()
+        if a is not None and bool((a.target >= 0).all())
+    ]
+    if not known:
+        return None
+    first, classes = known[0]
+    other = next((name for name, t in known[1:] if not torch.equal(t, classes)), None)
+    if other is not None and unrecorded and any(runs_model(m) for m in requested):
+        warnings.warn(
+            f"The maps of {first!r} and {other!r} explain different classes; the reference "
+            f"maps and maps given as tensors are scored on the classes of {first!r}. Pass "
+            "target=... to score every map on one class, or evaluate each class on its own.",
+            stacklevel=4,  # the caller of sl.evaluate (through its autograd_allowed wrapper)
+        )
+    return classes
+
+
 def _text_rows(batch: EvalBatch, a: Attribution | None) -> list[EvalBatch]:
     """The batch to score, as one batch per text when its word maps are padded: a text model's
     (B, W) maps hold zeros after each text's own words (`a.tokens`), which would count as words
@@ -507,7 +549,9 @@ def evaluate(
         metrics: a name, a list or comma-separated string of names, or `{name: {option: v}}`.
         masks: (B, H, W) bool ground-truth masks, for localisation metrics.
         target: the class each map explains; default: the target stored with each
-            Attribution, else the predicted class.
+            Attribution, else the predicted class. The reference maps and maps given as
+            tensors are scored on `target`, else on the class the Attributions in `ex` record
+            (of the first, with a warning, should they differ), else the predicted class.
         references: score the random, centred-Gaussian and Sobel reference maps too (True), or
             only the named ones (a name, a comma-separated string or a list), or none (False).
         chunk_size: rows per chunk of the metrics' passes and of the explanations the
@@ -567,25 +611,29 @@ def evaluate(
             if engine.logits(x[:1]).shape[-1] == 1:
                 raise SaliencelabError(f"{probability[0]}: {ONE_SCORE}")
 
+    # The class of the maps that record none (references, tensors): the one given, else the
+    # one the Attributions record (found before the references' own, predicted, join them).
+    default_target = target
+    if default_target is None:
+        unrecorded = bool(refs) or any(a is None for _, _, a in entries.values())
+        default_target = _explained_class(entries, requested, unrecorded)
+
+    added: set[str] = set()
     if refs:
         from ..core.explain import explain
 
         ref_ex = explain(model, x, methods=list(refs))
-        entries.update({n: e for n, e in _maps_of(ref_ex).items() if n not in entries})
-
-    default_target = target
-    if default_target is None:
-        known = [
-            a.target for _, _, a in entries.values() if a is not None and (a.target >= 0).all()
-        ]
-        default_target = known[0] if known else None
+        added = {n for n in ref_ex if n not in entries}
+        entries.update({n: e for n, e in _maps_of(ref_ex).items() if n in added})
 
     results: dict[str, dict[str, MetricResult]] = {}
+    targets: dict[str, list[int]] = {}
     for name, (maps, attributions, a) in entries.items():
         method_target = default_target
-        if target is None and a is not None:
+        if target is None and a is not None and (name not in added or default_target is None):
             # the class it explains, or -1 for a channel, neuron or function target (scored
-            # only by the metrics that read the maps alone: `_check_request`)
+            # only by the metrics that read the maps alone: `_check_request`); a reference
+            # map records the predicted class, used only where no map records a class
             method_target = a.target
         full = attributions if attributions is not None and attributions.shape == x.shape else None
         with input_errors_explained(model, x):  # e.g. the forward finding the predicted class
@@ -601,6 +649,7 @@ def evaluate(
             )
         if default_target is None and bool((batch.target >= 0).all()):
             default_target = batch.target  # resolve the predicted class once
+        targets[name] = [int(t) for t in batch.target.tolist()]
         per: dict[str, MetricResult] = {}
         parts = _text_rows(batch, a)
         for metric in requested:
@@ -611,4 +660,5 @@ def evaluate(
                     metric.update(batch=part)
             per[metric.name] = metric.compute()
         results[name] = per
-    return EvalReport(results, references=refs, params={"metrics": [m.name for m in requested]})
+    params = {"metrics": [m.name for m in requested], "targets": targets}
+    return EvalReport(results, references=refs, params=params)

@@ -1,0 +1,274 @@
+"""Fixes from a sweep of `sl.evaluate`, `EvalReport` and `saliencelab evaluate`: the reference maps
+are scored on the class the maps explain (not the predicted one), to_json writes whole with one
+sentence, --masks is ignored when no metric reads masks, mask suffixes match in any case (two
+masks for one image are refused), and a NaN mean prints as "n/a" everywhere.
+
+The bundled shapes CNN on four 64x64 images of its test bed keeps each test to a second or two;
+every number is checked against a direct metric call or `sl.evaluate` run on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from rich.console import Console
+
+import saliencelab as sl
+from saliencelab.cli import app
+from saliencelab.metrics.commands import results_table
+
+NAMES = ["img0", "img1", "img2", "img3"]
+REFS = ("random", "center_gaussian", "sobel")
+
+
+@pytest.fixture(scope="module")
+def model() -> sl.Model:
+    return sl.load_model("shapes_cnn")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return sl.data.shapes.make(4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def x(model, data) -> torch.Tensor:
+    return model.preprocess(data)
+
+
+@pytest.fixture
+def bed(tmp_path, data):
+    """The four images as PNGs (imgs/) and their object masks, 0/255 (masks/)."""
+    imgs, masks = tmp_path / "imgs", tmp_path / "masks"
+    imgs.mkdir()
+    masks.mkdir()
+    for name, image, mask in zip(NAMES, data.images, data.masks, strict=True):
+        pixels = (image.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(imgs / f"{name}.png")
+        Image.fromarray((mask.numpy() > 0).astype(np.uint8) * 255).save(masks / f"{name}.png")
+    return imgs, masks
+
+
+def predicted(model: sl.Model, x: torch.Tensor) -> list[int]:
+    with torch.no_grad():
+        return model.module(x).argmax(1).tolist()
+
+
+def deletion_on(model, x, maps: torch.Tensor, target) -> torch.Tensor:
+    """The deletion values of `maps` on class `target`, from the metric itself."""
+    return sl.metrics.get("deletion")(steps=8)(maps, x=x, model=model, target=target).values
+
+
+def lines(text: str, start: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(start)]
+
+
+def cli_evaluate(runner, imgs: Path, out: Path, *extra: str):
+    args = ["evaluate", str(imgs), "--model", "shapes_cnn", "--out", str(out), *extra]
+    return runner.invoke(app, args)
+
+
+# -- 1. the reference maps are scored on the class the maps explain ------------------------------
+
+
+def test_references_are_scored_on_the_class_the_explanation_records(model, x):
+    """Maps of class 2 (no image's predicted class): the references were scored on each image's
+    predicted class, so their row compared another class's deletion with the method's."""
+    assert 2 not in predicted(model, x)  # else the test could not tell the classes apart
+    ex = sl.explain(model, x, methods="gradcam", target=2)
+    rep = sl.evaluate(model, x, ex, metrics={"deletion": {"steps": 8}})
+    refs = sl.explain(model, x, methods=list(REFS))
+    for name in REFS:
+        want = deletion_on(model, x, refs[name].maps, 2)
+        torch.testing.assert_close(rep[name]["deletion"].values, want)
+        on_predicted = deletion_on(model, x, refs[name].maps, predicted(model, x))
+        assert not torch.allclose(rep[name]["deletion"].values, on_predicted)
+    given = sl.evaluate(model, x, ex, metrics={"deletion": {"steps": 8}}, target=2)
+    for name in ("gradcam", *REFS):
+        torch.testing.assert_close(rep[name]["deletion"].values, given[name]["deletion"].values)
+    assert rep.params["targets"] == {name: [2, 2, 2, 2] for name in ("gradcam", *REFS)}
+
+
+def test_references_are_scored_on_the_predicted_class_when_no_map_records_one(model, x):
+    """Maps given as a tensor record no class: they and the references get the predicted one."""
+    maps = sl.explain(model, x, methods="gradcam")["gradcam"].maps
+    rep = sl.evaluate(model, x, {"mine": maps}, metrics={"deletion": {"steps": 8}})
+    refs = sl.explain(model, x, methods=list(REFS))
+    want = predicted(model, x)
+    assert rep.params["targets"] == {name: want for name in ("mine", *REFS)}
+    for name in REFS:
+        torch.testing.assert_close(
+            rep[name]["deletion"].values, deletion_on(model, x, refs[name].maps, want)
+        )
+
+
+def test_maps_of_different_classes_score_the_references_on_the_first_ones_with_a_warning(model, x):
+    """The rule for maps that explain different classes: the references are scored on the
+    classes of the first map, and a warning says so (where a metric reads the class)."""
+    ex = {
+        "saliency": sl.explain(model, x, methods="saliency", target=1)["saliency"],
+        "gradcam": sl.explain(model, x, methods="gradcam", target=2)["gradcam"],
+    }
+    metrics = {"deletion": {"steps": 8}}
+    with pytest.warns(UserWarning, match="'saliency' and 'gradcam' explain different classes"):
+        rep = sl.evaluate(model, x, ex, metrics=metrics, references="random")
+    random = sl.explain(model, x, methods="random")["random"].maps
+    torch.testing.assert_close(rep["random"]["deletion"].values, deletion_on(model, x, random, 1))
+    torch.testing.assert_close(
+        rep["gradcam"]["deletion"].values, deletion_on(model, x, ex["gradcam"].maps, 2)
+    )
+    assert rep.params["targets"]["random"] == [1, 1, 1, 1]
+    with warnings.catch_warnings():  # the class does not matter to a map-only metric
+        warnings.simplefilter("error")
+        sl.evaluate(model, x, ex, metrics="sparseness", references="random")
+        sl.evaluate(model, x, ex, metrics=metrics, references=False)
+
+
+def test_the_command_scores_the_references_on_the_target_given(runner, bed, tmp_path, monkeypatch):
+    """`--target 2`: metrics.json's reference values are those of sl.evaluate with target=2, and
+    the target reaches sl.evaluate itself."""
+    imgs, _ = bed
+    seen = []
+    real = sl.evaluate
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("target"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sl, "evaluate", recording)
+    out = tmp_path / "out"
+    args = ["-m", "gradcam", "--metrics", "deletion", "--steps", "8", "--target", "2"]
+    result = cli_evaluate(runner, imgs, out, *args)
+    assert result.exit_code == 0, result.output
+    assert seen == [2]
+    data = json.loads((out / "metrics.json").read_text())
+    assert [e["class"] for e in data["params"]["explained"]] == [2, 2, 2, 2]
+    model = sl.load_model("shapes_cnn")
+    x = model.preprocess([sl.load_image(imgs / f"{n}.png") for n in NAMES])
+    refs = sl.explain(model, x, methods=list(REFS))
+    for name in REFS:
+        got = torch.tensor(data["results"][name]["deletion"]["values"], dtype=torch.double)
+        want = deletion_on(model, x, refs[name].maps, 2).double()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+# -- 2. to_json writes whole, or says in one sentence why it cannot -------------------------------
+
+
+def test_to_json_is_written_whole_and_a_bad_path_is_one_sentence(model, x, tmp_path):
+    ex = sl.explain(model, x, methods="saliency")
+    rep = sl.evaluate(model, x, ex, metrics="sparseness", references=False)
+    folder = tmp_path / "dir.json"
+    folder.mkdir()
+    (tmp_path / "afile").write_text("")
+    for bad in (folder, tmp_path / "afile" / "m.json"):  # as to_csv: one sentence, no file
+        with pytest.raises(sl.SaliencelabError, match="the metrics") as raised:
+            rep.to_json(bad)
+        assert "\n" not in str(raised.value) and str(bad) in str(raised.value)
+        with pytest.raises(sl.SaliencelabError, match="the metrics table"):
+            rep.to_csv(bad)
+    assert list(folder.iterdir()) == []
+    path = tmp_path / "new" / "m.json"
+    path.parent.mkdir()
+    path.write_text("an older, longer file " * 1000)
+    assert rep.to_json(path) == path
+    assert json.loads(path.read_text())["results"]["saliency"]["sparseness"]["values"] == [
+        pytest.approx(v) for v in rep["saliency"]["sparseness"].values.tolist()
+    ]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["m.json"]  # no temporary left
+
+
+# -- 3. --masks with no metric that reads masks ---------------------------------------------------
+
+
+def test_masks_no_metric_reads_are_ignored_with_a_note(runner, bed, tmp_path, model):
+    """A mask for one image of four and --metrics sparseness: every image is scored (three were
+    dropped as 'no mask'), as sl.evaluate scores them without masks."""
+    imgs, masks = bed
+    for name in NAMES[1:]:
+        (masks / f"{name}.png").unlink()
+    out = tmp_path / "out"
+    result = cli_evaluate(
+        runner, imgs, out, "-m", "saliency", "--metrics", "sparseness", "--masks", str(masks)
+    )
+    assert result.exit_code == 0, result.output
+    assert not lines(result.stderr, "error:")
+    notes = lines(result.stderr, "note:")
+    assert len(notes) == 1 and "--masks is ignored" in notes[0] and "sparseness" in notes[0]
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["images"] == [str(imgs / f"{n}.png") for n in NAMES]
+    x = model.preprocess([sl.load_image(imgs / f"{n}.png") for n in NAMES])
+    want = sl.evaluate(model, x, sl.explain(model, x, methods="saliency"), metrics="sparseness")
+    got = data["results"]["saliency"]["sparseness"]["values"]
+    assert got == pytest.approx(want["saliency"]["sparseness"].values.tolist(), rel=1e-5)
+
+
+# -- 4. mask file names ---------------------------------------------------------------------------
+
+
+def test_mask_suffixes_match_in_any_case(runner, bed, tmp_path, model):
+    imgs, masks = bed
+    for name, suffix in zip(NAMES, (".TIF", ".Png", ".BMP", ".png"), strict=True):
+        with Image.open(masks / f"{name}.png") as m:
+            m.load()
+        (masks / f"{name}.png").unlink()
+        m.save(masks / f"{name}{suffix}")
+    out = tmp_path / "out"
+    args = ["-m", "saliency", "--metrics", "relevance_mass", "--masks", str(masks)]
+    result = cli_evaluate(runner, imgs, out, "--no-references", *args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["images"] == [str(imgs / f"{n}.png") for n in NAMES]
+    x = model.preprocess([sl.load_image(imgs / f"{n}.png") for n in NAMES])
+    truth = sl.data.shapes.make(4, seed=0).masks > 0
+    want = sl.evaluate(
+        model,
+        x,
+        sl.explain(model, x, methods="saliency"),
+        metrics="relevance_mass",
+        masks=truth,
+        references=False,
+    )
+    got = data["results"]["saliency"]["relevance_mass"]["values"]
+    assert got == pytest.approx(want["saliency"]["relevance_mass"].values.tolist(), rel=1e-5)
+
+
+def test_two_masks_for_one_image_and_a_missing_one_are_reported(runner, bed, tmp_path):
+    imgs, masks = bed
+    with Image.open(masks / "img0.png") as m:
+        m.save(masks / "img0.bmp")  # two masks for img0
+    (masks / "img1.png").unlink()  # none for img1
+    out = tmp_path / "out"
+    args = ["-m", "saliency", "--metrics", "relevance_mass", "--masks", str(masks)]
+    result = cli_evaluate(runner, imgs, out, "--no-references", *args)
+    assert result.exit_code == 2, result.output
+    errors = lines(result.stderr, "error:")
+    assert len(errors) == 2
+    assert "img0.png" in errors[0] and "2 masks for img0 (img0.bmp and img0.png)" in errors[0]
+    assert "no mask img1.png" in errors[1] and ".tif" in errors[1] and "any case" in errors[1]
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["images"] == [str(imgs / f"{n}.png") for n in NAMES[2:]]
+
+
+# -- 5. a NaN mean prints as n/a ------------------------------------------------------------------
+
+
+def test_a_nan_mean_prints_as_n_a_as_in_the_command_table(model, x):
+    ex = sl.explain(model, x, methods="saliency")
+    empty = torch.zeros(4, 64, 64, dtype=torch.bool)
+    with pytest.warns(sl.metrics.EmptyMaskWarning):
+        rep = sl.evaluate(model, x, ex, metrics="relevance_mass", masks=empty, references=False)
+    row = str(rep).splitlines()[1].split()
+    assert row[:5] == ["saliency", "relevance_mass", "n/a", "n/a", "0"]
+    console = Console(width=120, record=True)
+    console.print(results_table(rep))
+    assert "nan" not in str(rep) and "nan" not in console.export_text()
+    from saliencelab.metrics.evaluate import format_value  # the one formatter of both
+
+    assert format_value(float("nan")) == "n/a" and format_value(0.123456) == "0.1235"
