@@ -12,6 +12,7 @@ need only forwards. Methods that need gradients or layers fail with one sentence
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,8 +44,9 @@ class BlackBox(nn.Module):
     """An `nn.Module` without parameters whose forward calls `fn` on the batch.
 
     `fn` gets the batch as a torch tensor (or a NumPy array with `numpy=True`) and returns
-    scores (N, classes) or (N,) (one score: it becomes (N, 1)), as a tensor, an array, a list,
-    or a tuple / list whose first item is that (e.g. ONNX Runtime's list of outputs).
+    scores (N, classes) or (N,) (one score: it becomes (N, 1)), as a tensor, an array, a list
+    (of rows or numbers, read as an array), or a tuple / list of outputs whose first item is
+    that (e.g. ONNX Runtime's list of arrays).
     """
 
     def __init__(self, fn: Callable[[Any], Any], numpy: bool = False) -> None:
@@ -68,8 +70,12 @@ class BlackBox(nn.Module):
 
 
 def _as_scores(out: Any, n: int, device: torch.device) -> torch.Tensor:
-    if isinstance(out, (tuple, list)) and out and not isinstance(out[0], (int, float)):
-        out = out[0]  # a list of outputs (ONNX Runtime): the first is the scores
+    if isinstance(out, tuple) and out and not _is_number(out[0]):
+        out = out[0]  # a tuple of outputs: the first is the scores
+    elif isinstance(out, list) and _is_list_of_outputs(out, n):
+        out = out[0]  # a list of outputs (ONNX Runtime's `run`): the first is the scores
+    if isinstance(out, (tuple, list)):
+        out = _list_as_array(out, n)
     try:
         scores = torch.as_tensor(np.asarray(out) if not isinstance(out, torch.Tensor) else out)
     except (TypeError, ValueError, RuntimeError):
@@ -89,6 +95,51 @@ def _as_scores(out: Any, n: int, device: torch.device) -> torch.Tensor:
     if not scores.is_floating_point():
         scores = scores.to(torch.get_default_dtype())
     return scores.to(device)
+
+
+def _is_number(item: Any) -> bool:
+    """A Python or NumPy number, or a 0-d array or tensor."""
+    if isinstance(item, (numbers.Number, np.generic)):
+        return True
+    return isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 0
+
+
+def _is_list_of_outputs(out: list[Any], n: int) -> bool:
+    """Whether a list returned for a batch of `n` is a list of outputs whose first is the scores
+    (ONNX Runtime's `run`: arrays) rather than the scores themselves (rows or numbers).
+
+    Its first item must be an array or tensor; a 2-d or larger one is an output (a row is 1-d).
+    A 1-d first item is a row when there are `n` items of one and the same 1-d shape (as
+    `list(scores)` gives), else the scores (N,) of the first output."""
+    first = out[0] if out else None
+    if not isinstance(first, (np.ndarray, torch.Tensor)) or first.ndim == 0:
+        return False
+    if first.ndim >= 2:
+        return True
+    rows = len(out) == n and all(
+        isinstance(item, (np.ndarray, torch.Tensor)) and tuple(item.shape) == tuple(first.shape)
+        for item in out
+    )
+    return not rows
+
+
+def _list_as_array(out: list[Any] | tuple[Any, ...], n: int) -> np.ndarray:
+    """The scores in a list or tuple of rows or numbers (nested lists, NumPy scalars, 0-d or 1-d
+    arrays or tensors) as one array; ragged rows are one sentence."""
+    items = [
+        item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else item for item in out
+    ]
+    try:
+        scores = np.asarray(items)
+    except (TypeError, ValueError):  # NumPy ≥ 1.24: rows of different lengths
+        scores = None
+    if scores is None or scores.dtype == object:
+        raise SaliencelabError(
+            f"The black-box function returned a {type(out).__name__} whose rows differ in length "
+            f"(or hold other things than numbers); it must return scores of shape ({n}, classes) "
+            f"or ({n},), one row of numbers per input."
+        )
+    return scores
 
 
 def blackbox(

@@ -48,12 +48,24 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 def split_factory_spec(spec: str) -> tuple[str, str] | None:
     """("file.py" or "package.module", "function") for a factory spec, else None.
 
-    The function part must be a (dotted) Python identifier, so "C:\\models\\net.pt" is a file.
+    The function part must be a (dotted) Python identifier, so "C:\\models\\net.pt" is a file;
+    an existing file is a file whatever its name ("best:final.pt").
     """
+    if _is_file(spec):
+        return None
     target, sep, func = spec.rpartition(":")
     if not sep or not target or not all(part.isidentifier() for part in func.split(".")):
         return None
     return target, func
+
+
+def _is_file(path: str) -> bool:
+    """Whether `path` is an existing file (False for a name the system cannot take, e.g. one too
+    long)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def looks_like_spec(spec: str) -> bool:
@@ -126,6 +138,14 @@ def _from_factory(
                 f"returns an nn.Module.{hint}"
             )
         factory = getattr(factory, part)
+    if isinstance(factory, (nn.Module, Model)):
+        functions = [n for n in _callables(module) if inspect.isfunction(getattr(module, n))]
+        known = f" (it defines {', '.join(functions[:6])})" if functions else ""
+        raise SaliencelabError(
+            f"{func!r} in {target!r} is a model instance ({type(factory).__name__}), not a "
+            f"function that returns one; name a function there that returns the model{known}, "
+            f"e.g. '{target}:build' with `def build(): return {func}`."
+        )
     if not callable(factory):
         raise SaliencelabError(
             f"{func!r} in {target!r} is a {type(factory).__name__}, not a function; name a "

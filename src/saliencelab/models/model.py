@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,52 @@ def logits_of(outputs: Any) -> torch.Tensor:
     )
 
 
+def checked_labels(labels: Any) -> Sequence[str] | None:
+    """Class names in index order: None, a list or tuple of strings (as given), or a mapping
+    {0: name, ..., n-1: name} such as a Hugging Face `id2label` (as a list); anything else is
+    refused in one sentence."""
+    if labels is None:
+        return None
+    if isinstance(labels, (str, bytes)):
+        raise SaliencelabError(
+            f"labels must be a list of class names, not one string ({labels[:40]!r}); give e.g. "
+            "labels=['cat', 'dog'] (or names.split())."
+        )
+    if isinstance(labels, Mapping):
+        keys = list(labels)
+        by_index = {_label_index(k): v for k, v in labels.items()}
+        if None in by_index or sorted(by_index) != list(range(len(keys))):
+            shown = ", ".join(map(repr, keys[:8])) + (", ..." if len(keys) > 8 else "")
+            raise SaliencelabError(
+                f"labels as a dict must have one name for each class index 0 to {len(keys) - 1}, "
+                f"but its keys are {shown or 'none'}; give a dict {{0: name, 1: name, ...}} "
+                "without gaps, or a list of class names in index order."
+            )
+        labels = [by_index[i] for i in range(len(keys))]
+    elif not isinstance(labels, Sequence):
+        raise SaliencelabError(
+            f"labels must be a list of class names in index order (or a dict {{0: name, ...}}), "
+            f"not {type(labels).__name__}; give e.g. labels=['cat', 'dog']."
+        )
+    for i, name in enumerate(labels):
+        if not isinstance(name, str):
+            raise SaliencelabError(
+                f"labels must be class names (strings), but the name of class {i} is "
+                f"{type(name).__name__} ({name!r}); give strings, e.g. [str(v) for v in labels]."
+            )
+    return labels
+
+
+def _label_index(key: Any) -> int | None:
+    """The class index a labels dict's key stands for: an int, or its decimal string (as JSON
+    keys are), else None."""
+    if isinstance(key, numbers.Integral) and not isinstance(key, bool):
+        return int(key)
+    if isinstance(key, str) and key.isdecimal() and str(int(key)) == key:
+        return int(key)
+    return None
+
+
 @dataclass
 class Model:
     """A model to explain.
@@ -51,7 +97,8 @@ class Model:
     Attributes:
         module: the wrapped `nn.Module`.
         preprocess: turns a PIL image (or a list of them) into the model's input batch.
-        labels: class names, index = class id (may be `None`).
+        labels: class names, index = class id (may be `None`); a dict {0: name, ...} (e.g. a
+            Hugging Face `id2label`) becomes the list.
         name: a short name for tables and file names.
         default_layer: dotted name of the layer CAM methods use when none is given.
         input_size: (H, W) the model expects, if fixed.
@@ -84,6 +131,7 @@ class Model:
                 )
             size = (int(size[0]), int(size[1]))
         self.input_size = size
+        self.labels = checked_labels(self.labels)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return logits_of(self.module(x))

@@ -24,7 +24,9 @@ shapes_cnn_backdoor    `backdoor=0.1, target=0`: the trigger flips to "square"  
 
 (accuracy on 1000 held-out images of the training distribution without watermark or trigger;
 the flaws are measured in tests/test_shapes.py). Inputs are RGB in [0, 1] at 64 × 64, as `make`
-returns them; `preprocess` also takes PIL images, uint8 arrays or tensors (resized to 64 × 64).
+returns them; `preprocess` also takes PIL images, uint8 arrays or tensors (stretched to 64 × 64,
+no crop; the models' `extra["display"]`, :func:`display`, shows a photo the same way for
+overlays).
 """
 
 from __future__ import annotations
@@ -157,8 +159,9 @@ def _module(arch: str) -> nn.Module:
 def preprocess(img: Any) -> torch.Tensor:
     """A (N, 3, 64, 64) batch in [0, 1] from a `Shapes` batch, a PIL image, a uint8 array or
     tensor or one of floats in [0, 1] ((3, H, W), (H, W, 3), RGBA laid on white, or (N, 3, H, W)),
-    or a list of images; other sizes are resized (bilinear). Floats outside [0, 1] (0..255
-    pixels, or a normalised model input) are refused in one sentence."""
+    or a list of images; other sizes are stretched (bilinear, no crop). Floats outside [0, 1]
+    (0..255 pixels, or a normalised model input) and other dtypes (uint16, bool) are refused in
+    one sentence."""
     if isinstance(img, shapes_data.Shapes):
         x = img.images
     elif isinstance(img, (list, tuple)):
@@ -192,8 +195,14 @@ def preprocess(img: Any) -> torch.Tensor:
                 f"{float(x.nan_to_num().min()):.3g} to {float(x.nan_to_num().max()):.3g}; divide "
                 "0..255 pixels by 255, or pass uint8 (not the model's normalised input)."
             )
-    else:
+    elif x.dtype == torch.uint8:
         x = x.float() / 255.0
+    else:
+        raise SaliencelabError(
+            "Expected a photo to preprocess for a shapes model: a tensor or array of uint8 "
+            f"pixels or floats in [0, 1]; got dtype {str(x.dtype).removeprefix('torch.')}; "
+            "convert it to one of those (16-bit pixels: divide by 65535.0)."
+        )
     if x.shape[1] == 4:  # RGBA laid on white, as images read from files are
         alpha = x[:, 3:]
         x = x[:, :3] * alpha + (1.0 - alpha)
@@ -204,6 +213,18 @@ def preprocess(img: Any) -> torch.Tensor:
     return x
 
 
+def display(img: Any) -> Image.Image:
+    """The RGB image exactly as the model sees it: the whole photo stretched to 64 × 64 (as
+    `preprocess` does, no crop), so that overlays and galleries line up with the maps."""
+    x = preprocess(img)
+    if x.shape[0] != 1:
+        raise SaliencelabError(
+            f"display shows one image, but got a batch of {x.shape[0]}; pass the images one by one."
+        )
+    pixels = (x[0].detach().cpu().permute(1, 2, 0) * 255.0 + 0.5).to(torch.uint8).numpy()
+    return Image.fromarray(pixels, "RGB")
+
+
 def as_shapes_model(module: nn.Module, name: str, recipe: Recipe | None = None) -> Model:
     """`module` (a :class:`ShapesCNN` or the shapes ViT) as an `sl.Model`."""
     task = (recipe.data.get("task") if recipe else None) or "shape"
@@ -211,7 +232,7 @@ def as_shapes_model(module: nn.Module, name: str, recipe: Recipe | None = None) 
         layer = "features"
     else:
         layer = f"blocks.{len(module.blocks) - 1}.norm1"
-    extra: dict[str, Any] = {"task": task}
+    extra: dict[str, Any] = {"task": task, "display": display}
     if recipe is not None:
         extra.update(trained_on=dict(recipe.data), about=recipe.about)
     return Model(

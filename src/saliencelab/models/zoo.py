@@ -126,8 +126,9 @@ def _call_builder(
                 "dict into a factory's or a model file's model: give 'file.py:build' (or a .pt2 "
                 "/ TorchScript file) with it."
             ) from e
+        refused = sorted(k for k in kwargs if k not in params) or sorted(kwargs)
         raise SaliencelabError(
-            f"Model {name!r} does not accept {', '.join(sorted(kwargs)) or 'these arguments'} "
+            f"Model {name!r} does not accept {', '.join(refused) or 'these arguments'} "
             f"({e}); its options are: {', '.join(params) or 'none'}."
         ) from e
     return _with_fields(builder(*args, **kwargs), fields)

@@ -167,6 +167,7 @@ class TextModel(Model):
     batch: TextBatch | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # labels and input_size, as any Model's
         if self.token_scores not in TOKEN_SCORES:
             raise SaliencelabError(
                 f"token_scores must be 'signed' (sum over the embedding) or 'l2' (its norm), not "
