@@ -290,3 +290,13 @@ def test_unknown_builder_option_names_only_that_option():
         sl.load_model("shapes_cnn", pretrained=False, foo=1)
     assert str(info.value).startswith("Model 'shapes_cnn' does not accept foo (")
     assert "its options are: pretrained." in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "spec", ["x" * 5000, "x" * 5000 + ":build", "y" * 300 + ".pt", "z" * 300 + ".py:build"]
+)
+def test_a_name_too_long_for_the_system_is_one_sentence(spec):
+    """Path.exists() raised OSError (File name too long) with a traceback."""
+    with pytest.raises(sl.SaliencelabError) as e:
+        sl.load_model(spec)
+    assert "\n" not in str(e.value)

@@ -68,6 +68,14 @@ def _is_file(path: str) -> bool:
         return False
 
 
+def _exists(path: str) -> bool:
+    """Whether `path` exists (False for a name the system cannot take, e.g. one too long)."""
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):
+        return False
+
+
 def looks_like_spec(spec: str) -> bool:
     """Whether a string names a factory or a model file rather than a registered model name."""
     if split_factory_spec(spec) is not None:
@@ -81,7 +89,7 @@ def looks_like_spec(spec: str) -> bool:
         Path(spec).suffix.lower() in MODEL_FILE_SUFFIXES
         or "/" in spec
         or os.sep in spec
-        or Path(spec).exists()
+        or _exists(spec)
     )
 
 
@@ -225,7 +233,7 @@ def _callables(owner: Any) -> list[str]:
 
 
 def _import_target(target: str, spec: str) -> ModuleType:
-    is_file = target.endswith(".py") or "/" in target or os.sep in target or Path(target).is_file()
+    is_file = target.endswith(".py") or "/" in target or os.sep in target or _is_file(target)
     if is_file:
         return _import_file(Path(target), spec)
     try:
@@ -250,7 +258,7 @@ def _import_target(target: str, spec: str) -> ModuleType:
 
 
 def _import_file(path: Path, spec: str) -> ModuleType:
-    if not path.exists():
+    if not _exists(str(path)):
         raise SaliencelabError(f"Python file {str(path)!r} (from spec {spec!r}) does not exist.")
     if path.is_dir() or path.suffix != ".py":
         raise SaliencelabError(
@@ -311,7 +319,7 @@ def static_batch(program: torch.export.ExportedProgram) -> int | None:
 def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> nn.Module:
     """An `nn.Module` from a torch.export archive, a TorchScript file or (trusted) a pickle."""
     p = Path(path)
-    if not p.exists():
+    if not _exists(str(p)):
         raise SaliencelabError(f"Model file {str(p)!r} does not exist; check the path.")
     if p.is_dir():
         if (p / "config.json").is_file():
