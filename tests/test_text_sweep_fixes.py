@@ -403,3 +403,17 @@ def test_explain_text_prints_control_characters_of_a_text_escaped(classifier_dir
     assert result.exit_code == 0, result.output
     assert not any(c in result.output for c in "\x1b\x07\x9b")  # nothing styled: not a tty
     assert "Text 1: the \\x1b[2Jmovie\\x07 was fine\\x9b" in result.output
+
+
+def test_hf_prefix_on_an_image_model_says_it_loads_text_models(tmp_path):
+    """An image model's folder got "has no tokenizer; save the model's tokenizer there", which
+    sends the user the wrong way: hf: loads text models, a ViT is passed as a module."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(
+        image_size=16, patch_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=8,
+    )  # fmt: skip
+    ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
+    with pytest.raises(SaliencelabError, match="ViTForImageClassification.*hf: loads text"):
+        sl.load_model(f"hf:{tmp_path / 'vit'}")

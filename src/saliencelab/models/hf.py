@@ -144,6 +144,24 @@ def _max_length(config: Any, tokenizer: Any, sentence_max: int | None) -> int:
     return min(found) if found else 512
 
 
+def _image_architecture(config_file: Path) -> str | None:
+    """The architecture (or model type) named in a config.json that describes an image model
+    (an `image_size` and `num_channels`, or an architecture for images), else None."""
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # unreadable: the loader says so below
+    if not isinstance(config, dict):
+        return None
+    names = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    kind = names[0] if names else str(config.get("model_type", "an image model"))
+    if any(w in a for a in names for w in ("Image", "Vision", "Semantic", "Depth", "Detection")):
+        return kind
+    if "image_size" in config and "num_channels" in config and "vocab_size" not in config:
+        return kind
+    return None
+
+
 def load_text_model(
     path: str | os.PathLike,
     *,
@@ -169,6 +187,13 @@ def load_text_model(
         raise SaliencelabError(
             f"{str(p)!r} is not a Hugging Face model directory (it has no config.json); give the "
             "folder a model was saved to with save_pretrained()."
+        )
+    image = _image_architecture(p / "config.json")
+    if image is not None:
+        raise SaliencelabError(
+            f"The model in {str(p)!r} is an image model ({image}); hf: loads text models. Load "
+            "it in Python with transformers (e.g. ViTForImageClassification.from_pretrained) "
+            "and pass the module to sl.explain, as in the README's Vision transformers section."
         )
     if not any((p / f).is_file() for f in TOKENIZER_FILES):
         raise SaliencelabError(
