@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import saliencelab as sl
 from saliencelab.core.errors import SaliencelabError
 from saliencelab.featurevis import objectives as O
 from saliencelab.featurevis import transforms as T
 from saliencelab.featurevis.objectives import Capture
+from saliencelab.featurevis.visualize import visualize
 
 
 def test_a_class_name_is_looked_up_in_each_models_labels():
@@ -44,3 +46,20 @@ def test_a_class_out_of_range_and_several_channels_are_one_sentence():
     with pytest.raises(SaliencelabError, match="channel must be an integer"):
         O.neuron("features.0", torch.tensor([1, 2]))
     assert O.neuron("features.0", torch.tensor(1)) is not None
+
+
+def test_a_class_that_never_moves_is_told_to_start_elsewhere(caplog):
+    """A class logit with a zero gradient at the start (EfficientNet-Lite0 at 32 px: one head
+    unit of 1280 on) was told to "pick the layer before the ReLU, or another channel", which a
+    class objective has neither of."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    with torch.no_grad():
+        conv.bias.fill_(-100.0)  # never fires on images in [0, 1]
+    net = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    with caplog.at_level("WARNING", logger="saliencelab"):
+        vis = visualize(net, 2, steps=3, size=16, progress=False)
+    assert vis.history[0, 0] == vis.history[-1, 0] == net[4].bias[2]  # the bias alone
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "stayed at" in text and "start elsewhere: a larger size" in text
+    assert "layer before the ReLU" not in text

@@ -744,8 +744,21 @@ def _warn_stuck(
         return
     stuck = (history == history[0]).all(dim=0)
     for name in dict.fromkeys(objs[i].name for i in stuck.nonzero().flatten().tolist()):
+        obj = next(o for o in objs if o.name == name)
+        value = float(history[0][[o.name for o in objs].index(name)])
+        if not obj.layers:  # the model's output (a class): every path to it is off at the start
+            log.warning(
+                "%s stayed at %.4g for all %d steps: its gradient was zero (every unit feeding "
+                "it sits behind a ReLU or clamp that is off on the starting image), so the image "
+                "is the starting one, not a visualization; start elsewhere: a larger size (the "
+                "model's own input size), another param, or another seed.",
+                name,
+                value,
+                history.shape[0],
+            )
+            continue
         hint = ""
-        for lname in next(o for o in objs if o.name == name).layers:
+        for lname in obj.layers:
             key = lname if isinstance(lname, str) else module_name(root, lname)
             before = _before_relu(root, key, layers[key]) if key in layers else None
             if before is not None:
@@ -756,7 +769,7 @@ def _warn_stuck(
             "that never fired), so the image is the starting one, not a visualization; pick the "
             "layer before the ReLU%s, or another channel.",
             name,
-            float(history[0][[o.name for o in objs].index(name)]),
+            value,
             history.shape[0],
             hint,
         )
