@@ -272,3 +272,74 @@ def test_a_nan_mean_prints_as_n_a_as_in_the_command_table(model, x):
     from saliencelab.metrics.evaluate import format_value  # the one formatter of both
 
     assert format_value(float("nan")) == "n/a" and format_value(0.123456) == "0.1235"
+
+
+# -- explanations recomputed with the tensor options they were made with --------------------------
+
+
+def _linear():
+    torch.manual_seed(11)
+    return torch.nn.Sequential(torch.nn.Linear(6, 2)).eval(), torch.randn(3, 6)
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("kernelshap", {"feature_mask": torch.tensor([0, 0, 0, 1, 1, 1])}),  # shared groups
+        ("integrated_gradients", {"baselines": torch.full((6,), 2.0)}),  # one for all
+        ("integrated_gradients", {"baselines": torch.arange(18.0).view(3, 6)}),  # per sample
+        ("feature_ablation", {"feature_mask": torch.tensor([[0, 0, 1, 1, 2, 2]] * 3)}),
+    ],
+)
+def test_robustness_recomputes_maps_with_their_tensor_options(method, options):
+    """Tensor options were left out of Attribution.params, so the maps were recomputed with the
+    defaults (no groups, a zero baseline): max-sensitivity of a linear model under noise of
+    radius 1e-6 was 0.7-1.0 instead of ~0. Per-sample tensors need the batch's rows in order:
+    the noisy copies are explained one draw at a time."""
+    net, x = _linear()
+    ex = sl.explain(net, x, methods={method: options}, target=1)
+    assert set(ex[method].tensor_params) == set(options)
+    rep = sl.evaluate(net, x, ex, metrics={"max_sensitivity": {"radius": 1e-6}}, target=1)
+    values = rep[method]["max_sensitivity"].values
+    assert values.abs().max() < 1e-4 * ex[method].maps.abs().max()
+
+
+def test_noisy_rows_explained_per_draw_are_put_back_in_sample_order():
+    """Per-sample baselines: each noisy row is explained with its own sample's baseline (a
+    linear model's IG is (x + δ − b_i)·W[c] exactly), rows back in sample-major order."""
+    from saliencelab.metrics.base import EvalBatch, Explainer
+    from saliencelab.metrics.robustness._noisy import explain_noisy
+
+    net, x = _linear()
+    base = torch.arange(18.0).view(3, 6)
+    explainer = Explainer("integrated_gradients", {"baselines": base})
+    n = 4
+    delta = torch.randn(3 * n, 6, generator=torch.Generator().manual_seed(0)) * 0.1
+    noisy = x.repeat_interleave(n, 0) + delta
+    batch = EvalBatch(
+        x=x, maps=x, target=torch.ones(3, dtype=torch.long), model=sl.Model(net),
+        explainer=explainer,
+    )  # fmt: skip
+    out = explain_noisy(batch, noisy, n, "maps")
+    want = (noisy - base.repeat_interleave(n, 0)) * net[0].weight[1]
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-4)
+
+
+def test_random_logit_recomputes_with_per_sample_baselines(model, data):
+    """The random-logit maps of the other class are IG's with the same per-sample baselines
+    as the maps it compares them with (they were recomputed from zero baselines)."""
+    x = data.images
+    base = torch.rand(x.shape, generator=torch.Generator().manual_seed(1))
+    options = {"baselines": base, "n_steps": 8}
+    ex = sl.explain(model, x, methods={"integrated_gradients": options})
+    rep = sl.evaluate(
+        model, x, ex, metrics={"random_logit": {"similarity": "spearman"}}, references=False
+    )
+    result = rep["integrated_gradients"]["random_logit"]
+    other = sl.explain(
+        model, x, methods={"integrated_gradients": options}, target=result.extras["random_class"]
+    )["integrated_gradients"]
+    from saliencelab.metrics.randomisation.similarity import similarity_to
+
+    want = similarity_to("spearman", ex["integrated_gradients"].maps)(other.maps)
+    torch.testing.assert_close(result.values.double(), want.double(), atol=1e-6, rtol=0)

@@ -355,4 +355,5 @@ def _attribution(spec: MethodSpec, opts: dict, out: Any, ctx: Context) -> Attrib
         layer=out.layer,
         params={k: v for k, v in opts.items() if not isinstance(v, torch.Tensor)},
         extras=out.extras,
+        tensor_params={k: v for k, v in opts.items() if isinstance(v, torch.Tensor)},
     )

@@ -45,8 +45,11 @@ class Attribution:
         seconds: wall time spent on this method (a shared pass's time divided among its users).
         shared_with: other methods of the same call that reused this method's passes.
         layer: the layer(s) a layer method used.
-        params: the options the method ran with.
+        params: the options the method ran with, but those given as tensors.
         extras: method-specific results, e.g. `delta` (IG completeness gap).
+        tensor_params: the options given as tensors (a feature mask, a baselines tensor), kept
+            out of `params` (which reports write as JSON) so that `sl.evaluate` recomputes the
+            maps with them (robustness and randomisation metrics).
     """
 
     method: str
@@ -62,6 +65,7 @@ class Attribution:
     layer: str | list[str] | None = None
     params: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    tensor_params: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def __getattr__(self, name: str) -> Any:
         # `a.delta` for `a.extras["delta"]`.

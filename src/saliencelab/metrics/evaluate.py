@@ -520,9 +520,10 @@ def _explainer(name: str, a: Attribution | None, chunk_size: int | None) -> Expl
     if name not in {spec.name for spec in registered_methods()}:
         return None
     options = {}
-    if a is not None:
+    if a is not None:  # its options, tensors (feature masks, baselines) included
         accepted = get_method(name).options
-        options = {k: v for k, v in a.params.items() if k in accepted}
+        given = {**a.params, **a.tensor_params}
+        options = {k: v for k, v in given.items() if k in accepted}
     return Explainer(name, options, chunk_size=chunk_size)
 
 

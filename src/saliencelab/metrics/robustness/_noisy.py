@@ -88,20 +88,29 @@ def explain_noisy(batch: EvalBatch, noisy: torch.Tensor, n_samples: int, on: On)
 
     All rows go to the explainer in one call (it chunks them through the engine); only when the
     noisy inputs and their explanations would not fit a quarter of the memory budget are they
-    split into as few calls as fit.
+    split into as few calls as fit. An explainer with tensor options (a feature mask, a
+    baselines tensor: they may hold one entry per sample of the batch) is called once per noise
+    draw instead, on the batch's B rows in their order, as the method first saw them.
     """
     explainer = batch.explainer
     assert explainer is not None and batch.model is not None
     target = batch.target.repeat_interleave(n_samples)
     n = noisy.shape[0]
-    row_bytes = noisy[0].numel() * noisy.element_size() * 3  # input, attributions, maps
-    per_call = max(1, min(n, default_budget(batch.device) // 4 // max(row_bytes, 1)))
+    per_draw = any(isinstance(v, torch.Tensor) for v in explainer.options.values())
+    if per_draw:  # rows k, n + k, 2n + k, ...: draw k of every sample, in the batch's order
+        calls: list[slice] = [slice(k, n, n_samples) for k in range(n_samples)]
+    else:
+        row_bytes = noisy[0].numel() * noisy.element_size() * 3  # input, attributions, maps
+        per_call = max(1, min(n, default_budget(batch.device) // 4 // max(row_bytes, 1)))
+        calls = [slice(start, start + per_call) for start in range(0, n, per_call)]
     parts = []
-    for start in range(0, n, per_call):
-        rows = slice(start, start + per_call)
+    for rows in calls:
         a = explainer(batch.model, noisy[rows], target[rows])
         parts.append(a.maps if on == "maps" else a.attributions)
-    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    if per_draw:  # (n, B, ...) draw-major back to the rows' sample-major order
+        out = torch.stack(parts, dim=1).flatten(0, 1)
+    else:
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
     if on == "attributions" and out.shape != noisy.shape:
         raise SaliencelabError(
             f"The method {explainer.method} has no input-space attributions of the inputs' shape "
