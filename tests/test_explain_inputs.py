@@ -307,3 +307,26 @@ def test_an_unknown_class_of_a_small_model_lists_its_classes():
         sl.explain(model, x, methods="saliency", target="Egyptian cat")
     with pytest.raises(SaliencelabError, match=r"Did you mean: square"):
         sl.explain(model, x, methods="saliency", target="squares")
+
+
+def test_a_model_of_one_score_shows_the_score_not_a_probability_of_one():
+    """A regression model's (B, 1) output was shown as "predicted class 0" with probability 1.0
+    (a softmax over one value) in repr, table and reports; its score is what was explained."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 1)).eval()
+    x = torch.randn(3, 4)
+    ex = sl.explain(net, x, methods="saliency")
+    score = net(x)[:, 0].detach()
+    assert ex.one_score and ex.probabilities is None
+    torch.testing.assert_close(ex.target_values, score)
+    rows = ex.table()
+    assert [r["probability"] for r in rows] == [None] * 3
+    assert [r["predicted"] for r in rows] == [None] * 3
+    assert [r["target"] for r in rows] == ["score"] * 3
+    assert [r["target_value"] for r in rows] == pytest.approx(score.tolist())
+    assert f"explained score: {float(score[0]):.3g}" in repr(ex)
+    named = sl.explain(sl.Model(net, labels=["price"]), x, methods="saliency")
+    assert named.target_text(1) == f"price: {float(score[1]):.3g}"
+    assert named.table()[0]["target"] == "price"
+    two = sl.explain(torch.nn.Sequential(torch.nn.Linear(4, 2)).eval(), x, methods="saliency")
+    assert not two.one_score and two.probabilities.shape == (3, 2)  # classes: as before

@@ -144,7 +144,7 @@ class Explanation(Mapping[str, Attribution]):
         """A summary (the dataclass repr printed every tensor and all the labels)."""
         n = self.inputs.shape[0]
         more = ", ..." if n > 4 else ""
-        if self.explained is not None:
+        if self.explained is not None or self.one_score:
             what = "explained " + ", ".join(self.target_text(i) for i in range(min(n, 4)))
         else:
             what = "predicted " + ", ".join(self.label(int(i)) for i in self.predictions[:4])
@@ -161,10 +161,17 @@ class Explanation(Mapping[str, Attribution]):
         )
 
     @property
+    def one_score(self) -> bool:
+        """Whether the model gives one score per sample (a regression, a single logit) and that
+        score was explained: no classes to choose from, so no probabilities."""
+        return self.explained is None and self.logits.dim() == 2 and self.logits.shape[-1] == 1
+
+    @property
     def probabilities(self) -> torch.Tensor | None:
-        """(B, num_classes) softmax of the logits; None for a channel or neuron target or a
-        model whose outputs are no classes (`explained`)."""
-        if self.explained is not None:
+        """(B, num_classes) softmax of the logits; None for a channel or neuron target, a model
+        whose outputs are no classes (`explained`), or one score per sample (`one_score`: its
+        softmax would be 1 everywhere)."""
+        if self.explained is not None or self.one_score:
             return None
         return self.logits.softmax(dim=-1)
 
@@ -177,7 +184,9 @@ class Explanation(Mapping[str, Attribution]):
     def target_values(self) -> torch.Tensor | None:
         """(B,) the layer reading explained (a channel's mean activation, a unit's value) for a
         channel or neuron target, the score explained for a `score_target`; None for a class
-        target."""
+        target; the score itself for a model of one score per sample (`one_score`)."""
+        if self.one_score:
+            return self.logits[:, 0].detach()
         explained = self.explained
         if explained is None:
             return None
@@ -192,7 +201,8 @@ class Explanation(Mapping[str, Attribution]):
         predicted class and its probability) otherwise."""
         values = self.target_values
         if values is not None:
-            return f"{self.explained}: {float(values[sample]):.3g}"
+            what = self.explained if not self.one_score else (self.labels or ["score"])[0]
+            return f"{what}: {float(values[sample]):.3g}"
         probs = self.logits[sample].softmax(dim=-1)
         index = int(probs.argmax())
         return f"{self.label(index)} ({float(probs[index]):.2f})"
@@ -209,13 +219,16 @@ class Explanation(Mapping[str, Attribution]):
         ("channel 26 of features.3", "similarity_to('a dog')"), or "custom" (a callable target
         of a classifier)."""
         t = int(attribution.target[sample])
+        if t == 0 and self.one_score and not self.labels:
+            return "score"
         if t >= 0:
             return self.label(t)
         return str(self.explained) if self.explained is not None else "custom"
 
     def table(self) -> list[dict[str, Any]]:
         """One row per (sample, method): prediction and probability (None for a channel or
-        neuron target, whose reading is in "target_value"), target, passes, seconds."""
+        neuron target, whose reading is in "target_value", and for a model of one score, whose
+        score is there), target, passes, seconds."""
         probs = self.probabilities
         values = self.target_values
         rows = []

@@ -623,7 +623,7 @@ def _write(
     item.rows = rows
     # The report shows the target only when some method explained another class than predicted
     # (a channel or neuron target is named in the card's head instead).
-    headline = label if ex.explained is None else str(ex.explained)
+    headline = label if probs is not None else str(ex.explained or ex.target_text(i))
     columns = [c for c in _REPORT_COLUMNS if c != "target" or any(r[c] != headline for r in rows)]
     item.entry = sl.ReportEntry(
         name=item.name,
@@ -632,7 +632,7 @@ def _write(
         overlays=overlays,
         predicted=label,
         probability=prob,
-        explained=None if ex.explained is None else ex.target_text(i),
+        explained=None if probs is not None else ex.target_text(i),
         rows=[{k: r[k] for k in columns} for r in rows],
         maps_path=maps.path.name,
     )
