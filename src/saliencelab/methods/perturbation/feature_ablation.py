@@ -24,25 +24,20 @@ from ..gradient.baselines import positive_int
 from ..options import check_flag
 from .features import (
     BASELINE_CHOICES,
+    DEFAULT_SEGMENTS,
     FEATURE_MASK_CHOICES,
     apply_features,
     clean_scores,
+    feature_attributions,
     fill_value,
     n_features,
     perturbation_baseline,
+    spread_features,
 )
 from .features import feature_mask as resolve_feature_mask
 from .incremental import crop, local_forwards, plan_local_prefix, used_layer
 
-__all__ = ["feature_ablation", "feature_boxes", "spread_features"]
-
-
-def spread_features(values: torch.Tensor, mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(B, F) per-feature values → x-shaped attributions, value of the element's feature."""
-    per_element = values.gather(1, mask.flatten(1)).view(mask.shape)
-    if mask.dim() == x.dim() - 1:
-        per_element = per_element[:, None]
-    return per_element.expand(x.shape)
+__all__ = ["feature_ablation", "feature_boxes", "spread_features"]  # (from features.py)
 
 
 @register(
@@ -64,18 +59,19 @@ def feature_ablation(
     ctx: Context,
     *,
     feature_mask: Any = None,
-    n_segments: int = 64,
+    n_segments: int = DEFAULT_SEGMENTS,
     baseline: Any = 0.0,
     blur_sigma: float = 10.0,
     incremental: bool = True,
 ) -> MethodOutput:
     """Feature ablation: A(e) = S(x) − S(x with e's feature := baseline), one forward per feature.
 
-    `feature_mask`: None (a grid of about `n_segments` cells) | "grid" | "slic" (superpixels) |
-    an integer tensor (H, W), (B, H, W), (B, C, H, W), or (F,) / (B, F) for tabular inputs.
+    `feature_mask`: None (a grid of about `n_segments` cells; for tabular inputs one feature per
+    column) | "grid" | "slic" (superpixels; both images only) | an integer tensor (H, W),
+    (B, H, W), (B, C, H, W), (F,) / (B, F) for tabular inputs, (L,) for signals (B, C, L).
     `baseline`: a number | "blur" (`blur_sigma` px) | "mean" | a tensor broadcastable to the
-    inputs | None (the default, 0.0); `n_segments` a positive int. Equals Captum's
-    FeatureAblation with the same mask. extras["feature_mask"] is the mask used.
+    inputs | None (the default, 0.0), whole numbers for integer inputs; `n_segments` a positive
+    int. Equals Captum's FeatureAblation with the same mask. extras["feature_mask"] is the mask.
 
     `incremental=True` recomputes the model's early layers only around each feature's bounding
     box when that saves time and reproduces full forwards (`incremental.py`); the result is the
@@ -85,11 +81,11 @@ def feature_ablation(
     n_segments = positive_int(n_segments, "n_segments", "feature_ablation")
     x = ctx.x
     dev = x.device
-    mask = resolve_feature_mask(feature_mask, x, n_segments)
+    mask = resolve_feature_mask(feature_mask, x, n_segments, "feature_ablation")
     counts = n_features(mask)  # (B,)
     starts = torch.cumsum(counts, 0) - counts
     width = int(counts.max())
-    base = perturbation_baseline(x, baseline, "feature_ablation", blur_sigma).to(x.dtype)
+    base = perturbation_baseline(x, baseline, "feature_ablation", blur_sigma)
     features = torch.arange(width, device=dev)
 
     def split(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,15 +141,10 @@ def feature_ablation(
     for chunk in chunks:
         samples, f = split(row_slice(ids, chunk.rows))
         drops[samples, f] = clean[samples] - chunk.scores.to(dev)
-    # in the inputs' dtype, but never an integer one (token ids): score drops are real numbers
-    attributions = spread_features(drops, mask, x)
-    if x.is_floating_point():
-        attributions = attributions.to(x.dtype)
-    maps = None
-    if x.dim() == 2:  # tabular: one value per feature column
-        maps = attributions
-    elif x.dim() == 4 and mask.dim() == 3:  # mask shared by the channels: the pixel's drop
-        maps = drops.gather(1, mask.flatten(1)).view(mask.shape)
+    # in the inputs' dtype, but never an integer one (token ids): score drops are real numbers;
+    # maps: a mask shared by the channels gives each position its feature's drop (images,
+    # signals, volumes), a per-element mask the sum over channels, tabular inputs the drops
+    attributions, maps = feature_attributions(drops, mask, x)
     extras = {"feature_mask": mask, "incremental": used_layer(prefix)}
     return MethodOutput(attributions, maps=maps, extras=extras)
 

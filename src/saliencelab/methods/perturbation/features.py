@@ -13,10 +13,15 @@ of them is the width of the `keep` matrices given to :func:`apply_features`.
   (Achanta et al., "SLIC Superpixels Compared to State-of-the-Art Superpixel Methods", TPAMI
   2012) via `skimage.segmentation.slic`; one feature per column for tabular inputs.
 - :func:`check_feature_mask`: validates and broadcasts a user's mask, relabels ids to 0..F_b-1.
+- :func:`feature_mask`: the mask a method's options ask for; refuses "grid", "slic" and
+  n_segments where they shape nothing (tabular inputs, a mask tensor).
 - :func:`apply_features`: builds a chunk of perturbed inputs at once, x where the row keeps the
   element's feature and the baseline elsewhere (one gather of `keep` over the mask).
+- :func:`spread_features` / :func:`feature_attributions`: per-feature values (B, F) back onto
+  the inputs (attributions) and onto the maps.
 - :func:`perturbation_baseline`: what a removed element becomes: a number, "blur", "mean" or a
-  tensor; :func:`clean_scores`: the target scores of the unperturbed inputs.
+  tensor, in x's dtype (for integer inputs only whole numbers in the dtype's range);
+  :func:`clean_scores`: the target scores of the unperturbed inputs.
 """
 
 from __future__ import annotations
@@ -45,12 +50,16 @@ __all__ = [
     "channels_last_ok",
     "clean_scores",
     "default_feature_mask",
+    "DEFAULT_SEGMENTS",
+    "feature_attributions",
     "feature_mask",
     "n_features",
     "perturbation_baseline",
+    "spread_features",
 ]
 
 FEATURE_KINDS = ("grid", "slic")
+DEFAULT_SEGMENTS = 64  # the methods' default n_segments
 BASELINES = ("zero", "blur", "mean")
 # What `feature_mask` and `baseline` accept, in words (`register(choices=...)`).
 FEATURE_MASK_CHOICES = ("None (a grid)", *quoted(FEATURE_KINDS), "an integer tensor of ids")
@@ -111,8 +120,9 @@ def default_feature_mask(
         return torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1).clone()
     if x.dim() != 4:
         raise SaliencelabError(
-            f"A default feature mask needs images (B, C, H, W) or tabular rows (B, F), but got a "
-            f"tensor of shape {tuple(x.shape)}; pass a feature_mask tensor."
+            f"A {kind!r} feature mask needs images (B, C, H, W) (tabular rows (B, F) have one "
+            f"feature per column), but got inputs of shape {tuple(x.shape)}; pass a feature_mask "
+            f"tensor of feature ids, shape {_accepted(x)}."
         )
     if isinstance(n_segments, bool) or not isinstance(n_segments, int) or n_segments < 1:
         raise SaliencelabError(f"n_segments must be a positive int, not {n_segments!r}.")
@@ -192,13 +202,40 @@ def check_feature_mask(mask: Any, x: torch.Tensor) -> torch.Tensor:
     return _relabel(out.contiguous())
 
 
-def feature_mask(spec: Any, x: torch.Tensor, n_segments: int = 64) -> torch.Tensor:
-    """The mask a method option asks for: None → grid, "grid" / "slic", or a tensor."""
+def feature_mask(
+    spec: Any, x: torch.Tensor, n_segments: int = DEFAULT_SEGMENTS, method: str = "feature_mask"
+) -> torch.Tensor:
+    """The mask a method option asks for: None → grid (one feature per column for tabular
+    inputs), "grid" / "slic", or a tensor.
+
+    "grid", "slic" and a non-default `n_segments` only shape image features: they are refused for
+    tabular inputs (B, F), and `n_segments` with a mask tensor, rather than silently ignored.
+    """
+    if x.dim() == 2:
+        columns = (
+            f"tabular inputs (B, F) have one feature per column by default; to group columns, "
+            f"pass a feature_mask tensor of shape ({x.shape[1]},) holding each column's group id"
+        )
+        if isinstance(spec, str):
+            raise SaliencelabError(
+                f"{method}: feature_mask={spec!r} builds image regions, but {columns}."
+            )
+        if spec is None and n_segments != DEFAULT_SEGMENTS:
+            raise SaliencelabError(
+                f"{method}: n_segments={n_segments} sizes an image grid or superpixels, but "
+                f"{columns}."
+            )
     if spec is None:
         return default_feature_mask(x, "grid", n_segments)
     if isinstance(spec, str):
         return default_feature_mask(x, spec, n_segments)
-    return check_feature_mask(spec, x)
+    mask = check_feature_mask(spec, x)
+    if n_segments != DEFAULT_SEGMENTS:
+        raise SaliencelabError(
+            f"{method}: n_segments={n_segments} sizes the 'grid' or 'slic' feature mask and does "
+            "nothing with a feature_mask tensor, whose ids are the features; leave n_segments out."
+        )
+    return mask
 
 
 def n_features(mask: torch.Tensor) -> torch.Tensor:
@@ -252,6 +289,33 @@ def apply_features(
     return rows.masked_fill_(dropped, float(baseline))
 
 
+def spread_features(values: torch.Tensor, mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B, F) per-feature values → x-shaped attributions, value of the element's feature."""
+    per_element = values.gather(1, mask.flatten(1)).view(mask.shape)
+    if mask.dim() == x.dim() - 1:
+        per_element = per_element[:, None]
+    return per_element.expand(x.shape)
+
+
+def feature_attributions(
+    values: torch.Tensor, mask: torch.Tensor, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Broadcast per-feature values (B, F) over the inputs: (attributions like x, maps).
+
+    Every element of x gets its feature's value (as Captum's `return_input_shape=True`). maps:
+    for a mask shared by the channels ((B, H, W) for images, (B, L) for signals, (B, D, H, W)
+    for volumes), the feature's value at each position; for a per-element mask, the sum over
+    channels; for tabular x (B, F), the attributions themselves. Never an integer dtype.
+    """
+    values = values.to(x.dtype if x.is_floating_point() else torch.get_default_dtype())
+    attributions = spread_features(values, mask, x)
+    if x.dim() == 2:  # tabular: one value per column
+        return attributions, attributions
+    if mask.dim() == x.dim() - 1:  # shared by the channels: the position's feature value
+        return attributions, values.gather(1, mask.flatten(1)).view(mask.shape)
+    return attributions, attributions.sum(dim=1)
+
+
 def channels_last_ok(ctx: Context) -> bool:
     """Whether this call's perturbed image rows should be built channels-last (NHWC).
 
@@ -264,19 +328,67 @@ def channels_last_ok(ctx: Context) -> bool:
 def perturbation_baseline(
     x: torch.Tensor, baseline: Any, method: str, blur_sigma: float = 10.0
 ) -> torch.Tensor:
-    """What removed elements become, a tensor of x's dimensions, (B or 1, ...) broadcastable to x.
+    """What removed elements become, in x's dtype and dimensions, (B or 1, ...) broadcastable to x.
 
     `baseline`: a number (0.0 = "zero"); None = the methods' default, 0.0 (as Captum's
     `baselines=None`); "blur" = a Gaussian blur of each image with `blur_sigma` pixels; "mean" =
     each image's per-channel mean; or a tensor broadcastable to x (one per sample (B, ...) or one
     for all, e.g. (C, 1, 1)). `blur_sigma` is checked whatever the baseline (`check_blur_sigma`).
+    For integer inputs (category or token ids) it must hold whole numbers in x's dtype range
+    (`integer_baseline`): it is never truncated.
     """
+    base = _baseline(x, baseline, method, blur_sigma)
+    if x.is_floating_point() or x.is_complex():
+        return base.to(x.dtype)
+    return integer_baseline(base, x, baseline, method)
+
+
+def integer_baseline(base: torch.Tensor, x: torch.Tensor, given: Any, method: str) -> torch.Tensor:
+    """`base` in integer x's dtype, refused unless it holds whole numbers in the dtype's range
+    (a cast would truncate 2.5 to 2, or wrap −1 to 255 for uint8). `given`: the user's option."""
+    what = f"{given!r}" if isinstance(given, (str, numbers.Number)) else "tensor"
+    if base.is_floating_point():
+        fractional = base != base.round()  # NaN too
+        if bool(fractional.any()):
+            value = "" if what != "tensor" else f" (e.g. {float(base[fractional][0]):g})"
+            raise SaliencelabError(
+                f"{method}: the baseline {what} holds values that are not whole numbers{value}, "
+                f"which {x.dtype} inputs would truncate; give an integer baseline "
+                '(a whole number or an integer tensor), e.g. the id of a "missing" or padding '
+                "category."
+            )
+    info = torch.iinfo(x.dtype) if x.dtype != torch.bool else None
+    low, high = (info.min, info.max) if info is not None else (0, 1)
+    wide = base.to(torch.float64 if base.is_floating_point() else torch.int64)  # no wrap-around
+    outside = (wide < low) | (wide > high)
+    if bool(outside.any()):
+        value = "" if what != "tensor" else f" (e.g. {float(wide[outside][0]):g})"
+        raise SaliencelabError(
+            f"{method}: the baseline {what} holds values outside the {low} to {high} that "
+            f"{x.dtype} inputs hold{value}; give an integer baseline in that range, e.g. the id "
+            'of a "missing" or padding category.'
+        )
+    return base.to(x.dtype)
+
+
+def _baseline(x: torch.Tensor, baseline: Any, method: str, blur_sigma: float) -> torch.Tensor:
+    """`perturbation_baseline` before the cast to x's dtype: x's float dtype for float x, float64
+    for integer x (exact whole numbers up to 2^53; an integer tensor keeps its own dtype), the
+    default float dtype for complex x."""
     blur_sigma = check_blur_sigma(blur_sigma, method)
-    dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    if x.is_floating_point():
+        dtype = x.dtype
+    elif x.is_complex():
+        dtype = torch.get_default_dtype()
+    else:
+        dtype = torch.float64
     if isinstance(baseline, np.ndarray):
         baseline = torch.from_numpy(baseline)
     if isinstance(baseline, torch.Tensor):
-        b = baseline.to(device=x.device, dtype=dtype)
+        integers = not (x.is_floating_point() or x.is_complex()) and not (
+            baseline.is_floating_point() or baseline.is_complex()
+        )
+        b = baseline.to(device=x.device, dtype=baseline.dtype if integers else dtype)
         try:
             fits = b.dim() <= x.dim() and torch.broadcast_shapes(b.shape, x.shape) == x.shape
         except RuntimeError:

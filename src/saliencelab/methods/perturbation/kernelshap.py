@@ -40,9 +40,16 @@ from ...core.registry import register
 from ..gradient.baselines import cpu_generator, positive_int
 from ..options import check_flag
 from ..reference import check_seed
-from .features import BASELINE_CHOICES, FEATURE_MASK_CHOICES, n_features, perturbation_baseline
+from .features import (
+    BASELINE_CHOICES,
+    DEFAULT_SEGMENTS,
+    FEATURE_MASK_CHOICES,
+    feature_attributions,
+    n_features,
+    perturbation_baseline,
+)
 from .features import feature_mask as make_feature_mask
-from .surrogate import Coalitions, coalition_scores, feature_attributions, weighted_least_squares
+from .surrogate import Coalitions, coalition_scores, weighted_least_squares
 
 __all__ = ["enumerated_coalitions", "kernelshap", "sampled_coalitions", "shapley_kernel"]
 
@@ -118,7 +125,7 @@ def kernelshap(
     ctx: Context,
     *,
     feature_mask: Any = None,
-    n_segments: int = 64,
+    n_segments: int = DEFAULT_SEGMENTS,
     n_samples: int = 1000,
     baseline: Any = 0.0,
     blur_sigma: float = 10.0,
@@ -144,8 +151,8 @@ def kernelshap(
     exact_up_to = _exact_up_to(exact_up_to)
     x = ctx.x
     dev = x.device
-    mask = make_feature_mask(feature_mask, x, n_segments)
-    base = perturbation_baseline(x, baseline, name, blur_sigma).to(x.dtype)
+    mask = make_feature_mask(feature_mask, x, n_segments, name)
+    base = perturbation_baseline(x, baseline, name, blur_sigma)
     counts = n_features(mask)
     widest = int(counts.max())
 

@@ -37,9 +37,16 @@ from ...core.errors import SaliencelabError
 from ...core.registry import register
 from ..gradient.baselines import cpu_generator, positive_int
 from ..reference import check_seed
-from .features import BASELINE_CHOICES, FEATURE_MASK_CHOICES, n_features, perturbation_baseline
+from .features import (
+    BASELINE_CHOICES,
+    DEFAULT_SEGMENTS,
+    FEATURE_MASK_CHOICES,
+    feature_attributions,
+    n_features,
+    perturbation_baseline,
+)
 from .features import feature_mask as make_feature_mask
-from .surrogate import Coalitions, coalition_scores, feature_attributions, weighted_least_squares
+from .surrogate import Coalitions, coalition_scores, weighted_least_squares
 
 __all__ = ["lime", "lime_coalitions", "lime_weights"]
 
@@ -88,7 +95,7 @@ def lime(
     ctx: Context,
     *,
     feature_mask: Any = None,
-    n_segments: int = 64,
+    n_segments: int = DEFAULT_SEGMENTS,
     n_samples: int = 1000,
     baseline: Any = 0.0,
     blur_sigma: float = 10.0,
@@ -115,8 +122,8 @@ def lime(
     kernel_width = _positive_number(kernel_width, "kernel_width", minimum_ok=False)
     alpha = _positive_number(alpha, "alpha", minimum_ok=True)
     x = ctx.x
-    mask = make_feature_mask(feature_mask, x, n_segments)
-    base = perturbation_baseline(x, baseline, name, blur_sigma).to(x.dtype)
+    mask = make_feature_mask(feature_mask, x, n_segments, name)
+    base = perturbation_baseline(x, baseline, name, blur_sigma)
     counts = n_features(mask)
     widest = int(counts.max())
     if alpha == 0 and n_samples < widest + 1:

@@ -113,7 +113,7 @@ def occlusion(
     sh, sw = _pair(stride, "stride")
     nh, nw = window_grid((height, width), (wh, ww), (sh, sw))
     n_win = nh * nw
-    base = perturbation_baseline(x, baseline, "occlusion", blur_sigma).to(x.dtype)
+    base = perturbation_baseline(x, baseline, "occlusion", blur_sigma)
     if base.shape[-2:] != (1, 1):
         base = base.expand(base.shape[0], x.shape[1], height, width)
     dev = x.device

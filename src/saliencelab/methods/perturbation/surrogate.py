@@ -28,10 +28,9 @@ import torch
 from ...core.batching import row_range, row_slice
 from ...core.context import Context
 from ...core.errors import SaliencelabError
-from .feature_ablation import spread_features
-from .features import apply_features, channels_last_ok, fill_value
+from .features import apply_features, channels_last_ok, feature_attributions, fill_value
 
-__all__ = [
+__all__ = [  # feature_attributions lives in features.py (shared with feature ablation)
     "Coalitions",
     "coalition_scores",
     "feature_attributions",
@@ -140,21 +139,3 @@ def weighted_least_squares(
             f"coalitions for the number of features); {remedy}."
         )
     return beta.to(design.device)
-
-
-def feature_attributions(
-    values: torch.Tensor, mask: torch.Tensor, x: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Broadcast per-feature values (B, F) over the inputs: (attributions like x, maps).
-
-    Every element of x gets its feature's value (as Captum's `return_input_shape=True`). maps:
-    for a mask shared by the channels (B, H, W), the feature's value at each pixel; for a
-    per-element mask, the sum over channels; for tabular x (B, F), the attributions themselves.
-    """
-    values = values.to(x.dtype if x.is_floating_point() else torch.get_default_dtype())
-    attributions = spread_features(values, mask, x)
-    if x.dim() == 2:  # tabular: one value per column
-        return attributions, attributions
-    if mask.dim() == x.dim() - 1:  # shared by the channels: the pixel's feature value
-        return attributions, values.gather(1, mask.flatten(1)).view(mask.shape)
-    return attributions, attributions.sum(dim=1)
