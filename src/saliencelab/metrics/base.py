@@ -789,12 +789,60 @@ def _inputs_blamed(model: Model | nn.Module | None, x: object) -> AbstractContex
     return input_errors_explained(as_model(model), x)
 
 
+def _squeezed(maps: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+    """`maps` without a channel axis of one: (B, 1, H, W) → (B, H, W), and for inputs
+    (B, C, *spatial) of any rank, (B, 1, *spatial) → (B, *spatial)."""
+    if maps.dim() < 3 or maps.shape[1] != 1:
+        return maps
+    if x is None or x.dim() < 3:
+        return maps[:, 0] if maps.dim() == 4 else maps
+    return maps[:, 0] if maps.dim() == x.dim() else maps  # else e.g. (B, D, H, W) with D = 1
+
+
+def _takes_images(model: Model | nn.Module | None) -> bool | None:
+    """Whether the model takes (B, C, H, W) images: True where it has an `input_size` or its
+    first convolution is 2-D, False for a text model or a first convolution of 1 or 3
+    dimensions, None when that is unknown (no model, no convolution)."""
+    if model is None or isinstance(model, TextModel):
+        return None if model is None else False
+    if isinstance(model, Model) and model.input_size is not None:
+        return True
+    module = model.module if isinstance(model, Model) else model
+    if not isinstance(module, nn.Module):
+        return None
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return isinstance(m, nn.Conv2d)
+    return None
+
+
+def _one_image(x: torch.Tensor, maps: torch.Tensor, model: Model | nn.Module | None) -> bool:
+    """Whether 3-D inputs `x` are one (C, H, W) image without a batch axis (its channels would
+    be read as the batch): the maps are (H, W), or (N, H, W) with N ≠ C, and the model does
+    not take 1-D signals (B, C, L). (B, L) maps of signals with B = C fit both readings: they
+    are taken as the batch they are unless the model is known to take images."""
+    if x.dim() != 3 or tuple(maps.shape[-2:]) != tuple(x.shape[-2:]):
+        return False
+    if maps.dim() != 2 and maps.shape[0] == x.shape[0]:
+        return False
+    images = _takes_images(model)
+    if images is False:
+        return False
+    signals = maps.dim() == 2 and maps.shape[0] == x.shape[0]  # also (B, L) maps of signals
+    return images is True or not signals
+
+
 def checked_maps(
     maps: object, x: torch.Tensor | None = None, model: Model | nn.Module | None = None
 ) -> torch.Tensor:
-    """The maps as the metrics take them ((B, 1, H, W) squeezed, float), checked on their own
+    """The maps as the metrics take them ((B, 1, ...) squeezed, float), checked on their own
     and against the inputs `x` (one per input, at input resolution); else one sentence. With a
-    model, the inputs must be float (the metrics change their values)."""
+    model, the inputs must be float (the metrics change their values).
+
+    Shapes: inputs (B, C, H, W) take (B, H, W) maps; tabular inputs (B, F) take (B, F) maps;
+    other inputs (B, C, *spatial), e.g. signals (B, C, L) or volumes (B, C, D, H, W), take
+    (B, *spatial) maps or maps shaped like the inputs; a text model's inputs take (B, words)
+    maps."""
     if maps is None:
         raise SaliencelabError("No maps given; pass the (B, H, W) maps to score.")
     if not isinstance(maps, torch.Tensor):
@@ -802,9 +850,10 @@ def checked_maps(
         raise SaliencelabError(
             f"Maps must be a (B, H, W) tensor, got {type(maps).__name__}; pass a tensor{hint}."
         )
+    if x is not None and not isinstance(x, torch.Tensor):
+        raise SaliencelabError(f"Give the inputs as a tensor, not {type(x).__name__}.")
     maps = maps.detach()  # scored, never differentiated (the similarities write into buffers)
-    if maps.dim() == 4 and maps.shape[1] == 1:
-        maps = maps[:, 0]
+    maps = _squeezed(maps, x)
     if maps.dim() < 2:
         raise SaliencelabError(
             f"Maps need a batch axis, got shape {tuple(maps.shape)}; use maps.unsqueeze(0)."
@@ -818,14 +867,7 @@ def checked_maps(
     if not all_finite(maps):
         raise SaliencelabError("The maps contain NaN or infinite values; check the method.")
     b = maps.shape[0]
-    if x is not None and not isinstance(x, torch.Tensor):
-        raise SaliencelabError(f"Give the inputs as a tensor, not {type(x).__name__}.")
-    if (
-        x is not None
-        and x.dim() == 3
-        and tuple(maps.shape[-2:]) == tuple(x.shape[-2:])
-        and (maps.dim() == 2 or maps.shape[0] != x.shape[0])
-    ):  # one (C, H, W) image: its channels would be read as the batch
+    if x is not None and _one_image(x, maps, model):  # its channels would be read as the batch
         raise SaliencelabError(
             f"The inputs have shape {tuple(x.shape)}, one image without a batch axis; give "
             "(B, C, H, W) inputs, e.g. x.unsqueeze(0) for one, with (B, H, W) maps."
@@ -859,6 +901,13 @@ def checked_maps(
                 f"The maps are {tuple(maps.shape[-2:])} but the inputs are "
                 f"{tuple(x.shape[-2:])}; give maps at input resolution (an sl.Explanation's maps "
                 "are)."
+            )
+        spatial = (b, *x.shape[2:])  # (B, C, *spatial) inputs: a value per position
+        other = x.dim() == 3 or x.dim() > 4
+        if other and not isinstance(model, TextModel) and maps.shape not in (spatial, x.shape):
+            raise SaliencelabError(
+                f"The maps have shape {tuple(maps.shape)} for inputs of shape {tuple(x.shape)}; "
+                f"give {spatial} maps, one value per position (or maps shaped like the inputs)."
             )
     return maps
 

@@ -7,6 +7,9 @@ import math
 import torch
 
 from ...core.batching import row_range, row_slice
+from ...core.errors import SaliencelabError
+from ...core.registry import get_method
+from ...methods.perturbation.features import feature_mask
 from ..base import EvalBatch, Metric, Scores, register_metric
 from ..checks import check_choice
 from ._common import OUTPUTS, BaselineSpec, Output, baseline_of, check_baseline
@@ -21,7 +24,15 @@ class Completeness(Metric):
     ("black"), maximum ("white") or mean ("mean") of its values. `relative=True` divides by
     |f(x) − f(x')| (NaN where that is 0). Σ a sums the full input-space attributions when the
     batch has them, else the maps. Integrated Gradients with enough steps scores ≈ 0 (its
-    completeness axiom); plain gradients do not. Forwards: one per input (none where the batch
+    completeness axiom); plain gradients do not.
+
+    Attributions of features (KernelSHAP, LIME, feature ablation: every element of feature g
+    holds its value φ_g) are summed once per feature: Σ_g φ_g = Σ_i a_i / |g(i)|, |g(i)| the
+    number of elements in i's feature, not Σ_i a_i = Σ_g |g| φ_g; exact KernelSHAP scores ≈ 0.
+    The feature mask is the one the batch's explainer (`sl.evaluate` gives each method's,
+    options included) makes for these inputs (`feature_mask`, `n_segments`), used where every
+    feature's elements hold one value; give `explainer=sl.metrics.Explainer(method, options)`
+    to a metric object for the same. Forwards: one per input (none where the batch
     already holds the inputs' logits, e.g. from resolving the predicted class), plus one per
     baseline: B for per-sample baselines, one for a baseline every sample shares.
 
@@ -106,9 +117,48 @@ class Completeness(Metric):
     def score(self, batch: EvalBatch) -> Scores:
         full = batch.attributions
         a = full if full is not None and full.shape == batch.x.shape else batch.maps
-        total = a.flatten(1).double().sum(1)
+        total = feature_total(batch, a)
+        if total is None:  # attributions per element: each counts
+            total = a.flatten(1).double().sum(1)
         delta = self.output_difference(batch).to(total.device)
         gap = (total - delta).abs()
         if self.relative:
             gap = torch.where(delta != 0, gap / delta.abs(), torch.full_like(gap, math.nan))
         return Scores(values=gap, extras={"sum_attributions": total, "output_difference": delta})
+
+
+def feature_mask_of(batch: EvalBatch) -> torch.Tensor | None:
+    """The feature mask (B, ...) of ids 0..F_b-1 that the batch's explainer makes for its
+    inputs, where its method takes a `feature_mask` option; else None."""
+    explainer = batch.explainer
+    if explainer is None:
+        return None
+    options = get_method(explainer.method).options
+    if "feature_mask" not in options:
+        return None
+    options = {**options, **explainer.options}
+    try:
+        return feature_mask(options["feature_mask"], batch.x, options.get("n_segments", 64))
+    except SaliencelabError:  # a mask that does not fit these inputs: no features known
+        return None
+
+
+def feature_total(batch: EvalBatch, a: torch.Tensor) -> torch.Tensor | None:
+    """(B,) Σ_g φ_g, each feature's value counted once, where `a` (attributions like the
+    inputs, or maps) holds one value φ_g on all elements of each feature g of the explainer's
+    mask; else None (per-element attributions, or no mask known)."""
+    mask = feature_mask_of(batch)
+    if mask is None:
+        return None
+    if a.dim() > 2 and mask.shape == a.shape[:1] + a.shape[2:]:
+        mask = mask[:, None].expand(a.shape)  # a mask shared by the channels
+    if mask.shape != a.shape:
+        return None
+    ids = mask.reshape(a.shape[0], -1)
+    flat = a.reshape(a.shape[0], -1).double()
+    width = int(ids.max()) + 1
+    values = torch.zeros(a.shape[0], width, dtype=flat.dtype, device=flat.device)
+    values.scatter_(1, ids.to(flat.device), flat)  # a member's value per feature
+    if not torch.equal(values.gather(1, ids.to(flat.device)), flat):
+        return None  # not one value per feature: per-element attributions
+    return values.sum(1)
