@@ -20,6 +20,27 @@ def runner():
     return CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
 
 
+@pytest.fixture
+def write_bed(tmp_path):
+    """`write_bed(names, data)`: the test-bed images of `data` (`sl.data.shapes.make`) as PNGs
+    named `names` in tmp_path/imgs, their object masks 0/255 in tmp_path/masks; returns both
+    folders (what `saliencelab evaluate IMAGES --masks DIR` reads)."""
+    import numpy as np
+    from PIL import Image
+
+    def write(names, data):
+        imgs, masks = tmp_path / "imgs", tmp_path / "masks"
+        imgs.mkdir()
+        masks.mkdir()
+        for name, image, mask in zip(names, data.images, data.masks, strict=True):
+            pixels = (image.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+            Image.fromarray(pixels).save(imgs / f"{name}.png")
+            Image.fromarray((mask.numpy() > 0).astype(np.uint8) * 255).save(masks / f"{name}.png")
+        return imgs, masks
+
+    return write
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a test module (`pytestmark = pytest.mark.usefixtures("one_thread")`):

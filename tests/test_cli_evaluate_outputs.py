@@ -27,17 +27,10 @@ NAMES = ["img0", "img1", "img2"]
 
 
 @pytest.fixture
-def bed(tmp_path):
+def bed(write_bed):
     """Three shapes images as PNGs (imgs/) and their object masks, 0/255 (masks/)."""
     data = sl.data.shapes.make(3, seed=0)
-    imgs, masks = tmp_path / "imgs", tmp_path / "masks"
-    imgs.mkdir()
-    masks.mkdir()
-    for name, image, mask in zip(NAMES, data.images, data.masks, strict=True):
-        pixels = (image.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(pixels).save(imgs / f"{name}.png")
-        Image.fromarray((mask.numpy() > 0).astype(np.uint8) * 255).save(masks / f"{name}.png")
-    return imgs, masks, data
+    return (*write_bed(NAMES, data), data)
 
 
 def lines(text: str, start: str) -> list[str]:

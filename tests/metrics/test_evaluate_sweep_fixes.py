@@ -13,7 +13,6 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -43,16 +42,9 @@ def x(model, data) -> torch.Tensor:
 
 
 @pytest.fixture
-def bed(tmp_path, data):
+def bed(write_bed, data):
     """The four images as PNGs (imgs/) and their object masks, 0/255 (masks/)."""
-    imgs, masks = tmp_path / "imgs", tmp_path / "masks"
-    imgs.mkdir()
-    masks.mkdir()
-    for name, image, mask in zip(NAMES, data.images, data.masks, strict=True):
-        pixels = (image.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(pixels).save(imgs / f"{name}.png")
-        Image.fromarray((mask.numpy() > 0).astype(np.uint8) * 255).save(masks / f"{name}.png")
-    return imgs, masks
+    return write_bed(NAMES, data)
 
 
 def predicted(model: sl.Model, x: torch.Tensor) -> list[int]:
