@@ -395,7 +395,95 @@ def recorded(name: str, fn: Callable[[], Any], module: nn.Module, warmup: int = 
     return c
 
 
+def settle(
+    fn: Callable[[], Any], module: nn.Module, keep_inputs: bool = False, tries: int = 16
+) -> tuple[PassLog, Any]:
+    """Call `fn` until the engine's chunk-size search is settled: no search left open in
+    `core.batching` (one that a single call cannot show: a pass that fits one chunk still tries
+    other sizes on later calls) and two calls in a row ran the same passes. Returns the last
+    call's passes (inputs kept with `keep_inputs`) and output: what every timed call then runs."""
+    from saliencelab.core import batching
+
+    last: list[tuple[int, str]] | None = None
+    for _ in range(tries):
+        with record_passes(module, keep_inputs) as log:
+            out = fn()
+        if log.calls == last and not batching._PARTIAL:
+            break
+        last = log.calls
+    return log, out
+
+
 # -- agreement -------------------------------------------------------------------------------
+
+
+@dataclass
+class Agreement:
+    """Whether ours agrees with a peer on the same inputs: `diff` (e.g. max |ours − peer|, or
+    1 − correlation) at most `tol`, and NaN in the same places (`nan_mismatches` = 0; both sides
+    all-NaN is flagged too: a metric that is NaN everywhere agrees with nothing). A ratio is
+    reported only where its agreement holds (`valid_ratio`), and a script exits non-zero when
+    any does not (`exit_status`)."""
+
+    what: str
+    diff: float
+    tol: float
+    nan_mismatches: int = 0
+    all_nan: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.nan_mismatches == 0
+            and not self.all_nan
+            and math.isfinite(self.diff)
+            and self.diff <= self.tol
+        )
+
+    def text(self) -> str:
+        nan = f", {self.nan_mismatches} NaN mismatches" if self.nan_mismatches else ""
+        nan += ", all NaN" if self.all_nan else ""
+        verdict = "agree" if self.ok else "**DISAGREE**"
+        return f"{self.what} {self.diff:.3g} (tol {self.tol:.3g}{nan}): {verdict}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "what": self.what,
+            "diff": self.diff,
+            "tol": self.tol,
+            "nan_mismatches": self.nan_mismatches,
+            "all_nan": self.all_nan,
+            "ok": self.ok,
+        }
+
+
+def max_abs_agreement(ours: Any, peer: Any, tol: float, what: str = "max |diff|") -> Agreement:
+    """Max |ours − peer| over the entries finite on both sides, with the entries NaN (or
+    infinite) on one side only counted as mismatches; shapes must match."""
+    a = torch.as_tensor(ours).detach().to("cpu", torch.float64)
+    b = torch.as_tensor(peer).detach().to("cpu", torch.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"{what}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
+    fa, fb = a.isfinite(), b.isfinite()
+    both = fa & fb
+    same_special = (~fa & ~fb) & ((a.isnan() & b.isnan()) | (a == b))
+    mismatches = int((~both & ~same_special).sum())
+    diff = float((a - b)[both].abs().max()) if both.any() else 0.0
+    return Agreement(what, diff, tol, mismatches, all_nan=bool(a.numel()) and not both.any())
+
+
+def valid_ratio(ratio: float, agreements: list[Agreement]) -> float | None:
+    """`ratio`, or None where an agreement behind it fails (a time of a wrong answer is no
+    result)."""
+    return ratio if all(a.ok for a in agreements) else None
+
+
+def exit_status(agreements: list[Agreement]) -> int:
+    """0 when every agreement holds, else 1 (after printing the ones that fail)."""
+    failed = [a for a in agreements if not a.ok]
+    for a in failed:
+        print(f"DISAGREEMENT: {a.text()}")
+    return 1 if failed else 0
 
 
 def _flat(t: Any) -> torch.Tensor:

@@ -112,3 +112,41 @@ def test_metrics_floor_quick_times_the_parts(tmp_path):
     assert set(parts) == {"completeness", "input_invariance"}
     assert {"engine", "explain", "shift offset"} <= set(parts["input_invariance"])
     assert all(r["values_agree"] for r in result["rows"])
+
+
+# -- the agreement checks and the warm-up every peer comparison uses -----------------------------
+
+
+def test_an_agreement_fails_on_a_difference_a_nan_mismatch_or_all_nan():
+    """A check that cannot fail is no check: NaN on one side only, or NaN everywhere, was left
+    out of max |diff| (which then read 0), and a failed check still let the ratio stand."""
+    harness = _script("harness")
+    nan = float("nan")
+    close = harness.max_abs_agreement(torch.tensor([1.0, nan, 3.0]), [1.0, nan, 3.05], 0.1)
+    assert close.ok and close.diff == pytest.approx(0.05)
+    far = harness.max_abs_agreement(torch.tensor([1.0, 2.0]), [1.0, 2.5], 0.1)
+    one_sided = harness.max_abs_agreement(torch.tensor([1.0, nan]), [1.0, 2.0], 0.1)
+    everywhere = harness.max_abs_agreement(torch.tensor([nan, nan]), [nan, nan], 0.1)
+    assert not far.ok and far.diff == pytest.approx(0.5)
+    assert not one_sided.ok and one_sided.nan_mismatches == 1
+    assert not everywhere.ok and everywhere.all_nan
+    assert harness.valid_ratio(2.0, [close]) == 2.0
+    assert harness.valid_ratio(2.0, [close, far]) is None
+    assert harness.exit_status([close]) == 0 and harness.exit_status([close, one_sided]) == 1
+    with pytest.raises(ValueError, match="shapes differ"):
+        harness.max_abs_agreement(torch.zeros(2), torch.zeros(3), 0.1)
+
+
+def test_settle_warms_up_until_the_chunk_search_is_closed():
+    """A pass that fits one chunk looked settled after one call (the old `searching()` test saw
+    one size), while the engine still tried other sizes on the next calls: the timed calls
+    then mixed search chunks with settled ones."""
+    harness = _script("harness")
+    model, x = sl.load_model("shapes_cnn"), sl.data.shapes.make(8, seed=0).images
+    batching.forget_chunk_sizes()
+    call = lambda: sl.explain(model, x, methods="saliency")  # noqa: E731
+    log, _ = harness.settle(call, model.module)
+    assert not batching._PARTIAL
+    with harness.record_passes(model.module) as again:
+        call()
+    assert again.calls == log.calls  # the timed calls run what the warm-up ended on
