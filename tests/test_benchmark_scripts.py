@@ -150,3 +150,18 @@ def test_settle_warms_up_until_the_chunk_search_is_closed():
     with harness.record_passes(model.module) as again:
         call()
     assert again.calls == log.calls  # the timed calls run what the warm-up ended on
+
+
+def test_a_floor_runs_in_the_layout_our_passes_ran():
+    """The floors were plain NCHW passes while the engine ran channels-last rows (1.25-1.35x
+    faster on EfficientNet-Lite0), so ours/floor was flattered by the layout."""
+    harness = _script("harness")
+    model, x = sl.load_model("shapes_cnn"), sl.data.shapes.make(8, seed=0).images.contiguous()
+    log, _ = harness.settle(lambda: sl.explain(model, x, methods="saliency"), model.module)
+    targets = torch.zeros(8, dtype=torch.long)
+    floor = harness.Floor(model.module, x, targets, lambda: None, log.ran_channels_last())
+    rows, _ = floor._batch(8)
+    assert log.ran_channels_last() == rows.is_contiguous(memory_format=torch.channels_last)
+    assert log.ran_channels_last()  # on CPU the engine runs this model channels-last
+    plain, _ = harness.Floor(model.module, x, targets, lambda: None)._batch(8)
+    assert plain.is_contiguous()
