@@ -197,6 +197,15 @@ def test_occlusion_and_ablation_of_integer_images_refuse_fractional_baselines(me
     torch.testing.assert_close(a.maps, drop[:, None, None].expand(2, 8, 8))
 
 
+def test_rise_refuses_integer_inputs_in_one_sentence():
+    """RISE multiplies the inputs by soft masks: integer ids came out as floats, and an
+    embedding model raised torch's RuntimeError about index dtypes."""
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    with pytest.raises(SaliencelabError) as err:
+        sl.explain(PixelLevels().eval(), x, methods="rise", target=0, n_masks=8)
+    assert "soft masks" in _one_sentence(err)
+
+
 # -- 2. feature ablation's maps on signals and volumes: the drop, not C times it ----------------
 
 

@@ -62,7 +62,11 @@ FEATURE_KINDS = ("grid", "slic")
 DEFAULT_SEGMENTS = 64  # the methods' default n_segments
 BASELINES = ("zero", "blur", "mean")
 # What `feature_mask` and `baseline` accept, in words (`register(choices=...)`).
-FEATURE_MASK_CHOICES = ("None (a grid)", *quoted(FEATURE_KINDS), "an integer tensor of ids")
+FEATURE_MASK_CHOICES = (
+    "None (a grid; one feature per column of tabular inputs)",
+    *quoted(FEATURE_KINDS),
+    "an integer tensor of ids",
+)
 BASELINE_CHOICES = (*quoted(BASELINES), "a number", "a tensor broadcastable to the inputs")
 
 

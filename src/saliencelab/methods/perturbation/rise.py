@@ -115,6 +115,13 @@ def rise(
     same masks for every sample and any chunk size). Returns (B, H, W) maps.
     """
     check_image_batch(ctx.x, "rise")
+    if not (ctx.x.is_floating_point() or ctx.x.is_complex()):
+        raise SaliencelabError(
+            f"rise multiplies the inputs by soft masks in [0, 1], which would turn {ctx.x.dtype} "
+            "inputs into fractions; give images as floats (x.float() / 255), and for category "
+            "or token ids use feature_ablation, occlusion or kernelshap with an integer baseline "
+            "(e.g. a padding id)."
+        )
     n_masks, cell, p_keep = _check(n_masks, cell, p_keep)
     seed = check_seed("rise", seed)
     x = ctx.x
