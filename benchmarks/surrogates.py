@@ -16,22 +16,36 @@ of `--segments` cells (8×8 = 64 by default, saliencelab's default mask) as feat
 
 Captum runs at its best `perturbations_per_eval` (swept over 1–64 on one image first) and, when
 that is not 1, also at its documented default of 1 (Captum explains a batch one example at a
-time either way). Timings are
-interleaved per repeat (harness.measure) and reported as ratios (median over repeats of the
-per-repeat ratio); on a shared CPU wall times are noisy, `--clock cpu` is the robust choice.
+time either way). Every contender is warmed up untimed first: ours by `harness.settle` (until
+the engine's chunk-size search is closed and two calls ran the same passes) and one plain call,
+Captum by one call, the floor by its own untimed forward. Timings are interleaved per repeat
+(harness.measure) and reported as ratios (median over repeats of the per-repeat ratio,
+`harness.paired`); on a shared CPU wall times are noisy, `--clock cpu` is the robust choice.
+The default `--repeats` stays 1: at the default settings (8 images × 1000 samples on
+EfficientNet-Lite0) one repeat runs about 4 × 8000 forwards, well over ten minutes on 2 CPU
+cores; give `--repeats 3` where there is time.
 `--models cheap` replaces the network by an almost free one (pool + linear): what remains is each
 library's own machinery per sample (sampling, building inputs, weights, the fit), the part that
-dominates when forwards are fast (a GPU).
+dominates when forwards are fast (a GPU). `--models shapes` runs the bundled shapes CNN on
+`sl.data.shapes` images at 64×64 (a quick check).
 FLOOR = the forwards ours runs (the distinct coalitions per image: a coalition drawn twice is
 run once) as plain forwards of the model at the chunk size our engine settled on (or
-`--chunk-size`); "floor nhwc" is the same with a channels-last input, the layout ours uses on CPU.
+`--chunk-size`), in the memory layout ours ran them in (channels-last on CPU where the engine
+picks it; recorded by a forward pre-hook).
 
-Agreement. Both libraries sample, so the timed outputs are compared by correlation (mean over
-images of the Pearson correlation of the per-feature values); `--self-check` adds ours with
-another seed, the correlation two independent runs of the same estimator reach. Exact agreement
-is checked where both are deterministic: LIME with our coalitions fed to Captum's Lime, and
-KernelSHAP on a 2×2 grid, where ours enumerates (exact Shapley values) and Captum's KernelShap is
-fed every coalition repeated in proportion to the Shapley kernel (which makes it exact too).
+Agreement. Exact agreement is checked where both libraries are deterministic, on each model
+compared: LIME with our coalitions fed to Captum's Lime, and KernelSHAP on a 2×2 grid, where
+ours enumerates (exact Shapley values) and Captum's KernelShap is fed every coalition repeated in
+proportion to the Shapley kernel (which makes it exact too). Each is a `harness.Agreement`: max
+|ours − Captum| / max |Captum| per image ≤ 1e-4 (float32 forwards and two least-squares
+solvers; measured 2e-6 – 6e-6). A method's ratios on a model are given only where its check
+holds on that model (else None), and the script exits 1 when any check fails. The timed outputs
+are not a gate: both libraries sample, with different samplers (Captum's KernelShap draws
+coalitions uniformly by size; LIME's are Bernoulli(½) on both sides but different draws), so
+their correlation (mean over images of the Pearson correlation of the per-feature values) only
+says how close two random estimates are at this many samples (at 64 samples on 64 features
+KernelSHAP's is about 0). It is recorded as `corr_with_captum`; `--self-check` adds ours with
+another seed, the correlation two independent runs of the same estimator reach.
 """
 
 from __future__ import annotations
@@ -52,14 +66,17 @@ import harness  # noqa: E402
 import torch  # noqa: E402
 from harness import (  # noqa: E402
     IMAGES,
+    Agreement,
     Contender,
     Stopwatch,
     compare,
+    exit_status,
     make_sync,
     mean_corr,
     measure,
     paired,
-    record_passes,
+    settle,
+    valid_ratio,
 )
 
 import saliencelab as sl  # noqa: E402
@@ -71,6 +88,7 @@ from saliencelab.methods.perturbation.lime import lime_coalitions, lime_weights 
 
 MODEL = "efficientnet_lite0"
 KERNEL_WIDTH, ALPHA = 0.25, 1.0
+EXACT_TOL = 1e-4  # deterministic checks: max |ours − Captum| / max |Captum| per image
 
 
 def log(msg: str) -> None:
@@ -115,7 +133,7 @@ def forward_floor(
 ) -> tuple[float, float]:
     """(wall, cpu) seconds of `rows` plain forwards of x's images in batches of `chunk`: up to 3
     batches timed, the median scaled to the number of batches, plus the last partial one.
-    `nhwc`: the batch in channels-last layout (what ours feeds the model on CPU)."""
+    `nhwc`: the batch in channels-last layout (the layout ours ran in, where it did)."""
     batch = x.repeat((chunk + x.shape[0] - 1) // x.shape[0], 1, 1, 1)[:chunk].contiguous()
     if nhwc:
         batch = batch.contiguous(memory_format=torch.channels_last)
@@ -138,7 +156,7 @@ def forward_floor(
     return wall, cpu
 
 
-def exact_checks(model, x, target) -> dict:
+def exact_checks(model, x, target) -> dict[str, Agreement]:
     """Both libraries deterministic: the same LIME coalitions; KernelSHAP exact on 4 features."""
     from captum.attr import KernelShap
 
@@ -171,9 +189,14 @@ def exact_checks(model, x, target) -> dict:
     ks.perturb_func = kernel_rows
     mask = default_feature_mask(one, "grid", m)[:, None]
     theirs = ks.attribute(one, baselines=0.0, target=t, feature_mask=mask, n_samples=len(rows))
+    ks_agree = compare(ours.attributions, theirs)
     return {
-        "lime_same_coalitions": lime_agree,
-        "kernelshap_exact_2x2": compare(ours.attributions, theirs),
+        "lime": Agreement(
+            "lime, same coalitions: max rel err", lime_agree["max_rel_err"], EXACT_TOL
+        ),
+        "kernelshap": Agreement(
+            "kernelshap, exact on 2x2: max rel err", ks_agree["max_rel_err"], EXACT_TOL
+        ),
     }
 
 
@@ -196,13 +219,17 @@ def cheap_model() -> torch.nn.Module:
     ).eval()
 
 
-def compare_methods(label, model, x, target, mask, args, sync) -> dict:
-    """Time ours, Captum (best perturbations_per_eval) and the forward floor for both methods."""
+def compare_methods(label, model, x, target, mask, args, sync) -> tuple[dict, list[Agreement]]:
+    """Time ours, Captum (best perturbations_per_eval) and the forward floor for both methods;
+    the deterministic agreement checks on this model gate each method's ratios."""
     from captum.attr import KernelShap
 
     module = model.module
     n, b = args.samples, x.shape[0]
     n_feat = int(mask.max()) + 1
+    exact = exact_checks(model, x, target)
+    for a in exact.values():
+        log(f"[{label}] deterministic agreement, {a.text()}")
     sweep = best_ppe(module, x, target, mask)
     ppe = min(sweep, key=sweep.get)
     log(
@@ -211,18 +238,12 @@ def compare_methods(label, model, x, target, mask, args, sync) -> dict:
         + f" -> {ppe}"
     )
     opts = {"n_samples": n, "n_segments": args.segments}
-    sl.explain(model, x[:1], "lime", target=int(target[0]), **{**opts, "n_samples": 16})  # warm-up
-    chunk = [8]  # the batch size our engine ran most rows at (set by our first timed run)
 
     def ours(method):
         def run():
-            with record_passes(module) as passes:
-                out = sl.explain(
-                    model, x, method, target=target, chunk_size=args.chunk_size, **opts
-                )[method]
-            sizes = Counter(k for k, _ in passes.calls)
-            chunk[0] = max(sizes, key=lambda k: k * sizes[k])
-            return out
+            return sl.explain(model, x, method, target=target, chunk_size=args.chunk_size, **opts)[
+                method
+            ]
 
         return run
 
@@ -240,6 +261,12 @@ def compare_methods(label, model, x, target, mask, args, sync) -> dict:
     results = {"captum_ppe_sweep_s_per_sample": sweep, "captum_ppe": ppe}
     full_mask = mask.expand(b, -1, -1, -1)[:, 0].cpu()
     for method, peer in peers.items():
+        # Untimed warm-up of ours until the chunk search is closed; its passes give the chunk
+        # size (the batch size most rows ran at) and the layout for the floor.
+        passes, _ = settle(ours(method), module)
+        sizes = Counter(k for k, _ in passes.calls)
+        chunk = max(sizes, key=lambda k: k * sizes[k])
+        nhwc = passes.ran_channels_last()
         # The forwards ours runs: the distinct coalitions per image (every image has the same
         # features and seed, so the same coalitions); Captum runs every drawn one.
         z = (
@@ -250,48 +277,51 @@ def compare_methods(label, model, x, target, mask, args, sync) -> dict:
         distinct = len(torch.unique(z, dim=0)) + (2 if method == "kernelshap" else 0)
         rows = b * distinct
         cs = [
-            Contender("ours", ours(method), warmup=0),
-            Contender("captum", peer, warmup=0),
+            Contender("ours", ours(method)),  # + one plain call after settle's hooked ones
+            Contender("captum", peer),
             Contender(
-                "floor",
-                lambda r=rows: forward_floor(module, x, r, chunk[0], sync),
-                self_timed=True,
-                warmup=0,
-            ),
-            Contender(
-                "floor nhwc",
-                lambda r=rows: forward_floor(module, x, r, chunk[0], sync, nhwc=True),
+                "floor",  # warms itself up (one untimed forward per call)
+                lambda r=rows, c=chunk, cl=nhwc: forward_floor(module, x, r, c, sync, nhwc=cl),
                 self_timed=True,
                 warmup=0,
             ),
         ]
         if ppe != 1 and args.captum_default:
-            cs.insert(2, Contender("captum default", defaults[method], warmup=0))
+            cs.insert(2, Contender("captum default", defaults[method]))
         log(f"[{label}] {method}:")
         measure(cs, args.repeats, sync, log)
         t = {c.name: c.median for c in cs}
         ours_f = per_feature(cs[0].last.attributions.cpu(), full_mask)
         corr = mean_corr(ours_f, per_feature(cs[1].last.cpu(), full_mask))
         by = {c.name: c for c in cs}
+        gate = [exact[method]]
         res = {
             "clock": harness.CLOCK,
             "seconds": t,
             "captum_ppe": ppe,
-            "speedup_vs_captum": paired(cs[1], cs[0]),
-            "speedup_vs_captum_default": paired(by.get("captum default", cs[1]), cs[0]),
-            "ours_over_floor": paired(cs[0], by["floor"]),
-            "ours_over_floor_nhwc": paired(cs[0], by["floor nhwc"]),
+            "speedup_vs_captum": valid_ratio(paired(cs[1], cs[0]), gate),
+            "speedup_vs_captum_default": valid_ratio(
+                paired(by.get("captum default", cs[1]), cs[0]), gate
+            ),
+            "ours_over_floor": valid_ratio(paired(cs[0], by["floor"]), gate),
+            "floor_channels_last": nhwc,
             "forwards_per_image": cs[0].last.forwards,
             "captum_forwards_per_image": n + (2 if method == "kernelshap" else 0),
-            "engine_chunk": chunk[0],
+            "engine_chunk": chunk,
             "corr_with_captum": corr,
+            "agreement": exact[method].as_dict(),
         }
+
+        def x_(v):
+            return "None" if v is None else f"{v:.2f}x"
+
         line = (
-            f"  captum(ppe {ppe})/ours {res['speedup_vs_captum']:.2f}x, captum(default ppe 1)/"
-            f"ours {res['speedup_vs_captum_default']:.2f}x, ours/floor "
-            f"{res['ours_over_floor']:.2f}x (nhwc floor {res['ours_over_floor_nhwc']:.2f}x), "
+            f"  captum(ppe {ppe})/ours {x_(res['speedup_vs_captum'])}, captum(default ppe 1)/"
+            f"ours {x_(res['speedup_vs_captum_default'])}, ours/floor "
+            f"{x_(res['ours_over_floor'])} (floor {'channels-last' if nhwc else 'NCHW'}), "
             f"forwards/image ours {res['forwards_per_image']:.0f} vs captum "
-            f"{res['captum_forwards_per_image']}, corr with captum {corr:.3f}"
+            f"{res['captum_forwards_per_image']}, corr with captum {corr:.3f} (not a gate); "
+            f"{exact[method].text()}"
         )
         if args.self_check:
             again = sl.explain(model, x, method, target=target, seed=1, **opts)[method]
@@ -301,7 +331,7 @@ def compare_methods(label, model, x, target, mask, args, sync) -> dict:
             line += f", ours seed 0 vs seed 1 {res['corr_ours_seed0_vs_seed1']:.3f}"
         log(line)
         results[method] = res
-    return results
+    return results, list(exact.values())
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -320,7 +350,9 @@ def main(argv: list[str] | None = None) -> dict:
         default="wall",
         help="wall time, or process CPU time for a shared machine (sets OMP_WAIT_POLICY=PASSIVE)",
     )
-    p.add_argument("--models", default="lite0,cheap", help="lite0 and/or cheap (overhead only)")
+    p.add_argument(
+        "--models", default="lite0,cheap", help="lite0, cheap (overhead only) and/or shapes"
+    )
     p.add_argument("--self-check", action="store_true", help="ours with seed 1 vs seed 0")
     p.add_argument(
         "--no-captum-default",
@@ -337,29 +369,34 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     device = torch.device(args.device)
     sync = make_sync(device)
-    model = sl.load_model(MODEL).to(device)
-    names = [IMAGES[i % len(IMAGES)] for i in range(args.images)]
-    x = torch.cat([model.preprocess(sl.sample_image(n)) for n in names]).to(device)
-    with torch.no_grad():  # not inference_mode: Captum runs autograd-tracked ops on the target
-        target = model.module.eval()(x).argmax(1)
-    mask = default_feature_mask(x[:1], "grid", args.segments)[:, None]
-    log(
-        f"{x.shape[0]} images {tuple(x.shape[1:])}, {int(mask.max()) + 1} grid features, "
-        f"{args.samples} samples, {device}, {torch.get_num_threads()} threads, {args.clock} clock"
-    )
-    results = {}
     wanted = args.models.split(",")
-    if "lite0" in wanted:
-        results[MODEL] = compare_methods(MODEL, model, x, target, mask, args, sync)
-    if "cheap" in wanted:
-        cheap = sl.Model(cheap_model().to(device))
-        results["cheap"] = compare_methods("cheap", cheap, x, target, mask, args, sync)
-    exact = exact_checks(model, x, target)
-    for k, v in exact.items():
+    unknown = set(wanted) - {"lite0", "cheap", "shapes"}
+    if unknown:
+        p.error(f"unknown --models {', '.join(sorted(unknown))}; choose lite0, cheap, shapes")
+    names = [IMAGES[i % len(IMAGES)] for i in range(args.images)]
+    cases = []  # (label, model, inputs)
+    if "lite0" in wanted or "cheap" in wanted:
+        model = sl.load_model(MODEL).to(device)
+        x = torch.cat([model.preprocess(sl.sample_image(n)) for n in names]).to(device)
+        if "lite0" in wanted:
+            cases.append((MODEL, model, x))
+        if "cheap" in wanted:
+            cases.append(("cheap", sl.Model(cheap_model().to(device)), x))
+    if "shapes" in wanted:
+        shapes, xs, _ = harness.benchmark_inputs("shapes_cnn", args.images)
+        cases.append(("shapes_cnn", shapes.to(device), xs.to(device)))
+    results, agreements = {}, []
+    for label, m, x in cases:
+        with torch.no_grad():  # not inference_mode: Captum runs autograd-tracked ops on the target
+            target = m.module.eval()(x).argmax(1)
+        mask = default_feature_mask(x[:1], "grid", args.segments)[:, None]
         log(
-            f"deterministic agreement, {k}: max rel err {v['max_rel_err']:.2e}, "
-            f"corr {v['min_corr']:.6f}"
+            f"[{label}] {x.shape[0]} images {tuple(x.shape[1:])}, {int(mask.max()) + 1} grid "
+            f"features, {args.samples} samples, {device}, {torch.get_num_threads()} threads, "
+            f"{args.clock} clock"
         )
+        results[label], checks = compare_methods(label, m, x, target, mask, args, sync)
+        agreements += checks
     out = {
         "settings": {
             **vars(args),
@@ -368,9 +405,10 @@ def main(argv: list[str] | None = None) -> dict:
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         },
         "results": results,
-        "deterministic_agreement": exact,
+        "agreements": [a.as_dict() for a in agreements],
         "wall_s": time.perf_counter() - start,
     }
+    out["exit_status"] = exit_status(agreements)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "surrogates.json").write_text(json.dumps(out, indent=2))
     log(f"wrote {Path(args.out) / 'surrogates.json'} in {out['wall_s']:.0f} s")
@@ -378,4 +416,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main()["exit_status"])
