@@ -20,11 +20,23 @@ each metric, with the SAME settings on both sides:
 
 all with Quantus' default scores (softmax for the first two, logits for faithfulness
 correlation, as ours), `normalise=False, abs=False` in Quantus, and maps made tie-free (a
-1e-6 raster ramp in float64, given to both) so both rank pixels identically. The floor is the
-forwards ours ran × the measured cost of one plain forward (inference mode, weights frozen) at
-the chunk size the engine settled on (read from a call after its first, which may still
-search). Reported per case: ours/floor, Quantus/ours, and the largest
-difference of the curves (or values; NaN where both are NaN). `--clock cpu` (process CPU
+1e-6 raster ramp in float64, given to both) so both rank pixels identically.
+
+Warm-up: ours is called until the engine's chunk-size search is closed across calls and two
+calls ran the same forwards (`harness.settle`); the last of those calls gives the chunk size
+(the most common batch size of its forwards) and the memory layout its rows ran in. The floor
+is the forwards ours ran × the measured cost of one plain forward (inference mode, weights
+frozen) at that chunk size, in that layout (channels-last on CPU where the engine picks it),
+so that ours/floor measures overhead, not layout. Quantus and the floor get one untimed call.
+
+Agreement gates every ratio: our curves (without the k = 0 point) or values against Quantus',
+max |diff| ≤ `TOL` (`harness.max_abs_agreement`: NaN on one side only, or NaN everywhere,
+fails; NaN on both sides, a constant side such as a saturated probability, is allowed). The
+line of each case prints the check and its verdict, the JSON keeps it; a ratio whose agreement
+fails is None (`harness.valid_ratio`), and the script exits 1 (`harness.exit_status`). Ratios
+are medians of the per-repeat ratios (`harness.paired`).
+
+Reported per case: ours/floor, Quantus/ours and the agreement. `--clock cpu` (process CPU
 time) is the steady measure on a shared machine; use it with `--threads 1` (the defaults on
 CPU). With `--device cuda` the model, inputs, maps and targets live on the GPU, Quantus runs
 with `device="cuda"`, every timer synchronises the GPU, and the clock defaults to wall (CPU
@@ -39,6 +51,7 @@ import sys
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,38 +62,41 @@ from saliencelab.metrics import make_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
+    Agreement,
     Contender,
     Stopwatch,
     add_device_options,
     add_metric_inputs,
     device_name,
+    exit_status,
     frozen,
     make_sync,
+    max_abs_agreement,
     measure,
+    paired,
+    settle,
     setup_device,
     tie_free,
+    valid_ratio,
     write_json,
 )
 
-
-class ChunkLog:
-    """Batch sizes of every forward of a module."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.sizes: list[int] = []
-        self.handle = module.register_forward_pre_hook(
-            lambda m, a: self.sizes.append(int(a[0].shape[0]))
-        )
-
-    def close(self) -> None:
-        self.handle.remove()
+# max |ours − Quantus| allowed: the curves are probabilities in [0, 1]; the faithfulness
+# correlation is a correlation in [−1, 1] of logit drops, where float32 round-off of the logits
+# (our rows channels-last in chunks, Quantus' NCHW per step) is divided by the drops' spread.
+TOL = {"curve": 1e-4, "value": 1e-3}
 
 
-def forward_floor(module, x: torch.Tensor, rows: int, chunk: int, sync) -> Contender:
-    """(wall, cpu) of `rows` rows as plain forwards of `chunk` rows (median of 3, scaled)."""
+def forward_floor(
+    module, x: torch.Tensor, rows: int, chunk: int, sync, channels_last: bool = False
+) -> Contender:
+    """(wall, cpu) of `rows` rows as plain forwards of `chunk` rows (median of 3, scaled), the
+    rows in channels-last memory layout when `channels_last` (the layout our passes ran in:
+    `PassLog.ran_channels_last()`), else contiguous."""
     chunk = max(1, min(chunk, rows))
     full, rest = divmod(rows, chunk)
-    batch = x.repeat(-(-chunk // len(x)), 1, 1, 1)[:chunk].contiguous()
+    layout = torch.channels_last if channels_last and x.dim() == 4 else torch.contiguous_format
+    batch = x.repeat(-(-chunk // len(x)), 1, 1, 1)[:chunk].contiguous(memory_format=layout)
 
     def one(n: int) -> Stopwatch:
         with frozen(module), torch.inference_mode(), Stopwatch(sync) as sw:
@@ -184,7 +200,9 @@ def cases(args, model, x, maps, targets):
     return out
 
 
-def bench_model(args, name: str, device: torch.device, sync) -> list[dict]:
+def bench_model(
+    args, name: str, device: torch.device, sync, agreements: list[Agreement]
+) -> list[dict]:
     model = sl.load_model(name).to(device)
     module = model.module.eval()
     if name == "shapes_cnn":
@@ -204,23 +222,17 @@ def bench_model(args, name: str, device: torch.device, sync) -> list[dict]:
         maps = tie_free(ex[method].maps.to(device))
         for label, ours_fn, quantus_fn, key in cases(args, model, x, maps, targets):
             print(f"{name} {tuple(x.shape)} {method} {label}", flush=True)
-            ours_fn()  # the first call may still search the chunk size (see core/batching.py)
-            log = ChunkLog(module)
-            try:
-                result = ours_fn()  # the chunk sizes the timed calls use
-            finally:
-                log.close()
-            chunk = Counter(log.sizes).most_common(1)[0][0]
+            # Until the chunk-size search is closed across calls (core/batching.py): the last
+            # call's forwards are what every timed call runs.
+            log, result = settle(ours_fn, module)
+            chunk = Counter(n for n, _ in log.calls).most_common(1)[0][0]
+            channels_last = log.ran_channels_last()
             n_rows = int(round(result.forwards * len(x)))
             ours = Contender("ours", ours_fn)
             peer = Contender("quantus", quantus_fn)
-            floor = forward_floor(module, x, n_rows, chunk, sync)
+            floor = forward_floor(module, x, n_rows, chunk, sync, channels_last)
             measure([ours, peer, floor], args.repeats, sync)
-            q = torch.as_tensor(peer.last, dtype=torch.float64)  # numpy: on the CPU
-            mine = (ours.last.curves[:, 1:] if key == "curve" else ours.last.values).cpu()
-            both = mine.isfinite() & q.isfinite()  # NaN: a constant side (saturated probability)
-            diff = float((mine - q)[both].abs().max()) if both.any() else float("nan")
-            nan_mismatch = int((mine.isnan() != q.isnan()).sum())
+            agreement = agree(ours.last, peer.last, key)
             row = {
                 "model": name,
                 "input": list(x.shape),
@@ -228,19 +240,32 @@ def bench_model(args, name: str, device: torch.device, sync) -> list[dict]:
                 "metric": label,
                 "forwards_per_sample": result.forwards,
                 "chunk": chunk,
+                "channels_last": channels_last,
                 "seconds": {c.name: c.median for c in (ours, peer, floor)},
-                "ours_over_floor": ours.median / floor.median,
-                "quantus_over_ours": peer.median / ours.median,
-                f"max_abs_diff_{key}": diff,
-                "nan_mismatches": nan_mismatch,
+                "ours_over_floor": valid_ratio(paired(ours, floor), [agreement]),
+                "quantus_over_ours": valid_ratio(paired(peer, ours), [agreement]),
+                "agreement": agreement.as_dict(),
             }
             print(
-                f"  ours/floor {row['ours_over_floor']:.3f}   quantus/ours "
-                f"{row['quantus_over_ours']:.2f}   max |diff| {diff:.2e}",
+                f"  ours/floor {fmt(row['ours_over_floor'], '.3f')}   quantus/ours "
+                f"{fmt(row['quantus_over_ours'], '.2f')}   {agreement.text()}",
                 flush=True,
             )
             rows.append(row)
+            agreements.append(agreement)
     return rows
+
+
+def agree(ours: Any, quantus: Any, key: str) -> Agreement:
+    """Our curves without their k = 0 point (Quantus' curve starts after the first step), or our
+    values, against Quantus' (numpy, on the CPU)."""
+    mine = ours.curves[:, 1:] if key == "curve" else ours.values
+    q = torch.as_tensor(quantus, dtype=torch.float64)
+    return max_abs_agreement(mine, q, TOL[key], f"max |ours − quantus| of the {key}s")
+
+
+def fmt(ratio: float | None, spec: str) -> str:
+    return "None (disagree)" if ratio is None else format(ratio, spec)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -261,9 +286,10 @@ def main(argv: list[str] | None = None) -> dict:
     device = setup_device(args)
     warnings.filterwarnings("ignore")
     sync = make_sync(device)
-    rows = []
+    rows: list[dict] = []
+    agreements: list[Agreement] = []
     for name in args.models.split(","):
-        rows += bench_model(args, name, device, sync)
+        rows += bench_model(args, name, device, sync, agreements)
     result = {
         "settings": {
             **vars(args),
@@ -274,16 +300,21 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": rows,
     }
     print("\nmodel               method    metric                                   "
-          "ours/floor  quantus/ours  max|diff|")  # fmt: skip
+          "ours/floor  quantus/ours  max|diff| (tol)  agreement")  # fmt: skip
     for r in rows:
-        diff = r.get("max_abs_diff_curve", r.get("max_abs_diff_value"))
+        a = r["agreement"]
+        nan = f", {a['nan_mismatches']} NaN mismatches" if a["nan_mismatches"] else ""
+        nan += ", all NaN" if a["all_nan"] else ""
         print(
-            f"{r['model']:19s} {r['method']:9s} {r['metric']:40s} {r['ours_over_floor']:10.3f}"
-            f"  {r['quantus_over_ours']:12.2f}  {diff:.1e}"
+            f"{r['model']:19s} {r['method']:9s} {r['metric']:40s} "
+            f"{fmt(r['ours_over_floor'], '10.3f'):>10s}"
+            f"  {fmt(r['quantus_over_ours'], '12.2f'):>12s}"
+            f"  {a['diff']:.1e} ({a['tol']:.0e}{nan})  {'ok' if a['ok'] else '**DISAGREE**'}"
         )
+    result["exit_status"] = exit_status(agreements)
     write_json(args.out, result)
     return result
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main()["exit_status"])

@@ -28,11 +28,24 @@ randomisation (cascading from the output, one parameterised layer per step, the 
 - `quantus_sl`: the same Quantus call with `sl.explain(..., "saliency")` as `explain_func`: the
   cost of Quantus' machinery around the same explanation as ours;
 - `floor`: L explanation passes (B rows each, forward + backward, weights frozen) at the chunk
-  size our engine used.
+  size our engine used, the rows in the memory layout our passes ran in
+  (`PassLog.ran_channels_last`: channels-last on CPU where the engine picks it), so that
+  ours/floor measures overhead, not layout.
+
+Warm-up: ours is called until the engine's chunk-size search is closed across calls and two
+calls ran the same passes (`harness.settle`); the last of those calls gives the chunk size and
+the layout. Every contender then gets one more untimed call (`harness.measure`).
+
+Agreement gates the ratios: the per-layer similarity curves of ours_stepwise, quantus and
+quantus_sl against ours, max |diff| ≤ `TOL` (Spearman correlations in [−1, 1]; NaN on one side
+only, or everywhere, fails: `harness.max_abs_agreement`). Each check is printed with its
+verdict and kept in the JSON; a ratio whose agreement fails is None (`harness.valid_ratio`:
+a ratio needs the checks of the contenders in it; ours/floor needs all of them), and the
+script exits 1 (`harness.exit_status`).
 
 Reported: ours/floor, stepwise/ours, stepwise/floor, quantus/ours, quantus_sl/ours (median over
-interleaved repeats, chosen clock), our explanation calls, and the max abs difference of the
-per-layer similarity curves (ours vs stepwise, quantus and quantus_sl). The
+interleaved repeats of the per-repeat ratios, `harness.paired`, chosen clock), our explanation
+calls, and the agreements. The
 shapes CNN is `sl.load_model("shapes_cnn")` when it exists; otherwise a small 64×64 CNN stand-in
 (said so in the output).
 
@@ -62,18 +75,27 @@ from saliencelab.metrics.randomisation import select_stages
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
+    Agreement,
     Contender,
     Floor,
     add_device_options,
     benchmark_inputs,
     device_name,
+    exit_status,
     make_sync,
+    max_abs_agreement,
     measure,
     paired,
-    recorded,
+    settle,
     setup_device,
+    valid_ratio,
     write_json,
 )
+
+# Max |diff| of the per-layer Spearman similarities (in [−1, 1]): the same randomised weights
+# on every side, so only float32 round-off of the saliency maps differs (ours channels-last in
+# chunks of L·B rows, the others NCHW per step); it can swap the ranks of near-equal pixels.
+TOL = 1e-4
 
 
 def _no_attribute(self):
@@ -118,7 +140,12 @@ def only_resettable(module: nn.Module, keep: set[str], draw_on_cpu: bool = False
 
 
 def run_model(
-    name: str, layers: int | None, images: int, args: argparse.Namespace, device: torch.device
+    name: str,
+    layers: int | None,
+    images: int,
+    args: argparse.Namespace,
+    device: torch.device,
+    agreements: list[Agreement],
 ) -> dict:
     import quantus
     from captum.attr import Saliency
@@ -197,13 +224,15 @@ def run_model(
 
         return run
 
-    c_ours = recorded("ours", ours, module)
-    c_ours.fn()  # first call: records our passes (and warms up)
-    c_ours.warmup = 0
-    chunk = c_ours.passes.chunk() or b
-    floor = Floor(module, x, targets, sync).contender(n_layers * b, chunk)
+    # Until the chunk-size search is closed across calls: the last call's passes are what
+    # every timed call runs (its chunk size, its layout).
+    log, _ = settle(ours, module)
+    chunk = log.chunk() or b
+    channels_last = log.ran_channels_last()
+    floor = Floor(module, x, targets, sync, channels_last=channels_last)
+    floor = floor.contender(n_layers * b, chunk)
     contenders = [
-        c_ours,
+        Contender("ours", ours),
         Contender("ours_stepwise", run_metric(stepwise)),
         Contender("quantus", quantus_with(captum_explain)),
         Contender("quantus_sl", quantus_with(sl_explain)),
@@ -213,27 +242,43 @@ def run_model(
     by = {c.name: c for c in contenders}
     curves = by["ours"].last.double().cpu()  # compared on the CPU
     peers = ("ours_stepwise", "quantus", "quantus_sl")
-    agree = {k: float((by[k].last.cpu() - curves).abs().max()) for k in peers}
+    checks = {
+        k: max_abs_agreement(curves, by[k].last, TOL, f"max |{k} − ours| of the curves")
+        for k in peers
+    }
+    every = list(checks.values())
+    stepwise = [checks["ours_stepwise"]]
     result = {
         "model": label,
         "images": b,
         "layers": [s.name for s in plan],
         "chunk": chunk,
-        "grad_rows_ours": c_ours.passes.rows("grad"),
+        "channels_last": channels_last,
+        "grad_rows_ours": log.rows("grad"),
         "explanation_calls_ours": metric.compute().params["calls"],
         "median_s": {c.name: c.median for c in contenders},
         "ratios": {
-            "ours_over_floor": paired(by["ours"], floor),
-            "stepwise_over_ours": paired(by["ours_stepwise"], by["ours"]),
-            "stepwise_over_floor": paired(by["ours_stepwise"], floor),
-            "quantus_over_ours": paired(by["quantus"], by["ours"]),
-            "quantus_sl_over_ours": paired(by["quantus_sl"], by["ours"]),
+            "ours_over_floor": valid_ratio(paired(by["ours"], floor), every),
+            "stepwise_over_ours": valid_ratio(paired(by["ours_stepwise"], by["ours"]), stepwise),
+            "stepwise_over_floor": valid_ratio(paired(by["ours_stepwise"], floor), stepwise),
+            "quantus_over_ours": valid_ratio(
+                paired(by["quantus"], by["ours"]), [checks["quantus"]]
+            ),
+            "quantus_sl_over_ours": valid_ratio(
+                paired(by["quantus_sl"], by["ours"]), [checks["quantus_sl"]]
+            ),
         },
-        "max_abs_diff_of_curves": agree,
+        "agreements": {k: a.as_dict() for k, a in checks.items()},
         "curve_ours_mean": curves.mean(0).tolist(),
     }
     print(json.dumps(result["ratios"], indent=2), flush=True)
-    print("max abs diff:", agree, "grad rows", result["grad_rows_ours"], "chunk", chunk)
+    for a in every:
+        print(f"  {a.text()}", flush=True)
+    print(
+        f"  grad rows {result['grad_rows_ours']}, chunk {chunk}, channels-last {channels_last}",
+        flush=True,
+    )
+    agreements.extend(every)
     return result
 
 
@@ -255,6 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = setup_device(args)
     per = dict(kv.split("=") for kv in args.layers.split(",") if kv)
     n_images = {k: int(v) for k, v in (kv.split("=") for kv in args.images.split(",") if kv)}
+    agreements: list[Agreement] = []
     results = {
         "settings": {
             "device": device_name(device),
@@ -268,10 +314,11 @@ def main(argv: list[str] | None = None) -> dict:
     for m in args.models.split(","):
         k = per.get(m, "all")
         layers = None if k == "all" else int(k)
-        results["models"].append(run_model(m, layers, n_images.get(m, 2), args, device))
+        results["models"].append(run_model(m, layers, n_images.get(m, 2), args, device, agreements))
+    results["exit_status"] = exit_status(agreements)
     write_json(args.out, results)
     return results
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main()["exit_status"])

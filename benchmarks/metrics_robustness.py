@@ -19,11 +19,24 @@ On each model, with the same module, images, targets (the predicted classes), ma
 - `captum`: `captum.metrics.sensitivity_max` with the same explanation function and noise,
   `max_examples_per_batch` = our chunk size (it also recomputes e(x), B more rows);
 - `floor`: the B · n forward+backward rows the metric needs × the measured cost of one plain
-  forward+backward pass (weights frozen) at the chunk size our engine used.
+  forward+backward pass (weights frozen) at the chunk size our engine used, the rows in the
+  memory layout our passes ran in (`PassLog.ran_channels_last`: channels-last on CPU where the
+  engine picks it), so that ours/floor measures overhead, not layout.
 
-Reported: ours/floor, quantus/ours, captum/ours (median over interleaved repeats, the chosen
-clock), and the max relative difference of the values. The shapes CNN is `sl.load_model(
-"shapes_cnn")` when it exists; otherwise a small 64×64 CNN stand-in (said so in the output).
+Warm-up: ours is called until the engine's chunk-size search is closed across calls and two
+calls ran the same passes (`harness.settle`); the last of those calls gives the chunk size and
+the layout. Every contender then gets one more untimed call (`harness.measure`).
+
+Agreement gates the ratios: Quantus' and Captum's values against ours, max relative
+difference |peer − ours| / |ours| ≤ `REL_TOL` per value (NaN on one side only, or everywhere,
+fails: `harness.max_abs_agreement`). Each check is printed with its verdict and kept in the
+JSON; a ratio whose agreement fails is None (`harness.valid_ratio`: ours/floor needs both, a
+peer's ratio its own), and the script exits 1 (`harness.exit_status`).
+
+Reported: ours/floor, quantus/ours, captum/ours (median over interleaved repeats of the
+per-repeat ratios, `harness.paired`, the chosen clock), and the agreements. The shapes CNN is
+`sl.load_model("shapes_cnn")` when it exists; otherwise a small 64×64 CNN stand-in (said so in
+the output).
 
 With `--device cuda` the module, images, targets, maps and noise live on the GPU (Quantus gets
 `device="cuda"` and numpy copies, its explanation function moves them back), every timer
@@ -38,6 +51,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,21 +60,41 @@ import saliencelab as sl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
+    Agreement,
     Contender,
     Floor,
     add_device_options,
     benchmark_inputs,
     device_name,
+    exit_status,
     make_sync,
+    max_abs_agreement,
     measure,
     paired,
-    recorded,
+    settle,
     setup_device,
+    valid_ratio,
     write_json,
 )
 
+# Max relative difference |peer − ours| / |ours| of the values: the same noise and maps on every
+# side, so only float32 round-off of the gradients differs (our rows channels-last in chunks,
+# the peers' NCHW in other batches), relative to a max of norms.
+REL_TOL = 1e-4
 
-def run_model(config: str, args: argparse.Namespace, device: torch.device) -> dict:
+
+def relative_agreement(ours: Any, peer: Any, what: str) -> Agreement:
+    """max |peer − ours| / |ours| (|ours| at least 1e-12) per value, NaN-aware: both sides are
+    divided by the same scale (1 where ours is not finite), so NaN stays where it was."""
+    o = torch.as_tensor(ours).detach().double().cpu()
+    p = torch.as_tensor(peer).detach().double().cpu()
+    scale = o.abs().nan_to_num(nan=1.0, posinf=1.0).clamp_min(1e-12)
+    return max_abs_agreement(o / scale, p / scale, REL_TOL, what)
+
+
+def run_model(
+    config: str, args: argparse.Namespace, device: torch.device, agreements: list[Agreement]
+) -> dict:
     import quantus
     from captum.attr import Saliency
     from captum.metrics import sensitivity_max
@@ -144,14 +178,15 @@ def run_model(config: str, args: argparse.Namespace, device: torch.device) -> di
             )
         return values.double()
 
-    c_ours = recorded("ours", ours, module)
-    contenders = [c_ours]
-    c_ours.fn()  # first call: records our passes (and warms up)
-    c_ours.warmup = 0
-    chunk = c_ours.passes.chunk() or b * n
+    # Until the chunk-size search is closed across calls: the last call's passes are what
+    # every timed call runs (its chunk size, its layout).
+    log, _ = settle(ours, module)
+    chunk = log.chunk() or b * n
     chunk_box["chunk"] = chunk
-    floor = Floor(module, x, targets, sync).contender(b * n, chunk)
-    contenders += [
+    channels_last = log.ran_channels_last()
+    floor = Floor(module, x, targets, sync, channels_last=channels_last).contender(b * n, chunk)
+    contenders = [
+        Contender("ours", ours),
         Contender("quantus", quantus_run),
         Contender("captum", captum_run),
         floor,
@@ -160,30 +195,36 @@ def run_model(config: str, args: argparse.Namespace, device: torch.device) -> di
     measure(contenders, repeats, sync)
     by = {c.name: c for c in contenders}
     v_ours = by["ours"].last.double().cpu()  # compared on the CPU
-    agree = {
-        k: float(((by[k].last.double().cpu() - v_ours).abs() / v_ours.abs().clamp_min(1e-12)).max())
+    checks = {
+        k: relative_agreement(v_ours, by[k].last, f"max rel |{k} − ours| of the values")
         for k in ("quantus", "captum")
     }
-    grad_rows = c_ours.passes.rows("grad")
+    grad_rows = log.rows("grad")
     result = {
         "model": label,
         "images": b,
         "samples": n,
         "radius": radius,
         "chunk": chunk,
+        "channels_last": channels_last,
         "grad_rows_ours": grad_rows,
-        "forward_rows_ours": c_ours.passes.rows("forward"),
+        "forward_rows_ours": log.rows("forward"),
         "median_s": {c.name: c.median for c in contenders},
         "ratios": {
-            "ours_over_floor": paired(by["ours"], floor),
-            "quantus_over_ours": paired(by["quantus"], by["ours"]),
-            "captum_over_ours": paired(by["captum"], by["ours"]),
+            "ours_over_floor": valid_ratio(paired(by["ours"], floor), list(checks.values())),
+            "quantus_over_ours": valid_ratio(
+                paired(by["quantus"], by["ours"]), [checks["quantus"]]
+            ),
+            "captum_over_ours": valid_ratio(paired(by["captum"], by["ours"]), [checks["captum"]]),
         },
-        "max_rel_diff_of_values": agree,
+        "agreements": {k: a.as_dict() for k, a in checks.items()},
         "values_ours": v_ours.tolist(),
     }
     print(json.dumps(result["ratios"], indent=2), flush=True)
-    print("max rel diff:", agree, "grad rows", grad_rows, "chunk", chunk, flush=True)
+    for a in checks.values():
+        print(f"  {a.text()}", flush=True)
+    print(f"  grad rows {grad_rows}, chunk {chunk}, channels-last {channels_last}", flush=True)
+    agreements.extend(checks.values())
     return result
 
 
@@ -199,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="benchmarks/out/metrics_robustness.json")
     args = parser.parse_args(argv)
     device = setup_device(args)
+    agreements: list[Agreement] = []
     results = {
         "settings": {
             "device": device_name(device),
@@ -208,11 +250,12 @@ def main(argv: list[str] | None = None) -> dict:
             "quantus": __import__("quantus").__version__,
             "captum": __import__("captum").__version__,
         },
-        "models": [run_model(c, args, device) for c in args.configs.split(",")],
+        "models": [run_model(c, args, device, agreements) for c in args.configs.split(",")],
     }
+    results["exit_status"] = exit_status(agreements)
     write_json(args.out, results)
     return results
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main()["exit_status"])
