@@ -7,38 +7,13 @@ give a non-zero exit status."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _script(name: str):
-    """benchmarks/<name>.py as a module (its folder on sys.path, as when run: the scripts import
-    harness.py by name)."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(autouse=True)
-def _torch_threads():
-    """The scripts set torch's threads (one, as they time): put them back for the other tests."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+from test_benchmark_scripts import _script, _torch_threads  # noqa: E402, F401 (autouse)
 
 
 @pytest.fixture(autouse=True)

@@ -5,44 +5,20 @@ the chunks the warm-up settled on (not the engine's chunk-size search)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("captum")
 
+from test_benchmark_scripts import _script, _torch_threads  # noqa: E402, F401 (autouse)
+
 from saliencelab.core import batching  # noqa: E402
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--model", "shapes_cnn", "--batch", "2", "--n-steps", "4", "--n-samples", "2"]
 TINY += ["--quick", "--clock", "cpu", "--malloc", "default"]
-
-
-def _script(name: str):
-    """benchmarks/<name>.py as a module (its folder on sys.path, as when run)."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(autouse=True)
-def _restore():
-    """The script sets the harness clock (and the benchmark warms the chunk searches)."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-    _script("harness").use_clock("wall")
 
 
 def _run(tmp_path: Path, methods: str, *extra: str) -> tuple[int, dict]:

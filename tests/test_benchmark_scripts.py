@@ -38,10 +38,12 @@ def _script(name: str):
 
 @pytest.fixture(autouse=True)
 def _torch_threads():
-    """The scripts set torch's threads (one, as they time): put them back for the other tests."""
+    """The scripts set torch's threads (one, as they time) and the harness clock: put them back
+    for the other tests. (The other benchmark test files import this fixture and `_script`.)"""
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+    _script("harness").use_clock("wall")
 
 
 def test_inplace_activations_switches_the_engine_off_and_on(monkeypatch):
