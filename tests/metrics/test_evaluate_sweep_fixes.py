@@ -335,3 +335,14 @@ def test_random_logit_recomputes_with_per_sample_baselines(model, data):
 
     want = similarity_to("spearman", ex["integrated_gradients"].maps)(other.maps)
     torch.testing.assert_close(result.values.double(), want.double(), atol=1e-6, rtol=0)
+
+
+def test_attribution_to_moves_its_tensor_options_too():
+    """`Attribution.to(device)` moved the maps but left the tensor options behind, which a
+    recomputation on the new device would then mix with its inputs."""
+    net, x = _linear()
+    a = sl.explain(net, x, methods={"integrated_gradients": {"baselines": torch.ones(6)}})[
+        "integrated_gradients"
+    ]
+    moved = a.to("meta")  # a device every machine has
+    assert moved.maps.device.type == moved.tensor_params["baselines"].device.type == "meta"

@@ -84,9 +84,11 @@ class Attribution:
         )
 
     def to(self, device: str | torch.device) -> Attribution:
+        """Move the maps, attributions, target and tensor options to `device` (in place)."""
         self.maps = self.maps.to(device)
         self.attributions = self.attributions.to(device)
         self.target = self.target.to(device)
+        self.tensor_params = {k: v.to(device) for k, v in self.tensor_params.items()}
         return self
 
 
