@@ -330,3 +330,72 @@ def test_a_model_of_one_score_shows_the_score_not_a_probability_of_one():
     assert named.table()[0]["target"] == "price"
     two = sl.explain(torch.nn.Sequential(torch.nn.Linear(4, 2)).eval(), x, methods="saliency")
     assert not two.one_score and two.probabilities.shape == (3, 2)  # classes: as before
+
+
+class _Segmenter(torch.nn.Module):
+    """A (B, K, H, W) output: a segmentation map, no classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def test_a_score_of_a_segmentation_output_is_shown_as_the_score():
+    """The README's segmentation target (`target=lambda out: out[:, 1].mean(...)`) crashed
+    repr (ValueError), table(), target_text and the gallery (IndexError), and probabilities
+    was a softmax over the image's width."""
+    net, x = _Segmenter().eval(), torch.rand(2, 3, 8, 8)
+    score = lambda out: out[:, 1].mean(dim=(1, 2))  # noqa: E731
+    ex = sl.explain(net, x, methods="saliency", target=score)
+    want = score(net(x)).detach()
+    assert ex.probabilities is None
+    torch.testing.assert_close(ex.target_values, want)
+    assert ex.target_text(1) == f"custom score: {float(want[1]):.3g}"
+    assert f"explained custom score: {float(want[0]):.3g}" in repr(ex)
+    assert [r["target_value"] for r in ex.table()] == pytest.approx(want.tolist())
+    from saliencelab.viz.gallery import gallery
+
+    assert gallery(x[0], ex).size[0] > 0
+
+
+def test_a_function_of_one_score_shows_the_value_it_explained():
+    """With one output and target=lambda o: 10 * o[:, 0], the shown value was the raw score
+    (1.1), not the 11.0 explained; a named function shows its name."""
+    torch.manual_seed(0)
+    net, x = torch.nn.Sequential(torch.nn.Linear(4, 1)).eval(), torch.randn(2, 4)
+
+    def price(out: torch.Tensor) -> torch.Tensor:
+        return 10 * out[:, 0]
+
+    ex = sl.explain(net, x, methods="saliency", target=price)
+    want = price(net(x)).detach()
+    torch.testing.assert_close(ex.target_values, want)
+    assert ex.target_text(0) == f"price: {float(want[0]):.3g}"
+
+
+def test_membership_and_get_on_an_explanation_do_not_raise():
+    """`"nope" in ex` and `ex.get("nope")` raised SaliencelabError (Mapping only catches
+    KeyError); ex["nope"] keeps its one-sentence refusal with the names it has."""
+    ex = sl.explain(torch.nn.Sequential(torch.nn.Linear(4, 2)).eval(), torch.randn(2, 4))
+    assert "saliency" in ex and "nope" not in ex
+    assert ex.get("nope") is None and ex.get("saliency") is ex["saliency"]
+    with pytest.raises(sl.SaliencelabError, match="has no method 'nope'"):
+        ex["nope"]
+
+
+def test_copies_compare_without_error_and_to_moves_everything():
+    """deepcopy(a) == a raised RuntimeError (the dataclass == compared tensors); Attribution.to
+    left extras such as `delta` behind, and an Explanation had no .to at all."""
+    import copy
+
+    net, x = torch.nn.Sequential(torch.nn.Linear(4, 2)).eval(), torch.randn(2, 4)
+    ex = sl.explain(net, x, methods="integrated_gradients", n_steps=4)
+    a = ex["integrated_gradients"]
+    assert a == a and copy.deepcopy(a) != a and copy.deepcopy(ex) != ex
+    ex.to("meta")
+    assert {ex.inputs.device.type, ex.logits.device.type, a.maps.device.type} == {"meta"}
+    assert a.delta.device.type == "meta"

@@ -305,7 +305,11 @@ def _explain(
     # a model whose outputs are no classes (a text model's sentence embedding or next-token
     # logits): its function target is what was explained, and there is no predicted class
     score = None
-    if reading is None and not model.extra.get("outputs_are_classes", True) and callable(target):
+    # the same for a function of an output that holds no class scores to choose from: one score
+    # per sample (B, 1), or not (B, classes) at all (a segmentation map (B, K, H, W))
+    no_classes = logits.dim() != 2 or logits.shape[-1] == 1
+    outputs_are_classes = model.extra.get("outputs_are_classes", True) and not no_classes
+    if reading is None and not outputs_are_classes and callable(target):
         score = target
     return Explanation(
         attributions=results,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from types import BuiltinFunctionType, FunctionType, MethodType
 from typing import Any
 
 import torch
@@ -23,7 +25,7 @@ def cost_text(passes: float, forwards: float) -> str:
     return " + ".join(parts) or "no pass"
 
 
-@dataclass
+@dataclass(eq=False)  # == is identity: comparing tensor fields has no single truth value
 class Attribution:
     """One method's answer for a batch.
 
@@ -84,15 +86,19 @@ class Attribution:
         )
 
     def to(self, device: str | torch.device) -> Attribution:
-        """Move the maps, attributions, target and tensor options to `device` (in place)."""
+        """Move the maps, attributions, target, tensor options and tensor extras (e.g. `delta`)
+        to `device`, in place; returns self."""
         self.maps = self.maps.to(device)
         self.attributions = self.attributions.to(device)
         self.target = self.target.to(device)
         self.tensor_params = {k: v.to(device) for k, v in self.tensor_params.items()}
+        self.extras = {
+            k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.extras.items()
+        }
         return self
 
 
-@dataclass
+@dataclass(eq=False)  # == is identity (Mapping's item-wise == would compare tensors)
 class Explanation(Mapping[str, Attribution]):
     """The answers of several methods for one batch, plus the model's predictions.
 
@@ -136,6 +142,22 @@ class Explanation(Mapping[str, Attribution]):
                 f"{', '.join(self.attributions)}.{closest(method, self.attributions)}"
             ) from None
 
+    def to(self, device: str | torch.device) -> Explanation:
+        """Move the inputs, logits and every Attribution to `device`, in place; returns self."""
+        self.inputs = self.inputs.to(device)
+        self.logits = self.logits.to(device)
+        for a in self.attributions.values():
+            a.to(device)
+        self._values = None
+        return self
+
+    def __contains__(self, method: object) -> bool:
+        return method in self.attributions  # `"gradcam" in ex`: no error for an absent name
+
+    def get(self, method: str, default: Any = None) -> Any:
+        """`ex.get("gradcam")`: the Attribution, or `default` where there is none."""
+        return self.attributions.get(method, default)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.attributions)
 
@@ -161,6 +183,18 @@ class Explanation(Mapping[str, Attribution]):
             f"{cost_text(self.total_passes, self.total_forwards)} per sample, "
             f"{self.seconds:.2f} s)"
         )
+
+    @property
+    def explained_name(self) -> str | None:
+        """What was explained when it is no class, as shown: "channel 26 of features.3",
+        "similarity_to('a dog')", a function's own name, or "custom score" for a lambda."""
+        explained = self.explained
+        if explained is None:
+            return None
+        if not isinstance(explained, (FunctionType, MethodType, BuiltinFunctionType, partial)):
+            return str(explained)  # a target that names itself: similarity_to('a dog')
+        name = getattr(explained, "__name__", "")
+        return name if name and not name.startswith("<") else "custom score"
 
     @property
     def one_score(self) -> bool:
@@ -203,7 +237,7 @@ class Explanation(Mapping[str, Attribution]):
         predicted class and its probability) otherwise."""
         values = self.target_values
         if values is not None:
-            what = self.explained if not self.one_score else (self.labels or ["score"])[0]
+            what = self.explained_name if not self.one_score else (self.labels or ["score"])[0]
             return f"{what}: {float(values[sample]):.3g}"
         probs = self.logits[sample].softmax(dim=-1)
         index = int(probs.argmax())
@@ -225,7 +259,7 @@ class Explanation(Mapping[str, Attribution]):
             return "score"
         if t >= 0:
             return self.label(t)
-        return str(self.explained) if self.explained is not None else "custom"
+        return self.explained_name if self.explained is not None else "custom"
 
     def table(self) -> list[dict[str, Any]]:
         """One row per (sample, method): prediction and probability (None for a channel or

@@ -623,7 +623,7 @@ def _write(
     item.rows = rows
     # The report shows the target only when some method explained another class than predicted
     # (a channel or neuron target is named in the card's head instead).
-    headline = label if probs is not None else str(ex.explained or ex.target_text(i))
+    headline = label if probs is not None else (ex.explained_name or ex.target_text(i))
     columns = [c for c in _REPORT_COLUMNS if c != "target" or any(r[c] != headline for r in rows)]
     item.entry = sl.ReportEntry(
         name=item.name,
