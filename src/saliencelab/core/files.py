@@ -93,20 +93,35 @@ def make_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
 
 
 def temporary_beside(path: Path) -> Path:
-    """A fresh hidden name in `path`'s folder for writing `path` before moving it into place."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    """A fresh hidden name in `path`'s folder for writing `path` before moving it into place
+    (a short one where `path`'s own name leaves no room: names hold at most 255 bytes)."""
+    name = f".{path.name}.{secrets.token_hex(4)}.tmp"
+    if len(name.encode()) > 255:
+        name = f".saliencelab.{secrets.token_hex(8)}.tmp"
+    return path.with_name(name)
 
 
 def write_whole(path: str | os.PathLike, write: Callable[[BinaryIO], None], what: str) -> Path:
     """Write a file with `write(f)` (creating parent folders) and return its path.
 
     The content goes to a temporary file beside `path` that is moved over it when complete, so
-    an existing file is replaced whole or left as it was. A path that cannot be written (a
-    folder, a parent that is a file, no permission) is one sentence naming `what` it is (e.g.
-    "the picture").
+    an existing file is replaced whole or left as it was. A symbolic link keeps pointing where it
+    did (the file it points to is replaced), and a special file that exists (a device such as
+    /dev/stdout, a pipe) is written into, never replaced. A path that cannot be written (a
+    folder, a parent that is a file, no permission, a name too long) is one sentence naming
+    `what` it is (e.g. "the picture").
     """
     path = Path(path)
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+        if path.is_symlink():
+            path = Path(os.path.realpath(path))  # replace what the link points to, keep the link
+        special = path.exists() and not path.is_file() and not path.is_dir()
+    except OSError as e:  # e.g. a name too long for the file system
+        raise SaliencelabError(
+            f"Cannot write {what} {str(path)!r} ({e.strerror or e}); choose another path."
+        ) from e
+    if is_dir:
         raise FolderInTheWay(
             path,
             what,
@@ -115,6 +130,10 @@ def write_whole(path: str | os.PathLike, write: Callable[[BinaryIO], None], what
         )
     tmp: Path | None = None
     try:
+        if special:
+            with open(path, "wb") as f:
+                write(f)
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         candidate = temporary_beside(path)
         with open(candidate, "xb") as f:  # (the umask applies, as for a plain open)
