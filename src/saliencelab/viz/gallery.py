@@ -16,7 +16,14 @@ from ..core.errors import SaliencelabError, closest
 from ..core.result import Attribution, Explanation
 from .colormaps import COLORMAPS, apply_colormap
 from .io import save_image
-from .overlay import crop_to_aspect, default_cmap, overlay, photo_to_draw_on, select_map
+from .overlay import (
+    _check_sample_index,
+    crop_to_aspect,
+    default_cmap,
+    overlay,
+    photo_to_draw_on,
+    select_map,
+)
 
 #: Gap between tiles and around the edge, in pixels.
 PAD = 10
@@ -109,6 +116,35 @@ def _cost(a: Attribution) -> str:
     return " · ".join(parts)
 
 
+def _layer_text(layer: Any) -> str:
+    if isinstance(layer, (list, tuple)):
+        return ", ".join(str(x) for x in layer)
+    return "" if layer is None else str(layer)
+
+
+def _unique_names(attributions: Sequence[Attribution]) -> dict[str, Attribution]:
+    """Each Attribution under its method name; those sharing one are told apart by their layer,
+    e.g. "gradcam (features.3)" and "gradcam (features.12)", or numbered, "gradcam (2)", when
+    the layers do not tell them apart (a later one used to replace an earlier one)."""
+    counts: dict[str, int] = {}
+    for a in attributions:
+        counts[a.method] = counts.get(a.method, 0) + 1
+    labels = []
+    for a in attributions:
+        label = a.method
+        if counts[a.method] > 1 and _layer_text(a.layer):
+            label = f"{a.method} ({_layer_text(a.layer)})"
+        labels.append(label)
+    out: dict[str, Attribution] = {}
+    for label, a in zip(labels, attributions, strict=True):
+        name, k = label, 1
+        while name in out or (name != label and name in labels):
+            k += 1
+            name = f"{label} ({k})"
+        out[name] = a
+    return out
+
+
 def _as_dict(attributions: Attributions) -> dict[str, Attribution]:
     if isinstance(attributions, Explanation):
         return dict(attributions.attributions)
@@ -124,7 +160,7 @@ def _as_dict(attributions: Attributions) -> dict[str, Attribution]:
             )
         return dict(attributions)
     if isinstance(attributions, Sequence) and all(isinstance(a, Attribution) for a in attributions):
-        return {a.method: a for a in attributions}
+        return _unique_names(list(attributions))
     raise SaliencelabError(
         f"Expected an Explanation or a dict of Attributions, got {type(attributions).__name__}; "
         "pass the result of sl.explain(...)."
@@ -172,19 +208,56 @@ def colorbar_legend(
     bar = Image.fromarray(apply_colormap(values, cmap), "RGB")
     if labels is None:
         labels = ["negative", "0", "positive"] if signed else ["low", "high"]
-    font = _font(font_size)
+    placed, font = _legend_labels(list(labels), width, font_size)
     lh = _line_height(font)
     out = Image.new("RGB", (width, height + 2 + lh), _BACKGROUND)
     out.paste(bar, (0, 0))
     draw = ImageDraw.Draw(out)
     draw.rectangle((0, 0, width - 1, height - 1), outline=(200, 200, 205))
-    for i, text in enumerate(labels):
-        text = _drawable(text, font)
-        tw = draw.textlength(text, font=font)
-        frac = i / (len(labels) - 1) if len(labels) > 1 else 0.5
-        x = min(max(frac * width - tw / 2, 0), width - tw)
+    for x, text in placed:
         draw.text((x, height + 2), text, font=font, fill=_MUTED)
     return out
+
+
+#: Smallest font size a legend label is shrunk to before labels are dropped.
+_MIN_LEGEND_FONT = 7
+#: Pixels kept free between two legend labels.
+_LABEL_GAP = 3
+
+
+def _legend_labels(
+    labels: list[str], width: int, font_size: int
+) -> tuple[list[tuple[float, str]], Any]:
+    """Where to draw each legend label (x, text) under a `width`-pixel bar, and the font.
+
+    Labels sit under their fraction of the bar (ends and middle). When they would overlap or not
+    fit (a 32-px tile drew "lowhigh"), the font shrinks down to `_MIN_LEGEND_FONT`; then the
+    middle labels are dropped, then all of them (one end alone would be misleading).
+    """
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    n = len(labels)
+    fracs = [i / (n - 1) if n > 1 else 0.5 for i in range(n)]
+    keep_sets = [list(range(n))]
+    if n > 2:
+        keep_sets.append([0, n - 1])
+    sizes = list(range(font_size, min(font_size, _MIN_LEGEND_FONT) - 1, -1))
+    for keep in keep_sets:
+        for size in sizes:
+            font = _font(size)
+            placed, right = [], -_LABEL_GAP
+            for i in keep:
+                text = _drawable(labels[i], font)
+                tw = draw.textlength(text, font=font)
+                if tw > width:
+                    break
+                x = min(max(fracs[i] * width - tw / 2, 0), width - tw)
+                if x < right + _LABEL_GAP:
+                    break
+                placed.append((x, text))
+                right = x + tw
+            else:
+                return placed, font
+    return [], _font(font_size)
 
 
 def gallery(
@@ -212,16 +285,23 @@ def gallery(
         raise SaliencelabError(
             f"tile must be a whole number of pixels, at least 32, got {tile!r}; use e.g. 224."
         )
+    sample = _check_sample_index(sample)
     photo = photo_to_draw_on(image)
     attributions = _as_dict(explanation)
     if methods is not None:
+        chosen: dict[str, Attribution] = {}
         for name in methods:
-            if name not in attributions:
+            # a tile's name, or a method name shared by several tiles ("gradcam" for
+            # "gradcam (features.3)" and "gradcam (features.12)")
+            keys = [name] if name in attributions else []
+            keys = keys or [k for k, a in attributions.items() if a.method == name]
+            if not keys:
                 raise SaliencelabError(
                     f"There is no method {name!r} to draw; available: {', '.join(attributions)}."
                     f"{closest(name, attributions)}"
                 )
-        attributions = {name: attributions[name] for name in methods}
+            chosen.update((k, attributions[k]) for k in keys)
+        attributions = chosen
     if not attributions:
         raise SaliencelabError("There are no attributions to draw; pass at least one method.")
 

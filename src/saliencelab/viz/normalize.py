@@ -2,21 +2,64 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 
 from ..core.errors import SaliencelabError
 
 
+def _native_array(map: np.ndarray) -> np.ndarray:
+    """`map` as a native-endian, contiguous array torch can take: long doubles and object arrays
+    of numbers become float64, a flipped (negative-stride) or big-endian array a copy."""
+    if map.dtype == object:
+        try:
+            map = np.asarray(map, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise SaliencelabError(
+                "The map is a NumPy object array whose items are not all numbers; "
+                "pass a numeric (H, W) array, e.g. `np.asarray(map, dtype=np.float32)`."
+            ) from None
+    elif map.dtype.kind == "f" and map.dtype.itemsize > 8:  # long double: torch has none
+        map = map.astype(np.float64)
+    elif map.dtype.kind == "c" and map.dtype.itemsize > 16:
+        map = map.astype(np.complex128)
+    if not map.dtype.isnative:
+        map = map.astype(map.dtype.newbyteorder("="))
+    return np.ascontiguousarray(map)
+
+
 def _as_tensor(map: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """The map as a float tensor: float64 stays float64 (a map scaled by 1e-50 or 1e39 must not
+    underflow to 0 or overflow to inf in float32), anything else becomes float32."""
     if isinstance(map, np.ndarray):
-        map = torch.from_numpy(map)
+        map = torch.from_numpy(_native_array(map))
     if not isinstance(map, torch.Tensor):
         raise SaliencelabError(
             f"Expected a saliency map as a tensor or array, got {type(map).__name__}; "
             "pass `attribution.maps` or an (H, W) array."
         )
-    return map.detach().float()
+    map = map.detach()
+    return map if map.dtype == torch.float64 else map.float()
+
+
+def _real_number(value: object) -> float | None:
+    """`value` as a float when it is a real number (Python, NumPy or a one-element real tensor)
+    and not a bool, else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+            return None
+        return float(value.detach().reshape(()).item())
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+        if isinstance(value, np.bool_):
+            return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return None
 
 
 def percentile(x: torch.Tensor, q: float) -> torch.Tensor:
@@ -55,14 +98,14 @@ def normalize_map(
         )
     if m.numel() == 0:
         raise SaliencelabError(f"The map of shape {tuple(m.shape)} is empty; pass a non-empty map.")
-    if clip_percentile is not None and (
-        isinstance(clip_percentile, bool)
-        or not isinstance(clip_percentile, (int, float))
-        or not 0.0 < clip_percentile <= 100.0
-    ):
-        raise SaliencelabError(
-            f"clip_percentile must be in (0, 100], got {clip_percentile}; use e.g. 99.5 or None."
-        )
+    if clip_percentile is not None:
+        q = _real_number(clip_percentile)
+        if q is None or not 0.0 < q <= 100.0:
+            raise SaliencelabError(
+                f"clip_percentile must be a number in (0, 100], got {clip_percentile!r}; "
+                "use e.g. 99.5 or None."
+            )
+        clip_percentile = q
     shape = m.shape
     flat = torch.nan_to_num(m.reshape(-1, shape[-2] * shape[-1]), nan=0.0)
     q = 100.0 if clip_percentile is None else float(clip_percentile)
@@ -84,4 +127,5 @@ def normalize_map(
         span = hi - lo
         safe = torch.where(span > 0, span, torch.ones_like(span))
         out = torch.where(span > 0, (clipped - lo) / safe, torch.zeros_like(flat)).clamp(0.0, 1.0)
-    return out.reshape(shape)
+    # computed in float64 for float64 maps (any scale); values in [-1, 1] fit float32
+    return out.reshape(shape).float()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from ..core.result import Attribution
 from ..data.images import as_rgb_image
 from .colormaps import COLORMAPS, apply_colormap, colormap
 from .io import save_image
-from .normalize import _as_tensor, normalize_map
+from .normalize import _as_tensor, _real_number, normalize_map
 
 MapLike = Attribution | torch.Tensor | np.ndarray
 
@@ -36,7 +37,36 @@ def photo_to_draw_on(image: Any) -> Image.Image:
     if isinstance(image, torch.Tensor) and image.is_floating_point():
         if image.dtype not in (torch.float32, torch.float64):
             image = image.float()
-    return as_rgb_image(image, "to draw on")
+    photo = as_rgb_image(image, "to draw on")
+    _check_size(photo)
+    return photo
+
+
+def _check_size(image: Image.Image) -> None:
+    if image.width < 1 or image.height < 1:
+        raise SaliencelabError(
+            f"The photo is {image.width} x {image.height} pixels, with nothing to draw on; "
+            "pass a photo at least 1 pixel wide and high."
+        )
+
+
+def _check_sample_index(sample: Any) -> int:
+    """`sample` as an int: a whole number (Python or NumPy int, a one-element integer tensor),
+    never a bool or a float."""
+    if (
+        isinstance(sample, torch.Tensor)
+        and sample.numel() == 1
+        and not sample.is_floating_point()
+        and not sample.is_complex()
+        and sample.dtype != torch.bool
+    ):
+        return int(sample.item())
+    if isinstance(sample, (bool, np.bool_)) or not isinstance(sample, numbers.Integral):
+        raise SaliencelabError(
+            f"sample must be a whole number (the index of a sample), got {sample!r}; "
+            "use e.g. sample=0."
+        )
+    return int(sample)
 
 
 def select_map(map_or_attribution: MapLike, sample: int = 0) -> tuple[torch.Tensor, bool]:
@@ -63,6 +93,7 @@ def select_map(map_or_attribution: MapLike, sample: int = 0) -> tuple[torch.Tens
                 f"Expected a map of shape (H, W) or (B, H, W), got shape {tuple(maps.shape)}; "
                 "pass one saliency map, e.g. `attribution.maps[0]`."
             )
+    sample = _check_sample_index(sample)
     n = maps.shape[0]
     if not -n <= sample < n:
         raise SaliencelabError(
@@ -88,6 +119,7 @@ def default_cmap(signed: bool) -> str:
 
 def crop_to_aspect(image: Image.Image, width: int, height: int) -> Image.Image:
     """Center-crop `image` to the aspect ratio width:height (unchanged if it already has it)."""
+    _check_size(image)
     w, h = image.size
     target = width / height
     if abs(w / h - target) <= 0.5 / min(w, h):
@@ -154,14 +186,22 @@ def overlay(
     opacity is `alpha * strength ** 0.5`, the colour that of `sign * max(strength, 0.5)` (no
     washed-out near-white tints), and the photo is drawn in gray at 75% brightness, so sparse
     pixel-level evidence stays visible over a colourful photo.
+
+    A constant map (all zero after normalisation, signed or not) gives the bare photo, exactly.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise SaliencelabError(f"alpha must be between 0 and 1, got {alpha}; use e.g. 0.5.")
+    a = _real_number(alpha)
+    if a is None or not 0.0 <= a <= 1.0:
+        raise SaliencelabError(
+            f"alpha must be a number between 0 and 1, got {alpha!r}; use e.g. 0.5."
+        )
+    alpha = a
     m, signed = select_map(map_or_attribution, sample)
     photo = crop_to_aspect(photo_to_draw_on(image), m.shape[1], m.shape[0])
     name = cmap or default_cmap(signed)
     colormap(name)  # validate the name
     values = normalize_map(m, signed=COLORMAPS[name], clip_percentile=clip_percentile)
+    if not bool(values.any()):  # a constant map: the bare photo, in either colour scheme
+        return photo.copy()
     width, height = photo.size
     v = _resize(values, width, height)
     strength = np.clip(np.abs(v), 0.0, 1.0)
