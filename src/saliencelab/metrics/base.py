@@ -18,6 +18,7 @@ several processes can be merged with `MetricResult.merge`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -50,6 +51,7 @@ from ..core.targets import (
     resolve_target,
 )
 from ..models.model import Model, as_model, as_model_input
+from ..text.inputs import read_flags
 from ..text.model import TextModel  # (imports no transformers)
 from .stats import bootstrap_ci
 
@@ -552,6 +554,11 @@ class Metric:
         """
         import time
 
+        texts = words = None
+        if batch is None and isinstance(model, TextModel):  # texts, or their engine inputs
+            x, texts, words = text_inputs(model, x)
+            if words is not None:
+                checked_maps(maps, x, model, words=words)  # (B, W): W the longest text's words
         if batch is None:
             with _inputs_blamed(model, x):  # e.g. the forward that finds the predicted class
                 batch = make_batch(
@@ -564,6 +571,12 @@ class Metric:
                     explainer=explainer,
                 )
         self.check(batch)
+        parts = [batch]
+        if texts is not None and words is not None:  # each text scored on its own words
+            if batch.masks is not None:
+                check_text_masks(batch.masks, texts, words)
+            check_text_parts(self, batch.x, batch.maps, batch.masks, texts, words)
+            parts = text_parts(batch, words)
         if "masks" in self.needs:
             warn_empty_masks(batch.masks, stacklevel=3)  # (update, its autograd wrapper)
         engine = batch.engine
@@ -577,7 +590,7 @@ class Metric:
         # ~0.7 ms on EfficientNet-Lite0).
         with engine.session() if engine is not None else nullcontext():
             with _inputs_blamed(batch.model, batch.x):
-                out = self.score(batch)
+                outs = [self.score(part) for part in parts]
         self._seconds += time.perf_counter() - start
         if batch.engine is not None:
             cost = batch.engine.cost.since(before) if before is not None else batch.engine.cost
@@ -587,13 +600,15 @@ class Metric:
             self._passes += batch.explainer.passes - ex_before[0]
             self._forwards += batch.explainer.forwards - ex_before[1]
         self._rows += batch.batch
-        if out.values.shape != (batch.batch,):
-            raise RuntimeError(
-                f"{self.name} returned values of shape {tuple(out.values.shape)} for a batch of "
-                f"{batch.batch}"
-            )
-        self._parts.append(out)
-        return out.values.clone()  # a copy: editing it must not change what compute() sees
+        for part, out in zip(parts, outs, strict=True):
+            if out.values.shape != (part.batch,):
+                raise RuntimeError(
+                    f"{self.name} returned values of shape {tuple(out.values.shape)} for a batch "
+                    f"of {part.batch}"
+                )
+        self._parts.extend(outs)
+        # a copy: editing it must not change what compute() sees
+        return torch.cat([out.values for out in outs]).clone()
 
     def compute(self) -> MetricResult:
         """The result over everything `update` saw since the last `reset`."""
@@ -833,7 +848,11 @@ def _one_image(x: torch.Tensor, maps: torch.Tensor, model: Model | nn.Module | N
 
 
 def checked_maps(
-    maps: object, x: torch.Tensor | None = None, model: Model | nn.Module | None = None
+    maps: object,
+    x: torch.Tensor | None = None,
+    model: Model | nn.Module | None = None,
+    *,
+    words: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """The maps as the metrics take them ((B, 1, ...) squeezed, float), checked on their own
     and against the inputs `x` (one per input, at input resolution); else one sentence. With a
@@ -841,8 +860,8 @@ def checked_maps(
 
     Shapes: inputs (B, C, H, W) take (B, H, W) maps; tabular inputs (B, F) take (B, F) maps;
     other inputs (B, C, *spatial), e.g. signals (B, C, L) or volumes (B, C, D, H, W), take
-    (B, *spatial) maps or maps shaped like the inputs; a text model's inputs take (B, words)
-    maps."""
+    (B, *spatial) maps or maps shaped like the inputs; a text model's inputs take (B, W) word
+    maps, W the most `words` of any text where the texts' word counts are given."""
     if maps is None:
         raise SaliencelabError("No maps given; pass the (B, H, W) maps to score.")
     if not isinstance(maps, torch.Tensor):
@@ -909,7 +928,114 @@ def checked_maps(
                 f"The maps have shape {tuple(maps.shape)} for inputs of shape {tuple(x.shape)}; "
                 f"give {spatial} maps, one value per position (or maps shaped like the inputs)."
             )
+    if isinstance(model, TextModel):
+        width = max(1, max(words)) if words else None  # (TextBatch.merge's width)
+        if maps.dim() != 2 or (width is not None and maps.shape[1] != width):
+            want = f"({b}, {width})" if width is not None else "(B, W)"
+            raise SaliencelabError(
+                f"The maps have shape {tuple(maps.shape)} for texts; give {want} word maps, one "
+                "value per word of the longest text (as sl.explain gives them)."
+            )
     return maps
+
+
+# -- text: each text scored on its own words ---------------------------------------------------
+
+
+def text_inputs(
+    model: TextModel, x: object
+) -> tuple[torch.Tensor | None, list[str] | None, list[int] | None]:
+    """(engine inputs, texts, word count per text) of a text model's inputs: texts (as
+    sl.explain takes them) or their engine inputs (`model.preprocess(texts)`), whose words are
+    read back from their token embeddings; (x, None, None) without inputs."""
+    if x is None:
+        return None, None, None
+    if not isinstance(x, torch.Tensor):
+        batch = model.encode(x)
+        return model.embed(batch), list(batch.texts), batch.n_words
+    texts, words = text_words(model, x)
+    return x, texts, words
+
+
+def text_words(model: TextModel, x: torch.Tensor) -> tuple[list[str], list[int]]:
+    """The texts and word counts of engine inputs `x` (`model.preprocess(texts)`): each row's
+    token ids found in the embedding table, decoded and tokenised again; else one sentence."""
+    real, fixed = read_flags(x, model.dim)
+    table = model.text_module.embedding.weight.detach().float()
+    emb = x[..., : model.dim].detach().float().to(table.device)
+    own = (real & ~fixed).to(table.device)
+    ids: list[list[int]] = []
+    for row, keep in zip(emb, own, strict=True):
+        rows = row[keep]
+        found = torch.cdist(rows, table).argmin(1)
+        if not torch.allclose(table[found], rows):
+            ids = []
+            break
+        ids.append(found.tolist())
+    if ids:
+        texts = [model.tokenizer.decode(row) for row in ids]
+        batch = model.encode(texts)
+        own_ids = batch.ids.masked_fill(~batch.mask | batch.fixed, -1)
+        again = [[int(i) for i in row if i >= 0] for row in own_ids.tolist()]
+        if again == ids:
+            return list(batch.texts), batch.n_words
+    raise SaliencelabError(
+        "The words of these text inputs cannot be read back from their token embeddings; pass "
+        "the texts themselves (x=texts)."
+    )
+
+
+def check_text_masks(masks: torch.Tensor, texts: Sequence[str], words: Sequence[int]) -> None:
+    """One sentence when a (B, W) mask marks a position past its text's words."""
+    for i, (text, n) in enumerate(zip(texts, words, strict=True)):
+        past = masks[i, n:].nonzero().flatten()
+        if past.numel():
+            raise SaliencelabError(
+                f"The mask of text {i} ({text!r}) marks position {int(past[0]) + n}, but that "
+                f"text has {_words(n)} (positions 0 to {n - 1}); mark only each text's own words."
+            )
+
+
+def check_text_parts(
+    metric: Metric,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    masks: torch.Tensor | None,
+    texts: Sequence[str],
+    words: Sequence[int],
+) -> None:
+    """`metric.check_inputs` on each text's maps cut to its words, a failure naming the text."""
+    for i, (text, n) in enumerate(zip(texts, words, strict=True)):
+        own_masks = None if masks is None else masks[i : i + 1, :n]
+        try:
+            metric.check_inputs(x[i : i + 1], maps[i : i + 1, :n], own_masks)
+        except SaliencelabError as e:
+            raise SaliencelabError(f"Text {i} ({text!r}) has {_words(n)}: {e}") from None
+
+
+def text_parts(batch: EvalBatch, words: Sequence[int]) -> list[EvalBatch]:
+    """The batch as one batch per text, its maps (and masks) cut to the text's own words: a
+    text model's (B, W) maps hold zeros after a shorter text's words, which would count as
+    words of no relevance (and a text's value would depend on the texts beside it)."""
+    width = batch.maps.shape[-1]
+    if all(n == width for n in words):
+        return [batch]
+    return [
+        dataclasses.replace(
+            batch,
+            x=batch.x[i : i + 1],
+            maps=batch.maps[i : i + 1, :n],
+            target=batch.target[i : i + 1],
+            masks=None if batch.masks is None else batch.masks[i : i + 1, :n],
+            attributions=None,
+            input_logits=None,
+        )
+        for i, n in enumerate(words)
+    ]
+
+
+def _words(n: int) -> str:
+    return f"{n} word" if n == 1 else f"{n} words"
 
 
 def make_batch(

@@ -15,7 +15,6 @@ predicted class; `report.params["targets"]` records the class each method was sc
 from __future__ import annotations
 
 import csv
-import dataclasses
 import inspect
 import io
 import json
@@ -52,11 +51,15 @@ from .base import (
     MetricResult,
     check_class_target,
     check_model_kind,
+    check_text_masks,
+    check_text_parts,
     checked_maps,
     get_metric,
     make_batch,
     masks_for,
     runs_model,
+    text_inputs,
+    text_parts,
     warn_empty_masks,
 )
 
@@ -409,24 +412,29 @@ def _check_request(
     model: Model,
     explainers: Mapping[str, Explainer],
     target: TargetSpec = None,
+    text: tuple[list[str], list[int]] | None = None,
 ) -> torch.Tensor | None:
     """What the metrics need that the call lacks, before any model work: maps that fit the
     inputs (checked first, so wrong maps are not blamed on right masks), masks shaped like the
     maps, a registered method (or a given explainer) to recompute for every method the
     explanation-recomputing metrics score, and options that fit the model
-    (`Metric.check_model`). Returns the masks as a tensor where a metric needs them."""
+    (`Metric.check_model`). `text`: the texts and their word counts, for a text model's maps
+    (B, W) and masks, checked on each text's own words. Returns the masks as a tensor where a
+    metric needs them."""
     registered = {spec.name for spec in registered_methods()} | set(explainers)
     names = list(entries)
     checked = []
     for name, (maps, _, _) in entries.items():
         try:
-            checked.append(checked_maps(maps, x, model))
+            checked.append(checked_maps(maps, x, model, words=text[1] if text else None))
         except SaliencelabError as e:
             raise SaliencelabError(f"{name}: {e}") from None
     mask_tensor = None
     if masks is not None and any("masks" in metric.needs for metric in requested):
         for maps in checked:
             mask_tensor = masks_for(masks, maps)
+        if text is not None:
+            check_text_masks(mask_tensor, *text)
     # Maps that explain no class (a channel, neuron or function target: class -1), found once.
     classless = [
         name
@@ -461,7 +469,10 @@ def _check_request(
         # refused now, not after the metrics before this one have run
         own_masks = mask_tensor if "masks" in metric.needs else None
         for maps in {tuple(m.shape): m for m in checked}.values():
-            metric.check_inputs(x, maps, own_masks)
+            if text is not None:  # each text on its own words, a failure naming the text
+                check_text_parts(metric, x, maps, own_masks, *text)
+            else:
+                metric.check_inputs(x, maps, own_masks)
     return mask_tensor
 
 
@@ -494,26 +505,39 @@ def _explained_class(
     return classes
 
 
-def _text_rows(batch: EvalBatch, a: Attribution | None) -> list[EvalBatch]:
-    """The batch to score, as one batch per text when its word maps are padded: a text model's
-    (B, W) maps hold zeros after each text's own words (`a.tokens`), which would count as words
-    of no relevance (and a text's sparseness or ROC-AUC would depend on the texts beside it)."""
-    tokens = a.extras.get("tokens") if a is not None else None
-    width = batch.maps.shape[-1]
-    if batch.maps.dim() != 2 or not tokens or all(len(t) == width for t in tokens):
-        return [batch]
-    return [
-        dataclasses.replace(
-            batch,
-            x=batch.x[i : i + 1],
-            maps=batch.maps[i : i + 1, : len(words)],
-            target=batch.target[i : i + 1],
-            masks=None if batch.masks is None else batch.masks[i : i + 1, : len(words)],
-            attributions=None,
-            input_logits=None,
-        )
-        for i, words in enumerate(tokens)
+def _texts_of(
+    model: TextModel, x: torch.Tensor, texts: object, entries: dict[str, Any]
+) -> tuple[list[str], list[int]]:
+    """(texts, word count per text) of a text model's inputs `texts` (as sl.explain takes
+    them) or engine inputs `x`; each Attribution in `entries` must explain those texts (else
+    one sentence), and engine inputs take the texts of one that does."""
+    recorded = [
+        (name, list(a.extras["texts"]))
+        for name, (_, _, a) in entries.items()
+        if a is not None and a.extras.get("texts") is not None
     ]
+    if texts is None:  # engine inputs: the texts an Attribution records, if they make them
+        own = next((t for _, t in recorded if _encodes_to(model, t, x)), None)
+        texts = own if own is not None else x
+    _, words_texts, words = text_inputs(model, texts)
+    assert words_texts is not None and words is not None  # (inputs were given)
+    for name, other in recorded:
+        if other != words_texts:
+            raise SaliencelabError(
+                f"{name}: these maps explain other texts ({other[0]!r}, ...) than the "
+                f"{len(words_texts)} texts passed ({words_texts[0]!r}, ...); pass the texts "
+                "they explain, or explain these texts."
+            )
+    return words_texts, words
+
+
+def _encodes_to(model: TextModel, texts: list[str], x: torch.Tensor) -> bool:
+    """Whether `texts` are the texts of engine inputs `x` (`model.preprocess(texts)`)."""
+    try:
+        mine = model.embed(model.encode(texts))
+    except SaliencelabError:
+        return False
+    return mine.shape == x.shape and torch.equal(mine.to(x), x)
 
 
 def _explainer(name: str, a: Attribution | None, chunk_size: int | None) -> Explainer | None:
@@ -570,8 +594,9 @@ def evaluate(
     """
     check_chunk_size(chunk_size)
     model = as_model(model)
+    texts = None
     if isinstance(model, TextModel) and not isinstance(x, torch.Tensor):
-        x = model.preprocess(x)  # the texts, as sl.explain takes them
+        texts, x = x, model.embed(model.encode(x))  # the texts, as sl.explain takes them
     if not isinstance(x, torch.Tensor):
         raise SaliencelabError(f"Give the inputs as a tensor, not {type(x).__name__}.")
     if not x.dim() or x.shape[0] == 0:
@@ -580,6 +605,10 @@ def evaluate(
     requested = metric_requests(metrics, options)  # each metric checks its options when built
     refs = _reference_names(references)
     if refs and x.dim() != 4:  # the reference maps are images
+        if references is not True and isinstance(model, TextModel):
+            raise SaliencelabError(
+                "Reference maps are images (B, H, W); texts get none, so pass references=False."
+            )
         if references is not True:
             raise SaliencelabError(
                 f"Reference maps are for images (B, C, H, W), not inputs of shape "
@@ -601,8 +630,11 @@ def evaluate(
             f"The map {clash[0]!r} has the name of a reference map; rename it, or leave that "
             f"reference out (references={others!r})."
         )
+    text = None
+    if isinstance(model, TextModel):  # each text is scored on its own words
+        text = _texts_of(model, x, texts, entries)
     given = _given_explainers(explainer, list(entries), chunk_size)
-    checked_masks = _check_request(requested, entries, x, masks, model, given, target)
+    checked_masks = _check_request(requested, entries, x, masks, model, given, target, text)
     if checked_masks is not None:  # a metric needs them: one warning for the call
         warn_empty_masks(checked_masks, stacklevel=3)
     engine = Engine(model, chunk_size=chunk_size)
@@ -652,7 +684,7 @@ def evaluate(
             default_target = batch.target  # resolve the predicted class once
         targets[name] = [int(t) for t in batch.target.tolist()]
         per: dict[str, MetricResult] = {}
-        parts = _text_rows(batch, a)
+        parts = text_parts(batch, text[1]) if text is not None else [batch]
         for metric in requested:
             metric.reset()
             with warnings.catch_warnings():  # warned once above, not per method and metric
