@@ -50,6 +50,44 @@ class MethodOutput:
     signed: bool | None = None
 
 
+def method_output(method: str, out: Any, x: torch.Tensor) -> MethodOutput:
+    """A method's return value `out` as a MethodOutput, checked against the batch `x` it
+    explains: one sentence where a method (a user's own, registered with `sl.register`) returned
+    something other than floating-point attributions with one row per input, which would
+    otherwise fail later in a cryptic way or be kept with the wrong samples."""
+    if isinstance(out, torch.Tensor):
+        out = MethodOutput(out)
+    if not isinstance(out, MethodOutput):
+        raise SaliencelabError(
+            f"The method {method} returned {type(out).__name__}; a method returns the "
+            "attributions of its batch as a tensor (B, ...), or a MethodOutput."
+        )
+    image = x.dim() == 4
+    for what, value in (("attributions", out.attributions), ("maps", out.maps)):
+        if value is None and what == "maps":
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise SaliencelabError(
+                f"The method {method} returned {what} of type {type(value).__name__}; return "
+                "a tensor (B, ...)."
+            )
+        if not value.is_floating_point():
+            raise SaliencelabError(
+                f"The method {method} returned {what} of dtype {value.dtype}; return "
+                "floating-point values (e.g. .float())."
+            )
+        shapes = ("(B, H, W) or (B, h, w)",) if what == "maps" else ("(B, C, H, W)", "(B, h, w)")
+        wrong_rank = image and (value.dim() != 3 if what == "maps" else value.dim() not in (3, 4))
+        if value.dim() < 2 or value.shape[0] != x.shape[0] or wrong_rank:
+            kinds = f" ({' or '.join(shapes)} for images)" if image else ""
+            raise SaliencelabError(
+                f"The method {method} returned {what} of shape {tuple(value.shape)} for "
+                f"inputs of shape {tuple(x.shape)}; return one row per input, batch axis "
+                f"first{kinds}."
+            )
+    return out
+
+
 @dataclass
 class Capture:
     """One forward+backward pass over the samples themselves (rows = samples)."""

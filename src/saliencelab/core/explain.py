@@ -16,7 +16,7 @@ from torch import nn
 from ..models.blackbox import gradients_message, is_blackbox
 from ..models.model import Model, as_model, as_model_input
 from .backward import BACKWARD_MODES
-from .context import Capture, Context, MethodOutput, autograd_allowed, upsample
+from .context import Capture, Context, autograd_allowed, method_output, upsample
 from .engine import Cost, Engine
 from .errors import SaliencelabError, closest
 from .registry import MethodSpec, get_method
@@ -325,8 +325,7 @@ def _explain(
 
 
 def _attribution(spec: MethodSpec, opts: dict, out: Any, ctx: Context) -> Attribution:
-    if isinstance(out, torch.Tensor):
-        out = MethodOutput(out)
+    out = method_output(spec.name, out, ctx.x)
     if out.signed is None:  # the registered default, also for `reduce` (text: signed sums)
         out = dataclasses.replace(out, signed=spec.signed)
     reduce = ctx.model.extra.get("reduce")  # e.g. text: (B, T, D) embedding attributions → words

@@ -80,12 +80,24 @@ def register(
     reduction: str = "sum",
     rowwise: bool | Callable[[dict[str, Any]], bool] = False,
     choices: dict[str, tuple[str, ...]] | None = None,
+    replace: bool = False,
 ) -> Callable:
     """Register a method under `name`. `cost` says its passes per sample, e.g. "n_steps";
     `rowwise` see `MethodSpec.is_rowwise` (a bool, or a function of the options); `choices` maps
     an option to the values it accepts, in words for `saliencelab methods`: the names quoted
     (`quoted(NAMES)`, from the constant the method checks against), then the other kinds of
-    value, e.g. {"fusion": quoted(FUSIONS)} or {"baseline": (*quoted(BASELINES), "a number")}."""
+    value, e.g. {"fusion": quoted(FUSIONS)} or {"baseline": (*quoted(BASELINES), "a number")}.
+
+    The method is `fn(ctx, *, option=default, ...)`: the context, then its options, keyword-only
+    and each with a default. A name already taken by another function is refused unless
+    `replace=True` (the same function defined again, e.g. a notebook cell run twice, replaces
+    its earlier self)."""
+    for what, value in (("name", name), ("family", family), ("cost", cost)):
+        if not isinstance(value, str) or not value.strip():
+            raise SaliencelabError(
+                f"register(...): the {what} must be a non-empty string, not "
+                f"{type(value).__name__} {value!r}."
+            )
     choices = dict(choices or {})
     for option, values in choices.items():
         if isinstance(values, str) or not all(isinstance(v, str) for v in values):
@@ -96,8 +108,8 @@ def register(
     choices = {k: tuple(v) for k, v in choices.items()}
 
     def wrap(fn: Callable) -> Callable:
-        params = list(inspect.signature(fn).parameters.values())[1:]
-        options = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+        options = _options(name, fn)
+        _check_free(name, fn, replace)
         for option in choices:
             if option not in options:
                 raise SaliencelabError(
@@ -123,6 +135,53 @@ def register(
         return fn
 
     return wrap
+
+
+def _options(name: str, fn: Callable) -> dict[str, Any]:
+    """The options of method `fn` with their defaults: its keyword-only parameters after the
+    context; one sentence where `fn` cannot be called as `fn(ctx, **options)`."""
+    if not callable(fn):
+        raise SaliencelabError(
+            f"register({name!r}) decorates a function, not a {type(fn).__name__}."
+        )
+    title = getattr(fn, "__qualname__", name)
+    params = list(inspect.signature(fn).parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if not positional and not any(p.kind is p.VAR_POSITIONAL for p in params):
+        raise SaliencelabError(
+            f"The method {title} takes no context; a method is fn(ctx, *, option=default, ...)."
+        )
+    for p in positional[1:]:
+        if p.default is p.empty:
+            raise SaliencelabError(
+                f"The method {title} takes {p.name!r} by position, which sl.explain never "
+                f"gives; make it an option after a `*` with a default: "
+                f"def {title}(ctx, *, {p.name}=...)."
+            )
+    options = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+    for option, default in options.items():
+        if default is inspect.Parameter.empty:
+            raise SaliencelabError(
+                f"The option {option!r} of method {title} has no default; give it one "
+                f"(`*, {option}=...`): sl.explain passes only the options a user names."
+            )
+    return options
+
+
+def _check_free(name: str, fn: Callable, replace: bool) -> None:
+    """One sentence where `name` is taken by another method (a built-in included), unless
+    `replace`; the same function defined again (same module and name) replaces itself."""
+    _load_builtin_methods()
+    taken = _REGISTRY.get(name)
+    if taken is None or replace:
+        return
+    where = (getattr(fn, "__module__", None), getattr(fn, "__qualname__", None))
+    if where == (getattr(taken.fn, "__module__", None), getattr(taken.fn, "__qualname__", None)):
+        return
+    raise SaliencelabError(
+        f"A method named {name!r} is already registered ({taken.fn.__module__}."
+        f"{taken.fn.__qualname__}); pick another name, or pass replace=True to replace it."
+    )
 
 
 def _load_builtin_methods() -> None:

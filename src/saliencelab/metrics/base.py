@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import torch
@@ -487,6 +487,8 @@ class Metric:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
             cls.__init__ = _checked_options(cls.__init__)  # type: ignore[method-assign]
+        elif cls.__init__ is Metric.__init__:  # no __init__ of its own: it takes no options
+            cls.__init__ = _checked_options(_no_options)  # type: ignore[method-assign]
 
     def __init__(self, **params: Any) -> None:
         self.params = params
@@ -601,11 +603,7 @@ class Metric:
             self._forwards += batch.explainer.forwards - ex_before[1]
         self._rows += batch.batch
         for part, out in zip(parts, outs, strict=True):
-            if out.values.shape != (part.batch,):
-                raise RuntimeError(
-                    f"{self.name} returned values of shape {tuple(out.values.shape)} for a batch "
-                    f"of {part.batch}"
-                )
+            _check_scores(self.name, out, part.batch)
         self._parts.extend(outs)
         # a copy: editing it must not change what compute() sees
         return torch.cat([out.values for out in outs]).clone()
@@ -670,6 +668,28 @@ class Metric:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
+
+
+def _no_options(self: Metric) -> None:
+    """The `__init__` of a metric that declares none: it takes no options."""
+    Metric.__init__(self)
+
+
+def _check_scores(metric: str, out: Any, batch: int) -> None:
+    """One sentence where `score` (a user's own metric's, say) did not return Scores with one
+    value per sample of its batch of `batch`."""
+    if not isinstance(out, Scores):
+        raise SaliencelabError(
+            f"The metric {metric}'s score() returned {type(out).__name__}; return "
+            "Scores(values=...) with one value per sample."
+        )
+    values = out.values
+    if not isinstance(values, torch.Tensor) or values.shape != (batch,):
+        shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        raise SaliencelabError(
+            f"The metric {metric}'s score() returned values of shape {shape} for a batch of "
+            f"{batch}; return a ({batch},) tensor, one value per sample."
+        )
 
 
 def _checked_options(init: Callable[..., None]) -> Callable[..., None]:
@@ -1146,13 +1166,59 @@ _METRICS: dict[str, type[Metric]] = {}
 
 
 def register_metric(cls: type[Metric]) -> type[Metric]:
-    """Class decorator: make a metric available by its `name` (`sl.evaluate(metrics=[name])`)."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in _METRICS and _METRICS[cls.name] is not cls:
-        raise ValueError(f"a metric named {cls.name!r} is already registered")
+    """Class decorator: make a metric available by its `name` (`sl.evaluate(metrics=[name])`).
+
+    One sentence where the class is not a `Metric`, its `name`, `family`, `direction`,
+    `value_range` or `needs` are not what `Metric` describes, or the name is taken by another
+    class (the same class defined again, e.g. a notebook cell run twice, replaces itself)."""
+    if not (isinstance(cls, type) and issubclass(cls, Metric)):
+        raise SaliencelabError(
+            f"register_metric decorates a subclass of sl.metrics.Metric, not {cls!r}."
+        )
+    title = cls.__qualname__
+    problems = {
+        "name": not (isinstance(cls.name, str) and cls.name.strip()),
+        "family": not isinstance(cls.family, str),
+        "direction": cls.direction not in get_args(Direction),
+        "value_range": not _is_range(cls.value_range),
+        "needs": not (
+            isinstance(cls.needs, tuple) and all(n in get_args(Needs) for n in cls.needs)
+        ),
+    }
+    wanted = {
+        "name": "a non-empty string",
+        "family": "a string",
+        "direction": " or ".join(map(repr, get_args(Direction))),
+        "value_range": "(low, high) numbers with low <= high",
+        "needs": f"a tuple of {', '.join(map(repr, get_args(Needs)))}",
+    }
+    for attribute, bad in problems.items():
+        if bad:
+            raise SaliencelabError(
+                f"The metric {title} has {attribute} = {getattr(cls, attribute)!r}; it must be "
+                f"{wanted[attribute]}."
+            )
+    taken = _METRICS.get(cls.name)
+    if taken is not None and (taken.__module__, taken.__qualname__) != (
+        cls.__module__,
+        cls.__qualname__,
+    ):
+        raise SaliencelabError(
+            f"A metric named {cls.name!r} is already registered ({taken.__module__}."
+            f"{taken.__qualname__}); give {title} another name."
+        )
     _METRICS[cls.name] = cls
     return cls
+
+
+def _is_range(value: Any) -> bool:
+    """Whether `value` is a (low, high) pair of real numbers with low <= high."""
+    return (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+        and value[0] <= value[1]
+    )
 
 
 def get_metric(name: str) -> type[Metric]:

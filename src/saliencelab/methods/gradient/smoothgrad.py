@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from ...core.context import Context, MethodOutput
+from ...core.context import Context, MethodOutput, method_output
 from ...core.errors import SaliencelabError, closest
 from ...core.registry import get_method, register
 from ...core.requests import check_options
@@ -198,7 +198,7 @@ def _smooth(
         noisy = (xf + scale * noise).flatten(0, 1)
         samples = torch.arange(batch, device=dev).repeat(g)
         out = spec.fn(ctx.derive(noisy, samples), **options)
-        out = out if isinstance(out, MethodOutput) else MethodOutput(out)
+        out = method_output(spec.name, out, noisy)
         attributions.add(out.attributions.reshape(g, batch, *out.attributions.shape[1:]))
         if out.maps is not None:
             maps.add(out.maps.reshape(g, batch, *out.maps.shape[1:]))
