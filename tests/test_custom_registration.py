@@ -113,8 +113,17 @@ def test_options_without_a_default_or_by_position_are_refused_at_registration(sc
         "at_registration.<locals>.required has no default; give it one (`*, scale=...`): "
         "sl.explain passes only the options a user names."
     )
+
+    def positional_default(ctx, scale=2.0):
+        return ctx.x * scale
+
     with pytest.raises(SaliencelabError, match=r"takes 'scale' by position, which sl.explain"):
         _method(scratch, "pos", positional)
+    with pytest.raises(SaliencelabError) as info:  # it was registered with no options
+        _method(scratch, "pos", positional_default)
+    assert str(info.value).endswith(
+        "make it an option after a `*`: def positional_default(ctx, *, scale=2.0)."
+    )
     with pytest.raises(SaliencelabError, match=r"takes no context; a method is fn\(ctx"):
         _method(scratch, "noctx", lambda: None)
     assert not {"req", "pos", "noctx"} & set(_REGISTRY)

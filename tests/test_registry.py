@@ -83,7 +83,7 @@ def test_rollout_row_check_uses_its_names():
     )
 
 
-def _documented(ctx, positional=0, *, steps: int = 3, mode: str = "a") -> torch.Tensor:
+def _documented(ctx, *, steps: int = 3, mode: str = "a") -> torch.Tensor:
     """First line of the summary.
 
     More detail that the summary leaves out.
@@ -94,7 +94,7 @@ def _documented(ctx, positional=0, *, steps: int = 3, mode: str = "a") -> torch.
 def test_register_keeps_keyword_only_options_and_the_first_doc_line(scratch_name):
     register(scratch_name, family="test", cost="0", rowwise=lambda o: o["mode"] == "b")(_documented)
     spec = get_method(scratch_name)
-    assert spec.options == {"steps": 3, "mode": "a"}  # not `positional`
+    assert spec.options == {"steps": 3, "mode": "a"}
     assert spec.summary == "First line of the summary."
     assert not spec.is_rowwise({}) and spec.is_rowwise({"mode": "b"})  # the call's options win
 

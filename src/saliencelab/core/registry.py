@@ -151,13 +151,13 @@ def _options(name: str, fn: Callable) -> dict[str, Any]:
         raise SaliencelabError(
             f"The method {title} takes no context; a method is fn(ctx, *, option=default, ...)."
         )
-    for p in positional[1:]:
-        if p.default is p.empty:
-            raise SaliencelabError(
-                f"The method {title} takes {p.name!r} by position, which sl.explain never "
-                f"gives; make it an option after a `*` with a default: "
-                f"def {title}(ctx, *, {p.name}=...)."
-            )
+    for p in positional[1:]:  # sl.explain passes options by keyword, never by position
+        default = "..." if p.default is p.empty else repr(p.default)
+        raise SaliencelabError(
+            f"The method {title} takes {p.name!r} by position, which sl.explain never gives; "
+            f"make it an option after a `*`: def {title.rsplit('.', 1)[-1]}(ctx, *, "
+            f"{p.name}={default})."
+        )
     options = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
     for option, default in options.items():
         if default is inspect.Parameter.empty:
