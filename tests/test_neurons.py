@@ -813,3 +813,57 @@ def test_examples_command_says_one_image_in_the_singular(tmp_path):
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     assert "the 1 strongest image;" in text and "1 images" not in text
+
+
+def test_top_examples_on_a_vits_token_layer_read_channels_on_the_patch_grid(tmp_path):
+    """A vision transformer's token layer (B, T, D): channel c is feature c of the patch tokens
+    laid on the patch grid, as in `sl.activations`; the crop is the strongest token's own patch
+    (the analytic receptive field refused the layer, and the CLI's default layer with it)."""
+    vit = sl.load_model("shapes_vit")
+    images = [
+        Image.fromarray((im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        for im in sl.data.shapes.make(5, seed=0).images
+    ]
+    found = top_examples(vit, images, None, 3, k=3, batch_size=2)
+    seen = []
+    layer = vit.module.get_submodule("blocks.2.norm1")
+    handle = layer.register_forward_hook(lambda m, i, out: seen.append(out[:, 1:, 3].detach()))
+    try:
+        with torch.no_grad():
+            vit.module(vit.preprocess(images))
+    finally:
+        handle.remove()
+    tokens = seen[0]  # (5, 64): the patch tokens of an 8x8 grid, the class token dropped
+    best = tokens.amax(dim=1).argsort(descending=True)[:3]
+    assert [ex.index for ex in found] == best.tolist()
+    for ex in found:
+        t = int(tokens[ex.index].argmax())
+        assert ex.value == pytest.approx(float(tokens[ex.index, t]), rel=1e-5)
+        assert ex.location == divmod(t, 8)
+        y, x = ex.location
+        assert ex.box == (8 * x, 8 * y, 8 * x + 8, 8 * y + 8) and ex.crop.size == (8, 8)
+    field = found[0].field
+    assert found[0].layer == "blocks.2.norm1" and field.tokens and field.size == (8, 8)
+    assert field.describe() == (
+        "token patches 8x8 px (through attention a token sees the whole image)"
+    )
+    for i, im in enumerate(images):
+        im.save(tmp_path / f"{i}.png")
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(
+        command_app(),
+        [
+            "neurons",
+            "--examples",
+            str(tmp_path),
+            "--model",
+            "shapes_vit",
+            "--channel",
+            "3",
+            "--k",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "token patches 8x8 px" in result.output

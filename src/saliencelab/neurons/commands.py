@@ -135,12 +135,9 @@ def _examples(
         y, x = ex.location
         table.add_row(str(rank), ex.source, f"{ex.value:.4g}", f"{y}, {x}", str(ex.box))
     console = out_console()
-    rf = first.field
-    (sy, sx) = rf.stride
     console.print(
         f"{first.layer}, channel {channel}: the {len(found)} strongest "
-        f"image{'s' if len(found) != 1 else ''}; receptive field "
-        f"{rf.size[0]}x{rf.size[1]} px, stride {sy}" + ("" if sy == sx else f"x{sx}") + ".",
+        f"image{'s' if len(found) != 1 else ''}; {first.field.describe()}.",
         soft_wrap=True,
     )
     console.print(keep_words(table))

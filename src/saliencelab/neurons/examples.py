@@ -32,6 +32,7 @@ from ..core.engine import Engine
 from ..core.errors import SaliencelabError
 from ..core.layers import resolve_layer
 from ..core.targets import LayerTarget
+from ..core.tokens import as_layer_map, find_token_layer, token_layout
 from ..data.images import MAX_PIXELS, image_paths, load_image, to_rgb
 from ..models.model import Model, as_model, as_model_input
 from ..viz.io import save_image
@@ -81,12 +82,17 @@ class Example:
 
 
 class _ChannelMap(LayerTarget):
-    """Reads one channel's map (n, h, w) of a layer; the score is its maximum."""
+    """Reads one channel's map (n, h, w) of a layer; the score is its maximum. Inside a
+    `token_layout`, a transformer's tokens (n, T, D) are read on the patch grid (n, D, h, w)
+    (`tokens` then says so)."""
 
     def __init__(self, layer: nn.Module, name: str, channel: int) -> None:
         self.layer, self.name, self.channel = layer, name, channel
+        self.tokens = False
 
     def read(self, activation: torch.Tensor) -> torch.Tensor:
+        self.tokens = isinstance(activation, torch.Tensor) and activation.dim() == 3
+        activation = as_layer_map(self.name, activation)
         check_spatial(self.name, activation)
         check_channel(self.name, activation, self.channel)
         return activation[:, self.channel]
@@ -195,10 +201,14 @@ def top_examples(
             continue
         x = as_model_input(model, model.preprocess(batch))  # the model's device and dtype
         if reader is None:
-            name, module = resolve_layer(model.module, layer, x, model.default_layer)
+            default = model.default_layer
+            if layer is None and default is None:  # vision transformers: as sl.activations
+                default = find_token_layer(model.module, x, model.extra.get("reshape"))
+            name, module = resolve_layer(model.module, layer, x, default)
             reader = _ChannelMap(module, name, channel)
-        chunks = engine.forwards(x.shape[0], *batch_rows(x), reader)
-        maps = torch.cat([c.logits for c in chunks]).float().cpu()  # (n, h, w)
+        with token_layout(model, x):
+            chunks = engine.forwards(x.shape[0], *batch_rows(x), reader)
+            maps = torch.cat([c.logits for c in chunks]).float().cpu()  # (n, h, w)
         n_ok += len(where)
         values = maps.flatten(1).amax(dim=1).tolist()
         shape = tuple(x.shape[1:])
@@ -208,8 +218,12 @@ def top_examples(
         raise SaliencelabError("None of the images could be read; check the files.")
     log.info("ranked %d image%s by channel %d of %s", n_ok, "s" * (n_ok != 1), channel, name)
     fields: dict[tuple[int, ...], ReceptiveField] = {}  # one per input shape
-    for _, _, _, shape, dtype in best:
-        if shape not in fields:
+    for _, _, amap, shape, dtype in best:
+        if shape in fields:
+            continue
+        if reader.tokens:  # a token's own patch (it sees the whole image through attention)
+            fields[shape] = ReceptiveField.token_patches(name, amap.shape, shape[-2:])
+        else:
             fields[shape] = receptive_field(model, module, torch.zeros((1, *shape), dtype=dtype))
     return [
         _example(model, sources[i], i, v, m, fields[shape], channel, shape[-2:], max_pixels)
@@ -256,7 +270,10 @@ def examples_gallery(
     if title is None and first.layer:
         n = len(examples)
         title = f"{first.layer}: channel {first.channel}, top {n} image{'s' if n != 1 else ''}"
-    if first.field is not None:
+    if first.field is not None and first.field.tokens:
+        h, w = first.field.size
+        subtitle = f"crops: the patch ({h}x{w} px) of each image's strongest token"
+    elif first.field is not None:
         (h, w), (sy, sx) = first.field.size, first.field.stride
         subtitle = (
             f"crops: the receptive field ({h}x{w} px, stride {sy}"

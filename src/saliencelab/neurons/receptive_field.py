@@ -41,6 +41,7 @@ a nonzero gradient.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -138,6 +139,9 @@ class ReceptiveField:
         first: (y, x) input pixel where unit (0, 0)'s field starts (negative: in the padding).
         map_size: (h, w) of the layer's map.
         input_size: (H, W) of the input.
+        tokens: True for a transformer's token layer (tokens laid on the patch grid): `size`
+            is then each token's own patch, where it sits; through attention a token sees the
+            whole image, so it has no smaller field.
     """
 
     layer: str
@@ -146,6 +150,26 @@ class ReceptiveField:
     first: tuple[int, int]
     map_size: tuple[int, int]
     input_size: tuple[int, int]
+    tokens: bool = False
+
+    @staticmethod
+    def token_patches(
+        layer: str, map_size: Sequence[int], input_size: Sequence[int]
+    ) -> ReceptiveField:
+        """The patches of a token grid `map_size` over an input of `input_size` (see `tokens`)."""
+        (h, w), (height, width) = map_size, input_size
+        patch = (-(-int(height) // int(h)), -(-int(width) // int(w)))
+        return ReceptiveField(
+            layer, patch, patch, (0, 0), (int(h), int(w)), (int(height), int(width)), tokens=True
+        )
+
+    def describe(self) -> str:
+        """In words, e.g. "receptive field 27x27 px, stride 4", or for tokens "token patches
+        8x8 px (through attention a token sees the whole image)"."""
+        (h, w), (sy, sx) = self.size, self.stride
+        if self.tokens:
+            return f"token patches {h}x{w} px (through attention a token sees the whole image)"
+        return f"receptive field {h}x{w} px, stride {sy}" + ("" if sy == sx else f"x{sx}")
 
     def box(self, y: int, x: int) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) of unit (y, x)'s field in input pixels, clipped to the
