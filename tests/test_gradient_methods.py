@@ -372,6 +372,23 @@ def test_expected_gradients_noise_is_reproducible_and_independent_of_chunking(cn
     )
 
 
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("expected_gradients", {"n_samples": 8}),
+        ("deeplift_shap", {"n_baselines": 3}),
+    ],
+)
+def test_batch_baselines_do_not_depend_on_the_batchs_order(cnn64, images64, method, options):
+    """baselines="batch" depends on which inputs share the batch, by definition, but not on
+    their order: reversing the batch changed expected gradients' maps by 0.68 of their scale
+    (each draw's reference index was a row position)."""
+    kw = {**options, "baselines": "batch"}
+    forward = sl.explain(cnn64, images64, methods={method: kw}, target=TARGETS)[method]
+    flipped = sl.explain(cnn64, images64.flip(0), methods={method: kw}, target=TARGETS.flip(0))
+    torch.testing.assert_close(flipped[method].attributions.flip(0), forward.attributions)
+
+
 # -- documented defaults and distributions (mutation audit) -----------------------------------
 
 

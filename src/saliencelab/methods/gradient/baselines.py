@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ...core.errors import SaliencelabError, closest
 from ...core.registry import quoted
-from ...core.seeds import sample_generators
+from ...core.seeds import sample_generators, sample_seeds
 from ..options import check_blur_sigma
 
 INPUT_BASELINES = ("zero", "blur", "uniform")
@@ -279,7 +279,11 @@ def baseline_distribution(
                 f"{method}: baselines='batch' uses the inputs of the batch as references, "
                 "but the batch has one input; pass a baselines tensor (N, ...) or 'uniform'."
             )
-        return x.to(dtype)
+        # In an order of the rows' contents, not their positions: a sample's draws (row
+        # indices) pick the same references however the batch is ordered.
+        keys = sample_seeds(x, 0)
+        order = sorted(range(x.shape[0]), key=keys.__getitem__)
+        return x[torch.tensor(order, device=x.device)].to(dtype)
     if baselines is None or baselines == "uniform":
         lo, hi = _sample_range(x.to(dtype))
         return UniformReferences(lo, hi - lo, n_samples)

@@ -13,7 +13,8 @@ one for each draw. Erion et al. use training data as D: pass such a tensor (N, C
 draw picks one of its N references at random), or "batch" to use the batch's inputs as the
 empirical distribution, the explained input itself included (a draw of itself adds 0, so with B
 inputs the estimate is (B − 1)/B of the one over the others alone; the one choice whose result
-depends, by definition, on the other inputs of the batch).
+depends, by definition, on the other inputs of the batch, though not on their order: the
+references are indexed in an order of their contents).
 
 The draws are a function of the input, not of its row: each input's α's, reference indices and
 per-draw seeds come from a CPU generator seeded by `seed` and the input's values
@@ -69,7 +70,8 @@ def expected_gradients(
     None: a noise image in the input's own range per draw) | "batch" | "zero" | a number;
     `n_samples` Monte Carlo draws per input; `stdevs` std of Gaussian noise added to the input in
     each draw; `seed`. The draws are seeded by `seed` and the input itself: the same map in any
-    batch.
+    batch, except with "batch", whose references are the batch's other inputs (in an order of
+    their contents, so not their order in the batch).
     """
     name = "expected_gradients"
     n_samples = positive_int(n_samples, "n_samples", name)

@@ -192,7 +192,8 @@ def deeplift_shap(
 
     Options: `baselines` a tensor (N, C, H, W) of references | "uniform" (the default, also
     None: noise images in each input's own value range, drawn per input from `seed` and its
-    values: the same map in any batch) | "batch" (the batch's own inputs) | "zero" | a number;
+    values: the same map in any batch) | "batch" (the batch's own inputs, in any order) | "zero" |
+    a number;
     `n_baselines` how many references to use: by default all N of a tensor (or "batch"), and
     16 "uniform" draws; fewer than N samples that many without replacement (`seed`), the same
     subset for every input; `eps` as in deeplift. extras["delta"] (B,) is
