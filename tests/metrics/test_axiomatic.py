@@ -597,6 +597,41 @@ def test_input_invariance_of_lrp_rules_that_ignore_the_shift(composite):
     assert (r.values / maps.abs().flatten(1).mean(1)).max() < 1e-5
 
 
+@pytest.mark.parametrize("composite", ["epsilon_plus", "epsilon_gamma_box"])
+def test_input_invariance_of_lrp_with_a_batchnorm_merged_into_the_first_layer(composite):
+    """LRP's canonizer merges the BatchNorm after a zero-padded first layer into it (W' = s·W):
+    the shifted model must then subtract the merged layer's response to the shift. It subtracted
+    W·shift, so LRP's own check refused the call ("outputs differ by 2.74") and the whole
+    sl.evaluate with it. Reference: the same net with the BatchNorm merged by hand beforehand
+    (nothing left to merge: the weights the shift was absorbed for are the ones that run)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    ).eval()  # fmt: skip
+    bn = net[1]
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.2, 3)
+        bn.weight.uniform_(0.5, 2), bn.bias.uniform_(-0.5, 0.5)
+    merged = copy.deepcopy(net)
+    with torch.no_grad():
+        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        merged[0].weight.mul_(s[:, None, None, None])
+        merged[0].bias.copy_((net[0].bias - bn.running_mean) * s + bn.bias)
+    merged[1] = nn.Identity()
+    x, target = torch.rand(4, 3, 12, 12), torch.arange(4)
+    options = {"composite": composite}
+    results = []
+    for model in (net, merged):
+        ex = sl.explain(model, x, {"lrp": options}, target=target)["lrp"]
+        metric = sl.metrics.get("input_invariance")(measure="mae")
+        r = metric(ex.maps, x=x, model=model, target=target, explainer=Explainer("lrp", options))
+        results.append((ex.maps, r.values))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-3, atol=1e-6)
+    assert (results[0][1] > 0).all()  # LRP at such a first layer is not input-invariant
+
+
 def test_input_invariance_leaves_batchnorm_foldable():
     """A forward-only explainer on the shifted model must not make the engine remember the
     model as unfoldable (its folded first layer would subtract the unfolded offset)."""

@@ -403,6 +403,10 @@ def test_the_metrics_command_lists_and_describes_the_metrics(runner):
     one = runner.invoke(app, ["metrics", "pointing_game"])
     assert one.exit_code == 0 and "localisation, higher is better, values in [0, 1]" in one.output
     assert "tolerance = None" in one.output and "Zhang et al. 2018" in one.output
+    for name in sl.metrics.available():  # the paper of each (road_lerf's docstring has none)
+        reference = sl.metrics.get(name).reference
+        described = runner.invoke(app, ["metrics", name], env={"COLUMNS": "400"})
+        assert described.exit_code == 0 and f"Paper: {reference}" in described.output, name
     bad = runner.invoke(app, ["metrics", "deletoin"])
     assert bad.exit_code == 2 and error_lines(bad.stderr) == [
         "error: No metric named 'deletoin'. Did you mean: deletion? See sl.metrics.available() "

@@ -807,6 +807,8 @@ def _metric_detail(console: Any, cls: type) -> None:
         soft_wrap=True,
     )
     console.print(Text(inspect.getdoc(cls) or ""), soft_wrap=True)
+    if cls.reference:
+        console.print(Text(f"Paper: {cls.reference}"), soft_wrap=True)
     options = option_defaults(cls)
     if not options:
         console.print(Text("No options.", style="dim"))

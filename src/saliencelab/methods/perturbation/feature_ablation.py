@@ -67,11 +67,11 @@ def feature_ablation(
     """Feature ablation: A(e) = S(x) − S(x with e's feature := baseline), one forward per feature.
 
     `feature_mask`: None (a grid of about `n_segments` cells; for tabular inputs one feature per
-    column) | "grid" | "slic" (superpixels; both images only) | an integer tensor (H, W),
-    (B, H, W), (B, C, H, W), (F,) / (B, F) for tabular inputs, (L,) for signals (B, C, L).
-    `baseline`: a number | "blur" (`blur_sigma` px) | "mean" | a tensor broadcastable to the
-    inputs | None (the default, 0.0), whole numbers for integer inputs; `n_segments` a positive
-    int. Equals Captum's FeatureAblation with the same mask. extras["feature_mask"] is the mask.
+    column) | "grid" | "slic" (superpixels; both images only) | an integer tensor (H, W), (B, H, W),
+    (B, C, H, W), (F,) / (B, F) for tabular inputs, (L,) for signals (B, C, L). `baseline`: a number
+    (default 0.0; None and "zero" mean the same) | "blur" (`blur_sigma` px) | "mean" | a tensor
+    broadcastable to the inputs, whole numbers for integer inputs; `n_segments` a positive int.
+    Equals Captum's FeatureAblation with the same mask. extras["feature_mask"] is the mask.
 
     `incremental=True` recomputes the model's early layers only around each feature's bounding
     box when that saves time and reproduces full forwards (`incremental.py`); the result is the

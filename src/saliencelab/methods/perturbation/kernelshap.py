@@ -135,13 +135,13 @@ def kernelshap(
 ) -> MethodOutput:
     """KernelSHAP (Lundberg & Lee 2017): Shapley values of features by kernel-weighted regression.
 
-    φ minimises Σ_z π(z)(v(z) − φ_0 − Σ_i φ_i z_i)², π(z) = (M−1)/(C(M,|z|)|z|(M−|z|)), with
-    φ_0 = v(∅) and Σφ = v(1) − v(∅) enforced exactly. M ≤ `exact_up_to` (or n_samples ≥ 2^M − 2)
+    φ minimises Σ_z π(z)(v(z) − φ_0 − Σ_i φ_i z_i)², π(z) = (M−1)/(C(M,|z|)|z|(M−|z|)), with φ_0 =
+    v(∅) and Σφ = v(1) − v(∅) enforced exactly. M ≤ `exact_up_to` (or n_samples ≥ 2^M − 2)
     enumerates every coalition, giving exact Shapley values; otherwise n_samples coalitions are
-    drawn ∝ π (`paired` with their complements, `seed`). Options: `feature_mask` None (grid of
-    about `n_segments` cells) | "grid" | "slic" | an integer tensor; `baseline` a number | "blur"
-    (`blur_sigma` px) | "mean" | a tensor | None (the default, 0.0). extras: shapley_values
-    (B, M), base_value v(∅) (B,), exact (B,) whether enumerated, feature_mask.
+    drawn ∝ π (`paired` with their complements, `seed`). Options: `feature_mask` None (grid of about
+    `n_segments` cells) | "grid" | "slic" | an integer tensor; `baseline` a number (default 0.0;
+    None and "zero" mean the same) | "blur" (`blur_sigma` px) | "mean" | a tensor. extras:
+    shapley_values (B, M), base_value v(∅) (B,), exact (B,) whether enumerated, feature_mask.
     """
     name = "kernelshap"
     seed = check_seed(name, seed)

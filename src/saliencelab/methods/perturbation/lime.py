@@ -109,10 +109,10 @@ def lime(
     Bernoulli(½) per feature, `seed`), weighted by π(z) = exp(−d(z)²/σ²), d(z) the cosine distance
     of z to all-ones, σ = `kernel_width`, ridge penalty `alpha` on β_1..F; each element gets its
     feature's β_f. Options: `feature_mask` None (a grid of about `n_segments` cells) | "grid" |
-    "slic" | an integer tensor (images (B, H, W); tabular (B, F)); `baseline` a number | "blur"
-    (`blur_sigma` px) | "mean" | a tensor | None (the default, 0.0). With alpha=0, n_samples must be
-    at least the number of features + 1. extras: coefficients (B, F), intercept (B,), r2 (B,)
-    weighted R² of the surrogate, feature_mask.
+    "slic" | an integer tensor (images (B, H, W); tabular (B, F)); `baseline` a number (default 0.0;
+    None and "zero" mean the same) | "blur" (`blur_sigma` px) | "mean" | a tensor. With alpha=0,
+    n_samples must be at least the number of features + 1. extras: coefficients (B, F), intercept
+    (B,), r2 (B,) weighted R² of the surrogate, feature_mask.
     """
     name = "lime"
     seed = check_seed(name, seed)

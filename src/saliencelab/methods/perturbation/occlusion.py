@@ -96,10 +96,10 @@ def occlusion(
     """Occlusion (Zeiler & Fergus 2014): mean score drop when a sliding window is replaced.
 
     A(p) = mean over windows k covering p of S(x) − S(x with window k := baseline), equal to
-    Captum's Occlusion with sliding_window_shapes=(C, h, w), strides=(C, s, s). Options:
-    `window` (int or (h, w)), `stride` (int or (h, w)), `baseline` a number | "blur" (Gaussian
-    blur, `blur_sigma` pixels) | "mean" (per-channel mean of the image) | a tensor
-    broadcastable to the inputs | None (the default, 0.0). maps = A (not summed over channels).
+    Captum's Occlusion with sliding_window_shapes=(C, h, w), strides=(C, s, s). Options: `window`
+    (int or (h, w)), `stride` (int or (h, w)), `baseline` a number (default 0.0; None and "zero"
+    mean the same) | "blur" (Gaussian blur, `blur_sigma` pixels) | "mean" (per-channel mean of the
+    image) | a tensor broadcastable to the inputs. maps = A (not summed over channels).
 
     `incremental=True` recomputes the model's early layers only around each window when that
     saves time and reproduces full forwards (`incremental.py`, Nakandala et al. 2019); the

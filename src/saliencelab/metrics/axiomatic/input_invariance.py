@@ -196,7 +196,9 @@ def shifted_model(
     its output (also for a layer without a bias). A hook, not a replaced forward: LRP's rules run
     the layer's own forward with other weights swapped in (W⁺, flat ones), which must not get
     the offset of W, and the engine neither folds BatchNorm into a hooked model (the folded
-    layer would still subtract the unfolded offset) nor remembers it unfoldable. On exit, also
+    layer would still subtract the unfolded offset) nor remembers it unfoldable. Where a
+    method swaps the layer's weights for a forward (LRP's canonizer merging the BatchNorm that
+    follows: W' = s·W), the hook subtracts the response of those weights. On exit, also
     on an error, the model is as it was: the same tensor objects with the same values (the bias
     copied back in place, so its version counter tells caches of the weights, e.g.
     core/fused.py, that it changed twice) and no hook left.
@@ -236,6 +238,9 @@ def shifted_model(
     # engine's rows on CPU) is ~10× slower. The copies are kept with a kept offset (the
     # channels-last copy of the shapes CNN's took 0.13 ms a call).
 
+    weight = first._parameters.get("weight")
+    version = weight._version if isinstance(weight, torch.Tensor) else None
+
     def hook(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
         if out.shape[1:] != offset.shape[1:]:
             raise SaliencelabError(
@@ -243,10 +248,17 @@ def shifted_model(
                 f"{tuple(x.shape[1:])}; explain inputs of that shape."
             )
         layout = memory_format_of(out)
-        like_out = derived(
-            (out.dtype, out.device, layout),
-            lambda: offset.to(out.device, out.dtype).contiguous(memory_format=layout),
-        )
+        now = mod._parameters.get("weight")
+        if key is not None and (now is not weight or now._version != version):
+            # Other weights for this forward: LRP's canonizer merged a BatchNorm into the layer
+            # (W' = s·W), whose response to the shift is then s·W·shift, not W·shift.
+            like_out = layer_offset(mod, x, shift).to(out.device, out.dtype)
+            like_out = like_out.contiguous(memory_format=layout)
+        else:
+            like_out = derived(
+                (out.dtype, out.device, layout),
+                lambda: offset.to(out.device, out.dtype).contiguous(memory_format=layout),
+            )
         fn = out.grad_fn
         if not out.requires_grad or (fn is not None and fn.name() in _OUTPUT_NOT_SAVED):
             return out.sub_(like_out)
@@ -264,16 +276,17 @@ class InputInvariance(Metric):
     """Input invariance (Kindermans et al. 2017, The (Un)reliability of Saliency Methods), lower
     is better.
 
-    The input is shifted by a constant, x₂ = x + shift (per channel if a sequence), and the
-    model's first layer is made to absorb it (bias b − W·shift; `shifted_model`: in place for
-    the call, put back exactly afterwards), so both models have the same outputs and gradients.
-    The explanation of x₂ on the shifted model is compared with the map of x:
-    `measure="fraction"` is the fraction of map values (or attributions with `on="attributions"`)
-    that changed, i.e. not `torch.isclose(a, a₂, rtol, atol)`; `measure="mae"` is the mean
-    |a − a₂|. Gradients and Grad-CAM score 0; input × gradient and IG with a zero baseline do
-    not. Needs the model's first layer to be an nn.Conv2d or nn.Linear that gets the input
-    unchanged. Quantus' InputInvariance returns, per sample, whether all values are close
-    (`np.isclose`, atol 1e-4): it is True exactly where `measure="fraction"` gives 0.
+    The input is shifted by a constant, x₂ = x + shift (per channel if a sequence), and the model's
+    first layer is made to absorb it (bias b − W·shift; `shifted_model`: in place for the call, put
+    back exactly afterwards), so both models have the same outputs and gradients. The explanation of
+    x₂ on the shifted model is compared with the map of x: `measure="fraction"` is the fraction of
+    map values (or attributions with `on="attributions"`) that changed, i.e. not `torch.isclose(a,
+    a₂, rtol, atol)`; `measure="mae"` is the mean |a − a₂|. Gradients and Grad-CAM score 0 in
+    float64 and about 0 in float32 (where rounding of the shifted first layer flips a ReLU or
+    max-pool choice, a few values change: 0.01-0.02 of them on the shapes CNN); input × gradient and
+    IG with a zero baseline do not. Needs the model's first layer to be an nn.Conv2d or nn.Linear
+    that gets the input unchanged. Quantus' InputInvariance returns, per sample, whether all values
+    are close (`np.isclose`, atol 1e-4): it is True exactly where `measure="fraction"` gives 0.
 
     `atol` / `rtol` hold as given in float32 and float64. Where the model, its inputs or the
     maps are in a coarser dtype (float16, bfloat16), x and x₂ round differently (even the

@@ -413,8 +413,9 @@ def _check_same_logits(ctx: Context, logits: torch.Tensor) -> None:
         eps = max(eps, 2.0**-10)
     if gap > max(1e-3, 32 * eps) * scale:
         raise SaliencelabError(
-            f"lrp: the canonized model's outputs differ from the model's by {float(gap):.3g}, so "
-            "a BatchNorm was merged into a layer it does not follow; pass canonize=False."
+            f"lrp: the canonized model's outputs differ from the model's by {float(gap):.3g}: a "
+            "BatchNorm was merged into a layer it does not follow, or a hook on a merged layer "
+            "depends on its weights; pass canonize=False."
         )
 
 
