@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -442,9 +442,8 @@ class Engine:
         rounding of the channels-last layout on CPU (core/layout.py).
         """
         n = x.shape[0]
-        chunks = self.forwards(n, *batch_rows(x), target, fold=False)
-        out = [c.logits for c in chunks]
-        return torch.cat(out)
+        with closing(self.forwards(n, *batch_rows(x), target, fold=False)) as chunks:
+            return torch.cat([c.logits for c in chunks])
 
     def _output(self, x: torch.Tensor, target) -> torch.Tensor:
         """The logits of `x`, or for a layer target the readings of its layer.

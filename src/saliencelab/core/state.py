@@ -8,6 +8,7 @@ activation) gradients. Measured on a 2-core CPU with EfficientNet-Lite0 (benchma
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -143,6 +144,17 @@ class _Session:
 
 
 _SESSIONS: weakref.WeakKeyDictionary[nn.Module, _Session] = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(module: nn.Module) -> threading.RLock:
+    """The lock of `module`'s attribution sessions: one thread at a time (re-entrant)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(module)
+        if lock is None:
+            lock = _LOCKS[module] = threading.RLock()
+        return lock
 
 
 @contextmanager
@@ -152,22 +164,37 @@ def attribution_mode(module: nn.Module) -> Iterator[None]:
     Nested calls on the same module (every pass of `sl.explain` opens one) cost nothing: the
     first sets the state, and it is restored when the last one open ends, in whatever order
     they end (passes are generators).
+
+    A call changes the model while it runs (hooks, BatchNorm folded in place, LRP's merged
+    layers, randomised weights), so calls on the same module from several threads take turns:
+    the session holds the module's lock (`model_lock`) from its first entry to its last exit.
+    Without it a second thread saved the first one's folded weights as the originals and put
+    them back for good, and got maps of the other thread's hooked model.
     """
-    session = _SESSIONS.get(module)
-    if session is None:
-        modules = submodules(module)  # one walk for both
-        with ExitStack() as stack:
-            stack.enter_context(eval_mode(module, modules))
-            stack.enter_context(frozen_parameters(module, modules))
-            session = _SESSIONS[module] = _Session(0, stack.pop_all())
-    session.depth += 1
+    lock = model_lock(module)
+    lock.acquire()
+    try:
+        session = _SESSIONS.get(module)
+        if session is None:
+            modules = submodules(module)  # one walk for both
+            with ExitStack() as stack:
+                stack.enter_context(eval_mode(module, modules))
+                stack.enter_context(frozen_parameters(module, modules))
+                session = _SESSIONS[module] = _Session(0, stack.pop_all())
+        session.depth += 1
+    except BaseException:
+        lock.release()
+        raise
     try:
         yield
     finally:
-        session.depth -= 1
-        if session.depth == 0:
-            del _SESSIONS[module]
-            session.undo.close()
+        try:
+            session.depth -= 1
+            if session.depth == 0:
+                del _SESSIONS[module]
+                session.undo.close()
+        finally:
+            lock.release()
 
 
 def usable_input(x: torch.Tensor) -> torch.Tensor:

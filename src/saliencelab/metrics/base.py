@@ -25,7 +25,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
@@ -220,8 +220,9 @@ class EvalBatch:
         """
         engine = self.require_engine()
         target = Target(self.target)
-        chunks = engine.forwards(n_rows, make_inputs, sample_of, target, example=self.x[:1])
-        parts = [self.pick(chunk.logits, chunk.samples, kind) for chunk in chunks]
+        passes = engine.forwards(n_rows, make_inputs, sample_of, target, example=self.x[:1])
+        with closing(passes) as chunks:  # the model restored also if this frame is kept
+            parts = [self.pick(chunk.logits, chunk.samples, kind) for chunk in chunks]
         return torch.cat(parts) if parts else torch.empty(0)
 
     def pick(

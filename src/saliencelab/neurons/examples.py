@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,8 +207,8 @@ def top_examples(
                 default = find_token_layer(model.module, x, model.extra.get("reshape"))
             name, module = resolve_layer(model.module, layer, x, default)
             reader = _ChannelMap(module, name, channel)
-        with token_layout(model, x):
-            chunks = engine.forwards(x.shape[0], *batch_rows(x), reader)
+        passes = engine.forwards(x.shape[0], *batch_rows(x), reader)
+        with token_layout(model, x), closing(passes) as chunks:  # restored if this frame is kept
             maps = torch.cat([c.logits for c in chunks]).float().cpu()  # (n, h, w)
         n_ok += len(where)
         values = maps.flatten(1).amax(dim=1).tolist()

@@ -12,6 +12,7 @@ and their weighted gradients summed into a (B, ...) tensor with `index_add_`.
 
 from __future__ import annotations
 
+from contextlib import closing
 from functools import lru_cache
 from typing import Any
 
@@ -77,10 +78,11 @@ def target_scores(ctx: Context, inputs: torch.Tensor) -> torch.Tensor:
     n, batch = inputs.shape[0], ctx.batch
     samples = torch.arange(n, device=inputs.device) % batch
     # (slices of device tensors per chunk: no chunk waits for a GPU)
-    chunks = ctx.engine.forwards(
+    passes = ctx.engine.forwards(
         n, lambda r: row_slice(inputs, r), lambda r: row_slice(samples, r), ctx.target
     )
-    return torch.cat([c.scores for c in chunks])
+    with closing(passes) as chunks:  # the model restored also if this frame is kept
+        return torch.cat([c.scores for c in chunks])
 
 
 @register(

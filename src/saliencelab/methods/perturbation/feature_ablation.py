@@ -13,6 +13,7 @@ is built in one gather of a keep-matrix over the mask (`apply_features`) and run
 
 from __future__ import annotations
 
+from contextlib import closing
 from typing import Any
 
 import torch
@@ -138,9 +139,10 @@ def feature_ablation(
             return sample_of(row_slice(ids, rows))
 
         chunks = ctx.engine.forwards(n_rows, make_inputs, samples_of, ctx.target)
-    for chunk in chunks:
-        samples, f = split(row_slice(ids, chunk.rows))
-        drops[samples, f] = clean[samples] - chunk.scores.to(dev)
+    with closing(chunks):  # the model restored also if this frame is kept
+        for chunk in chunks:
+            samples, f = split(row_slice(ids, chunk.rows))
+            drops[samples, f] = clean[samples] - chunk.scores.to(dev)
     # in the inputs' dtype, but never an integer one (token ids): score drops are real numbers;
     # maps: a mask shared by the channels gives each position its feature's drop (images,
     # signals, volumes), a per-element mask the sum over channels, tabular inputs the drops

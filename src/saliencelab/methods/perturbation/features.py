@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from contextlib import closing
 from typing import Any
 
 import numpy as np
@@ -437,5 +438,6 @@ def clean_scores(ctx: Context) -> torch.Tensor:
     if ctx.logits is not None:
         return ctx.target.scores(ctx.logits, rows).to(ctx.x.device)
     # (slices of device tensors per chunk: no chunk waits for a GPU)
-    chunks = ctx.engine.forwards(ctx.batch, *batch_rows(ctx.x), ctx.target)
-    return torch.cat([c.scores for c in chunks]).to(ctx.x.device)
+    passes = ctx.engine.forwards(ctx.batch, *batch_rows(ctx.x), ctx.target)
+    with closing(passes) as chunks:  # the model restored also if this frame is kept
+        return torch.cat([c.scores for c in chunks]).to(ctx.x.device)

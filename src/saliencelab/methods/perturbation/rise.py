@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import operator
+from contextlib import closing
 
 import torch
 import torch.nn.functional as F
@@ -147,10 +148,11 @@ def rise(
         return x[sample_of(rows)] * m[row_slice(mask_of, rows) - first][:, None]
 
     total = torch.zeros(batch, height, width, dtype=dtype, device=dev)
-    chunks = ctx.engine.forwards(batch * n_masks, make_inputs, sample_of, ctx.target)
-    for chunk in chunks:
-        first = row_range(chunk.rows)[0] // batch
-        m = chunk_masks["m"][row_slice(mask_of, chunk.rows) - first]
-        total.index_add_(0, chunk.samples, m * chunk.scores.to(dev, dtype)[:, None, None])
+    passes = ctx.engine.forwards(batch * n_masks, make_inputs, sample_of, ctx.target)
+    with closing(passes) as chunks:  # the model restored also if this frame is kept
+        for chunk in chunks:
+            first = row_range(chunk.rows)[0] // batch
+            m = chunk_masks["m"][row_slice(mask_of, chunk.rows) - first]
+            total.index_add_(0, chunk.samples, m * chunk.scores.to(dev, dtype)[:, None, None])
     maps = total / (n_masks * p_keep)
     return MethodOutput(maps[:, None].expand(x.shape), maps=maps)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import closing
 from typing import Literal
 
 import torch
@@ -250,20 +251,21 @@ def run_rows(
     regular: list[torch.Tensor] = []  # the scores of the samples' own rows, chunk by chunk
     shared_logits: list[torch.Tensor | None] = [None] * len(images)
     engine = batch.require_engine()
-    chunks = engine.forwards(
+    passes = engine.forwards(
         total, make_inputs, sample_of, Target(batch.target), example=batch.x[:1]
     )
-    for chunk in chunks:
-        lo, hi = row_range(chunk.rows)
-        mine = min(hi, b * n)
-        if mine == hi:
-            regular.append(batch.pick(chunk.logits, chunk.samples, score))
-            continue
-        if mine > lo:
-            own = slice(0, mine - lo)
-            regular.append(batch.pick(chunk.logits[own], chunk.samples[own], score))
-        for r in range(max(lo, mine), hi):  # the shared images' rows
-            shared_logits[r - b * n] = chunk.logits[r - lo][None]
+    with closing(passes) as chunks:  # the model restored also if this frame is kept
+        for chunk in chunks:
+            lo, hi = row_range(chunk.rows)
+            mine = min(hi, b * n)
+            if mine == hi:
+                regular.append(batch.pick(chunk.logits, chunk.samples, score))
+                continue
+            if mine > lo:
+                own = slice(0, mine - lo)
+                regular.append(batch.pick(chunk.logits[own], chunk.samples[own], score))
+            for r in range(max(lo, mine), hi):  # the shared images' rows
+                shared_logits[r - b * n] = chunk.logits[r - lo][None]
     if n:
         out[:, todo] = torch.cat(regular).double().view(b, n)
     everyone = torch.arange(b, device=dev)
