@@ -33,7 +33,7 @@ from .inplace import inplace_activations
 from .layers import get_layer, module_name, refuse_unhookable
 from .layout import channels_last_known, probe_channels_last, probed
 from .row_versions import chunk_samples
-from .state import Hooks, attribution_mode, submodules, usable_input
+from .state import Hooks, attribution_mode, running_pass, submodules, usable_input
 from .targets import LayerTarget, Target, layer_target
 from .tokens import token_layout
 
@@ -297,48 +297,50 @@ class Engine:
             for rows in plan.chunks():
                 start = time.perf_counter()
                 try:
-                    x = usable_input(_rows_like(make_inputs(rows), example))
-                    if nhwc:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    learning = not plan.settled
-                    built = clock() if learning else 0.0
-                    captured.clear()
-                    samples = sample_of(rows)
-                    with (
-                        torch.enable_grad() if input_grad else torch.no_grad(),
-                        _count_saved_bytes(plan, len(rows)),
-                        chunk_samples(samples),
-                    ):
-                        if input_grad:
-                            x.requires_grad_(True)
-                        forwarding[0] = True
-                        try:
-                            if check is None:
-                                logits = self._output(x, target)
-                            else:
-                                with check.watch():
+                    with running_pass(self.module):  # user code inside: hooks, targets
+                        x = usable_input(_rows_like(make_inputs(rows), example))
+                        if nhwc:
+                            x = x.contiguous(memory_format=torch.channels_last)
+                        learning = not plan.settled
+                        built = clock() if learning else 0.0
+                        captured.clear()
+                        samples = sample_of(rows)
+                        with (
+                            torch.enable_grad() if input_grad else torch.no_grad(),
+                            _count_saved_bytes(plan, len(rows)),
+                            chunk_samples(samples),
+                        ):
+                            if input_grad:
+                                x.requires_grad_(True)
+                            forwarding[0] = True
+                            try:
+                                if check is None:
                                     logits = self._output(x, target)
-                                check.after_forward(reached_output)
-                        finally:
-                            forwarding[0] = False
-                        if reached_output:
-                            _check_rows(logits, len(rows))
-                    with torch.enable_grad():
-                        scores = target.scores(logits, samples)
-                        checks.add(scores, samples)
-                        missing = [n for n in layers if n not in captured]
-                        if missing:
-                            raise SaliencelabError(_not_reached(missing[0], reached_output))
-                        wrt = ([x] if input_grad else []) + [captured[n] for n in layers]
-                        names = ["the input"] if input_grad else []
-                        names += [f"the layer {n}" for n in layers]
-                        if not scores.requires_grad:
-                            raise SaliencelabError(_no_gradient(" or ".join(names), bool(layers)))
-                        grads = _input_gradients(scores.sum(), wrt)
-                        unused = [n for n, g in zip(names, grads, strict=True) if g is None]
-                        if unused:
-                            raise SaliencelabError(_no_gradient(unused[0], bool(layers)))
-                    checks.wait()
+                                else:
+                                    with check.watch():
+                                        logits = self._output(x, target)
+                                    check.after_forward(reached_output)
+                            finally:
+                                forwarding[0] = False
+                            if reached_output:
+                                _check_rows(logits, len(rows))
+                        with torch.enable_grad():
+                            scores = target.scores(logits, samples)
+                            checks.add(scores, samples)
+                            missing = [n for n in layers if n not in captured]
+                            if missing:
+                                raise SaliencelabError(_not_reached(missing[0], reached_output))
+                            wrt = ([x] if input_grad else []) + [captured[n] for n in layers]
+                            names = ["the input"] if input_grad else []
+                            names += [f"the layer {n}" for n in layers]
+                            if not scores.requires_grad:
+                                wanted = " or ".join(names)
+                                raise SaliencelabError(_no_gradient(wanted, bool(layers)))
+                            grads = _input_gradients(scores.sum(), wrt)
+                            unused = [n for n, g in zip(names, grads, strict=True) if g is None]
+                            if unused:
+                                raise SaliencelabError(_no_gradient(unused[0], bool(layers)))
+                        checks.wait()
                 except torch.OutOfMemoryError:
                     captured.clear()
                     _out_of_memory(plan, len(rows), dev)
@@ -409,20 +411,23 @@ class Engine:
             for rows in plan.chunks():
                 start = time.perf_counter()
                 try:
-                    x = _rows_like(make_inputs(rows), example)
-                    if nhwc:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    learning = not plan.settled
-                    built = clock() if learning else 0.0
-                    current_rows[:] = [rows]
-                    samples = sample_of(rows)
-                    with chunk_samples(samples):
-                        logits = self._output(x, target)
-                    if reached_output:
-                        _check_rows(logits, len(rows))
-                    scores = target.scores(logits, samples) if target is not None else logits[:, 0]
-                    checks.add(scores, samples)
-                    checks.wait()
+                    with running_pass(self.module):  # user code inside: hooks, targets
+                        x = _rows_like(make_inputs(rows), example)
+                        if nhwc:
+                            x = x.contiguous(memory_format=torch.channels_last)
+                        learning = not plan.settled
+                        built = clock() if learning else 0.0
+                        current_rows[:] = [rows]
+                        samples = sample_of(rows)
+                        with chunk_samples(samples):
+                            logits = self._output(x, target)
+                        if reached_output:
+                            _check_rows(logits, len(rows))
+                        scores = (
+                            target.scores(logits, samples) if target is not None else logits[:, 0]
+                        )
+                        checks.add(scores, samples)
+                        checks.wait()
                 except torch.OutOfMemoryError:
                     _out_of_memory(plan, len(rows), dev)
                     continue

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .errors import SaliencelabError
+
 
 def submodules(module: nn.Module) -> list[nn.Module]:
     """`list(module.modules())`, in the same order (depth first, each module once), about 2×
@@ -157,6 +159,36 @@ def model_lock(module: nn.Module) -> threading.RLock:
         return lock
 
 
+_THREAD = threading.local()  # per thread: {id(module): chunks of passes running on it}
+
+
+@contextmanager
+def running_pass(module: nn.Module) -> Iterator[None]:
+    """Marks a chunk of passes running on `module` in this thread: the model's forward, its
+    hooks and the target's function run inside, with the model in the call's state."""
+    running = _THREAD.__dict__.setdefault("passes", {})
+    key = id(module)
+    running[key] = running.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        running[key] -= 1
+        if not running[key]:
+            del running[key]
+
+
+def _refuse_nested(module: nn.Module) -> None:
+    """One sentence where a call on `module` starts inside a chunk of another call's passes on
+    it (from a target function or a hook): that call has the model hooked and changed (LRP's
+    rules, guided backprop's, folded BatchNorms), so the inner call's maps would be wrong."""
+    if _THREAD.__dict__.get("passes", {}).get(id(module)):
+        raise SaliencelabError(
+            "A saliencelab call on this model was started from inside another call's pass on "
+            "it (in a target function or a hook), where the model is hooked and changed for "
+            "that call; compute it before or after the outer call."
+        )
+
+
 @contextmanager
 def attribution_mode(module: nn.Module) -> Iterator[None]:
     """Eval mode and frozen parameters for the duration of an attribution call.
@@ -171,6 +203,7 @@ def attribution_mode(module: nn.Module) -> Iterator[None]:
     Without it a second thread saved the first one's folded weights as the originals and put
     them back for good, and got maps of the other thread's hooked model.
     """
+    _refuse_nested(module)
     lock = model_lock(module)
     lock.acquire()
     try:
