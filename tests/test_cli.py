@@ -92,8 +92,9 @@ def test_explain_writes_overlays_gallery_maps_and_index(runner, tiny, tmp_path):
             assert Image.open(out / f"{stem}_{name}.png").size[0] > 0
     with np.load(out / "maps.npz") as maps:
         assert sorted(maps.files) == sorted(
-            f"{s}/{k}" for s in ("a", "b") for k in ("saliency", "gradcam", "target")
+            f"{s}/{k}" for s in ("a", "b") for k in ("saliency", "gradcam", "target", "image")
         )
+        assert str(maps["b/image"]) == str(b)
         assert maps["a/saliency"].shape == (32, 32) and maps["a/saliency"].dtype == np.float32
         assert maps["b/gradcam"].shape == (32, 32)
         assert maps["a/target"].dtype == np.int64 and 0 <= int(maps["a/target"]) < len(LABELS)
@@ -145,7 +146,7 @@ def test_bad_image_among_good_ones_is_reported_and_the_rest_written(runner, tiny
     html = (out / "index.html").read_text(encoding="utf-8")
     assert html.count('class="card error"') == 2 and "good.png" in html
     with np.load(out / "maps.npz") as maps:
-        assert sorted(maps.files) == ["good/saliency", "good/target"]
+        assert sorted(maps.files) == ["good/image", "good/saliency", "good/target"]
 
 
 @pytest.mark.parametrize(
@@ -390,7 +391,7 @@ def test_maps_npz_is_always_a_whole_file(tmp_path, tiny):
     images = [photo(tmp_path / f"{i}.png", seed=i) for i in range(3)]
     explain_images(model, images[:1], "saliency", out)
     with np.load(out / "maps.npz") as maps:
-        assert sorted(maps.files) == ["0/saliency", "0/target"]
+        assert sorted(maps.files) == ["0/image", "0/saliency", "0/target"]
 
     def stop(done, total, what):  # the user presses Ctrl-C while image 2 is written
         if what.startswith("writing") and what.endswith("2.png"):
@@ -405,7 +406,7 @@ def test_maps_npz_is_always_a_whole_file(tmp_path, tiny):
     with pytest.raises(sl.SaliencelabError):  # refused before any map: the folder is kept
         explain_images(model, images, "no_such_method", out)
     with np.load(out / "maps.npz") as maps:
-        assert sorted(maps.files) == ["0/saliency", "0/target"]
+        assert sorted(maps.files) == ["0/image", "0/saliency", "0/target"]
 
 
 def test_a_reused_out_folder_names_the_files_an_earlier_run_left(runner, tiny, tmp_path):

@@ -115,6 +115,19 @@ def test_metrics_json_records_the_settings_and_the_class_explained(runner, bed, 
     ]
 
 
+def test_a_channel_target_is_named_in_metrics_json(runner, bed, tmp_path):
+    """It was recorded as "custom", where the table, gallery and report name the channel."""
+    imgs, _, _ = bed
+    out = tmp_path / "out"
+    args = ["-m", "gradcam", "--metrics", "sparseness", "--target", "channel:features.10:28"]
+    result = evaluate(runner, imgs, out, *args)
+    assert result.exit_code == 0, result.output
+    params = json.loads((out / "metrics.json").read_text())["params"]
+    assert [(e["class"], e["label"]) for e in params["explained"]] == [
+        (None, "channel 28 of features.10")
+    ] * len(NAMES)
+
+
 def test_without_a_target_the_predicted_class_is_recorded(runner, bed, tmp_path):
     imgs, _, _ = bed
     out = tmp_path / "out"

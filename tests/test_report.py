@@ -131,7 +131,8 @@ def test_from_explanation(tmp_path):
     assert e.predicted == "dog"
     assert e.probability == pytest.approx(torch.softmax(logits[1], 0)[0].item())
     assert [r["method"] for r in e.rows] == ["gradcam", "saliency"]
-    assert all(r["sample"] == 1 for r in e.rows)
+    # the rows the CLI's cards show: the target only where it is not the prediction
+    assert all(list(r) == ["method", "passes", "forwards", "seconds"] for r in e.rows)
     text = write_index(tmp_path, [e]).read_text(encoding="utf-8")
     assert "dog" in text and "two.pt" in text
     with pytest.raises(SaliencelabError, match="out of range"):

@@ -264,7 +264,9 @@ class Explanation(Mapping[str, Attribution]):
     def table(self) -> list[dict[str, Any]]:
         """One row per (sample, method): prediction and probability (None for a channel or
         neuron target, whose reading is in "target_value", and for a model of one score, whose
-        score is there), target, passes, seconds."""
+        score is there), target, and the method's cost per sample: passes, forwards and seconds
+        (the call's time split evenly over its samples)."""
+        batch = max(int(self.inputs.shape[0]), 1)
         probs = self.probabilities
         values = self.target_values
         rows = []
@@ -280,7 +282,8 @@ class Explanation(Mapping[str, Attribution]):
                         "target": self.target_label(a, i),
                         "target_value": None if values is None else float(values[i]),
                         "passes": a.passes,
-                        "seconds": a.seconds,
+                        "forwards": a.forwards,
+                        "seconds": a.seconds / batch,
                     }
                 )
         return rows

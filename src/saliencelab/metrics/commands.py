@@ -70,6 +70,7 @@ from .evaluate import (
     format_value,
     json_safe,
     metric_requests,
+    plain,
 )
 
 DEFAULT_METHODS = "gradcam,saliency"
@@ -210,7 +211,7 @@ class _Run:
             self.explained += _explained(ex, items)
             if not self.method_params:
                 self.method_params = {
-                    name: {**_plain(a.params), **({"layer": _plain(a.layer)} if a.layer else {})}
+                    name: {**plain(a.params), **({"layer": plain(a.layer)} if a.layer else {})}
                     for name, a in ex.items()
                 }
 
@@ -222,30 +223,21 @@ class _Run:
         return EvalReport(results, references=self.references, params=params)
 
 
-def _plain(v: Any) -> Any:
-    """`v` as JSON-able Python: numbers, strings, lists and dicts as they are, the rest repr'd."""
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    if isinstance(v, dict):
-        return {str(k): _plain(u) for k, u in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(u) for u in v]
-    return repr(v)
-
-
 def _explained(ex: Any, items: list[ImageItem]) -> list[dict[str, Any]]:
     """Per image of a batch, the class its maps explain: {"image", "class", "label"}.
 
     The methods of one `sl.explain` call explain the same class; should they not, "class" and
-    "label" are per method. -1 (a callable target decided) is written as None, "custom".
+    "label" are per method. A channel, neuron or score target has "class" None and names
+    itself in "label" ("channel 28 of features.10"), as `Explanation.target_label` does.
     """
 
-    def one(target: int) -> tuple[int | None, str]:
-        return (target, ex.label(target)) if target >= 0 else (None, "custom")
+    def one(a: Any, i: int) -> tuple[int | None, str]:
+        target = int(a.target[i])
+        return (target if target >= 0 else None), ex.target_label(a, i)
 
     rows = []
     for i, item in enumerate(items):
-        per = {name: one(int(a.target[i])) for name, a in ex.items()}
+        per = {name: one(a, i) for name, a in ex.items()}
         if len(set(per.values())) <= 1:
             index, label = next(iter(per.values()), (None, "custom"))
             rows.append({"image": item.name, "class": index, "label": label})
@@ -401,14 +393,14 @@ def evaluate_images(
         "methods": list(methods),
         "model": model.name,
         "target": target if isinstance(target, (int, str)) or target is None else repr(target),
-        "method_options": _plain(methods),
+        "method_options": plain(methods),
         "method_params": run.method_params,
-        "metric_options": _plain(metrics),
-        "shared_metric_options": _plain(shared),
+        "metric_options": plain(metrics),
+        "shared_metric_options": plain(shared),
         "references": references,
         "batch_size": batch_images,
         "chunk_size": chunk_size,
-        **_plain(settings or {}),
+        **plain(settings or {}),
         "explained": run.explained,
     }
     if masks is not None:

@@ -212,15 +212,20 @@ class EvalReport(Mapping[str, dict[str, MetricResult]]):
         return _write_text(path, self.csv_text(), "the metrics table")
 
     def to_dict(self) -> dict[str, Any]:
-        """Everything as plain Python: table rows plus per-sample values, params and curves."""
-        out: dict[str, Any] = {"references": list(self.references), "results": {}}
+        """Everything as plain Python: the report's params (e.g. "targets", the class each
+        method's maps were scored on), table rows plus per-sample values, params and curves."""
+        out: dict[str, Any] = {
+            "params": {str(k): plain(v) for k, v in self.params.items()},
+            "references": list(self.references),
+            "results": {},
+        }
         for method, per in self.results.items():
             out["results"][method] = {
                 name: {
                     **r.row(),
                     "values": [_num(v) for v in r.values.tolist()],
                     "value_range": list(r.value_range),
-                    "params": {k: _plain(v) for k, v in r.params.items()},
+                    "params": {k: plain(v) for k, v in r.params.items()},
                     "passes_per_sample": r.passes,
                     "forwards_per_sample": r.forwards,
                     "seconds": r.seconds,
@@ -270,11 +275,15 @@ def _num(v: float) -> float | None:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def _plain(v: Any) -> Any:
+def plain(v: Any) -> Any:
+    """`v` as JSON-able Python: numbers, strings, lists and dicts as they are, anything else
+    (a tensor option, a function) as its repr."""
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
     if isinstance(v, (list, tuple)):
-        return [_plain(u) for u in v]
+        return [plain(u) for u in v]
+    if isinstance(v, Mapping):
+        return {str(k): plain(u) for k, u in v.items()}
     return repr(v)
 
 

@@ -87,9 +87,12 @@ class ReportEntry:
         explained: str | None = None
         if probs is None:  # a channel or neuron target: its layer's readings, no classes
             explained = explanation.target_text(sample)
+            headline = explanation.explained_name or explained
         else:
             index = int(probs[sample].argmax())
             predicted, probability = explanation.label(index), float(probs[sample, index])
+            headline = predicted
+        rows = report_rows(rows, headline)
         return cls(
             name=name,
             image_path=image_path,
@@ -192,6 +195,17 @@ def _img(path: PathLike, out_dir: Path, embed: bool, alt: str, cls: str = "") ->
         return f'<p class="missing">image not found: {_e(Path(path).name)}</p>'
     klass = f' class="{cls}"' if cls else ""
     return f'<img{klass} src="{src}" alt="{_e(alt)}" loading="lazy">'
+
+
+REPORT_COLUMNS = ("method", "target", "passes", "forwards", "seconds")
+
+
+def report_rows(rows: list[dict[str, Any]], headline: str | None) -> list[dict[str, Any]]:
+    """The cost rows a card shows (`Explanation.table()`'s rows of one sample, per sample
+    figures): method, passes, forwards, seconds, and the target only where some method explained
+    another than `headline` (the predicted class, or what a channel or neuron target read)."""
+    columns = [c for c in REPORT_COLUMNS if c != "target" or any(r[c] != headline for r in rows)]
+    return [{k: r[k] for k in columns} for r in rows]
 
 
 def _number(value: Any, fmt: str) -> str:

@@ -53,6 +53,7 @@ from saliencelab.core.files import (
 from saliencelab.core.requests import named_requests, split_dotted
 from saliencelab.data.images import to_rgb
 from saliencelab.data.samples import is_sample_image
+from saliencelab.report.html import report_rows
 
 ImageArg = str | os.PathLike | Image.Image
 #: `progress(completed, total, description)`: work units done so far, units in all, current step.
@@ -66,7 +67,6 @@ MAX_DRAWN_SIDE = 1024
 
 _LOAD_UNITS = 1.0  # progress units for reading one image ...
 _WRITE_UNITS = 1.0  # ... and for writing its overlays and gallery; one pass per image is 1 unit
-_REPORT_COLUMNS = ("method", "target", "passes", "forwards", "seconds")
 
 
 @dataclass
@@ -78,12 +78,13 @@ class RunResult:
         index_path: `out_dir/index.html`.
         maps_path: `out_dir/maps.npz`, or None when no image was explained.
         methods: the methods run, in order.
-        rows: one dict per (image, method) in input order, with keys image, predicted,
-            probability, method, target, target_value, passes, forwards, seconds (per image),
-            layer, shared_with (methods of the run that reused this method's pass); for a
-            channel or neuron target predicted and probability are None, target names the
-            channel ("channel 26 of features.3") and target_value is its reading (else None);
-            an image that failed has one row with keys image and error.
+        rows: one dict per (image, method) in input order, with keys image, stem (its output
+            files are named {stem}_{method}.png), predicted, probability, method, target,
+            target_value, passes, forwards, seconds (per image), layer, shared_with (methods of
+            the run that reused this method's pass); for a channel or neuron target predicted
+            and probability are None, target names the channel ("channel 26 of features.3") and
+            target_value is its reading (else None); an image that failed has one row with keys
+            image and error.
         errors: (image, sentence) for every image that could not be explained.
         files: every file written.
         n_images: images explained.
@@ -599,6 +600,7 @@ def _write(
         rows.append(
             {
                 "image": item.name,
+                "stem": item.stem,  # its output files' names: {stem}_{method}.png
                 "predicted": label,
                 "probability": prob,
                 "method": name,
@@ -612,6 +614,7 @@ def _write(
             }
         )
     maps.add(f"{item.stem}/target", np.asarray(int(ex[names[0]].target[i]), dtype=np.int64))
+    maps.add(f"{item.stem}/image", np.asarray(item.name))  # which file (stems may be renamed)
     gallery = sl.save_gallery(
         shown,
         _one_image(ex, i),
@@ -624,7 +627,6 @@ def _write(
     # The report shows the target only when some method explained another class than predicted
     # (a channel or neuron target is named in the card's head instead).
     headline = label if probs is not None else (ex.explained_name or ex.target_text(i))
-    columns = [c for c in _REPORT_COLUMNS if c != "target" or any(r[c] != headline for r in rows)]
     item.entry = sl.ReportEntry(
         name=item.name,
         image_path=item.path.resolve() if item.path is not None else None,
@@ -633,7 +635,7 @@ def _write(
         predicted=label,
         probability=prob,
         explained=None if probs is not None else ex.target_text(i),
-        rows=[{k: r[k] for k in columns} for r in rows],
+        rows=report_rows(rows, headline),
         maps_path=maps.path.name,
     )
 

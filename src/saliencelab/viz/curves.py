@@ -106,7 +106,8 @@ def plot_metric_curves(
         lines.append((method, x, y, r.mean, method in report.references))
     first = next(iter(curves.values()))
     labels = _curve_labels(metric, xlabel, ylabel, lines)
-    n = max(int(r.curves.shape[0]) for r in curves.values())
+    # samples with a curve (a point that is not NaN), per method: the mean is theirs
+    counts = sorted({int(torch.isfinite(r.curves).any(dim=1).sum()) for r in curves.values()})
 
     xs = torch.cat([x for _, x, _, _, _ in lines])
     ys = torch.cat([y for _, _, y, _, _ in lines])
@@ -135,7 +136,11 @@ def plot_metric_curves(
 
     canvas = _Canvas(size, legend)
     canvas.title(f"{metric} ({_DIRECTION.get(first.direction, first.direction)})")
-    canvas.subtitle(f"mean curve over {n} sample{'s' if n != 1 else ''}; legend: score (mean)")
+    n = counts[-1]
+    over = f"{n} sample{'s' if n != 1 else ''}"
+    if len(counts) > 1:  # methods whose maps left some samples without a curve
+        over = f"{counts[0]}-{n} samples (those with a curve)"
+    canvas.subtitle(f"mean curve over {over}; legend: score (mean)")
     canvas.axes(x_ticks, y_ticks, labels[0], labels[1], x_names=x_names)
     for (_, x, y, _, _), (_, _, colour, dash) in zip(lines, legend, strict=True):
         canvas.polyline(x, y, colour, width=2.0, dash=dash)

@@ -106,13 +106,15 @@ def _centered(draw: ImageDraw.ImageDraw, x0: int, y: int, width: int, text: str,
 
 
 def _cost(a: Attribution) -> str:
+    """Per sample: passes, forwards and the call's seconds split evenly over its samples."""
     parts = []
     if a.passes:
         parts.append(f"{a.passes:g} pass" + ("" if a.passes == 1 else "es"))
     if a.forwards:
         parts.append(f"{a.forwards:g} fwd")
-    if a.seconds:
-        parts.append(f"{a.seconds * 1000:.0f} ms" if a.seconds < 1 else f"{a.seconds:.2f} s")
+    seconds = a.seconds / max(int(a.maps.shape[0]), 1)
+    if seconds:
+        parts.append(f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s")
     return " · ".join(parts)
 
 
