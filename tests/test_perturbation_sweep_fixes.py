@@ -337,3 +337,17 @@ def test_grid_and_slic_on_signals_and_volumes_say_which_mask_to_give(spec, shape
     message = _one_sentence(err)
     assert f"A {spec or 'grid'!r} feature mask needs images (B, C, H, W)" in message
     assert f"pass a feature_mask tensor of feature ids, shape {shapes}" in message
+
+
+def test_incremental_forwards_are_as_the_cost_string_says():
+    """The registered cost said F forwards; the incremental check runs up to 3 rows both ways."""
+    model = sl.load_model("shapes_cnn")
+    x = sl.data.shapes.make(4, seed=0).images
+    options = {"feature_ablation": {}, "occlusion": {"window": 16, "stride": 8}}
+    ex = sl.explain(model, x, options)
+    plain = sl.explain(model, x, {k: {**o, "incremental": False} for k, o in options.items()})
+    for name in options:
+        assert ex[name].extras["incremental"] is not None  # it ran incrementally
+        extra = (ex[name].forwards - plain[name].forwards) * 4
+        assert extra == 6, name
+        assert "up to 6 more per call" in sl.core.registry.get_method(name).cost

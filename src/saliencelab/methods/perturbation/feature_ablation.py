@@ -44,7 +44,9 @@ __all__ = ["feature_ablation", "feature_boxes", "spread_features"]  # (from feat
 @register(
     "feature_ablation",
     family="perturbation",
-    cost="F forwards (F = features per sample)",
+    cost=(
+        "F forwards (F = features per sample); incremental: up to 6 more per call (3 rows checked)"
+    ),
     reduction=(
         "score drop of the feature each pixel or value belongs to (summed over channels for "
         "per-channel masks)"

@@ -76,7 +76,10 @@ def _spread(values: torch.Tensor, size, window, stride) -> torch.Tensor:
 @register(
     "occlusion",
     family="perturbation",
-    cost="windows = (⌈(H−h)/s⌉+1)·(⌈(W−w)/s⌉+1) forwards",
+    cost=(
+        "windows = (⌈(H−h)/s⌉+1)·(⌈(W−w)/s⌉+1) forwards; incremental: up to 6 more per "
+        "call (3 rows checked)"
+    ),
     reduction="mean score drop of the windows covering the pixel (same for every channel)",
     # incremental forwards run crops outside the chunk's rows; a baseline tensor may be per batch
     rowwise=lambda options: (
