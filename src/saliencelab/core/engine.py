@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import CheckpointError
 
-from ..models.model import Model, logits_of
+from ..models.model import Model, check_labels_fit, logits_of
 from .backward import Backward, install_backward_mode
 from .batching import ChunkPlan, batch_rows, default_budget
 from .errors import SaliencelabError
@@ -323,7 +323,7 @@ class Engine:
                             finally:
                                 forwarding[0] = False
                             if reached_output:
-                                _check_rows(logits, len(rows))
+                                _check_rows(logits, len(rows), self.model.labels)
                         with torch.enable_grad():
                             scores = target.scores(logits, samples)
                             checks.add(scores, samples)
@@ -422,7 +422,7 @@ class Engine:
                         with chunk_samples(samples):
                             logits = self._output(x, target)
                         if reached_output:
-                            _check_rows(logits, len(rows))
+                            _check_rows(logits, len(rows), self.model.labels)
                         scores = (
                             target.scores(logits, samples) if target is not None else logits[:, 0]
                         )
@@ -563,10 +563,12 @@ def _no_gradient(what: str, layers: bool) -> str:
     )
 
 
-def _check_rows(logits: torch.Tensor, n: int) -> None:
+def _check_rows(logits: torch.Tensor, n: int, labels: Sequence[str] | None = None) -> None:
     """One sentence unless the model's output has one row per input row (`n`): a forward that
-    changes the batch (or returns one number) would give each input another row's scores."""
+    changes the batch (or returns one number) would give each input another row's scores; and
+    unless the model's `labels` name its outputs one for one (`check_labels_fit`)."""
     if logits.dim() and logits.shape[0] == n:
+        check_labels_fit(labels, logits)
         return
     rows = logits.shape[0] if logits.dim() else 0
     got = f"{rows} row{'s' * (rows != 1)} of scores" if logits.dim() else "a single number"

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..models.blackbox import gradients_message, is_blackbox
-from ..models.model import Model, as_model, as_model_input
+from ..models.model import Model, as_model, as_model_input, preprocessed
 from .backward import BACKWARD_MODES
 from .context import Capture, Context, autograd_allowed, method_output, upsample
 from .engine import Cost, Engine
@@ -58,12 +58,7 @@ def _requests(methods: MethodsArg, options: dict[str, Any]) -> list[tuple[Method
 def _as_batch(model: Model, x: Any) -> torch.Tensor:
     """The inputs as a batch on the model's device, in its parameters' floating dtype."""
     if not isinstance(x, torch.Tensor):
-        if model.preprocess is None:
-            raise SaliencelabError(
-                f"Got inputs of type {type(x).__name__} for a model with no preprocessing; pass a "
-                "tensor."
-            )
-        x = model.preprocess(x)
+        x = preprocessed(model, x)
     if x.dim() < 2 or (x.dim() == 3 and model.input_size is not None):
         raise SaliencelabError(
             f"Inputs need a batch axis, but got a tensor of shape {tuple(x.shape)}; use "

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import SaliencelabError
+from ..models.model import check_labels_fit
 
 LayerRef = str | nn.Module
 
@@ -322,6 +323,7 @@ def class_logit(c: int | str) -> Objective:
             )
         key = (z.shape[1], None if cap.labels is None else tuple(cap.labels))
         if key not in cache:
+            check_labels_fit(cap.labels, z)  # else a name could point past the logits
             cache[key] = _class_index(c, cap.labels, z.shape[1])
         return z[:, cache[key]]
 

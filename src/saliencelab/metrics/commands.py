@@ -62,6 +62,7 @@ from ..cli_common import (
 )
 from ..core.files import check_outputs, write_whole
 from ..core.requests import split_dotted
+from ..models.model import preprocessed
 from .base import MetricResult, check_class_target, get_metric
 from .evaluate import (
     EmptyMaskWarning,
@@ -271,7 +272,7 @@ def _prepare(
         if image is None:
             continue
         try:
-            x = model.preprocess([image])
+            x = preprocessed(model, [image])
             if not shape:
                 shape.append(tuple(x.shape[1:]))
             if tuple(x.shape[1:]) != shape[0]:

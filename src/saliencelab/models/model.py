@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -80,6 +81,132 @@ def checked_labels(labels: Any) -> Sequence[str] | None:
     return labels
 
 
+def check_labels_fit(labels: Sequence[str] | None, logits: torch.Tensor) -> None:
+    """One sentence unless `labels` name the model's outputs one for one: with more or fewer
+    labels than scores per input, class names would point at other outputs (and random classes
+    be drawn from another range)."""
+    if labels is None or logits.dim() != 2 or logits.shape[1] == len(labels):
+        return
+    n = logits.shape[1]
+    raise SaliencelabError(
+        f"The model gives {n} score{'s' * (n != 1)} per input but has {len(labels)} "
+        f"label{'s' * (len(labels) != 1)}; give one label per output (labels of length {n}), "
+        "or labels=None."
+    )
+
+
+def _checked_input_size(model: Model, size: Any) -> tuple[int, int] | None:
+    """(H, W) from (H, W) or one number (a square, as --input-size N); None as it is."""
+    given = size
+    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+        size = (size, size)
+    if size is None:
+        return None
+    if (
+        isinstance(size, (str, bytes))
+        or not isinstance(size, Sequence)
+        or len(size) != 2
+        or not all(
+            isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1 for n in size
+        )
+    ):
+        raise SaliencelabError(
+            f"input_size must be (height, width) in pixels, or one number for a square, not "
+            f"{given!r}."
+        )
+    return (int(size[0]), int(size[1]))
+
+
+def _checked_module(model: Model, module: Any) -> nn.Module:
+    if isinstance(module, nn.Module):
+        return module
+    if isinstance(module, Model):
+        hint = "it is already an sl.Model: use it as it is, or its .module"
+    elif callable(module):
+        hint = "for a function of a batch, use sl.blackbox(fn)"
+    else:
+        hint = "wrap a torch.nn.Module"
+    raise SaliencelabError(
+        f"sl.Model(module=...) takes a torch.nn.Module, not {type(module).__name__}; {hint}."
+    )
+
+
+def _checked_preprocess(model: Model, preprocess: Any) -> Callable[[Any], torch.Tensor] | None:
+    if preprocess is None or callable(preprocess):
+        return preprocess
+    raise SaliencelabError(
+        f"preprocess must be a function from images to the model's input batch (a tensor), or "
+        f"None, not {type(preprocess).__name__} {preprocess!r}."
+    )
+
+
+def _checked_default_layer(model: Model, layer: Any) -> str | None:
+    """A dotted name; a submodule of the model is read as its name."""
+    if layer is None or layer == "":  # no layer named: the method's own choice
+        return None
+    if isinstance(layer, str):
+        return layer
+    if isinstance(layer, nn.Module):
+        module = getattr(model, "module", None)
+        names = [n for n, m in module.named_modules() if m is layer] if module else []
+        if names:
+            return names[0]
+        raise SaliencelabError(
+            f"default_layer is a {type(layer).__name__} that is not part of the model; give "
+            "one of its layers, or its dotted name (see `saliencelab layers MODEL`)."
+        )
+    raise SaliencelabError(
+        f"default_layer must be a layer's dotted name (see `saliencelab layers MODEL`) or None, "
+        f"not {type(layer).__name__} {layer!r}."
+    )
+
+
+def _checked_extra(model: Model, extra: Any) -> dict[str, Any]:
+    if extra is None:
+        return {}
+    if isinstance(extra, Mapping):
+        return extra if isinstance(extra, dict) else dict(extra)
+    raise SaliencelabError(
+        f"extra must be a dict (of hooks for the methods), not {type(extra).__name__}."
+    )
+
+
+_FIELD_CHECKS: dict[str, Callable[[Model, Any], Any]] = {
+    "module": _checked_module,
+    "preprocess": _checked_preprocess,
+    "labels": lambda model, labels: checked_labels(labels),
+    "default_layer": _checked_default_layer,
+    "input_size": _checked_input_size,
+    "extra": _checked_extra,
+}
+
+
+def preprocessed(model: Model, items: Any) -> torch.Tensor:
+    """`model.preprocess(items)`, checked: a tensor (a NumPy array is taken as one) with one
+    row per item of a list; a preprocess that returns something else, or drops or adds rows
+    (one that ignores its input), is one sentence instead of maps of the wrong images."""
+    if model.preprocess is None:
+        raise SaliencelabError(
+            f"Got inputs of type {type(items).__name__} for a model with no preprocessing; pass "
+            "a tensor, or give the model one (sl.Model(module, preprocess=...))."
+        )
+    out = model.preprocess(items)
+    if isinstance(out, np.ndarray):
+        out = torch.from_numpy(np.ascontiguousarray(out))
+    if not isinstance(out, torch.Tensor):
+        raise SaliencelabError(
+            f"The model's preprocess returned {type(out).__name__}; it must return the input "
+            "batch as a tensor, one row per image."
+        )
+    if isinstance(items, (list, tuple)) and out.dim() >= 1 and out.shape[0] != len(items):
+        n = len(items)
+        raise SaliencelabError(
+            f"The model's preprocess returned {out.shape[0]} row{'s' * (out.shape[0] != 1)} "
+            f"for {n} input{'s' * (n != 1)}; it must return one row per input, in order."
+        )
+    return out
+
+
 def _label_index(key: Any) -> int | None:
     """The class index a labels dict's key stands for: an int, or its decimal string (as JSON
     keys are), else None."""
@@ -113,25 +240,16 @@ class Model:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        size = self.input_size
-        if isinstance(size, numbers.Integral) and not isinstance(size, bool):
-            size = (size, size)  # one side, as --input-size N: a square
-        if size is not None:
-            if (
-                not isinstance(size, Sequence)
-                or len(size) != 2
-                or not all(
-                    isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1
-                    for n in size
-                )
-            ):
-                raise SaliencelabError(
-                    f"input_size must be (height, width) in pixels, or one number for a square, "
-                    f"not {self.input_size!r}."
-                )
-            size = (int(size[0]), int(size[1]))
-        self.input_size = size
-        self.labels = checked_labels(self.labels)
+        """Nothing left to do: every field is checked as it is set (`__setattr__`)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Fields are checked and normalised when set, at construction and afterwards
+        (`model.labels = ...` later is read as the constructor reads it), so a wrong one is
+        one sentence here rather than wrong class names or a traceback in some method."""
+        check = _FIELD_CHECKS.get(name)
+        if check is not None:
+            value = check(self, value)
+        object.__setattr__(self, name, value)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return logits_of(self.module(x))

@@ -39,6 +39,7 @@ from ..cli_common import (
     read_image,
     session,
 )
+from ..models.model import preprocessed
 from .activations import RANKINGS, activations
 from .examples import save_examples_gallery, top_examples
 
@@ -66,7 +67,7 @@ def _grid(
     from .examples import model_view
 
     photo, stem = read_image(image, max_pixels)
-    x = model.preprocess([photo]).to(model.device)
+    x = preprocessed(model, [photo]).to(model.device)
     maps = activations(model, x, layer, top=top, by=by, target=target)
     path = out / f"{_slug(stem)}_{_slug(maps.layer)}_{by}.png"
     drawn = maps

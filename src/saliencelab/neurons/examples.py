@@ -35,7 +35,7 @@ from ..core.layers import resolve_layer
 from ..core.targets import LayerTarget
 from ..core.tokens import as_layer_map, find_token_layer, token_layout
 from ..data.images import MAX_PIXELS, image_paths, load_image, to_rgb
-from ..models.model import Model, as_model, as_model_input
+from ..models.model import Model, as_model, as_model_input, preprocessed
 from ..viz.io import save_image
 from .activations import check_spatial
 from .grid import Tile, draw_grid, value_text
@@ -200,7 +200,7 @@ def top_examples(
                 log.warning("skipping %s: %s", _name(sources[i], i), e)
         if not batch:
             continue
-        x = as_model_input(model, model.preprocess(batch))  # the model's device and dtype
+        x = as_model_input(model, preprocessed(model, batch))  # the model's device and dtype
         if reader is None:
             default = model.default_layer
             if layer is None and default is None:  # vision transformers: as sl.activations

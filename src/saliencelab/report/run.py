@@ -53,6 +53,7 @@ from saliencelab.core.files import (
 from saliencelab.core.requests import named_requests, split_dotted
 from saliencelab.data.images import to_rgb
 from saliencelab.data.samples import is_sample_image
+from saliencelab.models.model import preprocessed
 from saliencelab.report.html import report_rows
 
 ImageArg = str | os.PathLike | Image.Image
@@ -532,7 +533,7 @@ def _explain(
     chunk_size: int | None,
     prog: _Progress | None,
 ) -> sl.Explanation:
-    x = model.preprocess(images)
+    x = preprocessed(model, images)
     n = len(images)
     parts: list[sl.Explanation] = []
     for group in groups:
