@@ -104,3 +104,26 @@ def test_a_preprocess_returning_numpy_is_read_as_a_tensor():
     ex = sl.explain(model, images, "saliency")
     plain = sl.explain(model, _to_tensor(images), "saliency")
     torch.testing.assert_close(ex["saliency"].maps, plain["saliency"].maps)
+
+
+@pytest.mark.parametrize("shown", [torch.zeros(3, 16, 16), None, np.zeros((16, 16, 3))])
+def test_a_display_returning_no_image_is_one_sentence(shown):
+    model = sl.Model(_cnn(3), preprocess=_to_tensor, extra={"display": lambda image: shown})
+    with pytest.raises(sl.SaliencelabError, match=r"extra\['display'\] returned"):
+        sl.top_examples(model, _images(2), "0", 0, k=1)
+
+
+def test_a_model_failing_on_the_size_chosen_for_it_says_so():
+    """A head built for 16x16 images, given no input_size: visualize (at its default size) and
+    receptive_field (at 224) failed with torch's "mat1 and mat2 shapes cannot be multiplied"."""
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16 * 16, 3)
+    ).eval()
+    with pytest.raises(sl.SaliencelabError) as info:
+        sl.visualize(module, 0, steps=1)
+    assert "if it takes another image size, pass size=(H, W)" in str(info.value)
+    assert "mat1 and mat2 shapes cannot be multiplied" in str(info.value)
+    with pytest.raises(sl.SaliencelabError, match=r"pass x=\(H, W\) or give the model its input"):
+        sl.receptive_field(module, "3")
+    assert sl.visualize(module, 0, steps=1, size=16).images.shape[-2:] == (16, 16)

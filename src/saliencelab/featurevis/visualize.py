@@ -30,7 +30,7 @@ from ..core.context import autograd_allowed
 from ..core.errors import SaliencelabError
 from ..core.layers import get_layer, module_name
 from ..core.state import Hooks, attribution_mode
-from ..models.model import Model, as_model, logits_of, parameter_dtype
+from ..models.model import Model, as_model, logits_of, parameter_dtype, size_error
 from ..neurons.activations import refuse_unsupported
 from ..viz.io import save_image
 from . import transforms as T
@@ -587,7 +587,14 @@ def visualize(
                 capture.logits = logits_of(module(x))
             except _Stop:
                 pass
+            except RuntimeError as err:  # e.g. a linear head built for another image size
+                if ran[0]:
+                    raise
+                raise size_error(x, err, "size=(H, W)") from err
+            ran[0] = True
             return _values(distinct, owner, capture, rows, device)
+
+        ran = [False]  # whether a forward went through: a failure of the first is the size's
 
         for step in range(steps):
             timing = not search.settled

@@ -62,7 +62,7 @@ from ..cli_common import (
 )
 from ..core.files import check_outputs, write_whole
 from ..core.requests import split_dotted
-from ..models.model import preprocessed
+from ..models.model import displayed, preprocessed
 from .base import MetricResult, check_class_target, get_metric
 from .evaluate import (
     EmptyMaskWarning,
@@ -179,9 +179,9 @@ def load_mask(
             "object)."
         )
     binary = Image.fromarray(np.where(on, 255, 0).astype(np.uint8), "L")
-    display = model.extra.get("display")
-    if callable(display):
-        binary = display(binary.convert("RGB")).convert("L")
+    shown = displayed(model, binary.convert("RGB"))
+    if shown is not None:
+        binary = shown.convert("L")
     h, w = size
     if binary.size != (w, h):
         binary = binary.resize((w, h), Image.Resampling.NEAREST)

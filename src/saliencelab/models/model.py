@@ -207,6 +207,34 @@ def preprocessed(model: Model, items: Any) -> torch.Tensor:
     return out
 
 
+def displayed(model: Model, image: Any) -> Any | None:
+    """`model.extra["display"](image)`, the image as the model sees it (e.g. its centre crop),
+    checked to be a PIL image; None for a model without a display."""
+    from PIL import Image
+
+    display = model.extra.get("display")
+    if not callable(display):
+        return None
+    shown = display(image)
+    if not isinstance(shown, Image.Image):
+        raise SaliencelabError(
+            f"The model's extra['display'] returned {type(shown).__name__}; it must return the "
+            "image as the model sees it, as a PIL image."
+        )
+    return shown
+
+
+def size_error(x: torch.Tensor, err: Exception, option: str) -> SaliencelabError:
+    """One sentence for a model that failed on inputs `x` of a size the library chose (the
+    model's `input_size`, else a default): the error's first line and how to give another."""
+    first = str(err).strip().split("\n")[0][:200]
+    return SaliencelabError(
+        f"The model failed on inputs of shape {tuple(x.shape)} ({type(err).__name__}: {first}); "
+        f"if it takes another image size, pass {option} or give the model its input_size "
+        "(sl.Model(..., input_size=(H, W)))."
+    )
+
+
 def _label_index(key: Any) -> int | None:
     """The class index a labels dict's key stands for: an int, or its decimal string (as JSON
     keys are), else None."""

@@ -35,7 +35,7 @@ from ..core.layers import resolve_layer
 from ..core.targets import LayerTarget
 from ..core.tokens import as_layer_map, find_token_layer, token_layout
 from ..data.images import MAX_PIXELS, image_paths, load_image, to_rgb
-from ..models.model import Model, as_model, as_model_input, preprocessed
+from ..models.model import Model, as_model, as_model_input, displayed, preprocessed
 from ..viz.io import save_image
 from .activations import check_spatial
 from .grid import Tile, draw_grid, value_text
@@ -133,8 +133,9 @@ def _read(source: str | Path | Image.Image, max_pixels: int = MAX_PIXELS) -> Ima
 
 def model_view(model: Model, image: Image.Image, size: Sequence[int]) -> Image.Image:
     """The image as the model sees it: the model's `extra["display"]`, else resized to (H, W)."""
-    display = model.extra.get("display")
-    shown = display(image) if callable(display) else image
+    shown = displayed(model, image)
+    if shown is None:
+        shown = image
     height, width = int(size[0]), int(size[1])
     if shown.size != (width, height):
         shown = shown.resize((width, height), Image.Resampling.BILINEAR)

@@ -51,7 +51,7 @@ from ..core.errors import SaliencelabError
 from ..core.explain import input_errors_explained
 from ..core.layers import resolve_layer
 from ..core.state import Hooks, eval_mode, submodules
-from ..models.model import Model, as_model, as_model_input
+from ..models.model import Model, as_model, as_model_input, size_error
 from .targets import position_error
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d)
@@ -297,6 +297,8 @@ def receptive_field(
         try:
             with input_errors_explained(model, x):
                 model.module(x)
+        except RuntimeError as err:  # e.g. a linear head built for another image size
+            raise size_error(x, err, "x=(H, W)") from err
         except _Stop:
             pass
     if not result:

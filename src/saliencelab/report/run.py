@@ -53,7 +53,7 @@ from saliencelab.core.files import (
 from saliencelab.core.requests import named_requests, split_dotted
 from saliencelab.data.images import to_rgb
 from saliencelab.data.samples import is_sample_image
-from saliencelab.models.model import preprocessed
+from saliencelab.models.model import displayed, preprocessed
 from saliencelab.report.html import report_rows
 
 ImageArg = str | os.PathLike | Image.Image
@@ -579,8 +579,9 @@ def _write(
     maps: _MapsWriter,
     result: RunResult,
 ) -> None:
-    display = model.extra.get("display")
-    shown = display(item.image) if callable(display) else _drawable_size(item.image)
+    shown = displayed(model, item.image)
+    if shown is None:
+        shown = _drawable_size(item.image)
     probs, values = ex.probabilities, ex.target_values
     label: str | None = None
     prob: float | None = None
