@@ -19,10 +19,28 @@ bfloat16 model rounds the image first, so it gets other seeds (other values, oth
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def own_global_rng(fn: F) -> F:
+    """`fn` run on a fork of torch's global CPU generator: what it seeds and draws there (a
+    training run's `torch.manual_seed`, a module's default initialisation) leaves the caller's
+    stream, and `torch.initial_seed()`, as they were."""
+
+    @functools.wraps(fn)
+    def forked(*args: Any, **kwargs: Any) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            return fn(*args, **kwargs)
+
+    return forked  # type: ignore[return-value]
 
 
 def sample_seeds(x: torch.Tensor, seed: int) -> list[int]:

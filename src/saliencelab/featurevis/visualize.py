@@ -420,8 +420,20 @@ def _param_name(param: str | ImageParam) -> str:
 
 
 def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+    import random
+
+    state = random.getstate()  # importing rich draws from Python's global `random` (its style
+    try:  # ids): a user's seeded stream must not move
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+    finally:
+        random.setstate(state)
 
     console = Console(stderr=True)
     progress = Progress(

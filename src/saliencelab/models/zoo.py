@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from torch import nn
 
 from ..core.errors import SaliencelabError, closest
+from ..core.seeds import own_global_rng
 from . import loading
 from .model import Model
 
@@ -112,6 +113,9 @@ def _registered(name: str, registry: dict[str, Callable[..., Model]]) -> str | N
     return next((key for key in registry if key.casefold() == name.casefold()), None)
 
 
+# A packaged model is built with PyTorch's default initialisation before its weights are
+# loaded: on a fork of the global generator, so a user's seeded stream does not advance.
+@own_global_rng
 def _call_builder(
     name: str, builder: Callable[..., Model], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Model:
