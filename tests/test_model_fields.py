@@ -127,3 +127,20 @@ def test_a_model_failing_on_the_size_chosen_for_it_says_so():
     with pytest.raises(sl.SaliencelabError, match=r"pass x=\(H, W\) or give the model its input"):
         sl.receptive_field(module, "3")
     assert sl.visualize(module, 0, steps=1, size=16).images.shape[-2:] == (16, 16)
+
+
+def test_complex_scores_are_one_sentence():
+    """They were cast to their real part with a warning (as a black box's are refused)."""
+
+    class Complex(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _cnn(3)
+
+        def forward(self, x):
+            return self.net(x).to(torch.complex64)
+
+    x = torch.rand(2, 3, 16, 16)
+    for method in ("saliency", "occlusion"):
+        with pytest.raises(sl.SaliencelabError, match="The model returned complex scores"):
+            sl.explain(Complex(), x, method)

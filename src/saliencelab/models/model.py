@@ -24,6 +24,11 @@ def logits_of(outputs: Any) -> torch.Tensor:
     never a guess); a tuple's first item. One score per input, (B,), reads as (B, 1), as a
     black box's does."""
     if isinstance(outputs, torch.Tensor):
+        if outputs.is_complex():  # no order, no softmax: no class to explain
+            raise SaliencelabError(
+                f"The model returned complex scores ({outputs.dtype}); return real ones, e.g. "
+                "their magnitude (.abs()) or real part (.real)."
+            )
         return outputs[:, None] if outputs.dim() == 1 else outputs
     if isinstance(outputs, dict) or hasattr(outputs, "keys"):
         for key in LOGITS_KEYS:
