@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -439,6 +440,20 @@ class Engine:
             self.cost.seconds += checks.finish()
 
     # -- conveniences --------------------------------------------------------------------------
+
+    def scores(
+        self,
+        n_rows: int,
+        make_inputs: MakeInputs,
+        sample_of: Callable[[torch.Tensor], torch.Tensor],
+        target: Target,
+        **options: Any,
+    ) -> torch.Tensor:
+        """(n_rows,) the target's scores of all rows (`forwards`, `options` its own), the passes
+        closed when done or failing: a caller's frame kept by a traceback (Jupyter keeps the
+        last) then keeps no suspended pass, whose model would stay folded."""
+        with closing(self.forwards(n_rows, make_inputs, sample_of, target, **options)) as chunks:
+            return torch.cat([c.scores for c in chunks])
 
     def logits(self, x: torch.Tensor, target: LayerTarget | None = None) -> torch.Tensor:
         """The model's logits for a batch (forward only, chunked); a layer target's readings.

@@ -168,6 +168,15 @@ def _options(name: str, fn: Callable) -> dict[str, Any]:
     return options
 
 
+def same_definition(a: object, b: object) -> bool:
+    """Whether `a` and `b` are one function or class defined again (same module and qualified
+    name: a notebook cell run twice, a module reloaded), which may replace its earlier self."""
+    return (getattr(a, "__module__", None), getattr(a, "__qualname__", None)) == (
+        getattr(b, "__module__", None),
+        getattr(b, "__qualname__", None),
+    )
+
+
 def _check_free(name: str, fn: Callable, replace: bool) -> None:
     """One sentence where `name` is taken by another method (a built-in included), unless
     `replace`; the same function defined again (same module and name) replaces itself."""
@@ -175,8 +184,7 @@ def _check_free(name: str, fn: Callable, replace: bool) -> None:
     taken = _REGISTRY.get(name)
     if taken is None or replace:
         return
-    where = (getattr(fn, "__module__", None), getattr(fn, "__qualname__", None))
-    if where == (getattr(taken.fn, "__module__", None), getattr(taken.fn, "__qualname__", None)):
+    if same_definition(fn, taken.fn):
         return
     raise SaliencelabError(
         f"A method named {name!r} is already registered ({taken.fn.__module__}."

@@ -39,7 +39,7 @@ from ..core.engine import Engine, all_finite
 from ..core.errors import SaliencelabError, closest
 from ..core.explain import input_errors_explained
 from ..core.layout import channels_last_known
-from ..core.registry import get_method
+from ..core.registry import get_method, same_definition
 from ..core.result import Explanation
 from ..core.targets import (
     Target,
@@ -1200,10 +1200,7 @@ def register_metric(cls: type[Metric]) -> type[Metric]:
                 f"{wanted[attribute]}."
             )
     taken = _METRICS.get(cls.name)
-    if taken is not None and (taken.__module__, taken.__qualname__) != (
-        cls.__module__,
-        cls.__qualname__,
-    ):
+    if taken is not None and not same_definition(taken, cls):
         raise SaliencelabError(
             f"A metric named {cls.name!r} is already registered ({taken.__module__}."
             f"{taken.__qualname__}); give {title} another name."

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from ..core.errors import SaliencelabError
@@ -215,8 +216,6 @@ def preprocessed(model: Model, items: Any) -> torch.Tensor:
 def displayed(model: Model, image: Any) -> Any | None:
     """`model.extra["display"](image)`, the image as the model sees it (e.g. its centre crop),
     checked to be a PIL image; None for a model without a display."""
-    from PIL import Image
-
     display = model.extra.get("display")
     if not callable(display):
         return None

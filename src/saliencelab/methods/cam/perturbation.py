@@ -9,8 +9,6 @@ layer's channels, or `max_channels`).
 
 from __future__ import annotations
 
-from contextlib import closing
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -171,11 +169,10 @@ def _ablated_scores(ctx: Context, module: nn.Module, name: str, k: int, rows: _C
         shape[axis] = k
         return out * keep.view(shape)
 
-    passes = ctx.engine.forwards(
+    scores = ctx.engine.scores(
         rows.n_rows, make_inputs, rows.sample_of, ctx.target, edit=(module, ablate)
     )
-    with closing(passes) as chunks:  # the model restored also if this frame is kept
-        return torch.cat([c.scores for c in chunks]).view(rows.batch, rows.m)
+    return scores.view(rows.batch, rows.m)
 
 
 @register(

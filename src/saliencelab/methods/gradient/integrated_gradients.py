@@ -12,7 +12,6 @@ and their weighted gradients summed into a (B, ...) tensor with `index_add_`.
 
 from __future__ import annotations
 
-from contextlib import closing
 from functools import lru_cache
 from typing import Any
 
@@ -78,11 +77,9 @@ def target_scores(ctx: Context, inputs: torch.Tensor) -> torch.Tensor:
     n, batch = inputs.shape[0], ctx.batch
     samples = torch.arange(n, device=inputs.device) % batch
     # (slices of device tensors per chunk: no chunk waits for a GPU)
-    passes = ctx.engine.forwards(
+    return ctx.engine.scores(
         n, lambda r: row_slice(inputs, r), lambda r: row_slice(samples, r), ctx.target
     )
-    with closing(passes) as chunks:  # the model restored also if this frame is kept
-        return torch.cat([c.scores for c in chunks])
 
 
 @register(

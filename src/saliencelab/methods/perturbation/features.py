@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from contextlib import closing
 from typing import Any
 
 import numpy as np
@@ -352,27 +351,31 @@ def integer_baseline(base: torch.Tensor, x: torch.Tensor, given: Any, method: st
     """`base` in integer x's dtype, refused unless it holds whole numbers in the dtype's range
     (a cast would truncate 2.5 to 2, or wrap −1 to 255 for uint8). `given`: the user's option."""
     what = f"{given!r}" if isinstance(given, (str, numbers.Number)) else "tensor"
-    if base.is_floating_point():
-        fractional = base != base.round()  # NaN too
-        if bool(fractional.any()):
-            value = "" if what != "tensor" else f" (e.g. {float(base[fractional][0]):g})"
+
+    def refuse_where(bad: torch.Tensor, values: torch.Tensor, problem: str, wanted: str) -> None:
+        if bool(bad.any()):  # an example value where a tensor was given
+            value = "" if what != "tensor" else f" (e.g. {float(values[bad][0]):g})"
             raise SaliencelabError(
-                f"{method}: the baseline {what} holds values that are not whole numbers{value}, "
-                f"which {x.dtype} inputs would truncate; give an integer baseline "
-                '(a whole number or an integer tensor), e.g. the id of a "missing" or padding '
-                "category."
+                f"{method}: the baseline {what} holds values {problem}{value}; give an integer "
+                f'baseline {wanted}, e.g. the id of a "missing" or padding category.'
             )
+
+    if base.is_floating_point():  # NaN too
+        refuse_where(
+            base != base.round(),
+            base,
+            f"that are not whole numbers, which {x.dtype} inputs would truncate",
+            "(a whole number or an integer tensor)",
+        )
     info = torch.iinfo(x.dtype) if x.dtype != torch.bool else None
     low, high = (info.min, info.max) if info is not None else (0, 1)
     wide = base.to(torch.float64 if base.is_floating_point() else torch.int64)  # no wrap-around
-    outside = (wide < low) | (wide > high)
-    if bool(outside.any()):
-        value = "" if what != "tensor" else f" (e.g. {float(wide[outside][0]):g})"
-        raise SaliencelabError(
-            f"{method}: the baseline {what} holds values outside the {low} to {high} that "
-            f"{x.dtype} inputs hold{value}; give an integer baseline in that range, e.g. the id "
-            'of a "missing" or padding category.'
-        )
+    refuse_where(
+        (wide < low) | (wide > high),
+        wide,
+        f"outside the {low} to {high} that {x.dtype} inputs hold",
+        "in that range",
+    )
     return base.to(x.dtype)
 
 
@@ -438,6 +441,4 @@ def clean_scores(ctx: Context) -> torch.Tensor:
     if ctx.logits is not None:
         return ctx.target.scores(ctx.logits, rows).to(ctx.x.device)
     # (slices of device tensors per chunk: no chunk waits for a GPU)
-    passes = ctx.engine.forwards(ctx.batch, *batch_rows(ctx.x), ctx.target)
-    with closing(passes) as chunks:  # the model restored also if this frame is kept
-        return torch.cat([c.scores for c in chunks]).to(ctx.x.device)
+    return ctx.engine.scores(ctx.batch, *batch_rows(ctx.x), ctx.target).to(ctx.x.device)
