@@ -63,6 +63,7 @@ from saliencelab.models.blackbox import is_blackbox
 from saliencelab.models.model import as_model_input
 from saliencelab.neurons.commands import register as register_neurons
 from saliencelab.report.run import RunResult, explain_images, method_requests
+from saliencelab.serve.commands import register as register_serve
 from saliencelab.text.commands import register as register_text
 
 __all__ = ["app", "parse_options", "parse_target", "parse_value"]
@@ -736,6 +737,7 @@ register_neurons(app)
 register_text(app)
 register_featurevis(app)
 register_metrics(app)
+register_serve(app)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

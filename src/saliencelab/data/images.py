@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Iterable
@@ -46,15 +47,30 @@ def load_image(path: PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
             f"{str(p)!r} is a directory, not an image; pass an image file, or list the images in "
             "a folder with sl.image_paths(folder)."
         )
+    return _decode(p, str(p), max_pixels)
+
+
+def image_from_bytes(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """The image file held in `data` (e.g. an upload) as an 8-bit RGB PIL image, read as
+    :func:`load_image` reads files; `name` names it in error messages.
+
+    Raises:
+        SaliencelabError: not a readable image, or over `max_pixels`.
+    """
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> Image.Image:
+    """`load_image` of an existing file or of bytes in memory; `name` for the messages."""
     try:
         with warnings.catch_warnings():
             # The caller's `max_pixels` is the limit we enforce; Pillow's warning would repeat it.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
+            with Image.open(source) as im:
                 w, h = im.size
                 if w * h > max_pixels:
                     raise SaliencelabError(
-                        f"{str(p)!r} is {w}x{h} = {w * h:,} pixels, over the limit of "
+                        f"{name!r} is {w}x{h} = {w * h:,} pixels, over the limit of "
                         f"{max_pixels:,}; downscale it first, or raise the limit (max_pixels= "
                         "in Python, --max-pixels on the command line)."
                     )
@@ -68,20 +84,20 @@ def load_image(path: PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise
     except Image.DecompressionBombError as e:
         raise SaliencelabError(
-            f"{str(p)!r} is too large for Pillow to decode safely ({e}); downscale it first."
+            f"{name!r} is too large for Pillow to decode safely ({e}); downscale it first."
         ) from e
     except UnidentifiedImageError as e:
         raise SaliencelabError(
-            f"{str(p)!r} is not an image Pillow can read; pass a PNG, JPEG, BMP, GIF, TIFF or "
+            f"{name!r} is not an image Pillow can read; pass a PNG, JPEG, BMP, GIF, TIFF or "
             "WebP file."
         ) from e
     except PermissionError as e:
         raise SaliencelabError(
-            f"Cannot read {str(p)!r} (permission denied); check its permissions."
+            f"Cannot read {name!r} (permission denied); check its permissions."
         ) from e
     except (OSError, SyntaxError, ValueError) as e:
         raise SaliencelabError(
-            f"{str(p)!r} could not be decoded ({e}); the file may be truncated or corrupt, "
+            f"{name!r} could not be decoded ({e}); the file may be truncated or corrupt, "
             "re-export it."
         ) from e
 

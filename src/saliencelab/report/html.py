@@ -106,7 +106,7 @@ class ReportEntry:
         )
 
 
-_CSS = """
+CSS = """
 :root { --bg: #f4f5f7; --card: #fff; --ink: #1c1c20; --muted: #6b6b78; --line: #e3e4e8;
   --accent: #d9480f; --bad: #c92a2a; --bad-bg: #fff5f5; }
 * { box-sizing: border-box; }
@@ -338,7 +338,7 @@ def render_index(
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>"
+        f"<title>{_e(title)}</title><style>{CSS}</style></head>\n<body>"
         f'<header><h1>{_e(title)}</h1><p class="summary">{_e(summary)}</p>{extra}</header>'
         f"{nav}\n<main>\n{cards}\n</main>"
         "<footer>Made with saliencelab.</footer></body></html>\n"
@@ -393,7 +393,7 @@ def write_figures_page(
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>"
+        f"<title>{_e(title)}</title><style>{CSS}</style></head>\n<body>"
         f"<header><h1>{_e(title)}</h1>{head}</header>"
         f"\n<main>\n{cards}\n</main>"
         "<footer>Made with saliencelab.</footer></body></html>\n"

@@ -581,7 +581,7 @@ def _write(
 ) -> None:
     shown = displayed(model, item.image)
     if shown is None:
-        shown = _drawable_size(item.image)
+        shown = drawable_size(item.image)
     probs, values = ex.probabilities, ex.target_values
     label: str | None = None
     prob: float | None = None
@@ -642,7 +642,7 @@ def _write(
     )
 
 
-def _drawable_size(image: Image.Image) -> Image.Image:
+def drawable_size(image: Image.Image) -> Image.Image:
     """`image`, shrunk to at most `MAX_DRAWN_SIDE` pixels on its longer side: a model without a
     `display` (the image as it sees it) gets its overlays drawn on the photo itself, and a
     4000 x 3000 photo under a 64 x 64 map made 3000 x 3000 overlays of 5-6 MB each."""

@@ -1,0 +1,437 @@
+"""The web app's server: one page (`page.py`) and one action, explain.
+
+    GET  /          the form
+    POST /explain   the form sent back (`forms.py`): model, an uploaded image or a sample
+                    photo (or `image_id`, an image the server kept from an earlier request),
+                    methods, target, layer → the page with the results, or with one sentence
+                    saying what was wrong (status 400; the form keeps what was chosen)
+
+It runs on `http.server.ThreadingHTTPServer` (standard library), one thread per request; calls
+on one model take turns (`core/state.py`'s per-model lock), so two browser tabs are safe.
+
+Safety (DESIGN.md): it binds to 127.0.0.1 unless told otherwise; with a loopback address it
+answers only requests whose `Host` is a loopback name (a web page elsewhere cannot reach it
+through DNS rebinding), and a POST whose `Origin` is another site is refused (no cross-site
+form posts). A body over `max_upload_bytes` is refused from its `Content-Length` before any of
+it is read; an image over `max_pixels` is refused from its header before it is decoded; every
+text shown is escaped. Uploads are never written to disk: the last `kept_images` images are kept
+in memory so "explain this class" needs no second upload. An error that is not the request's
+(a bug) gets status 500 and one sentence; its traceback goes to the server's log.
+"""
+
+from __future__ import annotations
+
+import http.server
+import ipaddress
+import logging
+import secrets
+import socket
+import threading
+import webbrowser
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from PIL import Image
+
+from ..core.errors import SaliencelabError
+from ..core.explain import explain
+from ..core.registry import methods as registered_methods
+from ..data.images import image_from_bytes
+from ..data.samples import sample_image, sample_images
+from ..models.model import Model, displayed, preprocessed
+from ..models.zoo import load_model
+from ..report.run import drawable_size, method_requests
+from ..text.model import TextModel
+from ..viz.overlay import overlay
+from .forms import Form, parse_form
+from .page import Choices, Overlay, Result, render
+
+log = logging.getLogger("saliencelab")
+
+#: Methods ticked on a fresh page (one shared pass and one path integral).
+DEFAULT_METHODS = ("saliency", "gradcam", "integrated_gradients")
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+SERVE_MAX_PIXELS = 25_000_000
+TOP_CLASSES = 5
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+class RequestError(SaliencelabError):
+    """A request the server refuses with an HTTP status other than 400."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_target(text: str) -> int | str | None:
+    """ "" → None (the predicted class), "3" → 3, anything else → a class name."""
+    text = text.strip()
+    if not text:
+        return None
+    return int(text) if text.lstrip("+-").isdigit() else text
+
+
+class App:
+    """The models, the kept images and the explain action, without any HTTP: `explain(form)`
+    returns the page for a submitted form (the server below only moves bytes).
+
+    Args:
+        models: names (`sl.load_model`, loaded on first use) or loaded `sl.Model`s by name; the
+            first is the form's default.
+        max_pixels: uploaded images with more pixels are refused (from their header).
+        kept_images: how many recent images are kept in memory for "explain this class".
+    """
+
+    def __init__(
+        self,
+        models: Iterable[str] | Mapping[str, Model] = ("efficientnet_lite0",),
+        max_pixels: int = SERVE_MAX_PIXELS,
+        kept_images: int = 32,
+    ) -> None:
+        given = dict(models) if isinstance(models, Mapping) else {m: None for m in models}
+        if not given:
+            raise SaliencelabError("The web app needs at least one model to serve.")
+        for name, model in given.items():
+            if model is not None:
+                _check_reads_images(name, model)
+        self._models: dict[str, Model | None] = given
+        self.max_pixels = max_pixels
+        self.kept_images = kept_images
+        self._images: OrderedDict[str, tuple[str, Image.Image]] = OrderedDict()
+        self._lock = threading.Lock()  # the kept images and the lazily loaded models
+
+    # -- what the form offers ---------------------------------------------------------------
+
+    def choices(self, form: Form | None = None) -> Choices:
+        """The form's options, with what `form` chose (defaults for a fresh page)."""
+        names = list(self._models)
+        specs = sorted(registered_methods(), key=lambda s: (s.family, s.name))
+        if form is None:
+            chosen = [m for m in DEFAULT_METHODS if any(s.name == m for s in specs)]
+            return Choices(names, sample_images(), specs, model=names[0], chosen_methods=chosen)
+        image_id = form.get("image_id")
+        kept = self._images.get(image_id)
+        return Choices(
+            names,
+            sample_images(),
+            specs,
+            model=form.get("model", names[0]),
+            sample=form.get("sample"),
+            chosen_methods=form.getall("methods"),
+            target=form.get("target"),
+            layer=form.get("layer"),
+            image_id=image_id if kept is not None else "",
+            image_name=kept[0] if kept is not None else "",
+        )
+
+    def page(self) -> str:
+        return render(self.choices())
+
+    # -- the explain action -----------------------------------------------------------------
+
+    def model(self, name: str) -> Model:
+        """The served model `name`, loaded on first use."""
+        if name not in self._models:
+            served = ", ".join(self._models)
+            raise SaliencelabError(f"This server does not serve the model {name!r}; pick {served}.")
+        with self._lock:
+            model = self._models[name]
+            if model is None:
+                model = _check_reads_images(name, load_model(name))
+                self._models[name] = model
+        return model
+
+    def _keep(self, name: str, image: Image.Image) -> str:
+        image_id = secrets.token_urlsafe(12)
+        with self._lock:
+            self._images[image_id] = (name, image)
+            while len(self._images) > self.kept_images:
+                self._images.popitem(last=False)
+        return image_id
+
+    def image(self, form: Form) -> tuple[str, str, Image.Image]:
+        """(image_id, name, image) of the form: an upload, else a sample photo, else a kept
+        image."""
+        upload = form.files.get("image")
+        sample = form.get("sample")
+        if upload is not None:
+            name = upload.filename or "upload"
+            image = image_from_bytes(upload.data, name, self.max_pixels)
+        elif sample:
+            if sample not in sample_images():
+                raise SaliencelabError(
+                    f"{sample!r} is not a sample photo; pick one of {', '.join(sample_images())}."
+                )
+            name, image = sample, sample_image(sample)
+        else:
+            image_id = form.get("image_id")
+            if not image_id:
+                raise SaliencelabError("Choose an image: upload one, or pick a sample photo.")
+            with self._lock:
+                kept = self._images.get(image_id)
+                if kept is not None:
+                    self._images.move_to_end(image_id)
+            if kept is None:
+                raise SaliencelabError(
+                    "That image is no longer kept by the server (it keeps the last "
+                    f"{self.kept_images}); upload it again."
+                )
+            return (image_id, *kept)
+        return self._keep(name, image), name, image
+
+    def explain(self, form: Form) -> tuple[int, str]:
+        """(HTTP status, page) for a submitted form: 200 with the results, 400 with the sentence
+        saying what was wrong."""
+        try:
+            image_id, name, image = self.image(form)
+            form.fields["image_id"] = [image_id]  # the page offers it back
+            form.fields.pop("sample", None)
+            result = self._explain(form, name, image)
+        except SaliencelabError as e:
+            return 400, render(self.choices(form), error=" ".join(str(e).split()))
+        return 200, render(self.choices(form), result)
+
+    def _explain(self, form: Form, name: str, image: Image.Image) -> Result:
+        model = self.model(form.get("model", next(iter(self._models))))
+        chosen = form.getall("methods")
+        if not chosen:
+            raise SaliencelabError("Tick at least one method.")
+        requests = method_requests(chosen, layer=form.get("layer") or None)
+        x = preprocessed(model, [image])
+        ex = explain(model, x, methods=requests, target=parse_target(form.get("target")))
+        shown = displayed(model, image) or drawable_size(image)
+        overlays = [
+            Overlay(
+                method=m,
+                image=overlay(shown, ex[m]),
+                target=ex.target_label(ex[m], 0),
+                seconds=ex[m].seconds,
+                passes=ex[m].passes,
+                layer=ex[m].layer,
+                signed=ex[m].signed,
+            )
+            for m in requests
+        ]
+        top: list[tuple[int, str, float]] = []
+        if ex.probabilities is not None:
+            probs = ex.probabilities[0].detach().float().cpu()
+            values, indices = probs.topk(min(TOP_CLASSES, probs.numel()))
+            pairs = zip(values.tolist(), indices.tolist(), strict=True)
+            top = [(i, ex.label(i), v) for v, i in pairs]
+        return Result(name, shown, ex.target_text(0), top, overlays, seconds=ex.seconds)
+
+
+def _check_reads_images(name: str, model: Any) -> Model:
+    """`model`, if it is an `sl.Model` that reads images; one sentence otherwise."""
+    if not isinstance(model, Model):
+        raise SaliencelabError(
+            f"The model {name!r} is a {type(model).__name__}; give the web app sl.Model objects "
+            "(sl.Model(module, preprocess=...)) or model names."
+        )
+    if isinstance(model, TextModel):
+        raise SaliencelabError(
+            f"{name!r} is a text model; the web app explains images (explain texts with "
+            f"`saliencelab explain-text TEXT --model {name}`)."
+        )
+    if model.preprocess is None:
+        raise SaliencelabError(
+            f"The model {name!r} has no preprocessing, so it cannot read images; give it one "
+            "(sl.Model(module, preprocess=...), or --input-size on the command line)."
+        )
+    return model
+
+
+# -- HTTP -----------------------------------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _hostname(value: str) -> str:
+    """The host name of a `Host` header or an `Origin` URL, without port or brackets."""
+    if "://" not in value:
+        value = "//" + value
+    try:
+        return (urlsplit(value).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """Moves bytes between the browser and `server.app`."""
+
+    server: Server
+    server_version = "saliencelab"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def _send(self, status: int, page: str) -> None:
+        body = page.encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        # No scripts, frames or outside resources on the page: say so to the browser.
+        self.send_header(
+            "Content-Security-Policy",
+            "default-src 'none'; img-src data:; style-src 'unsafe-inline'; form-action 'self'; "
+            "frame-ancestors 'none'",
+        )
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _refuse(self, status: int, sentence: str) -> None:
+        self.close_connection = True
+        self._send(status, render(self.server.app.choices(), error=sentence))
+
+    def _checked(self) -> bool:
+        """Whether the request may be answered (Host and Origin checks); refused otherwise."""
+        if self.server.loopback:
+            host = _hostname(self.headers.get("Host", ""))
+            if not _is_loopback(host):
+                self._refuse(403, "This server answers only requests to localhost.")
+                return False
+        origin = self.headers.get("Origin")
+        if self.command == "POST" and origin is not None:
+            host = self.headers.get("Host", "").lower()
+            if origin == "null" or urlsplit(origin).netloc.lower() != host:
+                self._refuse(403, "Forms may be sent to this server only from its own page.")
+                return False
+        return True
+
+    def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+        self.do_GET()
+
+    def do_GET(self) -> None:  # noqa: N802
+        if not self._checked():
+            return
+        path = urlsplit(self.path).path
+        if path in ("/", "/explain", "/index.html"):
+            self._answer(lambda: (200, self.server.app.page()))
+        else:
+            self._refuse(404, f"There is no page {path!r} here; the app is at /.")
+
+    def do_POST(self) -> None:  # noqa: N802
+        if not self._checked():
+            return
+        path = urlsplit(self.path).path
+        if path != "/explain":
+            self._refuse(404, f"There is no action {path!r} here; forms go to /explain.")
+            return
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            self._refuse(411, "The request has no Content-Length; send the form from the page.")
+            return
+        limit = self.server.max_upload_bytes
+        if int(length) > limit:
+            self._refuse(
+                413,
+                f"The upload is {int(length) / 2**20:.1f} MiB, over this server's limit of "
+                f"{limit / 2**20:.1f} MiB; send a smaller image (or start the server with a "
+                "larger --max-upload-mb).",
+            )
+            return
+        body = self.rfile.read(int(length))
+
+        def answer() -> tuple[int, str]:
+            form = parse_form(self.headers.get("Content-Type", ""), body)
+            return self.server.app.explain(form)
+
+        self._answer(answer)
+
+    def _answer(self, make: Callable[[], tuple[int, str]]) -> None:
+        try:
+            status, page = make()
+        except SaliencelabError as e:
+            status, page = 400, render(self.server.app.choices(), error=" ".join(str(e).split()))
+        except Exception as e:  # a bug, not the request: one sentence here, the traceback logged
+            log.exception("The web app failed on %s %s", self.command, self.path)
+            first = " ".join(str(e).split())[:200]
+            status = 500
+            page = render(
+                self.server.app.choices(),
+                error=f"The server failed ({type(e).__name__}: {first}); the traceback is in "
+                "the terminal that runs it.",
+            )
+        self._send(status, page)
+
+
+class Server(http.server.ThreadingHTTPServer):
+    """The HTTP server of an :class:`App` (`make_server`)."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], app: App, max_upload_bytes: int) -> None:
+        self.app = app
+        self.max_upload_bytes = max_upload_bytes
+        self.loopback = _is_loopback(address[0])
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        shown = f"[{host}]" if ":" in str(host) else host
+        return f"http://{shown}:{port}/"
+
+
+def make_server(
+    app: App | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+) -> Server:
+    """A started-but-not-serving server of `app` (default: `App()`, EfficientNet-Lite0) on
+    `host:port` (`port=0`: a free port; `server.url` says which). Call `serve_forever()`, and
+    `shutdown()` from another thread to stop it.
+
+    Raises:
+        SaliencelabError: the address is in use or cannot be bound.
+    """
+    try:
+        return Server((host.strip("[]"), port), app or App(), max_upload_bytes)
+    except OSError as e:
+        raise SaliencelabError(
+            f"Cannot serve on {host}:{port} ({e.strerror or e}); pick another --port (0 picks a "
+            "free one) or --host."
+        ) from None
+
+
+def serve(
+    models: Iterable[str] | Mapping[str, Model] = ("efficientnet_lite0",),
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    open_browser: bool = False,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    max_pixels: int = SERVE_MAX_PIXELS,
+    on_start: Callable[[Server], None] | None = None,
+) -> None:
+    """Serve the web app of `models` on `host:port` until Ctrl-C; `on_start(server)` runs once
+    it listens (`saliencelab serve` prints the address there).
+
+    >>> serve(["efficientnet_lite0", "shapes_cnn"], port=8765)  # doctest: +SKIP
+    """
+    server = make_server(App(models, max_pixels=max_pixels), host, port, max_upload_bytes)
+    try:
+        if on_start is not None:
+            on_start(server)
+        if open_browser:
+            webbrowser.open(server.url)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,0 +1,215 @@
+"""The web app's one page: the form (model, image, methods, target, layer) and, after a
+request, its results (the image as the model sees it, the top classes, one overlay per method).
+
+Everything a user or a model supplies (file names, class names, targets, layer names, error
+sentences) is escaped with `html.escape`; images are inlined as PNG data URIs, so a saved page
+is self-contained.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from ..core.registry import MethodSpec
+from ..report.html import CSS, _e
+
+_PAGE_CSS = """
+form.main { background: var(--card); border: 1px solid var(--line); border-radius: 10px;
+  padding: 14px 18px; margin: 0 32px; display: grid; gap: 10px; }
+form.main label { font-size: 14px; }
+.row { display: flex; flex-wrap: wrap; gap: 16px; align-items: center; }
+fieldset { border: 1px solid var(--line); border-radius: 8px; padding: 6px 10px; margin: 0; }
+legend { color: var(--muted); font-size: 13px; }
+.methods { display: flex; flex-wrap: wrap; gap: 4px 14px; font-size: 14px; }
+.methods label { white-space: nowrap; }
+button { font: inherit; padding: 4px 14px; border-radius: 6px; border: 1px solid var(--accent);
+  background: var(--accent); color: #fff; cursor: pointer; }
+button.small { padding: 0 8px; font-size: 12px; background: var(--card); color: var(--accent); }
+.error-box { margin: 12px 32px 0; padding: 10px 14px; border-radius: 8px;
+  border-left: 5px solid var(--bad); background: var(--bad-bg); color: var(--bad); }
+.results { padding: 16px 32px 32px; display: grid; gap: 16px;
+  grid-template-columns: minmax(200px, 320px) 1fr; align-items: start; }
+@media (max-width: 800px) { .results { grid-template-columns: 1fr; } }
+.card .overlays { grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); }
+.cost { color: var(--muted); font-size: 12px; display: block; }
+.key { color: var(--muted); font-size: 13px; margin: 8px 0 0; }
+form.inline { display: inline; margin: 0; }
+"""
+
+
+@dataclass
+class Choices:
+    """What the form offers and what it shows as chosen."""
+
+    models: Sequence[str]
+    samples: Sequence[str]
+    methods: Sequence[MethodSpec]
+    model: str = ""
+    sample: str = ""
+    chosen_methods: Sequence[str] = ()
+    target: str = ""
+    layer: str = ""
+    image_id: str = ""  # an image the server keeps, sent again by the form
+    image_name: str = ""
+
+
+@dataclass
+class Overlay:
+    """One method's map over the image, and what it cost."""
+
+    method: str
+    image: Image.Image
+    target: str
+    seconds: float
+    passes: float
+    layer: str | None = None
+    signed: bool = True
+
+
+@dataclass
+class Result:
+    """What one request explained."""
+
+    image_name: str
+    shown: Image.Image  # the image as the model sees it
+    headline: str  # "tabby (0.51)" or what was explained
+    top: list[tuple[int, str, float]] = field(default_factory=list)  # (index, label, prob)
+    overlays: list[Overlay] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def png_data_uri(image: Image.Image) -> str:
+    """`image` as a `data:image/png;base64,...` URI."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _seconds(s: float) -> str:
+    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def _options(values: Sequence[str], chosen: str, empty: str | None = None) -> str:
+    first = f'<option value="">{_e(empty)}</option>' if empty is not None else ""
+    return first + "".join(
+        f'<option value="{_e(v)}"{" selected" if v == chosen else ""}>{_e(v)}</option>'
+        for v in values
+    )
+
+
+def _method_boxes(c: Choices) -> str:
+    families: dict[str, list[MethodSpec]] = {}
+    for spec in c.methods:
+        families.setdefault(spec.family, []).append(spec)
+    groups = []
+    for family, specs in families.items():
+        boxes = "".join(
+            f'<label title="{_e(s.summary)} Passes per sample: {_e(s.cost)}.">'
+            f'<input type="checkbox" name="methods" value="{_e(s.name)}"'
+            f"{' checked' if s.name in c.chosen_methods else ''}> {_e(s.name)}</label>"
+            for s in specs
+        )
+        groups.append(
+            f'<fieldset><legend>{_e(family)}</legend><div class="methods">{boxes}</div></fieldset>'
+        )
+    return "".join(groups)
+
+
+def _hidden(name: str, value: str) -> str:
+    return f'<input type="hidden" name="{_e(name)}" value="{_e(value)}">'
+
+
+def _form(c: Choices) -> str:
+    kept = ""
+    if c.image_id:
+        kept = (
+            _hidden("image_id", c.image_id)
+            + f"<span>current image: <b>{_e(c.image_name)}</b> (or pick another below)</span>"
+        )
+    return (
+        '<form class="main" method="post" action="/explain" enctype="multipart/form-data">'
+        f'<div class="row"><label>Model <select name="model">{_options(c.models, c.model)}'
+        f"</select></label>{kept}</div>"
+        '<div class="row"><label>Image <input type="file" name="image" accept="image/*"></label>'
+        f'<label>or a sample photo <select name="sample">'
+        f"{_options(c.samples, c.sample, empty='(none)')}</select></label></div>"
+        f"{_method_boxes(c)}"
+        '<div class="row"><label>Target <input name="target" size="28" '
+        f'placeholder="the predicted class" value="{_e(c.target)}"></label>'
+        '<label>Layer <input name="layer" size="22" placeholder="found automatically" '
+        f'value="{_e(c.layer)}"></label><button type="submit">Explain</button></div>'
+        "</form>"
+    )
+
+
+def _class_button(c: Choices, index: int) -> str:
+    """A form that explains class `index` of the kept image with the same choices."""
+    fields = _hidden("model", c.model) + _hidden("image_id", c.image_id)
+    fields += "".join(_hidden("methods", m) for m in c.chosen_methods)
+    fields += _hidden("layer", c.layer) + _hidden("target", str(index))
+    return (
+        f'<form class="inline" method="post" action="/explain" enctype="multipart/form-data">'
+        f'{fields}<button class="small" type="submit">explain</button></form>'
+    )
+
+
+def _results(c: Choices, r: Result) -> str:
+    rows = "".join(
+        f'<tr><td>{_e(label)}</td><td class="num">{p:.3f}</td>'
+        f"<td>{_class_button(c, i) if c.image_id else ''}</td></tr>"
+        for i, label, p in r.top
+    )
+    top = (
+        f'<table><tr><th>class</th><th class="num">probability</th><th></th></tr>{rows}</table>'
+        if rows
+        else ""
+    )
+    figures = []
+    for o in r.overlays:
+        layer = f" · layer {_e(o.layer)}" if o.layer else ""
+        figures.append(
+            f'<figure><img src="{png_data_uri(o.image)}" alt="{_e(o.method)} map">'
+            f"<figcaption><b>{_e(o.method)}</b> · {_e(o.target)}"
+            f'<span class="cost">{_seconds(o.seconds)} · {o.passes:g} passes{layer}</span>'
+            "</figcaption></figure>"
+        )
+    signed = any(o.signed for o in r.overlays)
+    unsigned = any(not o.signed for o in r.overlays)
+    key = []
+    if signed:
+        key.append("signed maps: red for the target, blue against it")
+    if unsigned:
+        key.append("unsigned maps: brighter is more")
+    return (
+        '<section class="results">'
+        f'<div class="card"><h2>{_e(r.image_name)}</h2>'
+        f'<p class="summary">{_e(r.headline)}</p>'
+        f'<img class="gallery" src="{png_data_uri(r.shown)}" alt="the image as the model sees '
+        f'it">{top}</div>'
+        f'<div class="card"><div class="head"><h2>Maps</h2><span class="prob">'
+        f"{_seconds(r.seconds)} in all</span></div>"
+        f'<div class="overlays">{"".join(figures)}</div>'
+        f'<p class="key">{_e("; ".join(key))}.</p></div>'
+        "</section>"
+    )
+
+
+def render(c: Choices, result: Result | None = None, error: str | None = None) -> str:
+    """The whole page: the form, then the error sentence or the results."""
+    err = f'<div class="error-box">{_e(error)}</div>' if error else ""
+    body = _results(c, result) if result is not None else ""
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>saliencelab</title><style>{CSS}{_PAGE_CSS}</style></head>\n<body>"
+        '<header><h1>saliencelab</h1><p class="summary">See what a model looks at: pick a '
+        "model, an image and methods.</p></header>"
+        f"{_form(c)}{err}{body}"
+        "<footer>Made with saliencelab. This page is self-contained: save it to keep the "
+        "results.</footer></body></html>\n"
+    )
