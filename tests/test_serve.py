@@ -173,6 +173,60 @@ def test_a_sample_photo(server):
     assert "<h2>coffee</h2>" in page and len(data_images(page)) == 2
 
 
+def test_options_reach_the_methods_and_scores_are_the_libraries(server, model):
+    photo = shapes_photo(seed=11)
+    fields = [
+        ("model", "shapes_cnn"),
+        ("methods", "saliency"),
+        ("methods", "integrated_gradients"),
+        ("options", "integrated_gradients.n_steps=8; baselines=0.5"),
+        ("metrics", "deletion"),
+        ("metrics", "sparseness"),
+    ]
+    status, page, _ = post(server, fields, {"image": ("s.png", png_bytes(photo))})
+    assert status == 200, error_of(page)
+    assert "<h2>s.png</h2>" in page and "8 passes" in page
+    x = preprocessed(model, [photo])
+    ex = sl.explain(
+        model, x, methods={"saliency": {}, "integrated_gradients": {"n_steps": 8, "baselines": 0.5}}
+    )
+    got = data_images(page)[2]
+    want = sl.overlay(displayed(model, photo), ex["integrated_gradients"])
+    assert np.array_equal(np.asarray(got), np.asarray(want))
+    # The scores table: sl.evaluate's values for the maps and the reference maps.
+    rep = sl.evaluate(model, x, ex, metrics=["deletion", "sparseness"])
+    rows = re.findall(r"<tr><td>(?:<b>)?([a-z_]+)(?:</b>)?(?: \(reference\))?</td>(.*?)</tr>", page)
+    table = {
+        name: [float(v) for v in re.findall(r"[0-9.]+(?=</?b?>?</td>|</td>)", cells)]
+        for name, cells in rows
+        if name in rep
+    }
+    assert (
+        set(table)
+        == set(rep.methods)
+        == {"saliency", "integrated_gradients", "random", "center_gaussian", "sobel"}
+    )
+    for name, values in table.items():
+        want = [rep[name]["deletion"].mean, rep[name]["sparseness"].mean]
+        assert values == pytest.approx(want, abs=6e-4)
+    assert "deletion ↓" in page and "sparseness ↑" in page
+
+
+def test_a_metric_that_fails_leaves_the_maps(server, monkeypatch):
+    from saliencelab.serve import app as serve_app
+
+    def refuse(*args, **kwargs):
+        raise sl.SaliencelabError("This metric cannot score\nthese maps.")
+
+    monkeypatch.setattr(serve_app, "evaluate", refuse)
+    fields = [("model", "shapes_cnn"), ("sample", "coffee"), ("methods", "saliency")]
+    status, page, _ = post(server, [*fields, ("metrics", "deletion")])
+    assert status == 200 and len(data_images(page)) == 2
+    assert '<p class="error-msg">This metric cannot score these maps.</p>' in page
+    status, page, _ = post(server, [*fields, ("metrics", "pointing_game")])
+    assert status == 400 and "does not offer the metric &#x27;pointing_game&#x27;" in page
+
+
 def test_requests_on_one_model_from_two_threads(server, model):
     photo = png_bytes(shapes_photo(seed=7))
     pages: list[str] = []
@@ -212,6 +266,14 @@ def test_the_model_is_left_as_it_was(server, model):
         ([("sample", "chelsea"), ("methods", "gradcam"), ("layer", "fc9")], "fc9"),
         ([("sample", "chelsea"), ("methods", "saliency"), ("target", "7")], "7"),
         ([("image_id", "gone"), ("methods", "saliency")], "no longer kept by the server"),
+        (
+            [("sample", "chelsea"), ("methods", "saliency"), ("options", "n_steps 8")],
+            "The option &#x27;n_steps 8&#x27; is not of the form key=value; write e.g. n_steps=32",
+        ),
+        (
+            [("sample", "chelsea"), ("methods", "saliency"), ("options", "n_steps=8")],
+            "No requested method takes the option &#x27;n_steps&#x27;",
+        ),
     ],
 )
 def test_a_wrong_request_is_one_sentence(server, fields, sentence):

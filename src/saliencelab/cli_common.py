@@ -524,8 +524,8 @@ def parse_options(
         key = key.strip()
         if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)?", key):
             raise sl.SaliencelabError(
-                f"The option {pair!r} is not of the form key=value; write e.g. {flag} "
-                f"{examples[0]} or {flag} {examples[1]}."
+                f"The option {pair!r} is not of the form key=value; write e.g. "
+                f"{f'{flag} {examples[0]}'.strip()} or {f'{flag} {examples[1]}'.strip()}."
             )
         options[key] = parse_value(value)
     return options

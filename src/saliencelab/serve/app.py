@@ -33,20 +33,25 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import torch
 from PIL import Image
 
+from ..cli_common import parse_options
 from ..core.errors import SaliencelabError
 from ..core.explain import explain
 from ..core.registry import methods as registered_methods
+from ..core.result import Explanation
 from ..data.images import image_from_bytes
 from ..data.samples import sample_image, sample_images
+from ..metrics.base import metric_classes
+from ..metrics.evaluate import evaluate
 from ..models.model import Model, displayed, preprocessed
 from ..models.zoo import load_model
 from ..report.run import drawable_size, method_requests
 from ..text.model import TextModel
 from ..viz.overlay import overlay
 from .forms import Form, parse_form
-from .page import Choices, Overlay, Result, render
+from .page import Choices, Overlay, Result, Scores, render
 
 log = logging.getLogger("saliencelab")
 
@@ -109,9 +114,17 @@ class App:
         """The form's options, with what `form` chose (defaults for a fresh page)."""
         names = list(self._models)
         specs = sorted(registered_methods(), key=lambda s: (s.family, s.name))
+        metrics = offered_metrics()
         if form is None:
             chosen = [m for m in DEFAULT_METHODS if any(s.name == m for s in specs)]
-            return Choices(names, sample_images(), specs, model=names[0], chosen_methods=chosen)
+            return Choices(
+                names,
+                sample_images(),
+                specs,
+                model=names[0],
+                chosen_methods=chosen,
+                metrics=metrics,
+            )
         image_id = form.get("image_id")
         kept = self._images.get(image_id)
         return Choices(
@@ -123,6 +136,9 @@ class App:
             chosen_methods=form.getall("methods"),
             target=form.get("target"),
             layer=form.get("layer"),
+            options=form.get("options"),
+            metrics=metrics,
+            chosen_metrics=form.getall("metrics"),
             image_id=image_id if kept is not None else "",
             image_name=kept[0] if kept is not None else "",
         )
@@ -199,7 +215,16 @@ class App:
         chosen = form.getall("methods")
         if not chosen:
             raise SaliencelabError("Tick at least one method.")
-        requests = method_requests(chosen, layer=form.get("layer") or None)
+        options = parse_options(split_options(form.get("options")), flag="")
+        requests = method_requests(chosen, layer=form.get("layer") or None, options=options)
+        metrics = form.getall("metrics")
+        offered = {name for name, _, _ in offered_metrics()}
+        for metric in metrics:
+            if metric not in offered:
+                raise SaliencelabError(
+                    f"The web app does not offer the metric {metric!r}; pick among "
+                    f"{', '.join(sorted(offered))}."
+                )
         x = preprocessed(model, [image])
         ex = explain(model, x, methods=requests, target=parse_target(form.get("target")))
         shown = displayed(model, image) or drawable_size(image)
@@ -221,7 +246,40 @@ class App:
             values, indices = probs.topk(min(TOP_CLASSES, probs.numel()))
             pairs = zip(values.tolist(), indices.tolist(), strict=True)
             top = [(i, ex.label(i), v) for v, i in pairs]
-        return Result(name, shown, ex.target_text(0), top, overlays, seconds=ex.seconds)
+        scores = _scores(model, x, ex, metrics) if metrics else None
+        return Result(name, shown, ex.target_text(0), top, overlays, ex.seconds, scores)
+
+
+def offered_metrics() -> list[tuple[str, str, str]]:
+    """(name, family, direction) of the registered metrics that need no ground-truth masks
+    (the app has none), by family."""
+    classes = metric_classes()
+    return sorted(
+        ((name, c.family, c.direction) for name, c in classes.items() if "masks" not in c.needs),
+        key=lambda m: (m[1], m[0]),
+    )
+
+
+def split_options(text: str) -> list[str]:
+    """ "n_steps=16; smoothgrad.n_samples=8" → ["n_steps=16", "smoothgrad.n_samples=8"]
+    (semicolons or new lines between pairs: a value may hold commas, as window=8,8)."""
+    return [p.strip() for p in text.replace("\n", ";").split(";") if p.strip()]
+
+
+def _scores(model: Model, x: torch.Tensor, ex: Explanation, metrics: list[str]) -> Scores:
+    """`sl.evaluate` of the maps (and the reference maps) with `metrics`; a metric's mistake
+    (e.g. a map it cannot score) is its sentence on the page, the maps stay."""
+    try:
+        report = evaluate(model, x, ex, metrics=metrics)
+    except SaliencelabError as e:
+        return Scores(error=" ".join(str(e).split()))
+    names = report.metrics
+    directions = [report[report.methods[0]][m].direction for m in names]
+    rows = [
+        (method, method in report.references, [report[method][m].mean for m in names])
+        for method in report.methods
+    ]
+    return Scores(list(zip(names, directions, strict=True)), rows)
 
 
 def _check_reads_images(name: str, model: Any) -> Model:

@@ -35,6 +35,7 @@ button.small { padding: 0 8px; font-size: 12px; background: var(--card); color: 
 .results { padding: 16px 32px 32px; display: grid; gap: 16px;
   grid-template-columns: minmax(200px, 320px) 1fr; align-items: start; }
 @media (max-width: 800px) { .results { grid-template-columns: 1fr; } }
+.results > .wide { grid-column: 1 / -1; }
 .card .overlays { grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); }
 .cost { color: var(--muted); font-size: 12px; display: block; }
 .key { color: var(--muted); font-size: 13px; margin: 8px 0 0; }
@@ -54,6 +55,9 @@ class Choices:
     chosen_methods: Sequence[str] = ()
     target: str = ""
     layer: str = ""
+    options: str = ""
+    metrics: Sequence[tuple[str, str, str]] = ()  # (name, family, direction) of each offered
+    chosen_metrics: Sequence[str] = ()
     image_id: str = ""  # an image the server keeps, sent again by the form
     image_name: str = ""
 
@@ -72,6 +76,16 @@ class Overlay:
 
 
 @dataclass
+class Scores:
+    """The metrics' values per map (the methods', then the reference maps'), or the sentence
+    why they could not be computed."""
+
+    metrics: list[tuple[str, str]] = field(default_factory=list)  # (name, "higher"/"lower")
+    rows: list[tuple[str, bool, list[float]]] = field(default_factory=list)  # name, ref, values
+    error: str | None = None
+
+
+@dataclass
 class Result:
     """What one request explained."""
 
@@ -81,6 +95,7 @@ class Result:
     top: list[tuple[int, str, float]] = field(default_factory=list)  # (index, label, prob)
     overlays: list[Overlay] = field(default_factory=list)
     seconds: float = 0.0
+    scores: Scores | None = None
 
 
 def png_data_uri(image: Image.Image) -> str:
@@ -120,6 +135,23 @@ def _method_boxes(c: Choices) -> str:
     return "".join(groups)
 
 
+def _metric_boxes(c: Choices) -> str:
+    if not c.metrics:
+        return ""
+    arrows = {"higher": "↑", "lower": "↓"}
+    boxes = "".join(
+        f'<label title="{_e(family)}; {_e(direction)} is better">'
+        f'<input type="checkbox" name="metrics" value="{_e(name)}"'
+        f"{' checked' if name in c.chosen_metrics else ''}> {_e(name)} {arrows[direction]}</label>"
+        for name, family, direction in c.metrics
+    )
+    return (
+        f"<fieldset><legend>score the maps (optional; the reference maps random, "
+        f'center_gaussian and sobel are scored too)</legend><div class="methods">{boxes}</div>'
+        "</fieldset>"
+    )
+
+
 def _hidden(name: str, value: str) -> str:
     return f'<input type="hidden" name="{_e(name)}" value="{_e(value)}">'
 
@@ -139,10 +171,15 @@ def _form(c: Choices) -> str:
         f'<label>or a sample photo <select name="sample">'
         f"{_options(c.samples, c.sample, empty='(none)')}</select></label></div>"
         f"{_method_boxes(c)}"
-        '<div class="row"><label>Target <input name="target" size="28" '
+        '<div class="row"><label>Target <input name="target" size="24" '
         f'placeholder="the predicted class" value="{_e(c.target)}"></label>'
-        '<label>Layer <input name="layer" size="22" placeholder="found automatically" '
-        f'value="{_e(c.layer)}"></label><button type="submit">Explain</button></div>'
+        '<label>Layer <input name="layer" size="18" placeholder="found automatically" '
+        f'value="{_e(c.layer)}"></label>'
+        '<label>Options <input name="options" size="34" '
+        'placeholder="n_steps=16; smoothgrad.n_samples=8" '
+        f'value="{_e(c.options)}"></label></div>'
+        f"{_metric_boxes(c)}"
+        '<div class="row"><button type="submit">Explain</button></div>'
         "</form>"
     )
 
@@ -151,10 +188,38 @@ def _class_button(c: Choices, index: int) -> str:
     """A form that explains class `index` of the kept image with the same choices."""
     fields = _hidden("model", c.model) + _hidden("image_id", c.image_id)
     fields += "".join(_hidden("methods", m) for m in c.chosen_methods)
-    fields += _hidden("layer", c.layer) + _hidden("target", str(index))
+    fields += "".join(_hidden("metrics", m) for m in c.chosen_metrics)
+    fields += _hidden("layer", c.layer) + _hidden("options", c.options)
+    fields += _hidden("target", str(index))
     return (
         f'<form class="inline" method="post" action="/explain" enctype="multipart/form-data">'
         f'{fields}<button class="small" type="submit">explain</button></form>'
+    )
+
+
+def _scores(s: Scores) -> str:
+    if s.error is not None:
+        return f'<div class="card wide"><h2>Scores</h2><p class="error-msg">{_e(s.error)}</p></div>'
+    arrows = {"higher": "↑", "lower": "↓"}
+    head = "".join(f'<th class="num">{_e(m)} {arrows[d]}</th>' for m, d in s.metrics)
+    best = []
+    for j, (_, direction) in enumerate(s.metrics):
+        column = [values[j] for _, _, values in s.rows if values[j] == values[j]]  # not NaN
+        best.append((max if direction == "higher" else min)(column) if column else None)
+    rows = []
+    for name, reference, values in s.rows:
+        cells = "".join(
+            f'<td class="num">{"<b>" if v == best[j] else ""}{v:.3f}'
+            f"{'</b>' if v == best[j] else ''}</td>"
+            for j, v in enumerate(values)
+        )
+        label = f"{_e(name)} (reference)" if reference else f"<b>{_e(name)}</b>"
+        rows.append(f"<tr><td>{label}</td>{cells}</tr>")
+    return (
+        '<div class="card wide"><h2>Scores</h2><table><tr><th>map</th>'
+        f"{head}</tr>{''.join(rows)}</table>"
+        '<p class="key">↑ higher is better, ↓ lower is better; the best of each column in bold. '
+        "One image: a hint, not a verdict (score a dataset with saliencelab evaluate).</p></div>"
     )
 
 
@@ -175,7 +240,8 @@ def _results(c: Choices, r: Result) -> str:
         figures.append(
             f'<figure><img src="{png_data_uri(o.image)}" alt="{_e(o.method)} map">'
             f"<figcaption><b>{_e(o.method)}</b> · {_e(o.target)}"
-            f'<span class="cost">{_seconds(o.seconds)} · {o.passes:g} passes{layer}</span>'
+            f'<span class="cost">{_seconds(o.seconds)} · {o.passes:g} pass{"es" * (o.passes != 1)}'
+            f"{layer}</span>"
             "</figcaption></figure>"
         )
     signed = any(o.signed for o in r.overlays)
@@ -195,6 +261,7 @@ def _results(c: Choices, r: Result) -> str:
         f"{_seconds(r.seconds)} in all</span></div>"
         f'<div class="overlays">{"".join(figures)}</div>'
         f'<p class="key">{_e("; ".join(key))}.</p></div>'
+        f"{_scores(r.scores) if r.scores is not None else ''}"
         "</section>"
     )
 
