@@ -3,6 +3,7 @@ display, model files with a colon in their name, and two messages."""
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 
 import numpy as np
@@ -134,10 +135,18 @@ def test_bad_labels_are_one_sentence(labels, needle):
     assert "\n" not in str(info.value) and str(info.value).startswith("labels ")
 
 
-def test_text_models_check_their_labels_too():
+def test_text_models_check_their_labels_too(classifier):
     with pytest.raises(sl.SaliencelabError, match="not one string"):
-        TextModel(module=nn.Identity(), labels="ab")
-    assert TextModel(module=nn.Identity(), labels={1: "b", 0: "a"}).labels == ["a", "b"]
+        dataclasses.replace(classifier, labels="ab")
+    assert dataclasses.replace(classifier, labels={1: "b", 0: "a"}).labels == ["a", "b"]
+
+
+def test_a_text_model_built_around_another_module_is_one_sentence(classifier):
+    """It was accepted, and failed later with an AttributeError (no `dim`, no tokenizer)."""
+    with pytest.raises(sl.SaliencelabError, match=r"has a Identity, not the TextModule"):
+        TextModel(module=nn.Identity())
+    with pytest.raises(sl.SaliencelabError, match="has no tokenizer; load text models"):
+        TextModel(module=classifier.module)
 
 
 # -- 3. shapes models' preprocess: dtypes --------------------------------------------------------

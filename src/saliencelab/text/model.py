@@ -168,6 +168,17 @@ class TextModel(Model):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # labels and input_size, as any Model's
+        if not isinstance(self.module, TextModule) or self.tokenizer is None:
+            what = (
+                "no tokenizer"
+                if isinstance(self.module, TextModule)
+                else f"a {type(self.module).__name__}, not the TextModule it runs texts through"
+            )
+            raise SaliencelabError(
+                f"This sl.TextModel has {what}; load text models with "
+                "sl.load_model('hf:PATH') (a Hugging Face directory with its tokenizer) or "
+                "sl.load_model('minilm'), which build both."
+            )
         if self.token_scores not in TOKEN_SCORES:
             raise SaliencelabError(
                 f"token_scores must be 'signed' (sum over the embedding) or 'l2' (its norm), not "
