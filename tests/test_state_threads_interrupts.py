@@ -96,11 +96,47 @@ def _interrupt_at(module, function: str, marker: str, hit: int = 2):
                 chunk_size=8,
             ),  # fmt: skip
         ),
+        (
+            "saliencelab.methods.gradient.integrated_gradients",
+            "integrated_gradients",
+            "total.index_add_(0, chunk.samples, chunk.input_grad * weights[k].view(shape))",
+            lambda net, x: sl.explain(
+                net, x, {"integrated_gradients": {"n_steps": 16}}, chunk_size=8
+            ),
+        ),
+        (
+            "saliencelab.methods.gradient.expected_gradients",
+            "expected_gradients",
+            "total.index_add_(0, chunk.samples, diff * chunk.input_grad)",
+            lambda net, x: sl.explain(
+                net, x, {"expected_gradients": {"n_samples": 8, "baselines": x}}, chunk_size=8
+            ),
+        ),
+        (
+            "saliencelab.methods.relevance.deeplift",
+            "deeplift_pairs",
+            "total.index_add_(0, chunk.samples, diff * chunk.input_grad[:n])",
+            lambda net, x: sl.explain(net, x, "deeplift", chunk_size=1),
+        ),
+        (
+            "saliencelab.methods.cam.perturbation",
+            "_scorecam_scores",
+            'if weighting == "probability":',
+            lambda net, x: sl.explain(net, x, {"scorecam": {"layer": "3"}}, chunk_size=8),
+        ),
+        (
+            "saliencelab.methods.perturbation.surrogate",
+            "coalition_scores",
+            "scores[lo:hi] = chunk.scores.to(device=dev, dtype=torch.float64)",
+            lambda net, x: sl.explain(net, x, {"lime": {"n_samples": 32}}, chunk_size=8),
+        ),
     ],
 )
 def test_an_interrupt_between_chunks_leaves_the_model_as_it_was(module, function, marker, call):
     """The suspended pass generator was kept alive by the kept traceback, so the BatchNorms
-    stayed folded (inference-tensor weights, extra bias keys in a checkpoint taken then)."""
+    stayed folded (inference-tensor weights, extra bias keys in a checkpoint taken then). That
+    happened where the generator was a local variable (RISE, run_rows); a `for` loop's own
+    iterator is released when the exception leaves the frame (the other cases: guards)."""
     net, x = _net(), torch.rand(4, 3, 12, 12)
     before = _state(net)
     call(net, x)  # warm-up: probes and chunk sizes
