@@ -285,7 +285,7 @@ def test_catalogues_keep_their_table_on_a_wide_terminal(runner, command):
         (["visualize", "--steps", "0"], "Invalid value for '--steps'", "visualize"),
         (["visualize", "--seed", "abc"], "Invalid value for '--seed'", "visualize"),
         (["explain"], "Missing argument", "explain"),
-        (["serve"], "No such command 'serve'", ""),
+        (["dashboard"], "No such command 'dashboard'", ""),
         (["models", "foo"], "unexpected extra argument", "models"),
         (["--bogus"], "No such option: --bogus", ""),
     ],

@@ -287,6 +287,13 @@ def test_a_wrong_request_is_one_sentence(server, fields, sentence):
             assert f'value="{value}" checked' in page
 
 
+def test_a_target_that_only_looks_like_a_number(server):
+    for typo in ("+-1", "²", "1.5"):
+        fields = [("model", "shapes_cnn"), ("sample", "coffee"), ("methods", "saliency")]
+        status, page, _ = post(server, [*fields, ("target", typo)])
+        assert status == 400 and "The server failed" not in page, typo
+
+
 def test_a_model_it_does_not_serve(server):
     status, page, _ = post(server, [("model", "resnet50"), ("sample", "chelsea")])
     assert status == 400
@@ -318,8 +325,10 @@ def test_a_bug_is_500_and_the_server_goes_on(server, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("something\nbroke")
 
-    monkeypatch.setattr(App, "_explain", broken)
-    status, page, _ = post(server, [("model", "shapes_cnn"), ("sample", "coffee")])
+    monkeypatch.setattr(App, "_explain_image", broken)
+    status, page, _ = post(
+        server, [("model", "shapes_cnn"), ("sample", "coffee"), ("methods", "saliency")]
+    )
     assert status == 500
     assert error_of(page) == (
         "The server failed (RuntimeError: something broke); the traceback is in the terminal "
@@ -360,16 +369,95 @@ def test_a_post_without_content_length_is_refused(server):
     assert status == 411 and "has no Content-Length" in text
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:80", "192.168.1.9"])
+@pytest.mark.parametrize(
+    "header", ["Content-Length: ²", "Content-Length: -5", "Content-Length: 1e3",
+               "Content-Length: 5\nTransfer-Encoding: chunked"]
+)  # fmt: skip
+def test_an_unreadable_length_is_refused(server, header):
+    status, text = raw(server, f"POST /explain HTTP/1.1\nHost: localhost\n{header}\n")
+    assert status == 400 and "length is not readable" in text
+
+
+def test_a_browser_sending_an_oversized_upload_gets_the_answer(server):
+    """The refused body is read and dropped, so a client still sending it sees the 413 page
+    (closing at once made urllib report a broken pipe)."""
+    fields = [("model", "shapes_cnn"), ("methods", "saliency")]
+    status, page, _ = post(server, fields, {"image": ("big.png", bytes(3_000_000))})
+    assert status == 413 and "over this server&#x27;s limit of 1.9 MiB" in page
+
+
+def test_expect_100_continue(server):
+    head = "POST /explain HTTP/1.1\nHost: localhost\nExpect: 100-continue\n"
+    status, text = raw(server, head + "Content-Length: 9000000\n")
+    assert status == 413 and "100 Continue" not in text  # told at once, not invited to send
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=30) as s:
+        s.sendall((head + "Content-Length: 3\n\n").replace("\n", "\r\n").encode())
+        assert s.recv(100).startswith(b"HTTP/1.1 100 Continue")
+
+
+def test_a_silent_client_is_dropped(server, monkeypatch):
+    from saliencelab.serve.app import Handler
+
+    monkeypatch.setattr(Handler, "timeout", 0.5)
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=30) as s:
+        s.sendall(b"POST /explain HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nab")
+        assert s.recv(100) == b""  # the server closed the connection: no thread held forever
+    assert request(server)[0] == 200
+
+
+def test_a_form_with_too_many_parts_is_refused(server):
+    status, page, _ = post(server, [("methods", "saliency")] * 1001)
+    assert status == 400 and "The form has 1,001 parts" in page
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["evil.example", "evil.example:80", "192.168.1.9", "evil.com@localhost", "localhost#@evil.com",
+     "localhost:evil", "localhost:99999", "localhost\nHost: localhost", ""],
+)  # fmt: skip
 def test_other_host_names_are_refused_on_loopback(server, host):
     status, text = raw(server, f"GET / HTTP/1.1\nHost: {host}\n")
     assert status == 403 and "answers only requests to localhost" in text
 
 
+@pytest.mark.parametrize(
+    "host", ["localhost", "LOCALHOST.", "127.0.0.1:8080", "[::1]:1", "127.9.9.9"]
+)
+def test_loopback_host_names_are_answered(server, host):
+    assert raw(server, f"GET / HTTP/1.1\nHost: {host}\nConnection: close\n")[0] == 200
+
+
+def test_on_another_address_names_of_other_machines_are_refused():
+    srv = make_server(App({"shapes_cnn": None}), host="0.0.0.0", port=0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert not srv.loopback
+        for host, status in [
+            ("evil.example", 403),  # DNS rebinding: another name for this machine's address
+            ("10.1.2.3:8765", 200),
+            ("localhost", 200),
+            (socket.gethostname(), 200),
+        ]:
+            got, text = raw(srv, f"GET / HTTP/1.1\nHost: {host}\nConnection: close\n")
+            assert got == status, (host, text[:300])
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_cross_site_posts_are_refused(server):
     port = server.server_address[1]
     fields = [("model", "shapes_cnn"), ("sample", "coffee"), ("methods", "saliency")]
-    for origin in ("https://evil.example", f"http://127.0.0.1:{port + 1}", "null"):
+    others = (
+        "https://evil.example",
+        f"http://127.0.0.1:{port + 1}",
+        "null",
+        f"ftp://127.0.0.1:{port}",
+    )
+    for origin in others:
         status, page, _ = post(server, fields, headers={"Origin": origin})
         assert status == 403 and "only from its own page" in page
     status, _, _ = post(server, fields, headers={"Origin": f"http://127.0.0.1:{port}"})
@@ -394,9 +482,8 @@ def test_kept_images_are_the_most_recent(model):
     assert app.explain(form)[0] == 200
 
 
-def test_models_are_loaded_by_name_on_first_use():
+def test_models_are_loaded_by_name_when_the_app_is_made():
     app = App(["shapes_cnn"])
-    assert app._models["shapes_cnn"] is None
     assert app.model("shapes_cnn").labels == ["square", "disk", "triangle", "cross"]
     with pytest.raises(sl.SaliencelabError, match="needs at least one model"):
         App([])
@@ -405,11 +492,58 @@ def test_models_are_loaded_by_name_on_first_use():
     bare = sl.Model(torch.nn.Linear(2, 2))
     with pytest.raises(sl.SaliencelabError, match="'bare' has no preprocessing, so it cannot"):
         App({"bare": bare})
+    with pytest.raises(sl.SaliencelabError, match="resnet9000"):
+        App(["resnet9000"])
 
 
-def test_a_text_model_is_refused(classifier):
-    with pytest.raises(sl.SaliencelabError, match="'bert' is a text model; the web app explains"):
-        App({"bert": classifier})
+# -- texts ----------------------------------------------------------------------------------------
+
+
+def text_form(fields):
+    return parse_form(*reversed(multipart(fields)))
+
+
+def test_a_text_classifier_colours_the_words_as_the_library_does(classifier, model):
+    from saliencelab.text.render import text_table
+
+    app = App({"shapes_cnn": model, "bert": classifier})
+    assert 'name="text"' in app.page() and 'name="text"' not in App({"s": model}).page()
+    text = "the movie was great"
+    fields = [("model", "bert"), ("text", text), ("methods", "integrated_gradients")]
+    status, page = app.explain(text_form([*fields, ("options", "n_steps=8")]))
+    assert status == 200, page
+    ex = sl.explain(classifier, [text], methods={"integrated_gradients": {"n_steps": 8}})
+    assert text_table(ex, 0) in page  # the same words, scores and colours
+    probs = ex.logits.softmax(-1)[0]
+    best = int(probs.argmax())
+    assert f"predicted: {classifier.labels[best]} ({float(probs[best]):.2f})" in page
+    assert f'name="text" value="{text}"' in page  # the explain buttons carry the text
+    # Another class, by name.
+    other = classifier.labels[1 - best]
+    status, page = app.explain(text_form([*fields, ("target", other), ("options", "n_steps=8")]))
+    want = sl.explain(
+        classifier, [text], methods={"integrated_gradients": {"n_steps": 8}}, target=other
+    )
+    assert status == 200 and text_table(want, 0) in page
+    status, page = app.explain(text_form(fields[:1] + fields[2:]))
+    assert status == 400 and "reads texts: type one in Text." in page
+
+
+def test_a_sentence_encoder_explains_the_similarity_to_the_target_text(model):
+    from saliencelab.text.render import text_table
+
+    minilm = sl.load_model("minilm")
+    app = App({"minilm": minilm})
+    fields = [("model", "minilm"), ("text", "A man plays guitar"), ("methods", "saliency")]
+    status, page = app.explain(text_form(fields))
+    assert status == 400 and "minilm needs a target: type the text to compare with" in page
+    status, page = app.explain(text_form([*fields, ("target", "Someone makes music")]))
+    assert status == 200, page
+    ex = sl.explain(
+        minilm, ["A man plays guitar"], "saliency", target=sl.similarity_to("Someone makes music")
+    )
+    assert text_table(ex, 0) in page
+    assert "similarity_to(&#x27;Someone makes music&#x27;)" in page
 
 
 def test_multipart_forms_are_read_byte_for_byte():
@@ -424,12 +558,33 @@ def test_multipart_forms_are_read_byte_for_byte():
     assert form.get("target") == "chat tigré"
     assert form.files["image"].data == data and form.files["image"].filename == "é.png"
     assert "empty" not in form.files  # an empty file input is no upload
+    odd = body.replace(
+        b'name="target"\r\n', b'name="target"\r\nContent-Type: text/plain; charset=nope\r\n'
+    )
+    # an unknown charset is read as UTF-8; the boundary parameter's name in capitals too
+    assert parse_form(ctype.replace("boundary=", "BOUNDARY="), odd).get("target") == "chat tigré"
     form = parse_form("application/x-www-form-urlencoded", b"methods=a&methods=b&target=+3+")
     assert form.getall("methods") == ["a", "b"] and form.get("target") == "3"
     with pytest.raises(sl.SaliencelabError, match="came as 'text/plain'"):
         parse_form("text/plain", b"x")
     with pytest.raises(sl.SaliencelabError, match="no boundary"):
         parse_form("multipart/form-data", body)
+
+
+def test_uploads_are_read_in_common_formats_only_and_kept_small(model):
+    from saliencelab.serve.app import UPLOAD_FORMATS
+
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    assert Image.open(io.BytesIO(eps)).format == "EPS"  # Pillow would open it (Ghostscript)
+    with pytest.raises(sl.SaliencelabError, match="'x.eps' is not an image Pillow can read"):
+        image_from_bytes(eps, "x.eps", formats=UPLOAD_FORMATS)
+    app = App({"shapes_cnn": model})
+    body, ctype = multipart([("methods", "saliency")], {"image": ("wide.png", png_bytes(
+        Image.new("RGB", (5000, 40), (200, 30, 30))))})  # fmt: skip
+    status, page = app.explain(parse_form(ctype, body))
+    assert status == 200, page
+    ((name, kept),) = app._images.values()
+    assert name == "wide.png" and kept.size == (2048, 16)
 
 
 def test_image_from_bytes_reads_as_load_image(tmp_path):

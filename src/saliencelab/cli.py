@@ -675,7 +675,8 @@ def demo(
                 soft_wrap=True,
             )
         out_console().print(
-            f"Open [bold]{result.index_path.resolve().as_uri()}[/bold] in a browser.",
+            f"Open [bold]{result.index_path.resolve().as_uri()}[/bold] in a browser; to try "
+            "your own images and other methods there, run [bold]saliencelab serve[/bold].",
             soft_wrap=True,
         )
     if result.errors:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,23 +50,31 @@ def load_image(path: PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
     return _decode(p, str(p), max_pixels)
 
 
-def image_from_bytes(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def image_from_bytes(
+    data: bytes,
+    name: str,
+    max_pixels: int = MAX_PIXELS,
+    formats: Sequence[str] | None = None,
+) -> Image.Image:
     """The image file held in `data` (e.g. an upload) as an 8-bit RGB PIL image, read as
-    :func:`load_image` reads files; `name` names it in error messages.
+    :func:`load_image` reads files; `name` names it in error messages; `formats`: the Pillow
+    format names accepted (default: every format Pillow reads).
 
     Raises:
-        SaliencelabError: not a readable image, or over `max_pixels`.
+        SaliencelabError: not a readable image (or not in `formats`), or over `max_pixels`.
     """
-    return _decode(io.BytesIO(data), name, max_pixels)
+    return _decode(io.BytesIO(data), name, max_pixels, formats)
 
 
-def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> Image.Image:
+def _decode(
+    source: Path | io.BytesIO, name: str, max_pixels: int, formats: Sequence[str] | None = None
+) -> Image.Image:
     """`load_image` of an existing file or of bytes in memory; `name` for the messages."""
     try:
         with warnings.catch_warnings():
             # The caller's `max_pixels` is the limit we enforce; Pillow's warning would repeat it.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(source) as im:
+            with Image.open(source, formats=formats) as im:
                 w, h = im.size
                 if w * h > max_pixels:
                     raise SaliencelabError(

@@ -646,10 +646,16 @@ def drawable_size(image: Image.Image) -> Image.Image:
     """`image`, shrunk to at most `MAX_DRAWN_SIDE` pixels on its longer side: a model without a
     `display` (the image as it sees it) gets its overlays drawn on the photo itself, and a
     4000 x 3000 photo under a 64 x 64 map made 3000 x 3000 overlays of 5-6 MB each."""
-    if max(image.size) <= MAX_DRAWN_SIDE:
+    return shrunk(image, MAX_DRAWN_SIDE)
+
+
+def shrunk(image: Image.Image, side: int) -> Image.Image:
+    """`image` (itself when it fits), or a copy shrunk to at most `side` pixels on its longer
+    side, its proportions kept (Lanczos)."""
+    if max(image.size) <= side:
         return image
     small = image.copy()
-    small.thumbnail((MAX_DRAWN_SIDE, MAX_DRAWN_SIDE), Image.Resampling.LANCZOS)
+    small.thumbnail((side, side), Image.Resampling.LANCZOS)
     return small
 
 

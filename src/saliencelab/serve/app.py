@@ -24,6 +24,7 @@ from __future__ import annotations
 import http.server
 import ipaddress
 import logging
+import re
 import secrets
 import socket
 import threading
@@ -37,6 +38,7 @@ import torch
 from PIL import Image
 
 from ..cli_common import parse_options
+from ..cli_common import parse_target as cli_parse_target
 from ..core.errors import SaliencelabError
 from ..core.explain import explain
 from ..core.registry import methods as registered_methods
@@ -47,8 +49,10 @@ from ..metrics.base import metric_classes
 from ..metrics.evaluate import evaluate
 from ..models.model import Model, displayed, preprocessed
 from ..models.zoo import load_model
-from ..report.run import drawable_size, method_requests
+from ..report.run import drawable_size, method_requests, shrunk
 from ..text.model import TextModel
+from ..text.render import legend_html, text_table
+from ..text.targets import continuation, similarity_to
 from ..viz.overlay import overlay
 from .forms import Form, parse_form
 from .page import Choices, Overlay, Result, Scores, render
@@ -58,6 +62,13 @@ log = logging.getLogger("saliencelab")
 #: Methods ticked on a fresh page (one shared pass and one path integral).
 DEFAULT_METHODS = ("saliency", "gradcam", "integrated_gradients")
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+DRAIN_BYTES = 64 * 1024 * 1024  # of a refused body, read and dropped before closing
+#: Uploads are read in these formats only (Pillow's others include EPS, which runs Ghostscript).
+UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "ICO")
+#: Uploads are shrunk to this longer side before anything else: memory for the kept images
+#: (32 × 2048² RGB ≈ 400 MB at most), and a 1 × 25,000,000 strip resized by a model's
+#: preprocess took minutes. No model here reads images anywhere near this size.
+MAX_KEPT_SIDE = 2048
 SERVE_MAX_PIXELS = 25_000_000
 TOP_CLASSES = 5
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -73,10 +84,7 @@ class RequestError(SaliencelabError):
 
 def parse_target(text: str) -> int | str | None:
     """ "" → None (the predicted class), "3" → 3, anything else → a class name."""
-    text = text.strip()
-    if not text:
-        return None
-    return int(text) if text.lstrip("+-").isdigit() else text
+    return cli_parse_target(text) if text.strip() else None
 
 
 class App:
@@ -99,14 +107,14 @@ class App:
         given = dict(models) if isinstance(models, Mapping) else {m: None for m in models}
         if not given:
             raise SaliencelabError("The web app needs at least one model to serve.")
-        for name, model in given.items():
-            if model is not None:
-                _check_reads_images(name, model)
-        self._models: dict[str, Model | None] = given
+        self._models: dict[str, Model] = {
+            name: _check_servable(name, load_model(name) if model is None else model)
+            for name, model in given.items()
+        }
         self.max_pixels = max_pixels
         self.kept_images = kept_images
         self._images: OrderedDict[str, tuple[str, Image.Image]] = OrderedDict()
-        self._lock = threading.Lock()  # the kept images and the lazily loaded models
+        self._lock = threading.Lock()  # the kept images
 
     # -- what the form offers ---------------------------------------------------------------
 
@@ -115,6 +123,7 @@ class App:
         names = list(self._models)
         specs = sorted(registered_methods(), key=lambda s: (s.family, s.name))
         metrics = offered_metrics()
+        has_text = any(isinstance(m, TextModel) for m in self._models.values())
         if form is None:
             chosen = [m for m in DEFAULT_METHODS if any(s.name == m for s in specs)]
             return Choices(
@@ -124,6 +133,7 @@ class App:
                 model=names[0],
                 chosen_methods=chosen,
                 metrics=metrics,
+                has_text=has_text,
             )
         image_id = form.get("image_id")
         kept = self._images.get(image_id)
@@ -141,6 +151,8 @@ class App:
             chosen_metrics=form.getall("metrics"),
             image_id=image_id if kept is not None else "",
             image_name=kept[0] if kept is not None else "",
+            text=form.get("text"),
+            has_text=has_text,
         )
 
     def page(self) -> str:
@@ -149,16 +161,11 @@ class App:
     # -- the explain action -----------------------------------------------------------------
 
     def model(self, name: str) -> Model:
-        """The served model `name`, loaded on first use."""
+        """The served model `name`."""
         if name not in self._models:
             served = ", ".join(self._models)
             raise SaliencelabError(f"This server does not serve the model {name!r}; pick {served}.")
-        with self._lock:
-            model = self._models[name]
-            if model is None:
-                model = _check_reads_images(name, load_model(name))
-                self._models[name] = model
-        return model
+        return self._models[name]
 
     def _keep(self, name: str, image: Image.Image) -> str:
         image_id = secrets.token_urlsafe(12)
@@ -175,7 +182,8 @@ class App:
         sample = form.get("sample")
         if upload is not None:
             name = upload.filename or "upload"
-            image = image_from_bytes(upload.data, name, self.max_pixels)
+            image = image_from_bytes(upload.data, name, self.max_pixels, formats=UPLOAD_FORMATS)
+            image = shrunk(image, MAX_KEPT_SIDE)
         elif sample:
             if sample not in sample_images():
                 raise SaliencelabError(
@@ -202,16 +210,21 @@ class App:
         """(HTTP status, page) for a submitted form: 200 with the results, 400 with the sentence
         saying what was wrong."""
         try:
-            image_id, name, image = self.image(form)
-            form.fields["image_id"] = [image_id]  # the page offers it back
-            form.fields.pop("sample", None)
-            result = self._explain(form, name, image)
+            model = self.model(form.get("model", next(iter(self._models))))
+            requests, metrics = self._request(form)
+            if isinstance(model, TextModel):
+                result = self._explain_text(form, model, requests, metrics)
+            else:
+                image_id, name, image = self.image(form)
+                form.fields["image_id"] = [image_id]  # the page offers it back
+                form.fields.pop("sample", None)
+                result = self._explain_image(form, model, name, image, requests, metrics)
         except SaliencelabError as e:
             return 400, render(self.choices(form), error=" ".join(str(e).split()))
         return 200, render(self.choices(form), result)
 
-    def _explain(self, form: Form, name: str, image: Image.Image) -> Result:
-        model = self.model(form.get("model", next(iter(self._models))))
+    def _request(self, form: Form) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """The methods with their options, and the metrics, checked before the model runs."""
         chosen = form.getall("methods")
         if not chosen:
             raise SaliencelabError("Tick at least one method.")
@@ -225,6 +238,17 @@ class App:
                     f"The web app does not offer the metric {metric!r}; pick among "
                     f"{', '.join(sorted(offered))}."
                 )
+        return requests, metrics
+
+    def _explain_image(
+        self,
+        form: Form,
+        model: Model,
+        name: str,
+        image: Image.Image,
+        requests: dict[str, dict[str, Any]],
+        metrics: list[str],
+    ) -> Result:
         x = preprocessed(model, [image])
         ex = explain(model, x, methods=requests, target=parse_target(form.get("target")))
         shown = displayed(model, image) or drawable_size(image)
@@ -240,14 +264,62 @@ class App:
             )
             for m in requests
         ]
-        top: list[tuple[int, str, float]] = []
-        if ex.probabilities is not None:
-            probs = ex.probabilities[0].detach().float().cpu()
-            values, indices = probs.topk(min(TOP_CLASSES, probs.numel()))
-            pairs = zip(values.tolist(), indices.tolist(), strict=True)
-            top = [(i, ex.label(i), v) for v, i in pairs]
         scores = _scores(model, x, ex, metrics) if metrics else None
-        return Result(name, shown, ex.target_text(0), top, overlays, ex.seconds, scores)
+        return Result(name, _headline(ex), _top(ex), overlays, ex.seconds, scores, shown=shown)
+
+    def _explain_text(
+        self,
+        form: Form,
+        model: TextModel,
+        requests: dict[str, dict[str, Any]],
+        metrics: list[str],
+    ) -> Result:
+        text = form.get("text")
+        if not text:
+            raise SaliencelabError(f"{model.name} reads texts: type one in Text.")
+        raw = (form.fields.get("target") or [""])[0]  # a continuation's leading space counts
+        ex = explain(model, [text], methods=requests, target=text_target(model, raw))
+        scores = None
+        if metrics:
+            scores = Scores(error="The metrics here score image maps; texts are not scored.")
+        words = legend_html() + text_table(ex, 0)
+        return Result(text, _headline(ex), _top(ex), [], ex.seconds, scores, words=words)
+
+
+def text_target(model: TextModel, text: str) -> Any:
+    """What the Target field means for a text model: a class for a classifier (empty: the
+    predicted one), the text to compare with for a sentence encoder (`similarity_to`), the
+    continuation for a language model (`continuation`, taken as typed)."""
+    if model.task == "classification":
+        return parse_target(text)
+    if not text.strip():
+        what = (
+            "the text to compare with (its similarity to yours is explained)"
+            if model.task == "embedding"
+            else "the continuation whose probability is explained, e.g. ' mat'"
+        )
+        raise SaliencelabError(f"{model.name} needs a target: type {what} in Target.")
+    if model.task == "embedding":
+        return similarity_to(text.strip())
+    return continuation(text)
+
+
+def _top(ex: Explanation) -> list[tuple[int, str, float]]:
+    """The most probable classes (index, name, probability) of the first input; none for a
+    model whose outputs are no classes."""
+    if ex.probabilities is None:
+        return []
+    probs = ex.probabilities[0].detach().float().cpu()
+    values, indices = probs.topk(min(TOP_CLASSES, probs.numel()))
+    pairs = zip(values.tolist(), indices.tolist(), strict=True)
+    return [(i, ex.label(i), v) for v, i in pairs]
+
+
+def _headline(ex: Explanation) -> str:
+    """ "predicted: tabby (0.51)" for a classifier (whatever class was explained), else what
+    was explained and its value."""
+    text = ex.target_text(0)
+    return f"predicted: {text}" if ex.probabilities is not None else text
 
 
 def offered_metrics() -> list[tuple[str, str, str]]:
@@ -282,17 +354,13 @@ def _scores(model: Model, x: torch.Tensor, ex: Explanation, metrics: list[str]) 
     return Scores(list(zip(names, directions, strict=True)), rows)
 
 
-def _check_reads_images(name: str, model: Any) -> Model:
-    """`model`, if it is an `sl.Model` that reads images; one sentence otherwise."""
+def _check_servable(name: str, model: Any) -> Model:
+    """`model`, if it is an `sl.Model` that reads images or a text model; one sentence
+    otherwise."""
     if not isinstance(model, Model):
         raise SaliencelabError(
             f"The model {name!r} is a {type(model).__name__}; give the web app sl.Model objects "
             "(sl.Model(module, preprocess=...)) or model names."
-        )
-    if isinstance(model, TextModel):
-        raise SaliencelabError(
-            f"{name!r} is a text model; the web app explains images (explain texts with "
-            f"`saliencelab explain-text TEXT --model {name}`)."
         )
     if model.preprocess is None:
         raise SaliencelabError(
@@ -314,14 +382,27 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _hostname(value: str) -> str:
-    """The host name of a `Host` header or an `Origin` URL, without port or brackets."""
-    if "://" not in value:
-        value = "//" + value
+def _is_ip(host: str) -> bool:
     try:
-        return (urlsplit(value).hostname or "").lower()
+        ipaddress.ip_address(host)
     except ValueError:
-        return ""
+        return False
+    return True
+
+
+#: A Host header: a name or an IPv4 address, or an IPv6 address in brackets; an optional port.
+_HOST = re.compile(
+    r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9.-]+))(?::(?P<port>\d{1,5}))?"
+)
+
+
+def host_of(header: str) -> str | None:
+    """The host name (lower case, no trailing dot) of a `Host` header; None for a malformed
+    one (user info, a path, a bad port)."""
+    m = _HOST.fullmatch(header.strip())
+    if m is None or (m["port"] is not None and int(m["port"]) > 65535):
+        return None
+    return (m["v6"] or m["name"]).lower().rstrip(".")
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -330,6 +411,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     server: Server
     server_version = "saliencelab"
     protocol_version = "HTTP/1.1"
+    timeout = 60  # seconds a client may stay silent (idle keep-alive, a body sent too slowly)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
         log.debug("%s %s", self.address_string(), format % args)
@@ -356,19 +438,65 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._send(status, render(self.server.app.choices(), error=sentence))
 
     def _checked(self) -> bool:
-        """Whether the request may be answered (Host and Origin checks); refused otherwise."""
-        if self.server.loopback:
-            host = _hostname(self.headers.get("Host", ""))
-            if not _is_loopback(host):
-                self._refuse(403, "This server answers only requests to localhost.")
-                return False
+        """Whether the request may be answered (Host and Origin checks); refused otherwise.
+
+        On a loopback address the Host must be a loopback name or address (DNS rebinding gives
+        a page elsewhere another name for 127.0.0.1); on another address, an IP address, a
+        loopback name or this machine's own name. A POST's Origin, when sent, must be this
+        server (http://HOST as the request's Host).
+        """
+        hosts = self.headers.get_all("Host") or []
+        host = host_of(hosts[0]) if len(hosts) == 1 else None
+        allowed = host is not None and (
+            _is_loopback(host)
+            or (not self.server.loopback and (_is_ip(host) or host in self.server.own_names))
+        )
+        if not allowed:
+            where = "localhost" if self.server.loopback else "this machine's names or addresses"
+            self._refuse(403, f"This server answers only requests to {where}.")
+            return False
         origin = self.headers.get("Origin")
         if self.command == "POST" and origin is not None:
-            host = self.headers.get("Host", "").lower()
-            if origin == "null" or urlsplit(origin).netloc.lower() != host:
+            parts = urlsplit(origin) if origin != "null" else None
+            if parts is None or parts.scheme != "http" or parts.netloc.lower() != hosts[0].lower():
                 self._refuse(403, "Forms may be sent to this server only from its own page.")
                 return False
         return True
+
+    def _too_large(self) -> str | None:
+        """The sentence refusing the announced body, if it is over the limit."""
+        length = self.headers.get("Content-Length", "")
+        limit = self.server.max_upload_bytes
+        if re.fullmatch(r"[0-9]+", length) and int(length) > limit:
+            return (
+                f"The upload is {int(length) / 2**20:.1f} MiB, over this server's limit of "
+                f"{limit / 2**20:.1f} MiB; send a smaller image (or start the server with a "
+                "larger --max-upload-mb)."
+            )
+        return None
+
+    def handle_expect_100(self) -> bool:
+        """A client asking before it sends a body ("Expect: 100-continue") is told at once
+        when the body would be refused, instead of being invited to send it."""
+        refusal = self._too_large() if self.command == "POST" else None
+        if refusal is not None:
+            self._refuse(413, refusal)
+            return False
+        return super().handle_expect_100()
+
+    def _discard_body(self, length: int) -> None:
+        """Read and drop up to `DRAIN_BYTES` of a refused body, so that a browser still sending
+        it sees the answer instead of a reset connection (a larger body is cut off)."""
+        left = min(length, DRAIN_BYTES)
+        try:
+            self.connection.settimeout(2)
+            while left > 0:
+                chunk = self.rfile.read(min(left, 1 << 16))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except OSError:
+            pass
 
     def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
         self.do_GET()
@@ -390,19 +518,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._refuse(404, f"There is no action {path!r} here; forms go to /explain.")
             return
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None:
             self._refuse(411, "The request has no Content-Length; send the form from the page.")
             return
-        limit = self.server.max_upload_bytes
-        if int(length) > limit:
-            self._refuse(
-                413,
-                f"The upload is {int(length) / 2**20:.1f} MiB, over this server's limit of "
-                f"{limit / 2**20:.1f} MiB; send a smaller image (or start the server with a "
-                "larger --max-upload-mb).",
-            )
+        if not re.fullmatch(r"[0-9]+", length) or self.headers.get("Transfer-Encoding"):
+            self._refuse(400, "The request's length is not readable; send the form from the page.")
+            return
+        refusal = self._too_large()
+        if refusal is not None:
+            self._refuse(413, refusal)
+            self._discard_body(int(length))
             return
         body = self.rfile.read(int(length))
+        if len(body) < int(length):
+            self.close_connection = True
+            return  # the client gave up: nobody to answer
 
         def answer() -> tuple[int, str]:
             form = parse_form(self.headers.get("Content-Type", ""), body)
@@ -436,6 +566,7 @@ class Server(http.server.ThreadingHTTPServer):
         self.app = app
         self.max_upload_bytes = max_upload_bytes
         self.loopback = _is_loopback(address[0])
+        self.own_names = {n.lower().rstrip(".") for n in (socket.gethostname(), socket.getfqdn())}
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, Handler)
 

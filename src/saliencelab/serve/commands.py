@@ -79,9 +79,7 @@ def serve_command(
                 "--weights goes with one --model; serve the models with other weights one by one."
             )
         models = {
-            spec: load_model(
-                spec, device, input_size, normalize, weights, trust_pickle, reads_images=True
-            )
+            spec: load_model(spec, device, input_size, normalize, weights, trust_pickle)
             for spec in specs
         }
 

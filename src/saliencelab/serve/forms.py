@@ -8,6 +8,7 @@ a multipart body is a MIME message, so the `email` package reads it (headers of 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from email import policy
 from email.message import Message
@@ -15,6 +16,9 @@ from email.parser import BytesParser
 from urllib.parse import parse_qs
 
 from ..core.errors import SaliencelabError
+
+#: The most parts a form may have (the page's form sends about a hundred fields).
+MAX_PARTS = 1000
 
 
 @dataclass
@@ -58,8 +62,15 @@ def parse_form(content_type: str, body: bytes) -> Form:
             f"The form came as {kind or 'no content type'!r}; send it as multipart/form-data "
             "(the page's form does) or application/x-www-form-urlencoded."
         )
-    if "boundary=" not in content_type:
+    boundary = re.search(r'boundary="?([^";]+)"?', content_type, re.IGNORECASE)
+    if boundary is None:
         raise SaliencelabError("The multipart form has no boundary in its Content-Type header.")
+    parts = body.count(b"--" + boundary.group(1).strip().encode("latin-1")) - 1  # the last ends
+    if parts > MAX_PARTS:  # parsing costs per part
+        raise SaliencelabError(
+            f"The form has {parts:,} parts, more than the page's form sends "
+            f"({MAX_PARTS:,} at most)."
+        )
     head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
     message = BytesParser(policy=policy.HTTP).parsebytes(head + body)
     if not message.is_multipart():
@@ -81,4 +92,8 @@ def _add_part(form: Form, part: Message) -> None:
             form.files[name] = Upload(filename, data)
         return
     charset = part.get_content_charset() or "utf-8"
-    form.fields.setdefault(name, []).append(data.decode(charset, errors="replace"))
+    try:
+        text = data.decode(charset, errors="replace")
+    except LookupError:  # a charset Python does not know
+        text = data.decode("utf-8", errors="replace")
+    form.fields.setdefault(name, []).append(text)

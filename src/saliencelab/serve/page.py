@@ -40,6 +40,16 @@ button.small { padding: 0 8px; font-size: 12px; background: var(--card); color: 
 .cost { color: var(--muted); font-size: 12px; display: block; }
 .key { color: var(--muted); font-size: 13px; margin: 8px 0 0; }
 form.inline { display: inline; margin: 0; }
+textarea { font: inherit; vertical-align: top; }
+.words .legend { display: flex; align-items: center; gap: 8px; font-size: 13px; margin-top: 8px; }
+.words .legend .bar { display: inline-block; width: 16em; height: 1em; margin: 0;
+  border: 1px solid var(--line); border-radius: 0; }
+.words .note { color: var(--muted); font-size: 13px; margin: 4px 0; }
+.words td, .words th { vertical-align: top; }
+td.scale { color: var(--muted); white-space: nowrap; }
+.tokens { line-height: 2.1; }
+.w { padding: 0.15em 0.3em; border-radius: 0.25em; border: 1px solid #e4e4e4; }
+.ctx { color: var(--muted); font-style: italic; }
 """
 
 
@@ -60,6 +70,8 @@ class Choices:
     chosen_metrics: Sequence[str] = ()
     image_id: str = ""  # an image the server keeps, sent again by the form
     image_name: str = ""
+    text: str = ""
+    has_text: bool = False  # a text model is served: the form has a Text field
 
 
 @dataclass
@@ -87,15 +99,16 @@ class Scores:
 
 @dataclass
 class Result:
-    """What one request explained."""
+    """What one request explained: an image (`shown`, `overlays`) or a text (`words`)."""
 
-    image_name: str
-    shown: Image.Image  # the image as the model sees it
-    headline: str  # "tabby (0.51)" or what was explained
+    name: str  # the image's name, or the text
+    headline: str  # "predicted: tabby (0.51)" or what was explained
     top: list[tuple[int, str, float]] = field(default_factory=list)  # (index, label, prob)
     overlays: list[Overlay] = field(default_factory=list)
     seconds: float = 0.0
     scores: Scores | None = None
+    shown: Image.Image | None = None  # the image as the model sees it
+    words: str | None = None  # HTML: the legend and the table of coloured words per method
 
 
 def png_data_uri(image: Image.Image) -> str:
@@ -152,6 +165,17 @@ def _metric_boxes(c: Choices) -> str:
     )
 
 
+def _text_row(c: Choices) -> str:
+    if not c.has_text:
+        return ""
+    return (
+        '<div class="row"><label>Text (for a text model) <textarea name="text" rows="2" '
+        f'cols="70">{_e(c.text)}</textarea></label><span class="cost">Target, for a text '
+        "model: a class of a classifier; the text to compare with for a sentence encoder; "
+        "the continuation for a language model.</span></div>"
+    )
+
+
 def _hidden(name: str, value: str) -> str:
     return f'<input type="hidden" name="{_e(name)}" value="{_e(value)}">'
 
@@ -170,7 +194,7 @@ def _form(c: Choices) -> str:
         '<div class="row"><label>Image <input type="file" name="image" accept="image/*"></label>'
         f'<label>or a sample photo <select name="sample">'
         f"{_options(c.samples, c.sample, empty='(none)')}</select></label></div>"
-        f"{_method_boxes(c)}"
+        f"{_text_row(c)}{_method_boxes(c)}"
         '<div class="row"><label>Target <input name="target" size="24" '
         f'placeholder="the predicted class" value="{_e(c.target)}"></label>'
         '<label>Layer <input name="layer" size="18" placeholder="found automatically" '
@@ -186,7 +210,7 @@ def _form(c: Choices) -> str:
 
 def _class_button(c: Choices, index: int) -> str:
     """A form that explains class `index` of the kept image with the same choices."""
-    fields = _hidden("model", c.model) + _hidden("image_id", c.image_id)
+    fields = _hidden("model", c.model) + _hidden("image_id", c.image_id) + _hidden("text", c.text)
     fields += "".join(_hidden("methods", m) for m in c.chosen_methods)
     fields += "".join(_hidden("metrics", m) for m in c.chosen_metrics)
     fields += _hidden("layer", c.layer) + _hidden("options", c.options)
@@ -226,7 +250,7 @@ def _scores(s: Scores) -> str:
 def _results(c: Choices, r: Result) -> str:
     rows = "".join(
         f'<tr><td>{_e(label)}</td><td class="num">{p:.3f}</td>'
-        f"<td>{_class_button(c, i) if c.image_id else ''}</td></tr>"
+        f"<td>{_class_button(c, i) if c.image_id or c.text else ''}</td></tr>"
         for i, label, p in r.top
     )
     top = (
@@ -234,6 +258,15 @@ def _results(c: Choices, r: Result) -> str:
         if rows
         else ""
     )
+    if r.words is not None:  # a text
+        return (
+            '<section class="results">'
+            f'<div class="card"><h2>Text</h2><p class="summary">{_e(r.headline)}</p>{top}</div>'
+            f'<div class="card words"><div class="head"><h2>Words</h2><span class="prob">'
+            f"{_seconds(r.seconds)} in all</span></div>{r.words}</div>"
+            f"{_scores(r.scores) if r.scores is not None else ''}"
+            "</section>"
+        )
     figures = []
     for o in r.overlays:
         layer = f" · layer {_e(o.layer)}" if o.layer else ""
@@ -251,11 +284,12 @@ def _results(c: Choices, r: Result) -> str:
         key.append("signed maps: red for the target, blue against it")
     if unsigned:
         key.append("unsigned maps: brighter is more")
+    shown = png_data_uri(r.shown) if r.shown is not None else ""
     return (
         '<section class="results">'
-        f'<div class="card"><h2>{_e(r.image_name)}</h2>'
+        f'<div class="card"><h2>{_e(r.name)}</h2>'
         f'<p class="summary">{_e(r.headline)}</p>'
-        f'<img class="gallery" src="{png_data_uri(r.shown)}" alt="the image as the model sees '
+        f'<img class="gallery" src="{shown}" alt="the image as the model sees '
         f'it">{top}</div>'
         f'<div class="card"><div class="head"><h2>Maps</h2><span class="prob">'
         f"{_seconds(r.seconds)} in all</span></div>"

@@ -77,7 +77,7 @@ def _hex(rgb: np.ndarray) -> str:
     return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb))
 
 
-def _legend() -> str:
+def legend_html() -> str:
     stops = apply_colormap(torch.linspace(-1, 1, 9), "diverging")
     gradient = ", ".join(_hex(c) for c in stops)
     return (
@@ -131,7 +131,7 @@ def cut_at(a: Attribution, sample: int) -> int | None:
     return None if not cut else cut[sample]
 
 
-_CSS = """
+TEXT_CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 70em; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 1.6em; }
 .meta, .note { color: #555; font-size: 0.9em; }
@@ -171,12 +171,12 @@ def text_html(
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{html.escape(title)}</title><style>{TEXT_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
     if meta:
         parts.append(f'<p class="meta">{" · ".join(meta)}</p>')
-    parts.append(_legend())
+    parts.append(legend_html())
     for b, text in enumerate(texts):
         parts.append(f"<h2>Text {b + 1}: “{html.escape(text)}”</h2>")
         if isinstance(target, Mapping) and b in target:
@@ -187,18 +187,25 @@ def text_html(
                 f'<p class="meta">Longer than the model takes: cut after character {end} '
                 f"(…{html.escape(text[max(0, end - 40) : end])}); the rest is not explained.</p>"
             )
-        parts.append("<table>")
-        for name, a in items:
-            _, _, scale = word_colors(word_scores(a, b)[1])
-            cells = _tokens_html(a, b)
-            kind = "signed" if a.signed else "magnitude"
-            parts.append(
-                f'<tr><th>{html.escape(name)}</th><td class="tokens">{cells}</td>'
-                f'<td class="scale">max |score| {scale:.3g}<br>{kind}</td></tr>'
-            )
-        parts.append("</table>")
+        parts.append(text_table(source, b))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def text_table(source: Explanation | Attribution | Mapping[str, Attribution], sample: int) -> str:
+    """The HTML table of one text (`sample`): a row per method with its words coloured and its
+    scale (classes of `TEXT_CSS`)."""
+    rows = ["<table>"]
+    for name, a in _attributions(source):
+        _, _, scale = word_colors(word_scores(a, sample)[1])
+        cells = _tokens_html(a, sample)
+        kind = "signed" if a.signed else "magnitude"
+        rows.append(
+            f'<tr><th>{html.escape(name)}</th><td class="tokens">{cells}</td>'
+            f'<td class="scale">max |score| {scale:.3g}<br>{kind}</td></tr>'
+        )
+    rows.append("</table>")
+    return "\n".join(rows)
 
 
 def save_text_html(
