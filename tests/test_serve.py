@@ -382,7 +382,7 @@ def test_a_browser_sending_an_oversized_upload_gets_the_answer(server):
     """The refused body is read and dropped, so a client still sending it sees the 413 page
     (closing at once made urllib report a broken pipe)."""
     fields = [("model", "shapes_cnn"), ("methods", "saliency")]
-    status, page, _ = post(server, fields, {"image": ("big.png", bytes(3_000_000))})
+    status, page, _ = post(server, fields, {"image": ("big.png", bytes(30_000_000))})
     assert status == 413 and "over this server&#x27;s limit of 1.9 MiB" in page
 
 
@@ -394,6 +394,16 @@ def test_expect_100_continue(server):
     with socket.create_connection((host, port), timeout=30) as s:
         s.sendall((head + "Content-Length: 3\n\n").replace("\n", "\r\n").encode())
         assert s.recv(100).startswith(b"HTTP/1.1 100 Continue")
+
+
+def test_refusals_before_the_body_are_answered_not_reset(server):
+    head = "POST /explain HTTP/1.1\nHost: evil.example\nExpect: 100-continue\n"
+    status, text = raw(server, head + "Content-Length: 10\n")
+    assert status == 403 and "100 Continue" not in text  # not invited to send
+    fields = [("model", "shapes_cnn"), ("methods", "saliency")]
+    upload = {"image": ("big.png", bytes(30_000_000))}  # refused for its origin, then its size
+    status, page, _ = post(server, fields, upload, headers={"Origin": "https://evil.example"})
+    assert status == 403 and "only from its own page" in page
 
 
 def test_a_silent_client_is_dropped(server, monkeypatch):
@@ -527,6 +537,28 @@ def test_a_text_classifier_colours_the_words_as_the_library_does(classifier, mod
     assert status == 200 and text_table(want, 0) in page
     status, page = app.explain(text_form(fields[:1] + fields[2:]))
     assert status == 400 and "reads texts: type one in Text." in page
+
+
+def test_text_targets_as_typed_and_the_class_explained_named(classifier, gpt2_dir):
+    app = App({"bert": classifier})
+    page = app.page()  # a text model first: no CAM ticked (it cannot explain texts)
+    assert 'value="saliency" checked' in page and 'value="integrated_gradients" checked' in page
+    assert 'value="gradcam" checked' not in page
+    other = classifier.labels[1]
+    fields = [("model", "bert"), ("text", "a fine film"), ("methods", "saliency")]
+    status, page = app.explain(text_form([*fields, ("target", f"  {other} ")]))
+    assert status == 200, page
+    assert f"explained: <b>{other}</b>" in page
+    gpt2 = sl.load_model(f"hf:{gpt2_dir}")
+    app = App({"gpt2": gpt2})
+    fields = [("model", "gpt2"), ("text", "the cat sat on the"), ("methods", "saliency")]
+    status, page = app.explain(text_form([*fields, ("target", " mat")]))
+    assert status == 200, page
+    assert 'name="target" size="24" placeholder="the predicted class" value=" mat"' in page
+    ex = sl.explain(gpt2, ["the cat sat on the"], "saliency", target=sl.continuation(" mat"))
+    from saliencelab.text.render import text_table
+
+    assert text_table(ex, 0) in page
 
 
 def test_a_sentence_encoder_explains_the_similarity_to_the_target_text(model):

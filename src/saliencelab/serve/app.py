@@ -61,6 +61,8 @@ log = logging.getLogger("saliencelab")
 
 #: Methods ticked on a fresh page (one shared pass and one path integral).
 DEFAULT_METHODS = ("saliency", "gradcam", "integrated_gradients")
+#: ... and when the first model is a text model (no CAM for texts).
+DEFAULT_TEXT_METHODS = ("saliency", "integrated_gradients")
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DRAIN_BYTES = 64 * 1024 * 1024  # of a refused body, read and dropped before closing
 #: Uploads are read in these formats only (Pillow's others include EPS, which runs Ghostscript).
@@ -92,7 +94,7 @@ class App:
     returns the page for a submitted form (the server below only moves bytes).
 
     Args:
-        models: names (`sl.load_model`, loaded on first use) or loaded `sl.Model`s by name; the
+        models: names (`sl.load_model`, loaded here) or loaded `sl.Model`s by name; the
             first is the form's default.
         max_pixels: uploaded images with more pixels are refused (from their header).
         kept_images: how many recent images are kept in memory for "explain this class".
@@ -125,7 +127,9 @@ class App:
         metrics = offered_metrics()
         has_text = any(isinstance(m, TextModel) for m in self._models.values())
         if form is None:
-            chosen = [m for m in DEFAULT_METHODS if any(s.name == m for s in specs)]
+            first = self._models[names[0]]
+            defaults = DEFAULT_TEXT_METHODS if isinstance(first, TextModel) else DEFAULT_METHODS
+            chosen = [m for m in defaults if any(s.name == m for s in specs)]
             return Choices(
                 names,
                 sample_images(),
@@ -144,7 +148,7 @@ class App:
             model=form.get("model", names[0]),
             sample=form.get("sample"),
             chosen_methods=form.getall("methods"),
-            target=form.get("target"),
+            target=(form.fields.get("target") or [""])[0],  # as typed: a continuation's space
             layer=form.get("layer"),
             options=form.get("options"),
             metrics=metrics,
@@ -283,7 +287,12 @@ class App:
         if metrics:
             scores = Scores(error="The metrics here score image maps; texts are not scored.")
         words = legend_html() + text_table(ex, 0)
-        return Result(text, _headline(ex), _top(ex), [], ex.seconds, scores, words=words)
+        explained = None
+        if ex.probabilities is not None:  # a classifier: the class the words are scored for
+            explained = ex.target_label(next(iter(ex.values())), 0)
+        return Result(
+            text, _headline(ex), _top(ex), [], ex.seconds, scores, words=words, explained=explained
+        )
 
 
 def text_target(model: TextModel, text: str) -> Any:
@@ -291,7 +300,7 @@ def text_target(model: TextModel, text: str) -> Any:
     predicted one), the text to compare with for a sentence encoder (`similarity_to`), the
     continuation for a language model (`continuation`, taken as typed)."""
     if model.task == "classification":
-        return parse_target(text)
+        return parse_target(text.strip())
     if not text.strip():
         what = (
             "the text to compare with (its similarity to yours is explained)"
@@ -433,11 +442,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _refuse(self, status: int, sentence: str) -> None:
+    def _refuse(self, status: int, sentence: str, drain: bool = True) -> None:
+        """Answer `status` with the page and `sentence`, and close the connection; a POST's
+        body not read yet is read and dropped first (`drain`), up to `DRAIN_BYTES`."""
         self.close_connection = True
         self._send(status, render(self.server.app.choices(), error=sentence))
+        length = self.headers.get("Content-Length", "")
+        if drain and self.command == "POST" and re.fullmatch(r"[0-9]+", length):
+            self._discard_body(int(length))
 
-    def _checked(self) -> bool:
+    def _checked(self, drain: bool = True) -> bool:
         """Whether the request may be answered (Host and Origin checks); refused otherwise.
 
         On a loopback address the Host must be a loopback name or address (DNS rebinding gives
@@ -453,13 +467,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         )
         if not allowed:
             where = "localhost" if self.server.loopback else "this machine's names or addresses"
-            self._refuse(403, f"This server answers only requests to {where}.")
+            self._refuse(403, f"This server answers only requests to {where}.", drain)
             return False
         origin = self.headers.get("Origin")
         if self.command == "POST" and origin is not None:
             parts = urlsplit(origin) if origin != "null" else None
             if parts is None or parts.scheme != "http" or parts.netloc.lower() != hosts[0].lower():
-                self._refuse(403, "Forms may be sent to this server only from its own page.")
+                self._refuse(403, "Forms may be sent to this server only from its own page.", drain)
                 return False
         return True
 
@@ -478,9 +492,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def handle_expect_100(self) -> bool:
         """A client asking before it sends a body ("Expect: 100-continue") is told at once
         when the body would be refused, instead of being invited to send it."""
+        if not self._checked(drain=False):
+            return False
         refusal = self._too_large() if self.command == "POST" else None
         if refusal is not None:
-            self._refuse(413, refusal)
+            self._refuse(413, refusal, drain=False)  # the client waits: nothing was sent
             return False
         return super().handle_expect_100()
 
@@ -527,7 +543,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
         refusal = self._too_large()
         if refusal is not None:
             self._refuse(413, refusal)
-            self._discard_body(int(length))
             return
         body = self.rfile.read(int(length))
         if len(body) < int(length):

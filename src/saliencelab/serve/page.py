@@ -109,6 +109,7 @@ class Result:
     scores: Scores | None = None
     shown: Image.Image | None = None  # the image as the model sees it
     words: str | None = None  # HTML: the legend and the table of coloured words per method
+    explained: str | None = None  # the class a text's words are scored for
 
 
 def png_data_uri(image: Image.Image) -> str:
@@ -259,9 +260,13 @@ def _results(c: Choices, r: Result) -> str:
         else ""
     )
     if r.words is not None:  # a text
+        explained = ""
+        if r.explained:
+            explained = f'<p class="summary">explained: <b>{_e(r.explained)}</b></p>'
         return (
             '<section class="results">'
-            f'<div class="card"><h2>Text</h2><p class="summary">{_e(r.headline)}</p>{top}</div>'
+            f'<div class="card"><h2>Text</h2><p class="summary">{_e(r.headline)}</p>'
+            f"{explained}{top}</div>"
             f'<div class="card words"><div class="head"><h2>Words</h2><span class="prob">'
             f"{_seconds(r.seconds)} in all</span></div>{r.words}</div>"
             f"{_scores(r.scores) if r.scores is not None else ''}"
