@@ -227,6 +227,49 @@ def test_a_metric_that_fails_leaves_the_maps(server, monkeypatch):
     assert status == 400 and "does not offer the metric &#x27;pointing_game&#x27;" in page
 
 
+def test_the_layers_top_channels_as_the_library_draws_them(server, model):
+    photo = shapes_photo(seed=13)
+    fields = [("model", "shapes_cnn"), ("methods", "saliency"), ("channels", "on")]
+    status, page, _ = post(server, fields, {"image": ("c.png", png_bytes(photo))})
+    assert status == 200, error_of(page)
+    x = preprocessed(model, [photo])
+    acts = sl.activations(model, x, top=8)
+    grid = acts.grid(displayed(model, photo), original_size=photo.size)
+    assert np.array_equal(np.asarray(data_images(page)[2]), np.asarray(grid))
+    rows = re.findall(r'<tr><td class="num">(\d+)</td><td class="num">(\d+)</td>', page)
+    assert [int(c) for _, c in rows] == [r["channel"] for r in acts.table()]
+    # "explain" on a channel: its mean activation explained with the methods ticked.
+    c = acts.table()[1]["channel"]
+    assert f'name="target" value="channel:{acts.layer}:{c}"' in page
+    kept = image_id(page)
+    target = f"channel:{acts.layer}:{c}"
+    status, page, _ = post(server, [*fields[:2], ("image_id", kept), ("target", target)])
+    assert status == 200, error_of(page)
+    want = sl.explain(model, x, "saliency", target=sl.channel(acts.layer, c))
+    got = data_images(page)[1]
+    assert np.array_equal(
+        np.asarray(got), np.asarray(sl.overlay(displayed(model, photo), want["saliency"]))
+    )
+    assert f"<b>saliency</b> · channel {c} of {acts.layer}" in page
+
+
+def test_channels_by_contribution_and_a_layer_without_maps(server, model):
+    photo = shapes_photo(seed=13)
+    fields = [("model", "shapes_cnn"), ("methods", "saliency"), ("channels", "on")]
+    upload = {"image": ("c.png", png_bytes(photo))}
+    status, page, _ = post(server, [*fields, ("by", "contribution"), ("target", "cross")], upload)
+    assert status == 200, error_of(page)
+    acts = sl.activations(
+        model, preprocessed(model, [photo]), top=8, by="contribution", target="cross"
+    )
+    rows = re.findall(r'<tr><td class="num">\d+</td><td class="num">(\d+)</td>', page)
+    assert [int(c) for c in rows] == [r["channel"] for r in acts.table()]
+    assert "mean activation</th>" in page  # the ranking value is the contribution
+    status, page, _ = post(server, [*fields, ("layer", "fc")], upload)
+    assert status == 200  # the maps stay; the channels card says why it is empty
+    assert "not a spatial map" in re.search(r'<p class="error-msg">(.*?)</p>', page).group(1)
+
+
 def test_requests_on_one_model_from_two_threads(server, model):
     photo = png_bytes(shapes_photo(seed=7))
     pages: list[str] = []

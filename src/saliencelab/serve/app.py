@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import torch
 from PIL import Image
 
-from ..cli_common import parse_options
+from ..cli_common import parse_explain_target, parse_options
 from ..cli_common import parse_target as cli_parse_target
 from ..core.errors import SaliencelabError
 from ..core.explain import explain
@@ -49,13 +49,14 @@ from ..metrics.base import metric_classes
 from ..metrics.evaluate import evaluate
 from ..models.model import Model, displayed, preprocessed
 from ..models.zoo import load_model
+from ..neurons.activations import activations
 from ..report.run import drawable_size, method_requests, shrunk
 from ..text.model import TextModel
 from ..text.render import legend_html, text_table
 from ..text.targets import continuation, similarity_to
 from ..viz.overlay import overlay
 from .forms import Form, parse_form
-from .page import Choices, Overlay, Result, Scores, render
+from .page import Channels, Choices, Overlay, Result, Scores, render
 
 log = logging.getLogger("saliencelab")
 
@@ -73,6 +74,7 @@ UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "ICO")
 MAX_KEPT_SIDE = 2048
 SERVE_MAX_PIXELS = 25_000_000
 TOP_CLASSES = 5
+TOP_CHANNELS = 8
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
@@ -87,6 +89,17 @@ class RequestError(SaliencelabError):
 def parse_target(text: str) -> int | str | None:
     """ "" → None (the predicted class), "3" → 3, anything else → a class name."""
     return cli_parse_target(text) if text.strip() else None
+
+
+def parse_image_target(text: str) -> Any:
+    """`parse_target`, and a layer's channel or unit: "channel:LAYER:C", "neuron:LAYER:C[:Y:X]"
+    (as `saliencelab explain --target`)."""
+    if not text.strip():
+        return None
+    try:
+        return parse_explain_target(text.strip())
+    except SaliencelabError as e:
+        raise SaliencelabError(str(e).replace("--target ", "Target ")) from None
 
 
 class App:
@@ -151,6 +164,8 @@ class App:
             target=(form.fields.get("target") or [""])[0],  # as typed: a continuation's space
             layer=form.get("layer"),
             options=form.get("options"),
+            channels=bool(form.get("channels")),
+            by=form.get("by", "activation"),
             metrics=metrics,
             chosen_metrics=form.getall("metrics"),
             image_id=image_id if kept is not None else "",
@@ -233,7 +248,13 @@ class App:
         if not chosen:
             raise SaliencelabError("Tick at least one method.")
         options = parse_options(split_options(form.get("options")), flag="")
-        requests = method_requests(chosen, layer=form.get("layer") or None, options=options)
+        layer = form.get("layer") or None
+        specs = {spec.name: spec for spec in registered_methods()}
+        if form.get("channels") and not any(
+            specs[m].needs_layer for m in chosen if m in specs
+        ):  # the layer is the channels' only: no method refuses it
+            layer = None
+        requests = method_requests(chosen, layer=layer, options=options)
         metrics = form.getall("metrics")
         offered = {name for name, _, _ in offered_metrics()}
         for metric in metrics:
@@ -254,7 +275,8 @@ class App:
         metrics: list[str],
     ) -> Result:
         x = preprocessed(model, [image])
-        ex = explain(model, x, methods=requests, target=parse_target(form.get("target")))
+        target = parse_image_target(form.get("target"))
+        ex = explain(model, x, methods=requests, target=target)
         shown = displayed(model, image) or drawable_size(image)
         overlays = [
             Overlay(
@@ -269,7 +291,15 @@ class App:
             for m in requests
         ]
         scores = _scores(model, x, ex, metrics) if metrics else None
-        return Result(name, _headline(ex), _top(ex), overlays, ex.seconds, scores, shown=shown)
+        channels = None
+        if form.get("channels"):
+            by = form.get("by", "activation")
+            layer = form.get("layer") or None
+            channels = _channels(model, x, shown, image, layer, by, target)
+        return Result(
+            name, _headline(ex), _top(ex), overlays, ex.seconds, scores, shown=shown,
+            channels=channels,
+        )  # fmt: skip
 
     def _explain_text(
         self,
@@ -329,6 +359,27 @@ def _headline(ex: Explanation) -> str:
     was explained and its value."""
     text = ex.target_text(0)
     return f"predicted: {text}" if ex.probabilities is not None else text
+
+
+def _channels(
+    model: Model,
+    x: torch.Tensor,
+    shown: Image.Image,
+    image: Image.Image,
+    layer: str | None,
+    by: str,
+    target: Any,
+) -> Channels:
+    """The layer's top channels on the image (`sl.activations`) as its grid picture and table;
+    a mistake (a layer without feature maps, ...) is the card's sentence, the maps stay."""
+    try:
+        acts = activations(
+            model, x, layer, top=TOP_CHANNELS, by=by, target=target if by != "activation" else None
+        )
+    except SaliencelabError as e:
+        return Channels(error=" ".join(str(e).split()))
+    grid = acts.grid(shown, original_size=image.size)
+    return Channels(acts.layer, by, grid, acts.table(), acts.activations.shape[1])
 
 
 def offered_metrics() -> list[tuple[str, str, str]]:

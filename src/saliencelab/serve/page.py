@@ -72,6 +72,8 @@ class Choices:
     image_name: str = ""
     text: str = ""
     has_text: bool = False  # a text model is served: the form has a Text field
+    channels: bool = False  # show the layer's top channels
+    by: str = "activation"
 
 
 @dataclass
@@ -98,6 +100,19 @@ class Scores:
 
 
 @dataclass
+class Channels:
+    """A layer's top channels on the image: the grid picture and a row per channel (rank,
+    channel, value, mean, max), or the sentence why they could not be drawn."""
+
+    layer: str = ""
+    by: str = "activation"
+    grid: Image.Image | None = None
+    rows: list[dict] = field(default_factory=list)
+    n_channels: int = 0
+    error: str | None = None
+
+
+@dataclass
 class Result:
     """What one request explained: an image (`shown`, `overlays`) or a text (`words`)."""
 
@@ -110,6 +125,7 @@ class Result:
     shown: Image.Image | None = None  # the image as the model sees it
     words: str | None = None  # HTML: the legend and the table of coloured words per method
     explained: str | None = None  # the class a text's words are scored for
+    channels: Channels | None = None
 
 
 def png_data_uri(image: Image.Image) -> str:
@@ -204,16 +220,21 @@ def _form(c: Choices) -> str:
         'placeholder="n_steps=16; smoothgrad.n_samples=8" '
         f'value="{_e(c.options)}"></label></div>'
         f"{_metric_boxes(c)}"
-        '<div class="row"><button type="submit">Explain</button></div>'
+        '<div class="row"><label><input type="checkbox" name="channels" value="on"'
+        f"{' checked' if c.channels else ''}> the layer's top channels, by</label>"
+        f'<select name="by">{_options(["activation", "contribution"], c.by)}</select>'
+        '<button type="submit">Explain</button></div>'
         "</form>"
     )
 
 
-def _class_button(c: Choices, index: int) -> str:
-    """A form that explains class `index` of the kept image with the same choices."""
+def _class_button(c: Choices, index: int | str) -> str:
+    """A form that explains `index` (a class, or a target such as "channel:LAYER:C") of the
+    kept image with the same choices."""
     fields = _hidden("model", c.model) + _hidden("image_id", c.image_id) + _hidden("text", c.text)
     fields += "".join(_hidden("methods", m) for m in c.chosen_methods)
     fields += "".join(_hidden("metrics", m) for m in c.chosen_metrics)
+    fields += _hidden("channels", "on" if c.channels else "") + _hidden("by", c.by)
     fields += _hidden("layer", c.layer) + _hidden("options", c.options)
     fields += _hidden("target", str(index))
     return (
@@ -245,6 +266,33 @@ def _scores(s: Scores) -> str:
         f"{head}</tr>{''.join(rows)}</table>"
         '<p class="key">↑ higher is better, ↓ lower is better; the best of each column in bold. '
         "One image: a hint, not a verdict (score a dataset with saliencelab evaluate).</p></div>"
+    )
+
+
+def _channels(c: Choices, ch: Channels) -> str:
+    if ch.error is not None or ch.grid is None:
+        sentence = f'<p class="error-msg">{_e(ch.error)}</p>'
+        return f'<div class="card wide"><h2>Channels</h2>{sentence}</div>'
+    what = "mean activation" if ch.by == "activation" else "contribution"
+    # columns: rank, channel, the ranking value, the mean activation when that is not it, max
+    heads = ["rank", "channel", what] + (["mean activation"] if ch.by != "activation" else [])
+    heads.append("max")
+    keys = ["rank", "channel", "value"] + (["mean"] if ch.by != "activation" else []) + ["max"]
+    rows = []
+    for r in ch.rows:
+        cells = "".join(
+            f'<td class="num">{r[k] if k in ("rank", "channel") else format(r[k], ".4g")}</td>'
+            for k in keys
+        )
+        button = _class_button(c, f"channel:{ch.layer}:{r['channel']}")
+        rows.append(f"<tr>{cells}<td>{button}</td></tr>")
+    head = "".join(f'<th class="num">{_e(h)}</th>' for h in heads)
+    return (
+        f'<div class="card wide"><h2>Channels of {_e(ch.layer)}</h2>'
+        f'<p class="summary">top {len(ch.rows)} of {ch.n_channels} by {what}; "explain" '
+        "explains a channel's mean activation with the methods ticked</p>"
+        f'<img src="{png_data_uri(ch.grid)}" alt="the top channels">'
+        f"<table><tr>{head}<th></th></tr>{''.join(rows)}</table></div>"
     )
 
 
@@ -301,6 +349,7 @@ def _results(c: Choices, r: Result) -> str:
         f'<div class="overlays">{"".join(figures)}</div>'
         f'<p class="key">{_e("; ".join(key))}.</p></div>'
         f"{_scores(r.scores) if r.scores is not None else ''}"
+        f"{_channels(c, r.channels) if r.channels is not None else ''}"
         "</section>"
     )
 
