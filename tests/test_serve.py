@@ -270,6 +270,32 @@ def test_channels_by_contribution_and_a_layer_without_maps(server, model):
     assert "not a spatial map" in re.search(r'<p class="error-msg">(.*?)</p>', page).group(1)
 
 
+def test_channels_follow_a_layer_target_and_refuse_their_own_unit(server, model):
+    fields = [("model", "shapes_cnn"), ("sample", "coffee"), ("methods", "saliency")]
+    fields += [("channels", "on"), ("target", "channel:features.10:3")]
+    status, page, _ = post(server, fields)
+    assert status == 200, error_of(page)
+    assert "<h2>Channels of features.10</h2>" in page  # the target's layer, Layer left blank
+    status, page, _ = post(server, [*fields, ("by", "contribution")])
+    assert status == 200
+    sentence = re.search(r'<p class="error-msg">(.*?)</p>', page).group(1)
+    assert sentence.startswith("The target is a unit of features.10 itself, so by contribution")
+
+
+def test_an_upload_is_kept_when_the_request_has_a_mistake(server):
+    fields = [("model", "shapes_cnn"), ("methods", "saliency"), ("options", "n_stepz=3")]
+    status, page, _ = post(server, fields, {"image": ("k.png", png_bytes(shapes_photo()))})
+    assert status == 400 and "n_stepz" in error_of(page)
+    assert "current image: <b>k.png</b>" in page and image_id(page)
+
+
+def test_captions_count_forwards_too(server):
+    fields = [("model", "shapes_cnn"), ("sample", "coffee"), ("methods", "occlusion")]
+    status, page, _ = post(server, fields)
+    assert status == 200, error_of(page)
+    assert re.search(r'<span class="cost">\d+ ms · \d+ forwards</span>', page)
+
+
 def test_requests_on_one_model_from_two_threads(server, model):
     photo = png_bytes(shapes_photo(seed=7))
     pages: list[str] = []
@@ -580,6 +606,8 @@ def test_a_text_classifier_colours_the_words_as_the_library_does(classifier, mod
     assert status == 200 and text_table(want, 0) in page
     status, page = app.explain(text_form(fields[:1] + fields[2:]))
     assert status == 400 and "reads texts: type one in Text." in page
+    status, page = app.explain(text_form([*fields, ("channels", "on"), ("options", "n_steps=4")]))
+    assert status == 200 and "Channels are drawn for image models" in page
 
 
 def test_text_targets_as_typed_and_the_class_explained_named(classifier, gpt2_dir):

@@ -43,6 +43,7 @@ from ..core.errors import SaliencelabError
 from ..core.explain import explain
 from ..core.registry import methods as registered_methods
 from ..core.result import Explanation
+from ..core.targets import LayerTarget
 from ..data.images import image_from_bytes
 from ..data.samples import sample_image, sample_images
 from ..metrics.base import metric_classes
@@ -230,13 +231,14 @@ class App:
         saying what was wrong."""
         try:
             model = self.model(form.get("model", next(iter(self._models))))
-            requests, metrics = self._request(form)
             if isinstance(model, TextModel):
+                requests, metrics = self._request(form)
                 result = self._explain_text(form, model, requests, metrics)
-            else:
+            else:  # the image first: kept (and offered back) if the request has a mistake
                 image_id, name, image = self.image(form)
-                form.fields["image_id"] = [image_id]  # the page offers it back
+                form.fields["image_id"] = [image_id]
                 form.fields.pop("sample", None)
+                requests, metrics = self._request(form)
                 result = self._explain_image(form, model, name, image, requests, metrics)
         except SaliencelabError as e:
             return 400, render(self.choices(form), error=" ".join(str(e).split()))
@@ -285,6 +287,7 @@ class App:
                 target=ex.target_label(ex[m], 0),
                 seconds=ex[m].seconds,
                 passes=ex[m].passes,
+                forwards=ex[m].forwards,
                 layer=ex[m].layer,
                 signed=ex[m].signed,
             )
@@ -293,8 +296,8 @@ class App:
         scores = _scores(model, x, ex, metrics) if metrics else None
         channels = None
         if form.get("channels"):
-            by = form.get("by", "activation")
-            layer = form.get("layer") or None
+            by = form.get("by", "activation").lower()
+            layer = form.get("layer") or (target.name if isinstance(target, LayerTarget) else None)
             channels = _channels(model, x, shown, image, layer, by, target)
         return Result(
             name, _headline(ex), _top(ex), overlays, ex.seconds, scores, shown=shown,
@@ -316,13 +319,17 @@ class App:
         scores = None
         if metrics:
             scores = Scores(error="The metrics here score image maps; texts are not scored.")
+        channels = None
+        if form.get("channels"):
+            channels = Channels(error="Channels are drawn for image models; texts have none here.")
         words = legend_html() + text_table(ex, 0)
         explained = None
         if ex.probabilities is not None:  # a classifier: the class the words are scored for
             explained = ex.target_label(next(iter(ex.values())), 0)
         return Result(
-            text, _headline(ex), _top(ex), [], ex.seconds, scores, words=words, explained=explained
-        )
+            text, _headline(ex), _top(ex), [], ex.seconds, scores, words=words,
+            explained=explained, channels=channels,
+        )  # fmt: skip
 
 
 def text_target(model: TextModel, text: str) -> Any:
@@ -378,8 +385,14 @@ def _channels(
         )
     except SaliencelabError as e:
         return Channels(error=" ".join(str(e).split()))
+    if by == "contribution" and isinstance(target, LayerTarget) and target.name == acts.layer:
+        return Channels(
+            error=f"The target is a unit of {acts.layer} itself, so by contribution only its own "
+            "channel counts (the others are 0); rank by activation, or give an earlier layer."
+        )
     grid = acts.grid(shown, original_size=image.size)
-    return Channels(acts.layer, by, grid, acts.table(), acts.activations.shape[1])
+    to = acts.target_label() if by == "contribution" else None
+    return Channels(acts.layer, by, grid, acts.table(), acts.activations.shape[1], target=to)
 
 
 def offered_metrics() -> list[tuple[str, str, str]]:

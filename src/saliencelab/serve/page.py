@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from ..core.registry import MethodSpec
+from ..core.result import cost_text
 from ..report.html import CSS, _e
 
 _PAGE_CSS = """
@@ -85,6 +86,7 @@ class Overlay:
     target: str
     seconds: float
     passes: float
+    forwards: float = 0.0
     layer: str | None = None
     signed: bool = True
 
@@ -109,6 +111,7 @@ class Channels:
     grid: Image.Image | None = None
     rows: list[dict] = field(default_factory=list)
     n_channels: int = 0
+    target: str | None = None  # what the contributions are to
     error: str | None = None
 
 
@@ -274,9 +277,11 @@ def _channels(c: Choices, ch: Channels) -> str:
         sentence = f'<p class="error-msg">{_e(ch.error)}</p>'
         return f'<div class="card wide"><h2>Channels</h2>{sentence}</div>'
     what = "mean activation" if ch.by == "activation" else "contribution"
+    if ch.target is not None:
+        what += f" to {ch.target}"
     # columns: rank, channel, the ranking value, the mean activation when that is not it, max
     heads = ["rank", "channel", what] + (["mean activation"] if ch.by != "activation" else [])
-    heads.append("max")
+    heads.append("max activation")
     keys = ["rank", "channel", "value"] + (["mean"] if ch.by != "activation" else []) + ["max"]
     rows = []
     for r in ch.rows:
@@ -287,12 +292,13 @@ def _channels(c: Choices, ch: Channels) -> str:
         button = _class_button(c, f"channel:{ch.layer}:{r['channel']}")
         rows.append(f"<tr>{cells}<td>{button}</td></tr>")
     head = "".join(f'<th class="num">{_e(h)}</th>' for h in heads)
+    head += "<th>explain the channel</th>"
     return (
         f'<div class="card wide"><h2>Channels of {_e(ch.layer)}</h2>'
         f'<p class="summary">top {len(ch.rows)} of {ch.n_channels} by {what}; "explain" '
         "explains a channel's mean activation with the methods ticked</p>"
         f'<img src="{png_data_uri(ch.grid)}" alt="the top channels">'
-        f"<table><tr>{head}<th></th></tr>{''.join(rows)}</table></div>"
+        f"<table><tr>{head}</tr>{''.join(rows)}</table></div>"
     )
 
 
@@ -318,6 +324,7 @@ def _results(c: Choices, r: Result) -> str:
             f'<div class="card words"><div class="head"><h2>Words</h2><span class="prob">'
             f"{_seconds(r.seconds)} in all</span></div>{r.words}</div>"
             f"{_scores(r.scores) if r.scores is not None else ''}"
+            f"{_channels(c, r.channels) if r.channels is not None else ''}"
             "</section>"
         )
     figures = []
@@ -326,7 +333,7 @@ def _results(c: Choices, r: Result) -> str:
         figures.append(
             f'<figure><img src="{png_data_uri(o.image)}" alt="{_e(o.method)} map">'
             f"<figcaption><b>{_e(o.method)}</b> · {_e(o.target)}"
-            f'<span class="cost">{_seconds(o.seconds)} · {o.passes:g} pass{"es" * (o.passes != 1)}'
+            f'<span class="cost">{_seconds(o.seconds)} · {cost_text(o.passes, o.forwards)}'
             f"{layer}</span>"
             "</figcaption></figure>"
         )
