@@ -333,7 +333,15 @@ def test_the_model_is_left_as_it_was(server, model):
         ([("methods", "saliency")], "Choose an image: upload one, or pick a sample photo."),
         ([("sample", "kitten"), ("methods", "saliency")], "is not a sample photo"),
         ([("sample", "chelsea"), ("methods", "gradcam"), ("layer", "fc9")], "fc9"),
-        ([("sample", "chelsea"), ("methods", "saliency"), ("target", "7")], "7"),
+        (
+            [("sample", "chelsea"), ("methods", "gradcam"), ("layer", "fc")],
+            "(or leave Layer empty to use the last one).",
+        ),
+        (
+            [("sample", "chelsea"), ("methods", "saliency"), ("target", "7")],
+            "The target class 7 is out of range: the model has 4 classes (0 to 3); pass a class "
+            "in that range, or leave Target empty to explain the predicted class.",
+        ),
         ([("image_id", "gone"), ("methods", "saliency")], "no longer kept by the server"),
         (
             [("sample", "chelsea"), ("methods", "saliency"), ("options", "n_steps 8")],

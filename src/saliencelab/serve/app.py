@@ -79,12 +79,21 @@ TOP_CHANNELS = 8
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
-class RequestError(SaliencelabError):
-    """A request the server refuses with an HTTP status other than 400."""
+#: The library's Python wordings, as the form says them (a sentence shown on the page).
+FORM_WORDS = {
+    "or target=None for each input's predicted class": (
+        "or leave Target empty to explain the predicted class"
+    ),
+    "(or leave layer=None to use the last one)": "(or leave Layer empty to use the last one)",
+}
 
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
+
+def form_words(message: str) -> str:
+    """`message` on one line, with its Python wordings (`FORM_WORDS`) put as the form's."""
+    message = " ".join(message.split())
+    for python, form in FORM_WORDS.items():
+        message = message.replace(python, form)
+    return message
 
 
 def parse_target(text: str) -> int | str | None:
@@ -241,7 +250,7 @@ class App:
                 requests, metrics = self._request(form)
                 result = self._explain_image(form, model, name, image, requests, metrics)
         except SaliencelabError as e:
-            return 400, render(self.choices(form), error=" ".join(str(e).split()))
+            return 400, render(self.choices(form), error=form_words(str(e)))
         return 200, render(self.choices(form), result)
 
     def _request(self, form: Form) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -384,7 +393,7 @@ def _channels(
             model, x, layer, top=TOP_CHANNELS, by=by, target=target if by != "activation" else None
         )
     except SaliencelabError as e:
-        return Channels(error=" ".join(str(e).split()))
+        return Channels(error=form_words(str(e)))
     if by == "contribution" and isinstance(target, LayerTarget) and target.name == acts.layer:
         return Channels(
             error=f"The target is a unit of {acts.layer} itself, so by contribution only its own "
@@ -417,7 +426,7 @@ def _scores(model: Model, x: torch.Tensor, ex: Explanation, metrics: list[str]) 
     try:
         report = evaluate(model, x, ex, metrics=metrics)
     except SaliencelabError as e:
-        return Scores(error=" ".join(str(e).split()))
+        return Scores(error=form_words(str(e)))
     names = report.metrics
     directions = [report[report.methods[0]][m].direction for m in names]
     rows = [
@@ -623,10 +632,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             status, page = make()
         except SaliencelabError as e:
-            status, page = 400, render(self.server.app.choices(), error=" ".join(str(e).split()))
+            status, page = 400, render(self.server.app.choices(), error=form_words(str(e)))
         except Exception as e:  # a bug, not the request: one sentence here, the traceback logged
             log.exception("The web app failed on %s %s", self.command, self.path)
-            first = " ".join(str(e).split())[:200]
+            first = form_words(str(e))[:200]
             status = 500
             page = render(
                 self.server.app.choices(),
