@@ -2,21 +2,26 @@
 
     GET  /          the form
     POST /explain   the form sent back (`forms.py`): model, an uploaded image or a sample
-                    photo (or `image_id`, an image the server kept from an earlier request),
-                    methods, target, layer → the page with the results, or with one sentence
-                    saying what was wrong (status 400; the form keeps what was chosen)
+                    photo (or `image_id`, an image the server kept from an earlier request;
+                    a text for a text model), methods, target, layer, options, metrics, the
+                    top channels → the page with the results, or with one sentence saying
+                    what was wrong (status 400; the form keeps what was chosen)
 
 It runs on `http.server.ThreadingHTTPServer` (standard library), one thread per request; calls
 on one model take turns (`core/state.py`'s per-model lock), so two browser tabs are safe.
 
-Safety (DESIGN.md): it binds to 127.0.0.1 unless told otherwise; with a loopback address it
-answers only requests whose `Host` is a loopback name (a web page elsewhere cannot reach it
-through DNS rebinding), and a POST whose `Origin` is another site is refused (no cross-site
-form posts). A body over `max_upload_bytes` is refused from its `Content-Length` before any of
-it is read; an image over `max_pixels` is refused from its header before it is decoded; every
-text shown is escaped. Uploads are never written to disk: the last `kept_images` images are kept
-in memory so "explain this class" needs no second upload. An error that is not the request's
-(a bug) gets status 500 and one sentence; its traceback goes to the server's log.
+Safety (DESIGN.md): it binds to 127.0.0.1 unless told otherwise. It answers only requests whose
+`Host` is well formed and a loopback name (on another address: an IP address or this machine's
+own name), so a web page elsewhere cannot reach it through DNS rebinding, and refuses a POST
+whose `Origin` is another site. A body over `max_upload_bytes` is refused from its
+`Content-Length` before it is read (and before it is sent, to a client that asks with `Expect:
+100-continue`); a refused POST's body is read and dropped (up to `DRAIN_BYTES`) so the browser
+sees the answer. An image over `max_pixels` is refused from its header before it is decoded;
+uploads are read in `UPLOAD_FORMATS` only, shrunk to `MAX_KEPT_SIDE`, never written to disk,
+and the last `kept_images` kept in memory so "explain this class" needs no second upload. A
+client silent for `Handler.timeout` seconds is dropped. Every text shown is escaped. An error
+that is not the request's (a bug) gets status 500 and one sentence; its traceback goes to the
+server's log.
 """
 
 from __future__ import annotations
@@ -654,7 +659,9 @@ class Server(http.server.ThreadingHTTPServer):
         self.app = app
         self.max_upload_bytes = max_upload_bytes
         self.loopback = _is_loopback(address[0])
-        self.own_names = {n.lower().rstrip(".") for n in (socket.gethostname(), socket.getfqdn())}
+        # this machine's names, for a server on another address (getfqdn may ask the DNS)
+        names = () if self.loopback else (socket.gethostname(), socket.getfqdn())
+        self.own_names = {n.lower().rstrip(".") for n in names}
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, Handler)
 
