@@ -74,6 +74,22 @@ def _objectives(
     return objs
 
 
+def _class_names(model: sl.Model, classes: list[str]) -> list[str]:
+    """Each --class given as an index, as its class name where the model has one for it alone
+    (a picture of class 281 is named and titled "tabby"); an index whose name is shared by
+    another class ("crane" twice in ImageNet) or reads as a number stays an index."""
+    labels = model.labels
+    named = []
+    for text in classes:
+        c = parse_target(text)
+        if isinstance(c, int) and labels is not None and 0 <= c < len(labels):
+            name = str(labels[c])
+            if labels.count(name) == 1 and name.strip() and parse_target(name) == name:
+                text = name
+        named.append(text)
+    return named
+
+
 def _check_classes(model: sl.Model, classes: list[str]) -> None:
     """One sentence, in the command's words, for a --class index the model does not have (when
     its classes are known); names are checked, with suggestions, by the objective."""
@@ -274,6 +290,9 @@ def visualize_command(
         )
         refuse_unsupported(loaded, "Feature visualization")  # before any other note
         _check_classes(loaded, classes or [])
+        if classes:  # indices named, as the pictures and their titles will be
+            asked = _objectives(_class_names(loaded, list(classes)), layer, list(channels or []))
+            objs = [o for o, _ in asked]
         n = len(objs) * batch
         check_outputs(_outputs(out, objs, batch, param, layer, asked, examples is not None))
         run_objs: list[O.Objective] = objs
