@@ -276,6 +276,9 @@ def test_channels_follow_a_layer_target_and_refuse_their_own_unit(server, model)
     status, page, _ = post(server, fields)
     assert status == 200, error_of(page)
     assert "<h2>Channels of features.10</h2>" in page  # the target's layer, Layer left blank
+    cam = [("model", "shapes_cnn"), ("sample", "coffee"), ("methods", "gradcam")]
+    status, page, _ = post(server, [*cam, ("channels", "on"), ("options", "layer=features.6")])
+    assert status == 200 and "<h2>Channels of features.6</h2>" in page  # as the CAMs take it
     status, page, _ = post(server, [*fields, ("by", "contribution")])
     assert status == 200
     sentence = re.search(r'<p class="error-msg">(.*?)</p>', page).group(1)

@@ -311,7 +311,10 @@ class App:
         channels = None
         if form.get("channels"):
             by = form.get("by", "activation").lower()
-            layer = form.get("layer") or (target.name if isinstance(target, LayerTarget) else None)
+            shared = parse_options(split_options(form.get("options")), flag="").get("layer")
+            layer = form.get("layer") or shared
+            if layer is None and isinstance(target, LayerTarget):
+                layer = target.name  # the target's layer, as the CAM methods take it
             channels = _channels(model, x, shown, image, layer, by, target)
         return Result(
             name, _headline(ex), _top(ex), overlays, ex.seconds, scores, shown=shown,
