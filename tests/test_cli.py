@@ -342,6 +342,18 @@ def test_demo_evaluation_scores_methods_and_references(runner, tmp_path, monkeyp
     assert "deletion" in result.stdout and "sparseness" in result.stdout
 
 
+def test_demo_without_evaluation_names_an_earlier_evaluation(runner, tmp_path):
+    out = tmp_path / "demo"
+    (out / "evaluation").mkdir(parents=True)
+    (out / "evaluation" / "metrics.csv").write_text("method,metric\n")
+    args = ["demo", "--out", str(out), "--methods", "saliency", "--images", "chelsea"]
+    result = runner.invoke(app, [*args, "--no-evaluate"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stderr.split())
+    assert f"note: {out / 'evaluation'} holds an earlier run's evaluation; this run scored" in text
+    assert "evaluation/index.html" not in (out / "index.html").read_text()
+
+
 # -- the pipeline as a library ------------------------------------------------------------------
 
 

@@ -674,6 +674,15 @@ def demo(
                 "chosen, so nothing was scored.",
                 soft_wrap=True,
             )
+        if not scored and evaluation.is_dir() and any(evaluation.iterdir()):
+            err.print(  # (this run's index.html does not link it)
+                Text(
+                    f"note: {evaluation} holds an earlier run's evaluation; this run scored "
+                    "nothing, so it is not part of this one.",
+                    style="yellow",
+                ),
+                soft_wrap=True,
+            )
         out_console().print(
             f"Open [bold]{result.index_path.resolve().as_uri()}[/bold] in a browser; to try "
             "your own images and other methods there, run [bold]saliencelab serve[/bold].",
