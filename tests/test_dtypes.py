@@ -170,7 +170,7 @@ def test_cli_visualize_on_a_half_model(factory, dtype):
     model = ["visualize", "--model", f"{path}:{BUILD[dtype]}", "--steps", "2"]
     res = RUNNER.invoke(app, [*model, "--class", "1", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert (out / "featurevis_00_class_logit_1.png").is_file()
+    assert (out / "featurevis_00_class_logit_disk.png").is_file()  # class 1, named
     channel = ["--layer", "features.10", "--channel", "3", "--examples", str(folder), "--k", "2"]
     res = RUNNER.invoke(app, [*model, *channel, "--out", str(out)])
     assert res.exit_code == 0, res.output
