@@ -77,6 +77,17 @@ def test_maps_of_another_rank_than_the_images_are_one_sentence(tiny_cnn, batch, 
         update(name, tiny_cnn, bad, x, t)
 
 
+def test_a_single_image_without_batch_axis_does_not_blame_the_first_layer(tiny_cnn):
+    """A (3, H, W) image ran as a one-channel (1, H, W) row in the diagnosis, whose first
+    convolution then failed: the sentence blamed the first layer for the Linear's error."""
+    x = torch.rand(3, 12, 12)
+    with pytest.raises(sl.SaliencelabError) as info:
+        sl.explain(tiny_cnn, x, "saliency")
+    text = str(info.value)
+    assert text.startswith("The model cannot take inputs of shape (3, 12, 12)")
+    assert "x.unsqueeze(0)" in text
+
+
 @pytest.mark.parametrize("name", MODEL_METRICS)
 def test_float_targets_are_refused_not_truncated(tiny_cnn, batch, name):
     x, maps, _ = batch

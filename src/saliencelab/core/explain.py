@@ -162,8 +162,11 @@ def _input_error(model: Model, x: torch.Tensor, err: Exception) -> SaliencelabEr
     if not (x.is_floating_point() or x.is_complex()):
         single += f"; {x.dtype} inputs such as uint8 images need preprocessing first"
         source = "e.g. model.preprocess(images), or x.float() / 255 with the model's normalisation"
+    # One row of a (C, H, W) image is one channel: its first layer's failure says little of
+    # the layer that failed on the whole input (a Linear after the convolutions, say).
+    who = "The model" if x.dim() == 3 else "The model's first layer"
     return SaliencelabError(
-        f"The model's first layer cannot take inputs of shape {tuple(x.shape)} and dtype "
+        f"{who} cannot take inputs of shape {tuple(x.shape)} and dtype "
         f"{x.dtype} ({type(err).__name__}: {first}); give a batch (B, ...) with the layout, "
         f"channels and size the model expects{single}, {source}."
     )
