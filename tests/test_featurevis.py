@@ -864,12 +864,11 @@ def test_visualize_draws_at_the_models_input_size_unless_told(tiny, tmp_path):
         assert Image.open(out / "featurevis_00_class_logit_b.png").size == (side, side)
 
 
-def test_a_class_index_is_named_by_its_class(tmp_path):
+def test_a_class_index_is_named_by_its_class(tmp_path, runner):
     """`--class 1` gave `featurevis_00_class_logit_1.png`, titled class_logit(1)."""
     factory = tmp_path / "tiny.py"
     factory.write_text(FACTORY)
     app = command_app()
-    runner = CliRunner(env={"COLUMNS": "200", "SALIENCELAB_DEBUG": None})
     args = ["visualize", "--model", f"{factory}:build", "--steps", "1", "--size", "20"]
     res = runner.invoke(app, [*args, "--class", "1", "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output

@@ -519,13 +519,13 @@ def parse_options(
     command option the pairs came from.
     """
     options: dict[str, Any] = {}
+    plain, scoped = (f"{flag} {example}".strip() for example in examples)  # flag may be ""
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)?", key):
             raise sl.SaliencelabError(
-                f"The option {pair!r} is not of the form key=value; write e.g. "
-                f"{f'{flag} {examples[0]}'.strip()} or {f'{flag} {examples[1]}'.strip()}."
+                f"The option {pair!r} is not of the form key=value; write e.g. {plain} or {scoped}."
             )
         options[key] = parse_value(value)
     return options

@@ -36,7 +36,7 @@ import threading
 import webbrowser
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import torch
@@ -115,6 +115,15 @@ def parse_image_target(text: str) -> Any:
         return parse_explain_target(text.strip())
     except SaliencelabError as e:
         raise SaliencelabError(str(e).replace("--target ", "Target ")) from None
+
+
+class Request(NamedTuple):
+    """A form's request, checked: `{method: options}`, the metrics, and the layer (Layer, else
+    `layer=` in Options; None: found automatically)."""
+
+    methods: dict[str, dict[str, Any]]
+    metrics: list[str]
+    layer: str | None
 
 
 class App:
@@ -246,31 +255,31 @@ class App:
         try:
             model = self.model(form.get("model", next(iter(self._models))))
             if isinstance(model, TextModel):
-                requests, metrics = self._request(form)
-                result = self._explain_text(form, model, requests, metrics)
+                result = self._explain_text(form, model, self._request(form))
             else:  # the image first: kept (and offered back) if the request has a mistake
                 image_id, name, image = self.image(form)
                 form.fields["image_id"] = [image_id]
                 form.fields.pop("sample", None)
-                requests, metrics = self._request(form)
-                result = self._explain_image(form, model, name, image, requests, metrics)
+                result = self._explain_image(form, model, name, image, self._request(form))
         except SaliencelabError as e:
             return 400, render(self.choices(form), error=form_words(str(e)))
         return 200, render(self.choices(form), result)
 
-    def _request(self, form: Form) -> tuple[dict[str, dict[str, Any]], list[str]]:
-        """The methods with their options, and the metrics, checked before the model runs."""
+    def _request(self, form: Form) -> Request:
+        """The methods with their options, the metrics and the layer, checked before the model
+        runs."""
         chosen = form.getall("methods")
         if not chosen:
             raise SaliencelabError("Tick at least one method.")
         options = parse_options(split_options(form.get("options")), flag="")
-        layer = form.get("layer") or None
+        layer = form.get("layer") or options.get("layer")  # Layer, else layer= in Options
+        given = form.get("layer") or None
         specs = {spec.name: spec for spec in registered_methods()}
         if form.get("channels") and not any(
             specs[m].needs_layer for m in chosen if m in specs
         ):  # the layer is the channels' only: no method refuses it
-            layer = None
-        requests = method_requests(chosen, layer=layer, options=options)
+            given = None
+        requests = method_requests(chosen, layer=given, options=options)
         metrics = form.getall("metrics")
         offered = {name for name, _, _ in offered_metrics()}
         for metric in metrics:
@@ -279,7 +288,7 @@ class App:
                     f"The web app does not offer the metric {metric!r}; pick among "
                     f"{', '.join(sorted(offered))}."
                 )
-        return requests, metrics
+        return Request(requests, metrics, layer)
 
     def _explain_image(
         self,
@@ -287,32 +296,21 @@ class App:
         model: Model,
         name: str,
         image: Image.Image,
-        requests: dict[str, dict[str, Any]],
-        metrics: list[str],
+        request: Request,
     ) -> Result:
         x = preprocessed(model, [image])
         target = parse_image_target(form.get("target"))
-        ex = explain(model, x, methods=requests, target=target)
+        ex = explain(model, x, methods=request.methods, target=target)
         shown = displayed(model, image) or drawable_size(image)
         overlays = [
-            Overlay(
-                method=m,
-                image=overlay(shown, ex[m]),
-                target=ex.target_label(ex[m], 0),
-                seconds=ex[m].seconds,
-                passes=ex[m].passes,
-                forwards=ex[m].forwards,
-                layer=ex[m].layer,
-                signed=ex[m].signed,
-            )
-            for m in requests
+            Overlay(overlay(shown, ex[m]), ex.target_label(ex[m], 0), ex[m])
+            for m in request.methods
         ]
-        scores = _scores(model, x, ex, metrics) if metrics else None
+        scores = _scores(model, x, ex, request.metrics) if request.metrics else None
         channels = None
         if form.get("channels"):
             by = form.get("by", "activation").lower()
-            shared = parse_options(split_options(form.get("options")), flag="").get("layer")
-            layer = form.get("layer") or shared
+            layer = request.layer
             if layer is None and isinstance(target, LayerTarget):
                 layer = target.name  # the target's layer, as the CAM methods take it
             channels = _channels(model, x, shown, image, layer, by, target)
@@ -325,16 +323,15 @@ class App:
         self,
         form: Form,
         model: TextModel,
-        requests: dict[str, dict[str, Any]],
-        metrics: list[str],
+        request: Request,
     ) -> Result:
         text = form.get("text")
         if not text:
             raise SaliencelabError(f"{model.name} reads texts: type one in Text.")
         raw = (form.fields.get("target") or [""])[0]  # a continuation's leading space counts
-        ex = explain(model, [text], methods=requests, target=text_target(model, raw))
+        ex = explain(model, [text], methods=request.methods, target=text_target(model, raw))
         scores = None
-        if metrics:
+        if request.metrics:
             scores = Scores(error="The metrics here score image maps; texts are not scored.")
         channels = None
         if form.get("channels"):

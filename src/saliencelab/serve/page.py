@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from ..core.registry import MethodSpec
-from ..core.result import cost_text
+from ..core.result import Attribution, cost_text
 from ..report.html import CSS, _e
+from ..text.render import WORDS_CSS
 
 _PAGE_CSS = """
 form.main { background: var(--card); border: 1px solid var(--line); border-radius: 10px;
@@ -42,15 +43,8 @@ button.small { padding: 0 8px; font-size: 12px; background: var(--card); color: 
 .key { color: var(--muted); font-size: 13px; margin: 8px 0 0; }
 form.inline { display: inline; margin: 0; }
 textarea { font: inherit; vertical-align: top; }
-.words .legend { display: flex; align-items: center; gap: 8px; font-size: 13px; margin-top: 8px; }
-.words .legend .bar { display: inline-block; width: 16em; height: 1em; margin: 0;
-  border: 1px solid var(--line); border-radius: 0; }
 .words .note { color: var(--muted); font-size: 13px; margin: 4px 0; }
 .words td, .words th { vertical-align: top; }
-td.scale { color: var(--muted); white-space: nowrap; }
-.tokens { line-height: 2.1; }
-.w { padding: 0.15em 0.3em; border-radius: 0.25em; border: 1px solid #e4e4e4; }
-.ctx { color: var(--muted); font-style: italic; }
 """
 
 
@@ -79,16 +73,12 @@ class Choices:
 
 @dataclass
 class Overlay:
-    """One method's map over the image, and what it cost."""
+    """One method's map over the image: the picture, what it explained, and the Attribution
+    (its cost, layer and sign)."""
 
-    method: str
     image: Image.Image
     target: str
-    seconds: float
-    passes: float
-    forwards: float = 0.0
-    layer: str | None = None
-    signed: bool = True
+    attribution: Attribution
 
 
 @dataclass
@@ -329,16 +319,17 @@ def _results(c: Choices, r: Result) -> str:
         )
     figures = []
     for o in r.overlays:
-        layer = f" · layer {_e(o.layer)}" if o.layer else ""
+        a = o.attribution
+        layer = f" · layer {_e(a.layer)}" if a.layer else ""
         figures.append(
-            f'<figure><img src="{png_data_uri(o.image)}" alt="{_e(o.method)} map">'
-            f"<figcaption><b>{_e(o.method)}</b> · {_e(o.target)}"
-            f'<span class="cost">{_seconds(o.seconds)} · {cost_text(o.passes, o.forwards)}'
+            f'<figure><img src="{png_data_uri(o.image)}" alt="{_e(a.method)} map">'
+            f"<figcaption><b>{_e(a.method)}</b> · {_e(o.target)}"
+            f'<span class="cost">{_seconds(a.seconds)} · {cost_text(a.passes, a.forwards)}'
             f"{layer}</span>"
             "</figcaption></figure>"
         )
-    signed = any(o.signed for o in r.overlays)
-    unsigned = any(not o.signed for o in r.overlays)
+    signed = any(o.attribution.signed for o in r.overlays)
+    unsigned = any(not o.attribution.signed for o in r.overlays)
     key = []
     if signed:
         key.append("signed maps: red for the target, blue against it")
@@ -368,7 +359,7 @@ def render(c: Choices, result: Result | None = None, error: str | None = None) -
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>saliencelab</title><style>{CSS}{_PAGE_CSS}</style></head>\n<body>"
+        f"<title>saliencelab</title><style>{CSS}{WORDS_CSS}{_PAGE_CSS}</style></head>\n<body>"
         '<header><h1>saliencelab</h1><p class="summary">See what a model looks at: pick a '
         "model, an image and methods.</p></header>"
         f"{_form(c)}{err}{body}"

@@ -131,20 +131,25 @@ def cut_at(a: Attribution, sample: int) -> int | None:
     return None if not cut else cut[sample]
 
 
-TEXT_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 70em; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 1.6em; }
-.meta, .note { color: #555; font-size: 0.9em; }
+#: The coloured words, their legend and scale (`legend_html`, `text_table`); the web app's page
+#: uses them too.
+WORDS_CSS = """
 .legend { display: flex; align-items: center; gap: 0.6em; font-size: 0.9em; }
-.bar { display: inline-block; width: 16em; height: 1em; border: 1px solid #ccc; }
-table { border-collapse: collapse; margin-top: 0.5em; }
-td, th { padding: 0.4em 0.8em; border-bottom: 1px solid #eee; text-align: left;
-  vertical-align: top; }
-th { font-weight: 600; white-space: nowrap; }
+.legend .bar { display: inline-block; width: 16em; height: 1em; margin: 0; border-radius: 0;
+  border: 1px solid #ccc; }
 td.scale { color: #555; font-size: 0.85em; white-space: nowrap; }
 .tokens { line-height: 2.1; }
 .w { padding: 0.15em 0.3em; border-radius: 0.25em; border: 1px solid #e4e4e4; }
 .ctx { color: #777; font-style: italic; }
+"""
+_PAGE_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 70em; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 1.6em; }
+.meta, .note { color: #555; font-size: 0.9em; }
+table { border-collapse: collapse; margin-top: 0.5em; }
+td, th { padding: 0.4em 0.8em; border-bottom: 1px solid #eee; text-align: left;
+  vertical-align: top; }
+th { font-weight: 600; white-space: nowrap; }
 """
 
 
@@ -171,7 +176,7 @@ def text_html(
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title><style>{TEXT_CSS}</style></head><body>",
+        f"<title>{html.escape(title)}</title><style>{_PAGE_CSS}{WORDS_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
     if meta:
@@ -194,7 +199,7 @@ def text_html(
 
 def text_table(source: Explanation | Attribution | Mapping[str, Attribution], sample: int) -> str:
     """The HTML table of one text (`sample`): a row per method with its words coloured and its
-    scale (classes of `TEXT_CSS`)."""
+    scale (classes of `WORDS_CSS`)."""
     rows = ["<table>"]
     for name, a in _attributions(source):
         _, _, scale = word_colors(word_scores(a, sample)[1])
