@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 import saliencelab as sl
 from saliencelab.core.errors import SaliencelabError
@@ -248,6 +248,41 @@ def test_exif_orientation_is_applied(tmp_path):
     path = tmp_path / "rotated.jpg"
     img.save(path, exif=exif)
     assert load_image(path).size == (20, 40)
+
+
+def _turned_photo(path: Path, orientation: int = 6) -> np.ndarray:
+    """A 30x20 PNG stored sideways with EXIF `orientation`: red in the stored top-left corner,
+    which the viewer shows top-right (6: turned 90 degrees clockwise). Returns the stored pixels."""
+    stored = np.zeros((20, 30, 3), np.uint8)
+    stored[:8, :8] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(path, exif=exif)
+    return stored
+
+
+def test_a_pil_image_opened_by_the_user_is_turned_as_its_exif_says(tmp_path):
+    """`Image.open(path)` given to the models' preprocess, the overlays and `to_rgb` is the
+    photo `sl.load_image(path)` reads (upright), as the README says of PIL images; they used the
+    stored pixels, so the model explained, and the overlay drew, the photo sideways."""
+    path = tmp_path / "turned.png"
+    stored = _turned_photo(path)
+    upright = np.asarray(load_image(path))
+    assert upright.shape == (30, 20, 3)
+    assert np.array_equal(upright, np.rot90(stored, k=-1))  # 90 degrees clockwise
+    with Image.open(path) as opened:
+        assert np.array_equal(np.asarray(to_rgb(opened)), upright)
+        for name in ("shapes_cnn", "efficientnet_lite0"):
+            model = sl.load_model(name)
+            assert torch.equal(model.preprocess(opened), model.preprocess(load_image(path)))
+        drawn = sl.overlay(opened, torch.zeros(1, 30, 20))  # a flat map: the photo itself
+        assert np.array_equal(np.asarray(drawn), upright)
+    # an image without the tag, and one the user turned already, are left as they are
+    plain = Image.fromarray(stored)
+    assert np.array_equal(np.asarray(to_rgb(plain)), stored)
+    with Image.open(path) as opened:
+        turned = ImageOps.exif_transpose(opened)
+    assert np.array_equal(np.asarray(to_rgb(turned)), upright)
 
 
 def test_to_rgb_of_an_in_memory_image():

@@ -21,6 +21,7 @@ IMAGE_SUFFIXES = frozenset(
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 
 PathLike = str | os.PathLike
+ORIENTATION = 0x0112  # the EXIF tag of how the stored pixels are turned for display
 
 
 MAX_PIXELS = 50_000_000  # image files with more pixels are refused (read from the header)
@@ -83,11 +84,7 @@ def _decode(
                         "in Python, --max-pixels on the command line)."
                     )
                 im.load()
-                try:
-                    im = ImageOps.exif_transpose(im)
-                except Exception:  # a broken EXIF block should not lose the pixels
-                    pass
-                return to_rgb(im)
+                return to_rgb(im)  # upright by its EXIF orientation, too
     except SaliencelabError:
         raise
     except Image.DecompressionBombError as e:
@@ -110,10 +107,25 @@ def _decode(
         ) from e
 
 
+def upright(im: Image.Image) -> Image.Image:
+    """`im` turned as its EXIF orientation tag says (a new image, without the tag), or `im`
+    itself when it has no such tag (or an EXIF block Pillow cannot read)."""
+    try:
+        if im.getexif().get(ORIENTATION, 1) == 1:
+            return im
+        return ImageOps.exif_transpose(im)
+    except Exception:  # a broken EXIF block should not lose the pixels
+        return im
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
-    """Convert a PIL image of any mode to 8-bit RGB (see :func:`load_image` for the rules)."""
-    if im.mode == "RGB":
-        return im.copy()
+    """A PIL image of any mode as a new 8-bit RGB image, upright by its EXIF orientation (see
+    :func:`load_image` for the rules): an image opened with `Image.open` is drawn and explained
+    the way `sl.load_image` reads its file."""
+    turned = upright(im)
+    if turned.mode == "RGB":
+        return turned if turned is not im else im.copy()
+    im = turned
     if im.mode in _HIGH_DEPTH_MODES:
         return Image.fromarray(stretch_to_uint8(np.asarray(im))).convert("RGB")
     bands = im.getbands()
