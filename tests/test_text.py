@@ -719,6 +719,39 @@ def test_html_page_colours_words_escapes_text_and_has_a_legend(classifier, tmp_p
     assert "</span><span" in page  # no space inside "<script>"
 
 
+def test_unsigned_scores_get_their_own_scale_not_the_raises_red(classifier, tmp_path):
+    """Saliency's word scores are magnitudes (how much a word matters, not which way): they were
+    painted on the diverging map's red half under a legend saying red "raises it". They get the
+    white-to-purple scale and a legend of their own; signed rows keep blue/red; a page of only
+    one kind shows only its scale."""
+    from saliencelab.text import save_text_html, terminal_text
+    from saliencelab.text.render import legend_html
+    from saliencelab.viz.colormaps import apply_colormap
+
+    def hexed(rgb) -> str:
+        return "#{:02x}{:02x}{:02x}".format(*rgb.tolist())
+
+    ex = sl.explain(
+        classifier, ["a fine movie"], methods=["saliency", "input_x_gradient"], target="positive"
+    )
+    mag, signed = ex["saliency"], ex["input_x_gradient"]
+    assert not mag.signed and signed.signed
+    page = save_text_html(ex, tmp_path / "t.html").read_text()
+    top = int(mag.maps[0].argmax())
+    purple = apply_colormap(torch.ones(1), "purples")[0]
+    red = apply_colormap(torch.ones(1), "diverging")[0]
+    row = page.split("<th>saliency</th>")[1].split("</tr>")[0]
+    assert f"background:{hexed(purple)}" in row and f"background:{hexed(red)}" not in row
+    assert terminal_text(mag, 0).spans[top].style.bgcolor.triplet == tuple(purple.tolist())
+    k = int(signed.maps[0].abs().argmax())
+    end = apply_colormap(signed.maps[0, k].sign().reshape(1), "diverging")[0]
+    assert f"background:{hexed(end)}" in page.split("<th>input_x_gradient</th>")[1]
+    assert "raises it +" in page and "magnitude" in page
+    assert "magnitude" not in legend_html(signed) and "raises it" not in legend_html(mag)
+    # the scale runs from white at 0 to the deep end at the largest |score|
+    assert apply_colormap(torch.zeros(1), "purples")[0].tolist() == [255, 255, 255]
+
+
 def test_cli_explain_text_prints_words_and_writes_html(classifier_dir, tmp_path):
     import typer
     from typer.testing import CliRunner

@@ -336,7 +336,7 @@ class App:
         channels = None
         if form.get("channels"):
             channels = Channels(error="Channels are drawn for image models; texts have none here.")
-        words = legend_html() + text_table(ex, 0)
+        words = legend_html(ex) + text_table(ex, 0)
         explained = None
         if ex.probabilities is not None:  # a classifier: the class the words are scored for
             explained = ex.target_label(next(iter(ex.values())), 0)

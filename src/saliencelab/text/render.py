@@ -3,10 +3,11 @@
 Each word's background comes from the diverging colour map of `viz/colormaps.py` (blue =
 lowers the score, white = 0, red = raises it), scaled per text and method so that the largest
 |score| is fully saturated: colour(s) = diverging(s / max|s|). Unsigned scores (saliency, L2
-token scores) use the white-to-red half. The page has inline CSS, no scripts and no external
-assets; every piece of text in it (words, texts, names, targets) is HTML-escaped. Hovering a
-word shows its score. A text cut to the model's length says where, on the page and in the
-terminal.
+token scores: how much a word matters, not which way) use the white-to-purple "purples" map
+instead, so that no magnitude reads as "raises it"; the legend shows the scales the rows use.
+The page has inline CSS, no scripts and no external assets; every piece of text in it (words,
+texts, names, targets) is HTML-escaped. Hovering a word shows its score. A text cut to the
+model's length says where, on the page and in the terminal.
 """
 
 from __future__ import annotations
@@ -63,11 +64,12 @@ def word_scores(a: Attribution, sample: int) -> tuple[list[str], torch.Tensor]:
     return words, a.maps[sample, : len(words)].detach().float().cpu()
 
 
-def word_colors(scores: torch.Tensor) -> tuple[np.ndarray, np.ndarray, float]:
-    """(background RGB (n, 3), text RGB (n, 3), scale) for scores (n,), diverging at 0."""
+def word_colors(scores: torch.Tensor, signed: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
+    """(background RGB (n, 3), text RGB (n, 3), scale) for scores (n,): diverging at 0, or for
+    unsigned scores (`signed=False`) white to purple by |score|."""
     scale = float(scores.abs().max()) if scores.numel() else 0.0
     values = scores / scale if scale > 0 else torch.zeros_like(scores)
-    background = apply_colormap(values, "diverging")
+    background = apply_colormap(values if signed else values.abs(), _cmap(signed))
     dark = luminance(background) < 0.3
     text = np.where(dark[:, None], 255, 0).astype(np.uint8).repeat(3, axis=1)
     return background, text, scale
@@ -77,15 +79,31 @@ def _hex(rgb: np.ndarray) -> str:
     return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb))
 
 
-def legend_html() -> str:
-    stops = apply_colormap(torch.linspace(-1, 1, 9), "diverging")
+def _cmap(signed: bool) -> str:
+    return "diverging" if signed else "purples"
+
+
+def _bar(signed: bool) -> str:
+    stops = apply_colormap(torch.linspace(-1 if signed else 0, 1, 9), _cmap(signed))
     gradient = ", ".join(_hex(c) for c in stops)
+    return f'<span class="bar" style="background: linear-gradient(to right, {gradient})"></span>'
+
+
+def legend_html(
+    source: Explanation | Attribution | Mapping[str, Attribution] | None = None,
+) -> str:
+    """The colour scales of the rows of `source`: signed rows (blue lowers the score, red
+    raises it) and unsigned ones (white to purple: how much a word matters); both without one."""
+    kinds = {a.signed for _, a in _attributions(source)} if source is not None else {True, False}
+    lines = []
+    if True in kinds:
+        lines.append(f"<span>− lowers the score</span>{_bar(True)}<span>raises it +</span>")
+    if False in kinds:
+        lines.append(f"<span>0</span>{_bar(False)}<span>matters most (magnitude)</span>")
     return (
-        '<div class="legend"><span>− lowers the score</span>'
-        f'<span class="bar" style="background: linear-gradient(to right, {gradient})"></span>'
-        "<span>raises it +</span></div>"
-        '<p class="note">Colours are scaled per row to its largest |score| (shown on the right); '
-        "hover a word for its score.</p>"
+        "".join(f'<div class="legend">{line}</div>' for line in lines)
+        + '<p class="note">Colours are scaled per row to its largest |score| (shown on the '
+        "right); hover a word for its score.</p>"
     )
 
 
@@ -107,7 +125,7 @@ def separators(a: Attribution, sample: int) -> list[str]:
 
 def _tokens_html(a: Attribution, sample: int) -> str:
     words, scores = word_scores(a, sample)
-    background, text, _ = word_colors(scores)
+    background, text, _ = word_colors(scores, bool(a.signed))
     parts = []
     for w, sep, s, bg, fg in zip(
         words, separators(a, sample), scores.tolist(), background, text, strict=True
@@ -134,7 +152,7 @@ def cut_at(a: Attribution, sample: int) -> int | None:
 #: The coloured words, their legend and scale (`legend_html`, `text_table`); the web app's page
 #: uses them too.
 WORDS_CSS = """
-.legend { display: flex; align-items: center; gap: 0.6em; font-size: 0.9em; }
+.legend { display: flex; align-items: center; gap: 0.6em; font-size: 0.9em; margin: 0.2em 0; }
 .legend .bar { display: inline-block; width: 16em; height: 1em; margin: 0; border-radius: 0;
   border: 1px solid #ccc; }
 td.scale { color: #555; font-size: 0.85em; white-space: nowrap; }
@@ -181,7 +199,7 @@ def text_html(
     ]
     if meta:
         parts.append(f'<p class="meta">{" · ".join(meta)}</p>')
-    parts.append(legend_html())
+    parts.append(legend_html(source))
     for b, text in enumerate(texts):
         parts.append(f"<h2>Text {b + 1}: “{html.escape(text)}”</h2>")
         if isinstance(target, Mapping) and b in target:
@@ -240,7 +258,7 @@ def terminal_text(a: Attribution, sample: int = 0):
 
     _attributions(a)
     words, scores = word_scores(a, sample)
-    background, text, _ = word_colors(scores)
+    background, text, _ = word_colors(scores, bool(a.signed))
     out = Text()
     for w, sep, bg, fg in zip(words, separators(a, sample), background, text, strict=True):
         out.append(shown(sep))

@@ -5,6 +5,9 @@
 - ``"diverging"``: for signed maps. Blue (negative) → white (zero) → red (positive); both middle
   entries (127 and 128) are pure white, so a value of exactly 0 is white whichever way it rounds.
 - ``"gray"``: black → white.
+- ``"purples"``: sequential, white (0) → deep purple, for unsigned scores drawn as backgrounds on a
+  white page (the words of texts), where "heat"'s black zero would hide them and the diverging
+  map's red would read as "raises the score".
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ _HEAT = [
 _BLUES = [(5, 48, 97), (33, 102, 172), (103, 169, 207), (209, 229, 240), (255, 255, 255)]
 _REDS = [(255, 255, 255), (253, 219, 199), (239, 138, 98), (178, 24, 43), (103, 0, 31)]
 _GRAY = [(0, 0, 0), (255, 255, 255)]
+_PURPLES = [(255, 255, 255), (218, 218, 235), (158, 154, 200), (106, 81, 163), (63, 0, 125)]
 
 #: Colour map names, and whether each expects values in [-1, 1] (True) or [0, 1] (False).
-COLORMAPS: dict[str, bool] = {"heat": False, "diverging": True, "gray": False}
+COLORMAPS: dict[str, bool] = {"heat": False, "diverging": True, "gray": False, "purples": False}
 
 
 def _ramp(anchors: list[tuple[int, int, int]], n: int) -> np.ndarray:
@@ -52,6 +56,8 @@ def _table(name: str) -> np.ndarray:
         lut = np.concatenate([_ramp(_BLUES, 128), _ramp(_REDS, 128)])
     elif name == "gray":
         lut = _ramp(_GRAY, 256)
+    elif name == "purples":
+        lut = _ramp(_PURPLES, 256)
     else:  # pragma: no cover - guarded by colormap()
         raise KeyError(name)
     lut = np.clip(np.rint(lut), 0, 255).astype(np.uint8)
@@ -72,7 +78,7 @@ def colormap(name: str) -> np.ndarray:
 def apply_colormap(values: torch.Tensor | np.ndarray, name: str = "heat") -> np.ndarray:
     """Colour `values` with colour map `name`; returns uint8 (..., 3), e.g. (H, W, 3).
 
-    Values are expected in [0, 1] for "heat" and "gray" and in [-1, 1] for "diverging"
+    Values are expected in [0, 1] for "heat", "gray" and "purples" and in [-1, 1] for "diverging"
     (normalise with :func:`saliencelab.viz.normalize_map` first); anything outside is clipped and
     NaN is drawn as the low end (or white, for "diverging").
     """
