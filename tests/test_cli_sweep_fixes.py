@@ -7,6 +7,7 @@ bfloat16 image tensors."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -339,6 +340,11 @@ def test_demo_embed_inlines_the_evaluation_charts(runner, photo, tmp_path, monke
     page = (out / "evaluation" / "index.html").read_text()
     assert "data:image/png;base64," in page
     assert not re.search(r'<img[^>]+src="(?!data:)', page)
+    # the scores as a table on the page (the README lists it), not only in the terminal
+    scores = json.loads((out / "evaluation" / "metrics.json").read_text())
+    assert "<h2>Scores</h2>" in page and "sparseness ↑" in page
+    for results in scores["results"].values():
+        assert f"{results['sparseness']['mean']:.3f}" in page
 
 
 # -- bfloat16 images ------------------------------------------------------------------------

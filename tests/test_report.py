@@ -270,3 +270,66 @@ def test_explain_images_reads_a_pil_image_as_load_image_reads_its_file(tmp_path)
         photo.save(path)
         (entry,) = collect_entries([photo])
         assert np.array_equal(np.asarray(entry.image), np.asarray(sl.load_image(path)))
+
+
+# -- the scores table of an evaluation (the demo's evaluation page, the web app) -----------------
+
+
+def _evaluation() -> sl.EvalReport:
+    model = sl.load_model("shapes_cnn")
+    x = model.preprocess(sl.data.shapes.make(6, seed=0))
+    ex = sl.explain(model, x, methods=["saliency", "gradcam"])
+    maps = {"<b>mine</b>": ex["gradcam"].maps, "saliency": ex["saliency"].maps}
+    return sl.evaluate(model, x, maps, metrics=["sparseness", "entropy"])
+
+
+def test_scores_table_shows_every_mean_ci_and_the_best_in_bold():
+    from saliencelab.report.html import scores_table
+
+    rep = _evaluation()
+    page = scores_table(rep)
+    assert "<b>mine</b>" not in page and "&lt;b&gt;mine&lt;/b&gt;" in page  # escaped
+    assert "sparseness ↑" in page and "entropy ↓" in page
+    rows = re.findall(r"<tr><td>(.*?)</td>(.*?)</tr>", page)
+    assert len(rows) == len(rep.methods) == 5  # two maps, three references
+    for (label, cells), method in zip(rows, rep.methods, strict=True):
+        assert html.unescape(re.sub("<.*?>", "", label)).startswith(method)
+        assert ("(reference)" in label) == (method in rep.references)
+        values = re.findall(r"<td[^>]*>(.*?)</td>", cells)
+        for cell, metric in zip(values, rep.metrics, strict=True):
+            r = rep[method][metric]
+            lo, hi = r.ci
+            assert cell.startswith(f"<b>{r.mean:.3f}</b>" if "<b>" in cell else f"{r.mean:.3f}")
+            assert f"[{lo:.3f}, {hi:.3f}] n={r.n}" in cell
+    for metric in rep.metrics:  # the bold cell of each column is the best by its direction
+        means = {m: rep[m][metric].mean for m in rep.methods}
+        pick = max if rep[rep.methods[0]][metric].direction == "higher" else min
+        best = pick(means, key=means.get)
+        column = rep.metrics.index(metric)
+        row = rows[rep.methods.index(best)][1]
+        assert re.findall(r"<td[^>]*>(.*?)</td>", row)[column].startswith("<b>")
+    assert "n=" not in scores_table(rep, ci=False)
+
+
+def test_scores_table_writes_n_a_for_a_metric_without_values():
+    from saliencelab.report.html import scores_table
+
+    model = sl.load_model("shapes_cnn")
+    data = sl.data.shapes.make(2, seed=0)
+    x = model.preprocess(data)
+    ex = sl.explain(model, x, methods="gradcam")
+    empty = torch.zeros_like(data.masks)  # no object: pointing game undefined everywhere
+    with pytest.warns(UserWarning):
+        rep = sl.evaluate(model, x, ex, metrics="pointing_game", masks=empty, references=False)
+    assert '<td class="num">n/a</td>' in scores_table(rep)
+
+
+def test_the_figures_page_shows_the_scores_first(tmp_path):
+    from saliencelab.report.html import scores_table, write_figures_page
+
+    rep = _evaluation()
+    chart = tmp_path / "c.png"
+    Image.new("RGB", (4, 4)).save(chart)
+    page = write_figures_page(tmp_path, [("chart", chart)], report=rep).read_text()
+    assert scores_table(rep) in page and page.index("Scores") < page.index("chart")
+    assert "Scores" not in write_figures_page(tmp_path, [("chart", chart)]).read_text()

@@ -739,6 +739,7 @@ def _demo_evaluation(
         title="saliencelab demo: evaluation",
         back=out.parent / "index.html",
         embed=embed,
+        report=report,
     )
     out_console().print(f"Evaluation (table, curves, bars) written to [bold]{out}[/bold].")
 

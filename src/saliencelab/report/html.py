@@ -15,12 +15,15 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ..core.errors import SaliencelabError
 from ..core.files import check_outputs, make_folder, write_whole
 from ..core.result import Explanation
+
+if TYPE_CHECKING:
+    from ..metrics.evaluate import EvalReport
 
 PathLike = str | os.PathLike
 
@@ -149,6 +152,9 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .links a { color: var(--ink); }
 .missing { color: var(--muted); font-style: italic; font-size: 13px; }
 .error-msg { margin: 8px 0 0; color: var(--bad); }
+main > .wide { grid-column: 1 / -1; }
+.key { color: var(--muted); font-size: 13px; margin: 8px 0 0; }
+.ci { color: var(--muted); font-size: 11px; white-space: nowrap; }
 footer { padding: 0 32px 24px; color: var(--muted); font-size: 12px; }
 """
 
@@ -367,6 +373,47 @@ def write_index(
     return _write_page(path, html)
 
 
+_ARROWS = {"higher": "↑", "lower": "↓"}
+
+
+def scores_table(report: EvalReport, ci: bool = True) -> str:
+    """An evaluation as an HTML table: a row per map (the methods, then the reference maps), a
+    column per metric with ↑ or ↓ (which way is better), each cell the mean over the samples
+    and, with `ci`, its bootstrap 95% CI and the number of finite values; the best mean of each
+    column (by its direction, references included) in bold, "n/a" where there is no value."""
+    names = report.metrics
+    directions = [report[report.methods[0]][m].direction for m in names]
+    best = []
+    for name, direction in zip(names, directions, strict=True):
+        means = [report[m][name].mean for m in report.methods]
+        finite = [v for v in means if math.isfinite(v)]
+        pick = max if direction == "higher" else min
+        best.append(pick(finite) if finite and direction in _ARROWS else None)
+    head = "".join(
+        f'<th class="num">{_e(n)} {_ARROWS.get(d, "")}</th>'
+        for n, d in zip(names, directions, strict=True)
+    )
+    rows = []
+    for method in report.methods:
+        cells = []
+        for j, name in enumerate(names):
+            r = report[method][name]
+            text = f"{r.mean:.3f}" if math.isfinite(r.mean) else "n/a"
+            if r.mean == best[j]:
+                text = f"<b>{text}</b>"
+            lo, hi = r.ci
+            if ci and math.isfinite(lo) and math.isfinite(hi):
+                text += f'<br><span class="ci">[{lo:.3f}, {hi:.3f}] n={r.n}</span>'
+            cells.append(f'<td class="num">{text}</td>')
+        reference = method in report.references
+        label = f"{_e(method)} (reference)" if reference else f"<b>{_e(method)}</b>"
+        rows.append(f"<tr><td>{label}</td>{''.join(cells)}</tr>")
+    key = "↑ higher is better, ↓ lower is better; the best of each column in bold"
+    if ci:
+        key += "; under each mean its bootstrap 95% CI and the number of values"
+    return f'<table><tr><th>map</th>{head}</tr>{"".join(rows)}</table><p class="key">{key}.</p>'
+
+
 def write_figures_page(
     out_dir: PathLike,
     figures: Sequence[tuple[str, PathLike]],
@@ -374,9 +421,11 @@ def write_figures_page(
     title: str = "saliencelab",
     back: PathLike | None = None,
     embed: bool = False,
+    report: EvalReport | None = None,
 ) -> Path:
     """Write `out_dir/index.html`: (caption, image) figures and links to `files` (e.g. the
-    evaluation's charts and its metrics.csv), with a link `back` to the main report."""
+    evaluation's charts and its metrics.csv), with a link `back` to the main report; with
+    `report`, its `scores_table` first."""
     out_dir = make_folder(out_dir, "report folder")
     check_outputs([(out_dir / "index.html", "the report")])  # a name we chose: not user advice
     links = [f'<a href="{_href(f, out_dir)}">{_e(Path(f).name)}</a>' for f in files]
@@ -389,6 +438,9 @@ def write_figures_page(
         for caption, path in figures
     )
     cards = cards or '<p class="missing">No figures.</p>'
+    if report is not None:
+        table = f'<article class="card wide"><h2>Scores</h2>{scores_table(report)}</article>'
+        cards = f"{table}\n{cards}"
     page = (
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">'

@@ -432,13 +432,7 @@ def _scores(model: Model, x: torch.Tensor, ex: Explanation, metrics: list[str]) 
         report = evaluate(model, x, ex, metrics=metrics)
     except SaliencelabError as e:
         return Scores(error=form_words(str(e)))
-    names = report.metrics
-    directions = [report[report.methods[0]][m].direction for m in names]
-    rows = [
-        (method, method in report.references, [report[method][m].mean for m in names])
-        for method in report.methods
-    ]
-    return Scores(list(zip(names, directions, strict=True)), rows)
+    return Scores(report)
 
 
 def _check_servable(name: str, model: Any) -> Model:

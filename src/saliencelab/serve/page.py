@@ -17,7 +17,8 @@ from PIL import Image
 
 from ..core.registry import MethodSpec
 from ..core.result import Attribution, cost_text
-from ..report.html import CSS, _e
+from ..metrics.evaluate import EvalReport
+from ..report.html import CSS, _e, scores_table
 from ..text.render import WORDS_CSS
 
 _PAGE_CSS = """
@@ -40,7 +41,6 @@ button.small { padding: 0 8px; font-size: 12px; background: var(--card); color: 
 .results > .wide { grid-column: 1 / -1; }
 .card .overlays { grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); }
 .cost { color: var(--muted); font-size: 12px; display: block; }
-.key { color: var(--muted); font-size: 13px; margin: 8px 0 0; }
 form.inline { display: inline; margin: 0; }
 textarea { font: inherit; vertical-align: top; }
 .words .note { color: var(--muted); font-size: 13px; margin: 4px 0; }
@@ -83,11 +83,10 @@ class Overlay:
 
 @dataclass
 class Scores:
-    """The metrics' values per map (the methods', then the reference maps'), or the sentence
-    why they could not be computed."""
+    """The evaluation of the maps (the methods', then the reference maps'), or the sentence
+    why it could not be computed."""
 
-    metrics: list[tuple[str, str]] = field(default_factory=list)  # (name, "higher"/"lower")
-    rows: list[tuple[str, bool, list[float]]] = field(default_factory=list)  # name, ref, values
+    report: EvalReport | None = None
     error: str | None = None
 
 
@@ -237,28 +236,12 @@ def _class_button(c: Choices, index: int | str) -> str:
 
 
 def _scores(s: Scores) -> str:
-    if s.error is not None:
+    if s.report is None:
         return f'<div class="card wide"><h2>Scores</h2><p class="error-msg">{_e(s.error)}</p></div>'
-    arrows = {"higher": "↑", "lower": "↓"}
-    head = "".join(f'<th class="num">{_e(m)} {arrows[d]}</th>' for m, d in s.metrics)
-    best = []
-    for j, (_, direction) in enumerate(s.metrics):
-        column = [values[j] for _, _, values in s.rows if values[j] == values[j]]  # not NaN
-        best.append((max if direction == "higher" else min)(column) if column else None)
-    rows = []
-    for name, reference, values in s.rows:
-        cells = "".join(
-            f'<td class="num">{"<b>" if v == best[j] else ""}{v:.3f}'
-            f"{'</b>' if v == best[j] else ''}</td>"
-            for j, v in enumerate(values)
-        )
-        label = f"{_e(name)} (reference)" if reference else f"<b>{_e(name)}</b>"
-        rows.append(f"<tr><td>{label}</td>{cells}</tr>")
     return (
-        '<div class="card wide"><h2>Scores</h2><table><tr><th>map</th>'
-        f"{head}</tr>{''.join(rows)}</table>"
-        '<p class="key">↑ higher is better, ↓ lower is better; the best of each column in bold. '
-        "One image: a hint, not a verdict (score a dataset with saliencelab evaluate).</p></div>"
+        f'<div class="card wide"><h2>Scores</h2>{scores_table(s.report, ci=False)}'
+        '<p class="key">One image: a hint, not a verdict (score a dataset with saliencelab '
+        "evaluate).</p></div>"
     )
 
 
