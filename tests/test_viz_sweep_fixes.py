@@ -205,3 +205,24 @@ def test_a_32_pixel_gallery_has_a_legend_without_overlapping_labels():
     a = attribution(torch.rand(1, 8, 8))
     img = gallery(photo(), a, tile=32)
     assert img.width > 0  # drawn; the label layout is checked above
+
+
+def test_names_too_long_for_their_tile_keep_their_start_and_end():
+    """Method names are shortened in the middle: at a small tile gradcam_plus_plus and gradcam
+    were both drawn "gra…"; legends and bar labels of the charts do the same."""
+    from PIL import ImageDraw
+
+    from saliencelab.viz.gallery import _fit, _font
+
+    draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
+    font = _font(12)
+    width = int(draw.textlength("gradca", font=font))  # neither name fits
+    for long, other in [("gradcam_plus_plus", "gradcam"), ("smoothgrad_sq", "smoothgrad")]:
+        short = _fit(draw, long, font, width, middle=True)
+        assert short[:2] == long[:2] and short[-1] == long[-1] and "…" in short
+        assert draw.textlength(short, font=font) <= width
+        assert short != _fit(draw, other, font, width, middle=True)
+        assert _fit(draw, long, font, width) == _fit(draw, other, font, width)  # as they were
+    assert _fit(draw, "gradcam", font, 200, middle=True) == "gradcam"  # fits: as it is
+    assert _fit(draw, "gradcam_plus_plus", font, width).endswith("…")  # titles: cut at the end
+    assert _fit(draw, "abc", font, 1, middle=True) == "…"  # nothing fits: the ellipsis alone

@@ -546,7 +546,7 @@ class _Canvas:
                 _dashed(d, seg, colour, 2 * s, [v * s for v in dash])
             text_x = x + 30 * s
             score_w = d.textlength(score, font=self.f_text)
-            label = _fit(d, name, self.f_text, max(room - score_w - 8 * s, 10 * s))
+            label = _fit(d, name, self.f_text, max(room - score_w - 8 * s, 10 * s), middle=True)
             d.text((text_x, y), label, font=self.f_text, fill=_INK)
             d.text(
                 (text_x + d.textlength(label, font=self.f_text) + 8 * s, y),
@@ -580,7 +580,7 @@ class _Canvas:
         lt = _line_height(self.f_text)
         for i, (name, mean, lo, hi, _, colour) in enumerate(rows):
             cy = y0 + band * (i + 0.5)
-            label = _fit(d, name, self.f_text, x0 - 12 * s)
+            label = _fit(d, name, self.f_text, x0 - 12 * s, middle=True)
             w = d.textlength(label, font=self.f_text)
             d.text((x0 - 8 * s - w, cy - lt / 2), label, font=self.f_text, fill=_INK)
             if not math.isfinite(mean):

@@ -72,14 +72,22 @@ def _drawable(text: str, font: Any) -> str:
     return "".join(ch if _glyph_ok(font, ch) else _plain(ch) for ch in text)
 
 
-def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
-    """`text`, shortened with an ellipsis until it fits in `width` pixels."""
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int, middle: bool = False) -> str:
+    """`text`, shortened with an ellipsis until it fits in `width` pixels: at its end, or with
+    `middle` in its middle, keeping its start and end (names: "gradcam_plus_plus" and "gradcam"
+    stay apart as "grad…plus" and "gradcam")."""
     text = _drawable(text, font)
     if draw.textlength(text, font=font) <= width:
         return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
+    head, tail = (
+        (text[: (len(text) + 1) // 2], text[(len(text) + 1) // 2 :]) if middle else (text, "")
+    )
+    while (head or tail) and draw.textlength(head + "…" + tail, font=font) > width:
+        if len(head) > len(tail) or not tail:
+            head = head[:-1]
+        else:
+            tail = tail[1:]
+    return head + "…" + tail
 
 
 def wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> list[str]:
@@ -99,8 +107,17 @@ def _line_height(font: Any) -> int:
     return ascent + descent
 
 
-def _centered(draw: ImageDraw.ImageDraw, x0: int, y: int, width: int, text: str, font, fill):
-    text = _fit(draw, text, font, width)
+def _centered(
+    draw: ImageDraw.ImageDraw,
+    x0: int,
+    y: int,
+    width: int,
+    text: str,
+    font,
+    fill,
+    middle: bool = False,
+):
+    text = _fit(draw, text, font, width, middle)
     x = x0 + (width - draw.textlength(text, font=font)) / 2
     draw.text((x, y), text, font=font, fill=fill)
 
@@ -377,7 +394,7 @@ def gallery(
         y = y0 + r * (th + caption_h + PAD)
         canvas.paste(img, (x + (cw - tw) // 2, y))
         y += th + 4
-        _centered(draw, x, y, cw, lines[0], name_font, _INK)
+        _centered(draw, x, y, cw, lines[0], name_font, _INK, middle=True)  # the method
         y += _line_height(name_font)
         for line in lines[1:]:
             _centered(draw, x, y, cw, line, small_font, _MUTED)
