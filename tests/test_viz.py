@@ -408,9 +408,9 @@ def _captions(monkeypatch) -> list[str]:
     texts: list[str] = []
     real = gallery_module._centered
 
-    def spy(draw, x0, y, width, text, font, fill):
+    def spy(draw, x0, y, width, text, font, fill, middle=False):
         texts.append(text)
-        real(draw, x0, y, width, text, font, fill)
+        real(draw, x0, y, width, text, font, fill, middle)
 
     monkeypatch.setattr(gallery_module, "_centered", spy)
     return texts
