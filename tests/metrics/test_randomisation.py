@@ -5,6 +5,7 @@ model, bad inputs, and the sanity-check finding on EfficientNet-Lite0 (small set
 from __future__ import annotations
 
 import copy
+import math
 import hashlib
 import warnings
 
@@ -1071,3 +1072,45 @@ def _efficientnet_finding() -> None:
     guided = metric(ex["guided_backprop"].maps, explainer="guided_backprop", **kw)
     assert guided.values[0] > 0.9
     assert grad.values[0] < guided.values[0] - 0.3
+
+
+def test_recomputed_maps_with_nan_have_no_similarity_not_a_perfect_pass():
+    """A method that fails (NaN maps) on the randomised model scored Spearman and HOG 0, "changed
+    completely", the best a method can do; SSIM gave NaN. Now every similarity gives NaN there,
+    and n counts only the samples whose maps are finite."""
+    from saliencelab.core.registry import _REGISTRY
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)
+    ).eval()
+    original = model[0].weight.detach().clone()
+
+    @sl.register("nan_once_randomised", family="gradient", cost="1")
+    def nan_once_randomised(ctx):
+        g = ctx.capture(input_grad=True).input_grad
+        return g if torch.equal(model[0].weight, original) else g * math.nan
+
+    try:
+        x = torch.rand(3, 3, 8, 8)
+        maps = sl.explain(model, x, "nan_once_randomised")["nan_once_randomised"].maps
+        for similarity in ("spearman", "spearman_abs", "hog", "ssim"):
+            options = {"cell": 4, "block": 2} if similarity == "hog" else None
+            if similarity == "ssim":
+                options = {"window": 3}
+            mprt = MPRT(similarity=similarity, similarity_options=options)
+            r = mprt(maps, x=x, model=model, explainer="nan_once_randomised")
+            assert torch.isnan(r.values).all() and r.n == 0, similarity
+            r = RandomLogit(similarity=similarity, similarity_options=options)(
+                maps, x=x, model=model, explainer="nan_once_randomised"
+            )
+            assert torch.isfinite(r.values).all(), similarity  # same weights: finite maps
+        # one map of the batch with a NaN: only its value is NaN
+        b = maps.clone()
+        b[1, 0, 0] = math.inf
+        values = S.similarity("spearman", maps, b)
+        assert torch.isnan(values[1]) and torch.isfinite(values[[0, 2]]).all()
+        assert torch.allclose(values[[0, 2]], torch.ones(2, dtype=values.dtype))
+        assert torch.isnan(S.similarity("ssim", b, maps, {"window": 3})[1])  # either side
+    finally:
+        _REGISTRY.pop("nan_once_randomised", None)

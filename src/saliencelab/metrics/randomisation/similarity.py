@@ -34,6 +34,11 @@ all zeros, and SSIM's luminance term alone then rated it ~0.95 similar to a spar
 zeros; a map that went flat looked unchanged) and ~0 to a smooth ramp. Without the rule, MPRT
 skipped the samples whose randomised Grad-CAM went flat (NaN) and reported the mean of the
 others (Grad-CAM looked less sensitive to randomisation than it is).
+
+Maps holding NaN or infinite values (a method that failed on a randomised model, e.g. one that
+divides by a map's maximum) have no similarity: NaN, left out of the mean and of n
+(`similarity_to`). Ranked or normalised as they were, they scored 0 or 1 ("changed
+completely", or "not at all") for Spearman and HOG.
 """
 
 from __future__ import annotations
@@ -492,7 +497,23 @@ def similarity_to(
     costs about half. The options are checked here, so a bad option fails before any model pass.
     """
     check_similarity(name, options)
-    opts = dict(options or {})
+    compare = _similarity_to(name, a, dict(options or {}))
+    a_bad = ~torch.isfinite(a.flatten(1)).all(1)
+
+    def finite_only(b: torch.Tensor) -> torch.Tensor:
+        """`compare(b)`, NaN where either map holds a NaN or an infinite value."""
+        value = compare(b)
+        bad = ~torch.isfinite(b.flatten(1)).all(1).to(value.device)
+        bad |= a_bad.to(value.device).repeat(value.shape[0] // a_bad.shape[0])
+        return value.masked_fill(bad, math.nan) if bool(bad.any()) else value
+
+    return finite_only
+
+
+def _similarity_to(
+    name: str, a: torch.Tensor, opts: dict[str, Any]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`similarity_to` of finite maps."""
     a, _ = _pair(a, a)
     try:
         if name in ("spearman", "spearman_abs"):
