@@ -59,6 +59,9 @@ NOT_QUADRANT[:, 1:3, 1:3] = True
         ("completeness", {"baseline": torch.zeros(5)}, None, r"does not broadcast"),
         ("non_sensitivity", {"baseline": torch.zeros(5)}, None, r"does not broadcast"),
         ("input_invariance", {"shift": [1.0, 2.0]}, None, r"shift has 2 values"),
+        # steps that add no pixel: counted as increments that did not decrease, lifting the score
+        ("monotonicity", {"steps": 65}, None, r"steps=65 of monotonicity is more than the 64"),
+        ("monotonicity_correlation", {"steps": 65}, None, r"give steps of at most 64"),
     ],
 )
 def test_options_that_do_not_fit_the_inputs_fail_before_any_model_work(
@@ -234,3 +237,19 @@ def test_refusals_say_what_to_give_instead(small):
     for call, words in cases:
         with pytest.raises(sl.SaliencelabError, match=words):
             call()
+
+
+def test_monotonicity_steps_that_add_no_pixel_are_refused_by_a_metric_object(small):
+    """On 8×8 images, steps=200 scored monotonicity_correlation 0.94 for random maps (empty groups
+    entered the correlation as tied points); steps=1 gave NaN for every sample, silently."""
+    net, x, maps = small
+    for name in ("monotonicity", "monotonicity_correlation"):
+        net.calls = 0
+        metric = sl.metrics.get(name)(steps=200)
+        with pytest.raises(sl.SaliencelabError, match="more than the 64 pixels"):
+            metric(maps["saliency"].maps, x=x, model=net)
+        assert net.calls <= 1  # at most the forward that finds the predicted class
+        with pytest.raises(sl.SaliencelabError, match="steps must be at least 2"):
+            sl.metrics.get(name)(steps=1)
+        r = sl.metrics.get(name)(steps=64)(maps["saliency"].maps, x=x, model=net)
+        assert r.n == 2  # as many steps as pixels: each adds one

@@ -572,12 +572,13 @@ class _SumModel(torch.nn.Module):
 
 
 def test_monotonicity_counts_flat_steps_as_monotone():
-    """8 steps over 4 pixels: round(k/2) = 0 0 1 2 2 2 3 4 4 pixels restored, so half the steps
-    change nothing. A flat step does not decrease: the value is 1 (hand-computed curve)."""
-    x1 = torch.tensor([[[[0.1, 0.2], [0.3, 0.4]]]])
+    """4 steps over 4 pixels, one pixel equal to the baseline: restoring it changes nothing. A
+    flat step does not decrease: the value is 1 (hand-computed curve). (More steps than pixels,
+    which added steps of no pixel at all, are refused: test_early_refusals.py.)"""
+    x1 = torch.tensor([[[[0.1, 0.2], [0.0, 0.4]]]])
     maps1 = torch.tensor([[[0.1, 0.4], [0.3, 0.2]]])  # ascending: pixels 0, 3, 2, 1
-    r = sl.metrics.get("monotonicity")(steps=8)(maps1, x=x1, model=_SumModel(), target=[0])
-    sums = torch.tensor([0.0, 0.0, 0.1, 0.5, 0.5, 0.5, 0.8, 1.0, 1.0], dtype=torch.double)
+    r = sl.metrics.get("monotonicity")(steps=4)(maps1, x=x1, model=_SumModel(), target=[0])
+    sums = torch.tensor([0.0, 0.1, 0.5, 0.5, 0.7], dtype=torch.double)
     torch.testing.assert_close(r.curves[0], torch.sigmoid(sums), atol=1e-6, rtol=0)
     assert r.values.tolist() == [1.0] and r.extras["monotonic"].tolist() == [1.0]
 

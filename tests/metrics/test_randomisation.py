@@ -5,8 +5,8 @@ model, bad inputs, and the sanity-check finding on EfficientNet-Lite0 (small set
 from __future__ import annotations
 
 import copy
-import math
 import hashlib
+import math
 import warnings
 
 import numpy as np

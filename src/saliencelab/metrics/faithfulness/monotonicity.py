@@ -24,6 +24,25 @@ from .perturbation import (
 )
 
 
+def check_steps(name: str, steps: int, why: str) -> None:
+    """`steps` a whole number of at least 2 (`why`: what one step could not do)."""
+    check_positive_int(name, "steps", steps)
+    if steps < 2:
+        raise SaliencelabError(f"steps must be at least 2 for {name} ({why}), got {steps}.")
+
+
+def check_steps_fit(name: str, steps: int, x: torch.Tensor) -> None:
+    """No more steps than the H·W pixels of `x`: a step past that adds no pixel, and such empty
+    steps counted as increments that did not decrease (monotonicity) or as tied points of the
+    correlation, lifting the score."""
+    pixels = x.shape[-2] * x.shape[-1]
+    if steps > pixels:
+        raise SaliencelabError(
+            f"steps={steps} of {name} is more than the {pixels} pixels of the inputs (a step "
+            f"past that adds no pixel); give steps of at most {pixels}."
+        )
+
+
 def _ascending_ranks(maps: torch.Tensor, absolute: bool) -> torch.Tensor:
     m = maps.abs() if absolute else maps
     return ranks_of(pixel_order(m, descending=False))
@@ -40,7 +59,7 @@ class Monotonicity(FaithfulnessMetric):
     the baseline alone, drawn for reference). As in Arya et al.'s AIX360 and Quantus, whose
     sequence is the prediction after each addition, the value is the fraction of the steps − 1
     increments from step 1 on where it does not decrease; `extras["monotonic"]` is 1 where all
-    do (Quantus' boolean). Costs steps + 1 forwards; `steps` ≥ 2.
+    do (Quantus' boolean). Costs steps + 1 forwards; `steps` from 2 to H·W (`check_steps_fit`).
     """
 
     name = "monotonicity"
@@ -58,16 +77,17 @@ class Monotonicity(FaithfulnessMetric):
         absolute: bool = True,
         score: str = "probability",
     ) -> None:
-        check_positive_int(self.name, "steps", steps)
-        if steps < 2:
-            raise SaliencelabError(
-                f"steps must be at least 2 for {self.name} (it scores the increments between "
-                f"additions), got {steps}."
-            )
+        check_steps(self.name, steps, "it scores the increments between additions")
         super().__init__(steps=steps, baseline=baseline, absolute=absolute, score=score)
 
+    def check_inputs(
+        self, x: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> None:
+        super().check_inputs(x, maps, masks)
+        check_steps_fit(self.name, self.steps, x)
+
     def score(self, batch: EvalBatch) -> Scores:
-        self.check_batch(batch)
+        self.check_inputs(batch.x, batch.maps)
         _, _, h, w = batch.x.shape
         steps = self.steps
         base = baseline_like(self.name, self.baseline, batch.x, allow_number=True)
@@ -95,7 +115,8 @@ class MonotonicityCorrelation(FaithfulnessMetric):
     the same draws for every sample) or by `baseline` (`"baseline"`: one draw). With
     v_g = mean_draws (f(x_g) − f(x))² / f(x)² (not divided when |f(x)| < eps) and a_g the
     group's summed attribution, the value is Spearman's correlation of (a_g) and (v_g).
-    Costs steps · n_samples + 1 forwards per sample (steps + 1 with a baseline).
+    Costs steps · n_samples + 1 forwards per sample (steps + 1 with a baseline); `steps` from 2
+    to H·W.
     """
 
     name = "monotonicity_correlation"
@@ -115,7 +136,7 @@ class MonotonicityCorrelation(FaithfulnessMetric):
         seed: int = 0,
         score: str = "probability",
     ) -> None:
-        check_positive_int(self.name, "steps", steps)
+        check_steps(self.name, steps, "it correlates the groups' attributions and effects")
         check_positive_int(self.name, "n_samples", n_samples)
         check_choice(self.name, "perturbation", perturbation, ("uniform", "baseline"))
         check_range(self.name, "uniform_range", uniform_range)
@@ -132,8 +153,14 @@ class MonotonicityCorrelation(FaithfulnessMetric):
             score=score,
         )
 
+    def check_inputs(
+        self, x: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None
+    ) -> None:
+        super().check_inputs(x, maps, masks)
+        check_steps_fit(self.name, self.steps, x)
+
     def score(self, batch: EvalBatch) -> Scores:
-        self.check_batch(batch)
+        self.check_inputs(batch.x, batch.maps)
         b, _, h, w = batch.x.shape
         dtype = batch.x.dtype
         steps, kind, draws, eps = self.steps, self.perturbation, self.n_samples, float(self.eps)
