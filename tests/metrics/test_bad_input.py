@@ -141,6 +141,13 @@ def test_attributions_of_another_shape_are_refused(tiny_cnn, batch):
         ("input_invariance", {"shift": float("nan")}, "shift of input_invariance"),
         ("aopc_morf", {"perturbation": "uniform", "uniform_range": (1.0, 0.0)}, "low < high"),
         ("monotonicity_correlation", {"uniform_range": (0.0,)}, "uniform_range"),
+        # descending: every area's sign flipped (ROAD's MoRF and LeRF below their range 0..1)
+        ("road", {"percentages": (50, 20)}, "two increasing numbers"),
+        ("road_morf", {"percentages": (20, 20, 50)}, "two increasing numbers"),
+        # infinite: Python's OverflowError from the blur's kernel size, or NaN noise
+        ("insertion", {"blur_sigma": float("inf")}, "blur_sigma must be a finite positive"),
+        ("infidelity", {"std": float("inf")}, "std must be a finite positive"),
+        ("max_sensitivity", {"radius": float("inf")}, "radius must be a finite positive"),
     ],
 )
 def test_bad_options_are_one_sentence_when_built(name, options, words):

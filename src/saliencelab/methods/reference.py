@@ -7,7 +7,6 @@ eye). They cost no pass.
 
 from __future__ import annotations
 
-import math
 import operator
 
 import torch
@@ -55,11 +54,7 @@ def check_sigma(name: str, sigma: object, h: int, w: int) -> float:
     pixel of an h × w image: a σ far below a pixel underflows float32 (σ = 1e-4 on 64 × 64)."""
     from ..metrics.checks import check_positive  # here: the metrics package imports this module
 
-    s = check_positive(name, "sigma", sigma, SIGMA_MEANING)  # numbers only, NaN and ≤ 0 refused
-    if not math.isfinite(s):  # +inf passes check_positive; it would give a constant map
-        raise SaliencelabError(
-            f"sigma must be a finite positive number ({SIGMA_MEANING}) for {name}, got {sigma!r}."
-        )
+    s = check_positive(name, "sigma", sigma, SIGMA_MEANING)  # numbers only: NaN, ±inf, ≤ 0 refused
     # The pixel nearest the centre is the map's largest value: 0 or NaN there means no map.
     d2_min = 0.25 * (h % 2 == 0) + 0.25 * (w % 2 == 0)
     spread = s * min(h, w)

@@ -29,11 +29,17 @@ def check_choice(name: str, option: str, value: object, choices: tuple[str, ...]
 
 
 def check_positive(name: str, option: str, value: object, what: str = "") -> float:
-    """`value` as a float if it is a number > 0; `what` says what the option means."""
+    """`value` as a float if it is a finite number > 0; `what` says what the option means. (An
+    infinite blur, noise or radius would fail far from the option, e.g. Python's OverflowError
+    from the blur's kernel size, or silently give NaN scores.)"""
+    meaning = f" ({what})" if what else ""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        meaning = f" ({what})" if what else ""
         raise SaliencelabError(
             f"{option} must be a positive number{meaning} for {name}, got {value!r}."
+        )
+    if not math.isfinite(value):
+        raise SaliencelabError(
+            f"{option} must be a finite positive number{meaning} for {name}, got {value!r}."
         )
     return float(value)
 

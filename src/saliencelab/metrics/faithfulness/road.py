@@ -374,10 +374,15 @@ class _Road(FaithfulnessMetric):
         score: str = "probability",
     ) -> None:
         pct = as_numbers(percentages)
-        if pct is None or pct.numel() < 2 or not ((pct > 0) & (pct < 100)).all():
+        if (
+            pct is None
+            or pct.numel() < 2
+            or not ((pct > 0) & (pct < 100)).all()
+            or not (pct.diff() > 0).all()  # descending: every area's sign flipped
+        ):
             raise SaliencelabError(
-                f"The percentages of {self.name} must be at least two numbers in (0, 100) (the "
-                f"areas are over them), got {percentages!r}."
+                f"The percentages of {self.name} must be at least two increasing numbers in "
+                f"(0, 100) (the areas are over them), got {percentages!r}."
             )
         check_at_least(self.name, "noise", noise, 0, "the std of the imputation noise")
         super().__init__(percentages=as_tuple(percentages), noise=noise, seed=seed, score=score)
