@@ -35,3 +35,13 @@ def test_a_symbolic_link_keeps_pointing_at_the_file_it_names(tmp_path):
     write_whole(link, _write(b"new"), "the picture")
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert target.read_bytes() == b"new" and link.read_bytes() == b"new"
+
+
+def test_a_file_where_a_folder_is_to_be_made_is_named(tmp_path):
+    """`rep.to_csv("out/afile/x.csv")` with out/afile a file said "(File exists)"; it now names
+    the file in the way (as save_curves did), and writes nothing."""
+    (tmp_path / "afile").write_text("mine")
+    target = tmp_path / "afile" / "sub" / "x.csv"
+    with pytest.raises(SaliencelabError, match=r"afile' is a file, where the folder of the table"):
+        write_whole(target, lambda f: f.write(b"x"), "the table")
+    assert (tmp_path / "afile").read_text() == "mine"

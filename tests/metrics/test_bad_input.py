@@ -3,6 +3,7 @@ instead of a raw torch error, and a wrong value is never returned silently."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -167,3 +168,33 @@ def test_given_subsets_are_checked(tiny_cnn, batch, subsets, words):
     metric = sl.metrics.get("faithfulness_correlation")(subset_size=3, subsets=subsets)
     with pytest.raises(sl.SaliencelabError, match=words):
         metric.update(maps, x=x, model=tiny_cnn, target=t)
+
+
+@pytest.mark.parametrize("name", [None, 3, ["deletion"], ("deletion",)])
+def test_a_metric_not_named_by_a_string_is_one_sentence(name):
+    """difflib's TypeError, or an unhashable-type one, came out of sl.metrics.get."""
+    with pytest.raises(sl.SaliencelabError, match="A metric is named by a string"):
+        sl.metrics.get(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "option", "value"),
+    [
+        ("entropy", "normalised", "yes"),
+        ("monotonicity", "absolute", 1),
+        ("completeness", "relative", None),
+    ],
+)
+def test_yes_no_options_take_true_or_false(name, option, value):
+    """normalised="yes" was taken as true (and "" or None as false) without a word."""
+    with pytest.raises(sl.SaliencelabError, match=f"The option {option} of {name} is True or"):
+        sl.metrics.get(name)(**{option: value})
+    assert sl.metrics.get(name)(**{option: np.True_}).params[option]
+
+
+def test_a_metric_called_with_its_inputs_by_position_says_how_to_call_it(tiny_cnn, batch):
+    x, maps, t = batch
+    metric = sl.metrics.get("deletion")(steps=2)
+    with pytest.raises(sl.SaliencelabError, match=r"metric\(maps, x=x, model=model"):
+        metric(maps, x, tiny_cnn)
+    assert metric(maps, x=x, model=tiny_cnn, target=t).n == x.shape[0]

@@ -134,6 +134,7 @@ def write_whole(path: str | os.PathLike, write: Callable[[BinaryIO], None], what
             with open(path, "wb") as f:
                 write(f)
             return path
+        check_outputs([(path, what)])  # a file where a folder is to be made: say which
         path.parent.mkdir(parents=True, exist_ok=True)
         candidate = temporary_beside(path)
         with open(candidate, "xb") as f:  # (the umask applies, as for a plain open)

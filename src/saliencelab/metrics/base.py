@@ -634,6 +634,11 @@ class Metric:
 
     def __call__(self, *args: Any, **kwargs: Any) -> MetricResult:
         """Score one batch from scratch: `reset`, `update`, `compute`."""
+        if len(args) > 1:  # Python's TypeError named update's signature, not the call
+            raise SaliencelabError(
+                f"Give {self.name} the maps, then the rest by keyword: "
+                "metric(maps, x=x, model=model, target=..., masks=...)."
+            )
         self.reset()
         self.update(*args, **kwargs)
         return self.compute()
@@ -699,11 +704,13 @@ def _checked_options(init: Callable[..., None]) -> Callable[..., None]:
     fails as `sl.evaluate(metrics={"deletion": {"stepz": 5}})` does."""
     signature = inspect.signature(init)
     accepted = [p for p in signature.parameters if p != "self"]
+    # yes/no options: "yes" or 1 would pass as true, None or "" as false
+    flags = {p.name for p in signature.parameters.values() if p.annotation in ("bool", bool)}
 
     @functools.wraps(init)
     def checked(self: Metric, *args: Any, **kwargs: Any) -> None:
         try:
-            signature.bind(self, *args, **kwargs)
+            bound = signature.bind(self, *args, **kwargs)
         except TypeError:
             name = getattr(type(self), "name", "") or type(self).__name__
             unknown = [k for k in kwargs if k not in accepted]
@@ -719,6 +726,13 @@ def _checked_options(init: Callable[..., None]) -> Callable[..., None]:
                 f"The metric {name} takes its options by keyword ({', '.join(accepted)}), e.g. "
                 f"sl.metrics.get({name!r})({accepted[0]}=...)."
             ) from None
+        for key in flags & set(bound.arguments):
+            value = bound.arguments[key]
+            if not isinstance(value, (bool, np.bool_)):
+                name = getattr(type(self), "name", "") or type(self).__name__
+                raise SaliencelabError(
+                    f"The option {key} of {name} is True or False, not {value!r}."
+                )
         init(self, *args, **kwargs)
 
     return checked
@@ -1221,6 +1235,11 @@ def _is_range(value: Any) -> bool:
 
 def get_metric(name: str) -> type[Metric]:
     """The metric class registered under `name`."""
+    if not isinstance(name, str):
+        raise SaliencelabError(
+            f"A metric is named by a string, not {type(name).__name__}; pass e.g. 'deletion' "
+            "(see sl.metrics.available())."
+        )
     try:
         return _METRICS[name]
     except KeyError:
