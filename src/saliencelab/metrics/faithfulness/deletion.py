@@ -46,7 +46,9 @@ class Deletion(_Curve):
     the first round(k·H·W/steps) pixels, all channels, are replaced by `baseline` (a number or a
     tensor broadcastable to x, in model input space). The curve is the softmax probability of
     the target (`score="logit"`: its logit) at each step; the value is its area over [0, 1] by
-    the trapezoid rule. Lower is better. Costs steps + 1 forwards per sample.
+    the trapezoid rule, the steps evenly spaced at k/steps (as RISE's `auc`; `curve_x` holds the
+    exact fractions round(k·H·W/steps)/(H·W), at most 1/(2·H·W) from k/steps). Lower is better.
+    Costs steps + 1 forwards per sample.
     """
 
     name = "deletion"
@@ -70,7 +72,8 @@ class Insertion(_Curve):
 
     Starts from a Gaussian-blurred copy of the input (std `blur_sigma` pixels, kernel radius
     int(3·sigma + 0.5), borders replicated) and copies pixels from the input in the same order and
-    steps as deletion. Value: area under the probability curve over [0, 1]. Higher is better.
+    steps as deletion. Value: area under the probability curve over [0, 1] (steps at k/steps, as
+    deletion's). Higher is better.
     (The RISE code blurs with an 11 × 11 near-box kernel, `gkern(11, 5)`, zero-padded, which
     darkens the borders: a blur, not the same one.)
     """
