@@ -321,7 +321,7 @@ def test_scores_table_writes_n_a_for_a_metric_without_values():
     empty = torch.zeros_like(data.masks)  # no object: pointing game undefined everywhere
     with pytest.warns(UserWarning):
         rep = sl.evaluate(model, x, ex, metrics="pointing_game", masks=empty, references=False)
-    assert '<td class="num">n/a</td>' in scores_table(rep)
+    assert '<td class="num">n/a<br><span class="ci">n=0</span></td>' in scores_table(rep)
 
 
 def test_the_figures_page_shows_the_scores_first(tmp_path):
@@ -333,3 +333,14 @@ def test_the_figures_page_shows_the_scores_first(tmp_path):
     page = write_figures_page(tmp_path, [("chart", chart)], report=rep).read_text()
     assert scores_table(rep) in page and page.index("Scores") < page.index("chart")
     assert "Scores" not in write_figures_page(tmp_path, [("chart", chart)]).read_text()
+
+
+def test_scores_table_shows_n_also_where_there_is_no_ci():
+    """One image (the demo on one photo): no CI, but n=1 still under the mean."""
+    from saliencelab.report.html import scores_table
+
+    model = sl.load_model("shapes_cnn")
+    x = model.preprocess(sl.data.shapes.make(1, seed=0))
+    rep = sl.evaluate(model, x, sl.explain(model, x, "saliency"), metrics="sparseness")
+    page = scores_table(rep)
+    assert page.count('<span class="ci">n=1</span>') == len(rep.methods)

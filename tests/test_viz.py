@@ -461,7 +461,7 @@ def test_saving_to_a_folder_or_under_a_file_is_one_sentence(tmp_path):
     with pytest.raises(SaliencelabError, match="is a folder"):
         save_overlay(photo(), a, tmp_path)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(SaliencelabError, match="Cannot write the picture"):
+    with pytest.raises(SaliencelabError, match="file' is a file, where the folder of the picture"):
         save_gallery(photo(), {"m": a}, tmp_path / "file" / "g.png")
 
 

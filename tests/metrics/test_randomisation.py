@@ -1114,3 +1114,8 @@ def test_recomputed_maps_with_nan_have_no_similarity_not_a_perfect_pass():
         assert torch.isnan(S.similarity("ssim", b, maps, {"window": 3})[1])  # either side
     finally:
         _REGISTRY.pop("nan_once_randomised", None)
+
+
+def test_similarity_of_empty_batches_is_empty():
+    for name in ("spearman", "ssim"):
+        assert S.similarity(name, torch.rand(0, 16, 16), torch.rand(0, 16, 16)).numel() == 0

@@ -401,16 +401,17 @@ def scores_table(report: EvalReport, ci: bool = True) -> str:
             text = f"{r.mean:.3f}" if math.isfinite(r.mean) else "n/a"
             if r.mean == best[j]:
                 text = f"<b>{text}</b>"
-            lo, hi = r.ci
-            if ci and math.isfinite(lo) and math.isfinite(hi):
-                text += f'<br><span class="ci">[{lo:.3f}, {hi:.3f}] n={r.n}</span>'
+            if ci:  # the CI where it is defined (n ≥ 2), and n always
+                lo, hi = r.ci
+                interval = f"[{lo:.3f}, {hi:.3f}] " if math.isfinite(lo + hi) else ""
+                text += f'<br><span class="ci">{interval}n={r.n}</span>'
             cells.append(f'<td class="num">{text}</td>')
         reference = method in report.references
         label = f"{_e(method)} (reference)" if reference else f"<b>{_e(method)}</b>"
         rows.append(f"<tr><td>{label}</td>{''.join(cells)}</tr>")
     key = "↑ higher is better, ↓ lower is better; the best of each column in bold"
     if ci:
-        key += "; under each mean its bootstrap 95% CI and the number of values"
+        key += "; under each mean its bootstrap 95% CI (from 2 values) and the number of values"
     return f'<table><tr><th>map</th>{head}</tr>{"".join(rows)}</table><p class="key">{key}.</p>'
 
 

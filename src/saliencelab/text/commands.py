@@ -4,9 +4,10 @@
     saliencelab explain-text "A man plays guitar" --model minilm --compare "Someone makes music"
     saliencelab explain-text "The cat sat on the" --model hf:./gpt2 --continuation " mat"
 
-Prints each text with its words coloured (blue lowers the score, red raises it) per method, and
-a table of the word scores; `--out page.html` also writes a self-contained HTML page. Added to
-the app by `register(app)` (cli.py calls it). Errors are one sentence, exit code 2.
+Prints each text with its words coloured per method (blue lowers the score, red raises it;
+unsigned scores white to purple by magnitude), and a table of the word scores; `--out
+page.html` also writes a self-contained HTML page. Added to the app by `register(app)` (cli.py
+calls it). Errors are one sentence, exit code 2.
 """
 
 from __future__ import annotations

@@ -503,6 +503,8 @@ def similarity_to(
     def finite_only(b: torch.Tensor) -> torch.Tensor:
         """`compare(b)`, NaN where either map holds a NaN or an infinite value."""
         value = compare(b)
+        if not value.numel():  # an empty batch: nothing to mark
+            return value
         bad = ~torch.isfinite(b.flatten(1)).all(1).to(value.device)
         bad |= a_bad.to(value.device).repeat(value.shape[0] // a_bad.shape[0])
         return value.masked_fill(bad, math.nan) if bool(bad.any()) else value
