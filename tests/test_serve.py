@@ -110,8 +110,9 @@ def test_the_form_offers_models_methods_and_samples(server):
     assert headers["Content-Type"] == "text/html; charset=utf-8"
     assert "default-src 'none'" in headers["Content-Security-Policy"]
     assert '<option value="shapes_cnn" selected>' in page
+    cannot = {"attention_rollout", "grad_rollout", "leave_one_out"}  # no attention, no words
     for spec in sl.methods():
-        assert f'name="methods" value="{spec.name}"' in page
+        assert (f'name="methods" value="{spec.name}"' in page) == (spec.name not in cannot)
     assert re.search(r'value="saliency" checked', page)
     assert not re.search(r'value="lime" checked', page)
     for name in sl.sample_images():
@@ -756,3 +757,25 @@ def test_http_client_sees_one_response_per_request(server):
         r = conn.getresponse()
         assert r.status == 200 and r.read().endswith(b"</html>\n")
     conn.close()
+
+
+def test_the_form_lists_the_methods_a_served_model_can_run():
+    """A CNN was offered the attention rollouts and leave_one_out, a text model the CAMs and
+    image perturbations: each a refusal after the click. The form lists a method when some
+    served model runs it: `sl.explain`'s own refusals decide (a text model's `check_method`)."""
+    minilm = sl.load_model("minilm")
+    text_only = App({"minilm": minilm}).choices().methods
+    names = {spec.name for spec in text_only}
+    assert {"saliency", "integrated_gradients", "leave_one_out", "attention_rollout"} <= names
+    assert not {"gradcam", "occlusion", "lime", "sobel", "random"} & names
+    for spec in sl.methods():  # exactly those sl.explain does not refuse up front
+        try:
+            minilm.extra["check_method"](spec.name, spec.family)
+        except sl.SaliencelabError:
+            assert spec.name not in names
+        else:
+            assert spec.name in names
+    vit = {s.name for s in App({"vit": sl.load_model("shapes_vit")}).choices().methods}
+    assert {"attention_rollout", "grad_rollout", "gradcam"} <= vit and "leave_one_out" not in vit
+    both = App({"cnn": sl.load_model("shapes_cnn"), "minilm": minilm}).choices().methods
+    assert {s.name for s in both} == {s.name for s in sl.methods()}

@@ -44,8 +44,10 @@ from PIL import Image
 
 from ..cli_common import parse_explain_target, parse_options
 from ..cli_common import parse_target as cli_parse_target
+from ..core.attention import attention_layers
 from ..core.errors import SaliencelabError
 from ..core.explain import explain
+from ..core.registry import MethodSpec
 from ..core.registry import methods as registered_methods
 from ..core.result import Explanation
 from ..core.targets import LayerTarget
@@ -152,15 +154,40 @@ class App:
         }
         self.max_pixels = max_pixels
         self.kept_images = kept_images
+        # whether each image model has attention layers (attention_rollout, grad_rollout)
+        self._attention = {
+            name: bool(attention_layers(m.module))
+            for name, m in self._models.items()
+            if not isinstance(m, TextModel)
+        }
         self._images: OrderedDict[str, tuple[str, Image.Image]] = OrderedDict()
         self._lock = threading.Lock()  # the kept images
 
     # -- what the form offers ---------------------------------------------------------------
 
+    def offers(self, spec: MethodSpec, name: str) -> bool:
+        """Whether the model `name` can run the method: not what `sl.explain` refuses before
+        running, for a text model (its `check_method`: CAMs, image perturbations and reference
+        maps), nor `leave_one_out` (words) for an image model, nor the attention methods for
+        a model without attention layers. The form lists the methods some served model runs."""
+        model = self._models[name]
+        if isinstance(model, TextModel):
+            try:
+                model.extra["check_method"](spec.name, spec.family)
+            except SaliencelabError:
+                return False
+            return True
+        if spec.name == "leave_one_out":
+            return False
+        return spec.family != "attention" or self._attention[name]
+
     def choices(self, form: Form | None = None) -> Choices:
         """The form's options, with what `form` chose (defaults for a fresh page)."""
         names = list(self._models)
-        specs = sorted(registered_methods(), key=lambda s: (s.family, s.name))
+        specs = sorted(
+            (s for s in registered_methods() if any(self.offers(s, n) for n in names)),
+            key=lambda s: (s.family, s.name),
+        )
         metrics = offered_metrics()
         has_text = any(isinstance(m, TextModel) for m in self._models.values())
         if form is None:
