@@ -572,6 +572,9 @@ class Metric:
                     masks=masks,
                     attributions=attributions,
                     explainer=explainer,
+                    # options that do not fit the inputs: refused before the model runs (texts:
+                    # each on its own words, below)
+                    check=self.check_inputs if words is None else None,
                 )
         self.check(batch)
         parts = [batch]
@@ -1083,8 +1086,11 @@ def make_batch(
     attributions: torch.Tensor | None = None,
     explainer: Explainer | str | None = None,
     engine: Engine | None = None,
+    check: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], None] | None = None,
 ) -> EvalBatch:
-    """Validate the parts of a batch and resolve its target (None → the predicted class)."""
+    """Validate the parts of a batch and resolve its target (None → the predicted class).
+    `check(x, maps, masks)` (a metric's `check_inputs`) runs on the checked parts before any
+    model work (the forward that finds the predicted class)."""
     maps = checked_maps(maps, x, model)
     b = maps.shape[0]
     m = as_model(model) if model is not None else None
@@ -1114,6 +1120,8 @@ def make_batch(
             f"sl.metrics.Explainer('gradcam', {{options}}), not a {what}; register your own "
             "method with @sl.register to recompute it."
         )
+    if check is not None and x is not None:
+        check(x, maps, masks)
     engine = engine or (Engine(m) if m is not None else None)
     if engine is not None and x is not None:
         engine.probe_layout(x)
