@@ -617,6 +617,13 @@ def test_minilm_playing_and_guitar_carry_the_similarity():
     score = a.maps[0].tolist()  # A man is playing a guitar .
     assert min(score[3], score[5]) > max(score[i] for i in (0, 1, 2, 4, 6)), score
     assert a.delta.abs().max() < 1e-3
+    # the page says what was explained and its value, as the CLI's does (it said nothing)
+    from saliencelab.text.render import text_html
+
+    value = float(ex.target_values[0])
+    said = "similarity_to(&#x27;Someone is making music.&#x27;): " + f"{value:.3g}"
+    assert f'<p class="meta">target: {said}</p>' in text_html(ex)
+    assert "target: mine" in text_html(ex, target="mine")  # a target given wins
 
 
 # -- bad input ----------------------------------------------------------------------------------

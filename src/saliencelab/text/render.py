@@ -181,11 +181,14 @@ def text_html(
     """A self-contained HTML page colouring each word of each text, one row per method.
 
     `model` and `target` are shown under the title (`target` may be one string or one per text
-    index).
+    index). Without `target`, an explanation of a score (a similarity, a continuation) shows
+    what it explained and its value per text (`Explanation.target_text`, as the CLI's page).
     """
     items = _attributions(source)
     first = items[0][1]
     texts = first.extras.get("texts") or [" ".join(words) for words in first.extras["tokens"]]
+    if target is None and isinstance(source, Explanation) and source.target_values is not None:
+        target = {b: source.target_text(b) for b in range(len(texts))}
     meta = []
     if model:
         meta.append(f"model: {html.escape(model)}")
