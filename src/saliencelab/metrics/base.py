@@ -712,10 +712,10 @@ def _checked_options(init: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(init)
     def checked(self: Metric, *args: Any, **kwargs: Any) -> None:
+        name = getattr(type(self), "name", "") or type(self).__name__
         try:
             bound = signature.bind(self, *args, **kwargs)
         except TypeError:
-            name = getattr(type(self), "name", "") or type(self).__name__
             unknown = [k for k in kwargs if k not in accepted]
             if not accepted:
                 raise SaliencelabError(f"The metric {name} takes no options.") from None
@@ -732,7 +732,6 @@ def _checked_options(init: Callable[..., None]) -> Callable[..., None]:
         for key in flags & set(bound.arguments):
             value = bound.arguments[key]
             if not isinstance(value, (bool, np.bool_)):
-                name = getattr(type(self), "name", "") or type(self).__name__
                 raise SaliencelabError(
                     f"The option {key} of {name} is True or False, not {value!r}."
                 )

@@ -501,13 +501,12 @@ def similarity_to(
     a_bad = ~torch.isfinite(a.flatten(1)).all(1)
 
     def finite_only(b: torch.Tensor) -> torch.Tensor:
-        """`compare(b)`, NaN where either map holds a NaN or an infinite value."""
+        """`compare(b)`, NaN where either map holds a NaN or an infinite value (no host sync:
+        the mask is applied whether or not any map is bad)."""
         value = compare(b)
-        if not value.numel():  # an empty batch: nothing to mark
-            return value
         bad = ~torch.isfinite(b.flatten(1)).all(1).to(value.device)
-        bad |= a_bad.to(value.device).repeat(value.shape[0] // a_bad.shape[0])
-        return value.masked_fill(bad, math.nan) if bool(bad.any()) else value
+        bad |= a_bad.to(value.device).repeat(value.shape[0] // max(a_bad.shape[0], 1))
+        return value.masked_fill(bad, math.nan)
 
     return finite_only
 
