@@ -112,9 +112,19 @@ def test_entropy_matches_loop_and_extremes():
     assert got[4] == pytest.approx(math.log(63))  # constant map: ln n
     one = torch.zeros(1, 3, 3)
     one[0, 1, 1] = 5.0
-    assert run("entropy", one)[0] == 0.0
+    assert math.copysign(1.0, run("entropy", one)[0]) == 1.0  # 0, not -0 (printed "-0.0")
     normalised = run("entropy", maps, normalised=True)
     torch.testing.assert_close(normalised, want / math.log(63), equal_nan=True)
+
+
+def test_entropy_declares_the_range_of_its_values():
+    """H in [0, ln n] is unbounded over map sizes; H / ln n is in [0, 1], and says so."""
+    maps = random_maps(seed=3)
+    assert sl.metrics.get("entropy")()(maps).value_range == (0.0, math.inf)
+    result = sl.metrics.get("entropy")(normalised=True)(maps)
+    assert result.value_range == (0.0, 1.0)
+    assert ((result.values >= 0) & (result.values <= 1)).all()
+    assert sl.metrics.get("entropy")().value_range == (0.0, math.inf)  # the class's stays
 
 
 def test_normalised_entropy_of_two_and_one_pixel_maps():

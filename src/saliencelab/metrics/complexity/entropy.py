@@ -30,12 +30,14 @@ class Entropy(Metric):
 
     def __init__(self, normalised: bool = False) -> None:
         super().__init__(normalised=normalised)
+        if normalised:
+            self.value_range = (0.0, 1.0)  # type: ignore[misc]
 
     def score(self, batch: EvalBatch) -> Scores:
         a = magnitudes(batch).double()
         total = a.sum(1, keepdim=True)
         p = a / torch.where(total == 0, torch.ones_like(total), total)
-        h = -torch.special.xlogy(p, p).sum(1)
+        h = 0.0 - torch.special.xlogy(p, p).sum(1)  # (0.0 - 0: +0, not -0)
         if self.normalised and a.shape[1] > 1:
             h = h / math.log(a.shape[1])  # one pixel: H = 0 already
         return Scores(values=nan_where_zero(h, total[:, 0]))

@@ -71,9 +71,9 @@ class Insertion(_Curve):
     """Insertion (Petsiuk et al. 2018): the target's probability as top pixels are restored.
 
     Starts from a Gaussian-blurred copy of the input (std `blur_sigma` pixels, kernel radius
-    int(3·sigma + 0.5), borders replicated) and copies pixels from the input in the same order and
-    steps as deletion. Value: area under the probability curve over [0, 1] (steps at k/steps, as
-    deletion's). Higher is better.
+    max(1, int(3·sigma + 0.5)), borders replicated) and copies pixels from the input in the
+    same order and steps as deletion. Value: area under the probability curve over [0, 1]
+    (steps at k/steps, as deletion's). Higher is better.
     (The RISE code blurs with an 11 × 11 near-box kernel, `gkern(11, 5)`, zero-padded, which
     darkens the borders: a blur, not the same one.)
     """

@@ -410,8 +410,8 @@ def random_subsets(n_units: int, sizes: torch.Tensor, seed: int) -> torch.Tensor
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (B, C, H, W) images, std `sigma` pixels.
 
-    Kernel radius int(3·sigma + 0.5), weights normalised to sum 1, borders replicated (the same
-    as `scipy.ndimage.gaussian_filter(..., mode="nearest", truncate=3)`).
+    Kernel radius max(1, int(3·sigma + 0.5)), weights normalised to sum 1, borders replicated
+    (the same as `scipy.ndimage.gaussian_filter(..., mode="nearest", truncate=3)`).
     """
     radius = max(1, int(3 * sigma + 0.5))
     t = torch.arange(-radius, radius + 1, dtype=torch.float64)
