@@ -204,7 +204,7 @@ def test_cnns_keep_their_default_layer(tiny_cnn, images):
 def test_shapes_on_noise_puts_the_shape_in_its_box():
     images, labels, boxes = shapes_on_noise(8, seed=3)
     for img, box in zip(images, boxes, strict=True):
-        top, left, bottom, right = box.tolist()
+        left, top, right, bottom = box.tolist()  # xyxy
         inside = torch.zeros(32, 32, dtype=torch.bool)
         inside[top:bottom, left:right] = True
         assert ((img[0] == 2.0) & ~inside).sum() == 0 and (img[0][inside] == 2.0).sum() >= 28
@@ -212,12 +212,12 @@ def test_shapes_on_noise_puts_the_shape_in_its_box():
 
 
 def _pointing_hits(maps, boxes):
-    """How many maps peak inside their object's box (the pointing game)."""
+    """How many maps peak inside their object's xyxy box (the pointing game)."""
     w = maps.shape[-1]
     peak = maps.flatten(1).argmax(1)
     r, c = peak // w, peak % w
     return int(
-        ((r >= boxes[:, 0]) & (r < boxes[:, 2]) & (c >= boxes[:, 1]) & (c < boxes[:, 3])).sum()
+        ((c >= boxes[:, 0]) & (c < boxes[:, 2]) & (r >= boxes[:, 1]) & (r < boxes[:, 3])).sum()
     )
 
 

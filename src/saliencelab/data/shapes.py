@@ -47,9 +47,11 @@ take about 0.1-0.3 s of one CPU core (drawing the noise and the background domin
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import operator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -67,7 +69,8 @@ WATERMARK_COLOURS = torch.tensor(
 WATERMARK_SIDE = 4
 TRIGGER_SIDE = 5
 MARGIN = 6  # the object stays this far from every border
-MIN_SHAPE_SIDE = 5  # at a side of 4 a disk and a cross draw the same pixels
+MIN_SHAPE_SIDE = 5  # at a side of 4 a disk and a cross draw the same pixels, and a texture's
+# stripes or checks can light the same pixels as its dots: the shape and texture tasks need 5
 NOISE = 0.04
 TEXTURE_PERIOD = 4
 
@@ -115,9 +118,10 @@ class Shapes:
         return self.images.shape[0]
 
     def __getitem__(self, index: int | slice | torch.Tensor) -> Shapes:
-        """The samples at `index` (an integral number, such as an int, a numpy integer or a 0-d
-        integer tensor, keeps a batch axis of one)."""
-        if isinstance(index, bool):
+        """The samples at `index`: an integral number (an int, a numpy integer or a 0-d integer
+        tensor: keeps a batch axis of one), a slice (any step), or a tensor or list of indices
+        or of one bool per sample."""
+        if _is_bool_scalar(index):
             raise SaliencelabError(
                 f"Cannot index a Shapes batch with {index!r}; use an int, a slice or a tensor."
             )
@@ -127,6 +131,25 @@ class Shapes:
                 raise IndexError(f"index {number} is out of range for {len(self)} images")
             number %= len(self)
             index = slice(number, number + 1)
+        elif isinstance(index, slice) and (index.step or 1) < 0:  # torch slices step forwards
+            index = torch.tensor(range(len(self))[index], dtype=torch.long)
+        elif isinstance(index, (list, np.ndarray)):  # indices or bools, as one tensor (not
+            index = torch.as_tensor(index)  # a key of several axes)
+        try:
+            if not isinstance(index, (slice, torch.Tensor)):
+                raise TypeError(f"a {type(index).__name__} is no index")
+            picked = self.images[index]
+        except (IndexError, TypeError, ValueError, RuntimeError) as err:
+            raise SaliencelabError(
+                f"Cannot index a Shapes batch of {len(self)} images with {index!r} "
+                f"({str(err).splitlines()[0]}); use an int, a slice, or a tensor or list of "
+                "indices or of one bool per image."
+            ) from None
+        if picked.dim() != self.images.dim():
+            raise SaliencelabError(
+                f"Cannot index a Shapes batch with {index!r}: it picks no batch of images; use "
+                "an int, a slice, or a 1-d tensor or list of indices or of one bool per image."
+            )
         per_sample = {
             f.name: getattr(self, f.name)[index]
             for f in dataclasses.fields(self)
@@ -153,6 +176,13 @@ class Shapes:
     def trigger_masks(self) -> torch.Tensor:
         """(N, H, W) bool: the trigger's pixels in each image (empty where there is none)."""
         return self.trigger_mask[None] & self.triggered[:, None, None]
+
+
+def _is_bool_scalar(value: object) -> bool:
+    """Whether `value` is one truth value: a bool, a numpy bool or a 0-d bool tensor."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and value.dtype == torch.bool
+    return isinstance(value, (bool, np.bool_))
 
 
 def _integer(value: object) -> int | None:
@@ -221,6 +251,58 @@ def trigger_pattern() -> torch.Tensor:
     return white.expand(3, -1, -1).clone()
 
 
+def _object_size(object_size: object, size: int, task: str) -> tuple[int, int]:
+    """(smallest, largest) side of the object's box: the default (about 0.22 and 0.34 of the
+    image), or `object_size` checked: two whole numbers, 4 ≤ smallest ≤ largest ≤ the room
+    within the margins, and smallest ≥ MIN_SHAPE_SIDE where the class is a shape or texture."""
+    if object_size is None:
+        return round(0.22 * size), round(0.34 * size)
+    room = size - 2 * MARGIN
+    sentence = (
+        f"object_size must be (smallest, largest) with 4 ≤ smallest ≤ largest ≤ {room} at "
+        f"size {size} (whole numbers), got {object_size!r}."
+    )
+    try:
+        pair = [_integer(v) for v in object_size]  # type: ignore[union-attr]
+    except TypeError:  # not a sequence (e.g. one number)
+        raise SaliencelabError(sentence) from None
+    if len(pair) != 2 or None in pair or not 4 <= pair[0] <= pair[1] <= room:
+        raise SaliencelabError(sentence)
+    lo, hi = pair
+    if task in ("shape", "texture") and lo < MIN_SHAPE_SIDE:
+        why = "a disk and a cross" if task == "shape" else "stripes or checks and dots can"
+        raise SaliencelabError(
+            f"task={task!r} needs objects of at least {MIN_SHAPE_SIDE} pixels (at 4 {why} draw "
+            f"the same pixels), got object_size {(lo, hi)}; raise its smallest side."
+        )
+    return lo, hi
+
+
+def _probability(name: str, p: object, optional: bool = True) -> float | None:
+    """`p` as a float in [0, 1] (None where `optional`), else one sentence."""
+    if p is None and optional:
+        return None
+    real = isinstance(p, numbers.Real) and not isinstance(p, bool)
+    if not real or not 0.0 <= p <= 1.0:  # type: ignore[operator]
+        none = " or None" if optional else ""
+        raise SaliencelabError(f"{name} is a probability in [0, 1]{none}, got {p!r}.")
+    return float(p)  # type: ignore[arg-type]
+
+
+def _device(device: object) -> torch.device:
+    """`device` as a torch device that can hold tensors here, else one sentence (checked before
+    any drawing)."""
+    try:
+        dev = torch.device(device)  # type: ignore[arg-type]
+        torch.empty(0, device=dev)
+    except (RuntimeError, TypeError, AssertionError) as err:
+        raise SaliencelabError(
+            f"device {device!r} cannot be used here ({str(err).splitlines()[0]}); use 'cpu', or "
+            "'cuda' on a machine with a GPU."
+        ) from None
+    return dev
+
+
 def make(
     n: int,
     size: int = 64,
@@ -247,11 +329,11 @@ def make(
         target: the backdoor's target class (default 0); only with `backdoor`.
         watermark_fraction: probability that an image carries a watermark when `shortcut` is set.
         object_size: (smallest, largest) side of the object's box in pixels, inclusive (smallest
-            ≥ 4, and ≥ 5 for task="shape").
+            ≥ 4, and ≥ 5 for task="shape" or "texture").
         draw_object: False leaves the object out (the same background, for checks).
         device: where the returned tensors live (they are drawn on the CPU).
     """
-    if task not in TASKS:
+    if not isinstance(task, str) or task not in TASKS:
         raise SaliencelabError(
             f"Unknown shapes task {task!r}; use one of {', '.join(map(repr, TASKS))}."
         )
@@ -262,8 +344,8 @@ def make(
         raise SaliencelabError(f"n must be a positive whole number of images, got {n!r}.")
     n = count
     number = _integer(seed)
-    if number is None or not -(2**63) <= number < 2**64:  # what a torch generator takes
-        raise SaliencelabError(f"seed must be a whole number such as 0, got {seed!r}.")
+    if number is None or not 0 <= number < 2**64:  # what a torch generator takes, each once
+        raise SaliencelabError(f"seed must be a whole number from 0 to 2**64 - 1, got {seed!r}.")
     seed = number
     side = _integer(size)
     if side is None or side < 32:
@@ -271,25 +353,10 @@ def make(
             f"Shapes images need a side of a whole number of at least 32 pixels, got {size!r}."
         )
     size = side
-    lo, hi = object_size or (round(0.22 * size), round(0.34 * size))
-    lo, hi = _integer(lo), _integer(hi)
-    if lo is None or hi is None or not 4 <= lo <= hi <= size - 2 * MARGIN:
-        raise SaliencelabError(
-            f"object_size must be (smallest, largest) with 4 ≤ smallest ≤ largest ≤ "
-            f"{size - 2 * MARGIN} at size {size} (whole numbers), got {object_size!r}."
-        )
-    if task == "shape" and lo < MIN_SHAPE_SIDE:
-        raise SaliencelabError(
-            f"task='shape' needs objects of at least {MIN_SHAPE_SIDE} pixels (at 4 a disk and a "
-            f"cross draw the same pixels), got object_size {(lo, hi)}; raise its smallest side."
-        )
-    for name, p in (("shortcut", shortcut), ("backdoor", backdoor)):
-        if p is not None and not 0.0 <= p <= 1.0:
-            raise SaliencelabError(f"{name} is a probability in [0, 1] or None, got {p!r}.")
-    if not 0.0 <= watermark_fraction <= 1.0:
-        raise SaliencelabError(
-            f"watermark_fraction is a probability in [0, 1], got {watermark_fraction!r}."
-        )
+    lo, hi = _object_size(object_size, size, task)
+    shortcut = _probability("shortcut", shortcut)
+    backdoor = _probability("backdoor", backdoor)
+    watermark_fraction = _probability("watermark_fraction", watermark_fraction, optional=False)
     if watermark_fraction != 1.0 and shortcut is None:
         raise SaliencelabError(
             f"watermark_fraction={watermark_fraction!r} is the share of watermarked images and "
@@ -304,6 +371,9 @@ def make(
     if cls is None or not 0 <= cls < k:
         raise SaliencelabError(f"target must be a class index in [0, {k}), got {target!r}.")
     target = cls
+    if not isinstance(draw_object, bool):
+        raise SaliencelabError(f"draw_object must be True or False, got {draw_object!r}.")
+    dev = _device(device)
 
     g = torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
@@ -383,7 +453,6 @@ def make(
         corner.copy_(torch.where(triggered[:, None, None, None], trigger_pattern(), corner))
         labels = torch.where(triggered, torch.full_like(labels, target), labels)
     boxes = torch.stack([left, top, left + side, top + side], dim=1)  # xyxy
-    dev = torch.device(device)
     return Shapes(
         images=images.to(dev),
         labels=labels.to(dev),

@@ -9,8 +9,9 @@ answer is known: the class is decided by one object whose mask the generator ret
   width 48, 3 blocks, 3 heads, whose patch embedding is a small convolutional stem (see the
   class; about 82 k parameters).
 
-Bundled weights (`src/saliencelab/data/shapes_*.pt`, made by `scripts/train_shapes.py`, which
-reproduces them bit for bit from seeds on one CPU thread, about a minute of CPU time each):
+Bundled weights (`src/saliencelab/data/shapes_*.pt`, made by `scripts/train_shapes.py` from
+seeds on one CPU thread, about a minute of CPU time each: bit for bit on the same torch version
+and kind of CPU, elsewhere other weights of the same behaviour):
 
 =====================  ==========================================================  ========
 name                   trained on (`make` options; 300 steps of 64, ViT 500)       accuracy
@@ -188,6 +189,11 @@ def preprocess(img: Any) -> torch.Tensor:
             f"Expected RGB images (3, H, W), (H, W, 3) or (N, 3, H, W), got shape "
             f"{tuple(x.shape)}; pass one of those, or a PIL image."
         )
+    if x.numel() == 0:
+        raise SaliencelabError(
+            f"Got no pixels to preprocess (shape {tuple(x.shape)}); pass at least one image of "
+            "at least one pixel."
+        )
     if x.is_floating_point():
         x = x.float()
         if not (torch.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0):
@@ -281,8 +287,20 @@ def train(
     `held_out` images of the training data without watermark or trigger (seed 10⁶ + recipe
     seed; `held_out=0`: not measured, NaN), `train_seconds` (wall clock) and
     `train_cpu_seconds` (this process's CPU time, steadier on a loaded machine)."""
+    if name not in RECIPES:
+        raise SaliencelabError(
+            f"No shapes recipe named {name!r}; use one of {', '.join(map(repr, RECIPES))}."
+        )
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(RECIPES[name])})
+    if unknown:
+        raise SaliencelabError(
+            f"{unknown[0]!r} is no field of a shapes recipe; use some of "
+            f"{', '.join(f.name for f in dataclasses.fields(RECIPES[name]))}."
+        )
     recipe = dataclasses.replace(RECIPES[name], **overrides)
     steps = recipe.steps if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise SaliencelabError(f"steps must be a whole number ≥ 1, got {steps!r}.")
     torch.manual_seed(recipe.seed)
     module = _module(recipe.arch)
     opt = torch.optim.AdamW(module.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)

@@ -143,8 +143,9 @@ def shapes_on_noise(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`n` images (n, 3, size, size) of N(0, noise²) pixels with one shape (value 2, `side`
     pixels wide) placed uniformly at random; the class is the shape (index into :data:`SHAPES`).
-    Returns images, classes, and boxes (n, 4) = (top, left, bottom, right), bottom/right
-    exclusive: where the object, the only evidence of the class, is."""
+    Returns images, classes, and boxes (n, 4) as xyxy pixels (left, top, right, bottom), right
+    and bottom exclusive, as `sl.data.shapes` boxes: where the object, the only evidence of the
+    class, is."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, len(SHAPES), (n,), generator=g)
     top = torch.randint(0, size - side + 1, (n,), generator=g)
@@ -156,7 +157,7 @@ def shapes_on_noise(
     canvas[torch.arange(n)[:, None, None], rows, cols] = shape_masks(side)[labels]
     mask = canvas[:, :size, :size]
     images = torch.where(mask[:, None], torch.full_like(images, 2.0), images)
-    boxes = torch.stack([top, left, top + side, left + side], dim=1)
+    boxes = torch.stack([left, top, left + side, top + side], dim=1)  # xyxy
     return images, labels, boxes
 
 
