@@ -866,6 +866,73 @@ def test_mprt_runs_one_call_per_step_where_it_cannot_batch(images):
     assert not any("forward" in m.__dict__ for m in gated.modules())
 
 
+def test_tied_weights_run_one_call_per_step_and_change_wherever_they_are_used(images):
+    """conv2 holds conv1's weight. Batched steps gave each module its own draws, untying them
+    (at step conv2, conv1 kept the trained weight): curves off by up to 0.19 from one call per
+    step, where the tied tensor is randomised in place for both. Now they are not batched, and
+    the curves are those of a copy of the model randomised step by step by hand."""
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+            self.conv0 = nn.Conv2d(3, 4, 3, padding=1)
+            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+            self.conv2.weight = self.conv1.weight
+            self.fc = nn.Linear(16, 3)
+
+        def forward(self, x):
+            for conv in (self.conv0, self.conv1, self.conv2):
+                x = torch.relu(conv(x))
+            return self.fc(F.adaptive_avg_pool2d(x, 2).flatten(1))
+
+    from saliencelab.metrics.randomisation.parameter import Stage, randomise_stage
+
+    torch.manual_seed(0)
+    net = Tied().eval().double()
+    x, target = images[:2].double(), torch.tensor([0, 1])
+    maps = torch.rand(2, 12, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    kw = dict(x=x, model=net, target=target, explainer="saliency")
+    for order in ("cascading", "independent"):
+        r = MPRT(order=order, similarity="spearman")(maps, **kw)
+        assert r.params["calls"] == 4 and r.params["randomised"] == [
+            "fc",
+            "conv2",
+            "conv0",
+            "conv1",
+        ]
+        by_hand = copy.deepcopy(net)  # keeps the tie
+        curve = []
+        for name in r.params["randomised"]:
+            if order == "independent":
+                by_hand = copy.deepcopy(net)
+            randomise_stage(by_hand, Stage(name, [name]), seed=r.params["seed"], init="reset")
+            again = sl.explain(by_hand, x, "saliency", target=target)["saliency"].maps
+            curve.append(S.similarity_to("spearman", maps)(again))
+        torch.testing.assert_close(r.curves, torch.stack(curve, 1), atol=1e-12, rtol=0)
+        assert net.conv2.weight is net.conv1.weight  # still tied afterwards
+
+
+def test_a_normal_draw_changes_a_parameter_of_equal_values():
+    """init="normal" drew N(mean, std) with the std of one value taken as 0: a scalar scale
+    kept its value while the step counted it as randomised. Equal values draw N(mean, mean²);
+    an all-zero parameter stays 0."""
+    from saliencelab.metrics.randomisation.parameter import Stage, randomise_stage
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.tensor(2.0))
+            self.flat = nn.Parameter(torch.full((50,), 0.5))
+            self.zero = nn.Parameter(torch.zeros(3))
+
+    net = Scaled()
+    randomise_stage(net, Stage("<root>", [""]), seed=0, init="normal")
+    scale, flat = float(net.scale.detach()), net.flat.detach()
+    assert scale != 2.0 and len(set(flat.tolist())) == 50
+    assert abs(float(flat.std()) - 0.5) < 0.2 and net.zero.eq(0).all()
+
+
 @pytest.mark.parametrize(
     "samples",
     [

@@ -9,7 +9,13 @@ detector, guided backprop) fails.
 
 Layers and stages. A *layer* is a module that owns parameters (or has `reset_parameters` and owns
 buffers, e.g. BatchNorm's running statistics). `granularity="layer"` randomises one layer per
-step, in `named_modules` order reversed (Quantus' MPRT does the same). `granularity="block"`
+step, in `named_modules` order reversed (Quantus' MPRT does the same): the order in which the
+model registers its modules stands for their depth, which holds for models that define their
+layers in the order they run (torchvision's, timm's, EfficientNet's, `nn.Sequential`). A model
+that registers its head before its body is cascaded in that registration order, and `layers=k`
+then picks its last-registered stages (a list of names chooses stages, not their order).
+Parameters of the root module itself (a ViT's class token and position embeddings) are one
+stage, `<root>`, on the input side. `granularity="block"`
 (default) groups layers into *stages*: each top-level child of the model is a stage, a container
 (`nn.Sequential`, `nn.ModuleList`, `nn.ModuleDict`, and a `DataParallel` wrapper) is split
 into its children, and a normalisation layer that is a stage of its own joins the stage before
@@ -24,8 +30,10 @@ Randomisation. `init="reset"` (default) calls each layer's own `reset_parameters
 default initialisation of that layer type; BatchNorm gets weight 1, bias 0 and fresh running
 statistics). `init="normal"` draws every parameter of a layer from N(mean, std) of that
 parameter's original values (a scale-preserving alternative to the layer's default init;
-buffers are kept). A layer with parameters but no `reset_parameters`, or with parameterised
-children, always gets the normal draw of its own parameters. Every draw comes from the CPU's
+buffers are kept; a parameter of equal values, such as a single scale, draws from
+N(mean, mean²), and an all-zero one stays 0). A layer with parameters but no
+`reset_parameters`, or with parameterised children, always gets the normal draw of its own
+parameters. Every draw comes from the CPU's
 global RNG inside `torch.random.fork_rng` (the caller's RNG state is untouched; the same weights
 on every device), seeded as `seeding` says:
 
@@ -83,6 +91,7 @@ from torch.nn.utils.parametrize import is_parametrized
 from ...core.errors import SaliencelabError, closest
 from ...core.registry import get_method
 from ...core.row_versions import NotRowwise, is_rowwise, weight_versions
+from ...core.state import submodules
 from ...models.blackbox import is_blackbox
 from ...models.model import Model
 from ..base import EvalBatch, Metric, Scores, register_metric
@@ -176,6 +185,24 @@ def stages(module: nn.Module, granularity: Literal["block", "layer"] = "block") 
             continue
         out.append(Stage(key or "<root>", [name]))
     return out
+
+
+def _ties(module: nn.Module, layers: list[nn.Module]) -> bool:
+    """Whether a parameter or buffer of `layers` is also held elsewhere in `module` (tied
+    weights, e.g. an embedding shared with the output layer). Batched steps give each module
+    its own draws, which would untie them: then the steps run one call each, on the model
+    randomised in place, where a tied tensor changes for every module that uses it."""
+    held: dict[int, int] = {}
+    for m in submodules(module):
+        for t in (*m._parameters.values(), *m._buffers.values()):
+            if t is not None:
+                held[id(t)] = held.get(id(t), 0) + 1
+    return any(
+        held[id(t)] > 1
+        for m in layers
+        for t in (*m._parameters.values(), *m._buffers.values())
+        if t is not None
+    )
 
 
 def check_layers(layers: object) -> None:
@@ -295,11 +322,16 @@ def _flags_kept(module: nn.Module) -> Iterator[None]:
 
 
 def _normal_(m: nn.Module) -> None:
+    """Each parameter of `m` drawn from N(mean, std²) of its values; a parameter of equal
+    values (one value, or a constant) has no spread and draws from N(mean, mean²) instead (an
+    all-zero one stays 0), so that it changes, as the step says it does."""
     with torch.no_grad():
         for p in m.parameters(recurse=False):
-            mean = p.float().mean()
-            std = p.float().std() if p.numel() > 1 else torch.zeros((), device=p.device)
-            p.copy_(torch.randn_like(p, dtype=torch.float) * torch.nan_to_num(std) + mean)
+            values = p.float()
+            mean = values.mean()
+            std = values.std() if p.numel() > 1 else torch.zeros((), device=p.device)
+            scale = torch.where(std > 0, std, mean.abs())  # (NaN std: NaN values, kept NaN)
+            p.copy_(torch.randn_like(p, dtype=torch.float) * scale + mean)
 
 
 SEEDINGS = ("per_layer", "same")
@@ -509,7 +541,8 @@ class ModelRandomisation(Metric):
             return False
         module = batch.model.module
         layers = [module.get_submodule(n) if n else module for s in plan for n in s.layers]
-        return len({id(m) for m in layers}) == len(layers) and all(map(is_rowwise, layers))
+        distinct = len({id(m) for m in layers}) == len(layers)
+        return distinct and all(map(is_rowwise, layers)) and not _ties(module, layers)
 
     def _batched(self, batch: EvalBatch, plan: list[Stage]) -> list[torch.Tensor] | None:
         """The maps of every step from explanation calls of several steps each: a list of
