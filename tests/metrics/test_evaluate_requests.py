@@ -5,6 +5,8 @@ arguments, `boxes_to_masks` on malformed boxes and top-k's value range with conc
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -77,6 +79,13 @@ def test_masks_as_a_list_of_tensors_are_stacked(shapes_batch):
         assert torch.equal(a, b)
     with pytest.raises(sl.SaliencelabError, match="different shapes"):
         sl.evaluate(model, x, ex, masks=[data.masks[0], data.masks[1, :8]], **kw)
+    arrays = [m.numpy() for m in data.masks]  # torch warned "extremely slow" on such a list
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        as_arrays = sl.evaluate(model, x, ex, masks=arrays, **kw)
+    assert torch.equal(as_arrays["gradcam"]["pointing_game"].values, b)
+    with pytest.raises(sl.SaliencelabError, match="different shapes"):
+        sl.evaluate(model, x, ex, masks=[arrays[0], arrays[1][:8]], **kw)
     with pytest.raises(sl.SaliencelabError, match="must be a .B, H, W. tensor"):
         sl.evaluate(model, x, ex, masks={"a": 1}, **kw)
 

@@ -146,6 +146,19 @@ def test_deletion_equals_loop(net, x, maps, target, baseline):
     torch.testing.assert_close(r.curve_x[[0, -1]], torch.tensor([0.0, 1.0], dtype=torch.double))
 
 
+def test_deletion_with_more_steps_than_pixels_runs_each_image_once(net, x, maps, target):
+    """Steps past H·W repeat images (round(k·H·W/steps) takes a count twice): the curve is the
+    loop's, step for step, and each distinct image is scored once (steps=10**4 on a 64×64
+    image ran 9,999 forwards a sample, now 4,095)."""
+    steps = 3 * H * W + 1
+    r = sl.metrics.get("deletion")(steps=steps)(maps, x=x, model=net)
+    values, curves = ref_deletion(net, x, maps, target, steps, 0.0)
+    torch.testing.assert_close(r.curves, curves.double(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(r.values, values.double(), atol=1e-6, rtol=0)
+    assert r.curves.shape == (len(x), steps + 1)
+    assert r.forwards == H * W - 1 + 1 / len(x)  # as steps = H·W: the counts 1..H·W - 1
+
+
 def test_blur_equals_scipy(x):
     from scipy.ndimage import gaussian_filter
 

@@ -787,6 +787,8 @@ def check_class_target(metric: Metric, maps: str = "the maps") -> None:
 def masks_for(masks: object, maps: torch.Tensor) -> torch.Tensor:
     """`masks` as a tensor shaped like `maps` ((B, 1, H, W) squeezed; a list of (H, W) masks
     stacked), else one sentence."""
+    if isinstance(masks, (list, tuple)) and masks and all(isinstance(m, np.ndarray) for m in masks):
+        masks = [torch.tensor(m) for m in masks]  # (torch warns on a list of them)
     if (
         isinstance(masks, (list, tuple))
         and masks

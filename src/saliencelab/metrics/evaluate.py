@@ -514,6 +514,40 @@ def _explained_class(
     return classes
 
 
+def _warn_other_classes(
+    target: TargetSpec, entries: dict[str, Any], b: int, labels: Sequence[str] | None
+) -> None:
+    """Warn when `target` (class indices, or a class name of `labels`) is not the class some
+    Attribution in `entries` explains: its maps are then scored on a class they do not explain
+    (e.g. maps of classes 0, 3, 1 with target=1: deletion 0.704 where 0.431 on their own
+    classes), which may be meant."""
+    if isinstance(target, str) and labels is not None and target in labels:
+        target = list(labels).index(target)
+    if isinstance(target, (bool, str)) or callable(target) and not isinstance(target, torch.Tensor):
+        return
+    try:
+        given = torch.as_tensor(target).detach().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        return
+    if given.is_floating_point() or given.dim() > 1 or given.numel() not in (1, b):
+        return
+    given = given.reshape(-1).expand(b)
+    for name, (_, _, a) in entries.items():
+        if a is None or not bool((a.target >= 0).all()):
+            continue
+        explained = a.target.detach().cpu()
+        if not torch.equal(explained, given):
+            one = given.unique().numel() == 1
+            on = f"class {int(given[0])}" if one else f"the classes {given.tolist()}"
+            warnings.warn(
+                f"The maps of {name!r} explain the classes {explained.tolist()}, and target= "
+                f"scores them on {on}; leave target out to score each map on the class it "
+                "explains.",
+                stacklevel=4,  # the caller of sl.evaluate (through its autograd_allowed wrapper)
+            )
+            return
+
+
 def _texts_of(
     model: TextModel, x: torch.Tensor, texts: object, entries: dict[str, Any]
 ) -> tuple[list[str], list[int]]:
@@ -659,6 +693,8 @@ def evaluate(
     if default_target is None:
         unrecorded = bool(refs) or any(a is None for _, _, a in entries.values())
         default_target = _explained_class(entries, requested, unrecorded)
+    elif any(runs_model(m) for m in requested):
+        _warn_other_classes(target, entries, x.shape[0], model.labels)
 
     added: set[str] = set()
     if refs:

@@ -298,10 +298,19 @@ def ranked_replacement_scores(
 
     A step that replaces no pixel, or every pixel, is one side whole: the input itself (scored
     once per batch), or an image shared by all samples (a number, or a tensor expanded over the
-    batch: one forward for the batch); such steps run no rows of their own.
+    batch: one forward for the batch); such steps run no rows of their own. Steps of equal
+    counts (more steps than pixels) are the same images: each is scored once and its column
+    repeated.
     """
     b, c, h, w = batch.x.shape
     counts = counts.to(ranks.device)
+    listed = counts.tolist()
+    distinct = list(dict.fromkeys(listed))
+    if len(distinct) < len(listed):
+        where = {count: i for i, count in enumerate(distinct)}
+        once = torch.tensor(distinct, dtype=counts.dtype, device=counts.device)
+        scores = ranked_replacement_scores(batch, ranks, once, inside, outside, score)
+        return scores[:, [where[count] for count in listed]]
     exact = exact_float(h * w)
     franks, fcounts = ranks.to(exact), counts.to(exact)
     dtype = batch.x.dtype
@@ -320,7 +329,7 @@ def ranked_replacement_scores(
     shared: dict[int, torch.Tensor] = {}  # steps that are one image for every sample
     seen: dict[int, torch.Tensor | None] = {}  # per side: its shared image, or None
     every = int(ranks.max()) + 1 if ranks.numel() else 0
-    for k, count in enumerate(counts.tolist()):
+    for k, count in enumerate(listed):
         side = outside if count <= 0 else inside if count >= every else None
         if side is None:
             continue
