@@ -527,7 +527,13 @@ def parse_options(
             raise sl.SaliencelabError(
                 f"The option {pair!r} is not of the form key=value; write e.g. {plain} or {scoped}."
             )
-        options[key] = parse_value(value)
+        value = parse_value(value)
+        if key in options and options[key] != value:  # the last one used to win, silently
+            who = f"{flag} {key}" if flag else f"The option {key}"
+            raise sl.SaliencelabError(
+                f"{who} is given twice ({options[key]!r} and {value!r}); give it once."
+            )
+        options[key] = value
     return options
 
 
@@ -780,28 +786,37 @@ class ImageItem:
         self._item.image = None
 
 
-def collect_images(images: Iterable[str], max_pixels: int = MAX_PIXELS) -> list[ImageItem]:
+def collect_images(
+    images: Iterable[str], max_pixels: int = MAX_PIXELS, repeats: list[str] | None = None
+) -> list[ImageItem]:
     """One item per image: files as given, folders expanded (sorted), names of sample photos.
 
     The same rules as `saliencelab explain` (`report.run`): a missing file or a folder without
-    images becomes an item with its `error` set rather than stopping the others.
+    images becomes an item with its `error` set rather than stopping the others; an image given
+    twice is used once (its repeats' names appended to `repeats`).
     """
     from .report.run import collect_entries
 
-    return [ImageItem(item) for item in collect_entries(images, max_pixels=max_pixels)]
+    entries = collect_entries(images, max_pixels=max_pixels, repeats=repeats)
+    return [ImageItem(item) for item in entries]
 
 
 def require_an_image(images: Iterable[str], err: Console, max_pixels: int = MAX_PIXELS) -> None:
-    """Stop before anything is written when none of `images` can be read.
+    """Stop before anything is written when none of `images` can be read; note each image given
+    more than once (it is used once).
 
     A run whose every image is bad (a missing file, an empty folder, a file that is not an
     image) would otherwise write an index.html of error cards over an earlier run's report in a
     reused --out folder. Reads images only until one loads (usually the first). Each bad image is
     named on `err`; one sentence ends the command (exit code 2).
     """
-    items = collect_images(images, max_pixels=max_pixels)
+    repeats: list[str] = []
+    items = collect_images(images, max_pixels=max_pixels, repeats=repeats)
     if not items:
         raise sl.SaliencelabError("No images given; pass image files, folders or sample names.")
+    for name in dict.fromkeys(repeats):
+        note = f"note: {name} was given more than once; it is used once."
+        err.print(Text(note, style="yellow"), soft_wrap=True)
     for item in items:
         if item.error is None and item.load() is not None:
             item.release()

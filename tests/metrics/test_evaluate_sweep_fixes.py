@@ -122,6 +122,28 @@ def test_maps_of_different_classes_score_the_references_on_the_first_ones_with_a
         sl.evaluate(model, x, ex, metrics=metrics, references=False)
 
 
+def test_a_target_other_than_the_maps_class_is_scored_with_a_warning(model, x):
+    """target=k scores maps that explain other classes on k (as documented: it may be meant),
+    and says so once; the classes they explain, or no target, say nothing."""
+    explained = [0, 3, 1, 2]
+    ex = sl.explain(model, x, ["gradcam", "saliency"], target=explained)
+    metrics = {"deletion": {"steps": 8}}
+    for target in (1, model.labels[1], [0, 3, 1, 1]):
+        with pytest.warns(UserWarning, match=r"'gradcam' explain the classes \[0, 3, 1, 2\]") as w:
+            rep = sl.evaluate(model, x, ex, metrics=metrics, target=target, references=False)
+        assert len(w) == 1
+    assert rep.params["targets"]["gradcam"] == [0, 3, 1, 1]
+    with pytest.warns(UserWarning, match="scores them on class 1"):
+        rep = sl.evaluate(model, x, ex, metrics=metrics, target=1, references=False)
+    want = deletion_on(model, x, ex["gradcam"].maps, 1)
+    torch.testing.assert_close(rep["gradcam"]["deletion"].values, want)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for target in (explained, torch.tensor(explained), None):
+            sl.evaluate(model, x, ex, metrics=metrics, target=target, references=False)
+        sl.evaluate(model, x, ex, metrics="sparseness", target=1, references=False)
+
+
 def test_the_command_scores_the_references_on_the_target_given(runner, bed, tmp_path, monkeypatch):
     """`--target 2`: metrics.json's reference values are those of sl.evaluate with target=2, and
     the target reaches sl.evaluate itself."""
@@ -347,3 +369,52 @@ def test_attribution_to_moves_its_tensor_options_too():
     ]
     moved = a.to("meta")  # a device every machine has
     assert moved.maps.device.type == moved.tensor_params["baselines"].device.type == "meta"
+
+
+# -- a sweep of `saliencelab evaluate` (2026-11-25) ------------------------------------------------
+
+
+def test_an_image_given_twice_is_scored_once_with_a_note(runner, bed, tmp_path):
+    """img0 as a file, again inside its folder and again by another path: it counted 3 times
+    (n = 6 for 4 images, its values thrice in the mean and CI)."""
+    imgs, _ = bed
+    out = tmp_path / "out"
+    again = imgs / ".." / imgs.name / "img0.png"
+    args = ["evaluate", str(imgs / "img0.png"), str(imgs), str(again), "--model", "shapes_cnn"]
+    args += ["-m", "saliency", "--metrics", "sparseness", "--no-references", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "metrics.json").read_text())
+    assert sorted(Path(p).name for p in data["images"]) == [f"{n}.png" for n in NAMES]
+    assert data["results"]["saliency"]["sparseness"]["n"] == 4
+    notes = lines(result.stderr, "note:")
+    assert len(notes) == 2 and all("given more than once; it is used once" in n for n in notes)
+
+
+def test_options_naming_no_metric_or_given_twice_are_refused(runner, bed, tmp_path):
+    imgs, _ = bed
+    for options, words in [
+        (["nope.steps=3"], "names no metric: there is no metric 'nope'"),
+        (["deletion.steps=7", "deletion.steps=9"], "deletion.steps is given twice (7 and 9)"),
+    ]:
+        out = tmp_path / "out"
+        extra = [a for o in options for a in ("--option", o)]
+        result = cli_evaluate(runner, imgs, out, "--metrics", "deletion", *extra)
+        assert result.exit_code == 2 and words in result.stderr, result.output
+        assert not out.exists()
+    out = tmp_path / "same"  # the same value twice is one option
+    extra = ["--option", "deletion.steps=4", "--option", "deletion.steps=4", "-m", "saliency"]
+    result = cli_evaluate(runner, imgs, out, "--metrics", "deletion", "--no-references", *extra)
+    assert result.exit_code == 0, result.output
+    params = json.loads((out / "metrics.json").read_text())["params"]
+    assert params["metric_options"] == {"deletion": {"steps": 4}}
+
+
+def test_an_unreadable_file_is_named_once(runner, bed, tmp_path):
+    imgs, _ = bed
+    (imgs / "broken.png").write_text("not an image")
+    out = tmp_path / "out"
+    result = cli_evaluate(runner, imgs, out, "-m", "saliency", "--metrics", "sparseness")
+    errors = lines(result.stderr, "error:")
+    assert len(errors) == 1 and errors[0].count("broken.png") == 1, errors
+    assert "The file is not an image Pillow can read" in errors[0] and "PNM" in errors[0]

@@ -7,10 +7,10 @@ an option to one of them and `--option key=value` to every one that takes it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from .errors import SaliencelabError
+from .errors import SaliencelabError, closest
 
 Requests = str | Sequence[str] | Mapping[str, Mapping[str, Any] | None]
 
@@ -50,11 +50,17 @@ def named_requests(asked: Requests, what: str, example: str) -> dict[str, dict[s
 
 
 def split_dotted(
-    options: Mapping[str, Any] | None, per: dict[str, dict[str, Any]], what: str, where: str
+    options: Mapping[str, Any] | None,
+    per: dict[str, dict[str, Any]],
+    what: str,
+    where: str,
+    known: Collection[str] = (),
 ) -> dict[str, Any]:
     """Move each `name.key` option into `per[name]`; return the plain `key` (shared) options.
 
-    `what` names the kind ("method", "metric"), `where` says how to request one (for the error).
+    `what` names the kind ("method", "metric"), `where` says how to request one (for the error),
+    `known` the names that exist (a name not among them is said to be no such thing, not an
+    unrequested one).
     """
     shared: dict[str, Any] = {}
     for key, value in (options or {}).items():
@@ -62,6 +68,11 @@ def split_dotted(
         if not dot:
             shared[key] = value
             continue
+        if name not in per and known and name not in known:
+            raise SaliencelabError(
+                f"The option {key!r} names no {what}: there is no {what} {name!r}."
+                f"{closest(name, known)} Write {what}.option for one of {where}."
+            )
         if name not in per:
             raise SaliencelabError(
                 f"The option {key!r} is for the {what} {name!r}, which was not requested; add "

@@ -93,8 +93,8 @@ def _decode(
         ) from e
     except UnidentifiedImageError as e:
         raise SaliencelabError(
-            f"{name!r} is not an image Pillow can read; pass a PNG, JPEG, BMP, GIF, TIFF or "
-            "WebP file."
+            f"{name!r} is not an image Pillow can read; pass a PNG, JPEG, BMP, GIF, TIFF, WebP "
+            "or PNM (.ppm, .pgm, .pbm) file."
         ) from e
     except PermissionError as e:
         raise SaliencelabError(

@@ -63,7 +63,7 @@ from ..cli_common import (
 from ..core.files import check_outputs, write_whole
 from ..core.requests import split_dotted
 from ..models.model import displayed, preprocessed
-from .base import MetricResult, check_class_target, get_metric
+from .base import MetricResult, check_class_target, get_metric, metric_classes
 from .evaluate import (
     EmptyMaskWarning,
     EvalReport,
@@ -94,7 +94,7 @@ def metric_options(
     requested metric that takes it. Both are checked (`metric_requests`) before any model work.
     """
     per: dict[str, dict[str, Any]] = {name: {} for name in names}
-    shared = split_dotted(options, per, "metric", "--metrics")
+    shared = split_dotted(options, per, "metric", "--metrics", known=list(metric_classes()))
     metric_requests(per, shared)  # unknown metric or option: one sentence
     return per, shared
 

@@ -154,7 +154,7 @@ def method_requests(
                 f"Unknown method {name!r}.{_did_you_mean(name, specs)} "
                 "Run `saliencelab methods` to list them."
             )
-    shared = split_dotted(options, per_method, "method", "the methods")
+    shared = split_dotted(options, per_method, "method", "the methods", known=list(specs))
     if layer is not None:
         shared["layer"] = layer
     for name, own in per_method.items():
@@ -240,9 +240,38 @@ def output_folder(path: str | os.PathLike) -> Path:
     return make_folder(path, "output folder")
 
 
-def collect_entries(images: Iterable[ImageArg], max_pixels: int = 50_000_000) -> list[ImageEntry]:
+def collect_entries(
+    images: Iterable[ImageArg], max_pixels: int = 50_000_000, repeats: list[str] | None = None
+) -> list[ImageEntry]:
     """One item per image: files as given, folders expanded, names of sample photos; files with
-    more than `max_pixels` pixels are refused when read (see `sl.load_image`)."""
+    more than `max_pixels` pixels are refused when read (see `sl.load_image`). A file or sample
+    given again (also inside a folder given too) is used once: the repeats are dropped, and
+    their names appended to `repeats` when given (a repeated image counted twice in a mean)."""
+    items = _entries(images)
+    kept: list[ImageEntry] = []
+    seen: set[object] = set()
+    for item in items:
+        key = _identity(item)
+        if key is not None and key in seen:
+            if repeats is not None:
+                repeats.append(item.name)
+            continue
+        seen.add(key)
+        kept.append(item)
+    for item in kept:
+        item.max_pixels = max_pixels
+    return kept
+
+
+def _identity(item: ImageEntry) -> object:
+    """What makes two entries the same image: the resolved file, or the sample's name (None for
+    an entry that is neither, e.g. a PIL image or an error)."""
+    if item.error is None and item.path is not None and item.path.is_file():
+        return item.path.resolve()
+    return ("sample", item.sample) if item.sample is not None else None
+
+
+def _entries(images: Iterable[ImageArg]) -> list[ImageEntry]:
     items: list[ImageEntry] = []
     used: set[str] = set()
     samples = set(sl.sample_images())
@@ -270,8 +299,6 @@ def collect_entries(images: Iterable[ImageArg], max_pixels: int = 50_000_000) ->
                 f"sample name ({', '.join(sorted(samples))}).{_did_you_mean(text, samples)}"
             )
             items.append(ImageEntry(text, _stem(text, used), error=error))
-    for item in items:
-        item.max_pixels = max_pixels
     return items
 
 
@@ -283,6 +310,9 @@ def load_entry(item: ImageEntry) -> None:
             item.image = sl.load_image(item.path, max_pixels=item.max_pixels)
     except sl.SaliencelabError as e:
         item.error = _sentence(e)
+        quoted = f"{str(item.path)!r} " if item.path is not None else None
+        if quoted is not None and item.error.startswith(quoted):  # shown after its name anyway
+            item.error = "The file " + item.error[len(quoted) :]
 
 
 def _sentence(e: BaseException) -> str:
