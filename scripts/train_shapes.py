@@ -24,9 +24,15 @@ import torch
 
 from saliencelab.data.shapes import make
 from saliencelab.models.model import Model
-from saliencelab.models.shapes import DATA_DIR, RECIPES, compare_weights, load, train
-
-AGREEMENT_SEED = 3 * 10**6  # fresh images: neither a training step's nor the held-out ones
+from saliencelab.models.shapes import (
+    AGREEMENT_SEED,
+    DATA_DIR,
+    RECIPES,
+    compare_weights,
+    load,
+    prediction_agreement,
+    train,
+)
 
 
 def digest(path: Path) -> str:
@@ -39,12 +45,11 @@ def load_bundled(name: str) -> dict[str, torch.Tensor] | None:
     return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
 
-@torch.no_grad()
 def agreement(model: Model, name: str, n: int = 1000) -> float:
     """The share of `n` fresh images of the recipe's training data (its watermark or trigger
     included) on which `model` predicts what the bundled model of `name` predicts."""
     x = make(n, seed=AGREEMENT_SEED + RECIPES[name].seed, **RECIPES[name].data).images
-    return (model(x).argmax(1) == load(name)(x).argmax(1)).float().mean().item()
+    return prediction_agreement(model, load(name), x)
 
 
 def main() -> None:

@@ -18,18 +18,8 @@ from pathlib import Path
 
 import torch
 
-from saliencelab.models.model import Model
-from saliencelab.models.shapes import compare_weights
+from saliencelab.models.shapes import AGREEMENT_SEED, compare_weights, prediction_agreement
 from saliencelab.models.vit import WEIGHTS_FILE, shapes_on_noise, tiny_vit, train_tiny_vit
-
-AGREEMENT_SEED = 3 * 10**6  # fresh images: neither a training step's nor the held-out ones
-
-
-@torch.no_grad()
-def agreement(model: Model, n: int = 1000) -> float:
-    """The share of `n` fresh images on which `model` predicts what the shipped model does."""
-    x = shapes_on_noise(n, seed=AGREEMENT_SEED)[0]
-    return (model(x).argmax(1) == tiny_vit()(x).argmax(1)).float().mean().item()
 
 
 def main() -> None:
@@ -54,7 +44,9 @@ def main() -> None:
     size = args.out.stat().st_size
     comparison = compare_weights(state, shipped)
     if comparison.startswith("differs") and shipped is not None:
-        comparison += f"; {agreement(model):.1%} of predictions agree with them"
+        fresh = shapes_on_noise(1000, seed=AGREEMENT_SEED)[0]
+        share = prediction_agreement(model, tiny_vit(), fresh)
+        comparison += f"; {share:.1%} of predictions agree with them"
     print(
         f"accuracy {model.extra['accuracy']:.3f} after {model.extra['train_seconds']:.1f} s; "
         f"wrote {args.out} ({size / 1024:.0f} KiB), {comparison}",

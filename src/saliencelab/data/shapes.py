@@ -155,7 +155,6 @@ class Shapes:
             for f in dataclasses.fields(self)
             if f.name
             in (
-                "images",
                 "labels",
                 "object_labels",
                 "masks",
@@ -165,7 +164,7 @@ class Shapes:
                 "triggered",
             )
         }
-        return dataclasses.replace(self, **per_sample)
+        return dataclasses.replace(self, images=picked, **per_sample)
 
     @property
     def watermark_masks(self) -> torch.Tensor:

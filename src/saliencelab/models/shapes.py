@@ -369,6 +369,18 @@ def compare_weights(state: dict[str, torch.Tensor], bundled: dict[str, torch.Ten
     return "identical to the bundled weights"
 
 
+#: Seed of the fresh images the training scripts compare a retrained model on (neither a training
+#: step's, (seed + 1) · 1_000_003 + step, nor the held-out ones, 10⁶ + seed).
+AGREEMENT_SEED = 3 * 10**6
+
+
+@torch.no_grad()
+def prediction_agreement(model: Model, reference: Model, x: torch.Tensor) -> float:
+    """The share of the rows of `x` on which `model` predicts the class `reference` predicts
+    (scripts/train_shapes.py and train_tiny_vit.py: a retrained model against the bundled one)."""
+    return (model(x).argmax(1) == reference(x).argmax(1)).float().mean().item()
+
+
 @torch.no_grad()
 def accuracy(model: Model, n: int = 1000, seed: int = 10**6, **data: Any) -> float:
     """Accuracy of `model` on `n` fresh images from `make(n, seed=seed, **data)`, scored against
